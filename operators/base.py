@@ -1,0 +1,83 @@
+"""The one operator interface every monitor implements, and what operators emit.
+
+An operator is pure: it is fed decoded events, told how far event time has
+advanced (the watermark), and drained of its results. It never reads a clock,
+a topic or a database, so the same input always yields the same output.
+
+    op.feed(source, events)   # events of one input topic, in arrival order
+    op.advance(watermark)     # close everything that ends at or before it
+    op.collect()              # rows for ClickHouse, observations for the rules
+    op.snapshot() / op.restore(state)   # plain data for checkpoints
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A measured figure that alert rules judge (e.g. a window's CTR)."""
+
+    kind: str  # alert kind: ctr, sensor, cluster, drift, service, srm, change
+    entity: str  # campaign, sensor, model, model/feature, experiment
+    metric: str
+    value: float
+    ts: int  # event time of the evidence (ms)
+    n: int = 0  # samples behind the figure; rules may require a minimum
+    window_start: int | None = None
+    window_end: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Output:
+    """What an operator emitted since it was last collected."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    observations: list[Observation] = field(default_factory=list)
+
+    def add_row(self, table: str, row: dict[str, Any]) -> None:
+        self.rows.setdefault(table, []).append(row)
+
+    def extend(self, other: Output) -> None:
+        for table, rows in other.rows.items():
+            self.rows.setdefault(table, []).extend(rows)
+        self.observations.extend(other.observations)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.observations)
+
+
+class Operator(ABC):
+    """A monitor's logic over one partition of its input topics."""
+
+    #: input topics this operator reads; the watermark is the minimum across them
+    sources: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._out = Output()
+
+    @abstractmethod
+    def feed(self, source: str, events: Sequence[Any]) -> None:
+        """Add on-time events of one source (late ones are filtered out before)."""
+
+    @abstractmethod
+    def advance(self, watermark: int) -> None:
+        """Event time has reached `watermark` (ms): close what ends at or before it."""
+
+    def collect(self) -> Output:
+        """Drain and return what was emitted since the last call."""
+        out, self._out = self._out, Output()
+        return out
+
+    @abstractmethod
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data (msgpack-able) from which `restore` rebuilds the state."""
+
+    @abstractmethod
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the state with a snapshot's."""

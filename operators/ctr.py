@@ -1,0 +1,252 @@
+"""Click-through rate in tumbling event-time windows: impressions joined with clicks.
+
+Semantics (the public contract's defaults, all configurable):
+
+- A window is [start, start + window_ms) per (campaign_id, variant), by the
+  impression's event time.
+- A click counts for the window of its impression (joined on impression_id)
+  when 0 <= click.ts - impression.ts <= attribution_ms. Several clicks on one
+  impression count once (the rest are `duplicate_clicks`).
+- Any other click is an orphan (`orphan_clicks`, in the window of the click's
+  own time, variant ""): its impression was never seen, or the click came
+  outside the attribution window.
+- When the watermark reaches a window's end, a provisional row (version 1) is
+  emitted; when it reaches end + attribution_ms no click can still join, and
+  the final row (version 2) is emitted, the window's impressions are
+  forgotten and its CTR is judged: `ctr` itself, and `ctr_drop`, the
+  relative drop against the median of the campaign's last final windows:
+
+      ctr = clicks / impressions
+      ctr_drop = (baseline - ctr) / baseline
+
+Every decision depends on event data and the watermark alone, so any
+arrival order within the allowed lateness gives the same rows.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from operators.base import Observation, Operator
+from operators.baseline import TrailingMedian
+from operators.watermark import NO_WATERMARK
+from operators.windows import TumblingWindows, window_start
+from schemas.events import Click, Impression
+
+
+@dataclass(frozen=True)
+class CtrConfig:
+    window_ms: int = 60_000
+    attribution_ms: int = 600_000
+    baseline_windows: int = 10  # how many trailing final windows form the baseline
+    baseline_min_windows: int = 3  # no drop is judged before this many
+    baseline_min_impressions: int = 100  # windows below this do not enter the baseline
+
+
+class CtrWindow:
+    """Counts of one (campaign, variant, window), and the impressions in it."""
+
+    __slots__ = ("clicks", "dup_clicks", "dup_imps", "ids", "imps", "orphans")
+
+    def __init__(self) -> None:
+        self.imps = 0
+        self.clicks = 0
+        self.orphans = 0
+        self.dup_clicks = 0
+        self.dup_imps = 0
+        self.ids: list[str] = []
+
+
+def _key(campaign: str, variant: str) -> str:
+    return f"{campaign}\x1f{variant}"
+
+
+def _split(key: str) -> tuple[str, str]:
+    campaign, _, variant = key.partition("\x1f")
+    return campaign, variant
+
+
+class CtrOperator(Operator):
+    sources = ("impressions", "clicks")
+
+    def __init__(self, config: CtrConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or CtrConfig()
+        self.windows: TumblingWindows[CtrWindow] = TumblingWindows(self.config.window_ms, CtrWindow)
+        # impression_id -> [window, ts, clicked]; kept until the window is final
+        self.impressions: dict[str, list[Any]] = {}
+        # clicks whose impression has not been seen: impression_id -> {seq: (ts, campaign)}
+        self.pending: dict[str, dict[int, tuple[int, str]]] = {}
+        self.pending_heap: list[tuple[int, int, str]] = []  # (click ts, seq, impression_id)
+        self.seq = 0
+        self.provisional_until = NO_WATERMARK  # provisional rows emitted for ends <= this
+        self.baseline = TrailingMedian(
+            self.config.baseline_windows, self.config.baseline_min_windows
+        )
+
+    # -- input ---------------------------------------------------------------
+
+    def feed(self, source: str, events: Sequence[Any]) -> None:
+        if source == "impressions":
+            for event in events:
+                self._impression(event)
+        else:
+            for event in events:
+                self._click(event)
+
+    def _impression(self, imp: Impression) -> None:
+        known = self.impressions.get(imp.impression_id)
+        if known is not None:
+            known[0].dup_imps += 1
+            return
+        window = self.windows.at(_key(imp.campaign_id, imp.variant or ""), imp.ts)
+        window.imps += 1
+        window.ids.append(imp.impression_id)
+        entry = [window, imp.ts, False]
+        self.impressions[imp.impression_id] = entry
+        waiting = self.pending.pop(imp.impression_id, None)
+        if waiting:
+            for click_ts, campaign in waiting.values():
+                self._attribute(entry, click_ts, campaign)
+
+    def _click(self, click: Click) -> None:
+        entry = self.impressions.get(click.impression_id)
+        if entry is not None:
+            self._attribute(entry, click.ts, click.campaign_id)
+            return
+        # The impression may still arrive (out of order): wait until the
+        # watermark passes the click, after which it could only come late.
+        self.seq += 1
+        self.pending.setdefault(click.impression_id, {})[self.seq] = (click.ts, click.campaign_id)
+        heapq.heappush(self.pending_heap, (click.ts, self.seq, click.impression_id))
+
+    def _attribute(self, entry: list[Any], click_ts: int, campaign: str) -> None:
+        window, imp_ts, clicked = entry
+        if 0 <= click_ts - imp_ts <= self.config.attribution_ms:
+            if clicked:
+                window.dup_clicks += 1
+            else:
+                window.clicks += 1
+                entry[2] = True
+        else:
+            self.windows.at(_key(campaign, ""), click_ts).orphans += 1
+
+    # -- event time ----------------------------------------------------------
+
+    def advance(self, watermark: int) -> None:
+        cfg = self.config
+        heap = self.pending_heap
+        while heap and heap[0][0] < watermark:
+            click_ts, seq, imp_id = heapq.heappop(heap)
+            waiting = self.pending.get(imp_id)
+            if waiting is None or seq not in waiting:
+                continue  # its impression arrived meanwhile
+            _, campaign = waiting.pop(seq)
+            if not waiting:
+                del self.pending[imp_id]
+            self.windows.at(_key(campaign, ""), click_ts).orphans += 1
+
+        final_until = watermark - cfg.attribution_ms
+        provisional_from = max(self.provisional_until, final_until)
+        for start, key, window in self.windows.ending_between(provisional_from, watermark):
+            self._emit_row(start, key, window, final=False)
+        self.provisional_until = max(self.provisional_until, watermark)
+
+        for start, key, window in self.windows.pop_ending_until(final_until):
+            self._emit_row(start, key, window, final=True)
+            for imp_id in window.ids:
+                self.impressions.pop(imp_id, None)
+            self._judge(start, key, window)
+
+    def _emit_row(self, start: int, key: str, window: CtrWindow, final: bool) -> None:
+        campaign, variant = _split(key)
+        self._out.add_row(
+            "ctr_windows",
+            {
+                "window_start": start,
+                "window_end": start + self.config.window_ms,
+                "campaign_id": campaign,
+                "variant": variant,
+                "impressions": window.imps,
+                "clicks": window.clicks,
+                "ctr": window.clicks / window.imps if window.imps else 0.0,
+                "orphan_clicks": window.orphans,
+                "duplicate_clicks": window.dup_clicks,
+                "duplicate_impressions": window.dup_imps,
+                "final": int(final),
+                "version": 2 if final else 1,
+            },
+        )
+
+    def _judge(self, start: int, key: str, window: CtrWindow) -> None:
+        if window.imps == 0:
+            return
+        campaign, variant = _split(key)
+        entity = f"{campaign}/{variant}" if variant else campaign
+        end = start + self.config.window_ms
+        ctr = window.clicks / window.imps
+        common = {"ts": end, "n": window.imps, "window_start": start, "window_end": end}
+        counts = {"impressions": window.imps, "clicks": window.clicks}
+        self._out.observations.append(
+            Observation("ctr", entity, "ctr", ctr, details=counts, **common)
+        )
+        baseline = self.baseline.get(key)
+        if baseline is not None and baseline > 0:
+            drop = (baseline - ctr) / baseline
+            details = {**counts, "ctr": ctr, "baseline_ctr": baseline}
+            self._out.observations.append(
+                Observation("ctr", entity, "ctr_drop", drop, details=details, **common)
+            )
+        if window.imps >= self.config.baseline_min_impressions:
+            self.baseline.add(key, ctr)
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        windows = []
+        for start, key, w in self.windows.items():
+            ids = [[i, self.impressions[i][1], self.impressions[i][2]] for i in w.ids]
+            windows.append([start, key, w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps, ids])
+        pending = [
+            [imp_id, seq, ts, campaign]
+            for imp_id, waiting in self.pending.items()
+            for seq, (ts, campaign) in waiting.items()
+        ]
+        return {
+            "windows": windows,
+            "pending": pending,
+            "seq": self.seq,
+            "provisional_until": self.provisional_until,
+            "baseline": self.baseline.snapshot(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.windows.clear()
+        self.impressions = {}
+        for start, key, imps, clicks, orphans, dup_c, dup_i, ids in state["windows"]:
+            w = self.windows.at(key, start)
+            w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps = (
+                imps,
+                clicks,
+                orphans,
+                dup_c,
+                dup_i,
+            )
+            for imp_id, ts, clicked in ids:
+                w.ids.append(imp_id)
+                self.impressions[imp_id] = [w, ts, clicked]
+        self.pending = {}
+        self.pending_heap = []
+        for imp_id, seq, ts, campaign in state["pending"]:
+            self.pending.setdefault(imp_id, {})[seq] = (ts, campaign)
+            self.pending_heap.append((ts, seq, imp_id))
+        heapq.heapify(self.pending_heap)
+        self.seq = state["seq"]
+        self.provisional_until = state["provisional_until"]
+        self.baseline.restore(state["baseline"])
+
+
+__all__ = ["CtrConfig", "CtrOperator", "window_start"]

@@ -1,0 +1,165 @@
+"""The one alert rule engine: observations in, alert events out.
+
+Monitors only measure (`Observation`); every alert is made here, from rules
+declared in configuration:
+
+    Rule(name="ctr_drop", kind="ctr", metric="ctr_drop", op=">",
+         thresholds={"warning": 0.3, "critical": 0.5}, cooldown_s=600, min_samples=500)
+
+Per (rule, entity) the engine keeps a state: the severity it fires at (none
+when quiet) and when it last fired. An observation whose condition holds at a
+higher severity than the state fires (`firing`); one where it no longer holds
+resolves (`resolved`). A condition that stays true raises nothing new, and a
+rule that resolved does not fire again for the same entity until `cooldown_s`
+of event time has passed since it last fired (no flapping).
+
+`alert_id` is a hash of rule, entity, window and status, so a replay raises
+the same id with the same content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from operators.base import Observation
+from schemas.events import Alert
+
+SEVERITIES = ("info", "warning", "critical")
+COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    kind: str
+    metric: str
+    op: str
+    thresholds: dict[str, float]  # severity -> threshold
+    cooldown_s: float = 600.0
+    min_samples: int = 0
+    message: str = "{metric} of {entity} is {value:.4g} ({op} {threshold:.4g})"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.op not in COMPARISONS:
+            raise ValueError(f"rule {self.name}: op must be one of {sorted(COMPARISONS)}")
+        unknown = set(self.thresholds) - set(SEVERITIES)
+        if unknown or not self.thresholds:
+            raise ValueError(f"rule {self.name}: thresholds need severities from {SEVERITIES}")
+
+    def level(self, value: float) -> tuple[str, float] | None:
+        """The highest severity whose threshold `value` crosses, with that threshold."""
+        compare = COMPARISONS[self.op]
+        crossed = None
+        for severity in SEVERITIES:
+            threshold = self.thresholds.get(severity)
+            if threshold is not None and compare(value, threshold):
+                crossed = (severity, threshold)
+        return crossed
+
+
+def alert_id(
+    rule: str, entity: str, window_start: int | None, window_end: int | None, status: str, ts: int
+) -> str:
+    # Windowless evidence (a single reading) is identified by its own time.
+    where = f"{window_start}-{window_end}" if window_start is not None else f"@{ts}"
+    return hashlib.blake2b(f"{rule}|{entity}|{where}|{status}".encode(), digest_size=16).hexdigest()
+
+
+def _fmt_time(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
+
+
+class RuleEngine:
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules: dict[tuple[str, str], list[Rule]] = {}
+        for rule in rules:
+            self.rules.setdefault((rule.kind, rule.metric), []).append(rule)
+        # (rule name, entity) -> [severity firing or "", last fired ts]
+        self.state: dict[str, list[Any]] = {}
+
+    def evaluate(self, observations: Iterable[Observation]) -> list[Alert]:
+        alerts: list[Alert] = []
+        for obs in observations:
+            for rule in self.rules.get((obs.kind, obs.metric), ()):
+                alert = self._judge(rule, obs)
+                if alert is not None:
+                    alerts.append(alert)
+        return alerts
+
+    def _judge(self, rule: Rule, obs: Observation) -> Alert | None:
+        if obs.n < rule.min_samples:
+            return None
+        key = f"{rule.name}\x1f{obs.entity}"
+        state = self.state.get(key)
+        firing, last_fired = state if state else ("", None)
+        crossed = rule.level(obs.value)
+        if crossed is not None:
+            severity, threshold = crossed
+            if firing and SEVERITIES.index(severity) <= SEVERITIES.index(firing):
+                return None  # still true: already raised
+            if (
+                not firing
+                and last_fired is not None
+                and (obs.ts - last_fired < rule.cooldown_s * 1000)
+            ):
+                return None  # cooling down after the last alert of this rule and entity
+            self.state[key] = [severity, obs.ts]
+            return self._alert(rule, obs, "firing", severity, threshold)
+        if firing:
+            self.state[key] = ["", last_fired]
+            threshold = rule.thresholds[firing]
+            return self._alert(rule, obs, "resolved", firing, threshold)
+        return None
+
+    def _alert(
+        self, rule: Rule, obs: Observation, status: str, severity: str, threshold: float
+    ) -> Alert:
+        text = rule.message.format(
+            metric=obs.metric,
+            entity=obs.entity,
+            value=obs.value,
+            threshold=threshold,
+            op=rule.op,
+            **obs.details,
+        )
+        if status == "resolved":
+            text = f"Resolved: {text}"
+        if obs.window_start is not None:
+            text += f" in window {_fmt_time(obs.window_start)}-{_fmt_time(obs.window_end)} UTC"
+        return Alert(
+            alert_id=alert_id(
+                rule.name, obs.entity, obs.window_start, obs.window_end, status, obs.ts
+            ),
+            ts=obs.ts,
+            kind=obs.kind,  # type: ignore[arg-type]
+            rule=rule.name,
+            severity=severity,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
+            entity=obs.entity,
+            metric=obs.metric,
+            value=float(obs.value),
+            threshold=float(threshold),
+            window_start=obs.window_start,
+            window_end=obs.window_end,
+            message=text + ".",
+            details={**rule.details, **obs.details, "n": obs.n},
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {key: list(value) for key, value in self.state.items()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.state = {key: list(value) for key, value in state.items()}

@@ -1,0 +1,71 @@
+"""Tumbling event-time windows aligned to the epoch.
+
+A window is [start, start + size) with start = ts - ts mod size. Windows are
+kept by start in sorted order so the ones ending before a watermark are found
+without scanning every key. Every monitor with tumbling windows uses this.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+S = TypeVar("S")
+
+
+def window_start(ts: int, size_ms: int) -> int:
+    return ts - ts % size_ms
+
+
+class TumblingWindows(Generic[S]):
+    """State of type S per (key, window), created on first use by `factory`."""
+
+    def __init__(self, size_ms: int, factory: Callable[[], S]) -> None:
+        self.size_ms = size_ms
+        self.factory = factory
+        self.by_start: dict[int, dict[str, S]] = {}
+        self.starts: list[int] = []  # sorted keys of by_start
+
+    def at(self, key: str, ts: int) -> S:
+        """The state of the window of `key` that contains `ts`."""
+        start = ts - ts % self.size_ms
+        bucket = self.by_start.get(start)
+        if bucket is None:
+            bucket = self.by_start[start] = {}
+            bisect.insort(self.starts, start)
+        state = bucket.get(key)
+        if state is None:
+            state = bucket[key] = self.factory()
+        return state
+
+    def ending_between(self, after: int, until: int) -> Iterator[tuple[int, str, S]]:
+        """Windows with after < end <= until, by start then key (kept in place)."""
+        lo = bisect.bisect_right(self.starts, after - self.size_ms)
+        hi = bisect.bisect_right(self.starts, until - self.size_ms)
+        for start in self.starts[lo:hi]:
+            bucket = self.by_start[start]
+            for key in sorted(bucket):
+                yield start, key, bucket[key]
+
+    def pop_ending_until(self, until: int) -> list[tuple[int, str, S]]:
+        """Remove and return the windows with end <= until, by start then key."""
+        hi = bisect.bisect_right(self.starts, until - self.size_ms)
+        closed = []
+        for start in self.starts[:hi]:
+            bucket = self.by_start.pop(start)
+            closed.extend((start, key, bucket[key]) for key in sorted(bucket))
+        del self.starts[:hi]
+        return closed
+
+    def items(self) -> Iterator[tuple[int, str, S]]:
+        for start in self.starts:
+            for key, state in self.by_start[start].items():
+                yield start, key, state
+
+    def clear(self) -> None:
+        self.by_start.clear()
+        self.starts.clear()
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.by_start.values())

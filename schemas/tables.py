@@ -1,0 +1,225 @@
+"""ClickHouse tables the project writes: one definition each, DDL generated from it.
+
+Idempotency: every table is a ReplacingMergeTree whose sorting key is the
+identity of a row (a window of a key, an alert id, a topic offset). A worker
+that restarts or replays re-emits the same rows with the same key, and
+`SELECT ... FINAL` returns one row per key (the highest `version` where a
+table has one, e.g. a CTR window's final row over its provisional one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TIME = "DateTime64(3, 'UTC')"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    order_by: tuple[str, ...]
+    comment: str
+    version: str | None = None
+    partition_by: str | None = None
+
+    @property
+    def column_names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+    def ddl(self, database: str = "streamwatch") -> str:
+        cols = ",\n".join(f"    `{name}` {kind}" for name, kind in self.columns)
+        engine = f"ReplacingMergeTree({self.version})" if self.version else "ReplacingMergeTree"
+        parts = [
+            f"CREATE TABLE IF NOT EXISTS {database}.{self.name}\n(\n{cols}\n)",
+            f"ENGINE = {engine}",
+        ]
+        if self.partition_by:
+            parts.append(f"PARTITION BY {self.partition_by}")
+        parts.append(f"ORDER BY ({', '.join(self.order_by)})")
+        parts.append(f"COMMENT '{self.comment}'")
+        return "\n".join(parts) + ";"
+
+
+CTR_WINDOWS = Table(
+    name="ctr_windows",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("campaign_id", "String"),
+        ("variant", "String"),
+        ("impressions", "UInt64"),
+        ("clicks", "UInt64"),
+        ("ctr", "Float64"),
+        ("orphan_clicks", "UInt64"),
+        ("duplicate_clicks", "UInt64"),
+        ("duplicate_impressions", "UInt64"),
+        ("final", "UInt8"),
+        ("version", "UInt32"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("campaign_id", "variant", "window_start"),
+    version="version",
+    partition_by="toYYYYMM(window_start)",
+    comment="Tumbling event-time CTR windows; final=1 once the attribution window has passed",
+)
+
+SENSOR_ANOMALIES = Table(
+    name="sensor_anomalies",
+    columns=(
+        ("ts", TIME),
+        ("sensor_id", "String"),
+        ("metric", "String"),
+        ("value", "Float64"),
+        ("method", "LowCardinality(String)"),
+        ("score", "Float64"),
+        ("threshold", "Float64"),
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("sensor_id", "metric", "method", "ts"),
+    partition_by="toYYYYMM(ts)",
+    comment="Anomalous sensor readings, one row per reading, metric and detection method",
+)
+
+SENSOR_WINDOWS = Table(
+    name="sensor_windows",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("sensor_id", "String"),
+        ("metric", "String"),
+        ("n", "UInt64"),
+        ("min", "Float64"),
+        ("max", "Float64"),
+        ("mean", "Float64"),
+        ("p95", "Float64"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("sensor_id", "metric", "window_start"),
+    partition_by="toYYYYMM(window_start)",
+    comment="Per-window aggregates of sensor metrics",
+)
+
+DRIFT_SCORES = Table(
+    name="drift_scores",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("model_id", "String"),
+        ("model_version", "String"),
+        ("feature", "String"),
+        ("psi", "Float64"),
+        ("ks", "Nullable(Float64)"),
+        ("ks_pvalue", "Nullable(Float64)"),
+        ("chi2", "Nullable(Float64)"),
+        ("chi2_pvalue", "Nullable(Float64)"),
+        ("js", "Float64"),
+        ("n", "UInt64"),
+        ("reference_version", "String"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("model_id", "feature", "window_start"),
+    partition_by="toYYYYMM(window_start)",
+    comment="Drift of each feature and the prediction against the reference profile",
+)
+
+INFERENCE_WINDOWS = Table(
+    name="inference_windows",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("model_id", "String"),
+        ("model_version", "String"),
+        ("requests", "UInt64"),
+        ("errors", "UInt64"),
+        ("error_rate", "Float64"),
+        ("latency_p50", "Float64"),
+        ("latency_p95", "Float64"),
+        ("latency_p99", "Float64"),
+        ("confidence_mean", "Nullable(Float64)"),
+        ("low_confidence_ratio", "Nullable(Float64)"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("model_id", "model_version", "window_start"),
+    partition_by="toYYYYMM(window_start)",
+    comment="Service health of each model version per tumbling window",
+)
+
+ALERTS = Table(
+    name="alerts",
+    columns=(
+        ("alert_id", "String"),
+        ("ts", TIME),
+        ("kind", "LowCardinality(String)"),
+        ("rule", "LowCardinality(String)"),
+        ("severity", "LowCardinality(String)"),
+        ("status", "LowCardinality(String)"),
+        ("entity", "String"),
+        ("metric", "String"),
+        ("value", "Float64"),
+        ("threshold", "Float64"),
+        ("window_start", f"Nullable({TIME})"),
+        ("window_end", f"Nullable({TIME})"),
+        ("message", "String"),
+        ("details", "String"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("alert_id",),
+    partition_by="toYYYYMM(ts)",
+    comment="Every alert event also published on the alerts topic; details is a JSON object",
+)
+
+DEAD_LETTERS = Table(
+    name="dead_letters",
+    columns=(
+        ("ts", TIME),
+        ("source_topic", "LowCardinality(String)"),
+        ("partition", "UInt32"),
+        ("offset", "UInt64"),
+        ("key", "Nullable(String)"),
+        ("reason", "LowCardinality(String)"),
+        ("error", "String"),
+        ("raw", "String"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("source_topic", "partition", "offset"),
+    comment="Rejected input messages (also on the dead-letter topic) with the reason",
+)
+
+LATE_EVENTS = Table(
+    name="late_events",
+    columns=(
+        ("monitor", "LowCardinality(String)"),
+        ("source_topic", "LowCardinality(String)"),
+        ("partition", "UInt32"),
+        ("offset", "UInt64"),
+        ("event_ts", TIME),
+        ("watermark", TIME),
+        ("window_start", TIME),
+        ("key", "String"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("monitor", "source_topic", "partition", "offset"),
+    comment="Events later than the allowed lateness: not in any window, copied to late-events",
+)
+
+TABLES: tuple[Table, ...] = (
+    CTR_WINDOWS,
+    SENSOR_ANOMALIES,
+    SENSOR_WINDOWS,
+    DRIFT_SCORES,
+    INFERENCE_WINDOWS,
+    ALERTS,
+    DEAD_LETTERS,
+    LATE_EVENTS,
+)
+TABLES_BY_NAME = {t.name: t for t in TABLES}
+
+
+def schema_sql(database: str = "streamwatch") -> str:
+    """The whole DDL: database and every table, as applied at start and checked in."""
+    statements = [f"CREATE DATABASE IF NOT EXISTS {database};"]
+    statements += [t.ddl(database) for t in TABLES]
+    return "\n\n".join(statements) + "\n"
