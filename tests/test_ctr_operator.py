@@ -17,9 +17,7 @@ assert T0 % 60_000 == 0
 
 
 def imp(i: str, ts: int, campaign: str = "c1", variant: str | None = None) -> Impression:
-    return Impression(
-        impression_id=i, ts=ts, campaign_id=campaign, user_id="u", variant=variant
-    )
+    return Impression(impression_id=i, ts=ts, campaign_id=campaign, user_id="u", variant=variant)
 
 
 def clk(c: str, i: str, ts: int, campaign: str = "c1") -> Click:
@@ -48,9 +46,7 @@ def test_hand_computed_window() -> None:
     )
     op.advance(T0 + 60_000)  # first window closes: provisional row
     provisional = op.collect().rows["ctr_windows"]
-    assert [(r["window_start"], r["final"], r["impressions"]) for r in provisional] == [
-        (T0, 0, 3)
-    ]
+    assert [(r["window_start"], r["final"], r["impressions"]) for r in provisional] == [(T0, 0, 3)]
     assert provisional[0]["orphan_clicks"] == 1  # k4 resolved: watermark passed it
     op.advance(T0 + 60_000 + 600_000)  # attribution over: final row
     rows = final_rows(op)
@@ -104,8 +100,7 @@ def test_snapshot_restore_round_trip_mid_window() -> None:
 
 def test_drop_rule_fires_once_and_resolves() -> None:
     rules = RuleEngine(
-        [Rule("ctr_drop", "ctr", "ctr_drop", ">", {"critical": 0.5}, cooldown_s=0,
-              min_samples=50)]
+        [Rule("ctr_drop", "ctr", "ctr_drop", ">", {"critical": 0.5}, cooldown_s=0, min_samples=50)]
     )
     task = MonitorTask(CtrOperator(CtrConfig(attribution_ms=60_000)), rules, 0, 10**9)
     n = 0
@@ -170,14 +165,27 @@ def _run(events, split_at: int | None, lateness_ms: int = 0, batch: int = 7) -> 
         task.tick(now_ms=0)
         rows += task.collect().rows.get("ctr_windows", [])
     for source in ("impressions", "clicks"):
-        task.feed(source, [imp("flush", T0 + 10**8)] if source == "impressions" else
-                  [clk("flush", "flush", T0 + 10**8)], now_ms=0)
+        task.feed(
+            source,
+            [imp("flush", T0 + 10**8)]
+            if source == "impressions"
+            else [clk("flush", "flush", T0 + 10**8)],
+            now_ms=0,
+        )
     task.tick(now_ms=0)
     rows += task.collect().rows.get("ctr_windows", [])
     final = sorted(
-        (r["window_start"], r["campaign_id"], r["variant"], r["impressions"], r["clicks"],
-         r["orphan_clicks"], r["duplicate_clicks"])
-        for r in rows if r["final"] and r["window_start"] < T0 + 10**7
+        (
+            r["window_start"],
+            r["campaign_id"],
+            r["variant"],
+            r["impressions"],
+            r["clicks"],
+            r["orphan_clicks"],
+            r["duplicate_clicks"],
+        )
+        for r in rows
+        if r["final"] and r["window_start"] < T0 + 10**7
     )
     return final
 

@@ -136,21 +136,78 @@ def command_text(service: dict) -> str:
 # Compose sub-commands whose positional arguments are service names, and how many of them
 # (None: any number; 1: only the first, the rest is a command or a port).
 _COMPOSE_SERVICE_ARGS = {
-    "up": None, "start": None, "stop": None, "restart": None, "logs": None, "ps": None,
-    "pull": None, "build": None, "create": None, "rm": None, "kill": None, "pause": None,
-    "unpause": None, "top": None, "events": None, "images": None, "push": None,
-    "exec": 1, "run": 1, "port": 1, "attach": 1,
+    "up": None,
+    "start": None,
+    "stop": None,
+    "restart": None,
+    "logs": None,
+    "ps": None,
+    "pull": None,
+    "build": None,
+    "create": None,
+    "rm": None,
+    "kill": None,
+    "pause": None,
+    "unpause": None,
+    "top": None,
+    "events": None,
+    "images": None,
+    "push": None,
+    "exec": 1,
+    "run": 1,
+    "port": 1,
+    "attach": 1,
 }
-# Options that take a value as the next word (global ones and the sub-commands' ones).
-_COMPOSE_OPTS_WITH_VALUE = {
-    "-f", "--file", "-p", "--project-name", "--profile", "--env-file", "--project-directory",
-    "--ansi", "--progress", "--parallel",
-    "--scale", "--index", "--tail", "--since", "--until", "-t", "--timeout", "--wait-timeout",
-    "--exit-code-from", "--attach", "--no-attach", "--pull", "-e", "--env", "-u", "--user",
-    "-w", "--workdir", "--entrypoint", "--name", "-l", "--label", "-v", "--volume",
-    "--protocol", "--signal", "-s", "--format", "--filter", "--status",
+# Options that take a value as the next word: before the sub-command (global options) and
+# after it (the sub-commands' options; there `-f` is --follow/--force and takes none).
+_GLOBAL_OPTS_WITH_VALUE = {
+    "-f",
+    "--file",
+    "-p",
+    "--project-name",
+    "--profile",
+    "--env-file",
+    "--project-directory",
+    "--ansi",
+    "--progress",
+    "--parallel",
 }
-_SERVICE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_COMMAND_OPTS_WITH_VALUE = {
+    "--scale",
+    "--index",
+    "-n",
+    "--tail",
+    "--since",
+    "--until",
+    "-t",
+    "--timeout",
+    "--wait-timeout",
+    "--exit-code-from",
+    "--attach",
+    "--no-attach",
+    "--pull",
+    "-e",
+    "--env",
+    "-u",
+    "--user",
+    "-w",
+    "--workdir",
+    "--entrypoint",
+    "--name",
+    "-l",
+    "--label",
+    "-v",
+    "--volume",
+    "-p",
+    "--publish",
+    "--protocol",
+    "--signal",
+    "-s",
+    "--format",
+    "--filter",
+    "--status",
+}
+_SERVICE_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
 
 
 def services_in_compose_command(command: str) -> set[str]:
@@ -176,7 +233,8 @@ def services_in_compose_command(command: str) -> set[str]:
         if word.startswith("-"):
             option, _, inline = word.partition("=")
             value = inline if inline else None
-            if option in _COMPOSE_OPTS_WITH_VALUE and not inline:
+            with_value = _GLOBAL_OPTS_WITH_VALUE if subcommand is None else _COMMAND_OPTS_WITH_VALUE
+            if option in with_value and not inline:
                 value = words[i + 1] if i + 1 < len(words) else None
                 i += 1
             if option == "--scale" and value and "=" in value:
@@ -216,7 +274,8 @@ def services_named_in_text(text: str) -> set[str]:
         lowered = line.lower()
         if not in_fence and "compose" in lowered and re.search(r"\bservices?\b", lowered):
             names.update(
-                span for span in re.findall(r"`([^`\s]+)`", line)
+                span
+                for span in re.findall(r"`([^`\s]+)`", line)
                 if re.fullmatch(r"[a-z][a-z0-9-]*", span)
             )
     return names
@@ -248,7 +307,7 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
 def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
     starts = [i for i, (kw, _) in enumerate(instructions) if kw == "FROM"]
     assert starts, "Dockerfile has no FROM"
-    return instructions[starts[-1]:]
+    return instructions[starts[-1] :]
 
 
 def rule_problems(document) -> list[str]:
@@ -300,7 +359,9 @@ def run_promtool(*args: str) -> subprocess.CompletedProcess:
 
 def test_compose_file_matches_compose_specification(compose, compose_validator):
     errors = schema_errors(compose_validator, compose)
-    assert not errors, "docker-compose.yml violates the Compose Specification:\n" + "\n".join(errors)
+    assert not errors, "docker-compose.yml violates the Compose Specification:\n" + "\n".join(
+        errors
+    )
 
 
 @pytest.mark.parametrize(
@@ -354,7 +415,9 @@ def test_worker_configuration(compose):
     env = service_env(worker)
     assert env.get("STREAMWATCH_KAFKA") == "kafka:9092"
     clickhouse_url = env.get("STREAMWATCH_CLICKHOUSE", "")
-    assert re.fullmatch(r"https?://[^@/]+@clickhouse:8123/streamwatch", clickhouse_url), clickhouse_url
+    assert re.fullmatch(r"https?://[^@/]+@clickhouse:8123/streamwatch", clickhouse_url), (
+        clickhouse_url
+    )
     assert env.get("STREAMWATCH_WEB_PORT") == "6066"
 
     build = worker.get("build")
@@ -378,7 +441,7 @@ def test_worker_configuration(compose):
     assert any(target.split("/")[0] == "6066" for *_, target in published), "6066 not published"
     for parts in published:
         if len(parts) == 2 and re.fullmatch(r"\d+", parts[0]):
-            pytest.fail(f"worker publishes the fixed host port {parts[0]}: a second replica clashes")
+            pytest.fail(f"worker publishes fixed host port {parts[0]}: a 2nd replica clashes")
 
 
 def test_clickhouse_service(compose):
@@ -397,7 +460,7 @@ def test_kafka_services(compose):
     kafka = compose["services"]["kafka"]
     init = compose["services"]["kafka-init"]
     assert str(kafka["image"]).startswith("apache/kafka:")
-    assert init["image"] == kafka["image"], "kafka-init must use the broker's image (kafka-topics.sh)"
+    assert init["image"] == kafka["image"], "kafka-init must use the broker image (kafka-topics.sh)"
     env = service_env(kafka)
     assert "kafka:9092" in env.get("KAFKA_ADVERTISED_LISTENERS", "")
     assert "localhost:29092" in env.get("KAFKA_ADVERTISED_LISTENERS", "")
@@ -408,11 +471,15 @@ def test_kafka_services(compose):
     script = command_text(init)
     assert "kafka-topics.sh" in script and "--create" in script
     assert "cleanup.policy=compact" in script and "streamwatch-checkpoints" in script
-    for topic, partitions in TOPIC_PARTITIONS.items():
-        assert re.search(rf"(?<![\w-]){re.escape(topic)}(?![\w-])", script), f"topic {topic} not created"
+
+    def names(topic: str, text: str) -> bool:
+        return re.search(rf"(?<![\w-]){re.escape(topic)}(?![\w-])", text) is not None
+
+    for topic in TOPIC_PARTITIONS:
+        assert names(topic, script), f"topic {topic} not created"
     # The loops group the topics by partition count: each group's line names its count.
     for line in script.splitlines():
-        named = [t for t in TOPIC_PARTITIONS if re.search(rf"(?<![\w-]){re.escape(t)}(?![\w-])", line)]
+        named = [t for t in TOPIC_PARTITIONS if names(t, line)]
         if "create" in line and named and "describe" not in line:
             counts = {TOPIC_PARTITIONS[t] for t in named}
             assert len(counts) == 1 and re.search(rf"\b{counts.pop()}\b", line), line
@@ -433,7 +500,8 @@ def test_bind_mounted_files_exist(compose):
     """Every bind-mounted *file* exists (a missing one would be created as a directory)."""
     for name, service in compose["services"].items():
         for volume in service.get("volumes") or []:
-            source = str(volume).split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            spec = volume if isinstance(volume, str) else volume.get("source", "")
+            source = spec.split(":")[0]
             if source.startswith(".") and Path(source).suffix:
                 assert (REPO / source).is_file(), f"{name}: {source} does not exist"
 
@@ -456,7 +524,8 @@ docker-compose restart prometheus && echo done
 ```
 Not a service: `alerts` topic, `STREAMWATCH_KAFKA`.
 """
-    assert services_named_in_text(text) == {"worker", "kafka", "clickhouse", "grafana", "prometheus"}
+    expected = {"worker", "kafka", "clickhouse", "grafana", "prometheus"}
+    assert services_named_in_text(text) == expected
     assert services_in_compose_command("docker compose up -d") == set()
     assert services_in_compose_command("kubectl logs worker") == set()
 
@@ -484,11 +553,19 @@ def test_alert_rules_structure():
 
 
 def test_rule_problems_detects_broken_rules():
-    good = {"alert": "A", "expr": "up == 0", "labels": {"severity": "critical"},
-            "annotations": {"summary": "s"}}
+    good = {
+        "alert": "A",
+        "expr": "up == 0",
+        "labels": {"severity": "critical"},
+        "annotations": {"summary": "s"},
+    }
     assert rule_problems({"groups": [{"name": "g", "rules": [good]}]}) == []
-    for key, value in [("expr", ""), ("labels", {}), ("labels", {"severity": "page"}),
-                       ("annotations", {"description": "d"})]:
+    for key, value in [
+        ("expr", ""),
+        ("labels", {}),
+        ("labels", {"severity": "page"}),
+        ("annotations", {"description": "d"}),
+    ]:
         assert rule_problems({"groups": [{"name": "g", "rules": [{**good, key: value}]}]})
     assert rule_problems({"rules": [good]})
 
@@ -497,11 +574,15 @@ def test_alert_thresholds():
     rules = alert_rules()
     assert re.search(r">\s*300\b", rules["StreamwatchWatermarkStalled"]["expr"])
     assert rules["StreamwatchWatermarkStalled"]["for"] == "5m"
-    assert re.search(r"rate\(streamwatch_sink_failures_total\[\w+\]\)\s*>\s*0\b",
-                     rules["StreamwatchSinkFailing"]["expr"])
+    assert re.search(
+        r"rate\(streamwatch_sink_failures_total\[\w+\]\)\s*>\s*0\b",
+        rules["StreamwatchSinkFailing"]["expr"],
+    )
     assert rules["StreamwatchSinkFailing"]["for"] == "2m"
-    assert re.search(r"sum\b.*rate\(streamwatch_events_rejected_total\[\w+\]\)\)\s*>\s*1\b",
-                     rules["StreamwatchDeadLetterRate"]["expr"])
+    assert re.search(
+        r"sum\b.*rate\(streamwatch_events_rejected_total\[\w+\]\)\)\s*>\s*1\b",
+        rules["StreamwatchDeadLetterRate"]["expr"],
+    )
     assert rules["StreamwatchDeadLetterRate"]["for"] == "5m"
     assert re.search(r">\s*100000\b", rules["StreamwatchSinkBackpressure"]["expr"])
     assert rules["StreamwatchSinkBackpressure"]["for"] == "5m"
@@ -517,7 +598,9 @@ def test_prometheus_config():
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = [t for sc in job.get("static_configs", []) for t in sc.get("targets", [])]
     targets += [
-        f"{name}:{sd.get('port')}" for sd in job.get("dns_sd_configs", []) for name in sd.get("names", [])
+        f"{name}:{sd.get('port')}"
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd.get("names", [])
     ]
     assert "worker:6066" in targets, targets
 
@@ -546,7 +629,12 @@ def test_promtool_check_config():
 @needs_promtool
 def test_promtool_alert_behaviour(tmp_path):
     """Unit-test the alerts on synthetic series: each fires after its `for`, not before."""
-    labels = 'instance="w1:6066", job="streamwatch"'
+
+    def series(metric: str, values: str, **labels: str) -> dict:
+        labels = {**labels, "instance": "w1:6066", "job": "streamwatch"}
+        rendered = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+        return {"series": f"{metric}{{{rendered}}}", "values": values}
+
     tests = {
         "rule_files": [str(ALERT_RULES)],
         "evaluation_interval": "1m",
@@ -554,17 +642,18 @@ def test_promtool_alert_behaviour(tmp_path):
             {
                 "interval": "1m",
                 "input_series": [
-                    {"series": f'up{{{labels}}}', "values": "0x15"},
-                    {"series": f'streamwatch_watermark_delay_seconds{{monitor="ctr", {labels}}}',
-                     "values": "400x15"},
-                    {"series": f'streamwatch_watermark_delay_seconds{{monitor="drift", {labels}}}',
-                     "values": "30x15"},
-                    {"series": f'streamwatch_sink_failures_total{{sink="ctr_windows", {labels}}}',
-                     "values": "0+5x15"},
-                    {"series": f'streamwatch_events_rejected_total{{topic="clicks", reason="json", {labels}}}',
-                     "values": "0+600x15"},
-                    {"series": f'streamwatch_sink_buffered_rows{{sink="alerts", {labels}}}',
-                     "values": "200000x15"},
+                    series("up", "0x15"),
+                    series("streamwatch_watermark_delay_seconds", "400x15", monitor="ctr"),
+                    series("streamwatch_watermark_delay_seconds", "30x15", monitor="drift"),
+                    series("streamwatch_sink_failures_total", "0+120x15", sink="ctr_windows"),
+                    series(
+                        "streamwatch_events_rejected_total",
+                        "0+600x15",
+                        topic="clicks",
+                        reason="json",
+                    ),
+                    series("streamwatch_sink_buffered_rows", "200000x15", sink="alerts"),
+                    series("streamwatch_sink_buffered_rows", "500x15", sink="ctr_windows"),
                 ],
                 "alert_rule_test": _alert_expectations(),
             }
@@ -587,32 +676,57 @@ def _alert_expectations() -> list[dict]:
     }
     expectations = []
     for name, extra in firing.items():
-        expectations.append({"eval_time": "1m", "alertname": name, "exp_alerts": []})
-        expectations.append({
+        # Pending, not yet firing, one evaluation before its `for` has elapsed.
+        before = f"{_minutes(rules[name]['for']) - 1}m"
+        expectations.append({"eval_time": before, "alertname": name, "exp_alerts": []})
+        expectations.append(
+            {
+                "eval_time": "12m",
+                "alertname": name,
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            **base,
+                            **extra,
+                            "severity": rules[name]["labels"]["severity"],
+                        },
+                        "exp_annotations": _rendered_annotations(rules[name], name),
+                    }
+                ],
+            }
+        )
+    expectations.append(
+        {"eval_time": "4m", "alertname": "StreamwatchDeadLetterRate", "exp_alerts": []}
+    )
+    expectations.append(
+        {
             "eval_time": "12m",
-            "alertname": name,
-            "exp_alerts": [{
-                "exp_labels": {**base, **extra, "severity": rules[name]["labels"]["severity"]},
-                "exp_annotations": _rendered_annotations(rules[name], name),
-            }],
-        })
-    expectations.append({"eval_time": "1m", "alertname": "StreamwatchDeadLetterRate", "exp_alerts": []})
-    expectations.append({
-        "eval_time": "12m",
-        "alertname": "StreamwatchDeadLetterRate",
-        "exp_alerts": [{
-            "exp_labels": {"severity": rules["StreamwatchDeadLetterRate"]["labels"]["severity"]},
-            "exp_annotations": _rendered_annotations(rules["StreamwatchDeadLetterRate"],
-                                                     "StreamwatchDeadLetterRate"),
-        }],
-    })
+            "alertname": "StreamwatchDeadLetterRate",
+            "exp_alerts": [
+                {
+                    "exp_labels": {
+                        "severity": rules["StreamwatchDeadLetterRate"]["labels"]["severity"]
+                    },
+                    "exp_annotations": _rendered_annotations(
+                        rules["StreamwatchDeadLetterRate"], "StreamwatchDeadLetterRate"
+                    ),
+                }
+            ],
+        }
+    )
     return expectations
+
+
+def _minutes(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)m", duration)
+    assert match, f"this test expects `for` in whole minutes, got {duration!r}"
+    return int(match.group(1))
 
 
 _EXPECTED_VALUES = {
     "StreamwatchWorkerDown": ("0", {"instance": "w1:6066"}),
     "StreamwatchWatermarkStalled": ("400", {"monitor": "ctr", "instance": "w1:6066"}),
-    "StreamwatchSinkFailing": ("0.08333333333333333", {"sink": "ctr_windows", "instance": "w1:6066"}),
+    "StreamwatchSinkFailing": ("2", {"sink": "ctr_windows", "instance": "w1:6066"}),
     "StreamwatchSinkBackpressure": ("200000", {"sink": "alerts", "instance": "w1:6066"}),
     "StreamwatchDeadLetterRate": ("10", {}),
 }
@@ -628,6 +742,7 @@ def _rendered_annotations(rule: dict, name: str) -> dict:
     number = float(value)
 
     def humanize(v: float) -> str:
+        assert v == 0 or abs(v) >= 1, "sub-unit values render with SI prefixes: not supported"
         for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
             if abs(v) >= limit:
                 return f"{v / limit:.4g}{suffix}"
@@ -650,6 +765,7 @@ def _rendered_annotations(rule: dict, name: str) -> dict:
             if label:
                 return labels.get(label.group(1), "")
             pytest.fail(f"{name}: template {{{{ {expr} }}}} not supported by this test")
+
         return re.sub(r"\{\{(.*?)\}\}", substitute, template)
 
     return {key: render(text) for key, text in (rule.get("annotations") or {}).items()}
@@ -661,8 +777,9 @@ def _rendered_annotations(rule: dict, name: str) -> dict:
 def test_dockerfile():
     assert DOCKERFILE.is_file(), f"{DOCKERFILE} is missing"
     instructions = dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8"))
-    assert all(args.split()[0].startswith("python:3.11-slim")
-               for kw, args in instructions if kw == "FROM")
+    assert all(
+        args.split()[0].startswith("python:3.11-slim") for kw, args in instructions if kw == "FROM"
+    )
     stage = final_stage(instructions)
     last = {kw: args for kw, args in stage}
 
@@ -677,16 +794,22 @@ def test_dockerfile():
     assert "curl" not in healthcheck and "wget" not in healthcheck
 
     pip_installs = [args for kw, args in instructions if kw == "RUN" and "pip install" in args]
-    assert any(re.search(r"pip install (--\S+ )*\.(\s|$|&)", args) for args in pip_installs), pip_installs
-    assert not any("embedded" in args for args in pip_installs), "the image must not install the embedded extra"
+    assert any(re.search(r"pip install (--\S+ )*\.(\s|$|&)", args) for args in pip_installs), (
+        pip_installs
+    )
+    assert not any("embedded" in args for args in pip_installs), "no embedded extra in the image"
 
 
 def test_dockerfile_parser_joins_continuations():
     parsed = dockerfile_instructions(
         'FROM a AS b\n# c\nRUN x \\\n    && y\nFROM python:3.11-slim\nENTRYPOINT ["streamwatch"]\n'
     )
-    assert parsed == [("FROM", "a AS b"), ("RUN", "x  && y"), ("FROM", "python:3.11-slim"),
-                      ("ENTRYPOINT", '["streamwatch"]')]
+    assert parsed == [
+        ("FROM", "a AS b"),
+        ("RUN", "x  && y"),
+        ("FROM", "python:3.11-slim"),
+        ("ENTRYPOINT", '["streamwatch"]'),
+    ]
     assert final_stage(parsed)[0] == ("FROM", "python:3.11-slim")
 
 

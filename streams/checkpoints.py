@@ -1,0 +1,138 @@
+"""Durable per-partition state: snapshots on a Kafka topic.
+
+A checkpoint of (monitor, partition) holds the task's whole state and, per
+input topic, the offset of the next message that state has not seen. It is
+written only after every result it implies is in ClickHouse and on the output
+topics, and before offsets are committed, so on restart:
+
+    restore(state); skip input below the checkpoint's offsets
+
+resumes exactly where the state left off: nothing lost, nothing counted twice.
+
+The topic is compacted on Apache Kafka (one live record per key). Reading
+scans it to the end, found by a marker record this reader writes itself,
+because some brokers (Tansu) report wrong high watermarks. Where two records
+of a key disagree (a worker that lost its partition wrote late), the one
+further along its input wins: both are valid states of the same sequence.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    positions: dict[str, int]  # input topic -> next offset
+    state: dict[str, Any]
+
+    def progress(self) -> int:
+        return sum(self.positions.values())
+
+
+_MARKER = b"__streamwatch_marker__"
+
+
+def encode(checkpoint: Checkpoint) -> bytes:
+    return msgspec.msgpack.encode({"positions": checkpoint.positions, "state": checkpoint.state})
+
+
+def decode(value: bytes) -> Checkpoint:
+    data = msgspec.msgpack.decode(value)
+    return Checkpoint(positions=data["positions"], state=data["state"])
+
+
+def key_of(monitor: str, partition: int) -> str:
+    return f"{monitor}/{partition}"
+
+
+class CheckpointStore:
+    def __init__(self, client_config: dict[str, Any], topic: str, group_id: str) -> None:
+        from confluent_kafka import Producer
+
+        self.client_config = client_config
+        self.topic = topic
+        self.group_id = group_id
+        self.producer = Producer(
+            {
+                **client_config,
+                "compression.type": "lz4",
+                "message.max.bytes": 100 * 1024 * 1024,
+                "linger.ms": 0,
+            }
+        )
+
+    def write(self, items: dict[str, Checkpoint], timeout: float = 30.0) -> None:
+        """Write checkpoints and wait until the broker has every one."""
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        for key, checkpoint in items.items():
+            self.producer.produce(
+                self.topic, encode(checkpoint), key=self._key(key), on_delivery=delivered
+            )
+        remaining = self.producer.flush(timeout)
+        if remaining or errors:
+            raise RuntimeError(f"checkpoint write failed: {errors or f'{remaining} undelivered'}")
+
+    def _key(self, key: str) -> bytes:
+        return f"{self.group_id}:{key}".encode()
+
+    def load(self, timeout: float = 60.0) -> dict[str, Checkpoint]:
+        """The latest checkpoint of every key of this consumer group."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        metadata = self.producer.list_topics(self.topic, timeout=10)
+        partitions = sorted(metadata.topics[self.topic].partitions)
+        marker_ids = {}
+        for p in partitions:
+            marker = uuid.uuid4().hex.encode()
+            marker_ids[p] = marker
+            self.producer.produce(self.topic, marker, key=_MARKER, partition=p)
+        self.producer.flush(timeout)
+
+        consumer = Consumer(
+            {
+                **self.client_config,
+                "group.id": f"{self.group_id}-checkpoint-reader",
+                "enable.auto.commit": False,
+                "fetch.max.bytes": 200 * 1024 * 1024,
+                "max.partition.fetch.bytes": 200 * 1024 * 1024,
+            }
+        )
+        prefix = f"{self.group_id}:".encode()
+        found: dict[str, Checkpoint] = {}
+        waiting = set(partitions)
+        try:
+            consumer.assign([TopicPartition(self.topic, p, 0) for p in partitions])
+            import time
+
+            deadline = time.monotonic() + timeout
+            while waiting:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"reading checkpoints from {self.topic} timed out")
+                for msg in consumer.consume(1000, 0.5):
+                    if msg.error():
+                        continue
+                    key = msg.key() or b""
+                    if key == _MARKER:
+                        if msg.value() == marker_ids[msg.partition()]:
+                            waiting.discard(msg.partition())
+                        continue
+                    if not key.startswith(prefix):
+                        continue
+                    name = key[len(prefix) :].decode()
+                    checkpoint = decode(msg.value())
+                    old = found.get(name)
+                    if old is None or checkpoint.progress() >= old.progress():
+                        found[name] = checkpoint
+        finally:
+            consumer.close()
+        return found

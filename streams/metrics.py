@@ -1,0 +1,40 @@
+"""Prometheus metrics of the worker, served at /metrics by its web server."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("streamwatch_events_consumed_total", "Messages consumed", ["topic"])
+REJECTED = Counter(
+    "streamwatch_events_rejected_total", "Messages sent to the dead letter", ["topic", "reason"]
+)
+LATE = Counter(
+    "streamwatch_events_late_total", "Events later than the allowed lateness", ["monitor", "topic"]
+)
+WINDOWS_CLOSED = Counter(
+    "streamwatch_rows_emitted_total",
+    "Rows emitted by operators (closed windows, anomalies)",
+    ["table"],
+)
+ALERTS = Counter("streamwatch_alerts_total", "Alert events raised", ["kind", "severity", "status"])
+SINK_BATCH = Histogram(
+    "streamwatch_sink_batch_rows",
+    "Rows per ClickHouse insert",
+    ["table"],
+    buckets=(1, 10, 100, 1000, 10_000, 100_000),
+)
+WRITE_SECONDS = Histogram(
+    "streamwatch_clickhouse_write_seconds", "ClickHouse insert latency", ["table"]
+)
+SINK_FAILURES = Counter("streamwatch_sink_failures_total", "Failed sink writes", ["sink"])
+BUFFERED = Gauge("streamwatch_sink_buffered_rows", "Rows waiting for ClickHouse")
+WATERMARK_DELAY = Gauge(
+    "streamwatch_watermark_delay_seconds", "Wall clock minus the watermark", ["monitor"]
+)
+WATERMARK = Gauge("streamwatch_watermark_seconds", "Event-time watermark", ["monitor"])
+CHECKPOINTS = Counter("streamwatch_checkpoints_total", "Checkpoints written")
+LAG = Gauge(
+    "streamwatch_consumer_lag",
+    "Messages behind the end of the partition, where the broker reports it",
+    ["topic", "partition"],
+)

@@ -1,0 +1,223 @@
+"""From Kafka messages to monitor tasks, and from tasks to outputs and checkpoints.
+
+Transport-free: the worker hands it batches of raw messages of the partitions
+it owns and tells it about assignments; it decodes each message once, routes
+it to every monitor reading its topic (one `MonitorTask` per monitor and
+partition), sends rejects to the dead letter, late events aside, and passes
+rows and alerts to the `Outputs`.
+
+Exactly-once effect under at-least-once delivery: each task remembers, per
+input topic, the offset of the next message its state has not seen
+(`positions`). After a restart from a checkpoint, anything below those
+offsets is skipped; everything above is new. Outputs re-emitted in between
+are idempotent (ReplacingMergeTree rows, deterministic alert ids).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from operators.task import MonitorTask
+from operators.watermark import NO_WATERMARK
+from schemas.decode import Decoder, Rejection
+from schemas.events import INPUT_EVENTS, Alert
+from streams.checkpoints import Checkpoint, key_of
+from streams.monitors import MonitorSpec
+
+
+@dataclass(slots=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Outputs(Protocol):
+    def rows(self, table: str, rows: list[dict[str, Any]]) -> None: ...
+    def alerts(self, alerts: list[Alert]) -> None: ...
+    def rejected(self, message: RawMessage, rejection: Rejection) -> None: ...
+    def late(
+        self, monitor: str, message: RawMessage, event_ts: int, watermark: int, window_start: int
+    ) -> None: ...
+
+
+class Pipeline:
+    def __init__(
+        self,
+        monitors: Sequence[MonitorSpec],
+        outputs: Outputs,
+        topic_logical: dict[str, str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.monitors = {m.name: m for m in monitors}
+        self.outputs = outputs
+        self.clock = clock
+        # Kafka topic -> (monitor, logical source) pairs reading it
+        self.readers: dict[str, list[tuple[MonitorSpec, str]]] = {}
+        for m in monitors:
+            for logical, topic in m.topics.items():
+                self.readers.setdefault(topic, []).append((m, logical))
+        self.decoders = {
+            topic: Decoder(logical)
+            for topic, logical in topic_logical.items()
+            if topic in self.readers and logical in INPUT_EVENTS
+        }
+        self.tasks: dict[tuple[str, int], MonitorTask] = {}
+        self.positions: dict[tuple[str, int], dict[str, int]] = {}
+        self.dirty: set[tuple[str, int]] = set()
+        self.events_in: dict[str, int] = {}
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self.readers)
+
+    # -- assignment ---------------------------------------------------------
+
+    def assign(self, partitions: Iterable[int], checkpoints: dict[str, Checkpoint]) -> None:
+        """Own these partitions of every input topic, restoring checkpointed state."""
+        for partition in partitions:
+            for name, spec in self.monitors.items():
+                key = (name, partition)
+                if key in self.tasks:
+                    continue
+                task = spec.make_task()
+                checkpoint = checkpoints.get(key_of(name, partition))
+                if checkpoint is not None:
+                    task.restore(checkpoint.state)
+                    self.positions[key] = dict(checkpoint.positions)
+                else:
+                    self.positions[key] = {}
+                self.tasks[key] = task
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            for name in self.monitors:
+                key = (name, partition)
+                self.tasks.pop(key, None)
+                self.positions.pop(key, None)
+                self.dirty.discard(key)
+
+    def owned_partitions(self) -> set[int]:
+        return {p for _, p in self.tasks}
+
+    def start_offsets(self) -> dict[tuple[str, int], int]:
+        """Where to start reading each (topic, partition): the oldest position any
+        task reading it needs (0 where a task has no checkpoint)."""
+        starts: dict[tuple[str, int], int] = {}
+        for (name, partition), positions in self.positions.items():
+            for topic in self.monitors[name].topics.values():
+                offset = positions.get(topic, 0)
+                tp = (topic, partition)
+                starts[tp] = min(starts.get(tp, offset), offset)
+        return starts
+
+    # -- processing ---------------------------------------------------------
+
+    def process(self, messages: Sequence[RawMessage]) -> None:
+        """Feed one batch (any mix of topics and owned partitions), then tick."""
+        groups: dict[tuple[str, int], list[RawMessage]] = {}
+        for m in messages:
+            groups.setdefault((m.topic, m.partition), []).append(m)
+        now_ms = int(self.clock() * 1000)
+        for (topic, partition), batch in groups.items():
+            self._process_partition(topic, partition, batch, now_ms)
+        self.tick(now_ms)
+
+    def _process_partition(
+        self, topic: str, partition: int, batch: list[RawMessage], now_ms: int
+    ) -> None:
+        readers = [
+            (spec, logical, (spec.name, partition))
+            for spec, logical in self.readers.get(topic, ())
+            if (spec.name, partition) in self.tasks
+        ]
+        if not readers:
+            return
+        lowest = min(self.positions[key].get(topic, 0) for _, _, key in readers)
+        decoder = self.decoders[topic]
+        decoded: list[tuple[RawMessage, Any]] = []
+        for m in batch:
+            if m.offset < lowest:
+                continue  # already in every task's checkpointed state
+            result = decoder.decode(m.value, m.key)
+            if isinstance(result, Rejection):
+                self.outputs.rejected(m, result)
+            else:
+                decoded.append((m, result))
+        self.events_in[topic] = self.events_in.get(topic, 0) + len(decoded)
+        next_offset = batch[-1].offset + 1
+        for spec, logical, key in readers:
+            start = self.positions[key].get(topic, 0)
+            if next_offset <= start:
+                continue
+            mine = decoded if start <= lowest else [d for d in decoded if d[0].offset >= start]
+            task = self.tasks[key]
+            late = task.feed(logical, [event for _, event in mine], now_ms)
+            for i in late:
+                message, event = mine[i]
+                self.outputs.late(
+                    spec.name,
+                    message,
+                    event.ts,
+                    task.watermark.value,
+                    _window_of(task, event.ts),
+                )
+            self.positions[key][topic] = next_offset
+            self.dirty.add(key)
+
+    def tick(self, now_ms: int | None = None) -> None:
+        """Advance every task's watermark; idle tasks follow their monitor's slowest
+        busy task, so a silent partition does not hold its windows open forever."""
+        now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        floors: dict[str, int] = {}
+        for (name, _), task in self.tasks.items():
+            if not task.watermark.idle(now_ms) and task.watermark.value > NO_WATERMARK:
+                floor = floors.get(name)
+                value = task.watermark.value
+                floors[name] = value if floor is None else min(floor, value)
+        for key, task in self.tasks.items():
+            before = task.watermark.value
+            task.tick(now_ms, floors.get(key[0], NO_WATERMARK))
+            out = task.collect()
+            for table, rows in out.rows.items():
+                self.outputs.rows(table, rows)
+            if out.alerts:
+                self.outputs.alerts(out.alerts)
+            if task.watermark.value != before:
+                self.dirty.add(key)
+
+    # -- checkpoints --------------------------------------------------------
+
+    def checkpoints(self, only_dirty: bool = True) -> dict[str, Checkpoint]:
+        keys = self.dirty if only_dirty else set(self.tasks)
+        return {
+            key_of(*key): Checkpoint(dict(self.positions[key]), self.tasks[key].snapshot())
+            for key in sorted(keys)
+            if key in self.tasks
+        }
+
+    def mark_clean(self) -> None:
+        self.dirty.clear()
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition), the offset every task reading it has passed."""
+        return {tp: o for tp, o in self.start_offsets().items() if o > 0}
+
+    def watermarks(self) -> dict[str, int]:
+        """Per monitor, the lowest watermark over its tasks (for metrics)."""
+        out: dict[str, int] = {}
+        for (name, _), task in self.tasks.items():
+            value = task.watermark.value
+            if value > NO_WATERMARK:
+                out[name] = min(out.get(name, value), value)
+        return out
+
+
+def _window_of(task: MonitorTask, ts: int) -> int:
+    size = getattr(getattr(task.operator, "config", None), "window_ms", None)
+    return ts - ts % size if size else ts

@@ -1,0 +1,140 @@
+"""Where results go: ClickHouse rows (buffered, retried) and the output topics.
+
+Rows wait in memory until `flush` writes them; a failed insert keeps them
+(nothing is dropped) and the worker retries with backoff. Alerts, dead
+letters and late events are produced to Kafka at once and also become rows
+(`alerts`, `dead_letters`, `late_events` tables). `flush` returns only when
+both the broker has acknowledged every message and ClickHouse has every row;
+only then may the worker checkpoint and commit offsets.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import msgspec
+import orjson
+
+from schemas.decode import Rejection
+from schemas.events import Alert, DeadLetter
+from streams import metrics
+from streams.clickhouse import ClickHouseError, Writer
+from streams.pipeline import RawMessage
+
+
+class SinkError(RuntimeError):
+    pass
+
+
+class Sinks:
+    def __init__(self, writer: Writer, producer: Any, topics: Any) -> None:
+        self.writer = writer
+        self.producer = producer
+        self.topics = topics
+        self.buffer: dict[str, list[dict[str, Any]]] = {}
+        self.buffered = 0
+        self.produce_errors: list[str] = []
+        self.alert_listeners: list[Any] = []
+
+    # -- Outputs protocol (called by the pipeline) ----------------------------
+
+    def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        self.buffer.setdefault(table, []).extend(rows)
+        self.buffered += len(rows)
+        metrics.WINDOWS_CLOSED.labels(table).inc(len(rows))
+
+    def alerts(self, alerts: list[Alert]) -> None:
+        rows = []
+        for alert in alerts:
+            self._produce(self.topics.alerts, msgspec.json.encode(alert), alert.entity)
+            metrics.ALERTS.labels(alert.kind, alert.severity, alert.status).inc()
+            row = msgspec.structs.asdict(alert)
+            row["details"] = orjson.dumps(alert.details, option=orjson.OPT_SORT_KEYS).decode()
+            rows.append(row)
+            for listener in self.alert_listeners:
+                listener(alert)
+        self.rows("alerts", rows)
+
+    def rejected(self, message: RawMessage, rejection: Rejection) -> None:
+        now = int(time.time() * 1000)
+        key = message.key.decode(errors="replace") if message.key is not None else None
+        letter = DeadLetter(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=key,
+            raw=base64.b64encode(message.value or b"").decode(),
+            error=rejection.error,
+            reason=rejection.reason,
+            ts=now,
+        )
+        self._produce(self.topics.dead_letter, msgspec.json.encode(letter), key)
+        metrics.REJECTED.labels(message.topic, rejection.reason).inc()
+        self.rows("dead_letters", [msgspec.structs.asdict(letter)])
+
+    def late(
+        self, monitor: str, message: RawMessage, event_ts: int, watermark: int, window_start: int
+    ) -> None:
+        # the original bytes, so a consumer of late-events can reprocess them
+        self.producer.produce(
+            self.topics.late_events,
+            message.value,
+            key=message.key,
+            headers={"monitor": monitor, "source_topic": message.topic},
+            on_delivery=self._delivered,
+        )
+        metrics.LATE.labels(monitor, message.topic).inc()
+        key = message.key.decode(errors="replace") if message.key else ""
+        self.rows(
+            "late_events",
+            [
+                {
+                    "monitor": monitor,
+                    "source_topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                    "event_ts": event_ts,
+                    "watermark": watermark,
+                    "window_start": window_start,
+                    "key": key,
+                }
+            ],
+        )
+
+    # -- delivery -------------------------------------------------------------
+
+    def _produce(self, topic: str, value: bytes, key: str | None) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value, key=key.encode() if key else None, on_delivery=self._delivered
+                )
+                return
+            except BufferError:  # librdkafka's local queue is full: let it drain
+                self.producer.poll(0.1)
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.produce_errors.append(str(err))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Deliver everything pending; raise SinkError (keeping the rows) on failure."""
+        remaining = self.producer.flush(timeout)
+        if remaining or self.produce_errors:
+            errors, self.produce_errors = self.produce_errors, []
+            metrics.SINK_FAILURES.labels("kafka").inc()
+            raise SinkError(f"broker did not take every output message: {errors[:3]}")
+        for table in list(self.buffer):
+            rows = self.buffer[table]
+            try:
+                seconds = self.writer.insert(table, rows)
+            except ClickHouseError as exc:
+                metrics.SINK_FAILURES.labels("clickhouse").inc()
+                raise SinkError(str(exc)) from exc
+            metrics.SINK_BATCH.labels(table).observe(len(rows))
+            metrics.WRITE_SECONDS.labels(table).observe(seconds)
+            del self.buffer[table]
+            self.buffered -= len(rows)
+        metrics.BUFFERED.set(self.buffered)
