@@ -31,6 +31,9 @@ class Observation:
     window_start: int | None = None
     window_end: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # probability of a deviation at least this large by chance, where the
+    # operator can say; rules may require it to be small (`max_p_value`)
+    p_value: float | None = None
 
 
 @dataclass(slots=True)

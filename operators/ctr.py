@@ -19,6 +19,11 @@ Semantics (the public contract's defaults, all configurable):
       ctr = clicks / impressions
       ctr_drop = (baseline - ctr) / baseline
 
+  Each comes with a one-sided exact binomial p-value, P(X <= clicks) for
+  X ~ Binomial(impressions, p0), with p0 the floor resp. the baseline: the
+  chance of a CTR this low if the true rate were p0 (rules use it so a small
+  window's noise is not an alert).
+
 Every decision depends on event data and the watermark alone, so any
 arrival order within the allowed lateness gives the same rows.
 """
@@ -29,6 +34,8 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from scipy.stats import binom
 
 from operators.base import Observation, Operator
 from operators.baseline import TrailingMedian
@@ -44,6 +51,7 @@ class CtrConfig:
     baseline_windows: int = 10  # how many trailing final windows form the baseline
     baseline_min_windows: int = 3  # no drop is judged before this many
     baseline_min_impressions: int = 100  # windows below this do not enter the baseline
+    floor_ctr: float = 0.005  # the p-value of the `ctr` observation is against this rate
 
 
 class CtrWindow:
@@ -190,15 +198,19 @@ class CtrOperator(Operator):
         ctr = window.clicks / window.imps
         common = {"ts": end, "n": window.imps, "window_start": start, "window_end": end}
         counts = {"impressions": window.imps, "clicks": window.clicks}
+        floor_p = float(binom.cdf(window.clicks, window.imps, self.config.floor_ctr))
         self._out.observations.append(
-            Observation("ctr", entity, "ctr", ctr, details=counts, **common)
+            Observation("ctr", entity, "ctr", ctr, details=counts, p_value=floor_p, **common)
         )
         baseline = self.baseline.get(key)
         if baseline is not None and baseline > 0:
             drop = (baseline - ctr) / baseline
+            drop_p = float(binom.cdf(window.clicks, window.imps, baseline))
             details = {**counts, "ctr": ctr, "baseline_ctr": baseline}
             self._out.observations.append(
-                Observation("ctr", entity, "ctr_drop", drop, details=details, **common)
+                Observation(
+                    "ctr", entity, "ctr_drop", drop, details=details, p_value=drop_p, **common
+                )
             )
         if window.imps >= self.config.baseline_min_impressions:
             self.baseline.add(key, ctr)

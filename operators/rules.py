@@ -4,14 +4,17 @@ Monitors only measure (`Observation`); every alert is made here, from rules
 declared in configuration:
 
     Rule(name="ctr_drop", kind="ctr", metric="ctr_drop", op=">",
-         thresholds={"warning": 0.3, "critical": 0.5}, cooldown_s=600, min_samples=500)
+         thresholds={"warning": 0.3, "critical": 0.5}, cooldown_s=600, min_samples=500,
+         max_p_value=0.01)
 
 Per (rule, entity) the engine keeps a state: the severity it fires at (none
 when quiet) and when it last fired. An observation whose condition holds at a
 higher severity than the state fires (`firing`); one where it no longer holds
-resolves (`resolved`). A condition that stays true raises nothing new, and a
-rule that resolved does not fire again for the same entity until `cooldown_s`
-of event time has passed since it last fired (no flapping).
+resolves (`resolved`). With `max_p_value`, a crossing only counts when the
+operator's p-value says it is unlikely to be chance (small windows are noisy).
+A condition that stays true raises nothing new, and a rule that resolved
+does not fire again for the same entity until `cooldown_s` of event time
+has passed since it last fired (no flapping).
 
 `alert_id` is a hash of rule, entity, window and status, so a replay raises
 the same id with the same content.
@@ -47,6 +50,7 @@ class Rule:
     thresholds: dict[str, float]  # severity -> threshold
     cooldown_s: float = 600.0
     min_samples: int = 0
+    max_p_value: float | None = None  # crossed only if the observation is this significant
     message: str = "{metric} of {entity} is {value:.4g} ({op} {threshold:.4g})"
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -106,6 +110,12 @@ class RuleEngine:
         state = self.state.get(key)
         firing, last_fired = state if state else ("", None)
         crossed = rule.level(obs.value)
+        if (
+            crossed is not None
+            and rule.max_p_value is not None
+            and (obs.p_value is None or obs.p_value > rule.max_p_value)
+        ):
+            crossed = None  # not distinguishable from chance: counts as not crossed
         if crossed is not None:
             severity, threshold = crossed
             if firing and SEVERITIES.index(severity) <= SEVERITIES.index(firing):
@@ -155,7 +165,12 @@ class RuleEngine:
             window_start=obs.window_start,
             window_end=obs.window_end,
             message=text + ".",
-            details={**rule.details, **obs.details, "n": obs.n},
+            details={
+                **rule.details,
+                **obs.details,
+                "n": obs.n,
+                **({"p_value": obs.p_value} if obs.p_value is not None else {}),
+            },
         )
 
     def snapshot(self) -> dict[str, Any]:

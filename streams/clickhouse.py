@@ -100,6 +100,11 @@ class Writer:
                 raise ClickHouseError(f"insert into {table} failed: {exc}") from exc
         return time.perf_counter() - started
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+    def query(
+        self,
+        sql: str,
+        parameters: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> Any:
         with self.lock:
-            return self.client.query(sql, parameters=parameters)
+            return self.client.query(sql, parameters=parameters, settings=settings)

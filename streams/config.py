@@ -65,6 +65,7 @@ class CtrSettings(Strict):
     baseline_windows: int = 10
     baseline_min_windows: int = 3
     baseline_min_impressions: int = 100
+    floor_ctr: float = 0.005
 
     def operator_config(self) -> CtrConfig:
         return CtrConfig(
@@ -73,6 +74,7 @@ class CtrSettings(Strict):
             baseline_windows=self.baseline_windows,
             baseline_min_windows=self.baseline_min_windows,
             baseline_min_impressions=self.baseline_min_impressions,
+            floor_ctr=self.floor_ctr,
         )
 
 
@@ -84,6 +86,7 @@ class RuleSettings(Strict):
     thresholds: dict[Literal["info", "warning", "critical"], float]
     cooldown_s: float = 600
     min_samples: int = 0
+    max_p_value: float | None = None
     message: str | None = None
 
     def rule(self) -> Rule:
@@ -96,6 +99,7 @@ class RuleSettings(Strict):
             thresholds=dict(self.thresholds),
             cooldown_s=self.cooldown_s,
             min_samples=self.min_samples,
+            max_p_value=self.max_p_value,
             **extra,
         )
 
@@ -108,6 +112,7 @@ DEFAULT_RULES = [
         op="<",
         thresholds={"warning": 0.005, "critical": 0.001},
         min_samples=200,
+        max_p_value=0.01,
         message="CTR of {entity} is {value:.2%}, below the floor of {threshold:.2%}",
     ),
     RuleSettings(
@@ -117,6 +122,7 @@ DEFAULT_RULES = [
         op=">",
         thresholds={"warning": 0.3, "critical": 0.5},
         min_samples=200,
+        max_p_value=0.01,
         message="CTR of {entity} dropped {value:.0%} to {ctr:.2%} against a baseline "
         "of {baseline_ctr:.2%}",
     ),
@@ -149,6 +155,9 @@ class Settings(Strict):
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
 
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
     @property
     def embedded_kafka(self) -> bool:
         return self.kafka.bootstrap is None
@@ -160,7 +169,7 @@ class Settings(Strict):
     def clickhouse_dsn(self) -> str:
         if self.clickhouse.dsn:
             return self.clickhouse.dsn
-        return "chdb://" + str((Path(self.data_dir) / "clickhouse").resolve())
+        return "chdb://" + str(self.data_path() / "clickhouse")
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka settings (bootstrap and security) shared by every client."""

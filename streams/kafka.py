@@ -1,0 +1,95 @@
+"""Kafka plumbing shared by the worker, the CLI and the tests (confluent-kafka)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.config import Settings
+
+# Tansu holds a group join for half the session timeout; 6 s keeps joins quick
+# there and is a sane value on Apache Kafka too.
+SESSION_TIMEOUT_MS = 6000
+
+
+def producer(settings: Settings, **extra: Any) -> Any:
+    from confluent_kafka import Producer
+
+    conf = {
+        **settings.kafka_client_config(),
+        "linger.ms": 20,
+        "batch.num.messages": 10_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 500_000,
+        # Idempotence needs InitProducerId, which Tansu rejects; results are
+        # idempotent downstream instead (keys, ReplacingMergeTree, alert ids).
+        "enable.idempotence": False,
+        **extra,
+    }
+    return Producer(conf)
+
+
+def consumer(settings: Settings, group_id: str, **extra: Any) -> Any:
+    from confluent_kafka import Consumer
+
+    return Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": 1000,
+            **extra,
+        }
+    )
+
+
+def input_topics(settings: Settings) -> list[str]:
+    t = settings.topics
+    return [t.impressions, t.clicks, t.inference_logs, t.sensor_readings]
+
+
+def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
+    """Create the project's topics where missing (existing ones are left alone).
+
+    Input topics get the same partition count: the impression-click join
+    needs impressions and clicks of one campaign in the same partition number.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(settings.kafka_client_config())
+    parts = partitions or settings.kafka.partitions
+    t = settings.topics
+    wanted = {name: NewTopic(name, parts, 1) for name in input_topics(settings)}
+    for name in (t.alerts, t.dead_letter, t.late_events):
+        wanted[name] = NewTopic(name, parts, 1)
+    wanted[t.checkpoints] = NewTopic(
+        t.checkpoints,
+        1,
+        1,
+        config={"cleanup.policy": "compact", "max.message.bytes": str(100 * 1024 * 1024)},
+    )
+    existing = admin.list_topics(timeout=15).topics
+    missing = [topic for name, topic in wanted.items() if name not in existing]
+    if missing:
+        for name, future in admin.create_topics(missing, request_timeout=15).items():
+            try:
+                future.result()
+            except Exception as exc:  # another worker may have created it meanwhile
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
+    check_copartitioned(settings)
+
+
+def check_copartitioned(settings: Settings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_client_config())
+    topics = admin.list_topics(timeout=15).topics
+    t = settings.topics
+    counts = {n: len(topics[n].partitions) for n in (t.impressions, t.clicks) if n in topics}
+    if len(set(counts.values())) > 1:
+        raise RuntimeError(
+            f"impressions and clicks must have the same number of partitions for the "
+            f"join, found {counts}"
+        )

@@ -1,0 +1,114 @@
+"""The input source: a confluent-kafka consumer group feeding the runtime in batches.
+
+Why not a faust agent: measured here, a faust agent (even `stream.take`)
+delivers about 7k events/s per process against 167k/s for a batch
+`consume()` on the same broker, and `take()` acks a batch as soon as the next
+one is asked for, which would commit offsets before their results are
+durable. faust still runs the worker (web server, timers, lifecycle); the
+hot path reads with librdkafka.
+
+- Assignment: the `range` assignor gives partition p of every input topic to
+  the same member (the topics have equal partition counts), which the
+  impression-click join needs.
+- Offsets: auto-commit is off. The runtime reports the offsets a durable
+  checkpoint covers; they are committed before the next poll.
+- Revocation: the runtime flushes and checkpoints before partitions go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from streams import kafka
+from streams.config import Settings
+from streams.pipeline import RawMessage
+from streams.runtime import Runtime
+
+log = logging.getLogger("streamwatch.source")
+
+
+class KafkaSource:
+    def __init__(self, settings: Settings, runtime: Runtime, topics: list[str]) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.topics = topics
+        self.consumer = kafka.consumer(
+            settings,
+            settings.kafka.group_id,
+            **{
+                "partition.assignment.strategy": "range",
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "queued.max.messages.kbytes": 256 * 1024,
+            },
+        )
+        self.pending_commit: dict[tuple[str, int], int] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
+        runtime.on_checkpoint = self._checkpointed
+
+    def _checkpointed(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.pending_commit.update(offsets)
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.consumer.subscribe(
+            self.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        try:
+            while not self.stopping:
+                batch = await asyncio.to_thread(self._poll)
+                await self.runtime.handle(batch)
+        finally:
+            await self.runtime.close()
+            await asyncio.to_thread(self._close)
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    # -- in the polling thread ------------------------------------------------
+
+    def _poll(self) -> list[RawMessage]:
+        self._commit()
+        messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+        batch = []
+        for m in messages:
+            if m.error():
+                log.warning("consumer error: %s", m.error())
+                continue
+            batch.append(RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+        return batch
+
+    def _commit(self) -> None:
+        if not self.pending_commit:
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets, self.pending_commit = self.pending_commit, {}
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in owned]
+        if not tps:
+            return
+        try:
+            self.consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:  # harmless: the checkpoint holds the position
+            log.warning("offset commit failed (will replay from the checkpoint): %s", exc)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        numbers = {tp.partition for tp in partitions}
+        log.info("revoking partitions %s", sorted(numbers))
+        if self.loop is not None and numbers:
+            future = asyncio.run_coroutine_threadsafe(self.runtime.revoke(numbers), self.loop)
+            future.result()
+        self._commit()
+
+    def _close(self) -> None:
+        self._commit()
+        self.consumer.close()

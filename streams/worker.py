@@ -1,0 +1,155 @@
+"""Assemble and run a worker: services, sinks, pipeline, runtime, faust app.
+
+With nothing configured, the embedded broker (Tansu) and embedded ClickHouse
+(chDB under data_dir) are started here; their addresses are written to
+`data_dir/embedded.json` so `streamwatch simulate`, `alerts` and `query` in
+another terminal find them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from streams import kafka
+from streams.checkpoints import CheckpointStore
+from streams.clickhouse import Writer, connect, ensure_schema
+from streams.config import Settings
+from streams.embedded import EmbeddedBroker
+from streams.monitors import build_monitors
+from streams.pipeline import Pipeline
+from streams.runtime import Runtime
+from streams.sinks import Sinks
+
+log = logging.getLogger("streamwatch.worker")
+
+
+def embedded_file(settings: Settings) -> Path:
+    return settings.data_path() / "embedded.json"
+
+
+def read_embedded(settings: Settings) -> dict[str, Any] | None:
+    """Addresses of a running embedded worker, or None."""
+    path = embedded_file(settings)
+    try:
+        info = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(info["pid"], 0)
+    except (ProcessLookupError, PermissionError, KeyError):
+        return None
+    return info
+
+
+class Services:
+    """The broker and ClickHouse this process uses: embedded or configured."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+
+    def start(self) -> Settings:
+        """Start what is embedded; return settings pointing at the live services."""
+        s = self.settings
+        s.data_path().mkdir(parents=True, exist_ok=True)
+        if s.embedded_kafka:
+            self.broker = EmbeddedBroker(log_path=s.data_path() / "tansu.log").start()
+            s.kafka.bootstrap = self.broker.bootstrap
+            log.info("embedded Kafka broker (Tansu) on %s", self.broker.bootstrap)
+        return s
+
+    def publish_addresses(self) -> None:
+        s = self.settings
+        info = {
+            "pid": os.getpid(),
+            "kafka": s.kafka.bootstrap,
+            "web_port": s.web_port,
+            "clickhouse": s.clickhouse_dsn(),
+        }
+        embedded_file(s).write_text(json.dumps(info))
+
+    def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            info = json.loads(embedded_file(self.settings).read_text())
+            if info.get("pid") == os.getpid():
+                embedded_file(self.settings).unlink()
+        if self.broker:
+            self.broker.stop()
+            self.broker = None
+
+
+class Worker:
+    """One streamwatch worker process: consume, compute, write, alert."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        kafka.ensure_topics(settings)
+        self.client = connect(settings.clickhouse_dsn())
+        ensure_schema(self.client, settings.clickhouse.database)
+        self.writer = Writer(self.client, settings.clickhouse.database)
+        self.producer = kafka.producer(settings)
+        self.sinks = Sinks(self.writer, self.producer, settings.topics)
+        monitors = build_monitors(settings)
+        t = settings.topics
+        logical = {
+            t.impressions: "impressions",
+            t.clicks: "clicks",
+            t.inference_logs: "inference-logs",
+            t.sensor_readings: "sensor-readings",
+        }
+        self.pipeline = Pipeline(monitors, self.sinks, logical)
+        self.store = CheckpointStore(
+            settings.kafka_client_config(), t.checkpoints, settings.kafka.group_id
+        )
+        self.runtime = Runtime(settings, self.pipeline, self.sinks, self.store)
+        from streams.app import build_app
+        from streams.source import KafkaSource
+        from streams.web import register_pages
+
+        self.source = KafkaSource(settings, self.runtime, self.pipeline.topics)
+        self.app = build_app(settings, self.runtime, self.source)
+        register_pages(self.app, self)
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Run until SIGINT/SIGTERM, or until `until()` turns true (checked each second)."""
+        asyncio.run(self._main(until))
+
+    async def _main(self, until: Callable[[], bool] | None) -> None:
+        import faust
+
+        worker = faust.Worker(
+            self.app,
+            loglevel="warning",
+            loop=asyncio.get_running_loop(),
+            daemon=False,
+            redirect_stdouts=False,
+            override_logging=False,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await worker.start()
+        try:
+            while not stop.is_set():
+                if until is not None and until():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        finally:
+            self.source.stop()
+            await worker.stop()
+            self.producer.flush(10)
+
+    def query(self, sql: str, **kwargs: Any) -> Any:
+        return self.writer.query(sql, **kwargs)
