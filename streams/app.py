@@ -1,8 +1,9 @@
 """The faust app that hosts a worker: its lifecycle, timers and web server.
 
-The input is read by `streams.source.KafkaSource` (see there why), started
-as an app task; a timer lets idle partitions advance their watermark and
-keeps flushes and checkpoints on time when no input arrives.
+The input is read by `streams.source.KafkaSource` (see there why), which the
+worker runs beside the app so it can stop it first; a timer lets idle
+partitions advance their watermark and keeps flushes and checkpoints on
+time when no input arrives.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import faust
 
 from streams.config import Settings
 from streams.runtime import Runtime
-from streams.source import KafkaSource
 
 
 def _credentials(settings: Settings) -> Any:
@@ -34,7 +34,7 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
-def build_app(settings: Settings, runtime: Runtime, source: KafkaSource) -> faust.App:
+def build_app(settings: Settings, runtime: Runtime) -> faust.App:
     datadir = settings.data_path() / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -53,10 +53,6 @@ def build_app(settings: Settings, runtime: Runtime, source: KafkaSource) -> faus
         stream_wait_empty=False,
         datadir=str(datadir),
     )
-
-    @app.task
-    async def consume() -> None:
-        await source.run()
 
     @app.timer(interval=0.25)
     async def tick() -> None:

@@ -10,7 +10,9 @@ streamwatch config show          the effective configuration, secrets masked
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -57,6 +59,8 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+    # `kill -USR1 <pid>` prints every thread's stack: for a worker that seems stuck
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -280,7 +284,7 @@ def query(ctx: click.Context, sql: str, as_json: bool) -> None:
     if as_json:
         for row in result["rows"]:
             record = dict(zip(result["columns"], row, strict=True))
-            console.print_json(orjson.dumps(record).decode())
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
         return
     table = Table(*result["columns"], show_lines=False)
     for row in result["rows"]:

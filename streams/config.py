@@ -12,6 +12,7 @@ Unknown keys and wrong types are refused with the path of the offending key.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -177,6 +178,9 @@ class Settings(Strict):
         conf: dict[str, Any] = {
             "bootstrap.servers": k.bootstrap,
             "security.protocol": k.security_protocol,
+            # librdkafka logs through Python logging, and not for idle disconnects
+            "logger": logging.getLogger("librdkafka"),
+            "log.connection.close": False,
         }
         if k.sasl_mechanism:
             conf["sasl.mechanism"] = k.sasl_mechanism

@@ -68,25 +68,26 @@ def run_demo(
 
         stopping = threading.Event()
         thread = threading.Thread(target=traffic, name="simulator", daemon=True)
-        end_ms = scenario.start_ms + scenario.duration_s * 1000
-        lateness_ms = round(settings.ctr.lateness_s * 1000)
         started = time.monotonic()
         last_report = [started]
+        quiet_since = [0.0, -1]  # when the processed count last changed, and that count
 
         def finished() -> bool:
             if not thread.is_alive() and not done.is_set():
                 thread.start()
             now = time.monotonic()
-            wm = worker.pipeline.watermarks().get("ctr")
+            processed = sum(worker.pipeline.events_in.values())
+            if processed != quiet_since[1]:
+                quiet_since[:] = [now, processed]
             if now - last_report[0] > 10:
                 last_report[0] = now
-                behind = f"{(end_ms - wm) / 1000:.0f} event-s to go" if wm else "starting"
-                err.print(
-                    f"[dim]... {sum(worker.pipeline.events_in.values())} events "
-                    f"processed, {behind}[/dim]"
-                )
-            caught_up = wm is not None and wm >= end_ms - lateness_ms - 2000
-            return done.is_set() and (caught_up or now - started > 600)
+                wm = worker.pipeline.watermarks().get("ctr")
+                when = time.strftime("%H:%M:%S", time.gmtime(wm / 1000)) if wm else "-"
+                err.print(f"[dim]... {processed} events processed, event time at {when} UTC"
+                          "[/dim]")
+            # all published traffic consumed, and the results written
+            drained = now - quiet_since[0] > 3 and worker.sinks.buffered == 0
+            return done.is_set() and (drained or now - started > 900)
 
         err.print("publishing traffic; alerts appear below as they fire\n")
         worker.run(until=finished)

@@ -46,6 +46,7 @@ class KafkaSource:
         self.pending_commit: dict[tuple[str, int], int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
+        self.finished = asyncio.Event()
         runtime.on_checkpoint = self._checkpointed
 
     def _checkpointed(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -104,9 +105,12 @@ class KafkaSource:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         numbers = {tp.partition for tp in partitions}
         log.info("revoking partitions %s", sorted(numbers))
-        if self.loop is not None and numbers:
+        if self.loop is not None and numbers and self.loop.is_running():
             future = asyncio.run_coroutine_threadsafe(self.runtime.revoke(numbers), self.loop)
-            future.result()
+            try:
+                future.result(timeout=120)
+            except Exception as exc:  # the next owner replays from the last checkpoint
+                log.warning("could not hand over partitions cleanly: %s", exc)
         self._commit()
 
     def _close(self) -> None:

@@ -114,7 +114,7 @@ class Worker:
         from streams.web import register_pages
 
         self.source = KafkaSource(settings, self.runtime, self.pipeline.topics)
-        self.app = build_app(settings, self.runtime, self.source)
+        self.app = build_app(settings, self.runtime)
         register_pages(self.app, self)
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
@@ -122,34 +122,38 @@ class Worker:
         asyncio.run(self._main(until))
 
     async def _main(self, until: Callable[[], bool] | None) -> None:
-        import faust
-
-        worker = faust.Worker(
-            self.app,
-            loglevel="warning",
-            loop=asyncio.get_running_loop(),
-            daemon=False,
-            redirect_stdouts=False,
-            override_logging=False,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         import signal
 
+        import faust
+
+        worker = faust.Worker(self.app, loglevel="warning", loop=asyncio.get_running_loop(),
+                              daemon=False, redirect_stdouts=False, override_logging=False)
+        await worker.start()
+        source = asyncio.create_task(self.source.run(), name="streamwatch-source")
+        # ours, not faust's: stop the source first so every result is written
+        # and committed before faust takes the app down
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        await worker.start()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not self.source.finished.is_set():
                 if until is not None and until():
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
         finally:
+            log.info("stopping: draining the source")
             self.source.stop()
+            try:
+                await asyncio.wait_for(source, 120)
+            except TimeoutError:
+                log.error("the source did not stop within 120 s; its results will be replayed")
+            log.info("stopping: the faust app")
             await worker.stop()
             self.producer.flush(10)
+            log.info("stopped")
 
     def query(self, sql: str, **kwargs: Any) -> Any:
         return self.writer.query(sql, **kwargs)

@@ -11,6 +11,7 @@ from operators.ctr import CtrConfig, CtrOperator
 from operators.rules import Rule, RuleEngine
 from operators.task import MonitorTask
 from schemas.events import Click, Impression
+from tests.reference import ctr_reference
 
 T0 = 1_795_000_020_000  # 2026-11-18, a window boundary (divisible by 60 000)
 assert T0 % 60_000 == 0
@@ -190,39 +191,9 @@ def _run(events, split_at: int | None, lateness_ms: int = 0, batch: int = 7) -> 
     return final
 
 
-def _brute_force(events) -> list:
-    """Independent reference: the contract's semantics, computed directly."""
-    imps = {}
-    for s, e in events:
-        if s == "impressions" and e.impression_id not in imps:
-            imps[e.impression_id] = e
-    counts: dict = {}
-
-    def row(key):
-        return counts.setdefault(key, [0, 0, 0, 0])
-
-    for e in imps.values():
-        row((e.ts - e.ts % 60_000, e.campaign_id, e.variant or ""))[0] += 1
-    clicked = set()
-    for s, e in events:
-        if s != "clicks":
-            continue
-        i = imps.get(e.impression_id)
-        if i is not None and 0 <= e.ts - i.ts <= 600_000:
-            key = (i.ts - i.ts % 60_000, i.campaign_id, i.variant or "")
-            if e.impression_id in clicked:
-                row(key)[3] += 1
-            else:
-                clicked.add(e.impression_id)
-                row(key)[1] += 1
-        else:
-            row((e.ts - e.ts % 60_000, e.campaign_id, ""))[2] += 1
-    return sorted((*k, *v) for k, v in counts.items())
-
-
 def test_matches_brute_force_reference() -> None:
     events = _random_stream(random.Random(1), 600)
-    assert _run(events, None) == _brute_force(events)
+    assert _run(events, None) == ctr_reference(events)
 
 
 @settings(max_examples=40, deadline=None)

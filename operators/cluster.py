@@ -1,0 +1,285 @@
+"""Multivariate sensor anomalies: distance to the nearest centre of an online k-means.
+
+Each reading's `values` is a point in feature space (the sorted feature names
+of `ClusterConfig.features`, or of the model's first reading; a reading
+missing one of them is skipped, extra ones are ignored). Per model entity
+(the sensor by default, its site with `group_by="site"`), in event-time
+order once the watermark has passed (`operators.rolling.EventTimeBuffer`):
+
+1. scale: z_f = (x_f - mean_f) / std_f with river's
+   `preprocessing.StandardScaler` (running mean and population variance,
+   Welford 1962; a feature without variance yet scales to 0);
+2. distance: d = min_c ||z - c||_2 over the centres c of river's
+   `cluster.KMeans` (sequential k-means, MacQueen 1967; Sculley 2010,
+   "Web-scale k-means clustering"), computed with the model as it was
+   before this reading;
+3. judge: after `warmup` readings of the entity, the reading is anomalous
+   when d > tau, tau = the `quantile` (numpy "linear" definition) of the
+   last `history` distances of the entity;
+4. learn (after scoring): the scaler, then the nearest centre moves toward
+   the scaled point, c <- c + halflife * (z - c) (river's KMeans update;
+   `halflife` is its step size, an exponential moving average with an
+   effective memory of about 1 / halflife points).
+
+An anomalous distance enters the history as tau itself (winsorised): a run
+of anomalies can then not raise the threshold that judges it (masking), and
+since a quantile only counts how many values lie above it, a clean history
+keeps its level (dropping anomalies instead would truncate the history and
+ratchet tau down). A new regime stops being anomalous as the model learns
+it: its points pull the nearest centre over at rate `halflife`.
+
+Learning is budgeted: at most `max_learn_per_batch` learns per entity per
+aligned event-time interval of `learn_batch_ms` (the rest is only scored).
+The budget is counted in event time, not per `advance` call, so results do
+not depend on how the input is batched.
+
+Why KMeans and not DBSTREAM: measured on this machine with 3 features,
+scaler + KMeans(4).learn_one costs ~10 µs, DBSTREAM ~40 µs and grows with its
+micro-clusters; a fixed k keeps cost and state (k centres, pickled with the
+scaler into the snapshot, ~1 KB) constant per entity, and distance to the
+nearest centre is a direct anomaly score, where DBSTREAM's micro-cluster
+weights and periodic clean-up need their own time bookkeeping. Centre
+coordinates are drawn (river's seeded Gaussian initialisation, `seed`) in
+sorted feature order when the model is created, so no draw depends on
+set iteration order.
+
+Rows (`sensor_anomalies`): method "cluster", metric = "|".join(features),
+value = d, score = d / tau, threshold = tau, window = [time of the oldest
+distance in the history, ts]. Observations: kind "cluster", entity =
+sensor_id, metric "cluster_distance", value = d / tau (> 1 is anomalous), one
+per anomaly and one for the first normal reading after an anomaly (so rules
+resolve). Snapshots hold the river objects as pickle bytes: restore only
+checkpoints this system wrote.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from river import cluster, preprocessing
+
+from operators.base import Observation, Operator
+from operators.rolling import EventTimeBuffer, RecentQuantile
+from schemas.events import SensorReading
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    n_clusters: int = 4
+    warmup: int = 200  # readings per entity before any is judged
+    quantile: float = 0.995  # of the recent distances: the adaptive threshold
+    history: int = 1000  # recent distances per entity
+    halflife: float = 0.05  # river KMeans step toward each learnt point
+    seed: int = 42  # initial centres
+    max_learn_per_batch: int = 2000  # learns per entity per learn_batch_ms of event time
+    learn_batch_ms: int = 60_000
+    group_by: str = "sensor"  # "sensor" or "site" (sensors without a site: per sensor)
+    features: tuple[str, ...] | None = None  # None: those of the entity's first reading
+
+    def __post_init__(self) -> None:
+        if self.group_by not in ("sensor", "site"):
+            raise ValueError('group_by must be "sensor" or "site"')
+        if not 0.0 < self.quantile < 1.0:
+            raise ValueError("quantile must be in (0, 1)")
+
+
+# (ts, entity, sensor_id, ((feature, value), ...) sorted, site or "")
+Entry = tuple[int, str, str, tuple[tuple[str, float], ...], str]
+
+
+class EntityModel:
+    """Scaler, k-means and recent distances of one entity."""
+
+    __slots__ = (
+        "active",
+        "features",
+        "learn_batch",
+        "learnt",
+        "metric",
+        "model",
+        "recent",
+        "scaler",
+        "seen",
+    )
+
+    def __init__(self, features: tuple[str, ...], config: ClusterConfig) -> None:
+        self.features = features
+        self.metric = "|".join(features)
+        self.scaler = preprocessing.StandardScaler()
+        self.model = cluster.KMeans(
+            n_clusters=config.n_clusters, halflife=config.halflife, seed=config.seed
+        )
+        for c in range(config.n_clusters):  # draw every coordinate now, in a fixed order
+            center = self.model.centers[c]
+            for f in features:
+                center[f]  # a defaultdict: the access draws the coordinate
+        self.recent = RecentQuantile(config.history)
+        self.seen = 0
+        self.learn_batch = 0  # start of the current learning budget interval
+        self.learnt = 0  # learns in it
+        self.active: dict[str, bool] = {}  # sensor_id -> last judged reading was anomalous
+
+    def nearest(self, z: dict[str, float]) -> tuple[float, int]:
+        """Euclidean distance to the nearest centre, and that centre."""
+        best, best_c = math.inf, -1
+        features = self.features
+        for c, center in self.model.centers.items():
+            d2 = 0.0
+            for f in features:
+                diff = center[f] - z[f]
+                d2 += diff * diff
+            if d2 < best:
+                best, best_c = d2, c
+        return math.sqrt(best), best_c
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "features": list(self.features),
+            "river": pickle.dumps((self.scaler, self.model), protocol=pickle.HIGHEST_PROTOCOL),
+            "recent": self.recent.snapshot(),
+            "seen": self.seen,
+            "learn": [self.learn_batch, self.learnt],
+            "active": dict(self.active),
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any], config: ClusterConfig) -> EntityModel:
+        m = cls.__new__(cls)
+        m.features = tuple(state["features"])
+        m.metric = "|".join(m.features)
+        m.scaler, m.model = pickle.loads(state["river"])
+        m.recent = RecentQuantile.from_snapshot(config.history, state["recent"])
+        m.seen = state["seen"]
+        m.learn_batch, m.learnt = state["learn"]
+        m.active = dict(state["active"])
+        return m
+
+
+def _encode(e: Entry) -> list[Any]:
+    return [e[0], e[1], e[2], [list(kv) for kv in e[3]], e[4]]
+
+
+def _decode(e: list[Any]) -> Entry:
+    return (e[0], e[1], e[2], tuple((k, float(v)) for k, v in e[3]), e[4])
+
+
+class ClusterOperator(Operator):
+    sources = ("sensor-readings",)
+
+    def __init__(self, config: ClusterConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ClusterConfig()
+        self.pending: EventTimeBuffer[Entry] = EventTimeBuffer()
+        self.models: dict[str, EntityModel] = {}
+        self.skipped = 0  # readings without every feature of their model
+
+    def feed(self, source: str, events: Sequence[SensorReading]) -> None:
+        by_site = self.config.group_by == "site"
+        push = self.pending.push
+        for e in events:
+            entity = f"site\x1f{e.site}" if by_site and e.site else e.sensor_id
+            items = tuple(sorted((k, float(v)) for k, v in e.values.items()))
+            push((e.ts, entity, e.sensor_id, items, e.site or ""))
+
+    def advance(self, watermark: int) -> None:
+        for entry in self.pending.release(watermark):
+            self._reading(*entry)
+
+    def _reading(
+        self, ts: int, entity: str, sid: str, items: tuple[tuple[str, float], ...], site: str
+    ) -> None:
+        cfg = self.config
+        m = self.models.get(entity)
+        if m is None:
+            features = cfg.features or tuple(k for k, _ in items)
+            m = self.models[entity] = EntityModel(tuple(sorted(features)), cfg)
+        values = dict(items)
+        try:
+            x = {f: values[f] for f in m.features}
+        except KeyError:
+            self.skipped += 1
+            return
+        z = m.scaler.transform_one(x)
+        distance, center = m.nearest(z)
+        if m.seen >= cfg.warmup:
+            self._judge(m, ts, sid, distance, center)
+        else:
+            m.recent.add(ts, distance)
+        m.seen += 1
+        batch = ts - ts % cfg.learn_batch_ms
+        if batch != m.learn_batch:
+            m.learn_batch, m.learnt = batch, 0
+        if m.learnt < cfg.max_learn_per_batch:
+            m.learnt += 1
+            m.scaler.learn_one(x)
+            m.model.learn_one(m.scaler.transform_one(x))
+
+    def _judge(self, m: EntityModel, ts: int, sid: str, distance: float, center: int) -> None:
+        threshold = m.recent.quantile(self.config.quantile)
+        anomalous = distance > threshold > 0.0
+        window_start = m.recent.first_ts()
+        n = len(m.recent)  # the distances tau comes from
+        m.recent.add(ts, threshold if anomalous else distance)
+        was_active = m.active.get(sid, False)
+        if not (anomalous or was_active):
+            return
+        if anomalous:
+            m.active[sid] = True
+        else:
+            del m.active[sid]
+        ratio = distance / threshold if threshold > 0.0 else 0.0
+        if anomalous:
+            self._out.add_row(
+                "sensor_anomalies",
+                {
+                    "ts": ts,
+                    "sensor_id": sid,
+                    "metric": m.metric,
+                    "value": distance,
+                    "method": "cluster",
+                    "score": ratio,
+                    "threshold": threshold,
+                    "window_start": window_start,
+                    "window_end": ts,
+                },
+            )
+        self._out.observations.append(
+            Observation(
+                kind="cluster",
+                entity=sid,
+                metric="cluster_distance",
+                value=ratio,
+                ts=ts,
+                n=n,
+                window_start=window_start,
+                window_end=ts,
+                details={
+                    "distance": distance,
+                    "distance_threshold": threshold,
+                    "cluster": center,
+                    "features": m.metric,
+                },
+            )
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending.snapshot(_encode),
+            "models": {entity: m.snapshot() for entity, m in self.models.items()},
+            "skipped": self.skipped,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.pending.restore(state["pending"], _decode)
+        self.models = {
+            entity: EntityModel.from_snapshot(s, self.config)
+            for entity, s in state["models"].items()
+        }
+        self.skipped = state["skipped"]
+
+
+__all__ = ["ClusterConfig", "ClusterOperator"]

@@ -1,0 +1,493 @@
+"""Feature and prediction drift against a reference profile, per model and window.
+
+Semantics (the public contract's defaults, all configurable in DriftConfig):
+
+- Windows are tumbling event-time windows [start, start + window_ms) per
+  `model_id` (all versions together: a drift row is about the model's
+  traffic; `model_version` in the row lists the versions seen, joined by
+  ","). A window is scored when the watermark reaches its end, then dropped.
+- The reference of a model is the profile given at construction
+  (`references`, model_id -> ReferenceProfile). Without one, the model's
+  first closed windows are the reference: they are absorbed, whole, by a
+  `WarmupProfileBuilder` until they hold `warmup_events` events, the profile
+  is frozen, and only the windows closing after that are scored
+  (`warmup_events=None` turns warm-up off: such models are not scored).
+- Per feature of the reference and the prediction ("__prediction__"), with
+  the reference's bins (10 quantile bins for numbers, one bin per category
+  plus "other" for strings; a category the reference never saw goes to
+  "other"):
+    psi   always (operators.stats.psi, proportions clipped at psi_eps)
+    js    always, base 2, over the same bins
+    ks, ks_pvalue     numeric: the window's values against the reference
+                      sample; above `ks_sample` values, the window is reduced
+                      to `ks_sample` evenly spaced order statistics (a
+                      quantile sketch, so its ECDF is within 1/ks_sample of
+                      the window's and the p-value is not that of a huge n)
+    chi2, chi2_pvalue categorical: Pearson's test of the window's counts
+                      against the reference proportions
+  One `drift_scores` row each, and an Observation(kind="drift",
+  entity="<model_id>/<feature>", metric="psi", value=psi, n=values,
+  p_value=ks_pvalue or chi2_pvalue). A feature with no value in the window
+  has no row; features the reference does not know are ignored; a string in
+  a numeric feature is left out and counted in the observation's details
+  (`non_numeric`).
+- Confidence: when the reference and the window both have confidences,
+  Observation(kind="drift", entity=model_id, metric="confidence_shift",
+  value=reference mean - window mean, n=window confidences), p-value from
+  Welch's one-sided t-test (window mean lower). The window's confidence mean
+  and low-confidence ratio go to `inference_windows` (ServiceOperator).
+- Small windows are MERGED, not skipped: a window with fewer than
+  `min_count` events is not scored; its events are carried into the model's
+  next window, whose row then starts at the first carried window's start. A
+  carried group that spans `max_merge_windows` windows without reaching
+  `min_count` is dropped unscored (`max_merge_windows=1`: plain skipping).
+
+Cost: per event, one window lookup and an append per feature (numbers of a
+numeric reference feature go to a compact array('d')); all statistics run
+with numpy once per window and feature. Every figure depends on the
+multiset of a window's events only (sorted samples, exact sums), so any
+arrival order within the allowed lateness gives the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import ttest_ind_from_stats
+
+from operators.base import Observation, Operator
+from operators.reference import (
+    PREDICTION,
+    ReferenceProfile,
+    WarmupProfileBuilder,
+    category_key,
+)
+from operators.stats import (
+    binned_counts,
+    chi_square,
+    js_divergence,
+    ks_2samp_from_sorted,
+    psi,
+    systematic_sample,
+)
+from operators.windows import TumblingWindows
+from schemas.events import InferenceLog
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    window_ms: int = 300_000
+    min_count: int = 200  # fewer events: carried into the next window (merged)
+    max_merge_windows: int = 12  # a carried group older than this many windows is dropped
+    warmup_events: int | None = 1000  # None: no warm-up, models without a reference are ignored
+    low_confidence: float = 0.5  # for the low-confidence share in confidence_shift's details
+    ks_sample: int = 2000
+    psi_eps: float = 1e-4
+    # how a warm-up profile is built
+    bins: int = 10
+    reference_sample: int = 5000
+    max_categories: int = 50
+
+
+Acc = list[Any] | array  # values of one feature in a window
+
+
+class DriftWindow:
+    """Raw values of one model's window, per feature, and its confidences."""
+
+    __slots__ = ("conf", "first", "mismatch", "n", "open", "ready", "values", "versions")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.versions: dict[str, int] = {}
+        self.values: dict[str, Acc] = {}
+        self.mismatch: dict[str, int] = {}  # strings offered to a numeric feature
+        self.conf = array("d")
+        self.open = True  # take any feature (no reference yet), else only the reference's
+        self.ready = False  # accumulators set up for the model's reference
+        self.first: int | None = None  # start of the first window merged into this one
+
+    def merge(self, other: DriftWindow) -> None:
+        self.n += other.n
+        for v, c in other.versions.items():
+            self.versions[v] = self.versions.get(v, 0) + c
+        for name, vals in other.values.items():
+            mine = self.values.get(name)
+            if mine is None:
+                self.values[name] = vals
+            elif type(mine) is type(vals):
+                mine.extend(vals)  # type: ignore[arg-type]
+            else:
+                self.values[name] = [*mine, *vals]
+        for name, c in other.mismatch.items():
+            self.mismatch[name] = self.mismatch.get(name, 0) + c
+        self.conf.extend(other.conf)
+
+    def snapshot(self) -> list[Any]:
+        values = {
+            name: [
+                "d" if isinstance(acc, array) else "o",
+                acc.tolist() if isinstance(acc, array) else list(acc),
+            ]
+            for name, acc in self.values.items()
+        }
+        return [
+            self.n,
+            dict(self.versions),
+            values,
+            dict(self.mismatch),
+            self.conf.tolist(),
+            self.open,
+            self.ready,
+            self.first,
+        ]
+
+    @classmethod
+    def from_snapshot(cls, state: Sequence[Any]) -> DriftWindow:
+        w = cls()
+        n, versions, values, mismatch, conf, is_open, ready, first = state
+        w.n = n
+        w.versions = dict(versions)
+        w.values = {
+            name: array("d", vals) if code == "d" else list(vals)
+            for name, (code, vals) in values.items()
+        }
+        w.mismatch = dict(mismatch)
+        w.conf = array("d", conf)
+        w.open, w.ready, w.first = is_open, ready, first
+        return w
+
+
+class _FeatureRef:
+    """One reference feature, as numpy arrays ready for scoring."""
+
+    __slots__ = ("edges", "index", "kind", "name", "other", "props", "ref_counts", "sample")
+
+    def __init__(self, name: str, profile: Any) -> None:
+        self.name = name
+        self.kind = profile.kind
+        self.ref_counts = np.asarray(profile.counts, dtype=np.float64)
+        self.props = self.ref_counts / self.ref_counts.sum()
+        self.edges = np.asarray(profile.edges, dtype=np.float64)
+        self.sample = np.asarray(profile.sample, dtype=np.float64)  # sorted by construction
+        self.index = {c: i for i, c in enumerate(profile.categories)}
+        self.other = len(profile.categories)
+
+
+class _CompiledRef:
+    __slots__ = ("features", "numeric", "profile")
+
+    def __init__(self, profile: ReferenceProfile) -> None:
+        self.profile = profile
+        self.features = [_FeatureRef(n, fp) for n, fp in sorted(profile.features.items())]
+        self.numeric = {f.name for f in self.features if f.kind == "numeric"}
+
+
+class DriftOperator(Operator):
+    sources = ("inference-logs",)
+
+    def __init__(
+        self,
+        config: DriftConfig | None = None,
+        references: Mapping[str, ReferenceProfile] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or DriftConfig()
+        self.references: dict[str, ReferenceProfile] = {}
+        self.compiled: dict[str, _CompiledRef] = {}
+        for model_id, profile in (references or {}).items():
+            if profile.model_id != model_id:
+                raise ValueError(f"reference of {profile.model_id!r} given for {model_id!r}")
+            self._set_reference(model_id, profile)
+        self.given = frozenset(self.references)  # configuration, not checkpointed
+        self.windows: TumblingWindows[DriftWindow] = TumblingWindows(
+            self.config.window_ms, DriftWindow
+        )
+        self.warmup: dict[str, WarmupProfileBuilder] = {}
+        self.carry: dict[str, DriftWindow] = {}  # model_id -> small windows awaiting a merge
+        self.dropped_windows = 0  # carried groups that never reached min_count
+
+    def _set_reference(self, model_id: str, profile: ReferenceProfile) -> None:
+        self.references[model_id] = profile
+        self.compiled[model_id] = _CompiledRef(profile)
+
+    # -- input ---------------------------------------------------------------
+
+    def _prepare(self, w: DriftWindow, model_id: str) -> None:
+        w.ready = True
+        ref = self.compiled.get(model_id)
+        if ref is None:
+            return
+        w.open = False
+        numeric = ref.numeric
+        for f in ref.features:
+            if f.name not in w.values:
+                w.values[f.name] = array("d") if f.name in numeric else []
+
+    def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
+        size = self.config.window_ms
+        at = self.windows.at
+        last_model: str | None = None
+        last_start = 0
+        w = DriftWindow()
+        for e in events:
+            ts = e.ts
+            start = ts - ts % size
+            model_id = e.model_id
+            if start != last_start or model_id != last_model:
+                w = at(model_id, ts)
+                if not w.ready:
+                    self._prepare(w, model_id)
+                last_model, last_start = model_id, start
+            w.n += 1
+            versions = w.versions
+            v = e.model_version
+            versions[v] = versions.get(v, 0) + 1
+            values = w.values
+            for name, x in e.features.items():
+                acc = values.get(name)
+                if acc is None:
+                    if not w.open:
+                        continue
+                    acc = values[name] = []
+                try:
+                    acc.append(x)
+                except TypeError:  # a string offered to a numeric feature
+                    w.mismatch[name] = w.mismatch.get(name, 0) + 1
+            acc = values.get(PREDICTION)
+            if acc is None and w.open:
+                acc = values[PREDICTION] = []
+            if acc is not None:
+                try:
+                    acc.append(e.prediction)
+                except TypeError:
+                    w.mismatch[PREDICTION] = w.mismatch.get(PREDICTION, 0) + 1
+            c = e.confidence
+            if c is not None:
+                w.conf.append(c)
+
+    # -- event time ----------------------------------------------------------
+
+    def advance(self, watermark: int) -> None:
+        for start, model_id, w in self.windows.pop_ending_until(watermark):
+            self._close(start, model_id, w)
+        # A carried group no later window can join any more is dropped.
+        horizon = self.config.max_merge_windows * self.config.window_ms
+        for model_id in sorted(self.carry):
+            first = self.carry[model_id].first
+            assert first is not None
+            if first + horizon <= watermark:
+                del self.carry[model_id]
+                self.dropped_windows += 1
+
+    def _close(self, start: int, model_id: str, w: DriftWindow) -> None:
+        cfg = self.config
+        end = start + cfg.window_ms
+        if model_id not in self.compiled:
+            self._warm_up(model_id, w)
+            return
+        first = start
+        carried = self.carry.pop(model_id, None)
+        if carried is not None:
+            assert carried.first is not None
+            if start < carried.first + cfg.max_merge_windows * cfg.window_ms:
+                carried.merge(w)
+                w, first = carried, carried.first
+            else:
+                self.dropped_windows += 1
+        if w.n < cfg.min_count:
+            if end - first < cfg.max_merge_windows * cfg.window_ms:
+                w.first = first
+                self.carry[model_id] = w
+            else:
+                self.dropped_windows += 1
+            return
+        self._score(first, end, model_id, w)
+
+    def _warm_up(self, model_id: str, w: DriftWindow) -> None:
+        cfg = self.config
+        if cfg.warmup_events is None:
+            return
+        builder = self.warmup.get(model_id)
+        if builder is None:
+            builder = self.warmup[model_id] = self._builder(model_id)
+        builder.add_window(w.values, w.conf, w.n, w.versions)
+        if builder.full:
+            del self.warmup[model_id]
+            self._set_reference(model_id, builder.build())
+
+    def _builder(self, model_id: str) -> WarmupProfileBuilder:
+        cfg = self.config
+        return WarmupProfileBuilder(
+            model_id,
+            cfg.warmup_events or 0,
+            bins=cfg.bins,
+            sample_size=cfg.reference_sample,
+            max_categories=cfg.max_categories,
+        )
+
+    # -- scoring -------------------------------------------------------------
+
+    def _score(self, start: int, end: int, model_id: str, w: DriftWindow) -> None:
+        cfg = self.config
+        ref = self.compiled[model_id]
+        ref_version = ref.profile.version
+        model_version = ",".join(sorted(w.versions))
+        window = {"ts": end, "window_start": start, "window_end": end}
+        for f in ref.features:
+            acc = w.values.get(f.name)
+            if not acc:
+                continue
+            non_numeric = w.mismatch.get(f.name, 0)
+            ks = ks_p = chi2 = chi2_p = None
+            if f.kind == "numeric":
+                x = _numbers(acc)
+                non_numeric += len(acc) - x.size
+                if x.size == 0:
+                    continue
+                x.sort()
+                counts = binned_counts(x, f.edges)
+                ks, ks_p = ks_2samp_from_sorted(f.sample, systematic_sample(x, cfg.ks_sample))
+            else:
+                counts = np.zeros(f.other + 1, dtype=np.int64)
+                index, other = f.index, f.other
+                for value, c in Counter(acc).items():
+                    key = value if isinstance(value, str) else category_key(value)
+                    counts[index.get(key, other)] += c
+                chi2, chi2_p = chi_square(f.props, counts, cfg.psi_eps)
+            n = int(counts.sum())
+            p = psi(f.ref_counts, counts, cfg.psi_eps)
+            js = js_divergence(f.ref_counts, counts)
+            row = {
+                "window_start": start,
+                "window_end": end,
+                "model_id": model_id,
+                "model_version": model_version,
+                "feature": f.name,
+                "psi": p,
+                "ks": ks,
+                "ks_pvalue": ks_p,
+                "chi2": chi2,
+                "chi2_pvalue": chi2_p,
+                "js": js,
+                "n": n,
+                "reference_version": ref_version,
+            }
+            self._out.add_row("drift_scores", row)
+            details = {
+                "feature": f.name,
+                "model_version": model_version,
+                "reference_version": ref_version,
+                "js": js,
+                "ks": ks,
+                "chi2": chi2,
+            }
+            if non_numeric:
+                details["non_numeric"] = non_numeric
+            self._out.observations.append(
+                Observation(
+                    "drift",
+                    f"{model_id}/{f.name}",
+                    "psi",
+                    p,
+                    n=n,
+                    details=details,
+                    p_value=ks_p if ks_p is not None else chi2_p,
+                    **window,
+                )
+            )
+        self._confidence(model_id, w, model_version, window)
+
+    def _confidence(
+        self, model_id: str, w: DriftWindow, model_version: str, window: dict[str, int]
+    ) -> None:
+        profile = self.compiled[model_id].profile
+        k = len(w.conf)
+        if profile.confidence_mean is None or k == 0:
+            return
+        conf = np.sort(np.frombuffer(w.conf, dtype=np.float64))
+        mean = math.fsum(conf.tolist()) / k
+        shift = profile.confidence_mean - mean
+        p_value = None
+        if k > 1 and profile.confidence_count > 1 and profile.confidence_std is not None:
+            std = float(np.std(conf, ddof=1))
+            if std > 0 or profile.confidence_std > 0:
+                res = ttest_ind_from_stats(
+                    profile.confidence_mean,
+                    profile.confidence_std,
+                    profile.confidence_count,
+                    mean,
+                    std,
+                    k,
+                    equal_var=False,
+                    alternative="greater",
+                )
+                if math.isfinite(res.pvalue):
+                    p_value = float(res.pvalue)
+        low = int(np.count_nonzero(conf < self.config.low_confidence))
+        self._out.observations.append(
+            Observation(
+                "drift",
+                model_id,
+                "confidence_shift",
+                shift,
+                n=k,
+                details={
+                    "model_version": model_version,
+                    "reference_version": profile.version,
+                    "reference_mean": profile.confidence_mean,
+                    "window_mean": mean,
+                    "low_confidence_ratio": low / k,
+                },
+                p_value=p_value,
+                **window,
+            )
+        )
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "windows": [[start, m, w.snapshot()] for start, m, w in self.windows.items()],
+            "carry": {m: w.snapshot() for m, w in self.carry.items()},
+            "learned": {
+                m: p.to_builtins() for m, p in self.references.items() if m not in self.given
+            },
+            "warmup": {m: b.snapshot() for m, b in self.warmup.items()},
+            "dropped_windows": self.dropped_windows,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for model_id in [m for m in self.references if m not in self.given]:
+            del self.references[model_id]
+            del self.compiled[model_id]
+        for model_id, data in state["learned"].items():
+            self._set_reference(model_id, ReferenceProfile.from_builtins(data))
+        self.windows.clear()
+        for start, model_id, data in state["windows"]:
+            self.windows.at(model_id, start)  # creates the slot, keeping starts sorted
+            self.windows.by_start[start][model_id] = DriftWindow.from_snapshot(data)
+        self.carry = {m: DriftWindow.from_snapshot(d) for m, d in state["carry"].items()}
+        self.warmup = {}
+        for model_id, data in state["warmup"].items():
+            builder = self.warmup[model_id] = self._builder(model_id)
+            builder.restore(data)
+        self.dropped_windows = state["dropped_windows"]
+
+
+def _numbers(acc: Acc) -> np.ndarray:
+    """The numbers of an accumulator as a float64 array (a copy: callers sort it)."""
+    if isinstance(acc, array):
+        return np.frombuffer(acc, dtype=np.float64).copy()
+    if any(isinstance(v, str) for v in acc):
+        acc = [v for v in acc if not isinstance(v, str)]
+    return np.array(acc, dtype=np.float64)
+
+
+__all__ = ["DriftConfig", "DriftOperator", "DriftWindow"]

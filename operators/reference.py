@@ -1,0 +1,324 @@
+"""Reference profiles: what a model's inputs and outputs looked like when it was good.
+
+A profile holds, per feature and for the prediction (feature name
+`__prediction__`):
+
+- numeric: the interior quantile cut points of the reference (10 bins by
+  default, `operators.stats.quantile_edges`), the reference count in each bin,
+  and a bounded sorted sample (evenly spaced order statistics, at most 5000)
+  for the Kolmogorov-Smirnov test;
+- categorical: the most frequent categories (at most `max_categories`, ties by
+  name) with their counts, and a last count for "other" (every rarer
+  category; at scoring time, every category the reference never saw).
+
+A feature is numeric when every reference value is a number; one string makes
+it categorical, its numbers then named by `category_key` (1.0 -> "1").
+Missing values (None, NaN) are skipped. Everything built here depends on the
+multiset of values only, never on row order, so a profile is reproducible.
+
+Where profiles come from:
+
+- `build_profile(rows, model_id, version)`: from a reference data set (the
+  `streamwatch reference build` command reads CSV/Parquet into row dicts);
+- `WarmupProfileBuilder`: when no reference file is given, the drift operator
+  feeds it the model's first closed windows until they hold `target` events
+  (default 1000) and freezes the profile from them (version "warmup:<model
+  versions>"). Those windows are the reference and are not scored.
+
+Profiles serialise to JSON (`to_json` / `from_json`) and to plain data for
+checkpoints (`to_builtins` / `from_builtins`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+
+from operators.stats import binned_counts, quantile_edges, systematic_sample
+
+PREDICTION = "__prediction__"
+
+# Columns of a flat reference row that are not features (an inference-log
+# shaped row keeps its features under "features" instead).
+NOT_FEATURES = frozenset(
+    {"request_id", "ts", "v", "model_id", "model_version", "latency_ms", "status"}
+)
+
+
+def category_key(value: Any) -> str:
+    """The category name of a value: strings as they are, numbers without a trailing .0."""
+    if isinstance(value, str):
+        return str(value)  # a plain str (not e.g. numpy.str_)
+    x = float(value)
+    if x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return repr(x)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+class FeatureProfile(msgspec.Struct, kw_only=True, omit_defaults=True):
+    kind: Literal["numeric", "categorical"]
+    count: int  # reference values behind the profile
+    counts: list[int]  # numeric: per bin, len(edges) + 1; categorical: per category, then "other"
+    edges: list[
+        float
+    ] = []  # numeric: interior cut points, bins (-inf, c1), [c1, c2), .., [ck, inf)
+    sample: list[float] = []  # numeric: ascending, at most sample_size order statistics
+    categories: list[str] = []  # categorical: the named bins, in order
+    mean: float | None = None  # numeric
+    std: float | None = None  # numeric, ddof=1
+
+    def __post_init__(self) -> None:
+        expected = len(self.edges) + 1 if self.kind == "numeric" else len(self.categories) + 1
+        if len(self.counts) != expected:
+            raise ValueError(f"{self.kind} profile needs {expected} counts, got {len(self.counts)}")
+        if self.kind == "numeric" and (not self.edges or not self.sample):
+            raise ValueError("numeric profile needs edges and a sample")
+        if sum(self.counts) <= 0:
+            raise ValueError("profile counts must have a positive total")
+
+
+class ReferenceProfile(msgspec.Struct, kw_only=True):
+    model_id: str
+    version: str
+    features: dict[str, FeatureProfile]  # includes PREDICTION when predictions were given
+    rows: int = 0
+    source: str = "file"  # "file" or "warmup"
+    confidence_count: int = 0
+    confidence_mean: float | None = None
+    confidence_std: float | None = None  # ddof=1
+
+    def to_json(self) -> bytes:
+        return msgspec.json.format(msgspec.json.encode(self), indent=2)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ReferenceProfile:
+        return msgspec.json.decode(data, type=cls)
+
+    def to_builtins(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+    @classmethod
+    def from_builtins(cls, data: Mapping[str, Any]) -> ReferenceProfile:
+        return msgspec.convert(data, cls)
+
+
+def profile_feature(
+    values: Sequence[Any],
+    *,
+    bins: int = 10,
+    sample_size: int = 5000,
+    max_categories: int = 50,
+) -> FeatureProfile | None:
+    """The profile of one feature's reference values (None when all are missing)."""
+    present = [v for v in values if not _is_missing(v)]
+    if not present:
+        return None
+    if not any(isinstance(v, str) for v in present):
+        x = np.sort(np.asarray(present, dtype=np.float64))
+        edges = quantile_edges(x, bins)
+        return FeatureProfile(
+            kind="numeric",
+            count=int(x.size),
+            edges=edges.tolist(),
+            counts=binned_counts(x, edges).tolist(),
+            sample=systematic_sample(x, sample_size).tolist(),
+            mean=float(np.mean(x)),
+            std=float(np.std(x, ddof=1)) if x.size > 1 else 0.0,
+        )
+    counter = Counter(category_key(v) for v in present)
+    ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ranked[:max_categories]
+    other = sum(c for _, c in ranked[max_categories:])
+    return FeatureProfile(
+        kind="categorical",
+        count=len(present),
+        categories=[k for k, _ in top],
+        counts=[c for _, c in top] + [other],
+    )
+
+
+class _Columns:
+    """Values per feature (and prediction), and confidences, of reference rows."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[Any]] = {}
+        self.confidences: list[float] = []
+        self.rows = 0
+
+    def add(self, features: Mapping[str, Any], prediction: Any, confidence: Any) -> None:
+        self.rows += 1
+        values = self.values
+        for name, value in features.items():
+            values.setdefault(name, []).append(value)
+        if prediction is not None:
+            values.setdefault(PREDICTION, []).append(prediction)
+        if not _is_missing(confidence):
+            self.confidences.append(float(confidence))
+
+    def build(
+        self,
+        model_id: str,
+        version: str,
+        source: str,
+        bins: int,
+        sample_size: int,
+        max_categories: int,
+    ) -> ReferenceProfile:
+        features = {}
+        for name in sorted(self.values):
+            fp = profile_feature(
+                self.values[name], bins=bins, sample_size=sample_size, max_categories=max_categories
+            )
+            if fp is not None:
+                features[name] = fp
+        if not features:
+            raise ValueError(f"no feature values to build a reference profile of {model_id}")
+        conf = np.sort(np.asarray(self.confidences, dtype=np.float64))
+        return ReferenceProfile(
+            model_id=model_id,
+            version=version,
+            features=features,
+            rows=self.rows,
+            source=source,
+            confidence_count=int(conf.size),
+            confidence_mean=math.fsum(conf.tolist()) / conf.size if conf.size else None,
+            confidence_std=float(np.std(conf, ddof=1)) if conf.size > 1 else None,
+        )
+
+
+def build_profile(
+    rows: Iterable[Mapping[str, Any]],
+    model_id: str,
+    version: str,
+    *,
+    bins: int = 10,
+    sample_size: int = 5000,
+    max_categories: int = 50,
+    prediction_key: str = "prediction",
+    confidence_key: str = "confidence",
+) -> ReferenceProfile:
+    """A reference profile from rows of a reference data set.
+
+    A row is either inference-log shaped ({"features": {...}, "prediction":
+    ..., "confidence": ...}) or flat, one column per feature: then every
+    column except `prediction_key`, `confidence_key` and the log's metadata
+    (NOT_FEATURES) is a feature. The prediction becomes feature
+    "__prediction__".
+    """
+    cols = _Columns()
+    for row in rows:
+        feats = row.get("features")
+        if isinstance(feats, Mapping):
+            features = feats
+        else:
+            skip = {prediction_key, confidence_key}
+            features = {k: v for k, v in row.items() if k not in NOT_FEATURES and k not in skip}
+        cols.add(features, row.get(prediction_key), row.get(confidence_key))
+    return cols.build(model_id, version, "file", bins, sample_size, max_categories)
+
+
+class WarmupProfileBuilder:
+    """Accumulates a model's first `target` events, then freezes a reference profile.
+
+    `add` takes one event and ignores events once `full`. `add_window` takes a
+    whole closed window (column lists, as the drift operator keeps them) and
+    is what the operator uses: windows are absorbed whole, in event-time
+    order, until at least `target` events are held, so the reference never
+    depends on arrival order inside a window. The profile's version is
+    "warmup:" + the model versions seen, joined by "+".
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        target: int = 1000,
+        *,
+        bins: int = 10,
+        sample_size: int = 5000,
+        max_categories: int = 50,
+    ) -> None:
+        self.model_id = model_id
+        self.target = target
+        self.bins = bins
+        self.sample_size = sample_size
+        self.max_categories = max_categories
+        self.cols = _Columns()
+        self.versions: dict[str, int] = {}
+
+    @property
+    def count(self) -> int:
+        return self.cols.rows
+
+    @property
+    def full(self) -> bool:
+        return self.cols.rows >= self.target
+
+    def add(
+        self,
+        features: Mapping[str, Any],
+        prediction: Any,
+        confidence: float | None = None,
+        model_version: str = "",
+    ) -> bool:
+        """Add one event; False (and nothing added) once full."""
+        if self.full:
+            return False
+        self.cols.add(features, prediction, confidence)
+        self.versions[model_version] = self.versions.get(model_version, 0) + 1
+        return True
+
+    def add_window(
+        self,
+        columns: Mapping[str, Iterable[Any]],
+        confidences: Iterable[float],
+        events: int,
+        versions: Mapping[str, int],
+    ) -> None:
+        """Add a closed window: values per feature, confidences, event count, versions."""
+        for name, values in columns.items():
+            self.cols.values.setdefault(name, []).extend(values)
+        self.cols.confidences.extend(confidences)
+        self.cols.rows += events
+        for v, c in versions.items():
+            self.versions[v] = self.versions.get(v, 0) + c
+
+    def build(self) -> ReferenceProfile:
+        version = "warmup:" + "+".join(sorted(self.versions))
+        return self.cols.build(
+            self.model_id, version, "warmup", self.bins, self.sample_size, self.max_categories
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "values": {k: list(v) for k, v in self.cols.values.items()},
+            "confidences": list(self.cols.confidences),
+            "rows": self.cols.rows,
+            "versions": dict(self.versions),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.cols = _Columns()
+        self.cols.values = {k: list(v) for k, v in state["values"].items()}
+        self.cols.confidences = list(state["confidences"])
+        self.cols.rows = state["rows"]
+        self.versions = dict(state["versions"])
+
+
+__all__ = [
+    "PREDICTION",
+    "FeatureProfile",
+    "ReferenceProfile",
+    "WarmupProfileBuilder",
+    "build_profile",
+    "category_key",
+    "profile_feature",
+]

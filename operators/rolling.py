@@ -1,0 +1,233 @@
+"""Shared pieces of the per-reading monitors: event-time release, sliding statistics.
+
+`EventTimeBuffer` holds events until the watermark passes them and releases
+them in event-time order. An event with `ts < W` can no longer be joined by
+an earlier one (anything earlier than W is late), so a monitor that judges
+each event only once it is released sees exactly the sorted input, whatever
+the arrival order within the lateness. The entries are tuples starting with
+`ts` and ordered by their content alone (no arrival sequence number), so
+equal-time events are released in the same order however they arrived.
+
+`SlidingStats` is an event-time sliding window of floats with O(log n)
+updates: count, mean, sample standard deviation and linear-interpolated
+quantiles. `RecentQuantile` is the same quantile over the last `size` values.
+
+Formulas (all references are the textbook definitions):
+
+    mean = S1 / n + K            with S1 = sum(x - K), S2 = sum((x - K)^2)
+    var  = (S2 - S1^2 / n) / (n - 1)           sample variance (ddof = 1)
+
+K is a shift (the mean at the last exact recompute), which keeps the running
+sums small and avoids the cancellation of the naive sum-of-squares formula
+(Chan, Golub & LeVeque 1983, "Algorithms for computing the sample variance").
+The sums are recomputed exactly whenever as many updates as the window holds
+(at least 64) have accumulated, so rounding errors stay bounded at amortised
+O(1) cost.
+
+    quantile(q) = v[f] + (h - f) * (v[f + 1] - v[f]),  h = q * (n - 1), f = floor(h)
+
+over the sorted values v: Hyndman & Fan (1996) definition 7, the default
+("linear") of numpy.percentile. The sorted values are a
+`sortedcontainers.SortedList` (O(log n) insert, remove and index).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+from sortedcontainers import SortedList
+
+E = TypeVar("E", bound=tuple)
+
+RECOMPUTE_MIN = 64
+
+
+class EventTimeBuffer(Generic[E]):
+    """Entries `(ts, ...)` held until the watermark passes `ts`, released in order."""
+
+    __slots__ = ("heap",)
+
+    def __init__(self) -> None:
+        self.heap: list[E] = []
+
+    def push(self, entry: E) -> None:
+        heapq.heappush(self.heap, entry)
+
+    def release(self, watermark: int) -> list[E]:
+        """Remove and return, sorted, every entry with ts < watermark."""
+        heap = self.heap
+        out: list[E] = []
+        pop = heapq.heappop
+        while heap and heap[0][0] < watermark:
+            out.append(pop(heap))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def snapshot(self, encode: Callable[[E], list[Any]] = list) -> list[list[Any]]:
+        return [encode(e) for e in self.heap]
+
+    def restore(self, entries: Iterable[Any], decode: Callable[[Any], E] = tuple) -> None:
+        self.heap = [decode(e) for e in entries]
+        heapq.heapify(self.heap)
+
+
+def quantile_sorted(values: SortedList | list[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of sorted values, numpy's "linear" method."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("quantile of no values")
+    h = q * (n - 1)
+    f = math.floor(h)
+    lo = values[f]
+    if f + 1 >= n:
+        return float(lo)
+    return float(lo + (h - f) * (values[f + 1] - lo))
+
+
+class SlidingStats:
+    """Floats with their event times; the oldest are evicted by time."""
+
+    __slots__ = ("ops", "s1", "s2", "shift", "sorted", "times", "values")
+
+    def __init__(self) -> None:
+        self.times: deque[int] = deque()
+        self.values: deque[float] = deque()
+        self.sorted: SortedList = SortedList()
+        self.shift = 0.0
+        self.s1 = 0.0
+        self.s2 = 0.0
+        self.ops = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def first_ts(self) -> int | None:
+        return self.times[0] if self.times else None
+
+    def add(self, ts: int, x: float) -> None:
+        if not self.values:
+            self._reset(x)
+        self.times.append(ts)
+        self.values.append(x)
+        self.sorted.add(x)
+        d = x - self.shift
+        self.s1 += d
+        self.s2 += d * d
+        self._tick()
+
+    def evict_before(self, ts_min: int) -> None:
+        """Drop the values with ts < ts_min."""
+        times, values = self.times, self.values
+        if not times or times[0] >= ts_min:
+            return
+        while times and times[0] < ts_min:
+            times.popleft()
+            x = values.popleft()
+            self.sorted.remove(x)
+            d = x - self.shift
+            self.s1 -= d
+            self.s2 -= d * d
+            self.ops += 1
+        if values:
+            self._tick()
+        else:
+            self._reset(0.0)  # an emptied window is exactly a new one
+
+    def _reset(self, shift: float) -> None:
+        self.shift = shift
+        self.s1 = self.s2 = 0.0
+        self.ops = 0
+
+    def _tick(self) -> None:
+        self.ops += 1
+        if self.ops >= max(RECOMPUTE_MIN, len(self.values)):
+            self.recompute()
+
+    def recompute(self) -> None:
+        """Exact sums again, shifted by the current mean."""
+        values = self.values
+        n = len(values)
+        shift = sum(values) / n if n else 0.0
+        s1 = s2 = 0.0
+        for x in values:
+            d = x - shift
+            s1 += d
+            s2 += d * d
+        self.shift, self.s1, self.s2, self.ops = shift, s1, s2, 0
+
+    def mean(self) -> float:
+        return self.shift + self.s1 / len(self.values)
+
+    def std(self) -> float:
+        """Sample standard deviation (ddof = 1); 0 below two values."""
+        n = len(self.values)
+        if n < 2:
+            return 0.0
+        var = (self.s2 - self.s1 * self.s1 / n) / (n - 1)
+        return math.sqrt(var) if var > 0.0 else 0.0
+
+    def quantile(self, q: float) -> float:
+        return quantile_sorted(self.sorted, q)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "times": list(self.times),
+            "values": list(self.values),
+            "sums": [self.shift, self.s1, self.s2, self.ops],
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> SlidingStats:
+        stats = cls()
+        stats.times = deque(state["times"])
+        stats.values = deque(float(v) for v in state["values"])
+        stats.sorted = SortedList(stats.values)
+        shift, s1, s2, ops = state["sums"]
+        stats.shift, stats.s1, stats.s2, stats.ops = float(shift), float(s1), float(s2), int(ops)
+        return stats
+
+
+class RecentQuantile:
+    """Quantiles of the last `size` values (and the event time of each)."""
+
+    __slots__ = ("size", "sorted", "times", "values")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.times: deque[int] = deque()
+        self.values: deque[float] = deque()
+        self.sorted: SortedList = SortedList()
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, ts: int, x: float) -> None:
+        self.times.append(ts)
+        self.values.append(x)
+        self.sorted.add(x)
+        if len(self.values) > self.size:
+            self.times.popleft()
+            self.sorted.remove(self.values.popleft())
+
+    def first_ts(self) -> int | None:
+        return self.times[0] if self.times else None
+
+    def quantile(self, q: float) -> float:
+        return quantile_sorted(self.sorted, q)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"times": list(self.times), "values": list(self.values)}
+
+    @classmethod
+    def from_snapshot(cls, size: int, state: dict[str, Any]) -> RecentQuantile:
+        recent = cls(size)
+        recent.times = deque(state["times"])
+        recent.values = deque(float(v) for v in state["values"])
+        recent.sorted = SortedList(recent.values)
+        return recent

@@ -1,0 +1,243 @@
+"""Helpers for integration tests: config files, worker processes, topics, queries.
+
+Everything here talks to the real services the suite starts (Tansu, chDB):
+the worker runs as its own process (`python -m streams.cli run`), exactly
+as a user runs it, and results are read back through its web API while it
+runs or through `streamwatch query` after it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        inner = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for our configuration: scalars, tables, arrays of tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+        elif isinstance(value, list):
+            for item in value:
+                lines.append(f"\n[[{key}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+class Deployment:
+    """A worker configuration on the test broker: own topics, database and data dir."""
+
+    def __init__(self, tmp: Path, bootstrap: str, name: str, partitions: int = 4,
+                 **overrides: Any) -> None:
+        self.name = name
+        self.data_dir = tmp / f"{name}-data"
+        self.web_port = free_port()
+        self.topics = {
+            "impressions": f"{name}.impressions",
+            "clicks": f"{name}.clicks",
+            "inference_logs": f"{name}.inference-logs",
+            "sensor_readings": f"{name}.sensor-readings",
+            "alerts": f"{name}.alerts",
+            "dead_letter": f"{name}.dead-letter",
+            "late_events": f"{name}.late-events",
+            "checkpoints": f"{name}.checkpoints",
+        }
+        config: dict[str, Any] = {
+            "data_dir": str(self.data_dir),
+            "web_port": self.web_port,
+            "checkpoint_interval_s": 1.0,
+            "idle_timeout_s": 5.0,
+            "kafka": {"bootstrap": bootstrap, "partitions": partitions,
+                      "group_id": f"{name}-group"},
+            "clickhouse": {"dsn": f"chdb://{self.data_dir / 'clickhouse'}"},
+            "topics": self.topics,
+        }
+        for dotted, value in overrides.items():
+            node = config
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        self.config = config
+        self.path = tmp / f"{name}.toml"
+        self.path.write_text(to_toml(config))
+        self.bootstrap = bootstrap
+
+    def settings(self) -> Any:
+        from streams.config import load_settings
+
+        return load_settings(self.path, env={})
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMWATCH_")}
+        env["STREAMWATCH_CONFIG"] = str(self.path)
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streams.cli", *args], env=self.env(), cwd=ROOT,
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        """Rows as dicts, through the CLI (the worker's web API while it runs)."""
+        done = self.cli("query", "--json", sql)
+        if done.returncode != 0:
+            raise AssertionError(f"query failed: {done.stderr.strip()}")
+        return [orjson.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+class WorkerProcess:
+    def __init__(self, deployment: Deployment, log_name: str = "worker") -> None:
+        self.d = deployment
+        self.log_path = deployment.data_dir.parent / f"{deployment.name}-{log_name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self.d.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "-v", "run"], env=self.d.env(), cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.wait_http("/health", timeout=60, accept_503=True)
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.d.web_port}{path}"
+
+    def wait_http(self, path: str, timeout: float, accept_503: bool = False) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(self.url(path), timeout=5) as response:
+                    return orjson.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                if accept_503 and exc.code == 503:
+                    return orjson.loads(exc.read())
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker did not answer {path} in {timeout} s; log:\n{self.log()}")
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        body = self.wait_http("/api/query?" + urllib.parse.urlencode({"sql": sql}), 30)
+        return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if check():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}; worker log:\n{self.log()}")
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()[-6000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"worker did not stop on SIGTERM:\n{self.log()}") from None
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
+def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes | None, int | None]]
+            ) -> int:
+    """Produce (topic, key, value, partition or None) in order; return how many."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10,
+                         "enable.idempotence": False, "message.max.bytes": 10_000_000})
+    n = 0
+    for topic, key, value, partition in messages:
+        kwargs: dict[str, Any] = {"key": key, "value": value}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                producer.produce(topic, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        n += 1
+    assert producer.flush(30) == 0
+    return n
+
+
+def consume_all(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float = 60
+                ) -> list[Any]:
+    """Every message of a topic, read from the start until it stays quiet for idle_s."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
+                         "enable.auto.commit": False})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+        batch = consumer.consume(500, 0.5)
+        for m in batch:
+            if not m.error():
+                out.append(m)
+                last = time.monotonic()
+    consumer.close()
+    return out
