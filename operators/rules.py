@@ -33,6 +33,7 @@ from operators.base import Observation
 from schemas.events import Alert
 
 SEVERITIES = ("info", "warning", "critical")
+DEFAULT_MESSAGE = "{metric} of {entity} is {value:.4g} ({op} {threshold:.4g})"
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -51,7 +52,7 @@ class Rule:
     cooldown_s: float = 600.0
     min_samples: int = 0
     max_p_value: float | None = None  # crossed only if the observation is this significant
-    message: str = "{metric} of {entity} is {value:.4g} ({op} {threshold:.4g})"
+    message: str = DEFAULT_MESSAGE  # str.format with metric, entity, value, ... and details
     details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,14 +138,20 @@ class RuleEngine:
     def _alert(
         self, rule: Rule, obs: Observation, status: str, severity: str, threshold: float
     ) -> Alert:
-        text = rule.message.format(
-            metric=obs.metric,
-            entity=obs.entity,
-            value=obs.value,
-            threshold=threshold,
-            op=rule.op,
+        fields = {
             **obs.details,
-        )
+            "metric": obs.metric,
+            "entity": obs.entity,
+            "value": obs.value,
+            "threshold": threshold,
+            "op": rule.op,
+        }
+        try:
+            text = rule.message.format(**fields)
+        except (KeyError, ValueError, IndexError, TypeError):
+            # a template naming a detail this observation lacks: say it plainly
+            text = DEFAULT_MESSAGE.format(**fields)
+
         if status == "resolved":
             text = f"Resolved: {text}"
         if obs.window_start is not None:

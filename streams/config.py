@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import msgspec
 
-from operators.ctr import CtrConfig
 from operators.rules import Rule
 
 
@@ -59,24 +58,17 @@ class TopicNames(Strict):
     checkpoints: str = "streamwatch-checkpoints"
 
 
-class CtrSettings(Strict):
-    window_s: float = 60
-    attribution_s: float = 600
-    lateness_s: float = 10
-    baseline_windows: int = 10
-    baseline_min_windows: int = 3
-    baseline_min_impressions: int = 100
-    floor_ctr: float = 0.005
+class MonitorSettings(Strict):
+    """One monitor: on or off, its allowed lateness, and its operator's options
+    (the fields of the operator's config dataclass, e.g. `window_ms`)."""
 
-    def operator_config(self) -> CtrConfig:
-        return CtrConfig(
-            window_ms=round(self.window_s * 1000),
-            attribution_ms=round(self.attribution_s * 1000),
-            baseline_windows=self.baseline_windows,
-            baseline_min_windows=self.baseline_min_windows,
-            baseline_min_impressions=self.baseline_min_impressions,
-            floor_ctr=self.floor_ctr,
-        )
+    enabled: bool = True
+    lateness_s: float = 10
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def _default_monitors() -> dict[str, MonitorSettings]:
+    return {name: MonitorSettings() for name in ("ctr", "sensor", "cluster", "drift", "service")}
 
 
 class RuleSettings(Strict):
@@ -105,27 +97,135 @@ class RuleSettings(Strict):
         )
 
 
+def _rule(
+    name: str,
+    kind: str,
+    metric: str,
+    op: str,
+    thresholds: dict[str, float],
+    message: str,
+    **kw: Any,
+) -> RuleSettings:
+    return msgspec.convert(
+        {
+            "name": name,
+            "kind": kind,
+            "metric": metric,
+            "op": op,
+            "thresholds": thresholds,
+            "message": message,
+            **kw,
+        },
+        RuleSettings,
+    )
+
+
+# The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
-    RuleSettings(
-        name="ctr_floor",
-        kind="ctr",
-        metric="ctr",
-        op="<",
-        thresholds={"warning": 0.005, "critical": 0.001},
+    _rule(
+        "ctr_floor",
+        "ctr",
+        "ctr",
+        "<",
+        {"warning": 0.005, "critical": 0.001},
+        "CTR of {entity} is {value:.2%}, below the floor of {threshold:.2%}",
         min_samples=200,
         max_p_value=0.01,
-        message="CTR of {entity} is {value:.2%}, below the floor of {threshold:.2%}",
     ),
-    RuleSettings(
-        name="ctr_drop",
-        kind="ctr",
-        metric="ctr_drop",
-        op=">",
-        thresholds={"warning": 0.3, "critical": 0.5},
+    _rule(
+        "ctr_drop",
+        "ctr",
+        "ctr_drop",
+        ">",
+        {"warning": 0.3, "critical": 0.5},
+        "CTR of {entity} dropped {value:.0%} to {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
         min_samples=200,
         max_p_value=0.01,
-        message="CTR of {entity} dropped {value:.0%} to {ctr:.2%} against a baseline "
-        "of {baseline_ctr:.2%}",
+    ),
+    _rule(
+        "drift_psi",
+        "drift",
+        "psi",
+        ">=",
+        {"warning": 0.1, "critical": 0.2},
+        "PSI of {entity} is {value:.3f} (moderate drift from 0.1, significant from 0.2)",
+        min_samples=200,
+        cooldown_s=1800,
+    ),
+    _rule(
+        "confidence_shift",
+        "drift",
+        "confidence_shift",
+        ">",
+        {"warning": 0.1},
+        "mean confidence of {entity} fell by {value:.3f} against its reference",
+        min_samples=100,
+        max_p_value=0.01,
+        cooldown_s=1800,
+    ),
+    _rule(
+        "latency_p99",
+        "service",
+        "latency_p99",
+        ">",
+        {"warning": 500.0, "critical": 2000.0},
+        "p99 latency of {entity} is {value:.0f} ms (line: {threshold:.0f} ms)",
+        min_samples=50,
+    ),
+    _rule(
+        "error_rate",
+        "service",
+        "error_rate",
+        ">",
+        {"critical": 0.01},
+        "error rate of {entity} is {value:.2%}, above {threshold:.0%}",
+        min_samples=100,
+        max_p_value=0.01,
+    ),
+    _rule(
+        "low_confidence",
+        "service",
+        "low_confidence_ratio",
+        ">",
+        {"warning": 0.3},
+        "{value:.0%} of {entity}'s predictions have low confidence",
+        min_samples=100,
+    ),
+    _rule(
+        "sensor_zscore",
+        "sensor",
+        "anomaly_zscore",
+        ">",
+        {"warning": 3.0, "critical": 6.0},
+        "{entity} reads {reading:.4g}, z-score {value:.1f}",
+        cooldown_s=300,
+    ),
+    _rule(
+        "sensor_iqr",
+        "sensor",
+        "anomaly_iqr",
+        ">",
+        {"warning": 0.0, "critical": 3.0},
+        "{entity} reads {reading:.4g}, {value:.1f} IQR beyond Tukey's fence",
+        cooldown_s=300,
+    ),
+    _rule(
+        "sensor_rise",
+        "sensor",
+        "anomaly_rise",
+        ">",
+        {"warning": 0.0},
+        "{entity} has risen steadily by {value:.3g}",
+        cooldown_s=900,
+    ),
+    _rule(
+        "cluster_distance",
+        "cluster",
+        "cluster_distance",
+        ">",
+        {"warning": 1.0, "critical": 2.0},
+        "{entity} is {value:.1f}x the usual distance from every known operating regime",
+        cooldown_s=300,
     ),
 ]
 
@@ -134,7 +234,9 @@ class Settings(Strict):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = msgspec.field(default_factory=ClickHouseSettings)
     topics: TopicNames = msgspec.field(default_factory=TopicNames)
-    ctr: CtrSettings = msgspec.field(default_factory=CtrSettings)
+    monitors: dict[str, MonitorSettings] = msgspec.field(default_factory=_default_monitors)
+    # reference profiles for drift (`streamwatch reference build` writes them)
+    drift_references: list[str] = msgspec.field(default_factory=list)
     rules: list[RuleSettings] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))
     data_dir: str = "var"
     web_port: int = 6066
@@ -147,10 +249,11 @@ class Settings(Strict):
     batch_timeout_s: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.ctr.window_s <= 0 or self.ctr.attribution_s < 0 or self.ctr.lateness_s < 0:
-            raise ValueError("ctr: window_s must be > 0, attribution_s and lateness_s >= 0")
-        if (self.ctr.window_s * 1000) % 1:
-            raise ValueError("ctr.window_s must be a whole number of milliseconds")
+        # a partial [monitors] table only overrides the monitors it names
+        self.monitors = {**_default_monitors(), **self.monitors}
+        for name, monitor in self.monitors.items():
+            if monitor.lateness_s < 0:
+                raise ValueError(f"monitors.{name}.lateness_s must be >= 0")
         if not 0 < self.web_port < 65536:
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
         if self.max_buffered_rows < self.batch_size:

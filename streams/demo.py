@@ -83,8 +83,7 @@ def run_demo(
                 last_report[0] = now
                 wm = worker.pipeline.watermarks().get("ctr")
                 when = time.strftime("%H:%M:%S", time.gmtime(wm / 1000)) if wm else "-"
-                err.print(f"[dim]... {processed} events processed, event time at {when} UTC"
-                          "[/dim]")
+                err.print(f"[dim]... {processed} events processed, event time at {when} UTC[/dim]")
             # all published traffic consumed, and the results written
             drained = now - quiet_since[0] > 3 and worker.sinks.buffered == 0
             return done.is_set() and (drained or now - started > 900)

@@ -1,18 +1,38 @@
 """Which monitors run, on which topics: the list the worker wires up.
 
-Each monitor is an operator from `operators/` plus the rules of its alert
-kind; adding a monitor is adding an entry here.
+Each monitor is an operator from `operators/` with its config dataclass; the
+`[monitors.NAME]` table of the configuration switches it on or off, sets its
+lateness and passes `options` to that dataclass (unknown options are an
+error). Adding a monitor is adding an entry to `OPERATORS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from operators.ctr import CtrOperator
+from operators.base import Operator
+from operators.cluster import ClusterConfig, ClusterOperator
+from operators.ctr import CtrConfig, CtrOperator
+from operators.drift import DriftConfig, DriftOperator
+from operators.reference import ReferenceProfile
 from operators.rules import RuleEngine
+from operators.sensor import SensorConfig, SensorOperator
+from operators.service import ServiceConfig, ServiceOperator
 from operators.task import MonitorTask
-from streams.config import Settings
+from streams.config import ConfigError, Settings
+
+# name -> (operator class, its config dataclass)
+OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
+    "ctr": (CtrOperator, CtrConfig),
+    "sensor": (SensorOperator, SensorConfig),
+    "cluster": (ClusterOperator, ClusterConfig),
+    "drift": (DriftOperator, DriftConfig),
+    "service": (ServiceOperator, ServiceConfig),
+}
 
 
 @dataclass(frozen=True)
@@ -23,22 +43,63 @@ class MonitorSpec:
     make_task: Callable[[], MonitorTask]
 
 
+def topic_of(settings: Settings, logical: str) -> str:
+    return getattr(settings.topics, logical.replace("-", "_"))
+
+
+def operator_config(name: str, options: dict[str, Any]) -> Any:
+    """The operator's config dataclass from `options`, with a precise error."""
+    _, config_type = OPERATORS[name]
+    known = {f.name: f for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"monitors.{name}.options: unknown option(s) {unknown}; known: {sorted(known)}"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    try:
+        return config_type(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"monitors.{name}.options: {exc}") from None
+
+
+def load_references(paths: list[str]) -> dict[str, ReferenceProfile]:
+    profiles = {}
+    for path in paths:
+        try:
+            profile = ReferenceProfile.from_json(Path(path).read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"reference profile {path} does not exist") from None
+        except Exception as exc:
+            raise ConfigError(f"reference profile {path} is not valid: {exc}") from None
+        profiles[profile.model_id] = profile
+    return profiles
+
+
 def build_monitors(settings: Settings) -> list[MonitorSpec]:
     idle_ms = round(settings.idle_timeout_s * 1000)
+    rules = [r.rule() for r in settings.rules]
+    references = load_references(settings.drift_references)
+    specs = []
+    for name, monitor in settings.monitors.items():
+        if name not in OPERATORS:
+            raise ConfigError(f"monitors.{name}: no such monitor; known: {sorted(OPERATORS)}")
+        if not monitor.enabled:
+            continue
+        operator_type, _ = OPERATORS[name]
+        config = operator_config(name, monitor.options)
+        extra = {"references": references} if operator_type is DriftOperator else {}
 
-    def engine(kind: str) -> RuleEngine:
-        return RuleEngine(r.rule() for r in settings.rules if r.kind == kind)
+        def make(
+            operator_type: Any = operator_type,
+            config: Any = config,
+            extra: dict[str, Any] = extra,
+            lateness_s: float = monitor.lateness_s,
+        ) -> MonitorTask:
+            return MonitorTask(
+                operator_type(config, **extra), RuleEngine(rules), round(lateness_s * 1000), idle_ms
+            )
 
-    ctr = settings.ctr
-    return [
-        MonitorSpec(
-            name="ctr",
-            topics={"impressions": settings.topics.impressions, "clicks": settings.topics.clicks},
-            make_task=lambda: MonitorTask(
-                CtrOperator(ctr.operator_config()),
-                engine("ctr"),
-                round(ctr.lateness_s * 1000),
-                idle_ms,
-            ),
-        ),
-    ]
+        topics = {src: topic_of(settings, src) for src in operator_type.sources}
+        specs.append(MonitorSpec(name=name, topics=topics, make_task=make))
+    return specs

@@ -126,8 +126,14 @@ class Worker:
 
         import faust
 
-        worker = faust.Worker(self.app, loglevel="warning", loop=asyncio.get_running_loop(),
-                              daemon=False, redirect_stdouts=False, override_logging=False)
+        worker = faust.Worker(
+            self.app,
+            loglevel="warning",
+            loop=asyncio.get_running_loop(),
+            daemon=False,
+            redirect_stdouts=False,
+            override_logging=False,
+        )
         await worker.start()
         source = asyncio.create_task(self.source.run(), name="streamwatch-source")
         # ours, not faust's: stop the source first so every result is written

@@ -58,8 +58,9 @@ def to_toml(data: dict[str, Any]) -> str:
 class Deployment:
     """A worker configuration on the test broker: own topics, database and data dir."""
 
-    def __init__(self, tmp: Path, bootstrap: str, name: str, partitions: int = 4,
-                 **overrides: Any) -> None:
+    def __init__(
+        self, tmp: Path, bootstrap: str, name: str, partitions: int = 4, **overrides: Any
+    ) -> None:
         self.name = name
         self.data_dir = tmp / f"{name}-data"
         self.web_port = free_port()
@@ -78,8 +79,11 @@ class Deployment:
             "web_port": self.web_port,
             "checkpoint_interval_s": 1.0,
             "idle_timeout_s": 5.0,
-            "kafka": {"bootstrap": bootstrap, "partitions": partitions,
-                      "group_id": f"{name}-group"},
+            "kafka": {
+                "bootstrap": bootstrap,
+                "partitions": partitions,
+                "group_id": f"{name}-group",
+            },
             "clickhouse": {"dsn": f"chdb://{self.data_dir / 'clickhouse'}"},
             "topics": self.topics,
         }
@@ -107,8 +111,12 @@ class Deployment:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "streams.cli", *args], env=self.env(), cwd=ROOT,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "streams.cli", *args],
+            env=self.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def query(self, sql: str) -> list[dict[str, Any]]:
@@ -129,8 +137,11 @@ class WorkerProcess:
         self.d.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "-v", "run"], env=self.d.env(), cwd=ROOT,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streams.cli", "-v", "run"],
+            env=self.d.env(),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.wait_http("/health", timeout=60, accept_503=True)
         return self
@@ -198,13 +209,20 @@ class WorkerProcess:
         self.process = None
 
 
-def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes | None, int | None]]
-            ) -> int:
+def produce(
+    bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes | None, int | None]]
+) -> int:
     """Produce (topic, key, value, partition or None) in order; return how many."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10,
-                         "enable.idempotence": False, "message.max.bytes": 10_000_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 10,
+            "enable.idempotence": False,
+            "message.max.bytes": 10_000_000,
+        }
+    )
     n = 0
     for topic, key, value, partition in messages:
         kwargs: dict[str, Any] = {"key": key, "value": value}
@@ -221,13 +239,17 @@ def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes | 
     return n
 
 
-def consume_all(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float = 60
-                ) -> list[Any]:
+def consume_all(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float = 60) -> list[Any]:
     """Every message of a topic, read from the start until it stays quiet for idle_s."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.time_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     out: list[Any] = []

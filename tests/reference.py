@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def ctr_reference(events: Iterable[tuple[str, Any]], window_ms: int = 60_000,
-                  attribution_ms: int = 600_000) -> list[tuple]:
+def ctr_reference(
+    events: Iterable[tuple[str, Any]], window_ms: int = 60_000, attribution_ms: int = 600_000
+) -> list[tuple]:
     """Rows (window_start, campaign, variant, impressions, clicks, orphans, duplicates)
     for a complete set of (topic, event) pairs, in any order."""
     events = list(events)

@@ -45,8 +45,18 @@ def build_traffic(t0: int, seed: int = 3) -> tuple[list[tuple[str, dict]], int]:
         return imp["impression_id"]
 
     def click(imp_id: str, ts: int, campaign: str, k: int = 0) -> None:
-        events.append(("clicks", {"click_id": f"c-{imp_id}-{k}", "impression_id": imp_id,
-                                  "ts": ts, "campaign_id": campaign, "user_id": "u"}))
+        events.append(
+            (
+                "clicks",
+                {
+                    "click_id": f"c-{imp_id}-{k}",
+                    "impression_id": imp_id,
+                    "ts": ts,
+                    "campaign_id": campaign,
+                    "user_id": "u",
+                },
+            )
+        )
 
     windows = 12
     for w in range(windows):
@@ -81,8 +91,9 @@ def build_traffic(t0: int, seed: int = 3) -> tuple[list[tuple[str, dict]], int]:
     return events, windows
 
 
-def shuffle_within(events: list[tuple[str, dict]], lateness_ms: int, rng: random.Random
-                   ) -> list[tuple[str, dict]]:
+def shuffle_within(
+    events: list[tuple[str, dict]], lateness_ms: int, rng: random.Random
+) -> list[tuple[str, dict]]:
     """Out-of-order delivery: each event overtaken only by events < lateness newer."""
     return sorted(events, key=lambda e: e[1]["ts"] + rng.uniform(0, lateness_ms - 1))
 
@@ -90,22 +101,60 @@ def shuffle_within(events: list[tuple[str, dict]], lateness_ms: int, rng: random
 MALFORMED: list[tuple[str, bytes | None, bytes | None, str]] = [
     ("impressions", b"big", b"{not json", "invalid_json"),
     ("impressions", b"big", b'{"ts": 1, "campaign_id": "big"}', "missing_field"),
-    ("clicks", b"big", b'{"click_id": 5, "impression_id": "x", "ts": 1795000000000, '
-     b'"campaign_id": "big", "user_id": "u"}', "wrong_type"),
-    ("impressions", b"big", b'{"impression_id": "z1", "ts": 1000, "campaign_id": "big", '
-     b'"user_id": "u"}', "bad_timestamp"),
-    ("impressions", b"big", b'{"impression_id": "z2", "ts": "2100-01-01T00:00:00Z", '
-     b'"campaign_id": "big", "user_id": "u"}', "bad_timestamp"),
-    ("impressions", b"big", b'{"impression_id": "z3", "ts": 1795000000000, "campaign_id": '
-     b'"big", "user_id": "u", "x": NaN}', "invalid_json"),
-    ("impressions", b"big", b'{"impression_id": "z4", "ts": 1795000000000, "campaign_id": '
-     b'"big", "user_id": "u", "pad": "' + b"x" * 300_000 + b'"}', "too_large"),
-    ("impressions", b"big", b'{"v": 2, "impression_id": "z5", "ts": 1795000000000, '
-     b'"campaign_id": "big", "user_id": "u"}', "unsupported_version"),
-    ("impressions", None, b'{"impression_id": "z6", "ts": 1795000000000, "campaign_id": '
-     b'"big", "user_id": "u"}', "empty_key"),
-    ("clicks", b"s1", b'{"click_id": "k", "impression_id": "x", "ts": 1795000000000, '
-     b'"campaign_id": "big", "user_id": "u"}', "key_mismatch"),
+    (
+        "clicks",
+        b"big",
+        b'{"click_id": 5, "impression_id": "x", "ts": 1795000000000, '
+        b'"campaign_id": "big", "user_id": "u"}',
+        "wrong_type",
+    ),
+    (
+        "impressions",
+        b"big",
+        b'{"impression_id": "z1", "ts": 1000, "campaign_id": "big", "user_id": "u"}',
+        "bad_timestamp",
+    ),
+    (
+        "impressions",
+        b"big",
+        b'{"impression_id": "z2", "ts": "2100-01-01T00:00:00Z", '
+        b'"campaign_id": "big", "user_id": "u"}',
+        "bad_timestamp",
+    ),
+    (
+        "impressions",
+        b"big",
+        b'{"impression_id": "z3", "ts": 1795000000000, "campaign_id": '
+        b'"big", "user_id": "u", "x": NaN}',
+        "invalid_json",
+    ),
+    (
+        "impressions",
+        b"big",
+        b'{"impression_id": "z4", "ts": 1795000000000, "campaign_id": '
+        b'"big", "user_id": "u", "pad": "' + b"x" * 300_000 + b'"}',
+        "too_large",
+    ),
+    (
+        "impressions",
+        b"big",
+        b'{"v": 2, "impression_id": "z5", "ts": 1795000000000, '
+        b'"campaign_id": "big", "user_id": "u"}',
+        "unsupported_version",
+    ),
+    (
+        "impressions",
+        None,
+        b'{"impression_id": "z6", "ts": 1795000000000, "campaign_id": "big", "user_id": "u"}',
+        "empty_key",
+    ),
+    (
+        "clicks",
+        b"s1",
+        b'{"click_id": "k", "impression_id": "x", "ts": 1795000000000, '
+        b'"campaign_id": "big", "user_id": "u"}',
+        "key_mismatch",
+    ),
     ("impressions", b"big", b"[1, 2, 3]", "wrong_type"),
 ]
 
@@ -118,9 +167,7 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
     lateness = 10_000
     ordered = shuffle_within(events, lateness, random.Random(9))
     topic = d.topics
-    messages = [
-        (topic[t], e["campaign_id"].encode(), orjson.dumps(e), None) for t, e in ordered
-    ]
+    messages = [(topic[t], e["campaign_id"].encode(), orjson.dumps(e), None) for t, e in ordered]
     # malformed messages interleaved with the valid ones
     for i, (t, key, value, _) in enumerate(MALFORMED):
         messages.insert(200 + i * 300, (topic[t], key, value, None))
@@ -130,28 +177,41 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
     for p in range(4):
         c = f"zz-tail-{p}"
         imp = {"impression_id": f"tail{p}", "ts": tail_ts, "campaign_id": c, "user_id": "u"}
-        clk = {"click_id": f"tail{p}", "impression_id": f"tail{p}", "ts": tail_ts,
-               "campaign_id": c, "user_id": "u"}
+        clk = {
+            "click_id": f"tail{p}",
+            "impression_id": f"tail{p}",
+            "ts": tail_ts,
+            "campaign_id": c,
+            "user_id": "u",
+        }
         messages.append((topic["impressions"], c.encode(), orjson.dumps(imp), p))
         messages.append((topic["clicks"], c.encode(), orjson.dumps(clk), p))
 
     worker = WorkerProcess(d).start()
     try:
         produce(broker.bootstrap, messages)
-        decoded = [(t, Decoder(t).decode(orjson.dumps(e), e["campaign_id"].encode()))
-                   for t, e in events]
+        decoded = [
+            (t, Decoder(t).decode(orjson.dumps(e), e["campaign_id"].encode())) for t, e in events
+        ]
         expected = ctr_reference(decoded)
         db = "streamwatch"
 
         def all_final() -> bool:
-            rows = worker.query(f"SELECT count() AS n FROM {db}.ctr_windows FINAL "
-                                f"WHERE final = 1 AND campaign_id NOT LIKE 'zz-%'")
+            rows = worker.query(
+                f"SELECT count() AS n FROM {db}.ctr_windows FINAL "
+                f"WHERE final = 1 AND campaign_id NOT LIKE 'zz-%'"
+            )
             return rows[0]["n"] >= len(expected)
 
         worker.wait_until(all_final, 120, "every window to be final")
         worker.wait_until(
-            lambda: worker.query(f"SELECT count() AS n FROM {db}.dead_letters")[0]["n"]
-            >= len(MALFORMED), 30, "dead letters in ClickHouse")
+            lambda: (
+                worker.query(f"SELECT count() AS n FROM {db}.dead_letters")[0]["n"]
+                >= len(MALFORMED)
+            ),
+            30,
+            "dead letters in ClickHouse",
+        )
     finally:
         assert worker.stop() == 0
 
@@ -160,19 +220,33 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
         " clicks, orphan_clicks, duplicate_clicks, final, ctr FROM streamwatch.ctr_windows "
         "FINAL WHERE campaign_id NOT LIKE 'zz-%' ORDER BY ws, campaign_id, variant"
     )
-    got = sorted((r["ws"], r["campaign_id"], r["variant"], r["impressions"], r["clicks"],
-                  r["orphan_clicks"], r["duplicate_clicks"]) for r in rows)
+    got = sorted(
+        (
+            r["ws"],
+            r["campaign_id"],
+            r["variant"],
+            r["impressions"],
+            r["clicks"],
+            r["orphan_clicks"],
+            r["duplicate_clicks"],
+        )
+        for r in rows
+    )
     assert got == expected
     assert all(r["final"] == 1 for r in rows)
-    assert all(abs(r["ctr"] - (r["clicks"] / r["impressions"] if r["impressions"] else 0))
-               < 1e-12 for r in rows)
+    assert all(
+        abs(r["ctr"] - (r["clicks"] / r["impressions"] if r["impressions"] else 0)) < 1e-12
+        for r in rows
+    )
     # the awkward cases were really exercised
     assert sum(r[5] for r in got) > 20 and sum(r[6] for r in got) > 10
 
     # exactly two alerts: the drop in window 8 (critical) and its recovery in window 9
     drop_ws = t0 + 8 * MIN
-    on_topic = [msgspec.json.decode(m.value(), type=Alert)
-                for m in consume_all(broker.bootstrap, topic["alerts"])]
+    on_topic = [
+        msgspec.json.decode(m.value(), type=Alert)
+        for m in consume_all(broker.bootstrap, topic["alerts"])
+    ]
     assert [(a.rule, a.entity, a.status, a.severity, a.window_start) for a in on_topic] == [
         ("ctr_drop", "big", "firing", "critical", drop_ws),
         ("ctr_drop", "big", "resolved", "critical", drop_ws + MIN),
@@ -188,12 +262,16 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
     ]
 
     # every malformed message on dead-letter with its reason; the original bytes kept
-    letters = [msgspec.json.decode(m.value(), type=DeadLetter)
-               for m in consume_all(broker.bootstrap, topic["dead_letter"])]
+    letters = [
+        msgspec.json.decode(m.value(), type=DeadLetter)
+        for m in consume_all(broker.bootstrap, topic["dead_letter"])
+    ]
     assert sorted(dl.reason for dl in letters) == sorted(r for *_, r in MALFORMED)
     by_reason = {dl.reason: dl for dl in letters}
     assert base64.b64decode(by_reason["invalid_json"].raw) in {b"{not json", MALFORMED[5][2]}
     assert "impression_id" in by_reason["missing_field"].error
-    counted = d.query("SELECT reason, count() AS n FROM streamwatch.dead_letters FINAL "
-                      "GROUP BY reason ORDER BY reason")
+    counted = d.query(
+        "SELECT reason, count() AS n FROM streamwatch.dead_letters FINAL "
+        "GROUP BY reason ORDER BY reason"
+    )
     assert sum(r["n"] for r in counted) == len(MALFORMED)
