@@ -1,0 +1,379 @@
+"""Change detection on the window metrics other operators emit.
+
+`ChangeDetectors` is not an operator: it sits behind one (see
+`operators.task.MonitorTask`) and watches the Observations it emits, one
+series per (kind, metric, entity), e.g. the `ctr` of campaign c1 window after
+window. Each series runs one detector per method:
+
+- Page-Hinkley (Page, E. S. (1954), "Continuous inspection schemes",
+  Biometrika 41(1/2):100-115; Hinkley, D. V. (1971), "Inference about the
+  change-point from cumulative sum tests", Biometrika 58(3):509-523), as
+  `river.drift.PageHinkley`. With x_bar_t the running mean of the inputs
+  since the last reset, delta the magnitude of change tolerated and alpha
+  the forgetting factor,
+
+      U_t = alpha * U_{t-1} + (x_t - x_bar_t - delta),   m_t = min_{i<=t} U_i
+      L_t = alpha * L_{t-1} + (x_t - x_bar_t + delta),   M_t = max_{i<=t} L_i
+
+  a change is signalled when U_t - m_t > threshold (a rise) or
+  M_t - L_t > threshold (a fall), once min_instances points were seen;
+  the detector then starts afresh. A CUSUM: with inputs in units of the
+  noise's standard deviation, delta ~ half the smallest shift worth
+  detecting, and the threshold sets the false-alarm rate.
+
+- ADWIN, ADaptive WINdowing (Bifet, A. & Gavaldà, R. (2007), "Learning from
+  time-changing data with adaptive windowing", SIAM SDM, 443-448), as
+  `river.drift.ADWIN`. It keeps the longest recent window W in which the
+  mean has not changed: whenever some split W = W0 . W1 (both at least
+  min_window_length long) has |mean(W0) - mean(W1)| > eps_cut, with
+  (river's form of the Hoeffding/Bernstein bound, m = harmonic mean of the
+  two lengths, sigma^2 the variance of W, delta' = delta / ln |W|)
+
+      eps_cut = sqrt(2 / m * sigma^2 * ln(2 / delta')) + 2 / (3 m) * ln(2 / delta')
+
+  the older part is dropped and a change is signalled. Buckets of
+  exponentially growing size (ADWIN2) keep it O(log |W|) in memory and time.
+  `clock` = how many points between checks (river's default 32; here 1, as
+  a window metric arrives once a minute, not thousands a second).
+
+River: Montiel, J. et al. (2021), "River: machine learning for streaming
+data in Python", JMLR 22(110):1-8; https://riverml.xyz/0.26.1/api/drift/PageHinkley/
+and https://riverml.xyz/0.26.1/api/drift/ADWIN/.
+
+Scale. Both detectors are tuned in absolute units (Page-Hinkley's delta and
+threshold; ADWIN's additive term assumes values in [0, 1]), and a CTR moves by
+thousandths while a p99 latency moves by hundreds of milliseconds. So every
+series is standardised before it reaches a detector:
+
+    z_t = clip((x_t - c) / s, -clip_z, +clip_z)
+
+s is a robust noise scale estimated once from the series' first `warmup`
+points, s = median |x_t - x_{t-1}| / (sqrt(2) * Phi^-1(3/4)) (the MAD of
+successive differences: unbiased for Gaussian noise and insensitive to a level
+shift inside the warm-up), falling back to the population standard deviation
+when that is 0; while both are 0 (e.g. an error rate that is always 0) the
+warm-up goes on and nothing is judged. c is the warm-up median, re-set per
+method to the new level after each change that method reports, so the clip
+(a guard against one extreme window looking like a change) stays centred.
+When the warm-up ends the detectors are fed its points, so detection can
+start as soon as min_instances (resp. grace_period) allows.
+
+Output. For a watched observation with n >= min_samples, each method emits
+nothing while quiet, and
+
+    Observation(kind="change", entity=<same>, metric=f"{metric}_change_{method}",
+                value=1.0, n=<points of the series so far>, ts/window of the input)
+
+when its detector reports a change at that point, then one with value=0.0 at
+the series' next judged point (unless that one is a change again), so a rule
+`value >= 0.5` fires and resolves. Details (both carry the same keys, for
+message templates): method, source_kind, source_metric, level_before (mean of
+the last `level_k` values before the estimated change point), level_after
+(mean of the values from it on), direction ("up" | "down"), change_ts (the
+time of the first point after the estimated change), points_since_change,
+latest (the metric's value in this observation). The change point is the
+split of the points since the method's previous change (at most `history`)
+maximising the two-sample statistic |mean_a - mean_b| * sqrt(n_a n_b / n).
+
+Everything depends only on the observations' order and values, so the output
+is deterministic. A series silent for `expire_ms` of event time is forgotten.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+from river import drift
+
+from operators.base import Observation
+
+METHODS = ("page_hinkley", "adwin")
+DEFAULT_WATCH: tuple[tuple[str, str], ...] = (
+    ("ctr", "ctr"),
+    ("service", "error_rate"),
+    ("service", "latency_p99"),
+    ("drift", "psi"),
+)
+# median |N(0, 2)| = sqrt(2) * Phi^-1(0.75)
+_MAD_DIFF = math.sqrt(2.0) * NormalDist().inv_cdf(0.75)
+
+
+@dataclass(frozen=True)
+class PageHinkleyParams:
+    """river.drift.PageHinkley's parameters, in standardised (noise = 1) units."""
+
+    min_instances: int = 30
+    delta: float = 0.5  # half of a 1-sigma shift
+    threshold: float = 10.0
+    alpha: float = 1 - 1e-4
+
+
+@dataclass(frozen=True)
+class AdwinParams:
+    """river.drift.ADWIN's parameters."""
+
+    delta: float = 0.002
+    clock: int = 1
+    min_window_length: int = 5
+    grace_period: int = 10
+
+
+@dataclass(frozen=True)
+class ChangeConfig:
+    watch: tuple[tuple[str, str], ...] = DEFAULT_WATCH  # (kind, metric) pairs
+    methods: tuple[str, ...] = METHODS
+    page_hinkley: PageHinkleyParams = field(default_factory=PageHinkleyParams)
+    adwin: AdwinParams = field(default_factory=AdwinParams)
+    min_samples: int = 100  # observations with a smaller n are skipped
+    # per (kind, metric) overrides of min_samples
+    min_samples_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    warmup: int = 20  # points that estimate the noise scale
+    clip_z: float = 5.0
+    level_k: int = 10  # level_before averages at most this many points
+    history: int = 120  # points kept per series for levels and the change point
+    expire_ms: int = 7 * 86_400_000  # forget a series silent this long (event time)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.methods) - set(METHODS)
+        if unknown or not self.methods:
+            raise ValueError(f"change methods must be among {METHODS}, got {self.methods}")
+        if self.warmup < 2 or self.history < self.warmup or self.level_k < 1:
+            raise ValueError("need warmup >= 2, history >= warmup and level_k >= 1")
+
+
+class _Method:
+    """One detector of a series and what it last reported."""
+
+    __slots__ = ("center", "detector", "floor", "last")
+
+    def __init__(self, detector: Any, center: float, floor: int) -> None:
+        self.detector = detector
+        self.center = center  # level the inputs are centred on (for the clip)
+        self.floor = floor  # index of the first point after this method's last change
+        self.last: dict[str, Any] | None = None  # details of a change awaiting its 0.0
+
+
+class _Series:
+    __slots__ = ("count", "history", "last_ts", "methods", "scale")
+
+    def __init__(self, history: int) -> None:
+        self.count = 0  # points seen
+        self.history: deque[tuple[int, float]] = deque(maxlen=history)  # (ts, value)
+        self.last_ts = 0
+        self.scale: float | None = None  # None while warming up
+        self.methods: dict[str, _Method] = {}
+
+
+def robust_scale(values: Iterable[float]) -> float:
+    """median |successive difference| / (sqrt(2) Phi^-1(3/4)), else the std, else 0."""
+    a = np.asarray(list(values), dtype=np.float64)
+    if a.size < 2:
+        return 0.0
+    s = float(np.median(np.abs(np.diff(a)))) / _MAD_DIFF
+    if not s > 1e-12 * max(1.0, float(np.max(np.abs(a)))):
+        s = float(np.std(a))
+        if not s > 1e-12 * max(1.0, float(np.max(np.abs(a)))):
+            return 0.0
+    return s
+
+
+def change_point(values: np.ndarray) -> int:
+    """The split 1 <= t < n maximising |mean(v[:t]) - mean(v[t:])| * sqrt(t (n - t) / n)."""
+    n = values.size
+    if n < 2:
+        return 0
+    csum = np.cumsum(values)
+    t = np.arange(1, n)
+    left = csum[:-1] / t
+    right = (csum[-1] - csum[:-1]) / (n - t)
+    stat = np.abs(left - right) * np.sqrt(t * (n - t) / n)
+    return int(np.argmax(stat)) + 1  # first maximum: deterministic
+
+
+class ChangeDetectors:
+    """Page-Hinkley and ADWIN per (kind, metric, entity) over window observations."""
+
+    def __init__(self, config: ChangeConfig | None = None) -> None:
+        self.config = config or ChangeConfig()
+        self.watch = frozenset(self.config.watch)
+        self.series: dict[tuple[str, str, str], _Series] = {}
+        self.max_ts = 0
+        self.swept_at = 0
+
+    # -- detectors -----------------------------------------------------------
+
+    def _new_detector(self, method: str) -> Any:
+        if method == "page_hinkley":
+            p = self.config.page_hinkley
+            return drift.PageHinkley(
+                min_instances=p.min_instances, delta=p.delta, threshold=p.threshold, alpha=p.alpha
+            )
+        a = self.config.adwin
+        return drift.ADWIN(
+            delta=a.delta,
+            clock=a.clock,
+            min_window_length=a.min_window_length,
+            grace_period=a.grace_period,
+        )
+
+    # -- input ---------------------------------------------------------------
+
+    def observe(self, observations: Iterable[Observation]) -> list[Observation]:
+        """Feed the watched observations; return the change observations they raise."""
+        cfg = self.config
+        out: list[Observation] = []
+        for obs in observations:
+            pair = (obs.kind, obs.metric)
+            if pair not in self.watch:
+                continue
+            if obs.n < cfg.min_samples_by.get(pair, cfg.min_samples):
+                continue
+            x = float(obs.value)
+            if not math.isfinite(x):
+                continue
+            key = (obs.kind, obs.metric, obs.entity)
+            series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = _Series(cfg.history)
+            self._point(series, obs, x, out)
+            if obs.ts > self.max_ts:
+                self.max_ts = obs.ts
+        if self.max_ts - self.swept_at >= cfg.expire_ms // 4:
+            self._expire()
+        return out
+
+    def _point(self, series: _Series, obs: Observation, x: float, out: list[Observation]) -> None:
+        cfg = self.config
+        series.history.append((obs.ts, x))
+        series.count += 1
+        series.last_ts = max(series.last_ts, obs.ts)
+        if series.scale is None:
+            if series.count < cfg.warmup:
+                return
+            scale = robust_scale(v for _, v in series.history)
+            if scale <= 0:
+                return  # no spread yet: keep warming up
+            series.scale = scale
+            center = float(np.median([v for _, v in series.history]))
+            first = series.count - len(series.history)
+            for method in cfg.methods:
+                state = series.methods[method] = _Method(self._new_detector(method), center, first)
+                # replay the warm-up; only the current point may be reported
+                for i, (_, v) in enumerate(list(series.history)[:-1]):
+                    self._step(series, state, v, first + i)
+        index = series.count - 1
+        for method in cfg.methods:
+            state = series.methods[method]
+            details = self._step(series, state, x, index)
+            if details is not None:
+                out.append(self._emit(obs, series, method, 1.0, details))
+                state.last = details
+            elif state.last is not None:
+                out.append(self._emit(obs, series, method, 0.0, {**state.last, "latest": x}))
+                state.last = None
+
+    def _step(self, series: _Series, state: _Method, x: float, index: int) -> dict[str, Any] | None:
+        """Update one detector with point `index`; the change's details if it reports one."""
+        clip = self.config.clip_z
+        assert series.scale is not None
+        z = min(max((x - state.center) / series.scale, -clip), clip)
+        state.detector.update(z)
+        if not state.detector.drift_detected:
+            return None
+        # the segment since this method's last change, as far as the history reaches
+        first = series.count - len(series.history)
+        hist = list(series.history)[: index - first + 1]
+        start = max(state.floor, first) - first
+        segment = hist[start:] if len(hist) - start >= 2 else hist
+        offset = index + 1 - len(segment)  # index of segment[0]
+        values = np.fromiter((v for _, v in segment), dtype=np.float64, count=len(segment))
+        split = change_point(values)
+        before = values[max(0, split - self.config.level_k) : split]
+        after = values[split:]
+        level_before = float(before.mean()) if before.size else float(values[0])
+        level_after = float(after.mean())
+        state.center = float(np.median(after))
+        state.floor = offset + split
+        return {
+            "level_before": level_before,
+            "level_after": level_after,
+            "direction": "up" if level_after >= level_before else "down",
+            "change_ts": segment[split][0] if split < len(segment) else segment[-1][0],
+            "points_since_change": int(after.size),
+            "latest": x,
+        }
+
+    def _emit(
+        self, obs: Observation, series: _Series, method: str, value: float, info: dict[str, Any]
+    ) -> Observation:
+        details = {"method": method, "source_kind": obs.kind, "source_metric": obs.metric, **info}
+        return Observation(
+            kind="change",
+            entity=obs.entity,
+            metric=f"{obs.metric}_change_{method}",
+            value=value,
+            ts=obs.ts,
+            n=series.count,
+            window_start=obs.window_start,
+            window_end=obs.window_end,
+            details=details,
+        )
+
+    def _expire(self) -> None:
+        horizon = self.max_ts - self.config.expire_ms
+        for key in [k for k, s in self.series.items() if s.last_ts < horizon]:
+            del self.series[key]
+        self.swept_at = self.max_ts
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data: the river detectors are pickled to bytes."""
+        series = []
+        for (kind, metric, entity), s in self.series.items():
+            methods = {
+                name: [pickle.dumps(m.detector, protocol=4), m.center, m.floor, m.last]
+                for name, m in s.methods.items()
+            }
+            history = [[ts, v] for ts, v in s.history]
+            series.append([kind, metric, entity, s.count, s.last_ts, s.scale, history, methods])
+        return {"series": series, "max_ts": self.max_ts, "swept_at": self.swept_at}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the state with a snapshot's (an empty dict gives a fresh state).
+
+        Only restore snapshots this process family wrote: they contain pickles.
+        """
+        self.series = {}
+        for kind, metric, entity, count, last_ts, scale, history, methods in state.get(
+            "series", []
+        ):
+            s = _Series(self.config.history)
+            s.count, s.last_ts, s.scale = count, last_ts, scale
+            s.history.extend((int(ts), float(v)) for ts, v in history)
+            for name, (blob, center, floor, last) in methods.items():
+                m = _Method(pickle.loads(blob), center, floor)  # noqa: S301 - own checkpoint
+                m.last = dict(last) if last is not None else None
+                s.methods[name] = m
+            self.series[(kind, metric, entity)] = s
+        self.max_ts = state.get("max_ts", 0)
+        self.swept_at = state.get("swept_at", 0)
+
+
+__all__ = [
+    "DEFAULT_WATCH",
+    "METHODS",
+    "AdwinParams",
+    "ChangeConfig",
+    "ChangeDetectors",
+    "PageHinkleyParams",
+    "change_point",
+    "robust_scale",
+]
