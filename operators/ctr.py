@@ -14,15 +14,18 @@ Semantics (the public contract's defaults, all configurable):
   emitted; when it reaches end + attribution_ms no click can still join, and
   the final row (version 2) is emitted, the window's impressions are
   forgotten and its CTR is judged: `ctr` itself, and `ctr_drop`, the
-  relative drop against the median of the campaign's last final windows:
+  relative drop against the pooled CTR of the key's last final windows:
 
       ctr = clicks / impressions
+      baseline = sum(clicks) / sum(impressions) over the last `baseline_windows`
       ctr_drop = (baseline - ctr) / baseline
 
-  Each comes with a one-sided exact binomial p-value, P(X <= clicks) for
-  X ~ Binomial(impressions, p0), with p0 the floor resp. the baseline: the
-  chance of a CTR this low if the true rate were p0 (rules use it so a small
-  window's noise is not an alert).
+  Each comes with a one-sided p-value, the chance of a CTR this low by luck:
+  for `ctr`, the exact binomial P(X <= clicks), X ~ Binomial(impressions,
+  floor_ctr); for `ctr_drop`, Fisher's exact test (alternative "less") of the
+  window's clicks/impressions against the baseline windows' pooled counts
+  (Fisher 1922), which accounts for the baseline being an estimate too.
+  Rules use them (`max_p_value`) so a small window's noise is not an alert.
 
 Every decision depends on event data and the watermark alone, so any
 arrival order within the allowed lateness gives the same rows.
@@ -35,10 +38,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy.stats import binom
+from scipy.stats import binom, fisher_exact
 
 from operators.base import Observation, Operator
-from operators.baseline import TrailingMedian
+from operators.baseline import TrailingRate
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Click, Impression
@@ -91,9 +94,7 @@ class CtrOperator(Operator):
         self.pending_heap: list[tuple[int, int, str]] = []  # (click ts, seq, impression_id)
         self.seq = 0
         self.provisional_until = NO_WATERMARK  # provisional rows emitted for ends <= this
-        self.baseline = TrailingMedian(
-            self.config.baseline_windows, self.config.baseline_min_windows
-        )
+        self.baseline = TrailingRate(self.config.baseline_windows, self.config.baseline_min_windows)
 
     # -- input ---------------------------------------------------------------
 
@@ -202,18 +203,29 @@ class CtrOperator(Operator):
         self._out.observations.append(
             Observation("ctr", entity, "ctr", ctr, details=counts, p_value=floor_p, **common)
         )
-        baseline = self.baseline.get(key)
-        if baseline is not None and baseline > 0:
+        base = self.baseline.get(key)
+        if base is not None and base[0] > 0:
+            base_clicks, base_imps = base
+            baseline = base_clicks / base_imps
             drop = (baseline - ctr) / baseline
-            drop_p = float(binom.cdf(window.clicks, window.imps, baseline))
-            details = {**counts, "ctr": ctr, "baseline_ctr": baseline}
+            table = [
+                [window.clicks, window.imps - window.clicks],
+                [base_clicks, base_imps - base_clicks],
+            ]
+            drop_p = float(fisher_exact(table, alternative="less").pvalue)
+            details = {
+                **counts,
+                "ctr": ctr,
+                "baseline_ctr": baseline,
+                "baseline_impressions": base_imps,
+            }
             self._out.observations.append(
                 Observation(
                     "ctr", entity, "ctr_drop", drop, details=details, p_value=drop_p, **common
                 )
             )
         if window.imps >= self.config.baseline_min_impressions:
-            self.baseline.add(key, ctr)
+            self.baseline.add(key, window.clicks, window.imps)
 
     # -- checkpoints ---------------------------------------------------------
 

@@ -170,7 +170,7 @@ def _scenario(
     start_ms = (int(time.time()) - duration_s) * 1000
     incidents = [_parse_incident("ctr_drop", s) for s in ctr_drops]
     if not incidents and not no_incidents:
-        incidents = [Incident("ctr_drop", "cmp-001", duration_s * 0.5, duration_s * 0.25, 0.25)]
+        incidents = [Incident("ctr_drop", "cmp-003", duration_s * 0.5, duration_s * 0.25, 0.2)]
     return Scenario(
         start_ms=start_ms,
         duration_s=duration_s,

@@ -1,20 +1,62 @@
-"""Synthetic traffic with switchable incidents, on synthetic event time.
+"""Synthetic traffic of all four input topics with switchable incidents, on event time.
 
 The generator walks event time one second at a time and yields
-`(topic, key, value)` messages in (nearly) time order: impressions of many
-campaigns and users, each campaign with its own base CTR, A/B variants for
-the experiment campaigns, clicks that follow their impression after a random
-delay (a few duplicates and orphans, as real click trackers produce).
+`(topic, key, value)` messages sorted by `ts` within each second (so in time
+order overall), then `("__tick__", "", horizon_ms)` once per second:
 
-Incidents carry ground truth (`Incident.start_s` .. `end_s`) so tests and the
-demo can check what should fire:
+- impressions of many campaigns and users, each campaign with its own base
+  CTR, A/B variants (50/50) for the experiment campaigns (experiment
+  `exp-<campaign_id>`), and clicks that follow their impression after a
+  random delay (a few duplicates and orphans, as real click trackers produce);
+- inference logs of `models` models (`model-0`, ...; version "1.0.0"): five
+  numeric features (`FEATURES`: amount, account_age_days, session_length_s,
+  items_in_cart, distance_km) and one categorical (`device`), a score in
+  [0, 1] from a logistic model of the features, its confidence |2p - 1|,
+  log-normal latency and a small error rate;
+- sensor readings of `sensors` sensors (`sensor-00`, ...) at sites
+  (`site-a`, ...): temperature (°C), vibration (mm/s) and pressure (bar),
+  correlated through a shared slowly varying load (an AR(1) process) plus
+  independent noise.
 
-    ctr_drop   the campaign's CTR is multiplied by `factor` during the incident
+Topic names are the logical ones ("impressions", "clicks", "inference-logs",
+"sensor-readings"); `publish(topics=...)` maps them to configured names.
+
+Every traffic kind draws from its own seeded random stream, and an incident
+only transforms values after they are drawn: a run with incidents is
+byte-identical to the quiet run outside the incidents' windows (except for
+the clicks of impressions inside a `ctr_drop`). Incidents carry ground truth
+(`Incident.start_s` .. `end_s`, seconds after the start, judged by each
+event's own time); `factor` is the magnitude:
+
+    kind              target                 factor (default_incidents)
+    ctr_drop          cmp-002                CTR multiplied by factor (0.25)
+    srm               exp-cmp-000            share of variant A = factor,
+                                             B = 1 - factor (0.4: 40/60)
+    feature_drift     model-0/distance_km    numeric feature + factor x its std
+                                             (1.5); for `device`: that share
+                                             of requests becomes the rarest
+                                             device
+    prediction_shift  model-1                factor added to the score's logit
+                                             (1.5)
+    latency_spike     model-0                latency multiplied by factor (3)
+    error_spike       model-1                error probability = factor (0.2)
+    sensor_spike      sensor-01[/metric]     the readings inside the window
+                                             (1-3 s: 1-3 readings) of the
+                                             metric (default vibration) +
+                                             factor x its std (8)
+    sensor_rise       sensor-02              temperature rises strictly and
+                                             steadily by factor °C over the
+                                             incident (10), then falls back
+    sensor_regime     sensor-03              every metric moves by factor x its
+                                             std (6): temperature and
+                                             vibration up, pressure down,
+                                             against their usual correlation
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +67,36 @@ import orjson
 
 Message = tuple[str, str, bytes]  # topic, key, value
 
+KINDS = (
+    "ctr_drop",
+    "srm",
+    "feature_drift",
+    "prediction_shift",
+    "latency_spike",
+    "error_spike",
+    "sensor_spike",
+    "sensor_rise",
+    "sensor_regime",
+)
+MODEL_VERSION = "1.0.0"
+METRICS = ("temperature", "vibration", "pressure")
+SPIKE_METRIC = "vibration"  # sensor_spike's metric when the target names none
+REGIME_DIRECTION = {"temperature": 1.0, "vibration": 1.0, "pressure": -1.0}
+
 
 @dataclass(frozen=True)
 class Incident:
-    kind: str  # ctr_drop
-    target: str  # campaign id
+    kind: str  # one of KINDS
+    target: str  # campaign, experiment, model, model/feature or sensor[/metric]
     start_s: float  # seconds after the simulation start
     duration_s: float
-    factor: float = 0.3
+    factor: float = 0.3  # the magnitude; its meaning depends on the kind
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown incident kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.duration_s <= 0:
+            raise ValueError(f"incident {self.kind} on {self.target}: duration must be > 0")
 
     @property
     def end_s(self) -> float:
@@ -55,95 +119,414 @@ class Scenario:
     orphan_click_rate: float = 0.002
     seed: int = 42
     incidents: list[Incident] = field(default_factory=list)
+    inference_per_s: float = 20.0  # inference logs per second, over all models
+    models: int = 2
+    inference_error_rate: float = 0.005  # the quiet error probability
+    sensors: int = 10
+    sensor_readings_per_s: float = 1.0  # per sensor
+    sites: int = 3  # sensors are spread over this many sites, round robin
 
     def campaign_ids(self) -> list[str]:
         return [f"cmp-{i:03d}" for i in range(self.campaigns)]
+
+    def experiment_ids(self) -> list[str]:
+        return [f"exp-{c}" for c in self.campaign_ids()[: self.experiment_campaigns]]
+
+    def model_ids(self) -> list[str]:
+        return [f"model-{i}" for i in range(self.models)]
+
+    def sensor_ids(self) -> list[str]:
+        return [f"sensor-{i:02d}" for i in range(self.sensors)]
+
+    def site_of(self, sensor_index: int) -> str:
+        return f"site-{chr(ord('a') + sensor_index % max(1, self.sites))}"
+
+    def ground_truth(self) -> list[Incident]:
+        """The injected incidents, by start time: what should fire, on what, when."""
+        return sorted(self.incidents, key=lambda i: (i.start_s, i.kind, i.target))
+
+
+# -- inference model ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dist: str  # lognormal (a=mu, b=sigma) | exponential (a=mean) | gamma (a=k, b=theta)
+    #            | count (1 + floor of an exponential of mean a)
+    a: float
+    b: float
+    weight: float  # in the score's logit, per standard deviation
+    decimals: int
+
+    @property
+    def mean(self) -> float:
+        if self.dist == "lognormal":
+            return math.exp(self.a + self.b**2 / 2)
+        if self.dist == "exponential":
+            return self.a
+        if self.dist == "gamma":
+            return self.a * self.b
+        q = math.exp(-1 / self.a)  # count: 1 + Geometric(p = 1 - q) failures
+        return 1 + q / (1 - q)
+
+    @property
+    def std(self) -> float:
+        if self.dist == "lognormal":
+            return math.sqrt((math.exp(self.b**2) - 1) * math.exp(2 * self.a + self.b**2))
+        if self.dist == "exponential":
+            return self.a
+        if self.dist == "gamma":
+            return math.sqrt(self.a) * self.b
+        q = math.exp(-1 / self.a)
+        return math.sqrt(q) / (1 - q)
+
+    def draw(self, rng: random.Random) -> float:
+        if self.dist == "lognormal":
+            return rng.lognormvariate(self.a, self.b)
+        if self.dist == "exponential":
+            return rng.expovariate(1 / self.a)
+        if self.dist == "gamma":
+            return rng.gammavariate(self.a, self.b)
+        return float(1 + int(rng.expovariate(1 / self.a)))
+
+
+FEATURES = (
+    Feature("amount", "lognormal", 3.5, 0.8, 0.9, 2),
+    Feature("account_age_days", "exponential", 400.0, 0.0, -0.6, 1),
+    Feature("session_length_s", "lognormal", 4.0, 0.6, 0.4, 1),
+    Feature("items_in_cart", "count", 2.5, 0.0, 0.3, 0),
+    Feature("distance_km", "gamma", 2.0, 4.0, 0.05, 2),
+)
+CATEGORICAL = "device"
+DEVICES = ("android", "ios", "web", "tv")  # the last is rare: categorical drift moves to it
+DEVICE_WEIGHTS = (0.45, 0.35, 0.18, 0.02)
+DEVICE_EFFECT = {"android": 0.0, "ios": 0.1, "web": -0.2, "tv": 0.3}
+SCORE_NOISE = 0.6  # std of the logit's noise
+LATENCY_SIGMA = 0.3  # of log latency
+
+
+@dataclass(frozen=True)
+class _Model:
+    model_id: str
+    intercept: float
+    latency_median_ms: float
+    device_cum: tuple[float, ...]
+
+
+# -- sensors ------------------------------------------------------------------
+
+# per metric: (base low, base high, load coefficient, noise std)
+SENSOR_METRICS = {
+    "temperature": (55.0, 75.0, 1.5, 0.4),
+    "vibration": (2.0, 4.0, 0.3, 0.12),
+    "pressure": (4.0, 6.0, 0.2, 0.06),
+}
+LOAD_TAU_S = 5.0  # time constant of the shared load (an AR(1) process), seconds
+
+
+def metric_std(metric: str) -> float:
+    """The standard deviation of a quiet sensor's metric (load and noise together)."""
+    _, _, coef, noise = SENSOR_METRICS[metric]
+    return math.hypot(coef, noise)
+
+
+class _Sensor:
+    __slots__ = ("base", "interval_ms", "load", "next_ts", "sensor_id", "site")
+
+    def __init__(
+        self, sensor_id: str, site: str, base: dict[str, float], first_ts: int, interval_ms: int
+    ) -> None:
+        self.sensor_id = sensor_id
+        self.site = site
+        self.base = base
+        self.next_ts = first_ts
+        self.interval_ms = interval_ms
+        self.load = 0.0
+
+
+# -- the simulator ------------------------------------------------------------
 
 
 class Simulator:
     def __init__(self, scenario: Scenario) -> None:
         self.s = scenario
-        self.rng = random.Random(scenario.seed)
+        self.rng = random.Random(scenario.seed)  # impressions and clicks
+        self.irng = random.Random(f"{scenario.seed}/inference-logs")
+        self.srng = random.Random(f"{scenario.seed}/sensor-readings")
         ids = scenario.campaign_ids()
         self.base_ctr = {c: self.rng.uniform(0.02, 0.06) for c in ids}
         weights = [self.rng.uniform(0.5, 1.5) for _ in ids]
         total = sum(weights)
         self.campaigns = ids
         self.cum_weights = [sum(weights[: i + 1]) / total for i in range(len(ids))]
+        self.experiments = {c: f"exp-{c}" for c in ids[: scenario.experiment_campaigns]}
         self.counts: dict[str, int] = {}
+        self.models = [self._model(i, m) for i, m in enumerate(scenario.model_ids())]
+        self.sensors = [self._sensor(i, sid) for i, sid in enumerate(scenario.sensor_ids())]
+        self._check_incidents()
+
+    def _model(self, i: int, model_id: str) -> _Model:
+        rng = self.irng
+        intercept = rng.uniform(-1.8, -0.6)
+        latency = rng.uniform(15.0, 45.0)
+        raw = [w * rng.uniform(0.8, 1.2) for w in DEVICE_WEIGHTS]
+        total = sum(raw)
+        cum = tuple(sum(raw[: k + 1]) / total for k in range(len(raw)))
+        return _Model(model_id, intercept, latency, cum)
+
+    def _sensor(self, i: int, sensor_id: str) -> _Sensor:
+        rng = self.srng
+        base = {m: rng.uniform(lo, hi) for m, (lo, hi, _, _) in SENSOR_METRICS.items()}
+        interval = max(1, round(1000 / self.s.sensor_readings_per_s))
+        first = self.s.start_ms + rng.randrange(interval)
+        return _Sensor(sensor_id, self.s.site_of(i), base, first, interval)
+
+    def _check_incidents(self) -> None:
+        models = set(self.s.model_ids())
+        sensors = set(self.s.sensor_ids())
+        features = {f.name for f in FEATURES} | {CATEGORICAL}
+        for inc in self.s.incidents:
+            kind, target, f = inc.kind, inc.target, inc.factor
+            if kind == "ctr_drop":
+                ok, what = target in self.base_ctr, "a campaign id"
+            elif kind == "srm":
+                ok = target in self.experiments.values() and 0 < f < 1
+                what = "an experiment exp-<campaign> of an experiment campaign, factor in (0, 1)"
+            elif kind == "feature_drift":
+                model, _, feature = target.partition("/")
+                ok, what = model in models and feature in features, "model_id/feature"
+            elif kind in ("prediction_shift", "latency_spike", "error_spike"):
+                ok, what = target in models, "a model id"
+                if kind == "latency_spike":
+                    ok, what = ok and f >= 0, "a model id, factor >= 0"
+                elif kind == "error_spike":
+                    ok, what = ok and 0 <= f <= 1, "a model id, factor in [0, 1]"
+            elif kind == "sensor_spike":
+                sensor, _, metric = target.partition("/")
+                ok = sensor in sensors and (metric or SPIKE_METRIC) in SENSOR_METRICS
+                what = f"sensor_id or sensor_id/metric (metric one of {', '.join(METRICS)})"
+            else:  # sensor_rise, sensor_regime
+                ok, what = target in sensors, "a sensor id"
+                if kind == "sensor_rise":
+                    ok, what = ok and f > 0, "a sensor id, factor > 0 (degrees)"
+            if not ok:
+                raise ValueError(
+                    f"incident {kind} on {target!r} (factor {f}): the target must be {what}"
+                )
+
+    # -- the stream ----------------------------------------------------------
 
     def messages(self) -> Iterator[Message]:
-        s, rng = self.s, self.rng
+        s = self.s
         pending: list[tuple[int, int, bytes, str]] = []  # (ts, seq, value, key) of clicks
-        seq = 0
+        self._seq = 0
+        self._requests = 0
+        self._rise_start: dict[Incident, float] = {}
         for second in range(s.duration_s):
             base = s.start_ms + second * 1000
-            n = _poisson(rng, s.impressions_per_s)
-            batch: list[tuple[int, Message]] = []
-            for _ in range(n):
-                ts = base + rng.randrange(1000)
-                campaign = rng.choices(self.campaigns, cum_weights=self.cum_weights)[0]
-                seq += 1
-                imp_id = f"imp-{s.seed}-{seq}"
-                user = f"user-{rng.randrange(s.users)}"
-                imp: dict[str, Any] = {
-                    "impression_id": imp_id,
-                    "ts": ts,
-                    "campaign_id": campaign,
-                    "user_id": user,
-                    "ad_id": f"ad-{rng.randrange(5)}",
-                }
-                if self.campaigns.index(campaign) < s.experiment_campaigns:
-                    imp["experiment"] = f"exp-{campaign}"
-                    imp["variant"] = "A" if rng.random() < 0.5 else "B"
-                batch.append((ts, ("impressions", campaign, orjson.dumps(imp))))
-                if rng.random() < self._ctr(campaign, second):
-                    delay = min(int(rng.expovariate(1 / s.click_delay_mean_s) * 1000), 590_000)
-                    clicks = 2 if rng.random() < s.duplicate_click_rate else 1
-                    for c in range(clicks):
-                        click = {
-                            "click_id": f"clk-{s.seed}-{seq}-{c}",
-                            "impression_id": imp_id,
-                            "ts": ts + delay + c * 1500,
-                            "campaign_id": campaign,
-                            "user_id": user,
-                        }
-                        heapq.heappush(
-                            pending, (click["ts"], seq * 4 + c, orjson.dumps(click), campaign)
-                        )
-                if rng.random() < s.orphan_click_rate:
-                    orphan = {
-                        "click_id": f"orphan-{s.seed}-{seq}",
-                        "impression_id": f"unknown-{seq}",
-                        "ts": ts,
-                        "campaign_id": campaign,
-                        "user_id": user,
-                    }
-                    batch.append((ts, ("clicks", campaign, orjson.dumps(orphan))))
             horizon = base + 1000
+            live = [i for i in s.incidents if i.start_s < second + 1 and i.end_s > second]
+            batch: list[tuple[int, Message]] = []
+            self._ads(base, live, batch, pending)
             while pending and pending[0][0] < horizon:
                 ts, _, value, key = heapq.heappop(pending)
                 batch.append((ts, ("clicks", key, value)))
+            if self.models:
+                self._inference(base, live, batch)
+            self._sensor_readings(horizon, live, batch)
             batch.sort(key=lambda item: item[0])
+            counts = self.counts
             for _, message in batch:
-                self.counts[message[0]] = self.counts.get(message[0], 0) + 1
+                counts[message[0]] = counts.get(message[0], 0) + 1
                 yield message
             yield ("__tick__", "", str(horizon).encode())
 
-    def _ctr(self, campaign: str, second: int) -> float:
-        ctr = self.base_ctr[campaign]
-        for incident in self.s.incidents:
-            if (
-                incident.kind == "ctr_drop"
-                and incident.target == campaign
-                and incident.active(second)
-            ):
-                ctr *= incident.factor
-        return ctr
+    def _t(self, ts: int) -> float:
+        return (ts - self.s.start_ms) / 1000
+
+    def _ads(
+        self,
+        base: int,
+        live: list[Incident],
+        batch: list[tuple[int, Message]],
+        pending: list[tuple[int, int, bytes, str]],
+    ) -> None:
+        s, rng = self.s, self.rng
+        drops = [i for i in live if i.kind == "ctr_drop"]
+        srm = [i for i in live if i.kind == "srm"]
+        for _ in range(_poisson(rng, s.impressions_per_s)):
+            ts = base + rng.randrange(1000)
+            t = self._t(ts)
+            campaign = rng.choices(self.campaigns, cum_weights=self.cum_weights)[0]
+            self._seq += 1
+            seq = self._seq
+            imp_id = f"imp-{s.seed}-{seq}"
+            user = f"user-{rng.randrange(s.users)}"
+            imp: dict[str, Any] = {
+                "impression_id": imp_id,
+                "ts": ts,
+                "campaign_id": campaign,
+                "user_id": user,
+                "ad_id": f"ad-{rng.randrange(5)}",
+            }
+            experiment = self.experiments.get(campaign)
+            if experiment is not None:
+                share_a = 0.5
+                for inc in srm:
+                    if inc.target == experiment and inc.active(t):
+                        share_a = inc.factor
+                imp["experiment"] = experiment
+                imp["variant"] = "A" if rng.random() < share_a else "B"
+            batch.append((ts, ("impressions", campaign, orjson.dumps(imp))))
+            ctr = self.base_ctr[campaign]
+            for inc in drops:
+                if inc.target == campaign and inc.active(t):
+                    ctr *= inc.factor
+            clicked = rng.random() < ctr
+            # drawn whether or not it clicks, so a CTR change shifts no later draw
+            delay = min(int(rng.expovariate(1 / s.click_delay_mean_s) * 1000), 590_000)
+            clicks = 2 if rng.random() < s.duplicate_click_rate else 1
+            if clicked:
+                for c in range(clicks):
+                    click = {
+                        "click_id": f"clk-{s.seed}-{seq}-{c}",
+                        "impression_id": imp_id,
+                        "ts": ts + delay + c * 1500,
+                        "campaign_id": campaign,
+                        "user_id": user,
+                    }
+                    heapq.heappush(
+                        pending, (click["ts"], seq * 4 + c, orjson.dumps(click), campaign)
+                    )
+            if rng.random() < s.orphan_click_rate:
+                orphan = {
+                    "click_id": f"orphan-{s.seed}-{seq}",
+                    "impression_id": f"unknown-{seq}",
+                    "ts": ts,
+                    "campaign_id": campaign,
+                    "user_id": user,
+                }
+                batch.append((ts, ("clicks", campaign, orjson.dumps(orphan))))
+
+    def _inference(self, base: int, live: list[Incident], batch: list[tuple[int, Message]]) -> None:
+        s, rng = self.s, self.irng
+        mine = [
+            i
+            for i in live
+            if i.kind in ("feature_drift", "prediction_shift", "latency_spike", "error_spike")
+        ]
+        n_models = len(self.models)
+        for _ in range(_poisson(rng, s.inference_per_s)):
+            ts = base + rng.randrange(1000)
+            t = self._t(ts)
+            model = self.models[rng.randrange(n_models)]
+            mid = model.model_id
+            active = [i for i in mine if i.active(t) and i.target.partition("/")[0] == mid]
+            features: dict[str, float | str] = {}
+            z = model.intercept
+            for f in FEATURES:
+                x = f.draw(rng)
+                for inc in active:
+                    if inc.kind == "feature_drift" and inc.target == f"{mid}/{f.name}":
+                        x += inc.factor * f.std
+                x = round(x, f.decimals)
+                features[f.name] = x
+                z += f.weight * (x - f.mean) / f.std
+            device = DEVICES[_pick(model.device_cum, rng.random())]
+            u_drift = rng.random()
+            for inc in active:
+                drifts = inc.kind == "feature_drift" and inc.target == f"{mid}/{CATEGORICAL}"
+                if drifts and u_drift < inc.factor:
+                    device = DEVICES[-1]
+            features[CATEGORICAL] = device
+            z += DEVICE_EFFECT[device] + rng.gauss(0.0, SCORE_NOISE)
+            latency = model.latency_median_ms * math.exp(rng.gauss(0.0, LATENCY_SIGMA))
+            error_p = s.inference_error_rate
+            for inc in active:
+                if inc.kind == "prediction_shift":
+                    z += inc.factor
+                elif inc.kind == "latency_spike":
+                    latency *= inc.factor
+                elif inc.kind == "error_spike":
+                    error_p = inc.factor
+            failed = rng.random() < error_p
+            p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+            self._requests += 1
+            log: dict[str, Any] = {
+                "request_id": f"req-{s.seed}-{self._requests}",
+                "ts": ts,
+                "model_id": mid,
+                "model_version": MODEL_VERSION,
+                "features": features,
+                "prediction": round(p, 5),
+                "latency_ms": round(latency, 2),
+                "status": "error" if failed else "ok",
+            }
+            if not failed:
+                log["confidence"] = round(abs(2.0 * p - 1.0), 5)
+            batch.append((ts, ("inference-logs", mid, orjson.dumps(log))))
+
+    def _sensor_readings(
+        self, horizon: int, live: list[Incident], batch: list[tuple[int, Message]]
+    ) -> None:
+        rng = self.srng
+        mine = [i for i in live if i.kind.startswith("sensor_")]
+        for sensor in self.sensors:
+            sid = sensor.sensor_id
+            targeted = [i for i in mine if i.target.partition("/")[0] == sid]
+            while sensor.next_ts < horizon:
+                ts = sensor.next_ts
+                sensor.next_ts += sensor.interval_ms
+                phi = math.exp(-sensor.interval_ms / 1000 / LOAD_TAU_S)
+                sensor.load = phi * sensor.load + math.sqrt(1 - phi * phi) * rng.gauss(0.0, 1.0)
+                noise = {m: rng.gauss(0.0, 1.0) for m in METRICS}
+                values = {
+                    m: sensor.base[m] + coef * sensor.load + sd * noise[m]
+                    for m, (_, _, coef, sd) in SENSOR_METRICS.items()
+                }
+                t = self._t(ts)
+                rising = False
+                for inc in targeted:
+                    if not inc.active(t):
+                        continue
+                    if inc.kind == "sensor_spike":
+                        metric = inc.target.partition("/")[2] or SPIKE_METRIC
+                        values[metric] += inc.factor * metric_std(metric)
+                    elif inc.kind == "sensor_regime":
+                        for m, sign in REGIME_DIRECTION.items():
+                            values[m] += sign * inc.factor * metric_std(m)
+                    else:  # sensor_rise: a steady ramp from where it was, jitter < 1/4 step
+                        start = self._rise_start.setdefault(inc, values["temperature"])
+                        step = inc.factor * sensor.interval_ms / 1000 / inc.duration_s
+                        jitter = 0.25 * step * max(-1.0, min(1.0, noise["temperature"]))
+                        ramp = inc.factor * (t - inc.start_s) / inc.duration_s
+                        values["temperature"] = start + ramp + jitter
+                        rising = True
+                values["vibration"] = max(0.0, values["vibration"])
+                reading = {
+                    "sensor_id": sid,
+                    "ts": ts,
+                    "values": {
+                        m: v if rising and m == "temperature" else round(v, 4)
+                        for m, v in values.items()
+                    },
+                    "site": sensor.site,
+                }
+                batch.append((ts, ("sensor-readings", sid, orjson.dumps(reading))))
+
+
+def _pick(cum: tuple[float, ...], u: float) -> int:
+    for k, c in enumerate(cum):
+        if u < c:
+            return k
+    return len(cum) - 1
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
     # Knuth's method is slow for large lambda; a rounded normal is close enough there
+    if lam <= 0:
+        return 0
     if lam > 30:
         return max(0, round(rng.gauss(lam, lam**0.5)))
     threshold, k, p = pow(2.718281828459045, -lam), 0, 1.0
@@ -154,14 +537,117 @@ def _poisson(rng: random.Random, lam: float) -> int:
         k += 1
 
 
+# -- a default incident schedule ------------------------------------------------
+
+MIN_GAP_S = 60.0  # quiet time after each incident of a lane
+DRIFT_WINDOW_S = 300.0  # the drift operator's windows
+DRIFT_WARMUP_EVENTS = 1000  # per model, before the drift operator has a reference
+
+
+def default_incidents(
+    duration_s: float,
+    *,
+    campaigns: int = 10,
+    experiment_campaigns: int = 2,
+    models: int = 2,
+    sensors: int = 10,
+    inference_per_s: float = 20.0,
+) -> list[Incident]:
+    """One incident of every kind, spread over a run of `duration_s` seconds.
+
+    The keyword arguments are the Scenario's (pass them when it is not the
+    default one). The first max(20 % of the run, the drift warm-up) seconds
+    are quiet: the drift warm-up is 1000 inference logs per model plus one
+    whole 5-min window, as the warm-up reference absorbs whole windows; the
+    last 10 % are quiet too. Incidents run in lanes that share no target
+    (ads; each model; sensors, each incident on its own sensor); within a
+    lane they follow one another with at least 60 s of quiet between them.
+    Raises ValueError when the run is too short (below about 1500 s with the
+    default rates).
+    """
+    if campaigns < 1 or experiment_campaigns < 1 or models < 1 or sensors < 1:
+        raise ValueError("default incidents need a campaign, an experiment, a model and a sensor")
+    if inference_per_s <= 0:
+        raise ValueError("default incidents need inference traffic (inference_per_s > 0)")
+    plan = _plan(
+        float(duration_s), campaigns, experiment_campaigns, models, sensors, inference_per_s
+    )
+    if plan is None:
+        shortest = next(
+            d
+            for d in range(60, 100_000, 60)
+            if _plan(float(d), campaigns, experiment_campaigns, models, sensors, inference_per_s)
+        )
+        raise ValueError(
+            f"a run of {duration_s:g} s is too short for the default incidents "
+            f"(at least {shortest} s with these rates)"
+        )
+    return plan
+
+
+def _plan(
+    d: float, campaigns: int, experiments: int, models: int, sensors: int, rate: float
+) -> list[Incident] | None:
+    per_model = rate / models
+    warm = max(0.2 * d, DRIFT_WARMUP_EVENTS / per_model + DRIFT_WINDOW_S + 30)
+    tail = max(MIN_GAP_S, 0.1 * d)
+    span = d - warm - tail
+    ctr_target = f"cmp-{experiments:03d}" if campaigns > experiments else f"cmp-{campaigns - 1:03d}"
+    m0, m1 = "model-0", f"model-{1 % models}"
+    s1, s2, s3 = (f"sensor-{k % sensors:02d}" for k in (1, 2, 3))
+    # (kind, target, duration, factor) per lane, in order
+    lanes: dict[str, list[tuple[str, str, float, float]]] = {
+        "ads": [
+            ("ctr_drop", ctr_target, max(180.0, 0.125 * d), 0.25),
+            ("srm", "exp-cmp-000", max(300.0, 0.125 * d), 0.4),
+        ],
+        m0: [
+            ("latency_spike", m0, max(120.0, 0.05 * d), 3.0),
+            ("feature_drift", f"{m0}/distance_km", max(300.0, 0.15 * d), 1.5),
+        ],
+        "sensors": [
+            ("sensor_spike", f"{s1}/{SPIKE_METRIC}", 3.0, 8.0),
+            ("sensor_rise", s2, max(330.0, 0.15 * d), 10.0),
+            ("sensor_regime", s3, max(180.0, 0.1 * d), 6.0),
+        ],
+    }
+    lanes.setdefault(m1, []).extend(
+        [
+            ("error_spike", m1, max(120.0, 0.05 * d), 0.2),
+            ("prediction_shift", m1, max(300.0, 0.15 * d), 1.5),
+        ]
+    )
+    incidents: list[Incident] = []
+    for k, lane in enumerate(lanes.values()):
+        durations = [round(x[2]) for x in lane]
+        gap = (span - sum(durations)) / len(lane)
+        if gap < MIN_GAP_S:
+            return None
+        t = warm + gap * k / len(lanes)  # stagger the lanes
+        for (kind, target, _, factor), dur in zip(lane, durations, strict=True):
+            incidents.append(Incident(kind, target, float(math.ceil(t)), float(dur), factor))
+            t += dur + gap
+    return sorted(incidents, key=lambda i: (i.start_s, i.kind))
+
+
+# -- publishing -------------------------------------------------------------------
+
+
 def publish(
     producer: Any,
     simulator: Simulator,
     speed: float | None,
     progress: Callable[[int, int], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    topics: dict[str, str] | None = None,
 ) -> dict[str, int]:
-    """Produce the simulator's messages; `speed` event-seconds per wall second (None: max)."""
+    """Produce the simulator's messages; `speed` event-seconds per wall second (None: max).
+
+    `topics` maps the logical topic names ("impressions", "clicks",
+    "inference-logs", "sensor-readings") to the configured ones; a name it
+    does not map is used as it is. Returns the messages per logical topic.
+    """
+    names = topics or {}
     started = time.monotonic()
     sim_start = simulator.s.start_ms
     sent = 0
@@ -179,9 +665,10 @@ def publish(
                     producer.poll(0)
                     time.sleep(delay)
             continue
+        name = names.get(topic, topic)
         while True:
             try:
-                producer.produce(topic, value, key=key.encode())
+                producer.produce(name, value, key=key.encode())
                 break
             except BufferError:
                 producer.poll(0.05)
