@@ -47,12 +47,13 @@ series is standardised before it reaches a detector:
 
     z_t = clip((x_t - c) / s, -clip_z, +clip_z)
 
-s is a robust noise scale estimated once from the series' first `warmup`
-points, s = median |x_t - x_{t-1}| / (sqrt(2) * Phi^-1(3/4)) (the MAD of
-successive differences: unbiased for Gaussian noise and insensitive to a level
-shift inside the warm-up), falling back to the population standard deviation
-when that is 0; while both are 0 (e.g. an error rate that is always 0) the
-warm-up goes on and nothing is judged. c is the warm-up median, re-set per
+s is a robust noise scale, s = median |x_t - x_{t-1}| / (sqrt(2) Phi^-1(3/4))
+over the points kept (the median absolute successive difference: consistent
+for Gaussian noise, and one level shift among them barely moves it), falling
+back to the population standard deviation when that is 0. It is estimated
+when the series has `warmup` points and refined at 2, 4, ... times that and
+then every `history` points; while it is 0 (e.g. an error rate that is always
+0) the warm-up goes on and nothing is judged. c is the warm-up median, re-set per
 method to the new level after each change that method reports, so the clip
 (a guard against one extreme window looking like a change) stays centred.
 When the warm-up ends the detectors are fed its points, so detection can
@@ -110,8 +111,8 @@ class PageHinkleyParams:
     """river.drift.PageHinkley's parameters, in standardised (noise = 1) units."""
 
     min_instances: int = 30
-    delta: float = 0.5  # half of a 1-sigma shift
-    threshold: float = 10.0
+    delta: float = 0.75  # half of a 1.5-sigma shift
+    threshold: float = 12.0
     alpha: float = 1 - 1e-4
 
 
@@ -132,9 +133,9 @@ class ChangeConfig:
     page_hinkley: PageHinkleyParams = field(default_factory=PageHinkleyParams)
     adwin: AdwinParams = field(default_factory=AdwinParams)
     min_samples: int = 100  # observations with a smaller n are skipped
-    # per (kind, metric) overrides of min_samples
-    min_samples_by: dict[tuple[str, str], int] = field(default_factory=dict)
-    warmup: int = 20  # points that estimate the noise scale
+    # overrides of min_samples per "kind.metric", e.g. {"drift.psi": 500}
+    min_samples_by: dict[str, int] = field(default_factory=dict)
+    warmup: int = 30  # points that estimate the noise scale
     clip_z: float = 5.0
     level_k: int = 10  # level_before averages at most this many points
     history: int = 120  # points kept per series for levels and the change point
@@ -202,7 +203,7 @@ class ChangeDetectors:
 
     def __init__(self, config: ChangeConfig | None = None) -> None:
         self.config = config or ChangeConfig()
-        self.watch = frozenset(self.config.watch)
+        self.watch = frozenset((kind, metric) for kind, metric in self.config.watch)
         self.series: dict[tuple[str, str, str], _Series] = {}
         self.max_ts = 0
         self.swept_at = 0
@@ -233,7 +234,7 @@ class ChangeDetectors:
             pair = (obs.kind, obs.metric)
             if pair not in self.watch:
                 continue
-            if obs.n < cfg.min_samples_by.get(pair, cfg.min_samples):
+            if obs.n < cfg.min_samples_by.get(f"{obs.kind}.{obs.metric}", cfg.min_samples):
                 continue
             x = float(obs.value)
             if not math.isfinite(x):
@@ -268,9 +269,16 @@ class ChangeDetectors:
                 # replay the warm-up; only the current point may be reported
                 for i, (_, v) in enumerate(list(series.history)[:-1]):
                     self._step(series, state, v, first + i)
+        elif self._rescale_due(series.count):
+            scale = robust_scale(v for _, v in series.history)
+            if scale > 0:
+                series.scale = scale
         index = series.count - 1
         for method in cfg.methods:
-            state = series.methods[method]
+            state = series.methods.get(method)
+            if state is None:  # a method added to the config since the snapshot
+                center = float(np.median([v for _, v in series.history]))
+                state = series.methods[method] = _Method(self._new_detector(method), center, index)
             details = self._step(series, state, x, index)
             if details is not None:
                 out.append(self._emit(obs, series, method, 1.0, details))
@@ -278,6 +286,14 @@ class ChangeDetectors:
             elif state.last is not None:
                 out.append(self._emit(obs, series, method, 0.0, {**state.last, "latest": x}))
                 state.last = None
+
+    def _rescale_due(self, count: int) -> bool:
+        """Refine the scale at warmup * 2^k points (k >= 1), then every `history` points."""
+        warmup, history = self.config.warmup, self.config.history
+        if count % history == 0:
+            return True
+        k = count // warmup
+        return count < history and count % warmup == 0 and k & (k - 1) == 0
 
     def _step(self, series: _Series, state: _Method, x: float, index: int) -> dict[str, Any] | None:
         """Update one detector with point `index`; the change's details if it reports one."""
@@ -305,7 +321,7 @@ class ChangeDetectors:
             "level_before": level_before,
             "level_after": level_after,
             "direction": "up" if level_after >= level_before else "down",
-            "change_ts": segment[split][0] if split < len(segment) else segment[-1][0],
+            "change_ts": segment[split][0],
             "points_since_change": int(after.size),
             "latest": x,
         }

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from operators.base import Operator
 from operators.rules import RuleEngine
 from operators.watermark import NO_WATERMARK, Watermark
 from schemas.events import Alert
+
+if TYPE_CHECKING:
+    from operators.change import ChangeDetectors
 
 
 @dataclass(slots=True)
@@ -24,10 +27,18 @@ class TaskOutput:
 
 class MonitorTask:
     def __init__(
-        self, operator: Operator, rules: RuleEngine, lateness_ms: int, idle_timeout_ms: int
+        self,
+        operator: Operator,
+        rules: RuleEngine,
+        lateness_ms: int,
+        idle_timeout_ms: int,
+        *,
+        changes: ChangeDetectors | None = None,
     ) -> None:
         self.operator = operator
         self.rules = rules
+        # optional change detection on the operator's observations (kind "change")
+        self.changes = changes
         self.watermark = Watermark(operator.sources, lateness_ms, idle_timeout_ms)
 
     def feed(self, source: str, events: Sequence[Any], now_ms: int) -> list[int]:
@@ -56,16 +67,25 @@ class MonitorTask:
 
     def collect(self) -> TaskOutput:
         out = self.operator.collect()
-        return TaskOutput(rows=out.rows, alerts=self.rules.evaluate(out.observations))
+        observations = out.observations
+        if self.changes is not None and observations:
+            observations = observations + self.changes.observe(observations)
+        return TaskOutput(rows=out.rows, alerts=self.rules.evaluate(observations))
 
     def snapshot(self) -> dict[str, Any]:
-        return {
+        state = {
             "watermark": self.watermark.snapshot(),
             "operator": self.operator.snapshot(),
             "rules": self.rules.snapshot(),
         }
+        if self.changes is not None:
+            state["changes"] = self.changes.snapshot()
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self.watermark.restore(state["watermark"])
         self.operator.restore(state["operator"])
         self.rules.restore(state["rules"])
+        if self.changes is not None:
+            # a snapshot from before change detection was enabled starts it afresh
+            self.changes.restore(state.get("changes", {}))

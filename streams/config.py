@@ -130,7 +130,7 @@ DEFAULT_RULES = [
         {"warning": 0.005, "critical": 0.001},
         "CTR of {entity} is {value:.2%}, below the floor of {threshold:.2%}",
         min_samples=200,
-        max_p_value=0.01,
+        max_p_value=0.001,
     ),
     _rule(
         "ctr_drop",
@@ -140,7 +140,7 @@ DEFAULT_RULES = [
         {"warning": 0.3, "critical": 0.5},
         "CTR of {entity} dropped {value:.0%} to {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
         min_samples=200,
-        max_p_value=0.01,
+        max_p_value=0.001,
     ),
     _rule(
         "drift_psi",
