@@ -112,15 +112,19 @@ def _one_line(exc: BaseException) -> str:
 # -- simulate ---------------------------------------------------------------
 
 
-def _parse_incident(kind: str, spec: str) -> Any:
-    from streams.simulate import Incident
+def _parse_incident(spec: str) -> Any:
+    from streams.simulate import KINDS, Incident
 
     parts = spec.split(":")
     try:
-        target, start, duration = parts[0], float(parts[1]), float(parts[2])
-        factor = float(parts[3]) if len(parts) > 3 else 0.3
+        kind, target, start, duration = parts[0], parts[1], float(parts[2]), float(parts[3])
+        factor = float(parts[4]) if len(parts) > 4 else 0.3
     except (IndexError, ValueError):
-        raise click.BadParameter(f"{spec!r}: expected TARGET:START_S:DURATION_S[:FACTOR]") from None
+        raise click.BadParameter(
+            f"{spec!r}: expected KIND:TARGET:START_S:DURATION_S[:FACTOR]"
+        ) from None
+    if kind not in KINDS:
+        raise click.BadParameter(f"{spec!r}: kind must be one of {', '.join(KINDS)}")
     return Incident(kind, target, start, duration, factor)
 
 
@@ -143,12 +147,16 @@ def simulation_options(f: Any) -> Any:
         click.option("--campaigns", default=10, show_default=True),
         click.option("--seed", default=42, show_default=True),
         click.option(
-            "--ctr-drop",
-            "ctr_drops",
+            "--incident",
+            "incident_specs",
             multiple=True,
-            metavar="CAMPAIGN:START:DUR[:F]",
-            help="Multiply a campaign's CTR by F (default 0.3) from START for DUR "
-            "seconds of event time, e.g. cmp-001:1200:600:0.25.",
+            metavar="KIND:TARGET:START:DUR[:F]",
+            help="An incident instead of the default set (one of every kind), e.g. "
+            "ctr_drop:cmp-003:1200:600:0.2, latency_spike:model-0:900:300:3, "
+            "error_spike:model-1:900:300:0.2, feature_drift:model-0/distance_km:1500:600:1.5, "
+            "prediction_shift:model-1:1200:600:1.5, srm:exp-cmp-000:600:600:0.4, "
+            "sensor_spike:sensor-01:700:3:8, sensor_rise:sensor-02:800:400:10, "
+            "sensor_regime:sensor-03:1000:300:6. Times in event-time seconds from the start.",
         ),
         click.option("--no-incidents", is_flag=True, help="Quiet traffic only."),
     ]
@@ -162,15 +170,18 @@ def _scenario(
     rate: float,
     campaigns: int,
     seed: int,
-    ctr_drops: tuple[str, ...],
+    incident_specs: tuple[str, ...],
     no_incidents: bool,
 ) -> Any:
-    from streams.simulate import Incident, Scenario
+    from streams.simulate import Scenario, default_incidents
 
     start_ms = (int(time.time()) - duration_s) * 1000
-    incidents = [_parse_incident("ctr_drop", s) for s in ctr_drops]
+    incidents = [_parse_incident(s) for s in incident_specs]
     if not incidents and not no_incidents:
-        incidents = [Incident("ctr_drop", "cmp-003", duration_s * 0.5, duration_s * 0.25, 0.2)]
+        try:
+            incidents = default_incidents(duration_s, campaigns=campaigns)
+        except ValueError as exc:
+            raise Failure(f"{exc} (or pass --incident / --no-incidents)") from None
     return Scenario(
         start_ms=start_ms,
         duration_s=duration_s,
@@ -191,7 +202,7 @@ def simulate(
     rate: float,
     campaigns: int,
     seed: int,
-    ctr_drops: tuple[str, ...],
+    incident_specs: tuple[str, ...],
     no_incidents: bool,
 ) -> None:
     """Publish synthetic impressions and clicks, with incidents.
@@ -200,25 +211,38 @@ def simulate(
     Event time starts DURATION seconds ago and runs SPEED times faster than
     the clock, so the traffic ends about now.
     Example:
-        streamwatch simulate --duration 3600 --speed 120 --ctr-drop cmp-003:1800:600:0.2
+        streamwatch simulate --duration 3600 --speed 120 --incident ctr_drop:cmp-003:1800:600:0.2
     """
     from streams import kafka
     from streams.simulate import Simulator
 
     settings = _connect_kafka(ctx)
-    scenario = _scenario(duration_s, rate, campaigns, seed, ctr_drops, no_incidents)
+    scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents)
     for inc in scenario.incidents:
         err.print(
             f"incident: {inc.kind} on {inc.target} from +{inc.start_s:.0f}s for "
             f"{inc.duration_s:.0f}s (x{inc.factor})"
         )
     kafka.ensure_topics(settings)
-    counts = _publish_with_progress(kafka.producer(settings), Simulator(scenario), speed or None)
+    counts = _publish_with_progress(
+        kafka.producer(settings), Simulator(scenario), speed or None, topics=_topic_map(settings)
+    )
     console.print("published " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
 
 
+def _topic_map(settings: Settings) -> dict[str, str]:
+    from streams.monitors import topic_of
+
+    logical = ("impressions", "clicks", "inference-logs", "sensor-readings")
+    return {name: topic_of(settings, name) for name in logical}
+
+
 def _publish_with_progress(
-    producer: Any, simulator: Any, speed: float | None, stop: Any = None
+    producer: Any,
+    simulator: Any,
+    speed: float | None,
+    stop: Any = None,
+    topics: dict[str, str] | None = None,
 ) -> dict[str, int]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -239,6 +263,7 @@ def _publish_with_progress(
             speed,
             progress=lambda done, total: progress.update(task, completed=done),
             stop=stop,
+            topics=topics,
         )
 
 
@@ -406,6 +431,84 @@ def print_alert(alert: Any, out: Console = console) -> None:
     )
 
 
+# -- reference --------------------------------------------------------------
+
+
+@main.group()
+def reference() -> None:
+    """Reference profiles for drift detection."""
+
+
+def _number_or_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def read_sample(path: str) -> list[dict[str, Any]]:
+    """Rows of a CSV (header row; numbers parsed) or Parquet file."""
+    import csv
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise Failure("reading Parquet needs pyarrow: pip install pyarrow") from None
+        return pq.read_table(path).to_pylist()
+    if suffix in (".csv", ".tsv"):
+        with open(path, newline="") as f:
+            dialect = "excel-tab" if suffix == ".tsv" else "excel"
+            return [
+                {k: _number_or_text(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(f, dialect=dialect)
+            ]
+    raise Failure(f"{path}: expected a .csv, .tsv or .parquet file")
+
+
+@reference.command("build")
+@click.argument("sample", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model-id", required=True, help="The model the profile is for.")
+@click.option("--version", "version", required=True, help="A version name for the profile.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Default: MODEL.ref.json")
+@click.option("--bins", default=10, show_default=True, help="Quantile bins for numbers.")
+def reference_build(
+    sample: str, model_id: str, version: str, output: str | None, bins: int
+) -> None:
+    """Build a drift reference profile from a CSV or Parquet sample.
+
+    \b
+    One column per feature, plus `prediction` (and optionally `confidence`).
+    Numbers get `bins` quantile bins, strings one bin per category plus
+    "other". Point the worker at the result with `drift_references`.
+    Example:
+        streamwatch reference build train_sample.csv --model-id ranker --version 2026-11
+    """
+    from rich.progress import Progress
+
+    from operators.reference import build_profile
+
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"reading {sample}", total=None)
+        rows = read_sample(sample)
+        progress.update(task, description=f"profiling {len(rows)} rows", total=1)
+        if not rows:
+            raise Failure(f"{sample} has no rows")
+        profile = build_profile(rows, model_id, version, bins=bins)
+        progress.update(task, completed=1)
+    target = output or f"{model_id}.ref.json"
+    with open(target, "wb") as f:
+        f.write(profile.to_json())
+    console.print(
+        f"wrote {target}: {len(profile.features)} features from {len(rows)} rows "
+        f"(model {model_id}, version {version})"
+    )
+
+
 # -- config -----------------------------------------------------------------
 
 
@@ -441,7 +544,7 @@ def demo(
     rate: float,
     campaigns: int,
     seed: int,
-    ctr_drops: tuple[str, ...],
+    incident_specs: tuple[str, ...],
     no_incidents: bool,
     data_dir: str | None,
 ) -> None:
@@ -458,7 +561,7 @@ def demo(
         err.print("note: STREAMWATCH_KAFKA is set; the demo uses that broker")
     if data_dir:
         settings.data_dir = data_dir
-    scenario = _scenario(duration_s, rate, campaigns, seed, ctr_drops, no_incidents)
+    scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents)
     try:
         ok = run_demo(settings, scenario, speed or None, console, err)
     except Exception as exc:

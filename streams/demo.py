@@ -21,6 +21,12 @@ from streams.simulate import Scenario, Simulator, publish
 from streams.worker import Services, Worker
 
 
+def _topic_map(settings: Settings) -> dict[str, str]:
+    from streams.cli import _topic_map as topic_map
+
+    return topic_map(settings)
+
+
 def run_demo(
     settings: Settings, scenario: Scenario, speed: float | None, out: Console, err: Console
 ) -> bool:

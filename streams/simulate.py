@@ -95,8 +95,6 @@ class Incident:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown incident kind {self.kind!r}; known: {', '.join(KINDS)}")
-        if self.duration_s <= 0:
-            raise ValueError(f"incident {self.kind} on {self.target}: duration must be > 0")
 
     @property
     def end_s(self) -> float:
