@@ -24,14 +24,17 @@ window. Each series runs one detector per method:
 - ADWIN, ADaptive WINdowing (Bifet, A. & Gavaldà, R. (2007), "Learning from
   time-changing data with adaptive windowing", SIAM SDM, 443-448), as
   `river.drift.ADWIN`. It keeps the longest recent window W in which the
-  mean has not changed: whenever some split W = W0 . W1 (both at least
-  min_window_length long) has |mean(W0) - mean(W1)| > eps_cut, with
-  (river's form of the Hoeffding/Bernstein bound, m = harmonic mean of the
-  two lengths, sigma^2 the variance of W, delta' = delta / ln |W|)
+  mean has not changed: whenever some split W = W0 . W1 (n0, n1 points, both
+  at least L = min_window_length) has |mean(W0) - mean(W1)| > eps_cut, with
+  sigma^2 the variance of W, delta' = delta / ln |W| and
+  1/m = 1/(n0 - L + 1) + 1/(n1 - L + 1) (the Bernstein-type bound of river's
+  and scikit-multiflow's implementations),
 
-      eps_cut = sqrt(2 / m * sigma^2 * ln(2 / delta')) + 2 / (3 m) * ln(2 / delta')
+      eps_cut = sqrt(2 sigma^2 ln(2 / delta') / m) + 2 ln(2 / delta') / (3 m)
 
-  the older part is dropped and a change is signalled. Buckets of
+  the older part is dropped and a change is signalled (river 0.26 then
+  starts over with an empty window, judging again after grace_period
+  points). Buckets of
   exponentially growing size (ADWIN2) keep it O(log |W|) in memory and time.
   `clock` = how many points between checks (river's default 32; here 1, as
   a window metric arrives once a minute, not thousands a second).
@@ -71,7 +74,7 @@ the series' next judged point (unless that one is a change again), so a rule
 message templates): method, source_kind, source_metric, level_before (mean of
 the last `level_k` values before the estimated change point), level_after
 (mean of the values from it on), direction ("up" | "down"), change_ts (the
-time of the first point after the estimated change), points_since_change,
+ts of the first point at the new level), points_since_change,
 latest (the metric's value in this observation). The change point is the
 split of the points since the method's previous change (at most `history`)
 maximising the two-sample statistic |mean_a - mean_b| * sqrt(n_a n_b / n).
@@ -375,7 +378,7 @@ class ChangeDetectors:
             s.count, s.last_ts, s.scale = count, last_ts, scale
             s.history.extend((int(ts), float(v)) for ts, v in history)
             for name, (blob, center, floor, last) in methods.items():
-                m = _Method(pickle.loads(blob), center, floor)  # noqa: S301 - own checkpoint
+                m = _Method(pickle.loads(blob), center, floor)  # our own checkpoint
                 m.last = dict(last) if last is not None else None
                 s.methods[name] = m
             self.series[(kind, metric, entity)] = s

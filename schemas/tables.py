@@ -147,6 +147,28 @@ INFERENCE_WINDOWS = Table(
     comment="Service health of each model version per tumbling window",
 )
 
+SRM_CHECKS = Table(
+    name="srm_checks",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("experiment", "String"),
+        ("unit", "LowCardinality(String)"),
+        ("variants", "String"),
+        ("counts", "String"),
+        ("expected", "String"),
+        ("unexpected", "String"),
+        ("chi2", "Float64"),
+        ("p_value", "Float64"),
+        ("total", "UInt64"),
+        ("srm", "UInt8"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("experiment", "unit", "window_start"),
+    partition_by="toYYYYMM(window_start)",
+    comment="Sample-ratio-mismatch tests per experiment and window; counts etc. are JSON",
+)
+
 ALERTS = Table(
     name="alerts",
     columns=(
@@ -211,6 +233,7 @@ TABLES: tuple[Table, ...] = (
     SENSOR_WINDOWS,
     DRIFT_SCORES,
     INFERENCE_WINDOWS,
+    SRM_CHECKS,
     ALERTS,
     DEAD_LETTERS,
     LATE_EVENTS,

@@ -68,7 +68,15 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    return {name: MonitorSettings() for name in ("ctr", "sensor", "cluster", "drift", "service")}
+    names = ("ctr", "sensor", "cluster", "drift", "service", "srm")
+    return {name: MonitorSettings() for name in names}
+
+
+class ChangeSettings(Strict):
+    """Page-Hinkley / ADWIN on window metrics (options: operators.change.ChangeConfig)."""
+
+    enabled: bool = True
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class RuleSettings(Strict):
@@ -227,6 +235,29 @@ DEFAULT_RULES = [
         "{entity} is {value:.1f}x the usual distance from every known operating regime",
         cooldown_s=300,
     ),
+    _rule(
+        "srm",
+        "srm",
+        "srm_chi2_p",
+        "<",
+        {"critical": 0.001},
+        "sample ratio mismatch in {entity}: p = {value:.2g}; pause readouts of this experiment "
+        "until the assignment is fixed",
+        cooldown_s=3600,
+    ),
+    *(
+        _rule(
+            f"{metric}_change_{method}",
+            "change",
+            f"{metric}_change_{method}",
+            ">=",
+            {"warning": 0.5},
+            f"{{entity}}: the level of {metric} changed ({method.replace('_', '-')})",
+            cooldown_s=3600,
+        )
+        for metric in ("ctr", "error_rate", "latency_p99", "psi")
+        for method in ("page_hinkley", "adwin")
+    ),
 ]
 
 
@@ -235,6 +266,7 @@ class Settings(Strict):
     clickhouse: ClickHouseSettings = msgspec.field(default_factory=ClickHouseSettings)
     topics: TopicNames = msgspec.field(default_factory=TopicNames)
     monitors: dict[str, MonitorSettings] = msgspec.field(default_factory=_default_monitors)
+    change_detection: ChangeSettings = msgspec.field(default_factory=ChangeSettings)
     # reference profiles for drift (`streamwatch reference build` writes them)
     drift_references: list[str] = msgspec.field(default_factory=list)
     rules: list[RuleSettings] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))

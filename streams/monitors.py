@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.base import Operator
+from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
 from operators.ctr import CtrConfig, CtrOperator
 from operators.drift import DriftConfig, DriftOperator
@@ -22,6 +23,7 @@ from operators.reference import ReferenceProfile
 from operators.rules import RuleEngine
 from operators.sensor import SensorConfig, SensorOperator
 from operators.service import ServiceConfig, ServiceOperator
+from operators.srm import SrmConfig, SrmOperator
 from operators.task import MonitorTask
 from streams.config import ConfigError, Settings
 
@@ -32,6 +34,7 @@ OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
     "cluster": (ClusterOperator, ClusterConfig),
     "drift": (DriftOperator, DriftConfig),
     "service": (ServiceOperator, ServiceConfig),
+    "srm": (SrmOperator, SrmConfig),
 }
 
 
@@ -47,9 +50,9 @@ def topic_of(settings: Settings, logical: str) -> str:
     return getattr(settings.topics, logical.replace("-", "_"))
 
 
-def operator_config(name: str, options: dict[str, Any]) -> Any:
+def operator_config(name: str, options: dict[str, Any], config_type: Any = None) -> Any:
     """The operator's config dataclass from `options`, with a precise error."""
-    _, config_type = OPERATORS[name]
+    config_type = config_type or OPERATORS[name][1]
     known = {f.name: f for f in dataclasses.fields(config_type)}
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -80,6 +83,12 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
     idle_ms = round(settings.idle_timeout_s * 1000)
     rules = [r.rule() for r in settings.rules]
     references = load_references(settings.drift_references)
+    change = settings.change_detection
+    change_config = (
+        operator_config("change_detection", change.options, ChangeConfig)
+        if change.enabled
+        else None
+    )
     specs = []
     for name, monitor in settings.monitors.items():
         if name not in OPERATORS:
@@ -96,8 +105,13 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
             extra: dict[str, Any] = extra,
             lateness_s: float = monitor.lateness_s,
         ) -> MonitorTask:
+            changes = ChangeDetectors(change_config) if change_config else None
             return MonitorTask(
-                operator_type(config, **extra), RuleEngine(rules), round(lateness_s * 1000), idle_ms
+                operator_type(config, **extra),
+                RuleEngine(rules),
+                round(lateness_s * 1000),
+                idle_ms,
+                changes=changes,
             )
 
         topics = {src: topic_of(settings, src) for src in operator_type.sources}

@@ -101,6 +101,27 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (model_id, model_version, window_start)
 COMMENT 'Service health of each model version per tumbling window';
 
+CREATE TABLE IF NOT EXISTS streamwatch.srm_checks
+(
+    `window_start` DateTime64(3, 'UTC'),
+    `window_end` DateTime64(3, 'UTC'),
+    `experiment` String,
+    `unit` LowCardinality(String),
+    `variants` String,
+    `counts` String,
+    `expected` String,
+    `unexpected` String,
+    `chi2` Float64,
+    `p_value` Float64,
+    `total` UInt64,
+    `srm` UInt8,
+    `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (experiment, unit, window_start)
+COMMENT 'Sample-ratio-mismatch tests per experiment and window; counts etc. are JSON';
+
 CREATE TABLE IF NOT EXISTS streamwatch.alerts
 (
     `alert_id` String,

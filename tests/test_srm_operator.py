@@ -1,0 +1,286 @@
+"""Sample ratio mismatch: chi-square goodness of fit per experiment window."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chi2 as chi2_dist
+from scipy.stats import chisquare
+
+from operators.rules import Rule, RuleEngine
+from operators.srm import SRM_TABLE, SrmConfig, SrmOperator, srm_test
+from operators.task import MonitorTask
+from schemas.events import Impression
+
+T0 = 1_795_000_200_000  # a 5-minute boundary
+W = 300_000
+assert T0 % W == 0
+
+SRM_RULE = Rule(
+    "srm",
+    "srm",
+    "srm_chi2_p",
+    "<",
+    {"critical": 0.001},
+    cooldown_s=3600,
+    min_samples=200,
+    message="SRM in {entity}: {counts} vs expected {expected}, chi2 {chi2:.1f}, p {value:.2g}",
+)
+
+ROW_COLUMNS = {
+    "window_start",
+    "window_end",
+    "experiment",
+    "unit",
+    "variants",
+    "counts",
+    "expected",
+    "unexpected",
+    "chi2",
+    "p_value",
+    "total",
+    "srm",
+}
+
+
+def imp(
+    i: int,
+    ts: int,
+    variant: str | None = "A",
+    experiment: str | None = "exp1",
+    user: str | None = None,
+) -> Impression:
+    return Impression(
+        impression_id=f"i{i}",
+        ts=ts,
+        campaign_id="c1",
+        user_id=user or f"u{i}",
+        experiment=experiment,
+        variant=variant,
+    )
+
+
+def split_events(n_a: int, n_b: int, start: int = T0, experiment: str = "exp1"):
+    """n_a impressions of A and n_b of B spread over one window, interleaved."""
+    labels = ["A"] * n_a + ["B"] * n_b
+    random.Random(n_a * 7 + n_b).shuffle(labels)
+    step = W // (len(labels) + 1)
+    return [imp(k, start + k * step, v, experiment) for k, v in enumerate(labels)]
+
+
+def close(op: SrmOperator, until: int = T0 + W):
+    op.advance(until)
+    return op.collect()
+
+
+# -- the test itself ------------------------------------------------------------
+
+
+def test_chi_square_by_hand_and_against_scipy() -> None:
+    # 45 / 55 against 50 / 50: chi2 = (5^2 + 5^2) / 50 = 1, df 1
+    tested, expected, unexpected, chi2, p = srm_test({"A": 45, "B": 55}, None)
+    assert tested == {"A": 45, "B": 55} and expected == {"A": 0.5, "B": 0.5}
+    assert unexpected == {}
+    assert chi2 == pytest.approx(1.0)
+    assert p == pytest.approx(chi2_dist.sf(1.0, 1)) and p == pytest.approx(0.3173105, abs=1e-7)
+
+    # 90/10 plan, 3 variants with weights 2:1:1 -> normalised to 0.5/0.25/0.25
+    counts = {"control": 520, "t1": 230, "t2": 250}
+    tested, expected, _, chi2, p = srm_test(counts, {"control": 2, "t1": 1, "t2": 1})
+    assert expected == {"control": 0.5, "t1": 0.25, "t2": 0.25}
+    by_hand = (520 - 500) ** 2 / 500 + (230 - 250) ** 2 / 250 + (250 - 250) ** 2 / 250
+    assert chi2 == pytest.approx(by_hand) == pytest.approx(2.4)
+    ref = chisquare([520, 230, 250], f_exp=[500, 250, 250])
+    assert (chi2, p) == pytest.approx((ref.statistic, ref.pvalue))
+    assert p == pytest.approx(chi2_dist.sf(2.4, 2))
+
+    # a planned variant without traffic counts 0; an unplanned one is left out
+    tested, expected, unexpected, chi2, p = srm_test({"A": 300, "X": 7}, {"A": 0.5, "B": 0.5})
+    assert tested == {"A": 300, "B": 0} and unexpected == {"X": 7}
+    assert chi2 == pytest.approx(300.0) and p < 1e-60
+
+    # nothing to test with one variant
+    assert srm_test({"A": 1000}, None) is None
+    assert srm_test({}, None) is None
+
+
+def test_45_55_split_at_10k_is_critical() -> None:
+    op = SrmOperator()
+    op.feed("impressions", split_events(4500, 5500))
+    out = close(op)
+    [row] = out.rows[SRM_TABLE]
+    assert set(row) == ROW_COLUMNS
+    assert row["counts"] == {"A": 4500, "B": 5500} and row["total"] == 10_000
+    assert row["variants"] == "A,B" and row["expected"] == {"A": 0.5, "B": 0.5}
+    assert row["chi2"] == pytest.approx(100.0)  # (500^2 + 500^2) / 5000
+    assert row["p_value"] < 1e-20 and row["srm"] == 1
+    assert (row["window_start"], row["window_end"]) == (T0, T0 + W)
+    [obs] = out.observations
+    assert (obs.kind, obs.entity, obs.metric, obs.n) == ("srm", "exp1", "srm_chi2_p", 10_000)
+    assert obs.value == obs.p_value == row["p_value"] < 0.001
+    assert obs.details["counts"] == {"A": 4500, "B": 5500}
+    assert obs.details["observed"] == {"A": 0.45, "B": 0.55}
+    assert not {"metric", "entity", "value", "threshold", "op"} & set(obs.details)
+    # msgpack/JSON-able
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(row)) == row
+    [alert] = RuleEngine([SRM_RULE]).evaluate(out.observations)
+    assert (alert.severity, alert.status, alert.kind) == ("critical", "firing", "srm")
+    assert "chi2 100.0" in alert.message and alert.details["counts"]["B"] == 5500
+
+
+def test_balanced_experiment_is_not_an_srm() -> None:
+    rng = random.Random(3)
+    events = [imp(k, T0 + k * 30, rng.choice("AB")) for k in range(10_000)]
+    op = SrmOperator()
+    op.feed("impressions", events)
+    out = close(op)
+    [obs] = out.observations
+    assert obs.value > 0.001
+    assert RuleEngine([SRM_RULE]).evaluate(out.observations) == []
+    # an exact 50/50 split has chi2 0, p 1
+    op.feed("impressions", split_events(5000, 5000, start=T0 + W))
+    [obs] = close(op, T0 + 2 * W).observations
+    assert obs.details["chi2"] == 0.0 and obs.value == pytest.approx(1.0)
+
+
+def test_configured_split_and_resolution() -> None:
+    cfg = SrmConfig(splits={"exp1": {"A": 0.9, "B": 0.1}})
+    op = SrmOperator(cfg)
+    engine = RuleEngine([dataclasses.replace(SRM_RULE, cooldown_s=0)])
+    # window 1: 50/50 against a 90/10 plan -> SRM; window 2: 900/100 -> resolved
+    op.feed("impressions", split_events(500, 500))
+    op.feed("impressions", split_events(900, 100, start=T0 + W))
+    alerts = engine.evaluate(close(op, T0 + 2 * W).observations)
+    assert [(a.status, a.window_start) for a in alerts] == [
+        ("firing", T0),
+        ("resolved", T0 + W),
+    ]
+
+
+def test_ignored_and_small_windows() -> None:
+    op = SrmOperator()
+    op.feed(
+        "impressions",
+        [imp(0, T0, None), imp(1, T0, "A", None), imp(2, T0, "", "exp1"), imp(3, T0, "A", "")],
+    )
+    assert len(op.windows) == 0
+    op.feed("impressions", split_events(90, 109))  # total 199 < min_total
+    out = close(op)
+    assert not out
+    op.feed("impressions", [imp(k, T0 + k, "A", "only-a") for k in range(300)])
+    assert not close(op)  # one variant (all A): nothing to test
+
+
+def test_unplanned_variant_is_reported_not_tested() -> None:
+    op = SrmOperator(SrmConfig(splits={"exp1": {"A": 1, "B": 1}}))
+    events = split_events(500, 500) + [imp(10**6 + k, T0 + k, "C") for k in range(40)]
+    op.feed("impressions", events)
+    out = close(op)
+    [row] = out.rows[SRM_TABLE]
+    assert row["counts"] == {"A": 500, "B": 500} and row["unexpected"] == {"C": 40}
+    assert row["total"] == 1000 and row["p_value"] == pytest.approx(1.0)
+
+
+def test_users_unit_counts_distinct_users() -> None:
+    cfg = SrmConfig(unit="users", min_total=3)
+    op = SrmOperator(cfg)
+    events = [
+        imp(0, T0 + 1, "A", user="u1"),
+        imp(1, T0 + 2, "A", user="u1"),
+        imp(2, T0 + 3, "A", user="u1"),
+        imp(3, T0 + 4, "A", user="u2"),
+        imp(4, T0 + 5, "B", user="u3"),
+        imp(5, T0 + 6, "B", user="u2"),  # u2 in both variants
+        imp(6, T0 + W, "B", user="u9"),  # next window
+    ]
+    op.feed("impressions", events)
+    out = close(op)
+    [row] = out.rows[SRM_TABLE]
+    assert row["counts"] == {"A": 2, "B": 2} and row["total"] == 4 and row["unit"] == "users"
+    assert out.observations[0].details["crossover"] == 1
+    # the same impressions by impression count
+    op = SrmOperator(SrmConfig(min_total=3))
+    op.feed("impressions", events)
+    assert close(op).rows[SRM_TABLE][0]["counts"] == {"A": 4, "B": 2}
+
+
+# -- order, checkpoints -----------------------------------------------------------
+
+
+def _stream(rng: random.Random, n: int):
+    events = []
+    for k in range(n):
+        ts = T0 + rng.randrange(0, 4 * W)
+        experiment = rng.choice(["e1", "e2", None])
+        variant = rng.choice(["A", "A", "B", "C"]) if experiment else None
+        events.append(imp(k, ts, variant, experiment, user=f"u{rng.randrange(60)}"))
+    events.sort(key=lambda e: e.ts)
+    return events
+
+
+def _run(events, cfg: SrmConfig, lateness_ms: int = 0, batch: int = 9, split_at=None):
+    def new_task() -> MonitorTask:
+        return MonitorTask(SrmOperator(cfg), RuleEngine([SRM_RULE]), lateness_ms, 10**12)
+
+    task = new_task()
+    rows, alerts = [], []
+    for i in range(0, len(events), batch):
+        if split_at is not None and i >= split_at:
+            state = msgspec.msgpack.decode(msgspec.msgpack.encode(task.snapshot()))
+            task = new_task()
+            task.restore(state)
+            split_at = None
+        assert task.feed("impressions", events[i : i + batch], now_ms=0) == []
+        task.tick(now_ms=0)
+        out = task.collect()
+        rows += out.rows.get(SRM_TABLE, [])
+        alerts += out.alerts
+    task.feed("impressions", [imp(-1, T0 + 100 * W, None)], now_ms=0)
+    task.tick(now_ms=0)
+    out = task.collect()
+    rows += out.rows.get(SRM_TABLE, [])
+    alerts += out.alerts
+    return sorted(rows, key=lambda r: (r["window_start"], r["experiment"])), alerts
+
+
+CONFIGS = [
+    SrmConfig(min_total=20),
+    SrmConfig(unit="users", min_total=20, splits={"e2": {"A": 0.5, "B": 0.3, "C": 0.2}}),
+]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10**6), lateness_s=st.integers(1, 400), which=st.sampled_from([0, 1]))
+def test_shuffled_within_lateness_equals_sorted(seed: int, lateness_s: int, which: int) -> None:
+    rng = random.Random(seed)
+    events = _stream(rng, 400)
+    lateness = lateness_s * 1000
+    # displaced by less than the lateness: none ever falls behind the watermark
+    shuffled = sorted(events, key=lambda e: e.ts + rng.uniform(0, lateness - 1))
+    cfg = CONFIGS[which]
+    expected = _run(events, cfg)
+    assert expected[0]  # the stream does produce checks
+    assert _run(shuffled, cfg, lateness_ms=lateness) == expected
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["impressions", "users"])
+@pytest.mark.parametrize("split_at", [45, 180, 396])
+def test_restore_continues_identically(cfg: SrmConfig, split_at: int) -> None:
+    events = _stream(random.Random(5), 600)
+    assert _run(events, cfg, split_at=split_at) == _run(events, cfg)
+
+
+def test_snapshot_is_plain_sorted_data() -> None:
+    op = SrmOperator(SrmConfig(unit="users"))
+    op.feed("impressions", [imp(0, T0, "B", user="z"), imp(1, T0, "B", user="a")])
+    state = op.snapshot()
+    assert state == {"unit": "users", "windows": [[T0, "exp1", {"B": ["a", "z"]}]]}
+    with pytest.raises(ValueError):
+        SrmOperator().restore(state)
+    with pytest.raises(ValueError):
+        SrmConfig(unit="sessions")  # type: ignore[arg-type]
