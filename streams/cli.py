@@ -133,18 +133,23 @@ def simulation_options(f: Any) -> Any:
         click.option(
             "--duration",
             "duration_s",
-            default=2400,
+            default=3600,
             show_default=True,
             help="Event-time seconds to simulate.",
         ),
         click.option(
             "--speed",
-            default=60.0,
+            default=90.0,
             show_default=True,
             help="Event-time seconds per wall-clock second (0: as fast as possible).",
         ),
         click.option("--rate", default=60.0, show_default=True, help="Impressions per second."),
-        click.option("--campaigns", default=10, show_default=True),
+        click.option(
+            "--campaigns",
+            default=3,
+            show_default=True,
+            help="Campaigns; the first two run an A/B experiment.",
+        ),
         click.option("--seed", default=42, show_default=True),
         click.option(
             "--incident",
@@ -172,8 +177,9 @@ def _scenario(
     seed: int,
     incident_specs: tuple[str, ...],
     no_incidents: bool,
+    demo: bool = False,
 ) -> Any:
-    from streams.simulate import Scenario, default_incidents
+    from streams.simulate import Incident, Scenario, default_incidents
 
     start_ms = (int(time.time()) - duration_s) * 1000
     incidents = [_parse_incident(s) for s in incident_specs]
@@ -182,6 +188,12 @@ def _scenario(
             incidents = default_incidents(duration_s, campaigns=campaigns)
         except ValueError as exc:
             raise Failure(f"{exc} (or pass --incident / --no-incidents)") from None
+        if demo:
+            # change detection needs ~30 windows of history before it judges a
+            # series: one late latency spike lets the demo show a `change` alert
+            incidents.append(
+                Incident("latency_spike", "model-0", duration_s * 0.8, duration_s * 0.1, 3.0)
+            )
     return Scenario(
         start_ms=start_ms,
         duration_s=duration_s,
@@ -561,7 +573,7 @@ def demo(
         err.print("note: STREAMWATCH_KAFKA is set; the demo uses that broker")
     if data_dir:
         settings.data_dir = data_dir
-    scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents)
+    scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents, demo=True)
     try:
         ok = run_demo(settings, scenario, speed or None, console, err)
     except Exception as exc:
