@@ -123,6 +123,13 @@ def summarise(worker: Worker, raised: list[Any], out: Console) -> bool:
     for kind, severity, status, n in alerts:
         table.add_row(f"alerts: {kind} {severity} {status}", str(n))
     table.add_row("messages rejected to dead-letter", str(rejected))
+    from schemas.tables import TABLES
+
+    for spec in TABLES:
+        if spec.name in ("alerts", "dead_letters"):
+            continue
+        n = worker.query(f"SELECT count() FROM {db}.{spec.name} FINAL").result_rows[0][0]
+        table.add_row(f"rows in {db}.{spec.name}", str(n))
     out.print()
     out.print(table)
     out.print(
