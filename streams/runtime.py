@@ -84,8 +84,11 @@ class Runtime:
                 # a partition's first batch here: its state comes from its checkpoint
                 await self._assign({m.partition for m in messages})
                 self.pipeline.process(messages)
+                per_topic: dict[str, int] = {}
                 for m in messages:
-                    metrics.EVENTS.labels(m.topic).inc()
+                    per_topic[m.topic] = per_topic.get(m.topic, 0) + 1
+                for topic, n in per_topic.items():
+                    metrics.EVENTS.labels(topic).inc(n)
             await self._maybe_flush_and_checkpoint()
             while self.sinks.buffered >= self.settings.max_buffered_rows:
                 # backpressure: take nothing more until ClickHouse has the rows

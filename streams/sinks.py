@@ -78,12 +78,11 @@ class Sinks:
         self, monitor: str, message: RawMessage, event_ts: int, watermark: int, window_start: int
     ) -> None:
         # the original bytes, so a consumer of late-events can reprocess them
-        self.producer.produce(
+        self._produce(
             self.topics.late_events,
             message.value,
-            key=message.key,
+            message.key,
             headers={"monitor": monitor, "source_topic": message.topic},
-            on_delivery=self._delivered,
         )
         metrics.LATE.labels(monitor, message.topic).inc()
         key = message.key.decode(errors="replace") if message.key else ""
@@ -105,11 +104,19 @@ class Sinks:
 
     # -- delivery -------------------------------------------------------------
 
-    def _produce(self, topic: str, value: bytes, key: str | None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: str | bytes | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if isinstance(key, str):
+            key = key.encode()
         while True:
             try:
                 self.producer.produce(
-                    topic, value, key=key.encode() if key else None, on_delivery=self._delivered
+                    topic, value, key=key or None, headers=headers, on_delivery=self._delivered
                 )
                 return
             except BufferError:  # librdkafka's local queue is full: let it drain

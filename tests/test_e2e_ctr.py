@@ -212,6 +212,24 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
             30,
             "dead letters in ClickHouse",
         )
+        # events far behind the watermark now: late, kept aside, not counted
+        late = [
+            {
+                "impression_id": f"late{i}",
+                "ts": t0 + 30_000 + i,
+                "campaign_id": "big",
+                "user_id": "u",
+            }
+            for i in range(5)
+        ]
+        produce(
+            broker.bootstrap, [(topic["impressions"], b"big", orjson.dumps(e), None) for e in late]
+        )
+        worker.wait_until(
+            lambda: worker.query(f"SELECT count() AS n FROM {db}.late_events")[0]["n"] >= 5,
+            30,
+            "late events in ClickHouse",
+        )
     finally:
         assert worker.stop() == 0
 
@@ -270,6 +288,21 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
     by_reason = {dl.reason: dl for dl in letters}
     assert base64.b64decode(by_reason["invalid_json"].raw) in {b"{not json", MALFORMED[5][2]}
     assert "impression_id" in by_reason["missing_field"].error
+    late_rows = d.query(
+        "SELECT monitor, toUnixTimestamp64Milli(window_start) AS ws, count() AS n "
+        "FROM streamwatch.late_events FINAL GROUP BY monitor, ws"
+    )
+    # late for both monitors that read impressions, each counted in its own window
+    srm_window = t0 - t0 % 300_000
+    assert sorted(late_rows, key=lambda r: r["monitor"]) == [
+        {"monitor": "ctr", "ws": t0, "n": 5},
+        {"monitor": "srm", "ws": srm_window, "n": 5},
+    ]
+    copied = consume_all(broker.bootstrap, topic["late_events"])
+    assert sorted(orjson.loads(m.value())["impression_id"] for m in copied) == sorted(
+        [f"late{i}" for i in range(5)] * 2
+    )
+    assert sorted(dict(m.headers())["monitor"] for m in copied) == [b"ctr"] * 5 + [b"srm"] * 5
     counted = d.query(
         "SELECT reason, count() AS n FROM streamwatch.dead_letters FINAL "
         "GROUP BY reason ORDER BY reason"
