@@ -273,6 +273,8 @@ class Settings(Strict):
     data_dir: str = "var"
     web_port: int = 6066
     web_enabled: bool = True
+    # POST-free test hooks on the web server (/debug/clickhouse?fail=1): tests only
+    debug_endpoints: bool = False
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits

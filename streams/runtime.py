@@ -48,6 +48,7 @@ class Runtime:
         self.next_try = 0.0
         self.healthy = True
         self.last_error: str | None = None
+        self.stopping = False  # set on shutdown: stop waiting out backpressure
 
     # -- assignment ---------------------------------------------------------
 
@@ -90,7 +91,7 @@ class Runtime:
                 for topic, n in per_topic.items():
                     metrics.EVENTS.labels(topic).inc(n)
             await self._maybe_flush_and_checkpoint()
-            while self.sinks.buffered >= self.settings.max_buffered_rows:
+            while self.sinks.buffered >= self.settings.max_buffered_rows and not self.stopping:
                 # backpressure: take nothing more until ClickHouse has the rows
                 await asyncio.sleep(max(0.0, self.next_try - time.monotonic()))
                 await self._maybe_flush_and_checkpoint(force_flush=True)

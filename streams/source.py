@@ -70,6 +70,7 @@ class KafkaSource:
 
     def stop(self) -> None:
         self.stopping = True
+        self.runtime.stopping = True
 
     # -- in the polling thread ------------------------------------------------
 

@@ -67,6 +67,14 @@ def register_pages(app: Any, worker: Worker) -> None:
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    if worker.settings.debug_endpoints:
+
+        @app.page("/debug/clickhouse")
+        async def fail_clickhouse(web: Any, request: Any) -> Any:
+            # simulates an outage in the client layer (chDB cannot be stopped alone)
+            worker.writer.fail_writes = request.query.get("fail") == "1"
+            return web.json({"fail_writes": worker.writer.fail_writes})
+
     @app.page("/api/query")
     async def query(web: Any, request: Any) -> Any:
         sql = request.query.get("sql", "")
