@@ -267,7 +267,7 @@ class Simulator:
     def _model(self, i: int, model_id: str) -> _Model:
         rng = self.irng
         intercept = rng.uniform(-1.8, -0.6)
-        latency = rng.uniform(15.0, 45.0)
+        latency = rng.uniform(100.0, 200.0)  # p99 quiet below the 500 ms line
         raw = [w * rng.uniform(0.8, 1.2) for w in DEVICE_WEIGHTS]
         total = sum(raw)
         cum = tuple(sum(raw[: k + 1]) / total for k in range(len(raw)))
