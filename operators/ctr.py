@@ -56,6 +56,14 @@ class CtrConfig:
     baseline_min_impressions: int = 100  # windows below this do not enter the baseline
     floor_ctr: float = 0.005  # the p-value of the `ctr` observation is against this rate
 
+    def __post_init__(self) -> None:
+        if self.window_ms <= 0 or self.attribution_ms < 0:
+            raise ValueError("window_ms must be > 0 and attribution_ms >= 0")
+        if self.baseline_windows < 1 or not 1 <= self.baseline_min_windows <= self.baseline_windows:
+            raise ValueError("need 1 <= baseline_min_windows <= baseline_windows")
+        if not 0 < self.floor_ctr < 1:
+            raise ValueError("floor_ctr must be in (0, 1)")
+
 
 class CtrWindow:
     """Counts of one (campaign, variant, window), and the impressions in it."""

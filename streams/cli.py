@@ -27,7 +27,7 @@ from rich.table import Table
 from streams.config import ConfigError, Settings, load_settings
 
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
 
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
@@ -217,7 +217,7 @@ def simulate(
     incident_specs: tuple[str, ...],
     no_incidents: bool,
 ) -> None:
-    """Publish synthetic impressions and clicks, with incidents.
+    """Publish synthetic traffic of all four kinds, with incidents (ground truth).
 
     \b
     Event time starts DURATION seconds ago and runs SPEED times faster than
@@ -228,8 +228,8 @@ def simulate(
     from streams import kafka
     from streams.simulate import Simulator
 
-    settings = _connect_kafka(ctx)
     scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents)
+    settings = _connect_kafka(ctx)
     for inc in scenario.incidents:
         err.print(
             f"incident: {inc.kind} on {inc.target} from +{inc.start_s:.0f}s for "

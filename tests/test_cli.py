@@ -1,0 +1,84 @@
+"""The command line as a user meets it: help, errors, configuration, read-only queries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from streams.cli import main
+
+COMMANDS = [
+    ["demo"],
+    ["run"],
+    ["simulate"],
+    ["query"],
+    ["alerts"],
+    ["config", "show"],
+    ["reference", "build"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+
+
+def test_config_show_masks_secrets(monkeypatch) -> None:
+    monkeypatch.setenv("STREAMWATCH_CLICKHOUSE", "https://app:s3cret@ch.example:8443/streamwatch")
+    monkeypatch.setenv("STREAMWATCH_KAFKA_SASL_PASSWORD", "hunter2")
+    result = CliRunner().invoke(main, ["config", "show"])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output and "hunter2" not in result.output
+    shown = json.loads(result.output)
+    assert shown["clickhouse"]["dsn"] == "https://app:***@ch.example:8443/streamwatch"
+    assert shown["kafka"]["sasl_password"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[ctr]\nwindow_s = 60\n", "unknown field `ctr`"),
+        ("web_port = 'x'\n", "Expected `int`"),
+        ("[monitors.ctr]\noptions = { window_ms = 0 }\n", None),
+        ("[monitors.ctr]\noptions = { no_such_option = 1 }\n", None),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(tmp_path, toml: str, message: str | None) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    if message is None:  # operator options are checked when monitors are built
+        from streams.config import ConfigError, load_settings
+        from streams.monitors import build_monitors
+
+        with pytest.raises(ConfigError, match=r"monitors\.ctr\.options"):
+            build_monitors(load_settings(path, env={}))
+        return
+    result = CliRunner().invoke(main, ["-c", str(path), "config", "show"])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DROP TABLE streamwatch.alerts",
+        "INSERT INTO t VALUES (1)",
+        "SELECT 1; DROP TABLE streamwatch.alerts",
+        "ALTER TABLE t DELETE WHERE 1",
+    ],
+)
+def test_query_refuses_anything_but_reads(sql: str) -> None:
+    result = CliRunner().invoke(main, ["query", sql])
+    assert result.exit_code == 1
+    assert "read-only" in result.output
+
+
+def test_simulate_rejects_a_malformed_incident() -> None:
+    result = CliRunner().invoke(main, ["simulate", "--incident", "meteor:x:1:2"])
+    assert result.exit_code == 2
+    assert "kind must be one of" in result.output
