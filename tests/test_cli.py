@@ -82,3 +82,21 @@ def test_simulate_rejects_a_malformed_incident() -> None:
     result = CliRunner().invoke(main, ["simulate", "--incident", "meteor:x:1:2"])
     assert result.exit_code == 2
     assert "kind must be one of" in result.output
+
+
+def test_example_configuration_is_valid() -> None:
+    from pathlib import Path
+
+    from streams.config import load_settings
+    from streams.monitors import build_monitors
+
+    path = Path(__file__).parent.parent / "deploy" / "streamwatch.example.toml"
+    settings = load_settings(path, env={})
+    assert {m.name for m in build_monitors(settings)} == {
+        "ctr",
+        "sensor",
+        "cluster",
+        "drift",
+        "service",
+        "srm",
+    }
