@@ -231,9 +231,9 @@ DEFAULT_RULES = [
         "cluster",
         "cluster_distance",
         ">",
-        {"warning": 2.0, "critical": 4.0},
+        {"warning": 3.0, "critical": 6.0},
         "{entity} is {value:.1f}x the usual distance from every known operating regime",
-        cooldown_s=300,
+        cooldown_s=1800,
     ),
     _rule(
         "srm",
