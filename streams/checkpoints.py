@@ -8,6 +8,9 @@ topics, and before offsets are committed, so on restart:
     restore(state); skip input below the checkpoint's offsets
 
 resumes exactly where the state left off: nothing lost, nothing counted twice.
+A checkpoint also records the ids of its input topics: if a topic was deleted
+and created again (or a memory-only broker restarted), its offsets start over
+and the checkpoint no longer describes that log, so it is ignored.
 
 The topic is compacted on Apache Kafka (one live record per key). Reading
 scans it to the end, found by a marker record this reader writes itself,
@@ -19,7 +22,7 @@ further along its input wins: both are valid states of the same sequence.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -29,6 +32,8 @@ import msgspec
 class Checkpoint:
     positions: dict[str, int]  # input topic -> next offset
     state: dict[str, Any]
+    # input topic -> Kafka topic id: offsets mean nothing in a recreated topic
+    topic_ids: dict[str, str] = field(default_factory=dict)
 
     def progress(self) -> int:
         return sum(self.positions.values())
@@ -38,12 +43,20 @@ _MARKER = b"__streamwatch_marker__"
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
-    return msgspec.msgpack.encode({"positions": checkpoint.positions, "state": checkpoint.state})
+    return msgspec.msgpack.encode(
+        {
+            "positions": checkpoint.positions,
+            "state": checkpoint.state,
+            "topic_ids": checkpoint.topic_ids,
+        }
+    )
 
 
 def decode(value: bytes) -> Checkpoint:
     data = msgspec.msgpack.decode(value)
-    return Checkpoint(positions=data["positions"], state=data["state"])
+    return Checkpoint(
+        positions=data["positions"], state=data["state"], topic_ids=data.get("topic_ids", {})
+    )
 
 
 def key_of(monitor: str, partition: int) -> str:
@@ -81,6 +94,15 @@ class CheckpointStore:
         remaining = self.producer.flush(timeout)
         if remaining or errors:
             raise RuntimeError(f"checkpoint write failed: {errors or f'{remaining} undelivered'}")
+
+    def topic_ids(self, topics: list[str], timeout: float = 15.0) -> dict[str, str]:
+        """The broker's id of each topic (a recreated topic gets a new one)."""
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.client_config)
+        futures = admin.describe_topics(TopicCollection(topics), request_timeout=timeout)
+        return {name: str(future.result().topic_id) for name, future in futures.items()}
 
     def _key(self, key: str) -> bytes:
         return f"{self.group_id}:{key}".encode()

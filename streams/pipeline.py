@@ -15,6 +15,7 @@ are idempotent (ReplacingMergeTree rows, deterministic alert ids).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from schemas.decode import Decoder, Rejection
 from schemas.events import INPUT_EVENTS, Alert
 from streams.checkpoints import Checkpoint, key_of
 from streams.monitors import MonitorSpec
+
+log = logging.getLogger("streamwatch.pipeline")
 
 
 @dataclass(slots=True)
@@ -70,6 +73,7 @@ class Pipeline:
         self.tasks: dict[tuple[str, int], MonitorTask] = {}
         self.positions: dict[tuple[str, int], dict[str, int]] = {}
         self.dirty: set[tuple[str, int]] = set()
+        self.topic_ids: dict[str, str] = {}  # set by the runtime from the broker
         self.events_in: dict[str, int] = {}
 
     @property
@@ -87,12 +91,28 @@ class Pipeline:
                     continue
                 task = spec.make_task()
                 checkpoint = checkpoints.get(key_of(name, partition))
+                if checkpoint is not None and self._stale(spec, checkpoint):
+                    log.warning(
+                        "ignoring the checkpoint of %s/%d: an input topic was "
+                        "recreated since it was written",
+                        name,
+                        partition,
+                    )
+                    checkpoint = None
                 if checkpoint is not None:
                     task.restore(checkpoint.state)
                     self.positions[key] = dict(checkpoint.positions)
                 else:
                     self.positions[key] = {}
                 self.tasks[key] = task
+
+    def _stale(self, spec: MonitorSpec, checkpoint: Checkpoint) -> bool:
+        return any(
+            topic in checkpoint.topic_ids
+            and topic in self.topic_ids
+            and checkpoint.topic_ids[topic] != self.topic_ids[topic]
+            for topic in spec.topics.values()
+        )
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
@@ -196,7 +216,15 @@ class Pipeline:
     def checkpoints(self, only_dirty: bool = True) -> dict[str, Checkpoint]:
         keys = self.dirty if only_dirty else set(self.tasks)
         return {
-            key_of(*key): Checkpoint(dict(self.positions[key]), self.tasks[key].snapshot())
+            key_of(*key): Checkpoint(
+                dict(self.positions[key]),
+                self.tasks[key].snapshot(),
+                {
+                    t: self.topic_ids[t]
+                    for t in self.monitors[key[0]].topics.values()
+                    if t in self.topic_ids
+                },
+            )
             for key in sorted(keys)
             if key in self.tasks
         }

@@ -56,6 +56,8 @@ class Runtime:
         """Take partitions over, restoring their checkpointed state (under the lock)."""
         new = sorted(set(partitions) - self.pipeline.owned_partitions())
         if new:
+            topics = self.pipeline.topics
+            self.pipeline.topic_ids = await asyncio.to_thread(self.store.topic_ids, topics)
             checkpoints = await asyncio.to_thread(self.store.load)
             self.pipeline.assign(new, checkpoints)
             log.info(
@@ -64,17 +66,23 @@ class Runtime:
                 sum(1 for p in new for m in self.pipeline.monitors if f"{m}/{p}" in checkpoints),
             )
 
-    async def revoke(self, partitions: Iterable[int]) -> None:
-        """Hand partitions back: flush and checkpoint them first, when possible."""
+    async def revoke(self, partitions: Iterable[int], lost: bool = False) -> None:
+        """Hand partitions back: flush and checkpoint them first, when possible.
+
+        `lost` (the group went on without us, e.g. the broker was away): another
+        member may own them already, so write no checkpoint for them; the new
+        owner replays from the last one.
+        """
         partitions = set(partitions) & self.pipeline.owned_partitions()
         if not partitions:
             return
         async with self.lock:
-            try:
-                await self._flush()
-                await self._checkpoint(force=True)
-            except SinkError as exc:  # the next owner replays from the last checkpoint
-                log.warning("could not checkpoint revoked partitions: %s", exc)
+            if not lost:
+                try:
+                    await self._flush()
+                    await self._checkpoint(force=True)
+                except SinkError as exc:  # the next owner replays from the last checkpoint
+                    log.warning("could not checkpoint revoked partitions: %s", exc)
             self.pipeline.revoke(partitions)
 
     # -- the cycle ----------------------------------------------------------

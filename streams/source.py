@@ -58,7 +58,7 @@ class KafkaSource:
             self.topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
         try:
             while not self.stopping:
@@ -103,11 +103,18 @@ class KafkaSource:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._on_revoke(consumer, partitions, lost=True)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any], lost: bool = False) -> None:
         numbers = {tp.partition for tp in partitions}
-        log.info("revoking partitions %s", sorted(numbers))
+        log.info("%s partitions %s", "lost" if lost else "revoking", sorted(numbers))
+        if lost:
+            self.pending_commit.clear()  # not ours to commit any more
         if self.loop is not None and numbers and self.loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(self.runtime.revoke(numbers), self.loop)
+            future = asyncio.run_coroutine_threadsafe(
+                self.runtime.revoke(numbers, lost=lost), self.loop
+            )
             try:
                 future.result(timeout=120)
             except Exception as exc:  # the next owner replays from the last checkpoint

@@ -59,8 +59,16 @@ class Deployment:
     """A worker configuration on the test broker: own topics, database and data dir."""
 
     def __init__(
-        self, tmp: Path, bootstrap: str, name: str, partitions: int = 4, **overrides: Any
+        self,
+        tmp: Path,
+        bootstrap: str,
+        name: str,
+        partitions: int = 4,
+        shared: Deployment | None = None,
+        **overrides: Any,
     ) -> None:
+        """`shared`: another deployment whose topics and consumer group this one
+        uses (a second worker of the same group, with its own data dir and port)."""
         self.name = name
         self.data_dir = tmp / f"{name}-data"
         self.web_port = free_port()
@@ -74,6 +82,10 @@ class Deployment:
             "late_events": f"{name}.late-events",
             "checkpoints": f"{name}.checkpoints",
         }
+        group_id = f"{name}-group"
+        if shared is not None:
+            self.topics = dict(shared.topics)
+            group_id = shared.config["kafka"]["group_id"]
         config: dict[str, Any] = {
             "data_dir": str(self.data_dir),
             "web_port": self.web_port,
@@ -82,7 +94,7 @@ class Deployment:
             "kafka": {
                 "bootstrap": bootstrap,
                 "partitions": partitions,
-                "group_id": f"{name}-group",
+                "group_id": group_id,
             },
             "clickhouse": {"dsn": f"chdb://{self.data_dir / 'clickhouse'}"},
             "topics": self.topics,
@@ -168,13 +180,15 @@ class WorkerProcess:
         body = self.wait_http("/api/query?" + urllib.parse.urlencode({"sql": sql}), 30)
         return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
 
-    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+    def wait_until(
+        self, check: Callable[[], bool], timeout: float, what: str, interval: float = 0.5
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
             if check():
                 return
-            time.sleep(0.5)
+            time.sleep(interval)
         raise AssertionError(f"timed out waiting for {what}; worker log:\n{self.log()}")
 
     def _check_alive(self) -> None:

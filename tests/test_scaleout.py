@@ -1,0 +1,218 @@
+"""Scale-out: two workers in one consumer group give exactly the results of one.
+
+test_e2e_ctr's ground truth (4 partitions) is fed to worker A; after A has
+written some windows, worker B joins the group (its own chDB data directory and
+web port, the same topics and group), which moves partitions mid-run together
+with their checkpointed state. Then the rest of the traffic and the tail go in.
+
+- the union of both directories' `ctr_windows FINAL` equals the reference
+  exactly: per window the final row with the highest version, and never two
+  different final rows for one window (a window may be in both directories
+  after its partition moved, but only with the same counts);
+- the alert topic holds the alerts of an uninterrupted single-worker run, by
+  (alert_id, content): a moved partition may publish an alert again, never
+  with a different content;
+- both workers really took part (B owns partitions and wrote windows).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+
+from operators.rules import alert_id
+from schemas.decode import Decoder
+from streams.monitors import build_monitors
+from streams.pipeline import Pipeline, RawMessage
+from tests.harness import Deployment, WorkerProcess, consume_all, produce
+from tests.reference import ctr_reference
+from tests.test_e2e_ctr import MIN, build_traffic, shuffle_within
+
+pytestmark = pytest.mark.integration
+
+LATENESS = 10_000
+PARTITIONS = 4
+Message = tuple[str, bytes | None, bytes | None, int | None]
+
+WINDOW_SQL = (
+    "SELECT toUnixTimestamp64Milli(window_start) AS ws, campaign_id, variant, impressions,"
+    " clicks, orphan_clicks, duplicate_clicks, final, version FROM streamwatch.ctr_windows "
+    "FINAL WHERE campaign_id NOT LIKE 'zz-%'"
+)
+
+
+def traffic(d: Deployment) -> tuple[list[Message], list[Message], list[tuple], int]:
+    """(body, tail, reference rows, t0): test_e2e_ctr's valid traffic, shuffled."""
+    now = int(time.time() * 1000)
+    t0 = now - now % MIN - 60 * MIN
+    events, _ = build_traffic(t0)
+    ordered = shuffle_within(events, LATENESS, random.Random(9))
+    topic = d.topics
+    body: list[Message] = [
+        (topic[t], e["campaign_id"].encode(), orjson.dumps(e), None) for t, e in ordered
+    ]
+    last = max(e["ts"] for _, e in events)
+    tail_ts = last - last % MIN + MIN + 600_000 + 2 * LATENESS
+    tail: list[Message] = []
+    for p in range(PARTITIONS):
+        c = f"zz-tail-{p}"
+        imp = {"impression_id": f"tail{p}", "ts": tail_ts, "campaign_id": c, "user_id": "u"}
+        clk = {"click_id": f"tail{p}", "impression_id": f"tail{p}", "ts": tail_ts}
+        clk |= {"campaign_id": c, "user_id": "u"}
+        tail.append((topic["impressions"], c.encode(), orjson.dumps(imp), p))
+        tail.append((topic["clicks"], c.encode(), orjson.dumps(clk), p))
+    decoded = [
+        (t, Decoder(t).decode(orjson.dumps(e), e["campaign_id"].encode())) for t, e in events
+    ]
+    return body, tail, ctr_reference(decoded), t0
+
+
+def uninterrupted_alerts(d: Deployment, sent: list[Message]) -> dict[str, dict[str, Any]]:
+    """Alerts of one uninterrupted worker: the pipeline in-process, fed every message
+    with the partition and offset it has on the broker, in the order sent."""
+    where: dict[tuple[str, bytes], tuple[int, int]] = {}
+    for name in ("impressions", "clicks"):
+        topic = d.topics[name]
+        for m in consume_all(d.bootstrap, topic, idle_s=1.0):
+            where[(topic, m.value())] = (m.partition(), m.offset())
+    alerts: list[Any] = []
+
+    class Outputs:
+        def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+            pass
+
+        def alerts(self, out: list[Any]) -> None:
+            alerts.extend(out)
+
+        def rejected(self, message: RawMessage, rejection: Any) -> None:
+            raise AssertionError(f"the reference run rejected {message}")
+
+        def late(self, *args: Any) -> None:
+            raise AssertionError("the reference run saw a late event")
+
+    settings = d.settings()
+    t = settings.topics
+    pipeline = Pipeline(
+        build_monitors(settings), Outputs(), {t.impressions: "impressions", t.clicks: "clicks"}
+    )
+    raw = []
+    for topic, key, value, _ in sent:
+        partition, offset = where[(topic, value)]
+        raw.append(RawMessage(topic, partition, offset, key, value))
+    pipeline.assign(sorted({m.partition for m in raw}), {})
+    for i in range(0, len(raw), 500):
+        pipeline.process(raw[i : i + 500])
+    out: dict[str, dict[str, Any]] = {}
+    for a in alerts:
+        content = orjson.loads(msgspec.json.encode(a))
+        assert out.setdefault(a.alert_id, content) == content
+    return out
+
+
+def union_final(rows_per_dir: list[list[dict[str, Any]]]) -> list[tuple]:
+    """Per window the final row with the highest version over all directories;
+    two final rows of one window must agree."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for rows in rows_per_dir:
+        for r in rows:
+            if r["final"] != 1:
+                continue
+            key = (r["ws"], r["campaign_id"], r["variant"])
+            counts = tuple(
+                r[c] for c in ("impressions", "clicks", "orphan_clicks", "duplicate_clicks")
+            )
+            old = best.get(key)
+            if old is not None:
+                old_counts = tuple(
+                    old[c] for c in ("impressions", "clicks", "orphan_clicks", "duplicate_clicks")
+                )
+                assert old_counts == counts, f"two different final rows for {key}: {old} {r}"
+                if old["version"] >= r["version"]:
+                    continue
+            best[key] = r
+    return sorted(
+        (
+            r["ws"],
+            r["campaign_id"],
+            r["variant"],
+            r["impressions"],
+            r["clicks"],
+            r["orphan_clicks"],
+            r["duplicate_clicks"],
+        )
+        for r in best.values()
+    )
+
+
+def test_two_workers_equal_one(tmp_path, broker) -> None:
+    da = Deployment(tmp_path, broker.bootstrap, "scale-a", partitions=PARTITIONS)
+    db = Deployment(tmp_path, broker.bootstrap, "scale-b", partitions=PARTITIONS, shared=da)
+    assert db.topics == da.topics and db.data_dir != da.data_dir
+    assert db.config["kafka"]["group_id"] == da.config["kafka"]["group_id"]
+    body, tail, expected, t0 = traffic(da)
+    half = len(body) // 2
+
+    a = WorkerProcess(da).start()
+    b = WorkerProcess(db)
+    try:
+        produce(broker.bootstrap, body[:half])
+        a.wait_until(
+            lambda: a.query("SELECT count() AS n FROM streamwatch.ctr_windows")[0]["n"] > 0,
+            60,
+            "worker A to write windows",
+        )
+        b.start()
+        produce(broker.bootstrap, body[half:])
+        # the rebalance: B must own partitions before the tail closes every window
+        b.wait_until(lambda: "assigned [(" in b.log_path.read_text(), 60, "B to get partitions")
+        produce(broker.bootstrap, tail)
+
+        def done() -> bool:
+            rows = [w.query(WINDOW_SQL) for w in (a, b)]
+            return len(union_final(rows)) >= len(expected)
+
+        a.wait_until(done, 90, "every window to be final in one of the two workers")
+        # B processed something of its own
+        assert b.query("SELECT count() AS n FROM streamwatch.ctr_windows")[0]["n"] > 0
+    finally:
+        code_b = b.stop() if b.process is not None else 0
+        code_a = a.stop()
+    assert (code_a, code_b) == (0, 0)
+
+    # the rebalance really moved partitions, and their state with their checkpoints
+    assert "revoking partitions" in a.log_path.read_text()
+    assert re.search(
+        r"took over partitions \[.+\] \([1-9]\d* checkpoints found\)", b.log_path.read_text()
+    )
+    rows_a, rows_b = da.query(WINDOW_SQL), db.query(WINDOW_SQL)
+    assert rows_a and rows_b
+    assert union_final([rows_a, rows_b]) == expected
+
+    # alerts: the ones of an uninterrupted single worker, by (alert_id, content)
+    on_topic: dict[str, dict[str, Any]] = {}
+    for m in consume_all(broker.bootstrap, da.topics["alerts"]):
+        content = orjson.loads(m.value())
+        assert on_topic.setdefault(content["alert_id"], content) == content
+    reference = uninterrupted_alerts(da, body + tail)
+    assert on_topic == reference
+    drop_ws = t0 + 8 * MIN
+    assert sorted(
+        (c["rule"], c["entity"], c["status"], c["window_start"]) for c in reference.values()
+    ) == [
+        ("ctr_drop", "big", "firing", drop_ws),
+        ("ctr_drop", "big", "resolved", drop_ws + MIN),
+    ]
+    assert alert_id("ctr_drop", "big", drop_ws, drop_ws + MIN, "firing", 0) in on_topic
+    # and in ClickHouse: the same ids over both directories
+    stored = {
+        r["alert_id"]
+        for d in (da, db)
+        for r in d.query("SELECT alert_id FROM streamwatch.alerts FINAL")
+    }
+    assert stored == set(on_topic)
