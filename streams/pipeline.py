@@ -191,15 +191,20 @@ class Pipeline:
             self.dirty.add(key)
 
     def tick(self, now_ms: int | None = None) -> None:
-        """Advance every task's watermark; idle tasks follow their monitor's slowest
-        busy task, so a silent partition does not hold its windows open forever."""
+        """Advance every task's watermark. A task whose sources are all idle follows
+        its monitor's slowest busy task, or, when every task is idle, the furthest
+        one: a silent partition does not hold its windows open forever."""
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
-        floors: dict[str, int] = {}
+        busy: dict[str, int] = {}
+        furthest: dict[str, int] = {}
         for (name, _), task in self.tasks.items():
-            if not task.watermark.idle(now_ms) and task.watermark.value > NO_WATERMARK:
-                floor = floors.get(name)
-                value = task.watermark.value
-                floors[name] = value if floor is None else min(floor, value)
+            value = task.watermark.value
+            if value <= NO_WATERMARK:
+                continue
+            furthest[name] = max(furthest.get(name, value), value)
+            if not task.watermark.idle(now_ms):
+                busy[name] = min(busy.get(name, value), value)
+        floors = {name: busy.get(name, furthest[name]) for name in furthest}
         for key, task in self.tasks.items():
             before = task.watermark.value
             task.tick(now_ms, floors.get(key[0], NO_WATERMARK))

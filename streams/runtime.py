@@ -52,6 +52,12 @@ class Runtime:
 
     # -- assignment ---------------------------------------------------------
 
+    async def assign(self, partitions: Iterable[int]) -> None:
+        """Partitions assigned to this worker: restore their state now, so a silent
+        partition's open windows still close as the others' watermark moves."""
+        async with self.lock:
+            await self._assign(partitions)
+
     async def _assign(self, partitions: Iterable[int]) -> None:
         """Take partitions over, restoring their checkpointed state (under the lock)."""
         new = sorted(set(partitions) - self.pipeline.owned_partitions())

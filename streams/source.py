@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
-from streams import kafka
+from streams import kafka, metrics
 from streams.config import Settings
 from streams.pipeline import RawMessage
 from streams.runtime import Runtime
@@ -44,6 +45,7 @@ class KafkaSource:
             },
         )
         self.pending_commit: dict[tuple[str, int], int] = {}
+        self.lag_reported = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         self.finished = asyncio.Event()
@@ -76,6 +78,8 @@ class KafkaSource:
 
     def _poll(self) -> list[RawMessage]:
         self._commit()
+        if time.monotonic() - self.lag_reported > 5:
+            self._report_lag()
         messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
         batch = []
         for m in messages:
@@ -84,6 +88,22 @@ class KafkaSource:
                 continue
             batch.append(RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
         return batch
+
+    def _report_lag(self) -> None:
+        """Consumer lag per partition from the high watermarks librdkafka has cached
+        from fetch responses (no extra request). Some brokers (Tansu) report wrong
+        high watermarks: the gauge is only as good as the broker's figure."""
+        self.lag_reported = time.monotonic()
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for tp in self.consumer.position(assignment):
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except Exception:  # not known yet
+                continue
+            if high >= 0 and tp.offset >= 0:
+                metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
 
     def _commit(self) -> None:
         if not self.pending_commit:
@@ -102,6 +122,14 @@ class KafkaSource:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
+        numbers = {tp.partition for tp in partitions}
+        if self.loop is not None and numbers and self.loop.is_running():
+            # before any message of them is fetched: their state comes from checkpoints
+            future = asyncio.run_coroutine_threadsafe(self.runtime.assign(numbers), self.loop)
+            try:
+                future.result(timeout=120)
+            except Exception as exc:  # the first batch of the partition retries
+                log.warning("could not restore partitions %s on assignment: %s", numbers, exc)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         self._on_revoke(consumer, partitions, lost=True)

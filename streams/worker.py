@@ -126,7 +126,11 @@ class Worker:
 
         import faust
 
-        worker = faust.Worker(
+        class FaustWorker(faust.Worker):
+            def install_signal_handlers(self) -> None:
+                """SIGINT/SIGTERM are ours (below): the source stops first."""
+
+        worker = FaustWorker(
             self.app,
             loglevel="warning",
             loop=asyncio.get_running_loop(),
@@ -134,15 +138,16 @@ class Worker:
             redirect_stdouts=False,
             override_logging=False,
         )
-        await worker.start()
-        source = asyncio.create_task(self.source.run(), name="streamwatch-source")
-        # ours, not faust's: stop the source first so every result is written
-        # and committed before faust takes the app down
+        # installed before anything starts, so a signal during start-up is ours
+        # too: the source stops first, every result is written and committed,
+        # and only then does faust take the app down
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        await worker.start()
+        source = asyncio.create_task(self.source.run(), name="streamwatch-source")
         try:
             while not stop.is_set() and not self.source.finished.is_set():
                 if until is not None and until():
