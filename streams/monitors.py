@@ -9,6 +9,7 @@ error). Adding a monitor is adding an entry to `OPERATORS`.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,14 @@ def operator_config(name: str, options: dict[str, Any], config_type: Any = None)
         raise ConfigError(
             f"monitors.{name}.options: unknown option(s) {unknown}; known: {sorted(known)}"
         )
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    hints = typing.get_type_hints(config_type)
+    values = {}
+    for key, value in options.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, dict) and dataclasses.is_dataclass(hints.get(key)):
+            value = hints[key](**value)  # a nested options table, e.g. page_hinkley
+        values[key] = value
     try:
         return config_type(**values)
     except (TypeError, ValueError) as exc:

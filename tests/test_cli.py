@@ -100,3 +100,18 @@ def test_example_configuration_is_valid() -> None:
         "service",
         "srm",
     }
+
+
+def test_nested_operator_options_from_toml(tmp_path) -> None:
+    from streams.config import load_settings
+    from streams.monitors import build_monitors
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[change_detection]\noptions = { page_hinkley = { threshold = 20.0 }, "
+        'methods = ["adwin", "page_hinkley"] }\n'
+    )
+    (ctr, *_) = build_monitors(load_settings(path, env={}))
+    config = ctr.make_task().changes.config  # type: ignore[union-attr]
+    assert config.page_hinkley.threshold == 20.0
+    assert config.methods == ("adwin", "page_hinkley")
