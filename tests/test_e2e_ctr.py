@@ -279,6 +279,19 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
         (a.alert_id, a.status) for a in on_topic
     ]
 
+    # `streamwatch alerts`: JSON lines for piping, filters, and the human view
+    cli = d.cli("alerts", "--from-beginning", "--json", "--max", "2", "--timeout", "30")
+    assert cli.returncode == 0, cli.stderr
+    assert [orjson.loads(line)["alert_id"] for line in cli.stdout.splitlines()] == [
+        a.alert_id for a in on_topic
+    ]
+    cli = d.cli("alerts", "--from-beginning", "--kind", "srm", "--timeout", "5")
+    assert cli.returncode == 0 and cli.stdout == ""
+    cli = d.cli("alerts", "--from-beginning", "--entity", "big", "--max", "1", "--timeout", "30")
+    assert (
+        cli.stdout.startswith("FIRING") and "critical" in cli.stdout and "dropped 90%" in cli.stdout
+    )
+
     # every malformed message on dead-letter with its reason; the original bytes kept
     letters = [
         msgspec.json.decode(m.value(), type=DeadLetter)
