@@ -21,9 +21,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from streams.embedded import free_port
+from streams.monitors import build_monitors
+from streams.pipeline import Pipeline, RawMessage
+
+Message = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -276,4 +281,50 @@ def consume_all(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float 
                 out.append(m)
                 last = time.monotonic()
     consumer.close()
+    return out
+
+
+def uninterrupted_alerts(d: Deployment, sent: list[Message]) -> dict[str, dict[str, Any]]:
+    """Alerts of an uninterrupted run, the reference for crash and rebalance tests:
+    the worker's pipeline in-process, fed every message with the partition and
+    offset it has on the broker, in the order sent, then left idle."""
+    where: dict[tuple[str, bytes], tuple[int, int]] = {}
+    for name in ("impressions", "clicks"):
+        topic = d.topics[name]
+        for m in consume_all(d.bootstrap, topic, idle_s=1.0):
+            where[(topic, m.value())] = (m.partition(), m.offset())
+    alerts: list[Any] = []
+
+    class Outputs:
+        def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+            pass
+
+        def alerts(self, out: list[Any]) -> None:
+            alerts.extend(out)
+
+        def rejected(self, message: RawMessage, rejection: Any) -> None:
+            pass
+
+        def late(self, *args: Any) -> None:
+            raise AssertionError("the reference run saw a late event")
+
+    settings = d.settings()
+    t = settings.topics
+    logical = {t.impressions: "impressions", t.clicks: "clicks"}
+    clock = [time.time()]
+    pipeline = Pipeline(build_monitors(settings), Outputs(), logical, clock=lambda: clock[0])
+    raw = []
+    for topic, key, value, _ in sent:
+        partition, offset = where[(topic, value)]
+        raw.append(RawMessage(topic, partition, offset, key, value))
+    pipeline.assign(sorted({m.partition for m in raw}), {})
+    for i in range(0, len(raw), 500):
+        pipeline.process(raw[i : i + 500])
+    # then the input stays quiet, as for the worker: idle partitions catch up
+    clock[0] += settings.idle_timeout_s + 1
+    pipeline.tick()
+    out: dict[str, dict[str, Any]] = {}
+    for a in alerts:
+        content = orjson.loads(msgspec.json.encode(a))
+        assert out.setdefault(a.alert_id, content) == content
     return out

@@ -9,18 +9,14 @@ proves the check is live.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from schemas.tables import TABLES
 from streams.monitors import OPERATORS
+from tests.chdb_child import run_in_chdb
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -101,27 +97,6 @@ ROWS = {
         FROM numbers(4)""",
 }
 
-CHILD = textwrap.dedent(
-    """
-    import json, sys
-    import clickhouse_connect
-    from streams.clickhouse import ensure_schema
-    job = json.load(sys.stdin)
-    client = clickhouse_connect.get_client(dsn="chdb://" + job["dir"])
-    ensure_schema(client, "streamwatch")
-    for table, select in job["rows"].items():
-        client.command(f"INSERT INTO streamwatch.{table} {select}")
-    out = {}
-    for name, sql in job["queries"].items():
-        try:
-            result = client.query(sql)
-            out[name] = {"ok": True, "rows": len(result.result_rows)}
-        except Exception as exc:
-            out[name] = {"ok": False, "error": str(exc)[:2000]}
-    print(json.dumps(out))
-    """
-)
-
 
 def sql_blocks() -> dict[str, str]:
     """'page #n' -> SQL of every ```sql block in docs/."""
@@ -130,20 +105,6 @@ def sql_blocks() -> dict[str, str]:
         for n, block in enumerate(SQL_BLOCK.findall(page.read_text(encoding="utf-8")), 1):
             out[f"{page.relative_to(REPO)} #{n}"] = block.strip().rstrip(";")
     return out
-
-
-def run_in_chdb(tmp_path: Path, queries: dict[str, str]) -> dict[str, dict[str, Any]]:
-    job = {"dir": str(tmp_path / "ch"), "rows": ROWS, "queries": queries}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_rows_cover_every_table() -> None:
@@ -158,7 +119,7 @@ def test_every_sql_block_runs_in_chdb(tmp_path: Path) -> None:
             assert (m.group(2) or "").strip() == "FINAL", f"{name}: {m.group(0)} without FINAL"
     # negative control: a misspelt column must fail, or the check proves nothing
     queries[NEGATIVE] = "SELECT campaign_idd FROM streamwatch.ctr_windows FINAL"
-    results = run_in_chdb(tmp_path, queries)
+    results = run_in_chdb(tmp_path, ROWS, queries)
     negative = results.pop(NEGATIVE)
     assert not negative["ok"], "a query with a misspelt column succeeded: the check is dead"
     assert "campaign_idd" in negative["error"]

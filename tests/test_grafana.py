@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import pytest
 import yaml
 
 from schemas.tables import TABLES
+from tests.chdb_child import run_in_chdb
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "streamwatch.json"
@@ -90,33 +88,6 @@ ROWS = {
                toStartOfMinute(now() - INTERVAL 20 MINUTE), 'big', now64(3)
         FROM numbers(4)""",
 }
-
-CHILD = textwrap.dedent(
-    """
-    import json, sys
-    import clickhouse_connect
-    from streams.clickhouse import ensure_schema
-
-    job = json.load(sys.stdin)
-    client = clickhouse_connect.get_client(dsn="chdb://" + job["dir"])
-    ensure_schema(client, "streamwatch")
-    for table, select in job["rows"].items():
-        client.command(f"INSERT INTO streamwatch.{table} {select}")
-    out = {}
-    for name, sql in job["queries"].items():
-        try:
-            result = client.query(sql)
-            out[name] = {
-                "ok": True,
-                "columns": list(result.column_names),
-                "types": [t.name for t in result.column_types],
-                "rows": len(result.result_rows),
-            }
-        except Exception as exc:
-            out[name] = {"ok": False, "error": str(exc)[:2000]}
-    print(json.dumps(out))
-    """
-)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -215,21 +186,6 @@ def expand(sql: str, variables: dict[str, list[str] | None]) -> str:
     leftover = re.findall(r"\$\{?\w+", sql)
     assert not leftover, f"unexpanded macro or variable {leftover} in: {sql}"
     return sql
-
-
-def run_in_chdb(tmp_path: Path, queries: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Schema + ROWS in a fresh chDB directory, then every query; in a child process."""
-    job = {"dir": str(tmp_path / "ch"), "rows": ROWS, "queries": queries}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def assert_query_ok(name: str, result: dict[str, Any], fmt: str | None) -> None:
@@ -342,7 +298,7 @@ def chdb_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ctr.replace("sum(clicks)", "sum(clicks_missing)", 1), dict.fromkeys(SELECTED)
     )
     assert jobs["negative: missing column"] != expand(ctr, dict.fromkeys(SELECTED))
-    results = run_in_chdb(tmp_path_factory.mktemp("grafana-chdb"), jobs)
+    results = run_in_chdb(tmp_path_factory.mktemp("grafana-chdb"), ROWS, jobs)
     return {"queries": queries, "results": results}
 
 

@@ -22,15 +22,19 @@ import re
 import time
 from typing import Any
 
-import msgspec
 import orjson
 import pytest
 
 from operators.rules import alert_id
 from schemas.decode import Decoder
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
-from tests.harness import Deployment, WorkerProcess, consume_all, produce
+from tests.harness import (
+    Deployment,
+    Message,
+    WorkerProcess,
+    consume_all,
+    produce,
+    uninterrupted_alerts,
+)
 from tests.reference import ctr_reference
 from tests.test_e2e_ctr import MIN, build_traffic, shuffle_within
 
@@ -38,7 +42,6 @@ pytestmark = pytest.mark.integration
 
 LATENESS = 10_000
 PARTITIONS = 4
-Message = tuple[str, bytes | None, bytes | None, int | None]
 
 WINDOW_SQL = (
     "SELECT toUnixTimestamp64Milli(window_start) AS ws, campaign_id, variant, impressions,"
@@ -71,48 +74,6 @@ def traffic(d: Deployment) -> tuple[list[Message], list[Message], list[tuple], i
         (t, Decoder(t).decode(orjson.dumps(e), e["campaign_id"].encode())) for t, e in events
     ]
     return body, tail, ctr_reference(decoded), t0
-
-
-def uninterrupted_alerts(d: Deployment, sent: list[Message]) -> dict[str, dict[str, Any]]:
-    """Alerts of one uninterrupted worker: the pipeline in-process, fed every message
-    with the partition and offset it has on the broker, in the order sent."""
-    where: dict[tuple[str, bytes], tuple[int, int]] = {}
-    for name in ("impressions", "clicks"):
-        topic = d.topics[name]
-        for m in consume_all(d.bootstrap, topic, idle_s=1.0):
-            where[(topic, m.value())] = (m.partition(), m.offset())
-    alerts: list[Any] = []
-
-    class Outputs:
-        def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-            pass
-
-        def alerts(self, out: list[Any]) -> None:
-            alerts.extend(out)
-
-        def rejected(self, message: RawMessage, rejection: Any) -> None:
-            raise AssertionError(f"the reference run rejected {message}")
-
-        def late(self, *args: Any) -> None:
-            raise AssertionError("the reference run saw a late event")
-
-    settings = d.settings()
-    t = settings.topics
-    pipeline = Pipeline(
-        build_monitors(settings), Outputs(), {t.impressions: "impressions", t.clicks: "clicks"}
-    )
-    raw = []
-    for topic, key, value, _ in sent:
-        partition, offset = where[(topic, value)]
-        raw.append(RawMessage(topic, partition, offset, key, value))
-    pipeline.assign(sorted({m.partition for m in raw}), {})
-    for i in range(0, len(raw), 500):
-        pipeline.process(raw[i : i + 500])
-    out: dict[str, dict[str, Any]] = {}
-    for a in alerts:
-        content = orjson.loads(msgspec.json.encode(a))
-        assert out.setdefault(a.alert_id, content) == content
-    return out
 
 
 def union_final(rows_per_dir: list[list[dict[str, Any]]]) -> list[tuple]:
