@@ -40,6 +40,12 @@ class Watermark:
             self.max_ts[source] = max_ts
         self.last_seen[source] = now_ms
 
+    def pause(self, ms: int) -> None:
+        """The input was not read for `ms` (backpressure): that is not idleness."""
+        self.last_seen = {s: t + ms for s, t in self.last_seen.items()}
+        if self.started is not None:
+            self.started += ms
+
     def idle(self, now_ms: int) -> bool:
         """True when every source has been silent for the idle timeout."""
         return not self._active(now_ms)

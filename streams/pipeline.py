@@ -216,6 +216,12 @@ class Pipeline:
             if task.watermark.value != before:
                 self.dirty.add(key)
 
+    def pause_idle_clock(self, ms: int) -> None:
+        """The worker read nothing for `ms` on purpose (backpressure): sources that
+        sent nothing meanwhile were not idle, so no watermark may jump ahead."""
+        for task in self.tasks.values():
+            task.watermark.pause(ms)
+
     # -- checkpoints --------------------------------------------------------
 
     def checkpoints(self, only_dirty: bool = True) -> dict[str, Checkpoint]:

@@ -105,10 +105,14 @@ class Runtime:
                 for topic, n in per_topic.items():
                     metrics.EVENTS.labels(topic).inc(n)
             await self._maybe_flush_and_checkpoint()
+            paused = time.monotonic()
             while self.sinks.buffered >= self.settings.max_buffered_rows and not self.stopping:
                 # backpressure: take nothing more until ClickHouse has the rows
                 await asyncio.sleep(max(0.0, self.next_try - time.monotonic()))
                 await self._maybe_flush_and_checkpoint(force_flush=True)
+            blocked_ms = int((time.monotonic() - paused) * 1000)
+            if blocked_ms > 100:
+                self.pipeline.pause_idle_clock(blocked_ms)
 
     async def tick(self) -> None:
         """Periodic: let idle partitions advance, flush and checkpoint on time."""

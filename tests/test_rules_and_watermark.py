@@ -123,3 +123,11 @@ def test_watermark_restore_treats_sources_as_fresh() -> None:
     other = Watermark(("a",), lateness_ms=0, idle_timeout_ms=1000)
     other.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(wm.snapshot())))
     assert other.value == 100 and not other.idle(now_ms=10**9)
+
+
+def test_backpressure_pause_is_not_idleness() -> None:
+    wm = Watermark(("a",), lateness_ms=0, idle_timeout_ms=1000)
+    wm.observe("a", 100, now_ms=0)
+    wm.pause(5000)  # the worker read nothing for 5 s on purpose
+    assert not wm.idle(now_ms=5500)
+    assert wm.idle(now_ms=6500)
