@@ -36,6 +36,9 @@ class Sinks:
         self.buffer: dict[str, list[dict[str, Any]]] = {}
         self.buffered = 0
         self.produce_errors: list[str] = []
+        # messages the broker refused: sent again before every flush, so a
+        # checkpoint never covers an alert or dead letter that did not arrive
+        self.undelivered: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self.alert_listeners: list[Any] = []
 
     # -- Outputs protocol (called by the pipeline) ----------------------------
@@ -122,12 +125,17 @@ class Sinks:
             except BufferError:  # librdkafka's local queue is full: let it drain
                 self.producer.poll(0.1)
 
-    def _delivered(self, err: Any, _msg: Any) -> None:
+    def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.produce_errors.append(str(err))
+            self.undelivered.append((msg.topic(), msg.value(), msg.key(), msg.headers()))
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Deliver everything pending; raise SinkError (keeping the rows) on failure."""
+        """Deliver everything pending; raise SinkError (keeping rows and refused
+        messages for the next attempt) on failure."""
+        retry, self.undelivered = self.undelivered, []
+        for topic, value, key, headers in retry:
+            self._produce(topic, value, key, headers=dict(headers) if headers else None)
         remaining = self.producer.flush(timeout)
         if remaining or self.produce_errors:
             errors, self.produce_errors = self.produce_errors, []

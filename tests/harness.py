@@ -206,6 +206,16 @@ class WorkerProcess:
         except FileNotFoundError:
             return ""
 
+    def metric(self, name: str) -> float:
+        """A Prometheus counter or gauge of the running worker, summed over labels."""
+        with urllib.request.urlopen(self.url("/metrics"), timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((f"{name}{{", f"{name} "))
+        )
+
     def stop(self, timeout: float = 60) -> int:
         if self.process is None:
             return 0

@@ -90,14 +90,7 @@ def health(worker: WorkerProcess) -> int:
 
 
 def consumed(worker: WorkerProcess) -> float:
-    """streamwatch_events_consumed_total over all topics."""
-    with urllib.request.urlopen(worker.url("/metrics"), timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("streamwatch_events_consumed_total{")
-    )
+    return worker.metric("streamwatch_events_consumed_total")
 
 
 class NewTrafficLost(AssertionError):

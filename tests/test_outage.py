@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-import urllib.request
 
 import orjson
 import pytest
@@ -19,13 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def consumed(worker: WorkerProcess) -> float:
-    with urllib.request.urlopen(worker.url("/metrics"), timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("streamwatch_events_consumed_total{")
-    )
+    return worker.metric("streamwatch_events_consumed_total")
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> list[int]:

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import orjson
@@ -94,19 +93,8 @@ class Traffic:
 # -- reading results ----------------------------------------------------------------
 
 
-def metric(worker: WorkerProcess, name: str) -> float:
-    """Sum over the labels of one Prometheus metric of the running worker."""
-    with urllib.request.urlopen(worker.url("/metrics"), timeout=10) as response:
-        text = response.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def consumed(worker: WorkerProcess) -> int:
-    return int(metric(worker, "streamwatch_events_consumed_total"))
+    return int(worker.metric("streamwatch_events_consumed_total"))
 
 
 def log_count(worker: WorkerProcess, pattern: str) -> int:
@@ -273,7 +261,7 @@ def test_kill_9_at_several_moments(tmp_path, broker) -> None:
             {
                 "where": where,
                 "consumed": consumed(worker),
-                "checkpoints": metric(worker, "streamwatch_checkpoints_total"),
+                "checkpoints": worker.metric("streamwatch_checkpoints_total"),
             }
         )
         worker.kill()
@@ -365,7 +353,7 @@ def test_kill_between_insert_and_commit(tmp_path, broker) -> None:
         wait_assigned(worker, assigned)
         worker.wait_until(lambda: final_windows(worker) >= n, 60, "every window final")
         # written to ClickHouse, yet neither checkpointed nor committed
-        assert metric(worker, "streamwatch_checkpoints_total") == 0
+        assert worker.metric("streamwatch_checkpoints_total") == 0
         worker.kill()
 
         assigned = log_count(worker, r"streamwatch\.source: assigned")
@@ -439,7 +427,7 @@ def test_restart_resumes_from_checkpoint(tmp_path, broker) -> None:
         )
         resumed = consumed(worker)
         wm_after = worker.wait_http("/health", 10)["watermarks"]["ctr"]
-        late = metric(worker, "streamwatch_events_late_total")
+        late = worker.metric("streamwatch_events_late_total")
     finally:
         assert worker.stop() == 0
     print("reread", reread, "resumed", resumed, "of", len(after), "watermarks", wm_before, wm_after)
