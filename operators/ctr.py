@@ -68,7 +68,7 @@ class CtrConfig:
 class CtrWindow:
     """Counts of one (campaign, variant, window), and the impressions in it."""
 
-    __slots__ = ("clicks", "dup_clicks", "dup_imps", "ids", "imps", "orphans")
+    __slots__ = ("clicked", "clicks", "dup_clicks", "dup_imps", "ids", "imps", "orphans", "times")
 
     def __init__(self) -> None:
         self.imps = 0
@@ -76,7 +76,11 @@ class CtrWindow:
         self.orphans = 0
         self.dup_clicks = 0
         self.dup_imps = 0
+        # the window's impressions, as parallel lists, and those clicked: a
+        # snapshot hands these lists to the encoder as they are (no per-impression work)
         self.ids: list[str] = []
+        self.times: list[int] = []
+        self.clicked: list[str] = []
 
 
 def _key(campaign: str, variant: str) -> str:
@@ -95,7 +99,7 @@ class CtrOperator(Operator):
         super().__init__()
         self.config = config or CtrConfig()
         self.windows: TumblingWindows[CtrWindow] = TumblingWindows(self.config.window_ms, CtrWindow)
-        # impression_id -> [window, ts, clicked]; kept until the window is final
+        # impression_id -> [window, ts, clicked, impression_id]; kept until the window is final
         self.impressions: dict[str, list[Any]] = {}
         # clicks whose impression has not been seen: impression_id -> {seq: (ts, campaign)}
         self.pending: dict[str, dict[int, tuple[int, str]]] = {}
@@ -122,7 +126,8 @@ class CtrOperator(Operator):
         window = self.windows.at(_key(imp.campaign_id, imp.variant or ""), imp.ts)
         window.imps += 1
         window.ids.append(imp.impression_id)
-        entry = [window, imp.ts, False]
+        window.times.append(imp.ts)
+        entry = [window, imp.ts, False, imp.impression_id]
         self.impressions[imp.impression_id] = entry
         waiting = self.pending.pop(imp.impression_id, None)
         if waiting:
@@ -141,12 +146,13 @@ class CtrOperator(Operator):
         heapq.heappush(self.pending_heap, (click.ts, self.seq, click.impression_id))
 
     def _attribute(self, entry: list[Any], click_ts: int, campaign: str) -> None:
-        window, imp_ts, clicked = entry
+        window, imp_ts, clicked, imp_id = entry
         if 0 <= click_ts - imp_ts <= self.config.attribution_ms:
             if clicked:
                 window.dup_clicks += 1
             else:
                 window.clicks += 1
+                window.clicked.append(imp_id)
                 entry[2] = True
         else:
             self.windows.at(_key(campaign, ""), click_ts).orphans += 1
@@ -238,10 +244,21 @@ class CtrOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        windows = []
-        for start, key, w in self.windows.items():
-            ids = [[i, self.impressions[i][1], self.impressions[i][2]] for i in w.ids]
-            windows.append([start, key, w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps, ids])
+        windows = [
+            [
+                start,
+                key,
+                w.imps,
+                w.clicks,
+                w.orphans,
+                w.dup_clicks,
+                w.dup_imps,
+                w.ids,
+                w.times,
+                w.clicked,
+            ]
+            for start, key, w in self.windows.items()
+        ]
         pending = [
             [imp_id, seq, ts, campaign]
             for imp_id, waiting in self.pending.items()
@@ -258,7 +275,9 @@ class CtrOperator(Operator):
     def restore(self, state: dict[str, Any]) -> None:
         self.windows.clear()
         self.impressions = {}
-        for start, key, imps, clicks, orphans, dup_c, dup_i, ids in state["windows"]:
+        for start, key, imps, clicks, orphans, dup_c, dup_i, ids, times, clicked in state[
+            "windows"
+        ]:
             w = self.windows.at(key, start)
             w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps = (
                 imps,
@@ -267,9 +286,10 @@ class CtrOperator(Operator):
                 dup_c,
                 dup_i,
             )
-            for imp_id, ts, clicked in ids:
-                w.ids.append(imp_id)
-                self.impressions[imp_id] = [w, ts, clicked]
+            w.ids, w.times, w.clicked = list(ids), list(times), list(clicked)
+            was_clicked = set(clicked)
+            for imp_id, ts in zip(ids, times, strict=True):
+                self.impressions[imp_id] = [w, ts, imp_id in was_clicked, imp_id]
         self.pending = {}
         self.pending_heap = []
         for imp_id, seq, ts, campaign in state["pending"]:

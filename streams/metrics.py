@@ -26,6 +26,13 @@ SINK_BATCH = Histogram(
 WRITE_SECONDS = Histogram(
     "streamwatch_clickhouse_write_seconds", "ClickHouse insert latency", ["table"]
 )
+RESULT_DELAY = Histogram(
+    "streamwatch_result_delay_seconds",
+    "From a result's creation (its window closing) to its delivery: a batch of rows "
+    "in ClickHouse, or an alert acknowledged by the broker",
+    ["output"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60),
+)
 SINK_FAILURES = Counter("streamwatch_sink_failures_total", "Failed sink writes", ["sink"])
 BUFFERED = Gauge("streamwatch_sink_buffered_rows", "Rows waiting for ClickHouse")
 WATERMARK_DELAY = Gauge(

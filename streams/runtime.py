@@ -99,6 +99,7 @@ class Runtime:
                 # a partition's first batch here: its state comes from its checkpoint
                 await self._assign({m.partition for m in messages})
                 self.pipeline.process(messages)
+                self.sinks.poll()  # delivery reports of alerts sent so far, promptly
                 per_topic: dict[str, int] = {}
                 for m in messages:
                     per_topic[m.topic] = per_topic.get(m.topic, 0) + 1

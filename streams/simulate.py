@@ -56,6 +56,7 @@ event's own time); `factor` is the magnitude:
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
 import time
@@ -257,7 +258,7 @@ class Simulator:
         weights = [self.rng.uniform(0.5, 1.5) for _ in ids]
         total = sum(weights)
         self.campaigns = ids
-        self.cum_weights = [sum(weights[: i + 1]) / total for i in range(len(ids))]
+        self.cum_weights = [w / total for w in itertools.accumulate(weights)]
         self.experiments = {c: f"exp-{c}" for c in ids[: scenario.experiment_campaigns]}
         self.counts: dict[str, int] = {}
         self.models = [self._model(i, m) for i, m in enumerate(scenario.model_ids())]

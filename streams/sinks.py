@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import time
+from collections import deque
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -40,18 +42,32 @@ class Sinks:
         # checkpoint never covers an alert or dead letter that did not arrive
         self.undelivered: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self.alert_listeners: list[Any] = []
+        # Delay from a result's creation (the tick whose watermark closed its
+        # window) to its delivery; the latest ones, for benchmarks and /metrics.
+        self.created: dict[str, list[tuple[float, int]]] = {}  # table -> (when, rows)
+        self.delays: dict[str, deque[float]] = {
+            "row": deque(maxlen=100_000),
+            "alert": deque(maxlen=100_000),
+        }
 
     # -- Outputs protocol (called by the pipeline) ----------------------------
 
     def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         self.buffer.setdefault(table, []).extend(rows)
         self.buffered += len(rows)
+        self.created.setdefault(table, []).append((time.monotonic(), len(rows)))
         metrics.WINDOWS_CLOSED.labels(table).inc(len(rows))
 
     def alerts(self, alerts: list[Alert]) -> None:
         rows = []
+        created = time.monotonic()
         for alert in alerts:
-            self._produce(self.topics.alerts, msgspec.json.encode(alert), alert.entity)
+            self._produce(
+                self.topics.alerts,
+                msgspec.json.encode(alert),
+                alert.entity,
+                on_delivery=partial(self._alert_delivered, created),
+            )
             metrics.ALERTS.labels(alert.kind, alert.severity, alert.status).inc()
             row = msgspec.structs.asdict(alert)
             row["details"] = orjson.dumps(alert.details, option=orjson.OPT_SORT_KEYS).decode()
@@ -113,13 +129,18 @@ class Sinks:
         value: bytes | None,
         key: str | bytes | None,
         headers: dict[str, str] | None = None,
+        on_delivery: Any = None,
     ) -> None:
         if isinstance(key, str):
             key = key.encode()
         while True:
             try:
                 self.producer.produce(
-                    topic, value, key=key or None, headers=headers, on_delivery=self._delivered
+                    topic,
+                    value,
+                    key=key or None,
+                    headers=headers,
+                    on_delivery=on_delivery or self._delivered,
                 )
                 return
             except BufferError:  # librdkafka's local queue is full: let it drain
@@ -129,6 +150,17 @@ class Sinks:
         if err is not None:
             self.produce_errors.append(str(err))
             self.undelivered.append((msg.topic(), msg.value(), msg.key(), msg.headers()))
+
+    def _alert_delivered(self, created: float, err: Any, msg: Any) -> None:
+        self._delivered(err, msg)
+        if err is None:
+            delay = time.monotonic() - created
+            self.delays["alert"].append(delay)
+            metrics.RESULT_DELAY.labels("alert").observe(delay)
+
+    def poll(self) -> None:
+        """Serve delivery reports of messages the broker has acknowledged."""
+        self.producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Deliver everything pending; raise SinkError (keeping rows and refused
@@ -152,4 +184,9 @@ class Sinks:
             metrics.WRITE_SECONDS.labels(table).observe(seconds)
             del self.buffer[table]
             self.buffered -= len(rows)
+            written = time.monotonic()
+            for created, n in self.created.pop(table, ()):
+                delay = written - created
+                self.delays["row"].extend([delay] * n)
+                metrics.RESULT_DELAY.labels("row").observe(delay)
         metrics.BUFFERED.set(self.buffered)

@@ -1,0 +1,482 @@
+"""The side-by-side benchmark: streamwatch against the ceiling, Quix Streams and faust.
+
+    scripts/bench.sh                      # installs the benchmark extras, then:
+    .venv/bin/python -m tests.benchmarks.bench --events 1000000 --runs 3 --write BENCHMARKS.md
+
+One embedded Tansu broker; the datasets (`tests.benchmarks.dataset`) are
+produced into it first, untimed. Then every contender reads the same topics
+from the start, one after another, each in a fresh process with a consumer
+group of its own, `--runs` times over (interleaved: run 1 of every contender,
+then run 2, ...), so a slow moment of the machine hits all of them alike.
+Medians are reported with min and max.
+
+Per contender: events/s (from its first message to its last result out),
+CPU seconds per million events (all threads of the process, same interval),
+peak resident memory (the kernel's high-water mark for the whole process),
+the broker's CPU over the same time, and for streamwatch the delay from a
+window's close to its row in ClickHouse and to its alert's acknowledgement
+on the alert topic (p50, p99 over every row and alert of the run).
+
+Then, streamwatch alone: resident memory after each million events of a
+5x longer CTR run at the same key count, and scaling with partitions,
+workers and keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.embedded import EmbeddedBroker
+from tests.benchmarks import dataset as datasets
+from tests.benchmarks.contenders.common import Spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+QUIX_PYTHON = ROOT / ".venv-quix" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Contender:
+    label: str
+    module: str  # under tests.benchmarks.contenders
+    kind: str  # the dataset it reads
+    python: str = sys.executable
+
+    def available(self) -> str | None:
+        """None when it can run here, else why not."""
+        if not Path(self.python).exists():
+            return f"{self.python} is missing (run scripts/bench.sh, which installs it)"
+        return None
+
+
+MAIN = [
+    Contender("ceiling (confluent-kafka + orjson)", "ceiling", "ctr"),
+    Contender("streamwatch CTR", "streamwatch_pipeline", "ctr"),
+    Contender("Quix Streams CTR", "quix_ctr", "ctr", str(QUIX_PYTHON)),
+    Contender("faust CTR (idiomatic)", "faust_ctr", "ctr"),
+    Contender("ceiling, sensor data", "ceiling", "sensor"),
+    Contender("streamwatch sensor + cluster", "streamwatch_pipeline", "sensor"),
+    Contender("ceiling, inference data", "ceiling", "drift"),
+    Contender("streamwatch drift + service", "streamwatch_pipeline", "drift"),
+]
+
+
+@dataclass
+class Run:
+    contender: str
+    result: dict[str, Any]
+    peak_rss_mb: float
+    broker_cpu_s: float
+    returncode: int
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and bool(self.result)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.result["events"] / self.result["seconds"]
+
+    @property
+    def cpu_per_million(self) -> float:
+        return self.result["cpu_seconds"] / self.result["events"] * 1e6
+
+
+@dataclass
+class Bench:
+    broker: EmbeddedBroker
+    workdir: Path
+    counter: int = 0
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+    def broker_cpu(self) -> float:
+        assert self.broker.process is not None
+        fields = Path(f"/proc/{self.broker.process.pid}/stat").read_text().rsplit(")", 1)[1]
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / CLK_TCK
+
+    def spawn(
+        self, contender: Contender, data: datasets.Dataset, **options: Any
+    ) -> subprocess.Popen[bytes]:
+        self.counter += 1
+        name = f"{contender.module}-{data.kind}-{self.counter}"
+        work = self.workdir / name
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        spec = Spec(
+            name=contender.label,
+            bootstrap=self.broker.bootstrap,
+            group=options.pop("group", f"bench-{name}"),
+            dataset=data,
+            workdir=work,
+            result=work / "result.json",
+            options=options,
+        )
+        (work / "spec.json").write_text(json.dumps(spec.to_json()))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        log = open(work / "output.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            [
+                contender.python,
+                "-m",
+                f"tests.benchmarks.contenders.{contender.module}",
+                str(work / "spec.json"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        proc.result_path = spec.result  # type: ignore[attr-defined]
+        proc.log_path = work / "output.log"  # type: ignore[attr-defined]
+        return proc
+
+    def measure(
+        self,
+        contender: Contender,
+        data: datasets.Dataset,
+        workers: int = 1,
+        label: str | None = None,
+        timeout: float = 1800,
+        **options: Any,
+    ) -> Run:
+        """Run the contender (`workers` processes in one group) to completion."""
+        broker0 = self.broker_cpu()
+        group = f"bench-group-{self.counter + 1}"
+        procs = [self.spawn(contender, data, group=group, **options) for _ in range(workers)]
+        peak = 0.0
+        results = []
+        code = 0
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.1)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            code = code or proc.returncode
+            peak = max(peak, usage.ru_maxrss / 1024)
+            try:
+                results.append(json.loads(proc.result_path.read_text()))  # type: ignore[attr-defined]
+            except FileNotFoundError:
+                tail = proc.log_path.read_text(errors="replace")[-2000:]  # type: ignore[attr-defined]
+                print(f"  ! {contender.label} wrote no result (exit {proc.returncode}):\n{tail}")
+                code = code or 1
+        broker = self.broker_cpu() - broker0
+        merged = merge(results) if len(results) == len(procs) else {}
+        run = Run(contender.label, merged, peak, broker, code)
+        self.runs.setdefault(label or contender.label, []).append(run)
+        return run
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several workers of one group: one result, timed from first start to last stop."""
+    if len(results) == 1:
+        return results[0]
+    out = dict(results[0])
+    out["events"] = sum(r["events"] for r in results)
+    out["wall_start"] = min(r["wall_start"] for r in results)
+    out["wall_end"] = max(r["wall_end"] for r in results)
+    out["seconds"] = out["wall_end"] - out["wall_start"]
+    out["cpu_seconds"] = sum(r["cpu_seconds"] for r in results)
+    out["per_worker_events"] = [r["events"] for r in results]
+    rows: dict[str, int] = {}
+    for r in results:
+        for table, n in r.get("rows", {}).items():
+            rows[table] = rows.get(table, 0) + n
+    out["rows"] = rows
+    delays: dict[str, list[float]] = {}
+    for r in results:
+        for kind, values in r.get("delays", {}).items():
+            delays.setdefault(kind, []).extend(values)
+    out["delays"] = delays
+    return out
+
+
+# -- reporting ------------------------------------------------------------------
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    h = q * (len(ordered) - 1)
+    lo = int(h)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:,.0f}"
+
+
+def main_table(bench: Bench, contenders: list[Contender]) -> list[str]:
+    ceilings = {
+        c.kind: statistics.median(r.events_per_s for r in bench.runs.get(c.label, []) if r.ok)
+        for c in contenders
+        if c.module == "ceiling" and any(r.ok for r in bench.runs.get(c.label, []))
+    }
+    lines = [
+        "| contender | data | events/s, median (min-max) | vs ceiling | CPU s / M events "
+        "| peak RSS MB | broker CPU s / M | close->row p50 / p99 ms | close->alert p50 / p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in contenders:
+        runs = [r for r in bench.runs.get(c.label, []) if r.ok]
+        if not runs:
+            lines.append(f"| {c.label} | {c.kind} | failed or skipped | | | | | | |")
+            continue
+        eps = [r.events_per_s for r in runs]
+        ratio = statistics.median(eps) / ceilings[c.kind] if c.kind in ceilings else None
+        rows = [d for r in runs for d in r.result.get("delays", {}).get("row", [])]
+        alerts = [d for r in runs for d in r.result.get("delays", {}).get("alert", [])]
+        broker = [r.broker_cpu_s / r.result["events"] * 1e6 for r in runs]
+        delay_cols = (
+            f"{ms(quantile(rows, 0.5))} / {ms(quantile(rows, 0.99))} | "
+            f"{ms(quantile(alerts, 0.5))} / {ms(quantile(alerts, 0.99))}"
+            if c.module == "streamwatch_pipeline"
+            else "| "
+        ).rstrip()
+        lines.append(
+            f"| {c.label} | {c.kind} | {spread(eps)} | "
+            f"{'-' if ratio is None else f'{ratio:.0%}'} | "
+            f"{spread([r.cpu_per_million for r in runs], '{:.1f}')} | "
+            f"{spread([r.peak_rss_mb for r in runs], '{:.0f}')} | "
+            f"{spread(broker, '{:.1f}')} | {delay_cols} |"
+        )
+    return lines
+
+
+def ratio_lines(bench: Bench) -> list[str]:
+    def med(label: str) -> float | None:
+        runs = [r for r in bench.runs.get(label, []) if r.ok]
+        return statistics.median(r.events_per_s for r in runs) if runs else None
+
+    sw = med("streamwatch CTR")
+    checks = [
+        ("streamwatch CTR / ceiling", sw, med(MAIN[0].label), 0.5),
+        ("streamwatch CTR / Quix Streams", sw, med("Quix Streams CTR"), 3.0),
+        ("streamwatch CTR / faust", sw, med("faust CTR (idiomatic)"), 10.0),
+        ("streamwatch sensor / ceiling", med(MAIN[5].label), med(MAIN[4].label), 0.3),
+        ("streamwatch drift / ceiling", med(MAIN[7].label), med(MAIN[6].label), 0.3),
+    ]
+    lines = ["| ratio (medians, same run) | measured | target | met |", "|---|---:|---:|---|"]
+    for name, a, b, target in checks:
+        if a is None or b is None:
+            lines.append(f"| {name} | - | {target:g} | not measured |")
+            continue
+        value = a / b
+        lines.append(
+            f"| {name} | {value:.2f} | {target:g} | {'yes' if value >= target else 'NO'} |"
+        )
+    return lines
+
+
+def memory_table(run: Run) -> list[str]:
+    rss = {int(k): v for k, v in run.result.get("rss_by_million", {}).items()}
+    lines = ["| events processed | resident MB |", "|---:|---:|"]
+    for m in sorted(rss):
+        lines.append(f"| {m:,} M | {rss[m]:.0f} |")
+    if len(rss) >= 2:
+        first, last = rss[min(rss)], rss[max(rss)]
+        lines.append(f"| growth {min(rss)} M -> {max(rss)} M | {(last - first) / first:+.1%} |")
+    lines.append(f"| peak (whole process) | {run.peak_rss_mb:.0f} |")
+    return lines
+
+
+def scaling_table(rows: list[tuple[str, Run]]) -> list[str]:
+    lines = [
+        "| configuration | events | events/s | CPU s / M events | broker CPU s / M "
+        "| peak RSS MB (per worker) | rows written |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in rows:
+        if not run.ok:
+            lines.append(f"| {name} | failed | | | | | |")
+            continue
+        r = run.result
+        lines.append(
+            f"| {name} | {r['events']:,} | {run.events_per_s:,.0f} | {run.cpu_per_million:.1f} | "
+            f"{run.broker_cpu_s / r['events'] * 1e6:.1f} | {run.peak_rss_mb:.0f} | "
+            f"{sum(r.get('rows', {}).values()):,} |"
+        )
+    return lines
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Replace the generated section of BENCHMARKS.md (between the markers)."""
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    current = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in current:
+        current += f"\n{begin}\n{end}\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", current))
+
+
+# -- the command --------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="messages per dataset")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--campaigns", type=int, default=100, help="keys of the CTR dataset")
+    parser.add_argument("--sensors", type=int, default=100)
+    parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--skip", default="", help="comma list of: quix, faust, memory, scaling")
+    parser.add_argument("--workdir", default="/tmp/streamwatch-bench")
+    parser.add_argument("--write", metavar="BENCHMARKS.md", help="put the tables into this file")
+    args = parser.parse_args()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    workdir = Path(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    started = time.time()
+    command = "python -m tests.benchmarks.bench " + " ".join(sys.argv[1:])
+    out: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        out.append(line)
+
+    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+        bench = Bench(broker, workdir)
+        keys = {"ctr": args.campaigns, "sensor": args.sensors, "drift": args.models}
+        data = {}
+        for kind in datasets.KINDS:
+            t0 = time.monotonic()
+            data[kind] = datasets.load(
+                broker.bootstrap, kind, args.events, args.partitions, keys[kind], f"main-{kind}"
+            )
+            d = data[kind]
+            print(
+                f"loaded {kind}: {d.events:,} messages, {d.keys} keys, "
+                f"{d.event_seconds:,} s of event time, in {time.monotonic() - t0:.0f} s",
+                flush=True,
+            )
+        contenders = [
+            c
+            for c in MAIN
+            if not (c.module == "quix_ctr" and "quix" in skip)
+            and not (c.module == "faust_ctr" and "faust" in skip)
+        ]
+        for c in contenders:
+            why = c.available()
+            if why:
+                print(f"skipping {c.label}: {why}")
+        contenders = [c for c in contenders if c.available() is None]
+        for i in range(args.runs):
+            for c in contenders:
+                run = bench.measure(c, data[c.kind])
+                detail = f"{run.events_per_s:,.0f} events/s" if run.ok else "FAILED"
+                print(f"run {i + 1}/{args.runs} {c.label}: {detail}", flush=True)
+
+        say(f"Command: `{command}`  ")
+        say(
+            f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} "
+            f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}; broker, contenders "
+            "and ClickHouse (chDB, in the streamwatch process) share the machine.  "
+        )
+        say(
+            f"Data: {args.events:,} messages per dataset, {args.partitions} partitions; CTR "
+            f"{args.campaigns} campaigns ({data['ctr'].event_seconds:,} s of event time), "
+            f"sensor {args.sensors} sensors, inference {args.models} models. "
+            f"{args.runs} runs, interleaved; median (min-max)."
+        )
+        say()
+        say("### Side by side")
+        say()
+        for line in main_table(bench, contenders):
+            say(line)
+        say()
+        for line in ratio_lines(bench):
+            say(line)
+
+        if "memory" not in skip:
+            big = datasets.load(
+                broker.bootstrap,
+                "ctr",
+                5 * args.events,
+                args.partitions,
+                args.campaigns,
+                "memory-ctr",
+            )
+            run = bench.measure(MAIN[1], big, label="memory")
+            say()
+            say(f"### Resident memory over {big.events:,} CTR events ({args.campaigns} campaigns)")
+            say()
+            for line in memory_table(run):
+                say(line)
+
+        if "scaling" not in skip:
+            rows: list[tuple[str, Run]] = []
+            half = max(100_000, args.events // 2)
+            for partitions in (1, 2, 4):
+                d = datasets.load(
+                    broker.bootstrap,
+                    "ctr",
+                    half,
+                    partitions,
+                    args.campaigns,
+                    f"scale-p{partitions}",
+                )
+                for workers in (1, 2):
+                    if workers > partitions:
+                        continue
+                    run = bench.measure(MAIN[1], d, workers=workers, label="scaling")
+                    rows.append((f"{partitions} partition(s), {workers} worker(s)", run))
+                    print(f"scaling {rows[-1][0]}: {run.events_per_s:,.0f} events/s", flush=True)
+            for n_keys in (1_000, 10_000, 100_000):
+                d = datasets.load(
+                    broker.bootstrap, "ctr", half, args.partitions, n_keys, f"scale-k{n_keys}"
+                )
+                run = bench.measure(MAIN[1], d, label="scaling")
+                rows.append((f"{n_keys:,} campaigns, {args.partitions} partitions, 1 worker", run))
+                print(f"scaling {rows[-1][0]}: {run.events_per_s:,.0f} events/s", flush=True)
+            say()
+            say(f"### Scaling: streamwatch CTR, {half:,} events each, one run")
+            say()
+            for line in scaling_table(rows):
+                say(line)
+
+        say()
+        say(f"Total benchmark time: {(time.time() - started) / 60:.0f} min.")
+    (workdir / "runs.json").write_text(
+        json.dumps(
+            {k: [r.__dict__ for r in v] for k, v in bench.runs.items()}, indent=1, default=str
+        )
+    )
+    if args.write:
+        write_markdown(Path(args.write), "\n".join(out))
+        print(f"wrote the tables into {args.write}")
+
+
+if __name__ == "__main__":
+    main()
