@@ -1,9 +1,10 @@
 """Helpers for integration tests: config files, worker processes, topics, queries.
 
-Everything here talks to the real services the suite starts (Tansu, chDB):
-the worker runs as its own process (`python -m streams.cli run`), exactly
-as a user runs it, and results are read back through its web API while it
-runs or through `streamwatch query` after it stops.
+Everything here talks to the real services the suite starts (Tansu, chDB; or
+a ClickHouse server for tests/test_clickhouse_server.py): the worker runs as
+its own process (`python -m streams.cli run`), exactly as a user runs it, and
+results are read back through its web API while it runs or through
+`streamwatch query` after it stops.
 """
 
 from __future__ import annotations
@@ -70,11 +71,16 @@ class Deployment:
         name: str,
         partitions: int = 4,
         shared: Deployment | None = None,
+        clickhouse_dsn: str | None = None,
+        database: str = "streamwatch",
         **overrides: Any,
     ) -> None:
         """`shared`: another deployment whose topics and consumer group this one
-        uses (a second worker of the same group, with its own data dir and port)."""
+        uses (a second worker of the same group, with its own data dir and port).
+        `clickhouse_dsn`: a ClickHouse server (http(s)://user:password@host:port)
+        instead of chDB in the data dir; `database`: the database of the tables."""
         self.name = name
+        self.database = database
         self.data_dir = tmp / f"{name}-data"
         self.web_port = free_port()
         self.topics = {
@@ -101,7 +107,10 @@ class Deployment:
                 "partitions": partitions,
                 "group_id": group_id,
             },
-            "clickhouse": {"dsn": f"chdb://{self.data_dir / 'clickhouse'}"},
+            "clickhouse": {
+                "dsn": clickhouse_dsn or f"chdb://{self.data_dir / 'clickhouse'}",
+                "database": database,
+            },
             "topics": self.topics,
         }
         for dotted, value in overrides.items():
@@ -294,6 +303,73 @@ def consume_all(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float 
     return out
 
 
+def ctr_tail(
+    topics: dict[str, str], ts: int, partitions: int = 4, prefix: str = ""
+) -> list[Message]:
+    """The tail of CTR traffic: per partition an impression and its click at `ts`
+    (campaign `zz-{prefix}tail-{p}`, left out of the checks by `NOT LIKE 'zz-%'`).
+    With `ts` past the last window's end + attribution + lateness, it moves every
+    partition's watermark past the last windows, which makes them final."""
+    messages: list[Message] = []
+    for p in range(partitions):
+        c = f"zz-{prefix}tail-{p}"
+        imp = {"impression_id": f"{prefix}tail{p}", "ts": ts, "campaign_id": c, "user_id": "u"}
+        clk = {"click_id": f"{prefix}tail{p}", **imp}
+        messages.append((topics["impressions"], c.encode(), orjson.dumps(imp), p))
+        messages.append((topics["clicks"], c.encode(), orjson.dumps(clk), p))
+    return messages
+
+
+CTR_COUNTS = ("impressions", "clicks", "orphan_clicks", "duplicate_clicks")
+
+
+def ctr_rows(rows: Iterable[dict[str, Any]]) -> list[tuple]:
+    """`ctr_windows` rows (with `ws` = window_start in epoch ms) as sorted tuples
+    (ws, campaign, variant, impressions, clicks, orphans, duplicates), the shape
+    of `tests.reference.ctr_reference`."""
+    return sorted(
+        (r["ws"], r["campaign_id"], r["variant"], *(r[c] for c in CTR_COUNTS)) for r in rows
+    )
+
+
+def input_ends(d: Deployment) -> dict[tuple[str, int], int]:
+    """Per input (topic, partition), the offset after its last message (read back:
+    Tansu's reported high watermarks are wrong)."""
+    ends: dict[tuple[str, int], int] = {}
+    for name in ("impressions", "clicks"):
+        for m in consume_all(d.bootstrap, d.topics[name], idle_s=0.5):
+            tp = (m.topic(), m.partition())
+            ends[tp] = max(ends.get(tp, 0), m.offset() + 1)
+    return ends
+
+
+def committed(
+    d: Deployment, tps: list[tuple[str, int]] | None = None
+) -> dict[tuple[str, int], int]:
+    """The worker group's committed offsets (read without joining the group), of
+    `tps` or of every partition of the input topics (negative: none committed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": d.bootstrap,
+            "group.id": d.config["kafka"]["group_id"],
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        if tps is None:
+            tps = []
+            for name in ("impressions", "clicks"):
+                topic = d.topics[name]
+                parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                tps += [(topic, p) for p in sorted(parts)]
+        found = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in found}
+
+
 def uninterrupted_alerts(d: Deployment, sent: list[Message]) -> dict[str, dict[str, Any]]:
     """Alerts of an uninterrupted run, the reference for crash and rebalance tests:
     the worker's pipeline in-process, fed every message with the partition and
@@ -327,7 +403,7 @@ def uninterrupted_alerts(d: Deployment, sent: list[Message]) -> dict[str, dict[s
     for topic, key, value, _ in sent:
         partition, offset = where[(topic, value)]
         raw.append(RawMessage(topic, partition, offset, key, value))
-    pipeline.assign(sorted({m.partition for m in raw}), {})
+    pipeline.assign(sorted({m.partition() for m in raw}), {})
     for i in range(0, len(raw), 500):
         pipeline.process(raw[i : i + 500])
     # then the input stays quiet, as for the worker: idle partitions catch up

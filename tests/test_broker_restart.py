@@ -26,14 +26,13 @@ import pytest
 from schemas.decode import Decoder
 from streams import kafka
 from streams.embedded import EmbeddedBroker, free_port
-from tests.harness import Deployment, WorkerProcess, produce
+from tests.harness import Deployment, Message, WorkerProcess, ctr_tail, produce
 from tests.reference import ctr_reference
 from tests.test_e2e_ctr import MIN
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
-Message = tuple[str, bytes | None, bytes | None, int | None]
 
 
 def traffic(
@@ -57,14 +56,7 @@ def traffic(
     messages: list[Message] = [
         (topic[t], e["campaign_id"].encode(), orjson.dumps(e), None) for t, e in events
     ]
-    tail_ts = t0 + windows * MIN + 600_000 + 2 * MIN
-    for p in range(PARTITIONS):
-        c = f"zz-{prefix}tail-{p}"
-        imp = {"impression_id": f"{prefix}tail{p}", "ts": tail_ts, "campaign_id": c}
-        imp["user_id"] = "u"
-        clk = {"click_id": f"{prefix}tail{p}", **imp}
-        messages.append((topic["impressions"], c.encode(), orjson.dumps(imp), p))
-        messages.append((topic["clicks"], c.encode(), orjson.dumps(clk), p))
+    messages += ctr_tail(topic, t0 + windows * MIN + 600_000 + 2 * MIN, PARTITIONS, prefix)
     decoded = [
         (t, Decoder(t).decode(orjson.dumps(e), e["campaign_id"].encode())) for t, e in events
     ]

@@ -21,12 +21,21 @@ import pytest
 from operators.rules import alert_id
 from schemas.decode import Decoder
 from schemas.events import Alert, DeadLetter
-from tests.harness import Deployment, WorkerProcess, consume_all, produce
+from tests.harness import (
+    Deployment,
+    Message,
+    WorkerProcess,
+    consume_all,
+    ctr_rows,
+    ctr_tail,
+    produce,
+)
 from tests.reference import ctr_reference
 
 pytestmark = pytest.mark.integration
 
 MIN = 60_000
+LATENESS = 10_000  # the CTR monitor's default allowed lateness
 
 
 def build_traffic(t0: int, seed: int = 3) -> tuple[list[tuple[str, dict]], int]:
@@ -159,41 +168,53 @@ MALFORMED: list[tuple[str, bytes | None, bytes | None, str]] = [
 ]
 
 
-def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
-    d = Deployment(tmp_path, broker.bootstrap, "ctr-e2e")
-    now = int(time.time() * 1000)
-    t0 = now - now % MIN - 60 * MIN
-    events, _ = build_traffic(t0)
-    lateness = 10_000
-    ordered = shuffle_within(events, lateness, random.Random(9))
-    topic = d.topics
-    messages = [(topic[t], e["campaign_id"].encode(), orjson.dumps(e), None) for t, e in ordered]
-    # malformed messages interleaved with the valid ones
-    for i, (t, key, value, _) in enumerate(MALFORMED):
-        messages.insert(200 + i * 300, (topic[t], key, value, None))
-    # the tail: one impression and click per partition far enough ahead to finalise all
-    last = max(e["ts"] for _, e in events)
-    tail_ts = last - last % MIN + MIN + 600_000 + 2 * lateness
-    for p in range(4):
-        c = f"zz-tail-{p}"
-        imp = {"impression_id": f"tail{p}", "ts": tail_ts, "campaign_id": c, "user_id": "u"}
-        clk = {
-            "click_id": f"tail{p}",
-            "impression_id": f"tail{p}",
-            "ts": tail_ts,
-            "campaign_id": c,
-            "user_id": "u",
-        }
-        messages.append((topic["impressions"], c.encode(), orjson.dumps(imp), p))
-        messages.append((topic["clicks"], c.encode(), orjson.dumps(clk), p))
+class CtrTraffic:
+    """`build_traffic` on a deployment's topics, starting an hour ago: the body (the
+    valid events shuffled within the lateness, and with `malformed` the MALFORMED
+    messages interleaved), the tail (`ctr_tail`, far enough ahead to finalise every
+    window) and the reference rows (`ctr_reference` of the valid events)."""
 
-    worker = WorkerProcess(d).start()
-    try:
-        produce(broker.bootstrap, messages)
+    def __init__(
+        self,
+        d: Deployment,
+        seed: int = 3,
+        shuffle_seed: int = 9,
+        malformed: bool = True,
+        partitions: int = 4,
+    ) -> None:
+        now = int(time.time() * 1000)
+        self.t0 = now - now % MIN - 60 * MIN
+        events, _ = build_traffic(self.t0, seed)
+        ordered = shuffle_within(events, LATENESS, random.Random(shuffle_seed))
+        topic = d.topics
+        body: list[Message] = [
+            (topic[t], e["campaign_id"].encode(), orjson.dumps(e), None) for t, e in ordered
+        ]
+        if malformed:
+            for i, (t, key, value, _) in enumerate(MALFORMED):
+                body.insert(200 + i * 300, (topic[t], key, value, None))
+        self.body = body
+        last = max(e["ts"] for _, e in events)
+        self.tail = ctr_tail(topic, last - last % MIN + MIN + 600_000 + 2 * LATENESS, partitions)
         decoded = [
             (t, Decoder(t).decode(orjson.dumps(e), e["campaign_id"].encode())) for t, e in events
         ]
-        expected = ctr_reference(decoded)
+        self.expected = ctr_reference(decoded)
+        self.drop_ws = self.t0 + 8 * MIN  # the engineered CTR drop of "big"
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.body + self.tail
+
+
+def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
+    d = Deployment(tmp_path, broker.bootstrap, "ctr-e2e")
+    traffic = CtrTraffic(d)
+    t0, topic, expected = traffic.t0, d.topics, traffic.expected
+
+    worker = WorkerProcess(d).start()
+    try:
+        produce(broker.bootstrap, traffic.messages)
         db = "streamwatch"
 
         def all_final() -> bool:
@@ -238,18 +259,7 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
         " clicks, orphan_clicks, duplicate_clicks, final, ctr FROM streamwatch.ctr_windows "
         "FINAL WHERE campaign_id NOT LIKE 'zz-%' ORDER BY ws, campaign_id, variant"
     )
-    got = sorted(
-        (
-            r["ws"],
-            r["campaign_id"],
-            r["variant"],
-            r["impressions"],
-            r["clicks"],
-            r["orphan_clicks"],
-            r["duplicate_clicks"],
-        )
-        for r in rows
-    )
+    got = ctr_rows(rows)
     assert got == expected
     assert all(r["final"] == 1 for r in rows)
     assert all(
@@ -260,7 +270,7 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
     assert sum(r[5] for r in got) > 20 and sum(r[6] for r in got) > 10
 
     # exactly two alerts: the drop in window 8 (critical) and its recovery in window 9
-    drop_ws = t0 + 8 * MIN
+    drop_ws = traffic.drop_ws
     on_topic = [
         msgspec.json.decode(m.value(), type=Alert)
         for m in consume_all(broker.bootstrap, topic["alerts"])

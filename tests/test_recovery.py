@@ -19,7 +19,6 @@ partitions and offsets they have on the broker, and no crash.
 
 from __future__ import annotations
 
-import random
 import re
 import signal
 import subprocess
@@ -31,64 +30,20 @@ import orjson
 import pytest
 
 from operators.rules import alert_id
-from schemas.decode import Decoder
 from tests.harness import (
     Deployment,
     Message,
     WorkerProcess,
+    committed,
     consume_all,
+    ctr_rows,
+    input_ends,
     produce,
     uninterrupted_alerts,
 )
-from tests.reference import ctr_reference
-from tests.test_e2e_ctr import MALFORMED, MIN, build_traffic, shuffle_within
+from tests.test_e2e_ctr import MALFORMED, MIN, CtrTraffic
 
 pytestmark = pytest.mark.integration
-
-LATENESS = 10_000
-
-
-# -- the traffic ------------------------------------------------------------------
-
-
-class Traffic:
-    """test_e2e_ctr's traffic on a deployment's topics: the main body (valid events
-    in shuffled order with the malformed ones interleaved), the tail (one impression
-    and click per partition, far enough ahead to finalise every window), and the
-    reference rows."""
-
-    def __init__(self, d: Deployment, partitions: int = 4) -> None:
-        now = int(time.time() * 1000)
-        self.t0 = now - now % MIN - 60 * MIN
-        events, _ = build_traffic(self.t0)
-        ordered = shuffle_within(events, LATENESS, random.Random(9))
-        topic = d.topics
-        body: list[Message] = [
-            (topic[t], e["campaign_id"].encode(), orjson.dumps(e), None) for t, e in ordered
-        ]
-        for i, (t, key, value, _) in enumerate(MALFORMED):
-            body.insert(200 + i * 300, (topic[t], key, value, None))
-        self.body = body
-        last = max(e["ts"] for _, e in events)
-        tail_ts = last - last % MIN + MIN + 600_000 + 2 * LATENESS
-        self.tail: list[Message] = []
-        for p in range(partitions):
-            c = f"zz-tail-{p}"
-            imp = {"impression_id": f"tail{p}", "ts": tail_ts, "campaign_id": c, "user_id": "u"}
-            clk = {"click_id": f"tail{p}", "impression_id": f"tail{p}", "ts": tail_ts}
-            clk |= {"campaign_id": c, "user_id": "u"}
-            self.tail.append((topic["impressions"], c.encode(), orjson.dumps(imp), p))
-            self.tail.append((topic["clicks"], c.encode(), orjson.dumps(clk), p))
-        decoded = [
-            (t, Decoder(t).decode(orjson.dumps(e), e["campaign_id"].encode())) for t, e in events
-        ]
-        self.expected = ctr_reference(decoded)
-        self.drop_ws = self.t0 + 8 * MIN
-
-    @property
-    def messages(self) -> list[Message]:
-        return self.body + self.tail
-
 
 # -- reading results ----------------------------------------------------------------
 
@@ -114,21 +69,6 @@ def wait_assigned(worker: WorkerProcess, before: int, timeout: float = 60) -> No
     )
 
 
-def ctr_rows(rows: list[dict[str, Any]]) -> list[tuple]:
-    return sorted(
-        (
-            r["ws"],
-            r["campaign_id"],
-            r["variant"],
-            r["impressions"],
-            r["clicks"],
-            r["orphan_clicks"],
-            r["duplicate_clicks"],
-        )
-        for r in rows
-    )
-
-
 CTR_FINAL = (
     "SELECT toUnixTimestamp64Milli(window_start) AS ws, campaign_id, variant, impressions,"
     " clicks, orphan_clicks, duplicate_clicks, final FROM streamwatch.ctr_windows FINAL"
@@ -148,35 +88,6 @@ def alerts_on_topic(d: Deployment) -> list[tuple[str, dict[str, Any]]]:
         (orjson.loads(m.value())["alert_id"], orjson.loads(m.value()))
         for m in consume_all(d.bootstrap, d.topics["alerts"], idle_s=1.5)
     ]
-
-
-def input_ends(d: Deployment) -> dict[tuple[str, int], int]:
-    """Per input (topic, partition), the offset after its last message (read back:
-    Tansu's reported high watermarks are wrong)."""
-    ends: dict[tuple[str, int], int] = {}
-    for name in ("impressions", "clicks"):
-        for m in consume_all(d.bootstrap, d.topics[name], idle_s=0.5):
-            tp = (m.topic(), m.partition())
-            ends[tp] = max(ends.get(tp, 0), m.offset() + 1)
-    return ends
-
-
-def committed(d: Deployment, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    """The worker group's committed offsets (read without joining the group)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": d.bootstrap,
-            "group.id": d.config["kafka"]["group_id"],
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        found = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
-    finally:
-        consumer.close()
-    return {(tp.topic, tp.partition): tp.offset for tp in found}
 
 
 class AlertWatcher:
@@ -206,7 +117,7 @@ class AlertWatcher:
         self.consumer.close()
 
 
-def check_end_state(d: Deployment, traffic: Traffic, sent: list[Message]) -> list[tuple]:
+def check_end_state(d: Deployment, traffic: CtrTraffic, sent: list[Message]) -> list[tuple]:
     """The end state equals an uninterrupted run's; returns the alerts on the topic."""
     rows = d.query(CTR_FINAL)
     assert ctr_rows(rows) == traffic.expected, "a window was lost or counted twice"
@@ -244,7 +155,7 @@ def test_kill_9_at_several_moments(tmp_path, broker) -> None:
     d = Deployment(
         tmp_path, broker.bootstrap, "rec-kill", checkpoint_interval_s=1.0, flush_interval_s=0.2
     )
-    traffic = Traffic(d)
+    traffic = CtrTraffic(d)
     half = len(traffic.body) // 2
     first, second = traffic.body[:half], traffic.body[half:]
     worker = WorkerProcess(d)
@@ -339,7 +250,7 @@ def test_kill_between_insert_and_commit(tmp_path, broker) -> None:
         checkpoint_interval_s=30,
         flush_interval_s=0.2,
     )
-    traffic = Traffic(d)
+    traffic = CtrTraffic(d)
     n = len(traffic.expected)
     produce(broker.bootstrap, traffic.messages)
     worker = WorkerProcess(d)
@@ -393,7 +304,7 @@ def test_restart_resumes_from_checkpoint(tmp_path, broker) -> None:
     """After a clean stop, a restart reads no old input and carries the state on:
     windows opened before the restart close with the counts of the whole input."""
     d = Deployment(tmp_path, broker.bootstrap, "rec-resume", checkpoint_interval_s=0.5)
-    traffic = Traffic(d)
+    traffic = CtrTraffic(d)
     half = len(traffic.body) // 2
     before, after = traffic.body[:half], traffic.body[half:] + traffic.tail
     worker = WorkerProcess(d)
@@ -448,7 +359,7 @@ def test_restart_silent_partitions_still_close(tmp_path, broker) -> None:
     watermark once idle (idle_timeout_s), so input on one partition closes every
     window. The same must hold after a restart from checkpoints."""
     d = Deployment(tmp_path, broker.bootstrap, "rec-idle", checkpoint_interval_s=0.5)
-    traffic = Traffic(d)
+    traffic = CtrTraffic(d)
     worker = WorkerProcess(d)
     produce(broker.bootstrap, traffic.body)
     try:

@@ -17,30 +17,26 @@ with their checkpointed state. Then the rest of the traffic and the tail go in.
 
 from __future__ import annotations
 
-import random
 import re
-import time
 from typing import Any
 
 import orjson
 import pytest
 
 from operators.rules import alert_id
-from schemas.decode import Decoder
 from tests.harness import (
+    CTR_COUNTS,
     Deployment,
-    Message,
     WorkerProcess,
     consume_all,
+    ctr_rows,
     produce,
     uninterrupted_alerts,
 )
-from tests.reference import ctr_reference
-from tests.test_e2e_ctr import MIN, build_traffic, shuffle_within
+from tests.test_e2e_ctr import MIN, CtrTraffic
 
 pytestmark = pytest.mark.integration
 
-LATENESS = 10_000
 PARTITIONS = 4
 
 WINDOW_SQL = (
@@ -48,32 +44,6 @@ WINDOW_SQL = (
     " clicks, orphan_clicks, duplicate_clicks, final, version FROM streamwatch.ctr_windows "
     "FINAL WHERE campaign_id NOT LIKE 'zz-%'"
 )
-
-
-def traffic(d: Deployment) -> tuple[list[Message], list[Message], list[tuple], int]:
-    """(body, tail, reference rows, t0): test_e2e_ctr's valid traffic, shuffled."""
-    now = int(time.time() * 1000)
-    t0 = now - now % MIN - 60 * MIN
-    events, _ = build_traffic(t0)
-    ordered = shuffle_within(events, LATENESS, random.Random(9))
-    topic = d.topics
-    body: list[Message] = [
-        (topic[t], e["campaign_id"].encode(), orjson.dumps(e), None) for t, e in ordered
-    ]
-    last = max(e["ts"] for _, e in events)
-    tail_ts = last - last % MIN + MIN + 600_000 + 2 * LATENESS
-    tail: list[Message] = []
-    for p in range(PARTITIONS):
-        c = f"zz-tail-{p}"
-        imp = {"impression_id": f"tail{p}", "ts": tail_ts, "campaign_id": c, "user_id": "u"}
-        clk = {"click_id": f"tail{p}", "impression_id": f"tail{p}", "ts": tail_ts}
-        clk |= {"campaign_id": c, "user_id": "u"}
-        tail.append((topic["impressions"], c.encode(), orjson.dumps(imp), p))
-        tail.append((topic["clicks"], c.encode(), orjson.dumps(clk), p))
-    decoded = [
-        (t, Decoder(t).decode(orjson.dumps(e), e["campaign_id"].encode())) for t, e in events
-    ]
-    return body, tail, ctr_reference(decoded), t0
 
 
 def union_final(rows_per_dir: list[list[dict[str, Any]]]) -> list[tuple]:
@@ -85,30 +55,15 @@ def union_final(rows_per_dir: list[list[dict[str, Any]]]) -> list[tuple]:
             if r["final"] != 1:
                 continue
             key = (r["ws"], r["campaign_id"], r["variant"])
-            counts = tuple(
-                r[c] for c in ("impressions", "clicks", "orphan_clicks", "duplicate_clicks")
-            )
+            counts = tuple(r[c] for c in CTR_COUNTS)
             old = best.get(key)
             if old is not None:
-                old_counts = tuple(
-                    old[c] for c in ("impressions", "clicks", "orphan_clicks", "duplicate_clicks")
-                )
+                old_counts = tuple(old[c] for c in CTR_COUNTS)
                 assert old_counts == counts, f"two different final rows for {key}: {old} {r}"
                 if old["version"] >= r["version"]:
                     continue
             best[key] = r
-    return sorted(
-        (
-            r["ws"],
-            r["campaign_id"],
-            r["variant"],
-            r["impressions"],
-            r["clicks"],
-            r["orphan_clicks"],
-            r["duplicate_clicks"],
-        )
-        for r in best.values()
-    )
+    return ctr_rows(best.values())
 
 
 def test_two_workers_equal_one(tmp_path, broker) -> None:
@@ -116,7 +71,8 @@ def test_two_workers_equal_one(tmp_path, broker) -> None:
     db = Deployment(tmp_path, broker.bootstrap, "scale-b", partitions=PARTITIONS, shared=da)
     assert db.topics == da.topics and db.data_dir != da.data_dir
     assert db.config["kafka"]["group_id"] == da.config["kafka"]["group_id"]
-    body, tail, expected, t0 = traffic(da)
+    traffic = CtrTraffic(da, malformed=False, partitions=PARTITIONS)  # the valid traffic
+    body, tail, expected, t0 = traffic.body, traffic.tail, traffic.expected, traffic.t0
     half = len(body) // 2
 
     a = WorkerProcess(da).start()
