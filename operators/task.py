@@ -46,13 +46,16 @@ class MonitorTask:
         if not events:
             return []
         wm = self.watermark.value
-        late = [i for i, e in enumerate(events) if e.ts < wm]
-        if late:
+        times = [e.ts for e in events]
+        late: list[int] = []
+        if min(times) < wm:
+            late = [i for i, t in enumerate(times) if t < wm]
             skip = set(late)
             events = [e for i, e in enumerate(events) if i not in skip]
+            times = [t for i, t in enumerate(times) if i not in skip]
         if events:
             self.operator.feed(source, events)
-            self.watermark.observe(source, max(e.ts for e in events), now_ms)
+            self.watermark.observe(source, max(times), now_ms)
         else:
             self.watermark.observe(source, wm, now_ms)
         return late

@@ -63,7 +63,9 @@ class Event(msgspec.Struct, kw_only=True):
     def __post_init__(self) -> None:
         if self.v != SCHEMA_VERSION:
             raise ValueError(f"unsupported event version v={self.v} (this build reads v=1)")
-        self.ts = parse_ts(self.ts)
+        ts = self.ts
+        if ts.__class__ is not int or not TS_MIN_MS <= ts < TS_MAX_MS:  # the common case, fast
+            self.ts = parse_ts(ts)
 
 
 class Impression(Event, kw_only=True):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from operators.task import MonitorTask
@@ -31,13 +30,51 @@ from streams.monitors import MonitorSpec
 log = logging.getLogger("streamwatch.pipeline")
 
 
-@dataclass(slots=True)
 class RawMessage:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+    """One input message, with the accessors of `confluent_kafka.Message`.
+
+    The worker passes librdkafka's messages through as they are (no copy per
+    message on the hot path); this class is the same interface for tests and
+    tools that make messages themselves."""
+
+    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
+
+    def __init__(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+        self._key, self._value = key, value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+Batch = dict[tuple[str, int], list[Any]]  # (topic, partition) -> its messages, in offset order
+
+
+def by_partition(messages: Iterable[Any]) -> Batch:
+    """Group a poll's messages (RawMessage or confluent_kafka.Message) by topic partition."""
+    groups: Batch = {}
+    for m in messages:
+        tp = (m.topic(), m.partition())
+        group = groups.get(tp)
+        if group is None:
+            groups[tp] = [m]
+        else:
+            group.append(m)
+    return groups
 
 
 class Outputs(Protocol):
@@ -138,11 +175,10 @@ class Pipeline:
 
     # -- processing ---------------------------------------------------------
 
-    def process(self, messages: Sequence[RawMessage]) -> None:
-        """Feed one batch (any mix of topics and owned partitions), then tick."""
-        groups: dict[tuple[str, int], list[RawMessage]] = {}
-        for m in messages:
-            groups.setdefault((m.topic, m.partition), []).append(m)
+    def process(self, messages: Sequence[RawMessage] | Batch) -> None:
+        """Feed one poll's messages (any mix of topics and owned partitions, or
+        already grouped by `by_partition`), then tick."""
+        groups = messages if isinstance(messages, dict) else by_partition(messages)
         now_ms = int(self.clock() * 1000)
         for (topic, partition), batch in groups.items():
             self._process_partition(topic, partition, batch, now_ms)
@@ -159,30 +195,38 @@ class Pipeline:
         if not readers:
             return
         lowest = min(self.positions[key].get(topic, 0) for _, _, key in readers)
-        decoder = self.decoders[topic]
-        decoded: list[tuple[RawMessage, Any]] = []
+        if batch[0].offset() < lowest:  # a replay: skip what every task's state holds
+            batch = [m for m in batch if m.offset() >= lowest]
+            if not batch:
+                return
+        # the hot loop: one typed decode per message, nothing else
+        decode = self.decoders[topic].decode
+        rejected = self.outputs.rejected
+        events: list[Any] = []
+        kept: list[RawMessage] = []
         for m in batch:
-            if m.offset < lowest:
-                continue  # already in every task's checkpointed state
-            result = decoder.decode(m.value, m.key)
-            if isinstance(result, Rejection):
-                self.outputs.rejected(m, result)
+            result = decode(m.value(), m.key())
+            if result.__class__ is Rejection:
+                rejected(m, result)
             else:
-                decoded.append((m, result))
-        self.events_in[topic] = self.events_in.get(topic, 0) + len(decoded)
-        next_offset = batch[-1].offset + 1
+                events.append(result)
+                kept.append(m)
+        self.events_in[topic] = self.events_in.get(topic, 0) + len(events)
+        next_offset = batch[-1].offset() + 1
         for spec, logical, key in readers:
             start = self.positions[key].get(topic, 0)
             if next_offset <= start:
                 continue
-            mine = decoded if start <= lowest else [d for d in decoded if d[0].offset >= start]
+            mine, mine_msgs = events, kept
+            if start > lowest:  # this task's state is ahead of another's
+                picked = [i for i, m in enumerate(kept) if m.offset() >= start]
+                mine, mine_msgs = [events[i] for i in picked], [kept[i] for i in picked]
             task = self.tasks[key]
-            late = task.feed(logical, [event for _, event in mine], now_ms)
-            for i in late:
-                message, event = mine[i]
+            for i in task.feed(logical, mine, now_ms):
+                event = mine[i]
                 self.outputs.late(
                     spec.name,
-                    message,
+                    mine_msgs[i],
                     event.ts,
                     task.watermark.value,
                     _window_of(task, event.ts),

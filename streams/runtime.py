@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from streams import metrics
 from streams.checkpoints import CheckpointStore
 from streams.config import Settings
-from streams.pipeline import Pipeline, RawMessage
+from streams.pipeline import Pipeline, RawMessage, by_partition
 from streams.sinks import SinkError, Sinks
 
 log = logging.getLogger("streamwatch.runtime")
@@ -96,15 +96,13 @@ class Runtime:
     async def handle(self, messages: Sequence[RawMessage]) -> None:
         async with self.lock:
             if messages:
+                groups = by_partition(messages)
                 # a partition's first batch here: its state comes from its checkpoint
-                await self._assign({m.partition for m in messages})
-                self.pipeline.process(messages)
+                await self._assign({p for _, p in groups})
+                self.pipeline.process(groups)
                 self.sinks.poll()  # delivery reports of alerts sent so far, promptly
-                per_topic: dict[str, int] = {}
-                for m in messages:
-                    per_topic[m.topic] = per_topic.get(m.topic, 0) + 1
-                for topic, n in per_topic.items():
-                    metrics.EVENTS.labels(topic).inc(n)
+                for (topic, _), batch in groups.items():
+                    metrics.EVENTS.labels(topic).inc(len(batch))
             await self._maybe_flush_and_checkpoint()
             paused = time.monotonic()
             while self.sinks.buffered >= self.settings.max_buffered_rows and not self.stopping:

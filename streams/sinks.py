@@ -78,41 +78,43 @@ class Sinks:
 
     def rejected(self, message: RawMessage, rejection: Rejection) -> None:
         now = int(time.time() * 1000)
-        key = message.key.decode(errors="replace") if message.key is not None else None
+        raw_key, value = message.key(), message.value()
+        key = raw_key.decode(errors="replace") if raw_key is not None else None
         letter = DeadLetter(
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
+            source_topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
             key=key,
-            raw=base64.b64encode(message.value or b"").decode(),
+            raw=base64.b64encode(value or b"").decode(),
             error=rejection.error,
             reason=rejection.reason,
             ts=now,
         )
         self._produce(self.topics.dead_letter, msgspec.json.encode(letter), key)
-        metrics.REJECTED.labels(message.topic, rejection.reason).inc()
+        metrics.REJECTED.labels(message.topic(), rejection.reason).inc()
         self.rows("dead_letters", [msgspec.structs.asdict(letter)])
 
     def late(
         self, monitor: str, message: RawMessage, event_ts: int, watermark: int, window_start: int
     ) -> None:
         # the original bytes, so a consumer of late-events can reprocess them
+        topic, raw_key = message.topic(), message.key()
         self._produce(
             self.topics.late_events,
-            message.value,
-            message.key,
-            headers={"monitor": monitor, "source_topic": message.topic},
+            message.value(),
+            raw_key,
+            headers={"monitor": monitor, "source_topic": topic},
         )
-        metrics.LATE.labels(monitor, message.topic).inc()
-        key = message.key.decode(errors="replace") if message.key else ""
+        metrics.LATE.labels(monitor, topic).inc()
+        key = raw_key.decode(errors="replace") if raw_key else ""
         self.rows(
             "late_events",
             [
                 {
                     "monitor": monitor,
-                    "source_topic": message.topic,
-                    "partition": message.partition,
-                    "offset": message.offset,
+                    "source_topic": topic,
+                    "partition": message.partition(),
+                    "offset": message.offset(),
                     "event_ts": event_ts,
                     "watermark": watermark,
                     "window_start": window_start,

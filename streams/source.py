@@ -24,7 +24,6 @@ from typing import Any
 
 from streams import kafka, metrics
 from streams.config import Settings
-from streams.pipeline import RawMessage
 from streams.runtime import Runtime
 
 log = logging.getLogger("streamwatch.source")
@@ -76,17 +75,17 @@ class KafkaSource:
 
     # -- in the polling thread ------------------------------------------------
 
-    def _poll(self) -> list[RawMessage]:
+    def _poll(self) -> list[Any]:
         self._commit()
         if time.monotonic() - self.lag_reported > 5:
             self._report_lag()
         messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
-        batch = []
-        for m in messages:
-            if m.error():
-                log.warning("consumer error: %s", m.error())
-                continue
-            batch.append(RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+        # librdkafka's messages go to the pipeline as they are (same accessors as RawMessage)
+        batch = [m for m in messages if m.error() is None]
+        if len(batch) < len(messages):
+            for m in messages:
+                if m.error() is not None:
+                    log.warning("consumer error: %s", m.error())
         return batch
 
     def _report_lag(self) -> None:

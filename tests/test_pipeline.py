@@ -33,7 +33,7 @@ class Recorder:
         self.rejects.append(rejection.reason)
 
     def late(self, monitor: str, message: RawMessage, *args: Any) -> None:
-        self.late_events.append((monitor, message.offset))
+        self.late_events.append((monitor, message.offset()))
 
 
 def pipeline(clock: list[float], idle_s: float = 30) -> tuple[Pipeline, Recorder]:

@@ -89,7 +89,8 @@ class Meter:
             self.clock.start()
             process(messages)
             before = self.processed // MILLION
-            self.processed += len(messages)
+            groups = messages.values() if isinstance(messages, dict) else [messages]
+            self.processed += sum(len(batch) for batch in groups)
             if self.processed // MILLION > before:
                 self.rss_by_million[self.processed // MILLION] = rss_mb()
 
