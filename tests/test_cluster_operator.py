@@ -94,8 +94,11 @@ def test_distances_and_thresholds_match_a_numpy_reference() -> None:
                 want.append((T0 + i * 1000, d, tau))
                 d = tau  # winsorised into the history
         history.append(d)
-        scaler.learn_one(p)
-        model.learn_one(scaler.transform_one(p))
+        # the default budget: the first max_learn_per_batch readings of each
+        # learn_batch_ms interval (T0 is aligned to it, one reading per second)
+        if i % (cfg.learn_batch_ms // 1000) < cfg.max_learn_per_batch:
+            scaler.learn_one(p)
+            model.learn_one(scaler.transform_one(p))
     assert len(want) > 30
     assert [g[0] for g in got] == [w[0] for w in want]
     assert np.allclose([g[1:] for g in got], [w[1:] for w in want], rtol=1e-9)
