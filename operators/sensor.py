@@ -100,6 +100,8 @@ class Series:
 
     __slots__ = (
         "active",
+        "agg",
+        "agg_start",
         "last_ts",
         "prev",
         "rising",
@@ -120,6 +122,10 @@ class Series:
         self.run_start_value = 0.0
         self.rising = False  # the current run was raised
         self.active: dict[str, bool] = {"zscore": False, "iqr": False}
+        # the open aggregate window this series last wrote to (a cache of
+        # `aggregates.at`: readings come in time order, so it is usually the same)
+        self.agg_start: int | None = None
+        self.agg: list[float] = []
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -241,8 +247,9 @@ class SensorOperator(Operator):
                 stats.add(last, v)
             s.staged.clear()
         start = t - cfg.window_ms
-        stats.evict_before(start)
-        if len(stats) >= cfg.min_points:
+        if stats.times and stats.times[0] < start:
+            stats.evict_before(start)
+        if len(stats.values) >= cfg.min_points:
             if self._zscore:
                 self._judge_zscore(sid, metric, s, t, x, start)
             if self._iqr:
@@ -251,7 +258,10 @@ class SensorOperator(Operator):
             self._judge_rise(sid, metric, s, t, x)
         s.staged.append(x)
         s.last_ts = t
-        self.aggregates.at(_key(sid, metric), t).append(x)
+        agg_start = t - t % cfg.aggregate_window_ms
+        if agg_start != s.agg_start:
+            s.agg_start, s.agg = agg_start, self.aggregates.at(_key(sid, metric), t)
+        s.agg.append(x)
 
     def _judge_zscore(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
         std = s.stats.std()
