@@ -7,7 +7,7 @@
 # of its own (.venv-quix); nothing of it is installed into .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh embedded,test
+scripts/setup.sh embedded,test,bench
 if [ ! -x .venv-quix/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv-quix
   .venv-quix/bin/python -m pip install --quiet --upgrade pip

@@ -41,6 +41,10 @@ class KafkaSource:
                 "partition.assignment.strategy": "range",
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "queued.max.messages.kbytes": 256 * 1024,
+                # librdkafka stops fetching a partition whose local queue is over its
+                # thresholds and looks again only after this (default 1000 ms): a
+                # stall of a second each time the worker falls behind a fast broker
+                "fetch.queue.backoff.ms": 10,
             },
         )
         self.pending_commit: dict[tuple[str, int], int] = {}

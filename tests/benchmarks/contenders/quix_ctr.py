@@ -216,6 +216,7 @@ def main() -> None:
             "session.timeout.ms": 6000,  # Tansu: joins wait half the session timeout
             "fetch.max.bytes": 64 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
+            "fetch.queue.backoff.ms": 10,  # as every librdkafka contender (common.py)
         },
         on_message_processed=processed,
         loglevel="WARNING",
