@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -85,6 +86,20 @@ class Services:
             self.broker = None
 
 
+def tune_garbage_collector() -> None:
+    """Collect cycles far less often than CPython's default (every 700 allocations).
+
+    The worker holds hundreds of thousands of live containers (open windows,
+    impressions awaiting clicks) and allocates a few objects per event, so the
+    default thresholds scan that state again and again: measured on the CTR
+    pipeline, 25 % of its time (5.2 against 3.8 µs per event). Its state has
+    no reference cycles to reclaim; the few the libraries make are still
+    collected. What was loaded at start-up is frozen out of every scan."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 class Worker:
     """One streamwatch worker process: consume, compute, write, alert."""
 
@@ -119,6 +134,7 @@ class Worker:
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Run until SIGINT/SIGTERM, or until `until()` turns true (checked each second)."""
+        tune_garbage_collector()
         asyncio.run(self._main(until))
 
     async def _main(self, until: Callable[[], bool] | None) -> None:
