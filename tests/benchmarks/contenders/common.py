@@ -140,3 +140,23 @@ def consumer_config(spec: Spec, **extra: Any) -> dict[str, Any]:
         "fetch.queue.backoff.ms": 10,
         **extra,
     }
+
+
+def ctr_row(
+    start: int, end: int, campaign: str, variant: str, counts: tuple[int, int, int, int, int]
+) -> dict[str, Any]:
+    """A window result with streamwatch's `ctr_windows` columns (less final and version);
+    `counts` = (impressions, clicks, orphan clicks, duplicate clicks, duplicate impressions)."""
+    imps, clicks, orphans, dup_clicks, dup_imps = counts
+    return {
+        "window_start": start,
+        "window_end": end,
+        "campaign_id": campaign,
+        "variant": variant,
+        "impressions": imps,
+        "clicks": clicks,
+        "ctr": clicks / imps if imps else 0.0,
+        "orphan_clicks": orphans,
+        "duplicate_clicks": dup_clicks,
+        "duplicate_impressions": dup_imps,
+    }

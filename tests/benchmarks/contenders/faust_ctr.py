@@ -89,7 +89,7 @@ from typing import Any
 
 import orjson
 
-from tests.benchmarks.contenders.common import Clock, Progress, Spec, write_result
+from tests.benchmarks.contenders.common import Clock, Progress, Spec, ctr_row, write_result
 
 WINDOW_MS = 60_000
 ATTRIBUTION_MS = 600_000
@@ -214,20 +214,8 @@ def build(spec: Spec, clock: Clock, done: asyncio.Event, stats: dict[str, int]) 
             end, start, key = heapq.heappop(closing)
             opened.discard((key, start))
             at.ts_s = start / 1000
-            imps, clicks, orphans, dup_clicks, dup_imps = windows[key].value()
             campaign, _, variant = key.partition("|")
-            row = {
-                "window_start": start,
-                "window_end": end,
-                "campaign_id": campaign,
-                "variant": variant,
-                "impressions": imps,
-                "clicks": clicks,
-                "ctr": clicks / imps if imps else 0.0,
-                "orphan_clicks": orphans,
-                "duplicate_clicks": dup_clicks,
-                "duplicate_impressions": dup_imps,
-            }
+            row = ctr_row(start, end, campaign, variant, tuple(windows[key].value()))
             await output.send(key=campaign.encode(), value=orjson.dumps(row))
             stats["windows"] += 1
 

@@ -91,7 +91,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tests.benchmarks.contenders.common import Clock, Progress, Spec, write_result
+from tests.benchmarks.contenders.common import Clock, Progress, Spec, ctr_row, write_result
 
 WINDOW_MS = 60_000
 ATTRIBUTION_MS = 600_000
@@ -166,21 +166,7 @@ def rows(window: dict[str, Any], key: bytes, timestamp: int, headers: Any) -> li
     for variant, counts in sorted(window["value"].items()):
         if not any(counts):
             continue  # only an orphan click and its correction (the impression came later)
-        imps, clicks, orphans, dup_clicks, dup_imps = counts
-        out.append(
-            {
-                "window_start": window["start"],
-                "window_end": window["end"],
-                "campaign_id": campaign,
-                "variant": variant,
-                "impressions": imps,
-                "clicks": clicks,
-                "ctr": clicks / imps if imps else 0.0,
-                "orphan_clicks": orphans,
-                "duplicate_clicks": dup_clicks,
-                "duplicate_impressions": dup_imps,
-            }
-        )
+        out.append(ctr_row(window["start"], window["end"], campaign, variant, tuple(counts)))
     return out
 
 
