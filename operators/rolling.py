@@ -122,7 +122,9 @@ class SlidingStats:
         d = x - self.shift
         self.s1 += d
         self.s2 += d * d
-        self._tick()
+        ops = self.ops = self.ops + 1  # _tick, inlined on the hot path
+        if ops >= RECOMPUTE_MIN and ops >= len(self.values):
+            self.recompute()
 
     def evict_before(self, ts_min: int) -> None:
         """Drop the values with ts < ts_min."""
@@ -176,8 +178,27 @@ class SlidingStats:
         var = (self.s2 - self.s1 * self.s1 / n) / (n - 1)
         return math.sqrt(var) if var > 0.0 else 0.0
 
+    def mean_std(self) -> tuple[float, float]:
+        """(`mean()`, `std()`) in one call; n >= 2."""
+        n = len(self.values)
+        s1 = self.s1
+        var = (self.s2 - s1 * s1 / n) / (n - 1)
+        return self.shift + s1 / n, math.sqrt(var) if var > 0.0 else 0.0
+
     def quantile(self, q: float) -> float:
         return quantile_sorted(self.sorted, q)
+
+    def quartiles(self) -> tuple[float, float]:
+        """(Q1, Q3): `quantile(0.25)` and `quantile(0.75)` in one call (the IQR fences'
+        hot path); the same definition-7 interpolation, inlined."""
+        v = self.sorted
+        n = len(v)
+        if n < 2:
+            return self.quantile(0.25), self.quantile(0.75)
+        h1, h3 = 0.25 * (n - 1), 0.75 * (n - 1)
+        f1, f3 = int(h1), int(h3)  # floor: h >= 0
+        a, b = v[f1], v[f3]
+        return a + (h1 - f1) * (v[f1 + 1] - a), b + (h3 - f3) * (v[f3 + 1] - b)
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -264,10 +264,9 @@ class SensorOperator(Operator):
         s.agg.append(x)
 
     def _judge_zscore(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
-        std = s.stats.std()
+        mean, std = s.stats.mean_std()  # min_points >= 2
         if std <= self.config.min_std:
             return
-        mean = s.stats.mean()
         z = abs(x - mean) / std
         anomalous = z > self.config.z_threshold
         if anomalous or s.active["zscore"]:
@@ -280,8 +279,7 @@ class SensorOperator(Operator):
 
     def _judge_iqr(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
         stats = s.stats
-        q1 = stats.quantile(0.25)
-        q3 = stats.quantile(0.75)
+        q1, q3 = stats.quartiles()
         iqr = q3 - q1
         if iqr <= self.config.min_iqr:
             return
