@@ -38,10 +38,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy.stats import binom, fisher_exact
+import numpy as np
+from scipy.stats import binom
 
 from operators.base import Observation, Operator
 from operators.baseline import TrailingRate
+from operators.stats import fisher_exact_less
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Click, Impression
@@ -178,11 +180,13 @@ class CtrOperator(Operator):
             self._emit_row(start, key, window, final=False)
         self.provisional_until = max(self.provisional_until, watermark)
 
-        for start, key, window in self.windows.pop_ending_until(final_until):
+        closed = self.windows.pop_ending_until(final_until)
+        for start, key, window in closed:
             self._emit_row(start, key, window, final=True)
             for imp_id in window.ids:
                 self.impressions.pop(imp_id, None)
-            self._judge(start, key, window)
+        if closed:
+            self._judge(closed)
 
     def _emit_row(self, start: int, key: str, window: CtrWindow, final: bool) -> None:
         campaign, variant = _split(key)
@@ -204,42 +208,72 @@ class CtrOperator(Operator):
             },
         )
 
-    def _judge(self, start: int, key: str, window: CtrWindow) -> None:
-        if window.imps == 0:
+    def _judge(self, closed: list[tuple[int, str, CtrWindow]]) -> None:
+        """Judge the windows one watermark step made final, in order: each against
+        the baseline of the windows before it, the p-values of all of them in one
+        vectorised call per test (a scalar scipy call costs ~100 µs per window, which
+        dominated the cost per event with many campaigns)."""
+        cfg = self.config
+        judged = [(start, key, w) for start, key, w in closed if w.imps]
+        if not judged:
             return
-        campaign, variant = _split(key)
-        entity = f"{campaign}/{variant}" if variant else campaign
-        end = start + self.config.window_ms
-        ctr = window.clicks / window.imps
-        common = {"ts": end, "n": window.imps, "window_start": start, "window_end": end}
-        counts = {"impressions": window.imps, "clicks": window.clicks}
-        floor_p = float(binom.cdf(window.clicks, window.imps, self.config.floor_ctr))
-        self._out.observations.append(
-            Observation("ctr", entity, "ctr", ctr, details=counts, p_value=floor_p, **common)
+        bases: list[tuple[int, int] | None] = []
+        for _, key, w in judged:
+            base = self.baseline.get(key)
+            bases.append(base if base is not None and base[0] > 0 else None)
+            if w.imps >= cfg.baseline_min_impressions:
+                self.baseline.add(key, w.clicks, w.imps)
+        clicks = np.array([w.clicks for _, _, w in judged], dtype=np.int64)
+        imps = np.array([w.imps for _, _, w in judged], dtype=np.int64)
+        floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
+        with_base = [i for i, base in enumerate(bases) if base is not None]
+        base_clicks = np.array([bases[i][0] for i in with_base], dtype=np.int64)  # type: ignore[index]
+        base_imps = np.array([bases[i][1] for i in with_base], dtype=np.int64)  # type: ignore[index]
+        drop_p = dict(
+            zip(
+                with_base,
+                fisher_exact_less(
+                    clicks[with_base],
+                    imps[with_base] - clicks[with_base],
+                    base_clicks,
+                    base_imps - base_clicks,
+                ).tolist(),
+                strict=True,
+            )
         )
-        base = self.baseline.get(key)
-        if base is not None and base[0] > 0:
-            base_clicks, base_imps = base
-            baseline = base_clicks / base_imps
-            drop = (baseline - ctr) / baseline
-            table = [
-                [window.clicks, window.imps - window.clicks],
-                [base_clicks, base_imps - base_clicks],
-            ]
-            drop_p = float(fisher_exact(table, alternative="less").pvalue)
+        observations = self._out.observations
+        for i, (start, key, w) in enumerate(judged):
+            campaign, variant = _split(key)
+            entity = f"{campaign}/{variant}" if variant else campaign
+            end = start + cfg.window_ms
+            ctr = w.clicks / w.imps
+            common = {"ts": end, "n": w.imps, "window_start": start, "window_end": end}
+            counts = {"impressions": w.imps, "clicks": w.clicks}
+            observations.append(
+                Observation("ctr", entity, "ctr", ctr, details=counts, p_value=floor_p[i], **common)
+            )
+            base = bases[i]
+            if base is None:
+                continue
+            base_clicks_i, base_imps_i = base
+            baseline = base_clicks_i / base_imps_i
             details = {
                 **counts,
                 "ctr": ctr,
                 "baseline_ctr": baseline,
-                "baseline_impressions": base_imps,
+                "baseline_impressions": base_imps_i,
             }
-            self._out.observations.append(
+            observations.append(
                 Observation(
-                    "ctr", entity, "ctr_drop", drop, details=details, p_value=drop_p, **common
+                    "ctr",
+                    entity,
+                    "ctr_drop",
+                    (baseline - ctr) / baseline,
+                    details=details,
+                    p_value=drop_p[i],
+                    **common,
                 )
             )
-        if window.imps >= self.config.baseline_min_impressions:
-            self.baseline.add(key, window.clicks, window.imps)
 
     # -- checkpoints ---------------------------------------------------------
 

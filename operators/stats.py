@@ -158,6 +158,29 @@ def chi_square(
     return float(result.statistic), float(result.pvalue)
 
 
+def fisher_exact_less(
+    a: ArrayLike, b: ArrayLike, c: ArrayLike, d: ArrayLike
+) -> NDArray[np.float64]:
+    """One-sided ("less") p-values of Fisher's exact test for many 2x2 tables [[a, b], [c, d]].
+
+        p = P(X <= a),  X ~ Hypergeometric(M = a + b + c + d, n = a + b, N = a + c)
+
+    the probability, given the table's margins, of a top-left count this low
+    (Fisher 1922, "On the interpretation of chi-square from contingency
+    tables"); p = 1 where a row or a column sums to 0. This is
+    scipy.stats.fisher_exact's 2x2 path for alternative="less", element for
+    element, in one vectorised `hypergeom.cdf` call instead of one call
+    (~140 µs) per table.
+    """
+    a, b, c, d = (np.asarray(x, dtype=np.int64) for x in (a, b, c, d))
+    n1, n2, n = a + b, c + d, a + c
+    p = np.ones(a.shape, dtype=np.float64)
+    ok = (n1 > 0) & (n2 > 0) & (n > 0) & (b + d > 0)
+    if ok.any():
+        p[ok] = np.minimum(stats.hypergeom.cdf(a[ok], (n1 + n2)[ok], n1[ok], n[ok]), 1.0)
+    return p
+
+
 def systematic_sample(sorted_values: NDArray[np.float64], size: int) -> NDArray[np.float64]:
     """At most `size` evenly spaced order statistics of an ascending array.
 
@@ -178,6 +201,7 @@ __all__ = [
     "PSI_EPS",
     "binned_counts",
     "chi_square",
+    "fisher_exact_less",
     "js_divergence",
     "ks_2samp_from_sorted",
     "psi",

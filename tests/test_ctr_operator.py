@@ -6,6 +6,7 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import binom, fisher_exact
 
 from operators.ctr import CtrConfig, CtrOperator
 from operators.rules import Rule, RuleEngine
@@ -189,6 +190,50 @@ def _run(events, split_at: int | None, lateness_ms: int = 0, batch: int = 7) -> 
         if r["final"] and r["window_start"] < T0 + 10**7
     )
     return final
+
+
+def test_p_values_are_scipys_window_by_window_when_many_windows_close_at_once() -> None:
+    """Windows judged together in one watermark step (vectorised p-values) get what a
+    scalar scipy call per window gives, each against the baseline of the windows
+    before it, including windows of one campaign closing in the same step."""
+    cfg = CtrConfig(baseline_min_windows=2, baseline_min_impressions=10)
+    rng = random.Random(3)
+    op = CtrOperator(cfg)
+    imps, clicks = [], []
+    for w in range(8):
+        for campaign in ("c1", "c2", "c3"):
+            rate = 0.02 if (campaign, w) == ("c2", 6) else 0.2
+            for j in range(rng.randint(5, 60)):
+                i = f"{campaign}-{w}-{j}"
+                ts = T0 + w * 60_000 + j * 900
+                imps.append(imp(i, ts, campaign))
+                if rng.random() < rate:
+                    clicks.append(clk(f"k{i}", i, ts + 1_000, campaign))
+    op.feed("impressions", imps)
+    op.feed("clicks", clicks)
+    op.advance(T0 + 8 * 60_000 + 600_000)  # all 24 windows final in one step
+    out = op.collect()
+    rows = [r for r in out.rows["ctr_windows"] if r["final"]]
+    assert len(rows) == 24
+    history: dict[str, list[tuple[int, int]]] = {}
+    want = []
+    for r in rows:  # by window start, then campaign: the order of judging
+        k, n, key = r["clicks"], r["impressions"], r["campaign_id"]
+        want.append(("ctr", key, r["window_start"], float(binom.cdf(k, n, cfg.floor_ctr))))
+        past = history.setdefault(key, [])
+        if len(past) >= cfg.baseline_min_windows:
+            bk = sum(h for h, _ in past[-cfg.baseline_windows :])
+            bn = sum(t for _, t in past[-cfg.baseline_windows :])
+            if bk > 0:
+                table = [[k, n - k], [bk, bn - bk]]
+                p = float(fisher_exact(table, alternative="less").pvalue)
+                want.append(("ctr_drop", key, r["window_start"], p))
+        if n >= cfg.baseline_min_impressions:
+            past.append((k, n))
+    got = [(o.metric, o.entity, o.window_start, o.p_value) for o in out.observations]
+    assert got == want
+    assert sum(1 for g in got if g[0] == "ctr_drop") > 10
+    assert min(g[3] for g in got if g[0] == "ctr_drop") < 0.01  # c2's drop in window 6
 
 
 def test_matches_brute_force_reference() -> None:

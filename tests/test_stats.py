@@ -14,6 +14,7 @@ from scipy.spatial.distance import jensenshannon
 from operators.stats import (
     binned_counts,
     chi_square,
+    fisher_exact_less,
     js_divergence,
     ks_2samp_from_sorted,
     psi,
@@ -152,3 +153,22 @@ def test_systematic_sample_is_order_statistics() -> None:
     s = systematic_sample(x, 101)
     assert s.tolist() == list(range(0, 10_001, 100))
     assert systematic_sample(x[:50], 101).size == 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(*[st.integers(min_value=0, max_value=400)] * 4), min_size=1, max_size=20))
+def test_fisher_exact_less_is_scipys_2x2_test_table_by_table(tables: list) -> None:
+    # zero rows and columns included (scipy's p = 1); equal to the last bit
+    a, b, c, d = (np.array(col) for col in zip(*tables, strict=True))
+    got = fisher_exact_less(a, b, c, d)
+    want = [
+        stats.fisher_exact([[w, x], [y, z]], alternative="less").pvalue for w, x, y, z in tables
+    ]
+    assert got.tolist() == [float(p) for p in want]
+
+
+def test_fisher_exact_less_by_hand() -> None:
+    # [[0, 5], [5, 0]]: a = 0 is the only table this low given the margins:
+    # P(X = 0) = C(5,0) C(5,5) / C(10,5) = 1 / 252
+    assert fisher_exact_less([0], [5], [5], [0])[0] == pytest.approx(1 / 252, rel=1e-12)
+    assert fisher_exact_less([0, 3], [0, 3], [4, 3], [4, 3]).tolist()[0] == 1.0  # empty row
