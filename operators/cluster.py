@@ -33,11 +33,12 @@ aligned event-time interval of `learn_batch_ms` (the rest is only scored).
 The budget is counted in event time, not per `advance` call, so results do
 not depend on how the input is batched. The default (2000 per minute)
 learns every reading of a sensor up to ~33 readings a second and bounds the
-learner's cost (~15 µs per learn measured here, the largest of this
-monitor) above that. A tighter budget is cheaper but costs precision:
-over 6 h of quiet simulated traffic (10 sensors at 1 Hz), a budget of 30
-per minute raised 5 false `cluster_distance` alerts (12 per minute: 22 in
-15 h), the default none (`tests/benchmarks/memory_profile.py`).
+learner's cost (~5 µs per learn measured here, `EntityModel.learn`: the
+scaler's update, a transform, the nearest centre and the step) above
+that. A tighter budget is cheaper but costs precision: over 6 h of quiet
+simulated traffic (10 sensors at 1 Hz), a budget of 30 per minute raised
+5 false `cluster_distance` alerts (12 per minute: 22 in 15 h), the default
+none (`tests/benchmarks/memory_profile.py`).
 
 Why KMeans and not DBSTREAM: measured on this machine with 3 features,
 scaler + KMeans(4).learn_one costs ~10 µs, DBSTREAM ~40 µs and grows with its
