@@ -227,8 +227,9 @@ class CtrOperator(Operator):
         imps = np.array([w.imps for _, _, w in judged], dtype=np.int64)
         floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
         with_base = [i for i, base in enumerate(bases) if base is not None]
-        base_clicks = np.array([bases[i][0] for i in with_base], dtype=np.int64)  # type: ignore[index]
-        base_imps = np.array([bases[i][1] for i in with_base], dtype=np.int64)  # type: ignore[index]
+        known = [base for base in bases if base is not None]
+        base_clicks = np.array([c for c, _ in known], dtype=np.int64)
+        base_imps = np.array([n for _, n in known], dtype=np.int64)
         drop_p = dict(
             zip(
                 with_base,

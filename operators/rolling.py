@@ -177,11 +177,7 @@ class SlidingStats:
 
     def std(self) -> float:
         """Sample standard deviation (ddof = 1); 0 below two values."""
-        n = len(self.values)
-        if n < 2:
-            return 0.0
-        var = (self.s2 - self.s1 * self.s1 / n) / (n - 1)
-        return math.sqrt(var) if var > 0.0 else 0.0
+        return self.mean_std()[1] if len(self.values) >= 2 else 0.0
 
     def mean_std(self) -> tuple[float, float]:
         """(`mean()`, `std()`) in one call; n >= 2."""
