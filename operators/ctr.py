@@ -226,24 +226,21 @@ class CtrOperator(Operator):
         clicks = np.array([w.clicks for _, _, w in judged], dtype=np.int64)
         imps = np.array([w.imps for _, _, w in judged], dtype=np.int64)
         floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
-        with_base = [i for i, base in enumerate(bases) if base is not None]
         known = [base for base in bases if base is not None]
+        with_base = np.array([base is not None for base in bases], dtype=bool)
         base_clicks = np.array([c for c, _ in known], dtype=np.int64)
         base_imps = np.array([n for _, n in known], dtype=np.int64)
-        drop_p = dict(
-            zip(
-                with_base,
-                fisher_exact_less(
-                    clicks[with_base],
-                    imps[with_base] - clicks[with_base],
-                    base_clicks,
-                    base_imps - base_clicks,
-                ).tolist(),
-                strict=True,
-            )
+        # in window order, one per window that has a baseline
+        drop_p = iter(
+            fisher_exact_less(
+                clicks[with_base],
+                imps[with_base] - clicks[with_base],
+                base_clicks,
+                base_imps - base_clicks,
+            ).tolist()
         )
         observations = self._out.observations
-        for i, (start, key, w) in enumerate(judged):
+        for (start, key, w), p_floor, base in zip(judged, floor_p, bases, strict=True):
             campaign, variant = _split(key)
             entity = f"{campaign}/{variant}" if variant else campaign
             end = start + cfg.window_ms
@@ -251,9 +248,8 @@ class CtrOperator(Operator):
             common = {"ts": end, "n": w.imps, "window_start": start, "window_end": end}
             counts = {"impressions": w.imps, "clicks": w.clicks}
             observations.append(
-                Observation("ctr", entity, "ctr", ctr, details=counts, p_value=floor_p[i], **common)
+                Observation("ctr", entity, "ctr", ctr, details=counts, p_value=p_floor, **common)
             )
-            base = bases[i]
             if base is None:
                 continue
             base_clicks_i, base_imps_i = base
@@ -271,7 +267,7 @@ class CtrOperator(Operator):
                     "ctr_drop",
                     (baseline - ctr) / baseline,
                     details=details,
-                    p_value=drop_p[i],
+                    p_value=next(drop_p),
                     **common,
                 )
             )

@@ -1,54 +1,80 @@
 """The sinks' close->delivery delays: measured only once rows are written, kept on failure.
 
-Unit test of `streams.sinks.Sinks` bookkeeping; the writer and producer are minimal
-stand-ins at the sink's boundary (the integration tests use the real ones).
+`streams.sinks.Sinks` with the real ClickHouse writer over chDB, its outage injected the
+way the worker's own tests inject it (`Writer.fail_writes`), and a real confluent-kafka
+producer (nothing is produced: these rows go to ClickHouse only). chDB allows one data
+directory per process and the pytest process opens none, so the scenario runs in a child
+and reports what it saw.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
-import pytest
+REPO = Path(__file__).resolve().parents[1]
 
-from streams.clickhouse import ClickHouseError
-from streams.sinks import SinkError, Sinks
+CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    from confluent_kafka import Producer
+    from streams.clickhouse import Writer, connect, ensure_schema
+    from streams.sinks import SinkError, Sinks
 
-
-class Writer:
-    def __init__(self) -> None:
-        self.fail = False
-        self.written: dict[str, int] = {}
-
-    def insert(self, table: str, rows: list[dict[str, Any]]) -> float:
-        if self.fail:
-            raise ClickHouseError("down")
-        self.written[table] = self.written.get(table, 0) + len(rows)
-        return 0.0
-
-
-class Producer:
-    def flush(self, timeout: float) -> int:
-        return 0
-
-    def poll(self, timeout: float) -> int:
-        return 0
-
-
-def test_row_delays_are_recorded_when_written_and_kept_across_a_failure() -> None:
-    writer = Writer()
-    sinks = Sinks(writer, Producer(), topics=None)
-    sinks.rows("ctr_windows", [{"a": 1}, {"a": 2}])
-    writer.fail = True
-    with pytest.raises(SinkError):
-        sinks.flush()
-    assert not sinks.delays["row"]  # nothing delivered, nothing measured
-    assert sinks.buffered == 2
+    client = connect("chdb://" + sys.argv[1])
+    ensure_schema(client, "streamwatch")
+    writer = Writer(client, "streamwatch")
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
+    sinks = Sinks(writer, producer, topics=None)
+    row = {
+        "window_start": 1_795_000_020_000, "window_end": 1_795_000_080_000,
+        "campaign_id": "c1", "variant": "", "impressions": 10, "clicks": 1, "ctr": 0.1,
+        "orphan_clicks": 0, "duplicate_clicks": 0, "duplicate_impressions": 0,
+        "final": 1, "version": 2,
+    }
+    rows = [dict(row, campaign_id=f"c{i}") for i in range(2)]
+    out = {}
+    sinks.rows("ctr_windows", rows)
+    writer.fail_writes = True
+    try:
+        sinks.flush(timeout=1)
+        out["failed"] = False
+    except SinkError:
+        out["failed"] = True
+    out["delays_after_failure"] = len(sinks.delays["row"])
+    out["buffered_after_failure"] = sinks.buffered
     time.sleep(0.05)
-    writer.fail = False
-    sinks.flush()
-    assert writer.written == {"ctr_windows": 2}
-    assert len(sinks.delays["row"]) == 2  # one per row
-    assert all(d >= 0.05 for d in sinks.delays["row"])  # from creation, not from the retry
-    sinks.flush()
-    assert len(sinks.delays["row"]) == 2  # a flush with nothing new adds nothing
+    writer.fail_writes = False
+    sinks.flush(timeout=1)
+    out["delays"] = list(sinks.delays["row"])
+    out["buffered"] = sinks.buffered
+    sinks.flush(timeout=1)
+    out["delays_after_empty_flush"] = len(sinks.delays["row"])
+    out["rows_in_table"] = client.query(
+        "SELECT count() FROM streamwatch.ctr_windows"
+    ).result_rows[0][0]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_row_delays_are_recorded_when_written_and_kept_across_a_failure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path / "ch")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["failed"]  # the outage reached the flush as a SinkError
+    assert seen["delays_after_failure"] == 0  # nothing delivered, nothing measured
+    assert seen["buffered_after_failure"] == 2  # and nothing lost
+    assert seen["buffered"] == 0 and seen["rows_in_table"] == 2
+    assert len(seen["delays"]) == 2  # one per row
+    assert all(d >= 0.05 for d in seen["delays"])  # from creation, not from the retry
+    assert seen["delays_after_empty_flush"] == 2  # a flush with nothing new adds nothing

@@ -43,8 +43,9 @@ def events_of(kind: str, n: int, keys: int) -> list[tuple[str, Any]]:
     for topic, key, value in Simulator(scenario(kind, n, keys)).messages():
         if topic == "__tick__":
             continue
-        decoder = decoders.get(topic) or decoders.setdefault(topic, Decoder(topic))
-        event = decoder.decode(value, key.encode())
+        if topic not in decoders:
+            decoders[topic] = Decoder(topic)
+        event = decoders[topic].decode(value, key.encode())
         if isinstance(event, Rejection):
             raise SystemExit(f"the simulator produced a rejected {topic} event: {event.error}")
         out.append((topic, event))
