@@ -137,7 +137,7 @@ def read_limits(timeout_s: float, max_result_rows: int) -> dict[str, Any]:
         "max_bytes_to_read": 50_000_000_000,
         "read_overflow_mode": "throw",
         "max_result_rows": max_result_rows,
-        "max_result_bytes": 256_000_000,
+        "max_result_bytes": 64_000_000,
         "result_overflow_mode": "throw",
         "max_memory_usage": 2_000_000_000,
         "max_threads": 1,
