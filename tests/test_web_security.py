@@ -171,7 +171,9 @@ def test_limits_are_enforced_by_the_server(worker: WorkerProcess) -> None:
     status, body, _ = post_query(worker, f"SELECT number FROM numbers({MAX_ROWS})")
     assert status == 200 and len(body["rows"]) == MAX_ROWS
     # 900 rows of 100 kB: under the row limit, over the 64 MB result limit
-    status, body, _ = post_query(worker, "SELECT repeat(toString(number), 100000) FROM numbers(900)")
+    status, body, _ = post_query(
+        worker, "SELECT repeat(toString(number), 100000) FROM numbers(900)"
+    )
     assert status == 400 and "Limit for result exceeded" in one_line_error(body)
 
 
