@@ -413,3 +413,21 @@ def test_long_sql_works_through_post_and_the_cli(worker: WorkerProcess) -> None:
     # a malformed body is a one-line error too
     status, body, _ = call(worker, "/api/query", b"{not json", {"Content-Type": "application/json"})
     assert status == 400 and "not JSON" in one_line_error(body)
+
+
+def test_queries_run_with_readonly_and_the_limits(worker: WorkerProcess) -> None:
+    status, body, _ = post_query(
+        worker,
+        "SELECT name, value FROM system.settings WHERE name IN "
+        "('readonly', 'max_execution_time', 'max_threads', 'result_overflow_mode') ORDER BY name",
+    )
+    assert status == 200, body
+    assert dict(body["rows"]) == {
+        "max_execution_time": str(TIMEOUT_S),
+        "max_threads": "1",
+        "readonly": "2",
+        "result_overflow_mode": "throw",
+    }
+    # SHOW TABLES is a read too
+    status, body, _ = post_query(worker, "SHOW TABLES FROM streamwatch")
+    assert status == 200 and ["alerts"] in body["rows"], body
