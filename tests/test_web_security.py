@@ -54,6 +54,19 @@ def worker(tmp_path_factory: pytest.TempPathFactory, broker: Any) -> Any:
         assert w.stop() == 0
 
 
+@pytest.fixture(scope="module")
+def open_worker(tmp_path_factory: pytest.TempPathFactory, broker: Any) -> Any:
+    """A worker with the defaults: no token (as in the report)."""
+    d = Deployment(
+        tmp_path_factory.mktemp("websec-open"), broker.bootstrap, "websec-open", partitions=1
+    )
+    w = WorkerProcess(d).start()
+    try:
+        yield w
+    finally:
+        assert w.stop() == 0
+
+
 def call(
     w: WorkerProcess,
     path: str,
@@ -431,3 +444,116 @@ def test_queries_run_with_readonly_and_the_limits(worker: WorkerProcess) -> None
     # SHOW TABLES is a read too
     status, body, _ = post_query(worker, "SHOW TABLES FROM streamwatch")
     assert status == 200 and ["alerts"] in body["rows"], body
+
+
+# -- in a real browser -------------------------------------------------------
+
+
+def _chromium(performance_log: bool = False) -> Any:
+    from tests.test_dashboard import CHROMEDRIVER, CHROMIUM, browser
+
+    if not performance_log:
+        return browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser()  # fails with what to install when something is missing
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+
+
+def test_the_dashboard_asks_for_the_token_once_and_keeps_it(worker: WorkerProcess) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _chromium()
+    try:
+        driver.get(worker.url("/"))
+        prompt = WebDriverWait(driver, 15).until(lambda d: d.switch_to.alert)
+        assert "STREAMWATCH_WEB_TOKEN" in prompt.text
+        prompt.send_keys(TOKEN)
+        prompt.accept()
+
+        def rendered(d: Any) -> Any:
+            state = d.execute_script("return window.dashboardState")
+            return state["renders"] >= 1 and state["lastError"] is None and state
+
+        WebDriverWait(driver, 20).until(rendered)
+        stored = driver.execute_script("return sessionStorage.getItem('streamwatch.token')")
+        assert stored == TOKEN
+        assert driver.execute_script("return localStorage.length + document.cookie.length") == 0
+        # a reload in the same tab: no second question, the data loads
+        driver.refresh()
+        WebDriverWait(driver, 20).until(rendered)
+        state = driver.execute_script("return window.dashboardState")
+        assert state["tokenAsked"] is False
+    finally:
+        driver.quit()
+
+
+def test_a_page_on_another_site_cannot_use_the_api(
+    open_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """The reported attack: <img src=http://127.0.0.1:PORT/api/query?sql=...> (and a
+    no-cors POST) on another site, in a real Chromium, against a worker without
+    a token; the requests reach the worker and are answered 403 (the origin
+    check alone: without it they are answered 400 and 200), and nothing is written."""
+    worker = open_worker
+    import http.server
+    import json
+
+    from streams.embedded import free_port
+
+    target = tmp_path / "from-the-browser"
+    sql = f"SELECT 1 INTO OUTFILE '{target}'"
+    api = worker.url("/api/query")
+    page = f"""<!doctype html><html><body>
+      <img src="{api}?{urllib.parse.urlencode({"sql": sql})}">
+      <img src="{api}?{urllib.parse.urlencode({"sql": "SELECT 42"})}">
+      <script>
+        fetch({json.dumps(api)}, {{method: "POST", mode: "no-cors",
+          headers: {{"Content-Type": "text/plain"}}, body: "SELECT 43"}});
+      </script></body></html>""".encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.HTTPServer(("127.0.0.1", port), Page)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    driver = _chromium(performance_log=True)
+    try:
+        driver.get(f"http://localhost:{port}/")  # another site than 127.0.0.1
+        # requestId -> URL, and the status line each got (ExtraInfo: also for
+        # responses Chromium then withholds from the page, as for these images)
+        urls: dict[str, str] = {}
+        codes: dict[str, int] = {}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(set(codes) & set(urls)) < 3:
+            for entry in driver.get_log("performance"):
+                message = orjson.loads(entry["message"])["message"]
+                params = message.get("params", {})
+                if message["method"] == "Network.requestWillBeSent":
+                    if params["request"]["url"].startswith(api):
+                        urls[params["requestId"]] = params["request"]["url"]
+                elif message["method"] == "Network.responseReceivedExtraInfo":
+                    codes[params["requestId"]] = params["statusCode"]
+            time.sleep(0.3)
+        statuses = {urls[k]: v for k, v in codes.items() if k in urls}
+    finally:
+        driver.quit()
+        server.shutdown()
+    assert len(statuses) == 3, statuses
+    assert set(statuses.values()) == {403}, statuses
+    assert not target.exists()
