@@ -334,7 +334,11 @@ def query(ctx: click.Context, sql: str, as_json: bool) -> None:
         return
     from rich.text import Text
 
-    table = Table(*(Text(c) for c in result["columns"]), show_lines=False)
+    table = Table(show_lines=False)
+    for column in result["columns"]:
+        # Text: names and values are not rich markup; fold: a narrow terminal
+        # wraps a value instead of cutting it to "…"
+        table.add_column(Text(column), overflow="fold")
     for row in result["rows"]:
         table.add_row(*(Text(_cell(v)) for v in row))
     console.print(table)
@@ -352,6 +356,8 @@ def _query_error(exc: BaseException) -> str:
 
 def _cell(value: Any) -> str:
     """A JSON-ready value (streams.web.jsonable) as table text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, dict | list):

@@ -13,6 +13,8 @@ CLI's table, and SQL longer than a URL works.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -393,19 +395,39 @@ def test_every_type_prints_in_json_and_in_the_cli(worker: WorkerProcess) -> None
     assert dict(zip(body["columns"], body["rows"][0], strict=True)) == {
         name: expected for name, (_, expected) in TYPES.items()
     }
-    done = worker.d.cli("query", sql)
+    # the table, as wide as it needs (COLUMNS): every value in its printed form
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "query", sql],
+        env={**worker.d.env(), "COLUMNS": "2000"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
-    for text in (
+    cells = [c.strip() for c in done.stdout.splitlines()[3].split("│")[1:-1]]
+    assert cells == [
         "1.2.3.4",
         "2001:db8::1",
+        "61f0c404-5cb3-11e7-907b-a6006ad3dba0",
         "12345678901.2345",
-        "115792089237316195423570985",
+        '{"a":1,"b":2}',
+        '{"1.1.1.1":["1.50"]}',
+        "[1,2,3]",
+        '[1,"a","8.8.8.8"]',
+        "NULL",
+        "b",
+        "2026-01-02",
+        "2026-01-02T03:04:05.000Z",
+        "2026-01-02T03:04:05.123Z",
+        "-170141183460469231731687303715884105728",
+        "115792089237316195423570985008687907853269984665640564039457584007913129639935",
+        "18446744073709551615",
         "nan",
-    ):
-        assert (
-            text in done.stdout.replace("\n", "").replace("│", "").replace(" ", "")
-            or text in done.stdout
-        )
+        "-inf",
+        "0.25",
+        "ab",
+        "true",
+    ], done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     done = worker.d.cli("query", "--json", sql)
     assert done.returncode == 0, done.stderr
