@@ -115,6 +115,13 @@ class Writer:
             return self.client.query(sql, parameters=parameters, settings=settings)
 
 
+# ClickHouse's error codes for the limits of read_limits, and the setting behind each
+LIMIT_HINTS = {
+    "TIMEOUT_EXCEEDED": "the time limit is query_timeout_s in the configuration",
+    "TOO_MANY_ROWS_OR_BYTES": "the result limit is query_max_rows rows (and 64 MB)",
+}
+
+
 class QueryBusy(RuntimeError):
     """Another read holds this reader for longer than the bounded wait."""
 
@@ -180,7 +187,11 @@ class Reader:
             except QueryRefused:
                 raise
             except Exception as exc:
-                raise ClickHouseError(_clickhouse_message(exc)) from None
+                message = _clickhouse_message(exc)
+                for code, hint in LIMIT_HINTS.items():
+                    if code in message:
+                        message += f"; {hint}"
+                raise ClickHouseError(message) from None
             return list(result.column_names), result.result_rows
         finally:
             self.lock.release()
