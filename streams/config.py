@@ -296,6 +296,8 @@ class Settings(Strict):
                 raise ValueError(f"monitors.{name}.lateness_s must be >= 0")
         if not 0 < self.web_port < 65536:
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
+        if self.query_timeout_s <= 0 or self.query_max_rows <= 0:
+            raise ValueError("query_timeout_s and query_max_rows must be > 0")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
 

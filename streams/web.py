@@ -26,6 +26,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +54,7 @@ STATIC_TYPES = {
     ".png": "image/png",
 }
 GUARDED_PREFIXES = ("/api/", "/debug/")
+MAX_PENDING = 4  # requests per reader, running or waiting
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 
 
@@ -169,22 +171,34 @@ class Readers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._readers: dict[str, Reader] = {}
+        self.pending: dict[str, int] = {}
+        self._opening = threading.Lock()
         self.pools = {
             "query": ThreadPoolExecutor(2, thread_name_prefix="sw-query"),
             "dashboard": ThreadPoolExecutor(1, thread_name_prefix="sw-dashboard"),
         }
 
     def reader(self, name: str) -> Reader:
-        if name not in self._readers:
-            s = self.settings
-            self._readers[name] = Reader.open(
-                s.clickhouse_dsn(), s.clickhouse.database, s.query_timeout_s, s.query_max_rows
-            )
-        return self._readers[name]
+        with self._opening:  # the pool's threads may ask at once
+            if name not in self._readers:
+                s = self.settings
+                self._readers[name] = Reader.open(
+                    s.clickhouse_dsn(), s.clickhouse.database, s.query_timeout_s, s.query_max_rows
+                )
+            return self._readers[name]
 
     async def run(self, name: str, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pools[name], lambda: fn(self.reader(name), *args))
+        # a bounded queue: past MAX_PENDING waiting requests, refuse at once
+        if self.pending.get(name, 0) >= MAX_PENDING:
+            raise QueryBusy(f"{MAX_PENDING} queries are already waiting; try again later")
+        self.pending[name] = self.pending.get(name, 0) + 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self.pools[name], lambda: fn(self.reader(name), *args)
+            )
+        finally:
+            self.pending[name] -= 1
 
 
 def error_status(exc: BaseException) -> tuple[int, str]:

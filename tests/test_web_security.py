@@ -579,3 +579,32 @@ def test_a_page_on_another_site_cannot_use_the_api(
     assert len(statuses) == 3, statuses
     assert set(statuses.values()) == {403}, statuses
     assert not target.exists()
+
+
+def test_many_slow_queries_are_bounded_and_the_dashboard_still_answers(
+    worker: WorkerProcess,
+) -> None:
+    slow = "SELECT count() FROM system.numbers WHERE cityHash64(number) = 1"
+    answers: list[tuple[int, Any, dict[str, str]]] = []
+
+    def ask() -> None:
+        answers.append(post_query(worker, slow, timeout=60))
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=ask) for _ in range(7)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    # the dashboard has its own reader and threads: it does not queue behind them
+    asked = time.monotonic()
+    status, body, _ = call(worker, "/api/dashboard")
+    assert status == 200 and "alerts" in body
+    assert time.monotonic() - asked < TIMEOUT_S
+    for t in threads:
+        t.join(60)
+    assert time.monotonic() - began < 4 * TIMEOUT_S + 10
+    statuses = sorted(a[0] for a in answers)
+    messages = [one_line_error(a[1]) for a in answers]
+    assert set(statuses) <= {400, 503} and len(answers) == 7, statuses
+    assert any("already waiting" in m for m in messages), messages  # the bounded queue
+    assert any("Timeout exceeded" in m for m in messages), messages  # the time limit
