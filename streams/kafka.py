@@ -9,6 +9,11 @@ from streams.config import Settings
 # Tansu holds a group join for half the session timeout; 6 s keeps joins quick
 # there and is a sane value on Apache Kafka too.
 SESSION_TIMEOUT_MS = 6000
+# The largest message the worker's producer sends (librdkafka's default, set
+# explicitly because the sinks derive their bounds from it: a dead letter is
+# cut to fit, see streams.dead_letters). Below Apache Kafka's default broker
+# limit (1 MiB + 12), so what the producer accepts the broker accepts too.
+MESSAGE_MAX_BYTES = 1_000_000
 
 
 def producer(settings: Settings, **extra: Any) -> Any:
@@ -23,6 +28,7 @@ def producer(settings: Settings, **extra: Any) -> Any:
         # Idempotence needs InitProducerId, which Tansu rejects; results are
         # idempotent downstream instead (keys, ReplacingMergeTree, alert ids).
         "enable.idempotence": False,
+        "message.max.bytes": MESSAGE_MAX_BYTES,
         **extra,
     }
     return Producer(conf)

@@ -8,14 +8,21 @@ one message, not the batch, when a monitor's feed fails on it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import random
+from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.decode import MAX_ERROR_CHARS, Decoder, Rejection
-from schemas.events import INPUT_EVENTS, Event
+from schemas.events import INPUT_EVENTS, DeadLetter, Event
+from streams import kafka
+from streams.pipeline import RawMessage
+from streams.sinks import Sinks
 from tests.poison import nasty
 
 TS = 1_795_000_020_000
@@ -95,3 +102,106 @@ def test_any_depth_any_topic(depth: int, opener: bytes) -> None:
     raw = opener * depth + (b"1" if opener != b"[" else b"") + closer * depth
     for topic in INPUT_EVENTS:
         _check(Decoder(topic, max_bytes=10**7).decode(raw, b"c"))
+
+
+# -- dead letters that fit, against the real producer and broker ----------------
+
+
+def _settings(bootstrap: str, name: str) -> Any:
+    from streams.config import load_settings
+
+    return load_settings(
+        env={},
+        overrides={
+            "kafka.bootstrap": bootstrap,
+            "topics.dead_letter": f"{name}.dead-letter",
+            "topics.late_events": f"{name}.late-events",
+        },
+    )
+
+
+def _letters(bootstrap: str, topic: str) -> list[tuple[DeadLetter, int, bytes | None]]:
+    from tests.harness import consume_all
+
+    return [
+        (msgspec.json.decode(m.value(), type=DeadLetter), len(m.value()), m.key())
+        for m in consume_all(bootstrap, topic, idle_s=1.0)
+    ]
+
+
+SIZES = [0, 100, 700_000, 760_000, 999_000, 1_000_000, 3_000_000]
+
+
+def test_a_dead_letter_never_exceeds_what_the_producer_can_send(broker) -> None:
+    from confluent_kafka import KafkaException
+
+    settings = _settings(broker.bootstrap, "dl-fit")
+    producer = kafka.producer(settings)
+    sinks = Sinks(None, producer, settings.topics)  # type: ignore[arg-type]  # no rows written
+    rng = random.Random(5)
+    originals = {}
+    for i, size in enumerate(SIZES):
+        for j, key in enumerate([None, b"c", b"k" * 100_000]):
+            offset = i * 10 + j
+            value = rng.randbytes(size)
+            originals[offset] = (key, value)
+            sinks.rejected(RawMessage("in", 0, offset, key, value), Rejection("too_large", "e"))
+    assert producer.flush(30) == 0 and not sinks.produce_errors and not sinks.undelivered
+    # the envelope of v1 (the whole value in base64) is refused for 760 kB: the poison pill
+    with pytest.raises(KafkaException, match="MSG_SIZE_TOO_LARGE"):
+        whole = base64.b64encode(originals[30][1]).decode()
+        producer.produce(settings.topics.dead_letter, msgspec.json.encode({"raw": whole}))
+
+    letters = _letters(broker.bootstrap, settings.topics.dead_letter)
+    assert sorted(letter.offset for letter, _, _ in letters) == sorted(originals)
+    for letter, size, kafka_key in letters:
+        key, value = originals[letter.offset]
+        assert size + len(kafka_key or b"") <= kafka.MESSAGE_MAX_BYTES - 4096
+        kept = base64.b64decode(letter.raw)
+        assert value.startswith(kept)
+        assert letter.raw_truncated == (len(kept) < len(value))
+        assert letter.raw_size == len(value)
+        assert letter.raw_sha256 == hashlib.sha256(value).hexdigest()
+        if len(value) <= 700_000:
+            assert not letter.raw_truncated  # small enough: copied whole
+        assert kafka_key == (None if key is None else key[:1024])
+    # the table keeps more: every message a default Kafka broker takes, whole
+    rows = {r["offset"]: r for r in sinks.buffer["dead_letters"]}
+    for offset, (_, value) in originals.items():
+        kept = base64.b64decode(rows[offset]["raw"])
+        assert kept == value[: 1024 * 1024]
+        assert rows[offset]["raw_truncated"] == (len(value) > 1024 * 1024)
+        assert rows[offset]["raw_size"] == len(value)
+
+
+def test_an_output_refused_for_its_size_is_replaced_not_retried(broker) -> None:
+    """A producer (or broker) with a lower limit than the sinks were built for: the
+    refused dead letter is cut down, the refused late copy replaced by a dead letter;
+    nothing is left to retry, so the next flush succeeds."""
+    settings = _settings(broker.bootstrap, "dl-refused")
+    producer = kafka.producer(settings, **{"message.max.bytes": 300_000})
+    sinks = Sinks(None, producer, settings.topics)  # type: ignore[arg-type]
+    big = random.Random(1).randbytes(500_000)
+    sinks.rejected(RawMessage("in", 0, 7, b"c", big), Rejection("too_large", "e"))
+    late_value = b'{"pad":"' + b"p" * 400_000 + b'"}'
+    sinks.late("ctr", RawMessage("in", 0, 8, b"c", late_value), TS, TS + 1, TS)
+    assert producer.flush(30) == 0 and not sinks.produce_errors and not sinks.undelivered
+    letters = {
+        letter.offset: (letter, size)
+        for letter, size, _ in _letters(broker.bootstrap, settings.topics.dead_letter)
+    }
+    assert set(letters) == {7, -1}
+    cut, size = letters[7]
+    assert size <= 64 * 1024 and cut.raw_truncated and cut.raw_size == len(big)
+    assert cut.raw_sha256 == hashlib.sha256(big).hexdigest()
+    assert big.startswith(base64.b64decode(cut.raw))
+    stand_in, size = letters[-1]
+    assert size <= 64 * 1024 and stand_in.reason == "output_too_large"
+    assert stand_in.source_topic == settings.topics.late_events
+    assert stand_in.raw_size == len(late_value)
+    assert late_value.startswith(base64.b64decode(stand_in.raw))
+
+
+def test_sinks_refuse_a_producer_too_small_for_late_copies() -> None:
+    with pytest.raises(ValueError, match=r"message\.max\.bytes"):
+        Sinks(None, None, None, max_message_bytes=200_000)  # type: ignore[arg-type]
