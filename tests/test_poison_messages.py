@@ -205,3 +205,97 @@ def test_an_output_refused_for_its_size_is_replaced_not_retried(broker) -> None:
 def test_sinks_refuse_a_producer_too_small_for_late_copies() -> None:
     with pytest.raises(ValueError, match=r"message\.max\.bytes"):
         Sinks(None, None, None, max_message_bytes=200_000)  # type: ignore[arg-type]
+
+
+# -- a monitor failing on one event rejects that event, not the batch -----------
+
+
+def _operator_errors(monitor: str, stage: str) -> float:
+    from streams import metrics
+
+    return metrics.OPERATOR_ERRORS.labels(monitor, stage)._value.get()
+
+
+def test_a_monitor_failing_on_one_event_rejects_that_event_not_the_batch() -> None:
+    """Fault injection in a real operator (CTR) that raises on one impression, as an
+    operator bug would on an input the schema accepts: the other events of the batch
+    are counted, the culprit is dead-lettered with reason operator_error."""
+    from dataclasses import replace
+
+    from streams.config import load_settings
+    from streams.monitors import build_monitors
+    from streams.pipeline import Pipeline
+    from tests.test_pipeline import LOGICAL, Recorder
+
+    def faulty_task(make: Any) -> Any:
+        task = make()
+        feed = task.operator.feed
+
+        def feed_or_fail(source: str, events: Any) -> None:
+            for e in events:  # an operator that dies half-way through a batch
+                if getattr(e, "impression_id", "") == "boom":
+                    raise OverflowError("injected")
+                feed(source, [e])
+
+        task.operator.feed = feed_or_fail
+        return task
+
+    specs = [
+        replace(m, make_task=lambda m=m: faulty_task(m.make_task)) if m.name == "ctr" else m
+        for m in build_monitors(load_settings(env={}))
+    ]
+    out = Recorder()
+    pipeline = Pipeline(specs, out, LOGICAL, clock=lambda: 1000.0)
+    pipeline.assign([0], {})
+    ids = ["a", "b", "boom", "c"]
+    batch = [
+        RawMessage(
+            "impressions",
+            0,
+            offset,
+            b"c",
+            msgspec.json.encode({"impression_id": i, "ts": TS, "campaign_id": "c", "user_id": "u"}),
+        )
+        for offset, i in enumerate(ids)
+    ]
+    before = _operator_errors("ctr", "feed")
+    pipeline.process(batch)
+    assert out.rejects == ["operator_error"]
+    assert _operator_errors("ctr", "feed") == before + 1
+    ctr = pipeline.tasks[("ctr", 0)].operator
+    counted = sum(w.imps for _, _, w in ctr.windows.items())
+    # a, b (fed before it failed, and again: CTR counts an impression id once) and c
+    assert counted == 3
+    assert pipeline.positions[("ctr", 0)]["impressions"] == 4
+    after = {"impression_id": "d", "ts": TS, "campaign_id": "c", "user_id": "u"}
+    pipeline.process([RawMessage("impressions", 0, 4, b"c", msgspec.json.encode(after))])
+    assert sum(w.imps for _, _, w in ctr.windows.items()) == 4  # and it goes on
+    assert out.rejects == ["operator_error"]
+
+
+def test_a_huge_sensor_value_does_not_take_the_worker_down() -> None:
+    """Found by fuzzing the monitors with schema-valid events: readings of 1.9e154
+    overflow the cluster monitor's squared distances (its `nearest` finds no centre
+    and `learn` raises KeyError when the watermark releases them, in `tick`). Whatever
+    an operator does with such input, the pipeline goes on."""
+    from streams.config import load_settings
+    from streams.monitors import build_monitors
+    from streams.pipeline import Pipeline
+    from tests.test_pipeline import LOGICAL, Recorder
+
+    out = Recorder()
+    settings = load_settings(env={}, overrides={"idle_timeout_s": 1})
+    clock = [1000.0]
+    pipeline = Pipeline(build_monitors(settings), out, LOGICAL, clock=lambda: clock[0])
+    pipeline.assign([0], {})
+    huge = 1.8961503816218355e154
+    readings = [(0.0, 0), (huge, 0), (huge, 0), (0.0, 10_001), (21.0, 20_000), (22.0, 90_000)]
+    for offset, (v, dt) in enumerate(readings):
+        body = {"sensor_id": "a", "ts": 946_684_800_000 + dt, "values": {"t": v}}
+        message = RawMessage("sensor-readings", 0, offset, b"a", msgspec.json.encode(body))
+        pipeline.process([message])
+        clock[0] += 1
+    assert pipeline.positions[("cluster", 0)]["sensor-readings"] == len(readings)
+    assert pipeline.positions[("sensor", 0)]["sensor-readings"] == len(readings)
+    # and the sensor monitor, fed the same readings, still closes its windows
+    assert any(r["sensor_id"] == "a" for r in out.table_rows.get("sensor_windows", []))
