@@ -35,6 +35,12 @@ def producer(settings: Settings, **extra: Any) -> Any:
 
 
 def consumer(settings: Settings, group_id: str, **extra: Any) -> Any:
+    """A consumer without auto-commit. Large messages: librdkafka returns a record
+    batch larger than `max.partition.fetch.bytes` (1 MiB) or `fetch.max.bytes` on its
+    own rather than stall on it, up to `receive.message.max.bytes` (100 MB by default,
+    kept above `fetch.max.bytes` + 512, which the worker's source sets to 64 MiB). So
+    any message a broker takes up to 64 MiB is fetched, then dead-lettered as
+    `too_large` past the decoder's limit (tests/test_poison_worker.py sends 5 MB)."""
     from confluent_kafka import Consumer
 
     return Consumer(
