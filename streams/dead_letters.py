@@ -73,6 +73,8 @@ def build(
     text_key = None if key is None else key[:KEY_MAX_BYTES].decode(errors="replace")
     if len(error) > ERROR_MAX_CHARS:
         error = error[: ERROR_MAX_CHARS - 1] + "…"
+    # an exception's text may hold lone surrogates, which JSON cannot carry
+    error = error.encode("utf-8", "replace").decode()
     letter = DeadLetter(
         source_topic=source_topic,
         partition=partition,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from schemas.decode import MAX_ERROR_CHARS, Decoder, Rejection
 from schemas.events import INPUT_EVENTS, DeadLetter, Event
-from streams import kafka
+from streams import dead_letters, kafka
 from streams.pipeline import RawMessage
 from streams.sinks import Sinks
 from tests.poison import nasty
@@ -299,3 +299,61 @@ def test_a_huge_sensor_value_does_not_take_the_worker_down() -> None:
     assert pipeline.positions[("sensor", 0)]["sensor-readings"] == len(readings)
     # and the sensor monitor, fed the same readings, still closes its windows
     assert any(r["sensor_id"] == "a" for r in out.table_rows.get("sensor_windows", []))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(0, 3_000_000),
+    key=st.none() | st.binary(max_size=3000),
+    error=st.text(max_size=3000),
+    budget=st.integers(20_000, 1_000_000),
+)
+def test_build_fits_any_budget_and_describes_the_original(
+    size: int, key: bytes | None, error: str, budget: int
+) -> None:
+    value = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+    letter, data = dead_letters.build(
+        source_topic="t",
+        partition=3,
+        offset=2**62,
+        key=key,
+        value=value,
+        error=error,
+        reason="too_large",
+        ts=TS,
+        max_json_bytes=budget,
+    )
+    assert len(data) <= budget
+    assert msgspec.json.decode(data, type=DeadLetter) == letter
+    kept = base64.b64decode(letter.raw)
+    assert value.startswith(kept) and letter.raw_truncated == (len(kept) < size)
+    assert letter.raw_size == size and letter.raw_sha256 == hashlib.sha256(value).hexdigest()
+    # nothing wasted: a truncated copy fills the budget to within one base64 quantum
+    if letter.raw_truncated:
+        assert len(data) > budget - 4 - len(b"false")
+
+
+def test_dead_letter_json_schema_describes_the_v2_fields() -> None:
+    import json
+
+    import jsonschema
+
+    from schemas.generate import artefacts
+
+    schema = next(json.loads(t) for p, t in artefacts().items() if p.name == "dead-letter.json")
+    _, data = dead_letters.build(
+        source_topic="impressions",
+        partition=0,
+        offset=1,
+        key=b"k",
+        value=b"x" * 5000,
+        error="e",
+        reason="too_large",
+        ts=TS,
+        max_json_bytes=4000,
+    )
+    doc = json.loads(data)
+    jsonschema.validate(doc, schema)
+    assert doc["raw_truncated"] is True and doc["raw_size"] == 5000
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**doc, "raw_size": "5000"}, schema)
