@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from operators.ctr import CtrConfig
 from operators.rules import Rule
 
 
@@ -88,6 +89,7 @@ class RuleSettings(Strict):
     cooldown_s: float = 600
     min_samples: int = 0
     max_p_value: float | None = None
+    clear_windows: int = 1  # hysteresis: consecutive clear observations that resolve
     message: str | None = None
 
     def rule(self) -> Rule:
@@ -101,6 +103,7 @@ class RuleSettings(Strict):
             cooldown_s=self.cooldown_s,
             min_samples=self.min_samples,
             max_p_value=self.max_p_value,
+            clear_windows=self.clear_windows,
             **extra,
         )
 
@@ -128,28 +131,54 @@ def _rule(
     )
 
 
+def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
+    """The CTR rules, their evidence levels derived from the monitor's false-alarm
+    budget (`CtrConfig.false_alarms_per_1000_campaign_days`, docs/monitors/ctr.md):
+    `max_p_value` is the budget's per-window level, `ctr_evidence` fires when the
+    CUSUM reaches its threshold (value 1.0 = h). `min_samples` is only a sanity
+    floor: the evidence decides. Episodes resolve after 3 clear windows."""
+    alpha = (config or CtrConfig()).window_alpha
+    return [
+        _rule(
+            "ctr_floor",
+            "ctr",
+            "ctr",
+            "<",
+            {"warning": 0.005, "critical": 0.001},
+            "CTR of {entity} ({level}) is {value:.2%}, below the floor of {threshold:.2%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+        ),
+        _rule(
+            "ctr_drop",
+            "ctr",
+            "ctr_drop",
+            ">",
+            {"warning": 0.3, "critical": 0.5},
+            "CTR of {entity} ({level}) dropped {value:.0%} to {ctr:.2%} against a baseline "
+            "of {baseline_ctr:.2%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+        ),
+        _rule(
+            "ctr_sustained_drop",
+            "ctr",
+            "ctr_evidence",
+            ">=",
+            {"warning": 1.0},
+            "CTR of {entity} ({level}) has stayed below its baseline of {baseline_ctr:.2%} "
+            "(now {ctr:.2%}): accumulated evidence {llr:.1f} nats, threshold "
+            "{llr_threshold:.1f}",
+            clear_windows=3,
+        ),
+    ]
+
+
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
-    _rule(
-        "ctr_floor",
-        "ctr",
-        "ctr",
-        "<",
-        {"warning": 0.005, "critical": 0.001},
-        "CTR of {entity} is {value:.2%}, below the floor of {threshold:.2%}",
-        min_samples=200,
-        max_p_value=0.001,
-    ),
-    _rule(
-        "ctr_drop",
-        "ctr",
-        "ctr_drop",
-        ">",
-        {"warning": 0.3, "critical": 0.5},
-        "CTR of {entity} dropped {value:.0%} to {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
-        min_samples=200,
-        max_p_value=0.001,
-    ),
+    *ctr_rules(),
     _rule(
         "drift_psi",
         "drift",

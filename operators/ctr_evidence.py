@@ -1,0 +1,229 @@
+"""Judging final CTR windows: per campaign and per variant, window by window and
+accumulated over windows, against a baseline the incident cannot leak into.
+
+Input: the final counts of the windows one watermark step closed, as
+(start, campaign, variant, impressions, clicks). Output: observations for the
+rule engine. No windowing, joining or alert state lives here (the operator
+windows, the rule engine keeps episodes), so the same object judges the
+worker's windows (`CtrOperator`) and the detection benchmark's simulated
+counts (`tests/benchmarks/detection.py`).
+
+Levels. A campaign whose impressions carry variants is judged per variant
+(entity `campaign/variant`, `details.level = "variant"`) and pooled (entity
+`campaign`, level `"campaign"`: the sum over its variants, where a collapse of
+the whole campaign has twice the evidence of either half); a campaign without
+variants is judged once, at level `"campaign"`.
+
+Per judged window with n impressions and k clicks (p0 = baseline CTR):
+
+- `ctr`: value k / n, p-value P(X <= k), X ~ Binomial(n, floor_ctr) (exact).
+- `ctr_drop`: value (p0 - k/n) / p0, p-value of Fisher's exact test (one-sided,
+  Fisher 1922) of (k, n - k) against the baseline's pooled counts.
+- `ctr_evidence`: the CUSUM (Page 1954) of the binomial log-likelihood ratio of
+  "CTR = p0 (1 - drop_to_detect)" against "CTR = p0", as a fraction of its
+  threshold h (>= 1: alarm). h = log(ARL0) (Lorden 1971), see
+  `operators/sequential.py`; it accumulates the evidence of a drop too small to
+  be significant in any one window.
+
+Baseline (`operators.baseline.ClearedRate`): the pooled clicks / impressions of
+the entity's last `baseline_windows` windows that the CUSUM cleared. A window
+is held until the CUSUM returns to 0 (then it is ordinary and enters the
+baseline) or alarms (then it, and every window while the alarm lasts, is part
+of the incident and never enters); a window whose own `ctr_drop` p-value is
+below the budget's per-window level is dropped as well. So during an
+incident the baseline stays what it was before, and an episode can only end
+because the CTR came back, never because the baseline followed it down.
+
+Budget. `CtrConfig.false_alarms_per_1000_campaign_days` (B) is split evenly
+over the three judgements (floor, drop, evidence) and the `levels_per_campaign`
+entities of a campaign: with W windows per day and m = 3 * levels tests per
+campaign and window,
+
+    window_alpha = B / (1000 * W * m)           (Bonferroni, per window)
+    h = log(1000 * W * m / B)                    (ARL0 per entity's CUSUM)
+
+so on traffic without incidents the expected number of false CTR alerts is at
+most B per 1,000 campaign-days however many campaigns are watched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.stats import binom
+
+from operators.base import Observation
+from operators.baseline import ClearedRate
+from operators.sequential import Cusum
+from operators.stats import fisher_exact_less
+
+if TYPE_CHECKING:
+    from operators.ctr import CtrConfig
+
+# (start, campaign, variant, impressions, clicks)
+WindowCounts = tuple[int, str, str, int, int]
+
+
+def judged_units(windows: Sequence[WindowCounts]) -> list[tuple[int, str, str, int, int]]:
+    """(start, entity, level, impressions, clicks) to judge, by start, campaign, then
+    the pooled campaign before its variants; windows without impressions are skipped.
+
+    >>> judged_units([(0, "c", "A", 10, 1), (0, "c", "B", 12, 0), (0, "d", "", 5, 1)])
+    [(0, 'c', 'campaign', 22, 1), (0, 'c/A', 'variant', 10, 1), (0, 'c/B', 'variant', 12, 0), (0, 'd', 'campaign', 5, 1)]
+    """  # noqa: E501
+    groups: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
+    for start, campaign, variant, imps, clicks in windows:
+        groups.setdefault((start, campaign), []).append((variant, imps, clicks))
+    units = []
+    for (start, campaign), parts in sorted(groups.items()):
+        imps = sum(p[1] for p in parts)
+        if imps:
+            units.append((start, campaign, "campaign", imps, sum(p[2] for p in parts)))
+        if any(variant for variant, _, _ in parts):
+            for variant, v_imps, v_clicks in sorted(parts):
+                if variant and v_imps:
+                    units.append((start, f"{campaign}/{variant}", "variant", v_imps, v_clicks))
+    return units
+
+
+class CtrJudge:
+    """Observations for final CTR windows (see the module docstring)."""
+
+    def __init__(self, config: CtrConfig) -> None:
+        self.config = config
+        self.threshold = config.evidence_threshold
+        self.alpha = config.window_alpha
+        self.baseline = ClearedRate(
+            config.baseline_windows,
+            config.baseline_min_windows,
+            config.baseline_min_impressions,
+            config.baseline_max_pending,
+        )
+        self.cusums: dict[str, Cusum] = {}
+        self.alarmed: set[str] = set()  # entities whose CUSUM alarmed and is not back to 0
+        # log-likelihood ratio per impression: clicked / not clicked, for p1 = p0 * ratio
+        self._log_ratio = math.log(1.0 - config.drop_to_detect)
+
+    def judge(self, windows: Sequence[WindowCounts]) -> list[Observation]:
+        cfg = self.config
+        units = judged_units(windows)
+        if not units:
+            return []
+        h = self.threshold
+        cap = cfg.evidence_cap * h
+        log_ratio = self._log_ratio
+        # sequential per entity (each window against the baseline before it)
+        judged: list[tuple[int, str, str, int, int, tuple[int, int] | None, float, Any]] = []
+        for start, entity, level, n, k in units:
+            base = self.baseline.get(entity)
+            if base is None or base[0] == 0:
+                # no baseline yet: nothing to judge a drop against; learn
+                self.baseline.commit(entity)
+                held = self.baseline.hold(entity, k, n)
+                self.baseline.commit(entity)
+                judged.append((start, entity, level, n, k, None, 0.0, held))
+                continue
+            p0 = base[0] / base[1]
+            p1 = p0 * (1.0 - cfg.drop_to_detect)
+            llr = k * log_ratio + (n - k) * (math.log1p(-p1) - math.log1p(-p0))
+            cusum = self.cusums.get(entity)
+            if cusum is None:
+                cusum = self.cusums[entity] = Cusum(cap=cap)
+            s = cusum.update(llr)
+            held = None
+            if s >= h:
+                self.alarmed.add(entity)
+                self.baseline.discard(entity)  # the run that led here is the incident's
+            elif entity in self.alarmed:
+                if s == 0.0:
+                    self.alarmed.discard(entity)  # recovered: learn again from the next window
+            else:
+                held = self.baseline.hold(entity, k, n)
+                if s == 0.0:
+                    self.baseline.commit(entity)
+            judged.append((start, entity, level, n, k, base, s, held))
+
+        clicks = np.array([u[4] for u in judged], dtype=np.int64)
+        imps = np.array([u[3] for u in judged], dtype=np.int64)
+        floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
+        with_base = np.array([u[5] is not None for u in judged], dtype=bool)
+        base_k = np.array([u[5][0] for u in judged if u[5] is not None], dtype=np.int64)
+        base_n = np.array([u[5][1] for u in judged if u[5] is not None], dtype=np.int64)
+        drop_p = iter(
+            fisher_exact_less(
+                clicks[with_base], imps[with_base] - clicks[with_base], base_k, base_n - base_k
+            ).tolist()
+        )
+        out: list[Observation] = []
+        window_ms = cfg.window_ms
+        for (start, entity, level, n, k, base, s, held), p_floor in zip(
+            judged, floor_p, strict=True
+        ):
+            end = start + window_ms
+            ctr = k / n
+            common = {"ts": end, "n": n, "window_start": start, "window_end": end}
+            counts = {"impressions": n, "clicks": k, "level": level}
+            out.append(
+                Observation("ctr", entity, "ctr", ctr, details=counts, p_value=p_floor, **common)
+            )
+            if base is None:
+                continue
+            p_drop = next(drop_p)
+            if held is not None and p_drop <= self.alpha:
+                self.baseline.drop(entity, held)  # significant on its own: not ordinary
+            baseline = base[0] / base[1]
+            details = {
+                **counts,
+                "ctr": ctr,
+                "baseline_ctr": baseline,
+                "baseline_impressions": base[1],
+            }
+            out.append(
+                Observation(
+                    "ctr",
+                    entity,
+                    "ctr_drop",
+                    (baseline - ctr) / baseline,
+                    details=details,
+                    p_value=p_drop,
+                    **common,
+                )
+            )
+            out.append(
+                Observation(
+                    "ctr",
+                    entity,
+                    "ctr_evidence",
+                    s / h,
+                    details={
+                        **details,
+                        "llr": s,
+                        "llr_threshold": h,
+                        "drop_to_detect": cfg.drop_to_detect,
+                    },
+                    **common,
+                )
+            )
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline.snapshot(),
+            "cusums": {key: c.snapshot() for key, c in self.cusums.items()},
+            "alarmed": sorted(self.alarmed),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.baseline.restore(state["baseline"])
+        cap = self.config.evidence_cap * self.threshold
+        self.cusums = {}
+        for key, value in state["cusums"].items():
+            cusum = self.cusums[key] = Cusum(cap=cap)
+            cusum.restore(value)
+        self.alarmed = set(state["alarmed"])
+
+
+__all__ = ["CtrJudge", "WindowCounts", "judged_units"]
