@@ -42,8 +42,8 @@ class TrailingRate:
 
 
 class ClearedRate:
-    """The pooled rate of the last `size` windows per key that a detector has
-    cleared, so that an incident does not leak into its own baseline.
+    """The pooled rate of the last windows per key that a detector has cleared, so
+    that an incident does not leak into its own baseline.
 
     A new window is first *held* (pending); the detector then either *commits*
     the held windows to the baseline (its evidence of a change has returned to
@@ -54,10 +54,14 @@ class ClearedRate:
 
         baseline = sum(hits) / sum(trials) over the last `size` committed windows
 
-    and answers only once at least `min_windows` windows and `min_trials` trials
-    are in it. Pooling over a long span (an hour by default for CTR) rather than
-    a few windows keeps the estimate's own noise small for small keys; the gate
-    (not trimming) is what makes it robust to the incident itself.
+    and answers only once at least `min_windows` windows, `min_trials` trials and
+    `min_hits` hits are in it. Committed windows are summed in blocks of `block`
+    windows (the span is `size` windows rounded up to whole blocks, plus the
+    block being filled), so a long span costs size / block entries per key.
+    Pooling over a long span (four hours by default for CTR) rather than a few
+    windows keeps the estimate's own noise small for small keys and the slow
+    decline of a campaign visible against it; the gate (not trimming) is what
+    makes it robust to the incident itself.
 
     >>> r = ClearedRate(size=3, min_windows=2, min_trials=10, max_pending=5)
     >>> _ = r.hold("k", 1, 10); r.commit("k"); _ = r.hold("k", 2, 10); r.get("k") is None
@@ -68,28 +72,51 @@ class ClearedRate:
     (3, 20)
     """
 
-    def __init__(self, size: int, min_windows: int, min_trials: int, max_pending: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        min_windows: int,
+        min_trials: int,
+        max_pending: int,
+        min_hits: int = 0,
+        block: int = 1,
+    ) -> None:
         self.size = size
+        self.block = block
         self.min_windows = min_windows
         self.min_trials = min_trials
+        self.min_hits = min_hits
         self.max_pending = max_pending
+        # per key: blocks [hits, trials, windows], the last one being filled
         self.windows: dict[str, deque[list[int]]] = {}
         self.pending: dict[str, list[list[int]]] = {}
 
     def get(self, key: str) -> tuple[int, int] | None:
         """(hits, trials) of the committed baseline, or None while too small."""
-        windows = self.windows.get(key)
-        if windows is None or len(windows) < self.min_windows:
+        blocks = self.windows.get(key)
+        if blocks is None:
             return None
-        hits = sum(w[0] for w in windows)
-        trials = sum(w[1] for w in windows)
-        return (hits, trials) if trials >= self.min_trials else None
+        hits = trials = windows = 0
+        for h, t, w in blocks:
+            hits += h
+            trials += t
+            windows += w
+        if windows < self.min_windows or trials < self.min_trials or hits < self.min_hits:
+            return None
+        return hits, trials
 
-    def _committed(self, key: str) -> deque[list[int]]:
-        windows = self.windows.get(key)
-        if windows is None:
-            windows = self.windows[key] = deque(maxlen=self.size)
-        return windows
+    def _add(self, key: str, hits: int, trials: int) -> None:
+        blocks = self.windows.get(key)
+        if blocks is None:
+            # whole blocks covering `size`, plus the one being filled
+            blocks = self.windows[key] = deque(maxlen=-(-self.size // self.block) + 1)
+        if blocks and blocks[-1][2] < self.block:
+            last = blocks[-1]
+            last[0] += hits
+            last[1] += trials
+            last[2] += 1
+        else:
+            blocks.append([hits, trials, 1])
 
     def hold(self, key: str, hits: int, trials: int) -> list[int]:
         """Hold a window until the detector commits or discards it; returns its entry
@@ -98,7 +125,7 @@ class ClearedRate:
         pending = self.pending.setdefault(key, [])
         pending.append(entry)
         if len(pending) > self.max_pending:
-            self._committed(key).append(pending.pop(0))
+            self._add(key, *pending.pop(0))
         return entry
 
     def drop(self, key: str, entry: list[int]) -> None:
@@ -113,20 +140,21 @@ class ClearedRate:
     def commit(self, key: str) -> None:
         pending = self.pending.pop(key, None)
         if pending:
-            self._committed(key).extend(pending)
+            for hits, trials in pending:
+                self._add(key, hits, trials)
 
     def discard(self, key: str) -> None:
         self.pending.pop(key, None)
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "windows": {key: [list(w) for w in ws] for key, ws in self.windows.items()},
+            "windows": {key: [list(b) for b in bs] for key, bs in self.windows.items()},
             "pending": {key: [list(w) for w in ws] for key, ws in self.pending.items()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        size = -(-self.size // self.block) + 1
         self.windows = {
-            key: deque((list(w) for w in ws), maxlen=self.size)
-            for key, ws in state["windows"].items()
+            key: deque((list(b) for b in bs), maxlen=size) for key, bs in state["windows"].items()
         }
         self.pending = {key: [list(w) for w in ws] for key, ws in state["pending"].items()}

@@ -33,31 +33,41 @@ from typing import Any
 
 from operators.base import Operator
 from operators.ctr_evidence import CtrJudge
-from operators.sequential import bonferroni_alpha, cusum_threshold, tests_per_1000_entity_days
+from operators.sequential import bonferroni_alpha, cusum_threshold, windows_per_1000_entity_days
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Click, Impression
 
-# the judgements per entity and window the false-alarm budget is split over:
-# the `ctr` floor, the `ctr_drop` window test and the `ctr_evidence` CUSUM
-JUDGEMENTS = 3
+# the judgements per entity and window the false-alarm budget is split over, besides
+# one CUSUM per `drops_to_detect`: the `ctr` floor and the `ctr_drop` window test
+WINDOW_TESTS = 2
 
 
 @dataclass(frozen=True)
 class CtrConfig:
     window_ms: int = 60_000
     attribution_ms: int = 600_000
-    baseline_windows: int = 60  # how many cleared final windows form the baseline
+    baseline_windows: int = 240  # how many cleared final windows form the baseline
+    baseline_block: int = 10  # ... summed in blocks of this many (memory)
     baseline_min_windows: int = 3  # no drop is judged before this many
     baseline_min_impressions: int = 200  # ... nor before the baseline pools this many
-    baseline_max_pending: int = 30  # windows held past this enter the baseline anyway
+    baseline_min_clicks: int = 20  # ... nor before it pools this many clicks
+    baseline_max_pending: int = 60  # windows held past this enter the baseline anyway
+    # the CUSUM's baseline is the pooled rate's lower bound (clicks - z sqrt(clicks)) /
+    # impressions, so an estimate high by chance does not read as a drop
+    baseline_z: float = 2.0
     floor_ctr: float = 0.005  # the p-value of the `ctr` observation is against this rate
     # expected false CTR alerts on traffic without incidents, per 1,000 campaign-days;
     # sets `window_alpha` and `evidence_threshold` (docs/monitors/ctr.md)
     false_alarms_per_1000_campaign_days: float = 1.0
     levels_per_campaign: int = 3  # entities judged per campaign (pooled + 2 variants)
-    drop_to_detect: float = 0.5  # the CUSUM's alternative: CTR = baseline * (1 - this)
-    evidence_cap: float = 2.0  # the CUSUM is capped at this multiple of its threshold
+    # one CUSUM per drop d: the alternative "CTR = baseline * (1 - d)"; 0.5 for
+    # partial drops, 0.9 for collapses (nearly twice the evidence per missing click)
+    drops_to_detect: tuple[float, ...] = (0.5, 0.9)
+    # after an alarm the episode lasts until a CUSUM for the way back ("CTR = baseline"
+    # against "baseline * (1 - first d)") reaches this many nats (log 100: a false
+    # "recovered" during an ongoing incident has probability <= 1 %, Wald)
+    recovery_evidence: float = 4.6
     cusum_threshold: float | None = None  # raw override of the threshold h (nats)
 
     def __post_init__(self) -> None:
@@ -69,23 +79,26 @@ class CtrConfig:
             raise ValueError("floor_ctr must be in (0, 1)")
         if self.false_alarms_per_1000_campaign_days <= 0 or self.levels_per_campaign < 1:
             raise ValueError("need false_alarms_per_1000_campaign_days > 0, levels >= 1")
-        if not 0 < self.drop_to_detect < 1 or self.evidence_cap < 1:
-            raise ValueError("need 0 < drop_to_detect < 1 and evidence_cap >= 1")
+        if not self.drops_to_detect or not all(0 < d < 1 for d in self.drops_to_detect):
+            raise ValueError("drops_to_detect: one or more drops in (0, 1)")
+        if self.recovery_evidence <= 0 or self.baseline_z < 0:
+            raise ValueError("need recovery_evidence > 0 and baseline_z >= 0")
         if self.cusum_threshold is not None and self.cusum_threshold <= 0:
             raise ValueError("cusum_threshold must be > 0")
 
     @property
     def budgeted_tests(self) -> float:
         """Judgements per 1,000 campaign-days the budget is spread over."""
-        per_entity = tests_per_1000_entity_days(self.window_ms)
-        return per_entity * JUDGEMENTS * self.levels_per_campaign
+        per_entity = windows_per_1000_entity_days(self.window_ms)
+        judgements = WINDOW_TESTS + len(self.drops_to_detect)
+        return per_entity * judgements * self.levels_per_campaign
 
     @property
     def window_alpha(self) -> float:
         """The per-window significance level of `ctr` and `ctr_drop` (Bonferroni).
 
         >>> f"{CtrConfig().window_alpha:.3g}"
-        '7.72e-08'
+        '5.79e-08'
         """
         return bonferroni_alpha(self.false_alarms_per_1000_campaign_days, self.budgeted_tests)
 
@@ -94,7 +107,7 @@ class CtrConfig:
         """The CUSUM threshold h = log(ARL0), ARL0 = budgeted tests / budget (windows).
 
         >>> round(CtrConfig().evidence_threshold, 2)
-        16.38
+        16.67
         """
         if self.cusum_threshold is not None:
             return self.cusum_threshold

@@ -101,11 +101,49 @@ class CtrJudge:
             config.baseline_min_windows,
             config.baseline_min_impressions,
             config.baseline_max_pending,
+            config.baseline_min_clicks,
+            config.baseline_block,
         )
-        self.cusums: dict[str, Cusum] = {}
-        self.alarmed: set[str] = set()  # entities whose CUSUM alarmed and is not back to 0
-        # log-likelihood ratio per impression: clicked / not clicked, for p1 = p0 * ratio
-        self._log_ratio = math.log(1.0 - config.drop_to_detect)
+        self.cusums: dict[str, list[Cusum]] = {}  # one per drop to detect
+        self.recovery: dict[str, Cusum] = {}  # entities in an alarm: evidence of the way back
+        self.log_ratios = [math.log(1.0 - d) for d in config.drops_to_detect]
+
+    def _sequential(
+        self, entity: str, n: int, k: int, base: tuple[int, int]
+    ) -> tuple[float, float, float, list[int] | None]:
+        """Update the entity's CUSUMs with one window; returns (statistic, value for
+        the rule, recovery statistic, the window's baseline entry if it was held)."""
+        cfg = self.config
+        h = self.threshold
+        hits, trials = base
+        # the baseline's lower bound: an estimate high by chance must not read as a drop
+        p0 = max(hits - cfg.baseline_z * math.sqrt(hits), 0.5) / trials
+        log_p0 = math.log1p(-p0)
+        llrs = [
+            k * log_ratio + (n - k) * (math.log1p(-p0 * (1.0 - d)) - log_p0)
+            for d, log_ratio in zip(cfg.drops_to_detect, self.log_ratios, strict=True)
+        ]
+        cusums = self.cusums.get(entity)
+        if cusums is None:
+            cusums = self.cusums[entity] = [Cusum() for _ in llrs]
+        s = max([c.update(llr) for c, llr in zip(cusums, llrs, strict=True)])
+        recovery = self.recovery.get(entity)
+        if recovery is not None:  # in an alarm: has the CTR come back?
+            r = recovery.update(-llrs[0])
+            if r < cfg.recovery_evidence:
+                return s, max(1.0, s / h), r, None
+            del self.recovery[entity]  # recovered: start afresh, learn from the next window
+            for c in cusums:
+                c.reset()
+            return 0.0, 0.0, r, None
+        if s >= h:
+            self.recovery[entity] = Cusum()
+            self.baseline.discard(entity)  # the run that led here is the incident's
+            return s, s / h, 0.0, None
+        held = self.baseline.hold(entity, k, n)
+        if s == 0.0:
+            self.baseline.commit(entity)  # no evidence of a drop left: they were ordinary
+        return s, s / h, 0.0, held
 
     def judge(self, windows: Sequence[WindowCounts]) -> list[Observation]:
         cfg = self.config
@@ -113,38 +151,17 @@ class CtrJudge:
         if not units:
             return []
         h = self.threshold
-        cap = cfg.evidence_cap * h
-        log_ratio = self._log_ratio
         # sequential per entity (each window against the baseline before it)
-        judged: list[tuple[int, str, str, int, int, tuple[int, int] | None, float, Any]] = []
+        judged: list[Any] = []
         for start, entity, level, n, k in units:
             base = self.baseline.get(entity)
-            if base is None or base[0] == 0:
+            if base is None:
                 # no baseline yet: nothing to judge a drop against; learn
+                self.baseline.hold(entity, k, n)
                 self.baseline.commit(entity)
-                held = self.baseline.hold(entity, k, n)
-                self.baseline.commit(entity)
-                judged.append((start, entity, level, n, k, None, 0.0, held))
+                judged.append((start, entity, level, n, k, None, None))
                 continue
-            p0 = base[0] / base[1]
-            p1 = p0 * (1.0 - cfg.drop_to_detect)
-            llr = k * log_ratio + (n - k) * (math.log1p(-p1) - math.log1p(-p0))
-            cusum = self.cusums.get(entity)
-            if cusum is None:
-                cusum = self.cusums[entity] = Cusum(cap=cap)
-            s = cusum.update(llr)
-            held = None
-            if s >= h:
-                self.alarmed.add(entity)
-                self.baseline.discard(entity)  # the run that led here is the incident's
-            elif entity in self.alarmed:
-                if s == 0.0:
-                    self.alarmed.discard(entity)  # recovered: learn again from the next window
-            else:
-                held = self.baseline.hold(entity, k, n)
-                if s == 0.0:
-                    self.baseline.commit(entity)
-            judged.append((start, entity, level, n, k, base, s, held))
+            judged.append((start, entity, level, n, k, base, self._sequential(entity, n, k, base)))
 
         clicks = np.array([u[4] for u in judged], dtype=np.int64)
         imps = np.array([u[3] for u in judged], dtype=np.int64)
@@ -159,9 +176,7 @@ class CtrJudge:
         )
         out: list[Observation] = []
         window_ms = cfg.window_ms
-        for (start, entity, level, n, k, base, s, held), p_floor in zip(
-            judged, floor_p, strict=True
-        ):
+        for (start, entity, level, n, k, base, seq), p_floor in zip(judged, floor_p, strict=True):
             end = start + window_ms
             ctr = k / n
             common = {"ts": end, "n": n, "window_start": start, "window_end": end}
@@ -172,6 +187,7 @@ class CtrJudge:
             if base is None:
                 continue
             p_drop = next(drop_p)
+            s, value, r, held = seq
             if held is not None and p_drop <= self.alpha:
                 self.baseline.drop(entity, held)  # significant on its own: not ordinary
             baseline = base[0] / base[1]
@@ -197,13 +213,8 @@ class CtrJudge:
                     "ctr",
                     entity,
                     "ctr_evidence",
-                    s / h,
-                    details={
-                        **details,
-                        "llr": s,
-                        "llr_threshold": h,
-                        "drop_to_detect": cfg.drop_to_detect,
-                    },
+                    value,
+                    details={**details, "llr": s, "llr_threshold": h, "recovery_llr": r},
                     **common,
                 )
             )
@@ -212,18 +223,14 @@ class CtrJudge:
     def snapshot(self) -> dict[str, Any]:
         return {
             "baseline": self.baseline.snapshot(),
-            "cusums": {key: c.snapshot() for key, c in self.cusums.items()},
-            "alarmed": sorted(self.alarmed),
+            "cusums": {key: [c.snapshot() for c in cs] for key, cs in self.cusums.items()},
+            "recovery": {key: c.snapshot() for key, c in self.recovery.items()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.baseline.restore(state["baseline"])
-        cap = self.config.evidence_cap * self.threshold
-        self.cusums = {}
-        for key, value in state["cusums"].items():
-            cusum = self.cusums[key] = Cusum(cap=cap)
-            cusum.restore(value)
-        self.alarmed = set(state["alarmed"])
+        self.cusums = {key: [Cusum(None, v) for v in cs] for key, cs in state["cusums"].items()}
+        self.recovery = {key: Cusum(None, v) for key, v in state["recovery"].items()}
 
 
 __all__ = ["CtrJudge", "WindowCounts", "judged_units"]

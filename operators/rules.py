@@ -16,7 +16,8 @@ A condition that stays true raises nothing new, and a rule that resolved
 does not fire again for the same entity until `cooldown_s` of event time
 has passed since it last fired (no flapping). With `clear_windows` = N > 1
 (hysteresis) a firing episode resolves only at the N-th consecutive
-observation on which the condition no longer holds.
+observation on which the condition no longer holds; with `clear_by_value`,
+on which the value itself is back within the threshold (significant or not).
 
 `alert_id` is a hash of rule, entity, window and status, so a replay raises
 the same id with the same content.
@@ -55,6 +56,10 @@ class Rule:
     min_samples: int = 0
     max_p_value: float | None = None  # crossed only if the observation is this significant
     clear_windows: int = 1  # consecutive observations below the threshold that resolve
+    # True: a firing episode clears only on values back within the threshold (the
+    # p-value gates firing, not resolving: a small window of an ongoing incident that
+    # is not significant on its own does not end it)
+    clear_by_value: bool = False
     message: str = DEFAULT_MESSAGE  # str.format with metric, entity, value, ... and details
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -137,6 +142,10 @@ class RuleEngine:
             self.state[key] = [severity, obs.ts, 0]
             return self._alert(rule, obs, "firing", severity, threshold)
         if firing:
+            if rule.clear_by_value and rule.level(obs.value) is not None:
+                if state is not None and len(state) > 2:
+                    state[2] = 0  # still beyond the threshold, only not significant alone
+                return None
             clear = (state[2] if state is not None and len(state) > 2 else 0) + 1
             if clear < rule.clear_windows:
                 self.state[key] = [firing, last_fired, clear]

@@ -71,10 +71,10 @@ def cusum_threshold(arl0: float) -> float:
     return math.log(arl0)
 
 
-def tests_per_1000_entity_days(window_ms: int) -> float:
+def windows_per_1000_entity_days(window_ms: int) -> float:
     """How many windows 1,000 entities close in a day each.
 
-    >>> tests_per_1000_entity_days(60_000)
+    >>> windows_per_1000_entity_days(60_000)
     1440000.0
     """
     return 1000 * MS_PER_DAY / window_ms
@@ -136,5 +136,5 @@ __all__ = [
     "binomial_llr",
     "bonferroni_alpha",
     "cusum_threshold",
-    "tests_per_1000_entity_days",
+    "windows_per_1000_entity_days",
 ]

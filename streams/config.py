@@ -90,6 +90,7 @@ class RuleSettings(Strict):
     min_samples: int = 0
     max_p_value: float | None = None
     clear_windows: int = 1  # hysteresis: consecutive clear observations that resolve
+    clear_by_value: bool = False  # resolve on the value alone, not its p-value
     message: str | None = None
 
     def rule(self) -> Rule:
@@ -104,6 +105,7 @@ class RuleSettings(Strict):
             min_samples=self.min_samples,
             max_p_value=self.max_p_value,
             clear_windows=self.clear_windows,
+            clear_by_value=self.clear_by_value,
             **extra,
         )
 
@@ -149,6 +151,7 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
             min_samples=30,
             max_p_value=alpha,
             clear_windows=3,
+            clear_by_value=True,
         ),
         _rule(
             "ctr_drop",
@@ -161,6 +164,7 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
             min_samples=30,
             max_p_value=alpha,
             clear_windows=3,
+            clear_by_value=True,
         ),
         _rule(
             "ctr_sustained_drop",
