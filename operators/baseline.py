@@ -89,18 +89,15 @@ class ClearedRate:
         self.max_pending = max_pending
         # per key: blocks [hits, trials, windows], the last one being filled
         self.windows: dict[str, deque[list[int]]] = {}
+        self.totals: dict[str, list[int]] = {}  # per key: the sums over its blocks
         self.pending: dict[str, list[list[int]]] = {}
 
     def get(self, key: str) -> tuple[int, int] | None:
         """(hits, trials) of the committed baseline, or None while too small."""
-        blocks = self.windows.get(key)
-        if blocks is None:
+        total = self.totals.get(key)
+        if total is None:
             return None
-        hits = trials = windows = 0
-        for h, t, w in blocks:
-            hits += h
-            trials += t
-            windows += w
+        hits, trials, windows = total
         if windows < self.min_windows or trials < self.min_trials or hits < self.min_hits:
             return None
         return hits, trials
@@ -110,13 +107,23 @@ class ClearedRate:
         if blocks is None:
             # whole blocks covering `size`, plus the one being filled
             blocks = self.windows[key] = deque(maxlen=-(-self.size // self.block) + 1)
+            self.totals[key] = [0, 0, 0]
+        total = self.totals[key]
         if blocks and blocks[-1][2] < self.block:
             last = blocks[-1]
             last[0] += hits
             last[1] += trials
             last[2] += 1
         else:
+            if len(blocks) == blocks.maxlen:  # the oldest block leaves the span
+                old = blocks[0]
+                total[0] -= old[0]
+                total[1] -= old[1]
+                total[2] -= old[2]
             blocks.append([hits, trials, 1])
+        total[0] += hits
+        total[1] += trials
+        total[2] += 1
 
     def hold(self, key: str, hits: int, trials: int) -> list[int]:
         """Hold a window until the detector commits or discards it; returns its entry
@@ -156,5 +163,8 @@ class ClearedRate:
         size = -(-self.size // self.block) + 1
         self.windows = {
             key: deque((list(b) for b in bs), maxlen=size) for key, bs in state["windows"].items()
+        }
+        self.totals = {
+            key: [sum(b[i] for b in bs) for i in range(3)] for key, bs in self.windows.items()
         }
         self.pending = {key: [list(w) for w in ws] for key, ws in state["pending"].items()}

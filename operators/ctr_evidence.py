@@ -58,7 +58,7 @@ from scipy.stats import binom
 from operators.base import Observation
 from operators.baseline import ClearedRate
 from operators.sequential import Cusum
-from operators.stats import fisher_exact_less
+from operators.exact import fisher_less_small_counts
 
 if TYPE_CHECKING:
     from operators.ctr import CtrConfig
@@ -170,7 +170,7 @@ class CtrJudge:
         base_k = np.array([u[5][0] for u in judged if u[5] is not None], dtype=np.int64)
         base_n = np.array([u[5][1] for u in judged if u[5] is not None], dtype=np.int64)
         drop_p = iter(
-            fisher_exact_less(
+            fisher_less_small_counts(
                 clicks[with_base], imps[with_base] - clicks[with_base], base_k, base_n - base_k
             ).tolist()
         )

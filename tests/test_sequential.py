@@ -8,13 +8,15 @@ import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import binom
+from scipy.stats import binom, fisher_exact
 
 import operators.baseline
 import operators.ctr
 import operators.ctr_evidence
+import operators.exact
 import operators.sequential
 from operators.baseline import ClearedRate
+from operators.exact import fisher_less_small_counts
 from operators.sequential import (
     Cusum,
     binomial_llr,
@@ -25,7 +27,8 @@ from operators.sequential import (
 
 
 def test_doctests() -> None:
-    for module in (operators.sequential, operators.baseline, operators.ctr_evidence, operators.ctr):
+    modules = (operators.sequential, operators.baseline, operators.exact, operators.ctr_evidence)
+    for module in (*modules, operators.ctr):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
@@ -125,3 +128,28 @@ def test_cleared_rate_pending_overflow_and_drop() -> None:
     r2.restore(state)
     r2.commit("k")
     assert r2.get("k") == (9, 30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    a=st.integers(0, 60),
+    b=st.integers(0, 600),
+    c=st.integers(0, 5000),
+    d=st.integers(0, 60000),
+)
+def test_fisher_small_counts_is_scipys_fisher_exact(a: int, b: int, c: int, d: int) -> None:
+    got = float(fisher_less_small_counts([a], [b], [c], [d])[0])
+    if min(a + b, c + d, a + c, b + d) == 0:
+        assert got == 1.0
+        return
+    want = float(fisher_exact([[a, b], [c, d]], alternative="less").pvalue)
+    assert math.isclose(got, min(want, 1.0), rel_tol=1e-9, abs_tol=1e-300)
+
+
+def test_fisher_small_counts_large_tables_fall_back_to_scipy() -> None:
+    got = fisher_less_small_counts([1500, 2], [8500, 98], [20000, 10], [80000, 90])
+    want = [
+        fisher_exact([[1500, 8500], [20000, 80000]], alternative="less").pvalue,
+        fisher_exact([[2, 98], [10, 90]], alternative="less").pvalue,
+    ]
+    assert np.allclose(got, want, rtol=1e-9)

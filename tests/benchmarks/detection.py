@@ -47,6 +47,7 @@ of the CTR lasting >= 10 min in a campaign with >= 100 impressions/min
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -180,7 +181,9 @@ def _load(ref: str, path: str, name: str) -> types.ModuleType:
 class Monitor:
     """Judging + rules of one configuration, fed one step of final window counts."""
 
-    def __init__(self, before: bool, ref: str = BEFORE_REF) -> None:
+    def __init__(
+        self, before: bool, ref: str = BEFORE_REF, options: dict[str, Any] | None = None
+    ) -> None:
         if before:
             ctr = _load(ref, "operators/ctr.py", "before_ctr")
             rules = _load(ref, "operators/rules.py", "before_rules")
@@ -194,10 +197,13 @@ class Monitor:
             from operators.ctr import CtrConfig
             from operators.ctr_evidence import CtrJudge
             from operators.rules import RuleEngine
-            from streams.config import DEFAULT_RULES
+            from streams.config import DEFAULT_RULES, ctr_rules
 
-            self.judge = CtrJudge(CtrConfig())
-            chosen = [r.rule() for r in DEFAULT_RULES if r.kind == "ctr"]
+            config = CtrConfig(**(options or {}))
+            self.judge = CtrJudge(config)
+            # the default rules; with options, as the defaults derive them from the budget
+            rules = ctr_rules(config) if options else DEFAULT_RULES
+            chosen = [r.rule() for r in rules if r.kind == "ctr"]
             self.engine = RuleEngine(chosen)
         self.rule_names = [r.name for r in chosen]
 
@@ -215,9 +221,14 @@ class Monitor:
         return [a for a in self.engine.evaluate(observations) if a.status == "firing"]
 
 
-def run(scenario: Scenario, before: bool, ref: str = BEFORE_REF) -> list[tuple[str, int, int]]:
+def run(
+    scenario: Scenario,
+    before: bool,
+    ref: str = BEFORE_REF,
+    options: dict[str, Any] | None = None,
+) -> list[tuple[str, int, int]]:
     """Firing alerts as (rule, campaign index, ts)."""
-    monitor = Monitor(before, ref)
+    monitor = Monitor(before, ref, options)
     names = [f"cmp-{c:04d}" for c in range(scenario.campaigns)]
     index = {name: c for c, name in enumerate(names)}
     imps, clicks, ab = scenario.imps, scenario.clicks, scenario.ab
@@ -360,14 +371,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--before-ref", default=BEFORE_REF)
     parser.add_argument("--write", action="store_true", help="write DETECTION.md")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="KEY=JSON: a CtrConfig option for the 'after' run (e.g. baseline_z=1.5)",
+    )
+    parser.add_argument("--after-only", action="store_true")
     args = parser.parse_args(argv)
+    options = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        parsed = json.loads(value)
+        options[key] = tuple(parsed) if isinstance(parsed, list) else parsed
     t = time.perf_counter()
     scenario = generate(args.campaigns, args.hours, args.seed)
     results = {}
-    for name, before in (("before", True), ("after", False)):
+    configs = (("after", False),) if args.after_only else (("before", True), ("after", False))
+    for name, before in configs:
         tr = time.perf_counter()
-        fired = run(scenario, before, args.before_ref)
-        rules = Monitor(before, args.before_ref).rule_names
+        fired = run(scenario, before, args.before_ref, options)
+        rules = Monitor(before, args.before_ref, options).rule_names
         results[name] = score(scenario, fired, rules)
         print(f"{name}: {time.perf_counter() - tr:.0f} s", file=sys.stderr)
     text = format_table(results, scenario)
