@@ -180,6 +180,23 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
     ]
 
 
+def _ctr_rules_for_budget(
+    rules: list[RuleSettings], options: dict[str, Any]
+) -> list[RuleSettings]:
+    """The default CTR rules re-derived from the CTR monitor's options (its false-alarm
+    budget, window size ...) when those are set; rules a user wrote are kept as they are.
+    Invalid options are left for the monitor's own check to report."""
+    if not options:
+        return rules
+    try:
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        derived = {r.name: r for r in ctr_rules(CtrConfig(**values))}
+    except (TypeError, ValueError):
+        return rules
+    defaults = {r.name: r for r in ctr_rules()}
+    return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
+
+
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
     *ctr_rules(),
@@ -325,6 +342,7 @@ class Settings(Strict):
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
+        self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)
 
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()

@@ -204,3 +204,24 @@ def test_hysteresis_resolves_after_n_clear_observations() -> None:
     # an old two-element state (before hysteresis) still resolves
     engine.restore({"r\x1fe": ["warning", 0]})
     assert [a.status for a in engine.evaluate([Observation("k", "e", "m", 0, ts=MIN)])] == []
+
+
+def test_the_budget_option_derives_the_default_rules() -> None:
+    from streams.config import load_settings
+
+    options = {"false_alarms_per_1000_campaign_days": 10}
+    settings = load_settings(env={}, overrides={"monitors.ctr.options": options})
+    levels = {r.name: r.max_p_value for r in settings.rules if r.kind == "ctr"}
+    assert levels["ctr_drop"] == levels["ctr_floor"] == CtrConfig(**options).window_alpha
+    assert abs(levels["ctr_drop"] - 10 * CtrConfig().window_alpha) < 1e-18
+    # a rule the user wrote is theirs
+    own = {
+        "name": "ctr_drop",
+        "kind": "ctr",
+        "metric": "ctr_drop",
+        "op": ">",
+        "thresholds": {"warning": 0.4},
+        "max_p_value": 0.01,
+    }
+    settings = load_settings(env={}, overrides={"monitors.ctr.options": options, "rules": [own]})
+    assert [(r.name, r.max_p_value) for r in settings.rules] == [("ctr_drop", 0.01)]
