@@ -57,8 +57,8 @@ from scipy.stats import binom
 
 from operators.base import Observation
 from operators.baseline import ClearedRate
-from operators.sequential import Cusum
 from operators.exact import fisher_less_small_counts
+from operators.sequential import Cusum
 
 if TYPE_CHECKING:
     from operators.ctr import CtrConfig

@@ -180,9 +180,7 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
     ]
 
 
-def _ctr_rules_for_budget(
-    rules: list[RuleSettings], options: dict[str, Any]
-) -> list[RuleSettings]:
+def _ctr_rules_for_budget(rules: list[RuleSettings], options: dict[str, Any]) -> list[RuleSettings]:
     """The default CTR rules re-derived from the CTR monitor's options (its false-alarm
     budget, window size ...) when those are set; rules a user wrote are kept as they are.
     Invalid options are left for the monitor's own check to report."""
