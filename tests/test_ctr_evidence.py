@@ -225,3 +225,54 @@ def test_the_budget_option_derives_the_default_rules() -> None:
     }
     settings = load_settings(env={}, overrides={"monitors.ctr.options": options, "rules": [own]})
     assert [(r.name, r.max_p_value) for r in settings.rules] == [("ctr_drop", 0.01)]
+
+
+def test_demo_ctr_incident_alerts_and_resolves_after_it_ends_not_before() -> None:
+    """The demo's injected CTR drop (x0.25 for 600 s, the simulator's traffic of 3
+    campaigns) through the real operator and default rules: it alerts during the
+    incident, and every episode resolves after the incident ended (before issue 13
+    the trailing baseline absorbed the drop and it resolved within the incident)."""
+    from schemas.decode import Decoder
+    from streams.simulate import Incident, Scenario, Simulator
+
+    start = 1_780_000_200_000 - 1_780_000_200_000 % MIN
+    incident = Incident("ctr_drop", "cmp-002", start_s=1200, duration_s=600, factor=0.25)
+    scenario = Scenario(
+        start_ms=start, duration_s=2700, campaigns=3, incidents=[incident], models=0, sensors=1
+    )
+    decoders = {t: Decoder(t) for t in ("impressions", "clicks")}
+    task = MonitorTask(CtrOperator(), ctr_engine(), 10_000, 10**12)
+    alerts = []
+    batch: dict[str, list] = {"impressions": [], "clicks": []}
+    for topic, key, value in Simulator(scenario).messages():
+        if topic in batch:
+            batch[topic].append(decoders[topic].decode(value, key.encode()))
+        elif topic == "__tick__":
+            for source, events in batch.items():
+                task.feed(source, events, now_ms=0)
+                events.clear()
+            task.tick(now_ms=0)
+            alerts += task.collect().alerts
+    # the tail: event time far enough ahead to finalise every window
+    tail_ts = start + 2700 * 1000 + 700_000
+    task.feed(
+        "impressions", [Impression(impression_id="t", ts=tail_ts, campaign_id="x", user_id="u")], 0
+    )
+    task.feed(
+        "clicks",
+        [Click(click_id="t", impression_id="t", ts=tail_ts, campaign_id="x", user_id="u")],
+        0,
+    )
+    task.tick(now_ms=0)
+    alerts += task.collect().alerts
+    inc_start, inc_end = start + 1_200_000, start + 1_800_000
+    mine = [a for a in alerts if a.entity.startswith("cmp-002")]
+    assert [a for a in alerts if not a.entity.startswith("cmp-002")] == []
+    firing = [a for a in mine if a.status == "firing"]
+    resolved = [a for a in mine if a.status == "resolved"]
+    assert firing and all(inc_start < a.ts <= inc_end + MIN for a in firing)
+    assert min(a.ts for a in firing) <= inc_start + 5 * MIN
+    assert {a.rule for a in resolved} == {a.rule for a in firing}
+    assert all(inc_end < a.ts <= inc_end + 8 * MIN for a in resolved), [
+        (a.rule, (a.ts - inc_end) // MIN) for a in resolved
+    ]
