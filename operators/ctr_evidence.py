@@ -19,31 +19,35 @@ Per judged window with n impressions and k clicks (p0 = baseline CTR):
 - `ctr`: value k / n, p-value P(X <= k), X ~ Binomial(n, floor_ctr) (exact).
 - `ctr_drop`: value (p0 - k/n) / p0, p-value of Fisher's exact test (one-sided,
   Fisher 1922) of (k, n - k) against the baseline's pooled counts.
-- `ctr_evidence`: the CUSUM (Page 1954) of the binomial log-likelihood ratio of
-  "CTR = p0 (1 - drop_to_detect)" against "CTR = p0", as a fraction of its
-  threshold h (>= 1: alarm). h = log(ARL0) (Lorden 1971), see
-  `operators/sequential.py`; it accumulates the evidence of a drop too small to
-  be significant in any one window.
+- `ctr_evidence`: max over d in `drops_to_detect` of S_d / h, S_d the CUSUM
+  (Page 1954) of the binomial log-likelihood ratio of "CTR = p0' (1 - d)"
+  against "CTR = p0'", p0' = (C - z sqrt(C)) / N the baseline's lower bound
+  (C clicks, N impressions; z = `baseline_z`) so that a baseline high by chance
+  does not read as a drop. >= 1 is an alarm; h = log(ARL0) (Lorden 1971, see
+  `operators/sequential.py`). It accumulates the evidence of a drop too small
+  to be significant in any one window. After an alarm the value stays >= 1
+  until a CUSUM of the opposite ratio (the way back, "p0'" against
+  "p0' (1 - first d)") reaches `recovery_evidence`; then the CUSUMs restart.
 
 Baseline (`operators.baseline.ClearedRate`): the pooled clicks / impressions of
-the entity's last `baseline_windows` windows that the CUSUM cleared. A window
-is held until the CUSUM returns to 0 (then it is ordinary and enters the
-baseline) or alarms (then it, and every window while the alarm lasts, is part
-of the incident and never enters); a window whose own `ctr_drop` p-value is
+the entity's last `baseline_windows` windows that the CUSUMs cleared. A window
+is held until the CUSUMs are all back at 0 (then it was ordinary and enters
+the baseline) or alarm (then it, and every window until recovery, is part of
+the incident and never enters); a window whose own `ctr_drop` p-value is
 below the budget's per-window level is dropped as well. So during an
 incident the baseline stays what it was before, and an episode can only end
 because the CTR came back, never because the baseline followed it down.
 
 Budget. `CtrConfig.false_alarms_per_1000_campaign_days` (B) is split evenly
-over the three judgements (floor, drop, evidence) and the `levels_per_campaign`
-entities of a campaign: with W windows per day and m = 3 * levels tests per
-campaign and window,
+over the m judgements of a window (floor, drop, one CUSUM per drop to detect)
+and the L = `levels_per_campaign` entities of a campaign; with W windows per day
 
-    window_alpha = B / (1000 * W * m)           (Bonferroni, per window)
-    h = log(1000 * W * m / B)                    (ARL0 per entity's CUSUM)
+    window_alpha = B / (1000 * W * m * L)        (Bonferroni, per window)
+    h = log(1000 * W * m * L / B)                 (ARL0 of each entity's CUSUM)
 
 so on traffic without incidents the expected number of false CTR alerts is at
-most B per 1,000 campaign-days however many campaigns are watched.
+most B per 1,000 campaign-days however many campaigns are watched (both are
+upper bounds; DETECTION.md measures the real rate).
 """
 
 from __future__ import annotations
