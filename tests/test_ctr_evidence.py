@@ -276,3 +276,19 @@ def test_demo_ctr_incident_alerts_and_resolves_after_it_ends_not_before() -> Non
     assert all(inc_end < a.ts <= inc_end + 8 * MIN for a in resolved), [
         (a.rule, (a.ts - inc_end) // MIN) for a in resolved
     ]
+
+
+def test_a_snapshot_from_before_the_evidence_judge_restores_windows_and_restarts_judging() -> None:
+    """Upgrade policy: the old format (its trailing baseline under "baseline") restores
+    the windows and joins exactly; baselines and CUSUMs start afresh."""
+    op = CtrOperator()
+    op.feed("impressions", [Impression(impression_id="i1", ts=T0, campaign_id="c", user_id="u")])
+    state = op.snapshot()
+    del state["judge"]
+    state["baseline"] = {"c\x1f": [[3, 100], [4, 100]]}
+    restored = CtrOperator()
+    restored.restore(state)
+    assert restored.judge.baseline.get("c") is None
+    restored.advance(T0 + 2 * MIN + CtrConfig().attribution_ms)
+    rows = restored.collect().rows["ctr_windows"]
+    assert [(r["campaign_id"], r["impressions"]) for r in rows if r["final"]] == [("c", 1)]
