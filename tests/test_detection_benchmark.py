@@ -21,3 +21,14 @@ def test_ctr_detection_small_scenario() -> None:
     hit, n = monitor["ev30"]
     assert n >= 10 and hit / n >= 0.4, monitor
     assert monitor["p50"] <= 1200, monitor
+
+
+def test_issue13_collapses_to_30_percent_are_caught_within_them() -> None:
+    """150 campaigns of 100-400 impressions a minute, 40 collapses to 30 % for 20 min
+    (issue 13's hidden scenario, where none of four raised a CTR alert)."""
+    from tests.benchmarks.detection import issue13_collapses
+
+    result = issue13_collapses(seed=1)
+    assert result["false"] == 0, result
+    assert result["detected"] >= 36, result
+    assert sorted(result["delays"])[len(result["delays"]) // 2] <= 10, result

@@ -254,6 +254,54 @@ def run(
     return fired
 
 
+def issue13_collapses(seed: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Issue 13's second scenario, scaled up: 150 campaigns of 100-400 impressions a
+    minute at CTR 2-6 % (extra-binomial noise as above), 40 of them collapsing to 30 % of
+    their CTR for 20 minutes at minute 180 of 240; the default CTR rules through
+    `CtrJudge`. Returns how many collapses alerted within them, the delays (windows from
+    the collapse's start to the alerting window's end) and the false alerts."""
+    from operators.ctr import CtrConfig
+    from operators.ctr_evidence import CtrJudge
+    from operators.rules import RuleEngine
+    from streams.config import ctr_rules
+
+    rng = np.random.default_rng(seed)
+    campaigns, windows, start, length = 150, 240, 180, 20
+    rate = rng.uniform(100, 400, campaigns)
+    ctr = rng.uniform(0.02, 0.06, campaigns)
+    hit = np.zeros(campaigns, dtype=bool)
+    hit[rng.choice(campaigns, 40, replace=False)] = True
+    config = CtrConfig(**(options or {}))
+    judge = CtrJudge(config)
+    engine = RuleEngine([r.rule() for r in ctr_rules(config)])
+    first: dict[int, int] = {}
+    false = 0
+    for w in range(windows):
+        n = rng.poisson(rate)
+        during = hit & (start <= w < start + length)
+        p = np.clip(ctr * np.where(during, 0.3, 1.0) * rng.lognormal(0, 0.05, campaigns), 0, 1)
+        k = rng.binomial(n, p)
+        counts = [
+            (T0 + w * WINDOW_MS, f"cmp-{c:03d}", "", int(n[c]), int(k[c])) for c in range(campaigns)
+        ]
+        for alert in engine.evaluate(judge.judge(counts)):
+            if alert.status != "firing":
+                continue
+            c = int(alert.entity.split("-")[1])
+            if hit[c] and start <= w < start + length + 1:
+                first.setdefault(c, w - start + 1)
+            else:
+                false += 1
+    missed = [round(float(rate[c] * ctr[c]), 2) for c in np.flatnonzero(hit) if c not in first]
+    return {
+        "detected": len(first),
+        "of": int(hit.sum()),
+        "delays": sorted(first.values()),
+        "false": false,
+        "missed_clicks_per_min": missed,
+    }
+
+
 # -- scoring -----------------------------------------------------------------------
 
 
@@ -381,7 +429,7 @@ def format_table(results: dict[str, dict], scenario: Scenario) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", choices=["ctr"], default="ctr")
+    parser.add_argument("--scenario", choices=["ctr", "ctr-issue13"], default="ctr")
     parser.add_argument("--campaigns", type=int, default=1000)
     parser.add_argument("--hours", type=float, default=24)
     parser.add_argument("--seed", type=int, default=13)
@@ -401,6 +449,16 @@ def main(argv: list[str] | None = None) -> int:
         parsed = json.loads(value)
         options[key] = tuple(parsed) if isinstance(parsed, list) else parsed
     t = time.perf_counter()
+    if args.scenario == "ctr-issue13":
+        for seed in (1, 2, 3):
+            r = issue13_collapses(seed, options)
+            d = r["delays"]
+            print(
+                f"seed {seed}: {r['detected']}/{r['of']} collapses alerted within them, delay "
+                f"p50 {np.median(d):.0f} / max {max(d)} windows, false alerts {r['false']}; "
+                f"missed (their clicks/min): {r['missed_clicks_per_min']}"
+            )
+        return 0
     scenario = generate(args.campaigns, args.hours, args.seed)
     results = {}
     configs = (("after", False),) if args.after_only else (("before", True), ("after", False))
