@@ -14,7 +14,10 @@ resolves (`resolved`). With `max_p_value`, a crossing only counts when the
 operator's p-value says it is unlikely to be chance (small windows are noisy).
 A condition that stays true raises nothing new, and a rule that resolved
 does not fire again for the same entity until `cooldown_s` of event time
-has passed since it last fired (no flapping).
+has passed since it last fired (no flapping). With `clear_windows` = N > 1
+(hysteresis) a firing episode resolves only at the N-th consecutive
+observation on which the condition no longer holds; with `clear_by_value`,
+on which the value itself is back within the threshold (significant or not).
 
 `alert_id` is a hash of rule, entity, window and status, so a replay raises
 the same id with the same content.
@@ -52,6 +55,11 @@ class Rule:
     cooldown_s: float = 600.0
     min_samples: int = 0
     max_p_value: float | None = None  # crossed only if the observation is this significant
+    clear_windows: int = 1  # consecutive observations below the threshold that resolve
+    # True: a firing episode clears only on values back within the threshold (the
+    # p-value gates firing, not resolving: a small window of an ongoing incident that
+    # is not significant on its own does not end it)
+    clear_by_value: bool = False
     message: str = DEFAULT_MESSAGE  # str.format with metric, entity, value, ... and details
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -61,6 +69,8 @@ class Rule:
         unknown = set(self.thresholds) - set(SEVERITIES)
         if unknown or not self.thresholds:
             raise ValueError(f"rule {self.name}: thresholds need severities from {SEVERITIES}")
+        if self.clear_windows < 1:
+            raise ValueError(f"rule {self.name}: clear_windows must be >= 1")
 
     def level(self, value: float) -> tuple[str, float] | None:
         """The highest severity whose threshold `value` crosses, with that threshold."""
@@ -92,7 +102,7 @@ class RuleEngine:
         self.rules: dict[tuple[str, str], list[Rule]] = {}
         for rule in rules:
             self.rules.setdefault((rule.kind, rule.metric), []).append(rule)
-        # (rule name, entity) -> [severity firing or "", last fired ts]
+        # (rule name, entity) -> [severity firing or "", last fired ts, clear observations]
         self.state: dict[str, list[Any]] = {}
 
     def evaluate(self, observations: Iterable[Observation]) -> list[Alert]:
@@ -109,7 +119,7 @@ class RuleEngine:
             return None
         key = f"{rule.name}\x1f{obs.entity}"
         state = self.state.get(key)
-        firing, last_fired = state if state else ("", None)
+        firing, last_fired = (state[0], state[1]) if state else ("", None)
         crossed = rule.level(obs.value)
         if (
             crossed is not None
@@ -120,17 +130,27 @@ class RuleEngine:
         if crossed is not None:
             severity, threshold = crossed
             if firing and SEVERITIES.index(severity) <= SEVERITIES.index(firing):
-                return None  # still true: already raised
+                if state is not None and len(state) > 2:
+                    state[2] = 0  # still true: already raised; the clear run restarts
+                return None
             if (
                 not firing
                 and last_fired is not None
                 and (obs.ts - last_fired < rule.cooldown_s * 1000)
             ):
                 return None  # cooling down after the last alert of this rule and entity
-            self.state[key] = [severity, obs.ts]
+            self.state[key] = [severity, obs.ts, 0]
             return self._alert(rule, obs, "firing", severity, threshold)
         if firing:
-            self.state[key] = ["", last_fired]
+            if rule.clear_by_value and rule.level(obs.value) is not None:
+                if state is not None and len(state) > 2:
+                    state[2] = 0  # still beyond the threshold, only not significant alone
+                return None
+            clear = (state[2] if state is not None and len(state) > 2 else 0) + 1
+            if clear < rule.clear_windows:
+                self.state[key] = [firing, last_fired, clear]
+                return None  # hysteresis: not yet clear for long enough
+            self.state[key] = ["", last_fired, 0]
             threshold = rule.thresholds[firing]
             return self._alert(rule, obs, "resolved", firing, threshold)
         return None

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from operators.ctr import CtrConfig
 from operators.rules import Rule
 
 
@@ -90,6 +91,8 @@ class RuleSettings(Strict):
     cooldown_s: float = 600
     min_samples: int = 0
     max_p_value: float | None = None
+    clear_windows: int = 1  # hysteresis: consecutive clear observations that resolve
+    clear_by_value: bool = False  # resolve on the value alone, not its p-value
     message: str | None = None
 
     def rule(self) -> Rule:
@@ -103,6 +106,8 @@ class RuleSettings(Strict):
             cooldown_s=self.cooldown_s,
             min_samples=self.min_samples,
             max_p_value=self.max_p_value,
+            clear_windows=self.clear_windows,
+            clear_by_value=self.clear_by_value,
             **extra,
         )
 
@@ -130,28 +135,71 @@ def _rule(
     )
 
 
+def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
+    """The CTR rules, their evidence levels derived from the monitor's false-alarm
+    budget (`CtrConfig.false_alarms_per_1000_campaign_days`, docs/monitors/ctr.md):
+    `max_p_value` is the budget's per-window level, `ctr_evidence` fires when the
+    CUSUM reaches its threshold (value 1.0 = h). `min_samples` is only a sanity
+    floor: the evidence decides. Episodes resolve after 3 clear windows."""
+    alpha = (config or CtrConfig()).window_alpha
+    return [
+        _rule(
+            "ctr_floor",
+            "ctr",
+            "ctr",
+            "<",
+            {"warning": 0.005, "critical": 0.001},
+            "CTR of {entity} ({level}) is {value:.2%}, below the floor of {threshold:.2%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+        ),
+        _rule(
+            "ctr_drop",
+            "ctr",
+            "ctr_drop",
+            ">",
+            {"warning": 0.3, "critical": 0.5},
+            "CTR of {entity} ({level}) dropped {value:.0%} to {ctr:.2%} against a baseline "
+            "of {baseline_ctr:.2%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+        ),
+        _rule(
+            "ctr_sustained_drop",
+            "ctr",
+            "ctr_evidence",
+            ">=",
+            {"warning": 1.0},
+            "CTR of {entity} ({level}) has stayed below its baseline of {baseline_ctr:.2%} "
+            "(now {ctr:.2%}): accumulated evidence {llr:.1f} nats, threshold "
+            "{llr_threshold:.1f}",
+            clear_windows=3,
+        ),
+    ]
+
+
+def _ctr_rules_for_budget(rules: list[RuleSettings], options: dict[str, Any]) -> list[RuleSettings]:
+    """The default CTR rules re-derived from the CTR monitor's options (its false-alarm
+    budget, window size ...) when those are set; rules a user wrote are kept as they are.
+    Invalid options are left for the monitor's own check to report."""
+    if not options:
+        return rules
+    try:
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        derived = {r.name: r for r in ctr_rules(CtrConfig(**values))}
+    except (TypeError, ValueError):
+        return rules
+    defaults = {r.name: r for r in ctr_rules()}
+    return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
+
+
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
-    _rule(
-        "ctr_floor",
-        "ctr",
-        "ctr",
-        "<",
-        {"warning": 0.005, "critical": 0.001},
-        "CTR of {entity} is {value:.2%}, below the floor of {threshold:.2%}",
-        min_samples=200,
-        max_p_value=0.001,
-    ),
-    _rule(
-        "ctr_drop",
-        "ctr",
-        "ctr_drop",
-        ">",
-        {"warning": 0.3, "critical": 0.5},
-        "CTR of {entity} dropped {value:.0%} to {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
-        min_samples=200,
-        max_p_value=0.001,
-    ),
+    *ctr_rules(),
     _rule(
         "drift_psi",
         "drift",
@@ -300,6 +348,7 @@ class Settings(Strict):
             raise ValueError("query_timeout_s and query_max_rows must be > 0")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
+        self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)
 
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
