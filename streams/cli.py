@@ -456,21 +456,39 @@ def alerts(
     """
     import uuid
 
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
     from schemas.events import Alert
     from streams import kafka
+    from streams.worker import read_embedded
 
     settings = _connect_kafka(ctx)
-    consumer = kafka.consumer(
-        settings,
-        f"streamwatch-cli-{uuid.uuid4().hex[:8]}",
-        **{"auto.offset.reset": "earliest" if from_beginning else "latest"},
-    )
-    consumer.subscribe([settings.topics.alerts])
+    through_worker = _settings(ctx).embedded_kafka  # the running embedded worker's broker
+    consumer = kafka.consumer(settings, f"streamwatch-cli-{uuid.uuid4().hex[:8]}")
+    topic = settings.topics.alerts
+    found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        consumer.close()
+        raise Failure(
+            f"no topic {topic} at Kafka {settings.kafka.bootstrap}: start the worker first "
+            "(it creates its topics), or set topics.alerts"
+        )
+    # Assigned, not subscribed: no group to join (it follows from the moment it
+    # starts), and nothing to leave when it stops, even with the broker gone.
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in sorted(found.partitions)])
+    err.print(f"following {topic} at {settings.kafka.bootstrap} (Ctrl-C stops)")
     decoder = msgspec.json.Decoder(Alert)
     deadline = time.monotonic() + timeout if timeout else None
     shown = 0
+    checked = time.monotonic()
     try:
         while deadline is None or time.monotonic() < deadline:
+            if through_worker and time.monotonic() - checked > 2:
+                checked = time.monotonic()
+                if read_embedded(settings) is None:  # its broker went with it
+                    err.print("the embedded worker stopped: nothing more to follow")
+                    return
             for message in consumer.consume(100, 0.5):
                 if message.error():
                     continue
