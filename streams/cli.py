@@ -111,7 +111,11 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+    # urllib3 / clickhouse_connect warn about each retry of a connection that then
+    # fails with one clear line anyway (clickhouse_connect sets `urllib3` itself
+    # when imported, so its child is the one set here)
+    noisy_loggers = ("aiokafka", "faust", "mode", "kafka", "urllib3.connectionpool")
+    for noisy in (*noisy_loggers, "clickhouse_connect"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
@@ -130,7 +134,7 @@ def run(ctx: click.Context) -> None:
         STREAMWATCH_KAFKA=kafka:9092 \\
         STREAMWATCH_CLICKHOUSE=http://user:pass@clickhouse:8123/streamwatch streamwatch run
     """
-    from streams.preflight import check_kafka, hold_data_dir
+    from streams.preflight import check_clickhouse, check_kafka, hold_data_dir
     from streams.worker import Services, Worker
 
     settings = _settings(ctx)
@@ -138,6 +142,7 @@ def run(ctx: click.Context) -> None:
     # brokers that do not answer, fail with one line naming what to set
     hold_data_dir(settings)
     check_kafka(settings)
+    check_clickhouse(settings)
     services = Services(settings)
     try:
         settings = services.start()
@@ -653,7 +658,7 @@ def demo(
         streamwatch demo --duration 1800 --speed 90
     """
     from streams.demo import run_demo
-    from streams.preflight import check_kafka, hold_data_dir
+    from streams.preflight import check_clickhouse, check_kafka, hold_data_dir
 
     settings = _settings(ctx)
     if not settings.embedded_kafka:
@@ -663,6 +668,7 @@ def demo(
     scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents, demo=True)
     hold_data_dir(settings)
     check_kafka(settings)
+    check_clickhouse(settings)
     ok = run_demo(settings, scenario, speed or None, console, err)
     if not ok:
         sys.exit(1)

@@ -3,6 +3,8 @@
 - `check_kafka`: the configured brokers answer within a bounded time, else the
   error names the address and `STREAMWATCH_KAFKA` (a worker would otherwise wait
   in librdkafka's retries and fail with a bare `_TRANSPORT` code).
+- `check_clickhouse`: the same for a ClickHouse server (`STREAMWATCH_CLICKHOUSE`),
+  with the reason in a few words (refused, unknown host, authentication failed).
 - `hold_data_dir`: this process is the only one using the embedded ClickHouse
   (chDB) directory. chDB lets one process open a directory at a time, and a
   second one fails deep inside the engine ("Error initializing EmbeddedServer").
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from pathlib import Path
 
 from streams.config import Settings
@@ -52,6 +55,43 @@ def check_kafka(settings: Settings, timeout_s: float = 10.0) -> None:
             f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s ({reason}): set "
             "STREAMWATCH_KAFKA (or kafka.bootstrap in the config file) to reachable "
             "bootstrap servers, or unset it to use the embedded broker"
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The few words that say why a connection failed, out of a driver's long text."""
+    text = str(exc)
+    for pattern in (
+        r"\[Errno -?\d+\] ([^\"')\]]+)",  # refused, unknown host, unreachable
+        r"(Code: \d+\. DB::Exception: [^.(]+)",  # the server's own error
+        r"(timed out|Read timed out)",
+    ):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1).strip()
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def check_clickhouse(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Raise PreflightError unless the configured ClickHouse server answers (with
+    these credentials) within `timeout_s`; embedded chDB is not checked here."""
+    if settings.embedded_clickhouse:
+        return
+    import clickhouse_connect
+
+    from streams.clickhouse import _safe
+
+    dsn = settings.clickhouse.dsn or ""
+    try:
+        client = clickhouse_connect.get_client(
+            dsn=dsn, connect_timeout=timeout_s, send_receive_timeout=timeout_s
+        )
+        client.close()
+    except Exception as exc:
+        raise PreflightError(
+            f"cannot reach ClickHouse at {_safe(dsn)} ({_reason(exc)}): set "
+            "STREAMWATCH_CLICKHOUSE (or clickhouse.dsn in the config file) to a reachable "
+            "server URL with valid credentials, or unset it to use embedded chDB"
         ) from None
 
 

@@ -424,6 +424,12 @@ def test_clear_failures_for_servers_that_do_not_answer(tmp_path: Path) -> None:
         address = command.env["STREAMWATCH_KAFKA"]
         assert address in line and "STREAMWATCH_KAFKA" in line, line
         assert took < 30, f"took {took:.0f} s"
+    # and a ClickHouse server that does not answer: its variable, not its password
+    dsn = f"http://app:s3cret@127.0.0.1:{free_port()}/streamwatch"
+    done = scratch.run([*CLI, "run"], {"STREAMWATCH_CLICKHOUSE": dsn}, timeout=60)
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "STREAMWATCH_CLICKHOUSE" in line and "127.0.0.1" in line and "s3cret" not in line
 
 
 def test_offline_examples(tmp_path: Path) -> None:
