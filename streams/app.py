@@ -47,7 +47,7 @@ def build_app(settings: Settings, runtime: Runtime) -> faust.App:
         broker_rebalance_timeout=10,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.web_bind,
         web_router_enabled=False,
         web_tables_enabled=False,
         stream_wait_empty=False,

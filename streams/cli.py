@@ -372,62 +372,116 @@ def _connect_kafka(ctx: click.Context) -> Settings:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @click.pass_context
 def query(ctx: click.Context, sql: str, as_json: bool) -> None:
-    """Run a read-only query against ClickHouse and print a table.
+    """Run one read-only SELECT against ClickHouse and print a table.
+
+    The statement is judged by ClickHouse's parser: one SELECT (or SHOW
+    TABLES), no INTO OUTFILE, SETTINGS or table functions that reach files,
+    URLs or other servers; it runs within a time and result-size limit
+    (query_timeout_s, query_max_rows). SQL of any length works ("-" reads it
+    from stdin).
 
     \b
     Example:
         streamwatch query "SELECT campaign_id, sum(clicks)/sum(impressions) AS ctr
                            FROM streamwatch.ctr_windows FINAL GROUP BY campaign_id"
     """
-    from streams.web import check_read_only
+    from rich.markup import escape
 
     settings = _settings(ctx)
+    if sql == "-":
+        sql = sys.stdin.read()
     try:
-        check_read_only(sql)
         result = _query(settings, sql)
+    except Failure:
+        raise
     except Exception as exc:
-        raise Failure(_one_line(exc) if not isinstance(exc, ValueError) else str(exc)) from None
+        raise Failure(escape(_query_error(exc))) from None
     if as_json:
         for row in result["rows"]:
             record = dict(zip(result["columns"], row, strict=True))
             sys.stdout.write(orjson.dumps(record).decode() + "\n")
         return
-    table = Table(*result["columns"], show_lines=False)
+    from rich.text import Text
+
+    table = Table(show_lines=False)
+    for column in result["columns"]:
+        # Text: names and values are not rich markup; fold: a narrow terminal
+        # wraps a value instead of cutting it to "…"
+        table.add_column(Text(column), overflow="fold")
     for row in result["rows"]:
-        table.add_row(*(_cell(v) for v in row))
+        table.add_row(*(Text(_cell(v)) for v in row))
     console.print(table)
     err.print(f"{len(result['rows'])} rows")
 
 
+def _query_error(exc: BaseException) -> str:
+    from streams.clickhouse import ClickHouseError, QueryBusy
+    from streams.sqlguard import QueryRefused, one_line
+
+    if isinstance(exc, QueryRefused | QueryBusy | ClickHouseError):
+        return one_line(exc)
+    return _one_line(exc)
+
+
 def _cell(value: Any) -> str:
+    """A JSON-ready value (streams.web.jsonable) as table text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
     return "NULL" if value is None else str(value)
 
 
 def _query(settings: Settings, sql: str) -> dict[str, Any]:
     """Through the running embedded worker (chDB allows one process), else directly."""
     import urllib.error
-    import urllib.parse
     import urllib.request
 
-    from streams.clickhouse import Writer, connect
+    from streams.clickhouse import ClickHouseError, Reader
+    from streams.sqlguard import QueryRefused
     from streams.web import run_query
     from streams.worker import read_embedded
 
     if settings.embedded_clickhouse:
         info = read_embedded(settings)
         if info is not None:
-            url = f"http://127.0.0.1:{info['web_port']}/api/query?" + urllib.parse.urlencode(
-                {"sql": sql}
+            # POST: SQL of any length (a URL is cut at about 8 kB)
+            host = settings.web_bind if settings.web_bind not in ("0.0.0.0", "::") else "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            url = f"http://{host}:{info['web_port']}/api/query"
+            headers = {"Content-Type": "application/json"}
+            if settings.web_token:
+                headers["Authorization"] = f"Bearer {settings.web_token}"
+            request = urllib.request.Request(
+                url, data=orjson.dumps({"sql": sql}), headers=headers, method="POST"
             )
+            timeout = settings.query_timeout_s + 30
             try:
-                with urllib.request.urlopen(url, timeout=60) as response:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
                     return orjson.loads(response.read())
             except urllib.error.HTTPError as exc:
-                raise ValueError(orjson.loads(exc.read()).get("error", str(exc))) from None
-    client = connect(settings.clickhouse_dsn(), readonly=True)
-    return run_query(Writer(client, settings.clickhouse.database), sql)
+                try:
+                    message = orjson.loads(exc.read()).get("error", str(exc))
+                except (orjson.JSONDecodeError, AttributeError):
+                    message = f"HTTP {exc.code} {exc.reason}"
+                if exc.code == 401:
+                    message += " (set STREAMWATCH_WEB_TOKEN to the worker's token)"
+                raise (QueryRefused if exc.code == 400 else ClickHouseError)(message) from None
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise Failure(
+                    f"the running worker's web server at {url} does not answer ({reason}); "
+                    "check STREAMWATCH_WEB_PORT / STREAMWATCH_WEB_BIND"
+                ) from None
+    reader = Reader.open(
+        settings.clickhouse_dsn(),
+        settings.clickhouse.database,
+        settings.query_timeout_s,
+        settings.query_max_rows,
+    )
+    return run_query(reader, sql)
 
 
 # -- alerts -----------------------------------------------------------------

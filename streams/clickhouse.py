@@ -3,7 +3,11 @@
 `clickhouse_connect.get_client(dsn=...)` gives the same client object for
 `chdb:///path` (in-process ClickHouse) and for `http(s)://user:pass@host:port/db`.
 chDB allows one process per data directory, so in embedded mode every read
-while the worker runs goes through the worker's own client.
+while the worker runs goes through the worker's process. Reads that people
+ask for (the web server's /api/query and dashboard, `streamwatch query`) go
+through a `Reader`: a client of its own (in chDB a second connection handle on
+the same engine, with its own lock), never the `Writer`'s, so a slow read
+cannot delay an insert or a commit.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import orjson
 
 from schemas.tables import TABLES_BY_NAME, schema_sql
+from streams.sqlguard import Judge, QueryRefused, one_line
 
 
 class ClickHouseError(RuntimeError):
@@ -108,3 +113,97 @@ class Writer:
     ) -> Any:
         with self.lock:
             return self.client.query(sql, parameters=parameters, settings=settings)
+
+
+# ClickHouse's error codes for the limits of read_limits, and the setting behind each
+LIMIT_HINTS = {
+    "TIMEOUT_EXCEEDED": "the time limit is query_timeout_s in the configuration",
+    "TOO_MANY_ROWS_OR_BYTES": "the result limit is query_max_rows rows (and 64 MB)",
+}
+
+
+class QueryBusy(RuntimeError):
+    """Another read holds this reader for longer than the bounded wait."""
+
+
+def read_limits(timeout_s: float, max_result_rows: int) -> dict[str, Any]:
+    """ClickHouse settings sent with every read a person asks for.
+
+    readonly=2: no writes or DDL, but the limits below may be set in the same
+    request (readonly=1 refuses to change even max_execution_time); the query
+    text itself cannot change settings because `streams.sqlguard` refuses any
+    SETTINGS clause. max_threads=1 keeps an expensive read from taking the
+    cores the pipeline needs (measured on chDB: with it, inserts beside a
+    saturating read kept their ~6 ms latency).
+    """
+    return {
+        "readonly": 2,
+        "max_execution_time": max(1, round(timeout_s)),
+        "timeout_overflow_mode": "throw",
+        "max_rows_to_read": 2_000_000_000,
+        "max_bytes_to_read": 50_000_000_000,
+        "read_overflow_mode": "throw",
+        "max_result_rows": max_result_rows,
+        "max_result_bytes": 64_000_000,
+        "result_overflow_mode": "throw",
+        "max_memory_usage": 2_000_000_000,
+        "max_threads": 1,
+    }
+
+
+class Reader:
+    """Limited reads on a client of their own (see the module's docstring).
+
+    One read at a time per reader; a caller waits at most `wait_s` for the
+    previous one (bounded by its own time limit) and then gets QueryBusy.
+    """
+
+    def __init__(self, client: Any, database: str, limits: dict[str, Any], wait_s: float) -> None:
+        self.client = client
+        self.database = database
+        self.limits = limits
+        self.wait_s = wait_s
+        self.lock = threading.Lock()
+        self.judge = Judge(client)
+
+    @classmethod
+    def open(
+        cls, dsn: str, database: str, timeout_s: float = 10, max_result_rows: int = 100_000
+    ) -> Reader:
+        return cls(connect(dsn), database, read_limits(timeout_s, max_result_rows), timeout_s + 5)
+
+    def read(self, sql: str, judged: bool = True) -> tuple[list[str], list[Sequence[Any]]]:
+        """Run one read; `judged=False` only for the project's own constant SQL.
+
+        Raises QueryRefused (not a plain read), QueryBusy, or ClickHouseError
+        (ClickHouse's own message, one line: a limit, a syntax or type error).
+        """
+        if not self.lock.acquire(timeout=self.wait_s):
+            raise QueryBusy(f"another query is still running (waited {self.wait_s:.0f} s)")
+        try:
+            text = self.judge.check(sql) if judged else sql
+            try:
+                result = self.client.query(text, settings=self.limits)
+            except QueryRefused:
+                raise
+            except Exception as exc:
+                message = _clickhouse_message(exc)
+                for code, hint in LIMIT_HINTS.items():
+                    if code in message:
+                        message += f"; {hint}"
+                raise ClickHouseError(message) from None
+            return list(result.column_names), result.result_rows
+        finally:
+            self.lock.release()
+
+
+def _clickhouse_message(exc: BaseException) -> str:
+    """ClickHouse's message in one line, without the client's wrapping."""
+    text = one_line(exc)
+    if "DB::Exception: " in text:
+        code = text.split("DB::Exception: ", 1)[0].strip().removesuffix(".")
+        body = text.split("DB::Exception: ", 1)[1]
+        while "DB::Exception: " in body:  # chDB nests the same message
+            body = body.split("DB::Exception: ", 1)[1]
+        text = f"{body} ({code})" if code.startswith("Code:") else body
+    return text[:500]

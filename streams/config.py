@@ -4,6 +4,8 @@
     STREAMWATCH_KAFKA       bootstrap servers; unset = the embedded Tansu broker
     STREAMWATCH_CLICKHOUSE  clickhouse-connect URL/DSN; unset = embedded chDB
     STREAMWATCH_WEB_PORT    the worker's web server (default 6066)
+    STREAMWATCH_WEB_BIND    its address (default 127.0.0.1; containers set 0.0.0.0)
+    STREAMWATCH_WEB_TOKEN   when set, every /api/ request needs "Authorization: Bearer <it>"
     STREAMWATCH_DATA_DIR    where embedded state lives (default ./var)
     STREAMWATCH_KAFKA_SASL_USERNAME / _PASSWORD, STREAMWATCH_KAFKA_SECURITY_PROTOCOL, ...
 
@@ -319,7 +321,11 @@ class Settings(Strict):
     rules: list[RuleSettings] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))
     data_dir: str = "var"
     web_port: int = 6066
+    web_bind: str = "127.0.0.1"  # loopback only unless asked (containers set 0.0.0.0)
+    web_token: str | None = None  # bearer token for /api/ (None: no token asked)
     web_enabled: bool = True
+    query_timeout_s: float = 10  # /api/query and `streamwatch query`: time limit
+    query_max_rows: int = 100_000  # ... and result size limit
     # POST-free test hooks on the web server (/debug/clickhouse?fail=1): tests only
     debug_endpoints: bool = False
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
@@ -337,6 +343,8 @@ class Settings(Strict):
                 raise ValueError(f"monitors.{name}.lateness_s must be >= 0")
         if not 0 < self.web_port < 65536:
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
+        if self.query_timeout_s <= 0 or self.query_max_rows <= 0:
+            raise ValueError("query_timeout_s and query_max_rows must be > 0")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
 
@@ -379,6 +387,8 @@ class Settings(Strict):
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, secrets replaced by ***."""
         data = msgspec.to_builtins(self)
+        if data.get("web_token"):
+            data["web_token"] = "***"
         if data["kafka"].get("sasl_password"):
             data["kafka"]["sasl_password"] = "***"
         dsn = data["clickhouse"].get("dsn")
@@ -399,6 +409,8 @@ ENV = {
     "STREAMWATCH_KAFKA_SSL_CA_LOCATION": ("kafka", "ssl_ca_location"),
     "STREAMWATCH_CLICKHOUSE": ("clickhouse", "dsn"),
     "STREAMWATCH_WEB_PORT": ("web_port",),
+    "STREAMWATCH_WEB_BIND": ("web_bind",),
+    "STREAMWATCH_WEB_TOKEN": ("web_token",),
     "STREAMWATCH_DATA_DIR": ("data_dir",),
 }
 

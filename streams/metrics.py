@@ -5,6 +5,17 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("streamwatch_events_consumed_total", "Messages consumed", ["topic"])
+PROCESSED = Counter(
+    "streamwatch_events_processed_total",
+    "Messages decoded and fed to the monitors (consumed = processed + rejected, "
+    "less replayed messages a checkpoint already holds)",
+    ["topic"],
+)
+OPERATOR_ERRORS = Counter(
+    "streamwatch_operator_errors_total",
+    "Exceptions a monitor raised on input the schema accepted (a bug; logged at error level)",
+    ["monitor", "stage"],
+)
 REJECTED = Counter(
     "streamwatch_events_rejected_total", "Messages sent to the dead letter", ["topic", "reason"]
 )

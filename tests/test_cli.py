@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from streams.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 COMMANDS = [
     ["demo"],
@@ -64,18 +70,35 @@ def test_bad_configuration_is_one_clear_line(tmp_path, toml: str, message: str |
 
 
 @pytest.mark.parametrize(
-    "sql",
+    ("sql", "reason"),
     [
-        "DROP TABLE streamwatch.alerts",
-        "INSERT INTO t VALUES (1)",
-        "SELECT 1; DROP TABLE streamwatch.alerts",
-        "ALTER TABLE t DELETE WHERE 1",
+        ("DROP TABLE streamwatch.alerts", "only SELECT and SHOW TABLES are allowed"),
+        ("INSERT INTO t SELECT 1", "only SELECT and SHOW TABLES are allowed"),
+        ("SELECT 1; DROP TABLE streamwatch.alerts", "Multi-statements are not allowed"),
+        ("ALTER TABLE t DELETE WHERE 1", "only SELECT and SHOW TABLES are allowed"),
+        # a read by its first word, but it writes a file: judged by the parser now
+        ("SELECT 1 INTO OUTFILE 'cli-outfile'", "INTO OUTFILE is not allowed"),
+        ("WITH 1 AS x SELECT * FROM file('/etc/passwd')", "table function file()"),
     ],
 )
-def test_query_refuses_anything_but_reads(sql: str) -> None:
-    result = CliRunner().invoke(main, ["query", sql])
-    assert result.exit_code == 1
-    assert "read-only" in result.output
+def test_query_refuses_anything_but_reads(tmp_path, sql: str, reason: str) -> None:
+    """Without a running worker the CLI opens chDB itself (a child process:
+    chDB allows one data directory per process) and judges the same way as
+    /api/query (tests/test_web_security.py covers the worker's side)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMWATCH_")}
+    env |= {"STREAMWATCH_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "query", sql],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and reason in lines[0], done.stderr
+    assert not (tmp_path / "cli-outfile").exists()
 
 
 def test_simulate_rejects_a_malformed_incident() -> None:

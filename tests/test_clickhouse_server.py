@@ -197,13 +197,20 @@ def test_worker_writes_exact_windows_and_query_is_read_only(tmp_path, broker, se
         f"DROP TABLE {db}.ctr_windows",
     ):
         done = d.cli("query", sql)
-        assert done.returncode != 0 and "read-only" in done.stderr, (sql, done.stderr)
-    # ... and its session on the server really has readonly=1, which the server enforces
-    done = d.cli("query", "--json", "SELECT value FROM system.settings WHERE name = 'readonly'")
+        assert done.returncode != 0 and "only SELECT" in done.stderr, (sql, done.stderr)
+    # ... and its query on the server really runs with readonly=2 (no writes; the
+    # limits are set in the same request) and the time limit, which the server enforces
+    done = d.cli(
+        "query",
+        "--json",
+        "SELECT name, value FROM system.settings "
+        "WHERE name IN ('readonly', 'max_execution_time', 'max_threads') ORDER BY name",
+    )
     assert done.returncode == 0, done.stderr
-    assert orjson.loads(done.stdout) == {"value": "1"}
+    settings = {r["name"]: r["value"] for r in map(orjson.loads, done.stdout.splitlines())}
+    assert settings == {"max_execution_time": "10", "max_threads": "1", "readonly": "2"}
     done = d.cli("query", "SELECT 1 SETTINGS readonly = 0")
-    assert done.returncode != 0 and "readonly" in done.stderr.lower(), done.stderr
+    assert done.returncode != 0 and "SETTINGS" in done.stderr, done.stderr
     readonly = server.client(readonly=True)
     for sql in (f"DROP TABLE {db}.ctr_windows", f"TRUNCATE TABLE {db}.ctr_windows"):
         with pytest.raises(Exception, match=r"(?i)readonly"):

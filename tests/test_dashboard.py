@@ -161,6 +161,11 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
               latency_lines: n('#service-charts path.series'),
               error_lines: n('#error-chart path.series'),
               alert_rows: n('#alerts-table tbody tr'),
+              resolved_rows: n('#alerts-table tbody tr.resolved'),
+              resolved_badges: n('#alerts-table tbody tr.resolved .badge.resolved'),
+              resolved_red: n('#alerts-table tr.resolved .badge.critical, '
+                + '#alerts-table tr.resolved .badge.warning, #alerts-table tr.resolved.critical'),
+              firing_badges: n('#alerts-table tbody tr:not(.resolved) .badge:not(.resolved)'),
               error: document.querySelector('#status').dataset.error || ''
             }, window.dashboardState.lastData]"""
         )
@@ -194,4 +199,11 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
     assert counts["latency_lines"] == 3 * len(model_versions) == 3 * MODELS
     assert counts["error_lines"] == len(model_versions)
     assert counts["alert_rows"] == len(data["alerts"]["rows"]) > 0
+    # resolved alerts read as resolved: the green badge, never a severity badge
+    # (issue 11 point 6); their severity is kept in the data for routing
+    status_at = data["alerts"]["columns"].index("status")
+    resolved = [r for r in data["alerts"]["rows"] if r[status_at] == "resolved"]
+    assert counts["resolved_rows"] == counts["resolved_badges"] == len(resolved) > 0
+    assert counts["resolved_red"] == 0
+    assert counts["firing_badges"] == len(data["alerts"]["rows"]) - len(resolved)
     assert counts["ctr_alerts"] == len(data["ctr_alerts"]["rows"]) > 0

@@ -6,11 +6,14 @@ const REFRESH_MS = 5000;
 const PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
   "#bcbd22", "#7f7f7f", "#ff7f0e", "#d62728"];
 const SEVERITY = { critical: "#c62828", warning: "#e08a00", info: "#1f6fd1" };
+// a resolved alert keeps its severity (for routing) but is drawn as resolved
+const RESOLVED = "#2e7d32";
+const TOKEN_KEY = "streamwatch.token";
 const QUANTILES = [["latency_p50", "p50", "#2ca02c"], ["latency_p95", "p95", "#e08a00"],
   ["latency_p99", "p99", "#c62828"]];
 const SVG_NS = "http://www.w3.org/2000/svg";
 
-window.dashboardState = { renders: 0, lastError: null, lastData: null };
+window.dashboardState = { renders: 0, lastError: null, lastData: null, tokenAsked: false };
 
 function esc(value) {
   return String(value).replace(/[&<>"']/g, (c) => (
@@ -157,11 +160,17 @@ function renderCtr(data) {
   const series = [...byCampaign].map(([name, rs], i) => ({
     name, color: PALETTE[i % PALETTE.length], points: rs.map((r) => [r.t, r.ctr * 100]),
   }));
-  const marks = rows(data.ctr_alerts).map((a) => ({
-    t: a.t, color: SEVERITY[a.severity] || SEVERITY.info, faint: a.status === "resolved",
-    text: `${stamp(a.t)} ${a.severity} ${a.status}: ${a.entity} (${a.rule})\n${a.message}`,
-  }));
+  const marks = rows(data.ctr_alerts).map((a) => {
+    const resolved = a.status === "resolved";
+    return {
+      t: a.t, color: resolved ? RESOLVED : SEVERITY[a.severity] || SEVERITY.info, faint: resolved,
+      text: resolved
+        ? `${stamp(a.t)} resolved (was ${a.severity}): ${a.entity} (${a.rule})\n${a.message}`
+        : `${stamp(a.t)} ${a.severity} ${a.status}: ${a.entity} (${a.rule})\n${a.message}`,
+    };
+  });
   const extra = Object.entries(SEVERITY).map(([name, color]) => ({ name: `${name} alert`, color, kind: "dash" }));
+  if (marks.some((k) => k.color === RESOLVED)) extra.push({ name: "resolved", color: RESOLVED, kind: "dash" });
   lineChart(node, { series, marks, height: 240, yFormat: (v) => `${fmt(v)}%`,
     extraLegend: marks.length ? extra : [] });
 }
@@ -272,10 +281,16 @@ function renderService(data) {
 function renderAlerts(data) {
   const body = document.querySelector("#alerts-table tbody");
   const alerts = rows(data.alerts);
+  // a resolved alert: the green "resolved" badge on a plain row; its severity
+  // (kept for routing) stays readable as "was critical"
+  const badge = (a) => a.status === "resolved"
+    ? `<span class="badge resolved" title="was ${esc(a.severity)}">resolved</span> <span class="was">was ${esc(a.severity)}</span>`
+    : `<span class="badge ${esc(a.severity)}">${esc(a.severity)}</span>`;
+  const rowClass = (a) => a.status === "resolved" ? "resolved" : `${esc(a.severity)} ${esc(a.status)}`;
   body.innerHTML = alerts.length ? alerts.map((a) => `
-    <tr class="${esc(a.severity)} ${esc(a.status)}">
+    <tr class="${rowClass(a)}">
       <td class="time">${esc(stamp(a.t))}</td>
-      <td><span class="badge ${esc(a.severity)}">${esc(a.severity)}</span></td>
+      <td>${badge(a)}</td>
       <td>${esc(a.status)}</td><td>${esc(a.kind)}</td><td>${esc(a.rule)}</td>
       <td>${esc(a.entity)}</td><td class="num">${esc(fmt(a.value))}</td>
       <td>${esc(a.message)}</td>
@@ -289,9 +304,30 @@ function setStatus(text, error) {
   status.dataset.error = error || "";
 }
 
+// The server may ask for a bearer token (STREAMWATCH_WEB_TOKEN): on the first
+// 401 the page asks for it once and keeps it in this tab's sessionStorage
+// (gone when the tab closes; never in a URL, a cookie or localStorage).
+async function api(path) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(path, { cache: "no-store", headers });
+  const state = window.dashboardState;
+  if (response.status === 401 && !state.tokenAsked) {
+    state.tokenAsked = true;
+    sessionStorage.removeItem(TOKEN_KEY);
+    const given = window.prompt("This streamwatch server needs its access token (STREAMWATCH_WEB_TOKEN):");
+    if (given && given.trim()) {
+      sessionStorage.setItem(TOKEN_KEY, given.trim());
+      state.tokenAsked = false;  // a wrong token is asked for again, once per 401
+      return api(path);
+    }
+  }
+  return response;
+}
+
 async function refresh() {
   try {
-    const response = await fetch("/api/dashboard", { cache: "no-store" });
+    const response = await api("/api/dashboard");
     const data = await response.json();
     if (!response.ok || data.error) throw new Error(data.error || `HTTP ${response.status}`);
     renderCtr(data);
