@@ -440,6 +440,7 @@ def _query(settings: Settings, sql: str) -> dict[str, Any]:
     import urllib.request
 
     from streams.clickhouse import ClickHouseError, Reader
+    from streams.preflight import chdb_holder, in_use_message
     from streams.sqlguard import QueryRefused
     from streams.web import run_query
     from streams.worker import read_embedded
@@ -475,6 +476,9 @@ def _query(settings: Settings, sql: str) -> dict[str, Any]:
                     f"the running worker's web server at {url} does not answer ({reason}); "
                     "check STREAMWATCH_WEB_PORT / STREAMWATCH_WEB_BIND"
                 ) from None
+    holder = chdb_holder(settings)  # a worker starting up, or not publishing its address
+    if holder is not None and holder != os.getpid():
+        raise Failure(in_use_message(settings, holder))
     reader = Reader.open(
         settings.clickhouse_dsn(),
         settings.clickhouse.database,

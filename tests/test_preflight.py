@@ -110,3 +110,24 @@ def test_an_unreachable_clickhouse_names_the_address_not_the_password() -> None:
     message = str(caught.value)
     assert "STREAMWATCH_CLICKHOUSE" in message and "127.0.0.1" in message
     assert "s3cret" not in message and "refused" in message.lower()
+
+
+def test_query_names_the_process_holding_the_directory(tmp_path: Path) -> None:
+    """`streamwatch query` with no worker address published but the directory held
+    (a worker starting up): one line with the pid, not chDB's engine error."""
+    env = {"STREAMWATCH_DATA_DIR": str(tmp_path / "var")}
+    child = _holder(env)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "query", "SELECT 1"],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        child.kill()
+        child.wait()
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert f"pid {child.pid}" in line and "STREAMWATCH_DATA_DIR" in line, line
