@@ -94,10 +94,29 @@ class RuleSettings(Strict):
     clear_windows: int = 1  # hysteresis: consecutive clear observations that resolve
     clear_by_value: bool = False  # resolve on the value alone, not its p-value
     message: str | None = None
+    # the resolved alert's sentence (operators.rules.resolved_sentence): the
+    # metric's name, how numbers are written, an extra clause, or a template
+    label: str | None = None
+    value_format: str = "{:.4g}"
+    resolved_note: str | None = None
+    resolved_message: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.value_format.format(0.5)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise ValueError(
+                f"rule {self.name}: value_format {self.value_format!r} cannot write a "
+                f"number ({exc}); e.g. '{{:.2%}}' or '{{:.0f}} ms'"
+            ) from None
 
     def rule(self) -> Rule:
         extra = {"message": self.message} if self.message else {}
         return Rule(
+            label=self.label,
+            value_format=self.value_format,
+            resolved_note=self.resolved_note,
+            resolved_message=self.resolved_message,
             name=self.name,
             kind=self.kind,
             metric=self.metric,
@@ -150,6 +169,8 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
             "<",
             {"warning": 0.005, "critical": 0.001},
             "CTR of {entity} ({level}) is {value:.2%}, below the floor of {threshold:.2%}",
+            label="CTR",
+            value_format="{:.2%}",
             min_samples=30,
             max_p_value=alpha,
             clear_windows=3,
@@ -163,6 +184,9 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
             {"warning": 0.3, "critical": 0.5},
             "CTR of {entity} ({level}) dropped {value:.0%} to {ctr:.2%} against a baseline "
             "of {baseline_ctr:.2%}",
+            label="CTR drop",
+            value_format="{:.0%}",
+            resolved_note="CTR {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
             min_samples=30,
             max_p_value=alpha,
             clear_windows=3,
@@ -177,6 +201,10 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
             "CTR of {entity} ({level}) has stayed below its baseline of {baseline_ctr:.2%} "
             "(now {ctr:.2%}): accumulated evidence {llr:.1f} nats, threshold "
             "{llr_threshold:.1f}",
+            label="accumulated CTR-drop evidence",
+            value_format="{:.2f}",
+            resolved_message="CTR of {entity} ({level}) is back near its baseline of "
+            "{baseline_ctr:.2%} (now {ctr:.2%})",
             clear_windows=3,
         ),
     ]
@@ -207,6 +235,8 @@ DEFAULT_RULES = [
         ">=",
         {"warning": 0.1, "critical": 0.2},
         "PSI of {entity} is {value:.3f} (moderate drift from 0.1, significant from 0.2)",
+        label="PSI",
+        value_format="{:.3f}",
         min_samples=200,
         cooldown_s=1800,
     ),
@@ -217,6 +247,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 0.1},
         "mean confidence of {entity} fell by {value:.3f} against its reference",
+        label="fall in mean confidence",
+        value_format="{:.3f}",
         min_samples=100,
         max_p_value=0.01,
         cooldown_s=1800,
@@ -228,6 +260,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 500.0, "critical": 2000.0},
         "p99 latency of {entity} is {value:.0f} ms (line: {threshold:.0f} ms)",
+        label="p99 latency",
+        value_format="{:.0f} ms",
         min_samples=50,
     ),
     _rule(
@@ -237,6 +271,8 @@ DEFAULT_RULES = [
         ">",
         {"critical": 0.01},
         "error rate of {entity} is {value:.2%}, above {threshold:.0%}",
+        label="error rate",
+        value_format="{:.2%}",
         min_samples=100,
         max_p_value=0.01,
     ),
@@ -247,6 +283,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 0.6},
         "{value:.0%} of {entity}'s predictions have low confidence",
+        label="share of low-confidence predictions",
+        value_format="{:.0%}",
         min_samples=100,
     ),
     _rule(
@@ -256,6 +294,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 4.5, "critical": 6.0},
         "{entity} reads {reading:.4g}, z-score {value:.1f}",
+        label="z-score",
+        value_format="{:.1f}",
         cooldown_s=300,
     ),
     _rule(
@@ -265,6 +305,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 1.5, "critical": 3.0},
         "{entity} reads {reading:.4g}, {value:.1f} IQR beyond Tukey's fence",
+        label="distance beyond Tukey's fence (IQRs)",
+        value_format="{:.1f}",
         cooldown_s=300,
     ),
     _rule(
@@ -274,6 +316,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 0.0},
         "{entity} has risen steadily by {value:.3g}",
+        label="steady rise",
+        value_format="{:.3g}",
         cooldown_s=900,
     ),
     _rule(
@@ -283,6 +327,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 3.0, "critical": 6.0},
         "{entity} is {value:.1f}x the usual distance from every known operating regime",
+        label="distance from the known operating regimes",
+        value_format="{:.1f}x the usual",
         cooldown_s=1800,
     ),
     _rule(
@@ -293,6 +339,9 @@ DEFAULT_RULES = [
         {"critical": 0.001},
         "sample ratio mismatch in {entity}: p = {value:.2g}; pause readouts of this experiment "
         "until the assignment is fixed",
+        label="sample ratio mismatch p-value",
+        value_format="{:.2g}",
+        resolved_note="the variants' shares match the configured split again",
         cooldown_s=3600,
     ),
     *(
@@ -303,6 +352,8 @@ DEFAULT_RULES = [
             ">=",
             {"warning": 0.5},
             f"{{entity}}: the level of {metric} changed ({method.replace('_', '-')})",
+            resolved_message=f"{{entity}}: the level of {metric} is steady again at "
+            f"{{latest:.4g}} ({method.replace('_', '-')})",
             cooldown_s=3600,
         )
         for metric in ("ctr", "error_rate", "latency_p99", "psi")
