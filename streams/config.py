@@ -275,6 +275,11 @@ class Settings(Strict):
     web_enabled: bool = True
     # POST-free test hooks on the web server (/debug/clickhouse?fail=1): tests only
     debug_endpoints: bool = False
+    # /health is 503 (and /health/live too, for the poll) past these bounds: no poll of
+    # the broker for health_poll_age_s; input waiting while the watermark has not
+    # moved, or while no partition is assigned, for health_stall_s
+    health_poll_age_s: float = 60
+    health_stall_s: float = 120
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
@@ -290,6 +295,8 @@ class Settings(Strict):
                 raise ValueError(f"monitors.{name}.lateness_s must be >= 0")
         if not 0 < self.web_port < 65536:
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
+        if self.health_poll_age_s <= 0 or self.health_stall_s <= 0:
+            raise ValueError("health_poll_age_s and health_stall_s must be positive")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
 

@@ -1,6 +1,7 @@
 """Pages on the worker's (faust's) web server.
 
 /health       200 when consuming and the sinks write, 503 with the reason otherwise
+/health/live  503 when the worker failed or its polling loop is stuck (liveness)
 /metrics      Prometheus exposition
 /api/query    ?sql=SELECT...  read-only query through the worker's ClickHouse
               client (in embedded mode the only way in while the worker runs)
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.health import liveness, readiness
 
 if TYPE_CHECKING:
     from streams.worker import Worker
@@ -168,15 +171,13 @@ def register_pages(app: Any, worker: Worker) -> None:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        runtime = worker.runtime
-        body = {
-            "status": "ok" if runtime.healthy else "degraded",
-            "sink_error": runtime.last_error,
-            "buffered_rows": worker.sinks.buffered,
-            "partitions": sorted(worker.pipeline.owned_partitions()),
-            "watermarks": runtime.pipeline.watermarks(),
-        }
-        return web.json(body, status=200 if runtime.healthy else 503)
+        status, body = readiness(worker)  # streams/health.py says when it is 503
+        return web.json(body, status=status)
+
+    @app.page("/health/live")
+    async def live(web: Any, request: Any) -> Any:
+        status, body = liveness(worker)
+        return web.json(body, status=status)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
