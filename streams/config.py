@@ -273,13 +273,16 @@ class Settings(Strict):
     data_dir: str = "var"
     web_port: int = 6066
     web_enabled: bool = True
-    # POST-free test hooks on the web server (/debug/clickhouse?fail=1): tests only
+    # test hooks on the web server (/debug/clickhouse?fail=1): tests only, and only
+    # with STREAMWATCH_TEST_FAULTS=clickhouse in the environment (streams/faults.py)
     debug_endpoints: bool = False
     # /health is 503 (and /health/live too, for the poll) past these bounds: no poll of
     # the broker for health_poll_age_s; input waiting while the watermark has not
     # moved, or while no partition is assigned, for health_stall_s
     health_poll_age_s: float = 60
     health_stall_s: float = 120
+    # SIGTERM to exit, whatever hangs (under the deployment's termination grace period)
+    stop_timeout_s: float = 90
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
@@ -295,8 +298,8 @@ class Settings(Strict):
                 raise ValueError(f"monitors.{name}.lateness_s must be >= 0")
         if not 0 < self.web_port < 65536:
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
-        if self.health_poll_age_s <= 0 or self.health_stall_s <= 0:
-            raise ValueError("health_poll_age_s and health_stall_s must be positive")
+        if min(self.health_poll_age_s, self.health_stall_s, self.stop_timeout_s) <= 0:
+            raise ValueError("health_poll_age_s, health_stall_s and stop_timeout_s must be > 0")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
 

@@ -9,10 +9,17 @@ value is a comma-separated list of the faults that may be triggered:
     sink      the ClickHouse writer raises something that is not a ClickHouse error
     producer  the Kafka producer raises a fatal KafkaException on its next send
     timer     the periodic tick raises
-    stall     the polling thread blocks (a hung consumer: the worker stays up
-              but polls no more; /health and the poll-age metric must show it)
+    stall     the polling thread blocks until the worker stops (a hung consumer:
+              the worker stays up but polls no more; /health, /health/live and
+              the poll-age metric must show it)
+    hang      the polling thread blocks for good, even through a stop (a call
+              into a client library that never returns): only the exit
+              watchdog ends the process
+    clickhouse  the /debug/clickhouse?fail=1|0 endpoint, which makes every
+              ClickHouse insert fail (an outage; chDB cannot be stopped alone),
+              also needs `debug_endpoints = true` in the configuration
 
-An armed fault fires once, after a message whose header
+Each other armed fault fires once, after a message whose header
 `streamwatch-test-fault` names it has been consumed, so a test can first see
 a healthy worker and then break it at a moment it chooses. Production
 deployments never set the variable; `streamwatch run` logs a warning when it is.
@@ -30,7 +37,7 @@ log = logging.getLogger("streamwatch.faults")
 
 ENV = "STREAMWATCH_TEST_FAULTS"
 HEADER = "streamwatch-test-fault"
-KNOWN = frozenset({"decode", "sink", "producer", "timer", "stall"})
+KNOWN = frozenset({"decode", "sink", "producer", "timer", "stall", "hang", "clickhouse"})
 
 
 class InjectedFault(RuntimeError):

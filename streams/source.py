@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -97,6 +98,9 @@ class KafkaSource:
             log.warning("TEST-ONLY fault 'stall': the polling thread blocks until stopped")
             while not self.stopping:
                 time.sleep(0.1)
+        if self.runtime.faults.fire("hang"):
+            log.warning("TEST-ONLY fault 'hang': the polling thread blocks for good")
+            threading.Event().wait()
         self._commit()
         if time.monotonic() - self.lag_reported > 5:
             self._report_lag()

@@ -33,9 +33,6 @@ from streams.sinks import Sinks
 
 log = logging.getLogger("streamwatch.worker")
 
-# SIGTERM to exit, whatever hangs: under Kubernetes' 120 s grace period
-# (deploy/k8s/deployment.yaml), which leaves room for the writes and checkpoint
-STOP_TIMEOUT_S = 90.0
 # an unhandled failure to exit: no checkpoint is written then, only the
 # consumer leaves its group and the web server stops
 FAILED_EXIT_S = 10.0
@@ -195,8 +192,9 @@ class Worker:
         """Run until SIGINT/SIGTERM, or until `until()` turns true (checked each second).
 
         Raises WorkerFailed after an unhandled failure (the CLI exits non-zero).
-        Whatever hangs, the process is gone within STOP_TIMEOUT_S of SIGTERM and
-        FAILED_EXIT_S of a failure (ExitWatchdog)."""
+        Whatever hangs, the process is gone within `stop_timeout_s` (settings;
+        under Kubernetes' 120 s grace period) of SIGTERM and FAILED_EXIT_S of a
+        failure (ExitWatchdog)."""
         tune_garbage_collector()
         try:
             asyncio.run(self._main(until))
@@ -280,8 +278,9 @@ class Worker:
                 self.watchdog = ExitWatchdog(FAILED_EXIT_S, 1, "an unhandled failure")
                 budget = FAILED_EXIT_S / 2
             else:
-                self.watchdog = ExitWatchdog(STOP_TIMEOUT_S, 1, "the stop request")
-                budget = STOP_TIMEOUT_S - 15
+                timeout = self.settings.stop_timeout_s
+                self.watchdog = ExitWatchdog(timeout, 1, "the stop request")
+                budget = timeout * 0.85  # the rest: services, interpreter exit
             await self._shutdown(worker, source, budget)
 
     async def _shutdown(self, worker: Any, source: asyncio.Task[None], budget: float) -> None:
