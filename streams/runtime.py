@@ -60,6 +60,8 @@ class Runtime:
         self.healthy = True
         self.last_error: str | None = None
         self.stopping = False  # set on shutdown: stop waiting out backpressure
+        # on shutdown: the last flush and checkpoint give up at this time (monotonic)
+        self.stop_deadline: float | None = None
         self.faults = faults or Faults()
         # an unhandled failure: (where, exception); the worker exits on it
         self.failure: tuple[str, BaseException] | None = None
@@ -227,9 +229,15 @@ class Runtime:
         if now - self.last_checkpoint >= self.settings.checkpoint_interval_s:
             await self._checkpoint()
 
+    def _timeout(self, default: float = 30.0) -> float:
+        """How long a flush or checkpoint may wait for the broker: less when stopping."""
+        if self.stop_deadline is None:
+            return default
+        return max(0.1, min(default, self.stop_deadline - time.monotonic()))
+
     async def _flush(self) -> None:
         self.last_flush = time.monotonic()
-        await asyncio.to_thread(self.sinks.flush)
+        await asyncio.to_thread(self.sinks.flush, self._timeout())
 
     async def _checkpoint(self, force: bool = False) -> None:
         """Write dirty tasks' state, then commit the offsets that state covers."""
@@ -241,7 +249,7 @@ class Runtime:
             self.on_checkpoint(self.pipeline.committable())  # only replayed input
             return
         try:
-            await asyncio.to_thread(self.store.write, items)
+            await asyncio.to_thread(self.store.write, items, self._timeout())
         except Exception as exc:
             raise SinkError(f"checkpoint write failed: {exc}") from exc
         self.pipeline.mark_clean()

@@ -87,9 +87,13 @@ class KafkaSource:
             await self.runtime.close()
             await asyncio.to_thread(self._close)
 
-    def stop(self) -> None:
+    def stop(self, budget: float | None = None) -> None:
+        """Stop after the current batch; the last flush and checkpoint may take
+        `budget` seconds (the rest of the stop needs time too)."""
         self.stopping = True
         self.runtime.stopping = True
+        if budget is not None:
+            self.runtime.stop_deadline = time.monotonic() + budget
 
     # -- in the polling thread ------------------------------------------------
 

@@ -289,7 +289,7 @@ class Worker:
         seconds in all, whatever the broker, ClickHouse or a stuck thread does."""
         deadline = time.monotonic() + budget
         log.info("stopping: draining the source")
-        self.source.stop()
+        self.source.stop(budget * 0.5)
         try:
             await asyncio.wait_for(asyncio.shield(source), max(1.0, budget * 0.7))
         except TimeoutError:
