@@ -73,6 +73,7 @@ class KafkaSource:
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.last_poll = time.monotonic()  # the poll age counts from here
         self.consumer.subscribe(
             self.topics,
             on_assign=self._on_assign,
