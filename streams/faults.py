@@ -60,10 +60,16 @@ class Faults:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Faults:
-        """>>> Faults.from_env({}).armed
+        """The faults named by STREAMWATCH_TEST_FAULTS (none when it is unset).
+
+        >>> Faults.from_env({}).armed
         frozenset()
         >>> sorted(Faults.from_env({"STREAMWATCH_TEST_FAULTS": "sink, timer"}).armed)
         ['sink', 'timer']
+        >>> Faults.from_env({"STREAMWATCH_TEST_FAULTS": "everything"})
+        Traceback (most recent call last):
+        ...
+        ValueError: STREAMWATCH_TEST_FAULTS: unknown fault(s) everything; known: ...
         """
         value = (os.environ if env is None else env).get(ENV, "")
         armed = frozenset(name.strip() for name in value.split(",") if name.strip())

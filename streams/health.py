@@ -4,8 +4,10 @@
     failed     an unhandled failure: the worker is exiting to be restarted
     degraded   sink writes fail (retried with backoff; consumption pauses at the bound)
     stalled    no poll of the broker for `health_poll_age_s`; or input waits while
-               the watermark has not moved for `health_stall_s`; or input waits
-               while this worker has had no partition for `health_stall_s`
+               the watermark has not moved for `health_stall_s`; or this worker
+               has had no partition for `health_stall_s` while input waits or
+               other members of its group hold partitions (a replica beyond the
+               partition count is not ready: it would do nothing)
 /health/live (liveness; 503 makes Kubernetes restart the pod):
     503 after a failure, or when the polling loop has not come back for
     `health_poll_age_s`, unless it is pausing on purpose for ClickHouse
@@ -13,7 +15,9 @@
 
 "Input waits" comes from the broker's high watermarks (streams/source.py);
 Tansu reports them too low, so there a short tail of waiting input may go
-unseen; the poll age does not depend on the broker's figures.
+unseen; the other members come from the broker's group description, which
+Tansu leaves empty (so there only waiting input counts). The poll age does
+not depend on the broker's figures.
 """
 
 from __future__ import annotations
@@ -50,8 +54,16 @@ def readiness(worker: Any) -> tuple[int, dict[str, Any]]:
         )
     unassigned = source.unassigned_since
     idle_for = now - unassigned if unassigned is not None else 0.0
-    if not partitions and waiting and idle_for > s.health_stall_s:
-        problems.append(f"no partition assigned for {idle_for:.0f} s while {waiting} messages wait")
+    if not partitions and idle_for > s.health_stall_s:
+        if waiting:
+            problems.append(
+                f"no partition assigned for {idle_for:.0f} s while {waiting} messages wait"
+            )
+        elif source.members_elsewhere:
+            problems.append(
+                f"no partition assigned for {idle_for:.0f} s while {source.members_elsewhere} "
+                "other members of the group consume"
+            )
     if runtime.failure is not None:
         status = "failed"
     elif not runtime.healthy:
@@ -69,6 +81,7 @@ def readiness(worker: Any) -> tuple[int, dict[str, Any]]:
         "watermarks": runtime.pipeline.watermarks(),
         "last_poll_age_s": round(age, 3),
         "input_waiting": waiting,
+        "members_elsewhere": source.members_elsewhere,
     }
     return (200 if status == "ok" else 503), body
 

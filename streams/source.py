@@ -66,6 +66,10 @@ class KafkaSource:
         # tail of the last batch, never invent input.
         self.waiting: int | None = None
         self.unassigned_since: float | None = time.monotonic()
+        # while nothing is assigned: other members of the group that hold partitions
+        # (None: not known; Tansu's group description lists no members at all)
+        self.members_elsewhere: int | None = None
+        self._admin: Any = None
         metrics.LAST_POLL_AGE.set_function(lambda: time.monotonic() - self.last_poll)
 
     def _checkpointed(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -129,8 +133,10 @@ class KafkaSource:
             if self.unassigned_since is None:
                 self.unassigned_since = time.monotonic()
             self.waiting = self._waiting_unassigned()
+            self.members_elsewhere = self._members_elsewhere()
             return
         self.unassigned_since = None
+        self.members_elsewhere = None
         waiting = 0
         for tp in self.consumer.position(assignment):
             try:
@@ -167,6 +173,27 @@ class KafkaSource:
             return waiting
         except Exception as exc:  # the broker is away: not known
             log.debug("input waiting not known: %s", exc)
+            return None
+
+    def _members_elsewhere(self) -> int | None:
+        """Members of our group (not us) that hold partitions, from the broker's
+        group description; None when it does not answer in time or lists nobody."""
+        try:
+            from confluent_kafka.admin import AdminClient
+
+            if self._admin is None:
+                self._admin = AdminClient(self.settings.kafka_client_config())
+            group = self.settings.kafka.group_id
+            description = self._admin.describe_consumer_groups([group])[group].result(timeout=2)
+            me = self.consumer.memberid()
+            members = [m for m in description.members if m.member_id != me]
+            if not description.members:
+                return None  # not described (Tansu): not known
+            return sum(
+                1 for m in members if m.assignment is not None and m.assignment.topic_partitions
+            )
+        except Exception as exc:
+            log.debug("group members not known: %s", exc)
             return None
 
     def _commit(self) -> None:
