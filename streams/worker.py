@@ -36,6 +36,9 @@ log = logging.getLogger("streamwatch.worker")
 # an unhandled failure to exit: no checkpoint is written then, only the
 # consumer leaves its group and the web server stops
 FAILED_EXIT_S = 10.0
+# ... after answering 503 "failed" on /health (and streamwatch_worker_failed 1 on
+# /metrics) this long, so a probe or scrape under way sees why it goes
+FAILED_LINGER_S = 2.0
 
 
 class WorkerFailed(RuntimeError):
@@ -276,6 +279,8 @@ class Worker:
                     exc_info=exc,
                 )
                 self.watchdog = ExitWatchdog(FAILED_EXIT_S, 1, "an unhandled failure")
+                self.source.stop()  # no more batches meanwhile
+                await asyncio.sleep(FAILED_LINGER_S)
                 budget = FAILED_EXIT_S / 2
             else:
                 timeout = self.settings.stop_timeout_s

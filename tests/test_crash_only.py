@@ -104,12 +104,14 @@ class Watcher:
         self.thread.join(10)
 
     def _run(self) -> None:
+        # the worker answers 503 "failed" for FAILED_LINGER_S (2 s) before it stops
         while not self.done.is_set():
-            self.health.append(get(self.worker, "/health"))
+            for _ in range(3):
+                self.health.append(get(self.worker, "/health"))
+                time.sleep(0.05)
             status, text = get(self.worker, "/metrics")
             if status == 200:
                 self.failed_metric.append(metric_value(text, "streamwatch_worker_failed"))
-            time.sleep(0.02)
 
 
 FAULT_LOGS = {
