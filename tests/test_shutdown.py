@@ -245,3 +245,27 @@ def test_embedded_broker_dies_with_a_killed_parent(tmp_path) -> None:
         for pid in tansu:  # never leave a broker behind, even when the test fails
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_while_a_slow_query_holds_the_writer(tmp_path, broker) -> None:
+    """A query that runs for a long time (issue 11: it held the writer's lock and
+    SIGTERM did not stop the worker) delays at most the stop timeout."""
+    import threading
+    import urllib.parse
+
+    d = deployment(tmp_path, broker.bootstrap, "stop-slowquery", flush_interval_s=0.2)
+    worker = WorkerProcess(d).start()
+    try:
+        wait_ready(worker)
+        sql = "SELECT count() FROM system.numbers WHERE cityHash64(number) = 0"
+        path = "/api/query?" + urllib.parse.urlencode({"sql": sql})
+        threading.Thread(target=get, args=(worker, path), daemon=True).start()
+        time.sleep(1)  # the query runs
+        # rows to write while it runs: dead letters of malformed messages
+        produce(d.bootstrap, [(d.topics[t], k, v, None) for t, k, v, _ in MALFORMED])
+        time.sleep(2)
+        code, took = sigterm(worker)
+        assert took < STOP_TIMEOUT_S + 5, (took, worker.log())
+        assert code in (0, 1), worker.log()
+    finally:
+        worker.kill()
