@@ -378,8 +378,16 @@ class Settings(Strict):
     web_enabled: bool = True
     query_timeout_s: float = 10  # /api/query and `streamwatch query`: time limit
     query_max_rows: int = 100_000  # ... and result size limit
-    # POST-free test hooks on the web server (/debug/clickhouse?fail=1): tests only
+    # test hooks on the web server (/debug/clickhouse?fail=1): tests only, and only
+    # with STREAMWATCH_TEST_FAULTS=clickhouse in the environment (streams/faults.py)
     debug_endpoints: bool = False
+    # /health is 503 (and /health/live too, for the poll) past these bounds: no poll of
+    # the broker for health_poll_age_s; input waiting while the watermark has not
+    # moved, or while no partition is assigned, for health_stall_s
+    health_poll_age_s: float = 60
+    health_stall_s: float = 120
+    # SIGTERM to exit, whatever hangs (under the deployment's termination grace period)
+    stop_timeout_s: float = 90
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
@@ -397,6 +405,8 @@ class Settings(Strict):
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
         if self.query_timeout_s <= 0 or self.query_max_rows <= 0:
             raise ValueError("query_timeout_s and query_max_rows must be > 0")
+        if min(self.health_poll_age_s, self.health_stall_s, self.stop_timeout_s) <= 0:
+            raise ValueError("health_poll_age_s, health_stall_s and stop_timeout_s must be > 0")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
         self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)
