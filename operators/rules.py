@@ -10,7 +10,10 @@ declared in configuration:
 Per (rule, entity) the engine keeps a state: the severity it fires at (none
 when quiet) and when it last fired. An observation whose condition holds at a
 higher severity than the state fires (`firing`); one where it no longer holds
-resolves (`resolved`). With `max_p_value`, a crossing only counts when the
+resolves (`resolved`) -- with hysteresis: only after `clear_windows`
+consecutive observations in which it does not hold (default 1: the first
+one), so a metric hovering at the line does not fire and resolve every
+window. With `max_p_value`, a crossing only counts when the
 operator's p-value says it is unlikely to be chance (small windows are noisy).
 A condition that stays true raises nothing new, and a rule that resolved
 does not fire again for the same entity until `cooldown_s` of event time
@@ -52,6 +55,8 @@ class Rule:
     cooldown_s: float = 600.0
     min_samples: int = 0
     max_p_value: float | None = None  # crossed only if the observation is this significant
+    # hysteresis: resolve only after this many consecutive observations back within bounds
+    clear_windows: int = 1
     message: str = DEFAULT_MESSAGE  # str.format with metric, entity, value, ... and details
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -61,6 +66,8 @@ class Rule:
         unknown = set(self.thresholds) - set(SEVERITIES)
         if unknown or not self.thresholds:
             raise ValueError(f"rule {self.name}: thresholds need severities from {SEVERITIES}")
+        if self.clear_windows < 1:
+            raise ValueError(f"rule {self.name}: clear_windows must be at least 1")
 
     def level(self, value: float) -> tuple[str, float] | None:
         """The highest severity whose threshold `value` crosses, with that threshold."""
@@ -92,7 +99,8 @@ class RuleEngine:
         self.rules: dict[tuple[str, str], list[Rule]] = {}
         for rule in rules:
             self.rules.setdefault((rule.kind, rule.metric), []).append(rule)
-        # (rule name, entity) -> [severity firing or "", last fired ts]
+        # (rule name, entity) -> [severity firing or "", last fired ts,
+        #                         consecutive clear observations while firing]
         self.state: dict[str, list[Any]] = {}
 
     def evaluate(self, observations: Iterable[Observation]) -> list[Alert]:
@@ -109,7 +117,7 @@ class RuleEngine:
             return None
         key = f"{rule.name}\x1f{obs.entity}"
         state = self.state.get(key)
-        firing, last_fired = state if state else ("", None)
+        firing, last_fired, clear = state if state else ("", None, 0)
         crossed = rule.level(obs.value)
         if (
             crossed is not None
@@ -120,6 +128,8 @@ class RuleEngine:
         if crossed is not None:
             severity, threshold = crossed
             if firing and SEVERITIES.index(severity) <= SEVERITIES.index(firing):
+                if clear:
+                    self.state[key] = [firing, last_fired, 0]  # back out of bounds
                 return None  # still true: already raised
             if (
                 not firing
@@ -127,10 +137,13 @@ class RuleEngine:
                 and (obs.ts - last_fired < rule.cooldown_s * 1000)
             ):
                 return None  # cooling down after the last alert of this rule and entity
-            self.state[key] = [severity, obs.ts]
+            self.state[key] = [severity, obs.ts, 0]
             return self._alert(rule, obs, "firing", severity, threshold)
         if firing:
-            self.state[key] = ["", last_fired]
+            if clear + 1 < rule.clear_windows:
+                self.state[key] = [firing, last_fired, clear + 1]
+                return None  # within bounds, but not yet for long enough
+            self.state[key] = ["", last_fired, 0]
             threshold = rule.thresholds[firing]
             return self._alert(rule, obs, "resolved", firing, threshold)
         return None
@@ -184,4 +197,5 @@ class RuleEngine:
         return {key: list(value) for key, value in self.state.items()}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.state = {key: list(value) for key, value in state.items()}
+        # a snapshot from before hysteresis has [severity, last fired]: no clear count yet
+        self.state = {key: [*value, 0][:3] for key, value in state.items()}

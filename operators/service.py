@@ -17,9 +17,16 @@ Semantics (defaults configurable in ServiceConfig):
     kind="service", metric="latency_p99": ms, n=requests
     kind="service", metric="error_rate": fraction, n=requests, p_value =
         P(X >= errors) for X ~ Binomial(requests, error_rate_baseline), the
-        chance of this many errors if the true rate were the 1 % baseline
+        exact binomial test (operators.stats.binomial_sf_test) of this many
+        errors if the true rate were the 1 % line: the evidence that the
+        rate is above it, however small the window
     kind="service", metric="low_confidence_ratio": fraction, n=confidences
-        (only when the window has confidences)
+        (only when the window has confidences), p_value = the same exact
+        test of the low-confidence count against `low_confidence_ratio_max`
+
+The rules judge the value AND the p-value (`max_p_value`, derived from a
+false-alarm budget: docs/monitors/service.md), so an overwhelming error
+burst in a window of 30 requests alerts while a 2 % blip in 100 does not.
 
 Every figure depends on the multiset of a window's events only, so any
 arrival order within the allowed lateness gives the same rows.
@@ -34,9 +41,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
 
 from operators.base import Observation, Operator
+from operators.stats import binomial_sf_test
 from operators.windows import TumblingWindows
 from schemas.events import InferenceLog
 
@@ -46,6 +53,8 @@ class ServiceConfig:
     window_ms: int = 60_000
     low_confidence: float = 0.5
     error_rate_baseline: float = 0.01  # the error_rate observation's p-value is against this
+    # the low_confidence_ratio observation's p-value is against this share (the rule's line)
+    low_confidence_ratio_max: float = 0.6
 
 
 class ServiceWindow:
@@ -104,10 +113,12 @@ class ServiceOperator(Operator):
         error_rate = w.errors / w.requests
         k = len(w.conf)
         conf_mean = low_ratio = None
+        low = 0
         if k:
             conf = np.sort(np.frombuffer(w.conf, dtype=np.float64))
             conf_mean = math.fsum(conf.tolist()) / k
-            low_ratio = int(np.count_nonzero(conf < cfg.low_confidence)) / k
+            low = int(np.count_nonzero(conf < cfg.low_confidence))
+            low_ratio = low / k
         self._out.add_row(
             "inference_windows",
             {
@@ -139,7 +150,7 @@ class ServiceOperator(Operator):
                 **common,
             )
         )
-        p_value = float(binom.sf(w.errors - 1, w.requests, cfg.error_rate_baseline))
+        p_value = binomial_sf_test(w.errors, w.requests, cfg.error_rate_baseline)
         obs.append(
             Observation(
                 "service",
@@ -148,7 +159,7 @@ class ServiceOperator(Operator):
                 error_rate,
                 n=w.requests,
                 details={"errors": w.errors, "requests": w.requests},
-                p_value=min(1.0, p_value),
+                p_value=p_value,
                 **common,
             )
         )
@@ -160,7 +171,8 @@ class ServiceOperator(Operator):
                     "low_confidence_ratio",
                     low_ratio,  # type: ignore[arg-type]
                     n=k,
-                    details={"confidence_mean": conf_mean},
+                    details={"confidence_mean": conf_mean, "low_confidence": low},
+                    p_value=binomial_sf_test(low, k, cfg.low_confidence_ratio_max),
                     **common,
                 )
             )

@@ -30,7 +30,9 @@ computed by scipy.stats.chisquare(O, f_exp=E). Fabijan et al. flag an SRM
 at p < 0.0005 to 0.001: the test runs every window, so a loose alpha would
 raise false alarms daily.
 
-A window is judged when n >= min_total and it has at least two tested
+A window is judged when n >= min_total (a sanity floor of a few dozen:
+the p-value is the evidence, and Pearson's approximation holds from about
+five expected per variant) and it has at least two tested
 variants. Output, per judged window:
 
 - a row in `srm_checks`: window_start, window_end, experiment, unit,
@@ -66,7 +68,8 @@ SRM_TABLE = "srm_checks"
 class SrmConfig:
     window_ms: int = 300_000
     unit: Literal["impressions", "users"] = "impressions"
-    min_total: int = 200
+    # a sanity floor only (the chi-square p-value is the evidence); >= 5 expected per arm
+    min_total: int = 30
     # experiment -> variant -> expected share (normalised); absent: equal split
     splits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     alpha: float = 0.001

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from operators.rules import Rule
+from operators.stats import alpha_for_budget
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,29 @@ class RuleSettings(Strict):
     min_samples: int = 0
     max_p_value: float | None = None
     message: str | None = None
+    # hysteresis: resolve after this many consecutive windows back within bounds
+    clear_windows: int = 1
+    # A false-alarm budget instead of a raw p-value bound: at most this many false
+    # alerts per 1,000 entity-days on quiet data, with `judgements_per_day`
+    # observations per entity and day (e.g. 1440 one-minute windows); sets
+    # max_p_value by Sidak's correction (operators.stats.alpha_for_budget).
+    false_alarm_budget: float | None = None
+    judgements_per_day: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.false_alarm_budget is not None:
+            if self.judgements_per_day is None:
+                raise ValueError(f"rule {self.name}: false_alarm_budget needs judgements_per_day")
+            if self.max_p_value is not None:
+                raise ValueError(
+                    f"rule {self.name}: give false_alarm_budget or max_p_value, not both"
+                )
+
+    def p_bound(self) -> float | None:
+        """max_p_value, or the one the false-alarm budget implies."""
+        if self.false_alarm_budget is not None and self.judgements_per_day is not None:
+            return alpha_for_budget(self.false_alarm_budget, self.judgements_per_day)
+        return self.max_p_value
 
     def rule(self) -> Rule:
         extra = {"message": self.message} if self.message else {}
@@ -100,7 +124,8 @@ class RuleSettings(Strict):
             thresholds=dict(self.thresholds),
             cooldown_s=self.cooldown_s,
             min_samples=self.min_samples,
-            max_p_value=self.max_p_value,
+            max_p_value=self.p_bound(),
+            clear_windows=self.clear_windows,
             **extra,
         )
 
@@ -127,6 +152,13 @@ def _rule(
         RuleSettings,
     )
 
+
+# Default false-alarm budget of the rules judged on evidence (service, drift,
+# SRM): false alerts per 1,000 entity-days on quiet data (docs/monitors/*.md).
+FALSE_ALARM_BUDGET = 1.0
+SERVICE_WINDOWS_PER_DAY = 86_400_000 / 60_000  # ServiceConfig.window_ms
+DRIFT_WINDOWS_PER_DAY = 86_400_000 / 300_000  # DriftConfig.window_ms
+SRM_WINDOWS_PER_DAY = 86_400_000 / 300_000  # SrmConfig.window_ms
 
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
@@ -157,7 +189,10 @@ DEFAULT_RULES = [
         ">=",
         {"warning": 0.1, "critical": 0.2},
         "PSI of {entity} is {value:.3f} (moderate drift from 0.1, significant from 0.2)",
-        min_samples=200,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
+        clear_windows=2,
         cooldown_s=1800,
     ),
     _rule(
@@ -167,8 +202,10 @@ DEFAULT_RULES = [
         ">",
         {"warning": 0.1},
         "mean confidence of {entity} fell by {value:.3f} against its reference",
-        min_samples=100,
-        max_p_value=0.01,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
+        clear_windows=2,
         cooldown_s=1800,
     ),
     _rule(
@@ -187,8 +224,10 @@ DEFAULT_RULES = [
         ">",
         {"critical": 0.01},
         "error rate of {entity} is {value:.2%}, above {threshold:.0%}",
-        min_samples=100,
-        max_p_value=0.01,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
+        clear_windows=3,
     ),
     _rule(
         "low_confidence",
@@ -197,7 +236,10 @@ DEFAULT_RULES = [
         ">",
         {"warning": 0.6},
         "{value:.0%} of {entity}'s predictions have low confidence",
-        min_samples=100,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
+        clear_windows=3,
     ),
     _rule(
         "sensor_zscore",
@@ -240,9 +282,14 @@ DEFAULT_RULES = [
         "srm",
         "srm_chi2_p",
         "<",
-        {"critical": 0.001},
+        # the value is the p-value: its line is the budget's per-window level
+        {"critical": alpha_for_budget(FALSE_ALARM_BUDGET, SRM_WINDOWS_PER_DAY)},
         "sample ratio mismatch in {entity}: p = {value:.2g}; pause readouts of this experiment "
         "until the assignment is fixed",
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SRM_WINDOWS_PER_DAY,
+        clear_windows=2,
         cooldown_s=3600,
     ),
     *(

@@ -169,7 +169,7 @@ def test_ignored_and_small_windows() -> None:
         [imp(0, T0, None), imp(1, T0, "A", None), imp(2, T0, "", "exp1"), imp(3, T0, "A", "")],
     )
     assert len(op.windows) == 0
-    op.feed("impressions", split_events(90, 109))  # total 199 < min_total
+    op.feed("impressions", split_events(10, 19))  # total 29 < min_total (30)
     out = close(op)
     assert not out
     op.feed("impressions", [imp(k, T0 + k, "A", "only-a") for k in range(300)])
