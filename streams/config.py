@@ -69,7 +69,7 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = ("ctr", "sensor", "cluster", "drift", "service", "srm")
+    names = ("ctr", "sensor", "cluster", "drift", "service", "srm", "freshness")
     return {name: MonitorSettings() for name in names}
 
 
@@ -291,6 +291,25 @@ DEFAULT_RULES = [
         judgements_per_day=SRM_WINDOWS_PER_DAY,
         clear_windows=2,
         cooldown_s=3600,
+    ),
+    _rule(
+        "freshness_entity",
+        "freshness",
+        "entity_silence",
+        ">",
+        {"warning": 1.0},
+        "{entity} has sent nothing on {topic} for {silence_s:.0f} s, "
+        "{value:.1f}x its allowed silence of {allowed_s:.0f} s",
+        cooldown_s=0,  # a silence is already at least min_silence_ms long
+    ),
+    _rule(
+        "freshness_topic",
+        "freshness",
+        "topic_silence",
+        ">",
+        {"critical": 1.0},
+        "topic {entity} has had no events for {silence_s:.0f} s while the others advance",
+        cooldown_s=0,
     ),
     *(
         _rule(
