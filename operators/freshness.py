@@ -106,9 +106,9 @@ class Track:
 
     __slots__ = ("gap", "last", "n", "silent")
 
-    def __init__(self, last: int, gap: float = 0.0, n: int = 0, silent: bool = False) -> None:
+    def __init__(self, last: int, gap: float = -1.0, n: int = 0, silent: bool = False) -> None:
         self.last = last
-        self.gap = gap  # usual gap between events (ms), an EWMA
+        self.gap = gap  # usual gap between events (ms), an EWMA; < 0: no gap seen yet
         self.n = n  # events seen
         self.silent = silent  # an entity_silence > 1 was emitted and no data since
 
@@ -118,6 +118,8 @@ class Track:
             # the first step: its own c - 1 gaps are all there is
             if count > 1:
                 self.gap = (last - first) / (count - 1)
+        elif self.gap < 0:
+            self.gap = (last - self.last) / count  # the first gaps seen start the mean
         else:
             keep = (1.0 - alpha) ** count
             self.gap = keep * self.gap + (1.0 - keep) * (last - self.last) / count

@@ -1,0 +1,185 @@
+"""Evidence gates: the new statistics against references, the PSI's null law by
+Monte-Carlo, rule hysteresis and false-alarm budgets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from operators.base import Observation
+from operators.rules import Rule, RuleEngine
+from operators.stats import (
+    alpha_for_budget,
+    binned_counts,
+    binomial_sf_test,
+    psi,
+    psi_critical,
+    psi_test,
+    quantile_edges,
+)
+from streams.config import ConfigError, RuleSettings, load_settings
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "rate"), [(0, 10, 0.1), (3, 10, 0.1), (7, 30, 0.01), (60, 100, 0.6)]
+)
+def test_binomial_sf_test_is_scipys_exact_binomial_test(k: int, n: int, rate: float) -> None:
+    expected = stats.binomtest(k, n, rate, alternative="greater").pvalue
+    assert binomial_sf_test(k, n, rate) == pytest.approx(expected, rel=1e-9)
+
+
+def test_binomial_hand_case() -> None:
+    # P(X >= 2), X ~ Bin(3, 0.5) = (3 + 1) / 8
+    assert binomial_sf_test(2, 3, 0.5) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_psi_test_is_the_homogeneity_chi_square(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(1, 300, size=8)
+    cur = rng.integers(0, 60, size=8)
+    cur[0] = 0  # an empty window bin is fine
+    expected = stats.chi2_contingency([ref, cur], correction=False)
+    p, df = psi_test(ref, cur)
+    assert p == pytest.approx(expected.pvalue, rel=1e-9) and df == expected.dof
+
+
+def test_psi_test_drops_bins_empty_in_both_and_degenerate_cases() -> None:
+    p1, df1 = psi_test([10, 0, 20, 30], [5, 0, 8, 9])
+    p2, df2 = psi_test([10, 20, 30], [5, 8, 9])
+    assert (p1, df1) == (p2, df2) == (pytest.approx(p2), 2)
+    assert psi_test([10, 0], [3, 0]) == (1.0, 0)
+
+
+def test_psi_critical_by_hand() -> None:
+    # (1/200 + 1/1000) * chi2_{0.999}(9); chi2_{0.999}(9) = 27.877
+    assert psi_critical(200, 1000, 10, 0.001) == pytest.approx(0.006 * 27.877, rel=1e-4)
+
+
+def _null_windows(n: int, trials: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """PSI and its p-value for windows drawn from the reference's own population;
+    the reference (m values, 10 quantile bins) is redrawn for every window."""
+    rng = np.random.default_rng(seed)
+    psis, ps = np.empty(trials), np.empty(trials)
+    for t in range(trials):
+        ref = rng.standard_normal(m)
+        edges = quantile_edges(ref, 10)
+        rc = binned_counts(ref, edges)
+        wc = binned_counts(rng.standard_normal(n), edges)
+        psis[t] = psi(rc, wc)
+        ps[t] = psi_test(rc, wc)[0]
+    return psis, ps
+
+
+@pytest.mark.parametrize("n", [50, 200, 1000])
+def test_psi_null_false_alarm_rate_is_nominal(n: int) -> None:
+    trials, alpha = 4000, 0.01
+    psis, ps = _null_windows(n, trials, 1000, seed=n)
+    rate = float(np.mean(ps < alpha))
+    # binomial 4-sigma band around the nominal level
+    tol = 4 * math.sqrt(alpha * (1 - alpha) / trials)
+    assert abs(rate - alpha) < tol, (n, rate)
+    # the rule needs band AND evidence: never more false alarms than the level
+    assert np.mean((psis >= 0.1) & (ps < alpha)) <= alpha + tol
+    if n == 50:
+        # why the band alone is useless in small windows: chance crosses 0.1 often
+        assert np.mean(psis >= 0.1) > 0.3
+
+
+def test_psi_null_quantile_matches_psi_critical_for_large_windows() -> None:
+    psis, _ = _null_windows(2000, 3000, 20_000, seed=9)
+    q = float(np.quantile(psis, 0.95))
+    assert q == pytest.approx(psi_critical(2000, 20_000, 10, 0.05), rel=0.1)
+
+
+def test_alpha_for_budget_is_sidak() -> None:
+    a = alpha_for_budget(1.0, 288)
+    assert 1 - (1 - a) ** 288 == pytest.approx(0.001, rel=1e-9)
+    assert a == pytest.approx(0.001 / 288, rel=1e-3)  # ~ Bonferroni
+    with pytest.raises(ValueError):
+        alpha_for_budget(0, 10)
+
+
+def test_rule_settings_take_a_budget() -> None:
+    s = load_settings(
+        env={},
+        overrides={
+            "rules": [
+                {
+                    "name": "e",
+                    "kind": "service",
+                    "metric": "error_rate",
+                    "op": ">",
+                    "thresholds": {"critical": 0.05},
+                    "false_alarm_budget": 2.0,
+                    "judgements_per_day": 1440,
+                    "clear_windows": 4,
+                }
+            ]
+        },
+    )
+    rule = s.rules[0].rule()
+    assert rule.max_p_value == pytest.approx(alpha_for_budget(2.0, 1440))
+    assert rule.clear_windows == 4
+    with pytest.raises((ConfigError, ValueError)):
+        RuleSettings(
+            name="e",
+            kind="k",
+            metric="m",
+            op=">",
+            thresholds={"warning": 1},
+            false_alarm_budget=1.0,
+        )
+
+
+def _obs(value: float, ts: int, p: float | None = None) -> Observation:
+    return Observation(
+        "service",
+        "m/1",
+        "error_rate",
+        value,
+        ts=ts,
+        n=100,
+        p_value=p,
+        window_start=ts - 60_000,
+        window_end=ts,
+    )
+
+
+def test_hysteresis_resolves_only_after_clear_windows() -> None:
+    rule = Rule("e", "service", "error_rate", ">", {"critical": 0.05}, clear_windows=3)
+    engine = RuleEngine([rule])
+    seq = [0.2, 0.01, 0.01, 0.2, 0.01, 0.01, 0.01, 0.01]
+    statuses = [
+        [a.status for a in engine.evaluate([_obs(v, 60_000 * (i + 1))])] for i, v in enumerate(seq)
+    ]
+    # fires; two clear windows then out of bounds again (count restarts); resolves
+    # on the third consecutive clear window
+    assert statuses == [["firing"], [], [], [], [], [], ["resolved"], []]
+
+
+def test_hysteresis_state_survives_snapshot_and_old_snapshots_restore() -> None:
+    rule = Rule("e", "service", "error_rate", ">", {"critical": 0.05}, clear_windows=2)
+    engine = RuleEngine([rule])
+    engine.evaluate([_obs(0.2, 60_000), _obs(0.0, 120_000)])
+    again = RuleEngine([rule])
+    again.restore(engine.snapshot())
+    assert [a.status for a in again.evaluate([_obs(0.0, 180_000)])] == ["resolved"]
+    old = RuleEngine([rule])
+    old.restore({"e\x1fm/1": ["critical", 60_000]})  # before clear_windows existed
+    assert old.evaluate([_obs(0.0, 120_000)]) == []
+    assert [a.status for a in old.evaluate([_obs(0.0, 180_000)])] == ["resolved"]
+
+
+def test_default_error_rule_alerts_on_an_overwhelming_burst_in_a_small_window() -> None:
+    rules = {r.name: r.rule() for r in load_settings(env={}).rules}
+    engine = RuleEngine([rules["error_rate"]])
+    # 12 errors of 40 requests against a 1 % line: p ~ 1e-14
+    burst = _obs(0.3, 60_000, binomial_sf_test(12, 40, 0.01))
+    assert [a.status for a in engine.evaluate([burst])] == ["firing"]
+    # a 3 % blip in 100 requests (p ~ 0.08) is no evidence
+    blip = RuleEngine([rules["error_rate"]])
+    assert blip.evaluate([_obs(0.03, 60_000, binomial_sf_test(3, 100, 0.01))]) == []
