@@ -1,8 +1,8 @@
 """False alarms on quiet data, and recall on injected incidents, for the service,
 drift and SRM rules -- before (git main's defaults) and after (evidence gates).
 
-    PYTHONPATH=. python -m tests.benchmarks.detection_quiet            # full: writes DETECTION_QUIET.md
-    PYTHONPATH=. python -m tests.benchmarks.detection_quiet --small    # a quick look
+    PYTHONPATH=. python -m tests.benchmarks.detection_quiet --write   # DETECTION_QUIET.md
+    PYTHONPATH=. python -m tests.benchmarks.detection_quiet --small   # a quick look
 
 Many entities x 24 h of event time are generated vectorised with numpy, per
 window: counts (requests, errors, low confidences, per-arm impressions) are
