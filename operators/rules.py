@@ -13,7 +13,10 @@ higher severity than the state fires (`firing`); one where it no longer holds
 resolves (`resolved`) -- with hysteresis: only after `clear_windows`
 consecutive observations in which it does not hold (default 1: the first
 one), so a metric hovering at the line does not fire and resolve every
-window. With `max_p_value`, a crossing only counts when the
+window. Back within bounds means the value itself: a window over the line
+whose p-value is too weak to fire does not count towards resolving either,
+so a small window during an incident does not end its episode. With
+`max_p_value`, a crossing only counts when the
 operator's p-value says it is unlikely to be chance (small windows are noisy).
 A condition that stays true raises nothing new, and a rule that resolved
 does not fire again for the same entity until `cooldown_s` of event time
@@ -118,7 +121,7 @@ class RuleEngine:
         key = f"{rule.name}\x1f{obs.entity}"
         state = self.state.get(key)
         firing, last_fired, clear = state if state else ("", None, 0)
-        crossed = rule.level(obs.value)
+        crossed = out_of_bounds = rule.level(obs.value)
         if (
             crossed is not None
             and rule.max_p_value is not None
@@ -140,6 +143,11 @@ class RuleEngine:
             self.state[key] = [severity, obs.ts, 0]
             return self._alert(rule, obs, "firing", severity, threshold)
         if firing:
+            if out_of_bounds is not None:
+                # over the line without the evidence to fire: not back within bounds
+                if clear:
+                    self.state[key] = [firing, last_fired, 0]
+                return None
             if clear + 1 < rule.clear_windows:
                 self.state[key] = [firing, last_fired, clear + 1]
                 return None  # within bounds, but not yet for long enough

@@ -183,3 +183,16 @@ def test_default_error_rule_alerts_on_an_overwhelming_burst_in_a_small_window() 
     # a 3 % blip in 100 requests (p ~ 0.08) is no evidence
     blip = RuleEngine([rules["error_rate"]])
     assert blip.evaluate([_obs(0.03, 60_000, binomial_sf_test(3, 100, 0.01))]) == []
+
+
+def test_a_weak_window_over_the_line_does_not_count_towards_resolving() -> None:
+    rule = Rule(
+        "e", "service", "error_rate", ">", {"critical": 0.05}, max_p_value=1e-3, clear_windows=2
+    )
+    engine = RuleEngine([rule])
+    assert [a.status for a in engine.evaluate([_obs(0.3, 60_000, 1e-9)])] == ["firing"]
+    # clear, then over the line but weak (small window): the clear count restarts
+    assert engine.evaluate([_obs(0.0, 120_000, 1.0)]) == []
+    assert engine.evaluate([_obs(0.2, 180_000, 0.3)]) == []
+    assert engine.evaluate([_obs(0.0, 240_000, 1.0)]) == []
+    assert [a.status for a in engine.evaluate([_obs(0.0, 300_000, 1.0)])] == ["resolved"]
