@@ -16,10 +16,18 @@ Semantics (defaults configurable in ServiceConfig):
 - Observations, entity "<model_id>/<model_version>", ts = window end:
     kind="service", metric="latency_p99": ms, n=requests
     kind="service", metric="error_rate": fraction, n=requests, p_value =
-        P(X >= errors) for X ~ Binomial(requests, error_rate_baseline), the
-        exact binomial test (operators.stats.binomial_sf_test) of this many
-        errors if the true rate were the 1 % line: the evidence that the
-        rate is above it, however small the window
+        min(1, 2 min(p_window, p_sequential)) (Bonferroni over two tests):
+        p_window = P(X >= errors) for X ~ Binomial(requests,
+        error_rate_baseline), the exact binomial test
+        (operators.stats.binomial_sf_test) of this many errors if the true
+        rate were the 1 % line -- the evidence of this window, however small;
+        p_sequential = exp(-S), S the model version's CUSUM of the binomial
+        log-likelihood ratio of `error_rate_alternative` against the line
+        (operators.sequential_rates) -- the evidence accumulated over
+        consecutive windows, so a sustained rise in a version of 20 requests a
+        minute is caught within a few windows though no window is
+        significant. Both are valid p-values at every window (the CUSUM's by
+        Ville's inequality), so the rule's per-window budget holds.
     kind="service", metric="low_confidence_ratio": fraction, n=confidences
         (only when the window has confidences), p_value = the same exact
         test of the low-confidence count against `low_confidence_ratio_max`
@@ -43,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from operators.base import Observation, Operator
+from operators.sequential_rates import BinomialCusum
 from operators.stats import binomial_sf_test
 from operators.windows import TumblingWindows
 from schemas.events import InferenceLog
@@ -53,6 +62,8 @@ class ServiceConfig:
     window_ms: int = 60_000
     low_confidence: float = 0.5
     error_rate_baseline: float = 0.01  # the error_rate observation's p-value is against this
+    # the rate the accumulated evidence (CUSUM) is tuned to detect quickly
+    error_rate_alternative: float = 0.05
     # the low_confidence_ratio observation's p-value is against this share (the rule's line)
     low_confidence_ratio_max: float = 0.6
 
@@ -79,6 +90,9 @@ class ServiceOperator(Operator):
         self.config = config or ServiceConfig()
         self.windows: TumblingWindows[ServiceWindow] = TumblingWindows(
             self.config.window_ms, ServiceWindow
+        )
+        self.error_cusum = BinomialCusum(
+            self.config.error_rate_baseline, self.config.error_rate_alternative
         )
 
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
@@ -150,7 +164,9 @@ class ServiceOperator(Operator):
                 **common,
             )
         )
-        p_value = binomial_sf_test(w.errors, w.requests, cfg.error_rate_baseline)
+        p_window = binomial_sf_test(w.errors, w.requests, cfg.error_rate_baseline)
+        cusum = self.error_cusum.update(key, w.errors, w.requests)
+        p_sequential = self.error_cusum.p_value(cusum)
         obs.append(
             Observation(
                 "service",
@@ -158,8 +174,14 @@ class ServiceOperator(Operator):
                 "error_rate",
                 error_rate,
                 n=w.requests,
-                details={"errors": w.errors, "requests": w.requests},
-                p_value=p_value,
+                details={
+                    "errors": w.errors,
+                    "requests": w.requests,
+                    "p_window": p_window,
+                    "p_sequential": p_sequential,
+                    "cusum": cusum,
+                },
+                p_value=min(1.0, 2.0 * min(p_window, p_sequential)),
                 **common,
             )
         )
@@ -182,7 +204,8 @@ class ServiceOperator(Operator):
             "windows": [
                 [start, key, w.requests, w.errors, w.latencies.tolist(), w.conf.tolist()]
                 for start, key, w in self.windows.items()
-            ]
+            ],
+            "error_cusum": self.error_cusum.snapshot(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -192,6 +215,8 @@ class ServiceOperator(Operator):
             w.requests, w.errors = requests, errors
             w.latencies = array("d", latencies)
             w.conf = array("d", conf)
+        # a snapshot from before the CUSUM starts it from no evidence
+        self.error_cusum.restore(state.get("error_cusum", {}))
 
 
 __all__ = ["ServiceConfig", "ServiceOperator", "ServiceWindow"]

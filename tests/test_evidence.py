@@ -196,3 +196,44 @@ def test_a_weak_window_over_the_line_does_not_count_towards_resolving() -> None:
     assert engine.evaluate([_obs(0.2, 180_000, 0.3)]) == []
     assert engine.evaluate([_obs(0.0, 240_000, 1.0)]) == []
     assert [a.status for a in engine.evaluate([_obs(0.0, 300_000, 1.0)])] == ["resolved"]
+
+
+def test_binomial_llr_is_a_difference_of_scipy_log_pmfs() -> None:
+    from operators.sequential_rates import binomial_llr
+
+    for x, n in [(0, 10), (3, 20), (20, 20)]:
+        expected = stats.binom.logpmf(x, n, 0.07) - stats.binom.logpmf(x, n, 0.01)
+        assert binomial_llr(x, n, 0.01, 0.07) == pytest.approx(expected, rel=1e-9)
+
+
+def test_cusum_p_value_is_valid_at_every_window_under_the_line() -> None:
+    from operators.sequential_rates import BinomialCusum
+
+    rng = np.random.default_rng(3)
+    entities, windows, h = 400, 300, math.log(100)  # P(S_t >= h) <= 1 %
+    n = rng.integers(5, 200, size=(windows, entities))
+    x = rng.binomial(n, 0.01)  # exactly at the line: the worst quiet case
+    c = BinomialCusum(0.01, 0.05)
+    over = 0
+    for t in range(windows):
+        for e in range(entities):
+            over += c.update(str(e), int(x[t, e]), int(n[t, e])) >= h
+    rate = over / (windows * entities)
+    assert rate <= 0.01 + 4 * math.sqrt(0.01 / (windows * entities) * 50)  # dependent draws
+
+
+def test_cusum_catches_a_sustained_rise_no_window_shows() -> None:
+    from operators.sequential_rates import BinomialCusum
+
+    alpha = alpha_for_budget(1.0, 1440)
+    rng = np.random.default_rng(5)
+    delays = []
+    for trial in range(50):
+        c = BinomialCusum(0.01, 0.05)
+        for t in range(60):
+            errors = int(rng.binomial(20, 0.06))  # 20 requests a minute at 6 %
+            assert binomial_sf_test(errors, 20, 0.01) > alpha or errors >= 6
+            if 2 * c.p_value(c.update(str(trial), errors, 20)) < alpha:
+                delays.append(t + 1)
+                break
+    assert len(delays) == 50 and np.median(delays) <= 15, delays
