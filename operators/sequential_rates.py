@@ -22,6 +22,12 @@ unchanged, however many windows the evidence spans (Page, E. S. (1954),
 Statist. 42(6):1897-1908, ARL0 >= exp(h); Ville, J. (1939), "Etude critique
 de la notion de collectif").
 
+`cap` bounds S (S_t = min(cap, ...)): evidence beyond it (20 nats is
+p = 2e-9) is not kept, so once an incident ends S falls back under a
+budget's line (about 14.5 nats for 1 false alert per 1,000 days of
+one-minute windows) within a few windows instead of hours; a capped S is
+never larger, so its p-value stays valid.
+
 The detector is pure state per key (a float, dropped at 0): no time, no
 rows, no alert state; the operator decides when to update it (once per
 closed window, in window order, so the result does not depend on arrival
@@ -51,20 +57,31 @@ def binomial_llr(x: int, n: int, p0: float, p1: float) -> float:
     return x * math.log(p1 / p0) + (n - x) * math.log((1.0 - p1) / (1.0 - p0))
 
 
-class BinomialCusum:
-    """Page's CUSUM of the binomial LLR of p1 against p0, one statistic per key."""
+def cusum_step(s: float, x: int, n: int, p0: float, p1: float, cap: float = math.inf) -> float:
+    """One step of the CUSUM: min(cap, max(0, s + llr(x, n))).
 
-    def __init__(self, p0: float, p1: float) -> None:
-        if not 0 < p0 < p1 < 1:
-            raise ValueError("BinomialCusum needs 0 < p0 < p1 < 1")
-        self.p0, self.p1 = p0, p1
+    >>> cusum_step(0.0, 0, 100, 0.5, 0.55)  # no evidence for p1: stays at 0
+    0.0
+    """
+    return min(cap, max(0.0, s + binomial_llr(x, n, p0, p1)))
+
+
+class BinomialCusum:
+    """Page's CUSUM of the binomial LLR of p1 against p0, one statistic per key.
+
+    p1 > p0 watches for a rise of the rate, p1 < p0 for a fall."""
+
+    def __init__(self, p0: float, p1: float, cap: float = math.inf) -> None:
+        if not (0 < p0 < 1 and 0 < p1 < 1 and p0 != p1) or cap <= 0:
+            raise ValueError("BinomialCusum needs p0 != p1 in (0, 1) and cap > 0")
+        self.p0, self.p1, self.cap = p0, p1, cap
         self.up = math.log(p1 / p0)
         self.down = math.log((1.0 - p1) / (1.0 - p0))
         self.state: dict[str, float] = {}  # key -> S (absent: 0)
 
     def update(self, key: str, x: int, n: int) -> float:
         """Fold one window's x events of n trials into the key's statistic; return S."""
-        s = max(0.0, self.state.get(key, 0.0) + x * self.up + (n - x) * self.down)
+        s = min(self.cap, max(0.0, self.state.get(key, 0.0) + x * self.up + (n - x) * self.down))
         if s > 0.0:
             self.state[key] = s
         else:
@@ -83,4 +100,4 @@ class BinomialCusum:
         self.state = {k: float(v) for k, v in state.items()}
 
 
-__all__ = ["BinomialCusum", "binomial_llr"]
+__all__ = ["BinomialCusum", "binomial_llr", "cusum_step"]

@@ -64,6 +64,7 @@ class ServiceConfig:
     error_rate_baseline: float = 0.01  # the error_rate observation's p-value is against this
     # the rate the accumulated evidence (CUSUM) is tuned to detect quickly
     error_rate_alternative: float = 0.05
+    error_cusum_cap: float = 20.0  # nats of evidence kept (p = 2e-9): a quick resolve
     # the low_confidence_ratio observation's p-value is against this share (the rule's line)
     low_confidence_ratio_max: float = 0.6
 
@@ -92,7 +93,9 @@ class ServiceOperator(Operator):
             self.config.window_ms, ServiceWindow
         )
         self.error_cusum = BinomialCusum(
-            self.config.error_rate_baseline, self.config.error_rate_alternative
+            self.config.error_rate_baseline,
+            self.config.error_rate_alternative,
+            self.config.error_cusum_cap,
         )
 
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
