@@ -11,7 +11,9 @@ numpy samples. Each window is handed to the REAL operator's window-closing
 code (`ServiceOperator._emit`, `DriftOperator._close`, `SrmOperator._judge`:
 the statistics, p-values and observations of production) and the
 observations to the REAL rule engine with the default rules of each
-configuration. Only per-event counting (`feed`) is skipped: it is exact and
+configuration ("before": main's rules, main's drift `min_count` and SRM
+`min_total`, and main's p-values, recovered from the details by
+`as_on_main`). Only per-event counting (`feed`) is skipped: it is exact and
 tested elsewhere, and would cost hours of Python per run at this scale.
 
 Quiet data (no incident): error rates 0.1-0.8 % (below the 1 % line), low-
@@ -27,6 +29,7 @@ are reported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from array import array
@@ -79,14 +82,29 @@ class Tally:
     delays_s: list[float] = field(default_factory=list)
 
 
+def as_on_main(o: Observation) -> Observation:
+    """The observation as git main's operator made it: the error rate's p-value was the
+    window's binomial test alone, the SRM's value and p-value the window's chi-square p
+    (no accumulated evidence); everything else is unchanged."""
+    if o.metric == "error_rate":
+        return dataclasses.replace(o, p_value=o.details["p_window"])
+    if o.metric == "srm_chi2_p":
+        p = o.details["chi2_p"]
+        return dataclasses.replace(o, value=p, p_value=p)
+    return o
+
+
 class Judge:
     """Rule engine of one configuration, counting alerts per rule."""
 
-    def __init__(self, rules: list[Rule]) -> None:
+    def __init__(self, rules: list[Rule], before: bool = False) -> None:
         self.engine = RuleEngine(rules)
+        self.before = before
         self.firing: list[tuple[str, str, int]] = []  # rule, entity, ts
 
     def __call__(self, observations: list[Observation]) -> None:
+        if self.before:
+            observations = [as_on_main(o) for o in observations]
         for a in self.engine.evaluate(observations):
             if a.status == "firing":
                 self.firing.append((a.rule, a.entity, a.ts))
@@ -113,7 +131,7 @@ def run_service(entities: int, hours: float, incidents: int, seed: int) -> dict[
     inc = np.zeros(entities, dtype=bool)
     inc[entities - incidents :] = True
     op = ServiceOperator()
-    judges = {"before": Judge(before_rules()), "after": Judge(after_rules())}
+    judges = {"before": Judge(before_rules(), before=True), "after": Judge(after_rules())}
     for s in range(steps):
         start = T0 + s * window
         n = np.maximum(rng.poisson(rate), 1)
@@ -171,7 +189,7 @@ def run_drift(models: int, hours: float, incidents: int, seed: int) -> dict[str,
         "before": DriftOperator(DriftConfig(min_count=200), references=refs),
         "after": DriftOperator(references=refs),
     }
-    judges = {"before": Judge(before_rules()), "after": Judge(after_rules())}
+    judges = {"before": Judge(before_rules(), before=True), "after": Judge(after_rules())}
     for s in range(steps):
         start = T0 + s * window
         n = np.maximum(rng.poisson(rate), 1)
@@ -235,7 +253,7 @@ def run_srm(experiments: int, hours: float, incidents: int, seed: int) -> dict[s
     inc[experiments - incidents :] = True
     inc_start, inc_len = steps // 2, 12
     ops = {"before": SrmOperator(SrmConfig(min_total=200)), "after": SrmOperator()}
-    judges = {"before": Judge(before_rules()), "after": Judge(after_rules())}
+    judges = {"before": Judge(before_rules(), before=True), "after": Judge(after_rules())}
     for s in range(steps):
         start = T0 + s * window
         n = rng.poisson(rate)
@@ -345,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{inc['service']} / {inc['drift']} / {inc['srm']} incident entities; {took:.0f} s). "
             "How the data is made and judged: the module docstring of "
             "`tests/benchmarks/detection_quiet.py`. Before = git main's default rules "
-            "(and drift `min_count` 200, SRM `min_total` 200); after = this branch's "
+            "(and drift `min_count` 200, SRM `min_total` 200, per-window p-values only); "
+            "after = this branch's "
             "defaults (evidence gates, budget 1 false alert per 1,000 entity-days, "
             "hysteresis). Incidents: error rate 6 % for 10 minutes (service), x1 shifted "
             "by 0.5 sd for an hour (drift), one arm served 40 % instead of 50 % for an "
