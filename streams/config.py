@@ -192,7 +192,7 @@ DEFAULT_RULES = [
         min_samples=30,
         false_alarm_budget=FALSE_ALARM_BUDGET,
         judgements_per_day=DRIFT_WINDOWS_PER_DAY,
-        clear_windows=2,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=1800,
     ),
     _rule(
@@ -205,7 +205,7 @@ DEFAULT_RULES = [
         min_samples=30,
         false_alarm_budget=FALSE_ALARM_BUDGET,
         judgements_per_day=DRIFT_WINDOWS_PER_DAY,
-        clear_windows=2,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=1800,
     ),
     _rule(
@@ -289,7 +289,7 @@ DEFAULT_RULES = [
         min_samples=30,
         false_alarm_budget=FALSE_ALARM_BUDGET,
         judgements_per_day=SRM_WINDOWS_PER_DAY,
-        clear_windows=2,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=3600,
     ),
     _rule(
