@@ -69,8 +69,13 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = ("ctr", "sensor", "cluster", "drift", "service", "srm", "freshness")
-    return {name: MonitorSettings() for name in names}
+    names = ("ctr", "sensor", "cluster", "drift", "service", "srm")
+    monitors = {name: MonitorSettings() for name in names}
+    # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
+    # Off by default because a stream that jumps event time ahead (a replay, a
+    # test's tail event) is a real silence of every other entity.
+    monitors["freshness"] = MonitorSettings(enabled=False)
+    return monitors
 
 
 class ChangeSettings(Strict):

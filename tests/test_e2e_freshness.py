@@ -14,11 +14,19 @@ MIN = 60_000
 
 
 def test_silent_campaign_raises_and_resolves_a_freshness_alert(tmp_path, broker) -> None:
-    others_off = {
+    others_off: dict[str, dict[str, bool]] = {
         f"monitors.{m}": {"enabled": False}
         for m in ("ctr", "srm", "sensor", "cluster", "drift", "service")
     }
-    d = Deployment(tmp_path, broker.bootstrap, "freshness-e2e", partitions=1, **others_off)
+    # freshness is opt-in: its table turns it on
+    d = Deployment(
+        tmp_path,
+        broker.bootstrap,
+        "freshness-e2e",
+        partitions=1,
+        **others_off,
+        **{"monitors.freshness": {"enabled": True}},
+    )
     messages = []
     # c1 and c2: an impression every 10 s for an hour; c1 silent from minute 20 to 40
     for t in range(0, 60 * MIN, 10_000):

@@ -183,15 +183,7 @@ COUNTED = ("alerts", "ctr_windows", "drift_scores", "inference_windows", "sensor
 
 def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
     began = time.monotonic()
-    # freshness is off: the run's tail jumps event time 10 minutes past the last
-    # data, a real silence of every entity (tests/test_e2e_freshness.py covers it)
-    d = Deployment(
-        tmp_path,
-        broker.bootstrap,
-        "monitors-e2e",
-        partitions=PARTITIONS,
-        **{"monitors.freshness": {"enabled": False}},
-    )
+    d = Deployment(tmp_path, broker.bootstrap, "monitors-e2e", partitions=PARTITIONS)
     scenario = Scenario(
         start_ms=START_MS,
         duration_s=DURATION_S,
