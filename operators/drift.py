@@ -33,7 +33,14 @@ Semantics (the public contract's defaults, all configurable in DriftConfig):
   ks_pvalue / chi2_pvalue and psi_critical, the PSI chance alone reaches at
   `psi_alpha` for this window size. A small window's PSI is biased upwards
   by sampling alone (with 50 values and 10 bins, 0.46 at 1 %), so the rule
-  requires the PSI band AND that p-value (docs/monitors/drift.md). A feature
+  requires the PSI band AND that p-value (docs/monitors/drift.md).
+  Accumulated evidence: the same test also runs on the feature's bin counts
+  pooled over its scored windows of the last `pool_windows` windows (an
+  hour by default), so a sustained shift in a model of 20 events a window is
+  caught though no window alone is significant; with a pooled test the
+  observation's p_value is min(1, 2 min(window p, pooled p)) (Bonferroni;
+  each is a valid p-value at every window, so the per-window budget holds),
+  details pooled_pvalue and pooled_n. A feature
   with no value in the window
   has no row; features the reference does not know are ignored; a string in
   a numeric feature is left out and counted in the observation's details
@@ -101,6 +108,9 @@ class DriftConfig:
     ks_sample: int = 2000
     psi_eps: float = 1e-4
     psi_alpha: float = 0.001  # level of `psi_critical` in the details (information only)
+    # accumulated evidence: the PSI test also runs on the feature's counts pooled over
+    # the scored windows of the last `pool_windows` windows (1: off)
+    pool_windows: int = 12
     # how a warm-up profile is built
     bins: int = 10
     reference_sample: int = 5000
@@ -224,6 +234,8 @@ class DriftOperator(Operator):
         self.warmup: dict[str, WarmupProfileBuilder] = {}
         self.carry: dict[str, DriftWindow] = {}  # model_id -> small windows awaiting a merge
         self.dropped_windows = 0  # carried groups that never reached min_count
+        # model -> feature -> [[window end, bin counts], ...] of recent scored windows
+        self.recent: dict[str, dict[str, list[list[Any]]]] = {}
 
     def _set_reference(self, model_id: str, profile: ReferenceProfile) -> None:
         self.references[model_id] = profile
@@ -376,6 +388,7 @@ class DriftOperator(Operator):
             n = int(counts.sum())
             p = psi(f.ref_counts, counts, cfg.psi_eps)
             psi_p, df = psi_test(f.ref_counts, counts)
+            pooled_p, pooled_n = self._pooled(model_id, f, end, counts)
             js = js_divergence(f.ref_counts, counts)
             row = {
                 "window_start": start,
@@ -403,6 +416,8 @@ class DriftOperator(Operator):
                 "chi2": chi2,
                 "chi2_pvalue": chi2_p,
                 "psi_pvalue": psi_p,
+                "pooled_pvalue": pooled_p,
+                "pooled_n": pooled_n,
                 "psi_critical": psi_critical(n, float(f.ref_counts.sum()), df + 1, cfg.psi_alpha)
                 if df
                 else None,
@@ -417,11 +432,31 @@ class DriftOperator(Operator):
                     p,
                     n=n,
                     details=details,
-                    p_value=psi_p,
+                    # Bonferroni over the window's test and the pooled one
+                    p_value=psi_p if pooled_p is None else min(1.0, 2.0 * min(psi_p, pooled_p)),
                     **window,
                 )
             )
         self._confidence(model_id, w, model_version, window)
+
+    def _pooled(
+        self, model_id: str, f: _FeatureRef, end: int, counts: np.ndarray
+    ) -> tuple[float | None, int]:
+        """The PSI test of this window pooled with the feature's scored windows of the
+        last `pool_windows` windows; (None, n) when there are none to pool with."""
+        cfg = self.config
+        history = self.recent.setdefault(model_id, {}).setdefault(f.name, [])
+        horizon = end - cfg.pool_windows * cfg.window_ms
+        history[:] = [h for h in history if h[0] > horizon]
+        pooled = counts.astype(np.int64)
+        for _, past in history:
+            pooled = pooled + np.asarray(past, dtype=np.int64)
+        if cfg.pool_windows > 1:
+            history.append([end, counts.astype(np.int64).tolist()])
+        n = int(pooled.sum())
+        if len(history) < 2:
+            return None, n
+        return psi_test(f.ref_counts, pooled)[0], n
 
     def _confidence(
         self, model_id: str, w: DriftWindow, model_version: str, window: dict[str, int]
@@ -480,6 +515,10 @@ class DriftOperator(Operator):
             },
             "warmup": {m: b.snapshot() for m, b in self.warmup.items()},
             "dropped_windows": self.dropped_windows,
+            "recent": {
+                m: {f: [list(h) for h in hist] for f, hist in feats.items()}
+                for m, feats in self.recent.items()
+            },
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -498,6 +537,11 @@ class DriftOperator(Operator):
             builder = self.warmup[model_id] = self._builder(model_id)
             builder.restore(data)
         self.dropped_windows = state["dropped_windows"]
+        # a snapshot from before pooling starts it afresh
+        self.recent = {
+            m: {f: [[end, list(c)] for end, c in hist] for f, hist in feats.items()}
+            for m, feats in state.get("recent", {}).items()
+        }
 
 
 def _numbers(acc: Acc) -> np.ndarray:

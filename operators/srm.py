@@ -37,8 +37,9 @@ above and below its expected share (operators.sequential_rates, Page 1954),
 updated once per judged window in window order. exp(-S) is a valid p-value
 at every window (Ville's inequality), so an imbalance too small for any one
 window (a 45/55 split in an experiment of 300 units a window: each window
-adds about 300 KL(0.55 || 0.5) = 1.5 nats) is caught within about ten. The observation's value and p-value combine the
-window's chi-square p with the 2k CUSUMs by Bonferroni:
+adds about 300 KL(0.55 || 0.5) = 1.5 nats) is caught within about ten.
+The observation's value and p-value combine the window's chi-square p
+with the 2k CUSUMs by Bonferroni:
 
     p = min(1, (2k + 1) min(p_chi2, min_j exp(-S_j)))
 

@@ -237,3 +237,50 @@ def test_cusum_catches_a_sustained_rise_no_window_shows() -> None:
                 delays.append(t + 1)
                 break
     assert len(delays) == 50 and np.median(delays) <= 15, delays
+
+
+def _drift_op(pool: int):
+    from operators.drift import DriftConfig, DriftOperator
+    from operators.reference import build_profile
+
+    rng = np.random.default_rng(11)
+    ref = build_profile(
+        [{"x": float(v), "prediction": 0.0} for v in rng.standard_normal(1000)], "m", "r"
+    )
+    return DriftOperator(DriftConfig(min_count=20, pool_windows=pool), references={"m": ref}), rng
+
+
+def _drift_window(op, rng, s: int, n: int, shift: float) -> float:
+    from schemas.events import InferenceLog
+
+    t0 = 1_800_000_000_000 - 1_800_000_000_000 % 300_000
+    start = t0 + s * 300_000
+    op.feed(
+        "inference-logs",
+        [
+            InferenceLog(request_id=f"{s}-{k}", model_id="m", model_version="1",
+                         features={"x": float(v)}, prediction=0.0, latency_ms=1.0,
+                         status="ok", ts=start + k)
+            for k, v in enumerate(rng.standard_normal(n) + shift)
+        ],
+    )  # fmt: skip
+    op.advance(start + 300_000)
+    (o,) = [o for o in op.collect().observations if o.entity == "m/x"]
+    return o.p_value
+
+
+def test_pooled_drift_evidence_catches_a_sustained_shift_in_a_small_model() -> None:
+    alpha = alpha_for_budget(1.0, 288)
+    pooled, rng = _drift_op(12)
+    single, rng2 = _drift_op(1)
+    p_pooled = [_drift_window(pooled, rng, s, 25, 0.7) for s in range(12)]
+    p_single = [_drift_window(single, rng2, s, 25, 0.7) for s in range(12)]
+    assert min(p_pooled) < alpha  # an hour of 25 events a window: caught by pooling
+    assert sum(p < alpha for p in p_single) <= 2  # window by window it mostly is not
+
+
+def test_pooled_drift_p_value_is_valid_on_quiet_data() -> None:
+    op, rng = _drift_op(12)
+    ps = np.array([_drift_window(op, rng, s, 40, 0.0) for s in range(600)])
+    # one reference for all windows: allow for its own sampling error in the band
+    assert np.mean(ps < 0.01) <= 0.03, np.mean(ps < 0.01)
