@@ -58,7 +58,7 @@ class MonitorTask:
             self.watermark.observe(source, max(times), now_ms)
         else:
             self.watermark.observe(source, wm, now_ms)
-        return late
+        return late if self.operator.reports_late else []
 
     def tick(self, now_ms: int, floor: int = NO_WATERMARK) -> int:
         """Advance the watermark (and close windows) as far as the input allows."""

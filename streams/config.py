@@ -24,6 +24,7 @@ import msgspec
 
 from operators.ctr import CtrConfig
 from operators.rules import Rule
+from operators.stats import alpha_for_budget
 
 
 class ConfigError(ValueError):
@@ -72,7 +73,12 @@ class MonitorSettings(Strict):
 
 def _default_monitors() -> dict[str, MonitorSettings]:
     names = ("ctr", "sensor", "cluster", "drift", "service", "srm")
-    return {name: MonitorSettings() for name in names}
+    monitors = {name: MonitorSettings() for name in names}
+    # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
+    # Off by default because a stream that jumps event time ahead (a replay, a
+    # test's tail event) is a real silence of every other entity.
+    monitors["freshness"] = MonitorSettings(enabled=False)
+    return monitors
 
 
 class ChangeSettings(Strict):
@@ -92,7 +98,7 @@ class RuleSettings(Strict):
     min_samples: int = 0
     max_p_value: float | None = None
     clear_windows: int = 1  # hysteresis: consecutive clear observations that resolve
-    clear_by_value: bool = False  # resolve on the value alone, not its p-value
+    clear_by_value: bool = True  # resolve on the value back within bounds, not its p-value
     message: str | None = None
     # the resolved alert's sentence (operators.rules.resolved_sentence): the
     # metric's name, how numbers are written, an extra clause, or a template
@@ -100,6 +106,12 @@ class RuleSettings(Strict):
     value_format: str = "{:.4g}"
     resolved_note: str | None = None
     resolved_message: str | None = None
+    # A false-alarm budget instead of a raw p-value bound: at most this many false
+    # alerts per 1,000 entity-days on quiet data, with `judgements_per_day`
+    # observations per entity and day (e.g. 1440 one-minute windows); sets
+    # max_p_value by Sidak's correction (operators.stats.alpha_for_budget).
+    false_alarm_budget: float | None = None
+    judgements_per_day: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -109,6 +121,19 @@ class RuleSettings(Strict):
                 f"rule {self.name}: value_format {self.value_format!r} cannot write a "
                 f"number ({exc}); e.g. '{{:.2%}}' or '{{:.0f}} ms'"
             ) from None
+        if self.false_alarm_budget is not None:
+            if self.judgements_per_day is None:
+                raise ValueError(f"rule {self.name}: false_alarm_budget needs judgements_per_day")
+            if self.max_p_value is not None:
+                raise ValueError(
+                    f"rule {self.name}: give false_alarm_budget or max_p_value, not both"
+                )
+
+    def p_bound(self) -> float | None:
+        """max_p_value, or the one the false-alarm budget implies."""
+        if self.false_alarm_budget is not None and self.judgements_per_day is not None:
+            return alpha_for_budget(self.false_alarm_budget, self.judgements_per_day)
+        return self.max_p_value
 
     def rule(self) -> Rule:
         extra = {"message": self.message} if self.message else {}
@@ -124,7 +149,7 @@ class RuleSettings(Strict):
             thresholds=dict(self.thresholds),
             cooldown_s=self.cooldown_s,
             min_samples=self.min_samples,
-            max_p_value=self.max_p_value,
+            max_p_value=self.p_bound(),
             clear_windows=self.clear_windows,
             clear_by_value=self.clear_by_value,
             **extra,
@@ -225,6 +250,13 @@ def _ctr_rules_for_budget(rules: list[RuleSettings], options: dict[str, Any]) ->
     return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
 
 
+# Default false-alarm budget of the rules judged on evidence (service, drift,
+# SRM): false alerts per 1,000 entity-days on quiet data (docs/monitors/*.md).
+FALSE_ALARM_BUDGET = 1.0
+SERVICE_WINDOWS_PER_DAY = 86_400_000 / 60_000  # ServiceConfig.window_ms
+DRIFT_WINDOWS_PER_DAY = 86_400_000 / 300_000  # DriftConfig.window_ms
+SRM_WINDOWS_PER_DAY = 86_400_000 / 300_000  # SrmConfig.window_ms
+
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
     *ctr_rules(),
@@ -237,7 +269,10 @@ DEFAULT_RULES = [
         "PSI of {entity} is {value:.3f} (moderate drift from 0.1, significant from 0.2)",
         label="PSI",
         value_format="{:.3f}",
-        min_samples=200,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=1800,
     ),
     _rule(
@@ -249,8 +284,10 @@ DEFAULT_RULES = [
         "mean confidence of {entity} fell by {value:.3f} against its reference",
         label="fall in mean confidence",
         value_format="{:.3f}",
-        min_samples=100,
-        max_p_value=0.01,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=1800,
     ),
     _rule(
@@ -273,8 +310,10 @@ DEFAULT_RULES = [
         "error rate of {entity} is {value:.2%}, above {threshold:.0%}",
         label="error rate",
         value_format="{:.2%}",
-        min_samples=100,
-        max_p_value=0.01,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
+        clear_windows=3,
     ),
     _rule(
         "low_confidence",
@@ -285,7 +324,10 @@ DEFAULT_RULES = [
         "{value:.0%} of {entity}'s predictions have low confidence",
         label="share of low-confidence predictions",
         value_format="{:.0%}",
-        min_samples=100,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
+        clear_windows=3,
     ),
     _rule(
         "sensor_zscore",
@@ -336,13 +378,43 @@ DEFAULT_RULES = [
         "srm",
         "srm_chi2_p",
         "<",
-        {"critical": 0.001},
+        # the value is the p-value: its line is the budget's per-window level
+        {"critical": alpha_for_budget(FALSE_ALARM_BUDGET, SRM_WINDOWS_PER_DAY)},
         "sample ratio mismatch in {entity}: p = {value:.2g}; pause readouts of this experiment "
         "until the assignment is fixed",
         label="sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the variants' shares match the configured split again",
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SRM_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=3600,
+    ),
+    _rule(
+        "freshness_entity",
+        "freshness",
+        "entity_silence",
+        ">",
+        {"warning": 1.0},
+        "{entity} has sent nothing on {topic} for {silence_s:.0f} s, "
+        "{value:.1f}x its allowed silence of {allowed_s:.0f} s",
+        label="silence (in allowed silences)",
+        value_format="{:.1f}",
+        resolved_message="{entity} is sending on {topic} again",
+        cooldown_s=0,  # a silence is already at least min_silence_ms long
+    ),
+    _rule(
+        "freshness_topic",
+        "freshness",
+        "topic_silence",
+        ">",
+        {"critical": 1.0},
+        "topic {entity} has had no events for {silence_s:.0f} s while the others advance",
+        label="topic silence (in allowed silences)",
+        value_format="{:.1f}",
+        resolved_message="topic {entity} has events again",
+        cooldown_s=0,
     ),
     *(
         _rule(
