@@ -228,8 +228,8 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
             "{llr_threshold:.1f}",
             label="accumulated CTR-drop evidence",
             value_format="{:.2f}",
-            resolved_message="CTR of {entity} ({level}) is back near its baseline of "
-            "{baseline_ctr:.2%} (now {ctr:.2%})",
+            resolved_message="CTR of {entity} ({level}) back to {ctr:.2%}, near its "
+            "baseline of {baseline_ctr:.2%}",
             clear_windows=3,
         ),
     ]

@@ -36,7 +36,7 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
         1.4,
         0.2,
         {"ctr": 0.019, "baseline_ctr": 0.02, "level": "variant", "llr": 3.0, "llr_threshold": 16.7},
-        "CTR of cmp-002/B (variant) is back near its baseline of 2.00% (now 1.90%)",
+        "CTR of cmp-002/B (variant) back to 1.90%, near its baseline of 2.00%",
     ),
     "freshness_entity": (
         "cmp-002",
