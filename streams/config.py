@@ -68,7 +68,7 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = ("ctr", "sensor", "cluster", "drift", "service", "srm")
+    names = ("ctr", "sensor", "cluster", "autoencoder", "drift", "service", "srm")
     return {name: MonitorSettings() for name in names}
 
 
@@ -225,6 +225,16 @@ DEFAULT_RULES = [
         {"warning": 0.0},
         "{entity} has risen steadily by {value:.3g}",
         cooldown_s=900,
+    ),
+    _rule(
+        "sensor_autoencoder",
+        "sensor",
+        "anomaly_autoencoder",
+        ">",
+        # value = -log10 p: warning at p < 1e-3 (the operator's alpha), critical at 1e-6
+        {"warning": 3.0, "critical": 6.0},
+        "{entity} reconstructs badly (error {error:.3g}, p = {p:.2g}) across {features}",
+        cooldown_s=0,  # the operator's episodes already merge a noisy stretch
     ),
     _rule(
         "cluster_distance",

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import time
@@ -144,9 +145,15 @@ def load_runs(data: Path) -> tuple[list[Run], Run]:
     return runs, free
 
 
-def replay(run: Run, monitors: tuple[str, ...]) -> Replay:
-    """One run through the worker's tasks (one per monitor), as one sensor."""
-    overrides: dict[str, Any] = {}
+def replay(run: Run, monitors: tuple[str, ...], options: dict[str, Any] | None = None) -> Replay:
+    """One run through the worker's tasks (one per monitor), as one sensor.
+
+    `options`: "monitor.option" -> value, for exploring settings (the documented
+    tables use the defaults)."""
+    overrides = {
+        f"monitors.{k.split('.')[0]}.options.{k.split('.')[1]}": v
+        for k, v in (options or {}).items()
+    }
     settings = load_settings(env={}, overrides=overrides)
     for name, monitor in settings.monitors.items():
         monitor.enabled = name in monitors
@@ -216,9 +223,7 @@ def nab_raw(run: Run, detections: list[int]) -> tuple[float, float, float]:
     """(score, null score, perfect score) of one run's detection times (test part)."""
     test_start = int(run.ts[TRAIN_ROWS])
     windows = [
-        (int(t), int(t) + NAB_WINDOW_MS)
-        for t in run.ts[run.changepoint > 0]
-        if t >= test_start
+        (int(t), int(t) + NAB_WINDOW_MS) for t in run.ts[run.changepoint > 0] if t >= test_start
     ]
     hit = [False] * len(windows)
     score = 0.0
@@ -253,7 +258,7 @@ DETECTORS = [
     Detector("iqr", ("sensor_iqr",), ("iqr",)),
     Detector("rise", ("sensor_rise",), ("rise",)),
     Detector("cluster", ("cluster_distance",), ("cluster",)),
-    Detector("autoencoder", ("autoencoder_error",), ("autoencoder",)),
+    Detector("autoencoder", ("sensor_autoencoder",), ("autoencoder",)),
 ]
 
 
@@ -343,7 +348,14 @@ def main(argv: list[str] | None = None) -> None:
         help="monitors to enable (those the code does not have are skipped)",
     )
     parser.add_argument("--runs", type=int, default=0, help="only the first N runs (0: all)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="monitor.option=value (a JSON value), e.g. autoencoder.alpha=1e-4; not the defaults",
+    )
     args = parser.parse_args(argv)
+    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     from streams.monitors import OPERATORS
 
     monitors = tuple(m for m in args.monitors.split(",") if m in OPERATORS)
@@ -351,9 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.runs:
         runs = runs[: args.runs]
     started = time.perf_counter()
-    replays = [replay(run, monitors) for run in runs]
+    replays = [replay(run, monitors, options) for run in runs]
     seconds = sum(r.seconds for r in replays)
-    free_replay = replay(free, monitors)
+    free_replay = replay(free, monitors, options)
     readings = sum(len(r.ts) for r in runs)
     detectors = [d for d in DETECTORS if any(m in monitors for m in _monitors_of(d))]
     combined = Detector(
@@ -362,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
         tuple(m for d in detectors for m in d.methods),
     )
     results = evaluate(runs, replays, [*detectors, combined], (free, free_replay))
+    if options:
+        print(f"NOT the defaults: {options}")
     print(f"monitors: {', '.join(monitors)}; wall {time.perf_counter() - started:.1f} s")
     print(markdown(results, runs, seconds, readings))
 
