@@ -262,9 +262,7 @@ class AutoencoderOperator(Operator):
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "pending": self.pending.snapshot(
-                lambda e: [e[0], e[1], [list(kv) for kv in e[2]]]
-            ),
+            "pending": self.pending.snapshot(lambda e: [e[0], e[1], [list(kv) for kv in e[2]]]),
             "models": {sid: m.snapshot() for sid, m in self.models.items()},
             "skipped": self.skipped,
         }

@@ -21,7 +21,7 @@ Transition = Literal["start", "end"] | None
 
 
 class Episode:
-    __slots__ = ("active", "cooldown", "normal_run", "quiet", "since_end", "length")
+    __slots__ = ("active", "cooldown", "length", "normal_run", "quiet", "since_end")
 
     def __init__(self, quiet: int = 1, cooldown: int = 0) -> None:
         if quiet < 1 or cooldown < 0:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-MAD_TO_SIGMA = 1.4826
+MAD_TO_SIGMA = 1.4826022185056018  # 1 / Phi^-1(3/4)
 
 
 def normal_sf(z: float) -> float:
@@ -144,12 +144,13 @@ class AnomalyLikelihood:
             "window": list(self.window),
             "history": list(self.history),
             "fit": [self.center, self.scale, self.since_fit],
+            "total": self.total,  # the running sum as it is (its rounding included)
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.window.clear()
         self.window.extend(float(v) for v in state["window"])
-        self.total = sum(self.window)
+        self.total = float(state["total"])
         self.history.clear()
         self.history.extend(float(v) for v in state["history"])
         self.center, self.scale = float(state["fit"][0]), float(state["fit"][1])

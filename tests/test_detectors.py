@@ -1,0 +1,171 @@
+"""The small detectors of `operators.detectors` against independent references."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import msgspec
+import numpy as np
+import pytest
+from scipy import stats
+
+import operators.detectors.autoencoder as ae_module
+import operators.detectors.episode as episode_module
+import operators.detectors.likelihood as likelihood_module
+from operators.detectors.autoencoder import Autoencoder
+from operators.detectors.episode import Episode
+from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
+
+
+@pytest.mark.parametrize("module", [ae_module, episode_module, likelihood_module])
+def test_doctests(module: object) -> None:
+    result = doctest.testmod(module)  # type: ignore[arg-type]
+    assert result.attempted > 0 and result.failed == 0
+
+
+# -- episode ---------------------------------------------------------------
+
+
+def test_noisy_stretch_is_one_episode() -> None:
+    e = Episode(quiet=3)
+    flags = [True, False, True, False, False, True, False, False, False, False]
+    changes = [e.update(f) for f in flags]
+    assert changes == ["start", None, None, None, None, None, None, None, "end", None]
+
+
+def test_cooldown_counts_readings() -> None:
+    e = Episode(quiet=1, cooldown=2)
+    changes = [e.update(f) for f in (True, False, True, True, True)]
+    # ends at the 2nd reading; the 3rd and 4th are in the cooldown; the 5th starts anew
+    assert changes == ["start", "end", None, None, "start"]
+
+
+def test_episode_snapshot_round_trip() -> None:
+    e = Episode(quiet=4, cooldown=1)
+    for f in (True, False, False):
+        e.update(f)
+    r = Episode(quiet=4, cooldown=1)
+    r.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(e.snapshot())))
+    rest = (False, False, True)
+    assert [e.update(f) for f in rest] == [r.update(f) for f in rest]
+
+
+# -- likelihood --------------------------------------------------------------
+
+
+def test_likelihood_matches_scipy_reference() -> None:
+    """p = norm.sf of the short-term mean, standardised by the median and the
+    normal-consistent MAD of the earlier short-term means (all normal here)."""
+    rng = np.random.default_rng(3)
+    scores = rng.gamma(2.0, 1.0, size=400)
+    lk = AnomalyLikelihood(short=5, history=10_000, min_history=50, refit=1, alpha=1e-300)
+    ps = [lk.score_one(float(s)) for s in scores]
+    means = np.array([scores[max(0, i - 4) : i + 1].mean() for i in range(len(scores))])
+    for i in (60, 150, 399):
+        h = means[:i]  # every earlier mean is in the history (alpha admits all)
+        center = np.median(h)
+        scale = stats.median_abs_deviation(h, scale="normal")
+        assert ps[i] == pytest.approx(stats.norm.sf((means[i] - center) / scale), rel=1e-9)
+    assert ps[:50] == [1.0] * 50
+
+
+def test_normal_sf_matches_scipy() -> None:
+    for z in (-3.0, -0.5, 0.0, 1.0, 4.0, 8.0):
+        assert normal_sf(z) == pytest.approx(stats.norm.sf(z), rel=1e-12)
+
+
+def test_false_alarm_rate_on_iid_normal_scores_is_alpha() -> None:
+    """The stated budget: P(p < alpha) ~= alpha per reading on normal data."""
+    rng = np.random.default_rng(7)
+    alpha = 0.01
+    lk = AnomalyLikelihood(short=1, history=2000, min_history=500, refit=25, alpha=alpha)
+    ps = np.array([lk.score_one(float(x)) for x in rng.normal(size=20_500)])[500:]
+    rate = float(np.mean(ps < alpha))
+    # binomial 99.9 % band around alpha for n = 20000, widened for the estimated scale
+    assert 0.005 < rate < 0.017, rate
+
+
+def test_anomalous_scores_do_not_enter_the_history() -> None:
+    lk = AnomalyLikelihood(short=1, history=100, min_history=20, alpha=1e-3)
+    rng = np.random.default_rng(0)
+    for x in rng.normal(size=100):
+        lk.score_one(float(x))
+    before = list(lk.history)
+    for _ in range(50):
+        assert lk.score_one(100.0) < 1e-3  # a persisting shift stays improbable
+    assert list(lk.history) == before
+
+
+def test_likelihood_snapshot_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    a = AnomalyLikelihood(short=3, min_history=10, refit=7, log=True)
+    xs = rng.exponential(size=80)
+    for x in xs[:40]:
+        a.score_one(float(x))
+    b = AnomalyLikelihood(short=3, min_history=10, refit=7, log=True)
+    b.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(a.snapshot())))
+    assert [a.score_one(float(x)) for x in xs[40:]] == [b.score_one(float(x)) for x in xs[40:]]
+
+
+# -- autoencoder ---------------------------------------------------------------
+
+
+def _loss(ae: Autoencoder, x: np.ndarray) -> float:
+    _, x_hat = ae.forward(x)
+    return 0.5 * float(np.sum((x_hat - x) ** 2))
+
+
+def test_gradients_match_finite_differences() -> None:
+    ae = Autoencoder(5, hidden=3, seed=1)
+    x = np.random.default_rng(2).normal(size=5)
+    grads = ae.gradients(x)
+    h = 1e-6
+    for name, param in ae.p.items():
+        numeric = np.zeros_like(param)
+        for idx in np.ndindex(param.shape):
+            old = param[idx]
+            param[idx] = old + h
+            up = _loss(ae, x)
+            param[idx] = old - h
+            down = _loss(ae, x)
+            param[idx] = old
+            numeric[idx] = (up - down) / (2 * h)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_adam_step_matches_hand_reference() -> None:
+    """Kingma & Ba's algorithm 1, written out once more for two steps."""
+    ae = Autoencoder(3, hidden=2, seed=4, lr=0.01)
+    ref = {k: v.copy() for k, v in ae.p.items()}
+    m = {k: np.zeros_like(v) for k, v in ref.items()}
+    v = {k: np.zeros_like(val) for k, val in ref.items()}
+    xs = np.random.default_rng(5).normal(size=(2, 3))
+    for t, x in enumerate(xs, start=1):
+        h = np.tanh(ref["w1"] @ x + ref["b1"])
+        g2 = ref["w2"] @ h + ref["b2"] - x
+        g1 = (ref["w2"].T @ g2) * (1 - h**2)
+        grads = {"w1": np.outer(g1, x), "b1": g1, "w2": np.outer(g2, h), "b2": g2}
+        for k, g in grads.items():
+            m[k] = 0.9 * m[k] + 0.1 * g
+            v[k] = 0.999 * v[k] + 0.001 * g**2
+            m_hat = m[k] / (1 - 0.9**t)
+            v_hat = v[k] / (1 - 0.999**t)
+            ref[k] = ref[k] - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8)
+        ae.learn_one(x)
+    for k in ref:
+        np.testing.assert_allclose(ae.p[k], ref[k], rtol=1e-12, atol=1e-14)
+
+
+def test_autoencoder_snapshot_is_msgpack_and_round_trips() -> None:
+    rng = np.random.default_rng(6)
+    a = Autoencoder(4, hidden=2, seed=0)
+    for x in rng.normal(size=(30, 4)):
+        a.learn_one(x)
+    b = Autoencoder.from_snapshot(msgspec.msgpack.decode(msgspec.msgpack.encode(a.snapshot())))
+    for x in rng.normal(size=(10, 4)):
+        a.learn_one(x)
+        b.learn_one(x)
+    x = rng.normal(size=4)
+    assert a.score_one(x) == b.score_one(x)
+    assert math.isfinite(a.score_one(x))
