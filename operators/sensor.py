@@ -56,6 +56,8 @@ forgotten, which is the same as its window having emptied.
 from __future__ import annotations
 
 import heapq
+import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,11 +65,16 @@ from typing import Any
 import numpy as np
 
 from operators.base import Observation, Operator
+from operators.detectors.episode import Episode
+from operators.detectors.trend import RiseDetector
 from operators.rolling import EventTimeBuffer, SlidingStats
 from operators.windows import TumblingWindows
 from schemas.events import SensorReading
 
 METHODS = ("zscore", "iqr", "rise")
+log = logging.getLogger(__name__)
+# readings after which a series' cadence is judged (the median gap between them)
+CADENCE_READINGS = 16
 
 
 @dataclass(frozen=True)
@@ -76,9 +83,30 @@ class SensorConfig:
     z_threshold: float = 3.0
     iqr_k: float = 1.5
     min_points: int = 30  # zscore and iqr judge only windows with this many readings
-    rise_span_ms: int = 300_000
-    rise_min_points: int = 5
+    rise_span_ms: int = 300_000  # the span a rise is tested over
+    rise_min_points: int = 5  # fewest readings a rise is tested on
     rise_min_total: float = 0.0  # a rise must exceed this in total (metric units)
+    # "mann_kendall": a trend unlikely under the series' noise; "runs": the legacy
+    # strictly rising run of rise_min_points readings (a coin flip in noisy data)
+    rise_test: str = "mann_kendall"
+    # Mann-Kendall runs on the means of rise_max_points buckets spanning the rise
+    # span (at 1 Hz: 60 means of 5 s), at least rise_min_readings of them
+    rise_max_points: int = 60  # its cost is O(n) per bucket
+    rise_min_readings: int = 20  # fewer cannot reach p < 1e-6 (n = 15 at best 1.3e-7)
+    rise_alpha: float = 1e-6  # one-sided Mann-Kendall p-value a rise must be below
+    # and its total must exceed this many residual scales around its Theil-Sen line
+    rise_sigmas: float = 3.0
+    # cadence: once a series' sampling interval g is measured (median of its first
+    # gaps), its window is max(window_ms, min_window_readings * g) and its rise test
+    # spans max(rise_span_ms, rise_min_points * g), so one default serves 1 Hz and
+    # hourly data; False keeps window_ms as is (a window that cannot hold
+    # min_points is then logged and listed in `unjudgeable`)
+    adapt_window: bool = True
+    min_window_readings: int | None = None  # None: min_points
+    # episodes (zscore, iqr): ended by this many judged normal readings; a new one
+    # may start only this many readings after (a cooldown in the series' readings)
+    episode_quiet: int = 1
+    episode_cooldown: int = 10
     aggregate_window_ms: int = 60_000
     min_std: float = 0.0  # zscore is not judged when std <= this
     min_iqr: float = 0.0  # iqr is not judged when IQR <= this
@@ -90,6 +118,16 @@ class SensorConfig:
             raise ValueError(f"unknown methods {sorted(unknown)}; known: {METHODS}")
         if self.min_points < 2:
             raise ValueError("min_points must be at least 2")
+        if self.rise_test not in ("mann_kendall", "runs"):
+            raise ValueError('rise_test must be "mann_kendall" or "runs"')
+        if not 3 <= self.rise_min_readings <= self.rise_max_points:
+            raise ValueError("need 3 <= rise_min_readings <= rise_max_points")
+        if self.episode_quiet < 1 or self.episode_cooldown < 0:
+            raise ValueError("episode_quiet must be >= 1 and episode_cooldown >= 0")
+
+    @property
+    def window_readings(self) -> int:
+        return self.min_window_readings or self.min_points
 
 
 Entry = tuple[int, str, str, float]  # (ts, sensor_id, metric, value)
@@ -99,10 +137,15 @@ class Series:
     """The state of one (sensor, metric)."""
 
     __slots__ = (
-        "active",
         "agg",
         "agg_start",
+        "bucket",
+        "bucket_ms",
+        "episodes",
+        "gaps",
         "last_ts",
+        "mk",
+        "mk_times",
         "prev",
         "rising",
         "run_len",
@@ -110,9 +153,10 @@ class Series:
         "run_start_value",
         "staged",
         "stats",
+        "window_ms",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, config: SensorConfig) -> None:
         self.stats = SlidingStats()  # readings before last_ts, in the sliding window
         self.staged: list[float] = []  # readings at last_ts (not yet "before" anything)
         self.last_ts: int | None = None
@@ -120,12 +164,22 @@ class Series:
         self.run_len = 0
         self.run_start_ts = 0
         self.run_start_value = 0.0
-        self.rising = False  # the current run was raised
-        self.active: dict[str, bool] = {"zscore": False, "iqr": False}
+        self.rising = False  # the current run (or trend) was raised
+        self.episodes = {
+            m: Episode(config.episode_quiet, config.episode_cooldown) for m in ("zscore", "iqr")
+        }
+        self.window_ms = config.window_ms  # stretched to the cadence once it is measured
+        # the Mann-Kendall rise test's readings and their times
+        self.mk = RiseDetector(config.rise_max_points)
+        self.mk_times: deque[int] = deque(maxlen=config.rise_max_points)  # bucket starts
+        self.bucket_ms = 0  # set with the cadence
+        self.bucket: list[float] = [0, 0.0, 0]  # [start, sum, count] of the open bucket
         # the open aggregate window this series last wrote to (a cache of
         # `aggregates.at`: readings come in time order, so it is usually the same)
         self.agg_start: int | None = None
         self.agg: list[float] = []
+        # gaps between the first readings, until the cadence is judged (then None)
+        self.gaps: list[int] | None = []
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -133,17 +187,37 @@ class Series:
             "staged": list(self.staged),
             "last_ts": self.last_ts,
             "rise": [self.prev, self.run_len, self.run_start_ts, self.run_start_value],
-            "flags": [self.rising, self.active["zscore"], self.active["iqr"]],
+            "flags": [self.rising, self.episodes["zscore"].active, self.episodes["iqr"].active],
+            "gaps": self.gaps,
+            "episodes": {m: e.snapshot() for m, e in self.episodes.items()},
+            "window_ms": self.window_ms,
+            "mk": [self.mk.size, self.mk.snapshot(), list(self.mk_times)],
+            "bucket": [self.bucket_ms, *self.bucket],
         }
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> Series:
-        s = cls()
+    def from_snapshot(cls, state: dict[str, Any], config: SensorConfig) -> Series:
+        s = cls(config)
         s.stats = SlidingStats.from_snapshot(state["stats"])
         s.staged = [float(v) for v in state["staged"]]
         s.last_ts = state["last_ts"]
         s.prev, s.run_len, s.run_start_ts, s.run_start_value = state["rise"]
-        s.rising, s.active["zscore"], s.active["iqr"] = state["flags"]
+        s.rising, active_z, active_i = state["flags"]
+        if "episodes" in state:
+            for m, e in state["episodes"].items():
+                s.episodes[m].restore(e)
+        else:  # a snapshot from before episodes: the flags are the open episodes
+            s.episodes["zscore"].active, s.episodes["iqr"].active = active_z, active_i
+        s.window_ms = int(state.get("window_ms", config.window_ms))
+        if "mk" in state:
+            size, mk, times = state["mk"]
+            s.mk = RiseDetector(size)
+            s.mk.restore(mk)
+            s.mk_times = deque(times, maxlen=size)
+            s.bucket_ms, *bucket = state["bucket"]
+            s.bucket = [int(bucket[0]), float(bucket[1]), int(bucket[2])]
+        gaps = state.get("gaps")  # absent in snapshots from before the cadence check
+        s.gaps = None if gaps is None and "gaps" in state else list(gaps or [])
         return s
 
 
@@ -168,6 +242,9 @@ class SensorOperator(Operator):
         self._zscore = "zscore" in methods
         self._iqr = "iqr" in methods
         self._rise = "rise" in methods
+        # series whose measured cadence can never fill `min_points` in `window_ms`
+        # (zscore and iqr never judge them): counted for metrics and /health, logged
+        self.unjudgeable: set[str] = set()
 
     # -- input ---------------------------------------------------------------
 
@@ -204,15 +281,14 @@ class SensorOperator(Operator):
             )
 
     def _expire_until(self, watermark: int) -> None:
-        """Forget series silent for more than window_ms before the watermark."""
-        window_ms = self.config.window_ms
+        """Forget series silent for more than their window before the watermark."""
         heap = self.expiry
         while heap and heap[0][0] < watermark:
             _, sid, metric = heapq.heappop(heap)
             s = self.series.get((sid, metric))
             if s is None or s.last_ts is None:
                 continue
-            until = s.last_ts + window_ms
+            until = s.last_ts + s.window_ms
             if until < watermark:
                 self._expire(sid, metric, s)
                 del self.series[(sid, metric)]
@@ -222,9 +298,9 @@ class SensorOperator(Operator):
     def _expire(self, sid: str, metric: str, s: Series) -> None:
         """The series' window emptied: end its episodes (observations only)."""
         assert s.last_ts is not None
-        ts = s.last_ts + self.config.window_ms
-        for method, active in (("zscore", s.active["zscore"]), ("iqr", s.active["iqr"])):
-            if active:
+        ts = s.last_ts + s.window_ms
+        for method, episode in s.episodes.items():
+            if episode.close() == "end":
                 self._observe(sid, metric, method, 0.0, ts, 0, None, None, {"expired": True})
         if s.rising:
             self._observe(sid, metric, "rise", 0.0, ts, 0, None, None, {"expired": True})
@@ -234,19 +310,21 @@ class SensorOperator(Operator):
         key = (sid, metric)
         s = self.series.get(key)
         if s is None:
-            s = self.series[key] = Series()
-            heapq.heappush(self.expiry, (t + cfg.window_ms, sid, metric))  # one per series
-        elif s.last_ts is not None and t - s.last_ts > cfg.window_ms:
+            s = self.series[key] = Series(cfg)
+            heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))  # one per series
+        elif s.last_ts is not None and t - s.last_ts > s.window_ms:
             # silent for longer than the window: the same as having been forgotten
             self._expire(sid, metric, s)
-            s = self.series[key] = Series()
+            s = self.series[key] = Series(cfg)
         stats = s.stats
         if s.last_ts is not None and t > s.last_ts:
+            if s.gaps is not None:
+                self._cadence(sid, metric, s, t - s.last_ts)
             last = s.last_ts
             for v in s.staged:
                 stats.add(last, v)
             s.staged.clear()
-        start = t - cfg.window_ms
+        start = t - s.window_ms
         if stats.times and stats.times[0] < start:
             stats.evict_before(start)
         if len(stats.values) >= cfg.min_points:
@@ -255,7 +333,10 @@ class SensorOperator(Operator):
             if self._iqr:
                 self._judge_iqr(sid, metric, s, t, x, start)
         if self._rise:
-            self._judge_rise(sid, metric, s, t, x)
+            if cfg.rise_test == "runs":
+                self._judge_rise_runs(sid, metric, s, t, x)
+            else:
+                self._judge_rise(sid, metric, s, t, x)
         s.staged.append(x)
         s.last_ts = t
         agg_start = t - t % cfg.aggregate_window_ms
@@ -263,13 +344,48 @@ class SensorOperator(Operator):
             s.agg_start, s.agg = agg_start, self.aggregates.at(_key(sid, metric), t)
         s.agg.append(x)
 
+    def _cadence(self, sid: str, metric: str, s: Series, gap: int) -> None:
+        """After CADENCE_READINGS readings, the series' interval g (median gap) sets
+        its window and rise span (`adapt_window`), and a window that still cannot
+        hold min_points is reported (a warning, `unjudgeable`), never silent."""
+        assert s.gaps is not None
+        s.gaps.append(gap)
+        if len(s.gaps) < CADENCE_READINGS:
+            return
+        gaps = sorted(s.gaps)
+        g = max(gaps[len(gaps) // 2], 1)
+        s.gaps = None
+        cfg = self.config
+        if cfg.adapt_window:
+            s.window_ms = max(cfg.window_ms, cfg.window_readings * g)
+        span = max(cfg.rise_span_ms, cfg.rise_min_readings * g)
+        s.bucket_ms = max(g, span // cfg.rise_max_points)
+        size = min(max(span // s.bucket_ms, cfg.rise_min_readings), cfg.rise_max_points)
+        s.mk = RiseDetector(size)
+        s.mk_times = deque(maxlen=size)
+        if (self._zscore or self._iqr) and s.window_ms // g < cfg.min_points:
+            key = f"{sid}/{metric}"
+            if key not in self.unjudgeable:
+                self.unjudgeable.add(key)
+                log.warning(
+                    "sensor %s: readings every %d ms, so the %d ms window never holds "
+                    "min_points=%d; zscore and iqr cannot judge it (raise window_ms to "
+                    "at least %d ms, lower min_points, or set adapt_window)",
+                    key,
+                    g,
+                    s.window_ms,
+                    cfg.min_points,
+                    g * cfg.min_points,
+                )
+
     def _judge_zscore(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
         mean, std = s.stats.mean_std()  # min_points >= 2
         if std <= self.config.min_std:
             return
         z = abs(x - mean) / std
         anomalous = z > self.config.z_threshold
-        if anomalous or s.active["zscore"]:
+        change = s.episodes["zscore"].update(anomalous)
+        if anomalous or change:
             details = {"reading": x, "mean": mean, "std": std}
             threshold = self.config.z_threshold
             n = len(s.stats)
@@ -292,12 +408,58 @@ class SensorOperator(Operator):
         else:
             score, fence = 0.0, upper if x >= (q1 + q3) / 2 else lower
         anomalous = score > 0.0
-        if anomalous or s.active["iqr"]:
+        change = s.episodes["iqr"].update(anomalous)
+        if anomalous or change:
             details = {"reading": x, "q1": q1, "q3": q3, "iqr": iqr, "fence": fence}
             n = len(stats)
             self._finding(sid, metric, "iqr", s, t, x, score, fence, start, n, anomalous, details)
 
     def _judge_rise(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
+        """Mann-Kendall over the means of the last buckets (`operators.detectors.trend`),
+        judged as each bucket closes: a rise with p < rise_alpha whose Theil-Sen total
+        exceeds rise_sigmas residual scales around the line (and rise_min_total); its
+        episode ends when p >= 0.05 (no trend left)."""
+        if not s.bucket_ms:
+            return  # the cadence, and so the buckets, are not known yet
+        bucket = s.bucket
+        b = t - t % s.bucket_ms
+        if b == bucket[0] or not bucket[2]:
+            if not bucket[2]:
+                bucket[0] = b
+            bucket[1] += x
+            bucket[2] += 1
+            return
+        s.mk.learn_one(bucket[1] / bucket[2])
+        s.mk_times.append(int(bucket[0]))
+        s.bucket = [b, x, 1]
+        self._test_rise(sid, metric, s, t, x)
+
+    def _test_rise(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
+        cfg = self.config
+        mk = s.mk
+        if len(mk) < cfg.rise_min_readings:
+            return
+        p = mk.p_value()
+        if s.rising:
+            if p >= 0.05:  # no longer even a weak trend: the episode ends
+                s.rising = False
+                details = {"reading": x, "points": len(mk), "p": p}
+                self._observe(sid, metric, "rise", 0.0, t, len(mk), s.mk_times[0], t, details)
+            return
+        if p >= cfg.rise_alpha:
+            return
+        total, noise = mk.fit()
+        needed = max(cfg.rise_min_total, cfg.rise_sigmas * noise)
+        if total <= needed:
+            return
+        s.rising = True
+        start = s.mk_times[0]
+        details = {"reading": x, "points": len(mk), "span_ms": t - start, "p": p, "noise": noise}
+        self._row(sid, metric, "rise", t, x, total, needed, start, t)
+        self._observe(sid, metric, "rise", total, t, len(mk), start, t, details, p)
+
+    def _judge_rise_runs(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
+        """The legacy test (`rise_test="runs"`): a strictly rising run."""
         cfg = self.config
         if s.prev is not None and x > s.prev:
             s.run_len += 1
@@ -340,11 +502,14 @@ class SensorOperator(Operator):
         anomalous: bool,
         details: dict[str, Any],
     ) -> None:
-        """An anomaly (row and observation), or the end of an episode (observation)."""
+        """An anomaly (row; observation while its episode is open), or the end of an
+        episode (observation). An anomalous reading in the cooldown after an episode
+        has its row but no observation."""
         if anomalous:
             self._row(sid, metric, method, t, x, score, threshold, start, t)
-        self._observe(sid, metric, method, score, t, n, start, t, details)
-        s.active[method] = anomalous
+        episode = s.episodes[method]
+        if episode.active or not anomalous:
+            self._observe(sid, metric, method, score, t, n, start, t, details)
 
     def _row(
         self,
@@ -384,6 +549,7 @@ class SensorOperator(Operator):
         start: int | None,
         end: int | None,
         details: dict[str, Any],
+        p_value: float | None = None,
     ) -> None:
         self._out.observations.append(
             Observation(
@@ -396,6 +562,7 @@ class SensorOperator(Operator):
                 window_start=start,
                 window_end=end,
                 details=details,
+                p_value=p_value,
             )
         )
 
@@ -408,6 +575,7 @@ class SensorOperator(Operator):
             "aggregates": [
                 [start, key, list(vals)] for start, key, vals in self.aggregates.items()
             ],
+            "unjudgeable": sorted(self.unjudgeable),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -415,10 +583,11 @@ class SensorOperator(Operator):
         self.series = {}
         self.expiry = []
         for sid, metric, s_state in state["series"]:
-            s = self.series[(sid, metric)] = Series.from_snapshot(s_state)
+            s = self.series[(sid, metric)] = Series.from_snapshot(s_state, self.config)
             if s.last_ts is not None:
-                self.expiry.append((s.last_ts + self.config.window_ms, sid, metric))
+                self.expiry.append((s.last_ts + s.window_ms, sid, metric))
         heapq.heapify(self.expiry)
+        self.unjudgeable = set(state.get("unjudgeable", ()))
         self.aggregates.clear()
         for start, key, vals in state["aggregates"]:
             self.aggregates.at(key, start).extend(float(v) for v in vals)

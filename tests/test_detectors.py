@@ -13,12 +13,19 @@ from scipy import stats
 import operators.detectors.autoencoder as ae_module
 import operators.detectors.episode as episode_module
 import operators.detectors.likelihood as likelihood_module
+import operators.detectors.trend as trend_module
 from operators.detectors.autoencoder import Autoencoder
 from operators.detectors.episode import Episode
 from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
+from operators.detectors.trend import (
+    RiseDetector,
+    mann_kendall_s,
+    mann_kendall_var,
+    theil_sen_slope,
+)
 
 
-@pytest.mark.parametrize("module", [ae_module, episode_module, likelihood_module])
+@pytest.mark.parametrize("module", [ae_module, episode_module, likelihood_module, trend_module])
 def test_doctests(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]
     assert result.attempted > 0 and result.failed == 0
@@ -169,3 +176,63 @@ def test_autoencoder_snapshot_is_msgpack_and_round_trips() -> None:
     x = rng.normal(size=4)
     assert a.score_one(x) == b.score_one(x)
     assert math.isfinite(a.score_one(x))
+
+
+# -- Mann-Kendall rise ---------------------------------------------------------
+
+
+def test_incremental_s_equals_the_definition_with_ties_and_eviction() -> None:
+    rng = np.random.default_rng(11)
+    xs = [float(v) for v in rng.integers(0, 6, size=200)]  # many ties
+    d = RiseDetector(size=25)
+    for i, x in enumerate(xs):
+        d.learn_one(x)
+        window = xs[max(0, i - 24) : i + 1]
+        assert d.s == mann_kendall_s(window)
+
+
+def test_s_and_p_match_scipy_kendalltau_without_ties() -> None:
+    rng = np.random.default_rng(12)
+    xs = list(rng.normal(size=40) + 0.05 * np.arange(40))
+    d = RiseDetector(size=40)
+    for x in xs:
+        d.learn_one(float(x))
+    n = len(xs)
+    tau = stats.kendalltau(np.arange(n), xs).statistic
+    assert d.s == round(tau * n * (n - 1) / 2)
+    var = n * (n - 1) * (2 * n + 5) / 18
+    assert d.p_value() == pytest.approx(stats.norm.sf((d.s - 1) / math.sqrt(var)), rel=1e-12)
+
+
+def test_tie_corrected_variance_by_hand() -> None:
+    # n = 5 with one pair of ties: [5*4*15 - 2*1*9] / 18 = (300 - 18) / 18
+    assert mann_kendall_var([1.0, 2.0, 2.0, 3.0, 4.0]) == pytest.approx(282 / 18)
+
+
+def test_theil_sen_matches_scipy() -> None:
+    rng = np.random.default_rng(13)
+    xs = list(rng.normal(size=30) + 0.3 * np.arange(30))
+    assert theil_sen_slope(xs) == pytest.approx(stats.theilslopes(xs).slope, rel=1e-12)
+    d = RiseDetector(size=30)
+    for x in xs:
+        d.learn_one(float(x))
+    total, scale = d.fit()
+    ref = stats.theilslopes(xs)
+    # the intercept is median(x_i - b i) (scipy's is median(x) - b median(i))
+    i = np.arange(30)
+    a = np.median(np.asarray(xs) - ref.slope * i)
+    resid = np.asarray(xs) - (a + ref.slope * i)
+    assert total == pytest.approx(ref.slope * 29, rel=1e-12)
+    assert scale == pytest.approx(stats.norm.ppf(0.75) ** -1 * np.median(np.abs(resid)), rel=1e-9)
+
+
+def test_rise_detector_snapshot_round_trip() -> None:
+    d = RiseDetector(size=10)
+    for x in (1.0, 3.0, 2.0, 5.0):
+        d.learn_one(x)
+    r = RiseDetector(size=10)
+    r.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(d.snapshot())))
+    for x in (4.0, 6.0, 7.0):
+        d.learn_one(x)
+        r.learn_one(x)
+    assert (d.s, d.p_value()) == (r.s, r.p_value())
