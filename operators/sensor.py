@@ -66,6 +66,7 @@ import numpy as np
 
 from operators.base import Observation, Operator
 from operators.detectors.episode import Episode
+from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
 from operators.detectors.trend import RiseDetector
 from operators.rolling import EventTimeBuffer, SlidingStats
 from operators.windows import TumblingWindows
@@ -94,6 +95,12 @@ class SensorConfig:
     rise_max_points: int = 60  # its cost is O(n) per bucket
     rise_min_readings: int = 20  # fewer cannot reach p < 1e-6 (n = 15 at best 1.3e-7)
     rise_alpha: float = 1e-6  # one-sided Mann-Kendall p-value a rise must be below
+    # and the Mann-Kendall z must be this improbable against the series' own recent
+    # z-scores (`AnomalyLikelihood`, median/MAD): a series that always warms up
+    # slowly is not rising unusually
+    rise_history_alpha: float = 1e-3
+    rise_history: int = 720  # buckets of z-scores kept (an hour at 1 Hz)
+    rise_min_history: int = 30  # buckets tested before a rise may be raised
     # and its total must exceed this many residual scales around its Theil-Sen line
     rise_sigmas: float = 3.0
     # cadence: once a series' sampling interval g is measured (median of its first
@@ -147,6 +154,7 @@ class Series:
         "mk",
         "mk_times",
         "prev",
+        "rise_lk",
         "rising",
         "run_len",
         "run_start_ts",
@@ -174,6 +182,13 @@ class Series:
         self.mk_times: deque[int] = deque(maxlen=config.rise_max_points)  # bucket starts
         self.bucket_ms = 0  # set with the cadence
         self.bucket: list[float] = [0, 0.0, 0]  # [start, sum, count] of the open bucket
+        self.rise_lk = AnomalyLikelihood(
+            short=1,
+            history=config.rise_history,
+            min_history=config.rise_min_history,
+            refit=10,
+            alpha=config.rise_history_alpha,
+        )
         # the open aggregate window this series last wrote to (a cache of
         # `aggregates.at`: readings come in time order, so it is usually the same)
         self.agg_start: int | None = None
@@ -193,6 +208,7 @@ class Series:
             "window_ms": self.window_ms,
             "mk": [self.mk.size, self.mk.snapshot(), list(self.mk_times)],
             "bucket": [self.bucket_ms, *self.bucket],
+            "rise_lk": self.rise_lk.snapshot(),
         }
 
     @classmethod
@@ -216,6 +232,7 @@ class Series:
             s.mk_times = deque(times, maxlen=size)
             s.bucket_ms, *bucket = state["bucket"]
             s.bucket = [int(bucket[0]), float(bucket[1]), int(bucket[2])]
+            s.rise_lk.restore(state["rise_lk"])
         gaps = state.get("gaps")  # absent in snapshots from before the cadence check
         s.gaps = None if gaps is None and "gaps" in state else list(gaps or [])
         return s
@@ -439,14 +456,16 @@ class SensorOperator(Operator):
         mk = s.mk
         if len(mk) < cfg.rise_min_readings:
             return
-        p = mk.p_value()
+        z = mk.z_score()
+        p = normal_sf(z) if z > 0.0 else 1.0
+        p_history = s.rise_lk.score_one(z)
         if s.rising:
-            if p >= 0.05:  # no longer even a weak trend: the episode ends
+            if p >= 0.05 or p_history >= 0.05:  # no (unusual) trend left: the episode ends
                 s.rising = False
-                details = {"reading": x, "points": len(mk), "p": p}
+                details = {"reading": x, "points": len(mk), "p": p, "p_history": p_history}
                 self._observe(sid, metric, "rise", 0.0, t, len(mk), s.mk_times[0], t, details)
             return
-        if p >= cfg.rise_alpha:
+        if p >= cfg.rise_alpha or p_history >= cfg.rise_history_alpha:
             return
         total, noise = mk.fit()
         needed = max(cfg.rise_min_total, cfg.rise_sigmas * noise)
@@ -454,7 +473,14 @@ class SensorOperator(Operator):
             return
         s.rising = True
         start = s.mk_times[0]
-        details = {"reading": x, "points": len(mk), "span_ms": t - start, "p": p, "noise": noise}
+        details = {
+            "reading": x,
+            "points": len(mk),
+            "span_ms": t - start,
+            "p": p,
+            "p_history": p_history,
+            "noise": noise,
+        }
         self._row(sid, metric, "rise", t, x, total, needed, start, t)
         self._observe(sid, metric, "rise", total, t, len(mk), start, t, details, p)
 

@@ -106,15 +106,21 @@ class RiseDetector:
             self.s += (x > v) - (x < v)
         values.append(x)
 
-    def p_value(self) -> float:
-        """One-sided p-value of "rising" (1.0 below three readings or for S <= 0)."""
+    def z_score(self) -> float:
+        """The continuity-corrected standard score of S: (S - sign(S)) / sqrt(Var S)
+        (0 below three readings or without variance)."""
         n = len(self.values)
-        if n < 3 or self.s <= 0:
-            return 1.0
+        if n < 3 or self.s == 0:
+            return 0.0
         var = mann_kendall_var(list(self.values))
         if var <= 0.0:
-            return 1.0
-        return normal_sf((self.s - 1) / math.sqrt(var))
+            return 0.0
+        return (self.s - (1 if self.s > 0 else -1)) / math.sqrt(var)
+
+    def p_value(self) -> float:
+        """One-sided p-value of "rising" (1.0 below three readings or for S <= 0)."""
+        z = self.z_score()
+        return normal_sf(z) if z > 0.0 else 1.0
 
     def fit(self) -> tuple[float, float]:
         """(total rise, residual scale): the Theil-Sen slope times the span (n - 1),
