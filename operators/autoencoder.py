@@ -75,7 +75,7 @@ class AutoencoderConfig:
     alpha: float = 1e-3  # a reading is anomalous when its tail probability is below
     quiet: int = 10  # normal readings that end an episode
     cooldown: int = 0  # readings after an episode before another may start
-    max_learn_per_hour: int = 600  # learns per sensor per event-time hour after warm-up
+    max_learn_per_hour: int = 360  # learns per sensor per event-time hour after warm-up
     regime_after: int = 300  # readings of one episode after which it is learnt as normal
     seed: int = 42
     features: tuple[str, ...] | None = None  # None: those of the sensor's first reading

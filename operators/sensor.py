@@ -67,6 +67,7 @@ import numpy as np
 from operators.base import Observation, Operator
 from operators.detectors.episode import Episode
 from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
+from operators.detectors.tail import TailProbability
 from operators.detectors.trend import RiseDetector
 from operators.rolling import EventTimeBuffer, SlidingStats
 from operators.windows import TumblingWindows
@@ -76,6 +77,7 @@ METHODS = ("zscore", "iqr", "rise")
 log = logging.getLogger(__name__)
 # readings after which a series' cadence is judged (the median gap between them)
 CADENCE_READINGS = 16
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,8 @@ class SensorConfig:
     # strictly rising run of rise_min_points readings (a coin flip in noisy data)
     rise_test: str = "mann_kendall"
     # Mann-Kendall runs on the means of rise_max_points buckets spanning the rise
-    # span (at 1 Hz: 60 means of 5 s), at least rise_min_readings of them
-    rise_max_points: int = 60  # its cost is O(n) per bucket
+    # span (at 1 Hz: 30 means of 10 s), at least rise_min_readings of them
+    rise_max_points: int = 30  # its cost is O(n) per bucket
     rise_min_readings: int = 20  # fewer cannot reach p < 1e-6 (n = 15 at best 1.3e-7)
     rise_alpha: float = 1e-6  # one-sided Mann-Kendall p-value a rise must be below
     # and the Mann-Kendall z must be this improbable against the series' own recent
@@ -114,6 +116,18 @@ class SensorConfig:
     # may start only this many readings after (a cooldown in the series' readings)
     episode_quiet: int = 1
     episode_cooldown: int = 10
+    # calibration (zscore, iqr): a reading beyond the threshold (fence) is anomalous
+    # only if its score is also improbable against the series' own recent scores,
+    # p < alpha (`operators.detectors.tail`, peaks over threshold); until
+    # min_score_history scores are kept the threshold alone judges. alpha is the
+    # false-alarm budget per series and method: false_alarms_per_day spread over
+    # the readings of a day at the series' cadence g (alpha = budget * g / 1 day,
+    # at most 0.01: 1.2e-5 at 1 Hz, 3.5e-3 at 5 min), or `alpha` if set
+    calibrate: bool = True
+    false_alarms_per_day: float = 1.0
+    alpha: float | None = None
+    score_history: int = 1000
+    min_score_history: int = 100
     aggregate_window_ms: int = 60_000
     min_std: float = 0.0  # zscore is not judged when std <= this
     min_iqr: float = 0.0  # iqr is not judged when IQR <= this
@@ -146,6 +160,7 @@ class Series:
     __slots__ = (
         "agg",
         "agg_start",
+        "alpha",
         "bucket",
         "bucket_ms",
         "episodes",
@@ -161,6 +176,7 @@ class Series:
         "run_start_value",
         "staged",
         "stats",
+        "tails",
         "window_ms",
     )
 
@@ -177,6 +193,11 @@ class Series:
             m: Episode(config.episode_quiet, config.episode_cooldown) for m in ("zscore", "iqr")
         }
         self.window_ms = config.window_ms  # stretched to the cadence once it is measured
+        self.alpha = config.alpha or 1e-3  # until the cadence is measured
+        self.tails = {
+            m: TailProbability(config.score_history, config.min_score_history)
+            for m in ("zscore", "iqr")
+        }
         # the Mann-Kendall rise test's readings and their times
         self.mk = RiseDetector(config.rise_max_points)
         self.mk_times: deque[int] = deque(maxlen=config.rise_max_points)  # bucket starts
@@ -209,6 +230,8 @@ class Series:
             "mk": [self.mk.size, self.mk.snapshot(), list(self.mk_times)],
             "bucket": [self.bucket_ms, *self.bucket],
             "rise_lk": self.rise_lk.snapshot(),
+            "tails": {m: t.snapshot() for m, t in self.tails.items()},
+            "alpha": self.alpha,
         }
 
     @classmethod
@@ -233,6 +256,9 @@ class Series:
             s.bucket_ms, *bucket = state["bucket"]
             s.bucket = [int(bucket[0]), float(bucket[1]), int(bucket[2])]
             s.rise_lk.restore(state["rise_lk"])
+            for m, t in state["tails"].items():
+                s.tails[m].restore(t)
+            s.alpha = float(state["alpha"])
         gaps = state.get("gaps")  # absent in snapshots from before the cadence check
         s.gaps = None if gaps is None and "gaps" in state else list(gaps or [])
         return s
@@ -375,6 +401,8 @@ class SensorOperator(Operator):
         cfg = self.config
         if cfg.adapt_window:
             s.window_ms = max(cfg.window_ms, cfg.window_readings * g)
+        alpha = cfg.alpha or min(0.01, cfg.false_alarms_per_day * g / DAY_MS)
+        s.alpha = alpha
         span = max(cfg.rise_span_ms, cfg.rise_min_readings * g)
         s.bucket_ms = max(g, span // cfg.rise_max_points)
         size = min(max(span // s.bucket_ms, cfg.rise_min_readings), cfg.rise_max_points)
@@ -401,13 +429,25 @@ class SensorOperator(Operator):
             return
         z = abs(x - mean) / std
         anomalous = z > self.config.z_threshold
+        p = None
+        if self.config.calibrate:
+            tail = s.tails["zscore"]
+            # p only where it can change the verdict (beyond the threshold)
+            p = tail.score_one(z) if anomalous else None
+            if not anomalous or p is None or p >= s.alpha:
+                tail.learn_one(z)  # anomalies stay out of the series' history
+        details = {"reading": x, "mean": mean, "std": std}
+        if anomalous and p is not None and p >= s.alpha:
+            # usual for this series (its scores have such a tail): not an anomaly, and
+            # an end-of-episode observation with value 0 so that rules resolve
+            anomalous, z = False, 0.0
+            details["vetoed_z"] = abs(x - mean) / std
         change = s.episodes["zscore"].update(anomalous)
         if anomalous or change:
-            details = {"reading": x, "mean": mean, "std": std}
             threshold = self.config.z_threshold
             n = len(s.stats)
             self._finding(
-                sid, metric, "zscore", s, t, x, z, threshold, start, n, anomalous, details
+                sid, metric, "zscore", s, t, x, z, threshold, start, n, anomalous, details, p
             )
 
     def _judge_iqr(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
@@ -425,11 +465,23 @@ class SensorOperator(Operator):
         else:
             score, fence = 0.0, upper if x >= (q1 + q3) / 2 else lower
         anomalous = score > 0.0
+        p = None
+        if self.config.calibrate:
+            # calibrated on a continuous score: the distance from the midhinge in IQRs
+            tail = s.tails["iqr"]
+            spread = abs(x - 0.5 * (q1 + q3)) / iqr
+            p = tail.score_one(spread) if anomalous else None
+            if not anomalous or p is None or p >= s.alpha:
+                tail.learn_one(spread)
+            if anomalous and p is not None and p >= s.alpha:
+                anomalous, score = False, 0.0  # usual for this series (see zscore)
         change = s.episodes["iqr"].update(anomalous)
         if anomalous or change:
             details = {"reading": x, "q1": q1, "q3": q3, "iqr": iqr, "fence": fence}
             n = len(stats)
-            self._finding(sid, metric, "iqr", s, t, x, score, fence, start, n, anomalous, details)
+            self._finding(
+                sid, metric, "iqr", s, t, x, score, fence, start, n, anomalous, details, p
+            )
 
     def _judge_rise(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
         """Mann-Kendall over the means of the last buckets (`operators.detectors.trend`),
@@ -527,6 +579,7 @@ class SensorOperator(Operator):
         n: int,
         anomalous: bool,
         details: dict[str, Any],
+        p_value: float | None = None,
     ) -> None:
         """An anomaly (row; observation while its episode is open), or the end of an
         episode (observation). An anomalous reading in the cooldown after an episode
@@ -535,7 +588,7 @@ class SensorOperator(Operator):
             self._row(sid, metric, method, t, x, score, threshold, start, t)
         episode = s.episodes[method]
         if episode.active or not anomalous:
-            self._observe(sid, metric, method, score, t, n, start, t, details)
+            self._observe(sid, metric, method, score, t, n, start, t, details, p_value)
 
     def _row(
         self,

@@ -236,3 +236,17 @@ def test_rise_detector_snapshot_round_trip() -> None:
         d.learn_one(x)
         r.learn_one(x)
     assert (d.s, d.p_value()) == (r.s, r.p_value())
+
+
+def test_incremental_tie_variance_equals_the_definition() -> None:
+    rng = np.random.default_rng(14)
+    xs = [float(v) for v in rng.integers(0, 4, size=120)]
+    d = RiseDetector(size=15)
+    for i, x in enumerate(xs):
+        d.learn_one(x)
+        window = xs[max(0, i - 14) : i + 1]
+        n = len(window)
+        if n >= 3 and d.s:
+            var = mann_kendall_var(window)
+            sign = 1 if d.s > 0 else -1
+            assert d.z_score() == pytest.approx((d.s - sign) / math.sqrt(var), rel=1e-12)

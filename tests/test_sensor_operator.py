@@ -160,7 +160,9 @@ def _reference(events: list[SensorReading], cfg: SensorConfig) -> list[tuple]:
 def test_zscore_and_iqr_match_numpy_reference(offset: float) -> None:
     """Also with values near 1e9: the running sums must not lose the variance."""
     rng = random.Random(11)
-    cfg = SensorConfig(window_ms=60_000, min_points=20, methods=("zscore", "iqr"))
+    # the raw statistics against numpy: without the tail calibration (issue 14),
+    # which only vetoes some of these verdicts and has its own tests
+    cfg = SensorConfig(window_ms=60_000, min_points=20, methods=("zscore", "iqr"), calibrate=False)
     events = []
     for i in range(3000):
         x = rng.gauss(0, 1) if rng.random() > 0.01 else rng.gauss(0, 8)

@@ -81,7 +81,7 @@ class AnomalyLikelihood:
         short: int = 10,
         history: int = 1000,
         min_history: int = 50,
-        refit: int = 25,
+        refit: int = 100,  # HTM re-estimates every 100 records too
         alpha: float = 1e-3,
         min_scale: float = 1e-9,
         log: bool = False,

@@ -75,6 +75,10 @@ def theil_sen_slope(xs: list[float]) -> float:
     return _median([(xs[j] - xs[i]) / (j - i) for i in range(n) for j in range(i + 1, n)])
 
 
+def _tie(t: int) -> int:
+    return t * (t - 1) * (2 * t + 5)
+
+
 def _median(xs: list[float]) -> float:
     v = sorted(xs)
     mid = len(v) // 2
@@ -84,7 +88,7 @@ def _median(xs: list[float]) -> float:
 class RiseDetector:
     """Mann-Kendall rise test over the last `size` readings, S kept incrementally."""
 
-    __slots__ = ("s", "size", "values")
+    __slots__ = ("counts", "s", "size", "ties", "values")
 
     def __init__(self, size: int) -> None:
         if size < 3:
@@ -92,19 +96,32 @@ class RiseDetector:
         self.size = size
         self.values: deque[float] = deque()
         self.s = 0
+        # tie groups, kept incrementally: counts of each value, sum of t(t-1)(2t+5)
+        self.counts: dict[float, int] = {}
+        self.ties = 0
 
     def __len__(self) -> int:
         return len(self.values)
 
     def learn_one(self, x: float) -> None:
         values = self.values
+        counts = self.counts
         if len(values) == self.size:
             old = values.popleft()
             for v in values:  # the pairs (old, v) leave
                 self.s -= (v > old) - (v < old)
+            t = counts[old]
+            self.ties -= _tie(t) - _tie(t - 1)
+            if t == 1:
+                del counts[old]
+            else:
+                counts[old] = t - 1
         for v in values:  # the pairs (v, x) arrive
             self.s += (x > v) - (x < v)
         values.append(x)
+        t = counts.get(x, 0) + 1
+        counts[x] = t
+        self.ties += _tie(t) - _tie(t - 1)
 
     def z_score(self) -> float:
         """The continuity-corrected standard score of S: (S - sign(S)) / sqrt(Var S)
@@ -112,7 +129,7 @@ class RiseDetector:
         n = len(self.values)
         if n < 3 or self.s == 0:
             return 0.0
-        var = mann_kendall_var(list(self.values))
+        var = (n * (n - 1) * (2 * n + 5) - self.ties) / 18.0
         if var <= 0.0:
             return 0.0
         return (self.s - (1 if self.s > 0 else -1)) / math.sqrt(var)
@@ -137,6 +154,8 @@ class RiseDetector:
     def reset(self) -> None:
         self.values.clear()
         self.s = 0
+        self.counts.clear()
+        self.ties = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {"values": list(self.values), "s": self.s}
@@ -144,3 +163,5 @@ class RiseDetector:
     def restore(self, state: dict[str, Any]) -> None:
         self.values = deque(float(v) for v in state["values"])
         self.s = int(state["s"])
+        self.counts = dict(Counter(self.values))
+        self.ties = sum(_tie(t) for t in self.counts.values())
