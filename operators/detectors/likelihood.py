@@ -118,7 +118,8 @@ class AnomalyLikelihood:
             self.history.append(m)
             self.since_fit = self.refit
             return 1.0
-        if self.since_fit >= self.refit:
+        # a young history is refitted more often (every quarter of its length)
+        if self.since_fit >= min(self.refit, len(self.history) // 4):
             self._fit()
         self.since_fit += 1
         p = normal_sf((m - self.center) / self.scale)
