@@ -18,14 +18,30 @@ itself), once that window holds at least `min_points`:
   score = distance beyond the crossed fence in IQR units,
   (x - (Q3 + k IQR)) / IQR resp. ((Q1 - k IQR) - x) / IQR; threshold = the
   crossed fence itself (in the metric's units).
-- rise: a sustained rise. The readings of a series form runs of strictly
-  increasing values (each reading above the one before it, at most window_ms
-  after it). A run is an anomaly once it holds >= rise_min_points readings
-  spanning >= rise_span_ms and rose by more than rise_min_total (default 0):
-  the "temperature rises for five minutes straight" case. It is raised once
-  per run (episode), at the reading that completes the condition.
-  score = x - first value of the run (the total rise), threshold =
-  rise_min_total, and the row's window is the run [first ts, t].
+- calibration (issue 14): a reading beyond the z line or a fence is an
+  anomaly only if its score is also improbable for this series, p < alpha,
+  with p the peaks-over-threshold tail probability of the score (|z|, resp.
+  |x - (Q1 + Q3) / 2| / IQR) against the series' last `score_history` normal
+  scores (`operators.detectors.tail`); alpha = false_alarms_per_day * g /
+  1 day at the series' interval g (the false-alarm budget), or `alpha`.
+- rise: a sustained rise unlikely under the series' own noise
+  (`operators.detectors.trend`): the Mann-Kendall test over the means of the
+  last buckets (30 over max(rise_span_ms, rise_min_readings * g)), judged as
+  each bucket closes: p < rise_alpha, its z improbable against the series'
+  own recent z-scores (`AnomalyLikelihood`), and a Theil-Sen total above
+  rise_sigmas residual scales and rise_min_total. Raised once per episode,
+  which ends when either p-value is >= 0.05. score = the total, threshold =
+  the magnitude it had to exceed, window = the tested buckets.
+  `rise_test="runs"` keeps the legacy test: a run of strictly increasing
+  readings with >= rise_min_points readings spanning >= rise_span_ms that
+  rose by more than rise_min_total.
+- cadence: after 16 readings the interval g (median gap) is measured; the
+  window becomes max(window_ms, min_window_readings * g) (`adapt_window`). A
+  window that still cannot hold min_points is logged and listed in
+  `unjudgeable`, never silently idle.
+- episodes (zscore, iqr; `operators.detectors.episode`): end after
+  `episode_quiet` judged normal readings; a new one starts only
+  `episode_cooldown` readings later (its readings get rows, no observations).
 
 A window whose std (resp. IQR) is not above `min_std` (`min_iqr`), e.g. a
 constant one, gives no z-score (fences): those methods do not judge then.
@@ -41,12 +57,13 @@ Rows:
 
 Observations (kind "sensor", entity "sensor_id/metric"): metric
 "anomaly_zscore" | "anomaly_iqr" | "anomaly_rise", value = score, n = the
-points behind it. One per anomaly, and one more when the episode ends (the
-next judged reading that is not anomalous, with its score: 0 for iqr inside
-the fences and for a rise run that broke; or value 0 with details.expired
-when the series was silent for window_ms), so rules resolve and can fire
-again. Details never use the rule message's own names (value, metric,
-entity, threshold, op); the reading is `reading`.
+points behind it, p_value = the calibrated p (zscore, iqr) or Mann-Kendall p
+(rise). One per anomaly of an open episode, and one more when the episode
+ends (the reading that ends it, with its score, or 0 when the calibration
+vetoed it; 0 for a rise that ended; or value 0 with details.expired when the
+series was silent for its window), so rules resolve and can fire again.
+Details never use the rule message's own names (value, metric, entity,
+threshold, op); the reading is `reading`.
 
 State is bounded by window_ms of readings per series: a series silent for
 more than window_ms (by the watermark, or by the gap to its next reading) is

@@ -96,6 +96,7 @@ def test_example_configuration_is_valid() -> None:
         "ctr",
         "sensor",
         "cluster",
+        "autoencoder",  # issue 14: a monitor of its own, on by default
         "drift",
         "service",
         "srm",

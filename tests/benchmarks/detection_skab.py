@@ -287,6 +287,13 @@ def evaluate(
         falerts = [a for a in frep.alerts if a.rule in det.rules]
         fpred = predicted_by_episodes(frun, falerts)[TRAIN_ROWS:]
         ffiring = sum(a.status == "firing" and a.ts >= frun.ts[TRAIN_ROWS] for a in falerts)
+        # per flagged value: rows of the detector per metric value judged (cluster and
+        # autoencoder: per reading; zscore/iqr/rise: per metric of a reading)
+        frows = [
+            r for r in frep.rows if r["method"] in det.methods and r["ts"] >= frun.ts[TRAIN_ROWS]
+        ]
+        per_reading = det.name in ("cluster", "autoencoder")
+        judged = (len(frun.ts) - TRAIN_ROWS) * (1 if per_reading else len(frun.values[0]))
         hours = (frun.ts[-1] - frun.ts[TRAIN_ROWS]) / 3_600_000
         results.append(
             {
@@ -298,6 +305,7 @@ def evaluate(
                 "alerts": alerts_n,
                 "free_far": 100.0 * float(np.mean(fpred)) if len(fpred) else 0.0,
                 "free_alerts_per_h": ffiring / hours,
+                "free_rows": 100.0 * len(frows) / judged if "combined" not in det.name else None,
             }
         )
     return results
@@ -311,14 +319,15 @@ def markdown(results: list[dict[str, Any]], runs: list[Run], seconds: float, rea
         f"({1e6 * seconds / readings:.0f} µs per reading, all enabled monitors).",
         "",
         "| detector | F1 | FAR % | MAR % | NAB | firing alerts | F1 (rows) | FAR % (rows) "
-        "| anomaly-free: FAR % | anomaly-free: alerts/h |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| anomaly-free: FAR % | anomaly-free: alerts/h | anomaly-free: rows % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['detector']} | {r['f1']:.2f} | {r['far']:.2f} | {r['mar']:.2f} "
             f"| {r['nab']:.2f} | {r['alerts']} | {r['rows_f1']:.2f} | {r['rows_far']:.2f} "
-            f"| {r['free_far']:.2f} | {r['free_alerts_per_h']:.1f} |"
+            f"| {r['free_far']:.2f} | {r['free_alerts_per_h']:.1f} "
+            f"| {'' if r['free_rows'] is None else format(r['free_rows'], '.3f')} |"
         )
     lines += [
         "",
