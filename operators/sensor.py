@@ -453,14 +453,21 @@ class SensorOperator(Operator):
             p = tail.score_one(z) if anomalous else None
             if not anomalous or p is None or p >= s.alpha:
                 tail.learn_one(z)  # anomalies stay out of the series' history
-        details = {"reading": x, "mean": mean, "std": std}
-        if anomalous and p is not None and p >= s.alpha:
+        vetoed = anomalous and p is not None and p >= s.alpha
+        if vetoed:
             # usual for this series (its scores have such a tail): not an anomaly, and
             # an end-of-episode observation with value 0 so that rules resolve
             anomalous, z = False, 0.0
-            details["vetoed_z"] = abs(x - mean) / std
-        change = s.episodes["zscore"].update(anomalous)
+        episode = s.episodes["zscore"]
+        if anomalous or episode.active:
+            change = episode.update(anomalous)
+        else:  # the hot path: a normal reading outside an episode
+            episode.since_end += 1
+            change = None
         if anomalous or change:
+            details = {"reading": x, "mean": mean, "std": std}
+            if vetoed:
+                details["vetoed_z"] = abs(x - mean) / std
             threshold = self.config.z_threshold
             n = len(s.stats)
             self._finding(
@@ -492,7 +499,12 @@ class SensorOperator(Operator):
                 tail.learn_one(spread)
             if anomalous and p is not None and p >= s.alpha:
                 anomalous, score = False, 0.0  # usual for this series (see zscore)
-        change = s.episodes["iqr"].update(anomalous)
+        episode = s.episodes["iqr"]
+        if anomalous or episode.active:
+            change = episode.update(anomalous)
+        else:  # the hot path (see zscore)
+            episode.since_end += 1
+            change = None
         if anomalous or change:
             details = {"reading": x, "q1": q1, "q3": q3, "iqr": iqr, "fence": fence}
             n = len(stats)

@@ -44,18 +44,19 @@ True
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections import deque
 from typing import Any
+
+import numpy as np
 
 
 class TailProbability:
     __slots__ = (
         "beta",
+        "fitted",
         "min_history",
         "refit",
         "since_fit",
-        "sorted",
         "tail",
         "tail_share",
         "u",
@@ -71,7 +72,7 @@ class TailProbability:
         self.tail = tail
         self.refit = refit
         self.values: deque[float] = deque(maxlen=history)
-        self.sorted: list[float] = []
+        self.fitted = np.empty(0)  # the history at the last fit
         self.u = 0.0
         self.beta = 0.0
         self.tail_share = 0.0
@@ -86,13 +87,16 @@ class TailProbability:
         self.since_fit += 1
 
     def _fit(self) -> None:
-        v = self.sorted = sorted(self.values)
-        n = len(v)
+        # a partition, not a sort: O(n) (numpy's introselect); the body is counted
+        # against this array when asked
+        n = len(self.values)
+        v = self.fitted = np.fromiter(self.values, dtype=float, count=n)
         k = max(1, int(self.tail * n))  # the k largest scores are the tail
-        u = v[n - k - 1]
+        part = np.partition(v, n - k - 1)
+        u = float(part[n - k - 1])
         self.u = u
         self.tail_share = k / n
-        self.beta = sum(x - u for x in v[n - k :]) / k
+        self.beta = float(part[n - k :].mean()) - u
         self.since_fit = 0
 
     def score_one(self, s: float) -> float | None:
@@ -105,13 +109,13 @@ class TailProbability:
             if self.beta <= 0.0:
                 return 0.0  # a constant tail: anything above it is beyond the history
             return self.tail_share * math.exp(-(s - self.u) / self.beta)
-        v = self.sorted
-        return (len(v) - bisect_left(v, s)) / len(v)
+        v = self.fitted
+        return int(np.count_nonzero(v >= s)) / len(v)
 
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {"values": list(self.values), "since_fit": self.since_fit}
         if self.since_fit < self.refit:  # the fit is still in use: keep it as it is
-            state["fit"] = [self.u, self.beta, self.tail_share, self.sorted]
+            state["fit"] = [self.u, self.beta, self.tail_share, self.fitted.tolist()]
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -121,7 +125,7 @@ class TailProbability:
         if "fit" in state:
             u, beta, share, ordered = state["fit"]
             self.u, self.beta, self.tail_share = float(u), float(beta), float(share)
-            self.sorted = [float(v) for v in ordered]
+            self.fitted = np.asarray(ordered, dtype=float)
         else:
-            self.sorted = []
+            self.fitted = np.empty(0)
             self.since_fit = max(self.since_fit, self.refit)
