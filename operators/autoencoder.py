@@ -13,11 +13,17 @@ in event-time order once the watermark has passed it
    them for `epochs` shuffled passes (seeded);
 2. score: e = mean squared error of the standardised reading's
    reconstruction, by the model as it was before this reading;
-3. calibrate: p = the tail probability of e's short-term average of
-   `short` readings (log scale) against the sensor's own history of normal
-   scores (`operators.detectors.likelihood.AnomalyLikelihood`, median/MAD).
+3. calibrate: p = the tail probability of e's short-term mean over `short`
+   readings against the sensor's own history of normal short-term means
+   (`operators.detectors.tail.TailProbability`: empirical body, exponential
+   tail fitted to the excesses over its 90 % quantile, peaks over threshold;
+   HTM's anomaly likelihood in NAB judges the same short-term mean against a
+   normal fit, which measured here put ~1 % of quiet readings below 1e-5).
    The first `min_history` scores after warm-up only build that history.
-   The reading is anomalous when p < `alpha`;
+   The reading is anomalous when p < alpha, the false-alarm budget per
+   reading: `false_alarms_per_day` (1) spread over a day of readings at the
+   sensor's cadence (the median gap of its warm-up), 1.2e-5 at 1 Hz, or a
+   fixed `alpha`;
 4. episode (`operators.detectors.episode.Episode`): opens on an anomalous
    reading, ends after `quiet` normal ones (one alert per episode);
 5. learn (bounded): a normal reading outside an episode is learnt (one Adam
@@ -32,9 +38,11 @@ threshold = -log10 alpha, window = [the episode's first reading, ts].
 Observations: kind "sensor", entity = sensor_id, metric
 "anomaly_autoencoder", value = -log10 p, p_value = p: one per anomalous
 reading of an episode, and one with the current (low) value when the episode
-ends, so the default rule (`sensor_autoencoder`: value > 3, i.e.
-p < 1e-3 = alpha) fires once and resolves once. A rule's threshold should
-not be above -log10 alpha, or readings of an episode may fall below it.
+ends, so the default rule (`sensor_autoencoder`: value > 3, i.e. p < 1e-3,
+which every anomalous reading's p < alpha crosses) fires once and resolves
+once (a second `firing` when it escalates to critical, p < 1e-6). A rule's
+threshold should not be above -log10 alpha, or readings of an episode may
+fall below it.
 
 Cost: see `BENCHMARKS.md` and tests/benchmarks/detection_skab.py (per
 reading: one forward pass, and one backward pass plus Adam step when learnt).
@@ -46,6 +54,7 @@ lists in the snapshot (msgpack-able).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +64,12 @@ import numpy as np
 from operators.base import Observation, Operator
 from operators.detectors.autoencoder import Autoencoder
 from operators.detectors.episode import Episode
-from operators.detectors.likelihood import AnomalyLikelihood
+from operators.detectors.tail import TailProbability
 from operators.rolling import EventTimeBuffer
 from schemas.events import SensorReading
 
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 MAX_SURPRISE = 300.0  # -log10 of the smallest positive double, about
 
 
@@ -68,11 +78,21 @@ class AutoencoderConfig:
     warmup: int = 250  # readings per sensor the model is first trained on
     epochs: int = 30  # passes over the warm-up readings
     hidden: int | None = None  # bottleneck width; None: max(1, d // 2)
-    lr: float = 0.003  # Adam step size
+    lr: float = 0.003  # Adam step size of the warm-up training
+    # step size of the online learning after it: single-reading steps at the warm-up's
+    # rate jolt the model, and the scores it is calibrated on, into false alarms
+    online_lr: float = 0.0003
     short: int = 10  # readings in the short-term average of the error
     history: int = 1000  # normal short-term averages the probability is judged against
-    min_history: int = 50  # readings after warm-up that only build the history
-    alpha: float = 1e-3  # a reading is anomalous when its tail probability is below
+    # readings after warm-up that only build the history (fewer: the tail fit of young,
+    # autocorrelated short-term means raised false alarms on quiet simulated data)
+    min_history: int = 150
+    # a reading is anomalous when its tail probability is below alpha: the false-alarm
+    # budget per sensor spread over a day of readings at the sensor's cadence g (the
+    # median gap of its warm-up): alpha = false_alarms_per_day * g / 1 day, at most
+    # 0.01 (1.2e-5 at 1 Hz); or a fixed `alpha`
+    false_alarms_per_day: float = 1.0
+    alpha: float | None = None
     quiet: int = 10  # normal readings that end an episode
     cooldown: int = 0  # readings after an episode before another may start
     max_learn_per_hour: int = 360  # learns per sensor per event-time hour after warm-up
@@ -83,8 +103,10 @@ class AutoencoderConfig:
     def __post_init__(self) -> None:
         if self.warmup < 2:
             raise ValueError("warmup must be at least 2 readings")
-        if not 0.0 < self.alpha < 1.0:
+        if self.alpha is not None and not 0.0 < self.alpha < 1.0:
             raise ValueError("alpha must be in (0, 1)")
+        if self.false_alarms_per_day <= 0.0:
+            raise ValueError("false_alarms_per_day must be positive")
         if self.short < 1 or self.quiet < 1 or self.min_history < 2:
             raise ValueError("short, quiet must be >= 1 and min_history >= 2")
 
@@ -97,33 +119,35 @@ class SensorModel:
 
     __slots__ = (
         "ae",
+        "alpha",
         "episode",
         "episode_start",
         "features",
         "learn_hour",
         "learnt",
-        "likelihood",
         "mean",
         "metric",
+        "recent",
         "scale",
+        "tail",
         "warm",
+        "warm_ts",
     )
 
     def __init__(self, features: tuple[str, ...], config: AutoencoderConfig) -> None:
         self.features = features
         self.metric = "|".join(features)
         self.warm: list[list[float]] | None = []  # warm-up readings; None once trained
+        self.warm_ts: list[int] = []  # their times (for the cadence)
+        self.alpha = config.alpha or 1e-3  # set from the cadence when trained
         self.mean = np.zeros(len(features))
         self.scale = np.ones(len(features))
         hidden = config.hidden or max(1, len(features) // 2)
         self.ae = Autoencoder(len(features), hidden, seed=config.seed, lr=config.lr)
-        self.likelihood = AnomalyLikelihood(
-            short=config.short,
-            history=config.history,
-            min_history=config.min_history,
-            alpha=config.alpha,
-            log=True,
-        )
+        # the short-term mean error and its tail probability against the sensor's
+        # own history of normal short-term means
+        self.recent: deque[float] = deque(maxlen=config.short)
+        self.tail = TailProbability(config.history, config.min_history)
         self.episode = Episode(quiet=config.quiet, cooldown=config.cooldown)
         self.episode_start = 0
         self.learn_hour = 0
@@ -142,15 +166,23 @@ class SensorModel:
             for i in rng.permutation(len(z)):
                 self.ae.learn_one(z[i])
         self.warm = None
+        self.ae.lr = config.online_lr
+        gaps = sorted(b - a for a, b in zip(self.warm_ts, self.warm_ts[1:], strict=False))
+        g = max(gaps[len(gaps) // 2], 1) if gaps else 1000
+        self.alpha = config.alpha or min(0.01, config.false_alarms_per_day * g / DAY_MS)
+        self.warm_ts = []
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "features": list(self.features),
             "warm": self.warm,
+            "warm_ts": self.warm_ts,
+            "alpha": self.alpha,
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
             "ae": self.ae.snapshot(),
-            "likelihood": self.likelihood.snapshot(),
+            "recent": list(self.recent),
+            "tail": self.tail.snapshot(),
             "episode": [*self.episode.snapshot(), self.episode_start],
             "learn": [self.learn_hour, self.learnt],
         }
@@ -159,10 +191,13 @@ class SensorModel:
     def from_snapshot(cls, state: dict[str, Any], config: AutoencoderConfig) -> SensorModel:
         m = cls(tuple(state["features"]), config)
         m.warm = None if state["warm"] is None else [list(map(float, r)) for r in state["warm"]]
+        m.warm_ts = [int(t) for t in state["warm_ts"]]
+        m.alpha = float(state["alpha"])
         m.mean = np.asarray(state["mean"], dtype=float)
         m.scale = np.asarray(state["scale"], dtype=float)
         m.ae = Autoencoder.from_snapshot(state["ae"])
-        m.likelihood.restore(state["likelihood"])
+        m.recent.extend(float(v) for v in state["recent"])
+        m.tail.restore(state["tail"])
         *episode, m.episode_start = state["episode"]
         m.episode.restore(episode)
         m.learn_hour, m.learnt = state["learn"]
@@ -202,13 +237,21 @@ class AutoencoderOperator(Operator):
             return
         if m.warm is not None:
             m.warm.append(x)
+            m.warm_ts.append(ts)
             if len(m.warm) >= cfg.warmup:
                 m.train(cfg)
             return
         z = (np.asarray(x) - m.mean) / m.scale
         error = m.ae.score_one(z)
-        p = m.likelihood.score_one(error)
-        anomalous = p < cfg.alpha
+        m.recent.append(error)
+        mean = sum(m.recent) / len(m.recent)
+        p = m.tail.score_one(mean)
+        if p is None:  # the history is still being built
+            m.tail.learn_one(mean)
+            p = 1.0
+        elif p >= m.alpha:
+            m.tail.learn_one(mean)  # anomalies stay out of the history
+        anomalous = p < m.alpha
         episode = m.episode
         change = episode.update(anomalous)
         if change == "start":
@@ -224,7 +267,7 @@ class AutoencoderOperator(Operator):
                     "value": error,
                     "method": "autoencoder",
                     "score": surprise,
-                    "threshold": -math.log10(cfg.alpha),
+                    "threshold": -math.log10(m.alpha),
                     "window_start": m.episode_start,
                     "window_end": ts,
                 },
@@ -232,8 +275,8 @@ class AutoencoderOperator(Operator):
         if (anomalous and episode.active) or change == "end":
             self._observe(sid, m, ts, error, surprise, p)
         regime = episode.active and episode.length >= cfg.regime_after
-        if regime:
-            m.likelihood.learn_one(error)  # the persisting regime becomes normal
+        if regime and p < m.alpha:
+            m.tail.learn_one(mean)  # the persisting regime becomes normal
         if regime or not (anomalous or episode.active):
             hour = ts - ts % HOUR_MS
             if hour != m.learn_hour:
@@ -252,7 +295,7 @@ class AutoencoderOperator(Operator):
                 metric="anomaly_autoencoder",
                 value=surprise,
                 ts=ts,
-                n=len(m.likelihood.history),
+                n=len(m.tail),
                 window_start=m.episode_start,
                 window_end=ts,
                 details={"error": error, "p": p, "features": m.metric},

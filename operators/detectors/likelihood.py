@@ -19,8 +19,9 @@ with sigma for normal data) replace them, so a few large historical scores do
 not inflate the scale. As in HTM, the estimates are refitted every `refit`
 readings, not per reading (amortised O(history log history) / refit). The
 scale is floored at `min_scale` (a constant history would otherwise make any
-change infinitely unlikely). `log=True` judges log(score + eps) (for
-positive, right-skewed scores such as squared errors or distances).
+change infinitely unlikely). `log=True` judges log(m + eps), the logarithm
+of the short-term average (for positive, right-skewed scores such as squared
+errors or distances).
 
 With `p` the monitor can state its false-alarm budget: on normal data
 P(p < alpha) ~= alpha per judged reading (exactly so when the short-term
@@ -103,12 +104,14 @@ class AnomalyLikelihood:
         self.since_fit = refit  # fit at the first chance
 
     def _average(self, score: float) -> float:
-        x = math.log(score + self.eps) if self.log else score
         if len(self.window) == self.short:
             self.total -= self.window[0]
-        self.window.append(x)
-        self.total += x
-        return self.total / len(self.window)
+        self.window.append(score)
+        self.total += score
+        m = self.total / len(self.window)
+        # the log of the arithmetic mean: a geometric mean would let the many small
+        # errors of a chi-square-like score hide a shift of its mean
+        return math.log(max(m, 0.0) + self.eps) if self.log else m
 
     def score_one(self, score: float) -> float:
         """Add a raw score; the tail probability of the short-term average (1.0 while
@@ -128,9 +131,11 @@ class AnomalyLikelihood:
         return p
 
     def learn_one(self, score: float) -> None:
-        """Admit a score to the history whatever its probability (a new regime that
-        persists becomes normal: the monitor calls this once it decides so)."""
-        self.history.append(self.window[-1] if self.window else score)
+        """Admit the current short-term average to the history whatever its
+        probability (a new regime that persists becomes normal: the monitor calls
+        this once it decides so, after `score_one` of the same reading)."""
+        m = self.total / len(self.window) if self.window else score
+        self.history.append(math.log(max(m, 0.0) + self.eps) if self.log else m)
 
     def _fit(self) -> None:
         h = np.fromiter(self.history, dtype=float, count=len(self.history))

@@ -85,11 +85,11 @@ TRAIN_ROWS = 400  # SKAB's notebooks: df[:400] trains, the rest is the test part
 NAB_WINDOW_MS = 60_000
 BATCH = 10  # readings per feed/tick, as a consumer batch
 # `--warmup protocol` (the default): the learners' warm-up is SKAB's training part,
-# 400 rows (the autoencoder trains on 350 and calibrates on 50; the cluster's
-# threshold starts after 400); every other option keeps its default
+# 400 rows (the autoencoder trains on 250 and calibrates on 150, its defaults; the
+# cluster's threshold starts after 400); every other option keeps its default
 PROTOCOL_WARMUP: dict[str, Any] = {
-    "autoencoder.warmup": TRAIN_ROWS - 50,
-    "autoencoder.min_history": 50,
+    "autoencoder.warmup": TRAIN_ROWS - 150,
+    "autoencoder.min_history": 150,
     "cluster.warmup": TRAIN_ROWS,
 }
 A_TP, A_FP, A_FN = 1.0, -0.11, -1.0
