@@ -96,7 +96,6 @@ def test_example_configuration_is_valid() -> None:
         "ctr",
         "sensor",
         "cluster",
-        "autoencoder",  # issue 14: a monitor of its own, on by default
         "drift",
         "service",
         "srm",

@@ -123,8 +123,9 @@ def _loss(ae: Autoencoder, x: np.ndarray) -> float:
     return 0.5 * float(np.sum((x_hat - x) ** 2))
 
 
-def test_gradients_match_finite_differences() -> None:
-    ae = Autoencoder(5, hidden=3, seed=1)
+@pytest.mark.parametrize("leak", [0.0, 1.0])
+def test_gradients_match_finite_differences(leak: float) -> None:
+    ae = Autoencoder(5, hidden=3, seed=1, leak=leak)
     x = np.random.default_rng(2).normal(size=5)
     grads = ae.gradients(x)
     h = 1e-6
@@ -250,3 +251,12 @@ def test_incremental_tie_variance_equals_the_definition() -> None:
             var = mann_kendall_var(window)
             sign = 1 if d.s > 0 else -1
             assert d.z_score() == pytest.approx((d.s - sign) / math.sqrt(var), rel=1e-12)
+
+
+def test_batch_gradients_are_the_mean_of_single_gradients() -> None:
+    ae = Autoencoder(4, hidden=2, seed=3)
+    xs = np.random.default_rng(8).normal(size=(6, 4))
+    batch = ae.batch_gradients(xs)
+    singles = [ae.gradients(x) for x in xs]
+    for k in batch:
+        np.testing.assert_allclose(batch[k], np.mean([g[k] for g in singles], axis=0), rtol=1e-12)

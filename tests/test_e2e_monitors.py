@@ -121,9 +121,8 @@ def entities(inc: Incident) -> dict[str, set[str]]:
         metrics = {"temperature"}
     else:  # sensor_regime moves every metric
         metrics = set(METRICS)
-    # sensor: sensor/metric, and the sensor itself for the autoencoder (kind sensor,
-    # every metric together); cluster: sensor (every metric together)
-    return {"sensor": {f"{sensor}/{m}" for m in metrics} | {sensor}, "cluster": {sensor}}
+    # sensor: sensor/metric; cluster: sensor (every metric together)
+    return {"sensor": {f"{sensor}/{m}" for m in metrics}, "cluster": {sensor}}
 
 
 def explains(inc: Incident, alert: Alert, kinds: tuple[str, ...] | None = None) -> bool:
@@ -206,8 +205,7 @@ def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
             # every task has seen its partition's tail (the last message of it)
             health = worker.wait_http("/health", 30, accept_503=True)
             marks = health["watermarks"]
-            # 7 monitors: the autoencoder monitor (issue 14) is on by default
-            return len(marks) == 7 and min(marks.values()) >= tail_ts - LATENESS_MS
+            return len(marks) == 6 and min(marks.values()) >= tail_ts - LATENESS_MS
 
         worker.wait_until(consumed, 300, "the worker to consume every message")
         consumed_at = time.monotonic()
