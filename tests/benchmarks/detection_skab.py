@@ -400,7 +400,18 @@ def main(argv: list[str] | None = None) -> None:
         tuple(r for d in detectors for r in d.rules),
         tuple(m for d in detectors for m in d.methods),
     )
-    results = evaluate(runs, replays, [*detectors, combined], (free, free_replay))
+    extra = [combined]
+    on_by_default = [d for d in detectors if d.name != "autoencoder"]
+    if len(on_by_default) < len(detectors) and on_by_default:
+        # the autoencoder monitor is off by default: the combination a default set-up runs
+        extra.append(
+            Detector(
+                "combined, on by default (" + " + ".join(d.name for d in on_by_default) + ")",
+                tuple(r for d in on_by_default for r in d.rules),
+                tuple(m for d in on_by_default for m in d.methods),
+            )
+        )
+    results = evaluate(runs, replays, [*detectors, *extra], (free, free_replay))
     explored = {k: v for k, v in options.items() if k not in PROTOCOL_WARMUP}
     if explored:
         print(f"NOT the defaults: {explored}")
