@@ -365,3 +365,20 @@ def test_five_rising_readings_of_hourly_data_are_not_a_rise() -> None:
     default = run_all(SensorOperator(SensorConfig(methods=("rise",))), events)
     assert len(anomalies(legacy)) > 5
     assert anomalies(default) == []
+
+
+def test_snapshot_restore_equals_uninterrupted_with_the_new_defaults() -> None:
+    """Mann-Kendall buckets, rise history, tail calibration, episodes and the cadence
+    all survive snapshot -> msgpack -> restore mid-stream."""
+    cfg = SensorConfig(window_ms=30_000, min_points=8, aggregate_window_ms=10_000)
+    rng = random.Random(21)
+    events = []
+    for i in range(2400):
+        ramp = 0.05 * max(0, i - 1500) if i < 1800 else 15.0
+        x = rng.gauss(0, 1) if rng.random() > 0.01 else rng.gauss(0, 8)
+        events.append(reading(T0 + i * 1000, sensor=f"s{i % 2}", a=x + ramp, b=rng.random()))
+    whole = _run(events, cfg=cfg)
+    methods = {dict(r)["method"] for t, r in whole[0] if t == "sensor_anomalies"}
+    assert {"zscore", "iqr", "rise"} <= methods
+    for split in (45, 999, 1701):
+        assert _run(events, split_at=split, cfg=cfg) == whole
