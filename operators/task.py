@@ -68,6 +68,24 @@ class MonitorTask:
             self.operator.advance(after)
         return after
 
+    def finish(self) -> int:
+        """End of input (an orderly stop, the end of a replay, or an input idle past its
+        timeout): judge every event fed so far, as if the lateness had elapsed.
+
+        The watermark moves to one past the largest event time seen, so every held
+        reading is released and judged and every window ending by then closes; a
+        tumbling window still open (it ends after the last event) stays open until
+        input resumes. Events at or before the last one seen are late afterwards
+        (the price of closing at a stop). Returns the new watermark; collect after."""
+        seen = self.watermark.max_ts.values()
+        if not seen:
+            return self.watermark.value
+        end = max(seen) + 1
+        if end > self.watermark.value:
+            self.watermark.value = end
+            self.operator.advance(end)
+        return self.watermark.value
+
     def collect(self) -> TaskOutput:
         out = self.operator.collect()
         observations = out.observations

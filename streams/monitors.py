@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from operators.autoencoder import AutoencoderConfig, AutoencoderOperator
 from operators.base import Operator
 from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
@@ -34,6 +35,7 @@ OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
     "ctr": (CtrOperator, CtrConfig),
     "sensor": (SensorOperator, SensorConfig),
     "cluster": (ClusterOperator, ClusterConfig),
+    "autoencoder": (AutoencoderOperator, AutoencoderConfig),
     "drift": (DriftOperator, DriftConfig),
     "service": (ServiceOperator, ServiceConfig),
     "srm": (SrmOperator, SrmConfig),

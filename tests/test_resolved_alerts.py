@@ -52,6 +52,13 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
         {"silence_s": 1800.0},
         "topic clicks has events again",
     ),
+    "sensor_autoencoder": (
+        "sensor-01",
+        7.0,
+        1.0,
+        {"error": 0.9, "p": 1e-7, "features": "temperature, vibration"},
+        "sensor-01 reconstructs normally again",
+    ),
     "drift_psi": (
         "model-0/amount",
         0.31,
