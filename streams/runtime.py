@@ -80,9 +80,11 @@ class Runtime:
     def fail(self, where: str, exc: BaseException) -> None:
         """Record an unhandled failure (the first one wins); the worker exits on it."""
         if self.failure is None:
-            self.failure = (where, exc)
-            self.healthy = False
+            # the error text first: /health may read `failure` from another thread at
+            # any moment, and must then find the cause beside it
             self.last_error = f"{where} failed: {type(exc).__name__}: {exc}"
+            self.healthy = False
+            self.failure = (where, exc)
             metrics.FAILED.set(1)
         self.failed.set()
 
