@@ -14,6 +14,7 @@ from typing import Any
 import faust
 
 from streams.config import Settings
+from streams.delivery.agents import install as install_delivery
 from streams.runtime import Runtime
 
 
@@ -58,4 +59,7 @@ def build_app(settings: Settings, runtime: Runtime) -> faust.App:
     async def tick() -> None:
         await runtime.tick()
 
+    # alert delivery (Alertmanager, webhooks, e-mail) as agents of this app, when
+    # configured; /health reads its state from here (streams/delivery/agents.py)
+    app.streamwatch_delivery = install_delivery(app, settings)  # type: ignore[attr-defined]
     return app

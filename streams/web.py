@@ -378,6 +378,11 @@ def register_pages(app: Any, worker: Worker) -> None:
             "partitions": sorted(worker.pipeline.owned_partitions()),
             "watermarks": runtime.pipeline.watermarks(),
         }
+        # a receiver that is down is reported, never a 503: alerts wait durably in the
+        # delivery log, and taking the pipeline out of service would not bring it back
+        delivery = getattr(worker.app, "streamwatch_delivery", None)
+        if delivery is not None:
+            body["delivery"] = delivery.status()
         return web.json(body, status=200 if runtime.healthy else 503)
 
     @app.page("/metrics")

@@ -1,0 +1,21 @@
+"""Prometheus metrics of delivery (served at /metrics with the worker's others)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+DELIVERED = Counter("streamwatch_deliveries_total", "Alerts delivered to a receiver", ["receiver"])
+FAILURES = Counter(
+    "streamwatch_delivery_failures_total",
+    "Failed delivery attempts (each is retried)",
+    ["receiver"],
+)
+PENDING = Gauge("streamwatch_delivery_pending", "Alerts waiting for a receiver", ["receiver"])
+OLDEST = Gauge(
+    "streamwatch_delivery_oldest_pending_seconds",
+    "Age of the oldest alert waiting for a receiver (0: none waiting)",
+    ["receiver"],
+)
+REPOSTS = Counter(
+    "streamwatch_alertmanager_reposts_total", "Re-posts of firing alerts to Alertmanager"
+)
