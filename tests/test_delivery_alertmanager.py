@@ -48,6 +48,7 @@ def test_alertmanager_grouping_repost_restart_and_resolution(
 ) -> None:
     hooks = Webhooks()
     am = Alertmanager(tmp_path, hooks.url("/am"))
+    started: list[WorkerProcess] = []
     try:
         d = DeliveryDeployment(
             tmp_path,
@@ -61,7 +62,9 @@ def test_alertmanager_grouping_repost_restart_and_resolution(
             ),
             env={"STREAMWATCH_ALERTMANAGER_URL": am.url()},
         )
-        worker = WorkerProcess(d).start()
+        worker = WorkerProcess(d)
+        started.append(worker)
+        worker.start()
         firing = [alert_event(1, "cmp-a"), alert_event(1, "cmp-b")]
         publish(d, firing)
 
@@ -86,7 +89,9 @@ def test_alertmanager_grouping_repost_restart_and_resolution(
         ann = got["annotations"]
         assert ann["message"] == firing[0]["message"]
         assert ann["value"] == "0.0009" and ann["threshold"] == "0.001"
-        assert ann["alert_id"] == firing[0]["alert_id"] and ann["dashboard"] == "http://dash.example/"
+        assert (
+            ann["alert_id"] == firing[0]["alert_id"] and ann["dashboard"] == "http://dash.example/"
+        )
         assert "/" in ann["window"] and got["generatorURL"] == "http://dash.example/"
         assert got["status"] == "firing"
 
@@ -106,7 +111,9 @@ def test_alertmanager_grouping_repost_restart_and_resolution(
 
         # restart: the same label sets, so the same fingerprints (no second copy)
         assert worker.stop() == 0
-        worker = WorkerProcess(d).start()
+        worker = WorkerProcess(d)
+        started.append(worker)
+        worker.start()
         before = worker.metric("streamwatch_alertmanager_reposts_total")
         wait(
             lambda: worker.metric("streamwatch_alertmanager_reposts_total") > before,
@@ -135,5 +142,7 @@ def test_alertmanager_grouping_repost_restart_and_resolution(
         assert worker.metric("streamwatch_deliveries_total") == 2
         assert worker.stop() == 0
     finally:
+        for w in started:
+            w.kill()
         am.close()
         hooks.close()

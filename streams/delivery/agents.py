@@ -124,8 +124,6 @@ class Delivery:
             while True:
                 await self.sync_partitions(app)
                 await self.maybe_repost()
-                for queue in self.queues.values():
-                    queue.update_metrics()
                 await asyncio.sleep(1.0)
         finally:
             for task in tasks:

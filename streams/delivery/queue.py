@@ -57,6 +57,9 @@ class ReceiverQueue:
         self.last_error: str | None = None
         self.last_success: float | None = None
         self.rng = random.Random()
+        # read at scrape time: always the queue's present state
+        metrics.PENDING.labels(name).set_function(lambda: len(self.pending))
+        metrics.OLDEST.labels(name).set_function(self.oldest_age_s)
 
     def add(self, key: bytes, job: Job) -> None:
         if key not in self.pending:
@@ -82,10 +85,6 @@ class ReceiverQueue:
             "failures_in_a_row": self.failures,
             "last_error": self.last_error,
         }
-
-    def update_metrics(self) -> None:
-        metrics.PENDING.labels(self.name).set(len(self.pending))
-        metrics.OLDEST.labels(self.name).set(self.oldest_age_s())
 
     async def run(self) -> None:
         while True:
@@ -115,5 +114,4 @@ class ReceiverQueue:
             self.pending.pop(key, None)
             self.failures, self.last_error, self.last_success = 0, None, time.time()
             metrics.DELIVERED.labels(self.name).inc()
-            self.update_metrics()
             await self.delivered(job)
