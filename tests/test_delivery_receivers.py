@@ -143,7 +143,12 @@ def test_routes_formats_outage_and_kill9(broker: EmbeddedBroker, tmp_path: Path)
         assert message["Subject"].startswith("[FIRING critical] ctr_floor on cmp-")
         assert "below the floor" in message.get_payload()
         # info: log only
-        wait(lambda: worker.log().count("alert [FIRING info] sensor_rise") >= 2, 10, "log", worker)
+        wait(
+            lambda: worker.log_path.read_text().count("alert [FIRING info] sensor_rise") >= 2,
+            10,
+            "the info alerts in the log",
+            worker,
+        )
 
         # the outage is reported: 200 with the detail, and in the metrics
         health = worker.wait_http("/health", 10)
@@ -168,8 +173,8 @@ def test_routes_formats_outage_and_kill9(broker: EmbeddedBroker, tmp_path: Path)
         worker.start()
         expected_owner = {a["alert_id"] for a in critical + later}
         # the six jobs pending at the kill came back from the delivery log
-        wait(lambda: worker.log().count("replayed:") >= 4, 60, "the delivery log replay", worker)
-        replayed = re.findall(r"replayed: \d+ records, (\d+) pending", worker.log())
+        wait(lambda: worker.log_path.read_text().count("replayed:") >= 4, 60, "the replay", worker)
+        replayed = re.findall(r"replayed: \d+ records, (\d+) pending", worker.log_path.read_text())
         assert sum(int(n) for n in replayed) == 6, replayed
         wait(
             lambda: set(ids(hooks.bodies("/owner"), "text")) == expected_owner,
