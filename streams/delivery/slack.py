@@ -10,6 +10,8 @@ from typing import Any
 
 from streams.delivery.text import MARK, Alert, markdown, title
 
+MAX_SECTION = 3000  # Slack refuses a section text longer than this
+
 
 def body(alert: Alert, link: str | None) -> dict[str, Any]:
     """Example:
@@ -24,7 +26,7 @@ def body(alert: Alert, link: str | None) -> dict[str, Any]:
         "blocks": [
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": markdown(alert, None, bold="*")},
+                "text": {"type": "mrkdwn", "text": _cut(markdown(alert, None, bold="*"))},
             },
             *([_link_block(link)] if link else []),
         ],
@@ -33,3 +35,7 @@ def body(alert: Alert, link: str | None) -> dict[str, Any]:
 
 def _link_block(link: str) -> dict[str, Any]:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{link}|dashboard>"}]}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_SECTION else text[: MAX_SECTION - 3] + "..."
