@@ -326,6 +326,10 @@ class DeliverySettings(Strict):
     # the durable delivery log (jobs, done marks, Alertmanager's firing set): compacted
     topic: str = "streamwatch-delivery"
     timeout_s: float = 10  # per request
+    # an alert published longer ago than this is not delivered (counted and logged):
+    # the first start of delivery on a topic with history does not page anyone for
+    # old alerts; 0 = no limit. Jobs already queued are always delivered.
+    max_age_s: float = 6 * 3600
     retry_initial_s: float = 1  # backoff: initial * 2**n, full jitter, capped at retry_max_s
     retry_max_s: float = 300
 

@@ -208,10 +208,15 @@ def alert_event(
     }
 
 
-def publish(d: Deployment, alerts: list[dict[str, Any]]) -> None:
-    from tests.harness import produce
+def publish(d: Deployment, alerts: list[dict[str, Any]], timestamp_ms: int | None = None) -> None:
+    """Alerts on the deployment's alerts topic, keyed by entity (as the worker does);
+    `timestamp_ms`: the messages' Kafka timestamp (default: now)."""
+    from confluent_kafka import Producer
 
-    produce(
-        d.bootstrap,
-        [(d.topics["alerts"], a["entity"].encode(), orjson.dumps(a), None) for a in alerts],
-    )
+    producer = Producer({"bootstrap.servers": d.bootstrap, "enable.idempotence": False})
+    for a in alerts:
+        extra = {"timestamp": timestamp_ms} if timestamp_ms else {}
+        producer.produce(
+            d.topics["alerts"], key=a["entity"].encode(), value=orjson.dumps(a), **extra
+        )
+    assert producer.flush(30) == 0

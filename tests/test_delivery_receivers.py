@@ -113,6 +113,9 @@ def test_routes_formats_outage_and_kill9(broker: EmbeddedBroker, tmp_path: Path)
         first = critical + warning + info
         publish(d, first)
         publish(d, critical[:2])  # the same alerts again (a replay): delivered once
+        # published 7 h ago (before delivery.max_age_s): history, not delivered
+        ancient = alert_event(99, "cmp-ancient")
+        publish(d, [ancient], timestamp_ms=int(time.time() * 1000) - 7 * 3600 * 1000)
 
         every = {a["alert_id"] for a in first}
         wait(
@@ -128,6 +131,7 @@ def test_routes_formats_outage_and_kill9(broker: EmbeddedBroker, tmp_path: Path)
         assert set(ids(hooks.bodies("/wecom"), "text")) == {a["alert_id"] for a in warning}
         assert set(ids(hooks.bodies("/feishu"), "text")) == {warning[0]["alert_id"]}
         assert hooks.bodies("/owner") == []
+        assert worker.metric("streamwatch_delivery_skipped_old_total") == 1
         # the robots' formats as they arrive
         wecom = hooks.bodies("/wecom")[0]
         assert wecom["msgtype"] == "markdown" and "[FIRING warning]" in wecom["markdown"]["content"]

@@ -111,7 +111,8 @@ class Delivery:
         @app.agent(topic, name="streamwatch-delivery-route")
         async def route(stream: Any) -> None:
             async for event in stream.events():
-                await self.handle(event.message.partition, event.value)
+                message = event.message
+                await self.handle(message.partition, event.value, message.timestamp)
 
         @app.task
         async def deliver() -> None:
@@ -186,13 +187,20 @@ class Delivery:
         names = router.receivers(self.settings.delivery.routes, alert)
         return [ALERTMANAGER, *names] if self.alertmanager_url else names
 
-    async def handle(self, partition: int, raw: bytes | None) -> None:
+    async def handle(
+        self, partition: int, raw: bytes | None, published_s: float | None = None
+    ) -> None:
         """Route one alert: its new jobs durably in the log, then queued."""
         try:
             alert = orjson.loads(raw or b"")
             alert_id = alert["alert_id"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("delivery: skipping a message of the alerts topic that is not an alert")
+            return
+        max_age = self.settings.delivery.max_age_s
+        if max_age and published_s and time.time() - published_s > max_age:
+            delivery_metrics.SKIPPED_OLD.inc()
+            log.info("delivery: %s was published over %.0f s ago, not delivered", alert_id, max_age)
             return
         state = await self.load(partition)
         records: list[tuple[bytes, dict[str, Any]]] = []

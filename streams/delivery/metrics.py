@@ -19,3 +19,7 @@ OLDEST = Gauge(
 REPOSTS = Counter(
     "streamwatch_alertmanager_reposts_total", "Re-posts of firing alerts to Alertmanager"
 )
+SKIPPED_OLD = Counter(
+    "streamwatch_delivery_skipped_old_total",
+    "Alerts not delivered because they were published before delivery.max_age_s",
+)
