@@ -323,8 +323,9 @@ class DeliverySettings(Strict):
     dashboard_url: str | None = None  # link in messages (default: the worker's web server)
     receivers: list[ReceiverSettings] = msgspec.field(default_factory=list)
     routes: list[RouteSettings] = msgspec.field(default_factory=list)
-    # the durable delivery log (jobs, done marks, Alertmanager's firing set): compacted
-    topic: str = "streamwatch-delivery"
+    # the durable delivery log (jobs, done marks, Alertmanager's firing set), compacted;
+    # default "<kafka.group_id>-delivery": one log per deployment sharing a cluster
+    topic: str | None = None
     timeout_s: float = 10  # per request
     # an alert published longer ago than this is not delivered (counted and logged):
     # the first start of delivery on a topic with history does not page anyone for

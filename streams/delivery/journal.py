@@ -75,7 +75,7 @@ class Journal:
         from streams import kafka
 
         self.settings = settings
-        self.topic = settings.delivery.topic
+        self.topic = settings.delivery.topic or f"{settings.kafka.group_id}-delivery"
         self.producer = kafka.producer(settings, **{"linger.ms": 2})
         self.lock = asyncio.Lock()
 
