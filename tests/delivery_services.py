@@ -220,3 +220,13 @@ def publish(d: Deployment, alerts: list[dict[str, Any]], timestamp_ms: int | Non
             d.topics["alerts"], key=a["entity"].encode(), value=orjson.dumps(a), **extra
         )
     assert producer.flush(30) == 0
+
+
+def publish_raw(d: Deployment, values: list[bytes]) -> None:
+    """Messages that are not alert events, on the alerts topic."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": d.bootstrap, "enable.idempotence": False})
+    for value in values:
+        producer.produce(d.topics["alerts"], key=b"junk", value=value)
+    assert producer.flush(30) == 0

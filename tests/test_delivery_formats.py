@@ -315,3 +315,59 @@ def test_backoff_is_exponential_bounded_and_jittered() -> None:
         samples = [backoff(n, 1.0, 300.0, rng) for _ in range(200)]
         assert all(base / 2 <= x <= base for x in samples)
         assert max(samples) - min(samples) > base / 10  # spread, not in step
+
+
+def test_receiver_queue_retries_in_order_and_drops_only_the_unsendable() -> None:
+    import asyncio
+
+    from streams.delivery.queue import ReceiverQueue
+
+    sent: list[str] = []
+    marked: list[str] = []
+    outage = [3]  # the receiver refuses the first three attempts
+
+    async def send(job: dict[str, Any]) -> None:
+        if job["alert"]["alert_id"] == "poison":
+            raise TypeError("no format can render this")
+        if outage[0]:
+            outage[0] -= 1
+            raise DeliveryError("HTTP 503")
+        sent.append(job["alert"]["alert_id"])
+
+    async def finished(job: dict[str, Any]) -> None:
+        marked.append(job["alert"]["alert_id"])
+
+    async def scenario() -> ReceiverQueue:
+        q = ReceiverQueue("unit-test", send, finished, retry_initial_s=0.01, retry_max_s=0.04)
+        for i, alert_id in enumerate(["a", "poison", "b", "c"]):
+            q.add(
+                alert_id.encode(), {"alert": {"alert_id": alert_id}, "queued_at": i, "partition": 0}
+            )
+        q.add(b"a", {"alert": {"alert_id": "a"}, "queued_at": 9, "partition": 0})  # no twice
+        task = asyncio.create_task(q.run())
+        for _ in range(500):
+            if len(marked) == 4 and not q.pending:
+                break
+            await asyncio.sleep(0.01)
+        status = q.status()
+        task.cancel()
+        assert status["state"] == "ok" and status["pending"] == 0
+        return q
+
+    q = asyncio.run(scenario())
+    assert sent == ["a", "b", "c"]  # oldest first, each once, the poison dropped ...
+    assert marked == ["a", "poison", "b", "c"]  # ... and marked done, not retried forever
+    assert q.failures == 0 and q.last_error is None
+    from prometheus_client import REGISTRY
+
+    def sample(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"receiver": "unit-test"})
+
+    assert sample("streamwatch_delivery_failures_total") == 3
+    assert sample("streamwatch_delivery_dropped_total") == 1
+    assert sample("streamwatch_deliveries_total") == 3
+    q.add(b"x", {"alert": {"alert_id": "x"}, "queued_at": 0, "partition": 1})
+    q.add(b"y", {"alert": {"alert_id": "y"}, "queued_at": 0, "partition": 2})
+    q.drop_partition(1)
+    assert list(q.pending) == [b"y"]
+    assert sample("streamwatch_delivery_pending") == 1  # read at scrape time

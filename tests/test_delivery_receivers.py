@@ -22,6 +22,7 @@ from tests.delivery_services import (
     Webhooks,
     alert_event,
     publish,
+    publish_raw,
 )
 from tests.harness import WorkerProcess
 
@@ -110,7 +111,10 @@ def test_routes_formats_outage_and_kill9(broker: EmbeddedBroker, tmp_path: Path)
             alert_event(1, "cmp-x", "ctr_drop", "warning"),
         ]
         info = [alert_event(i, f"s-{i}", "sensor_rise", "info", kind="sensor") for i in range(2)]
+        # a kind newer than this build's schema is routed like any other
+        info.append(alert_event(1, "model-a", "errors_per_minute", "info", kind="sql"))
         first = critical + warning + info
+        publish_raw(d, [b"{not json", b'{"alert_id": "x"}'])  # skipped, counted, no crash
         publish(d, first)
         publish(d, critical[:2])  # the same alerts again (a replay): delivered once
         # published 7 h ago (before delivery.max_age_s): history, not delivered
@@ -132,6 +136,7 @@ def test_routes_formats_outage_and_kill9(broker: EmbeddedBroker, tmp_path: Path)
         assert set(ids(hooks.bodies("/feishu"), "text")) == {warning[0]["alert_id"]}
         assert hooks.bodies("/owner") == []
         assert worker.metric("streamwatch_delivery_skipped_old_total") == 1
+        assert worker.metric("streamwatch_delivery_dropped_total") == 2
         # the robots' formats as they arrive
         wecom = hooks.bodies("/wecom")[0]
         assert wecom["msgtype"] == "markdown" and "[FIRING warning]" in wecom["markdown"]["content"]

@@ -23,3 +23,9 @@ SKIPPED_OLD = Counter(
     "streamwatch_delivery_skipped_old_total",
     "Alerts not delivered because they were published before delivery.max_age_s",
 )
+DROPPED = Counter(
+    "streamwatch_delivery_dropped_total",
+    "Alerts that could not be read or formatted for a receiver (a bug or a foreign "
+    "message on the alerts topic; logged with the alert_id)",
+    ["receiver"],
+)

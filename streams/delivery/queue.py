@@ -41,13 +41,13 @@ class ReceiverQueue:
         self,
         name: str,
         send: Callable[[Job], Awaitable[None]],
-        delivered: Callable[[Job], Awaitable[None]],
+        finished: Callable[[Job], Awaitable[None]],
         retry_initial_s: float,
         retry_max_s: float,
     ) -> None:
         self.name = name
         self.send = send
-        self.delivered = delivered
+        self.finished = finished  # called once a job is delivered (or dropped): mark it done
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.pending: dict[bytes, Job] = {}  # insertion order = queue order
@@ -111,7 +111,13 @@ class ReceiverQueue:
                 )
                 await asyncio.sleep(delay)
                 continue
+            except Exception:
+                # not the receiver's failure: this job cannot be sent (a bug, or data no
+                # format can render); retrying cannot help and must not block the others
+                log.exception("delivery to %s: dropping job %r", self.name, key)
+                metrics.DROPPED.labels(self.name).inc()
+            else:
+                self.failures, self.last_error, self.last_success = 0, None, time.time()
+                metrics.DELIVERED.labels(self.name).inc()
             self.pending.pop(key, None)
-            self.failures, self.last_error, self.last_success = 0, None, time.time()
-            metrics.DELIVERED.labels(self.name).inc()
-            await self.delivered(job)
+            await self.finished(job)
