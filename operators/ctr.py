@@ -13,19 +13,12 @@ Semantics (the public contract's defaults, all configurable):
 - When the watermark reaches a window's end, a provisional row (version 1) is
   emitted; when it reaches end + attribution_ms no click can still join, and
   the final row (version 2) is emitted, the window's impressions are
-  forgotten and its CTR is judged: `ctr` itself, and `ctr_drop`, the
-  relative drop against the pooled CTR of the key's last final windows:
-
-      ctr = clicks / impressions
-      baseline = sum(clicks) / sum(impressions) over the last `baseline_windows`
-      ctr_drop = (baseline - ctr) / baseline
-
-  Each comes with a one-sided p-value, the chance of a CTR this low by luck:
-  for `ctr`, the exact binomial P(X <= clicks), X ~ Binomial(impressions,
-  floor_ctr); for `ctr_drop`, Fisher's exact test (alternative "less") of the
-  window's clicks/impressions against the baseline windows' pooled counts
-  (Fisher 1922), which accounts for the baseline being an estimate too.
-  Rules use them (`max_p_value`) so a small window's noise is not an alert.
+  forgotten and its CTR is judged by `operators.ctr_evidence.CtrJudge`: per
+  campaign (variants pooled) and per variant, `ctr` (exact binomial p-value
+  against `floor_ctr`), `ctr_drop` (Fisher's exact test against a baseline the
+  incident cannot leak into) and `ctr_evidence` (a CUSUM of the binomial
+  log-likelihood ratio that accumulates the evidence of a sustained drop),
+  with significance levels derived from `false_alarms_per_1000_campaign_days`.
 
 Every decision depends on event data and the watermark alone, so any
 arrival order within the allowed lateness gives the same rows.
@@ -38,25 +31,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from scipy.stats import binom
-
-from operators.base import Observation, Operator
-from operators.baseline import TrailingRate
-from operators.stats import fisher_exact_less
+from operators.base import Operator
+from operators.ctr_evidence import CtrJudge
+from operators.sequential import bonferroni_alpha, cusum_threshold, windows_per_1000_entity_days
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Click, Impression
+
+# the judgements per entity and window the false-alarm budget is split over, besides
+# one CUSUM per `drops_to_detect`: the `ctr` floor and the `ctr_drop` window test
+WINDOW_TESTS = 2
 
 
 @dataclass(frozen=True)
 class CtrConfig:
     window_ms: int = 60_000
     attribution_ms: int = 600_000
-    baseline_windows: int = 10  # how many trailing final windows form the baseline
+    baseline_windows: int = 240  # how many cleared final windows form the baseline
+    baseline_block: int = 10  # ... summed in blocks of this many (memory)
     baseline_min_windows: int = 3  # no drop is judged before this many
-    baseline_min_impressions: int = 100  # windows below this do not enter the baseline
+    baseline_min_impressions: int = 200  # ... nor before the baseline pools this many
+    baseline_min_clicks: int = 20  # ... nor before it pools this many clicks
+    baseline_max_pending: int = 60  # windows held past this enter the baseline anyway
+    # the CUSUM's baseline is the pooled rate's lower bound (clicks - z sqrt(clicks)) /
+    # impressions, so an estimate high by chance does not read as a drop
+    baseline_z: float = 2.0
     floor_ctr: float = 0.005  # the p-value of the `ctr` observation is against this rate
+    # expected false CTR alerts on traffic without incidents, per 1,000 campaign-days;
+    # sets `window_alpha` and `evidence_threshold` (docs/monitors/ctr.md)
+    false_alarms_per_1000_campaign_days: float = 1.0
+    levels_per_campaign: int = 3  # entities judged per campaign (pooled + 2 variants)
+    # one CUSUM per drop d: the alternative "CTR = baseline * (1 - d)"; 0.5 for
+    # partial drops, 0.9 for collapses (nearly twice the evidence per missing click)
+    drops_to_detect: tuple[float, ...] = (0.5, 0.9)
+    # after an alarm the episode lasts until a CUSUM for the way back ("CTR = baseline"
+    # against "baseline * (1 - first d)") reaches this many nats (log 100: a false
+    # "recovered" during an ongoing incident has probability <= 1 %, Wald)
+    recovery_evidence: float = 4.6
+    cusum_threshold: float | None = None  # raw override of the threshold h (nats)
 
     def __post_init__(self) -> None:
         if self.window_ms <= 0 or self.attribution_ms < 0:
@@ -65,6 +77,41 @@ class CtrConfig:
             raise ValueError("need 1 <= baseline_min_windows <= baseline_windows")
         if not 0 < self.floor_ctr < 1:
             raise ValueError("floor_ctr must be in (0, 1)")
+        if self.false_alarms_per_1000_campaign_days <= 0 or self.levels_per_campaign < 1:
+            raise ValueError("need false_alarms_per_1000_campaign_days > 0, levels >= 1")
+        if not self.drops_to_detect or not all(0 < d < 1 for d in self.drops_to_detect):
+            raise ValueError("drops_to_detect: one or more drops in (0, 1)")
+        if self.recovery_evidence <= 0 or self.baseline_z < 0:
+            raise ValueError("need recovery_evidence > 0 and baseline_z >= 0")
+        if self.cusum_threshold is not None and self.cusum_threshold <= 0:
+            raise ValueError("cusum_threshold must be > 0")
+
+    @property
+    def budgeted_tests(self) -> float:
+        """Judgements per 1,000 campaign-days the budget is spread over."""
+        per_entity = windows_per_1000_entity_days(self.window_ms)
+        judgements = WINDOW_TESTS + len(self.drops_to_detect)
+        return per_entity * judgements * self.levels_per_campaign
+
+    @property
+    def window_alpha(self) -> float:
+        """The per-window significance level of `ctr` and `ctr_drop` (Bonferroni).
+
+        >>> f"{CtrConfig().window_alpha:.3g}"
+        '5.79e-08'
+        """
+        return bonferroni_alpha(self.false_alarms_per_1000_campaign_days, self.budgeted_tests)
+
+    @property
+    def evidence_threshold(self) -> float:
+        """The CUSUM threshold h = log(ARL0), ARL0 = budgeted tests / budget (windows).
+
+        >>> round(CtrConfig().evidence_threshold, 2)
+        16.67
+        """
+        if self.cusum_threshold is not None:
+            return self.cusum_threshold
+        return cusum_threshold(self.budgeted_tests / self.false_alarms_per_1000_campaign_days)
 
 
 class CtrWindow:
@@ -108,7 +155,7 @@ class CtrOperator(Operator):
         self.pending_heap: list[tuple[int, int, str]] = []  # (click ts, seq, impression_id)
         self.seq = 0
         self.provisional_until = NO_WATERMARK  # provisional rows emitted for ends <= this
-        self.baseline = TrailingRate(self.config.baseline_windows, self.config.baseline_min_windows)
+        self.judge = CtrJudge(self.config)
 
     # -- input ---------------------------------------------------------------
 
@@ -209,68 +256,10 @@ class CtrOperator(Operator):
         )
 
     def _judge(self, closed: list[tuple[int, str, CtrWindow]]) -> None:
-        """Judge the windows one watermark step made final, in order: each against
-        the baseline of the windows before it, the p-values of all of them in one
-        vectorised call per test (a scalar scipy call costs ~100 µs per window, which
-        dominated the cost per event with many campaigns)."""
-        cfg = self.config
-        judged = [(start, key, w) for start, key, w in closed if w.imps]
-        if not judged:
-            return
-        bases: list[tuple[int, int] | None] = []
-        for _, key, w in judged:
-            base = self.baseline.get(key)
-            bases.append(base if base is not None and base[0] > 0 else None)
-            if w.imps >= cfg.baseline_min_impressions:
-                self.baseline.add(key, w.clicks, w.imps)
-        clicks = np.array([w.clicks for _, _, w in judged], dtype=np.int64)
-        imps = np.array([w.imps for _, _, w in judged], dtype=np.int64)
-        floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
-        known = [base for base in bases if base is not None]
-        with_base = np.array([base is not None for base in bases], dtype=bool)
-        base_clicks = np.array([c for c, _ in known], dtype=np.int64)
-        base_imps = np.array([n for _, n in known], dtype=np.int64)
-        # in window order, one per window that has a baseline
-        drop_p = iter(
-            fisher_exact_less(
-                clicks[with_base],
-                imps[with_base] - clicks[with_base],
-                base_clicks,
-                base_imps - base_clicks,
-            ).tolist()
-        )
-        observations = self._out.observations
-        for (start, key, w), p_floor, base in zip(judged, floor_p, bases, strict=True):
-            campaign, variant = _split(key)
-            entity = f"{campaign}/{variant}" if variant else campaign
-            end = start + cfg.window_ms
-            ctr = w.clicks / w.imps
-            common = {"ts": end, "n": w.imps, "window_start": start, "window_end": end}
-            counts = {"impressions": w.imps, "clicks": w.clicks}
-            observations.append(
-                Observation("ctr", entity, "ctr", ctr, details=counts, p_value=p_floor, **common)
-            )
-            if base is None:
-                continue
-            base_clicks_i, base_imps_i = base
-            baseline = base_clicks_i / base_imps_i
-            details = {
-                **counts,
-                "ctr": ctr,
-                "baseline_ctr": baseline,
-                "baseline_impressions": base_imps_i,
-            }
-            observations.append(
-                Observation(
-                    "ctr",
-                    entity,
-                    "ctr_drop",
-                    (baseline - ctr) / baseline,
-                    details=details,
-                    p_value=next(drop_p),
-                    **common,
-                )
-            )
+        """Judge the windows one watermark step made final (`operators.ctr_evidence`)."""
+        counts = [(start, *_split(key), w.imps, w.clicks) for start, key, w in closed if w.imps]
+        if counts:
+            self._out.observations.extend(self.judge.judge(counts))
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -300,7 +289,7 @@ class CtrOperator(Operator):
             "pending": pending,
             "seq": self.seq,
             "provisional_until": self.provisional_until,
-            "baseline": self.baseline.snapshot(),
+            "judge": self.judge.snapshot(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -329,7 +318,12 @@ class CtrOperator(Operator):
         heapq.heapify(self.pending_heap)
         self.seq = state["seq"]
         self.provisional_until = state["provisional_until"]
-        self.baseline.restore(state["baseline"])
+        # a snapshot from before the evidence-based judge (key "baseline") restores the
+        # windows and joins exactly; the baselines and CUSUMs start afresh (warm-up:
+        # baseline_min_windows windows), which is the documented upgrade policy
+        self.judge = CtrJudge(self.config)
+        if "judge" in state:
+            self.judge.restore(state["judge"])
 
 
 __all__ = ["CtrConfig", "CtrOperator", "window_start"]

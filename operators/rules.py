@@ -14,16 +14,33 @@ resolves (`resolved`). With `max_p_value`, a crossing only counts when the
 operator's p-value says it is unlikely to be chance (small windows are noisy).
 A condition that stays true raises nothing new, and a rule that resolved
 does not fire again for the same entity until `cooldown_s` of event time
-has passed since it last fired (no flapping).
+has passed since it last fired (no flapping). With `clear_windows` = N > 1
+(hysteresis) a firing episode resolves only at the N-th consecutive
+observation on which the condition no longer holds; with `clear_by_value`,
+on which the value itself is back within the threshold (significant or not).
 
 `alert_id` is a hash of rule, entity, window and status, so a replay raises
 the same id with the same content.
+
+A firing alert's sentence is the rule's `message` template. A resolved alert
+has its own sentence, composed here for every rule from the rule's `label`
+(what the metric is called), `value_format` and comparison, so it never reads
+as the firing one:
+
+    error rate of m/v back to 0.48%, under 1%
+    CTR of cmp-002 is 0.40%, under 0.5% but no longer significant (p = 0.02; needs < 0.001)
+
+(the second when the value is still past the line but the evidence no longer
+is). `resolved_note` adds a clause after it, `resolved_message` replaces it
+(for metrics that are flags, such as change detection's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import operator
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,8 +69,20 @@ class Rule:
     cooldown_s: float = 600.0
     min_samples: int = 0
     max_p_value: float | None = None  # crossed only if the observation is this significant
+    clear_windows: int = 1  # consecutive observations below the threshold that resolve
+    # True: a firing episode clears only on values back within the threshold (the
+    # p-value gates firing, not resolving: a small window of an ongoing incident that
+    # is not significant on its own does not end it)
+    clear_by_value: bool = False
     message: str = DEFAULT_MESSAGE  # str.format with metric, entity, value, ... and details
     details: dict[str, Any] = field(default_factory=dict)
+    # the resolved sentence (see the module docstring): the metric's name in it
+    # (default: the metric with spaces), how value and threshold are written,
+    # an optional clause after it, or a whole template of its own
+    label: str | None = None
+    value_format: str = "{:.4g}"
+    resolved_note: str | None = None
+    resolved_message: str | None = None
 
     def __post_init__(self) -> None:
         if self.op not in COMPARISONS:
@@ -61,6 +90,8 @@ class Rule:
         unknown = set(self.thresholds) - set(SEVERITIES)
         if unknown or not self.thresholds:
             raise ValueError(f"rule {self.name}: thresholds need severities from {SEVERITIES}")
+        if self.clear_windows < 1:
+            raise ValueError(f"rule {self.name}: clear_windows must be >= 1")
 
     def level(self, value: float) -> tuple[str, float] | None:
         """The highest severity whose threshold `value` crosses, with that threshold."""
@@ -81,6 +112,56 @@ def alert_id(
     return hashlib.blake2b(f"{rule}|{entity}|{where}|{status}".encode(), digest_size=16).hexdigest()
 
 
+SIDE = {  # where a value stands against the line, worded for each comparison
+    ">": ("over", "no longer above", "under"),
+    ">=": ("over", "at", "under"),
+    "<": ("over", "no longer below", "under"),
+    "<=": ("over", "at", "under"),
+}
+
+
+def _compact(text: str) -> str:
+    """A threshold without trailing zeros: 1.00% -> 1%, 0.100 -> 0.1, 3.0x -> 3x."""
+    return re.sub(r"\.(\d*?)0+(?!\d)", lambda m: f".{m.group(1)}" if m.group(1) else "", text)
+
+
+def resolved_sentence(rule: Rule, fields: dict[str, Any], p_value: float | None) -> str:
+    """The sentence of a resolved alert (without the window), from the rule alone.
+
+    `fields` are the template fields of the observation that resolved it
+    (value, entity, details); `fields["line"]` is the least severe threshold,
+    the line the value is now back behind (or still past, without evidence).
+
+    >>> rule = Rule("error_rate", "service", "error_rate", ">", {"critical": 0.01},
+    ...             label="error rate", value_format="{:.2%}")
+    >>> resolved_sentence(rule, {"entity": "m/v", "value": 0.0048, "line": 0.01}, None)
+    'error rate of m/v back to 0.48%, under 1%'
+    >>> resolved_sentence(rule, {"entity": "m/v", "value": 0.013, "line": 0.01}, 0.2)
+    'error rate of m/v is 1.30%, over 1% but no longer significant (p = 0.2)'
+    """
+    value, line = float(fields["value"]), float(fields["line"])
+    over, at, under = SIDE[rule.op]
+    side = over if value > line else under if value < line else at
+    if rule.resolved_message:
+        try:
+            return rule.resolved_message.format(**fields, side=side)
+        except (KeyError, ValueError, IndexError, TypeError):
+            pass  # a detail this observation lacks: the composed sentence below
+    label = rule.label or rule.metric.replace("_", " ")
+    shown, line_shown = rule.value_format.format(value), _compact(rule.value_format.format(line))
+    if COMPARISONS[rule.op](value, line):  # past the line, but not distinguishable from chance
+        needs = f"; needs < {rule.max_p_value:g}" if rule.max_p_value is not None else ""
+        p = f"p = {p_value:.2g}{needs}" if p_value is not None else "no p-value"
+        where = f"is {shown}, {side} {line_shown} but no longer significant ({p})"
+    else:
+        where = f"back to {shown}, {side} {line_shown}"
+    text = f"{label} of {fields['entity']} {where}"
+    if rule.resolved_note:
+        with contextlib.suppress(KeyError, ValueError, IndexError, TypeError):
+            text += f" ({rule.resolved_note.format(**fields)})"
+    return text
+
+
 def _fmt_time(ms: int | None) -> str:
     if ms is None:
         return ""
@@ -92,7 +173,7 @@ class RuleEngine:
         self.rules: dict[tuple[str, str], list[Rule]] = {}
         for rule in rules:
             self.rules.setdefault((rule.kind, rule.metric), []).append(rule)
-        # (rule name, entity) -> [severity firing or "", last fired ts]
+        # (rule name, entity) -> [severity firing or "", last fired ts, clear observations]
         self.state: dict[str, list[Any]] = {}
 
     def evaluate(self, observations: Iterable[Observation]) -> list[Alert]:
@@ -109,7 +190,7 @@ class RuleEngine:
             return None
         key = f"{rule.name}\x1f{obs.entity}"
         state = self.state.get(key)
-        firing, last_fired = state if state else ("", None)
+        firing, last_fired = (state[0], state[1]) if state else ("", None)
         crossed = rule.level(obs.value)
         if (
             crossed is not None
@@ -120,17 +201,27 @@ class RuleEngine:
         if crossed is not None:
             severity, threshold = crossed
             if firing and SEVERITIES.index(severity) <= SEVERITIES.index(firing):
-                return None  # still true: already raised
+                if state is not None and len(state) > 2:
+                    state[2] = 0  # still true: already raised; the clear run restarts
+                return None
             if (
                 not firing
                 and last_fired is not None
                 and (obs.ts - last_fired < rule.cooldown_s * 1000)
             ):
                 return None  # cooling down after the last alert of this rule and entity
-            self.state[key] = [severity, obs.ts]
+            self.state[key] = [severity, obs.ts, 0]
             return self._alert(rule, obs, "firing", severity, threshold)
         if firing:
-            self.state[key] = ["", last_fired]
+            if rule.clear_by_value and rule.level(obs.value) is not None:
+                if state is not None and len(state) > 2:
+                    state[2] = 0  # still beyond the threshold, only not significant alone
+                return None
+            clear = (state[2] if state is not None and len(state) > 2 else 0) + 1
+            if clear < rule.clear_windows:
+                self.state[key] = [firing, last_fired, clear]
+                return None  # hysteresis: not yet clear for long enough
+            self.state[key] = ["", last_fired, 0]
             threshold = rule.thresholds[firing]
             return self._alert(rule, obs, "resolved", firing, threshold)
         return None
@@ -146,14 +237,16 @@ class RuleEngine:
             "threshold": threshold,
             "op": rule.op,
         }
-        try:
-            text = rule.message.format(**fields)
-        except (KeyError, ValueError, IndexError, TypeError):
-            # a template naming a detail this observation lacks: say it plainly
-            text = DEFAULT_MESSAGE.format(**fields)
-
         if status == "resolved":
-            text = f"Resolved: {text}"
+            # the least severe line: resolved means back behind every threshold
+            line = rule.thresholds[min(rule.thresholds, key=SEVERITIES.index)]
+            text = resolved_sentence(rule, {**fields, "line": line}, obs.p_value)
+        else:
+            try:
+                text = rule.message.format(**fields)
+            except (KeyError, ValueError, IndexError, TypeError):
+                # a template naming a detail this observation lacks: say it plainly
+                text = DEFAULT_MESSAGE.format(**fields)
         if obs.window_start is not None:
             text += f" in window {_fmt_time(obs.window_start)}-{_fmt_time(obs.window_end)} UTC"
         return Alert(

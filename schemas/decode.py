@@ -2,7 +2,15 @@
 
 `Decoder.decode` turns one Kafka message value into a typed event or a
 `Rejection` with a short reason code and a precise human reason; callers send
-rejections to the dead-letter topic. Nothing here raises on bad input.
+rejections to the dead-letter topic.
+
+Nothing here raises on bad input, whatever its bytes: besides msgspec's own
+`DecodeError`, decoding can raise `UnicodeDecodeError` (invalid UTF-8 inside a
+JSON string), `RecursionError` (arrays or objects nested deeper than the
+interpreter's stack allows, e.g. 100k levels of `[`) and, in principle, any
+exception of a validation hook. Every one of them rejects that one message
+(reasons `invalid_utf8`, `too_deep`, `decode_failed`), never the batch: a
+list of known exceptions would let the next unknown one kill consumption.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ import msgspec
 from schemas.events import INPUT_EVENTS, KEY_FIELD, Event
 
 MAX_MESSAGE_BYTES = 256 * 1024
+# Human error texts are bounded: some embed input (a key, a timestamp string)
+# and they travel in dead letters whose size is bounded too.
+MAX_ERROR_CHARS = 1000
 
 E = TypeVar("E", bound=Event)
 
@@ -23,6 +34,19 @@ E = TypeVar("E", bound=Event)
 class Rejection:
     reason: str  # short code, e.g. "missing_field"; a Prometheus label
     error: str  # the precise human reason
+
+
+def _short(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _unexpected(exc: BaseException) -> Rejection:
+    """The rejection of a message whose decoding raised something else than msgspec's errors."""
+    if isinstance(exc, UnicodeError):
+        return Rejection("invalid_utf8", _short(f"invalid UTF-8 in a JSON string: {exc}"))
+    if isinstance(exc, RecursionError):
+        return Rejection("too_deep", "JSON is nested too deeply to decode")
+    return Rejection("decode_failed", _short(f"{type(exc).__name__}: {exc}"))
 
 
 def _classify(message: str) -> str:
@@ -50,6 +74,13 @@ class Decoder(Generic[E]):
         self._decoder = msgspec.json.Decoder(self.event_type)
 
     def decode(self, value: bytes | None, key: bytes | None) -> E | Rejection:
+        """The event, or a Rejection; never raises for any `value` and `key`."""
+        try:
+            return self._decode(value, key)
+        except Exception as exc:  # any failure rejects this one message, whatever it is
+            return _unexpected(exc)
+
+    def _decode(self, value: bytes | None, key: bytes | None) -> E | Rejection:
         if value is None:
             return Rejection("empty_value", "message has no value (tombstone)")
         if len(value) > self.max_bytes:
@@ -60,7 +91,7 @@ class Decoder(Generic[E]):
             event = self._decoder.decode(value)
         except msgspec.DecodeError as exc:  # ValidationError is a subclass
             text = str(exc)
-            return Rejection(_classify(text), text)
+            return Rejection(_classify(text), _short(text))
         expected = getattr(event, self.key_field)
         if not key:
             return Rejection(
@@ -69,9 +100,9 @@ class Decoder(Generic[E]):
         if key != expected.encode():
             # A mis-keyed event lands on another partition than its peers, which
             # would silently break the impression-click join and per-key state.
+            shown = key[:200].decode(errors="replace") + ("…" if len(key) > 200 else "")
             return Rejection(
                 "key_mismatch",
-                f"message key {key.decode(errors='replace')!r} differs from "
-                f"{self.key_field} {expected!r}",
+                _short(f"message key {shown!r} differs from {self.key_field} {expected!r}"),
             )
         return event

@@ -157,6 +157,17 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     error: str
     reason: Annotated[str, msgspec.Meta(description="Short reason code, for counting")]
     ts: Annotated[int, msgspec.Meta(description="When it was rejected, epoch ms")]
+    # v2: a message too large to copy whole keeps only its first bytes in `raw`;
+    # size and digest of the original let a reader tell and check what it lacks
+    raw_truncated: Annotated[
+        bool, msgspec.Meta(description="True when raw holds only the first bytes of the original")
+    ] = False
+    raw_size: Annotated[
+        int | None, msgspec.Meta(description="Size of the original message value in bytes")
+    ] = None
+    raw_sha256: Annotated[
+        str | None, msgspec.Meta(description="SHA-256 of the original message value, hex")
+    ] = None
 
 
 INPUT_EVENTS: dict[str, type[Event]] = {

@@ -22,6 +22,9 @@ class Table:
     comment: str
     version: str | None = None
     partition_by: str | None = None
+    # columns added after the table was first released: `CREATE TABLE IF NOT
+    # EXISTS` leaves an existing table as it is, so these come by ALTER TABLE
+    added: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -38,7 +41,16 @@ class Table:
             parts.append(f"PARTITION BY {self.partition_by}")
         parts.append(f"ORDER BY ({', '.join(self.order_by)})")
         parts.append(f"COMMENT '{self.comment}'")
-        return "\n".join(parts) + ";"
+        statements = ["\n".join(parts) + ";"]
+        names = self.column_names
+        for name in self.added:
+            kind = dict(self.columns)[name]
+            after = names[names.index(name) - 1]
+            statements.append(
+                f"ALTER TABLE {database}.{self.name} ADD COLUMN IF NOT EXISTS "
+                f"`{name}` {kind} AFTER `{after}`;"
+            )
+        return "\n".join(statements)
 
 
 CTR_WINDOWS = Table(
@@ -204,10 +216,16 @@ DEAD_LETTERS = Table(
         ("reason", "LowCardinality(String)"),
         ("error", "String"),
         ("raw", "String"),
+        ("raw_truncated", "UInt8"),
+        ("raw_size", "UInt64"),
+        ("raw_sha256", "String"),
         ("inserted_at", f"{TIME} DEFAULT now64(3)"),
     ),
     order_by=("source_topic", "partition", "offset"),
-    comment="Rejected input messages (also on the dead-letter topic) with the reason",
+    comment="Rejected input messages (also on the dead-letter topic) with the reason; raw is "
+    "base64 of the first bytes when raw_truncated",
+    # added in v2: tables created before get them by ALTER TABLE at start
+    added=("raw_truncated", "raw_size", "raw_sha256"),
 )
 
 LATE_EVENTS = Table(

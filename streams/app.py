@@ -57,6 +57,8 @@ def build_app(settings: Settings, runtime: Runtime) -> faust.App:
 
     @app.timer(interval=0.25)
     async def tick() -> None:
+        # never raises: a failure is recorded on the runtime, and the worker
+        # exits on it (faust would only log a crashed timer and stop ticking)
         await runtime.tick()
 
     # alert delivery (Alertmanager, webhooks, e-mail) as agents of this app, when

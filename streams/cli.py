@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import os
 import signal
 import sys
 import time
@@ -46,7 +47,51 @@ def _settings(ctx: click.Context) -> Settings:
         raise Failure(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def explain(ctx: click.Context, exc: Exception) -> str:
+    """One line for an error that escaped a command: what failed, where, what to set."""
+    from confluent_kafka import KafkaException
+
+    from streams.clickhouse import ClickHouseError
+    from streams.embedded import EmbeddedError
+    from streams.preflight import PreflightError, chdb_holder, in_use_message
+
+    if isinstance(exc, PreflightError | ConfigError | EmbeddedError):
+        return str(exc)
+    if isinstance(exc, ClickHouseError):
+        try:
+            settings = load_settings(ctx.obj.get("config"))
+            holder = chdb_holder(settings)
+        except Exception:  # the explanation must not fail in turn
+            holder = None
+        if holder is not None:
+            return in_use_message(settings, holder)
+        return f"{_one_line(exc)} (ClickHouse: STREAMWATCH_CLICKHOUSE, or clickhouse.dsn)"
+    if isinstance(exc, KafkaException):
+        reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        try:
+            where = load_settings(ctx.obj.get("config")).kafka.bootstrap or "the embedded broker"
+        except Exception:
+            where = "the configured brokers"
+        return f"Kafka at {where}: {reason} (STREAMWATCH_KAFKA, or kafka.bootstrap)"
+    return f"{_one_line(exc)} (run with -v for the traceback)"
+
+
+class Main(click.Group):
+    """The top level: an error that escapes a command is one line on stderr and exit
+    code 1 (usage errors: 2, click's own); `-v` keeps the traceback instead."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if (ctx.obj or {}).get("verbose"):
+                raise
+            raise Failure(explain(ctx, exc)) from None
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML configuration file.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the worker does.")
 @click.pass_context
@@ -59,13 +104,18 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+    ctx.obj["verbose"] = verbose
     # `kill -USR1 <pid>` prints every thread's stack: for a worker that seems stuck
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+    # urllib3 / clickhouse_connect warn about each retry of a connection that then
+    # fails with one clear line anyway (clickhouse_connect sets `urllib3` itself
+    # when imported, so its child is the one set here)
+    noisy_loggers = ("aiokafka", "faust", "mode", "kafka", "urllib3.connectionpool")
+    for noisy in (*noisy_loggers, "clickhouse_connect"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
@@ -84,22 +134,26 @@ def run(ctx: click.Context) -> None:
         STREAMWATCH_KAFKA=kafka:9092 \\
         STREAMWATCH_CLICKHOUSE=http://user:pass@clickhouse:8123/streamwatch streamwatch run
     """
+    from streams.preflight import check_clickhouse, check_kafka, hold_data_dir
     from streams.worker import Services, Worker
 
     settings = _settings(ctx)
+    # before anything starts: a second process on the same chDB directory, or
+    # brokers that do not answer, fail with one line naming what to set
+    hold_data_dir(settings)
+    check_kafka(settings)
+    check_clickhouse(settings)
     services = Services(settings)
     try:
         settings = services.start()
         worker = Worker(settings)
         services.publish_addresses()
         err.print(
-            f"streamwatch worker: Kafka {settings.kafka.bootstrap}, ClickHouse "
-            f"{settings.masked()['clickhouse']['dsn'] or settings.clickhouse_dsn()}, "
+            f"streamwatch worker (pid {os.getpid()}): Kafka {settings.kafka.bootstrap}, "
+            f"ClickHouse {settings.masked()['clickhouse']['dsn'] or settings.clickhouse_dsn()}, "
             f"web http://localhost:{settings.web_port}/"
         )
         worker.run()
-    except Exception as exc:
-        raise Failure(_one_line(exc)) from None
     finally:
         services.stop()
 
@@ -157,7 +211,7 @@ def simulation_options(f: Any) -> Any:
             multiple=True,
             metavar="KIND:TARGET:START:DUR[:F]",
             help="An incident instead of the default set (one of every kind), e.g. "
-            "ctr_drop:cmp-003:1200:600:0.2, latency_spike:model-0:900:300:3, "
+            "ctr_drop:cmp-002:1200:600:0.2, latency_spike:model-0:900:300:3, "
             "error_spike:model-1:900:300:0.2, feature_drift:model-0/distance_km:1500:600:1.5, "
             "prediction_shift:model-1:1200:600:1.5, srm:exp-cmp-000:600:600:0.4, "
             "sensor_spike:sensor-01:700:3:8, sensor_rise:sensor-02:800:400:10, "
@@ -179,7 +233,13 @@ def _scenario(
     no_incidents: bool,
     demo: bool = False,
 ) -> Any:
-    from streams.simulate import Incident, Scenario, default_incidents
+    from streams.simulate import (
+        Incident,
+        Scenario,
+        check_incidents,
+        check_timing,
+        default_incidents,
+    )
 
     start_ms = (int(time.time()) - duration_s) * 1000
     incidents = [_parse_incident(s) for s in incident_specs]
@@ -194,7 +254,7 @@ def _scenario(
             incidents.append(
                 Incident("latency_spike", "model-0", duration_s * 0.8, duration_s * 0.1, 3.0)
             )
-    return Scenario(
+    scenario = Scenario(
         start_ms=start_ms,
         duration_s=duration_s,
         campaigns=campaigns,
@@ -202,6 +262,12 @@ def _scenario(
         seed=seed,
         incidents=incidents,
     )
+    try:
+        check_incidents(scenario)
+        check_timing(scenario)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--incident") from None
+    return scenario
 
 
 @main.command()
@@ -223,7 +289,7 @@ def simulate(
     Event time starts DURATION seconds ago and runs SPEED times faster than
     the clock, so the traffic ends about now.
     Example:
-        streamwatch simulate --duration 3600 --speed 120 --incident ctr_drop:cmp-003:1800:600:0.2
+        streamwatch simulate --duration 3600 --speed 120 --incident ctr_drop:cmp-002:1800:600:0.2
     """
     from streams import kafka
     from streams.simulate import Simulator
@@ -281,6 +347,7 @@ def _publish_with_progress(
 
 def _connect_kafka(ctx: click.Context) -> Settings:
     """Settings whose Kafka is the configured one, or the running embedded worker's."""
+    from streams.preflight import check_kafka
     from streams.worker import read_embedded
 
     settings = _settings(ctx)
@@ -288,10 +355,12 @@ def _connect_kafka(ctx: click.Context) -> Settings:
         info = read_embedded(settings)
         if info is None:
             raise Failure(
-                "no Kafka configured and no embedded worker running: start "
-                "`streamwatch run` first, or set STREAMWATCH_KAFKA"
+                "no Kafka configured and no embedded worker running under "
+                f"STREAMWATCH_DATA_DIR={settings.data_path()}: start `streamwatch run` "
+                "first (with the same STREAMWATCH_DATA_DIR), or set STREAMWATCH_KAFKA"
             )
         settings.kafka.bootstrap = info["kafka"]
+    check_kafka(settings)
     return settings
 
 
@@ -371,6 +440,7 @@ def _query(settings: Settings, sql: str) -> dict[str, Any]:
     import urllib.request
 
     from streams.clickhouse import ClickHouseError, Reader
+    from streams.preflight import chdb_holder, in_use_message
     from streams.sqlguard import QueryRefused
     from streams.web import run_query
     from streams.worker import read_embedded
@@ -406,6 +476,9 @@ def _query(settings: Settings, sql: str) -> dict[str, Any]:
                     f"the running worker's web server at {url} does not answer ({reason}); "
                     "check STREAMWATCH_WEB_PORT / STREAMWATCH_WEB_BIND"
                 ) from None
+    holder = chdb_holder(settings)  # a worker starting up, or not publishing its address
+    if holder is not None and holder != os.getpid():
+        raise Failure(in_use_message(settings, holder))
     reader = Reader.open(
         settings.clickhouse_dsn(),
         settings.clickhouse.database,
@@ -457,33 +530,53 @@ def alerts(
 
     \b
     Example:
-        streamwatch alerts --severity critical --kind ctr
-        streamwatch alerts --follow --rule 'drift_*' --entity 'model-a/*'
-        streamwatch alerts --json | jq .message
+        streamwatch alerts --follow --severity critical --kind ctr
+        streamwatch alerts --follow --rule 'ctr_*' --entity 'cmp-00?'
+        streamwatch alerts --follow --json | jq .message
     """
+    import uuid
+
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
     from schemas.events import Alert
     from streams import kafka
+    from streams.worker import read_embedded
 
     settings = _connect_kafka(ctx)
+    through_worker = _settings(ctx).embedded_kafka  # the running embedded worker's broker
+    consumer = kafka.consumer(settings, f"streamwatch-cli-{uuid.uuid4().hex[:8]}")
     topic = settings.topics.alerts
-    consumer = kafka.consumer(settings, "streamwatch-cli")  # assigned: never joins or commits
+    found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        consumer.close()
+        raise Failure(
+            f"no topic {topic} at Kafka {settings.kafka.bootstrap}: start the worker first "
+            "(it creates its topics), or set topics.alerts"
+        )
+    # Assigned, not subscribed: no group to join, and nothing to leave when it stops,
+    # even with the broker gone.
+    start = OFFSET_BEGINNING if (from_beginning or not follow) else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in sorted(found.partitions)])
+    if follow:
+        err.print(f"following {topic} at {settings.kafka.bootstrap} (Ctrl-C stops)")
     decoder = msgspec.json.Decoder(Alert)
     deadline = time.monotonic() + timeout if timeout else None
-    start = OFFSET_BEGINNING if (from_beginning or not follow) else OFFSET_END
     entity_pattern = _glob(entity) if entity else None
     shown = 0
-    # The end of the topic is where it stays quiet: the broker's reported high
-    # watermark is not trusted (Tansu's is wrong, see the infrastructure notes).
+    checked = time.monotonic()
+    # Without --follow, the end of the topic is where it stays quiet: the broker's
+    # reported high watermark is not trusted (Tansu's is wrong, see the notes).
     quiet_s, last = 1.5, time.monotonic()
     # Following from now: OFFSET_END comes from that same high watermark, which on
     # Tansu can fall before the last batch, so older messages are skipped by time too.
     since_ms = int(time.time() * 1000) if start == OFFSET_END else None
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, start) for p in sorted(partitions)])
         while deadline is None or time.monotonic() < deadline:
+            if through_worker and time.monotonic() - checked > 2:
+                checked = time.monotonic()
+                if read_embedded(settings) is None:  # its broker went with it
+                    err.print("the embedded worker stopped: nothing more to follow")
+                    return
             batch = consumer.consume(100, 0.5)
             if batch:
                 last = time.monotonic()
@@ -494,7 +587,11 @@ def alerts(
                     continue
                 if since_ms is not None and message.timestamp()[1] < since_ms:
                     continue
-                alert = decoder.decode(message.value())
+                try:
+                    alert = decoder.decode(message.value())
+                except msgspec.DecodeError as exc:  # not ours: say so, keep following
+                    err.print(f"[yellow]skipped a message that is not an alert:[/yellow] {exc}")
+                    continue
                 if not _alert_matches(alert, kind, severity, rule, entity_pattern):
                     continue
                 if as_json:
@@ -547,8 +644,7 @@ def print_alert(alert: Any, out: Console = console) -> None:
         style = "green"
     out.print(
         f"[{style}]{mark} {alert.severity:<8}[/{style}] {when}  [bold]{alert.kind}"
-        f"[/bold]/{alert.rule}  {alert.entity}: {alert.message}",
-        markup=True,
+        f"[/bold]/{alert.rule}  {alert.entity}: {alert.message}"
     )
     for cause in causes({"details": alert.details}):
         out.print(f"    possible cause: {cause}", markup=False)
@@ -678,6 +774,7 @@ def demo(
         streamwatch demo --duration 1800 --speed 90
     """
     from streams.demo import run_demo
+    from streams.preflight import check_clickhouse, check_kafka, hold_data_dir
 
     settings = _settings(ctx)
     if not settings.embedded_kafka:
@@ -685,10 +782,10 @@ def demo(
     if data_dir:
         settings.data_dir = data_dir
     scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents, demo=True)
-    try:
-        ok = run_demo(settings, scenario, speed or None, console, err)
-    except Exception as exc:
-        raise Failure(_one_line(exc)) from None
+    hold_data_dir(settings)
+    check_kafka(settings)
+    check_clickhouse(settings)
+    ok = run_demo(settings, scenario, speed or None, console, err)
     if not ok:
         sys.exit(1)
 

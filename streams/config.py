@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from operators.ctr import CtrConfig
 from operators.rules import Rule
 
 
@@ -91,11 +92,32 @@ class RuleSettings(Strict):
     cooldown_s: float = 600
     min_samples: int = 0
     max_p_value: float | None = None
+    clear_windows: int = 1  # hysteresis: consecutive clear observations that resolve
+    clear_by_value: bool = False  # resolve on the value alone, not its p-value
     message: str | None = None
+    # the resolved alert's sentence (operators.rules.resolved_sentence): the
+    # metric's name, how numbers are written, an extra clause, or a template
+    label: str | None = None
+    value_format: str = "{:.4g}"
+    resolved_note: str | None = None
+    resolved_message: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.value_format.format(0.5)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise ValueError(
+                f"rule {self.name}: value_format {self.value_format!r} cannot write a "
+                f"number ({exc}); e.g. '{{:.2%}}' or '{{:.0f}} ms'"
+            ) from None
 
     def rule(self) -> Rule:
         extra = {"message": self.message} if self.message else {}
         return Rule(
+            label=self.label,
+            value_format=self.value_format,
+            resolved_note=self.resolved_note,
+            resolved_message=self.resolved_message,
             name=self.name,
             kind=self.kind,
             metric=self.metric,
@@ -104,6 +126,8 @@ class RuleSettings(Strict):
             cooldown_s=self.cooldown_s,
             min_samples=self.min_samples,
             max_p_value=self.max_p_value,
+            clear_windows=self.clear_windows,
+            clear_by_value=self.clear_by_value,
             **extra,
         )
 
@@ -131,28 +155,80 @@ def _rule(
     )
 
 
+def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
+    """The CTR rules, their evidence levels derived from the monitor's false-alarm
+    budget (`CtrConfig.false_alarms_per_1000_campaign_days`, docs/monitors/ctr.md):
+    `max_p_value` is the budget's per-window level, `ctr_evidence` fires when the
+    CUSUM reaches its threshold (value 1.0 = h). `min_samples` is only a sanity
+    floor: the evidence decides. Episodes resolve after 3 clear windows."""
+    alpha = (config or CtrConfig()).window_alpha
+    return [
+        _rule(
+            "ctr_floor",
+            "ctr",
+            "ctr",
+            "<",
+            {"warning": 0.005, "critical": 0.001},
+            "CTR of {entity} ({level}) is {value:.2%}, below the floor of {threshold:.2%}",
+            label="CTR",
+            value_format="{:.2%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+        ),
+        _rule(
+            "ctr_drop",
+            "ctr",
+            "ctr_drop",
+            ">",
+            {"warning": 0.3, "critical": 0.5},
+            "CTR of {entity} ({level}) dropped {value:.0%} to {ctr:.2%} against a baseline "
+            "of {baseline_ctr:.2%}",
+            label="CTR drop",
+            value_format="{:.0%}",
+            resolved_note="CTR {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+        ),
+        _rule(
+            "ctr_sustained_drop",
+            "ctr",
+            "ctr_evidence",
+            ">=",
+            {"warning": 1.0},
+            "CTR of {entity} ({level}) has stayed below its baseline of {baseline_ctr:.2%} "
+            "(now {ctr:.2%}): accumulated evidence {llr:.1f} nats, threshold "
+            "{llr_threshold:.1f}",
+            label="accumulated CTR-drop evidence",
+            value_format="{:.2f}",
+            resolved_message="CTR of {entity} ({level}) is back near its baseline of "
+            "{baseline_ctr:.2%} (now {ctr:.2%})",
+            clear_windows=3,
+        ),
+    ]
+
+
+def _ctr_rules_for_budget(rules: list[RuleSettings], options: dict[str, Any]) -> list[RuleSettings]:
+    """The default CTR rules re-derived from the CTR monitor's options (its false-alarm
+    budget, window size ...) when those are set; rules a user wrote are kept as they are.
+    Invalid options are left for the monitor's own check to report."""
+    if not options:
+        return rules
+    try:
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        derived = {r.name: r for r in ctr_rules(CtrConfig(**values))}
+    except (TypeError, ValueError):
+        return rules
+    defaults = {r.name: r for r in ctr_rules()}
+    return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
+
+
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
-    _rule(
-        "ctr_floor",
-        "ctr",
-        "ctr",
-        "<",
-        {"warning": 0.005, "critical": 0.001},
-        "CTR of {entity} is {value:.2%}, below the floor of {threshold:.2%}",
-        min_samples=200,
-        max_p_value=0.001,
-    ),
-    _rule(
-        "ctr_drop",
-        "ctr",
-        "ctr_drop",
-        ">",
-        {"warning": 0.3, "critical": 0.5},
-        "CTR of {entity} dropped {value:.0%} to {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
-        min_samples=200,
-        max_p_value=0.001,
-    ),
+    *ctr_rules(),
     _rule(
         "drift_psi",
         "drift",
@@ -160,6 +236,8 @@ DEFAULT_RULES = [
         ">=",
         {"warning": 0.1, "critical": 0.2},
         "PSI of {entity} is {value:.3f} (moderate drift from 0.1, significant from 0.2)",
+        label="PSI",
+        value_format="{:.3f}",
         min_samples=200,
         cooldown_s=1800,
     ),
@@ -170,6 +248,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 0.1},
         "mean confidence of {entity} fell by {value:.3f} against its reference",
+        label="fall in mean confidence",
+        value_format="{:.3f}",
         min_samples=100,
         max_p_value=0.01,
         cooldown_s=1800,
@@ -181,6 +261,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 500.0, "critical": 2000.0},
         "p99 latency of {entity} is {value:.0f} ms (line: {threshold:.0f} ms)",
+        label="p99 latency",
+        value_format="{:.0f} ms",
         min_samples=50,
     ),
     _rule(
@@ -190,6 +272,8 @@ DEFAULT_RULES = [
         ">",
         {"critical": 0.01},
         "error rate of {entity} is {value:.2%}, above {threshold:.0%}",
+        label="error rate",
+        value_format="{:.2%}",
         min_samples=100,
         max_p_value=0.01,
     ),
@@ -200,6 +284,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 0.6},
         "{value:.0%} of {entity}'s predictions have low confidence",
+        label="share of low-confidence predictions",
+        value_format="{:.0%}",
         min_samples=100,
     ),
     _rule(
@@ -209,6 +295,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 4.5, "critical": 6.0},
         "{entity} reads {reading:.4g}, z-score {value:.1f}",
+        label="z-score",
+        value_format="{:.1f}",
         cooldown_s=300,
     ),
     _rule(
@@ -218,6 +306,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 1.5, "critical": 3.0},
         "{entity} reads {reading:.4g}, {value:.1f} IQR beyond Tukey's fence",
+        label="distance beyond Tukey's fence (IQRs)",
+        value_format="{:.1f}",
         cooldown_s=300,
     ),
     _rule(
@@ -227,6 +317,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 0.0},
         "{entity} has risen steadily by {value:.3g}",
+        label="steady rise",
+        value_format="{:.3g}",
         cooldown_s=900,
     ),
     _rule(
@@ -236,6 +328,8 @@ DEFAULT_RULES = [
         ">",
         {"warning": 3.0, "critical": 6.0},
         "{entity} is {value:.1f}x the usual distance from every known operating regime",
+        label="distance from the known operating regimes",
+        value_format="{:.1f}x the usual",
         cooldown_s=1800,
     ),
     _rule(
@@ -246,6 +340,9 @@ DEFAULT_RULES = [
         {"critical": 0.001},
         "sample ratio mismatch in {entity}: p = {value:.2g}; pause readouts of this experiment "
         "until the assignment is fixed",
+        label="sample ratio mismatch p-value",
+        value_format="{:.2g}",
+        resolved_note="the variants' shares match the configured split again",
         cooldown_s=3600,
     ),
     *(
@@ -256,6 +353,8 @@ DEFAULT_RULES = [
             ">=",
             {"warning": 0.5},
             f"{{entity}}: the level of {metric} changed ({method.replace('_', '-')})",
+            resolved_message=f"{{entity}}: the level of {metric} is steady again at "
+            f"{{latest:.4g}} ({method.replace('_', '-')})",
             cooldown_s=3600,
         )
         for metric in ("ctr", "error_rate", "latency_p99", "psi")
@@ -412,8 +511,16 @@ class Settings(Strict):
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     query_timeout_s: float = 10  # /api/query and `streamwatch query`: time limit
     query_max_rows: int = 100_000  # ... and result size limit
-    # POST-free test hooks on the web server (/debug/clickhouse?fail=1): tests only
+    # test hooks on the web server (/debug/clickhouse?fail=1): tests only, and only
+    # with STREAMWATCH_TEST_FAULTS=clickhouse in the environment (streams/faults.py)
     debug_endpoints: bool = False
+    # /health is 503 (and /health/live too, for the poll) past these bounds: no poll of
+    # the broker for health_poll_age_s; input waiting while the watermark has not
+    # moved, or while no partition is assigned, for health_stall_s
+    health_poll_age_s: float = 60
+    health_stall_s: float = 120
+    # SIGTERM to exit, whatever hangs (under the deployment's termination grace period)
+    stop_timeout_s: float = 90
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
@@ -431,8 +538,11 @@ class Settings(Strict):
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
         if self.query_timeout_s <= 0 or self.query_max_rows <= 0:
             raise ValueError("query_timeout_s and query_max_rows must be > 0")
+        if min(self.health_poll_age_s, self.health_stall_s, self.stop_timeout_s) <= 0:
+            raise ValueError("health_poll_age_s, health_stall_s and stop_timeout_s must be > 0")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
+        self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)
 
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()

@@ -59,14 +59,17 @@ def run_demo(
         done = threading.Event()
         failure: list[BaseException] = []
 
+        published: list[int] = []  # how many events the simulator sent, once it is done
+
         def traffic() -> None:
             try:
-                publish(
+                counts = publish(
                     kafka.producer(settings),
                     Simulator(scenario),
                     speed,
                     stop=lambda: stopping.is_set(),
                 )
+                published.append(sum(counts.values()))
             except BaseException as exc:  # reported after the worker stops
                 failure.append(exc)
             finally:
@@ -90,8 +93,12 @@ def run_demo(
                 wm = worker.pipeline.watermarks().get("ctr")
                 when = time.strftime("%H:%M:%S", time.gmtime(wm / 1000)) if wm else "-"
                 err.print(f"[dim]... {processed} events processed, event time at {when} UTC[/dim]")
-            # all published traffic consumed, and the results written
-            drained = now - quiet_since[0] > 3 and worker.sinks.buffered == 0
+            # all published traffic consumed, and the results written; a worker that
+            # has not even joined its group yet (with --speed 0 the traffic can be
+            # out before it does) is not done, unless nothing comes for a minute
+            caught_up = bool(published) and processed >= published[0]
+            quiet = now - quiet_since[0]
+            drained = worker.sinks.buffered == 0 and (quiet > 3 if caught_up else quiet > 60)
             return done.is_set() and (drained or now - started > 900)
 
         err.print("publishing traffic; alerts appear below as they fire\n")

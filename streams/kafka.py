@@ -9,6 +9,11 @@ from streams.config import Settings
 # Tansu holds a group join for half the session timeout; 6 s keeps joins quick
 # there and is a sane value on Apache Kafka too.
 SESSION_TIMEOUT_MS = 6000
+# The largest message the worker's producer sends (librdkafka's default, set
+# explicitly because the sinks derive their bounds from it: a dead letter is
+# cut to fit, see streams.dead_letters). Below Apache Kafka's default broker
+# limit (1 MiB + 12), so what the producer accepts the broker accepts too.
+MESSAGE_MAX_BYTES = 1_000_000
 
 
 def producer(settings: Settings, **extra: Any) -> Any:
@@ -23,12 +28,19 @@ def producer(settings: Settings, **extra: Any) -> Any:
         # Idempotence needs InitProducerId, which Tansu rejects; results are
         # idempotent downstream instead (keys, ReplacingMergeTree, alert ids).
         "enable.idempotence": False,
+        "message.max.bytes": MESSAGE_MAX_BYTES,
         **extra,
     }
     return Producer(conf)
 
 
 def consumer(settings: Settings, group_id: str, **extra: Any) -> Any:
+    """A consumer without auto-commit. Large messages: librdkafka returns a record
+    batch larger than `max.partition.fetch.bytes` (1 MiB) or `fetch.max.bytes` on its
+    own rather than stall on it, up to `receive.message.max.bytes` (100 MB by default,
+    kept above `fetch.max.bytes` + 512, which the worker's source sets to 64 MiB). So
+    any message a broker takes up to 64 MiB is fetched, then dead-lettered as
+    `too_large` past the decoder's limit (tests/test_poison_worker.py sends 5 MB)."""
     from confluent_kafka import Consumer
 
     return Consumer(

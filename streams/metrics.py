@@ -5,6 +5,17 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("streamwatch_events_consumed_total", "Messages consumed", ["topic"])
+PROCESSED = Counter(
+    "streamwatch_events_processed_total",
+    "Messages decoded and fed to the monitors (consumed = processed + rejected, "
+    "less replayed messages a checkpoint already holds)",
+    ["topic"],
+)
+OPERATOR_ERRORS = Counter(
+    "streamwatch_operator_errors_total",
+    "Exceptions a monitor raised on input the schema accepted (a bug; logged at error level)",
+    ["monitor", "stage"],
+)
 REJECTED = Counter(
     "streamwatch_events_rejected_total", "Messages sent to the dead letter", ["topic", "reason"]
 )
@@ -44,4 +55,17 @@ LAG = Gauge(
     "streamwatch_consumer_lag",
     "Messages behind the end of the partition, where the broker reports it",
     ["topic", "partition"],
+)
+# Set at scrape time from the source's clock (see KafkaSource): the liveness signal
+LAST_POLL_AGE = Gauge(
+    "streamwatch_last_poll_age_seconds",
+    "Seconds since the consumer last returned from a poll of the broker",
+)
+BACKPRESSURE = Gauge(
+    "streamwatch_backpressure_paused",
+    "1 while consumption is paused on purpose until ClickHouse takes the buffered rows",
+)
+FAILED = Gauge(
+    "streamwatch_worker_failed",
+    "1 once an unhandled failure occurred: the worker is exiting to be restarted",
 )

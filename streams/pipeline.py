@@ -11,6 +11,18 @@ input topic, the offset of the next message its state has not seen
 (`positions`). After a restart from a checkpoint, anything below those
 offsets is skipped; everything above is new. Outputs re-emitted in between
 are idempotent (ReplacingMergeTree rows, deterministic alert ids).
+
+One message never takes its batch down: the decoder turns any failure on a
+message into a rejection (dead letter), and should a monitor's operator still
+raise on a batch of decoded events (a bug: an input the schema accepts and
+the operator cannot take), that monitor is fed the batch again one event at a
+time and each event it fails on is rejected with reason `operator_error`,
+logged at error level. The operator may have taken part of the failed batch
+before it raised, so those events of that one batch may count twice in that
+monitor: a visible, bounded error instead of a worker that dies on the same
+offset after every restart. The same holds when a monitor raises while its
+watermark advances (`tick`): logged, counted in
+`streamwatch_operator_errors_total`, and the other monitors go on.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from operators.task import MonitorTask
 from operators.watermark import NO_WATERMARK
 from schemas.decode import Decoder, Rejection
 from schemas.events import INPUT_EVENTS, Alert
+from streams import metrics
 from streams.checkpoints import Checkpoint, key_of
 from streams.monitors import MonitorSpec
 
@@ -212,6 +225,7 @@ class Pipeline:
                 events.append(result)
                 kept.append(m)
         self.events_in[topic] = self.events_in.get(topic, 0) + len(events)
+        metrics.PROCESSED.labels(topic).inc(len(events))
         next_offset = batch[-1].offset() + 1
         for spec, logical, key in readers:
             start = self.positions[key].get(topic, 0)
@@ -222,7 +236,11 @@ class Pipeline:
                 picked = [i for i, m in enumerate(kept) if m.offset() >= start]
                 mine, mine_msgs = [events[i] for i in picked], [kept[i] for i in picked]
             task = self.tasks[key]
-            for i in task.feed(logical, mine, now_ms):
+            try:
+                late = task.feed(logical, mine, now_ms)
+            except Exception:
+                late = self._feed_one_by_one(spec.name, task, logical, mine, mine_msgs, now_ms)
+            for i in late:
                 event = mine[i]
                 self.outputs.late(
                     spec.name,
@@ -233,6 +251,39 @@ class Pipeline:
                 )
             self.positions[key][topic] = next_offset
             self.dirty.add(key)
+
+    def _feed_one_by_one(
+        self,
+        monitor: str,
+        task: MonitorTask,
+        logical: str,
+        events: list[Any],
+        messages: list[RawMessage],
+        now_ms: int,
+    ) -> list[int]:
+        """After a monitor failed on a batch: feed it event by event, rejecting the
+        events it fails on. Returns the indices of the late events, as `feed` does."""
+        log.exception(
+            "monitor %s failed on a batch of %d %s events (partition %d, offsets %d..%d); "
+            "feeding them one at a time and rejecting those it fails on",
+            monitor,
+            len(events),
+            messages[0].topic(),
+            messages[0].partition(),
+            messages[0].offset(),
+            messages[-1].offset(),
+        )
+        metrics.OPERATOR_ERRORS.labels(monitor, "feed").inc()
+        late: list[int] = []
+        for i, event in enumerate(events):
+            try:
+                if task.feed(logical, [event], now_ms):
+                    late.append(i)
+            except Exception as exc:
+                text = f"monitor {monitor} failed on this event: {type(exc).__name__}: {exc}"
+                log.error("%s (%s offset %d)", text, messages[i].topic(), messages[i].offset())
+                self.outputs.rejected(messages[i], Rejection("operator_error", text[:1000]))
+        return late
 
     def tick(self, now_ms: int | None = None) -> None:
         """Advance every task's watermark. A task whose sources are all idle follows
@@ -251,14 +302,30 @@ class Pipeline:
         floors = {name: busy.get(name, furthest[name]) for name in furthest}
         for key, task in self.tasks.items():
             before = task.watermark.value
-            task.tick(now_ms, floors.get(key[0], NO_WATERMARK))
-            out = task.collect()
+            try:
+                task.tick(now_ms, floors.get(key[0], NO_WATERMARK))
+            except Exception:  # see _operator_failed: logged and counted, never a dead worker
+                self._operator_failed(key, "tick")
+            try:
+                out = task.collect()
+            except Exception:
+                self._operator_failed(key, "collect")
+                continue
             for table, rows in out.rows.items():
                 self.outputs.rows(table, rows)
             if out.alerts:
                 self.outputs.alerts(out.alerts)
             if task.watermark.value != before:
                 self.dirty.add(key)
+
+    @staticmethod
+    def _operator_failed(key: tuple[str, int], stage: str) -> None:
+        """A monitor raised while advancing its watermark or collecting its results: a
+        bug on input the schema accepted. Restarting would replay the same input into
+        the same failure (a poison pill), so the worker logs it at error level, counts
+        it and goes on; what that call was producing for this monitor may be lost."""
+        log.exception("monitor %s (partition %d) failed in %s", key[0], key[1], stage)
+        metrics.OPERATOR_ERRORS.labels(key[0], stage).inc()
 
     def pause_idle_clock(self, ms: int) -> None:
         """The worker read nothing for `ms` on purpose (backpressure): sources that

@@ -145,6 +145,78 @@ class Scenario:
         return sorted(self.incidents, key=lambda i: (i.start_s, i.kind, i.target))
 
 
+def _span(ids: list[str]) -> str:
+    """`cmp-000..cmp-002` (or the one id, or `none`): the ids a scenario has."""
+    if not ids:
+        return "none"
+    return ids[0] if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
+
+
+def check_incidents(s: Scenario) -> None:
+    """Refuse an incident whose target this scenario does not simulate, or whose
+    factor makes no sense for its kind, with a one-line ValueError that names the
+    valid targets (and the option that adds more), e.g. a `ctr_drop` on
+    `cmp-003` when the scenario has three campaigns:
+
+    >>> wrong = Incident("ctr_drop", "cmp-003", 0, 60)
+    >>> try:
+    ...     check_incidents(Scenario(0, campaigns=3, incidents=[wrong]))
+    ... except ValueError as exc:
+    ...     print(str(exc).split("must be ")[1])
+    a campaign id: cmp-000..cmp-002 (--campaigns sets how many)
+    """
+    campaigns = s.campaign_ids()
+    models = s.model_ids()
+    sensors = s.sensor_ids()
+    features = [f.name for f in FEATURES] + [CATEGORICAL]
+    model_ids = _span(models)
+    sensor_ids = _span(sensors)
+    for inc in s.incidents:
+        kind, target, f = inc.kind, inc.target, inc.factor
+        if kind == "ctr_drop":
+            ok = target in campaigns
+            what = f"a campaign id: {_span(campaigns)} (--campaigns sets how many)"
+        elif kind == "srm":
+            ok = target in s.experiment_ids() and 0 < f < 1
+            experiments = ", ".join(s.experiment_ids()) or "none"
+            what = f"an experiment, one of {experiments}; factor in (0, 1)"
+        elif kind == "feature_drift":
+            model, _, feature = target.partition("/")
+            ok = model in models and feature in features
+            what = f"MODEL/FEATURE, model {model_ids}, feature one of {', '.join(features)}"
+        elif kind in ("prediction_shift", "latency_spike", "error_spike"):
+            ok, what = target in models, f"a model id: {model_ids}"
+            if kind == "latency_spike":
+                ok, what = ok and f >= 0, f"{what}; factor >= 0"
+            elif kind == "error_spike":
+                ok, what = ok and 0 <= f <= 1, f"{what}; factor in [0, 1]"
+        elif kind == "sensor_spike":
+            sensor, _, metric = target.partition("/")
+            ok = sensor in sensors and (metric or SPIKE_METRIC) in SENSOR_METRICS
+            what = f"SENSOR[/METRIC], sensor {sensor_ids}, metric one of {', '.join(METRICS)}"
+        else:  # sensor_rise, sensor_regime
+            ok, what = target in sensors, f"a sensor id: {sensor_ids}"
+            if kind == "sensor_rise":
+                ok, what = ok and f > 0, f"{what}; factor > 0 (degrees)"
+        if not ok:
+            raise ValueError(
+                f"incident {kind} on {target!r} (factor {f:g}): the target must be {what}"
+            )
+
+
+def check_timing(s: Scenario) -> None:
+    """Refuse an incident that would never be seen: starting before the run, after
+    its end, or lasting no time (the command line's check; tests may place
+    incidents past the end on purpose)."""
+    for inc in s.incidents:
+        if inc.start_s < 0 or inc.duration_s <= 0 or inc.start_s >= s.duration_s:
+            raise ValueError(
+                f"incident {inc.kind} on {inc.target!r}: start {inc.start_s:g} s and duration "
+                f"{inc.duration_s:g} s must lie within the run of {s.duration_s} s "
+                "(--duration sets its length)"
+            )
+
+
 # -- inference model ----------------------------------------------------------
 
 
@@ -282,37 +354,7 @@ class Simulator:
         return _Sensor(sensor_id, self.s.site_of(i), base, first, interval)
 
     def _check_incidents(self) -> None:
-        models = set(self.s.model_ids())
-        sensors = set(self.s.sensor_ids())
-        features = {f.name for f in FEATURES} | {CATEGORICAL}
-        for inc in self.s.incidents:
-            kind, target, f = inc.kind, inc.target, inc.factor
-            if kind == "ctr_drop":
-                ok, what = target in self.base_ctr, "a campaign id"
-            elif kind == "srm":
-                ok = target in self.experiments.values() and 0 < f < 1
-                what = "an experiment exp-<campaign> of an experiment campaign, factor in (0, 1)"
-            elif kind == "feature_drift":
-                model, _, feature = target.partition("/")
-                ok, what = model in models and feature in features, "model_id/feature"
-            elif kind in ("prediction_shift", "latency_spike", "error_spike"):
-                ok, what = target in models, "a model id"
-                if kind == "latency_spike":
-                    ok, what = ok and f >= 0, "a model id, factor >= 0"
-                elif kind == "error_spike":
-                    ok, what = ok and 0 <= f <= 1, "a model id, factor in [0, 1]"
-            elif kind == "sensor_spike":
-                sensor, _, metric = target.partition("/")
-                ok = sensor in sensors and (metric or SPIKE_METRIC) in SENSOR_METRICS
-                what = f"sensor_id or sensor_id/metric (metric one of {', '.join(METRICS)})"
-            else:  # sensor_rise, sensor_regime
-                ok, what = target in sensors, "a sensor id"
-                if kind == "sensor_rise":
-                    ok, what = ok and f > 0, "a sensor id, factor > 0 (degrees)"
-            if not ok:
-                raise ValueError(
-                    f"incident {kind} on {target!r} (factor {f}): the target must be {what}"
-                )
+        check_incidents(self.s)
 
     # -- the stream ----------------------------------------------------------
 

@@ -6,11 +6,27 @@ letters and late events are produced to Kafka at once and also become rows
 (`alerts`, `dead_letters`, `late_events` tables). `flush` returns only when
 both the broker has acknowledged every message and ClickHouse has every row;
 only then may the worker checkpoint and commit offsets.
+
+No single output message can stall the worker (a poison pill: refused, retried,
+refused, with the offsets never committed):
+
+- dead letters are built to fit the producer's `message.max.bytes` (see
+  `streams.dead_letters`): past the bound `raw` keeps the first bytes;
+- late-event copies are the original bytes of an event the decoder accepted,
+  so at most its `max_bytes` plus a key of <= 512 characters; `Sinks` checks at
+  start that this fits the producer's limit;
+- alerts are small by construction (a few hundred bytes of fields and details);
+- should the producer or the broker (whose limit may be lower than the
+  producer's) still refuse one message for its size, it is not retried as it
+  is: a dead letter is cut to `SMALL_MESSAGE_BYTES`, any other message is
+  replaced on the dead-letter topic by a dead letter of reason
+  `output_too_large` holding its first bytes, size and SHA-256; both logged at
+  error level.
 """
 
 from __future__ import annotations
 
-import base64
+import logging
 import time
 from collections import deque
 from functools import partial
@@ -19,11 +35,20 @@ from typing import Any
 import msgspec
 import orjson
 
-from schemas.decode import Rejection
-from schemas.events import Alert, DeadLetter
-from streams import metrics
+from schemas.decode import MAX_MESSAGE_BYTES, Rejection
+from schemas.events import Alert
+from streams import dead_letters, kafka, metrics
 from streams.clickhouse import ClickHouseError, Writer
 from streams.pipeline import RawMessage
+
+log = logging.getLogger("streamwatch.sinks")
+
+# A message refused for its size is replaced by one of at most this many bytes:
+# far under any broker's limit (Apache Kafka's default is 1 MiB).
+SMALL_MESSAGE_BYTES = 64 * 1024
+# The largest key of an event the decoder accepts: 512 characters of UTF-8.
+EVENT_KEY_MAX_BYTES = 512 * 4
+LATE_HEADERS_MAX_BYTES = 1024  # "monitor" and "source_topic" names
 
 
 class SinkError(RuntimeError):
@@ -31,10 +56,27 @@ class SinkError(RuntimeError):
 
 
 class Sinks:
-    def __init__(self, writer: Writer, producer: Any, topics: Any) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        producer: Any,
+        topics: Any,
+        max_message_bytes: int = kafka.MESSAGE_MAX_BYTES,
+        max_event_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        """`max_message_bytes`: the producer's `message.max.bytes` (what
+        `streams.kafka.producer` configures); `max_event_bytes`: the decoders'
+        size limit, which bounds the late-event copies."""
+        late_max = max_event_bytes + EVENT_KEY_MAX_BYTES + LATE_HEADERS_MAX_BYTES
+        if late_max + dead_letters.RECORD_HEADROOM > max_message_bytes:
+            raise ValueError(
+                f"the producer's message.max.bytes ({max_message_bytes}) is too small for a "
+                f"late-event copy of an accepted event (up to {late_max} bytes)"
+            )
         self.writer = writer
         self.producer = producer
         self.topics = topics
+        self.max_message_bytes = max_message_bytes
         self.buffer: dict[str, list[dict[str, Any]]] = {}
         self.buffered = 0
         self.produce_errors: list[str] = []
@@ -77,22 +119,21 @@ class Sinks:
         self.rows("alerts", rows)
 
     def rejected(self, message: RawMessage, rejection: Rejection) -> None:
-        now = int(time.time() * 1000)
         raw_key, value = message.key(), message.value()
-        key = raw_key.decode(errors="replace") if raw_key is not None else None
-        letter = DeadLetter(
+        letter, data = dead_letters.build(
             source_topic=message.topic(),
             partition=message.partition(),
             offset=message.offset(),
-            key=key,
-            raw=base64.b64encode(value or b"").decode(),
+            key=raw_key,
+            value=value,
             error=rejection.error,
             reason=rejection.reason,
-            ts=now,
+            ts=int(time.time() * 1000),
+            max_json_bytes=dead_letters.value_budget(self.max_message_bytes, raw_key),
         )
-        self._produce(self.topics.dead_letter, msgspec.json.encode(letter), key)
+        self._produce(self.topics.dead_letter, data, dead_letters.kafka_key(raw_key))
         metrics.REJECTED.labels(message.topic(), rejection.reason).inc()
-        self.rows("dead_letters", [msgspec.structs.asdict(letter)])
+        self.rows("dead_letters", [dead_letters.row(letter, value)])
 
     def late(
         self, monitor: str, message: RawMessage, event_ts: int, watermark: int, window_start: int
@@ -133,6 +174,8 @@ class Sinks:
         headers: dict[str, str] | None = None,
         on_delivery: Any = None,
     ) -> None:
+        from confluent_kafka import KafkaException
+
         if isinstance(key, str):
             key = key.encode()
         while True:
@@ -147,11 +190,58 @@ class Sinks:
                 return
             except BufferError:  # librdkafka's local queue is full: let it drain
                 self.producer.poll(0.1)
+            except KafkaException as exc:  # refused at once, e.g. MSG_SIZE_TOO_LARGE
+                if not _too_large(exc.args[0]):
+                    raise
+                self._replace_too_large(topic, value, key, str(exc.args[0]))
+                return
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
+            if _too_large(err):  # the broker's limit: retrying the same bytes cannot help
+                self._replace_too_large(msg.topic(), msg.value(), msg.key(), str(err))
+                return
             self.produce_errors.append(str(err))
             self.undelivered.append((msg.topic(), msg.value(), msg.key(), msg.headers()))
+
+    def _replace_too_large(
+        self, topic: str, value: bytes | None, key: bytes | None, error: str
+    ) -> None:
+        """Send a small stand-in for an output message refused for its size (not the
+        same bytes again: that would be refused forever, a poison pill)."""
+        metrics.SINK_FAILURES.labels("kafka_too_large").inc()
+        size = len(value or b"") + len(key or b"")
+        if size <= SMALL_MESSAGE_BYTES:
+            # already small: the broker's limit is absurdly low; nothing smaller to send
+            log.error(
+                "dropping a %d-byte message to %s refused for its size: %s", size, topic, error
+            )
+            return
+        budget = dead_letters.value_budget(SMALL_MESSAGE_BYTES, key)
+        if topic == self.topics.dead_letter and value is not None:
+            data = dead_letters.shrink(value, budget)
+        else:
+            _, data = dead_letters.build(
+                source_topic=topic,
+                partition=-1,
+                offset=-1,
+                key=key,
+                value=value,
+                error=f"this {topic} message ({size} bytes) was refused for its size: {error}",
+                reason="output_too_large",
+                ts=int(time.time() * 1000),
+                max_json_bytes=budget,
+            )
+            topic = self.topics.dead_letter
+        log.error(
+            "a %d-byte output message was refused for its size (%s); sent a %d-byte "
+            "stand-in to %s instead",
+            size,
+            error,
+            len(data),
+            topic,
+        )
+        self._produce(topic, data, dead_letters.kafka_key(key))
 
     def _alert_delivered(self, created: float, err: Any, msg: Any) -> None:
         self._delivered(err, msg)
@@ -192,3 +282,10 @@ class Sinks:
                 self.delays["row"].extend([delay] * n)
                 metrics.RESULT_DELAY.labels("row").observe(delay)
         metrics.BUFFERED.set(self.buffered)
+
+
+def _too_large(err: Any) -> bool:
+    """Whether a KafkaError says the message is too large (never cured by a retry)."""
+    from confluent_kafka import KafkaError
+
+    return err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)

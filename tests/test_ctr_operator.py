@@ -215,25 +215,30 @@ def test_p_values_are_scipys_window_by_window_when_many_windows_close_at_once() 
     out = op.collect()
     rows = [r for r in out.rows["ctr_windows"] if r["final"]]
     assert len(rows) == 24
-    history: dict[str, list[tuple[int, int]]] = {}
+    # Changed on purpose (issue 13): the baseline is now the windows the CUSUM cleared
+    # (tested in tests/test_ctr_evidence.py), so each drop p-value is checked against
+    # scipy's scalar Fisher test of the baseline counts that observation reports.
     want = []
+    before: dict[tuple[str, int], int] = {}  # impressions of the entity's earlier windows
+    total: dict[str, int] = {}
+    for r in rows:
+        before[(r["campaign_id"], r["window_start"])] = total.get(r["campaign_id"], 0)
+        total[r["campaign_id"]] = total.get(r["campaign_id"], 0) + r["impressions"]
     for r in rows:  # by window start, then campaign: the order of judging
         k, n, key = r["clicks"], r["impressions"], r["campaign_id"]
         want.append(("ctr", key, r["window_start"], float(binom.cdf(k, n, cfg.floor_ctr))))
-        past = history.setdefault(key, [])
-        if len(past) >= cfg.baseline_min_windows:
-            bk = sum(h for h, _ in past[-cfg.baseline_windows :])
-            bn = sum(t for _, t in past[-cfg.baseline_windows :])
-            if bk > 0:
-                table = [[k, n - k], [bk, bn - bk]]
-                p = float(fisher_exact(table, alternative="less").pvalue)
-                want.append(("ctr_drop", key, r["window_start"], p))
-        if n >= cfg.baseline_min_impressions:
-            past.append((k, n))
     got = [(o.metric, o.entity, o.window_start, o.p_value) for o in out.observations]
-    assert got == want
-    assert sum(1 for g in got if g[0] == "ctr_drop") > 10
-    assert min(g[3] for g in got if g[0] == "ctr_drop") < 0.01  # c2's drop in window 6
+    assert [g for g in got if g[0] == "ctr"] == want
+    drops = [o for o in out.observations if o.metric == "ctr_drop"]
+    for o in drops:
+        k, n = o.details["clicks"], o.details["impressions"]
+        bn = o.details["baseline_impressions"]
+        bk = round(o.details["baseline_ctr"] * bn)
+        assert bn <= before[(o.entity, o.window_start)]  # only windows judged before it
+        p = float(fisher_exact([[k, n - k], [bk, bn - bk]], alternative="less").pvalue)
+        assert abs(o.p_value - p) <= 1e-9 * max(p, 1e-300), (o, p)
+    assert len(drops) > 10
+    assert min(o.p_value for o in drops) < 0.01  # c2's drop in window 6
 
 
 def test_matches_brute_force_reference() -> None:

@@ -833,3 +833,142 @@ def test_grafana_dashboard_provider():
     assert document.get("apiVersion") == 1
     paths = [p.get("options", {}).get("path") for p in document["providers"]]
     assert "/var/lib/grafana/dashboards" in paths
+
+
+# ------------------------------------------------------- (6) safe defaults
+# A fresh `docker compose up` must not open a door: published ports answer on
+# this host only, Prometheus has no lifecycle (quit/reload) or admin API, the
+# ClickHouse user cannot manage access, and Grafana's admin password is never a
+# default. Each check is a function returning the problems it finds, run on the
+# real file and on a copy broken on purpose (so the check itself is live).
+
+LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
+DEPLOY_CLICKHOUSE = REPO / "deploy" / "clickhouse"
+
+
+def _split_port(spec: str) -> tuple[str | None, str]:
+    """A short-syntax port `[IP:][HOST:]CONTAINER[/proto]` as (host IP or None, rest);
+    an IPv6 address is bracketed: `[::1]:8123:8123`."""
+    # `${VAR:-default}` as compose would fill it with VAR unset
+    spec = re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", spec).split("/")[0]
+    if spec.startswith("["):
+        ip, _, rest = spec[1:].partition("]:")
+        return ip, rest
+    parts = spec.split(":")
+    if len(parts) == 3:
+        return parts[0], ":".join(parts[1:])
+    return None, spec
+
+
+def exposed_ports(compose: dict) -> list[str]:
+    """Published ports that bind an address other than loopback (none given: all)."""
+    problems = []
+    for name, service in compose["services"].items():
+        for port in service.get("ports") or []:
+            if isinstance(port, dict):  # long syntax
+                ip = port.get("host_ip")
+                if port.get("published") is None:
+                    continue  # not published on the host
+            else:
+                ip, rest = _split_port(str(port))
+                if ":" not in rest and ip is None:
+                    # "6066": a random host port on every interface
+                    problems.append(f"{name}: {port} (random host port, all interfaces)")
+                    continue
+            if ip not in LOOPBACK:
+                problems.append(f"{name}: {port} binds {ip or 'every interface'}")
+    return problems
+
+
+def unsafe_prometheus_flags(compose: dict) -> list[str]:
+    text = command_text(compose["services"]["prometheus"])
+    return [flag for flag in ("--web.enable-lifecycle", "--web.enable-admin-api") if flag in text]
+
+
+def clickhouse_access_management(compose: dict) -> list[str]:
+    """Where a ClickHouse user gets access management (users, grants, quotas)."""
+    problems = []
+    env = service_env(compose["services"]["clickhouse"])
+    if env.get("CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT", "0").strip() not in ("", "0"):
+        problems.append("CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT is set in docker-compose.yml")
+    for path in sorted(DEPLOY_CLICKHOUSE.rglob("*")):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if re.search(r"access_management>\s*1|GRANT\s+ALL|CREATE\s+USER", text, re.I):
+                problems.append(f"{path.relative_to(REPO)} grants access management")
+    return problems
+
+
+def grafana_password_problems(compose: dict) -> list[str]:
+    env = service_env(compose["services"]["grafana"])
+    password = env.get("GF_SECURITY_ADMIN_PASSWORD")
+    if password is None:
+        return ["GF_SECURITY_ADMIN_PASSWORD unset: Grafana falls back to admin/admin"]
+    # `${VAR:?message}`: compose refuses to start without VAR (no default to fall back on)
+    if not re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*:?\?[^}]*\}", password):
+        return [f"GF_SECURITY_ADMIN_PASSWORD is {password!r}, not ${{VAR:?...}} from the env"]
+    return []
+
+
+SAFETY_CHECKS = [
+    exposed_ports,
+    unsafe_prometheus_flags,
+    clickhouse_access_management,
+    grafana_password_problems,
+]
+
+
+@pytest.mark.parametrize("check", SAFETY_CHECKS, ids=lambda c: c.__name__)
+def test_safe_defaults(compose, check):
+    assert check(compose) == []
+
+
+def _break(compose: dict, where: str, value) -> dict:
+    broken = copy.deepcopy(compose)
+    service, key = where.split(".", 1)
+    node = broken["services"][service]
+    if key == "environment":
+        node["environment"] = {**service_env(node), **value}
+    else:
+        node[key] = value
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("check", "where", "value"),
+    [
+        (exposed_ports, "clickhouse.ports", ["8123:8123"]),
+        (exposed_ports, "kafka.ports", ["0.0.0.0:29092:29092"]),
+        (exposed_ports, "worker.ports", ["6066"]),
+        (exposed_ports, "grafana.ports", [{"target": 3000, "published": 3000}]),
+        (exposed_ports, "prometheus.ports", ["[::]:9090:9090"]),
+        (unsafe_prometheus_flags, "prometheus.command", ["--web.enable-lifecycle"]),
+        (
+            clickhouse_access_management,
+            "clickhouse.environment",
+            {"CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT": "1"},
+        ),
+        (grafana_password_problems, "grafana.environment", {"GF_SECURITY_ADMIN_PASSWORD": "admin"}),
+        (
+            grafana_password_problems,
+            "grafana.environment",
+            {"GF_SECURITY_ADMIN_PASSWORD": "${GRAFANA_ADMIN_PASSWORD:-admin}"},
+        ),
+    ],
+    ids=lambda v: v.__name__ if callable(v) else None,
+)
+def test_safety_checks_catch_unsafe_settings(compose, check, where, value):
+    assert check(_break(compose, where, value)), f"{check.__name__} missed {where} = {value}"
+
+
+def test_loopback_ports_are_still_published(compose):
+    """Bound to loopback, but published: the header's host addresses work."""
+    published = {
+        name: [str(p) for p in service.get("ports") or []]
+        for name, service in compose["services"].items()
+    }
+    assert "127.0.0.1:29092:29092" in published["kafka"]
+    assert "127.0.0.1:8123:8123" in published["clickhouse"]
+    assert "127.0.0.1:9090:9090" in published["prometheus"]
+    assert "127.0.0.1:3000:3000" in published["grafana"]
+    assert any(p.startswith("127.0.0.1:") and p.endswith(":6066") for p in published["worker"])

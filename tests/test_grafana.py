@@ -80,7 +80,7 @@ ROWS = {
     "dead_letters": """
         SELECT now() - INTERVAL number MINUTE, 'impressions', 0, number, 'big',
                ['invalid_json', 'missing_field', 'wrong_type'][number % 3 + 1], 'bad', 'e30=',
-               now64(3)
+               0, 2, '44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a', now64(3)
         FROM numbers(6)""",
     "late_events": """
         SELECT ['ctr', 'sensor'][number % 2 + 1], 'impressions', 0, number,

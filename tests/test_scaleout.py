@@ -123,7 +123,9 @@ def test_two_workers_equal_one(tmp_path, broker) -> None:
         (c["rule"], c["entity"], c["status"], c["window_start"]) for c in reference.values()
     ) == [
         ("ctr_drop", "big", "firing", drop_ws),
-        ("ctr_drop", "big", "resolved", drop_ws + MIN),
+        ("ctr_drop", "big", "resolved", drop_ws + 3 * MIN),  # 3 clear windows (issue 13)
+        ("ctr_sustained_drop", "big", "firing", drop_ws),
+        ("ctr_sustained_drop", "big", "resolved", drop_ws + 3 * MIN),
     ]
     assert alert_id("ctr_drop", "big", drop_ws, drop_ws + MIN, "firing", 0) in on_topic
     # and in ClickHouse: the same ids over both directories

@@ -155,11 +155,17 @@ CREATE TABLE IF NOT EXISTS streamwatch.dead_letters
     `reason` LowCardinality(String),
     `error` String,
     `raw` String,
+    `raw_truncated` UInt8,
+    `raw_size` UInt64,
+    `raw_sha256` String,
     `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (source_topic, partition, offset)
-COMMENT 'Rejected input messages (also on the dead-letter topic) with the reason';
+COMMENT 'Rejected input messages (also on the dead-letter topic) with the reason; raw is base64 of the first bytes when raw_truncated';
+ALTER TABLE streamwatch.dead_letters ADD COLUMN IF NOT EXISTS `raw_truncated` UInt8 AFTER `raw`;
+ALTER TABLE streamwatch.dead_letters ADD COLUMN IF NOT EXISTS `raw_size` UInt64 AFTER `raw_truncated`;
+ALTER TABLE streamwatch.dead_letters ADD COLUMN IF NOT EXISTS `raw_sha256` String AFTER `raw_size`;
 
 CREATE TABLE IF NOT EXISTS streamwatch.late_events
 (

@@ -1,0 +1,240 @@
+"""Judging final CTR windows: per campaign and per variant, window by window and
+accumulated over windows, against a baseline the incident cannot leak into.
+
+Input: the final counts of the windows one watermark step closed, as
+(start, campaign, variant, impressions, clicks). Output: observations for the
+rule engine. No windowing, joining or alert state lives here (the operator
+windows, the rule engine keeps episodes), so the same object judges the
+worker's windows (`CtrOperator`) and the detection benchmark's simulated
+counts (`tests/benchmarks/detection.py`).
+
+Levels. A campaign whose impressions carry variants is judged per variant
+(entity `campaign/variant`, `details.level = "variant"`) and pooled (entity
+`campaign`, level `"campaign"`: the sum over its variants, where a collapse of
+the whole campaign has twice the evidence of either half); a campaign without
+variants is judged once, at level `"campaign"`.
+
+Per judged window with n impressions and k clicks (p0 = baseline CTR):
+
+- `ctr`: value k / n, p-value P(X <= k), X ~ Binomial(n, floor_ctr) (exact).
+- `ctr_drop`: value (p0 - k/n) / p0, p-value of Fisher's exact test (one-sided,
+  Fisher 1922) of (k, n - k) against the baseline's pooled counts.
+- `ctr_evidence`: max over d in `drops_to_detect` of S_d / h, S_d the CUSUM
+  (Page 1954) of the binomial log-likelihood ratio of "CTR = p0' (1 - d)"
+  against "CTR = p0'", p0' = (C - z sqrt(C)) / N the baseline's lower bound
+  (C clicks, N impressions; z = `baseline_z`) so that a baseline high by chance
+  does not read as a drop. >= 1 is an alarm; h = log(ARL0) (Lorden 1971, see
+  `operators/sequential.py`). It accumulates the evidence of a drop too small
+  to be significant in any one window. After an alarm the value stays >= 1
+  until a CUSUM of the opposite ratio (the way back, "p0'" against
+  "p0' (1 - first d)") reaches `recovery_evidence`; then the CUSUMs restart.
+
+Baseline (`operators.baseline.ClearedRate`): the pooled clicks / impressions of
+the entity's last `baseline_windows` windows that the CUSUMs cleared. A window
+is held until the CUSUMs are all back at 0 (then it was ordinary and enters
+the baseline) or alarm (then it, and every window until recovery, is part of
+the incident and never enters); a window whose own `ctr_drop` p-value is
+below the budget's per-window level is dropped as well. So during an
+incident the baseline stays what it was before, and an episode can only end
+because the CTR came back, never because the baseline followed it down.
+
+Budget. `CtrConfig.false_alarms_per_1000_campaign_days` (B) is split evenly
+over the m judgements of a window (floor, drop, one CUSUM per drop to detect)
+and the L = `levels_per_campaign` entities of a campaign; with W windows per day
+
+    window_alpha = B / (1000 * W * m * L)        (Bonferroni, per window)
+    h = log(1000 * W * m * L / B)                 (ARL0 of each entity's CUSUM)
+
+so on traffic without incidents the expected number of false CTR alerts is at
+most B per 1,000 campaign-days however many campaigns are watched (both are
+upper bounds; DETECTION.md measures the real rate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.stats import binom
+
+from operators.base import Observation
+from operators.baseline import ClearedRate
+from operators.exact import fisher_less_small_counts
+from operators.sequential import Cusum
+
+if TYPE_CHECKING:
+    from operators.ctr import CtrConfig
+
+# (start, campaign, variant, impressions, clicks)
+WindowCounts = tuple[int, str, str, int, int]
+
+
+def judged_units(windows: Sequence[WindowCounts]) -> list[tuple[int, str, str, int, int]]:
+    """(start, entity, level, impressions, clicks) to judge, by start, campaign, then
+    the pooled campaign before its variants; windows without impressions are skipped.
+
+    >>> judged_units([(0, "c", "A", 10, 1), (0, "c", "B", 12, 0), (0, "d", "", 5, 1)])
+    [(0, 'c', 'campaign', 22, 1), (0, 'c/A', 'variant', 10, 1), (0, 'c/B', 'variant', 12, 0), (0, 'd', 'campaign', 5, 1)]
+    """  # noqa: E501
+    groups: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
+    for start, campaign, variant, imps, clicks in windows:
+        groups.setdefault((start, campaign), []).append((variant, imps, clicks))
+    units = []
+    for (start, campaign), parts in sorted(groups.items()):
+        imps = sum(p[1] for p in parts)
+        if imps:
+            units.append((start, campaign, "campaign", imps, sum(p[2] for p in parts)))
+        if any(variant for variant, _, _ in parts):
+            for variant, v_imps, v_clicks in sorted(parts):
+                if variant and v_imps:
+                    units.append((start, f"{campaign}/{variant}", "variant", v_imps, v_clicks))
+    return units
+
+
+class CtrJudge:
+    """Observations for final CTR windows (see the module docstring)."""
+
+    def __init__(self, config: CtrConfig) -> None:
+        self.config = config
+        self.threshold = config.evidence_threshold
+        self.alpha = config.window_alpha
+        self.baseline = ClearedRate(
+            config.baseline_windows,
+            config.baseline_min_windows,
+            config.baseline_min_impressions,
+            config.baseline_max_pending,
+            config.baseline_min_clicks,
+            config.baseline_block,
+        )
+        self.cusums: dict[str, list[Cusum]] = {}  # one per drop to detect
+        self.recovery: dict[str, Cusum] = {}  # entities in an alarm: evidence of the way back
+        self.log_ratios = [math.log(1.0 - d) for d in config.drops_to_detect]
+
+    def _sequential(
+        self, entity: str, n: int, k: int, base: tuple[int, int]
+    ) -> tuple[float, float, float, list[int] | None]:
+        """Update the entity's CUSUMs with one window; returns (statistic, value for
+        the rule, recovery statistic, the window's baseline entry if it was held)."""
+        cfg = self.config
+        h = self.threshold
+        hits, trials = base
+        # the baseline's lower bound: an estimate high by chance must not read as a drop
+        p0 = max(hits - cfg.baseline_z * math.sqrt(hits), 0.5) / trials
+        log_p0 = math.log1p(-p0)
+        llrs = [
+            k * log_ratio + (n - k) * (math.log1p(-p0 * (1.0 - d)) - log_p0)
+            for d, log_ratio in zip(cfg.drops_to_detect, self.log_ratios, strict=True)
+        ]
+        cusums = self.cusums.get(entity)
+        if cusums is None:
+            cusums = self.cusums[entity] = [Cusum() for _ in llrs]
+        s = max([c.update(llr) for c, llr in zip(cusums, llrs, strict=True)])
+        recovery = self.recovery.get(entity)
+        if recovery is not None:  # in an alarm: has the CTR come back?
+            r = recovery.update(-llrs[0])
+            if r < cfg.recovery_evidence:
+                return s, max(1.0, s / h), r, None
+            del self.recovery[entity]  # recovered: start afresh, learn from the next window
+            for c in cusums:
+                c.reset()
+            return 0.0, 0.0, r, None
+        if s >= h:
+            self.recovery[entity] = Cusum()
+            self.baseline.discard(entity)  # the run that led here is the incident's
+            return s, s / h, 0.0, None
+        held = self.baseline.hold(entity, k, n)
+        if s == 0.0:
+            self.baseline.commit(entity)  # no evidence of a drop left: they were ordinary
+        return s, s / h, 0.0, held
+
+    def judge(self, windows: Sequence[WindowCounts]) -> list[Observation]:
+        cfg = self.config
+        units = judged_units(windows)
+        if not units:
+            return []
+        h = self.threshold
+        # sequential per entity (each window against the baseline before it)
+        judged: list[Any] = []
+        for start, entity, level, n, k in units:
+            base = self.baseline.get(entity)
+            if base is None:
+                # no baseline yet: nothing to judge a drop against; learn
+                self.baseline.hold(entity, k, n)
+                self.baseline.commit(entity)
+                judged.append((start, entity, level, n, k, None, None))
+                continue
+            judged.append((start, entity, level, n, k, base, self._sequential(entity, n, k, base)))
+
+        clicks = np.array([u[4] for u in judged], dtype=np.int64)
+        imps = np.array([u[3] for u in judged], dtype=np.int64)
+        floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
+        with_base = np.array([u[5] is not None for u in judged], dtype=bool)
+        base_k = np.array([u[5][0] for u in judged if u[5] is not None], dtype=np.int64)
+        base_n = np.array([u[5][1] for u in judged if u[5] is not None], dtype=np.int64)
+        drop_p = iter(
+            fisher_less_small_counts(
+                clicks[with_base], imps[with_base] - clicks[with_base], base_k, base_n - base_k
+            ).tolist()
+        )
+        out: list[Observation] = []
+        window_ms = cfg.window_ms
+        for (start, entity, level, n, k, base, seq), p_floor in zip(judged, floor_p, strict=True):
+            end = start + window_ms
+            ctr = k / n
+            common = {"ts": end, "n": n, "window_start": start, "window_end": end}
+            counts = {"impressions": n, "clicks": k, "level": level}
+            out.append(
+                Observation("ctr", entity, "ctr", ctr, details=counts, p_value=p_floor, **common)
+            )
+            if base is None:
+                continue
+            p_drop = next(drop_p)
+            s, value, r, held = seq
+            if held is not None and p_drop <= self.alpha:
+                self.baseline.drop(entity, held)  # significant on its own: not ordinary
+            baseline = base[0] / base[1]
+            details = {
+                **counts,
+                "ctr": ctr,
+                "baseline_ctr": baseline,
+                "baseline_impressions": base[1],
+            }
+            out.append(
+                Observation(
+                    "ctr",
+                    entity,
+                    "ctr_drop",
+                    (baseline - ctr) / baseline,
+                    details=details,
+                    p_value=p_drop,
+                    **common,
+                )
+            )
+            out.append(
+                Observation(
+                    "ctr",
+                    entity,
+                    "ctr_evidence",
+                    value,
+                    details={**details, "llr": s, "llr_threshold": h, "recovery_llr": r},
+                    **common,
+                )
+            )
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline.snapshot(),
+            "cusums": {key: [c.snapshot() for c in cs] for key, cs in self.cusums.items()},
+            "recovery": {key: c.snapshot() for key, c in self.recovery.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.baseline.restore(state["baseline"])
+        self.cusums = {key: [Cusum(None, v) for v in cs] for key, cs in state["cusums"].items()}
+        self.recovery = {key: Cusum(None, v) for key, v in state["recovery"].items()}
+
+
+__all__ = ["CtrJudge", "WindowCounts", "judged_units"]
