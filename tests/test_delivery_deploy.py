@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from streams import kafka
 from streams.config import load_settings
 from streams.delivery import router
+from streams.delivery.journal import Journal
+from streams.embedded import EmbeddedBroker
 from tests.delivery_services import alert_event
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,3 +76,28 @@ def test_example_toml_seed_004_levels(tmp_path: Path) -> None:
         "warning": ["data-scientists"],
         "info": ["log"],
     }
+
+
+@pytest.mark.integration
+def test_delivery_log_must_cover_every_alerts_partition(broker: EmbeddedBroker) -> None:
+    """A job goes to its alert's partition number: a log with fewer partitions is grown
+    (Apache Kafka) or refused with what to do (Tansu cannot add partitions)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    settings = load_settings(
+        env={"STREAMWATCH_KAFKA": broker.bootstrap},
+        overrides={"kafka.group_id": "dlv-narrow", "topics.alerts": "dlv-narrow.alerts"},
+    )
+    kafka.ensure_topics(settings)
+    journal = Journal(settings)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for future in admin.create_topics([NewTopic(journal.topic, 2, 1)]).values():
+        future.result()
+    try:
+        journal.ensure_topic()
+    except RuntimeError as exc:  # Tansu: no CreatePartitions
+        assert "has 2 partitions and the alerts topic 4" in str(exc)
+        assert "delivery.topic" in str(exc)
+    else:  # a broker that adds partitions
+        parts = admin.list_topics(journal.topic, timeout=10).topics[journal.topic].partitions
+        assert len(parts) == 4

@@ -81,14 +81,28 @@ class Journal:
 
     def ensure_topic(self) -> None:
         """Create the log where missing, with the alert topic's partition count."""
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
         admin = AdminClient(self.settings.kafka_client_config())
         topics = admin.list_topics(timeout=15).topics
-        if self.topic in topics:
-            return
         alerts = topics.get(self.settings.topics.alerts)
         parts = len(alerts.partitions) if alerts else self.settings.kafka.partitions
+        if self.topic in topics:
+            # the alerts topic gained partitions: the log follows (a job is written
+            # to the partition number of its alert)
+            have = len(topics[self.topic].partitions)
+            if have < parts:
+                futures = admin.create_partitions([NewPartitions(self.topic, parts)])
+                for future in futures.values():
+                    try:
+                        future.result()
+                    except Exception as exc:
+                        raise RuntimeError(
+                            f"the delivery log {self.topic} has {have} partitions and the "
+                            f"alerts topic {parts}, and adding partitions failed ({exc}): "
+                            f"add them, or set delivery.topic to a new topic"
+                        ) from None
+            return
         new = NewTopic(self.topic, parts, 1, config={"cleanup.policy": "compact"})
         for name, future in admin.create_topics([new], request_timeout=15).items():
             try:
