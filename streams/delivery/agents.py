@@ -266,7 +266,8 @@ class Delivery:
 
     async def send(self, name: str, job: Job) -> None:
         alert = job["alert"]
-        assert self.session is not None
+        if self.session is None:
+            raise DeliveryError("delivery is not started yet")
         timeout = self.settings.delivery.timeout_s
         if name == ALERTMANAGER:
             now = now_ms()
