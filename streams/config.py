@@ -7,6 +7,7 @@
     STREAMWATCH_WEB_BIND    its address (default 127.0.0.1; containers set 0.0.0.0)
     STREAMWATCH_WEB_TOKEN   when set, every /api/ request needs "Authorization: Bearer <it>"
     STREAMWATCH_DATA_DIR    where embedded state lives (default ./var)
+    STREAMWATCH_ALERTMANAGER_URL  post every alert to this Alertmanager (docs/delivery.md)
     STREAMWATCH_KAFKA_SASL_USERNAME / _PASSWORD, STREAMWATCH_KAFKA_SECURITY_PROTOCOL, ...
 
 Unknown keys and wrong types are refused with the path of the offending key.
@@ -451,6 +452,137 @@ DEFAULT_RULES = [
 ]
 
 
+# -- delivery (streams/delivery): Alertmanager, webhooks, e-mail ---------------
+
+RECEIVER_TYPES = ("generic", "slack", "dingtalk", "wecom", "feishu", "email", "log")
+# fields whose values are secrets (webhook URLs carry their token): masked in
+# `config show` unless they are `${ENV}` references, which are not secret
+SECRET_FIELDS = ("url", "password")
+
+
+class ReceiverSettings(Strict):
+    """One direct receiver. String fields may hold `${ENV}` references, resolved at
+    start from the worker's environment (keep webhook URLs and passwords there)."""
+
+    name: str
+    type: Literal["generic", "slack", "dingtalk", "wecom", "feishu", "email", "log"]
+    url: str | None = None  # webhook kinds
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # generic: e.g. auth
+    # email
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    starttls: bool = True  # STARTTLS before login (port 465 implicit TLS: tls = true)
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    sender: str | None = None
+    to: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.type == "email":
+            if not (self.smtp_host and self.sender and self.to):
+                raise ValueError(f"receiver {self.name}: email needs smtp_host, sender and to")
+        elif self.type != "log" and not self.url:
+            raise ValueError(f"receiver {self.name}: type {self.type} needs a url")
+
+
+class RouteSettings(Strict):
+    """Alerts matching every given condition go to `receivers` (empty list: any)."""
+
+    receivers: list[str]
+    severity: list[Literal["info", "warning", "critical"]] = msgspec.field(default_factory=list)
+    kind: list[str] = msgspec.field(default_factory=list)
+    entity: str = "*"  # glob (fnmatch): "model-*", "cmp-00?", "*/user_segment"
+    rule: str = "*"  # glob on the rule name
+    status: list[Literal["firing", "resolved"]] = msgspec.field(default_factory=list)
+
+
+class DeliverySettings(Strict):
+    """Where alerts go besides the `alerts` topic (docs/delivery.md)."""
+
+    # Alertmanager base URL (env STREAMWATCH_ALERTMANAGER_URL): every alert is posted
+    # to its /api/v2/alerts; grouping, silences and routing are then Alertmanager's
+    alertmanager_url: str | None = None
+    # firing alerts are re-posted this often, with endsAt = now + alertmanager_ttl_s:
+    # well inside Alertmanager's resolve_timeout (5 min), so a lost worker makes its
+    # alerts resolve by themselves after the TTL rather than stay firing forever
+    alertmanager_repost_s: float = 60
+    alertmanager_ttl_s: float = 240
+    dashboard_url: str | None = None  # link in messages (default: the worker's web server)
+    receivers: list[ReceiverSettings] = msgspec.field(default_factory=list)
+    routes: list[RouteSettings] = msgspec.field(default_factory=list)
+    # the durable delivery log (jobs, done marks, Alertmanager's firing set), compacted;
+    # default "<kafka.group_id>-delivery": one log per deployment sharing a cluster
+    topic: str | None = None
+    timeout_s: float = 10  # per request
+    # an alert published longer ago than this is not delivered (counted and logged):
+    # the first start of delivery on a topic with history does not page anyone for
+    # old alerts; 0 = no limit. Jobs already queued are always delivered.
+    max_age_s: float = 6 * 3600
+    retry_initial_s: float = 1  # backoff: initial * 2**n, full jitter, capped at retry_max_s
+    retry_max_s: float = 300
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.receivers]
+        if len(set(names)) != len(names):
+            raise ValueError("delivery.receivers: names must be unique")
+        if "alertmanager" in names:
+            raise ValueError("delivery.receivers: 'alertmanager' is reserved (alertmanager_url)")
+        for i, route in enumerate(self.routes):
+            unknown = sorted(set(route.receivers) - set(names))
+            if unknown:
+                raise ValueError(f"delivery.routes[{i}] names unknown receivers {unknown}")
+        if not 0 < self.alertmanager_repost_s < self.alertmanager_ttl_s:
+            raise ValueError("delivery: 0 < alertmanager_repost_s < alertmanager_ttl_s")
+        if not 0 < self.retry_initial_s <= self.retry_max_s or self.timeout_s <= 0:
+            raise ValueError("delivery: 0 < retry_initial_s <= retry_max_s, timeout_s > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.alertmanager_url or self.routes)
+
+    def masked(self) -> dict[str, Any]:
+        data = msgspec.to_builtins(self)
+        for receiver in data["receivers"]:
+            for field in SECRET_FIELDS:
+                value = receiver.get(field)
+                if value and not _is_env_reference(value):
+                    receiver[field] = "***"
+            receiver["headers"] = {
+                k: v if _is_env_reference(v) else "***" for k, v in receiver["headers"].items()
+            }
+        url = data.get("alertmanager_url")
+        if url and "@" in url and "://" in url:  # basic-auth credentials in the URL
+            scheme, rest = url.split("://", 1)
+            data["alertmanager_url"] = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return data
+
+
+def _is_env_reference(value: str) -> bool:
+    import re
+
+    return re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", value) is not None
+
+
+def expand_env(value: str, env: dict[str, str] | None = None) -> str:
+    """`${NAME}` references replaced from the environment; an unset one is an error.
+
+    >>> expand_env("https://hook/${T}", {"T": "abc"})
+    'https://hook/abc'
+    """
+    import re
+
+    env = dict(os.environ) if env is None else env
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(f"environment variable {name} (referenced in the config) is unset")
+        return env[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", one, value)
+
+
 class Settings(Strict):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = msgspec.field(default_factory=ClickHouseSettings)
@@ -465,6 +597,7 @@ class Settings(Strict):
     web_bind: str = "127.0.0.1"  # loopback only unless asked (containers set 0.0.0.0)
     web_token: str | None = None  # bearer token for /api/ (None: no token asked)
     web_enabled: bool = True
+    delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     query_timeout_s: float = 10  # /api/query and `streamwatch query`: time limit
     query_max_rows: int = 100_000  # ... and result size limit
     # test hooks on the web server (/debug/clickhouse?fail=1): tests only, and only
@@ -549,6 +682,7 @@ class Settings(Strict):
             creds, host = rest.rsplit("@", 1)
             user = creds.split(":", 1)[0]
             data["clickhouse"]["dsn"] = f"{scheme}://{user}:***@{host}"
+        data["delivery"] = self.delivery.masked()
         return data
 
 
@@ -564,6 +698,7 @@ ENV = {
     "STREAMWATCH_WEB_BIND": ("web_bind",),
     "STREAMWATCH_WEB_TOKEN": ("web_token",),
     "STREAMWATCH_DATA_DIR": ("data_dir",),
+    "STREAMWATCH_ALERTMANAGER_URL": ("delivery", "alertmanager_url"),
 }
 
 

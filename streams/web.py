@@ -373,6 +373,11 @@ def register_pages(app: Any, worker: Worker) -> None:
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         status, body = readiness(worker)  # streams/health.py says when it is 503
+        # a receiver that is down is reported, never a 503: alerts wait durably in the
+        # delivery log, and taking the pipeline out of service would not bring it back
+        delivery = getattr(worker.app, "streamwatch_delivery", None)
+        if delivery is not None:
+            body["delivery"] = delivery.status()
         return web.json(body, status=status)
 
     @app.page("/health/live")
