@@ -47,14 +47,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
-def binomial_llr(x: int, n: int, p0: float, p1: float) -> float:
-    """log P(x | n, p1) / P(x | n, p0) for a binomial count (the binomial coefficients cancel).
-
-    >>> round(binomial_llr(2, 10, 0.1, 0.3), 4)  # 2 ln 3 + 8 ln(7/9)
-    0.1867
-    """
-    return x * math.log(p1 / p0) + (n - x) * math.log((1.0 - p1) / (1.0 - p0))
+# the LLR itself is CTR's (one definition for every binomial CUSUM)
+from operators.sequential import binomial_llr
 
 
 def cusum_step(s: float, x: int, n: int, p0: float, p1: float, cap: float = math.inf) -> float:
@@ -63,7 +57,7 @@ def cusum_step(s: float, x: int, n: int, p0: float, p1: float, cap: float = math
     >>> cusum_step(0.0, 0, 100, 0.5, 0.55)  # no evidence for p1: stays at 0
     0.0
     """
-    return min(cap, max(0.0, s + binomial_llr(x, n, p0, p1)))
+    return min(cap, max(0.0, s + float(binomial_llr(x, n, p0, p1))))
 
 
 class BinomialCusum:
