@@ -346,7 +346,13 @@ class QualityOperator(Operator):
     # -- rows and judgement --------------------------------------------------
 
     def _labelled(self, window: QualityWindow) -> Labelled:
-        idx = [i for i, y in enumerate(window.label) if y is not None]
+        # in (time, request id) order: sums in the same order whatever the arrival order,
+        # so the metrics are equal to the last bit (not only to rounding)
+        ids = list(window.index)
+        idx = sorted(
+            (i for i, y in enumerate(window.label) if y is not None),
+            key=lambda i: (window.ts[i], ids[i]),
+        )
         return Labelled(
             pred=[window.pred[i] for i in idx],
             label=[window.label[i] for i in idx],  # type: ignore[misc]
@@ -358,7 +364,9 @@ class QualityOperator(Operator):
         ref = self.references.get(key)
         if ref is None or ref.calibration is None or not window.pred:
             return None
-        conf = [cbpe_confidence(p, c) for p, c in zip(window.pred, window.conf, strict=True)]
+        ids = list(window.index)
+        order = sorted(range(len(ids)), key=lambda i: (window.ts[i], ids[i]))
+        conf = [cbpe_confidence(window.pred[i], window.conf[i]) for i in order]
         if any(c is None for c in conf):
             return None
         return ref.calibration.expected_accuracy(conf)
