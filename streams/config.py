@@ -246,8 +246,7 @@ def quality_rules(config: QualityConfig | None = None) -> list[RuleSettings]:
             "{reference_accuracy:.1%} ({labelled} labels)",
             label="relative accuracy drop",
             value_format="{:.0%}",
-            resolved_note="accuracy {accuracy:.1%} against a reference of "
-            "{reference_accuracy:.1%}",
+            resolved_note="accuracy {accuracy:.1%} against a reference of {reference_accuracy:.1%}",
             min_samples=30,
             max_p_value=alpha,
             clear_windows=3,
@@ -287,6 +286,21 @@ def quality_rules(config: QualityConfig | None = None) -> list[RuleSettings]:
             for method in ("page_hinkley", "adwin")
         ),
     ]
+
+
+def _quality_rules_for_budget(
+    rules: list[RuleSettings], options: dict[str, Any]
+) -> list[RuleSettings]:
+    """The default quality rules re-derived from the quality monitor's options (its
+    false-alarm budget and window size), as `_ctr_rules_for_budget` does for CTR."""
+    if not options:
+        return rules
+    try:
+        derived = {r.name: r for r in quality_rules(QualityConfig(**options))}
+    except (TypeError, ValueError):
+        return rules
+    defaults = {r.name: r for r in quality_rules()}
+    return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
 
 
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
@@ -465,6 +479,7 @@ class Settings(Strict):
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
         self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)
+        self.rules = _quality_rules_for_budget(self.rules, self.monitors["quality"].options)
 
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
