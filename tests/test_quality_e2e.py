@@ -146,10 +146,13 @@ def test_kill_9_with_pending_labels_gives_the_uninterrupted_rows(tmp_path, broke
             "FROM streamwatch.alerts FINAL WHERE kind = 'quality' ORDER BY ws"
         )
         late = worker.query("SELECT count() AS n FROM streamwatch.late_events FINAL")[0]["n"]
+        last_run = worker.metric("streamwatch_events_consumed_total")
     finally:
         code = worker.stop()
     assert code == 0
     assert late == 0
+    # the restart resumed from a checkpoint (pending predictions restored), not from 0
+    assert last_run < len(body) + len(tail), (last_run, len(body))
 
     want = reference_rows(events)
     finals = {(r["ws"], r["model_id"], r["model_version"]): r for r in rows if r["final"]}
