@@ -295,7 +295,11 @@ function renderQuality(data) {
         { name: "realized", color: PALETTE[1], points: rs.filter((r) => r.final && r.accuracy !== null).map((r) => [r.t, r.accuracy * 100]) },
         { name: "estimated", color: PALETTE[2], dashed: true, points: rs.filter((r) => r.estimated_accuracy !== null).map((r) => [r.t, r.estimated_accuracy * 100]) },
       ];
-    lineChart(node, { series, heading: name, height: 200,
+    // each window also as a dot: a version with one final window so far is still seen
+    const dots = series.flatMap((sr) => sr.points.map(([t, v]) => ({
+      t, v, color: sr.color, text: `${sr.name} ${fmt(v)}${regression ? "" : "%"}`,
+    })));
+    lineChart(node, { series, dots, heading: name, height: 200,
       yFormat: (v) => regression ? `${fmt(v)}` : `${fmt(v)}%` });
   }
   if (!byModel.size) node.innerHTML = '<div class="empty">no labels yet</div>';
