@@ -391,3 +391,53 @@ def test_rows_match_the_table() -> None:
     columns = set(TABLES_BY_NAME["quality_windows"].column_names) - {"inserted_at"}
     assert rows and all(set(r) == columns for r in rows)
     assert np.isfinite([r["coverage"] for r in rows]).all()
+
+
+def test_label_delay_per_model_and_forced_task() -> None:
+    """`label_delay_by_model` finalises each model's windows after its own delay, and
+    `tasks` reads a model's [0, 1] predictions as regression when told so."""
+    cfg = QualityConfig(
+        label_delay_ms=MIN,
+        label_delay_by_model={"slow": 10 * MIN},
+        tasks={"fraction": "regression"},
+    )
+    op = QualityOperator(cfg)
+    op.feed(
+        "inference-logs",
+        [log("f1", T0, "fast", 0.9), log("s1", T0, "slow", 0.9), log("r1", T0, "fraction", 0.25)],
+    )
+    op.feed(
+        "labels",
+        [
+            lab("f1", T0 + 2 * MIN, "fast", 1.0),  # past fast's 1-min delay: orphan
+            lab("s1", T0 + 2 * MIN, "slow", 1.0),  # within slow's 10 min: joins
+            lab("r1", T0 + 30, "fraction", 0.5),
+        ],
+    )
+    op.advance(T0 + 300_000 + MIN)
+    rows = op.collect().rows["quality_windows"]
+    final = {(r["model_id"], r["model_version"]) for r in rows if r["final"]}
+    assert ("fast", "v1") in final and ("fraction", "v1") in final
+    assert ("slow", "v1") not in final  # still provisional: its labels may still come
+    (fraction,) = [r for r in rows if r["model_id"] == "fraction" and r["final"]]
+    assert fraction["task"] == "regression" and fraction["mae"] == pytest.approx(0.25)
+    op.advance(T0 + 300_000 + 10 * MIN)
+    rows += op.collect().rows["quality_windows"]
+    (slow,) = [r for r in rows if r["model_id"] == "slow" and r["final"]]
+    assert slow["labelled"] == 1 and slow["accuracy"] == 1.0
+    fast_orphans = sum(r["orphan_labels"] for r in rows if r["model_id"] == "fast" and r["final"])
+    assert fast_orphans == 1
+    assert op.by_id == {} and op.pending == {}  # nothing left once every window is final
+
+
+def test_label_before_its_prediction_joins_and_unknown_request_is_an_orphan() -> None:
+    op = QualityOperator(QualityConfig(label_delay_ms=MIN))
+    op.feed("labels", [lab("a", T0 + 5_000, "m", "x"), lab("nobody", T0 + 6_000, "m", "x")])
+    op.advance(T0 + 1_000)  # the watermark has not passed the labels: both wait
+    assert len(op.pending) == 2
+    op.feed("inference-logs", [log("a", T0 + 2_000, "m", "x")])  # out of order, in time
+    op.advance(T0 + 300_000 + MIN)
+    rows = op.collect().rows["quality_windows"]
+    (real,) = [r for r in rows if r["model_version"] == "v1" and r["final"]]
+    assert real["labelled"] == 1 and real["accuracy"] == 1.0
+    assert sum(r["orphan_labels"] for r in rows if r["final"]) == 1
