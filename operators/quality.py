@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -583,73 +584,110 @@ class QualityOperator(Operator):
 
     def snapshot(self) -> dict[str, Any]:
         windows = [
-            [
-                start,
-                key,
-                list(w.index),
-                w.ts,
-                w.pred,
-                w.conf,
-                w.label,
-                w.label_ts,
-                w.weight,
-                w.orphans,
-                w.dup_labels,
-                w.dup_preds,
-            ]
+            WindowState(
+                start=start,
+                key=key,
+                ids=list(w.index),
+                ts=w.ts,
+                pred=w.pred,
+                conf=w.conf,
+                label=w.label,
+                label_ts=w.label_ts,
+                weight=w.weight,
+                orphans=w.orphans,
+                duplicate_labels=w.dup_labels,
+                duplicate_predictions=w.dup_preds,
+            )
             for start, key, w in self.windows.items()
         ]
         pending = [
-            [rid, seq, *fields]
+            PendingLabel(rid, seq, *fields)
             for rid, waiting in self.pending.items()
             for seq, fields in waiting.items()
         ]
-        return {
-            "format": 1,
-            "windows": windows,
-            "pending": pending,
-            "seq": self.seq,
-            "provisional_until": self.provisional_until,
-            "references": {k: r.snapshot() for k, r in self.references.items()},
-        }
+        state = QualityState(
+            windows=windows,
+            pending=pending,
+            seq=self.seq,
+            provisional_until=self.provisional_until,
+            references={k: r.snapshot() for k, r in self.references.items()},
+        )
+        return msgspec.to_builtins(state)
 
     def restore(self, state: dict[str, Any]) -> None:
-        if state.get("format") != 1:
-            raise ValueError("quality: unknown snapshot format; this build reads format 1")
+        if state.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(
+                f"quality: snapshot format {state.get('format')!r} is not this build's "
+                f"({SNAPSHOT_FORMAT}); start this monitor afresh (drop its checkpoint)"
+            )
+        try:
+            typed = msgspec.convert(state, QualityState)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"quality: the snapshot does not match its format: {exc}") from None
         self.windows.clear()
         self.by_id = {}
-        for (
-            start,
-            key,
-            ids,
-            ts,
-            pred,
-            conf,
-            label,
-            label_ts,
-            weight,
-            orphans,
-            dup_l,
-            dup_p,
-        ) in state["windows"]:
-            w = self.windows.at(key, start)
-            w.key = key
-            w.index = {rid: i for i, rid in enumerate(ids)}
-            w.ts, w.pred, w.conf = list(ts), list(pred), list(conf)
-            w.label, w.label_ts, w.weight = list(label), list(label_ts), list(weight)
-            w.orphans, w.dup_labels, w.dup_preds = orphans, dup_l, dup_p
-            for rid in ids:
+        for ws in typed.windows:
+            w = self.windows.at(ws.key, ws.start)
+            w.key = ws.key
+            w.index = {rid: i for i, rid in enumerate(ws.ids)}
+            w.ts, w.pred, w.conf = ws.ts, ws.pred, ws.conf
+            w.label, w.label_ts, w.weight = ws.label, ws.label_ts, ws.weight
+            w.orphans, w.dup_labels = ws.orphans, ws.duplicate_labels
+            w.dup_preds = ws.duplicate_predictions
+            for rid in ws.ids:
                 self.by_id[rid] = w
         self.pending, self.pending_heap = {}, []
-        for rid, seq, ts, model, label, weight in state["pending"]:
-            self.pending.setdefault(rid, {})[seq] = (ts, model, label, weight)
-            self.pending_heap.append((ts, seq, rid))
+        for p in typed.pending:
+            self.pending.setdefault(p.request_id, {})[p.seq] = (p.ts, p.model_id, p.label, p.weight)
+            self.pending_heap.append((p.ts, p.seq, p.request_id))
         heapq.heapify(self.pending_heap)
-        self.seq = state["seq"]
-        self.provisional_until = state["provisional_until"]
+        self.seq = typed.seq
+        self.provisional_until = typed.provisional_until
         self.references = {
-            k: QualityReference.from_snapshot(r) for k, r in state["references"].items()
+            k: QualityReference.from_snapshot(r) for k, r in typed.references.items()
         }
+
+
+# -- checkpoint state: typed and versioned (a snapshot is msgspec.to_builtins of it) ------
+
+SNAPSHOT_FORMAT = 1
+
+
+class WindowState(msgspec.Struct, kw_only=True):
+    """One window's predictions as parallel lists (no per-prediction objects)."""
+
+    start: int
+    key: str  # model_id \x1f model_version ("" for the orphans' rows)
+    ids: list[str]
+    ts: list[int]
+    pred: list[float | str]
+    conf: list[float | None]
+    label: list[float | str | None]
+    label_ts: list[int]
+    weight: list[float]
+    orphans: int
+    duplicate_labels: int
+    duplicate_predictions: int
+
+
+class PendingLabel(msgspec.Struct, array_like=True):
+    """A label waiting for its prediction (compact: one array per label)."""
+
+    request_id: str
+    seq: int
+    ts: int
+    model_id: str
+    label: float | str
+    weight: float
+
+
+class QualityState(msgspec.Struct, kw_only=True):
+    windows: list[WindowState]
+    pending: list[PendingLabel]
+    seq: int
+    provisional_until: int
+    references: dict[str, dict[str, Any]]
+    format: int = SNAPSHOT_FORMAT
 
 
 __all__ = ["QualityConfig", "QualityOperator", "class_name"]
