@@ -123,8 +123,26 @@ def _check_finite(mapping: dict[str, float] | dict[str, FeatureValue], name: str
             raise ValueError(f"{name}.{key} is not a finite number")
 
 
+class LabelEvent(Event, kw_only=True):
+    """v2: the ground truth of one prediction, known at `ts` (labels topic)."""
+
+    request_id: NonEmpty  # of the inference log it labels
+    model_id: NonEmpty
+    label: FeatureValue
+    weight: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.label, float) and not math.isfinite(self.label):
+            raise ValueError("label is not a finite number")
+        if self.weight is not None and not math.isfinite(self.weight):
+            raise ValueError("weight is not a finite number")
+
+
 Severity = Literal["info", "warning", "critical"]
-AlertKind = Literal["ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness"]
+AlertKind = Literal[
+    "ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness", "quality"
+]
 
 
 class Alert(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -175,6 +193,7 @@ INPUT_EVENTS: dict[str, type[Event]] = {
     "clicks": Click,
     "inference-logs": InferenceLog,
     "sensor-readings": SensorReading,
+    "labels": LabelEvent,
 }
 
 # The field each input topic must be keyed by (co-partitioning depends on it).
@@ -183,4 +202,5 @@ KEY_FIELD: dict[str, str] = {
     "clicks": "campaign_id",
     "inference-logs": "model_id",
     "sensor-readings": "sensor_id",
+    "labels": "model_id",
 }

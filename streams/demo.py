@@ -20,6 +20,8 @@ from streams.config import Settings
 from streams.simulate import Scenario, Simulator, publish
 from streams.worker import Services, Worker
 
+DEMO_LABEL_DELAY_MS = 600_000
+
 
 def _topic_map(settings: Settings) -> dict[str, str]:
     from streams.cli import _topic_map as topic_map
@@ -32,6 +34,11 @@ def run_demo(
 ) -> bool:
     from streams.cli import print_alert
 
+    quality = settings.monitors.get("quality")
+    if quality is not None and "label_delay_ms" not in quality.options:
+        # the simulator's labels come within 540 s: a 10-min label delay makes the
+        # quality windows final (and the concept drift's alert fire) within the demo
+        quality.options = {**quality.options, "label_delay_ms": DEMO_LABEL_DELAY_MS}
     services = Services(settings)
     settings = services.start()
     try:

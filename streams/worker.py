@@ -177,6 +177,7 @@ class Worker:
             t.clicks: "clicks",
             t.inference_logs: "inference-logs",
             t.sensor_readings: "sensor-readings",
+            t.labels: "labels",
         }
         self.pipeline = Pipeline(monitors, self.sinks, logical)
         self.store = CheckpointStore(
