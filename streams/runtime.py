@@ -73,6 +73,9 @@ class Runtime:
         # the highest watermark seen (max over monitors, ms) and when it last rose
         self.watermark_high = -1
         self.watermark_moved = time.monotonic()
+        # set by whoever stops the worker because its input is over (the demo's end):
+        # close() then finishes every task, not only those whose input went quiet
+        self.end_of_input = False
         metrics.BACKPRESSURE.set_function(lambda: 0.0 if self.paused_since is None else 1.0)
 
     # -- failure --------------------------------------------------------------
@@ -183,6 +186,12 @@ class Runtime:
             if self.faults.fire("timer"):
                 raise InjectedFault("injected failure in the timer")
             self.pipeline.tick()
+            if self.settings.close_idle_after_s > 0:
+                # input silent for close_idle_after_s: its last windows close now
+                quiet_ms = int(self.settings.close_idle_after_s * 1000)
+                moved = self.pipeline.finish(quiet_ms)
+                if moved:
+                    log.info("input idle: finished %d monitor tasks (their last windows)", moved)
             await self._maybe_flush_and_checkpoint()
             now = time.time()
             watermarks = self.pipeline.watermarks()
@@ -205,6 +214,29 @@ class Runtime:
                 await self._checkpoint(force=True)
             except SinkError as exc:
                 log.warning("stopping with unwritten results (they will be replayed): %s", exc)
+                return  # nothing is finished early when it could not be written
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """At an orderly stop, after the state is safe: finish the tasks whose input is
+        over (all at the end of input, else those silent for idle_timeout_s and their
+        lateness), write their results, then checkpoint the finished state. A task
+        still receiving input is left as it is: a restart carries its windows on,
+        exactly as an uninterrupted run would (a rolling restart changes no result)."""
+        quiet = None if self.end_of_input else int(self.settings.idle_timeout_s * 1000)
+        try:
+            moved = self.pipeline.finish(quiet)
+            if not moved:
+                return
+            log.info("stopping: finished %d monitor tasks whose input is over", moved)
+            await self._flush()
+            await self._checkpoint(force=True)
+        except SinkError as exc:
+            # the finished results may be partly written and the finished state is not
+            # checkpointed: the restart replays from the checkpoint above
+            log.warning("stopping with unwritten final windows (they will be replayed): %s", exc)
+        except Exception as exc:
+            self.fail("finishing at the stop", exc)
 
     async def _maybe_flush_and_checkpoint(self, force_flush: bool = False) -> None:
         now = time.monotonic()
