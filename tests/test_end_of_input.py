@@ -109,9 +109,7 @@ def test_orderly_stop_closes_the_last_windows_once(tmp_path, broker) -> None:
             ],
         )
         worker.wait_until(
-            lambda: (
-                worker.query("SELECT count() AS n FROM streamwatch.late_events")[0]["n"] >= 1
-            ),
+            lambda: worker.query("SELECT count() AS n FROM streamwatch.late_events")[0]["n"] >= 1,
             60,
             "the late reading",
         )
