@@ -30,6 +30,7 @@ from streams import metrics
 from streams.checkpoints import CheckpointStore
 from streams.config import Settings
 from streams.faults import Faults, InjectedFault
+from streams.health import unjudgeable_series
 from streams.pipeline import Pipeline, RawMessage, by_partition
 from streams.sinks import SinkError, Sinks
 
@@ -198,6 +199,8 @@ class Runtime:
             for monitor, wm in watermarks.items():
                 metrics.WATERMARK.labels(monitor).set(wm / 1000)
                 metrics.WATERMARK_DELAY.labels(monitor).set(now - wm / 1000)
+            for monitor, series in unjudgeable_series(self.pipeline).items():
+                metrics.UNJUDGEABLE.labels(monitor).set(len(series))
             high = max(watermarks.values(), default=-1)
             if high > self.watermark_high:
                 self.watermark_high, self.watermark_moved = high, time.monotonic()
