@@ -233,7 +233,7 @@ class Runtime:
                 return
             log.info("stopping: finished %d monitor tasks whose input is over", moved)
             await self._flush()
-            await self._checkpoint(force=True)
+            await self._checkpoint()  # the finished tasks (dirty), the rest is written
         except SinkError as exc:
             # the finished results may be partly written and the finished state is not
             # checkpointed: the restart replays from the checkpoint above
