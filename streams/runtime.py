@@ -77,6 +77,7 @@ class Runtime:
         # set by whoever stops the worker because its input is over (the demo's end):
         # close() then finishes every task, not only those whose input went quiet
         self.end_of_input = False
+        self.unjudgeable_monitors: set[str] = set()  # monitors given the metric so far
         metrics.BACKPRESSURE.set_function(lambda: 0.0 if self.paused_since is None else 1.0)
 
     # -- failure --------------------------------------------------------------
@@ -199,8 +200,12 @@ class Runtime:
             for monitor, wm in watermarks.items():
                 metrics.WATERMARK.labels(monitor).set(wm / 1000)
                 metrics.WATERMARK_DELAY.labels(monitor).set(now - wm / 1000)
-            for monitor, series in unjudgeable_series(self.pipeline).items():
+            unjudgeable = unjudgeable_series(self.pipeline)
+            for monitor in self.unjudgeable_monitors - set(unjudgeable):
+                metrics.UNJUDGEABLE.labels(monitor).set(0)  # its partitions went elsewhere
+            for monitor, series in unjudgeable.items():
                 metrics.UNJUDGEABLE.labels(monitor).set(len(series))
+            self.unjudgeable_monitors |= set(unjudgeable)
             high = max(watermarks.values(), default=-1)
             if high > self.watermark_high:
                 self.watermark_high, self.watermark_moved = high, time.monotonic()
