@@ -13,6 +13,13 @@ exponential backoff (0.5 s doubling to 30 s); consumption goes on until
 `max_buffered_rows`, then `handle` blocks until the rows are written:
 backpressure, never a drop.
 
+The end of input (issue 14): a monitor task whose input has been silent for
+`close_idle_after_s` is finished on the timer (`Pipeline.finish`: its held
+readings judged, its windows ending by its last event closed); at an orderly
+stop, after the last regular checkpoint, the tasks silent for `idle_timeout_s`
+(every task when `end_of_input` is set, the demo's end) are finished, their
+results written and their finished state checkpointed, in that order.
+
 Anything else that goes wrong (an exception that is not a `SinkError`: a bug,
 a fatal producer error) is not retried: `fail` records it, the worker logs it
 at error level and exits non-zero without writing a checkpoint (crash-only:
