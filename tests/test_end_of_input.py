@@ -120,3 +120,50 @@ def test_orderly_stop_closes_the_last_windows_once(tmp_path, broker) -> None:
         "SELECT monitor, toUnixTimestamp64Milli(event_ts) AS ts FROM streamwatch.late_events"
     )
     assert {(r["monitor"], r["ts"]) for r in late_rows} >= {("sensor", late["ts"])}
+
+
+UNTIL_SCRIPT = """
+import sys, time
+from streams.config import load_settings
+from streams.worker import Worker
+
+settings = load_settings(sys.argv[1], env={})
+worker = Worker(settings)
+expected = int(sys.argv[2])
+started = time.monotonic()
+
+def until():
+    # the caller's end of input, as the demo's: everything consumed and written
+    done = sum(worker.pipeline.events_in.values()) >= expected and not worker.sinks.buffered
+    return done or time.monotonic() - started > 90
+
+worker.run(until=until)
+rows = worker.query(
+    "SELECT count() FROM streamwatch.sensor_windows FINAL WHERE sensor_id = 's-end'"
+).result_rows
+print("windows", rows[0][0])
+"""
+
+
+def test_the_end_of_input_a_caller_declares_finishes_every_task(tmp_path, broker) -> None:
+    """`Worker.run(until=...)` (the demo's end): the stop comes right after the input is
+    consumed, long before any idle bound, and still every task is finished: the
+    last window is written before the worker returns."""
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    d = deployment(tmp_path, broker.bootstrap, "eoi-until", close_idle_after_s=0)
+    _, sent = readings(d)
+    produce(broker.bootstrap, sent)
+    done = subprocess.run(
+        [sys.executable, "-c", UNTIL_SCRIPT, str(d.path), str(len(sent))],
+        env=d.env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "windows 5" in done.stdout, done.stdout + done.stderr[-3000:]
