@@ -4,9 +4,10 @@ A replay's last readings sit after the watermark (the last event time less the
 lateness): without an end of input they are never judged and their windows never
 close. The worker finishes a monitor task (`MonitorTask.finish`: the watermark
 moves to one past the last event seen) when its input has been silent for
-`close_idle_after_s` (and its lateness), and at an orderly stop when it has been
-silent for `idle_timeout_s` (and its lateness); the results are written before the
-final checkpoint, so after a restart a finished window is never closed again: an
+`close_idle_after_s` (and its lateness), at an orderly stop when it has been silent
+for `idle_timeout_s` (and its lateness), and at a stop whose caller declares the end
+of input (`Worker.run(until=...)`, the demo) in any case; the results are written
+before the final checkpoint, so after a restart a finished window is never closed again: an
 event for it is a late event.
 
 The input: one sensor, one reading a second over five minutes, the last reading at
