@@ -272,7 +272,9 @@ class Runtime:
                 exc,
             )
             return
-        self.healthy, self.last_error, self.backoff = True, None, 0.0
+        self.backoff = 0.0
+        if self.failure is None:  # a failure's reason stays for /health until the exit
+            self.healthy, self.last_error = True, None
         if now - self.last_checkpoint >= self.settings.checkpoint_interval_s:
             await self._checkpoint()
 
@@ -289,6 +291,8 @@ class Runtime:
     async def _checkpoint(self, force: bool = False) -> None:
         """Write dirty tasks' state, then commit the offsets that state covers."""
         self.last_checkpoint = time.monotonic()
+        if self.failure is not None:
+            return  # crash-only: a state a failure may have half-updated is never saved
         if self.sinks.buffered:
             return  # only a state whose results are all written may be checkpointed
         items = self.pipeline.checkpoints(only_dirty=not force)
