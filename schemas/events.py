@@ -113,6 +113,20 @@ class SensorReading(Event, kw_only=True):
         if not self.values:
             raise ValueError("values is empty")
         _check_finite(self.values, "values")
+        for key, value in self.values.items():
+            if not -MAX_SENSOR_MAGNITUDE <= value <= MAX_SENSOR_MAGNITUDE:
+                raise ValueError(
+                    f"values.{key} = {value!r} is beyond the sensor value bound "
+                    f"(magnitude {MAX_SENSOR_MAGNITUDE:g})"
+                )
+
+
+# No measurement comes near it (the observable universe holds ~1e80 atoms); below it
+# every statistic the sensor monitors keep stays finite: squares (<= 4e200), sums of
+# squares over any window, Welford variances, reconstruction errors. Readings beyond
+# it (a glitch, bytes misread as a float) go to the dead letter (`out_of_range`),
+# counted and kept, instead of overflowing a monitor's state.
+MAX_SENSOR_MAGNITUDE = 1e100
 
 
 def _check_finite(mapping: dict[str, float] | dict[str, FeatureValue], name: str) -> None:

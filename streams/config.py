@@ -691,6 +691,10 @@ class Settings(Strict):
     # SIGTERM to exit, whatever hangs (under the deployment's termination grace period)
     stop_timeout_s: float = 90
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
+    # a task whose input has been silent this long (and at least its lateness) is
+    # finished: its held readings judged, its windows ending by its last event closed
+    # and written (the last windows of a replay); 0: only at the end of input
+    close_idle_after_s: float = 300
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
     max_buffered_rows: int = 200_000  # past this, consumption pauses until ClickHouse writes
@@ -709,6 +713,8 @@ class Settings(Strict):
             raise ValueError("query_timeout_s and query_max_rows must be > 0")
         if min(self.health_poll_age_s, self.health_stall_s, self.stop_timeout_s) <= 0:
             raise ValueError("health_poll_age_s, health_stall_s and stop_timeout_s must be > 0")
+        if self.close_idle_after_s < 0:
+            raise ValueError("close_idle_after_s must be >= 0 (0: off)")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
         self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)
