@@ -22,10 +22,11 @@ Then, streamwatch alone: resident memory after each million events of a
 workers and keys.
 
 `--set quality` runs another list instead (issue 15, point 7: the quality
-monitor's cost end to end): the drift dataset's ceiling and streamwatch drift +
-service (quality off), next to the same inference traffic with its labels
-(`quality` dataset) read by the ceiling and by streamwatch drift + service +
-quality; no memory or scaling runs. Its tables go between the
+monitor's cost end to end): inference logs with their labels (the `quality`
+dataset, `--events` messages) read by the ceiling and by streamwatch drift +
+service + quality, next to the same inference logs without the labels (a
+`drift` dataset of the same event time) read by the ceiling and by streamwatch
+drift + service (quality off); no memory or scaling runs. Its tables go between the
 `<!-- bench-quality:begin/end -->` markers of the file given to `--write`.
 
     .venv/bin/python -m tests.benchmarks.bench --set quality --events 300000 --runs 3 \
@@ -447,14 +448,24 @@ def main() -> None:
             "quality": args.models,
         }
         chosen = SETS[args.set]
-        kinds = (
-            datasets.KINDS if args.set == "main" else tuple(dict.fromkeys(c.kind for c in chosen))
-        )
-        data = {}
+        kinds = datasets.KINDS
+        if args.set == "quality":
+            kinds = ("quality", "drift")  # drift: the quality data's inference logs alone
+        data: dict[str, datasets.Dataset] = {}
         for kind in kinds:
             t0 = time.monotonic()
+            events, duration = args.events, None
+            if args.set == "quality" and kind == "drift":
+                events = data["quality"].messages_on("inference-logs")
+                duration = datasets.scenario("quality", args.events, keys["quality"]).duration_s
             data[kind] = datasets.load(
-                broker.bootstrap, kind, args.events, args.partitions, keys[kind], f"main-{kind}"
+                broker.bootstrap,
+                kind,
+                events,
+                args.partitions,
+                keys[kind],
+                f"main-{kind}",
+                duration_s=duration,
             )
             d = data[kind]
             print(
@@ -495,12 +506,12 @@ def main() -> None:
         else:
             d, q = data["drift"], data["quality"]
             say(
-                f"Data: {args.events:,} messages per dataset, {args.partitions} partitions, "
-                f"{args.models} models; drift: {d.messages_on('inference-logs'):,} inference "
-                f"logs ({d.event_seconds:,} s of event time); with labels: "
-                f"{q.messages_on('inference-logs'):,} inference logs and "
-                f"{q.messages_on('labels'):,} labels ({q.event_seconds:,} s). "
-                f"{args.runs} runs, interleaved; median (min-max)."
+                f"Data: {args.partitions} partitions, {args.models} models; with labels "
+                f"(quality): {args.events:,} messages, {q.messages_on('inference-logs'):,} "
+                f"inference logs and {q.messages_on('labels'):,} labels "
+                f"({q.event_seconds:,} s of event time); drift: the same "
+                f"{d.messages_on('inference-logs'):,} inference logs without the labels "
+                f"({d.event_seconds:,} s). {args.runs} runs, interleaved; median (min-max)."
             )
         say()
         say("### Side by side")

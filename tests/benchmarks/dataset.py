@@ -70,8 +70,15 @@ class Dataset:
         return cls(**data)
 
 
-def scenario(kind: str, events: int, keys: int, seed: int = 11) -> Scenario:
-    """A scenario of one traffic kind sized to a little over `events` messages."""
+def scenario(
+    kind: str, events: int, keys: int, seed: int = 11, duration_s: int | None = None
+) -> Scenario:
+    """A scenario of one traffic kind sized to a little over `events` messages.
+
+    `duration_s` (drift and quality) sets the event time instead: `drift` with
+    the duration of a `quality` scenario is the same inference logs without
+    their labels (the labels draw from a random stream of their own and the
+    concept drift changes only labels), the pair `bench.py --set quality` compares."""
     # labels and the regressor (v2) stay off: the datasets are what they were before
     quiet = {
         "impressions_per_s": 0.0,
@@ -106,7 +113,7 @@ def scenario(kind: str, events: int, keys: int, seed: int = 11) -> Scenario:
     elif kind in ("drift", "quality"):
         rate = 300.0  # inference logs per event-second over all models
         per_s = rate / LOG_SHARE_WITH_LABELS if kind == "quality" else rate
-        duration = int(events / per_s) + 60
+        duration = duration_s or int(events / per_s) + 60
         incidents = [
             Incident("feature_drift", "model-0/distance_km", duration * 0.5, duration * 0.2, 1.5),
             Incident("prediction_shift", f"model-{1 % keys}", duration * 0.6, duration * 0.2, 1.5),
@@ -116,7 +123,7 @@ def scenario(kind: str, events: int, keys: int, seed: int = 11) -> Scenario:
         params = {**quiet, "inference_per_s": rate, "models": keys}
         if kind == "quality":
             # the labels draw from a random stream of their own, so the inference logs
-            # are drawn as in `drift` (its incidents scaled to this duration)
+            # are those of `drift` of the same duration
             params["labels"] = True
             incidents.append(
                 Incident("concept_drift", f"model-{2 % keys}", duration * 0.4, duration * 0.4, 0.4)
@@ -137,12 +144,13 @@ def load(
     keys: int,
     prefix: str,
     progress: Any = None,
+    duration_s: int | None = None,
 ) -> Dataset:
     """Create the dataset's topics and produce exactly `events` messages into them."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    sc = scenario(kind, events, keys)
+    sc = scenario(kind, events, keys, duration_s=duration_s)
     logical = {
         "ctr": ("impressions", "clicks"),
         "sensor": ("sensor-readings",),
