@@ -20,6 +20,17 @@ on the alert topic (p50, p99 over every row and alert of the run).
 Then, streamwatch alone: resident memory after each million events of a
 5x longer CTR run at the same key count, and scaling with partitions,
 workers and keys.
+
+`--set quality` runs another list instead (issue 15, point 7: the quality
+monitor's cost end to end): inference logs with their labels (the `quality`
+dataset, `--events` messages) read by the ceiling and by streamwatch drift +
+service + quality, next to the same inference logs without the labels (a
+`drift` dataset of the same event time) read by the ceiling and by streamwatch
+drift + service (quality off); no memory or scaling runs. Its tables go between the
+`<!-- bench-quality:begin/end -->` markers of the file given to `--write`.
+
+    .venv/bin/python -m tests.benchmarks.bench --set quality --events 300000 --runs 3 \
+        --write BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -71,6 +82,14 @@ MAIN = [
     Contender("ceiling, inference data", "ceiling", "drift"),
     Contender("streamwatch drift + service", "streamwatch_pipeline", "drift"),
 ]
+# issue 15, point 7: the drift/service pipeline with and without the quality monitor
+QUALITY_SET = [
+    MAIN[6],
+    MAIN[7],
+    Contender("ceiling, inference + labels data", "ceiling", "quality"),
+    Contender("streamwatch drift + service + quality", "streamwatch_pipeline", "quality"),
+]
+SETS = {"main": MAIN, "quality": QUALITY_SET}
 
 
 @dataclass
@@ -298,6 +317,53 @@ def ratio_lines(bench: Bench) -> list[str]:
     return lines
 
 
+def quality_lines(
+    bench: Bench, contenders: list[Contender], data: dict[str, datasets.Dataset]
+) -> list[str]:
+    """Per inference log, the unit both streamwatch pipelines share (the labels are
+    extra messages of the quality dataset), and the ratios of the same run."""
+
+    def logs_per_s(c: Contender) -> list[float]:
+        logs = data[c.kind].messages_on("inference-logs")
+        return [logs / r.result["seconds"] for r in bench.runs.get(c.label, []) if r.ok]
+
+    lines = [
+        "| contender | inference logs in the data | inference logs/s, median (min-max) "
+        "| CPU s / M inference logs | quality_windows rows | alerts |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in contenders:
+        runs = [r for r in bench.runs.get(c.label, []) if r.ok]
+        logs = data[c.kind].messages_on("inference-logs")
+        if not runs:
+            lines.append(f"| {c.label} | {logs:,} | failed or skipped | | | |")
+            continue
+        cpu = [r.result["cpu_seconds"] / logs * 1e6 for r in runs]
+        sw = c.module == "streamwatch_pipeline"
+        quality_rows = runs[-1].result.get("rows", {}).get("quality_windows", "-") if sw else ""
+        alerts = runs[-1].result.get("alerts", "-") if sw else ""
+        lines.append(
+            f"| {c.label} | {logs:,} | {spread(logs_per_s(c))} | {spread(cpu, '{:.1f}')} "
+            f"| {quality_rows} | {alerts} |"
+        )
+
+    def med(c: Contender) -> float | None:
+        values = logs_per_s(c)
+        return statistics.median(values) if values else None
+
+    # against its ceiling on the same data, the ratio of logs/s is that of events/s
+    ceiling_off, off, ceiling_on, on = contenders
+    lines += ["", "| ratio (medians, same run) | measured |", "|---|---:|"]
+    for name, a, b in (
+        ("drift + service / its ceiling (drift data)", off, ceiling_off),
+        ("drift + service + quality / its ceiling (data with labels)", on, ceiling_on),
+        ("drift + service + quality / drift + service (inference logs/s)", on, off),
+    ):
+        ra, rb = med(a), med(b)
+        lines.append(f"| {name} | {'-' if ra is None or rb is None else f'{ra / rb:.2f}'} |")
+    return lines
+
+
 def memory_table(run: Run) -> list[str]:
     rss = {int(k): v for k, v in run.result.get("rss_by_million", {}).items()}
     lines = ["| events processed | resident MB |", "|---:|---:|"]
@@ -329,9 +395,9 @@ def scaling_table(rows: list[tuple[str, Run]]) -> list[str]:
     return lines
 
 
-def write_markdown(path: Path, text: str) -> None:
+def write_markdown(path: Path, text: str, marker: str = "bench") -> None:
     """Replace the generated section of BENCHMARKS.md (between the markers)."""
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     current = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
     if begin not in current:
         current += f"\n{begin}\n{end}\n"
@@ -351,6 +417,13 @@ def main() -> None:
     parser.add_argument("--sensors", type=int, default=100)
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--skip", default="", help="comma list of: quix, faust, memory, scaling")
+    parser.add_argument(
+        "--set",
+        choices=sorted(SETS),
+        default="main",
+        help="contenders: main (all, default) or quality (drift + service with and without "
+        "the quality monitor, and their ceilings; no memory or scaling runs)",
+    )
     parser.add_argument("--workdir", default="/tmp/streamwatch-bench")
     parser.add_argument("--write", metavar="BENCHMARKS.md", help="put the tables into this file")
     args = parser.parse_args()
@@ -368,12 +441,31 @@ def main() -> None:
 
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
         bench = Bench(broker, workdir)
-        keys = {"ctr": args.campaigns, "sensor": args.sensors, "drift": args.models}
-        data = {}
-        for kind in datasets.KINDS:
+        keys = {
+            "ctr": args.campaigns,
+            "sensor": args.sensors,
+            "drift": args.models,
+            "quality": args.models,
+        }
+        chosen = SETS[args.set]
+        kinds = datasets.KINDS
+        if args.set == "quality":
+            kinds = ("quality", "drift")  # drift: the quality data's inference logs alone
+        data: dict[str, datasets.Dataset] = {}
+        for kind in kinds:
             t0 = time.monotonic()
+            events, duration = args.events, None
+            if args.set == "quality" and kind == "drift":
+                events = data["quality"].messages_on("inference-logs")
+                duration = datasets.scenario("quality", args.events, keys["quality"]).duration_s
             data[kind] = datasets.load(
-                broker.bootstrap, kind, args.events, args.partitions, keys[kind], f"main-{kind}"
+                broker.bootstrap,
+                kind,
+                events,
+                args.partitions,
+                keys[kind],
+                f"main-{kind}",
+                duration_s=duration,
             )
             d = data[kind]
             print(
@@ -383,7 +475,7 @@ def main() -> None:
             )
         contenders = [
             c
-            for c in MAIN
+            for c in chosen
             if not (c.module == "quix_ctr" and "quix" in skip)
             and not (c.module == "faust_ctr" and "faust" in skip)
         ]
@@ -404,22 +496,37 @@ def main() -> None:
             f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}; broker, contenders "
             "and ClickHouse (chDB, in the streamwatch process) share the machine.  "
         )
-        say(
-            f"Data: {args.events:,} messages per dataset, {args.partitions} partitions; CTR "
-            f"{args.campaigns} campaigns ({data['ctr'].event_seconds:,} s of event time), "
-            f"sensor {args.sensors} sensors, inference {args.models} models. "
-            f"{args.runs} runs, interleaved; median (min-max)."
-        )
+        if args.set == "main":
+            say(
+                f"Data: {args.events:,} messages per dataset, {args.partitions} partitions; CTR "
+                f"{args.campaigns} campaigns ({data['ctr'].event_seconds:,} s of event time), "
+                f"sensor {args.sensors} sensors, inference {args.models} models. "
+                f"{args.runs} runs, interleaved; median (min-max)."
+            )
+        else:
+            d, q = data["drift"], data["quality"]
+            say(
+                f"Data: {args.partitions} partitions, {args.models} models; with labels "
+                f"(quality): {args.events:,} messages, {q.messages_on('inference-logs'):,} "
+                f"inference logs and {q.messages_on('labels'):,} labels "
+                f"({q.event_seconds:,} s of event time); drift: the same "
+                f"{d.messages_on('inference-logs'):,} inference logs without the labels "
+                f"({d.event_seconds:,} s). {args.runs} runs, interleaved; median (min-max)."
+            )
         say()
         say("### Side by side")
         say()
         for line in main_table(bench, contenders):
             say(line)
         say()
-        for line in ratio_lines(bench):
-            say(line)
+        if args.set == "main":
+            for line in ratio_lines(bench):
+                say(line)
+        else:
+            for line in quality_lines(bench, contenders, data):
+                say(line)
 
-        if "memory" not in skip:
+        if "memory" not in skip and args.set == "main":
             big = datasets.load(
                 broker.bootstrap,
                 "ctr",
@@ -435,7 +542,7 @@ def main() -> None:
             for line in memory_table(run):
                 say(line)
 
-        if "scaling" not in skip:
+        if "scaling" not in skip and args.set == "main":
             rows: list[tuple[str, Run]] = []
             half = max(100_000, args.events // 2)
             for partitions in (1, 2, 4):
@@ -474,7 +581,8 @@ def main() -> None:
         )
     )
     if args.write:
-        write_markdown(Path(args.write), "\n".join(out))
+        marker = "bench" if args.set == "main" else f"bench-{args.set}"
+        write_markdown(Path(args.write), "\n".join(out), marker)
         print(f"wrote the tables into {args.write}")
 
 

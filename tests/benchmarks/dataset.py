@@ -10,7 +10,14 @@ product's real wire format):
   with spikes, a sustained rise and a regime change;
 - `drift`: inference logs of a few models (five numeric features and a
   categorical one), with a feature drift, a prediction shift and latency and
-  error spikes.
+  error spikes;
+- `quality` (not loaded by default: `bench.py --set quality`): the `drift`
+  traffic with its labels (ground truth) on a topic of its own, as the
+  simulator publishes them: ~0.9 labels per inference log in the long run
+  (failed requests get none, 10 % never come), each after a log-normal delay
+  (median 45 s, at most 540 s, within the label delay the contender gives
+  the quality monitor), and a concept drift on one model so a `quality`
+  alert fires.
 
 Production stops at exactly `events` messages. The end offset of every
 partition comes from the delivery reports, not from the broker's high
@@ -25,19 +32,27 @@ from typing import Any
 
 from streams.simulate import Incident, Scenario, Simulator
 
-KINDS = ("ctr", "sensor", "drift")
+KINDS = ("ctr", "sensor", "drift")  # what the default run loads
+EXTRA_KINDS = ("quality",)  # loaded only when a contender set asks for it
+# labels per message of the `quality` stream: measured on its first 200 k messages
+# (116,087 inference logs, 83,913 labels; the last ones still pending), to size its scenario
+LOG_SHARE_WITH_LABELS = 0.58
 START_MS = 1_790_000_000_000  # 2026-09-21: inside the schema's accepted years
 
 
 @dataclass
 class Dataset:
-    kind: str  # one of KINDS
+    kind: str  # one of KINDS + EXTRA_KINDS
     topics: dict[str, str]  # logical topic -> Kafka topic
     partitions: int
     keys: int
     events: int
     event_seconds: int  # how much event time the data covers
     end_offsets: dict[str, dict[int, int]] = field(default_factory=dict)  # topic -> p -> end
+
+    def messages_on(self, logical: str) -> int:
+        """How many messages the dataset holds on one logical topic (e.g. "inference-logs")."""
+        return sum(self.end_offsets.get(self.topics.get(logical, ""), {}).values())
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -55,8 +70,15 @@ class Dataset:
         return cls(**data)
 
 
-def scenario(kind: str, events: int, keys: int, seed: int = 11) -> Scenario:
-    """A scenario of one traffic kind sized to a little over `events` messages."""
+def scenario(
+    kind: str, events: int, keys: int, seed: int = 11, duration_s: int | None = None
+) -> Scenario:
+    """A scenario of one traffic kind sized to a little over `events` messages.
+
+    `duration_s` (drift and quality) sets the event time instead: `drift` with
+    the duration of a `quality` scenario is the same inference logs without
+    their labels (the labels draw from a random stream of their own and the
+    concept drift changes only labels), the pair `bench.py --set quality` compares."""
     # labels and the regressor (v2) stay off: the datasets are what they were before
     quiet = {
         "impressions_per_s": 0.0,
@@ -88,9 +110,10 @@ def scenario(kind: str, events: int, keys: int, seed: int = 11) -> Scenario:
             Incident("sensor_regime", f"sensor-{3 % keys:02d}", duration * 0.6, 300, 6.0),
         ]
         params = {**quiet, "sensors": keys, "sensor_readings_per_s": 1.0}
-    elif kind == "drift":
+    elif kind in ("drift", "quality"):
         rate = 300.0  # inference logs per event-second over all models
-        duration = int(events / rate) + 60
+        per_s = rate / LOG_SHARE_WITH_LABELS if kind == "quality" else rate
+        duration = duration_s or int(events / per_s) + 60
         incidents = [
             Incident("feature_drift", "model-0/distance_km", duration * 0.5, duration * 0.2, 1.5),
             Incident("prediction_shift", f"model-{1 % keys}", duration * 0.6, duration * 0.2, 1.5),
@@ -98,8 +121,16 @@ def scenario(kind: str, events: int, keys: int, seed: int = 11) -> Scenario:
             Incident("error_spike", f"model-{1 % keys}", duration * 0.35, 300, 0.2),
         ]
         params = {**quiet, "inference_per_s": rate, "models": keys}
+        if kind == "quality":
+            # the labels draw from a random stream of their own, so the inference logs
+            # are those of `drift` of the same duration
+            params["labels"] = True
+            incidents.append(
+                Incident("concept_drift", f"model-{2 % keys}", duration * 0.4, duration * 0.4, 0.4)
+            )
     else:
-        raise ValueError(f"unknown dataset kind {kind!r}; known: {', '.join(KINDS)}")
+        known = ", ".join(KINDS + EXTRA_KINDS)
+        raise ValueError(f"unknown dataset kind {kind!r}; known: {known}")
     return Scenario(
         start_ms=START_MS, duration_s=duration, seed=seed, incidents=incidents, **params
     )
@@ -113,16 +144,18 @@ def load(
     keys: int,
     prefix: str,
     progress: Any = None,
+    duration_s: int | None = None,
 ) -> Dataset:
     """Create the dataset's topics and produce exactly `events` messages into them."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    sc = scenario(kind, events, keys)
+    sc = scenario(kind, events, keys, duration_s=duration_s)
     logical = {
         "ctr": ("impressions", "clicks"),
         "sensor": ("sensor-readings",),
         "drift": ("inference-logs",),
+        "quality": ("inference-logs", "labels"),
     }[kind]
     topics = {name: f"{prefix}-{name}" for name in logical}
     admin = AdminClient({"bootstrap.servers": bootstrap})

@@ -9,6 +9,11 @@ after checkpoints. Only the monitors of the dataset's pipeline are enabled
     ctr     the CTR monitor (join, windows, baseline, rules, change detection)
     sensor  the sensor monitor (sliding z-score, IQR, rise) and clustering
     drift   the drift monitor (PSI, KS, chi-square, JS) and service health
+    quality the same two and the quality monitor (labels joined to the
+            predictions, metrics per window, degradation, CBPE estimate), with
+            the label delay of the demo (`streams.demo.DEMO_LABEL_DELAY_MS`):
+            the simulator's labels come within it, and windows become final
+            within a run of a few hundred thousand messages
 
 Measured from the first consumed batch to the moment every input message has
 been processed and every row it produced is in ClickHouse (a flush that left
@@ -25,7 +30,9 @@ import logging
 from typing import Any
 
 from streams.config import load_settings
+from streams.demo import DEMO_LABEL_DELAY_MS
 from streams.embedded import free_port
+from streams.monitors import OPERATORS
 from streams.worker import Worker
 from tests.benchmarks.contenders.common import Clock, Spec, rss_mb, write_result
 
@@ -33,8 +40,11 @@ PIPELINES = {
     "ctr": ("ctr",),
     "sensor": ("sensor", "cluster"),
     "drift": ("drift", "service"),
+    "quality": ("drift", "service", "quality"),
 }
-ALL_MONITORS = ("ctr", "sensor", "cluster", "drift", "service", "srm")
+# every monitor the worker knows is switched explicitly, so one that is on by default
+# (quality, since contract v2) runs only in the pipelines that name it
+ALL_MONITORS = tuple(OPERATORS)
 MILLION = 1_000_000
 
 
@@ -45,6 +55,7 @@ def settings_for(spec: Spec) -> Any:
         "clicks": "clicks",
         "inference-logs": "inference_logs",
         "sensor-readings": "sensor_readings",
+        "labels": "labels",
     }
     topics = {f: f"{spec.group}.unused-{f}" for f in logical_to_field.values()}
     for logical, topic in spec.dataset.topics.items():
@@ -62,6 +73,8 @@ def settings_for(spec: Spec) -> Any:
     }
     for name in ALL_MONITORS:
         overrides[f"monitors.{name}.enabled"] = name in enabled
+    if "quality" in enabled:
+        overrides["monitors.quality.options"] = {"label_delay_ms": DEMO_LABEL_DELAY_MS}
     return load_settings(env={}, overrides=overrides)
 
 
@@ -128,6 +141,7 @@ def main() -> None:
             "sensor_anomalies",
             "drift_scores",
             "inference_windows",
+            "quality_windows",
         ):
             rows[table] = worker.query(
                 f"SELECT count() FROM streamwatch.{table} FINAL"
