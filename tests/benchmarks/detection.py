@@ -64,6 +64,9 @@ BEFORE_REF = "5ed12d3"  # the last commit before issue 13's CTR changes
 GRACE_MS = 15 * 60_000  # alerts this long after an incident's end are not false alarms
 # buckets of an incident's evidence: the expected number of clicks it removes
 EVIDENCE = ((0, 10), (10, 30), (30, 100), (100, 10**9))
+# the evidence (nats) a 5-minute stretch must hold to be detectable at the default
+# budget: the CUSUM threshold log(ARL0) of CtrConfig() (16.67)
+REACHABLE_NATS = 16.67
 KINDS = ("collapse", "severe", "moderate", "slow_decline", "variant_collapse")
 
 
@@ -79,6 +82,11 @@ class Incident:
     ctr: float = 0.0
     missing: float = 0.0  # expected clicks the incident removes (its evidence)
     missing5: float = 0.0  # ... in its first 5 minutes
+    # the expected log-likelihood ratio of its first 5 minutes for a test that knows the
+    # baseline CTR p and the factor r exactly: sum of expected clicks * (r ln r + 1 - r)
+    # (the Kullback-Leibler divergence of Poisson(r mu) from Poisson(mu)); no test can
+    # be sure of the incident at level alpha with much less than log(1/alpha) of it
+    kl5: float = 0.0
 
 
 @dataclass
@@ -139,8 +147,11 @@ def generate(campaigns: int, hours: float, seed: int) -> Scenario:
         slots = [variant] if variant is not None else [0, 1]
         for s in slots:
             mult[c, s, start:end] = shape
-        expected = traffic[c, start:end] * ctr_t[c, start:end] * (1 - shape)
+        base = traffic[c, start:end] * ctr_t[c, start:end]
+        expected = base * (1 - shape)
         part = share[c, variant, 0] if variant is not None else 1.0
+        r = np.maximum(shape, 1e-300)
+        kl = base * (r * np.log(r) + 1 - r)
         incidents.append(
             Incident(
                 c,
@@ -153,6 +164,7 @@ def generate(campaigns: int, hours: float, seed: int) -> Scenario:
                 float(ctr[c]),
                 float(expected.sum() * part),
                 float(expected[:5].sum() * part),
+                float(kl[:5].sum() * part),
             )
         )
     lam = traffic[:, None, :] * share
@@ -498,6 +510,14 @@ def score(scenario: Scenario, fired: list[tuple[str, int, int]], rules: list[str
         row["strong_5min"] = sum(
             1 for i in strong if delays.get(i.campaign, 10**15) <= 300_000
         ) / max(1, len(strong))
+        # those whose first 5 minutes hold the evidence the budget demands of any test
+        # (kl5 >= the CUSUM threshold log(ARL0), ~16.7 nats by default)
+        for tier, nats in (("reach", REACHABLE_NATS), ("reach2", 2 * REACHABLE_NATS)):
+            reach = [i for i in target if i.kl5 >= nats]
+            row[f"{tier}_n"] = len(reach)
+            row[f"{tier}_5min"] = sum(
+                1 for i in reach if delays.get(i.campaign, 10**15) <= 300_000
+            ) / max(1, len(reach))
         row["target_n"] = len(target)
         row["target_5min"] = sum(
             1 for i in target if delays.get(i.campaign, 10**15) <= 300_000
@@ -510,6 +530,7 @@ def score(scenario: Scenario, fired: list[tuple[str, int, int]], rules: list[str
                 round(i.factor, 2),
                 i.length,
                 round(i.missing5, 1),
+                round(i.kl5, 1),
                 int(delays.get(i.campaign, -1000) // 1000),
             )
             for i in target
@@ -582,7 +603,10 @@ def format_table(results: dict[str, dict], scenario: Scenario) -> str:
         lines.append(
             f"- {config}: overwhelming incidents (issue 13's class) detected within 5 min: "
             f"{r['target_5min']:.0%} of {r['target_n']}; of those removing >= 20 expected "
-            f"clicks in their first 5 min: {r['strong_5min']:.0%} of {r['strong_n']}"
+            f"clicks in their first 5 min: {r['strong_5min']:.0%} of {r['strong_n']}; of those "
+            f"whose first 5 min hold >= {REACHABLE_NATS:.1f} nats (reachable at the budget): "
+            f"{r['reach_5min']:.0%} of {r['reach_n']}; >= {2 * REACHABLE_NATS:.1f} nats: "
+            f"{r['reach2_5min']:.0%} of {r['reach2_n']}"
         )
     counts = {k: sum(1 for i in scenario.incidents if i.kind == k) for k in KINDS}
     lines.append("")
@@ -674,7 +698,7 @@ def write_report(text: str, missed: list, args: argparse.Namespace) -> None:
     block = (
         f"{marker_a}\n`{command}`\n\n{text}\n\nOverwhelming incidents not detected within "
         "5 min (after; campaign, impressions/min, CTR, factor, minutes, expected clicks "
-        f"removed in the first 5 min, delay s or -1): {missed}\n{marker_b}"
+        f"removed in the first 5 min, their evidence in nats, delay s or -1): {missed}\n{marker_b}"
     )
     if marker_a in body:
         a, b = body.index(marker_a), body.index(marker_b) + len(marker_b)
