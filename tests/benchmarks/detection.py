@@ -448,6 +448,8 @@ def run_events(
     info = {
         "impressions": n_imps,
         "clicks": n_clicks,
+        # clicks made after the scenario's last minute (not fed; their windows end it)
+        "clicks_after_end": sum(len(p[0]) for parts in held.values() for p in parts),
         "seconds": time.perf_counter() - started,
         "other_alerts": other,
     }
