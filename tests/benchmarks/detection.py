@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python -m tests.benchmarks.detection --scenario ctr          # the table
     PYTHONPATH=. python -m tests.benchmarks.detection --scenario ctr --write  # + DETECTION.md
+    PYTHONPATH=. python -m tests.benchmarks.detection --mode counts --after-only \
+        --option baseline_z=1.0                                  # one option, counts only
 
 Scenario (seeded, generated with numpy as per-window counts):
 
@@ -19,16 +21,22 @@ Scenario (seeded, generated with numpy as per-window counts):
   min there) and, in A/B campaigns, `variant_collapse` (one variant x 0,
   20-60 min).
 
-Path: the counts go through the CTR monitor's judging and rule engine exactly as
-the worker runs them: `CtrOperator.advance` hands the counts of the windows it
-finalises to `operators.ctr_evidence.CtrJudge.judge`, and `MonitorTask.collect`
-passes the observations to `RuleEngine.evaluate` with the default rules
-(`streams.config.DEFAULT_RULES`); only the windowing and the click join (tested
-row for row in tests/test_ctr_operator.py and tests/test_e2e_ctr.py) are skipped,
-their output being the generated counts. "Before" is the code of `--before-ref`
-(default: the commit before issue 13), loaded from git: its
-`operators/ctr.py` (`CtrOperator._judge`, fed the same counts), its
-`operators/rules.py` and its default CTR rules from `streams/config.py`.
+Paths (`--mode events`, the default, runs both; `--mode counts` the second only):
+
+- events (`run_events`): the counts become impression and click events (uniform
+  times in their minute, lognormal click delays inside the attribution window) fed
+  to the worker's own CTR task built by `build_monitors` from the default
+  `Settings`: join, windows, watermark, judge and rules all run; compared alert for
+  alert with the counts path (`compare`).
+- counts (`run`): the counts go through the CTR monitor's judging and rule engine
+  exactly as the worker runs them: `CtrOperator.advance` hands the counts of the
+  windows it finalises to `operators.ctr_evidence.CtrJudge.judge`, and
+  `MonitorTask.collect` passes the observations to `RuleEngine.evaluate` with the
+  default rules (`streams.config.DEFAULT_RULES`); only the windowing and the click
+  join are skipped, their output being the generated counts. "Before" is the code
+  of `--before-ref` (default: the commit before issue 13), loaded from git: its
+  `operators/ctr.py` (`CtrOperator._judge`, fed the same counts), its
+  `operators/rules.py` and its default CTR rules from `streams/config.py`.
 
 Metrics per rule (and for any CTR rule):
 
