@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python -m tests.benchmarks.detection --scenario ctr          # the table
     PYTHONPATH=. python -m tests.benchmarks.detection --scenario ctr --write  # + DETECTION.md
+    PYTHONPATH=. python -m tests.benchmarks.detection --mode counts --after-only \
+        --option baseline_z=1.0                                  # one option, counts only
 
 Scenario (seeded, generated with numpy as per-window counts):
 
@@ -19,16 +21,22 @@ Scenario (seeded, generated with numpy as per-window counts):
   min there) and, in A/B campaigns, `variant_collapse` (one variant x 0,
   20-60 min).
 
-Path: the counts go through the CTR monitor's judging and rule engine exactly as
-the worker runs them: `CtrOperator.advance` hands the counts of the windows it
-finalises to `operators.ctr_evidence.CtrJudge.judge`, and `MonitorTask.collect`
-passes the observations to `RuleEngine.evaluate` with the default rules
-(`streams.config.DEFAULT_RULES`); only the windowing and the click join (tested
-row for row in tests/test_ctr_operator.py and tests/test_e2e_ctr.py) are skipped,
-their output being the generated counts. "Before" is the code of `--before-ref`
-(default: the commit before issue 13), loaded from git: its
-`operators/ctr.py` (`CtrOperator._judge`, fed the same counts), its
-`operators/rules.py` and its default CTR rules from `streams/config.py`.
+Paths (`--mode events`, the default, runs both; `--mode counts` the second only):
+
+- events (`run_events`): the counts become impression and click events (uniform
+  times in their minute, lognormal click delays inside the attribution window) fed
+  to the worker's own CTR task built by `build_monitors` from the default
+  `Settings`: join, windows, watermark, judge and rules all run; compared alert for
+  alert with the counts path (`compare`).
+- counts (`run`): the counts go through the CTR monitor's judging and rule engine
+  exactly as the worker runs them: `CtrOperator.advance` hands the counts of the
+  windows it finalises to `operators.ctr_evidence.CtrJudge.judge`, and
+  `MonitorTask.collect` passes the observations to `RuleEngine.evaluate` with the
+  default rules (`streams.config.DEFAULT_RULES`); only the windowing and the click
+  join are skipped, their output being the generated counts. "Before" is the code
+  of `--before-ref` (default: the commit before issue 13), loaded from git: its
+  `operators/ctr.py` (`CtrOperator._judge`, fed the same counts), its
+  `operators/rules.py` and its default CTR rules from `streams/config.py`.
 
 Metrics per rule (and for any CTR rule):
 
@@ -64,6 +72,9 @@ BEFORE_REF = "5ed12d3"  # the last commit before issue 13's CTR changes
 GRACE_MS = 15 * 60_000  # alerts this long after an incident's end are not false alarms
 # buckets of an incident's evidence: the expected number of clicks it removes
 EVIDENCE = ((0, 10), (10, 30), (30, 100), (100, 10**9))
+# the evidence (nats) a 5-minute stretch must hold to be detectable at the default
+# budget: the CUSUM threshold log(ARL0) of CtrConfig() (16.67)
+REACHABLE_NATS = 16.67
 KINDS = ("collapse", "severe", "moderate", "slow_decline", "variant_collapse")
 
 
@@ -79,6 +90,11 @@ class Incident:
     ctr: float = 0.0
     missing: float = 0.0  # expected clicks the incident removes (its evidence)
     missing5: float = 0.0  # ... in its first 5 minutes
+    # the expected log-likelihood ratio of its first 5 minutes for a test that knows the
+    # baseline CTR p and the factor r exactly: sum of expected clicks * (r ln r + 1 - r)
+    # (the Kullback-Leibler divergence of Poisson(r mu) from Poisson(mu)); no test can
+    # be sure of the incident at level alpha with much less than log(1/alpha) of it
+    kl5: float = 0.0
 
 
 @dataclass
@@ -139,8 +155,11 @@ def generate(campaigns: int, hours: float, seed: int) -> Scenario:
         slots = [variant] if variant is not None else [0, 1]
         for s in slots:
             mult[c, s, start:end] = shape
-        expected = traffic[c, start:end] * ctr_t[c, start:end] * (1 - shape)
+        base = traffic[c, start:end] * ctr_t[c, start:end]
+        expected = base * (1 - shape)
         part = share[c, variant, 0] if variant is not None else 1.0
+        r = np.maximum(shape, 1e-300)
+        kl = base * (r * np.log(r) + 1 - r)
         incidents.append(
             Incident(
                 c,
@@ -153,6 +172,7 @@ def generate(campaigns: int, hours: float, seed: int) -> Scenario:
                 float(ctr[c]),
                 float(expected.sum() * part),
                 float(expected[:5].sum() * part),
+                float(kl[:5].sum() * part),
             )
         )
     lam = traffic[:, None, :] * share
@@ -302,6 +322,148 @@ def issue13_collapses(seed: int, options: dict[str, Any] | None = None) -> dict[
     }
 
 
+# -- events through the worker's task ------------------------------------------------
+
+CLICK_DELAY_MEDIAN_S = 20.0  # median impression-to-click delay (lognormal)
+CLICK_DELAY_SIGMA = 1.2  # ... its spread: ~2 % of clicks come after 2.5 min
+
+
+def run_events(
+    scenario: Scenario, seed: int, batch_ms: int = 10_000
+) -> tuple[list[tuple[str, int, int]], dict[str, Any]]:
+    """The scenario as impression and click events through the worker's own CTR task.
+
+    Every (campaign, variant, window) gets `imps` impressions at uniform times in its
+    minute; `clicks` of them, drawn without replacement, are clicked after a lognormal
+    delay (median `CLICK_DELAY_MEDIAN_S`, sigma `CLICK_DELAY_SIGMA`, capped below the
+    600-s attribution window) - the counts mode's counts, as events. They are fed in
+    `batch_ms` slices of event time, each source in time order, to the task that
+    `streams.monitors.build_monitors` makes from the default `Settings` (only the `ctr`
+    monitor enabled): `MonitorTask.feed` per source, then `tick` and `collect` with the
+    batch's last event time as processing time - the calls `Pipeline` makes after
+    decoding a poll. Returns the firing CTR alerts as (rule, campaign, ts) and counters
+    (events, alerts of other kinds, seconds)."""
+    from schemas.events import Click, Impression
+    from streams.config import load_settings
+    from streams.monitors import build_monitors
+
+    settings = load_settings(env={})
+    for name, monitor in settings.monitors.items():
+        monitor.enabled = name == "ctr"
+    (spec,) = build_monitors(settings)
+    task = spec.make_task()
+    rng = np.random.default_rng(seed + 1_000_003)
+    names = [f"cmp-{c:04d}" for c in range(scenario.campaigns)]
+    variants = ("", "A", "B")
+    index = {name: c for c, name in enumerate(names)}
+    cap_ms = 590_000  # within the 600-s attribution window
+    # clicks generated but not fed yet, by the batch their time falls in
+    held: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
+    fired: list[tuple[str, int, int]] = []
+    other: dict[str, int] = {}
+    n_imps = n_clicks = 0
+    serial = 0
+    started = time.perf_counter()
+    per_window = WINDOW_MS // batch_ms
+    ab = scenario.ab
+    for w in range(scenario.windows):
+        counts = scenario.imps[:, :, w]
+        k = scenario.clicks[:, :, w]
+        # slot -> variant label: "" for a campaign without a test, A/B otherwise
+        label = np.where(ab[:, None], np.array([[1, 2]]), np.array([[0, 0]]))
+        n = counts.ravel()
+        total = int(n.sum())
+        camp = np.repeat(np.repeat(np.arange(scenario.campaigns), 2), n)
+        var = np.repeat(label.ravel(), n)
+        ts = T0 + w * WINDOW_MS + rng.integers(0, WINDOW_MS, total)
+        ids = np.arange(serial, serial + total)
+        serial += total
+        # choose k of each group's n impressions: rank of a uniform key within its group
+        group = np.repeat(np.arange(n.size), n)
+        order = np.lexsort((rng.random(total), group))
+        first = np.repeat(np.cumsum(n) - n, n)
+        rank = np.empty(total, dtype=np.int64)
+        rank[order] = np.arange(total) - first
+        clicked = rank < np.repeat(k.ravel(), n)
+        delay = np.minimum(
+            rng.lognormal(
+                np.log(CLICK_DELAY_MEDIAN_S * 1000), CLICK_DELAY_SIGMA, int(clicked.sum())
+            ),
+            cap_ms,
+        ).astype(np.int64)
+        cts = ts[clicked] + np.maximum(delay, 1)
+        cb = (cts - T0) // batch_ms
+        for b in np.unique(cb):
+            m = cb == b
+            held.setdefault(int(b), []).append(
+                (cts[m], ids[clicked][m], camp[clicked][m], var[clicked][m])
+            )
+        # the window's impressions, in batches of event time
+        ib = (ts - T0) // batch_ms
+        for b in range(w * per_window, (w + 1) * per_window):
+            m = ib == b
+            o = np.argsort(ts[m], kind="stable")
+            its, iid, ic, iv = (
+                ts[m][o].tolist(),
+                ids[m][o].tolist(),
+                camp[m][o].tolist(),
+                var[m][o].tolist(),
+            )
+            imps = [
+                Impression(
+                    ts=t,
+                    impression_id=f"i{i}",
+                    campaign_id=names[c],
+                    user_id="u",
+                    variant=variants[v] or None,
+                )
+                for t, i, c, v in zip(its, iid, ic, iv, strict=True)
+            ]
+            parts = held.pop(b, [])
+            clicks: list[Any] = []
+            if parts:
+                cts_b = np.concatenate([p[0] for p in parts])
+                o = np.argsort(cts_b, kind="stable")
+                cid = np.concatenate([p[1] for p in parts])[o].tolist()
+                cc = np.concatenate([p[2] for p in parts])[o].tolist()
+                clicks = [
+                    Click(
+                        ts=t,
+                        click_id=f"c{i}",
+                        impression_id=f"i{i}",
+                        campaign_id=names[c],
+                        user_id="u",
+                    )
+                    for t, i, c in zip(cts_b[o].tolist(), cid, cc, strict=True)
+                ]
+            n_imps += len(imps)
+            n_clicks += len(clicks)
+            now = T0 + (b + 1) * batch_ms
+            task.feed("impressions", imps, now)
+            task.feed("clicks", clicks, now)
+            task.tick(now)
+            for alert in task.collect().alerts:
+                if alert.status != "firing":
+                    continue
+                if alert.kind != "ctr":
+                    other[alert.rule] = other.get(alert.rule, 0) + 1
+                    continue
+                fired.append((alert.rule, index[alert.entity.split("/")[0]], alert.ts))
+    task.finish()
+    for alert in task.collect().alerts:
+        if alert.status == "firing" and alert.kind == "ctr":
+            fired.append((alert.rule, index[alert.entity.split("/")[0]], alert.ts))
+    info = {
+        "impressions": n_imps,
+        "clicks": n_clicks,
+        # clicks made after the scenario's last minute (not fed; their windows end it)
+        "clicks_after_end": sum(len(p[0]) for parts in held.values() for p in parts),
+        "seconds": time.perf_counter() - started,
+        "other_alerts": other,
+    }
+    return fired, info
+
+
 # -- scoring -----------------------------------------------------------------------
 
 
@@ -358,6 +520,14 @@ def score(scenario: Scenario, fired: list[tuple[str, int, int]], rules: list[str
         row["strong_5min"] = sum(
             1 for i in strong if delays.get(i.campaign, 10**15) <= 300_000
         ) / max(1, len(strong))
+        # those whose first 5 minutes hold the evidence the budget demands of any test
+        # (kl5 >= the CUSUM threshold log(ARL0), ~16.7 nats by default)
+        for tier, nats in (("reach", REACHABLE_NATS), ("reach2", 2 * REACHABLE_NATS)):
+            reach = [i for i in target if i.kl5 >= nats]
+            row[f"{tier}_n"] = len(reach)
+            row[f"{tier}_5min"] = sum(
+                1 for i in reach if delays.get(i.campaign, 10**15) <= 300_000
+            ) / max(1, len(reach))
         row["target_n"] = len(target)
         row["target_5min"] = sum(
             1 for i in target if delays.get(i.campaign, 10**15) <= 300_000
@@ -370,6 +540,7 @@ def score(scenario: Scenario, fired: list[tuple[str, int, int]], rules: list[str
                 round(i.factor, 2),
                 i.length,
                 round(i.missing5, 1),
+                round(i.kl5, 1),
                 int(delays.get(i.campaign, -1000) // 1000),
             )
             for i in target
@@ -377,6 +548,33 @@ def score(scenario: Scenario, fired: list[tuple[str, int, int]], rules: list[str
         ]
         table[rule] = row
     return table
+
+
+def compare(
+    counted: list[tuple[str, int, int]], fired: list[tuple[str, int, int]], info: dict
+) -> str:
+    """How the events path's alerts compare with the counts path's, rule by rule."""
+    lines = [
+        f"Events path: {info['impressions']:,} impressions and {info['clicks']:,} clicks through "
+        f"the worker's CTR task in {info['seconds']:.0f} s "
+        f"({(info['impressions'] + info['clicks']) / info['seconds']:,.0f} events/s).",
+        "",
+        "| rule | firing alerts (counts) | (events) | in both | only counts | only events |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rule in sorted({r for r, _, _ in counted} | {r for r, _, _ in fired}):
+        a = {f for f in counted if f[0] == rule}
+        b = {f for f in fired if f[0] == rule}
+        lines.append(
+            f"| `{rule}` | {len(a)} | {len(b)} | {len(a & b)} | {len(a - b)} | {len(b - a)} |"
+        )
+    others = ", ".join(f"`{k}` {v}" for k, v in sorted(info["other_alerts"].items()))
+    lines.append("")
+    lines.append(
+        "Other firing alerts of the CTR task on the events path (change detection on the "
+        f"window metrics, not CTR rules, not scored): {others or 'none'}."
+    )
+    return "\n".join(lines)
 
 
 def format_table(results: dict[str, dict], scenario: Scenario) -> str:
@@ -415,7 +613,10 @@ def format_table(results: dict[str, dict], scenario: Scenario) -> str:
         lines.append(
             f"- {config}: overwhelming incidents (issue 13's class) detected within 5 min: "
             f"{r['target_5min']:.0%} of {r['target_n']}; of those removing >= 20 expected "
-            f"clicks in their first 5 min: {r['strong_5min']:.0%} of {r['strong_n']}"
+            f"clicks in their first 5 min: {r['strong_5min']:.0%} of {r['strong_n']}; of those "
+            f"whose first 5 min hold >= {REACHABLE_NATS:.1f} nats (reachable at the budget): "
+            f"{r['reach_5min']:.0%} of {r['reach_n']}; >= {2 * REACHABLE_NATS:.1f} nats: "
+            f"{r['reach2_5min']:.0%} of {r['reach2_n']}"
         )
     counts = {k: sum(1 for i in scenario.incidents if i.kind == k) for k in KINDS}
     lines.append("")
@@ -442,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
         help="KEY=JSON: a CtrConfig option for the 'after' run (e.g. baseline_z=1.5)",
     )
     parser.add_argument("--after-only", action="store_true")
+    parser.add_argument(
+        "--mode",
+        choices=["events", "counts"],
+        default="events",
+        help="events: also run the 'after' configuration on impression and click events "
+        "through the worker's CTR task (run_events) and compare with the counts path",
+    )
     args = parser.parse_args(argv)
     options = {}
     for item in args.option:
@@ -468,7 +676,17 @@ def main(argv: list[str] | None = None) -> int:
         rules = Monitor(before, args.before_ref, options).rule_names
         results[name] = score(scenario, fired, rules)
         print(f"{name}: {time.perf_counter() - tr:.0f} s", file=sys.stderr)
+    agreement = ""
+    if args.mode == "events" and not options:
+        counted = run(scenario, False, args.before_ref)
+        fired, info = run_events(scenario, args.seed)
+        rules = Monitor(False, args.before_ref).rule_names
+        results["after (events)"] = score(scenario, fired, rules)
+        agreement = compare(counted, fired, info)
+        print(f"events: {info['seconds']:.0f} s", file=sys.stderr)
     text = format_table(results, scenario)
+    if agreement:
+        text += "\n\n" + agreement
     print(text)
     missed = results["after"]["any CTR rule"]["target_missed"]
     print(f"\noverwhelming incidents missed within 5 min (after): {missed}")
@@ -482,14 +700,15 @@ def write_report(text: str, missed: list, args: argparse.Namespace) -> None:
     path = Path(__file__).resolve().parents[2] / "DETECTION.md"
     command = (
         "PYTHONPATH=. python -m tests.benchmarks.detection --scenario ctr "
-        f"--campaigns {args.campaigns} --hours {args.hours:g} --seed {args.seed} --write"
+        f"--mode {args.mode} --campaigns {args.campaigns} --hours {args.hours:g} "
+        f"--seed {args.seed} --write"
     )
     body = path.read_text() if path.exists() else ""
     marker_a, marker_b = "<!-- ctr-table -->", "<!-- /ctr-table -->"
     block = (
         f"{marker_a}\n`{command}`\n\n{text}\n\nOverwhelming incidents not detected within "
         "5 min (after; campaign, impressions/min, CTR, factor, minutes, expected clicks "
-        f"removed in the first 5 min, delay s or -1): {missed}\n{marker_b}"
+        f"removed in the first 5 min, their evidence in nats, delay s or -1): {missed}\n{marker_b}"
     )
     if marker_a in body:
         a, b = body.index(marker_a), body.index(marker_b) + len(marker_b)
