@@ -58,6 +58,7 @@ class TopicNames(Strict):
     alerts: str = "alerts"
     dead_letter: str = "dead-letter"
     late_events: str = "late-events"
+    retrain_requests: str = "retrain-requests"  # v2 (docs/causes.md)
     checkpoints: str = "streamwatch-checkpoints"
 
 
@@ -362,6 +363,61 @@ DEFAULT_RULES = [
 ]
 
 
+class CausesSettings(Strict):
+    """Possible causes (docs/causes.md): relations learned from the input, bounded."""
+
+    enabled: bool = True
+    relation_ttl_s: float = 3600  # a campaign's model, a sensor's site: forgotten after
+    relation_max_keys: int = 10_000  # campaigns (sensors) remembered per partition
+    lookback_s: float = 3600  # a cause's evidence may start this long before the alert's
+    firing_ttl_s: float = 6 * 3600  # a firing alert never resolved leaves the set after
+    max_causes: int = 5
+    # read every worker's alerts (all partitions of the alerts topic), from this far back
+    # at start: causes raised by other workers, and the firing set after a restart
+    feed: bool = True
+    feed_lookback_s: float = 6 * 3600
+
+
+class RetrainConditionSettings(Strict):
+    metric: str  # an alert metric: psi, error_rate, latency_p99, accuracy, ...
+    op: Literal[">", ">=", "<", "<="]
+    threshold: float
+    for_s: float = 0
+
+
+class RetrainPolicySettings(Strict):
+    models: str = "*"  # glob over model ids
+    conditions: list[RetrainConditionSettings] = msgspec.field(default_factory=list)
+    interval_s: float = 86_400
+
+
+class RetrainSettings(Strict):
+    """Retraining requests (docs/causes.md); none unless policies are configured."""
+
+    policies: list[RetrainPolicySettings] = msgspec.field(default_factory=list)
+    # POST each request as JSON here too (a training pipeline's trigger); the URL may
+    # hold a secret, so it is read from this environment variable, never the file
+    webhook_env: str = "STREAMWATCH_RETRAIN_WEBHOOK"
+    webhook_timeout_s: float = 5
+    webhook_retries: int = 5
+
+
+class SqlRuleSettings(Strict):
+    """A rule written in ClickHouse SQL (docs/causes.md): each row is an observation."""
+
+    name: str
+    sql: str
+    entity_column: str
+    value_column: str
+    op: Literal[">", ">=", "<", "<="]
+    thresholds: dict[Literal["info", "warning", "critical"], float]
+    interval_s: float = 60
+    timeout_s: float = 10
+    max_rows: int = 10_000
+    cooldown_s: float = 600
+    message: str | None = None
+
+
 class Settings(Strict):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = msgspec.field(default_factory=ClickHouseSettings)
@@ -371,6 +427,9 @@ class Settings(Strict):
     # reference profiles for drift (`streamwatch reference build` writes them)
     drift_references: list[str] = msgspec.field(default_factory=list)
     rules: list[RuleSettings] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))
+    causes: CausesSettings = msgspec.field(default_factory=CausesSettings)
+    retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
+    sql_rules: list[SqlRuleSettings] = msgspec.field(default_factory=list)
     data_dir: str = "var"
     web_port: int = 6066
     web_bind: str = "127.0.0.1"  # loopback only unless asked (containers set 0.0.0.0)

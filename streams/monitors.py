@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.base import Operator
+from operators.causes import RELATIONS, RelationLearner
 from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
 from operators.ctr import CtrConfig, CtrOperator
@@ -97,6 +98,16 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
         if change.enabled
         else None
     )
+    causes = settings.causes
+
+    def relations(sources: tuple[str, ...]) -> RelationLearner | None:
+        """A learner for monitors reading an input relations are learned from."""
+        if not causes.enabled or not {r.source for r in RELATIONS} & set(sources):
+            return None
+        return RelationLearner(
+            round(causes.relation_ttl_s * 1000), max_keys=causes.relation_max_keys
+        )
+
     specs = []
     for name, monitor in settings.monitors.items():
         if name not in OPERATORS:
@@ -120,6 +131,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
                 round(lateness_s * 1000),
                 idle_ms,
                 changes=changes,
+                relations=relations(operator_type.sources),
             )
 
         topics = {src: topic_of(settings, src) for src in operator_type.sources}

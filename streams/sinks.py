@@ -84,6 +84,8 @@ class Sinks:
         # checkpoint never covers an alert or dead letter that did not arrive
         self.undelivered: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self.alert_listeners: list[Any] = []
+        # called on each alert before it is published (e.g. streams.correlate: possible causes)
+        self.alert_enrichers: list[Any] = []
         # Delay from a result's creation (the tick whose watermark closed its
         # window) to its delivery; the latest ones, for benchmarks and /metrics.
         self.created: dict[str, list[tuple[float, int]]] = {}  # table -> (when, rows)
@@ -104,6 +106,8 @@ class Sinks:
         rows = []
         created = time.monotonic()
         for alert in alerts:
+            for enrich in self.alert_enrichers:
+                alert = enrich(alert)
             self._produce(
                 self.topics.alerts,
                 msgspec.json.encode(alert),

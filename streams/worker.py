@@ -131,6 +131,11 @@ class Worker:
         self.source = KafkaSource(settings, self.runtime, self.pipeline.topics)
         self.app = build_app(settings, self.runtime)
         register_pages(self.app, self)
+        # possible causes, retraining requests, SQL rules (docs/causes.md)
+        from streams import correlate, sql_rules
+
+        self.causes = correlate.install(self)
+        self.sql_rules = sql_rules.install(self)
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Run until SIGINT/SIGTERM, or until `until()` turns true (checked each second)."""
@@ -179,6 +184,9 @@ class Worker:
                 log.error("the source did not stop within 120 s; its results will be replayed")
             log.info("stopping: the faust app")
             await worker.stop()
+            self.causes.stop()
+            if self.sql_rules is not None:
+                self.sql_rules.stop()
             self.producer.flush(10)
             log.info("stopped")
 

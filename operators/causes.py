@@ -1,0 +1,339 @@
+"""Possible causes: which other firing alerts may explain an alert (pure logic).
+
+Two pieces, both without Kafka or clocks (docs/causes.md has the design):
+
+`RelationLearner` learns, online from one partition's input, which entities
+are related, bounded in size and in event time:
+
+- impressions: campaign -> the `model_id`s its impressions carried;
+- sensor readings: sensor -> its `site`.
+
+It lives in the monitor task of the partition that reads those events, so the
+relation is learned where the alert about the campaign or sensor is made
+(impressions are keyed by campaign, readings by sensor: co-partitioned), and
+the alert carries it as a hint in `details.related`:
+
+>>> learner = RelationLearner(ttl_ms=3_600_000)
+>>> from types import SimpleNamespace as E
+>>> learner.observe("impressions", [E(campaign_id="cmp-1", model_id="m-0", ts=1_000)])
+>>> learner.hints("cmp-1/A", ts=2_000)
+{'models': ['m-0']}
+>>> learner.hints("cmp-1", ts=1_000 + 3_600_001)  # older than the TTL: forgotten
+{}
+
+`Correlator` keeps the set of alerts firing now (fed with every alert the
+worker raises and, through `streams.correlate.AlertFeed`, those other workers
+raise), and for a firing alert lists the firing alerts on related entities
+whose evidence overlaps its window, strongest first:
+
+- a CTR alert on a campaign: drift, quality, service and change alerts of the
+  models the campaign's impressions carried (its `related.models` hint);
+- a quality alert on a model: drift alerts of that model's features;
+- a sensor or cluster alert: sensor and cluster alerts of other sensors of
+  the same site (both carry their `related.site` hint).
+
+Strength: severity first, then how far past its line the value is
+(value / threshold, or its inverse for a value below its line).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.events import Alert
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+# kinds whose entity starts with a model id ("m", "m/feature", "m/version")
+MODEL_KINDS = frozenset({"drift", "quality", "service", "change"})
+SENSOR_KINDS = frozenset({"sensor", "cluster"})
+# what a cause's metric is called in the one-line phrase
+METRIC_LABELS = {
+    "psi": "PSI",
+    "confidence_shift": "fall in mean confidence",
+    "error_rate": "error rate",
+    "latency_p99": "p99 latency",
+    "low_confidence_ratio": "low-confidence share",
+    "accuracy": "accuracy",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "anomaly_zscore": "z-score",
+    "anomaly_iqr": "IQR distance",
+    "anomaly_rise": "steady rise",
+    "cluster_distance": "regime distance",
+}
+
+
+def _head(entity: str) -> str:
+    return entity.partition("/")[0]
+
+
+# -- relations learned from the input ------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelationSource:
+    """One relation learned from one input: key field -> value field of its events."""
+
+    source: str  # logical input topic
+    key: str  # event field naming the entity an alert is about
+    value: str  # event field naming the related entity
+    hint: str  # name of the hint in details.related
+    many: bool  # a list of values (models of a campaign) or the latest one (site)
+
+
+RELATIONS = (
+    RelationSource("impressions", "campaign_id", "model_id", "models", many=True),
+    RelationSource("sensor-readings", "sensor_id", "site", "site", many=False),
+)
+
+
+class RelationLearner:
+    """Relations learned from one partition's events, bounded: at most `max_keys`
+    entities per relation (least recently seen dropped first), `max_values`
+    values per entity, and none older than `ttl_ms` of event time."""
+
+    def __init__(
+        self,
+        ttl_ms: int = 3_600_000,
+        max_keys: int = 10_000,
+        max_values: int = 8,
+        relations: Sequence[RelationSource] = RELATIONS,
+    ) -> None:
+        self.ttl_ms = ttl_ms
+        self.max_keys = max_keys
+        self.max_values = max_values
+        self.relations = {r.source: r for r in relations}
+        # hint -> key -> value -> last event time seen (ordered: least recent first)
+        self.seen: dict[str, OrderedDict[str, dict[str, int]]] = {
+            r.hint: OrderedDict() for r in relations
+        }
+        self.expired_at = -(2**62)
+
+    def observe(self, source: str, events: Iterable[Any]) -> None:
+        relation = self.relations.get(source)
+        if relation is None:
+            return
+        table = self.seen[relation.hint]
+        for e in events:
+            value = getattr(e, relation.value, None)
+            if not value:
+                continue
+            key = getattr(e, relation.key)
+            values = table.get(key)
+            if values is None:
+                values = table[key] = {}
+                if len(table) > self.max_keys:
+                    table.popitem(last=False)
+            else:
+                table.move_to_end(key)
+            if value in values or relation.many:
+                values[value] = max(values.get(value, e.ts), e.ts)
+            else:
+                values.clear()  # a single-valued relation: the latest value wins
+                values[value] = e.ts
+            if len(values) > self.max_values:
+                del values[min(values, key=values.__getitem__)]
+
+    def hints(self, entity: str, ts: int) -> dict[str, Any]:
+        """What is known about the entity of an alert at event time `ts`."""
+        key = _head(entity)
+        out: dict[str, Any] = {}
+        for relation in self.relations.values():
+            values = self.seen[relation.hint].get(key)
+            if not values:
+                continue
+            live = sorted(v for v, t in values.items() if ts - t <= self.ttl_ms)
+            if live:
+                out[relation.hint] = live if relation.many else live[-1]
+        return out
+
+    def expire(self, watermark: int) -> None:
+        """Forget what is older than the TTL at this watermark (a scan at most every
+        tenth of the TTL: `hints` checks the age itself, this only bounds memory)."""
+        if watermark < self.expired_at + self.ttl_ms // 10:
+            return
+        self.expired_at = watermark
+        for table in self.seen.values():
+            for key in [k for k, v in table.items() if max(v.values()) < watermark - self.ttl_ms]:
+                del table[key]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {hint: [[k, v] for k, v in table.items()] for hint, table in self.seen.items()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for hint, table in self.seen.items():
+            table.clear()
+            for key, values in state.get(hint, []):
+                table[key] = dict(values)
+
+
+# -- the firing set and the causes ----------------------------------------------
+
+
+@dataclass(slots=True)
+class Firing:
+    """What the correlator keeps of a firing alert."""
+
+    alert_id: str
+    kind: str
+    rule: str
+    entity: str
+    metric: str
+    severity: str
+    value: float
+    threshold: float
+    start: int  # evidence window (or the alert's time when it has none)
+    end: int
+    message: str
+    related: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, alert: Alert) -> Firing:
+        start = alert.window_start if alert.window_start is not None else alert.ts
+        end = alert.window_end if alert.window_end is not None else alert.ts
+        related = alert.details.get("related") if isinstance(alert.details, dict) else None
+        return cls(
+            alert.alert_id,
+            alert.kind,
+            alert.rule,
+            alert.entity,
+            alert.metric,
+            alert.severity,
+            float(alert.value),
+            float(alert.threshold),
+            start,
+            end,
+            alert.message,
+            dict(related) if isinstance(related, dict) else {},
+        )
+
+    def strength(self) -> tuple[int, float]:
+        """(severity, how far past the line): higher is stronger."""
+        v, t = abs(self.value), abs(self.threshold)
+        ratio = max(v / t, t / v) if v > 0 and t > 0 else 1.0
+        return SEVERITY_RANK.get(self.severity, 0), ratio
+
+    def phrase(self) -> str:
+        """One short phrase naming the figure: "PSI of user_segment = 0.21"."""
+        label = METRIC_LABELS.get(self.metric, self.metric.replace("_", " "))
+        subject = self.entity
+        if self.kind == "drift" and "/" in subject:
+            subject = subject.partition("/")[2]  # the feature: the model is implied
+        return f"{label} of {subject} = {self.value:.3g}"
+
+
+@dataclass(frozen=True)
+class CorrelatorConfig:
+    # how far before an alert's window a cause's evidence may begin (still firing)
+    lookback_ms: int = 3_600_000
+    # a firing alert not heard of for this long (event time) is dropped from the set:
+    # its resolution may never come (the entity went silent)
+    ttl_ms: int = 6 * 3_600_000
+    max_firing: int = 50_000
+    max_causes: int = 5
+
+
+class Correlator:
+    """The set of firing alerts, and the possible causes of a new one."""
+
+    def __init__(self, config: CorrelatorConfig | None = None) -> None:
+        self.config = config or CorrelatorConfig()
+        # (rule, entity) -> the firing alert; or None once resolved (kept until
+        # expiry so an old "firing" echo arriving after its resolution is ignored)
+        self.state: OrderedDict[tuple[str, str], tuple[int, Firing | None]] = OrderedDict()
+        self.clock = 0  # the latest event time seen
+
+    def observe(self, alert: Alert) -> None:
+        """Take a firing or resolved alert into the set (idempotent: the same
+        alert twice, or an older one after a newer, changes nothing)."""
+        key = (alert.rule, alert.entity)
+        known = self.state.get(key)
+        if known is not None and known[0] > alert.ts:
+            return
+        if known is not None and known[0] == alert.ts and known[1] is None:
+            return  # resolved at the same time: the resolution stands
+        self.state[key] = (alert.ts, Firing.of(alert) if alert.status == "firing" else None)
+        self.state.move_to_end(key)
+        self.clock = max(self.clock, alert.ts)
+        while len(self.state) > self.config.max_firing:
+            self.state.popitem(last=False)
+
+    def advance(self, now_ms: int) -> None:
+        """Event time moved on (a watermark): drop what is older than the TTL."""
+        self.clock = max(self.clock, now_ms)
+        horizon = self.clock - self.config.ttl_ms
+        for key in [k for k, (ts, _) in self.state.items() if ts < horizon]:
+            del self.state[key]
+
+    def firing(self) -> list[Firing]:
+        return [f for _, f in self.state.values() if f is not None]
+
+    def causes(self, alert: Alert) -> list[Firing]:
+        """Firing alerts on entities related to `alert` that overlap its window,
+        strongest first (at most `max_causes`)."""
+        if alert.status != "firing":
+            return []
+        me = Firing.of(alert)
+        related = me.related
+        if alert.kind == "ctr":
+            models = set(related.get("models") or ())
+
+            def wanted(f: Firing) -> bool:
+                if f.kind not in MODEL_KINDS or _head(f.entity) not in models:
+                    return False
+                return f.kind != "change" or not f.metric.startswith("ctr")
+
+        elif alert.kind == "quality":
+            model = _head(alert.entity)
+
+            def wanted(f: Firing) -> bool:
+                return f.kind == "drift" and _head(f.entity) == model
+
+        elif alert.kind in SENSOR_KINDS:
+            site, sensor = related.get("site"), _head(alert.entity)
+
+            def wanted(f: Firing) -> bool:
+                return (
+                    bool(site)
+                    and f.kind in SENSOR_KINDS
+                    and f.related.get("site") == site
+                    and _head(f.entity) != sensor
+                )
+
+        else:
+            return []
+        lo = me.start - self.config.lookback_ms
+        found = [
+            f
+            for f in self.firing()
+            if f.alert_id != me.alert_id and wanted(f) and f.start <= me.end and f.end >= lo
+        ]
+        found.sort(key=lambda f: (f.strength(), f.entity, f.rule), reverse=True)
+        return found[: self.config.max_causes]
+
+    def enrich(self, alert: Alert) -> Alert:
+        """Attach `details.possible_causes` and name the strongest in the message;
+        then take the alert into the set. The alert_id is left as it is."""
+        causes = self.causes(alert)
+        if causes:
+            alert.details = {
+                **alert.details,
+                "possible_causes": [
+                    {
+                        "alert_id": c.alert_id,
+                        "kind": c.kind,
+                        "rule": c.rule,
+                        "entity": c.entity,
+                        "severity": c.severity,
+                        "message": c.message,
+                    }
+                    for c in causes
+                ],
+            }
+            text = alert.message.removesuffix(".")
+            alert.message = f"{text}; possible cause: {causes[0].phrase()}."
+        self.observe(alert)
+        return alert

@@ -1,0 +1,188 @@
+"""Possible causes and retraining requests in the worker (design: docs/causes.md).
+
+`Causes` sits in front of the alert producer (`Sinks.alert_enrichers`): every
+alert this worker raises passes through it before it is published, so
+`details.possible_causes` is in the one published copy (the alert_id is not
+touched, and no second version is ever published). It keeps:
+
+- the firing set (`operators.causes.Correlator`) of this worker's alerts,
+  taken in synchronously as they are raised, and of every other worker's,
+  read by `AlertFeed` from all partitions of the `alerts` topic (low volume;
+  no consumer group: every worker reads everything, from `feed_lookback_s`
+  back at start, which also rebuilds the set after a restart);
+- the retraining planner (`operators.retrain`), advanced on the worker's
+  timer by the event time the pipeline has reached; it requests retraining
+  only for models whose alerts this worker raised (inference logs and labels
+  are keyed by model_id, so one worker owns a model's alerts).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from operators.causes import Correlator, CorrelatorConfig
+from operators.retrain import RetrainCondition, RetrainPlanner, RetrainPolicy
+from schemas.events import Alert
+from streams.config import Settings
+from streams.retrain import RetrainPublisher
+
+if TYPE_CHECKING:
+    from streams.worker import Worker
+
+log = logging.getLogger("streamwatch.correlate")
+
+
+def correlator_config(settings: Settings) -> CorrelatorConfig:
+    c = settings.causes
+    return CorrelatorConfig(
+        lookback_ms=round(c.lookback_s * 1000),
+        ttl_ms=round(c.firing_ttl_s * 1000),
+        max_causes=c.max_causes,
+    )
+
+
+def retrain_policies(settings: Settings) -> list[RetrainPolicy]:
+    return [
+        RetrainPolicy(
+            p.models,
+            tuple(RetrainCondition(c.metric, c.op, c.threshold, c.for_s) for c in p.conditions),
+            p.interval_s,
+        )
+        for p in settings.retrain.policies
+    ]
+
+
+class AlertFeed:
+    """Reads every partition of the alerts topic in a thread, from a while back,
+    and hands each alert to `on_alert` (other workers' alerts, and after a restart
+    the alerts still firing)."""
+
+    def __init__(self, settings: Settings, on_alert: Any, lookback_s: float) -> None:
+        self.settings = settings
+        self.on_alert = on_alert
+        self.lookback_s = lookback_s
+        self.stopping = threading.Event()
+        self.ready = threading.Event()  # assigned (and caught up to the start point)
+        self.received = 0
+        self.thread = threading.Thread(target=self._run, name="alert-feed", daemon=True)
+
+    def start(self) -> AlertFeed:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        self.stopping.set()
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        topic = self.settings.topics.alerts
+        conf = {
+            **self.settings.kafka_client_config(),
+            # never joins (assign, not subscribe) nor commits: a group id is only required
+            "group.id": f"{self.settings.kafka.group_id}-causes-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+        decoder = msgspec.json.Decoder(Alert)
+        while not self.stopping.is_set():
+            try:
+                consumer = Consumer(conf)
+                meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+                if meta is None or meta.error is not None or not meta.partitions:
+                    consumer.close()
+                    self.stopping.wait(2)
+                    continue
+                since = int((time.time() - self.lookback_s) * 1000)
+                wanted = [TopicPartition(topic, p, since) for p in sorted(meta.partitions)]
+                starts = consumer.offsets_for_times(wanted, timeout=10)
+                # a partition with nothing that recent: from its end (offset -1 = OFFSET_END)
+                consumer.assign(starts)
+                break
+            except Exception as exc:  # the broker not up yet: try again
+                log.warning("alert feed: cannot start yet (%s)", exc)
+                self.stopping.wait(2)
+        else:
+            return
+        self.ready.set()
+        try:
+            while not self.stopping.is_set():
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error() is not None:
+                    continue
+                try:
+                    alert = decoder.decode(msg.value())
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # not ours to judge: the alert topic's own consumers see it
+                self.received += 1
+                self.on_alert(alert)
+        finally:
+            consumer.close()
+
+
+class Causes:
+    """Possible causes on this worker's alerts, and its retraining requests."""
+
+    def __init__(self, settings: Settings, producer: Any, env: dict[str, str] | None = None):
+        self.settings = settings
+        self.lock = threading.Lock()  # the feed's thread and the event loop share the state
+        self.correlator = Correlator(correlator_config(settings))
+        self.planner = RetrainPlanner(retrain_policies(settings))
+        self.publisher = RetrainPublisher(settings, producer, env)
+        self.feed: AlertFeed | None = None
+        self.enabled = settings.causes.enabled
+
+    def enrich(self, alert: Alert) -> Alert:
+        """Called on each alert this worker raises, before it is published."""
+        with self.lock:
+            if self.enabled:
+                alert = self.correlator.enrich(alert)
+            self.planner.observe(alert, local=True)
+        return alert
+
+    def remote(self, alert: Alert) -> None:
+        """An alert read from the topic (another worker's, or an echo of ours)."""
+        with self.lock:
+            self.correlator.observe(alert)
+            self.planner.observe(alert, local=False)
+
+    def advance(self, now_ms: int) -> None:
+        """Event time reached `now_ms`: expire, and publish retraining requests due."""
+        with self.lock:
+            self.correlator.advance(now_ms)
+            requests = self.planner.advance(now_ms)
+        for request in requests:
+            self.publisher.publish(request)
+
+    def start(self) -> Causes:
+        if self.settings.causes.feed and (self.enabled or self.planner.policies):
+            self.feed = AlertFeed(self.settings, self.remote, self.settings.causes.feed_lookback_s)
+            self.feed.start()
+        return self
+
+    def stop(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+        self.publisher.stop()
+
+
+def install(worker: Worker) -> Causes:
+    """Wire causes and retraining into a worker: the enricher in front of its alert
+    producer, the feed, and a timer on its faust app that advances event time."""
+    causes = Causes(worker.settings, worker.producer).start()
+    worker.sinks.alert_enrichers.append(causes.enrich)
+
+    @worker.app.timer(interval=1.0)
+    async def causes_tick() -> None:
+        reached = worker.pipeline.watermarks()
+        if reached:
+            causes.advance(max(reached.values()))
+
+    return causes
