@@ -229,6 +229,9 @@ class Firing:
 class CorrelatorConfig:
     # how far before an alert's window a cause's evidence may begin (still firing)
     lookback_ms: int = 3_600_000
+    # ... and may begin this long after it ends: "at the same time" for point
+    # evidence (a single reading) and windows of different sizes
+    slack_ms: int = 60_000
     # a firing alert not heard of for this long (event time) is dropped from the set:
     # its resolution may never come (the entity went silent)
     ttl_ms: int = 6 * 3_600_000
@@ -309,7 +312,10 @@ class Correlator:
         found = [
             f
             for f in self.firing()
-            if f.alert_id != me.alert_id and wanted(f) and f.start <= me.end and f.end >= lo
+            if f.alert_id != me.alert_id
+            and wanted(f)
+            and f.start <= me.end + self.config.slack_ms
+            and f.end >= lo
         ]
         found.sort(key=lambda f: (f.strength(), f.entity, f.rule), reverse=True)
         return found[: self.config.max_causes]

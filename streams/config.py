@@ -370,6 +370,7 @@ class CausesSettings(Strict):
     relation_ttl_s: float = 3600  # a campaign's model, a sensor's site: forgotten after
     relation_max_keys: int = 10_000  # campaigns (sensors) remembered per partition
     lookback_s: float = 3600  # a cause's evidence may start this long before the alert's
+    slack_s: float = 60  # ... or this long after its window ends (point evidence)
     firing_ttl_s: float = 6 * 3600  # a firing alert never resolved leaves the set after
     max_causes: int = 5
     # read every worker's alerts (all partitions of the alerts topic), from this far back

@@ -42,6 +42,7 @@ def correlator_config(settings: Settings) -> CorrelatorConfig:
     c = settings.causes
     return CorrelatorConfig(
         lookback_ms=round(c.lookback_s * 1000),
+        slack_ms=round(c.slack_s * 1000),
         ttl_ms=round(c.firing_ttl_s * 1000),
         max_causes=c.max_causes,
     )
