@@ -130,7 +130,7 @@ class SqlRules:
             where = f"sql_rules[{i}] ({name})"
             sql = state.settings.sql.strip().rstrip(";")
             try:
-                columns, _ = state.reader.read(f"SELECT * FROM ({sql}) LIMIT 0")
+                columns, _ = state.reader.read(f"SELECT * FROM (\n{sql}\n) LIMIT 0")
             except QueryRefused as exc:
                 raise ConfigError(f"{where}.sql is refused: {exc}") from None
             except ClickHouseError as exc:
@@ -175,9 +175,15 @@ class SqlRules:
             self.errors[s.name] = str(exc)
             log.warning("SQL rule %s failed: %s", s.name, exc)
             return []
+        if rows and not {s.entity_column, s.value_column} <= set(columns):
+            RUNS.labels(s.name, "error").inc()
+            self.errors[s.name] = f"the result has no column {s.entity_column} or {s.value_column}"
+            return []
         RUNS.labels(s.name, "ok").inc()
         self.errors.pop(s.name, None)
-        entity_at, value_at = columns.index(s.entity_column), columns.index(s.value_column)
+        # an empty result may come without column names: no row matches
+        entity_at = columns.index(s.entity_column) if rows else 0
+        value_at = columns.index(s.value_column) if rows else 0
         start, end = state.slot, state.slot + round(s.interval_s * 1000)
         observations: list[Observation] = []
         seen: set[str] = set()
