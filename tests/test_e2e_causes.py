@@ -1,0 +1,302 @@
+"""Possible causes and retraining requests end to end: real broker, worker process, chDB.
+
+A 1500 event-second simulation with linked incidents:
+
+- a feature drift on model-0 (distance_km, 500-1100 s) while the CTR of
+  cmp-002 drops (600-900 s); cmp-002's impressions carry model-0
+  (`Scenario.model_of`), so its CTR alert must name the drift as a possible
+  cause ("possible cause: PSI of distance_km = ...");
+- an error spike on model-1 (700-900 s);
+- vibration spikes on sensor-01 and sensor-04 at the same second (both at
+  site-b), so one lists the other.
+
+Retraining is configured for models `model-*` on PSI >= 0.2 held 120 s and
+error rate > 5 % held 60 s: one request each for model-0 and model-1 on the
+`retrain-requests` topic, with the alerts that triggered them, and each also
+POSTed to a webhook that fails its first call (so the retry is exercised).
+
+A second test checks the cross-worker path: an alert another worker published
+on the alerts topic (read by `AlertFeed`) becomes a possible cause.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import msgspec
+import orjson
+import pytest
+
+from schemas.events import Alert, RetrainRequest
+from streams.simulate import Incident, Scenario, Simulator
+from tests.harness import Deployment, WorkerProcess, consume_all, produce
+
+pytestmark = pytest.mark.integration
+
+DURATION_S = 1500
+START_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
+LATENESS_MS = 10_000
+PARTITIONS = 4
+RETRAIN = {
+    "policies": [
+        {
+            "models": "model-*",
+            "interval_s": 86_400,
+            "conditions": [
+                {"metric": "psi", "op": ">=", "threshold": 0.2, "for_s": 120},
+                {"metric": "error_rate", "op": ">", "threshold": 0.05, "for_s": 60},
+            ],
+        }
+    ]
+}
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A training pipeline's trigger: refuses its first POST (503), then takes them."""
+
+    bodies: ClassVar[list[bytes]] = []
+    refused = 0
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.refused == 0:
+            Receiver.refused += 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        Receiver.bodies.append(body)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def scenario() -> Scenario:
+    return Scenario(
+        start_ms=START_MS,
+        duration_s=DURATION_S,
+        campaigns=3,
+        sensors=6,
+        seed=7,
+        incidents=[
+            Incident("feature_drift", "model-0/distance_km", 500, 600, 1.5),
+            Incident("ctr_drop", "cmp-002", 600, 300, 0.25),
+            Incident("error_spike", "model-1", 700, 200, 0.2),
+            Incident("sensor_spike", "sensor-01/vibration", 1000, 3, 8),
+            Incident("sensor_spike", "sensor-04/vibration", 1000, 3, 8),
+        ],
+    )
+
+
+def messages(d: Deployment, s: Scenario) -> tuple[list, int]:
+    names = {
+        "impressions": d.topics["impressions"],
+        "clicks": d.topics["clicks"],
+        "inference-logs": d.topics["inference_logs"],
+        "sensor-readings": d.topics["sensor_readings"],
+    }
+    out: list[tuple[str, bytes | None, bytes | None, int | None]] = [
+        (names[topic], key.encode(), value, None)
+        for topic, key, value in Simulator(s).messages()
+        if topic != "__tick__"
+    ]
+    # a tail per partition far enough ahead that every window closes (CTR: final
+    # 600 s after its end) on every task
+    tail_ts = START_MS + (DURATION_S + 600 + 300 + 60) * 1000
+    for p in range(PARTITIONS):
+        key = f"zz-tail-{p}"
+        imp = {"impression_id": key, "ts": tail_ts, "campaign_id": key, "user_id": "u"}
+        log = {
+            "request_id": key,
+            "ts": tail_ts,
+            "model_id": key,
+            "model_version": "tail",
+            "features": {},
+            "prediction": 0.0,
+            "latency_ms": 1.0,
+            "status": "ok",
+        }
+        reading = {"sensor_id": key, "ts": tail_ts, "values": {"temperature": 0.0}}
+        for topic, event in (
+            ("impressions", imp),
+            ("clicks", {**imp, "click_id": key}),
+            ("inference-logs", log),
+            ("sensor-readings", reading),
+        ):
+            out.append((names[topic], key.encode(), orjson.dumps(event), p))
+    return out, tail_ts
+
+
+def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    d = Deployment(
+        tmp_path,
+        broker.bootstrap,
+        "causes-e2e",
+        partitions=PARTITIONS,
+        retrain=RETRAIN,
+        **{"topics.retrain_requests": "causes-e2e.retrain-requests"},
+    )
+    base_env = d.env
+    url = f"http://127.0.0.1:{server.server_address[1]}/trigger?token=secret"
+    d.env = lambda: {**base_env(), "STREAMWATCH_RETRAIN_WEBHOOK": url}  # type: ignore[method-assign]
+    s = scenario()
+    sent, tail_ts = messages(d, s)
+    worker = WorkerProcess(d).start()
+    try:
+        produce(broker.bootstrap, sent)
+
+        def consumed() -> bool:
+            marks = worker.wait_http("/health", 30, accept_503=True)["watermarks"]
+            return len(marks) == 6 and min(marks.values()) >= tail_ts - LATENESS_MS
+
+        worker.wait_until(consumed, 400, "the worker to consume every message")
+        worker.wait_until(lambda: len(Receiver.bodies) >= 2, 60, "two webhook deliveries")
+        time.sleep(3)  # the last flush
+    finally:
+        assert worker.stop() == 0
+        server.shutdown()
+    assert "secret" not in worker.log()  # the webhook URL is never logged
+
+    alerts = [
+        msgspec.json.decode(m.value(), type=Alert)
+        for m in consume_all(broker.bootstrap, d.topics["alerts"])
+    ]
+    by_id = {a.alert_id: a for a in alerts}
+    assert len(by_id) == len(alerts), "an alert was published twice"
+
+    # 1. the CTR alert of cmp-002 names model-0's drift
+    ctr = [a for a in alerts if a.kind == "ctr" and a.entity.startswith("cmp-002")]
+    firing = [a for a in ctr if a.status == "firing"]
+    assert firing, [a.message for a in alerts]
+    assert all(a.details["related"] == {"models": ["model-0"]} for a in ctr)
+    explained = [a for a in firing if "possible_causes" in a.details]
+    assert explained, [a.message for a in firing]
+    for a in explained:
+        causes = a.details["possible_causes"]
+        assert causes[0]["kind"] == "drift" and causes[0]["entity"] == "model-0/distance_km"
+        assert all(c["entity"].startswith("model-0") for c in causes)
+        assert "; possible cause: PSI of distance_km = " in a.message
+        # every cause is a real alert of the topic, firing, and its window overlaps
+        for c in causes:
+            cause = by_id[c["alert_id"]]
+            assert cause.status == "firing" and cause.message == c["message"]
+            assert cause.window_start <= a.window_end  # type: ignore[operator]
+    # model-1's error spike is no cause of cmp-002 (served by model-0)
+    assert not any(
+        c["entity"].startswith("model-1") for a in ctr for c in a.details.get("possible_causes", [])
+    )
+
+    # 2. the two vibration spikes at site-b: the later alert lists the earlier
+    sensors = [
+        a
+        for a in alerts
+        if a.kind == "sensor" and a.entity.split("/")[0] in ("sensor-01", "sensor-04")
+    ]
+    assert sensors and all(a.details["related"] == {"site": "site-b"} for a in sensors)
+    pairs = {
+        (a.entity.split("/")[0], c["entity"].split("/")[0])
+        for a in sensors
+        for c in a.details.get("possible_causes", [])
+    }
+    assert pairs & {("sensor-01", "sensor-04"), ("sensor-04", "sensor-01")}, pairs
+    assert all(x != y for x, y in pairs)
+
+    # 3. one retraining request per model, with the alerts that triggered it
+    requests = [
+        msgspec.json.decode(m.value(), type=RetrainRequest)
+        for m in consume_all(broker.bootstrap, "causes-e2e.retrain-requests")
+    ]
+    assert sorted(r.model_id for r in requests) == ["model-0", "model-1"], requests
+    for r in requests:
+        evidence = {e["metric"] for e in r.evidence}
+        assert evidence == ({"psi"} if r.model_id == "model-0" else {"error_rate"}), r
+        for reason in r.reasons:
+            cause = by_id[reason["alert_id"]]
+            assert cause.entity.startswith(r.model_id) and cause.message == reason["message"]
+        for e in r.evidence:
+            assert e["held_s"] >= e["for_s"] and e["value"] > e["threshold"]
+        # condition met during the incident
+        assert START_MS + 500_000 <= r.ts <= START_MS + 1_200_000, r
+    # the webhook got each request once, after refusing the first call (retried)
+    posted = sorted(msgspec.json.decode(b, type=RetrainRequest).request_id for b in Receiver.bodies)
+    assert posted == sorted(r.request_id for r in requests)
+    assert Receiver.refused == 1
+
+    # 4. ClickHouse holds the same causes
+    rows = d.query(
+        "SELECT alert_id, details FROM streamwatch.alerts FINAL "
+        "WHERE JSONHas(details, 'possible_causes')"
+    )
+    stored = {r["alert_id"]: orjson.loads(r["details"])["possible_causes"] for r in rows}
+    on_topic = {
+        a.alert_id: a.details["possible_causes"] for a in alerts if "possible_causes" in a.details
+    }
+    assert stored == on_topic
+
+
+def test_a_cause_raised_by_another_worker_arrives_through_the_feed(tmp_path, broker) -> None:
+    """An alert on the topic (as another worker publishes it) becomes a possible cause
+    of a CTR alert this worker raises; the CTR alert keeps its id."""
+    from streams import kafka
+    from streams.correlate import Causes
+
+    d = Deployment(tmp_path, broker.bootstrap, "causes-feed", partitions=2)
+    settings = d.settings()
+    kafka.ensure_topics(settings)
+    drift = Alert(
+        alert_id="drift-1",
+        ts=START_MS + 300_000,
+        kind="drift",
+        rule="drift_psi",
+        severity="critical",
+        status="firing",
+        entity="model-7/user_segment",
+        metric="psi",
+        value=0.21,
+        threshold=0.2,
+        window_start=START_MS,
+        window_end=START_MS + 300_000,
+        message="PSI of model-7/user_segment is 0.210.",
+    )
+    # the feed reads from feed_lookback_s back in wall-clock time: publish now
+    produce(broker.bootstrap, [(d.topics["alerts"], b"model-7/user_segment",
+                               msgspec.json.encode(drift), 1)])  # fmt: skip
+    producer = kafka.producer(settings)
+    causes = Causes(settings, producer).start()
+    try:
+        assert causes.feed is not None
+        deadline = time.monotonic() + 30
+        while causes.feed.received < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert causes.feed.received == 1
+        effect = Alert(
+            alert_id="ctr-1",
+            ts=START_MS + 240_000,
+            kind="ctr",
+            rule="ctr_drop",
+            severity="warning",
+            status="firing",
+            entity="cmp-9",
+            metric="ctr_drop",
+            value=0.6,
+            threshold=0.3,
+            window_start=START_MS + 180_000,
+            window_end=START_MS + 240_000,
+            message="CTR of cmp-9 dropped 60%.",
+            details={"related": {"models": ["model-7"]}},
+        )
+        out = causes.enrich(effect)
+        assert out.alert_id == "ctr-1"
+        assert [c["alert_id"] for c in out.details["possible_causes"]] == ["drift-1"]
+        assert (
+            out.message == "CTR of cmp-9 dropped 60%; possible cause: PSI of user_segment = 0.21."
+        )
+    finally:
+        causes.stop()
