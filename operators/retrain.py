@@ -26,6 +26,7 @@ from alert evidence only, so a replay gives the same id.
 ...           status="firing", entity="m/user_segment", metric="psi", value=0.31,
 ...           threshold=0.2, window_start=0, window_end=300_000, message="PSI is 0.31.")
 >>> p.observe(a, local=True)
+[]
 >>> p.advance(30_000)
 []
 >>> [(r.model_id, r.ts, r.evidence[0]["held_s"]) for r in p.advance(60_000)]
@@ -105,26 +106,30 @@ class RetrainPlanner:
                 return p
         return None
 
-    def observe(self, alert: Alert, local: bool) -> None:
+    def observe(self, alert: Alert, local: bool) -> list[RetrainRequest]:
+        """Take a model's alert in. Returns the requests its model had due before the
+        alert's time: a resolution ends a condition, so what held until then is
+        judged first (alerts come faster than any timer: event-time order decides)."""
         if alert.kind not in MODEL_KINDS or (
             alert.kind == "change" and alert.metric.startswith("ctr")
         ):
-            return
+            return []
         model = alert.entity.partition("/")[0]
         if self.policy(model) is None:
-            return
+            return []
+        if local:
+            self.local.add(model)
+        due = self._due(model, alert.ts)
         key = (alert.rule, alert.entity)
         if alert.status == "resolved":
             self.held.get(model, {}).pop(key, None)
-            return
-        if local:
-            self.local.add(model)
+            return due
         version = str(alert.details.get("model_version") or "")
         if not version and alert.kind == "service":
             version = alert.entity.partition("/")[2]
         since = alert.window_start if alert.window_start is not None else alert.ts
         if model not in self.held and len(self.held) >= self.max_models:
-            return  # bounded: a model beyond the bound is not planned for
+            return due  # bounded: a model beyond the bound is not planned for
         self.held.setdefault(model, {})[key] = _Held(
             alert.alert_id,
             alert.metric,
@@ -134,43 +139,49 @@ class RetrainPlanner:
             alert.entity,
             version,
         )
+        return due
 
     def advance(self, now_ms: int) -> list[RetrainRequest]:
         """Requests due at event time `now_ms`, for models whose alerts were local."""
         out: list[RetrainRequest] = []
-        for model, held in self.held.items():
-            policy = self.policy(model)
-            if policy is None or model not in self.local or not held:
-                continue
-            met: list[tuple[int, RetrainCondition, _Held]] = []
-            for condition in policy.conditions:
-                for h in held.values():
-                    if h.metric == condition.metric and condition.holds(h.value):
-                        at = h.since + round(condition.for_s * 1000)
-                        if at <= now_ms:
-                            met.append((at, condition, h))
-            if not met:
-                continue
-            ts = min(at for at, _, _ in met)
-            last = self.last.get(model)
-            if last is not None:
-                ts = max(ts, last + round(policy.interval_s * 1000))
-                if ts > now_ms:
-                    continue
-            self.last[model] = ts
-            out.append(
-                RetrainRequest(
-                    request_id=request_id(model, ts),
-                    ts=ts,
-                    model_id=model,
-                    model_version=next((h.version for _, _, h in met if h.version), ""),
-                    reasons=[{"alert_id": h.alert_id, "message": h.message} for _, _, h in met],
-                    evidence=[_evidence(c, h, ts) for _, c, h in met],
-                )
-            )
+        for model in list(self.held):
+            out.extend(self._due(model, now_ms))
         for model in [m for m, h in self.held.items() if not h]:
             del self.held[model]
         return out
+
+    def _due(self, model: str, now_ms: int) -> list[RetrainRequest]:
+        held = self.held.get(model)
+        policy = self.policy(model)
+        if policy is None or model not in self.local or not held:
+            return []
+        met: list[tuple[int, RetrainCondition, _Held]] = []
+        for condition in policy.conditions:
+            for h in held.values():
+                if h.metric == condition.metric and condition.holds(h.value):
+                    at = h.since + round(condition.for_s * 1000)
+                    if at <= now_ms:
+                        met.append((at, condition, h))
+        if not met:
+            return []
+        ts = min(at for at, _, _ in met)
+        last = self.last.get(model)
+        if last is not None:
+            ts = max(ts, last + round(policy.interval_s * 1000))
+            if ts > now_ms:
+                return []
+        self.last[model] = ts
+        met = [m for m in met if m[0] <= ts]  # the conditions met by the request's time
+        return [
+            RetrainRequest(
+                request_id=request_id(model, ts),
+                ts=ts,
+                model_id=model,
+                model_version=next((h.version for _, _, h in met if h.version), ""),
+                reasons=[{"alert_id": h.alert_id, "message": h.message} for _, _, h in met],
+                evidence=[_evidence(c, h, ts) for _, c, h in met],
+            )
+        ]
 
 
 def _evidence(c: RetrainCondition, h: _Held, ts: int) -> dict[str, Any]:

@@ -145,14 +145,18 @@ class Causes:
         with self.lock:
             if self.enabled:
                 alert = self.correlator.enrich(alert)
-            self.planner.observe(alert, local=True)
+            due = self.planner.observe(alert, local=True)
+        for request in due:
+            self.publisher.publish(request)
         return alert
 
     def remote(self, alert: Alert) -> None:
         """An alert read from the topic (another worker's, or an echo of ours)."""
         with self.lock:
             self.correlator.observe(alert)
-            self.planner.observe(alert, local=False)
+            due = self.planner.observe(alert, local=False)
+        for request in due:
+            self.publisher.publish(request)
 
     def advance(self, now_ms: int) -> None:
         """Event time reached `now_ms`: expire, and publish retraining requests due."""
@@ -182,8 +186,9 @@ def install(worker: Worker) -> Causes:
 
     @worker.app.timer(interval=1.0)
     async def causes_tick() -> None:
+        # the slowest monitor's event time: no alert can still come from before it
         reached = worker.pipeline.watermarks()
         if reached:
-            causes.advance(max(reached.values()))
+            causes.advance(min(reached.values()))
 
     return causes

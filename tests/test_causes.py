@@ -255,16 +255,34 @@ def test_resolution_below_threshold_and_remote_alerts_request_nothing() -> None:
 def test_accuracy_and_error_rate_plug_in_by_metric_name() -> None:
     p = planner(
         RetrainCondition("accuracy", "<", 0.8, for_s=120),
-        RetrainCondition("error_rate", ">", 0.05, for_s=60),
+        RetrainCondition("error_rate", ">", 0.05, for_s=90),
     )
-    p.observe(alert("quality", "m0", "accuracy", 0.7, 0.8, 0, 5 * MIN), local=True)
-    p.observe(alert("service", "m0/2.1", "error_rate", 0.2, 0.01, MIN, 2 * MIN), local=True)
+    half = MIN // 2
+    assert p.observe(alert("quality", "m0", "accuracy", 0.7, 0.8, 0, MIN), local=True) == []
+    errors = alert("service", "m0/2.1", "error_rate", 0.2, 0.01, half, 3 * half)
+    assert p.observe(errors, local=True) == []  # at 1.5 min: nothing has held long enough
     (r,) = p.advance(10 * MIN)
-    # accuracy held from 0 (met at 2 min), error rate from 1 min (met at 2 min)
+    # accuracy held from 0 (met at 2 min), the error rate from 0.5 min (met at 2 min)
     assert r.ts == 2 * MIN
     assert r.model_version == "2.1"
     assert [e["metric"] for e in r.evidence] == ["accuracy", "error_rate"]
-    assert [e["held_s"] for e in r.evidence] == [120.0, 60.0]
+    assert [e["held_s"] for e in r.evidence] == [120.0, 90.0]
+
+
+def test_a_condition_that_held_long_enough_counts_even_if_resolved_before_a_tick() -> None:
+    """Alerts arrive faster than the timer: a resolution first judges what held."""
+    p = planner(RetrainCondition("error_rate", ">", 0.05, for_s=60))
+    assert p.observe(alert("service", "m1/1", "error_rate", 0.2, 0.01, 0, MIN), local=True) == []
+    resolved = alert("service", "m1/1", "error_rate", 0.0, 0.01, 3 * MIN, 4 * MIN,
+                     status="resolved", rule="service_error_rate")  # fmt: skip
+    (r,) = p.observe(resolved, local=True)
+    assert (r.model_id, r.ts) == ("m1", MIN)
+    assert p.advance(60 * MIN) == []
+    # a condition resolved before it held long enough asks for nothing
+    q = planner(RetrainCondition("error_rate", ">", 0.05, for_s=600))
+    q.observe(alert("service", "m1/1", "error_rate", 0.2, 0.01, 0, MIN), local=True)
+    assert q.observe(resolved, local=True) == []
+    assert q.advance(60 * MIN) == []
 
 
 def test_request_ids_are_deterministic_across_replays() -> None:

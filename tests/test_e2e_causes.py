@@ -41,18 +41,16 @@ DURATION_S = 1500
 START_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
 LATENESS_MS = 10_000
 PARTITIONS = 4
-RETRAIN = {
-    "policies": [
-        {
-            "models": "model-*",
-            "interval_s": 86_400,
-            "conditions": [
-                {"metric": "psi", "op": ">=", "threshold": 0.2, "for_s": 120},
-                {"metric": "error_rate", "op": ">", "threshold": 0.05, "for_s": 60},
-            ],
-        }
-    ]
-}
+# docs/causes.md's example configuration, as the worker reads it
+RETRAIN_TOML = """
+[[retrain.policies]]
+models = "model-*"
+interval_s = 86400
+conditions = [
+  { metric = "psi", op = ">=", threshold = 0.2, for_s = 120 },
+  { metric = "error_rate", op = ">", threshold = 0.05, for_s = 60 },
+]
+"""
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -140,9 +138,9 @@ def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) ->
         broker.bootstrap,
         "causes-e2e",
         partitions=PARTITIONS,
-        retrain=RETRAIN,
         **{"topics.retrain_requests": "causes-e2e.retrain-requests"},
     )
+    d.path.write_text(d.path.read_text() + RETRAIN_TOML)
     base_env = d.env
     url = f"http://127.0.0.1:{server.server_address[1]}/trigger?token=secret"
     d.env = lambda: {**base_env(), "STREAMWATCH_RETRAIN_WEBHOOK": url}  # type: ignore[method-assign]
