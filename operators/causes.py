@@ -21,10 +21,11 @@ the alert carries it as a hint in `details.related`:
 >>> learner.hints("cmp-1", ts=1_000 + 3_600_001)  # older than the TTL: forgotten
 {}
 
-`Correlator` keeps the set of alerts firing now (fed with every alert the
-worker raises and, through `streams.correlate.AlertFeed`, those other workers
-raise), and for a firing alert lists the firing alerts on related entities
-whose evidence overlaps its window, strongest first:
+`Correlator` keeps the alert episodes (firing, and for a while after they
+resolved) in event time, fed with every alert the worker raises and, through
+`streams.correlate.AlertFeed`, those other workers raise; for a firing alert
+it lists the episodes on related entities that overlap its window in event
+time, strongest first:
 
 - a CTR alert on a campaign: drift, quality, service and change alerts of the
   models the campaign's impressions carried (its `related.models` hint);
@@ -175,7 +176,7 @@ class RelationLearner:
 
 @dataclass(slots=True)
 class Firing:
-    """What the correlator keeps of a firing alert."""
+    """What the correlator keeps of an episode: its firing alert, and when it ended."""
 
     alert_id: str
     kind: str
@@ -189,6 +190,8 @@ class Firing:
     end: int
     message: str
     related: dict[str, Any] = field(default_factory=dict)
+    until: int | None = None  # event time the episode ended (None: firing still)
+    resolved_id: str | None = None
 
     @classmethod
     def of(cls, alert: Alert) -> Firing:
@@ -227,55 +230,87 @@ class Firing:
 
 @dataclass(frozen=True)
 class CorrelatorConfig:
-    # how far before an alert's window a cause's evidence may begin (still firing)
+    # how long before an alert's window a cause's evidence may have begun
     lookback_ms: int = 3_600_000
-    # ... and may begin this long after it ends: "at the same time" for point
-    # evidence (a single reading) and windows of different sizes
+    # ... and how long after it ends (or before it, after the cause ended): "at the
+    # same time" for point evidence (a single reading) and windows of other sizes
     slack_ms: int = 60_000
-    # a firing alert not heard of for this long (event time) is dropped from the set:
-    # its resolution may never come (the entity went silent)
+    # an episode is forgotten this long (event time) after it ended; one never
+    # resolved this long after its evidence (the entity went silent)
     ttl_ms: int = 6 * 3_600_000
-    max_firing: int = 50_000
+    max_keys: int = 50_000  # (rule, entity) pairs remembered
+    max_episodes: int = 8  # episodes remembered per (rule, entity)
     max_causes: int = 5
 
 
 class Correlator:
-    """The set of firing alerts, and the possible causes of a new one."""
+    """Alert episodes in event time, and the possible causes of a new alert.
+
+    An episode runs from its firing alert's evidence to the start of the
+    evidence of the alert that resolved it. A cause is judged on event time,
+    not on arrival: an episode counts when it overlaps the alert's window
+    (within `slack_ms`), even if its resolution was read first (partitions are
+    read unevenly during a backlog), and began at most `lookback_ms` before it.
+    """
 
     def __init__(self, config: CorrelatorConfig | None = None) -> None:
         self.config = config or CorrelatorConfig()
-        # (rule, entity) -> the firing alert; or None once resolved (kept until
-        # expiry so an old "firing" echo arriving after its resolution is ignored)
-        self.state: OrderedDict[tuple[str, str], tuple[int, Firing | None]] = OrderedDict()
+        # (rule, entity) -> its latest episodes, oldest first
+        self.episodes: OrderedDict[tuple[str, str], list[Firing]] = OrderedDict()
         self.clock = 0  # the latest event time seen
 
     def observe(self, alert: Alert) -> None:
-        """Take a firing or resolved alert into the set (idempotent: the same
-        alert twice, or an older one after a newer, changes nothing)."""
+        """Take a firing or resolved alert in (idempotent: the same alert twice,
+        e.g. this worker's own read back from the topic, changes nothing)."""
         key = (alert.rule, alert.entity)
-        known = self.state.get(key)
-        if known is not None and known[0] > alert.ts:
-            return
-        if known is not None and known[0] == alert.ts and known[1] is None:
-            return  # resolved at the same time: the resolution stands
-        self.state[key] = (alert.ts, Firing.of(alert) if alert.status == "firing" else None)
-        self.state.move_to_end(key)
+        episodes = self.episodes.get(key)
+        if episodes is None:
+            episodes = self.episodes[key] = []
+            if len(self.episodes) > self.config.max_keys:
+                self.episodes.popitem(last=False)
+        else:
+            self.episodes.move_to_end(key)
         self.clock = max(self.clock, alert.ts)
-        while len(self.state) > self.config.max_firing:
-            self.state.popitem(last=False)
+        if alert.status == "firing":
+            if any(e.alert_id == alert.alert_id for e in episodes):
+                return
+            episode = Firing.of(alert)
+            for e in episodes:
+                if e.until is None and e.start <= episode.start:
+                    e.until = episode.start  # a new severity: the new alert goes on
+            episodes.append(episode)
+            episodes.sort(key=lambda e: e.start)
+            del episodes[: -self.config.max_episodes]
+            return
+        if any(e.resolved_id == alert.alert_id for e in episodes):
+            return
+        clear = alert.window_start if alert.window_start is not None else alert.ts
+        for e in reversed(episodes):
+            if e.until is None and e.start <= clear:
+                e.until, e.resolved_id = clear, alert.alert_id
+                return
 
     def advance(self, now_ms: int) -> None:
-        """Event time moved on (a watermark): drop what is older than the TTL."""
+        """Event time moved on (a watermark): forget episodes past the TTL."""
         self.clock = max(self.clock, now_ms)
         horizon = self.clock - self.config.ttl_ms
-        for key in [k for k, (ts, _) in self.state.items() if ts < horizon]:
-            del self.state[key]
+        for key in list(self.episodes):
+            kept = [
+                e
+                for e in self.episodes[key]
+                if (e.until if e.until is not None else e.end) >= horizon
+            ]
+            if kept:
+                self.episodes[key] = kept
+            else:
+                del self.episodes[key]
 
     def firing(self) -> list[Firing]:
-        return [f for _, f in self.state.values() if f is not None]
+        """The episodes not resolved (yet)."""
+        return [e for eps in self.episodes.values() for e in eps if e.until is None]
 
     def causes(self, alert: Alert) -> list[Firing]:
-        """Firing alerts on entities related to `alert` that overlap its window,
+        """Episodes on entities related to `alert` that overlap its window,
         strongest first (at most `max_causes`)."""
         if alert.status != "firing":
             return []
@@ -308,21 +343,30 @@ class Correlator:
 
         else:
             return []
+        slack = self.config.slack_ms
         lo = me.start - self.config.lookback_ms
         found = [
             f
-            for f in self.firing()
+            for eps in self.episodes.values()
+            for f in eps
             if f.alert_id != me.alert_id
             and wanted(f)
-            and f.start <= me.end + self.config.slack_ms
-            and f.end >= lo
+            and f.start <= me.end + slack
+            and (f.until is None or f.until + slack >= me.start)
+            and f.start >= lo
         ]
         found.sort(key=lambda f: (f.strength(), f.entity, f.rule), reverse=True)
-        return found[: self.config.max_causes]
+        seen: set[tuple[str, str]] = set()
+        unique = []  # one episode per (rule, entity): the strongest
+        for f in found:
+            if (f.rule, f.entity) not in seen:
+                seen.add((f.rule, f.entity))
+                unique.append(f)
+        return unique[: self.config.max_causes]
 
     def enrich(self, alert: Alert) -> Alert:
         """Attach `details.possible_causes` and name the strongest in the message;
-        then take the alert into the set. The alert_id is left as it is."""
+        then take the alert in. The alert_id is left as it is."""
         causes = self.causes(alert)
         if causes:
             alert.details = {

@@ -84,6 +84,7 @@ class _Held:
     metric: str
     value: float
     since: int
+    seen: int  # the alert's time: when the evidence was known
     message: str
     entity: str
     version: str
@@ -135,6 +136,7 @@ class RetrainPlanner:
             alert.metric,
             float(alert.value),
             since,
+            alert.ts,
             alert.message,
             alert.entity,
             version,
@@ -159,7 +161,8 @@ class RetrainPlanner:
         for condition in policy.conditions:
             for h in held.values():
                 if h.metric == condition.metric and condition.holds(h.value):
-                    at = h.since + round(condition.for_s * 1000)
+                    # not before the evidence was known (the alert's own time)
+                    at = max(h.since + round(condition.for_s * 1000), h.seen)
                     if at <= now_ms:
                         met.append((at, condition, h))
         if not met:

@@ -371,8 +371,16 @@ class CausesSettings(Strict):
     relation_max_keys: int = 10_000  # campaigns (sensors) remembered per partition
     lookback_s: float = 3600  # a cause's evidence may start this long before the alert's
     slack_s: float = 60  # ... or this long after its window ends (point evidence)
-    firing_ttl_s: float = 6 * 3600  # a firing alert never resolved leaves the set after
+    # an alert episode is forgotten this long after it ended (or, never resolved,
+    # after its evidence); at most max_keys (rule, entity) pairs are remembered
+    firing_ttl_s: float = 6 * 3600
+    max_keys: int = 50_000
     max_causes: int = 5
+    # a CTR or quality alert waits (at most max_hold_s of wall-clock time) until the
+    # drift/service/quality monitors reach its window's end + hold_s of event time:
+    # the longest window a cause may close (drift: 300 s). Only a backlog waits
+    hold_s: float = 300
+    max_hold_s: float = 30
     # read every worker's alerts (all partitions of the alerts topic), from this far back
     # at start: causes raised by other workers, and the firing set after a restart
     feed: bool = True

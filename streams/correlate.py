@@ -44,6 +44,7 @@ def correlator_config(settings: Settings) -> CorrelatorConfig:
         lookback_ms=round(c.lookback_s * 1000),
         slack_ms=round(c.slack_s * 1000),
         ttl_ms=round(c.firing_ttl_s * 1000),
+        max_keys=c.max_keys,
         max_causes=c.max_causes,
     )
 
@@ -128,10 +129,29 @@ class AlertFeed:
             consumer.close()
 
 
-class Causes:
-    """Possible causes on this worker's alerts, and its retraining requests."""
+# the kinds whose causes come from monitors with longer windows, and those monitors
+HELD_KINDS = frozenset({"ctr", "quality"})
+CAUSE_MONITORS = ("drift", "service", "quality")
 
-    def __init__(self, settings: Settings, producer: Any, env: dict[str, str] | None = None):
+
+class Causes:
+    """Possible causes on this worker's alerts, and its retraining requests.
+
+    A CTR or quality alert raised before the drift, service and quality monitors
+    of this worker have reached its window's end plus `hold_s` of event time (a
+    backlog read unevenly across partitions) is held back until they have (or
+    `max_hold_s` of wall-clock time has passed), so a cause judged a little later
+    still makes it into the one published copy. A held alert counts as a buffered
+    row: no checkpoint is written until it is out (a crash replays it, same id).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: Any,
+        env: dict[str, str] | None = None,
+        watermarks: Any = None,
+    ):
         self.settings = settings
         self.lock = threading.Lock()  # the feed's thread and the event loop share the state
         self.correlator = Correlator(correlator_config(settings))
@@ -139,9 +159,48 @@ class Causes:
         self.publisher = RetrainPublisher(settings, producer, env)
         self.feed: AlertFeed | None = None
         self.enabled = settings.causes.enabled
+        # monitor -> event time reached (Pipeline.watermarks); none: nothing is held
+        self.watermarks = watermarks
+        self.hold_ms = round(settings.causes.hold_s * 1000)
+        self.held: list[tuple[Alert, int, float]] = []  # (alert, event time gate, deadline)
+        self.finished: set[str] = set()  # released alerts passing through the sinks again
+        self.sinks: Any = None  # set by install: where held alerts go when released
 
-    def enrich(self, alert: Alert) -> Alert:
-        """Called on each alert this worker raises, before it is published."""
+    def _gate(self, alert: Alert) -> int | None:
+        """The event time the cause monitors must reach before this alert goes out."""
+        if not self.enabled or self.watermarks is None or alert.kind not in HELD_KINDS:
+            return None
+        if alert.status != "firing":
+            return None
+        end = alert.window_end if alert.window_end is not None else alert.ts
+        return end + self.hold_ms
+
+    def _reached(self) -> int | None:
+        marks = self.watermarks() if self.watermarks is not None else {}
+        values = [marks[m] for m in CAUSE_MONITORS if m in marks]
+        return min(values) if values else None
+
+    def enrich(self, alert: Alert) -> Alert | None:
+        """Called on each alert this worker raises, before it is published; None
+        when it is held back (see the class docstring)."""
+        if alert.alert_id in self.finished:
+            self.finished.discard(alert.alert_id)
+            return alert
+        gate = self._gate(alert)
+        # behind a held alert of its entity, an alert waits too: their order is kept
+        queued = any(a.entity == alert.entity for a, _, _ in self.held)
+        if queued or gate is not None:
+            reached = self._reached()
+            if queued or (gate is not None and reached is not None and reached < gate):
+                self.held.append(
+                    (alert, gate or 0, time.monotonic() + self.settings.causes.max_hold_s)
+                )
+                if self.sinks is not None:
+                    self.sinks.buffered += 1
+                return None
+        return self._finish(alert)
+
+    def _finish(self, alert: Alert) -> Alert:
         with self.lock:
             if self.enabled:
                 alert = self.correlator.enrich(alert)
@@ -149,6 +208,26 @@ class Causes:
         for request in due:
             self.publisher.publish(request)
         return alert
+
+    def release(self, force: bool = False) -> list[Alert]:
+        """The held alerts whose gate has passed (all with `force`), in order per
+        entity, enriched now; the caller publishes them through the sinks."""
+        out: list[Alert] = []
+        reached = self._reached()
+        now = time.monotonic()
+        waiting: list[tuple[Alert, int, float]] = []
+        for item in self.held:
+            alert, gate, deadline = item
+            blocked = any(a.entity == alert.entity for a, _, _ in waiting)
+            if blocked or not (force or reached is None or reached >= gate or now >= deadline):
+                waiting.append(item)
+                continue
+            if self.sinks is not None:
+                self.sinks.buffered -= 1
+            out.append(self._finish(alert))
+        self.held = waiting
+        self.finished.update(a.alert_id for a in out)
+        return out
 
     def remote(self, alert: Alert) -> None:
         """An alert read from the topic (another worker's, or an echo of ours)."""
@@ -181,11 +260,17 @@ class Causes:
 def install(worker: Worker) -> Causes:
     """Wire causes and retraining into a worker: the enricher in front of its alert
     producer, the feed, and a timer on its faust app that advances event time."""
-    causes = Causes(worker.settings, worker.producer).start()
+    causes = Causes(worker.settings, worker.producer, watermarks=worker.pipeline.watermarks).start()
+    causes.sinks = worker.sinks
     worker.sinks.alert_enrichers.append(causes.enrich)
 
-    @worker.app.timer(interval=1.0)
+    @worker.app.timer(interval=0.5)
     async def causes_tick() -> None:
+        if causes.held:
+            async with worker.runtime.lock:  # the sinks are the pipeline's
+                released = causes.release()
+                if released:
+                    worker.sinks.alerts(released)
         # the slowest monitor's event time: no alert can still come from before it
         reached = worker.pipeline.watermarks()
         if reached:

@@ -144,20 +144,24 @@ def test_message_names_a_drift_cause_by_its_feature() -> None:
     assert out.message.endswith("; possible cause: PSI of user_segment = 0.21.")
 
 
-def test_resolved_and_out_of_window_alerts_are_not_causes() -> None:
+def test_episodes_count_on_event_time_overlap_not_on_arrival() -> None:
     c = Correlator(CorrelatorConfig(lookback_ms=30 * MIN, slack_ms=MIN))
     c.enrich(psi("m0/a", 0.3, 0))
-    c.enrich(psi("m0/a", 0.05, 5 * MIN, status="resolved", rule="drift_psi", ts=10 * MIN))
-    c.enrich(psi("m0/b", 0.3, 0, rule="drift_psi"))
-    c.enrich(psi("m0/a", 0.3, 0, rule="drift_psi"))  # an old echo after its resolution
-    c.enrich(psi("m0/c", 0.3, 20 * MIN))  # begins 10 min after the effect's window
-    c.enrich(psi("m0/d", 0.3, 0, ts=0))
-    assert [f.entity for f in c.firing()] == ["m0/b", "m0/c", "m0/d"]
-    effect = ctr("c1", 4 * MIN, ["m0"])
-    assert {x.entity for x in c.causes(effect)} == {"m0/b", "m0/d"}
-    # 40 min later the old evidence (ended at 5 min) is past the 30-min lookback
-    late = ctr("c1", 40 * MIN, ["m0"])
-    assert {x.entity for x in c.causes(late)} == {"m0/c"}
+    # resolved by the window from 10 min: the episode ran 0-10 min. Read before the
+    # effect (partitions read unevenly), it still overlaps the effect's window
+    c.enrich(psi("m0/a", 0.05, 10 * MIN, status="resolved"))
+    c.enrich(psi("m0/a", 0.3, 0))  # an echo of the firing alert: nothing new
+    c.enrich(psi("m0/b", 0.3, 0))  # never resolved
+    c.enrich(psi("m0/c", 0.3, 20 * MIN))
+    assert [f.entity for f in c.firing()] == ["m0/b", "m0/c"]
+    assert len(c.episodes[("drift_psi", "m0/a")]) == 1
+
+    def causes(start: int) -> set[str]:
+        return {f.entity for f in c.causes(ctr("c1", start, ["m0"]))}
+
+    assert causes(4 * MIN) == {"m0/a", "m0/b"}  # c begins 15 min after the window
+    assert causes(12 * MIN) == {"m0/b"}  # a ended at 10 min (+1 min slack < 12)
+    assert causes(40 * MIN) == {"m0/c"}  # a and b began more than 30 min before
 
 
 def test_no_hint_no_causes_and_resolved_alerts_get_none() -> None:
@@ -198,13 +202,20 @@ def test_sensor_alert_lists_other_sensors_of_its_site() -> None:
     assert [x.entity for x in c.causes(again)] == ["s3", "s4/vibration"]
 
 
-def test_the_firing_set_is_bounded_and_expires() -> None:
-    c = Correlator(CorrelatorConfig(ttl_ms=60 * MIN, max_firing=2))
+def test_the_episodes_are_bounded_and_expire() -> None:
+    c = Correlator(CorrelatorConfig(ttl_ms=60 * MIN, max_keys=2, max_episodes=2))
     for i in range(3):
         c.observe(psi(f"m0/f{i}", 0.3, i * MIN))
-    assert [f.entity for f in c.firing()] == ["m0/f1", "m0/f2"]
+    assert [f.entity for f in c.firing()] == ["m0/f1", "m0/f2"]  # f0: least recent key
     c.advance(66 * MIN + MIN // 2)  # f1 raised at 6 min (its window end), f2 at 7 min
     assert [f.entity for f in c.firing()] == ["m0/f2"]
+    for i in range(3):  # three episodes of one (rule, entity): the latest two are kept
+        c.observe(psi("m0/f2", 0.3, (70 + 10 * i) * MIN))
+        c.observe(psi("m0/f2", 0.1, (75 + 10 * i) * MIN, status="resolved"))
+    assert [(e.start, e.until) for e in c.episodes[("drift_psi", "m0/f2")]] == [
+        (80 * MIN, 85 * MIN),
+        (90 * MIN, 95 * MIN),
+    ]
 
 
 # -- retraining requests -----------------------------------------------------------
@@ -292,7 +303,8 @@ def test_request_ids_are_deterministic_across_replays() -> None:
         p.observe(psi("m1/a", 0.3, 3 * MIN), local=True)
         return [r.request_id for r in p.advance(60 * MIN)]
 
-    assert run() == run() == [request_id("m0", 7 * MIN), request_id("m1", 3 * MIN)]
+    # for_s = 0: each is due when its evidence was known, at its window's end
+    assert run() == run() == [request_id("m0", 12 * MIN), request_id("m1", 8 * MIN)]
 
 
 def test_bad_condition_is_refused() -> None:

@@ -175,7 +175,12 @@ def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) ->
     assert firing, [a.message for a in alerts]
     assert all(a.details["related"] == {"models": ["model-0"]} for a in ctr)
     explained = [a for a in firing if "possible_causes" in a.details]
-    assert explained, [a.message for a in firing]
+    model_alerts = [
+        (a.kind, a.entity, a.status, a.window_start, a.window_end, a.ts)
+        for a in alerts
+        if a.entity.startswith("model-0")
+    ]
+    assert explained, ([(a.message, a.window_start) for a in firing], model_alerts)
     for a in explained:
         causes = a.details["possible_causes"]
         assert causes[0]["kind"] == "drift" and causes[0]["entity"] == "model-0/distance_km"
@@ -220,8 +225,9 @@ def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) ->
             assert cause.entity.startswith(r.model_id) and cause.message == reason["message"]
         for e in r.evidence:
             assert e["held_s"] >= e["for_s"] and e["value"] > e["threshold"]
-        # condition met during the incident
+        # met during the incident, once the alert's evidence was known
         assert START_MS + 500_000 <= r.ts <= START_MS + 1_200_000, r
+        assert all(r.ts >= by_id[x["alert_id"]].ts for x in r.reasons)
     # the webhook got each request once, after refusing the first call (retried)
     posted = sorted(msgspec.json.decode(b, type=RetrainRequest).request_id for b in Receiver.bodies)
     assert posted == sorted(r.request_id for r in requests)
