@@ -10,10 +10,11 @@ A 1500 event-second simulation with linked incidents:
 - vibration spikes on sensor-01 and sensor-04 at the same second (both at
   site-b), so one lists the other.
 
-Retraining is configured for models `model-*` on PSI >= 0.2 held 120 s and
-error rate > 5 % held 60 s: one request each for model-0 and model-1 on the
-`retrain-requests` topic, with the alerts that triggered them, and each also
-POSTed to a webhook that fails its first call (so the retry is exercised).
+Retraining is configured as docs/causes.md's example (models `model-*`: PSI
+>= 0.2 held 120 s, error rate > 5 % held 60 s, accuracy < 0.8 held 600 s):
+one request each for model-0 and model-1 on the `retrain-requests` topic,
+with the alerts that triggered them, and each also POSTed to a webhook that
+fails its first call (so the retry is exercised).
 
 A second test checks the cross-worker path: an alert another worker published
 on the alerts topic (read by `AlertFeed`) becomes a possible cause.
@@ -34,6 +35,7 @@ import pytest
 from schemas.events import Alert, RetrainRequest
 from streams.simulate import Incident, Scenario, Simulator
 from tests.harness import Deployment, WorkerProcess, consume_all, produce
+from tests.test_causes_docs import example_toml
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +43,6 @@ DURATION_S = 1500
 START_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
 LATENESS_MS = 10_000
 PARTITIONS = 4
-# docs/causes.md's example configuration, as the worker reads it
-RETRAIN_TOML = """
-[[retrain.policies]]
-models = "model-*"
-interval_s = 86400
-conditions = [
-  { metric = "psi", op = ">=", threshold = 0.2, for_s = 120 },
-  { metric = "error_rate", op = ">", threshold = 0.05, for_s = 60 },
-]
-"""
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -140,7 +132,8 @@ def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) ->
         partitions=PARTITIONS,
         **{"topics.retrain_requests": "causes-e2e.retrain-requests"},
     )
-    d.path.write_text(d.path.read_text() + RETRAIN_TOML)
+    # docs/causes.md's example configuration (its retraining policy, its SQL rule)
+    d.path.write_text(d.path.read_text() + example_toml())
     base_env = d.env
     url = f"http://127.0.0.1:{server.server_address[1]}/trigger?token=secret"
     d.env = lambda: {**base_env(), "STREAMWATCH_RETRAIN_WEBHOOK": url}  # type: ignore[method-assign]

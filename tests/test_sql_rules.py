@@ -21,34 +21,18 @@ import pytest
 from streams.clickhouse import Writer, connect, ensure_schema
 from streams.config import ConfigError, Settings
 from streams.sql_rules import SqlRules
+from tests.test_causes_docs import example
 
 pytestmark = pytest.mark.integration
 
 T0 = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
 MIN = 60_000
 
-# seed 004's rule, on the event time the table holds (not the wall clock: replayed
-# or delayed traffic is judged on its own minute)
-ERRORS_SQL = """
-SELECT model_id, sum(errors) AS error_count
-FROM streamwatch.inference_windows FINAL
-WHERE window_end > (SELECT max(window_end) FROM streamwatch.inference_windows) - INTERVAL 1 MINUTE
-GROUP BY model_id
-HAVING error_count > 100
-"""
-
 
 def rule(**kw: Any) -> dict[str, Any]:
-    return {
-        "name": "model_errors",
-        "sql": ERRORS_SQL,
-        "entity_column": "model_id",
-        "value_column": "error_count",
-        "op": ">",
-        "thresholds": {"critical": 100},
-        "interval_s": 60,
-        **kw,
-    }
+    """docs/causes.md's example rule (seed 004's: error count per model over a minute,
+    HAVING error_count > 100, on the event time the table holds), with changes."""
+    return {**example()["sql_rules"][0], **kw}
 
 
 def settings(tmp: Path, *rules: dict[str, Any]) -> Settings:
