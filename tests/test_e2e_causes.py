@@ -150,6 +150,7 @@ def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) ->
         worker.wait_until(consumed, 400, "the worker to consume every message")
         worker.wait_until(lambda: len(Receiver.bodies) >= 2, 60, "two webhook deliveries")
         time.sleep(3)  # the last flush
+        shown = dashboard(worker)
     finally:
         assert worker.stop() == 0
         server.shutdown()
@@ -226,7 +227,16 @@ def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) ->
     assert posted == sorted(r.request_id for r in requests)
     assert Receiver.refused == 1
 
-    # 4. ClickHouse holds the same causes
+    # 4. the dashboard shows them: a row per firing alert with causes, a chip per cause
+    served, counts = shown
+    caused = [dict(zip(served["columns"], r, strict=True)) for r in served["rows"]]
+    assert any(r["entity"].startswith("cmp-002") for r in caused), caused
+    assert counts["rows"] == len(caused)
+    assert counts["chips"] == sum(len(r["causes"]) for r in caused)
+    assert any("cmp-002" in t and "drift model-0/distance_km" in t for t in counts["texts"])
+    assert not counts["errors"], counts
+
+    # 5. ClickHouse holds the same causes
     rows = d.query(
         "SELECT alert_id, details FROM streamwatch.alerts FINAL "
         "WHERE JSONHas(details, 'possible_causes')"
@@ -236,6 +246,37 @@ def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) ->
         a.alert_id: a.details["possible_causes"] for a in alerts if "possible_causes" in a.details
     }
     assert stored == on_topic
+
+
+def dashboard(worker: WorkerProcess) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The dashboard's "caused" data and what headless Chromium drew from it."""
+    from tests.test_dashboard import browser
+
+    driver = browser()
+    try:
+        driver.get(worker.url("/"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = driver.execute_script("return window.dashboardState || null")
+            if state and state["renders"] >= 1:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"the dashboard did not render: {state}")
+        counts, data = driver.execute_script(
+            """const n = (s) => document.querySelectorAll(s).length;
+            return [{rows: n('#causes-table tbody tr:not(:has(.empty))'),
+                     chips: n('#causes-table tbody .cause'),
+                     texts: [...document.querySelectorAll('#causes-table tbody tr')]
+                       .map((r) => r.textContent)},
+                    window.dashboardState.lastData.caused]"""
+        )
+        counts["errors"] = [
+            e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")
+        ]
+    finally:
+        driver.quit()
+    return data, counts
 
 
 def test_a_cause_raised_by_another_worker_arrives_through_the_feed(tmp_path, broker) -> None:
