@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from schemas.events import Alert
@@ -117,12 +118,16 @@ class RelationLearner:
         relation = self.relations.get(source)
         if relation is None:
             return
-        table = self.seen[relation.hint]
+        # the batch's latest time per (key, value) first: one attribute fetch and one
+        # dict update per event on the hot path, the bounded table once per pair
+        fields = attrgetter(relation.key, relation.value, "ts")
+        latest: dict[tuple[str, str], int] = {}
         for e in events:
-            value = getattr(e, relation.value, None)
-            if not value:
-                continue
-            key = getattr(e, relation.key)
+            key, value, ts = fields(e)
+            if value and latest.get((key, value), -1) < ts:
+                latest[key, value] = ts
+        table = self.seen[relation.hint]
+        for (key, value), ts in latest.items():
             values = table.get(key)
             if values is None:
                 values = table[key] = {}
@@ -131,10 +136,10 @@ class RelationLearner:
             else:
                 table.move_to_end(key)
             if value in values or relation.many:
-                values[value] = max(values.get(value, e.ts), e.ts)
-            else:
+                values[value] = max(values.get(value, ts), ts)
+            elif ts >= max(values.values(), default=ts):
                 values.clear()  # a single-valued relation: the latest value wins
-                values[value] = e.ts
+                values[value] = ts
             if len(values) > self.max_values:
                 del values[min(values, key=values.__getitem__)]
 
@@ -257,7 +262,23 @@ class Correlator:
         self.config = config or CorrelatorConfig()
         # (rule, entity) -> its latest episodes, oldest first
         self.episodes: OrderedDict[tuple[str, str], list[Firing]] = OrderedDict()
+        # indexes of the keys, so finding causes does not scan every episode:
+        # by the entity's first segment (a model, a sensor) and by learned site
+        self.by_head: dict[str, set[tuple[str, str]]] = {}
+        self.by_site: dict[str, set[tuple[str, str]]] = {}
         self.clock = 0  # the latest event time seen
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        for e in self.episodes.pop(key, ()):
+            site = e.related.get("site")
+            if isinstance(site, str):
+                self.by_site.get(site, set()).discard(key)
+        head = _head(key[1])
+        keys = self.by_head.get(head)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.by_head[head]
 
     def observe(self, alert: Alert) -> None:
         """Take a firing or resolved alert in (idempotent: the same alert twice,
@@ -265,9 +286,10 @@ class Correlator:
         key = (alert.rule, alert.entity)
         episodes = self.episodes.get(key)
         if episodes is None:
+            if len(self.episodes) >= self.config.max_keys:
+                self._drop(next(iter(self.episodes)))
             episodes = self.episodes[key] = []
-            if len(self.episodes) > self.config.max_keys:
-                self.episodes.popitem(last=False)
+            self.by_head.setdefault(_head(alert.entity), set()).add(key)
         else:
             self.episodes.move_to_end(key)
         self.clock = max(self.clock, alert.ts)
@@ -275,6 +297,9 @@ class Correlator:
             if any(e.alert_id == alert.alert_id for e in episodes):
                 return
             episode = Firing.of(alert)
+            site = episode.related.get("site")
+            if isinstance(site, str):
+                self.by_site.setdefault(site, set()).add(key)
             for e in episodes:
                 if e.until is None and e.start <= episode.start:
                     e.until = episode.start  # a new severity: the new alert goes on
@@ -303,7 +328,7 @@ class Correlator:
             if kept:
                 self.episodes[key] = kept
             else:
-                del self.episodes[key]
+                self._drop(key)
 
     def firing(self) -> list[Firing]:
         """The episodes not resolved (yet)."""
@@ -318,6 +343,7 @@ class Correlator:
         related = me.related
         if alert.kind == "ctr":
             models = set(related.get("models") or ())
+            keys = set().union(*(self.by_head.get(m, ()) for m in models))
 
             def wanted(f: Firing) -> bool:
                 if f.kind not in MODEL_KINDS or _head(f.entity) not in models:
@@ -326,12 +352,14 @@ class Correlator:
 
         elif alert.kind == "quality":
             model = _head(alert.entity)
+            keys = set(self.by_head.get(model, ()))
 
             def wanted(f: Firing) -> bool:
                 return f.kind == "drift" and _head(f.entity) == model
 
         elif alert.kind in SENSOR_KINDS:
             site, sensor = related.get("site"), _head(alert.entity)
+            keys = set(self.by_site.get(site, ())) if isinstance(site, str) else set()
 
             def wanted(f: Firing) -> bool:
                 return (
@@ -347,15 +375,15 @@ class Correlator:
         lo = me.start - self.config.lookback_ms
         found = [
             f
-            for eps in self.episodes.values()
-            for f in eps
+            for key in keys
+            for f in self.episodes.get(key, ())
             if f.alert_id != me.alert_id
             and wanted(f)
             and f.start <= me.end + slack
             and (f.until is None or f.until + slack >= me.start)
             and f.start >= lo
         ]
-        found.sort(key=lambda f: (f.strength(), f.entity, f.rule), reverse=True)
+        found.sort(key=lambda f: (f.strength(), f.entity, f.rule, f.alert_id), reverse=True)
         seen: set[tuple[str, str]] = set()
         unique = []  # one episode per (rule, entity): the strongest
         for f in found:

@@ -100,9 +100,12 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
     )
     causes = settings.causes
 
-    def relations(sources: tuple[str, ...]) -> RelationLearner | None:
-        """A learner for monitors reading an input relations are learned from."""
-        if not causes.enabled or not {r.source for r in RELATIONS} & set(sources):
+    def relations(name: str, sources: tuple[str, ...]) -> RelationLearner | None:
+        """A learner for the monitors whose alerts have related entities (campaigns'
+        models, sensors' sites: docs/causes.md), where they read those inputs."""
+        if name not in ("ctr", "sensor", "cluster") or not causes.enabled:
+            return None
+        if not {r.source for r in RELATIONS} & set(sources):
             return None
         return RelationLearner(
             round(causes.relation_ttl_s * 1000), max_keys=causes.relation_max_keys
@@ -123,6 +126,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
             config: Any = config,
             extra: dict[str, Any] = extra,
             lateness_s: float = monitor.lateness_s,
+            name: str = name,
         ) -> MonitorTask:
             changes = ChangeDetectors(change_config) if change_config else None
             return MonitorTask(
@@ -131,7 +135,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
                 round(lateness_s * 1000),
                 idle_ms,
                 changes=changes,
-                relations=relations(operator_type.sources),
+                relations=relations(name, operator_type.sources),
             )
 
         topics = {src: topic_of(settings, src) for src in operator_type.sources}

@@ -216,6 +216,11 @@ def test_the_episodes_are_bounded_and_expire() -> None:
         (80 * MIN, 85 * MIN),
         (90 * MIN, 95 * MIN),
     ]
+    c.observe(alert("sensor", "s1/t", "anomaly_zscore", 5, 4.5, None, related={"site": "a"}, ts=0))
+    assert c.by_head == {"m0": {("drift_psi", "m0/f2")}, "s1": {("sensor_anomaly_zscore", "s1/t")}}
+    assert c.by_site == {"a": {("sensor_anomaly_zscore", "s1/t")}}
+    c.advance(1000 * MIN)  # everything past the TTL: the indexes empty with it
+    assert not c.episodes and not c.by_head and not any(c.by_site.values())
 
 
 # -- retraining requests -----------------------------------------------------------
