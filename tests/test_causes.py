@@ -6,6 +6,7 @@ hand from the rules in the modules' docstrings.
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace as E
 from typing import Any
 
@@ -315,3 +316,51 @@ def test_request_ids_are_deterministic_across_replays() -> None:
 def test_bad_condition_is_refused() -> None:
     with pytest.raises(ValueError, match="op must be"):
         RetrainCondition("psi", "=>", 0.2)
+
+
+# -- the hold: a CTR alert waits for the monitors its causes come from ---------------
+
+
+def test_a_ctr_alert_is_held_until_the_cause_monitors_reach_its_window() -> None:
+    from streams.config import Settings
+    from streams.correlate import Causes
+
+    marks = {"ctr": 30 * MIN, "drift": 2 * MIN, "service": 20 * MIN}
+    settings = msgspec.convert({"causes": {"hold_s": 300, "feed": False}}, Settings)
+    causes = Causes(settings, producer=None, env={}, watermarks=lambda: marks)
+    causes.sinks = E(buffered=0)
+    effect = ctr("c1", 10 * MIN, ["m0"])  # window 10-11 min: gate at 16 min
+    assert causes.enrich(effect) is None  # drift is at 2 min: held
+    assert causes.sinks.buffered == 1
+    same_entity = ctr("c1", 11 * MIN, ["m0"], status="resolved")
+    assert causes.enrich(same_entity) is None  # behind its entity's held alert
+    other = alert("service", "m9/1", "error_rate", 0.2, 0.01, 0, MIN)
+    assert causes.enrich(other) is other  # nothing of its entity waits: out at once
+    assert causes.release() == []
+    # the drift monitor catches up: its alert on the campaign's model comes first
+    marks["drift"] = 15 * MIN
+    assert causes.enrich(psi("m0/user_segment", 0.3, 5 * MIN)) is not None
+    assert causes.release() == []  # 15 min < the 16-min gate
+    marks["drift"] = 16 * MIN
+    released = causes.release()
+    assert [a.alert_id for a in released] == [effect.alert_id, same_entity.alert_id]
+    assert released[0].details["possible_causes"][0]["entity"] == "m0/user_segment"
+    assert causes.sinks.buffered == 0
+    # released alerts pass through the sinks again: unchanged, not held twice
+    assert causes.enrich(released[0]) is released[0]
+
+
+def test_a_held_alert_goes_out_after_max_hold_s_whatever_the_watermarks() -> None:
+    from streams.config import Settings
+    from streams.correlate import Causes
+
+    settings = msgspec.convert({"causes": {"max_hold_s": 0.05, "feed": False}}, Settings)
+    causes = Causes(settings, producer=None, env={}, watermarks=lambda: {"drift": 0})
+    causes.sinks = E(buffered=0)
+    assert causes.enrich(ctr("c1", 10 * MIN, ["m0"])) is None
+    assert causes.release() == []
+    time.sleep(0.1)
+    assert len(causes.release()) == 1 and causes.sinks.buffered == 0
+    # with no cause monitor running (no watermark), nothing is held
+    idle = Causes(settings, producer=None, env={}, watermarks=lambda: {"ctr": 0})
+    assert idle.enrich(ctr("c1", 10 * MIN, ["m0"])) is not None
