@@ -393,11 +393,21 @@ class RetrainConditionSettings(Strict):
     threshold: float
     for_s: float = 0
 
+    def __post_init__(self) -> None:
+        if self.for_s < 0:
+            raise ValueError(f"retrain condition on {self.metric}: for_s must be >= 0")
+
 
 class RetrainPolicySettings(Strict):
     models: str = "*"  # glob over model ids
     conditions: list[RetrainConditionSettings] = msgspec.field(default_factory=list)
     interval_s: float = 86_400
+
+    def __post_init__(self) -> None:
+        if not self.conditions:
+            raise ValueError(f"retrain policy for {self.models!r} has no conditions")
+        if self.interval_s <= 0:
+            raise ValueError(f"retrain policy for {self.models!r}: interval_s must be > 0")
 
 
 class RetrainSettings(Strict):
@@ -425,6 +435,13 @@ class SqlRuleSettings(Strict):
     max_rows: int = 10_000
     cooldown_s: float = 600
     message: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.thresholds:
+            raise ValueError(f"sql rule {self.name}: thresholds need at least one severity")
+        for key in ("interval_s", "timeout_s", "max_rows"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"sql rule {self.name}: {key} must be > 0")
 
 
 class Settings(Strict):

@@ -25,6 +25,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from prometheus_client import Counter, Gauge
 
 from operators.causes import Correlator, CorrelatorConfig
 from operators.retrain import RetrainCondition, RetrainPlanner, RetrainPolicy
@@ -36,6 +37,12 @@ if TYPE_CHECKING:
     from streams.worker import Worker
 
 log = logging.getLogger("streamwatch.correlate")
+
+CAUSED = Counter(
+    "streamwatch_alerts_with_causes_total", "Alerts published with possible causes", ["kind"]
+)
+HELD = Gauge("streamwatch_alerts_held", "Alerts held back until their causes' monitors catch up")
+FEED = Counter("streamwatch_alert_feed_total", "Alerts read back from the alerts topic")
 
 
 def correlator_config(settings: Settings) -> CorrelatorConfig:
@@ -124,6 +131,7 @@ class AlertFeed:
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     continue  # not ours to judge: the alert topic's own consumers see it
                 self.received += 1
+                FEED.inc()
                 self.on_alert(alert)
         finally:
             consumer.close()
@@ -197,6 +205,7 @@ class Causes:
                 )
                 if self.sinks is not None:
                     self.sinks.buffered += 1
+                HELD.set(len(self.held))
                 return None
         return self._finish(alert)
 
@@ -204,6 +213,8 @@ class Causes:
         with self.lock:
             if self.enabled:
                 alert = self.correlator.enrich(alert)
+                if "possible_causes" in alert.details:
+                    CAUSED.labels(alert.kind).inc()
             due = self.planner.observe(alert, local=True)
         for request in due:
             self.publisher.publish(request)
@@ -226,6 +237,7 @@ class Causes:
                 self.sinks.buffered -= 1
             out.append(self._finish(alert))
         self.held = waiting
+        HELD.set(len(self.held))
         self.finished.update(a.alert_id for a in out)
         return out
 

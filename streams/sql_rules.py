@@ -103,7 +103,12 @@ class SqlRules:
 
     def __init__(self, settings: Settings, readers: dict[str, Reader] | None = None) -> None:
         self.settings = settings
-        self.rules = {s.name: engine_rule(s) for s in settings.sql_rules}
+        self.rules: dict[str, Rule] = {}
+        for i, s in enumerate(settings.sql_rules):
+            try:
+                self.rules[s.name] = engine_rule(s)
+            except ValueError as exc:
+                raise ConfigError(f"sql_rules[{i}] ({s.name}): {exc}") from None
         self.engine = RuleEngine(self.rules.values())
         readers = readers or {}
         self.states = {

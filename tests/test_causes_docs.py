@@ -43,3 +43,29 @@ def test_the_example_configuration_loads(tmp_path: Path) -> None:
         "error_count",
     )
     assert "HAVING error_count > 100" in rule.sql
+
+
+def test_bad_causes_settings_are_refused_with_their_key(tmp_path: Path) -> None:
+    import pytest
+
+    from streams.config import ConfigError
+
+    cases = {
+        "[[retrain.policies]]\nconditions = []\n": "has no conditions",
+        '[[retrain.policies]]\nconditions = [{metric = "psi", op = ">", threshold = 0.2, '
+        "for_s = -1}]\n": "for_s must be >= 0",
+        '[[retrain.policies]]\nconditions = [{metric = "psi", op = "=", threshold = 0.2}]\n': (
+            "retrain.policies[0].conditions[0].op"
+        ),
+        '[[sql_rules]]\nname = "r"\nsql = "SELECT 1"\nentity_column = "a"\n'
+        'value_column = "b"\nop = ">"\nthresholds = {}\n': "thresholds need at least one",
+        '[[sql_rules]]\nname = "r"\nsql = "SELECT 1"\nentity_column = "a"\n'
+        'value_column = "b"\nop = ">"\nthresholds = {critical = 1}\ninterval_s = 0\n': (
+            "interval_s must be > 0"
+        ),
+    }
+    for text, message in cases.items():
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_settings(path, env={})
