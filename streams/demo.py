@@ -22,10 +22,14 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from operators.ctr import CtrConfig
 from streams import kafka
 from streams.config import RetrainSettings, Settings
 from streams.simulate import Incident, Scenario, Simulator, publish
 from streams.worker import Services, Worker
+
+# a CTR window is judged once final: the attribution window after its end
+CTR_FINAL_S = (CtrConfig().attribution_ms + CtrConfig().window_ms) / 1000
 
 # the demo's retraining policy when none is configured (docs/causes.md)
 DEMO_RETRAIN = {
@@ -45,34 +49,40 @@ DEMO_RETRAIN = {
 def linked_incidents(scenario: Scenario) -> list[Incident]:
     """A CTR drop (x0.25) on a campaign served by the model of each feature drift,
     from a minute into the drift for up to 300 s: a CTR alert with a possible cause.
+    The campaign is one no other CTR drop targets (a rule that fired on it shortly
+    before would still be cooling down), a campaign without an experiment first.
+    None when the drop could not be judged before the run ends (a CTR window is
+    judged once final: the attribution window after its end).
 
-    >>> s = Scenario(0, duration_s=3600, campaigns=3,
+    >>> s = Scenario(0, duration_s=3600, campaigns=4,
     ...              incidents=[Incident("feature_drift", "model-0/distance_km", 2025, 540, 1.5)])
     >>> linked_incidents(s)
     [Incident(kind='ctr_drop', target='cmp-002', start_s=2085.0, duration_s=300.0, factor=0.25)]
+    >>> s.incidents.append(Incident("ctr_drop", "cmp-002", 720, 450, 0.25))
+    >>> [i.target for i in linked_incidents(s)]  # cmp-002 is taken: cmp-000 (an experiment's)
+    ['cmp-000']
+    >>> s.duration_s = 1800  # a window from 2085 s would be final after the run
+    >>> linked_incidents(s)
+    []
     """
     experiments = set(scenario.campaign_ids()[: scenario.experiment_campaigns])
+    dropped = {i.target for i in scenario.incidents if i.kind == "ctr_drop"}
     out = []
     for drift in scenario.incidents:
         if drift.kind != "feature_drift" or drift.duration_s <= 120:
             continue
         model = drift.target.partition("/")[0]
-        served = [
-            c
-            for c in scenario.campaign_ids()
-            if scenario.model_of(c) == model and c not in experiments
-        ]
-        if served:
-            duration = min(300.0, drift.duration_s - 60)
-            start = float(drift.start_s + 60)
-            out.append(Incident("ctr_drop", served[-1], start, duration, 0.25))
+        served = [c for c in scenario.campaign_ids() if scenario.model_of(c) == model]
+        free = [c for c in served if c not in dropped]
+        # no other drop on it, no experiment on it; or no other drop; or any
+        ranked = [c for c in free if c not in experiments] + free + served
+        start = float(drift.start_s + 60)
+        # judged only once final (attribution + one window after it): before the run ends
+        duration = min(300.0, drift.duration_s - 60, scenario.duration_s - CTR_FINAL_S - start)
+        if ranked and duration >= 120:
+            out.append(Incident("ctr_drop", ranked[0], start, duration, 0.25))
+            dropped.add(ranked[0])
     return out
-
-
-def _topic_map(settings: Settings) -> dict[str, str]:
-    from streams.cli import _topic_map as topic_map
-
-    return topic_map(settings)
 
 
 def run_demo(
