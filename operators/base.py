@@ -60,6 +60,9 @@ class Operator(ABC):
 
     #: input topics this operator reads; the watermark is the minimum across them
     sources: tuple[str, ...] = ()
+    #: whether events behind the watermark are reported as late (late_events);
+    #: False where a late event loses nothing (freshness: data did arrive)
+    reports_late: bool = True
 
     def __init__(self) -> None:
         self._out = Output()

@@ -10,7 +10,13 @@ declared in configuration:
 Per (rule, entity) the engine keeps a state: the severity it fires at (none
 when quiet) and when it last fired. An observation whose condition holds at a
 higher severity than the state fires (`firing`); one where it no longer holds
-resolves (`resolved`). With `max_p_value`, a crossing only counts when the
+resolves (`resolved`) -- with hysteresis: only after `clear_windows`
+consecutive observations in which it does not hold (default 1: the first
+one), so a metric hovering at the line does not fire and resolve every
+window. Back within bounds means the value itself: a window over the line
+whose p-value is too weak to fire does not count towards resolving either,
+so a small window during an incident does not end its episode. With
+`max_p_value`, a crossing only counts when the
 operator's p-value says it is unlikely to be chance (small windows are noisy).
 A condition that stays true raises nothing new, and a rule that resolved
 does not fire again for the same entity until `cooldown_s` of event time
@@ -69,11 +75,13 @@ class Rule:
     cooldown_s: float = 600.0
     min_samples: int = 0
     max_p_value: float | None = None  # crossed only if the observation is this significant
-    clear_windows: int = 1  # consecutive observations below the threshold that resolve
-    # True: a firing episode clears only on values back within the threshold (the
-    # p-value gates firing, not resolving: a small window of an ongoing incident that
-    # is not significant on its own does not end it)
-    clear_by_value: bool = False
+    # hysteresis: resolve only after this many consecutive clear observations
+    clear_windows: int = 1
+    # True (default): a firing episode clears only on values back within the threshold
+    # (the p-value gates firing, not resolving: a small window of an ongoing incident
+    # that is not significant on its own does not end it). False: a crossing without
+    # the evidence to fire also counts as clear.
+    clear_by_value: bool = True
     message: str = DEFAULT_MESSAGE  # str.format with metric, entity, value, ... and details
     details: dict[str, Any] = field(default_factory=dict)
     # the resolved sentence (see the module docstring): the metric's name in it
@@ -277,4 +285,5 @@ class RuleEngine:
         return {key: list(value) for key, value in self.state.items()}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.state = {key: list(value) for key, value in state.items()}
+        # a snapshot from before hysteresis has [severity, last fired]: no clear count yet
+        self.state = {key: [*value, 0][:3] for key, value in state.items()}

@@ -18,14 +18,30 @@ itself), once that window holds at least `min_points`:
   score = distance beyond the crossed fence in IQR units,
   (x - (Q3 + k IQR)) / IQR resp. ((Q1 - k IQR) - x) / IQR; threshold = the
   crossed fence itself (in the metric's units).
-- rise: a sustained rise. The readings of a series form runs of strictly
-  increasing values (each reading above the one before it, at most window_ms
-  after it). A run is an anomaly once it holds >= rise_min_points readings
-  spanning >= rise_span_ms and rose by more than rise_min_total (default 0):
-  the "temperature rises for five minutes straight" case. It is raised once
-  per run (episode), at the reading that completes the condition.
-  score = x - first value of the run (the total rise), threshold =
-  rise_min_total, and the row's window is the run [first ts, t].
+- calibration (issue 14): a reading beyond the z line or a fence is an
+  anomaly only if its score is also improbable for this series, p < alpha,
+  with p the peaks-over-threshold tail probability of the score (|z|, resp.
+  |x - (Q1 + Q3) / 2| / IQR) against the series' last `score_history` normal
+  scores (`operators.detectors.tail`); alpha = false_alarms_per_day * g /
+  1 day at the series' interval g (the false-alarm budget), or `alpha`.
+- rise: a sustained rise unlikely under the series' own noise
+  (`operators.detectors.trend`): the Mann-Kendall test over the means of the
+  last buckets (30 over max(rise_span_ms, rise_min_readings * g)), judged as
+  each bucket closes: p < rise_alpha, its z improbable against the series'
+  own recent z-scores (`AnomalyLikelihood`), and a Theil-Sen total above
+  rise_sigmas residual scales and rise_min_total. Raised once per episode,
+  which ends when either p-value is >= 0.05. score = the total, threshold =
+  the magnitude it had to exceed, window = the tested buckets.
+  `rise_test="runs"` keeps the legacy test: a run of strictly increasing
+  readings with >= rise_min_points readings spanning >= rise_span_ms that
+  rose by more than rise_min_total.
+- cadence: after 16 readings the interval g (median gap) is measured; the
+  window becomes max(window_ms, min_window_readings * g) (`adapt_window`). A
+  window that still cannot hold min_points is logged and listed in
+  `unjudgeable`, never silently idle.
+- episodes (zscore, iqr; `operators.detectors.episode`): end after
+  `episode_quiet` judged normal readings; a new one starts only
+  `episode_cooldown` readings later (its readings get rows, no observations).
 
 A window whose std (resp. IQR) is not above `min_std` (`min_iqr`), e.g. a
 constant one, gives no z-score (fences): those methods do not judge then.
@@ -41,12 +57,13 @@ Rows:
 
 Observations (kind "sensor", entity "sensor_id/metric"): metric
 "anomaly_zscore" | "anomaly_iqr" | "anomaly_rise", value = score, n = the
-points behind it. One per anomaly, and one more when the episode ends (the
-next judged reading that is not anomalous, with its score: 0 for iqr inside
-the fences and for a rise run that broke; or value 0 with details.expired
-when the series was silent for window_ms), so rules resolve and can fire
-again. Details never use the rule message's own names (value, metric,
-entity, threshold, op); the reading is `reading`.
+points behind it, p_value = the calibrated p (zscore, iqr) or Mann-Kendall p
+(rise). One per anomaly of an open episode, and one more when the episode
+ends (the reading that ends it, with its score, or 0 when the calibration
+vetoed it; 0 for a rise that ended; or value 0 with details.expired when the
+series was silent for its window), so rules resolve and can fire again.
+Details never use the rule message's own names (value, metric, entity,
+threshold, op); the reading is `reading`.
 
 State is bounded by window_ms of readings per series: a series silent for
 more than window_ms (by the watermark, or by the gap to its next reading) is
@@ -56,6 +73,8 @@ forgotten, which is the same as its window having emptied.
 from __future__ import annotations
 
 import heapq
+import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,11 +82,19 @@ from typing import Any
 import numpy as np
 
 from operators.base import Observation, Operator
+from operators.detectors.episode import Episode
+from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
+from operators.detectors.tail import TailProbability
+from operators.detectors.trend import RiseDetector
 from operators.rolling import EventTimeBuffer, SlidingStats
 from operators.windows import TumblingWindows
 from schemas.events import SensorReading
 
 METHODS = ("zscore", "iqr", "rise")
+log = logging.getLogger(__name__)
+# readings after which a series' cadence is judged (the median gap between them)
+CADENCE_READINGS = 16
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -76,9 +103,48 @@ class SensorConfig:
     z_threshold: float = 3.0
     iqr_k: float = 1.5
     min_points: int = 30  # zscore and iqr judge only windows with this many readings
-    rise_span_ms: int = 300_000
-    rise_min_points: int = 5
+    rise_span_ms: int = 300_000  # the span a rise is tested over
+    rise_min_points: int = 5  # fewest readings a rise is tested on
     rise_min_total: float = 0.0  # a rise must exceed this in total (metric units)
+    # "mann_kendall": a trend unlikely under the series' noise; "runs": the legacy
+    # strictly rising run of rise_min_points readings (a coin flip in noisy data)
+    rise_test: str = "mann_kendall"
+    # Mann-Kendall runs on the means of rise_max_points buckets spanning the rise
+    # span (at 1 Hz: 30 means of 10 s), at least rise_min_readings of them
+    rise_max_points: int = 30  # its cost is O(n) per bucket
+    rise_min_readings: int = 20  # fewer cannot reach p < 1e-6 (n = 15 at best 1.3e-7)
+    rise_alpha: float = 1e-6  # one-sided Mann-Kendall p-value a rise must be below
+    # and the Mann-Kendall z must be this improbable against the series' own recent
+    # z-scores (`AnomalyLikelihood`, median/MAD): a series that always warms up
+    # slowly is not rising unusually
+    rise_history_alpha: float = 1e-3
+    rise_history: int = 720  # buckets of z-scores kept (an hour at 1 Hz)
+    rise_min_history: int = 30  # buckets tested before a rise may be raised
+    # and its total must exceed this many residual scales around its Theil-Sen line
+    rise_sigmas: float = 3.0
+    # cadence: once a series' sampling interval g is measured (median of its first
+    # gaps), its window is max(window_ms, min_window_readings * g) and its rise test
+    # spans max(rise_span_ms, rise_min_points * g), so one default serves 1 Hz and
+    # hourly data; False keeps window_ms as is (a window that cannot hold
+    # min_points is then logged and listed in `unjudgeable`)
+    adapt_window: bool = True
+    min_window_readings: int | None = None  # None: min_points
+    # episodes (zscore, iqr): ended by this many judged normal readings; a new one
+    # may start only this many readings after (a cooldown in the series' readings)
+    episode_quiet: int = 1
+    episode_cooldown: int = 10
+    # calibration (zscore, iqr): a reading beyond the threshold (fence) is anomalous
+    # only if its score is also improbable against the series' own recent scores,
+    # p < alpha (`operators.detectors.tail`, peaks over threshold); until
+    # min_score_history scores are kept the threshold alone judges. alpha is the
+    # false-alarm budget per series and method: false_alarms_per_day spread over
+    # the readings of a day at the series' cadence g (alpha = budget * g / 1 day,
+    # at most 0.01: 1.2e-5 at 1 Hz, 3.5e-3 at 5 min), or `alpha` if set
+    calibrate: bool = True
+    false_alarms_per_day: float = 1.0
+    alpha: float | None = None
+    score_history: int = 1000
+    min_score_history: int = 100
     aggregate_window_ms: int = 60_000
     min_std: float = 0.0  # zscore is not judged when std <= this
     min_iqr: float = 0.0  # iqr is not judged when IQR <= this
@@ -90,6 +156,16 @@ class SensorConfig:
             raise ValueError(f"unknown methods {sorted(unknown)}; known: {METHODS}")
         if self.min_points < 2:
             raise ValueError("min_points must be at least 2")
+        if self.rise_test not in ("mann_kendall", "runs"):
+            raise ValueError('rise_test must be "mann_kendall" or "runs"')
+        if not 3 <= self.rise_min_readings <= self.rise_max_points:
+            raise ValueError("need 3 <= rise_min_readings <= rise_max_points")
+        if self.episode_quiet < 1 or self.episode_cooldown < 0:
+            raise ValueError("episode_quiet must be >= 1 and episode_cooldown >= 0")
+
+    @property
+    def window_readings(self) -> int:
+        return self.min_window_readings or self.min_points
 
 
 Entry = tuple[int, str, str, float]  # (ts, sensor_id, metric, value)
@@ -99,20 +175,29 @@ class Series:
     """The state of one (sensor, metric)."""
 
     __slots__ = (
-        "active",
         "agg",
         "agg_start",
+        "alpha",
+        "bucket",
+        "bucket_ms",
+        "episodes",
+        "gaps",
         "last_ts",
+        "mk",
+        "mk_times",
         "prev",
+        "rise_lk",
         "rising",
         "run_len",
         "run_start_ts",
         "run_start_value",
         "staged",
         "stats",
+        "tails",
+        "window_ms",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, config: SensorConfig) -> None:
         self.stats = SlidingStats()  # readings before last_ts, in the sliding window
         self.staged: list[float] = []  # readings at last_ts (not yet "before" anything)
         self.last_ts: int | None = None
@@ -120,12 +205,34 @@ class Series:
         self.run_len = 0
         self.run_start_ts = 0
         self.run_start_value = 0.0
-        self.rising = False  # the current run was raised
-        self.active: dict[str, bool] = {"zscore": False, "iqr": False}
+        self.rising = False  # the current run (or trend) was raised
+        self.episodes = {
+            m: Episode(config.episode_quiet, config.episode_cooldown) for m in ("zscore", "iqr")
+        }
+        self.window_ms = config.window_ms  # stretched to the cadence once it is measured
+        self.alpha = config.alpha or 1e-3  # until the cadence is measured
+        self.tails = {
+            m: TailProbability(config.score_history, config.min_score_history)
+            for m in ("zscore", "iqr")
+        }
+        # the Mann-Kendall rise test's readings and their times
+        self.mk = RiseDetector(config.rise_max_points)
+        self.mk_times: deque[int] = deque(maxlen=config.rise_max_points)  # bucket starts
+        self.bucket_ms = 0  # set with the cadence
+        self.bucket: list[float] = [0, 0.0, 0]  # [start, sum, count] of the open bucket
+        self.rise_lk = AnomalyLikelihood(
+            short=1,
+            history=config.rise_history,
+            min_history=config.rise_min_history,
+            refit=10,
+            alpha=config.rise_history_alpha,
+        )
         # the open aggregate window this series last wrote to (a cache of
         # `aggregates.at`: readings come in time order, so it is usually the same)
         self.agg_start: int | None = None
         self.agg: list[float] = []
+        # gaps between the first readings, until the cadence is judged (then None)
+        self.gaps: list[int] | None = []
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -133,17 +240,44 @@ class Series:
             "staged": list(self.staged),
             "last_ts": self.last_ts,
             "rise": [self.prev, self.run_len, self.run_start_ts, self.run_start_value],
-            "flags": [self.rising, self.active["zscore"], self.active["iqr"]],
+            "flags": [self.rising, self.episodes["zscore"].active, self.episodes["iqr"].active],
+            "gaps": self.gaps,
+            "episodes": {m: e.snapshot() for m, e in self.episodes.items()},
+            "window_ms": self.window_ms,
+            "mk": [self.mk.size, self.mk.snapshot(), list(self.mk_times)],
+            "bucket": [self.bucket_ms, *self.bucket],
+            "rise_lk": self.rise_lk.snapshot(),
+            "tails": {m: t.snapshot() for m, t in self.tails.items()},
+            "alpha": self.alpha,
         }
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> Series:
-        s = cls()
+    def from_snapshot(cls, state: dict[str, Any], config: SensorConfig) -> Series:
+        s = cls(config)
         s.stats = SlidingStats.from_snapshot(state["stats"])
         s.staged = [float(v) for v in state["staged"]]
         s.last_ts = state["last_ts"]
         s.prev, s.run_len, s.run_start_ts, s.run_start_value = state["rise"]
-        s.rising, s.active["zscore"], s.active["iqr"] = state["flags"]
+        s.rising, active_z, active_i = state["flags"]
+        if "episodes" in state:
+            for m, e in state["episodes"].items():
+                s.episodes[m].restore(e)
+        else:  # a snapshot from before episodes: the flags are the open episodes
+            s.episodes["zscore"].active, s.episodes["iqr"].active = active_z, active_i
+        s.window_ms = int(state.get("window_ms", config.window_ms))
+        if "mk" in state:
+            size, mk, times = state["mk"]
+            s.mk = RiseDetector(size)
+            s.mk.restore(mk)
+            s.mk_times = deque(times, maxlen=size)
+            s.bucket_ms, *bucket = state["bucket"]
+            s.bucket = [int(bucket[0]), float(bucket[1]), int(bucket[2])]
+            s.rise_lk.restore(state["rise_lk"])
+            for m, t in state["tails"].items():
+                s.tails[m].restore(t)
+            s.alpha = float(state["alpha"])
+        gaps = state.get("gaps")  # absent in snapshots from before the cadence check
+        s.gaps = None if gaps is None and "gaps" in state else list(gaps or [])
         return s
 
 
@@ -168,6 +302,9 @@ class SensorOperator(Operator):
         self._zscore = "zscore" in methods
         self._iqr = "iqr" in methods
         self._rise = "rise" in methods
+        # series whose measured cadence can never fill `min_points` in `window_ms`
+        # (zscore and iqr never judge them): counted for metrics and /health, logged
+        self.unjudgeable: set[str] = set()
 
     # -- input ---------------------------------------------------------------
 
@@ -204,15 +341,14 @@ class SensorOperator(Operator):
             )
 
     def _expire_until(self, watermark: int) -> None:
-        """Forget series silent for more than window_ms before the watermark."""
-        window_ms = self.config.window_ms
+        """Forget series silent for more than their window before the watermark."""
         heap = self.expiry
         while heap and heap[0][0] < watermark:
             _, sid, metric = heapq.heappop(heap)
             s = self.series.get((sid, metric))
             if s is None or s.last_ts is None:
                 continue
-            until = s.last_ts + window_ms
+            until = s.last_ts + s.window_ms
             if until < watermark:
                 self._expire(sid, metric, s)
                 del self.series[(sid, metric)]
@@ -222,9 +358,9 @@ class SensorOperator(Operator):
     def _expire(self, sid: str, metric: str, s: Series) -> None:
         """The series' window emptied: end its episodes (observations only)."""
         assert s.last_ts is not None
-        ts = s.last_ts + self.config.window_ms
-        for method, active in (("zscore", s.active["zscore"]), ("iqr", s.active["iqr"])):
-            if active:
+        ts = s.last_ts + s.window_ms
+        for method, episode in s.episodes.items():
+            if episode.close() == "end":
                 self._observe(sid, metric, method, 0.0, ts, 0, None, None, {"expired": True})
         if s.rising:
             self._observe(sid, metric, "rise", 0.0, ts, 0, None, None, {"expired": True})
@@ -234,19 +370,21 @@ class SensorOperator(Operator):
         key = (sid, metric)
         s = self.series.get(key)
         if s is None:
-            s = self.series[key] = Series()
-            heapq.heappush(self.expiry, (t + cfg.window_ms, sid, metric))  # one per series
-        elif s.last_ts is not None and t - s.last_ts > cfg.window_ms:
+            s = self.series[key] = Series(cfg)
+            heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))  # one per series
+        elif s.last_ts is not None and t - s.last_ts > s.window_ms:
             # silent for longer than the window: the same as having been forgotten
             self._expire(sid, metric, s)
-            s = self.series[key] = Series()
+            s = self.series[key] = Series(cfg)
         stats = s.stats
         if s.last_ts is not None and t > s.last_ts:
+            if s.gaps is not None:
+                self._cadence(sid, metric, s, t - s.last_ts)
             last = s.last_ts
             for v in s.staged:
                 stats.add(last, v)
             s.staged.clear()
-        start = t - cfg.window_ms
+        start = t - s.window_ms
         if stats.times and stats.times[0] < start:
             stats.evict_before(start)
         if len(stats.values) >= cfg.min_points:
@@ -255,7 +393,10 @@ class SensorOperator(Operator):
             if self._iqr:
                 self._judge_iqr(sid, metric, s, t, x, start)
         if self._rise:
-            self._judge_rise(sid, metric, s, t, x)
+            if cfg.rise_test == "runs":
+                self._judge_rise_runs(sid, metric, s, t, x)
+            else:
+                self._judge_rise(sid, metric, s, t, x)
         s.staged.append(x)
         s.last_ts = t
         agg_start = t - t % cfg.aggregate_window_ms
@@ -263,18 +404,74 @@ class SensorOperator(Operator):
             s.agg_start, s.agg = agg_start, self.aggregates.at(_key(sid, metric), t)
         s.agg.append(x)
 
+    def _cadence(self, sid: str, metric: str, s: Series, gap: int) -> None:
+        """After CADENCE_READINGS readings, the series' interval g (median gap) sets
+        its window and rise span (`adapt_window`), and a window that still cannot
+        hold min_points is reported (a warning, `unjudgeable`), never silent."""
+        assert s.gaps is not None
+        s.gaps.append(gap)
+        if len(s.gaps) < CADENCE_READINGS:
+            return
+        gaps = sorted(s.gaps)
+        g = max(gaps[len(gaps) // 2], 1)
+        s.gaps = None
+        cfg = self.config
+        if cfg.adapt_window:
+            s.window_ms = max(cfg.window_ms, cfg.window_readings * g)
+        alpha = cfg.alpha or min(0.01, cfg.false_alarms_per_day * g / DAY_MS)
+        s.alpha = alpha
+        span = max(cfg.rise_span_ms, cfg.rise_min_readings * g)
+        s.bucket_ms = max(g, span // cfg.rise_max_points)
+        size = min(max(span // s.bucket_ms, cfg.rise_min_readings), cfg.rise_max_points)
+        s.mk = RiseDetector(size)
+        s.mk_times = deque(maxlen=size)
+        if (self._zscore or self._iqr) and s.window_ms // g < cfg.min_points:
+            key = f"{sid}/{metric}"
+            if key not in self.unjudgeable:
+                self.unjudgeable.add(key)
+                log.warning(
+                    "sensor %s: readings every %d ms, so the %d ms window never holds "
+                    "min_points=%d; zscore and iqr cannot judge it (raise window_ms to "
+                    "at least %d ms, lower min_points, or set adapt_window)",
+                    key,
+                    g,
+                    s.window_ms,
+                    cfg.min_points,
+                    g * cfg.min_points,
+                )
+
     def _judge_zscore(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
         mean, std = s.stats.mean_std()  # min_points >= 2
         if std <= self.config.min_std:
             return
         z = abs(x - mean) / std
         anomalous = z > self.config.z_threshold
-        if anomalous or s.active["zscore"]:
+        p = None
+        if self.config.calibrate:
+            tail = s.tails["zscore"]
+            # p only where it can change the verdict (beyond the threshold)
+            p = tail.score_one(z) if anomalous else None
+            if not anomalous or p is None or p >= s.alpha:
+                tail.learn_one(z)  # anomalies stay out of the series' history
+        vetoed = anomalous and p is not None and p >= s.alpha
+        if vetoed:
+            # usual for this series (its scores have such a tail): not an anomaly, and
+            # an end-of-episode observation with value 0 so that rules resolve
+            anomalous, z = False, 0.0
+        episode = s.episodes["zscore"]
+        if anomalous or episode.active:
+            change = episode.update(anomalous)
+        else:  # the hot path: a normal reading outside an episode
+            episode.since_end += 1
+            change = None
+        if anomalous or change:
             details = {"reading": x, "mean": mean, "std": std}
+            if vetoed:
+                details["vetoed_z"] = abs(x - mean) / std
             threshold = self.config.z_threshold
             n = len(s.stats)
             self._finding(
-                sid, metric, "zscore", s, t, x, z, threshold, start, n, anomalous, details
+                sid, metric, "zscore", s, t, x, z, threshold, start, n, anomalous, details, p
             )
 
     def _judge_iqr(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
@@ -292,12 +489,84 @@ class SensorOperator(Operator):
         else:
             score, fence = 0.0, upper if x >= (q1 + q3) / 2 else lower
         anomalous = score > 0.0
-        if anomalous or s.active["iqr"]:
+        p = None
+        if self.config.calibrate:
+            # calibrated on a continuous score: the distance from the midhinge in IQRs
+            tail = s.tails["iqr"]
+            spread = abs(x - 0.5 * (q1 + q3)) / iqr
+            p = tail.score_one(spread) if anomalous else None
+            if not anomalous or p is None or p >= s.alpha:
+                tail.learn_one(spread)
+            if anomalous and p is not None and p >= s.alpha:
+                anomalous, score = False, 0.0  # usual for this series (see zscore)
+        episode = s.episodes["iqr"]
+        if anomalous or episode.active:
+            change = episode.update(anomalous)
+        else:  # the hot path (see zscore)
+            episode.since_end += 1
+            change = None
+        if anomalous or change:
             details = {"reading": x, "q1": q1, "q3": q3, "iqr": iqr, "fence": fence}
             n = len(stats)
-            self._finding(sid, metric, "iqr", s, t, x, score, fence, start, n, anomalous, details)
+            self._finding(
+                sid, metric, "iqr", s, t, x, score, fence, start, n, anomalous, details, p
+            )
 
     def _judge_rise(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
+        """Mann-Kendall over the means of the last buckets (`operators.detectors.trend`),
+        judged as each bucket closes: a rise with p < rise_alpha whose Theil-Sen total
+        exceeds rise_sigmas residual scales around the line (and rise_min_total); its
+        episode ends when p >= 0.05 (no trend left)."""
+        if not s.bucket_ms:
+            return  # the cadence, and so the buckets, are not known yet
+        bucket = s.bucket
+        b = t - t % s.bucket_ms
+        if b == bucket[0] or not bucket[2]:
+            if not bucket[2]:
+                bucket[0] = b
+            bucket[1] += x
+            bucket[2] += 1
+            return
+        s.mk.learn_one(bucket[1] / bucket[2])
+        s.mk_times.append(int(bucket[0]))
+        s.bucket = [b, x, 1]
+        self._test_rise(sid, metric, s, t, x)
+
+    def _test_rise(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
+        cfg = self.config
+        mk = s.mk
+        if len(mk) < cfg.rise_min_readings:
+            return
+        z = mk.z_score()
+        p = normal_sf(z) if z > 0.0 else 1.0
+        p_history = s.rise_lk.score_one(z)
+        if s.rising:
+            if p >= 0.05 or p_history >= 0.05:  # no (unusual) trend left: the episode ends
+                s.rising = False
+                details = {"reading": x, "points": len(mk), "p": p, "p_history": p_history}
+                self._observe(sid, metric, "rise", 0.0, t, len(mk), s.mk_times[0], t, details)
+            return
+        if p >= cfg.rise_alpha or p_history >= cfg.rise_history_alpha:
+            return
+        total, noise = mk.fit()
+        needed = max(cfg.rise_min_total, cfg.rise_sigmas * noise)
+        if total <= needed:
+            return
+        s.rising = True
+        start = s.mk_times[0]
+        details = {
+            "reading": x,
+            "points": len(mk),
+            "span_ms": t - start,
+            "p": p,
+            "p_history": p_history,
+            "noise": noise,
+        }
+        self._row(sid, metric, "rise", t, x, total, needed, start, t)
+        self._observe(sid, metric, "rise", total, t, len(mk), start, t, details, p)
+
+    def _judge_rise_runs(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
+        """The legacy test (`rise_test="runs"`): a strictly rising run."""
         cfg = self.config
         if s.prev is not None and x > s.prev:
             s.run_len += 1
@@ -339,12 +608,16 @@ class SensorOperator(Operator):
         n: int,
         anomalous: bool,
         details: dict[str, Any],
+        p_value: float | None = None,
     ) -> None:
-        """An anomaly (row and observation), or the end of an episode (observation)."""
+        """An anomaly (row; observation while its episode is open), or the end of an
+        episode (observation). An anomalous reading in the cooldown after an episode
+        has its row but no observation."""
         if anomalous:
             self._row(sid, metric, method, t, x, score, threshold, start, t)
-        self._observe(sid, metric, method, score, t, n, start, t, details)
-        s.active[method] = anomalous
+        episode = s.episodes[method]
+        if episode.active or not anomalous:
+            self._observe(sid, metric, method, score, t, n, start, t, details, p_value)
 
     def _row(
         self,
@@ -384,6 +657,7 @@ class SensorOperator(Operator):
         start: int | None,
         end: int | None,
         details: dict[str, Any],
+        p_value: float | None = None,
     ) -> None:
         self._out.observations.append(
             Observation(
@@ -396,6 +670,7 @@ class SensorOperator(Operator):
                 window_start=start,
                 window_end=end,
                 details=details,
+                p_value=p_value,
             )
         )
 
@@ -408,6 +683,7 @@ class SensorOperator(Operator):
             "aggregates": [
                 [start, key, list(vals)] for start, key, vals in self.aggregates.items()
             ],
+            "unjudgeable": sorted(self.unjudgeable),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -415,10 +691,11 @@ class SensorOperator(Operator):
         self.series = {}
         self.expiry = []
         for sid, metric, s_state in state["series"]:
-            s = self.series[(sid, metric)] = Series.from_snapshot(s_state)
+            s = self.series[(sid, metric)] = Series.from_snapshot(s_state, self.config)
             if s.last_ts is not None:
-                self.expiry.append((s.last_ts + self.config.window_ms, sid, metric))
+                self.expiry.append((s.last_ts + s.window_ms, sid, metric))
         heapq.heapify(self.expiry)
+        self.unjudgeable = set(state.get("unjudgeable", ()))
         self.aggregates.clear()
         for start, key, vals in state["aggregates"]:
             self.aggregates.at(key, start).extend(float(v) for v in vals)

@@ -16,10 +16,25 @@ Semantics (defaults configurable in ServiceConfig):
 - Observations, entity "<model_id>/<model_version>", ts = window end:
     kind="service", metric="latency_p99": ms, n=requests
     kind="service", metric="error_rate": fraction, n=requests, p_value =
-        P(X >= errors) for X ~ Binomial(requests, error_rate_baseline), the
-        chance of this many errors if the true rate were the 1 % baseline
+        min(1, 2 min(p_window, p_sequential)) (Bonferroni over two tests):
+        p_window = P(X >= errors) for X ~ Binomial(requests,
+        error_rate_baseline), the exact binomial test
+        (operators.stats.binomial_sf_test) of this many errors if the true
+        rate were the 1 % line -- the evidence of this window, however small;
+        p_sequential = exp(-S), S the model version's CUSUM of the binomial
+        log-likelihood ratio of `error_rate_alternative` against the line
+        (operators.sequential_rates) -- the evidence accumulated over
+        consecutive windows, so a sustained rise in a version of 20 requests a
+        minute is caught within a few windows though no window is
+        significant. Both are valid p-values at every window (the CUSUM's by
+        Ville's inequality), so the rule's per-window budget holds.
     kind="service", metric="low_confidence_ratio": fraction, n=confidences
-        (only when the window has confidences)
+        (only when the window has confidences), p_value = the same exact
+        test of the low-confidence count against `low_confidence_ratio_max`
+
+The rules judge the value AND the p-value (`max_p_value`, derived from a
+false-alarm budget: docs/monitors/service.md), so an overwhelming error
+burst in a window of 30 requests alerts while a 2 % blip in 100 does not.
 
 Every figure depends on the multiset of a window's events only, so any
 arrival order within the allowed lateness gives the same rows.
@@ -34,9 +49,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
 
 from operators.base import Observation, Operator
+from operators.sequential_rates import BinomialCusum
+from operators.stats import binomial_sf_test
 from operators.windows import TumblingWindows
 from schemas.events import InferenceLog
 
@@ -46,6 +62,11 @@ class ServiceConfig:
     window_ms: int = 60_000
     low_confidence: float = 0.5
     error_rate_baseline: float = 0.01  # the error_rate observation's p-value is against this
+    # the rate the accumulated evidence (CUSUM) is tuned to detect quickly
+    error_rate_alternative: float = 0.05
+    error_cusum_cap: float = 20.0  # nats of evidence kept (p = 2e-9): a quick resolve
+    # the low_confidence_ratio observation's p-value is against this share (the rule's line)
+    low_confidence_ratio_max: float = 0.6
 
 
 class ServiceWindow:
@@ -70,6 +91,11 @@ class ServiceOperator(Operator):
         self.config = config or ServiceConfig()
         self.windows: TumblingWindows[ServiceWindow] = TumblingWindows(
             self.config.window_ms, ServiceWindow
+        )
+        self.error_cusum = BinomialCusum(
+            self.config.error_rate_baseline,
+            self.config.error_rate_alternative,
+            self.config.error_cusum_cap,
         )
 
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
@@ -104,10 +130,12 @@ class ServiceOperator(Operator):
         error_rate = w.errors / w.requests
         k = len(w.conf)
         conf_mean = low_ratio = None
+        low = 0
         if k:
             conf = np.sort(np.frombuffer(w.conf, dtype=np.float64))
             conf_mean = math.fsum(conf.tolist()) / k
-            low_ratio = int(np.count_nonzero(conf < cfg.low_confidence)) / k
+            low = int(np.count_nonzero(conf < cfg.low_confidence))
+            low_ratio = low / k
         self._out.add_row(
             "inference_windows",
             {
@@ -139,7 +167,9 @@ class ServiceOperator(Operator):
                 **common,
             )
         )
-        p_value = float(binom.sf(w.errors - 1, w.requests, cfg.error_rate_baseline))
+        p_window = binomial_sf_test(w.errors, w.requests, cfg.error_rate_baseline)
+        cusum = self.error_cusum.update(key, w.errors, w.requests)
+        p_sequential = self.error_cusum.p_value(cusum)
         obs.append(
             Observation(
                 "service",
@@ -147,8 +177,14 @@ class ServiceOperator(Operator):
                 "error_rate",
                 error_rate,
                 n=w.requests,
-                details={"errors": w.errors, "requests": w.requests},
-                p_value=min(1.0, p_value),
+                details={
+                    "errors": w.errors,
+                    "requests": w.requests,
+                    "p_window": p_window,
+                    "p_sequential": p_sequential,
+                    "cusum": cusum,
+                },
+                p_value=min(1.0, 2.0 * min(p_window, p_sequential)),
                 **common,
             )
         )
@@ -160,7 +196,8 @@ class ServiceOperator(Operator):
                     "low_confidence_ratio",
                     low_ratio,  # type: ignore[arg-type]
                     n=k,
-                    details={"confidence_mean": conf_mean},
+                    details={"confidence_mean": conf_mean, "low_confidence": low},
+                    p_value=binomial_sf_test(low, k, cfg.low_confidence_ratio_max),
                     **common,
                 )
             )
@@ -170,7 +207,8 @@ class ServiceOperator(Operator):
             "windows": [
                 [start, key, w.requests, w.errors, w.latencies.tolist(), w.conf.tolist()]
                 for start, key, w in self.windows.items()
-            ]
+            ],
+            "error_cusum": self.error_cusum.snapshot(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -180,6 +218,8 @@ class ServiceOperator(Operator):
             w.requests, w.errors = requests, errors
             w.latencies = array("d", latencies)
             w.conf = array("d", conf)
+        # a snapshot from before the CUSUM starts it from no evidence
+        self.error_cusum.restore(state.get("error_cusum", {}))
 
 
 __all__ = ["ServiceConfig", "ServiceOperator", "ServiceWindow"]

@@ -28,9 +28,24 @@ counts O_i and E_i = n p_i, Pearson's chi-square goodness of fit (Pearson, K.
 
 computed by scipy.stats.chisquare(O, f_exp=E). Fabijan et al. flag an SRM
 at p < 0.0005 to 0.001: the test runs every window, so a loose alpha would
-raise false alarms daily.
+raise false alarms daily (the default rule's bound comes from a false-alarm
+budget instead: docs/monitors/srm.md).
 
-A window is judged when n >= min_total and it has at least two tested
+Accumulated evidence: per (experiment, variant) two CUSUMs of the binomial
+log-likelihood ratio of the variant's count, for a share `sequential_shift`
+above and below its expected share (operators.sequential_rates, Page 1954),
+updated once per judged window in window order. exp(-S) is a valid p-value
+at every window (Ville's inequality), so an imbalance too small for any one
+window (a 45/55 split in an experiment of 300 units a window: each window
+adds about 300 KL(0.55 || 0.5) = 1.5 nats) is caught within about ten.
+The observation's value and p-value combine the window's chi-square p
+with the 2k CUSUMs by Bonferroni:
+
+    p = min(1, (2k + 1) min(p_chi2, min_j exp(-S_j)))
+
+A window is judged when n >= min_total (a sanity floor of a few dozen:
+the p-value is the evidence, and Pearson's approximation holds from about
+five expected per variant) and it has at least two tested
 variants. Output, per judged window:
 
 - a row in `srm_checks`: window_start, window_end, experiment, unit,
@@ -38,17 +53,20 @@ variants. Output, per judged window:
   ({variant: share}), unexpected ({variant: count}), chi2, p_value, total,
   srm (1 when p_value < alpha);
 - Observation(kind="srm", entity=experiment, metric="srm_chi2_p",
-  value=p_value, p_value=p_value, n=total, ts=window_end), details: counts,
-  expected, unexpected, observed (shares), chi2, df, total, unit, alpha,
-  crossover (users only). A rule `srm_chi2_p < 0.001` is critical.
+  value=p, p_value=p (the combined p above), n=total, ts=window_end),
+  details: counts, expected, unexpected, observed (shares), chi2, chi2_p,
+  p_sequential, df, total, unit, alpha, crossover (users only). The rule
+  `srm_chi2_p < bound` is critical.
 
-State is the open windows only (for users, their sets of user ids), so it is
-bounded by window_ms plus the lateness. Counting is commutative, so any
+State is the open windows (for users, their sets of user ids), bounded by
+window_ms plus the lateness, and one float per (experiment, variant,
+direction) with evidence (a CUSUM back at 0 is dropped). Counting is commutative, so any
 arrival order within the lateness gives the sorted input's result.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -56,6 +74,7 @@ from typing import Any, Literal
 from scipy.stats import chisquare
 
 from operators.base import Observation, Operator
+from operators.sequential_rates import cusum_step
 from operators.windows import TumblingWindows
 from schemas.events import Impression
 
@@ -66,10 +85,13 @@ SRM_TABLE = "srm_checks"
 class SrmConfig:
     window_ms: int = 300_000
     unit: Literal["impressions", "users"] = "impressions"
-    min_total: int = 200
+    # a sanity floor only (the chi-square p-value is the evidence); >= 5 expected per arm
+    min_total: int = 30
     # experiment -> variant -> expected share (normalised); absent: equal split
     splits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    alpha: float = 0.001
+    alpha: float = 0.001  # the row's `srm` flag (chi-square p of the window)
+    sequential_shift: float = 0.05  # share shift the accumulated evidence is tuned to
+    cusum_cap: float = 20.0  # nats of evidence kept: a quick resolve after the incident
 
     def __post_init__(self) -> None:
         if self.unit not in ("impressions", "users"):
@@ -124,6 +146,7 @@ class SrmOperator(Operator):
         self.config = config or SrmConfig()
         self.windows: TumblingWindows[SrmWindow] = TumblingWindows(self.config.window_ms, SrmWindow)
         self.users = self.config.unit == "users"
+        self.cusum: dict[str, float] = {}  # "experiment\x1fvariant\x1f+|-" -> S
 
     # -- input ---------------------------------------------------------------
 
@@ -157,6 +180,8 @@ class SrmOperator(Operator):
         if total < cfg.min_total:
             return
         end = start + cfg.window_ms
+        p_seq = self._accumulate(experiment, tested, expected, total)
+        combined = min(1.0, (2 * len(tested) + 1) * min(p, p_seq))
         self._out.add_row(
             SRM_TABLE,
             {
@@ -180,6 +205,8 @@ class SrmOperator(Operator):
             "unexpected": unexpected,
             "observed": {v: c / total for v, c in tested.items()},
             "chi2": chi2,
+            "chi2_p": p,
+            "p_sequential": p_seq,
             "df": len(tested) - 1,
             "total": total,
             "unit": cfg.unit,
@@ -197,15 +224,38 @@ class SrmOperator(Operator):
                 "srm",
                 experiment,
                 "srm_chi2_p",
-                p,
+                combined,
                 ts=end,
                 n=total,
                 window_start=start,
                 window_end=end,
                 details=details,
-                p_value=p,
+                p_value=combined,
             )
         )
+
+    def _accumulate(
+        self, experiment: str, tested: Mapping[str, int], expected: Mapping[str, float], n: int
+    ) -> float:
+        """Update the variants' two CUSUMs; return the smallest exp(-S)."""
+        cfg = self.config
+        smallest = 1.0
+        for variant, share in expected.items():
+            x = tested[variant]
+            for sign, p1 in (
+                ("+", share + cfg.sequential_shift),
+                ("-", share - cfg.sequential_shift),
+            ):
+                key = f"{experiment}\x1f{variant}\x1f{sign}"
+                if not 0.0 < p1 < 1.0:
+                    continue
+                s = cusum_step(self.cusum.get(key, 0.0), x, n, share, p1, cfg.cusum_cap)
+                if s > 0.0:
+                    self.cusum[key] = s
+                    smallest = min(smallest, math.exp(-s))
+                else:
+                    self.cusum.pop(key, None)
+        return smallest
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -217,7 +267,7 @@ class SrmOperator(Operator):
             else:
                 per_variant = dict(sorted(w.counts.items()))
             windows.append([start, experiment, per_variant])
-        return {"unit": self.config.unit, "windows": windows}
+        return {"unit": self.config.unit, "windows": windows, "cusum": dict(self.cusum)}
 
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("unit", self.config.unit) != self.config.unit:
@@ -225,6 +275,8 @@ class SrmOperator(Operator):
                 f"srm snapshot counts {state['unit']}, this operator {self.config.unit}"
             )
         self.windows.clear()
+        # a snapshot from before the CUSUMs starts them from no evidence
+        self.cusum = {k: float(v) for k, v in state.get("cusum", {}).items()}
         for start, experiment, per_variant in state["windows"]:
             w = self.windows.at(experiment, start)
             for variant, value in per_variant.items():

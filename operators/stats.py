@@ -181,6 +181,117 @@ def fisher_exact_less(
     return p
 
 
+def psi_test(expected_counts: ArrayLike, actual_counts: ArrayLike) -> tuple[float, int]:
+    """p-value of a window's PSI under "no drift", given both sample sizes.
+
+    Under no drift, with m reference and n window values in the same k bins,
+    the PSI is the symmetrised Kullback-Leibler divergence
+    sum_i (a_i - e_i) ln(a_i / e_i), whose second-order expansion is
+    sum_i (a_i - e_i)^2 / e_i; each a_i - e_i has variance about
+    p_i (1 - p_i) (1/n + 1/m), so
+
+        PSI / (1/n + 1/m)  ~  X^2  ~  chi2(k - 1)     (large n and m)
+
+    (Yurdakul, B. & Naranjo, J. (2020), "Statistical properties of the
+    population stability index", Journal of Risk Model Validation 14(4);
+    Yurdakul 2018, ch. 3). The PSI itself is unusable in that formula for a
+    small window: an empty bin is clipped at `eps` and alone adds
+    e_i ln(e_i / eps) (0.69 for a 10 % bin), so the statistic computed here is
+    X^2, Pearson's chi-square test of homogeneity of the 2 x k table
+    [reference counts; window counts] -- the quadratic form the PSI
+    approximates, finite with empty bins, with the same chi2(k - 1) null
+    (Pearson 1900; scipy.stats.chi2_contingency without continuity
+    correction). Bins empty in both samples are dropped (k counts the rest).
+    Returns (p-value, degrees of freedom); (1.0, 0) when fewer than two bins
+    are occupied.
+
+    >>> p, df = psi_test([100, 100, 100, 100], [25, 25, 25, 25])
+    >>> (round(p, 6), df)
+    (1.0, 3)
+    >>> from scipy.stats import chi2_contingency
+    >>> t = [[120, 80, 100, 100], [10, 40, 30, 20]]
+    >>> bool(abs(psi_test(*t)[0] - chi2_contingency(t, correction=False).pvalue) < 1e-12)
+    True
+    """
+    ref = np.asarray(expected_counts, dtype=np.float64)
+    cur = np.asarray(actual_counts, dtype=np.float64)
+    keep = (ref + cur) > 0
+    ref, cur = ref[keep], cur[keep]
+    k = int(ref.size)
+    m, n = ref.sum(), cur.sum()
+    if k < 2 or m <= 0 or n <= 0:
+        return 1.0, 0
+    col = ref + cur
+    total = m + n
+    exp_ref = col * (m / total)
+    exp_cur = col * (n / total)
+    x2 = float(np.sum((ref - exp_ref) ** 2 / exp_ref) + np.sum((cur - exp_cur) ** 2 / exp_cur))
+    return float(stats.chi2.sf(x2, k - 1)), k - 1
+
+
+def psi_critical(n: int, m: float, bins: int, alpha: float) -> float:
+    """The PSI that chance alone exceeds with probability `alpha` (no drift).
+
+        PSI_crit = (1/n + 1/m) * chi2_{1 - alpha}(k - 1)
+
+    from the null law PSI ~ (1/n + 1/m) chi2(k - 1) (Yurdakul & Naranjo 2020;
+    see `psi_test`); m = inf for a known reference. It shows how biased a
+    small window's PSI is: with 10 bins, alpha = 0.01 and a reference of
+    1000, a window of 50 reaches PSI 0.46 by chance, one of 1000 only 0.04.
+
+    >>> round(psi_critical(50, 1000, 10, 0.01), 3)
+    0.455
+    >>> round(psi_critical(1000, float("inf"), 10, 0.01), 4)
+    0.0217
+    """
+    return float((1.0 / n + 1.0 / m) * stats.chi2.isf(alpha, bins - 1))
+
+
+def binomial_sf_test(successes: int, trials: int, rate: float) -> float:
+    """Exact one-sided binomial p-value: P(X >= successes), X ~ Binomial(trials, rate).
+
+    The chance of at least this many events (errors, low-confidence
+    predictions) in `trials` if the true rate were `rate`: small values are
+    evidence that the true rate exceeds `rate` (Clopper, C. J. & Pearson,
+    E. S. (1934), Biometrika 26(4):404-413; scipy.stats.binomtest(...,
+    alternative="greater") gives the same). 1.0 for no successes.
+
+    >>> round(binomial_sf_test(3, 10, 0.1), 6)  # 1 - P(X <= 2) = 0.0701908
+    0.070191
+    >>> binomial_sf_test(0, 10, 0.1)
+    1.0
+    """
+    if successes <= 0 or trials <= 0:
+        return 1.0
+    return float(min(1.0, stats.binom.sf(successes - 1, trials, rate)))
+
+
+def alpha_for_budget(false_alarms_per_1000_days: float, judgements_per_day: float) -> float:
+    """Per-judgement significance level that holds a false-alarm budget per entity.
+
+    With J independent judgements per entity and day, each at level alpha,
+    the chance of at least one false alarm in a quiet entity-day is
+    1 - (1 - alpha)^J; setting it to B / 1000 (B false alarms per 1,000
+    entity-days) gives Sidak's correction
+
+        alpha = 1 - (1 - B / 1000)^(1 / J)
+
+    (Sidak, Z. (1967), JASA 62(318):626-633), about B / (1000 J)
+    (Bonferroni). Alarms per entity are at most one per quiet day on
+    average at this level, so the budget also bounds alerts per 1,000
+    entity-days from above.
+
+    >>> f"{alpha_for_budget(1, 1440):.3g}"
+    '6.95e-07'
+    >>> f"{alpha_for_budget(1, 288):.3g}"
+    '3.47e-06'
+    """
+    if not 0 < false_alarms_per_1000_days < 1000 or judgements_per_day < 1:
+        raise ValueError("budget must be in (0, 1000) and judgements_per_day >= 1")
+    b = false_alarms_per_1000_days / 1000.0
+    return float(-np.expm1(np.log1p(-b) / judgements_per_day))
+
+
 def systematic_sample(sorted_values: NDArray[np.float64], size: int) -> NDArray[np.float64]:
     """At most `size` evenly spaced order statistics of an ascending array.
 
@@ -199,12 +310,16 @@ def systematic_sample(sorted_values: NDArray[np.float64], size: int) -> NDArray[
 
 __all__ = [
     "PSI_EPS",
+    "alpha_for_budget",
     "binned_counts",
+    "binomial_sf_test",
     "chi_square",
     "fisher_exact_less",
     "js_divergence",
     "ks_2samp_from_sorted",
     "psi",
+    "psi_critical",
+    "psi_test",
     "quantile_edges",
     "systematic_sample",
 ]

@@ -65,7 +65,7 @@ class MonitorTask:
             self.watermark.observe(source, max(times), now_ms)
         else:
             self.watermark.observe(source, wm, now_ms)
-        return late
+        return late if self.operator.reports_late else []
 
     def tick(self, now_ms: int, floor: int = NO_WATERMARK) -> int:
         """Advance the watermark (and close windows) as far as the input allows."""
@@ -76,6 +76,24 @@ class MonitorTask:
             if self.relations is not None:
                 self.relations.expire(after)
         return after
+
+    def finish(self) -> int:
+        """End of input (an orderly stop, the end of a replay, or an input idle past its
+        timeout): judge every event fed so far, as if the lateness had elapsed.
+
+        The watermark moves to one past the largest event time seen, so every held
+        reading is released and judged and every window ending by then closes; a
+        tumbling window still open (it ends after the last event) stays open until
+        input resumes. Events at or before the last one seen are late afterwards
+        (the price of closing at a stop). Returns the new watermark; collect after."""
+        seen = self.watermark.max_ts.values()
+        if not seen:
+            return self.watermark.value
+        end = max(seen) + 1
+        if end > self.watermark.value:
+            self.watermark.value = end
+            self.operator.advance(end)
+        return self.watermark.value
 
     def collect(self) -> TaskOutput:
         out = self.operator.collect()

@@ -124,7 +124,9 @@ def _check_finite(mapping: dict[str, float] | dict[str, FeatureValue], name: str
 
 
 Severity = Literal["info", "warning", "critical"]
-AlertKind = Literal["ctr", "sensor", "cluster", "drift", "service", "srm", "change", "sql"]
+AlertKind = Literal[
+    "ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness", "sql"
+]
 
 
 class Alert(msgspec.Struct, kw_only=True, omit_defaults=False):

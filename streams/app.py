@@ -14,6 +14,7 @@ from typing import Any
 import faust
 
 from streams.config import Settings
+from streams.delivery.agents import install as install_delivery
 from streams.runtime import Runtime
 
 
@@ -56,6 +57,11 @@ def build_app(settings: Settings, runtime: Runtime) -> faust.App:
 
     @app.timer(interval=0.25)
     async def tick() -> None:
+        # never raises: a failure is recorded on the runtime, and the worker
+        # exits on it (faust would only log a crashed timer and stop ticking)
         await runtime.tick()
 
+    # alert delivery (Alertmanager, webhooks, e-mail) as agents of this app, when
+    # configured; /health reads its state from here (streams/delivery/agents.py)
+    app.streamwatch_delivery = install_delivery(app, settings)  # type: ignore[attr-defined]
     return app

@@ -4,7 +4,7 @@ streamwatch demo                 everything embedded, simulated incidents, live 
 streamwatch run                  the worker, against the configured Kafka and ClickHouse
 streamwatch simulate             synthetic traffic with switchable incidents
 streamwatch query "SELECT ..."   read-only query, printed as a table
-streamwatch alerts               follow the alert topic
+streamwatch alerts               the alert topic: print (or --follow), filter by rule/entity glob
 streamwatch config show          the effective configuration, secrets masked
 """
 
@@ -496,30 +496,47 @@ def _query(settings: Settings, sql: str) -> dict[str, Any]:
 
 
 @main.command()
+@click.option(
+    "--follow", "-f", is_flag=True, help="Keep following new alerts (else print and exit)."
+)
 @click.option("--kind", multiple=True, help="Only these kinds (ctr, sensor, drift, ...).")
 @click.option("--severity", multiple=True, type=click.Choice(["info", "warning", "critical"]))
-@click.option("--entity", help="Only alerts whose entity contains this text.")
+@click.option("--rule", help="Only rules matching this glob (drift_*, ctr_floor).")
+@click.option(
+    "--entity",
+    help="Only entities matching this glob (model-a/*); without * ? [ a substring match.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert kept.")
+@click.option(
+    "--from-beginning", is_flag=True, help="With --follow: start at the oldest alert kept."
+)
 @click.option("--max", "max_alerts", type=int, help="Stop after this many alerts.")
 @click.option("--timeout", type=float, help="Stop after this many seconds.")
 @click.pass_context
 def alerts(
     ctx: click.Context,
+    follow: bool,
     kind: tuple[str, ...],
     severity: tuple[str, ...],
+    rule: str | None,
     entity: str | None,
     as_json: bool,
     from_beginning: bool,
     max_alerts: int | None,
     timeout: float | None,
 ) -> None:
-    """Follow the alert topic and print alerts as they come.
+    """Print the alerts on the alert topic, or follow it (--follow).
+
+    \b
+    Without --follow: every alert the topic holds, oldest first, then exit.
+    With --follow: alerts as they come (from now, or --from-beginning), until Ctrl-C.
+    Possible causes (details.possible_causes) are shown under an alert.
 
     \b
     Example:
-        streamwatch alerts --severity critical --kind ctr
-        streamwatch alerts --json | jq .message
+        streamwatch alerts --follow --severity critical --kind ctr
+        streamwatch alerts --follow --rule 'ctr_*' --entity 'cmp-00?'
+        streamwatch alerts --follow --json | jq .message
     """
     import uuid
 
@@ -540,15 +557,23 @@ def alerts(
             f"no topic {topic} at Kafka {settings.kafka.bootstrap}: start the worker first "
             "(it creates its topics), or set topics.alerts"
         )
-    # Assigned, not subscribed: no group to join (it follows from the moment it
-    # starts), and nothing to leave when it stops, even with the broker gone.
-    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    # Assigned, not subscribed: no group to join, and nothing to leave when it stops,
+    # even with the broker gone.
+    start = OFFSET_BEGINNING if (from_beginning or not follow) else OFFSET_END
     consumer.assign([TopicPartition(topic, p, start) for p in sorted(found.partitions)])
-    err.print(f"following {topic} at {settings.kafka.bootstrap} (Ctrl-C stops)")
+    if follow:
+        err.print(f"following {topic} at {settings.kafka.bootstrap} (Ctrl-C stops)")
     decoder = msgspec.json.Decoder(Alert)
     deadline = time.monotonic() + timeout if timeout else None
+    entity_pattern = _glob(entity) if entity else None
     shown = 0
     checked = time.monotonic()
+    # Without --follow, the end of the topic is where it stays quiet: the broker's
+    # reported high watermark is not trusted (Tansu's is wrong, see the notes).
+    quiet_s, last = 1.5, time.monotonic()
+    # Following from now: OFFSET_END comes from that same high watermark, which on
+    # Tansu can fall before the last batch, so older messages are skipped by time too.
+    since_ms = int(time.time() * 1000) if start == OFFSET_END else None
     try:
         while deadline is None or time.monotonic() < deadline:
             if through_worker and time.monotonic() - checked > 2:
@@ -556,19 +581,22 @@ def alerts(
                 if read_embedded(settings) is None:  # its broker went with it
                     err.print("the embedded worker stopped: nothing more to follow")
                     return
-            for message in consumer.consume(100, 0.5):
+            batch = consumer.consume(100, 0.5)
+            if batch:
+                last = time.monotonic()
+            elif not follow and time.monotonic() - last >= quiet_s:
+                return
+            for message in batch:
                 if message.error():
+                    continue
+                if since_ms is not None and message.timestamp()[1] < since_ms:
                     continue
                 try:
                     alert = decoder.decode(message.value())
                 except msgspec.DecodeError as exc:  # not ours: say so, keep following
                     err.print(f"[yellow]skipped a message that is not an alert:[/yellow] {exc}")
                     continue
-                if kind and alert.kind not in kind:
-                    continue
-                if severity and alert.severity not in severity:
-                    continue
-                if entity and entity not in alert.entity:
+                if not _alert_matches(alert, kind, severity, rule, entity_pattern):
                     continue
                 if as_json:
                     sys.stdout.write(msgspec.json.encode(alert).decode() + "\n")
@@ -584,7 +612,35 @@ def alerts(
         consumer.close()
 
 
+def _glob(pattern: str) -> str:
+    """A pattern without wildcards matches as a substring (the option's old meaning).
+
+    >>> _glob("big"), _glob("model-*")
+    ('*big*', 'model-*')
+    """
+    return pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+
+
+def _alert_matches(
+    alert: Any,
+    kind: tuple[str, ...],
+    severity: tuple[str, ...],
+    rule: str | None,
+    entity: str | None,
+) -> bool:
+    from fnmatch import fnmatchcase
+
+    return (
+        (not kind or alert.kind in kind)
+        and (not severity or alert.severity in severity)
+        and (rule is None or fnmatchcase(alert.rule, rule))
+        and (entity is None or fnmatchcase(alert.entity, entity))
+    )
+
+
 def print_alert(alert: Any, out: Console = console) -> None:
+    from streams.delivery.text import causes
+
     when = datetime.fromtimestamp(alert.ts / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
     style = SEVERITY_STYLE.get(alert.severity, "white")
     mark = "FIRING  " if alert.status == "firing" else "RESOLVED"
@@ -594,6 +650,8 @@ def print_alert(alert: Any, out: Console = console) -> None:
         f"[{style}]{mark} {alert.severity:<8}[/{style}] {when}  [bold]{alert.kind}"
         f"[/bold]/{alert.rule}  {alert.entity}: {alert.message}"
     )
+    for cause in causes({"details": alert.details}):
+        out.print(f"    possible cause: {cause}", markup=False)
 
 
 # -- reference --------------------------------------------------------------

@@ -7,6 +7,7 @@
     STREAMWATCH_WEB_BIND    its address (default 127.0.0.1; containers set 0.0.0.0)
     STREAMWATCH_WEB_TOKEN   when set, every /api/ request needs "Authorization: Bearer <it>"
     STREAMWATCH_DATA_DIR    where embedded state lives (default ./var)
+    STREAMWATCH_ALERTMANAGER_URL  post every alert to this Alertmanager (docs/delivery.md)
     STREAMWATCH_KAFKA_SASL_USERNAME / _PASSWORD, STREAMWATCH_KAFKA_SECURITY_PROTOCOL, ...
 
 Unknown keys and wrong types are refused with the path of the offending key.
@@ -24,6 +25,7 @@ import msgspec
 
 from operators.ctr import CtrConfig
 from operators.rules import Rule
+from operators.stats import alpha_for_budget
 
 
 class ConfigError(ValueError):
@@ -72,8 +74,17 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = ("ctr", "sensor", "cluster", "drift", "service", "srm")
-    return {name: MonitorSettings() for name in names}
+    names = ("ctr", "sensor", "cluster", "autoencoder", "drift", "service", "srm")
+    monitors = {name: MonitorSettings() for name in names}
+    # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
+    # Off by default because a stream that jumps event time ahead (a replay, a
+    # test's tail event) is a real silence of every other entity.
+    monitors["freshness"] = MonitorSettings(enabled=False)
+    # off until switched on ([monitors.autoencoder] enabled = true): on the simulator's
+    # quiet sensors it still raises about one false episode per sensor-hour, above its
+    # stated budget, and it costs ~11 us per reading (docs/monitors/autoencoder.md)
+    monitors["autoencoder"] = MonitorSettings(enabled=False)
+    return monitors
 
 
 class ChangeSettings(Strict):
@@ -93,7 +104,7 @@ class RuleSettings(Strict):
     min_samples: int = 0
     max_p_value: float | None = None
     clear_windows: int = 1  # hysteresis: consecutive clear observations that resolve
-    clear_by_value: bool = False  # resolve on the value alone, not its p-value
+    clear_by_value: bool = True  # resolve on the value back within bounds, not its p-value
     message: str | None = None
     # the resolved alert's sentence (operators.rules.resolved_sentence): the
     # metric's name, how numbers are written, an extra clause, or a template
@@ -101,6 +112,12 @@ class RuleSettings(Strict):
     value_format: str = "{:.4g}"
     resolved_note: str | None = None
     resolved_message: str | None = None
+    # A false-alarm budget instead of a raw p-value bound: at most this many false
+    # alerts per 1,000 entity-days on quiet data, with `judgements_per_day`
+    # observations per entity and day (e.g. 1440 one-minute windows); sets
+    # max_p_value by Sidak's correction (operators.stats.alpha_for_budget).
+    false_alarm_budget: float | None = None
+    judgements_per_day: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -110,6 +127,19 @@ class RuleSettings(Strict):
                 f"rule {self.name}: value_format {self.value_format!r} cannot write a "
                 f"number ({exc}); e.g. '{{:.2%}}' or '{{:.0f}} ms'"
             ) from None
+        if self.false_alarm_budget is not None:
+            if self.judgements_per_day is None:
+                raise ValueError(f"rule {self.name}: false_alarm_budget needs judgements_per_day")
+            if self.max_p_value is not None:
+                raise ValueError(
+                    f"rule {self.name}: give false_alarm_budget or max_p_value, not both"
+                )
+
+    def p_bound(self) -> float | None:
+        """max_p_value, or the one the false-alarm budget implies."""
+        if self.false_alarm_budget is not None and self.judgements_per_day is not None:
+            return alpha_for_budget(self.false_alarm_budget, self.judgements_per_day)
+        return self.max_p_value
 
     def rule(self) -> Rule:
         extra = {"message": self.message} if self.message else {}
@@ -125,7 +155,7 @@ class RuleSettings(Strict):
             thresholds=dict(self.thresholds),
             cooldown_s=self.cooldown_s,
             min_samples=self.min_samples,
-            max_p_value=self.max_p_value,
+            max_p_value=self.p_bound(),
             clear_windows=self.clear_windows,
             clear_by_value=self.clear_by_value,
             **extra,
@@ -204,8 +234,8 @@ def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
             "{llr_threshold:.1f}",
             label="accumulated CTR-drop evidence",
             value_format="{:.2f}",
-            resolved_message="CTR of {entity} ({level}) is back near its baseline of "
-            "{baseline_ctr:.2%} (now {ctr:.2%})",
+            resolved_message="CTR of {entity} ({level}) back to {ctr:.2%}, near its "
+            "baseline of {baseline_ctr:.2%}",
             clear_windows=3,
         ),
     ]
@@ -226,6 +256,13 @@ def _ctr_rules_for_budget(rules: list[RuleSettings], options: dict[str, Any]) ->
     return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
 
 
+# Default false-alarm budget of the rules judged on evidence (service, drift,
+# SRM): false alerts per 1,000 entity-days on quiet data (docs/monitors/*.md).
+FALSE_ALARM_BUDGET = 1.0
+SERVICE_WINDOWS_PER_DAY = 86_400_000 / 60_000  # ServiceConfig.window_ms
+DRIFT_WINDOWS_PER_DAY = 86_400_000 / 300_000  # DriftConfig.window_ms
+SRM_WINDOWS_PER_DAY = 86_400_000 / 300_000  # SrmConfig.window_ms
+
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
     *ctr_rules(),
@@ -238,7 +275,10 @@ DEFAULT_RULES = [
         "PSI of {entity} is {value:.3f} (moderate drift from 0.1, significant from 0.2)",
         label="PSI",
         value_format="{:.3f}",
-        min_samples=200,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=1800,
     ),
     _rule(
@@ -250,8 +290,10 @@ DEFAULT_RULES = [
         "mean confidence of {entity} fell by {value:.3f} against its reference",
         label="fall in mean confidence",
         value_format="{:.3f}",
-        min_samples=100,
-        max_p_value=0.01,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=1800,
     ),
     _rule(
@@ -274,8 +316,10 @@ DEFAULT_RULES = [
         "error rate of {entity} is {value:.2%}, above {threshold:.0%}",
         label="error rate",
         value_format="{:.2%}",
-        min_samples=100,
-        max_p_value=0.01,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
+        clear_windows=3,
     ),
     _rule(
         "low_confidence",
@@ -286,7 +330,10 @@ DEFAULT_RULES = [
         "{value:.0%} of {entity}'s predictions have low confidence",
         label="share of low-confidence predictions",
         value_format="{:.0%}",
-        min_samples=100,
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
+        clear_windows=3,
     ),
     _rule(
         "sensor_zscore",
@@ -322,6 +369,19 @@ DEFAULT_RULES = [
         cooldown_s=900,
     ),
     _rule(
+        "sensor_autoencoder",
+        "sensor",
+        "anomaly_autoencoder",
+        ">",
+        # value = -log10 p: warning at p < 1e-3 (the operator's alpha), critical at 1e-6
+        {"warning": 3.0, "critical": 6.0},
+        "{entity} reconstructs badly (error {error:.3g}, p = {p:.2g}) across {features}",
+        label="reconstruction surprise (-log10 p)",
+        value_format="{:.1f}",
+        resolved_message="{entity} reconstructs normally again",
+        cooldown_s=0,  # the operator's episodes already merge a noisy stretch
+    ),
+    _rule(
         "cluster_distance",
         "cluster",
         "cluster_distance",
@@ -337,13 +397,43 @@ DEFAULT_RULES = [
         "srm",
         "srm_chi2_p",
         "<",
-        {"critical": 0.001},
+        # the value is the p-value: its line is the budget's per-window level
+        {"critical": alpha_for_budget(FALSE_ALARM_BUDGET, SRM_WINDOWS_PER_DAY)},
         "sample ratio mismatch in {entity}: p = {value:.2g}; pause readouts of this experiment "
         "until the assignment is fixed",
         label="sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the variants' shares match the configured split again",
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SRM_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
         cooldown_s=3600,
+    ),
+    _rule(
+        "freshness_entity",
+        "freshness",
+        "entity_silence",
+        ">",
+        {"warning": 1.0},
+        "{entity} has sent nothing on {topic} for {silence_s:.0f} s, "
+        "{value:.1f}x its allowed silence of {allowed_s:.0f} s",
+        label="silence (in allowed silences)",
+        value_format="{:.1f}",
+        resolved_message="{entity} is sending on {topic} again",
+        cooldown_s=0,  # a silence is already at least min_silence_ms long
+    ),
+    _rule(
+        "freshness_topic",
+        "freshness",
+        "topic_silence",
+        ">",
+        {"critical": 1.0},
+        "topic {entity} has had no events for {silence_s:.0f} s while the others advance",
+        label="topic silence (in allowed silences)",
+        value_format="{:.1f}",
+        resolved_message="topic {entity} has events again",
+        cooldown_s=0,
     ),
     *(
         _rule(
@@ -444,6 +534,137 @@ class SqlRuleSettings(Strict):
                 raise ValueError(f"sql rule {self.name}: {key} must be > 0")
 
 
+# -- delivery (streams/delivery): Alertmanager, webhooks, e-mail ---------------
+
+RECEIVER_TYPES = ("generic", "slack", "dingtalk", "wecom", "feishu", "email", "log")
+# fields whose values are secrets (webhook URLs carry their token): masked in
+# `config show` unless they are `${ENV}` references, which are not secret
+SECRET_FIELDS = ("url", "password")
+
+
+class ReceiverSettings(Strict):
+    """One direct receiver. String fields may hold `${ENV}` references, resolved at
+    start from the worker's environment (keep webhook URLs and passwords there)."""
+
+    name: str
+    type: Literal["generic", "slack", "dingtalk", "wecom", "feishu", "email", "log"]
+    url: str | None = None  # webhook kinds
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # generic: e.g. auth
+    # email
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    starttls: bool = True  # STARTTLS before login (port 465 implicit TLS: tls = true)
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    sender: str | None = None
+    to: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.type == "email":
+            if not (self.smtp_host and self.sender and self.to):
+                raise ValueError(f"receiver {self.name}: email needs smtp_host, sender and to")
+        elif self.type != "log" and not self.url:
+            raise ValueError(f"receiver {self.name}: type {self.type} needs a url")
+
+
+class RouteSettings(Strict):
+    """Alerts matching every given condition go to `receivers` (empty list: any)."""
+
+    receivers: list[str]
+    severity: list[Literal["info", "warning", "critical"]] = msgspec.field(default_factory=list)
+    kind: list[str] = msgspec.field(default_factory=list)
+    entity: str = "*"  # glob (fnmatch): "model-*", "cmp-00?", "*/user_segment"
+    rule: str = "*"  # glob on the rule name
+    status: list[Literal["firing", "resolved"]] = msgspec.field(default_factory=list)
+
+
+class DeliverySettings(Strict):
+    """Where alerts go besides the `alerts` topic (docs/delivery.md)."""
+
+    # Alertmanager base URL (env STREAMWATCH_ALERTMANAGER_URL): every alert is posted
+    # to its /api/v2/alerts; grouping, silences and routing are then Alertmanager's
+    alertmanager_url: str | None = None
+    # firing alerts are re-posted this often, with endsAt = now + alertmanager_ttl_s:
+    # well inside Alertmanager's resolve_timeout (5 min), so a lost worker makes its
+    # alerts resolve by themselves after the TTL rather than stay firing forever
+    alertmanager_repost_s: float = 60
+    alertmanager_ttl_s: float = 240
+    dashboard_url: str | None = None  # link in messages (default: the worker's web server)
+    receivers: list[ReceiverSettings] = msgspec.field(default_factory=list)
+    routes: list[RouteSettings] = msgspec.field(default_factory=list)
+    # the durable delivery log (jobs, done marks, Alertmanager's firing set), compacted;
+    # default "<kafka.group_id>-delivery": one log per deployment sharing a cluster
+    topic: str | None = None
+    timeout_s: float = 10  # per request
+    # an alert published longer ago than this is not delivered (counted and logged):
+    # the first start of delivery on a topic with history does not page anyone for
+    # old alerts; 0 = no limit. Jobs already queued are always delivered.
+    max_age_s: float = 6 * 3600
+    retry_initial_s: float = 1  # backoff: initial * 2**n, full jitter, capped at retry_max_s
+    retry_max_s: float = 300
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.receivers]
+        if len(set(names)) != len(names):
+            raise ValueError("delivery.receivers: names must be unique")
+        if "alertmanager" in names:
+            raise ValueError("delivery.receivers: 'alertmanager' is reserved (alertmanager_url)")
+        for i, route in enumerate(self.routes):
+            unknown = sorted(set(route.receivers) - set(names))
+            if unknown:
+                raise ValueError(f"delivery.routes[{i}] names unknown receivers {unknown}")
+        if not 0 < self.alertmanager_repost_s < self.alertmanager_ttl_s:
+            raise ValueError("delivery: 0 < alertmanager_repost_s < alertmanager_ttl_s")
+        if not 0 < self.retry_initial_s <= self.retry_max_s or self.timeout_s <= 0:
+            raise ValueError("delivery: 0 < retry_initial_s <= retry_max_s, timeout_s > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.alertmanager_url or self.routes)
+
+    def masked(self) -> dict[str, Any]:
+        data = msgspec.to_builtins(self)
+        for receiver in data["receivers"]:
+            for field in SECRET_FIELDS:
+                value = receiver.get(field)
+                if value and not _is_env_reference(value):
+                    receiver[field] = "***"
+            receiver["headers"] = {
+                k: v if _is_env_reference(v) else "***" for k, v in receiver["headers"].items()
+            }
+        url = data.get("alertmanager_url")
+        if url and "@" in url and "://" in url:  # basic-auth credentials in the URL
+            scheme, rest = url.split("://", 1)
+            data["alertmanager_url"] = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return data
+
+
+def _is_env_reference(value: str) -> bool:
+    import re
+
+    return re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", value) is not None
+
+
+def expand_env(value: str, env: dict[str, str] | None = None) -> str:
+    """`${NAME}` references replaced from the environment; an unset one is an error.
+
+    >>> expand_env("https://hook/${T}", {"T": "abc"})
+    'https://hook/abc'
+    """
+    import re
+
+    env = dict(os.environ) if env is None else env
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(f"environment variable {name} (referenced in the config) is unset")
+        return env[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", one, value)
+
+
 class Settings(Strict):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = msgspec.field(default_factory=ClickHouseSettings)
@@ -461,10 +682,19 @@ class Settings(Strict):
     web_bind: str = "127.0.0.1"  # loopback only unless asked (containers set 0.0.0.0)
     web_token: str | None = None  # bearer token for /api/ (None: no token asked)
     web_enabled: bool = True
+    delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     query_timeout_s: float = 10  # /api/query and `streamwatch query`: time limit
     query_max_rows: int = 100_000  # ... and result size limit
-    # POST-free test hooks on the web server (/debug/clickhouse?fail=1): tests only
+    # test hooks on the web server (/debug/clickhouse?fail=1): tests only, and only
+    # with STREAMWATCH_TEST_FAULTS=clickhouse in the environment (streams/faults.py)
     debug_endpoints: bool = False
+    # /health is 503 (and /health/live too, for the poll) past these bounds: no poll of
+    # the broker for health_poll_age_s; input waiting while the watermark has not
+    # moved, or while no partition is assigned, for health_stall_s
+    health_poll_age_s: float = 60
+    health_stall_s: float = 120
+    # SIGTERM to exit, whatever hangs (under the deployment's termination grace period)
+    stop_timeout_s: float = 90
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
@@ -482,6 +712,8 @@ class Settings(Strict):
             raise ValueError(f"web_port {self.web_port} is not a TCP port")
         if self.query_timeout_s <= 0 or self.query_max_rows <= 0:
             raise ValueError("query_timeout_s and query_max_rows must be > 0")
+        if min(self.health_poll_age_s, self.health_stall_s, self.stop_timeout_s) <= 0:
+            raise ValueError("health_poll_age_s, health_stall_s and stop_timeout_s must be > 0")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
         self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)
@@ -535,6 +767,7 @@ class Settings(Strict):
             creds, host = rest.rsplit("@", 1)
             user = creds.split(":", 1)[0]
             data["clickhouse"]["dsn"] = f"{scheme}://{user}:***@{host}"
+        data["delivery"] = self.delivery.masked()
         return data
 
 
@@ -550,6 +783,7 @@ ENV = {
     "STREAMWATCH_WEB_BIND": ("web_bind",),
     "STREAMWATCH_WEB_TOKEN": ("web_token",),
     "STREAMWATCH_DATA_DIR": ("data_dir",),
+    "STREAMWATCH_ALERTMANAGER_URL": ("delivery", "alertmanager_url"),
 }
 
 

@@ -2,17 +2,31 @@
 
 Used when STREAMWATCH_KAFKA is not set. Tansu keeps everything in memory
 (its only storage in this build), so topics start empty with each broker.
+
+The broker never outlives the process that started it, even one killed with
+SIGKILL: on Linux the child asks the kernel for SIGKILL when its parent dies
+(prctl PR_SET_PDEATHSIG, set between fork and exec). The kernel sends it when
+the *thread* that forked exits: start the broker from a thread that lives as
+long as it should (the main thread, as `streamwatch run`, the demo and the
+tests do).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class EmbeddedError(RuntimeError):
@@ -51,6 +65,20 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise EmbeddedError(f"broker did not open port {port} within {timeout:.0f} s")
 
 
+def _die_with(parent: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when its parent (thread) dies; exit at once
+    if the parent is already gone (it died between fork and here)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+    def preexec() -> None:
+        # only async-signal-safe work here (after fork, before exec)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
 class EmbeddedBroker:
     """A Tansu process on 127.0.0.1:port; a context manager that stops it on exit."""
 
@@ -81,6 +109,8 @@ class EmbeddedBroker:
             stderr=log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # not killed by a terminal's Ctrl-C before we stop it
+            # ... but killed by the kernel if this process dies first (even by SIGKILL)
+            preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None,
         )
         try:
             wait_for_port(self.port)

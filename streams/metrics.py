@@ -56,3 +56,16 @@ LAG = Gauge(
     "Messages behind the end of the partition, where the broker reports it",
     ["topic", "partition"],
 )
+# Set at scrape time from the source's clock (see KafkaSource): the liveness signal
+LAST_POLL_AGE = Gauge(
+    "streamwatch_last_poll_age_seconds",
+    "Seconds since the consumer last returned from a poll of the broker",
+)
+BACKPRESSURE = Gauge(
+    "streamwatch_backpressure_paused",
+    "1 while consumption is paused on purpose until ClickHouse takes the buffered rows",
+)
+FAILED = Gauge(
+    "streamwatch_worker_failed",
+    "1 once an unhandled failure occurred: the worker is exiting to be restarted",
+)

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from operators.autoencoder import AutoencoderConfig, AutoencoderOperator
 from operators.base import Operator
 from operators.causes import RELATIONS, RelationLearner
 from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
 from operators.ctr import CtrConfig, CtrOperator
 from operators.drift import DriftConfig, DriftOperator
+from operators.freshness import FreshnessConfig, FreshnessOperator
 from operators.reference import ReferenceProfile
 from operators.rules import RuleEngine
 from operators.sensor import SensorConfig, SensorOperator
@@ -34,9 +36,11 @@ OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
     "ctr": (CtrOperator, CtrConfig),
     "sensor": (SensorOperator, SensorConfig),
     "cluster": (ClusterOperator, ClusterConfig),
+    "autoencoder": (AutoencoderOperator, AutoencoderConfig),
     "drift": (DriftOperator, DriftConfig),
     "service": (ServiceOperator, ServiceConfig),
     "srm": (SrmOperator, SrmConfig),
+    "freshness": (FreshnessOperator, FreshnessConfig),
 }
 
 

@@ -12,6 +12,11 @@ When ClickHouse fails, rows stay buffered and flushes are retried with
 exponential backoff (0.5 s doubling to 30 s); consumption goes on until
 `max_buffered_rows`, then `handle` blocks until the rows are written:
 backpressure, never a drop.
+
+Anything else that goes wrong (an exception that is not a `SinkError`: a bug,
+a fatal producer error) is not retried: `fail` records it, the worker logs it
+at error level and exits non-zero without writing a checkpoint (crash-only:
+the supervisor restarts it and it resumes from the last durable checkpoint).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from streams import metrics
 from streams.checkpoints import CheckpointStore
 from streams.config import Settings
+from streams.faults import Faults, InjectedFault
 from streams.pipeline import Pipeline, RawMessage, by_partition
 from streams.sinks import SinkError, Sinks
 
@@ -32,7 +38,12 @@ log = logging.getLogger("streamwatch.runtime")
 
 class Runtime:
     def __init__(
-        self, settings: Settings, pipeline: Pipeline, sinks: Sinks, store: CheckpointStore
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        sinks: Sinks,
+        store: CheckpointStore,
+        faults: Faults | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -49,6 +60,33 @@ class Runtime:
         self.healthy = True
         self.last_error: str | None = None
         self.stopping = False  # set on shutdown: stop waiting out backpressure
+        # on shutdown: the last flush and checkpoint give up at this time (monotonic)
+        self.stop_deadline: float | None = None
+        self.faults = faults or Faults()
+        # an unhandled failure: (where, exception); the worker exits on it
+        self.failure: tuple[str, BaseException] | None = None
+        self.failed = asyncio.Event()
+        # liveness while consumption is paused on purpose (backpressure): the
+        # retry loop's last turn (monotonic), None when not paused
+        self.paused_since: float | None = None
+        self.paused_beat = 0.0
+        # the highest watermark seen (max over monitors, ms) and when it last rose
+        self.watermark_high = -1
+        self.watermark_moved = time.monotonic()
+        metrics.BACKPRESSURE.set_function(lambda: 0.0 if self.paused_since is None else 1.0)
+
+    # -- failure --------------------------------------------------------------
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        """Record an unhandled failure (the first one wins); the worker exits on it."""
+        if self.failure is None:
+            # the error text first: /health may read `failure` from another thread at
+            # any moment, and must then find the cause beside it
+            self.last_error = f"{where} failed: {type(exc).__name__}: {exc}"
+            self.healthy = False
+            self.failure = (where, exc)
+            metrics.FAILED.set(1)
+        self.failed.set()
 
     # -- assignment ---------------------------------------------------------
 
@@ -83,18 +121,32 @@ class Runtime:
         if not partitions:
             return
         async with self.lock:
-            if not lost:
+            if not lost and self.failure is None:
                 try:
                     await self._flush()
                     await self._checkpoint(force=True)
                 except SinkError as exc:  # the next owner replays from the last checkpoint
                     log.warning("could not checkpoint revoked partitions: %s", exc)
+                except Exception as exc:
+                    self.fail("handing over partitions", exc)
+                    raise
             self.pipeline.revoke(partitions)
 
     # -- the cycle ----------------------------------------------------------
 
     async def handle(self, messages: Sequence[RawMessage]) -> None:
+        try:
+            await self._handle(messages)
+        except Exception as exc:
+            self.fail("the consume loop", exc)
+            raise
+
+    async def _handle(self, messages: Sequence[RawMessage]) -> None:
         async with self.lock:
+            if messages and self.faults.armed:
+                self.faults.scan(messages)
+                if self.faults.fire("decode"):
+                    raise InjectedFault("injected failure in the batch loop (decode)")
             if messages:
                 groups = by_partition(messages)
                 # a partition's first batch here: its state comes from its checkpoint
@@ -107,23 +159,48 @@ class Runtime:
             paused = time.monotonic()
             while self.sinks.buffered >= self.settings.max_buffered_rows and not self.stopping:
                 # backpressure: take nothing more until ClickHouse has the rows
-                await asyncio.sleep(max(0.0, self.next_try - time.monotonic()))
+                self.paused_since = self.paused_since or paused
+                self.paused_beat = time.monotonic()
+                await asyncio.sleep(min(1.0, max(0.0, self.next_try - time.monotonic())))
                 await self._maybe_flush_and_checkpoint(force_flush=True)
+            self.paused_since = None
             blocked_ms = int((time.monotonic() - paused) * 1000)
             if blocked_ms > 100:
                 self.pipeline.pause_idle_clock(blocked_ms)
 
     async def tick(self) -> None:
-        """Periodic: let idle partitions advance, flush and checkpoint on time."""
+        """Periodic: let idle partitions advance, flush and checkpoint on time.
+
+        A failure here is recorded (the worker exits on it), not raised: the
+        timer belongs to faust, which would only log it and stop ticking."""
+        if self.failure is not None:
+            return
+        try:
+            await self._tick()
+        except Exception as exc:
+            self.fail("the timer (tick)", exc)
+
+    async def _tick(self) -> None:
         async with self.lock:
+            if self.faults.fire("timer"):
+                raise InjectedFault("injected failure in the timer")
             self.pipeline.tick()
             await self._maybe_flush_and_checkpoint()
             now = time.time()
-            for monitor, wm in self.pipeline.watermarks().items():
+            watermarks = self.pipeline.watermarks()
+            for monitor, wm in watermarks.items():
                 metrics.WATERMARK.labels(monitor).set(wm / 1000)
                 metrics.WATERMARK_DELAY.labels(monitor).set(now - wm / 1000)
+            high = max(watermarks.values(), default=-1)
+            if high > self.watermark_high:
+                self.watermark_high, self.watermark_moved = high, time.monotonic()
 
     async def close(self) -> None:
+        if self.failure is not None:
+            # crash-only: state after an unhandled failure may be half-updated,
+            # so nothing of it is checkpointed; the restart replays from the last one
+            log.error("not checkpointing after a failure: the restart replays from the last one")
+            return
         async with self.lock:
             try:
                 await self._flush()
@@ -154,9 +231,15 @@ class Runtime:
         if now - self.last_checkpoint >= self.settings.checkpoint_interval_s:
             await self._checkpoint()
 
+    def _timeout(self, default: float = 30.0) -> float:
+        """How long a flush or checkpoint may wait for the broker: less when stopping."""
+        if self.stop_deadline is None:
+            return default
+        return max(0.1, min(default, self.stop_deadline - time.monotonic()))
+
     async def _flush(self) -> None:
         self.last_flush = time.monotonic()
-        await asyncio.to_thread(self.sinks.flush)
+        await asyncio.to_thread(self.sinks.flush, self._timeout())
 
     async def _checkpoint(self, force: bool = False) -> None:
         """Write dirty tasks' state, then commit the offsets that state covers."""
@@ -168,7 +251,7 @@ class Runtime:
             self.on_checkpoint(self.pipeline.committable())  # only replayed input
             return
         try:
-            await asyncio.to_thread(self.store.write, items)
+            await asyncio.to_thread(self.store.write, items, self._timeout())
         except Exception as exc:
             raise SinkError(f"checkpoint write failed: {exc}") from exc
         self.pipeline.mark_clean()

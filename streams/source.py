@@ -13,12 +13,17 @@ hot path reads with librdkafka.
 - Offsets: auto-commit is off. The runtime reports the offsets a durable
   checkpoint covers; they are committed before the next poll.
 - Revocation: the runtime flushes and checkpoints before partitions go.
+- Liveness: `last_poll` is when `consume()` last returned (exported as
+  `streamwatch_last_poll_age_seconds`, computed at scrape time); `waiting`
+  is how much input waits for this worker, from the broker's high watermarks
+  (every few seconds, in the polling thread).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -53,12 +58,26 @@ class KafkaSource:
         self.stopping = False
         self.finished = asyncio.Event()
         runtime.on_checkpoint = self._checkpointed
+        self.last_poll = time.monotonic()  # (monotonic) when consume() last returned
+        # messages past our positions on the assigned partitions (None: not known);
+        # while nothing is assigned, past the group's committed offsets on every
+        # input partition. From the brokers' high watermarks: Tansu reports them
+        # too low (base offset of its last batch + 1), so the figure may miss the
+        # tail of the last batch, never invent input.
+        self.waiting: int | None = None
+        self.unassigned_since: float | None = time.monotonic()
+        # while nothing is assigned: other members of the group that hold partitions
+        # (None: not known; Tansu's group description lists no members at all)
+        self.members_elsewhere: int | None = None
+        self._admin: Any = None
+        metrics.LAST_POLL_AGE.set_function(lambda: time.monotonic() - self.last_poll)
 
     def _checkpointed(self, offsets: dict[tuple[str, int], int]) -> None:
         self.pending_commit.update(offsets)
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.last_poll = time.monotonic()  # the poll age counts from here
         self.consumer.subscribe(
             self.topics,
             on_assign=self._on_assign,
@@ -66,24 +85,36 @@ class KafkaSource:
             on_lost=self._on_lost,
         )
         try:
-            while not self.stopping:
+            while not self.stopping and self.runtime.failure is None:
                 batch = await asyncio.to_thread(self._poll)
                 await self.runtime.handle(batch)
         finally:
             await self.runtime.close()
             await asyncio.to_thread(self._close)
 
-    def stop(self) -> None:
+    def stop(self, budget: float | None = None) -> None:
+        """Stop after the current batch; the last flush and checkpoint may take
+        `budget` seconds (the rest of the stop needs time too)."""
         self.stopping = True
         self.runtime.stopping = True
+        if budget is not None:
+            self.runtime.stop_deadline = time.monotonic() + budget
 
     # -- in the polling thread ------------------------------------------------
 
     def _poll(self) -> list[Any]:
+        if self.runtime.faults.fire("stall"):
+            log.warning("TEST-ONLY fault 'stall': the polling thread blocks until stopped")
+            while not self.stopping:
+                time.sleep(0.1)
+        if self.runtime.faults.fire("hang"):
+            log.warning("TEST-ONLY fault 'hang': the polling thread blocks for good")
+            threading.Event().wait()
         self._commit()
         if time.monotonic() - self.lag_reported > 5:
             self._report_lag()
         messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+        self.last_poll = time.monotonic()
         # librdkafka's messages go to the pipeline as they are (same accessors as RawMessage)
         batch = [m for m in messages if m.error() is None]
         if len(batch) < len(messages):
@@ -99,14 +130,71 @@ class KafkaSource:
         self.lag_reported = time.monotonic()
         assignment = self.consumer.assignment()
         if not assignment:
+            if self.unassigned_since is None:
+                self.unassigned_since = time.monotonic()
+            self.waiting = self._waiting_unassigned()
+            self.members_elsewhere = self._members_elsewhere()
             return
+        self.unassigned_since = None
+        self.members_elsewhere = None
+        waiting = 0
         for tp in self.consumer.position(assignment):
             try:
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             except Exception:  # not known yet
                 continue
             if high >= 0 and tp.offset >= 0:
-                metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+                lag = max(0, high - tp.offset)
+                waiting += lag
+                metrics.LAG.labels(tp.topic, str(tp.partition)).set(lag)
+        self.waiting = waiting
+
+    def _waiting_unassigned(self) -> int | None:
+        """With no partition of our own: messages past the group's committed offsets
+        on every input partition (None when the broker does not answer in time)."""
+        from confluent_kafka import TopicPartition
+
+        try:
+            metadata = self.consumer.list_topics(timeout=2)
+            tps = [
+                TopicPartition(topic, p)
+                for topic in self.topics
+                if topic in metadata.topics
+                for p in metadata.topics[topic].partitions
+            ]
+            waiting = 0
+            deadline = time.monotonic() + 3  # bounded: this runs in the polling thread
+            for tp in self.consumer.committed(tps, timeout=2):
+                if time.monotonic() > deadline:
+                    return None
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                start = tp.offset if tp.offset >= 0 else low
+                waiting += max(0, high - start)
+            return waiting
+        except Exception as exc:  # the broker is away: not known
+            log.debug("input waiting not known: %s", exc)
+            return None
+
+    def _members_elsewhere(self) -> int | None:
+        """Members of our group (not us) that hold partitions, from the broker's
+        group description; None when it does not answer in time or lists nobody."""
+        try:
+            from confluent_kafka.admin import AdminClient
+
+            if self._admin is None:
+                self._admin = AdminClient(self.settings.kafka_client_config())
+            group = self.settings.kafka.group_id
+            description = self._admin.describe_consumer_groups([group])[group].result(timeout=2)
+            me = self.consumer.memberid()
+            members = [m for m in description.members if m.member_id != me]
+            if not description.members:
+                return None  # not described (Tansu): not known
+            return sum(
+                1 for m in members if m.assignment is not None and m.assignment.topic_partitions
+            )
+        except Exception as exc:
+            log.debug("group members not known: %s", exc)
+            return None
 
     def _commit(self) -> None:
         if not self.pending_commit:
@@ -130,9 +218,26 @@ class KafkaSource:
             # before any message of them is fetched: their state comes from checkpoints
             future = asyncio.run_coroutine_threadsafe(self.runtime.assign(numbers), self.loop)
             try:
-                future.result(timeout=120)
+                self._wait(future)
             except Exception as exc:  # the first batch of the partition retries
                 log.warning("could not restore partitions %s on assignment: %s", numbers, exc)
+
+    def _wait(self, future: Any, timeout: float = 120) -> None:
+        """Wait for the event loop's work from librdkafka's callback (in the polling
+        thread), but not past a failure or a stop: then the loop may never run it,
+        and a thread blocked here would keep the process from exiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                future.result(timeout=0.5)
+                return
+            except TimeoutError:
+                if self.runtime.failure is not None or time.monotonic() > deadline:
+                    future.cancel()
+                    raise
+                if self.stopping and self.loop is not None and not self.loop.is_running():
+                    future.cancel()
+                    raise
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         self._on_revoke(consumer, partitions, lost=True)
@@ -147,7 +252,7 @@ class KafkaSource:
                 self.runtime.revoke(numbers, lost=lost), self.loop
             )
             try:
-                future.result(timeout=120)
+                self._wait(future)
             except Exception as exc:  # the next owner replays from the last checkpoint
                 log.warning("could not hand over partitions cleanly: %s", exc)
         self._commit()

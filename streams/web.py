@@ -1,6 +1,7 @@
 """Pages on the worker's (faust's) web server.
 
 /health       200 when consuming and the sinks write, 503 with the reason otherwise
+/health/live  503 when the worker failed or its polling loop is stuck (liveness)
 /metrics      Prometheus exposition
 /api/query    one read-only SELECT through a ClickHouse client of its own:
               GET ?sql=... or POST (a JSON body {"sql": ...} or the SQL as text)
@@ -37,6 +38,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.clickhouse import ClickHouseError, QueryBusy, Reader
+from streams.health import liveness, readiness
 from streams.sqlguard import QueryRefused, one_line
 
 if TYPE_CHECKING:
@@ -379,21 +381,26 @@ def register_pages(app: Any, worker: Worker) -> None:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        runtime = worker.runtime
-        body = {
-            "status": "ok" if runtime.healthy else "degraded",
-            "sink_error": runtime.last_error,
-            "buffered_rows": worker.sinks.buffered,
-            "partitions": sorted(worker.pipeline.owned_partitions()),
-            "watermarks": runtime.pipeline.watermarks(),
-        }
-        return web.json(body, status=200 if runtime.healthy else 503)
+        status, body = readiness(worker)  # streams/health.py says when it is 503
+        # a receiver that is down is reported, never a 503: alerts wait durably in the
+        # delivery log, and taking the pipeline out of service would not bring it back
+        delivery = getattr(worker.app, "streamwatch_delivery", None)
+        if delivery is not None:
+            body["delivery"] = delivery.status()
+        return web.json(body, status=status)
+
+    @app.page("/health/live")
+    async def live(web: Any, request: Any) -> Any:
+        status, body = liveness(worker)
+        return web.json(body, status=status)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    if worker.settings.debug_endpoints:
+    # test-only: also needs STREAMWATCH_TEST_FAULTS=clickhouse at start-up (streams/faults.py),
+    # so a configuration file alone cannot open it
+    if worker.settings.debug_endpoints and "clickhouse" in worker.faults.armed:
 
         @app.page("/debug/clickhouse")
         async def fail_clickhouse(web: Any, request: Any) -> Any:

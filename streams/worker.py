@@ -14,6 +14,8 @@ import gc
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,63 @@ from streams.checkpoints import CheckpointStore
 from streams.clickhouse import Writer, connect, ensure_schema
 from streams.config import Settings
 from streams.embedded import EmbeddedBroker
+from streams.faults import Faults, FaultyProducer, FaultyWriter
 from streams.monitors import build_monitors
 from streams.pipeline import Pipeline
 from streams.runtime import Runtime
 from streams.sinks import Sinks
 
 log = logging.getLogger("streamwatch.worker")
+
+# an unhandled failure to exit: no checkpoint is written then, only the
+# consumer leaves its group and the web server stops
+FAILED_EXIT_S = 10.0
+# ... after answering 503 "failed" on /health (and streamwatch_worker_failed 1 on
+# /metrics) this long, so a probe or scrape under way sees why it goes
+FAILED_LINGER_S = 2.0
+
+
+class WorkerFailed(RuntimeError):
+    """An unhandled failure of the consume loop, a sink or a timer."""
+
+
+class ExitWatchdog:
+    """Ends the process with `code` if it still runs `seconds` after arming.
+
+    The worker's blocking calls run in threads (consumer, producer, ClickHouse);
+    one that never returns (a broker gone, a query holding the writer's lock)
+    would keep the interpreter waiting forever in `threading._shutdown` or in
+    asyncio's executor shutdown. A daemon thread still runs then, and
+    `os._exit` does not wait for anyone."""
+
+    def __init__(self, seconds: float, code: int, why: str) -> None:
+        self.seconds, self.code, self.why = seconds, code, why
+        self.cancelled = threading.Event()
+        threading.Thread(target=self._run, name="streamwatch-exit-watchdog", daemon=True).start()
+
+    def disarm(self) -> None:
+        self.cancelled.set()
+
+    def _run(self) -> None:
+        if self.cancelled.wait(self.seconds):
+            return
+        stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        log.error(
+            "still running %.0f s after %s (threads: %s): exiting now with code %d",
+            self.seconds,
+            self.why,
+            ", ".join(stuck),
+            self.code,
+        )
+        import faulthandler
+        import sys
+
+        with contextlib.suppress(Exception):
+            faulthandler.dump_traceback(sys.stderr, all_threads=True)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(self.code)
 
 
 def embedded_file(settings: Settings) -> Path:
@@ -108,8 +161,14 @@ class Worker:
         kafka.ensure_topics(settings)
         self.client = connect(settings.clickhouse_dsn())
         ensure_schema(self.client, settings.clickhouse.database)
-        self.writer = Writer(self.client, settings.clickhouse.database)
-        self.producer = kafka.producer(settings)
+        self.faults = Faults.from_env()  # test-only; see streams/faults.py
+        writer = Writer(self.client, settings.clickhouse.database)
+        self.writer: Any = FaultyWriter(writer, self.faults) if self.faults.armed else writer
+        producer = kafka.producer(settings)
+        self.producer: Any = (
+            FaultyProducer(producer, self.faults) if self.faults.armed else producer
+        )
+        self.watchdog: ExitWatchdog | None = None
         self.sinks = Sinks(self.writer, self.producer, settings.topics)
         monitors = build_monitors(settings)
         t = settings.topics
@@ -123,7 +182,7 @@ class Worker:
         self.store = CheckpointStore(
             settings.kafka_client_config(), t.checkpoints, settings.kafka.group_id
         )
-        self.runtime = Runtime(settings, self.pipeline, self.sinks, self.store)
+        self.runtime = Runtime(settings, self.pipeline, self.sinks, self.store, self.faults)
         from streams.app import build_app
         from streams.source import KafkaSource
         from streams.web import register_pages
@@ -138,9 +197,35 @@ class Worker:
         self.sql_rules = sql_rules.install(self)
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
-        """Run until SIGINT/SIGTERM, or until `until()` turns true (checked each second)."""
+        """Run until SIGINT/SIGTERM, or until `until()` turns true (checked each second).
+
+        Raises WorkerFailed after an unhandled failure (the CLI exits non-zero).
+        Whatever hangs, the process is gone within `stop_timeout_s` (settings;
+        under Kubernetes' 120 s grace period) of SIGTERM and FAILED_EXIT_S of a
+        failure (ExitWatchdog)."""
         tune_garbage_collector()
-        asyncio.run(self._main(until))
+        try:
+            asyncio.run(self._main(until))
+        finally:
+            if self.runtime.failure is None and self.watchdog is not None:
+                # stopped in time, every thread joined: the caller (the demo's
+                # summary) may go on; after a failure the watchdog stays armed
+                self.watchdog.disarm()
+        if self.runtime.failure is not None:
+            where, exc = self.runtime.failure
+            raise WorkerFailed(f"{where} failed: {type(exc).__name__}: {exc}")
+
+    def _failure_reason(self, source: asyncio.Task[None]) -> tuple[str, BaseException] | None:
+        """An unhandled failure of the source, a sink or a timer, if any."""
+        if self.runtime.failure is not None:
+            return self.runtime.failure
+        if source.done() and not self.source.stopping:
+            exc = source.exception() if not source.cancelled() else None
+            return ("the consume loop", exc or RuntimeError("the source stopped by itself"))
+        if self.app.crashed:  # a faust task (e.g. a timer) crashed
+            reason = self.app.crash_reason or RuntimeError("the faust app crashed")
+            return ("a faust task", reason)
+        return None
 
     async def _main(self, until: Callable[[], bool] | None) -> None:
         import signal
@@ -169,26 +254,72 @@ class Worker:
                 loop.add_signal_handler(sig, stop.set)
         await worker.start()
         source = asyncio.create_task(self.source.run(), name="streamwatch-source")
+        failure = None
         try:
-            while not stop.is_set() and not self.source.finished.is_set():
+            while not stop.is_set():
+                failure = self._failure_reason(source)
+                if failure is not None:
+                    break
                 if until is not None and until():
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                # wake at once on a signal, a recorded failure or the source's end
+                waiters = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self.runtime.failed.wait()),
+                ]
+                await asyncio.wait([*waiters, source], timeout=1.0, return_when="FIRST_COMPLETED")
+                for waiter in waiters:
+                    waiter.cancel()
         finally:
-            log.info("stopping: draining the source")
-            self.source.stop()
-            try:
-                await asyncio.wait_for(source, 120)
-            except TimeoutError:
-                log.error("the source did not stop within 120 s; its results will be replayed")
-            log.info("stopping: the faust app")
-            await worker.stop()
-            self.causes.stop()
-            if self.sql_rules is not None:
-                self.sql_rules.stop()
-            self.producer.flush(10)
-            log.info("stopped")
+            failure = failure or self._failure_reason(source)
+            if failure is not None:
+                where, exc = failure
+                self.runtime.fail(where, exc)  # /health and the metric say so while we stop
+                log.error(
+                    "%s failed: %s: %s; exiting (code 1) so that the supervisor restarts "
+                    "the worker, which resumes from the last checkpoint",
+                    where,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                self.watchdog = ExitWatchdog(FAILED_EXIT_S, 1, "an unhandled failure")
+                self.source.stop()  # no more batches meanwhile
+                await asyncio.sleep(FAILED_LINGER_S)
+                budget = FAILED_EXIT_S / 2
+            else:
+                timeout = self.settings.stop_timeout_s
+                self.watchdog = ExitWatchdog(timeout, 1, "the stop request")
+                budget = timeout * 0.85  # the rest: services, interpreter exit
+            await self._shutdown(worker, source, budget)
+
+    async def _shutdown(self, worker: Any, source: asyncio.Task[None], budget: float) -> None:
+        """Stop the source (which writes and checkpoints what it can, unless the
+        worker failed), then faust, then flush the producer; within `budget`
+        seconds in all, whatever the broker, ClickHouse or a stuck thread does."""
+        deadline = time.monotonic() + budget
+        log.info("stopping: draining the source")
+        self.source.stop(budget * 0.5)
+        try:
+            await asyncio.wait_for(asyncio.shield(source), max(1.0, budget * 0.7))
+        except TimeoutError:
+            log.error(
+                "the source did not stop within %.0f s; its results will be replayed",
+                budget * 0.7,
+            )
+        except Exception:  # the failure itself, already logged
+            pass
+        log.info("stopping: the faust app")
+        try:
+            await asyncio.wait_for(worker.stop(), max(1.0, deadline - time.monotonic()))
+        except TimeoutError:
+            log.error("the faust app did not stop in time")
+        self.causes.stop()  # docs/causes.md: the alerts feed, the retraining webhook
+        if self.sql_rules is not None:
+            self.sql_rules.stop()
+        remaining = max(0.0, deadline - time.monotonic())
+        await asyncio.to_thread(self.producer.flush, min(10.0, remaining))
+        log.info("stopped")
 
     def query(self, sql: str, **kwargs: Any) -> Any:
         return self.writer.query(sql, **kwargs)

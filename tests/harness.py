@@ -123,6 +123,7 @@ class Deployment:
         self.path = tmp / f"{name}.toml"
         self.path.write_text(to_toml(config))
         self.bootstrap = bootstrap
+        self.test_faults: tuple[str, ...] = ()  # STREAMWATCH_TEST_FAULTS for its workers
 
     def settings(self) -> Any:
         from streams.config import load_settings
@@ -132,6 +133,12 @@ class Deployment:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMWATCH_")}
         env["STREAMWATCH_CONFIG"] = str(self.path)
+        # test-only fault injection (streams/faults.py); the outage endpoint needs it too
+        faults = set(self.test_faults)
+        if self.config.get("debug_endpoints"):
+            faults.add("clickhouse")
+        if faults:
+            env["STREAMWATCH_TEST_FAULTS"] = ",".join(sorted(faults))
         env["PYTHONPATH"] = str(ROOT)
         return env
 

@@ -121,6 +121,7 @@ def test_example_configuration_is_valid() -> None:
         "cluster",
         "drift",
         "service",
+        "freshness",
         "srm",
     }
 

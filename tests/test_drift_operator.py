@@ -135,7 +135,9 @@ def test_mean_shift_of_one_sd_is_critical(reference: ReferenceProfile) -> None:
     assert by["x1"]["js"] > 0.03
     assert all(by[f]["psi"] < 0.1 for f in ("x2", "x3", "cat", PREDICTION))
     (x1,) = [o for o in obs if o.entity == "m1/x1"]
-    assert x1.value == by["x1"]["psi"] and x1.p_value == by["x1"]["ks_pvalue"]
+    assert x1.value == by["x1"]["psi"] and x1.details["ks_pvalue"] == by["x1"]["ks_pvalue"]
+    # the observation's p-value is the PSI's own (homogeneity chi-square), not the KS one
+    assert x1.p_value == x1.details["psi_pvalue"] and x1.p_value < 1e-10
 
 
 def test_psi_equals_hand_binning(reference: ReferenceProfile) -> None:

@@ -253,3 +253,28 @@ def test_the_evaluator_sees_an_open_door(breakage: str) -> None:
     assert any(
         allowed(pols, "Ingress", worker, peer, p, named_ports=named) for peer, p in probes
     ), breakage
+
+
+def test_probes_follow_the_worker_health_pages() -> None:
+    """Readiness on /health; liveness (and start-up) on /health/live, which turns 503
+    when the worker failed or its polling loop is stuck (streams/health.py, tested
+    against the real worker in tests/test_crash_only.py); the grace period covers
+    the worker's own bounded stop."""
+    deployment = docs()["Deployment/streamwatch-worker"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    port_names = {p["name"] for p in container["ports"]}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    for probe in ("livenessProbe", "startupProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/health/live", probe
+        assert get["port"] in port_names, probe
+    defaults = load_settings(None, env={})
+    live = container["livenessProbe"]
+    # a stuck worker is restarted within a few minutes, not killed on one slow poll
+    restart_after = live["periodSeconds"] * live["failureThreshold"]
+    assert 10 <= restart_after <= 300
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120  # join + restore
+    # SIGTERM: the worker is gone within stop_timeout_s, before Kubernetes kills it
+    assert defaults.stop_timeout_s + 10 <= pod["terminationGracePeriodSeconds"]

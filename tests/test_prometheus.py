@@ -30,6 +30,7 @@ import yaml
 
 from streams.embedded import free_port
 from tests.harness import Deployment, WorkerProcess, produce
+from tests.test_crash_only import trigger, wait_ready
 from tests.test_e2e_ctr import MALFORMED
 
 pytestmark = pytest.mark.integration
@@ -54,14 +55,14 @@ def prometheus_binary() -> str:
 class PrometheusProcess:
     """Prometheus on a free loopback port scraping one target every second."""
 
-    def __init__(self, tmp: Path, target: str) -> None:
+    def __init__(self, tmp: Path, target: str, rule_files: list[Path] | None = None) -> None:
         self.port = free_port()
         self.dir = tmp / "prometheus"
         self.dir.mkdir()
         self.log_path = self.dir / "prometheus.log"
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERT_RULES)],
+            "rule_files": [str(p) for p in (rule_files or [ALERT_RULES])],
             "scrape_configs": [
                 {
                     "job_name": "streamwatch",
@@ -262,6 +263,62 @@ def test_prometheus_scrapes_worker_and_loads_rules(tmp_path, broker) -> None:
                 prom.wait(lambda q=promql: bool(prom.query(q)), 30, f"series of {promql!r}")
             else:
                 prom.query(promql)  # runs (status success), may be empty
+    finally:
+        prom.stop()
+        assert worker.stop() == 0, worker.log()
+
+
+def rule(name: str) -> dict[str, Any]:
+    return next(
+        r
+        for group in yaml.safe_load(ALERT_RULES.read_text())["groups"]
+        for r in group["rules"]
+        if r.get("alert") == name
+    )
+
+
+def test_poll_age_alert_fires_for_a_stalled_worker(tmp_path, broker) -> None:
+    """streamwatch_last_poll_age_seconds through a real Prometheus: the shipped
+    StreamwatchConsumerStalled rule, its bound scaled from 120 s to 3 s and its `for`
+    to 1 s (the expression is otherwise the shipped one), stays inactive while the
+    worker polls and fires once its polling loop hangs (the test-only `stall` fault)."""
+    prometheus_binary()
+    shipped = rule("StreamwatchConsumerStalled")
+    assert "streamwatch_last_poll_age_seconds > 120" in shipped["expr"]
+    fast = {
+        **shipped,
+        "expr": shipped["expr"].replace("> 120", "> 3"),
+        "for": "1s",
+    }
+    rules_path = tmp_path / "fast-rules.yml"
+    rules_path.write_text(yaml.safe_dump({"groups": [{"name": "fast", "rules": [fast]}]}))
+
+    d = Deployment(tmp_path, broker.bootstrap, "prom-stall", partitions=2, health_poll_age_s=3.0)
+    d.test_faults = ("stall",)
+    worker = WorkerProcess(d).start()
+    prom = PrometheusProcess(tmp_path, f"127.0.0.1:{d.web_port}", [rules_path])
+    try:
+        prom.start()
+        wait_ready(worker)
+
+        def age() -> float | None:
+            result = prom.query("streamwatch_last_poll_age_seconds")
+            return float(result[0]["value"][1]) if result else None
+
+        def alert_state() -> str:
+            body = prom.get("/api/v1/rules")
+            (found,) = [r for g in body["data"]["groups"] for r in g["rules"]]
+            assert found["health"] == "ok", found
+            return found["state"]
+
+        prom.wait(lambda: age() is not None, 60, "the poll age to be scraped")
+        time.sleep(3)  # several evaluations while the worker polls
+        assert (age() or 0) < 3
+        assert alert_state() == "inactive"
+
+        trigger(d, "stall")
+        prom.wait(lambda: alert_state() == "firing", 60, "StreamwatchConsumerStalled to fire")
+        assert (age() or 0) > 3
     finally:
         prom.stop()
         assert worker.stop() == 0, worker.log()

@@ -154,7 +154,7 @@ PLAN: dict[str, tuple[str, str]] = {
     ".venv/bin/streamwatch run": ("worker", ""),
     "streamwatch run": ("worker", ""),
     ".venv/bin/streamwatch simulate --incident ctr_drop:cmp-002:1200:600:0.2": ("simulate", ""),
-    ".venv/bin/streamwatch alerts --severity critical": ("follow", ""),
+    ".venv/bin/streamwatch alerts --follow --severity critical": ("follow", ""),
     ".venv/bin/streamwatch query SELECT campaign_id, sum(clicks)/sum(impressions) AS ctr "
     "FROM streamwatch.ctr_windows FINAL GROUP BY campaign_id": ("query", ""),
     "streamwatch config show": ("offline", ""),
@@ -177,8 +177,9 @@ PLAN: dict[str, tuple[str, str]] = {
     ),
     "streamwatch query SELECT campaign_id, sum(clicks)/sum(impressions) AS ctr FROM "
     "streamwatch.ctr_windows FINAL GROUP BY campaign_id": ("query", ""),
-    "streamwatch alerts --severity critical --kind ctr": ("follow", ""),
-    "streamwatch alerts --json | jq .message": ("follow", ""),
+    "streamwatch alerts --follow --severity critical --kind ctr": ("follow", ""),
+    "streamwatch alerts --follow --rule ctr_* --entity cmp-00?": ("follow", ""),
+    "streamwatch alerts --follow --json | jq .message": ("follow", ""),
     "STREAMWATCH_CONFIG=prod.toml streamwatch config show": ("offline", ""),
     "streamwatch reference build train_sample.csv --model-id ranker --version 2026-11": (
         "offline",

@@ -9,6 +9,7 @@ one that resolves, and the resolved message is checked word for word.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -35,7 +36,28 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
         1.4,
         0.2,
         {"ctr": 0.019, "baseline_ctr": 0.02, "level": "variant", "llr": 3.0, "llr_threshold": 16.7},
-        "CTR of cmp-002/B (variant) is back near its baseline of 2.00% (now 1.90%)",
+        "CTR of cmp-002/B (variant) back to 1.90%, near its baseline of 2.00%",
+    ),
+    "freshness_entity": (
+        "cmp-002",
+        2.5,
+        0.0,
+        {"topic": "impressions", "silence_s": 1500.0, "allowed_s": 600.0},
+        "cmp-002 is sending on impressions again",
+    ),
+    "freshness_topic": (
+        "clicks",
+        3.0,
+        0.0,
+        {"silence_s": 1800.0},
+        "topic clicks has events again",
+    ),
+    "sensor_autoencoder": (
+        "sensor-01",
+        7.0,
+        1.0,
+        {"error": 0.9, "p": 1e-7, "features": "temperature, vibration"},
+        "sensor-01 reconstructs normally again",
     ),
     "drift_psi": (
         "model-0/amount",
@@ -100,7 +122,7 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
         1e-9,
         0.43,
         {},
-        "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 0.001 (the "
+        "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 3.5e-06 (the "
         "variants' shares match the configured split again)",
     ),
 }
@@ -152,16 +174,22 @@ def test_resolved_sentence(name: str) -> None:
 
 
 def test_still_past_the_line_but_no_longer_significant() -> None:
-    """A crossing without evidence resolves, and says so instead of 'back to'."""
-    rule = RULES["error_rate"]
-    engine = RuleEngine([rule])
+    """With `clear_by_value = false`, a crossing without evidence resolves, and says so
+    instead of 'back to'; by default (clear by value) it does not end the episode."""
     common = {"kind": "service", "entity": "m/v", "metric": "error_rate", "n": 1000, **WINDOW}
+    by_value = RuleEngine([RULES["error_rate"]])
+    by_value.evaluate([Observation(value=0.2, ts=1, p_value=1e-9, **common)])
+    for ts in range(2, 8):
+        assert not by_value.evaluate([Observation(value=0.013, ts=ts, p_value=0.2, **common)])
+
+    rule = dataclasses.replace(RULES["error_rate"], clear_by_value=False, clear_windows=1)
+    engine = RuleEngine([rule])
     engine.evaluate([Observation(value=0.2, ts=1, p_value=1e-9, **common)])
     (resolved,) = engine.evaluate([Observation(value=0.013, ts=2, p_value=0.2, **common)])
     assert resolved.status == "resolved"
     assert resolved.message == (
-        "error rate of m/v is 1.30%, over 1% but no longer significant (p = 0.2; needs < 0.01)"
-        + WHEN
+        "error rate of m/v is 1.30%, over 1% but no longer significant "
+        f"(p = 0.2; needs < {rule.max_p_value:g})" + WHEN
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import msgspec
@@ -72,7 +73,12 @@ def test_hand_made_window() -> None:
     assert all(o.kind == "service" and o.entity == "m1/v1" for o in by.values())
     assert by["latency_p99"].value == row["latency_p99"] and by["latency_p99"].n == 5
     assert by["error_rate"].value == 0.4 and by["error_rate"].n == 5
-    assert by["error_rate"].p_value == pytest.approx(float(binom.sf(1, 5, 0.01)))
+    # the window's exact binomial test and the CUSUM's exp(-S), Bonferroni-combined
+    err = by["error_rate"]
+    assert err.details["p_window"] == pytest.approx(float(binom.sf(1, 5, 0.01)))
+    s = 2 * math.log(0.05 / 0.01) + 3 * math.log(0.95 / 0.99)
+    assert err.details["cusum"] == pytest.approx(s)
+    assert err.p_value == pytest.approx(2 * float(binom.sf(1, 5, 0.01)))
     assert by["low_confidence_ratio"].value == 0.5 and by["low_confidence_ratio"].n == 4
     assert by["latency_p99"].ts == T0 + W and by["latency_p99"].window_start == T0
 

@@ -122,7 +122,9 @@ def test_45_55_split_at_10k_is_critical() -> None:
     assert (row["window_start"], row["window_end"]) == (T0, T0 + W)
     [obs] = out.observations
     assert (obs.kind, obs.entity, obs.metric, obs.n) == ("srm", "exp1", "srm_chi2_p", 10_000)
-    assert obs.value == obs.p_value == row["p_value"] < 0.001
+    # the window's chi-square p and the accumulated evidence, Bonferroni over 2k + 1 tests
+    assert obs.details["chi2_p"] == row["p_value"]
+    assert obs.value == obs.p_value == pytest.approx(5 * row["p_value"])
     assert obs.details["counts"] == {"A": 4500, "B": 5500}
     assert obs.details["observed"] == {"A": 0.45, "B": 0.55}
     assert not {"metric", "entity", "value", "threshold", "op"} & set(obs.details)
@@ -152,13 +154,16 @@ def test_configured_split_and_resolution() -> None:
     cfg = SrmConfig(splits={"exp1": {"A": 0.9, "B": 0.1}})
     op = SrmOperator(cfg)
     engine = RuleEngine([dataclasses.replace(SRM_RULE, cooldown_s=0)])
-    # window 1: 50/50 against a 90/10 plan -> SRM; window 2: 900/100 -> resolved
+    # window 1: 50/50 against a 90/10 plan -> SRM; windows 2 and 3: 900/100. The
+    # evidence accumulated in window 1 (the CUSUMs, capped at 20 nats) still holds
+    # in window 2 (S = 9.1, p = 5 exp(-9.1) < 0.001) and is spent by window 3
     op.feed("impressions", split_events(500, 500))
     op.feed("impressions", split_events(900, 100, start=T0 + W))
-    alerts = engine.evaluate(close(op, T0 + 2 * W).observations)
+    op.feed("impressions", split_events(900, 100, start=T0 + 2 * W))
+    alerts = engine.evaluate(close(op, T0 + 3 * W).observations)
     assert [(a.status, a.window_start) for a in alerts] == [
         ("firing", T0),
-        ("resolved", T0 + W),
+        ("resolved", T0 + 2 * W),
     ]
 
 
@@ -169,7 +174,7 @@ def test_ignored_and_small_windows() -> None:
         [imp(0, T0, None), imp(1, T0, "A", None), imp(2, T0, "", "exp1"), imp(3, T0, "A", "")],
     )
     assert len(op.windows) == 0
-    op.feed("impressions", split_events(90, 109))  # total 199 < min_total
+    op.feed("impressions", split_events(10, 19))  # total 29 < min_total (30)
     out = close(op)
     assert not out
     op.feed("impressions", [imp(k, T0 + k, "A", "only-a") for k in range(300)])
@@ -279,7 +284,7 @@ def test_snapshot_is_plain_sorted_data() -> None:
     op = SrmOperator(SrmConfig(unit="users"))
     op.feed("impressions", [imp(0, T0, "B", user="z"), imp(1, T0, "B", user="a")])
     state = op.snapshot()
-    assert state == {"unit": "users", "windows": [[T0, "exp1", {"B": ["a", "z"]}]]}
+    assert state == {"unit": "users", "windows": [[T0, "exp1", {"B": ["a", "z"]}]], "cusum": {}}
     with pytest.raises(ValueError):
         SrmOperator().restore(state)
     with pytest.raises(ValueError):

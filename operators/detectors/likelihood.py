@@ -1,0 +1,163 @@
+"""Anomaly likelihood: a raw score as a tail probability against the series' own history.
+
+The documented equivalent of the anomaly likelihood of Numenta's HTM detector
+in NAB (Ahmad, Lavin, Purdy & Agha 2017, "Unsupervised real-time anomaly
+detection for streaming data", Neurocomputing 262, section 4.3): the raw
+score is first averaged over the last `short` readings (a sustained
+deviation accumulates, a single noisy score does not), and that short-term
+average m is compared with the distribution of the same averages over the
+series' recent normal history:
+
+    z = (m - median(H)) / (1.4826 * MAD(H))          robust standard score
+    p = Q(z) = 1/2 * erfc(z / sqrt(2))               upper tail of N(0, 1)
+
+H holds the last `history` short-term averages of readings that were not
+anomalous (p >= `alpha`): an anomalous stretch cannot calibrate itself away
+(masking). HTM fits a normal distribution with mean and variance; here the
+median and the MAD (Hampel 1974; 1.4826 = 1 / Phi^-1(3/4) makes it consistent
+with sigma for normal data) replace them, so a few large historical scores do
+not inflate the scale. As in HTM, the estimates are refitted every `refit`
+readings, not per reading (amortised O(history log history) / refit). The
+scale is floored at `min_scale` (a constant history would otherwise make any
+change infinitely unlikely). `log=True` judges log(m + eps), the logarithm
+of the short-term average (for positive, right-skewed scores such as squared
+errors or distances).
+
+With `p` the monitor can state its false-alarm budget: on normal data
+P(p < alpha) ~= alpha per judged reading (exactly so when the short-term
+averages are normal; tests/test_detectors.py measures it).
+
+>>> import random
+>>> rng = random.Random(1)
+>>> lk = AnomalyLikelihood(short=1, history=500, min_history=100, refit=10)
+>>> ps = [lk.score_one(rng.gauss(0.0, 1.0)) for _ in range(600)]
+>>> round(lk.score_one(5.0), 6) < 1e-5      # five sigma above the history
+True
+>>> 0.3 < lk.score_one(0.0) < 0.7           # the median of the history
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+MAD_TO_SIGMA = 1.4826022185056018  # 1 / Phi^-1(3/4)
+
+
+def normal_sf(z: float) -> float:
+    """P(Z > z) for a standard normal Z.
+
+    >>> round(normal_sf(0.0), 3), round(normal_sf(1.959964), 4)
+    (0.5, 0.025)
+    """
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+class AnomalyLikelihood:
+    """Tail probability of a score's short-term average against its normal history."""
+
+    __slots__ = (
+        "alpha",
+        "center",
+        "eps",
+        "history",
+        "log",
+        "min_history",
+        "min_scale",
+        "recent",
+        "refit",
+        "scale",
+        "short",
+        "since_fit",
+        "total",
+        "window",
+    )
+
+    def __init__(
+        self,
+        short: int = 10,
+        history: int = 1000,
+        min_history: int = 50,
+        refit: int = 100,  # HTM re-estimates every 100 records too
+        alpha: float = 1e-3,
+        min_scale: float = 1e-9,
+        log: bool = False,
+        eps: float = 1e-12,
+    ) -> None:
+        self.short = short
+        self.min_history = min_history
+        self.refit = refit
+        self.alpha = alpha
+        self.min_scale = min_scale
+        self.log = log
+        self.eps = eps
+        self.window: deque[float] = deque(maxlen=short)
+        self.total = 0.0
+        self.history: deque[float] = deque(maxlen=history)
+        self.recent: list[float] = []  # averages waiting to enter the history
+        self.center = 0.0
+        self.scale = 0.0
+        self.since_fit = refit  # fit at the first chance
+
+    def _average(self, score: float) -> float:
+        if len(self.window) == self.short:
+            self.total -= self.window[0]
+        self.window.append(score)
+        self.total += score
+        m = self.total / len(self.window)
+        # the log of the arithmetic mean: a geometric mean would let the many small
+        # errors of a chi-square-like score hide a shift of its mean
+        return math.log(max(m, 0.0) + self.eps) if self.log else m
+
+    def score_one(self, score: float) -> float:
+        """Add a raw score; the tail probability of the short-term average (1.0 while
+        the history is shorter than `min_history`). Normal averages enter the history."""
+        m = self._average(score)
+        if len(self.history) < self.min_history:
+            self.history.append(m)
+            self.since_fit = self.refit
+            return 1.0
+        # a young history is refitted more often (every quarter of its length)
+        if self.since_fit >= min(self.refit, len(self.history) // 4):
+            self._fit()
+        self.since_fit += 1
+        p = normal_sf((m - self.center) / self.scale)
+        if p >= self.alpha:
+            self.history.append(m)
+        return p
+
+    def learn_one(self, score: float) -> None:
+        """Admit the current short-term average to the history whatever its
+        probability (a new regime that persists becomes normal: the monitor calls
+        this once it decides so, after `score_one` of the same reading)."""
+        m = self.total / len(self.window) if self.window else score
+        self.history.append(math.log(max(m, 0.0) + self.eps) if self.log else m)
+
+    def _fit(self) -> None:
+        h = np.fromiter(self.history, dtype=float, count=len(self.history))
+        center = float(np.median(h))
+        mad = float(np.median(np.abs(h - center)))
+        self.center = center
+        self.scale = max(MAD_TO_SIGMA * mad, self.min_scale)
+        self.since_fit = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "window": list(self.window),
+            "history": list(self.history),
+            "fit": [self.center, self.scale, self.since_fit],
+            "total": self.total,  # the running sum as it is (its rounding included)
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.window.clear()
+        self.window.extend(float(v) for v in state["window"])
+        self.total = float(state["total"])
+        self.history.clear()
+        self.history.extend(float(v) for v in state["history"])
+        self.center, self.scale = float(state["fit"][0]), float(state["fit"][1])
+        self.since_fit = int(state["fit"][2])

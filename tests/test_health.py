@@ -1,0 +1,125 @@
+"""The decisions of /health and /health/live (streams/health.py), case by case.
+
+The states are those the real worker's runtime and source record (plain values
+here: the clock and the figures from the broker); the real worker is exercised
+through these pages in tests/test_crash_only.py and tests/test_shutdown.py.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from streams.health import liveness, readiness
+
+POLL_AGE_S = 60.0
+STALL_S = 120.0
+
+
+def worker(**changes: Any) -> SimpleNamespace:
+    """A healthy worker owning partitions 0 and 1, just polled, watermark just moved."""
+    now = time.monotonic()
+    state: dict[str, Any] = {
+        "failure": None,
+        "healthy": True,
+        "last_error": None,
+        "paused_since": None,
+        "paused_beat": 0.0,
+        "watermark_moved": now,
+        "last_poll": now,
+        "waiting": 0,
+        "unassigned_since": None,
+        "members_elsewhere": None,
+        "partitions": {0, 1},
+    }
+    state.update(changes)
+    pipeline = SimpleNamespace(
+        owned_partitions=lambda: set(state["partitions"]), watermarks=lambda: {"ctr": 1}
+    )
+    runtime = SimpleNamespace(
+        pipeline=pipeline,
+        **{
+            k: state[k]
+            for k in (
+                "failure",
+                "healthy",
+                "last_error",
+                "paused_since",
+                "paused_beat",
+                "watermark_moved",
+            )
+        },
+    )
+    source = SimpleNamespace(
+        **{k: state[k] for k in ("last_poll", "waiting", "unassigned_since", "members_elsewhere")}
+    )
+    return SimpleNamespace(
+        runtime=runtime,
+        source=source,
+        pipeline=pipeline,
+        sinks=SimpleNamespace(buffered=0),
+        settings=SimpleNamespace(health_poll_age_s=POLL_AGE_S, health_stall_s=STALL_S),
+    )
+
+
+def ago(seconds: float) -> float:
+    return time.monotonic() - seconds
+
+
+def test_healthy() -> None:
+    status, body = readiness(worker())
+    assert (status, body["status"], body["problems"]) == (200, "ok", [])
+    assert liveness(worker())[0] == 200
+
+
+def test_failed_worker_is_neither_ready_nor_live() -> None:
+    w = worker(failure=("the timer", RuntimeError("x")), healthy=False, last_error="boom")
+    status, body = readiness(w)
+    assert (status, body["status"], body["sink_error"]) == (503, "failed", "boom")
+    assert liveness(w)[0] == 503
+
+
+def test_sink_failing_is_degraded_but_live() -> None:
+    w = worker(healthy=False, last_error="insert failed")
+    assert readiness(w)[1]["status"] == "degraded" and readiness(w)[0] == 503
+    assert liveness(w)[0] == 200
+
+
+@pytest.mark.parametrize("age, expected", [(POLL_AGE_S - 5, 200), (POLL_AGE_S + 5, 503)])
+def test_poll_age_bound(age: float, expected: int) -> None:
+    w = worker(last_poll=ago(age))
+    status, body = readiness(w)
+    assert status == expected
+    assert liveness(w)[0] == expected
+    if expected == 503:
+        assert body["status"] == "stalled" and "no poll of the broker" in body["problems"][0]
+
+
+def test_backpressure_pause_is_not_a_stuck_poll_while_its_loop_turns() -> None:
+    paused = {"last_poll": ago(POLL_AGE_S + 100), "paused_since": ago(POLL_AGE_S + 100)}
+    assert liveness(worker(**paused, paused_beat=ago(1)))[0] == 200
+    # the retry loop itself stopped turning: stuck after all
+    assert liveness(worker(**paused, paused_beat=ago(POLL_AGE_S + 5)))[0] == 503
+
+
+def test_watermark_stall_counts_only_while_input_waits() -> None:
+    assert readiness(worker(watermark_moved=ago(STALL_S + 5), waiting=0))[0] == 200
+    assert readiness(worker(watermark_moved=ago(STALL_S - 5), waiting=10))[0] == 200
+    status, body = readiness(worker(watermark_moved=ago(STALL_S + 5), waiting=10))
+    assert status == 503 and "the watermark has not moved" in body["problems"][0]
+
+
+def test_no_partition_while_input_waits_or_others_consume() -> None:
+    idle = {"partitions": set(), "unassigned_since": ago(STALL_S + 5)}
+    assert readiness(worker(**idle, waiting=0))[0] == 200  # nothing to do anywhere
+    assert readiness(worker(**idle, waiting=None))[0] == 200  # broker did not say
+    status, body = readiness(worker(**idle, waiting=7))
+    assert status == 503 and "while 7 messages wait" in body["problems"][0]
+    status, body = readiness(worker(**idle, waiting=0, members_elsewhere=2))
+    assert status == 503 and "2 other members" in body["problems"][0]
+    # a rebalance is short: not before the bound
+    young = {"partitions": set(), "unassigned_since": ago(5)}
+    assert readiness(worker(**young, waiting=7))[0] == 200
