@@ -66,11 +66,15 @@ from operators.detectors.autoencoder import Autoencoder
 from operators.detectors.episode import Episode
 from operators.detectors.tail import TailProbability
 from operators.rolling import EventTimeBuffer
-from schemas.events import SensorReading
+from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 MAX_SURPRISE = 300.0  # -log10 of the smallest positive double, about
+# standardised inputs are clamped to +-Z_MAX (as the cluster monitor's): a reading that
+# far out is anomalous whatever the figure, and the network's activations, squared
+# errors and Adam moments stay finite (fuzzing found 1e200 overflowing them)
+Z_MAX = 1e6
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,9 @@ class AutoencoderOperator(Operator):
         self.pending: EventTimeBuffer[Entry] = EventTimeBuffer()
         self.models: dict[str, SensorModel] = {}
         self.skipped = 0  # readings without every feature of their model
+        # readings with a value beyond MAX_SENSOR_MAGNITUDE (the schema rejects them):
+        # they would overflow the standardisation; neither scored nor learnt
+        self.out_of_range = 0
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
         push = self.pending.push
@@ -249,13 +256,16 @@ class AutoencoderOperator(Operator):
         except KeyError:
             self.skipped += 1
             return
+        if not all(-MAX_SENSOR_MAGNITUDE <= v <= MAX_SENSOR_MAGNITUDE for v in x):
+            self.out_of_range += 1
+            return
         if m.warm is not None:
             m.warm.append(x)
             m.warm_ts.append(ts)
             if len(m.warm) >= cfg.warmup:
                 m.train(cfg)
             return
-        z = (np.asarray(x) - m.mean) / m.scale
+        z = np.clip((np.asarray(x) - m.mean) / m.scale, -Z_MAX, Z_MAX)
         error = m.ae.score_one(z)
         m.recent.append(error)
         mean = sum(m.recent) / len(m.recent)
@@ -322,6 +332,7 @@ class AutoencoderOperator(Operator):
             "pending": self.pending.snapshot(lambda e: [e[0], e[1], [list(kv) for kv in e[2]]]),
             "models": {sid: m.snapshot() for sid, m in self.models.items()},
             "skipped": self.skipped,
+            "out_of_range": self.out_of_range,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -332,6 +343,7 @@ class AutoencoderOperator(Operator):
             sid: SensorModel.from_snapshot(s, self.config) for sid, s in state["models"].items()
         }
         self.skipped = state["skipped"]
+        self.out_of_range = state.get("out_of_range", 0)  # absent before it was counted
 
 
 __all__ = ["AutoencoderConfig", "AutoencoderOperator"]

@@ -104,6 +104,8 @@ DEFAULT_WATCH: tuple[tuple[str, str], ...] = (
     ("service", "error_rate"),
     ("service", "latency_p99"),
     ("drift", "psi"),
+    ("quality", "accuracy"),
+    ("quality", "mae"),
 )
 # median |N(0, 2)| = sqrt(2) * Phi^-1(0.75)
 _MAD_DIFF = math.sqrt(2.0) * NormalDist().inv_cdf(0.75)

@@ -21,6 +21,17 @@ order once the watermark has passed (`operators.rolling.EventTimeBuffer`):
    `halflife` is its step size, an exponential moving average with an
    effective memory of about 1 / halflife points).
 
+Extreme input (issue 14 fuzzing: readings near 1e154 overflowed the squared
+distances, so `nearest` found no centre and `learn` raised KeyError): each
+scaled coordinate is clamped to +-Z_MAX = 1e6 standard deviations, for
+scoring and learning alike, so distances and centre steps stay finite; a
+reading that far out is anomalous whatever the exact figure, and normal data
+(|z| far below 1e6) is untouched. Readings with a value beyond
+`MAX_SENSOR_MAGNITUDE` (1e100) would overflow the scaler's variance; the
+event schema sends them to the dead letter (`out_of_range`), and should one
+reach this operator anyway it is counted in `out_of_range`, logged once per
+entity and neither scored nor learnt.
+
 An anomalous distance enters the history as tau itself (winsorised): a run
 of anomalies can then not raise the threshold that judges it (masking), and
 since a quantile only counts how many values lie above it, a clean history
@@ -61,6 +72,7 @@ checkpoints this system wrote.
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 from collections.abc import Sequence
@@ -71,7 +83,23 @@ from river import cluster, preprocessing
 
 from operators.base import Observation, Operator
 from operators.rolling import EventTimeBuffer, RecentQuantile
-from schemas.events import SensorReading
+from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
+
+log = logging.getLogger(__name__)
+
+# scaled coordinates are clamped to +-Z_MAX: d^2 <= features * (2 Z_MAX)^2 stays finite
+Z_MAX = 1e6
+
+
+def _clamped(z: dict[str, float]) -> dict[str, float]:
+    """`z` with every coordinate within [-Z_MAX, Z_MAX] (NaN, impossible for finite
+    input, to -Z_MAX); the same dict when nothing needs it (the usual case)."""
+    for v in z.values():
+        if not -Z_MAX <= v <= Z_MAX:
+            return {
+                f: (v if -Z_MAX <= v <= Z_MAX else Z_MAX if v > 0 else -Z_MAX) for f, v in z.items()
+            }
+    return z
 
 
 @dataclass(frozen=True)
@@ -154,7 +182,7 @@ class EntityModel:
         The test against river's `learn_one` (tests/test_cluster_operator.py)
         pins it."""
         self.scaler.learn_one(x)
-        z = self.scaler.transform_one(x)
+        z = _clamped(self.scaler.transform_one(x))
         center = self.model.centers[self.nearest(z)[1]]
         rate = self.model.halflife
         for f in self.features:
@@ -200,6 +228,9 @@ class ClusterOperator(Operator):
         self.pending: EventTimeBuffer[Entry] = EventTimeBuffer()
         self.models: dict[str, EntityModel] = {}
         self.skipped = 0  # readings without every feature of their model
+        # readings with a value beyond MAX_SENSOR_MAGNITUDE (the schema rejects them)
+        self.out_of_range = 0
+        self._warned: set[str] = set()  # entities whose out-of-range reading was logged
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
         by_site = self.config.group_by == "site"
@@ -227,7 +258,19 @@ class ClusterOperator(Operator):
         except KeyError:
             self.skipped += 1
             return
-        z = m.scaler.transform_one(x)
+        if not all(-MAX_SENSOR_MAGNITUDE <= v <= MAX_SENSOR_MAGNITUDE for v in x.values()):
+            self.out_of_range += 1
+            if entity not in self._warned:
+                self._warned.add(entity)
+                log.warning(
+                    "cluster: reading of %s at %d has a value beyond %g, not scored: %s",
+                    sid,
+                    ts,
+                    MAX_SENSOR_MAGNITUDE,
+                    x,
+                )
+            return
+        z = _clamped(m.scaler.transform_one(x))
         distance, center = m.nearest(z)
         if m.seen >= cfg.warmup:
             self._judge(m, ts, sid, distance, center)
@@ -294,6 +337,7 @@ class ClusterOperator(Operator):
             "pending": self.pending.snapshot(_encode),
             "models": {entity: m.snapshot() for entity, m in self.models.items()},
             "skipped": self.skipped,
+            "out_of_range": self.out_of_range,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -303,6 +347,7 @@ class ClusterOperator(Operator):
             for entity, s in state["models"].items()
         }
         self.skipped = state["skipped"]
+        self.out_of_range = state.get("out_of_range", 0)  # absent before it was counted
 
 
 __all__ = ["ClusterConfig", "ClusterOperator"]

@@ -95,6 +95,20 @@ class MonitorTask:
             self.operator.advance(end)
         return self.watermark.value
 
+    def quiet_ms(self, now_ms: int) -> int:
+        """Processing time since any source of this task last delivered events (since
+        this task was first used when none has yet, e.g. after a restart; 0 before)."""
+        wm = self.watermark
+        last = max(wm.last_seen.values(), default=wm.started)
+        return 0 if last is None else max(0, now_ms - last)
+
+    def input_ended(self, now_ms: int, quiet_ms: int) -> bool:
+        """True when the input of this task has been silent for `quiet_ms`, and at least
+        for its allowed lateness: in live operation (event time close to processing
+        time) no event within the lateness of the last one seen can still come after
+        that silence, so `finish` then closes only what the lateness would have closed."""
+        return self.quiet_ms(now_ms) >= max(quiet_ms, self.watermark.lateness_ms)
+
     def collect(self) -> TaskOutput:
         out = self.operator.collect()
         observations = out.observations

@@ -60,6 +60,8 @@ def _classify(message: str) -> str:
         return "bad_timestamp"
     if message.startswith("unsupported event version"):
         return "unsupported_version"
+    if "is beyond the sensor value bound" in message:
+        return "out_of_range"
     return "invalid_value"
 
 

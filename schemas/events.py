@@ -113,6 +113,20 @@ class SensorReading(Event, kw_only=True):
         if not self.values:
             raise ValueError("values is empty")
         _check_finite(self.values, "values")
+        for key, value in self.values.items():
+            if not -MAX_SENSOR_MAGNITUDE <= value <= MAX_SENSOR_MAGNITUDE:
+                raise ValueError(
+                    f"values.{key} = {value!r} is beyond the sensor value bound "
+                    f"(magnitude {MAX_SENSOR_MAGNITUDE:g})"
+                )
+
+
+# No measurement comes near it (the observable universe holds ~1e80 atoms); below it
+# every statistic the sensor monitors keep stays finite: squares (<= 4e200), sums of
+# squares over any window, Welford variances, reconstruction errors. Readings beyond
+# it (a glitch, bytes misread as a float) go to the dead letter (`out_of_range`),
+# counted and kept, instead of overflowing a monitor's state.
+MAX_SENSOR_MAGNITUDE = 1e100
 
 
 def _check_finite(mapping: dict[str, float] | dict[str, FeatureValue], name: str) -> None:
@@ -123,9 +137,25 @@ def _check_finite(mapping: dict[str, float] | dict[str, FeatureValue], name: str
             raise ValueError(f"{name}.{key} is not a finite number")
 
 
+class LabelEvent(Event, kw_only=True):
+    """v2: the ground truth of one prediction, known at `ts` (labels topic)."""
+
+    request_id: NonEmpty  # of the inference log it labels
+    model_id: NonEmpty
+    label: FeatureValue
+    weight: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.label, float) and not math.isfinite(self.label):
+            raise ValueError("label is not a finite number")
+        if self.weight is not None and not math.isfinite(self.weight):
+            raise ValueError("weight is not a finite number")
+
+
 Severity = Literal["info", "warning", "critical"]
 AlertKind = Literal[
-    "ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness", "sql"
+    "ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness", "quality", "sql"
 ]
 
 
@@ -196,6 +226,7 @@ INPUT_EVENTS: dict[str, type[Event]] = {
     "clicks": Click,
     "inference-logs": InferenceLog,
     "sensor-readings": SensorReading,
+    "labels": LabelEvent,
 }
 
 # The field each input topic must be keyed by (co-partitioning depends on it).
@@ -204,4 +235,5 @@ KEY_FIELD: dict[str, str] = {
     "clicks": "campaign_id",
     "inference-logs": "model_id",
     "sensor-readings": "sensor_id",
+    "labels": "model_id",
 }

@@ -181,6 +181,47 @@ SRM_CHECKS = Table(
     comment="Sample-ratio-mismatch tests per experiment and window; counts etc. are JSON",
 )
 
+QUALITY_WINDOWS = Table(
+    name="quality_windows",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("model_id", "String"),
+        ("model_version", "String"),
+        ("estimated", "UInt8"),
+        ("predictions", "UInt64"),
+        ("labelled", "UInt64"),
+        ("coverage", "Float64"),
+        ("orphan_labels", "UInt64"),
+        ("duplicate_labels", "UInt64"),
+        ("duplicate_predictions", "UInt64"),
+        ("task", "LowCardinality(String)"),
+        ("accuracy", "Nullable(Float64)"),
+        ("precision_macro", "Nullable(Float64)"),
+        ("recall_macro", "Nullable(Float64)"),
+        ("f1_macro", "Nullable(Float64)"),
+        ("log_loss", "Nullable(Float64)"),
+        ("brier", "Nullable(Float64)"),
+        ("roc_auc", "Nullable(Float64)"),
+        ("ece", "Nullable(Float64)"),
+        ("per_class", "String"),
+        ("mae", "Nullable(Float64)"),
+        ("rmse", "Nullable(Float64)"),
+        ("mape", "Nullable(Float64)"),
+        ("mape_skipped", "UInt64"),
+        ("mean_error", "Nullable(Float64)"),
+        ("estimated_accuracy", "Nullable(Float64)"),
+        ("final", "UInt8"),
+        ("version", "UInt32"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("model_id", "model_version", "window_start"),
+    version="version",
+    partition_by="toYYYYMM(window_start)",
+    comment="Model quality from labels per model version and window of the prediction time; "
+    "estimated=1 is a label-free CBPE estimate that the final realized row (final=1) replaces",
+)
+
 ALERTS = Table(
     name="alerts",
     columns=(
@@ -252,6 +293,7 @@ TABLES: tuple[Table, ...] = (
     DRIFT_SCORES,
     INFERENCE_WINDOWS,
     SRM_CHECKS,
+    QUALITY_WINDOWS,
     ALERTS,
     DEAD_LETTERS,
     LATE_EVENTS,

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import msgspec
 
 from operators.ctr import CtrConfig
+from operators.quality import QualityConfig
 from operators.rules import Rule
 from operators.stats import alpha_for_budget
 
@@ -57,6 +58,7 @@ class TopicNames(Strict):
     clicks: str = "clicks"
     inference_logs: str = "inference-logs"
     sensor_readings: str = "sensor-readings"
+    labels: str = "labels"  # v2: ground truth of inference logs (the quality monitor)
     alerts: str = "alerts"
     dead_letter: str = "dead-letter"
     late_events: str = "late-events"
@@ -74,7 +76,7 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = ("ctr", "sensor", "cluster", "autoencoder", "drift", "service", "srm")
+    names = ("ctr", "sensor", "cluster", "autoencoder", "drift", "service", "srm", "quality")
     monitors = {name: MonitorSettings() for name in names}
     # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
     # Off by default because a stream that jumps event time ahead (a replay, a
@@ -263,6 +265,83 @@ SERVICE_WINDOWS_PER_DAY = 86_400_000 / 60_000  # ServiceConfig.window_ms
 DRIFT_WINDOWS_PER_DAY = 86_400_000 / 300_000  # DriftConfig.window_ms
 SRM_WINDOWS_PER_DAY = 86_400_000 / 300_000  # SrmConfig.window_ms
 
+
+def quality_rules(config: QualityConfig | None = None) -> list[RuleSettings]:
+    """The quality rules (docs/monitors/quality.md): accuracy or MAE worse than the
+    model version's reference by > 5 % (warning) / > 10 % (critical, seed 001),
+    gated by the one-sided test's p-value at the per-window level of the monitor's
+    false-alarm budget (`QualityConfig.window_alpha`); `min_samples` is a sanity
+    floor only. An episode resolves after 3 windows back within the margin. Page-
+    Hinkley and ADWIN watch the window accuracy and MAE (kind `change`)."""
+    alpha = (config or QualityConfig()).window_alpha
+    return [
+        _rule(
+            "quality_accuracy_drop",
+            "quality",
+            "accuracy_drop",
+            ">",
+            {"warning": 0.05, "critical": 0.10},
+            "accuracy of {entity} is {accuracy:.1%}, {value:.0%} below its reference of "
+            "{reference_accuracy:.1%} ({labelled} labels)",
+            label="relative accuracy drop",
+            value_format="{:.0%}",
+            resolved_note="accuracy {accuracy:.1%} against a reference of {reference_accuracy:.1%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+            cooldown_s=1800,
+        ),
+        _rule(
+            "quality_mae_increase",
+            "quality",
+            "mae_increase",
+            ">",
+            {"warning": 0.05, "critical": 0.10},
+            "MAE of {entity} is {mae:.4g}, {value:.0%} above its reference of "
+            "{reference_mae:.4g} ({labelled} labels)",
+            label="relative MAE increase",
+            value_format="{:.0%}",
+            resolved_note="MAE {mae:.4g} against a reference of {reference_mae:.4g}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+            cooldown_s=1800,
+        ),
+        *(
+            _rule(
+                f"{metric}_change_{method}",
+                "change",
+                f"{metric}_change_{method}",
+                ">=",
+                {"warning": 0.5},
+                f"{{entity}}: the level of {metric} changed ({method.replace('_', '-')})",
+                resolved_message=f"{{entity}}: the level of {metric} is steady again at "
+                f"{{latest:.4g}} ({method.replace('_', '-')})",
+                cooldown_s=3600,
+            )
+            for metric in ("accuracy", "mae")
+            for method in ("page_hinkley", "adwin")
+        ),
+    ]
+
+
+def _quality_rules_for_budget(
+    rules: list[RuleSettings], options: dict[str, Any]
+) -> list[RuleSettings]:
+    """The default quality rules re-derived from the quality monitor's options (its
+    false-alarm budget and window size), as `_ctr_rules_for_budget` does for CTR."""
+    if not options:
+        return rules
+    try:
+        derived = {r.name: r for r in quality_rules(QualityConfig(**options))}
+    except (TypeError, ValueError):
+        return rules
+    defaults = {r.name: r for r in quality_rules()}
+    return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
+
+
 # The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
 DEFAULT_RULES = [
     *ctr_rules(),
@@ -450,6 +529,7 @@ DEFAULT_RULES = [
         for metric in ("ctr", "error_rate", "latency_p99", "psi")
         for method in ("page_hinkley", "adwin")
     ),
+    *quality_rules(),
 ]
 
 
@@ -696,6 +776,10 @@ class Settings(Strict):
     # SIGTERM to exit, whatever hangs (under the deployment's termination grace period)
     stop_timeout_s: float = 90
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
+    # a task whose input has been silent this long (and at least its lateness) is
+    # finished: its held readings judged, its windows ending by its last event closed
+    # and written (the last windows of a replay); 0: only at the end of input
+    close_idle_after_s: float = 300
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
     max_buffered_rows: int = 200_000  # past this, consumption pauses until ClickHouse writes
@@ -714,9 +798,12 @@ class Settings(Strict):
             raise ValueError("query_timeout_s and query_max_rows must be > 0")
         if min(self.health_poll_age_s, self.health_stall_s, self.stop_timeout_s) <= 0:
             raise ValueError("health_poll_age_s, health_stall_s and stop_timeout_s must be > 0")
+        if self.close_idle_after_s < 0:
+            raise ValueError("close_idle_after_s must be >= 0 (0: off)")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
         self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)
+        self.rules = _quality_rules_for_budget(self.rules, self.monitors["quality"].options)
 
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()

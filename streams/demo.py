@@ -30,6 +30,14 @@ from streams.worker import Services, Worker
 
 # a CTR window is judged once final: the attribution window after its end
 CTR_FINAL_S = (CtrConfig().attribution_ms + CtrConfig().window_ms) / 1000
+DEMO_LABEL_DELAY_MS = 600_000
+
+
+def _topic_map(settings: Settings) -> dict[str, str]:
+    from streams.cli import _topic_map as topic_map
+
+    return topic_map(settings)
+
 
 # the demo's retraining policy when none is configured (docs/causes.md)
 DEMO_RETRAIN = {
@@ -92,6 +100,11 @@ def run_demo(
 
     if not settings.retrain.policies:
         settings.retrain = msgspec.convert(DEMO_RETRAIN, RetrainSettings)
+    quality = settings.monitors.get("quality")
+    if quality is not None and "label_delay_ms" not in quality.options:
+        # the simulator's labels come within 540 s: a 10-min label delay makes the
+        # quality windows final (and the concept drift's alert fire) within the demo
+        quality.options = {**quality.options, "label_delay_ms": DEMO_LABEL_DELAY_MS}
     services = Services(settings)
     settings = services.start()
     try:

@@ -13,6 +13,14 @@
     `health_poll_age_s`, unless it is pausing on purpose for ClickHouse
     (backpressure) and that retry loop still turns.
 
+Details that are not a 503: `unjudgeable` lists, per monitor, the series whose
+configured window can never hold the readings a detector needs (issue 14: e.g.
+5-minute readings in a 300 s window with min_points 30, adapt_window off). That
+is a configuration to fix, not a worker to take out of rotation or restart:
+every other series and monitor works, and a restart would change nothing. It is
+also a metric (`streamwatch_unjudgeable_series`, alerted on in
+deploy/prometheus/alerts.yml) and a warning in the log, once per series.
+
 "Input waits" comes from the broker's high watermarks (streams/source.py);
 Tansu reports them too low, so there a short tail of waiting input may go
 unseen; the other members come from the broker's group description, which
@@ -24,6 +32,28 @@ from __future__ import annotations
 
 import time
 from typing import Any
+
+# series named per monitor in /health (the count is always whole)
+UNJUDGEABLE_SHOWN = 50
+
+
+def unjudgeable_series(pipeline: Any) -> dict[str, set[str]]:
+    """Per monitor whose operator reports them (`unjudgeable`, the sensor monitor),
+    the series it cannot judge, over the partitions this worker owns."""
+    out: dict[str, set[str]] = {}
+    for (monitor, _), task in list(pipeline.tasks.items()):
+        series = getattr(task.operator, "unjudgeable", None)
+        if series is not None:
+            out.setdefault(monitor, set()).update(series)
+    return out
+
+
+def _unjudgeable_detail(pipeline: Any) -> dict[str, Any]:
+    return {
+        monitor: {"count": len(series), "series": sorted(series)[:UNJUDGEABLE_SHOWN]}
+        for monitor, series in sorted(unjudgeable_series(pipeline).items())
+        if series
+    }
 
 
 def last_poll_age(worker: Any, now: float | None = None) -> float:
@@ -82,6 +112,7 @@ def readiness(worker: Any) -> tuple[int, dict[str, Any]]:
         "last_poll_age_s": round(age, 3),
         "input_waiting": waiting,
         "members_elsewhere": source.members_elsewhere,
+        "unjudgeable": _unjudgeable_detail(runtime.pipeline),
     }
     return (200 if status == "ok" else 503), body
 

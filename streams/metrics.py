@@ -69,3 +69,9 @@ FAILED = Gauge(
     "streamwatch_worker_failed",
     "1 once an unhandled failure occurred: the worker is exiting to be restarted",
 )
+UNJUDGEABLE = Gauge(
+    "streamwatch_unjudgeable_series",
+    "Series a monitor can never judge with its configuration (a window that cannot "
+    "hold min_points readings at the series' cadence); listed in /health",
+    ["monitor"],
+)

@@ -23,6 +23,7 @@ from operators.cluster import ClusterConfig, ClusterOperator
 from operators.ctr import CtrConfig, CtrOperator
 from operators.drift import DriftConfig, DriftOperator
 from operators.freshness import FreshnessConfig, FreshnessOperator
+from operators.quality import QualityConfig, QualityOperator
 from operators.reference import ReferenceProfile
 from operators.rules import RuleEngine
 from operators.sensor import SensorConfig, SensorOperator
@@ -41,6 +42,7 @@ OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
     "service": (ServiceOperator, ServiceConfig),
     "srm": (SrmOperator, SrmConfig),
     "freshness": (FreshnessOperator, FreshnessConfig),
+    "quality": (QualityOperator, QualityConfig),
 }
 
 

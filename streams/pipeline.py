@@ -318,6 +318,36 @@ class Pipeline:
             if task.watermark.value != before:
                 self.dirty.add(key)
 
+    def finish(self, quiet_ms: int | None = None, now_ms: int | None = None) -> int:
+        """End of input: `MonitorTask.finish` (judge everything fed so far, as if the
+        lateness had elapsed) on every task, or with `quiet_ms` only on the tasks whose
+        input has been silent that long (`MonitorTask.input_ended`); their results go
+        to the outputs. The finished state is checkpointed like any other, so a window
+        closed here is never closed again after a restart: later events at or before
+        the last one seen are late events. Returns how many tasks moved."""
+        now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        moved = 0
+        for key, task in self.tasks.items():
+            if quiet_ms is not None and not task.input_ended(now_ms, quiet_ms):
+                continue
+            before = task.watermark.value
+            try:
+                if task.finish() == before:
+                    continue
+                out = task.collect()
+            except Exception:
+                self._operator_failed(key, "finish")
+                if task.watermark.value != before:
+                    self.dirty.add(key)
+                continue
+            moved += 1
+            self.dirty.add(key)
+            for table, rows in out.rows.items():
+                self.outputs.rows(table, rows)
+            if out.alerts:
+                self.outputs.alerts(out.alerts)
+        return moved
+
     @staticmethod
     def _operator_failed(key: tuple[str, int], stage: str) -> None:
         """A monitor raised while advancing its watermark or collecting its results: a

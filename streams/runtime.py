@@ -13,6 +13,13 @@ exponential backoff (0.5 s doubling to 30 s); consumption goes on until
 `max_buffered_rows`, then `handle` blocks until the rows are written:
 backpressure, never a drop.
 
+The end of input (issue 14): a monitor task whose input has been silent for
+`close_idle_after_s` is finished on the timer (`Pipeline.finish`: its held
+readings judged, its windows ending by its last event closed); at an orderly
+stop, after the last regular checkpoint, the tasks silent for `idle_timeout_s`
+(every task when `end_of_input` is set, the demo's end) are finished, their
+results written and their finished state checkpointed, in that order.
+
 Anything else that goes wrong (an exception that is not a `SinkError`: a bug,
 a fatal producer error) is not retried: `fail` records it, the worker logs it
 at error level and exits non-zero without writing a checkpoint (crash-only:
@@ -30,6 +37,7 @@ from streams import metrics
 from streams.checkpoints import CheckpointStore
 from streams.config import Settings
 from streams.faults import Faults, InjectedFault
+from streams.health import unjudgeable_series
 from streams.pipeline import Pipeline, RawMessage, by_partition
 from streams.sinks import SinkError, Sinks
 
@@ -73,6 +81,10 @@ class Runtime:
         # the highest watermark seen (max over monitors, ms) and when it last rose
         self.watermark_high = -1
         self.watermark_moved = time.monotonic()
+        # set by whoever stops the worker because its input is over (the demo's end):
+        # close() then finishes every task, not only those whose input went quiet
+        self.end_of_input = False
+        self.unjudgeable_monitors: set[str] = set()  # monitors given the metric so far
         metrics.BACKPRESSURE.set_function(lambda: 0.0 if self.paused_since is None else 1.0)
 
     # -- failure --------------------------------------------------------------
@@ -185,12 +197,24 @@ class Runtime:
             if self.faults.fire("timer"):
                 raise InjectedFault("injected failure in the timer")
             self.pipeline.tick()
+            if self.settings.close_idle_after_s > 0:
+                # input silent for close_idle_after_s: its last windows close now
+                quiet_ms = int(self.settings.close_idle_after_s * 1000)
+                moved = self.pipeline.finish(quiet_ms)
+                if moved:
+                    log.info("input idle: finished %d monitor tasks (their last windows)", moved)
             await self._maybe_flush_and_checkpoint()
             now = time.time()
             watermarks = self.pipeline.watermarks()
             for monitor, wm in watermarks.items():
                 metrics.WATERMARK.labels(monitor).set(wm / 1000)
                 metrics.WATERMARK_DELAY.labels(monitor).set(now - wm / 1000)
+            unjudgeable = unjudgeable_series(self.pipeline)
+            for monitor in self.unjudgeable_monitors - set(unjudgeable):
+                metrics.UNJUDGEABLE.labels(monitor).set(0)  # its partitions went elsewhere
+            for monitor, series in unjudgeable.items():
+                metrics.UNJUDGEABLE.labels(monitor).set(len(series))
+            self.unjudgeable_monitors |= set(unjudgeable)
             high = max(watermarks.values(), default=-1)
             if high > self.watermark_high:
                 self.watermark_high, self.watermark_moved = high, time.monotonic()
@@ -207,6 +231,29 @@ class Runtime:
                 await self._checkpoint(force=True)
             except SinkError as exc:
                 log.warning("stopping with unwritten results (they will be replayed): %s", exc)
+                return  # nothing is finished early when it could not be written
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """At an orderly stop, after the state is safe: finish the tasks whose input is
+        over (all at the end of input, else those silent for idle_timeout_s and their
+        lateness), write their results, then checkpoint the finished state. A task
+        still receiving input is left as it is: a restart carries its windows on,
+        exactly as an uninterrupted run would (a rolling restart changes no result)."""
+        quiet = None if self.end_of_input else int(self.settings.idle_timeout_s * 1000)
+        try:
+            moved = self.pipeline.finish(quiet)
+            if not moved:
+                return
+            log.info("stopping: finished %d monitor tasks whose input is over", moved)
+            await self._flush()
+            await self._checkpoint()  # the finished tasks (dirty), the rest is written
+        except SinkError as exc:
+            # the finished results may be partly written and the finished state is not
+            # checkpointed: the restart replays from the checkpoint above
+            log.warning("stopping with unwritten final windows (they will be replayed): %s", exc)
+        except Exception as exc:
+            self.fail("finishing at the stop", exc)
 
     async def _maybe_flush_and_checkpoint(self, force_flush: bool = False) -> None:
         now = time.monotonic()
@@ -227,7 +274,9 @@ class Runtime:
                 exc,
             )
             return
-        self.healthy, self.last_error, self.backoff = True, None, 0.0
+        self.backoff = 0.0
+        if self.failure is None:  # a failure's reason stays for /health until the exit
+            self.healthy, self.last_error = True, None
         if now - self.last_checkpoint >= self.settings.checkpoint_interval_s:
             await self._checkpoint()
 
@@ -244,6 +293,8 @@ class Runtime:
     async def _checkpoint(self, force: bool = False) -> None:
         """Write dirty tasks' state, then commit the offsets that state covers."""
         self.last_checkpoint = time.monotonic()
+        if self.failure is not None:
+            return  # crash-only: a state a failure may have half-updated is never saved
         if self.sinks.buffered:
             return  # only a state whose results are all written may be checkpointed
         items = self.pipeline.checkpoints(only_dirty=not force)

@@ -20,8 +20,16 @@ order overall), then `("__tick__", "", horizon_ms)` once per second:
   correlated through a shared slowly varying load (an AR(1) process) plus
   independent noise.
 
+- labels (v2) of the inference logs: for the classifiers a 0/1 outcome drawn
+  from the model's own (calibrated) probability, for the regressor
+  (`model-reg`, `regressor_per_s` requests a second, a delivery time in
+  minutes, no confidence) the true value around its prediction; each label
+  comes after a log-normal delay (median `label_delay_median_s`, capped at
+  `label_delay_max_s`) and `label_missing_rate` of them never come. Failed
+  requests get no label.
+
 Topic names are the logical ones ("impressions", "clicks", "inference-logs",
-"sensor-readings"); `publish(topics=...)` maps them to configured names.
+"sensor-readings", "labels"); `publish(topics=...)` maps them to configured names.
 
 Every traffic kind draws from its own seeded random stream, and an incident
 only transforms values after they are drawn: a run with incidents is
@@ -53,6 +61,19 @@ event's own time); `factor` is the magnitude:
                                              std (6): temperature and
                                              vibration up, pressure down,
                                              against their usual correlation
+    concept_drift     model-0                the truth changes, the inputs and
+                                             scores do not: a classifier's
+                                             label is flipped for that share
+                                             of requests (0.4); a regressor's
+                                             true value is x (1 + factor)
+    label_noise       model-0                that share of the labels is
+                                             replaced by a coin flip (a
+                                             regressor's by a random value)
+    label_delay       model-0                label delays grow steadily to
+                                             (1 + factor) x over the incident
+
+Only `concept_drift` is in the default schedule (the quality monitor's
+incident); `label_noise` and `label_delay` are switched on by hand.
 """
 
 from __future__ import annotations
@@ -80,7 +101,12 @@ KINDS = (
     "sensor_spike",
     "sensor_rise",
     "sensor_regime",
+    "concept_drift",
+    "label_noise",
+    "label_delay",
 )
+LABEL_KINDS = ("concept_drift", "label_noise", "label_delay")  # incidents of the labels
+REGRESSOR = "model-reg"  # the simulated regressor's model_id
 MODEL_VERSION = "1.0.0"
 METRICS = ("temperature", "vibration", "pressure")
 SPIKE_METRIC = "vibration"  # sensor_spike's metric when the target names none
@@ -126,6 +152,13 @@ class Scenario:
     sensors: int = 10
     sensor_readings_per_s: float = 1.0  # per sensor
     sites: int = 3  # sensors are spread over this many sites, round robin
+    # v2 labels (ground truth of the inference logs) and a regressor model
+    labels: bool = True
+    label_delay_median_s: float = 45.0  # log-normal delays ...
+    label_delay_sigma: float = 1.0  # ... of this log-scale spread
+    label_delay_max_s: float = 540.0  # ... capped (within the demo's label delay)
+    label_missing_rate: float = 0.1  # labels that never come
+    regressor_per_s: float = 2.0  # requests a second to `model-reg` (0: none)
 
     def campaign_ids(self) -> list[str]:
         return [f"cmp-{i:03d}" for i in range(self.campaigns)]
@@ -142,6 +175,9 @@ class Scenario:
         if not self.models:
             return None
         return f"model-{int(campaign_id.removeprefix('cmp-')) % self.models}"
+
+    def regressor_ids(self) -> list[str]:
+        return [REGRESSOR] if self.regressor_per_s > 0 else []
 
     def sensor_ids(self) -> list[str]:
         return [f"sensor-{i:02d}" for i in range(self.sensors)]
@@ -199,6 +235,12 @@ def check_incidents(s: Scenario) -> None:
                 ok, what = ok and f >= 0, f"{what}; factor >= 0"
             elif kind == "error_spike":
                 ok, what = ok and 0 <= f <= 1, f"{what}; factor in [0, 1]"
+        elif kind in LABEL_KINDS:
+            targets = models + s.regressor_ids()
+            ok = target in targets and s.labels and f >= 0 and (kind == "label_delay" or f <= 1)
+            what = f"a model id: {_span(targets)} (with labels on); factor " + (
+                ">= 0" if kind == "label_delay" else "in [0, 1]"
+            )
         elif kind == "sensor_spike":
             sensor, _, metric = target.partition("/")
             ok = sensor in sensors and (metric or SPIKE_METRIC) in SENSOR_METRICS
@@ -334,6 +376,10 @@ class Simulator:
         self.rng = random.Random(scenario.seed)  # impressions and clicks
         self.irng = random.Random(f"{scenario.seed}/inference-logs")
         self.srng = random.Random(f"{scenario.seed}/sensor-readings")
+        # labels and the regressor draw from streams of their own: switching them on
+        # leaves every other topic byte-identical
+        self.lrng = random.Random(f"{scenario.seed}/labels")
+        self.rrng = random.Random(f"{scenario.seed}/regressor")
         ids = scenario.campaign_ids()
         self.base_ctr = {c: self.rng.uniform(0.02, 0.06) for c in ids}
         weights = [self.rng.uniform(0.5, 1.5) for _ in ids]
@@ -371,6 +417,9 @@ class Simulator:
     def messages(self) -> Iterator[Message]:
         s = self.s
         pending: list[tuple[int, int, bytes, str]] = []  # (ts, seq, value, key) of clicks
+        self._labels: list[tuple[int, int, bytes, str]] = []  # the same, of labels
+        self._label_seq = 0
+        self._reg_requests = 0
         self._seq = 0
         self._requests = 0
         self._rise_start: dict[Incident, float] = {}
@@ -385,6 +434,11 @@ class Simulator:
                 batch.append((ts, ("clicks", key, value)))
             if self.models:
                 self._inference(base, live, batch)
+            if s.regressor_per_s > 0:
+                self._regressor(base, live, batch)
+            while self._labels and self._labels[0][0] < horizon:
+                ts, _, value, key = heapq.heappop(self._labels)
+                batch.append((ts, ("labels", key, value)))
             self._sensor_readings(horizon, live, batch)
             batch.sort(key=lambda item: item[0])
             counts = self.counts
@@ -495,6 +549,9 @@ class Simulator:
                     device = DEVICES[-1]
             features[CATEGORICAL] = device
             z += DEVICE_EFFECT[device] + rng.gauss(0.0, SCORE_NOISE)
+            # the truth follows the unshifted score: the model is calibrated, and a
+            # prediction_shift makes it wrong
+            p_true = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
             latency = model.latency_median_ms * math.exp(rng.gauss(0.0, LATENCY_SIGMA))
             error_p = s.inference_error_rate
             for inc in active:
@@ -520,6 +577,82 @@ class Simulator:
             if not failed:
                 log["confidence"] = round(abs(2.0 * p - 1.0), 5)
             batch.append((ts, ("inference-logs", mid, orjson.dumps(log))))
+            if s.labels:
+                self._label(log, live, failed, lambda u, p=p_true: 1.0 if u < p else 0.0)
+
+    def _label(
+        self,
+        log: dict[str, Any],
+        live: list[Incident],
+        failed: bool,
+        truth: Callable[[float], float],
+    ) -> None:
+        """Schedule the label of one request. Every draw is made whatever happens
+        to it, so an incident changes no other label (byte-identical outside it)."""
+        s, rng = self.s, self.lrng
+        u_truth, u_missing, u_flip, u_noise, u_value = (rng.random() for _ in range(5))
+        delay_s = min(
+            s.label_delay_max_s,
+            s.label_delay_median_s * math.exp(s.label_delay_sigma * rng.gauss(0.0, 1.0)),
+        )
+        if failed or u_missing < s.label_missing_rate:
+            return
+        mid, ts = log["model_id"], log["ts"]
+        t = self._t(ts)
+        y = truth(u_truth)
+        regressor = mid == REGRESSOR
+        for inc in live:
+            if inc.target != mid or not inc.active(t):
+                continue
+            if inc.kind == "concept_drift":
+                if regressor:
+                    y *= 1.0 + inc.factor
+                elif u_flip < inc.factor:
+                    y = 1.0 - y
+            elif inc.kind == "label_noise" and u_noise < inc.factor:
+                y = round(u_value * 2 * log["prediction"], 2) if regressor else float(u_value < 0.5)
+            elif inc.kind == "label_delay":
+                delay_s *= 1.0 + inc.factor * (t - inc.start_s) / inc.duration_s
+        label = {
+            "request_id": log["request_id"],
+            "ts": ts + max(1, round(delay_s * 1000)),
+            "model_id": mid,
+            "label": round(y, 2) if regressor else int(y),
+        }
+        self._label_seq += 1
+        heapq.heappush(self._labels, (label["ts"], self._label_seq, orjson.dumps(label), mid))
+
+    def _regressor(self, base: int, live: list[Incident], batch: list[tuple[int, Message]]) -> None:
+        """A delivery-time model (minutes): prediction 20 + 4 z_amount + 3 z_distance,
+        truth = prediction + N(0, 3) (floored at 1)."""
+        s, rng = self.s, self.rrng
+        for _ in range(_poisson(rng, s.regressor_per_s)):
+            ts = base + rng.randrange(1000)
+            features: dict[str, float | str] = {}
+            z: dict[str, float] = {}
+            for f in FEATURES:
+                x = round(f.draw(rng), f.decimals)
+                features[f.name] = x
+                z[f.name] = (x - f.mean) / f.std
+            pred = max(1.0, 20.0 + 4.0 * z["amount"] + 3.0 * z["distance_km"])
+            noise = rng.gauss(0.0, 3.0)
+            failed = rng.random() < s.inference_error_rate
+            latency = 80.0 * math.exp(rng.gauss(0.0, LATENCY_SIGMA))
+            self._reg_requests += 1
+            log: dict[str, Any] = {
+                "request_id": f"reg-{s.seed}-{self._reg_requests}",
+                "ts": ts,
+                "model_id": REGRESSOR,
+                "model_version": MODEL_VERSION,
+                "features": features,
+                "prediction": round(pred, 2),
+                "latency_ms": round(latency, 2),
+                "status": "error" if failed else "ok",
+            }
+            batch.append((ts, ("inference-logs", REGRESSOR, orjson.dumps(log))))
+            if s.labels:
+                truth = max(1.0, pred + noise)
+                self._label(log, live, failed, lambda _u, v=truth: v)
 
     def _sensor_readings(
         self, horizon: int, live: list[Incident], batch: list[tuple[int, Message]]
@@ -658,6 +791,9 @@ def _plan(
         m0: [
             ("latency_spike", m0, max(120.0, 0.05 * d), 3.0),
             ("feature_drift", f"{m0}/distance_km", max(300.0, 0.15 * d), 1.5),
+            # the quality monitor's incident: the truth changes, not the inputs; the
+            # reference (the first whole 5-min window of labels) is complete by then
+            ("concept_drift", m0, max(300.0, 0.15 * d), 0.4),
         ],
         "sensors": [
             ("sensor_spike", f"{s1}/{SPIKE_METRIC}", 3.0, 8.0),
@@ -698,7 +834,7 @@ def publish(
     """Produce the simulator's messages; `speed` event-seconds per wall second (None: max).
 
     `topics` maps the logical topic names ("impressions", "clicks",
-    "inference-logs", "sensor-readings") to the configured ones; a name it
+    "inference-logs", "sensor-readings", "labels") to the configured ones; a name it
     does not map is used as it is. Returns the messages per logical topic.
     """
     names = topics or {}

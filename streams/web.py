@@ -261,6 +261,13 @@ def dashboard_queries() -> dict[str, str]:
             FROM {DB}.inference_windows FINAL
             WHERE {_since("inference_windows", "window_end")}
             ORDER BY model_id, model_version, window_end""",
+        # model quality: realized accuracy of final windows, and the CBPE estimate
+        "quality": f"""
+            SELECT model_id, model_version, {_ms("window_end")} AS t, final, accuracy,
+                   estimated_accuracy, mae, coverage
+            FROM {DB}.quality_windows FINAL
+            WHERE model_version != '' AND {_since("quality_windows", "window_end")}
+            ORDER BY model_id, model_version, window_end""",
         "alerts": f"""
             SELECT {_ms("ts")} AS t, kind, rule, severity, status, entity, metric,
                    value, threshold, message,

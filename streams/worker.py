@@ -177,6 +177,7 @@ class Worker:
             t.clicks: "clicks",
             t.inference_logs: "inference-logs",
             t.sensor_readings: "sensor-readings",
+            t.labels: "labels",
         }
         self.pipeline = Pipeline(monitors, self.sinks, logical)
         self.store = CheckpointStore(
@@ -198,6 +199,12 @@ class Worker:
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Run until SIGINT/SIGTERM, or until `until()` turns true (checked each second).
+
+        On `until()` the input is taken to be over: at the stop every monitor task is
+        finished (`MonitorTask.finish`) and its last windows written before the final
+        checkpoint. On a signal only the tasks whose input has been silent for
+        `idle_timeout_s` (and their lateness) are finished; the others are
+        checkpointed as they are and a restart carries them on.
 
         Raises WorkerFailed after an unhandled failure (the CLI exits non-zero).
         Whatever hangs, the process is gone within `stop_timeout_s` (settings;
@@ -261,6 +268,9 @@ class Worker:
                 if failure is not None:
                     break
                 if until is not None and until():
+                    # the caller says the input is over (the demo's traffic is all
+                    # in): every task's last windows close and are written at the stop
+                    self.runtime.end_of_input = True
                     break
                 # wake at once on a signal, a recorded failure or the source's end
                 waiters = [

@@ -112,7 +112,7 @@ class Alertmanager:
     """A real Alertmanager routing everything to a webhook, grouped by alertname."""
 
     def __init__(self, tmp: Path, webhook_url: str) -> None:
-        binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+        binary = shutil.which("prometheus-alertmanager")  # Debian's name, system-deps.sh
         if binary is None:
             pytest.fail(
                 "prometheus-alertmanager not found: install the Debian package "

@@ -88,6 +88,7 @@ class Deployment:
             "clicks": f"{name}.clicks",
             "inference_logs": f"{name}.inference-logs",
             "sensor_readings": f"{name}.sensor-readings",
+            "labels": f"{name}.labels",
             "alerts": f"{name}.alerts",
             "dead_letter": f"{name}.dead-letter",
             "late_events": f"{name}.late-events",

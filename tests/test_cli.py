@@ -123,6 +123,7 @@ def test_example_configuration_is_valid() -> None:
         "service",
         "freshness",
         "srm",
+        "quality",
     }
 
 

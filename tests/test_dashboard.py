@@ -56,6 +56,7 @@ def scenario() -> Scenario:
         models=MODELS,
         impressions_per_s=30.0,
         seed=7,
+        regressor_per_s=0.0,  # the classifiers' labels only: MODELS model versions
         incidents=[
             Incident("ctr_drop", "cmp-001", 420, 300, 0.1),
             Incident("sensor_spike", "sensor-01", 500, 3, 8),
@@ -71,7 +72,12 @@ def deployment(tmp, bootstrap: str, name: str = "dashboard") -> Deployment:
     # CTR windows are judged (and CTR alerts raised) once final: a 2-min
     # attribution window instead of 10 lets that happen within the short run
     options = {"options": {"attribution_ms": 120_000}}
-    return Deployment(tmp, bootstrap, name, partitions=2, **{"monitors.ctr": options})
+    # quality windows are final 10 min after their end (the simulator's labels come
+    # within 540 s): realized and estimated accuracy within the run
+    quality = {"options": {"label_delay_ms": 600_000}}
+    return Deployment(
+        tmp, bootstrap, name, partitions=2, **{"monitors.ctr": options, "monitors.quality": quality}
+    )
 
 
 def browser():
@@ -110,6 +116,7 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
         "clicks": d.topics["clicks"],
         "inference-logs": d.topics["inference_logs"],
         "sensor-readings": d.topics["sensor_readings"],
+        "labels": d.topics["labels"],
     }
     messages = [
         (names[topic], key.encode(), value, None)
@@ -128,13 +135,26 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
             f"(SELECT count() FROM streamwatch.{t}) AS {t}" for t in TABLES
         )
         counts_sql += ", (SELECT count() FROM streamwatch.alerts WHERE kind = 'ctr') AS ctr_alerts"
+        counts_sql += (
+            ", (SELECT count() FROM streamwatch.quality_windows WHERE final = 1) AS quality_final"
+        )
         worker.wait_until(
             lambda: all(v > 0 for v in worker.query(counts_sql)[0].values()),
             60,
             "every charted table to have rows",
         )
         served = worker.wait_http("/api/dashboard", 30)
-        for part in ("ctr", "sensors", "anomalies", "drift", "service", "alerts", "ctr_alerts"):
+        parts = (
+            "ctr",
+            "sensors",
+            "anomalies",
+            "drift",
+            "service",
+            "quality",
+            "alerts",
+            "ctr_alerts",
+        )
+        for part in parts:
             assert served[part]["rows"], f"/api/dashboard has no {part} rows"
 
         driver = browser()
@@ -160,6 +180,7 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
               heat_cells: n('#drift-heatmap rect.cell'),
               latency_lines: n('#service-charts path.series'),
               error_lines: n('#error-chart path.series'),
+              quality_lines: n('#quality-charts path.series'),
               alert_rows: n('#alerts-table tbody tr'),
               resolved_rows: n('#alerts-table tbody tr.resolved'),
               resolved_badges: n('#alerts-table tbody tr.resolved .badge.resolved'),
@@ -198,6 +219,16 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
     model_versions = {(r[0], r[1]) for r in data["service"]["rows"]}
     assert counts["latency_lines"] == 3 * len(model_versions) == 3 * MODELS
     assert counts["error_lines"] == len(model_versions)
+    # model quality: per model version a realized line (final windows) and an estimated
+    # one (CBPE, once the reference is complete) where there are points
+    cols = data["quality"]["columns"]
+    q = [dict(zip(cols, r, strict=True)) for r in data["quality"]["rows"]]
+    lines = 0
+    for mv in {(r["model_id"], r["model_version"]) for r in q}:
+        mine = [r for r in q if (r["model_id"], r["model_version"]) == mv]
+        lines += any(r["final"] and r["accuracy"] is not None for r in mine)
+        lines += any(r["estimated_accuracy"] is not None for r in mine)
+    assert counts["quality_lines"] == lines >= MODELS
     assert counts["alert_rows"] == len(data["alerts"]["rows"]) > 0
     # resolved alerts read as resolved: the green badge, never a severity badge
     # (issue 11 point 6); their severity is kept in the data for routing

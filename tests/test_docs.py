@@ -73,6 +73,19 @@ ROWS = {
                'exp-1', 'impressions', 'A,B', '{"A":500,"B":430}', '{"A":0.5,"B":0.5}',
                '{}', 5.2, if(number = 0, 0.0001, 0.2), 930, number = 0
         FROM numbers(3)""",
+    "quality_windows": """
+        (window_start, window_end, model_id, model_version, estimated, predictions, labelled,
+         coverage, orphan_labels, duplicate_labels, duplicate_predictions, task, accuracy,
+         precision_macro, recall_macro, f1_macro, log_loss, brier, roc_auc, ece, per_class,
+         mae, rmse, mape, mape_skipped, mean_error, estimated_accuracy, final, version)
+        SELECT toStartOfFiveMinutes(now()) - INTERVAL (5 * number) MINUTE,
+               toStartOfFiveMinutes(now()) - INTERVAL (5 * number - 5) MINUTE,
+               ['m-1', 'm-reg'][number % 2 + 1], if(number = 5, '', 'v1'), number = 0, 600,
+               540, 0.9, number = 5, 1, 0, ['classification', 'regression'][number % 2 + 1],
+               if(number % 2 = 0, 0.8, NULL), 0.7, 0.7, 0.7, 0.45, 0.15, 0.85, 0.03, '{}',
+               if(number % 2 = 1, 2.5, NULL), 3.1, 0.1, 0, 0.2,
+               if(number % 2 = 0, 0.78, NULL), number > 0, if(number > 0, 2, 1)
+        FROM numbers(6)""",
     "alerts": """
         (alert_id, ts, kind, rule, severity, status, entity, metric, value, threshold,
          window_start, window_end, message, details)

@@ -1,6 +1,6 @@
 """Every monitor end to end: simulated traffic with one incident of every kind.
 
-A 2400 event-second simulation (about 220k messages of all four input topics,
+A 2400 event-second simulation (about 270k messages of all five input topics,
 fixed seed and start) with `default_incidents` is published at full speed to
 the real broker (Tansu), the worker runs as its own process with the default
 rules, and the alerts (topic and ClickHouse) are scored against the
@@ -37,6 +37,7 @@ from schemas.events import Alert
 from streams.simulate import (
     METRICS,
     MODEL_VERSION,
+    REGRESSOR,
     Incident,
     Scenario,
     Simulator,
@@ -73,6 +74,9 @@ DELAY_S = {
     # readings) and tau comes from recent distances: the return to normal may
     # stand out too; allowed the sensor monitor's 300 s
     "cluster": 300,
+    # 5-min windows of the prediction's time, ts = window end; judged once final (the
+    # label delay after it), which delays when, not the ts
+    "quality": 300,
 }
 
 # The alert kinds that count as detecting an incident (recall).
@@ -86,6 +90,7 @@ DETECTED_BY = {
     "sensor_spike": ("sensor",),
     "sensor_rise": ("sensor",),
     "sensor_regime": ("cluster", "sensor"),
+    "concept_drift": ("quality",),
 }
 
 # Every incident kind must be detected (the simulator's models have median
@@ -108,10 +113,15 @@ def entities(inc: Incident) -> dict[str, set[str]]:
     if inc.kind == "prediction_shift":
         # drift: psi of model/__prediction__ and confidence_shift of model; the
         # shifted scores also move the service's low-confidence share (model/version)
+        # the labels follow the unshifted score, so the shifted model is also less
+        # accurate (quality: model/version)
         return {
             "drift": {f"{target}/{PREDICTION}", target},
             "service": {f"{target}/{MODEL_VERSION}"},
+            "quality": {f"{target}/{MODEL_VERSION}"},
         }
+    if inc.kind == "concept_drift":  # quality: model/version (the inputs do not move)
+        return {"quality": {f"{target}/{MODEL_VERSION}"}}
     if inc.kind in ("latency_spike", "error_spike"):  # service: model/version
         return {"service": {f"{target}/{MODEL_VERSION}"}}
     sensor, _, metric = target.partition("/")
@@ -143,6 +153,7 @@ def build_messages(d: Deployment, scenario: Scenario) -> tuple[list, int]:
         "clicks": d.topics["clicks"],
         "inference-logs": d.topics["inference_logs"],
         "sensor-readings": d.topics["sensor_readings"],
+        "labels": d.topics["labels"],
     }
     messages: list[tuple[str, bytes | None, bytes | None, int | None]] = [
         (names[topic], key.encode(), value, None)
@@ -168,7 +179,9 @@ def build_messages(d: Deployment, scenario: Scenario) -> tuple[list, int]:
             "status": "ok",
         }
         reading = {"sensor_id": key, "ts": tail_ts, "values": {"temperature": 0.0}}
+        label = {"request_id": key, "ts": tail_ts, "model_id": key, "label": 0}
         for topic, event in (
+            ("labels", label),
             ("impressions", imp),
             ("clicks", click),
             ("inference-logs", log),
@@ -178,12 +191,28 @@ def build_messages(d: Deployment, scenario: Scenario) -> tuple[list, int]:
     return messages, tail_ts
 
 
-COUNTED = ("alerts", "ctr_windows", "drift_scores", "inference_windows", "sensor_anomalies")
+COUNTED = (
+    "alerts",
+    "ctr_windows",
+    "drift_scores",
+    "inference_windows",
+    "sensor_anomalies",
+    "quality_windows",
+)
+# the simulator's label delays are capped at 540 s: a 600-s label delay joins them all
+# and makes the quality windows final within the tail's reach (as CTR's attribution)
+QUALITY_DELAY_MS = 600_000
 
 
 def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
     began = time.monotonic()
-    d = Deployment(tmp_path, broker.bootstrap, "monitors-e2e", partitions=PARTITIONS)
+    d = Deployment(
+        tmp_path,
+        broker.bootstrap,
+        "monitors-e2e",
+        partitions=PARTITIONS,
+        **{"monitors.quality": {"options": {"label_delay_ms": QUALITY_DELAY_MS}}},
+    )
     scenario = Scenario(
         start_ms=START_MS,
         duration_s=DURATION_S,
@@ -194,7 +223,7 @@ def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
     truth = scenario.ground_truth()
     assert {i.kind for i in truth} == set(DETECTED_BY)
     messages, tail_ts = build_messages(d, scenario)
-    assert len(messages) < 250_000
+    assert len(messages) < 300_000  # with the labels and the regressor (v2)
 
     worker = WorkerProcess(d).start()
     try:
@@ -205,7 +234,7 @@ def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
             # every task has seen its partition's tail (the last message of it)
             health = worker.wait_http("/health", 30, accept_503=True)
             marks = health["watermarks"]
-            return len(marks) == 6 and min(marks.values()) >= tail_ts - LATENESS_MS
+            return len(marks) == 7 and min(marks.values()) >= tail_ts - LATENESS_MS
 
         worker.wait_until(consumed, 300, "the worker to consume every message")
         consumed_at = time.monotonic()
@@ -235,6 +264,7 @@ def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
         "drift_scores",
         "inference_windows",
         "srm_checks",
+        "quality_windows",
         "alerts",
     )
     rows = d.query(
@@ -311,3 +341,17 @@ def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
         f"consumed +{consumed_at - produced:.0f} s, total {time.monotonic() - began:.0f} s"
     )
     assert precision >= MIN_PRECISION, f"precision {precision:.2f} < {MIN_PRECISION}"
+
+    # 5. quality: the concept drift is caught (above); the regressor and model-0 outside
+    # its incident stay quiet, and the final rows cover both kinds of model
+    quality = [a for a in firing if a.kind == "quality"]
+    print("quality alerts:", [(a.rule, a.entity, (a.ts - START_MS) // 1000) for a in quality])
+    assert not [a for a in quality if a.entity.startswith(REGRESSOR)], quality
+    q = d.query(
+        "SELECT model_id, task, count() AS n, avg(accuracy) AS acc, avg(mae) AS mae, "
+        "sum(orphan_labels) AS orphans FROM streamwatch.quality_windows FINAL "
+        "WHERE final = 1 GROUP BY model_id, task ORDER BY model_id, task"
+    )
+    print(f"quality_windows: {q}")
+    tasks = {r["model_id"]: r["task"] for r in q if r["task"]}
+    assert tasks["model-0"] == "classification" and tasks[REGRESSOR] == "regression"

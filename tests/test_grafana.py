@@ -70,6 +70,15 @@ ROWS = {
                'exp-1', 'impression', '["A","B"]', '{"A":500,"B":430}', '{"A":0.5,"B":0.5}',
                '[]', 5.2, if(number = 0, 0.0001, 0.2), 930, number = 0, now64(3)
         FROM numbers(3)""",
+    "quality_windows": """
+        SELECT toStartOfFiveMinutes(now()) - INTERVAL (5 * number) MINUTE,
+               toStartOfFiveMinutes(now()) - INTERVAL (5 * number - 5) MINUTE,
+               ['m-1', 'm-2'][number % 2 + 1], 'v1', 0, 600, 540, 0.9, 0, 1, 0,
+               ['classification', 'regression'][number % 2 + 1],
+               if(number % 2 = 0, 0.8, NULL), 0.7, 0.7, 0.7, 0.45, 0.15, 0.85, 0.03, '{}',
+               if(number % 2 = 1, 2.5, NULL), 3.1, 0.1, 0, 0.2,
+               if(number % 2 = 0, 0.78, NULL), 1, 2, now64(3)
+        FROM numbers(6)""",
     "alerts": """
         SELECT concat('alert-', toString(number)), now() - INTERVAL number MINUTE, 'ctr',
                'ctr_floor', ['warning', 'critical'][number % 2 + 1],

@@ -34,10 +34,13 @@ def worker(**changes: Any) -> SimpleNamespace:
         "unassigned_since": None,
         "members_elsewhere": None,
         "partitions": {0, 1},
+        "tasks": {},
     }
     state.update(changes)
     pipeline = SimpleNamespace(
-        owned_partitions=lambda: set(state["partitions"]), watermarks=lambda: {"ctr": 1}
+        owned_partitions=lambda: set(state["partitions"]),
+        watermarks=lambda: {"ctr": 1},
+        tasks=state["tasks"],
     )
     runtime = SimpleNamespace(
         pipeline=pipeline,
@@ -123,3 +126,35 @@ def test_no_partition_while_input_waits_or_others_consume() -> None:
     # a rebalance is short: not before the bound
     young = {"partitions": set(), "unassigned_since": ago(5)}
     assert readiness(worker(**young, waiting=7))[0] == 200
+
+
+def test_unjudgeable_series_are_a_detail_not_a_503() -> None:
+    """Issue 14: a series the configuration can never judge (5-minute readings in a
+    fixed 300 s window with min_points 30) is listed per monitor, over the partitions;
+    the worker stays ready (a configuration to fix; a restart would change nothing)."""
+    from operators.sensor import SensorConfig, SensorOperator
+    from schemas.events import SensorReading
+
+    def sensor_task(sensor: str, gap_ms: int) -> SimpleNamespace:
+        op = SensorOperator(SensorConfig(adapt_window=False))
+        t0 = 1_795_000_020_000
+        op.feed(
+            "sensor-readings",
+            [
+                SensorReading(sensor_id=sensor, ts=t0 + i * gap_ms, values={"t": 1.0})
+                for i in range(20)
+            ],
+        )
+        op.advance(t0 + 10**9)
+        return SimpleNamespace(operator=op)
+
+    tasks = {
+        ("sensor", 0): sensor_task("slow-a", 300_000),
+        ("sensor", 1): sensor_task("slow-b", 300_000),
+        ("ctr", 0): SimpleNamespace(operator=object()),  # no such notion: not listed
+    }
+    status, body = readiness(worker(tasks=tasks))
+    assert (status, body["status"]) == (200, "ok")
+    assert body["unjudgeable"] == {"sensor": {"count": 2, "series": ["slow-a/t", "slow-b/t"]}}
+    fast = {("sensor", 0): sensor_task("fast", 1000)}
+    assert readiness(worker(tasks=fast))[1]["unjudgeable"] == {}

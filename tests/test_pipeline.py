@@ -104,3 +104,50 @@ def test_decoded_once_rejected_once_and_every_monitor_fed() -> None:
     assert p.positions[("ctr", 0)]["impressions"] == 8
     assert p.positions[("srm", 0)]["impressions"] == 8  # SRM reads impressions too
     assert isinstance(p.checkpoints()["ctr/0"], Checkpoint)
+
+
+def sensor(ts: int, partition: int, offset: int, sensor_id: str = "s") -> RawMessage:
+    body = {"sensor_id": sensor_id, "ts": ts, "values": {"t": 20.0 + offset % 3}}
+    return RawMessage("sensor-readings", partition, offset, sensor_id.encode(), orjson.dumps(body))
+
+
+def test_finish_closes_only_the_tasks_whose_input_is_over() -> None:
+    """Issue 14.6: `finish(quiet_ms)` finishes a task only once its input has been
+    silent that long and at least its lateness (10 s); `finish()` finishes all. A
+    finished window is checkpointed closed: after a restore an event for it is late."""
+    clock = [1000.0]
+    p, out = pipeline(clock)
+    p.assign([0, 1], {})
+    # two partitions, one reading a second over 2 min; partition 1 keeps going later
+    # (partition 0's last reading is the last millisecond of the second minute)
+    p.process(
+        [sensor(T0 + i * 1000, 0, i, "a") for i in range(119)] + [sensor(T0 + 119_999, 0, 119, "a")]
+    )
+    p.process(
+        [sensor(T0 + i * 1000, 1, i, "b") for i in range(119)] + [sensor(T0 + 119_999, 1, 119, "b")]
+    )
+
+    def windows(s: str) -> list[int]:
+        rows = out.table_rows.get("sensor_windows", [])
+        return sorted(r["window_start"] for r in rows if r["sensor_id"] == s)
+
+    assert windows("a") == windows("b") == [T0]  # the second minute waits for the lateness
+    clock[0] += 5  # silent for 5 s: less than the lateness
+    p.process([sensor(T0 + 120_000 + i * 1000, 1, 120 + i, "b") for i in range(5)])
+    assert p.finish(quiet_ms=1000) == 0
+    clock[0] += 6  # partition 0 silent 11 s, partition 1 for 6 s
+    p.process([])  # (a tick)
+    moved = p.finish(quiet_ms=1000)
+    assert moved >= 1 and windows("a") == [T0, T0 + MIN]  # ends at 120 000 = last + 1
+    assert windows("b") == [T0]
+    assert ("sensor", 0) in p.dirty
+    # the finished state after a checkpoint round trip: the closed window stays closed
+    state = {k: decode(encode(c)) for k, c in p.checkpoints(only_dirty=False).items()}
+    q, q_out = pipeline(clock)
+    q.assign([0, 1], state)
+    q.process([sensor(T0 + 119_500, 0, 120, "a")])
+    assert ("sensor", 120) in q_out.late_events
+    assert not any(r["sensor_id"] == "a" for r in q_out.table_rows.get("sensor_windows", []))
+    # finish() without a bound: every task, also the one still receiving input
+    assert p.finish() >= 1
+    assert windows("b") == [T0, T0 + MIN]

@@ -31,6 +31,7 @@ REASONS = {
     "missing_field",
     "wrong_type",
     "invalid_value",
+    "out_of_range",
     "bad_timestamp",
     "unsupported_version",
     "empty_value",

@@ -329,3 +329,164 @@ def test_missing_prometheus_fails_naming_the_package(monkeypatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(pytest.fail.Exception, match="Debian package `prometheus`"):
         prometheus_binary()
+
+
+def promtool_binary() -> str:
+    path = shutil.which("promtool") or "/usr/bin/promtool"
+    if not Path(path).is_file():
+        pytest.fail("promtool not found: install the Debian package `prometheus`")
+    return path
+
+
+def _labels_rendered(template: str, labels: dict[str, str], value: str) -> str:
+    """The annotation templates of the rules below: `$labels.x` and `$value` only."""
+    out = template.replace("{{ $value }}", value)
+    for k, v in labels.items():
+        out = out.replace(f"{{{{ $labels.{k} }}}}", v)
+    assert "{{" not in out, f"a template form this test does not render: {out}"
+    return out
+
+
+def test_operator_error_and_unjudgeable_rules_with_promtool(tmp_path) -> None:
+    """The shipped rules on synthetic series (`promtool test rules`, Prometheus' own
+    rule evaluation): an operator error in feed is a warning, one in tick (results
+    lost) is critical, each fires at once and clears 10 minutes after the last error;
+    an unjudgeable series fires after 15 minutes, summed over the workers."""
+    inst = {"instance": "w1:6066", "job": "streamwatch"}
+
+    def series(metric: str, values: str, **labels: str) -> dict[str, str]:
+        rendered = ", ".join(f'{k}="{v}"' for k, v in {**labels, **inst}.items())
+        return {"series": f"{metric}{{{rendered}}}", "values": values}
+
+    def expected(name: str, value: str, **labels: str) -> dict[str, Any]:
+        r = rule(name)
+        shown = {**inst, **labels}
+        return {
+            "exp_labels": {
+                **{k: v for k, v in shown.items() if k in r["expr"] or k == "instance"},
+                "severity": r["labels"]["severity"],
+            },
+            "exp_annotations": {
+                k: _labels_rendered(v, shown, value) for k, v in r["annotations"].items()
+            },
+        }
+
+    errors = "streamwatch_operator_errors_total"
+    cases = [
+        # one feed error at minute 3 (0 before, 1 after); one tick error at minute 5
+        series(errors, "0 0 0 1x30", monitor="ctr", stage="feed"),
+        series(errors, "0 0 0 0 0 1x30", monitor="sensor", stage="tick"),
+        series(errors, "0x35", monitor="drift", stage="collect"),
+        series("streamwatch_unjudgeable_series", "2x30", monitor="sensor"),
+        series("streamwatch_unjudgeable_series", "0x30", monitor="cluster"),
+    ]
+    tick = expected("StreamwatchOperatorResultsLost", "", monitor="sensor", stage="tick")
+    tick["exp_labels"].pop("job", None)
+    feed = expected("StreamwatchOperatorErrors", "", monitor="ctr")
+    feed["exp_labels"].pop("job", None)
+    unjudgeable = expected("StreamwatchUnjudgeableSeries", "2", monitor="sensor")
+    unjudgeable["exp_labels"] = {"monitor": "sensor", "severity": "warning"}
+    unjudgeable["exp_annotations"] = {
+        k: _labels_rendered(v, {"monitor": "sensor"}, "2")
+        for k, v in rule("StreamwatchUnjudgeableSeries")["annotations"].items()
+    }
+    tests = {
+        "rule_files": [str(ALERT_RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": cases,
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "StreamwatchOperatorErrors", "exp_alerts": []},
+                    {
+                        "eval_time": "4m",
+                        "alertname": "StreamwatchOperatorErrors",
+                        "exp_alerts": [feed],
+                    },
+                    {
+                        "eval_time": "4m",
+                        "alertname": "StreamwatchOperatorResultsLost",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "6m",
+                        "alertname": "StreamwatchOperatorResultsLost",
+                        "exp_alerts": [tick],
+                    },
+                    {
+                        "eval_time": "15m",
+                        "alertname": "StreamwatchOperatorErrors",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "14m",
+                        "alertname": "StreamwatchUnjudgeableSeries",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "16m",
+                        "alertname": "StreamwatchUnjudgeableSeries",
+                        "exp_alerts": [unjudgeable],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "rules_test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    done = subprocess.run(
+        [promtool_binary(), "test", "rules", str(path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_unjudgeable_alert_fires_from_the_worker(tmp_path, broker) -> None:
+    """streamwatch_unjudgeable_series of a real worker through a real Prometheus: the
+    shipped StreamwatchUnjudgeableSeries rule (its `for` scaled from 15m to 1s) fires
+    for 5-minute readings in a fixed 300 s window; it stays inactive before them."""
+    prometheus_binary()
+    shipped = rule("StreamwatchUnjudgeableSeries")
+    rules_path = tmp_path / "fast-rules.yml"
+    fast = {**shipped, "for": "1s"}
+    rules_path.write_text(yaml.safe_dump({"groups": [{"name": "fast", "rules": [fast]}]}))
+    d = Deployment(
+        tmp_path,
+        broker.bootstrap,
+        "prom-unjudgeable",
+        partitions=1,
+        **{"monitors.sensor.options": {"adapt_window": False}},
+    )
+    now = int(time.time() * 1000)
+    t0 = now - now % MIN - 240 * MIN
+    slow = [
+        (
+            d.topics["sensor_readings"],
+            b"s-slow",
+            orjson.dumps({"sensor_id": "s-slow", "ts": t0 + i * 300_000, "values": {"t": 1.0}}),
+            0,
+        )
+        for i in range(40)
+    ]
+    worker = WorkerProcess(d).start()
+    prom = PrometheusProcess(tmp_path, f"127.0.0.1:{d.web_port}", [rules_path])
+
+    def alert_state() -> str:
+        body = prom.get("/api/v1/rules")
+        (found,) = [r for g in body["data"]["groups"] for r in g["rules"]]
+        assert found["health"] == "ok", found
+        return found["state"]
+
+    try:
+        prom.start()
+        wait_ready(worker)
+        prom.wait(lambda: bool(prom.query("up == 1")), 60, "the worker scraped")
+        time.sleep(3)
+        assert alert_state() == "inactive"
+        produce(broker.bootstrap, slow)
+        prom.wait(lambda: alert_state() == "firing", 90, "StreamwatchUnjudgeableSeries")
+        (firing,) = prom.query("ALERTS{alertname='StreamwatchUnjudgeableSeries'}")
+        assert firing["metric"]["monitor"] == "sensor"
+    finally:
+        prom.stop()
+        assert worker.stop() == 0, worker.log()

@@ -125,8 +125,24 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
         "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 3.5e-06 (the "
         "variants' shares match the configured split again)",
     ),
+    "quality_accuracy_drop": (
+        "model-0/1.0.0",
+        0.16,
+        0.01,
+        {"accuracy": 0.733, "reference_accuracy": 0.74, "labelled": 2700},
+        "relative accuracy drop of model-0/1.0.0 back to 1%, under 5% (accuracy 73.3% "
+        "against a reference of 74.0%)",
+    ),
+    "quality_mae_increase": (
+        "model-reg/1.0.0",
+        0.3,
+        0.02,
+        {"mae": 2.45, "reference_mae": 2.4, "labelled": 540},
+        "relative MAE increase of model-reg/1.0.0 back to 2%, under 5% (MAE 2.45 against a "
+        "reference of 2.4)",
+    ),
 }
-for _metric in ("ctr", "error_rate", "latency_p99", "psi"):
+for _metric in ("ctr", "error_rate", "latency_p99", "psi", "accuracy", "mae"):
     for _method in ("page_hinkley", "adwin"):
         CASES[f"{_metric}_change_{_method}"] = (
             "cmp-002" if _metric == "ctr" else "model-0",

@@ -47,8 +47,15 @@ GOOD = {
         "values": {"temp": 21.5},
         "site": "plant-1",
     },
+    "labels": {"request_id": "r", "ts": 1795341600123, "model_id": "m", "label": 1, "weight": 2},
 }
-KEYS = {"impressions": "c", "clicks": "c", "inference-logs": "m", "sensor-readings": "s"}
+KEYS = {
+    "impressions": "c",
+    "clicks": "c",
+    "inference-logs": "m",
+    "sensor-readings": "s",
+    "labels": "m",
+}
 
 
 def test_generated_files_are_in_sync() -> None:
@@ -78,6 +85,9 @@ def test_json_schema_and_decoder_agree_on_good_events(topic: str) -> None:
         ("sensor-readings", {"values": {}}, "invalid_value"),
         ("sensor-readings", {"values": {"t": "hot"}}, "wrong_type"),
         ("sensor-readings", {"v": 9}, "unsupported_version"),
+        ("labels", {"weight": -1}, "invalid_value"),
+        ("labels", {"label": [1]}, "wrong_type"),
+        ("labels", {"request_id": None}, "missing_field"),
     ],
 )
 def test_decoder_rejects_with_reason(topic: str, patch: dict, reason: str) -> None:

@@ -26,6 +26,7 @@ from streams.simulate import (
     KINDS,
     METRICS,
     REGIME_DIRECTION,
+    REGRESSOR,
     Incident,
     Scenario,
     Simulator,
@@ -35,7 +36,7 @@ from streams.simulate import (
 )
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-TOPICS = ("impressions", "clicks", "inference-logs", "sensor-readings")
+TOPICS = ("impressions", "clicks", "inference-logs", "sensor-readings", "labels")
 
 Row = tuple[str, str, dict[str, Any], float]  # topic, key, event, seconds after start
 
@@ -95,7 +96,8 @@ def test_every_message_decodes_with_its_key() -> None:
         seen[topic] += 1
     assert set(seen) == set(TOPICS)
     # the default rates: 60 impressions/s, 20 inference logs/s, 10 sensors at 1 reading/s
-    assert seen["inference-logs"] == pytest.approx(20 * 1500, rel=0.05)
+    # (+ the regressor's 2 requests/s; labels are counted in test_labels_*)
+    assert seen["inference-logs"] == pytest.approx(22 * 1500, rel=0.05)
     assert seen["sensor-readings"] == 10 * 1500
     assert seen["impressions"] == pytest.approx(60 * 1500, rel=0.05)
 
@@ -118,7 +120,7 @@ def test_time_order_and_ticks() -> None:
 
 def test_inference_and_sensor_shapes() -> None:
     rows = _run(120)
-    logs = [r[2] for r in rows if r[0] == "inference-logs"]
+    logs = [r[2] for r in rows if r[0] == "inference-logs" and r[1] != REGRESSOR]
     assert {e["model_id"] for e in logs} == {"model-0", "model-1"}
     assert {e["model_version"] for e in logs} == {"1.0.0"}
     for e in logs:
@@ -381,7 +383,8 @@ def test_incident_validation() -> None:
 @pytest.mark.parametrize("duration", [1500, 2400, 3600])
 def test_default_incidents_schedule(duration: int) -> None:
     incidents = default_incidents(duration)
-    assert sorted(i.kind for i in incidents) == sorted(KINDS)
+    # every kind but the label incidents switched on by hand
+    assert sorted(i.kind for i in incidents) == sorted(set(KINDS) - {"label_noise", "label_delay"})
     assert min(i.start_s for i in incidents) >= 0.2 * duration
     assert max(i.end_s for i in incidents) <= duration - 60
     by_target: dict[str, list[Incident]] = defaultdict(list)
@@ -405,7 +408,11 @@ def test_default_incidents_leave_a_drift_warmup() -> None:
     )
     before: Counter[str] = Counter()
     for topic, key, value in messages:
-        if topic == "inference-logs" and orjson.loads(value)["ts"] < START_MS + first_drift * 1000:
+        if (
+            topic == "inference-logs"
+            and key != REGRESSOR
+            and orjson.loads(value)["ts"] < START_MS + first_drift * 1000
+        ):
             before[key] += 1
     # the warm-up profile absorbs whole 5-min windows: 1000 events and one more window
     assert min(before.values()) >= 1000 + 10 * 300
@@ -463,3 +470,86 @@ def test_publish_maps_topic_names() -> None:
     publish(producer, Simulator(_scenario(20)), None, stop=lambda: True)
     assert producer.sent and {t for t, _, _ in producer.sent} <= set(TOPICS)
     assert max(orjson.loads(v)["ts"] for _, v, _ in producer.sent) < START_MS + 1000
+
+
+# -- labels (v2) -------------------------------------------------------------------
+
+
+def test_labels_follow_their_requests_with_realistic_delays() -> None:
+    rows = _run(600, impressions=5.0)
+    logs = {r[2]["request_id"]: r[2] for r in rows if r[0] == "inference-logs"}
+    labels = [r[2] for r in rows if r[0] == "labels"]
+    delays = sorted((e["ts"] - logs[e["request_id"]]["ts"]) / 1000 for e in labels)
+    assert all(0 < d <= 540 for d in delays)
+    assert statistics.median(delays) == pytest.approx(45, rel=0.15)  # log-normal median
+    ok = [e for e in logs.values() if e["status"] == "ok"]
+    # some never come (10 %), failed requests get none; labels of the last 540 s may be
+    # past the end of the run
+    coverage = len(labels) / len(ok)
+    assert 0.75 < coverage < 0.9
+    for e in labels:
+        log = logs[e["request_id"]]
+        assert e["model_id"] == log["model_id"] and log["status"] == "ok"
+        if log["model_id"] == REGRESSOR:
+            assert isinstance(e["label"], float)
+            assert "confidence" not in log
+        else:
+            assert e["label"] in (0, 1)
+    # the classifiers are calibrated: the mean label follows the mean score
+    clf = [
+        (logs[e["request_id"]]["prediction"], e["label"])
+        for e in labels
+        if e["model_id"] != REGRESSOR
+    ]
+    assert statistics.mean(y for _, y in clf) == pytest.approx(
+        statistics.mean(p for p, _ in clf), abs=0.03
+    )
+
+
+def _accuracy(rows: list[Row], model: str, inc: Incident | None, inside: bool) -> float:
+    logs = {r[2]["request_id"]: r for r in rows if r[0] == "inference-logs" and r[1] == model}
+    hits = [
+        (logs[e["request_id"]][2]["prediction"] >= 0.5) == (e["label"] == 1)
+        for _, k, e, _ in (r for r in rows if r[0] == "labels" and r[1] == model)
+        if inc is None or inc.active(logs[e["request_id"]][3]) == inside
+    ]
+    return sum(hits) / len(hits)
+
+
+def test_concept_drift_changes_only_the_labels() -> None:
+    inc = Incident("concept_drift", "model-0", 200, 200, 0.4)
+    quiet, loud = _run(600, impressions=5.0), _run(600, (inc,), impressions=5.0)
+    for topic in ("impressions", "clicks", "inference-logs", "sensor-readings"):
+        assert [r for r in quiet if r[0] == topic] == [r for r in loud if r[0] == topic]
+    q_labels = [r for r in quiet if r[0] == "labels"]
+    l_labels = [r for r in loud if r[0] == "labels"]
+    assert [(r[1], r[2]["request_id"], r[2]["ts"]) for r in q_labels] == [
+        (r[1], r[2]["request_id"], r[2]["ts"]) for r in l_labels
+    ]
+    assert _accuracy(loud, "model-1", None, True) == _accuracy(quiet, "model-1", None, True)
+    before = _accuracy(quiet, "model-0", inc, True)
+    after = _accuracy(loud, "model-0", inc, True)
+    assert before - after > 0.15  # flipping 40 % of the labels
+    assert _accuracy(loud, "model-0", inc, False) == _accuracy(quiet, "model-0", inc, False)
+
+
+def test_label_delay_grows_and_label_noise_blurs() -> None:
+    grow = Incident("label_delay", "model-1", 100, 400, 3.0)
+    noise = Incident("label_noise", "model-0", 100, 400, 0.5)
+    quiet, loud = _run(900, impressions=5.0), _run(900, (grow, noise), impressions=5.0)
+
+    def delays(rows: list[Row], lo: float, hi: float) -> list[float]:
+        logs = {r[2]["request_id"]: r for r in rows if r[0] == "inference-logs"}
+        return [
+            (e["ts"] - logs[e["request_id"]][2]["ts"]) / 1000
+            for _, k, e, _ in (r for r in rows if r[0] == "labels" and r[1] == "model-1")
+            if lo <= logs[e["request_id"]][3] < hi
+        ]
+
+    assert statistics.median(delays(loud, 100, 200)) < 1.5 * statistics.median(
+        delays(quiet, 100, 200)
+    )
+    assert statistics.median(delays(loud, 400, 500)) > 2.5 * statistics.median(
+        delays(quiet, 400, 500)
+    )
+    assert _accuracy(quiet, "model-0", noise, True) - _accuracy(loud, "model-0", noise, True) > 0.1

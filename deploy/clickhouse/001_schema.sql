@@ -122,6 +122,44 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (experiment, unit, window_start)
 COMMENT 'Sample-ratio-mismatch tests per experiment and window; counts etc. are JSON';
 
+CREATE TABLE IF NOT EXISTS streamwatch.quality_windows
+(
+    `window_start` DateTime64(3, 'UTC'),
+    `window_end` DateTime64(3, 'UTC'),
+    `model_id` String,
+    `model_version` String,
+    `estimated` UInt8,
+    `predictions` UInt64,
+    `labelled` UInt64,
+    `coverage` Float64,
+    `orphan_labels` UInt64,
+    `duplicate_labels` UInt64,
+    `duplicate_predictions` UInt64,
+    `task` LowCardinality(String),
+    `accuracy` Nullable(Float64),
+    `precision_macro` Nullable(Float64),
+    `recall_macro` Nullable(Float64),
+    `f1_macro` Nullable(Float64),
+    `log_loss` Nullable(Float64),
+    `brier` Nullable(Float64),
+    `roc_auc` Nullable(Float64),
+    `ece` Nullable(Float64),
+    `per_class` String,
+    `mae` Nullable(Float64),
+    `rmse` Nullable(Float64),
+    `mape` Nullable(Float64),
+    `mape_skipped` UInt64,
+    `mean_error` Nullable(Float64),
+    `estimated_accuracy` Nullable(Float64),
+    `final` UInt8,
+    `version` UInt32,
+    `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (model_id, model_version, window_start)
+COMMENT 'Model quality from labels per model version and window of the prediction time; estimated=1 is a label-free CBPE estimate that the final realized row (final=1) replaces';
+
 CREATE TABLE IF NOT EXISTS streamwatch.alerts
 (
     `alert_id` String,

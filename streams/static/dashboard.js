@@ -137,8 +137,10 @@ function lineChart(container, opts) {
   for (const s of series) {
     if (!s.points.length) continue;
     const d = s.points.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join("");
-    title(el("path", { class: "series", d, stroke: s.color, "data-name": s.name,
-      "data-points": s.points.length }, svg), s.name);
+    const attrs = { class: "series", d, stroke: s.color, "data-name": s.name,
+      "data-points": s.points.length };
+    if (s.dashed) attrs["stroke-dasharray"] = "5 4";  // an estimate, not a measurement
+    title(el("path", attrs, svg), s.name);
   }
   for (const p of dots) {
     title(el("circle", { class: "anomaly", cx: x(p.t), cy: y(p.v), r: 3.5, fill: p.color }, svg), p.text);
@@ -278,6 +280,31 @@ function renderService(data) {
   lineChart(errors, { series, height: 200, yFormat: (v) => `${fmt(v)}%` });
 }
 
+function renderQuality(data) {
+  // one chart per model version: realized accuracy of final windows and the label-free
+  // estimate (CBPE) of every window; a regressor's chart shows its MAE instead
+  const node = document.getElementById("quality-charts");
+  node.replaceChildren();
+  const byModel = groupBy(rows(data.quality), (r) => `${r.model_id} v${r.model_version}`);
+  columns(node, byModel.size);
+  for (const [name, rs] of byModel) {
+    const regression = rs.some((r) => r.mae !== null);
+    const series = regression
+      ? [{ name: "MAE", color: PALETTE[0], points: rs.filter((r) => r.final && r.mae !== null).map((r) => [r.t, r.mae]) }]
+      : [
+        { name: "realized", color: PALETTE[1], points: rs.filter((r) => r.final && r.accuracy !== null).map((r) => [r.t, r.accuracy * 100]) },
+        { name: "estimated", color: PALETTE[2], dashed: true, points: rs.filter((r) => r.estimated_accuracy !== null).map((r) => [r.t, r.estimated_accuracy * 100]) },
+      ];
+    // each window also as a dot: a version with one final window so far is still seen
+    const dots = series.flatMap((sr) => sr.points.map(([t, v]) => ({
+      t, v, color: sr.color, text: `${sr.name} ${fmt(v)}${regression ? "" : "%"}`,
+    })));
+    lineChart(node, { series, dots, heading: name, height: 200,
+      yFormat: (v) => regression ? `${fmt(v)}` : `${fmt(v)}%` });
+  }
+  if (!byModel.size) node.innerHTML = '<div class="empty">no labels yet</div>';
+}
+
 function renderAlerts(data) {
   const body = document.querySelector("#alerts-table tbody");
   const alerts = rows(data.alerts);
@@ -361,6 +388,7 @@ async function refresh() {
     renderSensors(data);
     renderDrift(data);
     renderService(data);
+    renderQuality(data);
     renderAlerts(data);
     renderCauses(data);
     const state = window.dashboardState;
@@ -381,7 +409,9 @@ window.addEventListener("resize", () => {
   clearTimeout(resizeTimer);
   resizeTimer = setTimeout(() => {
     const data = window.dashboardState.lastData;
-    if (data) { renderCtr(data); renderSensors(data); renderDrift(data); renderService(data); }
+    if (data) {
+      renderCtr(data); renderSensors(data); renderDrift(data); renderService(data); renderQuality(data);
+    }
   }, 200);
 });
 

@@ -57,7 +57,15 @@ class Dataset:
 
 def scenario(kind: str, events: int, keys: int, seed: int = 11) -> Scenario:
     """A scenario of one traffic kind sized to a little over `events` messages."""
-    quiet = {"impressions_per_s": 0.0, "inference_per_s": 0.0, "sensors": 0, "models": 0}
+    # labels and the regressor (v2) stay off: the datasets are what they were before
+    quiet = {
+        "impressions_per_s": 0.0,
+        "inference_per_s": 0.0,
+        "sensors": 0,
+        "models": 0,
+        "labels": False,
+        "regressor_per_s": 0.0,
+    }
     if kind == "ctr":
         rate = 300.0  # impressions per event-second; clicks add ~4.3 %
         duration = int(events / (rate * 1.043)) + 120

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.benchmarks.operator_cost --kind sensor
     .venv/bin/python -m tests.benchmarks.operator_cost --kind ctr --keys 10000
+    .venv/bin/python -m tests.benchmarks.operator_cost --kind quality   # drift data + labels
 
 Generates one dataset with the benchmark's simulator (`tests/benchmarks/dataset.py`),
 decodes it once (untimed), then feeds it to a fresh operator of each monitor of
@@ -15,6 +16,7 @@ operator needs. The end-to-end figures are `tests.benchmarks.bench`'s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -22,6 +24,7 @@ from operators.base import Operator
 from operators.cluster import ClusterOperator
 from operators.ctr import CtrOperator
 from operators.drift import DriftOperator
+from operators.quality import QualityOperator
 from operators.sensor import SensorOperator
 from operators.service import ServiceOperator
 from schemas.decode import Decoder, Rejection
@@ -32,15 +35,21 @@ OPERATORS: dict[str, tuple[type[Operator], ...]] = {
     "ctr": (CtrOperator,),
     "sensor": (SensorOperator, ClusterOperator),
     "drift": (DriftOperator, ServiceOperator),
+    # the drift dataset with its labels (~0.9 per inference log): the quality monitor's
+    # cost next to the drift and service monitors' on the same messages
+    "quality": (DriftOperator, ServiceOperator, QualityOperator),
 }
-DEFAULT_KEYS = {"ctr": 100, "sensor": 100, "drift": 4}
+DEFAULT_KEYS = {"ctr": 100, "sensor": 100, "drift": 4, "quality": 4}
 
 
 def events_of(kind: str, n: int, keys: int) -> list[tuple[str, Any]]:
     """(logical topic, decoded event) in the simulator's order, n messages."""
     decoders: dict[str, Decoder[Any]] = {}
     out: list[tuple[str, Any]] = []
-    for topic, key, value in Simulator(scenario(kind, n, keys)).messages():
+    sc = scenario("drift" if kind == "quality" else kind, n, keys)
+    if kind == "quality":
+        sc = dataclasses.replace(sc, labels=True)
+    for topic, key, value in Simulator(sc).messages():
         if topic == "__tick__":
             continue
         if topic not in decoders:

@@ -1,0 +1,693 @@
+"""Model quality from delayed labels: inference logs joined with labels, per window.
+
+Semantics (the public contract's defaults, all configurable):
+
+- A window is [start, start + window_ms) (default 5 min) per (model_id,
+  model_version), by the prediction's event time. Inference logs with
+  `status = "error"` are not predictions and are left out.
+- A label joins the inference log with the same `request_id` (and the same
+  `model_id`) when 0 <= label.ts - prediction.ts <= label delay (default
+  3,600 s, `label_delay_by_model` per model, up to days). Several labels of one
+  prediction count once (`duplicate_labels`): the one with the earliest `ts`
+  (then the smallest value) is kept, so the arrival order does not matter.
+  A second inference log with a known `request_id` counts as a
+  `duplicate_predictions` of the first window and is not used.
+- Any other label is an orphan (`orphan_labels`, in the window of the label's
+  own time, model_version ""): its prediction was never seen, came after it,
+  or it came later than the label delay. Orphans are counted, never dropped.
+- When the watermark reaches a window's end, a provisional row (version 1) is
+  emitted: for a classifier whose reference has calibrated its confidences,
+  the CBPE estimate of the accuracy (`estimated = 1`,
+  `operators.quality_calibration`), else the metrics of the labels joined so
+  far (`estimated = 0`). When it reaches end + label delay, no label can still
+  join: the final row (version 2, `estimated = 0`, `final = 1`) replaces it
+  (one ReplacingMergeTree identity: model_id, model_version, window_start;
+  the estimate stays in `estimated_accuracy` for comparison), the window's
+  predictions are forgotten and its metrics are judged
+  (`operators.quality_judge`).
+- Task: a model listed in `tasks` is a "classification" or "regression" model;
+  otherwise a window reads as classification when a label or prediction is a
+  string, or every label is 0/1 and every prediction a score in [0, 1]
+  (predicted class: score >= `threshold`); else as regression.
+
+Memory: per pending prediction the join keeps its request id, time,
+prediction, confidence, and (once joined) label, label time and weight —
+nothing of its features (docs/monitors/quality.md has the measured bytes).
+Every decision depends on event data and the watermark alone, so any arrival
+order within the allowed lateness gives the same final rows.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+
+from operators.base import Observation, Operator
+from operators.quality_judge import QualityReference, accuracy_drop, mae_increase
+from operators.quality_metrics import (
+    accuracy,
+    brier,
+    class_report,
+    ece,
+    log_loss,
+    regression_report,
+    roc_auc,
+)
+from operators.sequential import bonferroni_alpha, windows_per_1000_entity_days
+from operators.watermark import NO_WATERMARK
+from operators.windows import TumblingWindows
+from schemas.events import InferenceLog, LabelEvent
+
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    window_ms: int = 300_000
+    label_delay_ms: int = 3_600_000
+    # per model_id, overrides label_delay_ms (e.g. a model whose truth takes days)
+    label_delay_by_model: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, str] = field(default_factory=dict)  # model_id -> classification|regression
+    threshold: float = 0.5  # a score at or above it predicts class "1"
+    reference_labelled: int = 500  # labelled predictions forming a version's reference
+    ece_bins: int = 10
+    # expected false `quality` alerts on a stable model, per 1,000 model-version-days:
+    # sets the per-window significance level of the degradation rules (Bonferroni)
+    false_alarms_per_1000_model_days: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.window_ms <= 0 or self.label_delay_ms < 0:
+            raise ValueError("window_ms must be > 0 and label_delay_ms >= 0")
+        if any(v < 0 for v in self.label_delay_by_model.values()):
+            raise ValueError("label_delay_by_model: delays must be >= 0")
+        bad = {m: t for m, t in self.tasks.items() if t not in TASKS}
+        if bad:
+            raise ValueError(f"tasks: {bad} must be one of {TASKS}")
+        if not 0 < self.threshold < 1 or self.reference_labelled < 1 or self.ece_bins < 1:
+            raise ValueError("need 0 < threshold < 1, reference_labelled >= 1, ece_bins >= 1")
+        if self.false_alarms_per_1000_model_days <= 0:
+            raise ValueError("false_alarms_per_1000_model_days must be > 0")
+
+    def delay_of(self, model_id: str) -> int:
+        return self.label_delay_by_model.get(model_id, self.label_delay_ms)
+
+    @property
+    def max_delay_ms(self) -> int:
+        return max([self.label_delay_ms, *self.label_delay_by_model.values()])
+
+    @property
+    def min_delay_ms(self) -> int:
+        return min([self.label_delay_ms, *self.label_delay_by_model.values()])
+
+    @property
+    def window_alpha(self) -> float:
+        """Per-window significance level of the degradation tests (one test a window).
+
+        >>> f"{QualityConfig().window_alpha:.3g}"
+        '3.47e-06'
+        """
+        tests = windows_per_1000_entity_days(self.window_ms)
+        return bonferroni_alpha(self.false_alarms_per_1000_model_days, tests)
+
+
+class QualityWindow:
+    """The predictions of one (model, version, window), as parallel lists, and counts."""
+
+    __slots__ = (
+        "conf",
+        "dup_labels",
+        "dup_preds",
+        "index",
+        "key",
+        "label",
+        "label_ts",
+        "orphans",
+        "pred",
+        "ts",
+        "weight",
+    )
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}  # request_id -> position in the lists
+        self.ts: list[int] = []
+        self.pred: list[float | str] = []
+        self.conf: list[float | None] = []
+        self.label: list[float | str | None] = []
+        self.label_ts: list[int] = []  # 0 while unlabelled
+        self.weight: list[float] = []
+        self.orphans = 0
+        self.dup_labels = 0
+        self.dup_preds = 0
+        self.key = ""  # model_id \x1f model_version, set when it is created
+
+
+def _key(model: str, version: str) -> str:
+    return f"{model}\x1f{version}"
+
+
+def _split(key: str) -> tuple[str, str]:
+    model, _, version = key.partition("\x1f")
+    return model, version
+
+
+def _order(label: float | str) -> tuple[int, float | str]:
+    """A total order on labels (numbers before strings): the duplicate kept."""
+    return (1, label) if isinstance(label, str) else (0, float(label))
+
+
+def class_name(value: float | str) -> str:
+    """A label or class prediction as a class name: 1, 1.0 and "1" are the same class.
+
+    >>> class_name(1.0), class_name(2), class_name(0.5), class_name("cat")
+    ('1', '2', '0.5', 'cat')
+    """
+    if isinstance(value, str):
+        return value
+    f = float(value)
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
+@dataclass
+class Labelled:
+    """The labelled predictions of one window, ready for the metrics."""
+
+    pred: list[float | str]
+    label: list[float | str]
+    conf: list[float | None]
+    weight: np.ndarray
+
+
+def window_task(config: QualityConfig, model: str, lab: Labelled) -> tuple[str, bool]:
+    """(task, score mode) of a window's labelled predictions (see the module docstring)."""
+    score = all(not isinstance(p, str) and 0.0 <= p <= 1.0 for p in lab.pred) and all(
+        not isinstance(y, str) and float(y) in (0.0, 1.0) for y in lab.label
+    )
+    task = config.tasks.get(model)
+    if task is None:
+        if any(isinstance(v, str) for v in (*lab.pred, *lab.label)) or score:
+            task = "classification"
+        else:
+            task = "regression"
+    return task, task == "classification" and score
+
+
+def cbpe_confidence(pred: float | str, conf: float | None) -> float | None:
+    """The confidence CBPE calibrates: the logged `confidence`, else a score's
+    max(p, 1 - p); None for a class prediction without one."""
+    if conf is not None:
+        return conf
+    if isinstance(pred, str) or not 0.0 <= pred <= 1.0:
+        return None
+    return max(pred, 1.0 - pred)
+
+
+class QualityOperator(Operator):
+    sources = ("inference-logs", "labels")
+
+    def __init__(self, config: QualityConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or QualityConfig()
+        self.windows: TumblingWindows[QualityWindow] = TumblingWindows(
+            self.config.window_ms, QualityWindow
+        )
+        self.by_id: dict[str, QualityWindow] = {}  # request_id -> its prediction's window
+        # labels whose prediction has not been seen: request_id -> {seq: label fields}
+        self.pending: dict[str, dict[int, tuple[int, str, float | str, float]]] = {}
+        self.pending_heap: list[tuple[int, int, str]] = []  # (label ts, seq, request_id)
+        self.seq = 0
+        self.provisional_until = NO_WATERMARK
+        self.references: dict[str, QualityReference] = {}
+
+    # -- input ---------------------------------------------------------------
+
+    def feed(self, source: str, events: Sequence[Any]) -> None:
+        if source == "inference-logs":
+            for event in events:
+                if event.status == "ok":
+                    self._prediction(event)
+        else:
+            for event in events:
+                self._label(event)
+
+    def _prediction(self, log: InferenceLog) -> None:
+        known = self.by_id.get(log.request_id)
+        if known is not None:
+            known.dup_preds += 1
+            return
+        key = _key(log.model_id, log.model_version)
+        window = self.windows.at(key, log.ts)
+        window.key = key
+        window.index[log.request_id] = len(window.ts)
+        window.ts.append(log.ts)
+        window.pred.append(log.prediction)
+        window.conf.append(log.confidence)
+        window.label.append(None)
+        window.label_ts.append(0)
+        window.weight.append(1.0)
+        self.by_id[log.request_id] = window
+        waiting = self.pending.pop(log.request_id, None)
+        if waiting:
+            for label_ts, model, label, weight in waiting.values():
+                self._join(window, log.request_id, label_ts, model, label, weight)
+
+    def _label(self, event: LabelEvent) -> None:
+        weight = 1.0 if event.weight is None else float(event.weight)
+        window = self.by_id.get(event.request_id)
+        if window is not None:
+            self._join(window, event.request_id, event.ts, event.model_id, event.label, weight)
+            return
+        # the prediction may still come (out of order): wait until the watermark
+        # passes the label, after which it could only come late
+        self.seq += 1
+        fields = (event.ts, event.model_id, event.label, weight)
+        self.pending.setdefault(event.request_id, {})[self.seq] = fields
+        heapq.heappush(self.pending_heap, (event.ts, self.seq, event.request_id))
+
+    def _join(
+        self,
+        window: QualityWindow,
+        request_id: str,
+        label_ts: int,
+        model: str,
+        label: float | str,
+        weight: float,
+    ) -> None:
+        i = window.index[request_id]
+        pred_model, _ = _split(window.key)
+        if model != pred_model or not 0 <= label_ts - window.ts[i] <= self.config.delay_of(model):
+            self._orphan(model, label_ts)
+            return
+        current = window.label[i]
+        if current is None:
+            window.label[i], window.label_ts[i], window.weight[i] = label, label_ts, weight
+            return
+        window.dup_labels += 1
+        if (label_ts, _order(label)) < (window.label_ts[i], _order(current)):
+            window.label[i], window.label_ts[i], window.weight[i] = label, label_ts, weight
+
+    def _orphan(self, model: str, ts: int) -> None:
+        window = self.windows.at(_key(model, ""), ts)
+        window.key = _key(model, "")
+        window.orphans += 1
+
+    # -- event time ----------------------------------------------------------
+
+    def advance(self, watermark: int) -> None:
+        cfg = self.config
+        heap = self.pending_heap
+        while heap and heap[0][0] < watermark:
+            label_ts, seq, request_id = heapq.heappop(heap)
+            waiting = self.pending.get(request_id)
+            if waiting is None or seq not in waiting:
+                continue  # its prediction arrived meanwhile
+            _, model, _, _ = waiting.pop(seq)
+            if not waiting:
+                del self.pending[request_id]
+            self._orphan(model, label_ts)
+
+        size = cfg.window_ms
+        after = max(self.provisional_until, watermark - cfg.max_delay_ms)
+        for start, key, window in list(self.windows.ending_between(after, watermark)):
+            end = start + size
+            if end <= self.provisional_until:
+                continue
+            if end + cfg.delay_of(_split(key)[0]) > watermark:  # not final in this step
+                self._emit(start, key, window, final=False)
+        self.provisional_until = max(self.provisional_until, watermark)
+
+        for start, key, window in self._pop_final(watermark):
+            self._emit(start, key, window, final=True)
+            for request_id in window.index:
+                self.by_id.pop(request_id, None)
+
+    def _pop_final(self, watermark: int) -> list[tuple[int, str, QualityWindow]]:
+        """Remove and return the windows whose label delay has passed, by start then key."""
+        cfg = self.config
+        w = self.windows
+        out = []
+        for start in list(w.starts):
+            if start + cfg.window_ms + cfg.min_delay_ms > watermark:
+                break
+            bucket = w.by_start[start]
+            for key in sorted(bucket):
+                if start + cfg.window_ms + cfg.delay_of(_split(key)[0]) <= watermark:
+                    out.append((start, key, bucket.pop(key)))
+            if not bucket:
+                del w.by_start[start]
+                w.starts.remove(start)
+        return out
+
+    # -- rows and judgement --------------------------------------------------
+
+    def _labelled(self, window: QualityWindow) -> Labelled:
+        # in (time, request id) order: sums in the same order whatever the arrival order,
+        # so the metrics are equal to the last bit (not only to rounding)
+        ids = list(window.index)
+        idx = sorted(
+            (i for i, y in enumerate(window.label) if y is not None),
+            key=lambda i: (window.ts[i], ids[i]),
+        )
+        return Labelled(
+            pred=[window.pred[i] for i in idx],
+            label=[window.label[i] for i in idx],  # type: ignore[misc]
+            conf=[window.conf[i] for i in idx],
+            weight=np.asarray([window.weight[i] for i in idx], dtype=np.float64),
+        )
+
+    def _estimate(self, key: str, window: QualityWindow) -> float | None:
+        ref = self.references.get(key)
+        if ref is None or ref.calibration is None or not window.pred:
+            return None
+        ids = list(window.index)
+        order = sorted(range(len(ids)), key=lambda i: (window.ts[i], ids[i]))
+        conf = [cbpe_confidence(window.pred[i], window.conf[i]) for i in order]
+        if any(c is None for c in conf):
+            return None
+        return ref.calibration.expected_accuracy(conf)
+
+    def _emit(self, start: int, key: str, window: QualityWindow, final: bool) -> None:
+        cfg = self.config
+        model, version = _split(key)
+        # the estimate with the calibration as it is now: at a final row, fitted on the
+        # reference windows before this one (deterministic, whatever the arrival order)
+        estimate = self._estimate(key, window)
+        lab = self._labelled(window)
+        n = len(window.pred)
+        row: dict[str, Any] = {
+            "window_start": start,
+            "window_end": start + cfg.window_ms,
+            "model_id": model,
+            "model_version": version,
+            "estimated": 0,
+            "predictions": n,
+            "labelled": len(lab.pred),
+            "coverage": len(lab.pred) / n if n else 0.0,
+            "orphan_labels": window.orphans,
+            "duplicate_labels": window.dup_labels,
+            "duplicate_predictions": window.dup_preds,
+            "task": "",
+            "accuracy": None,
+            "precision_macro": None,
+            "recall_macro": None,
+            "f1_macro": None,
+            "log_loss": None,
+            "brier": None,
+            "roc_auc": None,
+            "ece": None,
+            "per_class": "{}",
+            "mae": None,
+            "rmse": None,
+            "mape": None,
+            "mape_skipped": 0,
+            "mean_error": None,
+            "estimated_accuracy": estimate,
+            "final": int(final),
+            "version": 2 if final else 1,
+        }
+        if not final and estimate is not None:
+            row["estimated"] = 1
+            row["task"] = "classification"
+            row["accuracy"] = estimate
+            self._out.add_row("quality_windows", row)
+            return
+        judged: tuple[str, np.ndarray | None, np.ndarray | None, np.ndarray | None] = (
+            "",
+            None,
+            None,
+            None,
+        )
+        if lab.pred:
+            judged = self._metrics(model, lab, row)
+        self._out.add_row("quality_windows", row)
+        if final and version:
+            self._judge(start, key, row, *judged)
+
+    def _metrics(
+        self, model: str, lab: Labelled, row: dict[str, Any]
+    ) -> tuple[str, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Fill `row` with the window's metrics; return what the judge needs:
+        (task, correct 0/1, absolute errors, CBPE confidences of the labelled)."""
+        cfg = self.config
+        task, score = window_task(cfg, model, lab)
+        row["task"] = task
+        w = lab.weight
+        if task == "regression":
+            if any(isinstance(v, str) for v in (*lab.pred, *lab.label)):
+                row["task"] = ""
+                return "", None, None, None  # text in a regression model: no metric
+            y = np.asarray(lab.label, dtype=np.float64)
+            p = np.asarray(lab.pred, dtype=np.float64)
+            r = regression_report(y, p, w)
+            row.update(
+                mae=r.mae,
+                rmse=r.rmse,
+                mape=r.mape,
+                mape_skipped=r.mape_skipped,
+                mean_error=r.mean_error,
+            )
+            return "regression", None, r.abs_errors, None
+        y_cls = [class_name(v) for v in lab.label]
+        if score:
+            p_pos = np.asarray(lab.pred, dtype=np.float64)
+            pred_cls = ["1" if p >= cfg.threshold else "0" for p in p_pos]
+            top = np.where(p_pos >= cfg.threshold, p_pos, 1.0 - p_pos)
+        else:
+            pred_cls = [class_name(v) for v in lab.pred]
+            p_pos, top = None, None
+            if all(c is not None for c in lab.conf):
+                top = np.asarray(lab.conf, dtype=np.float64)
+                classes = sorted(set(y_cls) | set(pred_cls))
+                if len(classes) == 2:
+                    is_pos = np.asarray([c == classes[1] for c in pred_cls])
+                    p_pos = np.where(is_pos, top, 1.0 - top)
+        yarr, parr = np.asarray(y_cls), np.asarray(pred_cls)
+        correct = (yarr == parr).astype(np.int64)
+        report = class_report(yarr, parr, w)
+        row.update(
+            accuracy=accuracy(yarr, parr, w),
+            precision_macro=report.precision_macro,
+            recall_macro=report.recall_macro,
+            f1_macro=report.f1_macro,
+            per_class=orjson.dumps(
+                {
+                    c: {"precision": pr, "recall": rc, "f1": f, "support": s}
+                    for c, pr, rc, f, s in zip(
+                        report.classes,
+                        report.precision,
+                        report.recall,
+                        report.f1,
+                        report.support,
+                        strict=True,
+                    )
+                }
+            ).decode(),
+        )
+        if p_pos is not None:
+            classes = sorted(set(y_cls) | set(pred_cls)) if not score else ["0", "1"]
+            y01 = np.asarray([c == classes[-1] for c in y_cls], dtype=np.float64)
+            row["log_loss"] = log_loss(y01, p_pos, w)
+            row["brier"] = brier(y01, p_pos, w)
+            row["roc_auc"] = roc_auc(y01, p_pos, w)
+        if top is not None:
+            row["ece"] = ece(top, correct, w, cfg.ece_bins)
+        cbpe = [cbpe_confidence(p, c) for p, c in zip(lab.pred, lab.conf, strict=True)]
+        conf = None if any(c is None for c in cbpe) else np.asarray(cbpe, dtype=np.float64)
+        return "classification", correct, None, conf
+
+    def _judge(
+        self,
+        start: int,
+        key: str,
+        row: dict[str, Any],
+        task: str,
+        correct: np.ndarray | None,
+        abs_errors: np.ndarray | None,
+        conf: np.ndarray | None,
+    ) -> None:
+        """Feed the reference while it is incomplete; judge the windows after it."""
+        cfg = self.config
+        ref = self.references.get(key)
+        if ref is None:
+            ref = self.references[key] = QualityReference()
+        if not task:
+            return
+        entity = key.replace("\x1f", "/")
+        end = start + cfg.window_ms
+        n = int(row["labelled"])
+        common = {"kind": "quality", "entity": entity, "ts": end, "n": n}
+        span = {"window_start": start, "window_end": end}
+        if task == "classification":
+            self._out.observations.append(
+                Observation(metric="accuracy", value=row["accuracy"], **common, **span)
+            )
+        else:
+            self._out.observations.append(
+                Observation(metric="mae", value=row["mae"], **common, **span)
+            )
+        if not ref.done:
+            ref.add(task, correct, abs_errors, conf, cfg.reference_labelled)
+            return
+        if task != ref.task:
+            return
+        if task == "classification" and correct is not None:
+            k = int(correct.sum())
+            drop, p = accuracy_drop(k, n, ref.n_correct, ref.n)
+            details = {
+                "accuracy": k / n,
+                "reference_accuracy": ref.accuracy,
+                "labelled": n,
+                "reference_labelled": ref.n,
+                "estimated_accuracy": row["estimated_accuracy"],
+                "test": "Fisher exact, one-sided",
+            }
+            self._out.observations.append(
+                Observation(
+                    metric="accuracy_drop",
+                    value=drop,
+                    p_value=p,
+                    details=details,
+                    **common,
+                    **span,
+                )
+            )
+        elif abs_errors is not None:
+            mean = float(abs_errors.mean())
+            std = float(abs_errors.std(ddof=1)) if n > 1 else 0.0
+            inc, p = mae_increase(mean, std, n, ref.mae, ref.abs_error_std, ref.n)
+            details = {
+                "mae": mean,
+                "reference_mae": ref.mae,
+                "labelled": n,
+                "reference_labelled": ref.n,
+                "test": "Welch t, one-sided",
+            }
+            if math.isfinite(inc):
+                self._out.observations.append(
+                    Observation(
+                        metric="mae_increase",
+                        value=inc,
+                        p_value=p,
+                        details=details,
+                        **common,
+                        **span,
+                    )
+                )
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        windows = [
+            WindowState(
+                start=start,
+                key=key,
+                ids=list(w.index),
+                ts=w.ts,
+                pred=w.pred,
+                conf=w.conf,
+                label=w.label,
+                label_ts=w.label_ts,
+                weight=w.weight,
+                orphans=w.orphans,
+                duplicate_labels=w.dup_labels,
+                duplicate_predictions=w.dup_preds,
+            )
+            for start, key, w in self.windows.items()
+        ]
+        pending = [
+            PendingLabel(rid, seq, *fields)
+            for rid, waiting in self.pending.items()
+            for seq, fields in waiting.items()
+        ]
+        state = QualityState(
+            windows=windows,
+            pending=pending,
+            seq=self.seq,
+            provisional_until=self.provisional_until,
+            references={k: r.snapshot() for k, r in self.references.items()},
+        )
+        return msgspec.to_builtins(state)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(
+                f"quality: snapshot format {state.get('format')!r} is not this build's "
+                f"({SNAPSHOT_FORMAT}); start this monitor afresh (drop its checkpoint)"
+            )
+        try:
+            typed = msgspec.convert(state, QualityState)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"quality: the snapshot does not match its format: {exc}") from None
+        self.windows.clear()
+        self.by_id = {}
+        for ws in typed.windows:
+            w = self.windows.at(ws.key, ws.start)
+            w.key = ws.key
+            w.index = {rid: i for i, rid in enumerate(ws.ids)}
+            w.ts, w.pred, w.conf = ws.ts, ws.pred, ws.conf
+            w.label, w.label_ts, w.weight = ws.label, ws.label_ts, ws.weight
+            w.orphans, w.dup_labels = ws.orphans, ws.duplicate_labels
+            w.dup_preds = ws.duplicate_predictions
+            for rid in ws.ids:
+                self.by_id[rid] = w
+        self.pending, self.pending_heap = {}, []
+        for p in typed.pending:
+            self.pending.setdefault(p.request_id, {})[p.seq] = (p.ts, p.model_id, p.label, p.weight)
+            self.pending_heap.append((p.ts, p.seq, p.request_id))
+        heapq.heapify(self.pending_heap)
+        self.seq = typed.seq
+        self.provisional_until = typed.provisional_until
+        self.references = {
+            k: QualityReference.from_snapshot(r) for k, r in typed.references.items()
+        }
+
+
+# -- checkpoint state: typed and versioned (a snapshot is msgspec.to_builtins of it) ------
+
+SNAPSHOT_FORMAT = 1
+
+
+class WindowState(msgspec.Struct, kw_only=True):
+    """One window's predictions as parallel lists (no per-prediction objects)."""
+
+    start: int
+    key: str  # model_id \x1f model_version ("" for the orphans' rows)
+    ids: list[str]
+    ts: list[int]
+    pred: list[float | str]
+    conf: list[float | None]
+    label: list[float | str | None]
+    label_ts: list[int]
+    weight: list[float]
+    orphans: int
+    duplicate_labels: int
+    duplicate_predictions: int
+
+
+class PendingLabel(msgspec.Struct, array_like=True):
+    """A label waiting for its prediction (compact: one array per label)."""
+
+    request_id: str
+    seq: int
+    ts: int
+    model_id: str
+    label: float | str
+    weight: float
+
+
+class QualityState(msgspec.Struct, kw_only=True):
+    windows: list[WindowState]
+    pending: list[PendingLabel]
+    seq: int
+    provisional_until: int
+    references: dict[str, dict[str, Any]]
+    format: int = SNAPSHOT_FORMAT
+
+
+__all__ = ["QualityConfig", "QualityOperator", "class_name"]
