@@ -5,7 +5,7 @@ their alerts, each held for `for_s` seconds of event time:
 
     RetrainPolicy("*", (RetrainCondition("psi", ">=", 0.2, for_s=300),
                         RetrainCondition("error_rate", ">", 0.02, for_s=120),
-                        RetrainCondition("accuracy", "<", 0.8, for_s=600)),
+                        RetrainCondition("accuracy_drop", ">", 0.1, for_s=600)),
                   interval_s=86_400)
 
 A condition holds on a model from the start of the evidence window of a

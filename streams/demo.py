@@ -9,7 +9,8 @@ To show possible causes and retraining (docs/causes.md), the default incidents
 gain a CTR drop on a campaign served by the model of the feature drift, while
 the drift lasts (`linked_incidents`): its CTR alert names the drift ("possible
 cause: PSI of distance_km = ..."); and unless retraining is configured, the
-demo asks for it on PSI and error rate (`DEMO_RETRAIN`), printing each request.
+demo asks for it on PSI, error rate and accuracy (`DEMO_RETRAIN`), printing
+each request.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ DEMO_RETRAIN = {
             "conditions": [
                 {"metric": "psi", "op": ">=", "threshold": 0.2, "for_s": 120},
                 {"metric": "error_rate", "op": ">", "threshold": 0.05, "for_s": 60},
+                {"metric": "accuracy_drop", "op": ">", "threshold": 0.1, "for_s": 300},
             ],
         }
     ]

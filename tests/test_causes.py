@@ -178,7 +178,7 @@ def test_quality_alert_lists_drift_of_its_model() -> None:
     c.enrich(psi("m0/a", 0.3, 0))
     c.enrich(psi("m1/a", 0.3, 0))
     c.enrich(alert("service", "m0/1", "latency_p99", 900, 500, 0, MIN))
-    q = alert("quality", "m0", "accuracy", 0.7, 0.8, 0, 5 * MIN)
+    q = alert("quality", "m0/1", "accuracy_drop", 0.2, 0.1, 0, 5 * MIN)
     assert [x.entity for x in c.causes(q)] == ["m0/a"]
 
 
@@ -271,18 +271,19 @@ def test_resolution_below_threshold_and_remote_alerts_request_nothing() -> None:
 
 def test_accuracy_and_error_rate_plug_in_by_metric_name() -> None:
     p = planner(
-        RetrainCondition("accuracy", "<", 0.8, for_s=120),
+        RetrainCondition("accuracy_drop", ">", 0.1, for_s=120),
         RetrainCondition("error_rate", ">", 0.05, for_s=90),
     )
     half = MIN // 2
-    assert p.observe(alert("quality", "m0", "accuracy", 0.7, 0.8, 0, MIN), local=True) == []
+    drop = alert("quality", "m0/2.1", "accuracy_drop", 0.2, 0.1, 0, MIN)
+    assert p.observe(drop, local=True) == []
     errors = alert("service", "m0/2.1", "error_rate", 0.2, 0.01, half, 3 * half)
     assert p.observe(errors, local=True) == []  # at 1.5 min: nothing has held long enough
     (r,) = p.advance(10 * MIN)
     # accuracy held from 0 (met at 2 min), the error rate from 0.5 min (met at 2 min)
     assert r.ts == 2 * MIN
     assert r.model_version == "2.1"
-    assert [e["metric"] for e in r.evidence] == ["accuracy", "error_rate"]
+    assert [e["metric"] for e in r.evidence] == ["accuracy_drop", "error_rate"]
     assert [e["held_s"] for e in r.evidence] == [120.0, 90.0]
 
 

@@ -33,7 +33,7 @@ def test_the_example_configuration_loads(tmp_path: Path) -> None:
     assert [(c.metric, c.op, c.threshold, c.for_s) for c in policy.conditions] == [
         ("psi", ">=", 0.2, 120),
         ("error_rate", ">", 0.05, 60),
-        ("accuracy", "<", 0.8, 600),
+        ("accuracy_drop", ">", 0.1, 600),
     ]
     assert correlator_config(settings).lookback_ms == 3_600_000
     (rule,) = settings.sql_rules

@@ -11,7 +11,8 @@ A 1500 event-second simulation with linked incidents:
   (all at site-b), so the later ones list the earlier.
 
 Retraining is configured as docs/causes.md's example (models `model-*`: PSI
->= 0.2 held 120 s, error rate > 5 % held 60 s, accuracy < 0.8 held 600 s):
+>= 0.2 held 120 s, error rate > 5 % held 60 s, accuracy 10 % under its
+reference held 600 s):
 one request each for model-0 and model-1 on the `retrain-requests` topic,
 with the alerts that triggered them, and each also POSTed to a webhook that
 fails its first call (so the retry is exercised).
