@@ -16,6 +16,7 @@ from operators.watermark import NO_WATERMARK, Watermark
 from schemas.events import Alert
 
 if TYPE_CHECKING:
+    from operators.causes import RelationLearner
     from operators.change import ChangeDetectors
 
 
@@ -34,11 +35,15 @@ class MonitorTask:
         idle_timeout_ms: int,
         *,
         changes: ChangeDetectors | None = None,
+        relations: RelationLearner | None = None,
     ) -> None:
         self.operator = operator
         self.rules = rules
         # optional change detection on the operator's observations (kind "change")
         self.changes = changes
+        # optional: relations learned from the input (a campaign's models, a sensor's
+        # site), attached to alerts as `details.related` hints (operators.causes)
+        self.relations = relations
         self.watermark = Watermark(operator.sources, lateness_ms, idle_timeout_ms)
 
     def feed(self, source: str, events: Sequence[Any], now_ms: int) -> list[int]:
@@ -55,6 +60,8 @@ class MonitorTask:
             times = [t for i, t in enumerate(times) if i not in skip]
         if events:
             self.operator.feed(source, events)
+            if self.relations is not None:
+                self.relations.observe(source, events)
             self.watermark.observe(source, max(times), now_ms)
         else:
             self.watermark.observe(source, wm, now_ms)
@@ -66,6 +73,8 @@ class MonitorTask:
         after = self.watermark.update(now_ms, floor)
         if after > before:
             self.operator.advance(after)
+            if self.relations is not None:
+                self.relations.expire(after)
         return after
 
     def finish(self) -> int:
@@ -105,7 +114,13 @@ class MonitorTask:
         observations = out.observations
         if self.changes is not None and observations:
             observations = observations + self.changes.observe(observations)
-        return TaskOutput(rows=out.rows, alerts=self.rules.evaluate(observations))
+        alerts = self.rules.evaluate(observations)
+        if self.relations is not None:
+            for alert in alerts:
+                hints = self.relations.hints(alert.entity, alert.ts)
+                if hints:
+                    alert.details = {**alert.details, "related": hints}
+        return TaskOutput(rows=out.rows, alerts=alerts)
 
     def snapshot(self) -> dict[str, Any]:
         state = {
@@ -115,6 +130,8 @@ class MonitorTask:
         }
         if self.changes is not None:
             state["changes"] = self.changes.snapshot()
+        if self.relations is not None:
+            state["relations"] = self.relations.snapshot()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -124,3 +141,6 @@ class MonitorTask:
         if self.changes is not None:
             # a snapshot from before change detection was enabled starts it afresh
             self.changes.restore(state.get("changes", {}))
+        if self.relations is not None:
+            # a snapshot from before relations were learned starts them afresh
+            self.relations.restore(state.get("relations", {}))

@@ -155,7 +155,7 @@ class LabelEvent(Event, kw_only=True):
 
 Severity = Literal["info", "warning", "critical"]
 AlertKind = Literal[
-    "ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness", "quality"
+    "ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness", "quality", "sql"
 ]
 
 
@@ -176,6 +176,25 @@ class Alert(msgspec.Struct, kw_only=True, omit_defaults=False):
     window_end: int | None = None
     message: str
     details: dict[str, Any] = {}
+
+
+class RetrainRequest(msgspec.Struct, kw_only=True):
+    """A retraining request (contract v2), on the `retrain-requests` topic keyed by model_id."""
+
+    request_id: Annotated[
+        str, msgspec.Meta(description="Deterministic: the same model and trigger time, same id")
+    ]
+    ts: Annotated[int, msgspec.Meta(description="Event time the condition was met, epoch ms")]
+    model_id: str
+    model_version: str
+    reasons: Annotated[
+        list[dict[str, Any]],
+        msgspec.Meta(description="The alerts that triggered it: alert_id and message"),
+    ]
+    evidence: Annotated[
+        list[dict[str, Any]],
+        msgspec.Meta(description="Per condition met: metric, value, op, threshold, held_s"),
+    ]
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.events import INPUT_EVENTS, Alert, DeadLetter
+from schemas.events import INPUT_EVENTS, Alert, DeadLetter, RetrainRequest
 from schemas.tables import schema_sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +21,12 @@ DDL_FILE = ROOT / "deploy" / "clickhouse" / "001_schema.sql"
 
 def artefacts() -> dict[Path, str]:
     out: dict[Path, str] = {}
-    named = {**INPUT_EVENTS, "alerts": Alert, "dead-letter": DeadLetter}
+    named = {
+        **INPUT_EVENTS,
+        "alerts": Alert,
+        "dead-letter": DeadLetter,
+        "retrain-requests": RetrainRequest,
+    }
     for topic, struct in named.items():
         schema = msgspec.json.schema(struct)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -262,6 +262,10 @@ def _scenario(
         seed=seed,
         incidents=incidents,
     )
+    if demo and not incident_specs and not no_incidents:
+        from streams.demo import linked_incidents
+
+        scenario.incidents.extend(linked_incidents(scenario))  # a possible cause to show
     try:
         check_incidents(scenario)
         check_timing(scenario)

@@ -62,6 +62,7 @@ class TopicNames(Strict):
     alerts: str = "alerts"
     dead_letter: str = "dead-letter"
     late_events: str = "late-events"
+    retrain_requests: str = "retrain-requests"  # v2 (docs/causes.md)
     checkpoints: str = "streamwatch-checkpoints"
 
 
@@ -532,6 +533,87 @@ DEFAULT_RULES = [
 ]
 
 
+class CausesSettings(Strict):
+    """Possible causes (docs/causes.md): relations learned from the input, bounded."""
+
+    enabled: bool = True
+    relation_ttl_s: float = 3600  # a campaign's model, a sensor's site: forgotten after
+    relation_max_keys: int = 10_000  # campaigns (sensors) remembered per partition
+    lookback_s: float = 3600  # a cause's evidence may start this long before the alert's
+    slack_s: float = 60  # ... or this long after its window ends (point evidence)
+    # an alert episode is forgotten this long after it ended (or, never resolved,
+    # after its evidence); at most max_keys (rule, entity) pairs are remembered
+    firing_ttl_s: float = 6 * 3600
+    max_keys: int = 50_000
+    max_causes: int = 5
+    # a CTR or quality alert waits (at most max_hold_s of wall-clock time) until the
+    # drift/service/quality monitors reach its window's end + hold_s of event time:
+    # the longest window a cause may close (drift: 300 s). Only a backlog waits
+    hold_s: float = 300
+    max_hold_s: float = 30
+    # read every worker's alerts (all partitions of the alerts topic), from this far back
+    # at start: causes raised by other workers, and the firing set after a restart
+    feed: bool = True
+    feed_lookback_s: float = 6 * 3600
+
+
+class RetrainConditionSettings(Strict):
+    metric: str  # an alert metric: psi, error_rate, latency_p99, accuracy, ...
+    op: Literal[">", ">=", "<", "<="]
+    threshold: float
+    for_s: float = 0
+
+    def __post_init__(self) -> None:
+        if self.for_s < 0:
+            raise ValueError(f"retrain condition on {self.metric}: for_s must be >= 0")
+
+
+class RetrainPolicySettings(Strict):
+    models: str = "*"  # glob over model ids
+    conditions: list[RetrainConditionSettings] = msgspec.field(default_factory=list)
+    interval_s: float = 86_400
+
+    def __post_init__(self) -> None:
+        if not self.conditions:
+            raise ValueError(f"retrain policy for {self.models!r} has no conditions")
+        if self.interval_s <= 0:
+            raise ValueError(f"retrain policy for {self.models!r}: interval_s must be > 0")
+
+
+class RetrainSettings(Strict):
+    """Retraining requests (docs/causes.md); none unless policies are configured."""
+
+    policies: list[RetrainPolicySettings] = msgspec.field(default_factory=list)
+    # POST each request as JSON here too (a training pipeline's trigger); the URL may
+    # hold a secret, so it is read from this environment variable, never the file
+    webhook_env: str = "STREAMWATCH_RETRAIN_WEBHOOK"
+    webhook_timeout_s: float = 5
+    webhook_retries: int = 5
+
+
+class SqlRuleSettings(Strict):
+    """A rule written in ClickHouse SQL (docs/causes.md): each row is an observation."""
+
+    name: str
+    sql: str
+    entity_column: str
+    value_column: str
+    op: Literal[">", ">=", "<", "<="]
+    thresholds: dict[Literal["info", "warning", "critical"], float]
+    interval_s: float = 60
+    timeout_s: float = 10
+    max_rows: int = 10_000
+    cooldown_s: float = 600
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.thresholds:
+            raise ValueError(f"sql rule {self.name}: thresholds need at least one severity")
+        for key in ("interval_s", "timeout_s", "max_rows"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"sql rule {self.name}: {key} must be > 0")
+
+
 # -- delivery (streams/delivery): Alertmanager, webhooks, e-mail ---------------
 
 RECEIVER_TYPES = ("generic", "slack", "dingtalk", "wecom", "feishu", "email", "log")
@@ -672,6 +754,9 @@ class Settings(Strict):
     # reference profiles for drift (`streamwatch reference build` writes them)
     drift_references: list[str] = msgspec.field(default_factory=list)
     rules: list[RuleSettings] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))
+    causes: CausesSettings = msgspec.field(default_factory=CausesSettings)
+    retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
+    sql_rules: list[SqlRuleSettings] = msgspec.field(default_factory=list)
     data_dir: str = "var"
     web_port: int = 6066
     web_bind: str = "127.0.0.1"  # loopback only unless asked (containers set 0.0.0.0)

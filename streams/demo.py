@@ -4,6 +4,13 @@ Starts the embedded services and a worker, publishes simulated traffic with
 injected incidents from a background thread, prints alerts as the worker
 raises them, stops once event time has passed the end of the simulation, and
 summarises what ClickHouse holds.
+
+To show possible causes and retraining (docs/causes.md), the default incidents
+gain a CTR drop on a campaign served by the model of the feature drift, while
+the drift lasts (`linked_incidents`): its CTR alert names the drift ("possible
+cause: PSI of distance_km = ..."); and unless retraining is configured, the
+demo asks for it on PSI, error rate and accuracy (`DEMO_RETRAIN`), printing
+each request.
 """
 
 from __future__ import annotations
@@ -12,14 +19,18 @@ import threading
 import time
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from operators.ctr import CtrConfig
 from streams import kafka
-from streams.config import Settings
-from streams.simulate import Scenario, Simulator, publish
+from streams.config import RetrainSettings, Settings
+from streams.simulate import Incident, Scenario, Simulator, publish
 from streams.worker import Services, Worker
 
+# a CTR window is judged once final: the attribution window after its end
+CTR_FINAL_S = (CtrConfig().attribution_ms + CtrConfig().window_ms) / 1000
 DEMO_LABEL_DELAY_MS = 600_000
 
 
@@ -29,11 +40,68 @@ def _topic_map(settings: Settings) -> dict[str, str]:
     return topic_map(settings)
 
 
+# the demo's retraining policy when none is configured (docs/causes.md)
+DEMO_RETRAIN = {
+    "policies": [
+        {
+            "models": "*",
+            "interval_s": 86_400,
+            "conditions": [
+                {"metric": "psi", "op": ">=", "threshold": 0.2, "for_s": 120},
+                {"metric": "error_rate", "op": ">", "threshold": 0.05, "for_s": 60},
+                {"metric": "accuracy_drop", "op": ">", "threshold": 0.1, "for_s": 300},
+            ],
+        }
+    ]
+}
+
+
+def linked_incidents(scenario: Scenario) -> list[Incident]:
+    """A CTR drop (x0.25) on a campaign served by the model of each feature drift,
+    from a minute into the drift for up to 300 s: a CTR alert with a possible cause.
+    The campaign is one no other CTR drop targets (a rule that fired on it shortly
+    before would still be cooling down), a campaign without an experiment first.
+    None when the drop could not be judged before the run ends (a CTR window is
+    judged once final: the attribution window after its end).
+
+    >>> s = Scenario(0, duration_s=3600, campaigns=4,
+    ...              incidents=[Incident("feature_drift", "model-0/distance_km", 2025, 540, 1.5)])
+    >>> linked_incidents(s)
+    [Incident(kind='ctr_drop', target='cmp-002', start_s=2085.0, duration_s=300.0, factor=0.25)]
+    >>> s.incidents.append(Incident("ctr_drop", "cmp-002", 720, 450, 0.25))
+    >>> [i.target for i in linked_incidents(s)]  # cmp-002 is taken: cmp-000 (an experiment's)
+    ['cmp-000']
+    >>> s.duration_s = 1800  # a window from 2085 s would be final after the run
+    >>> linked_incidents(s)
+    []
+    """
+    experiments = set(scenario.campaign_ids()[: scenario.experiment_campaigns])
+    dropped = {i.target for i in scenario.incidents if i.kind == "ctr_drop"}
+    out = []
+    for drift in scenario.incidents:
+        if drift.kind != "feature_drift" or drift.duration_s <= 120:
+            continue
+        model = drift.target.partition("/")[0]
+        served = [c for c in scenario.campaign_ids() if scenario.model_of(c) == model]
+        free = [c for c in served if c not in dropped]
+        # no other drop on it, no experiment on it; or no other drop; or any
+        ranked = [c for c in free if c not in experiments] + free + served
+        start = float(drift.start_s + 60)
+        # judged only once final (attribution + one window after it): before the run ends
+        duration = min(300.0, drift.duration_s - 60, scenario.duration_s - CTR_FINAL_S - start)
+        if ranked and duration >= 120:
+            out.append(Incident("ctr_drop", ranked[0], start, duration, 0.25))
+            dropped.add(ranked[0])
+    return out
+
+
 def run_demo(
     settings: Settings, scenario: Scenario, speed: float | None, out: Console, err: Console
 ) -> bool:
     from streams.cli import print_alert
 
+    if not settings.retrain.policies:
+        settings.retrain = msgspec.convert(DEMO_RETRAIN, RetrainSettings)
     quality = settings.monitors.get("quality")
     if quality is not None and "label_delay_ms" not in quality.options:
         # the simulator's labels come within 540 s: a 10-min label delay makes the
@@ -63,6 +131,17 @@ def run_demo(
             print_alert(alert, out)
 
         worker.sinks.alert_listeners.append(on_alert)
+        requested: list[Any] = []
+
+        def on_retrain(request: Any) -> None:
+            requested.append(request)
+            reasons = "; ".join(r["message"] for r in request.reasons)
+            out.print(
+                f"[bold magenta]retraining requested[/bold magenta] for {request.model_id} "
+                f"(request {request.request_id[:8]}): {reasons}"
+            )
+
+        worker.causes.publisher.listeners.append(on_retrain)
         done = threading.Event()
         failure: list[BaseException] = []
 
@@ -113,12 +192,14 @@ def run_demo(
         stopping.set()
         if failure:
             raise failure[0]
-        return summarise(worker, raised, out)
+        return summarise(worker, raised, out, requested)
     finally:
         services.stop()
 
 
-def summarise(worker: Worker, raised: list[Any], out: Console) -> bool:
+def summarise(
+    worker: Worker, raised: list[Any], out: Console, requested: list[Any] | None = None
+) -> bool:
     db = worker.settings.clickhouse.database
     windows = worker.query(
         f"SELECT count(), countIf(final = 1), sum(impressions), sum(clicks) "
@@ -137,6 +218,9 @@ def summarise(worker: Worker, raised: list[Any], out: Console) -> bool:
     for kind, severity, status, n in alerts:
         table.add_row(f"alerts: {kind} {severity} {status}", str(n))
     table.add_row("messages rejected to dead-letter", str(rejected))
+    caused = [a for a in raised if a.details.get("possible_causes")]
+    table.add_row("alerts naming a possible cause", str(len(caused)))
+    table.add_row("retraining requests", str(len(requested or [])))
     from schemas.tables import TABLES
 
     for spec in TABLES:

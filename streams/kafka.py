@@ -73,7 +73,7 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
     parts = partitions or settings.kafka.partitions
     t = settings.topics
     wanted = {name: NewTopic(name, parts, 1) for name in input_topics(settings)}
-    for name in (t.alerts, t.dead_letter, t.late_events):
+    for name in (t.alerts, t.dead_letter, t.late_events, t.retrain_requests):
         wanted[name] = NewTopic(name, parts, 1)
     wanted[t.checkpoints] = NewTopic(
         t.checkpoints,

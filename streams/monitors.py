@@ -17,6 +17,7 @@ from typing import Any
 
 from operators.autoencoder import AutoencoderConfig, AutoencoderOperator
 from operators.base import Operator
+from operators.causes import RELATIONS, RelationLearner
 from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
 from operators.ctr import CtrConfig, CtrOperator
@@ -103,6 +104,19 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
         if change.enabled
         else None
     )
+    causes = settings.causes
+
+    def relations(name: str, sources: tuple[str, ...]) -> RelationLearner | None:
+        """A learner for the monitors whose alerts have related entities (campaigns'
+        models, sensors' sites: docs/causes.md), where they read those inputs."""
+        if name not in ("ctr", "sensor", "cluster") or not causes.enabled:
+            return None
+        if not {r.source for r in RELATIONS} & set(sources):
+            return None
+        return RelationLearner(
+            round(causes.relation_ttl_s * 1000), max_keys=causes.relation_max_keys
+        )
+
     specs = []
     for name, monitor in settings.monitors.items():
         if name not in OPERATORS:
@@ -118,6 +132,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
             config: Any = config,
             extra: dict[str, Any] = extra,
             lateness_s: float = monitor.lateness_s,
+            name: str = name,
         ) -> MonitorTask:
             changes = ChangeDetectors(change_config) if change_config else None
             return MonitorTask(
@@ -126,6 +141,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
                 round(lateness_s * 1000),
                 idle_ms,
                 changes=changes,
+                relations=relations(name, operator_type.sources),
             )
 
         topics = {src: topic_of(settings, src) for src in operator_type.sources}

@@ -8,6 +8,8 @@ order overall), then `("__tick__", "", horizon_ms)` once per second:
   CTR, A/B variants (50/50) for the experiment campaigns (experiment
   `exp-<campaign_id>`), and clicks that follow their impression after a
   random delay (a few duplicates and orphans, as real click trackers produce);
+  each impression carries the `model_id` of the model serving its campaign
+  (`Scenario.model_of`: campaign i, model i mod `models`);
 - inference logs of `models` models (`model-0`, ...; version "1.0.0"): five
   numeric features (`FEATURES`: amount, account_age_days, session_length_s,
   items_in_cart, distance_km) and one categorical (`device`), a score in
@@ -166,6 +168,13 @@ class Scenario:
 
     def model_ids(self) -> list[str]:
         return [f"model-{i}" for i in range(self.models)]
+
+    def model_of(self, campaign_id: str) -> str | None:
+        """The model that ranks a campaign's ads (its impressions carry its `model_id`):
+        campaign i is served by model i mod `models`."""
+        if not self.models:
+            return None
+        return f"model-{int(campaign_id.removeprefix('cmp-')) % self.models}"
 
     def regressor_ids(self) -> list[str]:
         return [REGRESSOR] if self.regressor_per_s > 0 else []
@@ -378,6 +387,7 @@ class Simulator:
         self.campaigns = ids
         self.cum_weights = [w / total for w in itertools.accumulate(weights)]
         self.experiments = {c: f"exp-{c}" for c in ids[: scenario.experiment_campaigns]}
+        self.serving = {c: scenario.model_of(c) for c in ids}
         self.counts: dict[str, int] = {}
         self.models = [self._model(i, m) for i, m in enumerate(scenario.model_ids())]
         self.sensors = [self._sensor(i, sid) for i, sid in enumerate(scenario.sensor_ids())]
@@ -465,6 +475,9 @@ class Simulator:
                 "user_id": user,
                 "ad_id": f"ad-{rng.randrange(5)}",
             }
+            model = self.serving[campaign]
+            if model is not None:
+                imp["model_id"] = model  # no draw: the traffic is otherwise unchanged
             experiment = self.experiments.get(campaign)
             if experiment is not None:
                 share_a = 0.5

@@ -84,6 +84,9 @@ class Sinks:
         # checkpoint never covers an alert or dead letter that did not arrive
         self.undelivered: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self.alert_listeners: list[Any] = []
+        # called on each alert before it is published (streams.correlate: possible
+        # causes); one may return None to hold the alert back and pass it here later
+        self.alert_enrichers: list[Any] = []
         # Delay from a result's creation (the tick whose watermark closed its
         # window) to its delivery; the latest ones, for benchmarks and /metrics.
         self.created: dict[str, list[tuple[float, int]]] = {}  # table -> (when, rows)
@@ -103,7 +106,12 @@ class Sinks:
     def alerts(self, alerts: list[Alert]) -> None:
         rows = []
         created = time.monotonic()
-        for alert in alerts:
+        for given in alerts:
+            alert: Alert | None = given
+            for enrich in self.alert_enrichers:
+                alert = enrich(alert) if alert is not None else None
+            if alert is None:
+                continue
             self._produce(
                 self.topics.alerts,
                 msgspec.json.encode(alert),

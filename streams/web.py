@@ -220,6 +220,7 @@ DB = "streamwatch"
 DASHBOARD_SPAN = "INTERVAL 2 HOUR"
 MAX_ANOMALIES = 1000
 MAX_ALERTS = 50
+MAX_CAUSED = 20  # latest firing alerts with possible causes (docs/causes.md)
 
 
 def _since(table: str, column: str) -> str:
@@ -269,8 +270,16 @@ def dashboard_queries() -> dict[str, str]:
             ORDER BY model_id, model_version, window_end""",
         "alerts": f"""
             SELECT {_ms("ts")} AS t, kind, rule, severity, status, entity, metric,
-                   value, threshold, message
+                   value, threshold, message,
+                   JSONExtractArrayRaw(details, 'possible_causes') AS causes
             FROM {DB}.alerts FINAL ORDER BY ts DESC, alert_id LIMIT {MAX_ALERTS}""",
+        # the latest firing alerts that name possible causes (each cause: a JSON object)
+        "caused": f"""
+            SELECT {_ms("ts")} AS t, kind, rule, severity, entity, message,
+                   JSONExtractArrayRaw(details, 'possible_causes') AS causes
+            FROM {DB}.alerts FINAL
+            WHERE status = 'firing' AND JSONHas(details, 'possible_causes')
+            ORDER BY ts DESC, alert_id LIMIT {MAX_CAUSED}""",
         # alert moments on the CTR chart: every CTR alert in the charted span
         "ctr_alerts": f"""
             SELECT {_ms("ts")} AS t, entity, rule, severity, status, message

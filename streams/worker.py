@@ -191,6 +191,11 @@ class Worker:
         self.source = KafkaSource(settings, self.runtime, self.pipeline.topics)
         self.app = build_app(settings, self.runtime)
         register_pages(self.app, self)
+        # possible causes, retraining requests, SQL rules (docs/causes.md)
+        from streams import correlate, sql_rules
+
+        self.causes = correlate.install(self)
+        self.sql_rules = sql_rules.install(self)
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Run until SIGINT/SIGTERM, or until `until()` turns true (checked each second).
@@ -319,6 +324,9 @@ class Worker:
             await asyncio.wait_for(worker.stop(), max(1.0, deadline - time.monotonic()))
         except TimeoutError:
             log.error("the faust app did not stop in time")
+        self.causes.stop()  # docs/causes.md: the alerts feed, the retraining webhook
+        if self.sql_rules is not None:
+            self.sql_rules.stop()
         remaining = max(0.0, deadline - time.monotonic())
         await asyncio.to_thread(self.producer.flush, min(10.0, remaining))
         log.info("stopped")

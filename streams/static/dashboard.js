@@ -320,8 +320,35 @@ function renderAlerts(data) {
       <td>${badge(a)}</td>
       <td>${esc(a.status)}</td><td>${esc(a.kind)}</td><td>${esc(a.rule)}</td>
       <td>${esc(a.entity)}</td><td class="num">${esc(fmt(a.value))}</td>
-      <td>${esc(a.message)}</td>
+      <td>${esc(a.message)}${causeList(a.causes, true)}</td>
     </tr>`).join("") : '<tr><td colspan="8" class="empty">no alerts</td></tr>';
+}
+
+// details.possible_causes: raw JSON objects (alert_id, kind, rule, entity,
+// severity, message), strongest first; each shown as kind + entity, its
+// sentence on hover
+function causeList(raw, compact) {
+  const causes = (raw || []).map((text) => {
+    try { return JSON.parse(text); } catch (err) { return null; }
+  }).filter(Boolean);
+  if (!causes.length) return "";
+  const items = causes.map((c) => `<span class="cause ${esc(c.severity || "")}" title="${esc(c.message || "")}">${esc(c.kind)} ${esc(c.entity)}</span>`);
+  return compact
+    ? `<div class="causes">possible causes: ${items.join(", ")}</div>`
+    : items.join(" ");
+}
+
+function renderCauses(data) {
+  const body = document.querySelector("#causes-table tbody");
+  const caused = rows(data.caused);
+  body.innerHTML = caused.length ? caused.map((a) => `
+    <tr class="${esc(a.severity)}">
+      <td class="time">${esc(stamp(a.t))}</td>
+      <td><span class="badge ${esc(a.severity)}">${esc(a.severity)}</span></td>
+      <td>${esc(a.kind)}</td><td>${esc(a.entity)}</td>
+      <td>${esc(a.message)}</td>
+      <td>${causeList(a.causes, false)}</td>
+    </tr>`).join("") : '<tr><td colspan="6" class="empty">no alert with a possible cause</td></tr>';
 }
 
 function setStatus(text, error) {
@@ -363,6 +390,7 @@ async function refresh() {
     renderService(data);
     renderQuality(data);
     renderAlerts(data);
+    renderCauses(data);
     const state = window.dashboardState;
     state.renders += 1;
     state.lastError = null;

@@ -1,0 +1,417 @@
+"""Possible causes: which other firing alerts may explain an alert (pure logic).
+
+Two pieces, both without Kafka or clocks (docs/causes.md has the design):
+
+`RelationLearner` learns, online from one partition's input, which entities
+are related, bounded in size and in event time:
+
+- impressions: campaign -> the `model_id`s its impressions carried;
+- sensor readings: sensor -> its `site`.
+
+It lives in the monitor task of the partition that reads those events, so the
+relation is learned where the alert about the campaign or sensor is made
+(impressions are keyed by campaign, readings by sensor: co-partitioned), and
+the alert carries it as a hint in `details.related`:
+
+>>> learner = RelationLearner(ttl_ms=3_600_000)
+>>> from types import SimpleNamespace as E
+>>> learner.observe("impressions", [E(campaign_id="cmp-1", model_id="m-0", ts=1_000)])
+>>> learner.hints("cmp-1/A", ts=2_000)
+{'models': ['m-0']}
+>>> learner.hints("cmp-1", ts=1_000 + 3_600_001)  # older than the TTL: forgotten
+{}
+
+`Correlator` keeps the alert episodes (firing, and for a while after they
+resolved) in event time, fed with every alert the worker raises and, through
+`streams.correlate.AlertFeed`, those other workers raise; for a firing alert
+it lists the episodes on related entities that overlap its window in event
+time, strongest first:
+
+- a CTR alert on a campaign: drift, quality, service and change alerts of the
+  models the campaign's impressions carried (its `related.models` hint);
+- a quality alert on a model: drift alerts of that model's features;
+- a sensor or cluster alert: sensor and cluster alerts of other sensors of
+  the same site (both carry their `related.site` hint).
+
+Strength: severity first, then how far past its line the value is
+(value / threshold, or its inverse for a value below its line).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
+
+from schemas.events import Alert
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+# kinds whose entity starts with a model id ("m", "m/feature", "m/version")
+MODEL_KINDS = frozenset({"drift", "quality", "service", "change"})
+SENSOR_KINDS = frozenset({"sensor", "cluster"})
+# what a cause's metric is called in the one-line phrase
+METRIC_LABELS = {
+    "psi": "PSI",
+    "confidence_shift": "fall in mean confidence",
+    "error_rate": "error rate",
+    "latency_p99": "p99 latency",
+    "low_confidence_ratio": "low-confidence share",
+    "accuracy": "accuracy",
+    "accuracy_drop": "accuracy drop",
+    "mae_increase": "MAE increase",
+    "anomaly_zscore": "z-score",
+    "anomaly_iqr": "IQR distance",
+    "anomaly_rise": "steady rise",
+    "cluster_distance": "regime distance",
+}
+
+
+def _head(entity: str) -> str:
+    return entity.partition("/")[0]
+
+
+# -- relations learned from the input ------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelationSource:
+    """One relation learned from one input: key field -> value field of its events."""
+
+    source: str  # logical input topic
+    key: str  # event field naming the entity an alert is about
+    value: str  # event field naming the related entity
+    hint: str  # name of the hint in details.related
+    many: bool  # a list of values (models of a campaign) or the latest one (site)
+
+
+RELATIONS = (
+    RelationSource("impressions", "campaign_id", "model_id", "models", many=True),
+    RelationSource("sensor-readings", "sensor_id", "site", "site", many=False),
+)
+
+
+class RelationLearner:
+    """Relations learned from one partition's events, bounded: at most `max_keys`
+    entities per relation (least recently seen dropped first), `max_values`
+    values per entity, and none older than `ttl_ms` of event time."""
+
+    def __init__(
+        self,
+        ttl_ms: int = 3_600_000,
+        max_keys: int = 10_000,
+        max_values: int = 8,
+        relations: Sequence[RelationSource] = RELATIONS,
+    ) -> None:
+        self.ttl_ms = ttl_ms
+        self.max_keys = max_keys
+        self.max_values = max_values
+        self.relations = {r.source: r for r in relations}
+        # hint -> key -> value -> last event time seen (ordered: least recent first)
+        self.seen: dict[str, OrderedDict[str, dict[str, int]]] = {
+            r.hint: OrderedDict() for r in relations
+        }
+        self.expired_at = -(2**62)
+
+    def observe(self, source: str, events: Iterable[Any]) -> None:
+        relation = self.relations.get(source)
+        if relation is None:
+            return
+        # the batch's latest time per (key, value) first: one attribute fetch and one
+        # dict update per event on the hot path, the bounded table once per pair
+        fields = attrgetter(relation.key, relation.value, "ts")
+        latest: dict[tuple[str, str], int] = {}
+        for e in events:
+            key, value, ts = fields(e)
+            if value and latest.get((key, value), -1) < ts:
+                latest[key, value] = ts
+        table = self.seen[relation.hint]
+        for (key, value), ts in latest.items():
+            values = table.get(key)
+            if values is None:
+                values = table[key] = {}
+                if len(table) > self.max_keys:
+                    table.popitem(last=False)
+            else:
+                table.move_to_end(key)
+            if value in values or relation.many:
+                values[value] = max(values.get(value, ts), ts)
+            elif ts >= max(values.values(), default=ts):
+                values.clear()  # a single-valued relation: the latest value wins
+                values[value] = ts
+            if len(values) > self.max_values:
+                del values[min(values, key=values.__getitem__)]
+
+    def hints(self, entity: str, ts: int) -> dict[str, Any]:
+        """What is known about the entity of an alert at event time `ts`."""
+        key = _head(entity)
+        out: dict[str, Any] = {}
+        for relation in self.relations.values():
+            values = self.seen[relation.hint].get(key)
+            if not values:
+                continue
+            live = sorted(v for v, t in values.items() if ts - t <= self.ttl_ms)
+            if live:
+                out[relation.hint] = live if relation.many else live[-1]
+        return out
+
+    def expire(self, watermark: int) -> None:
+        """Forget what is older than the TTL at this watermark (a scan at most every
+        tenth of the TTL: `hints` checks the age itself, this only bounds memory)."""
+        if watermark < self.expired_at + self.ttl_ms // 10:
+            return
+        self.expired_at = watermark
+        for table in self.seen.values():
+            for key in [k for k, v in table.items() if max(v.values()) < watermark - self.ttl_ms]:
+                del table[key]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {hint: [[k, v] for k, v in table.items()] for hint, table in self.seen.items()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for hint, table in self.seen.items():
+            table.clear()
+            for key, values in state.get(hint, []):
+                table[key] = dict(values)
+
+
+# -- the firing set and the causes ----------------------------------------------
+
+
+@dataclass(slots=True)
+class Firing:
+    """What the correlator keeps of an episode: its firing alert, and when it ended."""
+
+    alert_id: str
+    kind: str
+    rule: str
+    entity: str
+    metric: str
+    severity: str
+    value: float
+    threshold: float
+    start: int  # evidence window (or the alert's time when it has none)
+    end: int
+    message: str
+    related: dict[str, Any] = field(default_factory=dict)
+    until: int | None = None  # event time the episode ended (None: firing still)
+    resolved_id: str | None = None
+
+    @classmethod
+    def of(cls, alert: Alert) -> Firing:
+        start = alert.window_start if alert.window_start is not None else alert.ts
+        end = alert.window_end if alert.window_end is not None else alert.ts
+        related = alert.details.get("related") if isinstance(alert.details, dict) else None
+        return cls(
+            alert.alert_id,
+            alert.kind,
+            alert.rule,
+            alert.entity,
+            alert.metric,
+            alert.severity,
+            float(alert.value),
+            float(alert.threshold),
+            start,
+            end,
+            alert.message,
+            dict(related) if isinstance(related, dict) else {},
+        )
+
+    def strength(self) -> tuple[int, float]:
+        """(severity, how far past the line): higher is stronger."""
+        v, t = abs(self.value), abs(self.threshold)
+        ratio = max(v / t, t / v) if v > 0 and t > 0 else 1.0
+        return SEVERITY_RANK.get(self.severity, 0), ratio
+
+    def phrase(self) -> str:
+        """One short phrase naming the figure: "PSI of user_segment = 0.21"."""
+        label = METRIC_LABELS.get(self.metric, self.metric.replace("_", " "))
+        subject = self.entity
+        if self.kind == "drift" and "/" in subject:
+            subject = subject.partition("/")[2]  # the feature: the model is implied
+        return f"{label} of {subject} = {self.value:.3g}"
+
+
+@dataclass(frozen=True)
+class CorrelatorConfig:
+    # how long before an alert's window a cause's evidence may have begun
+    lookback_ms: int = 3_600_000
+    # ... and how long after it ends (or before it, after the cause ended): "at the
+    # same time" for point evidence (a single reading) and windows of other sizes
+    slack_ms: int = 60_000
+    # an episode is forgotten this long (event time) after it ended; one never
+    # resolved this long after its evidence (the entity went silent)
+    ttl_ms: int = 6 * 3_600_000
+    max_keys: int = 50_000  # (rule, entity) pairs remembered
+    max_episodes: int = 8  # episodes remembered per (rule, entity)
+    max_causes: int = 5
+
+
+class Correlator:
+    """Alert episodes in event time, and the possible causes of a new alert.
+
+    An episode runs from its firing alert's evidence to the start of the
+    evidence of the alert that resolved it. A cause is judged on event time,
+    not on arrival: an episode counts when it overlaps the alert's window
+    (within `slack_ms`), even if its resolution was read first (partitions are
+    read unevenly during a backlog), and began at most `lookback_ms` before it.
+    """
+
+    def __init__(self, config: CorrelatorConfig | None = None) -> None:
+        self.config = config or CorrelatorConfig()
+        # (rule, entity) -> its latest episodes, oldest first
+        self.episodes: OrderedDict[tuple[str, str], list[Firing]] = OrderedDict()
+        # indexes of the keys, so finding causes does not scan every episode:
+        # by the entity's first segment (a model, a sensor) and by learned site
+        self.by_head: dict[str, set[tuple[str, str]]] = {}
+        self.by_site: dict[str, set[tuple[str, str]]] = {}
+        self.clock = 0  # the latest event time seen
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        for e in self.episodes.pop(key, ()):
+            site = e.related.get("site")
+            if isinstance(site, str):
+                self.by_site.get(site, set()).discard(key)
+        head = _head(key[1])
+        keys = self.by_head.get(head)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.by_head[head]
+
+    def observe(self, alert: Alert) -> None:
+        """Take a firing or resolved alert in (idempotent: the same alert twice,
+        e.g. this worker's own read back from the topic, changes nothing)."""
+        key = (alert.rule, alert.entity)
+        episodes = self.episodes.get(key)
+        if episodes is None:
+            if len(self.episodes) >= self.config.max_keys:
+                self._drop(next(iter(self.episodes)))
+            episodes = self.episodes[key] = []
+            self.by_head.setdefault(_head(alert.entity), set()).add(key)
+        else:
+            self.episodes.move_to_end(key)
+        self.clock = max(self.clock, alert.ts)
+        if alert.status == "firing":
+            if any(e.alert_id == alert.alert_id for e in episodes):
+                return
+            episode = Firing.of(alert)
+            site = episode.related.get("site")
+            if isinstance(site, str):
+                self.by_site.setdefault(site, set()).add(key)
+            for e in episodes:
+                if e.until is None and e.start <= episode.start:
+                    e.until = episode.start  # a new severity: the new alert goes on
+            episodes.append(episode)
+            episodes.sort(key=lambda e: e.start)
+            del episodes[: -self.config.max_episodes]
+            return
+        if any(e.resolved_id == alert.alert_id for e in episodes):
+            return
+        clear = alert.window_start if alert.window_start is not None else alert.ts
+        for e in reversed(episodes):
+            if e.until is None and e.start <= clear:
+                e.until, e.resolved_id = clear, alert.alert_id
+                return
+
+    def advance(self, now_ms: int) -> None:
+        """Event time moved on (a watermark): forget episodes past the TTL."""
+        self.clock = max(self.clock, now_ms)
+        horizon = self.clock - self.config.ttl_ms
+        for key in list(self.episodes):
+            kept = [
+                e
+                for e in self.episodes[key]
+                if (e.until if e.until is not None else e.end) >= horizon
+            ]
+            if kept:
+                self.episodes[key] = kept
+            else:
+                self._drop(key)
+
+    def firing(self) -> list[Firing]:
+        """The episodes not resolved (yet)."""
+        return [e for eps in self.episodes.values() for e in eps if e.until is None]
+
+    def causes(self, alert: Alert) -> list[Firing]:
+        """Episodes on entities related to `alert` that overlap its window,
+        strongest first (at most `max_causes`)."""
+        if alert.status != "firing":
+            return []
+        me = Firing.of(alert)
+        related = me.related
+        if alert.kind == "ctr":
+            models = set(related.get("models") or ())
+            keys = set().union(*(self.by_head.get(m, ()) for m in models))
+
+            def wanted(f: Firing) -> bool:
+                if f.kind not in MODEL_KINDS or _head(f.entity) not in models:
+                    return False
+                return f.kind != "change" or not f.metric.startswith("ctr")
+
+        elif alert.kind == "quality":
+            model = _head(alert.entity)
+            keys = set(self.by_head.get(model, ()))
+
+            def wanted(f: Firing) -> bool:
+                return f.kind == "drift" and _head(f.entity) == model
+
+        elif alert.kind in SENSOR_KINDS:
+            site, sensor = related.get("site"), _head(alert.entity)
+            keys = set(self.by_site.get(site, ())) if isinstance(site, str) else set()
+
+            def wanted(f: Firing) -> bool:
+                return (
+                    bool(site)
+                    and f.kind in SENSOR_KINDS
+                    and f.related.get("site") == site
+                    and _head(f.entity) != sensor
+                )
+
+        else:
+            return []
+        slack = self.config.slack_ms
+        lo = me.start - self.config.lookback_ms
+        found = [
+            f
+            for key in keys
+            for f in self.episodes.get(key, ())
+            if f.alert_id != me.alert_id
+            and wanted(f)
+            and f.start <= me.end + slack
+            and (f.until is None or f.until + slack >= me.start)
+            and f.start >= lo
+        ]
+        found.sort(key=lambda f: (f.strength(), f.entity, f.rule, f.alert_id), reverse=True)
+        seen: set[tuple[str, str]] = set()
+        unique = []  # one episode per (rule, entity): the strongest
+        for f in found:
+            if (f.rule, f.entity) not in seen:
+                seen.add((f.rule, f.entity))
+                unique.append(f)
+        return unique[: self.config.max_causes]
+
+    def enrich(self, alert: Alert) -> Alert:
+        """Attach `details.possible_causes` and name the strongest in the message;
+        then take the alert in. The alert_id is left as it is."""
+        causes = self.causes(alert)
+        if causes:
+            alert.details = {
+                **alert.details,
+                "possible_causes": [
+                    {
+                        "alert_id": c.alert_id,
+                        "kind": c.kind,
+                        "rule": c.rule,
+                        "entity": c.entity,
+                        "severity": c.severity,
+                        "message": c.message,
+                    }
+                    for c in causes
+                ],
+            }
+            text = alert.message.removesuffix(".")
+            alert.message = f"{text}; possible cause: {causes[0].phrase()}."
+        self.observe(alert)
+        return alert
