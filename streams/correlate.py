@@ -274,6 +274,7 @@ def install(worker: Worker) -> Causes:
     producer, the feed, and a timer on its faust app that advances event time."""
     causes = Causes(worker.settings, worker.producer, watermarks=worker.pipeline.watermarks).start()
     causes.sinks = worker.sinks
+    causes.publisher.sinks = worker.sinks  # requests are delivered as alerts are
     worker.sinks.alert_enrichers.append(causes.enrich)
 
     @worker.app.timer(interval=0.5)
@@ -286,6 +287,9 @@ def install(worker: Worker) -> Causes:
         # the slowest monitor's event time: no alert can still come from before it
         reached = worker.pipeline.watermarks()
         if reached:
-            causes.advance(min(reached.values()))
+            # under the lock: requests go through the pipeline's sinks, never
+            # between a flush and the checkpoint it allows
+            async with worker.runtime.lock:
+                causes.advance(min(reached.values()))
 
     return causes
