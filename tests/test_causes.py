@@ -403,3 +403,35 @@ def test_a_refused_request_is_kept_and_fails_the_flush_like_an_alert() -> None:
     with pytest.raises(SinkError):  # produced again at the next flush, refused again
         sinks.flush(timeout=5)
     assert len(sinks.undelivered) == 1
+
+
+def test_a_request_found_due_on_the_feeds_thread_waits_for_the_timer() -> None:
+    """`Causes.remote` runs on the alerts feed's thread: what it finds due is published
+    by the next `advance` (the timer, under the pipeline's lock), not from that thread."""
+    from streams.config import Settings
+    from streams.correlate import Causes
+
+    class Recorder:  # stands in for the sinks' produce (no broker is involved here)
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, bytes, str]] = []
+
+        def _produce(self, topic: str, value: bytes, key: str) -> None:
+            self.sent.append((topic, value, key))
+
+    policy = {"models": "m*", "conditions": [{"metric": "psi", "op": ">=", "threshold": 0.2,
+                                             "for_s": 600}]}  # fmt: skip
+    settings = msgspec.convert(
+        {"causes": {"feed": False}, "retrain": {"policies": [policy]}}, Settings
+    )
+    causes = Causes(settings, producer=None, env={})
+    causes.publisher.sinks = recorder = Recorder()
+    causes.enrich(psi("m0/a", 0.3, 0))  # this worker's alert: the condition holds from 0
+    resolved = psi("m0/a", 0.1, 20 * MIN, status="resolved")
+    causes.remote(resolved)  # held 20 min > 10 min: due, found on the feed's thread
+    assert recorder.sent == [] and causes.publisher.published == []
+    causes.advance(25 * MIN)
+    ((topic, _, key),) = recorder.sent
+    assert (topic, key) == (settings.topics.retrain_requests, "m0")
+    assert [r.ts for r in causes.publisher.published] == [10 * MIN]
+    causes.advance(30 * MIN)
+    assert len(recorder.sent) == 1
