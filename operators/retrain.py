@@ -126,7 +126,8 @@ class RetrainPlanner:
             self.held.get(model, {}).pop(key, None)
             return due
         version = str(alert.details.get("model_version") or "")
-        if not version and alert.kind == "service":
+        if not version and alert.kind in ("service", "quality"):
+            # their entities are model/version (drift's is model/feature)
             version = alert.entity.partition("/")[2]
         since = alert.window_start if alert.window_start is not None else alert.ts
         if model not in self.held and len(self.held) >= self.max_models:

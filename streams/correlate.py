@@ -165,6 +165,7 @@ class Causes:
         self.correlator = Correlator(correlator_config(settings))
         self.planner = RetrainPlanner(retrain_policies(settings))
         self.publisher = RetrainPublisher(settings, producer, env)
+        self.due: list[Any] = []  # requests found due on the feed's thread, for the timer
         self.feed: AlertFeed | None = None
         self.enabled = settings.causes.enabled
         # monitor -> event time reached (Pipeline.watermarks); none: nothing is held
@@ -246,14 +247,15 @@ class Causes:
         with self.lock:
             self.correlator.observe(alert)
             due = self.planner.observe(alert, local=False)
-        for request in due:
-            self.publisher.publish(request)
+            # this is the feed's thread: the timer publishes them, under the pipeline's lock
+            self.due.extend(due)
 
     def advance(self, now_ms: int) -> None:
         """Event time reached `now_ms`: expire, and publish retraining requests due."""
         with self.lock:
             self.correlator.advance(now_ms)
-            requests = self.planner.advance(now_ms)
+            requests = [*self.due, *self.planner.advance(now_ms)]
+            self.due = []
         for request in requests:
             self.publisher.publish(request)
 
@@ -274,6 +276,7 @@ def install(worker: Worker) -> Causes:
     producer, the feed, and a timer on its faust app that advances event time."""
     causes = Causes(worker.settings, worker.producer, watermarks=worker.pipeline.watermarks).start()
     causes.sinks = worker.sinks
+    causes.publisher.sinks = worker.sinks  # requests are delivered as alerts are
     worker.sinks.alert_enrichers.append(causes.enrich)
 
     @worker.app.timer(interval=0.5)
@@ -286,6 +289,9 @@ def install(worker: Worker) -> Causes:
         # the slowest monitor's event time: no alert can still come from before it
         reached = worker.pipeline.watermarks()
         if reached:
-            causes.advance(min(reached.values()))
+            # under the lock: requests go through the pipeline's sinks, never
+            # between a flush and the checkpoint it allows
+            async with worker.runtime.lock:
+                causes.advance(min(reached.values()))
 
     return causes

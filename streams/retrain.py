@@ -1,7 +1,10 @@
 """Retraining requests out of the worker: the `retrain-requests` topic and a webhook.
 
 The planner (`operators.retrain`) decides; this module delivers. Each request
-is produced to the `retrain-requests` topic keyed by `model_id`, and, when
+is produced to the `retrain-requests` topic keyed by `model_id` through the
+worker's sinks (`streams.sinks.Sinks`) when it has them: a request the broker
+refuses is kept and produced again before the next flush, and the flush fails
+(no checkpoint) until it is delivered, as for alerts. And, when
 the environment variable named by `retrain.webhook_env` holds a URL, POSTed
 to it as JSON (a training pipeline's trigger) from a thread of its own, with
 retries and exponential backoff (1 s doubling, `webhook_retries` attempts):
@@ -105,6 +108,9 @@ class RetrainPublisher:
     def __init__(self, settings: Settings, producer: Any, env: dict[str, str] | None = None):
         self.topic = settings.topics.retrain_requests
         self.producer = producer
+        # the worker's sinks (set by streams.correlate.install): their delivery
+        # discipline for alerts, so a checkpoint never covers an undelivered request
+        self.sinks: Any = None
         self.published: list[RetrainRequest] = []  # the latest ones, for the dashboard
         self.listeners: list[Any] = []
         r = settings.retrain
@@ -113,10 +119,15 @@ class RetrainPublisher:
 
     def publish(self, request: RetrainRequest) -> None:
         body = msgspec.json.encode(request)
-        self.producer.produce(
-            self.topic, body, key=request.model_id.encode(), on_delivery=self._delivered
-        )
-        self.producer.poll(0)
+        if self.sinks is not None:
+            # refused: kept in sinks.undelivered, produced again at the next flush,
+            # which raises (no checkpoint) until the broker has taken it
+            self.sinks._produce(self.topic, body, request.model_id)
+        else:  # no sinks (a publisher on its own): the failure is only logged
+            self.producer.produce(
+                self.topic, body, key=request.model_id.encode(), on_delivery=self._delivered
+            )
+            self.producer.poll(0)
         REQUESTS.inc()
         log.info("retraining requested for %s (%s)", request.model_id, request.request_id)
         self.published = [*self.published[-49:], request]

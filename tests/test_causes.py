@@ -365,3 +365,73 @@ def test_a_held_alert_goes_out_after_max_hold_s_whatever_the_watermarks() -> Non
     # with no cause monitor running (no watermark), nothing is held
     idle = Causes(settings, producer=None, env={}, watermarks=lambda: {"ctr": 0})
     assert idle.enrich(ctr("c1", 10 * MIN, ["m0"])) is not None
+
+
+def test_a_quality_alert_alone_gives_the_model_version() -> None:
+    """A quality alert's entity is model/version (found by tests/test_e2e_retrain.py)."""
+    p = planner(RetrainCondition("accuracy_drop", ">", 0.1, for_s=60))
+    p.observe(alert("quality", "m0/3.2", "accuracy_drop", 0.3, 0.1, 0, 5 * MIN), local=True)
+    (r,) = p.advance(10 * MIN)
+    assert (r.model_id, r.model_version, r.ts) == ("m0", "3.2", 5 * MIN)
+
+
+def test_a_refused_request_is_kept_and_fails_the_flush_like_an_alert() -> None:
+    """Through the sinks, a request the broker never takes (here: no broker at all)
+    is kept for the next flush, and the flush raises: no checkpoint covers it."""
+    from confluent_kafka import Producer
+
+    from schemas.events import RetrainRequest
+    from streams.config import Settings
+    from streams.retrain import RetrainPublisher
+    from streams.sinks import SinkError, Sinks
+
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 300})
+    settings = msgspec.convert({}, Settings)
+    sinks = Sinks(writer=None, producer=producer, topics=settings.topics)  # type: ignore[arg-type]
+    publisher = RetrainPublisher(settings, producer, env={})
+    publisher.sinks = sinks
+    r = RetrainRequest(
+        request_id=request_id("m0", MIN), ts=MIN, model_id="m0", model_version="1",
+        reasons=[], evidence=[],
+    )  # fmt: skip
+    publisher.publish(r)
+    with pytest.raises(SinkError):
+        sinks.flush(timeout=5)
+    ((topic, value, key, _),) = sinks.undelivered
+    assert (topic, key) == (settings.topics.retrain_requests, b"m0")
+    assert msgspec.json.decode(value, type=RetrainRequest) == r
+    with pytest.raises(SinkError):  # produced again at the next flush, refused again
+        sinks.flush(timeout=5)
+    assert len(sinks.undelivered) == 1
+
+
+def test_a_request_found_due_on_the_feeds_thread_waits_for_the_timer() -> None:
+    """`Causes.remote` runs on the alerts feed's thread: what it finds due is published
+    by the next `advance` (the timer, under the pipeline's lock), not from that thread."""
+    from streams.config import Settings
+    from streams.correlate import Causes
+
+    class Recorder:  # stands in for the sinks' produce (no broker is involved here)
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, bytes, str]] = []
+
+        def _produce(self, topic: str, value: bytes, key: str) -> None:
+            self.sent.append((topic, value, key))
+
+    policy = {"models": "m*", "conditions": [{"metric": "psi", "op": ">=", "threshold": 0.2,
+                                             "for_s": 600}]}  # fmt: skip
+    settings = msgspec.convert(
+        {"causes": {"feed": False}, "retrain": {"policies": [policy]}}, Settings
+    )
+    causes = Causes(settings, producer=None, env={})
+    causes.publisher.sinks = recorder = Recorder()
+    causes.enrich(psi("m0/a", 0.3, 0))  # this worker's alert: the condition holds from 0
+    resolved = psi("m0/a", 0.1, 20 * MIN, status="resolved")
+    causes.remote(resolved)  # held 20 min > 10 min: due, found on the feed's thread
+    assert recorder.sent == [] and causes.publisher.published == []
+    causes.advance(25 * MIN)
+    ((topic, _, key),) = recorder.sent
+    assert (topic, key) == (settings.topics.retrain_requests, "m0")
+    assert [r.ts for r in causes.publisher.published] == [10 * MIN]
+    causes.advance(30 * MIN)
+    assert len(recorder.sent) == 1
