@@ -63,6 +63,9 @@ class Operator(ABC):
     #: whether events behind the watermark are reported as late (late_events);
     #: False where a late event loses nothing (freshness: data did arrive)
     reports_late: bool = True
+    #: the (alert kind, metric) of every observation it emits; each has a default rule
+    #: (streams.config), both checked by tests/test_conformance.py
+    observes: tuple[tuple[str, str], ...] = ()
 
     def __init__(self) -> None:
         self._out = Output()

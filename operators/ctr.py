@@ -143,6 +143,7 @@ def _split(key: str) -> tuple[str, str]:
 
 class CtrOperator(Operator):
     sources = ("impressions", "clicks")
+    observes = (("ctr", "ctr"), ("ctr", "ctr_drop"), ("ctr", "ctr_evidence"))
 
     def __init__(self, config: CtrConfig | None = None) -> None:
         super().__init__()

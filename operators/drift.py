@@ -213,6 +213,7 @@ class _CompiledRef:
 
 class DriftOperator(Operator):
     sources = ("inference-logs",)
+    observes = (("drift", "psi"), ("drift", "confidence_shift"))
 
     def __init__(
         self,

@@ -210,6 +210,12 @@ def cbpe_confidence(pred: float | str, conf: float | None) -> float | None:
 
 class QualityOperator(Operator):
     sources = ("inference-logs", "labels")
+    observes = (
+        ("quality", "accuracy"),
+        ("quality", "mae"),
+        ("quality", "accuracy_drop"),
+        ("quality", "mae_increase"),
+    )
 
     def __init__(self, config: QualityConfig | None = None) -> None:
         super().__init__()

@@ -287,6 +287,11 @@ def _key(sensor_id: str, metric: str) -> str:
 
 class SensorOperator(Operator):
     sources = ("sensor-readings",)
+    observes = (
+        ("sensor", "anomaly_zscore"),
+        ("sensor", "anomaly_iqr"),
+        ("sensor", "anomaly_rise"),
+    )
 
     def __init__(self, config: SensorConfig | None = None) -> None:
         super().__init__()

@@ -85,6 +85,11 @@ def _key(model_id: str, model_version: str) -> str:
 
 class ServiceOperator(Operator):
     sources = ("inference-logs",)
+    observes = (
+        ("service", "latency_p99"),
+        ("service", "error_rate"),
+        ("service", "low_confidence_ratio"),
+    )
 
     def __init__(self, config: ServiceConfig | None = None) -> None:
         super().__init__()

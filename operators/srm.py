@@ -140,6 +140,7 @@ def srm_test(
 
 class SrmOperator(Operator):
     sources = ("impressions",)
+    observes = (("srm", "srm_chi2_p"),)
 
     def __init__(self, config: SrmConfig | None = None) -> None:
         super().__init__()

@@ -30,6 +30,11 @@ class Table:
     def column_names(self) -> list[str]:
         return [name for name, _ in self.columns]
 
+    @property
+    def required_columns(self) -> list[str]:
+        """The columns a row must give: all but those with a DEFAULT (`inserted_at`)."""
+        return [name for name, kind in self.columns if " DEFAULT " not in kind]
+
     def ddl(self, database: str = "streamwatch") -> str:
         cols = ",\n".join(f"    `{name}` {kind}" for name, kind in self.columns)
         engine = f"ReplacingMergeTree({self.version})" if self.version else "ReplacingMergeTree"
