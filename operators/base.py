@@ -83,6 +83,13 @@ class Operator(ABC):
         out, self._out = self._out, Output()
         return out
 
+    def late_window(self, source: str, event: Any) -> int:
+        """Where a late event of `source` would have counted: the start of its window
+        (the `window_start` of its `late_events` row). By default the event's own time,
+        for operators without windows, which judge each event on its own (cluster,
+        autoencoder); operators with windows say which window."""
+        return int(event.ts)
+
     @abstractmethod
     def snapshot(self) -> dict[str, Any]:
         """Plain data (msgpack-able) from which `restore` rebuilds the state."""

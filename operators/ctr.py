@@ -262,6 +262,15 @@ class CtrOperator(Operator):
         if counts:
             self._out.observations.extend(self.judge.judge(counts))
 
+    def late_window(self, source: str, event: Any) -> int:
+        """An impression's window; a late click's is its impression's while that is
+        held, else the window it would have counted in as an orphan."""
+        ts = event.ts
+        if source == "clicks":
+            entry = self.impressions.get(event.impression_id)
+            ts = ts if entry is None else entry[1]
+        return window_start(ts, self.config.window_ms)
+
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:

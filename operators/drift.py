@@ -92,7 +92,7 @@ from operators.stats import (
     psi_test,
     systematic_sample,
 )
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog
 
 
@@ -504,6 +504,9 @@ class DriftOperator(Operator):
                 **window,
             )
         )
+
+    def late_window(self, source: str, event: Any) -> int:
+        return window_start(event.ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 

@@ -53,7 +53,7 @@ import numpy as np
 from operators.base import Observation, Operator
 from operators.sequential_rates import BinomialCusum
 from operators.stats import binomial_sf_test
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog
 
 
@@ -206,6 +206,9 @@ class ServiceOperator(Operator):
                     **common,
                 )
             )
+
+    def late_window(self, source: str, event: Any) -> int:
+        return window_start(event.ts, self.config.window_ms)
 
     def snapshot(self) -> dict[str, Any]:
         return {

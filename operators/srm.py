@@ -75,7 +75,7 @@ from scipy.stats import chisquare
 
 from operators.base import Observation, Operator
 from operators.sequential_rates import cusum_step
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 from schemas.events import Impression
 
 SRM_TABLE = "srm_checks"
@@ -257,6 +257,9 @@ class SrmOperator(Operator):
                 else:
                     self.cusum.pop(key, None)
         return smallest
+
+    def late_window(self, source: str, event: Any) -> int:
+        return window_start(event.ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 

@@ -247,7 +247,7 @@ class Pipeline:
                     mine_msgs[i],
                     event.ts,
                     task.watermark.value,
-                    _window_of(task, event.ts),
+                    task.operator.late_window(logical, event),
                 )
             self.positions[key][topic] = next_offset
             self.dirty.add(key)
@@ -396,8 +396,3 @@ class Pipeline:
             if value > NO_WATERMARK:
                 out[name] = min(out.get(name, value), value)
         return out
-
-
-def _window_of(task: MonitorTask, ts: int) -> int:
-    size = getattr(getattr(task.operator, "config", None), "window_ms", None)
-    return ts - ts % size if size else ts
