@@ -307,16 +307,12 @@ def simulate(
         )
     kafka.ensure_topics(settings)
     counts = _publish_with_progress(
-        kafka.producer(settings), Simulator(scenario), speed or None, topics=_topic_map(settings)
+        kafka.producer(settings),
+        Simulator(scenario),
+        speed or None,
+        topics=settings.topics.inputs(),
     )
     console.print("published " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
-
-
-def _topic_map(settings: Settings) -> dict[str, str]:
-    from streams.monitors import topic_of
-
-    logical = ("impressions", "clicks", "inference-logs", "sensor-readings", "labels")
-    return {name: topic_of(settings, name) for name in logical}
 
 
 def _publish_with_progress(

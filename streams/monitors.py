@@ -55,7 +55,7 @@ class MonitorSpec:
 
 
 def topic_of(settings: Settings, logical: str) -> str:
-    return getattr(settings.topics, logical.replace("-", "_"))
+    return settings.topics.of(logical)
 
 
 def operator_config(name: str, options: dict[str, Any], config_type: Any = None) -> Any:

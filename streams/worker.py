@@ -172,13 +172,7 @@ class Worker:
         self.sinks = Sinks(self.writer, self.producer, settings.topics)
         monitors = build_monitors(settings)
         t = settings.topics
-        logical = {
-            t.impressions: "impressions",
-            t.clicks: "clicks",
-            t.inference_logs: "inference-logs",
-            t.sensor_readings: "sensor-readings",
-            t.labels: "labels",
-        }
+        logical = {topic: name for name, topic in t.inputs().items()}
         self.pipeline = Pipeline(monitors, self.sinks, logical)
         self.store = CheckpointStore(
             settings.kafka_client_config(), t.checkpoints, settings.kafka.group_id
