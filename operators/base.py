@@ -13,9 +13,9 @@ a topic or a database, so the same input always yields the same output.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,16 @@ class Output:
         return bool(self.rows or self.observations)
 
 
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What the worker knows beyond a monitor's own options, offered to every operator
+    alike (`Operator.build`); each takes what it needs."""
+
+    #: model_id -> reference profile (`operators.reference.ReferenceProfile`) from the
+    #: configured `drift_references` files
+    references: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Operator(ABC):
     """A monitor's logic over one partition of its input topics."""
 
@@ -69,6 +79,12 @@ class Operator(ABC):
 
     def __init__(self) -> None:
         self._out = Output()
+
+    @classmethod
+    def build(cls, config: Any, context: BuildContext) -> Self:
+        """The operator of a monitor: its config dataclass and the shared context (the
+        worker builds every monitor this way; most need only their config)."""
+        return cls(config)  # type: ignore[call-arg]
 
     @abstractmethod
     def feed(self, source: str, events: Sequence[Any]) -> None:

@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import ttest_ind_from_stats
 
-from operators.base import Observation, Operator
+from operators.base import BuildContext, Observation, Operator
 from operators.reference import (
     PREDICTION,
     ReferenceProfile,
@@ -237,6 +237,11 @@ class DriftOperator(Operator):
         self.dropped_windows = 0  # carried groups that never reached min_count
         # model -> feature -> [[window end, bin counts], ...] of recent scored windows
         self.recent: dict[str, dict[str, list[list[Any]]]] = {}
+
+    @classmethod
+    def build(cls, config: DriftConfig, context: BuildContext) -> DriftOperator:
+        """With the configured reference profiles (models without one warm up)."""
+        return cls(config, references=context.references)
 
     def _set_reference(self, model_id: str, profile: ReferenceProfile) -> None:
         self.references[model_id] = profile

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.autoencoder import AutoencoderConfig, AutoencoderOperator
-from operators.base import Operator
+from operators.base import BuildContext, Operator
 from operators.causes import RELATIONS, RelationLearner
 from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
@@ -97,7 +97,8 @@ def load_references(paths: list[str]) -> dict[str, ReferenceProfile]:
 def build_monitors(settings: Settings) -> list[MonitorSpec]:
     idle_ms = round(settings.idle_timeout_s * 1000)
     rules = [r.rule() for r in settings.rules]
-    references = load_references(settings.drift_references)
+    # what every operator is offered beside its config (Operator.build)
+    context = BuildContext(references=load_references(settings.drift_references))
     change = settings.change_detection
     change_config = (
         operator_config("change_detection", change.options, ChangeConfig)
@@ -125,18 +126,16 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
             continue
         operator_type, _ = OPERATORS[name]
         config = operator_config(name, monitor.options)
-        extra = {"references": references} if operator_type is DriftOperator else {}
 
         def make(
             operator_type: Any = operator_type,
             config: Any = config,
-            extra: dict[str, Any] = extra,
             lateness_s: float = monitor.lateness_s,
             name: str = name,
         ) -> MonitorTask:
             changes = ChangeDetectors(change_config) if change_config else None
             return MonitorTask(
-                operator_type(config, **extra),
+                operator_type.build(config, context),
                 RuleEngine(rules),
                 round(lateness_s * 1000),
                 idle_ms,

@@ -1,0 +1,31 @@
+"""Every monitor of the registry is built one way, `Operator.build(config, context)`:
+the context (reference profiles, ...) is offered to all alike, with no special case per
+class in the worker's wiring (issue 12, point 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from operators.drift import DriftOperator
+from operators.reference import build_profile
+from streams.config import load_settings
+from streams.monitors import OPERATORS, build_monitors
+
+
+def test_every_monitor_is_built_with_its_config_and_drift_gets_the_references(
+    tmp_path: Path,
+) -> None:
+    rows = [{"features": {"x": float(i % 7)}, "prediction": 0.5} for i in range(200)]
+    path = tmp_path / "m1.json"
+    path.write_bytes(build_profile(rows, "m1", "ref-1").to_json())
+    overrides = {f"monitors.{n}.enabled": True for n in OPERATORS}
+    overrides["monitors.srm.options"] = {"min_total": 7}
+    settings = load_settings(env={}, overrides={**overrides, "drift_references": [str(path)]})
+    tasks = {spec.name: spec.make_task() for spec in build_monitors(settings)}
+    assert set(tasks) == set(OPERATORS)
+    for name, task in tasks.items():
+        assert type(task.operator) is OPERATORS[name][0]
+    assert tasks["srm"].operator.config.min_total == 7
+    drift = tasks["drift"].operator
+    assert isinstance(drift, DriftOperator)
+    assert set(drift.references) == {"m1"} and drift.references["m1"].version == "ref-1"
