@@ -3,7 +3,12 @@
 Each monitor is an operator from `operators/` with its config dataclass; the
 `[monitors.NAME]` table of the configuration switches it on or off, sets its
 lateness and passes `options` to that dataclass (unknown options are an
-error). Adding a monitor is adding an entry to `OPERATORS`.
+error). Adding a monitor is adding an entry to `OPERATORS`; its operator declares
+the (kind, metric) of its observations (`Operator.observes`, each with a default
+rule in `streams.config`), which window a late event misses (`late_window`) and,
+where it needs more than its config, what it takes of the `BuildContext`
+(`Operator.build`). The conformance suite (tests/test_conformance.py) runs every
+entry and fails for one without an input generator in tests/conformance_inputs.py.
 """
 
 from __future__ import annotations
