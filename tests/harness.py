@@ -256,6 +256,22 @@ class WorkerProcess:
         self.process = None
 
 
+def inference_only(start_ms: int, duration_s: int, seed: int, **options: Any) -> Any:
+    """A simulation of inference logs and their labels only (no ads, no sensors)."""
+    from streams.simulate import Scenario
+
+    return Scenario(
+        start_ms=start_ms,
+        duration_s=duration_s,
+        campaigns=1,
+        experiment_campaigns=0,
+        impressions_per_s=0.0,
+        sensors=0,
+        seed=seed,
+        **options,
+    )
+
+
 def topic_names(d: Deployment, logical: Iterable[str] = INPUT_TOPICS) -> dict[str, str]:
     """Logical input topic -> the deployment's topic."""
     return {t: d.topics[t.replace("-", "_")] for t in logical}

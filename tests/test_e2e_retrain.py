@@ -21,8 +21,16 @@ import pytest
 
 from operators.retrain import request_id
 from schemas.events import Alert, RetrainRequest
-from streams.simulate import MODEL_VERSION, Incident, Scenario
-from tests.harness import Deployment, WorkerProcess, consume_all, produce, simulated, tail
+from streams.simulate import MODEL_VERSION, Incident
+from tests.harness import (
+    Deployment,
+    WorkerProcess,
+    consume_all,
+    inference_only,
+    produce,
+    simulated,
+    tail,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +49,9 @@ conditions = [{{ metric = "accuracy_drop", op = ">", threshold = 0.1, for_s = {H
 
 
 def traffic(d: Deployment) -> tuple[list[tuple], int]:
-    scenario = Scenario(
-        start_ms=START_MS,
-        duration_s=DURATION_S,
-        campaigns=1,
-        experiment_campaigns=0,
-        impressions_per_s=0.0,
-        sensors=0,
+    scenario = inference_only(
+        START_MS,
+        DURATION_S,
         seed=11,
         label_delay_median_s=10.0,
         label_delay_max_s=60.0,

@@ -20,12 +20,13 @@ import pytest
 
 from operators.quality import QualityConfig, QualityOperator
 from schemas.decode import Decoder
-from streams.simulate import MODEL_VERSION, REGRESSOR, Incident, Scenario, Simulator
+from streams.simulate import MODEL_VERSION, REGRESSOR, Incident, Simulator
 from tests.harness import (
     Deployment,
     WorkerProcess,
     committed,
     consume_all,
+    inference_only,
     produce,
     simulated,
     tail,
@@ -54,16 +55,7 @@ COLUMNS = (
 
 def traffic(d: Deployment) -> tuple[list[tuple], list[tuple], list[Any]]:
     """(the simulation's messages, the tail's, the decoded events in time order)."""
-    scenario = Scenario(
-        start_ms=START_MS,
-        duration_s=DURATION_S,
-        campaigns=1,
-        experiment_campaigns=0,
-        impressions_per_s=0.0,
-        sensors=0,
-        seed=5,
-        incidents=[DRIFT],
-    )
+    scenario = inference_only(START_MS, DURATION_S, seed=5, incidents=[DRIFT])
     logical = ("inference-logs", "labels")
     decoders = {t: Decoder(t) for t in logical}
     events = [
