@@ -4,7 +4,6 @@ because only the columns of the first row were inserted."""
 
 from __future__ import annotations
 
-import doctest
 import json
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import schemas.tables
 from schemas.tables import CTR_WINDOWS, TABLES, RowError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,11 +64,6 @@ def test_a_row_that_does_not_match_is_refused_wherever_it_is_in_the_batch(
         with pytest.raises(RowError) as info:
             CTR_WINDOWS.insert_columns(batch)
         assert message in str(info.value)
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(schemas.tables)
-    assert result.attempted > 0 and result.failed == 0
 
 
 CHILD = textwrap.dedent(
