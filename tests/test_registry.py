@@ -29,3 +29,9 @@ def test_every_monitor_is_built_with_its_config_and_drift_gets_the_references(
     drift = tasks["drift"].operator
     assert isinstance(drift, DriftOperator)
     assert set(drift.references) == {"m1"} and drift.references["m1"].version == "ref-1"
+
+
+def test_the_default_configuration_names_every_monitor_of_the_registry() -> None:
+    """`streams.config` keeps its own list of monitor names (it cannot import the
+    registry, which imports it): the two must name the same monitors."""
+    assert set(load_settings(env={}).monitors) == set(OPERATORS)
