@@ -35,3 +35,17 @@ def test_the_default_configuration_names_every_monitor_of_the_registry() -> None
     """`streams.config` keeps its own list of monitor names (it cannot import the
     registry, which imports it): the two must name the same monitors."""
     assert set(load_settings(env={}).monitors) == set(OPERATORS)
+
+
+def test_every_metric_change_detection_watches_has_default_change_rules() -> None:
+    """The watch list (operators.change) and the change rules (streams.config) are
+    written in two places: every watched metric is ruled for every method, and every
+    watched metric is one some monitor declares (`Operator.observes`)."""
+    from operators.change import DEFAULT_WATCH, METHODS
+
+    ruled = {(r.kind, r.metric) for r in load_settings(env={}).rules}
+    declared = {pair for operator_type, _ in OPERATORS.values() for pair in operator_type.observes}
+    for kind, metric in DEFAULT_WATCH:
+        assert (kind, metric) in declared, (kind, metric)
+        for method in METHODS:
+            assert ("change", f"{metric}_change_{method}") in ruled, (metric, method)
