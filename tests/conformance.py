@@ -19,6 +19,7 @@ import msgspec
 from operators.base import Observation
 from operators.task import MonitorTask
 from schemas.events import Alert
+from streams import checkpoints
 from streams.config import Settings, load_settings
 from streams.monitors import OPERATORS, build_monitors
 from tests.conformance_inputs import Case
@@ -126,10 +127,12 @@ def drive(
     _record(task, run)
     for i, (source, chunk) in enumerate(batches(events, batch)):
         if i == split_at:
-            blob = msgspec.msgpack.encode(task.snapshot())
+            # through the worker's checkpoint encoding (msgpack), as after a restart
+            blob = checkpoints.encode(checkpoints.Checkpoint({}, task.snapshot()))
             task = make()
-            task.restore(msgspec.msgpack.decode(blob))
-            run.snapshots = [canon(msgspec.msgpack.decode(blob)), canon(task.snapshot())]
+            state = checkpoints.decode(blob).state
+            task.restore(state)
+            run.snapshots = [canon(checkpoints.decode(blob).state), canon(task.snapshot())]
             _record(task, run)
         run.late += len(task.feed(source, chunk, NOW))
         task.tick(NOW)
