@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -26,11 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.config import ConfigError, Settings, load_settings
+from streams.console import print_alert
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
-
-SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
 
 class Failure(click.ClickException):
@@ -598,7 +596,7 @@ def alerts(
                     sys.stdout.write(msgspec.json.encode(alert).decode() + "\n")
                     sys.stdout.flush()
                 else:
-                    print_alert(alert)
+                    print_alert(alert, console)
                 shown += 1
                 if max_alerts and shown >= max_alerts:
                     return
@@ -632,22 +630,6 @@ def _alert_matches(
         and (rule is None or fnmatchcase(alert.rule, rule))
         and (entity is None or fnmatchcase(alert.entity, entity))
     )
-
-
-def print_alert(alert: Any, out: Console = console) -> None:
-    from streams.delivery.text import causes
-
-    when = datetime.fromtimestamp(alert.ts / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    style = SEVERITY_STYLE.get(alert.severity, "white")
-    mark = "FIRING  " if alert.status == "firing" else "RESOLVED"
-    if alert.status == "resolved":
-        style = "green"
-    out.print(
-        f"[{style}]{mark} {alert.severity:<8}[/{style}] {when}  [bold]{alert.kind}"
-        f"[/bold]/{alert.rule}  {alert.entity}: {alert.message}"
-    )
-    for cause in causes({"details": alert.details}):
-        out.print(f"    possible cause: {cause}", markup=False)
 
 
 # -- reference --------------------------------------------------------------

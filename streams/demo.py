@@ -110,7 +110,7 @@ def linked_incidents(scenario: Scenario) -> list[Incident]:
 def run_demo(
     settings: Settings, scenario: Scenario, speed: float | None, out: Console, err: Console
 ) -> bool:
-    from streams.cli import print_alert
+    from streams.console import print_alert
 
     if not settings.retrain.policies:
         settings.retrain = msgspec.convert(DEMO_RETRAIN, RetrainSettings)
