@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -568,8 +569,12 @@ def alerts(
     # Following from now: OFFSET_END comes from that same high watermark, which on
     # Tansu can fall before the last batch, so older messages are skipped by time too.
     since_ms = int(time.time() * 1000) if start == OFFSET_END else None
+    # Ctrl-C sets a flag that the loop reads after each consume (<= 0.5 s) rather than
+    # raising KeyboardInterrupt inside librdkafka's call; the close is then bounded.
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while (deadline is None or time.monotonic() < deadline) and not interrupted.is_set():
             if through_worker and time.monotonic() - checked > 2:
                 checked = time.monotonic()
                 if read_embedded(settings) is None:  # its broker went with it
@@ -600,10 +605,20 @@ def alerts(
                 shown += 1
                 if max_alerts and shown >= max_alerts:
                     return
-    except KeyboardInterrupt:
-        pass
     finally:
-        consumer.close()
+        signal.signal(signal.SIGINT, previous)
+        _close_within(consumer, 10.0)
+
+
+def _close_within(consumer: Any, seconds: float) -> None:
+    """Close a consumer, waiting at most `seconds`: an assigned consumer has no group
+    to leave, so a close that takes longer is stuck on the broker, and Ctrl-C must
+    still end the command (the process exits; librdkafka's threads go with it)."""
+    closer = threading.Thread(target=consumer.close, daemon=True)
+    closer.start()
+    closer.join(seconds)
+    if closer.is_alive():
+        err.print(f"[yellow]the Kafka client did not close within {seconds:g} s[/yellow]")
 
 
 def _glob(pattern: str) -> str:
