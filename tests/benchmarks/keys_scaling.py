@@ -75,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     make = make_task(args.kind)
     print(f"{args.kind}: {args.events:,} events, batches of {args.batch}, whole task")
-    print(f"{'keys':>8} {'µs CPU / event (min of ' + str(args.repeats) + ')':>28} {'rows':>9} {'alerts':>7}")
+    head = f"µs CPU / event (min of {args.repeats})"
+    print(f"{'keys':>8} {head:>28} {'rows':>9} {'alerts':>7}")
     first = None
     for keys in args.keys:
         events = events_of(args.kind, args.events, keys)
