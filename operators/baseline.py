@@ -88,7 +88,8 @@ class ClearedRate:
         self.min_hits = min_hits
         self.max_pending = max_pending
         # per key: blocks [hits, trials, windows], the last one being filled
-        self.windows: dict[str, deque[list[int]]] = {}
+        # (a list while the key has one block: see `_add`)
+        self.windows: dict[str, deque[list[int]] | list[list[int]]] = {}
         self.totals: dict[str, list[int]] = {}  # per key: the sums over its blocks
         self.pending: dict[str, list[list[int]]] = {}
 
@@ -105,16 +106,21 @@ class ClearedRate:
     def _add(self, key: str, hits: int, trials: int) -> None:
         blocks = self.windows.get(key)
         if blocks is None:
-            # whole blocks covering `size`, plus the one being filled
-            blocks = self.windows[key] = deque(maxlen=-(-self.size // self.block) + 1)
-            self.totals[key] = [0, 0, 0]
+            # a key's first block as a plain list: with many keys most never fill one
+            # block, and a deque per key costs more than the rest of this call
+            self.windows[key] = [[hits, trials, 1]]
+            self.totals[key] = [hits, trials, 1]
+            return
         total = self.totals[key]
-        if blocks and blocks[-1][2] < self.block:
-            last = blocks[-1]
+        last = blocks[-1] if blocks else None
+        if last is not None and last[2] < self.block:
             last[0] += hits
             last[1] += trials
             last[2] += 1
         else:
+            if not isinstance(blocks, deque):
+                # whole blocks covering `size`, plus the one being filled
+                blocks = self.windows[key] = deque(blocks, maxlen=-(-self.size // self.block) + 1)
             if len(blocks) == blocks.maxlen:  # the oldest block leaves the span
                 old = blocks[0]
                 total[0] -= old[0]
@@ -134,6 +140,22 @@ class ClearedRate:
         if len(pending) > self.max_pending:
             self._add(key, *pending.pop(0))
         return entry
+
+    def learn(self, key: str, hits: int, trials: int) -> None:
+        """`hold` then `commit` in one step (what a key without a baseline does with
+        each window): the held windows, then this one, enter the baseline in order.
+
+        >>> a, b = ClearedRate(3, 1, 0, 5), ClearedRate(3, 1, 0, 5)
+        >>> _ = a.hold("k", 1, 10); _ = b.hold("k", 1, 10)
+        >>> _ = a.hold("k", 2, 10); a.commit("k"); b.learn("k", 2, 10)
+        >>> a.snapshot() == b.snapshot(), b.get("k")
+        (True, (3, 20))
+        """
+        pending = self.pending.pop(key, None)
+        if pending:
+            for held_hits, held_trials in pending:
+                self._add(key, held_hits, held_trials)
+        self._add(key, hits, trials)
 
     def drop(self, key: str, entry: list[int]) -> None:
         """Forget one held window (judged anomalous on its own), if still held."""

@@ -80,9 +80,26 @@ def judged_units(windows: Sequence[WindowCounts]) -> list[tuple[int, str, str, i
     """  # noqa: E501
     groups: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
     for start, campaign, variant, imps, clicks in windows:
-        groups.setdefault((start, campaign), []).append((variant, imps, clicks))
-    units = []
-    for (start, campaign), parts in sorted(groups.items()):
+        group = (start, campaign)
+        parts = groups.get(group)
+        if parts is None:
+            groups[group] = [(variant, imps, clicks)]
+        else:
+            parts.append((variant, imps, clicks))
+    units: list[tuple[int, str, str, int, int]] = []
+    append = units.append
+    for group in sorted(groups):
+        start, campaign = group
+        parts = groups[group]
+        if len(parts) == 1:
+            # the common case with many keys (one window per campaign and step): the
+            # same units as the general path below, without its sums and sorts
+            variant, imps, clicks = parts[0]
+            if imps:
+                append((start, campaign, "campaign", imps, clicks))
+                if variant:
+                    append((start, f"{campaign}/{variant}", "variant", imps, clicks))
+            continue
         imps = sum(p[1] for p in parts)
         if imps:
             units.append((start, campaign, "campaign", imps, sum(p[2] for p in parts)))
@@ -157,37 +174,45 @@ class CtrJudge:
         h = self.threshold
         # sequential per entity (each window against the baseline before it)
         judged: list[Any] = []
-        for start, entity, level, n, k in units:
-            base = self.baseline.get(entity)
+        get_base = self.baseline.get
+        learn = self.baseline.learn
+        sequential = self._sequential
+        with_base_count = 0
+        for unit in units:
+            entity = unit[1]
+            base = get_base(entity)
             if base is None:
                 # no baseline yet: nothing to judge a drop against; learn
-                self.baseline.hold(entity, k, n)
-                self.baseline.commit(entity)
-                judged.append((start, entity, level, n, k, None, None))
+                learn(entity, unit[4], unit[3])
+                judged.append((*unit, None, None))
                 continue
-            judged.append((start, entity, level, n, k, base, self._sequential(entity, n, k, base)))
+            with_base_count += 1
+            judged.append((*unit, base, sequential(entity, unit[3], unit[4], base)))
 
-        clicks = np.array([u[4] for u in judged], dtype=np.int64)
-        imps = np.array([u[3] for u in judged], dtype=np.int64)
+        # the p-values of every unit of this step in one vectorised call each
+        clicks = np.fromiter([u[4] for u in judged], dtype=np.int64, count=len(judged))
+        imps = np.fromiter([u[3] for u in judged], dtype=np.int64, count=len(judged))
         floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
-        with_base = np.array([u[5] is not None for u in judged], dtype=bool)
-        base_k = np.array([u[5][0] for u in judged if u[5] is not None], dtype=np.int64)
-        base_n = np.array([u[5][1] for u in judged if u[5] is not None], dtype=np.int64)
-        drop_p = iter(
-            fisher_less_small_counts(
-                clicks[with_base], imps[with_base] - clicks[with_base], base_k, base_n - base_k
-            ).tolist()
-        )
+        drop_p: Any = iter(())
+        if with_base_count:
+            with_base = np.array([u[5] is not None for u in judged], dtype=bool)
+            base_k = np.array([u[5][0] for u in judged if u[5] is not None], dtype=np.int64)
+            base_n = np.array([u[5][1] for u in judged if u[5] is not None], dtype=np.int64)
+            drop_p = iter(
+                fisher_less_small_counts(
+                    clicks[with_base], imps[with_base] - clicks[with_base], base_k, base_n - base_k
+                ).tolist()
+            )
         out: list[Observation] = []
+        emit = out.append
         window_ms = cfg.window_ms
         for (start, entity, level, n, k, base, seq), p_floor in zip(judged, floor_p, strict=True):
             end = start + window_ms
             ctr = k / n
-            common = {"ts": end, "n": n, "window_start": start, "window_end": end}
             counts = {"impressions": n, "clicks": k, "level": level}
-            out.append(
-                Observation("ctr", entity, "ctr", ctr, details=counts, p_value=p_floor, **common)
-            )
+            # positional: kind, entity, metric, value, ts, n, window_start, window_end,
+            # details, p_value (the per-unit cost is what grows with the keys)
+            emit(Observation("ctr", entity, "ctr", ctr, end, n, start, end, counts, p_floor))
             if base is None:
                 continue
             p_drop = next(drop_p)
@@ -201,25 +226,31 @@ class CtrJudge:
                 "baseline_ctr": baseline,
                 "baseline_impressions": base[1],
             }
-            out.append(
+            emit(
                 Observation(
                     "ctr",
                     entity,
                     "ctr_drop",
                     (baseline - ctr) / baseline,
-                    details=details,
-                    p_value=p_drop,
-                    **common,
+                    end,
+                    n,
+                    start,
+                    end,
+                    details,
+                    p_drop,
                 )
             )
-            out.append(
+            emit(
                 Observation(
                     "ctr",
                     entity,
                     "ctr_evidence",
                     value,
-                    details={**details, "llr": s, "llr_threshold": h, "recovery_llr": r},
-                    **common,
+                    end,
+                    n,
+                    start,
+                    end,
+                    {**details, "llr": s, "llr_threshold": h, "recovery_llr": r},
                 )
             )
         return out

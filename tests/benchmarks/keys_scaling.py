@@ -1,0 +1,100 @@
+"""CPU per event of one monitor's whole task against the number of keys, in-process.
+
+    .venv/bin/python -m tests.benchmarks.keys_scaling --kind ctr --keys 100 10000 100000
+    .venv/bin/python -m tests.benchmarks.keys_scaling --kind sensor --keys 100 50000
+    .venv/bin/python -m tests.benchmarks.keys_scaling --kind ctr --keys 100000 --profile
+
+The task is built as the worker builds it (`streams.monitors.build_monitors` over the
+default configuration, via `tests.conformance.task_factory`): the operator, its
+default rules, change detection and relations. The same number of simulated,
+decoded events (`tests.benchmarks.operator_cost.events_of`, untimed) is fed in
+batches as the worker does (feed per source, tick, collect after each batch), and
+the CPU time per event of the fastest of `--repeats` passes is printed per key
+count: issue 18 asks the per-event cost to stay within 1.5x as the keys grow.
+No broker, no ClickHouse, no decoding: the end-to-end figures are
+`tests.benchmarks.bench`'s. `--profile` runs one pass under cProfile instead and
+prints the top functions by cumulative and by own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import time
+from collections.abc import Callable
+from typing import Any
+
+from operators.task import MonitorTask
+from tests.benchmarks.operator_cost import events_of
+from tests.conformance import task_factory
+from tests.conformance_inputs import Case
+
+NOW = 1_000  # processing time: constant, so no source counts as idle
+
+
+def make_task(kind: str) -> Callable[[], MonitorTask]:
+    return task_factory(kind, Case(events=[], lateness_s=10.0))
+
+
+def one_pass(
+    make: Callable[[], MonitorTask], events: list[tuple[str, Any]], batch: int
+) -> tuple[float, int, int]:
+    """(CPU seconds, rows, alerts) of one pass over `events` with a fresh task."""
+    task = make()
+    rows = alerts = 0
+    gc.collect()
+    gc.freeze()  # as the worker does after start-up (streams/worker.py)
+    gc.set_threshold(50_000, 20, 100)
+    started = time.process_time()
+    for i in range(0, len(events), batch):
+        by_source: dict[str, list[Any]] = {}
+        for topic, event in events[i : i + batch]:
+            by_source.setdefault(topic, []).append(event)
+        for source, evs in by_source.items():
+            if source in task.operator.sources:
+                task.feed(source, evs, NOW)
+        task.tick(NOW)
+        out = task.collect()
+        rows += sum(len(r) for r in out.rows.values())
+        alerts += len(out.alerts)
+    elapsed = time.process_time() - started
+    gc.unfreeze()
+    return elapsed, rows, alerts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("ctr", "sensor"), default="ctr")
+    parser.add_argument("--keys", type=int, nargs="+", default=[100, 10_000, 100_000])
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--batch", type=int, default=1250, help="events per poll")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="cProfile one pass")
+    args = parser.parse_args()
+    make = make_task(args.kind)
+    print(f"{args.kind}: {args.events:,} events, batches of {args.batch}, whole task")
+    head = f"µs CPU / event (min of {args.repeats})"
+    print(f"{'keys':>8} {head:>28} {'rows':>9} {'alerts':>7}")
+    first = None
+    for keys in args.keys:
+        events = events_of(args.kind, args.events, keys)
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            one_pass(make, events, args.batch)
+            prof.disable()
+            stats = pstats.Stats(prof)
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(30)
+            continue
+        runs = [one_pass(make, events, args.batch) for _ in range(args.repeats)]
+        best, rows, alerts = min(runs)
+        per = best / len(events) * 1e6
+        first = first or per
+        print(f"{keys:>8,} {per:>20.2f} ({per / first:.2f}x) {rows:>9,} {alerts:>7,}")
+
+
+if __name__ == "__main__":
+    main()
