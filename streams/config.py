@@ -76,12 +76,21 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = ("ctr", "sensor", "cluster", "autoencoder", "drift", "service", "srm", "quality")
+    names = (
+        "ctr",
+        "sensor",
+        "cluster",
+        "autoencoder",
+        "drift",
+        "service",
+        "srm",
+        "quality",
+        "freshness",
+    )
     monitors = {name: MonitorSettings() for name in names}
-    # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
-    # Off by default because a stream that jumps event time ahead (a replay, a
-    # test's tail event) is a real silence of every other entity.
-    monitors["freshness"] = MonitorSettings(enabled=False)
+    # freshness is on (issue 13: silence must be noticed); a jump of event time ahead
+    # of every topic (a replay, a test's tail event) is dead time, not silence
+    # (FreshnessConfig.jump_ms), so it does not make every entity silent at once
     # off until switched on ([monitors.autoencoder] enabled = true): on the simulator's
     # quiet sensors it still raises about one false episode per sensor-hour, above its
     # stated budget, and it costs ~11 us per reading (docs/monitors/autoencoder.md)
