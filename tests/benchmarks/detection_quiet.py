@@ -67,6 +67,13 @@ Reading the table:
   6/10 to 9/10 while the false alerts fall to 0.
 - "Before" fires sooner on drift and SRM because it fires on noise: 191 to 2,647 false
   alerts per 1,000 entity-days.
+- Freshness (on by default since issue 13): 1,000 quiet campaigns at 0.1-20 impressions
+  a minute with a +-60 % daily cycle, ending with a tail event 16 minutes ahead (as the
+  end-to-end tests end). "Before" is the monitor as on main, switched on (it was opt-in):
+  without dead time the tail makes nearly every campaign "silent". After: event time more
+  than `jump_ms` (5 min) after the last event of any topic is dead, so nothing fires at
+  the tail. Misses are silences shorter than 20 of the campaign's usual gaps (the
+  allowed silence); the delay is about 10 minutes (`min_silence_ms`) after the last event.
 - CTR is measured separately (`tests/benchmarks/detection.py`, DETECTION.md).
 """
 
@@ -443,11 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         cmd = "PYTHONPATH=. python -m tests.benchmarks.detection_quiet --write"
         OUT.write_text(
-            "# Quiet-data false alarms and incident recall: service, drift, SRM\n\n"
+            "# Quiet-data false alarms and incident recall: service, drift, SRM, freshness\n\n"
             f"One run of `{cmd}` (seed {args.seed}, {hours:.0f} h of event time; "
             f"{sizes['service']} model versions, {sizes['drift']} models x 3 scored "
-            f"features, {sizes['srm']} experiments of quiet data, plus "
-            f"{inc['service']} / {inc['drift']} / {inc['srm']} incident entities; {took:.0f} s). "
+            f"features, {sizes['srm']} experiments, {sizes['freshness']} campaigns of quiet "
+            f"data, plus {inc['service']} / {inc['drift']} / {inc['srm']} / "
+            f"{inc['freshness']} incident entities; {took:.0f} s). "
             "How the data is made and judged: the module docstring of "
             "`tests/benchmarks/detection_quiet.py`. Before = git main's default rules "
             "(and drift `min_count` 200, SRM `min_total` 200, per-window p-values only); "
@@ -455,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             "defaults (evidence gates, budget 1 false alert per 1,000 entity-days, "
             "hysteresis). Incidents: error rate 6 % for 10 minutes (service), x1 shifted "
             "by 0.5 sd for an hour (drift), one arm served 40 % instead of 50 % for an "
-            "hour (SRM); delay = first firing alert after the incident starts (window "
+            "hour (SRM), a campaign silent for 30 minutes (freshness); delay = first firing "
+            "alert after the incident starts (window "
             "end, so at least one window).\n\n" + text + "\n" + NOTES
         )
     return 0
