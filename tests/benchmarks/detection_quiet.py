@@ -1,5 +1,5 @@
 """False alarms on quiet data, and recall on injected incidents, for the service,
-drift and SRM rules -- before (git main's defaults) and after (evidence gates).
+drift, SRM and freshness rules -- before (git main's defaults) and after (evidence gates).
 
     PYTHONPATH=. python -m tests.benchmarks.detection_quiet --write   # DETECTION_QUIET.md
     PYTHONPATH=. python -m tests.benchmarks.detection_quiet --small   # a quick look
