@@ -70,7 +70,8 @@ Reading the table:
 - Freshness (on by default since issue 13): 1,000 quiet campaigns at 0.1-20 impressions
   a minute with a +-60 % daily cycle, ending with a tail event 16 minutes ahead (as the
   end-to-end tests end). "Before" is the monitor as on main, switched on (it was opt-in):
-  without dead time the tail makes nearly every campaign "silent". After: event time more
+  without dead time the tail makes every campaign whose allowed silence is under 16 minutes
+  (about half: those sending over ~1 impression a minute) "silent". After: event time more
   than `jump_ms` (5 min) after the last event of any topic is dead, so nothing fires at
   the tail. Misses are silences shorter than 20 of the campaign's usual gaps (the
   allowed silence); the delay is about 10 minutes (`min_silence_ms`) after the last event.
