@@ -85,12 +85,14 @@ def _default_monitors() -> dict[str, MonitorSettings]:
         "service",
         "srm",
         "quality",
-        "freshness",
     )
     monitors = {name: MonitorSettings() for name in names}
-    # freshness is on (issue 13: silence must be noticed); a jump of event time ahead
-    # of every topic (a replay, a test's tail event) is dead time, not silence
-    # (FreshnessConfig.jump_ms), so it does not make every entity silent at once
+    # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
+    # A jump of event time ahead of every topic is dead time now (FreshnessConfig.jump_ms),
+    # but with it on, tests/test_recovery.py's restart of silent partitions raises
+    # silences the uninterrupted run does not (docs/monitors/freshness.md): a restart
+    # must not change the alerts, so it stays off by default until that is resolved.
+    monitors["freshness"] = MonitorSettings(enabled=False)
     # off until switched on ([monitors.autoencoder] enabled = true): on the simulator's
     # quiet sensors it still raises about one false episode per sensor-hour, above its
     # stated budget, and it costs ~11 us per reading (docs/monitors/autoencoder.md)

@@ -44,7 +44,7 @@ DURATION_S = 1500
 START_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
 LATENESS_MS = 10_000
 PARTITIONS = 4
-MONITORS = 8  # ctr, sensor, cluster, drift, service, srm, quality, freshness
+MONITORS = 7  # ctr, sensor, cluster, drift, service, srm, quality
 SITE_B = ("sensor-01", "sensor-04", "sensor-07")  # i mod 3 == 1: site-b
 
 

@@ -18,7 +18,7 @@ def test_silent_campaign_raises_and_resolves_a_freshness_alert(tmp_path, broker)
         f"monitors.{m}": {"enabled": False}
         for m in ("ctr", "srm", "sensor", "cluster", "drift", "service")
     }
-    # freshness is on by default (since issue 13); its table is given to say so
+    # freshness is opt-in: its table turns it on
     d = Deployment(
         tmp_path,
         broker.bootstrap,
