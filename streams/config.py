@@ -88,10 +88,9 @@ def _default_monitors() -> dict[str, MonitorSettings]:
     )
     monitors = {name: MonitorSettings() for name in names}
     # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
-    # A jump of event time ahead of every topic is dead time now (FreshnessConfig.jump_ms),
-    # but with it on, tests/test_recovery.py's restart of silent partitions raises
-    # silences the uninterrupted run does not (docs/monitors/freshness.md): a restart
-    # must not change the alerts, so it stays off by default until that is resolved.
+    # A jump of event time ahead of every topic is dead time now (FreshnessConfig.jump_ms);
+    # on by default waits for tests/harness.py's in-process reference to model idle
+    # sources (docs/monitors/freshness.md, "Configuration").
     monitors["freshness"] = MonitorSettings(enabled=False)
     # off until switched on ([monitors.autoencoder] enabled = true): on the simulator's
     # quiet sensors it still raises about one false episode per sensor-hour, above its
