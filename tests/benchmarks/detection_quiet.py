@@ -75,6 +75,8 @@ Reading the table:
   than `jump_ms` (5 min) after the last event of any topic is dead, so nothing fires at
   the tail. Misses are silences shorter than 20 of the campaign's usual gaps (the
   allowed silence); the delay is about 10 minutes (`min_silence_ms`) after the last event.
+  Before's 20/20 counts two incidents "found" only by the tail's false silence, 12 h later
+  (the delays of 43,800 s).
 - CTR is measured separately (`tests/benchmarks/detection.py`, DETECTION.md).
 """
 
