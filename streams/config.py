@@ -76,16 +76,7 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = (
-        "ctr",
-        "sensor",
-        "cluster",
-        "autoencoder",
-        "drift",
-        "service",
-        "srm",
-        "quality",
-    )
+    names = ("ctr", "sensor", "cluster", "autoencoder", "drift", "service", "srm", "quality")
     monitors = {name: MonitorSettings() for name in names}
     # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
     # A jump of event time ahead of every topic is dead time now (FreshnessConfig.jump_ms);
