@@ -37,6 +37,14 @@ Semantics (defaults in FreshnessConfig):
   watermark is the minimum over the *active* topics (operators.watermark
   leaves a topic idle for idle_timeout_s out), a silent topic shows as its
   last event falling behind a watermark the other topics advance.
+- Dead time: event time more than `jump_ms` after the last event of *any*
+  topic, until the next event, runs no silence clock (silence = live event
+  time since the entity's last event). A replay that skips ahead, a test's
+  far-ahead tail event or the end of the input are then not a silence of
+  every entity at once; a total outage of the input is the consumer lag's
+  and `/health`'s job. Dead stretches are known exactly: one found while
+  judging a boundary ends at it (no event before the watermark is still to
+  come), and a later event only extends it.
 - False alarms: for Poisson arrivals at rate r, a gap exceeds `allowed` with
   probability exp(-r allowed) <= exp(-multiple), so a quiet entity raises at
   most 86,400 r exp(-max(multiple, r min_silence)) false alerts a day: with
@@ -93,10 +101,17 @@ class FreshnessConfig:
     min_events: int = 20  # events seen before an entity is judged
     forget_ms: int = 7 * 86_400_000  # an entity silent this long is dropped
     watch_entities: bool = True  # False: whole topics only
+    # event time more than this after the last event of *any* topic is dead time: no
+    # silence clock runs in it (a replay that skips ahead, a test's far-ahead tail event,
+    # the end of the input); 0 = every stretch of event time counts
+    jump_ms: int = 300_000
 
     def __post_init__(self) -> None:
         if self.check_ms <= 0 or self.multiple <= 1 or not 0 < self.ewma_alpha <= 1:
             raise ValueError("freshness needs check_ms > 0, multiple > 1, 0 < ewma_alpha <= 1")
+        if self.jump_ms and self.jump_ms < self.check_ms:
+            # gaps inside a step are not seen: a shorter jump could not be found
+            raise ValueError("freshness needs jump_ms = 0 or jump_ms >= check_ms")
         if not 0 < self.min_silence_ms <= self.max_silence_ms:
             raise ValueError("freshness needs 0 < min_silence_ms <= max_silence_ms")
 
@@ -145,6 +160,10 @@ class FreshnessOperator(Operator):
         # (topic, key) -> Track; key "" is the topic itself
         self.tracks: dict[tuple[str, str], Track] = {}
         self.judged: int | None = None  # last step boundary judged (only saves work)
+        self.live_last: int | None = None  # last event of any topic in the closed steps
+        # dead stretches [start, end) of event time (jump_ms after a last event of any
+        # topic, until the next one), oldest first
+        self.dead: list[list[int]] = []
 
     # -- input ---------------------------------------------------------------
 
@@ -171,6 +190,10 @@ class FreshnessOperator(Operator):
 
     def _close(self, end: int, step: Step) -> None:
         alpha = self.config.ewma_alpha
+        spans = [(first, last) for keys in step.values() for _, first, last in keys.values()]
+        if spans:
+            first_any = min(f for f, _ in spans)
+            self._gap(first_any)
         for topic, keys in sorted(step.items()):
             for key, (count, first, last) in sorted(keys.items()):
                 track = self.tracks.get((topic, key))
@@ -185,9 +208,45 @@ class FreshnessOperator(Operator):
                 if track.silent:
                     track.silent = False
                     self._emit(topic, key, 0.0, end, was, track, first)
+        if spans:
+            last_any = max(t for _, t in spans)
+            self.live_last = max(last_any, self.live_last or last_any)
+
+    def _gap(self, upto: int) -> None:
+        """Record the dead stretch between the last event of any topic and `upto` (the
+        next event, or a boundary the watermark passed: nothing before it is to come)."""
+        jump = self.config.jump_ms
+        if not jump or self.live_last is None or upto - self.live_last <= jump:
+            return
+        start = self.live_last + jump
+        if self.dead and self.dead[-1][1] >= start:  # the same stretch, known further
+            self.dead[-1][1] = max(self.dead[-1][1], upto)
+        else:
+            self.dead.append([start, upto])
+
+    def _due(self, last: int, allowed: float) -> float:
+        """The event time at which `allowed` ms of live (not dead) time have passed
+        since `last`."""
+        t, remaining = float(last), allowed
+        for start, end in self.dead:
+            if end <= t:
+                continue
+            s = max(start, t)
+            if s >= t + remaining:
+                break
+            remaining -= s - t
+            t = end
+        return t + remaining
+
+    def _live(self, last: int, until: int) -> float:
+        """Live event time in [last, until)."""
+        dead = sum(max(0, min(end, until) - max(start, last)) for start, end in self.dead)
+        return until - last - dead
 
     def _judge(self, end: int) -> None:
         forget = self.config.forget_ms
+        self._gap(end)  # no event before `end` is still to come (end <= the watermark)
+        self.dead = [d for d in self.dead if d[1] > end - forget]
         for (topic, key), track in sorted(self.tracks.items()):
             if end - track.last >= forget:
                 del self.tracks[(topic, key)]
@@ -203,11 +262,12 @@ class FreshnessOperator(Operator):
             return
         size = self.config.check_ms
         allowed = self._allowed(track)
-        due = track.last + allowed
+        due = self._due(track.last, allowed)
         boundary = int(due - due % size) + size  # first boundary strictly after `due`
         if boundary <= until:
             track.silent = True
-            self._emit(topic, key, (boundary - track.last) / allowed, boundary, track.last, track)
+            value = self._live(track.last, boundary) / allowed
+            self._emit(topic, key, value, boundary, track.last, track)
 
     def _allowed(self, track: Track) -> float:
         cfg = self.config
@@ -226,7 +286,8 @@ class FreshnessOperator(Operator):
         details: dict[str, Any] = {
             "topic": topic,
             "last_event_ts": last,
-            "silence_s": (ts - last if back is None else back - last) / 1000,
+            # live silence (dead stretches of the whole input left out) when it fires
+            "silence_s": (self._live(last, ts) if back is None else back - last) / 1000,
             "usual_gap_s": track.gap / 1000,
             "allowed_s": self._allowed(track) / 1000,
         }
@@ -253,6 +314,8 @@ class FreshnessOperator(Operator):
             "steps": [[start, step] for start, step in sorted(self.steps.items())],
             "tracks": [[t, k, *tr.to_list()] for (t, k), tr in sorted(self.tracks.items())],
             "judged": self.judged,
+            "live_last": self.live_last,
+            "dead": [list(d) for d in self.dead],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -264,6 +327,8 @@ class FreshnessOperator(Operator):
             (t, k): Track(last, gap, n, silent) for t, k, last, gap, n, silent in state["tracks"]
         }
         self.judged = state["judged"]
+        self.live_last = state.get("live_last")  # older snapshots: no dead time known
+        self.dead = [list(d) for d in state.get("dead", [])]
 
 
 def _count(step: dict[str, list[int]], key: str, ts: int) -> None:

@@ -172,3 +172,47 @@ def test_bad_config_is_refused() -> None:
         FreshnessConfig(multiple=1)
     with pytest.raises(ValueError):
         FreshnessConfig(min_silence_ms=10, max_silence_ms=5)
+
+
+def test_a_jump_of_event_time_is_dead_time_not_silence() -> None:
+    """Every campaign stops at minute 30 and one far-ahead event (a replay skipping
+    ahead, a test's tail) comes 16 minutes later: only 5 minutes (jump_ms) of that gap
+    are live, below the 10-minute allowed silence, so nothing fires; with the guard off
+    (jump_ms = 0) every campaign and the topic would."""
+    events = traffic({"c1": (0, 30 * MIN), "c2": (0, 30 * MIN)})
+    tail = [imp(10**6, T0 + 46 * MIN, "c3")]
+    for jump, expected in ((300_000, []), (0, ["c1", "c2", "impressions"])):
+        op = FreshnessOperator(FreshnessConfig(jump_ms=jump))
+        obs = run(op, events + tail, [T0 + 46 * MIN - 10_000])
+        assert sorted(o.entity for o in obs if o.value > 1) == expected
+
+
+def test_silence_counts_live_time_only_across_a_jump() -> None:
+    """c1 stops at minute 10 (last event 9:55) while c2 goes on to minute 30; then the
+    input jumps to minute 60. Allowed silence: 10 minutes. c1 fires at 20:00 as without
+    the guard (all live). c2's last event is 29:55; live time runs to 34:55 (jump_ms),
+    is dead until the next event at 60:00 and live again after it: 5 minutes + 5
+    minutes after 60:00 reach the allowed at 65:00, the first boundary after it 66:00."""
+    events = traffic({"c1": (0, 10 * MIN), "c2": (0, 30 * MIN), "c3": (60 * MIN, 70 * MIN)})
+    op = FreshnessOperator(FreshnessConfig())
+    obs = run(op, events, [T0 + 70 * MIN])
+    fired = {o.entity: (o.ts - T0, round(o.value, 3)) for o in obs if o.value > 1}
+    # c1: silent 9:55 -> 20:00 all live: 605 s of 600 allowed
+    assert fired["c1"] == (20 * MIN, round(605 / 600, 3))
+    # c2: live silence at 66:00 = (34:55 - 29:55) + (66:00 - 60:00) = 660 s
+    assert fired["c2"] == (66 * MIN, round(660 / 600, 3))
+    assert op._live(T0 + 29 * MIN + 55_000, T0 + 66 * MIN) == 660_000
+    assert op.dead == [[T0 + 34 * MIN + 55_000, T0 + 60 * MIN]]
+
+
+def test_dead_time_survives_a_snapshot() -> None:
+    events = traffic({"c1": (0, 30 * MIN), "c2": (30 * MIN + 20 * MIN, 60 * MIN)})
+    straight = FreshnessOperator(FreshnessConfig())
+    expected = run(straight, events, [T0 + 40 * MIN, T0 + 70 * MIN])
+    first = FreshnessOperator(FreshnessConfig())
+    got = run(first, events, [T0 + 40 * MIN])
+    state = msgspec.json.decode(msgspec.json.encode(first.snapshot()))
+    second = FreshnessOperator(FreshnessConfig())
+    second.restore(state)
+    got += run(second, [], [T0 + 70 * MIN])
+    assert got == expected

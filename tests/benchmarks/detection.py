@@ -4,6 +4,7 @@
     PYTHONPATH=. python -m tests.benchmarks.detection --scenario ctr --write  # + DETECTION.md
     PYTHONPATH=. python -m tests.benchmarks.detection --mode counts --after-only \
         --option baseline_z=1.0                                  # one option, counts only
+    PYTHONPATH=. python -m tests.benchmarks.detection --slow-declines  # by their evidence
 
 Scenario (seeded, generated with numpy as per-window counts):
 
@@ -76,6 +77,7 @@ EVIDENCE = ((0, 10), (10, 30), (30, 100), (100, 10**9))
 # budget: the CUSUM threshold log(ARL0) of CtrConfig() (16.67)
 REACHABLE_NATS = 16.67
 KINDS = ("collapse", "severe", "moderate", "slow_decline", "variant_collapse")
+ANY_CHANGE = "any change rule (info)"
 
 
 @dataclass
@@ -204,8 +206,15 @@ class Monitor:
     """Judging + rules of one configuration, fed one step of final window counts."""
 
     def __init__(
-        self, before: bool, ref: str = BEFORE_REF, options: dict[str, Any] | None = None
+        self,
+        before: bool,
+        ref: str = BEFORE_REF,
+        options: dict[str, Any] | None = None,
+        changes: bool = False,
+        change_options: dict[str, Any] | None = None,
     ) -> None:
+        self.changes: Any = None
+        self.change_names: list[str] = []
         if before:
             ctr = _load(ref, "operators/ctr.py", "before_ctr")
             rules = _load(ref, "operators/rules.py", "before_rules")
@@ -227,6 +236,19 @@ class Monitor:
             rules = ctr_rules(config) if options else DEFAULT_RULES
             chosen = [r.rule() for r in rules if r.kind == "ctr"]
             self.engine = RuleEngine(chosen)
+        if changes:
+            # change detection on the CTR observations, as MonitorTask runs it (the default
+            # `[change_detection]`), with the default change rules on the ctr metric; the
+            # detectors are the same before and after issue 13 (only the rules' severity
+            # changed), so "before" feeds the old judge's observations to them
+            from operators.change import ChangeConfig, ChangeDetectors
+            from operators.rules import RuleEngine as Engine
+            from streams.config import DEFAULT_RULES as CURRENT
+
+            self.changes = ChangeDetectors(ChangeConfig(**(change_options or {})))
+            picked = [r.rule() for r in CURRENT if r.metric.startswith("ctr_change_")]
+            self.change_engine = Engine(picked)
+            self.change_names = [r.name for r in picked]
         self.rule_names = [r.name for r in chosen]
 
     def step(self, counts: list[tuple[int, str, str, int, int]]) -> list[Any]:
@@ -240,7 +262,10 @@ class Monitor:
                 closed.append((start, f"{campaign}\x1f{variant}", w))
             self.op._judge(closed)
             observations = self.op.collect().observations
-        return [a for a in self.engine.evaluate(observations) if a.status == "firing"]
+        alerts = self.engine.evaluate(observations)
+        if self.changes is not None:
+            alerts = alerts + self.change_engine.evaluate(self.changes.observe(observations))
+        return [a for a in alerts if a.status == "firing"]
 
 
 def run(
@@ -248,9 +273,12 @@ def run(
     before: bool,
     ref: str = BEFORE_REF,
     options: dict[str, Any] | None = None,
+    changes: bool = False,
+    change_options: dict[str, Any] | None = None,
 ) -> list[tuple[str, int, int]]:
-    """Firing alerts as (rule, campaign index, ts)."""
-    monitor = Monitor(before, ref, options)
+    """Firing alerts as (rule, campaign index, ts); with `changes`, also those of the
+    change-detection rules on the CTR (`ctr_change_*`)."""
+    monitor = Monitor(before, ref, options, changes, change_options)
     names = [f"cmp-{c:04d}" for c in range(scenario.campaigns)]
     index = {name: c for c, name in enumerate(names)}
     imps, clicks, ab = scenario.imps, scenario.clicks, scenario.ab
@@ -322,6 +350,45 @@ def issue13_collapses(seed: int, options: dict[str, Any] | None = None) -> dict[
     }
 
 
+def slow_declines(scenario: Scenario, fired: list[tuple[str, int, int]]) -> str:
+    """Recall on the slow declines by the evidence of the whole incident: for a test
+    that knew the path, sum over its minutes of expected clicks x (r ln r + 1 - r)
+    (expected clicks taken at the incident's start: traffic x the campaign's CTR), in
+    bands of the CUSUM threshold h (`REACHABLE_NATS`)."""
+    hit: dict[int, list[int]] = {}
+    for _, c, ts in fired:
+        hit.setdefault(c, []).append(ts)
+    rows = []
+    for inc in scenario.incidents:
+        if inc.kind != "slow_decline":
+            continue
+        ramp = max(1, inc.length - 30)
+        k = np.arange(1, inc.length + 1)
+        r = np.where(k <= ramp, 1 - (1 - inc.factor) * k / ramp, inc.factor)
+        kl = float((inc.rate * inc.ctr * (r * np.log(r) + 1 - r)).sum())
+        s = T0 + inc.start * WINDOW_MS
+        e = s + inc.length * WINDOW_MS
+        seen = [ts for ts in hit.get(inc.campaign, []) if s < ts <= e + WINDOW_MS]
+        rows.append((kl, (min(seen) - s) / 60_000 if seen else None, inc.length))
+    h = REACHABLE_NATS
+    lines = [
+        "| oracle evidence of the whole incident | slow declines | detected "
+        "| median delay (min) | median length (min) |",
+        "|---|---|---|---|---|",
+    ]
+    for lo, hi, name in ((0, h, f"< {h:.1f} nats"), (h, 2 * h, f"{h:.1f}-{2 * h:.1f} nats"),
+                         (2 * h, float("inf"), f">= {2 * h:.1f} nats")):  # fmt: skip
+        these = [x for x in rows if lo <= x[0] < hi]
+        got = [x[1] for x in these if x[1] is not None]
+        delay = f"{np.median(got):.0f}" if got else "-"
+        length = f"{np.median([x[2] for x in these]):.0f}" if these else "-"
+        lines.append(
+            f"| {name} | {len(these)} | {len(got)} ({len(got) / max(1, len(these)):.0%}) "
+            f"| {delay} | {length} |"
+        )
+    return "\n".join(lines)
+
+
 # -- events through the worker's task ------------------------------------------------
 
 CLICK_DELAY_MEDIAN_S = 20.0  # median impression-to-click delay (lognormal)
@@ -341,11 +408,15 @@ def run_events(
     `streams.monitors.build_monitors` makes from the default `Settings` (only the `ctr`
     monitor enabled): `MonitorTask.feed` per source, then `tick` and `collect` with the
     batch's last event time as processing time - the calls `Pipeline` makes after
-    decoding a poll. Returns the firing CTR alerts as (rule, campaign, ts) and counters
-    (events, alerts of other kinds, seconds)."""
+    decoding a poll. Returns the firing CTR alerts and those of change detection on the
+    CTR (`ctr_change_*`) as (rule, campaign, ts) and counters (events, alerts of other
+    rules, seconds)."""
     from schemas.events import Click, Impression
     from streams.config import load_settings
     from streams.monitors import build_monitors
+
+    def scored(alert: Any) -> bool:  # CTR rules, and change detection on the CTR
+        return alert.kind == "ctr" or alert.rule.startswith("ctr_change_")
 
     settings = load_settings(env={})
     for name, monitor in settings.monitors.items():
@@ -445,13 +516,13 @@ def run_events(
             for alert in task.collect().alerts:
                 if alert.status != "firing":
                     continue
-                if alert.kind != "ctr":
+                if not scored(alert):
                     other[alert.rule] = other.get(alert.rule, 0) + 1
                     continue
                 fired.append((alert.rule, index[alert.entity.split("/")[0]], alert.ts))
     task.finish()
     for alert in task.collect().alerts:
-        if alert.status == "firing" and alert.kind == "ctr":
+        if alert.status == "firing" and scored(alert):
             fired.append((alert.rule, index[alert.entity.split("/")[0]], alert.ts))
     info = {
         "impressions": n_imps,
@@ -477,12 +548,18 @@ def overwhelming(inc: Incident) -> bool:
     )
 
 
-def score(scenario: Scenario, fired: list[tuple[str, int, int]], rules: list[str]) -> dict:
+def score(
+    scenario: Scenario,
+    fired: list[tuple[str, int, int]],
+    rules: list[str],
+    total: str = "any CTR rule",
+) -> dict:
+    """Per rule of `rules`, and for any of them (row `total`)."""
     by_campaign: dict[int, Incident] = {inc.campaign: inc for inc in scenario.incidents}
     days = scenario.campaigns * scenario.windows / 1440
     table = {}
-    for rule in [*rules, "any CTR rule"]:
-        mine = [f for f in fired if rule == "any CTR rule" or f[0] == rule]
+    for rule in [*rules, total]:
+        mine = [f for f in fired if f[0] == rule or (rule == total and f[0] in rules)]
         delays: dict[int, int] = {}
         false = 0
         for _, c, ts in mine:
@@ -570,10 +647,7 @@ def compare(
         )
     others = ", ".join(f"`{k}` {v}" for k, v in sorted(info["other_alerts"].items()))
     lines.append("")
-    lines.append(
-        "Other firing alerts of the CTR task on the events path (change detection on the "
-        f"window metrics, not CTR rules, not scored): {others or 'none'}."
-    )
+    lines.append(f"Other firing alerts of the CTR task on the events path: {others or 'none'}.")
     return "\n".join(lines)
 
 
@@ -644,6 +718,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--after-only", action="store_true")
     parser.add_argument(
+        "--slow-declines",
+        action="store_true",
+        help="only the slow declines' recall by their evidence (counts path, after)",
+    )
+    parser.add_argument(
         "--mode",
         choices=["events", "counts"],
         default="events",
@@ -668,20 +747,33 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     scenario = generate(args.campaigns, args.hours, args.seed)
+    if args.slow_declines:
+        print(slow_declines(scenario, run(scenario, False, args.before_ref, options)))
+        return 0
     results = {}
     configs = (("after", False),) if args.after_only else (("before", True), ("after", False))
+    counted: list[tuple[str, int, int]] = []
     for name, before in configs:
         tr = time.perf_counter()
-        fired = run(scenario, before, args.before_ref, options)
-        rules = Monitor(before, args.before_ref, options).rule_names
-        results[name] = score(scenario, fired, rules)
+        fired = run(scenario, before, args.before_ref, options, changes=True)
+        monitor = Monitor(before, args.before_ref, options, changes=True)
+        results[name] = {
+            **score(scenario, fired, monitor.rule_names),
+            **score(scenario, fired, monitor.change_names, total=ANY_CHANGE),
+        }
+        if not before:
+            counted = fired
         print(f"{name}: {time.perf_counter() - tr:.0f} s", file=sys.stderr)
     agreement = ""
     if args.mode == "events" and not options:
-        counted = run(scenario, False, args.before_ref)
+        if not counted:
+            counted = run(scenario, False, args.before_ref, changes=True)
         fired, info = run_events(scenario, args.seed)
-        rules = Monitor(False, args.before_ref).rule_names
-        results["after (events)"] = score(scenario, fired, rules)
+        monitor = Monitor(False, args.before_ref, changes=True)
+        results["after (events)"] = {
+            **score(scenario, fired, monitor.rule_names),
+            **score(scenario, fired, monitor.change_names, total=ANY_CHANGE),
+        }
         agreement = compare(counted, fired, info)
         print(f"events: {info['seconds']:.0f} s", file=sys.stderr)
     text = format_table(results, scenario)
