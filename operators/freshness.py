@@ -252,6 +252,8 @@ class FreshnessOperator(Operator):
                 del self.tracks[(topic, key)]
             else:
                 self._check(topic, key, track, end)
+        if not self.tracks:  # dead time only shifts the silences of tracked entities
+            self.dead = []
 
     def _check(self, topic: str, key: str, track: Track, until: int) -> None:
         """Fire at the first step boundary <= `until` where the silence exceeds the allowed.
