@@ -132,8 +132,7 @@ def test_flag_rate_on_normal_data_matches_the_quantile(kind: str) -> None:
             x[i] = 0.8 * x[i - 1] + 0.6 * e[i]
         e = x
     events = [
-        reading(T0 + i * 1000, a=float(r[0]), b=float(r[1]), c=float(r[2]))
-        for i, r in enumerate(e)
+        reading(T0 + i * 1000, a=float(r[0]), b=float(r[1]), c=float(r[2])) for i, r in enumerate(e)
     ]
     cfg = ClusterConfig()
     op = ClusterOperator(cfg)
