@@ -123,7 +123,7 @@ class SensorConfig:
     # bucket / 1 day / m, at most 1e-3: 1.4e-5 for SKAB's 8 channels at 1 Hz, 3.9e-5
     # for the simulator's 3); 1e-3 before raised rises on SKAB's warming pump: 8 % of
     # its normal test rows inside rise alerts (valve1, the development split: 6.8 % ->
-    # 2.7 %, the default set-up's FAR 18.4 % -> 15.1 %, F1 0.78 -> 0.78)
+    # 3.1 %, the default set-up's FAR 18.4 % -> 15.4 %, F1 0.78 -> 0.78)
     rise_history_alpha: float | None = None
     rise_history: int = 720  # buckets of z-scores kept (an hour at 1 Hz)
     rise_min_history: int = 30  # buckets tested before a rise may be raised
