@@ -98,10 +98,9 @@ def _default_monitors() -> dict[str, MonitorSettings]:
     # on by default waits for tests/harness.py's in-process reference to model idle
     # sources (docs/monitors/freshness.md, "Configuration").
     monitors["freshness"] = MonitorSettings(enabled=False)
-    # off until switched on ([monitors.autoencoder] enabled = true): on the simulator's
-    # quiet sensors it still raises about one false episode per sensor-hour, above its
-    # stated budget, and it costs ~11 us per reading (docs/monitors/autoencoder.md)
-    monitors["autoencoder"] = MonitorSettings(enabled=False)
+    # the autoencoder is on by default (issue 14): the model of a multivariate sensor's
+    # normal operation is what holds a long level shift (SKAB's valve faults); cost and
+    # false alarms measured in DETECTION_SKAB.md and docs/monitors/autoencoder.md
     return monitors
 
 

@@ -65,7 +65,9 @@ def test_broken_relation_raises_one_alert_and_resolves() -> None:
     assert resolved.ts - events[0].ts >= 560_000
     assert firing.kind == "sensor" and firing.metric == "anomaly_autoencoder"
     assert all(r["method"] == "autoencoder" and r["metric"] == "a|b|c" for r in rows)
-    assert all(500_000 <= r["ts"] - events[0].ts < 580_000 for r in rows)
+    # flagged until the short-term average (CFG.short readings, 30 since issue 14's
+    # SKAB tuning; 10 before, when this bound was 580 s) has left the broken stretch
+    assert all(500_000 <= r["ts"] - events[0].ts < 560_000 + 1000 * (CFG.short + 20) for r in rows)
 
 
 def test_quiet_normal_data_stays_within_the_budget() -> None:

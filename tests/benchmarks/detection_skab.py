@@ -401,9 +401,12 @@ def main(argv: list[str] | None = None) -> None:
         tuple(m for d in detectors for m in d.methods),
     )
     extra = [combined]
-    on_by_default = [d for d in detectors if d.name != "autoencoder"]
+    defaults = load_settings(env={}).monitors
+    on_by_default = [
+        d for d in detectors if all(defaults[m].enabled for m in _monitors_of(d) if m in defaults)
+    ]
     if len(on_by_default) < len(detectors) and on_by_default:
-        # the autoencoder monitor is off by default: the combination a default set-up runs
+        # a monitor is off by default: the combination a default set-up runs
         extra.append(
             Detector(
                 "combined, on by default (" + " + ".join(d.name for d in on_by_default) + ")",
@@ -417,6 +420,36 @@ def main(argv: list[str] | None = None) -> None:
         print(f"NOT the defaults: {explored}")
     print(f"monitors: {', '.join(monitors)}; wall {time.perf_counter() - started:.1f} s")
     print(markdown(results, runs, seconds, readings))
+    # the options were chosen on the valve1 runs only (the development split); the
+    # other runs are held out: each detector on both
+    dev = [i for i, r in enumerate(runs) if r.name.startswith("valve1-")]
+    held = [i for i, r in enumerate(runs) if not r.name.startswith("valve1-")]
+    if dev and held:
+        split = [
+            evaluate(
+                [runs[i] for i in part],
+                [replays[i] for i in part],
+                [*detectors, *extra],
+                (free, free_replay),
+            )
+            for part in (dev, held)
+        ]
+        print()
+        print(
+            f"By split: development = valve1 ({len(dev)} runs, where options were chosen), "
+            f"held out = valve2 + other ({len(held)} runs)."
+        )
+        print()
+        print(
+            "| detector | dev F1 | dev FAR % | dev MAR % | held-out F1 | held-out FAR % "
+            "| held-out MAR % |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for d, h in zip(*split, strict=True):
+            print(
+                f"| {d['detector']} | {d['f1']:.2f} | {d['far']:.2f} | {d['mar']:.2f} "
+                f"| {h['f1']:.2f} | {h['far']:.2f} | {h['mar']:.2f} |"
+            )
 
 
 def _monitors_of(det: Detector) -> tuple[str, ...]:
