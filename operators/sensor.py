@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -327,6 +327,9 @@ class SensorOperator(Operator):
         self.unjudgeable: set[str] = set()
         # metrics per sensor (its latest reading's): the split of a per-sensor budget
         self.metrics: dict[str, int] = {}
+        # live series per sensor (derived from `series`, rebuilt on restore): when a
+        # sensor's last series expires its metric count goes too, so state stays bounded
+        self._series_of: Counter[str] = Counter()
 
     # -- input ---------------------------------------------------------------
 
@@ -376,6 +379,11 @@ class SensorOperator(Operator):
             if until < watermark:
                 self._expire(sid, metric, s)
                 del self.series[(sid, metric)]
+                self._series_of[sid] -= 1
+                if self._series_of[sid] <= 0:
+                    # readings of it still pending are a new start: warm-up, unjudged
+                    del self._series_of[sid]
+                    self.metrics.pop(sid, None)
             else:
                 heapq.heappush(heap, (until, sid, metric))
 
@@ -395,6 +403,7 @@ class SensorOperator(Operator):
         s = self.series.get(key)
         if s is None:
             s = self.series[key] = Series(cfg)
+            self._series_of[sid] += 1
             heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))  # one per series
         elif s.last_ts is not None and t - s.last_ts > s.window_ms:
             # silent for longer than the window: the same as having been forgotten
@@ -738,6 +747,7 @@ class SensorOperator(Operator):
             if s.last_ts is not None:
                 self.expiry.append((s.last_ts + s.window_ms, sid, metric))
         heapq.heapify(self.expiry)
+        self._series_of = Counter(sid for sid, _ in self.series)
         self.unjudgeable = set(state.get("unjudgeable", ()))
         self.metrics = dict(state.get("metrics", {}))  # absent before the per-sensor budget
         self.aggregates.clear()

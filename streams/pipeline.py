@@ -358,7 +358,7 @@ class Pipeline:
         metrics.OPERATOR_ERRORS.labels(key[0], stage).inc()
 
     def pause_idle_clock(self, ms: int) -> None:
-        """The worker read nothing for `ms` on purpose (backpressure): sources that
+        """The worker read nothing for `ms` (backpressure, or a long step): sources that
         sent nothing meanwhile were not idle, so no watermark may jump ahead."""
         for task in self.tasks.values():
             task.watermark.pause(ms)

@@ -159,6 +159,7 @@ class Runtime:
                 self.faults.scan(messages)
                 if self.faults.fire("decode"):
                     raise InjectedFault("injected failure in the batch loop (decode)")
+            began = time.monotonic()
             if messages:
                 groups = by_partition(messages)
                 # a partition's first batch here: its state comes from its checkpoint
@@ -176,8 +177,15 @@ class Runtime:
                 await asyncio.sleep(min(1.0, max(0.0, self.next_try - time.monotonic())))
                 await self._maybe_flush_and_checkpoint(force_flush=True)
             self.paused_since = None
-            blocked_ms = int((time.monotonic() - paused) * 1000)
-            if blocked_ms > 100:
+            # Nothing was read while the input was held (backpressure), nor during a long
+            # step such as an autoencoder's training: that is not idleness, or a busy
+            # partition would count as idle and its next events arrive late. Ordinary
+            # batches (< 1 s) keep the clock running: librdkafka fetches meanwhile, and a
+            # worker busy without pause must still see its idle partitions as idle.
+            held_ms = int((time.monotonic() - paused) * 1000)
+            step_ms = int((paused - began) * 1000)
+            blocked_ms = (held_ms if held_ms > 100 else 0) + max(0, step_ms - 1000)
+            if blocked_ms > 0:
                 self.pipeline.pause_idle_clock(blocked_ms)
 
     async def tick(self) -> None:
