@@ -118,6 +118,9 @@ def srm_test(
 
 class SrmOperator(Operator):
     sources = ("impressions",)
+    # read from the experiment-keyed stream (streams/repartition.py): one task
+    # sees an experiment's whole traffic, whatever partitions it came from
+    keyed_by = "experiment"
 
     def __init__(self, config: SrmConfig | None = None) -> None:
         super().__init__()

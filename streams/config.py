@@ -61,6 +61,17 @@ class TopicNames(Strict):
     checkpoints: str = "streamwatch-checkpoints"
 
 
+KeyingMode = Literal["strict", "repartition"]
+KEYED_INPUTS = ("impressions", "clicks", "inference-logs", "sensor-readings")
+
+
+def _default_keying() -> dict[str, KeyingMode]:
+    """Per input topic (logical name), how its message keys are treated: `strict`
+    (v1: a missing or wrong key is dead-lettered) or `repartition` (the worker re-keys
+    every event through an internal topic; see streams/repartition.py)."""
+    return dict.fromkeys(KEYED_INPUTS, "strict")
+
+
 class MonitorSettings(Strict):
     """One monitor: on or off, its allowed lateness, and its operator's options
     (the fields of the operator's config dataclass, e.g. `window_ms`)."""
@@ -367,6 +378,7 @@ class Settings(Strict):
     clickhouse: ClickHouseSettings = msgspec.field(default_factory=ClickHouseSettings)
     topics: TopicNames = msgspec.field(default_factory=TopicNames)
     monitors: dict[str, MonitorSettings] = msgspec.field(default_factory=_default_monitors)
+    keying: dict[str, KeyingMode] = msgspec.field(default_factory=_default_keying)
     change_detection: ChangeSettings = msgspec.field(default_factory=ChangeSettings)
     # reference profiles for drift (`streamwatch reference build` writes them)
     drift_references: list[str] = msgspec.field(default_factory=list)
@@ -388,6 +400,10 @@ class Settings(Strict):
     batch_timeout_s: float = 0.2
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.keying) - set(KEYED_INPUTS))
+        if unknown:
+            raise ValueError(f"keying: unknown input topic(s) {unknown}; known: {KEYED_INPUTS}")
+        self.keying = {**_default_keying(), **self.keying}
         # a partial [monitors] table only overrides the monitors it names
         self.monitors = {**_default_monitors(), **self.monitors}
         for name, monitor in self.monitors.items():

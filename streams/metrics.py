@@ -56,3 +56,12 @@ LAG = Gauge(
     "Messages behind the end of the partition, where the broker reports it",
     ["topic", "partition"],
 )
+FORWARDED = Counter(
+    "streamwatch_repartition_forwarded_total",
+    "Events re-keyed onto an internal repartition topic",
+    ["topic"],
+)
+REPARTITION_DUPLICATES = Counter(
+    "streamwatch_repartition_duplicates_total",
+    "Re-keyed records skipped as replayed duplicates",
+)

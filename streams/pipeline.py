@@ -36,11 +36,14 @@ from operators.task import MonitorTask
 from operators.watermark import NO_WATERMARK
 from schemas.decode import Decoder, Rejection
 from schemas.events import INPUT_EVENTS, Alert
-from streams import metrics
+from streams import metrics, repartition
 from streams.checkpoints import Checkpoint, key_of
 from streams.monitors import MonitorSpec
 
 log = logging.getLogger("streamwatch.pipeline")
+
+# checkpoint state key of a task's de-duplication positions on internal topics
+SEEN = "repartition_seen"
 
 
 class RawMessage:
@@ -50,13 +53,22 @@ class RawMessage:
     message on the hot path); this class is the same interface for tests and
     tools that make messages themselves."""
 
-    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
+    __slots__ = ("_headers", "_key", "_offset", "_partition", "_topic", "_value")
 
     def __init__(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
-        self._key, self._value = key, value
+        self._key, self._value, self._headers = key, value, headers
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
 
     def topic(self) -> str:
         return self._topic
@@ -98,6 +110,9 @@ class Outputs(Protocol):
         self, monitor: str, message: RawMessage, event_ts: int, watermark: int, window_start: int
     ) -> None: ...
 
+    # optional: outputs without it get forwarded records looped back in-process
+    # def forward(self, topic, partition, key, value, source) -> None
+
 
 class Pipeline:
     def __init__(
@@ -120,6 +135,21 @@ class Pipeline:
             for topic, logical in topic_logical.items()
             if topic in self.readers and logical in INPUT_EVENTS
         }
+        # re-keying (streams/repartition.py): internal topics and unchecked inputs
+        self.plan: repartition.Plan | None = next((m.plan for m in monitors if m.plan), None)
+        for m in monitors:
+            for topic, (logical, key_field) in m.decoding.items():
+                self.decoders[topic] = Decoder(
+                    logical, key_field=key_field, check_key=key_field is not None
+                )
+        self.internal = set(self.plan.internal) if self.plan else set()
+        # per task reading internal topics: source "topic:partition" -> next offset
+        # not yet applied (replayed forwards below it are duplicates)
+        self.seen: dict[tuple[str, int], dict[str, int]] = {}
+        # no `forward` on the outputs (tests, tools): forwarded records loop back here
+        self.loopback = not hasattr(outputs, "forward")
+        self.pending: list[RawMessage] = []
+        self.loop_offsets: dict[tuple[str, int], int] = {}
         self.tasks: dict[tuple[str, int], MonitorTask] = {}
         self.positions: dict[tuple[str, int], dict[str, int]] = {}
         self.dirty: set[tuple[str, int]] = set()
@@ -152,8 +182,10 @@ class Pipeline:
                 if checkpoint is not None:
                     task.restore(checkpoint.state)
                     self.positions[key] = dict(checkpoint.positions)
+                    self.seen[key] = dict(checkpoint.state.get(SEEN, {}))
                 else:
                     self.positions[key] = {}
+                    self.seen[key] = {}
                 self.tasks[key] = task
 
     def _stale(self, spec: MonitorSpec, checkpoint: Checkpoint) -> bool:
@@ -170,6 +202,7 @@ class Pipeline:
                 key = (name, partition)
                 self.tasks.pop(key, None)
                 self.positions.pop(key, None)
+                self.seen.pop(key, None)
                 self.dirty.discard(key)
 
     def owned_partitions(self) -> set[int]:
@@ -195,6 +228,14 @@ class Pipeline:
         now_ms = int(self.clock() * 1000)
         for (topic, partition), batch in groups.items():
             self._process_partition(topic, partition, batch, now_ms)
+        while self.pending:  # in-process re-keying (no broker): the forwarded records
+            looped = by_partition(self.pending)
+            self.pending = []
+            missing = {p for _, p in looped} - self.owned_partitions()
+            if missing:
+                self.assign(missing, {})
+            for (topic, partition), batch in looped.items():
+                self._process_partition(topic, partition, batch, now_ms)
         self.tick(now_ms)
 
     def _process_partition(
@@ -227,6 +268,7 @@ class Pipeline:
         self.events_in[topic] = self.events_in.get(topic, 0) + len(events)
         metrics.PROCESSED.labels(topic).inc(len(events))
         next_offset = batch[-1].offset() + 1
+        internal = topic in self.internal
         for spec, logical, key in readers:
             start = self.positions[key].get(topic, 0)
             if next_offset <= start:
@@ -235,6 +277,13 @@ class Pipeline:
             if start > lowest:  # this task's state is ahead of another's
                 picked = [i for i, m in enumerate(kept) if m.offset() >= start]
                 mine, mine_msgs = [events[i] for i in picked], [kept[i] for i in picked]
+            if spec.plan is not None:  # the forwarder: re-key, feed nothing
+                self._forward(spec.plan, topic, partition, mine, mine_msgs)
+                self.positions[key][topic] = next_offset
+                self.dirty.add(key)
+                continue
+            if internal:
+                mine, mine_msgs = self._deduplicate(key, mine, mine_msgs)
             task = self.tasks[key]
             try:
                 late = task.feed(logical, mine, now_ms)
@@ -251,6 +300,64 @@ class Pipeline:
                 )
             self.positions[key][topic] = next_offset
             self.dirty.add(key)
+
+    def _forward(
+        self,
+        plan: repartition.Plan,
+        topic: str,
+        partition: int,
+        events: list[Any],
+        messages: list[RawMessage],
+    ) -> None:
+        """Produce each event's original bytes to its internal topics, keyed and
+        partitioned by its new key, with its source position in a header."""
+        targets = plan.targets
+        for event, m in zip(events, messages, strict=True):
+            for target, key in targets(topic, event):
+                internal_partition = repartition.partition_for(key, plan.partitions[target])
+                source = repartition.source_header(topic, partition, m.offset())
+                if self.loopback:
+                    tp = (target, internal_partition)
+                    offset = self.loop_offsets.get(tp, 0)
+                    self.loop_offsets[tp] = offset + 1
+                    self.pending.append(
+                        RawMessage(
+                            target,
+                            internal_partition,
+                            offset,
+                            key,
+                            m.value(),
+                            [(repartition.SOURCE_HEADER, source)],
+                        )
+                    )
+                else:
+                    self.outputs.forward(  # type: ignore[attr-defined]
+                        target, internal_partition, key, m.value(), source
+                    )
+
+    def _deduplicate(
+        self, key: tuple[str, int], events: list[Any], messages: list[RawMessage]
+    ) -> tuple[list[Any], list[RawMessage]]:
+        """Drop forwarded records this task has applied already (a forwarder that
+        replayed from its checkpoint sends some again): per source partition, records
+        arrive in source-offset order, so one next-offset per source suffices."""
+        seen = self.seen.setdefault(key, {})
+        kept_events: list[Any] = []
+        kept_msgs: list[RawMessage] = []
+        for event, m in zip(events, messages, strict=True):
+            header = _source_header(m)
+            if header is None:  # not forwarded by a worker: taken as it is
+                kept_events.append(event)
+                kept_msgs.append(m)
+                continue
+            source, offset = repartition.parse_source(header)
+            if offset < seen.get(source, 0):
+                metrics.REPARTITION_DUPLICATES.inc()
+                continue
+            seen[source] = offset + 1
+            kept_events.append(event)
+            kept_msgs.append(m)
+        return kept_events, kept_msgs
 
     def _feed_one_by_one(
         self,
@@ -340,7 +447,7 @@ class Pipeline:
         return {
             key_of(*key): Checkpoint(
                 dict(self.positions[key]),
-                self.tasks[key].snapshot(),
+                self._state(key),
                 {
                     t: self.topic_ids[t]
                     for t in self.monitors[key[0]].topics.values()
@@ -350,6 +457,13 @@ class Pipeline:
             for key in sorted(keys)
             if key in self.tasks
         }
+
+    def _state(self, key: tuple[str, int]) -> dict[str, Any]:
+        """A task's snapshot, with its de-duplication positions where it has any."""
+        state = self.tasks[key].snapshot()
+        if self.seen.get(key):
+            state[SEEN] = dict(self.seen[key])
+        return state
 
     def mark_clean(self) -> None:
         self.dirty.clear()
@@ -366,6 +480,15 @@ class Pipeline:
             if value > NO_WATERMARK:
                 out[name] = min(out.get(name, value), value)
         return out
+
+
+def _source_header(m: Any) -> bytes | None:
+    headers = m.headers()
+    if headers:
+        for name, value in headers:
+            if name == repartition.SOURCE_HEADER:
+                return value
+    return None
 
 
 def _window_of(task: MonitorTask, ts: int) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams import kafka
+from streams import kafka, repartition
 from streams.checkpoints import CheckpointStore
 from streams.clickhouse import Writer, connect, ensure_schema
 from streams.config import Settings
@@ -112,6 +112,12 @@ class Worker:
         self.producer = kafka.producer(settings)
         self.sinks = Sinks(self.writer, self.producer, settings.topics)
         monitors = build_monitors(settings)
+        plan = next((m.plan for m in monitors if m.plan), None)
+        if plan:  # re-keying: internal topics, and a producer that keeps their order
+            repartition.ensure_internal_topics(settings, plan)
+            self.sinks.forward_producer = kafka.producer(
+                settings, **repartition.forward_producer_config()
+            )
         t = settings.topics
         logical = {
             t.impressions: "impressions",
