@@ -393,6 +393,9 @@ class Settings(Strict):
     # POST-free test hooks on the web server (/debug/clickhouse?fail=1): tests only
     debug_endpoints: bool = False
     idle_timeout_s: float = 30  # a partition silent this long stops holding the watermark
+    # a re-keyed stream waits this long for an upstream partition gone silent (its
+    # forwarder crashed or is moving) before its watermark goes on without it
+    repartition_idle_s: float = 120
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
     max_buffered_rows: int = 200_000  # past this, consumption pauses until ClickHouse writes

@@ -44,6 +44,7 @@ log = logging.getLogger("streamwatch.pipeline")
 
 # checkpoint state key of a task's de-duplication positions on internal topics
 SEEN = "repartition_seen"
+CLOCKS = "repartition_clocks"  # ... and their upstream partitions' event-time progress
 
 
 class RawMessage:
@@ -121,6 +122,7 @@ class Pipeline:
         outputs: Outputs,
         topic_logical: dict[str, str],
         clock: Callable[[], float] = time.time,
+        repartition_idle_s: float = 120.0,
     ) -> None:
         self.monitors = {m.name: m for m in monitors}
         self.outputs = outputs
@@ -146,6 +148,9 @@ class Pipeline:
         # per task reading internal topics: source "topic:partition" -> next offset
         # not yet applied (replayed forwards below it are duplicates)
         self.seen: dict[tuple[str, int], dict[str, int]] = {}
+        # ... and per upstream partition [largest event time, when last heard (ms)]
+        self.clocks: dict[tuple[str, int], dict[str, dict[str, list[int]]]] = {}
+        self.repartition_idle_ms = round(repartition_idle_s * 1000)
         # no `forward` on the outputs (tests, tools): forwarded records loop back here
         self.loopback = not hasattr(outputs, "forward")
         self.pending: list[RawMessage] = []
@@ -183,9 +188,15 @@ class Pipeline:
                     task.restore(checkpoint.state)
                     self.positions[key] = dict(checkpoint.positions)
                     self.seen[key] = dict(checkpoint.state.get(SEEN, {}))
+                    now_ms = int(self.clock() * 1000)
+                    self.clocks[key] = {
+                        topic: {s: [ts, now_ms] for s, ts in sources.items()}
+                        for topic, sources in checkpoint.state.get(CLOCKS, {}).items()
+                    }
                 else:
                     self.positions[key] = {}
                     self.seen[key] = {}
+                    self.clocks[key] = {}
                 self.tasks[key] = task
 
     def _stale(self, spec: MonitorSpec, checkpoint: Checkpoint) -> bool:
@@ -203,6 +214,7 @@ class Pipeline:
                 self.tasks.pop(key, None)
                 self.positions.pop(key, None)
                 self.seen.pop(key, None)
+                self.clocks.pop(key, None)
                 self.dirty.discard(key)
 
     def owned_partitions(self) -> set[int]:
@@ -282,11 +294,13 @@ class Pipeline:
                 self.positions[key][topic] = next_offset
                 self.dirty.add(key)
                 continue
+            progress = None
             if internal:
                 mine, mine_msgs = self._deduplicate(key, mine, mine_msgs)
+                progress = self._progress(key, topic, mine, mine_msgs, now_ms)
             task = self.tasks[key]
             try:
-                late = task.feed(logical, mine, now_ms)
+                late = task.feed(logical, mine, now_ms, progress)
             except Exception:
                 late = self._feed_one_by_one(spec.name, task, logical, mine, mine_msgs, now_ms)
             for i in late:
@@ -358,6 +372,32 @@ class Pipeline:
             kept_events.append(event)
             kept_msgs.append(m)
         return kept_events, kept_msgs
+
+    def _progress(
+        self,
+        key: tuple[str, int],
+        topic: str,
+        events: list[Any],
+        messages: list[RawMessage],
+        now_ms: int,
+    ) -> int | None:
+        """How far a re-keyed source has got in event time: the slowest upstream
+        partition's largest time (as Flink merges watermarks of its input channels),
+        over the upstream partitions heard from within `repartition_idle_ms`: one
+        whose forwarder is down (a crashed worker, a rebalance) holds the merged
+        stream back that long, so its events are not late when it comes back."""
+        clock = self.clocks.setdefault(key, {}).setdefault(topic, {})
+        for event, m in zip(events, messages, strict=True):
+            header = _source_header(m)
+            source = repartition.parse_source(header)[0] if header else "-"
+            entry = clock.get(source)
+            if entry is None:
+                clock[source] = [event.ts, now_ms]
+            else:
+                entry[0] = max(entry[0], event.ts)
+                entry[1] = now_ms
+        active = [ts for ts, seen in clock.values() if now_ms - seen < self.repartition_idle_ms]
+        return min(active) if active else None
 
     def _feed_one_by_one(
         self,
@@ -463,6 +503,11 @@ class Pipeline:
         state = self.tasks[key].snapshot()
         if self.seen.get(key):
             state[SEEN] = dict(self.seen[key])
+        if self.clocks.get(key):
+            state[CLOCKS] = {
+                topic: {s: entry[0] for s, entry in sources.items()}
+                for topic, sources in self.clocks[key].items()
+            }
         return state
 
     def mark_clean(self) -> None:

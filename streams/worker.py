@@ -125,7 +125,9 @@ class Worker:
             t.inference_logs: "inference-logs",
             t.sensor_readings: "sensor-readings",
         }
-        self.pipeline = Pipeline(monitors, self.sinks, logical)
+        self.pipeline = Pipeline(
+            monitors, self.sinks, logical, repartition_idle_s=settings.repartition_idle_s
+        )
         self.store = CheckpointStore(
             settings.kafka_client_config(), t.checkpoints, settings.kafka.group_id
         )

@@ -49,7 +49,8 @@ def tail(ts: int) -> list[RawMessage]:
     for p in range(4):
         body = {"impression_id": f"t{p}", "ts": ts, "campaign_id": f"camp-{p}", "user_id": "u"}
         body |= {"experiment": "exp-1", "variant": "a"}
-        out.append(RawMessage("impressions", p, 10_000 + p, f"camp-{p}".encode(), orjson.dumps(body)))
+        key = f"camp-{p}".encode()
+        out.append(RawMessage("impressions", p, 10_000 + p, key, orjson.dumps(body)))
     return out
 
 
