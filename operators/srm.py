@@ -42,9 +42,49 @@ variants. Output, per judged window:
   expected, unexpected, observed (shares), chi2, df, total, unit, alpha,
   crossover (users only). A rule `srm_chi2_p < 0.001` is critical.
 
-State is the open windows only (for users, their sets of user ids), so it is
-bounded by window_ms plus the lateness. Counting is commutative, so any
+Tiers and a minimum deviation (as Statsig does: warning at p < 0.01, critical
+at p < 0.001, and no alert for a deviation too small to matter however large
+the sample): the observation's value is the p-value when the largest absolute
+difference between an observed and an expected share, max_i |O_i/n - p_i|, is
+at least `min_deviation` (default 0.01, one percentage point), else 1.0 (the
+raw p-value stays in `p_value` and the details). The tiers are the default
+rules `srm` (window) and `srm_cumulative` (thresholds per severity).
+
+Cumulative since the experiment's start: per experiment the counts of every
+closed window add up (state: one counter per variant), and each window close
+tests them too: Observation(metric="srm_cumulative_p", window_start = the
+experiment's first window). A mismatch too small for any one window shows there.
+
+Drill-down: when a test reaches the warning level, the same chi-square is run
+per value of each dimension present on the impressions (`dimensions`:
+campaign_id, ad_id, model_id; at most `max_dimension_values` values per
+dimension and window, the rest pooled as "(other)"), and the details carry
+the most significant ones (`drilldown`) and the one that carries the mismatch
+(`mismatch_in`, e.g. "campaign_id=camp-3", when its own p-value is below the
+warning level; else "spread").
+
+Crossover: a user seen in more than one arm of an experiment within a window
+(an exact map user -> first arm per window, bounded by `max_tracked_users`
+users per window; later users are not tracked and counted in `untracked`).
+Observation(kind="experiment", metric="crossover_rate") = crossed users /
+tracked users, judged by the rule `experiment_crossover` (default: warning
+above 1 %).
+
+Rows per window also go to `experiment_windows` (contract v2), one per
+variant: metric `share` (window) and `share_cumulative`; value = observed
+share, n = the variant's count, control_value = its expected share, p_value =
+the test's p-value.
+
+State is the open windows (counts, dimension counts, user maps) plus one
+counter per variant and experiment, so it is bounded by window_ms plus the
+lateness and the number of experiments. Counting is commutative, so any
 arrival order within the lateness gives the sorted input's result.
+
+>>> counts = {"A": 4500, "B": 5500}
+>>> round(srm_test(counts, None)[3], 1)  # chi2 = (500^2 + 500^2) / 5000
+100.0
+>>> max_deviation({"A": 4500, "B": 5500}, {"A": 0.5, "B": 0.5})
+0.05
 """
 
 from __future__ import annotations
@@ -60,6 +100,8 @@ from operators.windows import TumblingWindows
 from schemas.events import Impression
 
 SRM_TABLE = "srm_checks"
+EXPERIMENT_TABLE = "experiment_windows"
+OTHER = "(other)"
 
 
 @dataclass(frozen=True)
@@ -69,9 +111,22 @@ class SrmConfig:
     min_total: int = 200
     # experiment -> variant -> expected share (normalised); absent: equal split
     splits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    alpha: float = 0.001
+    alpha: float = 0.001  # critical level (the row's `srm` flag)
+    warning_alpha: float = 0.01  # warning level: drill-down from here
+    # smallest max |observed - expected share| that counts as a mismatch (Statsig-style)
+    min_deviation: float = 0.01
+    cumulative: bool = True
+    dimensions: tuple[str, ...] = ("campaign_id", "ad_id", "model_id")
+    max_dimension_values: int = 1000
+    drilldown_top: int = 5
+    drilldown_min_total: int = 20
+    max_tracked_users: int = 200_000  # crossover: users tracked per experiment window
 
     def __post_init__(self) -> None:
+        if not 0 < self.alpha <= self.warning_alpha < 1:
+            raise ValueError("srm needs 0 < alpha <= warning_alpha < 1")
+        if not 0 <= self.min_deviation < 1:
+            raise ValueError("srm min_deviation must be in [0, 1)")
         if self.unit not in ("impressions", "users"):
             raise ValueError(f"srm unit must be 'impressions' or 'users', got {self.unit!r}")
         if self.window_ms <= 0 or self.min_total < 1:
@@ -82,13 +137,26 @@ class SrmConfig:
 
 
 class SrmWindow:
-    """Counts of one (experiment, window): impressions, or user ids, per variant."""
+    """Counts of one (experiment, window): impressions, or user ids, per variant;
+    per dimension value and variant; each user's first arm and the crossed users."""
 
-    __slots__ = ("counts", "users")
+    __slots__ = ("arms", "counts", "crossed", "dims", "untracked", "users")
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.users: dict[str, set[str]] = {}
+        self.dims: dict[str, dict[str, dict[str, int]]] = {}  # dim -> value -> variant -> n
+        self.arms: dict[str, str] = {}  # user -> first variant seen
+        self.crossed: set[str] = set()
+        self.untracked = 0
+
+
+def max_deviation(counts: Mapping[str, int], expected: Mapping[str, float]) -> float:
+    """max_i |O_i / n - p_i| over the tested variants (0 when n = 0)."""
+    total = sum(counts.get(v, 0) for v in expected)
+    if total <= 0:
+        return 0.0
+    return max(abs(counts.get(v, 0) / total - share) for v, share in expected.items())
 
 
 def srm_test(
@@ -127,6 +195,8 @@ class SrmOperator(Operator):
         self.config = config or SrmConfig()
         self.windows: TumblingWindows[SrmWindow] = TumblingWindows(self.config.window_ms, SrmWindow)
         self.users = self.config.unit == "users"
+        # experiment -> (its first window's start, counts per variant of closed windows)
+        self.cumulative: dict[str, tuple[int, dict[str, int]]] = {}
 
     # -- input ---------------------------------------------------------------
 
@@ -137,11 +207,32 @@ class SrmOperator(Operator):
     def _impression(self, imp: Impression) -> None:
         if not imp.experiment or not imp.variant:
             return
+        variant = imp.variant
         window = self.windows.at(imp.experiment, imp.ts)
         if self.users:
-            window.users.setdefault(imp.variant, set()).add(imp.user_id)
+            window.users.setdefault(variant, set()).add(imp.user_id)
         else:
-            window.counts[imp.variant] = window.counts.get(imp.variant, 0) + 1
+            window.counts[variant] = window.counts.get(variant, 0) + 1
+        limit = self.config.max_dimension_values
+        for dim in self.config.dimensions:
+            value = getattr(imp, dim, None)
+            if not value:
+                continue
+            values = window.dims.setdefault(dim, {})
+            per = values.get(value)
+            if per is None:
+                if len(values) >= limit:
+                    value = OTHER
+                per = values.setdefault(value, {})
+            per[variant] = per.get(variant, 0) + 1
+        first = window.arms.get(imp.user_id)
+        if first is None:
+            if len(window.arms) < self.config.max_tracked_users:
+                window.arms[imp.user_id] = variant
+            else:
+                window.untracked += 1
+        elif first != variant:
+            window.crossed.add(imp.user_id)
 
     # -- event time ----------------------------------------------------------
 
@@ -152,31 +243,81 @@ class SrmOperator(Operator):
     def _judge(self, start: int, experiment: str, window: SrmWindow) -> None:
         cfg = self.config
         counts = {v: len(ids) for v, ids in window.users.items()} if self.users else window.counts
-        result = srm_test(counts, cfg.splits.get(experiment))
-        if result is None:
-            return
+        end = start + cfg.window_ms
+        self._crossover(start, end, experiment, window)
+        split = cfg.splits.get(experiment)
+        if cfg.cumulative:
+            first, total_counts = self.cumulative.setdefault(experiment, (start, {}))
+            for v, c in counts.items():
+                total_counts[v] = total_counts.get(v, 0) + c
+        result = srm_test(counts, split)
+        if result is not None and sum(result[0].values()) >= cfg.min_total:
+            self._emit(start, end, experiment, window, result, "srm_chi2_p", "share", start)
+        if cfg.cumulative:
+            first, total_counts = self.cumulative[experiment]
+            cumulative = srm_test(total_counts, split)
+            if cumulative is not None and sum(cumulative[0].values()) >= cfg.min_total:
+                self._emit(
+                    start,
+                    end,
+                    experiment,
+                    None,
+                    cumulative,
+                    "srm_cumulative_p",
+                    "share_cumulative",
+                    first,
+                )
+
+    def _emit(
+        self,
+        start: int,
+        end: int,
+        experiment: str,
+        window: SrmWindow | None,
+        result: tuple[dict[str, int], dict[str, float], dict[str, int], float, float],
+        metric: str,
+        share_metric: str,
+        evidence_start: int,
+    ) -> None:
+        """Rows and the observation of one test (a window's, or the cumulative one)."""
+        cfg = self.config
         tested, expected, unexpected, chi2, p = result
         total = sum(tested.values())
-        if total < cfg.min_total:
-            return
-        end = start + cfg.window_ms
-        self._out.add_row(
-            SRM_TABLE,
-            {
-                "window_start": start,
-                "window_end": end,
-                "experiment": experiment,
-                "unit": cfg.unit,
-                "variants": ",".join(tested),
-                "counts": tested,
-                "expected": expected,
-                "unexpected": unexpected,
-                "chi2": chi2,
-                "p_value": p,
-                "total": total,
-                "srm": int(p < cfg.alpha),
-            },
-        )
+        deviation = max_deviation(tested, expected)
+        matters = deviation >= cfg.min_deviation
+        if window is not None:
+            self._out.add_row(
+                SRM_TABLE,
+                {
+                    "window_start": start,
+                    "window_end": end,
+                    "experiment": experiment,
+                    "unit": cfg.unit,
+                    "variants": ",".join(tested),
+                    "counts": tested,
+                    "expected": expected,
+                    "unexpected": unexpected,
+                    "chi2": chi2,
+                    "p_value": p,
+                    "total": total,
+                    "srm": int(p < cfg.alpha and matters),
+                },
+            )
+        for v, c in tested.items():
+            self._out.add_row(
+                EXPERIMENT_TABLE,
+                {
+                    "window_start": start,
+                    "window_end": end,
+                    "experiment": experiment,
+                    "variant": v,
+                    "metric": share_metric,
+                    "value": c / total,
+                    "n": c,
+                    "control_value": expected[v],
+                    "p_value": p,
+                },
+            )
         details: dict[str, Any] = {
             "counts": tested,
             "expected": expected,
@@ -187,26 +328,98 @@ class SrmOperator(Operator):
             "total": total,
             "unit": cfg.unit,
             "alpha": cfg.alpha,
+            "p_value": p,
+            "max_deviation": deviation,
+            "min_deviation": cfg.min_deviation,
+            "scope": "window" if window is not None else "cumulative",
         }
-        if self.users:
+        if window is not None and self.users:
             seen: set[str] = set()
             crossover: set[str] = set()
             for ids in window.users.values():
                 crossover |= seen & ids
                 seen |= ids
             details["crossover"] = len(crossover)
+        if window is not None and matters and p < cfg.warning_alpha:
+            details.update(self._drilldown(window, expected))
         self._out.observations.append(
             Observation(
                 "srm",
                 experiment,
-                "srm_chi2_p",
-                p,
+                metric,
+                p if matters else 1.0,
                 ts=end,
                 n=total,
-                window_start=start,
+                window_start=evidence_start,
                 window_end=end,
                 details=details,
                 p_value=p,
+            )
+        )
+
+    def _drilldown(self, window: SrmWindow, expected: Mapping[str, float]) -> dict[str, Any]:
+        """The chi-square per value of every dimension: which one carries the mismatch."""
+        cfg = self.config
+        split = dict(expected)
+        found = []
+        for dim, values in sorted(window.dims.items()):
+            for value, per in values.items():
+                result = srm_test(per, split)
+                if result is None or sum(result[0].values()) < cfg.drilldown_min_total:
+                    continue
+                tested, _, _, _, p = result
+                found.append(
+                    {
+                        "dimension": dim,
+                        "value": value,
+                        "counts": tested,
+                        "p_value": p,
+                        "max_deviation": max_deviation(tested, split),
+                    }
+                )
+        found.sort(key=lambda d: (d["p_value"], -d["max_deviation"], d["dimension"], d["value"]))
+        top = found[: cfg.drilldown_top]
+        mismatch = "spread"
+        if top and top[0]["p_value"] < cfg.warning_alpha:
+            mismatch = f"{top[0]['dimension']}={top[0]['value']}"
+        return {"drilldown": top, "mismatch_in": mismatch}
+
+    def _crossover(self, start: int, end: int, experiment: str, window: SrmWindow) -> None:
+        tracked = len(window.arms)
+        if not tracked:
+            return
+        crossed = len(window.crossed)
+        rate = crossed / tracked
+        self._out.add_row(
+            EXPERIMENT_TABLE,
+            {
+                "window_start": start,
+                "window_end": end,
+                "experiment": experiment,
+                "variant": "",
+                "metric": "crossover_rate",
+                "value": rate,
+                "n": tracked,
+                "control_value": 0.0,
+                "p_value": None,
+            },
+        )
+        self._out.observations.append(
+            Observation(
+                "experiment",
+                experiment,
+                "crossover_rate",
+                rate,
+                ts=end,
+                n=tracked,
+                window_start=start,
+                window_end=end,
+                details={
+                    "crossed_users": crossed,
+                    "tracked_users": tracked,
+                    "untracked_impressions": window.untracked,
+                    "examples": sorted(window.crossed)[:5],
+                },
             )
         )
 
@@ -219,22 +432,45 @@ class SrmOperator(Operator):
                 per_variant = {v: sorted(ids) for v, ids in sorted(w.users.items())}
             else:
                 per_variant = dict(sorted(w.counts.items()))
-            windows.append([start, experiment, per_variant])
-        return {"unit": self.config.unit, "windows": windows}
+            windows.append(
+                [start, experiment, per_variant, w.dims, w.arms, sorted(w.crossed), w.untracked]
+            )
+        cumulative = {e: [first, dict(c)] for e, (first, c) in sorted(self.cumulative.items())}
+        return {"unit": self.config.unit, "windows": windows, "cumulative": cumulative}
 
     def restore(self, state: dict[str, Any]) -> None:
+        """A snapshot from before the drill-down and crossover (three fields per
+        window, no cumulative counts) restores its counts; those start empty."""
         if state.get("unit", self.config.unit) != self.config.unit:
             raise ValueError(
                 f"srm snapshot counts {state['unit']}, this operator {self.config.unit}"
             )
         self.windows.clear()
-        for start, experiment, per_variant in state["windows"]:
+        for entry in state["windows"]:
+            start, experiment, per_variant = entry[:3]
             w = self.windows.at(experiment, start)
             for variant, value in per_variant.items():
                 if self.users:
                     w.users[variant] = set(value)
                 else:
                     w.counts[variant] = int(value)
+            if len(entry) > 3:
+                w.dims = {d: {v: dict(c) for v, c in vs.items()} for d, vs in entry[3].items()}
+                w.arms = dict(entry[4])
+                w.crossed = set(entry[5])
+                w.untracked = int(entry[6])
+        self.cumulative = {
+            e: (int(first), {v: int(c) for v, c in counts.items()})
+            for e, (first, counts) in state.get("cumulative", {}).items()
+        }
 
 
-__all__ = ["SRM_TABLE", "SrmConfig", "SrmOperator", "SrmWindow", "srm_test"]
+__all__ = [
+    "EXPERIMENT_TABLE",
+    "SRM_TABLE",
+    "SrmConfig",
+    "SrmOperator",
+    "SrmWindow",
+    "max_deviation",
+    "srm_test",
+]

@@ -97,6 +97,9 @@ class InferenceLog(Event, kw_only=True):
     latency_ms: Annotated[float, msgspec.Meta(ge=0)]
     status: Literal["ok", "error"]
     confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    # v2: the experiment arm that served the request
+    experiment: Label | None = None
+    variant: Label | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,7 +127,17 @@ def _check_finite(mapping: dict[str, float] | dict[str, FeatureValue], name: str
 
 
 Severity = Literal["info", "warning", "critical"]
-AlertKind = Literal["ctr", "sensor", "cluster", "drift", "service", "srm", "change"]
+AlertKind = Literal[
+    "ctr",
+    "sensor",
+    "cluster",
+    "drift",
+    "service",
+    "srm",
+    "change",
+    # v2
+    "experiment",
+]
 
 
 class Alert(msgspec.Struct, kw_only=True, omit_defaults=False):

@@ -181,6 +181,26 @@ SRM_CHECKS = Table(
     comment="Sample-ratio-mismatch tests per experiment and window; counts etc. are JSON",
 )
 
+EXPERIMENT_WINDOWS = Table(
+    name="experiment_windows",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("experiment", "String"),
+        ("variant", "String"),
+        ("metric", "LowCardinality(String)"),
+        ("value", "Float64"),
+        ("n", "UInt64"),
+        ("control_value", "Nullable(Float64)"),
+        ("p_value", "Nullable(Float64)"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("experiment", "metric", "variant", "window_start"),
+    partition_by="toYYYYMM(window_start)",
+    comment="Per experiment arm and window: shares, guardrail metrics, crossover; "
+    "control_value is the expected share or the control arm value",
+)
+
 ALERTS = Table(
     name="alerts",
     columns=(
@@ -252,6 +272,7 @@ TABLES: tuple[Table, ...] = (
     DRIFT_SCORES,
     INFERENCE_WINDOWS,
     SRM_CHECKS,
+    EXPERIMENT_WINDOWS,
     ALERTS,
     DEAD_LETTERS,
     LATE_EVENTS,

@@ -347,12 +347,41 @@ DEFAULT_RULES = [
         "srm",
         "srm_chi2_p",
         "<",
-        {"critical": 0.001},
-        "sample ratio mismatch in {entity}: p = {value:.2g}; pause readouts of this experiment "
-        "until the assignment is fixed",
+        # Statsig's tiers; the operator reports p = 1 for a deviation under its
+        # min_deviation (1 point of share by default), however large the sample
+        {"warning": 0.01, "critical": 0.001},
+        "sample ratio mismatch in {entity}: p = {value:.2g} ({observed} against {expected}; "
+        "carried by {mismatch_in}); pause readouts of this experiment until the assignment "
+        "is fixed",
         label="sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the variants' shares match the configured split again",
+        cooldown_s=3600,
+    ),
+    _rule(
+        "srm_cumulative",
+        "srm",
+        "srm_cumulative_p",
+        "<",
+        {"warning": 0.01, "critical": 0.001},
+        "sample ratio mismatch in {entity} since its start: p = {value:.2g} ({observed} "
+        "against {expected} over {total} units); pause readouts until the assignment is fixed",
+        label="cumulative sample ratio mismatch p-value",
+        value_format="{:.2g}",
+        resolved_note="the cumulative shares match the configured split again",
+        cooldown_s=3600,
+    ),
+    _rule(
+        "experiment_crossover",
+        "experiment",
+        "crossover_rate",
+        ">",
+        {"warning": 0.01},
+        "{crossed_users} users of {entity} were seen in more than one arm ({value:.1%} of "
+        "{tracked_users}): the assignment is not sticky; its comparisons are contaminated",
+        label="share of users seen in more than one arm",
+        value_format="{:.1%}",
+        min_samples=100,
         cooldown_s=3600,
     ),
     *(

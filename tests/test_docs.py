@@ -73,6 +73,14 @@ ROWS = {
                'exp-1', 'impressions', 'A,B', '{"A":500,"B":430}', '{"A":0.5,"B":0.5}',
                '{}', 5.2, if(number = 0, 0.0001, 0.2), 930, number = 0
         FROM numbers(3)""",
+    "experiment_windows": """
+        (window_start, window_end, experiment, variant, metric, value, n, control_value, p_value)
+        SELECT toStartOfFiveMinutes(now()) - INTERVAL (5 * intDiv(number, 4)) MINUTE,
+               toStartOfFiveMinutes(now()) - INTERVAL (5 * intDiv(number, 4) - 5) MINUTE,
+               'exp-1', ['control', 'treatment', 'control', 'treatment'][number % 4 + 1],
+               ['share', 'share', 'share_cumulative', 'share_cumulative'][number % 4 + 1],
+               if(number % 2 = 0, 0.54, 0.46), 500, 0.5, 0.0004
+        FROM numbers(12)""",
     "alerts": """
         (alert_id, ts, kind, rule, severity, status, entity, metric, value, threshold,
          window_start, window_end, message, details)

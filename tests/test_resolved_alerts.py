@@ -100,8 +100,23 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
         1e-9,
         0.43,
         {},
-        "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 0.001 (the "
+        "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 0.01 (the "
         "variants' shares match the configured split again)",
+    ),
+    "srm_cumulative": (
+        "exp-cmp-000",
+        1e-9,
+        0.43,
+        {},
+        "cumulative sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 0.01 (the "
+        "cumulative shares match the configured split again)",
+    ),
+    "experiment_crossover": (
+        "exp-1",
+        0.2,
+        0.001,
+        {"crossed_users": 40, "tracked_users": 200},
+        "share of users seen in more than one arm of exp-1 back to 0.1%, under 1%",
     ),
 }
 for _metric in ("ctr", "error_rate", "latency_p99", "psi"):

@@ -122,6 +122,24 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (experiment, unit, window_start)
 COMMENT 'Sample-ratio-mismatch tests per experiment and window; counts etc. are JSON';
 
+CREATE TABLE IF NOT EXISTS streamwatch.experiment_windows
+(
+    `window_start` DateTime64(3, 'UTC'),
+    `window_end` DateTime64(3, 'UTC'),
+    `experiment` String,
+    `variant` String,
+    `metric` LowCardinality(String),
+    `value` Float64,
+    `n` UInt64,
+    `control_value` Nullable(Float64),
+    `p_value` Nullable(Float64),
+    `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (experiment, metric, variant, window_start)
+COMMENT 'Per experiment arm and window: shares, guardrail metrics, crossover; control_value is the expected share or the control arm value';
+
 CREATE TABLE IF NOT EXISTS streamwatch.alerts
 (
     `alert_id` String,
