@@ -16,6 +16,7 @@ from operators.rules import Rule, RuleEngine
 from operators.srm import SRM_TABLE, SrmConfig, SrmOperator, srm_test
 from operators.task import MonitorTask
 from schemas.events import Impression
+from streams.config import DEFAULT_RULES
 
 T0 = 1_795_000_200_000  # a 5-minute boundary
 W = 300_000
@@ -300,3 +301,113 @@ def test_snapshot_is_plain_sorted_data() -> None:
     assert [(s, e, w.users) for s, e, w in old.windows.items()] == [(T0, "exp1", {"B": {"a", "z"}})]
     with pytest.raises(ValueError):
         SrmConfig(unit="sessions")  # type: ignore[arg-type]
+
+
+# -- tiers, minimum deviation, cumulative, drill-down, crossover (issue 16) ---------
+
+DEFAULT = {r.name: r.rule() for r in DEFAULT_RULES}
+
+
+def imp_in(i: int, ts: int, variant: str, campaign: str, user: str | None = None) -> Impression:
+    return Impression(
+        impression_id=f"i{i}",
+        ts=ts,
+        campaign_id=campaign,
+        user_id=user or f"u{i}",
+        experiment="exp1",
+        variant=variant,
+    )
+
+
+def test_tiers_of_the_default_rule() -> None:
+    """p between 0.001 and 0.01 warns, below 0.001 is critical (Statsig's tiers)."""
+    engine = RuleEngine([DEFAULT["srm"]])
+    # 1,000 units at 46/54: chi2 = 6.4, p = 0.0114 (no alert); 45/55: chi2 = 10, p = 0.00157
+    # (warning); 2,000 at 45/55: chi2 = 20, p = 7.7e-6 (critical)
+    results = []
+    for k, (a, b) in enumerate([(460, 540), (450, 550), (900, 1100)]):
+        op = SrmOperator()
+        op.feed("impressions", split_events(a, b))
+        [obs] = window_tests(close(op))
+        assert obs.p_value == pytest.approx(chisquare([a, b]).pvalue)
+        results.append([al.severity for al in engine.evaluate([obs])])
+        engine = RuleEngine([DEFAULT["srm"]])
+    assert results == [[], ["warning"], ["critical"]]
+
+
+def test_minimum_deviation_gates_huge_samples() -> None:
+    """2,000,000 units at 50.2/49.8: p ~ 1.4e-8, but 0.2 points of share: no SRM."""
+    op = SrmOperator()
+    window = op.windows.at("exp1", T0)
+    window.counts = {"A": 1_004_000, "B": 996_000}
+    [obs] = window_tests(close(op))
+    assert obs.p_value < 1e-7 and obs.value == 1.0
+    assert obs.details["max_deviation"] == pytest.approx(0.002)
+    assert RuleEngine([DEFAULT["srm"]]).evaluate([obs]) == []
+    op = SrmOperator(SrmConfig(min_deviation=0.001))  # configurable
+    op.windows.at("exp1", T0).counts = {"A": 1_004_000, "B": 996_000}
+    assert window_tests(close(op))[0].value == pytest.approx(obs.p_value)
+
+
+def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
+    """Six windows of 600 units at 47/53: each p ~ 0.14; together 3,600 at 47/53, p ~ 3e-4."""
+    op = SrmOperator()
+    for k in range(6):
+        op.feed("impressions", split_events(282, 318, start=T0 + k * W))
+    out = close(op, T0 + 6 * W)
+    windows = window_tests(out)
+    cumulative = [o for o in out.observations if o.metric == "srm_cumulative_p"]
+    assert len(windows) == 6 and all(o.value > 0.01 for o in windows)
+    assert cumulative[-1].p_value == pytest.approx(chisquare([6 * 282, 6 * 318]).pvalue)
+    assert cumulative[-1].value < 0.001 and cumulative[-1].window_start == T0
+    assert cumulative[-1].details["counts"] == {"A": 6 * 282, "B": 6 * 318}
+    [alert] = RuleEngine([DEFAULT["srm_cumulative"]]).evaluate(cumulative[-1:])
+    assert alert.severity == "critical" and "since its start" in alert.message
+    [last_a] = [
+        r
+        for r in out.rows["experiment_windows"]
+        if r["metric"] == "share_cumulative"
+        and r["variant"] == "A"
+        and r["window_end"] == T0 + 6 * W
+    ]
+    assert last_a["value"] == pytest.approx(6 * 282 / 3600) and last_a["n"] == 6 * 282
+    assert last_a["control_value"] == 0.5
+
+
+def test_drilldown_names_the_campaign_that_carries_the_mismatch() -> None:
+    """Four campaigns at 50/50, one at 80/20: the alert says which."""
+    rng = random.Random(3)
+    events = []
+    k = 0
+    for campaign, share_a in [("c1", 0.5), ("c2", 0.5), ("c3", 0.8), ("c4", 0.5)]:
+        for _ in range(400):
+            variant = "A" if rng.random() < share_a else "B"
+            events.append(imp_in(k, T0 + rng.randrange(W), variant, campaign))
+            k += 1
+    events.sort(key=lambda e: e.ts)
+    op = SrmOperator()
+    op.feed("impressions", events)
+    [obs] = window_tests(close(op))
+    assert obs.value < 0.001
+    assert obs.details["mismatch_in"] == "campaign_id=c3"
+    top = obs.details["drilldown"][0]
+    counts = top["counts"]
+    assert top["p_value"] == pytest.approx(chisquare([counts["A"], counts["B"]]).pvalue)
+    [alert] = RuleEngine([DEFAULT["srm"]]).evaluate([obs])
+    assert "carried by campaign_id=c3" in alert.message
+
+
+def test_crossover_users_raise_an_experiment_alert() -> None:
+    events = [imp_in(k, T0 + k, "A" if k % 2 else "B", "c1", user=f"u{k}") for k in range(300)]
+    # 6 of 300 users (2 %) also appear in the other arm
+    events += [imp_in(1000 + k, T0 + 500 + k, "A", "c1", user=f"u{2 * k}") for k in range(6)]
+    op = SrmOperator()
+    op.feed("impressions", events)
+    out = close(op)
+    [obs] = [o for o in out.observations if o.metric == "crossover_rate"]
+    assert obs.kind == "experiment" and obs.n == 300 and obs.value == pytest.approx(0.02)
+    [alert] = RuleEngine([DEFAULT["experiment_crossover"]]).evaluate([obs])
+    assert alert.kind == "experiment" and alert.severity == "warning"
+    assert alert.message.startswith("6 users of exp1 were seen in more than one arm")
+    [row] = [r for r in out.rows["experiment_windows"] if r["metric"] == "crossover_rate"]
+    assert row["value"] == pytest.approx(0.02) and row["n"] == 300
