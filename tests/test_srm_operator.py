@@ -325,13 +325,13 @@ def test_tiers_of_the_default_rule() -> None:
     # 1,000 units at 46/54: chi2 = 6.4, p = 0.0114 (no alert); 45/55: chi2 = 10, p = 0.00157
     # (warning); 2,000 at 45/55: chi2 = 20, p = 7.7e-6 (critical)
     results = []
-    for k, (a, b) in enumerate([(460, 540), (450, 550), (900, 1100)]):
+    for a, b in [(460, 540), (450, 550), (900, 1100)]:
+        engine = RuleEngine([DEFAULT["srm"]])
         op = SrmOperator()
         op.feed("impressions", split_events(a, b))
         [obs] = window_tests(close(op))
         assert obs.p_value == pytest.approx(chisquare([a, b]).pvalue)
         results.append([al.severity for al in engine.evaluate([obs])])
-        engine = RuleEngine([DEFAULT["srm"]])
     assert results == [[], ["warning"], ["critical"]]
 
 
