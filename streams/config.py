@@ -82,7 +82,7 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = ("ctr", "sensor", "cluster", "drift", "service", "srm")
+    names = ("ctr", "sensor", "cluster", "drift", "service", "srm", "experiment")
     return {name: MonitorSettings() for name in names}
 
 
@@ -369,6 +369,58 @@ DEFAULT_RULES = [
         label="cumulative sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the cumulative shares match the configured split again",
+        cooldown_s=3600,
+    ),
+    *(
+        _rule(
+            f"experiment_guardrail_{metric}",
+            "experiment",
+            f"guardrail_{metric}",
+            ">=",
+            {"critical": 1.0},
+            "stop or roll back arm {variant} of {experiment}: "
+            + label
+            + " {treatment_value:"
+            + fmt
+            + "}"
+            + unit
+            + " against {control_value:"
+            + fmt
+            + "}"
+            + unit
+            + " in {control} "
+            "(red line " + line + ", always-valid p = {always_valid_p:.2g}, mSPRT)",
+            label=f"{label} guardrail breach",
+            value_format="{:.0f}",
+            resolved_message="{entity}: " + label + " back within its red line against "
+            "{control} ({treatment_value:"
+            + fmt
+            + "}"
+            + unit
+            + " against {control_value:"
+            + fmt
+            + "}"
+            + unit
+            + ")",
+            cooldown_s=3600,
+            clear_windows=3,
+        )
+        for metric, label, fmt, unit, line in (
+            ("error_rate", "error rate", ".2%", "", "+{red_line:.2%}"),
+            ("latency_p95", "p95 latency", ".0f", " ms", "+{red_line:.0%}"),
+            ("latency_p99", "p99 latency", ".0f", " ms", "+{red_line:.0%}"),
+        )
+    ),
+    _rule(
+        "experiment_ramp",
+        "experiment",
+        "ramp_change",
+        ">",
+        {"warning": 0.2},
+        "the share of arm {variant} of {entity} moved {change:+.0%} (from {share_before:.0%} "
+        "to {share:.0%}) within the ramp period: ramp by at most 20 points a day",
+        label="ramp change of an arm's share",
+        value_format="{:.0%}",
         cooldown_s=3600,
     ),
     _rule(

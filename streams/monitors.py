@@ -20,6 +20,7 @@ from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
 from operators.ctr import CtrConfig, CtrOperator
 from operators.drift import DriftConfig, DriftOperator
+from operators.experiment import ExperimentConfig, ExperimentOperator
 from operators.reference import ReferenceProfile
 from operators.rules import RuleEngine
 from operators.sensor import SensorConfig, SensorOperator
@@ -37,6 +38,7 @@ OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
     "drift": (DriftOperator, DriftConfig),
     "service": (ServiceOperator, ServiceConfig),
     "srm": (SrmOperator, SrmConfig),
+    "experiment": (ExperimentOperator, ExperimentConfig),
 }
 
 

@@ -122,6 +122,7 @@ def test_example_configuration_is_valid() -> None:
         "drift",
         "service",
         "srm",
+        "experiment",
         "repartition",  # the forwarder re-keying inputs (streams/repartition.py)
     }
 

@@ -65,7 +65,14 @@ def test_srm_reads_the_experiment_keyed_stream() -> None:
     specs = {m.name: m for m in build_monitors(settings)}
     internal = repartition.experiment_topic("streamwatch", "impressions")
     assert specs["srm"].topics == {"impressions": internal}
-    assert specs["repartition"].topics == {"impressions": "impressions"}
+    assert specs["repartition"].topics == {
+        "impressions": "impressions",
+        "inference-logs": "inference-logs",  # the experiment monitor's guardrails
+    }
+    assert specs["experiment"].topics == {
+        "impressions": internal,
+        "inference-logs": repartition.experiment_topic("streamwatch", "inference-logs"),
+    }
     assert specs["ctr"].topics == {"impressions": "impressions", "clicks": "clicks"}
 
 
