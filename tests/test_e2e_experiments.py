@@ -13,6 +13,10 @@ The end state must be an uninterrupted run's, counted by hand here:
   all four partitions together (one worker owned the experiment whole);
 - `ctr_windows FINAL` holds every campaign's exact impressions and clicks
   (impressions and clicks re-keyed by campaign met in one partition);
+- `experiment_windows FINAL` holds the guardrail rows (error rate, p95 and p99
+  latency per arm, with the control's value and the always-valid p-value) of an
+  uninterrupted in-process run, and the alert topic its critical guardrail
+  alert for the treatment arm slowed down in the second window;
 - nothing was dead-lettered, and replayed forwards were dropped as duplicates
   rather than counted twice.
 """
@@ -22,10 +26,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import msgspec
 import orjson
 import pytest
 
 from streams import repartition
+from streams.monitors import build_monitors
+from streams.pipeline import Pipeline, RawMessage
 from tests.harness import Deployment, Message, WorkerProcess, consume_all, produce
 
 pytestmark = pytest.mark.integration
@@ -63,6 +70,22 @@ def traffic(d: Deployment) -> tuple[list[Message], Counter, Counter, Counter]:
             del clk["experiment"], clk["variant"]
             msgs.append((d.topics["clicks"], None, orjson.dumps(clk), (n + 1) % PARTITIONS))
             clicks[(ts - ts % MIN, campaign)] += 1
+        # inference logs of both arms (keyed by model, strict); the treatment's latency
+        # 1.6x the control's in the second window: a guardrail breach
+        for arm, factor in (("control", 1.0), ("treatment", 1.6 if ts >= T0 + WINDOW else 1.0)):
+            log = {
+                "request_id": f"r{n}{arm}",
+                "ts": ts + 100,
+                "model_id": "m1",
+                "model_version": "1",
+                "features": {},
+                "prediction": 0.5,
+                "latency_ms": round(factor * (80 + (n * 37 + len(arm)) % 40), 3),
+                "status": "ok",
+                "experiment": "exp-1",
+                "variant": arm,
+            }
+            msgs.append((d.topics["inference_logs"], b"m1", orjson.dumps(log), n % PARTITIONS))
     return msgs, variants, imps, clicks
 
 
@@ -83,7 +106,68 @@ def tail(d: Deployment) -> list[Message]:
             clk = {"click_id": f"t{p}{q}", "impression_id": f"t{p}{q}", "ts": ts}
             clk |= {"campaign_id": zz, "user_id": "u"}
             out.append((d.topics["clicks"], None, orjson.dumps(clk), p))
+        log = {
+            "request_id": f"t{p}",
+            "ts": ts,
+            "model_id": "m1",
+            "model_version": "1",
+            "features": {},
+            "prediction": 0.5,
+            "latency_ms": 1.0,
+            "status": "ok",
+            "experiment": "exp-1",
+            "variant": "control",
+        }
+        out.append((d.topics["inference_logs"], b"m1", orjson.dumps(log), p))
     return out
+
+
+GUARDRAIL_SQL = (
+    "SELECT toUnixTimestamp64Milli(window_start) AS ws, experiment, variant, metric, value, n,"
+    " control_value, p_value FROM streamwatch.experiment_windows FINAL"
+    " WHERE metric IN ('error_rate', 'latency_p95', 'latency_p99')"
+)
+
+
+def reference(d: Deployment, sent: list[Message]) -> tuple[list[dict], dict[str, dict]]:
+    """An uninterrupted run in-process (the re-keying looped back), fed every message
+    with the partition and offset it has on the broker: guardrail rows and alerts."""
+    offsets: Counter = Counter()
+    raw = []
+    for topic, key, value, partition in sent:
+        raw.append(RawMessage(topic, partition, offsets[(topic, partition)], key, value))
+        offsets[(topic, partition)] += 1
+    rows: list[dict] = []
+    alerts: dict[str, dict] = {}
+
+    class Outputs:
+        def rows(self, table: str, out: list[dict]) -> None:
+            if table == "experiment_windows":
+                rows.extend(out)
+
+        def alerts(self, out: list) -> None:
+            for a in out:
+                alerts[a.alert_id] = orjson.loads(msgspec.json.encode(a))
+
+        def rejected(self, *args: object) -> None:
+            raise AssertionError("the reference run rejected a message")
+
+        def late(self, *args: object) -> None:
+            raise AssertionError("the reference run saw a late event")
+
+    settings = d.settings()
+    t = settings.topics
+    logical = {t.impressions: "impressions", t.clicks: "clicks", t.inference_logs: "inference-logs"}
+    pipeline = Pipeline(build_monitors(settings), Outputs(), logical, clock=lambda: 0.0)
+    pipeline.assign(range(PARTITIONS), {})
+    for i in range(0, len(raw), 500):
+        pipeline.process(raw[i : i + 500])
+    guardrails = [
+        {**r, "ws": r["window_start"]}
+        for r in rows
+        if r["metric"] in ("error_rate", "latency_p95", "latency_p99")
+    ]
+    return guardrails, alerts
 
 
 SRM_SQL = (
@@ -126,9 +210,12 @@ def test_experiment_rekeyed_two_workers_and_a_kill(tmp_path, broker) -> None:
         def done() -> bool:
             rows = [r for w in (a, b) for r in w.query(SRM_SQL)]
             windows = [r for w in (a, b) for r in w.query(CTR_SQL) if r["final"] == 1]
-            return len({r["ws"] for r in rows if r["ws"] < T0 + 2 * WINDOW}) >= 2 and len(
-                {(r["ws"], r["campaign_id"]) for r in windows}
-            ) >= len(imps)
+            guardrails = [r for w in (a, b) for r in w.query(GUARDRAIL_SQL)]
+            return (
+                len({r["ws"] for r in rows if r["ws"] < T0 + 2 * WINDOW}) >= 2
+                and len({(r["ws"], r["campaign_id"]) for r in windows}) >= len(imps)
+                and len({r["ws"] for r in guardrails if r["ws"] < T0 + 2 * WINDOW}) >= 2
+            )
 
         a.wait_until(done, 120, "both SRM windows to close")
         time.sleep(3)  # the last flush of the other worker
@@ -164,6 +251,34 @@ def test_experiment_rekeyed_two_workers_and_a_kill(tmp_path, broker) -> None:
         old = pooled.get((ws, campaign), (0, 0))
         pooled[(ws, campaign)] = (old[0] + n_imps, old[1] + n_clicks)
     assert pooled == {key: (imps[key], clicks.get(key, 0)) for key in imps}
+    # guardrails: the rows and alerts of an uninterrupted single run
+    expected_rows, expected_alerts = reference(da, msgs + tail(da))
+    key = ("ws", "variant", "metric")
+    want = {tuple(r[k] for k in key): r for r in expected_rows if r["ws"] < T0 + 2 * WINDOW}
+    got: dict[tuple, dict] = {}
+    for d in (da, db):
+        for r in d.query(GUARDRAIL_SQL):
+            if r["ws"] < T0 + 2 * WINDOW:
+                got.setdefault(tuple(r[k] for k in key), r)
+    assert set(got) == set(want) and len(want) == 2 * 2 * 3
+    for k, r in want.items():
+        assert got[k]["value"] == pytest.approx(r["value"]) and got[k]["n"] == r["n"]
+        assert got[k]["p_value"] == (r["p_value"] and pytest.approx(r["p_value"]))
+    breach = [
+        a
+        for a in expected_alerts.values()
+        if a["rule"].startswith("experiment_guardrail") and a["status"] == "firing"
+    ]
+    assert breach and all(a["window_start"] == T0 + WINDOW for a in breach)
+    on_topic = {
+        c["alert_id"]: c
+        for c in (
+            orjson.loads(m.value()) for m in consume_all(broker.bootstrap, da.topics["alerts"])
+        )
+    }
+    for a in breach:
+        assert on_topic[a["alert_id"]] == a
+    assert "stop or roll back arm treatment of exp-1" in breach[0]["message"]
     # nothing dead-lettered: keyless events were re-keyed, not rejected
     assert consume_all(broker.bootstrap, da.topics["dead_letter"], idle_s=1.0) == []
     internal = repartition.experiment_topic(da.config["kafka"]["group_id"], "impressions")
