@@ -54,6 +54,13 @@ Cumulative since the experiment's start: per experiment the counts of every
 closed window add up (state: one counter per variant), and each window close
 tests them too: Observation(metric="srm_cumulative_p", window_start = the
 experiment's first window). A mismatch too small for any one window shows there.
+Because this test is looked at after every window, a fixed-sample chi-square
+would raise false alarms more and more often as the experiment runs (the
+peeking problem); its p-value is instead an always-valid one: per arm, the
+normal-mixture SPRT (operators/msprt.py; Johari, Pekelis & Walsh 2015) of the
+arm's share against its expected share p_i, Delta = O_i/n - p_i with variance
+V = p_i (1 - p_i) / n and mixing scale `cumulative_tau`, running minimum of
+1/Lambda over the looks, Bonferroni over the k arms (min_i p_i x k).
 
 Drill-down: when a test reaches the warning level, the same chi-square is run
 per value of each dimension present on the impressions (`dimensions`:
@@ -96,6 +103,7 @@ from typing import Any, Literal
 from scipy.stats import chisquare
 
 from operators.base import Observation, Operator
+from operators.msprt import always_valid_p
 from operators.windows import TumblingWindows
 from schemas.events import Impression
 
@@ -116,6 +124,7 @@ class SrmConfig:
     # smallest max |observed - expected share| that counts as a mismatch (Statsig-style)
     min_deviation: float = 0.01
     cumulative: bool = True
+    cumulative_tau: float = 0.02  # mSPRT mixing scale of a share's deviation
     dimensions: tuple[str, ...] = ("campaign_id", "ad_id", "model_id")
     max_dimension_values: int = 1000
     drilldown_top: int = 5
@@ -196,7 +205,8 @@ class SrmOperator(Operator):
         self.windows: TumblingWindows[SrmWindow] = TumblingWindows(self.config.window_ms, SrmWindow)
         self.users = self.config.unit == "users"
         # experiment -> (its first window's start, counts per variant of closed windows)
-        self.cumulative: dict[str, tuple[int, dict[str, int]]] = {}
+        # experiment -> [first window start, counts of closed windows, always-valid p per arm]
+        self.cumulative: dict[str, list[Any]] = {}
 
     # -- input ---------------------------------------------------------------
 
@@ -247,16 +257,17 @@ class SrmOperator(Operator):
         self._crossover(start, end, experiment, window)
         split = cfg.splits.get(experiment)
         if cfg.cumulative:
-            first, total_counts = self.cumulative.setdefault(experiment, (start, {}))
+            entry = self.cumulative.setdefault(experiment, [start, {}, {}])
             for v, c in counts.items():
-                total_counts[v] = total_counts.get(v, 0) + c
+                entry[1][v] = entry[1].get(v, 0) + c
         result = srm_test(counts, split)
         if result is not None and sum(result[0].values()) >= cfg.min_total:
             self._emit(start, end, experiment, window, result, "srm_chi2_p", "share", start)
         if cfg.cumulative:
-            first, total_counts = self.cumulative[experiment]
+            first, total_counts, running = self.cumulative[experiment]
             cumulative = srm_test(total_counts, split)
             if cumulative is not None and sum(cumulative[0].values()) >= cfg.min_total:
+                cumulative = self._always_valid(cumulative, running)
                 self._emit(
                     start,
                     end,
@@ -357,6 +368,25 @@ class SrmOperator(Operator):
             )
         )
 
+    def _always_valid(
+        self,
+        result: tuple[dict[str, int], dict[str, float], dict[str, int], float, float],
+        running: dict[str, float],
+    ) -> tuple[dict[str, int], dict[str, float], dict[str, int], float, float]:
+        """The cumulative test's p-value made always-valid (see the module docstring);
+        `running` holds each arm's running minimum and is updated."""
+        tested, expected, unexpected, chi2, _ = result
+        n = sum(tested.values())
+        tau2 = self.config.cumulative_tau**2
+        for v, share in expected.items():
+            if 0 < share < 1:
+                delta = tested[v] / n - share
+                running[v] = always_valid_p(
+                    running.get(v, 1.0), delta, share * (1 - share) / n, tau2
+                )
+        p = min(1.0, min(running.get(v, 1.0) for v in expected) * len(expected))
+        return tested, expected, unexpected, chi2, p
+
     def _drilldown(self, window: SrmWindow, expected: Mapping[str, float]) -> dict[str, Any]:
         """The chi-square per value of every dimension: which one carries the mismatch."""
         cfg = self.config
@@ -435,7 +465,9 @@ class SrmOperator(Operator):
             windows.append(
                 [start, experiment, per_variant, w.dims, w.arms, sorted(w.crossed), w.untracked]
             )
-        cumulative = {e: [first, dict(c)] for e, (first, c) in sorted(self.cumulative.items())}
+        cumulative = {
+            e: [first, dict(c), dict(p)] for e, (first, c, p) in sorted(self.cumulative.items())
+        }
         return {"unit": self.config.unit, "windows": windows, "cumulative": cumulative}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -460,8 +492,12 @@ class SrmOperator(Operator):
                 w.crossed = set(entry[5])
                 w.untracked = int(entry[6])
         self.cumulative = {
-            e: (int(first), {v: int(c) for v, c in counts.items()})
-            for e, (first, counts) in state.get("cumulative", {}).items()
+            e: [
+                int(entry[0]),
+                {v: int(c) for v, c in entry[1].items()},
+                {v: float(p) for v, p in (entry[2] if len(entry) > 2 else {}).items()},
+            ]
+            for e, entry in state.get("cumulative", {}).items()
         }
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -350,17 +352,29 @@ def test_minimum_deviation_gates_huge_samples() -> None:
 
 
 def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
-    """Six windows of 600 units at 47/53: each p ~ 0.14; together 3,600 at 47/53, p ~ 3e-4."""
+    """Twelve windows of 600 units at 47/53: each p ~ 0.14; since the start, the
+    always-valid p-value (normal-mixture SPRT per arm, Bonferroni over the two arms)
+    falls below 0.001, computed here by hand from the closed form at every look."""
     op = SrmOperator()
-    for k in range(6):
+    for k in range(12):
         op.feed("impressions", split_events(282, 318, start=T0 + k * W))
-    out = close(op, T0 + 6 * W)
+    out = close(op, T0 + 12 * W)
     windows = window_tests(out)
     cumulative = [o for o in out.observations if o.metric == "srm_cumulative_p"]
-    assert len(windows) == 6 and all(o.value > 0.01 for o in windows)
-    assert cumulative[-1].p_value == pytest.approx(chisquare([6 * 282, 6 * 318]).pvalue)
+    assert len(windows) == 12 and all(o.value > 0.01 for o in windows)
+    tau2 = 0.02**2
+    running = {"A": 1.0, "B": 1.0}
+    for k in range(1, 13):
+        n = 600 * k
+        for v, count in (("A", 282 * k), ("B", 318 * k)):
+            var = 0.25 / n
+            lam = math.sqrt(var / (var + tau2)) * math.exp(
+                tau2 * (count / n - 0.5) ** 2 / (2 * var * (var + tau2))
+            )
+            running[v] = min(running[v], 1 / lam)
+        assert cumulative[k - 1].p_value == pytest.approx(min(1.0, 2 * min(running.values())))
     assert cumulative[-1].value < 0.001 and cumulative[-1].window_start == T0
-    assert cumulative[-1].details["counts"] == {"A": 6 * 282, "B": 6 * 318}
+    assert cumulative[-1].details["counts"] == {"A": 12 * 282, "B": 12 * 318}
     [alert] = RuleEngine([DEFAULT["srm_cumulative"]]).evaluate(cumulative[-1:])
     assert alert.severity == "critical" and "since its start" in alert.message
     [last_a] = [
@@ -368,10 +382,26 @@ def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
         for r in out.rows["experiment_windows"]
         if r["metric"] == "share_cumulative"
         and r["variant"] == "A"
-        and r["window_end"] == T0 + 6 * W
+        and r["window_end"] == T0 + 12 * W
     ]
-    assert last_a["value"] == pytest.approx(6 * 282 / 3600) and last_a["n"] == 6 * 282
+    assert last_a["value"] == pytest.approx(282 / 600) and last_a["n"] == 12 * 282
     assert last_a["control_value"] == 0.5
+
+
+def test_cumulative_false_alarms_stay_at_the_level_when_looked_at_every_window() -> None:
+    """A/A: 300 experiments of 40 windows of 500 units at 50/50, looked at after every
+    window: the share that ever reaches p < 0.05 on the cumulative test stays at 5 %."""
+    rng = np.random.default_rng(11)
+    alarms = 0
+    for _ in range(300):
+        op = SrmOperator(SrmConfig(min_total=1))
+        for k in range(40):
+            a = int(rng.binomial(500, 0.5))
+            op.windows.at("exp1", T0 + k * W).counts = {"A": a, "B": 500 - a}
+        out = close(op, T0 + 40 * W)
+        ps = [o.p_value for o in out.observations if o.metric == "srm_cumulative_p"]
+        alarms += min(ps) < 0.05
+    assert alarms / 300 <= 0.05 + 0.03  # binomial noise of 300 runs: sd 0.013
 
 
 def test_drilldown_names_the_campaign_that_carries_the_mismatch() -> None:
