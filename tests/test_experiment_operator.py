@@ -233,3 +233,32 @@ def test_ramp_jump_warns() -> None:
 def test_restore_continues_identically(split_at: int) -> None:
     source = {"inference-logs": traffic(6, slow_from=3, seed=4)}
     assert run(source, split_at=split_at) == run(source)
+
+
+def test_error_rate_breach_names_both_values_and_the_evidence() -> None:
+    rng = random.Random(9)
+    logs = []
+    for w in range(4):
+        for variant, rate in (("control", 0.01), ("treatment", 0.10)):
+            for j in range(300):
+                ts = T0 + w * W + rng.randrange(W)
+                logs.append(
+                    log(
+                        w * 1000 + j + (500 if variant == "treatment" else 0),
+                        ts,
+                        variant,
+                        100.0 + rng.random(),
+                        rng.random() < rate,
+                    )
+                )
+    logs.sort(key=lambda e: e.ts)
+    rows, alerts = run({"inference-logs": logs})
+    [a] = [
+        a for a in alerts if a.rule == "experiment_guardrail_error_rate" and a.status == "firing"
+    ]
+    assert a.severity == "critical" and a.entity == "exp1/treatment"
+    d = a.details
+    assert d["treatment_value"] - d["control_value"] > 0.02 and d["always_valid_p"] < 0.001
+    assert f"error rate {d['treatment_value']:.2%} against {d['control_value']:.2%}" in a.message
+    errors = [r for r in rows if r["metric"] == "error_rate" and r["variant"] == "treatment"]
+    assert [r["p_value"] for r in errors] == sorted((r["p_value"] for r in errors), reverse=True)
