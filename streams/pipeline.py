@@ -155,6 +155,9 @@ class Pipeline:
         self.loopback = not hasattr(outputs, "forward")
         self.pending: list[RawMessage] = []
         self.loop_offsets: dict[tuple[str, int], int] = {}
+        # forwarders' progress: due this batch, and last sent, per source partition
+        self.progress_due: dict[tuple[str, int], tuple[int, int, repartition.Plan]] = {}
+        self.progress_sent: dict[tuple[str, int], int] = {}
         self.tasks: dict[tuple[str, int], MonitorTask] = {}
         self.positions: dict[tuple[str, int], dict[str, int]] = {}
         self.dirty: set[tuple[str, int]] = set()
@@ -240,6 +243,8 @@ class Pipeline:
         now_ms = int(self.clock() * 1000)
         for (topic, partition), batch in groups.items():
             self._process_partition(topic, partition, batch, now_ms)
+        if self.progress_due:
+            self._send_progress()
         while self.pending:  # in-process re-keying (no broker): the forwarded records
             looped = by_partition(self.pending)
             self.pending = []
@@ -265,6 +270,11 @@ class Pipeline:
             batch = [m for m in batch if m.offset() >= lowest]
             if not batch:
                 return
+        next_offset = batch[-1].offset() + 1  # progress records included
+        if topic in self.internal:
+            batch = self._heartbeats(topic, partition, batch, readers, now_ms)
+            if not batch:
+                return
         # the hot loop: one typed decode per message, nothing else
         decode = self.decoders[topic].decode
         rejected = self.outputs.rejected
@@ -279,7 +289,6 @@ class Pipeline:
                 kept.append(m)
         self.events_in[topic] = self.events_in.get(topic, 0) + len(events)
         metrics.PROCESSED.labels(topic).inc(len(events))
-        next_offset = batch[-1].offset() + 1
         internal = topic in self.internal
         for spec, logical, key in readers:
             start = self.positions[key].get(topic, 0)
@@ -324,8 +333,12 @@ class Pipeline:
         messages: list[RawMessage],
     ) -> None:
         """Produce each event's original bytes to its internal topics, keyed and
-        partitioned by its new key, with its source position in a header."""
+        partitioned by its new key, with its source position in a header; then, when
+        the source's event time has moved on, a progress record to every partition of
+        its internal topics (see `_heartbeats`)."""
         targets = plan.targets
+        if events:
+            self._progress_record(plan, topic, partition, events, messages)
         for event, m in zip(events, messages, strict=True):
             for target, key in targets(topic, event):
                 internal_partition = repartition.partition_for(key, plan.partitions[target])
@@ -348,6 +361,88 @@ class Pipeline:
                     self.outputs.forward(  # type: ignore[attr-defined]
                         target, internal_partition, key, m.value(), source
                     )
+
+    def _heartbeats(
+        self,
+        topic: str,
+        partition: int,
+        batch: list[RawMessage],
+        readers: list[tuple[MonitorSpec, str, tuple[str, int]]],
+        now_ms: int,
+    ) -> list[RawMessage]:
+        """Take the forwarders' progress records out of an internal topic's batch: each
+        says how far in event time its upstream partition has got (Flink's watermarks
+        through a shuffle), so a re-keyed stream advances, and its windows close, even
+        when the upstream partitions send no more events of its keys."""
+        records: list[RawMessage] = []
+        beats: list[tuple[str, int]] = []
+        for m in batch:
+            progress = _header(m, repartition.PROGRESS_HEADER)
+            if progress is None:
+                records.append(m)
+            else:
+                source = repartition.parse_source(_header(m, repartition.SOURCE_HEADER) or b"-:0")
+                beats.append((source[0], int(progress)))
+        if not beats:
+            return batch
+        next_offset = batch[-1].offset() + 1
+        for _, logical, key in readers:
+            clock = self.clocks.setdefault(key, {}).setdefault(topic, {})
+            for source, ts in beats:
+                entry = clock.get(source)
+                if entry is None:
+                    clock[source] = [ts, now_ms]
+                else:
+                    entry[0], entry[1] = max(entry[0], ts), now_ms
+            if not records and self.positions[key].get(topic, 0) < next_offset:
+                active = [
+                    t for t, seen in clock.values() if now_ms - seen < self.repartition_idle_ms
+                ]
+                if active:
+                    self.tasks[key].watermark.observe(logical, min(active), now_ms)
+                self.positions[key][topic] = next_offset
+                self.dirty.add(key)
+        return records
+
+    def _progress_record(
+        self,
+        plan: repartition.Plan,
+        topic: str,
+        partition: int,
+        events: list[Any],
+        messages: list[RawMessage],
+    ) -> None:
+        """Queue this batch's progress: sent after its records (same ordered producer)."""
+        self.progress_due[(topic, partition)] = (
+            max(e.ts for e in events),
+            messages[-1].offset(),
+            plan,
+        )
+
+    def _send_progress(self) -> None:
+        """Progress records of the sources whose event time moved by a second or more."""
+        for (topic, partition), (ts, offset, plan) in sorted(self.progress_due.items()):
+            if ts < self.progress_sent.get((topic, partition), -(2**62)) + 1000:
+                continue
+            self.progress_sent[(topic, partition)] = ts
+            source = repartition.source_header(topic, partition, offset)
+            progress = str(ts).encode()
+            for route in plan.routes.get(topic, ()):
+                for q in range(plan.partitions[route.topic]):
+                    headers = [
+                        (repartition.SOURCE_HEADER, source),
+                        (repartition.PROGRESS_HEADER, progress),
+                    ]
+                    if self.loopback:
+                        tp = (route.topic, q)
+                        off = self.loop_offsets.get(tp, 0)
+                        self.loop_offsets[tp] = off + 1
+                        self.pending.append(RawMessage(route.topic, q, off, None, None, headers))
+                    else:
+                        self.outputs.forward(  # type: ignore[attr-defined]
+                            route.topic, q, None, None, source, progress=progress
+                        )
+        self.progress_due.clear()
 
     def _deduplicate(
         self, key: tuple[str, int], events: list[Any], messages: list[RawMessage]
@@ -528,10 +623,14 @@ class Pipeline:
 
 
 def _source_header(m: Any) -> bytes | None:
+    return _header(m, repartition.SOURCE_HEADER)
+
+
+def _header(m: Any, wanted: str) -> bytes | None:
     headers = m.headers()
     if headers:
         for name, value in headers:
-            if name == repartition.SOURCE_HEADER:
+            if name == wanted:
                 return value
     return None
 

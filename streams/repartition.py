@@ -29,7 +29,15 @@ How it stays exactly-once in effect under at-least-once delivery and kill -9:
 3. The runtime flushes that producer (with every other output) before it writes
    a checkpoint, and commits input offsets only after the checkpoint: an input
    offset is committed only when what it forwarded is on the broker.
-4. After a crash the forwarder replays from its checkpoint and forwards some
+4. Event time: a reader's watermark on an internal topic is that of its
+   slowest upstream partition (Flink merges its input channels' watermarks
+   likewise), and each forwarder sends, after its records, a progress record
+   (header `streamwatch-progress`, no key or value) to every internal
+   partition whenever its source's event time moves by a second: a re-keyed
+   stream advances, and its windows close, even when its upstream partitions
+   send no more events of its keys. An upstream partition silent for
+   `repartition_idle_s` (its forwarder crashed or is moving) stops holding it.
+5. After a crash the forwarder replays from its checkpoint and forwards some
    records again. Each task reading an internal topic keeps, per source
    partition, the next source offset it has not applied (in its checkpoint,
    next to its state) and skips records below it: a replayed duplicate is
@@ -61,6 +69,8 @@ log = logging.getLogger("streamwatch.repartition")
 Keying = Literal["strict", "repartition"]
 FORWARDER = "repartition"  # the pseudo-monitor's name (checkpoint keys "repartition/<p>")
 SOURCE_HEADER = "streamwatch-source"  # "topic:partition:offset" of the forwarded event
+# on a progress record (no key, no value): how far its source has got in event time
+PROGRESS_HEADER = "streamwatch-progress"
 EXPERIMENT = "experiment"
 
 

@@ -168,9 +168,21 @@ class Sinks:
             ],
         )
 
-    def forward(self, topic: str, partition: int, key: bytes, value: bytes, source: bytes) -> None:
-        """Re-key one event onto an internal topic (see streams.repartition)."""
+    def forward(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        source: bytes,
+        progress: bytes | None = None,
+    ) -> None:
+        """Re-key one event onto an internal topic, or send a progress record (see
+        streams.repartition)."""
         producer = self.forward_producer or self.producer
+        headers = {repartition.SOURCE_HEADER: source}
+        if progress is not None:
+            headers[repartition.PROGRESS_HEADER] = progress
         while True:
             try:
                 producer.produce(
@@ -178,7 +190,7 @@ class Sinks:
                     value,
                     key=key,
                     partition=partition,
-                    headers={repartition.SOURCE_HEADER: source},
+                    headers=headers,
                     on_delivery=self._forward_delivered,
                 )
                 break

@@ -88,9 +88,10 @@ def test_one_experiment_across_partitions_is_tested_whole() -> None:
     assert rows[0]["total"] == 4 * N_PER_PARTITION
     assert rows[0]["srm"] == 1
     owner = repartition.partition_for(b"exp-1", 4)
-    assert p.positions[("srm", owner)] == {
-        repartition.experiment_topic("streamwatch", "impressions"): 4 * N_PER_PARTITION + 4
-    }
+    internal = repartition.experiment_topic("streamwatch", "impressions")
+    # read to the end: the forwarded impressions and the forwarders' progress records
+    assert p.positions[("srm", owner)] == {internal: p.loop_offsets[(internal, owner)]}
+    assert p.loop_offsets[(internal, owner)] > 4 * N_PER_PARTITION + 4
 
 
 def test_replayed_forwards_are_not_counted_twice() -> None:
