@@ -200,7 +200,23 @@ class Pipeline:
                     self.positions[key] = {}
                     self.seen[key] = {}
                     self.clocks[key] = {}
+                self._await_upstream(key, spec)
                 self.tasks[key] = task
+
+    def _await_upstream(self, key: tuple[str, int], spec: MonitorSpec) -> None:
+        """A re-keyed source waits for every upstream partition (or its idle timeout)
+        before its watermark moves: else the first partition heard would make the
+        others' first events late."""
+        if self.plan is None:
+            return
+        now_ms = int(self.clock() * 1000)
+        for topic in spec.topics.values():
+            source = self.plan.partition_source.get(topic)
+            if source is None:
+                continue
+            clock = self.clocks.setdefault(key, {}).setdefault(topic, {})
+            for p in range(self.plan.partitions[topic]):
+                clock.setdefault(f"{source}:{p}", [NO_WATERMARK, now_ms])
 
     def _stale(self, spec: MonitorSpec, checkpoint: Checkpoint) -> bool:
         return any(
