@@ -356,7 +356,8 @@ DEFAULT_RULES = [
         label="sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the variants' shares match the configured split again",
-        cooldown_s=3600,
+        # short: a warning that resolved must not mask a real mismatch an hour long
+        cooldown_s=900,
     ),
     _rule(
         "srm_cumulative",
