@@ -97,6 +97,9 @@ class InferenceLog(Event, kw_only=True):
     latency_ms: Annotated[float, msgspec.Meta(ge=0)]
     status: Literal["ok", "error"]
     confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    # v2: the experiment arm that served the request
+    experiment: Label | None = None
+    variant: Label | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,7 +158,18 @@ class LabelEvent(Event, kw_only=True):
 
 Severity = Literal["info", "warning", "critical"]
 AlertKind = Literal[
-    "ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness", "quality", "sql"
+    "ctr",
+    "sensor",
+    "cluster",
+    "drift",
+    "service",
+    "srm",
+    "change",
+    "freshness",
+    "quality",
+    "sql",
+    # v2
+    "experiment",
 ]
 
 

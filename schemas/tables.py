@@ -222,6 +222,27 @@ QUALITY_WINDOWS = Table(
     "estimated=1 is a label-free CBPE estimate that the final realized row (final=1) replaces",
 )
 
+
+EXPERIMENT_WINDOWS = Table(
+    name="experiment_windows",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("experiment", "String"),
+        ("variant", "String"),
+        ("metric", "LowCardinality(String)"),
+        ("value", "Float64"),
+        ("n", "UInt64"),
+        ("control_value", "Nullable(Float64)"),
+        ("p_value", "Nullable(Float64)"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("experiment", "metric", "variant", "window_start"),
+    partition_by="toYYYYMM(window_start)",
+    comment="Per experiment arm and window: shares, guardrail metrics, crossover; "
+    "control_value is the expected share or the control arm value",
+)
+
 ALERTS = Table(
     name="alerts",
     columns=(
@@ -294,6 +315,7 @@ TABLES: tuple[Table, ...] = (
     INFERENCE_WINDOWS,
     SRM_CHECKS,
     QUALITY_WINDOWS,
+    EXPERIMENT_WINDOWS,
     ALERTS,
     DEAD_LETTERS,
     LATE_EVENTS,

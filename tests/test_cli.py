@@ -124,6 +124,8 @@ def test_example_configuration_is_valid() -> None:
         "freshness",
         "srm",
         "quality",
+        "experiment",
+        "repartition",  # the forwarder re-keying inputs (streams/repartition.py)
     }
 
 

@@ -234,6 +234,7 @@ def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
             # every task has seen its partition's tail (the last message of it)
             health = worker.wait_http("/health", 30, accept_503=True)
             marks = health["watermarks"]
+            # seven monitors: the experiment monitor (issue 16) reads the re-keyed stream
             return len(marks) == 7 and min(marks.values()) >= tail_ts - LATENESS_MS
 
         worker.wait_until(consumed, 300, "the worker to consume every message")

@@ -79,6 +79,14 @@ ROWS = {
                if(number % 2 = 1, 2.5, NULL), 3.1, 0.1, 0, 0.2,
                if(number % 2 = 0, 0.78, NULL), 1, 2, now64(3)
         FROM numbers(6)""",
+    "experiment_windows": """
+        SELECT toStartOfFiveMinutes(now()) - INTERVAL (5 * intDiv(number, 8)) MINUTE,
+               toStartOfFiveMinutes(now()) - INTERVAL (5 * intDiv(number, 8) - 5) MINUTE,
+               'exp-1', ['control', 'treatment'][number % 2 + 1],
+               ['share', 'share', 'share_cumulative', 'share_cumulative',
+                'latency_p99', 'latency_p99', 'error_rate', 'error_rate'][number % 8 + 1],
+               if(number % 2 = 0, 0.54, 0.46), 500, 0.5, 0.0004, now64(3)
+        FROM numbers(24)""",
     "alerts": """
         SELECT concat('alert-', toString(number)), now() - INTERVAL number MINUTE, 'ctr',
                'ctr_floor', ['warning', 'critical'][number % 2 + 1],

@@ -160,6 +160,24 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (model_id, model_version, window_start)
 COMMENT 'Model quality from labels per model version and window of the prediction time; estimated=1 is a label-free CBPE estimate that the final realized row (final=1) replaces';
 
+CREATE TABLE IF NOT EXISTS streamwatch.experiment_windows
+(
+    `window_start` DateTime64(3, 'UTC'),
+    `window_end` DateTime64(3, 'UTC'),
+    `experiment` String,
+    `variant` String,
+    `metric` LowCardinality(String),
+    `value` Float64,
+    `n` UInt64,
+    `control_value` Nullable(Float64),
+    `p_value` Nullable(Float64),
+    `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (experiment, metric, variant, window_start)
+COMMENT 'Per experiment arm and window: shares, guardrail metrics, crossover; control_value is the expected share or the control arm value';
+
 CREATE TABLE IF NOT EXISTS streamwatch.alerts
 (
     `alert_id` String,
