@@ -20,6 +20,24 @@ Semantics (the public contract's defaults, all configurable):
   log-likelihood ratio that accumulates the evidence of a sustained drop),
   with significance levels derived from `false_alarms_per_1000_campaign_days`.
 
+Conversions (v2, `conversions = true`, on in a deployment): a conversion joins
+the click named by its `click_id` when 0 <= conversion.ts - click.ts <=
+conversion_ms (default 3,600 s) and that click counted for an impression
+(itself or as a duplicate click on it). It counts for the window of the click's
+impression, once per clicked impression (`conversions` = converted clicks, `cvr`
+= conversions / clicks); further conversions on it are `duplicate_conversions`.
+The impression's revenue is the `value` of its first conversion by (ts,
+conversion_id), so any arrival order gives the same sum (math.fsum, exact).
+Any other conversion is an orphan (`orphan_conversions`, window of its own time,
+variant ""): its click never counted, or it came outside the conversion window;
+a conversion whose click is not (yet) known waits until the watermark passes
+it, as clicks wait for their impressions. At the final row (end +
+attribution_ms) the window's impressions are forgotten, but its counted clicks
+are kept (click_id, time, impression: what a conversion needs) until end +
+attribution_ms + conversion_ms, when the conversions are final: a version-3 row
+is written then if conversions joined after the final row was written (FINAL
+gives the latest; a window without later conversions keeps its version-2 row).
+
 Every decision depends on event data and the watermark alone, so any
 arrival order within the allowed lateness gives the same rows.
 """
@@ -27,6 +45,8 @@ arrival order within the allowed lateness gives the same rows.
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +56,7 @@ from operators.ctr_evidence import CtrJudge
 from operators.sequential import bonferroni_alpha, cusum_threshold, windows_per_1000_entity_days
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
-from schemas.events import Click, Impression
+from schemas.events import Click, Conversion, Impression
 
 # the judgements per entity and window the false-alarm budget is split over, besides
 # one CUSUM per `drops_to_detect`: the `ctr` floor and the `ctr_drop` window test
@@ -69,10 +89,14 @@ class CtrConfig:
     # "recovered" during an ongoing incident has probability <= 1 %, Wald)
     recovery_evidence: float = 4.6
     cusum_threshold: float | None = None  # raw override of the threshold h (nats)
+    # v2: join the conversions topic (streams/monitors.py turns it on in a deployment;
+    # off for the bare operator, whose watermark would otherwise wait for a third source)
+    conversions: bool = False
+    conversion_ms: int = 3_600_000  # a conversion counts up to this long after its click
 
     def __post_init__(self) -> None:
-        if self.window_ms <= 0 or self.attribution_ms < 0:
-            raise ValueError("window_ms must be > 0 and attribution_ms >= 0")
+        if self.window_ms <= 0 or self.attribution_ms < 0 or self.conversion_ms < 0:
+            raise ValueError("window_ms must be > 0, attribution_ms and conversion_ms >= 0")
         if self.baseline_windows < 1 or not 1 <= self.baseline_min_windows <= self.baseline_windows:
             raise ValueError("need 1 <= baseline_min_windows <= baseline_windows")
         if not 0 < self.floor_ctr < 1:
@@ -117,7 +141,21 @@ class CtrConfig:
 class CtrWindow:
     """Counts of one (campaign, variant, window), and the impressions in it."""
 
-    __slots__ = ("clicked", "clicks", "dup_clicks", "dup_imps", "ids", "imps", "orphans", "times")
+    __slots__ = (
+        "click_ids",
+        "clicked",
+        "clicks",
+        "conv_changed",
+        "converted",
+        "dup_clicks",
+        "dup_convs",
+        "dup_imps",
+        "ids",
+        "imps",
+        "orphan_convs",
+        "orphans",
+        "times",
+    )
 
     def __init__(self) -> None:
         self.imps = 0
@@ -130,6 +168,19 @@ class CtrWindow:
         self.ids: list[str] = []
         self.times: list[int] = []
         self.clicked: list[str] = []
+        # conversions: counted click ids of the window ([click_id, ts, impression_id]),
+        # the converted impressions -> [conversion ts, conversion_id, value] (the first
+        # by (ts, id)), duplicate and orphan conversions, and whether the conversion
+        # figures changed since the final row was written
+        self.click_ids: list[list[Any]] = []
+        self.converted: dict[str, list[Any]] = {}
+        self.dup_convs = 0
+        self.orphan_convs = 0
+        self.conv_changed = False
+
+    def revenue(self) -> float:
+        """Sum of the converted impressions' values, exactly rounded (order-free)."""
+        return math.fsum(c[2] for c in self.converted.values())
 
 
 def _key(campaign: str, variant: str) -> str:
@@ -156,6 +207,16 @@ class CtrOperator(Operator):
         self.seq = 0
         self.provisional_until = NO_WATERMARK  # provisional rows emitted for ends <= this
         self.judge = CtrJudge(self.config)
+        if self.config.conversions:
+            self.sources = ("impressions", "clicks", "conversions")
+        # counted clicks: click_id -> [window, click ts, impression_id], until the
+        # window's conversions are final
+        self.clicks: dict[str, list[Any]] = {}
+        # conversions whose click is not known: click_id -> {seq: (ts, campaign, id, value)}
+        self.conv_pending: dict[str, dict[int, tuple[int, str, str, float]]] = {}
+        self.conv_heap: list[tuple[int, int, str]] = []  # (conversion ts, seq, click_id)
+        # windows past their final row, waiting for conversions: (start, key, window)
+        self.converting: deque[tuple[int, str, CtrWindow]] = deque()
 
     # -- input ---------------------------------------------------------------
 
@@ -163,6 +224,9 @@ class CtrOperator(Operator):
         if source == "impressions":
             for event in events:
                 self._impression(event)
+        elif source == "conversions":
+            for event in events:
+                self._conversion(event)
         else:
             for event in events:
                 self._click(event)
@@ -180,21 +244,25 @@ class CtrOperator(Operator):
         self.impressions[imp.impression_id] = entry
         waiting = self.pending.pop(imp.impression_id, None)
         if waiting:
-            for click_ts, campaign in waiting.values():
-                self._attribute(entry, click_ts, campaign)
+            for click_ts, campaign, click_id in waiting.values():
+                self._attribute(entry, click_ts, campaign, click_id)
 
     def _click(self, click: Click) -> None:
         entry = self.impressions.get(click.impression_id)
         if entry is not None:
-            self._attribute(entry, click.ts, click.campaign_id)
+            self._attribute(entry, click.ts, click.campaign_id, click.click_id)
             return
         # The impression may still arrive (out of order): wait until the
         # watermark passes the click, after which it could only come late.
         self.seq += 1
-        self.pending.setdefault(click.impression_id, {})[self.seq] = (click.ts, click.campaign_id)
+        self.pending.setdefault(click.impression_id, {})[self.seq] = (
+            click.ts,
+            click.campaign_id,
+            click.click_id,
+        )
         heapq.heappush(self.pending_heap, (click.ts, self.seq, click.impression_id))
 
-    def _attribute(self, entry: list[Any], click_ts: int, campaign: str) -> None:
+    def _attribute(self, entry: list[Any], click_ts: int, campaign: str, click_id: str) -> None:
         window, imp_ts, clicked, imp_id = entry
         if 0 <= click_ts - imp_ts <= self.config.attribution_ms:
             if clicked:
@@ -203,8 +271,48 @@ class CtrOperator(Operator):
                 window.clicks += 1
                 window.clicked.append(imp_id)
                 entry[2] = True
+            if self.config.conversions and click_id and click_id not in self.clicks:
+                record = [window, click_ts, imp_id]
+                self.clicks[click_id] = record
+                window.click_ids.append([click_id, click_ts, imp_id])
+                waiting = self.conv_pending.pop(click_id, None)
+                if waiting:
+                    for conv_ts, conv_campaign, conv_id, value in waiting.values():
+                        self._convert(record, conv_ts, conv_campaign, conv_id, value)
         else:
             self.windows.at(_key(campaign, ""), click_ts).orphans += 1
+
+    def _conversion(self, conv: Conversion) -> None:
+        value = conv.value if conv.value is not None else 0.0
+        record = self.clicks.get(conv.click_id)
+        if record is not None:
+            self._convert(record, conv.ts, conv.campaign_id, conv.conversion_id, value)
+            return
+        # its click may still come, or still find its impression: wait for the watermark
+        self.seq += 1
+        self.conv_pending.setdefault(conv.click_id, {})[self.seq] = (
+            conv.ts,
+            conv.campaign_id,
+            conv.conversion_id,
+            value,
+        )
+        heapq.heappush(self.conv_heap, (conv.ts, self.seq, conv.click_id))
+
+    def _convert(
+        self, record: list[Any], conv_ts: int, campaign: str, conv_id: str, value: float
+    ) -> None:
+        window, click_ts, imp_id = record
+        if not 0 <= conv_ts - click_ts <= self.config.conversion_ms:
+            self.windows.at(_key(campaign, ""), conv_ts).orphan_convs += 1
+            return
+        window.conv_changed = True
+        chosen = window.converted.get(imp_id)
+        if chosen is None:
+            window.converted[imp_id] = [conv_ts, conv_id, value]
+            return
+        window.dup_convs += 1
+        if (conv_ts, conv_id) < (chosen[0], chosen[1]):  # the first by (ts, id) gives the value
+            chosen[:] = [conv_ts, conv_id, value]
 
     # -- event time ----------------------------------------------------------
 
@@ -216,10 +324,21 @@ class CtrOperator(Operator):
             waiting = self.pending.get(imp_id)
             if waiting is None or seq not in waiting:
                 continue  # its impression arrived meanwhile
-            _, campaign = waiting.pop(seq)
+            _, campaign, _ = waiting.pop(seq)
             if not waiting:
                 del self.pending[imp_id]
             self.windows.at(_key(campaign, ""), click_ts).orphans += 1
+        # after the clicks: a conversion's click (earlier than it) has been placed by now
+        conv_heap = self.conv_heap
+        while conv_heap and conv_heap[0][0] < watermark:
+            conv_ts, seq, click_id = heapq.heappop(conv_heap)
+            waiting_convs = self.conv_pending.get(click_id)
+            if waiting_convs is None or seq not in waiting_convs:
+                continue  # its click came meanwhile
+            _, campaign, _, _ = waiting_convs.pop(seq)
+            if not waiting_convs:
+                del self.conv_pending[click_id]
+            self.windows.at(_key(campaign, ""), conv_ts).orphan_convs += 1
 
         final_until = watermark - cfg.attribution_ms
         provisional_from = max(self.provisional_until, final_until)
@@ -232,11 +351,42 @@ class CtrOperator(Operator):
             self._emit_row(start, key, window, final=True)
             for imp_id in window.ids:
                 self.impressions.pop(imp_id, None)
+            if self.config.conversions and (window.click_ids or self.keep_all_windows):
+                # impressions forgotten; the counted clicks wait for their conversions
+                window.ids, window.times = [], []
+                window.conv_changed = False
+                self.converting.append((start, key, window))
         if closed:
             self._judge(closed)
+        self._close_conversions(final_until - cfg.conversion_ms)
 
-    def _emit_row(self, start: int, key: str, window: CtrWindow, final: bool) -> None:
+    #: keep every window until its conversions are final, not only those with clicks
+    #: (a subclass that judges windows at that point: operators/funnel.py)
+    keep_all_windows = False
+
+    def _close_conversions(self, until: int) -> None:
+        """Windows whose clicks can no longer convert: the version-3 row where their
+        conversions changed since the final row; their clicks are forgotten."""
+        cfg = self.config
+        done = []
+        while self.converting and self.converting[0][0] + cfg.window_ms <= until:
+            start, key, window = self.converting.popleft()
+            for click_id, _, _ in window.click_ids:
+                self.clicks.pop(click_id, None)
+            done.append((start, key, window))
+        if done:
+            self._conversions_final(done)
+
+    def _conversions_final(self, done: list[tuple[int, str, CtrWindow]]) -> None:
+        for start, key, window in done:
+            if window.conv_changed:
+                self._emit_row(start, key, window, final=True, version=3)
+
+    def _emit_row(
+        self, start: int, key: str, window: CtrWindow, final: bool, version: int | None = None
+    ) -> None:
         campaign, variant = _split(key)
+        converted = len(window.converted)
         self._out.add_row(
             "ctr_windows",
             {
@@ -251,7 +401,12 @@ class CtrOperator(Operator):
                 "duplicate_clicks": window.dup_clicks,
                 "duplicate_impressions": window.dup_imps,
                 "final": int(final),
-                "version": 2 if final else 1,
+                "version": version or (2 if final else 1),
+                "conversions": converted,
+                "cvr": converted / window.clicks if window.clicks else 0.0,
+                "revenue": window.revenue(),
+                "orphan_conversions": window.orphan_convs,
+                "duplicate_conversions": window.dup_convs,
             },
         )
 
@@ -264,58 +419,59 @@ class CtrOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        windows = [
-            [
-                start,
-                key,
-                w.imps,
-                w.clicks,
-                w.orphans,
-                w.dup_clicks,
-                w.dup_imps,
-                w.ids,
-                w.times,
-                w.clicked,
-            ]
-            for start, key, w in self.windows.items()
-        ]
+        windows = [_window_state(start, key, w) for start, key, w in self.windows.items()]
         pending = [
-            [imp_id, seq, ts, campaign]
+            [imp_id, seq, ts, campaign, click_id]
             for imp_id, waiting in self.pending.items()
-            for seq, (ts, campaign) in waiting.items()
+            for seq, (ts, campaign, click_id) in waiting.items()
         ]
-        return {
+        state = {
             "windows": windows,
             "pending": pending,
             "seq": self.seq,
             "provisional_until": self.provisional_until,
             "judge": self.judge.snapshot(),
         }
+        if self.config.conversions:
+            state["converting"] = [_window_state(s, k, w) for s, k, w in self.converting]
+            state["conv_pending"] = [
+                [click_id, seq, ts, campaign, conv_id, value]
+                for click_id, waiting in self.conv_pending.items()
+                for seq, (ts, campaign, conv_id, value) in waiting.items()
+            ]
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self.windows.clear()
         self.impressions = {}
-        for start, key, imps, clicks, orphans, dup_c, dup_i, ids, times, clicked in state[
-            "windows"
-        ]:
-            w = self.windows.at(key, start)
-            w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps = (
-                imps,
-                clicks,
-                orphans,
-                dup_c,
-                dup_i,
-            )
-            w.ids, w.times, w.clicked = list(ids), list(times), list(clicked)
-            was_clicked = set(clicked)
-            for imp_id, ts in zip(ids, times, strict=True):
+        self.clicks = {}
+        for item in state["windows"]:
+            w = self.windows.at(item[1], item[0])
+            _fill_window(w, item)
+            was_clicked = set(w.clicked)
+            for imp_id, ts in zip(w.ids, w.times, strict=True):
                 self.impressions[imp_id] = [w, ts, imp_id in was_clicked, imp_id]
+            self._index_clicks(w)
+        self.converting = deque()
+        for item in state.get("converting", []):
+            w = CtrWindow()
+            _fill_window(w, item)
+            self.converting.append((item[0], item[1], w))
+            self._index_clicks(w)
         self.pending = {}
         self.pending_heap = []
-        for imp_id, seq, ts, campaign in state["pending"]:
-            self.pending.setdefault(imp_id, {})[seq] = (ts, campaign)
+        for imp_id, seq, ts, campaign, *rest in state["pending"]:
+            # snapshots from before conversions carry no click_id (none was needed)
+            click_id = rest[0] if rest else ""
+            self.pending.setdefault(imp_id, {})[seq] = (ts, campaign, click_id)
             self.pending_heap.append((ts, seq, imp_id))
         heapq.heapify(self.pending_heap)
+        self.conv_pending = {}
+        self.conv_heap = []
+        for click_id, seq, ts, campaign, conv_id, value in state.get("conv_pending", []):
+            self.conv_pending.setdefault(click_id, {})[seq] = (ts, campaign, conv_id, value)
+            self.conv_heap.append((ts, seq, click_id))
+        heapq.heapify(self.conv_heap)
         self.seq = state["seq"]
         self.provisional_until = state["provisional_until"]
         # a snapshot from before the evidence-based judge (key "baseline") restores the
@@ -324,6 +480,53 @@ class CtrOperator(Operator):
         self.judge = CtrJudge(self.config)
         if "judge" in state:
             self.judge.restore(state["judge"])
+
+    def _index_clicks(self, w: CtrWindow) -> None:
+        for click_id, click_ts, imp_id in w.click_ids:
+            self.clicks[click_id] = [w, click_ts, imp_id]
+
+    def memory_items(self) -> dict[str, int]:
+        """What the join holds: impressions, counted clicks awaiting conversions, and
+        clicks and conversions waiting for their impression or click."""
+        return {
+            "impressions": len(self.impressions),
+            "clicks": len(self.clicks),
+            "pending_clicks": len(self.pending_heap),
+            "pending_conversions": len(self.conv_heap),
+            "converting_windows": len(self.converting),
+        }
+
+
+def _window_state(start: int, key: str, w: CtrWindow) -> list[Any]:
+    """A window as plain data; the conversion fields follow v1's ten (old snapshots
+    have only those, and restore with no conversions)."""
+    return [
+        start,
+        key,
+        w.imps,
+        w.clicks,
+        w.orphans,
+        w.dup_clicks,
+        w.dup_imps,
+        w.ids,
+        w.times,
+        w.clicked,
+        w.click_ids,
+        [[imp_id, *c] for imp_id, c in w.converted.items()],
+        w.dup_convs,
+        w.orphan_convs,
+        w.conv_changed,
+    ]
+
+
+def _fill_window(w: CtrWindow, item: list[Any]) -> None:
+    (_, _, w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps, ids, times, clicked) = item[:10]
+    w.ids, w.times, w.clicked = list(ids), list(times), list(clicked)
+    if len(item) > 10:
+        click_ids, converted, w.dup_convs, w.orphan_convs, changed = item[10:15]
+        w.click_ids = [list(c) for c in click_ids]
+        w.converted = {c[0]: [c[1], c[2], c[3]] for c in converted}
+        w.conv_changed = bool(changed)
 
 
 __all__ = ["CtrConfig", "CtrOperator", "window_start"]

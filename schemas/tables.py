@@ -68,12 +68,22 @@ CTR_WINDOWS = Table(
         ("duplicate_impressions", "UInt64"),
         ("final", "UInt8"),
         ("version", "UInt32"),
+        # v2 conversions (version 3: conversions joined after the final row)
+        ("conversions", "UInt64"),
+        ("cvr", "Float64"),
+        ("revenue", "Float64"),
+        ("orphan_conversions", "UInt64"),
+        ("duplicate_conversions", "UInt64"),
         ("inserted_at", f"{TIME} DEFAULT now64(3)"),
     ),
     order_by=("campaign_id", "variant", "window_start"),
     version="version",
     partition_by="toYYYYMM(window_start)",
-    comment="Tumbling event-time CTR windows; final=1 once the attribution window has passed",
+    comment="Tumbling event-time CTR windows; final=1 once the attribution window has passed; "
+    "conversions of clicks (cvr = conversions / clicks, revenue) complete once the conversion "
+    "window has passed too (version 3 where they changed after the final row)",
+    # added in v2: tables created before get them by ALTER TABLE at start
+    added=("conversions", "cvr", "revenue", "orphan_conversions", "duplicate_conversions"),
 )
 
 SENSOR_ANOMALIES = Table(

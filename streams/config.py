@@ -59,6 +59,7 @@ class TopicNames(Strict):
     inference_logs: str = "inference-logs"
     sensor_readings: str = "sensor-readings"
     labels: str = "labels"  # v2: ground truth of inference logs (the quality monitor)
+    conversions: str = "conversions"  # v2: conversions of clicks (ctr and funnel monitors)
     alerts: str = "alerts"
     dead_letter: str = "dead-letter"
     late_events: str = "late-events"

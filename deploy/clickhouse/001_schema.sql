@@ -15,12 +15,22 @@ CREATE TABLE IF NOT EXISTS streamwatch.ctr_windows
     `duplicate_impressions` UInt64,
     `final` UInt8,
     `version` UInt32,
+    `conversions` UInt64,
+    `cvr` Float64,
+    `revenue` Float64,
+    `orphan_conversions` UInt64,
+    `duplicate_conversions` UInt64,
     `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (campaign_id, variant, window_start)
-COMMENT 'Tumbling event-time CTR windows; final=1 once the attribution window has passed';
+COMMENT 'Tumbling event-time CTR windows; final=1 once the attribution window has passed; conversions of clicks (cvr = conversions / clicks, revenue) complete once the conversion window has passed too (version 3 where they changed after the final row)';
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `conversions` UInt64 AFTER `version`;
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `cvr` Float64 AFTER `conversions`;
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `revenue` Float64 AFTER `cvr`;
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `orphan_conversions` UInt64 AFTER `revenue`;
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `duplicate_conversions` UInt64 AFTER `orphan_conversions`;
 
 CREATE TABLE IF NOT EXISTS streamwatch.sensor_anomalies
 (
