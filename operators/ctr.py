@@ -236,7 +236,7 @@ class CtrOperator(Operator):
         if known is not None:
             known[0].dup_imps += 1
             return
-        window = self.windows.at(_key(imp.campaign_id, imp.variant or ""), imp.ts)
+        window = self.windows.at(self._window_key(imp), imp.ts)
         window.imps += 1
         window.ids.append(imp.impression_id)
         window.times.append(imp.ts)
@@ -246,6 +246,14 @@ class CtrOperator(Operator):
         if waiting:
             for click_ts, campaign, click_id in waiting.values():
                 self._attribute(entry, click_ts, campaign, click_id)
+
+    def _window_key(self, imp: Impression) -> str:
+        return _key(imp.campaign_id, imp.variant or "")
+
+    @classmethod
+    def sources_for(cls, config: CtrConfig) -> tuple[str, ...]:
+        """The sources an operator of this config reads (conversions when joined)."""
+        return ("impressions", "clicks", "conversions") if config.conversions else cls.sources
 
     def _click(self, click: Click) -> None:
         entry = self.impressions.get(click.impression_id)

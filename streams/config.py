@@ -98,6 +98,7 @@ def _default_monitors() -> dict[str, MonitorSettings]:
         "srm",
         "quality",
         "experiment",
+        "funnel",
     )
     monitors = {name: MonitorSettings() for name in names}
     # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
@@ -565,6 +566,40 @@ DEFAULT_RULES = [
             ("error_rate", "error rate", ".2%", "", "+{red_line:.2%}"),
             ("latency_p95", "p95 latency", ".0f", " ms", "+{red_line:.0%}"),
             ("latency_p99", "p99 latency", ".0f", " ms", "+{red_line:.0%}"),
+        )
+    ),
+    # v2 funnel guardrails (operators/funnel.py): a treatment arm below the control
+    *(
+        _rule(
+            f"experiment_guardrail_{metric}",
+            "experiment",
+            f"guardrail_{metric}",
+            ">=",
+            {"critical": 1.0},
+            "stop or roll back arm {variant} of {experiment}: "
+            + label
+            + " {treatment_value:"
+            + fmt
+            + "} against {control_value:"
+            + fmt
+            + "} in {control} (red line -{red_line:.0%}, always-valid p = "
+            "{always_valid_p:.2g}, mSPRT)",
+            label=f"{label} guardrail breach",
+            value_format="{:.0f}",
+            resolved_message="{entity}: "
+            + label
+            + " back within its red line against {control} ({treatment_value:"
+            + fmt
+            + "} against {control_value:"
+            + fmt
+            + "})",
+            cooldown_s=3600,
+            clear_windows=3,
+        )
+        for metric, label, fmt in (
+            ("ctr", "CTR", ".2%"),
+            ("cvr", "CVR", ".1%"),
+            ("revenue_per_impression", "revenue per impression", ".4g"),
         )
     ),
     _rule(

@@ -24,6 +24,7 @@ from operators.ctr import CtrConfig, CtrOperator
 from operators.drift import DriftConfig, DriftOperator
 from operators.experiment import ExperimentConfig, ExperimentOperator
 from operators.freshness import FreshnessConfig, FreshnessOperator
+from operators.funnel import FunnelConfig, FunnelOperator
 from operators.quality import QualityConfig, QualityOperator
 from operators.reference import ReferenceProfile
 from operators.rules import RuleEngine
@@ -46,6 +47,7 @@ OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
     "freshness": (FreshnessOperator, FreshnessConfig),
     "quality": (QualityOperator, QualityConfig),
     "experiment": (ExperimentOperator, ExperimentConfig),
+    "funnel": (FunnelOperator, FunnelConfig),  # v2: CTR/CVR/revenue guardrails per arm
 }
 
 
@@ -133,7 +135,12 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
         if not monitor.enabled:
             continue
         operator_type, _ = OPERATORS[name]
-        config = operator_config(name, monitor.options)
+        options = dict(monitor.options)
+        if name == "ctr":  # v2: a deployment joins conversions unless told not to
+            options.setdefault("conversions", True)
+        config = operator_config(name, options)
+        sources_for = getattr(operator_type, "sources_for", None)
+        sources: tuple[str, ...] = sources_for(config) if sources_for else operator_type.sources
         extra = {"references": references} if operator_type is DriftOperator else {}
 
         def make(
@@ -154,11 +161,9 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
             )
 
         keyed_by = getattr(operator_type, "keyed_by", None)
-        topics = {
-            src: repartition.reader_topic(settings, src, keyed_by) for src in operator_type.sources
-        }
-        readers.append((name, operator_type.sources, keyed_by))
-        plan = repartition.plan(settings, [(name, operator_type.sources, keyed_by)])
+        topics = {src: repartition.reader_topic(settings, src, keyed_by) for src in sources}
+        readers.append((name, sources, keyed_by))
+        plan = repartition.plan(settings, [(name, sources, keyed_by)])
         decoding: dict[str, tuple[str, str | None]] = {
             topic: plan.internal[topic] for topic in topics.values() if topic in plan.internal
         }
