@@ -315,7 +315,14 @@ def simulate(
 def _topic_map(settings: Settings) -> dict[str, str]:
     from streams.monitors import topic_of
 
-    logical = ("impressions", "clicks", "inference-logs", "sensor-readings", "labels", "conversions")
+    logical = (
+        "impressions",
+        "clicks",
+        "inference-logs",
+        "sensor-readings",
+        "labels",
+        "conversions",
+    )
     return {name: topic_of(settings, name) for name in logical}
 
 

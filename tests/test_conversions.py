@@ -232,7 +232,9 @@ def test_memory_is_the_counted_clicks_of_the_conversion_window() -> None:
     for minute in range(180):
         base = T0 + minute * 60_000
         imps = [imp(f"i{minute}.{j}", base + j * 600) for j in range(100)]
-        clicks = [clk(f"k{minute}.{j}", f"i{minute}.{j}", base + j * 600 + 5_000) for j in range(10)]
+        clicks = [
+            clk(f"k{minute}.{j}", f"i{minute}.{j}", base + j * 600 + 5_000) for j in range(10)
+        ]
         convs = [
             conv(f"v{minute}.{j}", f"k{minute}.{j}", base + j * 600 + 600_000, 10.0)
             for j in range(10)
