@@ -95,6 +95,20 @@ requests from the two arms of `exp-model` (alternating), carrying
 
 Their decisions take no draw from the random streams (a hash of the
 impression's sequence number), so the quiet traffic is unchanged by them.
+
+Conversions (v2): the first click of an impression converts with its
+campaign's CVR (about `cvr`, 10 %), after a log-normal delay (median
+`conversion_delay_median_s`, 10 min, between 30 s and 55 min: inside the
+3,600 s conversion window) with a log-normal order value (median
+`order_value_median`, 40), on the `conversions` topic keyed by campaign. The
+clicks and conversions of an experiment's impressions carry its `experiment`
+(what re-keys them for the funnel guardrails, operators/funnel.py). They draw
+from a stream of their own, so every other topic is unchanged by them. The
+incident:
+
+    cvr_drop          exp-shared/treatment   that arm's CVR x factor (0.5);
+                      or exp-cmp-000/B       the conversions of impressions
+                                             inside the incident
 """
 
 from __future__ import annotations
@@ -131,7 +145,7 @@ LABEL_KINDS = ("concept_drift", "label_noise", "label_delay")  # incidents of th
 REGRESSOR = "model-reg"  # the simulated regressor's model_id
 # on the experiments a scenario adds when asked (shared_experiment_campaigns,
 # experiment_models): not in `default_incidents`, whose scenario has none
-EXPERIMENT_KINDS = ("arm_latency", "ramp", "crossover", "srm_dimension")
+EXPERIMENT_KINDS = ("arm_latency", "ramp", "crossover", "srm_dimension", "cvr_drop")
 ALL_KINDS = KINDS + EXPERIMENT_KINDS
 SHARED_EXPERIMENT = "exp-shared"
 MODEL_EXPERIMENT = "exp-model"
@@ -192,6 +206,15 @@ class Scenario:
     # models whose requests are served by the arms of `exp-model`
     shared_experiment_campaigns: int = 0
     experiment_models: int = 0
+    # v2 conversions of clicks (cvr 0: none)
+    # off by default (the v1 topics only); `streamwatch simulate --cvr` and the demo set it
+    cvr: float = 0.0  # a campaign's CVR is cvr x uniform(0.6, 1.4)
+    conversion_delay_median_s: float = 600.0
+    conversion_delay_sigma: float = 1.0
+    conversion_delay_min_s: float = 30.0  # within the conversion window: 30 s ..
+    conversion_delay_max_s: float = 3300.0  # .. 55 min
+    order_value_median: float = 40.0  # log-normal order values (revenue)
+    order_value_sigma: float = 0.6
 
     def campaign_ids(self) -> list[str]:
         return [f"cmp-{i:03d}" for i in range(self.campaigns)]
@@ -285,6 +308,12 @@ def check_incidents(s: Scenario) -> None:
         elif kind == "arm_latency":
             ok = s.experiment_models > 0 and target in (f"{MODEL_EXPERIMENT}/{a}" for a in ARMS)
             what = f"{MODEL_EXPERIMENT}/ARM (arms {', '.join(ARMS)}; --experiment-models > 0)"
+        elif kind == "cvr_drop":
+            arms = [f"{e}/{a}" for e in s.experiment_ids() for a in ("A", "B")]
+            if s.shared_experiment_campaigns > 0:
+                arms += [f"{SHARED_EXPERIMENT}/{a}" for a in ARMS]
+            ok = target in arms and 0 <= f < 1 and s.cvr > 0
+            what = f"an experiment's arm, one of {', '.join(arms) or 'none'}; factor in [0, 1)"
         elif kind in ("ramp", "crossover", "srm_dimension"):
             experiment, _, ad = target.partition("/")
             ok = s.shared_experiment_campaigns > 0 and experiment == SHARED_EXPERIMENT
@@ -426,6 +455,7 @@ class Simulator:
         # leaves every other topic byte-identical
         self.lrng = random.Random(f"{scenario.seed}/labels")
         self.rrng = random.Random(f"{scenario.seed}/regressor")
+        self.crng = random.Random(f"{scenario.seed}/conversions")
         ids = scenario.campaign_ids()
         self.base_ctr = {c: self.rng.uniform(0.02, 0.06) for c in ids}
         weights = [self.rng.uniform(0.5, 1.5) for _ in ids]
@@ -436,6 +466,7 @@ class Simulator:
         self.serving = {c: scenario.model_of(c) for c in ids}
         self.shared = set(scenario.shared_campaigns())
         self.experiment_models = set(scenario.model_ids()[: scenario.experiment_models])
+        self.base_cvr = {c: scenario.cvr * self.crng.uniform(0.6, 1.4) for c in ids}
         self.counts: dict[str, int] = {}
         self.models = [self._model(i, m) for i, m in enumerate(scenario.model_ids())]
         self.sensors = [self._sensor(i, sid) for i, sid in enumerate(scenario.sensor_ids())]
@@ -466,6 +497,7 @@ class Simulator:
         s = self.s
         pending: list[tuple[int, int, bytes, str]] = []  # (ts, seq, value, key) of clicks
         self._labels: list[tuple[int, int, bytes, str]] = []  # the same, of labels
+        self._conversions: list[tuple[int, int, bytes, str]] = []  # ... of conversions
         self._label_seq = 0
         self._reg_requests = 0
         self._seq = 0
@@ -487,6 +519,9 @@ class Simulator:
             while self._labels and self._labels[0][0] < horizon:
                 ts, _, value, key = heapq.heappop(self._labels)
                 batch.append((ts, ("labels", key, value)))
+            while self._conversions and self._conversions[0][0] < horizon:
+                ts, _, value, key = heapq.heappop(self._conversions)
+                batch.append((ts, ("conversions", key, value)))
             self._sensor_readings(horizon, live, batch)
             batch.sort(key=lambda item: item[0])
             counts = self.counts
@@ -509,6 +544,7 @@ class Simulator:
         drops = [i for i in live if i.kind == "ctr_drop"]
         srm = [i for i in live if i.kind == "srm"]
         shared = [i for i in live if i.kind in ("ramp", "crossover", "srm_dimension")]
+        cvr_drops = [i for i in live if i.kind == "cvr_drop"]
         for _ in range(_poisson(rng, s.impressions_per_s)):
             ts = base + rng.randrange(1000)
             t = self._t(ts)
@@ -559,9 +595,13 @@ class Simulator:
                         "campaign_id": campaign,
                         "user_id": user,
                     }
+                    if "experiment" in imp:
+                        click["experiment"] = imp["experiment"]
                     heapq.heappush(
                         pending, (click["ts"], seq * 4 + c, orjson.dumps(click), campaign)
                     )
+                if s.cvr > 0:
+                    self._convert(imp, seq, ts + delay, t, cvr_drops)
             if rng.random() < s.orphan_click_rate:
                 orphan = {
                     "click_id": f"orphan-{s.seed}-{seq}",
@@ -571,6 +611,40 @@ class Simulator:
                     "user_id": user,
                 }
                 batch.append((ts, ("clicks", campaign, orjson.dumps(orphan))))
+
+    def _convert(
+        self, imp: dict[str, Any], seq: int, click_ts: int, t: float, live: list[Incident]
+    ) -> None:
+        """The conversion of an impression's first click, if it converts (three draws
+        from the conversions' own stream whether or not: a CVR change shifts none)."""
+        s, rng = self.s, self.crng
+        campaign = imp["campaign_id"]
+        cvr = self.base_cvr[campaign]
+        arm = f"{imp.get('experiment')}/{imp.get('variant')}"
+        for inc in live:
+            if inc.target == arm and inc.active(t):
+                cvr *= inc.factor
+        converts = rng.random() < cvr
+        delay_s = rng.lognormvariate(
+            math.log(s.conversion_delay_median_s), s.conversion_delay_sigma
+        )
+        value = rng.lognormvariate(math.log(s.order_value_median), s.order_value_sigma)
+        if not converts:
+            return
+        delay_s = min(max(delay_s, s.conversion_delay_min_s), s.conversion_delay_max_s)
+        conversion: dict[str, Any] = {
+            "conversion_id": f"cnv-{s.seed}-{seq}",
+            "click_id": f"clk-{s.seed}-{seq}-0",
+            "ts": click_ts + round(delay_s * 1000),
+            "campaign_id": campaign,
+            "user_id": imp["user_id"],
+            "value": round(value, 2),
+        }
+        if "experiment" in imp:
+            conversion["experiment"] = imp["experiment"]
+        heapq.heappush(
+            self._conversions, (conversion["ts"], seq, orjson.dumps(conversion), campaign)
+        )
 
     def _shared_arm(
         self,
