@@ -184,6 +184,7 @@ class Worker:
             t.inference_logs: "inference-logs",
             t.sensor_readings: "sensor-readings",
             t.labels: "labels",
+            t.conversions: "conversions",
         }
         self.pipeline = Pipeline(
             monitors, self.sinks, logical, repartition_idle_s=settings.repartition_idle_s
