@@ -20,7 +20,7 @@ Semantics (the public contract's defaults, all configurable):
   log-likelihood ratio that accumulates the evidence of a sustained drop),
   with significance levels derived from `false_alarms_per_1000_campaign_days`.
 
-Conversions (v2, `conversions = true`, on in a deployment): a conversion joins
+Conversions (v2, option `conversions = true`): a conversion joins
 the click named by its `click_id` when 0 <= conversion.ts - click.ts <=
 conversion_ms (default 3,600 s) and that click counted for an impression
 (itself or as a duplicate click on it). It counts for the window of the click's
@@ -89,8 +89,11 @@ class CtrConfig:
     # "recovered" during an ongoing incident has probability <= 1 %, Wald)
     recovery_evidence: float = 4.6
     cusum_threshold: float | None = None  # raw override of the threshold h (nats)
-    # v2: join the conversions topic (streams/monitors.py turns it on in a deployment;
-    # off for the bare operator, whose watermark would otherwise wait for a third source)
+    # v2: join the conversions topic. Off in the built-in defaults, so an upgrade keeps
+    # v1's sources: a third source holds the watermark, and a topic that never carries a
+    # conversion holds it for the idle timeout after every start; the example
+    # configuration (deploy/streamwatch.example.toml), where new deployments start,
+    # turns it on
     conversions: bool = False
     conversion_ms: int = 3_600_000  # a conversion counts up to this long after its click
 

@@ -135,10 +135,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
         if not monitor.enabled:
             continue
         operator_type, _ = OPERATORS[name]
-        options = dict(monitor.options)
-        if name == "ctr":  # v2: a deployment joins conversions unless told not to
-            options.setdefault("conversions", True)
-        config = operator_config(name, options)
+        config = operator_config(name, monitor.options)
         sources_for = getattr(operator_type, "sources_for", None)
         sources: tuple[str, ...] = sources_for(config) if sources_for else operator_type.sources
         extra = {"references": references} if operator_type is DriftOperator else {}

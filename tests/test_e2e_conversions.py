@@ -127,7 +127,13 @@ FUNNEL_SQL = (
 
 
 def test_cvr_drop_in_one_arm_end_to_end_with_a_kill(tmp_path, broker) -> None:
-    d = Deployment(tmp_path, broker.bootstrap, "conv", partitions=PARTITIONS)
+    d = Deployment(
+        tmp_path,
+        broker.bootstrap,
+        "conv",
+        partitions=PARTITIONS,
+        **{"monitors.ctr.options": {"conversions": True}},
+    )
     msgs, want = traffic(d)
     half = len(msgs) // 2
     w = WorkerProcess(d).start()
