@@ -171,11 +171,12 @@ class CtrWindow:
         self.ids: list[str] = []
         self.times: list[int] = []
         self.clicked: list[str] = []
-        # conversions: counted click ids of the window ([click_id, ts, impression_id]),
+        # conversions: the ids of the window's counted clicks (their time and impression
+        # are in the operator's `clicks`),
         # the converted impressions -> [conversion ts, conversion_id, value] (the first
         # by (ts, id)), duplicate and orphan conversions, and whether the conversion
         # figures changed since the final row was written
-        self.click_ids: list[list[Any]] = []
+        self.click_ids: list[str] = []
         self.converted: dict[str, list[Any]] = {}
         self.dup_convs = 0
         self.orphan_convs = 0
@@ -285,7 +286,7 @@ class CtrOperator(Operator):
             if self.config.conversions and click_id and click_id not in self.clicks:
                 record = [window, click_ts, imp_id]
                 self.clicks[click_id] = record
-                window.click_ids.append([click_id, click_ts, imp_id])
+                window.click_ids.append(click_id)
                 waiting = self.conv_pending.pop(click_id, None)
                 if waiting:
                     for conv_ts, conv_campaign, conv_id, value in waiting.values():
@@ -382,7 +383,7 @@ class CtrOperator(Operator):
         done = []
         while self.converting and self.converting[0][0] + cfg.window_ms <= until:
             start, key, window = self.converting.popleft()
-            for click_id, _, _ in window.click_ids:
+            for click_id in window.click_ids:
                 self.clicks.pop(click_id, None)
             done.append((start, key, window))
         if done:
@@ -430,7 +431,8 @@ class CtrOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        windows = [_window_state(start, key, w) for start, key, w in self.windows.items()]
+        clicks = self.clicks
+        windows = [_window_state(start, key, w, clicks) for start, key, w in self.windows.items()]
         pending = [
             [imp_id, seq, ts, campaign, click_id]
             for imp_id, waiting in self.pending.items()
@@ -444,7 +446,7 @@ class CtrOperator(Operator):
             "judge": self.judge.snapshot(),
         }
         if self.config.conversions:
-            state["converting"] = [_window_state(s, k, w) for s, k, w in self.converting]
+            state["converting"] = [_window_state(s, k, w, clicks) for s, k, w in self.converting]
             state["conv_pending"] = [
                 [click_id, seq, ts, campaign, conv_id, value]
                 for click_id, waiting in self.conv_pending.items()
@@ -458,17 +460,15 @@ class CtrOperator(Operator):
         self.clicks = {}
         for item in state["windows"]:
             w = self.windows.at(item[1], item[0])
-            _fill_window(w, item)
+            _fill_window(w, item, self.clicks)
             was_clicked = set(w.clicked)
             for imp_id, ts in zip(w.ids, w.times, strict=True):
                 self.impressions[imp_id] = [w, ts, imp_id in was_clicked, imp_id]
-            self._index_clicks(w)
         self.converting = deque()
         for item in state.get("converting", []):
             w = CtrWindow()
-            _fill_window(w, item)
+            _fill_window(w, item, self.clicks)
             self.converting.append((item[0], item[1], w))
-            self._index_clicks(w)
         self.pending = {}
         self.pending_heap = []
         for imp_id, seq, ts, campaign, *rest in state["pending"]:
@@ -492,10 +492,6 @@ class CtrOperator(Operator):
         if "judge" in state:
             self.judge.restore(state["judge"])
 
-    def _index_clicks(self, w: CtrWindow) -> None:
-        for click_id, click_ts, imp_id in w.click_ids:
-            self.clicks[click_id] = [w, click_ts, imp_id]
-
     def memory_items(self) -> dict[str, int]:
         """What the join holds: impressions, counted clicks awaiting conversions, and
         clicks and conversions waiting for their impression or click."""
@@ -508,9 +504,10 @@ class CtrOperator(Operator):
         }
 
 
-def _window_state(start: int, key: str, w: CtrWindow) -> list[Any]:
+def _window_state(start: int, key: str, w: CtrWindow, clicks: dict[str, list[Any]]) -> list[Any]:
     """A window as plain data; the conversion fields follow v1's ten (old snapshots
-    have only those, and restore with no conversions)."""
+    have only those, and restore with no conversions). Counted clicks as
+    [click_id, click ts, impression_id]."""
     return [
         start,
         key,
@@ -522,7 +519,7 @@ def _window_state(start: int, key: str, w: CtrWindow) -> list[Any]:
         w.ids,
         w.times,
         w.clicked,
-        w.click_ids,
+        [[c, clicks[c][1], clicks[c][2]] for c in w.click_ids],
         [[imp_id, *c] for imp_id, c in w.converted.items()],
         w.dup_convs,
         w.orphan_convs,
@@ -530,12 +527,14 @@ def _window_state(start: int, key: str, w: CtrWindow) -> list[Any]:
     ]
 
 
-def _fill_window(w: CtrWindow, item: list[Any]) -> None:
+def _fill_window(w: CtrWindow, item: list[Any], clicks: dict[str, list[Any]]) -> None:
     (_, _, w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps, ids, times, clicked) = item[:10]
     w.ids, w.times, w.clicked = list(ids), list(times), list(clicked)
     if len(item) > 10:
         click_ids, converted, w.dup_convs, w.orphan_convs, changed = item[10:15]
-        w.click_ids = [list(c) for c in click_ids]
+        w.click_ids = [c[0] for c in click_ids]
+        for click_id, click_ts, imp_id in click_ids:
+            clicks[click_id] = [w, click_ts, imp_id]
         w.converted = {c[0]: [c[1], c[2], c[3]] for c in converted}
         w.conv_changed = bool(changed)
 
