@@ -109,6 +109,10 @@ def _default_monitors() -> dict[str, MonitorSettings]:
     # quiet sensors it still raises about one false episode per sensor-hour, above its
     # stated budget, and it costs ~11 us per reading (docs/monitors/autoencoder.md)
     monitors["autoencoder"] = MonitorSettings(enabled=False)
+    # v2 funnel guardrails: off in the built-in defaults, as the CTR monitor's conversions
+    # (an upgrade keeps v1's topics read and forwarded: the funnel re-keys every click and
+    # conversion that carries an experiment); the example configuration turns both on
+    monitors["funnel"] = MonitorSettings(enabled=False)
     return monitors
 
 

@@ -132,7 +132,7 @@ def test_cvr_drop_in_one_arm_end_to_end_with_a_kill(tmp_path, broker) -> None:
         broker.bootstrap,
         "conv",
         partitions=PARTITIONS,
-        **{"monitors.ctr.options": {"conversions": True}},
+        **{"monitors.ctr.options": {"conversions": True}, "monitors.funnel.enabled": True},
     )
     msgs, want = traffic(d)
     half = len(msgs) // 2
