@@ -224,6 +224,7 @@ class SensorModel:
 
 class AutoencoderOperator(Operator):
     sources = ("sensor-readings",)
+    observes = (("sensor", "anomaly_autoencoder"),)
 
     def __init__(self, config: AutoencoderConfig | None = None) -> None:
         super().__init__()

@@ -13,9 +13,9 @@ a topic or a database, so the same input always yields the same output.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,16 @@ class Output:
         return bool(self.rows or self.observations)
 
 
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What the worker knows beyond a monitor's own options, offered to every operator
+    alike (`Operator.build`); each takes what it needs."""
+
+    #: model_id -> reference profile (`operators.reference.ReferenceProfile`) from the
+    #: configured `drift_references` files
+    references: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Operator(ABC):
     """A monitor's logic over one partition of its input topics."""
 
@@ -63,9 +73,27 @@ class Operator(ABC):
     #: whether events behind the watermark are reported as late (late_events);
     #: False where a late event loses nothing (freshness: data did arrive)
     reports_late: bool = True
+    #: the (alert kind, metric) of every observation it emits; each has a default rule
+    #: (streams.config), both checked by tests/test_conformance.py
+    observes: tuple[tuple[str, str], ...] = ()
+    #: the event field its inputs must be keyed by when that is not the topics' own
+    #: key (e.g. "experiment"): the worker re-keys them (streams/repartition.py)
+    keyed_by: str | None = None
 
     def __init__(self) -> None:
         self._out = Output()
+
+    @classmethod
+    def sources_for(cls, config: Any) -> tuple[str, ...]:
+        """The inputs an operator of this config reads: `sources` unless an option
+        adds or drops one (ctr reads conversions only when joining them)."""
+        return cls.sources
+
+    @classmethod
+    def build(cls, config: Any, context: BuildContext) -> Self:
+        """The operator of a monitor: its config dataclass and the shared context (the
+        worker builds every monitor this way; most need only their config)."""
+        return cls(config)  # type: ignore[call-arg]
 
     @abstractmethod
     def feed(self, source: str, events: Sequence[Any]) -> None:
@@ -79,6 +107,13 @@ class Operator(ABC):
         """Drain and return what was emitted since the last call."""
         out, self._out = self._out, Output()
         return out
+
+    def late_window(self, source: str, event: Any) -> int:
+        """Where a late event of `source` would have counted: the start of its window
+        (the `window_start` of its `late_events` row). By default the event's own time,
+        for operators without windows, which judge each event on its own (cluster,
+        autoencoder); operators with windows say which window."""
+        return int(event.ts)
 
     @abstractmethod
     def snapshot(self) -> dict[str, Any]:

@@ -221,6 +221,7 @@ def _decode(e: list[Any]) -> Entry:
 
 class ClusterOperator(Operator):
     sources = ("sensor-readings",)
+    observes = (("cluster", "cluster_distance"),)
 
     def __init__(self, config: ClusterConfig | None = None) -> None:
         super().__init__()

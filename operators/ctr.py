@@ -198,6 +198,7 @@ def _split(key: str) -> tuple[str, str]:
 
 class CtrOperator(Operator):
     sources = ("impressions", "clicks")
+    observes = (("ctr", "ctr"), ("ctr", "ctr_drop"), ("ctr", "ctr_evidence"))
 
     def __init__(self, config: CtrConfig | None = None) -> None:
         super().__init__()
@@ -427,6 +428,15 @@ class CtrOperator(Operator):
         counts = [(start, *_split(key), w.imps, w.clicks) for start, key, w in closed if w.imps]
         if counts:
             self._out.observations.extend(self.judge.judge(counts))
+
+    def late_window(self, source: str, event: Any) -> int:
+        """An impression's window; a late click's is its impression's while that is
+        held, else the window it would have counted in as an orphan."""
+        ts = event.ts
+        if source == "clicks":
+            entry = self.impressions.get(event.impression_id)
+            ts = ts if entry is None else entry[1]
+        return window_start(ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 

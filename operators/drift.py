@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import ttest_ind_from_stats
 
-from operators.base import Observation, Operator
+from operators.base import BuildContext, Observation, Operator
 from operators.reference import (
     PREDICTION,
     ReferenceProfile,
@@ -92,7 +92,7 @@ from operators.stats import (
     psi_test,
     systematic_sample,
 )
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog
 
 
@@ -213,6 +213,7 @@ class _CompiledRef:
 
 class DriftOperator(Operator):
     sources = ("inference-logs",)
+    observes = (("drift", "psi"), ("drift", "confidence_shift"))
 
     def __init__(
         self,
@@ -236,6 +237,11 @@ class DriftOperator(Operator):
         self.dropped_windows = 0  # carried groups that never reached min_count
         # model -> feature -> [[window end, bin counts], ...] of recent scored windows
         self.recent: dict[str, dict[str, list[list[Any]]]] = {}
+
+    @classmethod
+    def build(cls, config: DriftConfig, context: BuildContext) -> DriftOperator:
+        """With the configured reference profiles (models without one warm up)."""
+        return cls(config, references=context.references)
 
     def _set_reference(self, model_id: str, profile: ReferenceProfile) -> None:
         self.references[model_id] = profile
@@ -503,6 +509,9 @@ class DriftOperator(Operator):
                 **window,
             )
         )
+
+    def late_window(self, source: str, event: Any) -> int:
+        return window_start(event.ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 

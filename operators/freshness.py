@@ -135,6 +135,7 @@ Step = dict[str, dict[str, list[int]]]  # topic -> key -> [count, min ts, max ts
 
 class FreshnessOperator(Operator):
     sources = tuple(ENTITY_OF)
+    observes = (("freshness", "entity_silence"), ("freshness", "topic_silence"))
     reports_late = False  # an event behind the watermark is old data, not lost evidence
 
     def __init__(self, config: FreshnessConfig | None = None) -> None:

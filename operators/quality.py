@@ -62,7 +62,7 @@ from operators.quality_metrics import (
 )
 from operators.sequential import bonferroni_alpha, windows_per_1000_entity_days
 from operators.watermark import NO_WATERMARK
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog, LabelEvent
 
 TASKS = ("classification", "regression")
@@ -210,6 +210,12 @@ def cbpe_confidence(pred: float | str, conf: float | None) -> float | None:
 
 class QualityOperator(Operator):
     sources = ("inference-logs", "labels")
+    observes = (
+        ("quality", "accuracy"),
+        ("quality", "mae"),
+        ("quality", "accuracy_drop"),
+        ("quality", "mae_increase"),
+    )
 
     def __init__(self, config: QualityConfig | None = None) -> None:
         super().__init__()
@@ -579,6 +585,16 @@ class QualityOperator(Operator):
                         **span,
                     )
                 )
+
+    def late_window(self, source: str, event: Any) -> int:
+        """The window of the prediction: a late label's is its prediction's while that
+        is held, else the window of the label's time (where an orphan counts)."""
+        ts = event.ts
+        if source == "labels":
+            window = self.by_id.get(event.request_id)
+            if window is not None:
+                ts = window.ts[window.index[event.request_id]]
+        return window_start(ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 

@@ -87,7 +87,7 @@ from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
 from operators.detectors.tail import TailProbability
 from operators.detectors.trend import RiseDetector
 from operators.rolling import EventTimeBuffer, SlidingStats
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
 
 METHODS = ("zscore", "iqr", "rise")
@@ -287,6 +287,11 @@ def _key(sensor_id: str, metric: str) -> str:
 
 class SensorOperator(Operator):
     sources = ("sensor-readings",)
+    observes = (
+        ("sensor", "anomaly_zscore"),
+        ("sensor", "anomaly_iqr"),
+        ("sensor", "anomaly_rise"),
+    )
 
     def __init__(self, config: SensorConfig | None = None) -> None:
         super().__init__()
@@ -673,6 +678,11 @@ class SensorOperator(Operator):
                 p_value=p_value,
             )
         )
+
+    def late_window(self, source: str, event: Any) -> int:
+        """The aggregate window (`sensor_windows`) a late reading missed: the sliding
+        window it would have been judged against ends at the reading itself."""
+        return window_start(event.ts, self.config.aggregate_window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 

@@ -53,7 +53,7 @@ import numpy as np
 from operators.base import Observation, Operator
 from operators.sequential_rates import BinomialCusum
 from operators.stats import binomial_sf_test
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog
 
 
@@ -85,6 +85,11 @@ def _key(model_id: str, model_version: str) -> str:
 
 class ServiceOperator(Operator):
     sources = ("inference-logs",)
+    observes = (
+        ("service", "latency_p99"),
+        ("service", "error_rate"),
+        ("service", "low_confidence_ratio"),
+    )
 
     def __init__(self, config: ServiceConfig | None = None) -> None:
         super().__init__()
@@ -201,6 +206,9 @@ class ServiceOperator(Operator):
                     **common,
                 )
             )
+
+    def late_window(self, source: str, event: Any) -> int:
+        return window_start(event.ts, self.config.window_ms)
 
     def snapshot(self) -> dict[str, Any]:
         return {

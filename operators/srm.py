@@ -104,7 +104,7 @@ from scipy.stats import chisquare
 
 from operators.base import Observation, Operator
 from operators.msprt import always_valid_p
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 from schemas.events import Impression
 
 SRM_TABLE = "srm_checks"
@@ -198,6 +198,11 @@ class SrmOperator(Operator):
     # read from the experiment-keyed stream (streams/repartition.py): one task
     # sees an experiment's whole traffic, whatever partitions it came from
     keyed_by = "experiment"
+    observes = (
+        ("srm", "srm_chi2_p"),
+        ("srm", "srm_cumulative_p"),
+        ("experiment", "crossover_rate"),
+    )
 
     def __init__(self, config: SrmConfig | None = None) -> None:
         super().__init__()
@@ -452,6 +457,9 @@ class SrmOperator(Operator):
                 },
             )
         )
+
+    def late_window(self, source: str, event: Any) -> int:
+        return window_start(event.ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 

@@ -265,6 +265,10 @@ INPUT_EVENTS: dict[str, type[Event]] = {
     "conversions": Conversion,
 }
 
+# The logical names of the input topics, in one place: configuration maps each to the
+# Kafka topic it is read from (`streams.config.TopicNames.inputs`).
+INPUT_TOPICS: tuple[str, ...] = tuple(INPUT_EVENTS)
+
 # The field each input topic must be keyed by (co-partitioning depends on it).
 KEY_FIELD: dict[str, str] = {
     "impressions": "campaign_id",

@@ -9,9 +9,15 @@ table has one, e.g. a CTR window's final row over its provisional one).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 TIME = "DateTime64(3, 'UTC')"
+
+
+class RowError(ValueError):
+    """A row that does not match its table: a bug where the row was built."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,46 @@ class Table:
     @property
     def column_names(self) -> list[str]:
         return [name for name, _ in self.columns]
+
+    @property
+    def required_columns(self) -> list[str]:
+        """The columns a row must give: all but those with a DEFAULT (`inserted_at`)."""
+        return [name for name, kind in self.columns if " DEFAULT " not in kind]
+
+    def insert_columns(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+        """The columns to insert `rows` with: every column of the table, less those
+        with a DEFAULT the rows leave out (`inserted_at`). Every row must have exactly
+        these keys: a misspelt key or a missing column raises RowError instead of
+        becoming the column's default.
+
+        >>> try:
+        ...     LATE_EVENTS.insert_columns([{"monitor": "ctr", "offest": 3}])
+        ... except RowError as exc:
+        ...     print(exc)
+        a late_events row has the unknown column(s) ['offest']: {'monitor': 'ctr', 'offest': 3}
+        """
+        if not rows:
+            return []
+        first = rows[0]
+        required = self.required_columns
+        names = [n for n in self.column_names if n in first or n in required]
+        expected = set(names)
+        for row in rows:
+            if row.keys() != expected:
+                raise RowError(self._mismatch(row, expected))
+        return names
+
+    def _mismatch(self, row: dict[str, Any], expected: set[str]) -> str:
+        unknown = sorted(set(row) - set(self.column_names))
+        missing = sorted(set(self.required_columns) - set(row))
+        shown = repr(row)
+        shown = shown if len(shown) <= 300 else shown[:300] + "..."
+        if unknown:
+            return f"a {self.name} row has the unknown column(s) {unknown}: {shown}"
+        if missing:
+            return f"a {self.name} row lacks the column(s) {missing}: {shown}"
+        odd = sorted(set(row) ^ expected)
+        return f"the {self.name} rows of one batch differ in the optional column(s) {odd}: {shown}"
 
     def ddl(self, database: str = "streamwatch") -> str:
         cols = ",\n".join(f"    `{name}` {kind}" for name, kind in self.columns)

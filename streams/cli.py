@@ -15,8 +15,8 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -26,11 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.config import ConfigError, Settings, load_settings
+from streams.console import print_alert
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
-
-SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
 
 class Failure(click.ClickException):
@@ -309,23 +308,12 @@ def simulate(
         )
     kafka.ensure_topics(settings)
     counts = _publish_with_progress(
-        kafka.producer(settings), Simulator(scenario), speed or None, topics=_topic_map(settings)
+        kafka.producer(settings),
+        Simulator(scenario),
+        speed or None,
+        topics=settings.topics.inputs(),
     )
     console.print("published " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
-
-
-def _topic_map(settings: Settings) -> dict[str, str]:
-    from streams.monitors import topic_of
-
-    logical = (
-        "impressions",
-        "clicks",
-        "inference-logs",
-        "sensor-readings",
-        "labels",
-        "conversions",
-    )
-    return {name: topic_of(settings, name) for name in logical}
 
 
 def _publish_with_progress(
@@ -583,8 +571,12 @@ def alerts(
     # Following from now: OFFSET_END comes from that same high watermark, which on
     # Tansu can fall before the last batch, so older messages are skipped by time too.
     since_ms = int(time.time() * 1000) if start == OFFSET_END else None
+    # Ctrl-C sets a flag that the loop reads after each consume (<= 0.5 s) rather than
+    # raising KeyboardInterrupt inside librdkafka's call; the close is then bounded.
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while (deadline is None or time.monotonic() < deadline) and not interrupted.is_set():
             if through_worker and time.monotonic() - checked > 2:
                 checked = time.monotonic()
                 if read_embedded(settings) is None:  # its broker went with it
@@ -611,14 +603,24 @@ def alerts(
                     sys.stdout.write(msgspec.json.encode(alert).decode() + "\n")
                     sys.stdout.flush()
                 else:
-                    print_alert(alert)
+                    print_alert(alert, console)
                 shown += 1
                 if max_alerts and shown >= max_alerts:
                     return
-    except KeyboardInterrupt:
-        pass
     finally:
-        consumer.close()
+        signal.signal(signal.SIGINT, previous)
+        _close_within(consumer, 10.0)
+
+
+def _close_within(consumer: Any, seconds: float) -> None:
+    """Close a consumer, waiting at most `seconds`: an assigned consumer has no group
+    to leave, so a close that takes longer is stuck on the broker, and Ctrl-C must
+    still end the command (the process exits; librdkafka's threads go with it)."""
+    closer = threading.Thread(target=consumer.close, daemon=True)
+    closer.start()
+    closer.join(seconds)
+    if closer.is_alive():
+        err.print(f"[yellow]the Kafka client did not close within {seconds:g} s[/yellow]")
 
 
 def _glob(pattern: str) -> str:
@@ -645,22 +647,6 @@ def _alert_matches(
         and (rule is None or fnmatchcase(alert.rule, rule))
         and (entity is None or fnmatchcase(alert.entity, entity))
     )
-
-
-def print_alert(alert: Any, out: Console = console) -> None:
-    from streams.delivery.text import causes
-
-    when = datetime.fromtimestamp(alert.ts / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    style = SEVERITY_STYLE.get(alert.severity, "white")
-    mark = "FIRING  " if alert.status == "firing" else "RESOLVED"
-    if alert.status == "resolved":
-        style = "green"
-    out.print(
-        f"[{style}]{mark} {alert.severity:<8}[/{style}] {when}  [bold]{alert.kind}"
-        f"[/bold]/{alert.rule}  {alert.entity}: {alert.message}"
-    )
-    for cause in causes({"details": alert.details}):
-        out.print(f"    possible cause: {cause}", markup=False)
 
 
 # -- reference --------------------------------------------------------------

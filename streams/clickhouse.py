@@ -88,13 +88,18 @@ class Writer:
         self.fail_writes = False
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> float:
-        """Insert `rows`; return seconds taken. Raises ClickHouseError on failure."""
+        """Insert `rows`; return seconds taken. Raises ClickHouseError on failure, and
+        `schemas.tables.RowError` (before anything is written) for a row whose keys are
+        not the table's columns."""
         if not rows:
             return 0.0
         spec = TABLES_BY_NAME[table]
-        columns = [(n, k) for n, k in spec.columns if n in rows[0]]
-        names = [n for n, _ in columns]
-        data = [[_cell(k, row.get(n)) for n, k in columns] for row in rows]
+        # every column of the table; a misspelt or missing key raises RowError (a bug
+        # where the row was built) instead of silently becoming the column's default
+        names = spec.insert_columns(rows)
+        kinds = dict(spec.columns)
+        columns = [(n, kinds[n]) for n in names]
+        data = [[_cell(k, row[n]) for n, k in columns] for row in rows]
         started = time.perf_counter()
         with self.lock:
             if self.fail_writes:

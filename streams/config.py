@@ -27,6 +27,7 @@ from operators.ctr import CtrConfig
 from operators.quality import QualityConfig
 from operators.rules import Rule
 from operators.stats import alpha_for_budget
+from schemas.events import INPUT_TOPICS
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,9 @@ class ClickHouseSettings(Strict):
 
 
 class TopicNames(Strict):
+    """The Kafka topic of each logical topic (the field is the logical name with `_`
+    for `-`); `inputs()` and `of()` are the one mapping every module uses."""
+
     impressions: str = "impressions"
     clicks: str = "clicks"
     inference_logs: str = "inference-logs"
@@ -65,6 +69,17 @@ class TopicNames(Strict):
     late_events: str = "late-events"
     retrain_requests: str = "retrain-requests"  # v2 (docs/causes.md)
     checkpoints: str = "streamwatch-checkpoints"
+
+    def of(self, logical: str) -> str:
+        """The Kafka topic of a logical topic name, e.g. "inference-logs"."""
+        field = logical.replace("-", "_")
+        if field not in self.__struct_fields__:
+            raise KeyError(f"no topic {logical!r}; known: {sorted(self.__struct_fields__)}")
+        return str(getattr(self, field))
+
+    def inputs(self) -> dict[str, str]:
+        """Logical input topic -> its Kafka topic (`schemas.events.INPUT_TOPICS`)."""
+        return {logical: self.of(logical) for logical in INPUT_TOPICS}
 
 
 KeyingMode = Literal["strict", "repartition"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -34,10 +35,21 @@ CTR_FINAL_S = (CtrConfig().attribution_ms + CtrConfig().window_ms) / 1000
 DEMO_LABEL_DELAY_MS = 600_000
 
 
-def _topic_map(settings: Settings) -> dict[str, str]:
-    from streams.cli import _topic_map as topic_map
-
-    return topic_map(settings)
+def publish_traffic(
+    settings: Settings,
+    scenario: Scenario,
+    speed: float | None,
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, int]:
+    """The demo's traffic: the simulator's messages, on the topics the configuration
+    names (`[topics]`); returns the messages per logical topic."""
+    return publish(
+        kafka.producer(settings),
+        Simulator(scenario),
+        speed,
+        stop=stop,
+        topics=settings.topics.inputs(),
+    )
 
 
 # the demo's retraining policy when none is configured (docs/causes.md)
@@ -98,7 +110,7 @@ def linked_incidents(scenario: Scenario) -> list[Incident]:
 def run_demo(
     settings: Settings, scenario: Scenario, speed: float | None, out: Console, err: Console
 ) -> bool:
-    from streams.cli import print_alert
+    from streams.console import print_alert
 
     if not settings.retrain.policies:
         settings.retrain = msgspec.convert(DEMO_RETRAIN, RetrainSettings)
@@ -149,12 +161,7 @@ def run_demo(
 
         def traffic() -> None:
             try:
-                counts = publish(
-                    kafka.producer(settings),
-                    Simulator(scenario),
-                    speed,
-                    stop=lambda: stopping.is_set(),
-                )
+                counts = publish_traffic(settings, scenario, speed, lambda: stopping.is_set())
                 published.append(sum(counts.values()))
             except BaseException as exc:  # reported after the worker stops
                 failure.append(exc)

@@ -57,8 +57,7 @@ def consumer(settings: Settings, group_id: str, **extra: Any) -> Any:
 
 
 def input_topics(settings: Settings) -> list[str]:
-    t = settings.topics
-    return [t.impressions, t.clicks, t.inference_logs, t.sensor_readings, t.labels, t.conversions]
+    return list(settings.topics.inputs().values())
 
 
 def ensure_topics(settings: Settings, partitions: int | None = None) -> None:

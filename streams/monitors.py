@@ -3,7 +3,12 @@
 Each monitor is an operator from `operators/` with its config dataclass; the
 `[monitors.NAME]` table of the configuration switches it on or off, sets its
 lateness and passes `options` to that dataclass (unknown options are an
-error). Adding a monitor is adding an entry to `OPERATORS`.
+error). Adding a monitor is adding an entry to `OPERATORS`; its operator declares
+the (kind, metric) of its observations (`Operator.observes`, each with a default
+rule in `streams.config`), which window a late event misses (`late_window`) and,
+where it needs more than its config, what it takes of the `BuildContext`
+(`Operator.build`). The conformance suite (tests/test_conformance.py) runs every
+entry and fails for one without an input generator in tests/conformance_inputs.py.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.autoencoder import AutoencoderConfig, AutoencoderOperator
-from operators.base import Operator
+from operators.base import BuildContext, Operator
 from operators.causes import RELATIONS, RelationLearner
 from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
@@ -65,7 +70,7 @@ class MonitorSpec:
 
 
 def topic_of(settings: Settings, logical: str) -> str:
-    return getattr(settings.topics, logical.replace("-", "_"))
+    return settings.topics.of(logical)
 
 
 def operator_config(name: str, options: dict[str, Any], config_type: Any = None) -> Any:
@@ -107,7 +112,8 @@ def load_references(paths: list[str]) -> dict[str, ReferenceProfile]:
 def build_monitors(settings: Settings) -> list[MonitorSpec]:
     idle_ms = round(settings.idle_timeout_s * 1000)
     rules = [r.rule() for r in settings.rules]
-    references = load_references(settings.drift_references)
+    # what every operator is offered beside its config (Operator.build)
+    context = BuildContext(references=load_references(settings.drift_references))
     change = settings.change_detection
     change_config = (
         operator_config("change_detection", change.options, ChangeConfig)
@@ -136,28 +142,27 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
             continue
         operator_type, _ = OPERATORS[name]
         config = operator_config(name, monitor.options)
-        sources_for = getattr(operator_type, "sources_for", None)
-        sources: tuple[str, ...] = sources_for(config) if sources_for else operator_type.sources
-        extra = {"references": references} if operator_type is DriftOperator else {}
+        # the inputs this configuration reads (ctr without conversions reads two)
+        sources = operator_type.sources_for(config)
 
         def make(
             operator_type: Any = operator_type,
             config: Any = config,
-            extra: dict[str, Any] = extra,
             lateness_s: float = monitor.lateness_s,
             name: str = name,
+            sources: tuple[str, ...] = sources,
         ) -> MonitorTask:
             changes = ChangeDetectors(change_config) if change_config else None
             return MonitorTask(
-                operator_type(config, **extra),
+                operator_type.build(config, context),
                 RuleEngine(rules),
                 round(lateness_s * 1000),
                 idle_ms,
                 changes=changes,
-                relations=relations(name, operator_type.sources),
+                relations=relations(name, sources),
             )
 
-        keyed_by = getattr(operator_type, "keyed_by", None)
+        keyed_by = operator_type.keyed_by
         topics = {src: repartition.reader_topic(settings, src, keyed_by) for src in sources}
         readers.append((name, sources, keyed_by))
         plan = repartition.plan(settings, [(name, sources, keyed_by)])

@@ -335,7 +335,7 @@ class Pipeline:
                     mine_msgs[i],
                     event.ts,
                     task.watermark.value,
-                    _window_of(task, event.ts),
+                    task.operator.late_window(logical, event),
                 )
             self.positions[key][topic] = next_offset
             self.dirty.add(key)
@@ -680,7 +680,3 @@ def _header(m: Any, wanted: str) -> bytes | None:
                 return value
     return None
 
-
-def _window_of(task: MonitorTask, ts: int) -> int:
-    size = getattr(getattr(task.operator, "config", None), "window_ms", None)
-    return ts - ts % size if size else ts

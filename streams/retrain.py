@@ -122,7 +122,7 @@ class RetrainPublisher:
         if self.sinks is not None:
             # refused: kept in sinks.undelivered, produced again at the next flush,
             # which raises (no checkpoint) until the broker has taken it
-            self.sinks._produce(self.topic, body, request.model_id)
+            self.sinks.produce(self.topic, body, request.model_id)
         else:  # no sinks (a publisher on its own): the failure is only logged
             self.producer.produce(
                 self.topic, body, key=request.model_id.encode(), on_delivery=self._delivered

@@ -125,6 +125,8 @@ from typing import Any
 
 import orjson
 
+from operators.drift import DriftConfig
+
 Message = tuple[str, str, bytes]  # topic, key, value
 
 KINDS = (
@@ -904,8 +906,10 @@ def _poisson(rng: random.Random, lam: float) -> int:
 # -- a default incident schedule ------------------------------------------------
 
 MIN_GAP_S = 60.0  # quiet time after each incident of a lane
-DRIFT_WINDOW_S = 300.0  # the drift operator's windows
-DRIFT_WARMUP_EVENTS = 1000  # per model, before the drift operator has a reference
+# the drift monitor's defaults (its windows, and the inference logs per model it
+# learns a reference from), read from its config rather than repeated here
+DRIFT_WINDOW_S = DriftConfig().window_ms / 1000
+DRIFT_WARMUP_EVENTS = DriftConfig().warmup_events or 0
 
 
 def default_incidents(

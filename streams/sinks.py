@@ -218,6 +218,12 @@ class Sinks:
 
     # -- delivery -------------------------------------------------------------
 
+    def produce(self, topic: str, value: bytes, key: str | bytes | None) -> None:
+        """Send one output message with the sinks' delivery discipline (as alerts):
+        one the broker refuses is kept and produced again before the next flush,
+        which raises SinkError (no checkpoint) until the broker has taken it."""
+        self._produce(topic, value, key)
+
     def _produce(
         self,
         topic: str,

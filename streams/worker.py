@@ -178,14 +178,7 @@ class Worker:
                 settings, **repartition.forward_producer_config()
             )
         t = settings.topics
-        logical = {
-            t.impressions: "impressions",
-            t.clicks: "clicks",
-            t.inference_logs: "inference-logs",
-            t.sensor_readings: "sensor-readings",
-            t.labels: "labels",
-            t.conversions: "conversions",
-        }
+        logical = {topic: name for name, topic in t.inputs().items()}
         self.pipeline = Pipeline(
             monitors, self.sinks, logical, repartition_idle_s=settings.repartition_idle_s
         )

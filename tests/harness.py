@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from schemas.events import INPUT_TOPICS
 from streams.embedded import free_port
 from streams.monitors import build_monitors
 from streams.pipeline import Pipeline, RawMessage
@@ -254,6 +255,65 @@ class WorkerProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
         self.process = None
+
+
+def inference_only(start_ms: int, duration_s: int, seed: int, **options: Any) -> Any:
+    """A simulation of inference logs and their labels only (no ads, no sensors)."""
+    from streams.simulate import Scenario
+
+    return Scenario(
+        start_ms=start_ms,
+        duration_s=duration_s,
+        campaigns=1,
+        experiment_campaigns=0,
+        impressions_per_s=0.0,
+        sensors=0,
+        seed=seed,
+        **options,
+    )
+
+
+def topic_names(d: Deployment, logical: Iterable[str] = INPUT_TOPICS) -> dict[str, str]:
+    """Logical input topic -> the deployment's topic."""
+    return {t: d.topics[t.replace("-", "_")] for t in logical}
+
+
+def simulated(d: Deployment, scenario: Any, logical: Iterable[str] = INPUT_TOPICS) -> list[Message]:
+    """The simulator's messages of the `logical` topics, in order, on the deployment's
+    topics (the partition left to the key)."""
+    from streams.simulate import Simulator
+
+    names = topic_names(d, logical)
+    return [
+        (names[t], k.encode(), v, None) for t, k, v in Simulator(scenario).messages() if t in names
+    ]
+
+
+def tail(
+    d: Deployment, ts: int, partitions: int, logical: Iterable[str] = INPUT_TOPICS
+) -> list[Message]:
+    """One event per partition and `logical` topic at `ts`, on that partition, keyed
+    (key field too) `zz-tail-<partition>`: far enough ahead of a run, it closes every
+    window of the run on every task."""
+    names = topic_names(d, logical)
+    out: list[Message] = []
+    for p in range(partitions):
+        key = f"zz-tail-{p}"
+        imp = {"impression_id": key, "ts": ts, "campaign_id": key, "user_id": "u"}
+        events = {
+            "labels": {"request_id": key, "ts": ts, "model_id": key, "label": 0},
+            "impressions": imp,
+            "clicks": {**imp, "click_id": key},
+            "inference-logs": {
+                "request_id": key, "ts": ts, "model_id": key, "model_version": "tail",
+                "features": {}, "prediction": 0.0, "latency_ms": 1.0, "status": "ok",
+            },
+            "sensor-readings": {"sensor_id": key, "ts": ts, "values": {"temperature": 0.0}},
+        }  # fmt: skip
+        out += [
+            (names[t], key.encode(), orjson.dumps(e), p) for t, e in events.items() if t in names
+        ]
+    return out
 
 
 def produce(

@@ -415,7 +415,7 @@ def test_a_request_found_due_on_the_feeds_thread_waits_for_the_timer() -> None:
         def __init__(self) -> None:
             self.sent: list[tuple[str, bytes, str]] = []
 
-        def _produce(self, topic: str, value: bytes, key: str) -> None:
+        def produce(self, topic: str, value: bytes, key: str) -> None:
             self.sent.append((topic, value, key))
 
     policy = {"models": "m*", "conditions": [{"metric": "psi", "op": ">=", "threshold": 0.2,

@@ -35,7 +35,15 @@ import pytest
 
 from schemas.events import Alert, RetrainRequest
 from streams.simulate import Incident, Scenario, Simulator
-from tests.harness import Deployment, WorkerProcess, consume_all, produce
+from tests.harness import (
+    Deployment,
+    WorkerProcess,
+    consume_all,
+    produce,
+    simulated,
+    tail,
+    topic_names,
+)
 from tests.test_causes_docs import example_toml
 
 pytestmark = pytest.mark.integration
@@ -87,46 +95,13 @@ def scenario() -> Scenario:
     )
 
 
+# a tail per partition far enough ahead that every window closes (CTR: final 600 s
+# after its end) on every task
+TAIL_TS = START_MS + (DURATION_S + 600 + 300 + 60) * 1000
+
+
 def messages(d: Deployment, s: Scenario) -> tuple[list, int]:
-    names = {
-        "impressions": d.topics["impressions"],
-        "clicks": d.topics["clicks"],
-        "inference-logs": d.topics["inference_logs"],
-        "sensor-readings": d.topics["sensor_readings"],
-        "labels": d.topics["labels"],
-    }
-    out: list[tuple[str, bytes | None, bytes | None, int | None]] = [
-        (names[topic], key.encode(), value, None)
-        for topic, key, value in Simulator(s).messages()
-        if topic != "__tick__"
-    ]
-    # a tail per partition far enough ahead that every window closes (CTR: final
-    # 600 s after its end) on every task
-    tail_ts = START_MS + (DURATION_S + 600 + 300 + 60) * 1000
-    for p in range(PARTITIONS):
-        key = f"zz-tail-{p}"
-        imp = {"impression_id": key, "ts": tail_ts, "campaign_id": key, "user_id": "u"}
-        log = {
-            "request_id": key,
-            "ts": tail_ts,
-            "model_id": key,
-            "model_version": "tail",
-            "features": {},
-            "prediction": 0.0,
-            "latency_ms": 1.0,
-            "status": "ok",
-        }
-        reading = {"sensor_id": key, "ts": tail_ts, "values": {"temperature": 0.0}}
-        label = {"request_id": key, "ts": tail_ts, "model_id": key, "label": 0}
-        for topic, event in (
-            ("labels", label),
-            ("impressions", imp),
-            ("clicks", {**imp, "click_id": key}),
-            ("inference-logs", log),
-            ("sensor-readings", reading),
-        ):
-            out.append((names[topic], key.encode(), orjson.dumps(event), p))
-    return out, tail_ts
+    return simulated(d, s) + tail(d, TAIL_TS, PARTITIONS), TAIL_TS
 
 
 def test_possible_causes_and_retraining_requests_end_to_end(tmp_path, broker) -> None:
@@ -375,17 +350,12 @@ def test_two_workers_a_cause_raised_by_the_other_worker(tmp_path, broker) -> Non
     judged (the order the design covers across workers; docs/causes.md)."""
     d = Deployment(tmp_path, broker.bootstrap, "causes-2w", partitions=PARTITIONS)
     d2 = Deployment(tmp_path, broker.bootstrap, "causes-2w-b", shared=d)
-    names = {
-        "impressions": d.topics["impressions"],
-        "clicks": d.topics["clicks"],
-        "inference-logs": d.topics["inference_logs"],
-        "sensor-readings": d.topics["sensor_readings"],
-    }
-    simulated = [m for m in Simulator(scenario()).messages() if m[0] != "__tick__"]
-    inference = [(names[t], k.encode(), v, 0) for t, k, v in simulated if t == "inference-logs"]
-    ads = [(names[t], k.encode(), v, 3) for t, k, v in simulated if t in ("impressions", "clicks")]
-    tail, tail_ts = messages(d, Scenario(start_ms=START_MS, duration_s=1, campaigns=1))
-    tail = [m for m in tail if m[3] is not None]  # the per-partition tail only
+    names = topic_names(d)
+    sim = [m for m in Simulator(scenario()).messages() if m[0] != "__tick__"]
+    inference = [(names[t], k.encode(), v, 0) for t, k, v in sim if t == "inference-logs"]
+    ads = [(names[t], k.encode(), v, 3) for t, k, v in sim if t in ("impressions", "clicks")]
+    tail_ts = TAIL_TS
+    end = tail(d, tail_ts, PARTITIONS)
     first = WorkerProcess(d).start()
     second = WorkerProcess(d2, "worker-b").start()
     try:
@@ -408,7 +378,7 @@ def test_two_workers_a_cause_raised_by_the_other_worker(tmp_path, broker) -> Non
             )
 
         first.wait_until(drift_fired, 300, "model-0's drift alert")
-        produce(broker.bootstrap, ads + tail)
+        produce(broker.bootstrap, ads + end)
 
         def consumed() -> bool:
             return all(

@@ -29,7 +29,6 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import msgspec
-import orjson
 import pytest
 
 from operators.reference import PREDICTION
@@ -40,10 +39,9 @@ from streams.simulate import (
     REGRESSOR,
     Incident,
     Scenario,
-    Simulator,
     default_incidents,
 )
-from tests.harness import Deployment, WorkerProcess, consume_all, produce
+from tests.harness import Deployment, WorkerProcess, consume_all, produce, simulated, tail
 
 pytestmark = pytest.mark.integration
 
@@ -148,47 +146,10 @@ def explains(inc: Incident, alert: Alert, kinds: tuple[str, ...] | None = None) 
 def build_messages(d: Deployment, scenario: Scenario) -> tuple[list, int]:
     """The simulation on the deployment's topics, then a tail per partition; and
     the tail's event time."""
-    names = {
-        "impressions": d.topics["impressions"],
-        "clicks": d.topics["clicks"],
-        "inference-logs": d.topics["inference_logs"],
-        "sensor-readings": d.topics["sensor_readings"],
-        "labels": d.topics["labels"],
-    }
-    messages: list[tuple[str, bytes | None, bytes | None, int | None]] = [
-        (names[topic], key.encode(), value, None)
-        for topic, key, value in Simulator(scenario).messages()
-        if topic != "__tick__"
-    ]
-    # the tail: one event per partition and input topic, far enough ahead that
-    # every window of the run closes (CTR: final after the attribution window)
-    # on every task, with the key field equal to the key
+    # the tail: far enough ahead that every window of the run closes (CTR: final
+    # after the attribution window) on every task
     tail_ts = START_MS + DURATION_S * 1000 + ATTRIBUTION_MS + 300_000 + 6 * LATENESS_MS
-    for p in range(PARTITIONS):
-        key = f"zz-tail-{p}"
-        imp = {"impression_id": key, "ts": tail_ts, "campaign_id": key, "user_id": "u"}
-        click = {**imp, "click_id": key}
-        log = {
-            "request_id": key,
-            "ts": tail_ts,
-            "model_id": key,
-            "model_version": "tail",
-            "features": {},
-            "prediction": 0.0,
-            "latency_ms": 1.0,
-            "status": "ok",
-        }
-        reading = {"sensor_id": key, "ts": tail_ts, "values": {"temperature": 0.0}}
-        label = {"request_id": key, "ts": tail_ts, "model_id": key, "label": 0}
-        for topic, event in (
-            ("labels", label),
-            ("impressions", imp),
-            ("clicks", click),
-            ("inference-logs", log),
-            ("sensor-readings", reading),
-        ):
-            messages.append((names[topic], key.encode(), orjson.dumps(event), p))
-    return messages, tail_ts
+    return simulated(d, scenario) + tail(d, tail_ts, PARTITIONS), tail_ts
 
 
 COUNTED = (

@@ -17,13 +17,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import msgspec
-import orjson
 import pytest
 
 from operators.retrain import request_id
 from schemas.events import Alert, RetrainRequest
-from streams.simulate import MODEL_VERSION, Incident, Scenario, Simulator
-from tests.harness import Deployment, WorkerProcess, consume_all, produce
+from streams.simulate import MODEL_VERSION, Incident
+from tests.harness import (
+    Deployment,
+    WorkerProcess,
+    consume_all,
+    inference_only,
+    produce,
+    simulated,
+    tail,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,34 +49,18 @@ conditions = [{{ metric = "accuracy_drop", op = ">", threshold = 0.1, for_s = {H
 
 
 def traffic(d: Deployment) -> tuple[list[tuple], int]:
-    scenario = Scenario(
-        start_ms=START_MS,
-        duration_s=DURATION_S,
-        campaigns=1,
-        experiment_campaigns=0,
-        impressions_per_s=0.0,
-        sensors=0,
+    scenario = inference_only(
+        START_MS,
+        DURATION_S,
         seed=11,
         label_delay_median_s=10.0,
         label_delay_max_s=60.0,
         incidents=[DRIFT],
     )
-    names = {"inference-logs": d.topics["inference_logs"], "labels": d.topics["labels"]}
-    out = [
-        (names[t], k.encode(), v, None) for t, k, v in Simulator(scenario).messages() if t in names
-    ]
+    logical = ("inference-logs", "labels")
     # a tail on every partition far enough ahead that every window is final
     tail_ts = START_MS + DURATION_S * 1000 + DELAY_MS + 300_000 + 60_000
-    for p in range(2):
-        key = f"zz-tail-{p}"
-        log = {
-            "request_id": key, "ts": tail_ts, "model_id": key, "model_version": "t",
-            "features": {}, "prediction": 0.0, "latency_ms": 1.0, "status": "ok",
-        }  # fmt: skip
-        label = {"request_id": key, "ts": tail_ts, "model_id": key, "label": 0}
-        out.append((names["inference-logs"], key.encode(), orjson.dumps(log), p))
-        out.append((names["labels"], key.encode(), orjson.dumps(label), p))
-    return out, tail_ts
+    return simulated(d, scenario, logical) + tail(d, tail_ts, 2, logical), tail_ts
 
 
 def test_concept_drift_requests_retraining_once(tmp_path, broker) -> None:

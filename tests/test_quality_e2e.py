@@ -16,13 +16,21 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pytest
 
 from operators.quality import QualityConfig, QualityOperator
 from schemas.decode import Decoder
-from streams.simulate import MODEL_VERSION, REGRESSOR, Incident, Scenario, Simulator
-from tests.harness import Deployment, WorkerProcess, committed, consume_all, produce
+from streams.simulate import MODEL_VERSION, REGRESSOR, Incident, Simulator
+from tests.harness import (
+    Deployment,
+    WorkerProcess,
+    committed,
+    consume_all,
+    inference_only,
+    produce,
+    simulated,
+    tail,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,35 +55,16 @@ COLUMNS = (
 
 def traffic(d: Deployment) -> tuple[list[tuple], list[tuple], list[Any]]:
     """(the simulation's messages, the tail's, the decoded events in time order)."""
-    scenario = Scenario(
-        start_ms=START_MS,
-        duration_s=DURATION_S,
-        campaigns=1,
-        experiment_campaigns=0,
-        impressions_per_s=0.0,
-        sensors=0,
-        seed=5,
-        incidents=[DRIFT],
-    )
-    names = {"inference-logs": d.topics["inference_logs"], "labels": d.topics["labels"]}
-    decoders = {t: Decoder(t) for t in names}
-    body, events = [], []
-    for topic, key, value in Simulator(scenario).messages():
-        if topic in names:
-            body.append((names[topic], key.encode(), value, None))
-            events.append((topic, decoders[topic].decode(value, key.encode())))
+    scenario = inference_only(START_MS, DURATION_S, seed=5, incidents=[DRIFT])
+    logical = ("inference-logs", "labels")
+    decoders = {t: Decoder(t) for t in logical}
+    events = [
+        (t, decoders[t].decode(v, k.encode()))
+        for t, k, v in Simulator(scenario).messages()
+        if t in decoders
+    ]
     tail_ts = START_MS + DURATION_S * 1000 + DELAY_MS + 300_000 + 60_000
-    tail = []
-    for p in range(2):
-        key = f"zz-tail-{p}"
-        log = {
-            "request_id": key, "ts": tail_ts, "model_id": key, "model_version": "t",
-            "features": {}, "prediction": 0.0, "latency_ms": 1.0, "status": "ok",
-        }  # fmt: skip
-        label = {"request_id": key, "ts": tail_ts, "model_id": key, "label": 0}
-        tail.append((names["inference-logs"], key.encode(), orjson.dumps(log), p))
-        tail.append((names["labels"], key.encode(), orjson.dumps(label), p))
-    return body, tail, events
+    return simulated(d, scenario, logical), tail(d, tail_ts, 2, logical), events
 
 
 def reference_rows(events: list[Any]) -> dict[tuple, dict[str, Any]]:

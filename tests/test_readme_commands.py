@@ -304,6 +304,8 @@ class Follower:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGUSR1)  # faulthandler: every stack
+                time.sleep(2)
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
                 raise AssertionError(f"did not stop on {sig}:\n{''.join(self.err)}") from None

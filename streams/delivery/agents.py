@@ -284,16 +284,16 @@ class Delivery:
             log_receiver.send(alert)
         elif receiver.type == "email":
             message = email.message(alert, self.link, receiver.sender or "", receiver.to)
-            await email.send(
-                message,
-                receiver.smtp_host or "",
-                receiver.smtp_port,
-                receiver.starttls,
-                receiver.tls,
-                receiver.username,
-                receiver.password,
-                timeout,
+            server = email.SmtpServer(
+                host=receiver.smtp_host or "",
+                port=receiver.smtp_port,
+                starttls=receiver.starttls,
+                tls=receiver.tls,
+                username=receiver.username,
+                password=receiver.password,
+                timeout_s=timeout,
             )
+            await email.send(message, server)
         elif receiver.type == "generic":
             body = generic.body(alert, self.link)
             await post_json(

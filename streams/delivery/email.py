@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
@@ -32,40 +33,35 @@ def message(alert: Alert, link: str | None, sender: str, to: list[str]) -> Email
     return msg
 
 
-def _send(
-    msg: EmailMessage,
-    host: str,
-    port: int,
-    starttls: bool,
-    tls: bool,
-    username: str | None,
-    password: str | None,
-    timeout_s: float,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """Where and how to send: an e-mail receiver's SMTP settings and the time limit."""
+
+    host: str
+    port: int
+    starttls: bool  # STARTTLS before login (ignored with implicit `tls`)
+    tls: bool  # implicit TLS (port 465)
+    username: str | None
+    password: str | None
+    timeout_s: float
+
+
+def _send(msg: EmailMessage, server: SmtpServer) -> None:
     context = ssl.create_default_context()
-    smtp_class = smtplib.SMTP_SSL if tls else smtplib.SMTP
-    kwargs = {"context": context} if tls else {}
-    with smtp_class(host, port, timeout=timeout_s, **kwargs) as smtp:
-        if starttls and not tls:
+    smtp_class = smtplib.SMTP_SSL if server.tls else smtplib.SMTP
+    kwargs = {"context": context} if server.tls else {}
+    with smtp_class(server.host, server.port, timeout=server.timeout_s, **kwargs) as smtp:
+        if server.starttls and not server.tls:
             smtp.starttls(context=context)
-        if username:
-            smtp.login(username, password or "")
+        if server.username:
+            smtp.login(server.username, server.password or "")
         smtp.send_message(msg)
 
 
-async def send(
-    msg: EmailMessage,
-    host: str,
-    port: int,
-    starttls: bool,
-    tls: bool,
-    username: str | None,
-    password: str | None,
-    timeout_s: float,
-) -> None:
+async def send(msg: EmailMessage, server: SmtpServer) -> None:
     try:
-        await asyncio.to_thread(
-            _send, msg, host, port, starttls, tls, username, password, timeout_s
-        )
+        await asyncio.to_thread(_send, msg, server)
     except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
-        raise DeliveryError(f"SMTP {host}:{port}: {type(exc).__name__}: {exc}") from None
+        raise DeliveryError(
+            f"SMTP {server.host}:{server.port}: {type(exc).__name__}: {exc}"
+        ) from None
