@@ -679,4 +679,3 @@ def _header(m: Any, wanted: str) -> bytes | None:
             if name == wanted:
                 return value
     return None
-
