@@ -35,8 +35,10 @@ it, as clicks wait for their impressions. At the final row (end +
 attribution_ms) the window's impressions are forgotten, but its counted clicks
 are kept (click_id, time, impression: what a conversion needs) until end +
 attribution_ms + conversion_ms, when the conversions are final: a version-3 row
-is written then if conversions joined after the final row was written (FINAL
-gives the latest; a window without later conversions keeps its version-2 row).
+is written then if a conversion at or after end + attribution_ms joined (one
+that can come after the final row was written, so whether it did depends on the
+arrival order, which the rows must not; FINAL gives the latest; a window without
+such conversions keeps its version-2 row).
 
 Every decision depends on event data and the watermark alone, so any
 arrival order within the allowed lateness gives the same rows.
@@ -149,6 +151,7 @@ class CtrWindow:
         "clicked",
         "clicks",
         "conv_changed",
+        "conv_last",
         "converted",
         "dup_clicks",
         "dup_convs",
@@ -174,13 +177,16 @@ class CtrWindow:
         # conversions: the ids of the window's counted clicks (their time and impression
         # are in the operator's `clicks`),
         # the converted impressions -> [conversion ts, conversion_id, value] (the first
-        # by (ts, id)), duplicate and orphan conversions, and whether the conversion
-        # figures changed since the final row was written
+        # by (ts, id)), duplicate and orphan conversions, whether the conversion
+        # figures changed since the final row was written, and the latest time of a
+        # joined conversion (the final row decides from it, not from arrival order,
+        # whether a version-3 row follows)
         self.click_ids: list[str] = []
         self.converted: dict[str, list[Any]] = {}
         self.dup_convs = 0
         self.orphan_convs = 0
         self.conv_changed = False
+        self.conv_last = NO_WATERMARK
 
     def revenue(self) -> float:
         """Sum of the converted impressions' values, exactly rounded (order-free)."""
@@ -319,6 +325,7 @@ class CtrOperator(Operator):
             self.windows.at(_key(campaign, ""), conv_ts).orphan_convs += 1
             return
         window.conv_changed = True
+        window.conv_last = max(window.conv_last, conv_ts)
         chosen = window.converted.get(imp_id)
         if chosen is None:
             window.converted[imp_id] = [conv_ts, conv_id, value]
@@ -367,7 +374,11 @@ class CtrOperator(Operator):
             if self.config.conversions and (window.click_ids or self.keep_all_windows):
                 # impressions forgotten; the counted clicks wait for their conversions
                 window.ids, window.times = [], []
-                window.conv_changed = False
+                # a version-3 row follows when a conversion at or after the final row's
+                # watermark has joined: one that came before this row may as well have
+                # come after it (it is not late then), so the row it is in must not
+                # depend on which (the rows are then the same in any arrival order)
+                window.conv_changed = window.conv_last >= start + cfg.window_ms + cfg.attribution_ms
                 self.converting.append((start, key, window))
         if closed:
             self._judge(closed)
@@ -431,11 +442,27 @@ class CtrOperator(Operator):
 
     def late_window(self, source: str, event: Any) -> int:
         """An impression's window; a late click's is its impression's while that is
-        held, else the window it would have counted in as an orphan."""
+        held, a late conversion's its click's impression's while the click is held;
+        else the window it would have counted in as an orphan."""
         ts = event.ts
         if source == "clicks":
             entry = self.impressions.get(event.impression_id)
             ts = ts if entry is None else entry[1]
+        elif source == "conversions":
+            record = self.clicks.get(event.click_id)
+            if record is not None:
+                return self._start_of(record[0], ts)
+        return window_start(ts, self.config.window_ms)
+
+    def _start_of(self, window: CtrWindow, ts: int) -> int:
+        """The start of a held window (windows do not store it: looked up, which only
+        late conversions need), else that of `ts`."""
+        for start, _, w in self.windows.items():
+            if w is window:
+                return start
+        for start, _, w in self.converting:
+            if w is window:
+                return start
         return window_start(ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
@@ -534,6 +561,7 @@ def _window_state(start: int, key: str, w: CtrWindow, clicks: dict[str, list[Any
         w.dup_convs,
         w.orphan_convs,
         w.conv_changed,
+        w.conv_last,
     ]
 
 
@@ -547,6 +575,8 @@ def _fill_window(w: CtrWindow, item: list[Any], clicks: dict[str, list[Any]]) ->
             clicks[click_id] = [w, click_ts, imp_id]
         w.converted = {c[0]: [c[1], c[2], c[3]] for c in converted}
         w.conv_changed = bool(changed)
+        # snapshots without it: a window that saw conversions gets its version-3 row
+        w.conv_last = item[15] if len(item) > 15 else (2**62 if changed else NO_WATERMARK)
 
 
 __all__ = ["CtrConfig", "CtrOperator", "window_start"]

@@ -67,7 +67,7 @@ import numpy as np
 
 from operators.base import Observation, Operator
 from operators.msprt import Moments, always_valid_p, difference
-from operators.windows import TumblingWindows
+from operators.windows import TumblingWindows, window_start
 
 EXPERIMENT_TABLE = "experiment_windows"
 
@@ -146,6 +146,12 @@ class ArmEvidence:
 class ExperimentOperator(Operator):
     sources = ("impressions", "inference-logs")
     keyed_by = "experiment"
+    observes = (
+        ("experiment", "guardrail_error_rate"),
+        ("experiment", "guardrail_latency_p95"),
+        ("experiment", "guardrail_latency_p99"),
+        ("experiment", "ramp_change"),
+    )
 
     def __init__(self, config: ExperimentConfig | None = None) -> None:
         super().__init__()
@@ -368,6 +374,9 @@ class ExperimentOperator(Operator):
                 },
             )
         )
+
+    def late_window(self, source: str, event: Any) -> int:
+        return window_start(event.ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 

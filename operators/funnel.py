@@ -122,6 +122,8 @@ def _counts(window: CtrWindow) -> tuple[int, int, int, float, float]:
 class FunnelOperator(CtrOperator):
     sources = ("impressions", "clicks", "conversions")
     keyed_by = "experiment"
+    # not the CTR monitor's metrics: this one judges arms against their control
+    observes = tuple(("experiment", f"guardrail_{metric}") for metric in METRICS)
     keep_all_windows = True  # judge every window, with or without clicks
 
     def __init__(self, config: FunnelConfig | None = None) -> None:

@@ -79,8 +79,14 @@ def test_hand_computed_conversions() -> None:
     assert (final["duplicate_conversions"], final["orphan_conversions"]) == (2, 1)
     op.advance(T0 + 10**9)
     rows = latest(op.collect().rows["ctr_windows"])
-    # no conversion joined after the final row: no version 3 for window T0
-    assert (T0, "c1", "") not in rows
+    # v3 (at T0 + 10 s + 1 h) is past the final row's watermark: it came before that row
+    # here but could as well have come after it, so a version-3 row follows either way
+    # (the rows do not depend on the arrival order), with the same figures
+    again = rows[(T0, "c1", "")]
+    assert again["version"] == 3
+    assert {k: v for k, v in again.items() if k != "version"} == {
+        k: v for k, v in final.items() if k != "version"
+    }
     late = rows[((T0 + 20_000 + HOUR + 1) // 60_000 * 60_000, "c1", "")]
     assert late["orphan_conversions"] == 1
     click_late = rows[((T0 + 700_000) // 60_000 * 60_000, "c1", "")]
@@ -107,6 +113,16 @@ def test_conversion_after_the_final_row_writes_version_3() -> None:
     ]
     assert rows[0]["cvr"] == 0.5 and rows[0]["clicks"] == 2 and rows[0]["impressions"] == 2
     assert op.memory_items()["clicks"] == 0
+
+
+def test_no_version_3_when_every_conversion_came_before_the_final_rows_watermark() -> None:
+    op = CtrOperator(CFG)
+    op.feed("impressions", [imp("a", T0)])
+    op.feed("clicks", [clk("ka", "a", T0 + 10)])
+    op.feed("conversions", [conv("v", "ka", T0 + 60_000 + 600_000 - 1, 3.0)])
+    op.advance(T0 + 10**9)
+    rows = [r for r in op.collect().rows["ctr_windows"] if r["window_start"] == T0]
+    assert [(r["version"], r["conversions"]) for r in rows] == [(2, 1)]
 
 
 def test_conversion_before_its_click_and_impression_joins() -> None:
