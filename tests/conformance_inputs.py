@@ -374,13 +374,13 @@ def experiment() -> Case:
 
 
 def funnel() -> Case:
-    """Experiment e1 at 10 % CTR and 30 % CVR in both arms until minute 10; then the
-    treatment's clicks convert at 3 % (a broken checkout), its CTR unchanged. Some
+    """Experiment e1 at 25 % CTR and 30 % CVR in both arms until minute 8; then the
+    treatment's clicks convert at 2 % (a broken checkout), its CTR unchanged. Some
     impressions carry no experiment (ignored), a few clicks and conversions are orphans."""
     rng = random.Random(10)
     events: list[tuple[str, Any]] = []
-    for k in range(25 * 60 * 6):  # 6 impressions a second for 25 minutes
-        ts = T0 + k * 1000 // 6
+    for k in range(25 * 60 * 8):  # 8 impressions a second for 25 minutes
+        ts = T0 + k * 125
         variant = "treatment" if k % 2 else "control"
         experiment = None if k % 13 == 0 else "e1"
         imp_id = f"i{k}"
@@ -397,7 +397,7 @@ def funnel() -> Case:
                 ),
             )
         )
-        if experiment is None or rng.random() >= 0.1:
+        if experiment is None or rng.random() >= 0.25:
             continue
         delay = rng.choice([300, 5_000, 40_000])
         click_id = f"k{k}"
@@ -414,8 +414,8 @@ def funnel() -> Case:
                 ),
             )
         )
-        broken = variant == "treatment" and ts >= T0 + 10 * MIN
-        if rng.random() < (0.03 if broken else 0.3):
+        broken = variant == "treatment" and ts >= T0 + 8 * MIN
+        if rng.random() < (0.02 if broken else 0.3):
             for n in range(1 + (rng.random() < 0.1)):  # sometimes converted twice
                 events.append(
                     (
