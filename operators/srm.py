@@ -90,7 +90,7 @@ arrival order within the lateness gives the sorted input's result.
 >>> counts = {"A": 4500, "B": 5500}
 >>> round(srm_test(counts, None)[3], 1)  # chi2 = (500^2 + 500^2) / 5000
 100.0
->>> max_deviation({"A": 4500, "B": 5500}, {"A": 0.5, "B": 0.5})
+>>> round(max_deviation({"A": 4500, "B": 5500}, {"A": 0.5, "B": 0.5}), 12)
 0.05
 """
 
