@@ -114,7 +114,7 @@ CTR_WINDOWS = Table(
         ("duplicate_impressions", "UInt64"),
         ("final", "UInt8"),
         ("version", "UInt32"),
-        # v2 conversions (version 3: conversions joined after the final row)
+        # v2 conversions (version 3: conversions at or after window_end + attribution_ms)
         ("conversions", "UInt64"),
         ("cvr", "Float64"),
         ("revenue", "Float64"),

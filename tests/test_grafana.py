@@ -39,7 +39,8 @@ ROWS = {
         SELECT toStartOfMinute(now()) - INTERVAL (number % 5) MINUTE,
                toStartOfMinute(now()) - INTERVAL (number % 5) MINUTE + INTERVAL 1 MINUTE,
                concat('cmp-', toString(number % 3)), if(number % 2 = 0, '', 'B'),
-               1000, 10 + number, (10 + number) / 1000, 1, 0, 0, number % 2, 1, now64(3)
+               1000, 10 + number, (10 + number) / 1000, 1, 0, 0, number % 2, 1,
+               number % 3, (number % 3) / (10 + number), 40.0 * (number % 3), 0, 0, now64(3)
         FROM numbers(10)""",
     "sensor_anomalies": """
         SELECT now() - INTERVAL number MINUTE, concat('s-', toString(number % 2)), 'temp',
