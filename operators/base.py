@@ -76,9 +76,18 @@ class Operator(ABC):
     #: the (alert kind, metric) of every observation it emits; each has a default rule
     #: (streams.config), both checked by tests/test_conformance.py
     observes: tuple[tuple[str, str], ...] = ()
+    #: the event field its inputs must be keyed by when that is not the topics' own
+    #: key (e.g. "experiment"): the worker re-keys them (streams/repartition.py)
+    keyed_by: str | None = None
 
     def __init__(self) -> None:
         self._out = Output()
+
+    @classmethod
+    def sources_for(cls, config: Any) -> tuple[str, ...]:
+        """The inputs an operator of this config reads: `sources` unless an option
+        adds or drops one (ctr reads conversions only when joining them)."""
+        return cls.sources
 
     @classmethod
     def build(cls, config: Any, context: BuildContext) -> Self:

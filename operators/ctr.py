@@ -20,6 +20,26 @@ Semantics (the public contract's defaults, all configurable):
   log-likelihood ratio that accumulates the evidence of a sustained drop),
   with significance levels derived from `false_alarms_per_1000_campaign_days`.
 
+Conversions (v2, option `conversions = true`): a conversion joins
+the click named by its `click_id` when 0 <= conversion.ts - click.ts <=
+conversion_ms (default 3,600 s) and that click counted for an impression
+(itself or as a duplicate click on it). It counts for the window of the click's
+impression, once per clicked impression (`conversions` = converted clicks, `cvr`
+= conversions / clicks); further conversions on it are `duplicate_conversions`.
+The impression's revenue is the `value` of its first conversion by (ts,
+conversion_id), so any arrival order gives the same sum (math.fsum, exact).
+Any other conversion is an orphan (`orphan_conversions`, window of its own time,
+variant ""): its click never counted, or it came outside the conversion window;
+a conversion whose click is not (yet) known waits until the watermark passes
+it, as clicks wait for their impressions. At the final row (end +
+attribution_ms) the window's impressions are forgotten, but its counted clicks
+are kept (click_id, time, impression: what a conversion needs) until end +
+attribution_ms + conversion_ms, when the conversions are final: a version-3 row
+is written then if a conversion at or after end + attribution_ms joined (one
+that can come after the final row was written, so whether it did depends on the
+arrival order, which the rows must not; FINAL gives the latest; a window without
+such conversions keeps its version-2 row).
+
 Every decision depends on event data and the watermark alone, so any
 arrival order within the allowed lateness gives the same rows.
 """
@@ -27,6 +47,8 @@ arrival order within the allowed lateness gives the same rows.
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +58,7 @@ from operators.ctr_evidence import CtrJudge
 from operators.sequential import bonferroni_alpha, cusum_threshold, windows_per_1000_entity_days
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
-from schemas.events import Click, Impression
+from schemas.events import Click, Conversion, Impression
 
 # the judgements per entity and window the false-alarm budget is split over, besides
 # one CUSUM per `drops_to_detect`: the `ctr` floor and the `ctr_drop` window test
@@ -69,10 +91,17 @@ class CtrConfig:
     # "recovered" during an ongoing incident has probability <= 1 %, Wald)
     recovery_evidence: float = 4.6
     cusum_threshold: float | None = None  # raw override of the threshold h (nats)
+    # v2: join the conversions topic. Off in the built-in defaults, so an upgrade keeps
+    # v1's sources: a third source holds the watermark, and a topic that never carries a
+    # conversion holds it for the idle timeout after every start; the example
+    # configuration (deploy/streamwatch.example.toml), where new deployments start,
+    # turns it on
+    conversions: bool = False
+    conversion_ms: int = 3_600_000  # a conversion counts up to this long after its click
 
     def __post_init__(self) -> None:
-        if self.window_ms <= 0 or self.attribution_ms < 0:
-            raise ValueError("window_ms must be > 0 and attribution_ms >= 0")
+        if self.window_ms <= 0 or self.attribution_ms < 0 or self.conversion_ms < 0:
+            raise ValueError("window_ms must be > 0, attribution_ms and conversion_ms >= 0")
         if self.baseline_windows < 1 or not 1 <= self.baseline_min_windows <= self.baseline_windows:
             raise ValueError("need 1 <= baseline_min_windows <= baseline_windows")
         if not 0 < self.floor_ctr < 1:
@@ -117,7 +146,22 @@ class CtrConfig:
 class CtrWindow:
     """Counts of one (campaign, variant, window), and the impressions in it."""
 
-    __slots__ = ("clicked", "clicks", "dup_clicks", "dup_imps", "ids", "imps", "orphans", "times")
+    __slots__ = (
+        "click_ids",
+        "clicked",
+        "clicks",
+        "conv_changed",
+        "conv_last",
+        "converted",
+        "dup_clicks",
+        "dup_convs",
+        "dup_imps",
+        "ids",
+        "imps",
+        "orphan_convs",
+        "orphans",
+        "times",
+    )
 
     def __init__(self) -> None:
         self.imps = 0
@@ -130,6 +174,23 @@ class CtrWindow:
         self.ids: list[str] = []
         self.times: list[int] = []
         self.clicked: list[str] = []
+        # conversions: the ids of the window's counted clicks (their time and impression
+        # are in the operator's `clicks`),
+        # the converted impressions -> [conversion ts, conversion_id, value] (the first
+        # by (ts, id)), duplicate and orphan conversions, whether the conversion
+        # figures changed since the final row was written, and the latest time of a
+        # joined conversion (the final row decides from it, not from arrival order,
+        # whether a version-3 row follows)
+        self.click_ids: list[str] = []
+        self.converted: dict[str, list[Any]] = {}
+        self.dup_convs = 0
+        self.orphan_convs = 0
+        self.conv_changed = False
+        self.conv_last = NO_WATERMARK
+
+    def revenue(self) -> float:
+        """Sum of the converted impressions' values, exactly rounded (order-free)."""
+        return math.fsum(c[2] for c in self.converted.values())
 
 
 def _key(campaign: str, variant: str) -> str:
@@ -157,6 +218,16 @@ class CtrOperator(Operator):
         self.seq = 0
         self.provisional_until = NO_WATERMARK  # provisional rows emitted for ends <= this
         self.judge = CtrJudge(self.config)
+        if self.config.conversions:
+            self.sources = ("impressions", "clicks", "conversions")
+        # counted clicks: click_id -> [window, click ts, impression_id], until the
+        # window's conversions are final
+        self.clicks: dict[str, list[Any]] = {}
+        # conversions whose click is not known: click_id -> {seq: (ts, campaign, id, value)}
+        self.conv_pending: dict[str, dict[int, tuple[int, str, str, float]]] = {}
+        self.conv_heap: list[tuple[int, int, str]] = []  # (conversion ts, seq, click_id)
+        # windows past their final row, waiting for conversions: (start, key, window)
+        self.converting: deque[tuple[int, str, CtrWindow]] = deque()
 
     # -- input ---------------------------------------------------------------
 
@@ -164,6 +235,9 @@ class CtrOperator(Operator):
         if source == "impressions":
             for event in events:
                 self._impression(event)
+        elif source == "conversions":
+            for event in events:
+                self._conversion(event)
         else:
             for event in events:
                 self._click(event)
@@ -173,7 +247,7 @@ class CtrOperator(Operator):
         if known is not None:
             known[0].dup_imps += 1
             return
-        window = self.windows.at(_key(imp.campaign_id, imp.variant or ""), imp.ts)
+        window = self.windows.at(self._window_key(imp), imp.ts)
         window.imps += 1
         window.ids.append(imp.impression_id)
         window.times.append(imp.ts)
@@ -181,21 +255,33 @@ class CtrOperator(Operator):
         self.impressions[imp.impression_id] = entry
         waiting = self.pending.pop(imp.impression_id, None)
         if waiting:
-            for click_ts, campaign in waiting.values():
-                self._attribute(entry, click_ts, campaign)
+            for click_ts, campaign, click_id in waiting.values():
+                self._attribute(entry, click_ts, campaign, click_id)
+
+    def _window_key(self, imp: Impression) -> str:
+        return _key(imp.campaign_id, imp.variant or "")
+
+    @classmethod
+    def sources_for(cls, config: CtrConfig) -> tuple[str, ...]:
+        """The sources an operator of this config reads (conversions when joined)."""
+        return ("impressions", "clicks", "conversions") if config.conversions else cls.sources
 
     def _click(self, click: Click) -> None:
         entry = self.impressions.get(click.impression_id)
         if entry is not None:
-            self._attribute(entry, click.ts, click.campaign_id)
+            self._attribute(entry, click.ts, click.campaign_id, click.click_id)
             return
         # The impression may still arrive (out of order): wait until the
         # watermark passes the click, after which it could only come late.
         self.seq += 1
-        self.pending.setdefault(click.impression_id, {})[self.seq] = (click.ts, click.campaign_id)
+        self.pending.setdefault(click.impression_id, {})[self.seq] = (
+            click.ts,
+            click.campaign_id,
+            click.click_id,
+        )
         heapq.heappush(self.pending_heap, (click.ts, self.seq, click.impression_id))
 
-    def _attribute(self, entry: list[Any], click_ts: int, campaign: str) -> None:
+    def _attribute(self, entry: list[Any], click_ts: int, campaign: str, click_id: str) -> None:
         window, imp_ts, clicked, imp_id = entry
         if 0 <= click_ts - imp_ts <= self.config.attribution_ms:
             if clicked:
@@ -204,8 +290,49 @@ class CtrOperator(Operator):
                 window.clicks += 1
                 window.clicked.append(imp_id)
                 entry[2] = True
+            if self.config.conversions and click_id and click_id not in self.clicks:
+                record = [window, click_ts, imp_id]
+                self.clicks[click_id] = record
+                window.click_ids.append(click_id)
+                waiting = self.conv_pending.pop(click_id, None)
+                if waiting:
+                    for conv_ts, conv_campaign, conv_id, value in waiting.values():
+                        self._convert(record, conv_ts, conv_campaign, conv_id, value)
         else:
             self.windows.at(_key(campaign, ""), click_ts).orphans += 1
+
+    def _conversion(self, conv: Conversion) -> None:
+        value = conv.value if conv.value is not None else 0.0
+        record = self.clicks.get(conv.click_id)
+        if record is not None:
+            self._convert(record, conv.ts, conv.campaign_id, conv.conversion_id, value)
+            return
+        # its click may still come, or still find its impression: wait for the watermark
+        self.seq += 1
+        self.conv_pending.setdefault(conv.click_id, {})[self.seq] = (
+            conv.ts,
+            conv.campaign_id,
+            conv.conversion_id,
+            value,
+        )
+        heapq.heappush(self.conv_heap, (conv.ts, self.seq, conv.click_id))
+
+    def _convert(
+        self, record: list[Any], conv_ts: int, campaign: str, conv_id: str, value: float
+    ) -> None:
+        window, click_ts, imp_id = record
+        if not 0 <= conv_ts - click_ts <= self.config.conversion_ms:
+            self.windows.at(_key(campaign, ""), conv_ts).orphan_convs += 1
+            return
+        window.conv_changed = True
+        window.conv_last = max(window.conv_last, conv_ts)
+        chosen = window.converted.get(imp_id)
+        if chosen is None:
+            window.converted[imp_id] = [conv_ts, conv_id, value]
+            return
+        window.dup_convs += 1
+        if (conv_ts, conv_id) < (chosen[0], chosen[1]):  # the first by (ts, id) gives the value
+            chosen[:] = [conv_ts, conv_id, value]
 
     # -- event time ----------------------------------------------------------
 
@@ -217,10 +344,21 @@ class CtrOperator(Operator):
             waiting = self.pending.get(imp_id)
             if waiting is None or seq not in waiting:
                 continue  # its impression arrived meanwhile
-            _, campaign = waiting.pop(seq)
+            _, campaign, _ = waiting.pop(seq)
             if not waiting:
                 del self.pending[imp_id]
             self.windows.at(_key(campaign, ""), click_ts).orphans += 1
+        # after the clicks: a conversion's click (earlier than it) has been placed by now
+        conv_heap = self.conv_heap
+        while conv_heap and conv_heap[0][0] < watermark:
+            conv_ts, seq, click_id = heapq.heappop(conv_heap)
+            waiting_convs = self.conv_pending.get(click_id)
+            if waiting_convs is None or seq not in waiting_convs:
+                continue  # its click came meanwhile
+            _, campaign, _, _ = waiting_convs.pop(seq)
+            if not waiting_convs:
+                del self.conv_pending[click_id]
+            self.windows.at(_key(campaign, ""), conv_ts).orphan_convs += 1
 
         final_until = watermark - cfg.attribution_ms
         provisional_from = max(self.provisional_until, final_until)
@@ -233,11 +371,46 @@ class CtrOperator(Operator):
             self._emit_row(start, key, window, final=True)
             for imp_id in window.ids:
                 self.impressions.pop(imp_id, None)
+            if self.config.conversions and (window.click_ids or self.keep_all_windows):
+                # impressions forgotten; the counted clicks wait for their conversions
+                window.ids, window.times = [], []
+                # a version-3 row follows when a conversion at or after the final row's
+                # watermark has joined: one that came before this row may as well have
+                # come after it (it is not late then), so the row it is in must not
+                # depend on which (the rows are then the same in any arrival order)
+                window.conv_changed = window.conv_last >= start + cfg.window_ms + cfg.attribution_ms
+                self.converting.append((start, key, window))
         if closed:
             self._judge(closed)
+        self._close_conversions(final_until - cfg.conversion_ms)
 
-    def _emit_row(self, start: int, key: str, window: CtrWindow, final: bool) -> None:
+    #: keep every window until its conversions are final, not only those with clicks
+    #: (a subclass that judges windows at that point: operators/funnel.py)
+    keep_all_windows = False
+
+    def _close_conversions(self, until: int) -> None:
+        """Windows whose clicks can no longer convert: the version-3 row where their
+        conversions changed since the final row; their clicks are forgotten."""
+        cfg = self.config
+        done = []
+        while self.converting and self.converting[0][0] + cfg.window_ms <= until:
+            start, key, window = self.converting.popleft()
+            for click_id in window.click_ids:
+                self.clicks.pop(click_id, None)
+            done.append((start, key, window))
+        if done:
+            self._conversions_final(done)
+
+    def _conversions_final(self, done: list[tuple[int, str, CtrWindow]]) -> None:
+        for start, key, window in done:
+            if window.conv_changed:
+                self._emit_row(start, key, window, final=True, version=3)
+
+    def _emit_row(
+        self, start: int, key: str, window: CtrWindow, final: bool, version: int | None = None
+    ) -> None:
         campaign, variant = _split(key)
+        converted = len(window.converted)
         self._out.add_row(
             "ctr_windows",
             {
@@ -252,7 +425,12 @@ class CtrOperator(Operator):
                 "duplicate_clicks": window.dup_clicks,
                 "duplicate_impressions": window.dup_imps,
                 "final": int(final),
-                "version": 2 if final else 1,
+                "version": version or (2 if final else 1),
+                "conversions": converted,
+                "cvr": converted / window.clicks if window.clicks else 0.0,
+                "revenue": window.revenue(),
+                "orphan_conversions": window.orphan_convs,
+                "duplicate_conversions": window.dup_convs,
             },
         )
 
@@ -264,68 +442,84 @@ class CtrOperator(Operator):
 
     def late_window(self, source: str, event: Any) -> int:
         """An impression's window; a late click's is its impression's while that is
-        held, else the window it would have counted in as an orphan."""
+        held, a late conversion's its click's impression's while the click is held;
+        else the window it would have counted in as an orphan."""
         ts = event.ts
         if source == "clicks":
             entry = self.impressions.get(event.impression_id)
             ts = ts if entry is None else entry[1]
+        elif source == "conversions":
+            record = self.clicks.get(event.click_id)
+            if record is not None:
+                return self._start_of(record[0], ts)
+        return window_start(ts, self.config.window_ms)
+
+    def _start_of(self, window: CtrWindow, ts: int) -> int:
+        """The start of a held window (windows do not store it: looked up, which only
+        late conversions need), else that of `ts`."""
+        for start, _, w in self.windows.items():
+            if w is window:
+                return start
+        for start, _, w in self.converting:
+            if w is window:
+                return start
         return window_start(ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        windows = [
-            [
-                start,
-                key,
-                w.imps,
-                w.clicks,
-                w.orphans,
-                w.dup_clicks,
-                w.dup_imps,
-                w.ids,
-                w.times,
-                w.clicked,
-            ]
-            for start, key, w in self.windows.items()
-        ]
+        clicks = self.clicks
+        windows = [_window_state(start, key, w, clicks) for start, key, w in self.windows.items()]
         pending = [
-            [imp_id, seq, ts, campaign]
+            [imp_id, seq, ts, campaign, click_id]
             for imp_id, waiting in self.pending.items()
-            for seq, (ts, campaign) in waiting.items()
+            for seq, (ts, campaign, click_id) in waiting.items()
         ]
-        return {
+        state = {
             "windows": windows,
             "pending": pending,
             "seq": self.seq,
             "provisional_until": self.provisional_until,
             "judge": self.judge.snapshot(),
         }
+        if self.config.conversions:
+            state["converting"] = [_window_state(s, k, w, clicks) for s, k, w in self.converting]
+            state["conv_pending"] = [
+                [click_id, seq, ts, campaign, conv_id, value]
+                for click_id, waiting in self.conv_pending.items()
+                for seq, (ts, campaign, conv_id, value) in waiting.items()
+            ]
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self.windows.clear()
         self.impressions = {}
-        for start, key, imps, clicks, orphans, dup_c, dup_i, ids, times, clicked in state[
-            "windows"
-        ]:
-            w = self.windows.at(key, start)
-            w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps = (
-                imps,
-                clicks,
-                orphans,
-                dup_c,
-                dup_i,
-            )
-            w.ids, w.times, w.clicked = list(ids), list(times), list(clicked)
-            was_clicked = set(clicked)
-            for imp_id, ts in zip(ids, times, strict=True):
+        self.clicks = {}
+        for item in state["windows"]:
+            w = self.windows.at(item[1], item[0])
+            _fill_window(w, item, self.clicks)
+            was_clicked = set(w.clicked)
+            for imp_id, ts in zip(w.ids, w.times, strict=True):
                 self.impressions[imp_id] = [w, ts, imp_id in was_clicked, imp_id]
+        self.converting = deque()
+        for item in state.get("converting", []):
+            w = CtrWindow()
+            _fill_window(w, item, self.clicks)
+            self.converting.append((item[0], item[1], w))
         self.pending = {}
         self.pending_heap = []
-        for imp_id, seq, ts, campaign in state["pending"]:
-            self.pending.setdefault(imp_id, {})[seq] = (ts, campaign)
+        for imp_id, seq, ts, campaign, *rest in state["pending"]:
+            # snapshots from before conversions carry no click_id (none was needed)
+            click_id = rest[0] if rest else ""
+            self.pending.setdefault(imp_id, {})[seq] = (ts, campaign, click_id)
             self.pending_heap.append((ts, seq, imp_id))
         heapq.heapify(self.pending_heap)
+        self.conv_pending = {}
+        self.conv_heap = []
+        for click_id, seq, ts, campaign, conv_id, value in state.get("conv_pending", []):
+            self.conv_pending.setdefault(click_id, {})[seq] = (ts, campaign, conv_id, value)
+            self.conv_heap.append((ts, seq, click_id))
+        heapq.heapify(self.conv_heap)
         self.seq = state["seq"]
         self.provisional_until = state["provisional_until"]
         # a snapshot from before the evidence-based judge (key "baseline") restores the
@@ -334,6 +528,55 @@ class CtrOperator(Operator):
         self.judge = CtrJudge(self.config)
         if "judge" in state:
             self.judge.restore(state["judge"])
+
+    def memory_items(self) -> dict[str, int]:
+        """What the join holds: impressions, counted clicks awaiting conversions, and
+        clicks and conversions waiting for their impression or click."""
+        return {
+            "impressions": len(self.impressions),
+            "clicks": len(self.clicks),
+            "pending_clicks": len(self.pending_heap),
+            "pending_conversions": len(self.conv_heap),
+            "converting_windows": len(self.converting),
+        }
+
+
+def _window_state(start: int, key: str, w: CtrWindow, clicks: dict[str, list[Any]]) -> list[Any]:
+    """A window as plain data; the conversion fields follow v1's ten (old snapshots
+    have only those, and restore with no conversions). Counted clicks as
+    [click_id, click ts, impression_id]."""
+    return [
+        start,
+        key,
+        w.imps,
+        w.clicks,
+        w.orphans,
+        w.dup_clicks,
+        w.dup_imps,
+        w.ids,
+        w.times,
+        w.clicked,
+        [[c, clicks[c][1], clicks[c][2]] for c in w.click_ids],
+        [[imp_id, *c] for imp_id, c in w.converted.items()],
+        w.dup_convs,
+        w.orphan_convs,
+        w.conv_changed,
+        w.conv_last,
+    ]
+
+
+def _fill_window(w: CtrWindow, item: list[Any], clicks: dict[str, list[Any]]) -> None:
+    (_, _, w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps, ids, times, clicked) = item[:10]
+    w.ids, w.times, w.clicked = list(ids), list(times), list(clicked)
+    if len(item) > 10:
+        click_ids, converted, w.dup_convs, w.orphan_convs, changed = item[10:15]
+        w.click_ids = [c[0] for c in click_ids]
+        for click_id, click_ts, imp_id in click_ids:
+            clicks[click_id] = [w, click_ts, imp_id]
+        w.converted = {c[0]: [c[1], c[2], c[3]] for c in converted}
+        w.conv_changed = bool(changed)
+        # snapshots without it: a window that saw conversions gets its version-3 row
+        w.conv_last = item[15] if len(item) > 15 else (2**62 if changed else NO_WATERMARK)
 
 
 __all__ = ["CtrConfig", "CtrOperator", "window_start"]

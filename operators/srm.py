@@ -28,24 +28,9 @@ counts O_i and E_i = n p_i, Pearson's chi-square goodness of fit (Pearson, K.
 
 computed by scipy.stats.chisquare(O, f_exp=E). Fabijan et al. flag an SRM
 at p < 0.0005 to 0.001: the test runs every window, so a loose alpha would
-raise false alarms daily (the default rule's bound comes from a false-alarm
-budget instead: docs/monitors/srm.md).
+raise false alarms daily.
 
-Accumulated evidence: per (experiment, variant) two CUSUMs of the binomial
-log-likelihood ratio of the variant's count, for a share `sequential_shift`
-above and below its expected share (operators.sequential_rates, Page 1954),
-updated once per judged window in window order. exp(-S) is a valid p-value
-at every window (Ville's inequality), so an imbalance too small for any one
-window (a 45/55 split in an experiment of 300 units a window: each window
-adds about 300 KL(0.55 || 0.5) = 1.5 nats) is caught within about ten.
-The observation's value and p-value combine the window's chi-square p
-with the 2k CUSUMs by Bonferroni:
-
-    p = min(1, (2k + 1) min(p_chi2, min_j exp(-S_j)))
-
-A window is judged when n >= min_total (a sanity floor of a few dozen:
-the p-value is the evidence, and Pearson's approximation holds from about
-five expected per variant) and it has at least two tested
+A window is judged when n >= min_total (30, a sanity floor) and it has at least two tested
 variants. Output, per judged window:
 
 - a row in `srm_checks`: window_start, window_end, experiment, unit,
@@ -53,20 +38,64 @@ variants. Output, per judged window:
   ({variant: share}), unexpected ({variant: count}), chi2, p_value, total,
   srm (1 when p_value < alpha);
 - Observation(kind="srm", entity=experiment, metric="srm_chi2_p",
-  value=p, p_value=p (the combined p above), n=total, ts=window_end),
-  details: counts, expected, unexpected, observed (shares), chi2, chi2_p,
-  p_sequential, df, total, unit, alpha, crossover (users only). The rule
-  `srm_chi2_p < bound` is critical.
+  value=p_value, p_value=p_value, n=total, ts=window_end), details: counts,
+  expected, unexpected, observed (shares), chi2, df, total, unit, alpha,
+  crossover (users only). A rule `srm_chi2_p < 0.001` is critical.
 
-State is the open windows (for users, their sets of user ids), bounded by
-window_ms plus the lateness, and one float per (experiment, variant,
-direction) with evidence (a CUSUM back at 0 is dropped). Counting is commutative, so any
+Tiers and a minimum deviation (as Statsig does: warning at p < 0.01, critical
+at p < 0.001, and no alert for a deviation too small to matter however large
+the sample): the observation's value is the p-value when the largest absolute
+difference between an observed and an expected share, max_i |O_i/n - p_i|, is
+at least `min_deviation` (default 0.01, one percentage point), else 1.0 (the
+raw p-value stays in `p_value` and the details). The tiers are the default
+rules `srm` (window) and `srm_cumulative` (thresholds per severity).
+
+Cumulative since the experiment's start: per experiment the counts of every
+closed window add up (state: one counter per variant), and each window close
+tests them too: Observation(metric="srm_cumulative_p", window_start = the
+experiment's first window). A mismatch too small for any one window shows there.
+Because this test is looked at after every window, a fixed-sample chi-square
+would raise false alarms more and more often as the experiment runs (the
+peeking problem); its p-value is instead an always-valid one: per arm, the
+normal-mixture SPRT (operators/msprt.py; Johari, Pekelis & Walsh 2015) of the
+arm's share against its expected share p_i, Delta = O_i/n - p_i with variance
+V = p_i (1 - p_i) / n and mixing scale `cumulative_tau`, running minimum of
+1/Lambda over the looks, Bonferroni over the k arms (min_i p_i x k).
+
+Drill-down: when a test reaches the warning level, the same chi-square is run
+per value of each dimension present on the impressions (`dimensions`:
+campaign_id, ad_id, model_id; at most `max_dimension_values` values per
+dimension and window, the rest pooled as "(other)"), and the details carry
+the most significant ones (`drilldown`) and the one that carries the mismatch
+(`mismatch_in`, e.g. "campaign_id=camp-3", when its own p-value is below the
+warning level; else "spread").
+
+Crossover: a user seen in more than one arm of an experiment within a window
+(an exact map user -> first arm per window, bounded by `max_tracked_users`
+users per window; later users are not tracked and counted in `untracked`).
+Observation(kind="experiment", metric="crossover_rate") = crossed users /
+tracked users, judged by the rule `experiment_crossover` (default: warning
+above 1 %).
+
+Rows per window also go to `experiment_windows` (contract v2), one per
+variant: metric `share` (window) and `share_cumulative`; value = observed
+share, n = the variant's count, control_value = its expected share, p_value =
+the test's p-value.
+
+State is the open windows (counts, dimension counts, user maps) plus one
+counter per variant and experiment, so it is bounded by window_ms plus the
+lateness and the number of experiments. Counting is commutative, so any
 arrival order within the lateness gives the sorted input's result.
+
+>>> counts = {"A": 4500, "B": 5500}
+>>> round(srm_test(counts, None)[3], 1)  # chi2 = (500^2 + 500^2) / 5000
+100.0
+>>> round(max_deviation({"A": 4500, "B": 5500}, {"A": 0.5, "B": 0.5}), 12)
+0.05
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -74,26 +103,39 @@ from typing import Any, Literal
 from scipy.stats import chisquare
 
 from operators.base import Observation, Operator
-from operators.sequential_rates import cusum_step
+from operators.msprt import always_valid_p
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Impression
 
 SRM_TABLE = "srm_checks"
+EXPERIMENT_TABLE = "experiment_windows"
+OTHER = "(other)"
 
 
 @dataclass(frozen=True)
 class SrmConfig:
     window_ms: int = 300_000
     unit: Literal["impressions", "users"] = "impressions"
-    # a sanity floor only (the chi-square p-value is the evidence); >= 5 expected per arm
     min_total: int = 30
     # experiment -> variant -> expected share (normalised); absent: equal split
     splits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    alpha: float = 0.001  # the row's `srm` flag (chi-square p of the window)
-    sequential_shift: float = 0.05  # share shift the accumulated evidence is tuned to
-    cusum_cap: float = 20.0  # nats of evidence kept: a quick resolve after the incident
+    alpha: float = 0.001  # critical level (the row's `srm` flag)
+    warning_alpha: float = 0.01  # warning level: drill-down from here
+    # smallest max |observed - expected share| that counts as a mismatch (Statsig-style)
+    min_deviation: float = 0.01
+    cumulative: bool = True
+    cumulative_tau: float = 0.02  # mSPRT mixing scale of a share's deviation
+    dimensions: tuple[str, ...] = ("campaign_id", "ad_id", "model_id")
+    max_dimension_values: int = 1000
+    drilldown_top: int = 5
+    drilldown_min_total: int = 20
+    max_tracked_users: int = 200_000  # crossover: users tracked per experiment window
 
     def __post_init__(self) -> None:
+        if not 0 < self.alpha <= self.warning_alpha < 1:
+            raise ValueError("srm needs 0 < alpha <= warning_alpha < 1")
+        if not 0 <= self.min_deviation < 1:
+            raise ValueError("srm min_deviation must be in [0, 1)")
         if self.unit not in ("impressions", "users"):
             raise ValueError(f"srm unit must be 'impressions' or 'users', got {self.unit!r}")
         if self.window_ms <= 0 or self.min_total < 1:
@@ -104,13 +146,26 @@ class SrmConfig:
 
 
 class SrmWindow:
-    """Counts of one (experiment, window): impressions, or user ids, per variant."""
+    """Counts of one (experiment, window): impressions, or user ids, per variant;
+    per dimension value and variant; each user's first arm and the crossed users."""
 
-    __slots__ = ("counts", "users")
+    __slots__ = ("arms", "counts", "crossed", "dims", "untracked", "users")
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.users: dict[str, set[str]] = {}
+        self.dims: dict[str, dict[str, dict[str, int]]] = {}  # dim -> value -> variant -> n
+        self.arms: dict[str, str] = {}  # user -> first variant seen
+        self.crossed: set[str] = set()
+        self.untracked = 0
+
+
+def max_deviation(counts: Mapping[str, int], expected: Mapping[str, float]) -> float:
+    """max_i |O_i / n - p_i| over the tested variants (0 when n = 0)."""
+    total = sum(counts.get(v, 0) for v in expected)
+    if total <= 0:
+        return 0.0
+    return max(abs(counts.get(v, 0) / total - share) for v, share in expected.items())
 
 
 def srm_test(
@@ -140,14 +195,23 @@ def srm_test(
 
 class SrmOperator(Operator):
     sources = ("impressions",)
-    observes = (("srm", "srm_chi2_p"),)
+    # read from the experiment-keyed stream (streams/repartition.py): one task
+    # sees an experiment's whole traffic, whatever partitions it came from
+    keyed_by = "experiment"
+    observes = (
+        ("srm", "srm_chi2_p"),
+        ("srm", "srm_cumulative_p"),
+        ("experiment", "crossover_rate"),
+    )
 
     def __init__(self, config: SrmConfig | None = None) -> None:
         super().__init__()
         self.config = config or SrmConfig()
         self.windows: TumblingWindows[SrmWindow] = TumblingWindows(self.config.window_ms, SrmWindow)
         self.users = self.config.unit == "users"
-        self.cusum: dict[str, float] = {}  # "experiment\x1fvariant\x1f+|-" -> S
+        # experiment -> (its first window's start, counts per variant of closed windows)
+        # experiment -> [first window start, counts of closed windows, always-valid p per arm]
+        self.cumulative: dict[str, list[Any]] = {}
 
     # -- input ---------------------------------------------------------------
 
@@ -158,11 +222,32 @@ class SrmOperator(Operator):
     def _impression(self, imp: Impression) -> None:
         if not imp.experiment or not imp.variant:
             return
+        variant = imp.variant
         window = self.windows.at(imp.experiment, imp.ts)
         if self.users:
-            window.users.setdefault(imp.variant, set()).add(imp.user_id)
+            window.users.setdefault(variant, set()).add(imp.user_id)
         else:
-            window.counts[imp.variant] = window.counts.get(imp.variant, 0) + 1
+            window.counts[variant] = window.counts.get(variant, 0) + 1
+        limit = self.config.max_dimension_values
+        for dim in self.config.dimensions:
+            value = getattr(imp, dim, None)
+            if not value:
+                continue
+            values = window.dims.setdefault(dim, {})
+            per = values.get(value)
+            if per is None:
+                if len(values) >= limit:
+                    value = OTHER
+                per = values.setdefault(value, {})
+            per[variant] = per.get(variant, 0) + 1
+        first = window.arms.get(imp.user_id)
+        if first is None:
+            if len(window.arms) < self.config.max_tracked_users:
+                window.arms[imp.user_id] = variant
+            else:
+                window.untracked += 1
+        elif first != variant:
+            window.crossed.add(imp.user_id)
 
     # -- event time ----------------------------------------------------------
 
@@ -173,90 +258,205 @@ class SrmOperator(Operator):
     def _judge(self, start: int, experiment: str, window: SrmWindow) -> None:
         cfg = self.config
         counts = {v: len(ids) for v, ids in window.users.items()} if self.users else window.counts
-        result = srm_test(counts, cfg.splits.get(experiment))
-        if result is None:
-            return
+        end = start + cfg.window_ms
+        self._crossover(start, end, experiment, window)
+        split = cfg.splits.get(experiment)
+        if cfg.cumulative:
+            entry = self.cumulative.setdefault(experiment, [start, {}, {}])
+            for v, c in counts.items():
+                entry[1][v] = entry[1].get(v, 0) + c
+        result = srm_test(counts, split)
+        if result is not None and sum(result[0].values()) >= cfg.min_total:
+            self._emit(start, end, experiment, window, result, "srm_chi2_p", "share", start)
+        if cfg.cumulative:
+            first, total_counts, running = self.cumulative[experiment]
+            cumulative = srm_test(total_counts, split)
+            if cumulative is not None and sum(cumulative[0].values()) >= cfg.min_total:
+                cumulative = self._always_valid(cumulative, running)
+                self._emit(
+                    start,
+                    end,
+                    experiment,
+                    None,
+                    cumulative,
+                    "srm_cumulative_p",
+                    "share_cumulative",
+                    first,
+                )
+
+    def _emit(
+        self,
+        start: int,
+        end: int,
+        experiment: str,
+        window: SrmWindow | None,
+        result: tuple[dict[str, int], dict[str, float], dict[str, int], float, float],
+        metric: str,
+        share_metric: str,
+        evidence_start: int,
+    ) -> None:
+        """Rows and the observation of one test (a window's, or the cumulative one)."""
+        cfg = self.config
         tested, expected, unexpected, chi2, p = result
         total = sum(tested.values())
-        if total < cfg.min_total:
-            return
-        end = start + cfg.window_ms
-        p_seq = self._accumulate(experiment, tested, expected, total)
-        combined = min(1.0, (2 * len(tested) + 1) * min(p, p_seq))
-        self._out.add_row(
-            SRM_TABLE,
-            {
-                "window_start": start,
-                "window_end": end,
-                "experiment": experiment,
-                "unit": cfg.unit,
-                "variants": ",".join(tested),
-                "counts": tested,
-                "expected": expected,
-                "unexpected": unexpected,
-                "chi2": chi2,
-                "p_value": p,
-                "total": total,
-                "srm": int(p < cfg.alpha),
-            },
-        )
+        deviation = max_deviation(tested, expected)
+        matters = deviation >= cfg.min_deviation
+        if window is not None:
+            self._out.add_row(
+                SRM_TABLE,
+                {
+                    "window_start": start,
+                    "window_end": end,
+                    "experiment": experiment,
+                    "unit": cfg.unit,
+                    "variants": ",".join(tested),
+                    "counts": tested,
+                    "expected": expected,
+                    "unexpected": unexpected,
+                    "chi2": chi2,
+                    "p_value": p,
+                    "total": total,
+                    "srm": int(p < cfg.alpha and matters),
+                },
+            )
+        for v, c in tested.items():
+            self._out.add_row(
+                EXPERIMENT_TABLE,
+                {
+                    "window_start": start,
+                    "window_end": end,
+                    "experiment": experiment,
+                    "variant": v,
+                    "metric": share_metric,
+                    "value": c / total,
+                    "n": c,
+                    "control_value": expected[v],
+                    "p_value": p,
+                },
+            )
         details: dict[str, Any] = {
             "counts": tested,
             "expected": expected,
             "unexpected": unexpected,
             "observed": {v: c / total for v, c in tested.items()},
             "chi2": chi2,
-            "chi2_p": p,
-            "p_sequential": p_seq,
             "df": len(tested) - 1,
             "total": total,
             "unit": cfg.unit,
             "alpha": cfg.alpha,
+            "p_value": p,
+            "max_deviation": deviation,
+            "min_deviation": cfg.min_deviation,
+            "scope": "window" if window is not None else "cumulative",
         }
-        if self.users:
+        if window is not None and self.users:
             seen: set[str] = set()
             crossover: set[str] = set()
             for ids in window.users.values():
                 crossover |= seen & ids
                 seen |= ids
             details["crossover"] = len(crossover)
+        if window is not None and matters and p < cfg.warning_alpha:
+            details.update(self._drilldown(window, expected))
         self._out.observations.append(
             Observation(
                 "srm",
                 experiment,
-                "srm_chi2_p",
-                combined,
+                metric,
+                p if matters else 1.0,
                 ts=end,
                 n=total,
-                window_start=start,
+                window_start=evidence_start,
                 window_end=end,
                 details=details,
-                p_value=combined,
+                p_value=p,
             )
         )
 
-    def _accumulate(
-        self, experiment: str, tested: Mapping[str, int], expected: Mapping[str, float], n: int
-    ) -> float:
-        """Update the variants' two CUSUMs; return the smallest exp(-S)."""
+    def _always_valid(
+        self,
+        result: tuple[dict[str, int], dict[str, float], dict[str, int], float, float],
+        running: dict[str, float],
+    ) -> tuple[dict[str, int], dict[str, float], dict[str, int], float, float]:
+        """The cumulative test's p-value made always-valid (see the module docstring);
+        `running` holds each arm's running minimum and is updated."""
+        tested, expected, unexpected, chi2, _ = result
+        n = sum(tested.values())
+        tau2 = self.config.cumulative_tau**2
+        for v, share in expected.items():
+            if 0 < share < 1:
+                delta = tested[v] / n - share
+                running[v] = always_valid_p(
+                    running.get(v, 1.0), delta, share * (1 - share) / n, tau2
+                )
+        p = min(1.0, min(running.get(v, 1.0) for v in expected) * len(expected))
+        return tested, expected, unexpected, chi2, p
+
+    def _drilldown(self, window: SrmWindow, expected: Mapping[str, float]) -> dict[str, Any]:
+        """The chi-square per value of every dimension: which one carries the mismatch."""
         cfg = self.config
-        smallest = 1.0
-        for variant, share in expected.items():
-            x = tested[variant]
-            for sign, p1 in (
-                ("+", share + cfg.sequential_shift),
-                ("-", share - cfg.sequential_shift),
-            ):
-                key = f"{experiment}\x1f{variant}\x1f{sign}"
-                if not 0.0 < p1 < 1.0:
+        split = dict(expected)
+        found = []
+        for dim, values in sorted(window.dims.items()):
+            for value, per in values.items():
+                result = srm_test(per, split)
+                if result is None or sum(result[0].values()) < cfg.drilldown_min_total:
                     continue
-                s = cusum_step(self.cusum.get(key, 0.0), x, n, share, p1, cfg.cusum_cap)
-                if s > 0.0:
-                    self.cusum[key] = s
-                    smallest = min(smallest, math.exp(-s))
-                else:
-                    self.cusum.pop(key, None)
-        return smallest
+                tested, _, _, _, p = result
+                found.append(
+                    {
+                        "dimension": dim,
+                        "value": value,
+                        "counts": tested,
+                        "p_value": p,
+                        "max_deviation": max_deviation(tested, split),
+                    }
+                )
+        found.sort(key=lambda d: (d["p_value"], -d["max_deviation"], d["dimension"], d["value"]))
+        top = found[: cfg.drilldown_top]
+        mismatch = "spread"
+        if top and top[0]["p_value"] < cfg.warning_alpha:
+            mismatch = f"{top[0]['dimension']}={top[0]['value']}"
+        return {"drilldown": top, "mismatch_in": mismatch}
+
+    def _crossover(self, start: int, end: int, experiment: str, window: SrmWindow) -> None:
+        tracked = len(window.arms)
+        if not tracked:
+            return
+        crossed = len(window.crossed)
+        rate = crossed / tracked
+        self._out.add_row(
+            EXPERIMENT_TABLE,
+            {
+                "window_start": start,
+                "window_end": end,
+                "experiment": experiment,
+                "variant": "",
+                "metric": "crossover_rate",
+                "value": rate,
+                "n": tracked,
+                "control_value": 0.0,
+                "p_value": None,
+            },
+        )
+        self._out.observations.append(
+            Observation(
+                "experiment",
+                experiment,
+                "crossover_rate",
+                rate,
+                ts=end,
+                n=tracked,
+                window_start=start,
+                window_end=end,
+                details={
+                    "crossed_users": crossed,
+                    "tracked_users": tracked,
+                    "untracked_impressions": window.untracked,
+                    "examples": sorted(window.crossed)[:5],
+                },
+            )
+        )
 
     def late_window(self, source: str, event: Any) -> int:
         return window_start(event.ts, self.config.window_ms)
@@ -270,24 +470,51 @@ class SrmOperator(Operator):
                 per_variant = {v: sorted(ids) for v, ids in sorted(w.users.items())}
             else:
                 per_variant = dict(sorted(w.counts.items()))
-            windows.append([start, experiment, per_variant])
-        return {"unit": self.config.unit, "windows": windows, "cusum": dict(self.cusum)}
+            windows.append(
+                [start, experiment, per_variant, w.dims, w.arms, sorted(w.crossed), w.untracked]
+            )
+        cumulative = {
+            e: [first, dict(c), dict(p)] for e, (first, c, p) in sorted(self.cumulative.items())
+        }
+        return {"unit": self.config.unit, "windows": windows, "cumulative": cumulative}
 
     def restore(self, state: dict[str, Any]) -> None:
+        """A snapshot from before the drill-down and crossover (three fields per
+        window, no cumulative counts) restores its counts; those start empty."""
         if state.get("unit", self.config.unit) != self.config.unit:
             raise ValueError(
                 f"srm snapshot counts {state['unit']}, this operator {self.config.unit}"
             )
         self.windows.clear()
-        # a snapshot from before the CUSUMs starts them from no evidence
-        self.cusum = {k: float(v) for k, v in state.get("cusum", {}).items()}
-        for start, experiment, per_variant in state["windows"]:
+        for entry in state["windows"]:
+            start, experiment, per_variant = entry[:3]
             w = self.windows.at(experiment, start)
             for variant, value in per_variant.items():
                 if self.users:
                     w.users[variant] = set(value)
                 else:
                     w.counts[variant] = int(value)
+            if len(entry) > 3:
+                w.dims = {d: {v: dict(c) for v, c in vs.items()} for d, vs in entry[3].items()}
+                w.arms = dict(entry[4])
+                w.crossed = set(entry[5])
+                w.untracked = int(entry[6])
+        self.cumulative = {
+            e: [
+                int(entry[0]),
+                {v: int(c) for v, c in entry[1].items()},
+                {v: float(p) for v, p in (entry[2] if len(entry) > 2 else {}).items()},
+            ]
+            for e, entry in state.get("cumulative", {}).items()
+        }
 
 
-__all__ = ["SRM_TABLE", "SrmConfig", "SrmOperator", "SrmWindow", "srm_test"]
+__all__ = [
+    "EXPERIMENT_TABLE",
+    "SRM_TABLE",
+    "SrmConfig",
+    "SrmOperator",
+    "SrmWindow",
+    "max_deviation",
+    "srm_test",
+]

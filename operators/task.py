@@ -46,8 +46,15 @@ class MonitorTask:
         self.relations = relations
         self.watermark = Watermark(operator.sources, lateness_ms, idle_timeout_ms)
 
-    def feed(self, source: str, events: Sequence[Any], now_ms: int) -> list[int]:
-        """Feed one source's events; return the indices of the late ones (not fed)."""
+    def feed(
+        self, source: str, events: Sequence[Any], now_ms: int, progress: int | None = None
+    ) -> list[int]:
+        """Feed one source's events; return the indices of the late ones (not fed).
+
+        `progress`: how far this source has got in event time, where that is not
+        its events' largest time: a re-keyed source merges several upstream
+        partitions and has got only as far as the slowest of them
+        (streams/repartition.py)."""
         if not events:
             return []
         wm = self.watermark.value
@@ -62,7 +69,7 @@ class MonitorTask:
             self.operator.feed(source, events)
             if self.relations is not None:
                 self.relations.observe(source, events)
-            self.watermark.observe(source, max(times), now_ms)
+            self.watermark.observe(source, max(times) if progress is None else progress, now_ms)
         else:
             self.watermark.observe(source, wm, now_ms)
         return late if self.operator.reports_late else []

@@ -68,10 +68,21 @@ def _classify(message: str) -> str:
 class Decoder(Generic[E]):
     """Decoder for one input topic: checks size, JSON, types, values and the key."""
 
-    def __init__(self, topic: str, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        topic: str,
+        max_bytes: int = MAX_MESSAGE_BYTES,
+        *,
+        key_field: str | None = None,
+        check_key: bool = True,
+    ) -> None:
+        """`key_field`: the field the key must equal (default: the topic's, `KEY_FIELD`);
+        `check_key=False`: accept any key (keying `repartition`: the worker re-keys
+        the events itself, see `streams.repartition`)."""
         self.topic = topic
         self.event_type: type[E] = INPUT_EVENTS[topic]  # type: ignore[assignment]
-        self.key_field = KEY_FIELD[topic]
+        self.key_field = key_field or KEY_FIELD[topic]
+        self.check_key = check_key
         self.max_bytes = max_bytes
         self._decoder = msgspec.json.Decoder(self.event_type)
 
@@ -94,7 +105,9 @@ class Decoder(Generic[E]):
         except msgspec.DecodeError as exc:  # ValidationError is a subclass
             text = str(exc)
             return Rejection(_classify(text), _short(text))
-        expected = getattr(event, self.key_field)
+        if not self.check_key:
+            return event
+        expected = getattr(event, self.key_field) or ""  # an optional key field may be absent
         if not key:
             return Rejection(
                 "empty_key", f"message key is empty; {self.topic} must be keyed by {self.key_field}"

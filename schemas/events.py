@@ -83,6 +83,27 @@ class Click(Event, kw_only=True):
     impression_id: NonEmpty
     campaign_id: NonEmpty
     user_id: NonEmpty
+    # project extension (the contract lets extra fields in): the experiment whose
+    # impression was clicked, so the click can be re-keyed by experiment for the
+    # funnel guardrails (operators/funnel.py); the arm comes from the impression
+    experiment: Label | None = None
+
+
+class Conversion(Event, kw_only=True):
+    """v2: a conversion (purchase, sign-up) of the click `click_id` (conversions topic)."""
+
+    conversion_id: NonEmpty
+    click_id: NonEmpty
+    campaign_id: NonEmpty
+    user_id: NonEmpty
+    value: float | None = None  # revenue
+    # project extension, as on clicks: re-keys the conversion by experiment
+    experiment: Label | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError("value is not a finite number")
 
 
 FeatureValue = float | str
@@ -97,6 +118,9 @@ class InferenceLog(Event, kw_only=True):
     latency_ms: Annotated[float, msgspec.Meta(ge=0)]
     status: Literal["ok", "error"]
     confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    # v2: the experiment arm that served the request
+    experiment: Label | None = None
+    variant: Label | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,7 +179,18 @@ class LabelEvent(Event, kw_only=True):
 
 Severity = Literal["info", "warning", "critical"]
 AlertKind = Literal[
-    "ctr", "sensor", "cluster", "drift", "service", "srm", "change", "freshness", "quality", "sql"
+    "ctr",
+    "sensor",
+    "cluster",
+    "drift",
+    "service",
+    "srm",
+    "change",
+    "freshness",
+    "quality",
+    "sql",
+    # v2
+    "experiment",
 ]
 
 
@@ -227,6 +262,7 @@ INPUT_EVENTS: dict[str, type[Event]] = {
     "inference-logs": InferenceLog,
     "sensor-readings": SensorReading,
     "labels": LabelEvent,
+    "conversions": Conversion,
 }
 
 # The logical names of the input topics, in one place: configuration maps each to the
@@ -240,4 +276,5 @@ KEY_FIELD: dict[str, str] = {
     "inference-logs": "model_id",
     "sensor-readings": "sensor_id",
     "labels": "model_id",
+    "conversions": "campaign_id",
 }

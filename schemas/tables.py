@@ -114,12 +114,22 @@ CTR_WINDOWS = Table(
         ("duplicate_impressions", "UInt64"),
         ("final", "UInt8"),
         ("version", "UInt32"),
+        # v2 conversions (version 3: conversions at or after window_end + attribution_ms)
+        ("conversions", "UInt64"),
+        ("cvr", "Float64"),
+        ("revenue", "Float64"),
+        ("orphan_conversions", "UInt64"),
+        ("duplicate_conversions", "UInt64"),
         ("inserted_at", f"{TIME} DEFAULT now64(3)"),
     ),
     order_by=("campaign_id", "variant", "window_start"),
     version="version",
     partition_by="toYYYYMM(window_start)",
-    comment="Tumbling event-time CTR windows; final=1 once the attribution window has passed",
+    comment="Tumbling event-time CTR windows; final=1 once the attribution window has passed; "
+    "conversions of clicks (cvr = conversions / clicks, revenue) complete once the conversion "
+    "window has passed too (version 3 where they changed after the final row)",
+    # added in v2: tables created before get them by ALTER TABLE at start
+    added=("conversions", "cvr", "revenue", "orphan_conversions", "duplicate_conversions"),
 )
 
 SENSOR_ANOMALIES = Table(
@@ -268,6 +278,27 @@ QUALITY_WINDOWS = Table(
     "estimated=1 is a label-free CBPE estimate that the final realized row (final=1) replaces",
 )
 
+
+EXPERIMENT_WINDOWS = Table(
+    name="experiment_windows",
+    columns=(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        ("experiment", "String"),
+        ("variant", "String"),
+        ("metric", "LowCardinality(String)"),
+        ("value", "Float64"),
+        ("n", "UInt64"),
+        ("control_value", "Nullable(Float64)"),
+        ("p_value", "Nullable(Float64)"),
+        ("inserted_at", f"{TIME} DEFAULT now64(3)"),
+    ),
+    order_by=("experiment", "metric", "variant", "window_start"),
+    partition_by="toYYYYMM(window_start)",
+    comment="Per experiment arm and window: shares, guardrail metrics, crossover; "
+    "control_value is the expected share or the control arm value",
+)
+
 ALERTS = Table(
     name="alerts",
     columns=(
@@ -340,6 +371,7 @@ TABLES: tuple[Table, ...] = (
     INFERENCE_WINDOWS,
     SRM_CHECKS,
     QUALITY_WINDOWS,
+    EXPERIMENT_WINDOWS,
     ALERTS,
     DEAD_LETTERS,
     LATE_EVENTS,

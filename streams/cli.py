@@ -214,7 +214,8 @@ def simulation_options(f: Any) -> Any:
             "error_spike:model-1:900:300:0.2, feature_drift:model-0/distance_km:1500:600:1.5, "
             "prediction_shift:model-1:1200:600:1.5, srm:exp-cmp-000:600:600:0.4, "
             "sensor_spike:sensor-01:700:3:8, sensor_rise:sensor-02:800:400:10, "
-            "sensor_regime:sensor-03:1000:300:6. Times in event-time seconds from the start.",
+            "sensor_regime:sensor-03:1000:300:6, cvr_drop:exp-cmp-000/B:600:1200:0.5. "
+            "Times in event-time seconds from the start.",
         ),
         click.option("--no-incidents", is_flag=True, help="Quiet traffic only."),
     ]
@@ -260,6 +261,7 @@ def _scenario(
         impressions_per_s=rate,
         seed=seed,
         incidents=incidents,
+        cvr=0.1,  # v2: conversions of clicks (a CVR of about 10 %, order values ~40)
     )
     if demo and not incident_specs and not no_incidents:
         from streams.demo import linked_incidents

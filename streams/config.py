@@ -63,6 +63,7 @@ class TopicNames(Strict):
     inference_logs: str = "inference-logs"
     sensor_readings: str = "sensor-readings"
     labels: str = "labels"  # v2: ground truth of inference logs (the quality monitor)
+    conversions: str = "conversions"  # v2: conversions of clicks (ctr and funnel monitors)
     alerts: str = "alerts"
     dead_letter: str = "dead-letter"
     late_events: str = "late-events"
@@ -81,6 +82,17 @@ class TopicNames(Strict):
         return {logical: self.of(logical) for logical in INPUT_TOPICS}
 
 
+KeyingMode = Literal["strict", "repartition"]
+KEYED_INPUTS = ("impressions", "clicks", "inference-logs", "sensor-readings")
+
+
+def _default_keying() -> dict[str, KeyingMode]:
+    """Per input topic (logical name), how its message keys are treated: `strict`
+    (v1: a missing or wrong key is dead-lettered) or `repartition` (the worker re-keys
+    every event through an internal topic; see streams/repartition.py)."""
+    return dict.fromkeys(KEYED_INPUTS, "strict")
+
+
 class MonitorSettings(Strict):
     """One monitor: on or off, its allowed lateness, and its operator's options
     (the fields of the operator's config dataclass, e.g. `window_ms`)."""
@@ -91,7 +103,18 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = ("ctr", "sensor", "cluster", "autoencoder", "drift", "service", "srm", "quality")
+    names = (
+        "ctr",
+        "sensor",
+        "cluster",
+        "autoencoder",
+        "drift",
+        "service",
+        "srm",
+        "quality",
+        "experiment",
+        "funnel",
+    )
     monitors = {name: MonitorSettings() for name in names}
     # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
     # A jump of event time ahead of every topic is dead time now (FreshnessConfig.jump_ms);
@@ -101,6 +124,10 @@ def _default_monitors() -> dict[str, MonitorSettings]:
     # the autoencoder is on by default (issue 14): the model of a multivariate sensor's
     # normal operation is what holds a long level shift (SKAB's valve faults); cost and
     # false alarms measured in DETECTION_SKAB.md and docs/monitors/autoencoder.md
+    # v2 funnel guardrails: off in the built-in defaults, as the CTR monitor's conversions
+    # (an upgrade keeps v1's topics read and forwarded: the funnel re-keys every click and
+    # conversion that carries an experiment); the example configuration turns both on
+    monitors["funnel"] = MonitorSettings(enabled=False)
     return monitors
 
 
@@ -497,17 +524,132 @@ DEFAULT_RULES = [
         "srm",
         "srm_chi2_p",
         "<",
-        # the value is the p-value: its line is the budget's per-window level
-        {"critical": alpha_for_budget(FALSE_ALARM_BUDGET, SRM_WINDOWS_PER_DAY)},
-        "sample ratio mismatch in {entity}: p = {value:.2g}; pause readouts of this experiment "
-        "until the assignment is fixed",
+        # Statsig's tiers; the operator reports p = 1 for a deviation under its
+        # min_deviation (1 point of share by default), however large the sample
+        {"warning": 0.01, "critical": 0.001},
+        "sample ratio mismatch in {entity}: p = {value:.2g} ({observed} against {expected}; "
+        "carried by {mismatch_in}); pause readouts of this experiment until the assignment "
+        "is fixed",
         label="sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the variants' shares match the configured split again",
+        # short: a warning that resolved must not mask a real mismatch an hour long
+        cooldown_s=900,
+        # main's sanity floor and hysteresis kept; its false-alarm budget is not: the
+        # issue-16 tiers (0.01 / 0.001) are the thresholds
         min_samples=30,
-        false_alarm_budget=FALSE_ALARM_BUDGET,
-        judgements_per_day=SRM_WINDOWS_PER_DAY,
         clear_windows=1,  # one clear five-minute window
+    ),
+    _rule(
+        "srm_cumulative",
+        "srm",
+        "srm_cumulative_p",
+        "<",
+        {"warning": 0.01, "critical": 0.001},
+        "sample ratio mismatch in {entity} since its start: p = {value:.2g} ({observed} "
+        "against {expected} over {total} units); pause readouts until the assignment is fixed",
+        label="cumulative sample ratio mismatch p-value",
+        value_format="{:.2g}",
+        resolved_note="the cumulative shares match the configured split again",
+        cooldown_s=3600,
+    ),
+    *(
+        _rule(
+            f"experiment_guardrail_{metric}",
+            "experiment",
+            f"guardrail_{metric}",
+            ">=",
+            {"critical": 1.0},
+            "stop or roll back arm {variant} of {experiment}: "
+            + label
+            + " {treatment_value:"
+            + fmt
+            + "}"
+            + unit
+            + " against {control_value:"
+            + fmt
+            + "}"
+            + unit
+            + " in {control} "
+            "(red line " + line + ", always-valid p = {always_valid_p:.2g}, mSPRT)",
+            label=f"{label} guardrail breach",
+            value_format="{:.0f}",
+            resolved_message="{entity}: " + label + " back within its red line against "
+            "{control} ({treatment_value:"
+            + fmt
+            + "}"
+            + unit
+            + " against {control_value:"
+            + fmt
+            + "}"
+            + unit
+            + ")",
+            cooldown_s=3600,
+            clear_windows=3,
+        )
+        for metric, label, fmt, unit, line in (
+            ("error_rate", "error rate", ".2%", "", "+{red_line:.2%}"),
+            ("latency_p95", "p95 latency", ".0f", " ms", "+{red_line:.0%}"),
+            ("latency_p99", "p99 latency", ".0f", " ms", "+{red_line:.0%}"),
+        )
+    ),
+    # v2 funnel guardrails (operators/funnel.py): a treatment arm below the control
+    *(
+        _rule(
+            f"experiment_guardrail_{metric}",
+            "experiment",
+            f"guardrail_{metric}",
+            ">=",
+            {"critical": 1.0},
+            "stop or roll back arm {variant} of {experiment}: "
+            + label
+            + " {treatment_value:"
+            + fmt
+            + "} against {control_value:"
+            + fmt
+            + "} in {control} (red line -{red_line:.0%}, always-valid p = "
+            "{always_valid_p:.2g}, mSPRT)",
+            label=f"{label} guardrail breach",
+            value_format="{:.0f}",
+            resolved_message="{entity}: "
+            + label
+            + " back within its red line against {control} ({treatment_value:"
+            + fmt
+            + "} against {control_value:"
+            + fmt
+            + "})",
+            cooldown_s=3600,
+            clear_windows=3,
+        )
+        for metric, label, fmt in (
+            ("ctr", "CTR", ".2%"),
+            ("cvr", "CVR", ".1%"),
+            ("revenue_per_impression", "revenue per impression", ".4g"),
+        )
+    ),
+    _rule(
+        "experiment_ramp",
+        "experiment",
+        "ramp_change",
+        ">",
+        {"warning": 0.2},
+        "the share of arm {variant} of {entity} moved {change:+.0%} (from {share_before:.0%} "
+        "to {share:.0%}) within the ramp period: ramp by at most 20 points a day",
+        label="ramp change of an arm's share",
+        value_format="{:.0%}",
+        cooldown_s=3600,
+    ),
+    _rule(
+        "experiment_crossover",
+        "experiment",
+        "crossover_rate",
+        ">",
+        {"warning": 0.01},
+        "{crossed_users} users of {entity} were seen in more than one arm ({value:.1%} of "
+        "{tracked_users}): the assignment is not sticky; its comparisons are contaminated",
+        label="share of users seen in more than one arm",
+        value_format="{:.1%}",
+        min_samples=100,
         cooldown_s=3600,
     ),
     _rule(
@@ -771,6 +913,7 @@ class Settings(Strict):
     clickhouse: ClickHouseSettings = msgspec.field(default_factory=ClickHouseSettings)
     topics: TopicNames = msgspec.field(default_factory=TopicNames)
     monitors: dict[str, MonitorSettings] = msgspec.field(default_factory=_default_monitors)
+    keying: dict[str, KeyingMode] = msgspec.field(default_factory=_default_keying)
     change_detection: ChangeSettings = msgspec.field(default_factory=ChangeSettings)
     # reference profiles for drift (`streamwatch reference build` writes them)
     drift_references: list[str] = msgspec.field(default_factory=list)
@@ -801,6 +944,9 @@ class Settings(Strict):
     # finished: its held readings judged, its windows ending by its last event closed
     # and written (the last windows of a replay); 0: only at the end of input
     close_idle_after_s: float = 300
+    # a re-keyed stream waits this long for an upstream partition gone silent (its
+    # forwarder crashed or is moving) before its watermark goes on without it
+    repartition_idle_s: float = 120
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
     max_buffered_rows: int = 200_000  # past this, consumption pauses until ClickHouse writes
@@ -808,6 +954,10 @@ class Settings(Strict):
     batch_timeout_s: float = 0.2
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.keying) - set(KEYED_INPUTS))
+        if unknown:
+            raise ValueError(f"keying: unknown input topic(s) {unknown}; known: {KEYED_INPUTS}")
+        self.keying = {**_default_keying(), **self.keying}
         # a partial [monitors] table only overrides the monitors it names
         self.monitors = {**_default_monitors(), **self.monitors}
         for name, monitor in self.monitors.items():

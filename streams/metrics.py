@@ -75,3 +75,12 @@ UNJUDGEABLE = Gauge(
     "hold min_points readings at the series' cadence); listed in /health",
     ["monitor"],
 )
+FORWARDED = Counter(
+    "streamwatch_repartition_forwarded_total",
+    "Events re-keyed onto an internal repartition topic",
+    ["topic"],
+)
+REPARTITION_DUPLICATES = Counter(
+    "streamwatch_repartition_duplicates_total",
+    "Re-keyed records skipped as replayed duplicates",
+)

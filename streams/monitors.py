@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ from operators.change import ChangeConfig, ChangeDetectors
 from operators.cluster import ClusterConfig, ClusterOperator
 from operators.ctr import CtrConfig, CtrOperator
 from operators.drift import DriftConfig, DriftOperator
+from operators.experiment import ExperimentConfig, ExperimentOperator
 from operators.freshness import FreshnessConfig, FreshnessOperator
+from operators.funnel import FunnelConfig, FunnelOperator
 from operators.quality import QualityConfig, QualityOperator
 from operators.reference import ReferenceProfile
 from operators.rules import RuleEngine
@@ -35,6 +37,7 @@ from operators.sensor import SensorConfig, SensorOperator
 from operators.service import ServiceConfig, ServiceOperator
 from operators.srm import SrmConfig, SrmOperator
 from operators.task import MonitorTask
+from streams import repartition
 from streams.config import ConfigError, Settings
 
 # name -> (operator class, its config dataclass)
@@ -48,6 +51,8 @@ OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
     "srm": (SrmOperator, SrmConfig),
     "freshness": (FreshnessOperator, FreshnessConfig),
     "quality": (QualityOperator, QualityConfig),
+    "experiment": (ExperimentOperator, ExperimentConfig),
+    "funnel": (FunnelOperator, FunnelConfig),  # v2: CTR/CVR/revenue guardrails per arm
 }
 
 
@@ -57,6 +62,11 @@ class MonitorSpec:
     # Kafka topic for each of the operator's logical sources, in its order
     topics: dict[str, str]
     make_task: Callable[[], MonitorTask]
+    # Kafka topic -> (logical event type, the field its key must equal, or None:
+    # no key check) where it differs from the input topic's strict default
+    decoding: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # the forwarder's routes (only the `repartition` pseudo-monitor has them)
+    plan: repartition.Plan | None = None
 
 
 def topic_of(settings: Settings, logical: str) -> str:
@@ -124,6 +134,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
         )
 
     specs = []
+    readers: list[tuple[str, tuple[str, ...], str | None]] = []
     for name, monitor in settings.monitors.items():
         if name not in OPERATORS:
             raise ConfigError(f"monitors.{name}: no such monitor; known: {sorted(OPERATORS)}")
@@ -131,12 +142,15 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
             continue
         operator_type, _ = OPERATORS[name]
         config = operator_config(name, monitor.options)
+        # the inputs this configuration reads (ctr without conversions reads two)
+        sources = operator_type.sources_for(config)
 
         def make(
             operator_type: Any = operator_type,
             config: Any = config,
             lateness_s: float = monitor.lateness_s,
             name: str = name,
+            sources: tuple[str, ...] = sources,
         ) -> MonitorTask:
             changes = ChangeDetectors(change_config) if change_config else None
             return MonitorTask(
@@ -145,9 +159,35 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
                 round(lateness_s * 1000),
                 idle_ms,
                 changes=changes,
-                relations=relations(name, operator_type.sources),
+                relations=relations(name, sources),
             )
 
-        topics = {src: topic_of(settings, src) for src in operator_type.sources}
-        specs.append(MonitorSpec(name=name, topics=topics, make_task=make))
+        keyed_by = operator_type.keyed_by
+        topics = {src: repartition.reader_topic(settings, src, keyed_by) for src in sources}
+        readers.append((name, sources, keyed_by))
+        plan = repartition.plan(settings, [(name, sources, keyed_by)])
+        decoding: dict[str, tuple[str, str | None]] = {
+            topic: plan.internal[topic] for topic in topics.values() if topic in plan.internal
+        }
+        specs.append(MonitorSpec(name=name, topics=topics, make_task=make, decoding=decoding))
+    plan = repartition.plan(settings, readers)
+    if plan:
+        specs.append(forwarder_spec(plan, idle_ms))
     return specs
+
+
+def forwarder_spec(plan: repartition.Plan, idle_ms: int) -> MonitorSpec:
+    """The pseudo-monitor that re-keys input events onto the internal topics
+    (`streams.repartition`): one task per input partition, for its positions."""
+    sources = tuple(sorted(set(plan.sources.values())))
+
+    def make() -> MonitorTask:
+        return MonitorTask(repartition.Passthrough(sources), RuleEngine([]), 0, idle_ms)
+
+    return MonitorSpec(
+        name=repartition.FORWARDER,
+        topics={logical: topic for topic, logical in plan.sources.items()},
+        make_task=make,
+        decoding={topic: (logical, None) for topic, logical in plan.unchecked.items()},
+        plan=plan,
+    )

@@ -36,11 +36,15 @@ from operators.task import MonitorTask
 from operators.watermark import NO_WATERMARK
 from schemas.decode import Decoder, Rejection
 from schemas.events import INPUT_EVENTS, Alert
-from streams import metrics
+from streams import metrics, repartition
 from streams.checkpoints import Checkpoint, key_of
 from streams.monitors import MonitorSpec
 
 log = logging.getLogger("streamwatch.pipeline")
+
+# checkpoint state key of a task's de-duplication positions on internal topics
+SEEN = "repartition_seen"
+CLOCKS = "repartition_clocks"  # ... and their upstream partitions' event-time progress
 
 
 class RawMessage:
@@ -50,13 +54,22 @@ class RawMessage:
     message on the hot path); this class is the same interface for tests and
     tools that make messages themselves."""
 
-    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
+    __slots__ = ("_headers", "_key", "_offset", "_partition", "_topic", "_value")
 
     def __init__(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
-        self._key, self._value = key, value
+        self._key, self._value, self._headers = key, value, headers
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
 
     def topic(self) -> str:
         return self._topic
@@ -98,6 +111,9 @@ class Outputs(Protocol):
         self, monitor: str, message: RawMessage, event_ts: int, watermark: int, window_start: int
     ) -> None: ...
 
+    # optional: outputs without it get forwarded records looped back in-process
+    # def forward(self, topic, partition, key, value, source) -> None
+
 
 class Pipeline:
     def __init__(
@@ -106,6 +122,7 @@ class Pipeline:
         outputs: Outputs,
         topic_logical: dict[str, str],
         clock: Callable[[], float] = time.time,
+        repartition_idle_s: float = 120.0,
     ) -> None:
         self.monitors = {m.name: m for m in monitors}
         self.outputs = outputs
@@ -120,6 +137,27 @@ class Pipeline:
             for topic, logical in topic_logical.items()
             if topic in self.readers and logical in INPUT_EVENTS
         }
+        # re-keying (streams/repartition.py): internal topics and unchecked inputs
+        self.plan: repartition.Plan | None = next((m.plan for m in monitors if m.plan), None)
+        for m in monitors:
+            for topic, (logical, key_field) in m.decoding.items():
+                self.decoders[topic] = Decoder(
+                    logical, key_field=key_field, check_key=key_field is not None
+                )
+        self.internal = set(self.plan.internal) if self.plan else set()
+        # per task reading internal topics: source "topic:partition" -> next offset
+        # not yet applied (replayed forwards below it are duplicates)
+        self.seen: dict[tuple[str, int], dict[str, int]] = {}
+        # ... and per upstream partition [largest event time, when last heard (ms)]
+        self.clocks: dict[tuple[str, int], dict[str, dict[str, list[int]]]] = {}
+        self.repartition_idle_ms = round(repartition_idle_s * 1000)
+        # no `forward` on the outputs (tests, tools): forwarded records loop back here
+        self.loopback = not hasattr(outputs, "forward")
+        self.pending: list[RawMessage] = []
+        self.loop_offsets: dict[tuple[str, int], int] = {}
+        # forwarders' progress: due this batch, and last sent, per source partition
+        self.progress_due: dict[tuple[str, int], tuple[int, int, repartition.Plan]] = {}
+        self.progress_sent: dict[tuple[str, int], int] = {}
         self.tasks: dict[tuple[str, int], MonitorTask] = {}
         self.positions: dict[tuple[str, int], dict[str, int]] = {}
         self.dirty: set[tuple[str, int]] = set()
@@ -152,9 +190,33 @@ class Pipeline:
                 if checkpoint is not None:
                     task.restore(checkpoint.state)
                     self.positions[key] = dict(checkpoint.positions)
+                    self.seen[key] = dict(checkpoint.state.get(SEEN, {}))
+                    now_ms = int(self.clock() * 1000)
+                    self.clocks[key] = {
+                        topic: {s: [ts, now_ms] for s, ts in sources.items()}
+                        for topic, sources in checkpoint.state.get(CLOCKS, {}).items()
+                    }
                 else:
                     self.positions[key] = {}
+                    self.seen[key] = {}
+                    self.clocks[key] = {}
+                self._await_upstream(key, spec)
                 self.tasks[key] = task
+
+    def _await_upstream(self, key: tuple[str, int], spec: MonitorSpec) -> None:
+        """A re-keyed source waits for every upstream partition (or its idle timeout)
+        before its watermark moves: else the first partition heard would make the
+        others' first events late."""
+        if self.plan is None:
+            return
+        now_ms = int(self.clock() * 1000)
+        for topic in spec.topics.values():
+            source = self.plan.partition_source.get(topic)
+            if source is None:
+                continue
+            clock = self.clocks.setdefault(key, {}).setdefault(topic, {})
+            for p in range(self.plan.partitions[topic]):
+                clock.setdefault(f"{source}:{p}", [NO_WATERMARK, now_ms])
 
     def _stale(self, spec: MonitorSpec, checkpoint: Checkpoint) -> bool:
         return any(
@@ -170,6 +232,8 @@ class Pipeline:
                 key = (name, partition)
                 self.tasks.pop(key, None)
                 self.positions.pop(key, None)
+                self.seen.pop(key, None)
+                self.clocks.pop(key, None)
                 self.dirty.discard(key)
 
     def owned_partitions(self) -> set[int]:
@@ -195,6 +259,16 @@ class Pipeline:
         now_ms = int(self.clock() * 1000)
         for (topic, partition), batch in groups.items():
             self._process_partition(topic, partition, batch, now_ms)
+        if self.progress_due:
+            self._send_progress()
+        while self.pending:  # in-process re-keying (no broker): the forwarded records
+            looped = by_partition(self.pending)
+            self.pending = []
+            missing = {p for _, p in looped} - self.owned_partitions()
+            if missing:
+                self.assign(missing, {})
+            for (topic, partition), batch in looped.items():
+                self._process_partition(topic, partition, batch, now_ms)
         self.tick(now_ms)
 
     def _process_partition(
@@ -212,6 +286,11 @@ class Pipeline:
             batch = [m for m in batch if m.offset() >= lowest]
             if not batch:
                 return
+        next_offset = batch[-1].offset() + 1  # progress records included
+        if topic in self.internal:
+            batch = self._heartbeats(topic, partition, batch, readers, now_ms)
+            if not batch:
+                return
         # the hot loop: one typed decode per message, nothing else
         decode = self.decoders[topic].decode
         rejected = self.outputs.rejected
@@ -226,7 +305,7 @@ class Pipeline:
                 kept.append(m)
         self.events_in[topic] = self.events_in.get(topic, 0) + len(events)
         metrics.PROCESSED.labels(topic).inc(len(events))
-        next_offset = batch[-1].offset() + 1
+        internal = topic in self.internal
         for spec, logical, key in readers:
             start = self.positions[key].get(topic, 0)
             if next_offset <= start:
@@ -235,9 +314,18 @@ class Pipeline:
             if start > lowest:  # this task's state is ahead of another's
                 picked = [i for i, m in enumerate(kept) if m.offset() >= start]
                 mine, mine_msgs = [events[i] for i in picked], [kept[i] for i in picked]
+            if spec.plan is not None:  # the forwarder: re-key, feed nothing
+                self._forward(spec.plan, topic, partition, mine, mine_msgs)
+                self.positions[key][topic] = next_offset
+                self.dirty.add(key)
+                continue
+            progress = None
+            if internal:
+                mine, mine_msgs = self._deduplicate(key, mine, mine_msgs)
+                progress = self._progress(key, topic, mine, mine_msgs, now_ms)
             task = self.tasks[key]
             try:
-                late = task.feed(logical, mine, now_ms)
+                late = task.feed(logical, mine, now_ms, progress)
             except Exception:
                 late = self._feed_one_by_one(spec.name, task, logical, mine, mine_msgs, now_ms)
             for i in late:
@@ -251,6 +339,176 @@ class Pipeline:
                 )
             self.positions[key][topic] = next_offset
             self.dirty.add(key)
+
+    def _forward(
+        self,
+        plan: repartition.Plan,
+        topic: str,
+        partition: int,
+        events: list[Any],
+        messages: list[RawMessage],
+    ) -> None:
+        """Produce each event's original bytes to its internal topics, keyed and
+        partitioned by its new key, with its source position in a header; then, when
+        the source's event time has moved on, a progress record to every partition of
+        its internal topics (see `_heartbeats`)."""
+        targets = plan.targets
+        if events:
+            self._progress_record(plan, topic, partition, events, messages)
+        for event, m in zip(events, messages, strict=True):
+            for target, key in targets(topic, event):
+                internal_partition = repartition.partition_for(key, plan.partitions[target])
+                source = repartition.source_header(topic, partition, m.offset())
+                if self.loopback:
+                    tp = (target, internal_partition)
+                    offset = self.loop_offsets.get(tp, 0)
+                    self.loop_offsets[tp] = offset + 1
+                    self.pending.append(
+                        RawMessage(
+                            target,
+                            internal_partition,
+                            offset,
+                            key,
+                            m.value(),
+                            [(repartition.SOURCE_HEADER, source)],
+                        )
+                    )
+                else:
+                    self.outputs.forward(  # type: ignore[attr-defined]
+                        target, internal_partition, key, m.value(), source
+                    )
+
+    def _heartbeats(
+        self,
+        topic: str,
+        partition: int,
+        batch: list[RawMessage],
+        readers: list[tuple[MonitorSpec, str, tuple[str, int]]],
+        now_ms: int,
+    ) -> list[RawMessage]:
+        """Take the forwarders' progress records out of an internal topic's batch: each
+        says how far in event time its upstream partition has got (Flink's watermarks
+        through a shuffle), so a re-keyed stream advances, and its windows close, even
+        when the upstream partitions send no more events of its keys."""
+        records: list[RawMessage] = []
+        beats: list[tuple[str, int]] = []
+        for m in batch:
+            progress = _header(m, repartition.PROGRESS_HEADER)
+            if progress is None:
+                records.append(m)
+            else:
+                source = repartition.parse_source(_header(m, repartition.SOURCE_HEADER) or b"-:0")
+                beats.append((source[0], int(progress)))
+        if not beats:
+            return batch
+        next_offset = batch[-1].offset() + 1
+        for _, logical, key in readers:
+            clock = self.clocks.setdefault(key, {}).setdefault(topic, {})
+            for source, ts in beats:
+                entry = clock.get(source)
+                if entry is None:
+                    clock[source] = [ts, now_ms]
+                else:
+                    entry[0], entry[1] = max(entry[0], ts), now_ms
+            if not records and self.positions[key].get(topic, 0) < next_offset:
+                active = [
+                    t for t, seen in clock.values() if now_ms - seen < self.repartition_idle_ms
+                ]
+                if active:
+                    self.tasks[key].watermark.observe(logical, min(active), now_ms)
+                self.positions[key][topic] = next_offset
+                self.dirty.add(key)
+        return records
+
+    def _progress_record(
+        self,
+        plan: repartition.Plan,
+        topic: str,
+        partition: int,
+        events: list[Any],
+        messages: list[RawMessage],
+    ) -> None:
+        """Queue this batch's progress: sent after its records (same ordered producer)."""
+        self.progress_due[(topic, partition)] = (
+            max(e.ts for e in events),
+            messages[-1].offset(),
+            plan,
+        )
+
+    def _send_progress(self) -> None:
+        """Progress records of the sources whose event time moved by a second or more."""
+        for (topic, partition), (ts, offset, plan) in sorted(self.progress_due.items()):
+            if ts < self.progress_sent.get((topic, partition), -(2**62)) + 1000:
+                continue
+            self.progress_sent[(topic, partition)] = ts
+            source = repartition.source_header(topic, partition, offset)
+            progress = str(ts).encode()
+            for route in plan.routes.get(topic, ()):
+                for q in range(plan.partitions[route.topic]):
+                    headers = [
+                        (repartition.SOURCE_HEADER, source),
+                        (repartition.PROGRESS_HEADER, progress),
+                    ]
+                    if self.loopback:
+                        tp = (route.topic, q)
+                        off = self.loop_offsets.get(tp, 0)
+                        self.loop_offsets[tp] = off + 1
+                        self.pending.append(RawMessage(route.topic, q, off, None, None, headers))
+                    else:
+                        self.outputs.forward(  # type: ignore[attr-defined]
+                            route.topic, q, None, None, source, progress=progress
+                        )
+        self.progress_due.clear()
+
+    def _deduplicate(
+        self, key: tuple[str, int], events: list[Any], messages: list[RawMessage]
+    ) -> tuple[list[Any], list[RawMessage]]:
+        """Drop forwarded records this task has applied already (a forwarder that
+        replayed from its checkpoint sends some again): per source partition, records
+        arrive in source-offset order, so one next-offset per source suffices."""
+        seen = self.seen.setdefault(key, {})
+        kept_events: list[Any] = []
+        kept_msgs: list[RawMessage] = []
+        for event, m in zip(events, messages, strict=True):
+            header = _source_header(m)
+            if header is None:  # not forwarded by a worker: taken as it is
+                kept_events.append(event)
+                kept_msgs.append(m)
+                continue
+            source, offset = repartition.parse_source(header)
+            if offset < seen.get(source, 0):
+                metrics.REPARTITION_DUPLICATES.inc()
+                continue
+            seen[source] = offset + 1
+            kept_events.append(event)
+            kept_msgs.append(m)
+        return kept_events, kept_msgs
+
+    def _progress(
+        self,
+        key: tuple[str, int],
+        topic: str,
+        events: list[Any],
+        messages: list[RawMessage],
+        now_ms: int,
+    ) -> int | None:
+        """How far a re-keyed source has got in event time: the slowest upstream
+        partition's largest time (as Flink merges watermarks of its input channels),
+        over the upstream partitions heard from within `repartition_idle_ms`: one
+        whose forwarder is down (a crashed worker, a rebalance) holds the merged
+        stream back that long, so its events are not late when it comes back."""
+        clock = self.clocks.setdefault(key, {}).setdefault(topic, {})
+        for event, m in zip(events, messages, strict=True):
+            header = _source_header(m)
+            source = repartition.parse_source(header)[0] if header else "-"
+            entry = clock.get(source)
+            if entry is None:
+                clock[source] = [event.ts, now_ms]
+            else:
+                entry[0] = max(entry[0], event.ts)
+                entry[1] = now_ms
+        active = [ts for ts, seen in clock.values() if now_ms - seen < self.repartition_idle_ms]
+        return min(active) if active else None
 
     def _feed_one_by_one(
         self,
@@ -370,7 +628,7 @@ class Pipeline:
         return {
             key_of(*key): Checkpoint(
                 dict(self.positions[key]),
-                self.tasks[key].snapshot(),
+                self._state(key),
                 {
                     t: self.topic_ids[t]
                     for t in self.monitors[key[0]].topics.values()
@@ -380,6 +638,18 @@ class Pipeline:
             for key in sorted(keys)
             if key in self.tasks
         }
+
+    def _state(self, key: tuple[str, int]) -> dict[str, Any]:
+        """A task's snapshot, with its de-duplication positions where it has any."""
+        state = self.tasks[key].snapshot()
+        if self.seen.get(key):
+            state[SEEN] = dict(self.seen[key])
+        if self.clocks.get(key):
+            state[CLOCKS] = {
+                topic: {s: entry[0] for s, entry in sources.items()}
+                for topic, sources in self.clocks[key].items()
+            }
+        return state
 
     def mark_clean(self) -> None:
         self.dirty.clear()
@@ -396,3 +666,16 @@ class Pipeline:
             if value > NO_WATERMARK:
                 out[name] = min(out.get(name, value), value)
         return out
+
+
+def _source_header(m: Any) -> bytes | None:
+    return _header(m, repartition.SOURCE_HEADER)
+
+
+def _header(m: Any, wanted: str) -> bytes | None:
+    headers = m.headers()
+    if headers:
+        for name, value in headers:
+            if name == wanted:
+                return value
+    return None

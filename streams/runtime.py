@@ -167,7 +167,8 @@ class Runtime:
                 self.pipeline.process(groups)
                 self.sinks.poll()  # delivery reports of alerts sent so far, promptly
                 for (topic, _), batch in groups.items():
-                    metrics.EVENTS.labels(topic).inc(len(batch))
+                    if topic not in self.pipeline.internal:  # input events, not re-keyed copies
+                        metrics.EVENTS.labels(topic).inc(len(batch))
             await self._maybe_flush_and_checkpoint()
             paused = time.monotonic()
             while self.sinks.buffered >= self.settings.max_buffered_rows and not self.stopping:

@@ -74,6 +74,41 @@ event's own time); `factor` is the magnitude:
 
 Only `concept_drift` is in the default schedule (the quality monitor's
 incident); `label_noise` and `label_delay` are switched on by hand.
+
+Experiments (issue 16; off unless the scenario asks): `shared_experiment_campaigns`
+campaigns after the experiment campaigns run one experiment together,
+`exp-shared` (arms `control` / `treatment`, 50/50, sticky per user), so its traffic spans
+campaigns in different partitions; `experiment_models` models serve their
+requests from the two arms of `exp-model` (alternating), carrying
+`experiment` and `variant` on their inference logs. Their incidents:
+
+    arm_latency       exp-model/treatment    that arm's latency x factor (1.6)
+    ramp              exp-shared             the first arm's share = factor
+                                             from the start on (0.85: a jump
+                                             of 35 points)
+    crossover         exp-shared             a share `factor` of impressions
+                                             is shown again to the same user
+                                             in the other arm (0.05)
+    srm_dimension     exp-shared/ad-3        impressions of that ad only:
+                                             the first arm's share = factor
+                                             (0.8); the others stay 50/50
+
+Their decisions take no draw from the random streams (a hash of the
+impression's sequence number), so the quiet traffic is unchanged by them.
+
+Conversions (v2): the first click of an impression converts with its
+campaign's CVR (about `cvr`, 10 %), after a log-normal delay (median
+`conversion_delay_median_s`, 10 min, between 30 s and 55 min: inside the
+3,600 s conversion window) with a log-normal order value (median
+`order_value_median`, 40), on the `conversions` topic keyed by campaign. The
+clicks and conversions of an experiment's impressions carry its `experiment`
+(what re-keys them for the funnel guardrails, operators/funnel.py). They draw
+from a stream of their own, so every other topic is unchanged by them. The
+incident:
+
+    cvr_drop          exp-shared/treatment   that arm's CVR x factor (0.5);
+                      or exp-cmp-000/B       the conversions of impressions
+                                             inside the incident
 """
 
 from __future__ import annotations
@@ -83,6 +118,7 @@ import itertools
 import math
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +145,13 @@ KINDS = (
 )
 LABEL_KINDS = ("concept_drift", "label_noise", "label_delay")  # incidents of the labels
 REGRESSOR = "model-reg"  # the simulated regressor's model_id
+# on the experiments a scenario adds when asked (shared_experiment_campaigns,
+# experiment_models): not in `default_incidents`, whose scenario has none
+EXPERIMENT_KINDS = ("arm_latency", "ramp", "crossover", "srm_dimension", "cvr_drop")
+ALL_KINDS = KINDS + EXPERIMENT_KINDS
+SHARED_EXPERIMENT = "exp-shared"
+MODEL_EXPERIMENT = "exp-model"
+ARMS = ("control", "treatment")
 MODEL_VERSION = "1.0.0"
 METRICS = ("temperature", "vibration", "pressure")
 SPIKE_METRIC = "vibration"  # sensor_spike's metric when the target names none
@@ -124,8 +167,8 @@ class Incident:
     factor: float = 0.3  # the magnitude; its meaning depends on the kind
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown incident kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.kind not in ALL_KINDS:
+            raise ValueError(f"unknown incident kind {self.kind!r}; known: {', '.join(ALL_KINDS)}")
 
     @property
     def end_s(self) -> float:
@@ -161,12 +204,29 @@ class Scenario:
     label_delay_max_s: float = 540.0  # ... capped (within the demo's label delay)
     label_missing_rate: float = 0.1  # labels that never come
     regressor_per_s: float = 2.0  # requests a second to `model-reg` (0: none)
+    # issue 16: campaigns after the experiment campaigns sharing `exp-shared`, and
+    # models whose requests are served by the arms of `exp-model`
+    shared_experiment_campaigns: int = 0
+    experiment_models: int = 0
+    # v2 conversions of clicks (cvr 0: none)
+    # off by default (the v1 topics only); `streamwatch simulate --cvr` and the demo set it
+    cvr: float = 0.0  # a campaign's CVR is cvr x uniform(0.6, 1.4)
+    conversion_delay_median_s: float = 600.0
+    conversion_delay_sigma: float = 1.0
+    conversion_delay_min_s: float = 30.0  # within the conversion window: 30 s ..
+    conversion_delay_max_s: float = 3300.0  # .. 55 min
+    order_value_median: float = 40.0  # log-normal order values (revenue)
+    order_value_sigma: float = 0.6
 
     def campaign_ids(self) -> list[str]:
         return [f"cmp-{i:03d}" for i in range(self.campaigns)]
 
     def experiment_ids(self) -> list[str]:
         return [f"exp-{c}" for c in self.campaign_ids()[: self.experiment_campaigns]]
+
+    def shared_campaigns(self) -> list[str]:
+        first = self.experiment_campaigns
+        return self.campaign_ids()[first : first + self.shared_experiment_campaigns]
 
     def model_ids(self) -> list[str]:
         return [f"model-{i}" for i in range(self.models)]
@@ -247,6 +307,21 @@ def check_incidents(s: Scenario) -> None:
             sensor, _, metric = target.partition("/")
             ok = sensor in sensors and (metric or SPIKE_METRIC) in SENSOR_METRICS
             what = f"SENSOR[/METRIC], sensor {sensor_ids}, metric one of {', '.join(METRICS)}"
+        elif kind == "arm_latency":
+            ok = s.experiment_models > 0 and target in (f"{MODEL_EXPERIMENT}/{a}" for a in ARMS)
+            what = f"{MODEL_EXPERIMENT}/ARM (arms {', '.join(ARMS)}; --experiment-models > 0)"
+        elif kind == "cvr_drop":
+            arms = [f"{e}/{a}" for e in s.experiment_ids() for a in ("A", "B")]
+            if s.shared_experiment_campaigns > 0:
+                arms += [f"{SHARED_EXPERIMENT}/{a}" for a in ARMS]
+            ok = target in arms and 0 <= f < 1 and s.cvr > 0
+            what = f"an experiment's arm, one of {', '.join(arms) or 'none'}; factor in [0, 1)"
+        elif kind in ("ramp", "crossover", "srm_dimension"):
+            experiment, _, ad = target.partition("/")
+            ok = s.shared_experiment_campaigns > 0 and experiment == SHARED_EXPERIMENT
+            ok = ok and (bool(ad) == (kind == "srm_dimension")) and 0 < f < 1
+            what = f"{SHARED_EXPERIMENT}" + ("/AD_ID" if kind == "srm_dimension" else "")
+            what += " (--shared-experiment-campaigns > 0); factor in (0, 1)"
         else:  # sensor_rise, sensor_regime
             ok, what = target in sensors, f"a sensor id: {sensor_ids}"
             if kind == "sensor_rise":
@@ -382,6 +457,7 @@ class Simulator:
         # leaves every other topic byte-identical
         self.lrng = random.Random(f"{scenario.seed}/labels")
         self.rrng = random.Random(f"{scenario.seed}/regressor")
+        self.crng = random.Random(f"{scenario.seed}/conversions")
         ids = scenario.campaign_ids()
         self.base_ctr = {c: self.rng.uniform(0.02, 0.06) for c in ids}
         weights = [self.rng.uniform(0.5, 1.5) for _ in ids]
@@ -390,6 +466,9 @@ class Simulator:
         self.cum_weights = [w / total for w in itertools.accumulate(weights)]
         self.experiments = {c: f"exp-{c}" for c in ids[: scenario.experiment_campaigns]}
         self.serving = {c: scenario.model_of(c) for c in ids}
+        self.shared = set(scenario.shared_campaigns())
+        self.experiment_models = set(scenario.model_ids()[: scenario.experiment_models])
+        self.base_cvr = {c: scenario.cvr * self.crng.uniform(0.6, 1.4) for c in ids}
         self.counts: dict[str, int] = {}
         self.models = [self._model(i, m) for i, m in enumerate(scenario.model_ids())]
         self.sensors = [self._sensor(i, sid) for i, sid in enumerate(scenario.sensor_ids())]
@@ -420,6 +499,7 @@ class Simulator:
         s = self.s
         pending: list[tuple[int, int, bytes, str]] = []  # (ts, seq, value, key) of clicks
         self._labels: list[tuple[int, int, bytes, str]] = []  # the same, of labels
+        self._conversions: list[tuple[int, int, bytes, str]] = []  # ... of conversions
         self._label_seq = 0
         self._reg_requests = 0
         self._seq = 0
@@ -441,6 +521,9 @@ class Simulator:
             while self._labels and self._labels[0][0] < horizon:
                 ts, _, value, key = heapq.heappop(self._labels)
                 batch.append((ts, ("labels", key, value)))
+            while self._conversions and self._conversions[0][0] < horizon:
+                ts, _, value, key = heapq.heappop(self._conversions)
+                batch.append((ts, ("conversions", key, value)))
             self._sensor_readings(horizon, live, batch)
             batch.sort(key=lambda item: item[0])
             counts = self.counts
@@ -462,6 +545,8 @@ class Simulator:
         s, rng = self.s, self.rng
         drops = [i for i in live if i.kind == "ctr_drop"]
         srm = [i for i in live if i.kind == "srm"]
+        shared = [i for i in live if i.kind in ("ramp", "crossover", "srm_dimension")]
+        cvr_drops = [i for i in live if i.kind == "cvr_drop"]
         for _ in range(_poisson(rng, s.impressions_per_s)):
             ts = base + rng.randrange(1000)
             t = self._t(ts)
@@ -487,7 +572,13 @@ class Simulator:
                     if inc.target == experiment and inc.active(t):
                         share_a = inc.factor
                 imp["experiment"] = experiment
-                imp["variant"] = "A" if rng.random() < share_a else "B"
+                # sticky per user (a hash of the user; the draw is kept so the stream of
+                # later draws is what it was): a user stays in one variant
+                rng.random()
+                sticky = zlib.crc32(f"{experiment}/{user}".encode()) / 2**32
+                imp["variant"] = "A" if sticky < share_a else "B"
+            elif campaign in self.shared:
+                self._shared_arm(imp, seq, t, shared, batch)
             batch.append((ts, ("impressions", campaign, orjson.dumps(imp))))
             ctr = self.base_ctr[campaign]
             for inc in drops:
@@ -506,9 +597,13 @@ class Simulator:
                         "campaign_id": campaign,
                         "user_id": user,
                     }
+                    if "experiment" in imp:
+                        click["experiment"] = imp["experiment"]
                     heapq.heappush(
                         pending, (click["ts"], seq * 4 + c, orjson.dumps(click), campaign)
                     )
+                if s.cvr > 0:
+                    self._convert(imp, seq, ts + delay, t, cvr_drops)
             if rng.random() < s.orphan_click_rate:
                 orphan = {
                     "click_id": f"orphan-{s.seed}-{seq}",
@@ -519,12 +614,78 @@ class Simulator:
                 }
                 batch.append((ts, ("clicks", campaign, orjson.dumps(orphan))))
 
+    def _convert(
+        self, imp: dict[str, Any], seq: int, click_ts: int, t: float, live: list[Incident]
+    ) -> None:
+        """The conversion of an impression's first click, if it converts (three draws
+        from the conversions' own stream whether or not: a CVR change shifts none)."""
+        s, rng = self.s, self.crng
+        campaign = imp["campaign_id"]
+        cvr = self.base_cvr[campaign]
+        arm = f"{imp.get('experiment')}/{imp.get('variant')}"
+        for inc in live:
+            if inc.target == arm and inc.active(t):
+                cvr *= inc.factor
+        converts = rng.random() < cvr
+        delay_s = rng.lognormvariate(
+            math.log(s.conversion_delay_median_s), s.conversion_delay_sigma
+        )
+        value = rng.lognormvariate(math.log(s.order_value_median), s.order_value_sigma)
+        if not converts:
+            return
+        delay_s = min(max(delay_s, s.conversion_delay_min_s), s.conversion_delay_max_s)
+        conversion: dict[str, Any] = {
+            "conversion_id": f"cnv-{s.seed}-{seq}",
+            "click_id": f"clk-{s.seed}-{seq}-0",
+            "ts": click_ts + round(delay_s * 1000),
+            "campaign_id": campaign,
+            "user_id": imp["user_id"],
+            "value": round(value, 2),
+        }
+        if "experiment" in imp:
+            conversion["experiment"] = imp["experiment"]
+        heapq.heappush(
+            self._conversions, (conversion["ts"], seq, orjson.dumps(conversion), campaign)
+        )
+
+    def _shared_arm(
+        self,
+        imp: dict[str, Any],
+        seq: int,
+        t: float,
+        live: list[Incident],
+        batch: list[tuple[int, Message]],
+    ) -> None:
+        """The arm of an impression of `exp-shared`, and its incidents."""
+        share = 0.5
+        crossover = 0.0
+        for inc in live:
+            if not inc.active(t):
+                continue
+            if inc.kind == "ramp" or (
+                inc.kind == "srm_dimension" and inc.target.partition("/")[2] == imp["ad_id"]
+            ):
+                share = inc.factor
+            elif inc.kind == "crossover":
+                crossover = inc.factor
+        # sticky assignment, as experimentation platforms do: the arm is a hash of the
+        # user (no random draw), so a user stays in one arm unless the share moves
+        arm = ARMS[0] if zlib.crc32(imp["user_id"].encode()) / 2**32 < share else ARMS[1]
+        imp["experiment"] = SHARED_EXPERIMENT
+        imp["variant"] = arm
+        if crossover and _unit_hash(seq) < crossover:
+            # the same user shown the other arm a moment later (no random draw)
+            again = {**imp, "impression_id": f"{imp['impression_id']}-x", "ts": imp["ts"] + 1}
+            again["variant"] = ARMS[1] if arm == ARMS[0] else ARMS[0]
+            batch.append((again["ts"], ("impressions", imp["campaign_id"], orjson.dumps(again))))
+
     def _inference(self, base: int, live: list[Incident], batch: list[tuple[int, Message]]) -> None:
         s, rng = self.s, self.irng
         mine = [
             i
             for i in live
-            if i.kind in ("feature_drift", "prediction_shift", "latency_spike", "error_spike")
+            if i.kind
+            in ("feature_drift", "prediction_shift", "latency_spike", "error_spike", "arm_latency")
         ]
         n_models = len(self.models)
         for _ in range(_poisson(rng, s.inference_per_s)):
@@ -563,6 +724,13 @@ class Simulator:
                     latency *= inc.factor
                 elif inc.kind == "error_spike":
                     error_p = inc.factor
+            arm = None
+            if mid in self.experiment_models:
+                arm = ARMS[self._requests % 2]  # alternating: no random draw
+                for inc in mine:
+                    target = f"{MODEL_EXPERIMENT}/{arm}"
+                    if inc.kind == "arm_latency" and inc.active(t) and inc.target == target:
+                        latency *= inc.factor
             failed = rng.random() < error_p
             p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
             self._requests += 1
@@ -578,6 +746,9 @@ class Simulator:
             }
             if not failed:
                 log["confidence"] = round(abs(2.0 * p - 1.0), 5)
+            if arm is not None:
+                log["experiment"] = MODEL_EXPERIMENT
+                log["variant"] = arm
             batch.append((ts, ("inference-logs", mid, orjson.dumps(log))))
             if s.labels:
                 self._label(log, live, failed, lambda u, p=p_true: 1.0 if u < p else 0.0)
@@ -703,6 +874,12 @@ class Simulator:
                     "site": sensor.site,
                 }
                 batch.append((ts, ("sensor-readings", sid, orjson.dumps(reading))))
+
+
+def _unit_hash(n: int) -> float:
+    """A number in [0, 1) from an integer, without touching a random stream
+    (Knuth's multiplicative hash)."""
+    return ((n * 2654435761) % 2**32) / 2**32
 
 
 def _pick(cum: tuple[float, ...], u: float) -> int:

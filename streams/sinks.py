@@ -37,7 +37,7 @@ import orjson
 
 from schemas.decode import MAX_MESSAGE_BYTES, Rejection
 from schemas.events import Alert
-from streams import dead_letters, kafka, metrics
+from streams import dead_letters, kafka, metrics, repartition
 from streams.clickhouse import ClickHouseError, Writer
 from streams.pipeline import RawMessage
 
@@ -87,6 +87,10 @@ class Sinks:
         # called on each alert before it is published (streams.correlate: possible
         # causes); one may return None to hold the alert back and pass it here later
         self.alert_enrichers: list[Any] = []
+        # re-keyed events (streams/repartition.py) leave through their own producer,
+        # which keeps their order per partition; set by the worker when it re-keys
+        self.forward_producer: Any = None
+        self.forward_failed: str | None = None
         # Delay from a result's creation (the tick whose watermark closed its
         # window) to its delivery; the latest ones, for benchmarks and /metrics.
         self.created: dict[str, list[tuple[float, int]]] = {}  # table -> (when, rows)
@@ -171,6 +175,46 @@ class Sinks:
                 }
             ],
         )
+
+    def forward(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        source: bytes,
+        progress: bytes | None = None,
+    ) -> None:
+        """Re-key one event onto an internal topic, or send a progress record (see
+        streams.repartition)."""
+        producer = self.forward_producer or self.producer
+        headers = {repartition.SOURCE_HEADER: source}
+        if progress is not None:
+            headers[repartition.PROGRESS_HEADER] = progress
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    value,
+                    key=key,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=self._forward_delivered,
+                )
+                break
+            except BufferError:  # librdkafka's local queue is full: let it drain
+                producer.poll(0.1)
+        metrics.FORWARDED.labels(topic).inc()
+
+    def _forward_delivered(self, err: Any, msg: Any) -> None:
+        """A re-keyed record the producer gave up on (retries are unbounded, so a
+        permanent error): sending it again now would put it after later records of
+        its source and the de-duplication would drop it. No checkpoint may cover it,
+        ever: every flush fails from now on, and a restart replays from the last
+        checkpoint."""
+        if err is not None and self.forward_failed is None:
+            self.forward_failed = f"re-keyed record to {msg.topic()} failed: {err}"
+            log.error("%s; restart the worker (it replays from its checkpoint)", err)
 
     # -- delivery -------------------------------------------------------------
 
@@ -271,6 +315,11 @@ class Sinks:
     def flush(self, timeout: float = 30.0) -> None:
         """Deliver everything pending; raise SinkError (keeping rows and refused
         messages for the next attempt) on failure."""
+        if self.forward_producer is not None and self.forward_producer.flush(timeout):
+            metrics.SINK_FAILURES.labels("kafka").inc()
+            raise SinkError("broker did not take every re-keyed record yet")
+        if self.forward_failed:
+            raise SinkError(self.forward_failed)
         retry, self.undelivered = self.undelivered, []
         for topic, value, key, headers in retry:
             self._produce(topic, value, key, headers=dict(headers) if headers else None)

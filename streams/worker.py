@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams import kafka
+from streams import kafka, repartition
 from streams.checkpoints import CheckpointStore
 from streams.clickhouse import Writer, connect, ensure_schema
 from streams.config import Settings
@@ -171,9 +171,17 @@ class Worker:
         self.watchdog: ExitWatchdog | None = None
         self.sinks = Sinks(self.writer, self.producer, settings.topics)
         monitors = build_monitors(settings)
+        plan = next((m.plan for m in monitors if m.plan), None)
+        if plan:  # re-keying: internal topics, and a producer that keeps their order
+            repartition.ensure_internal_topics(settings, plan)
+            self.sinks.forward_producer = kafka.producer(
+                settings, **repartition.forward_producer_config()
+            )
         t = settings.topics
         logical = {topic: name for name, topic in t.inputs().items()}
-        self.pipeline = Pipeline(monitors, self.sinks, logical)
+        self.pipeline = Pipeline(
+            monitors, self.sinks, logical, repartition_idle_s=settings.repartition_idle_s
+        )
         self.store = CheckpointStore(
             settings.kafka_client_config(), t.checkpoints, settings.kafka.group_id
         )

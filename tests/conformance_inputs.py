@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from schemas.events import Click, Impression, InferenceLog, LabelEvent, SensorReading
+from schemas.events import (
+    Click,
+    Conversion,
+    Impression,
+    InferenceLog,
+    LabelEvent,
+    SensorReading,
+)
 
 T0 = 1_795_000_200_000  # 2026-11-18, a 5-minute boundary
 MIN = 60_000
@@ -43,7 +50,9 @@ def _sorted(events: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 
 def ctr() -> Case:
-    """Two campaigns at ~10 % CTR; c2 collapses to ~0 for six minutes, then recovers."""
+    """Two campaigns at ~10 % CTR; c2 collapses to ~0 for six minutes, then recovers.
+    Conversions joined (v2): about a third of the clicks convert within minutes, some
+    twice, and a few conversions name a click that never counted (orphans)."""
     rng = random.Random(1)
     events: list[tuple[str, Any]] = []
     for k in range(30 * 240):
@@ -79,6 +88,21 @@ def ctr() -> Case:
                     ),
                 )
             )
+            if rng.random() < 0.3:  # a conversion (sometimes two) of this click
+                for n in range(1 + (rng.random() < 0.1)):
+                    events.append(
+                        (
+                            "conversions",
+                            Conversion(
+                                conversion_id=f"v{k}-{n}",
+                                click_id=f"k{k}",
+                                ts=ts + delay + rng.choice([1_000, 40_000, 150_000]) + n,
+                                campaign_id=campaign,
+                                user_id=f"u{k % 97}",
+                                value=round(rng.uniform(1, 50), 2),
+                            ),
+                        )
+                    )
             if rng.random() < 0.05:  # a duplicate click
                 events.append(
                     (
@@ -92,6 +116,19 @@ def ctr() -> Case:
                         ),
                     )
                 )
+        if rng.random() < 0.002:  # a conversion of a click never seen
+            events.append(
+                (
+                    "conversions",
+                    Conversion(
+                        conversion_id=f"ov{k}",
+                        click_id=f"none{k}",
+                        ts=ts,
+                        campaign_id=campaign,
+                        user_id="u0",
+                    ),
+                )
+            )
         if rng.random() < 0.003:  # an orphan click
             events.append(
                 (
@@ -107,7 +144,12 @@ def ctr() -> Case:
             )
     return Case(
         _sorted(events),
-        options={"attribution_ms": 60_000, "baseline_min_impressions": 100},
+        options={
+            "attribution_ms": 60_000,
+            "baseline_min_impressions": 100,
+            "conversions": True,
+            "conversion_ms": 180_000,
+        },
         keeps={"judge": "each campaign's baseline and CUSUMs, learned from all its windows"},
     )
 
@@ -237,20 +279,28 @@ def service() -> Case:
 
 
 def srm() -> Case:
+    """One experiment split 50/50 that drifts to 70/30 for ten minutes (on campaign c2
+    only, which the drill-down names); a few users switch arms (crossover)."""
     rng = random.Random(7)
     events = []
     for k in range(6000):
         ts = T0 + k * 300  # 30 minutes
-        broken = T0 + 15 * MIN <= ts < T0 + 25 * MIN
-        variant = "A" if rng.random() < (0.7 if broken else 0.5) else "B"
+        campaign = f"c{k % 3}"
+        broken = campaign == "c2" and T0 + 15 * MIN <= ts < T0 + 25 * MIN
+        user = rng.randrange(2000)
+        variant = "A" if user % 2 else "B"  # sticky assignment by user ...
+        if user % 50 == 0:  # ... except for one user in fifty, who switches arms
+            variant = rng.choice("AB")
+        if broken and rng.random() < 0.4:  # c2 sends B's traffic to A (70/30)
+            variant = "A"
         events.append(
             (
                 "impressions",
                 Impression(
                     impression_id=f"i{k}",
                     ts=ts,
-                    campaign_id="c1",
-                    user_id=f"u{rng.randrange(500)}",
+                    campaign_id=campaign,
+                    user_id=f"u{user}",
                     experiment="e1",
                     variant=variant,
                 ),
@@ -258,8 +308,156 @@ def srm() -> Case:
         )
     return Case(
         events,
-        # per (experiment, variant): never dropped, also for an experiment that has ended
-        keeps={"cusum": "each experiment's accumulated SRM evidence"},
+        # per experiment: never dropped, also for an experiment that has ended
+        keeps={"cumulative": "each experiment's counts and always-valid p since its start"},
+    )
+
+
+def _experiment_log(
+    rng: random.Random, ts: int, i: int, variant: str, error_rate: float, latency: float
+) -> tuple[str, Any]:
+    return (
+        "inference-logs",
+        InferenceLog(
+            request_id=f"r{i}",
+            ts=ts,
+            model_id="m1",
+            model_version="v2" if variant == "treatment" else "v1",
+            features={"x": rng.random()},
+            prediction=rng.random(),
+            latency_ms=rng.expovariate(1 / latency),
+            status="error" if rng.random() < error_rate else "ok",
+            experiment="e1",
+            variant=variant,
+        ),
+    )
+
+
+def experiment() -> Case:
+    """Experiment e1, control and treatment served 50/50: from minute 12 the treatment
+    errs on 15 % of its requests (control 1 %) and is twice as slow; from minute 10 the
+    treatment gets 85 % of the impressions instead of half (a ramp too fast)."""
+    rng = random.Random(9)
+    events: list[tuple[str, Any]] = []
+    for i in range(20 * 60 * 4):  # 4 requests a second for 20 minutes
+        ts = T0 + i * 250
+        variant = "treatment" if i % 2 else "control"
+        bad = variant == "treatment" and ts >= T0 + 12 * MIN
+        events.append(
+            _experiment_log(rng, ts, i, variant, 0.15 if bad else 0.01, 60 if bad else 30)
+        )
+        if i % 2 == 0:  # 2 impressions a second
+            share = 0.85 if ts >= T0 + 10 * MIN else 0.5
+            events.append(
+                (
+                    "impressions",
+                    Impression(
+                        impression_id=f"i{i}",
+                        ts=ts,
+                        campaign_id="c1",
+                        user_id=f"u{rng.randrange(300)}",
+                        experiment="e1",
+                        variant="treatment" if rng.random() < share else "control",
+                    ),
+                )
+            )
+    return Case(
+        events,
+        options={"window_ms": 60_000, "ramp_min_total": 60},
+        keeps={
+            "evidence": "each arm's moments and always-valid p-values since the start",
+            # pruned when the experiment's next window closes, not by the watermark
+            # alone: bounded by ramp_period_ms per experiment
+            "shares": "each experiment's arm shares of its last ramp period",
+        },
+    )
+
+
+def funnel() -> Case:
+    """Experiment e1 at 25 % CTR and 30 % CVR in both arms until minute 8; then the
+    treatment's clicks convert at 2 % (a broken checkout), its CTR unchanged. Some
+    impressions carry no experiment (ignored), a few clicks and conversions are orphans."""
+    rng = random.Random(10)
+    events: list[tuple[str, Any]] = []
+    for k in range(25 * 60 * 8):  # 8 impressions a second for 25 minutes
+        ts = T0 + k * 125
+        variant = "treatment" if k % 2 else "control"
+        experiment = None if k % 13 == 0 else "e1"
+        imp_id = f"i{k}"
+        events.append(
+            (
+                "impressions",
+                Impression(
+                    impression_id=imp_id,
+                    ts=ts,
+                    campaign_id="c1",
+                    user_id=f"u{k % 500}",
+                    experiment=experiment,
+                    variant=variant if experiment else None,
+                ),
+            )
+        )
+        if experiment is None or rng.random() >= 0.25:
+            continue
+        delay = rng.choice([300, 5_000, 40_000])
+        click_id = f"k{k}"
+        events.append(
+            (
+                "clicks",
+                Click(
+                    click_id=click_id,
+                    impression_id=imp_id,
+                    ts=ts + delay,
+                    campaign_id="c1",
+                    user_id=f"u{k % 500}",
+                    experiment="e1",
+                ),
+            )
+        )
+        broken = variant == "treatment" and ts >= T0 + 8 * MIN
+        if rng.random() < (0.02 if broken else 0.3):
+            for n in range(1 + (rng.random() < 0.1)):  # sometimes converted twice
+                events.append(
+                    (
+                        "conversions",
+                        Conversion(
+                            conversion_id=f"v{k}-{n}",
+                            click_id=click_id,
+                            ts=ts + delay + rng.choice([2_000, 30_000, 90_000]) + n,
+                            campaign_id="c1",
+                            user_id=f"u{k % 500}",
+                            value=round(rng.uniform(5, 80), 2),
+                            experiment="e1",
+                        ),
+                    )
+                )
+        if rng.random() < 0.01:  # a conversion of a click never seen
+            events.append(
+                (
+                    "conversions",
+                    Conversion(
+                        conversion_id=f"ov{k}",
+                        click_id=f"none{k}",
+                        ts=ts,
+                        campaign_id="c1",
+                        user_id="u0",
+                        experiment="e1",
+                    ),
+                )
+            )
+    return Case(
+        _sorted(events),
+        options={
+            "window_ms": 60_000,
+            "attribution_ms": 60_000,
+            "conversion_ms": 120_000,
+            "min_impressions": 100,
+            "min_clicks": 10,
+        },
+        keeps={
+            "arms": "each arm's moments and always-valid p-values since the start",
+            "judge": "the CTR monitor's baselines (the funnel judges none: empty)",
+        },
     )
 
 
@@ -335,4 +533,6 @@ GENERATORS: dict[str, Callable[[], Case]] = {
     "srm": srm,
     "freshness": freshness,
     "quality": quality,
+    "experiment": experiment,
+    "funnel": funnel,
 }

@@ -90,6 +90,7 @@ class Deployment:
             "inference_logs": f"{name}.inference-logs",
             "sensor_readings": f"{name}.sensor-readings",
             "labels": f"{name}.labels",
+            "conversions": f"{name}.conversions",
             "alerts": f"{name}.alerts",
             "dead_letter": f"{name}.dead-letter",
             "late_events": f"{name}.late-events",

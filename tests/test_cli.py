@@ -124,6 +124,9 @@ def test_example_configuration_is_valid() -> None:
         "freshness",
         "srm",
         "quality",
+        "experiment",
+        "funnel",  # v2: CTR/CVR/revenue guardrails per experiment arm (operators/funnel.py)
+        "repartition",  # the forwarder re-keying inputs (streams/repartition.py)
     }
 
 

@@ -86,6 +86,15 @@ ROWS = {
                if(number % 2 = 1, 2.5, NULL), 3.1, 0.1, 0, 0.2,
                if(number % 2 = 0, 0.78, NULL), number > 0, if(number > 0, 2, 1)
         FROM numbers(6)""",
+    "experiment_windows": """
+        (window_start, window_end, experiment, variant, metric, value, n, control_value, p_value)
+        SELECT toStartOfFiveMinutes(now()) - INTERVAL (5 * intDiv(number, 4)) MINUTE,
+               toStartOfFiveMinutes(now()) - INTERVAL (5 * intDiv(number, 4) - 5) MINUTE,
+               'exp-1', ['control', 'treatment'][number % 2 + 1],
+               ['share', 'share', 'share_cumulative', 'share_cumulative',
+                'latency_p99', 'latency_p99', 'error_rate', 'error_rate'][number % 8 + 1],
+               if(number % 2 = 0, 0.54, 0.46), 500, 0.5, 0.0004
+        FROM numbers(24)""",
     "alerts": """
         (alert_id, ts, kind, rule, severity, status, entity, metric, value, threshold,
          window_start, window_end, message, details)

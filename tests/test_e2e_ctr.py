@@ -320,17 +320,16 @@ def test_ctr_end_to_end_exact(tmp_path, broker) -> None:
         "SELECT monitor, toUnixTimestamp64Milli(window_start) AS ws, count() AS n "
         "FROM streamwatch.late_events FINAL GROUP BY monitor, ws"
     )
-    # late for both monitors that read impressions, each counted in its own window
-    srm_window = t0 - t0 % 300_000
+    # late for the CTR monitor, in its window; SRM reads only impressions that carry
+    # an experiment (re-keyed by it, issue 16), which these do not
     assert sorted(late_rows, key=lambda r: r["monitor"]) == [
         {"monitor": "ctr", "ws": t0, "n": 5},
-        {"monitor": "srm", "ws": srm_window, "n": 5},
     ]
     copied = consume_all(broker.bootstrap, topic["late_events"])
     assert sorted(orjson.loads(m.value())["impression_id"] for m in copied) == sorted(
-        [f"late{i}" for i in range(5)] * 2
+        [f"late{i}" for i in range(5)]
     )
-    assert sorted(dict(m.headers())["monitor"] for m in copied) == [b"ctr"] * 5 + [b"srm"] * 5
+    assert sorted(dict(m.headers())["monitor"] for m in copied) == [b"ctr"] * 5
     counted = d.query(
         "SELECT reason, count() AS n FROM streamwatch.dead_letters FINAL "
         "GROUP BY reason ORDER BY reason"

@@ -39,7 +39,8 @@ ROWS = {
         SELECT toStartOfMinute(now()) - INTERVAL (number % 5) MINUTE,
                toStartOfMinute(now()) - INTERVAL (number % 5) MINUTE + INTERVAL 1 MINUTE,
                concat('cmp-', toString(number % 3)), if(number % 2 = 0, '', 'B'),
-               1000, 10 + number, (10 + number) / 1000, 1, 0, 0, number % 2, 1, now64(3)
+               1000, 10 + number, (10 + number) / 1000, 1, 0, 0, number % 2, 1,
+               number % 3, (number % 3) / (10 + number), 40.0 * (number % 3), 0, 0, now64(3)
         FROM numbers(10)""",
     "sensor_anomalies": """
         SELECT now() - INTERVAL number MINUTE, concat('s-', toString(number % 2)), 'temp',
@@ -79,6 +80,14 @@ ROWS = {
                if(number % 2 = 1, 2.5, NULL), 3.1, 0.1, 0, 0.2,
                if(number % 2 = 0, 0.78, NULL), 1, 2, now64(3)
         FROM numbers(6)""",
+    "experiment_windows": """
+        SELECT toStartOfFiveMinutes(now()) - INTERVAL (5 * intDiv(number, 8)) MINUTE,
+               toStartOfFiveMinutes(now()) - INTERVAL (5 * intDiv(number, 8) - 5) MINUTE,
+               'exp-1', ['control', 'treatment'][number % 2 + 1],
+               ['share', 'share', 'share_cumulative', 'share_cumulative',
+                'latency_p99', 'latency_p99', 'error_rate', 'error_rate'][number % 8 + 1],
+               if(number % 2 = 0, 0.54, 0.46), 500, 0.5, 0.0004, now64(3)
+        FROM numbers(24)""",
     "alerts": """
         SELECT concat('alert-', toString(number)), now() - INTERVAL number MINUTE, 'ctr',
                'ctr_floor', ['warning', 'critical'][number % 2 + 1],

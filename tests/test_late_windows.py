@@ -10,9 +10,16 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.ctr import CtrOperator
+from operators.ctr import CtrConfig, CtrOperator
 from operators.quality import QualityConfig, QualityOperator
-from schemas.events import Click, Impression, InferenceLog, LabelEvent, SensorReading
+from schemas.events import (
+    Click,
+    Conversion,
+    Impression,
+    InferenceLog,
+    LabelEvent,
+    SensorReading,
+)
 from streams.config import load_settings
 from streams.monitors import OPERATORS, build_monitors
 from streams.pipeline import Pipeline, RawMessage
@@ -78,6 +85,27 @@ def test_a_late_click_counts_in_its_impressions_window() -> None:
     assert op.late_window("clicks", orphan) == T0 + MIN  # where an orphan counts
 
 
+def test_a_late_conversion_counts_in_its_clicks_impressions_window() -> None:
+    """A conversion's window is that of the impression its click counted for, also
+    after the window's final row (its counted clicks are held until the conversions
+    are final); a conversion of a click never counted goes where an orphan counts."""
+    op = CtrOperator(CtrConfig(conversions=True, attribution_ms=MIN))
+    imp = Impression(impression_id="i1", ts=T0 + 59_000, campaign_id="c", user_id="u")
+    op.feed("impressions", [imp])
+    click = Click(click_id="k1", impression_id="i1", ts=T0 + 61_000, campaign_id="c", user_id="u")
+    op.feed("clicks", [click])
+
+    def conversion(click_id: str) -> Conversion:
+        ts = T0 + 3 * MIN + 1_000
+        return Conversion(conversion_id="v", click_id=click_id, ts=ts, campaign_id="c", user_id="u")
+
+    assert op.late_window("conversions", conversion("k1")) == T0
+    op.advance(T0 + 3 * MIN)  # the window's final row: its impressions are forgotten
+    assert not op.impressions and "k1" in op.clicks
+    assert op.late_window("conversions", conversion("k1")) == T0
+    assert op.late_window("conversions", conversion("k?")) == T0 + 3 * MIN
+
+
 def test_a_late_label_counts_in_its_predictions_window() -> None:
     op = QualityOperator(QualityConfig(label_delay_ms=10 * MIN))
     log = InferenceLog(
@@ -121,8 +149,11 @@ def test_every_monitor_maps_a_late_event_to_a_time_at_or_before_it(name: str) ->
         ),
         "sensor-readings": SensorReading(ts=T0 + 61_234, sensor_id="s", values={"t": 1.0}),
         "labels": LabelEvent(request_id="r", ts=T0 + 61_234, model_id="m", label=1.0),
+        "conversions": Conversion(
+            conversion_id="v", click_id="k", ts=T0 + 61_234, campaign_id="c", user_id="u"
+        ),
     }
-    for source in operator_type.sources:
+    for source in operator_type.sources_for(config_type()):
         start = op.late_window(source, events[source])
         assert isinstance(start, int)
         assert T0 <= start <= T0 + 61_234, (name, source, start)

@@ -102,7 +102,8 @@ def test_decoded_once_rejected_once_and_every_monitor_fed() -> None:
     p.process([imp(1, T0, "c", 0, 6), bad])
     assert out.rejects == ["invalid_json"]
     assert p.positions[("ctr", 0)]["impressions"] == 8
-    assert p.positions[("srm", 0)]["impressions"] == 8  # SRM reads impressions too
+    # SRM reads the experiment-keyed copy; the forwarder reads impressions for it
+    assert p.positions[("repartition", 0)]["impressions"] == 8
     assert isinstance(p.checkpoints()["ctr/0"], Checkpoint)
 
 

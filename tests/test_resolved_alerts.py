@@ -122,8 +122,75 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
         1e-9,
         0.43,
         {},
-        "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 3.5e-06 (the "
+        "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 0.01 (the "
         "variants' shares match the configured split again)",
+    ),
+    "srm_cumulative": (
+        "exp-cmp-000",
+        1e-9,
+        0.43,
+        {},
+        "cumulative sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 0.01 (the "
+        "cumulative shares match the configured split again)",
+    ),
+    **{
+        f"experiment_guardrail_{metric}": (
+            "exp-1/treatment",
+            1.0,
+            0.0,
+            {
+                "experiment": "exp-1",
+                "variant": "treatment",
+                "control": "control",
+                "treatment_value": values[0],
+                "control_value": values[1],
+                "red_line": 0.2,
+                "always_valid_p": 1e-6,
+            },
+            f"exp-1/treatment: {label} back within its red line against control ({shown})",
+        )
+        for metric, label, values, shown in (
+            ("error_rate", "error rate", (0.012, 0.01), "1.20% against 1.00%"),
+            ("latency_p95", "p95 latency", (210.0, 200.0), "210 ms against 200 ms"),
+            ("latency_p99", "p99 latency", (210.0, 200.0), "210 ms against 200 ms"),
+        )
+    },
+    # v2 funnel guardrails (operators/funnel.py): the treatment below the control
+    **{
+        f"experiment_guardrail_{metric}": (
+            "exp-1/treatment",
+            1.0,
+            0.0,
+            {
+                "experiment": "exp-1",
+                "variant": "treatment",
+                "control": "control",
+                "treatment_value": values[0],
+                "control_value": values[1],
+                "red_line": 0.2,
+                "always_valid_p": 1e-6,
+            },
+            f"exp-1/treatment: {label} back within its red line against control ({shown})",
+        )
+        for metric, label, values, shown in (
+            ("ctr", "CTR", (0.049, 0.05), "4.90% against 5.00%"),
+            ("cvr", "CVR", (0.095, 0.1), "9.5% against 10.0%"),
+            ("revenue_per_impression", "revenue per impression", (0.19, 0.2), "0.19 against 0.2"),
+        )
+    },
+    "experiment_ramp": (
+        "exp-1",
+        0.4,
+        0.05,
+        {"variant": "treatment", "change": 0.05, "share_before": 0.5, "share": 0.55},
+        "ramp change of an arm's share of exp-1 back to 5%, under 20%",
+    ),
+    "experiment_crossover": (
+        "exp-1",
+        0.2,
+        0.001,
+        {"crossed_users": 40, "tracked_users": 200},
+        "share of users seen in more than one arm of exp-1 back to 0.1%, under 1%",
     ),
     "quality_accuracy_drop": (
         "model-0/1.0.0",

@@ -48,6 +48,14 @@ GOOD = {
         "site": "plant-1",
     },
     "labels": {"request_id": "r", "ts": 1795341600123, "model_id": "m", "label": 1, "weight": 2},
+    "conversions": {
+        "conversion_id": "v1",
+        "click_id": "k",
+        "ts": 1795341600123,
+        "campaign_id": "c",
+        "user_id": "u",
+        "value": 19.9,
+    },
 }
 KEYS = {
     "impressions": "c",
@@ -55,6 +63,7 @@ KEYS = {
     "inference-logs": "m",
     "sensor-readings": "s",
     "labels": "m",
+    "conversions": "c",
 }
 
 
@@ -76,6 +85,8 @@ def test_json_schema_and_decoder_agree_on_good_events(topic: str) -> None:
     ("topic", "patch", "reason"),
     [
         ("impressions", {"user_id": 5}, "wrong_type"),
+        ("conversions", {"value": "12"}, "wrong_type"),
+        ("conversions", {"click_id": None}, "missing_field"),
         ("impressions", {"user_id": None}, "missing_field"),
         ("clicks", {"ts": "2026-11-22T10:00:00"}, "bad_timestamp"),
         ("clicks", {"ts": 0}, "bad_timestamp"),

@@ -33,7 +33,8 @@ CHILD = textwrap.dedent(
         "window_start": 1_795_000_020_000, "window_end": 1_795_000_080_000,
         "campaign_id": "c1", "variant": "", "impressions": 10, "clicks": 1, "ctr": 0.1,
         "orphan_clicks": 0, "duplicate_clicks": 0, "duplicate_impressions": 0,
-        "final": 1, "version": 2,
+        "final": 1, "version": 2, "conversions": 0, "cvr": 0.0, "revenue": 0.0,
+        "orphan_conversions": 0, "duplicate_conversions": 0,
     }
     rows = [dict(row, campaign_id=f"c{i}") for i in range(2)]
     out = {}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from operators.rules import Rule, RuleEngine
 from operators.srm import SRM_TABLE, SrmConfig, SrmOperator, srm_test
 from operators.task import MonitorTask
 from schemas.events import Impression
+from streams.config import DEFAULT_RULES
 
 T0 = 1_795_000_200_000  # a 5-minute boundary
 W = 300_000
@@ -78,6 +81,11 @@ def close(op: SrmOperator, until: int = T0 + W):
     return op.collect()
 
 
+def window_tests(out):
+    """The per-window SRM observations (the cumulative and crossover ones aside)."""
+    return [o for o in out.observations if o.metric == "srm_chi2_p"]
+
+
 # -- the test itself ------------------------------------------------------------
 
 
@@ -120,17 +128,15 @@ def test_45_55_split_at_10k_is_critical() -> None:
     assert row["chi2"] == pytest.approx(100.0)  # (500^2 + 500^2) / 5000
     assert row["p_value"] < 1e-20 and row["srm"] == 1
     assert (row["window_start"], row["window_end"]) == (T0, T0 + W)
-    [obs] = out.observations
+    [obs] = window_tests(out)
     assert (obs.kind, obs.entity, obs.metric, obs.n) == ("srm", "exp1", "srm_chi2_p", 10_000)
-    # the window's chi-square p and the accumulated evidence, Bonferroni over 2k + 1 tests
-    assert obs.details["chi2_p"] == row["p_value"]
-    assert obs.value == obs.p_value == pytest.approx(5 * row["p_value"])
+    assert obs.value == obs.p_value == row["p_value"] < 0.001
     assert obs.details["counts"] == {"A": 4500, "B": 5500}
     assert obs.details["observed"] == {"A": 0.45, "B": 0.55}
     assert not {"metric", "entity", "value", "threshold", "op"} & set(obs.details)
     # msgpack/JSON-able
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(row)) == row
-    [alert] = RuleEngine([SRM_RULE]).evaluate(out.observations)
+    [alert] = RuleEngine([SRM_RULE]).evaluate(window_tests(out))
     assert (alert.severity, alert.status, alert.kind) == ("critical", "firing", "srm")
     assert "chi2 100.0" in alert.message and alert.details["counts"]["B"] == 5500
 
@@ -141,12 +147,12 @@ def test_balanced_experiment_is_not_an_srm() -> None:
     op = SrmOperator()
     op.feed("impressions", events)
     out = close(op)
-    [obs] = out.observations
+    [obs] = window_tests(out)
     assert obs.value > 0.001
     assert RuleEngine([SRM_RULE]).evaluate(out.observations) == []
     # an exact 50/50 split has chi2 0, p 1
     op.feed("impressions", split_events(5000, 5000, start=T0 + W))
-    [obs] = close(op, T0 + 2 * W).observations
+    [obs] = window_tests(close(op, T0 + 2 * W))
     assert obs.details["chi2"] == 0.0 and obs.value == pytest.approx(1.0)
 
 
@@ -154,16 +160,13 @@ def test_configured_split_and_resolution() -> None:
     cfg = SrmConfig(splits={"exp1": {"A": 0.9, "B": 0.1}})
     op = SrmOperator(cfg)
     engine = RuleEngine([dataclasses.replace(SRM_RULE, cooldown_s=0)])
-    # window 1: 50/50 against a 90/10 plan -> SRM; windows 2 and 3: 900/100. The
-    # evidence accumulated in window 1 (the CUSUMs, capped at 20 nats) still holds
-    # in window 2 (S = 9.1, p = 5 exp(-9.1) < 0.001) and is spent by window 3
+    # window 1: 50/50 against a 90/10 plan -> SRM; window 2: 900/100 -> resolved
     op.feed("impressions", split_events(500, 500))
     op.feed("impressions", split_events(900, 100, start=T0 + W))
-    op.feed("impressions", split_events(900, 100, start=T0 + 2 * W))
-    alerts = engine.evaluate(close(op, T0 + 3 * W).observations)
+    alerts = engine.evaluate(window_tests(close(op, T0 + 2 * W)))
     assert [(a.status, a.window_start) for a in alerts] == [
         ("firing", T0),
-        ("resolved", T0 + 2 * W),
+        ("resolved", T0 + W),
     ]
 
 
@@ -176,9 +179,10 @@ def test_ignored_and_small_windows() -> None:
     assert len(op.windows) == 0
     op.feed("impressions", split_events(10, 19))  # total 29 < min_total (30)
     out = close(op)
-    assert not out
+    assert SRM_TABLE not in out.rows and not window_tests(out)
     op.feed("impressions", [imp(k, T0 + k, "A", "only-a") for k in range(300)])
-    assert not close(op)  # one variant (all A): nothing to test
+    out = close(op)  # one variant (all A): nothing to test
+    assert SRM_TABLE not in out.rows and not window_tests(out)
 
 
 def test_unplanned_variant_is_reported_not_tested() -> None:
@@ -207,7 +211,7 @@ def test_users_unit_counts_distinct_users() -> None:
     out = close(op)
     [row] = out.rows[SRM_TABLE]
     assert row["counts"] == {"A": 2, "B": 2} and row["total"] == 4 and row["unit"] == "users"
-    assert out.observations[0].details["crossover"] == 1
+    assert window_tests(out)[0].details["crossover"] == 1
     # the same impressions by impression count
     op = SrmOperator(SrmConfig(min_total=3))
     op.feed("impressions", events)
@@ -284,8 +288,156 @@ def test_snapshot_is_plain_sorted_data() -> None:
     op = SrmOperator(SrmConfig(unit="users"))
     op.feed("impressions", [imp(0, T0, "B", user="z"), imp(1, T0, "B", user="a")])
     state = op.snapshot()
-    assert state == {"unit": "users", "windows": [[T0, "exp1", {"B": ["a", "z"]}]], "cusum": {}}
+    dims = {"campaign_id": {"c1": {"B": 2}}}
+    arms = {"z": "B", "a": "B"}
+    assert state == {
+        "unit": "users",
+        "windows": [[T0, "exp1", {"B": ["a", "z"]}, dims, arms, [], 0]],
+        "cumulative": {},
+    }
     with pytest.raises(ValueError):
         SrmOperator().restore(state)
+    # a snapshot of the format before drill-down and crossover restores its counts
+    old = SrmOperator(SrmConfig(unit="users"))
+    old.restore({"unit": "users", "windows": [[T0, "exp1", {"B": ["a", "z"]}]]})
+    assert [(s, e, w.users) for s, e, w in old.windows.items()] == [(T0, "exp1", {"B": {"a", "z"}})]
     with pytest.raises(ValueError):
         SrmConfig(unit="sessions")  # type: ignore[arg-type]
+
+
+# -- tiers, minimum deviation, cumulative, drill-down, crossover (issue 16) ---------
+
+DEFAULT = {r.name: r.rule() for r in DEFAULT_RULES}
+
+
+def imp_in(i: int, ts: int, variant: str, campaign: str, user: str | None = None) -> Impression:
+    return Impression(
+        impression_id=f"i{i}",
+        ts=ts,
+        campaign_id=campaign,
+        user_id=user or f"u{i}",
+        experiment="exp1",
+        variant=variant,
+    )
+
+
+def test_tiers_of_the_default_rule() -> None:
+    """p between 0.001 and 0.01 warns, below 0.001 is critical (Statsig's tiers)."""
+    engine = RuleEngine([DEFAULT["srm"]])
+    # 1,000 units at 46/54: chi2 = 6.4, p = 0.0114 (no alert); 45/55: chi2 = 10, p = 0.00157
+    # (warning); 2,000 at 45/55: chi2 = 20, p = 7.7e-6 (critical)
+    results = []
+    for a, b in [(460, 540), (450, 550), (900, 1100)]:
+        engine = RuleEngine([DEFAULT["srm"]])
+        op = SrmOperator()
+        op.feed("impressions", split_events(a, b))
+        [obs] = window_tests(close(op))
+        assert obs.p_value == pytest.approx(chisquare([a, b]).pvalue)
+        results.append([al.severity for al in engine.evaluate([obs])])
+    assert results == [[], ["warning"], ["critical"]]
+
+
+def test_minimum_deviation_gates_huge_samples() -> None:
+    """2,000,000 units at 50.2/49.8: p ~ 1.4e-8, but 0.2 points of share: no SRM."""
+    op = SrmOperator()
+    window = op.windows.at("exp1", T0)
+    window.counts = {"A": 1_004_000, "B": 996_000}
+    [obs] = window_tests(close(op))
+    assert obs.p_value < 1e-7 and obs.value == 1.0
+    assert obs.details["max_deviation"] == pytest.approx(0.002)
+    assert RuleEngine([DEFAULT["srm"]]).evaluate([obs]) == []
+    op = SrmOperator(SrmConfig(min_deviation=0.001))  # configurable
+    op.windows.at("exp1", T0).counts = {"A": 1_004_000, "B": 996_000}
+    assert window_tests(close(op))[0].value == pytest.approx(obs.p_value)
+
+
+def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
+    """Twelve windows of 600 units at 47/53: each p ~ 0.14; since the start, the
+    always-valid p-value (normal-mixture SPRT per arm, Bonferroni over the two arms)
+    falls below 0.001, computed here by hand from the closed form at every look."""
+    op = SrmOperator()
+    for k in range(12):
+        op.feed("impressions", split_events(282, 318, start=T0 + k * W))
+    out = close(op, T0 + 12 * W)
+    windows = window_tests(out)
+    cumulative = [o for o in out.observations if o.metric == "srm_cumulative_p"]
+    assert len(windows) == 12 and all(o.value > 0.01 for o in windows)
+    tau2 = 0.02**2
+    running = {"A": 1.0, "B": 1.0}
+    for k in range(1, 13):
+        n = 600 * k
+        for v, count in (("A", 282 * k), ("B", 318 * k)):
+            var = 0.25 / n
+            lam = math.sqrt(var / (var + tau2)) * math.exp(
+                tau2 * (count / n - 0.5) ** 2 / (2 * var * (var + tau2))
+            )
+            running[v] = min(running[v], 1 / lam)
+        assert cumulative[k - 1].p_value == pytest.approx(min(1.0, 2 * min(running.values())))
+    assert cumulative[-1].value < 0.001 and cumulative[-1].window_start == T0
+    assert cumulative[-1].details["counts"] == {"A": 12 * 282, "B": 12 * 318}
+    [alert] = RuleEngine([DEFAULT["srm_cumulative"]]).evaluate(cumulative[-1:])
+    assert alert.severity == "critical" and "since its start" in alert.message
+    [last_a] = [
+        r
+        for r in out.rows["experiment_windows"]
+        if r["metric"] == "share_cumulative"
+        and r["variant"] == "A"
+        and r["window_end"] == T0 + 12 * W
+    ]
+    assert last_a["value"] == pytest.approx(282 / 600) and last_a["n"] == 12 * 282
+    assert last_a["control_value"] == 0.5
+
+
+def test_cumulative_false_alarms_stay_at_the_level_when_looked_at_every_window() -> None:
+    """A/A: 300 experiments of 40 windows of 500 units at 50/50, looked at after every
+    window: the share that ever reaches p < 0.05 on the cumulative test stays at 5 %."""
+    rng = np.random.default_rng(11)
+    alarms = 0
+    for _ in range(300):
+        op = SrmOperator(SrmConfig(min_total=1))
+        for k in range(40):
+            a = int(rng.binomial(500, 0.5))
+            op.windows.at("exp1", T0 + k * W).counts = {"A": a, "B": 500 - a}
+        out = close(op, T0 + 40 * W)
+        ps = [o.p_value for o in out.observations if o.metric == "srm_cumulative_p"]
+        alarms += min(ps) < 0.05
+    assert alarms / 300 <= 0.05 + 0.03  # binomial noise of 300 runs: sd 0.013
+
+
+def test_drilldown_names_the_campaign_that_carries_the_mismatch() -> None:
+    """Four campaigns at 50/50, one at 80/20: the alert says which."""
+    rng = random.Random(3)
+    events = []
+    k = 0
+    for campaign, share_a in [("c1", 0.5), ("c2", 0.5), ("c3", 0.8), ("c4", 0.5)]:
+        for _ in range(400):
+            variant = "A" if rng.random() < share_a else "B"
+            events.append(imp_in(k, T0 + rng.randrange(W), variant, campaign))
+            k += 1
+    events.sort(key=lambda e: e.ts)
+    op = SrmOperator()
+    op.feed("impressions", events)
+    [obs] = window_tests(close(op))
+    assert obs.value < 0.001
+    assert obs.details["mismatch_in"] == "campaign_id=c3"
+    top = obs.details["drilldown"][0]
+    counts = top["counts"]
+    assert top["p_value"] == pytest.approx(chisquare([counts["A"], counts["B"]]).pvalue)
+    [alert] = RuleEngine([DEFAULT["srm"]]).evaluate([obs])
+    assert "carried by campaign_id=c3" in alert.message
+
+
+def test_crossover_users_raise_an_experiment_alert() -> None:
+    events = [imp_in(k, T0 + k, "A" if k % 2 else "B", "c1", user=f"u{k}") for k in range(300)]
+    # 6 of 300 users (2 %) also appear in the other arm
+    events += [imp_in(1000 + k, T0 + 500 + k, "A", "c1", user=f"u{2 * k}") for k in range(6)]
+    op = SrmOperator()
+    op.feed("impressions", events)
+    out = close(op)
+    [obs] = [o for o in out.observations if o.metric == "crossover_rate"]
+    assert obs.kind == "experiment" and obs.n == 300 and obs.value == pytest.approx(0.02)
+    [alert] = RuleEngine([DEFAULT["experiment_crossover"]]).evaluate([obs])
+    assert alert.kind == "experiment" and alert.severity == "warning"
+    assert alert.message.startswith("6 users of exp1 were seen in more than one arm")
+    [row] = [r for r in out.rows["experiment_windows"] if r["metric"] == "crossover_rate"]
+    assert row["value"] == pytest.approx(0.02) and row["n"] == 300

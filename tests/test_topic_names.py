@@ -35,8 +35,14 @@ def renamed(prefix: str) -> dict[str, str]:
 def test_worker_and_topic_setup_read_the_renamed_topics() -> None:
     settings = load_settings(env={}, overrides=renamed("x"))
     assert kafka.input_topics(settings) == [f"x.{t}" for t in INPUT_TOPICS]
-    for spec in build_monitors(settings):
-        assert all(topic == f"x.{src}" for src, topic in spec.topics.items()), spec.topics
+    specs = build_monitors(settings)
+    (plan,) = [s.plan for s in specs if s.plan]  # the experiment monitors' re-keying
+    for spec in specs:
+        for src, topic in spec.topics.items():
+            # a monitor keyed by experiment reads an internal topic, fed from the input
+            source = plan.partition_source.get(topic, topic)
+            assert source == f"x.{src}", spec.topics
+    assert set(plan.sources) <= {f"x.{t}" for t in INPUT_TOPICS}
 
 
 def test_demo_publishes_to_the_configured_topic_names(broker: EmbeddedBroker) -> None:
@@ -44,7 +50,17 @@ def test_demo_publishes_to_the_configured_topic_names(broker: EmbeddedBroker) ->
     overrides = {**renamed(prefix), "kafka.bootstrap": broker.bootstrap, "kafka.partitions": 1}
     settings = load_settings(env={}, overrides=overrides)
     kafka.ensure_topics(settings)
-    scenario = Scenario(1_795_000_000_000, duration_s=20, campaigns=2, sensors=2, seed=3)
+    # conversions (v2) on, soon after their clicks, so every input topic gets messages
+    scenario = Scenario(
+        1_795_000_000_000,
+        duration_s=20,
+        campaigns=2,
+        sensors=2,
+        seed=3,
+        cvr=0.9,
+        conversion_delay_median_s=2.0,
+        conversion_delay_min_s=1.0,
+    )
     counts = publish_traffic(settings, scenario, None)
     assert set(counts) == set(INPUT_TOPICS) and all(counts.values()), counts
     for logical, n in counts.items():

@@ -29,6 +29,11 @@ ROW = {
     "duplicate_impressions": 0,
     "final": 1,
     "version": 2,
+    "conversions": 0,
+    "cvr": 0.0,
+    "revenue": 0.0,
+    "orphan_conversions": 0,
+    "duplicate_conversions": 0,
 }
 
 

@@ -15,12 +15,22 @@ CREATE TABLE IF NOT EXISTS streamwatch.ctr_windows
     `duplicate_impressions` UInt64,
     `final` UInt8,
     `version` UInt32,
+    `conversions` UInt64,
+    `cvr` Float64,
+    `revenue` Float64,
+    `orphan_conversions` UInt64,
+    `duplicate_conversions` UInt64,
     `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (campaign_id, variant, window_start)
-COMMENT 'Tumbling event-time CTR windows; final=1 once the attribution window has passed';
+COMMENT 'Tumbling event-time CTR windows; final=1 once the attribution window has passed; conversions of clicks (cvr = conversions / clicks, revenue) complete once the conversion window has passed too (version 3 where they changed after the final row)';
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `conversions` UInt64 AFTER `version`;
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `cvr` Float64 AFTER `conversions`;
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `revenue` Float64 AFTER `cvr`;
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `orphan_conversions` UInt64 AFTER `revenue`;
+ALTER TABLE streamwatch.ctr_windows ADD COLUMN IF NOT EXISTS `duplicate_conversions` UInt64 AFTER `orphan_conversions`;
 
 CREATE TABLE IF NOT EXISTS streamwatch.sensor_anomalies
 (
@@ -159,6 +169,24 @@ ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (model_id, model_version, window_start)
 COMMENT 'Model quality from labels per model version and window of the prediction time; estimated=1 is a label-free CBPE estimate that the final realized row (final=1) replaces';
+
+CREATE TABLE IF NOT EXISTS streamwatch.experiment_windows
+(
+    `window_start` DateTime64(3, 'UTC'),
+    `window_end` DateTime64(3, 'UTC'),
+    `experiment` String,
+    `variant` String,
+    `metric` LowCardinality(String),
+    `value` Float64,
+    `n` UInt64,
+    `control_value` Nullable(Float64),
+    `p_value` Nullable(Float64),
+    `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (experiment, metric, variant, window_start)
+COMMENT 'Per experiment arm and window: shares, guardrail metrics, crossover; control_value is the expected share or the control arm value';
 
 CREATE TABLE IF NOT EXISTS streamwatch.alerts
 (

@@ -118,7 +118,7 @@ def as_on_main(o: Observation) -> Observation:
     if o.metric == "error_rate":
         return dataclasses.replace(o, p_value=o.details["p_window"])
     if o.metric == "srm_chi2_p":
-        p = o.details["chi2_p"]
+        p = o.details.get("chi2_p", o.value)  # no accumulated evidence: value is chi2 p
         return dataclasses.replace(o, value=p, p_value=p)
     return o
 

@@ -75,6 +75,8 @@ def settings_for(spec: Spec) -> Any:
         overrides[f"monitors.{name}.enabled"] = name in enabled
     if "quality" in enabled:
         overrides["monitors.quality.options"] = {"label_delay_ms": DEMO_LABEL_DELAY_MS}
+    if spec.options.get("keying"):  # e.g. "repartition": re-key every input topic
+        overrides["keying"] = dict.fromkeys(spec.dataset.topics, spec.options["keying"])
     return load_settings(env={}, overrides=overrides)
 
 
@@ -96,7 +98,19 @@ class Meter:
         self.processed = 0
         self.done = False
         self.rss_by_million: dict[int, float] = {}
-        process, flush = worker.pipeline.process, worker.sinks.flush
+        # re-keyed records (streams/repartition.py): their internal topics are read
+        # to what was forwarded (fresh topics: offsets = counts)
+        self.forwarded: dict[tuple[str, int], int] = {}
+        process, flush, forward = (
+            worker.pipeline.process,
+            worker.sinks.flush,
+            worker.sinks.forward,
+        )
+
+        def counted_forward(topic: str, partition: int, *args: Any) -> None:
+            forward(topic, partition, *args)
+            tp = (topic, partition)
+            self.forwarded[tp] = self.forwarded.get(tp, 0) + 1
 
         def counted_process(messages: Any) -> None:
             self.clock.start()
@@ -114,14 +128,16 @@ class Meter:
                 self.done = True
 
         worker.pipeline.process = counted_process  # type: ignore[method-assign]
+        worker.sinks.forward = counted_forward  # type: ignore[method-assign]
         worker.sinks.flush = watched_flush  # type: ignore[method-assign]
 
     def _read_to_end(self) -> bool:
         if not self.processed:
             return False
         positions = self.worker.pipeline.start_offsets()  # (topic, partition) -> next offset
+        ends = {**self.ends, **self.forwarded}
         return bool(positions) and all(
-            offset >= self.ends.get(tp, 0) for tp, offset in positions.items()
+            offset >= ends.get(tp, 0) for tp, offset in positions.items()
         )
 
 

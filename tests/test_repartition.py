@@ -1,0 +1,187 @@
+"""Re-keying through internal topics (streams/repartition.py), transport-free.
+
+The pipeline without a broker loops forwarded records back to itself, with the
+same keys, partitions and source headers the worker produces; the broker runs
+are in tests/test_e2e_experiments.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from streams import repartition
+from streams.checkpoints import decode, encode
+from streams.config import ConfigError, load_settings
+from streams.monitors import build_monitors
+from streams.pipeline import SEEN, Pipeline, RawMessage
+from tests.test_pipeline import LOGICAL, MIN, T0, Recorder
+
+# one experiment over four campaigns in four partitions, 60/40 instead of 50/50:
+# visible only on the whole experiment (each partition alone has ~75 impressions)
+N_PER_PARTITION = 150
+
+
+def experiment_traffic() -> list[RawMessage]:
+    msgs = []
+    for p in range(4):
+        campaign = f"camp-{p}"
+        for i in range(N_PER_PARTITION):
+            variant = "a" if i % 10 < 6 else "b"
+            body = {
+                "impression_id": f"i{p}-{i}",
+                "ts": T0 + i * 100,
+                "campaign_id": campaign,
+                "user_id": f"u{p}-{i}",
+                "experiment": "exp-1",
+                "variant": variant,
+            }
+            msgs.append(RawMessage("impressions", p, i, campaign.encode(), orjson.dumps(body)))
+    # as the partitions deliver them: interleaved in time
+    return sorted(msgs, key=lambda m: (m.offset(), m.partition()))
+
+
+def tail(ts: int) -> list[RawMessage]:
+    """One impression per partition far later: every window closes."""
+    out = []
+    for p in range(4):
+        body = {"impression_id": f"t{p}", "ts": ts, "campaign_id": f"camp-{p}", "user_id": "u"}
+        body |= {"experiment": "exp-1", "variant": "a"}
+        key = f"camp-{p}".encode()
+        out.append(RawMessage("impressions", p, 10_000 + p, key, orjson.dumps(body)))
+    return out
+
+
+def make(**overrides: Any) -> tuple[Pipeline, Recorder]:
+    settings = load_settings(env={}, overrides=overrides)
+    out = Recorder()
+    return Pipeline(build_monitors(settings), out, LOGICAL, clock=lambda: 0.0), out
+
+
+def test_srm_reads_the_experiment_keyed_stream() -> None:
+    settings = load_settings(env={})
+    specs = {m.name: m for m in build_monitors(settings)}
+    internal = repartition.experiment_topic("streamwatch", "impressions")
+    assert specs["srm"].topics == {"impressions": internal}
+    assert specs["repartition"].topics == {
+        "impressions": "impressions",
+        "inference-logs": "inference-logs",  # the experiment monitor's guardrails
+    }
+    assert specs["experiment"].topics == {
+        "impressions": internal,
+        "inference-logs": repartition.experiment_topic("streamwatch", "inference-logs"),
+    }
+    assert specs["ctr"].topics == {"impressions": "impressions", "clicks": "clicks"}
+
+
+def test_one_experiment_across_partitions_is_tested_whole() -> None:
+    p, out = make()
+    p.assign(range(4), {})
+    p.process(experiment_traffic())
+    p.process(tail(T0 + 10 * MIN))
+    rows = [r for r in out.table_rows["srm_checks"] if r["window_start"] == T0 - T0 % (5 * MIN)]
+    # one row for the experiment, over all four partitions' traffic
+    assert len(rows) == 1
+    assert rows[0]["counts"] == {"a": 4 * 90, "b": 4 * 60}
+    assert rows[0]["total"] == 4 * N_PER_PARTITION
+    assert rows[0]["srm"] == 1
+    owner = repartition.partition_for(b"exp-1", 4)
+    internal = repartition.experiment_topic("streamwatch", "impressions")
+    # read to the end: the forwarded impressions and the forwarders' progress records
+    assert p.positions[("srm", owner)] == {internal: p.loop_offsets[(internal, owner)]}
+    assert p.loop_offsets[(internal, owner)] > 4 * N_PER_PARTITION + 4
+
+
+def test_replayed_forwards_are_not_counted_twice() -> None:
+    """Kill -9 after the reader's checkpoint but before the forwarder's: the forwarder
+    replays from its older checkpoint and sends the same records again."""
+    msgs = experiment_traffic()
+    first, _ = make()
+    first.assign(range(4), {})
+    first.process(msgs[:200])
+    forwarder_old = {k: decode(encode(c)) for k, c in first.checkpoints(only_dirty=False).items()}
+    first.process(msgs[200:400])
+    newer = {k: decode(encode(c)) for k, c in first.checkpoints(only_dirty=False).items()}
+    # restart: the readers' state is the newer one, the forwarder's the older one
+    state = {**newer, **{k: c for k, c in forwarder_old.items() if k.startswith("repartition/")}}
+    owner = repartition.partition_for(b"exp-1", 4)
+    assert state[f"srm/{owner}"].state[SEEN] == {f"impressions:{p}": 100 for p in range(4)}
+    second, out = make()
+    second.assign(range(4), state)
+    # the loop-back offsets of a new process start at 0: continue where the broker was
+    second.loop_offsets = dict(first.loop_offsets)
+    # every partition from the start: the first 50 offsets are skipped by the
+    # forwarder's position, the next 50 are forwarded again and dropped as duplicates
+    for i in range(0, len(msgs), 100):
+        second.process(msgs[i : i + 100])
+    second.process(tail(T0 + 10 * MIN))
+    assert out.late_events == []
+    rows = [r for r in out.table_rows["srm_checks"] if r["window_start"] == T0 - T0 % (5 * MIN)]
+    assert rows[0]["counts"] == {"a": 4 * 90, "b": 4 * 60}
+
+
+def campaign_traffic(keyed: bool) -> list[RawMessage]:
+    """Impressions and clicks of one campaign a producer wrote without keys, spread
+    over partitions at random (librdkafka's default for keyless messages)."""
+    msgs = []
+    offsets = [0, 0, 0, 0]
+    for i in range(40):
+        body = {"impression_id": f"i{i}", "ts": T0 + i * 100, "campaign_id": "c", "user_id": "u"}
+        part = i % 4
+        key = b"c" if keyed else None
+        msgs.append(RawMessage("impressions", part, offsets[part], key, orjson.dumps(body)))
+        offsets[part] += 1
+    for i in range(0, 40, 4):  # every fourth impression is clicked, in another partition
+        body = {
+            "click_id": f"k{i}",
+            "impression_id": f"i{i}",
+            "ts": T0 + i * 100 + 50,
+            "campaign_id": "c",
+            "user_id": "u",
+        }
+        part = (i + 1) % 4
+        msgs.append(RawMessage("clicks", part, i, None, orjson.dumps(body)))
+    return msgs
+
+
+def ctr_tail() -> list[RawMessage]:
+    out = []
+    for p in range(4):
+        imp = {"impression_id": f"t{p}", "ts": T0 + 30 * MIN, "campaign_id": "zz", "user_id": "u"}
+        out.append(RawMessage("impressions", p, 1000 + p, None, orjson.dumps(imp)))
+        clk = {"click_id": f"t{p}", **imp}
+        out.append(RawMessage("clicks", p, 1000 + p, None, orjson.dumps(clk)))
+    return out
+
+
+def test_strict_keying_dead_letters_keyless_events() -> None:
+    p, out = make(keying={"impressions": "strict", "clicks": "strict"})
+    p.assign(range(4), {})
+    p.process(campaign_traffic(keyed=False))
+    assert out.rejects.count("empty_key") == 50
+    assert "ctr_windows" not in out.table_rows
+
+
+def test_repartition_keying_rekeys_and_joins() -> None:
+    settings = load_settings(env={}, overrides={"keying": {"impressions": "repartition"}})
+    with pytest.raises(ConfigError):
+        load_settings(env={}, overrides={"keying": {"impressions": "sometimes"}})
+    assert settings.keying["clicks"] == "strict"
+    p, out = make(keying={"impressions": "repartition", "clicks": "repartition"})
+    specs = {m.name: m for m in p.monitors.values()}
+    assert specs["ctr"].topics == {
+        "impressions": "streamwatch-impressions-repartition",
+        "clicks": "streamwatch-clicks-repartition",
+    }
+    p.assign(range(4), {})
+    p.process(campaign_traffic(keyed=False))
+    p.process(ctr_tail())
+    p.tick(10**12)
+    assert out.rejects == []
+    final = [r for r in out.table_rows["ctr_windows"] if r["campaign_id"] == "c" and r["final"]]
+    pooled = [r for r in final if r["variant"] == ""]
+    assert sum(r["impressions"] for r in pooled) == 40
+    assert sum(r["clicks"] for r in pooled) == 10
+    assert sum(r["orphan_clicks"] for r in pooled) == 0

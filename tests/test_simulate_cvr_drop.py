@@ -1,0 +1,107 @@
+"""The simulator's `cvr_drop` incident raises its alert through the worker's pipeline
+(in-process, the re-keying looped back): the funnel monitor reads the experiment's
+impressions, clicks and conversions re-keyed by experiment and calls for stopping the arm
+whose CVR dropped, and only that arm."""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from typing import Any
+
+from streams.config import load_settings
+from streams.monitors import build_monitors
+from streams.pipeline import Pipeline, RawMessage
+from streams.simulate import Incident, Scenario, Simulator
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
+PARTITIONS = 4
+DROP = Incident("cvr_drop", "exp-cmp-000/B", 300, 1200, 0.2)
+
+
+def scenario() -> Scenario:
+    return Scenario(
+        start_ms=START_MS,
+        duration_s=2400,
+        campaigns=2,
+        experiment_campaigns=2,  # exp-cmp-000 and exp-cmp-001, arms A and B
+        impressions_per_s=60.0,
+        models=0,
+        sensors=0,
+        labels=False,
+        regressor_per_s=0,
+        cvr=0.3,
+        # short delays, so the conversion windows close within the run
+        conversion_delay_median_s=60,
+        conversion_delay_sigma=0.5,
+        conversion_delay_min_s=10,
+        conversion_delay_max_s=300,
+        incidents=[DROP],
+    )
+
+
+def run_pipeline(sc: Scenario) -> tuple[list[Any], list[dict[str, Any]]]:
+    settings = load_settings(
+        env={},
+        overrides={
+            "idle_timeout_s": 5,
+            "monitors.funnel.enabled": True,
+            "monitors.funnel.options": {"conversion_ms": 600_000},
+            "monitors.ctr.options": {"conversions": True, "conversion_ms": 600_000},
+            **{f"monitors.{m}.enabled": False for m in ("sensor", "cluster", "drift")},
+        },
+    )
+    alerts: list[Any] = []
+    ctr_rows: list[dict[str, Any]] = []
+
+    class Outputs:
+        def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+            if table == "ctr_windows":
+                ctr_rows.extend(rows)
+
+        def alerts(self, out: list[Any]) -> None:
+            alerts.extend(out)
+
+        def rejected(self, message: RawMessage, rejection: Any) -> None:
+            raise AssertionError(f"rejected: {rejection}")
+
+        def late(self, *args: Any) -> None:
+            raise AssertionError(f"late: {args}")
+
+    clock = [START_MS / 1000]
+    logical = {t: t for t in ("impressions", "clicks", "conversions")}
+    pipeline = Pipeline(build_monitors(settings), Outputs(), logical, clock=lambda: clock[0])
+    pipeline.assign(range(PARTITIONS), {})
+    offsets: Counter = Counter()
+    batch: list[RawMessage] = []
+    for topic, key, value in Simulator(sc).messages():
+        if topic == "__tick__":
+            clock[0] = int(value) / 1000
+            if len(batch) > 2000:
+                pipeline.process(batch)
+                batch = []
+            continue
+        partition = zlib.crc32(key.encode()) % PARTITIONS
+        batch.append(RawMessage(topic, partition, offsets[(topic, partition)], key.encode(), value))
+        offsets[(topic, partition)] += 1
+    pipeline.process(batch)
+    return alerts, ctr_rows
+
+
+def test_cvr_drop_stops_that_arm_only() -> None:
+    alerts, ctr_rows = run_pipeline(scenario())
+    firing = [a for a in alerts if a.status == "firing" and a.kind == "experiment"]
+    cvr = [a for a in firing if a.rule == "experiment_guardrail_cvr"]
+    assert cvr, [(a.rule, a.entity) for a in firing]
+    assert {a.entity for a in cvr} == {"exp-cmp-000/B"}
+    first = min(cvr, key=lambda a: a.window_start)
+    assert START_MS + 300_000 <= first.window_start < START_MS + 1_500_000
+    assert (
+        first.severity == "critical" and "stop or roll back arm B of exp-cmp-000" in first.message
+    )
+    assert first.details["treatment_value"] < 0.5 * first.details["control_value"]
+    # nothing on the CTR (unchanged) nor on the other experiment
+    assert not [a for a in firing if a.rule == "experiment_guardrail_ctr"]
+    assert not [a for a in firing if a.entity.startswith("exp-cmp-001")]
+    # the CTR monitor's windows carry the conversions too
+    assert sum(r["conversions"] for r in ctr_rows if r["final"]) > 100
