@@ -70,7 +70,7 @@ Reading the table:
 - CTR is measured separately (`tests/benchmarks/detection.py`, DETECTION.md).
 """
 
-RULES = ("error_rate", "low_confidence", "drift_psi", "confidence_shift", "srm")
+RULES = ("error_rate", "low_confidence", "drift_psi", "confidence_shift", "srm", "srm_cumulative")
 
 
 def before_rules() -> list[Rule]:
@@ -108,7 +108,7 @@ def as_on_main(o: Observation) -> Observation:
     if o.metric == "error_rate":
         return dataclasses.replace(o, p_value=o.details["p_window"])
     if o.metric == "srm_chi2_p":
-        p = o.details.get("chi2_p", o.value)  # no accumulated evidence: value is chi2 p
+        p = o.details["chi2_p"]
         return dataclasses.replace(o, value=p, p_value=p)
     return o
 
@@ -285,9 +285,11 @@ def run_srm(experiments: int, hours: float, incidents: int, seed: int) -> dict[s
                 op._judge(start, f"e{i}", w)
             judges[name](op.collect().observations)
     incident = {f"e{i}" for i in np.flatnonzero(inc)}
+    # main had no cumulative test: its column is left empty
+    rules = {"before": ("srm",), "after": ("srm", "srm_cumulative")}
     return {
-        name: score(judge.firing, {"srm": incident}, experiments - incidents, hours,
-                    T0 + inc_start * window)
+        name: score(judge.firing, {r: incident for r in rules[name]}, experiments - incidents,
+                    hours, T0 + inc_start * window)
         for name, judge in judges.items()
     }  # fmt: skip
 
@@ -341,11 +343,16 @@ def table(results: dict[str, dict[str, dict[str, Tally]]]) -> str:
 
     for monitor in results.values():
         for rule in monitor["after"]:
-            b, a = monitor["before"][rule], monitor["after"][rule]
+            a = monitor["after"][rule]
+            b = monitor["before"].get(rule)
+            if b is None:  # no such rule on main
+                before = ("-", "-", "-")
+            else:
+                before = (f"{1000 * b.false / b.entity_days:.1f}", recall(b), delay(b))
             lines.append(
-                f"| `{rule}` | {a.entity_days:,.0f} | {1000 * b.false / b.entity_days:.1f} "
-                f"| {1000 * a.false / a.entity_days:.1f} | {recall(b)} | {recall(a)} "
-                f"| {delay(b)} | {delay(a)} |"
+                f"| `{rule}` | {a.entity_days:,.0f} | {before[0]} "
+                f"| {1000 * a.false / a.entity_days:.1f} | {before[1]} | {recall(a)} "
+                f"| {before[2]} | {delay(a)} |"
             )
     return "\n".join(lines)
 
