@@ -234,8 +234,9 @@ def test_every_incident_detected_end_to_end(tmp_path, broker) -> None:
             # every task has seen its partition's tail (the last message of it)
             health = worker.wait_http("/health", 30, accept_503=True)
             marks = health["watermarks"]
-            # seven monitors: the experiment monitor (issue 16) reads the re-keyed stream
-            return len(marks) == 7 and min(marks.values()) >= tail_ts - LATENESS_MS
+            # eight monitors: ctr, sensor, cluster, drift, service, quality, and srm and
+            # experiment (issue 16), which read the re-keyed stream
+            return len(marks) == 8 and min(marks.values()) >= tail_ts - LATENESS_MS
 
         worker.wait_until(consumed, 300, "the worker to consume every message")
         consumed_at = time.monotonic()
