@@ -100,9 +100,10 @@ variant) and it has at least two tested variants. Output, per judged window:
   deviation is at least min_deviation);
 - Observation(kind="srm", entity=experiment, metric="srm_chi2_p", value=p,
   p_value=p (the combined p of (1)), n=total, ts=window_end), details:
-  counts, expected, unexpected, observed (shares), chi2, chi2_p,
-  p_sequential, df, total, unit, alpha, max_deviation, crossover (users
-  only), and the drill-down below when p < warning_alpha;
+  counts, expected, unexpected, observed (shares), shares and planned
+  (the same as text), chi2, chi2_p, p_sequential, df, total, unit, alpha,
+  max_deviation, crossover (users only), and the drill-down below when
+  p < warning_alpha;
 - Observation(metric="srm_cumulative_p") of (2), details likewise (scope
   "cumulative", and its own drill-down over the cumulative dimension counts).
 
@@ -472,6 +473,9 @@ class SrmOperator(Operator):
             "max_deviation": deviation,
             "min_deviation": cfg.min_deviation,
             "scope": "window" if window else "cumulative",
+            # the split as a sentence says it: "A 45.0 %, B 55.0 %"
+            "shares": ", ".join(f"{v} {c / total:.1%}" for v, c in tested.items()),
+            "planned": ", ".join(f"{v} {share:.1%}" for v, share in expected.items()),
             **extra,
         }
         if value < cfg.warning_alpha:

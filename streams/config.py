@@ -501,7 +501,7 @@ DEFAULT_RULES = [
         # evidence, operators/srm.py): judged every window, so its line is the
         # budget's per-window level (issue 13), not a fixed 0.001
         {"critical": alpha_for_budget(FALSE_ALARM_BUDGET, SRM_WINDOWS_PER_DAY)},
-        "sample ratio mismatch in {entity}: p = {value:.2g} ({observed} against {expected}; "
+        "sample ratio mismatch in {entity}: p = {value:.2g} ({shares} against {planned}; "
         "carried by {mismatch_in}); pause readouts of this experiment until the assignment "
         "is fixed",
         label="sample ratio mismatch p-value",
@@ -522,8 +522,9 @@ DEFAULT_RULES = [
         # P(ever below alpha) <= alpha per quiet experiment, however often it is looked
         # at (SrmConfig.warning_alpha / alpha; p = 1 under min_deviation)
         {"warning": 0.01, "critical": 0.001},
-        "sample ratio mismatch in {entity} since its start: p = {value:.2g} ({observed} "
-        "against {expected} over {total} units); pause readouts until the assignment is fixed",
+        "sample ratio mismatch in {entity} since its start: p = {value:.2g} ({shares} "
+        "against {planned} over {total} units; carried by {mismatch_in}); pause readouts until "
+        "the assignment is fixed",
         label="cumulative sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the cumulative shares match the configured split again",

@@ -11,6 +11,14 @@ the drift lasts (`linked_incidents`): its CTR alert names the drift ("possible
 cause: PSI of distance_km = ..."); and unless retraining is configured, the
 demo asks for it on PSI, error rate and accuracy (`DEMO_RETRAIN`), printing
 each request.
+
+Experiments (issue 16, `DEMO_EXPERIMENTS`): the first campaign runs its own
+A/B test (`exp-cmp-000`, with the default `srm` incident), the next two run
+`exp-shared` together (its traffic spans campaigns in different partitions,
+re-keyed by experiment), and model-0's requests are served by the two arms of
+`exp-model`. `experiment_incidents` adds one incident per experiment alert:
+an SRM carried by one ad only, a latency and an error-rate regression of the
+treatment arm (guardrails), crossover users, and a ramp jump.
 """
 
 from __future__ import annotations
@@ -26,7 +34,14 @@ from rich.table import Table
 from operators.ctr import CtrConfig
 from streams import kafka
 from streams.config import RetrainSettings, Settings
-from streams.simulate import Incident, Scenario, Simulator, publish
+from streams.simulate import (
+    MODEL_EXPERIMENT,
+    SHARED_EXPERIMENT,
+    Incident,
+    Scenario,
+    Simulator,
+    publish,
+)
 from streams.worker import Services, Worker
 
 # a CTR window is judged once final: the attribution window after its end
@@ -54,6 +69,46 @@ DEMO_RETRAIN = {
         }
     ]
 }
+
+
+# the demo's experiments (Scenario fields): exp-cmp-000 alone, exp-shared over
+# cmp-001 and cmp-002, exp-model serving model-0's requests
+DEMO_EXPERIMENTS = {
+    "experiment_campaigns": 1,
+    "shared_experiment_campaigns": 2,
+    "experiment_models": 1,
+}
+EXPERIMENT_WINDOW_S = 300  # SRM and experiment windows: incidents start on their edges
+
+
+def experiment_incidents(duration_s: float) -> list[Incident]:
+    """One incident per experiment alert, on a run of `duration_s` seconds (at
+    its default 3600 s: crossover at 600-900 s, treatment latency x1.6 at
+    900-1500 s, SRM in ad-3 at 1200-1800 s, treatment errors 8 % at 2100-2400 s,
+    ramp to 85 % from 2700 s to the end). Starts are on window edges, so each
+    window is wholly in or out of an incident. The crossover comes first: the
+    SRM in one ad also puts some users in both arms (their arm is a hash of the
+    user against the ad's share), and a crossover alert during it would hold
+    the crossover rule's hour of cooldown over a later crossover incident.
+
+    >>> [(i.kind, i.start_s, i.end_s) for i in experiment_incidents(3600)][:2]
+    [('crossover', 600.0, 900.0), ('arm_latency', 900.0, 1500.0)]
+    """
+    d = float(duration_s)
+
+    def at(fraction: float) -> float:
+        return max(1, round(fraction * d / EXPERIMENT_WINDOW_S)) * float(EXPERIMENT_WINDOW_S)
+
+    treatment = f"{MODEL_EXPERIMENT}/treatment"
+    ramp = at(0.75)
+    return [
+        Incident("crossover", SHARED_EXPERIMENT, at(1 / 6), at(1 / 12), 0.05),
+        Incident("arm_latency", treatment, at(0.25), at(1 / 6), 1.6),
+        Incident("srm_dimension", f"{SHARED_EXPERIMENT}/ad-3", at(1 / 3), at(1 / 6), 0.9),
+        Incident("arm_error", treatment, at(7 / 12), at(1 / 12), 0.08),
+        # a ramp is not undone: from its start to the end of the run
+        Incident("ramp", SHARED_EXPERIMENT, ramp, max(d - ramp, 1.0), 0.85),
+    ]
 
 
 def linked_incidents(scenario: Scenario) -> list[Incident]:
