@@ -67,21 +67,21 @@ Reading the table:
   6/10 to 9/10 while the false alerts fall to 0.
 - "Before" fires sooner on drift and SRM because it fires on noise: 191 to 2,647 false
   alerts per 1,000 entity-days.
-- `srm_cumulative` (issue 16) carries Statsig's tiers, warning at p < 0.01 and critical
-  at p < 0.001, on the always-valid p-value since the experiment's start. Its guarantee is
+- `srm_cumulative` (issue 16) carries Statsig's tiers, warning at p < 0.01 and critical at
+  p < 0.001, on the always-valid p-value since the experiment's start. Its guarantee is
   per experiment over its whole life, not per day: at most 1 % (warning) and 0.1 %
   (critical) of quiet experiments ever cross a tier, however often they are looked at
   (Ville's inequality; the Bonferroni over two arms whose deviations mirror each other
-  halves that). Its false alerts come early, while the counts are small (median after
-  ~35 windows): the 4 of the run written here are 0.4 % of the experiments in their
-  first day. In an
-  independent numpy simulation of the same test (20,000 one-day experiments) 2.4 per 1,000
-  crossed the warning tier and 0.1 per 1,000 the critical one: the critical tier holds
-  the budget of 1 per 1,000 experiment-days even for one-day experiments, the warning
-  tier for experiments that run about three days or more (a week: at most 5/7, about
-  0.7 per 1,000 experiment-days, by the lifetime bound). It caught 3 of the 10 one-hour incidents (the largest experiments,
-  50 minutes in): a mismatch that starts after hours of clean traffic is weighed against
-  all of it, which is why the per-window test keeps its CUSUMs (docs/monitors/srm.md).
+  halves that). Its false alerts come early, while the counts are small (median after ~35
+  windows): the 4 of the run written here are 0.4 % of the experiments in their first day.
+  In an independent numpy simulation of the same test (20,000 one-day experiments) 2.4 per
+  1,000 crossed the warning tier and 0.1 per 1,000 the critical one: the critical tier
+  holds the budget of 1 per 1,000 experiment-days even for one-day experiments, the
+  warning tier for experiments that run about three days or more (a week: at most 5/7,
+  about 0.7 per 1,000 experiment-days, by the lifetime bound). It caught 3 of the 10 one-
+  hour incidents (the largest experiments, 50 minutes in): a mismatch that starts after
+  hours of clean traffic is weighed against all of it, which is why the per-window test
+  keeps its CUSUMs (docs/monitors/srm.md).
 - The run written here took 1,859 s of wall time on a machine shared by several jobs
   (the same command took 504 s on git main before the experiments' merge).
 - CTR is measured separately (`tests/benchmarks/detection.py`, DETECTION.md).
