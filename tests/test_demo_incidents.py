@@ -31,8 +31,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import click
+import pytest
+
 from schemas.decode import Decoder, Rejection
 from schemas.events import Alert
+from streams.cli import _scenario
 from streams.config import load_settings
 from streams.demo import DEMO_EXPERIMENTS, DEMO_LABEL_DELAY_MS, experiment_incidents
 from streams.monitors import build_monitors
@@ -235,3 +239,27 @@ def test_demo_experiment_incidents_alert_and_resolve_after_they_end() -> None:
         if a.kind == "experiment" and a.status == "firing" and a.ts <= first
     ]
     assert early == []
+
+
+def test_demo_and_simulate_scenarios_carry_the_experiments() -> None:
+    """`streamwatch demo` runs the experiments and their incidents by default (the
+    scenario tested above), `simulate --experiments` on request, `--no-experiments`
+    leaves them out."""
+    demo = _scenario(3600, 60.0, 3, 42, (), False, demo=True)
+    assert (demo.experiment_campaigns, demo.shared_experiment_campaigns) == (1, 2)
+    assert demo.experiment_models == 1
+    kinds = {i.kind for i in demo.incidents}
+    assert set(EXPERIMENT_ALERTS) <= kinds
+    plain = _scenario(3600, 60.0, 3, 42, (), False, demo=True, experiments=False)
+    assert plain.shared_experiment_campaigns == plain.experiment_models == 0
+    assert not set(EXPERIMENT_ALERTS) & {i.kind for i in plain.incidents}
+    simulated = _scenario(3600, 60.0, 3, 42, (), False)
+    assert simulated.shared_experiment_campaigns == 0
+    by_hand = _scenario(
+        3600, 60.0, 3, 42, ("arm_error:exp-model/treatment:600:300:0.08",), False, experiments=True
+    )
+    assert [(i.kind, i.target, i.factor) for i in by_hand.incidents] == [
+        ("arm_error", "exp-model/treatment", 0.08)
+    ]
+    with pytest.raises(click.BadParameter, match="3 campaigns"):
+        _scenario(3600, 60.0, 2, 42, (), True, experiments=True)
