@@ -253,14 +253,25 @@ def _run(events, cfg: SrmConfig, lateness_ms: int = 0, batch: int = 9, split_at=
         assert task.feed("impressions", events[i : i + batch], now_ms=0) == []
         task.tick(now_ms=0)
         out = task.collect()
-        rows += out.rows.get(SRM_TABLE, [])
+        # experiment_windows too: its p-values carry the CUSUMs' and the cumulative
+        # mSPRT's state (window: combined p; share_cumulative: the always-valid p)
+        rows += out.rows.get(SRM_TABLE, []) + out.rows.get("experiment_windows", [])
         alerts += out.alerts
     task.feed("impressions", [imp(-1, T0 + 100 * W, None)], now_ms=0)
     task.tick(now_ms=0)
     out = task.collect()
-    rows += out.rows.get(SRM_TABLE, [])
+    rows += out.rows.get(SRM_TABLE, []) + out.rows.get("experiment_windows", [])
     alerts += out.alerts
-    return sorted(rows, key=lambda r: (r["window_start"], r["experiment"])), alerts
+
+    def order(r):
+        return (
+            r["window_start"],
+            r["experiment"],
+            r.get("metric", ""),
+            r.get("variant", ""),
+        )
+
+    return sorted(rows, key=order), alerts
 
 
 CONFIGS = [
