@@ -72,8 +72,10 @@ Two tests, two jobs (docs/monitors/srm.md):
    `warning_alpha`, critical at p < 0.001 = `alpha`) bound the share of
    quiet experiments that ever get one, not a rate per window. The running
    minimum never rises: once fired, the cumulative alert stays (the
-   experiment's data since its start is compromised) until the experiment
-   is restarted under a new name.
+   experiment's data since its start is compromised) until the shares since
+   the start are back within `min_deviation` of the plan (the mismatch
+   diluted by later traffic), or the experiment is restarted under a new
+   name.
 
    The cumulative mSPRT does not replace the CUSUMs of (1): it catches a
    small imbalance present since the start, but a mismatch that starts late

@@ -47,6 +47,9 @@ from streams.worker import Services, Worker
 # a CTR window is judged once final: the attribution window after its end
 CTR_FINAL_S = (CtrConfig().attribution_ms + CtrConfig().window_ms) / 1000
 DEMO_LABEL_DELAY_MS = 600_000
+# the demo is one worker: an input partition none of its keys hash to must not hold
+# the experiment-keyed streams back for the default 120 s (streams/repartition.py)
+DEMO_REPARTITION_IDLE_S = 5.0
 
 
 def _topic_map(settings: Settings) -> dict[str, str]:
@@ -162,6 +165,7 @@ def run_demo(
         # the simulator's labels come within 540 s: a 10-min label delay makes the
         # quality windows final (and the concept drift's alert fire) within the demo
         quality.options = {**quality.options, "label_delay_ms": DEMO_LABEL_DELAY_MS}
+    settings.repartition_idle_s = min(settings.repartition_idle_s, DEMO_REPARTITION_IDLE_S)
     services = Services(settings)
     settings = services.start()
     try:
@@ -226,9 +230,14 @@ def run_demo(
             if not thread.is_alive() and not done.is_set():
                 thread.start()
             now = time.monotonic()
-            processed = sum(worker.pipeline.events_in.values())
-            if processed != quiet_since[1]:
-                quiet_since[:] = [now, processed]
+            internal = worker.pipeline.internal
+            counts = worker.pipeline.events_in
+            processed = sum(n for t, n in counts.items() if t not in internal)
+            # and the re-keyed copies of them read back (experiments: srm, experiment)
+            rekeyed = sum(n for t, n in counts.items() if t in internal)
+            processed_all = processed + rekeyed
+            if processed_all != quiet_since[1]:
+                quiet_since[:] = [now, processed_all]
             if now - last_report[0] > 10:
                 last_report[0] = now
                 wm = worker.pipeline.watermarks().get("ctr")
@@ -237,7 +246,9 @@ def run_demo(
             # all published traffic consumed, and the results written; a worker that
             # has not even joined its group yet (with --speed 0 the traffic can be
             # out before it does) is not done, unless nothing comes for a minute
-            caught_up = bool(published) and processed >= published[0]
+            caught_up = (
+                bool(published) and processed >= published[0] and rekeyed >= worker.sinks.forwarded
+            )
             quiet = now - quiet_since[0]
             drained = worker.sinks.buffered == 0 and (quiet > 3 if caught_up else quiet > 60)
             return done.is_set() and (drained or now - started > 900)

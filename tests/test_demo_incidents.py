@@ -20,11 +20,13 @@ The demo's experiments (issue 16, `streams.demo.DEMO_EXPERIMENTS` and
 `experiment_incidents`) are checked the same way by
 `test_demo_experiment_incidents_alert_and_resolve_after_they_end`, with the rules of
 `EXPERIMENT_ALERTS`: each alerts while its incident lasts and resolves after it
-ends, except two that by design do not resolve: the ramp (an arm's share moved by
-more than 20 points within the last 24 h of event time stays true for a day after
-the jump, whether or not the share moves back) and the cumulative SRM (its
-always-valid p-value is a running minimum: the experiment's data since its start
-stays compromised).
+ends, except two that by design do not resolve in the demo: the ramp (an arm's
+share moved by more than 20 points within the last 24 h of event time stays true
+for a day after the jump, whether or not the share moves back) and the cumulative
+SRM (its always-valid p-value is a running minimum: it resolves only once the
+shares since the start are within `min_deviation` of the plan again, which the
+demo's later ramp of the same experiment prevents; `streamwatch demo` shows the
+cumulative SRM of exp-cmp-000 resolve that way).
 """
 
 from __future__ import annotations
