@@ -26,46 +26,95 @@ counts O_i and E_i = n p_i, Pearson's chi-square goodness of fit (Pearson, K.
 
     chi2 = sum_i (O_i - E_i)^2 / E_i,   df = k - 1,   p = P(X^2_df >= chi2)
 
-computed by scipy.stats.chisquare(O, f_exp=E). Fabijan et al. flag an SRM
+computed directly, p by scipy.special.chdtrc (the chi-square survival function;
+scipy.stats.chisquare(O, f_exp=E) gives the same, and is the tests' reference,
+but its argument checking costs about 1 ms a call, twice per experiment and
+window). Fabijan et al. flag an SRM
 at p < 0.0005 to 0.001: the test runs every window, so a loose alpha would
 raise false alarms daily.
 
-A window is judged when n >= min_total (30, a sanity floor) and it has at least two tested
-variants. Output, per judged window:
+Two tests, two jobs (docs/monitors/srm.md):
+
+1. Per window, at the false-alarm budget (issue 13). Accumulated evidence:
+   per (experiment, variant) two CUSUMs of the binomial log-likelihood ratio
+   of the variant's count, for a share `sequential_shift` above and below its
+   expected share (operators.sequential_rates, Page 1954), updated once per
+   judged window in window order. exp(-S) is a valid p-value at every window
+   (Ville's inequality), so an imbalance too small for any one window (a 45/55
+   split in an experiment of 300 units a window: each window adds about
+   300 KL(0.55 || 0.5) = 1.5 nats) is caught within about ten, and, unlike a
+   test since the start, a mismatch that begins after weeks of clean traffic
+   is not diluted by them (the CUSUM restarts at 0 whenever the evidence
+   does). The observation's value and p-value combine the window's
+   chi-square p (1 when the window's deviation is under `min_deviation`)
+   with the 2k CUSUMs by Bonferroni:
+
+       p = min(1, (2k + 1) min(p_chi2, min_j exp(-S_j)))
+
+   The default rule `srm` is critical below the per-window level of the
+   budget (operators.stats.alpha_for_budget: 1 false alert per 1,000
+   experiment-days over 288 five-minute windows a day, 3.5e-6).
+
+2. Cumulatively since the experiment's start, with Statsig's tiers. Per
+   experiment the counts of every closed window add up (one counter per
+   variant), and each window close tests them too: Observation(metric=
+   "srm_cumulative_p", window_start = the experiment's first window). This
+   test is looked at after every window, so a fixed-sample chi-square would
+   raise false alarms more and more often as the experiment runs (the
+   peeking problem); its p-value is an always-valid one: per arm, the
+   normal-mixture SPRT (operators/msprt.py; Johari, Pekelis & Walsh 2015) of
+   the arm's share against its expected share p_i, Delta = O_i/n - p_i with
+   the null variance V = p_i (1 - p_i) / n and mixing scale
+   `cumulative_tau`, running minimum of 1/Lambda over the looks, Bonferroni
+   over the k arms (min_i p_i x k). P(the p-value ever falls under alpha)
+   <= alpha over the experiment's whole life, however often it is looked at:
+   the tiers of the default rule `srm_cumulative` (warning at p < 0.01 =
+   `warning_alpha`, critical at p < 0.001 = `alpha`) bound the share of
+   quiet experiments that ever get one, not a rate per window. The running
+   minimum never rises: once fired, the cumulative alert stays (the
+   experiment's data since its start is compromised) until the shares since
+   the start are back within `min_deviation` of the plan (the mismatch
+   diluted by later traffic), or the experiment is restarted under a new
+   name.
+
+   The cumulative mSPRT does not replace the CUSUMs of (1): it catches a
+   small imbalance present since the start, but a mismatch that starts late
+   is weighed against all the clean traffic before it; the CUSUMs are the
+   accumulated evidence of issue 13 and keep the per-window alert's
+   resolution (capped at `cusum_cap` nats, so it clears within a few windows
+   after the incident).
+
+Minimum deviation (as Statsig does: no alert for a deviation too small to
+matter however large the sample): a test whose largest absolute difference
+between an observed and an expected share, max_i |O_i/n - p_i|, is under
+`min_deviation` (default 0.01, one percentage point) reports value 1.0 (the
+cumulative test) or a chi-square p of 1.0 (the window's); the raw p-values
+stay in the details.
+
+A window is judged when n >= min_total (30, a sanity floor: the p-value is
+the evidence, and Pearson's approximation holds from about five expected per
+variant) and it has at least two tested variants. Output, per judged window:
 
 - a row in `srm_checks`: window_start, window_end, experiment, unit,
   variants (comma list, sorted), counts ({variant: count}), expected
-  ({variant: share}), unexpected ({variant: count}), chi2, p_value, total,
-  srm (1 when p_value < alpha);
-- Observation(kind="srm", entity=experiment, metric="srm_chi2_p",
-  value=p_value, p_value=p_value, n=total, ts=window_end), details: counts,
-  expected, unexpected, observed (shares), chi2, df, total, unit, alpha,
-  crossover (users only). A rule `srm_chi2_p < 0.001` is critical.
-
-Tiers and a minimum deviation (as Statsig does: warning at p < 0.01, critical
-at p < 0.001, and no alert for a deviation too small to matter however large
-the sample): the observation's value is the p-value when the largest absolute
-difference between an observed and an expected share, max_i |O_i/n - p_i|, is
-at least `min_deviation` (default 0.01, one percentage point), else 1.0 (the
-raw p-value stays in `p_value` and the details). The tiers are the default
-rules `srm` (window) and `srm_cumulative` (thresholds per severity).
-
-Cumulative since the experiment's start: per experiment the counts of every
-closed window add up (state: one counter per variant), and each window close
-tests them too: Observation(metric="srm_cumulative_p", window_start = the
-experiment's first window). A mismatch too small for any one window shows there.
-Because this test is looked at after every window, a fixed-sample chi-square
-would raise false alarms more and more often as the experiment runs (the
-peeking problem); its p-value is instead an always-valid one: per arm, the
-normal-mixture SPRT (operators/msprt.py; Johari, Pekelis & Walsh 2015) of the
-arm's share against its expected share p_i, Delta = O_i/n - p_i with variance
-V = p_i (1 - p_i) / n and mixing scale `cumulative_tau`, running minimum of
-1/Lambda over the looks, Bonferroni over the k arms (min_i p_i x k).
+  ({variant: share}), unexpected ({variant: count}), chi2, p_value (the
+  window's chi-square p), total, srm (1 when p_value < alpha and the
+  deviation is at least min_deviation);
+- Observation(kind="srm", entity=experiment, metric="srm_chi2_p", value=p,
+  p_value=p (the combined p of (1)), n=total, ts=window_end), details:
+  counts, expected, unexpected, observed (shares), shares and planned
+  (the same as text), chi2, chi2_p, p_sequential, df, total, unit, alpha,
+  max_deviation, crossover (users only), and the drill-down below when
+  p < warning_alpha;
+- Observation(metric="srm_cumulative_p") of (2), details likewise (scope
+  "cumulative", and its own drill-down over the cumulative dimension counts).
 
 Drill-down: when a test reaches the warning level, the same chi-square is run
 per value of each dimension present on the impressions (`dimensions`:
 campaign_id, ad_id, model_id; at most `max_dimension_values` values per
-dimension and window, the rest pooled as "(other)"), and the details carry
+dimension and window -- or experiment, for the cumulative test, whose
+dimension counts add up like its totals -- the rest pooled as "(other)"),
+and the details carry
 the most significant ones (`drilldown`) and the one that carries the mismatch
 (`mismatch_in`, e.g. "campaign_id=camp-3", when its own p-value is below the
 warning level; else "spread").
@@ -82,9 +131,11 @@ variant: metric `share` (window) and `share_cumulative`; value = observed
 share, n = the variant's count, control_value = its expected share, p_value =
 the test's p-value.
 
-State is the open windows (counts, dimension counts, user maps) plus one
-counter per variant and experiment, so it is bounded by window_ms plus the
-lateness and the number of experiments. Counting is commutative, so any
+State is the open windows (counts, dimension counts, user maps), per
+experiment one counter per variant and per (dimension value, variant), one
+running p per variant, and one float per (experiment, variant, direction)
+with CUSUM evidence (a CUSUM back at 0 is dropped): bounded by window_ms plus
+the lateness, max_dimension_values and the number of experiments. Counting is commutative, so any
 arrival order within the lateness gives the sorted input's result.
 
 >>> counts = {"A": 4500, "B": 5500}
@@ -96,14 +147,16 @@ arrival order within the lateness gives the sorted input's result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from scipy.stats import chisquare
+from scipy.special import chdtrc
 
 from operators.base import Observation, Operator
 from operators.msprt import always_valid_p
+from operators.sequential_rates import cusum_step
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Impression
 
@@ -119,12 +172,17 @@ class SrmConfig:
     min_total: int = 30
     # experiment -> variant -> expected share (normalised); absent: equal split
     splits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    alpha: float = 0.001  # critical level (the row's `srm` flag)
-    warning_alpha: float = 0.01  # warning level: drill-down from here
+    # the cumulative test's tiers (the default rule `srm_cumulative` uses the same
+    # numbers): critical level, also the window row's `srm` flag ...
+    alpha: float = 0.001
+    warning_alpha: float = 0.01  # ... and warning level; drill-down from here
     # smallest max |observed - expected share| that counts as a mismatch (Statsig-style)
     min_deviation: float = 0.01
     cumulative: bool = True
     cumulative_tau: float = 0.02  # mSPRT mixing scale of a share's deviation
+    # the per-window CUSUMs (accumulated evidence at the budget, issue 13)
+    sequential_shift: float = 0.05  # share shift the CUSUMs are tuned to
+    cusum_cap: float = 20.0  # nats of evidence kept: a quick resolve after the incident
     dimensions: tuple[str, ...] = ("campaign_id", "ad_id", "model_id")
     max_dimension_values: int = 1000
     drilldown_top: int = 5
@@ -136,6 +194,8 @@ class SrmConfig:
             raise ValueError("srm needs 0 < alpha <= warning_alpha < 1")
         if not 0 <= self.min_deviation < 1:
             raise ValueError("srm min_deviation must be in [0, 1)")
+        if not 0 < self.sequential_shift < 1 or self.cusum_cap <= 0:
+            raise ValueError("srm sequential_shift must be in (0, 1) and cusum_cap > 0")
         if self.unit not in ("impressions", "users"):
             raise ValueError(f"srm unit must be 'impressions' or 'users', got {self.unit!r}")
         if self.window_ms <= 0 or self.min_total < 1:
@@ -187,10 +247,33 @@ def srm_test(
     total = sum(tested.values())
     if len(expected) < 2 or total <= 0:
         return None
-    observed = [tested[v] for v in expected]
-    f_exp = [total * expected[v] for v in expected]
-    result = chisquare(observed, f_exp=f_exp)
-    return tested, expected, unexpected, float(result.statistic), float(result.pvalue)
+    chi2 = 0.0
+    for v, share in expected.items():
+        e = total * share
+        chi2 += (tested[v] - e) ** 2 / e
+    return tested, expected, unexpected, chi2, float(chdtrc(len(expected) - 1, chi2))
+
+
+def _copy_dims(dims: Mapping[str, Mapping[str, Mapping[str, int]]]) -> dict[str, Any]:
+    return {
+        d: {v: {a: int(n) for a, n in c.items()} for v, c in vs.items()} for d, vs in dims.items()
+    }
+
+
+def _add_dims(
+    total: dict[str, dict[str, dict[str, int]]],
+    dims: Mapping[str, Mapping[str, Mapping[str, int]]],
+    limit: int,
+) -> None:
+    """Add a window's dimension counts to the experiment's, at most `limit` values per
+    dimension (the rest pooled as OTHER)."""
+    for dim, values in dims.items():
+        into = total.setdefault(dim, {})
+        for value, per in values.items():
+            key = value if value in into or len(into) < limit else OTHER
+            mine = into.setdefault(key, {})
+            for variant, n in per.items():
+                mine[variant] = mine.get(variant, 0) + n
 
 
 class SrmOperator(Operator):
@@ -209,9 +292,10 @@ class SrmOperator(Operator):
         self.config = config or SrmConfig()
         self.windows: TumblingWindows[SrmWindow] = TumblingWindows(self.config.window_ms, SrmWindow)
         self.users = self.config.unit == "users"
-        # experiment -> (its first window's start, counts per variant of closed windows)
-        # experiment -> [first window start, counts of closed windows, always-valid p per arm]
+        # experiment -> [first window start, counts of closed windows, always-valid p
+        # per arm, dimension counts of closed windows (dim -> value -> variant -> n)]
         self.cumulative: dict[str, list[Any]] = {}
+        self.cusum: dict[str, float] = {}  # "experiment\x1fvariant\x1f+|-" -> S
 
     # -- input ---------------------------------------------------------------
 
@@ -262,46 +346,94 @@ class SrmOperator(Operator):
         self._crossover(start, end, experiment, window)
         split = cfg.splits.get(experiment)
         if cfg.cumulative:
-            entry = self.cumulative.setdefault(experiment, [start, {}, {}])
+            entry = self.cumulative.setdefault(experiment, [start, {}, {}, {}])
             for v, c in counts.items():
                 entry[1][v] = entry[1].get(v, 0) + c
+            _add_dims(entry[3], window.dims, cfg.max_dimension_values)
         result = srm_test(counts, split)
         if result is not None and sum(result[0].values()) >= cfg.min_total:
-            self._emit(start, end, experiment, window, result, "srm_chi2_p", "share", start)
+            tested, expected, _, _, p_chi2 = result
+            if max_deviation(tested, expected) < cfg.min_deviation:
+                p_chi2 = 1.0  # too small to matter, however large the window
+            p_seq = self._accumulate(experiment, tested, expected)
+            combined = min(1.0, (2 * len(tested) + 1) * min(p_chi2, p_seq))
+            extra: dict[str, float] = {"chi2_p": result[4], "p_sequential": p_seq}
+            if self.users:
+                seen: set[str] = set()
+                crossover: set[str] = set()
+                for ids in window.users.values():
+                    crossover |= seen & ids
+                    seen |= ids
+                extra["crossover"] = len(crossover)
+            self._emit(
+                start, end, experiment, window.dims, result, combined, extra, "srm_chi2_p", start
+            )
         if cfg.cumulative:
-            first, total_counts, running = self.cumulative[experiment]
+            first, total_counts, running, dims = self.cumulative[experiment]
             cumulative = srm_test(total_counts, split)
             if cumulative is not None and sum(cumulative[0].values()) >= cfg.min_total:
-                cumulative = self._always_valid(cumulative, running)
+                p_av = self._always_valid(cumulative, running)
+                if max_deviation(cumulative[0], cumulative[1]) < cfg.min_deviation:
+                    p_av = 1.0
                 self._emit(
                     start,
                     end,
                     experiment,
-                    None,
+                    dims,
                     cumulative,
+                    p_av,
+                    {"chi2_p": cumulative[4]},
                     "srm_cumulative_p",
-                    "share_cumulative",
                     first,
                 )
+
+    def _accumulate(
+        self, experiment: str, tested: Mapping[str, int], expected: Mapping[str, float]
+    ) -> float:
+        """Update the variants' two CUSUMs (main's accumulated evidence); return the
+        smallest exp(-S)."""
+        cfg = self.config
+        n = sum(tested.values())
+        smallest = 1.0
+        for variant, share in expected.items():
+            x = tested[variant]
+            for sign, p1 in (
+                ("+", share + cfg.sequential_shift),
+                ("-", share - cfg.sequential_shift),
+            ):
+                key = f"{experiment}\x1f{variant}\x1f{sign}"
+                if not 0.0 < p1 < 1.0:
+                    continue
+                s = cusum_step(self.cusum.get(key, 0.0), x, n, share, p1, cfg.cusum_cap)
+                if s > 0.0:
+                    self.cusum[key] = s
+                    smallest = min(smallest, math.exp(-s))
+                else:
+                    self.cusum.pop(key, None)
+        return smallest
 
     def _emit(
         self,
         start: int,
         end: int,
         experiment: str,
-        window: SrmWindow | None,
+        dims: Mapping[str, Mapping[str, Mapping[str, int]]],
         result: tuple[dict[str, int], dict[str, float], dict[str, int], float, float],
+        value: float,
+        extra: Mapping[str, float],
         metric: str,
-        share_metric: str,
         evidence_start: int,
     ) -> None:
-        """Rows and the observation of one test (a window's, or the cumulative one)."""
+        """Rows and the observation of one test (a window's, or the cumulative one);
+        `value` is the test's p-value as judged (combined, or always-valid)."""
         cfg = self.config
         tested, expected, unexpected, chi2, p = result
         total = sum(tested.values())
         deviation = max_deviation(tested, expected)
         matters = deviation >= cfg.min_deviation
-        if window is not None:
+        window = metric == "srm_chi2_p"
+        share_metric = "share" if window else "share_cumulative"
+        if window:
             self._out.add_row(
                 SRM_TABLE,
                 {
@@ -331,7 +463,7 @@ class SrmOperator(Operator):
                     "value": c / total,
                     "n": c,
                     "control_value": expected[v],
-                    "p_value": p,
+                    "p_value": value,
                 },
             )
         details: dict[str, Any] = {
@@ -347,29 +479,26 @@ class SrmOperator(Operator):
             "p_value": p,
             "max_deviation": deviation,
             "min_deviation": cfg.min_deviation,
-            "scope": "window" if window is not None else "cumulative",
+            "scope": "window" if window else "cumulative",
+            # the split as a sentence says it: "A 45.0 %, B 55.0 %"
+            "shares": ", ".join(f"{v} {c / total:.1%}" for v, c in tested.items()),
+            "planned": ", ".join(f"{v} {share:.1%}" for v, share in expected.items()),
+            **extra,
         }
-        if window is not None and self.users:
-            seen: set[str] = set()
-            crossover: set[str] = set()
-            for ids in window.users.values():
-                crossover |= seen & ids
-                seen |= ids
-            details["crossover"] = len(crossover)
-        if window is not None and matters and p < cfg.warning_alpha:
-            details.update(self._drilldown(window, expected))
+        if value < cfg.warning_alpha:
+            details.update(self._drilldown(dims, expected))
         self._out.observations.append(
             Observation(
                 "srm",
                 experiment,
                 metric,
-                p if matters else 1.0,
+                value,
                 ts=end,
                 n=total,
                 window_start=evidence_start,
                 window_end=end,
                 details=details,
-                p_value=p,
+                p_value=value,
             )
         )
 
@@ -377,10 +506,10 @@ class SrmOperator(Operator):
         self,
         result: tuple[dict[str, int], dict[str, float], dict[str, int], float, float],
         running: dict[str, float],
-    ) -> tuple[dict[str, int], dict[str, float], dict[str, int], float, float]:
-        """The cumulative test's p-value made always-valid (see the module docstring);
+    ) -> float:
+        """The cumulative test's always-valid p-value (see the module docstring);
         `running` holds each arm's running minimum and is updated."""
-        tested, expected, unexpected, chi2, _ = result
+        tested, expected, _, _, _ = result
         n = sum(tested.values())
         tau2 = self.config.cumulative_tau**2
         for v, share in expected.items():
@@ -389,15 +518,16 @@ class SrmOperator(Operator):
                 running[v] = always_valid_p(
                     running.get(v, 1.0), delta, share * (1 - share) / n, tau2
                 )
-        p = min(1.0, min(running.get(v, 1.0) for v in expected) * len(expected))
-        return tested, expected, unexpected, chi2, p
+        return min(1.0, min(running.get(v, 1.0) for v in expected) * len(expected))
 
-    def _drilldown(self, window: SrmWindow, expected: Mapping[str, float]) -> dict[str, Any]:
+    def _drilldown(
+        self, dims: Mapping[str, Mapping[str, Mapping[str, int]]], expected: Mapping[str, float]
+    ) -> dict[str, Any]:
         """The chi-square per value of every dimension: which one carries the mismatch."""
         cfg = self.config
         split = dict(expected)
         found = []
-        for dim, values in sorted(window.dims.items()):
+        for dim, values in sorted(dims.items()):
             for value, per in values.items():
                 result = srm_test(per, split)
                 if result is None or sum(result[0].values()) < cfg.drilldown_min_total:
@@ -474,13 +604,20 @@ class SrmOperator(Operator):
                 [start, experiment, per_variant, w.dims, w.arms, sorted(w.crossed), w.untracked]
             )
         cumulative = {
-            e: [first, dict(c), dict(p)] for e, (first, c, p) in sorted(self.cumulative.items())
+            e: [first, dict(c), dict(p), d]
+            for e, (first, c, p, d) in sorted(self.cumulative.items())
         }
-        return {"unit": self.config.unit, "windows": windows, "cumulative": cumulative}
+        return {
+            "unit": self.config.unit,
+            "windows": windows,
+            "cumulative": cumulative,
+            "cusum": dict(self.cusum),
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         """A snapshot from before the drill-down and crossover (three fields per
-        window, no cumulative counts) restores its counts; those start empty."""
+        window, no cumulative counts, no CUSUMs) restores its counts; the rest
+        starts empty (no evidence)."""
         if state.get("unit", self.config.unit) != self.config.unit:
             raise ValueError(
                 f"srm snapshot counts {state['unit']}, this operator {self.config.unit}"
@@ -495,7 +632,7 @@ class SrmOperator(Operator):
                 else:
                     w.counts[variant] = int(value)
             if len(entry) > 3:
-                w.dims = {d: {v: dict(c) for v, c in vs.items()} for d, vs in entry[3].items()}
+                w.dims = _copy_dims(entry[3])
                 w.arms = dict(entry[4])
                 w.crossed = set(entry[5])
                 w.untracked = int(entry[6])
@@ -504,9 +641,11 @@ class SrmOperator(Operator):
                 int(entry[0]),
                 {v: int(c) for v, c in entry[1].items()},
                 {v: float(p) for v, p in (entry[2] if len(entry) > 2 else {}).items()},
+                _copy_dims(entry[3] if len(entry) > 3 else {}),
             ]
             for e, entry in state.get("cumulative", {}).items()
         }
+        self.cusum = {k: float(v) for k, v in state.get("cusum", {}).items()}
 
 
 __all__ = [

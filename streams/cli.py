@@ -166,7 +166,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _parse_incident(spec: str) -> Any:
-    from streams.simulate import KINDS, Incident
+    from streams.simulate import ALL_KINDS as KINDS
+    from streams.simulate import Incident
 
     parts = spec.split(":")
     try:
@@ -214,10 +215,20 @@ def simulation_options(f: Any) -> Any:
             "error_spike:model-1:900:300:0.2, feature_drift:model-0/distance_km:1500:600:1.5, "
             "prediction_shift:model-1:1200:600:1.5, srm:exp-cmp-000:600:600:0.4, "
             "sensor_spike:sensor-01:700:3:8, sensor_rise:sensor-02:800:400:10, "
-            "sensor_regime:sensor-03:1000:300:6, cvr_drop:exp-cmp-000/B:600:1200:0.5. "
+            "sensor_regime:sensor-03:1000:300:6, cvr_drop:exp-cmp-000/B:600:1200:0.5; with "
+            "--experiments also arm_latency:exp-model/treatment:600:600:1.6, "
+            "arm_error:exp-model/treatment:600:300:0.08, ramp:exp-shared:1200:600:0.85, "
+            "crossover:exp-shared:300:300:0.05, srm_dimension:exp-shared/ad-3:300:600:0.9. "
             "Times in event-time seconds from the start.",
         ),
         click.option("--no-incidents", is_flag=True, help="Quiet traffic only."),
+        click.option(
+            "--experiments/--no-experiments",
+            default=None,
+            help="The demo's experiments (issue 16): exp-shared over cmp-001 and cmp-002, "
+            "exp-model serving model-0 (needs 3 campaigns or more). Default: on for the "
+            "demo, off for simulate.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -232,6 +243,7 @@ def _scenario(
     incident_specs: tuple[str, ...],
     no_incidents: bool,
     demo: bool = False,
+    experiments: bool | None = None,
 ) -> Any:
     from streams.simulate import (
         Incident,
@@ -254,6 +266,19 @@ def _scenario(
             incidents.append(
                 Incident("latency_spike", "model-0", duration_s * 0.8, duration_s * 0.1, 3.0)
             )
+    if experiments is None:
+        experiments = demo
+    extra: dict[str, int] = {}
+    if experiments:
+        from streams.demo import DEMO_EXPERIMENTS, experiment_incidents
+
+        if campaigns < 3:
+            raise click.BadParameter(
+                "--experiments needs 3 campaigns or more", param_hint="--campaigns"
+            )
+        extra = dict(DEMO_EXPERIMENTS)
+        if not incident_specs and not no_incidents:
+            incidents.extend(experiment_incidents(duration_s))
     scenario = Scenario(
         start_ms=start_ms,
         duration_s=duration_s,
@@ -262,6 +287,7 @@ def _scenario(
         seed=seed,
         incidents=incidents,
         cvr=0.1,  # v2: conversions of clicks (a CVR of about 10 %, order values ~40)
+        **extra,
     )
     if demo and not incident_specs and not no_incidents:
         from streams.demo import linked_incidents
@@ -287,6 +313,7 @@ def simulate(
     seed: int,
     incident_specs: tuple[str, ...],
     no_incidents: bool,
+    experiments: bool | None,
 ) -> None:
     """Publish synthetic traffic of all four kinds, with incidents (ground truth).
 
@@ -299,7 +326,9 @@ def simulate(
     from streams import kafka
     from streams.simulate import Simulator
 
-    scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents)
+    scenario = _scenario(
+        duration_s, rate, campaigns, seed, incident_specs, no_incidents, experiments=experiments
+    )
     settings = _connect_kafka(ctx)
     for inc in scenario.incidents:
         err.print(
@@ -764,6 +793,7 @@ def demo(
     seed: int,
     incident_specs: tuple[str, ...],
     no_incidents: bool,
+    experiments: bool | None,
     data_dir: str | None,
 ) -> None:
     """Everything embedded: broker, ClickHouse, worker, simulated incidents, live alerts.
@@ -780,7 +810,16 @@ def demo(
         err.print("note: STREAMWATCH_KAFKA is set; the demo uses that broker")
     if data_dir:
         settings.data_dir = data_dir
-    scenario = _scenario(duration_s, rate, campaigns, seed, incident_specs, no_incidents, demo=True)
+    scenario = _scenario(
+        duration_s,
+        rate,
+        campaigns,
+        seed,
+        incident_specs,
+        no_incidents,
+        demo=True,
+        experiments=experiments,
+    )
     hold_data_dir(settings)
     check_kafka(settings)
     check_clickhouse(settings)

@@ -524,20 +524,20 @@ DEFAULT_RULES = [
         "srm",
         "srm_chi2_p",
         "<",
-        # Statsig's tiers; the operator reports p = 1 for a deviation under its
-        # min_deviation (1 point of share by default), however large the sample
-        {"warning": 0.01, "critical": 0.001},
-        "sample ratio mismatch in {entity}: p = {value:.2g} ({observed} against {expected}; "
+        # the value is the window's p-value (chi-square and the CUSUMs' accumulated
+        # evidence, operators/srm.py): judged every window, so its line is the
+        # budget's per-window level (issue 13), not a fixed 0.001
+        {"critical": alpha_for_budget(FALSE_ALARM_BUDGET, SRM_WINDOWS_PER_DAY)},
+        "sample ratio mismatch in {entity}: p = {value:.2g} ({shares} against {planned}; "
         "carried by {mismatch_in}); pause readouts of this experiment until the assignment "
         "is fixed",
         label="sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the variants' shares match the configured split again",
-        # short: a warning that resolved must not mask a real mismatch an hour long
-        cooldown_s=900,
-        # main's sanity floor and hysteresis kept; its false-alarm budget is not: the
-        # issue-16 tiers (0.01 / 0.001) are the thresholds
+        cooldown_s=900,  # a resolved episode must not mask a real mismatch an hour long
         min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SRM_WINDOWS_PER_DAY,
         clear_windows=1,  # one clear five-minute window
     ),
     _rule(
@@ -545,9 +545,13 @@ DEFAULT_RULES = [
         "srm",
         "srm_cumulative_p",
         "<",
+        # Statsig's tiers, on the always-valid p-value since the experiment's start:
+        # P(ever below alpha) <= alpha per quiet experiment, however often it is looked
+        # at (SrmConfig.warning_alpha / alpha; p = 1 under min_deviation)
         {"warning": 0.01, "critical": 0.001},
-        "sample ratio mismatch in {entity} since its start: p = {value:.2g} ({observed} "
-        "against {expected} over {total} units); pause readouts until the assignment is fixed",
+        "sample ratio mismatch in {entity} since its start: p = {value:.2g} ({shares} "
+        "against {planned} over {total} units; carried by {mismatch_in}); pause readouts until "
+        "the assignment is fixed",
         label="cumulative sample ratio mismatch p-value",
         value_format="{:.2g}",
         resolved_note="the cumulative shares match the configured split again",

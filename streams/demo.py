@@ -11,6 +11,14 @@ the drift lasts (`linked_incidents`): its CTR alert names the drift ("possible
 cause: PSI of distance_km = ..."); and unless retraining is configured, the
 demo asks for it on PSI, error rate and accuracy (`DEMO_RETRAIN`), printing
 each request.
+
+Experiments (issue 16, `DEMO_EXPERIMENTS`): the first campaign runs its own
+A/B test (`exp-cmp-000`, with the default `srm` incident), the next two run
+`exp-shared` together (its traffic spans campaigns in different partitions,
+re-keyed by experiment), and model-0's requests are served by the two arms of
+`exp-model`. `experiment_incidents` adds one incident per experiment alert:
+an SRM carried by one ad only, a latency and an error-rate regression of the
+treatment arm (guardrails), crossover users, and a ramp jump.
 """
 
 from __future__ import annotations
@@ -27,12 +35,22 @@ from rich.table import Table
 from operators.ctr import CtrConfig
 from streams import kafka
 from streams.config import RetrainSettings, Settings
-from streams.simulate import Incident, Scenario, Simulator, publish
+from streams.simulate import (
+    MODEL_EXPERIMENT,
+    SHARED_EXPERIMENT,
+    Incident,
+    Scenario,
+    Simulator,
+    publish,
+)
 from streams.worker import Services, Worker
 
 # a CTR window is judged once final: the attribution window after its end
 CTR_FINAL_S = (CtrConfig().attribution_ms + CtrConfig().window_ms) / 1000
 DEMO_LABEL_DELAY_MS = 600_000
+# the demo is one worker: an input partition none of its keys hash to must not hold
+# the experiment-keyed streams back for the default 120 s (streams/repartition.py)
+DEMO_REPARTITION_IDLE_S = 5.0
 
 
 def publish_traffic(
@@ -66,6 +84,46 @@ DEMO_RETRAIN = {
         }
     ]
 }
+
+
+# the demo's experiments (Scenario fields): exp-cmp-000 alone, exp-shared over
+# cmp-001 and cmp-002, exp-model serving model-0's requests
+DEMO_EXPERIMENTS = {
+    "experiment_campaigns": 1,
+    "shared_experiment_campaigns": 2,
+    "experiment_models": 1,
+}
+EXPERIMENT_WINDOW_S = 300  # SRM and experiment windows: incidents start on their edges
+
+
+def experiment_incidents(duration_s: float) -> list[Incident]:
+    """One incident per experiment alert, on a run of `duration_s` seconds (at
+    its default 3600 s: crossover at 600-900 s, treatment latency x1.6 at
+    900-1500 s, SRM in ad-3 at 1200-1800 s, treatment errors 8 % at 2100-2400 s,
+    ramp to 85 % from 2700 s to the end). Starts are on window edges, so each
+    window is wholly in or out of an incident. The crossover comes first: the
+    SRM in one ad also puts some users in both arms (their arm is a hash of the
+    user against the ad's share), and a crossover alert during it would hold
+    the crossover rule's hour of cooldown over a later crossover incident.
+
+    >>> [(i.kind, i.start_s, i.end_s) for i in experiment_incidents(3600)][:2]
+    [('crossover', 600.0, 900.0), ('arm_latency', 900.0, 1500.0)]
+    """
+    d = float(duration_s)
+
+    def at(fraction: float) -> float:
+        return max(1, round(fraction * d / EXPERIMENT_WINDOW_S)) * float(EXPERIMENT_WINDOW_S)
+
+    treatment = f"{MODEL_EXPERIMENT}/treatment"
+    ramp = at(0.75)
+    return [
+        Incident("crossover", SHARED_EXPERIMENT, at(1 / 6), at(1 / 12), 0.05),
+        Incident("arm_latency", treatment, at(0.25), at(1 / 6), 1.6),
+        Incident("srm_dimension", f"{SHARED_EXPERIMENT}/ad-3", at(1 / 3), at(1 / 6), 0.9),
+        Incident("arm_error", treatment, at(7 / 12), at(1 / 12), 0.08),
+        # a ramp is not undone: from its start to the end of the run
+        Incident("ramp", SHARED_EXPERIMENT, ramp, max(d - ramp, 1.0), 0.85),
+    ]
 
 
 def linked_incidents(scenario: Scenario) -> list[Incident]:
@@ -119,6 +177,7 @@ def run_demo(
         # the simulator's labels come within 540 s: a 10-min label delay makes the
         # quality windows final (and the concept drift's alert fire) within the demo
         quality.options = {**quality.options, "label_delay_ms": DEMO_LABEL_DELAY_MS}
+    settings.repartition_idle_s = min(settings.repartition_idle_s, DEMO_REPARTITION_IDLE_S)
     services = Services(settings)
     settings = services.start()
     try:
@@ -178,9 +237,14 @@ def run_demo(
             if not thread.is_alive() and not done.is_set():
                 thread.start()
             now = time.monotonic()
-            processed = sum(worker.pipeline.events_in.values())
-            if processed != quiet_since[1]:
-                quiet_since[:] = [now, processed]
+            internal = worker.pipeline.internal
+            counts = worker.pipeline.events_in
+            processed = sum(n for t, n in counts.items() if t not in internal)
+            # and the re-keyed copies of them read back (experiments: srm, experiment)
+            rekeyed = sum(n for t, n in counts.items() if t in internal)
+            processed_all = processed + rekeyed
+            if processed_all != quiet_since[1]:
+                quiet_since[:] = [now, processed_all]
             if now - last_report[0] > 10:
                 last_report[0] = now
                 wm = worker.pipeline.watermarks().get("ctr")
@@ -189,7 +253,9 @@ def run_demo(
             # all published traffic consumed, and the results written; a worker that
             # has not even joined its group yet (with --speed 0 the traffic can be
             # out before it does) is not done, unless nothing comes for a minute
-            caught_up = bool(published) and processed >= published[0]
+            caught_up = (
+                bool(published) and processed >= published[0] and rekeyed >= worker.sinks.forwarded
+            )
             quiet = now - quiet_since[0]
             drained = worker.sinks.buffered == 0 and (quiet > 3 if caught_up else quiet > 60)
             return done.is_set() and (drained or now - started > 900)

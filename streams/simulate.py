@@ -83,6 +83,8 @@ requests from the two arms of `exp-model` (alternating), carrying
 `experiment` and `variant` on their inference logs. Their incidents:
 
     arm_latency       exp-model/treatment    that arm's latency x factor (1.6)
+    arm_error         exp-model/treatment    that arm's error probability =
+                                             factor (0.08)
     ramp              exp-shared             the first arm's share = factor
                                              from the start on (0.85: a jump
                                              of 35 points)
@@ -147,7 +149,7 @@ LABEL_KINDS = ("concept_drift", "label_noise", "label_delay")  # incidents of th
 REGRESSOR = "model-reg"  # the simulated regressor's model_id
 # on the experiments a scenario adds when asked (shared_experiment_campaigns,
 # experiment_models): not in `default_incidents`, whose scenario has none
-EXPERIMENT_KINDS = ("arm_latency", "ramp", "crossover", "srm_dimension", "cvr_drop")
+EXPERIMENT_KINDS = ("arm_latency", "arm_error", "ramp", "crossover", "srm_dimension", "cvr_drop")
 ALL_KINDS = KINDS + EXPERIMENT_KINDS
 SHARED_EXPERIMENT = "exp-shared"
 MODEL_EXPERIMENT = "exp-model"
@@ -307,7 +309,7 @@ def check_incidents(s: Scenario) -> None:
             sensor, _, metric = target.partition("/")
             ok = sensor in sensors and (metric or SPIKE_METRIC) in SENSOR_METRICS
             what = f"SENSOR[/METRIC], sensor {sensor_ids}, metric one of {', '.join(METRICS)}"
-        elif kind == "arm_latency":
+        elif kind in ("arm_latency", "arm_error"):
             ok = s.experiment_models > 0 and target in (f"{MODEL_EXPERIMENT}/{a}" for a in ARMS)
             what = f"{MODEL_EXPERIMENT}/ARM (arms {', '.join(ARMS)}; --experiment-models > 0)"
         elif kind == "cvr_drop":
@@ -685,7 +687,14 @@ class Simulator:
             i
             for i in live
             if i.kind
-            in ("feature_drift", "prediction_shift", "latency_spike", "error_spike", "arm_latency")
+            in (
+                "feature_drift",
+                "prediction_shift",
+                "latency_spike",
+                "error_spike",
+                "arm_latency",
+                "arm_error",
+            )
         ]
         n_models = len(self.models)
         for _ in range(_poisson(rng, s.inference_per_s)):
@@ -729,8 +738,11 @@ class Simulator:
                 arm = ARMS[self._requests % 2]  # alternating: no random draw
                 for inc in mine:
                     target = f"{MODEL_EXPERIMENT}/{arm}"
-                    if inc.kind == "arm_latency" and inc.active(t) and inc.target == target:
-                        latency *= inc.factor
+                    if inc.active(t) and inc.target == target:
+                        if inc.kind == "arm_latency":
+                            latency *= inc.factor
+                        elif inc.kind == "arm_error":
+                            error_p = inc.factor  # the draw below is taken either way
             failed = rng.random() < error_p
             p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
             self._requests += 1

@@ -91,6 +91,7 @@ class Sinks:
         # which keeps their order per partition; set by the worker when it re-keys
         self.forward_producer: Any = None
         self.forward_failed: str | None = None
+        self.forwarded = 0  # re-keyed events produced (progress records aside)
         # Delay from a result's creation (the tick whose watermark closed its
         # window) to its delivery; the latest ones, for benchmarks and /metrics.
         self.created: dict[str, list[tuple[float, int]]] = {}  # table -> (when, rows)
@@ -205,6 +206,8 @@ class Sinks:
             except BufferError:  # librdkafka's local queue is full: let it drain
                 producer.poll(0.1)
         metrics.FORWARDED.labels(topic).inc()
+        if progress is None:
+            self.forwarded += 1
 
     def _forward_delivered(self, err: Any, msg: Any) -> None:
         """A re-keyed record the producer gave up on (retries are unbounded, so a

@@ -280,6 +280,23 @@ def dashboard_queries() -> dict[str, str]:
             FROM {DB}.alerts FINAL
             WHERE status = 'firing' AND JSONHas(details, 'possible_causes')
             ORDER BY ts DESC, alert_id LIMIT {MAX_CAUSED}""",
+        # experiments (issue 16): each arm's traffic share per window (the SRM's view)
+        # and its guardrail metrics (p99 latency, error rate) against the control
+        "experiments": f"""
+            SELECT experiment, variant, metric, {_ms("window_end")} AS t, value,
+                   control_value, p_value
+            FROM {DB}.experiment_windows FINAL
+            WHERE variant != '' AND metric IN ('share', 'latency_p99', 'error_rate')
+              AND {_since("experiment_windows", "window_end")}
+            ORDER BY experiment, metric, variant, window_end""",
+        # alert moments on the experiment charts: SRM and experiment alerts in the span
+        "experiment_alerts": f"""
+            SELECT {_ms("ts")} AS t, kind, entity, rule, severity, status, message
+            FROM {DB}.alerts FINAL
+            WHERE kind IN ('srm', 'experiment')
+              AND ts >= (SELECT max(window_end) FROM {DB}.experiment_windows)
+                        - {DASHBOARD_SPAN}
+            ORDER BY ts""",
         # alert moments on the CTR chart: every CTR alert in the charted span
         "ctr_alerts": f"""
             SELECT {_ms("ts")} AS t, entity, rule, severity, status, message

@@ -43,6 +43,7 @@ TABLES = (
     "sensor_anomalies",
     "drift_scores",
     "inference_windows",
+    "experiment_windows",
     "alerts",
 )
 
@@ -57,6 +58,7 @@ def scenario() -> Scenario:
         impressions_per_s=30.0,
         seed=7,
         regressor_per_s=0.0,  # the classifiers' labels only: MODELS model versions
+        experiment_models=1,  # model-0's requests served by two arms (issue 16)
         incidents=[
             Incident("ctr_drop", "cmp-001", 420, 300, 0.1),
             Incident("sensor_spike", "sensor-01", 500, 3, 8),
@@ -75,8 +77,16 @@ def deployment(tmp, bootstrap: str, name: str = "dashboard") -> Deployment:
     # quality windows are final 10 min after their end (the simulator's labels come
     # within 540 s): realized and estimated accuracy within the run
     quality = {"options": {"label_delay_ms": 600_000}}
+    # every key of this small run hashes to partition 1: the experiment-keyed streams
+    # would wait the default 120 s for partition 0's forwarders before their windows
+    # close (streams/repartition.py); 10 s of silence lets them go within the test
     return Deployment(
-        tmp, bootstrap, name, partitions=2, **{"monitors.ctr": options, "monitors.quality": quality}
+        tmp,
+        bootstrap,
+        name,
+        partitions=2,
+        repartition_idle_s=10.0,
+        **{"monitors.ctr": options, "monitors.quality": quality},
     )
 
 
@@ -151,6 +161,7 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
             "drift",
             "service",
             "quality",
+            "experiments",
             "alerts",
             "ctr_alerts",
         )
@@ -181,6 +192,8 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
               latency_lines: n('#service-charts path.series'),
               error_lines: n('#error-chart path.series'),
               quality_lines: n('#quality-charts path.series'),
+              experiment_lines: n('#experiment-charts path.series'),
+              experiment_charts: n('#experiment-charts .chart-title'),
               alert_rows: n('#alerts-table tbody tr'),
               resolved_rows: n('#alerts-table tbody tr.resolved'),
               resolved_badges: n('#alerts-table tbody tr.resolved .badge.resolved'),
@@ -229,6 +242,16 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
         lines += any(r["final"] and r["accuracy"] is not None for r in mine)
         lines += any(r["estimated_accuracy"] is not None for r in mine)
     assert counts["quality_lines"] == lines >= MODELS
+    # experiments: a chart per (experiment, metric), a line per arm; the SRM's shares of
+    # exp-cmp-000 and exp-cmp-001, and the guardrails of exp-model's two arms
+    arms = {(r[0], r[2], r[1]) for r in data["experiments"]["rows"]}
+    assert counts["experiment_lines"] == len(arms)
+    assert counts["experiment_charts"] == len({(e, m) for e, m, _ in arms})
+    assert {
+        ("exp-model", "latency_p99", "control"),
+        ("exp-model", "latency_p99", "treatment"),
+    } <= arms
+    assert {e for e, m, _ in arms if m == "share"} == {"exp-cmp-000", "exp-cmp-001"}
     assert counts["alert_rows"] == len(data["alerts"]["rows"]) > 0
     # resolved alerts read as resolved: the green badge, never a severity badge
     # (issue 11 point 6); their severity is kept in the data for routing

@@ -344,6 +344,19 @@ def test_the_demo_shows_a_possible_cause_and_a_retraining_request(tmp_path) -> N
     assert "; possible cause: PSI of distance_km = " in text, text[-5000:]
     assert "retraining requested for model-0" in text
     assert "alerts naming a possible cause" in text and "retraining requests" in text
+    # the experiments' alerts (issue 16; their timing: tests/test_demo_incidents.py),
+    # through the experiment-keyed streams of the real worker
+    for shown in (
+        "experiment/experiment_crossover",
+        "experiment/experiment_guardrail_latency_p95",
+        "experiment/experiment_guardrail_error_rate",
+        "experiment/experiment_ramp",
+        "srm/srm exp-shared: sample ratio mismatch",
+        "srm/srm_cumulative exp-shared",
+        "carried by ad_id=ad-3",
+    ):
+        assert shown in text, shown
+    assert "stop or roll back arm treatment of exp-model" in text
 
 
 def test_two_workers_a_cause_raised_by_the_other_worker(tmp_path, broker) -> None:

@@ -122,7 +122,7 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
         1e-9,
         0.43,
         {},
-        "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 0.01 (the "
+        "sample ratio mismatch p-value of exp-cmp-000 back to 0.43, over 3.5e-06 (the "
         "variants' shares match the configured split again)",
     ),
     "srm_cumulative": (

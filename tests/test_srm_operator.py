@@ -16,6 +16,7 @@ from scipy.stats import chisquare
 
 from operators.rules import Rule, RuleEngine
 from operators.srm import SRM_TABLE, SrmConfig, SrmOperator, srm_test
+from operators.stats import alpha_for_budget
 from operators.task import MonitorTask
 from schemas.events import Impression
 from streams.config import DEFAULT_RULES
@@ -130,7 +131,9 @@ def test_45_55_split_at_10k_is_critical() -> None:
     assert (row["window_start"], row["window_end"]) == (T0, T0 + W)
     [obs] = window_tests(out)
     assert (obs.kind, obs.entity, obs.metric, obs.n) == ("srm", "exp1", "srm_chi2_p", 10_000)
-    assert obs.value == obs.p_value == row["p_value"] < 0.001
+    # the window's chi-square p and the accumulated evidence, Bonferroni over 2k + 1 tests
+    assert obs.details["chi2_p"] == row["p_value"]
+    assert obs.value == obs.p_value == pytest.approx(5 * row["p_value"])
     assert obs.details["counts"] == {"A": 4500, "B": 5500}
     assert obs.details["observed"] == {"A": 0.45, "B": 0.55}
     assert not {"metric", "entity", "value", "threshold", "op"} & set(obs.details)
@@ -160,13 +163,16 @@ def test_configured_split_and_resolution() -> None:
     cfg = SrmConfig(splits={"exp1": {"A": 0.9, "B": 0.1}})
     op = SrmOperator(cfg)
     engine = RuleEngine([dataclasses.replace(SRM_RULE, cooldown_s=0)])
-    # window 1: 50/50 against a 90/10 plan -> SRM; window 2: 900/100 -> resolved
+    # window 1: 50/50 against a 90/10 plan -> SRM; windows 2 and 3: 900/100. The
+    # evidence accumulated in window 1 (the CUSUMs, capped at 20 nats) still holds
+    # in window 2 (S = 9.1, p = 5 exp(-9.1) < 0.001) and is spent by window 3
     op.feed("impressions", split_events(500, 500))
     op.feed("impressions", split_events(900, 100, start=T0 + W))
-    alerts = engine.evaluate(window_tests(close(op, T0 + 2 * W)))
+    op.feed("impressions", split_events(900, 100, start=T0 + 2 * W))
+    alerts = engine.evaluate(window_tests(close(op, T0 + 3 * W)))
     assert [(a.status, a.window_start) for a in alerts] == [
         ("firing", T0),
-        ("resolved", T0 + W),
+        ("resolved", T0 + 2 * W),
     ]
 
 
@@ -247,14 +253,25 @@ def _run(events, cfg: SrmConfig, lateness_ms: int = 0, batch: int = 9, split_at=
         assert task.feed("impressions", events[i : i + batch], now_ms=0) == []
         task.tick(now_ms=0)
         out = task.collect()
-        rows += out.rows.get(SRM_TABLE, [])
+        # experiment_windows too: its p-values carry the CUSUMs' and the cumulative
+        # mSPRT's state (window: combined p; share_cumulative: the always-valid p)
+        rows += out.rows.get(SRM_TABLE, []) + out.rows.get("experiment_windows", [])
         alerts += out.alerts
     task.feed("impressions", [imp(-1, T0 + 100 * W, None)], now_ms=0)
     task.tick(now_ms=0)
     out = task.collect()
-    rows += out.rows.get(SRM_TABLE, [])
+    rows += out.rows.get(SRM_TABLE, []) + out.rows.get("experiment_windows", [])
     alerts += out.alerts
-    return sorted(rows, key=lambda r: (r["window_start"], r["experiment"])), alerts
+
+    def order(r):
+        return (
+            r["window_start"],
+            r["experiment"],
+            r.get("metric", ""),
+            r.get("variant", ""),
+        )
+
+    return sorted(rows, key=order), alerts
 
 
 CONFIGS = [
@@ -294,6 +311,7 @@ def test_snapshot_is_plain_sorted_data() -> None:
         "unit": "users",
         "windows": [[T0, "exp1", {"B": ["a", "z"]}, dims, arms, [], 0]],
         "cumulative": {},
+        "cusum": {},
     }
     with pytest.raises(ValueError):
         SrmOperator().restore(state)
@@ -321,20 +339,42 @@ def imp_in(i: int, ts: int, variant: str, campaign: str, user: str | None = None
     )
 
 
-def test_tiers_of_the_default_rule() -> None:
-    """p between 0.001 and 0.01 warns, below 0.001 is critical (Statsig's tiers)."""
-    engine = RuleEngine([DEFAULT["srm"]])
-    # 1,000 units at 46/54: chi2 = 6.4, p = 0.0114 (no alert); 45/55: chi2 = 10, p = 0.00157
-    # (warning); 2,000 at 45/55: chi2 = 20, p = 7.7e-6 (critical)
-    results = []
-    for a, b in [(460, 540), (450, 550), (900, 1100)]:
-        engine = RuleEngine([DEFAULT["srm"]])
+def hand_always_valid_p(a: int, b: int, tau: float = 0.02) -> float:
+    """One look of the normal-mixture SPRT of arm A's share against 1/2 (Johari et al.
+    2015, eq. 11, null variance 1/(4n)), Bonferroni over the two arms (same |Delta|)."""
+    n = a + b
+    var, tau2 = 0.25 / n, tau**2
+    lam = math.sqrt(var / (var + tau2)) * math.exp(
+        tau2 * (a / n - 0.5) ** 2 / (2 * var * (var + tau2))
+    )
+    return min(1.0, 2 / lam)
+
+
+def test_tiers_of_the_default_rules() -> None:
+    """Statsig's tiers (warning p < 0.01, critical p < 0.001) judge the always-valid
+    cumulative test; the per-window test is judged at the false-alarm budget's
+    per-window level (1 per 1,000 experiment-days of 288 windows: 3.5e-6)."""
+    assert DEFAULT["srm"].thresholds == {"critical": alpha_for_budget(1.0, 288)}
+    assert DEFAULT["srm"].max_p_value == pytest.approx(3.474e-6, rel=1e-3)
+    assert DEFAULT["srm_cumulative"].thresholds == {"warning": 0.01, "critical": 0.001}
+    # 1,000 units in one window: 440/560 (always-valid p 0.038), 430/570 (0.0078),
+    # 410/590 (2.5e-4)
+    cumulative, window = [], []
+    for a, b in [(440, 560), (430, 570), (410, 590)]:
         op = SrmOperator()
         op.feed("impressions", split_events(a, b))
-        [obs] = window_tests(close(op))
-        assert obs.p_value == pytest.approx(chisquare([a, b]).pvalue)
-        results.append([al.severity for al in engine.evaluate([obs])])
-    assert results == [[], ["warning"], ["critical"]]
+        out = close(op)
+        [obs] = window_tests(out)
+        [cum] = [o for o in out.observations if o.metric == "srm_cumulative_p"]
+        assert cum.p_value == cum.value == pytest.approx(hand_always_valid_p(a, b))
+        assert obs.details["chi2_p"] == pytest.approx(chisquare([a, b]).pvalue)
+        cumulative.append(
+            [al.severity for al in RuleEngine([DEFAULT["srm_cumulative"]]).evaluate([cum])]
+        )
+        window.append([al.severity for al in RuleEngine([DEFAULT["srm"]]).evaluate([obs])])
+    assert cumulative == [[], ["warning"], ["critical"]]
+    # window: 5 x chi2 p = 7e-4, 4.8e-5 (under the budget's evidence), 5 x 1.3e-8
+    assert window == [[], [], ["critical"]]
 
 
 def test_minimum_deviation_gates_huge_samples() -> None:
@@ -343,12 +383,13 @@ def test_minimum_deviation_gates_huge_samples() -> None:
     window = op.windows.at("exp1", T0)
     window.counts = {"A": 1_004_000, "B": 996_000}
     [obs] = window_tests(close(op))
-    assert obs.p_value < 1e-7 and obs.value == 1.0
+    assert obs.details["chi2_p"] < 1e-7 and obs.value == obs.p_value == 1.0
     assert obs.details["max_deviation"] == pytest.approx(0.002)
     assert RuleEngine([DEFAULT["srm"]]).evaluate([obs]) == []
     op = SrmOperator(SrmConfig(min_deviation=0.001))  # configurable
     op.windows.at("exp1", T0).counts = {"A": 1_004_000, "B": 996_000}
-    assert window_tests(close(op))[0].value == pytest.approx(obs.p_value)
+    # the CUSUMs (tuned to a 5-point shift) hold no evidence: 5 x the chi-square p
+    assert window_tests(close(op))[0].value == pytest.approx(5 * obs.details["chi2_p"])
 
 
 def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
@@ -361,7 +402,9 @@ def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
     out = close(op, T0 + 12 * W)
     windows = window_tests(out)
     cumulative = [o for o in out.observations if o.metric == "srm_cumulative_p"]
-    assert len(windows) == 12 and all(o.value > 0.01 for o in windows)
+    assert len(windows) == 12 and all(o.details["chi2_p"] > 0.1 for o in windows)
+    # the windows' CUSUMs gather ~0.6 nats a window: not the budget's evidence
+    assert RuleEngine([DEFAULT["srm"]]).evaluate(windows) == []
     tau2 = 0.02**2
     running = {"A": 1.0, "B": 1.0}
     for k in range(1, 13):

@@ -305,6 +305,49 @@ function renderQuality(data) {
   if (!byModel.size) node.innerHTML = '<div class="empty">no labels yet</div>';
 }
 
+// the experiment charts' metrics: [metric, heading, scale, unit]
+const EXPERIMENT_METRICS = [["share", "traffic share", 100, "%"],
+  ["latency_p99", "p99 latency", 1, " ms"], ["error_rate", "error rate", 100, "%"]];
+
+function alertMark(a) {
+  const resolved = a.status === "resolved";
+  return {
+    t: a.t, color: resolved ? RESOLVED : SEVERITY[a.severity] || SEVERITY.info, faint: resolved,
+    text: resolved
+      ? `${stamp(a.t)} resolved (was ${a.severity}): ${a.entity} (${a.rule})\n${a.message}`
+      : `${stamp(a.t)} ${a.severity} ${a.status}: ${a.entity} (${a.rule})\n${a.message}`,
+  };
+}
+
+function renderExperiments(data) {
+  // one chart per experiment and metric, a line per arm; the experiment's SRM and
+  // experiment alerts (entity: the experiment, or experiment/arm) as marks
+  const node = document.getElementById("experiment-charts");
+  node.replaceChildren();
+  const byExperiment = groupBy(rows(data.experiments), (r) => r.experiment);
+  const alerts = rows(data.experiment_alerts);
+  const charts = [];
+  for (const [experiment, rs] of byExperiment) {
+    const marks = alerts
+      .filter((a) => a.entity === experiment || a.entity.startsWith(`${experiment}/`))
+      .map(alertMark);
+    for (const [metric, label, scale, unit] of EXPERIMENT_METRICS) {
+      const mine = rs.filter((r) => r.metric === metric);
+      if (!mine.length) continue;
+      const series = [...groupBy(mine, (r) => r.variant)].map(([arm, points], i) => ({
+        name: arm, color: PALETTE[i % PALETTE.length], points: points.map((r) => [r.t, r.value * scale]),
+      }));
+      charts.push({ series, marks, heading: `${experiment}: ${label}`, unit });
+    }
+  }
+  columns(node, charts.length);
+  for (const c of charts) {
+    lineChart(node, { series: c.series, marks: c.marks, heading: c.heading, height: 200,
+      yFormat: (v) => `${fmt(v)}${c.unit}` });
+  }
+  if (!charts.length) node.innerHTML = '<div class="empty">no experiments yet</div>';
+}
+
 function renderAlerts(data) {
   const body = document.querySelector("#alerts-table tbody");
   const alerts = rows(data.alerts);
@@ -389,6 +432,7 @@ async function refresh() {
     renderDrift(data);
     renderService(data);
     renderQuality(data);
+    renderExperiments(data);
     renderAlerts(data);
     renderCauses(data);
     const state = window.dashboardState;
@@ -411,6 +455,7 @@ window.addEventListener("resize", () => {
     const data = window.dashboardState.lastData;
     if (data) {
       renderCtr(data); renderSensors(data); renderDrift(data); renderService(data); renderQuality(data);
+      renderExperiments(data);
     }
   }, 200);
 });

@@ -77,10 +77,27 @@ Reading the table:
   allowed silence); the delay is about 10 minutes (`min_silence_ms`) after the last event.
   Before's 20/20 counts two incidents "found" only by the tail's false silence, 12 h later
   (the delays of 43,800 s).
+- `srm_cumulative` (issue 16) carries Statsig's tiers, warning at p < 0.01 and critical at
+  p < 0.001, on the always-valid p-value since the experiment's start. Its guarantee is
+  per experiment over its whole life, not per day: at most 1 % (warning) and 0.1 %
+  (critical) of quiet experiments ever cross a tier, however often they are looked at
+  (Ville's inequality; the Bonferroni over two arms whose deviations mirror each other
+  halves that). Its false alerts come early, while the counts are small (median after ~35
+  windows): the 4 of the run written here are 0.4 % of the experiments in their first day.
+  In an independent numpy simulation of the same test (20,000 one-day experiments) 2.4 per
+  1,000 crossed the warning tier and 0.1 per 1,000 the critical one: the critical tier
+  holds the budget of 1 per 1,000 experiment-days even for one-day experiments, the
+  warning tier for experiments that run about three days or more (a week: at most 5/7,
+  about 0.7 per 1,000 experiment-days, by the lifetime bound). It caught 3 of the 10 one-
+  hour incidents (the largest experiments, 50 minutes in): a mismatch that starts after
+  hours of clean traffic is weighed against all of it, which is why the per-window test
+  keeps its CUSUMs (docs/monitors/srm.md).
+- The run written here took 1,859 s of wall time on a machine shared by several jobs
+  (the same command took 504 s on git main before the experiments' merge).
 - CTR is measured separately (`tests/benchmarks/detection.py`, DETECTION.md).
 """
 
-RULES = ("error_rate", "low_confidence", "drift_psi", "confidence_shift", "srm")
+RULES = ("error_rate", "low_confidence", "drift_psi", "confidence_shift", "srm", "srm_cumulative")
 
 
 def before_rules() -> list[Rule]:
@@ -118,7 +135,7 @@ def as_on_main(o: Observation) -> Observation:
     if o.metric == "error_rate":
         return dataclasses.replace(o, p_value=o.details["p_window"])
     if o.metric == "srm_chi2_p":
-        p = o.details.get("chi2_p", o.value)  # no accumulated evidence: value is chi2 p
+        p = o.details["chi2_p"]
         return dataclasses.replace(o, value=p, p_value=p)
     return o
 
@@ -295,9 +312,11 @@ def run_srm(experiments: int, hours: float, incidents: int, seed: int) -> dict[s
                 op._judge(start, f"e{i}", w)
             judges[name](op.collect().observations)
     incident = {f"e{i}" for i in np.flatnonzero(inc)}
+    # main had no cumulative test: its column is left empty
+    rules = {"before": ("srm",), "after": ("srm", "srm_cumulative")}
     return {
-        name: score(judge.firing, {"srm": incident}, experiments - incidents, hours,
-                    T0 + inc_start * window)
+        name: score(judge.firing, {r: incident for r in rules[name]}, experiments - incidents,
+                    hours, T0 + inc_start * window)
         for name, judge in judges.items()
     }  # fmt: skip
 
@@ -416,11 +435,16 @@ def table(results: dict[str, dict[str, dict[str, Tally]]]) -> str:
 
     for monitor in results.values():
         for rule in monitor["after"]:
-            b, a = monitor["before"][rule], monitor["after"][rule]
+            a = monitor["after"][rule]
+            b = monitor["before"].get(rule)
+            if b is None:  # no such rule on main
+                before = ("-", "-", "-")
+            else:
+                before = (f"{1000 * b.false / b.entity_days:.1f}", recall(b), delay(b))
             lines.append(
-                f"| `{rule}` | {a.entity_days:,.0f} | {1000 * b.false / b.entity_days:.1f} "
-                f"| {1000 * a.false / a.entity_days:.1f} | {recall(b)} | {recall(a)} "
-                f"| {delay(b)} | {delay(a)} |"
+                f"| `{rule}` | {a.entity_days:,.0f} | {before[0]} "
+                f"| {1000 * a.false / a.entity_days:.1f} | {before[1]} | {recall(a)} "
+                f"| {before[2]} | {delay(a)} |"
             )
     return "\n".join(lines)
 
