@@ -309,7 +309,10 @@ def srm() -> Case:
     return Case(
         events,
         # per experiment: never dropped, also for an experiment that has ended
-        keeps={"cumulative": "each experiment's counts and always-valid p since its start"},
+        keeps={
+            "cumulative": "each experiment's counts and always-valid p since its start",
+            "cusum": "each experiment's accumulated per-window evidence (the CUSUMs)",
+        },
     )
 
 

@@ -119,6 +119,7 @@ def test_example_configuration_is_valid() -> None:
         "ctr",
         "sensor",
         "cluster",
+        "autoencoder",  # on by default (issue 14)
         "drift",
         "service",
         "freshness",
