@@ -408,8 +408,10 @@ def test_walkthrough(tmp_path: Path) -> None:
                 message
             )
     finally:
-        codes = [f.stop() for f in followers]
-        code = worker.stop(signal.SIGTERM, timeout=150)
+        try:
+            codes = [f.stop() for f in followers]
+        finally:  # a follower that will not stop must not leave the worker running
+            code = worker.stop(signal.SIGTERM, timeout=150)
     assert codes == [0] * len(codes), codes  # Ctrl-C is how a follower is meant to stop
     assert code == 0, "".join(worker.err)
     assert TRACEBACK not in "".join(worker.out + worker.err)
