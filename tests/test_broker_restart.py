@@ -24,8 +24,9 @@ import orjson
 import pytest
 
 from schemas.decode import Decoder
-from streams import kafka
+from streams import kafka, repartition
 from streams.embedded import EmbeddedBroker, free_port
+from streams.monitors import build_monitors
 from tests.harness import Deployment, Message, WorkerProcess, ctr_tail, produce
 from tests.reference import ctr_reference
 from tests.test_e2e_ctr import MIN
@@ -131,6 +132,10 @@ def test_worker_survives_broker_restart(tmp_path) -> None:
         # nothing about the first traffic can be asserted from here on.
         second = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-2.log").start()
         kafka.ensure_topics(d.settings())
+        # and the internal topics that re-key by experiment (the worker made them at start)
+        plan = next((m.plan for m in build_monitors(d.settings()) if m.plan), None)
+        if plan is not None:
+            repartition.ensure_internal_topics(d.settings(), plan)
         produce(second.bootstrap, after)
         # reconnected: the group is joined again on the new broker, the new traffic
         # is fetched, and the worker is healthy
