@@ -92,8 +92,9 @@ Reading the table:
   hour incidents (the largest experiments, 50 minutes in): a mismatch that starts after
   hours of clean traffic is weighed against all of it, which is why the per-window test
   keeps its CUSUMs (docs/monitors/srm.md).
-- The run written here took 1,859 s of wall time on a machine shared by several jobs
-  (the same command took 504 s on git main before the experiments' merge).
+- The table is from one run on the merged code (experiments, freshness and the issue-12
+  interfaces together), 293 s of wall time; the same command took 1,859 s on a machine
+  shared by several jobs.
 - CTR is measured separately (`tests/benchmarks/detection.py`, DETECTION.md).
 """
 
