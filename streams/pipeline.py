@@ -548,6 +548,8 @@ class Pipeline:
         its monitor's slowest busy task, or, when every task is idle, the furthest
         one: a silent partition does not hold its windows open forever."""
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        if self.clocks:
+            self._rekeyed_progress(now_ms)
         busy: dict[str, int] = {}
         furthest: dict[str, int] = {}
         for (name, _), task in self.tasks.items():
@@ -575,6 +577,32 @@ class Pipeline:
                 self.outputs.alerts(out.alerts)
             if task.watermark.value != before:
                 self.dirty.add(key)
+
+    def _rekeyed_progress(self, now_ms: int) -> None:
+        """Re-keyed streams move on when their input has ended, too: `_progress` merges
+        the upstream partitions heard within `repartition_idle_ms` when a record or a
+        progress record comes, so an upstream partition that never sent anything held
+        the merged stream at its start until the next record, which after the last one
+        never came (a small experiment keyed to one partition kept every window open).
+        Here the same merge, over the partitions still active or, when none is, every
+        one heard, is observed when it has moved."""
+        for key, topics in self.clocks.items():
+            task = self.tasks.get(key)
+            if task is None:
+                continue
+            for topic, clock in topics.items():
+                logical = next(
+                    (lg for spec, lg in self.readers.get(topic, ()) if spec.name == key[0]), None
+                )
+                if logical is None or not clock:
+                    continue
+                active = [
+                    ts for ts, seen in clock.values() if now_ms - seen < self.repartition_idle_ms
+                ]
+                merged = min(active) if active else max(ts for ts, _ in clock.values())
+                if merged > task.watermark.max_ts.get(logical, NO_WATERMARK):
+                    task.watermark.observe(logical, merged, now_ms)
+                    self.dirty.add(key)
 
     def finish(self, quiet_ms: int | None = None, now_ms: int | None = None) -> int:
         """End of input: `MonitorTask.finish` (judge everything fed so far, as if the

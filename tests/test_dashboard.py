@@ -148,11 +148,16 @@ def test_dashboard_renders_live_data(tmp_path, broker) -> None:
         counts_sql += (
             ", (SELECT count() FROM streamwatch.quality_windows WHERE final = 1) AS quality_final"
         )
-        worker.wait_until(
-            lambda: all(v > 0 for v in worker.query(counts_sql)[0].values()),
-            60,
-            "every charted table to have rows",
-        )
+        counts: dict[str, int] = {}
+
+        def every_table_has_rows() -> bool:
+            counts.update(worker.query(counts_sql)[0])
+            return all(v > 0 for v in counts.values())
+
+        try:
+            worker.wait_until(every_table_has_rows, 60, "every charted table to have rows")
+        except AssertionError as exc:
+            raise AssertionError(f"row counts {counts}: {exc}") from None
         served = worker.wait_http("/api/dashboard", 30)
         parts = (
             "ctr",
