@@ -125,7 +125,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
     def relations(name: str, sources: tuple[str, ...]) -> RelationLearner | None:
         """A learner for the monitors whose alerts have related entities (campaigns'
         models, sensors' sites: docs/causes.md), where they read those inputs."""
-        if name not in ("ctr", "sensor", "cluster") or not causes.enabled:
+        if name not in ("ctr", "sensor", "cluster", "autoencoder") or not causes.enabled:
             return None
         if not {r.source for r in RELATIONS} & set(sources):
             return None
