@@ -220,6 +220,18 @@ class Scenario:
     order_value_median: float = 40.0  # log-normal order values (revenue)
     order_value_sigma: float = 0.6
 
+    def run_tag(self) -> str:
+        """What the event ids of this run start with: the seed and the start second.
+        Two simulations published to one broker (the README's walkthrough runs two
+        with the same seed, a few seconds apart) must not share ids: the second run's
+        clicks would join the first run's impressions, its labels the first's
+        predictions, and mask both runs' incidents.
+
+        >>> Scenario(start_ms=1_700_000_000_500, duration_s=60).run_tag()
+        '42-1700000000'
+        """
+        return f"{self.seed}-{self.start_ms // 1000}"
+
     def campaign_ids(self) -> list[str]:
         return [f"cmp-{i:03d}" for i in range(self.campaigns)]
 
@@ -460,6 +472,7 @@ class Simulator:
         self.lrng = random.Random(f"{scenario.seed}/labels")
         self.rrng = random.Random(f"{scenario.seed}/regressor")
         self.crng = random.Random(f"{scenario.seed}/conversions")
+        self.tag = scenario.run_tag()  # event ids unique per run (Scenario.run_tag)
         ids = scenario.campaign_ids()
         self.base_ctr = {c: self.rng.uniform(0.02, 0.06) for c in ids}
         weights = [self.rng.uniform(0.5, 1.5) for _ in ids]
@@ -544,7 +557,7 @@ class Simulator:
         batch: list[tuple[int, Message]],
         pending: list[tuple[int, int, bytes, str]],
     ) -> None:
-        s, rng = self.s, self.rng
+        s, rng, tag = self.s, self.rng, self.tag
         drops = [i for i in live if i.kind == "ctr_drop"]
         srm = [i for i in live if i.kind == "srm"]
         shared = [i for i in live if i.kind in ("ramp", "crossover", "srm_dimension")]
@@ -555,7 +568,7 @@ class Simulator:
             campaign = rng.choices(self.campaigns, cum_weights=self.cum_weights)[0]
             self._seq += 1
             seq = self._seq
-            imp_id = f"imp-{s.seed}-{seq}"
+            imp_id = f"imp-{tag}-{seq}"
             user = f"user-{rng.randrange(s.users)}"
             imp: dict[str, Any] = {
                 "impression_id": imp_id,
@@ -593,7 +606,7 @@ class Simulator:
             if clicked:
                 for c in range(clicks):
                     click = {
-                        "click_id": f"clk-{s.seed}-{seq}-{c}",
+                        "click_id": f"clk-{tag}-{seq}-{c}",
                         "impression_id": imp_id,
                         "ts": ts + delay + c * 1500,
                         "campaign_id": campaign,
@@ -608,8 +621,8 @@ class Simulator:
                     self._convert(imp, seq, ts + delay, t, cvr_drops)
             if rng.random() < s.orphan_click_rate:
                 orphan = {
-                    "click_id": f"orphan-{s.seed}-{seq}",
-                    "impression_id": f"unknown-{seq}",
+                    "click_id": f"orphan-{tag}-{seq}",
+                    "impression_id": f"unknown-{tag}-{seq}",
                     "ts": ts,
                     "campaign_id": campaign,
                     "user_id": user,
@@ -637,8 +650,8 @@ class Simulator:
             return
         delay_s = min(max(delay_s, s.conversion_delay_min_s), s.conversion_delay_max_s)
         conversion: dict[str, Any] = {
-            "conversion_id": f"cnv-{s.seed}-{seq}",
-            "click_id": f"clk-{s.seed}-{seq}-0",
+            "conversion_id": f"cnv-{self.tag}-{seq}",
+            "click_id": f"clk-{self.tag}-{seq}-0",
             "ts": click_ts + round(delay_s * 1000),
             "campaign_id": campaign,
             "user_id": imp["user_id"],
@@ -747,7 +760,7 @@ class Simulator:
             p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
             self._requests += 1
             log: dict[str, Any] = {
-                "request_id": f"req-{s.seed}-{self._requests}",
+                "request_id": f"req-{self.tag}-{self._requests}",
                 "ts": ts,
                 "model_id": mid,
                 "model_version": MODEL_VERSION,
@@ -825,7 +838,7 @@ class Simulator:
             latency = 80.0 * math.exp(rng.gauss(0.0, LATENCY_SIGMA))
             self._reg_requests += 1
             log: dict[str, Any] = {
-                "request_id": f"reg-{s.seed}-{self._reg_requests}",
+                "request_id": f"reg-{self.tag}-{self._reg_requests}",
                 "ts": ts,
                 "model_id": REGRESSOR,
                 "model_version": MODEL_VERSION,
