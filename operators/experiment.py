@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from operators.base import Observation, Operator
+from operators.guardrail import guardrail_observation
 from operators.msprt import Moments, always_valid_p, difference
 from operators.windows import TumblingWindows, window_start
 
@@ -289,31 +290,23 @@ class ExperimentOperator(Operator):
             red_line = cfg.latency_red_line
         breached = beyond and p_value < cfg.alpha
         self._out.observations.append(
-            Observation(
-                "experiment",
-                f"{experiment}/{variant}",
-                f"guardrail_{metric}",
-                1.0 if breached else 0.0,
-                ts=end,
-                n=n,
-                window_start=start,
-                window_end=end,
+            guardrail_observation(
+                experiment,
+                variant,
+                control,
+                metric,
+                breached,
+                start,
+                end,
+                value=value,
+                control_value=control_value,
                 p_value=p_value,
-                details={
-                    "experiment": experiment,
-                    "variant": variant,
-                    "control": control,
-                    "guardrail": metric,
-                    "treatment_value": value,
-                    "control_value": control_value,
-                    "excess": excess,
-                    "red_line": red_line,
-                    "always_valid_p": p_value,
-                    "alpha": cfg.alpha,
-                    "requests": n,
-                    "control_requests": n_control,
-                    "test": "mSPRT, normal mixture (Johari et al. 2017)",
-                },
+                alpha=cfg.alpha,
+                gap=("excess", excess),
+                red_line=red_line,
+                n=n,
+                n_control=n_control,
+                count_names=("requests", "control_requests"),
             )
         )
 

@@ -55,8 +55,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.base import Observation
 from operators.ctr import CtrConfig, CtrOperator, CtrWindow, _key, _split
+from operators.guardrail import guardrail_observation
 from operators.msprt import Moments, always_valid_p, difference
 from schemas.events import Impression
 
@@ -265,31 +265,23 @@ class FunnelOperator(CtrOperator):
         breached = shortfall > red_line and p_value < cfg.alpha
         end = start + cfg.window_ms
         self._out.observations.append(
-            Observation(
-                "experiment",
-                f"{experiment}/{variant}",
-                f"guardrail_{metric}",
-                1.0 if breached else 0.0,
-                ts=end,
-                n=n,
-                window_start=start,
-                window_end=end,
+            guardrail_observation(
+                experiment,
+                variant,
+                control,
+                metric,
+                breached,
+                start,
+                end,
+                value=value,
+                control_value=control_value,
                 p_value=p_value,
-                details={
-                    "experiment": experiment,
-                    "variant": variant,
-                    "control": control,
-                    "guardrail": metric,
-                    "treatment_value": value,
-                    "control_value": control_value,
-                    "shortfall": shortfall,
-                    "red_line": red_line,
-                    "always_valid_p": p_value,
-                    "alpha": cfg.alpha,
-                    "n": n,
-                    "control_n": n_control,
-                    "test": "mSPRT, normal mixture (Johari et al. 2017)",
-                },
+                alpha=cfg.alpha,
+                gap=("shortfall", shortfall),
+                red_line=red_line,
+                n=n,
+                n_control=n_control,
+                count_names=("n", "control_n"),
             )
         )
 
