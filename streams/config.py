@@ -229,6 +229,30 @@ def _rule(
     )
 
 
+def _guardrail_rule(metric: str, label: str, fmt: str, line: str, unit: str = "") -> RuleSettings:
+    """The critical rule of an experiment guardrail (operators/guardrail.py): the
+    observation is 1.0 when the arm is beyond its red line (`line`, a format of the
+    observation's `red_line`) with an always-valid p below alpha; values in `fmt`."""
+    treatment = "{treatment_value:" + fmt + "}" + unit
+    control = "{control_value:" + fmt + "}" + unit
+    return _rule(
+        f"experiment_guardrail_{metric}",
+        "experiment",
+        f"guardrail_{metric}",
+        ">=",
+        {"critical": 1.0},
+        f"stop or roll back arm {{variant}} of {{experiment}}: {label} {treatment} against "
+        f"{control} in {{control}} (red line {line}, always-valid p = {{always_valid_p:.2g}}, "
+        "mSPRT)",
+        label=f"{label} guardrail breach",
+        value_format="{:.0f}",
+        resolved_message=f"{{entity}}: {label} back within its red line against {{control}} "
+        f"({treatment} against {control})",
+        cooldown_s=3600,
+        clear_windows=3,
+    )
+
+
 def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
     """The CTR rules, their evidence levels derived from the monitor's false-alarm
     budget (`CtrConfig.false_alarms_per_1000_campaign_days`, docs/monitors/ctr.md):
@@ -558,39 +582,7 @@ DEFAULT_RULES = [
         cooldown_s=3600,
     ),
     *(
-        _rule(
-            f"experiment_guardrail_{metric}",
-            "experiment",
-            f"guardrail_{metric}",
-            ">=",
-            {"critical": 1.0},
-            "stop or roll back arm {variant} of {experiment}: "
-            + label
-            + " {treatment_value:"
-            + fmt
-            + "}"
-            + unit
-            + " against {control_value:"
-            + fmt
-            + "}"
-            + unit
-            + " in {control} "
-            "(red line " + line + ", always-valid p = {always_valid_p:.2g}, mSPRT)",
-            label=f"{label} guardrail breach",
-            value_format="{:.0f}",
-            resolved_message="{entity}: " + label + " back within its red line against "
-            "{control} ({treatment_value:"
-            + fmt
-            + "}"
-            + unit
-            + " against {control_value:"
-            + fmt
-            + "}"
-            + unit
-            + ")",
-            cooldown_s=3600,
-            clear_windows=3,
-        )
+        _guardrail_rule(metric, label, fmt, line, unit)
         for metric, label, fmt, unit, line in (
             ("error_rate", "error rate", ".2%", "", "+{red_line:.2%}"),
             ("latency_p95", "p95 latency", ".0f", " ms", "+{red_line:.0%}"),
@@ -599,32 +591,7 @@ DEFAULT_RULES = [
     ),
     # v2 funnel guardrails (operators/funnel.py): a treatment arm below the control
     *(
-        _rule(
-            f"experiment_guardrail_{metric}",
-            "experiment",
-            f"guardrail_{metric}",
-            ">=",
-            {"critical": 1.0},
-            "stop or roll back arm {variant} of {experiment}: "
-            + label
-            + " {treatment_value:"
-            + fmt
-            + "} against {control_value:"
-            + fmt
-            + "} in {control} (red line -{red_line:.0%}, always-valid p = "
-            "{always_valid_p:.2g}, mSPRT)",
-            label=f"{label} guardrail breach",
-            value_format="{:.0f}",
-            resolved_message="{entity}: "
-            + label
-            + " back within its red line against {control} ({treatment_value:"
-            + fmt
-            + "} against {control_value:"
-            + fmt
-            + "})",
-            cooldown_s=3600,
-            clear_windows=3,
-        )
+        _guardrail_rule(metric, label, fmt, "-{red_line:.0%}")
         for metric, label, fmt in (
             ("ctr", "CTR", ".2%"),
             ("cvr", "CVR", ".1%"),
