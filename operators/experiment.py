@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from operators.base import Observation, Operator
-from operators.guardrail import guardrail_observation
+from operators.guardrail import GuardrailCheck
 from operators.msprt import Moments, always_valid_p, difference
 from operators.windows import TumblingWindows, window_start
 
@@ -239,17 +239,19 @@ class ExperimentOperator(Operator):
                 )
                 if judged and base is not None and p_value is not None:
                     self._judge(
-                        start,
-                        end,
-                        experiment,
-                        variant,
-                        control,
-                        metric,
-                        value,
-                        base[metric],
-                        p_value,
-                        arm.requests,
-                        served[control].requests,
+                        GuardrailCheck(
+                            experiment,
+                            variant,
+                            control,
+                            metric,
+                            start,
+                            end,
+                            value,
+                            base[metric],
+                            p_value,
+                            arm.requests,
+                            served[control].requests,
+                        )
                     )
 
     def _update_p(self, e: ArmEvidence, control: ArmEvidence) -> None:
@@ -263,51 +265,22 @@ class ExperimentOperator(Operator):
         if lat is not None and lat[0] > 0:
             e.p_latency = always_valid_p(e.p_latency, lat[0], lat[1], cfg.latency_tau**2)
 
-    def _judge(
-        self,
-        start: int,
-        end: int,
-        experiment: str,
-        variant: str,
-        control: str | None,
-        metric: str,
-        value: float,
-        control_value: float,
-        p_value: float,
-        n: int,
-        n_control: int,
-    ) -> None:
+    def _judge(self, c: GuardrailCheck) -> None:
         cfg = self.config
-        if metric == "error_rate":
-            excess = value - control_value
+        if c.metric == "error_rate":
+            excess = c.value - c.control_value
             beyond = excess > cfg.error_rate_red_line
             red_line = cfg.error_rate_red_line
         else:
-            if n < cfg.min_requests or n_control < cfg.min_requests or control_value <= 0:
+            if c.n < cfg.min_requests or c.n_control < cfg.min_requests or c.control_value <= 0:
                 return
-            excess = value / control_value - 1.0
+            excess = c.value / c.control_value - 1.0
             beyond = excess > cfg.latency_red_line
             red_line = cfg.latency_red_line
-        breached = beyond and p_value < cfg.alpha
+        breached = beyond and c.p_value < cfg.alpha
+        counts = ("requests", "control_requests")
         self._out.observations.append(
-            guardrail_observation(
-                experiment,
-                variant,
-                control,
-                metric,
-                breached,
-                start,
-                end,
-                value=value,
-                control_value=control_value,
-                p_value=p_value,
-                alpha=cfg.alpha,
-                gap=("excess", excess),
-                red_line=red_line,
-                n=n,
-                n_control=n_control,
-                count_names=("requests", "control_requests"),
-            )
+            c.observation(breached, cfg.alpha, ("excess", excess), red_line, counts)
         )
 
     def _ramp(self, start: int, experiment: str, window: ExperimentWindow) -> None:

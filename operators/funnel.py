@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.ctr import CtrConfig, CtrOperator, CtrWindow, _key, _split
-from operators.guardrail import guardrail_observation
+from operators.guardrail import GuardrailCheck
 from operators.msprt import Moments, always_valid_p, difference
 from schemas.events import Impression
 
@@ -217,16 +217,19 @@ class FunnelOperator(CtrOperator):
                 )
                 if judged and base is not None and p_value is not None and control is not None:
                     self._breach(
-                        start,
-                        experiment,
-                        variant,
-                        control,
-                        metric,
-                        values[variant][metric],
-                        base[metric],
-                        p_value,
-                        sizes[variant][metric],
-                        sizes[control][metric],
+                        GuardrailCheck(
+                            experiment,
+                            variant,
+                            control,
+                            metric,
+                            start,
+                            end,
+                            values[variant][metric],
+                            base[metric],
+                            p_value,
+                            sizes[variant][metric],
+                            sizes[control][metric],
+                        )
                     )
 
     def _update_p(self, e: ArmFunnel, control: ArmFunnel) -> None:
@@ -239,50 +242,21 @@ class FunnelOperator(CtrOperator):
             if d is not None and d[0] < 0:  # only a worse (lower) treatment counts against it
                 e.p[metric] = always_valid_p(e.p[metric], d[0], d[1], tau**2)
 
-    def _breach(
-        self,
-        start: int,
-        experiment: str,
-        variant: str,
-        control: str,
-        metric: str,
-        value: float,
-        control_value: float,
-        p_value: float,
-        n: int,
-        n_control: int,
-    ) -> None:
+    def _breach(self, c: GuardrailCheck) -> None:
         cfg = self.funnel
-        least = cfg.min_clicks if metric == "cvr" else cfg.min_impressions
-        if n < least or n_control < least or control_value <= 0:
+        least = cfg.min_clicks if c.metric == "cvr" else cfg.min_impressions
+        if c.n < least or c.n_control < least or c.control_value <= 0:
             return
         red_line = {
             "ctr": cfg.ctr_red_line,
             "cvr": cfg.cvr_red_line,
             "revenue_per_impression": cfg.revenue_red_line,
-        }[metric]
-        shortfall = 1.0 - value / control_value
-        breached = shortfall > red_line and p_value < cfg.alpha
-        end = start + cfg.window_ms
+        }[c.metric]
+        shortfall = 1.0 - c.value / c.control_value
+        breached = shortfall > red_line and c.p_value < cfg.alpha
+        gap = ("shortfall", shortfall)
         self._out.observations.append(
-            guardrail_observation(
-                experiment,
-                variant,
-                control,
-                metric,
-                breached,
-                start,
-                end,
-                value=value,
-                control_value=control_value,
-                p_value=p_value,
-                alpha=cfg.alpha,
-                gap=("shortfall", shortfall),
-                red_line=red_line,
-                n=n,
-                n_control=n_control,
-                count_names=("n", "control_n"),
-            )
+            c.observation(breached, cfg.alpha, gap, red_line, ("n", "control_n"))
         )
 
     # -- checkpoints ---------------------------------------------------------
