@@ -49,41 +49,33 @@ def _sorted(events: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return sorted(events, key=lambda se: se[1].ts)
 
 
+def _pair(
+    source: str, kind: type, ts: int, campaign: str, user: str, **fields: Any
+) -> tuple[str, Any]:
+    """(source, event) of an ad event: its ids and extra fields, its time, campaign, user."""
+    return (source, kind(ts=ts, campaign_id=campaign, user_id=user, **fields))
+
+
 def _impression(
     impression_id: str, ts: int, campaign: str, user: str, **extra: Any
 ) -> tuple[str, Any]:
-    event = Impression(
-        impression_id=impression_id, ts=ts, campaign_id=campaign, user_id=user, **extra
+    return _pair(
+        "impressions", Impression, ts, campaign, user, impression_id=impression_id, **extra
     )
-    return ("impressions", event)
 
 
 def _click(
     click_id: str, impression_id: str, ts: int, campaign: str, user: str, **extra: Any
 ) -> tuple[str, Any]:
-    event = Click(
-        click_id=click_id,
-        impression_id=impression_id,
-        ts=ts,
-        campaign_id=campaign,
-        user_id=user,
-        **extra,
-    )
-    return ("clicks", event)
+    ids = {"click_id": click_id, "impression_id": impression_id}
+    return _pair("clicks", Click, ts, campaign, user, **ids, **extra)
 
 
 def _conversion(
     conversion_id: str, click_id: str, ts: int, campaign: str, user: str, **extra: Any
 ) -> tuple[str, Any]:
-    event = Conversion(
-        conversion_id=conversion_id,
-        click_id=click_id,
-        ts=ts,
-        campaign_id=campaign,
-        user_id=user,
-        **extra,
-    )
-    return ("conversions", event)
+    ids = {"conversion_id": conversion_id, "click_id": click_id}
+    return _pair("conversions", Conversion, ts, campaign, user, **ids, **extra)
 
 
 def ctr() -> Case:
