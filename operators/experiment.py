@@ -309,8 +309,12 @@ class ExperimentOperator(Operator):
         history = self.shares.setdefault(experiment, [])
         history[:] = [h for h in history if h[0] > start - cfg.ramp_period_ms and h[0] < start]
         change, worst = 0.0, None
+        # arms in a fixed order, treatment arms before the control: with two arms both
+        # move by the same amount, and the alert names the same arm (the one ramped)
+        # in every process (a set's order depends on the hash seed)
+        control = self.control_of(sorted(shares))
         for then, old in history:
-            for variant in set(old) | set(shares):
+            for variant in sorted(set(old) | set(shares), key=lambda v: (v == control, v)):
                 delta = shares.get(variant, 0.0) - old.get(variant, 0.0)
                 if abs(delta) > abs(change):
                     change, worst = delta, (variant, then, old.get(variant, 0.0))
