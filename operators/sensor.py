@@ -91,6 +91,7 @@ from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
 from operators.detectors.tail import TailProbability
 from operators.detectors.trend import RiseDetector
 from operators.detectors.window import WindowStats
+from operators.detectors.window import step as window_step
 from operators.rolling import EventTimeBuffer
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
@@ -427,7 +428,10 @@ class SensorOperator(Operator):
         start = t - s.window_ms
         # the staged reading added, the window evicted and its statistics, in one
         # compiled call (`operators.detectors.window`)
-        n, mean, std, q1, q3 = s.stats.step(last, staged_x, add, start)
+        out = window_step(s.stats.buf, last, staged_x, add, start)
+        if out[0] < 0:  # its buffer is full: grown (rare: the window only grows so far)
+            out = s.stats.step(last, staged_x, add, start)
+        n, mean, std, q1, q3 = out
         if n >= cfg.min_points:
             if self._zscore:
                 self._judge_zscore(sid, metric, s, t, x, start, n, mean, std)

@@ -198,6 +198,11 @@ def _resized(buf: np.ndarray, cap: int) -> np.ndarray:
     return out
 
 
+# the kernel itself, for a caller's hot loop (one Python call less than `WindowStats.step`);
+# n = -1: grow the buffer (`WindowStats.step` does) and call again
+step = _step
+
+
 def _empty(cap: int = INITIAL_CAP) -> np.ndarray:
     buf = np.zeros(H + 3 * cap)
     buf[_CAP] = cap
