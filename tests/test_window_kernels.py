@@ -2,7 +2,8 @@
 `operators.rolling.SlidingStats` it replaces in the sensor monitor: the same values
 to the last bit after every step (count, mean, sample std, quartiles, the running
 sums and the window itself), through growth, eviction, emptied windows, ties in
-value and time, and checkpoints in either direction; and against numpy."""
+value and time, and checkpoints in either direction; and against numpy. And the
+compiled Mann-Kendall update against the statistic's definitions."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators.detectors.trend import RiseDetector, mann_kendall_s, mann_kendall_var
 from operators.detectors.window import INITIAL_CAP, WindowStats
 from operators.rolling import SlidingStats
 
@@ -125,3 +127,30 @@ def test_an_emptied_window_is_a_new_one() -> None:
     win.add(100, 2.0)
     n, mean, std, _, _ = win.step(101, 4.0, 1, start=50)
     assert (n, mean, std) == (2, 3.0, math.sqrt(2.0))
+
+
+# -- the Mann-Kendall update (`operators.detectors.trend.RiseDetector`, compiled) --
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(3, 12),
+    st.lists(st.sampled_from([0.0, -0.0, 1.0, 2.0, 2.5, -1.0, 1e-300]), max_size=60),
+    st.integers(0, 60),
+)
+def test_rise_detector_equals_the_definitions(size: int, xs: list[float], cut: int) -> None:
+    """S, the tie term and the window after every reading equal the O(n^2) definition
+    and the tie-corrected variance over the last `size` readings (values drawn from a
+    small set: many ties, signed zeros), through a checkpoint at any point."""
+    d = RiseDetector(size)
+    for i, x in enumerate(xs):
+        if i == cut:
+            restored = RiseDetector(size)
+            restored.restore(d.snapshot())
+            d = restored
+        d.learn_one(x)
+        window = xs[max(0, i + 1 - size) : i + 1]
+        assert [repr(v) for v in d.values] == [repr(v) for v in window]
+        assert d.s == mann_kendall_s(window)
+        n = len(window)
+        assert (n * (n - 1) * (2 * n + 5) - d.ties) / 18.0 == mann_kendall_var(window)
