@@ -40,6 +40,13 @@ class Watermark:
             self.max_ts[source] = max_ts
         self.last_seen[source] = now_ms
 
+    def waiting(self, source: str, now_ms: int) -> None:
+        """`source` has events the worker has not read yet (consumer lag): it is not
+        idle, however long since its last event was read. Under CPU starvation a
+        partition's fetched data can wait in the consumer's queue longer than the idle
+        timeout; counted idle, it would let the watermark pass events still to come."""
+        self.last_seen[source] = max(self.last_seen.get(source, now_ms), now_ms)
+
     def pause(self, ms: int) -> None:
         """The input was not read for `ms` (backpressure): that is not idleness."""
         self.last_seen = {s: t + ms for s, t in self.last_seen.items()}

@@ -129,6 +129,9 @@ class Pipeline:
         self.clock = clock
         # Kafka topic -> (monitor, logical source) pairs reading it
         self.readers: dict[str, list[tuple[MonitorSpec, str]]] = {}
+        # (topic, partition)s with messages the consumer has not handed over yet (the
+        # source sets it from its lag): never idle while so (`waiting`)
+        self.unread: frozenset[tuple[str, int]] = frozenset()
         for m in monitors:
             for logical, topic in m.topics.items():
                 self.readers.setdefault(topic, []).append((m, logical))
@@ -545,6 +548,8 @@ class Pipeline:
         its monitor's slowest busy task, or, when every task is idle, the furthest
         one: a silent partition does not hold its windows open forever."""
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        if self.unread:
+            self.waiting(self.unread, now_ms)
         if self.clocks:
             self._rekeyed_progress(now_ms)
         busy: dict[str, int] = {}
@@ -638,6 +643,16 @@ class Pipeline:
         it and goes on; what that call was producing for this monitor may be lost."""
         log.exception("monitor %s (partition %d) failed in %s", key[0], key[1], stage)
         metrics.OPERATOR_ERRORS.labels(key[0], stage).inc()
+
+    def waiting(self, partitions: Iterable[tuple[str, int]], now_ms: int | None = None) -> None:
+        """The consumer has unread messages on these (topic, partition)s: the tasks
+        reading them do not count them idle (`Watermark.waiting`)."""
+        now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        for topic, partition in partitions:
+            for spec, logical in self.readers.get(topic, ()):
+                task = self.tasks.get((spec.name, partition))
+                if task is not None:
+                    task.watermark.waiting(logical, now_ms)
 
     def pause_idle_clock(self, ms: int) -> None:
         """The worker read nothing for `ms` (backpressure, or a long step): sources that

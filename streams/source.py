@@ -54,6 +54,7 @@ class KafkaSource:
         )
         self.pending_commit: dict[tuple[str, int], int] = {}
         self.lag_reported = 0.0
+        self.unread_checked = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         self.finished = asyncio.Event()
@@ -115,6 +116,8 @@ class KafkaSource:
             self._report_lag()
         messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
         self.last_poll = time.monotonic()
+        if self.last_poll - self.unread_checked > 0.5:
+            self._report_unread()
         # librdkafka's messages go to the pipeline as they are (same accessors as RawMessage)
         batch = [m for m in messages if m.error() is None]
         if len(batch) < len(messages):
@@ -122,6 +125,28 @@ class KafkaSource:
                 if m.error() is not None:
                     log.warning("consumer error: %s", m.error())
         return batch
+
+    def _report_unread(self) -> None:
+        """Tell the pipeline which partitions have messages we have not read yet (from
+        the high watermarks librdkafka cached from fetch responses: no request). A
+        starved worker can leave a partition's fetched data queued longer than the
+        idle timeout; counted idle, its events would come after the watermark had
+        passed them (late, out of their windows). Tansu's high watermarks may be too
+        low (see `waiting`), which can only miss a partition, never invent one."""
+        from confluent_kafka import KafkaException
+
+        self.unread_checked = time.monotonic()
+        unread = set()
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                if tp.offset < 0:
+                    continue  # nothing read yet: its task does not exist yet
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high > tp.offset:
+                    unread.add((tp.topic, tp.partition))
+        except KafkaException:
+            return  # not known now (a rebalance): the next poll looks again
+        self.runtime.pipeline.unread = frozenset(unread)
 
     def _report_lag(self) -> None:
         """Consumer lag per partition from the high watermarks librdkafka has cached

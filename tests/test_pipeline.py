@@ -78,6 +78,36 @@ def test_idle_partition_follows_the_busy_ones() -> None:
     assert ("quiet", T0) in final
 
 
+def test_a_partition_with_unread_messages_is_never_idle() -> None:
+    """A starved worker can leave a partition's fetched messages queued past the idle
+    timeout; while the consumer reports them unread the partition holds the
+    watermark, so its events are not late when they come (CI saw 31k late events)."""
+    clock = [1000.0]
+    p, out = pipeline(clock, idle_s=5)
+    p.assign([0, 1], {})
+    p.process([imp(1, T0, "slow", 1, 0), clk(1, T0 + 10, "slow", 1, 0)])
+    p.unread = frozenset({("impressions", 1), ("clicks", 1)})  # more of it waits
+    for k in range(1, 4):
+        clock[0] += 3
+        ts = T0 + k * 20 * MIN
+        p.process([imp(100 + k, ts, "busy", 0, k), clk(100 + k, ts, "busy", 0, k)])
+    # 9 s without a message from partition 1, but it was never idle: its next event,
+    # 10 minutes of event time on, is on time and counted in its window
+    p.process([imp(2, T0 + 10 * MIN, "slow", 1, 1)])
+    assert out.late_events == []
+    assert p.tasks[("ctr", 1)].watermark.value < T0 + 10 * MIN
+    # once it is read up, silence is idleness again and its window closes
+    p.unread = frozenset()
+    clock[0] += 6
+    p.tick()
+    final = {
+        (r["campaign_id"], r["window_start"])
+        for r in out.table_rows.get("ctr_windows", [])
+        if r["final"]
+    }
+    assert ("slow", T0) in final
+
+
 def test_restored_positions_skip_what_the_checkpoint_already_holds() -> None:
     clock = [0.0]
     first, _ = pipeline(clock)
