@@ -74,7 +74,7 @@ class Operator(ABC):
     #: False where a late event loses nothing (freshness: data did arrive)
     reports_late: bool = True
     #: the (alert kind, metric) of every observation it emits; each has a default rule
-    #: (streams.config), both checked by tests/test_conformance.py
+    #: (`default_rules`), both checked by tests/test_conformance.py
     observes: tuple[tuple[str, str], ...] = ()
     #: the event field its inputs must be keyed by when that is not the topics' own
     #: key (e.g. "experiment"): the worker re-keys them (streams/repartition.py)
@@ -88,6 +88,14 @@ class Operator(ABC):
         """The inputs an operator of this config reads: `sources` unless an option
         adds or drops one (ctr reads conversions only when joining them)."""
         return cls.sources
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        """The default alert rules of its observations, as data (`operators.rules.rule_spec`),
+        declared next to the code that emits them and collected by `operators.registry`
+        into `streams.config.DEFAULT_RULES`. `config` is the monitor's config dataclass
+        (None: its defaults), for rules whose evidence level follows its options."""
+        return []
 
     @classmethod
     def build(cls, config: Any, context: BuildContext) -> Self:

@@ -58,6 +58,7 @@ from typing import Any
 from operators.base import Observation
 from operators.ctr import CtrConfig, CtrOperator, CtrWindow, _key, _split
 from operators.msprt import Moments, always_valid_p, difference
+from operators.rules import rule_spec as _rule
 from schemas.events import Impression
 
 EXPERIMENT_TABLE = "experiment_windows"
@@ -119,12 +120,56 @@ def _counts(window: CtrWindow) -> tuple[int, int, int, float, float]:
     )
 
 
+# v2 funnel guardrails: a treatment arm below the control. The default alert rules of
+# the funnel monitor's observations, collected by operators.registry into
+# streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    *(
+        _rule(
+            f"experiment_guardrail_{metric}",
+            "experiment",
+            f"guardrail_{metric}",
+            ">=",
+            {"critical": 1.0},
+            "stop or roll back arm {variant} of {experiment}: "
+            + label
+            + " {treatment_value:"
+            + fmt
+            + "} against {control_value:"
+            + fmt
+            + "} in {control} (red line -{red_line:.0%}, always-valid p = "
+            "{always_valid_p:.2g}, mSPRT)",
+            label=f"{label} guardrail breach",
+            value_format="{:.0f}",
+            resolved_message="{entity}: "
+            + label
+            + " back within its red line against {control} ({treatment_value:"
+            + fmt
+            + "} against {control_value:"
+            + fmt
+            + "})",
+            cooldown_s=3600,
+            clear_windows=3,
+        )
+        for metric, label, fmt in (
+            ("ctr", "CTR", ".2%"),
+            ("cvr", "CVR", ".1%"),
+            ("revenue_per_impression", "revenue per impression", ".4g"),
+        )
+    ),
+]
+
+
 class FunnelOperator(CtrOperator):
     sources = ("impressions", "clicks", "conversions")
     keyed_by = "experiment"
     # not the CTR monitor's metrics: this one judges arms against their control
     observes = tuple(("experiment", f"guardrail_{metric}") for metric in METRICS)
     keep_all_windows = True  # judge every window, with or without clicks
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)  # not the CTR rules of its base class
 
     def __init__(self, config: FunnelConfig | None = None) -> None:
         self.funnel = config or FunnelConfig()
@@ -318,4 +363,4 @@ class FunnelOperator(CtrOperator):
                 self.arms.setdefault(experiment, {})[v] = e
 
 
-__all__ = ["EXPERIMENT_TABLE", "FunnelConfig", "FunnelOperator"]
+__all__ = ["DEFAULT_RULES", "EXPERIMENT_TABLE", "FunnelConfig", "FunnelOperator"]

@@ -56,6 +56,9 @@ from operators.base import Observation
 from schemas.events import Alert
 
 SEVERITIES = ("info", "warning", "critical")
+# Default false-alarm budget of the default rules judged on evidence (service, drift,
+# SRM): false alerts per 1,000 entity-days on quiet data (docs/monitors/*.md).
+FALSE_ALARM_BUDGET = 1.0
 DEFAULT_MESSAGE = "{metric} of {entity} is {value:.4g} ({op} {threshold:.4g})"
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -110,6 +113,36 @@ class Rule:
             if threshold is not None and compare(value, threshold):
                 crossed = (severity, threshold)
         return crossed
+
+
+def rule_spec(
+    name: str,
+    kind: str,
+    metric: str,
+    op: str,
+    thresholds: dict[str, float],
+    message: str,
+    **kw: Any,
+) -> dict[str, Any]:
+    """A default rule as data: the fields of a `[[rules]]` table of the configuration
+    (`streams.config.RuleSettings`, which checks them and makes the `Rule`). A monitor
+    declares its defaults this way next to the code that emits the metric
+    (`Operator.default_rules`); the registry collects them (`operators.registry`).
+
+    >>> rule = rule_spec("sensor_zscore", "sensor", "anomaly_zscore", ">",
+    ...                  {"warning": 4.5}, "{entity}: z-score {value:.1f}", cooldown_s=300)
+    >>> rule["metric"], rule["thresholds"], rule["cooldown_s"]
+    ('anomaly_zscore', {'warning': 4.5}, 300)
+    """
+    return {
+        "name": name,
+        "kind": kind,
+        "metric": metric,
+        "op": op,
+        "thresholds": thresholds,
+        "message": message,
+        **kw,
+    }
 
 
 def alert_id(
