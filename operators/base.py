@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from schemas.tables import TABLES_BY_NAME, RowError
+
 
 @dataclass(frozen=True, slots=True)
 class Observation:
@@ -44,6 +46,13 @@ class Output:
     observations: list[Observation] = field(default_factory=list)
 
     def add_row(self, table: str, row: dict[str, Any]) -> None:
+        """Add a row of `table`, checked against it here, where it is built: a misspelt
+        or missing column fails in the operator that made the row (RowError), not when
+        the writer inserts it, far from its cause (issue 12, point 2)."""
+        spec = TABLES_BY_NAME.get(table)
+        if spec is None:
+            raise RowError(f"a row for {table!r}, which is no table of schemas.tables")
+        spec.check_row(row)
         self.rows.setdefault(table, []).append(row)
 
     def extend(self, other: Output) -> None:
