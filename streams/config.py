@@ -114,19 +114,8 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = (
-        "ctr",
-        "sensor",
-        "cluster",
-        "autoencoder",
-        "drift",
-        "service",
-        "srm",
-        "quality",
-        "experiment",
-        "funnel",
-    )
-    monitors = {name: MonitorSettings() for name in names}
+    # every monitor of the registry (freshness last, the order they are wired up in)
+    monitors = {name: MonitorSettings() for name in registry.OPERATORS if name != "freshness"}
     # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
     # A jump of event time ahead of every topic is dead time now (FreshnessConfig.jump_ms);
     # on by default waits for tests/harness.py's in-process reference to model idle

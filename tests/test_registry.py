@@ -38,8 +38,8 @@ def test_every_monitor_is_built_with_its_config_and_drift_gets_the_references(
 
 
 def test_the_default_configuration_names_every_monitor_of_the_registry() -> None:
-    """`streams.config` keeps its own list of monitor names (it cannot import the
-    registry, which imports it): the two must name the same monitors."""
+    """`streams.config` reads its monitors from the registry (operators/registry.py):
+    the default configuration names every monitor of it."""
     assert set(load_settings(env={}).monitors) == set(OPERATORS)
 
 
