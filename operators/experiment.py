@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from operators.base import Observation, Operator
+from operators.guardrail import GuardrailCheck, guardrail_rule
 from operators.msprt import Moments, always_valid_p, difference
 from operators.rules import rule_spec as _rule
 from operators.windows import TumblingWindows, window_start
@@ -148,39 +149,7 @@ class ArmEvidence:
 # collected by operators.registry into streams.config.DEFAULT_RULES.
 DEFAULT_RULES: list[dict[str, Any]] = [
     *(
-        _rule(
-            f"experiment_guardrail_{metric}",
-            "experiment",
-            f"guardrail_{metric}",
-            ">=",
-            {"critical": 1.0},
-            "stop or roll back arm {variant} of {experiment}: "
-            + label
-            + " {treatment_value:"
-            + fmt
-            + "}"
-            + unit
-            + " against {control_value:"
-            + fmt
-            + "}"
-            + unit
-            + " in {control} "
-            "(red line " + line + ", always-valid p = {always_valid_p:.2g}, mSPRT)",
-            label=f"{label} guardrail breach",
-            value_format="{:.0f}",
-            resolved_message="{entity}: " + label + " back within its red line against "
-            "{control} ({treatment_value:"
-            + fmt
-            + "}"
-            + unit
-            + " against {control_value:"
-            + fmt
-            + "}"
-            + unit
-            + ")",
-            cooldown_s=3600,
-            clear_windows=3,
-        )
+        guardrail_rule(metric, label, fmt, line, unit)
         for metric, label, fmt, unit, line in (
             ("error_rate", "error rate", ".2%", "", "+{red_line:.2%}"),
             ("latency_p95", "p95 latency", ".0f", " ms", "+{red_line:.0%}"),
@@ -301,17 +270,19 @@ class ExperimentOperator(Operator):
                 )
                 if judged and base is not None and p_value is not None:
                     self._judge(
-                        start,
-                        end,
-                        experiment,
-                        variant,
-                        control,
-                        metric,
-                        value,
-                        base[metric],
-                        p_value,
-                        arm.requests,
-                        served[control].requests,
+                        GuardrailCheck(
+                            experiment,
+                            variant,
+                            control,
+                            metric,
+                            start,
+                            end,
+                            value,
+                            base[metric],
+                            p_value,
+                            arm.requests,
+                            served[control].requests,
+                        )
                     )
 
     def _update_p(self, e: ArmEvidence, control: ArmEvidence) -> None:
@@ -325,59 +296,22 @@ class ExperimentOperator(Operator):
         if lat is not None and lat[0] > 0:
             e.p_latency = always_valid_p(e.p_latency, lat[0], lat[1], cfg.latency_tau**2)
 
-    def _judge(
-        self,
-        start: int,
-        end: int,
-        experiment: str,
-        variant: str,
-        control: str | None,
-        metric: str,
-        value: float,
-        control_value: float,
-        p_value: float,
-        n: int,
-        n_control: int,
-    ) -> None:
+    def _judge(self, c: GuardrailCheck) -> None:
         cfg = self.config
-        if metric == "error_rate":
-            excess = value - control_value
+        if c.metric == "error_rate":
+            excess = c.value - c.control_value
             beyond = excess > cfg.error_rate_red_line
             red_line = cfg.error_rate_red_line
         else:
-            if n < cfg.min_requests or n_control < cfg.min_requests or control_value <= 0:
+            if c.n < cfg.min_requests or c.n_control < cfg.min_requests or c.control_value <= 0:
                 return
-            excess = value / control_value - 1.0
+            excess = c.value / c.control_value - 1.0
             beyond = excess > cfg.latency_red_line
             red_line = cfg.latency_red_line
-        breached = beyond and p_value < cfg.alpha
+        breached = beyond and c.p_value < cfg.alpha
+        counts = ("requests", "control_requests")
         self._out.observations.append(
-            Observation(
-                "experiment",
-                f"{experiment}/{variant}",
-                f"guardrail_{metric}",
-                1.0 if breached else 0.0,
-                ts=end,
-                n=n,
-                window_start=start,
-                window_end=end,
-                p_value=p_value,
-                details={
-                    "experiment": experiment,
-                    "variant": variant,
-                    "control": control,
-                    "guardrail": metric,
-                    "treatment_value": value,
-                    "control_value": control_value,
-                    "excess": excess,
-                    "red_line": red_line,
-                    "always_valid_p": p_value,
-                    "alpha": cfg.alpha,
-                    "requests": n,
-                    "control_requests": n_control,
-                    "test": "mSPRT, normal mixture (Johari et al. 2017)",
-                },
-            )
+            c.observation(breached, cfg.alpha, ("excess", excess), red_line, counts)
         )
 
     def _ramp(self, start: int, experiment: str, window: ExperimentWindow) -> None:
@@ -406,8 +340,12 @@ class ExperimentOperator(Operator):
         history = self.shares.setdefault(experiment, [])
         history[:] = [h for h in history if h[0] > start - cfg.ramp_period_ms and h[0] < start]
         change, worst = 0.0, None
+        # arms in a fixed order, treatment arms before the control: with two arms both
+        # move by the same amount, and the alert names the same arm (the one ramped)
+        # in every process (a set's order depends on the hash seed)
+        control = self.control_of(sorted(shares))
         for then, old in history:
-            for variant in set(old) | set(shares):
+            for variant in sorted(set(old) | set(shares), key=lambda v: (v == control, v)):
                 delta = shares.get(variant, 0.0) - old.get(variant, 0.0)
                 if abs(delta) > abs(change):
                     change, worst = delta, (variant, then, old.get(variant, 0.0))

@@ -55,10 +55,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.base import Observation
 from operators.ctr import CtrConfig, CtrOperator, CtrWindow, _key, _split
+from operators.guardrail import GuardrailCheck, guardrail_rule
 from operators.msprt import Moments, always_valid_p, difference
-from operators.rules import rule_spec as _rule
 from schemas.events import Impression
 
 EXPERIMENT_TABLE = "experiment_windows"
@@ -125,32 +124,7 @@ def _counts(window: CtrWindow) -> tuple[int, int, int, float, float]:
 # streams.config.DEFAULT_RULES.
 DEFAULT_RULES: list[dict[str, Any]] = [
     *(
-        _rule(
-            f"experiment_guardrail_{metric}",
-            "experiment",
-            f"guardrail_{metric}",
-            ">=",
-            {"critical": 1.0},
-            "stop or roll back arm {variant} of {experiment}: "
-            + label
-            + " {treatment_value:"
-            + fmt
-            + "} against {control_value:"
-            + fmt
-            + "} in {control} (red line -{red_line:.0%}, always-valid p = "
-            "{always_valid_p:.2g}, mSPRT)",
-            label=f"{label} guardrail breach",
-            value_format="{:.0f}",
-            resolved_message="{entity}: "
-            + label
-            + " back within its red line against {control} ({treatment_value:"
-            + fmt
-            + "} against {control_value:"
-            + fmt
-            + "})",
-            cooldown_s=3600,
-            clear_windows=3,
-        )
+        guardrail_rule(metric, label, fmt, "-{red_line:.0%}")
         for metric, label, fmt in (
             ("ctr", "CTR", ".2%"),
             ("cvr", "CVR", ".1%"),
@@ -262,16 +236,19 @@ class FunnelOperator(CtrOperator):
                 )
                 if judged and base is not None and p_value is not None and control is not None:
                     self._breach(
-                        start,
-                        experiment,
-                        variant,
-                        control,
-                        metric,
-                        values[variant][metric],
-                        base[metric],
-                        p_value,
-                        sizes[variant][metric],
-                        sizes[control][metric],
+                        GuardrailCheck(
+                            experiment,
+                            variant,
+                            control,
+                            metric,
+                            start,
+                            end,
+                            values[variant][metric],
+                            base[metric],
+                            p_value,
+                            sizes[variant][metric],
+                            sizes[control][metric],
+                        )
                     )
 
     def _update_p(self, e: ArmFunnel, control: ArmFunnel) -> None:
@@ -284,58 +261,21 @@ class FunnelOperator(CtrOperator):
             if d is not None and d[0] < 0:  # only a worse (lower) treatment counts against it
                 e.p[metric] = always_valid_p(e.p[metric], d[0], d[1], tau**2)
 
-    def _breach(
-        self,
-        start: int,
-        experiment: str,
-        variant: str,
-        control: str,
-        metric: str,
-        value: float,
-        control_value: float,
-        p_value: float,
-        n: int,
-        n_control: int,
-    ) -> None:
+    def _breach(self, c: GuardrailCheck) -> None:
         cfg = self.funnel
-        least = cfg.min_clicks if metric == "cvr" else cfg.min_impressions
-        if n < least or n_control < least or control_value <= 0:
+        least = cfg.min_clicks if c.metric == "cvr" else cfg.min_impressions
+        if c.n < least or c.n_control < least or c.control_value <= 0:
             return
         red_line = {
             "ctr": cfg.ctr_red_line,
             "cvr": cfg.cvr_red_line,
             "revenue_per_impression": cfg.revenue_red_line,
-        }[metric]
-        shortfall = 1.0 - value / control_value
-        breached = shortfall > red_line and p_value < cfg.alpha
-        end = start + cfg.window_ms
+        }[c.metric]
+        shortfall = 1.0 - c.value / c.control_value
+        breached = shortfall > red_line and c.p_value < cfg.alpha
+        gap = ("shortfall", shortfall)
         self._out.observations.append(
-            Observation(
-                "experiment",
-                f"{experiment}/{variant}",
-                f"guardrail_{metric}",
-                1.0 if breached else 0.0,
-                ts=end,
-                n=n,
-                window_start=start,
-                window_end=end,
-                p_value=p_value,
-                details={
-                    "experiment": experiment,
-                    "variant": variant,
-                    "control": control,
-                    "guardrail": metric,
-                    "treatment_value": value,
-                    "control_value": control_value,
-                    "shortfall": shortfall,
-                    "red_line": red_line,
-                    "always_valid_p": p_value,
-                    "alpha": cfg.alpha,
-                    "n": n,
-                    "control_n": n_control,
-                    "test": "mSPRT, normal mixture (Johari et al. 2017)",
-                },
-            )
+            c.observation(breached, cfg.alpha, gap, red_line, ("n", "control_n"))
         )
 
     # -- checkpoints ---------------------------------------------------------

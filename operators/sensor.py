@@ -48,8 +48,10 @@ itself), once that window holds at least `min_points`:
 A window whose std (resp. IQR) is not above `min_std` (`min_iqr`), e.g. a
 constant one, gives no z-score (fences): those methods do not judge then.
 
-Mean and std come from shifted running sums, quantiles from a sorted list
-(`operators.rolling.SlidingStats`): O(log n) per reading, no re-sort.
+Mean and std come from shifted running sums, quantiles from a sorted array:
+O(log n) search per reading, no re-sort; `operators.rolling.SlidingStats`'s
+arithmetic, compiled with numba (`operators.detectors.window`, issue 18): the
+window's whole per-reading step is one call into compiled code.
 
 Rows:
 - `sensor_anomalies`: one per anomalous (reading, metric, method).
@@ -88,7 +90,9 @@ from operators.detectors.episode import Episode
 from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
 from operators.detectors.tail import TailProbability
 from operators.detectors.trend import RiseDetector
-from operators.rolling import EventTimeBuffer, SlidingStats
+from operators.detectors.window import WindowStats
+from operators.detectors.window import step as window_step
+from operators.rolling import EventTimeBuffer
 from operators.rules import rule_spec as _rule
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
@@ -213,7 +217,8 @@ class Series:
     )
 
     def __init__(self, config: SensorConfig) -> None:
-        self.stats = SlidingStats()  # readings before last_ts, in the sliding window
+        # readings before last_ts in the sliding window (compiled `SlidingStats`)
+        self.stats = WindowStats()
         self.staged: list[float] = []  # readings at last_ts (not yet "before" anything)
         self.last_ts: int | None = None
         self.prev: float | None = None  # the last value, for the rise run
@@ -270,7 +275,7 @@ class Series:
     @classmethod
     def from_snapshot(cls, state: dict[str, Any], config: SensorConfig) -> Series:
         s = cls(config)
-        s.stats = SlidingStats.from_snapshot(state["stats"])
+        s.stats = WindowStats.from_snapshot(state["stats"])
         s.staged = [float(v) for v in state["staged"]]
         s.last_ts = state["last_ts"]
         s.prev, s.run_len, s.run_start_ts, s.run_start_value = state["rise"]
@@ -453,22 +458,29 @@ class SensorOperator(Operator):
             # silent for longer than the window: the same as having been forgotten
             self._expire(sid, metric, s)
             s = self.series[key] = Series(cfg)
-        stats = s.stats
+        last, staged_x, add = 0, 0.0, 0
         if s.last_ts is not None and t > s.last_ts:
             if s.gaps is not None:
                 self._cadence(sid, metric, s, t - s.last_ts)
-            last = s.last_ts
-            for v in s.staged:
-                stats.add(last, v)
-            s.staged.clear()
+            staged = s.staged
+            if staged:
+                last = s.last_ts
+                for v in staged[:-1]:  # ties at last_ts (rare): all but the last added here
+                    s.stats.add(last, v)
+                staged_x, add = staged[-1], 1
+                staged.clear()
         start = t - s.window_ms
-        if stats.times and stats.times[0] < start:
-            stats.evict_before(start)
-        if len(stats.values) >= cfg.min_points:
+        # the staged reading added, the window evicted and its statistics, in one
+        # compiled call (`operators.detectors.window`)
+        out = window_step(s.stats.buf, last, staged_x, add, start)
+        if out[0] < 0:  # its buffer is full: grown (rare: the window only grows so far)
+            out = s.stats.step(last, staged_x, add, start)
+        n, mean, std, q1, q3 = out
+        if n >= cfg.min_points:
             if self._zscore:
-                self._judge_zscore(sid, metric, s, t, x, start)
+                self._judge_zscore(sid, metric, s, t, x, start, n, mean, std)
             if self._iqr:
-                self._judge_iqr(sid, metric, s, t, x, start)
+                self._judge_iqr(sid, metric, s, t, x, start, n, q1, q3)
         if self._rise:
             if cfg.rise_test == "runs":
                 self._judge_rise_runs(sid, metric, s, t, x)
@@ -520,8 +532,18 @@ class SensorOperator(Operator):
                     g * cfg.min_points,
                 )
 
-    def _judge_zscore(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
-        mean, std = s.stats.mean_std()  # min_points >= 2
+    def _judge_zscore(
+        self,
+        sid: str,
+        metric: str,
+        s: Series,
+        t: int,
+        x: float,
+        start: int,
+        n: int,
+        mean: float,
+        std: float,
+    ) -> None:
         if std <= self.config.min_std:
             return
         z = abs(x - mean) / std
@@ -549,14 +571,22 @@ class SensorOperator(Operator):
             if vetoed:
                 details["vetoed_z"] = abs(x - mean) / std
             threshold = self.config.z_threshold
-            n = len(s.stats)
             self._finding(
                 sid, metric, "zscore", s, t, x, z, threshold, start, n, anomalous, details, p
             )
 
-    def _judge_iqr(self, sid: str, metric: str, s: Series, t: int, x: float, start: int) -> None:
-        stats = s.stats
-        q1, q3 = stats.quartiles()
+    def _judge_iqr(
+        self,
+        sid: str,
+        metric: str,
+        s: Series,
+        t: int,
+        x: float,
+        start: int,
+        n: int,
+        q1: float,
+        q3: float,
+    ) -> None:
         iqr = q3 - q1
         if iqr <= self.config.min_iqr:
             return
@@ -587,7 +617,6 @@ class SensorOperator(Operator):
             change = None
         if anomalous or change:
             details = {"reading": x, "q1": q1, "q3": q3, "iqr": iqr, "fence": fence}
-            n = len(stats)
             self._finding(
                 sid, metric, "iqr", s, t, x, score, fence, start, n, anomalous, details, p
             )

@@ -29,8 +29,10 @@ coefficients cancel):
 
     llr(k, n) = k * log(p1 / p0) + (n - k) * log((1 - p1) / (1 - p0))
 
-`Cusum` is a small river-style detector (no time, rows or alert state): feed
-it increments with `update`, read `statistic`.
+`cusum_update` is the recursion, the one every CUSUM of the project steps
+with (`Cusum` here, the keyed `BinomialCusum` and the SRM monitor's in
+operators/sequential_rates.py). `Cusum` is a small river-style detector (no
+time, rows or alert state): feed it increments with `update`, read `statistic`.
 """
 
 from __future__ import annotations
@@ -93,6 +95,19 @@ def bonferroni_alpha(false_alarms: float, tests: float) -> float:
     return min(1.0, false_alarms / tests)
 
 
+def cusum_update(statistic: float, llr: float, cap: float | None = None) -> float:
+    """One step of Page's recursion: min(cap, max(0, S + llr)), no cap when None.
+
+    An undefined increment (NaN, e.g. 0 * log(p1 / 0) for an outcome the null
+    calls impossible and that did not occur) is no evidence: max(0, NaN) is 0.
+
+    >>> cusum_update(3.0, -5.0), cusum_update(3.0, 4.0), cusum_update(3.0, 4.0, cap=5.0)
+    (0.0, 7.0, 5.0)
+    """
+    s = max(0.0, statistic + llr)
+    return s if cap is None else min(cap, s)
+
+
 class Cusum:
     """One-sided CUSUM of log-likelihood-ratio increments, optionally capped.
 
@@ -113,13 +128,8 @@ class Cusum:
         self.statistic = statistic
 
     def update(self, llr: float) -> float:
-        s = self.statistic + llr
-        if s < 0.0:
-            s = 0.0
-        elif self.cap is not None and s > self.cap:
-            s = self.cap
-        self.statistic = s
-        return s
+        self.statistic = cusum_update(self.statistic, llr, self.cap)
+        return self.statistic
 
     def reset(self) -> None:
         self.statistic = 0.0
@@ -136,5 +146,6 @@ __all__ = [
     "binomial_llr",
     "bonferroni_alpha",
     "cusum_threshold",
+    "cusum_update",
     "windows_per_1000_entity_days",
 ]

@@ -47,8 +47,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# the LLR itself is CTR's (one definition for every binomial CUSUM)
-from operators.sequential import binomial_llr
+# the LLR itself is CTR's, the recursion Cusum's (one of each for every CUSUM)
+from operators.sequential import binomial_llr, cusum_update
 
 
 def cusum_step(s: float, x: int, n: int, p0: float, p1: float, cap: float = math.inf) -> float:
@@ -57,11 +57,13 @@ def cusum_step(s: float, x: int, n: int, p0: float, p1: float, cap: float = math
     >>> cusum_step(0.0, 0, 100, 0.5, 0.55)  # no evidence for p1: stays at 0
     0.0
     """
-    return min(cap, max(0.0, s + float(binomial_llr(x, n, p0, p1))))
+    return cusum_update(s, float(binomial_llr(x, n, p0, p1)), cap)
 
 
 class BinomialCusum:
-    """Page's CUSUM of the binomial LLR of p1 against p0, one statistic per key.
+    """Page's CUSUM of the binomial LLR of p1 against p0, one statistic per key:
+    the increments x ln(p1 / p0) + (n - x) ln((1 - p1) / (1 - p0)) stepped with
+    operators.sequential.cusum_update, `Cusum`'s recursion.
 
     p1 > p0 watches for a rise of the rate, p1 < p0 for a fall."""
 
@@ -75,7 +77,7 @@ class BinomialCusum:
 
     def update(self, key: str, x: int, n: int) -> float:
         """Fold one window's x events of n trials into the key's statistic; return S."""
-        s = min(self.cap, max(0.0, self.state.get(key, 0.0) + x * self.up + (n - x) * self.down))
+        s = cusum_update(self.state.get(key, 0.0), x * self.up + (n - x) * self.down, self.cap)
         if s > 0.0:
             self.state[key] = s
         else:

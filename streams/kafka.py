@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from streams.config import Settings
@@ -81,15 +82,28 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
         config={"cleanup.policy": "compact", "max.message.bytes": str(100 * 1024 * 1024)},
     )
     existing = admin.list_topics(timeout=15).topics
-    missing = [topic for name, topic in wanted.items() if name not in existing]
-    if missing:
-        for name, future in admin.create_topics(missing, request_timeout=15).items():
-            try:
-                future.result()
-            except Exception as exc:  # another worker may have created it meanwhile
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
+    create_topics(admin, [topic for name, topic in wanted.items() if name not in existing])
     check_copartitioned(settings)
+
+
+def create_topics(admin: Any, missing: Sequence[Any]) -> list[str]:
+    """Create the missing topics (confluent_kafka NewTopic: name, partitions,
+    replication, config) with `admin` (an AdminClient) and return their names.
+
+    One that another worker created meanwhile is no error (TOPIC_ALREADY_EXISTS);
+    any other failure raises RuntimeError naming the topic.
+    """
+    if not missing:
+        return []
+    names = []
+    for name, future in admin.create_topics(list(missing), request_timeout=15).items():
+        try:
+            future.result()
+        except Exception as exc:  # another worker may have created it meanwhile
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
+        names.append(name)
+    return names
 
 
 def check_copartitioned(settings: Settings) -> None:

@@ -411,11 +411,9 @@ class Pipeline:
                 else:
                     entry[0], entry[1] = max(entry[0], ts), now_ms
             if not records and self.positions[key].get(topic, 0) < next_offset:
-                active = [
-                    t for t, seen in clock.values() if now_ms - seen < self.repartition_idle_ms
-                ]
-                if active:
-                    self.tasks[key].watermark.observe(logical, min(active), now_ms)
+                merged = merged_progress(clock, now_ms, self.repartition_idle_ms)
+                if merged is not None:
+                    self.tasks[key].watermark.observe(logical, merged, now_ms)
                 self.positions[key][topic] = next_offset
                 self.dirty.add(key)
         return records
@@ -507,8 +505,7 @@ class Pipeline:
             else:
                 entry[0] = max(entry[0], event.ts)
                 entry[1] = now_ms
-        active = [ts for ts, seen in clock.values() if now_ms - seen < self.repartition_idle_ms]
-        return min(active) if active else None
+        return merged_progress(clock, now_ms, self.repartition_idle_ms)
 
     def _feed_one_by_one(
         self,
@@ -596,10 +593,9 @@ class Pipeline:
                 )
                 if logical is None or not clock:
                     continue
-                active = [
-                    ts for ts, seen in clock.values() if now_ms - seen < self.repartition_idle_ms
-                ]
-                merged = min(active) if active else max(ts for ts, _ in clock.values())
+                merged = merged_progress(clock, now_ms, self.repartition_idle_ms)
+                if merged is None:
+                    merged = max(ts for ts, _ in clock.values())
                 if merged > task.watermark.max_ts.get(logical, NO_WATERMARK):
                     task.watermark.observe(logical, merged, now_ms)
                     self.dirty.add(key)
@@ -694,6 +690,22 @@ class Pipeline:
             if value > NO_WATERMARK:
                 out[name] = min(out.get(name, value), value)
         return out
+
+
+def merged_progress(clock: dict[str, list[int]], now_ms: int, idle_ms: int) -> int | None:
+    """The merged event-time progress of a re-keyed source's clock ({upstream
+    partition: [largest event time, wall time last heard]}): the slowest time over
+    the upstream partitions heard from within `idle_ms` (Flink's merge of its input
+    channels' watermarks, idle channels left out); None when none was.
+
+    >>> clock = {"a:0": [500, 9_000], "a:1": [300, 9_500], "a:2": [100, 1_000]}
+    >>> merged_progress(clock, 10_000, 5_000)  # a:2 idle for 9 s: left out
+    300
+    >>> merged_progress({"a:0": [500, 1_000]}, 10_000, 5_000) is None
+    True
+    """
+    active = [ts for ts, seen in clock.values() if now_ms - seen < idle_ms]
+    return min(active) if active else None
 
 
 def _source_header(m: Any) -> bytes | None:

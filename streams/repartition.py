@@ -228,6 +228,8 @@ def ensure_internal_topics(settings: Settings, p: Plan) -> None:
         return
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from streams.kafka import create_topics
+
     admin = AdminClient(settings.kafka_client_config())
     topics = admin.list_topics(timeout=15).topics
     missing = []
@@ -243,14 +245,8 @@ def ensure_internal_topics(settings: Settings, p: Plan) -> None:
         else:
             missing.append(NewTopic(target, wanted, 1))
         p.partitions[target] = wanted
-    if missing:
-        for name, future in admin.create_topics(missing, request_timeout=15).items():
-            try:
-                future.result()
-            except Exception as exc:  # another worker may have created it meanwhile
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
-            log.info("created internal topic %s", name)
+    for name in create_topics(admin, missing):
+        log.info("created internal topic %s", name)
 
 
 def forward_producer_config() -> dict[str, Any]:

@@ -49,6 +49,35 @@ def _sorted(events: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return sorted(events, key=lambda se: se[1].ts)
 
 
+def _pair(
+    source: str, kind: type, ts: int, campaign: str, user: str, **fields: Any
+) -> tuple[str, Any]:
+    """(source, event) of an ad event: its ids and extra fields, its time, campaign, user."""
+    return (source, kind(ts=ts, campaign_id=campaign, user_id=user, **fields))
+
+
+def _impression(
+    impression_id: str, ts: int, campaign: str, user: str, **extra: Any
+) -> tuple[str, Any]:
+    return _pair(
+        "impressions", Impression, ts, campaign, user, impression_id=impression_id, **extra
+    )
+
+
+def _click(
+    click_id: str, impression_id: str, ts: int, campaign: str, user: str, **extra: Any
+) -> tuple[str, Any]:
+    ids = {"click_id": click_id, "impression_id": impression_id}
+    return _pair("clicks", Click, ts, campaign, user, **ids, **extra)
+
+
+def _conversion(
+    conversion_id: str, click_id: str, ts: int, campaign: str, user: str, **extra: Any
+) -> tuple[str, Any]:
+    ids = {"conversion_id": conversion_id, "click_id": click_id}
+    return _pair("conversions", Conversion, ts, campaign, user, **ids, **extra)
+
+
 def ctr() -> Case:
     """Two campaigns at ~10 % CTR; c2 collapses to ~0 for six minutes, then recovers.
     Conversions joined (v2): about a third of the clicks convert within minutes, some
@@ -60,88 +89,30 @@ def ctr() -> Case:
         campaign = "c1" if k % 2 else "c2"
         variant = "A" if k % 4 < 2 else "B"
         imp_id = f"i{k}"
-        events.append(
-            (
-                "impressions",
-                Impression(
-                    impression_id=imp_id,
-                    ts=ts,
-                    campaign_id=campaign,
-                    user_id=f"u{k % 97}",
-                    variant=variant,
-                ),
-            )
-        )
+        events.append(_impression(imp_id, ts, campaign, f"u{k % 97}", variant=variant))
         broken = campaign == "c2" and T0 + 15 * MIN <= ts < T0 + 21 * MIN
         rate = 0.002 if broken else 0.1
         if rng.random() < rate:
             delay = rng.choice([200, 3_000, 20_000])
-            events.append(
-                (
-                    "clicks",
-                    Click(
-                        click_id=f"k{k}",
-                        impression_id=imp_id,
-                        ts=ts + delay,
-                        campaign_id=campaign,
-                        user_id=f"u{k % 97}",
-                    ),
-                )
-            )
+            events.append(_click(f"k{k}", imp_id, ts + delay, campaign, f"u{k % 97}"))
             if rng.random() < 0.3:  # a conversion (sometimes two) of this click
                 for n in range(1 + (rng.random() < 0.1)):
                     events.append(
-                        (
-                            "conversions",
-                            Conversion(
-                                conversion_id=f"v{k}-{n}",
-                                click_id=f"k{k}",
-                                ts=ts + delay + rng.choice([1_000, 40_000, 150_000]) + n,
-                                campaign_id=campaign,
-                                user_id=f"u{k % 97}",
-                                value=round(rng.uniform(1, 50), 2),
-                            ),
+                        _conversion(
+                            f"v{k}-{n}",
+                            f"k{k}",
+                            ts + delay + rng.choice([1_000, 40_000, 150_000]) + n,
+                            campaign,
+                            f"u{k % 97}",
+                            value=round(rng.uniform(1, 50), 2),
                         )
                     )
             if rng.random() < 0.05:  # a duplicate click
-                events.append(
-                    (
-                        "clicks",
-                        Click(
-                            click_id=f"k{k}b",
-                            impression_id=imp_id,
-                            ts=ts + delay + 50,
-                            campaign_id=campaign,
-                            user_id=f"u{k % 97}",
-                        ),
-                    )
-                )
+                events.append(_click(f"k{k}b", imp_id, ts + delay + 50, campaign, f"u{k % 97}"))
         if rng.random() < 0.002:  # a conversion of a click never seen
-            events.append(
-                (
-                    "conversions",
-                    Conversion(
-                        conversion_id=f"ov{k}",
-                        click_id=f"none{k}",
-                        ts=ts,
-                        campaign_id=campaign,
-                        user_id="u0",
-                    ),
-                )
-            )
+            events.append(_conversion(f"ov{k}", f"none{k}", ts, campaign, "u0"))
         if rng.random() < 0.003:  # an orphan click
-            events.append(
-                (
-                    "clicks",
-                    Click(
-                        click_id=f"o{k}",
-                        impression_id=f"gone{k}",
-                        ts=ts,
-                        campaign_id=campaign,
-                        user_id="u0",
-                    ),
-                )
-            )
+            events.append(_click(f"o{k}", f"gone{k}", ts, campaign, "u0"))
     return Case(
         _sorted(events),
         options={
@@ -294,17 +265,7 @@ def srm() -> Case:
         if broken and rng.random() < 0.4:  # c2 sends B's traffic to A (70/30)
             variant = "A"
         events.append(
-            (
-                "impressions",
-                Impression(
-                    impression_id=f"i{k}",
-                    ts=ts,
-                    campaign_id=campaign,
-                    user_id=f"u{user}",
-                    experiment="e1",
-                    variant=variant,
-                ),
-            )
+            _impression(f"i{k}", ts, campaign, f"u{user}", experiment="e1", variant=variant)
         )
     return Case(
         events,
@@ -352,16 +313,13 @@ def experiment() -> Case:
         if i % 2 == 0:  # 2 impressions a second
             share = 0.85 if ts >= T0 + 10 * MIN else 0.5
             events.append(
-                (
-                    "impressions",
-                    Impression(
-                        impression_id=f"i{i}",
-                        ts=ts,
-                        campaign_id="c1",
-                        user_id=f"u{rng.randrange(300)}",
-                        experiment="e1",
-                        variant="treatment" if rng.random() < share else "control",
-                    ),
+                _impression(
+                    f"i{i}",
+                    ts,
+                    "c1",
+                    f"u{rng.randrange(300)}",
+                    experiment="e1",
+                    variant="treatment" if rng.random() < share else "control",
                 )
             )
     return Case(
@@ -388,66 +346,36 @@ def funnel() -> Case:
         experiment = None if k % 13 == 0 else "e1"
         imp_id = f"i{k}"
         events.append(
-            (
-                "impressions",
-                Impression(
-                    impression_id=imp_id,
-                    ts=ts,
-                    campaign_id="c1",
-                    user_id=f"u{k % 500}",
-                    experiment=experiment,
-                    variant=variant if experiment else None,
-                ),
+            _impression(
+                imp_id,
+                ts,
+                "c1",
+                f"u{k % 500}",
+                experiment=experiment,
+                variant=variant if experiment else None,
             )
         )
         if experiment is None or rng.random() >= 0.25:
             continue
         delay = rng.choice([300, 5_000, 40_000])
         click_id = f"k{k}"
-        events.append(
-            (
-                "clicks",
-                Click(
-                    click_id=click_id,
-                    impression_id=imp_id,
-                    ts=ts + delay,
-                    campaign_id="c1",
-                    user_id=f"u{k % 500}",
-                    experiment="e1",
-                ),
-            )
-        )
+        events.append(_click(click_id, imp_id, ts + delay, "c1", f"u{k % 500}", experiment="e1"))
         broken = variant == "treatment" and ts >= T0 + 8 * MIN
         if rng.random() < (0.02 if broken else 0.3):
             for n in range(1 + (rng.random() < 0.1)):  # sometimes converted twice
                 events.append(
-                    (
-                        "conversions",
-                        Conversion(
-                            conversion_id=f"v{k}-{n}",
-                            click_id=click_id,
-                            ts=ts + delay + rng.choice([2_000, 30_000, 90_000]) + n,
-                            campaign_id="c1",
-                            user_id=f"u{k % 500}",
-                            value=round(rng.uniform(5, 80), 2),
-                            experiment="e1",
-                        ),
+                    _conversion(
+                        f"v{k}-{n}",
+                        click_id,
+                        ts + delay + rng.choice([2_000, 30_000, 90_000]) + n,
+                        "c1",
+                        f"u{k % 500}",
+                        value=round(rng.uniform(5, 80), 2),
+                        experiment="e1",
                     )
                 )
         if rng.random() < 0.01:  # a conversion of a click never seen
-            events.append(
-                (
-                    "conversions",
-                    Conversion(
-                        conversion_id=f"ov{k}",
-                        click_id=f"none{k}",
-                        ts=ts,
-                        campaign_id="c1",
-                        user_id="u0",
-                        experiment="e1",
-                    ),
-                )
-            )
+            events.append(_conversion(f"ov{k}", f"none{k}", ts, "c1", "u0", experiment="e1"))
     return Case(
         _sorted(events),
         options={

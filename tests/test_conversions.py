@@ -9,28 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.ctr import CtrConfig, CtrOperator
-from operators.rules import RuleEngine
-from operators.task import MonitorTask
-from schemas.events import Click, Conversion, Impression
+from tests.ctr_replay import clk, conv, imp, replay, within_lateness
 from tests.reference import conversions_reference
 
 T0 = 1_795_000_020_000
 HOUR = 3_600_000
 CFG = CtrConfig(conversions=True)
-
-
-def imp(i: str, ts: int, campaign: str = "c1", variant: str | None = None) -> Impression:
-    return Impression(impression_id=i, ts=ts, campaign_id=campaign, user_id="u", variant=variant)
-
-
-def clk(c: str, i: str, ts: int, campaign: str = "c1") -> Click:
-    return Click(click_id=c, impression_id=i, ts=ts, campaign_id=campaign, user_id="u")
-
-
-def conv(v: str, c: str, ts: int, value: float | None = None, campaign: str = "c1") -> Conversion:
-    return Conversion(
-        conversion_id=v, click_id=c, ts=ts, campaign_id=campaign, user_id="u", value=value
-    )
 
 
 def latest(rows: list[dict]) -> dict[tuple, dict]:
@@ -171,29 +155,14 @@ def _random_stream(rng: random.Random, n: int) -> list:
 
 
 def _run(events: list, split_at: int | None = None, lateness_ms: int = 0, batch: int = 7) -> list:
-    def new_task() -> MonitorTask:
-        return MonitorTask(CtrOperator(CFG), RuleEngine([]), lateness_ms, 10**12)
-
-    task = new_task()
-    rows: list = []
-    sources = ("impressions", "clicks", "conversions")
-    for i in range(0, len(events), batch):
-        if split_at is not None and i >= split_at:
-            state = task.snapshot()
-            task = new_task()
-            task.restore(state)
-            split_at = None
-        for source in sources:
-            chunk = [e for s, e in events[i : i + batch] if s == source]
-            assert task.feed(source, chunk, now_ms=0) == []
-        task.tick(now_ms=0)
-        rows += task.collect().rows.get("ctr_windows", [])
     end = T0 + 10**8
-    task.feed("impressions", [imp("flush", end)], now_ms=0)
-    task.feed("clicks", [clk("flush", "flush", end)], now_ms=0)
-    task.feed("conversions", [conv("flush", "flush", end)], now_ms=0)
-    task.tick(now_ms=0)
-    rows += task.collect().rows.get("ctr_windows", [])
+    flush = [
+        ("impressions", imp("flush", end)),
+        ("clicks", clk("flush", "flush", end)),
+        ("conversions", conv("flush", "flush", end)),
+    ]
+    sources = ("impressions", "clicks", "conversions")
+    rows = replay(lambda: CtrOperator(CFG), events, sources, flush, split_at, lateness_ms, batch)
     return sorted(
         (
             r["window_start"],
@@ -231,7 +200,7 @@ def test_shuffled_within_lateness_equals_sorted(seed: int, lateness_s: int) -> N
     rng = random.Random(seed)
     events = _random_stream(rng, 120)
     lateness = lateness_s * 1000
-    shuffled = sorted(events, key=lambda se: se[1].ts + rng.uniform(0, lateness - 1))
+    shuffled = within_lateness(events, rng, lateness)
     assert _run(shuffled, lateness_ms=lateness) == _run(events) == conversions_reference(events)
 
 

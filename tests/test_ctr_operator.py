@@ -11,19 +11,11 @@ from scipy.stats import binom, fisher_exact
 from operators.ctr import CtrConfig, CtrOperator
 from operators.rules import Rule, RuleEngine
 from operators.task import MonitorTask
-from schemas.events import Click, Impression
+from tests.ctr_replay import clk, imp, replay, within_lateness
 from tests.reference import ctr_reference
 
 T0 = 1_795_000_020_000  # 2026-11-18, a window boundary (divisible by 60 000)
 assert T0 % 60_000 == 0
-
-
-def imp(i: str, ts: int, campaign: str = "c1", variant: str | None = None) -> Impression:
-    return Impression(impression_id=i, ts=ts, campaign_id=campaign, user_id="u", variant=variant)
-
-
-def clk(c: str, i: str, ts: int, campaign: str = "c1") -> Click:
-    return Click(click_id=c, impression_id=i, ts=ts, campaign_id=campaign, user_id="u")
 
 
 def final_rows(op: CtrOperator) -> list[dict]:
@@ -150,32 +142,13 @@ def _random_stream(rng: random.Random, n: int) -> list[tuple[str, object]]:
 
 
 def _run(events, split_at: int | None, lateness_ms: int = 0, batch: int = 7) -> list:
-    def new_task() -> MonitorTask:
-        return MonitorTask(CtrOperator(), RuleEngine([]), lateness_ms, 10**12)
-
-    task = new_task()
-    rows: list = []
-    for i in range(0, len(events), batch):
-        if split_at is not None and i >= split_at:
-            state = task.snapshot()
-            task = new_task()
-            task.restore(state)
-            split_at = None
-        for source in ("impressions", "clicks"):
-            chunk = [e for s, e in events[i : i + batch] if s == source]
-            assert task.feed(source, chunk, now_ms=0) == []
-        task.tick(now_ms=0)
-        rows += task.collect().rows.get("ctr_windows", [])
-    for source in ("impressions", "clicks"):
-        task.feed(
-            source,
-            [imp("flush", T0 + 10**8)]
-            if source == "impressions"
-            else [clk("flush", "flush", T0 + 10**8)],
-            now_ms=0,
-        )
-    task.tick(now_ms=0)
-    rows += task.collect().rows.get("ctr_windows", [])
+    flush = [
+        ("impressions", imp("flush", T0 + 10**8)),
+        ("clicks", clk("flush", "flush", T0 + 10**8)),
+    ]
+    rows = replay(
+        CtrOperator, events, ("impressions", "clicks"), flush, split_at, lateness_ms, batch
+    )
     final = sorted(
         (
             r["window_start"],
@@ -253,7 +226,5 @@ def test_shuffled_within_lateness_equals_sorted(seed: int, lateness_s: int) -> N
     rng = random.Random(seed)
     events = _random_stream(rng, 150)
     lateness = lateness_s * 1000
-    # sort by a jittered time: an event can only be overtaken by events at
-    # most `lateness` newer than it, so none ever falls behind the watermark
-    shuffled = sorted(events, key=lambda se: se[1].ts + rng.uniform(0, lateness - 1))
+    shuffled = within_lateness(events, rng, lateness)
     assert _run(shuffled, None, lateness_ms=lateness) == _run(events, None)

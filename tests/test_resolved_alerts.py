@@ -153,26 +153,7 @@ CASES: dict[str, tuple[str, float, float, dict[str, Any], str]] = {
             ("error_rate", "error rate", (0.012, 0.01), "1.20% against 1.00%"),
             ("latency_p95", "p95 latency", (210.0, 200.0), "210 ms against 200 ms"),
             ("latency_p99", "p99 latency", (210.0, 200.0), "210 ms against 200 ms"),
-        )
-    },
-    # v2 funnel guardrails (operators/funnel.py): the treatment below the control
-    **{
-        f"experiment_guardrail_{metric}": (
-            "exp-1/treatment",
-            1.0,
-            0.0,
-            {
-                "experiment": "exp-1",
-                "variant": "treatment",
-                "control": "control",
-                "treatment_value": values[0],
-                "control_value": values[1],
-                "red_line": 0.2,
-                "always_valid_p": 1e-6,
-            },
-            f"exp-1/treatment: {label} back within its red line against control ({shown})",
-        )
-        for metric, label, values, shown in (
+            # v2 funnel guardrails (operators/funnel.py): the treatment below the control
             ("ctr", "CTR", (0.049, 0.05), "4.90% against 5.00%"),
             ("cvr", "CVR", (0.095, 0.1), "9.5% against 10.0%"),
             ("revenue_per_impression", "revenue per impression", (0.19, 0.2), "0.19 against 0.2"),

@@ -59,6 +59,28 @@ def test_cusum_is_cumsum_minus_its_running_minimum(xs: list[float]) -> None:
     assert np.allclose(got, want, atol=1e-9)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), min_size=1, max_size=60),
+    st.sampled_from([math.inf, 6.0]),
+)
+def test_binomial_cusum_is_cusum_of_binomial_llrs(
+    windows: list[tuple[int, int]], cap: float
+) -> None:
+    """The keyed BinomialCusum steps like one Cusum fed its windows' binomial LLRs
+    (scipy's log pmf ratio), its checkpoint a float per key that restores as is."""
+    from operators.sequential_rates import BinomialCusum
+
+    b, c = BinomialCusum(0.02, 0.1, cap), Cusum(cap=cap)
+    for x, extra in windows:
+        llr = binom.logpmf(x, x + extra, 0.1) - binom.logpmf(x, x + extra, 0.02)
+        assert math.isclose(b.update("k", x, x + extra), c.update(llr), abs_tol=1e-9)
+    restored = BinomialCusum(0.02, 0.1, cap)
+    restored.restore(b.snapshot())
+    assert restored.state == b.state
+    assert math.isclose(b.snapshot().get("k", 0.0), c.statistic, abs_tol=1e-9)
+
+
 def test_cusum_cap_and_reset() -> None:
     c = Cusum(cap=5.0)
     assert [c.update(x) for x in (4.0, 4.0, -2.0)] == [4.0, 5.0, 3.0]

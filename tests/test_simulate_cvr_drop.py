@@ -5,14 +5,11 @@ whose CVR dropped, and only that arm."""
 
 from __future__ import annotations
 
-import zlib
-from collections import Counter
 from typing import Any
 
 from streams.config import load_settings
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
-from streams.simulate import Incident, Scenario, Simulator
+from streams.simulate import Incident, Scenario
+from tests.simulated_pipeline import Collected, run_simulated
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
 PARTITIONS = 4
@@ -51,41 +48,9 @@ def run_pipeline(sc: Scenario) -> tuple[list[Any], list[dict[str, Any]]]:
             **{f"monitors.{m}.enabled": False for m in ("sensor", "cluster", "drift")},
         },
     )
-    alerts: list[Any] = []
-    ctr_rows: list[dict[str, Any]] = []
-
-    class Outputs:
-        def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-            if table == "ctr_windows":
-                ctr_rows.extend(rows)
-
-        def alerts(self, out: list[Any]) -> None:
-            alerts.extend(out)
-
-        def rejected(self, message: RawMessage, rejection: Any) -> None:
-            raise AssertionError(f"rejected: {rejection}")
-
-        def late(self, *args: Any) -> None:
-            raise AssertionError(f"late: {args}")
-
-    clock = [START_MS / 1000]
-    logical = {t: t for t in ("impressions", "clicks", "conversions")}
-    pipeline = Pipeline(build_monitors(settings), Outputs(), logical, clock=lambda: clock[0])
-    pipeline.assign(range(PARTITIONS), {})
-    offsets: Counter = Counter()
-    batch: list[RawMessage] = []
-    for topic, key, value in Simulator(sc).messages():
-        if topic == "__tick__":
-            clock[0] = int(value) / 1000
-            if len(batch) > 2000:
-                pipeline.process(batch)
-                batch = []
-            continue
-        partition = zlib.crc32(key.encode()) % PARTITIONS
-        batch.append(RawMessage(topic, partition, offsets[(topic, partition)], key.encode(), value))
-        offsets[(topic, partition)] += 1
-    pipeline.process(batch)
-    return alerts, ctr_rows
+    out = Collected(tables=["ctr_windows"])
+    run_simulated(sc, settings, ("impressions", "clicks", "conversions"), out, PARTITIONS)
+    return out.alert_list, out.tables["ctr_windows"]
 
 
 def test_cvr_drop_stops_that_arm_only() -> None:

@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from streams.config import load_settings
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
 from streams.simulate import Incident, Scenario, Simulator
+from tests.simulated_pipeline import Collected, run_simulated
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
 PARTITIONS = 4
@@ -87,41 +86,10 @@ def run_pipeline(sc: Scenario) -> list[Any]:
             **{f"monitors.{m}.enabled": False for m in ("sensor", "cluster", "drift")},
         },
     )
-    alerts: list[Any] = []
-
-    class Outputs:
-        def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-            pass
-
-        def alerts(self, out: list[Any]) -> None:
-            alerts.extend(out)
-
-        def rejected(self, message: RawMessage, rejection: Any) -> None:
-            raise AssertionError(f"rejected: {rejection}")
-
-        def late(self, *args: Any) -> None:
-            pass
-
-    clock = [START_MS / 1000]
-    logical = {t: t for t in ("impressions", "clicks", "inference-logs")}
-    pipeline = Pipeline(build_monitors(settings), Outputs(), logical, clock=lambda: clock[0])
-    pipeline.assign(range(PARTITIONS), {})
-    offsets: Counter = Counter()
-    batch: list[RawMessage] = []
-    for topic, key, value in Simulator(sc).messages():
-        if topic == "__tick__":
-            clock[0] = int(value) / 1000
-            if len(batch) > 2000:
-                pipeline.process(batch)
-                batch = []
-            continue
-        partition = zlib.crc32(key.encode()) % PARTITIONS
-        batch.append(RawMessage(topic, partition, offsets[(topic, partition)], key.encode(), value))
-        offsets[(topic, partition)] += 1
-    pipeline.process(batch)
-    clock[0] += 3600
-    pipeline.tick()
-    return alerts
+    out = Collected(late_ok=True)
+    topics = ("impressions", "clicks", "inference-logs")
+    run_simulated(sc, settings, topics, out, PARTITIONS, idle_after_s=3600)
+    return out.alert_list
 
 
 def test_each_experiment_incident_raises_its_alert() -> None:

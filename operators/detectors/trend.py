@@ -26,8 +26,11 @@ through noise passes, a slow wander (whose residuals are as large as its
 total) does not.
 
 `learn_one` is O(n) (the new reading against the others: S is updated by
-dropping the oldest reading's pairs and adding the newest's); Theil-Sen is
-O(n^2 log n) and computed only when the test is significant.
+dropping the oldest reading's pairs and adding the newest's, and the tie term
+by the sizes of the leaving and arriving readings' groups), compiled with
+numba (issue 18: one call per closed bucket instead of two Python loops over
+the window); Theil-Sen is O(n^2 log n) and computed only when the test is
+significant.
 
 >>> d = RiseDetector(size=20)
 >>> for x in [0.1, -0.2, 0.3, 0.0, 0.2, -0.1, 0.1, 0.0, -0.3, 0.2]:
@@ -43,8 +46,11 @@ True
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter
 from typing import Any
+
+import numpy as np
+from numba import njit
 
 from operators.detectors.likelihood import normal_sf
 
@@ -85,48 +91,73 @@ def _median(xs: list[float]) -> float:
     return v[mid] if len(v) % 2 else 0.5 * (v[mid - 1] + v[mid])
 
 
+@njit("UniTuple(int64, 4)(float64[::1], int64, int64, float64)", cache=True)
+def _learn(ring: np.ndarray, head: int, n: int, x: float) -> tuple[int, int, int, int]:
+    """x into the ring of the last len(ring) readings (the oldest leaves when it is
+    full): (change of S, change of the tie term, new head, new n).
+
+    A tie group is the readings equal to a value (==, so 0.0 and -0.0 are one
+    group, as they are one key of a dict; a NaN is a group of its own)."""
+    size = ring.shape[0]
+    ds = 0
+    dties = 0
+    if n == size:
+        old = ring[head]
+        t = 1  # the leaving reading's group, itself included
+        for i in range(1, n):
+            v = ring[(head + i) % size]
+            ds -= (v > old) - (v < old)  # the pairs (old, v) leave
+            if v == old:
+                t += 1
+        dties -= t * (t - 1) * (2 * t + 5) - (t - 1) * (t - 2) * (2 * t + 3)
+        head = (head + 1) % size
+        n -= 1
+    t = 1  # the arriving reading's group, itself included
+    for i in range(n):
+        v = ring[(head + i) % size]
+        ds += (x > v) - (x < v)  # the pairs (v, x) arrive
+        if v == x:
+            t += 1
+    ring[(head + n) % size] = x
+    dties += t * (t - 1) * (2 * t + 5) - (t - 1) * (t - 2) * (2 * t + 3)
+    return ds, dties, head, n + 1
+
+
 class RiseDetector:
     """Mann-Kendall rise test over the last `size` readings, S kept incrementally."""
 
-    __slots__ = ("counts", "s", "size", "ties", "values")
+    __slots__ = ("head", "n", "ring", "s", "size", "ties")
 
     def __init__(self, size: int) -> None:
         if size < 3:
             raise ValueError("size must be at least 3")
         self.size = size
-        self.values: deque[float] = deque()
+        # the readings, a ring of `size` (oldest at `head`)
+        self.ring = np.zeros(size)
+        self.head = 0
+        self.n = 0
         self.s = 0
-        # tie groups, kept incrementally: counts of each value, sum of t(t-1)(2t+5)
-        self.counts: dict[float, int] = {}
+        # sum over tie groups of t(t-1)(2t+5), kept incrementally
         self.ties = 0
 
     def __len__(self) -> int:
-        return len(self.values)
+        return self.n
+
+    @property
+    def values(self) -> list[float]:
+        """The readings, oldest first."""
+        size, head = self.size, self.head
+        return [float(self.ring[(head + i) % size]) for i in range(self.n)]
 
     def learn_one(self, x: float) -> None:
-        values = self.values
-        counts = self.counts
-        if len(values) == self.size:
-            old = values.popleft()
-            for v in values:  # the pairs (old, v) leave
-                self.s -= (v > old) - (v < old)
-            t = counts[old]
-            self.ties -= _tie(t) - _tie(t - 1)
-            if t == 1:
-                del counts[old]
-            else:
-                counts[old] = t - 1
-        for v in values:  # the pairs (v, x) arrive
-            self.s += (x > v) - (x < v)
-        values.append(x)
-        t = counts.get(x, 0) + 1
-        counts[x] = t
-        self.ties += _tie(t) - _tie(t - 1)
+        ds, dties, self.head, self.n = _learn(self.ring, self.head, self.n, x)
+        self.s += ds
+        self.ties += dties
 
     def z_score(self) -> float:
         """The continuity-corrected standard score of S: (S - sign(S)) / sqrt(Var S)
         (0 below three readings or without variance)."""
-        n = len(self.values)
+        n = self.n
         if n < 3 or self.s == 0:
             return 0.0
         var = (n * (n - 1) * (2 * n + 5) - self.ties) / 18.0
@@ -152,16 +183,14 @@ class RiseDetector:
         return b * (n - 1), scale
 
     def reset(self) -> None:
-        self.values.clear()
-        self.s = 0
-        self.counts.clear()
-        self.ties = 0
+        self.head = self.n = self.s = self.ties = 0
 
     def snapshot(self) -> dict[str, Any]:
-        return {"values": list(self.values), "s": self.s}
+        return {"values": self.values, "s": self.s}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.values = deque(float(v) for v in state["values"])
+        values = [float(v) for v in state["values"]][-self.size :]
+        self.ring[: len(values)] = values
+        self.head, self.n = 0, len(values)
         self.s = int(state["s"])
-        self.counts = dict(Counter(self.values))
-        self.ties = sum(_tie(t) for t in self.counts.values())
+        self.ties = sum(_tie(t) for t in Counter(values).values())

@@ -89,7 +89,10 @@ QUALITY_SET = [
     Contender("ceiling, inference + labels data", "ceiling", "quality"),
     Contender("streamwatch drift + service + quality", "streamwatch_pipeline", "quality"),
 ]
-SETS = {"main": MAIN, "quality": QUALITY_SET}
+# issue 18: the sensor pipeline and its ceiling alone, for before/after comparisons of the
+# sensor operators (a small, quick run; no memory or scaling runs)
+SENSOR_SET = [MAIN[4], MAIN[5]]
+SETS = {"main": MAIN, "quality": QUALITY_SET, "sensor": SENSOR_SET}
 
 
 @dataclass
@@ -421,8 +424,9 @@ def main() -> None:
         "--set",
         choices=sorted(SETS),
         default="main",
-        help="contenders: main (all, default) or quality (drift + service with and without "
-        "the quality monitor, and their ceilings; no memory or scaling runs)",
+        help="contenders: main (all, default), quality (drift + service with and without "
+        "the quality monitor, and their ceilings) or sensor (the sensor pipeline and its "
+        "ceiling); memory and scaling runs only with main",
     )
     parser.add_argument("--workdir", default="/tmp/streamwatch-bench")
     parser.add_argument("--write", metavar="BENCHMARKS.md", help="put the tables into this file")
@@ -451,6 +455,8 @@ def main() -> None:
         kinds = datasets.KINDS
         if args.set == "quality":
             kinds = ("quality", "drift")  # drift: the quality data's inference logs alone
+        elif args.set == "sensor":
+            kinds = ("sensor",)
         data: dict[str, datasets.Dataset] = {}
         for kind in kinds:
             t0 = time.monotonic()
@@ -503,6 +509,12 @@ def main() -> None:
                 f"sensor {args.sensors} sensors, inference {args.models} models. "
                 f"{args.runs} runs, interleaved; median (min-max)."
             )
+        elif args.set == "sensor":
+            say(
+                f"Data: {args.events:,} messages, {args.partitions} partitions, "
+                f"{args.sensors} sensors ({data['sensor'].event_seconds:,} s of event time). "
+                f"{args.runs} runs, interleaved; median (min-max)."
+            )
         else:
             d, q = data["drift"], data["quality"]
             say(
@@ -519,7 +531,7 @@ def main() -> None:
         for line in main_table(bench, contenders):
             say(line)
         say()
-        if args.set == "main":
+        if args.set in ("main", "sensor"):
             for line in ratio_lines(bench):
                 say(line)
         else:

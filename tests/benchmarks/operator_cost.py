@@ -3,6 +3,7 @@
     .venv/bin/python -m tests.benchmarks.operator_cost --kind sensor
     .venv/bin/python -m tests.benchmarks.operator_cost --kind ctr --keys 10000
     .venv/bin/python -m tests.benchmarks.operator_cost --kind quality   # drift data + labels
+    .venv/bin/python -m tests.benchmarks.operator_cost --kind sensor --only SensorOperator
 
 Generates one dataset with the benchmark's simulator (`tests/benchmarks/dataset.py`),
 decodes it once (untimed), then feeds it to a fresh operator of each monitor of
@@ -93,12 +94,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1250, help="events per feed (per poll)")
     parser.add_argument("--lateness-ms", type=int, default=5_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--only", nargs="+", metavar="OPERATOR", help="these operators of the pipeline alone"
+    )
     args = parser.parse_args()
     keys = args.keys or DEFAULT_KEYS[args.kind]
     events = events_of(args.kind, args.events, keys)
     print(f"{args.kind}: {len(events):,} messages, {keys} keys, batches of {args.batch}")
     print(f"{'operator':<18} {'µs CPU / message, min of ' + str(args.repeats):>32}")
-    for operator_type in OPERATORS[args.kind]:
+    chosen = [o for o in OPERATORS[args.kind] if not args.only or o.__name__ in args.only]
+    if not chosen:
+        names = ", ".join(o.__name__ for o in OPERATORS[args.kind])
+        raise SystemExit(f"--only: none of {args.only} in the {args.kind} pipeline ({names})")
+    for operator_type in chosen:
         best = min(
             one_pass(operator_type, events, args.batch, args.lateness_ms)
             for _ in range(args.repeats)
