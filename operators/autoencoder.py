@@ -66,6 +66,7 @@ from operators.detectors.autoencoder import Autoencoder
 from operators.detectors.episode import Episode
 from operators.detectors.tail import TailProbability
 from operators.rolling import EventTimeBuffer
+from operators.rules import rule_spec as _rule
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
 
 HOUR_MS = 3_600_000
@@ -250,9 +251,32 @@ class SensorModel:
         return m
 
 
+# The default alert rule of the autoencoder's observations, collected by
+# operators.registry into streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    _rule(
+        "sensor_autoencoder",
+        "sensor",
+        "anomaly_autoencoder",
+        ">",
+        # value = -log10 p: warning at p < 1e-3 (the operator's alpha), critical at 1e-6
+        {"warning": 3.0, "critical": 6.0},
+        "{entity} reconstructs badly (error {error:.3g}, p = {p:.2g}) across {features}",
+        label="reconstruction surprise (-log10 p)",
+        value_format="{:.1f}",
+        resolved_message="{entity} reconstructs normally again",
+        cooldown_s=0,  # the operator's episodes already merge a noisy stretch
+    ),
+]
+
+
 class AutoencoderOperator(Operator):
     sources = ("sensor-readings",)
     observes = (("sensor", "anomaly_autoencoder"),)
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)
 
     def __init__(self, config: AutoencoderConfig | None = None) -> None:
         super().__init__()
@@ -375,4 +399,4 @@ class AutoencoderOperator(Operator):
         self.out_of_range = state.get("out_of_range", 0)  # absent before it was counted
 
 
-__all__ = ["AutoencoderConfig", "AutoencoderOperator"]
+__all__ = ["DEFAULT_RULES", "AutoencoderConfig", "AutoencoderOperator"]

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from schemas.tables import TABLES_BY_NAME, RowError
+
 
 @dataclass(frozen=True, slots=True)
 class Observation:
@@ -44,6 +46,13 @@ class Output:
     observations: list[Observation] = field(default_factory=list)
 
     def add_row(self, table: str, row: dict[str, Any]) -> None:
+        """Add a row of `table`, checked against it here, where it is built: a misspelt
+        or missing column fails in the operator that made the row (RowError), not when
+        the writer inserts it, far from its cause (issue 12, point 2)."""
+        spec = TABLES_BY_NAME.get(table)
+        if spec is None:
+            raise RowError(f"a row for {table!r}, which is no table of schemas.tables")
+        spec.check_row(row)
         self.rows.setdefault(table, []).append(row)
 
     def extend(self, other: Output) -> None:
@@ -74,7 +83,7 @@ class Operator(ABC):
     #: False where a late event loses nothing (freshness: data did arrive)
     reports_late: bool = True
     #: the (alert kind, metric) of every observation it emits; each has a default rule
-    #: (streams.config), both checked by tests/test_conformance.py
+    #: (`default_rules`), both checked by tests/test_conformance.py
     observes: tuple[tuple[str, str], ...] = ()
     #: the event field its inputs must be keyed by when that is not the topics' own
     #: key (e.g. "experiment"): the worker re-keys them (streams/repartition.py)
@@ -88,6 +97,14 @@ class Operator(ABC):
         """The inputs an operator of this config reads: `sources` unless an option
         adds or drops one (ctr reads conversions only when joining them)."""
         return cls.sources
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        """The default alert rules of its observations, as data (`operators.rules.rule_spec`),
+        declared next to the code that emits them and collected by `operators.registry`
+        into `streams.config.DEFAULT_RULES`. `config` is the monitor's config dataclass
+        (None: its defaults), for rules whose evidence level follows its options."""
+        return []
 
     @classmethod
     def build(cls, config: Any, context: BuildContext) -> Self:

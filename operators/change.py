@@ -97,6 +97,7 @@ import numpy as np
 from river import drift
 
 from operators.base import Observation
+from operators.rules import rule_spec as _rule
 
 METHODS = ("page_hinkley", "adwin")
 DEFAULT_WATCH: tuple[tuple[str, str], ...] = (
@@ -201,6 +202,39 @@ def change_point(values: np.ndarray) -> int:
     right = (csum[-1] - csum[:-1]) / (n - t)
     stat = np.abs(left - right) * np.sqrt(t * (n - t) / n)
     return int(np.argmax(stat)) + 1  # first maximum: deterministic
+
+
+# Change detection (Page-Hinkley, ADWIN) is `info`: a level moved, worth a look on the
+# dashboard, not a page (deploy/alertmanager routes info to no one). Its thresholds
+# assume independent, stationary points; a campaign's CTR has a daily cycle, so its
+# false alerts are far above FALSE_ALARM_BUDGET (DETECTION.md measures them:
+# docs/monitors/change.md). The paged verdicts are the budgeted rules.
+CHANGE_THRESHOLDS: dict[str, float] = {"info": 0.5}
+
+
+def change_rules(watch: Iterable[tuple[str, str]] = DEFAULT_WATCH) -> list[dict[str, Any]]:
+    """The default rules of change detection, one per watched (kind, metric) and method:
+    `{metric}_change_{method}` fires on a change observation (value 1.0) and resolves on
+    the next judged point (0.0), at `info` (CHANGE_THRESHOLDS).
+
+    >>> [rule["name"] for rule in change_rules([("ctr", "ctr")])]
+    ['ctr_change_page_hinkley', 'ctr_change_adwin']
+    """
+    return [
+        _rule(
+            f"{metric}_change_{method}",
+            "change",
+            f"{metric}_change_{method}",
+            ">=",
+            dict(CHANGE_THRESHOLDS),
+            f"{{entity}}: the level of {metric} changed ({method.replace('_', '-')})",
+            resolved_message=f"{{entity}}: the level of {metric} is steady again at "
+            f"{{latest:.4g}} ({method.replace('_', '-')})",
+            cooldown_s=3600,
+        )
+        for _, metric in watch
+        for method in METHODS
+    ]
 
 
 class ChangeDetectors:
@@ -389,6 +423,7 @@ class ChangeDetectors:
 
 
 __all__ = [
+    "CHANGE_THRESHOLDS",
     "DEFAULT_WATCH",
     "METHODS",
     "AdwinParams",
@@ -396,5 +431,6 @@ __all__ = [
     "ChangeDetectors",
     "PageHinkleyParams",
     "change_point",
+    "change_rules",
     "robust_scale",
 ]

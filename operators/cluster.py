@@ -94,6 +94,7 @@ from river import cluster, preprocessing
 
 from operators.base import Observation, Operator
 from operators.rolling import EventTimeBuffer, RecentQuantile
+from operators.rules import rule_spec as _rule
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
 
 log = logging.getLogger(__name__)
@@ -239,9 +240,30 @@ def _decode(e: list[Any]) -> Entry:
     return (e[0], e[1], e[2], tuple((k, float(v)) for k, v in e[3]), e[4])
 
 
+# The default alert rule of the cluster monitor's observations, collected by
+# operators.registry into streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    _rule(
+        "cluster_distance",
+        "cluster",
+        "cluster_distance",
+        ">",
+        {"warning": 3.0, "critical": 6.0},
+        "{entity} is {value:.1f}x the usual distance from every known operating regime",
+        label="distance from the known operating regimes",
+        value_format="{:.1f}x the usual",
+        cooldown_s=1800,
+    ),
+]
+
+
 class ClusterOperator(Operator):
     sources = ("sensor-readings",)
     observes = (("cluster", "cluster_distance"),)
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)
 
     def __init__(self, config: ClusterConfig | None = None) -> None:
         super().__init__()
@@ -389,4 +411,4 @@ class ClusterOperator(Operator):
         self.out_of_range = state.get("out_of_range", 0)  # absent before it was counted
 
 
-__all__ = ["ClusterConfig", "ClusterOperator"]
+__all__ = ["DEFAULT_RULES", "ClusterConfig", "ClusterOperator"]

@@ -55,6 +55,7 @@ from typing import Any
 
 from operators.base import Operator
 from operators.ctr_evidence import CtrJudge
+from operators.rules import rule_spec as _rule
 from operators.sequential import bonferroni_alpha, cusum_threshold, windows_per_1000_entity_days
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
@@ -202,9 +203,69 @@ def _split(key: str) -> tuple[str, str]:
     return campaign, variant
 
 
+def ctr_rules(config: CtrConfig | None = None) -> list[dict[str, Any]]:
+    """The CTR rules, their evidence levels derived from the monitor's false-alarm
+    budget (`CtrConfig.false_alarms_per_1000_campaign_days`, docs/monitors/ctr.md):
+    `max_p_value` is the budget's per-window level, `ctr_evidence` fires when the
+    CUSUM reaches its threshold (value 1.0 = h). `min_samples` is only a sanity
+    floor: the evidence decides. Episodes resolve after 3 clear windows."""
+    alpha = (config or CtrConfig()).window_alpha
+    return [
+        _rule(
+            "ctr_floor",
+            "ctr",
+            "ctr",
+            "<",
+            {"warning": 0.005, "critical": 0.001},
+            "CTR of {entity} ({level}) is {value:.2%}, below the floor of {threshold:.2%}",
+            label="CTR",
+            value_format="{:.2%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+        ),
+        _rule(
+            "ctr_drop",
+            "ctr",
+            "ctr_drop",
+            ">",
+            {"warning": 0.3, "critical": 0.5},
+            "CTR of {entity} ({level}) dropped {value:.0%} to {ctr:.2%} against a baseline "
+            "of {baseline_ctr:.2%}",
+            label="CTR drop",
+            value_format="{:.0%}",
+            resolved_note="CTR {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+        ),
+        _rule(
+            "ctr_sustained_drop",
+            "ctr",
+            "ctr_evidence",
+            ">=",
+            {"warning": 1.0},
+            "CTR of {entity} ({level}) has stayed below its baseline of {baseline_ctr:.2%} "
+            "(now {ctr:.2%}): accumulated evidence {llr:.1f} nats, threshold "
+            "{llr_threshold:.1f}",
+            label="accumulated CTR-drop evidence",
+            value_format="{:.2f}",
+            resolved_message="CTR of {entity} ({level}) back to {ctr:.2%}, near its "
+            "baseline of {baseline_ctr:.2%}",
+            clear_windows=3,
+        ),
+    ]
+
+
 class CtrOperator(Operator):
     sources = ("impressions", "clicks")
     observes = (("ctr", "ctr"), ("ctr", "ctr_drop"), ("ctr", "ctr_evidence"))
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return ctr_rules(config)
 
     def __init__(self, config: CtrConfig | None = None) -> None:
         super().__init__()
@@ -579,4 +640,4 @@ def _fill_window(w: CtrWindow, item: list[Any], clicks: dict[str, list[Any]]) ->
         w.conv_last = item[15] if len(item) > 15 else (2**62 if changed else NO_WATERMARK)
 
 
-__all__ = ["CtrConfig", "CtrOperator", "window_start"]
+__all__ = ["CtrConfig", "CtrOperator", "ctr_rules", "window_start"]

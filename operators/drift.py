@@ -82,6 +82,8 @@ from operators.reference import (
     WarmupProfileBuilder,
     category_key,
 )
+from operators.rules import FALSE_ALARM_BUDGET
+from operators.rules import rule_spec as _rule
 from operators.stats import (
     binned_counts,
     chi_square,
@@ -211,9 +213,51 @@ class _CompiledRef:
         self.numeric = {f.name for f in self.features if f.kind == "numeric"}
 
 
+DRIFT_WINDOWS_PER_DAY = 86_400_000 / DriftConfig.window_ms  # judgements per model and day
+
+# The default alert rules of the drift monitor's observations (the contract's PSI
+# bands), collected by operators.registry into streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    _rule(
+        "drift_psi",
+        "drift",
+        "psi",
+        ">=",
+        {"warning": 0.1, "critical": 0.2},
+        "PSI of {entity} is {value:.3f} (moderate drift from 0.1, significant from 0.2)",
+        label="PSI",
+        value_format="{:.3f}",
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
+        cooldown_s=1800,
+    ),
+    _rule(
+        "confidence_shift",
+        "drift",
+        "confidence_shift",
+        ">",
+        {"warning": 0.1},
+        "mean confidence of {entity} fell by {value:.3f} against its reference",
+        label="fall in mean confidence",
+        value_format="{:.3f}",
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
+        cooldown_s=1800,
+    ),
+]
+
+
 class DriftOperator(Operator):
     sources = ("inference-logs",)
     observes = (("drift", "psi"), ("drift", "confidence_shift"))
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)
 
     def __init__(
         self,
@@ -562,4 +606,4 @@ def _numbers(acc: Acc) -> np.ndarray:
     return np.array(acc, dtype=np.float64)
 
 
-__all__ = ["DriftConfig", "DriftOperator", "DriftWindow"]
+__all__ = ["DEFAULT_RULES", "DRIFT_WINDOWS_PER_DAY", "DriftConfig", "DriftOperator", "DriftWindow"]

@@ -66,8 +66,9 @@ from typing import Any
 import numpy as np
 
 from operators.base import Observation, Operator
-from operators.guardrail import GuardrailCheck
+from operators.guardrail import GuardrailCheck, guardrail_rule
 from operators.msprt import Moments, always_valid_p, difference
+from operators.rules import rule_spec as _rule
 from operators.windows import TumblingWindows, window_start
 
 EXPERIMENT_TABLE = "experiment_windows"
@@ -144,6 +145,32 @@ class ArmEvidence:
         self.p_latency = 1.0
 
 
+# The default alert rules of the experiment monitor's observations (guardrails, ramp),
+# collected by operators.registry into streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    *(
+        guardrail_rule(metric, label, fmt, line, unit)
+        for metric, label, fmt, unit, line in (
+            ("error_rate", "error rate", ".2%", "", "+{red_line:.2%}"),
+            ("latency_p95", "p95 latency", ".0f", " ms", "+{red_line:.0%}"),
+            ("latency_p99", "p99 latency", ".0f", " ms", "+{red_line:.0%}"),
+        )
+    ),
+    _rule(
+        "experiment_ramp",
+        "experiment",
+        "ramp_change",
+        ">",
+        {"warning": 0.2},
+        "the share of arm {variant} of {entity} moved {change:+.0%} (from {share_before:.0%} "
+        "to {share:.0%}) within the ramp period: ramp by at most 20 points a day",
+        label="ramp change of an arm's share",
+        value_format="{:.0%}",
+        cooldown_s=3600,
+    ),
+]
+
+
 class ExperimentOperator(Operator):
     sources = ("impressions", "inference-logs")
     keyed_by = "experiment"
@@ -153,6 +180,10 @@ class ExperimentOperator(Operator):
         ("experiment", "guardrail_latency_p99"),
         ("experiment", "ramp_change"),
     )
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)
 
     def __init__(self, config: ExperimentConfig | None = None) -> None:
         super().__init__()
@@ -393,4 +424,4 @@ class ExperimentOperator(Operator):
         }
 
 
-__all__ = ["EXPERIMENT_TABLE", "ExperimentConfig", "ExperimentOperator"]
+__all__ = ["DEFAULT_RULES", "EXPERIMENT_TABLE", "ExperimentConfig", "ExperimentOperator"]

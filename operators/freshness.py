@@ -78,6 +78,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.base import Observation, Operator
+from operators.rules import rule_spec as _rule
 
 ENTITY_METRIC = "entity_silence"
 TOPIC_METRIC = "topic_silence"
@@ -148,10 +149,45 @@ class Track:
 Step = dict[str, dict[str, list[int]]]  # topic -> key -> [count, min ts, max ts]
 
 
+# The default alert rules of the freshness monitor's observations, collected by
+# operators.registry into streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    _rule(
+        "freshness_entity",
+        "freshness",
+        "entity_silence",
+        ">",
+        {"warning": 1.0},
+        "{entity} has sent nothing on {topic} for {silence_s:.0f} s, "
+        "{value:.1f}x its allowed silence of {allowed_s:.0f} s",
+        label="silence (in allowed silences)",
+        value_format="{:.1f}",
+        resolved_message="{entity} is sending on {topic} again",
+        cooldown_s=0,  # a silence is already at least min_silence_ms long
+    ),
+    _rule(
+        "freshness_topic",
+        "freshness",
+        "topic_silence",
+        ">",
+        {"critical": 1.0},
+        "topic {entity} has had no events for {silence_s:.0f} s while the others advance",
+        label="topic silence (in allowed silences)",
+        value_format="{:.1f}",
+        resolved_message="topic {entity} has events again",
+        cooldown_s=0,
+    ),
+]
+
+
 class FreshnessOperator(Operator):
     sources = tuple(ENTITY_OF)
     observes = (("freshness", "entity_silence"), ("freshness", "topic_silence"))
     reports_late = False  # an event behind the watermark is old data, not lost evidence
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)
 
     def __init__(self, config: FreshnessConfig | None = None) -> None:
         super().__init__()
@@ -345,4 +381,11 @@ def _count(step: dict[str, list[int]], key: str, ts: int) -> None:
             agg[2] = ts
 
 
-__all__ = ["ENTITY_METRIC", "TOPIC_METRIC", "FreshnessConfig", "FreshnessOperator", "Track"]
+__all__ = [
+    "DEFAULT_RULES",
+    "ENTITY_METRIC",
+    "TOPIC_METRIC",
+    "FreshnessConfig",
+    "FreshnessOperator",
+    "Track",
+]

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.ctr import CtrConfig, CtrOperator, CtrWindow, _key, _split
-from operators.guardrail import GuardrailCheck
+from operators.guardrail import GuardrailCheck, guardrail_rule
 from operators.msprt import Moments, always_valid_p, difference
 from schemas.events import Impression
 
@@ -119,12 +119,31 @@ def _counts(window: CtrWindow) -> tuple[int, int, int, float, float]:
     )
 
 
+# v2 funnel guardrails: a treatment arm below the control. The default alert rules of
+# the funnel monitor's observations, collected by operators.registry into
+# streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    *(
+        guardrail_rule(metric, label, fmt, "-{red_line:.0%}")
+        for metric, label, fmt in (
+            ("ctr", "CTR", ".2%"),
+            ("cvr", "CVR", ".1%"),
+            ("revenue_per_impression", "revenue per impression", ".4g"),
+        )
+    ),
+]
+
+
 class FunnelOperator(CtrOperator):
     sources = ("impressions", "clicks", "conversions")
     keyed_by = "experiment"
     # not the CTR monitor's metrics: this one judges arms against their control
     observes = tuple(("experiment", f"guardrail_{metric}") for metric in METRICS)
     keep_all_windows = True  # judge every window, with or without clicks
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)  # not the CTR rules of its base class
 
     def __init__(self, config: FunnelConfig | None = None) -> None:
         self.funnel = config or FunnelConfig()
@@ -284,4 +303,4 @@ class FunnelOperator(CtrOperator):
                 self.arms.setdefault(experiment, {})[v] = e
 
 
-__all__ = ["EXPERIMENT_TABLE", "FunnelConfig", "FunnelOperator"]
+__all__ = ["DEFAULT_RULES", "EXPERIMENT_TABLE", "FunnelConfig", "FunnelOperator"]

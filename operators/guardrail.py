@@ -20,10 +20,38 @@ monitors' alerts carry the same fields in the same order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from operators.base import Observation
+from operators.rules import rule_spec
 
 TEST = "mSPRT, normal mixture (Johari et al. 2017)"
+
+
+def guardrail_rule(metric: str, label: str, fmt: str, line: str, unit: str = "") -> dict[str, Any]:
+    """The critical default rule of an experiment guardrail, as data
+    (`operators.rules.rule_spec`): the observation is 1.0 when the arm is beyond its
+    red line (`line`, a format of the observation's `red_line`) with an always-valid p
+    below alpha; values in `fmt`. The experiment and funnel monitors declare theirs
+    with it (`DEFAULT_RULES` of operators/experiment.py and operators/funnel.py)."""
+    treatment = "{treatment_value:" + fmt + "}" + unit
+    control = "{control_value:" + fmt + "}" + unit
+    return rule_spec(
+        f"experiment_guardrail_{metric}",
+        "experiment",
+        f"guardrail_{metric}",
+        ">=",
+        {"critical": 1.0},
+        f"stop or roll back arm {{variant}} of {{experiment}}: {label} {treatment} against "
+        f"{control} in {{control}} (red line {line}, always-valid p = {{always_valid_p:.2g}}, "
+        "mSPRT)",
+        label=f"{label} guardrail breach",
+        value_format="{:.0f}",
+        resolved_message=f"{{entity}}: {label} back within its red line against {{control}} "
+        f"({treatment} against {control})",
+        cooldown_s=3600,
+        clear_windows=3,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ from operators.quality_metrics import (
     regression_report,
     roc_auc,
 )
+from operators.rules import rule_spec as _rule
 from operators.sequential import bonferroni_alpha, windows_per_1000_entity_days
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
@@ -208,6 +209,52 @@ def cbpe_confidence(pred: float | str, conf: float | None) -> float | None:
     return max(pred, 1.0 - pred)
 
 
+def quality_rules(config: QualityConfig | None = None) -> list[dict[str, Any]]:
+    """The quality rules (docs/monitors/quality.md): accuracy or MAE worse than the
+    model version's reference by > 5 % (warning) / > 10 % (critical, seed 001),
+    gated by the one-sided test's p-value at the per-window level of the monitor's
+    false-alarm budget (`QualityConfig.window_alpha`); `min_samples` is a sanity
+    floor only. An episode resolves after 3 windows back within the margin. Page-
+    Hinkley and ADWIN watch the window accuracy and MAE (kind `change`)."""
+    alpha = (config or QualityConfig()).window_alpha
+    return [
+        _rule(
+            "quality_accuracy_drop",
+            "quality",
+            "accuracy_drop",
+            ">",
+            {"warning": 0.05, "critical": 0.10},
+            "accuracy of {entity} is {accuracy:.1%}, {value:.0%} below its reference of "
+            "{reference_accuracy:.1%} ({labelled} labels)",
+            label="relative accuracy drop",
+            value_format="{:.0%}",
+            resolved_note="accuracy {accuracy:.1%} against a reference of {reference_accuracy:.1%}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+            cooldown_s=1800,
+        ),
+        _rule(
+            "quality_mae_increase",
+            "quality",
+            "mae_increase",
+            ">",
+            {"warning": 0.05, "critical": 0.10},
+            "MAE of {entity} is {mae:.4g}, {value:.0%} above its reference of "
+            "{reference_mae:.4g} ({labelled} labels)",
+            label="relative MAE increase",
+            value_format="{:.0%}",
+            resolved_note="MAE {mae:.4g} against a reference of {reference_mae:.4g}",
+            min_samples=30,
+            max_p_value=alpha,
+            clear_windows=3,
+            clear_by_value=True,
+            cooldown_s=1800,
+        ),
+    ]
+
+
 class QualityOperator(Operator):
     sources = ("inference-logs", "labels")
     observes = (
@@ -216,6 +263,10 @@ class QualityOperator(Operator):
         ("quality", "accuracy_drop"),
         ("quality", "mae_increase"),
     )
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return quality_rules(config)
 
     def __init__(self, config: QualityConfig | None = None) -> None:
         super().__init__()
@@ -706,4 +757,4 @@ class QualityState(msgspec.Struct, kw_only=True):
     format: int = SNAPSHOT_FORMAT
 
 
-__all__ = ["QualityConfig", "QualityOperator", "class_name"]
+__all__ = ["QualityConfig", "QualityOperator", "class_name", "quality_rules"]

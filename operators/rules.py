@@ -7,8 +7,10 @@ declared in configuration:
          thresholds={"warning": 0.3, "critical": 0.5}, cooldown_s=600, min_samples=500,
          max_p_value=0.01)
 
-Per (rule, entity) the engine keeps a state: the severity it fires at (none
-when quiet) and when it last fired. An observation whose condition holds at a
+Per (rule, entity) the engine keeps an alert episode (`Episode`,
+operators/detectors/episode.py: the one episode state machine, which the sensor
+and autoencoder monitors run on their readings): the severity it fires at (none
+when quiet), and when it last fired. An observation whose condition holds at a
 higher severity than the state fires (`firing`); one where it no longer holds
 resolves (`resolved`) -- with hysteresis: only after `clear_windows`
 consecutive observations in which it does not hold (default 1: the first
@@ -53,9 +55,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from operators.base import Observation
+from operators.detectors.episode import Episode
 from schemas.events import Alert
 
 SEVERITIES = ("info", "warning", "critical")
+# Default false-alarm budget of the default rules judged on evidence (service, drift,
+# SRM): false alerts per 1,000 entity-days on quiet data (docs/monitors/*.md).
+FALSE_ALARM_BUDGET = 1.0
 DEFAULT_MESSAGE = "{metric} of {entity} is {value:.4g} ({op} {threshold:.4g})"
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -110,6 +116,36 @@ class Rule:
             if threshold is not None and compare(value, threshold):
                 crossed = (severity, threshold)
         return crossed
+
+
+def rule_spec(
+    name: str,
+    kind: str,
+    metric: str,
+    op: str,
+    thresholds: dict[str, float],
+    message: str,
+    **kw: Any,
+) -> dict[str, Any]:
+    """A default rule as data: the fields of a `[[rules]]` table of the configuration
+    (`streams.config.RuleSettings`, which checks them and makes the `Rule`). A monitor
+    declares its defaults this way next to the code that emits the metric
+    (`Operator.default_rules`); the registry collects them (`operators.registry`).
+
+    >>> rule = rule_spec("sensor_zscore", "sensor", "anomaly_zscore", ">",
+    ...                  {"warning": 4.5}, "{entity}: z-score {value:.1f}", cooldown_s=300)
+    >>> rule["metric"], rule["thresholds"], rule["cooldown_s"]
+    ('anomaly_zscore', {'warning': 4.5}, 300)
+    """
+    return {
+        "name": name,
+        "kind": kind,
+        "metric": metric,
+        "op": op,
+        "thresholds": thresholds,
+        "message": message,
+        **kw,
+    }
 
 
 def alert_id(
@@ -179,10 +215,14 @@ def _fmt_time(ms: int | None) -> str:
 class RuleEngine:
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules: dict[tuple[str, str], list[Rule]] = {}
+        self.by_name: dict[str, Rule] = {}
         for rule in rules:
             self.rules.setdefault((rule.kind, rule.metric), []).append(rule)
-        # (rule name, entity) -> [severity firing or "", last fired ts, clear observations]
-        self.state: dict[str, list[Any]] = {}
+            self.by_name[rule.name] = rule
+        # "rule name\x1fentity" -> its alert episode (the one episode state machine,
+        # operators.detectors.episode: hysteresis and severity), from its first alert on
+        self.episodes: dict[str, Episode] = {}
+        self.last_fired: dict[str, int] = {}  # ... and the event time it last fired
 
     def evaluate(self, observations: Iterable[Observation]) -> list[Alert]:
         alerts: list[Alert] = []
@@ -197,8 +237,6 @@ class RuleEngine:
         if obs.n < rule.min_samples:
             return None
         key = f"{rule.name}\x1f{obs.entity}"
-        state = self.state.get(key)
-        firing, last_fired = (state[0], state[1]) if state else ("", None)
         crossed = rule.level(obs.value)
         if (
             crossed is not None
@@ -206,33 +244,29 @@ class RuleEngine:
             and (obs.p_value is None or obs.p_value > rule.max_p_value)
         ):
             crossed = None  # not distinguishable from chance: counts as not crossed
+        episode = self.episodes.get(key)
         if crossed is not None:
             severity, threshold = crossed
-            if firing and SEVERITIES.index(severity) <= SEVERITIES.index(firing):
-                if state is not None and len(state) > 2:
-                    state[2] = 0  # still true: already raised; the clear run restarts
+            if episode is None:
+                episode = self.episodes[key] = Episode(quiet=rule.clear_windows)
+            last_fired = self.last_fired.get(key)
+            # cooling down after the last alert of this rule and entity: no new episode
+            cooling = last_fired is not None and obs.ts - last_fired < rule.cooldown_s * 1000
+            # still true at the episode's severity or below: already raised (the clear
+            # run restarts); a higher one escalates
+            if episode.update(SEVERITIES.index(severity) + 1, may_start=not cooling) is None:
                 return None
-            if (
-                not firing
-                and last_fired is not None
-                and (obs.ts - last_fired < rule.cooldown_s * 1000)
-            ):
-                return None  # cooling down after the last alert of this rule and entity
-            self.state[key] = [severity, obs.ts, 0]
+            self.last_fired[key] = obs.ts
             return self._alert(rule, obs, "firing", severity, threshold)
-        if firing:
-            if rule.clear_by_value and rule.level(obs.value) is not None:
-                if state is not None and len(state) > 2:
-                    state[2] = 0  # still beyond the threshold, only not significant alone
-                return None
-            clear = (state[2] if state is not None and len(state) > 2 else 0) + 1
-            if clear < rule.clear_windows:
-                self.state[key] = [firing, last_fired, clear]
-                return None  # hysteresis: not yet clear for long enough
-            self.state[key] = ["", last_fired, 0]
-            threshold = rule.thresholds[firing]
-            return self._alert(rule, obs, "resolved", firing, threshold)
-        return None
+        if episode is None or not episode.active:
+            return None
+        firing = SEVERITIES[episode.level - 1]
+        # with clear_by_value, a value still beyond the threshold (only not significant
+        # alone) is not clear either; resolved after `clear_windows` clear observations
+        hold = rule.clear_by_value and rule.level(obs.value) is not None
+        if episode.update(0, hold=hold) != "end":
+            return None
+        return self._alert(rule, obs, "resolved", firing, rule.thresholds[firing])
 
     def _alert(
         self, rule: Rule, obs: Observation, status: str, severity: str, threshold: float
@@ -282,8 +316,23 @@ class RuleEngine:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        return {key: list(value) for key, value in self.state.items()}
+        """Per (rule, entity): [severity firing or "", last fired ts, clear observations]."""
+        state = {}
+        for key, episode in self.episodes.items():
+            firing = SEVERITIES[episode.level - 1] if episode.active else ""
+            clear = episode.normal_run if episode.active else 0
+            state[key] = [firing, self.last_fired.get(key), clear]
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        # a snapshot from before hysteresis has [severity, last fired]: no clear count yet
-        self.state = {key: [*value, 0][:3] for key, value in state.items()}
+        self.episodes, self.last_fired = {}, {}
+        for key, value in state.items():
+            # a snapshot from before hysteresis has [severity, last fired]: no clear count yet
+            firing, last_fired, clear = [*value, 0][:3]
+            rule = self.by_name.get(key.split("\x1f", 1)[0])
+            episode = Episode(quiet=rule.clear_windows if rule is not None else 1)
+            level = SEVERITIES.index(firing) + 1 if firing else 0
+            episode.restore([bool(firing), clear if firing else 0, 1, 0, level])
+            self.episodes[key] = episode
+            if last_fired is not None:
+                self.last_fired[key] = last_fired

@@ -93,6 +93,7 @@ from operators.detectors.trend import RiseDetector
 from operators.detectors.window import WindowStats
 from operators.detectors.window import step as window_step
 from operators.rolling import EventTimeBuffer
+from operators.rules import rule_spec as _rule
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
 
@@ -305,6 +306,45 @@ def _key(sensor_id: str, metric: str) -> str:
     return f"{sensor_id}\x1f{metric}"
 
 
+# The default alert rules of the sensor monitor's detectors (seed 004), collected by
+# operators.registry into streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    _rule(
+        "sensor_zscore",
+        "sensor",
+        "anomaly_zscore",
+        ">",
+        {"warning": 4.5, "critical": 6.0},
+        "{entity} reads {reading:.4g}, z-score {value:.1f}",
+        label="z-score",
+        value_format="{:.1f}",
+        cooldown_s=300,
+    ),
+    _rule(
+        "sensor_iqr",
+        "sensor",
+        "anomaly_iqr",
+        ">",
+        {"warning": 1.5, "critical": 3.0},
+        "{entity} reads {reading:.4g}, {value:.1f} IQR beyond Tukey's fence",
+        label="distance beyond Tukey's fence (IQRs)",
+        value_format="{:.1f}",
+        cooldown_s=300,
+    ),
+    _rule(
+        "sensor_rise",
+        "sensor",
+        "anomaly_rise",
+        ">",
+        {"warning": 0.0},
+        "{entity} has risen steadily by {value:.3g}",
+        label="steady rise",
+        value_format="{:.3g}",
+        cooldown_s=900,
+    ),
+]
+
+
 class SensorOperator(Operator):
     sources = ("sensor-readings",)
     observes = (
@@ -312,6 +352,10 @@ class SensorOperator(Operator):
         ("sensor", "anomaly_iqr"),
         ("sensor", "anomaly_rise"),
     )
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)
 
     def __init__(self, config: SensorConfig | None = None) -> None:
         super().__init__()
@@ -784,4 +828,4 @@ class SensorOperator(Operator):
             self.aggregates.at(key, start).extend(float(v) for v in vals)
 
 
-__all__ = ["METHODS", "SensorConfig", "SensorOperator"]
+__all__ = ["DEFAULT_RULES", "METHODS", "SensorConfig", "SensorOperator"]

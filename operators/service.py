@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 
 from operators.base import Observation, Operator
+from operators.rules import FALSE_ALARM_BUDGET
+from operators.rules import rule_spec as _rule
 from operators.sequential_rates import BinomialCusum
 from operators.stats import binomial_sf_test
 from operators.windows import TumblingWindows, window_start
@@ -83,6 +85,53 @@ def _key(model_id: str, model_version: str) -> str:
     return f"{model_id}\x1f{model_version}"
 
 
+SERVICE_WINDOWS_PER_DAY = 86_400_000 / ServiceConfig.window_ms  # judgements per model and day
+
+# The default alert rules of the service monitor's observations, collected by
+# operators.registry into streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    _rule(
+        "latency_p99",
+        "service",
+        "latency_p99",
+        ">",
+        {"warning": 500.0, "critical": 2000.0},
+        "p99 latency of {entity} is {value:.0f} ms (line: {threshold:.0f} ms)",
+        label="p99 latency",
+        value_format="{:.0f} ms",
+        min_samples=50,
+    ),
+    _rule(
+        "error_rate",
+        "service",
+        "error_rate",
+        ">",
+        {"critical": 0.01},
+        "error rate of {entity} is {value:.2%}, above {threshold:.0%}",
+        label="error rate",
+        value_format="{:.2%}",
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
+        clear_windows=3,
+    ),
+    _rule(
+        "low_confidence",
+        "service",
+        "low_confidence_ratio",
+        ">",
+        {"warning": 0.6},
+        "{value:.0%} of {entity}'s predictions have low confidence",
+        label="share of low-confidence predictions",
+        value_format="{:.0%}",
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
+        clear_windows=3,
+    ),
+]
+
+
 class ServiceOperator(Operator):
     sources = ("inference-logs",)
     observes = (
@@ -90,6 +139,10 @@ class ServiceOperator(Operator):
         ("service", "error_rate"),
         ("service", "low_confidence_ratio"),
     )
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)
 
     def __init__(self, config: ServiceConfig | None = None) -> None:
         super().__init__()
@@ -230,4 +283,10 @@ class ServiceOperator(Operator):
         self.error_cusum.restore(state.get("error_cusum", {}))
 
 
-__all__ = ["ServiceConfig", "ServiceOperator", "ServiceWindow"]
+__all__ = [
+    "DEFAULT_RULES",
+    "SERVICE_WINDOWS_PER_DAY",
+    "ServiceConfig",
+    "ServiceOperator",
+    "ServiceWindow",
+]

@@ -156,7 +156,10 @@ from scipy.special import chdtrc
 
 from operators.base import Observation, Operator
 from operators.msprt import always_valid_p
+from operators.rules import FALSE_ALARM_BUDGET
+from operators.rules import rule_spec as _rule
 from operators.sequential_rates import cusum_step
+from operators.stats import alpha_for_budget
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Impression
 
@@ -276,6 +279,66 @@ def _add_dims(
                 mine[variant] = mine.get(variant, 0) + n
 
 
+SRM_WINDOWS_PER_DAY = 86_400_000 / SrmConfig.window_ms  # judgements per experiment and day
+
+# The default alert rules of the SRM monitor's observations (the window's and the
+# cumulative sample ratio mismatch, the experiment's crossover of users between arms),
+# collected by operators.registry into streams.config.DEFAULT_RULES.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    _rule(
+        "srm",
+        "srm",
+        "srm_chi2_p",
+        "<",
+        # the value is the window's p-value (chi-square and the CUSUMs' accumulated
+        # evidence, operators/srm.py): judged every window, so its line is the
+        # budget's per-window level (issue 13), not a fixed 0.001
+        {"critical": alpha_for_budget(FALSE_ALARM_BUDGET, SRM_WINDOWS_PER_DAY)},
+        "sample ratio mismatch in {entity}: p = {value:.2g} ({shares} against {planned}; "
+        "carried by {mismatch_in}); pause readouts of this experiment until the assignment "
+        "is fixed",
+        label="sample ratio mismatch p-value",
+        value_format="{:.2g}",
+        resolved_note="the variants' shares match the configured split again",
+        cooldown_s=900,  # a resolved episode must not mask a real mismatch an hour long
+        min_samples=30,
+        false_alarm_budget=FALSE_ALARM_BUDGET,
+        judgements_per_day=SRM_WINDOWS_PER_DAY,
+        clear_windows=1,  # one clear five-minute window
+    ),
+    _rule(
+        "srm_cumulative",
+        "srm",
+        "srm_cumulative_p",
+        "<",
+        # Statsig's tiers, on the always-valid p-value since the experiment's start:
+        # P(ever below alpha) <= alpha per quiet experiment, however often it is looked
+        # at (SrmConfig.warning_alpha / alpha; p = 1 under min_deviation)
+        {"warning": 0.01, "critical": 0.001},
+        "sample ratio mismatch in {entity} since its start: p = {value:.2g} ({shares} "
+        "against {planned} over {total} units; carried by {mismatch_in}); pause readouts until "
+        "the assignment is fixed",
+        label="cumulative sample ratio mismatch p-value",
+        value_format="{:.2g}",
+        resolved_note="the cumulative shares match the configured split again",
+        cooldown_s=3600,
+    ),
+    _rule(
+        "experiment_crossover",
+        "experiment",
+        "crossover_rate",
+        ">",
+        {"warning": 0.01},
+        "{crossed_users} users of {entity} were seen in more than one arm ({value:.1%} of "
+        "{tracked_users}): the assignment is not sticky; its comparisons are contaminated",
+        label="share of users seen in more than one arm",
+        value_format="{:.1%}",
+        min_samples=100,
+        cooldown_s=3600,
+    ),
+]
+
+
 class SrmOperator(Operator):
     sources = ("impressions",)
     # read from the experiment-keyed stream (streams/repartition.py): one task
@@ -286,6 +349,10 @@ class SrmOperator(Operator):
         ("srm", "srm_cumulative_p"),
         ("experiment", "crossover_rate"),
     )
+
+    @classmethod
+    def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
+        return list(DEFAULT_RULES)
 
     def __init__(self, config: SrmConfig | None = None) -> None:
         super().__init__()
@@ -649,8 +716,10 @@ class SrmOperator(Operator):
 
 
 __all__ = [
+    "DEFAULT_RULES",
     "EXPERIMENT_TABLE",
     "SRM_TABLE",
+    "SRM_WINDOWS_PER_DAY",
     "SrmConfig",
     "SrmOperator",
     "SrmWindow",

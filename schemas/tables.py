@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 TIME = "DateTime64(3, 'UTC')"
@@ -40,6 +41,33 @@ class Table:
     def required_columns(self) -> list[str]:
         """The columns a row must give: all but those with a DEFAULT (`inserted_at`)."""
         return [name for name, kind in self.columns if " DEFAULT " not in kind]
+
+    @cached_property
+    def _known(self) -> frozenset[str]:
+        return frozenset(self.column_names)
+
+    @cached_property
+    def _required(self) -> frozenset[str]:
+        return frozenset(self.required_columns)
+
+    def check_row(self, row: dict[str, Any]) -> None:
+        """Raise RowError unless `row` gives every column without a DEFAULT and no
+        column the table lacks: the check of `insert_columns`, made where a row is
+        built (`operators.base.Output.add_row`), so a misspelt key fails in the code
+        that misspelt it.
+
+        >>> CLUSTER_ROW = {"ts": 1, "sensor_id": "s", "metric": "m", "value": 1.0,
+        ...     "method": "cluster", "score": 2.0, "threshold": 1.0, "window_strat": 0,
+        ...     "window_end": 1}
+        >>> try:
+        ...     SENSOR_ANOMALIES.check_row(CLUSTER_ROW)
+        ... except RowError as exc:
+        ...     print(str(exc).split(":")[0])
+        a sensor_anomalies row has the unknown column(s) ['window_strat']
+        """
+        keys = row.keys()
+        if not (self._required <= keys <= self._known):
+            raise RowError(self._mismatch(row, set(self._required)))
 
     def insert_columns(self, rows: Sequence[dict[str, Any]]) -> list[str]:
         """The columns to insert `rows` with: every column of the table, less those

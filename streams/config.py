@@ -18,16 +18,27 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from operators.ctr import CtrConfig
-from operators.quality import QualityConfig
+from operators import registry
+from operators.change import CHANGE_THRESHOLDS as CHANGE_THRESHOLDS
+from operators.change import DEFAULT_WATCH, change_rules
+from operators.ctr import CtrConfig, CtrOperator
+from operators.drift import DRIFT_WINDOWS_PER_DAY as DRIFT_WINDOWS_PER_DAY
+from operators.quality import QualityConfig, QualityOperator
+from operators.rules import FALSE_ALARM_BUDGET as FALSE_ALARM_BUDGET
 from operators.rules import Rule
+from operators.service import SERVICE_WINDOWS_PER_DAY as SERVICE_WINDOWS_PER_DAY
+from operators.srm import SRM_WINDOWS_PER_DAY as SRM_WINDOWS_PER_DAY
 from operators.stats import alpha_for_budget
 from schemas.events import INPUT_TOPICS
+
+# (the `X as X` imports: the default rules' figures, defined with the rules in
+# operators/ and still importable from here)
 
 
 class ConfigError(ValueError):
@@ -103,19 +114,8 @@ class MonitorSettings(Strict):
 
 
 def _default_monitors() -> dict[str, MonitorSettings]:
-    names = (
-        "ctr",
-        "sensor",
-        "cluster",
-        "autoencoder",
-        "drift",
-        "service",
-        "srm",
-        "quality",
-        "experiment",
-        "funnel",
-    )
-    monitors = {name: MonitorSettings() for name in names}
+    # every monitor of the registry (freshness last, the order they are wired up in)
+    monitors = {name: MonitorSettings() for name in registry.OPERATORS if name != "freshness"}
     # Opt-in: a `[monitors.freshness]` table (its `enabled` defaults to true) turns it on.
     # A jump of event time ahead of every topic is dead time now (FreshnessConfig.jump_ms);
     # on by default waits for tests/harness.py's in-process reference to model idle
@@ -206,107 +206,16 @@ class RuleSettings(Strict):
         )
 
 
-def _rule(
-    name: str,
-    kind: str,
-    metric: str,
-    op: str,
-    thresholds: dict[str, float],
-    message: str,
-    **kw: Any,
-) -> RuleSettings:
-    return msgspec.convert(
-        {
-            "name": name,
-            "kind": kind,
-            "metric": metric,
-            "op": op,
-            "thresholds": thresholds,
-            "message": message,
-            **kw,
-        },
-        RuleSettings,
-    )
-
-
-def _guardrail_rule(metric: str, label: str, fmt: str, line: str, unit: str = "") -> RuleSettings:
-    """The critical rule of an experiment guardrail (operators/guardrail.py): the
-    observation is 1.0 when the arm is beyond its red line (`line`, a format of the
-    observation's `red_line`) with an always-valid p below alpha; values in `fmt`."""
-    treatment = "{treatment_value:" + fmt + "}" + unit
-    control = "{control_value:" + fmt + "}" + unit
-    return _rule(
-        f"experiment_guardrail_{metric}",
-        "experiment",
-        f"guardrail_{metric}",
-        ">=",
-        {"critical": 1.0},
-        f"stop or roll back arm {{variant}} of {{experiment}}: {label} {treatment} against "
-        f"{control} in {{control}} (red line {line}, always-valid p = {{always_valid_p:.2g}}, "
-        "mSPRT)",
-        label=f"{label} guardrail breach",
-        value_format="{:.0f}",
-        resolved_message=f"{{entity}}: {label} back within its red line against {{control}} "
-        f"({treatment} against {control})",
-        cooldown_s=3600,
-        clear_windows=3,
-    )
+def _settings(rules: Iterable[dict[str, Any]]) -> list[RuleSettings]:
+    """Rules the monitors declare as data (`Operator.default_rules`), checked as the
+    configuration's `[[rules]]` tables are."""
+    return [msgspec.convert(rule, RuleSettings) for rule in rules]
 
 
 def ctr_rules(config: CtrConfig | None = None) -> list[RuleSettings]:
-    """The CTR rules, their evidence levels derived from the monitor's false-alarm
-    budget (`CtrConfig.false_alarms_per_1000_campaign_days`, docs/monitors/ctr.md):
-    `max_p_value` is the budget's per-window level, `ctr_evidence` fires when the
-    CUSUM reaches its threshold (value 1.0 = h). `min_samples` is only a sanity
-    floor: the evidence decides. Episodes resolve after 3 clear windows."""
-    alpha = (config or CtrConfig()).window_alpha
-    return [
-        _rule(
-            "ctr_floor",
-            "ctr",
-            "ctr",
-            "<",
-            {"warning": 0.005, "critical": 0.001},
-            "CTR of {entity} ({level}) is {value:.2%}, below the floor of {threshold:.2%}",
-            label="CTR",
-            value_format="{:.2%}",
-            min_samples=30,
-            max_p_value=alpha,
-            clear_windows=3,
-            clear_by_value=True,
-        ),
-        _rule(
-            "ctr_drop",
-            "ctr",
-            "ctr_drop",
-            ">",
-            {"warning": 0.3, "critical": 0.5},
-            "CTR of {entity} ({level}) dropped {value:.0%} to {ctr:.2%} against a baseline "
-            "of {baseline_ctr:.2%}",
-            label="CTR drop",
-            value_format="{:.0%}",
-            resolved_note="CTR {ctr:.2%} against a baseline of {baseline_ctr:.2%}",
-            min_samples=30,
-            max_p_value=alpha,
-            clear_windows=3,
-            clear_by_value=True,
-        ),
-        _rule(
-            "ctr_sustained_drop",
-            "ctr",
-            "ctr_evidence",
-            ">=",
-            {"warning": 1.0},
-            "CTR of {entity} ({level}) has stayed below its baseline of {baseline_ctr:.2%} "
-            "(now {ctr:.2%}): accumulated evidence {llr:.1f} nats, threshold "
-            "{llr_threshold:.1f}",
-            label="accumulated CTR-drop evidence",
-            value_format="{:.2f}",
-            resolved_message="CTR of {entity} ({level}) back to {ctr:.2%}, near its "
-            "baseline of {baseline_ctr:.2%}",
-            clear_windows=3,
-        ),
-    ]
+    """The CTR monitor's default rules (`operators.ctr.ctr_rules`), their evidence levels
+    derived from its false-alarm budget."""
+    return _settings(CtrOperator.default_rules(config))
 
 
 def _ctr_rules_for_budget(rules: list[RuleSettings], options: dict[str, Any]) -> list[RuleSettings]:
@@ -324,79 +233,12 @@ def _ctr_rules_for_budget(rules: list[RuleSettings], options: dict[str, Any]) ->
     return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
 
 
-# Default false-alarm budget of the rules judged on evidence (service, drift,
-# SRM): false alerts per 1,000 entity-days on quiet data (docs/monitors/*.md).
-FALSE_ALARM_BUDGET = 1.0
-SERVICE_WINDOWS_PER_DAY = 86_400_000 / 60_000  # ServiceConfig.window_ms
-DRIFT_WINDOWS_PER_DAY = 86_400_000 / 300_000  # DriftConfig.window_ms
-SRM_WINDOWS_PER_DAY = 86_400_000 / 300_000  # SrmConfig.window_ms
-# Change detection (Page-Hinkley, ADWIN) is `info`: a level moved, worth a look on the
-# dashboard, not a page (deploy/alertmanager routes info to no one). Its thresholds
-# assume independent, stationary points; a campaign's CTR has a daily cycle, so its
-# false alerts are far above FALSE_ALARM_BUDGET (DETECTION.md measures them:
-# docs/monitors/change.md). The paged verdicts are the budgeted rules.
-CHANGE_THRESHOLDS: dict[Literal["info", "warning", "critical"], float] = {"info": 0.5}
-
-
 def quality_rules(config: QualityConfig | None = None) -> list[RuleSettings]:
-    """The quality rules (docs/monitors/quality.md): accuracy or MAE worse than the
-    model version's reference by > 5 % (warning) / > 10 % (critical, seed 001),
-    gated by the one-sided test's p-value at the per-window level of the monitor's
-    false-alarm budget (`QualityConfig.window_alpha`); `min_samples` is a sanity
-    floor only. An episode resolves after 3 windows back within the margin. Page-
-    Hinkley and ADWIN watch the window accuracy and MAE (kind `change`)."""
-    alpha = (config or QualityConfig()).window_alpha
-    return [
-        _rule(
-            "quality_accuracy_drop",
-            "quality",
-            "accuracy_drop",
-            ">",
-            {"warning": 0.05, "critical": 0.10},
-            "accuracy of {entity} is {accuracy:.1%}, {value:.0%} below its reference of "
-            "{reference_accuracy:.1%} ({labelled} labels)",
-            label="relative accuracy drop",
-            value_format="{:.0%}",
-            resolved_note="accuracy {accuracy:.1%} against a reference of {reference_accuracy:.1%}",
-            min_samples=30,
-            max_p_value=alpha,
-            clear_windows=3,
-            clear_by_value=True,
-            cooldown_s=1800,
-        ),
-        _rule(
-            "quality_mae_increase",
-            "quality",
-            "mae_increase",
-            ">",
-            {"warning": 0.05, "critical": 0.10},
-            "MAE of {entity} is {mae:.4g}, {value:.0%} above its reference of "
-            "{reference_mae:.4g} ({labelled} labels)",
-            label="relative MAE increase",
-            value_format="{:.0%}",
-            resolved_note="MAE {mae:.4g} against a reference of {reference_mae:.4g}",
-            min_samples=30,
-            max_p_value=alpha,
-            clear_windows=3,
-            clear_by_value=True,
-            cooldown_s=1800,
-        ),
-        *(
-            _rule(
-                f"{metric}_change_{method}",
-                "change",
-                f"{metric}_change_{method}",
-                ">=",
-                dict(CHANGE_THRESHOLDS),
-                f"{{entity}}: the level of {metric} changed ({method.replace('_', '-')})",
-                resolved_message=f"{{entity}}: the level of {metric} is steady again at "
-                f"{{latest:.4g}} ({method.replace('_', '-')})",
-                cooldown_s=3600,
-            )
-            for metric in ("accuracy", "mae")
-            for method in ("page_hinkley", "adwin")
-        ),
-    ]
+    """The quality monitor's default rules (`operators.quality.quality_rules`), their
+    evidence levels derived from its false-alarm budget, then the change rules of the
+    window accuracy and MAE that Page-Hinkley and ADWIN watch (kind `change`)."""
+    watched = [(kind, metric) for kind, metric in DEFAULT_WATCH if kind == "quality"]
+    return _settings([*QualityOperator.default_rules(config), *change_rules(watched)])
 
 
 def _quality_rules_for_budget(
@@ -414,257 +256,10 @@ def _quality_rules_for_budget(
     return [derived[r.name] if defaults.get(r.name) == r else r for r in rules]
 
 
-# The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands.
-DEFAULT_RULES = [
-    *ctr_rules(),
-    _rule(
-        "drift_psi",
-        "drift",
-        "psi",
-        ">=",
-        {"warning": 0.1, "critical": 0.2},
-        "PSI of {entity} is {value:.3f} (moderate drift from 0.1, significant from 0.2)",
-        label="PSI",
-        value_format="{:.3f}",
-        min_samples=30,
-        false_alarm_budget=FALSE_ALARM_BUDGET,
-        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
-        clear_windows=1,  # one clear five-minute window
-        cooldown_s=1800,
-    ),
-    _rule(
-        "confidence_shift",
-        "drift",
-        "confidence_shift",
-        ">",
-        {"warning": 0.1},
-        "mean confidence of {entity} fell by {value:.3f} against its reference",
-        label="fall in mean confidence",
-        value_format="{:.3f}",
-        min_samples=30,
-        false_alarm_budget=FALSE_ALARM_BUDGET,
-        judgements_per_day=DRIFT_WINDOWS_PER_DAY,
-        clear_windows=1,  # one clear five-minute window
-        cooldown_s=1800,
-    ),
-    _rule(
-        "latency_p99",
-        "service",
-        "latency_p99",
-        ">",
-        {"warning": 500.0, "critical": 2000.0},
-        "p99 latency of {entity} is {value:.0f} ms (line: {threshold:.0f} ms)",
-        label="p99 latency",
-        value_format="{:.0f} ms",
-        min_samples=50,
-    ),
-    _rule(
-        "error_rate",
-        "service",
-        "error_rate",
-        ">",
-        {"critical": 0.01},
-        "error rate of {entity} is {value:.2%}, above {threshold:.0%}",
-        label="error rate",
-        value_format="{:.2%}",
-        min_samples=30,
-        false_alarm_budget=FALSE_ALARM_BUDGET,
-        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
-        clear_windows=3,
-    ),
-    _rule(
-        "low_confidence",
-        "service",
-        "low_confidence_ratio",
-        ">",
-        {"warning": 0.6},
-        "{value:.0%} of {entity}'s predictions have low confidence",
-        label="share of low-confidence predictions",
-        value_format="{:.0%}",
-        min_samples=30,
-        false_alarm_budget=FALSE_ALARM_BUDGET,
-        judgements_per_day=SERVICE_WINDOWS_PER_DAY,
-        clear_windows=3,
-    ),
-    _rule(
-        "sensor_zscore",
-        "sensor",
-        "anomaly_zscore",
-        ">",
-        {"warning": 4.5, "critical": 6.0},
-        "{entity} reads {reading:.4g}, z-score {value:.1f}",
-        label="z-score",
-        value_format="{:.1f}",
-        cooldown_s=300,
-    ),
-    _rule(
-        "sensor_iqr",
-        "sensor",
-        "anomaly_iqr",
-        ">",
-        {"warning": 1.5, "critical": 3.0},
-        "{entity} reads {reading:.4g}, {value:.1f} IQR beyond Tukey's fence",
-        label="distance beyond Tukey's fence (IQRs)",
-        value_format="{:.1f}",
-        cooldown_s=300,
-    ),
-    _rule(
-        "sensor_rise",
-        "sensor",
-        "anomaly_rise",
-        ">",
-        {"warning": 0.0},
-        "{entity} has risen steadily by {value:.3g}",
-        label="steady rise",
-        value_format="{:.3g}",
-        cooldown_s=900,
-    ),
-    _rule(
-        "sensor_autoencoder",
-        "sensor",
-        "anomaly_autoencoder",
-        ">",
-        # value = -log10 p: warning at p < 1e-3 (the operator's alpha), critical at 1e-6
-        {"warning": 3.0, "critical": 6.0},
-        "{entity} reconstructs badly (error {error:.3g}, p = {p:.2g}) across {features}",
-        label="reconstruction surprise (-log10 p)",
-        value_format="{:.1f}",
-        resolved_message="{entity} reconstructs normally again",
-        cooldown_s=0,  # the operator's episodes already merge a noisy stretch
-    ),
-    _rule(
-        "cluster_distance",
-        "cluster",
-        "cluster_distance",
-        ">",
-        {"warning": 3.0, "critical": 6.0},
-        "{entity} is {value:.1f}x the usual distance from every known operating regime",
-        label="distance from the known operating regimes",
-        value_format="{:.1f}x the usual",
-        cooldown_s=1800,
-    ),
-    _rule(
-        "srm",
-        "srm",
-        "srm_chi2_p",
-        "<",
-        # the value is the window's p-value (chi-square and the CUSUMs' accumulated
-        # evidence, operators/srm.py): judged every window, so its line is the
-        # budget's per-window level (issue 13), not a fixed 0.001
-        {"critical": alpha_for_budget(FALSE_ALARM_BUDGET, SRM_WINDOWS_PER_DAY)},
-        "sample ratio mismatch in {entity}: p = {value:.2g} ({shares} against {planned}; "
-        "carried by {mismatch_in}); pause readouts of this experiment until the assignment "
-        "is fixed",
-        label="sample ratio mismatch p-value",
-        value_format="{:.2g}",
-        resolved_note="the variants' shares match the configured split again",
-        cooldown_s=900,  # a resolved episode must not mask a real mismatch an hour long
-        min_samples=30,
-        false_alarm_budget=FALSE_ALARM_BUDGET,
-        judgements_per_day=SRM_WINDOWS_PER_DAY,
-        clear_windows=1,  # one clear five-minute window
-    ),
-    _rule(
-        "srm_cumulative",
-        "srm",
-        "srm_cumulative_p",
-        "<",
-        # Statsig's tiers, on the always-valid p-value since the experiment's start:
-        # P(ever below alpha) <= alpha per quiet experiment, however often it is looked
-        # at (SrmConfig.warning_alpha / alpha; p = 1 under min_deviation)
-        {"warning": 0.01, "critical": 0.001},
-        "sample ratio mismatch in {entity} since its start: p = {value:.2g} ({shares} "
-        "against {planned} over {total} units; carried by {mismatch_in}); pause readouts until "
-        "the assignment is fixed",
-        label="cumulative sample ratio mismatch p-value",
-        value_format="{:.2g}",
-        resolved_note="the cumulative shares match the configured split again",
-        cooldown_s=3600,
-    ),
-    *(
-        _guardrail_rule(metric, label, fmt, line, unit)
-        for metric, label, fmt, unit, line in (
-            ("error_rate", "error rate", ".2%", "", "+{red_line:.2%}"),
-            ("latency_p95", "p95 latency", ".0f", " ms", "+{red_line:.0%}"),
-            ("latency_p99", "p99 latency", ".0f", " ms", "+{red_line:.0%}"),
-        )
-    ),
-    # v2 funnel guardrails (operators/funnel.py): a treatment arm below the control
-    *(
-        _guardrail_rule(metric, label, fmt, "-{red_line:.0%}")
-        for metric, label, fmt in (
-            ("ctr", "CTR", ".2%"),
-            ("cvr", "CVR", ".1%"),
-            ("revenue_per_impression", "revenue per impression", ".4g"),
-        )
-    ),
-    _rule(
-        "experiment_ramp",
-        "experiment",
-        "ramp_change",
-        ">",
-        {"warning": 0.2},
-        "the share of arm {variant} of {entity} moved {change:+.0%} (from {share_before:.0%} "
-        "to {share:.0%}) within the ramp period: ramp by at most 20 points a day",
-        label="ramp change of an arm's share",
-        value_format="{:.0%}",
-        cooldown_s=3600,
-    ),
-    _rule(
-        "experiment_crossover",
-        "experiment",
-        "crossover_rate",
-        ">",
-        {"warning": 0.01},
-        "{crossed_users} users of {entity} were seen in more than one arm ({value:.1%} of "
-        "{tracked_users}): the assignment is not sticky; its comparisons are contaminated",
-        label="share of users seen in more than one arm",
-        value_format="{:.1%}",
-        min_samples=100,
-        cooldown_s=3600,
-    ),
-    _rule(
-        "freshness_entity",
-        "freshness",
-        "entity_silence",
-        ">",
-        {"warning": 1.0},
-        "{entity} has sent nothing on {topic} for {silence_s:.0f} s, "
-        "{value:.1f}x its allowed silence of {allowed_s:.0f} s",
-        label="silence (in allowed silences)",
-        value_format="{:.1f}",
-        resolved_message="{entity} is sending on {topic} again",
-        cooldown_s=0,  # a silence is already at least min_silence_ms long
-    ),
-    _rule(
-        "freshness_topic",
-        "freshness",
-        "topic_silence",
-        ">",
-        {"critical": 1.0},
-        "topic {entity} has had no events for {silence_s:.0f} s while the others advance",
-        label="topic silence (in allowed silences)",
-        value_format="{:.1f}",
-        resolved_message="topic {entity} has events again",
-        cooldown_s=0,
-    ),
-    *(
-        _rule(
-            f"{metric}_change_{method}",
-            "change",
-            f"{metric}_change_{method}",
-            ">=",
-            dict(CHANGE_THRESHOLDS),
-            f"{{entity}}: the level of {metric} changed ({method.replace('_', '-')})",
-            resolved_message=f"{{entity}}: the level of {metric} is steady again at "
-            f"{{latest:.4g}} ({method.replace('_', '-')})",
-            cooldown_s=3600,
-        )
-        for metric in ("ctr", "error_rate", "latency_p99", "psi")
-        for method in ("page_hinkley", "adwin")
-    ),
-    *quality_rules(),
-]
+# The seeds' thresholds (shared/seeds 000, 001, 004) and the contract's bands: each
+# monitor declares its rules next to the code that emits the metric
+# (`Operator.default_rules`), the registry collects them (operators/registry.py).
+DEFAULT_RULES = _settings(registry.default_rules())
 
 
 class CausesSettings(Strict):

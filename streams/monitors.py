@@ -3,9 +3,10 @@
 Each monitor is an operator from `operators/` with its config dataclass; the
 `[monitors.NAME]` table of the configuration switches it on or off, sets its
 lateness and passes `options` to that dataclass (unknown options are an
-error). Adding a monitor is adding an entry to `OPERATORS`; its operator declares
-the (kind, metric) of its observations (`Operator.observes`, each with a default
-rule in `streams.config`), which window a late event misses (`late_window`) and,
+error). Adding a monitor is adding an entry to `OPERATORS` (operators/registry.py);
+its operator declares the (kind, metric) of its observations (`Operator.observes`),
+their default rules (`Operator.default_rules`, collected into `streams.config`),
+which window a late event misses (`late_window`) and,
 where it needs more than its config, what it takes of the `BuildContext`
 (`Operator.build`). The conformance suite (tests/test_conformance.py) runs every
 entry and fails for one without an input generator in tests/conformance_inputs.py.
@@ -20,40 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from operators.autoencoder import AutoencoderConfig, AutoencoderOperator
-from operators.base import BuildContext, Operator
+from operators.base import BuildContext
 from operators.causes import RELATIONS, RelationLearner
 from operators.change import ChangeConfig, ChangeDetectors
-from operators.cluster import ClusterConfig, ClusterOperator
-from operators.ctr import CtrConfig, CtrOperator
-from operators.drift import DriftConfig, DriftOperator
-from operators.experiment import ExperimentConfig, ExperimentOperator
-from operators.freshness import FreshnessConfig, FreshnessOperator
-from operators.funnel import FunnelConfig, FunnelOperator
-from operators.quality import QualityConfig, QualityOperator
 from operators.reference import ReferenceProfile
+from operators.registry import OPERATORS
 from operators.rules import RuleEngine
-from operators.sensor import SensorConfig, SensorOperator
-from operators.service import ServiceConfig, ServiceOperator
-from operators.srm import SrmConfig, SrmOperator
 from operators.task import MonitorTask
 from streams import repartition
 from streams.config import ConfigError, Settings
-
-# name -> (operator class, its config dataclass)
-OPERATORS: dict[str, tuple[type[Operator], type[Any]]] = {
-    "ctr": (CtrOperator, CtrConfig),
-    "sensor": (SensorOperator, SensorConfig),
-    "cluster": (ClusterOperator, ClusterConfig),
-    "autoencoder": (AutoencoderOperator, AutoencoderConfig),
-    "drift": (DriftOperator, DriftConfig),
-    "service": (ServiceOperator, ServiceConfig),
-    "srm": (SrmOperator, SrmConfig),
-    "freshness": (FreshnessOperator, FreshnessConfig),
-    "quality": (QualityOperator, QualityConfig),
-    "experiment": (ExperimentOperator, ExperimentConfig),
-    "funnel": (FunnelOperator, FunnelConfig),  # v2: CTR/CVR/revenue guardrails per arm
-}
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ from typing import Any
 
 import orjson
 
+from operators.ctr import CtrConfig
 from operators.drift import DriftConfig
 
 Message = tuple[str, str, bytes]  # topic, key, value
@@ -158,6 +159,11 @@ MODEL_VERSION = "1.0.0"
 METRICS = ("temperature", "vibration", "pressure")
 SPIKE_METRIC = "vibration"  # sensor_spike's metric when the target names none
 REGIME_DIRECTION = {"temperature": 1.0, "vibration": 1.0, "pressure": -1.0}
+# The CTR monitor's joins (CtrConfig, read rather than repeated): a click counts for its
+# impression up to attribution_ms after it, a conversion for its click up to
+# conversion_ms after it. The simulated delays stay inside them, with a margin.
+CLICK_DELAY_MAX_MS = CtrConfig().attribution_ms - 10_000  # 590 s
+CONVERSION_DELAY_MAX_S = CtrConfig().conversion_ms / 1000 - 300  # 55 min
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,7 @@ class Scenario:
     conversion_delay_median_s: float = 600.0
     conversion_delay_sigma: float = 1.0
     conversion_delay_min_s: float = 30.0  # within the conversion window: 30 s ..
-    conversion_delay_max_s: float = 3300.0  # .. 55 min
+    conversion_delay_max_s: float = CONVERSION_DELAY_MAX_S  # .. 55 min
     order_value_median: float = 40.0  # log-normal order values (revenue)
     order_value_sigma: float = 0.6
 
@@ -601,7 +607,7 @@ class Simulator:
                     ctr *= inc.factor
             clicked = rng.random() < ctr
             # drawn whether or not it clicks, so a CTR change shifts no later draw
-            delay = min(int(rng.expovariate(1 / s.click_delay_mean_s) * 1000), 590_000)
+            delay = min(int(rng.expovariate(1 / s.click_delay_mean_s) * 1000), CLICK_DELAY_MAX_MS)
             clicks = 2 if rng.random() < s.duplicate_click_rate else 1
             if clicked:
                 for c in range(clicks):
@@ -940,11 +946,11 @@ DRIFT_WARMUP_EVENTS = DriftConfig().warmup_events or 0
 def default_incidents(
     duration_s: float,
     *,
-    campaigns: int = 10,
-    experiment_campaigns: int = 2,
-    models: int = 2,
-    sensors: int = 10,
-    inference_per_s: float = 20.0,
+    campaigns: int = Scenario.campaigns,
+    experiment_campaigns: int = Scenario.experiment_campaigns,
+    models: int = Scenario.models,
+    sensors: int = Scenario.sensors,
+    inference_per_s: float = Scenario.inference_per_s,
 ) -> list[Incident]:
     """One incident of every kind, spread over a run of `duration_s` seconds.
 

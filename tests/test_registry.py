@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from operators.drift import DriftOperator
 from operators.reference import build_profile
 from streams import repartition
@@ -36,14 +38,13 @@ def test_every_monitor_is_built_with_its_config_and_drift_gets_the_references(
 
 
 def test_the_default_configuration_names_every_monitor_of_the_registry() -> None:
-    """`streams.config` keeps its own list of monitor names (it cannot import the
-    registry, which imports it): the two must name the same monitors."""
+    """`streams.config` reads its monitors from the registry (operators/registry.py):
+    the default configuration names every monitor of it."""
     assert set(load_settings(env={}).monitors) == set(OPERATORS)
 
 
 def test_every_metric_change_detection_watches_has_default_change_rules() -> None:
-    """The watch list (operators.change) and the change rules (streams.config) are
-    written in two places: every watched metric is ruled for every method, and every
+    """Every watched metric (operators.change) is ruled for every method, and every
     watched metric is one some monitor declares (`Operator.observes`)."""
     from operators.change import DEFAULT_WATCH, METHODS
 
@@ -53,3 +54,35 @@ def test_every_metric_change_detection_watches_has_default_change_rules() -> Non
         assert (kind, metric) in declared, (kind, metric)
         for method in METHODS:
             assert ("change", f"{metric}_change_{method}") in ruled, (metric, method)
+
+
+def test_each_monitor_rules_only_the_metrics_it_declares() -> None:
+    """A monitor's default rules (`Operator.default_rules`) judge only metrics it declares,
+    and every declared metric is ruled by the monitor itself or by change detection (the
+    quality monitor's window accuracy): a subclass (funnel, of ctr) that forgot to replace
+    its base's rules, or a rule left with the wrong monitor, fails here."""
+    from operators.change import DEFAULT_WATCH
+
+    for name, (operator_type, config_type) in OPERATORS.items():
+        ruled = {(r["kind"], r["metric"]) for r in operator_type.default_rules(config_type())}
+        declared = set(operator_type.observes)
+        assert ruled <= declared, f"{name}: rules for undeclared metrics {ruled - declared}"
+        assert declared <= ruled | set(DEFAULT_WATCH), f"{name}: {declared - ruled} unruled"
+
+
+def test_the_default_rules_are_the_monitors_and_each_judges_its_own_metric() -> None:
+    """`streams.config.DEFAULT_RULES` is what the registry collects (the monitors' rules,
+    then change detection's, one per watched metric and method, no other), and no two
+    default rules judge one (kind, metric): the engine looks rules up by (kind, metric),
+    so its verdicts do not depend on the list's order."""
+    from operators import registry
+    from operators.change import DEFAULT_WATCH, METHODS
+    from streams.config import DEFAULT_RULES, RuleSettings
+
+    expected = [msgspec.convert(r, RuleSettings) for r in registry.default_rules()]
+    assert expected == DEFAULT_RULES
+    assert len({r.name for r in DEFAULT_RULES}) == len(DEFAULT_RULES)
+    judged = [(r.kind, r.metric) for r in DEFAULT_RULES]
+    assert len(set(judged)) == len(judged)
+    changes = {metric for kind, metric in judged if kind == "change"}
+    assert changes == {f"{m}_change_{method}" for _, m in DEFAULT_WATCH for method in METHODS}

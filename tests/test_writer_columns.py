@@ -113,3 +113,21 @@ def test_writer_refuses_a_misspelt_row_and_writes_nothing_of_its_batch(tmp_path:
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert "unknown column(s) ['window_strat']" in out["refused"]
     assert out["rows"] == [["c1", ROW["window_start"], 1, 0.1, 2]]
+
+
+def test_a_row_is_checked_where_it_is_built() -> None:
+    """`Output.add_row` refuses a row that does not match its table, in the operator
+    that built it (a misspelt `window_start` in the cluster rows used to pass every
+    cluster test), and a row for a table that does not exist."""
+    from operators.base import Output
+
+    out = Output()
+    out.add_row("ctr_windows", dict(ROW))
+    misspelt = {**{k: v for k, v in ROW.items() if k != "window_start"}, "window_strat": 1}
+    with pytest.raises(RowError, match=r"unknown column\(s\) \['window_strat'\]"):
+        out.add_row("ctr_windows", misspelt)
+    with pytest.raises(RowError, match=r"lacks the column\(s\) \['clicks'\]"):
+        out.add_row("ctr_windows", {k: v for k, v in ROW.items() if k != "clicks"})
+    with pytest.raises(RowError, match="no table"):
+        out.add_row("ctr_window", dict(ROW))
+    assert out.rows == {"ctr_windows": [ROW]}
