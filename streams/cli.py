@@ -279,6 +279,13 @@ def _scenario(
         extra = dict(DEMO_EXPERIMENTS)
         if not incident_specs and not no_incidents:
             incidents.extend(experiment_incidents(duration_s))
+    # v2: conversions of clicks (a CVR of about 10 %, order values ~40); the demo's come
+    # within its shorter conversion window (streams/demo.py DEMO_CONVERSIONS)
+    conversions: dict[str, float] = {"cvr": 0.1}
+    if demo:
+        from streams.demo import DEMO_CONVERSIONS
+
+        conversions = dict(DEMO_CONVERSIONS)
     scenario = Scenario(
         start_ms=start_ms,
         duration_s=duration_s,
@@ -286,7 +293,7 @@ def _scenario(
         impressions_per_s=rate,
         seed=seed,
         incidents=incidents,
-        cvr=0.1,  # v2: conversions of clicks (a CVR of about 10 %, order values ~40)
+        **conversions,
         **extra,
     )
     if demo and not incident_specs and not no_incidents:
