@@ -26,9 +26,10 @@ share moved by more than 20 points within the last 24 h of event time stays true
 for a day after the jump, whether or not the share moves back) and the cumulative
 SRM (its always-valid p-value is a running minimum: it resolves only once the
 shares since the start are within `min_deviation` of the plan again, which the
-demo's later ramp of the same experiment prevents; `streamwatch demo` shows the
-cumulative SRM of exp-cmp-000 resolve that way). The CVR drop of exp-cmp-000's arm B
-raises its funnel guardrail within the run, with the demo's conversion window
+demo's later ramp of the same experiment prevents; the short SRM of exp-cmp-000 is
+the per-window test's: diluted by the clean traffic before it, it raises no cumulative
+alert, before issue 16's calibration of `srm_cumulative` as after). The CVR drop of
+exp-cmp-000's arm B raises its funnel guardrail within the run, with the demo's conversion window
 (`demo_monitors`) and the simulator's conversions inside it
 (`test_demo_conversions_fit_its_conversion_window`).
 """
