@@ -18,8 +18,9 @@ A/B test (`exp-cmp-000`, with the default `srm` incident), the next two run
 re-keyed by experiment), and model-0's requests are served by the two arms of
 `exp-model`. `experiment_incidents` adds one incident per experiment alert:
 an SRM carried by one ad only, a latency and an error-rate regression of the
-treatment arm (guardrails), crossover users, a ramp jump, and a CVR drop of
-one arm of `exp-cmp-000`.
+treatment arm (guardrails), crossover users, a ramp jump, and a CVR drop then a
+CTR drop of arm B of `exp-cmp-000` (the funnel's CVR, CTR and revenue
+guardrails).
 
 Conversions (issue 16, `demo_monitors`): the built-in defaults leave the CTR
 monitor's conversion join and the funnel guardrails off (an upgrade from v1
@@ -123,7 +124,7 @@ def experiment_incidents(duration_s: float) -> list[Incident]:
     its default 3600 s: crossover at 600-900 s, treatment latency x1.6 at
     900-1500 s, SRM in ad-3 at 1200-1800 s, treatment errors 8 % at 2100-2400 s,
     ramp to 85 % from 2700 s to the end, the CVR of arm B of exp-cmp-000 x0.3 at
-    300-1200 s). Starts are on window edges, so each
+    300-1200 s and its CTR x0.3 at 1500-2100 s). Starts are on window edges, so each
     window is wholly in or out of an incident. The crossover comes first: the
     SRM in one ad also puts some users in both arms (their arm is a hash of the
     user against the ad's share), and a crossover alert during it would hold
@@ -150,6 +151,8 @@ def experiment_incidents(duration_s: float) -> list[Incident]:
         # end (20 min with the demo's, DEMO_CONVERSION_MS), and the always-valid test
         # needs a few windows of the drop (about 90 clicks per arm and window)
         Incident("cvr_drop", "exp-cmp-000/B", at(1 / 12), at(1 / 4), 0.3),
+        # the same arm's CTR x0.3 later (the funnel's CTR guardrail), judged with its CVR
+        Incident("arm_ctr_drop", "exp-cmp-000/B", at(5 / 12), at(1 / 6), 0.3),
     ]
 
 

@@ -29,7 +29,9 @@ shares since the start are within `min_deviation` of the plan again, which the
 demo's later ramp of the same experiment prevents; the short SRM of exp-cmp-000 is
 the per-window test's: diluted by the clean traffic before it, it raises no cumulative
 alert, before issue 16's calibration of `srm_cumulative` as after). The CVR drop of
-exp-cmp-000's arm B raises its funnel guardrail within the run, with the demo's conversion window
+exp-cmp-000's arm B raises its funnel guardrail within the run (and a later CTR drop of
+the same arm the CTR and revenue-per-impression guardrails), with the demo's conversion
+window
 (`demo_monitors`) and the simulator's conversions inside it
 (`test_demo_conversions_fit_its_conversion_window`).
 """
@@ -99,6 +101,8 @@ EXPERIMENT_ALERTS = {
     # running minimum, so after the drop a window whose CVR shortfall is past the red line
     # by chance (about 90 clicks per arm and window, 10 % CVR) breaches again
     "cvr_drop": ({"experiment_guardrail_cvr"}, "exp-cmp-000/B", None),
+    # the same arm's CTR later: the CTR guardrail (and revenue per impression), likewise
+    "arm_ctr_drop": ({"experiment_guardrail_ctr"}, "exp-cmp-000/B", None),
 }
 EXPERIMENT_DELAY_S = 300  # five-minute windows, ts = window end
 GUARDRAIL_CLEAR_S = 3 * 300  # guardrails resolve after 3 clear windows
@@ -314,7 +318,20 @@ def test_demo_experiment_incidents_alert_and_resolve_after_they_end() -> None:
             assert fired[0].message.startswith("stop or roll back arm B of exp-cmp-000: CVR")
             assert fired[0].details["always_valid_p"] < fired[0].details["alpha"]
             assert fired[0].details["shortfall"] > fired[0].details["red_line"]
-        if inc.kind.startswith("arm_"):
+        if inc.kind == "arm_ctr_drop":
+            assert fired[0].severity == "critical"
+            assert fired[0].message.startswith("stop or roll back arm B of exp-cmp-000: CTR")
+            # fewer clicks, fewer orders: revenue per impression breaches its red line too
+            revenue = [
+                a
+                for a in alerts
+                if a.rule == "experiment_guardrail_revenue_per_impression"
+                and a.entity == entity
+                and a.status == "firing"
+                and start < a.ts <= end + EXPERIMENT_DELAY_S * 1000
+            ]
+            assert revenue and revenue[0].severity == "critical"
+        elif inc.kind.startswith("arm_"):
             assert all(a.severity == "critical" for a in fired)
             assert fired[0].message.startswith("stop or roll back arm treatment of exp-model")
     assert checked == set(EXPERIMENT_ALERTS)
