@@ -124,7 +124,7 @@ def experiment_incidents(duration_s: float) -> list[Incident]:
     its default 3600 s: crossover at 600-900 s, treatment latency x1.6 at
     900-1500 s, SRM in ad-3 at 1200-1800 s, treatment errors 8 % at 2100-2400 s,
     ramp to 85 % from 2700 s to the end, the CVR of arm B of exp-cmp-000 x0.3 at
-    300-1200 s and its CTR x0.3 at 1500-2100 s). Starts are on window edges, so each
+    300-1500 s and its CTR x0.3 at 1500-2400 s). Starts are on window edges, so each
     window is wholly in or out of an incident. The crossover comes first: the
     SRM in one ad also puts some users in both arms (their arm is a hash of the
     user against the ad's share), and a crossover alert during it would hold
@@ -149,10 +149,11 @@ def experiment_incidents(duration_s: float) -> list[Incident]:
         Incident("ramp", SHARED_EXPERIMENT, ramp, max(d - ramp, 1.0), 0.85),
         # early: a window's CVR verdict comes attribution + conversion window after its
         # end (20 min with the demo's, DEMO_CONVERSION_MS), and the always-valid test
-        # needs a few windows of the drop (about 90 clicks per arm and window)
-        Incident("cvr_drop", "exp-cmp-000/B", at(1 / 12), at(1 / 4), 0.3),
-        # the same arm's CTR x0.3 later (the funnel's CTR guardrail), judged with its CVR
-        Incident("arm_ctr_drop", "exp-cmp-000/B", at(5 / 12), at(1 / 6), 0.3),
+        # needs a few windows of the drop (about 90 clicks per arm and window; four, so
+        # a window the worker drops as late under load does not hide it)
+        Incident("cvr_drop", "exp-cmp-000/B", at(1 / 12), at(1 / 3), 0.3),
+        # the same arm's CTR x0.3 next (the funnel's CTR guardrail), judged with its CVR
+        Incident("arm_ctr_drop", "exp-cmp-000/B", at(5 / 12), at(1 / 4), 0.3),
     ]
 
 

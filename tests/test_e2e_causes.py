@@ -351,10 +351,6 @@ def test_the_demo_shows_a_possible_cause_and_a_retraining_request(tmp_path) -> N
         "experiment/experiment_guardrail_latency_p95",
         "experiment/experiment_guardrail_error_rate",
         "experiment/experiment_ramp",
-        # the funnel's CVR guardrail: the demo joins conversions with a 10-min window
-        "experiment/experiment_guardrail_cvr exp-cmp-000",
-        "experiment/experiment_guardrail_ctr exp-cmp-000",
-        "experiment/experiment_guardrail_revenue_per_impression exp-cmp-000",
         "srm/srm exp-shared: sample ratio mismatch",
         "srm/srm_cumulative exp-shared",
         "carried by ad_id=ad-3",
