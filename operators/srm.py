@@ -66,16 +66,36 @@ Two tests, two jobs (docs/monitors/srm.md):
    the arm's share against its expected share p_i, Delta = O_i/n - p_i with
    the null variance V = p_i (1 - p_i) / n and mixing scale
    `cumulative_tau`, running minimum of 1/Lambda over the looks, Bonferroni
-   over the k arms (min_i p_i x k). P(the p-value ever falls under alpha)
-   <= alpha over the experiment's whole life, however often it is looked at:
-   the tiers of the default rule `srm_cumulative` (warning at p < 0.01 =
-   `warning_alpha`, critical at p < 0.001 = `alpha`) bound the share of
-   quiet experiments that ever get one, not a rate per window. The running
-   minimum never rises: once fired, the cumulative alert stays (the
-   experiment's data since its start is compromised) until the shares since
-   the start are back within `min_deviation` of the plan (the mismatch
-   diluted by later traffic), or the experiment is restarted under a new
-   name.
+   over the k arms (min_i p_i x k). P(the p-value ever falls under a)
+   <= a over the experiment's whole life, however often it is looked at
+   (Ville's inequality). That is a lifetime bound; the false-alarm budget
+   (issue 13) is per experiment-day, and a quiet experiment spends most of
+   its lifetime alpha in its first hours, while its counts are small (the
+   quiet-data benchmark, DETECTION_QUIET.md: 0.4 % of 1,000 one-day
+   experiments crossed the warning tier). So the lifetime alpha is spread
+   over `cumulative_spending_days` (D, default 10) experiment-days by a
+   uniform alpha-spending function in calendar time, one step a day (Lan &
+   DeMets 1983; `spending`): with d the days the experiment has started
+   (event time since its first window), the value judged is
+
+       p = min(1, p_av / s),   s = min(1, d / D)
+
+   and P(a quiet experiment gets a tier-a alert by the end of its day d)
+   <= P(p_av ever < a s(d)) <= a min(1, d / D): at most a / D false alerts
+   per experiment-day, for any number of arms and any traffic -- with the
+   tiers of the default rule `srm_cumulative` (warning at p < 0.01 =
+   `warning_alpha`, critical at p < 0.001 = `alpha`), 1 and 0.1 per 1,000
+   experiment-days, the budget. After D days the lifetime bound alone
+   holds (at most a of the experiments ever). The running minimum restarts
+   (the arms' running p back to 1) when the shares since the start are
+   back within `min_deviation` of the plan, which is also when the alert
+   resolves: without the restart a quiet experiment whose running minimum
+   once crossed a tier alerted again whenever its deviation wandered back
+   over `min_deviation` (two of the benchmark's quiet experiments raised
+   two alerts each). Any alert still needs p_av < a s at its look, so the
+   bound on experiments alerted stands. While the shares stay off the plan
+   the alert stays (the experiment's data since its start is compromised:
+   restart the experiment under a new name).
 
    The cumulative mSPRT does not replace the CUSUMs of (1): it catches a
    small imbalance present since the start, but a mismatch that starts late
@@ -183,6 +203,10 @@ class SrmConfig:
     min_deviation: float = 0.01
     cumulative: bool = True
     cumulative_tau: float = 0.02  # mSPRT mixing scale of a share's deviation
+    # the tiers' lifetime alpha spread over this many experiment-days (a day's share
+    # from each day's start): at most alpha / days false alerts per experiment-day.
+    # 0: no spreading (the lifetime bound only)
+    cumulative_spending_days: float = 10.0
     # the per-window CUSUMs (accumulated evidence at the budget, issue 13)
     sequential_shift: float = 0.05  # share shift the CUSUMs are tuned to
     cusum_cap: float = 20.0  # nats of evidence kept: a quick resolve after the incident
@@ -203,6 +227,8 @@ class SrmConfig:
             raise ValueError(f"srm unit must be 'impressions' or 'users', got {self.unit!r}")
         if self.window_ms <= 0 or self.min_total < 1:
             raise ValueError("srm window_ms and min_total must be positive")
+        if self.cumulative_spending_days < 0:
+            raise ValueError("srm cumulative_spending_days must be >= 0")
         for experiment, split in self.splits.items():
             if len(split) < 2 or any(s <= 0 for s in split.values()):
                 raise ValueError(f"srm split of {experiment!r} needs >= 2 positive shares")
@@ -221,6 +247,26 @@ class SrmWindow:
         self.arms: dict[str, str] = {}  # user -> first variant seen
         self.crossed: set[str] = set()
         self.untracked = 0
+
+
+DAY_MS = 86_400_000
+
+
+def spending(age_ms: int, days: float) -> float:
+    """The share of the lifetime alpha an experiment of age `age_ms` may have spent:
+    min(1, d / days), d the days it has started (1 in its first 24 h of event time);
+    1 when days <= 0 (no spreading). A uniform alpha-spending function in calendar
+    time (Lan, K. K. G. & DeMets, D. L. (1983), "Discrete sequential boundaries for
+    clinical trials", Biometrika 70(3):659-663), one step a day.
+
+    >>> spending(300_000, 10), spending(DAY_MS, 10), spending(30 * DAY_MS, 10)
+    (0.1, 0.2, 1.0)
+    >>> spending(300_000, 0)
+    1.0
+    """
+    if days <= 0:
+        return 1.0
+    return min(1.0, (age_ms // DAY_MS + 1) / days)
 
 
 def max_deviation(counts: Mapping[str, int], expected: Mapping[str, float]) -> float:
@@ -440,16 +486,21 @@ class SrmOperator(Operator):
             cumulative = srm_test(total_counts, split)
             if cumulative is not None and sum(cumulative[0].values()) >= cfg.min_total:
                 p_av = self._always_valid(cumulative, running)
+                spent = spending(end - first, cfg.cumulative_spending_days)
+                value = min(1.0, p_av / spent)
                 if max_deviation(cumulative[0], cumulative[1]) < cfg.min_deviation:
-                    p_av = 1.0
+                    # back within the plan (the alert resolves): a new alert needs new
+                    # evidence, not the running minimum of an episode that is over
+                    running.clear()
+                    value = 1.0
                 self._emit(
                     start,
                     end,
                     experiment,
                     dims,
                     cumulative,
-                    p_av,
-                    {"chi2_p": cumulative[4]},
+                    value,
+                    {"chi2_p": cumulative[4], "p_always_valid": p_av, "spending": spent},
                     "srm_cumulative_p",
                     first,
                 )
@@ -716,6 +767,7 @@ class SrmOperator(Operator):
 
 
 __all__ = [
+    "DAY_MS",
     "DEFAULT_RULES",
     "EXPERIMENT_TABLE",
     "SRM_TABLE",
@@ -724,5 +776,6 @@ __all__ = [
     "SrmOperator",
     "SrmWindow",
     "max_deviation",
+    "spending",
     "srm_test",
 ]

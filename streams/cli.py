@@ -218,7 +218,8 @@ def simulation_options(f: Any) -> Any:
             "sensor_regime:sensor-03:1000:300:6, cvr_drop:exp-cmp-000/B:600:1200:0.5; with "
             "--experiments also arm_latency:exp-model/treatment:600:600:1.6, "
             "arm_error:exp-model/treatment:600:300:0.08, ramp:exp-shared:1200:600:0.85, "
-            "crossover:exp-shared:300:300:0.05, srm_dimension:exp-shared/ad-3:300:600:0.9. "
+            "crossover:exp-shared:300:300:0.05, srm_dimension:exp-shared/ad-3:300:600:0.9, "
+            "arm_ctr_drop:exp-cmp-000/B:1500:600:0.3. "
             "Times in event-time seconds from the start.",
         ),
         click.option("--no-incidents", is_flag=True, help="Quiet traffic only."),
@@ -279,6 +280,13 @@ def _scenario(
         extra = dict(DEMO_EXPERIMENTS)
         if not incident_specs and not no_incidents:
             incidents.extend(experiment_incidents(duration_s))
+    # v2: conversions of clicks (a CVR of about 10 %, order values ~40); the demo's come
+    # within its shorter conversion window (streams/demo.py DEMO_CONVERSIONS)
+    conversions: dict[str, float] = {"cvr": 0.1}
+    if demo:
+        from streams.demo import DEMO_CONVERSIONS
+
+        conversions = dict(DEMO_CONVERSIONS)
     scenario = Scenario(
         start_ms=start_ms,
         duration_s=duration_s,
@@ -286,7 +294,7 @@ def _scenario(
         impressions_per_s=rate,
         seed=seed,
         incidents=incidents,
-        cvr=0.1,  # v2: conversions of clicks (a CVR of about 10 %, order values ~40)
+        **conversions,
         **extra,
     )
     if demo and not incident_specs and not no_incidents:

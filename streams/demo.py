@@ -18,7 +18,19 @@ A/B test (`exp-cmp-000`, with the default `srm` incident), the next two run
 re-keyed by experiment), and model-0's requests are served by the two arms of
 `exp-model`. `experiment_incidents` adds one incident per experiment alert:
 an SRM carried by one ad only, a latency and an error-rate regression of the
-treatment arm (guardrails), crossover users, and a ramp jump.
+treatment arm (guardrails), crossover users, a ramp jump, and a CVR drop then a
+CTR drop of arm B of `exp-cmp-000` (the funnel's CVR, CTR and revenue
+guardrails).
+
+Conversions (issue 16, `demo_monitors`): the built-in defaults leave the CTR
+monitor's conversion join and the funnel guardrails off (an upgrade from v1
+reads v1's topics only), and their verdict comes when the conversion window
+has passed (3,600 s by default: over an hour of event time after a window).
+The demo turns both on with a conversion window of `DEMO_CONVERSION_MS` (10
+min; a setting of the deployment: `conversion_ms` in `[monitors.ctr]` and
+`[monitors.funnel]` options, kept when set), and its simulated conversions
+come within it (`DEMO_CONVERSIONS`: 30 s to 9 min after the click), so the
+CVR drop's guardrail alert fires within the run.
 """
 
 from __future__ import annotations
@@ -49,8 +61,23 @@ from streams.worker import Services, Worker
 CTR_FINAL_S = (CtrConfig().attribution_ms + CtrConfig().window_ms) / 1000
 DEMO_LABEL_DELAY_MS = 600_000
 # the demo is one worker: an input partition none of its keys hash to must not hold
-# the experiment-keyed streams back for the default 120 s (streams/repartition.py)
+# the experiment-keyed streams back for the default 120 s (streams/repartition.py).
+# Known cost: on a busy machine, traffic published at full speed (--speed 0), an input
+# partition whose forwarder is slow to start is left out after 5 s and the re-keyed
+# streams move minutes ahead of it: its events of the first ~15 minutes of event time
+# come late (late_events), on this commit as before issue 16's funnel
 DEMO_REPARTITION_IDLE_S = 5.0
+# the demo's conversion window (CTR join and funnel guardrails): a window's CVR verdict
+# comes window end + attribution (600 s) + this after its start, within the demo's hour
+DEMO_CONVERSION_MS = 600_000
+# the simulator's conversions in the demo (Scenario fields): CVR about 10 % of first
+# clicks, delays log-normal (median 2 min) between 30 s and 9 min, inside the window
+DEMO_CONVERSIONS: dict[str, float] = {
+    "cvr": 0.1,
+    "conversion_delay_median_s": 120.0,
+    "conversion_delay_min_s": 30.0,
+    "conversion_delay_max_s": 540.0,
+}
 
 
 def publish_traffic(
@@ -100,7 +127,8 @@ def experiment_incidents(duration_s: float) -> list[Incident]:
     """One incident per experiment alert, on a run of `duration_s` seconds (at
     its default 3600 s: crossover at 600-900 s, treatment latency x1.6 at
     900-1500 s, SRM in ad-3 at 1200-1800 s, treatment errors 8 % at 2100-2400 s,
-    ramp to 85 % from 2700 s to the end). Starts are on window edges, so each
+    ramp to 85 % from 2700 s to the end, the CVR of arm B of exp-cmp-000 x0.3 at
+    300-1500 s and its CTR x0.3 at 1500-2400 s). Starts are on window edges, so each
     window is wholly in or out of an incident. The crossover comes first: the
     SRM in one ad also puts some users in both arms (their arm is a hash of the
     user against the ad's share), and a crossover alert during it would hold
@@ -123,6 +151,14 @@ def experiment_incidents(duration_s: float) -> list[Incident]:
         Incident("arm_error", treatment, at(7 / 12), at(1 / 12), 0.08),
         # a ramp is not undone: from its start to the end of the run
         Incident("ramp", SHARED_EXPERIMENT, ramp, max(d - ramp, 1.0), 0.85),
+        # early: a window's CVR verdict comes attribution + conversion window after its
+        # end (20 min with the demo's, DEMO_CONVERSION_MS), and the always-valid test
+        # since the start needs a few windows of the drop (about 90 clicks per arm and
+        # window) before clean ones dilute it; four, so that one window the worker drops
+        # as late on a busy machine (DEMO_REPARTITION_IDLE_S) does not hide it
+        Incident("cvr_drop", "exp-cmp-000/B", at(1 / 12), at(1 / 3), 0.3),
+        # the same arm's CTR x0.3 next (the funnel's CTR guardrail), judged with its CVR
+        Incident("arm_ctr_drop", "exp-cmp-000/B", at(5 / 12), at(1 / 4), 0.3),
     ]
 
 
@@ -165,6 +201,36 @@ def linked_incidents(scenario: Scenario) -> list[Incident]:
     return out
 
 
+def demo_monitors(settings: Settings) -> None:
+    """The demo's monitor settings, where the configuration does not set them: the
+    quality monitor's label delay, and conversions on (the CTR monitor's join and the
+    funnel guardrails) with the demo's conversion window.
+
+    >>> from streams.config import load_settings
+    >>> s = load_settings(env={})
+    >>> s.monitors["funnel"].enabled, s.monitors["ctr"].options.get("conversions")
+    (False, None)
+    >>> demo_monitors(s)
+    >>> s.monitors["funnel"].enabled, s.monitors["funnel"].options["conversion_ms"]
+    (True, 600000)
+    >>> s.monitors["ctr"].options["conversions"], s.monitors["ctr"].options["conversion_ms"]
+    (True, 600000)
+    """
+    quality = settings.monitors.get("quality")
+    if quality is not None and "label_delay_ms" not in quality.options:
+        # the simulator's labels come within 540 s: a 10-min label delay makes the
+        # quality windows final (and the concept drift's alert fire) within the demo
+        quality.options = {**quality.options, "label_delay_ms": DEMO_LABEL_DELAY_MS}
+    ctr = settings.monitors.get("ctr")
+    if ctr is not None:
+        ctr.options = {"conversions": True, "conversion_ms": DEMO_CONVERSION_MS, **ctr.options}
+    funnel = settings.monitors.get("funnel")
+    if funnel is not None:
+        # the demo shows every alert: the CVR guardrail too (off in the built-in defaults)
+        funnel.enabled = True
+        funnel.options = {"conversion_ms": DEMO_CONVERSION_MS, **funnel.options}
+
+
 def run_demo(
     settings: Settings, scenario: Scenario, speed: float | None, out: Console, err: Console
 ) -> bool:
@@ -172,11 +238,7 @@ def run_demo(
 
     if not settings.retrain.policies:
         settings.retrain = msgspec.convert(DEMO_RETRAIN, RetrainSettings)
-    quality = settings.monitors.get("quality")
-    if quality is not None and "label_delay_ms" not in quality.options:
-        # the simulator's labels come within 540 s: a 10-min label delay makes the
-        # quality windows final (and the concept drift's alert fire) within the demo
-        quality.options = {**quality.options, "label_delay_ms": DEMO_LABEL_DELAY_MS}
+    demo_monitors(settings)
     settings.repartition_idle_s = min(settings.repartition_idle_s, DEMO_REPARTITION_IDLE_S)
     services = Services(settings)
     settings = services.start()

@@ -94,6 +94,8 @@ requests from the two arms of `exp-model` (alternating), carrying
     srm_dimension     exp-shared/ad-3        impressions of that ad only:
                                              the first arm's share = factor
                                              (0.8); the others stay 50/50
+    arm_ctr_drop      exp-cmp-000/B          that arm's CTR x factor (0.3): the
+                      or exp-shared/treatment  clicks of its impressions
 
 Their decisions take no draw from the random streams (a hash of the
 impression's sequence number), so the quiet traffic is unchanged by them.
@@ -150,7 +152,15 @@ LABEL_KINDS = ("concept_drift", "label_noise", "label_delay")  # incidents of th
 REGRESSOR = "model-reg"  # the simulated regressor's model_id
 # on the experiments a scenario adds when asked (shared_experiment_campaigns,
 # experiment_models): not in `default_incidents`, whose scenario has none
-EXPERIMENT_KINDS = ("arm_latency", "arm_error", "ramp", "crossover", "srm_dimension", "cvr_drop")
+EXPERIMENT_KINDS = (
+    "arm_latency",
+    "arm_error",
+    "ramp",
+    "crossover",
+    "srm_dimension",
+    "cvr_drop",
+    "arm_ctr_drop",
+)
 ALL_KINDS = KINDS + EXPERIMENT_KINDS
 SHARED_EXPERIMENT = "exp-shared"
 MODEL_EXPERIMENT = "exp-model"
@@ -330,11 +340,11 @@ def check_incidents(s: Scenario) -> None:
         elif kind in ("arm_latency", "arm_error"):
             ok = s.experiment_models > 0 and target in (f"{MODEL_EXPERIMENT}/{a}" for a in ARMS)
             what = f"{MODEL_EXPERIMENT}/ARM (arms {', '.join(ARMS)}; --experiment-models > 0)"
-        elif kind == "cvr_drop":
+        elif kind in ("cvr_drop", "arm_ctr_drop"):
             arms = [f"{e}/{a}" for e in s.experiment_ids() for a in ("A", "B")]
             if s.shared_experiment_campaigns > 0:
                 arms += [f"{SHARED_EXPERIMENT}/{a}" for a in ARMS]
-            ok = target in arms and 0 <= f < 1 and s.cvr > 0
+            ok = target in arms and 0 <= f < 1 and (s.cvr > 0 or kind == "arm_ctr_drop")
             what = f"an experiment's arm, one of {', '.join(arms) or 'none'}; factor in [0, 1)"
         elif kind in ("ramp", "crossover", "srm_dimension"):
             experiment, _, ad = target.partition("/")
@@ -564,7 +574,8 @@ class Simulator:
         pending: list[tuple[int, int, bytes, str]],
     ) -> None:
         s, rng, tag = self.s, self.rng, self.tag
-        drops = [i for i in live if i.kind == "ctr_drop"]
+        # a campaign's CTR (ctr_drop), or an experiment arm's (arm_ctr_drop)
+        drops = [i for i in live if i.kind in ("ctr_drop", "arm_ctr_drop")]
         srm = [i for i in live if i.kind == "srm"]
         shared = [i for i in live if i.kind in ("ramp", "crossover", "srm_dimension")]
         cvr_drops = [i for i in live if i.kind == "cvr_drop"]
@@ -602,8 +613,9 @@ class Simulator:
                 self._shared_arm(imp, seq, t, shared, batch)
             batch.append((ts, ("impressions", campaign, orjson.dumps(imp))))
             ctr = self.base_ctr[campaign]
+            arm = f"{imp.get('experiment')}/{imp.get('variant')}" if drops else ""
             for inc in drops:
-                if inc.target == campaign and inc.active(t):
+                if inc.target in (campaign, arm) and inc.active(t):
                     ctr *= inc.factor
             clicked = rng.random() < ctr
             # drawn whether or not it clicks, so a CTR change shifts no later draw

@@ -26,8 +26,14 @@ share moved by more than 20 points within the last 24 h of event time stays true
 for a day after the jump, whether or not the share moves back) and the cumulative
 SRM (its always-valid p-value is a running minimum: it resolves only once the
 shares since the start are within `min_deviation` of the plan again, which the
-demo's later ramp of the same experiment prevents; `streamwatch demo` shows the
-cumulative SRM of exp-cmp-000 resolve that way).
+demo's later ramp of the same experiment prevents; the short SRM of exp-cmp-000 is
+the per-window test's: diluted by the clean traffic before it, it raises no cumulative
+alert, before issue 16's calibration of `srm_cumulative` as after). The CVR drop of
+exp-cmp-000's arm B raises its funnel guardrail within the run (and a later CTR drop of
+the same arm the CTR and revenue-per-impression guardrails), with the demo's conversion
+window
+(`demo_monitors`) and the simulator's conversions inside it
+(`test_demo_conversions_fit_its_conversion_window`).
 """
 
 from __future__ import annotations
@@ -41,14 +47,21 @@ from schemas.decode import Decoder, Rejection
 from schemas.events import Alert
 from streams.cli import _scenario
 from streams.config import load_settings
-from streams.demo import DEMO_EXPERIMENTS, DEMO_LABEL_DELAY_MS, experiment_incidents
+from streams.demo import (
+    DEMO_CONVERSION_MS,
+    DEMO_CONVERSIONS,
+    DEMO_EXPERIMENTS,
+    DEMO_LABEL_DELAY_MS,
+    demo_monitors,
+    experiment_incidents,
+)
 from streams.monitors import build_monitors
 from streams.simulate import Incident, Scenario, Simulator, default_incidents
 from tests.test_e2e_monitors import DELAY_S, DETECTED_BY, entities
 
 DURATION_S = 3600
 START_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
-MONITORS = ("ctr", "service", "drift", "srm", "quality", "experiment")
+MONITORS = ("ctr", "service", "drift", "srm", "quality", "experiment", "funnel")
 BATCH_MS = 5_000
 # event time after an incident's end before its monitor can have judged 3 clear windows
 RESOLVE_HORIZON_S = {"quality": DEMO_LABEL_DELAY_MS / 1000 + 3 * 300}
@@ -66,11 +79,13 @@ def demo_scenario() -> Scenario:
         impressions_per_s=60.0,
         seed=42,
         incidents=incidents,
+        **DEMO_CONVERSIONS,
         **DEMO_EXPERIMENTS,
     )
 
 
-# experiment incident kind -> (rules that raise its alert, entity, resolves when it ends)
+# experiment incident kind -> (rules that raise its alert, entity, resolves when it ends;
+# None: not asserted either way)
 EXPERIMENT_ALERTS = {
     "srm_dimension": ({"srm"}, "exp-shared", True),
     "arm_latency": (
@@ -81,6 +96,13 @@ EXPERIMENT_ALERTS = {
     "arm_error": ({"experiment_guardrail_error_rate"}, "exp-model/treatment", True),
     "crossover": ({"experiment_crossover"}, "exp-shared", True),
     "ramp": ({"experiment_ramp"}, "exp-shared", False),
+    # the funnel's CVR guardrail, judged once the demo's conversion window has passed.
+    # Whether it resolves within the run is not asserted: its always-valid p-value is a
+    # running minimum, so after the drop a window whose CVR shortfall is past the red line
+    # by chance (about 90 clicks per arm and window, 10 % CVR) breaches again
+    "cvr_drop": ({"experiment_guardrail_cvr"}, "exp-cmp-000/B", None),
+    # the same arm's CTR later: the CTR guardrail (and revenue per impression), likewise
+    "arm_ctr_drop": ({"experiment_guardrail_ctr"}, "exp-cmp-000/B", None),
 }
 EXPERIMENT_DELAY_S = 300  # five-minute windows, ts = window end
 GUARDRAIL_CLEAR_S = 3 * 300  # guardrails resolve after 3 clear windows
@@ -88,11 +110,10 @@ GUARDRAIL_CLEAR_S = 3 * 300  # guardrails resolve after 3 clear windows
 
 def run_tasks(scenario: Scenario, monitors: tuple[str, ...] = MONITORS) -> list[Alert]:
     settings = load_settings(env={})
+    # the demo's label delay and conversion window, conversions joined (streams/demo.py)
+    demo_monitors(settings)
     for name, monitor in settings.monitors.items():
         monitor.enabled = name in monitors
-    # the demo's label delay (streams/demo.py), so its concept drift is judged in time
-    quality = settings.monitors["quality"]
-    quality.options = {**quality.options, "label_delay_ms": DEMO_LABEL_DELAY_MS}
     specs = build_monitors(settings)
     tasks = [(spec, spec.make_task()) for spec in specs]
     decoders: dict[str, Decoder] = {}
@@ -265,6 +286,8 @@ def test_demo_experiment_incidents_alert_and_resolve_after_they_end() -> None:
             resolved = [
                 r for r in mine if r.status == "resolved" and r.rule == a.rule and r.ts > a.ts
             ]
+            if resolves is None:
+                continue
             if not resolves:
                 assert not resolved, f"{inc.kind}: {a.rule} resolved, by design it does not"
                 continue
@@ -289,10 +312,33 @@ def test_demo_experiment_incidents_alert_and_resolve_after_they_end() -> None:
             assert cumulative[0].severity in ("warning", "critical")
             assert cumulative[0].details["mismatch_in"] == "ad_id=ad-3"
             assert all(a.status == "firing" for a in cumulative)
-        if inc.kind.startswith("arm_"):
+        if inc.kind == "cvr_drop":
+            # judged within the run: the demo's conversions come within its window
+            assert fired[0].severity == "critical"
+            assert fired[0].message.startswith("stop or roll back arm B of exp-cmp-000: CVR")
+            assert fired[0].details["always_valid_p"] < fired[0].details["alpha"]
+            assert fired[0].details["shortfall"] > fired[0].details["red_line"]
+        if inc.kind == "arm_ctr_drop":
+            assert fired[0].severity == "critical"
+            assert fired[0].message.startswith("stop or roll back arm B of exp-cmp-000: CTR")
+        elif inc.kind.startswith("arm_"):
             assert all(a.severity == "critical" for a in fired)
             assert fired[0].message.startswith("stop or roll back arm treatment of exp-model")
     assert checked == set(EXPERIMENT_ALERTS)
+    # fewer orders (the CVR drop), then fewer clicks (the CTR drop) of the same arm:
+    # revenue per impression breaches its red line too, during them
+    funnel = [i for i in scenario.incidents if i.kind in ("cvr_drop", "arm_ctr_drop")]
+    begin = START_MS + int(min(i.start_s for i in funnel) * 1000)
+    finish = START_MS + int((max(i.end_s for i in funnel) + EXPERIMENT_DELAY_S) * 1000)
+    revenue = [
+        a
+        for a in alerts
+        if a.rule == "experiment_guardrail_revenue_per_impression"
+        and a.entity == "exp-cmp-000/B"
+        and a.status == "firing"
+    ]
+    assert revenue and all(begin < a.ts <= finish for a in revenue)
+    assert revenue[0].severity == "critical"
     # the quiet experiment monitor raises nothing on the arms of exp-cmp-000 and nothing
     # on exp-shared before its first incident
     first = START_MS + int(
@@ -328,3 +374,27 @@ def test_demo_and_simulate_scenarios_carry_the_experiments() -> None:
     ]
     with pytest.raises(click.BadParameter, match="3 campaigns"):
         _scenario(3600, 60.0, 2, 42, (), True, experiments=True)
+
+
+def test_demo_conversions_fit_its_conversion_window() -> None:
+    """The demo's simulated conversions come within its conversion window (a later one
+    would be an orphan), the demo's settings join them in the CTR monitor and the funnel
+    with that window, and `streamwatch demo`'s scenario is the one tested above."""
+    assert DEMO_CONVERSIONS["conversion_delay_max_s"] * 1000 < DEMO_CONVERSION_MS
+    settings = load_settings(env={})
+    demo_monitors(settings)
+    assert settings.monitors["funnel"].enabled
+    assert settings.monitors["funnel"].options["conversion_ms"] == DEMO_CONVERSION_MS
+    assert settings.monitors["ctr"].options["conversions"] is True
+    assert settings.monitors["ctr"].options["conversion_ms"] == DEMO_CONVERSION_MS
+    # a deployment's own window is kept
+    settings = load_settings(env={})
+    settings.monitors["funnel"].options = {"conversion_ms": 1_800_000}
+    demo_monitors(settings)
+    assert settings.monitors["funnel"].options["conversion_ms"] == 1_800_000
+    demo = _scenario(3600, 60.0, 3, 42, (), False, demo=True)
+    for name, value in DEMO_CONVERSIONS.items():
+        assert getattr(demo, name) == value, name
+    assert ("cvr_drop", "exp-cmp-000/B") in {(i.kind, i.target) for i in demo.incidents}
+    # `streamwatch simulate` keeps the default delays (the default 3,600 s window)
+    assert _scenario(3600, 60.0, 3, 42, (), False).conversion_delay_max_s == 3300.0

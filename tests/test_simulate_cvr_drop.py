@@ -5,10 +5,14 @@ whose CVR dropped, and only that arm."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import orjson
+import pytest
+
 from streams.config import load_settings
-from streams.simulate import Incident, Scenario
+from streams.simulate import Incident, Scenario, Simulator, check_incidents
 from tests.simulated_pipeline import Collected, run_simulated
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
@@ -70,3 +74,45 @@ def test_cvr_drop_stops_that_arm_only() -> None:
     assert not [a for a in firing if a.entity.startswith("exp-cmp-001")]
     # the CTR monitor's windows carry the conversions too
     assert sum(r["conversions"] for r in ctr_rows if r["final"]) > 100
+
+
+def test_arm_ctr_drop_lowers_the_clicks_of_that_arm_only() -> None:
+    """`arm_ctr_drop` (the demo's CTR guardrail incident): the impressions of arm B of
+    exp-cmp-000 inside the incident get about `factor` of their clicks; every other
+    impression's clicks, and every impression, are the same bytes as without it (the
+    click draw is taken whether or not it is dropped)."""
+    inc = Incident("arm_ctr_drop", "exp-cmp-000/B", 300, 600, 0.2)
+    quiet = dataclasses.replace(scenario(), incidents=[], duration_s=1200, cvr=0.0)
+
+    def run(sc: Scenario) -> tuple[list[bytes], dict[str, bytes], dict[str, Any]]:
+        imps: list[bytes] = []
+        clicks: dict[str, bytes] = {}
+        by_id: dict[str, Any] = {}
+        for topic, _, value in Simulator(sc).messages():
+            if topic == "impressions":
+                imps.append(value)
+                e = orjson.loads(value)
+                by_id[e["impression_id"]] = e
+            elif topic == "clicks":
+                clicks[orjson.loads(value)["click_id"]] = value
+        return imps, clicks, by_id
+
+    imps0, clicks0, by_id = run(quiet)
+    imps1, clicks1, _ = run(dataclasses.replace(quiet, incidents=[inc]))
+    assert imps0 == imps1
+
+    def hit(click: bytes) -> bool:
+        imp = by_id.get(orjson.loads(click)["impression_id"])
+        t = (imp["ts"] - START_MS) / 1000 if imp else -1
+        arm = imp and (imp.get("experiment"), imp.get("variant"))
+        return arm == ("exp-cmp-000", "B") and 300 <= t < 900
+
+    kept = {k: v for k, v in clicks0.items() if not hit(v)}
+    assert {k: v for k, v in clicks1.items() if not hit(v)} == kept
+    before = sum(hit(v) for v in clicks0.values())
+    after = sum(hit(v) for v in clicks1.values())
+    assert before > 100 and after / before == pytest.approx(0.2, abs=0.08)
+    with pytest.raises(ValueError, match="an experiment's arm"):
+        check_incidents(
+            dataclasses.replace(quiet, incidents=[Incident("arm_ctr_drop", "cmp-000", 0, 60, 0.5)])
+        )

@@ -15,7 +15,7 @@ from scipy.stats import chi2 as chi2_dist
 from scipy.stats import chisquare
 
 from operators.rules import Rule, RuleEngine
-from operators.srm import SRM_TABLE, SrmConfig, SrmOperator, srm_test
+from operators.srm import DAY_MS, SRM_TABLE, SrmConfig, SrmOperator, spending, srm_test
 from operators.stats import alpha_for_budget
 from operators.task import MonitorTask
 from schemas.events import Impression
@@ -352,29 +352,91 @@ def hand_always_valid_p(a: int, b: int, tau: float = 0.02) -> float:
 
 def test_tiers_of_the_default_rules() -> None:
     """Statsig's tiers (warning p < 0.01, critical p < 0.001) judge the always-valid
-    cumulative test; the per-window test is judged at the false-alarm budget's
-    per-window level (1 per 1,000 experiment-days of 288 windows: 3.5e-6)."""
+    cumulative test, its lifetime alpha spread over 10 experiment-days (in its first
+    day the value judged is 10 x the always-valid p); the per-window test is judged at
+    the false-alarm budget's per-window level (1 per 1,000 experiment-days of 288
+    windows: 3.5e-6)."""
     assert DEFAULT["srm"].thresholds == {"critical": alpha_for_budget(1.0, 288)}
     assert DEFAULT["srm"].max_p_value == pytest.approx(3.474e-6, rel=1e-3)
     assert DEFAULT["srm_cumulative"].thresholds == {"warning": 0.01, "critical": 0.001}
+    assert SrmConfig().cumulative_spending_days == 10.0
     # 1,000 units in one window: 440/560 (always-valid p 0.038), 430/570 (0.0078),
-    # 410/590 (2.5e-4)
-    cumulative, window = [], []
-    for a, b in [(440, 560), (430, 570), (410, 590)]:
+    # 410/590 (1.5e-4), 400/600 (1.5e-5)
+    cases = [(440, 560), (430, 570), (410, 590), (400, 600)]
+    tiers: dict[float, list[list[str]]] = {10.0: [], 0.0: []}
+    window = []
+    for days, spent in tiers.items():
+        for a, b in cases:
+            op = SrmOperator(SrmConfig(cumulative_spending_days=days))
+            op.feed("impressions", split_events(a, b))
+            out = close(op)
+            [obs] = window_tests(out)
+            [cum] = [o for o in out.observations if o.metric == "srm_cumulative_p"]
+            p_av = hand_always_valid_p(a, b)
+            assert cum.details["p_always_valid"] == pytest.approx(p_av)
+            share = 0.1 if days else 1.0  # the first of 10 days; no spreading
+            assert cum.details["spending"] == share
+            assert cum.p_value == cum.value == pytest.approx(min(1.0, p_av / share))
+            assert obs.details["chi2_p"] == pytest.approx(chisquare([a, b]).pvalue)
+            spent.append(
+                [al.severity for al in RuleEngine([DEFAULT["srm_cumulative"]]).evaluate([cum])]
+            )
+            if days:
+                window.append([al.severity for al in RuleEngine([DEFAULT["srm"]]).evaluate([obs])])
+    assert tiers[10.0] == [[], [], ["warning"], ["critical"]]
+    assert tiers[0.0] == [[], ["warning"], ["critical"], ["critical"]]
+    # window: 5 x chi2 p = 7e-4, 4.8e-5 (under the budget's evidence), 5 x 1.3e-8, ...
+    assert window == [[], [], ["critical"], ["critical"]]
+
+
+def test_cumulative_spending_by_the_experiments_age() -> None:
+    """The same counts judged on the experiment's day 1, 2, 5, 10 and 30: the value is
+    the always-valid p over min(1, day / 10) (a day's share of the lifetime alpha from
+    each day's start, Lan & DeMets 1983 with a uniform spending function)."""
+    for day, share in [(1, 0.1), (2, 0.2), (5, 0.5), (10, 1.0), (30, 1.0)]:
         op = SrmOperator()
-        op.feed("impressions", split_events(a, b))
-        out = close(op)
-        [obs] = window_tests(out)
-        [cum] = [o for o in out.observations if o.metric == "srm_cumulative_p"]
-        assert cum.p_value == cum.value == pytest.approx(hand_always_valid_p(a, b))
-        assert obs.details["chi2_p"] == pytest.approx(chisquare([a, b]).pvalue)
-        cumulative.append(
-            [al.severity for al in RuleEngine([DEFAULT["srm_cumulative"]]).evaluate([cum])]
-        )
-        window.append([al.severity for al in RuleEngine([DEFAULT["srm"]]).evaluate([obs])])
-    assert cumulative == [[], ["warning"], ["critical"]]
-    # window: 5 x chi2 p = 7e-4, 4.8e-5 (under the budget's evidence), 5 x 1.3e-8
-    assert window == [[], [], ["critical"]]
+        # the experiment's first window, then (day - 1) days later the one judged
+        op.windows.at("exp1", T0).counts = {"A": 15, "B": 15}
+        later = T0 + (day - 1) * DAY_MS + (W if day == 1 else 0)
+        op.windows.at("exp1", later).counts = {"A": 395, "B": 575}
+        out = close(op, later + W)
+        cum = [o for o in out.observations if o.metric == "srm_cumulative_p"][-1]
+        p_av = hand_always_valid_p(410, 590)
+        assert cum.details["p_always_valid"] == pytest.approx(p_av)
+        assert cum.details["spending"] == share
+        assert cum.value == pytest.approx(min(1.0, p_av / share))
+    assert spending(0, 10) == 0.1 and spending(DAY_MS - 1, 10) == 0.1
+    assert spending(DAY_MS, 10) == 0.2 and spending(99 * DAY_MS, 10) == 1.0
+    assert spending(5 * DAY_MS, 0) == 1.0
+    with pytest.raises(ValueError, match="spending"):
+        SrmConfig(cumulative_spending_days=-1)
+
+
+def test_cumulative_running_minimum_restarts_once_back_within_the_plan() -> None:
+    """A quiet experiment whose running minimum once crossed a tier does not alert
+    again and again as its deviation wanders about `min_deviation`: once the shares
+    since the start are back within it, a new alert needs new evidence."""
+    op = SrmOperator(SrmConfig(cumulative_spending_days=0))
+    op.windows.at("exp1", T0).counts = {"A": 410, "B": 590}  # p_av 1.5e-4: critical
+    op.windows.at("exp1", T0 + W).counts = {"A": 9000, "B": 8600}  # 9410/9190: 0.6 points
+    op.windows.at("exp1", T0 + 2 * W).counts = {"A": 290, "B": 110}  # 9700/9300: 1.0 point
+    out = close(op, T0 + 3 * W)
+    cum = [o for o in out.observations if o.metric == "srm_cumulative_p"]
+    assert [round(o.details["max_deviation"], 4) for o in cum] == [0.09, 0.0059, 0.0105]
+    assert cum[0].value < 0.001 and cum[1].value == 1.0
+    # the last look's own evidence: 1 point off at n = 19,000 (z = 2.8) is not a tier;
+    # without the restart its value would still be the first window's 1.5e-4
+    n, a = 19_000, 9_700
+    var, tau2 = 0.25 / n, 0.02**2
+    lam = math.sqrt(var / (var + tau2)) * math.exp(
+        tau2 * (a / n - 0.5) ** 2 / (2 * var * (var + tau2))
+    )
+    assert cum[2].value == pytest.approx(min(1.0, 2 / lam)) and cum[2].value > 0.01
+    alerts = RuleEngine([DEFAULT["srm_cumulative"]]).evaluate(cum)
+    assert [(a.status, a.severity) for a in alerts] == [
+        ("firing", "critical"),
+        ("resolved", "critical"),
+    ]
 
 
 def test_minimum_deviation_gates_huge_samples() -> None:
@@ -395,7 +457,8 @@ def test_minimum_deviation_gates_huge_samples() -> None:
 def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
     """Twelve windows of 600 units at 47/53: each p ~ 0.14; since the start, the
     always-valid p-value (normal-mixture SPRT per arm, Bonferroni over the two arms)
-    falls below 0.001, computed here by hand from the closed form at every look."""
+    falls below 0.0001, computed here by hand from the closed form at every look, and
+    the value judged (10 x that, in the experiment's first day) below 0.001."""
     op = SrmOperator()
     for k in range(12):
         op.feed("impressions", split_events(282, 318, start=T0 + k * W))
@@ -415,7 +478,10 @@ def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
                 tau2 * (count / n - 0.5) ** 2 / (2 * var * (var + tau2))
             )
             running[v] = min(running[v], 1 / lam)
-        assert cumulative[k - 1].p_value == pytest.approx(min(1.0, 2 * min(running.values())))
+        # judged in its first day: the value is 10 x the always-valid p (spending)
+        p_av = min(1.0, 2 * min(running.values()))
+        assert cumulative[k - 1].details["p_always_valid"] == pytest.approx(p_av)
+        assert cumulative[k - 1].p_value == pytest.approx(min(1.0, 10 * p_av))
     assert cumulative[-1].value < 0.001 and cumulative[-1].window_start == T0
     assert cumulative[-1].details["counts"] == {"A": 12 * 282, "B": 12 * 318}
     [alert] = RuleEngine([DEFAULT["srm_cumulative"]]).evaluate(cumulative[-1:])
