@@ -5,13 +5,15 @@ they were the series' true values. With few readings they are not: a window of
 30 i.i.d. normal readings estimates sigma by IQR / 1.349 with a relative
 standard error of sqrt(1.36 / 30) = 21 % (below), so on about one window in six
 Tukey's fence Q3 + 1.5 IQR sits a fifth nearer the median than the true
-quartiles' fence; the z line has the same problem, less of it. So a young series (or one sampled slowly, whose window holds only
-`min_points` readings) crosses its lines more often than the line's nominal
-rate. These functions give the probability that a new reading from the same
-normal population lies at least as far out, **accounting for the estimation
-error of the window's statistics** (a prediction interval rather than a
-plug-in one), so a monitor can judge a series from its first `min_points`
-readings on at the rate it states.
+quartiles' fence; the z line has the same problem, less of it. So a young
+series (or one sampled slowly, whose window holds only `min_points` readings)
+crosses its lines far more often than their nominal rate: Q3 + 3 IQR, 2.3e-6
+with known quartiles, is crossed with probability 7.3e-4 against 30 readings
+(tests/test_detectors.py). These functions give the probability that a new
+reading from the same normal population lies at least as far out,
+**accounting for the estimation error of the window's statistics** (a
+prediction interval rather than a plug-in one), so a monitor can judge a
+series from its first `min_points` readings on at the rate it states.
 
 - `zscore_p(z, n)`: the exact two-sided prediction-interval p-value
   (Hahn & Meeker 1991, "Statistical Intervals", sec. 4.6): for X_1..X_n and a
