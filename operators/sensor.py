@@ -25,7 +25,13 @@ itself), once that window holds at least `min_points`:
   scores (`operators.detectors.tail`); alpha = false_alarms_per_day * g /
   (1 day * m) at the series' interval g for a sensor of m metrics (the
   false-alarm budget per sensor and method, split evenly over its metrics:
-  Bonferroni; `budget_per="series"`: m = 1), or `alpha`.
+  Bonferroni; `budget_per="series"`: m = 1), or `alpha`. And p is at least the
+  small-sample prediction-interval p-value of the reading against the n
+  readings of its window (`operators.detectors.interval`: t(n - 1) for z, a
+  t(n / 2.72) approximation for the quartiles), so a young series, or a slow
+  one whose window holds only ~min_points readings, is judged at the stated
+  rate from its first min_points readings on (before, plain fences on 30
+  readings were crossed ~300x their large-sample rate: the IQR warm-up).
 - rise: a sustained rise unlikely under the series' own noise
   (`operators.detectors.trend`): the Mann-Kendall test over the means of the
   last buckets (30 over max(rise_span_ms, rise_min_readings * g)), judged as
@@ -142,9 +148,11 @@ class SensorConfig:
     episode_quiet: int = 1
     episode_cooldown: int = 10
     # calibration (zscore, iqr): a reading beyond the threshold (fence) is anomalous
-    # only if its score is also improbable against the series' own recent scores,
-    # p < alpha (`operators.detectors.tail`, peaks over threshold); until
-    # min_score_history scores are kept the threshold alone judges. alpha is the
+    # only if its score is also improbable against the series' own recent scores
+    # (`operators.detectors.tail`, peaks over threshold) and against the window's n
+    # readings (`operators.detectors.interval`, the small-sample prediction
+    # interval): the larger p < alpha; until min_score_history scores are kept the
+    # prediction interval alone judges (the warm-up). alpha is the
     # false-alarm budget per series and method: false_alarms_per_day spread over
     # the readings of a day at the series' cadence g (alpha = budget * g / 1 day,
     # at most 0.01: 1.2e-5 at 1 Hz, 3.5e-3 at 5 min), or `alpha` if set
