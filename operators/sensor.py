@@ -25,7 +25,13 @@ itself), once that window holds at least `min_points`:
   scores (`operators.detectors.tail`); alpha = false_alarms_per_day * g /
   (1 day * m) at the series' interval g for a sensor of m metrics (the
   false-alarm budget per sensor and method, split evenly over its metrics:
-  Bonferroni; `budget_per="series"`: m = 1), or `alpha`.
+  Bonferroni; `budget_per="series"`: m = 1), or `alpha`. And p is at least the
+  small-sample prediction-interval p-value of the reading against the n
+  readings of its window (`operators.detectors.interval`: t(n - 1) for z, a
+  t(n / 2.72) approximation for the quartiles), so a young series, or a slow
+  one whose window holds only ~min_points readings, is judged at the stated
+  rate from its first min_points readings on (before, plain fences on 30
+  readings were crossed ~300x their large-sample rate: the IQR warm-up).
 - rise: a sustained rise unlikely under the series' own noise
   (`operators.detectors.trend`): the Mann-Kendall test over the means of the
   last buckets (30 over max(rise_span_ms, rise_min_readings * g)), judged as
@@ -87,6 +93,7 @@ import numpy as np
 
 from operators.base import Observation, Operator
 from operators.detectors.episode import Episode
+from operators.detectors.interval import iqr_p, zscore_p
 from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
 from operators.detectors.tail import TailProbability
 from operators.detectors.trend import RiseDetector
@@ -146,9 +153,11 @@ class SensorConfig:
     episode_quiet: int = 1
     episode_cooldown: int = 10
     # calibration (zscore, iqr): a reading beyond the threshold (fence) is anomalous
-    # only if its score is also improbable against the series' own recent scores,
-    # p < alpha (`operators.detectors.tail`, peaks over threshold); until
-    # min_score_history scores are kept the threshold alone judges. alpha is the
+    # only if its score is also improbable against the series' own recent scores
+    # (`operators.detectors.tail`, peaks over threshold) and against the window's n
+    # readings (`operators.detectors.interval`, the small-sample prediction
+    # interval): the larger p < alpha; until min_score_history scores are kept the
+    # prediction interval alone judges (the warm-up). alpha is the
     # false-alarm budget per series and method: false_alarms_per_day spread over
     # the readings of a day at the series' cadence g (alpha = budget * g / 1 day,
     # at most 0.01: 1.2e-5 at 1 Hz, 3.5e-3 at 5 min), or `alpha` if set
@@ -187,7 +196,15 @@ class SensorConfig:
         return self.min_window_readings or self.min_points
 
 
-Entry = tuple[int, str, str, float]  # (ts, sensor_id, metric, value)
+# (ts, sensor_id, metric, value, metrics of its reading): the metric count travels
+# with the value so that the per-sensor budget's split is decided in event-time order,
+# not by how the input happened to be batched (0: unknown, from an older checkpoint)
+Entry = tuple[int, str, str, float, int]
+
+
+def _entry(e: list[Any]) -> Entry:
+    """A checkpointed pending entry (4 fields before the metric count travelled along)."""
+    return (int(e[0]), str(e[1]), str(e[2]), float(e[3]), int(e[4]) if len(e) > 4 else 0)
 
 
 class Series:
@@ -302,6 +319,11 @@ class Series:
         return s
 
 
+def _larger(p: float | None, q: float) -> float:
+    """The larger p-value (p is None before the series' own history is long enough)."""
+    return q if p is None or q > p else p
+
+
 def _key(sensor_id: str, metric: str) -> str:
     return f"{sensor_id}\x1f{metric}"
 
@@ -384,17 +406,19 @@ class SensorOperator(Operator):
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
         push = self.pending.push
-        metrics = self.metrics
         for event in events:
             ts, sid = event.ts, event.sensor_id
-            metrics[sid] = len(event.values)
+            m = len(event.values)
             for metric, value in event.values.items():
-                push((ts, sid, metric, float(value)))
+                push((ts, sid, metric, float(value), m))
 
     # -- event time ----------------------------------------------------------
 
     def advance(self, watermark: int) -> None:
-        for ts, sid, metric, value in self.pending.release(watermark):
+        metrics = self.metrics
+        for ts, sid, metric, value, m in self.pending.release(watermark):
+            if m:  # the latest judged reading's metric count splits the sensor's budget
+                metrics[sid] = m
             self._reading(ts, sid, metric, value)
         self._expire_until(watermark)
         size = self.config.aggregate_window_ms
@@ -549,11 +573,16 @@ class SensorOperator(Operator):
         z = abs(x - mean) / std
         anomalous = z > self.config.z_threshold
         p = None
+        n = len(s.stats)
         if self.config.calibrate:
             tail = s.tails["zscore"]
-            # p only where it can change the verdict (beyond the threshold)
-            p = tail.score_one(z) if anomalous else None
-            if not anomalous or p is None or p >= s.alpha:
+            # p only where it can change the verdict (beyond the threshold): the
+            # larger of the series' own tail and the small-sample prediction
+            # interval's (so a young or slow series' noisy mean/std cannot make a
+            # normal reading improbable: the warm-up)
+            if anomalous:
+                p = _larger(tail.score_one(z), zscore_p(z, n))
+            if not anomalous or (p is not None and p >= s.alpha):
                 tail.learn_one(z)  # anomalies stay out of the series' history
         vetoed = anomalous and p is not None and p >= s.alpha
         if vetoed:
@@ -604,8 +633,12 @@ class SensorOperator(Operator):
             # calibrated on a continuous score: the distance from the midhinge in IQRs
             tail = s.tails["iqr"]
             spread = abs(x - 0.5 * (q1 + q3)) / iqr
-            p = tail.score_one(spread) if anomalous else None
-            if not anomalous or p is None or p >= s.alpha:
+            # the larger of the series' own tail and the small-sample one (see zscore):
+            # plain Tukey fences on a 30-reading window are crossed far more often than
+            # their large-sample rate (issue 14's IQR warm-up)
+            if anomalous:
+                p = _larger(tail.score_one(spread), iqr_p(spread, len(stats)))
+            if not anomalous or (p is not None and p >= s.alpha):
                 tail.learn_one(spread)
             if anomalous and p is not None and p >= s.alpha:
                 anomalous, score = False, 0.0  # usual for this series (see zscore)
@@ -812,7 +845,7 @@ class SensorOperator(Operator):
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.pending.restore(state["pending"])
+        self.pending.restore(state["pending"], _entry)
         self.series = {}
         self.expiry = []
         for sid, metric, s_state in state["series"]:

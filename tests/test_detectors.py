@@ -12,6 +12,7 @@ from scipy import stats
 
 import operators.detectors.autoencoder as ae_module
 import operators.detectors.episode as episode_module
+import operators.detectors.interval as interval_module
 import operators.detectors.likelihood as likelihood_module
 import operators.detectors.tail as tail_module
 import operators.detectors.trend as trend_module
@@ -28,7 +29,8 @@ from operators.detectors.trend import (
 
 
 @pytest.mark.parametrize(
-    "module", [ae_module, episode_module, likelihood_module, tail_module, trend_module]
+    "module",
+    [ae_module, episode_module, interval_module, likelihood_module, tail_module, trend_module],
 )
 def test_doctests(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]
@@ -315,3 +317,54 @@ def test_tail_snapshot_round_trip() -> None:
     b.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(a.snapshot())))
     for s in (0.3, 2.0, 7.0):
         assert a.score_one(s) == b.score_one(s)
+
+
+# -- small-sample prediction-interval p-values (issue 14's warm-up) -----------------
+
+
+@pytest.mark.parametrize("n", [2, 5, 30, 300])
+def test_zscore_p_is_scipys_prediction_interval(n: int) -> None:
+    for z in (0.0, 1.0, 3.0, 6.0):
+        ref = 2 * stats.t.sf(z / math.sqrt(1 + 1 / n), n - 1)
+        assert interval_module.zscore_p(z, n) == pytest.approx(ref, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("n", [30, 60])
+def test_small_sample_p_values_hold_their_rate_by_monte_carlo(n: int) -> None:
+    """Windows of n i.i.d. normal readings and a new one (numpy, an independent
+    simulation): the share of new readings with p < a is a, up to Monte Carlo error
+    and the t approximation of the IQR statistic (conservative at n = 30)."""
+    rng = np.random.default_rng(n)
+    reps = 200_000
+    w = rng.standard_normal((reps, n))
+    x = rng.standard_normal(reps)
+    q1, q3 = np.percentile(w, [25, 75], axis=1)
+    spread = np.abs(x - 0.5 * (q1 + q3)) / (q3 - q1)
+    z = np.abs(x - w.mean(axis=1)) / w.std(axis=1, ddof=1)
+    for a in (1e-2, 1e-3):
+        # the statistic's critical value for p = a, by bisection on the monotone p
+        for p_of, stat in ((interval_module.iqr_p, spread), (interval_module.zscore_p, z)):
+            lo, hi = 0.0, 100.0
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if p_of(mid, n) > a else (lo, mid)
+            rate = float(np.mean(stat > hi))
+            se = math.sqrt(a / reps)
+            assert rate < a + 4 * se + 0.15 * a, (p_of.__name__, a, rate)
+            assert rate > a - 4 * se - 0.25 * a, (p_of.__name__, a, rate)
+
+
+def test_plain_tukey_fences_on_30_readings_cross_far_above_their_large_sample_rate() -> None:
+    """Why the warm-up needs the correction: Q3 + 3 IQR (the sensor_iqr rule's line) is
+    crossed with probability 2 * P(Z > 4.72) = 2.4e-6 with known quartiles, but about
+    300x as often against 30 readings (7.3e-4); iqr_p puts that line at its true rate."""
+    rng = np.random.default_rng(3)
+    reps, n = 400_000, 30
+    w = rng.standard_normal((reps, n))
+    x = rng.standard_normal(reps)
+    q1, q3 = np.percentile(w, [25, 75], axis=1)
+    iqr = q3 - q1
+    crossed = float(np.mean((x > q3 + 3 * iqr) | (x < q1 - 3 * iqr)))
+    assert crossed > 100 * 2 * stats.norm.sf(0.6745 + 3 * 1.349)
+    # the spread of that line: 0.5 + 3 = 3.5 IQRs from the midhinge
+    assert interval_module.iqr_p(3.5, n) == pytest.approx(crossed, rel=0.2)
