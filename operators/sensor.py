@@ -573,7 +573,6 @@ class SensorOperator(Operator):
         z = abs(x - mean) / std
         anomalous = z > self.config.z_threshold
         p = None
-        n = len(s.stats)
         if self.config.calibrate:
             tail = s.tails["zscore"]
             # p only where it can change the verdict (beyond the threshold): the
@@ -637,7 +636,7 @@ class SensorOperator(Operator):
             # plain Tukey fences on a 30-reading window are crossed far more often than
             # their large-sample rate (issue 14's IQR warm-up)
             if anomalous:
-                p = _larger(tail.score_one(spread), iqr_p(spread, len(stats)))
+                p = _larger(tail.score_one(spread), iqr_p(spread, n))
             if not anomalous or (p is not None and p >= s.alpha):
                 tail.learn_one(spread)
             if anomalous and p is not None and p >= s.alpha:
