@@ -161,6 +161,10 @@ class Pipeline:
         # forwarders' progress: due this batch, and last sent, per source partition
         self.progress_due: dict[tuple[str, int], tuple[int, int, repartition.Plan]] = {}
         self.progress_sent: dict[tuple[str, int], int] = {}
+        # the last progress sent per source partition, and when (processing time): kept
+        # alive while that partition has unread messages (`_keep_alive`)
+        self.progress_last: dict[tuple[str, int], tuple[int, int, repartition.Plan]] = {}
+        self.progress_sent_at: dict[tuple[str, int], int] = {}
         self.tasks: dict[tuple[str, int], MonitorTask] = {}
         self.positions: dict[tuple[str, int], dict[str, int]] = {}
         self.dirty: set[tuple[str, int]] = set()
@@ -263,7 +267,7 @@ class Pipeline:
         for (topic, partition), batch in groups.items():
             self._process_partition(topic, partition, batch, now_ms)
         if self.progress_due:
-            self._send_progress()
+            self._send_progress(now_ms)
         while self.pending:  # in-process re-keying (no broker): the forwarded records
             looped = by_partition(self.pending)
             self.pending = []
@@ -436,12 +440,16 @@ class Pipeline:
             plan,
         )
 
-    def _send_progress(self) -> None:
-        """Progress records of the sources whose event time moved by a second or more."""
+    def _send_progress(self, now_ms: int, again: frozenset[tuple[str, int]] = frozenset()) -> None:
+        """Progress records of the sources whose event time moved by a second or more
+        (and of those in `again`, as they stand: `_keep_alive`)."""
         for (topic, partition), (ts, offset, plan) in sorted(self.progress_due.items()):
-            if ts < self.progress_sent.get((topic, partition), -(2**62)) + 1000:
+            tp = (topic, partition)
+            if tp not in again and ts < self.progress_sent.get(tp, -(2**62)) + 1000:
                 continue
-            self.progress_sent[(topic, partition)] = ts
+            self.progress_sent[tp] = max(ts, self.progress_sent.get(tp, -(2**62)))
+            self.progress_last[tp] = (ts, offset, plan)
+            self.progress_sent_at[tp] = now_ms
             source = repartition.source_header(topic, partition, offset)
             progress = str(ts).encode()
             for route in plan.routes.get(topic, ()):
@@ -460,6 +468,22 @@ class Pipeline:
                             route.topic, q, None, None, source, progress=progress
                         )
         self.progress_due.clear()
+
+    def _keep_alive(self, now_ms: int) -> None:
+        """A forwarded source partition with unread messages is behind, not gone: its
+        last progress is sent again (a third of `repartition_idle_ms` after the last),
+        so the re-keyed streams keep it in their merge and wait for it. Under CPU load
+        its fetched messages can wait past `repartition_idle_ms`; left out of the merge,
+        its re-keyed events would come after the merged watermark (late)."""
+        every = self.repartition_idle_ms // 3
+        again = frozenset(
+            tp
+            for tp in self.unread
+            if tp in self.progress_last and now_ms - self.progress_sent_at[tp] >= every
+        )
+        if again:
+            self.progress_due.update({tp: self.progress_last[tp] for tp in again})
+            self._send_progress(now_ms, again)
 
     def _deduplicate(
         self, key: tuple[str, int], events: list[Any], messages: list[RawMessage]
@@ -550,6 +574,8 @@ class Pipeline:
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         if self.unread:
             self.waiting(self.unread, now_ms)
+            if self.progress_last and not self.loopback:
+                self._keep_alive(now_ms)
         if self.clocks:
             self._rekeyed_progress(now_ms)
         busy: dict[str, int] = {}

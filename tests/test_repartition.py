@@ -185,3 +185,55 @@ def test_repartition_keying_rekeys_and_joins() -> None:
     assert sum(r["impressions"] for r in pooled) == 40
     assert sum(r["clicks"] for r in pooled) == 10
     assert sum(r["orphan_clicks"] for r in pooled) == 0
+
+
+class Forwarding(Recorder):
+    """Outputs with a `forward`, as the worker's: records what would go to the broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwarded: list[tuple[str, int, bytes, bytes | None]] = []
+
+    def forward(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        source: bytes,
+        progress: bytes | None = None,
+    ) -> None:
+        self.forwarded.append((topic, partition, source, progress))
+
+
+def test_a_forwarded_partition_with_unread_messages_stays_in_the_merge() -> None:
+    """Under CPU load a source partition's fetched messages can wait in the consumer
+    past `repartition_idle_s`: the forwarder sends its last progress again while the
+    partition has unread messages, so the re-keyed streams wait for it rather than
+    leave it out of their merge (its events would then be late; the demo at
+    --speed 0 on a busy machine lost tens of thousands of experiment events so)."""
+    clock = [1000.0]
+    out = Forwarding()
+    monitors = build_monitors(load_settings(env={}))
+    p = Pipeline(monitors, out, LOGICAL, clock=lambda: clock[0], repartition_idle_s=30)
+    p.assign(range(4), {})
+    p.process([m for m in experiment_traffic() if m.partition() == 0][:50])
+    sent = [f for f in out.forwarded if f[3] is not None and f[2].startswith(b"impressions:0:")]
+    assert sent  # the progress of the records forwarded
+    last = sent[-1][3]
+
+    def progress_again() -> list[Any]:
+        before = len(out.forwarded)
+        p.tick()
+        return [f for f in out.forwarded[before:] if f[3] is not None]
+
+    clock[0] += 11  # over a third of the idle timeout since it was sent
+    assert progress_again() == []  # nothing unread: no keep-alive
+    p.unread = frozenset({("impressions", 0)})
+    again = progress_again()
+    assert again and {f[2].rsplit(b":", 1)[0] for f in again} == {b"impressions:0"}
+    assert {f[3] for f in again} == {last}  # as it stood: the event time did not move
+    assert {f[0] for f in again} == {f[0] for f in sent}
+    assert progress_again() == []  # not again before another third has passed
+    clock[0] += 11
+    assert progress_again()
