@@ -146,7 +146,7 @@ def test_series_turns_residual_at_its_first_expected_value() -> None:
     o = judged[0]
     mean, sd = expected_value(o)  # type: ignore[misc]
     assert series.history[0][1] == pytest.approx((o.value - mean) / sd)
-    assert list(series.raw)[0] == o.value
+    assert series.raw[0] == o.value
     det.observe(raw[:5])  # no expected value: skipped by a residual series
     assert det.series[("ctr", "ctr", "c1")].count == 10
     assert expected_value(raw[0]) is None

@@ -77,7 +77,7 @@ EVIDENCE = ((0, 10), (10, 30), (30, 100), (100, 10**9))
 # budget: the CUSUM threshold log(ARL0) of CtrConfig() (16.67)
 REACHABLE_NATS = 16.67
 KINDS = ("collapse", "severe", "moderate", "slow_decline", "variant_collapse")
-ANY_CHANGE = "any change rule (info)"
+ANY_CHANGE = "any change rule"
 
 
 @dataclass
@@ -238,9 +238,11 @@ class Monitor:
             self.engine = RuleEngine(chosen)
         if changes:
             # change detection on the CTR observations, as MonitorTask runs it (the default
-            # `[change_detection]`), with the default change rules on the ctr metric; the
-            # detectors are the same before and after issue 13 (only the rules' severity
-            # changed), so "before" feeds the old judge's observations to them
+            # `[change_detection]`), with the default change rules on the ctr metric. After:
+            # the judge's `ctr` observations carry its baseline, so the detectors judge the
+            # window's residual against it with thresholds from the budget; "before" feeds
+            # the old judge's observations (no baseline) to the same detectors, which then
+            # run on the raw CTR with the fixed thresholds they had before
             from operators.change import ChangeConfig, ChangeDetectors
             from operators.rules import RuleEngine as Engine
             from streams.config import DEFAULT_RULES as CURRENT
