@@ -391,6 +391,62 @@ def slow_declines(scenario: Scenario, fired: list[tuple[str, int, int]]) -> str:
     return "\n".join(lines)
 
 
+def late_overwhelming(scenario: Scenario, options: dict[str, Any] | None = None) -> str:
+    """The overwhelming incidents (issue 13's class) not alerted within 5 minutes, window
+    by window: the campaign-level CUSUM statistic (`ctr_evidence`'s `llr`) and baseline
+    in the incident's first 6 windows, beside the oracle evidence of its first 5 minutes
+    (`kl5`) and the threshold h (counts path, after). Where the evidence goes: the
+    threshold (kl5 < h), the CUSUM's loss against the oracle, or the baseline."""
+    monitor = Monitor(False, options=options)
+    assert monitor.judge is not None
+    target = {i.campaign: i for i in scenario.incidents if overwhelming(i)}
+    names = [f"cmp-{c:04d}" for c in range(scenario.campaigns)]
+    plain, tested = np.flatnonzero(~scenario.ab), np.flatnonzero(scenario.ab)
+    trace: dict[int, list[tuple[int, int, float, float]]] = {c: [] for c in target}
+    first: dict[int, tuple[int, str]] = {}
+    for w in range(scenario.windows):
+        start = T0 + w * WINDOW_MS
+        counts: list[tuple[int, str, str, int, int]] = []
+        n0, k0 = scenario.imps[:, :, w].tolist(), scenario.clicks[:, :, w].tolist()
+        for c in plain:
+            if n0[c][0]:
+                counts.append((start, names[c], "", n0[c][0], k0[c][0]))
+        for c in tested:
+            for slot, variant in ((0, "A"), (1, "B")):
+                if n0[c][slot]:
+                    counts.append((start, names[c], variant, n0[c][slot], k0[c][slot]))
+        counts.sort(key=lambda x: (x[1], x[2]))
+        observations = monitor.judge.judge(counts)
+        for alert in monitor.engine.evaluate(observations):
+            c = int(alert.entity.split("/")[0][4:])
+            inc = target.get(c)
+            if alert.status == "firing" and inc and inc.start <= w and c not in first:
+                first[c] = (w - inc.start + 1, alert.rule)
+        for o in observations:
+            c = int(o.entity[4:]) if o.metric == "ctr_evidence" and "/" not in o.entity else -1
+            inc = target.get(c)
+            if inc and inc.start <= w < inc.start + 6:
+                d = o.details
+                trace[c].append((d["impressions"], d["clicks"], d["llr"], d["baseline_ctr"]))
+    h = monitor.judge.threshold
+    lines = [f"h = {h:.2f} nats; per window: (impressions, clicks, CUSUM llr, baseline)"]
+    late = 0
+    for c, inc in sorted(target.items()):
+        alerted = first.get(c)
+        if alerted and alerted[0] <= 5:
+            continue
+        late += 1
+        s5 = trace[c][4][2] if len(trace[c]) > 4 else float("nan")
+        lines.append(
+            f"cmp-{c:04d} {inc.kind} factor {inc.factor:.2f}, {inc.rate:.0f}/min at "
+            f"{inc.ctr:.2%}: kl5 {inc.kl5:.1f} nats, CUSUM after 5 windows {s5:.1f} "
+            f"({s5 / inc.kl5:.2f} of kl5); first alert {alerted}"
+        )
+        lines += [f"    {n}, {k}, {llr:.1f}, {p0:.4f}" for n, k, llr, p0 in trace[c]]
+    lines.append(f"{late} of {len(target)} overwhelming incidents not alerted within 5 min")
+    return "\n".join(lines)
+
+
 # -- events through the worker's task ------------------------------------------------
 
 CLICK_DELAY_MEDIAN_S = 20.0  # median impression-to-click delay (lognormal)
@@ -725,6 +781,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only the slow declines' recall by their evidence (counts path, after)",
     )
     parser.add_argument(
+        "--late",
+        action="store_true",
+        help="only the overwhelming incidents late by > 5 min, window by window (counts, after)",
+    )
+    parser.add_argument(
         "--mode",
         choices=["events", "counts"],
         default="events",
@@ -751,6 +812,9 @@ def main(argv: list[str] | None = None) -> int:
     scenario = generate(args.campaigns, args.hours, args.seed)
     if args.slow_declines:
         print(slow_declines(scenario, run(scenario, False, args.before_ref, options)))
+        return 0
+    if args.late:
+        print(late_overwhelming(scenario, options))
         return 0
     results = {}
     configs = (("after", False),) if args.after_only else (("before", True), ("after", False))
