@@ -178,3 +178,21 @@ def test_ctr_judge_observation_carries_its_baseline() -> None:
     for c, d in zip(with_base, drop, strict=True):
         assert c.ts == d.ts and c.details["baseline_ctr"] == d.details["baseline_ctr"]
     assert all("baseline_ctr" not in o.details for o in ctr[: len(ctr) - len(drop)])
+
+
+def test_a_snapshot_from_before_residuals_restores() -> None:
+    """Snapshots written before this change have [ts, value] history points and no
+    residual flag: they restore as raw series and continue as before."""
+    obs = cycling_campaign(6, DAY, with_baseline=False)
+    whole = ChangeDetectors().observe(obs)
+    assert fired(whole)  # the raw day's changes: something to continue identically
+    first = ChangeDetectors()
+    head = first.observe(obs[:100])
+    state = first.snapshot()
+    state["series"] = [
+        [*row[:6], [[ts, v] for ts, v, _ in row[6]], row[7]] for row in state["series"]
+    ]
+    second = ChangeDetectors()
+    second.restore(state)
+    assert not second.series[("ctr", "ctr", "c1")].residual
+    assert head + second.observe(obs[100:]) == whole
