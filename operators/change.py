@@ -79,8 +79,62 @@ latest (the metric's value in this observation). The change point is the
 split of the points since the method's previous change (at most `history`)
 maximising the two-sample statistic |mean_a - mean_b| * sqrt(n_a n_b / n).
 
+Residuals and a false-alarm budget. A raw window CTR is no place for a change
+detector with a stated false-alarm rate: it has a daily cycle, and its noise
+grows and shrinks with the traffic's own cycle, so a detector that assumes
+independent points around one level reports the day as a change (DETECTION.md
+measured 73 (Page-Hinkley) and 243 (ADWIN) false alerts per 1,000 campaign-days
+on the raw CTR). An observation that carries its own expected value is judged on
+its residual instead; for the CTR judge's `ctr` observations
+(`details["baseline_ctr"]`, the entity's cleared baseline p0, which an incident
+cannot leak into: operators/ctr_evidence.py) that is the binomial Pearson
+residual of the window (k clicks of n impressions),
+
+    r_t = (k / n - p0) / sqrt(p0 (1 - p0) / n)
+
+which is ~N(0, 1) on quiet traffic whatever the campaign's size or hour (the
+baseline follows the cycle; the division removes the traffic's). A series is
+judged on residuals from its first observation with an expected value on (the
+raw points before it are dropped) and skips observations without one. Its
+scale s is floored at 1 (extra-binomial noise can only widen a binomial
+residual; a scale estimated low by chance from `warmup` points would otherwise
+lower every threshold), and its thresholds come from the budget B =
+`false_alarms_per_1000_entity_days` with P = `points_per_day`:
+
+- Page-Hinkley is a CUSUM with reference k = delta on the standardised
+  residual; with both sides watched each gets B / 2, i.e. an in-control
+  average run length ARL0 = 2 * 1000 * P / B points (one side watched:
+  1000 * P / B), and the threshold h solves Siegmund's approximation for a
+  CUSUM on independent N(0, 1) points (Siegmund, D. (1985), *Sequential
+  Analysis*, Springer, ch. II, eq. 2.56),
+
+      ARL0 = (exp(2 k b) - 2 k b - 1) / (2 k^2),   b = h + 1.166
+
+  (`page_hinkley_threshold`; k = 0.75 and B = 1: h = 8.83 per side of two).
+- ADWIN's delta bounds the probability of a false cut per check (Bifet &
+  Gavalda 2007, Theorem 3.1), so delta = B / (1000 * P) (`adwin_delta`: 6.9e-7).
+
+On a residual series only a move *away* from the expected value is reported
+(|mean residual after the change point| > |before|): a return towards it (an
+incident ending while the baseline held, the CTR judge's baseline catching up)
+re-centres the detector silently, as it is the end of an episode, not a new
+one. And only in `residual_direction` ("down" by default: a CTR below its
+baseline, what the CTR rules page for; Page-Hinkley then runs one-sided, with
+the whole budget on that side: ARL0 = 1000 * P / B, h = 8.37).
+
+Both are derived for independent points; the residuals against a trailing
+baseline are nearly so, and DETECTION.md measures the real rate on the
+benchmark's campaigns (daily cycles, extra-binomial noise). Series without an
+expected value (error rate, latency, PSI, accuracy, MAE) keep the configured
+`page_hinkley` / `adwin` parameters and their rules stay `info`.
+
 Everything depends only on the observations' order and values, so the output
 is deterministic. A series silent for `expire_ms` of event time is forgotten.
+
+>>> round(page_hinkley_threshold(0.75, 2 * 1000 * 1440 / 1.0), 2)
+8.83
+>>> adwin_delta(1.0, 1440)
+6.944444444444445e-07
 """
 
 from __future__ import annotations
@@ -143,6 +197,13 @@ class ChangeConfig:
     min_samples_by: dict[str, int] = field(default_factory=dict)
     warmup: int = 30  # points that estimate the noise scale
     clip_z: float = 5.0
+    # false alerts per 1,000 entity-days of each method on a residual series (see the
+    # module docstring); None: residual series use the page_hinkley / adwin parameters
+    false_alarms_per_1000_entity_days: float | None = 1.0
+    points_per_day: float = 1440.0  # one point per one-minute window
+    # which moves away from the expected value a residual series reports: "down" (a
+    # CTR below its baseline, what the CTR rules page for), "up" or "both"
+    residual_direction: str = "down"
     level_k: int = 10  # level_before averages at most this many points
     history: int = 120  # points kept per series for levels and the change point
     expire_ms: int = 7 * 86_400_000  # forget a series silent this long (event time)
@@ -153,6 +214,11 @@ class ChangeConfig:
             raise ValueError(f"change methods must be among {METHODS}, got {self.methods}")
         if self.warmup < 2 or self.history < self.warmup or self.level_k < 1:
             raise ValueError("need warmup >= 2, history >= warmup and level_k >= 1")
+        if self.residual_direction not in ("down", "up", "both"):
+            raise ValueError("residual_direction must be 'down', 'up' or 'both'")
+        budget = self.false_alarms_per_1000_entity_days
+        if (budget is not None and not budget > 0) or not self.points_per_day > 0:
+            raise ValueError("the false-alarm budget and points_per_day must be > 0")
 
 
 class _Method:
@@ -168,11 +234,14 @@ class _Method:
 
 
 class _Series:
-    __slots__ = ("count", "history", "last_ts", "methods", "scale")
+    __slots__ = ("count", "history", "last_ts", "methods", "raw", "residual", "scale")
 
-    def __init__(self, history: int) -> None:
+    def __init__(self, history: int, residual: bool = False) -> None:
+        self.residual = residual  # judged on residuals against an expected value
         self.count = 0  # points seen
         self.history: deque[tuple[int, float]] = deque(maxlen=history)  # (ts, value)
+        # the metric's own values of those points (the same as history's unless residual)
+        self.raw: deque[float] = deque(maxlen=history)
         self.last_ts = 0
         self.scale: float | None = None  # None while warming up
         self.methods: dict[str, _Method] = {}
@@ -189,6 +258,57 @@ def robust_scale(values: Iterable[float]) -> float:
         if not s > 1e-12 * max(1.0, float(np.max(np.abs(a)))):
             return 0.0
     return s
+
+
+def page_hinkley_threshold(delta: float, arl0: float) -> float:
+    """The threshold h of a one-sided CUSUM with reference `delta` on independent
+    N(0, 1) points whose in-control average run length is `arl0` points, by
+    Siegmund's approximation ARL0 = (exp(2 k b) - 2 k b - 1) / (2 k^2), b = h + 1.166
+    (Siegmund 1985, ch. II), solved for h by bisection.
+
+    >>> round(page_hinkley_threshold(0.5, 1000.0), 3)
+    5.063
+    """
+    if not delta > 0 or not arl0 > 1:
+        raise ValueError("need delta > 0 and arl0 > 1")
+
+    def arl(h: float) -> float:
+        a = 2.0 * delta * (h + 1.166)
+        return (math.expm1(a) - a) / (2.0 * delta * delta)
+
+    lo, hi = 0.0, 1.0
+    while arl(hi) < arl0:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if arl(mid) < arl0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def adwin_delta(budget: float, points_per_day: float) -> float:
+    """ADWIN's confidence delta for `budget` false cuts per 1,000 entity-days at
+    `points_per_day` checks a day: delta bounds the false-cut probability per check."""
+    return budget / (1000.0 * points_per_day)
+
+
+def expected_value(obs: Observation) -> tuple[float, float] | None:
+    """(expected value, its standard deviation) an observation carries, if any: for
+    the CTR judge's `ctr` observation, the baseline p0 and sqrt(p0 (1 - p0) / n).
+
+    >>> o = Observation("ctr", "c", "ctr", 0.01, 0, 400, details={"baseline_ctr": 0.02})
+    >>> mean, sd = expected_value(o); round(mean, 3), round(sd, 5)
+    (0.02, 0.007)
+    """
+    details = obs.details
+    if not details:
+        return None
+    p0 = details.get("baseline_ctr")
+    if p0 is None or not 0.0 < p0 < 1.0 or obs.n <= 0:
+        return None
+    return float(p0), math.sqrt(p0 * (1.0 - p0) / obs.n)
 
 
 def change_point(values: np.ndarray) -> int:
@@ -210,12 +330,18 @@ def change_point(values: np.ndarray) -> int:
 # false alerts are far above FALSE_ALARM_BUDGET (DETECTION.md measures them:
 # docs/monitors/change.md). The paged verdicts are the budgeted rules.
 CHANGE_THRESHOLDS: dict[str, float] = {"info": 0.5}
+# ... except Page-Hinkley on the CTR: it judges the window's residual against the CTR
+# judge's baseline with a threshold from the budget, drops only, and measured 0 false
+# alerts per 1,000 campaign-days on the benchmark (DETECTION.md)
+CALIBRATED_CHANGE_RULES = frozenset({"ctr_change_page_hinkley"})
+CALIBRATED_CHANGE_THRESHOLDS: dict[str, float] = {"warning": 0.5}
 
 
 def change_rules(watch: Iterable[tuple[str, str]] = DEFAULT_WATCH) -> list[dict[str, Any]]:
     """The default rules of change detection, one per watched (kind, metric) and method:
     `{metric}_change_{method}` fires on a change observation (value 1.0) and resolves on
-    the next judged point (0.0), at `info` (CHANGE_THRESHOLDS).
+    the next judged point (0.0), at `info` (CHANGE_THRESHOLDS), or `warning` for the
+    calibrated ones (CALIBRATED_CHANGE_RULES).
 
     >>> [rule["name"] for rule in change_rules([("ctr", "ctr")])]
     ['ctr_change_page_hinkley', 'ctr_change_adwin']
@@ -226,7 +352,11 @@ def change_rules(watch: Iterable[tuple[str, str]] = DEFAULT_WATCH) -> list[dict[
             "change",
             f"{metric}_change_{method}",
             ">=",
-            dict(CHANGE_THRESHOLDS),
+            dict(
+                CALIBRATED_CHANGE_THRESHOLDS
+                if f"{metric}_change_{method}" in CALIBRATED_CHANGE_RULES
+                else CHANGE_THRESHOLDS
+            ),
             f"{{entity}}: the level of {metric} changed ({method.replace('_', '-')})",
             resolved_message=f"{{entity}}: the level of {metric} is steady again at "
             f"{{latest:.4g}} ({method.replace('_', '-')})",
@@ -249,15 +379,29 @@ class ChangeDetectors:
 
     # -- detectors -----------------------------------------------------------
 
-    def _new_detector(self, method: str) -> Any:
+    def _new_detector(self, method: str, residual: bool = False) -> Any:
+        """A river detector; on a residual series with a budget, thresholds from it."""
+        budget = self.config.false_alarms_per_1000_entity_days
+        calibrated = residual and budget is not None
+        per_day = self.config.points_per_day
         if method == "page_hinkley":
             p = self.config.page_hinkley
+            threshold = p.threshold
+            mode = self.config.residual_direction if residual else "both"
+            if calibrated:
+                assert budget is not None
+                sides = 2.0 if mode == "both" else 1.0  # the budget is split over them
+                threshold = page_hinkley_threshold(p.delta, sides * 1000.0 * per_day / budget)
             return drift.PageHinkley(
-                min_instances=p.min_instances, delta=p.delta, threshold=p.threshold, alpha=p.alpha
+                min_instances=p.min_instances,
+                delta=p.delta,
+                threshold=threshold,
+                alpha=p.alpha,
+                mode=mode,
             )
         a = self.config.adwin
         return drift.ADWIN(
-            delta=a.delta,
+            delta=adwin_delta(budget, per_day) if calibrated and budget is not None else a.delta,
             clock=a.clock,
             min_window_length=a.min_window_length,
             grace_period=a.grace_period,
@@ -280,50 +424,67 @@ class ChangeDetectors:
                 continue
             key = (obs.kind, obs.metric, obs.entity)
             series = self.series.get(key)
-            if series is None:
+            expected = expected_value(obs)
+            if expected is not None:
+                if series is None or not series.residual:
+                    # judged on residuals from here on; raw points before are dropped
+                    series = self.series[key] = _Series(cfg.history, residual=True)
+                mean, sd = expected
+                x = (x - mean) / sd
+            elif series is None:
                 series = self.series[key] = _Series(cfg.history)
-            self._point(series, obs, x, out)
+            elif series.residual:
+                continue  # no expected value to judge this point against
+            self._point(series, obs, x, out, float(obs.value))
             if obs.ts > self.max_ts:
                 self.max_ts = obs.ts
         if self.max_ts - self.swept_at >= cfg.expire_ms // 4:
             self._expire()
         return out
 
-    def _point(self, series: _Series, obs: Observation, x: float, out: list[Observation]) -> None:
+    def _point(
+        self, series: _Series, obs: Observation, x: float, out: list[Observation], raw: float
+    ) -> None:
         cfg = self.config
         series.history.append((obs.ts, x))
+        series.raw.append(raw)
         series.count += 1
         series.last_ts = max(series.last_ts, obs.ts)
         if series.scale is None:
             if series.count < cfg.warmup:
                 return
             scale = robust_scale(v for _, v in series.history)
-            if scale <= 0:
+            if scale <= 0 and not series.residual:
                 return  # no spread yet: keep warming up
-            series.scale = scale
+            series.scale = max(scale, 1.0) if series.residual else scale
             center = float(np.median([v for _, v in series.history]))
             first = series.count - len(series.history)
             for method in cfg.methods:
-                state = series.methods[method] = _Method(self._new_detector(method), center, first)
+                detector = self._new_detector(method, series.residual)
+                state = series.methods[method] = _Method(detector, center, first)
                 # replay the warm-up; only the current point may be reported
                 for i, (_, v) in enumerate(list(series.history)[:-1]):
                     self._step(series, state, v, first + i)
         elif self._rescale_due(series.count):
             scale = robust_scale(v for _, v in series.history)
-            if scale > 0:
+            if series.residual:
+                series.scale = max(scale, 1.0)
+            elif scale > 0:
                 series.scale = scale
         index = series.count - 1
         for method in cfg.methods:
             state = series.methods.get(method)
             if state is None:  # a method added to the config since the snapshot
                 center = float(np.median([v for _, v in series.history]))
-                state = series.methods[method] = _Method(self._new_detector(method), center, index)
+                detector = self._new_detector(method, series.residual)
+                state = series.methods[method] = _Method(detector, center, index)
             details = self._step(series, state, x, index)
             if details is not None:
+                details["latest"] = raw
                 out.append(self._emit(obs, series, method, 1.0, details))
                 state.last = details
             elif state.last is not None:
-                out.append(self._emit(obs, series, method, 0.0, {**state.last, "latest": x}))
+                out.append(self._emit(obs, series, method, 0.0, {**state.last, "latest": raw}))
                 state.last = None
 
     def _rescale_due(self, count: int) -> bool:
@@ -356,10 +517,34 @@ class ChangeDetectors:
         level_after = float(after.mean())
         state.center = float(np.median(after))
         state.floor = offset + split
+        if series.residual:
+            # back towards the expected value (an incident ending, the baseline
+            # catching up) is a return, not a change; and only the watched direction
+            # is reported; the detector goes on from here
+            side = self.config.residual_direction
+            wrong = (level_after > level_before and side == "down") or (
+                level_after < level_before and side == "up"
+            )
+            if wrong or abs(level_after) < abs(level_before):
+                return None
+        info: dict[str, Any] = {}
+        if series.residual:
+            # the levels in the metric's own units; the residuals' means beside them
+            info = {"residual_before": level_before, "residual_after": level_after}
+            raw = np.fromiter(series.raw, dtype=np.float64, count=len(series.raw))
+            raw = raw[: len(hist)]
+            raw = raw[start:] if len(hist) - start >= 2 else raw
+            raw_before = raw[max(0, split - self.config.level_k) : split]
+            down = level_after < level_before
+            level_before = float(raw_before.mean()) if raw_before.size else float(raw[0])
+            level_after = float(raw[split:].mean())
+        else:
+            down = level_after < level_before
         return {
+            **info,
             "level_before": level_before,
             "level_after": level_after,
-            "direction": "up" if level_after >= level_before else "down",
+            "direction": "down" if down else "up",
             "change_ts": segment[split][0],
             "points_since_change": int(after.size),
             "latest": x,
@@ -397,8 +582,10 @@ class ChangeDetectors:
                 name: [pickle.dumps(m.detector, protocol=4), m.center, m.floor, m.last]
                 for name, m in s.methods.items()
             }
-            history = [[ts, v] for ts, v in s.history]
-            series.append([kind, metric, entity, s.count, s.last_ts, s.scale, history, methods])
+            history = [[ts, v, r] for (ts, v), r in zip(s.history, s.raw, strict=True)]
+            series.append(
+                [kind, metric, entity, s.count, s.last_ts, s.scale, history, methods, s.residual]
+            )
         return {"series": series, "max_ts": self.max_ts, "swept_at": self.swept_at}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -407,12 +594,14 @@ class ChangeDetectors:
         Only restore snapshots this process family wrote: they contain pickles.
         """
         self.series = {}
-        for kind, metric, entity, count, last_ts, scale, history, methods in state.get(
+        for kind, metric, entity, count, last_ts, scale, history, methods, *rest in state.get(
             "series", []
         ):
-            s = _Series(self.config.history)
+            s = _Series(self.config.history, residual=bool(rest and rest[0]))
             s.count, s.last_ts, s.scale = count, last_ts, scale
-            s.history.extend((int(ts), float(v)) for ts, v in history)
+            s.history.extend((int(p[0]), float(p[1])) for p in history)
+            # snapshots before residuals had [ts, value]: the raw value is the value
+            s.raw.extend(float(p[2] if len(p) > 2 else p[1]) for p in history)
             for name, (blob, center, floor, last) in methods.items():
                 m = _Method(pickle.loads(blob), center, floor)  # our own checkpoint
                 m.last = dict(last) if last is not None else None
@@ -423,6 +612,8 @@ class ChangeDetectors:
 
 
 __all__ = [
+    "CALIBRATED_CHANGE_RULES",
+    "CALIBRATED_CHANGE_THRESHOLDS",
     "CHANGE_THRESHOLDS",
     "DEFAULT_WATCH",
     "METHODS",
@@ -430,7 +621,10 @@ __all__ = [
     "ChangeConfig",
     "ChangeDetectors",
     "PageHinkleyParams",
+    "adwin_delta",
     "change_point",
     "change_rules",
+    "expected_value",
+    "page_hinkley_threshold",
     "robust_scale",
 ]

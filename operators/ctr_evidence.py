@@ -16,7 +16,9 @@ variants is judged once, at level `"campaign"`.
 
 Per judged window with n impressions and k clicks (p0 = baseline CTR):
 
-- `ctr`: value k / n, p-value P(X <= k), X ~ Binomial(n, floor_ctr) (exact).
+- `ctr`: value k / n, p-value P(X <= k), X ~ Binomial(n, floor_ctr) (exact);
+  once the entity has a baseline, `details.baseline_ctr` = p0 (change detection
+  judges the window's residual against it: operators/change.py).
 - `ctr_drop`: value (p0 - k/n) / p0, p-value of Fisher's exact test (one-sided,
   Fisher 1922) of (k, n - k) against the baseline's pooled counts.
 - `ctr_evidence`: max over d in `drops_to_detect` of S_d / h, S_d the CUSUM
@@ -210,16 +212,20 @@ class CtrJudge:
             end = start + window_ms
             ctr = k / n
             counts = {"impressions": n, "clicks": k, "level": level}
-            # positional: kind, entity, metric, value, ts, n, window_start, window_end,
-            # details, p_value (the per-unit cost is what grows with the keys)
-            emit(Observation("ctr", entity, "ctr", ctr, end, n, start, end, counts, p_floor))
             if base is None:
+                # positional: kind, entity, metric, value, ts, n, window_start, window_end,
+                # details, p_value (the per-unit cost is what grows with the keys)
+                emit(Observation("ctr", entity, "ctr", ctr, end, n, start, end, counts, p_floor))
                 continue
+            baseline = base[0] / base[1]
+            # the expected value change detection judges the window's residual against
+            # (operators/change.py): the baseline no incident enters
+            own = {**counts, "baseline_ctr": baseline}
+            emit(Observation("ctr", entity, "ctr", ctr, end, n, start, end, own, p_floor))
             p_drop = next(drop_p)
             s, value, r, held = seq
             if held is not None and p_drop <= self.alpha:
                 self.baseline.drop(entity, held)  # significant on its own: not ordinary
-            baseline = base[0] / base[1]
             details = {
                 **counts,
                 "ctr": ctr,

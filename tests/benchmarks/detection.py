@@ -77,7 +77,7 @@ EVIDENCE = ((0, 10), (10, 30), (30, 100), (100, 10**9))
 # budget: the CUSUM threshold log(ARL0) of CtrConfig() (16.67)
 REACHABLE_NATS = 16.67
 KINDS = ("collapse", "severe", "moderate", "slow_decline", "variant_collapse")
-ANY_CHANGE = "any change rule (info)"
+ANY_CHANGE = "any change rule"
 
 
 @dataclass
@@ -238,9 +238,11 @@ class Monitor:
             self.engine = RuleEngine(chosen)
         if changes:
             # change detection on the CTR observations, as MonitorTask runs it (the default
-            # `[change_detection]`), with the default change rules on the ctr metric; the
-            # detectors are the same before and after issue 13 (only the rules' severity
-            # changed), so "before" feeds the old judge's observations to them
+            # `[change_detection]`), with the default change rules on the ctr metric. After:
+            # the judge's `ctr` observations carry its baseline, so the detectors judge the
+            # window's residual against it with thresholds from the budget; "before" feeds
+            # the old judge's observations (no baseline) to the same detectors, which then
+            # run on the raw CTR with the fixed thresholds they had before
             from operators.change import ChangeConfig, ChangeDetectors
             from operators.rules import RuleEngine as Engine
             from streams.config import DEFAULT_RULES as CURRENT
@@ -386,6 +388,62 @@ def slow_declines(scenario: Scenario, fired: list[tuple[str, int, int]]) -> str:
             f"| {name} | {len(these)} | {len(got)} ({len(got) / max(1, len(these)):.0%}) "
             f"| {delay} | {length} |"
         )
+    return "\n".join(lines)
+
+
+def late_overwhelming(scenario: Scenario, options: dict[str, Any] | None = None) -> str:
+    """The overwhelming incidents (issue 13's class) not alerted within 5 minutes, window
+    by window: the campaign-level CUSUM statistic (`ctr_evidence`'s `llr`) and baseline
+    in the incident's first 6 windows, beside the oracle evidence of its first 5 minutes
+    (`kl5`) and the threshold h (counts path, after). Where the evidence goes: the
+    threshold (kl5 < h), the CUSUM's loss against the oracle, or the baseline."""
+    monitor = Monitor(False, options=options)
+    assert monitor.judge is not None
+    target = {i.campaign: i for i in scenario.incidents if overwhelming(i)}
+    names = [f"cmp-{c:04d}" for c in range(scenario.campaigns)]
+    plain, tested = np.flatnonzero(~scenario.ab), np.flatnonzero(scenario.ab)
+    trace: dict[int, list[tuple[int, int, float, float]]] = {c: [] for c in target}
+    first: dict[int, tuple[int, str]] = {}
+    for w in range(scenario.windows):
+        start = T0 + w * WINDOW_MS
+        counts: list[tuple[int, str, str, int, int]] = []
+        n0, k0 = scenario.imps[:, :, w].tolist(), scenario.clicks[:, :, w].tolist()
+        for c in plain:
+            if n0[c][0]:
+                counts.append((start, names[c], "", n0[c][0], k0[c][0]))
+        for c in tested:
+            for slot, variant in ((0, "A"), (1, "B")):
+                if n0[c][slot]:
+                    counts.append((start, names[c], variant, n0[c][slot], k0[c][slot]))
+        counts.sort(key=lambda x: (x[1], x[2]))
+        observations = monitor.judge.judge(counts)
+        for alert in monitor.engine.evaluate(observations):
+            c = int(alert.entity.split("/")[0][4:])
+            inc = target.get(c)
+            if alert.status == "firing" and inc and inc.start <= w and c not in first:
+                first[c] = (w - inc.start + 1, alert.rule)
+        for o in observations:
+            c = int(o.entity[4:]) if o.metric == "ctr_evidence" and "/" not in o.entity else -1
+            inc = target.get(c)
+            if inc and inc.start <= w < inc.start + 6:
+                d = o.details
+                trace[c].append((d["impressions"], d["clicks"], d["llr"], d["baseline_ctr"]))
+    h = monitor.judge.threshold
+    lines = [f"h = {h:.2f} nats; per window: (impressions, clicks, CUSUM llr, baseline)"]
+    late = 0
+    for c, inc in sorted(target.items()):
+        alerted = first.get(c)
+        if alerted and alerted[0] <= 5:
+            continue
+        late += 1
+        s5 = trace[c][4][2] if len(trace[c]) > 4 else float("nan")
+        lines.append(
+            f"cmp-{c:04d} {inc.kind} factor {inc.factor:.2f}, {inc.rate:.0f}/min at "
+            f"{inc.ctr:.2%}: kl5 {inc.kl5:.1f} nats, CUSUM after 5 windows {s5:.1f} "
+            f"({s5 / inc.kl5:.2f} of kl5); first alert {alerted}"
+        )
+        lines += [f"    {n}, {k}, {llr:.1f}, {p0:.4f}" for n, k, llr, p0 in trace[c]]
+    lines.append(f"{late} of {len(target)} overwhelming incidents not alerted within 5 min")
     return "\n".join(lines)
 
 
@@ -723,6 +781,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only the slow declines' recall by their evidence (counts path, after)",
     )
     parser.add_argument(
+        "--late",
+        action="store_true",
+        help="only the overwhelming incidents late by > 5 min, window by window (counts, after)",
+    )
+    parser.add_argument(
         "--mode",
         choices=["events", "counts"],
         default="events",
@@ -749,6 +812,9 @@ def main(argv: list[str] | None = None) -> int:
     scenario = generate(args.campaigns, args.hours, args.seed)
     if args.slow_declines:
         print(slow_declines(scenario, run(scenario, False, args.before_ref, options)))
+        return 0
+    if args.late:
+        print(late_overwhelming(scenario, options))
         return 0
     results = {}
     configs = (("after", False),) if args.after_only else (("before", True), ("after", False))
