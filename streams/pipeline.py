@@ -129,8 +129,11 @@ class Pipeline:
         self.clock = clock
         # Kafka topic -> (monitor, logical source) pairs reading it
         self.readers: dict[str, list[tuple[MonitorSpec, str]]] = {}
-        # (topic, partition)s with messages the consumer has not handed over yet (the
-        # source sets it from its lag): never idle while so (`waiting`)
+        # what the consumer knows of its partitions: (topic, partition, its position
+        # (< 0: none read since the assignment), the broker's high watermark), set by the
+        # source; from it, the (topic, partition)s with messages not handed over yet,
+        # which are never idle (`waiting`, `_keep_alive`)
+        self.fetched: tuple[tuple[str, int, int, int], ...] = ()
         self.unread: frozenset[tuple[str, int]] = frozenset()
         for m in monitors:
             for logical, topic in m.topics.items():
@@ -447,7 +450,7 @@ class Pipeline:
             tp = (topic, partition)
             if tp not in again and ts < self.progress_sent.get(tp, -(2**62)) + 1000:
                 continue
-            self.progress_sent[tp] = max(ts, self.progress_sent.get(tp, -(2**62)))
+            self.progress_sent[tp] = max(ts, self.progress_sent.get(tp, NO_WATERMARK))
             self.progress_last[tp] = (ts, offset, plan)
             self.progress_sent_at[tp] = now_ms
             source = repartition.source_header(topic, partition, offset)
@@ -469,20 +472,44 @@ class Pipeline:
                         )
         self.progress_due.clear()
 
+    def _unread(self) -> frozenset[tuple[str, int]]:
+        """The partitions in `fetched` with messages past the position: the consumer's,
+        or before the first message since the assignment, where its tasks start."""
+        unread = set()
+        for topic, partition, position, high in self.fetched:
+            if position < 0:
+                starts = [
+                    self.positions[(spec.name, partition)].get(topic, 0)
+                    for spec, _ in self.readers.get(topic, ())
+                    if (spec.name, partition) in self.positions
+                ]
+                if not starts:
+                    continue  # not ours (yet)
+                position = min(starts)
+            if high > position:
+                unread.add((topic, partition))
+        return frozenset(unread)
+
     def _keep_alive(self, now_ms: int) -> None:
         """A forwarded source partition with unread messages is behind, not gone: its
         last progress is sent again (a third of `repartition_idle_ms` after the last),
         so the re-keyed streams keep it in their merge and wait for it. Under CPU load
         its fetched messages can wait past `repartition_idle_ms`; left out of the merge,
         its re-keyed events would come after the merged watermark (late)."""
+        assert self.plan is not None
         every = self.repartition_idle_ms // 3
         again = frozenset(
             tp
             for tp in self.unread
-            if tp in self.progress_last and now_ms - self.progress_sent_at[tp] >= every
+            if tp[0] in self.plan.routes
+            and now_ms - self.progress_sent_at.get(tp, -(2**62)) >= every
         )
         if again:
-            self.progress_due.update({tp: self.progress_last[tp] for tp in again})
+            # a partition not forwarded from yet says it is there, with no event time:
+            # the merge waits for it (its forwarder is slow to start, not gone)
+            self.progress_due.update(
+                {tp: self.progress_last.get(tp, (NO_WATERMARK, -1, self.plan)) for tp in again}
+            )
             self._send_progress(now_ms, again)
 
     def _deduplicate(
@@ -572,9 +599,11 @@ class Pipeline:
         its monitor's slowest busy task, or, when every task is idle, the furthest
         one: a silent partition does not hold its windows open forever."""
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        if self.fetched:
+            self.unread = self._unread()
         if self.unread:
             self.waiting(self.unread, now_ms)
-            if self.progress_last and not self.loopback:
+            if self.plan is not None and not self.loopback:
                 self._keep_alive(now_ms)
         if self.clocks:
             self._rekeyed_progress(now_ms)

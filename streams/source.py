@@ -127,26 +127,25 @@ class KafkaSource:
         return batch
 
     def _report_unread(self) -> None:
-        """Tell the pipeline which partitions have messages we have not read yet (from
-        the high watermarks librdkafka cached from fetch responses: no request). A
-        starved worker can leave a partition's fetched data queued longer than the
-        idle timeout; counted idle, its events would come after the watermark had
-        passed them (late, out of their windows). Tansu's high watermarks may be too
-        low (see `waiting`), which can only miss a partition, never invent one."""
+        """Tell the pipeline where we are on each partition against the high watermark
+        librdkafka cached from fetch responses (no request): a partition with messages
+        not read yet is never idle (`Pipeline.waiting`). A starved worker can leave a
+        partition's fetched data queued longer than the idle timeout; counted idle,
+        its events would come after the watermark had passed them (late, out of their
+        windows). Tansu's high watermarks may be too low (see `waiting`), which can
+        only miss a partition, never invent one."""
         from confluent_kafka import KafkaException
 
         self.unread_checked = time.monotonic()
-        unread = set()
+        fetched = []
         try:
             for tp in self.consumer.position(self.consumer.assignment()):
-                if tp.offset < 0:
-                    continue  # nothing read yet: its task does not exist yet
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if high > tp.offset:
-                    unread.add((tp.topic, tp.partition))
+                if high >= 0:
+                    fetched.append((tp.topic, tp.partition, tp.offset, high))
         except KafkaException:
             return  # not known now (a rebalance): the next poll looks again
-        self.runtime.pipeline.unread = frozenset(unread)
+        self.runtime.pipeline.fetched = tuple(fetched)
 
     def _report_lag(self) -> None:
         """Consumer lag per partition from the high watermarks librdkafka has cached

@@ -12,11 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
+from operators.watermark import NO_WATERMARK
 from streams import repartition
 from streams.checkpoints import decode, encode
 from streams.config import ConfigError, load_settings
 from streams.monitors import build_monitors
-from streams.pipeline import SEEN, Pipeline, RawMessage
+from streams.pipeline import SEEN, Pipeline, RawMessage, merged_progress
 from tests.test_pipeline import LOGICAL, MIN, T0, Recorder
 
 # one experiment over four campaigns in four partitions, 60/40 instead of 50/50:
@@ -237,3 +238,29 @@ def test_a_forwarded_partition_with_unread_messages_stays_in_the_merge() -> None
     assert progress_again() == []  # not again before another third has passed
     clock[0] += 11
     assert progress_again()
+
+
+def test_a_partition_not_forwarded_from_yet_holds_the_merge_while_it_has_messages() -> None:
+    """The demo at --speed 0 on a busy machine: one input partition's forwarder had not
+    sent a record when the others had forwarded minutes of event time; after
+    `repartition_idle_s` the merge left it out and its events came late. While the
+    consumer reports messages on it (position before the high watermark; none read
+    since the assignment: where its tasks start), it says it is there, with no time."""
+    clock = [1000.0]
+    out = Forwarding()
+    monitors = build_monitors(load_settings(env={}))
+    p = Pipeline(monitors, out, LOGICAL, clock=lambda: clock[0], repartition_idle_s=30)
+    p.assign(range(4), {})
+    p.process([m for m in experiment_traffic() if m.partition() == 0][:50])
+    # partition 1: 150 messages on the broker, none read yet; partition 2: nothing there
+    p.fetched = (("impressions", 0, 50, 150), ("impressions", 1, -1001, 150))
+    p.fetched += (("impressions", 2, -1001, 0),)
+    before = len(out.forwarded)
+    p.tick()
+    assert p.unread == {("impressions", 0), ("impressions", 1)}
+    beats = {(f[2].rsplit(b":", 1)[0], f[3]) for f in out.forwarded[before:] if f[3] is not None}
+    assert (b"impressions:1", str(NO_WATERMARK).encode()) in beats
+    assert not [b for b in beats if b[0] == b"impressions:2"]
+    # downstream, a progress with no event time holds the merge of its re-keyed task
+    clock_of = {"impressions:0": [T0, 1_000_000], "impressions:1": [NO_WATERMARK, 1_000_000]}
+    assert merged_progress(clock_of, 1_001_000, 30_000) == NO_WATERMARK
