@@ -166,8 +166,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _parse_incident(spec: str) -> Any:
-    from streams.simulate import ALL_KINDS as KINDS
-    from streams.simulate import Incident
+    from streams.simulate import INCIDENT_KINDS, Incident
 
     parts = spec.split(":")
     try:
@@ -177,8 +176,8 @@ def _parse_incident(spec: str) -> Any:
         raise click.BadParameter(
             f"{spec!r}: expected KIND:TARGET:START_S:DURATION_S[:FACTOR]"
         ) from None
-    if kind not in KINDS:
-        raise click.BadParameter(f"{spec!r}: kind must be one of {', '.join(KINDS)}")
+    if kind not in INCIDENT_KINDS:
+        raise click.BadParameter(f"{spec!r}: kind must be one of {', '.join(INCIDENT_KINDS)}")
     return Incident(kind, target, start, duration, factor)
 
 

@@ -113,6 +113,11 @@ incident:
     cvr_drop          exp-shared/treatment   that arm's CVR x factor (0.5);
                       or exp-cmp-000/B       the conversions of impressions
                                              inside the incident
+
+Every kind is declared once, in `INCIDENT_KINDS` (an `IncidentKind` each: what
+its target names, the topic it changes, the generator's stage that applies it,
+the check of its target and factor, and its effect); `KINDS`, `EXPERIMENT_KINDS`,
+`ALL_KINDS` and the command line's `--incident` read it.
 """
 
 from __future__ import annotations
@@ -134,34 +139,7 @@ from operators.drift import DriftConfig
 
 Message = tuple[str, str, bytes]  # topic, key, value
 
-KINDS = (
-    "ctr_drop",
-    "srm",
-    "feature_drift",
-    "prediction_shift",
-    "latency_spike",
-    "error_spike",
-    "sensor_spike",
-    "sensor_rise",
-    "sensor_regime",
-    "concept_drift",
-    "label_noise",
-    "label_delay",
-)
-LABEL_KINDS = ("concept_drift", "label_noise", "label_delay")  # incidents of the labels
 REGRESSOR = "model-reg"  # the simulated regressor's model_id
-# on the experiments a scenario adds when asked (shared_experiment_campaigns,
-# experiment_models): not in `default_incidents`, whose scenario has none
-EXPERIMENT_KINDS = (
-    "arm_latency",
-    "arm_error",
-    "ramp",
-    "crossover",
-    "srm_dimension",
-    "cvr_drop",
-    "arm_ctr_drop",
-)
-ALL_KINDS = KINDS + EXPERIMENT_KINDS
 SHARED_EXPERIMENT = "exp-shared"
 MODEL_EXPERIMENT = "exp-model"
 ARMS = ("control", "treatment")
@@ -178,14 +156,14 @@ CONVERSION_DELAY_MAX_S = CtrConfig().conversion_ms / 1000 - 300  # 55 min
 
 @dataclass(frozen=True)
 class Incident:
-    kind: str  # one of KINDS
+    kind: str  # one of ALL_KINDS (a name in INCIDENT_KINDS)
     target: str  # campaign, experiment, model, model/feature or sensor[/metric]
     start_s: float  # seconds after the simulation start
     duration_s: float
     factor: float = 0.3  # the magnitude; its meaning depends on the kind
 
     def __post_init__(self) -> None:
-        if self.kind not in ALL_KINDS:
+        if self.kind not in INCIDENT_KINDS:
             raise ValueError(f"unknown incident kind {self.kind!r}; known: {', '.join(ALL_KINDS)}")
 
     @property
@@ -302,60 +280,9 @@ def check_incidents(s: Scenario) -> None:
     ...     print(str(exc).split("must be ")[1])
     a campaign id: cmp-000..cmp-002 (--campaigns sets how many)
     """
-    campaigns = s.campaign_ids()
-    models = s.model_ids()
-    sensors = s.sensor_ids()
-    features = [f.name for f in FEATURES] + [CATEGORICAL]
-    model_ids = _span(models)
-    sensor_ids = _span(sensors)
     for inc in s.incidents:
         kind, target, f = inc.kind, inc.target, inc.factor
-        if kind == "ctr_drop":
-            ok = target in campaigns
-            what = f"a campaign id: {_span(campaigns)} (--campaigns sets how many)"
-        elif kind == "srm":
-            ok = target in s.experiment_ids() and 0 < f < 1
-            experiments = ", ".join(s.experiment_ids()) or "none"
-            what = f"an experiment, one of {experiments}; factor in (0, 1)"
-        elif kind == "feature_drift":
-            model, _, feature = target.partition("/")
-            ok = model in models and feature in features
-            what = f"MODEL/FEATURE, model {model_ids}, feature one of {', '.join(features)}"
-        elif kind in ("prediction_shift", "latency_spike", "error_spike"):
-            ok, what = target in models, f"a model id: {model_ids}"
-            if kind == "latency_spike":
-                ok, what = ok and f >= 0, f"{what}; factor >= 0"
-            elif kind == "error_spike":
-                ok, what = ok and 0 <= f <= 1, f"{what}; factor in [0, 1]"
-        elif kind in LABEL_KINDS:
-            targets = models + s.regressor_ids()
-            ok = target in targets and s.labels and f >= 0 and (kind == "label_delay" or f <= 1)
-            what = f"a model id: {_span(targets)} (with labels on); factor " + (
-                ">= 0" if kind == "label_delay" else "in [0, 1]"
-            )
-        elif kind == "sensor_spike":
-            sensor, _, metric = target.partition("/")
-            ok = sensor in sensors and (metric or SPIKE_METRIC) in SENSOR_METRICS
-            what = f"SENSOR[/METRIC], sensor {sensor_ids}, metric one of {', '.join(METRICS)}"
-        elif kind in ("arm_latency", "arm_error"):
-            ok = s.experiment_models > 0 and target in (f"{MODEL_EXPERIMENT}/{a}" for a in ARMS)
-            what = f"{MODEL_EXPERIMENT}/ARM (arms {', '.join(ARMS)}; --experiment-models > 0)"
-        elif kind in ("cvr_drop", "arm_ctr_drop"):
-            arms = [f"{e}/{a}" for e in s.experiment_ids() for a in ("A", "B")]
-            if s.shared_experiment_campaigns > 0:
-                arms += [f"{SHARED_EXPERIMENT}/{a}" for a in ARMS]
-            ok = target in arms and 0 <= f < 1 and (s.cvr > 0 or kind == "arm_ctr_drop")
-            what = f"an experiment's arm, one of {', '.join(arms) or 'none'}; factor in [0, 1)"
-        elif kind in ("ramp", "crossover", "srm_dimension"):
-            experiment, _, ad = target.partition("/")
-            ok = s.shared_experiment_campaigns > 0 and experiment == SHARED_EXPERIMENT
-            ok = ok and (bool(ad) == (kind == "srm_dimension")) and 0 < f < 1
-            what = f"{SHARED_EXPERIMENT}" + ("/AD_ID" if kind == "srm_dimension" else "")
-            what += " (--shared-experiment-campaigns > 0); factor in (0, 1)"
-        else:  # sensor_rise, sensor_regime
-            ok, what = target in sensors, f"a sensor id: {sensor_ids}"
-            if kind == "sensor_rise":
-                ok, what = ok and f > 0, f"{what}; factor > 0 (degrees)"
+        ok, what = INCIDENT_KINDS[kind].verdict(s, inc)
         if not ok:
             raise ValueError(
                 f"incident {kind} on {target!r} (factor {f:g}): the target must be {what}"
@@ -474,6 +401,456 @@ class _Sensor:
         self.load = 0.0
 
 
+# -- incident kinds ---------------------------------------------------------------
+# Each kind is declared once, here: what its target names, which topic it changes,
+# the stage of the generator that applies it, how its target and factor are checked
+# and its effect. The generator asks a stage's incidents to act on the value being
+# drawn (`_apply`) rather than switching on their names.
+
+
+@dataclass(frozen=True)
+class FactorRule:
+    """The factors a kind accepts, and how the check's message says so."""
+
+    ok: Callable[[float], bool]
+    text: str  # "in [0, 1]", ...
+
+
+ANY_FACTOR = FactorRule(lambda f: True, "")
+NON_NEGATIVE = FactorRule(lambda f: f >= 0, ">= 0")
+UNIT = FactorRule(lambda f: 0 <= f <= 1, "in [0, 1]")
+OPEN_UNIT = FactorRule(lambda f: 0 < f < 1, "in (0, 1)")
+BELOW_ONE = FactorRule(lambda f: 0 <= f < 1, "in [0, 1)")
+DEGREES = FactorRule(lambda f: f > 0, "> 0 (degrees)")
+
+# a check of an incident's target against a scenario: (whether it is one the scenario
+# simulates, what the target must be); the kind's FactorRule adds the factor's part
+TargetCheck = Callable[["Scenario", "Incident"], tuple[bool, str]]
+
+
+@dataclass(frozen=True)
+class IncidentKind:
+    """One kind of incident, declared once in `INCIDENT_KINDS`: the check of its
+    target and factor, and the effect the generator's stage `stage` lets it have.
+
+    >>> k = INCIDENT_KINDS["cvr_drop"]
+    >>> k.targets, k.topic, k.stage, k.experiment
+    ('experiment/arm', 'conversions', 'conversions', True)
+    >>> wrong = Incident("cvr_drop", "exp-cmp-000/B", 0, 60, 1.5)
+    >>> ok, what = k.verdict(Scenario(0, cvr=0.1), wrong)
+    >>> ok, what.split("; ")[1]
+    (False, 'factor in [0, 1)')
+    >>> r = _Rate("cmp-000", "exp-cmp-000/B", 0.1)
+    >>> k.effect(Incident("cvr_drop", "exp-cmp-000/B", 0, 60, 0.5), r)
+    >>> r.rate
+    0.05
+    """
+
+    name: str
+    targets: str  # what the target names: campaign, model, model/feature, ...
+    topic: str  # the logical topic whose messages it changes
+    stage: str  # the generator's stage that applies it (one of STAGES)
+    check: TargetCheck
+    effect: Callable[[Incident, Any], None]  # on the stage's value (_Rate, _Request, ...)
+    factor: FactorRule = ANY_FACTOR
+    experiment: bool = False  # on the experiments a scenario adds when asked
+
+    def verdict(self, s: Scenario, inc: Incident) -> tuple[bool, str]:
+        """Whether `inc` fits scenario `s`, and what its target (and factor) must be."""
+        ok, what = self.check(s, inc)
+        if self.factor is ANY_FACTOR:
+            return ok, what
+        return ok and self.factor.ok(inc.factor), f"{what}; factor {self.factor.text}"
+
+
+# the stages, in the order the generator runs them for one event
+STAGES = (
+    "assignment",  # an impression's experiment arm (its share, crossovers)
+    "clicks",  # an impression's CTR
+    "conversions",  # a click's CVR
+    "features",  # an inference request's features
+    "requests",  # its score, latency and error probability
+    "arms",  # the same, by the arm of exp-model serving it
+    "labels",  # its label (value and delay)
+    "sensor-readings",  # a sensor reading's values
+)
+
+
+@dataclass(slots=True)
+class _Rate:
+    """An impression's CTR or its click's CVR, as incidents of its campaign or arm see it."""
+
+    campaign: str
+    arm: str  # EXPERIMENT/VARIANT, or "" / "None/None" outside experiments
+    rate: float
+
+
+@dataclass(slots=True)
+class _Assignment:
+    """The arm of an experiment's impression: the first arm's share, and crossovers."""
+
+    experiment: str
+    ad_id: str
+    share: float = 0.5
+    crossover: float = 0.0
+
+
+@dataclass(slots=True)
+class _Value:
+    """One feature of an inference request: a number (+ its std) or the device (+ a draw)."""
+
+    model: str
+    feature: str
+    value: Any  # float, or the device's name
+    std: float = 0.0
+    u: float = 1.0  # the device's drift draw
+
+
+@dataclass(slots=True)
+class _Request:
+    """An inference request's logit, latency and error probability."""
+
+    model: str
+    arm: str | None
+    z: float
+    latency: float
+    error_p: float
+
+
+@dataclass(slots=True)
+class _Label:
+    """A label as it is being drawn: its value and delay, and its draws."""
+
+    regressor: bool
+    t: float
+    y: float
+    delay_s: float
+    u_flip: float
+    u_noise: float
+    u_value: float
+    prediction: float
+
+
+@dataclass(slots=True)
+class _Reading:
+    """A sensor reading's values (and what a steady rise needs)."""
+
+    values: dict[str, float]
+    noise: dict[str, float]
+    interval_ms: int
+    t: float
+    rise_start: dict[Incident, float]
+    rising: bool = False
+
+
+def _apply(incidents: list[Incident], value: Any) -> Any:
+    """Let each incident (already live and on this value's target) act on `value`, in order."""
+    for inc in incidents:
+        INCIDENT_KINDS[inc.kind].effect(inc, value)
+    return value
+
+
+# -- target checks
+
+
+def _campaign(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    campaigns = s.campaign_ids()
+    return inc.target in campaigns, f"a campaign id: {_span(campaigns)} (--campaigns sets how many)"
+
+
+def _experiment(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    experiments = ", ".join(s.experiment_ids()) or "none"
+    return inc.target in s.experiment_ids(), f"an experiment, one of {experiments}"
+
+
+def _model_feature(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    models = s.model_ids()
+    features = [f.name for f in FEATURES] + [CATEGORICAL]
+    model, _, feature = inc.target.partition("/")
+    what = f"MODEL/FEATURE, model {_span(models)}, feature one of {', '.join(features)}"
+    return model in models and feature in features, what
+
+
+def _model(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    models = s.model_ids()
+    return inc.target in models, f"a model id: {_span(models)}"
+
+
+def _labelled_model(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    targets = s.model_ids() + s.regressor_ids()
+    return inc.target in targets and s.labels, f"a model id: {_span(targets)} (with labels on)"
+
+
+def _sensor_metric(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    sensors = s.sensor_ids()
+    sensor, _, metric = inc.target.partition("/")
+    what = f"SENSOR[/METRIC], sensor {_span(sensors)}, metric one of {', '.join(METRICS)}"
+    return sensor in sensors and (metric or SPIKE_METRIC) in SENSOR_METRICS, what
+
+
+def _sensor(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    sensors = s.sensor_ids()
+    return inc.target in sensors, f"a sensor id: {_span(sensors)}"
+
+
+def _model_arm(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    ok = s.experiment_models > 0 and inc.target in (f"{MODEL_EXPERIMENT}/{a}" for a in ARMS)
+    return ok, f"{MODEL_EXPERIMENT}/ARM (arms {', '.join(ARMS)}; --experiment-models > 0)"
+
+
+def _experiment_arm(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    arms = [f"{e}/{a}" for e in s.experiment_ids() for a in ("A", "B")]
+    if s.shared_experiment_campaigns > 0:
+        arms += [f"{SHARED_EXPERIMENT}/{a}" for a in ARMS]
+    return inc.target in arms, f"an experiment's arm, one of {', '.join(arms) or 'none'}"
+
+
+def _converting_arm(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    ok, what = _experiment_arm(s, inc)
+    return ok and s.cvr > 0, what  # no conversions (cvr 0): nothing to drop
+
+
+def _shared(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    experiment, _, ad = inc.target.partition("/")
+    ok = s.shared_experiment_campaigns > 0 and experiment == SHARED_EXPERIMENT and not ad
+    return ok, f"{SHARED_EXPERIMENT} (--shared-experiment-campaigns > 0)"
+
+
+def _shared_ad(s: Scenario, inc: Incident) -> tuple[bool, str]:
+    experiment, _, ad = inc.target.partition("/")
+    ok = s.shared_experiment_campaigns > 0 and experiment == SHARED_EXPERIMENT and bool(ad)
+    return ok, f"{SHARED_EXPERIMENT}/AD_ID (--shared-experiment-campaigns > 0)"
+
+
+# -- effects
+
+
+def _scale_ctr(inc: Incident, r: _Rate) -> None:
+    if inc.target in (r.campaign, r.arm):
+        r.rate *= inc.factor
+
+
+def _scale_cvr(inc: Incident, r: _Rate) -> None:
+    if inc.target == r.arm:
+        r.rate *= inc.factor
+
+
+def _set_share(inc: Incident, a: _Assignment) -> None:
+    if inc.target == a.experiment:
+        a.share = inc.factor
+
+
+def _set_ad_share(inc: Incident, a: _Assignment) -> None:
+    experiment, _, ad = inc.target.partition("/")
+    if experiment == a.experiment and ad == a.ad_id:
+        a.share = inc.factor
+
+
+def _set_crossover(inc: Incident, a: _Assignment) -> None:
+    if inc.target == a.experiment:
+        a.crossover = inc.factor
+
+
+def _drift_feature(inc: Incident, v: _Value) -> None:
+    if inc.target != f"{v.model}/{v.feature}":
+        return
+    if v.feature == CATEGORICAL:  # that share of requests moves to the rarest device
+        if v.u < inc.factor:
+            v.value = DEVICES[-1]
+    else:
+        v.value += inc.factor * v.std
+
+
+def _shift_prediction(inc: Incident, r: _Request) -> None:
+    if inc.target == r.model:
+        r.z += inc.factor
+
+
+def _scale_latency(inc: Incident, r: _Request) -> None:
+    if inc.target == r.model:
+        r.latency *= inc.factor
+
+
+def _set_error(inc: Incident, r: _Request) -> None:
+    if inc.target == r.model:
+        r.error_p = inc.factor
+
+
+def _scale_arm_latency(inc: Incident, r: _Request) -> None:
+    if inc.target == f"{MODEL_EXPERIMENT}/{r.arm}":
+        r.latency *= inc.factor
+
+
+def _set_arm_error(inc: Incident, r: _Request) -> None:
+    if inc.target == f"{MODEL_EXPERIMENT}/{r.arm}":
+        r.error_p = inc.factor  # the draw is taken either way
+
+
+def _drift_concept(inc: Incident, lab: _Label) -> None:
+    if lab.regressor:
+        lab.y *= 1.0 + inc.factor
+    elif lab.u_flip < inc.factor:
+        lab.y = 1.0 - lab.y
+
+
+def _add_label_noise(inc: Incident, lab: _Label) -> None:
+    if lab.u_noise < inc.factor:
+        if lab.regressor:
+            lab.y = round(lab.u_value * 2 * lab.prediction, 2)
+        else:
+            lab.y = float(lab.u_value < 0.5)
+
+
+def _delay_labels(inc: Incident, lab: _Label) -> None:
+    lab.delay_s *= 1.0 + inc.factor * (lab.t - inc.start_s) / inc.duration_s
+
+
+def _spike(inc: Incident, r: _Reading) -> None:
+    metric = inc.target.partition("/")[2] or SPIKE_METRIC
+    r.values[metric] += inc.factor * metric_std(metric)
+
+
+def _regime(inc: Incident, r: _Reading) -> None:
+    for m, sign in REGIME_DIRECTION.items():
+        r.values[m] += sign * inc.factor * metric_std(m)
+
+
+def _rise(inc: Incident, r: _Reading) -> None:
+    # a steady ramp from where it was, jitter < 1/4 step
+    start = r.rise_start.setdefault(inc, r.values["temperature"])
+    step = inc.factor * r.interval_ms / 1000 / inc.duration_s
+    jitter = 0.25 * step * max(-1.0, min(1.0, r.noise["temperature"]))
+    ramp = inc.factor * (r.t - inc.start_s) / inc.duration_s
+    r.values["temperature"] = start + ramp + jitter
+    r.rising = True
+
+
+_MODEL_OUTPUT = ("model", "inference-logs", "requests", _model)
+# in this order: KINDS (the base scenario's), then EXPERIMENT_KINDS
+INCIDENT_KINDS: dict[str, IncidentKind] = {
+    k.name: k
+    for k in (
+        IncidentKind("ctr_drop", "campaign", "clicks", "clicks", _campaign, _scale_ctr),
+        IncidentKind(
+            "srm", "experiment", "impressions", "assignment", _experiment, _set_share, OPEN_UNIT
+        ),
+        IncidentKind(
+            "feature_drift",
+            "model/feature",
+            "inference-logs",
+            "features",
+            _model_feature,
+            _drift_feature,
+        ),
+        IncidentKind("prediction_shift", *_MODEL_OUTPUT, _shift_prediction),
+        IncidentKind("latency_spike", *_MODEL_OUTPUT, _scale_latency, NON_NEGATIVE),
+        IncidentKind("error_spike", *_MODEL_OUTPUT, _set_error, UNIT),
+        IncidentKind(
+            "sensor_spike",
+            "sensor[/metric]",
+            "sensor-readings",
+            "sensor-readings",
+            _sensor_metric,
+            _spike,
+        ),
+        IncidentKind(
+            "sensor_rise", "sensor", "sensor-readings", "sensor-readings", _sensor, _rise, DEGREES
+        ),
+        IncidentKind(
+            "sensor_regime", "sensor", "sensor-readings", "sensor-readings", _sensor, _regime
+        ),
+        IncidentKind(
+            "concept_drift", "model", "labels", "labels", _labelled_model, _drift_concept, UNIT
+        ),
+        IncidentKind(
+            "label_noise", "model", "labels", "labels", _labelled_model, _add_label_noise, UNIT
+        ),
+        IncidentKind(
+            "label_delay", "model", "labels", "labels", _labelled_model, _delay_labels, NON_NEGATIVE
+        ),
+        IncidentKind(
+            "arm_latency",
+            "experiment/arm",
+            "inference-logs",
+            "arms",
+            _model_arm,
+            _scale_arm_latency,
+            experiment=True,
+        ),
+        IncidentKind(
+            "arm_error",
+            "experiment/arm",
+            "inference-logs",
+            "arms",
+            _model_arm,
+            _set_arm_error,
+            experiment=True,
+        ),
+        IncidentKind(
+            "ramp",
+            "experiment",
+            "impressions",
+            "assignment",
+            _shared,
+            _set_share,
+            OPEN_UNIT,
+            experiment=True,
+        ),
+        IncidentKind(
+            "crossover",
+            "experiment",
+            "impressions",
+            "assignment",
+            _shared,
+            _set_crossover,
+            OPEN_UNIT,
+            experiment=True,
+        ),
+        IncidentKind(
+            "srm_dimension",
+            "experiment/ad",
+            "impressions",
+            "assignment",
+            _shared_ad,
+            _set_ad_share,
+            OPEN_UNIT,
+            experiment=True,
+        ),
+        IncidentKind(
+            "cvr_drop",
+            "experiment/arm",
+            "conversions",
+            "conversions",
+            _converting_arm,
+            _scale_cvr,
+            BELOW_ONE,
+            experiment=True,
+        ),
+        IncidentKind(
+            "arm_ctr_drop",
+            "experiment/arm",
+            "clicks",
+            "clicks",
+            _experiment_arm,
+            _scale_ctr,
+            BELOW_ONE,
+            experiment=True,
+        ),
+    )
+}
+KINDS = tuple(name for name, k in INCIDENT_KINDS.items() if not k.experiment)
+# on the experiments a scenario adds when asked (shared_experiment_campaigns,
+# experiment_models): not in `default_incidents`, whose scenario has none
+EXPERIMENT_KINDS = tuple(name for name, k in INCIDENT_KINDS.items() if k.experiment)
+ALL_KINDS = KINDS + EXPERIMENT_KINDS
+LABEL_KINDS = tuple(name for name, k in INCIDENT_KINDS.items() if k.stage == "labels")
+
+
+def _staged(live: list[Incident], stage: str) -> list[Incident]:
+    """The live incidents a stage of the generator applies, in their order."""
+    return [i for i in live if INCIDENT_KINDS[i.kind].stage == stage]
+
+
 # -- the simulator ------------------------------------------------------------
 
 
@@ -575,10 +952,9 @@ class Simulator:
     ) -> None:
         s, rng, tag = self.s, self.rng, self.tag
         # a campaign's CTR (ctr_drop), or an experiment arm's (arm_ctr_drop)
-        drops = [i for i in live if i.kind in ("ctr_drop", "arm_ctr_drop")]
-        srm = [i for i in live if i.kind == "srm"]
-        shared = [i for i in live if i.kind in ("ramp", "crossover", "srm_dimension")]
-        cvr_drops = [i for i in live if i.kind == "cvr_drop"]
+        drops = _staged(live, "clicks")
+        assignment = _staged(live, "assignment")  # srm; ramp, crossover, srm_dimension
+        cvr_drops = _staged(live, "conversions")
         for _ in range(_poisson(rng, s.impressions_per_s)):
             ts = base + rng.randrange(1000)
             t = self._t(ts)
@@ -600,9 +976,9 @@ class Simulator:
             experiment = self.experiments.get(campaign)
             if experiment is not None:
                 share_a = 0.5
-                for inc in srm:
-                    if inc.target == experiment and inc.active(t):
-                        share_a = inc.factor
+                if assignment:
+                    arms = _Assignment(experiment, imp["ad_id"], share_a)
+                    share_a = _apply([i for i in assignment if i.active(t)], arms).share
                 imp["experiment"] = experiment
                 # sticky per user (a hash of the user; the draw is kept so the stream of
                 # later draws is what it was): a user stays in one variant
@@ -610,13 +986,12 @@ class Simulator:
                 sticky = zlib.crc32(f"{experiment}/{user}".encode()) / 2**32
                 imp["variant"] = "A" if sticky < share_a else "B"
             elif campaign in self.shared:
-                self._shared_arm(imp, seq, t, shared, batch)
+                self._shared_arm(imp, seq, t, assignment, batch)
             batch.append((ts, ("impressions", campaign, orjson.dumps(imp))))
             ctr = self.base_ctr[campaign]
-            arm = f"{imp.get('experiment')}/{imp.get('variant')}" if drops else ""
-            for inc in drops:
-                if inc.target in (campaign, arm) and inc.active(t):
-                    ctr *= inc.factor
+            if drops:
+                arm = f"{imp.get('experiment')}/{imp.get('variant')}"
+                ctr = _apply([i for i in drops if i.active(t)], _Rate(campaign, arm, ctr)).rate
             clicked = rng.random() < ctr
             # drawn whether or not it clicks, so a CTR change shifts no later draw
             delay = min(int(rng.expovariate(1 / s.click_delay_mean_s) * 1000), CLICK_DELAY_MAX_MS)
@@ -655,10 +1030,9 @@ class Simulator:
         s, rng = self.s, self.crng
         campaign = imp["campaign_id"]
         cvr = self.base_cvr[campaign]
-        arm = f"{imp.get('experiment')}/{imp.get('variant')}"
-        for inc in live:
-            if inc.target == arm and inc.active(t):
-                cvr *= inc.factor
+        if live:
+            arm = f"{imp.get('experiment')}/{imp.get('variant')}"
+            cvr = _apply([i for i in live if i.active(t)], _Rate(campaign, arm, cvr)).rate
         converts = rng.random() < cvr
         delay_s = rng.lognormvariate(
             math.log(s.conversion_delay_median_s), s.conversion_delay_sigma
@@ -690,17 +1064,10 @@ class Simulator:
         batch: list[tuple[int, Message]],
     ) -> None:
         """The arm of an impression of `exp-shared`, and its incidents."""
-        share = 0.5
-        crossover = 0.0
-        for inc in live:
-            if not inc.active(t):
-                continue
-            if inc.kind == "ramp" or (
-                inc.kind == "srm_dimension" and inc.target.partition("/")[2] == imp["ad_id"]
-            ):
-                share = inc.factor
-            elif inc.kind == "crossover":
-                crossover = inc.factor
+        arms = _Assignment(SHARED_EXPERIMENT, imp["ad_id"])
+        if live:
+            _apply([i for i in live if i.active(t)], arms)
+        share, crossover = arms.share, arms.crossover
         # sticky assignment, as experimentation platforms do: the arm is a hash of the
         # user (no random draw), so a user stays in one arm unless the share moves
         arm = ARMS[0] if zlib.crc32(imp["user_id"].encode()) / 2**32 < share else ARMS[1]
@@ -714,19 +1081,10 @@ class Simulator:
 
     def _inference(self, base: int, live: list[Incident], batch: list[tuple[int, Message]]) -> None:
         s, rng = self.s, self.irng
-        mine = [
-            i
-            for i in live
-            if i.kind
-            in (
-                "feature_drift",
-                "prediction_shift",
-                "latency_spike",
-                "error_spike",
-                "arm_latency",
-                "arm_error",
-            )
-        ]
+        drifts = _staged(live, "features")
+        outputs = _staged(live, "requests")
+        arm_incidents = _staged(live, "arms")
+        mine = drifts + outputs
         n_models = len(self.models)
         for _ in range(_poisson(rng, s.inference_per_s)):
             ts = base + rng.randrange(1000)
@@ -734,22 +1092,20 @@ class Simulator:
             model = self.models[rng.randrange(n_models)]
             mid = model.model_id
             active = [i for i in mine if i.active(t) and i.target.partition("/")[0] == mid]
+            drifting = [i for i in drifts if i in active]
             features: dict[str, float | str] = {}
             z = model.intercept
             for f in FEATURES:
                 x = f.draw(rng)
-                for inc in active:
-                    if inc.kind == "feature_drift" and inc.target == f"{mid}/{f.name}":
-                        x += inc.factor * f.std
+                if drifting:
+                    x = _apply(drifting, _Value(mid, f.name, x, f.std)).value
                 x = round(x, f.decimals)
                 features[f.name] = x
                 z += f.weight * (x - f.mean) / f.std
             device = DEVICES[_pick(model.device_cum, rng.random())]
             u_drift = rng.random()
-            for inc in active:
-                drifts = inc.kind == "feature_drift" and inc.target == f"{mid}/{CATEGORICAL}"
-                if drifts and u_drift < inc.factor:
-                    device = DEVICES[-1]
+            if drifting:
+                device = _apply(drifting, _Value(mid, CATEGORICAL, device, u=u_drift)).value
             features[CATEGORICAL] = device
             z += DEVICE_EFFECT[device] + rng.gauss(0.0, SCORE_NOISE)
             # the truth follows the unshifted score: the model is calibrated, and a
@@ -757,23 +1113,17 @@ class Simulator:
             p_true = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
             latency = model.latency_median_ms * math.exp(rng.gauss(0.0, LATENCY_SIGMA))
             error_p = s.inference_error_rate
-            for inc in active:
-                if inc.kind == "prediction_shift":
-                    z += inc.factor
-                elif inc.kind == "latency_spike":
-                    latency *= inc.factor
-                elif inc.kind == "error_spike":
-                    error_p = inc.factor
             arm = None
             if mid in self.experiment_models:
                 arm = ARMS[self._requests % 2]  # alternating: no random draw
-                for inc in mine:
-                    target = f"{MODEL_EXPERIMENT}/{arm}"
-                    if inc.active(t) and inc.target == target:
-                        if inc.kind == "arm_latency":
-                            latency *= inc.factor
-                        elif inc.kind == "arm_error":
-                            error_p = inc.factor  # the draw below is taken either way
+            if outputs or arm_incidents:
+                # the model's own incidents first, then its arm's (their factors multiply
+                # in this order)
+                request = _Request(mid, arm, z, latency, error_p)
+                _apply([i for i in outputs if i in active], request)
+                if arm is not None:
+                    _apply([i for i in arm_incidents if i.active(t)], request)
+                z, latency, error_p = request.z, request.latency, request.error_p
             failed = rng.random() < error_p
             p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
             self._requests += 1
@@ -817,18 +1167,10 @@ class Simulator:
         t = self._t(ts)
         y = truth(u_truth)
         regressor = mid == REGRESSOR
-        for inc in live:
-            if inc.target != mid or not inc.active(t):
-                continue
-            if inc.kind == "concept_drift":
-                if regressor:
-                    y *= 1.0 + inc.factor
-                elif u_flip < inc.factor:
-                    y = 1.0 - y
-            elif inc.kind == "label_noise" and u_noise < inc.factor:
-                y = round(u_value * 2 * log["prediction"], 2) if regressor else float(u_value < 0.5)
-            elif inc.kind == "label_delay":
-                delay_s *= 1.0 + inc.factor * (t - inc.start_s) / inc.duration_s
+        mine = [i for i in _staged(live, "labels") if i.target == mid and i.active(t)]
+        if mine:
+            lab = _Label(regressor, t, y, delay_s, u_flip, u_noise, u_value, log["prediction"])
+            y, delay_s = _apply(mine, lab).y, lab.delay_s
         label = {
             "request_id": log["request_id"],
             "ts": ts + max(1, round(delay_s * 1000)),
@@ -874,7 +1216,7 @@ class Simulator:
         self, horizon: int, live: list[Incident], batch: list[tuple[int, Message]]
     ) -> None:
         rng = self.srng
-        mine = [i for i in live if i.kind.startswith("sensor_")]
+        mine = _staged(live, "sensor-readings")
         for sensor in self.sensors:
             sid = sensor.sensor_id
             targeted = [i for i in mine if i.target.partition("/")[0] == sid]
@@ -890,22 +1232,9 @@ class Simulator:
                 }
                 t = self._t(ts)
                 rising = False
-                for inc in targeted:
-                    if not inc.active(t):
-                        continue
-                    if inc.kind == "sensor_spike":
-                        metric = inc.target.partition("/")[2] or SPIKE_METRIC
-                        values[metric] += inc.factor * metric_std(metric)
-                    elif inc.kind == "sensor_regime":
-                        for m, sign in REGIME_DIRECTION.items():
-                            values[m] += sign * inc.factor * metric_std(m)
-                    else:  # sensor_rise: a steady ramp from where it was, jitter < 1/4 step
-                        start = self._rise_start.setdefault(inc, values["temperature"])
-                        step = inc.factor * sensor.interval_ms / 1000 / inc.duration_s
-                        jitter = 0.25 * step * max(-1.0, min(1.0, noise["temperature"]))
-                        ramp = inc.factor * (t - inc.start_s) / inc.duration_s
-                        values["temperature"] = start + ramp + jitter
-                        rising = True
+                if targeted:
+                    state = _Reading(values, noise, sensor.interval_ms, t, self._rise_start)
+                    rising = _apply([i for i in targeted if i.active(t)], state).rising
                 values["vibration"] = max(0.0, values["vibration"])
                 reading = {
                     "sensor_id": sid,
