@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 
 from operators.base import Observation
+from river import drift
+
 from operators.change import (
+    AdwinParams,
     ChangeConfig,
     ChangeDetectors,
+    adwin_cuts_per_log_width,
     adwin_delta,
     expected_value,
     page_hinkley_threshold,
@@ -57,7 +61,7 @@ def test_thresholds_from_the_budget() -> None:
     a = 1.5 * (h + 1.166)
     assert math.isclose((math.exp(a) - a - 1) / (2 * 0.75**2), 1.44e6, rel_tol=1e-9)
     assert page_hinkley_threshold(0.75, 2.88e6) > h  # a larger ARL0, a higher threshold
-    assert adwin_delta(1.0, 1440.0) == pytest.approx(1 / 1.44e6)
+    assert adwin_delta(1.0, 1440.0) == pytest.approx(1 / 1.44e6 / adwin_cuts_per_log_width())
     with pytest.raises(ValueError):
         page_hinkley_threshold(0.75, 1.0)
     with pytest.raises(ValueError):
@@ -68,7 +72,9 @@ def test_thresholds_from_the_budget() -> None:
     det = ChangeDetectors()
     ph = det._new_detector("page_hinkley", residual=True)
     assert ph.mode == "down" and ph.threshold == pytest.approx(h)
-    assert det._new_detector("adwin", residual=True).delta == pytest.approx(1 / 1.44e6)
+    assert det._new_detector("adwin", residual=True).delta == pytest.approx(
+        adwin_delta(1.0, 1440.0)
+    )
     # a raw series keeps the configured parameters
     assert det._new_detector("page_hinkley").threshold == 12.0
     assert det._new_detector("adwin").delta == 0.002
@@ -196,3 +202,100 @@ def test_a_snapshot_from_before_residuals_restores() -> None:
     second.restore(state)
     assert not second.series[("ctr", "ctr", "c1")].residual
     assert head + second.observe(obs[100:]) == whole
+
+
+def exponential_histogram_cuts(widths: int, m: int = 5, min_len: int = 5) -> list[int]:
+    """Cut points ADWIN2 tests at each width W = 1..widths (index W), by building its
+    exponential histogram point by point (Bifet & Gavalda 2007, section 4: at most m
+    buckets of each size 2^i, an (m+1)-th merges the two oldest into one of size
+    2^(i+1)); a cut between two adjacent buckets counts when both sides hold >= min_len
+    points, as river's detect_change requires."""
+    counts = [0]
+    out = [0]
+    for width in range(1, widths + 1):
+        counts[0] += 1
+        i = 0
+        while counts[i] == m + 1:
+            counts[i] -= 2
+            if i + 1 == len(counts):
+                counts.append(0)
+            counts[i + 1] += 1
+            i += 1
+        sizes = [2**lvl for lvl in range(len(counts) - 1, -1, -1) for _ in range(counts[lvl])]
+        older, cuts = 0, 0
+        for size in sizes[:-1]:  # oldest first; no cut after the newest bucket
+            older += size
+            cuts += older >= min_len and width - older >= min_len
+        out.append(cuts)
+    return out
+
+
+def test_cut_points_per_log_width_bound_the_histograms_cuts() -> None:
+    bound = adwin_cuts_per_log_width(5, 10)
+    cuts = exponential_histogram_cuts(20_000)
+    ratios = [cuts[w] / math.log(w) for w in range(11, len(cuts))]
+    assert max(ratios) <= bound
+    # the count grows like m log2 W: far more cut points than the ln W river divides by
+    assert cuts[1440] > 4 * math.log(1440)
+    assert cuts[20_000] / math.log(20_000) > 0.5 * bound  # and the bound is not loose
+
+
+def adwin_false_cuts(delta: float, series: int, points: int, seed: int) -> int:
+    """Cuts river's ADWIN (clock 1, as ChangeDetectors runs it) reports on independent
+    N(0, 1) points, clipped like the standardised residuals (no change anywhere)."""
+    rng = np.random.default_rng(seed)
+    cuts = 0
+    for _ in range(series):
+        adwin = drift.ADWIN(delta=delta, clock=1, min_window_length=5, grace_period=10)
+        for x in np.clip(rng.standard_normal(points), -5.0, 5.0):
+            adwin.update(float(x))
+            cuts += adwin.drift_detected
+    return cuts
+
+
+@pytest.mark.parametrize("budget", [2_000.0, 20_000.0])
+def test_adwin_delta_holds_the_budget_on_white_noise(budget: float) -> None:
+    """Monte Carlo reference: false cuts on white noise per 1,000 series-days stay
+    within the budget the delta was derived from. The budgets are far above the
+    default (1) so that the bound, B * days / 1000 cuts, is a measurable count."""
+    per_day = 1440.0
+    series, points = 20, 2880  # 40 series-days
+    cuts = adwin_false_cuts(adwin_delta(budget, per_day), series, points, seed=int(budget))
+    allowed = budget * series * points / per_day / 1000.0
+    assert cuts <= allowed, (cuts, allowed)
+    # the same test without the correction for the cut points: a looser delta cuts
+    # at least as often (the correction only ever tightens)
+    loose = adwin_false_cuts(budget / (1000.0 * per_day), series, points, seed=int(budget))
+    assert loose >= cuts
+
+
+def wandering_residuals(seed: int, minutes: int, drop: tuple[int, int, float] | None = None):
+    """Residual observations (baseline 2 %, 2,000 impressions a window) whose true CTR
+    wanders 0.3 noise sds above and 0.6 below the baseline in 6-hour halves (a trailing
+    baseline's lag behind a daily cycle); `drop` = (start, end, sds) moves it further."""
+    rng = np.random.default_rng(seed)
+    p0, n = 0.02, 2000
+    sd = math.sqrt(p0 * (1 - p0) / n)
+    out = []
+    for t in range(minutes):
+        shift = 0.3 if (t // 360) % 2 == 0 else -0.6
+        if drop and drop[0] <= t < drop[1]:
+            shift -= drop[2]
+        k = int(rng.binomial(n, p0 + shift * sd))
+        start = T0 + t * W
+        details = {"impressions": n, "clicks": k, "baseline_ctr": p0}
+        out.append(Observation("ctr", "c1", "ctr", k / n, start + W, n, start, start + W, details))
+    return out
+
+
+def test_adwin_min_effect_ignores_the_wander_but_not_a_drop() -> None:
+    only = ChangeConfig(methods=("adwin",))
+    no_min = ChangeConfig(methods=("adwin",), adwin=AdwinParams(min_effect=None))
+    quiet = [wandering_residuals(seed, 2 * DAY) for seed in range(3)]
+    # without a minimum effect the 0.9-sd steps of the wander are cut on
+    assert sum(len(fired(ChangeDetectors(no_min).observe(obs))) for obs in quiet) >= 3
+    assert all(fired(ChangeDetectors(only).observe(obs)) == [] for obs in quiet)
+    # a 2-sd drop for an hour is still found, within it
+    obs = wandering_residuals(7, 2 * DAY, drop=(1500, 1560, 2.0))
+    hits = fired(ChangeDetectors(only).observe(obs))
+    assert hits and all(1500 <= i < 1565 and d == "down" for _, i, d in hits), hits
