@@ -111,8 +111,33 @@ lower every threshold), and its thresholds come from the budget B =
       ARL0 = (exp(2 k b) - 2 k b - 1) / (2 k^2),   b = h + 1.166
 
   (`page_hinkley_threshold`; k = 0.75 and B = 1: h = 8.83 per side of two).
-- ADWIN's delta bounds the probability of a false cut per check (Bifet &
-  Gavalda 2007, Theorem 3.1), so delta = B / (1000 * P) (`adwin_delta`: 6.9e-7).
+- ADWIN: each of the day's P checks may err with probability B / (1000 P). A
+  check tests every cut point of the window, each at delta' = delta / ln |W|
+  (river's eps_cut), and a cut test on N(0, 1) points errs with probability
+  <= delta'; by the union bound of Bifet & Gavalda (2007, Theorem 3.1) a check
+  errs with probability <= C(W) delta / ln W, C(W) the cut points tested. The
+  exponential histogram holds at most M buckets of each size 2^i <= W, so
+  C(W) <= M (log2 W + 1) - 1, about 7 ln W, not the ln W river divides by
+  (`adwin_cuts_per_log_width`: C(W) / ln W <= M / ln 2 + (M - 1) / ln(grace + 1)
+  = 8.88 for M = 5, grace 10), and delta = B / (1000 P) / 8.88 (`adwin_delta`:
+  7.8e-8; before this correction 6.9e-7, the per-check rate taken for delta).
+  The bound is loose on white noise (a Monte Carlo at far larger budgets sees
+  ~1e-3 of it: consecutive checks share their data), and it is not what broke
+  the budget: on the benchmark ADWIN's 3 false cuts were real shifts of 0.6-1.0
+  sd in the residual's mean lasting hours (a 4-h trailing baseline lagging the
+  daily cycle), which long sub-windows resolve. So a cut is reported only if it
+  also passes a test of a minimum effect k = `AdwinParams.min_effect` (0.25 sd)
+  on the segment since the method's last change (at most `history` points):
+  some split with both sides >= min_window_length points must have
+
+      mean(W0) - mean(W1) > k s + s sqrt(2 ln(2 / delta') (1/n0 + 1/n1))
+
+  (`effect_exceeds`, W1 below W0 for "down"). That is the test of the shifted
+  null |mu0 - mu1| <= k s at the same delta' per split, so the budget holds for
+  any wander of the residual's mean up to k; the segment's bounded length keeps
+  a slower, larger wander from accumulating the evidence ADWIN's unbounded
+  window does. A vetoed cut leaves ADWIN the window it shrank to (W1, as in the
+  paper; river would start from empty) and the segment as it was.
 
 On a residual series only a move *away* from the expected value is reported
 (|mean residual after the change point| > |before|): a return towards it (an
@@ -133,8 +158,8 @@ is deterministic. A series silent for `expire_ms` of event time is forgotten.
 
 >>> round(page_hinkley_threshold(0.75, 2 * 1000 * 1440 / 1.0), 2)
 8.83
->>> adwin_delta(1.0, 1440)
-6.944444444444445e-07
+>>> f"{adwin_delta(1.0, 1440):.3g}"
+'7.82e-08'
 """
 
 from __future__ import annotations
@@ -305,7 +330,7 @@ def adwin_cuts_per_log_width(max_buckets: int = 5, grace_period: int = 10) -> fl
     the smallest W judged, W = grace_period + 1.
 
     >>> round(adwin_cuts_per_log_width(5, 10), 3)
-    8.881
+    8.882
     """
     if max_buckets < 1 or grace_period < 2:
         raise ValueError("need max_buckets >= 1 and grace_period >= 2")
