@@ -132,9 +132,10 @@ lower every threshold), and its thresholds come from the budget B =
 
       mean(W0) - mean(W1) > k s + s sqrt(2 ln(2 / delta') (1/n0 + 1/n1))
 
-  (`effect_exceeds`, W1 below W0 for "down"). That is the test of the shifted
-  null |mu0 - mu1| <= k s at the same delta' per split, so the budget holds for
-  any wander of the residual's mean up to k; the segment's bounded length keeps
+  (`effect_exceeds`, W1 below W0 for "down"), delta' = B / (1000 P) / S over its S
+  splits (Bonferroni). That is the test of the shifted null |mu0 - mu1| <= k s at
+  B / (1000 P) per check, so the budget holds for any wander of the residual's
+  mean up to k, whatever ADWIN's own test does; the segment's bounded length keeps
   a slower, larger wander from accumulating the evidence ADWIN's unbounded
   window does. A vetoed cut leaves ADWIN the window it shrank to (W1, as in the
   paper; river would start from empty) and the segment as it was.
@@ -211,9 +212,10 @@ class AdwinParams:
     min_window_length: int = 5
     grace_period: int = 10
     max_buckets: int = 5
-    # a cut on a residual series is reported only if the mean residual after the change
-    # point differs from the mean before it by at least this many noise sds (see the
-    # module docstring: the slow wander a trailing baseline leaves in the residual)
+    # a cut on a residual series is reported only if the means either side of some split
+    # of the recent segment differ by more than this many noise sds beyond their noise
+    # bound (`effect_exceeds`; the module docstring: the slow wander a trailing baseline
+    # leaves in the residual); None: no such test
     min_effect: float | None = 0.25
 
 
@@ -398,16 +400,18 @@ def effect_exceeds(
     side: str = "both",
 ) -> bool:
     """Whether some split of `values` into W0 . W1 (both >= `min_len` points) has
-    means differing by more than `effect` beyond ADWIN's own noise bound: the test of
-    the shifted null H0: |mu0 - mu1| <= effect,
+    means differing by more than `effect` beyond their noise bound: the test of the
+    shifted null H0: |mu0 - mu1| <= effect,
 
         |mean(W0) - mean(W1)| > effect + scale * sqrt(2 ln(2 / delta') (1/n0 + 1/n1)),
 
-    delta' = delta / ln n (as river's eps_cut). If the means differ by at most `effect`,
-    the left side exceeds the right only if the estimate errs by more than the bound,
-    probability <= delta' per split for N(mu, scale^2) points (the Gaussian tail, as in
-    `adwin_delta`), so the false-cut budget holds for any wander of the mean up to
-    `effect`. `side` "down" / "up" counts only mean(W1) below / above mean(W0).
+    delta' = delta / S, S = n - 2 min_len + 1 the splits tested (Bonferroni). If the
+    means differ by at most `effect`, a split passes only if its estimate errs by more
+    than the bound, probability <= delta' for N(mu, scale^2) points (the Gaussian tail
+    P(|Z| > sqrt(2 ln(2/delta'))) <= delta', as in `adwin_delta`), so the whole test
+    errs with probability <= delta: with delta = B / (1000 P) per check, the budget
+    holds for any wander of the mean up to `effect`. `side` "down" / "up" counts only
+    mean(W1) below / above mean(W0).
 
     >>> v = np.r_[np.zeros(60), np.full(30, -3.0)]
     >>> effect_exceeds(v, 1.0, 1.0, 1e-7), effect_exceeds(v, 2.0, 1.0, 1e-7)
@@ -427,7 +431,7 @@ def effect_exceeds(
         gap = -gap
     else:
         gap = np.abs(gap)
-    log_term = math.log(2.0 * math.log(n) / delta)
+    log_term = math.log(2.0 * t.size / delta)
     bound = scale * np.sqrt(2.0 * log_term * (1.0 / t + 1.0 / (n - t)))
     return bool(np.any(gap > effect + bound))
 
@@ -487,6 +491,12 @@ class ChangeDetectors:
         self.swept_at = 0
 
     # -- detectors -----------------------------------------------------------
+
+    def _budget_per_check(self) -> float:
+        """The false-alarm probability each point's check may spend: B / (1000 P)."""
+        budget = self.config.false_alarms_per_1000_entity_days
+        assert budget is not None
+        return budget / (1000.0 * self.config.points_per_day)
 
     def _new_detector(self, method: str, residual: bool = False) -> Any:
         """A river detector; on a residual series with a budget, thresholds from it."""
@@ -650,7 +660,7 @@ class ChangeDetectors:
                     values,
                     a.min_effect * series.scale,
                     series.scale,
-                    state.detector.delta,
+                    self._budget_per_check(),
                     a.min_window_length,
                     side,
                 )

@@ -17,6 +17,7 @@ from operators.change import (
     ChangeDetectors,
     adwin_cuts_per_log_width,
     adwin_delta,
+    effect_exceeds,
     expected_value,
     page_hinkley_threshold,
 )
@@ -337,3 +338,24 @@ def test_white_noise_residuals_raise_no_adwin_change_at_the_budget() -> None:
                 )
             )
         assert fired(ChangeDetectors(only).observe(obs)) == []
+
+
+@pytest.mark.parametrize("side", ["down", "both"])
+def test_effect_test_errs_at_most_delta_at_the_edge_of_its_null(side: str) -> None:
+    """Monte Carlo reference for `effect_exceeds`: N(0, 1) points whose mean drops by
+    exactly the tolerated effect half-way (the worst case of H0: |mu0 - mu1| <= k)
+    pass the test with probability <= delta; a drop of k + 2 sds almost always passes."""
+    rng = np.random.default_rng(5)
+    k, delta, draws = 0.5, 0.1, 3000
+    step = np.r_[np.zeros(40), np.full(40, -k)]
+    edge = sum(
+        effect_exceeds(step + rng.standard_normal(80), k, 1.0, delta, 5, side) for _ in range(draws)
+    )
+    assert edge / draws <= delta, edge / draws
+    big = np.r_[np.zeros(40), np.full(40, -(k + 2.0))]
+    found = sum(
+        effect_exceeds(big + rng.standard_normal(80), k, 1.0, delta, 5, side) for _ in range(200)
+    )
+    assert found >= 190
+    # a rise is not a drop
+    assert not effect_exceeds(-big, k, 1.0, delta, 5, "down")
