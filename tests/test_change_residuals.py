@@ -359,3 +359,18 @@ def test_effect_test_errs_at_most_delta_at_the_edge_of_its_null(side: str) -> No
     assert found >= 190
     # a rise is not a drop
     assert not effect_exceeds(-big, k, 1.0, delta, 5, "down")
+
+
+def test_effect_test_one_split_matches_the_gaussian_tail() -> None:
+    """With one split (10 points, 5 a side) the test's false-pass rate at the edge of
+    its null is exactly P(Z > sqrt(2 ln(2 / delta))) (scipy), within Monte Carlo error."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(9)
+    k, delta, draws = 0.5, 0.5, 20_000
+    step = np.r_[np.zeros(5), np.full(5, -k)]
+    noise = rng.standard_normal((draws, 10))
+    rate = np.mean([effect_exceeds(step + row, k, 1.0, delta, 5, "down") for row in noise])
+    exact = float(norm.sf(math.sqrt(2.0 * math.log(2.0 / delta))))
+    assert abs(rate - exact) < 4 * math.sqrt(exact * (1 - exact) / draws), (rate, exact)
+    assert exact <= delta
