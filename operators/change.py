@@ -111,8 +111,34 @@ lower every threshold), and its thresholds come from the budget B =
       ARL0 = (exp(2 k b) - 2 k b - 1) / (2 k^2),   b = h + 1.166
 
   (`page_hinkley_threshold`; k = 0.75 and B = 1: h = 8.83 per side of two).
-- ADWIN's delta bounds the probability of a false cut per check (Bifet &
-  Gavalda 2007, Theorem 3.1), so delta = B / (1000 * P) (`adwin_delta`: 6.9e-7).
+- ADWIN: each of the day's P checks may err with probability B / (1000 P). A
+  check tests every cut point of the window, each at delta' = delta / ln |W|
+  (river's eps_cut), and a cut test on N(0, 1) points errs with probability
+  <= delta'; by the union bound of Bifet & Gavalda (2007, Theorem 3.1) a check
+  errs with probability <= C(W) delta / ln W, C(W) the cut points tested. The
+  exponential histogram holds at most M buckets of each size 2^i <= W, so
+  C(W) <= M (log2 W + 1) - 1, about 7 ln W, not the ln W river divides by
+  (`adwin_cuts_per_log_width`: C(W) / ln W <= M / ln 2 + (M - 1) / ln(grace + 1)
+  = 8.88 for M = 5, grace 10), and delta = B / (1000 P) / 8.88 (`adwin_delta`:
+  7.8e-8; before this correction 6.9e-7, the per-check rate taken for delta).
+  The bound is loose on white noise (a Monte Carlo at far larger budgets sees
+  ~1e-3 of it: consecutive checks share their data), and it is not what broke
+  the budget: on the benchmark ADWIN's 3 false cuts were real shifts of 0.6-1.0
+  sd in the residual's mean lasting hours (a 4-h trailing baseline lagging the
+  daily cycle), which long sub-windows resolve. So a cut is reported only if it
+  also passes a test of a minimum effect k = `AdwinParams.min_effect` (0.25 sd)
+  on the segment since the method's last change (at most `history` points):
+  some split with both sides >= min_window_length points must have
+
+      mean(W0) - mean(W1) > k s + s sqrt(2 ln(2 / delta') (1/n0 + 1/n1))
+
+  (`effect_exceeds`, W1 below W0 for "down"), delta' = B / (1000 P) / S over its S
+  splits (Bonferroni). That is the test of the shifted null |mu0 - mu1| <= k s at
+  B / (1000 P) per check, so the budget holds for any wander of the residual's
+  mean up to k, whatever ADWIN's own test does; the segment's bounded length keeps
+  a slower, larger wander from accumulating the evidence ADWIN's unbounded
+  window does. A vetoed cut leaves ADWIN the window it shrank to (W1, as in the
+  paper; river would start from empty) and the segment as it was.
 
 On a residual series only a move *away* from the expected value is reported
 (|mean residual after the change point| > |before|): a return towards it (an
@@ -133,8 +159,8 @@ is deterministic. A series silent for `expire_ms` of event time is forgotten.
 
 >>> round(page_hinkley_threshold(0.75, 2 * 1000 * 1440 / 1.0), 2)
 8.83
->>> adwin_delta(1.0, 1440)
-6.944444444444445e-07
+>>> f"{adwin_delta(1.0, 1440):.3g}"
+'7.82e-08'
 """
 
 from __future__ import annotations
@@ -178,12 +204,19 @@ class PageHinkleyParams:
 
 @dataclass(frozen=True)
 class AdwinParams:
-    """river.drift.ADWIN's parameters."""
+    """river.drift.ADWIN's parameters, and the smallest change reported on a residual
+    series (`min_effect`, in units of the residual's standard deviation)."""
 
     delta: float = 0.002
     clock: int = 1
     min_window_length: int = 5
     grace_period: int = 10
+    max_buckets: int = 5
+    # a cut on a residual series is reported only if the means either side of some split
+    # of the recent segment differ by more than this many noise sds beyond their noise
+    # bound (`effect_exceeds`; the module docstring: the slow wander a trailing baseline
+    # leaves in the residual); None: no such test
+    min_effect: float | None = 0.25
 
 
 @dataclass(frozen=True)
@@ -288,10 +321,44 @@ def page_hinkley_threshold(delta: float, arl0: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def adwin_delta(budget: float, points_per_day: float) -> float:
-    """ADWIN's confidence delta for `budget` false cuts per 1,000 entity-days at
-    `points_per_day` checks a day: delta bounds the false-cut probability per check."""
-    return budget / (1000.0 * points_per_day)
+def adwin_cuts_per_log_width(max_buckets: int = 5, grace_period: int = 10) -> float:
+    """An upper bound on C(W) / ln W, C(W) the number of cut points river's ADWIN tests
+    in one check of a window of W > grace_period points (M = max_buckets).
+
+    The window is an exponential histogram: at most M buckets of each size 2^i
+    (an (M+1)-th merges two into the next size), and a bucket of size 2^i needs
+    2^i <= W, so there are at most M (log2 W + 1) buckets and C(W) <= M (log2 W + 1) - 1
+    cut points between them. Hence C(W) / ln W <= M / ln 2 + (M - 1) / ln W, largest at
+    the smallest W judged, W = grace_period + 1.
+
+    >>> round(adwin_cuts_per_log_width(5, 10), 3)
+    8.882
+    """
+    if max_buckets < 1 or grace_period < 2:
+        raise ValueError("need max_buckets >= 1 and grace_period >= 2")
+    return max_buckets / math.log(2.0) + (max_buckets - 1) / math.log(grace_period + 1.0)
+
+
+def adwin_delta(
+    budget: float, points_per_day: float, max_buckets: int = 5, grace_period: int = 10
+) -> float:
+    """river's ADWIN `delta` for at most `budget` false cuts per 1,000 entity-days at
+    `points_per_day` checks a day (one check per point: clock = 1).
+
+    The day's P checks get delta_check = B / (1000 P) each (union bound over the
+    day). One check tests every cut point of the window, each at delta' = delta / ln W
+    (river's eps_cut uses ln(2 ln W / delta)), a false cut having probability <= delta'
+    for N(0, 1) points (the Gaussian tail P(|Z| > sqrt(2 ln(2/delta'))) <= delta', and
+    1/m >= 1/n0 + 1/n1); by the union bound of Bifet & Gavalda (2007, Theorem 3.1)
+    over its C(W) cut points a check errs with probability <= C(W) delta / ln W. So
+    delta = delta_check / sup_W C(W) / ln W (`adwin_cuts_per_log_width`: 8.88 for
+    river's M = 5 buckets and a grace period of 10).
+
+    >>> f"{adwin_delta(1.0, 1440):.3g}"
+    '7.82e-08'
+    """
+    per_check = budget / (1000.0 * points_per_day)
+    return per_check / adwin_cuts_per_log_width(max_buckets, grace_period)
 
 
 def expected_value(obs: Observation) -> tuple[float, float] | None:
@@ -324,16 +391,62 @@ def change_point(values: np.ndarray) -> int:
     return int(np.argmax(stat)) + 1  # first maximum: deterministic
 
 
+def effect_exceeds(
+    values: np.ndarray,
+    effect: float,
+    scale: float,
+    delta: float,
+    min_len: int = 5,
+    side: str = "both",
+) -> bool:
+    """Whether some split of `values` into W0 . W1 (both >= `min_len` points) has
+    means differing by more than `effect` beyond their noise bound: the test of the
+    shifted null H0: |mu0 - mu1| <= effect,
+
+        |mean(W0) - mean(W1)| > effect + scale * sqrt(2 ln(2 / delta') (1/n0 + 1/n1)),
+
+    delta' = delta / S, S = n - 2 min_len + 1 the splits tested (Bonferroni). If the
+    means differ by at most `effect`, a split passes only if its estimate errs by more
+    than the bound, probability <= delta' for N(mu, scale^2) points (the Gaussian tail
+    P(|Z| > sqrt(2 ln(2/delta'))) <= delta', as in `adwin_delta`), so the whole test
+    errs with probability <= delta: with delta = B / (1000 P) per check, the budget
+    holds for any wander of the mean up to `effect`. `side` "down" / "up" counts only
+    mean(W1) below / above mean(W0).
+
+    >>> v = np.r_[np.zeros(60), np.full(30, -3.0)]
+    >>> effect_exceeds(v, 1.0, 1.0, 1e-7), effect_exceeds(v, 2.0, 1.0, 1e-7)
+    (True, False)
+    """
+    n = values.size
+    if n < 2 * min_len:
+        return False
+    csum = np.cumsum(values)
+    t = np.arange(min_len, n - min_len + 1)
+    left = csum[t - 1] / t
+    right = (csum[-1] - csum[t - 1]) / (n - t)
+    gap = left - right  # > 0: W1 below W0
+    if side == "down":
+        pass
+    elif side == "up":
+        gap = -gap
+    else:
+        gap = np.abs(gap)
+    log_term = math.log(2.0 * t.size / delta)
+    bound = scale * np.sqrt(2.0 * log_term * (1.0 / t + 1.0 / (n - t)))
+    return bool(np.any(gap > effect + bound))
+
+
 # Change detection (Page-Hinkley, ADWIN) is `info`: a level moved, worth a look on the
 # dashboard, not a page (deploy/alertmanager routes info to no one). Its thresholds
 # assume independent, stationary points; a campaign's CTR has a daily cycle, so its
 # false alerts are far above FALSE_ALARM_BUDGET (DETECTION.md measures them:
 # docs/monitors/change.md). The paged verdicts are the budgeted rules.
 CHANGE_THRESHOLDS: dict[str, float] = {"info": 0.5}
-# ... except Page-Hinkley on the CTR: it judges the window's residual against the CTR
-# judge's baseline with a threshold from the budget, drops only, and measured 0 false
-# alerts per 1,000 campaign-days on the benchmark (DETECTION.md)
-CALIBRATED_CHANGE_RULES = frozenset({"ctr_change_page_hinkley"})
+# ... except both methods on the CTR: they judge the window's residual against the CTR
+# judge's baseline with thresholds from the budget (ADWIN's with its cut points counted
+# and a minimum effect), drops only, and each measured 0 false alerts per 1,000
+# campaign-days on the benchmark (DETECTION.md)
+CALIBRATED_CHANGE_RULES = frozenset({"ctr_change_page_hinkley", "ctr_change_adwin"})
 CALIBRATED_CHANGE_THRESHOLDS: dict[str, float] = {"warning": 0.5}
 
 
@@ -379,6 +492,12 @@ class ChangeDetectors:
 
     # -- detectors -----------------------------------------------------------
 
+    def _budget_per_check(self) -> float:
+        """The false-alarm probability each point's check may spend: B / (1000 P)."""
+        budget = self.config.false_alarms_per_1000_entity_days
+        assert budget is not None
+        return budget / (1000.0 * self.config.points_per_day)
+
     def _new_detector(self, method: str, residual: bool = False) -> Any:
         """A river detector; on a residual series with a budget, thresholds from it."""
         budget = self.config.false_alarms_per_1000_entity_days
@@ -400,9 +519,13 @@ class ChangeDetectors:
                 mode=mode,
             )
         a = self.config.adwin
+        delta = a.delta
+        if calibrated and budget is not None:
+            delta = adwin_delta(budget, per_day, a.max_buckets, a.grace_period)
         return drift.ADWIN(
-            delta=adwin_delta(budget, per_day) if calibrated and budget is not None else a.delta,
+            delta=delta,
             clock=a.clock,
+            max_buckets=a.max_buckets,
             min_window_length=a.min_window_length,
             grace_period=a.grace_period,
         )
@@ -515,6 +638,7 @@ class ChangeDetectors:
         after = values[split:]
         level_before = float(before.mean()) if before.size else float(values[0])
         level_after = float(after.mean())
+        kept = state.center, state.floor
         state.center = float(np.median(after))
         state.floor = offset + split
         if series.residual:
@@ -526,6 +650,27 @@ class ChangeDetectors:
                 level_after < level_before and side == "up"
             )
             if wrong or abs(level_after) < abs(level_before):
+                return None
+            a = self.config.adwin
+            if (
+                isinstance(state.detector, drift.ADWIN)
+                and self.config.false_alarms_per_1000_entity_days is not None
+                and a.min_effect is not None
+                and not effect_exceeds(
+                    values,
+                    a.min_effect * series.scale,
+                    series.scale,
+                    self._budget_per_check(),
+                    a.min_window_length,
+                    side,
+                )
+            ):
+                # a cut on the residual's slow wander, not a change: vetoed. ADWIN keeps
+                # the window it shrank to (W1, as in Bifet & Gavalda's ADWIN) instead
+                # of river's restart from empty at the next update, and the segment and
+                # centre stay, so an incident right after still has its context
+                state.detector._drift_detected = False  # river 0.26: no reset then
+                state.center, state.floor = kept
                 return None
         info: dict[str, Any] = {}
         if series.residual:
@@ -621,9 +766,11 @@ __all__ = [
     "ChangeConfig",
     "ChangeDetectors",
     "PageHinkleyParams",
+    "adwin_cuts_per_log_width",
     "adwin_delta",
     "change_point",
     "change_rules",
+    "effect_exceeds",
     "expected_value",
     "page_hinkley_threshold",
     "robust_scale",

@@ -8,12 +8,16 @@ import math
 import msgspec
 import numpy as np
 import pytest
+from river import drift
 
 from operators.base import Observation
 from operators.change import (
+    AdwinParams,
     ChangeConfig,
     ChangeDetectors,
+    adwin_cuts_per_log_width,
     adwin_delta,
+    effect_exceeds,
     expected_value,
     page_hinkley_threshold,
 )
@@ -57,7 +61,7 @@ def test_thresholds_from_the_budget() -> None:
     a = 1.5 * (h + 1.166)
     assert math.isclose((math.exp(a) - a - 1) / (2 * 0.75**2), 1.44e6, rel_tol=1e-9)
     assert page_hinkley_threshold(0.75, 2.88e6) > h  # a larger ARL0, a higher threshold
-    assert adwin_delta(1.0, 1440.0) == pytest.approx(1 / 1.44e6)
+    assert adwin_delta(1.0, 1440.0) == pytest.approx(1 / 1.44e6 / adwin_cuts_per_log_width())
     with pytest.raises(ValueError):
         page_hinkley_threshold(0.75, 1.0)
     with pytest.raises(ValueError):
@@ -68,7 +72,9 @@ def test_thresholds_from_the_budget() -> None:
     det = ChangeDetectors()
     ph = det._new_detector("page_hinkley", residual=True)
     assert ph.mode == "down" and ph.threshold == pytest.approx(h)
-    assert det._new_detector("adwin", residual=True).delta == pytest.approx(1 / 1.44e6)
+    assert det._new_detector("adwin", residual=True).delta == pytest.approx(
+        adwin_delta(1.0, 1440.0)
+    )
     # a raw series keeps the configured parameters
     assert det._new_detector("page_hinkley").threshold == 12.0
     assert det._new_detector("adwin").delta == 0.002
@@ -196,3 +202,175 @@ def test_a_snapshot_from_before_residuals_restores() -> None:
     second.restore(state)
     assert not second.series[("ctr", "ctr", "c1")].residual
     assert head + second.observe(obs[100:]) == whole
+
+
+def exponential_histogram_cuts(widths: int, m: int = 5, min_len: int = 5) -> list[int]:
+    """Cut points ADWIN2 tests at each width W = 1..widths (index W), by building its
+    exponential histogram point by point (Bifet & Gavalda 2007, section 4: at most m
+    buckets of each size 2^i, an (m+1)-th merges the two oldest into one of size
+    2^(i+1)); a cut between two adjacent buckets counts when both sides hold >= min_len
+    points, as river's detect_change requires."""
+    counts = [0]
+    out = [0]
+    for width in range(1, widths + 1):
+        counts[0] += 1
+        i = 0
+        while counts[i] == m + 1:
+            counts[i] -= 2
+            if i + 1 == len(counts):
+                counts.append(0)
+            counts[i + 1] += 1
+            i += 1
+        sizes = [2**lvl for lvl in range(len(counts) - 1, -1, -1) for _ in range(counts[lvl])]
+        older, cuts = 0, 0
+        for size in sizes[:-1]:  # oldest first; no cut after the newest bucket
+            older += size
+            cuts += older >= min_len and width - older >= min_len
+        out.append(cuts)
+    return out
+
+
+def test_cut_points_per_log_width_bound_the_histograms_cuts() -> None:
+    bound = adwin_cuts_per_log_width(5, 10)
+    cuts = exponential_histogram_cuts(20_000)
+    ratios = [cuts[w] / math.log(w) for w in range(11, len(cuts))]
+    assert max(ratios) <= bound
+    # the count grows like m log2 W: far more cut points than the ln W river divides by
+    assert cuts[1440] > 4 * math.log(1440)
+    assert cuts[20_000] / math.log(20_000) > 0.5 * bound  # and the bound is not loose
+
+
+def adwin_false_cuts(delta: float, series: int, points: int, seed: int) -> int:
+    """Cuts river's ADWIN (clock 1, as ChangeDetectors runs it) reports on independent
+    N(0, 1) points, clipped like the standardised residuals (no change anywhere)."""
+    rng = np.random.default_rng(seed)
+    cuts = 0
+    for _ in range(series):
+        adwin = drift.ADWIN(delta=delta, clock=1, min_window_length=5, grace_period=10)
+        for x in np.clip(rng.standard_normal(points), -5.0, 5.0):
+            adwin.update(float(x))
+            cuts += adwin.drift_detected
+    return cuts
+
+
+@pytest.mark.parametrize("budget", [2_000.0, 20_000.0])
+def test_adwin_delta_holds_the_budget_on_white_noise(budget: float) -> None:
+    """Monte Carlo reference: false cuts on white noise per 1,000 series-days stay
+    within the budget the delta was derived from. The budgets are far above the
+    default (1) so that the bound, B * days / 1000 cuts, is a measurable count."""
+    per_day = 1440.0
+    series, points = 20, 2880  # 40 series-days
+    cuts = adwin_false_cuts(adwin_delta(budget, per_day), series, points, seed=int(budget))
+    allowed = budget * series * points / per_day / 1000.0
+    assert cuts <= allowed, (cuts, allowed)
+    # the bound is conservative (the checks of consecutive points share their data),
+    # but the count is not blind: a delta of 0.1 cuts white noise within these points
+    assert adwin_false_cuts(0.1, series, points, seed=int(budget)) > 0
+
+
+def wandering_residuals(seed: int, minutes: int, drop: tuple[int, int, float] | None = None):
+    """Residual observations (baseline 2 %, 2,000 impressions a window) whose true CTR
+    wanders 0.3 noise sds above and 0.6 below the baseline in 6-hour halves (a trailing
+    baseline's lag behind a daily cycle); `drop` = (start, end, sds) moves it further."""
+    rng = np.random.default_rng(seed)
+    p0, n = 0.02, 2000
+    sd = math.sqrt(p0 * (1 - p0) / n)
+    out = []
+    for t in range(minutes):
+        shift = 0.3 if (t // 360) % 2 == 0 else -0.6
+        if drop and drop[0] <= t < drop[1]:
+            shift -= drop[2]
+        k = int(rng.binomial(n, p0 + shift * sd))
+        start = T0 + t * W
+        details = {"impressions": n, "clicks": k, "baseline_ctr": p0}
+        out.append(Observation("ctr", "c1", "ctr", k / n, start + W, n, start, start + W, details))
+    return out
+
+
+def test_adwin_min_effect_ignores_the_wander_but_not_a_drop() -> None:
+    only = ChangeConfig(methods=("adwin",))
+    no_min = ChangeConfig(methods=("adwin",), adwin=AdwinParams(min_effect=None))
+    quiet = [wandering_residuals(seed, 2 * DAY) for seed in range(3)]
+    # without a minimum effect the 0.9-sd steps of the wander are cut on
+    assert sum(len(fired(ChangeDetectors(no_min).observe(obs))) for obs in quiet) >= 3
+    assert all(fired(ChangeDetectors(only).observe(obs)) == [] for obs in quiet)
+    # a 2-sd drop for an hour is still found, within it
+    obs = wandering_residuals(7, 2 * DAY, drop=(1500, 1560, 2.0))
+    hits = fired(ChangeDetectors(only).observe(obs))
+    assert hits and all(1500 <= i < 1565 and d == "down" for _, i, d in hits), hits
+
+
+@pytest.mark.parametrize(("n0", "n1", "delta_prime"), [(200, 20, 0.05), (60, 60, 0.01)])
+def test_one_cut_test_errs_with_probability_at_most_delta_prime(
+    n0: int, n1: int, delta_prime: float
+) -> None:
+    """The building block of `adwin_delta`: river's eps_cut at delta' (its
+    ln(2 ln W / delta) = ln(2 / delta')) is exceeded by |mean(W0) - mean(W1)| of
+    N(0, 1) points with probability <= delta' (Monte Carlo, 40,000 pairs)."""
+    rng = np.random.default_rng(n0 + n1)
+    draws = 40_000
+    a = rng.standard_normal((draws, n0)).mean(axis=1)
+    b = rng.standard_normal((draws, n1)).mean(axis=1)
+    width, min_len, variance = n0 + n1, 5, 1.0
+    log_term = math.log(2.0 / delta_prime)
+    m_recip = 1.0 / (n0 - min_len + 1) + 1.0 / (n1 - min_len + 1)
+    eps = math.sqrt(2.0 * m_recip * variance * log_term) + 2.0 / 3.0 * log_term * m_recip
+    rate = float(np.mean(np.abs(a - b) > eps))
+    assert rate <= delta_prime, (rate, delta_prime, width)
+
+
+def test_white_noise_residuals_raise_no_adwin_change_at_the_budget() -> None:
+    """End to end at the default budget (1 per 1,000 entity-days): 12 series-days of
+    binomial residuals around a correct baseline may raise 0.012 false changes in
+    expectation; any one fails the test."""
+    only = ChangeConfig(methods=("adwin",))
+    rng = np.random.default_rng(11)
+    for entity in range(6):
+        p0, n = 0.01 * (entity + 1), 300 * (entity + 1)
+        obs = []
+        for t in range(2 * DAY):
+            k = int(rng.binomial(n, p0))
+            start = T0 + t * W
+            details = {"impressions": n, "clicks": k, "baseline_ctr": p0}
+            obs.append(
+                Observation(
+                    "ctr", f"c{entity}", "ctr", k / n, start + W, n, start, start + W, details
+                )
+            )
+        assert fired(ChangeDetectors(only).observe(obs)) == []
+
+
+@pytest.mark.parametrize("side", ["down", "both"])
+def test_effect_test_errs_at_most_delta_at_the_edge_of_its_null(side: str) -> None:
+    """Monte Carlo reference for `effect_exceeds`: N(0, 1) points whose mean drops by
+    exactly the tolerated effect half-way (the worst case of H0: |mu0 - mu1| <= k)
+    pass the test with probability <= delta; a drop of k + 2 sds almost always passes."""
+    rng = np.random.default_rng(5)
+    k, delta, draws = 0.5, 0.1, 3000
+    step = np.r_[np.zeros(40), np.full(40, -k)]
+    edge = sum(
+        effect_exceeds(step + rng.standard_normal(80), k, 1.0, delta, 5, side) for _ in range(draws)
+    )
+    assert edge / draws <= delta, edge / draws
+    big = np.r_[np.zeros(40), np.full(40, -(k + 2.0))]
+    found = sum(
+        effect_exceeds(big + rng.standard_normal(80), k, 1.0, delta, 5, side) for _ in range(200)
+    )
+    assert found >= 190
+    # a rise is not a drop
+    assert not effect_exceeds(-big, k, 1.0, delta, 5, "down")
+
+
+def test_effect_test_one_split_matches_the_gaussian_tail() -> None:
+    """With one split (10 points, 5 a side) the test's false-pass rate at the edge of
+    its null is exactly P(Z > sqrt(2 ln(2 / delta))) (scipy), within Monte Carlo error."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(9)
+    k, delta, draws = 0.5, 0.5, 20_000
+    step = np.r_[np.zeros(5), np.full(5, -k)]
+    noise = rng.standard_normal((draws, 10))
+    rate = np.mean([effect_exceeds(step + row, k, 1.0, delta, 5, "down") for row in noise])
+    exact = float(norm.sf(math.sqrt(2.0 * math.log(2.0 / delta))))
+    assert abs(rate - exact) < 4 * math.sqrt(exact * (1 - exact) / draws), (rate, exact)
+    assert exact <= delta
