@@ -131,8 +131,8 @@ class Pipeline:
         self.readers: dict[str, list[tuple[MonitorSpec, str]]] = {}
         # what the consumer knows of its partitions: (topic, partition, its position
         # (< 0: none read since the assignment), the broker's high watermark), set by the
-        # source; from it, the (topic, partition)s with messages not handed over yet,
-        # which are never idle (`waiting`, `_keep_alive`)
+        # source; from it, at each tick, the (topic, partition)s with messages not handed
+        # over yet, which are never idle (`waiting`, `_keep_alive`)
         self.fetched: tuple[tuple[str, int, int, int], ...] = ()
         self.unread: frozenset[tuple[str, int]] = frozenset()
         for m in monitors:
@@ -599,8 +599,9 @@ class Pipeline:
         its monitor's slowest busy task, or, when every task is idle, the furthest
         one: a silent partition does not hold its windows open forever."""
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
-        if self.fetched:
-            self.unread = self._unread()
+        # from the consumer's latest report: none when nothing is assigned any more (a
+        # partition given away must not be kept alive from here)
+        self.unread = self._unread()
         if self.unread:
             self.waiting(self.unread, now_ms)
             if self.plan is not None and not self.loopback:

@@ -86,7 +86,8 @@ def test_a_partition_with_unread_messages_is_never_idle() -> None:
     p, out = pipeline(clock, idle_s=5)
     p.assign([0, 1], {})
     p.process([imp(1, T0, "slow", 1, 0), clk(1, T0 + 10, "slow", 1, 0)])
-    p.unread = frozenset({("impressions", 1), ("clicks", 1)})  # more of it waits
+    # more of it waits: the consumer's position (1) is before the high watermark (9)
+    p.fetched = (("impressions", 1, 1, 9), ("clicks", 1, 1, 9))
     for k in range(1, 4):
         clock[0] += 3
         ts = T0 + k * 20 * MIN
@@ -97,7 +98,7 @@ def test_a_partition_with_unread_messages_is_never_idle() -> None:
     assert out.late_events == []
     assert p.tasks[("ctr", 1)].watermark.value < T0 + 10 * MIN
     # once it is read up, silence is idleness again and its window closes
-    p.unread = frozenset()
+    p.fetched = (("impressions", 1, 9, 9), ("clicks", 1, 9, 9))
     clock[0] += 6
     p.tick()
     final = {

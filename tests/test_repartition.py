@@ -230,7 +230,7 @@ def test_a_forwarded_partition_with_unread_messages_stays_in_the_merge() -> None
 
     clock[0] += 11  # over a third of the idle timeout since it was sent
     assert progress_again() == []  # nothing unread: no keep-alive
-    p.unread = frozenset({("impressions", 0)})
+    p.fetched = (("impressions", 0, 50, 150),)  # 100 messages not read yet
     again = progress_again()
     assert again and {f[2].rsplit(b":", 1)[0] for f in again} == {b"impressions:0"}
     assert {f[3] for f in again} == {last}  # as it stood: the event time did not move
@@ -238,6 +238,9 @@ def test_a_forwarded_partition_with_unread_messages_stays_in_the_merge() -> None
     assert progress_again() == []  # not again before another third has passed
     clock[0] += 11
     assert progress_again()
+    clock[0] += 11
+    p.fetched = ()  # the partition was given away (or nothing is assigned): no more
+    assert progress_again() == [] and p.unread == frozenset()
 
 
 def test_a_partition_not_forwarded_from_yet_holds_the_merge_while_it_has_messages() -> None:
