@@ -134,8 +134,6 @@ class KafkaSource:
         its events would come after the watermark had passed them (late, out of their
         windows). Tansu's high watermarks may be too low (see `waiting`), which can
         only miss a partition, never invent one."""
-        from confluent_kafka import KafkaException
-
         self.unread_checked = time.monotonic()
         fetched = []
         try:
@@ -143,8 +141,11 @@ class KafkaSource:
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 if high >= 0:
                     fetched.append((tp.topic, tp.partition, tp.offset, high))
-        except KafkaException:
-            return  # not known now (a rebalance): the next poll looks again
+        except Exception as exc:  # bookkeeping: it must never end the consume loop
+            # not known now (a rebalance, a closing consumer): nothing is reported as
+            # unread, so idleness works as without this; the next poll looks again
+            log.debug("consumer positions not known now: %s", exc)
+            fetched = []
         self.runtime.pipeline.fetched = tuple(fetched)
 
     def _report_lag(self) -> None:
