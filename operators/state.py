@@ -1,0 +1,117 @@
+"""Typed, versioned operator state: the one way state is snapshotted and restored.
+
+An operator keeps what must survive a restart in msgspec Structs (its *state type*)
+and declares that type and its format number. Snapshot and restore are then generic:
+
+    snapshot = {"format": N, "state": msgspec.to_builtins(state)}   # plain, msgpack-able
+    state    = msgspec.convert(snapshot["state"], type=StateType)   # typed, checked
+
+so no operator writes positional lists or string-joined keys by hand: a composite key
+is a tuple (msgpack keeps it as an array; `convert` gives the tuple back), a window's
+state is a Struct with named fields, and a snapshot that does not fit the type fails
+loudly (`StateFormatError`) instead of restoring something half-right.
+
+Upgrade policy (stated in docs/operations.md, "Upgrading"):
+
+* a snapshot carries the format of the code that wrote it; snapshots written before
+  this module existed carry none and count as format 1;
+* a snapshot of the current format is restored;
+* a snapshot of an older format is upgraded when the operator declares how
+  (`upgrades[old] -> the plain state of format old + 1`, applied in turn), and refused
+  otherwise with a `StateFormatError` that names the monitor, both formats and the
+  way out (drain the topic with the old version, or start that monitor afresh with
+  `streamwatch worker --discard-state MONITOR`); a refused snapshot is never half-used;
+* a snapshot of a newer format than the code knows (a rollback) is refused the same way.
+
+>>> import msgspec
+>>> class Counts(msgspec.Struct):
+...     n: dict[tuple[str, int], int] = {}
+>>> codec = StateCodec("demo", Counts, format=2)
+>>> snap = codec.dump(Counts(n={("a", 1): 3}))
+>>> snap
+{'format': 2, 'state': {'n': {('a', 1): 3}}}
+>>> codec.load(msgspec.msgpack.decode(msgspec.msgpack.encode(snap)))
+Counts(n={('a', 1): 3})
+>>> try:
+...     codec.load({"n": [["a", 1, 3]]})   # an unversioned (format 1) snapshot
+... except StateFormatError as exc:
+...     print(exc.args[0][:68])
+demo: a checkpoint in state format 1, which this version cannot read
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+S = TypeVar("S")
+
+#: the key a versioned snapshot carries its format under
+FORMAT_KEY = "format"
+
+
+class StateFormatError(RuntimeError):
+    """A snapshot this code cannot restore: an unknown format or one that does not fit
+    the state type. The worker stops with it rather than run on a wrong state."""
+
+
+class StateCodec(Generic[S]):
+    """Snapshot and restore of one state type: `dump` to plain data with its format,
+    `load` back to the typed state (upgrading older formats where declared)."""
+
+    def __init__(
+        self,
+        owner: str,
+        state_type: type[S],
+        *,
+        format: int,
+        upgrades: Mapping[int, Callable[[Any], Any]] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.state_type = state_type
+        self.format = format
+        #: format -> a function from that format's plain state to the next format's
+        self.upgrades = dict(upgrades or {})
+
+    def dump(self, state: S) -> dict[str, Any]:
+        """The state as plain data (a copy: later changes to `state` do not reach it)."""
+        return {FORMAT_KEY: self.format, "state": msgspec.to_builtins(state)}
+
+    def load(self, snapshot: Mapping[str, Any]) -> S:
+        """The typed state of a snapshot; StateFormatError if it cannot be restored."""
+        if isinstance(snapshot, Mapping) and FORMAT_KEY in snapshot and "state" in snapshot:
+            found, plain = snapshot[FORMAT_KEY], snapshot["state"]
+        else:  # written before states carried a format
+            found, plain = 1, snapshot
+        version = found
+        while version < self.format:
+            upgrade = self.upgrades.get(version)
+            if upgrade is None:
+                raise StateFormatError(self._refusal(found))
+            plain = upgrade(plain)
+            version += 1
+        if version != self.format:
+            raise StateFormatError(self._refusal(found))
+        try:
+            return msgspec.convert(plain, type=self.state_type)
+        except msgspec.ValidationError as exc:
+            raise StateFormatError(
+                f"{self.owner}: a checkpoint in state format {self.format} that does not fit "
+                f"{self.state_type.__name__} ({exc}); the checkpoint is damaged or was written "
+                f"by a build with the same format number but another layout"
+            ) from exc
+
+    def _refusal(self, found: Any) -> str:
+        return (
+            f"{self.owner}: a checkpoint in state format {found}, which this version cannot "
+            f"read (it writes format {self.format}"
+            + (f" and upgrades formats {sorted(self.upgrades)}" if self.upgrades else "")
+            + "). Drain the input with the version that wrote it, or start this monitor "
+            "afresh: `streamwatch worker --discard-state <monitor>` (its open windows are "
+            "lost; see docs/operations.md, Upgrading)"
+        )
+
+
+__all__ = ["FORMAT_KEY", "StateCodec", "StateFormatError"]
