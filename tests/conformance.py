@@ -117,11 +117,14 @@ def drive(
     batch: int = 50,
     split_at: int | None = None,
     far_ms: int | None = None,
+    restore_from: bytes | None = None,
 ) -> tuple[Run, MonitorTask]:
     """Feed `events` in batches (tick and collect after each), replacing the task before
     batch `split_at` by a new one restored from its snapshot through msgpack (as the
     worker's checkpoints are); then finish (end of input) or, with `far_ms`,
-    move the watermark that far past the last event instead."""
+    move the watermark that far past the last event instead. With `restore_from` (an
+    encoded checkpoint, e.g. one written by an older version), the new task is restored
+    from it instead of from the task's own snapshot."""
     run = Run()
     task = make()
     _record(task, run)
@@ -129,6 +132,8 @@ def drive(
         if i == split_at:
             # through the worker's checkpoint encoding (msgpack), as after a restart
             blob = checkpoints.encode(checkpoints.Checkpoint({}, task.snapshot()))
+            if restore_from is not None:
+                blob = restore_from
             task = make()
             state = checkpoints.decode(blob).state
             task.restore(state)
