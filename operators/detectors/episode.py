@@ -31,22 +31,28 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import msgspec
+
 Transition = Literal["start", "escalate", "end"] | None
 
 
-class Episode:
-    __slots__ = ("active", "cooldown", "length", "level", "normal_run", "quiet", "since_end")
+class Episode(msgspec.Struct):
+    """The machine's state is its fields (a msgspec Struct): it snapshots and restores
+    as a typed field of its owner's state (`operators.state`)."""
 
-    def __init__(self, quiet: int = 1, cooldown: int = 0) -> None:
-        if quiet < 1 or cooldown < 0:
+    quiet: int = 1
+    cooldown: int = 0
+    active: bool = False
+    level: int = 0  # the open episode's highest level (True counts as 1)
+    normal_run: int = 0  # consecutive normal readings inside the episode
+    since_end: int = -1  # readings since the last episode ended (-1: `cooldown`)
+    length: int = 0  # readings in the current episode
+
+    def __post_init__(self) -> None:
+        if self.quiet < 1 or self.cooldown < 0:
             raise ValueError("quiet must be >= 1 and cooldown >= 0")
-        self.quiet = quiet
-        self.cooldown = cooldown
-        self.active = False
-        self.level = 0  # the open episode's highest level (True counts as 1)
-        self.normal_run = 0  # consecutive normal readings inside the episode
-        self.since_end = cooldown  # readings since the last episode ended
-        self.length = 0  # readings in the current episode
+        if self.since_end < 0:  # a new machine may start at once
+            self.since_end = self.cooldown
 
     def update(self, anomalous: int, hold: bool = False, may_start: bool = True) -> Transition:
         """One judged reading; returns "start", "escalate", "end" or None.
@@ -88,6 +94,7 @@ class Episode:
         return "end"
 
     def snapshot(self) -> list[Any]:
+        """State format 1 (positional), kept while owners still write it."""
         return [self.active, self.normal_run, self.since_end, self.length, self.level]
 
     def restore(self, state: list[Any]) -> None:
