@@ -1,44 +1,49 @@
-"""Trailing baselines of a rate (clicks per impression), per key."""
+"""Trailing baselines of a rate (clicks per impression), per key, as typed state."""
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
+import msgspec
 
-class TrailingRate:
-    """The pooled rate of the last `size` windows per key: sum(hits) / sum(trials).
 
-    Pooling (rather than averaging window rates) weights each window by its
-    traffic and gives the counts a significance test needs.
-    """
+class RateBlock(msgspec.Struct, gc=False):
+    """Committed windows summed: hits and trials of `windows` consecutive windows."""
 
-    def __init__(self, size: int, min_count: int) -> None:
-        self.size = size
-        self.min_count = min_count
-        self.windows: dict[str, deque[tuple[int, int]]] = {}
+    hits: int
+    trials: int
+    windows: int = 1
 
-    def get(self, key: str) -> tuple[int, int] | None:
-        """(hits, trials) of the baseline, or None while fewer than `min_count` windows."""
-        windows = self.windows.get(key)
-        if windows is None or len(windows) < self.min_count:
-            return None
-        return sum(h for h, _ in windows), sum(t for _, t in windows)
 
-    def add(self, key: str, hits: int, trials: int) -> None:
-        windows = self.windows.get(key)
-        if windows is None:
-            windows = self.windows[key] = deque(maxlen=self.size)
-        windows.append((hits, trials))
+class HeldWindow(msgspec.Struct, gc=False):
+    """One window held until its detector commits or discards it."""
 
-    def snapshot(self) -> dict[str, Any]:
-        return {key: [list(w) for w in windows] for key, windows in self.windows.items()}
+    hits: int
+    trials: int
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.windows = {
-            key: deque((tuple(w) for w in windows), maxlen=self.size)  # type: ignore[misc]
-            for key, windows in state.items()
-        }
+
+class ClearedRateState(msgspec.Struct):
+    """What a `ClearedRate` keeps (its totals are rebuilt from the blocks on `load`)."""
+
+    #: per key: the committed blocks, oldest first, the last one being filled
+    windows: dict[str, list[RateBlock]] = {}
+    #: per key: the held windows, oldest first
+    pending: dict[str, list[HeldWindow]] = {}
+
+
+def cleared_rate_from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """A `ClearedRate` of state format 1 (blocks as [hits, trials, windows], held
+    windows as [hits, trials]) as the plain data of `ClearedRateState`."""
+    return {
+        "windows": {
+            key: [{"hits": b[0], "trials": b[1], "windows": b[2]} for b in blocks]
+            for key, blocks in old["windows"].items()
+        },
+        "pending": {
+            key: [{"hits": w[0], "trials": w[1]} for w in held]
+            for key, held in old["pending"].items()
+        },
+    }
 
 
 class ClearedRate:
@@ -87,58 +92,57 @@ class ClearedRate:
         self.min_trials = min_trials
         self.min_hits = min_hits
         self.max_pending = max_pending
-        # per key: blocks [hits, trials, windows], the last one being filled
-        # (a list while the key has one block: see `_add`)
-        self.windows: dict[str, deque[list[int]] | list[list[int]]] = {}
-        self.totals: dict[str, list[int]] = {}  # per key: the sums over its blocks
-        self.pending: dict[str, list[list[int]]] = {}
+        # whole blocks covering `size`, plus the one being filled
+        self.span = -(-size // block) + 1
+        # the state (`ClearedRateState`): per key the committed blocks, the last one
+        # being filled, and the held windows
+        self.windows: dict[str, list[RateBlock]] = {}
+        self.pending: dict[str, list[HeldWindow]] = {}
+        # derived: per key the sums over its blocks (rebuilt by `load`)
+        self.totals: dict[str, RateBlock] = {}
 
     def get(self, key: str) -> tuple[int, int] | None:
         """(hits, trials) of the committed baseline, or None while too small."""
         total = self.totals.get(key)
         if total is None:
             return None
-        hits, trials, windows = total
-        if windows < self.min_windows or trials < self.min_trials or hits < self.min_hits:
+        hits, trials = total.hits, total.trials
+        if total.windows < self.min_windows or trials < self.min_trials or hits < self.min_hits:
             return None
         return hits, trials
 
     def _add(self, key: str, hits: int, trials: int) -> None:
         blocks = self.windows.get(key)
         if blocks is None:
-            # a key's first block as a plain list: with many keys most never fill one
-            # block, and a deque per key costs more than the rest of this call
-            self.windows[key] = [[hits, trials, 1]]
-            self.totals[key] = [hits, trials, 1]
+            self.windows[key] = [RateBlock(hits, trials)]
+            self.totals[key] = RateBlock(hits, trials)
             return
         total = self.totals[key]
         last = blocks[-1] if blocks else None
-        if last is not None and last[2] < self.block:
-            last[0] += hits
-            last[1] += trials
-            last[2] += 1
+        if last is not None and last.windows < self.block:
+            last.hits += hits
+            last.trials += trials
+            last.windows += 1
         else:
-            if not isinstance(blocks, deque):
-                # whole blocks covering `size`, plus the one being filled
-                blocks = self.windows[key] = deque(blocks, maxlen=-(-self.size // self.block) + 1)
-            if len(blocks) == blocks.maxlen:  # the oldest block leaves the span
-                old = blocks[0]
-                total[0] -= old[0]
-                total[1] -= old[1]
-                total[2] -= old[2]
-            blocks.append([hits, trials, 1])
-        total[0] += hits
-        total[1] += trials
-        total[2] += 1
+            if len(blocks) >= self.span:  # the oldest block leaves the span
+                old = blocks.pop(0)  # a list of size / block + 1 entries: cheap
+                total.hits -= old.hits
+                total.trials -= old.trials
+                total.windows -= old.windows
+            blocks.append(RateBlock(hits, trials))
+        total.hits += hits
+        total.trials += trials
+        total.windows += 1
 
-    def hold(self, key: str, hits: int, trials: int) -> list[int]:
+    def hold(self, key: str, hits: int, trials: int) -> HeldWindow:
         """Hold a window until the detector commits or discards it; returns its entry
         (for `drop`)."""
-        entry = [hits, trials]
+        entry = HeldWindow(hits, trials)
         pending = self.pending.setdefault(key, [])
         pending.append(entry)
         if len(pending) > self.max_pending:
-            self._add(key, *pending.pop(0))
+            oldest = pending.pop(0)
+            self._add(key, oldest.hits, oldest.trials)
         return entry
 
     def learn(self, key: str, hits: int, trials: int) -> None:
@@ -153,11 +157,11 @@ class ClearedRate:
         """
         pending = self.pending.pop(key, None)
         if pending:
-            for held_hits, held_trials in pending:
-                self._add(key, held_hits, held_trials)
+            for held in pending:
+                self._add(key, held.hits, held.trials)
         self._add(key, hits, trials)
 
-    def drop(self, key: str, entry: list[int]) -> None:
+    def drop(self, key: str, entry: HeldWindow) -> None:
         """Forget one held window (judged anomalous on its own), if still held."""
         pending = self.pending.get(key)
         if pending:
@@ -169,24 +173,40 @@ class ClearedRate:
     def commit(self, key: str) -> None:
         pending = self.pending.pop(key, None)
         if pending:
-            for hits, trials in pending:
-                self._add(key, hits, trials)
+            for held in pending:
+                self._add(key, held.hits, held.trials)
 
     def discard(self, key: str) -> None:
         self.pending.pop(key, None)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "windows": {key: [list(b) for b in bs] for key, bs in self.windows.items()},
-            "pending": {key: [list(w) for w in ws] for key, ws in self.pending.items()},
+    def state(self) -> ClearedRateState:
+        """The typed state (not a copy): a field of its owner's state."""
+        return ClearedRateState(self.windows, self.pending)
+
+    def load(self, state: ClearedRateState) -> None:
+        """Take `state` (e.g. as restored) as this baseline's; the totals are rebuilt."""
+        self.windows, self.pending = state.windows, state.pending
+        self.totals = {
+            key: RateBlock(
+                sum(b.hits for b in blocks),
+                sum(b.trials for b in blocks),
+                sum(b.windows for b in blocks),
+            )
+            for key, blocks in self.windows.items()
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        size = -(-self.size // self.block) + 1
-        self.windows = {
-            key: deque((list(b) for b in bs), maxlen=size) for key, bs in state["windows"].items()
-        }
-        self.totals = {
-            key: [sum(b[i] for b in bs) for i in range(3)] for key, bs in self.windows.items()
-        }
-        self.pending = {key: [list(w) for w in ws] for key, ws in state["pending"].items()}
+    def snapshot(self) -> dict[str, Any]:
+        """`state()` as plain data (a copy), for a baseline checkpointed on its own."""
+        return msgspec.to_builtins(self.state())
+
+    def restore(self, plain: Any) -> None:
+        self.load(msgspec.convert(plain, ClearedRateState))
+
+
+__all__ = [
+    "ClearedRate",
+    "ClearedRateState",
+    "HeldWindow",
+    "RateBlock",
+    "cleared_rate_from_format_1",
+]

@@ -53,10 +53,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from operators.base import Operator
-from operators.ctr_evidence import CtrJudge
+from operators.ctr_evidence import CtrJudge, CtrJudgeState, judge_from_format_1
 from operators.rules import rule_spec as _rule
 from operators.sequential import bonferroni_alpha, cusum_threshold, windows_per_1000_entity_days
+from operators.state import StateCodec
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Click, Conversion, Impression
@@ -144,63 +147,169 @@ class CtrConfig:
         return cusum_threshold(self.budgeted_tests / self.false_alarms_per_1000_campaign_days)
 
 
-class CtrWindow:
-    """Counts of one (campaign, variant, window), and the impressions in it."""
+#: a window's key: (campaign, variant), or (experiment, arm) for the funnel monitor
+WindowKey = tuple[str, str]
 
-    __slots__ = (
-        "click_ids",
-        "clicked",
-        "clicks",
-        "conv_changed",
-        "conv_last",
-        "converted",
-        "dup_clicks",
-        "dup_convs",
-        "dup_imps",
-        "ids",
-        "imps",
-        "orphan_convs",
-        "orphans",
-        "times",
-    )
 
-    def __init__(self) -> None:
-        self.imps = 0
-        self.clicks = 0
-        self.orphans = 0
-        self.dup_clicks = 0
-        self.dup_imps = 0
-        # the window's impressions, as parallel lists, and those clicked: a
-        # snapshot hands these lists to the encoder as they are (no per-impression work)
-        self.ids: list[str] = []
-        self.times: list[int] = []
-        self.clicked: list[str] = []
-        # conversions: the ids of the window's counted clicks (their time and impression
-        # are in the operator's `clicks`),
-        # the converted impressions -> [conversion ts, conversion_id, value] (the first
-        # by (ts, id)), duplicate and orphan conversions, whether the conversion
-        # figures changed since the final row was written, and the latest time of a
-        # joined conversion (the final row decides from it, not from arrival order,
-        # whether a version-3 row follows)
-        self.click_ids: list[str] = []
-        self.converted: dict[str, list[Any]] = {}
-        self.dup_convs = 0
-        self.orphan_convs = 0
-        self.conv_changed = False
-        self.conv_last = NO_WATERMARK
+class Converted(msgspec.Struct, gc=False):
+    """The conversion that gives a converted impression its revenue: its first by
+    (ts, conversion_id), so any arrival order chooses the same one."""
+
+    ts: int
+    conversion_id: str
+    value: float
+
+
+class CtrWindow(msgspec.Struct):
+    """Counts of one (campaign, variant, window), the impressions in it and its counted
+    clicks: the join's canonical state (its indexes are rebuilt from these on restore)."""
+
+    imps: int = 0
+    clicks: int = 0
+    orphans: int = 0
+    dup_clicks: int = 0
+    dup_imps: int = 0
+    # the window's impressions, as parallel lists (id, event time), and those clicked
+    ids: list[str] = []
+    times: list[int] = []
+    clicked: list[str] = []
+    # conversions: the window's counted clicks, as parallel lists (click_id, click time,
+    # impression_id), kept until its conversions are final
+    click_ids: list[str] = []
+    click_times: list[int] = []
+    click_imps: list[str] = []
+    # converted impression -> the conversion that gives its value
+    converted: dict[str, Converted] = {}
+    dup_convs: int = 0
+    orphan_convs: int = 0
+    # whether the conversion figures changed since the final row was written, and the
+    # latest time of a joined conversion (the final row decides from it, not from
+    # arrival order, whether a version-3 row follows)
+    conv_changed: bool = False
+    conv_last: int = NO_WATERMARK
 
     def revenue(self) -> float:
         """Sum of the converted impressions' values, exactly rounded (order-free)."""
-        return math.fsum(c[2] for c in self.converted.values())
+        return math.fsum(c.value for c in self.converted.values())
 
 
-def _key(campaign: str, variant: str) -> str:
-    return f"{campaign}\x1f{variant}"
+class PendingClick(msgspec.Struct, gc=False):
+    """A click whose impression has not been seen (yet)."""
+
+    ts: int
+    campaign: str
+    click_id: str
 
 
-def _split(key: str) -> tuple[str, str]:
+class PendingConversion(msgspec.Struct, gc=False):
+    """A conversion whose click is not known (yet)."""
+
+    ts: int
+    campaign: str
+    conversion_id: str
+    value: float
+
+
+class Converting(msgspec.Struct):
+    """A window past its final row whose counted clicks may still convert."""
+
+    start: int
+    key: WindowKey
+    window: CtrWindow
+
+
+class CtrState(msgspec.Struct):
+    """The CTR operator's checkpoint (state format 2, `operators.state`). Derived
+    indexes (impressions and counted clicks by id, the heaps of waiting clicks and
+    conversions) are not in it: `restore` rebuilds them from the windows."""
+
+    #: open windows by start, then (campaign, variant)
+    windows: dict[int, dict[WindowKey, CtrWindow]] = {}
+    #: clicks waiting for their impression: impression_id -> {arrival seq: click}
+    pending: dict[str, dict[int, PendingClick]] = {}
+    seq: int = 0
+    provisional_until: int = NO_WATERMARK  # provisional rows emitted for ends <= this
+    judge: CtrJudgeState = msgspec.field(default_factory=CtrJudgeState)
+    #: windows past their final row, waiting for conversions, by start
+    converting: list[Converting] = []
+    #: conversions waiting for their click: click_id -> {arrival seq: conversion}
+    conv_pending: dict[str, dict[int, PendingConversion]] = {}
+
+
+def split_key(key: str) -> WindowKey:
+    """A window key of state format 1 ("campaign\\x1fvariant") as a tuple."""
     campaign, _, variant = key.partition("\x1f")
     return campaign, variant
+
+
+def _window_from_format_1(item: list[Any]) -> tuple[int, WindowKey, dict[str, Any]]:
+    """(start, key, plain CtrWindow) of a format-1 window; the conversion fields
+    follow v1's ten (snapshots before conversions have only those)."""
+    start, key, imps, clicks, orphans, dup_clicks, dup_imps, ids, times, clicked = item[:10]
+    window: dict[str, Any] = {
+        "imps": imps,
+        "clicks": clicks,
+        "orphans": orphans,
+        "dup_clicks": dup_clicks,
+        "dup_imps": dup_imps,
+        "ids": ids,
+        "times": times,
+        "clicked": clicked,
+    }
+    if len(item) > 10:
+        counted, converted, dup_convs, orphan_convs, changed = item[10:15]
+        window.update(
+            click_ids=[c[0] for c in counted],
+            click_times=[c[1] for c in counted],
+            click_imps=[c[2] for c in counted],
+            converted={c[0]: {"ts": c[1], "conversion_id": c[2], "value": c[3]} for c in converted},
+            dup_convs=dup_convs,
+            orphan_convs=orphan_convs,
+            conv_changed=bool(changed),
+            # snapshots without it: a window that saw conversions gets its version-3 row
+            conv_last=item[15] if len(item) > 15 else (2**62 if changed else NO_WATERMARK),
+        )
+    return start, split_key(key), window
+
+
+def ctr_state_from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """The CTR operator's state format 1 (positional windows and waiting entries,
+    "\\x1f"-joined keys) as the plain data of `CtrState`, with format 1's own
+    fallbacks: waiting clicks without a click_id (before conversions) wait with "";
+    a snapshot from before the evidence-based judge (no "judge") restores the windows
+    and joins exactly while the baselines and CUSUMs start afresh (warm-up:
+    baseline_min_windows windows), the documented upgrade policy."""
+    windows: dict[int, dict[WindowKey, Any]] = {}
+    for item in old["windows"]:
+        start, key, window = _window_from_format_1(item)
+        windows.setdefault(start, {})[key] = window
+    pending: dict[str, dict[int, Any]] = {}
+    for imp_id, seq, ts, campaign, *rest in old["pending"]:
+        click_id = rest[0] if rest else ""
+        pending.setdefault(imp_id, {})[seq] = {"ts": ts, "campaign": campaign, "click_id": click_id}
+    conv_pending: dict[str, dict[int, Any]] = {}
+    for click_id, seq, ts, campaign, conv_id, value in old.get("conv_pending", []):
+        conv_pending.setdefault(click_id, {})[seq] = {
+            "ts": ts,
+            "campaign": campaign,
+            "conversion_id": conv_id,
+            "value": value,
+        }
+    converting = []
+    for item in old.get("converting", []):
+        start, key, window = _window_from_format_1(item)
+        converting.append({"start": start, "key": key, "window": window})
+    state: dict[str, Any] = {
+        "windows": windows,
+        "pending": pending,
+        "seq": old["seq"],
+        "provisional_until": old["provisional_until"],
+        "converting": converting,
+        "conv_pending": conv_pending,
+    }
+    if "judge" in old:
+        state["judge"] = judge_from_format_1(old["judge"])
+    return state
 
 
 def ctr_rules(config: CtrConfig | None = None) -> list[dict[str, Any]]:
@@ -259,8 +368,13 @@ def ctr_rules(config: CtrConfig | None = None) -> list[dict[str, Any]]:
     ]
 
 
+CTR_STATE = StateCodec("ctr", CtrState, format=2, upgrades={1: ctr_state_from_format_1})
+
+
 class CtrOperator(Operator):
     sources = ("impressions", "clicks")
+    #: how its state is checkpointed (a subclass with more state declares its own)
+    state_codec: StateCodec[Any] = CTR_STATE
     observes = (("ctr", "ctr"), ("ctr", "ctr_drop"), ("ctr", "ctr_evidence"))
 
     @classmethod
@@ -270,25 +384,27 @@ class CtrOperator(Operator):
     def __init__(self, config: CtrConfig | None = None) -> None:
         super().__init__()
         self.config = config or CtrConfig()
+        # the state (`CtrState`) is these fields; the indexes below them are derived
         self.windows: TumblingWindows[CtrWindow] = TumblingWindows(self.config.window_ms, CtrWindow)
-        # impression_id -> [window, ts, clicked, impression_id]; kept until the window is final
+        # derived: impression_id -> [window, ts, clicked, impression_id], until the window
+        # is final
         self.impressions: dict[str, list[Any]] = {}
-        # clicks whose impression has not been seen: impression_id -> {seq: (ts, campaign)}
-        self.pending: dict[str, dict[int, tuple[int, str]]] = {}
+        # clicks whose impression has not been seen: impression_id -> {seq: click}
+        self.pending: dict[str, dict[int, PendingClick]] = {}
         self.pending_heap: list[tuple[int, int, str]] = []  # (click ts, seq, impression_id)
         self.seq = 0
         self.provisional_until = NO_WATERMARK  # provisional rows emitted for ends <= this
         self.judge = CtrJudge(self.config)
         if self.config.conversions:
             self.sources = ("impressions", "clicks", "conversions")
-        # counted clicks: click_id -> [window, click ts, impression_id], until the
-        # window's conversions are final
+        # derived: counted clicks, click_id -> [window, click ts, impression_id], until
+        # the window's conversions are final
         self.clicks: dict[str, list[Any]] = {}
-        # conversions whose click is not known: click_id -> {seq: (ts, campaign, id, value)}
-        self.conv_pending: dict[str, dict[int, tuple[int, str, str, float]]] = {}
+        # conversions whose click is not known: click_id -> {seq: conversion}
+        self.conv_pending: dict[str, dict[int, PendingConversion]] = {}
         self.conv_heap: list[tuple[int, int, str]] = []  # (conversion ts, seq, click_id)
-        # windows past their final row, waiting for conversions: (start, key, window)
-        self.converting: deque[tuple[int, str, CtrWindow]] = deque()
+        # windows past their final row, waiting for conversions, by start
+        self.converting: deque[Converting] = deque()
 
     # -- input ---------------------------------------------------------------
 
@@ -316,11 +432,11 @@ class CtrOperator(Operator):
         self.impressions[imp.impression_id] = entry
         waiting = self.pending.pop(imp.impression_id, None)
         if waiting:
-            for click_ts, campaign, click_id in waiting.values():
-                self._attribute(entry, click_ts, campaign, click_id)
+            for click in waiting.values():
+                self._attribute(entry, click.ts, click.campaign, click.click_id)
 
-    def _window_key(self, imp: Impression) -> str:
-        return _key(imp.campaign_id, imp.variant or "")
+    def _window_key(self, imp: Impression) -> WindowKey:
+        return imp.campaign_id, imp.variant or ""
 
     @classmethod
     def sources_for(cls, config: CtrConfig) -> tuple[str, ...]:
@@ -335,10 +451,8 @@ class CtrOperator(Operator):
         # The impression may still arrive (out of order): wait until the
         # watermark passes the click, after which it could only come late.
         self.seq += 1
-        self.pending.setdefault(click.impression_id, {})[self.seq] = (
-            click.ts,
-            click.campaign_id,
-            click.click_id,
+        self.pending.setdefault(click.impression_id, {})[self.seq] = PendingClick(
+            click.ts, click.campaign_id, click.click_id
         )
         heapq.heappush(self.pending_heap, (click.ts, self.seq, click.impression_id))
 
@@ -355,12 +469,16 @@ class CtrOperator(Operator):
                 record = [window, click_ts, imp_id]
                 self.clicks[click_id] = record
                 window.click_ids.append(click_id)
+                window.click_times.append(click_ts)
+                window.click_imps.append(imp_id)
                 waiting = self.conv_pending.pop(click_id, None)
                 if waiting:
-                    for conv_ts, conv_campaign, conv_id, value in waiting.values():
-                        self._convert(record, conv_ts, conv_campaign, conv_id, value)
+                    for conv in waiting.values():
+                        self._convert(
+                            record, conv.ts, conv.campaign, conv.conversion_id, conv.value
+                        )
         else:
-            self.windows.at(_key(campaign, ""), click_ts).orphans += 1
+            self.windows.at((campaign, ""), click_ts).orphans += 1
 
     def _conversion(self, conv: Conversion) -> None:
         value = conv.value if conv.value is not None else 0.0
@@ -370,11 +488,8 @@ class CtrOperator(Operator):
             return
         # its click may still come, or still find its impression: wait for the watermark
         self.seq += 1
-        self.conv_pending.setdefault(conv.click_id, {})[self.seq] = (
-            conv.ts,
-            conv.campaign_id,
-            conv.conversion_id,
-            value,
+        self.conv_pending.setdefault(conv.click_id, {})[self.seq] = PendingConversion(
+            conv.ts, conv.campaign_id, conv.conversion_id, value
         )
         heapq.heappush(self.conv_heap, (conv.ts, self.seq, conv.click_id))
 
@@ -383,17 +498,18 @@ class CtrOperator(Operator):
     ) -> None:
         window, click_ts, imp_id = record
         if not 0 <= conv_ts - click_ts <= self.config.conversion_ms:
-            self.windows.at(_key(campaign, ""), conv_ts).orphan_convs += 1
+            self.windows.at((campaign, ""), conv_ts).orphan_convs += 1
             return
         window.conv_changed = True
         window.conv_last = max(window.conv_last, conv_ts)
         chosen = window.converted.get(imp_id)
         if chosen is None:
-            window.converted[imp_id] = [conv_ts, conv_id, value]
+            window.converted[imp_id] = Converted(conv_ts, conv_id, value)
             return
         window.dup_convs += 1
-        if (conv_ts, conv_id) < (chosen[0], chosen[1]):  # the first by (ts, id) gives the value
-            chosen[:] = [conv_ts, conv_id, value]
+        # the first by (ts, id) gives the value
+        if (conv_ts, conv_id) < (chosen.ts, chosen.conversion_id):
+            window.converted[imp_id] = Converted(conv_ts, conv_id, value)
 
     # -- event time ----------------------------------------------------------
 
@@ -405,10 +521,10 @@ class CtrOperator(Operator):
             waiting = self.pending.get(imp_id)
             if waiting is None or seq not in waiting:
                 continue  # its impression arrived meanwhile
-            _, campaign, _ = waiting.pop(seq)
+            campaign = waiting.pop(seq).campaign
             if not waiting:
                 del self.pending[imp_id]
-            self.windows.at(_key(campaign, ""), click_ts).orphans += 1
+            self.windows.at((campaign, ""), click_ts).orphans += 1
         # after the clicks: a conversion's click (earlier than it) has been placed by now
         conv_heap = self.conv_heap
         while conv_heap and conv_heap[0][0] < watermark:
@@ -416,10 +532,10 @@ class CtrOperator(Operator):
             waiting_convs = self.conv_pending.get(click_id)
             if waiting_convs is None or seq not in waiting_convs:
                 continue  # its click came meanwhile
-            _, campaign, _, _ = waiting_convs.pop(seq)
+            campaign = waiting_convs.pop(seq).campaign
             if not waiting_convs:
                 del self.conv_pending[click_id]
-            self.windows.at(_key(campaign, ""), conv_ts).orphan_convs += 1
+            self.windows.at((campaign, ""), conv_ts).orphan_convs += 1
 
         final_until = watermark - cfg.attribution_ms
         provisional_from = max(self.provisional_until, final_until)
@@ -440,7 +556,7 @@ class CtrOperator(Operator):
                 # come after it (it is not late then), so the row it is in must not
                 # depend on which (the rows are then the same in any arrival order)
                 window.conv_changed = window.conv_last >= start + cfg.window_ms + cfg.attribution_ms
-                self.converting.append((start, key, window))
+                self.converting.append(Converting(start, key, window))
         if closed:
             self._judge(closed)
         self._close_conversions(final_until - cfg.conversion_ms)
@@ -454,23 +570,23 @@ class CtrOperator(Operator):
         conversions changed since the final row; their clicks are forgotten."""
         cfg = self.config
         done = []
-        while self.converting and self.converting[0][0] + cfg.window_ms <= until:
-            start, key, window = self.converting.popleft()
-            for click_id in window.click_ids:
+        while self.converting and self.converting[0].start + cfg.window_ms <= until:
+            held = self.converting.popleft()
+            for click_id in held.window.click_ids:
                 self.clicks.pop(click_id, None)
-            done.append((start, key, window))
+            done.append((held.start, held.key, held.window))
         if done:
             self._conversions_final(done)
 
-    def _conversions_final(self, done: list[tuple[int, str, CtrWindow]]) -> None:
+    def _conversions_final(self, done: list[tuple[int, WindowKey, CtrWindow]]) -> None:
         for start, key, window in done:
             if window.conv_changed:
                 self._emit_row(start, key, window, final=True, version=3)
 
     def _emit_row(
-        self, start: int, key: str, window: CtrWindow, final: bool, version: int | None = None
+        self, start: int, key: WindowKey, window: CtrWindow, final: bool, version: int | None = None
     ) -> None:
-        campaign, variant = _split(key)
+        campaign, variant = key
         converted = len(window.converted)
         self._out.add_row(
             "ctr_windows",
@@ -495,9 +611,9 @@ class CtrOperator(Operator):
             },
         )
 
-    def _judge(self, closed: list[tuple[int, str, CtrWindow]]) -> None:
+    def _judge(self, closed: list[tuple[int, WindowKey, CtrWindow]]) -> None:
         """Judge the windows one watermark step made final (`operators.ctr_evidence`)."""
-        counts = [(start, *_split(key), w.imps, w.clicks) for start, key, w in closed if w.imps]
+        counts = [(start, *key, w.imps, w.clicks) for start, key, w in closed if w.imps]
         if counts:
             self._out.observations.extend(self.judge.judge(counts))
 
@@ -521,74 +637,66 @@ class CtrOperator(Operator):
         for start, _, w in self.windows.items():
             if w is window:
                 return start
-        for start, _, w in self.converting:
-            if w is window:
-                return start
+        for held in self.converting:
+            if held.window is window:
+                return held.start
         return window_start(ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        clicks = self.clicks
-        windows = [_window_state(start, key, w, clicks) for start, key, w in self.windows.items()]
-        pending = [
-            [imp_id, seq, ts, campaign, click_id]
-            for imp_id, waiting in self.pending.items()
-            for seq, (ts, campaign, click_id) in waiting.items()
-        ]
-        state = {
-            "windows": windows,
-            "pending": pending,
-            "seq": self.seq,
-            "provisional_until": self.provisional_until,
-            "judge": self.judge.snapshot(),
-        }
-        if self.config.conversions:
-            state["converting"] = [_window_state(s, k, w, clicks) for s, k, w in self.converting]
-            state["conv_pending"] = [
-                [click_id, seq, ts, campaign, conv_id, value]
-                for click_id, waiting in self.conv_pending.items()
-                for seq, (ts, campaign, conv_id, value) in waiting.items()
-            ]
-        return state
+    def _state(self) -> CtrState:
+        """The typed state (not a copy: the live windows and waiting entries)."""
+        return self.state_codec.state_type(
+            windows=self.windows.state(),
+            pending=self.pending,
+            seq=self.seq,
+            provisional_until=self.provisional_until,
+            judge=self.judge.state(),
+            converting=list(self.converting),
+            conv_pending=self.conv_pending,
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.windows.clear()
+    def snapshot(self) -> dict[str, Any]:
+        return self.state_codec.dump(self._state())
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self._load(self.state_codec.load(snapshot))
+
+    def _load(self, state: CtrState) -> None:
+        """Take a restored state and rebuild the indexes derived from it."""
+        self.windows.load(state.windows)
+        self.converting = deque(state.converting)
+        self.pending, self.conv_pending = state.pending, state.conv_pending
+        self.seq, self.provisional_until = state.seq, state.provisional_until
+        self.judge = CtrJudge(self.config)
+        self.judge.load(state.judge)
         self.impressions = {}
         self.clicks = {}
-        for item in state["windows"]:
-            w = self.windows.at(item[1], item[0])
-            _fill_window(w, item, self.clicks)
+        for _, _, w in self.windows.items():
             was_clicked = set(w.clicked)
             for imp_id, ts in zip(w.ids, w.times, strict=True):
                 self.impressions[imp_id] = [w, ts, imp_id in was_clicked, imp_id]
-        self.converting = deque()
-        for item in state.get("converting", []):
-            w = CtrWindow()
-            _fill_window(w, item, self.clicks)
-            self.converting.append((item[0], item[1], w))
-        self.pending = {}
-        self.pending_heap = []
-        for imp_id, seq, ts, campaign, *rest in state["pending"]:
-            # snapshots from before conversions carry no click_id (none was needed)
-            click_id = rest[0] if rest else ""
-            self.pending.setdefault(imp_id, {})[seq] = (ts, campaign, click_id)
-            self.pending_heap.append((ts, seq, imp_id))
+            self._index_clicks(w)
+        for held in self.converting:
+            self._index_clicks(held.window)
+        self.pending_heap = [
+            (click.ts, seq, imp_id)
+            for imp_id, waiting in self.pending.items()
+            for seq, click in waiting.items()
+        ]
         heapq.heapify(self.pending_heap)
-        self.conv_pending = {}
-        self.conv_heap = []
-        for click_id, seq, ts, campaign, conv_id, value in state.get("conv_pending", []):
-            self.conv_pending.setdefault(click_id, {})[seq] = (ts, campaign, conv_id, value)
-            self.conv_heap.append((ts, seq, click_id))
+        self.conv_heap = [
+            (conv.ts, seq, click_id)
+            for click_id, waiting in self.conv_pending.items()
+            for seq, conv in waiting.items()
+        ]
         heapq.heapify(self.conv_heap)
-        self.seq = state["seq"]
-        self.provisional_until = state["provisional_until"]
-        # a snapshot from before the evidence-based judge (key "baseline") restores the
-        # windows and joins exactly; the baselines and CUSUMs start afresh (warm-up:
-        # baseline_min_windows windows), which is the documented upgrade policy
-        self.judge = CtrJudge(self.config)
-        if "judge" in state:
-            self.judge.restore(state["judge"])
+
+    def _index_clicks(self, w: CtrWindow) -> None:
+        for click_id, click_ts, imp_id in zip(
+            w.click_ids, w.click_times, w.click_imps, strict=True
+        ):
+            self.clicks[click_id] = [w, click_ts, imp_id]
 
     def memory_items(self) -> dict[str, int]:
         """What the join holds: impressions, counted clicks awaiting conversions, and
@@ -602,42 +710,4 @@ class CtrOperator(Operator):
         }
 
 
-def _window_state(start: int, key: str, w: CtrWindow, clicks: dict[str, list[Any]]) -> list[Any]:
-    """A window as plain data; the conversion fields follow v1's ten (old snapshots
-    have only those, and restore with no conversions). Counted clicks as
-    [click_id, click ts, impression_id]."""
-    return [
-        start,
-        key,
-        w.imps,
-        w.clicks,
-        w.orphans,
-        w.dup_clicks,
-        w.dup_imps,
-        w.ids,
-        w.times,
-        w.clicked,
-        [[c, clicks[c][1], clicks[c][2]] for c in w.click_ids],
-        [[imp_id, *c] for imp_id, c in w.converted.items()],
-        w.dup_convs,
-        w.orphan_convs,
-        w.conv_changed,
-        w.conv_last,
-    ]
-
-
-def _fill_window(w: CtrWindow, item: list[Any], clicks: dict[str, list[Any]]) -> None:
-    (_, _, w.imps, w.clicks, w.orphans, w.dup_clicks, w.dup_imps, ids, times, clicked) = item[:10]
-    w.ids, w.times, w.clicked = list(ids), list(times), list(clicked)
-    if len(item) > 10:
-        click_ids, converted, w.dup_convs, w.orphan_convs, changed = item[10:15]
-        w.click_ids = [c[0] for c in click_ids]
-        for click_id, click_ts, imp_id in click_ids:
-            clicks[click_id] = [w, click_ts, imp_id]
-        w.converted = {c[0]: [c[1], c[2], c[3]] for c in converted}
-        w.conv_changed = bool(changed)
-        # snapshots without it: a window that saw conversions gets its version-3 row
-        w.conv_last = item[15] if len(item) > 15 else (2**62 if changed else NO_WATERMARK)
-
-
-__all__ = ["CtrConfig", "CtrOperator", "ctr_rules", "window_start"]
+__all__ = ["CtrConfig", "CtrOperator", "CtrState", "CtrWindow", "ctr_rules", "window_start"]

@@ -58,11 +58,12 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 from scipy.stats import binom
 
 from operators.base import Observation
-from operators.baseline import ClearedRate
+from operators.baseline import ClearedRate, ClearedRateState, HeldWindow, cleared_rate_from_format_1
 from operators.exact import fisher_less_small_counts
 from operators.sequential import Cusum
 
@@ -112,6 +113,24 @@ def judged_units(windows: Sequence[WindowCounts]) -> list[tuple[int, str, str, i
     return units
 
 
+class CtrJudgeState(msgspec.Struct):
+    """What a `CtrJudge` keeps per entity: its baseline (held and committed windows),
+    one CUSUM per drop to detect, and in an alarm the CUSUM of the way back."""
+
+    baseline: ClearedRateState = msgspec.field(default_factory=ClearedRateState)
+    cusums: dict[str, list[Cusum]] = {}
+    recovery: dict[str, Cusum] = {}
+
+
+def judge_from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """A judge of state format 1 (CUSUMs as bare statistics) as plain `CtrJudgeState`."""
+    return {
+        "baseline": cleared_rate_from_format_1(old["baseline"]),
+        "cusums": {k: [{"statistic": s} for s in cs] for k, cs in old["cusums"].items()},
+        "recovery": {k: {"statistic": s} for k, s in old["recovery"].items()},
+    }
+
+
 class CtrJudge:
     """Observations for final CTR windows (see the module docstring)."""
 
@@ -133,7 +152,7 @@ class CtrJudge:
 
     def _sequential(
         self, entity: str, n: int, k: int, base: tuple[int, int]
-    ) -> tuple[float, float, float, list[int] | None]:
+    ) -> tuple[float, float, float, HeldWindow | None]:
         """Update the entity's CUSUMs with one window; returns (statistic, value for
         the rule, recovery statistic, the window's baseline entry if it was held)."""
         cfg = self.config
@@ -261,17 +280,22 @@ class CtrJudge:
             )
         return out
 
+    def state(self) -> CtrJudgeState:
+        """The typed state (not a copy): a field of the CTR operator's state."""
+        return CtrJudgeState(self.baseline.state(), self.cusums, self.recovery)
+
+    def load(self, state: CtrJudgeState) -> None:
+        """Take `state` (e.g. as restored) as this judge's."""
+        self.baseline.load(state.baseline)
+        self.cusums, self.recovery = state.cusums, state.recovery
+
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "baseline": self.baseline.snapshot(),
-            "cusums": {key: [c.snapshot() for c in cs] for key, cs in self.cusums.items()},
-            "recovery": {key: c.snapshot() for key, c in self.recovery.items()},
-        }
+        """`state()` as plain data (a copy), for a judge checkpointed on its own (the
+        detection benchmark's); the operator's checkpoint holds `state()` instead."""
+        return msgspec.to_builtins(self.state())
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.baseline.restore(state["baseline"])
-        self.cusums = {key: [Cusum(None, v) for v in cs] for key, cs in state["cusums"].items()}
-        self.recovery = {key: Cusum(None, v) for key, v in state["recovery"].items()}
+    def restore(self, plain: Any) -> None:
+        self.load(msgspec.convert(plain, CtrJudgeState))
 
 
-__all__ = ["CtrJudge", "WindowCounts", "judged_units"]
+__all__ = ["CtrJudge", "CtrJudgeState", "WindowCounts", "judge_from_format_1", "judged_units"]

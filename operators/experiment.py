@@ -58,17 +58,18 @@ last ramp period: bounded by the window, the period and the arms.
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from operators.base import Observation, Operator
 from operators.guardrail import GuardrailCheck, guardrail_rule
 from operators.msprt import Moments, always_valid_p, difference
 from operators.rules import rule_spec as _rule
+from operators.state import StateCodec, StateFormatError
 from operators.windows import TumblingWindows, window_start
 
 EXPERIMENT_TABLE = "experiment_windows"
@@ -95,16 +96,13 @@ class ExperimentConfig:
             raise ValueError("experiment error_tau and latency_tau must be > 0")
 
 
-class ArmWindow:
+class ArmWindow(msgspec.Struct):
     """One arm's window: requests, errors, latencies, impressions."""
 
-    __slots__ = ("errors", "impressions", "latencies", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.latencies = array("d")
-        self.impressions = 0
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = []
+    impressions: int = 0
 
     def fold_into(self, e: ArmEvidence) -> None:
         """Add this window's requests to the arm's evidence since the start (at the
@@ -113,17 +111,14 @@ class ArmWindow:
         e.errors.s1 += self.errors  # indicators: x^2 = x
         e.errors.s2 += self.errors
         # log(1 + ms): a location shift of the latency distribution, 0 ms allowed
-        logs = np.log1p(np.frombuffer(self.latencies, dtype=np.float64))
+        logs = np.log1p(np.array(self.latencies, dtype=np.float64))
         e.log_latency.n += len(logs)
         e.log_latency.s1 += math.fsum(logs.tolist())
         e.log_latency.s2 += math.fsum((logs * logs).tolist())
 
 
-class ExperimentWindow:
-    __slots__ = ("arms",)
-
-    def __init__(self) -> None:
-        self.arms: dict[str, ArmWindow] = {}
+class ExperimentWindow(msgspec.Struct):
+    arms: dict[str, ArmWindow] = {}
 
     def arm(self, variant: str) -> ArmWindow:
         arm = self.arms.get(variant)
@@ -132,17 +127,77 @@ class ExperimentWindow:
         return arm
 
 
-class ArmEvidence:
+class ArmEvidence(msgspec.Struct):
     """Since the experiment's start: error indicators and log latencies of one arm,
     and the always-valid p-values of its comparison with the control."""
 
-    __slots__ = ("errors", "log_latency", "p_error", "p_latency")
+    errors: Moments = msgspec.field(default_factory=Moments)
+    log_latency: Moments = msgspec.field(default_factory=Moments)
+    p_error: float = 1.0
+    p_latency: float = 1.0
 
-    def __init__(self) -> None:
-        self.errors = Moments()
-        self.log_latency = Moments()
-        self.p_error = 1.0
-        self.p_latency = 1.0
+
+class ShareWindow(msgspec.Struct):
+    """Each arm's share of an experiment's impressions in the window from `start`."""
+
+    start: int
+    shares: dict[str, float]
+
+
+class ExperimentState(msgspec.Struct):
+    """The experiment operator's checkpoint (state format 2, `operators.state`)."""
+
+    #: open windows by start, then experiment
+    windows: dict[int, dict[str, ExperimentWindow]] = {}
+    #: experiment -> arm -> its evidence since the start
+    evidence: dict[str, dict[str, ArmEvidence]] = {}
+    #: experiment -> its arms' shares of the windows of the last ramp period, by start
+    shares: dict[str, list[ShareWindow]] = {}
+
+
+def _moments_from_format_1(m: list[Any]) -> dict[str, Any]:
+    return {"n": m[0], "s1": m[1], "s2": m[2]}
+
+
+def experiment_state_from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """State format 1 (`"v": 1`: windows as [start, experiment, {arm: [requests,
+    errors, latencies, impressions]}], evidence per arm as [[n, s1, s2] of errors, of
+    log latency, p_error, p_latency], shares as [start, {arm: share}]) as the plain
+    data of `ExperimentState`."""
+    if old.get("v") != 1:
+        raise StateFormatError(
+            f"experiment: a format-1 checkpoint of version {old.get('v')!r}, not 1"
+        )
+    windows: dict[int, dict[str, Any]] = {}
+    for start, experiment, arms in old["windows"]:
+        windows.setdefault(start, {})[experiment] = {
+            "arms": {
+                v: {"requests": r, "errors": e, "latencies": lat, "impressions": i}
+                for v, (r, e, lat, i) in arms.items()
+            }
+        }
+    evidence = {
+        experiment: {
+            v: {
+                "errors": _moments_from_format_1(errors),
+                "log_latency": _moments_from_format_1(log_latency),
+                "p_error": p_error,
+                "p_latency": p_latency,
+            }
+            for v, (errors, log_latency, p_error, p_latency) in arms.items()
+        }
+        for experiment, arms in old["evidence"].items()
+    }
+    shares = {
+        experiment: [{"start": start, "shares": sh} for start, sh in history]
+        for experiment, history in old["shares"].items()
+    }
+    return {"windows": windows, "evidence": evidence, "shares": shares}
+
+
+EXPERIMENT_STATE = StateCodec(
+    "experiment", ExperimentState, format=2, upgrades={1: experiment_state_from_format_1}
+)
 
 
 # The default alert rules of the experiment monitor's observations (guardrails, ramp),
@@ -192,8 +247,8 @@ class ExperimentOperator(Operator):
             self.config.window_ms, ExperimentWindow
         )
         self.evidence: dict[str, dict[str, ArmEvidence]] = {}
-        # experiment -> [[window_start, {variant: share}], ...] of the last ramp period
-        self.shares: dict[str, list[list[Any]]] = {}
+        # experiment -> the arms' shares of the windows of the last ramp period, by start
+        self.shares: dict[str, list[ShareWindow]] = {}
 
     # -- input ---------------------------------------------------------------
 
@@ -235,7 +290,7 @@ class ExperimentOperator(Operator):
         control = self.control_of(sorted(set(served) | set(evidence)))
         values: dict[str, dict[str, float]] = {}
         for variant, arm in served.items():
-            lat = np.frombuffer(arm.latencies, dtype=np.float64)
+            lat = np.array(arm.latencies, dtype=np.float64)
             p95, p99 = (float(v) for v in np.percentile(lat, [95, 99]))
             values[variant] = {
                 "error_rate": arm.errors / arm.requests,
@@ -338,19 +393,20 @@ class ExperimentOperator(Operator):
                 },
             )
         history = self.shares.setdefault(experiment, [])
-        history[:] = [h for h in history if h[0] > start - cfg.ramp_period_ms and h[0] < start]
+        history[:] = [h for h in history if start - cfg.ramp_period_ms < h.start < start]
         change, worst = 0.0, None
         # arms in a fixed order, treatment arms before the control: with two arms both
         # move by the same amount, and the alert names the same arm (the one ramped)
         # in every process (a set's order depends on the hash seed)
         control = self.control_of(sorted(shares))
-        for then, old in history:
+        for h in history:
+            then, old = h.start, h.shares
             for variant in sorted(set(old) | set(shares), key=lambda v: (v == control, v)):
                 delta = shares.get(variant, 0.0) - old.get(variant, 0.0)
                 if abs(delta) > abs(change):
                     change, worst = delta, (variant, then, old.get(variant, 0.0))
-        history.append([start, shares])
-        history.sort(key=lambda h: h[0])
+        history.append(ShareWindow(start, shares))
+        history.sort(key=lambda h: h.start)
         if worst is None:
             return
         variant, then, before = worst
@@ -382,46 +438,14 @@ class ExperimentOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        windows = [
-            [
-                start,
-                experiment,
-                {
-                    v: [a.requests, a.errors, a.latencies.tolist(), a.impressions]
-                    for v, a in sorted(w.arms.items())
-                },
-            ]
-            for start, experiment, w in self.windows.items()
-        ]
-        evidence = {
-            experiment: {
-                v: [e.errors.to_list(), e.log_latency.to_list(), e.p_error, e.p_latency]
-                for v, e in sorted(arms.items())
-            }
-            for experiment, arms in sorted(self.evidence.items())
-        }
-        return {"v": 1, "windows": windows, "evidence": evidence, "shares": self.shares}
+        return EXPERIMENT_STATE.dump(
+            ExperimentState(self.windows.state(), self.evidence, self.shares)
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
-        if state.get("v") != 1:
-            raise ValueError(f"experiment snapshot version {state.get('v')!r} is not 1")
-        self.windows.clear()
-        for start, experiment, arms in state["windows"]:
-            w = self.windows.at(experiment, start)
-            for v, (requests, errors, latencies, impressions) in arms.items():
-                a = w.arm(v)
-                a.requests, a.errors, a.impressions = requests, errors, impressions
-                a.latencies = array("d", latencies)
-        self.evidence = {}
-        for experiment, arms in state["evidence"].items():
-            for v, (errors, log_latency, p_error, p_latency) in arms.items():
-                e = ArmEvidence()
-                e.errors, e.log_latency = Moments.from_list(errors), Moments.from_list(log_latency)
-                e.p_error, e.p_latency = float(p_error), float(p_latency)
-                self.evidence.setdefault(experiment, {})[v] = e
-        self.shares = {
-            e: [[int(s), dict(sh)] for s, sh in hist] for e, hist in state["shares"].items()
-        }
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = EXPERIMENT_STATE.load(snapshot)
+        self.windows.load(state.windows)
+        self.evidence, self.shares = state.evidence, state.shares
 
 
 __all__ = ["DEFAULT_RULES", "EXPERIMENT_TABLE", "ExperimentConfig", "ExperimentOperator"]

@@ -55,9 +55,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.ctr import CtrConfig, CtrOperator, CtrWindow, _key, _split
+import msgspec
+
+from operators.ctr import (
+    CtrConfig,
+    CtrOperator,
+    CtrState,
+    CtrWindow,
+    WindowKey,
+    ctr_state_from_format_1,
+)
 from operators.guardrail import GuardrailCheck, guardrail_rule
 from operators.msprt import Moments, always_valid_p, difference
+from operators.state import StateCodec
 from schemas.events import Impression
 
 EXPERIMENT_TABLE = "experiment_windows"
@@ -97,19 +107,48 @@ class FunnelConfig:
         )
 
 
-class ArmFunnel:
+class ArmFunnel(msgspec.Struct):
     """Since the experiment's start: one arm's moments per metric and p-values."""
 
-    __slots__ = ("moments", "p")
+    moments: dict[str, Moments] = msgspec.field(
+        default_factory=lambda: {m: Moments() for m in METRICS}
+    )
+    p: dict[str, float] = msgspec.field(default_factory=lambda: dict.fromkeys(METRICS, 1.0))
 
-    def __init__(self) -> None:
-        self.moments = {m: Moments() for m in METRICS}
-        self.p = dict.fromkeys(METRICS, 1.0)
+
+class FunnelState(CtrState):
+    """The funnel operator's checkpoint: the CTR join's state (its windows keyed by
+    (experiment, arm)) and, per experiment and arm, the evidence since the start."""
+
+    arms: dict[str, dict[str, ArmFunnel]] = msgspec.field(default_factory=dict)
+
+
+def funnel_state_from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """The funnel's state format 1 (the CTR join's, and per arm [[n, s1, s2] per
+    metric], [p per metric] in METRICS order) as the plain data of `FunnelState`."""
+    state = ctr_state_from_format_1(old)
+    state["arms"] = {
+        experiment: {
+            variant: {
+                "moments": {
+                    m: {"n": mom[0], "s1": mom[1], "s2": mom[2]}
+                    for m, mom in zip(METRICS, moments, strict=True)
+                },
+                "p": dict(zip(METRICS, ps, strict=True)),
+            }
+            for variant, (moments, ps) in arms.items()
+        }
+        for experiment, arms in old.get("arms", {}).items()
+    }
+    return state
+
+
+FUNNEL_STATE = StateCodec("funnel", FunnelState, format=2, upgrades={1: funnel_state_from_format_1})
 
 
 def _counts(window: CtrWindow) -> tuple[int, int, int, float, float]:
     """(impressions, clicks, conversions, revenue, sum of squared revenues)."""
-    values = [c[2] for c in window.converted.values()]
+    values = [c.value for c in window.converted.values()]
     return (
         window.imps,
         window.clicks,
@@ -140,6 +179,7 @@ class FunnelOperator(CtrOperator):
     # not the CTR monitor's metrics: this one judges arms against their control
     observes = tuple(("experiment", f"guardrail_{metric}") for metric in METRICS)
     keep_all_windows = True  # judge every window, with or without clicks
+    state_codec = FUNNEL_STATE
 
     @classmethod
     def default_rules(cls, config: Any = None) -> list[dict[str, Any]]:
@@ -160,22 +200,22 @@ class FunnelOperator(CtrOperator):
             events = [e for e in events if e.experiment and e.variant]
         super().feed(source, events)
 
-    def _window_key(self, imp: Impression) -> str:
-        return _key(imp.experiment or "", imp.variant or "")
+    def _window_key(self, imp: Impression) -> WindowKey:
+        return imp.experiment or "", imp.variant or ""
 
     # the join's rows and CTR judgements are the CTR monitor's; this one writes arms
     def _emit_row(
-        self, start: int, key: str, window: CtrWindow, final: bool, version: int | None = None
+        self, start: int, key: WindowKey, window: CtrWindow, final: bool, version: int | None = None
     ) -> None:
         pass
 
-    def _judge(self, closed: list[tuple[int, str, CtrWindow]]) -> None:
+    def _judge(self, closed: list[tuple[int, WindowKey, CtrWindow]]) -> None:
         pass
 
-    def _conversions_final(self, done: list[tuple[int, str, CtrWindow]]) -> None:
+    def _conversions_final(self, done: list[tuple[int, WindowKey, CtrWindow]]) -> None:
         by_window: dict[tuple[int, str], dict[str, CtrWindow]] = {}
         for start, key, window in done:
-            experiment, variant = _split(key)
+            experiment, variant = key
             if variant and window.imps:  # variant "": orphans' holders
                 by_window.setdefault((start, experiment), {})[variant] = window
         for (start, experiment), arms in sorted(by_window.items()):
@@ -280,27 +320,16 @@ class FunnelOperator(CtrOperator):
 
     # -- checkpoints ---------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        state = super().snapshot()
-        state["arms"] = {
-            experiment: {
-                v: [[e.moments[m].to_list() for m in METRICS], [e.p[m] for m in METRICS]]
-                for v, e in sorted(arms.items())
-            }
-            for experiment, arms in sorted(self.arms.items())
-        }
+    def _state(self) -> FunnelState:
+        state = super()._state()
+        assert isinstance(state, FunnelState)
+        state.arms = self.arms
         return state
 
-    def restore(self, state: dict[str, Any]) -> None:
-        super().restore(state)
-        self.arms = {}
-        for experiment, arms in state.get("arms", {}).items():
-            for v, (moments, ps) in arms.items():
-                e = ArmFunnel()
-                for m, mom, p in zip(METRICS, moments, ps, strict=True):
-                    e.moments[m] = Moments.from_list(mom)
-                    e.p[m] = float(p)
-                self.arms.setdefault(experiment, {})[v] = e
+    def _load(self, state: CtrState) -> None:
+        super()._load(state)
+        assert isinstance(state, FunnelState)
+        self.arms = state.arms
 
 
 __all__ = ["DEFAULT_RULES", "EXPERIMENT_TABLE", "FunnelConfig", "FunnelOperator"]

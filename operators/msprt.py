@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import math
 
+import msgspec
+
 
 def mixture_lr(delta: float, variance: float, tau2: float, theta0: float = 0.0) -> float:
     """Lambda of the normal-mixture SPRT (Johari, Pekelis & Walsh 2015, eq. 11)."""
@@ -51,13 +53,20 @@ def always_valid_p(previous: float, delta: float, variance: float, tau2: float) 
     return min(previous, 1.0 / mixture_lr(delta, variance, tau2), 1.0)
 
 
-class Moments:
-    """Count, sum and sum of squares of a stream: its mean and sample variance."""
+class Moments(msgspec.Struct, gc=False):
+    """Count, sum and sum of squares of a stream: its mean and sample variance. A
+    msgspec Struct: a typed field of its owner's checkpoint (`operators.state`).
 
-    __slots__ = ("n", "s1", "s2")
+    >>> m = Moments()
+    >>> for x in (1.0, 2.0, 4.0):
+    ...     m.add(x)
+    >>> m, round(m.mean, 4), round(m.variance, 4)
+    (Moments(n=3, s1=7.0, s2=21.0), 2.3333, 2.3333)
+    """
 
-    def __init__(self, n: int = 0, s1: float = 0.0, s2: float = 0.0) -> None:
-        self.n, self.s1, self.s2 = n, s1, s2
+    n: int = 0
+    s1: float = 0.0
+    s2: float = 0.0
 
     def add(self, x: float) -> None:
         self.n += 1
@@ -74,13 +83,6 @@ class Moments:
         if self.n < 2:
             return 0.0
         return max(0.0, (self.s2 - self.s1 * self.s1 / self.n) / (self.n - 1))
-
-    def to_list(self) -> list[float]:
-        return [self.n, self.s1, self.s2]
-
-    @classmethod
-    def from_list(cls, data: list[float]) -> Moments:
-        return cls(int(data[0]), float(data[1]), float(data[2]))
 
 
 def difference(treatment: Moments, control: Moments) -> tuple[float, float] | None:

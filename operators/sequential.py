@@ -38,8 +38,8 @@ time, rows or alert state): feed it increments with `update`, read `statistic`.
 from __future__ import annotations
 
 import math
-from typing import Any
 
+import msgspec
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -108,7 +108,7 @@ def cusum_update(statistic: float, llr: float, cap: float | None = None) -> floa
     return s if cap is None else min(cap, s)
 
 
-class Cusum:
+class Cusum(msgspec.Struct, omit_defaults=True, gc=False):
     """One-sided CUSUM of log-likelihood-ratio increments, optionally capped.
 
     `cap` (>= the alarm threshold, or None) bounds how much evidence can pile
@@ -116,16 +116,18 @@ class Cusum:
     statistic falls back below the threshold after about (cap - h) nats of
     evidence for recovery, not after as long as the incident lasted.
 
+    Its state is its fields (a msgspec Struct): it snapshots and restores as a
+    typed field of its owner's state (`operators.state`), e.g. the CTR judge's.
+
     >>> c = Cusum(cap=20.0)
     >>> [c.update(x) for x in (3.0, -1.0, -5.0, 12.0, 30.0, -4.0)]
     [3.0, 2.0, 0.0, 12.0, 20.0, 16.0]
+    >>> msgspec.convert(msgspec.to_builtins(c), Cusum) == c
+    True
     """
 
-    __slots__ = ("cap", "statistic")
-
-    def __init__(self, cap: float | None = None, statistic: float = 0.0) -> None:
-        self.cap = cap
-        self.statistic = statistic
+    cap: float | None = None
+    statistic: float = 0.0
 
     def update(self, llr: float) -> float:
         self.statistic = cusum_update(self.statistic, llr, self.cap)
@@ -133,12 +135,6 @@ class Cusum:
 
     def reset(self) -> None:
         self.statistic = 0.0
-
-    def snapshot(self) -> Any:
-        return self.statistic
-
-    def restore(self, state: Any) -> None:
-        self.statistic = float(state)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ from operators.ctr import CtrConfig, CtrOperator
 from operators.ctr_evidence import CtrJudge, judged_units
 from operators.rules import Rule, RuleEngine
 from operators.task import MonitorTask
+from operators.watermark import NO_WATERMARK
 from schemas.events import Click, Impression
 from streams.config import DEFAULT_RULES
 
@@ -280,12 +281,16 @@ def test_demo_ctr_incident_alerts_and_resolves_after_it_ends_not_before() -> Non
 
 def test_a_snapshot_from_before_the_evidence_judge_restores_windows_and_restarts_judging() -> None:
     """Upgrade policy: the old format (its trailing baseline under "baseline") restores
-    the windows and joins exactly; baselines and CUSUMs start afresh."""
-    op = CtrOperator()
-    op.feed("impressions", [Impression(impression_id="i1", ts=T0, campaign_id="c", user_id="u")])
-    state = op.snapshot()
-    del state["judge"]
-    state["baseline"] = {"c\x1f": [[3, 100], [4, 100]]}
+    the windows and joins exactly; baselines and CUSUMs start afresh. The snapshot is
+    state format 1 as that version wrote it (positional windows of ten fields, keys
+    joined by "\\x1f"), upgraded by `operators.ctr.ctr_state_from_format_1`."""
+    state = {
+        "windows": [[T0 - T0 % MIN, "c\x1f", 1, 0, 0, 0, 0, ["i1"], [T0], []]],
+        "pending": [],
+        "seq": 0,
+        "provisional_until": NO_WATERMARK,
+        "baseline": {"c\x1f": [[3, 100], [4, 100]]},
+    }
     restored = CtrOperator()
     restored.restore(state)
     assert restored.judge.baseline.get("c") is None
