@@ -160,7 +160,17 @@ class Converted(msgspec.Struct, gc=False):
     value: float
 
 
-class CtrWindow(msgspec.Struct):
+class CountedClick(msgspec.Struct, gc=False):
+    """A click that counted for an impression, kept while a conversion may join it."""
+
+    click_id: str
+    ts: int
+    impression_id: str
+
+
+# gc=False (here and on the other state Structs without cycles): the garbage collector
+# does not track them, which with many keys is a large part of the join's cost
+class CtrWindow(msgspec.Struct, gc=False):
     """Counts of one (campaign, variant, window), the impressions in it and its counted
     clicks: the join's canonical state (its indexes are rebuilt from these on restore)."""
 
@@ -173,11 +183,8 @@ class CtrWindow(msgspec.Struct):
     ids: list[str] = []
     times: list[int] = []
     clicked: list[str] = []
-    # conversions: the window's counted clicks, as parallel lists (click_id, click time,
-    # impression_id), kept until its conversions are final
-    click_ids: list[str] = []
-    click_times: list[int] = []
-    click_imps: list[str] = []
+    # conversions: the window's counted clicks, kept until its conversions are final
+    counted: list[CountedClick] = []
     # converted impression -> the conversion that gives its value
     converted: dict[str, Converted] = {}
     dup_convs: int = 0
@@ -191,6 +198,16 @@ class CtrWindow(msgspec.Struct):
     def revenue(self) -> float:
         """Sum of the converted impressions' values, exactly rounded (order-free)."""
         return math.fsum(c.value for c in self.converted.values())
+
+
+class ImpressionRef(msgspec.Struct, gc=False):
+    """The join's index entry of an impression (derived, not state): its window, time,
+    whether a click counted for it yet, and its id."""
+
+    window: CtrWindow
+    ts: int
+    clicked: bool
+    impression_id: str
 
 
 class PendingClick(msgspec.Struct, gc=False):
@@ -210,7 +227,7 @@ class PendingConversion(msgspec.Struct, gc=False):
     value: float
 
 
-class Converting(msgspec.Struct):
+class Converting(msgspec.Struct, gc=False):
     """A window past its final row whose counted clicks may still convert."""
 
     start: int
@@ -259,9 +276,7 @@ def _window_from_format_1(item: list[Any]) -> tuple[int, WindowKey, dict[str, An
     if len(item) > 10:
         counted, converted, dup_convs, orphan_convs, changed = item[10:15]
         window.update(
-            click_ids=[c[0] for c in counted],
-            click_times=[c[1] for c in counted],
-            click_imps=[c[2] for c in counted],
+            counted=[{"click_id": c[0], "ts": c[1], "impression_id": c[2]} for c in counted],
             converted={c[0]: {"ts": c[1], "conversion_id": c[2], "value": c[3]} for c in converted},
             dup_convs=dup_convs,
             orphan_convs=orphan_convs,
@@ -386,9 +401,8 @@ class CtrOperator(Operator):
         self.config = config or CtrConfig()
         # the state (`CtrState`) is these fields; the indexes below them are derived
         self.windows: TumblingWindows[CtrWindow] = TumblingWindows(self.config.window_ms, CtrWindow)
-        # derived: impression_id -> [window, ts, clicked, impression_id], until the window
-        # is final
-        self.impressions: dict[str, list[Any]] = {}
+        # derived: impression_id -> its window, time, ..., until the window is final
+        self.impressions: dict[str, ImpressionRef] = {}
         # clicks whose impression has not been seen: impression_id -> {seq: click}
         self.pending: dict[str, dict[int, PendingClick]] = {}
         self.pending_heap: list[tuple[int, int, str]] = []  # (click ts, seq, impression_id)
@@ -397,9 +411,9 @@ class CtrOperator(Operator):
         self.judge = CtrJudge(self.config)
         if self.config.conversions:
             self.sources = ("impressions", "clicks", "conversions")
-        # derived: counted clicks, click_id -> [window, click ts, impression_id], until
-        # the window's conversions are final
-        self.clicks: dict[str, list[Any]] = {}
+        # derived: counted clicks, click_id -> (window, click), until the window's
+        # conversions are final
+        self.clicks: dict[str, tuple[CtrWindow, CountedClick]] = {}
         # conversions whose click is not known: click_id -> {seq: conversion}
         self.conv_pending: dict[str, dict[int, PendingConversion]] = {}
         self.conv_heap: list[tuple[int, int, str]] = []  # (conversion ts, seq, click_id)
@@ -422,13 +436,13 @@ class CtrOperator(Operator):
     def _impression(self, imp: Impression) -> None:
         known = self.impressions.get(imp.impression_id)
         if known is not None:
-            known[0].dup_imps += 1
+            known.window.dup_imps += 1
             return
         window = self.windows.at(self._window_key(imp), imp.ts)
         window.imps += 1
         window.ids.append(imp.impression_id)
         window.times.append(imp.ts)
-        entry = [window, imp.ts, False, imp.impression_id]
+        entry = ImpressionRef(window, imp.ts, False, imp.impression_id)
         self.impressions[imp.impression_id] = entry
         waiting = self.pending.pop(imp.impression_id, None)
         if waiting:
@@ -456,21 +470,19 @@ class CtrOperator(Operator):
         )
         heapq.heappush(self.pending_heap, (click.ts, self.seq, click.impression_id))
 
-    def _attribute(self, entry: list[Any], click_ts: int, campaign: str, click_id: str) -> None:
-        window, imp_ts, clicked, imp_id = entry
-        if 0 <= click_ts - imp_ts <= self.config.attribution_ms:
-            if clicked:
+    def _attribute(self, entry: ImpressionRef, click_ts: int, campaign: str, click_id: str) -> None:
+        window = entry.window
+        if 0 <= click_ts - entry.ts <= self.config.attribution_ms:
+            if entry.clicked:
                 window.dup_clicks += 1
             else:
                 window.clicks += 1
-                window.clicked.append(imp_id)
-                entry[2] = True
+                window.clicked.append(entry.impression_id)
+                entry.clicked = True
             if self.config.conversions and click_id and click_id not in self.clicks:
-                record = [window, click_ts, imp_id]
-                self.clicks[click_id] = record
-                window.click_ids.append(click_id)
-                window.click_times.append(click_ts)
-                window.click_imps.append(imp_id)
+                counted = CountedClick(click_id, click_ts, entry.impression_id)
+                window.counted.append(counted)
+                record = self.clicks[click_id] = (window, counted)
                 waiting = self.conv_pending.pop(click_id, None)
                 if waiting:
                     for conv in waiting.values():
@@ -494,10 +506,16 @@ class CtrOperator(Operator):
         heapq.heappush(self.conv_heap, (conv.ts, self.seq, conv.click_id))
 
     def _convert(
-        self, record: list[Any], conv_ts: int, campaign: str, conv_id: str, value: float
+        self,
+        record: tuple[CtrWindow, CountedClick],
+        conv_ts: int,
+        campaign: str,
+        conv_id: str,
+        value: float,
     ) -> None:
-        window, click_ts, imp_id = record
-        if not 0 <= conv_ts - click_ts <= self.config.conversion_ms:
+        window, click = record
+        imp_id = click.impression_id
+        if not 0 <= conv_ts - click.ts <= self.config.conversion_ms:
             self.windows.at((campaign, ""), conv_ts).orphan_convs += 1
             return
         window.conv_changed = True
@@ -548,7 +566,7 @@ class CtrOperator(Operator):
             self._emit_row(start, key, window, final=True)
             for imp_id in window.ids:
                 self.impressions.pop(imp_id, None)
-            if self.config.conversions and (window.click_ids or self.keep_all_windows):
+            if self.config.conversions and (window.counted or self.keep_all_windows):
                 # impressions forgotten; the counted clicks wait for their conversions
                 window.ids, window.times = [], []
                 # a version-3 row follows when a conversion at or after the final row's
@@ -572,8 +590,8 @@ class CtrOperator(Operator):
         done = []
         while self.converting and self.converting[0].start + cfg.window_ms <= until:
             held = self.converting.popleft()
-            for click_id in held.window.click_ids:
-                self.clicks.pop(click_id, None)
+            for click in held.window.counted:
+                self.clicks.pop(click.click_id, None)
             done.append((held.start, held.key, held.window))
         if done:
             self._conversions_final(done)
@@ -624,7 +642,7 @@ class CtrOperator(Operator):
         ts = event.ts
         if source == "clicks":
             entry = self.impressions.get(event.impression_id)
-            ts = ts if entry is None else entry[1]
+            ts = ts if entry is None else entry.ts
         elif source == "conversions":
             record = self.clicks.get(event.click_id)
             if record is not None:
@@ -675,7 +693,7 @@ class CtrOperator(Operator):
         for _, _, w in self.windows.items():
             was_clicked = set(w.clicked)
             for imp_id, ts in zip(w.ids, w.times, strict=True):
-                self.impressions[imp_id] = [w, ts, imp_id in was_clicked, imp_id]
+                self.impressions[imp_id] = ImpressionRef(w, ts, imp_id in was_clicked, imp_id)
             self._index_clicks(w)
         for held in self.converting:
             self._index_clicks(held.window)
@@ -693,10 +711,8 @@ class CtrOperator(Operator):
         heapq.heapify(self.conv_heap)
 
     def _index_clicks(self, w: CtrWindow) -> None:
-        for click_id, click_ts, imp_id in zip(
-            w.click_ids, w.click_times, w.click_imps, strict=True
-        ):
-            self.clicks[click_id] = [w, click_ts, imp_id]
+        for click in w.counted:
+            self.clicks[click.click_id] = (w, click)
 
     def memory_items(self) -> dict[str, int]:
         """What the join holds: impressions, counted clicks awaiting conversions, and

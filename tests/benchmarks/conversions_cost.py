@@ -7,8 +7,9 @@ experiments of streams/demo.py, conversions at about 10 % of first clicks) for
 operators, fed in 5-s event-time batches with the watermark advanced after each
 batch as the worker does; reported: CPU seconds per 100,000 input events (the
 fastest of `--repeats` passes) and the largest checkpoint of the operators' state
-(JSON bytes, sampled every five minutes of event time): a proxy of the memory the
-join holds (clicks wait `conversion_ms` for their conversions).
+(msgpack bytes, as the worker encodes checkpoints; sampled every five minutes of event
+time): a proxy of the memory the join holds (clicks wait `conversion_ms` for their
+conversions).
 
     PYTHONPATH=. python -m tests.benchmarks.conversions_cost
     PYTHONPATH=. python -m tests.benchmarks.conversions_cost --conversion-ms 600000
@@ -19,9 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import time
 from typing import Any
+
+import msgspec
 
 from operators.base import Operator
 from operators.ctr import CtrConfig, CtrOperator
@@ -74,7 +76,7 @@ def events(duration_s: int, conversion_ms: int) -> list[tuple[int, list[tuple[st
 
 
 def run(make: list[Any], batches: list[tuple[int, list[tuple[str, Any]]]]) -> tuple[float, int]:
-    """CPU seconds and the largest JSON checkpoint of fresh operators over the batches."""
+    """CPU seconds and the largest (msgpack) checkpoint of fresh operators over the batches."""
     ops: list[Operator] = [m() for m in make]
     largest = 0
     sampled = 0.0  # CPU of the state samples, left out
@@ -96,7 +98,7 @@ def run(make: list[Any], batches: list[tuple[int, list[tuple[str, Any]]]]) -> tu
             op.collect()
         if end >= next_sample:
             t = time.process_time()
-            largest = max(largest, sum(len(json.dumps(op.snapshot())) for op in ops))
+            largest = max(largest, sum(len(msgspec.msgpack.encode(op.snapshot())) for op in ops))
             sampled += time.process_time() - t
             next_sample += SAMPLE_MS
     cpu = time.process_time() - began - sampled
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.duration} event-seconds of the demo's ad traffic: {n:,} events ({by_topic}); "
         f"conversion window {args.conversion_ms / 1000:.0f} s"
     )
-    print("| operators | CPU s per 100,000 input events | largest state (JSON) |")
+    print("| operators | CPU s per 100,000 input events | largest state (msgpack) |")
     print("|---|---|---|")
     for name, make in configs.items():
         runs = [run(make, batches) for _ in range(args.repeats)]
