@@ -38,22 +38,28 @@ burst in a window of 30 requests alerts while a 2 % blip in 100 does not.
 
 Every figure depends on the multiset of a window's events only, so any
 arrival order within the allowed lateness gives the same rows.
+
+State (typed, `operators.state`, format 2): the open windows, by start then
+(model_id, model_version), each a `ServiceWindow` Struct, and the error-rate
+CUSUM's statistic per (model_id, model_version). Format 1 (positional window
+lists, "\x1f"-joined keys) is upgraded on restore.
 """
 
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from operators.base import Observation, Operator
 from operators.rules import FALSE_ALARM_BUDGET
 from operators.rules import rule_spec as _rule
 from operators.sequential_rates import BinomialCusum
+from operators.state import StateCodec
 from operators.stats import binomial_sf_test
 from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog
@@ -71,18 +77,47 @@ class ServiceConfig:
     low_confidence_ratio_max: float = 0.6
 
 
-class ServiceWindow:
-    __slots__ = ("conf", "errors", "latencies", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.latencies = array("d")
-        self.conf = array("d")
+#: a model version: (model_id, model_version)
+Version = tuple[str, str]
 
 
-def _key(model_id: str, model_version: str) -> str:
-    return f"{model_id}\x1f{model_version}"
+class ServiceWindow(msgspec.Struct):
+    """One (model version, window): its requests, errors, every latency and confidence."""
+
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = []
+    conf: list[float] = []
+
+
+class ServiceState(msgspec.Struct):
+    """What a checkpoint keeps: the open windows and the error-rate CUSUMs."""
+
+    windows: dict[int, dict[Version, ServiceWindow]] = {}  # start -> version -> window
+    error_cusum: dict[Version, float] = {}  # version -> S (absent: 0)
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """Format 1: windows as [start, "model\x1fversion", requests, errors, latencies,
+    confidences]; the CUSUMs by joined key (absent before the CUSUM: no evidence)."""
+    windows: dict[int, dict[Version, dict[str, Any]]] = {}
+    for start, key, requests, errors, latencies, conf in old["windows"]:
+        windows.setdefault(start, {})[_split(key)] = {
+            "requests": requests,
+            "errors": errors,
+            "latencies": latencies,
+            "conf": conf,
+        }
+    cusum = {_split(k): s for k, s in old.get("error_cusum", {}).items()}
+    return {"windows": windows, "error_cusum": cusum}
+
+
+def _split(key: str) -> Version:
+    model_id, _, model_version = key.partition("\x1f")
+    return model_id, model_version
+
+
+CODEC = StateCodec("service", ServiceState, format=2, upgrades={1: _from_format_1})
 
 
 SERVICE_WINDOWS_PER_DAY = 86_400_000 / ServiceConfig.window_ms  # judgements per model and day
@@ -150,7 +185,7 @@ class ServiceOperator(Operator):
         self.windows: TumblingWindows[ServiceWindow] = TumblingWindows(
             self.config.window_ms, ServiceWindow
         )
-        self.error_cusum = BinomialCusum(
+        self.error_cusum: BinomialCusum[Version] = BinomialCusum(
             self.config.error_rate_baseline,
             self.config.error_rate_alternative,
             self.config.error_cusum_cap,
@@ -165,7 +200,7 @@ class ServiceOperator(Operator):
             ts = e.ts
             here = (e.model_id, e.model_version, ts - ts % size)
             if here != last:
-                w = at(_key(e.model_id, e.model_version), ts)
+                w = at((e.model_id, e.model_version), ts)
                 last = here
             w.requests += 1
             if e.status == "error":
@@ -179,18 +214,18 @@ class ServiceOperator(Operator):
         for start, key, w in self.windows.pop_ending_until(watermark):
             self._emit(start, key, w)
 
-    def _emit(self, start: int, key: str, w: ServiceWindow) -> None:
+    def _emit(self, start: int, key: Version, w: ServiceWindow) -> None:
         cfg = self.config
-        model_id, _, model_version = key.partition("\x1f")
+        model_id, model_version = key
         end = start + cfg.window_ms
-        lat = np.frombuffer(w.latencies, dtype=np.float64)
+        lat = np.asarray(w.latencies, dtype=np.float64)
         p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
         error_rate = w.errors / w.requests
         k = len(w.conf)
         conf_mean = low_ratio = None
         low = 0
         if k:
-            conf = np.sort(np.frombuffer(w.conf, dtype=np.float64))
+            conf = np.sort(np.asarray(w.conf, dtype=np.float64))
             conf_mean = math.fsum(conf.tolist()) / k
             low = int(np.count_nonzero(conf < cfg.low_confidence))
             low_ratio = low / k
@@ -264,23 +299,12 @@ class ServiceOperator(Operator):
         return window_start(event.ts, self.config.window_ms)
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "windows": [
-                [start, key, w.requests, w.errors, w.latencies.tolist(), w.conf.tolist()]
-                for start, key, w in self.windows.items()
-            ],
-            "error_cusum": self.error_cusum.snapshot(),
-        }
+        return CODEC.dump(ServiceState(self.windows.state(), self.error_cusum.state))
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.windows.clear()
-        for start, key, requests, errors, latencies, conf in state["windows"]:
-            w = self.windows.at(key, start)
-            w.requests, w.errors = requests, errors
-            w.latencies = array("d", latencies)
-            w.conf = array("d", conf)
-        # a snapshot from before the CUSUM starts it from no evidence
-        self.error_cusum.restore(state.get("error_cusum", {}))
+        typed = CODEC.load(state)
+        self.windows.load(typed.windows)
+        self.error_cusum.state = typed.error_cusum
 
 
 __all__ = [
@@ -288,5 +312,6 @@ __all__ = [
     "SERVICE_WINDOWS_PER_DAY",
     "ServiceConfig",
     "ServiceOperator",
+    "ServiceState",
     "ServiceWindow",
 ]
