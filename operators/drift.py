@@ -56,22 +56,29 @@ Semantics (the public contract's defaults, all configurable in DriftConfig):
   carried group that spans `max_merge_windows` windows without reaching
   `min_count` is dropped unscored (`max_merge_windows=1`: plain skipping).
 
-Cost: per event, one window lookup and an append per feature (numbers of a
-numeric reference feature go to a compact array('d')); all statistics run
-with numpy once per window and feature. Every figure depends on the
-multiset of a window's events only (sorted samples, exact sums), so any
-arrival order within the allowed lateness gives the same rows.
+Cost: per event, one window lookup and a list append per feature; all
+statistics run with numpy once per window and feature (a string offered to
+a numeric feature is left out there and counted as `non_numeric`). Every
+figure depends on the multiset of a window's events only (sorted samples,
+exact sums), so any arrival order within the allowed lateness gives the same
+rows.
+
+State (typed, `operators.state`, format 2, `DriftState`): the open windows
+by start then model, the carried small windows, the learned reference
+profiles (not the configured ones), the warm-ups in progress, the dropped
+count and the pooled counts of recent windows. Format 1 (positional window
+lists) is upgraded on restore.
 """
 
 from __future__ import annotations
 
 import math
-from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 from scipy.stats import ttest_ind_from_stats
 
@@ -80,10 +87,12 @@ from operators.reference import (
     PREDICTION,
     ReferenceProfile,
     WarmupProfileBuilder,
+    WarmupState,
     category_key,
 )
 from operators.rules import FALSE_ALARM_BUDGET
 from operators.rules import rule_spec as _rule
+from operators.state import StateCodec
 from operators.stats import (
     binned_counts,
     chi_square,
@@ -119,23 +128,18 @@ class DriftConfig:
     max_categories: int = 50
 
 
-Acc = list[Any] | array  # values of one feature in a window
-
-
-class DriftWindow:
+class DriftWindow(msgspec.Struct):
     """Raw values of one model's window, per feature, and its confidences."""
 
-    __slots__ = ("conf", "first", "mismatch", "n", "open", "ready", "values", "versions")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.versions: dict[str, int] = {}
-        self.values: dict[str, Acc] = {}
-        self.mismatch: dict[str, int] = {}  # strings offered to a numeric feature
-        self.conf = array("d")
-        self.open = True  # take any feature (no reference yet), else only the reference's
-        self.ready = False  # accumulators set up for the model's reference
-        self.first: int | None = None  # start of the first window merged into this one
+    n: int = 0
+    versions: dict[str, int] = {}  # model version -> events
+    # feature -> its values in the window (a string in a numeric feature is left out
+    # when the window is scored, and counted as non_numeric)
+    values: dict[str, list[float | str]] = {}
+    conf: list[float] = []
+    open: bool = True  # take any feature (no reference yet), else only the reference's
+    ready: bool = False  # accumulators set up for the model's reference
+    first: int | None = None  # start of the first window merged into this one
 
     def merge(self, other: DriftWindow) -> None:
         self.n += other.n
@@ -145,47 +149,82 @@ class DriftWindow:
             mine = self.values.get(name)
             if mine is None:
                 self.values[name] = vals
-            elif type(mine) is type(vals):
-                mine.extend(vals)  # type: ignore[arg-type]
             else:
-                self.values[name] = [*mine, *vals]
-        for name, c in other.mismatch.items():
-            self.mismatch[name] = self.mismatch.get(name, 0) + c
+                mine.extend(vals)
         self.conf.extend(other.conf)
 
-    def snapshot(self) -> list[Any]:
-        values = {
-            name: [
-                "d" if isinstance(acc, array) else "o",
-                acc.tolist() if isinstance(acc, array) else list(acc),
-            ]
-            for name, acc in self.values.items()
-        }
-        return [
-            self.n,
-            dict(self.versions),
-            values,
-            dict(self.mismatch),
-            self.conf.tolist(),
-            self.open,
-            self.ready,
-            self.first,
-        ]
 
-    @classmethod
-    def from_snapshot(cls, state: Sequence[Any]) -> DriftWindow:
-        w = cls()
-        n, versions, values, mismatch, conf, is_open, ready, first = state
-        w.n = n
-        w.versions = dict(versions)
-        w.values = {
-            name: array("d", vals) if code == "d" else list(vals)
-            for name, (code, vals) in values.items()
-        }
-        w.mismatch = dict(mismatch)
-        w.conf = array("d", conf)
-        w.open, w.ready, w.first = is_open, ready, first
-        return w
+class PooledCounts(msgspec.Struct):
+    """A scored window's bin counts of one feature, kept for the pooled test."""
+
+    end: int
+    counts: list[int]
+
+
+class DriftState(msgspec.Struct):
+    """What a checkpoint keeps (the configured references are configuration)."""
+
+    windows: dict[int, dict[str, DriftWindow]] = {}  # start -> model_id -> window
+    carry: dict[str, DriftWindow] = {}  # model_id -> small windows awaiting a merge
+    learned: dict[str, ReferenceProfile] = {}  # model_id -> the profile its warm-up froze
+    warmup: dict[str, WarmupState] = {}  # model_id -> the warm-up in progress
+    dropped_windows: int = 0
+    # model_id -> feature -> counts of its recent scored windows, oldest first
+    recent: dict[str, dict[str, list[PooledCounts]]] = {}
+
+
+#: a string a format-1 numeric window counted apart (in `mismatch`): format 2 keeps
+#: such strings in the values, where scoring counts them as non_numeric
+_NOT_A_NUMBER = ""
+
+
+def _window_from_format_1(old: Sequence[Any]) -> dict[str, Any]:
+    """A format-1 window: [n, versions, {feature: ["d" | "o", values]}, mismatch,
+    confidences, open, ready, first]."""
+    n, versions, values, mismatch, conf, is_open, ready, first = old
+    plain = {name: list(vals) for name, (_, vals) in values.items()}
+    for name, count in mismatch.items():
+        plain.setdefault(name, []).extend([_NOT_A_NUMBER] * count)
+    return {
+        "n": n,
+        "versions": versions,
+        "values": plain,
+        "conf": conf,
+        "open": is_open,
+        "ready": ready,
+        "first": first,
+    }
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    windows: dict[int, dict[str, Any]] = {}
+    for start, model_id, data in old["windows"]:
+        windows.setdefault(start, {})[model_id] = _window_from_format_1(data)
+    return {
+        "windows": windows,
+        "carry": {m: _window_from_format_1(d) for m, d in old["carry"].items()},
+        "learned": old["learned"],
+        "warmup": {
+            m: {
+                "columns": {
+                    "values": b["values"],
+                    "confidences": b["confidences"],
+                    "rows": b["rows"],
+                },
+                "versions": b["versions"],
+            }
+            for m, b in old["warmup"].items()
+        },
+        "dropped_windows": old["dropped_windows"],
+        # a snapshot from before pooling starts it afresh
+        "recent": {
+            m: {f: [{"end": end, "counts": c} for end, c in hist] for f, hist in feats.items()}
+            for m, feats in old.get("recent", {}).items()
+        },
+    }
+
+
+CODEC = StateCodec("drift", DriftState, format=2, upgrades={1: _from_format_1})
 
 
 class _FeatureRef:
@@ -279,8 +318,8 @@ class DriftOperator(Operator):
         self.warmup: dict[str, WarmupProfileBuilder] = {}
         self.carry: dict[str, DriftWindow] = {}  # model_id -> small windows awaiting a merge
         self.dropped_windows = 0  # carried groups that never reached min_count
-        # model -> feature -> [[window end, bin counts], ...] of recent scored windows
-        self.recent: dict[str, dict[str, list[list[Any]]]] = {}
+        # model -> feature -> bin counts of recent scored windows, oldest first
+        self.recent: dict[str, dict[str, list[PooledCounts]]] = {}
 
     @classmethod
     def build(cls, config: DriftConfig, context: BuildContext) -> DriftOperator:
@@ -299,10 +338,9 @@ class DriftOperator(Operator):
         if ref is None:
             return
         w.open = False
-        numeric = ref.numeric
         for f in ref.features:
             if f.name not in w.values:
-                w.values[f.name] = array("d") if f.name in numeric else []
+                w.values[f.name] = []
 
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
         size = self.config.window_ms
@@ -330,18 +368,12 @@ class DriftOperator(Operator):
                     if not w.open:
                         continue
                     acc = values[name] = []
-                try:
-                    acc.append(x)
-                except TypeError:  # a string offered to a numeric feature
-                    w.mismatch[name] = w.mismatch.get(name, 0) + 1
+                acc.append(x)
             acc = values.get(PREDICTION)
             if acc is None and w.open:
                 acc = values[PREDICTION] = []
             if acc is not None:
-                try:
-                    acc.append(e.prediction)
-                except TypeError:
-                    w.mismatch[PREDICTION] = w.mismatch.get(PREDICTION, 0) + 1
+                acc.append(e.prediction)
             c = e.confidence
             if c is not None:
                 w.conf.append(c)
@@ -418,11 +450,11 @@ class DriftOperator(Operator):
             acc = w.values.get(f.name)
             if not acc:
                 continue
-            non_numeric = w.mismatch.get(f.name, 0)
+            non_numeric = 0
             ks = ks_p = chi2 = chi2_p = None
             if f.kind == "numeric":
                 x = _numbers(acc)
-                non_numeric += len(acc) - x.size
+                non_numeric = len(acc) - x.size
                 if x.size == 0:
                     continue
                 x.sort()
@@ -497,12 +529,12 @@ class DriftOperator(Operator):
         cfg = self.config
         history = self.recent.setdefault(model_id, {}).setdefault(f.name, [])
         horizon = end - cfg.pool_windows * cfg.window_ms
-        history[:] = [h for h in history if h[0] > horizon]
+        history[:] = [h for h in history if h.end > horizon]
         pooled = counts.astype(np.int64)
-        for _, past in history:
-            pooled = pooled + np.asarray(past, dtype=np.int64)
+        for past in history:
+            pooled = pooled + np.asarray(past.counts, dtype=np.int64)
         if cfg.pool_windows > 1:
-            history.append([end, counts.astype(np.int64).tolist()])
+            history.append(PooledCounts(end, counts.astype(np.int64).tolist()))
         n = int(pooled.sum())
         if len(history) < 2:
             return None, n
@@ -515,7 +547,7 @@ class DriftOperator(Operator):
         k = len(w.conf)
         if profile.confidence_mean is None or k == 0:
             return
-        conf = np.sort(np.frombuffer(w.conf, dtype=np.float64))
+        conf = np.sort(np.asarray(w.conf, dtype=np.float64))
         mean = math.fsum(conf.tolist()) / k
         shift = profile.confidence_mean - mean
         p_value = None
@@ -560,50 +592,50 @@ class DriftOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "windows": [[start, m, w.snapshot()] for start, m, w in self.windows.items()],
-            "carry": {m: w.snapshot() for m, w in self.carry.items()},
-            "learned": {
-                m: p.to_builtins() for m, p in self.references.items() if m not in self.given
-            },
-            "warmup": {m: b.snapshot() for m, b in self.warmup.items()},
-            "dropped_windows": self.dropped_windows,
-            "recent": {
-                m: {f: [list(h) for h in hist] for f, hist in feats.items()}
-                for m, feats in self.recent.items()
-            },
-        }
+        return CODEC.dump(
+            DriftState(
+                windows=self.windows.state(),
+                carry=self.carry,
+                learned={m: p for m, p in self.references.items() if m not in self.given},
+                warmup={m: b.state for m, b in self.warmup.items()},
+                dropped_windows=self.dropped_windows,
+                recent=self.recent,
+            )
+        )
 
     def restore(self, state: dict[str, Any]) -> None:
+        typed = CODEC.load(state)
         for model_id in [m for m in self.references if m not in self.given]:
             del self.references[model_id]
             del self.compiled[model_id]
-        for model_id, data in state["learned"].items():
-            self._set_reference(model_id, ReferenceProfile.from_builtins(data))
-        self.windows.clear()
-        for start, model_id, data in state["windows"]:
-            self.windows.at(model_id, start)  # creates the slot, keeping starts sorted
-            self.windows.by_start[start][model_id] = DriftWindow.from_snapshot(data)
-        self.carry = {m: DriftWindow.from_snapshot(d) for m, d in state["carry"].items()}
+        for model_id, profile in typed.learned.items():
+            self._set_reference(model_id, profile)
+        self.windows.load(typed.windows)
+        self.carry = typed.carry
         self.warmup = {}
-        for model_id, data in state["warmup"].items():
+        for model_id, warmup in typed.warmup.items():
             builder = self.warmup[model_id] = self._builder(model_id)
-            builder.restore(data)
-        self.dropped_windows = state["dropped_windows"]
-        # a snapshot from before pooling starts it afresh
-        self.recent = {
-            m: {f: [[end, list(c)] for end, c in hist] for f, hist in feats.items()}
-            for m, feats in state.get("recent", {}).items()
-        }
+            builder.state = warmup
+        self.dropped_windows = typed.dropped_windows
+        self.recent = typed.recent
 
 
-def _numbers(acc: Acc) -> np.ndarray:
-    """The numbers of an accumulator as a float64 array (a copy: callers sort it)."""
-    if isinstance(acc, array):
-        return np.frombuffer(acc, dtype=np.float64).copy()
-    if any(isinstance(v, str) for v in acc):
-        acc = [v for v in acc if not isinstance(v, str)]
-    return np.array(acc, dtype=np.float64)
+def _numbers(acc: Sequence[float | str]) -> np.ndarray:
+    """The numbers of a feature's values as a float64 array (a new one: callers sort it),
+    strings left out."""
+    x = np.array(acc)
+    if x.dtype.kind == "f":  # numbers only (the common case: no scan in Python)
+        return x
+    # a string among them (numpy made every value text), or no value at all
+    return np.array([v for v in acc if not isinstance(v, str)], dtype=np.float64)
 
 
-__all__ = ["DEFAULT_RULES", "DRIFT_WINDOWS_PER_DAY", "DriftConfig", "DriftOperator", "DriftWindow"]
+__all__ = [
+    "DEFAULT_RULES",
+    "DRIFT_WINDOWS_PER_DAY",
+    "DriftConfig",
+    "DriftOperator",
+    "DriftState",
+    "DriftWindow",
+    "PooledCounts",
+]
