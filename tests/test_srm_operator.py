@@ -307,18 +307,31 @@ def test_snapshot_is_plain_sorted_data() -> None:
     state = op.snapshot()
     dims = {"campaign_id": {"c1": {"B": 2}}}
     arms = {"z": "B", "a": "B"}
+    window = {
+        "counts": {},
+        "users": {"B": {"z": None, "a": None}},  # the users in the order they came
+        "dims": dims,
+        "arms": arms,
+        "crossed": {},
+        "untracked": 0,
+    }
     assert state == {
-        "unit": "users",
-        "windows": [[T0, "exp1", {"B": ["a", "z"]}, dims, arms, [], 0]],
-        "cumulative": {},
-        "cusum": {},
+        "format": 2,
+        "state": {
+            "unit": "users",
+            "windows": {T0: {"exp1": window}},
+            "cumulative": {},
+            "cusum": {},
+        },
     }
     with pytest.raises(ValueError):
         SrmOperator().restore(state)
-    # a snapshot of the format before drill-down and crossover restores its counts
+    # a format-1 snapshot of before drill-down and crossover restores its counts
     old = SrmOperator(SrmConfig(unit="users"))
     old.restore({"unit": "users", "windows": [[T0, "exp1", {"B": ["a", "z"]}]]})
-    assert [(s, e, w.users) for s, e, w in old.windows.items()] == [(T0, "exp1", {"B": {"a", "z"}})]
+    assert [(s, e, set(w.users["B"])) for s, e, w in old.windows.items()] == [
+        (T0, "exp1", {"a", "z"})
+    ]
     with pytest.raises(ValueError):
         SrmConfig(unit="sessions")  # type: ignore[arg-type]
 
