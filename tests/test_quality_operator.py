@@ -16,6 +16,7 @@ from sklearn import metrics as skm
 
 from operators.quality import QualityConfig, QualityOperator
 from operators.rules import RuleEngine
+from operators.state import StateFormatError
 from operators.task import MonitorTask
 from schemas.events import InferenceLog, LabelEvent
 from streams.config import quality_rules
@@ -379,7 +380,8 @@ def test_memory_per_pending_prediction() -> None:
 
 
 def test_restore_refuses_an_unknown_format() -> None:
-    with pytest.raises(ValueError, match="snapshot format"):
+    # neither a versioned snapshot nor one of the module's own format 1 (which said so)
+    with pytest.raises(StateFormatError, match="quality: .*snapshot format None"):
         QualityOperator().restore({"windows": []})
 
 
