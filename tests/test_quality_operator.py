@@ -381,7 +381,7 @@ def test_memory_per_pending_prediction() -> None:
 
 def test_restore_refuses_an_unknown_format() -> None:
     # neither a versioned snapshot nor one of the module's own format 1 (which said so)
-    with pytest.raises(StateFormatError, match="quality: .*snapshot format None"):
+    with pytest.raises(StateFormatError, match=r"quality: .*snapshot format None"):
         QualityOperator().restore({"windows": []})
 
 
