@@ -194,3 +194,27 @@ def test_quality_refuses_a_snapshot_of_no_known_format() -> None:
 
     with pytest.raises(StateFormatError, match=r"quality: .*snapshot format 7"):
         QualityOperator().restore({"format": 7, "windows": []})
+
+
+def test_freshness_dead_time_behind_the_last_event_survives_a_restore() -> None:
+    """A dead stretch the input has already moved past (the jump 34:55 -> 60:00, events
+    again since) cannot be found again from the state after it: the restore must keep
+    it, or c2's silence is judged as if that stretch were live (the conformance case has
+    no jump; this is the check of `dead` in the state)."""
+    from operators.freshness import FreshnessConfig, FreshnessOperator
+    from tests.test_freshness_operator import MIN, run, traffic
+    from tests.test_freshness_operator import T0 as F0
+
+    events = traffic({"c1": (0, 10 * MIN), "c2": (0, 30 * MIN), "c3": (60 * MIN, 70 * MIN)})
+    before = [e for e in events if e.ts < F0 + 62 * MIN]
+    after = [e for e in events if e.ts >= F0 + 62 * MIN]
+    expected = run(FreshnessOperator(FreshnessConfig()), events, [F0 + 62 * MIN, F0 + 70 * MIN])
+    first = FreshnessOperator(FreshnessConfig())
+    got = run(first, before, [F0 + 62 * MIN])
+    assert first.dead  # the stretch is known, and behind the last event
+    second = FreshnessOperator(FreshnessConfig())
+    second.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot())))
+    got += run(second, after, [F0 + 70 * MIN])
+    fired = {o.entity: o.ts - F0 for o in got if o.value > 1}
+    assert fired["c2"] == 66 * MIN  # live silence: 5 minutes before the jump, 6 after
+    assert got == expected
