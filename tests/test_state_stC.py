@@ -218,3 +218,25 @@ def test_freshness_dead_time_behind_the_last_event_survives_a_restore() -> None:
     fired = {o.entity: o.ts - F0 for o in got if o.value > 1}
     assert fired["c2"] == 66 * MIN  # live silence: 5 minutes before the jump, 6 after
     assert got == expected
+
+
+def test_freshness_format_1_tracks_keep_their_silence() -> None:
+    """A format-1 track that had fired ([topic, key, last, gap, n, silent]) stays silent:
+    its data coming back resolves it instead of firing it again."""
+    from operators.freshness import FreshnessOperator
+    from tests.test_freshness_operator import MIN, imp
+    from tests.test_freshness_operator import T0 as F0
+
+    op = FreshnessOperator()
+    op.restore(
+        {
+            "steps": [],
+            "tracks": [["impressions", "c1", F0, 5_000.0, 50, True]],
+            "judged": F0 + 20 * MIN,
+            "live_last": F0 + 20 * MIN,
+        }
+    )
+    assert op.tracks[("impressions", "c1")].silent and op.dead == []
+    op.feed("impressions", [imp(1, F0 + 21 * MIN, "c1")])
+    op.advance(F0 + 22 * MIN)
+    assert [(o.entity, o.value) for o in op.collect().observations] == [("c1", 0.0)]
