@@ -38,9 +38,9 @@ import click
 import orjson
 import pytest
 
-from streams.cli import main
+from streams.cli.main import main
 from streams.config import DEFAULT_RULES
-from streams.embedded import free_port
+from streams.connectors.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

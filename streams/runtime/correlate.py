@@ -31,10 +31,10 @@ from operators.causes import Correlator, CorrelatorConfig
 from operators.retrain import RetrainCondition, RetrainPlanner, RetrainPolicy
 from schemas.events import Alert
 from streams.config import Settings
-from streams.retrain import RetrainPublisher
+from streams.runtime.retrain import RetrainPublisher
 
 if TYPE_CHECKING:
-    from streams.worker import Worker
+    from streams.runtime.worker import Worker
 
 log = logging.getLogger("streamwatch.correlate")
 
