@@ -6,7 +6,8 @@ its body, including `if TYPE_CHECKING:` and `try:` blocks (a type-only import st
 modules together for a reader); imports inside functions are deferred on purpose (the
 worker loads the faust app and its pages only when it starts one) and are not edges.
 Importing a submodule also imports its package (`streams.runtime.worker` runs
-`streams/runtime/__init__.py`), so that is an edge too.
+`streams/runtime/__init__.py`), so that is an edge too. A second check counts the deferred
+imports as well: those may break the layering nowhere either.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def modules(package: str) -> dict[str, Path]:
     return {module_name(p): p for p in sorted((REPO / package).rglob("*.py"))}
 
 
-def body_imports(name: str, path: Path) -> set[str]:
-    """Every module named by an import that runs when `name` is imported."""
+def body_imports(name: str, path: Path, deferred: bool = False) -> set[str]:
+    """Every module named by an import that runs when `name` is imported (`deferred`:
+    also those inside functions and classes)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -72,17 +74,20 @@ def body_imports(name: str, path: Path) -> set[str]:
                     for handler in node.handlers:
                         visit(handler.body)
                     visit(node.finalbody)
+            elif deferred:
+                visit([n for n in ast.iter_child_nodes(node) if isinstance(n, ast.stmt)])
 
     visit(tree.body)
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the streams modules (and packages) its import runs first."""
+def import_graph(deferred: bool = False) -> dict[str, set[str]]:
+    """Module -> the streams modules (and packages) its import runs first (`deferred`:
+    or any of its functions may import)."""
     known = modules("streams")
     graph: dict[str, set[str]] = {}
     for name, path in known.items():
-        edges = {m for m in body_imports(name, path) if m in known}
+        edges = {m for m in body_imports(name, path, deferred) if m in known}
         # importing a.b.c first imports a.b (its __init__) and a
         for m in list(edges):
             parts = m.split(".")
@@ -123,14 +128,18 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_the_graph_sees_type_checking_and_package_imports() -> None:
     graph = import_graph()
-    # web imports Worker under TYPE_CHECKING only; a submodule import runs its package
-    assert "streams.runtime.worker" in graph["streams.runtime.web"]
+    # web imports WorkerParts under TYPE_CHECKING only; a submodule import runs its package
+    assert "streams.runtime.parts" in graph["streams.runtime.web"]
     assert "streams.runtime" in graph["streams.cli.demo"]
     assert "streams.connectors.kafka" in graph["streams.runtime.worker"]
+    # the worker imports its pages only when it builds a faust app: a deferred edge
+    assert "streams.runtime.web" not in graph["streams.runtime.worker"]
+    assert "streams.runtime.web" in import_graph(deferred=True)["streams.runtime.worker"]
 
 
-def test_no_import_cycle_among_streams_modules() -> None:
-    cycle = find_cycle(import_graph())
+@pytest.mark.parametrize("deferred", [False, True], ids=["module-body", "with-deferred"])
+def test_no_import_cycle_among_streams_modules(deferred: bool) -> None:
+    cycle = find_cycle(import_graph(deferred))
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
@@ -138,10 +147,11 @@ def subpackage_of(module: str) -> str:
     return next((p for p in ORDER if module == p or module.startswith(p + ".")), module)
 
 
-def test_subpackages_import_only_those_before_them() -> None:
+@pytest.mark.parametrize("deferred", [False, True], ids=["module-body", "with-deferred"])
+def test_subpackages_import_only_those_before_them(deferred: bool) -> None:
     # config <- connectors <- delivery <- runtime <- cli: a subpackage never imports a later one
     wrong = []
-    for module, edges in import_graph().items():
+    for module, edges in import_graph(deferred).items():
         mine = subpackage_of(module)
         if mine not in ORDER:
             continue
@@ -182,3 +192,47 @@ def test_operators_never_import_streams_or_kafka() -> None:
                 if n.split(".")[0] in {"streams", "confluent_kafka", "aiokafka", "faust"}
             ]
     assert not wrong, wrong
+
+
+def test_the_worker_has_every_part_its_add_ons_use() -> None:
+    # web, correlate and sql_rules are typed against WorkerParts (not Worker, which imports
+    # them): the Worker must set every part, and they may use no attribute outside it
+    parts_tree = ast.parse((REPO / "streams/runtime/parts.py").read_text(encoding="utf-8"))
+    protocol = next(
+        n for n in parts_tree.body if isinstance(n, ast.ClassDef) and n.name == "WorkerParts"
+    )
+    parts = {
+        n.target.id
+        for n in protocol.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    assert {"settings", "app", "sinks"} <= parts
+    worker_tree = ast.parse((REPO / "streams/runtime/worker.py").read_text(encoding="utf-8"))
+    worker_class = next(
+        n for n in worker_tree.body if isinstance(n, ast.ClassDef) and n.name == "Worker"
+    )
+    assigned = {
+        target.attr
+        for node in ast.walk(worker_class)
+        for target in (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        if isinstance(target, ast.Attribute)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == "self"
+    }
+    assert parts <= assigned, parts - assigned
+    for add_on in ("web", "correlate", "sql_rules"):
+        tree = ast.parse((REPO / f"streams/runtime/{add_on}.py").read_text(encoding="utf-8"))
+        used = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "worker"
+        }
+        assert used and used <= parts, (add_on, used - parts)

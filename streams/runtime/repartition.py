@@ -159,13 +159,11 @@ def plan(settings: Settings, readers: Sequence[tuple[str, tuple[str, ...], str |
     """The routes for these monitors: (name, logical sources, keyed_by) each.
 
     Returns the plan; `reader_topic` then says which topic a monitor reads."""
-    from streams.runtime.monitors import topic_of
-
     group = settings.kafka.group_id
     p = Plan()
     for _, sources, keyed_by in readers:
         for logical in sources:
-            source = topic_of(settings, logical)
+            source = settings.topics.of(logical)
             if keyed_by == EXPERIMENT:
                 if "experiment" not in INPUT_EVENTS[logical].__struct_fields__:
                     raise ValueError(f"{logical} events carry no experiment to key by")
@@ -190,13 +188,11 @@ def plan(settings: Settings, readers: Sequence[tuple[str, tuple[str, ...], str |
 
 def reader_topic(settings: Settings, logical: str, keyed_by: str | None) -> str:
     """The Kafka topic a monitor reads for its logical source."""
-    from streams.runtime.monitors import topic_of
-
     if keyed_by == EXPERIMENT:
         return experiment_topic(settings.kafka.group_id, logical)
     if keying_of(settings, logical) == "repartition":
         return keyed_topic(settings.kafka.group_id, logical)
-    return topic_of(settings, logical)
+    return settings.topics.of(logical)
 
 
 class Passthrough(Operator):

@@ -49,7 +49,7 @@ from streams.connectors.clickhouse import ClickHouseError, Reader
 from streams.connectors.sqlguard import QueryRefused
 
 if TYPE_CHECKING:
-    from streams.runtime.worker import Worker
+    from streams.runtime.parts import WorkerParts
 
 log = logging.getLogger("streamwatch.sql_rules")
 
@@ -222,7 +222,7 @@ class SqlRules:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def install(worker: Worker) -> SqlRules | None:
+def install(worker: WorkerParts) -> SqlRules | None:
     """Validate the configured SQL rules and run them on the worker's faust timer;
     their alerts go out through the worker's sinks, under the runtime's lock."""
     if not worker.settings.sql_rules:

@@ -43,7 +43,7 @@ from streams.runtime.health import liveness, readiness
 
 if TYPE_CHECKING:
     from streams.config import Settings
-    from streams.runtime.worker import Worker
+    from streams.runtime.parts import WorkerParts
 
 log = logging.getLogger("streamwatch.web")
 
@@ -346,7 +346,7 @@ async def _sql_of(request: Any) -> str:
         raise QueryRefused("the request body is not UTF-8 text") from None
 
 
-def register_pages(app: Any, worker: Worker) -> None:
+def register_pages(app: Any, worker: WorkerParts) -> None:
     from aiohttp import web as aiohttp_web
     from faust.web import View
 
