@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from streams.cli.main import main
+from streams.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

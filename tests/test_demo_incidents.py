@@ -45,6 +45,7 @@ import pytest
 
 from schemas.decode import Decoder, Rejection
 from schemas.events import Alert
+from streams.cli.commands import _scenario
 from streams.cli.demo import (
     DEMO_CONVERSION_MS,
     DEMO_CONVERSIONS,
@@ -53,7 +54,6 @@ from streams.cli.demo import (
     demo_monitors,
     experiment_incidents,
 )
-from streams.cli.main import _scenario
 from streams.cli.simulate import Incident, Scenario, Simulator, default_incidents
 from streams.config import load_settings
 from streams.runtime.monitors import build_monitors
@@ -69,7 +69,7 @@ RESOLVE_HORIZON_S = {"quality": DEMO_LABEL_DELAY_MS / 1000 + 3 * 300}
 
 def demo_scenario() -> Scenario:
     incidents = default_incidents(DURATION_S, campaigns=3)
-    # what `streamwatch demo` adds (streams/cli/main.py `_scenario`, demo=True)
+    # what `streamwatch demo` adds (streams/cli/commands.py `_scenario`, demo=True)
     incidents.append(Incident("latency_spike", "model-0", DURATION_S * 0.8, DURATION_S * 0.1, 3.0))
     incidents.extend(experiment_incidents(DURATION_S))
     return Scenario(

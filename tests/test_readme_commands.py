@@ -38,7 +38,7 @@ import click
 import orjson
 import pytest
 
-from streams.cli.main import main
+from streams.cli import main
 from streams.config import DEFAULT_RULES
 from streams.connectors.embedded import free_port
 

@@ -1,5 +1,5 @@
 """`python -m streams.cli ...`: the `streamwatch` command (the documented, tested entry)."""
 
-from streams.cli.main import main
+from streams.cli import main
 
 main()
