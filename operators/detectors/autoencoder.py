@@ -145,7 +145,7 @@ class Autoencoder:
             v += (1.0 - BETA2) * (g * g)
             self.p[k] -= lr * (m / c1) / (np.sqrt(v / c2) + ADAM_EPS)
 
-    def snapshot(self) -> AutoencoderState:
+    def snapshot(self) -> NetworkState:
         """The model as a typed checkpoint: every array as (nested) lists of floats, a
         named field each (msgspec does not encode numpy arrays; lists round-trip float64
         exactly)."""
@@ -153,7 +153,7 @@ class Autoencoder:
         def params(arrays: dict[str, np.ndarray]) -> Params:
             return Params(**{k: arrays[k].tolist() for k in PARAMS})
 
-        return AutoencoderState(
+        return NetworkState(
             lr=self.lr,
             leak=self.leak,
             steps=self.steps,
@@ -163,10 +163,10 @@ class Autoencoder:
         )
 
     @classmethod
-    def from_snapshot(cls, state: AutoencoderState | Mapping[str, Any]) -> Autoencoder:
+    def from_snapshot(cls, state: NetworkState | Mapping[str, Any]) -> Autoencoder:
         """The model of a checkpoint (typed, or as plain data after msgpack)."""
         if isinstance(state, Mapping):
-            state = msgspec.convert(state, AutoencoderState)
+            state = msgspec.convert(state, NetworkState)
 
         def arrays(params: Params) -> dict[str, np.ndarray]:
             return {k: np.asarray(getattr(params, k), dtype=float) for k in PARAMS}
@@ -186,7 +186,7 @@ class Params(msgspec.Struct):
     b2: list[float]  # d
 
 
-class AutoencoderState(msgspec.Struct):
+class NetworkState(msgspec.Struct):
     """`Autoencoder`'s checkpoint: step size, leak, Adam's step count, the parameters
     and Adam's first and second moments."""
 
@@ -198,9 +198,9 @@ class AutoencoderState(msgspec.Struct):
     v: Params
 
 
-def autoencoder_state_from_format_1(old: Mapping[str, Any]) -> dict[str, Any]:
+def network_state_from_format_1(old: Mapping[str, Any]) -> dict[str, Any]:
     """State format 1 (the same names; "leak" absent before it existed: 0) as plain
-    `AutoencoderState` data."""
+    `NetworkState` data."""
     return {
         "lr": float(old["lr"]),
         "leak": float(old.get("leak", 0.0)),
