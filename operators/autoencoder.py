@@ -223,12 +223,12 @@ class SensorModel:
         self.warm_ts = []
 
     def state(self) -> SensorModelState:
-        """The model as typed state (numpy vectors as lists; the episode is the live
-        Struct, copied by `dump`)."""
+        """The model as typed state (numpy vectors as lists; lists and the episode are
+        the live ones: `StateCodec.dump` copies them)."""
         return SensorModelState(
             features=self.features,
-            warm=None if self.warm is None else [list(r) for r in self.warm],
-            warm_ts=list(self.warm_ts),
+            warm=self.warm,  # the live lists: `dump` copies them
+            warm_ts=self.warm_ts,
             alpha=self.alpha,
             mean=self.mean.tolist(),
             scale=self.scale.tolist(),

@@ -276,10 +276,11 @@ class Series:
         self.gaps: list[int] | None = []
 
     def state(self) -> SeriesState:
-        """The series as typed state (the episodes are the live Structs; `dump` copies)."""
+        """The series as typed state (its lists and episodes are the live ones, which
+        `StateCodec.dump` copies; the deques and the window's buffer become lists)."""
         return SeriesState(
             stats=self.stats.snapshot(),
-            staged=list(self.staged),
+            staged=self.staged,  # live lists and Structs: `dump` copies them
             last_ts=self.last_ts,
             prev=self.prev,
             run_len=self.run_len,
@@ -295,7 +296,7 @@ class Series:
             bucket_ms=self.bucket_ms,
             bucket=RiseBucket(int(self.bucket[0]), float(self.bucket[1]), int(self.bucket[2])),
             rise_lk=self.rise_lk.snapshot(),
-            gaps=None if self.gaps is None else list(self.gaps),
+            gaps=self.gaps,
         )
 
     @classmethod
