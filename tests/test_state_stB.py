@@ -220,3 +220,19 @@ def test_a_sensor_format1_series_from_before_episodes_and_the_rise_test_is_upgra
     op.advance(T0 + 60_000)
     (row,) = op.collect().rows["sensor_windows"]
     assert (row["sensor_id"], row["metric"], row["n"]) == ("s1", "temp", 5)
+
+
+def test_a_cluster_snapshot_inside_an_anomalous_run_continues_exactly() -> None:
+    """Taken just after the spike: its distance is held aside (`held`), not yet in the
+    recent distances; the restored model must hold it too."""
+    events = readings(200)
+    op = OPERATORS["cluster"]()
+    op.feed(SRC, [e for e in events if e.ts <= T0 + 160_000])
+    op.advance(T0 + 160_001)  # the spike (reading 160) judged, nothing after it
+    assert op.collect().rows["sensor_anomalies"]
+    assert op.models[("site", "plant")].held, "the run must be open at the snapshot"
+    restored = OPERATORS["cluster"]()
+    restored.restore(through_msgpack(op.snapshot()))
+    assert through_msgpack(restored.snapshot()) == through_msgpack(op.snapshot())
+    more = [e for e in events if e.ts > T0 + 160_000]
+    assert run(restored, more, T0 + 400_000) == run(op, more, T0 + 400_000)
