@@ -77,7 +77,11 @@ threshold, op); the reading is `reading`.
 
 State is bounded by window_ms of readings per series: a series silent for
 more than window_ms (by the watermark, or by the gap to its next reading) is
-forgotten, which is the same as its window having emptied.
+forgotten, which is the same as its window having emptied. It snapshots as
+`SensorState` (format 2 of `operators.state`): per (sensor_id, metric) a
+`SeriesState` of named, typed fields; the compiled window's float64 buffer stays
+the live layout and becomes named lists only in the snapshot. Format 1 (positional
+lists, "sensor\\x1fmetric" keys) is upgraded.
 """
 
 from __future__ import annotations
