@@ -236,3 +236,39 @@ def test_a_cluster_snapshot_inside_an_anomalous_run_continues_exactly() -> None:
     assert through_msgpack(restored.snapshot()) == through_msgpack(op.snapshot())
     more = [e for e in events if e.ts > T0 + 160_000]
     assert run(restored, more, T0 + 400_000) == run(op, more, T0 + 400_000)
+
+
+def test_an_autoencoder_format1_checkpoint_from_before_leak_and_levels_is_upgraded() -> None:
+    """Format 1's own fallbacks: a network without "leak" (0, plain tanh, as it was
+    written), an episode of four fields before levels (an open one at level 1), a tail
+    without a fit in use; positional "learn" and "episode"."""
+    op = mid_stream("autoencoder")
+    sid, m = next(iter(op.models.items()))
+    ae = m.ae.snapshot()
+    old_model = {
+        "features": list(m.features),
+        "warm": m.warm,
+        "warm_ts": m.warm_ts,
+        "alpha": m.alpha,
+        "mean": m.mean.tolist(),
+        "scale": m.scale.tolist(),
+        "ae": {
+            "lr": ae.lr,
+            "steps": ae.steps,
+            **{k: msgspec.to_builtins(getattr(ae, k)) for k in ("p", "m", "v")},
+        },
+        "recent": list(m.recent),
+        "tail": {"values": list(m.tail.values), "since_fit": 3},
+        "episode": [True, 1, 0, 4, T0 + 7_000],
+        "learn": [m.learn_hour, m.learnt],
+    }
+    old = {"pending": [[T0 + 1, sid, [["hum", 50.0], ["temp", 20.0]]]], "models": {sid: old_model}}
+    restored = OPERATORS["autoencoder"]()
+    restored.restore(through_msgpack({**old, "skipped": 2}))
+    got = restored.models[sid]
+    assert got.ae.leak == 0.0 and got.ae.steps == ae.steps
+    assert (got.episode.active, got.episode.level, got.episode.length) == (True, 1, 4)
+    assert got.episode_start == T0 + 7_000 and got.episode.quiet == 2
+    assert len(got.tail) == len(m.tail) and got.tail.since_fit == got.tail.refit
+    assert restored.pending.entries == [(T0 + 1, sid, (("hum", 50.0), ("temp", 20.0)))]
+    assert (restored.skipped, restored.out_of_range) == (2, 0)
