@@ -56,23 +56,27 @@ Semantics (the public contract's defaults, all configurable in DriftConfig):
   carried group that spans `max_merge_windows` windows without reaching
   `min_count` is dropped unscored (`max_merge_windows=1`: plain skipping).
 
-Cost: per event, one window lookup and a list append per feature; all
-statistics run with numpy once per window and feature (a string offered to
-a numeric feature is left out there and counted as `non_numeric`). Every
-figure depends on the multiset of a window's events only (sorted samples,
-exact sums), so any arrival order within the allowed lateness gives the same
-rows.
+Cost: per event, one window lookup and an append per feature (numbers of a
+numeric reference feature go to a compact array('d')); all statistics run
+with numpy once per window and feature. Every figure depends on the
+multiset of a window's events only (sorted samples, exact sums), so any
+arrival order within the allowed lateness gives the same rows.
 
 State (typed, `operators.state`, format 2, `DriftState`): the open windows
 by start then model, the carried small windows, the learned reference
 profiles (not the configured ones), the warm-ups in progress, the dropped
 count and the pooled counts of recent windows. Format 1 (positional window
-lists) is upgraded on restore.
+lists) is upgraded on restore. A live window keeps a numeric feature's
+numbers in array('d') (copied in as the event is read: a list would keep each
+event's float object alive, scattered in memory, 32 bytes a value instead of
+8, and slow to read back at the close), so it is converted by field name to
+its `WindowState` Struct at a snapshot and back at a restore.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -128,18 +132,37 @@ class DriftConfig:
     max_categories: int = 50
 
 
-class DriftWindow(msgspec.Struct):
-    """Raw values of one model's window, per feature, and its confidences."""
+Acc = list[Any] | array  # values of one feature in a window
+
+
+class WindowState(msgspec.Struct):
+    """One model's window in a checkpoint (the fields of `DriftWindow`)."""
 
     n: int = 0
     versions: dict[str, int] = {}  # model version -> events
-    # feature -> its values in the window (a string in a numeric feature is left out
-    # when the window is scored, and counted as non_numeric)
-    values: dict[str, list[float | str]] = {}
+    values: dict[str, list[float | str]] = {}  # feature -> its values in the window
+    numeric: list[str] = []  # the features kept as numbers only (array('d'))
+    mismatch: dict[str, int] = {}  # strings offered to those (left out)
     conf: list[float] = []
-    open: bool = True  # take any feature (no reference yet), else only the reference's
-    ready: bool = False  # accumulators set up for the model's reference
-    first: int | None = None  # start of the first window merged into this one
+    open: bool = True
+    ready: bool = False
+    first: int | None = None
+
+
+class DriftWindow:
+    """Raw values of one model's window, per feature, and its confidences."""
+
+    __slots__ = ("conf", "first", "mismatch", "n", "open", "ready", "values", "versions")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.versions: dict[str, int] = {}
+        self.values: dict[str, Acc] = {}
+        self.mismatch: dict[str, int] = {}  # strings offered to a numeric feature
+        self.conf = array("d")
+        self.open = True  # take any feature (no reference yet), else only the reference's
+        self.ready = False  # accumulators set up for the model's reference
+        self.first: int | None = None  # start of the first window merged into this one
 
     def merge(self, other: DriftWindow) -> None:
         self.n += other.n
@@ -149,9 +172,47 @@ class DriftWindow(msgspec.Struct):
             mine = self.values.get(name)
             if mine is None:
                 self.values[name] = vals
+            elif type(mine) is type(vals):
+                mine.extend(vals)  # type: ignore[arg-type]
             else:
-                mine.extend(vals)
+                self.values[name] = [*mine, *vals]
+        for name, c in other.mismatch.items():
+            self.mismatch[name] = self.mismatch.get(name, 0) + c
         self.conf.extend(other.conf)
+
+    def state(self) -> WindowState:
+        values: dict[str, list[float | str]] = {}
+        numeric = []
+        for name, acc in self.values.items():
+            if isinstance(acc, array):
+                values[name] = acc.tolist()
+                numeric.append(name)
+            else:
+                values[name] = acc
+        return WindowState(
+            n=self.n,
+            versions=self.versions,
+            values=values,
+            numeric=numeric,
+            mismatch=self.mismatch,
+            conf=self.conf.tolist(),
+            open=self.open,
+            ready=self.ready,
+            first=self.first,
+        )
+
+    @classmethod
+    def of(cls, state: WindowState) -> DriftWindow:
+        w = cls()
+        w.n, w.versions, w.mismatch = state.n, state.versions, state.mismatch
+        numeric = set(state.numeric)
+        w.values = {
+            name: array("d", vals) if name in numeric else vals  # type: ignore[arg-type]
+            for name, vals in state.values.items()
+        }
+        w.conf = array("d", state.conf)
+        w.open, w.ready, w.first = state.open, state.ready, state.first
+        return w
 
 
 class PooledCounts(msgspec.Struct):
@@ -164,8 +225,8 @@ class PooledCounts(msgspec.Struct):
 class DriftState(msgspec.Struct):
     """What a checkpoint keeps (the configured references are configuration)."""
 
-    windows: dict[int, dict[str, DriftWindow]] = {}  # start -> model_id -> window
-    carry: dict[str, DriftWindow] = {}  # model_id -> small windows awaiting a merge
+    windows: dict[int, dict[str, WindowState]] = {}  # start -> model_id -> window
+    carry: dict[str, WindowState] = {}  # model_id -> small windows awaiting a merge
     learned: dict[str, ReferenceProfile] = {}  # model_id -> the profile its warm-up froze
     warmup: dict[str, WarmupState] = {}  # model_id -> the warm-up in progress
     dropped_windows: int = 0
@@ -173,22 +234,16 @@ class DriftState(msgspec.Struct):
     recent: dict[str, dict[str, list[PooledCounts]]] = {}
 
 
-#: a string a format-1 numeric window counted apart (in `mismatch`): format 2 keeps
-#: such strings in the values, where scoring counts them as non_numeric
-_NOT_A_NUMBER = ""
-
-
 def _window_from_format_1(old: Sequence[Any]) -> dict[str, Any]:
     """A format-1 window: [n, versions, {feature: ["d" | "o", values]}, mismatch,
     confidences, open, ready, first]."""
     n, versions, values, mismatch, conf, is_open, ready, first = old
-    plain = {name: list(vals) for name, (_, vals) in values.items()}
-    for name, count in mismatch.items():
-        plain.setdefault(name, []).extend([_NOT_A_NUMBER] * count)
     return {
         "n": n,
         "versions": versions,
-        "values": plain,
+        "values": {name: vals for name, (_, vals) in values.items()},
+        "numeric": [name for name, (code, _) in values.items() if code == "d"],
+        "mismatch": mismatch,
         "conf": conf,
         "open": is_open,
         "ready": ready,
@@ -338,9 +393,10 @@ class DriftOperator(Operator):
         if ref is None:
             return
         w.open = False
+        numeric = ref.numeric
         for f in ref.features:
             if f.name not in w.values:
-                w.values[f.name] = []
+                w.values[f.name] = array("d") if f.name in numeric else []
 
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
         size = self.config.window_ms
@@ -368,12 +424,18 @@ class DriftOperator(Operator):
                     if not w.open:
                         continue
                     acc = values[name] = []
-                acc.append(x)
+                try:
+                    acc.append(x)
+                except TypeError:  # a string offered to a numeric feature
+                    w.mismatch[name] = w.mismatch.get(name, 0) + 1
             acc = values.get(PREDICTION)
             if acc is None and w.open:
                 acc = values[PREDICTION] = []
             if acc is not None:
-                acc.append(e.prediction)
+                try:
+                    acc.append(e.prediction)
+                except TypeError:
+                    w.mismatch[PREDICTION] = w.mismatch.get(PREDICTION, 0) + 1
             c = e.confidence
             if c is not None:
                 w.conf.append(c)
@@ -450,11 +512,11 @@ class DriftOperator(Operator):
             acc = w.values.get(f.name)
             if not acc:
                 continue
-            non_numeric = 0
+            non_numeric = w.mismatch.get(f.name, 0)
             ks = ks_p = chi2 = chi2_p = None
             if f.kind == "numeric":
                 x = _numbers(acc)
-                non_numeric = len(acc) - x.size
+                non_numeric += len(acc) - x.size
                 if x.size == 0:
                     continue
                 x.sort()
@@ -547,7 +609,7 @@ class DriftOperator(Operator):
         k = len(w.conf)
         if profile.confidence_mean is None or k == 0:
             return
-        conf = np.sort(np.asarray(w.conf, dtype=np.float64))
+        conf = np.sort(np.frombuffer(w.conf, dtype=np.float64))
         mean = math.fsum(conf.tolist()) / k
         shift = profile.confidence_mean - mean
         p_value = None
@@ -594,8 +656,11 @@ class DriftOperator(Operator):
     def snapshot(self) -> dict[str, Any]:
         return CODEC.dump(
             DriftState(
-                windows=self.windows.state(),
-                carry=self.carry,
+                windows={
+                    start: {m: w.state() for m, w in bucket.items()}
+                    for start, bucket in self.windows.state().items()
+                },
+                carry={m: w.state() for m, w in self.carry.items()},
                 learned={m: p for m, p in self.references.items() if m not in self.given},
                 warmup={m: b.state for m, b in self.warmup.items()},
                 dropped_windows=self.dropped_windows,
@@ -610,8 +675,13 @@ class DriftOperator(Operator):
             del self.compiled[model_id]
         for model_id, profile in typed.learned.items():
             self._set_reference(model_id, profile)
-        self.windows.load(typed.windows)
-        self.carry = typed.carry
+        self.windows.load(
+            {
+                start: {m: DriftWindow.of(w) for m, w in bucket.items()}
+                for start, bucket in typed.windows.items()
+            }
+        )
+        self.carry = {m: DriftWindow.of(w) for m, w in typed.carry.items()}
         self.warmup = {}
         for model_id, warmup in typed.warmup.items():
             builder = self.warmup[model_id] = self._builder(model_id)
@@ -620,14 +690,13 @@ class DriftOperator(Operator):
         self.recent = typed.recent
 
 
-def _numbers(acc: Sequence[float | str]) -> np.ndarray:
-    """The numbers of a feature's values as a float64 array (a new one: callers sort it),
-    strings left out."""
-    x = np.array(acc)
-    if x.dtype.kind == "f":  # numbers only (the common case: no scan in Python)
-        return x
-    # a string among them (numpy made every value text), or no value at all
-    return np.array([v for v in acc if not isinstance(v, str)], dtype=np.float64)
+def _numbers(acc: Acc) -> np.ndarray:
+    """The numbers of an accumulator as a float64 array (a copy: callers sort it)."""
+    if isinstance(acc, array):
+        return np.frombuffer(acc, dtype=np.float64).copy()
+    if any(isinstance(v, str) for v in acc):
+        acc = [v for v in acc if not isinstance(v, str)]
+    return np.array(acc, dtype=np.float64)
 
 
 __all__ = [
@@ -638,4 +707,5 @@ __all__ = [
     "DriftState",
     "DriftWindow",
     "PooledCounts",
+    "WindowState",
 ]

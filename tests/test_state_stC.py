@@ -21,12 +21,12 @@ import pytest
 from operators.drift import DriftConfig, DriftOperator, DriftState
 from operators.freshness import FreshnessState
 from operators.quality import QualityState
-from operators.reference import build_profile
+from operators.reference import PREDICTION, build_profile
 from operators.service import ServiceOperator, ServiceState
 from operators.srm import SrmOperator, SrmState
 from operators.state import StateFormatError
 from schemas.events import InferenceLog
-from streams import checkpoints
+from streams.connectors import checkpoints
 from tests.conformance import batches, canon, task_factory
 from tests.conformance_inputs import GENERATORS
 
@@ -154,9 +154,9 @@ def _log(i: int, ts: int, x1: float | str) -> InferenceLog:
 
 
 def test_drift_format_1_mismatch_counts_as_non_numeric() -> None:
-    """Format 1 kept a numeric feature's numbers in an array and counted the strings
-    offered to it apart; format 2 keeps them in the values. A format-1 window restores
-    to the same figures as the window fed with those strings."""
+    """Format 1 kept a numeric feature's numbers in an array (code "d") and counted the
+    strings offered to it apart; a format-1 window restores to the same figures as the
+    window fed with those strings, and its numbers to an array again."""
     rng = np.random.default_rng(3)
     ref = build_profile(
         [{"x1": float(v), "prediction": 0.5} for v in rng.normal(size=500)], "m1", "ref"
@@ -181,6 +181,7 @@ def test_drift_format_1_mismatch_counts_as_non_numeric() -> None:
             "dropped_windows": 0,
         }
     )
+    assert restored.snapshot()["state"]["windows"][T0]["m1"]["numeric"] == ["x1", PREDICTION]
     restored.advance(T0 + W)
     got, want = restored.collect(), fed.collect()
     assert got.rows == want.rows
