@@ -248,15 +248,16 @@ class FreshnessOperator(Operator):
         size = self.config.check_ms
         key_of = ENTITY_OF.get(source) if self.config.watch_entities else None
         steps = self.steps
+        start: int | None = None
+        keys: dict[str, Span] = {}
         for e in events:
             ts = e.ts
-            start = ts - ts % size
-            step = steps.get(start)
-            if step is None:
-                step = steps[start] = Step(start)
-            keys = step.topics.get(source)
-            if keys is None:
-                keys = step.topics[source] = {}
+            if ts - ts % size != start:  # another step (events come mostly in order)
+                start = ts - ts % size
+                step = steps.get(start)
+                if step is None:
+                    step = steps[start] = Step(start)
+                keys = step.topics.setdefault(source, {})
             _count(keys, "", ts)
             if key_of is not None:
                 _count(keys, key_of(e), ts)
