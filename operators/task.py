@@ -22,7 +22,7 @@ import msgspec
 
 from operators.base import Operator
 from operators.rules import RuleEngine
-from operators.state import StateCodec, StateFormatError
+from operators.state import FORMAT_KEY, StateCodec, StateFormatError
 from operators.watermark import NO_WATERMARK, Watermark
 from schemas.events import Alert
 
@@ -163,15 +163,16 @@ class MonitorTask:
         return TaskOutput(rows=out.rows, alerts=alerts)
 
     def snapshot(self) -> dict[str, Any]:
-        return CODEC.dump(
-            TaskState(
-                watermark=self.watermark.snapshot(),
-                operator=self.operator.snapshot(),
-                rules=self.rules.snapshot(),
-                changes=self.changes.snapshot() if self.changes is not None else None,
-                relations=self.relations.snapshot() if self.relations is not None else None,
-            )
+        state = TaskState(
+            watermark=self.watermark.snapshot(),
+            operator=self.operator.snapshot(),
+            rules=self.rules.snapshot(),
+            changes=self.changes.snapshot() if self.changes is not None else None,
+            relations=self.relations.snapshot() if self.relations is not None else None,
         )
+        # the parts are plain copies already: CODEC.dump's to_builtins would copy them
+        # again, and turn the bytes in them into base64 text
+        return {FORMAT_KEY: CODEC.format, "state": msgspec.structs.asdict(state)}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Restore every part, or raise StateFormatError (naming the monitor and the
