@@ -194,7 +194,10 @@ class RelationLearner:
                 del table[key]
 
     def snapshot(self) -> dict[str, Any]:
-        return CODEC.dump(RelationsState(seen=self.seen, expired_at=self.expired_at))
+        # each table's items in recency order: msgspec reads an OrderedDict in the
+        # order its keys were first inserted, not the order move_to_end made
+        seen = {hint: dict(table.items()) for hint, table in self.seen.items()}
+        return CODEC.dump(RelationsState(seen=seen, expired_at=self.expired_at))
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         state = CODEC.load(snapshot)
