@@ -80,6 +80,8 @@ def test_a_checkpoint_of_a_newer_format_stops_the_worker_until_discarded(tmp_pat
     failed = [body for status, body in statuses if status == 503 and body["status"] == "failed"]
     assert failed and "state format 99" in failed[-1]["sink_error"], statuses[-5:]
     assert not [body for status, body in statuses if status == 200 and body["partitions"]]
+    # ... and it wrote nothing over the checkpoint it refused
+    assert store.load()[key_of("ctr", 0)].state["format"] == 99
 
     # 2. discarded: the worker runs, and what it checkpoints this version reads
     process = worker(d, "--discard-state", "ctr")
