@@ -1,6 +1,6 @@
 """The conformance suite: properties every monitor of the registry must have (issue 12, point 5).
 
-Run over `streams.monitors.OPERATORS`, so a new monitor is included automatically; its input
+Run over `streams.runtime.monitors.OPERATORS`, so a new monitor is included automatically; its input
 comes from `tests.conformance_inputs.GENERATORS` (a monitor without an entry fails here). The
 task is built as the worker builds it: operator, default rules, change detection, relations.
 
@@ -71,7 +71,7 @@ from operators.change import DEFAULT_WATCH, METHODS
 from operators.state import StateFormatError
 from schemas.tables import TABLES_BY_NAME, Table
 from streams.config import load_settings
-from streams.monitors import OPERATORS
+from streams.runtime.monitors import OPERATORS
 from tests.conformance import Run, batches, canon, drive, task_factory
 from tests.conformance_inputs import GENERATORS, Case
 
@@ -189,9 +189,12 @@ def versioned(snapshot: Any) -> bool:
     )
 
 
-def body(snapshot: Any) -> Any:
-    """The state of a versioned snapshot (an unversioned one as it is)."""
-    return snapshot["state"] if versioned(snapshot) else snapshot
+def state_of(snapshot: Any) -> Any:
+    """An operator's state: a versioned snapshot's `state` (`operators.state`), or the
+    snapshot itself (state format 1)."""
+    if isinstance(snapshot, dict) and "format" in snapshot and "state" in snapshot:
+        return snapshot["state"]
+    return snapshot
 
 
 @pytest.mark.parametrize("name", MONITORS)
@@ -200,7 +203,7 @@ def test_state_is_empty_after_a_watermark_far_past_all_input(name: str) -> None:
     make = task_factory(name, case)
     _, task = drive(make, case.events, far_ms=FAR_MS)
     fresh = make()
-    after, before = body(task.operator.snapshot()), body(fresh.operator.snapshot())
+    after, before = state_of(task.operator.snapshot()), state_of(fresh.operator.snapshot())
     assert set(case.keeps) <= set(after), f"{name}: keeps names keys its snapshot lacks"
     for key in sorted(set(after) | set(before)):
         if key in case.keeps:
@@ -209,9 +212,9 @@ def test_state_is_empty_after_a_watermark_far_past_all_input(name: str) -> None:
             f"{name}: snapshot[{key!r}] still holds state a month after the last event"
         )
     if task.relations is not None:
-        assert shape(body(task.relations.snapshot())) == shape(body(fresh.relations.snapshot())), (
-            f"{name}: relations still held a month after the last event"
-        )
+        assert shape(state_of(task.relations.snapshot())) == shape(
+            state_of(fresh.relations.snapshot())
+        ), f"{name}: relations still held a month after the last event"
 
 
 # -- 4. rows match their tables ----------------------------------------------------------

@@ -21,9 +21,9 @@ import pytest
 
 from operators.state import StateCodec
 from operators.task import CODEC, TaskState
-from streams import kafka
-from streams.checkpoints import Checkpoint, CheckpointStore, key_of
-from streams.monitors import build_monitors
+from streams.connectors import kafka
+from streams.connectors.checkpoints import Checkpoint, CheckpointStore, key_of
+from streams.runtime.monitors import build_monitors
 from tests.harness import ROOT, Deployment
 
 pytestmark = pytest.mark.integration
