@@ -24,6 +24,7 @@ from operators.state import StateFormatError
 from operators.task import MonitorTask
 from operators.watermark import Watermark
 from tests.test_change_detection import Replay, Tick, ctr_series
+from tests.test_change_residuals import cycling_campaign
 
 MIN = 60_000
 
@@ -191,6 +192,18 @@ def test_change_format_1_is_upgraded_and_continues_exactly(split: int) -> None:
         second = ChangeDetectors()
         second.restore(restored_from)
         assert head + change_run(obs_[split:], second) == whole
+
+
+def test_change_format_1_of_a_residual_series_continues_exactly() -> None:
+    obs_ = cycling_campaign(5, 2200, drop=(2000, 2100, 0.5))
+    whole = ChangeDetectors().observe(obs_)
+    assert whole
+    first = ChangeDetectors()
+    head = first.observe(obs_[:2030])
+    second = ChangeDetectors()
+    second.restore(through_msgpack(changes_format_1(first)))
+    assert second.series[("ctr", "ctr", "c1")].residual
+    assert head + second.observe(obs_[2030:]) == whole
 
 
 def test_change_snapshot_is_named_fields_without_pickles() -> None:
