@@ -175,8 +175,9 @@ class MonitorTask:
         return {FORMAT_KEY: CODEC.format, "state": msgspec.structs.asdict(state)}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        """Restore every part, or raise StateFormatError (naming the monitor and the
-        part) and change nothing the caller keeps: a refused task is not used."""
+        """Restore every part, or raise StateFormatError naming the monitor and the
+        part. Parts before the refused one may be restored already: a refused task
+        must not be used (the worker stops on it)."""
         try:
             state = CODEC.load(snapshot)
             self.watermark.restore(state.watermark)
