@@ -57,7 +57,7 @@ def _checkpoint(name: str) -> bytes:
 
 def operator_snapshot(name: str) -> dict[str, Any]:
     """The operator's snapshot in that checkpoint (through msgpack)."""
-    return checkpoints.decode(_checkpoint(name)).state["operator"]
+    return checkpoints.decode(_checkpoint(name)).state["state"]["operator"]
 
 
 def _keys(value: Any) -> list[Any]:
