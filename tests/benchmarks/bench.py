@@ -148,6 +148,15 @@ class Bench:
     workdir: Path
     counter: int = 0
     runs: dict[str, list[Run]] = field(default_factory=dict)
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop_contenders(self) -> None:
+        """Kill every contender still running (the harness stopped early: Ctrl-C, a kill,
+        an error), so none outlives it; those already waited for are left alone."""
+        for proc in self.started:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
 
     def broker_cpu(self) -> float:
         assert self.broker.process is not None
@@ -187,6 +196,7 @@ class Bench:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        self.started.append(proc)
         proc.result_path = spec.result  # type: ignore[attr-defined]
         proc.log_path = work / "output.log"  # type: ignore[attr-defined]
         return proc
@@ -585,8 +595,12 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
         print(line, flush=True)
         out.append(line)
 
-    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+    with (
+        EmbeddedBroker(log_path=workdir / "tansu.log") as broker,
+        contextlib.ExitStack() as cleanup,
+    ):
         bench = Bench(broker, workdir)
+        cleanup.callback(bench.stop_contenders)  # first, then the broker stops
         keys = {
             "ctr": args.campaigns,
             "sensor": args.sensors,
