@@ -1,6 +1,6 @@
 """The conformance suite: properties every monitor of the registry must have (issue 12, point 5).
 
-Run over `streams.monitors.OPERATORS`, so a new monitor is included automatically; its input
+Run over `streams.runtime.monitors.OPERATORS`, so a new monitor is included automatically; its input
 comes from `tests.conformance_inputs.GENERATORS` (a monitor without an entry fails here). The
 task is built as the worker builds it: operator, default rules, change detection, relations.
 
@@ -43,7 +43,7 @@ import pytest
 from operators.change import DEFAULT_WATCH, METHODS
 from schemas.tables import TABLES_BY_NAME, Table
 from streams.config import load_settings
-from streams.monitors import OPERATORS
+from streams.runtime.monitors import OPERATORS
 from tests.conformance import Run, batches, canon, drive, task_factory
 from tests.conformance_inputs import GENERATORS, Case
 

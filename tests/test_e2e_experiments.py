@@ -30,9 +30,9 @@ import msgspec
 import orjson
 import pytest
 
-from streams import repartition
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from streams.runtime import repartition
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 from tests.harness import Deployment, Message, WorkerProcess, consume_all, produce
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ from typing import Any
 
 import orjson
 
-from streams.checkpoints import Checkpoint, decode, encode
 from streams.config import load_settings
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from streams.connectors.checkpoints import Checkpoint, decode, encode
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 
 MIN = 60_000
 T0 = 1_795_000_020_000

@@ -74,7 +74,7 @@ def test_a_row_that_does_not_match_is_refused_wherever_it_is_in_the_batch(
 CHILD = textwrap.dedent(
     """
     import json, sys
-    from streams.clickhouse import ClickHouseError, Writer, connect, ensure_schema
+    from streams.connectors.clickhouse import ClickHouseError, Writer, connect, ensure_schema
     from schemas.tables import RowError
 
     row = json.loads(sys.argv[2])

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 from tests.benchmarks import dataset as datasets
 from tests.benchmarks import revision as revisions
 from tests.benchmarks.contenders.common import Spec
