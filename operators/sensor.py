@@ -103,6 +103,7 @@ from operators.rolling import EventTimeBuffer
 from operators.rules import rule_spec as _rule
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
+from schemas.rows import SensorAnomalyRow, SensorWindowRow
 
 METHODS = ("zscore", "iqr", "rise")
 log = logging.getLogger(__name__)
@@ -426,18 +427,17 @@ class SensorOperator(Operator):
             sid, _, metric = key.partition("\x1f")
             arr = np.asarray(values, dtype=float)
             self._out.add_row(
-                "sensor_windows",
-                {
-                    "window_start": start,
-                    "window_end": start + size,
-                    "sensor_id": sid,
-                    "metric": metric,
-                    "n": int(arr.size),
-                    "min": float(arr.min()),
-                    "max": float(arr.max()),
-                    "mean": float(arr.mean()),
-                    "p95": float(np.percentile(arr, 95)),
-                },
+                SensorWindowRow(
+                    window_start=start,
+                    window_end=start + size,
+                    sensor_id=sid,
+                    metric=metric,
+                    n=int(arr.size),
+                    min=float(arr.min()),
+                    max=float(arr.max()),
+                    mean=float(arr.mean()),
+                    p95=float(np.percentile(arr, 95)),
+                ),
             )
 
     def _expire_until(self, watermark: int) -> None:
@@ -783,18 +783,17 @@ class SensorOperator(Operator):
         end: int,
     ) -> None:
         self._out.add_row(
-            "sensor_anomalies",
-            {
-                "ts": t,
-                "sensor_id": sid,
-                "metric": metric,
-                "value": x,
-                "method": method,
-                "score": float(score),
-                "threshold": float(threshold),
-                "window_start": start,
-                "window_end": end,
-            },
+            SensorAnomalyRow(
+                ts=t,
+                sensor_id=sid,
+                metric=metric,
+                value=x,
+                method=method,
+                score=float(score),
+                threshold=float(threshold),
+                window_start=start,
+                window_end=end,
+            ),
         )
 
     def _observe(

@@ -14,6 +14,7 @@ from operators.base import Operator
 from operators.rules import RuleEngine
 from operators.watermark import NO_WATERMARK, Watermark
 from schemas.events import Alert
+from schemas.rows import Row
 
 if TYPE_CHECKING:
     from operators.causes import RelationLearner
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class TaskOutput:
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, list[Row]] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
 
 
