@@ -6,7 +6,7 @@ key, version column, partitioning, comment, columns added after release) are
 attached to the row type as `__table__`. From these definitions come:
 
 - the DDL (`schemas.tables`: `TABLES`, `schema_sql`, the ALTERs of `added`),
-- the JSON Schema of each row (`python -m schemas.generate`, `schemas/json/rows/`),
+- the JSON Schema of each row (`python -m schemas.generate`, `schemas/json/<table>.row.json`),
 - the columns the writer inserts (`streams.clickhouse.Writer`: every field).
 
 Operators build rows by keyword, so a misspelt or missing column fails where the
@@ -75,8 +75,12 @@ class TableOptions:
     added: tuple[str, ...] = ()
 
 
-class Row(msgspec.Struct, kw_only=True, frozen=True):
-    """A row of one table (`__table__`); subclasses declare its columns as fields."""
+class Row(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A row of one table (`__table__`); subclasses declare its columns as fields.
+
+    Every field is required (no defaults), as every column is inserted; an unknown
+    field fails on construction (TypeError) and on decoding (ValidationError), so
+    the JSON Schema says `additionalProperties: false`."""
 
     __table__: ClassVar[TableOptions]
 
