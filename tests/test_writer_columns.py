@@ -27,7 +27,7 @@ def test_every_column_but_the_servers_is_inserted() -> None:
     rows = [sample_row(CtrWindowRow, seed) for seed in range(3)]
     columns = columns_of(CTR_WINDOWS, rows)
     assert len(columns) == len(CTR_WINDOWS.insert_columns)
-    assert columns[CTR_WINDOWS.insert_columns.index("clicks")] == [r.clicks for r in rows]
+    assert list(columns[CTR_WINDOWS.insert_columns.index("clicks")]) == [r.clicks for r in rows]
 
 
 def test_a_row_of_another_type_is_refused_wherever_it_is_in_the_batch() -> None:
@@ -35,7 +35,7 @@ def test_a_row_of_another_type_is_refused_wherever_it_is_in_the_batch() -> None:
     for batch in ([good, other], [other, good], [other]):
         with pytest.raises(RowError, match="a LateEventRow row sent to ctr_windows"):
             columns_of(CTR_WINDOWS, batch)
-    assert columns_of(LATE_EVENTS, [other])[-1] == [other.key]
+    assert list(columns_of(LATE_EVENTS, [other])[-1]) == [other.key]
 
 
 CHILD = textwrap.dedent(
