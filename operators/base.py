@@ -84,7 +84,7 @@ class Operator(ABC):
     #: (`default_rules`), both checked by tests/test_conformance.py
     observes: tuple[tuple[str, str], ...] = ()
     #: the event field its inputs must be keyed by when that is not the topics' own
-    #: key (e.g. "experiment"): the worker re-keys them (streams/repartition.py)
+    #: key (e.g. "experiment"): the worker re-keys them (streams/runtime/repartition.py)
     keyed_by: str | None = None
 
     def __init__(self) -> None:

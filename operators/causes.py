@@ -23,7 +23,7 @@ the alert carries it as a hint in `details.related`:
 
 `Correlator` keeps the alert episodes (firing, and for a while after they
 resolved) in event time, fed with every alert the worker raises and, through
-`streams.correlate.AlertFeed`, those other workers raise; for a firing alert
+`streams.runtime.correlate.AlertFeed`, those other workers raise; for a firing alert
 it lists the episodes on related entities that overlap its window in event
 time, strongest first:
 

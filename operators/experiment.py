@@ -2,7 +2,7 @@
 
 Reads impressions and inference logs that carry an `experiment` and a
 `variant`, re-keyed by experiment (`keyed_by = "experiment"`,
-streams/repartition.py), so one task sees each experiment whole.
+streams/runtime/repartition.py), so one task sees each experiment whole.
 
 Guardrails (inference logs of v2 carry the arm that served the request), per
 tumbling window [start, start + window_ms) and arm:

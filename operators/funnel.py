@@ -1,7 +1,7 @@
 """Funnel guardrails per experiment arm: CTR, CVR and revenue per impression.
 
 Reads impressions, clicks and conversions that carry an `experiment`, re-keyed
-by it (`keyed_by = "experiment"`, streams/repartition.py), so one task sees
+by it (`keyed_by = "experiment"`, streams/runtime/repartition.py), so one task sees
 each experiment whole. Impressions carry their arm (`variant`); clicks and
 conversions carry only the experiment (a project extension of the contract's
 events, which lets extra fields in) and get their arm from the join, which is

@@ -388,7 +388,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
 
 class SrmOperator(Operator):
     sources = ("impressions",)
-    # read from the experiment-keyed stream (streams/repartition.py): one task
+    # read from the experiment-keyed stream (streams/runtime/repartition.py): one task
     # sees an experiment's whole traffic, whatever partitions it came from
     keyed_by = "experiment"
     observes = (

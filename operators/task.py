@@ -55,7 +55,7 @@ class MonitorTask:
         `progress`: how far this source has got in event time, where that is not
         its events' largest time: a re-keyed source merges several upstream
         partitions and has got only as far as the slowest of them
-        (streams/repartition.py)."""
+        (streams/runtime/repartition.py)."""
         if not events:
             return []
         wm = self.watermark.value

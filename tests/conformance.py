@@ -1,6 +1,6 @@
 """Drive one monitor of the registry over a `Case` of tests/conformance_inputs.py.
 
-The task is built as the worker builds it (`streams.monitors.build_monitors` over the
+The task is built as the worker builds it (`streams.runtime.monitors.build_monitors` over the
 default configuration, with every monitor of the registry switched on and the case's
 options): the operator with its default rules, change detection and relations. A run
 records every row, every observation (the operator's and change detection's) and every
@@ -20,9 +20,9 @@ from operators.base import Observation
 from operators.task import MonitorTask
 from schemas.events import Alert
 from schemas.rows import Row
-from streams import checkpoints
 from streams.config import Settings, load_settings
-from streams.monitors import OPERATORS, build_monitors
+from streams.connectors import checkpoints
+from streams.runtime.monitors import OPERATORS, build_monitors
 from tests.conformance_inputs import Case
 
 NOW = 1_000  # processing time: constant, so no source ever counts as idle

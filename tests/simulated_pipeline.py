@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from schemas.rows import Row
+from streams.cli.simulate import Scenario, Simulator
 from streams.config import Settings
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
-from streams.simulate import Scenario, Simulator
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 from tests.row_dicts import as_dicts
 
 

@@ -168,9 +168,9 @@ def test_missing_features_are_skipped_and_sites_share_a_model() -> None:
     events.append(reading(T0 + 20, sensor="s0", site="plant", a=1.0))  # no b
     events.append(reading(T0 + 21, sensor="s9", a=1.0))  # no site: its own model
     run_all(op, events)
-    assert sorted(op.models) == ["s9", "site\x1fplant"]
-    assert op.models["site\x1fplant"].seen == 10 and op.skipped == 1
-    assert op.models["site\x1fplant"].metric == "a|b"
+    assert sorted(op.models) == [("sensor", "s9"), ("site", "plant")]
+    assert op.models[("site", "plant")].seen == 10 and op.skipped == 1
+    assert op.models[("site", "plant")].metric == "a|b"
 
 
 def test_learning_budget_is_counted_in_event_time() -> None:
@@ -183,8 +183,8 @@ def test_learning_budget_is_counted_in_event_time() -> None:
             op.feed(SRC, events[i : i + batch])
             op.advance(events[min(i + batch, 59)].ts)
         op.advance(T0 + 10**6)
-        assert op.models["s1"].scaler.counts["temp"] == 30
-        assert op.models["s1"].seen == 60
+        assert op.models[("sensor", "s1")].scaler.counts["temp"] == 30
+        assert op.models[("sensor", "s1")].seen == 60
 
 
 # -- event time and checkpoints -------------------------------------------------------

@@ -234,7 +234,7 @@ def test_demo_ctr_incident_alerts_and_resolves_after_it_ends_not_before() -> Non
     incident, and every episode resolves after the incident ended (before issue 13
     the trailing baseline absorbed the drop and it resolved within the incident)."""
     from schemas.decode import Decoder
-    from streams.simulate import Incident, Scenario, Simulator
+    from streams.cli.simulate import Incident, Scenario, Simulator
 
     start = 1_780_000_200_000 - 1_780_000_200_000 % MIN
     incident = Incident("ctr_drop", "cmp-002", start_s=1200, duration_s=600, factor=0.25)

@@ -31,9 +31,9 @@ import orjson
 import pytest
 
 from schemas.rows import Row
-from streams import repartition
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from streams.runtime import repartition
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 from tests.harness import Deployment, Message, WorkerProcess, consume_all, produce
 from tests.row_dicts import as_dicts
 

@@ -22,8 +22,8 @@ from schemas.events import (
 )
 from schemas.rows import Row
 from streams.config import load_settings
-from streams.monitors import OPERATORS, build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from streams.runtime.monitors import OPERATORS, build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 
 T0 = 1_795_000_200_000  # a 5-minute boundary
 MIN = 60_000

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 
 from schemas.rows import Row
-from streams.checkpoints import Checkpoint, decode, encode
 from streams.config import load_settings
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from streams.connectors.checkpoints import Checkpoint, decode, encode
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 from tests.row_dicts import as_dicts
 
 MIN = 60_000

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from schemas.decode import MAX_ERROR_CHARS, Decoder, Rejection
 from schemas.events import INPUT_EVENTS, DeadLetter, Event
-from streams import dead_letters, kafka
-from streams.pipeline import RawMessage
-from streams.sinks import Sinks
+from streams.connectors import dead_letters, kafka
+from streams.runtime.pipeline import RawMessage
+from streams.runtime.sinks import Sinks
 from tests.poison import nasty
 from tests.row_dicts import as_dicts
 
@@ -213,7 +213,7 @@ def test_sinks_refuse_a_producer_too_small_for_late_copies() -> None:
 
 
 def _operator_errors(monitor: str, stage: str) -> float:
-    from streams import metrics
+    from streams.runtime import metrics
 
     return metrics.OPERATOR_ERRORS.labels(monitor, stage)._value.get()
 
@@ -225,8 +225,8 @@ def test_a_monitor_failing_on_one_event_rejects_that_event_not_the_batch() -> No
     from dataclasses import replace
 
     from streams.config import load_settings
-    from streams.monitors import build_monitors
-    from streams.pipeline import Pipeline
+    from streams.runtime.monitors import build_monitors
+    from streams.runtime.pipeline import Pipeline
     from tests.test_pipeline import LOGICAL, Recorder
 
     def faulty_task(make: Any) -> Any:
@@ -281,8 +281,8 @@ def test_a_huge_sensor_value_does_not_take_the_worker_down() -> None:
     and `learn` raises KeyError when the watermark releases them, in `tick`). Whatever
     an operator does with such input, the pipeline goes on."""
     from streams.config import load_settings
-    from streams.monitors import build_monitors
-    from streams.pipeline import Pipeline
+    from streams.runtime.monitors import build_monitors
+    from streams.runtime.pipeline import Pipeline
     from tests.test_pipeline import LOGICAL, Recorder
 
     out = Recorder()

@@ -20,7 +20,7 @@ import pytest
 
 from operators.quality import QualityConfig, QualityOperator
 from schemas.decode import Decoder
-from streams.simulate import MODEL_VERSION, REGRESSOR, Incident, Simulator
+from streams.cli.simulate import MODEL_VERSION, REGRESSOR, Incident, Simulator
 from tests.harness import (
     Deployment,
     WorkerProcess,

@@ -61,7 +61,7 @@ def test_cluster_scores_an_extreme_reading_instead_of_raising() -> None:
     flagged = {(r["ts"] - T0) // 1000 for r in as_dicts(out.rows["sensor_anomalies"])}
     assert {300, 301} <= flagged
     assert finite_outputs(out)
-    model = op.models["s1"]
+    model = op.models[("sensor", "s1")]
     assert all(math.isfinite(v) for c in model.model.centers.values() for v in c.values())
     # and it still judges: a reading of the quiet regime after the spikes is found
     # a centre (no KeyError), every coordinate bounded by the clamp
@@ -74,7 +74,7 @@ def test_cluster_counts_a_reading_beyond_the_bound_and_skips_it(caplog) -> None:
     op = ClusterOperator(ClusterConfig(warmup=10))
     with caplog.at_level("WARNING", logger="operators.cluster"):
         out = run(op, readings([1.0, 2.0, 1.7e308, 3.0, -1.9e154]))
-    assert op.out_of_range == 2 and op.models["s1"].seen == 3
+    assert op.out_of_range == 2 and op.models[("sensor", "s1")].seen == 3
     assert caplog.text.count("beyond 1e+100") == 1  # once per entity
     assert finite_outputs(out)
     restored = ClusterOperator(ClusterConfig(warmup=10))

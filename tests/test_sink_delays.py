@@ -1,6 +1,6 @@
 """The sinks' close->delivery delays: measured only once rows are written, kept on failure.
 
-`streams.sinks.Sinks` with the real ClickHouse writer over chDB, its outage injected the
+`streams.runtime.sinks.Sinks` with the real ClickHouse writer over chDB, its outage injected the
 way the worker's own tests inject it (`Writer.fail_writes`), and a real confluent-kafka
 producer (nothing is produced: these rows go to ClickHouse only). chDB allows one data
 directory per process and the pytest process opens none, so the scenario runs in a child
@@ -21,8 +21,8 @@ CHILD = textwrap.dedent(
     """
     import json, sys, time
     from confluent_kafka import Producer
-    from streams.clickhouse import Writer, connect, ensure_schema
-    from streams.sinks import SinkError, Sinks
+    from streams.connectors.clickhouse import Writer, connect, ensure_schema
+    from streams.runtime.sinks import SinkError, Sinks
     from schemas.rows import CtrWindowRow
 
     client = connect("chdb://" + sys.argv[1])

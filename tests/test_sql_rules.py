@@ -1,4 +1,4 @@
-"""Rules written in SQL (streams.sql_rules) against real chDB tables.
+"""Rules written in SQL (streams.runtime.sql_rules) against real chDB tables.
 
 Seed 004's example rule (error count per model over a minute, HAVING
 error_count > 100) fires on the model whose row matches and resolves when the
@@ -19,9 +19,9 @@ import msgspec
 import pytest
 
 from schemas.rows import InferenceWindowRow
-from streams.clickhouse import Writer, connect, ensure_schema
 from streams.config import ConfigError, Settings
-from streams.sql_rules import SqlRules
+from streams.connectors.clickhouse import Writer, connect, ensure_schema
+from streams.runtime.sql_rules import SqlRules
 from tests.test_causes_docs import example
 
 pytestmark = pytest.mark.integration

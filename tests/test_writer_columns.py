@@ -15,7 +15,7 @@ import pytest
 
 from schemas.rows import CtrWindowRow, LateEventRow
 from schemas.tables import CTR_WINDOWS, LATE_EVENTS, TABLES, RowError
-from streams.clickhouse import columns_of
+from streams.connectors.clickhouse import columns_of
 from tests.row_dicts import sample_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,9 +41,9 @@ def test_a_row_of_another_type_is_refused_wherever_it_is_in_the_batch() -> None:
 CHILD = textwrap.dedent(
     """
     import json, sys
+    from streams.connectors.clickhouse import Writer, connect, ensure_schema
     from schemas.rows import ROWS, CtrWindowRow, LateEventRow
     from schemas.tables import TABLE_OF_ROW, RowError
-    from streams.clickhouse import Writer, connect, ensure_schema
     from tests.row_dicts import sample_row, as_dicts
 
     client = connect("chdb://" + sys.argv[1])

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from operators.quality import QualityConfig, QualityOperator
 from schemas.decode import Decoder, Rejection
-from streams.simulate import Scenario, Simulator, default_incidents
+from streams.cli.simulate import Scenario, Simulator, default_incidents
 from tests.row_dicts import as_dicts
 
 START_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)

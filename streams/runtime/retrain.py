@@ -2,7 +2,7 @@
 
 The planner (`operators.retrain`) decides; this module delivers. Each request
 is produced to the `retrain-requests` topic keyed by `model_id` through the
-worker's sinks (`streams.sinks.Sinks`) when it has them: a request the broker
+worker's sinks (`streams.runtime.sinks.Sinks`) when it has them: a request the broker
 refuses is kept and produced again before the next flush, and the flush fails
 (no checkpoint) until it is delivered, as for alerts. And, when
 the environment variable named by `retrain.webhook_env` holds a URL, POSTed
@@ -108,7 +108,7 @@ class RetrainPublisher:
     def __init__(self, settings: Settings, producer: Any, env: dict[str, str] | None = None):
         self.topic = settings.topics.retrain_requests
         self.producer = producer
-        # the worker's sinks (set by streams.correlate.install): their delivery
+        # the worker's sinks (set by streams.runtime.correlate.install): their delivery
         # discipline for alerts, so a checkpoint never covers an undelivered request
         self.sinks: Any = None
         self.published: list[RetrainRequest] = []  # the latest ones, for the dashboard

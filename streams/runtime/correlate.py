@@ -31,10 +31,10 @@ from operators.causes import Correlator, CorrelatorConfig
 from operators.retrain import RetrainCondition, RetrainPlanner, RetrainPolicy
 from schemas.events import Alert
 from streams.config import Settings
-from streams.retrain import RetrainPublisher
+from streams.runtime.retrain import RetrainPublisher
 
 if TYPE_CHECKING:
-    from streams.worker import Worker
+    from streams.runtime.parts import WorkerParts
 
 log = logging.getLogger("streamwatch.correlate")
 
@@ -271,7 +271,7 @@ class Causes:
         self.publisher.stop()
 
 
-def install(worker: Worker) -> Causes:
+def install(worker: WorkerParts) -> Causes:
     """Wire causes and retraining into a worker: the enricher in front of its alert
     producer, the feed, and a timer on its faust app that advances event time."""
     causes = Causes(worker.settings, worker.producer, watermarks=worker.pipeline.watermarks).start()

@@ -79,7 +79,7 @@ def check_clickhouse(settings: Settings, timeout_s: float = 10.0) -> None:
         return
     import clickhouse_connect
 
-    from streams.clickhouse import _safe
+    from streams.connectors.clickhouse import _safe
 
     dsn = settings.clickhouse.dsn or ""
     try:

@@ -11,7 +11,7 @@ No single output message can stall the worker (a poison pill: refused, retried,
 refused, with the offsets never committed):
 
 - dead letters are built to fit the producer's `message.max.bytes` (see
-  `streams.dead_letters`): past the bound `raw` keeps the first bytes;
+  `streams.connectors.dead_letters`): past the bound `raw` keeps the first bytes;
 - late-event copies are the original bytes of an event the decoder accepted,
   so at most its `max_bytes` plus a key of <= 512 characters; `Sinks` checks at
   start that this fits the producer's limit;
@@ -38,9 +38,10 @@ import orjson
 from schemas.decode import MAX_MESSAGE_BYTES, Rejection
 from schemas.events import Alert
 from schemas.rows import AlertRow, LateEventRow, Row
-from streams import dead_letters, kafka, metrics, repartition
-from streams.clickhouse import ClickHouseError, Writer
-from streams.pipeline import RawMessage
+from streams.connectors import dead_letters, kafka
+from streams.connectors.clickhouse import ClickHouseError, Writer
+from streams.runtime import metrics, repartition
+from streams.runtime.pipeline import RawMessage
 
 log = logging.getLogger("streamwatch.sinks")
 
@@ -66,7 +67,7 @@ class Sinks:
         max_event_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         """`max_message_bytes`: the producer's `message.max.bytes` (what
-        `streams.kafka.producer` configures); `max_event_bytes`: the decoders'
+        `streams.connectors.kafka.producer` configures); `max_event_bytes`: the decoders'
         size limit, which bounds the late-event copies."""
         late_max = max_event_bytes + EVENT_KEY_MAX_BYTES + LATE_HEADERS_MAX_BYTES
         if late_max + dead_letters.RECORD_HEADROOM > max_message_bytes:
@@ -85,10 +86,10 @@ class Sinks:
         # checkpoint never covers an alert or dead letter that did not arrive
         self.undelivered: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self.alert_listeners: list[Any] = []
-        # called on each alert before it is published (streams.correlate: possible
+        # called on each alert before it is published (streams.runtime.correlate: possible
         # causes); one may return None to hold the alert back and pass it here later
         self.alert_enrichers: list[Any] = []
-        # re-keyed events (streams/repartition.py) leave through their own producer,
+        # re-keyed events (streams/runtime/repartition.py) leave through their own producer,
         # which keeps their order per partition; set by the worker when it re-keys
         self.forward_producer: Any = None
         self.forward_failed: str | None = None
@@ -183,7 +184,7 @@ class Sinks:
         progress: bytes | None = None,
     ) -> None:
         """Re-key one event onto an internal topic, or send a progress record (see
-        streams.repartition)."""
+        streams.runtime.repartition)."""
         producer = self.forward_producer or self.producer
         headers = {repartition.SOURCE_HEADER: source}
         if progress is not None:

@@ -25,7 +25,7 @@ How it stays exactly-once in effect under at-least-once delivery and kill -9:
    and clients), with a header naming its source `topic:partition:offset`.
 2. Forwarded records leave through a dedicated producer with one request in
    flight and unbounded retries, so the records of one source partition reach an
-   internal partition in source-offset order (`streams.sinks.Sinks.forward`).
+   internal partition in source-offset order (`streams.runtime.sinks.Sinks.forward`).
 3. The runtime flushes that producer (with every other output) before it writes
    a checkpoint, and commits input offsets only after the checkpoint: an input
    offset is committed only when what it forwarded is on the broker.
@@ -159,13 +159,11 @@ def plan(settings: Settings, readers: Sequence[tuple[str, tuple[str, ...], str |
     """The routes for these monitors: (name, logical sources, keyed_by) each.
 
     Returns the plan; `reader_topic` then says which topic a monitor reads."""
-    from streams.monitors import topic_of
-
     group = settings.kafka.group_id
     p = Plan()
     for _, sources, keyed_by in readers:
         for logical in sources:
-            source = topic_of(settings, logical)
+            source = settings.topics.of(logical)
             if keyed_by == EXPERIMENT:
                 if "experiment" not in INPUT_EVENTS[logical].__struct_fields__:
                     raise ValueError(f"{logical} events carry no experiment to key by")
@@ -190,13 +188,11 @@ def plan(settings: Settings, readers: Sequence[tuple[str, tuple[str, ...], str |
 
 def reader_topic(settings: Settings, logical: str, keyed_by: str | None) -> str:
     """The Kafka topic a monitor reads for its logical source."""
-    from streams.monitors import topic_of
-
     if keyed_by == EXPERIMENT:
         return experiment_topic(settings.kafka.group_id, logical)
     if keying_of(settings, logical) == "repartition":
         return keyed_topic(settings.kafka.group_id, logical)
-    return topic_of(settings, logical)
+    return settings.topics.of(logical)
 
 
 class Passthrough(Operator):
@@ -228,7 +224,7 @@ def ensure_internal_topics(settings: Settings, p: Plan) -> None:
         return
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from streams.kafka import create_topics
+    from streams.connectors.kafka import create_topics
 
     admin = AdminClient(settings.kafka_client_config())
     topics = admin.list_topics(timeout=15).topics

@@ -28,8 +28,8 @@ from operators.reference import ReferenceProfile
 from operators.registry import OPERATORS
 from operators.rules import RuleEngine
 from operators.task import MonitorTask
-from streams import repartition
 from streams.config import ConfigError, Settings
+from streams.runtime import repartition
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
 
 def forwarder_spec(plan: repartition.Plan, idle_ms: int) -> MonitorSpec:
     """The pseudo-monitor that re-keys input events onto the internal topics
-    (`streams.repartition`): one task per input partition, for its positions."""
+    (`streams.runtime.repartition`): one task per input partition, for its positions."""
     sources = tuple(sorted(set(plan.sources.values())))
 
     def make() -> MonitorTask:

@@ -33,13 +33,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from streams import metrics
-from streams.checkpoints import CheckpointStore
 from streams.config import Settings
-from streams.faults import Faults, InjectedFault
-from streams.health import unjudgeable_series
-from streams.pipeline import Pipeline, RawMessage, by_partition
-from streams.sinks import SinkError, Sinks
+from streams.connectors.checkpoints import CheckpointStore
+from streams.runtime import metrics
+from streams.runtime.faults import Faults, InjectedFault
+from streams.runtime.health import unjudgeable_series
+from streams.runtime.pipeline import Pipeline, RawMessage, by_partition
+from streams.runtime.sinks import SinkError, Sinks
 
 log = logging.getLogger("streamwatch.runtime")
 

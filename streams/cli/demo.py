@@ -45,9 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from operators.ctr import CtrConfig
-from streams import kafka
-from streams.config import RetrainSettings, Settings
-from streams.simulate import (
+from streams.cli.simulate import (
     MODEL_EXPERIMENT,
     SHARED_EXPERIMENT,
     Incident,
@@ -55,13 +53,15 @@ from streams.simulate import (
     Simulator,
     publish,
 )
-from streams.worker import Services, Worker
+from streams.config import RetrainSettings, Settings
+from streams.connectors import kafka
+from streams.runtime.worker import Services, Worker
 
 # a CTR window is judged once final: the attribution window after its end
 CTR_FINAL_S = (CtrConfig().attribution_ms + CtrConfig().window_ms) / 1000
 DEMO_LABEL_DELAY_MS = 600_000
 # the demo is one worker: an input partition none of its keys hash to must not hold
-# the experiment-keyed streams back for the default 120 s (streams/repartition.py).
+# the experiment-keyed streams back for the default 120 s (streams/runtime/repartition.py).
 # A partition with messages still unread is not left out however busy the machine
 # (its forwarder keeps it in the merge: Pipeline._keep_alive), so the short timeout
 # costs no late events (--speed 0 on a loaded machine: 76,425 late events before, 0)
@@ -232,7 +232,7 @@ def demo_monitors(settings: Settings) -> None:
 def run_demo(
     settings: Settings, scenario: Scenario, speed: float | None, out: Console, err: Console
 ) -> bool:
-    from streams.console import print_alert
+    from streams.cli.console import print_alert
 
     if not settings.retrain.policies:
         settings.retrain = msgspec.convert(DEMO_RETRAIN, RetrainSettings)

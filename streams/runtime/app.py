@@ -1,6 +1,6 @@
 """The faust app that hosts a worker: its lifecycle, timers and web server.
 
-The input is read by `streams.source.KafkaSource` (see there why), which the
+The input is read by `streams.runtime.source.KafkaSource` (see there why), which the
 worker runs beside the app so it can stop it first; a timer lets idle
 partitions advance their watermark and keeps flushes and checkpoints on
 time when no input arrives.
@@ -15,7 +15,7 @@ import faust
 
 from streams.config import Settings
 from streams.delivery.agents import install as install_delivery
-from streams.runtime import Runtime
+from streams.runtime.cycle import Runtime
 
 
 def _credentials(settings: Settings) -> Any:

@@ -25,8 +25,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from streams.cli.console import print_alert
 from streams.config import ConfigError, Settings, load_settings
-from streams.console import print_alert
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
@@ -50,9 +50,9 @@ def explain(ctx: click.Context, exc: Exception) -> str:
     """One line for an error that escaped a command: what failed, where, what to set."""
     from confluent_kafka import KafkaException
 
-    from streams.clickhouse import ClickHouseError
-    from streams.embedded import EmbeddedError
-    from streams.preflight import PreflightError, chdb_holder, in_use_message
+    from streams.connectors.clickhouse import ClickHouseError
+    from streams.connectors.embedded import EmbeddedError
+    from streams.connectors.preflight import PreflightError, chdb_holder, in_use_message
 
     if isinstance(exc, PreflightError | ConfigError | EmbeddedError):
         return str(exc)
@@ -133,8 +133,8 @@ def run(ctx: click.Context) -> None:
         STREAMWATCH_KAFKA=kafka:9092 \\
         STREAMWATCH_CLICKHOUSE=http://user:pass@clickhouse:8123/streamwatch streamwatch run
     """
-    from streams.preflight import check_clickhouse, check_kafka, hold_data_dir
-    from streams.worker import Services, Worker
+    from streams.connectors.preflight import check_clickhouse, check_kafka, hold_data_dir
+    from streams.runtime.worker import Services, Worker
 
     settings = _settings(ctx)
     # before anything starts: a second process on the same chDB directory, or
@@ -166,7 +166,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _parse_incident(spec: str) -> Any:
-    from streams.simulate import INCIDENT_KINDS, Incident
+    from streams.cli.simulate import INCIDENT_KINDS, Incident
 
     parts = spec.split(":")
     try:
@@ -245,7 +245,7 @@ def _scenario(
     demo: bool = False,
     experiments: bool | None = None,
 ) -> Any:
-    from streams.simulate import (
+    from streams.cli.simulate import (
         Incident,
         Scenario,
         check_incidents,
@@ -270,7 +270,7 @@ def _scenario(
         experiments = demo
     extra: dict[str, int] = {}
     if experiments:
-        from streams.demo import DEMO_EXPERIMENTS, experiment_incidents
+        from streams.cli.demo import DEMO_EXPERIMENTS, experiment_incidents
 
         if campaigns < 3:
             raise click.BadParameter(
@@ -280,10 +280,10 @@ def _scenario(
         if not incident_specs and not no_incidents:
             incidents.extend(experiment_incidents(duration_s))
     # v2: conversions of clicks (a CVR of about 10 %, order values ~40); the demo's come
-    # within its shorter conversion window (streams/demo.py DEMO_CONVERSIONS)
+    # within its shorter conversion window (streams/cli/demo.py DEMO_CONVERSIONS)
     conversions: dict[str, float] = {"cvr": 0.1}
     if demo:
-        from streams.demo import DEMO_CONVERSIONS
+        from streams.cli.demo import DEMO_CONVERSIONS
 
         conversions = dict(DEMO_CONVERSIONS)
     scenario = Scenario(
@@ -297,7 +297,7 @@ def _scenario(
         **extra,
     )
     if demo and not incident_specs and not no_incidents:
-        from streams.demo import linked_incidents
+        from streams.cli.demo import linked_incidents
 
         scenario.incidents.extend(linked_incidents(scenario))  # a possible cause to show
     try:
@@ -330,8 +330,8 @@ def simulate(
     Example:
         streamwatch simulate --duration 3600 --speed 120 --incident ctr_drop:cmp-002:1800:600:0.2
     """
-    from streams import kafka
-    from streams.simulate import Simulator
+    from streams.cli.simulate import Simulator
+    from streams.connectors import kafka
 
     scenario = _scenario(
         duration_s, rate, campaigns, seed, incident_specs, no_incidents, experiments=experiments
@@ -361,7 +361,7 @@ def _publish_with_progress(
 ) -> dict[str, int]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from streams.simulate import publish
+    from streams.cli.simulate import publish
 
     with Progress(
         TextColumn("simulating"),
@@ -384,8 +384,8 @@ def _publish_with_progress(
 
 def _connect_kafka(ctx: click.Context) -> Settings:
     """Settings whose Kafka is the configured one, or the running embedded worker's."""
-    from streams.preflight import check_kafka
-    from streams.worker import read_embedded
+    from streams.connectors.preflight import check_kafka
+    from streams.runtime.worker import read_embedded
 
     settings = _settings(ctx)
     if settings.embedded_kafka:
@@ -452,8 +452,8 @@ def query(ctx: click.Context, sql: str, as_json: bool) -> None:
 
 
 def _query_error(exc: BaseException) -> str:
-    from streams.clickhouse import ClickHouseError, QueryBusy
-    from streams.sqlguard import QueryRefused, one_line
+    from streams.connectors.clickhouse import ClickHouseError, QueryBusy
+    from streams.connectors.sqlguard import QueryRefused, one_line
 
     if isinstance(exc, QueryRefused | QueryBusy | ClickHouseError):
         return one_line(exc)
@@ -461,7 +461,7 @@ def _query_error(exc: BaseException) -> str:
 
 
 def _cell(value: Any) -> str:
-    """A JSON-ready value (streams.web.jsonable) as table text."""
+    """A JSON-ready value (streams.runtime.web.jsonable) as table text."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -476,11 +476,11 @@ def _query(settings: Settings, sql: str) -> dict[str, Any]:
     import urllib.error
     import urllib.request
 
-    from streams.clickhouse import ClickHouseError, Reader
-    from streams.preflight import chdb_holder, in_use_message
-    from streams.sqlguard import QueryRefused
-    from streams.web import run_query
-    from streams.worker import read_embedded
+    from streams.connectors.clickhouse import ClickHouseError, Reader
+    from streams.connectors.preflight import chdb_holder, in_use_message
+    from streams.connectors.sqlguard import QueryRefused
+    from streams.runtime.web import run_query
+    from streams.runtime.worker import read_embedded
 
     if settings.embedded_clickhouse:
         info = read_embedded(settings)
@@ -576,8 +576,8 @@ def alerts(
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
     from schemas.events import Alert
-    from streams import kafka
-    from streams.worker import read_embedded
+    from streams.connectors import kafka
+    from streams.runtime.worker import read_embedded
 
     settings = _connect_kafka(ctx)
     through_worker = _settings(ctx).embedded_kafka  # the running embedded worker's broker
@@ -809,8 +809,8 @@ def demo(
     Example:
         streamwatch demo --duration 1800 --speed 90
     """
-    from streams.demo import run_demo
-    from streams.preflight import check_clickhouse, check_kafka, hold_data_dir
+    from streams.cli.demo import run_demo
+    from streams.connectors.preflight import check_clickhouse, check_kafka, hold_data_dir
 
     settings = _settings(ctx)
     if not settings.embedded_kafka:

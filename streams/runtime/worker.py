@@ -20,16 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams import kafka, repartition
-from streams.checkpoints import CheckpointStore
-from streams.clickhouse import Writer, connect, ensure_schema
 from streams.config import Settings
-from streams.embedded import EmbeddedBroker
-from streams.faults import Faults, FaultyProducer, FaultyWriter
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline
-from streams.runtime import Runtime
-from streams.sinks import Sinks
+from streams.connectors import kafka
+from streams.connectors.checkpoints import CheckpointStore
+from streams.connectors.clickhouse import Writer, connect, ensure_schema
+from streams.connectors.embedded import EmbeddedBroker
+from streams.runtime import repartition
+from streams.runtime.cycle import Runtime
+from streams.runtime.faults import Faults, FaultyProducer, FaultyWriter
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline
+from streams.runtime.sinks import Sinks
 
 log = logging.getLogger("streamwatch.worker")
 
@@ -161,7 +162,7 @@ class Worker:
         kafka.ensure_topics(settings)
         self.client = connect(settings.clickhouse_dsn())
         ensure_schema(self.client, settings.clickhouse.database)
-        self.faults = Faults.from_env()  # test-only; see streams/faults.py
+        self.faults = Faults.from_env()  # test-only; see streams/runtime/faults.py
         writer = Writer(self.client, settings.clickhouse.database)
         self.writer: Any = FaultyWriter(writer, self.faults) if self.faults.armed else writer
         producer = kafka.producer(settings)
@@ -186,15 +187,15 @@ class Worker:
             settings.kafka_client_config(), t.checkpoints, settings.kafka.group_id
         )
         self.runtime = Runtime(settings, self.pipeline, self.sinks, self.store, self.faults)
-        from streams.app import build_app
-        from streams.source import KafkaSource
-        from streams.web import register_pages
+        from streams.runtime.app import build_app
+        from streams.runtime.source import KafkaSource
+        from streams.runtime.web import register_pages
 
         self.source = KafkaSource(settings, self.runtime, self.pipeline.topics)
         self.app = build_app(settings, self.runtime)
         register_pages(self.app, self)
         # possible causes, retraining requests, SQL rules (docs/causes.md)
-        from streams import correlate, sql_rules
+        from streams.runtime import correlate, sql_rules
 
         self.causes = correlate.install(self)
         self.sql_rules = sql_rules.install(self)

@@ -12,7 +12,7 @@ from streams.config import Settings
 SESSION_TIMEOUT_MS = 6000
 # The largest message the worker's producer sends (librdkafka's default, set
 # explicitly because the sinks derive their bounds from it: a dead letter is
-# cut to fit, see streams.dead_letters). Below Apache Kafka's default broker
+# cut to fit, see streams.connectors.dead_letters). Below Apache Kafka's default broker
 # limit (1 MiB + 12), so what the producer accepts the broker accepts too.
 MESSAGE_MAX_BYTES = 1_000_000
 

@@ -23,7 +23,7 @@ import orjson
 
 from schemas.rows import Row
 from schemas.tables import TABLES_BY_NAME, RowError, Table, schema_sql
-from streams.sqlguard import Judge, QueryRefused, one_line
+from streams.connectors.sqlguard import Judge, QueryRefused, one_line
 
 
 class ClickHouseError(RuntimeError):
@@ -161,7 +161,7 @@ def read_limits(timeout_s: float, max_result_rows: int) -> dict[str, Any]:
 
     readonly=2: no writes or DDL, but the limits below may be set in the same
     request (readonly=1 refuses to change even max_execution_time); the query
-    text itself cannot change settings because `streams.sqlguard` refuses any
+    text itself cannot change settings because `streams.connectors.sqlguard` refuses any
     SETTINGS clause. max_threads=1 keeps an expensive read from taking the
     cores the pipeline needs (measured on chDB: with it, inserts beside a
     saturating read kept their ~6 ms latency).

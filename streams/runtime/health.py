@@ -21,7 +21,7 @@ every other series and monitor works, and a restart would change nothing. It is
 also a metric (`streamwatch_unjudgeable_series`, alerted on in
 deploy/prometheus/alerts.yml) and a warning in the log, once per series.
 
-"Input waits" comes from the broker's high watermarks (streams/source.py);
+"Input waits" comes from the broker's high watermarks (streams/runtime/source.py);
 Tansu reports them too low, so there a short tail of waiting input may go
 unseen; the other members come from the broker's group description, which
 Tansu leaves empty (so there only waiting input counts). The poll age does

@@ -27,9 +27,10 @@ import threading
 import time
 from typing import Any
 
-from streams import kafka, metrics
 from streams.config import Settings
-from streams.runtime import Runtime
+from streams.connectors import kafka
+from streams.runtime import metrics
+from streams.runtime.cycle import Runtime
 
 log = logging.getLogger("streamwatch.source")
 

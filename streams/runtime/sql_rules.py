@@ -21,9 +21,9 @@ deterministic alert_id); the window of a run is its slot of `interval_s`
 gone from a later run resolves.
 
 Checked at start (`SqlRules.validate`): the text is one plain read
-(`streams.sqlguard`, ClickHouse's own parser), and its result names the entity
+(`streams.connectors.sqlguard`, ClickHouse's own parser), and its result names the entity
 and value columns (the query runs with LIMIT 0); an error names the rule and
-its configuration key. Each run has its own reader (`streams.clickhouse.Reader`:
+its configuration key. Each run has its own reader (`streams.connectors.clickhouse.Reader`:
 readonly, `timeout_s`, `max_rows`), never the writer's client, and runs in a
 thread of its own: a run still going when the next is due skips that tick
 (counted in `streamwatch_sql_rule_skips_total`), so a slow rule can never
@@ -44,12 +44,12 @@ from prometheus_client import Counter
 from operators.base import Observation
 from operators.rules import Rule, RuleEngine
 from schemas.events import Alert
-from streams.clickhouse import ClickHouseError, Reader
 from streams.config import ConfigError, Settings, SqlRuleSettings
-from streams.sqlguard import QueryRefused
+from streams.connectors.clickhouse import ClickHouseError, Reader
+from streams.connectors.sqlguard import QueryRefused
 
 if TYPE_CHECKING:
-    from streams.worker import Worker
+    from streams.runtime.parts import WorkerParts
 
 log = logging.getLogger("streamwatch.sql_rules")
 
@@ -222,7 +222,7 @@ class SqlRules:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def install(worker: Worker) -> SqlRules | None:
+def install(worker: WorkerParts) -> SqlRules | None:
     """Validate the configured SQL rules and run them on the worker's faust timer;
     their alerts go out through the worker's sinks, under the runtime's lock."""
     if not worker.settings.sql_rules:

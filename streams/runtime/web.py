@@ -5,16 +5,16 @@
 /metrics      Prometheus exposition
 /api/query    one read-only SELECT through a ClickHouse client of its own:
               GET ?sql=... or POST (a JSON body {"sql": ...} or the SQL as text)
-/             the live dashboard (streams/static/index.html); replaces faust's
+/             the live dashboard (streams/runtime/static/index.html); replaces faust's
               production index {"status": "OK"}, see register_pages
-/static/<f>   the dashboard's files (only those in streams/static)
+/static/<f>   the dashboard's files (only those in streams/runtime/static)
 /api/dashboard  everything the dashboard shows, in one JSON document
 
 Every /api/ (and /debug/) request passes `refusal` first: the bearer token
 when STREAMWATCH_WEB_TOKEN is set, and never a request from another origin
 (a page elsewhere must not be able to use the browser of someone on this
-machine). Queries are judged by `streams.sqlguard` and run within the limits
-of `streams.clickhouse.read_limits`, on threads of their own, so neither the
+machine). Queries are judged by `streams.connectors.sqlguard` and run within the limits
+of `streams.connectors.clickhouse.read_limits`, on threads of their own, so neither the
 event loop nor the pipeline's threads wait for them.
 """
 
@@ -37,13 +37,13 @@ from urllib.parse import urlsplit
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.clickhouse import ClickHouseError, QueryBusy, Reader
-from streams.health import liveness, readiness
-from streams.sqlguard import QueryRefused, one_line
+from streams.connectors.clickhouse import ClickHouseError, QueryBusy, Reader
+from streams.connectors.sqlguard import QueryRefused, one_line
+from streams.runtime.health import liveness, readiness
 
 if TYPE_CHECKING:
     from streams.config import Settings
-    from streams.worker import Worker
+    from streams.runtime.parts import WorkerParts
 
 log = logging.getLogger("streamwatch.web")
 
@@ -346,7 +346,7 @@ async def _sql_of(request: Any) -> str:
         raise QueryRefused("the request body is not UTF-8 text") from None
 
 
-def register_pages(app: Any, worker: Worker) -> None:
+def register_pages(app: Any, worker: WorkerParts) -> None:
     from aiohttp import web as aiohttp_web
     from faust.web import View
 
@@ -405,7 +405,7 @@ def register_pages(app: Any, worker: Worker) -> None:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        status, body = readiness(worker)  # streams/health.py says when it is 503
+        status, body = readiness(worker)  # streams/runtime/health.py says when it is 503
         # a receiver that is down is reported, never a 503: alerts wait durably in the
         # delivery log, and taking the pipeline out of service would not bring it back
         delivery = getattr(worker.app, "streamwatch_delivery", None)
@@ -422,8 +422,8 @@ def register_pages(app: Any, worker: Worker) -> None:
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    # test-only: also needs STREAMWATCH_TEST_FAULTS=clickhouse at start-up (streams/faults.py),
-    # so a configuration file alone cannot open it
+    # test-only: also needs STREAMWATCH_TEST_FAULTS=clickhouse at start-up
+    # (streams/runtime/faults.py), so a configuration file alone cannot open it
     if worker.settings.debug_endpoints and "clickhouse" in worker.faults.armed:
 
         @app.page("/debug/clickhouse")

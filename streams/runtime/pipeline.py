@@ -37,9 +37,9 @@ from operators.watermark import NO_WATERMARK
 from schemas.decode import Decoder, Rejection
 from schemas.events import INPUT_EVENTS, Alert
 from schemas.rows import Row
-from streams import metrics, repartition
-from streams.checkpoints import Checkpoint, key_of
-from streams.monitors import MonitorSpec
+from streams.connectors.checkpoints import Checkpoint, key_of
+from streams.runtime import metrics, repartition
+from streams.runtime.monitors import MonitorSpec
 
 log = logging.getLogger("streamwatch.pipeline")
 
@@ -144,7 +144,7 @@ class Pipeline:
             for topic, logical in topic_logical.items()
             if topic in self.readers and logical in INPUT_EVENTS
         }
-        # re-keying (streams/repartition.py): internal topics and unchecked inputs
+        # re-keying (streams/runtime/repartition.py): internal topics and unchecked inputs
         self.plan: repartition.Plan | None = next((m.plan for m in monitors if m.plan), None)
         for m in monitors:
             for topic, (logical, key_field) in m.decoding.items():
