@@ -2,6 +2,7 @@
 
 streamwatch demo                 everything embedded, simulated incidents, live alerts
 streamwatch run                  the worker, against the configured Kafka and ClickHouse
+                                 (also `streamwatch worker`; --discard-state MONITOR)
 streamwatch simulate             synthetic traffic with switchable incidents
 streamwatch query "SELECT ..."   read-only query, printed as a table
 streamwatch alerts               the alert topic: print (or --follow), filter by rule/entity glob
@@ -122,9 +123,20 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--discard-state",
+    "discard_state",
+    multiple=True,
+    metavar="MONITOR",
+    help="Do not restore this monitor's checkpointed state (repeatable): its tasks "
+    "start afresh at the consumer group's committed offsets. Lost: that monitor's open "
+    "windows and everything it learned (baselines, reference models, change-detection "
+    "series), and its open alert episodes (no `resolved` follows them). For a "
+    "checkpoint this version refuses (docs/operations.md, Upgrading).",
+)
 @click.pass_context
-def run(ctx: click.Context) -> None:
-    """Run the worker against the configured Kafka and ClickHouse.
+def run(ctx: click.Context, discard_state: tuple[str, ...]) -> None:
+    """Run the worker against the configured Kafka and ClickHouse (also: `worker`).
 
     \b
     Without STREAMWATCH_KAFKA / STREAMWATCH_CLICKHOUSE the embedded broker and
@@ -145,7 +157,7 @@ def run(ctx: click.Context) -> None:
     services = Services(settings)
     try:
         settings = services.start()
-        worker = Worker(settings)
+        worker = Worker(settings, discard_state=discard_state)
         services.publish_addresses()
         err.print(
             f"streamwatch worker (pid {os.getpid()}): Kafka {settings.kafka.bootstrap}, "
@@ -155,6 +167,10 @@ def run(ctx: click.Context) -> None:
         worker.run()
     finally:
         services.stop()
+
+
+# the name a refused checkpoint's message gives the worker (operators/state.py)
+main.add_command(run, name="worker")
 
 
 def _one_line(exc: BaseException) -> str:

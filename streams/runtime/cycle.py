@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from operators.state import StateFormatError
 from streams.config import Settings
 from streams.connectors.checkpoints import CheckpointStore
 from streams.runtime import metrics
@@ -115,7 +116,14 @@ class Runtime:
             topics = self.pipeline.topics
             self.pipeline.topic_ids = await asyncio.to_thread(self.store.topic_ids, topics)
             checkpoints = await asyncio.to_thread(self.store.load)
-            self.pipeline.assign(new, checkpoints)
+            try:
+                self.pipeline.assign(new, checkpoints)
+            except StateFormatError as exc:
+                # a checkpoint this version cannot restore: stop now, loudly, rather
+                # than wait for the partition's first message (or run without it);
+                # the message names the monitor and the way out (--discard-state)
+                self.fail("restoring the checkpoints", exc)
+                raise
             log.info(
                 "took over partitions %s (%d checkpoints found)",
                 new,

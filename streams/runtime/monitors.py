@@ -136,6 +136,7 @@ def build_monitors(settings: Settings) -> list[MonitorSpec]:
                 idle_ms,
                 changes=changes,
                 relations=relations(name, sources),
+                name=name,
             )
 
         keyed_by = operator_type.keyed_by

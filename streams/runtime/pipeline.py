@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+from operators.state import StateFormatError
 from operators.task import MonitorTask
 from operators.watermark import NO_WATERMARK
 from schemas.decode import Decoder, Rejection
@@ -124,8 +125,12 @@ class Pipeline:
         topic_logical: dict[str, str],
         clock: Callable[[], float] = time.time,
         repartition_idle_s: float = 120.0,
+        discard_state: Iterable[str] = (),
     ) -> None:
         self.monitors = {m.name: m for m in monitors}
+        # monitors whose checkpointed state is not restored (`streamwatch run
+        # --discard-state`): their tasks start afresh where the consumer resumes
+        self.discard_state = frozenset(discard_state)
         self.outputs = outputs
         self.clock = clock
         # Kafka topic -> (monitor, logical source) pairs reading it
@@ -198,8 +203,24 @@ class Pipeline:
                         partition,
                     )
                     checkpoint = None
+                if checkpoint is not None and name in self.discard_state:
+                    log.warning(
+                        "discarding the checkpoint of %s/%d (--discard-state): its open "
+                        "windows and learned state are lost; it starts afresh at the "
+                        "group's committed offsets",
+                        name,
+                        partition,
+                    )
+                    checkpoint = None
                 if checkpoint is not None:
-                    task.restore(checkpoint.state)
+                    try:
+                        task.restore(checkpoint.state)
+                    except StateFormatError as exc:
+                        # "partition 0 of monitor ctr: rule engine: a checkpoint in ..."
+                        text = str(exc).replace("<monitor>", name)
+                        if not text.startswith(f"monitor {name}:"):
+                            text = f"monitor {name}: {text}"
+                        raise StateFormatError(f"partition {partition} of {text}") from exc
                     self.positions[key] = dict(checkpoint.positions)
                     self.seen[key] = dict(checkpoint.state.get(SEEN, {}))
                     now_ms = int(self.clock() * 1000)

@@ -16,11 +16,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from streams.config import Settings
+from operators.state import StateFormatError
+from streams.config import ConfigError, Settings
 from streams.connectors import kafka
 from streams.connectors.checkpoints import CheckpointStore
 from streams.connectors.clickhouse import Writer, connect, ensure_schema
@@ -28,7 +29,7 @@ from streams.connectors.embedded import EmbeddedBroker
 from streams.runtime import repartition
 from streams.runtime.cycle import Runtime
 from streams.runtime.faults import Faults, FaultyProducer, FaultyWriter
-from streams.runtime.monitors import build_monitors
+from streams.runtime.monitors import OPERATORS, build_monitors
 from streams.runtime.pipeline import Pipeline
 from streams.runtime.sinks import Sinks
 
@@ -157,8 +158,19 @@ def tune_garbage_collector() -> None:
 class Worker:
     """One streamwatch worker process: consume, compute, write, alert."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, discard_state: Iterable[str] = ()) -> None:
+        """`discard_state`: monitors whose checkpointed state is not restored: their
+        tasks start afresh at the group's committed offsets, their open windows and
+        learned baselines lost (`streamwatch run --discard-state`, docs/operations.md
+        "Upgrading")."""
         self.settings = settings
+        discard_state = sorted(set(discard_state))
+        unknown = [name for name in discard_state if name not in OPERATORS]
+        if unknown:
+            raise ConfigError(
+                f"--discard-state {', '.join(unknown)}: no such monitor; known: "
+                f"{', '.join(sorted(OPERATORS))}"
+            )
         kafka.ensure_topics(settings)
         self.client = connect(settings.clickhouse_dsn())
         ensure_schema(self.client, settings.clickhouse.database)
@@ -181,7 +193,11 @@ class Worker:
         t = settings.topics
         logical = {topic: name for name, topic in t.inputs().items()}
         self.pipeline = Pipeline(
-            monitors, self.sinks, logical, repartition_idle_s=settings.repartition_idle_s
+            monitors,
+            self.sinks,
+            logical,
+            repartition_idle_s=settings.repartition_idle_s,
+            discard_state=discard_state,
         )
         self.store = CheckpointStore(
             settings.kafka_client_config(), t.checkpoints, settings.kafka.group_id
@@ -285,7 +301,16 @@ class Worker:
                     waiter.cancel()
         finally:
             failure = failure or self._failure_reason(source)
-            if failure is not None:
+            if failure is not None and isinstance(failure[1], StateFormatError):
+                where, exc = failure
+                self.runtime.fail(where, exc)  # /health and the metric say so while we stop
+                # not a crash a restart cures: the same checkpoint is read again
+                log.error("%s failed: %s; exiting (code 1)", where, exc)
+                self.watchdog = ExitWatchdog(FAILED_EXIT_S, 1, "an unhandled failure")
+                self.source.stop()
+                await asyncio.sleep(FAILED_LINGER_S)
+                budget = FAILED_EXIT_S / 2
+            elif failure is not None:
                 where, exc = failure
                 self.runtime.fail(where, exc)  # /health and the metric say so while we stop
                 log.error(
