@@ -70,6 +70,7 @@ from operators.rolling import EventTimeBuffer
 from operators.rules import rule_spec as _rule
 from operators.state import StateCodec
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
+from schemas.rows import SensorAnomalyRow
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -410,18 +411,17 @@ class AutoencoderOperator(Operator):
         surprise = min(-math.log10(p), MAX_SURPRISE) if p > 0.0 else MAX_SURPRISE
         if anomalous and episode.active:
             self._out.add_row(
-                "sensor_anomalies",
-                {
-                    "ts": ts,
-                    "sensor_id": sid,
-                    "metric": m.metric,
-                    "value": error,
-                    "method": "autoencoder",
-                    "score": surprise,
-                    "threshold": -math.log10(m.alpha),
-                    "window_start": m.episode_start,
-                    "window_end": ts,
-                },
+                SensorAnomalyRow(
+                    ts=ts,
+                    sensor_id=sid,
+                    metric=m.metric,
+                    value=error,
+                    method="autoencoder",
+                    score=surprise,
+                    threshold=-math.log10(m.alpha),
+                    window_start=m.episode_start,
+                    window_end=ts,
+                ),
             )
         if (anomalous and episode.active) or change == "end":
             self._observe(sid, m, ts, error, surprise, p)

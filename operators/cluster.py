@@ -103,6 +103,7 @@ from operators.rolling import EventTimeBuffer, RecentQuantile, RecentState
 from operators.rules import rule_spec as _rule
 from operators.state import StateCodec
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
+from schemas.rows import SensorAnomalyRow
 
 log = logging.getLogger(__name__)
 
@@ -472,18 +473,17 @@ class ClusterOperator(Operator):
         ratio = distance / threshold if threshold > 0.0 else 0.0
         if anomalous:
             self._out.add_row(
-                "sensor_anomalies",
-                {
-                    "ts": ts,
-                    "sensor_id": sid,
-                    "metric": m.metric,
-                    "value": distance,
-                    "method": "cluster",
-                    "score": ratio,
-                    "threshold": threshold,
-                    "window_start": window_start,
-                    "window_end": ts,
-                },
+                SensorAnomalyRow(
+                    ts=ts,
+                    sensor_id=sid,
+                    metric=m.metric,
+                    value=distance,
+                    method="cluster",
+                    score=ratio,
+                    threshold=threshold,
+                    window_start=window_start,
+                    window_end=ts,
+                ),
             )
         self._out.observations.append(
             Observation(

@@ -109,6 +109,7 @@ from operators.stats import (
 )
 from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog
+from schemas.rows import DriftScoreRow
 
 
 @dataclass(frozen=True)
@@ -534,22 +535,23 @@ class DriftOperator(Operator):
             psi_p, df = psi_test(f.ref_counts, counts)
             pooled_p, pooled_n = self._pooled(model_id, f, end, counts)
             js = js_divergence(f.ref_counts, counts)
-            row = {
-                "window_start": start,
-                "window_end": end,
-                "model_id": model_id,
-                "model_version": model_version,
-                "feature": f.name,
-                "psi": p,
-                "ks": ks,
-                "ks_pvalue": ks_p,
-                "chi2": chi2,
-                "chi2_pvalue": chi2_p,
-                "js": js,
-                "n": n,
-                "reference_version": ref_version,
-            }
-            self._out.add_row("drift_scores", row)
+            self._out.add_row(
+                DriftScoreRow(
+                    window_start=start,
+                    window_end=end,
+                    model_id=model_id,
+                    model_version=model_version,
+                    feature=f.name,
+                    psi=p,
+                    ks=ks,
+                    ks_pvalue=ks_p,
+                    chi2=chi2,
+                    chi2_pvalue=chi2_p,
+                    js=js,
+                    n=n,
+                    reference_version=ref_version,
+                )
+            )
             details = {
                 "feature": f.name,
                 "model_version": model_version,

@@ -59,8 +59,9 @@ from operators.ctr import CtrConfig, CtrOperator, CtrWindow, _key, _split
 from operators.guardrail import GuardrailCheck, guardrail_rule
 from operators.msprt import Moments, always_valid_p, difference
 from schemas.events import Impression
+from schemas.rows import ExperimentWindowRow
 
-EXPERIMENT_TABLE = "experiment_windows"
+EXPERIMENT_TABLE = ExperimentWindowRow.__table__.name
 METRICS = ("ctr", "cvr", "revenue_per_impression")
 
 
@@ -221,18 +222,17 @@ class FunnelOperator(CtrOperator):
             for metric in METRICS:
                 p_value = e.p[metric] if judged else None
                 self._out.add_row(
-                    EXPERIMENT_TABLE,
-                    {
-                        "window_start": start,
-                        "window_end": end,
-                        "experiment": experiment,
-                        "variant": variant,
-                        "metric": metric,
-                        "value": values[variant][metric],
-                        "n": sizes[variant][metric],
-                        "control_value": base[metric] if base is not None else None,
-                        "p_value": p_value,
-                    },
+                    ExperimentWindowRow(
+                        window_start=start,
+                        window_end=end,
+                        experiment=experiment,
+                        variant=variant,
+                        metric=metric,
+                        value=values[variant][metric],
+                        n=sizes[variant][metric],
+                        control_value=base[metric] if base is not None else None,
+                        p_value=p_value,
+                    ),
                 )
                 if judged and base is not None and p_value is not None and control is not None:
                     self._breach(

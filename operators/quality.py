@@ -73,6 +73,7 @@ from operators.state import StateCodec, StateFormatError
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog, LabelEvent
+from schemas.rows import QualityWindowRow
 
 TASKS = ("classification", "regression")
 
@@ -529,7 +530,7 @@ class QualityOperator(Operator):
             row["estimated"] = 1
             row["task"] = "classification"
             row["accuracy"] = estimate
-            self._out.add_row("quality_windows", row)
+            self._out.add_row(QualityWindowRow(**row))
             return
         judged: tuple[str, np.ndarray | None, np.ndarray | None, np.ndarray | None] = (
             "",
@@ -539,7 +540,7 @@ class QualityOperator(Operator):
         )
         if lab.pred:
             judged = self._metrics(model, lab, row)
-        self._out.add_row("quality_windows", row)
+        self._out.add_row(QualityWindowRow(**row))
         if final and version:
             self._judge(start, key, row, *judged)
 

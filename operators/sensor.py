@@ -114,6 +114,7 @@ from operators.rules import rule_spec as _rule
 from operators.state import StateCodec
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
+from schemas.rows import SensorAnomalyRow, SensorWindowRow
 
 METHODS = ("zscore", "iqr", "rise")
 STATE_FORMAT = 2  # `SensorState`; 1: positional lists (upgraded, `_from_format_1`)
@@ -551,18 +552,17 @@ class SensorOperator(Operator):
             sid, metric = key
             arr = np.asarray(values, dtype=float)
             self._out.add_row(
-                "sensor_windows",
-                {
-                    "window_start": start,
-                    "window_end": start + size,
-                    "sensor_id": sid,
-                    "metric": metric,
-                    "n": int(arr.size),
-                    "min": float(arr.min()),
-                    "max": float(arr.max()),
-                    "mean": float(arr.mean()),
-                    "p95": float(np.percentile(arr, 95)),
-                },
+                SensorWindowRow(
+                    window_start=start,
+                    window_end=start + size,
+                    sensor_id=sid,
+                    metric=metric,
+                    n=int(arr.size),
+                    min=float(arr.min()),
+                    max=float(arr.max()),
+                    mean=float(arr.mean()),
+                    p95=float(np.percentile(arr, 95)),
+                ),
             )
 
     def _expire_until(self, watermark: int) -> None:
@@ -908,18 +908,17 @@ class SensorOperator(Operator):
         end: int,
     ) -> None:
         self._out.add_row(
-            "sensor_anomalies",
-            {
-                "ts": t,
-                "sensor_id": sid,
-                "metric": metric,
-                "value": x,
-                "method": method,
-                "score": float(score),
-                "threshold": float(threshold),
-                "window_start": start,
-                "window_end": end,
-            },
+            SensorAnomalyRow(
+                ts=t,
+                sensor_id=sid,
+                metric=metric,
+                value=x,
+                method=method,
+                score=float(score),
+                threshold=float(threshold),
+                window_start=start,
+                window_end=end,
+            ),
         )
 
     def _observe(

@@ -72,6 +72,7 @@ from operators.state import StateCodec
 from operators.stats import binomial_sf_test
 from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog
+from schemas.rows import InferenceWindowRow
 
 
 @dataclass(frozen=True)
@@ -268,21 +269,20 @@ class ServiceOperator(Operator):
             low = int(np.count_nonzero(conf < cfg.low_confidence))
             low_ratio = low / k
         self._out.add_row(
-            "inference_windows",
-            {
-                "window_start": start,
-                "window_end": end,
-                "model_id": model_id,
-                "model_version": model_version,
-                "requests": w.requests,
-                "errors": w.errors,
-                "error_rate": error_rate,
-                "latency_p50": p50,
-                "latency_p95": p95,
-                "latency_p99": p99,
-                "confidence_mean": conf_mean,
-                "low_confidence_ratio": low_ratio,
-            },
+            InferenceWindowRow(
+                window_start=start,
+                window_end=end,
+                model_id=model_id,
+                model_version=model_version,
+                requests=w.requests,
+                errors=w.errors,
+                error_rate=error_rate,
+                latency_p50=p50,
+                latency_p95=p95,
+                latency_p99=p99,
+                confidence_mean=conf_mean,
+                low_confidence_ratio=low_ratio,
+            ),
         )
         entity = f"{model_id}/{model_version}"
         common = {"ts": end, "window_start": start, "window_end": end}

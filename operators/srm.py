@@ -187,9 +187,10 @@ from operators.state import StateCodec
 from operators.stats import alpha_for_budget
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Impression
+from schemas.rows import ExperimentWindowRow, SrmCheckRow
 
-SRM_TABLE = "srm_checks"
-EXPERIMENT_TABLE = "experiment_windows"
+SRM_TABLE = SrmCheckRow.__table__.name
+EXPERIMENT_TABLE = ExperimentWindowRow.__table__.name
 OTHER = "(other)"
 
 
@@ -614,36 +615,34 @@ class SrmOperator(Operator):
         share_metric = "share" if window else "share_cumulative"
         if window:
             self._out.add_row(
-                SRM_TABLE,
-                {
-                    "window_start": start,
-                    "window_end": end,
-                    "experiment": experiment,
-                    "unit": cfg.unit,
-                    "variants": ",".join(tested),
-                    "counts": tested,
-                    "expected": expected,
-                    "unexpected": unexpected,
-                    "chi2": chi2,
-                    "p_value": p,
-                    "total": total,
-                    "srm": int(p < cfg.alpha and matters),
-                },
+                SrmCheckRow(
+                    window_start=start,
+                    window_end=end,
+                    experiment=experiment,
+                    unit=cfg.unit,
+                    variants=",".join(tested),
+                    counts=tested,
+                    expected=expected,
+                    unexpected=unexpected,
+                    chi2=chi2,
+                    p_value=p,
+                    total=total,
+                    srm=int(p < cfg.alpha and matters),
+                ),
             )
         for v, c in tested.items():
             self._out.add_row(
-                EXPERIMENT_TABLE,
-                {
-                    "window_start": start,
-                    "window_end": end,
-                    "experiment": experiment,
-                    "variant": v,
-                    "metric": share_metric,
-                    "value": c / total,
-                    "n": c,
-                    "control_value": expected[v],
-                    "p_value": value,
-                },
+                ExperimentWindowRow(
+                    window_start=start,
+                    window_end=end,
+                    experiment=experiment,
+                    variant=v,
+                    metric=share_metric,
+                    value=c / total,
+                    n=c,
+                    control_value=expected[v],
+                    p_value=value,
+                ),
             )
         details: dict[str, Any] = {
             "counts": tested,
@@ -735,18 +734,17 @@ class SrmOperator(Operator):
         crossed = len(window.crossed)
         rate = crossed / tracked
         self._out.add_row(
-            EXPERIMENT_TABLE,
-            {
-                "window_start": start,
-                "window_end": end,
-                "experiment": experiment,
-                "variant": "",
-                "metric": "crossover_rate",
-                "value": rate,
-                "n": tracked,
-                "control_value": 0.0,
-                "p_value": None,
-            },
+            ExperimentWindowRow(
+                window_start=start,
+                window_end=end,
+                experiment=experiment,
+                variant="",
+                metric="crossover_rate",
+                value=rate,
+                n=tracked,
+                control_value=0.0,
+                p_value=None,
+            ),
         )
         self._out.observations.append(
             Observation(

@@ -25,6 +25,7 @@ from operators.rules import RuleEngine
 from operators.state import FORMAT_KEY, StateCodec, StateFormatError
 from operators.watermark import NO_WATERMARK, Watermark
 from schemas.events import Alert
+from schemas.rows import Row
 
 if TYPE_CHECKING:
     from operators.causes import RelationLearner
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class TaskOutput:
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, list[Row]] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
 
 

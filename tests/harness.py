@@ -26,6 +26,7 @@ import msgspec
 import orjson
 
 from schemas.events import INPUT_TOPICS
+from schemas.rows import Row
 from streams.connectors.embedded import free_port
 from streams.runtime.monitors import build_monitors
 from streams.runtime.pipeline import Pipeline, RawMessage
@@ -451,7 +452,7 @@ def uninterrupted_alerts(d: Deployment, sent: list[Message]) -> dict[str, dict[s
     alerts: list[Any] = []
 
     class Outputs:
-        def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        def rows(self, table: str, rows: list[Row]) -> None:
             pass
 
         def alerts(self, out: list[Any]) -> None:

@@ -16,6 +16,7 @@ from operators.cluster import ClusterConfig, ClusterOperator
 from operators.rules import RuleEngine
 from operators.task import MonitorTask
 from schemas.events import SensorReading
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000  # 2026-11-18, divisible by 60 000
 SRC = "sensor-readings"
@@ -53,11 +54,11 @@ def test_new_regime_is_flagged_and_the_quiet_stretch_is_not() -> None:
         events = [reading(T0 + i * 1000, **normal(rng)) for i in range(quiet)]
         events += [reading(T0 + (quiet + j) * 1000, **far(rng)) for j in range(new)]
         out = run_all(ClusterOperator(), events)
-        flagged = sorted((r["ts"] - T0) // 1000 for r in out.rows["sensor_anomalies"])
+        flagged = sorted((r["ts"] - T0) // 1000 for r in as_dicts(out.rows["sensor_anomalies"]))
         false_pos += sum(1 for i in flagged if i < quiet)  # judged from i = warmup = 200
         recalls.append(sum(1 for i in flagged if quiet <= i < quiet + 30) / 30)
         late_flags.append(sum(1 for i in flagged if i >= quiet + 300))
-        rows = out.rows["sensor_anomalies"]
+        rows = as_dicts(out.rows["sensor_anomalies"])
         assert {(r["method"], r["metric"]) for r in rows} == {("cluster", "hum|temp|vib")}
         assert all(r["score"] == r["value"] / r["threshold"] > 1 for r in rows)
     fpr = false_pos / (3 * (quiet - 200))
@@ -73,7 +74,7 @@ def test_distances_and_thresholds_match_a_numpy_reference() -> None:
     rng = random.Random(4)
     points = [normal(rng) if rng.random() > 0.05 else far(rng) for _ in range(600)]
     out = run_all(ClusterOperator(cfg), [reading(T0 + i * 1000, **p) for i, p in enumerate(points)])
-    got = [(r["ts"], r["value"], r["threshold"]) for r in out.rows["sensor_anomalies"]]
+    got = [(r["ts"], r["value"], r["threshold"]) for r in as_dicts(out.rows["sensor_anomalies"])]
 
     features = ["hum", "temp", "vib"]
     scaler = preprocessing.StandardScaler()
@@ -219,12 +220,12 @@ def _run(events, split_at=None, lateness_ms=0, batch=9):
         assert task.feed(SRC, events[i : i + batch], now_ms=0) == []
         task.tick(now_ms=0)
         out = task.operator.collect()
-        rows += [sorted(r.items()) for r in out.rows.get("sensor_anomalies", [])]
+        rows += [sorted(r.items()) for r in as_dicts(out.rows.get("sensor_anomalies", []))]
         obs += out.observations
     task.feed(SRC, [reading(T0 + 10**8, sensor="end", temp=0.0)], now_ms=0)
     task.tick(now_ms=0)
     out = task.operator.collect()
-    rows += [sorted(r.items()) for r in out.rows.get("sensor_anomalies", [])]
+    rows += [sorted(r.items()) for r in as_dicts(out.rows.get("sensor_anomalies", []))]
     obs += out.observations
     return sorted(rows), sorted(obs, key=repr)
 

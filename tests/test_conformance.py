@@ -15,8 +15,8 @@ task is built as the worker builds it: operator, default rules, change detection
    operator's (every container as empty), apart from the learned models its case names
    in `keeps` (and the relations expired). The rule engine's and change detection's
    memory per entity is not judged here.
-4. Every emitted row has exactly the columns of its table (`schemas.tables`, columns with a
-   DEFAULT may be left out), each value of the column's type.
+4. Every emitted row is of its table's row type (`schemas.rows`, so it has exactly the
+   table's columns but `inserted_at`), each value of the column's type.
 5. Every observation is of a (kind, metric) the operator declares (`Operator.observes`), and
    every declared and every change-detection metric has a default rule.
 6. State is typed and versioned (`operators.state`, the upgrade policy of docs/operations.md
@@ -33,7 +33,9 @@ Deliberately broken variants tried (each made this suite fail, then reverted):
 - a CTR restore that forgets the baseline (`CtrOperator.restore` without
   `self.judge.restore(...)`): property 1 fails (the alerts after the restore differ, and the
   restored snapshot lacks the baselines);
-- a misspelt `window_strat` in the cluster's `sensor_anomalies` rows: property 4 fails;
+- a misspelt `window_strat` in the cluster's `sensor_anomalies` rows: property 4 failed
+  while rows were dicts; typed rows (`schemas.rows`) now refuse it where the row is built
+  (TypeError, tests/test_rows.py), so the cluster operator fails before any property;
 - the SRM operator no longer popping closed windows (`pop_ending_until` -> `ending_between`):
   properties 2 (rows emitted again at every step) and 3 (windows kept) fail;
 - the service operator emitting `latency_p95` observations it does not declare: property 5
@@ -64,11 +66,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from operators import causes, change, rules, watermark
 from operators.change import DEFAULT_WATCH, METHODS
 from operators.state import StateFormatError
+from schemas.rows import Row
 from schemas.tables import TABLES_BY_NAME, Table
 from streams.config import load_settings
 from streams.runtime.monitors import OPERATORS
@@ -138,10 +142,14 @@ def final_view(run: Run) -> dict[str, dict[Any, Any]]:
     view: dict[str, dict[Any, Any]] = {}
     for table, row in run.rows:
         spec = TABLES_BY_NAME[table]
-        key = tuple(row.get(c) for c in spec.order_by)
+        key = tuple(getattr(row, c) for c in spec.order_by)
         rows = view.setdefault(table, {})
         old = rows.get(key)
-        if old is None or spec.version is None or row[spec.version] >= old[spec.version]:
+        if (
+            old is None
+            or spec.version is None
+            or getattr(row, spec.version) >= getattr(old, spec.version)
+        ):
             rows[key] = row
     return {t: {k: canon(r) for k, r in rows.items()} for t, rows in view.items()}
 
@@ -240,11 +248,14 @@ def _type_ok(kind: str, value: Any) -> bool:
     raise AssertionError(f"no check for the column type {kind}")
 
 
-def row_problems(table: Table, row: dict[str, Any]) -> list[str]:
+def row_problems(table: Table, typed: Row) -> list[str]:
+    if type(typed) is not table.row:
+        return [f"a {type(typed).__name__}, not the table's {table.row.__name__}"]
+    row = msgspec.structs.asdict(typed)
     problems = []
     kinds = dict(table.columns)
     unknown = sorted(set(row) - set(kinds))
-    missing = sorted(set(table.required_columns) - set(row))
+    missing = sorted(set(table.insert_columns) - set(row))
     if unknown:
         problems.append(f"unknown columns {unknown}")
     if missing:

@@ -15,6 +15,7 @@ from operators.rules import Rule, RuleEngine
 from operators.task import MonitorTask
 from schemas.events import Click, Impression
 from streams.config import DEFAULT_RULES
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000
 MIN = 60_000
@@ -290,5 +291,5 @@ def test_a_snapshot_from_before_the_evidence_judge_restores_windows_and_restarts
     restored.restore(state)
     assert restored.judge.baseline.get("c") is None
     restored.advance(T0 + 2 * MIN + CtrConfig().attribution_ms)
-    rows = restored.collect().rows["ctr_windows"]
+    rows = as_dicts(restored.collect().rows["ctr_windows"])
     assert [(r["campaign_id"], r["impressions"]) for r in rows if r["final"]] == [("c", 1)]

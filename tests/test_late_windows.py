@@ -20,6 +20,7 @@ from schemas.events import (
     LabelEvent,
     SensorReading,
 )
+from schemas.rows import Row
 from streams.config import load_settings
 from streams.runtime.monitors import OPERATORS, build_monitors
 from streams.runtime.pipeline import Pipeline, RawMessage
@@ -35,7 +36,7 @@ class LateRecorder:
     def __init__(self) -> None:
         self.late_rows: list[tuple[str, int, int]] = []  # (monitor, event ts, window start)
 
-    def rows(self, table: str, rows: list[dict[str, Any]]) -> None: ...
+    def rows(self, table: str, rows: list[Row]) -> None: ...
 
     def alerts(self, alerts: list[Any]) -> None: ...
 

@@ -24,6 +24,7 @@ from streams.connectors import dead_letters, kafka
 from streams.runtime.pipeline import RawMessage
 from streams.runtime.sinks import Sinks
 from tests.poison import nasty
+from tests.row_dicts import as_dicts
 
 TS = 1_795_000_020_000
 REASONS = {
@@ -167,7 +168,7 @@ def test_a_dead_letter_never_exceeds_what_the_producer_can_send(broker) -> None:
             assert not letter.raw_truncated  # small enough: copied whole
         assert kafka_key == (None if key is None else key[:1024])
     # the table keeps more: every message a default Kafka broker takes, whole
-    rows = {r["offset"]: r for r in sinks.buffer["dead_letters"]}
+    rows = {r["offset"]: r for r in as_dicts(sinks.buffer["dead_letters"])}
     for offset, (_, value) in originals.items():
         kept = base64.b64decode(rows[offset]["raw"])
         assert kept == value[: 1024 * 1024]

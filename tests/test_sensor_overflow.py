@@ -19,6 +19,7 @@ from operators.cluster import Z_MAX, ClusterConfig, ClusterOperator
 from operators.sensor import SensorOperator
 from schemas.decode import Decoder, Rejection
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000
 SRC = "sensor-readings"
@@ -43,7 +44,7 @@ def run(op, events: list[SensorReading]):
 
 
 def finite_outputs(out) -> bool:
-    cells = [v for rows in out.rows.values() for r in rows for v in r.values()]
+    cells = [v for rows in out.rows.values() for r in as_dicts(rows) for v in r.values()]
     cells += [o.value for o in out.observations]
     return all(math.isfinite(v) for v in cells if isinstance(v, float))
 
@@ -57,7 +58,7 @@ def test_cluster_scores_an_extreme_reading_instead_of_raising() -> None:
     quiet = [1e-150 * rng.gauss(0, 1) for _ in range(300)]
     op = ClusterOperator(ClusterConfig(warmup=100))
     out = run(op, readings([*quiet, 1e100, -1e100, *quiet[:50]]))
-    flagged = {(r["ts"] - T0) // 1000 for r in out.rows["sensor_anomalies"]}
+    flagged = {(r["ts"] - T0) // 1000 for r in as_dicts(out.rows["sensor_anomalies"])}
     assert {300, 301} <= flagged
     assert finite_outputs(out)
     model = op.models[("sensor", "s1")]

@@ -23,6 +23,7 @@ CHILD = textwrap.dedent(
     from confluent_kafka import Producer
     from streams.connectors.clickhouse import Writer, connect, ensure_schema
     from streams.runtime.sinks import SinkError, Sinks
+    from schemas.rows import CtrWindowRow
 
     client = connect("chdb://" + sys.argv[1])
     ensure_schema(client, "streamwatch")
@@ -36,7 +37,7 @@ CHILD = textwrap.dedent(
         "final": 1, "version": 2, "conversions": 0, "cvr": 0.0, "revenue": 0.0,
         "orphan_conversions": 0, "duplicate_conversions": 0,
     }
-    rows = [dict(row, campaign_id=f"c{i}") for i in range(2)]
+    rows = [CtrWindowRow(**dict(row, campaign_id=f"c{i}")) for i in range(2)]
     out = {}
     sinks.rows("ctr_windows", rows)
     writer.fail_writes = True

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from schemas.rows import InferenceWindowRow
 from streams.config import ConfigError, Settings
 from streams.connectors.clickhouse import Writer, connect, ensure_schema
 from streams.runtime.sql_rules import SqlRules
@@ -48,21 +49,21 @@ def chdb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Writer]:
     return tmp, Writer(client, "streamwatch")
 
 
-def window(model: str, start: int, errors: int) -> dict[str, Any]:
-    return {
-        "window_start": start,
-        "window_end": start + MIN,
-        "model_id": model,
-        "model_version": "1",
-        "requests": 10_000,
-        "errors": errors,
-        "error_rate": errors / 10_000,
-        "latency_p50": 1.0,
-        "latency_p95": 2.0,
-        "latency_p99": 3.0,
-        "confidence_mean": None,
-        "low_confidence_ratio": None,
-    }
+def window(model: str, start: int, errors: int) -> InferenceWindowRow:
+    return InferenceWindowRow(
+        window_start=start,
+        window_end=start + MIN,
+        model_id=model,
+        model_version="1",
+        requests=10_000,
+        errors=errors,
+        error_rate=errors / 10_000,
+        latency_p50=1.0,
+        latency_p95=2.0,
+        latency_p99=3.0,
+        confidence_mean=None,
+        low_confidence_ratio=None,
+    )
 
 
 def run_once(rules: SqlRules, now: float) -> list[Any]:

@@ -219,7 +219,7 @@ def test_a_sensor_format1_series_from_before_episodes_and_the_rise_test_is_upgra
     assert op.pending.entries == [(T0 + 5_000, "s1", "temp", 21.0, 0)]
     op.advance(T0 + 60_000)
     (row,) = op.collect().rows["sensor_windows"]
-    assert (row["sensor_id"], row["metric"], row["n"]) == ("s1", "temp", 5)
+    assert (row.sensor_id, row.metric, row.n) == ("s1", "temp", 5)
 
 
 def test_a_cluster_snapshot_inside_an_anomalous_run_continues_exactly() -> None:

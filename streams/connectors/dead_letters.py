@@ -21,6 +21,7 @@ import hashlib
 import msgspec
 
 from schemas.events import DeadLetter
+from schemas.rows import DeadLetterRow
 
 # Per-message room for Kafka's record framing and headers on top of key and
 # value: librdkafka counts about 60 bytes of v2 record overhead (plus the
@@ -99,16 +100,29 @@ def build(
     return letter, msgspec.json.encode(letter)
 
 
-def row(letter: DeadLetter, value: bytes | None) -> dict[str, object]:
+def row(letter: DeadLetter, value: bytes | None) -> DeadLetterRow:
     """The `dead_letters` row of a dead letter: up to TABLE_RAW_MAX_BYTES of the original
     (more than the topic's copy when that one is truncated)."""
-    original = value or b""
-    out = msgspec.structs.asdict(letter)
-    if letter.raw_truncated:
+    raw, truncated = letter.raw, letter.raw_truncated
+    if truncated:
+        original = value or b""
         kept = original[:TABLE_RAW_MAX_BYTES]
-        out["raw"] = base64.b64encode(kept).decode()
-        out["raw_truncated"] = len(kept) < len(original)
-    return out
+        raw = base64.b64encode(kept).decode()
+        truncated = len(kept) < len(original)
+    return DeadLetterRow(
+        ts=letter.ts,
+        source_topic=letter.source_topic,
+        partition=letter.partition,
+        offset=letter.offset,
+        key=letter.key,
+        reason=letter.reason,
+        error=letter.error,
+        raw=raw,
+        raw_truncated=truncated,
+        # always set by `build` (None only in dead letters from elsewhere, decoded)
+        raw_size=letter.raw_size if letter.raw_size is not None else len(value or b""),
+        raw_sha256=letter.raw_sha256 or hashlib.sha256(value or b"").hexdigest(),
+    )
 
 
 def shrink(data: bytes, max_json_bytes: int) -> bytes:

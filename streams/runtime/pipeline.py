@@ -37,6 +37,7 @@ from operators.task import MonitorTask
 from operators.watermark import NO_WATERMARK
 from schemas.decode import Decoder, Rejection
 from schemas.events import INPUT_EVENTS, Alert
+from schemas.rows import Row
 from streams.connectors.checkpoints import Checkpoint, key_of
 from streams.runtime import metrics, repartition
 from streams.runtime.monitors import MonitorSpec
@@ -105,7 +106,7 @@ def by_partition(messages: Iterable[Any]) -> Batch:
 
 
 class Outputs(Protocol):
-    def rows(self, table: str, rows: list[dict[str, Any]]) -> None: ...
+    def rows(self, table: str, rows: list[Row]) -> None: ...
     def alerts(self, alerts: list[Alert]) -> None: ...
     def rejected(self, message: RawMessage, rejection: Rejection) -> None: ...
     def late(

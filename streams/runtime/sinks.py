@@ -37,6 +37,7 @@ import orjson
 
 from schemas.decode import MAX_MESSAGE_BYTES, Rejection
 from schemas.events import Alert
+from schemas.rows import AlertRow, LateEventRow, Row
 from streams.connectors import dead_letters, kafka
 from streams.connectors.clickhouse import ClickHouseError, Writer
 from streams.runtime import metrics, repartition
@@ -78,7 +79,7 @@ class Sinks:
         self.producer = producer
         self.topics = topics
         self.max_message_bytes = max_message_bytes
-        self.buffer: dict[str, list[dict[str, Any]]] = {}
+        self.buffer: dict[str, list[Row]] = {}
         self.buffered = 0
         self.produce_errors: list[str] = []
         # messages the broker refused: sent again before every flush, so a
@@ -103,14 +104,14 @@ class Sinks:
 
     # -- Outputs protocol (called by the pipeline) ----------------------------
 
-    def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def rows(self, table: str, rows: list[Row]) -> None:
         self.buffer.setdefault(table, []).extend(rows)
         self.buffered += len(rows)
         self.created.setdefault(table, []).append((time.monotonic(), len(rows)))
         metrics.WINDOWS_CLOSED.labels(table).inc(len(rows))
 
     def alerts(self, alerts: list[Alert]) -> None:
-        rows = []
+        rows: list[Row] = []
         created = time.monotonic()
         for given in alerts:
             alert: Alert | None = given
@@ -125,12 +126,10 @@ class Sinks:
                 on_delivery=partial(self._alert_delivered, created),
             )
             metrics.ALERTS.labels(alert.kind, alert.severity, alert.status).inc()
-            row = msgspec.structs.asdict(alert)
-            row["details"] = orjson.dumps(alert.details, option=orjson.OPT_SORT_KEYS).decode()
-            rows.append(row)
+            rows.append(alert_row(alert))
             for listener in self.alert_listeners:
                 listener(alert)
-        self.rows("alerts", rows)
+        self.rows(AlertRow.__table__.name, rows)
 
     def rejected(self, message: RawMessage, rejection: Rejection) -> None:
         raw_key, value = message.key(), message.value()
@@ -147,7 +146,8 @@ class Sinks:
         )
         self._produce(self.topics.dead_letter, data, dead_letters.kafka_key(raw_key))
         metrics.REJECTED.labels(message.topic(), rejection.reason).inc()
-        self.rows("dead_letters", [dead_letters.row(letter, value)])
+        row = dead_letters.row(letter, value)
+        self.rows(row.__table__.name, [row])
 
     def late(
         self, monitor: str, message: RawMessage, event_ts: int, watermark: int, window_start: int
@@ -162,21 +162,17 @@ class Sinks:
         )
         metrics.LATE.labels(monitor, topic).inc()
         key = raw_key.decode(errors="replace") if raw_key else ""
-        self.rows(
-            "late_events",
-            [
-                {
-                    "monitor": monitor,
-                    "source_topic": topic,
-                    "partition": message.partition(),
-                    "offset": message.offset(),
-                    "event_ts": event_ts,
-                    "watermark": watermark,
-                    "window_start": window_start,
-                    "key": key,
-                }
-            ],
+        row = LateEventRow(
+            monitor=monitor,
+            source_topic=topic,
+            partition=message.partition(),
+            offset=message.offset(),
+            event_ts=event_ts,
+            watermark=watermark,
+            window_start=window_start,
+            key=key,
         )
+        self.rows(row.__table__.name, [row])
 
     def forward(
         self,
@@ -349,6 +345,13 @@ class Sinks:
                 self.delays["row"].extend([delay] * n)
                 metrics.RESULT_DELAY.labels("row").observe(delay)
         metrics.BUFFERED.set(self.buffered)
+
+
+def alert_row(alert: Alert) -> AlertRow:
+    """The `alerts` row of an alert event: its fields, `details` as JSON with sorted keys."""
+    fields = msgspec.structs.asdict(alert)
+    fields["details"] = orjson.dumps(alert.details, option=orjson.OPT_SORT_KEYS).decode()
+    return AlertRow(**fields)
 
 
 def _too_large(err: Any) -> bool:

@@ -70,6 +70,7 @@ import numpy as np
 from schemas.events import Alert, SensorReading
 from streams.config import load_settings
 from streams.runtime.monitors import build_monitors
+from tests.row_dicts import as_dicts
 
 # ../shared beside the main checkout (/work/main), or beside a worktree's parent (/work/wt/x)
 _ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +192,7 @@ def replay(run: Run, monitors: tuple[str, ...], options: dict[str, Any] | None =
 def _drain(task: Any, out: Replay) -> None:
     collected = task.collect()
     out.alerts.extend(collected.alerts)
-    out.rows.extend(collected.rows.get("sensor_anomalies", []))
+    out.rows.extend(as_dicts(collected.rows.get("sensor_anomalies", [])))
 
 
 def predicted_by_episodes(run: Run, alerts: Iterable[Alert]) -> np.ndarray:
