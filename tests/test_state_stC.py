@@ -119,7 +119,7 @@ def test_service_format_1_keys_are_split() -> None:
     op.advance(T0 + 60_000)
     out = op.collect()
     [row] = out.rows["inference_windows"]
-    assert (row["model_id"], row["model_version"], row["requests"]) == ("m1", "v2", 3)
+    assert (row.model_id, row.model_version, row.requests) == ("m1", "v2", 3)
     [err] = [o for o in out.observations if o.metric == "error_rate"]
     assert err.entity == "m1/v2" and err.details["cusum"] > 2.5  # 1 error in 3: evidence
 
