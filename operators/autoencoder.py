@@ -46,9 +46,9 @@ fall below it.
 
 Cost: see `BENCHMARKS.md` and tests/benchmarks/detection_skab.py (per
 reading: one forward pass, and one backward pass plus Adam step when learnt).
-State per sensor: the weights and Adam moments (2 d k + d + k numbers, three
-times), the warm-up readings until trained, `history` floats: all plain
-lists in the snapshot (msgpack-able).
+State per sensor (`SensorModelState`, format 2 of `operators.state`): the weights
+and Adam moments (2 d k + d + k numbers, three times), the warm-up readings until
+trained, `history` floats, the episode: named, typed fields (numpy vectors as lists).
 """
 
 from __future__ import annotations
@@ -59,15 +59,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from operators.base import Observation, Operator
-from operators.detectors.autoencoder import Autoencoder
+from operators.detectors.autoencoder import Autoencoder, NetworkState, network_state_from_format_1
 from operators.detectors.episode import Episode
-from operators.detectors.tail import TailProbability
+from operators.detectors.tail import TailProbability, TailState, tail_state_from_format_1
 from operators.rolling import EventTimeBuffer
 from operators.rules import rule_spec as _rule
+from operators.state import StateCodec
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
+from schemas.rows import SensorAnomalyRow
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -150,6 +153,7 @@ class AutoencoderConfig:
 
 
 Entry = tuple[int, str, tuple[tuple[str, float], ...]]  # (ts, sensor_id, sorted values)
+STATE_FORMAT = 2  # `AutoencoderState`; 1: positional parts (upgraded, `_from_format_1`)
 
 
 class SensorModel:
@@ -219,36 +223,101 @@ class SensorModel:
         self.alpha = config.alpha or budget / config.overconfidence
         self.warm_ts = []
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "features": list(self.features),
-            "warm": self.warm,
-            "warm_ts": self.warm_ts,
-            "alpha": self.alpha,
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-            "ae": self.ae.snapshot(),
-            "recent": list(self.recent),
-            "tail": self.tail.snapshot(),
-            "episode": [*self.episode.snapshot(), self.episode_start],
-            "learn": [self.learn_hour, self.learnt],
-        }
+    def state(self) -> SensorModelState:
+        """The model as typed state (numpy vectors as lists; lists and the episode are
+        the live ones: `StateCodec.dump` copies them)."""
+        return SensorModelState(
+            features=self.features,
+            warm=self.warm,  # the live lists: `dump` copies them
+            warm_ts=self.warm_ts,
+            alpha=self.alpha,
+            mean=self.mean.tolist(),
+            scale=self.scale.tolist(),
+            ae=self.ae.snapshot(),
+            recent=list(self.recent),
+            tail=self.tail.snapshot(),
+            episode=self.episode,
+            episode_start=self.episode_start,
+            learn_hour=self.learn_hour,
+            learnt=self.learnt,
+        )
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any], config: AutoencoderConfig) -> SensorModel:
-        m = cls(tuple(state["features"]), config)
-        m.warm = None if state["warm"] is None else [list(map(float, r)) for r in state["warm"]]
-        m.warm_ts = [int(t) for t in state["warm_ts"]]
-        m.alpha = float(state["alpha"])
-        m.mean = np.asarray(state["mean"], dtype=float)
-        m.scale = np.asarray(state["scale"], dtype=float)
-        m.ae = Autoencoder.from_snapshot(state["ae"])
-        m.recent.extend(float(v) for v in state["recent"])
-        m.tail.restore(state["tail"])
-        *episode, m.episode_start = state["episode"]
-        m.episode.restore(episode)
-        m.learn_hour, m.learnt = state["learn"]
+    def from_state(cls, state: SensorModelState, config: AutoencoderConfig) -> SensorModel:
+        m = cls(tuple(state.features), config)
+        m.warm = None if state.warm is None else [list(r) for r in state.warm]
+        m.warm_ts = list(state.warm_ts)
+        m.alpha = state.alpha
+        m.mean = np.asarray(state.mean, dtype=float)
+        m.scale = np.asarray(state.scale, dtype=float)
+        m.ae = Autoencoder.from_snapshot(state.ae)
+        m.recent.extend(state.recent)
+        m.tail.restore(state.tail)
+        # the machine's settings are the configuration's (as in every earlier format)
+        m.episode = state.episode
+        m.episode.quiet, m.episode.cooldown = config.quiet, config.cooldown
+        m.episode_start = state.episode_start
+        m.learn_hour, m.learnt = state.learn_hour, state.learnt
         return m
+
+
+class SensorModelState(msgspec.Struct):
+    """One sensor's model (`SensorModel`) as typed state."""
+
+    features: tuple[str, ...]
+    warm: list[list[float]] | None  # the warm-up readings; None once trained
+    warm_ts: list[int]  # and their times
+    alpha: float
+    mean: list[float]  # the standardisation, per feature
+    scale: list[float]
+    ae: NetworkState  # the network's weights and Adam moments
+    recent: list[float]  # the last `short` errors
+    tail: TailState  # the history of normal short-term means
+    episode: Episode
+    episode_start: int
+    learn_hour: int  # the learning budget's hour and the learns in it
+    learnt: int
+
+
+class AutoencoderState(msgspec.Struct):
+    """The autoencoder operator's state (format 2; `operators.state`)."""
+
+    pending: list[Entry]  # readings the watermark has not passed
+    models: dict[str, SensorModelState]  # by sensor_id
+    skipped: int
+    out_of_range: int
+
+
+def _from_format_1(old: dict[str, Any], config: AutoencoderConfig) -> dict[str, Any]:
+    """State format 1 (positional pending entries and episode, "leak"-less models) as
+    plain `AutoencoderState` data."""
+    models = {}
+    for sid, m in old["models"].items():
+        *positional, episode_start = m["episode"]
+        episode = Episode(quiet=config.quiet, cooldown=config.cooldown)
+        episode.restore(positional)
+        learn_hour, learnt = m["learn"]
+        models[sid] = {
+            "features": list(m["features"]),
+            "warm": m["warm"],
+            "warm_ts": [int(t) for t in m["warm_ts"]],
+            "alpha": float(m["alpha"]),
+            "mean": m["mean"],
+            "scale": m["scale"],
+            "ae": network_state_from_format_1(m["ae"]),
+            "recent": m["recent"],
+            "tail": tail_state_from_format_1(m["tail"]),
+            "episode": msgspec.to_builtins(episode),
+            "episode_start": int(episode_start),
+            "learn_hour": int(learn_hour),
+            "learnt": int(learnt),
+        }
+    return {
+        "pending": [[e[0], e[1], [list(kv) for kv in e[2]]] for e in old["pending"]],
+        "models": models,
+        "skipped": old["skipped"],
+        "out_of_range": old.get("out_of_range", 0),  # absent before it was counted
+    }
 
 
 # The default alert rule of the autoencoder's observations, collected by
@@ -287,6 +356,12 @@ class AutoencoderOperator(Operator):
         # readings with a value beyond MAX_SENSOR_MAGNITUDE (the schema rejects them):
         # they would overflow the standardisation; neither scored nor learnt
         self.out_of_range = 0
+        self._codec = StateCodec(
+            "autoencoder",
+            AutoencoderState,
+            format=STATE_FORMAT,
+            upgrades={1: lambda old: _from_format_1(old, self.config)},
+        )
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
         push = self.pending.push
@@ -336,18 +411,17 @@ class AutoencoderOperator(Operator):
         surprise = min(-math.log10(p), MAX_SURPRISE) if p > 0.0 else MAX_SURPRISE
         if anomalous and episode.active:
             self._out.add_row(
-                "sensor_anomalies",
-                {
-                    "ts": ts,
-                    "sensor_id": sid,
-                    "metric": m.metric,
-                    "value": error,
-                    "method": "autoencoder",
-                    "score": surprise,
-                    "threshold": -math.log10(m.alpha),
-                    "window_start": m.episode_start,
-                    "window_end": ts,
-                },
+                SensorAnomalyRow(
+                    ts=ts,
+                    sensor_id=sid,
+                    metric=m.metric,
+                    value=error,
+                    method="autoencoder",
+                    score=surprise,
+                    threshold=-math.log10(m.alpha),
+                    window_start=m.episode_start,
+                    window_end=ts,
+                ),
             )
         if (anomalous and episode.active) or change == "end":
             self._observe(sid, m, ts, error, surprise, p)
@@ -381,22 +455,23 @@ class AutoencoderOperator(Operator):
         )
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "pending": self.pending.snapshot(lambda e: [e[0], e[1], [list(kv) for kv in e[2]]]),
-            "models": {sid: m.snapshot() for sid, m in self.models.items()},
-            "skipped": self.skipped,
-            "out_of_range": self.out_of_range,
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.pending.restore(
-            state["pending"], lambda e: (e[0], e[1], tuple((k, float(v)) for k, v in e[2]))
+        return self._codec.dump(
+            AutoencoderState(
+                pending=self.pending.state(),
+                models={sid: m.state() for sid, m in self.models.items()},
+                skipped=self.skipped,
+                out_of_range=self.out_of_range,
+            )
         )
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = self._codec.load(snapshot)
+        self.pending.load(state.pending)
         self.models = {
-            sid: SensorModel.from_snapshot(s, self.config) for sid, s in state["models"].items()
+            sid: SensorModel.from_state(m, self.config) for sid, m in state.models.items()
         }
-        self.skipped = state["skipped"]
-        self.out_of_range = state.get("out_of_range", 0)  # absent before it was counted
+        self.skipped = state.skipped
+        self.out_of_range = state.out_of_range
 
 
 __all__ = ["DEFAULT_RULES", "AutoencoderConfig", "AutoencoderOperator"]

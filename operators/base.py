@@ -6,7 +6,7 @@ a topic or a database, so the same input always yields the same output.
 
     op.feed(source, events)   # events of one input topic, in arrival order
     op.advance(watermark)     # close everything that ends at or before it
-    op.collect()              # rows for ClickHouse, observations for the rules
+    op.collect()              # rows for ClickHouse (schemas.rows), observations for the rules
     op.snapshot() / op.restore(state)   # plain data for checkpoints
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from schemas.tables import TABLES_BY_NAME, RowError
+from schemas.rows import Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +42,16 @@ class Observation:
 class Output:
     """What an operator emitted since it was last collected."""
 
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: table name -> its rows (of the table's row type, `schemas.rows`), in emission order
+    rows: dict[str, list[Row]] = field(default_factory=dict)
     observations: list[Observation] = field(default_factory=list)
 
-    def add_row(self, table: str, row: dict[str, Any]) -> None:
-        """Add a row of `table`, checked against it here, where it is built: a misspelt
-        or missing column fails in the operator that made the row (RowError), not when
-        the writer inserts it, far from its cause (issue 12, point 2)."""
-        spec = TABLES_BY_NAME.get(table)
-        if spec is None:
-            raise RowError(f"a row for {table!r}, which is no table of schemas.tables")
-        spec.check_row(row)
-        self.rows.setdefault(table, []).append(row)
+    def add_row(self, row: Row) -> None:
+        """Add a row to its table's (`row.__table__`). The row was built by keyword from
+        its typed definition, so a misspelt or missing column has already failed in the
+        operator that made it (TypeError), not when the writer inserts it, far from its
+        cause (issue 12, point 2)."""
+        self.rows.setdefault(row.__table__.name, []).append(row)
 
     def extend(self, other: Output) -> None:
         for table, rows in other.rows.items():
@@ -86,7 +84,7 @@ class Operator(ABC):
     #: (`default_rules`), both checked by tests/test_conformance.py
     observes: tuple[tuple[str, str], ...] = ()
     #: the event field its inputs must be keyed by when that is not the topics' own
-    #: key (e.g. "experiment"): the worker re-keys them (streams/repartition.py)
+    #: key (e.g. "experiment"): the worker re-keys them (streams/runtime/repartition.py)
     keyed_by: str | None = None
 
     def __init__(self) -> None:

@@ -23,7 +23,7 @@ the alert carries it as a hint in `details.related`:
 
 `Correlator` keeps the alert episodes (firing, and for a while after they
 resolved) in event time, fed with every alert the worker raises and, through
-`streams.correlate.AlertFeed`, those other workers raise; for a firing alert
+`streams.runtime.correlate.AlertFeed`, those other workers raise; for a firing alert
 it lists the episodes on related entities that overlap its window in event
 time, strongest first:
 
@@ -35,6 +35,11 @@ time, strongest first:
 
 Strength: severity first, then how far past its line the value is
 (value / threshold, or its inverse for a value below its line).
+
+The learner's checkpointed state is `RelationsState` (`operators.state`, format 2:
+per hint, per key from least to most recently seen, each value's last event time;
+and when it last expired). Format 1 (unversioned: per hint [[key, {value: ts}], ...])
+is upgraded.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+import msgspec
+
+from operators.state import StateCodec
+from operators.watermark import NO_WATERMARK
 from schemas.events import Alert
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -92,6 +101,24 @@ RELATIONS = (
 )
 
 
+class RelationsState(msgspec.Struct):
+    """A `RelationLearner`'s checkpointed state."""
+
+    # hint -> key -> value -> last event time seen; keys least recently seen first
+    # (msgpack maps keep their order, and so do dicts)
+    seen: dict[str, dict[str, dict[str, int]]] = {}
+    expired_at: int = NO_WATERMARK  # the watermark of the last expiry scan
+
+
+def _from_format_1(plain: dict[str, Any]) -> dict[str, Any]:
+    """Format 1: {hint: [[key, {value: ts}], ...]} in recency order; no expiry time
+    (its restore left a fresh learner's, which scans at the first watermark)."""
+    return {"seen": {hint: dict(pairs) for hint, pairs in plain.items()}}
+
+
+CODEC = StateCodec("relations", RelationsState, format=2, upgrades={1: _from_format_1})
+
+
 class RelationLearner:
     """Relations learned from one partition's events, bounded: at most `max_keys`
     entities per relation (least recently seen dropped first), `max_values`
@@ -112,7 +139,7 @@ class RelationLearner:
         self.seen: dict[str, OrderedDict[str, dict[str, int]]] = {
             r.hint: OrderedDict() for r in relations
         }
-        self.expired_at = -(2**62)
+        self.expired_at = NO_WATERMARK
 
     def observe(self, source: str, events: Iterable[Any]) -> None:
         relation = self.relations.get(source)
@@ -167,13 +194,17 @@ class RelationLearner:
                 del table[key]
 
     def snapshot(self) -> dict[str, Any]:
-        return {hint: [[k, v] for k, v in table.items()] for hint, table in self.seen.items()}
+        # each table's items in recency order: msgspec reads an OrderedDict in the
+        # order its keys were first inserted, not the order move_to_end made
+        seen = {hint: dict(table.items()) for hint, table in self.seen.items()}
+        return CODEC.dump(RelationsState(seen=seen, expired_at=self.expired_at))
 
-    def restore(self, state: dict[str, Any]) -> None:
-        for hint, table in self.seen.items():
-            table.clear()
-            for key, values in state.get(hint, []):
-                table[key] = dict(values)
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = CODEC.load(snapshot)
+        # the relations this learner has (a hint no longer learned is dropped); each
+        # table an OrderedDict again, for its least-recently-seen eviction
+        self.seen = {hint: OrderedDict(state.seen.get(hint, {})) for hint in self.seen}
+        self.expired_at = state.expired_at
 
 
 # -- the firing set and the causes ----------------------------------------------

@@ -157,6 +157,16 @@ expected value (error rate, latency, PSI, accuracy, MAE) keep the configured
 Everything depends only on the observations' order and values, so the output
 is deterministic. A series silent for `expire_ms` of event time is forgotten.
 
+State (`operators.state`, format 2): `ChangeState`, per (kind, metric, entity) series
+its points (ts, judged value, the metric's own value), scale and, per method, the
+detector's state as named fields (`PageHinkleyState`: river's running mean and CUSUM
+sums; `AdwinState`: river's own serialisation of its exponential histogram, which
+lives in river's Rust extension and has no other way out), its centre, floor and the
+change awaiting its 0.0. The detectors' parameters are not state: they come from the
+configuration at restore. Format 1 (unversioned positional rows with pickled river
+detectors) is upgraded; only restore checkpoints this deployment wrote (a format-1
+one contains pickles).
+
 >>> round(page_hinkley_threshold(0.75, 2 * 1000 * 1440 / 1.0), 2)
 8.83
 >>> f"{adwin_delta(1.0, 1440):.3g}"
@@ -173,11 +183,13 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+import msgspec
 import numpy as np
 from river import drift
 
 from operators.base import Observation
 from operators.rules import rule_spec as _rule
+from operators.state import StateCodec
 
 METHODS = ("page_hinkley", "adwin")
 DEFAULT_WATCH: tuple[tuple[str, str], ...] = (
@@ -278,6 +290,120 @@ class _Series:
         self.last_ts = 0
         self.scale: float | None = None  # None while warming up
         self.methods: dict[str, _Method] = {}
+
+
+class PageHinkleyState(msgspec.Struct, tag="page_hinkley"):
+    """river.drift.PageHinkley's state since its last reset (0.26: the running mean
+    `_x_mean` and the sums U_t, L_t with their extremes m_t, M_t)."""
+
+    n: float = 0.0  # points since the last reset
+    mean: float = 0.0  # their mean, x_bar_t
+    sum_increase: float = 0.0  # U_t
+    sum_decrease: float = 0.0  # L_t
+    min_increase: float = math.inf  # m_t
+    max_decrease: float = -1.0  # M_t (river starts it at -1)
+    drift_detected: bool = False  # reported at the last point (reset at the next)
+
+
+class AdwinState(msgspec.Struct, tag="adwin"):
+    """river.drift.ADWIN's state: its window W, an exponential histogram kept by
+    river's Rust extension, as that extension serialises it (`__getstate__`: it has
+    no other accessor), and whether it reported a change at the last point."""
+
+    window: bytes = b""
+    drift_detected: bool = False
+
+
+class MethodState(msgspec.Struct):
+    """One method of a series (`_Method`)."""
+
+    detector: PageHinkleyState | AdwinState
+    center: float
+    floor: int
+    last: dict[str, Any] | None = None
+
+
+class SeriesState(msgspec.Struct):
+    """One series (`_Series`): its last `history` points as (ts, value judged, the
+    metric's own value)."""
+
+    count: int
+    last_ts: int
+    scale: float | None
+    history: list[tuple[int, float, float]]
+    methods: dict[str, MethodState]
+    residual: bool = False
+
+
+class ChangeState(msgspec.Struct):
+    """Change detection's checkpointed state."""
+
+    series: dict[tuple[str, str, str], SeriesState] = {}
+    max_ts: int = 0
+    swept_at: int = 0
+
+
+def _detector_state(detector: Any) -> PageHinkleyState | AdwinState:
+    if isinstance(detector, drift.ADWIN):
+        return AdwinState(detector._helper.__getstate__(), bool(detector._drift_detected))
+    return PageHinkleyState(
+        float(detector._x_mean.n),
+        float(detector._x_mean._mean),
+        float(detector._sum_increase),
+        float(detector._sum_decrease),
+        float(detector._min_increase),
+        float(detector._max_decrease),
+        bool(detector._drift_detected),
+    )
+
+
+def _load_detector(detector: Any, state: PageHinkleyState | AdwinState) -> None:
+    """Put a detector built from the configuration into a checkpointed state."""
+    if isinstance(state, AdwinState):
+        detector._helper.__setstate__(state.window)
+    else:
+        detector._x_mean.n, detector._x_mean._mean = state.n, state.mean
+        detector._sum_increase, detector._sum_decrease = state.sum_increase, state.sum_decrease
+        detector._min_increase, detector._max_decrease = state.min_increase, state.max_decrease
+    detector._drift_detected = state.drift_detected
+
+
+def _from_format_1(plain: dict[str, Any]) -> dict[str, Any]:
+    """Format 1: {"series": [[kind, metric, entity, count, last_ts, scale, history,
+    {method: [pickled river detector, center, floor, last]}, residual], ...], "max_ts",
+    "swept_at"}; history points [ts, value, raw] (before residuals [ts, value], no
+    residual flag: the raw value is the value). An empty dict is a fresh state."""
+    series: dict[tuple[str, str, str], Any] = {}
+    for kind, metric, entity, count, last_ts, scale, history, methods, *rest in plain.get(
+        "series", []
+    ):
+        series[(kind, metric, entity)] = {
+            "count": count,
+            "last_ts": last_ts,
+            "scale": scale,
+            "history": [
+                [int(p[0]), float(p[1]), float(p[2] if len(p) > 2 else p[1])] for p in history
+            ],
+            "methods": {
+                name: {
+                    # our own checkpoint (format 1 pickled the detectors)
+                    "detector": msgspec.to_builtins(_detector_state(pickle.loads(blob))),
+                    "center": center,
+                    "floor": floor,
+                    "last": last,
+                }
+                for name, (blob, center, floor, last) in methods.items()
+            },
+            "residual": bool(rest and rest[0]),
+        }
+    return {
+        "series": series,
+        "max_ts": plain.get("max_ts", 0),
+        "swept_at": plain.get("swept_at", 0),
+    }
+
+
+CODEC = StateCodec("change detection", ChangeState, format=2, upgrades={1: _from_format_1})
 
 
 def robust_scale(values: Iterable[float]) -> float:
@@ -720,40 +846,39 @@ class ChangeDetectors:
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain data: the river detectors are pickled to bytes."""
-        series = []
-        for (kind, metric, entity), s in self.series.items():
-            methods = {
-                name: [pickle.dumps(m.detector, protocol=4), m.center, m.floor, m.last]
-                for name, m in s.methods.items()
-            }
-            history = [[ts, v, r] for (ts, v), r in zip(s.history, s.raw, strict=True)]
-            series.append(
-                [kind, metric, entity, s.count, s.last_ts, s.scale, history, methods, s.residual]
+        series = {
+            key: SeriesState(
+                count=s.count,
+                last_ts=s.last_ts,
+                scale=s.scale,
+                history=[(ts, v, r) for (ts, v), r in zip(s.history, s.raw, strict=True)],
+                methods={
+                    name: MethodState(_detector_state(m.detector), m.center, m.floor, m.last)
+                    for name, m in s.methods.items()
+                },
+                residual=s.residual,
             )
-        return {"series": series, "max_ts": self.max_ts, "swept_at": self.swept_at}
+            for key, s in self.series.items()
+        }
+        return CODEC.dump(ChangeState(series, self.max_ts, self.swept_at))
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Replace the state with a snapshot's (an empty dict gives a fresh state).
-
-        Only restore snapshots this process family wrote: they contain pickles.
-        """
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Replace the state with a snapshot's (an empty dict gives a fresh state)."""
+        state = CODEC.load(snapshot)
         self.series = {}
-        for kind, metric, entity, count, last_ts, scale, history, methods, *rest in state.get(
-            "series", []
-        ):
-            s = _Series(self.config.history, residual=bool(rest and rest[0]))
-            s.count, s.last_ts, s.scale = count, last_ts, scale
-            s.history.extend((int(p[0]), float(p[1])) for p in history)
-            # snapshots before residuals had [ts, value]: the raw value is the value
-            s.raw.extend(float(p[2] if len(p) > 2 else p[1]) for p in history)
-            for name, (blob, center, floor, last) in methods.items():
-                m = _Method(pickle.loads(blob), center, floor)  # our own checkpoint
-                m.last = dict(last) if last is not None else None
-                s.methods[name] = m
-            self.series[(kind, metric, entity)] = s
-        self.max_ts = state.get("max_ts", 0)
-        self.swept_at = state.get("swept_at", 0)
+        for key, saved in state.series.items():
+            s = _Series(self.config.history, residual=saved.residual)
+            s.count, s.last_ts, s.scale = saved.count, saved.last_ts, saved.scale
+            s.history.extend((ts, v) for ts, v, _ in saved.history)
+            s.raw.extend(r for _, _, r in saved.history)
+            for name, m in saved.methods.items():
+                detector = self._new_detector(name, saved.residual)
+                _load_detector(detector, m.detector)
+                s.methods[name] = _Method(detector, m.center, m.floor)
+                s.methods[name].last = m.last
+            self.series[key] = s
+        self.max_ts = state.max_ts
+        self.swept_at = state.swept_at
 
 
 __all__ = [
@@ -763,9 +888,12 @@ __all__ = [
     "DEFAULT_WATCH",
     "METHODS",
     "AdwinParams",
+    "AdwinState",
     "ChangeConfig",
     "ChangeDetectors",
+    "ChangeState",
     "PageHinkleyParams",
+    "PageHinkleyState",
     "adwin_cuts_per_log_width",
     "adwin_delta",
     "change_point",

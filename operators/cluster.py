@@ -64,8 +64,8 @@ none (`tests/benchmarks/memory_profile.py`).
 
 Why KMeans and not DBSTREAM: measured on this machine with 3 features,
 scaler + KMeans(4).learn_one costs ~10 µs, DBSTREAM ~40 µs and grows with its
-micro-clusters; a fixed k keeps cost and state (k centres, pickled with the
-scaler into the snapshot, ~1 KB) constant per entity, and distance to the
+micro-clusters; a fixed k keeps cost and state (k centres and the scaler's
+statistics, ~1 KB) constant per entity, and distance to the
 nearest centre is a direct anomaly score, where DBSTREAM's micro-cluster
 weights and periodic clean-up need their own time bookkeeping. Centre
 coordinates are drawn (river's seeded Gaussian initialisation, `seed`) in
@@ -77,8 +77,13 @@ value = d, score = d / tau, threshold = tau, window = [time of the oldest
 distance in the history, ts]. Observations: kind "cluster", entity =
 sensor_id, metric "cluster_distance", value = d / tau (> 1 is anomalous), one
 per anomaly and one for the first normal reading after an anomaly (so rules
-resolve). Snapshots hold the river objects as pickle bytes: restore only
-checkpoints this system wrote.
+resolve).
+
+State (`ClusterState`, format 2 of `operators.state`): per entity, a tuple
+("sensor", sensor_id) or ("site", site), the scaler's and k-means' state as named
+fields (counts, means, variances; step size and centres) read off the live river
+objects, and the recent distances. Format 1 held the river objects as pickle bytes:
+it is upgraded (unpickled once, so restore only checkpoints this system wrote).
 """
 
 from __future__ import annotations
@@ -90,12 +95,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from river import cluster, preprocessing
 
 from operators.base import Observation, Operator
-from operators.rolling import EventTimeBuffer, RecentQuantile
+from operators.rolling import EventTimeBuffer, RecentQuantile, RecentState
 from operators.rules import rule_spec as _rule
+from operators.state import StateCodec
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
+from schemas.rows import SensorAnomalyRow
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +142,12 @@ class ClusterConfig:
             raise ValueError("quantile must be in (0, 1)")
 
 
-# (ts, entity, sensor_id, ((feature, value), ...) sorted, site or "")
-Entry = tuple[int, str, str, tuple[tuple[str, float], ...], str]
+# (ts, sensor_id, ((feature, value), ...) sorted, site or ""); the model's entity is
+# derived from it when released (`advance`)
+Entry = tuple[int, str, tuple[tuple[str, float], ...], str]
+#: a model's entity: ("sensor", sensor_id), or ("site", site) with group_by="site"
+Entity = tuple[str, str]
+STATE_FORMAT = 2  # `ClusterState`; 1: river objects pickled (upgraded, `_from_format_1`)
 
 
 class EntityModel:
@@ -205,39 +217,136 @@ class EntityModel:
         for f in self.features:
             center[f] += rate * (z[f] - center[f])
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "features": list(self.features),
-            "river": pickle.dumps((self.scaler, self.model), protocol=pickle.HIGHEST_PROTOCOL),
-            "recent": self.recent.snapshot(),
-            "seen": self.seen,
-            "learn": [self.learn_batch, self.learnt],
-            "active": dict(self.active),
-            "held": [list(h) for h in self.held],
-            "long_run": self.long_run,
-        }
+    def state(self) -> EntityState:
+        """The model as typed state: river's scaler and k-means by their named fields
+        (no pickle), read off the live river objects."""
+        scaler, model = self.scaler, self.model
+        return EntityState(
+            features=self.features,
+            scaler=ScalerState(
+                counts=dict(scaler.counts), means=dict(scaler.means), vars=dict(scaler.vars)
+            ),
+            kmeans=KMeansState(
+                halflife=model.halflife,
+                centers=[dict(model.centers[c]) for c in range(len(model.centers))],
+            ),
+            recent=self.recent.snapshot(),
+            seen=self.seen,
+            learn_batch=self.learn_batch,
+            learnt=self.learnt,
+            active=dict(self.active),
+            held=list(self.held),
+            long_run=self.long_run,
+        )
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any], config: ClusterConfig) -> EntityModel:
+    def from_state(cls, state: EntityState, config: ClusterConfig) -> EntityModel:
+        """The live model of its typed state: river's scaler and k-means given back
+        their statistics and centres."""
         m = cls.__new__(cls)
-        m.features = tuple(state["features"])
+        m.features = tuple(state.features)
         m.metric = "|".join(m.features)
-        m.scaler, m.model = pickle.loads(state["river"])
-        m.recent = RecentQuantile.from_snapshot(config.history, state["recent"])
-        m.seen = state["seen"]
-        m.learn_batch, m.learnt = state["learn"]
-        m.active = dict(state["active"])
-        m.held = [(int(t), float(d), float(tau)) for t, d, tau in state.get("held", ())]
-        m.long_run = bool(state.get("long_run", False))
+        m.scaler = preprocessing.StandardScaler()
+        m.scaler.counts.update(state.scaler.counts)
+        m.scaler.means.update(state.scaler.means)
+        m.scaler.vars.update(state.scaler.vars)
+        centers = state.kmeans.centers
+        m.model = cluster.KMeans(
+            n_clusters=len(centers), halflife=state.kmeans.halflife, seed=config.seed
+        )
+        # every coordinate of the model's features is set, so the centres' seeded
+        # Gaussian default (river draws a missing coordinate) is never reached again
+        for c, coordinates in enumerate(centers):
+            m.model.centers[c].update(coordinates)
+        m.recent = RecentQuantile.from_snapshot(config.history, state.recent)
+        m.seen = state.seen
+        m.learn_batch, m.learnt = state.learn_batch, state.learnt
+        m.active = dict(state.active)
+        m.held = list(state.held)
+        m.long_run = state.long_run
         return m
 
 
-def _encode(e: Entry) -> list[Any]:
-    return [e[0], e[1], e[2], [list(kv) for kv in e[3]], e[4]]
+class ScalerState(msgspec.Struct):
+    """river's `preprocessing.StandardScaler`: per feature the readings counted, the
+    running mean and the running population variance (Welford)."""
+
+    counts: dict[str, int]
+    means: dict[str, float]
+    vars: dict[str, float]
 
 
-def _decode(e: list[Any]) -> Entry:
-    return (e[0], e[1], e[2], tuple((k, float(v)) for k, v in e[3]), e[4])
+class KMeansState(msgspec.Struct):
+    """river's `cluster.KMeans`: its step size and the centres, by cluster index (a
+    coordinate per feature of the model)."""
+
+    halflife: float
+    centers: list[dict[str, float]]
+
+
+class EntityState(msgspec.Struct):
+    """One entity's model (`EntityModel`) as typed state."""
+
+    features: tuple[str, ...]
+    scaler: ScalerState
+    kmeans: KMeansState
+    recent: RecentState  # the recent distances tau is the quantile of
+    seen: int
+    learn_batch: int  # start of the current learning budget interval
+    learnt: int  # learns in it
+    active: dict[str, bool]  # sensor_id -> its last judged reading was anomalous
+    held: list[tuple[int, float, float]]  # (ts, distance, tau) of the current run
+    long_run: bool
+
+
+class ClusterState(msgspec.Struct):
+    """The cluster operator's state (format 2; `operators.state`)."""
+
+    pending: list[Entry]  # readings the watermark has not passed
+    models: dict[Entity, EntityState]
+    skipped: int
+    out_of_range: int
+
+
+def _entity_from_format_1(entity: str) -> Entity:
+    """Format 1's entity strings: "site\\x1f<site>", or the sensor id."""
+    kind, sep, site = entity.partition("\x1f")
+    return ("site", site) if sep and kind == "site" else ("sensor", entity)
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """State format 1 as plain `ClusterState` data: "\\x1f"-joined entities become
+    tuples, pending entries lose their (derived) entity, and the river objects, pickled
+    in format 1, are read once here into their named fields (a format-1 checkpoint is
+    unpickled: restore only checkpoints this system wrote)."""
+    models = {}
+    for entity, m in old["models"].items():
+        scaler, model = pickle.loads(m["river"])
+        models[_entity_from_format_1(entity)] = {
+            "features": list(m["features"]),
+            "scaler": {
+                "counts": dict(scaler.counts),
+                "means": dict(scaler.means),
+                "vars": dict(scaler.vars),
+            },
+            "kmeans": {
+                "halflife": model.halflife,
+                "centers": [dict(model.centers[c]) for c in range(len(model.centers))],
+            },
+            "recent": {"times": list(m["recent"]["times"]), "values": m["recent"]["values"]},
+            "seen": m["seen"],
+            "learn_batch": m["learn"][0],
+            "learnt": m["learn"][1],
+            "active": dict(m["active"]),
+            "held": [list(h) for h in m.get("held", ())],
+            "long_run": bool(m.get("long_run", False)),
+        }
+    return {
+        "pending": [[ts, sid, items, site] for ts, _, sid, items, site in old["pending"]],
+        "models": models,
+        "skipped": old["skipped"],
+        "out_of_range": old.get("out_of_range", 0),  # absent before it was counted
+    }
 
 
 # The default alert rule of the cluster monitor's observations, collected by
@@ -269,29 +378,32 @@ class ClusterOperator(Operator):
         super().__init__()
         self.config = config or ClusterConfig()
         self.pending: EventTimeBuffer[Entry] = EventTimeBuffer()
-        self.models: dict[str, EntityModel] = {}
+        self.models: dict[Entity, EntityModel] = {}
         self.skipped = 0  # readings without every feature of their model
         # readings with a value beyond MAX_SENSOR_MAGNITUDE (the schema rejects them)
         self.out_of_range = 0
-        self._warned: set[str] = set()  # entities whose out-of-range reading was logged
+        self._warned: set[Entity] = set()  # entities whose out-of-range reading was logged
         # the longest run of anomalies admitted at its own distances: the quantile's
         # share of the history (5 of 1,000 at 99.5 %)
         self._short_run = max(1, int(self.config.history * (1.0 - self.config.quantile)))
+        self._codec = StateCodec(
+            "cluster", ClusterState, format=STATE_FORMAT, upgrades={1: _from_format_1}
+        )
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
-        by_site = self.config.group_by == "site"
         push = self.pending.push
         for e in events:
-            entity = f"site\x1f{e.site}" if by_site and e.site else e.sensor_id
             items = tuple(sorted((k, float(v)) for k, v in e.values.items()))
-            push((e.ts, entity, e.sensor_id, items, e.site or ""))
+            push((e.ts, e.sensor_id, items, e.site or ""))
 
     def advance(self, watermark: int) -> None:
-        for entry in self.pending.release(watermark):
-            self._reading(*entry)
+        by_site = self.config.group_by == "site"
+        for ts, sid, items, site in self.pending.release(watermark):
+            entity = ("site", site) if by_site and site else ("sensor", sid)
+            self._reading(ts, entity, sid, items, site)
 
     def _reading(
-        self, ts: int, entity: str, sid: str, items: tuple[tuple[str, float], ...], site: str
+        self, ts: int, entity: Entity, sid: str, items: tuple[tuple[str, float], ...], site: str
     ) -> None:
         cfg = self.config
         m = self.models.get(entity)
@@ -361,18 +473,17 @@ class ClusterOperator(Operator):
         ratio = distance / threshold if threshold > 0.0 else 0.0
         if anomalous:
             self._out.add_row(
-                "sensor_anomalies",
-                {
-                    "ts": ts,
-                    "sensor_id": sid,
-                    "metric": m.metric,
-                    "value": distance,
-                    "method": "cluster",
-                    "score": ratio,
-                    "threshold": threshold,
-                    "window_start": window_start,
-                    "window_end": ts,
-                },
+                SensorAnomalyRow(
+                    ts=ts,
+                    sensor_id=sid,
+                    metric=m.metric,
+                    value=distance,
+                    method="cluster",
+                    score=ratio,
+                    threshold=threshold,
+                    window_start=window_start,
+                    window_end=ts,
+                ),
             )
         self._out.observations.append(
             Observation(
@@ -394,21 +505,23 @@ class ClusterOperator(Operator):
         )
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "pending": self.pending.snapshot(_encode),
-            "models": {entity: m.snapshot() for entity, m in self.models.items()},
-            "skipped": self.skipped,
-            "out_of_range": self.out_of_range,
-        }
+        return self._codec.dump(
+            ClusterState(
+                pending=self.pending.state(),
+                models={entity: m.state() for entity, m in self.models.items()},
+                skipped=self.skipped,
+                out_of_range=self.out_of_range,
+            )
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.pending.restore(state["pending"], _decode)
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = self._codec.load(snapshot)
+        self.pending.load(state.pending)
         self.models = {
-            entity: EntityModel.from_snapshot(s, self.config)
-            for entity, s in state["models"].items()
+            entity: EntityModel.from_state(m, self.config) for entity, m in state.models.items()
         }
-        self.skipped = state["skipped"]
-        self.out_of_range = state.get("out_of_range", 0)  # absent before it was counted
+        self.skipped = state.skipped
+        self.out_of_range = state.out_of_range
 
 
 __all__ = ["DEFAULT_RULES", "ClusterConfig", "ClusterOperator"]

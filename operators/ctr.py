@@ -63,6 +63,7 @@ from operators.state import StateCodec
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Click, Conversion, Impression
+from schemas.rows import CtrWindowRow
 
 # the judgements per entity and window the false-alarm budget is split over, besides
 # one CUSUM per `drops_to_detect`: the `ctr` floor and the `ctr_drop` window test
@@ -607,26 +608,25 @@ class CtrOperator(Operator):
         campaign, variant = key
         converted = len(window.converted)
         self._out.add_row(
-            "ctr_windows",
-            {
-                "window_start": start,
-                "window_end": start + self.config.window_ms,
-                "campaign_id": campaign,
-                "variant": variant,
-                "impressions": window.imps,
-                "clicks": window.clicks,
-                "ctr": window.clicks / window.imps if window.imps else 0.0,
-                "orphan_clicks": window.orphans,
-                "duplicate_clicks": window.dup_clicks,
-                "duplicate_impressions": window.dup_imps,
-                "final": int(final),
-                "version": version or (2 if final else 1),
-                "conversions": converted,
-                "cvr": converted / window.clicks if window.clicks else 0.0,
-                "revenue": window.revenue(),
-                "orphan_conversions": window.orphan_convs,
-                "duplicate_conversions": window.dup_convs,
-            },
+            CtrWindowRow(
+                window_start=start,
+                window_end=start + self.config.window_ms,
+                campaign_id=campaign,
+                variant=variant,
+                impressions=window.imps,
+                clicks=window.clicks,
+                ctr=window.clicks / window.imps if window.imps else 0.0,
+                orphan_clicks=window.orphans,
+                duplicate_clicks=window.dup_clicks,
+                duplicate_impressions=window.dup_imps,
+                final=int(final),
+                version=version or (2 if final else 1),
+                conversions=converted,
+                cvr=converted / window.clicks if window.clicks else 0.0,
+                revenue=window.revenue(),
+                orphan_conversions=window.orphan_convs,
+                duplicate_conversions=window.dup_convs,
+            ),
         )
 
     def _judge(self, closed: list[tuple[int, WindowKey, CtrWindow]]) -> None:

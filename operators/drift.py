@@ -61,6 +61,16 @@ numeric reference feature go to a compact array('d')); all statistics run
 with numpy once per window and feature. Every figure depends on the
 multiset of a window's events only (sorted samples, exact sums), so any
 arrival order within the allowed lateness gives the same rows.
+
+State (typed, `operators.state`, format 2, `DriftState`): the open windows
+by start then model, the carried small windows, the learned reference
+profiles (not the configured ones), the warm-ups in progress, the dropped
+count and the pooled counts of recent windows. Format 1 (positional window
+lists) is upgraded on restore. A live window keeps a numeric feature's
+numbers in array('d') (copied in as the event is read: a list would keep each
+event's float object alive, scattered in memory, 32 bytes a value instead of
+8, and slow to read back at the close), so it is converted by field name to
+its `WindowState` Struct at a snapshot and back at a restore.
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 from scipy.stats import ttest_ind_from_stats
 
@@ -80,10 +91,12 @@ from operators.reference import (
     PREDICTION,
     ReferenceProfile,
     WarmupProfileBuilder,
+    WarmupState,
     category_key,
 )
 from operators.rules import FALSE_ALARM_BUDGET
 from operators.rules import rule_spec as _rule
+from operators.state import StateCodec
 from operators.stats import (
     binned_counts,
     chi_square,
@@ -96,6 +109,7 @@ from operators.stats import (
 )
 from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog
+from schemas.rows import DriftScoreRow
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,20 @@ class DriftConfig:
 
 
 Acc = list[Any] | array  # values of one feature in a window
+
+
+class WindowState(msgspec.Struct):
+    """One model's window in a checkpoint (the fields of `DriftWindow`)."""
+
+    n: int = 0
+    versions: dict[str, int] = {}  # model version -> events
+    values: dict[str, list[float | str]] = {}  # feature -> its values in the window
+    numeric: list[str] = []  # the features kept as numbers only (array('d'))
+    mismatch: dict[str, int] = {}  # strings offered to those (left out)
+    conf: list[float] = []
+    open: bool = True
+    ready: bool = False
+    first: int | None = None
 
 
 class DriftWindow:
@@ -153,39 +181,106 @@ class DriftWindow:
             self.mismatch[name] = self.mismatch.get(name, 0) + c
         self.conf.extend(other.conf)
 
-    def snapshot(self) -> list[Any]:
-        values = {
-            name: [
-                "d" if isinstance(acc, array) else "o",
-                acc.tolist() if isinstance(acc, array) else list(acc),
-            ]
-            for name, acc in self.values.items()
-        }
-        return [
-            self.n,
-            dict(self.versions),
-            values,
-            dict(self.mismatch),
-            self.conf.tolist(),
-            self.open,
-            self.ready,
-            self.first,
-        ]
+    def state(self) -> WindowState:
+        values: dict[str, list[float | str]] = {}
+        numeric = []
+        for name, acc in self.values.items():
+            if isinstance(acc, array):
+                values[name] = acc.tolist()
+                numeric.append(name)
+            else:
+                values[name] = acc
+        return WindowState(
+            n=self.n,
+            versions=self.versions,
+            values=values,
+            numeric=numeric,
+            mismatch=self.mismatch,
+            conf=self.conf.tolist(),
+            open=self.open,
+            ready=self.ready,
+            first=self.first,
+        )
 
     @classmethod
-    def from_snapshot(cls, state: Sequence[Any]) -> DriftWindow:
+    def of(cls, state: WindowState) -> DriftWindow:
         w = cls()
-        n, versions, values, mismatch, conf, is_open, ready, first = state
-        w.n = n
-        w.versions = dict(versions)
+        w.n, w.versions, w.mismatch = state.n, state.versions, state.mismatch
+        numeric = set(state.numeric)
         w.values = {
-            name: array("d", vals) if code == "d" else list(vals)
-            for name, (code, vals) in values.items()
+            name: array("d", vals) if name in numeric else vals  # type: ignore[arg-type]
+            for name, vals in state.values.items()
         }
-        w.mismatch = dict(mismatch)
-        w.conf = array("d", conf)
-        w.open, w.ready, w.first = is_open, ready, first
+        w.conf = array("d", state.conf)
+        w.open, w.ready, w.first = state.open, state.ready, state.first
         return w
+
+
+class PooledCounts(msgspec.Struct):
+    """A scored window's bin counts of one feature, kept for the pooled test."""
+
+    end: int
+    counts: list[int]
+
+
+class DriftState(msgspec.Struct):
+    """What a checkpoint keeps (the configured references are configuration)."""
+
+    windows: dict[int, dict[str, WindowState]] = {}  # start -> model_id -> window
+    carry: dict[str, WindowState] = {}  # model_id -> small windows awaiting a merge
+    learned: dict[str, ReferenceProfile] = {}  # model_id -> the profile its warm-up froze
+    warmup: dict[str, WarmupState] = {}  # model_id -> the warm-up in progress
+    dropped_windows: int = 0
+    # model_id -> feature -> counts of its recent scored windows, oldest first
+    recent: dict[str, dict[str, list[PooledCounts]]] = {}
+
+
+def _window_from_format_1(old: Sequence[Any]) -> dict[str, Any]:
+    """A format-1 window: [n, versions, {feature: ["d" | "o", values]}, mismatch,
+    confidences, open, ready, first]."""
+    n, versions, values, mismatch, conf, is_open, ready, first = old
+    return {
+        "n": n,
+        "versions": versions,
+        "values": {name: vals for name, (_, vals) in values.items()},
+        "numeric": [name for name, (code, _) in values.items() if code == "d"],
+        "mismatch": mismatch,
+        "conf": conf,
+        "open": is_open,
+        "ready": ready,
+        "first": first,
+    }
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    windows: dict[int, dict[str, Any]] = {}
+    for start, model_id, data in old["windows"]:
+        windows.setdefault(start, {})[model_id] = _window_from_format_1(data)
+    return {
+        "windows": windows,
+        "carry": {m: _window_from_format_1(d) for m, d in old["carry"].items()},
+        "learned": old["learned"],
+        "warmup": {
+            m: {
+                "columns": {
+                    "values": b["values"],
+                    "confidences": b["confidences"],
+                    "rows": b["rows"],
+                },
+                "versions": b["versions"],
+            }
+            for m, b in old["warmup"].items()
+        },
+        "dropped_windows": old["dropped_windows"],
+        # a snapshot from before pooling starts it afresh
+        "recent": {
+            m: {f: [{"end": end, "counts": c} for end, c in hist] for f, hist in feats.items()}
+            for m, feats in old.get("recent", {}).items()
+        },
+    }
+
+
+CODEC = StateCodec("drift", DriftState, format=2, upgrades={1: _from_format_1})
 
 
 class _FeatureRef:
@@ -279,8 +374,8 @@ class DriftOperator(Operator):
         self.warmup: dict[str, WarmupProfileBuilder] = {}
         self.carry: dict[str, DriftWindow] = {}  # model_id -> small windows awaiting a merge
         self.dropped_windows = 0  # carried groups that never reached min_count
-        # model -> feature -> [[window end, bin counts], ...] of recent scored windows
-        self.recent: dict[str, dict[str, list[list[Any]]]] = {}
+        # model -> feature -> bin counts of recent scored windows, oldest first
+        self.recent: dict[str, dict[str, list[PooledCounts]]] = {}
 
     @classmethod
     def build(cls, config: DriftConfig, context: BuildContext) -> DriftOperator:
@@ -440,22 +535,23 @@ class DriftOperator(Operator):
             psi_p, df = psi_test(f.ref_counts, counts)
             pooled_p, pooled_n = self._pooled(model_id, f, end, counts)
             js = js_divergence(f.ref_counts, counts)
-            row = {
-                "window_start": start,
-                "window_end": end,
-                "model_id": model_id,
-                "model_version": model_version,
-                "feature": f.name,
-                "psi": p,
-                "ks": ks,
-                "ks_pvalue": ks_p,
-                "chi2": chi2,
-                "chi2_pvalue": chi2_p,
-                "js": js,
-                "n": n,
-                "reference_version": ref_version,
-            }
-            self._out.add_row("drift_scores", row)
+            self._out.add_row(
+                DriftScoreRow(
+                    window_start=start,
+                    window_end=end,
+                    model_id=model_id,
+                    model_version=model_version,
+                    feature=f.name,
+                    psi=p,
+                    ks=ks,
+                    ks_pvalue=ks_p,
+                    chi2=chi2,
+                    chi2_pvalue=chi2_p,
+                    js=js,
+                    n=n,
+                    reference_version=ref_version,
+                )
+            )
             details = {
                 "feature": f.name,
                 "model_version": model_version,
@@ -497,12 +593,12 @@ class DriftOperator(Operator):
         cfg = self.config
         history = self.recent.setdefault(model_id, {}).setdefault(f.name, [])
         horizon = end - cfg.pool_windows * cfg.window_ms
-        history[:] = [h for h in history if h[0] > horizon]
+        history[:] = [h for h in history if h.end > horizon]
         pooled = counts.astype(np.int64)
-        for _, past in history:
-            pooled = pooled + np.asarray(past, dtype=np.int64)
+        for past in history:
+            pooled = pooled + np.asarray(past.counts, dtype=np.int64)
         if cfg.pool_windows > 1:
-            history.append([end, counts.astype(np.int64).tolist()])
+            history.append(PooledCounts(end, counts.astype(np.int64).tolist()))
         n = int(pooled.sum())
         if len(history) < 2:
             return None, n
@@ -560,41 +656,40 @@ class DriftOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "windows": [[start, m, w.snapshot()] for start, m, w in self.windows.items()],
-            "carry": {m: w.snapshot() for m, w in self.carry.items()},
-            "learned": {
-                m: p.to_builtins() for m, p in self.references.items() if m not in self.given
-            },
-            "warmup": {m: b.snapshot() for m, b in self.warmup.items()},
-            "dropped_windows": self.dropped_windows,
-            "recent": {
-                m: {f: [list(h) for h in hist] for f, hist in feats.items()}
-                for m, feats in self.recent.items()
-            },
-        }
+        return CODEC.dump(
+            DriftState(
+                windows={
+                    start: {m: w.state() for m, w in bucket.items()}
+                    for start, bucket in self.windows.state().items()
+                },
+                carry={m: w.state() for m, w in self.carry.items()},
+                learned={m: p for m, p in self.references.items() if m not in self.given},
+                warmup={m: b.state for m, b in self.warmup.items()},
+                dropped_windows=self.dropped_windows,
+                recent=self.recent,
+            )
+        )
 
     def restore(self, state: dict[str, Any]) -> None:
+        typed = CODEC.load(state)
         for model_id in [m for m in self.references if m not in self.given]:
             del self.references[model_id]
             del self.compiled[model_id]
-        for model_id, data in state["learned"].items():
-            self._set_reference(model_id, ReferenceProfile.from_builtins(data))
-        self.windows.clear()
-        for start, model_id, data in state["windows"]:
-            self.windows.at(model_id, start)  # creates the slot, keeping starts sorted
-            self.windows.by_start[start][model_id] = DriftWindow.from_snapshot(data)
-        self.carry = {m: DriftWindow.from_snapshot(d) for m, d in state["carry"].items()}
+        for model_id, profile in typed.learned.items():
+            self._set_reference(model_id, profile)
+        self.windows.load(
+            {
+                start: {m: DriftWindow.of(w) for m, w in bucket.items()}
+                for start, bucket in typed.windows.items()
+            }
+        )
+        self.carry = {m: DriftWindow.of(w) for m, w in typed.carry.items()}
         self.warmup = {}
-        for model_id, data in state["warmup"].items():
+        for model_id, warmup in typed.warmup.items():
             builder = self.warmup[model_id] = self._builder(model_id)
-            builder.restore(data)
-        self.dropped_windows = state["dropped_windows"]
-        # a snapshot from before pooling starts it afresh
-        self.recent = {
-            m: {f: [[end, list(c)] for end, c in hist] for f, hist in feats.items()}
-            for m, feats in state.get("recent", {}).items()
-        }
+            builder.state = warmup
+        self.dropped_windows = typed.dropped_windows
+        self.recent = typed.recent
 
 
 def _numbers(acc: Acc) -> np.ndarray:
@@ -606,4 +701,13 @@ def _numbers(acc: Acc) -> np.ndarray:
     return np.array(acc, dtype=np.float64)
 
 
-__all__ = ["DEFAULT_RULES", "DRIFT_WINDOWS_PER_DAY", "DriftConfig", "DriftOperator", "DriftWindow"]
+__all__ = [
+    "DEFAULT_RULES",
+    "DRIFT_WINDOWS_PER_DAY",
+    "DriftConfig",
+    "DriftOperator",
+    "DriftState",
+    "DriftWindow",
+    "PooledCounts",
+    "WindowState",
+]

@@ -2,7 +2,7 @@
 
 Reads impressions and inference logs that carry an `experiment` and a
 `variant`, re-keyed by experiment (`keyed_by = "experiment"`,
-streams/repartition.py), so one task sees each experiment whole.
+streams/runtime/repartition.py), so one task sees each experiment whole.
 
 Guardrails (inference logs of v2 carry the arm that served the request), per
 tumbling window [start, start + window_ms) and arm:
@@ -71,8 +71,9 @@ from operators.msprt import Moments, always_valid_p, difference
 from operators.rules import rule_spec as _rule
 from operators.state import StateCodec, StateFormatError
 from operators.windows import TumblingWindows, window_start
+from schemas.rows import ExperimentWindowRow
 
-EXPERIMENT_TABLE = "experiment_windows"
+EXPERIMENT_TABLE = ExperimentWindowRow.__table__.name
 
 
 @dataclass(frozen=True)
@@ -310,18 +311,17 @@ class ExperimentOperator(Operator):
                 if judged and e is not None:
                     p_value = e.p_error if metric == "error_rate" else e.p_latency
                 self._out.add_row(
-                    EXPERIMENT_TABLE,
-                    {
-                        "window_start": start,
-                        "window_end": end,
-                        "experiment": experiment,
-                        "variant": variant,
-                        "metric": metric,
-                        "value": value,
-                        "n": arm.requests,
-                        "control_value": base[metric] if base is not None else None,
-                        "p_value": p_value,
-                    },
+                    ExperimentWindowRow(
+                        window_start=start,
+                        window_end=end,
+                        experiment=experiment,
+                        variant=variant,
+                        metric=metric,
+                        value=value,
+                        n=arm.requests,
+                        control_value=base[metric] if base is not None else None,
+                        p_value=p_value,
+                    ),
                 )
                 if judged and base is not None and p_value is not None:
                     self._judge(
@@ -379,18 +379,17 @@ class ExperimentOperator(Operator):
         shares = {v: c / total for v, c in sorted(counts.items())}
         for variant, share in shares.items():
             self._out.add_row(
-                EXPERIMENT_TABLE,
-                {
-                    "window_start": start,
-                    "window_end": end,
-                    "experiment": experiment,
-                    "variant": variant,
-                    "metric": "impression_share",
-                    "value": share,
-                    "n": counts[variant],
-                    "control_value": None,
-                    "p_value": None,
-                },
+                ExperimentWindowRow(
+                    window_start=start,
+                    window_end=end,
+                    experiment=experiment,
+                    variant=variant,
+                    metric="impression_share",
+                    value=share,
+                    n=counts[variant],
+                    control_value=None,
+                    p_value=None,
+                ),
             )
         history = self.shares.setdefault(experiment, [])
         history[:] = [h for h in history if start - cfg.ramp_period_ms < h.start < start]

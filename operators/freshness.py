@@ -52,6 +52,10 @@ Semantics (defaults in FreshnessConfig):
   rate (docs/monitors/freshness.md).
 - State per entity: last ts, usual gap, events seen, silent flag; an entity
   silent for `forget_ms` is forgotten (its alert, if any, stays firing).
+  Typed and versioned (`FreshnessState`, format 2, `operators.state`): the open
+  steps, the tracks by topic then key, the dead stretches; format 1 (positional
+  lists) is upgraded on restore. It has string keys only, so it also goes
+  through JSON.
 
 Entity keys: impressions -> campaign_id, inference-logs ->
 "<model_id>/<model_version>", sensor-readings -> sensor_id (the entities of
@@ -77,8 +81,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from operators.base import Observation, Operator
 from operators.rules import rule_spec as _rule
+from operators.state import StateCodec
 
 ENTITY_METRIC = "entity_silence"
 TOPIC_METRIC = "topic_silence"
@@ -117,16 +124,13 @@ class FreshnessConfig:
             raise ValueError("freshness needs 0 < min_silence_ms <= max_silence_ms")
 
 
-class Track:
+class Track(msgspec.Struct):
     """What is known about one entity (or topic): its last event and usual gap."""
 
-    __slots__ = ("gap", "last", "n", "silent")
-
-    def __init__(self, last: int, gap: float = -1.0, n: int = 0, silent: bool = False) -> None:
-        self.last = last
-        self.gap = gap  # usual gap between events (ms), an EWMA; < 0: no gap seen yet
-        self.n = n  # events seen
-        self.silent = silent  # an entity_silence > 1 was emitted and no data since
+    last: int
+    gap: float = -1.0  # usual gap between events (ms), an EWMA; < 0: no gap seen yet
+    n: int = 0  # events seen
+    silent: bool = False  # an entity_silence > 1 was emitted and no data since
 
     def fold(self, count: int, first: int, last: int, alpha: float) -> None:
         """Fold one closed step holding `count` events between `first` and `last`."""
@@ -142,11 +146,48 @@ class Track:
         self.n += count
         self.last = max(self.last, last)
 
-    def to_list(self) -> list[Any]:
-        return [self.last, self.gap, self.n, self.silent]
+
+class Span(msgspec.Struct, array_like=True):
+    """The events of one key in one step: how many, the first and the last time."""
+
+    count: int
+    first: int
+    last: int
 
 
-Step = dict[str, dict[str, list[int]]]  # topic -> key -> [count, min ts, max ts]
+class Step(msgspec.Struct):
+    """One open check step: per topic and key ("" for the topic itself), its span."""
+
+    start: int
+    topics: dict[str, dict[str, Span]] = {}
+
+
+class FreshnessState(msgspec.Struct):
+    """What a checkpoint keeps (string keys only: it goes through JSON as well)."""
+
+    steps: list[Step] = []  # the open steps, by start
+    tracks: dict[str, dict[str, Track]] = {}  # topic -> key ("" the topic) -> track
+    judged: int | None = None
+    live_last: int | None = None
+    dead: list[list[int]] = []  # dead stretches [start, end), oldest first
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """Format 1: steps as [start, {topic: {key: [count, min, max]}}], tracks as
+    [topic, key, last, gap, n, silent]; no dead time before it was kept."""
+    tracks: dict[str, dict[str, dict[str, Any]]] = {}
+    for topic, key, last, gap, n, silent in old["tracks"]:
+        tracks.setdefault(topic, {})[key] = {"last": last, "gap": gap, "n": n, "silent": silent}
+    return {
+        "steps": [{"start": start, "topics": step} for start, step in old["steps"]],
+        "tracks": tracks,
+        "judged": old["judged"],
+        "live_last": old.get("live_last"),
+        "dead": old.get("dead", []),
+    }
+
+
+CODEC = StateCodec("freshness", FreshnessState, format=2, upgrades={1: _from_format_1})
 
 
 # The default alert rules of the freshness monitor's observations, collected by
@@ -206,12 +247,20 @@ class FreshnessOperator(Operator):
     def feed(self, source: str, events: Sequence[Any]) -> None:
         size = self.config.check_ms
         key_of = ENTITY_OF.get(source) if self.config.watch_entities else None
+        steps = self.steps
+        start: int | None = None
+        keys: dict[str, Span] = {}
         for e in events:
             ts = e.ts
-            step = self.steps.setdefault(ts - ts % size, {}).setdefault(source, {})
-            _count(step, "", ts)
+            if ts - ts % size != start:  # another step (events come mostly in order)
+                start = ts - ts % size
+                step = steps.get(start)
+                if step is None:
+                    step = steps[start] = Step(start)
+                keys = step.topics.setdefault(source, {})
+            _count(keys, "", ts)
             if key_of is not None:
-                _count(step, key_of(e), ts)
+                _count(keys, key_of(e), ts)
 
     # -- event time ----------------------------------------------------------
 
@@ -226,12 +275,13 @@ class FreshnessOperator(Operator):
 
     def _close(self, end: int, step: Step) -> None:
         alpha = self.config.ewma_alpha
-        spans = [(first, last) for keys in step.values() for _, first, last in keys.values()]
+        spans = [(s.first, s.last) for keys in step.topics.values() for s in keys.values()]
         if spans:
             first_any = min(f for f, _ in spans)
             self._gap(first_any)
-        for topic, keys in sorted(step.items()):
-            for key, (count, first, last) in sorted(keys.items()):
+        for topic, keys in sorted(step.topics.items()):
+            for key, span in sorted(keys.items()):
+                count, first, last = span.count, span.first, span.last
                 track = self.tracks.get((topic, key))
                 if track is None:
                     track = self.tracks[(topic, key)] = Track(last)
@@ -348,37 +398,42 @@ class FreshnessOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "steps": [[start, step] for start, step in sorted(self.steps.items())],
-            "tracks": [[t, k, *tr.to_list()] for (t, k), tr in sorted(self.tracks.items())],
-            "judged": self.judged,
-            "live_last": self.live_last,
-            "dead": [list(d) for d in self.dead],
-        }
+        tracks: dict[str, dict[str, Track]] = {}
+        for (topic, key), track in sorted(self.tracks.items()):
+            tracks.setdefault(topic, {})[key] = track
+        return CODEC.dump(
+            FreshnessState(
+                steps=[step for _, step in sorted(self.steps.items())],
+                tracks=tracks,
+                judged=self.judged,
+                live_last=self.live_last,
+                dead=self.dead,
+            )
+        )
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.steps = {
-            start: {t: {k: list(v) for k, v in keys.items()} for t, keys in step.items()}
-            for start, step in state["steps"]
-        }
+        typed = CODEC.load(state)
+        self.steps = {step.start: step for step in typed.steps}
         self.tracks = {
-            (t, k): Track(last, gap, n, silent) for t, k, last, gap, n, silent in state["tracks"]
+            (topic, key): track
+            for topic, keys in typed.tracks.items()
+            for key, track in keys.items()
         }
-        self.judged = state["judged"]
-        self.live_last = state.get("live_last")  # older snapshots: no dead time known
-        self.dead = [list(d) for d in state.get("dead", [])]
+        self.judged = typed.judged
+        self.live_last = typed.live_last
+        self.dead = typed.dead
 
 
-def _count(step: dict[str, list[int]], key: str, ts: int) -> None:
-    agg = step.get(key)
-    if agg is None:
-        step[key] = [1, ts, ts]
+def _count(keys: dict[str, Span], key: str, ts: int) -> None:
+    span = keys.get(key)
+    if span is None:
+        keys[key] = Span(1, ts, ts)
     else:
-        agg[0] += 1
-        if ts < agg[1]:
-            agg[1] = ts
-        if ts > agg[2]:
-            agg[2] = ts
+        span.count += 1
+        if ts < span.first:
+            span.first = ts
+        if ts > span.last:
+            span.last = ts
 
 
 __all__ = [
@@ -387,5 +442,8 @@ __all__ = [
     "TOPIC_METRIC",
     "FreshnessConfig",
     "FreshnessOperator",
+    "FreshnessState",
+    "Span",
+    "Step",
     "Track",
 ]

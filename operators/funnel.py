@@ -1,7 +1,7 @@
 """Funnel guardrails per experiment arm: CTR, CVR and revenue per impression.
 
 Reads impressions, clicks and conversions that carry an `experiment`, re-keyed
-by it (`keyed_by = "experiment"`, streams/repartition.py), so one task sees
+by it (`keyed_by = "experiment"`, streams/runtime/repartition.py), so one task sees
 each experiment whole. Impressions carry their arm (`variant`); clicks and
 conversions carry only the experiment (a project extension of the contract's
 events, which lets extra fields in) and get their arm from the join, which is
@@ -69,8 +69,9 @@ from operators.guardrail import GuardrailCheck, guardrail_rule
 from operators.msprt import Moments, always_valid_p, difference
 from operators.state import StateCodec
 from schemas.events import Impression
+from schemas.rows import ExperimentWindowRow
 
-EXPERIMENT_TABLE = "experiment_windows"
+EXPERIMENT_TABLE = ExperimentWindowRow.__table__.name
 METRICS = ("ctr", "cvr", "revenue_per_impression")
 
 
@@ -261,18 +262,17 @@ class FunnelOperator(CtrOperator):
             for metric in METRICS:
                 p_value = e.p[metric] if judged else None
                 self._out.add_row(
-                    EXPERIMENT_TABLE,
-                    {
-                        "window_start": start,
-                        "window_end": end,
-                        "experiment": experiment,
-                        "variant": variant,
-                        "metric": metric,
-                        "value": values[variant][metric],
-                        "n": sizes[variant][metric],
-                        "control_value": base[metric] if base is not None else None,
-                        "p_value": p_value,
-                    },
+                    ExperimentWindowRow(
+                        window_start=start,
+                        window_end=end,
+                        experiment=experiment,
+                        variant=variant,
+                        metric=metric,
+                        value=values[variant][metric],
+                        n=sizes[variant][metric],
+                        control_value=base[metric] if base is not None else None,
+                        p_value=p_value,
+                    ),
                 )
                 if judged and base is not None and p_value is not None and control is not None:
                     self._breach(

@@ -35,6 +35,13 @@ prediction, confidence, and (once joined) label, label time and weight —
 nothing of its features (docs/monitors/quality.md has the measured bytes).
 Every decision depends on event data and the watermark alone, so any arrival
 order within the allowed lateness gives the same final rows.
+
+State (typed, `operators.state`, format 2, `QualityState`): the open windows by
+start then (model_id, model_version), each a `QualityWindow` Struct of parallel
+lists; the labels waiting for their prediction; the references. The request-id
+index and the pending labels' heap are rebuilt from them on restore. Format 1
+(this module's own earlier SNAPSHOT_FORMAT 1: a "format" key, windows as a list,
+"\x1f"-joined keys) is upgraded on restore.
 """
 
 from __future__ import annotations
@@ -62,9 +69,11 @@ from operators.quality_metrics import (
 )
 from operators.rules import rule_spec as _rule
 from operators.sequential import bonferroni_alpha, windows_per_1000_entity_days
+from operators.state import StateCodec, StateFormatError
 from operators.watermark import NO_WATERMARK
 from operators.windows import TumblingWindows, window_start
 from schemas.events import InferenceLog, LabelEvent
+from schemas.rows import QualityWindowRow
 
 TASKS = ("classification", "regression")
 
@@ -118,44 +127,88 @@ class QualityConfig:
         return bonferroni_alpha(self.false_alarms_per_1000_model_days, tests)
 
 
-class QualityWindow:
+#: a model version: (model_id, model_version); model_version "" for a model's orphans
+Version = tuple[str, str]
+
+
+class QualityWindow(msgspec.Struct):
     """The predictions of one (model, version, window), as parallel lists, and counts."""
 
-    __slots__ = (
-        "conf",
-        "dup_labels",
-        "dup_preds",
-        "index",
-        "key",
-        "label",
-        "label_ts",
-        "orphans",
-        "pred",
-        "ts",
-        "weight",
-    )
-
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}  # request_id -> position in the lists
-        self.ts: list[int] = []
-        self.pred: list[float | str] = []
-        self.conf: list[float | None] = []
-        self.label: list[float | str | None] = []
-        self.label_ts: list[int] = []  # 0 while unlabelled
-        self.weight: list[float] = []
-        self.orphans = 0
-        self.dup_labels = 0
-        self.dup_preds = 0
-        self.key = ""  # model_id \x1f model_version, set when it is created
+    key: Version = ("", "")  # set when it is created
+    ids: list[str] = []  # request ids, in arrival order
+    ts: list[int] = []
+    pred: list[float | str] = []
+    conf: list[float | None] = []
+    label: list[float | str | None] = []
+    label_ts: list[int] = []  # 0 while unlabelled
+    weight: list[float] = []
+    orphans: int = 0
+    dup_labels: int = msgspec.field(default=0, name="duplicate_labels")
+    dup_preds: int = msgspec.field(default=0, name="duplicate_predictions")
 
 
-def _key(model: str, version: str) -> str:
-    return f"{model}\x1f{version}"
+class PendingLabel(msgspec.Struct, array_like=True):
+    """A label waiting for its prediction (compact: one array per label)."""
+
+    ts: int
+    model_id: str
+    label: float | str
+    weight: float
 
 
-def _split(key: str) -> tuple[str, str]:
+class QualityState(msgspec.Struct):
+    """What a checkpoint keeps (the request-id index and the heap are rebuilt from it)."""
+
+    windows: dict[int, dict[Version, QualityWindow]] = {}  # start -> version -> window
+    # labels whose prediction has not been seen: request_id -> {seq: label}
+    pending: dict[str, dict[int, PendingLabel]] = {}
+    seq: int = 0
+    provisional_until: int = NO_WATERMARK
+    references: dict[Version, QualityReference] = {}
+
+
+def _version(key: str) -> Version:
     model, _, version = key.partition("\x1f")
     return model, version
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 (SNAPSHOT_FORMAT 1 of before): {"format": 1, windows: [{start, key
+    "model\x1fversion", ids, ...}], pending: [[request_id, seq, ts, model_id, label,
+    weight]], seq, provisional_until, references: {key: {..., calibration: [x, y]}}}."""
+    if not isinstance(old, dict) or old.get("format") != 1:
+        found = old.get("format") if isinstance(old, dict) else None
+        raise StateFormatError(
+            f"quality: a checkpoint in snapshot format {found!r}, which this version cannot "
+            "read (it writes format 2 and upgrades format 1); start this monitor afresh: "
+            "`streamwatch worker --discard-state quality`"
+        )
+    windows: dict[int, dict[Version, dict[str, Any]]] = {}
+    for w in old["windows"]:
+        key = _version(w["key"])
+        windows.setdefault(w["start"], {})[key] = {
+            "key": key,
+            **{f: w[f] for f in ("ids", "ts", "pred", "conf", "label", "label_ts", "weight")},
+            **{f: w[f] for f in ("orphans", "duplicate_labels", "duplicate_predictions")},
+        }
+    pending: dict[str, dict[int, list[Any]]] = {}
+    for request_id, seq, ts, model_id, label, weight in old["pending"]:
+        pending.setdefault(request_id, {})[seq] = [ts, model_id, label, weight]
+    references = {}
+    for key, ref in old["references"].items():
+        cal = ref["calibration"]
+        calibration = {"x": cal[0], "y": cal[1]} if cal else None
+        references[_version(key)] = {**ref, "calibration": calibration}
+    return {
+        "windows": windows,
+        "pending": pending,
+        "seq": old["seq"],
+        "provisional_until": old["provisional_until"],
+        "references": references,
+    }
+
+
+CODEC = StateCodec("quality", QualityState, format=2, upgrades={1: _from_format_1})
 
 
 def _order(label: float | str) -> tuple[int, float | str]:
@@ -274,13 +327,16 @@ class QualityOperator(Operator):
         self.windows: TumblingWindows[QualityWindow] = TumblingWindows(
             self.config.window_ms, QualityWindow
         )
-        self.by_id: dict[str, QualityWindow] = {}  # request_id -> its prediction's window
-        # labels whose prediction has not been seen: request_id -> {seq: label fields}
-        self.pending: dict[str, dict[int, tuple[int, str, float | str, float]]] = {}
+        # derived from the windows (rebuilt on restore): request_id -> its prediction's
+        # window, and its position in the window's lists
+        self.by_id: dict[str, QualityWindow] = {}
+        self.position: dict[str, int] = {}
+        # labels whose prediction has not been seen: request_id -> {seq: label}
+        self.pending: dict[str, dict[int, PendingLabel]] = {}
         self.pending_heap: list[tuple[int, int, str]] = []  # (label ts, seq, request_id)
         self.seq = 0
         self.provisional_until = NO_WATERMARK
-        self.references: dict[str, QualityReference] = {}
+        self.references: dict[Version, QualityReference] = {}
 
     # -- input ---------------------------------------------------------------
 
@@ -298,10 +354,11 @@ class QualityOperator(Operator):
         if known is not None:
             known.dup_preds += 1
             return
-        key = _key(log.model_id, log.model_version)
+        key = (log.model_id, log.model_version)
         window = self.windows.at(key, log.ts)
         window.key = key
-        window.index[log.request_id] = len(window.ts)
+        self.position[log.request_id] = len(window.ts)
+        window.ids.append(log.request_id)
         window.ts.append(log.ts)
         window.pred.append(log.prediction)
         window.conf.append(log.confidence)
@@ -311,8 +368,8 @@ class QualityOperator(Operator):
         self.by_id[log.request_id] = window
         waiting = self.pending.pop(log.request_id, None)
         if waiting:
-            for label_ts, model, label, weight in waiting.values():
-                self._join(window, log.request_id, label_ts, model, label, weight)
+            for p in waiting.values():
+                self._join(window, log.request_id, p.ts, p.model_id, p.label, p.weight)
 
     def _label(self, event: LabelEvent) -> None:
         weight = 1.0 if event.weight is None else float(event.weight)
@@ -323,8 +380,8 @@ class QualityOperator(Operator):
         # the prediction may still come (out of order): wait until the watermark
         # passes the label, after which it could only come late
         self.seq += 1
-        fields = (event.ts, event.model_id, event.label, weight)
-        self.pending.setdefault(event.request_id, {})[self.seq] = fields
+        label = PendingLabel(event.ts, event.model_id, event.label, weight)
+        self.pending.setdefault(event.request_id, {})[self.seq] = label
         heapq.heappush(self.pending_heap, (event.ts, self.seq, event.request_id))
 
     def _join(
@@ -336,8 +393,8 @@ class QualityOperator(Operator):
         label: float | str,
         weight: float,
     ) -> None:
-        i = window.index[request_id]
-        pred_model, _ = _split(window.key)
+        i = self.position[request_id]
+        pred_model = window.key[0]
         if model != pred_model or not 0 <= label_ts - window.ts[i] <= self.config.delay_of(model):
             self._orphan(model, label_ts)
             return
@@ -350,8 +407,8 @@ class QualityOperator(Operator):
             window.label[i], window.label_ts[i], window.weight[i] = label, label_ts, weight
 
     def _orphan(self, model: str, ts: int) -> None:
-        window = self.windows.at(_key(model, ""), ts)
-        window.key = _key(model, "")
+        window = self.windows.at((model, ""), ts)
+        window.key = (model, "")
         window.orphans += 1
 
     # -- event time ----------------------------------------------------------
@@ -364,7 +421,7 @@ class QualityOperator(Operator):
             waiting = self.pending.get(request_id)
             if waiting is None or seq not in waiting:
                 continue  # its prediction arrived meanwhile
-            _, model, _, _ = waiting.pop(seq)
+            model = waiting.pop(seq).model_id
             if not waiting:
                 del self.pending[request_id]
             self._orphan(model, label_ts)
@@ -375,16 +432,17 @@ class QualityOperator(Operator):
             end = start + size
             if end <= self.provisional_until:
                 continue
-            if end + cfg.delay_of(_split(key)[0]) > watermark:  # not final in this step
+            if end + cfg.delay_of(key[0]) > watermark:  # not final in this step
                 self._emit(start, key, window, final=False)
         self.provisional_until = max(self.provisional_until, watermark)
 
         for start, key, window in self._pop_final(watermark):
             self._emit(start, key, window, final=True)
-            for request_id in window.index:
+            for request_id in window.ids:
                 self.by_id.pop(request_id, None)
+                self.position.pop(request_id, None)
 
-    def _pop_final(self, watermark: int) -> list[tuple[int, str, QualityWindow]]:
+    def _pop_final(self, watermark: int) -> list[tuple[int, Version, QualityWindow]]:
         """Remove and return the windows whose label delay has passed, by start then key."""
         cfg = self.config
         w = self.windows
@@ -394,7 +452,7 @@ class QualityOperator(Operator):
                 break
             bucket = w.by_start[start]
             for key in sorted(bucket):
-                if start + cfg.window_ms + cfg.delay_of(_split(key)[0]) <= watermark:
+                if start + cfg.window_ms + cfg.delay_of(key[0]) <= watermark:
                     out.append((start, key, bucket.pop(key)))
             if not bucket:
                 del w.by_start[start]
@@ -406,7 +464,7 @@ class QualityOperator(Operator):
     def _labelled(self, window: QualityWindow) -> Labelled:
         # in (time, request id) order: sums in the same order whatever the arrival order,
         # so the metrics are equal to the last bit (not only to rounding)
-        ids = list(window.index)
+        ids = window.ids
         idx = sorted(
             (i for i, y in enumerate(window.label) if y is not None),
             key=lambda i: (window.ts[i], ids[i]),
@@ -418,20 +476,20 @@ class QualityOperator(Operator):
             weight=np.asarray([window.weight[i] for i in idx], dtype=np.float64),
         )
 
-    def _estimate(self, key: str, window: QualityWindow) -> float | None:
+    def _estimate(self, key: Version, window: QualityWindow) -> float | None:
         ref = self.references.get(key)
         if ref is None or ref.calibration is None or not window.pred:
             return None
-        ids = list(window.index)
+        ids = window.ids
         order = sorted(range(len(ids)), key=lambda i: (window.ts[i], ids[i]))
         conf = [cbpe_confidence(window.pred[i], window.conf[i]) for i in order]
         if any(c is None for c in conf):
             return None
         return ref.calibration.expected_accuracy(conf)
 
-    def _emit(self, start: int, key: str, window: QualityWindow, final: bool) -> None:
+    def _emit(self, start: int, key: Version, window: QualityWindow, final: bool) -> None:
         cfg = self.config
-        model, version = _split(key)
+        model, version = key
         # the estimate with the calibration as it is now: at a final row, fitted on the
         # reference windows before this one (deterministic, whatever the arrival order)
         estimate = self._estimate(key, window)
@@ -472,7 +530,7 @@ class QualityOperator(Operator):
             row["estimated"] = 1
             row["task"] = "classification"
             row["accuracy"] = estimate
-            self._out.add_row("quality_windows", row)
+            self._out.add_row(QualityWindowRow(**row))
             return
         judged: tuple[str, np.ndarray | None, np.ndarray | None, np.ndarray | None] = (
             "",
@@ -482,7 +540,7 @@ class QualityOperator(Operator):
         )
         if lab.pred:
             judged = self._metrics(model, lab, row)
-        self._out.add_row("quality_windows", row)
+        self._out.add_row(QualityWindowRow(**row))
         if final and version:
             self._judge(start, key, row, *judged)
 
@@ -561,7 +619,7 @@ class QualityOperator(Operator):
     def _judge(
         self,
         start: int,
-        key: str,
+        key: Version,
         row: dict[str, Any],
         task: str,
         correct: np.ndarray | None,
@@ -575,7 +633,7 @@ class QualityOperator(Operator):
             ref = self.references[key] = QualityReference()
         if not task:
             return
-        entity = key.replace("\x1f", "/")
+        entity = "/".join(key)
         end = start + cfg.window_ms
         n = int(row["labelled"])
         common = {"kind": "quality", "entity": entity, "ts": end, "n": n}
@@ -644,117 +702,40 @@ class QualityOperator(Operator):
         if source == "labels":
             window = self.by_id.get(event.request_id)
             if window is not None:
-                ts = window.ts[window.index[event.request_id]]
+                ts = window.ts[self.position[event.request_id]]
         return window_start(ts, self.config.window_ms)
 
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        windows = [
-            WindowState(
-                start=start,
-                key=key,
-                ids=list(w.index),
-                ts=w.ts,
-                pred=w.pred,
-                conf=w.conf,
-                label=w.label,
-                label_ts=w.label_ts,
-                weight=w.weight,
-                orphans=w.orphans,
-                duplicate_labels=w.dup_labels,
-                duplicate_predictions=w.dup_preds,
+        return CODEC.dump(
+            QualityState(
+                windows=self.windows.state(),
+                pending=self.pending,
+                seq=self.seq,
+                provisional_until=self.provisional_until,
+                references=self.references,
             )
-            for start, key, w in self.windows.items()
-        ]
-        pending = [
-            PendingLabel(rid, seq, *fields)
-            for rid, waiting in self.pending.items()
-            for seq, fields in waiting.items()
-        ]
-        state = QualityState(
-            windows=windows,
-            pending=pending,
-            seq=self.seq,
-            provisional_until=self.provisional_until,
-            references={k: r.snapshot() for k, r in self.references.items()},
         )
-        return msgspec.to_builtins(state)
 
     def restore(self, state: dict[str, Any]) -> None:
-        if state.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(
-                f"quality: snapshot format {state.get('format')!r} is not this build's "
-                f"({SNAPSHOT_FORMAT}); start this monitor afresh (drop its checkpoint)"
-            )
-        try:
-            typed = msgspec.convert(state, QualityState)
-        except msgspec.ValidationError as exc:
-            raise ValueError(f"quality: the snapshot does not match its format: {exc}") from None
-        self.windows.clear()
-        self.by_id = {}
-        for ws in typed.windows:
-            w = self.windows.at(ws.key, ws.start)
-            w.key = ws.key
-            w.index = {rid: i for i, rid in enumerate(ws.ids)}
-            w.ts, w.pred, w.conf = ws.ts, ws.pred, ws.conf
-            w.label, w.label_ts, w.weight = ws.label, ws.label_ts, ws.weight
-            w.orphans, w.dup_labels = ws.orphans, ws.duplicate_labels
-            w.dup_preds = ws.duplicate_predictions
-            for rid in ws.ids:
-                self.by_id[rid] = w
-        self.pending, self.pending_heap = {}, []
-        for p in typed.pending:
-            self.pending.setdefault(p.request_id, {})[p.seq] = (p.ts, p.model_id, p.label, p.weight)
-            self.pending_heap.append((p.ts, p.seq, p.request_id))
+        typed = CODEC.load(state)
+        self.windows.load(typed.windows)
+        self.by_id, self.position = {}, {}
+        for _, _, window in self.windows.items():
+            for i, request_id in enumerate(window.ids):
+                self.by_id[request_id] = window
+                self.position[request_id] = i
+        self.pending = typed.pending
+        self.pending_heap = [
+            (label.ts, seq, request_id)
+            for request_id, waiting in self.pending.items()
+            for seq, label in waiting.items()
+        ]
         heapq.heapify(self.pending_heap)
         self.seq = typed.seq
         self.provisional_until = typed.provisional_until
-        self.references = {
-            k: QualityReference.from_snapshot(r) for k, r in typed.references.items()
-        }
-
-
-# -- checkpoint state: typed and versioned (a snapshot is msgspec.to_builtins of it) ------
-
-SNAPSHOT_FORMAT = 1
-
-
-class WindowState(msgspec.Struct, kw_only=True):
-    """One window's predictions as parallel lists (no per-prediction objects)."""
-
-    start: int
-    key: str  # model_id \x1f model_version ("" for the orphans' rows)
-    ids: list[str]
-    ts: list[int]
-    pred: list[float | str]
-    conf: list[float | None]
-    label: list[float | str | None]
-    label_ts: list[int]
-    weight: list[float]
-    orphans: int
-    duplicate_labels: int
-    duplicate_predictions: int
-
-
-class PendingLabel(msgspec.Struct, array_like=True):
-    """A label waiting for its prediction (compact: one array per label)."""
-
-    request_id: str
-    seq: int
-    ts: int
-    model_id: str
-    label: float | str
-    weight: float
-
-
-class QualityState(msgspec.Struct, kw_only=True):
-    windows: list[WindowState]
-    pending: list[PendingLabel]
-    seq: int
-    provisional_until: int
-    references: dict[str, dict[str, Any]]
-    format: int = SNAPSHOT_FORMAT
+        self.references = typed.references
 
 
 __all__ = ["QualityConfig", "QualityOperator", "class_name", "quality_rules"]

@@ -29,8 +29,7 @@ judged on realized rows only.
 
 from __future__ import annotations
 
-from typing import Any
-
+import msgspec
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -73,44 +72,39 @@ def isotonic_fit(
     return ux, fitted
 
 
-class CalibrationMap:
-    """g(confidence) = P(correct | confidence), fitted on the reference's labelled pairs.
+class CalibrationMap(msgspec.Struct):
+    """g(confidence) = P(correct | confidence), fitted on the reference's labelled pairs:
+    its knots (x ascending, g(x)). A msgspec Struct, so a fitted map is a typed field of
+    its owner's checkpointed state (`operators.state`).
 
     >>> g = CalibrationMap.fit([0.5, 0.6, 0.9, 0.95], [0, 1, 1, 1])
     >>> round(g.expected_accuracy([0.55, 0.92]), 4)
     0.75
+    >>> g.x, g.y
+    ([0.5, 0.6, 0.9, 0.95], [0.0, 1.0, 1.0, 1.0])
     """
 
-    __slots__ = ("x", "y")
-
-    def __init__(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> None:
-        self.x = x
-        self.y = y
+    x: list[float]
+    y: list[float]
 
     @classmethod
     def fit(
         cls, confidence: ArrayLike, correct: ArrayLike, weights: ArrayLike | None = None
     ) -> CalibrationMap:
-        return cls(*isotonic_fit(confidence, correct, weights))
+        x, y = isotonic_fit(confidence, correct, weights)
+        return cls(x.tolist(), y.tolist())
 
     def __call__(self, confidence: ArrayLike) -> NDArray[np.float64]:
         c = np.asarray(confidence, dtype=np.float64)
         if len(self.x) == 1:
             return np.full(c.shape, float(self.y[0]))
-        return np.interp(c, self.x, self.y)  # clips to the end knots outside them
+        return np.interp(c, np.asarray(self.x), np.asarray(self.y))  # clips at the end knots
 
     def expected_accuracy(self, confidence: ArrayLike, weights: ArrayLike | None = None) -> float:
         """CBPE: the weighted mean of the calibrated confidences."""
         g = self(confidence)
         w = np.ones(len(g)) if weights is None else np.asarray(weights, dtype=np.float64)
         return float(np.sum(w * g) / np.sum(w))
-
-    def snapshot(self) -> list[Any]:
-        return [self.x.tolist(), self.y.tolist()]
-
-    @classmethod
-    def from_snapshot(cls, state: list[Any]) -> CalibrationMap:
-        return cls(np.asarray(state[0], dtype=np.float64), np.asarray(state[1], dtype=np.float64))
 
 
 __all__ = ["CalibrationMap", "isotonic_fit"]

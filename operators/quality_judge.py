@@ -26,14 +26,15 @@ metrics, not the tests, whose counts must be integers). The relative margin
 gates it (`max_p_value`, the false-alarm budget per window); the episode
 resolves after `clear_windows` windows back within the margin (hysteresis).
 The reference's confidence/correctness pairs also fit the CBPE calibration
-map (`operators.quality_calibration`).
+map (`operators.quality_calibration`). A reference is a msgspec Struct: a typed
+field of the quality operator's checkpointed state (`operators.state`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
+import msgspec
 import numpy as np
 from scipy import stats
 
@@ -41,33 +42,19 @@ from operators.quality_calibration import CalibrationMap
 from operators.stats import fisher_exact_less
 
 
-class QualityReference:
+class QualityReference(msgspec.Struct):
     """The reference of one (model, version): counts for the tests, pairs for calibration."""
 
-    __slots__ = (
-        "calibration",
-        "conf",
-        "correct",
-        "done",
-        "n",
-        "n_correct",
-        "sum_abs",
-        "sum_abs_sq",
-        "task",
-        "windows",
-    )
-
-    def __init__(self) -> None:
-        self.task = ""  # "classification" or "regression", from its first window
-        self.n = 0  # labelled predictions
-        self.n_correct = 0
-        self.sum_abs = 0.0
-        self.sum_abs_sq = 0.0
-        self.windows = 0
-        self.done = False
-        self.conf: list[float] = []  # CBPE pairs, only while building
-        self.correct: list[int] = []
-        self.calibration: CalibrationMap | None = None
+    task: str = ""  # "classification" or "regression", from its first window
+    n: int = 0  # labelled predictions
+    n_correct: int = 0
+    sum_abs: float = 0.0
+    sum_abs_sq: float = 0.0
+    windows: int = 0
+    done: bool = False
+    conf: list[float] = []  # CBPE pairs, only while building
+    correct: list[int] = []
+    calibration: CalibrationMap | None = None
 
     def add(
         self,
@@ -114,31 +101,6 @@ class QualityReference:
             return 0.0
         var = (self.sum_abs_sq - self.n * self.mae**2) / (self.n - 1)
         return math.sqrt(max(var, 0.0))
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "n": self.n,
-            "n_correct": self.n_correct,
-            "sum_abs": self.sum_abs,
-            "sum_abs_sq": self.sum_abs_sq,
-            "windows": self.windows,
-            "done": self.done,
-            "conf": self.conf,
-            "correct": self.correct,
-            "calibration": self.calibration.snapshot() if self.calibration else None,
-        }
-
-    @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> QualityReference:
-        ref = cls()
-        ref.task, ref.n, ref.n_correct = state["task"], state["n"], state["n_correct"]
-        ref.sum_abs, ref.sum_abs_sq = state["sum_abs"], state["sum_abs_sq"]
-        ref.windows, ref.done = state["windows"], state["done"]
-        ref.conf, ref.correct = list(state["conf"]), list(state["correct"])
-        cal = state["calibration"]
-        ref.calibration = CalibrationMap.from_snapshot(cal) if cal else None
-        return ref
 
 
 def accuracy_drop(correct: int, n: int, ref_correct: int, ref_n: int) -> tuple[float, float]:

@@ -25,8 +25,9 @@ Where profiles come from:
   (default 1000) and freezes the profile from them (version "warmup:<model
   versions>"). Those windows are the reference and are not scored.
 
-Profiles serialise to JSON (`to_json` / `from_json`) and to plain data for
-checkpoints (`to_builtins` / `from_builtins`).
+Profiles serialise to JSON (`to_json` / `from_json`) and to plain data
+(`to_builtins` / `from_builtins`); in checkpoints a profile, and a warm-up's
+`WarmupState`, are typed fields of the drift operator's state (`operators.state`).
 """
 
 from __future__ import annotations
@@ -146,13 +147,16 @@ def profile_feature(
     )
 
 
-class _Columns:
-    """Values per feature (and prediction), and confidences, of reference rows."""
+class Columns(msgspec.Struct):
+    """Values per feature (and prediction), and confidences, of reference rows.
 
-    def __init__(self) -> None:
-        self.values: dict[str, list[Any]] = {}
-        self.confidences: list[float] = []
-        self.rows = 0
+    A msgspec Struct: a warm-up's columns are checkpointed as they are (values of
+    inference logs are numbers or strings; a reference file's rows may hold others,
+    but those columns are built into a profile at once, never checkpointed)."""
+
+    values: dict[str, list[float | str]] = {}
+    confidences: list[float] = []
+    rows: int = 0
 
     def add(self, features: Mapping[str, Any], prediction: Any, confidence: Any) -> None:
         self.rows += 1
@@ -214,7 +218,7 @@ def build_profile(
     (NOT_FEATURES) is a feature. The prediction becomes feature
     "__prediction__".
     """
-    cols = _Columns()
+    cols = Columns()
     for row in rows:
         feats = row.get("features")
         if isinstance(feats, Mapping):
@@ -224,6 +228,14 @@ def build_profile(
             features = {k: v for k, v in row.items() if k not in NOT_FEATURES and k not in skip}
         cols.add(features, row.get(prediction_key), row.get(confidence_key))
     return cols.build(model_id, version, "file", bins, sample_size, max_categories)
+
+
+class WarmupState(msgspec.Struct):
+    """What a warm-up has absorbed: its columns and the model versions seen (with
+    their events). The builder's checkpointed state; its settings are configuration."""
+
+    columns: Columns = msgspec.field(default_factory=Columns)
+    versions: dict[str, int] = {}
 
 
 class WarmupProfileBuilder:
@@ -251,16 +263,15 @@ class WarmupProfileBuilder:
         self.bins = bins
         self.sample_size = sample_size
         self.max_categories = max_categories
-        self.cols = _Columns()
-        self.versions: dict[str, int] = {}
+        self.state = WarmupState()
 
     @property
     def count(self) -> int:
-        return self.cols.rows
+        return self.state.columns.rows
 
     @property
     def full(self) -> bool:
-        return self.cols.rows >= self.target
+        return self.state.columns.rows >= self.target
 
     def add(
         self,
@@ -272,8 +283,9 @@ class WarmupProfileBuilder:
         """Add one event; False (and nothing added) once full."""
         if self.full:
             return False
-        self.cols.add(features, prediction, confidence)
-        self.versions[model_version] = self.versions.get(model_version, 0) + 1
+        self.state.columns.add(features, prediction, confidence)
+        versions = self.state.versions
+        versions[model_version] = versions.get(model_version, 0) + 1
         return True
 
     def add_window(
@@ -284,40 +296,29 @@ class WarmupProfileBuilder:
         versions: Mapping[str, int],
     ) -> None:
         """Add a closed window: values per feature, confidences, event count, versions."""
+        cols = self.state.columns
         for name, values in columns.items():
-            self.cols.values.setdefault(name, []).extend(values)
-        self.cols.confidences.extend(confidences)
-        self.cols.rows += events
+            cols.values.setdefault(name, []).extend(values)
+        cols.confidences.extend(confidences)
+        cols.rows += events
+        mine = self.state.versions
         for v, c in versions.items():
-            self.versions[v] = self.versions.get(v, 0) + c
+            mine[v] = mine.get(v, 0) + c
 
     def build(self) -> ReferenceProfile:
-        version = "warmup:" + "+".join(sorted(self.versions))
-        return self.cols.build(
+        version = "warmup:" + "+".join(sorted(self.state.versions))
+        return self.state.columns.build(
             self.model_id, version, "warmup", self.bins, self.sample_size, self.max_categories
         )
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "values": {k: list(v) for k, v in self.cols.values.items()},
-            "confidences": list(self.cols.confidences),
-            "rows": self.cols.rows,
-            "versions": dict(self.versions),
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        self.cols = _Columns()
-        self.cols.values = {k: list(v) for k, v in state["values"].items()}
-        self.cols.confidences = list(state["confidences"])
-        self.cols.rows = state["rows"]
-        self.versions = dict(state["versions"])
 
 
 __all__ = [
     "PREDICTION",
+    "Columns",
     "FeatureProfile",
     "ReferenceProfile",
     "WarmupProfileBuilder",
+    "WarmupState",
     "build_profile",
     "category_key",
     "profile_feature",

@@ -4,7 +4,7 @@ A monitor is its operator class (`operators.base.Operator`): the inputs it reads
 (`sources`, `sources_for`), the (kind, metric) of its observations (`observes`), their
 default alert rules (`default_rules`, written next to the code that emits them), where a
 late event would have counted (`late_window`) and how it is built (`build`). The worker's
-wiring (streams/monitors.py), the configuration's default rules (streams/config.py) and
+wiring (streams/runtime/monitors.py), the configuration's default rules (streams/config.py) and
 the conformance suite (tests/test_conformance.py) all read this registry, so adding a
 monitor is adding its entry here.
 

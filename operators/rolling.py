@@ -40,8 +40,10 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
+
+import msgspec
 
 E = TypeVar("E", bound=tuple)
 
@@ -78,11 +80,14 @@ class EventTimeBuffer(Generic[E]):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def snapshot(self, encode: Callable[[E], list[Any]] = list) -> list[list[Any]]:
-        return [encode(e) for e in self.entries]
+    def state(self) -> list[E]:
+        """The held entries (a copy), for an operator's typed state: a field
+        `pending: list[Entry]` with Entry the operator's tuple type."""
+        return list(self.entries)
 
-    def restore(self, entries: Iterable[Any], decode: Callable[[Any], E] = tuple) -> None:
-        self.entries = sorted(decode(e) for e in entries)
+    def load(self, entries: Iterable[E]) -> None:
+        """Hold `entries` (as `state()` gave them), replacing what was held."""
+        self.entries = sorted(entries)
 
 
 def quantile_sorted(values: list[float], q: float) -> float:
@@ -96,6 +101,34 @@ def quantile_sorted(values: list[float], q: float) -> float:
     if f + 1 >= n:
         return float(lo)
     return float(lo + (h - f) * (values[f + 1] - lo))
+
+
+class WindowState(msgspec.Struct):
+    """A sliding window's checkpoint (`SlidingStats` and its compiled twin
+    `operators.detectors.window.WindowStats` write the same, so they are
+    interchangeable): its readings in time order and the running sums as they are
+    (their rounding included); the sorted copy is rebuilt on restore."""
+
+    times: list[int]
+    values: list[float]
+    shift: float  # K, the mean at the last exact recompute
+    s1: float  # sum(x - K)
+    s2: float  # sum((x - K)^2)
+    ops: int  # updates since the last exact recompute
+
+
+def window_state_from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """State format 1 ({"times", "values", "sums": [shift, s1, s2, ops]}) as plain
+    `WindowState` data."""
+    shift, s1, s2, ops = old["sums"]
+    return {
+        "times": [int(t) for t in old["times"]],
+        "values": [float(v) for v in old["values"]],
+        "shift": float(shift),
+        "s1": float(s1),
+        "s2": float(s2),
+        "ops": int(ops),
+    }
 
 
 class SlidingStats:
@@ -201,21 +234,18 @@ class SlidingStats:
         a, b = v[f1], v[f3]
         return a + (h1 - f1) * (v[f1 + 1] - a), b + (h3 - f3) * (v[f3 + 1] - b)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "times": list(self.times),
-            "values": list(self.values),
-            "sums": [self.shift, self.s1, self.s2, self.ops],
-        }
+    def snapshot(self) -> WindowState:
+        return WindowState(
+            list(self.times), list(self.values), self.shift, self.s1, self.s2, self.ops
+        )
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> SlidingStats:
+    def from_snapshot(cls, state: WindowState) -> SlidingStats:
         stats = cls()
-        stats.times = deque(state["times"])
-        stats.values = deque(float(v) for v in state["values"])
+        stats.times = deque(state.times)
+        stats.values = deque(state.values)
         stats.sorted = sorted(stats.values)
-        shift, s1, s2, ops = state["sums"]
-        stats.shift, stats.s1, stats.s2, stats.ops = float(shift), float(s1), float(s2), int(ops)
+        stats.shift, stats.s1, stats.s2, stats.ops = state.shift, state.s1, state.s2, state.ops
         return stats
 
 
@@ -248,13 +278,21 @@ class RecentQuantile:
     def quantile(self, q: float) -> float:
         return quantile_sorted(self.sorted, q)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"times": list(self.times), "values": list(self.values)}
+    def snapshot(self) -> RecentState:
+        return RecentState(list(self.times), list(self.values))
 
     @classmethod
-    def from_snapshot(cls, size: int, state: dict[str, Any]) -> RecentQuantile:
+    def from_snapshot(cls, size: int, state: RecentState) -> RecentQuantile:
         recent = cls(size)
-        recent.times = deque(state["times"])
-        recent.values = deque(float(v) for v in state["values"])
-        recent.sorted = sorted(recent.values)
+        recent.times = deque(state.times)
+        recent.values = deque(state.values)
+        recent.sorted = sorted(recent.values)  # derived: rebuilt, not stored
         return recent
+
+
+class RecentState(msgspec.Struct):
+    """`RecentQuantile`'s checkpoint: the values in arrival order and their times (the
+    same names as in state format 1)."""
+
+    times: list[int]
+    values: list[float]

@@ -27,6 +27,10 @@ has passed since it last fired (no flapping). With `clear_windows` = N > 1
 observation on which the condition no longer holds; with `clear_by_value`,
 on which the value itself is back within the threshold (significant or not).
 
+State (`operators.state`, format 2): per (rule name, entity) its `Episode` and the
+event time it last fired (`RulesState`). Format 1 (unversioned, positional: per
+"rule name\x1fentity" [severity firing or "", last fired, clear run]) is upgraded.
+
 `alert_id` is a hash of rule, entity, window and status, so a replay raises
 the same id with the same content.
 
@@ -54,8 +58,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from operators.base import Observation
 from operators.detectors.episode import Episode
+from operators.state import StateCodec
 from schemas.events import Alert
 
 SEVERITIES = ("info", "warning", "critical")
@@ -212,6 +219,36 @@ def _fmt_time(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
 
 
+class RulesState(msgspec.Struct):
+    """The rule engine's checkpointed state, per (rule name, entity)."""
+
+    # its alert episode (severity firing as `level`, the clear run as `normal_run`)
+    episodes: dict[tuple[str, str], Episode] = {}
+    last_fired: dict[tuple[str, str], int] = {}  # event time it last fired
+
+
+def _from_format_1(plain: dict[str, Any]) -> dict[str, Any]:
+    """Format 1: {"rule\x1fentity": [severity firing or "", last fired, clear run]}
+    (before hysteresis without the clear run), read as its `restore` read it: an
+    episode open at that severity with that clear run, its quiet set by the rule."""
+    episodes: dict[tuple[str, ...], dict[str, Any]] = {}
+    last_fired: dict[tuple[str, ...], int] = {}
+    for joined, value in plain.items():
+        key = tuple(joined.split("\x1f", 1))
+        firing, fired, clear = [*value, 0][:3]
+        level = SEVERITIES.index(firing) + 1 if firing else 0
+        # quiet is the rule's (set at restore); since_end 1, length 0 as format 1 did
+        episode = {"active": bool(firing), "level": level, "since_end": 1, "length": 0}
+        episode["normal_run"] = clear if firing else 0
+        episodes[key] = episode
+        if fired is not None:
+            last_fired[key] = fired
+    return {"episodes": episodes, "last_fired": last_fired}
+
+
+CODEC = StateCodec("rule engine", RulesState, format=2, upgrades={1: _from_format_1})
+
+
 class RuleEngine:
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules: dict[tuple[str, str], list[Rule]] = {}
@@ -219,10 +256,10 @@ class RuleEngine:
         for rule in rules:
             self.rules.setdefault((rule.kind, rule.metric), []).append(rule)
             self.by_name[rule.name] = rule
-        # "rule name\x1fentity" -> its alert episode (the one episode state machine,
+        # (rule name, entity) -> its alert episode (the one episode state machine,
         # operators.detectors.episode: hysteresis and severity), from its first alert on
-        self.episodes: dict[str, Episode] = {}
-        self.last_fired: dict[str, int] = {}  # ... and the event time it last fired
+        self.episodes: dict[tuple[str, str], Episode] = {}
+        self.last_fired: dict[tuple[str, str], int] = {}  # ... and the event time it last fired
 
     def evaluate(self, observations: Iterable[Observation]) -> list[Alert]:
         alerts: list[Alert] = []
@@ -236,7 +273,7 @@ class RuleEngine:
     def _judge(self, rule: Rule, obs: Observation) -> Alert | None:
         if obs.n < rule.min_samples:
             return None
-        key = f"{rule.name}\x1f{obs.entity}"
+        key = (rule.name, obs.entity)
         crossed = rule.level(obs.value)
         if (
             crossed is not None
@@ -316,23 +353,12 @@ class RuleEngine:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        """Per (rule, entity): [severity firing or "", last fired ts, clear observations]."""
-        state = {}
-        for key, episode in self.episodes.items():
-            firing = SEVERITIES[episode.level - 1] if episode.active else ""
-            clear = episode.normal_run if episode.active else 0
-            state[key] = [firing, self.last_fired.get(key), clear]
-        return state
+        return CODEC.dump(RulesState(episodes=self.episodes, last_fired=self.last_fired))
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.episodes, self.last_fired = {}, {}
-        for key, value in state.items():
-            # a snapshot from before hysteresis has [severity, last fired]: no clear count yet
-            firing, last_fired, clear = [*value, 0][:3]
-            rule = self.by_name.get(key.split("\x1f", 1)[0])
-            episode = Episode(quiet=rule.clear_windows if rule is not None else 1)
-            level = SEVERITIES.index(firing) + 1 if firing else 0
-            episode.restore([bool(firing), clear if firing else 0, 1, 0, level])
-            self.episodes[key] = episode
-            if last_fired is not None:
-                self.last_fired[key] = last_fired
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = CODEC.load(snapshot)
+        for (name, _), episode in state.episodes.items():
+            # hysteresis is the rule's setting, not state: the configured one applies
+            rule = self.by_name.get(name)
+            episode.quiet = rule.clear_windows if rule is not None else 1
+        self.episodes, self.last_fired = state.episodes, state.last_fired

@@ -77,7 +77,11 @@ threshold, op); the reading is `reading`.
 
 State is bounded by window_ms of readings per series: a series silent for
 more than window_ms (by the watermark, or by the gap to its next reading) is
-forgotten, which is the same as its window having emptied.
+forgotten, which is the same as its window having emptied. It snapshots as
+`SensorState` (format 2 of `operators.state`): per (sensor_id, metric) a
+`SeriesState` of named, typed fields; the compiled window's float64 buffer stays
+the live layout and becomes named lists only in the snapshot. Format 1 (positional
+lists, "sensor\\x1fmetric" keys) is upgraded.
 """
 
 from __future__ import annotations
@@ -89,22 +93,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from operators.base import Observation, Operator
 from operators.detectors.episode import Episode
 from operators.detectors.interval import iqr_p, zscore_p
-from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
-from operators.detectors.tail import TailProbability
-from operators.detectors.trend import RiseDetector
+from operators.detectors.likelihood import (
+    AnomalyLikelihood,
+    LikelihoodState,
+    likelihood_state_from_format_1,
+    normal_sf,
+)
+from operators.detectors.tail import TailProbability, TailState, tail_state_from_format_1
+from operators.detectors.trend import RiseDetector, RiseState
 from operators.detectors.window import WindowStats
 from operators.detectors.window import step as window_step
-from operators.rolling import EventTimeBuffer
+from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
+from operators.state import StateCodec
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
+from schemas.rows import SensorAnomalyRow, SensorWindowRow
 
 METHODS = ("zscore", "iqr", "rise")
+STATE_FORMAT = 2  # `SensorState`; 1: positional lists (upgraded, `_from_format_1`)
 log = logging.getLogger(__name__)
 # readings after which a series' cadence is judged (the median gap between them)
 CADENCE_READINGS = 16
@@ -202,11 +215,6 @@ class SensorConfig:
 Entry = tuple[int, str, str, float, int]
 
 
-def _entry(e: list[Any]) -> Entry:
-    """A checkpointed pending entry (4 fields before the metric count travelled along)."""
-    return (int(e[0]), str(e[1]), str(e[2]), float(e[3]), int(e[4]) if len(e) > 4 else 0)
-
-
 class Series:
     """The state of one (sensor, metric)."""
 
@@ -272,60 +280,169 @@ class Series:
         # gaps between the first readings, until the cadence is judged (then None)
         self.gaps: list[int] | None = []
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "stats": self.stats.snapshot(),
-            "staged": list(self.staged),
-            "last_ts": self.last_ts,
-            "rise": [self.prev, self.run_len, self.run_start_ts, self.run_start_value],
-            "flags": [self.rising, self.episodes["zscore"].active, self.episodes["iqr"].active],
-            "gaps": self.gaps,
-            "episodes": {m: e.snapshot() for m, e in self.episodes.items()},
-            "window_ms": self.window_ms,
-            "mk": [self.mk.size, self.mk.snapshot(), list(self.mk_times)],
-            "bucket": [self.bucket_ms, *self.bucket],
-            "rise_lk": self.rise_lk.snapshot(),
-            "tails": {m: t.snapshot() for m, t in self.tails.items()},
-            "alpha": self.alpha,
-        }
+    def state(self) -> SeriesState:
+        """The series as typed state (its lists and episodes are the live ones, which
+        `StateCodec.dump` copies; the deques and the window's buffer become lists)."""
+        return SeriesState(
+            stats=self.stats.snapshot(),
+            staged=self.staged,  # live lists and Structs: `dump` copies them
+            last_ts=self.last_ts,
+            prev=self.prev,
+            run_len=self.run_len,
+            run_start_ts=self.run_start_ts,
+            run_start_value=self.run_start_value,
+            rising=self.rising,
+            episodes=self.episodes,
+            window_ms=self.window_ms,
+            alpha=self.alpha,
+            tails={m: t.snapshot() for m, t in self.tails.items()},
+            mk=self.mk.snapshot(),
+            mk_times=list(self.mk_times),
+            bucket_ms=self.bucket_ms,
+            bucket=RiseBucket(int(self.bucket[0]), float(self.bucket[1]), int(self.bucket[2])),
+            rise_lk=self.rise_lk.snapshot(),
+            gaps=self.gaps,
+        )
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any], config: SensorConfig) -> Series:
+    def from_state(cls, state: SeriesState, config: SensorConfig) -> Series:
+        """The live series of its typed state: the detectors built from the
+        configuration, then given their checkpointed state."""
         s = cls(config)
-        s.stats = WindowStats.from_snapshot(state["stats"])
-        s.staged = [float(v) for v in state["staged"]]
-        s.last_ts = state["last_ts"]
-        s.prev, s.run_len, s.run_start_ts, s.run_start_value = state["rise"]
-        s.rising, active_z, active_i = state["flags"]
-        if "episodes" in state:
-            for m, e in state["episodes"].items():
-                s.episodes[m].restore(e)
-        else:  # a snapshot from before episodes: the flags are the open episodes
-            s.episodes["zscore"].active, s.episodes["iqr"].active = active_z, active_i
-        s.window_ms = int(state.get("window_ms", config.window_ms))
-        if "mk" in state:
-            size, mk, times = state["mk"]
-            s.mk = RiseDetector(size)
-            s.mk.restore(mk)
-            s.mk_times = deque(times, maxlen=size)
-            s.bucket_ms, *bucket = state["bucket"]
-            s.bucket = [int(bucket[0]), float(bucket[1]), int(bucket[2])]
-            s.rise_lk.restore(state["rise_lk"])
-            for m, t in state["tails"].items():
-                s.tails[m].restore(t)
-            s.alpha = float(state["alpha"])
-        gaps = state.get("gaps")  # absent in snapshots from before the cadence check
-        s.gaps = None if gaps is None and "gaps" in state else list(gaps or [])
+        s.stats = WindowStats.from_snapshot(state.stats)
+        s.staged = list(state.staged)
+        s.last_ts = state.last_ts
+        s.prev, s.run_len = state.prev, state.run_len
+        s.run_start_ts, s.run_start_value = state.run_start_ts, state.run_start_value
+        s.rising = state.rising
+        for m, episode in state.episodes.items():
+            # the machine's settings are the configuration's (as in every earlier format)
+            episode.quiet, episode.cooldown = config.episode_quiet, config.episode_cooldown
+            s.episodes[m] = episode
+        s.window_ms = state.window_ms
+        s.alpha = state.alpha
+        for m, tail in state.tails.items():
+            s.tails[m].restore(tail)
+        s.mk = RiseDetector(state.mk.size)
+        s.mk.restore(state.mk)
+        s.mk_times = deque(state.mk_times, maxlen=state.mk.size)
+        s.bucket_ms = state.bucket_ms
+        s.bucket = [state.bucket.start, state.bucket.total, state.bucket.count]
+        s.rise_lk.restore(state.rise_lk)
+        s.gaps = None if state.gaps is None else list(state.gaps)
         return s
+
+
+class RiseBucket(msgspec.Struct):
+    """The open bucket of the Mann-Kendall rise test (live: a [start, sum, count] list,
+    the per-reading path's cheapest form)."""
+
+    start: int
+    total: float
+    count: int
+
+
+class SeriesState(msgspec.Struct):
+    """One (sensor, metric)'s state: `Series` as named, typed fields. The sliding
+    window's float64 buffer (`WindowStats`, the layout the compiled kernels work on) is
+    kept live as it is and becomes named lists (`WindowState`) only here, per snapshot;
+    derived parts (the window's sorted copy, the Mann-Kendall tie term, the aggregate
+    cache) are rebuilt on restore."""
+
+    stats: WindowState  # readings before last_ts in the sliding window
+    staged: list[float]  # readings at last_ts
+    last_ts: int | None
+    prev: float | None  # the legacy "runs" rise test: the last value and the run
+    run_len: int
+    run_start_ts: int
+    run_start_value: float
+    rising: bool  # the current run (or trend) was raised
+    episodes: dict[str, Episode]  # "zscore", "iqr"
+    window_ms: int  # stretched to the cadence once it is measured
+    alpha: float  # the calibration's level
+    tails: dict[str, TailState]  # "zscore", "iqr": the score histories
+    mk: RiseState  # the Mann-Kendall rise test's bucket means
+    mk_times: list[int]  # and their bucket starts
+    bucket_ms: int
+    bucket: RiseBucket
+    rise_lk: LikelihoodState
+    gaps: list[int] | None  # the first gaps until the cadence is judged (then None)
+
+
+class SensorState(msgspec.Struct):
+    """The sensor operator's state (format 2; `operators.state`)."""
+
+    pending: list[Entry]  # readings the watermark has not passed
+    series: dict[tuple[str, str], SeriesState]  # (sensor_id, metric)
+    # the open `sensor_windows` aggregates: start -> (sensor_id, metric) -> readings
+    aggregates: dict[int, dict[tuple[str, str], list[float]]]
+    unjudgeable: list[str]  # "sensor/metric", sorted
+    metrics: dict[str, int]  # metrics per sensor, for the per-sensor budget
+
+
+def _series_from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str, Any]:
+    """A format-1 series ({"stats", "staged", "last_ts", "rise": [prev, run_len,
+    run_start_ts, run_start_value], "flags": [rising, active_z, active_i], ...}) as plain
+    `SeriesState` data, with format 1's own fallbacks: no "episodes" (the flags are the
+    open episodes), no "mk" (a rise test not begun), no "gaps" (the cadence still to be
+    measured), no "window_ms" (the configured one)."""
+    new = msgspec.to_builtins(Series(config).state())
+    new["stats"] = window_state_from_format_1(old["stats"])
+    new["staged"] = [float(v) for v in old["staged"]]
+    new["last_ts"] = old["last_ts"]
+    prev, run_len, run_start_ts, run_start_value = old["rise"]
+    new.update(prev=prev, run_len=run_len, run_start_ts=run_start_ts)
+    new["run_start_value"] = float(run_start_value)
+    rising, active_z, active_i = old["flags"]
+    new["rising"] = bool(rising)
+    if "episodes" in old:
+        for m, positional in old["episodes"].items():
+            episode = Episode(config.episode_quiet, config.episode_cooldown)
+            episode.restore(positional)
+            new["episodes"][m] = msgspec.to_builtins(episode)
+    else:
+        new["episodes"]["zscore"]["active"] = bool(active_z)
+        new["episodes"]["iqr"]["active"] = bool(active_i)
+    new["window_ms"] = int(old.get("window_ms", config.window_ms))
+    if "mk" in old:
+        size, mk, times = old["mk"]
+        new["mk"] = {"size": int(size), "values": list(mk["values"]), "s": int(mk["s"])}
+        new["mk_times"] = [int(t) for t in times][-int(size) :]
+        bucket_ms, start, total, count = old["bucket"]
+        new["bucket_ms"] = int(bucket_ms)
+        new["bucket"] = {"start": int(start), "total": float(total), "count": int(count)}
+        new["rise_lk"] = likelihood_state_from_format_1(old["rise_lk"])
+        new["tails"] = {m: tail_state_from_format_1(t) for m, t in old["tails"].items()}
+        new["alpha"] = float(old["alpha"])
+    gaps = old.get("gaps")
+    new["gaps"] = None if gaps is None and "gaps" in old else [int(g) for g in gaps or []]
+    return new
+
+
+def _from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str, Any]:
+    """State format 1 (positional lists, "\x1f"-joined aggregate keys) as plain
+    `SensorState` data (pending entries of 4 fields, from before the metric count
+    travelled along, get 0: unknown)."""
+    pending = [[e[0], e[1], e[2], float(e[3]), e[4] if len(e) > 4 else 0] for e in old["pending"]]
+    aggregates: dict[int, dict[tuple[str, str], list[float]]] = {}
+    for start, key, values in old["aggregates"]:
+        sid, _, metric = key.partition("\x1f")
+        aggregates.setdefault(int(start), {})[(sid, metric)] = [float(v) for v in values]
+    return {
+        "pending": pending,
+        "series": {
+            (sid, metric): _series_from_format_1(state, config)
+            for sid, metric, state in old["series"]
+        },
+        "aggregates": aggregates,
+        "unjudgeable": sorted(old.get("unjudgeable", ())),
+        "metrics": dict(old.get("metrics", {})),  # absent before the per-sensor budget
+    }
 
 
 def _larger(p: float | None, q: float) -> float:
     """The larger p-value (p is None before the series' own history is long enough)."""
     return q if p is None or q > p else p
-
-
-def _key(sensor_id: str, metric: str) -> str:
-    return f"{sensor_id}\x1f{metric}"
 
 
 # The default alert rules of the sensor monitor's detectors (seed 004), collected by
@@ -386,6 +503,7 @@ class SensorOperator(Operator):
         self.series: dict[tuple[str, str], Series] = {}
         # (time after which a series may be forgotten, sensor, metric); lazily checked
         self.expiry: list[tuple[int, str, str]] = []
+        # keyed by (sensor_id, metric)
         self.aggregates: TumblingWindows[list[float]] = TumblingWindows(
             self.config.aggregate_window_ms, list
         )
@@ -401,6 +519,14 @@ class SensorOperator(Operator):
         # live series per sensor (derived from `series`, rebuilt on restore): when a
         # sensor's last series expires its metric count goes too, so state stays bounded
         self._series_of: Counter[str] = Counter()
+        # snapshot and restore (`operators.state`): format 2 is `SensorState`; format 1
+        # (positional, before typed state) is upgraded with this configuration's defaults
+        self._codec = StateCodec(
+            "sensor",
+            SensorState,
+            format=STATE_FORMAT,
+            upgrades={1: lambda old: _from_format_1(old, self.config)},
+        )
 
     # -- input ---------------------------------------------------------------
 
@@ -423,21 +549,20 @@ class SensorOperator(Operator):
         self._expire_until(watermark)
         size = self.config.aggregate_window_ms
         for start, key, values in self.aggregates.pop_ending_until(watermark):
-            sid, _, metric = key.partition("\x1f")
+            sid, metric = key
             arr = np.asarray(values, dtype=float)
             self._out.add_row(
-                "sensor_windows",
-                {
-                    "window_start": start,
-                    "window_end": start + size,
-                    "sensor_id": sid,
-                    "metric": metric,
-                    "n": int(arr.size),
-                    "min": float(arr.min()),
-                    "max": float(arr.max()),
-                    "mean": float(arr.mean()),
-                    "p95": float(np.percentile(arr, 95)),
-                },
+                SensorWindowRow(
+                    window_start=start,
+                    window_end=start + size,
+                    sensor_id=sid,
+                    metric=metric,
+                    n=int(arr.size),
+                    min=float(arr.min()),
+                    max=float(arr.max()),
+                    mean=float(arr.mean()),
+                    p95=float(np.percentile(arr, 95)),
+                ),
             )
 
     def _expire_until(self, watermark: int) -> None:
@@ -514,7 +639,7 @@ class SensorOperator(Operator):
         s.last_ts = t
         agg_start = t - t % cfg.aggregate_window_ms
         if agg_start != s.agg_start:
-            s.agg_start, s.agg = agg_start, self.aggregates.at(_key(sid, metric), t)
+            s.agg_start, s.agg = agg_start, self.aggregates.at(key, t)
         s.agg.append(x)
 
     def _cadence(self, sid: str, metric: str, s: Series, gap: int) -> None:
@@ -783,18 +908,17 @@ class SensorOperator(Operator):
         end: int,
     ) -> None:
         self._out.add_row(
-            "sensor_anomalies",
-            {
-                "ts": t,
-                "sensor_id": sid,
-                "metric": metric,
-                "value": x,
-                "method": method,
-                "score": float(score),
-                "threshold": float(threshold),
-                "window_start": start,
-                "window_end": end,
-            },
+            SensorAnomalyRow(
+                ts=t,
+                sensor_id=sid,
+                metric=metric,
+                value=x,
+                method=method,
+                score=float(score),
+                threshold=float(threshold),
+                window_start=start,
+                window_end=end,
+            ),
         )
 
     def _observe(
@@ -833,31 +957,31 @@ class SensorOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "pending": self.pending.snapshot(),
-            "series": [[sid, metric, s.snapshot()] for (sid, metric), s in self.series.items()],
-            "aggregates": [
-                [start, key, list(vals)] for start, key, vals in self.aggregates.items()
-            ],
-            "unjudgeable": sorted(self.unjudgeable),
-            "metrics": dict(self.metrics),
-        }
+        return self._codec.dump(
+            SensorState(
+                pending=self.pending.state(),
+                series={key: s.state() for key, s in self.series.items()},
+                aggregates=self.aggregates.state(),
+                unjudgeable=sorted(self.unjudgeable),
+                metrics=self.metrics,
+            )
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.pending.restore(state["pending"], _entry)
-        self.series = {}
-        self.expiry = []
-        for sid, metric, s_state in state["series"]:
-            s = self.series[(sid, metric)] = Series.from_snapshot(s_state, self.config)
-            if s.last_ts is not None:
-                self.expiry.append((s.last_ts + s.window_ms, sid, metric))
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = self._codec.load(snapshot)
+        self.pending.load(state.pending)
+        self.series = {key: Series.from_state(s, self.config) for key, s in state.series.items()}
+        # derived, rebuilt: the expiry heap (one entry per series) and series per sensor
+        self.expiry = [
+            (s.last_ts + s.window_ms, sid, metric)
+            for (sid, metric), s in self.series.items()
+            if s.last_ts is not None
+        ]
         heapq.heapify(self.expiry)
         self._series_of = Counter(sid for sid, _ in self.series)
-        self.unjudgeable = set(state.get("unjudgeable", ()))
-        self.metrics = dict(state.get("metrics", {}))  # absent before the per-sensor budget
-        self.aggregates.clear()
-        for start, key, vals in state["aggregates"]:
-            self.aggregates.at(key, start).extend(float(v) for v in vals)
+        self.unjudgeable = set(state.unjudgeable)
+        self.metrics = state.metrics
+        self.aggregates.load(state.aggregates)
 
 
 __all__ = ["DEFAULT_RULES", "METHODS", "SensorConfig", "SensorOperator"]

@@ -45,10 +45,13 @@ order).
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 # the LLR itself is CTR's, the recursion Cusum's (one of each for every CUSUM)
 from operators.sequential import binomial_llr, cusum_update
+
+K = TypeVar("K", bound=Hashable)
 
 
 def cusum_step(s: float, x: int, n: int, p0: float, p1: float, cap: float = math.inf) -> float:
@@ -60,12 +63,15 @@ def cusum_step(s: float, x: int, n: int, p0: float, p1: float, cap: float = math
     return cusum_update(s, float(binomial_llr(x, n, p0, p1)), cap)
 
 
-class BinomialCusum:
+class BinomialCusum(Generic[K]):
     """Page's CUSUM of the binomial LLR of p1 against p0, one statistic per key:
     the increments x ln(p1 / p0) + (n - x) ln((1 - p1) / (1 - p0)) stepped with
     operators.sequential.cusum_update, `Cusum`'s recursion.
 
-    p1 > p0 watches for a rise of the rate, p1 < p0 for a fall."""
+    p1 > p0 watches for a rise of the rate, p1 < p0 for a fall. A key is any
+    hashable (a composite one is a tuple, e.g. (model_id, model_version)). The
+    state is `state`, key -> S: an owner keeps that dict as a typed field of its
+    own state (`operators.state`) and sets it back on restore."""
 
     def __init__(self, p0: float, p1: float, cap: float = math.inf) -> None:
         if not (0 < p0 < 1 and 0 < p1 < 1 and p0 != p1) or cap <= 0:
@@ -73,9 +79,9 @@ class BinomialCusum:
         self.p0, self.p1, self.cap = p0, p1, cap
         self.up = math.log(p1 / p0)
         self.down = math.log((1.0 - p1) / (1.0 - p0))
-        self.state: dict[str, float] = {}  # key -> S (absent: 0)
+        self.state: dict[K, float] = {}  # key -> S (absent: 0)
 
-    def update(self, key: str, x: int, n: int) -> float:
+    def update(self, key: K, x: int, n: int) -> float:
         """Fold one window's x events of n trials into the key's statistic; return S."""
         s = cusum_update(self.state.get(key, 0.0), x * self.up + (n - x) * self.down, self.cap)
         if s > 0.0:
@@ -89,10 +95,12 @@ class BinomialCusum:
         """exp(-S): P(S_t >= S) <= exp(-S) under p0 at every t (Ville's inequality)."""
         return math.exp(-s)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[K, float]:
+        """A copy of `state` (for a standalone detector; operators keep `state` itself
+        as a field of their typed state)."""
         return dict(self.state)
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[K, float]) -> None:
         self.state = {k: float(v) for k, v in state.items()}
 
 

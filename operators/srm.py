@@ -156,7 +156,10 @@ experiment one counter per variant and per (dimension value, variant), one
 running p per variant, and one float per (experiment, variant, direction)
 with CUSUM evidence (a CUSUM back at 0 is dropped): bounded by window_ms plus
 the lateness, max_dimension_values and the number of experiments. Counting is commutative, so any
-arrival order within the lateness gives the sorted input's result.
+arrival order within the lateness gives the sorted input's result. It is
+typed and versioned (`SrmState`, format 2, `operators.state`): the CUSUMs are
+keyed by (experiment, variant, "+" | "-") tuples; format 1 (positional window
+lists, "\x1f"-joined CUSUM keys) is upgraded on restore.
 
 >>> counts = {"A": 4500, "B": 5500}
 >>> round(srm_test(counts, None)[3], 1)  # chi2 = (500^2 + 500^2) / 5000
@@ -172,6 +175,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
 from scipy.special import chdtrc
 
 from operators.base import Observation, Operator
@@ -179,12 +183,14 @@ from operators.msprt import always_valid_p
 from operators.rules import FALSE_ALARM_BUDGET
 from operators.rules import rule_spec as _rule
 from operators.sequential_rates import cusum_step
+from operators.state import StateCodec
 from operators.stats import alpha_for_budget
 from operators.windows import TumblingWindows, window_start
 from schemas.events import Impression
+from schemas.rows import ExperimentWindowRow, SrmCheckRow
 
-SRM_TABLE = "srm_checks"
-EXPERIMENT_TABLE = "experiment_windows"
+SRM_TABLE = SrmCheckRow.__table__.name
+EXPERIMENT_TABLE = ExperimentWindowRow.__table__.name
 OTHER = "(other)"
 
 
@@ -234,19 +240,79 @@ class SrmConfig:
                 raise ValueError(f"srm split of {experiment!r} needs >= 2 positive shares")
 
 
-class SrmWindow:
+class SrmWindow(msgspec.Struct):
     """Counts of one (experiment, window): impressions, or user ids, per variant;
-    per dimension value and variant; each user's first arm and the crossed users."""
+    per dimension value and variant; each user's first arm and the crossed users.
 
-    __slots__ = ("arms", "counts", "crossed", "dims", "untracked", "users")
+    Sets of users are dicts with None values: insertion-ordered, so a restored
+    window lists them (and snapshots them) in the order the original did."""
 
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.users: dict[str, set[str]] = {}
-        self.dims: dict[str, dict[str, dict[str, int]]] = {}  # dim -> value -> variant -> n
-        self.arms: dict[str, str] = {}  # user -> first variant seen
-        self.crossed: set[str] = set()
-        self.untracked = 0
+    counts: dict[str, int] = {}
+    users: dict[str, dict[str, None]] = {}  # variant -> its user ids
+    dims: dict[str, dict[str, dict[str, int]]] = {}  # dim -> value -> variant -> n
+    arms: dict[str, str] = {}  # user -> first variant seen
+    crossed: dict[str, None] = {}  # users seen in more than one arm
+    untracked: int = 0
+
+
+class Cumulative(msgspec.Struct):
+    """One experiment since its start: the counts of its closed windows, each arm's
+    always-valid running p, and the dimension counts (dim -> value -> variant -> n)."""
+
+    first: int  # start of its first window
+    counts: dict[str, int] = {}
+    running: dict[str, float] = {}
+    dims: dict[str, dict[str, dict[str, int]]] = {}
+
+
+#: a CUSUM of the per-window evidence: (experiment, variant, "+" | "-")
+CusumKey = tuple[str, str, str]
+
+
+class SrmState(msgspec.Struct):
+    """What a checkpoint keeps."""
+
+    unit: str  # "impressions" or "users" ("" in a format-1 snapshot that did not say)
+    windows: dict[int, dict[str, SrmWindow]] = {}  # start -> experiment -> window
+    cumulative: dict[str, Cumulative] = {}
+    cusum: dict[CusumKey, float] = {}  # -> S (a CUSUM back at 0 is dropped)
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """Format 1: windows as [start, experiment, per-variant counts or sorted user ids,
+    dims, arms, sorted crossed users, untracked] (the first three only before the
+    drill-down and crossover), cumulative entries as [first, counts, running p, dims]
+    (the last two absent before the mSPRT and drill-down), CUSUMs keyed by
+    "experiment\x1fvariant\x1f+|-"; what a field's absence stood for is kept."""
+    unit = old.get("unit", "")
+    windows: dict[int, dict[str, dict[str, Any]]] = {}
+    for entry in old["windows"]:
+        start, experiment, per_variant = entry[:3]
+        users = unit == "users" or any(isinstance(v, list) for v in per_variant.values())
+        window: dict[str, Any] = (
+            {"users": {v: dict.fromkeys(ids) for v, ids in per_variant.items()}}
+            if users
+            else {"counts": per_variant}
+        )
+        if len(entry) > 3:
+            window.update(
+                dims=entry[3], arms=entry[4], crossed=dict.fromkeys(entry[5]), untracked=entry[6]
+            )
+        windows.setdefault(start, {})[experiment] = window
+    cumulative = {
+        e: {
+            "first": entry[0],
+            "counts": entry[1],
+            "running": entry[2] if len(entry) > 2 else {},
+            "dims": entry[3] if len(entry) > 3 else {},
+        }
+        for e, entry in old.get("cumulative", {}).items()
+    }
+    cusum = {tuple(k.split("\x1f")): s for k, s in old.get("cusum", {}).items()}
+    return {"unit": unit, "windows": windows, "cumulative": cumulative, "cusum": cusum}
+
+
+CODEC = StateCodec("srm", SrmState, format=2, upgrades={1: _from_format_1})
 
 
 DAY_MS = 86_400_000
@@ -301,12 +367,6 @@ def srm_test(
         e = total * share
         chi2 += (tested[v] - e) ** 2 / e
     return tested, expected, unexpected, chi2, float(chdtrc(len(expected) - 1, chi2))
-
-
-def _copy_dims(dims: Mapping[str, Mapping[str, Mapping[str, int]]]) -> dict[str, Any]:
-    return {
-        d: {v: {a: int(n) for a, n in c.items()} for v, c in vs.items()} for d, vs in dims.items()
-    }
 
 
 def _add_dims(
@@ -387,7 +447,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
 
 class SrmOperator(Operator):
     sources = ("impressions",)
-    # read from the experiment-keyed stream (streams/repartition.py): one task
+    # read from the experiment-keyed stream (streams/runtime/repartition.py): one task
     # sees an experiment's whole traffic, whatever partitions it came from
     keyed_by = "experiment"
     observes = (
@@ -405,10 +465,8 @@ class SrmOperator(Operator):
         self.config = config or SrmConfig()
         self.windows: TumblingWindows[SrmWindow] = TumblingWindows(self.config.window_ms, SrmWindow)
         self.users = self.config.unit == "users"
-        # experiment -> [first window start, counts of closed windows, always-valid p
-        # per arm, dimension counts of closed windows (dim -> value -> variant -> n)]
-        self.cumulative: dict[str, list[Any]] = {}
-        self.cusum: dict[str, float] = {}  # "experiment\x1fvariant\x1f+|-" -> S
+        self.cumulative: dict[str, Cumulative] = {}  # experiment -> since its start
+        self.cusum: dict[CusumKey, float] = {}  # (experiment, variant, "+" | "-") -> S
 
     # -- input ---------------------------------------------------------------
 
@@ -422,7 +480,7 @@ class SrmOperator(Operator):
         variant = imp.variant
         window = self.windows.at(imp.experiment, imp.ts)
         if self.users:
-            window.users.setdefault(variant, set()).add(imp.user_id)
+            window.users.setdefault(variant, {})[imp.user_id] = None
         else:
             window.counts[variant] = window.counts.get(variant, 0) + 1
         limit = self.config.max_dimension_values
@@ -444,7 +502,7 @@ class SrmOperator(Operator):
             else:
                 window.untracked += 1
         elif first != variant:
-            window.crossed.add(imp.user_id)
+            window.crossed[imp.user_id] = None
 
     # -- event time ----------------------------------------------------------
 
@@ -459,10 +517,12 @@ class SrmOperator(Operator):
         self._crossover(start, end, experiment, window)
         split = cfg.splits.get(experiment)
         if cfg.cumulative:
-            entry = self.cumulative.setdefault(experiment, [start, {}, {}, {}])
+            entry = self.cumulative.get(experiment)
+            if entry is None:
+                entry = self.cumulative[experiment] = Cumulative(start)
             for v, c in counts.items():
-                entry[1][v] = entry[1].get(v, 0) + c
-            _add_dims(entry[3], window.dims, cfg.max_dimension_values)
+                entry.counts[v] = entry.counts.get(v, 0) + c
+            _add_dims(entry.dims, window.dims, cfg.max_dimension_values)
         result = srm_test(counts, split)
         if result is not None and sum(result[0].values()) >= cfg.min_total:
             tested, expected, _, _, p_chi2 = result
@@ -475,14 +535,16 @@ class SrmOperator(Operator):
                 seen: set[str] = set()
                 crossover: set[str] = set()
                 for ids in window.users.values():
-                    crossover |= seen & ids
-                    seen |= ids
+                    crossover.update(seen.intersection(ids))
+                    seen.update(ids)
                 extra["crossover"] = len(crossover)
             self._emit(
                 start, end, experiment, window.dims, result, combined, extra, "srm_chi2_p", start
             )
         if cfg.cumulative:
-            first, total_counts, running, dims = self.cumulative[experiment]
+            since = self.cumulative[experiment]
+            first, total_counts, running = since.first, since.counts, since.running
+            dims = since.dims
             cumulative = srm_test(total_counts, split)
             if cumulative is not None and sum(cumulative[0].values()) >= cfg.min_total:
                 p_av = self._always_valid(cumulative, running)
@@ -519,7 +581,7 @@ class SrmOperator(Operator):
                 ("+", share + cfg.sequential_shift),
                 ("-", share - cfg.sequential_shift),
             ):
-                key = f"{experiment}\x1f{variant}\x1f{sign}"
+                key = (experiment, variant, sign)
                 if not 0.0 < p1 < 1.0:
                     continue
                 s = cusum_step(self.cusum.get(key, 0.0), x, n, share, p1, cfg.cusum_cap)
@@ -553,36 +615,34 @@ class SrmOperator(Operator):
         share_metric = "share" if window else "share_cumulative"
         if window:
             self._out.add_row(
-                SRM_TABLE,
-                {
-                    "window_start": start,
-                    "window_end": end,
-                    "experiment": experiment,
-                    "unit": cfg.unit,
-                    "variants": ",".join(tested),
-                    "counts": tested,
-                    "expected": expected,
-                    "unexpected": unexpected,
-                    "chi2": chi2,
-                    "p_value": p,
-                    "total": total,
-                    "srm": int(p < cfg.alpha and matters),
-                },
+                SrmCheckRow(
+                    window_start=start,
+                    window_end=end,
+                    experiment=experiment,
+                    unit=cfg.unit,
+                    variants=",".join(tested),
+                    counts=tested,
+                    expected=expected,
+                    unexpected=unexpected,
+                    chi2=chi2,
+                    p_value=p,
+                    total=total,
+                    srm=int(p < cfg.alpha and matters),
+                ),
             )
         for v, c in tested.items():
             self._out.add_row(
-                EXPERIMENT_TABLE,
-                {
-                    "window_start": start,
-                    "window_end": end,
-                    "experiment": experiment,
-                    "variant": v,
-                    "metric": share_metric,
-                    "value": c / total,
-                    "n": c,
-                    "control_value": expected[v],
-                    "p_value": value,
-                },
+                ExperimentWindowRow(
+                    window_start=start,
+                    window_end=end,
+                    experiment=experiment,
+                    variant=v,
+                    metric=share_metric,
+                    value=c / total,
+                    n=c,
+                    control_value=expected[v],
+                    p_value=value,
+                ),
             )
         details: dict[str, Any] = {
             "counts": tested,
@@ -674,18 +734,17 @@ class SrmOperator(Operator):
         crossed = len(window.crossed)
         rate = crossed / tracked
         self._out.add_row(
-            EXPERIMENT_TABLE,
-            {
-                "window_start": start,
-                "window_end": end,
-                "experiment": experiment,
-                "variant": "",
-                "metric": "crossover_rate",
-                "value": rate,
-                "n": tracked,
-                "control_value": 0.0,
-                "p_value": None,
-            },
+            ExperimentWindowRow(
+                window_start=start,
+                window_end=end,
+                experiment=experiment,
+                variant="",
+                metric="crossover_rate",
+                value=rate,
+                n=tracked,
+                control_value=0.0,
+                p_value=None,
+            ),
         )
         self._out.observations.append(
             Observation(
@@ -712,58 +771,18 @@ class SrmOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        windows = []
-        for start, experiment, w in self.windows.items():
-            if self.users:
-                per_variant = {v: sorted(ids) for v, ids in sorted(w.users.items())}
-            else:
-                per_variant = dict(sorted(w.counts.items()))
-            windows.append(
-                [start, experiment, per_variant, w.dims, w.arms, sorted(w.crossed), w.untracked]
-            )
-        cumulative = {
-            e: [first, dict(c), dict(p), d]
-            for e, (first, c, p, d) in sorted(self.cumulative.items())
-        }
-        return {
-            "unit": self.config.unit,
-            "windows": windows,
-            "cumulative": cumulative,
-            "cusum": dict(self.cusum),
-        }
+        return CODEC.dump(
+            SrmState(self.config.unit, self.windows.state(), self.cumulative, self.cusum)
+        )
 
     def restore(self, state: dict[str, Any]) -> None:
-        """A snapshot from before the drill-down and crossover (three fields per
-        window, no cumulative counts, no CUSUMs) restores its counts; the rest
-        starts empty (no evidence)."""
-        if state.get("unit", self.config.unit) != self.config.unit:
-            raise ValueError(
-                f"srm snapshot counts {state['unit']}, this operator {self.config.unit}"
-            )
-        self.windows.clear()
-        for entry in state["windows"]:
-            start, experiment, per_variant = entry[:3]
-            w = self.windows.at(experiment, start)
-            for variant, value in per_variant.items():
-                if self.users:
-                    w.users[variant] = set(value)
-                else:
-                    w.counts[variant] = int(value)
-            if len(entry) > 3:
-                w.dims = _copy_dims(entry[3])
-                w.arms = dict(entry[4])
-                w.crossed = set(entry[5])
-                w.untracked = int(entry[6])
-        self.cumulative = {
-            e: [
-                int(entry[0]),
-                {v: int(c) for v, c in entry[1].items()},
-                {v: float(p) for v, p in (entry[2] if len(entry) > 2 else {}).items()},
-                _copy_dims(entry[3] if len(entry) > 3 else {}),
-            ]
-            for e, entry in state.get("cumulative", {}).items()
-        }
-        self.cusum = {k: float(v) for k, v in state.get("cusum", {}).items()}
+        """A snapshot of the other unit is refused (its counts mean something else)."""
+        typed = CODEC.load(state)
+        if typed.unit and typed.unit != self.config.unit:
+            raise ValueError(f"srm snapshot counts {typed.unit}, this operator {self.config.unit}")
+        self.windows.load(typed.windows)
+        self.cumulative = typed.cumulative
+        self.cusum = typed.cusum
 
 
 __all__ = [
@@ -774,6 +793,7 @@ __all__ = [
     "SRM_WINDOWS_PER_DAY",
     "SrmConfig",
     "SrmOperator",
+    "SrmState",
     "SrmWindow",
     "max_deviation",
     "spending",

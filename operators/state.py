@@ -77,7 +77,10 @@ class StateCodec(Generic[S]):
 
     def dump(self, state: S) -> dict[str, Any]:
         """The state as plain data (a copy: later changes to `state` do not reach it)."""
-        return {FORMAT_KEY: self.format, "state": msgspec.to_builtins(state)}
+        return {
+            FORMAT_KEY: self.format,
+            "state": msgspec.to_builtins(state, builtin_types=(bytes,)),
+        }
 
     def load(self, snapshot: Mapping[str, Any]) -> S:
         """The typed state of a snapshot; StateFormatError if it cannot be restored."""

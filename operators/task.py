@@ -2,6 +2,14 @@
 
 This is the whole per-partition state a worker checkpoints. The Kafka layer
 calls `feed` with decoded events, `tick` after each batch, then `collect`.
+
+Its snapshot (`operators.state`, format 2) is `TaskState`: the versioned snapshot of
+each part, each restored (or upgraded, or refused) by its own codec: the watermark,
+the operator, the rule engine, and where configured change detection and the
+relations. Format 1 (the same parts unversioned, written before state formats) is
+upgraded: its parts are format 1 of each part's own codec. A part that cannot be
+restored raises `StateFormatError` naming the monitor and the part; the worker stops
+on it (docs/operations.md, "Upgrading").
 """
 
 from __future__ import annotations
@@ -10,10 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from operators.base import Operator
 from operators.rules import RuleEngine
+from operators.state import FORMAT_KEY, StateCodec, StateFormatError
 from operators.watermark import NO_WATERMARK, Watermark
 from schemas.events import Alert
+from schemas.rows import Row
 
 if TYPE_CHECKING:
     from operators.causes import RelationLearner
@@ -22,8 +34,27 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class TaskOutput:
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, list[Row]] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
+
+
+class TaskState(msgspec.Struct):
+    """A task's checkpointed state: each part's own versioned snapshot
+    (`{"format", "state"}`, restored by that part's codec)."""
+
+    watermark: dict[str, Any]
+    operator: dict[str, Any]
+    rules: dict[str, Any]
+    changes: dict[str, Any] | None = None  # None: change detection was off
+    relations: dict[str, Any] | None = None  # None: no relations were learned
+
+
+def _from_format_1(plain: dict[str, Any]) -> dict[str, Any]:
+    """Format 1: the same parts, each in its own format 1 (upgraded by its codec)."""
+    return {part: plain.get(part) for part in TaskState.__struct_fields__}
+
+
+CODEC = StateCodec("monitor task", TaskState, format=2, upgrades={1: _from_format_1})
 
 
 class MonitorTask:
@@ -36,7 +67,10 @@ class MonitorTask:
         *,
         changes: ChangeDetectors | None = None,
         relations: RelationLearner | None = None,
+        name: str | None = None,
     ) -> None:
+        # the monitor's name: a refused checkpoint's message names it
+        self.name = name
         self.operator = operator
         self.rules = rules
         # optional change detection on the operator's observations (kind "change")
@@ -54,7 +88,7 @@ class MonitorTask:
         `progress`: how far this source has got in event time, where that is not
         its events' largest time: a re-keyed source merges several upstream
         partitions and has got only as far as the slowest of them
-        (streams/repartition.py)."""
+        (streams/runtime/repartition.py)."""
         if not events:
             return []
         wm = self.watermark.value
@@ -130,24 +164,35 @@ class MonitorTask:
         return TaskOutput(rows=out.rows, alerts=alerts)
 
     def snapshot(self) -> dict[str, Any]:
-        state = {
-            "watermark": self.watermark.snapshot(),
-            "operator": self.operator.snapshot(),
-            "rules": self.rules.snapshot(),
-        }
-        if self.changes is not None:
-            state["changes"] = self.changes.snapshot()
-        if self.relations is not None:
-            state["relations"] = self.relations.snapshot()
-        return state
+        state = TaskState(
+            watermark=self.watermark.snapshot(),
+            operator=self.operator.snapshot(),
+            rules=self.rules.snapshot(),
+            changes=self.changes.snapshot() if self.changes is not None else None,
+            relations=self.relations.snapshot() if self.relations is not None else None,
+        )
+        # the parts are plain copies already: CODEC.dump's to_builtins would copy them
+        # again, and turn the bytes in them into base64 text
+        return {FORMAT_KEY: CODEC.format, "state": msgspec.structs.asdict(state)}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.watermark.restore(state["watermark"])
-        self.operator.restore(state["operator"])
-        self.rules.restore(state["rules"])
-        if self.changes is not None:
-            # a snapshot from before change detection was enabled starts it afresh
-            self.changes.restore(state.get("changes", {}))
-        if self.relations is not None:
-            # a snapshot from before relations were learned starts them afresh
-            self.relations.restore(state.get("relations", {}))
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Restore every part, or raise StateFormatError naming the monitor and the
+        part. Parts before the refused one may be restored already: a refused task
+        must not be used (the worker stops on it)."""
+        try:
+            state = CODEC.load(snapshot)
+            self.watermark.restore(state.watermark)
+            self.operator.restore(state.operator)
+            self.rules.restore(state.rules)
+            if self.changes is not None:
+                # a snapshot from before change detection was enabled starts it afresh
+                self.changes.restore(state.changes or {})
+            if self.relations is not None:
+                # a snapshot from before relations were learned starts them afresh
+                self.relations.restore(state.relations or {})
+        except StateFormatError as exc:
+            if self.name is None:
+                raise
+            raise StateFormatError(
+                f"monitor {self.name}: {exc}".replace("<monitor>", self.name)
+            ) from exc

@@ -13,13 +13,44 @@ A source that has sent nothing for `idle_timeout_ms` of processing time is
 left out of the minimum, so an idle partition (e.g. no clicks at night) does
 not hold every window open forever. This is the one place wall-clock time
 enters; it is passed in (`now_ms`), never read here.
+
+State (`operators.state`): what a checkpoint keeps is `WatermarkState`, the largest
+event time per source and W itself (format 2; format 1 was the same two fields
+without a version, upgraded as it is). Processing times are not kept: after a
+restart every source counts as fresh.
+
+>>> wm = Watermark(("a",), lateness_ms=10, idle_timeout_ms=1000)
+>>> wm.observe("a", 500, now_ms=0)
+>>> wm.update(now_ms=0)
+490
+>>> wm.snapshot()
+{'format': 2, 'state': {'max_ts': {'a': 500}, 'value': 490}}
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from operators.state import StateCodec
+
 NO_WATERMARK = -(2**62)
+
+
+class WatermarkState(msgspec.Struct):
+    """A watermark's checkpointed state."""
+
+    max_ts: dict[str, int] = {}  # source -> the largest event time it delivered
+    value: int = NO_WATERMARK  # W
+
+
+def _from_format_1(plain: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 ({"max_ts", "value"}, unversioned) has format 2's fields."""
+    return {"max_ts": dict(plain["max_ts"]), "value": plain["value"]}
+
+
+CODEC = StateCodec("watermark", WatermarkState, format=2, upgrades={1: _from_format_1})
 
 
 class Watermark:
@@ -83,10 +114,11 @@ class Watermark:
 
     def snapshot(self) -> dict[str, Any]:
         # processing times are not kept: after a restart every source counts as fresh
-        return {"max_ts": dict(self.max_ts), "value": self.value}
+        return CODEC.dump(WatermarkState(max_ts=self.max_ts, value=self.value))
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.max_ts = dict(state["max_ts"])
-        self.value = state["value"]
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = CODEC.load(snapshot)
+        self.max_ts = state.max_ts
+        self.value = state.value
         self.last_seen = {}
         self.started = None

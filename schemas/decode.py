@@ -78,7 +78,7 @@ class Decoder(Generic[E]):
     ) -> None:
         """`key_field`: the field the key must equal (default: the topic's, `KEY_FIELD`);
         `check_key=False`: accept any key (keying `repartition`: the worker re-keys
-        the events itself, see `streams.repartition`)."""
+        the events itself, see `streams.runtime.repartition`)."""
         self.topic = topic
         self.event_type: type[E] = INPUT_EVENTS[topic]  # type: ignore[assignment]
         self.key_field = key_field or KEY_FIELD[topic]

@@ -100,7 +100,7 @@ KEYED_INPUTS = ("impressions", "clicks", "inference-logs", "sensor-readings")
 def _default_keying() -> dict[str, KeyingMode]:
     """Per input topic (logical name), how its message keys are treated: `strict`
     (v1: a missing or wrong key is dead-lettered) or `repartition` (the worker re-keys
-    every event through an internal topic; see streams/repartition.py)."""
+    every event through an internal topic; see streams/runtime/repartition.py)."""
     return dict.fromkeys(KEYED_INPUTS, "strict")
 
 
@@ -496,7 +496,7 @@ class Settings(Strict):
     query_timeout_s: float = 10  # /api/query and `streamwatch query`: time limit
     query_max_rows: int = 100_000  # ... and result size limit
     # test hooks on the web server (/debug/clickhouse?fail=1): tests only, and only
-    # with STREAMWATCH_TEST_FAULTS=clickhouse in the environment (streams/faults.py)
+    # with STREAMWATCH_TEST_FAULTS=clickhouse in the environment (streams/runtime/faults.py)
     debug_endpoints: bool = False
     # /health is 503 (and /health/live too, for the poll) past these bounds: no poll of
     # the broker for health_poll_age_s; input waiting while the watermark has not

@@ -20,7 +20,7 @@ CHILD = textwrap.dedent(
     """
     import json, sys
     import clickhouse_connect
-    from streams.clickhouse import ensure_schema
+    from streams.connectors.clickhouse import ensure_schema
 
     job = json.load(sys.stdin)
     client = clickhouse_connect.get_client(dsn="chdb://" + job["dir"])

@@ -1,6 +1,6 @@
 """Drive one monitor of the registry over a `Case` of tests/conformance_inputs.py.
 
-The task is built as the worker builds it (`streams.monitors.build_monitors` over the
+The task is built as the worker builds it (`streams.runtime.monitors.build_monitors` over the
 default configuration, with every monitor of the registry switched on and the case's
 options): the operator with its default rules, change detection and relations. A run
 records every row, every observation (the operator's and change detection's) and every
@@ -19,9 +19,10 @@ import msgspec
 from operators.base import Observation
 from operators.task import MonitorTask
 from schemas.events import Alert
-from streams import checkpoints
+from schemas.rows import Row
 from streams.config import Settings, load_settings
-from streams.monitors import OPERATORS, build_monitors
+from streams.connectors import checkpoints
+from streams.runtime.monitors import OPERATORS, build_monitors
 from tests.conformance_inputs import Case
 
 NOW = 1_000  # processing time: constant, so no source ever counts as idle
@@ -29,7 +30,7 @@ NOW = 1_000  # processing time: constant, so no source ever counts as idle
 
 @dataclass
 class Run:
-    rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    rows: list[tuple[str, Row]] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     late: int = 0
@@ -46,7 +47,7 @@ class Run:
 
 def canon(value: Any) -> Any:
     """Plain, comparable data: dicts with sorted keys, NaN as a string, structs as dicts."""
-    if isinstance(value, Alert):
+    if isinstance(value, msgspec.Struct):  # alerts, rows
         value = msgspec.structs.asdict(value)
     elif is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in fields(value)}

@@ -1,6 +1,6 @@
 """Small input streams for the conformance suite (tests/test_conformance.py), one per monitor.
 
-`GENERATORS` is keyed by the monitor's name in the registry (`streams.monitors.OPERATORS`);
+`GENERATORS` is keyed by the monitor's name in the registry (`streams.runtime.monitors.OPERATORS`);
 the suite fails for a monitor without an entry here, so a new monitor cannot skip it.
 Each generator returns a `Case`: a stream in event-time order that makes its monitor emit
 rows, observations and (where `alerts` is true) alerts, the monitor's options that keep it

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 

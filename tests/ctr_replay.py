@@ -12,6 +12,7 @@ from operators.base import Operator
 from operators.rules import RuleEngine
 from operators.task import MonitorTask
 from schemas.events import Click, Conversion, Impression
+from tests.row_dicts import as_dicts
 
 
 def imp(i: str, ts: int, campaign: str = "c1", variant: str | None = None) -> Impression:
@@ -57,11 +58,11 @@ def replay(
             chunk = [e for s, e in events[i : i + batch] if s == source]
             assert task.feed(source, chunk, now_ms=0) == []
         task.tick(now_ms=0)
-        rows += task.collect().rows.get("ctr_windows", [])
+        rows += as_dicts(task.collect().rows.get("ctr_windows", []))
     for source, event in flush:
         task.feed(source, [event], now_ms=0)
     task.tick(now_ms=0)
-    rows += task.collect().rows.get("ctr_windows", [])
+    rows += as_dicts(task.collect().rows.get("ctr_windows", []))
     return rows
 
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import yaml
 
-from streams.embedded import free_port
+from streams.connectors.embedded import free_port
 from tests.harness import Deployment
 
 

@@ -26,9 +26,10 @@ import msgspec
 import orjson
 
 from schemas.events import INPUT_TOPICS
-from streams.embedded import free_port
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from schemas.rows import Row
+from streams.connectors.embedded import free_port
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 
 Message = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
 
@@ -136,7 +137,7 @@ class Deployment:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMWATCH_")}
         env["STREAMWATCH_CONFIG"] = str(self.path)
-        # test-only fault injection (streams/faults.py); the outage endpoint needs it too
+        # test-only fault injection (streams/runtime/faults.py); the outage endpoint needs it too
         faults = set(self.test_faults)
         if self.config.get("debug_endpoints"):
             faults.add("clickhouse")
@@ -259,7 +260,7 @@ class WorkerProcess:
 
 def inference_only(start_ms: int, duration_s: int, seed: int, **options: Any) -> Any:
     """A simulation of inference logs and their labels only (no ads, no sensors)."""
-    from streams.simulate import Scenario
+    from streams.cli.simulate import Scenario
 
     return Scenario(
         start_ms=start_ms,
@@ -281,7 +282,7 @@ def topic_names(d: Deployment, logical: Iterable[str] = INPUT_TOPICS) -> dict[st
 def simulated(d: Deployment, scenario: Any, logical: Iterable[str] = INPUT_TOPICS) -> list[Message]:
     """The simulator's messages of the `logical` topics, in order, on the deployment's
     topics (the partition left to the key)."""
-    from streams.simulate import Simulator
+    from streams.cli.simulate import Simulator
 
     names = topic_names(d, logical)
     return [
@@ -451,7 +452,7 @@ def uninterrupted_alerts(d: Deployment, sent: list[Message]) -> dict[str, dict[s
     alerts: list[Any] = []
 
     class Outputs:
-        def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        def rows(self, table: str, rows: list[Row]) -> None:
             pass
 
         def alerts(self, out: list[Any]) -> None:

@@ -9,10 +9,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from schemas.rows import Row
+from streams.cli.simulate import Scenario, Simulator
 from streams.config import Settings
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
-from streams.simulate import Scenario, Simulator
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
+from tests.row_dicts import as_dicts
 
 
 class Collected:
@@ -24,9 +26,9 @@ class Collected:
         self.tables: dict[str, list[dict[str, Any]]] = {t: [] for t in tables}
         self.late_ok = late_ok
 
-    def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def rows(self, table: str, rows: list[Row]) -> None:
         if table in self.tables:
-            self.tables[table].extend(rows)
+            self.tables[table].extend(as_dicts(rows))
 
     def alerts(self, out: list[Any]) -> None:
         self.alert_list.extend(out)

@@ -2,7 +2,7 @@
 
 `python -m tests.state_fixtures DIR` drives each monitor of the registry over its
 conformance case (tests/conformance_inputs.py) and writes, at batch 45 % of the way, the
-task's checkpoint exactly as the worker encodes it (`streams.checkpoints.encode`) to
+task's checkpoint exactly as the worker encodes it (`streams.connectors.checkpoints.encode`) to
 `DIR/<monitor>.msgpack`. Run at a release, the files are that release's state format;
 `tests/test_state_upgrade.py` restores them into the current code, which must either
 upgrade them (the run continues exactly as if uninterrupted) or refuse them with a
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from streams import checkpoints
-from streams.monitors import OPERATORS
+from streams.connectors import checkpoints
+from streams.runtime.monitors import OPERATORS
 from tests.conformance import batches, task_factory
 from tests.conformance_inputs import GENERATORS
 

@@ -10,6 +10,7 @@ from operators.rules import RuleEngine
 from operators.task import MonitorTask
 from schemas.events import SensorReading
 from streams.config import DEFAULT_RULES
+from tests.row_dicts import as_dicts
 
 CFG = AutoencoderConfig(warmup=200, epochs=20, quiet=5)
 
@@ -45,11 +46,11 @@ def _run(task: MonitorTask, events: list[SensorReading], batch: int = 7):
         task.feed("sensor-readings", part, part[-1].ts)
         task.tick(part[-1].ts)
         out = task.collect()
-        rows += out.rows.get("sensor_anomalies", [])
+        rows += as_dicts(out.rows.get("sensor_anomalies", []))
         alerts += out.alerts
     task.finish()
     out = task.collect()
-    return rows + out.rows.get("sensor_anomalies", []), alerts + out.alerts
+    return rows + as_dicts(out.rows.get("sensor_anomalies", [])), alerts + out.alerts
 
 
 def test_broken_relation_raises_one_alert_and_resolves() -> None:
@@ -99,7 +100,7 @@ def _run_no_finish(task: MonitorTask, events: list[SensorReading]) -> tuple[list
         task.feed("sensor-readings", part, part[-1].ts)
         task.tick(part[-1].ts)
         out = task.collect()
-        rows += out.rows.get("sensor_anomalies", [])
+        rows += as_dicts(out.rows.get("sensor_anomalies", []))
         alerts += out.alerts
     return rows, alerts
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from streams.simulate import Simulator
+from streams.cli.simulate import Simulator
 from tests.benchmarks.contenders.common import Spec
 from tests.benchmarks.contenders.streamwatch_pipeline import settings_for
 from tests.benchmarks.dataset import Dataset, scenario

@@ -24,9 +24,10 @@ import orjson
 import pytest
 
 from schemas.decode import Decoder
-from streams import kafka, repartition
-from streams.embedded import EmbeddedBroker, free_port
-from streams.monitors import build_monitors
+from streams.connectors import kafka
+from streams.connectors.embedded import EmbeddedBroker, free_port
+from streams.runtime import repartition
+from streams.runtime.monitors import build_monitors
 from tests.harness import Deployment, Message, WorkerProcess, ctr_tail, produce
 from tests.reference import ctr_reference
 from tests.test_e2e_ctr import MIN

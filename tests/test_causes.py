@@ -324,7 +324,7 @@ def test_bad_condition_is_refused() -> None:
 
 def test_a_ctr_alert_is_held_until_the_cause_monitors_reach_its_window() -> None:
     from streams.config import Settings
-    from streams.correlate import Causes
+    from streams.runtime.correlate import Causes
 
     marks = {"ctr": 30 * MIN, "drift": 2 * MIN, "service": 20 * MIN}
     settings = msgspec.convert({"causes": {"hold_s": 300, "feed": False}}, Settings)
@@ -353,7 +353,7 @@ def test_a_ctr_alert_is_held_until_the_cause_monitors_reach_its_window() -> None
 
 def test_a_held_alert_goes_out_after_max_hold_s_whatever_the_watermarks() -> None:
     from streams.config import Settings
-    from streams.correlate import Causes
+    from streams.runtime.correlate import Causes
 
     settings = msgspec.convert({"causes": {"max_hold_s": 0.05, "feed": False}}, Settings)
     causes = Causes(settings, producer=None, env={}, watermarks=lambda: {"drift": 0})
@@ -382,8 +382,8 @@ def test_a_refused_request_is_kept_and_fails_the_flush_like_an_alert() -> None:
 
     from schemas.events import RetrainRequest
     from streams.config import Settings
-    from streams.retrain import RetrainPublisher
-    from streams.sinks import SinkError, Sinks
+    from streams.runtime.retrain import RetrainPublisher
+    from streams.runtime.sinks import SinkError, Sinks
 
     producer = Producer({"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 300})
     settings = msgspec.convert({}, Settings)
@@ -409,7 +409,7 @@ def test_a_request_found_due_on_the_feeds_thread_waits_for_the_timer() -> None:
     """`Causes.remote` runs on the alerts feed's thread: what it finds due is published
     by the next `advance` (the timer, under the pipeline's lock), not from that thread."""
     from streams.config import Settings
-    from streams.correlate import Causes
+    from streams.runtime.correlate import Causes
 
     class Recorder:  # stands in for the sinks' produce (no broker is involved here)
         def __init__(self) -> None:

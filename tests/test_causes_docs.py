@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.config import load_settings
-from streams.correlate import correlator_config, retrain_policies
+from streams.runtime.correlate import correlator_config, retrain_policies
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "causes.md"
 

@@ -223,7 +223,7 @@ def test_restore_of_an_empty_snapshot_is_fresh() -> None:
     det = ChangeDetectors()
     run(ctr_series(1, [0.02] * 50), det)
     det.restore({})
-    assert det.series == {} and det.snapshot()["series"] == []
+    assert det.series == {} and det.snapshot()["state"]["series"] == {}
 
 
 def test_series_silent_for_expire_ms_are_forgotten() -> None:
@@ -311,12 +311,12 @@ def test_task_raises_and_resolves_change_alerts_and_checkpoints() -> None:
         mine = [a for a in alerts if a.rule == f"ctr_change_{m}"]
         assert [a.status for a in mine] == ["firing", "resolved"]
         assert mine[0].kind == "change" and "changed up" in mine[0].message
-    assert "changes" in task.snapshot()
+    assert task.snapshot()["state"]["changes"] is not None
 
-    # without change detection the snapshot has no key; a task with it
+    # without change detection the snapshot has none; a task with it
     # restores such a snapshot (fresh detectors), and the reverse works too
     plain = new_task(with_changes=False)
-    assert "changes" not in plain.snapshot()
+    assert plain.snapshot()["state"]["changes"] is None
     new_task().restore(plain.snapshot())
     new_task(with_changes=False).restore(task.snapshot())
     # positional construction is unchanged

@@ -4,6 +4,7 @@ false-alarm budget (operators/change.py, "Residuals and a false-alarm budget")."
 from __future__ import annotations
 
 import math
+import pickle
 
 import msgspec
 import numpy as np
@@ -194,10 +195,19 @@ def test_a_snapshot_from_before_residuals_restores() -> None:
     assert fired(whole)  # the raw day's changes: something to continue identically
     first = ChangeDetectors()
     head = first.observe(obs[:100])
-    state = first.snapshot()
-    state["series"] = [
-        [*row[:6], [[ts, v] for ts, v, _ in row[6]], row[7]] for row in state["series"]
-    ]
+    # as state format 1 wrote it before residuals: positional, pickled river detectors
+    state = {
+        "series": [
+            [kind, metric, entity, s.count, s.last_ts, s.scale, [[ts, v] for ts, v in s.history],
+             {name: [pickle.dumps(m.detector, protocol=4), m.center, m.floor, m.last]
+              for name, m in s.methods.items()}]
+            for (kind, metric, entity), s in first.series.items()
+        ],
+        "max_ts": first.max_ts,
+        "swept_at": first.swept_at,
+    }  # fmt: skip
+    assert any(row[7] for row in state["series"])  # detectors to upgrade
+    state = msgspec.msgpack.decode(msgspec.msgpack.encode(state))
     second = ChangeDetectors()
     second.restore(state)
     assert not second.series[("ctr", "ctr", "c1")].residual

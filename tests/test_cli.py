@@ -59,7 +59,7 @@ def test_bad_configuration_is_one_clear_line(tmp_path, toml: str, message: str |
     path.write_text(toml)
     if message is None:  # operator options are checked when monitors are built
         from streams.config import ConfigError, load_settings
-        from streams.monitors import build_monitors
+        from streams.runtime.monitors import build_monitors
 
         with pytest.raises(ConfigError, match=r"monitors\.ctr\.options"):
             build_monitors(load_settings(path, env={}))
@@ -111,7 +111,7 @@ def test_example_configuration_is_valid() -> None:
     from pathlib import Path
 
     from streams.config import load_settings
-    from streams.monitors import build_monitors
+    from streams.runtime.monitors import build_monitors
 
     path = Path(__file__).parent.parent / "deploy" / "streamwatch.example.toml"
     settings = load_settings(path, env={})
@@ -127,13 +127,13 @@ def test_example_configuration_is_valid() -> None:
         "quality",
         "experiment",
         "funnel",  # v2: CTR/CVR/revenue guardrails per experiment arm (operators/funnel.py)
-        "repartition",  # the forwarder re-keying inputs (streams/repartition.py)
+        "repartition",  # the forwarder re-keying inputs (streams/runtime/repartition.py)
     }
 
 
 def test_nested_operator_options_from_toml(tmp_path) -> None:
     from streams.config import load_settings
-    from streams.monitors import build_monitors
+    from streams.runtime.monitors import build_monitors
 
     path = tmp_path / "c.toml"
     path.write_text(

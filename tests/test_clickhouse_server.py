@@ -45,7 +45,7 @@ import orjson
 import pytest
 
 from schemas.tables import TABLES
-from streams.clickhouse import connect, ensure_schema
+from streams.connectors.clickhouse import connect, ensure_schema
 from tests.harness import (
     ROOT,
     Deployment,
@@ -82,7 +82,7 @@ pytestmark = [
 class Server:
     """The ClickHouse server at `url`, and a fresh database on it for one test."""
 
-    # what /health's sink_error says while the server is down (streams.clickhouse.Writer)
+    # what /health's sink_error says while the server is down (streams.connectors.clickhouse.Writer)
     outage_error = "insert into"
 
     def __init__(self, url: str) -> None:

@@ -16,6 +16,7 @@ from operators.cluster import ClusterConfig, ClusterOperator
 from operators.rules import RuleEngine
 from operators.task import MonitorTask
 from schemas.events import SensorReading
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000  # 2026-11-18, divisible by 60 000
 SRC = "sensor-readings"
@@ -53,11 +54,11 @@ def test_new_regime_is_flagged_and_the_quiet_stretch_is_not() -> None:
         events = [reading(T0 + i * 1000, **normal(rng)) for i in range(quiet)]
         events += [reading(T0 + (quiet + j) * 1000, **far(rng)) for j in range(new)]
         out = run_all(ClusterOperator(), events)
-        flagged = sorted((r["ts"] - T0) // 1000 for r in out.rows["sensor_anomalies"])
+        flagged = sorted((r["ts"] - T0) // 1000 for r in as_dicts(out.rows["sensor_anomalies"]))
         false_pos += sum(1 for i in flagged if i < quiet)  # judged from i = warmup = 200
         recalls.append(sum(1 for i in flagged if quiet <= i < quiet + 30) / 30)
         late_flags.append(sum(1 for i in flagged if i >= quiet + 300))
-        rows = out.rows["sensor_anomalies"]
+        rows = as_dicts(out.rows["sensor_anomalies"])
         assert {(r["method"], r["metric"]) for r in rows} == {("cluster", "hum|temp|vib")}
         assert all(r["score"] == r["value"] / r["threshold"] > 1 for r in rows)
     fpr = false_pos / (3 * (quiet - 200))
@@ -73,7 +74,7 @@ def test_distances_and_thresholds_match_a_numpy_reference() -> None:
     rng = random.Random(4)
     points = [normal(rng) if rng.random() > 0.05 else far(rng) for _ in range(600)]
     out = run_all(ClusterOperator(cfg), [reading(T0 + i * 1000, **p) for i, p in enumerate(points)])
-    got = [(r["ts"], r["value"], r["threshold"]) for r in out.rows["sensor_anomalies"]]
+    got = [(r["ts"], r["value"], r["threshold"]) for r in as_dicts(out.rows["sensor_anomalies"])]
 
     features = ["hum", "temp", "vib"]
     scaler = preprocessing.StandardScaler()
@@ -167,9 +168,9 @@ def test_missing_features_are_skipped_and_sites_share_a_model() -> None:
     events.append(reading(T0 + 20, sensor="s0", site="plant", a=1.0))  # no b
     events.append(reading(T0 + 21, sensor="s9", a=1.0))  # no site: its own model
     run_all(op, events)
-    assert sorted(op.models) == ["s9", "site\x1fplant"]
-    assert op.models["site\x1fplant"].seen == 10 and op.skipped == 1
-    assert op.models["site\x1fplant"].metric == "a|b"
+    assert sorted(op.models) == [("sensor", "s9"), ("site", "plant")]
+    assert op.models[("site", "plant")].seen == 10 and op.skipped == 1
+    assert op.models[("site", "plant")].metric == "a|b"
 
 
 def test_learning_budget_is_counted_in_event_time() -> None:
@@ -182,8 +183,8 @@ def test_learning_budget_is_counted_in_event_time() -> None:
             op.feed(SRC, events[i : i + batch])
             op.advance(events[min(i + batch, 59)].ts)
         op.advance(T0 + 10**6)
-        assert op.models["s1"].scaler.counts["temp"] == 30
-        assert op.models["s1"].seen == 60
+        assert op.models[("sensor", "s1")].scaler.counts["temp"] == 30
+        assert op.models[("sensor", "s1")].seen == 60
 
 
 # -- event time and checkpoints -------------------------------------------------------
@@ -219,12 +220,12 @@ def _run(events, split_at=None, lateness_ms=0, batch=9):
         assert task.feed(SRC, events[i : i + batch], now_ms=0) == []
         task.tick(now_ms=0)
         out = task.operator.collect()
-        rows += [sorted(r.items()) for r in out.rows.get("sensor_anomalies", [])]
+        rows += [sorted(r.items()) for r in as_dicts(out.rows.get("sensor_anomalies", []))]
         obs += out.observations
     task.feed(SRC, [reading(T0 + 10**8, sensor="end", temp=0.0)], now_ms=0)
     task.tick(now_ms=0)
     out = task.operator.collect()
-    rows += [sorted(r.items()) for r in out.rows.get("sensor_anomalies", [])]
+    rows += [sorted(r.items()) for r in as_dicts(out.rows.get("sensor_anomalies", []))]
     obs += out.observations
     return sorted(rows), sorted(obs, key=repr)
 

@@ -1,6 +1,6 @@
 """The conformance suite: properties every monitor of the registry must have (issue 12, point 5).
 
-Run over `streams.monitors.OPERATORS`, so a new monitor is included automatically; its input
+Run over `streams.runtime.monitors.OPERATORS`, so a new monitor is included automatically; its input
 comes from `tests.conformance_inputs.GENERATORS` (a monitor without an entry fails here). The
 task is built as the worker builds it: operator, default rules, change detection, relations.
 
@@ -11,40 +11,71 @@ task is built as the worker builds it: operator, default rules, change detection
    tables' final view (one row per key, as `SELECT ... FINAL` shows it), the observations and
    the alerts (as sets); no event is late.
 3. After a watermark far past all input, the operator holds nothing of its windows and
-   entities: its snapshot has the shape of a fresh operator's (every container as empty),
-   apart from the learned models its case names in `keeps` (and the relations expired).
-   The rule engine's and change detection's memory per entity is not judged here.
-4. Every emitted row has exactly the columns of its table (`schemas.tables`, columns with a
-   DEFAULT may be left out), each value of the column's type.
+   entities: its state (the `state` of its versioned snapshot) has the shape of a fresh
+   operator's (every container as empty), apart from the learned models its case names
+   in `keeps` (and the relations expired). The rule engine's and change detection's
+   memory per entity is not judged here.
+4. Every emitted row is of its table's row type (`schemas.rows`, so it has exactly the
+   table's columns but `inserted_at`), each value of the column's type.
 5. Every observation is of a (kind, metric) the operator declares (`Operator.observes`), and
    every declared and every change-detection metric has a default rule.
+6. State is typed and versioned (`operators.state`, the upgrade policy of docs/operations.md
+   "Upgrading"): the task's snapshot and each part's (operator, rules, watermark, changes,
+   relations) is `{"format": N, "state": ...}`; a snapshot of that part in a newer format
+   (N + 1, as a `StateCodec` of a bumped format writes it) is refused with a
+   `StateFormatError` naming its owner (the operator's: the monitor; in a task: the
+   monitor), never restored half-right.
+7. No module under operators/ builds a string-joined composite key (a "\x1f" in a string
+   that is not a docstring nor the separator of a split/partition/replace reading a
+   format-1 key): composite keys are tuples.
 
 Deliberately broken variants tried (each made this suite fail, then reverted):
 - a CTR restore that forgets the baseline (`CtrOperator.restore` without
   `self.judge.restore(...)`): property 1 fails (the alerts after the restore differ, and the
   restored snapshot lacks the baselines);
-- a misspelt `window_strat` in the cluster's `sensor_anomalies` rows: property 4 fails;
+- a misspelt `window_strat` in the cluster's `sensor_anomalies` rows: property 4 failed
+  while rows were dicts; typed rows (`schemas.rows`) now refuse it where the row is built
+  (TypeError, tests/test_rows.py), so the cluster operator fails before any property;
 - the SRM operator no longer popping closed windows (`pop_ending_until` -> `ending_between`):
   properties 2 (rows emitted again at every step) and 3 (windows kept) fail;
 - the service operator emitting `latency_p95` observations it does not declare: property 5
   fails;
 - the sensor restore dropping the pending (not yet judged) readings: property 1 fails;
 - the quality operator counting a label that arrives before its prediction as an orphan at
-  once (instead of holding it until the watermark passes): property 2 fails.
+  once (instead of holding it until the watermark passes): property 2 fails;
+- the rule engine's restore forgetting when each rule last fired (`last_fired` left empty):
+  property 1 fails (the restored snapshot differs, and a cooling-down rule fires again);
+- the relation learner's restore forgetting its last expiry time: property 1 fails (the
+  restored snapshot differs from the one it came from);
+- the watermark's restore reading the snapshot's plain state without its codec (any
+  format accepted): property 6 fails (a newer format is restored, not refused);
+- the rule engine keying episodes by f"{rule}\x1f{entity}" again: property 7 fails.
+
+Not caught here: change detection's restore dropping the change awaiting its 0.0
+(`_Method.last`): no case's series reaches change detection's warm-up (30 points of one
+series), so its detectors never run in this suite; tests/test_change_detection.py's and
+tests/test_state_stD.py's restore tests catch it.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
 import random
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from operators import causes, change, rules, watermark
 from operators.change import DEFAULT_WATCH, METHODS
-from operators.state import FORMAT_KEY
+from operators.state import StateFormatError
+from schemas.rows import Row
 from schemas.tables import TABLES_BY_NAME, Table
 from streams.config import load_settings
-from streams.monitors import OPERATORS
+from streams.runtime.monitors import OPERATORS
 from tests.conformance import Run, batches, canon, drive, task_factory
 from tests.conformance_inputs import GENERATORS, Case
 
@@ -111,10 +142,14 @@ def final_view(run: Run) -> dict[str, dict[Any, Any]]:
     view: dict[str, dict[Any, Any]] = {}
     for table, row in run.rows:
         spec = TABLES_BY_NAME[table]
-        key = tuple(row.get(c) for c in spec.order_by)
+        key = tuple(getattr(row, c) for c in spec.order_by)
         rows = view.setdefault(table, {})
         old = rows.get(key)
-        if old is None or spec.version is None or row[spec.version] >= old[spec.version]:
+        if (
+            old is None
+            or spec.version is None
+            or getattr(row, spec.version) >= getattr(old, spec.version)
+        ):
             rows[key] = row
     return {t: {k: canon(r) for k, r in rows.items()} for t, rows in view.items()}
 
@@ -153,10 +188,21 @@ def shape(value: Any) -> Any:
     return None
 
 
-def _state_of(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """The state of a versioned snapshot (`operators.state`: {"format": N, "state": ...});
-    an operator not yet converted snapshots its state bare."""
-    return snapshot["state"] if FORMAT_KEY in snapshot else snapshot
+def versioned(snapshot: Any) -> bool:
+    """A versioned dump of `operators.state.StateCodec`: {"format": N, "state": ...}."""
+    return (
+        isinstance(snapshot, dict)
+        and set(snapshot) == {"format", "state"}
+        and type(snapshot["format"]) is int
+    )
+
+
+def state_of(snapshot: Any) -> Any:
+    """An operator's state: a versioned snapshot's `state` (`operators.state`), or the
+    snapshot itself (state format 1)."""
+    if isinstance(snapshot, dict) and "format" in snapshot and "state" in snapshot:
+        return snapshot["state"]
+    return snapshot
 
 
 @pytest.mark.parametrize("name", MONITORS)
@@ -165,7 +211,7 @@ def test_state_is_empty_after_a_watermark_far_past_all_input(name: str) -> None:
     make = task_factory(name, case)
     _, task = drive(make, case.events, far_ms=FAR_MS)
     fresh = make()
-    after, before = (_state_of(t.operator.snapshot()) for t in (task, fresh))
+    after, before = state_of(task.operator.snapshot()), state_of(fresh.operator.snapshot())
     assert set(case.keeps) <= set(after), f"{name}: keeps names keys its snapshot lacks"
     for key in sorted(set(after) | set(before)):
         if key in case.keeps:
@@ -174,7 +220,9 @@ def test_state_is_empty_after_a_watermark_far_past_all_input(name: str) -> None:
             f"{name}: snapshot[{key!r}] still holds state a month after the last event"
         )
     if task.relations is not None:
-        assert shape(task.relations.snapshot()) == shape(fresh.relations.snapshot())
+        assert shape(state_of(task.relations.snapshot())) == shape(
+            state_of(fresh.relations.snapshot())
+        ), f"{name}: relations still held a month after the last event"
 
 
 # -- 4. rows match their tables ----------------------------------------------------------
@@ -200,11 +248,14 @@ def _type_ok(kind: str, value: Any) -> bool:
     raise AssertionError(f"no check for the column type {kind}")
 
 
-def row_problems(table: Table, row: dict[str, Any]) -> list[str]:
+def row_problems(table: Table, typed: Row) -> list[str]:
+    if type(typed) is not table.row:
+        return [f"a {type(typed).__name__}, not the table's {table.row.__name__}"]
+    row = msgspec.structs.asdict(typed)
     problems = []
     kinds = dict(table.columns)
     unknown = sorted(set(row) - set(kinds))
-    missing = sorted(set(table.required_columns) - set(row))
+    missing = sorted(set(table.insert_columns) - set(row))
     if unknown:
         problems.append(f"unknown columns {unknown}")
     if missing:
@@ -251,4 +302,132 @@ def test_observations_are_declared_and_have_default_rules(name: str) -> None:
     )
     assert changes <= ruled, f"{name}: change metrics without a default rule: " + str(
         sorted(changes - ruled)
+    )
+
+
+# -- 6. typed, versioned state; a newer format refused -------------------------------------
+
+PARTS = ("watermark", "operator", "rules", "changes", "relations")
+# the owner a part's refusal starts with (the operator's names its monitor)
+OWNERS = {
+    "watermark": watermark.CODEC.owner,
+    "rules": rules.CODEC.owner,
+    "changes": change.CODEC.owner,
+    "relations": causes.CODEC.owner,
+}
+
+
+def bumped(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot as a StateCodec of the next format would write it."""
+    return {"format": snapshot["format"] + 1, "state": copy.deepcopy(snapshot["state"])}
+
+
+def refusal(restore: Callable[[], None]) -> str | None:
+    """The StateFormatError's message of `restore()`, None if it restored."""
+    try:
+        restore()
+    except StateFormatError as exc:
+        return str(exc)
+    return None
+
+
+_ENDED: dict[str, Any] = {}
+
+
+def ended_task(name: str) -> Any:
+    """The task at the end of the monitor's case (built once per session)."""
+    if name not in _ENDED:
+        case = case_of(name)
+        _ENDED[name] = drive(task_factory(name, case), case.events)[1]
+    return _ENDED[name]
+
+
+@pytest.mark.parametrize("part", ("task", *PARTS))
+@pytest.mark.parametrize("name", MONITORS)
+def test_state_is_versioned_and_a_newer_format_is_refused(name: str, part: str) -> None:
+    make = task_factory(name, case_of(name))
+    task = ended_task(name)
+    whole = task.snapshot()
+    if part == "task":
+        assert versioned(whole), f"{name}: MonitorTask.snapshot() is not {{'format', 'state'}}"
+        told = refusal(lambda: make().restore(bumped(whole)))
+        assert told is not None, f"{name}: the task restored a snapshot of a newer format"
+        assert name in told, f"{name}: the task's refusal does not name the monitor: {told}"
+        return
+    component = getattr(task, part)
+    if component is None:
+        pytest.skip(f"{name} has no {part}")
+    kind = type(component).__name__
+    snapshot = component.snapshot()
+    assert versioned(snapshot), (
+        f"{name}: {kind}.snapshot() is not a versioned dump {{'format', 'state'}} "
+        "(operators/state.py StateCodec.dump)"
+    )
+    # the part alone: refused, naming its owner (an operator: its monitor)
+    told = refusal(lambda: getattr(make(), part).restore(bumped(snapshot)))
+    assert told is not None, (
+        f"{name}: {kind}.restore took a snapshot of format {snapshot['format'] + 1} "
+        "instead of refusing it with StateFormatError"
+    )
+    owner = OWNERS.get(part, name)
+    assert owner in told, f"{name}: {kind}'s refusal does not name {owner!r}: {told}"
+    # inside the task: refused, naming the monitor
+    inside = {"format": whole["format"], "state": dict(whole["state"])}
+    inside["state"][part] = bumped(snapshot)
+    told = refusal(lambda: make().restore(inside))
+    assert told is not None and name in told, (
+        f"{name}: a task holding its {part} in a newer format was restored, or its "
+        f"refusal ({told}) does not name the monitor"
+    )
+
+
+# -- 7. no string-joined composite keys ----------------------------------------------------
+
+OPERATORS_DIR = Path(__file__).resolve().parent.parent / "operators"
+# methods whose first argument may be the separator: reading a format-1 key in an upgrade
+READERS = frozenset({"split", "rsplit", "partition", "rpartition", "replace"})
+
+
+def joined_keys(source: str) -> list[int]:
+    """Lines of the string constants holding "\x1f" that are neither docstrings (string
+    statements) nor the separator a READERS method is given."""
+    tree = ast.parse(source)
+    exempt: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            exempt.add(id(node.value))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in READERS
+            and node.args
+        ):
+            exempt.add(id(node.args[0]))
+    return sorted(
+        {
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "\x1f" in node.value
+            and id(node) not in exempt
+        }
+    )
+
+
+def test_joined_keys_are_found() -> None:
+    """The check itself: a joined key is found; a docstring or a format-1 reader is not."""
+    source = 'def f(a, b):\n    """a\x1fb"""\n    a.split("\x1f")\n    return f"{a}\x1f{b}"\n'
+    assert joined_keys(source) == [4]
+
+
+@pytest.mark.parametrize(
+    "path", sorted(OPERATORS_DIR.rglob("*.py")), ids=lambda p: str(p.relative_to(OPERATORS_DIR))
+)
+def test_no_string_joined_composite_keys(path: Path) -> None:
+    lines = joined_keys(path.read_text())
+    assert not lines, (
+        f"operators/{path.relative_to(OPERATORS_DIR)}, lines {lines}: a string-joined "
+        '("\\x1f") composite key; keys of typed state are tuples (issue 12 point 3, '
+        "operators/state.py); only reading a format-1 key (split/partition) may use it"
     )

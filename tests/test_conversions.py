@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from operators.ctr import CtrConfig, CtrOperator
 from tests.ctr_replay import clk, conv, imp, replay, within_lateness
 from tests.reference import conversions_reference
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000
 HOUR = 3_600_000
@@ -56,13 +57,13 @@ def test_hand_computed_conversions() -> None:
         ],
     )
     op.advance(T0 + 60_000 + 600_000)  # the CTR final row: conversions so far
-    final = latest(op.collect().rows["ctr_windows"])[(T0, "c1", "")]
+    final = latest(as_dicts(op.collect().rows["ctr_windows"]))[(T0, "c1", "")]
     assert (final["version"], final["clicks"], final["conversions"]) == (2, 3, 2)
     assert final["cvr"] == 2 / 3
     assert final["revenue"] == 12.0  # a's first conversion by time is v2
     assert (final["duplicate_conversions"], final["orphan_conversions"]) == (2, 1)
     op.advance(T0 + 10**9)
-    rows = latest(op.collect().rows["ctr_windows"])
+    rows = latest(as_dicts(op.collect().rows["ctr_windows"]))
     # v3 (at T0 + 10 s + 1 h) is past the final row's watermark: it came before that row
     # here but could as well have come after it, so a version-3 row follows either way
     # (the rows do not depend on the arrival order), with the same figures
@@ -83,7 +84,7 @@ def test_conversion_after_the_final_row_writes_version_3() -> None:
     op.feed("impressions", [imp("a", T0), imp("b", T0 + 1)])
     op.feed("clicks", [clk("ka", "a", T0 + 10), clk("kb", "b", T0 + 20)])
     op.advance(T0 + 60_000 + 600_000)
-    (v2,) = [r for r in op.collect().rows["ctr_windows"] if r["final"]]
+    (v2,) = [r for r in as_dicts(op.collect().rows["ctr_windows"]) if r["final"]]
     assert (v2["version"], v2["conversions"], v2["cvr"]) == (2, 0, 0.0)
     assert op.memory_items()["impressions"] == 0  # impressions forgotten ...
     assert op.memory_items()["clicks"] == 2  # ... the counted clicks kept
@@ -91,7 +92,7 @@ def test_conversion_after_the_final_row_writes_version_3() -> None:
     op.advance(T0 + 60_000 + 600_000 + HOUR - 1)  # not yet
     assert not op.collect().rows.get("ctr_windows")
     op.advance(T0 + 60_000 + 600_000 + HOUR)
-    rows = [r for r in op.collect().rows["ctr_windows"] if r["window_start"] == T0]
+    rows = [r for r in as_dicts(op.collect().rows["ctr_windows"]) if r["window_start"] == T0]
     assert [(r["version"], r["final"], r["conversions"], r["revenue"]) for r in rows] == [
         (3, 1, 1, 99.5)
     ]
@@ -105,7 +106,7 @@ def test_no_version_3_when_every_conversion_came_before_the_final_rows_watermark
     op.feed("clicks", [clk("ka", "a", T0 + 10)])
     op.feed("conversions", [conv("v", "ka", T0 + 60_000 + 600_000 - 1, 3.0)])
     op.advance(T0 + 10**9)
-    rows = [r for r in op.collect().rows["ctr_windows"] if r["window_start"] == T0]
+    rows = [r for r in as_dicts(op.collect().rows["ctr_windows"]) if r["window_start"] == T0]
     assert [(r["version"], r["conversions"]) for r in rows] == [(2, 1)]
 
 
@@ -117,7 +118,7 @@ def test_conversion_before_its_click_and_impression_joins() -> None:
     op.advance(T0 + 1_500)  # no effect: the watermark never goes back
     op.feed("impressions", [imp("a", T0 + 1_000)])
     op.advance(T0 + 10**9)
-    row = latest(op.collect().rows["ctr_windows"])[(T0, "c1", "")]
+    row = latest(as_dicts(op.collect().rows["ctr_windows"]))[(T0, "c1", "")]
     assert (row["clicks"], row["conversions"], row["revenue"], row["orphan_conversions"]) == (
         1,
         1,

@@ -1,6 +1,6 @@
 """Crash-only: an unhandled failure ends the real worker, loudly and at once.
 
-Each fault of streams/faults.py (test-only, armed by STREAMWATCH_TEST_FAULTS when
+Each fault of streams/runtime/faults.py (test-only, armed by STREAMWATCH_TEST_FAULTS when
 the worker starts) is triggered inside a real worker process on the suite's broker
 (Tansu) and chDB by a message carrying the `streamwatch-test-fault` header. The
 worker must then log the cause at ERROR level and exit non-zero within seconds
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.faults import HEADER
+from streams.runtime.faults import HEADER
 from tests.harness import Deployment, WorkerProcess
 
 pytestmark = pytest.mark.integration

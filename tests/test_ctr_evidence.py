@@ -16,6 +16,7 @@ from operators.task import MonitorTask
 from operators.watermark import NO_WATERMARK
 from schemas.events import Click, Impression
 from streams.config import DEFAULT_RULES
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000
 MIN = 60_000
@@ -234,7 +235,7 @@ def test_demo_ctr_incident_alerts_and_resolves_after_it_ends_not_before() -> Non
     incident, and every episode resolves after the incident ended (before issue 13
     the trailing baseline absorbed the drop and it resolved within the incident)."""
     from schemas.decode import Decoder
-    from streams.simulate import Incident, Scenario, Simulator
+    from streams.cli.simulate import Incident, Scenario, Simulator
 
     start = 1_780_000_200_000 - 1_780_000_200_000 % MIN
     incident = Incident("ctr_drop", "cmp-002", start_s=1200, duration_s=600, factor=0.25)
@@ -295,5 +296,5 @@ def test_a_snapshot_from_before_the_evidence_judge_restores_windows_and_restarts
     restored.restore(state)
     assert restored.judge.baseline.get("c") is None
     restored.advance(T0 + 2 * MIN + CtrConfig().attribution_ms)
-    rows = restored.collect().rows["ctr_windows"]
+    rows = as_dicts(restored.collect().rows["ctr_windows"])
     assert [(r["campaign_id"], r["impressions"]) for r in rows if r["final"]] == [("c", 1)]

@@ -13,13 +13,14 @@ from operators.rules import Rule, RuleEngine
 from operators.task import MonitorTask
 from tests.ctr_replay import clk, imp, replay, within_lateness
 from tests.reference import ctr_reference
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000  # 2026-11-18, a window boundary (divisible by 60 000)
 assert T0 % 60_000 == 0
 
 
 def final_rows(op: CtrOperator) -> list[dict]:
-    return [r for r in op.collect().rows.get("ctr_windows", []) if r["final"]]
+    return [r for r in as_dicts(op.collect().rows.get("ctr_windows", [])) if r["final"]]
 
 
 def test_hand_computed_window() -> None:
@@ -39,7 +40,7 @@ def test_hand_computed_window() -> None:
         ],
     )
     op.advance(T0 + 60_000)  # first window closes: provisional row
-    provisional = op.collect().rows["ctr_windows"]
+    provisional = as_dicts(op.collect().rows["ctr_windows"])
     assert [(r["window_start"], r["final"], r["impressions"]) for r in provisional] == [(T0, 0, 3)]
     assert provisional[0]["orphan_clicks"] == 1  # k4 resolved: watermark passed it
     op.advance(T0 + 60_000 + 600_000)  # attribution over: final row
@@ -81,7 +82,7 @@ def test_lagging_watermark_emits_only_the_final_row() -> None:
     op = CtrOperator()
     op.feed("impressions", [imp("a", T0)])
     op.advance(T0 + 10**7)
-    rows = op.collect().rows["ctr_windows"]
+    rows = as_dicts(op.collect().rows["ctr_windows"])
     assert [r["final"] for r in rows] == [1]
 
 
@@ -186,7 +187,7 @@ def test_p_values_are_scipys_window_by_window_when_many_windows_close_at_once() 
     op.feed("clicks", clicks)
     op.advance(T0 + 8 * 60_000 + 600_000)  # all 24 windows final in one step
     out = op.collect()
-    rows = [r for r in out.rows["ctr_windows"] if r["final"]]
+    rows = [r for r in as_dicts(out.rows["ctr_windows"]) if r["final"]]
     assert len(rows) == 24
     # Changed on purpose (issue 13): the baseline is now the windows the CUSUM cleared
     # (tested in tests/test_ctr_evidence.py), so each drop p-value is checked against

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.simulate import Incident, Scenario, Simulator
+from streams.cli.simulate import Incident, Scenario, Simulator
 from tests.conftest import ARTIFACTS
 from tests.harness import Deployment, WorkerProcess, produce
 
@@ -79,7 +79,7 @@ def deployment(tmp, bootstrap: str, name: str = "dashboard") -> Deployment:
     quality = {"options": {"label_delay_ms": 600_000}}
     # every key of this small run hashes to partition 1: the experiment-keyed streams
     # would wait the default 120 s for partition 0's forwarders before their windows
-    # close (streams/repartition.py); 10 s of silence lets them go within the test
+    # close (streams/runtime/repartition.py); 10 s of silence lets them go within the test
     return Deployment(
         tmp,
         bootstrap,

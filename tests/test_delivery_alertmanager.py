@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 from tests.delivery_services import (
     Alertmanager,
     DeliveryDeployment,

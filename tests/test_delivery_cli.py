@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams import kafka
-from streams.embedded import EmbeddedBroker
+from streams.connectors import kafka
+from streams.connectors.embedded import EmbeddedBroker
 from tests.delivery_services import alert_event, publish
 from tests.harness import ROOT, Deployment
 

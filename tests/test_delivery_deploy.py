@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams import kafka
 from streams.config import load_settings
+from streams.connectors import kafka
+from streams.connectors.embedded import EmbeddedBroker
 from streams.delivery import router
 from streams.delivery.journal import Journal
-from streams.embedded import EmbeddedBroker
 from tests.delivery_services import alert_event
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 from tests.delivery_services import Alertmanager, DeliveryDeployment, Webhooks
 from tests.harness import WorkerProcess, consume_all, produce
 from tests.test_e2e_ctr import CtrTraffic

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 from tests.delivery_services import (
     DeliveryDeployment,
     Mailbox,

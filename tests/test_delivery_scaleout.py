@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 from tests.delivery_services import DeliveryDeployment, Webhooks, alert_event, publish
 from tests.harness import WorkerProcess
 

@@ -17,7 +17,7 @@ Sensor incidents: `test_demo_sensor_incidents_alert_while_they_last` (the
 alert that holds each of them; the regime's point alerts resolve within seconds while
 it lasts, by design).
 
-The demo's experiments (issue 16, `streams.demo.DEMO_EXPERIMENTS` and
+The demo's experiments (issue 16, `streams.cli.demo.DEMO_EXPERIMENTS` and
 `experiment_incidents`) are checked the same way by
 `test_demo_experiment_incidents_alert_and_resolve_after_they_end`, with the rules of
 `EXPERIMENT_ALERTS`: each alerts while its incident lasts and resolves after it
@@ -45,9 +45,8 @@ import pytest
 
 from schemas.decode import Decoder, Rejection
 from schemas.events import Alert
-from streams.cli import _scenario
-from streams.config import load_settings
-from streams.demo import (
+from streams.cli.commands import _scenario
+from streams.cli.demo import (
     DEMO_CONVERSION_MS,
     DEMO_CONVERSIONS,
     DEMO_EXPERIMENTS,
@@ -55,8 +54,9 @@ from streams.demo import (
     demo_monitors,
     experiment_incidents,
 )
-from streams.monitors import build_monitors
-from streams.simulate import Incident, Scenario, Simulator, default_incidents
+from streams.cli.simulate import Incident, Scenario, Simulator, default_incidents
+from streams.config import load_settings
+from streams.runtime.monitors import build_monitors
 from tests.test_e2e_monitors import DELAY_S, DETECTED_BY, entities
 
 DURATION_S = 3600
@@ -69,7 +69,7 @@ RESOLVE_HORIZON_S = {"quality": DEMO_LABEL_DELAY_MS / 1000 + 3 * 300}
 
 def demo_scenario() -> Scenario:
     incidents = default_incidents(DURATION_S, campaigns=3)
-    # what `streamwatch demo` adds (streams/cli.py `_scenario`, demo=True)
+    # what `streamwatch demo` adds (streams/cli/commands.py `_scenario`, demo=True)
     incidents.append(Incident("latency_spike", "model-0", DURATION_S * 0.8, DURATION_S * 0.1, 3.0))
     incidents.extend(experiment_incidents(DURATION_S))
     return Scenario(
@@ -110,7 +110,7 @@ GUARDRAIL_CLEAR_S = 3 * 300  # guardrails resolve after 3 clear windows
 
 def run_tasks(scenario: Scenario, monitors: tuple[str, ...] = MONITORS) -> list[Alert]:
     settings = load_settings(env={})
-    # the demo's label delay and conversion window, conversions joined (streams/demo.py)
+    # the demo's label delay and conversion window, conversions joined (streams/cli/demo.py)
     demo_monitors(settings)
     for name, monitor in settings.monitors.items():
         monitor.enabled = name in monitors
@@ -223,7 +223,7 @@ def test_demo_sensor_incidents_alert_while_they_last() -> None:
 
     The scenario is the demo's with its ad and inference traffic switched off: every
     traffic kind draws from its own seeded stream, so the sensor readings are the
-    demo's, byte for byte (streams/simulate.py), and the run takes seconds."""
+    demo's, byte for byte (streams/cli/simulate.py), and the run takes seconds."""
     import dataclasses
 
     scenario = dataclasses.replace(

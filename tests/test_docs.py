@@ -1,8 +1,8 @@
 """The user documentation (docs/): its SQL runs, it covers everything, its links resolve.
 
 Every ```sql block in docs/ runs against the project's real tables in chDB (schema from
-streams.clickhouse.ensure_schema, a few rows in every table). chDB allows one data directory
-per process, so the schema, the rows and all queries run in ONE child process; the pytest
+streams.connectors.clickhouse.ensure_schema, a few rows in every table). chDB allows one data
+directory per process, so the schema, the rows and all queries run in ONE child process; the pytest
 process never opens chDB. A query with a misspelt column runs alongside and must fail, which
 proves the check is live.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from schemas.tables import TABLES
-from streams.monitors import OPERATORS
+from streams.runtime.monitors import OPERATORS
 from tests.chdb_child import run_in_chdb
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,6 +18,7 @@ from operators.reference import (
 from operators.stats import binned_counts, psi
 from schemas.events import InferenceLog
 from schemas.tables import DRIFT_SCORES
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_200_000  # a 5-minute window boundary
 W = 300_000
@@ -74,7 +75,7 @@ def run(op: DriftOperator, events: list[InferenceLog], until: int) -> tuple[list
     op.feed("inference-logs", events)
     op.advance(until)
     out = op.collect()
-    return out.rows.get("drift_scores", []), out.observations
+    return as_dicts(out.rows.get("drift_scores", [])), out.observations
 
 
 def test_reference_profile_shape_and_json_roundtrip(reference: ReferenceProfile) -> None:
@@ -281,7 +282,7 @@ def test_snapshot_restore_mid_window_equals_uninterrupted(
     assert out.observations == expected.observations
     m2 = {
         (r["window_start"], r["window_end"], r["model_version"], r["n"], r["reference_version"])
-        for r in expected.rows["drift_scores"]
+        for r in as_dicts(expected.rows["drift_scores"])
         if r["model_id"] == "m2" and r["feature"] == "x1"
     }
     assert m2 == {(T0 + 2 * W, T0 + 4 * W, "b,c", 120, "warmup:b")}

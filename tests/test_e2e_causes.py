@@ -34,9 +34,9 @@ import orjson
 import pytest
 
 from schemas.events import Alert, RetrainRequest
-from streams import repartition
-from streams.monitors import build_monitors
-from streams.simulate import Incident, Scenario, Simulator
+from streams.cli.simulate import Incident, Scenario, Simulator
+from streams.runtime import repartition
+from streams.runtime.monitors import build_monitors
 from tests.harness import (
     Deployment,
     WorkerProcess,
@@ -268,8 +268,8 @@ def dashboard(worker: WorkerProcess) -> tuple[dict[str, Any], dict[str, Any]]:
 def test_a_cause_raised_by_another_worker_arrives_through_the_feed(tmp_path, broker) -> None:
     """An alert on the topic (as another worker publishes it) becomes a possible cause
     of a CTR alert this worker raises; the CTR alert keeps its id."""
-    from streams import kafka
-    from streams.correlate import Causes
+    from streams.connectors import kafka
+    from streams.runtime.correlate import Causes
 
     d = Deployment(tmp_path, broker.bootstrap, "causes-feed", partitions=2)
     settings = d.settings()

@@ -30,10 +30,12 @@ import msgspec
 import orjson
 import pytest
 
-from streams import repartition
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from schemas.rows import Row
+from streams.runtime import repartition
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 from tests.harness import Deployment, Message, WorkerProcess, consume_all, produce
+from tests.row_dicts import as_dicts
 
 pytestmark = pytest.mark.integration
 
@@ -141,9 +143,9 @@ def reference(d: Deployment, sent: list[Message]) -> tuple[list[dict], dict[str,
     alerts: dict[str, dict] = {}
 
     class Outputs:
-        def rows(self, table: str, out: list[dict]) -> None:
+        def rows(self, table: str, out: list[Row]) -> None:
             if table == "experiment_windows":
-                rows.extend(out)
+                rows.extend(as_dicts(out))
 
         def alerts(self, out: list) -> None:
             for a in out:

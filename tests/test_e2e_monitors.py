@@ -33,9 +33,7 @@ import pytest
 
 from operators.reference import PREDICTION
 from schemas.events import Alert
-from streams import repartition
-from streams.monitors import build_monitors
-from streams.simulate import (
+from streams.cli.simulate import (
     METRICS,
     MODEL_VERSION,
     REGRESSOR,
@@ -43,6 +41,8 @@ from streams.simulate import (
     Scenario,
     default_incidents,
 )
+from streams.runtime import repartition
+from streams.runtime.monitors import build_monitors
 from tests.harness import Deployment, WorkerProcess, consume_all, produce, simulated, tail
 
 pytestmark = pytest.mark.integration

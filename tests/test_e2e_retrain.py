@@ -21,7 +21,7 @@ import pytest
 
 from operators.retrain import request_id
 from schemas.events import Alert, RetrainRequest
-from streams.simulate import MODEL_VERSION, Incident
+from streams.cli.simulate import MODEL_VERSION, Incident
 from tests.harness import (
     Deployment,
     WorkerProcess,

@@ -126,7 +126,7 @@ def test_orderly_stop_closes_the_last_windows_once(tmp_path, broker) -> None:
 UNTIL_SCRIPT = """
 import sys, time
 from streams.config import load_settings
-from streams.worker import Worker
+from streams.runtime.worker import Worker
 
 settings = load_settings(sys.argv[1], env={})
 worker = Worker(settings)

@@ -22,6 +22,7 @@ from operators.rules import RuleEngine
 from operators.task import MonitorTask
 from schemas.events import Impression, InferenceLog
 from streams.config import DEFAULT_RULES
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_200_000
 W = 300_000
@@ -180,14 +181,14 @@ def run(events_by_source, cfg: ExperimentConfig | None = None, split_at: int | N
             assert task.feed(source, batch, now_ms=now) == []
         task.tick(now_ms=now)
         out = task.collect()
-        rows += out.rows.get(EXPERIMENT_TABLE, [])
+        rows += as_dicts(out.rows.get(EXPERIMENT_TABLE, []))
         alerts += out.alerts
     now = len(merged) * 10 + 100
     task.feed("inference-logs", [log(-1, T0 + 1000 * W, "control", 1.0)], now_ms=now)
     task.feed("impressions", [imp(-1, T0 + 1000 * W, "control")], now_ms=now)
     task.tick(now_ms=now)
     out = task.collect()
-    rows += out.rows.get(EXPERIMENT_TABLE, [])
+    rows += as_dicts(out.rows.get(EXPERIMENT_TABLE, []))
     alerts += out.alerts
     return rows, alerts
 

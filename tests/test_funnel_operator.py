@@ -19,6 +19,7 @@ from operators.rules import RuleEngine
 from operators.task import MonitorTask
 from schemas.events import Click, Conversion, Impression
 from streams.config import DEFAULT_RULES
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_200_000  # a 5-minute boundary
 assert T0 % 300_000 == 0
@@ -113,7 +114,7 @@ def run(events: list, cfg: FunnelConfig | None = None, split_at: int | None = No
             task.feed(source, [e for s, e in events[i : i + 50] if s == source], now_ms=0)
         task.tick(now_ms=0)
         out = task.collect()
-        rows += out.rows.get("experiment_windows", [])
+        rows += as_dicts(out.rows.get("experiment_windows", []))
         alerts += out.alerts
     imp = Impression(impression_id="end", ts=END, campaign_id="c", user_id="u")
     task.feed("impressions", [imp], now_ms=0)
@@ -129,7 +130,7 @@ def run(events: list, cfg: FunnelConfig | None = None, split_at: int | None = No
     )
     task.tick(now_ms=0)
     out = task.collect()
-    rows += out.rows.get("experiment_windows", [])
+    rows += as_dicts(out.rows.get("experiment_windows", []))
     alerts += out.alerts
     return rows, alerts
 

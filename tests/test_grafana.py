@@ -5,8 +5,8 @@ inside the 24-column grid, and every data source uid one of the provisioned ones
 
 SQL: every ClickHouse query of the dashboard (panels, annotations, template variables) has
 its grafana-clickhouse-datasource macros replaced by concrete SQL and runs against the
-project's real tables in chDB (schema from streams.clickhouse.ensure_schema, a few rows in
-every table). chDB allows one data directory per process, so the schema, the rows and all
+project's real tables in chDB (schema from streams.connectors.clickhouse.ensure_schema, a few
+rows in every table). chDB allows one data directory per process, so the schema, the rows and all
 queries run in ONE child process; the pytest process never opens chDB.
 """
 

@@ -1,4 +1,4 @@
-"""The decisions of /health and /health/live (streams/health.py), case by case.
+"""The decisions of /health and /health/live (streams/runtime/health.py), case by case.
 
 The states are those the real worker's runtime and source record (plain values
 here: the clock and the figures from the broker); the real worker is exercised
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streams.health import liveness, readiness
+from streams.runtime.health import liveness, readiness
 
 POLL_AGE_S = 60.0
 STALL_S = 120.0

@@ -257,7 +257,7 @@ def test_the_evaluator_sees_an_open_door(breakage: str) -> None:
 
 def test_probes_follow_the_worker_health_pages() -> None:
     """Readiness on /health; liveness (and start-up) on /health/live, which turns 503
-    when the worker failed or its polling loop is stuck (streams/health.py, tested
+    when the worker failed or its polling loop is stuck (streams/runtime/health.py, tested
     against the real worker in tests/test_crash_only.py); the grace period covers
     the worker's own bounded stop."""
     deployment = docs()["Deployment/streamwatch-worker"]

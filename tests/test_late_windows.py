@@ -20,9 +20,10 @@ from schemas.events import (
     LabelEvent,
     SensorReading,
 )
+from schemas.rows import Row
 from streams.config import load_settings
-from streams.monitors import OPERATORS, build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from streams.runtime.monitors import OPERATORS, build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 
 T0 = 1_795_000_200_000  # a 5-minute boundary
 MIN = 60_000
@@ -35,7 +36,7 @@ class LateRecorder:
     def __init__(self) -> None:
         self.late_rows: list[tuple[str, int, int]] = []  # (monitor, event ts, window start)
 
-    def rows(self, table: str, rows: list[dict[str, Any]]) -> None: ...
+    def rows(self, table: str, rows: list[Row]) -> None: ...
 
     def alerts(self, alerts: list[Any]) -> None: ...
 

@@ -6,10 +6,12 @@ from typing import Any
 
 import orjson
 
-from streams.checkpoints import Checkpoint, decode, encode
+from schemas.rows import Row
 from streams.config import load_settings
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
+from streams.connectors.checkpoints import Checkpoint, decode, encode
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
+from tests.row_dicts import as_dicts
 
 MIN = 60_000
 T0 = 1_795_000_020_000
@@ -24,8 +26,8 @@ class Recorder:
         self.rejects: list[str] = []
         self.late_events: list[tuple[str, int]] = []
 
-    def rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        self.table_rows.setdefault(table, []).extend(rows)
+    def rows(self, table: str, rows: list[Row]) -> None:
+        self.table_rows.setdefault(table, []).extend(as_dicts(rows))
 
     def alerts(self, alerts: list[Any]) -> None: ...
 

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 
 from schemas.decode import MAX_ERROR_CHARS, Decoder, Rejection
 from schemas.events import INPUT_EVENTS, DeadLetter, Event
-from streams import dead_letters, kafka
-from streams.pipeline import RawMessage
-from streams.sinks import Sinks
+from streams.connectors import dead_letters, kafka
+from streams.runtime.pipeline import RawMessage
+from streams.runtime.sinks import Sinks
 from tests.poison import nasty
+from tests.row_dicts import as_dicts
 
 TS = 1_795_000_020_000
 REASONS = {
@@ -167,7 +168,7 @@ def test_a_dead_letter_never_exceeds_what_the_producer_can_send(broker) -> None:
             assert not letter.raw_truncated  # small enough: copied whole
         assert kafka_key == (None if key is None else key[:1024])
     # the table keeps more: every message a default Kafka broker takes, whole
-    rows = {r["offset"]: r for r in sinks.buffer["dead_letters"]}
+    rows = {r["offset"]: r for r in as_dicts(sinks.buffer["dead_letters"])}
     for offset, (_, value) in originals.items():
         kept = base64.b64decode(rows[offset]["raw"])
         assert kept == value[: 1024 * 1024]
@@ -212,7 +213,7 @@ def test_sinks_refuse_a_producer_too_small_for_late_copies() -> None:
 
 
 def _operator_errors(monitor: str, stage: str) -> float:
-    from streams import metrics
+    from streams.runtime import metrics
 
     return metrics.OPERATOR_ERRORS.labels(monitor, stage)._value.get()
 
@@ -224,8 +225,8 @@ def test_a_monitor_failing_on_one_event_rejects_that_event_not_the_batch() -> No
     from dataclasses import replace
 
     from streams.config import load_settings
-    from streams.monitors import build_monitors
-    from streams.pipeline import Pipeline
+    from streams.runtime.monitors import build_monitors
+    from streams.runtime.pipeline import Pipeline
     from tests.test_pipeline import LOGICAL, Recorder
 
     def faulty_task(make: Any) -> Any:
@@ -280,8 +281,8 @@ def test_a_huge_sensor_value_does_not_take_the_worker_down() -> None:
     and `learn` raises KeyError when the watermark releases them, in `tick`). Whatever
     an operator does with such input, the pipeline goes on."""
     from streams.config import load_settings
-    from streams.monitors import build_monitors
-    from streams.pipeline import Pipeline
+    from streams.runtime.monitors import build_monitors
+    from streams.runtime.pipeline import Pipeline
     from tests.test_pipeline import LOGICAL, Recorder
 
     out = Recorder()

@@ -26,8 +26,8 @@ import pytest
 
 from schemas.decode import Decoder, Rejection
 from schemas.events import DeadLetter
-from streams.dead_letters import TABLE_RAW_MAX_BYTES
-from streams.kafka import MESSAGE_MAX_BYTES
+from streams.connectors.dead_letters import TABLE_RAW_MAX_BYTES
+from streams.connectors.kafka import MESSAGE_MAX_BYTES
 from tests.harness import Deployment, Message, WorkerProcess, consume_all, ctr_tail, produce
 from tests.poison import BROKER_LIMIT, nasty
 

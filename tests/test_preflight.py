@@ -1,4 +1,4 @@
-"""Start-up checks: each failure is one line naming what to fix (streams/preflight.py)."""
+"""Start-up checks (streams/connectors/preflight.py): each failure is one line naming a fix."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from streams.config import load_settings
-from streams.embedded import free_port
-from streams.preflight import (
+from streams.connectors.embedded import free_port
+from streams.connectors.preflight import (
     PreflightError,
     chdb_holder,
     check_clickhouse,
@@ -30,7 +30,7 @@ def _holder(env: dict[str, str]) -> subprocess.Popen[str]:
     code = (
         "import sys, time\n"
         "from streams.config import load_settings\n"
-        "from streams.preflight import hold_data_dir\n"
+        "from streams.connectors.preflight import hold_data_dir\n"
         "hold_data_dir(load_settings())\n"
         "print('held', flush=True)\n"
         "time.sleep(120)\n"

@@ -28,7 +28,7 @@ import orjson
 import pytest
 import yaml
 
-from streams.embedded import free_port
+from streams.connectors.embedded import free_port
 from tests.harness import Deployment, WorkerProcess, produce
 from tests.test_crash_only import trigger, wait_ready
 from tests.test_e2e_ctr import MALFORMED

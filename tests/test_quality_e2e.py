@@ -20,7 +20,7 @@ import pytest
 
 from operators.quality import QualityConfig, QualityOperator
 from schemas.decode import Decoder
-from streams.simulate import MODEL_VERSION, REGRESSOR, Incident, Simulator
+from streams.cli.simulate import MODEL_VERSION, REGRESSOR, Incident, Simulator
 from tests.harness import (
     Deployment,
     WorkerProcess,
@@ -31,6 +31,7 @@ from tests.harness import (
     simulated,
     tail,
 )
+from tests.row_dicts import as_dicts
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ def reference_rows(events: list[Any]) -> dict[tuple, dict[str, Any]]:
     for source, event in events:
         op.feed(source, [event])
     op.advance(START_MS + 10**9)
-    rows = op.collect().rows["quality_windows"]
+    rows = as_dicts(op.collect().rows["quality_windows"])
     return {(r["window_start"], r["model_id"], r["model_version"]): r for r in rows}
 
 

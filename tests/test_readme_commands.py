@@ -40,7 +40,7 @@ import pytest
 
 from streams.cli import main
 from streams.config import DEFAULT_RULES
-from streams.embedded import free_port
+from streams.connectors.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

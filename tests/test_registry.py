@@ -10,9 +10,9 @@ import msgspec
 
 from operators.drift import DriftOperator
 from operators.reference import build_profile
-from streams import repartition
 from streams.config import load_settings
-from streams.monitors import OPERATORS, build_monitors
+from streams.runtime import repartition
+from streams.runtime.monitors import OPERATORS, build_monitors
 
 
 def test_every_monitor_is_built_with_its_config_and_drift_gets_the_references(

@@ -1,4 +1,4 @@
-"""Re-keying through internal topics (streams/repartition.py), transport-free.
+"""Re-keying through internal topics (streams/runtime/repartition.py), transport-free.
 
 The pipeline without a broker loops forwarded records back to itself, with the
 same keys, partitions and source headers the worker produces; the broker runs
@@ -13,11 +13,11 @@ import orjson
 import pytest
 
 from operators.watermark import NO_WATERMARK
-from streams import repartition
-from streams.checkpoints import decode, encode
 from streams.config import ConfigError, load_settings
-from streams.monitors import build_monitors
-from streams.pipeline import SEEN, Pipeline, RawMessage, merged_progress
+from streams.connectors.checkpoints import decode, encode
+from streams.runtime import repartition
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import SEEN, Pipeline, RawMessage, merged_progress
 from tests.test_pipeline import LOGICAL, MIN, T0, Recorder
 
 # one experiment over four campaigns in four partitions, 60/40 instead of 50/50:

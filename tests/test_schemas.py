@@ -162,7 +162,7 @@ def test_ddl_covers_every_table_and_applies(tmp_path) -> None:
     # applied for real in chDB, in a child process (chDB allows one directory per process)
     code = (
         "import clickhouse_connect, sys\n"
-        "from streams.clickhouse import ensure_schema\n"
+        "from streams.connectors.clickhouse import ensure_schema\n"
         f"c = clickhouse_connect.get_client(dsn='chdb://{tmp_path}/ch')\n"
         "ensure_schema(c, 'streamwatch'); ensure_schema(c, 'streamwatch')\n"
         "print(sorted(r[0] for r in c.query('SHOW TABLES FROM streamwatch').result_rows))\n"

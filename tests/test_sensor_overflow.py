@@ -19,6 +19,7 @@ from operators.cluster import Z_MAX, ClusterConfig, ClusterOperator
 from operators.sensor import SensorOperator
 from schemas.decode import Decoder, Rejection
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000
 SRC = "sensor-readings"
@@ -43,7 +44,7 @@ def run(op, events: list[SensorReading]):
 
 
 def finite_outputs(out) -> bool:
-    cells = [v for rows in out.rows.values() for r in rows for v in r.values()]
+    cells = [v for rows in out.rows.values() for r in as_dicts(rows) for v in r.values()]
     cells += [o.value for o in out.observations]
     return all(math.isfinite(v) for v in cells if isinstance(v, float))
 
@@ -57,10 +58,10 @@ def test_cluster_scores_an_extreme_reading_instead_of_raising() -> None:
     quiet = [1e-150 * rng.gauss(0, 1) for _ in range(300)]
     op = ClusterOperator(ClusterConfig(warmup=100))
     out = run(op, readings([*quiet, 1e100, -1e100, *quiet[:50]]))
-    flagged = {(r["ts"] - T0) // 1000 for r in out.rows["sensor_anomalies"]}
+    flagged = {(r["ts"] - T0) // 1000 for r in as_dicts(out.rows["sensor_anomalies"])}
     assert {300, 301} <= flagged
     assert finite_outputs(out)
-    model = op.models["s1"]
+    model = op.models[("sensor", "s1")]
     assert all(math.isfinite(v) for c in model.model.centers.values() for v in c.values())
     # and it still judges: a reading of the quiet regime after the spikes is found
     # a centre (no KeyError), every coordinate bounded by the clamp
@@ -73,7 +74,7 @@ def test_cluster_counts_a_reading_beyond_the_bound_and_skips_it(caplog) -> None:
     op = ClusterOperator(ClusterConfig(warmup=10))
     with caplog.at_level("WARNING", logger="operators.cluster"):
         out = run(op, readings([1.0, 2.0, 1.7e308, 3.0, -1.9e154]))
-    assert op.out_of_range == 2 and op.models["s1"].seen == 3
+    assert op.out_of_range == 2 and op.models[("sensor", "s1")].seen == 3
     assert caplog.text.count("beyond 1e+100") == 1  # once per entity
     assert finite_outputs(out)
     restored = ClusterOperator(ClusterConfig(warmup=10))

@@ -15,6 +15,7 @@ from operators.service import ServiceConfig, ServiceOperator
 from operators.task import MonitorTask
 from schemas.events import InferenceLog
 from schemas.tables import INFERENCE_WINDOWS
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_020_000  # a minute boundary
 W = 60_000
@@ -57,7 +58,7 @@ def test_hand_made_window() -> None:
     op.feed("inference-logs", events)
     op.advance(T0 + 60_000)
     out = op.collect()
-    (row,) = out.rows["inference_windows"]
+    (row,) = as_dicts(out.rows["inference_windows"])
     assert set(row) == set(INFERENCE_WINDOWS.column_names) - {"inserted_at"}
     assert (row["window_start"], row["window_end"]) == (T0, T0 + W)
     assert (row["model_id"], row["model_version"]) == ("m1", "v1")
@@ -95,7 +96,7 @@ def test_exact_percentiles_match_numpy_and_versions_are_separate() -> None:
     op = ServiceOperator()
     op.feed("inference-logs", events)
     op.advance(T0 + W)
-    rows = {r["model_version"]: r for r in op.collect().rows["inference_windows"]}
+    rows = {r["model_version"]: r for r in as_dicts(op.collect().rows["inference_windows"])}
     for v, xs in lat.items():
         p50, p95, p99 = np.percentile(xs, [50, 95, 99])
         assert rows[v]["latency_p50"] == pytest.approx(p50, rel=1e-12)
@@ -142,7 +143,7 @@ def test_snapshot_restore_mid_window_equals_uninterrupted() -> None:
     second.advance(T0 + 3 * W)
     out.extend(second.collect())
     assert out.rows == expected.rows and out.observations == expected.observations
-    assert len(expected.rows["inference_windows"]) == 6
+    assert len(as_dicts(expected.rows["inference_windows"])) == 6
 
 
 def test_rules_on_service_observations() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from streams.embedded import EmbeddedBroker, free_port
+from streams.connectors.embedded import EmbeddedBroker, free_port
 from tests.harness import ROOT, Deployment, WorkerProcess, produce, to_toml
 from tests.test_crash_only import ALL_FAULTS, get, trigger, wait_ready
 from tests.test_e2e_ctr import MALFORMED
@@ -90,7 +90,7 @@ def test_failed_task_with_a_stuck_thread_still_exits(tmp_path, broker) -> None:
     (the `threading._shutdown` hang); a SIGTERM meanwhile changes nothing."""
     from confluent_kafka import Producer
 
-    from streams.faults import HEADER
+    from streams.runtime.faults import HEADER
 
     d = deployment(tmp_path, broker.bootstrap, "stop-failed")
     worker = WorkerProcess(d).start()

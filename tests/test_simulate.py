@@ -21,7 +21,7 @@ import pytest
 
 from schemas.decode import Decoder, Rejection
 from schemas.events import KEY_FIELD
-from streams.simulate import (
+from streams.cli.simulate import (
     FEATURES,
     KINDS,
     METRICS,

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.decode import Decoder, Rejection
 from schemas.events import KEY_FIELD
-from streams.simulate import Incident, Scenario, Simulator, check_incidents
+from streams.cli.simulate import Incident, Scenario, Simulator, check_incidents
 
 START_MS = 1_767_225_600_000
 DROP = Incident("cvr_drop", "exp-cmp-000/B", 300, 600, 0.3)

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.cli.simulate import Incident, Scenario, Simulator, check_incidents
 from streams.config import load_settings
-from streams.simulate import Incident, Scenario, Simulator, check_incidents
 from tests.simulated_pipeline import Collected, run_simulated
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.cli.simulate import Incident, Scenario, Simulator
 from streams.config import load_settings
-from streams.simulate import Incident, Scenario, Simulator
 from tests.simulated_pipeline import Collected, run_simulated
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary

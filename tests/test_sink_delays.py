@@ -1,6 +1,6 @@
 """The sinks' close->delivery delays: measured only once rows are written, kept on failure.
 
-`streams.sinks.Sinks` with the real ClickHouse writer over chDB, its outage injected the
+`streams.runtime.sinks.Sinks` with the real ClickHouse writer over chDB, its outage injected the
 way the worker's own tests inject it (`Writer.fail_writes`), and a real confluent-kafka
 producer (nothing is produced: these rows go to ClickHouse only). chDB allows one data
 directory per process and the pytest process opens none, so the scenario runs in a child
@@ -21,8 +21,9 @@ CHILD = textwrap.dedent(
     """
     import json, sys, time
     from confluent_kafka import Producer
-    from streams.clickhouse import Writer, connect, ensure_schema
-    from streams.sinks import SinkError, Sinks
+    from streams.connectors.clickhouse import Writer, connect, ensure_schema
+    from streams.runtime.sinks import SinkError, Sinks
+    from schemas.rows import CtrWindowRow
 
     client = connect("chdb://" + sys.argv[1])
     ensure_schema(client, "streamwatch")
@@ -36,7 +37,7 @@ CHILD = textwrap.dedent(
         "final": 1, "version": 2, "conversions": 0, "cvr": 0.0, "revenue": 0.0,
         "orphan_conversions": 0, "duplicate_conversions": 0,
     }
-    rows = [dict(row, campaign_id=f"c{i}") for i in range(2)]
+    rows = [CtrWindowRow(**dict(row, campaign_id=f"c{i}")) for i in range(2)]
     out = {}
     sinks.rows("ctr_windows", rows)
     writer.fail_writes = True

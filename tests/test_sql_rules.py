@@ -1,4 +1,4 @@
-"""Rules written in SQL (streams.sql_rules) against real chDB tables.
+"""Rules written in SQL (streams.runtime.sql_rules) against real chDB tables.
 
 Seed 004's example rule (error count per model over a minute, HAVING
 error_count > 100) fires on the model whose row matches and resolves when the
@@ -18,9 +18,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from streams.clickhouse import Writer, connect, ensure_schema
+from schemas.rows import InferenceWindowRow
 from streams.config import ConfigError, Settings
-from streams.sql_rules import SqlRules
+from streams.connectors.clickhouse import Writer, connect, ensure_schema
+from streams.runtime.sql_rules import SqlRules
 from tests.test_causes_docs import example
 
 pytestmark = pytest.mark.integration
@@ -48,21 +49,21 @@ def chdb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Writer]:
     return tmp, Writer(client, "streamwatch")
 
 
-def window(model: str, start: int, errors: int) -> dict[str, Any]:
-    return {
-        "window_start": start,
-        "window_end": start + MIN,
-        "model_id": model,
-        "model_version": "1",
-        "requests": 10_000,
-        "errors": errors,
-        "error_rate": errors / 10_000,
-        "latency_p50": 1.0,
-        "latency_p95": 2.0,
-        "latency_p99": 3.0,
-        "confidence_mean": None,
-        "low_confidence_ratio": None,
-    }
+def window(model: str, start: int, errors: int) -> InferenceWindowRow:
+    return InferenceWindowRow(
+        window_start=start,
+        window_end=start + MIN,
+        model_id=model,
+        model_version="1",
+        requests=10_000,
+        errors=errors,
+        error_rate=errors / 10_000,
+        latency_p50=1.0,
+        latency_p95=2.0,
+        latency_p99=3.0,
+        confidence_mean=None,
+        low_confidence_ratio=None,
+    )
 
 
 def run_once(rules: SqlRules, now: float) -> list[Any]:

@@ -20,6 +20,7 @@ from operators.stats import alpha_for_budget
 from operators.task import MonitorTask
 from schemas.events import Impression
 from streams.config import DEFAULT_RULES
+from tests.row_dicts import as_dicts
 
 T0 = 1_795_000_200_000  # a 5-minute boundary
 W = 300_000
@@ -122,7 +123,7 @@ def test_45_55_split_at_10k_is_critical() -> None:
     op = SrmOperator()
     op.feed("impressions", split_events(4500, 5500))
     out = close(op)
-    [row] = out.rows[SRM_TABLE]
+    [row] = as_dicts(out.rows[SRM_TABLE])
     assert set(row) == ROW_COLUMNS
     assert row["counts"] == {"A": 4500, "B": 5500} and row["total"] == 10_000
     assert row["variants"] == "A,B" and row["expected"] == {"A": 0.5, "B": 0.5}
@@ -196,7 +197,7 @@ def test_unplanned_variant_is_reported_not_tested() -> None:
     events = split_events(500, 500) + [imp(10**6 + k, T0 + k, "C") for k in range(40)]
     op.feed("impressions", events)
     out = close(op)
-    [row] = out.rows[SRM_TABLE]
+    [row] = as_dicts(out.rows[SRM_TABLE])
     assert row["counts"] == {"A": 500, "B": 500} and row["unexpected"] == {"C": 40}
     assert row["total"] == 1000 and row["p_value"] == pytest.approx(1.0)
 
@@ -215,13 +216,13 @@ def test_users_unit_counts_distinct_users() -> None:
     ]
     op.feed("impressions", events)
     out = close(op)
-    [row] = out.rows[SRM_TABLE]
+    [row] = as_dicts(out.rows[SRM_TABLE])
     assert row["counts"] == {"A": 2, "B": 2} and row["total"] == 4 and row["unit"] == "users"
     assert window_tests(out)[0].details["crossover"] == 1
     # the same impressions by impression count
     op = SrmOperator(SrmConfig(min_total=3))
     op.feed("impressions", events)
-    assert close(op).rows[SRM_TABLE][0]["counts"] == {"A": 4, "B": 2}
+    assert as_dicts(close(op).rows[SRM_TABLE])[0]["counts"] == {"A": 4, "B": 2}
 
 
 # -- order, checkpoints -----------------------------------------------------------
@@ -255,12 +256,14 @@ def _run(events, cfg: SrmConfig, lateness_ms: int = 0, batch: int = 9, split_at=
         out = task.collect()
         # experiment_windows too: its p-values carry the CUSUMs' and the cumulative
         # mSPRT's state (window: combined p; share_cumulative: the always-valid p)
-        rows += out.rows.get(SRM_TABLE, []) + out.rows.get("experiment_windows", [])
+        rows += as_dicts(out.rows.get(SRM_TABLE, [])) + as_dicts(
+            out.rows.get("experiment_windows", [])
+        )
         alerts += out.alerts
     task.feed("impressions", [imp(-1, T0 + 100 * W, None)], now_ms=0)
     task.tick(now_ms=0)
     out = task.collect()
-    rows += out.rows.get(SRM_TABLE, []) + out.rows.get("experiment_windows", [])
+    rows += as_dicts(out.rows.get(SRM_TABLE, [])) + as_dicts(out.rows.get("experiment_windows", []))
     alerts += out.alerts
 
     def order(r):
@@ -307,18 +310,31 @@ def test_snapshot_is_plain_sorted_data() -> None:
     state = op.snapshot()
     dims = {"campaign_id": {"c1": {"B": 2}}}
     arms = {"z": "B", "a": "B"}
+    window = {
+        "counts": {},
+        "users": {"B": {"z": None, "a": None}},  # the users in the order they came
+        "dims": dims,
+        "arms": arms,
+        "crossed": {},
+        "untracked": 0,
+    }
     assert state == {
-        "unit": "users",
-        "windows": [[T0, "exp1", {"B": ["a", "z"]}, dims, arms, [], 0]],
-        "cumulative": {},
-        "cusum": {},
+        "format": 2,
+        "state": {
+            "unit": "users",
+            "windows": {T0: {"exp1": window}},
+            "cumulative": {},
+            "cusum": {},
+        },
     }
     with pytest.raises(ValueError):
         SrmOperator().restore(state)
-    # a snapshot of the format before drill-down and crossover restores its counts
+    # a format-1 snapshot of before drill-down and crossover restores its counts
     old = SrmOperator(SrmConfig(unit="users"))
     old.restore({"unit": "users", "windows": [[T0, "exp1", {"B": ["a", "z"]}]]})
-    assert [(s, e, w.users) for s, e, w in old.windows.items()] == [(T0, "exp1", {"B": {"a", "z"}})]
+    assert [(s, e, set(w.users["B"])) for s, e, w in old.windows.items()] == [
+        (T0, "exp1", {"a", "z"})
+    ]
     with pytest.raises(ValueError):
         SrmConfig(unit="sessions")  # type: ignore[arg-type]
 
@@ -488,7 +504,7 @@ def test_cumulative_finds_a_mismatch_no_window_shows() -> None:
     assert alert.severity == "critical" and "since its start" in alert.message
     [last_a] = [
         r
-        for r in out.rows["experiment_windows"]
+        for r in as_dicts(out.rows["experiment_windows"])
         if r["metric"] == "share_cumulative"
         and r["variant"] == "A"
         and r["window_end"] == T0 + 12 * W
@@ -548,5 +564,5 @@ def test_crossover_users_raise_an_experiment_alert() -> None:
     [alert] = RuleEngine([DEFAULT["experiment_crossover"]]).evaluate([obs])
     assert alert.kind == "experiment" and alert.severity == "warning"
     assert alert.message.startswith("6 users of exp1 were seen in more than one arm")
-    [row] = [r for r in out.rows["experiment_windows"] if r["metric"] == "crossover_rate"]
+    [row] = [r for r in as_dicts(out.rows["experiment_windows"]) if r["metric"] == "crossover_rate"]
     assert row["value"] == pytest.approx(0.02) and row["n"] == 300

@@ -18,7 +18,7 @@ from operators.ctr_evidence import CtrJudge, CtrJudgeState
 from operators.experiment import ExperimentOperator
 from operators.funnel import FunnelOperator
 from operators.state import StateFormatError
-from streams import checkpoints
+from streams.connectors import checkpoints
 from tests import test_conformance as conformance  # a module: pytest collects none of it here
 from tests.conformance import NOW, batches, canon, task_factory
 from tests.conformance_inputs import GENERATORS

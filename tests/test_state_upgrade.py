@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from operators.state import StateFormatError
-from streams.monitors import OPERATORS
+from streams.runtime.monitors import OPERATORS
 from tests.conformance import drive, task_factory
 from tests.conformance_inputs import GENERATORS
 from tests.state_fixtures import split_batch

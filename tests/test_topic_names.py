@@ -10,12 +10,12 @@ import time
 import pytest
 
 from schemas.events import INPUT_EVENTS, INPUT_TOPICS, KEY_FIELD
-from streams import kafka
+from streams.cli.demo import publish_traffic
+from streams.cli.simulate import Scenario
 from streams.config import TopicNames, load_settings
-from streams.demo import publish_traffic
-from streams.embedded import EmbeddedBroker
-from streams.monitors import OPERATORS, build_monitors
-from streams.simulate import Scenario
+from streams.connectors import kafka
+from streams.connectors.embedded import EmbeddedBroker
+from streams.runtime.monitors import OPERATORS, build_monitors
 from tests.harness import consume_all
 
 

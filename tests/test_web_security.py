@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from streams.config import Settings, load_settings
-from streams.web import refusal
+from streams.runtime.web import refusal
 from tests.harness import Deployment, WorkerProcess, produce
 
 pytestmark = pytest.mark.integration
@@ -530,7 +530,7 @@ def test_a_page_on_another_site_cannot_use_the_api(
     import http.server
     import json
 
-    from streams.embedded import free_port
+    from streams.connectors.embedded import free_port
 
     target = tmp_path / "from-the-browser"
     sql = f"SELECT 1 INTO OUTFILE '{target}'"
@@ -618,7 +618,7 @@ def test_many_slow_queries_are_bounded_and_the_dashboard_still_answers(
 JUDGE_CHILD = """
 import json, sys
 import clickhouse_connect
-from streams.sqlguard import Judge, QueryRefused
+from streams.connectors.sqlguard import Judge, QueryRefused
 job = json.load(sys.stdin)
 judge = Judge(clickhouse_connect.get_client(dsn="chdb://" + job["dir"]))
 out = {}
@@ -639,7 +639,7 @@ def test_the_documented_queries_and_the_dashboard_pass_the_judge(tmp_path: Path)
     import json
     import re
 
-    from streams.web import dashboard_queries
+    from streams.runtime.web import dashboard_queries
     from tests.test_docs import sql_blocks
 
     queries = {**sql_blocks(), **{f"dashboard {k}": v for k, v in dashboard_queries().items()}}

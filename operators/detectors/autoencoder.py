@@ -51,8 +51,10 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import numpy as np
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -143,23 +145,65 @@ class Autoencoder:
             v += (1.0 - BETA2) * (g * g)
             self.p[k] -= lr * (m / c1) / (np.sqrt(v / c2) + ADAM_EPS)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "lr": self.lr,
-            "leak": self.leak,
-            "steps": self.steps,
-            "p": {k: v.tolist() for k, v in self.p.items()},
-            "m": {k: v.tolist() for k, v in self.m.items()},
-            "v": {k: v.tolist() for k, v in self.v.items()},
-        }
+    def snapshot(self) -> NetworkState:
+        """The model as a typed checkpoint: every array as (nested) lists of floats, a
+        named field each (msgspec does not encode numpy arrays; lists round-trip float64
+        exactly)."""
+
+        def params(arrays: dict[str, np.ndarray]) -> Params:
+            return Params(**{k: arrays[k].tolist() for k in PARAMS})
+
+        return NetworkState(
+            lr=self.lr,
+            leak=self.leak,
+            steps=self.steps,
+            p=params(self.p),
+            m=params(self.m),
+            v=params(self.v),
+        )
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> Autoencoder:
+    def from_snapshot(cls, state: NetworkState | Mapping[str, Any]) -> Autoencoder:
+        """The model of a checkpoint (typed, or as plain data after msgpack)."""
+        if isinstance(state, Mapping):
+            state = msgspec.convert(state, NetworkState)
+
+        def arrays(params: Params) -> dict[str, np.ndarray]:
+            return {k: np.asarray(getattr(params, k), dtype=float) for k in PARAMS}
+
         ae = cls.__new__(cls)
-        ae.lr = float(state["lr"])
-        ae.leak = float(state.get("leak", 0.0))
-        ae.steps = int(state["steps"])
-        ae.p = {k: np.asarray(state["p"][k], dtype=float) for k in PARAMS}
-        ae.m = {k: np.asarray(state["m"][k], dtype=float) for k in PARAMS}
-        ae.v = {k: np.asarray(state["v"][k], dtype=float) for k in PARAMS}
+        ae.lr, ae.leak, ae.steps = state.lr, state.leak, state.steps
+        ae.p, ae.m, ae.v = arrays(state.p), arrays(state.m), arrays(state.v)
         return ae
+
+
+class Params(msgspec.Struct):
+    """One value per parameter of the network: the weights, or an Adam moment of each."""
+
+    w1: list[list[float]]  # k x d
+    b1: list[float]  # k
+    w2: list[list[float]]  # d x k
+    b2: list[float]  # d
+
+
+class NetworkState(msgspec.Struct):
+    """`Autoencoder`'s checkpoint: step size, leak, Adam's step count, the parameters
+    and Adam's first and second moments."""
+
+    lr: float
+    leak: float
+    steps: int
+    p: Params
+    m: Params
+    v: Params
+
+
+def network_state_from_format_1(old: Mapping[str, Any]) -> dict[str, Any]:
+    """State format 1 (the same names; "leak" absent before it existed: 0) as plain
+    `NetworkState` data."""
+    return {
+        "lr": float(old["lr"]),
+        "leak": float(old.get("leak", 0.0)),
+        "steps": int(old["steps"]),
+        **{k: {name: old[k][name] for name in PARAMS} for k in ("p", "m", "v")},
+    }

@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import numpy as np
 
 MAD_TO_SIGMA = 1.4826022185056018  # 1 / Phi^-1(3/4)
@@ -145,19 +147,48 @@ class AnomalyLikelihood:
         self.scale = max(MAD_TO_SIGMA * mad, self.min_scale)
         self.since_fit = 0
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "window": list(self.window),
-            "history": list(self.history),
-            "fit": [self.center, self.scale, self.since_fit],
-            "total": self.total,  # the running sum as it is (its rounding included)
-        }
+    def snapshot(self) -> LikelihoodState:
+        return LikelihoodState(
+            window=list(self.window),
+            total=self.total,
+            history=list(self.history),
+            center=self.center,
+            scale=self.scale,
+            since_fit=self.since_fit,
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: LikelihoodState | Mapping[str, Any]) -> None:
+        """The state of a checkpoint (typed, or as plain data after msgpack)."""
+        if isinstance(state, Mapping):
+            state = msgspec.convert(state, LikelihoodState)
         self.window.clear()
-        self.window.extend(float(v) for v in state["window"])
-        self.total = float(state["total"])
+        self.window.extend(state.window)
+        self.total = state.total
         self.history.clear()
-        self.history.extend(float(v) for v in state["history"])
-        self.center, self.scale = float(state["fit"][0]), float(state["fit"][1])
-        self.since_fit = int(state["fit"][2])
+        self.history.extend(state.history)
+        self.center, self.scale, self.since_fit = state.center, state.scale, state.since_fit
+
+
+class LikelihoodState(msgspec.Struct):
+    """`AnomalyLikelihood`'s checkpoint."""
+
+    window: list[float]  # the last `short` scores
+    total: float  # their running sum as it is (its rounding included)
+    history: list[float]  # the normal short-term averages, oldest first
+    center: float  # the last fit's median
+    scale: float  # and its scale (1.4826 MAD, floored)
+    since_fit: int  # readings since that fit
+
+
+def likelihood_state_from_format_1(old: Mapping[str, Any]) -> dict[str, Any]:
+    """State format 1 ({"window", "history", "fit": [center, scale, since_fit], "total"})
+    as plain `LikelihoodState` data."""
+    center, scale, since_fit = old["fit"]
+    return {
+        "window": list(old["window"]),
+        "total": float(old["total"]),
+        "history": list(old["history"]),
+        "center": float(center),
+        "scale": float(scale),
+        "since_fit": int(since_fit),
+    }

@@ -45,8 +45,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import numpy as np
 
 
@@ -112,20 +114,51 @@ class TailProbability:
         v = self.fitted
         return int(np.count_nonzero(v >= s)) / len(v)
 
-    def snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"values": list(self.values), "since_fit": self.since_fit}
+    def snapshot(self) -> TailState:
+        fit = None
         if self.since_fit < self.refit:  # the fit is still in use: keep it as it is
-            state["fit"] = [self.u, self.beta, self.tail_share, self.fitted.tolist()]
-        return state
+            fit = TailFit(self.u, self.beta, self.tail_share, self.fitted.tolist())
+        return TailState(values=list(self.values), since_fit=self.since_fit, fit=fit)
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: TailState | Mapping[str, Any]) -> None:
+        """The history of a checkpoint (typed, or as plain data after msgpack)."""
+        state = msgspec.convert(state, TailState) if isinstance(state, Mapping) else state
         self.values.clear()
-        self.values.extend(float(v) for v in state["values"])
-        self.since_fit = int(state["since_fit"])
-        if "fit" in state:
-            u, beta, share, ordered = state["fit"]
-            self.u, self.beta, self.tail_share = float(u), float(beta), float(share)
-            self.fitted = np.asarray(ordered, dtype=float)
-        else:
+        self.values.extend(state.values)
+        self.since_fit = state.since_fit
+        fit = state.fit
+        if fit is not None:
+            self.u, self.beta, self.tail_share = fit.u, fit.beta, fit.tail_share
+            self.fitted = np.asarray(fit.fitted, dtype=float)
+        else:  # no fit in use: the next `score_one` fits afresh
             self.fitted = np.empty(0)
             self.since_fit = max(self.since_fit, self.refit)
+
+
+class TailFit(msgspec.Struct):
+    """The fit `score_one` judges against: the threshold u, the exponential scale beta,
+    the tail's share of the history and the history as it was fitted."""
+
+    u: float
+    beta: float
+    tail_share: float
+    fitted: list[float]
+
+
+class TailState(msgspec.Struct):
+    """`TailProbability`'s checkpoint: the history, scores since the last fit, and that
+    fit while it is still in use (None: the next `score_one` refits anyway)."""
+
+    values: list[float]
+    since_fit: int
+    fit: TailFit | None = None
+
+
+def tail_state_from_format_1(old: Mapping[str, Any]) -> dict[str, Any]:
+    """State format 1 ({"values", "since_fit", "fit": [u, beta, share, fitted]?}) as
+    plain `TailState` data."""
+    fit = None
+    if "fit" in old:
+        u, beta, share, fitted = old["fit"]
+        fit = {"u": u, "beta": beta, "tail_share": share, "fitted": list(fitted)}
+    return {"values": list(old["values"]), "since_fit": int(old["since_fit"]), "fit": fit}

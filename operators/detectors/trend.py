@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import numpy as np
 from numba import njit
 
@@ -185,12 +187,25 @@ class RiseDetector:
     def reset(self) -> None:
         self.head = self.n = self.s = self.ties = 0
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"values": self.values, "s": self.s}
+    def snapshot(self) -> RiseState:
+        return RiseState(size=self.size, values=self.values, s=self.s)
 
-    def restore(self, state: dict[str, Any]) -> None:
-        values = [float(v) for v in state["values"]][-self.size :]
+    def restore(self, state: RiseState | Mapping[str, Any]) -> None:
+        """The detector of a checkpoint (typed, or as plain data after msgpack), its size
+        included; the tie term is derived from the readings, so it is recomputed."""
+        state = msgspec.convert(state, RiseState) if isinstance(state, Mapping) else state
+        values = state.values[-state.size :]
+        self.size = state.size
+        self.ring = np.zeros(state.size)
         self.ring[: len(values)] = values
         self.head, self.n = 0, len(values)
-        self.s = int(state["s"])
+        self.s = state.s
         self.ties = sum(_tie(t) for t in Counter(values).values())
+
+
+class RiseState(msgspec.Struct):
+    """`RiseDetector`'s checkpoint: its size, readings (oldest first) and S."""
+
+    size: int
+    values: list[float]
+    s: int

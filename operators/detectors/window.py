@@ -36,10 +36,11 @@ on its first reading.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from numba import njit
+
+from operators.rolling import WindowState
 
 H = 8  # header slots
 RECOMPUTE_MIN = 64  # as operators.rolling
@@ -244,27 +245,35 @@ class WindowStats:
     @property
     def times(self) -> list[int]:
         """The window's event times, oldest first (as `SlidingStats.times`)."""
-        return [int(t) for t in self.buf[self._order()]]
+        # exact: times are whole milliseconds below 2^53 (one C pass, not a loop per time)
+        return self.buf[self._order()].astype(np.int64).tolist()
 
     @property
     def values(self) -> list[float]:
         """The window's values in time order (as `SlidingStats.values`)."""
         return self.buf[self._order() + int(self.buf[_CAP])].tolist()
 
-    def snapshot(self) -> dict[str, Any]:
-        """`SlidingStats.snapshot`'s format (checkpoints are interchangeable)."""
+    def snapshot(self) -> WindowState:
+        """The window as a typed checkpoint (`operators.rolling.WindowState`, the one
+        `SlidingStats` writes: checkpoints are interchangeable). The live layout is the
+        float64 buffer the kernels need; only here is it turned into named lists, once
+        per checkpoint, never per reading."""
         buf = self.buf
-        return {
-            "times": self.times,
-            "values": self.values,
-            "sums": [float(buf[_SHIFT]), float(buf[_S1]), float(buf[_S2]), int(buf[_OPS])],
-        }
+        return WindowState(
+            times=self.times,
+            values=self.values,
+            shift=float(buf[_SHIFT]),
+            s1=float(buf[_S1]),
+            s2=float(buf[_S2]),
+            ops=int(buf[_OPS]),
+        )
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> WindowStats:
+    def from_snapshot(cls, state: WindowState) -> WindowStats:
+        """The buffer again from a checkpoint (its sorted copy rebuilt, not stored)."""
         w = cls()
-        times = np.asarray(state["times"], dtype=np.int64)
-        values = np.asarray(state["values"], dtype=float)
+        times = np.asarray(state.times, dtype=np.int64)
+        values = np.asarray(state.values, dtype=float)
         n = len(values)
         cap = INITIAL_CAP
         while cap < n:
@@ -273,8 +282,13 @@ class WindowStats:
         buf[H : H + n] = times
         buf[H + cap : H + cap + n] = values
         buf[H + 2 * cap : H + 2 * cap + n] = np.sort(values, kind="stable")
-        shift, s1, s2, ops = state["sums"]
-        buf[_N], buf[_SHIFT], buf[_S1], buf[_S2], buf[_OPS] = n, shift, s1, s2, ops
+        buf[_N], buf[_SHIFT], buf[_S1], buf[_S2], buf[_OPS] = (
+            n,
+            state.shift,
+            state.s1,
+            state.s2,
+            state.ops,
+        )
         return w
 
 

@@ -72,7 +72,7 @@ class Journal:
     """Appends to and replays the delivery log (confluent-kafka, in threads)."""
 
     def __init__(self, settings: Settings) -> None:
-        from streams import kafka
+        from streams.connectors import kafka
 
         self.settings = settings
         self.topic = settings.delivery.topic or f"{settings.kafka.group_id}-delivery"

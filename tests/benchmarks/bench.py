@@ -31,16 +31,32 @@ drift + service (quality off); no memory or scaling runs. Its tables go between 
 
     .venv/bin/python -m tests.benchmarks.bench --set quality --events 300000 --runs 3 \
         --write BENCHMARKS.md
+
+`--before REV` (issue 12, point 7: a refactor must not lower the throughput,
+measured before and after in one run) adds, next to every streamwatch
+contender of the set, the same contender of an earlier revision: a temporary
+`git worktree` of REV (`tests.benchmarks.revision`, removed at exit, also on
+Ctrl-C) whose OWN copy of the contender script runs with only that tree on
+`sys.path`, so it imports the module paths of its own time. Both read the
+same topics in the same run, interleaved and alternating (run 1: before,
+after; run 2: after, before; ...), and a table gives per pipeline the
+before and after events/s, the after/before ratio of each run (median, min-max),
+CPU per million events and the ceiling. The quick comparison alone:
+
+    .venv/bin/python -m tests.benchmarks.bench --before 9da71f9 --events 300000 --runs 3 \
+        --skip quix,faust,memory,scaling
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,8 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 from tests.benchmarks import dataset as datasets
+from tests.benchmarks import revision as revisions
 from tests.benchmarks.contenders.common import Spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +81,13 @@ class Contender:
     module: str  # under tests.benchmarks.contenders
     kind: str  # the dataset it reads
     python: str = sys.executable
+    root: Path = ROOT  # the tree whose contender script and code run (--before: an older one)
+    revision: str | None = None  # the short commit id of `root`, when it is not this tree
+
+    @property
+    def isolated(self) -> bool:
+        """Started with only its own tree importable: the contenders --before compares."""
+        return self.module == SW
 
     def available(self) -> str | None:
         """None when it can run here, else why not."""
@@ -71,6 +95,8 @@ class Contender:
             return f"{self.python} is missing (run scripts/bench.sh, which installs it)"
         return None
 
+
+SW = "streamwatch_pipeline"  # the module of the streamwatch contenders
 
 MAIN = [
     Contender("ceiling (confluent-kafka + orjson)", "ceiling", "ctr"),
@@ -122,6 +148,15 @@ class Bench:
     workdir: Path
     counter: int = 0
     runs: dict[str, list[Run]] = field(default_factory=dict)
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop_contenders(self) -> None:
+        """Kill every contender still running (the harness stopped early: Ctrl-C, a kill,
+        an error), so none outlives it; those already waited for are left alone."""
+        for proc in self.started:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
 
     def broker_cpu(self) -> float:
         assert self.broker.process is not None
@@ -146,21 +181,22 @@ class Bench:
             result=work / "result.json",
             options=options,
         )
-        (work / "spec.json").write_text(json.dumps(spec.to_json()))
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        spec_path = work / "spec.json"
+        spec_path.write_text(json.dumps(spec.to_json()))
+        module = f"tests.benchmarks.contenders.{contender.module}"
+        if contender.isolated:  # its tree's own script, no other checkout importable
+            argv = revisions.command(contender.python, contender.root, module, str(spec_path))
+        else:
+            argv = [contender.python, "-m", module, str(spec_path)]
         log = open(work / "output.log", "wb")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(
-            [
-                contender.python,
-                "-m",
-                f"tests.benchmarks.contenders.{contender.module}",
-                str(work / "spec.json"),
-            ],
-            cwd=ROOT,
-            env=env,
+            argv,
+            cwd=contender.root,
+            env=revisions.environment(contender.root),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        self.started.append(proc)
         proc.result_path = spec.result  # type: ignore[attr-defined]
         proc.log_path = work / "output.log"  # type: ignore[attr-defined]
         return proc
@@ -367,6 +403,104 @@ def quality_lines(
     return lines
 
 
+def with_before(contenders: list[Contender], rev: revisions.Revision) -> list[Contender]:
+    """Every streamwatch contender preceded by its twin of the revision `rev`."""
+    out: list[Contender] = []
+    for c in contenders:
+        if c.isolated:
+            out.append(
+                Contender(
+                    f"{c.label} (before: {rev.short})",
+                    c.module,
+                    c.kind,
+                    c.python,
+                    root=rev.root,
+                    revision=rev.short,
+                )
+            )
+        out.append(c)
+    return out
+
+
+def run_order(contenders: list[Contender], index: int) -> list[Contender]:
+    """The list for run `index` (0-based): each before/after pair as given in even runs,
+    swapped in odd ones, so neither version always reads right after the ceiling or
+    after the other (a position effect, such as the broker's caches, cancels out)."""
+    order = list(contenders)
+    i = 0
+    while index % 2 and i < len(order) - 1:
+        if order[i].revision is not None and order[i + 1].revision is None:
+            order[i], order[i + 1] = order[i + 1], order[i]
+            i += 1  # past the pair: its before must not move on
+        i += 1
+    return order
+
+
+def before_after_table(bench: Bench, contenders: list[Contender]) -> list[str]:
+    """Per pipeline: before and after events/s (medians), the after/before ratio of each run
+    (the two read the same data in the same run: a paired comparison), CPU per million
+    events, and the ceiling on the same data for scale."""
+
+    def ok(label: str) -> list[Run]:
+        return [r for r in bench.runs.get(label, []) if r.ok]
+
+    def med(values: list[float], fmt: str) -> str:
+        return spread(values, fmt) if values else "-"
+
+    lines = [
+        "| pipeline | data | ceiling events/s | before events/s | after events/s "
+        "| after / before, per run | CPU s / M events, before | CPU s / M events, after "
+        "| before / ceiling | after / ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, before in enumerate(contenders[:-1]):
+        after = contenders[i + 1]
+        if before.revision is None or after.revision is not None:
+            continue
+        ceiling = next(
+            (c for c in contenders if c.module == "ceiling" and c.kind == after.kind), None
+        )
+        ceiling_eps = [r.events_per_s for r in ok(ceiling.label)] if ceiling else []
+        b_eps = [r.events_per_s for r in ok(before.label)]
+        a_eps = [r.events_per_s for r in ok(after.label)]
+        # pairs by run: run k of the before with run k of the after, both complete
+        paired = [
+            a.events_per_s / b.events_per_s
+            for b, a in zip(bench.runs[before.label], bench.runs[after.label], strict=False)
+            if a.ok and b.ok
+        ]
+
+        def share(eps: list[float], ceiling_eps: list[float] = ceiling_eps) -> str:
+            if not eps or not ceiling_eps:
+                return "-"
+            return f"{statistics.median(eps) / statistics.median(ceiling_eps):.0%}"
+
+        lines.append(
+            f"| {after.label.removeprefix('streamwatch ')} | {after.kind} "
+            f"| {med(ceiling_eps, '{:,.0f}')} | {med(b_eps, '{:,.0f}')} "
+            f"| {med(a_eps, '{:,.0f}')} | {med(paired, '{:.2f}')} "
+            f"| {med([r.cpu_per_million for r in ok(before.label)], '{:.1f}')} "
+            f"| {med([r.cpu_per_million for r in ok(after.label)], '{:.1f}')} "
+            f"| {share(b_eps)} | {share(a_eps)} |"
+        )
+    return lines
+
+
+def check_isolated(contenders: list[Contender]) -> None:
+    """Each tree's streamwatch contender imports only that tree's modules (refuses otherwise):
+    a before that silently ran the current code would compare a version with itself."""
+    for root in dict.fromkeys(c.root for c in contenders if c.isolated):
+        files = revisions.imported_from(sys.executable, root, f"tests.benchmarks.contenders.{SW}")
+        leaked = revisions.foreign(files, root)
+        if leaked:
+            raise SystemExit(f"modules from outside {root}:\n  " + "\n  ".join(leaked))
+        print(
+            f"checked: the streamwatch contender of {root} imports {len(files)} modules, "
+            "all from that tree",
+            flush=True,
+        )
+
+
 def memory_table(run: Run) -> list[str]:
     rss = {int(k): v for k, v in run.result.get("rss_by_million", {}).items()}
     lines = ["| events processed | resident MB |", "|---:|---:|"]
@@ -430,11 +564,29 @@ def main() -> None:
     )
     parser.add_argument("--workdir", default="/tmp/streamwatch-bench")
     parser.add_argument("--write", metavar="BENCHMARKS.md", help="put the tables into this file")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run the streamwatch contenders of this git revision (a temporary worktree), "
+        "interleaved with the current ones, and compare them (issue 12, point 7)",
+    )
     args = parser.parse_args()
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the --before worktree is removed either way
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    with contextlib.ExitStack() as stack:
+        rev = None
+        if args.before:
+            rev = stack.enter_context(revisions.checked_out(ROOT, args.before, workdir))
+            print(f"before: {rev.asked} = {rev.short} ({rev.subject[:72]}) at {rev.root}")
+        run_all(args, workdir, rev)
+
+
+def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | None) -> None:
+    """Load the datasets, run the contenders, print (and --write) the tables."""
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     started = time.time()
     command = "python -m tests.benchmarks.bench " + " ".join(sys.argv[1:])
     out: list[str] = []
@@ -443,8 +595,12 @@ def main() -> None:
         print(line, flush=True)
         out.append(line)
 
-    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+    with (
+        EmbeddedBroker(log_path=workdir / "tansu.log") as broker,
+        contextlib.ExitStack() as cleanup,
+    ):
         bench = Bench(broker, workdir)
+        cleanup.callback(bench.stop_contenders)  # first, then the broker stops
         keys = {
             "ctr": args.campaigns,
             "sensor": args.sensors,
@@ -490,8 +646,11 @@ def main() -> None:
             if why:
                 print(f"skipping {c.label}: {why}")
         contenders = [c for c in contenders if c.available() is None]
+        if rev is not None:
+            contenders = with_before(contenders, rev)
+            check_isolated(contenders)
         for i in range(args.runs):
-            for c in contenders:
+            for c in run_order(contenders, i):
                 run = bench.measure(c, data[c.kind])
                 detail = f"{run.events_per_s:,.0f} events/s" if run.ok else "FAILED"
                 print(f"run {i + 1}/{args.runs} {c.label}: {detail}", flush=True)
@@ -525,6 +684,17 @@ def main() -> None:
                 f"{d.messages_on('inference-logs'):,} inference logs without the labels "
                 f"({d.event_seconds:,} s). {args.runs} runs, interleaved; median (min-max)."
             )
+        if rev is not None:
+            say(
+                f"Before: `{rev.asked}` = {rev.short} ({rev.subject[:100]}), its own "
+                "contender script from a temporary worktree; after: this tree"
+                f"{'' if args.runs < 2 else ', the pair swapped every other run'}."
+            )
+            say()
+            say(f"### Before ({rev.short}) and after, same run")
+            say()
+            for line in before_after_table(bench, contenders):
+                say(line)
         say()
         say("### Side by side")
         say()
@@ -594,6 +764,8 @@ def main() -> None:
     )
     if args.write:
         marker = "bench" if args.set == "main" else f"bench-{args.set}"
+        if rev is not None:  # a comparison: its own section, the measured tables stay
+            marker += "-before"
         write_markdown(Path(args.write), "\n".join(out), marker)
         print(f"wrote the tables into {args.write}")
 

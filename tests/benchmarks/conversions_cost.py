@@ -2,7 +2,7 @@
 and the funnel guardrails on top, on the same ad traffic.
 
 The traffic is the demo's (`streamwatch demo`: 60 impressions/s over 3 campaigns, the
-experiments of streams/demo.py, conversions at about 10 % of first clicks) for
+experiments of streams/cli/demo.py, conversions at about 10 % of first clicks) for
 `--duration` event-seconds, decoded once (untimed). Each configuration gets fresh
 operators, fed in 5-s event-time batches with the watermark advanced after each
 batch as the worker does; reported: CPU seconds per 100,000 input events (the
@@ -29,8 +29,8 @@ from operators.base import Operator
 from operators.ctr import CtrConfig, CtrOperator
 from operators.funnel import FunnelConfig, FunnelOperator
 from schemas.decode import Decoder, Rejection
-from streams.demo import DEMO_CONVERSIONS, DEMO_EXPERIMENTS
-from streams.simulate import Scenario, Simulator
+from streams.cli.demo import DEMO_CONVERSIONS, DEMO_EXPERIMENTS
+from streams.cli.simulate import Scenario, Simulator
 
 BATCH_MS = 5_000
 SAMPLE_MS = 300_000

@@ -1,6 +1,6 @@
 """Benchmark data: simulated traffic pre-loaded into the broker before anything is timed.
 
-Three datasets, each on its own topics, produced by `streams.simulate` (the
+Three datasets, each on its own topics, produced by `streams.cli.simulate` (the
 same generator as the demo and the end-to-end tests, so the messages are the
 product's real wire format):
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from streams.simulate import Incident, Scenario, Simulator
+from streams.cli.simulate import Incident, Scenario, Simulator
 
 KINDS = ("ctr", "sensor", "drift")  # what the default run loads
 EXTRA_KINDS = ("quality",)  # loaded only when a contender set asks for it

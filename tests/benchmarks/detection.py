@@ -463,7 +463,7 @@ def run_events(
     delay (median `CLICK_DELAY_MEDIAN_S`, sigma `CLICK_DELAY_SIGMA`, capped below the
     600-s attribution window) - the counts mode's counts, as events. They are fed in
     `batch_ms` slices of event time, each source in time order, to the task that
-    `streams.monitors.build_monitors` makes from the default `Settings` (only the `ctr`
+    `streams.runtime.monitors.build_monitors` makes from the default `Settings` (only the `ctr`
     monitor enabled): `MonitorTask.feed` per source, then `tick` and `collect` with the
     batch's last event time as processing time - the calls `Pipeline` makes after
     decoding a poll. Returns the firing CTR alerts and those of change detection on the
@@ -471,7 +471,7 @@ def run_events(
     rules, seconds)."""
     from schemas.events import Click, Impression
     from streams.config import load_settings
-    from streams.monitors import build_monitors
+    from streams.runtime.monitors import build_monitors
 
     def scored(alert: Any) -> bool:  # CTR rules, and change detection on the CTR
         return alert.kind == "ctr" or alert.rule.startswith("ctr_change_")

@@ -199,7 +199,7 @@ def run_service(entities: int, hours: float, incidents: int, seed: int) -> dict[
             w.latencies = array("d", np.full(n[i], 20.0).tobytes())
             conf = np.concatenate([np.full(lows[i], 0.3), np.full(n[i] - lows[i], 0.9)])
             w.conf = array("d", conf.tobytes())
-            op._emit(start, f"m{i}\x1f1", w)
+            op._emit(start, (f"m{i}", "1"), w)
         obs = [o for o in op.collect().observations if o.metric != "latency_p99"]
         for judge in judges.values():
             judge(obs)

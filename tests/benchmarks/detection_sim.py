@@ -4,7 +4,7 @@
     PYTHONPATH=. .venv/bin/python -m tests.benchmarks.detection_sim \
         --sensors 1000 --seconds 86400 --interval 30 --incidents 150   # the issue's scale
 
-The simulator (`streams.simulate`, the demo's and the end-to-end test's generator)
+The simulator (`streams.cli.simulate`, the demo's and the end-to-end test's generator)
 produces `--sensors` sensors, one reading every `--interval` seconds each, for
 `--seconds`, with `--incidents` sensor incidents (spike, rise, regime in turn, each
 on its own sensor, with the default incidents' sizes) spread after a quiet first
@@ -35,9 +35,9 @@ from typing import Any
 import orjson
 
 from schemas.events import SensorReading
+from streams.cli.simulate import Incident, Scenario, Simulator
 from streams.config import load_settings
-from streams.monitors import OPERATORS, build_monitors
-from streams.simulate import Incident, Scenario, Simulator
+from streams.runtime.monitors import OPERATORS, build_monitors
 
 START_MS = 1_790_000_000_000
 METRICS = ("temperature", "vibration", "pressure")

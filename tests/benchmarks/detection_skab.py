@@ -9,7 +9,7 @@ a pump test bed with 8 sensors at 1 Hz. Each labelled run (34: valve1, valve2,
 other) is replayed as ONE sensor (`sensor_id` = the run, the 8 channels as
 `values`) through exactly what the worker runs per partition: a
 `operators.task.MonitorTask` per enabled monitor built by
-`streams.monitors.build_monitors` from the default `Settings` (default
+`streams.runtime.monitors.build_monitors` from the default `Settings` (default
 operator options, default rules, change detection), fed in batches with the
 watermark ticked after each batch, rows and alerts collected. Processing time
 follows event time (a real-time replay), so no source goes idle. At the end
@@ -69,7 +69,8 @@ import numpy as np
 
 from schemas.events import Alert, SensorReading
 from streams.config import load_settings
-from streams.monitors import build_monitors
+from streams.runtime.monitors import build_monitors
+from tests.row_dicts import as_dicts
 
 # ../shared beside the main checkout (/work/main), or beside a worktree's parent (/work/wt/x)
 _ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +192,7 @@ def replay(run: Run, monitors: tuple[str, ...], options: dict[str, Any] | None =
 def _drain(task: Any, out: Replay) -> None:
     collected = task.collect()
     out.alerts.extend(collected.alerts)
-    out.rows.extend(collected.rows.get("sensor_anomalies", []))
+    out.rows.extend(as_dicts(collected.rows.get("sensor_anomalies", [])))
 
 
 def predicted_by_episodes(run: Run, alerts: Iterable[Alert]) -> np.ndarray:
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
-    from streams.monitors import OPERATORS
+    from streams.runtime.monitors import OPERATORS
 
     monitors = tuple(m for m in args.monitors.split(",") if m in OPERATORS)
     if args.warmup == "protocol":

@@ -4,7 +4,7 @@
     .venv/bin/python -m tests.benchmarks.keys_scaling --kind sensor --keys 100 50000
     .venv/bin/python -m tests.benchmarks.keys_scaling --kind ctr --keys 100000 --profile
 
-The task is built as the worker builds it (`streams.monitors.build_monitors` over the
+The task is built as the worker builds it (`streams.runtime.monitors.build_monitors` over the
 default configuration, via `tests.conformance.task_factory`): the operator, its
 default rules, change detection and relations. The same number of simulated,
 decoded events (`tests.benchmarks.operator_cost.events_of`, untimed) is fed in
@@ -45,7 +45,7 @@ def one_pass(
     task = make()
     rows = alerts = 0
     gc.collect()
-    gc.freeze()  # as the worker does after start-up (streams/worker.py)
+    gc.freeze()  # as the worker does after start-up (streams/runtime/worker.py)
     gc.set_threshold(50_000, 20, 100)
     started = time.process_time()
     for i in range(0, len(events), batch):

@@ -18,10 +18,10 @@ import time
 import zlib
 from typing import Any
 
+from streams.cli.simulate import Scenario, Simulator
 from streams.config import load_settings
-from streams.monitors import build_monitors
-from streams.pipeline import Pipeline, RawMessage
-from streams.simulate import Scenario, Simulator
+from streams.runtime.monitors import build_monitors
+from streams.runtime.pipeline import Pipeline, RawMessage
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -68,7 +68,7 @@ def main() -> None:
     pipeline = Pipeline(build_monitors(settings), sink, logical, clock=lambda: 0.0)
     pipeline.assign(range(args.partitions), {})
     # event time runs ~40 s ahead per wall second of simulation: a long stretch
-    per_second = 93  # messages per simulated second (streams/simulate.py)
+    per_second = 93  # messages per simulated second (streams/cli/simulate.py)
     duration = int(args.events / per_second * 1.5) + 1
     scenario = Scenario(start_ms=1_790_000_000_000, duration_s=duration, campaigns=3, seed=7)
     offsets = [0] * args.partitions

@@ -30,7 +30,7 @@ from operators.quality import QualityOperator
 from operators.sensor import SensorOperator
 from operators.service import ServiceOperator
 from schemas.decode import Decoder, Rejection
-from streams.simulate import Simulator
+from streams.cli.simulate import Simulator
 from tests.benchmarks.dataset import scenario
 
 OPERATORS: dict[str, tuple[type[Operator], ...]] = {

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 from tests.benchmarks import dataset as datasets
 from tests.benchmarks.contenders.common import Spec
 

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 
 from operators.quality import QualityConfig, QualityOperator
 from schemas.decode import Decoder, Rejection
-from streams.simulate import Scenario, Simulator, default_incidents
+from streams.cli.simulate import Scenario, Simulator, default_incidents
+from tests.row_dicts import as_dicts
 
 START_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
 
@@ -41,13 +42,13 @@ def main() -> None:
     for topic, key, value in Simulator(scenario).messages():
         if topic == "__tick__":
             op.advance(int(value) - 10_000)
-            rows += op.collect().rows.get("quality_windows", [])
+            rows += as_dicts(op.collect().rows.get("quality_windows", []))
         elif topic in decoders:
             event = decoders[topic].decode(value, key.encode())
             assert not isinstance(event, Rejection), event
             op.feed(topic, [event])
     op.advance(START_MS + 10**9)
-    rows += op.collect().rows.get("quality_windows", [])
+    rows += as_dicts(op.collect().rows.get("quality_windows", []))
     drift = [i for i in incidents if i.kind == "concept_drift"]
     inside: list[float] = []
     outside: list[float] = []

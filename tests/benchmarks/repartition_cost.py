@@ -1,4 +1,4 @@
-"""The throughput cost of `keying = "repartition"` (streams/repartition.py).
+"""The throughput cost of `keying = "repartition"` (streams/runtime/repartition.py).
 
     PYTHONPATH=. .venv/bin/python -m tests.benchmarks.repartition_cost --events 200000 --runs 2
 
@@ -25,7 +25,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from streams.embedded import EmbeddedBroker
+from streams.connectors.embedded import EmbeddedBroker
 from tests.benchmarks import dataset as datasets
 from tests.benchmarks.bench import Bench, Contender
 

@@ -1,4 +1,4 @@
-"""streamwatch itself: the real worker (`streams.worker.Worker`), end to end.
+"""streamwatch itself: the real worker (`streams.runtime.worker.Worker`), end to end.
 
 The same code `streamwatch run` starts: the faust app and its web server,
 the confluent-kafka consumer group, decode, the monitors of one pipeline,
@@ -11,7 +11,7 @@ after checkpoints. Only the monitors of the dataset's pipeline are enabled
     drift   the drift monitor (PSI, KS, chi-square, JS) and service health
     quality the same two and the quality monitor (labels joined to the
             predictions, metrics per window, degradation, CBPE estimate), with
-            the label delay of the demo (`streams.demo.DEMO_LABEL_DELAY_MS`):
+            the label delay of the demo (`streams.cli.demo.DEMO_LABEL_DELAY_MS`):
             the simulator's labels come within it, and windows become final
             within a run of a few hundred thousand messages
 
@@ -29,11 +29,11 @@ import contextlib
 import logging
 from typing import Any
 
+from streams.cli.demo import DEMO_LABEL_DELAY_MS
 from streams.config import load_settings
-from streams.demo import DEMO_LABEL_DELAY_MS
-from streams.embedded import free_port
-from streams.monitors import OPERATORS
-from streams.worker import Worker
+from streams.connectors.embedded import free_port
+from streams.runtime.monitors import OPERATORS
+from streams.runtime.worker import Worker
 from tests.benchmarks.contenders.common import Clock, Spec, rss_mb, write_result
 
 PIPELINES = {
@@ -98,7 +98,7 @@ class Meter:
         self.processed = 0
         self.done = False
         self.rss_by_million: dict[int, float] = {}
-        # re-keyed records (streams/repartition.py): their internal topics are read
+        # re-keyed records (streams/runtime/repartition.py): their internal topics are read
         # to what was forwarded (fresh topics: offsets = counts)
         self.forwarded: dict[tuple[str, int], int] = {}
         process, flush, forward = (
