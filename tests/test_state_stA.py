@@ -38,7 +38,7 @@ def mid_stream_snapshot(name: str) -> dict[str, Any]:
         task.tick(NOW)
         task.collect()
     blob = checkpoints.encode(checkpoints.Checkpoint({}, task.snapshot()))
-    return checkpoints.decode(blob).state["operator"]
+    return conformance.state_of(checkpoints.decode(blob).state)["operator"]
 
 
 def fresh_operator(name: str) -> Any:
