@@ -169,11 +169,12 @@ def test_the_conformance_suite_fails_on_a_broken_restore(
 
 
 def test_clicks_and_conversions_waiting_at_the_snapshot_are_judged_after_the_restore() -> None:
-    """The heaps of waiting clicks and conversions are rebuilt from the state: a click
+    """The join's indexes are rebuilt from the state: a click
     whose impression never comes and a conversion whose click never counts, waiting
     when the snapshot is taken, become orphans after the restore as without it. (A
     restore that forgets either heap passes the conformance suite, whose cases have
-    nothing waiting at its split points; this case catches both.)"""
+    nothing waiting at its split points; this case catches both, and an impression
+    index that forgets which impressions were clicked.)"""
     t0 = 1_795_000_020_000
 
     def run(restart: bool) -> list[Any]:
@@ -186,6 +187,9 @@ def test_clicks_and_conversions_waiting_at_the_snapshot_are_judged_after_the_res
             state = msgspec.msgpack.decode(msgspec.msgpack.encode(op.snapshot()))
             op = CtrOperator(CtrConfig(conversions=True))
             op.restore(state)
+        # a second click on the impression clicked before the snapshot is a duplicate:
+        # the rebuilt impression index remembers which impressions were clicked
+        op.feed("clicks", [clk("ka2", "a", t0 + 2_500)])
         op.advance(t0 + 10**8)
         return [
             msgspec.structs.asdict(r) if isinstance(r, msgspec.Struct) else r
@@ -196,4 +200,9 @@ def test_clicks_and_conversions_waiting_at_the_snapshot_are_judged_after_the_res
     final = [r for r in whole if r["final"] and r["variant"] == ""]
     assert sum(r["orphan_clicks"] for r in final) == 1
     assert sum(r["orphan_conversions"] for r in final) == 1
+    assert [
+        (r["clicks"], r["duplicate_clicks"])
+        for r in whole
+        if r["variant"] is None or r["impressions"]
+    ][-1] == (1, 1)
     assert run(True) == whole
