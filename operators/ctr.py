@@ -171,7 +171,7 @@ class CountedClick(msgspec.Struct, gc=False):
 
 # gc=False (here and on the other state Structs without cycles): the garbage collector
 # does not track them, which with many keys is a large part of the join's cost
-class CtrWindow(msgspec.Struct, gc=False):
+class CtrWindow(msgspec.Struct, gc=False, omit_defaults=True):
     """Counts of one (campaign, variant, window), the impressions in it and its counted
     clicks: the join's canonical state (its indexes are rebuilt from these on restore)."""
 
