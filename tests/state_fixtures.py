@@ -34,8 +34,9 @@ def checkpoint_at_split(name: str) -> bytes:
     """The encoded checkpoint of `name`'s task just before batch `split_batch(name)`."""
     case = GENERATORS[name]()
     task = task_factory(name, case)()
+    split = split_batch(name)
     for i, (source, chunk) in enumerate(batches(case.events, 50)):
-        if i == split_batch(name):
+        if i == split:
             break
         task.feed(source, chunk, 1_000)
         task.tick(1_000)
