@@ -7,7 +7,7 @@ attached to the row type as `__table__`. From these definitions come:
 
 - the DDL (`schemas.tables`: `TABLES`, `schema_sql`, the ALTERs of `added`),
 - the JSON Schema of each row (`python -m schemas.generate`, `schemas/json/<table>.row.json`),
-- the columns the writer inserts (`streams.clickhouse.Writer`: every field).
+- the columns the writer inserts (`streams.connectors.clickhouse.Writer`: every field).
 
 Operators build rows by keyword, so a misspelt or missing column fails where the
 row is built, with a TypeError naming it:
