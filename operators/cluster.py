@@ -55,16 +55,15 @@ aligned event-time interval of `learn_batch_ms` (the rest is only scored).
 The budget is counted in event time, not per `advance` call, so results do
 not depend on how the input is batched. The default (2000 per minute)
 learns every reading of a sensor up to ~33 readings a second and bounds the
-learner's cost (~5 µs per learn measured here, `EntityModel.learn`: the
-scaler's update, a transform, the nearest centre and the step) above
-that. A tighter budget is cheaper but costs precision: over 6 h of quiet
+learner's cost (`EntityModel.learn`: the scaler's update, a transform, the
+nearest centre and the step; its cost is in BENCHMARKS.md) above that. A tighter budget is cheaper but costs precision: over 6 h of quiet
 simulated traffic (10 sensors at 1 Hz), a budget of 30 per minute raised
 5 false `cluster_distance` alerts (12 per minute: 22 in 15 h), the default
 none (`tests/benchmarks/memory_profile.py`).
 
-Why KMeans and not DBSTREAM: measured on this machine with 3 features,
-scaler + KMeans(4).learn_one costs ~10 µs, DBSTREAM ~40 µs and grows with its
-micro-clusters; a fixed k keeps cost and state (k centres and the scaler's
+Why KMeans and not DBSTREAM: with 3 features DBSTREAM's learn costs about four
+times scaler + KMeans(4)'s and grows with its micro-clusters (BENCHMARKS.md,
+"Measurements behind design choices"); a fixed k keeps cost and state (k centres and the scaler's
 statistics, ~1 KB) constant per entity, and distance to the
 nearest centre is a direct anomaly score, where DBSTREAM's micro-cluster
 weights and periodic clean-up need their own time bookkeeping. Centre
@@ -206,8 +205,8 @@ class EntityModel:
         The step is `KMeans.learn_one`'s, c <- c + halflife * (z - c) for the
         nearest centre c, applied to river's own centres; only the search for
         that centre is `nearest` (a loop over the features) instead of river's
-        `predict_one`, which builds a key set and a generator per centre (the
-        search and step: ~2 µs here, against ~11 µs for `KMeans.learn_one`).
+        `predict_one`, which builds a key set and a generator per centre (several
+        times slower: BENCHMARKS.md, "Measurements behind design choices").
         The test against river's `learn_one` (tests/test_cluster_operator.py)
         pins it."""
         self.scaler.learn_one(x)

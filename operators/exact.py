@@ -9,8 +9,8 @@ clicks) while the other row may be large (a baseline of hours):
 with n1 = a + b, n2 = c + d, K = a + c and lo = max(0, K - n2), the
 hypergeometric lower tail, each term from log-gamma functions. Its cost grows
 with max(a), not with the size of the reference, where scipy's
-`hypergeom.cdf` grows with the reference (~30 µs per table for baselines of tens
-of thousands). The result equals `scipy.stats.fisher_exact(..., alternative="less")`
+`hypergeom.cdf` grows with the reference (BENCHMARKS.md, "Measurements behind
+design choices"). The result equals `scipy.stats.fisher_exact(..., alternative="less")`
 to ~1e-12 relative (tests/test_sequential.py).
 """
 

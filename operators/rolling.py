@@ -30,9 +30,8 @@ over the sorted values v: Hyndman & Fan (1996) definition 7, the default
 ("linear") of numpy.percentile. The sorted values are a plain list kept
 sorted with `bisect`: O(log n) search plus an O(n) memmove per insert and
 remove, which for windows of up to some thousands of values is several times
-faster than a balanced structure (measured here, one insert, one remove and
-two lookups: sortedcontainers' SortedList 1.7 µs, the list 0.6 µs at n = 300;
-2.0 against 0.8 µs at n = 1000).
+faster than a balanced structure such as sortedcontainers' SortedList
+(BENCHMARKS.md, "Measurements behind design choices").
 """
 
 from __future__ import annotations
@@ -55,8 +54,8 @@ class EventTimeBuffer(Generic[E]):
 
     A list, sorted when released: what is held back is already in order and
     arrivals are nearly so, runs Python's sort (Timsort) merges in linear time,
-    so a push is an append and a release one sort and one bisection (measured
-    here: 0.5 µs per entry against 1.3 µs for a heap's push and pop)."""
+    so a push is an append and a release one sort and one bisection (about
+    half a heap's push and pop per entry: BENCHMARKS.md)."""
 
     __slots__ = ("entries",)
 

@@ -28,8 +28,8 @@ counts O_i and E_i = n p_i, Pearson's chi-square goodness of fit (Pearson, K.
 
 computed directly, p by scipy.special.chdtrc (the chi-square survival function;
 scipy.stats.chisquare(O, f_exp=E) gives the same, and is the tests' reference,
-but its argument checking costs about 1 ms a call, twice per experiment and
-window). Fabijan et al. flag an SRM
+but its argument checking costs far more than the test itself, twice per
+experiment and window: BENCHMARKS.md). Fabijan et al. flag an SRM
 at p < 0.0005 to 0.001: the test runs every window, so a loose alpha would
 raise false alarms daily.
 

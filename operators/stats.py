@@ -169,8 +169,8 @@ def fisher_exact_less(
     (Fisher 1922, "On the interpretation of chi-square from contingency
     tables"); p = 1 where a row or a column sums to 0. This is
     scipy.stats.fisher_exact's 2x2 path for alternative="less", element for
-    element, in one vectorised `hypergeom.cdf` call instead of one call
-    (~140 µs) per table.
+    element, in one vectorised `hypergeom.cdf` call instead of one call per
+    table (BENCHMARKS.md, "Measurements behind design choices").
     """
     a, b, c, d = (np.asarray(x, dtype=np.int64) for x in (a, b, c, d))
     n1, n2, n = a + b, c + d, a + c

@@ -1,4 +1,5 @@
-"""Strict, fast decoding of input messages (msgspec typed decode, ~0.6 µs each).
+"""Strict, fast decoding of input messages (msgspec typed decode; its cost per
+message is in BENCHMARKS.md).
 
 `Decoder.decode` turns one Kafka message value into a typed event or a
 `Rejection` with a short reason code and a precise human reason; callers send

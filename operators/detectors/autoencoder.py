@@ -25,8 +25,8 @@ m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t). Weights start as Glorot
 uniform draws from a seeded generator (Glorot & Bengio 2010).
 
 Why numpy and not scikit-learn's `MLPRegressor.partial_fit`: the same model
-and optimiser, but sklearn validates its input on every call (~100 us per
-single-reading `partial_fit` against ~15 us here for a step), its Adam
+and optimiser, but sklearn validates its input on every call (a single-reading
+`partial_fit` costs several times a step here: BENCHMARKS.md), its Adam
 moments are private attributes, so a checkpoint could not restore a model
 mid-training through its public API, and it would add a ~40 MB dependency to
 a path that needs 40 lines. The state here is a handful of small arrays,

@@ -89,7 +89,7 @@ def columns_of(spec: Table, rows: Sequence[Row]) -> list[Sequence[Any]]:
                 f"a {kind.__name__} row sent to {spec.name}, whose rows are {spec.row.__name__}"
             )
     # fields in declaration order = insert_columns; zip transposes rows into columns
-    # (4x faster than a getattr per cell: ~1.3 ms for 5000 CTR rows)
+    # (several times faster than a getattr per cell: BENCHMARKS.md)
     columns: list[Sequence[Any]] = list(zip(*map(msgspec.structs.astuple, rows), strict=True))
     for name in spec.json_fields:
         i = spec.insert_columns.index(name)
@@ -164,7 +164,7 @@ def read_limits(timeout_s: float, max_result_rows: int) -> dict[str, Any]:
     text itself cannot change settings because `streams.connectors.sqlguard` refuses any
     SETTINGS clause. max_threads=1 keeps an expensive read from taking the
     cores the pipeline needs (measured on chDB: with it, inserts beside a
-    saturating read kept their ~6 ms latency).
+    saturating read kept their usual latency; BENCHMARKS.md).
     """
     return {
         "readonly": 2,

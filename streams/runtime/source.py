@@ -1,8 +1,8 @@
 """The input source: a confluent-kafka consumer group feeding the runtime in batches.
 
-Why not a faust agent: measured here, a faust agent (even `stream.take`)
-delivers about 7k events/s per process against 167k/s for a batch
-`consume()` on the same broker, and `take()` acks a batch as soon as the next
+Why not a faust agent: a faust agent (even `stream.take`) delivers some twenty
+times fewer events per second per process than a batch `consume()` on the same
+broker (BENCHMARKS.md), and `take()` acks a batch as soon as the next
 one is asked for, which would commit offsets before their results are
 durable. faust still runs the worker (web server, timers, lifecycle); the
 hot path reads with librdkafka.

@@ -146,8 +146,8 @@ def tune_garbage_collector() -> None:
 
     The worker holds hundreds of thousands of live containers (open windows,
     impressions awaiting clicks) and allocates a few objects per event, so the
-    default thresholds scan that state again and again: measured on the CTR
-    pipeline, 25 % of its time (5.2 against 3.8 µs per event). Its state has
+    default thresholds scan that state again and again: on the CTR pipeline a
+    quarter of its time (BENCHMARKS.md, "Measurements behind design choices"). Its state has
     no reference cycles to reclaim; the few the libraries make are still
     collected. What was loaded at start-up is frozen out of every scan."""
     gc.collect()
