@@ -56,7 +56,8 @@ The budget is counted in event time, not per `advance` call, so results do
 not depend on how the input is batched. The default (2000 per minute)
 learns every reading of a sensor up to ~33 readings a second and bounds the
 learner's cost (`EntityModel.learn`: the scaler's update, a transform, the
-nearest centre and the step; its cost is in BENCHMARKS.md) above that. A tighter budget is cheaper but costs precision: over 6 h of quiet
+nearest centre and the step; its cost is in BENCHMARKS.md) above that. A
+tighter budget is cheaper but costs precision: over 6 h of quiet
 simulated traffic (10 sensors at 1 Hz), a budget of 30 per minute raised
 5 false `cluster_distance` alerts (12 per minute: 22 in 15 h), the default
 none (`tests/benchmarks/memory_profile.py`).
