@@ -98,7 +98,7 @@ import numpy as np
 
 from operators.base import Observation, Operator
 from operators.detectors.episode import Episode
-from operators.detectors.interval import iqr_p, zscore_p
+from operators.detectors.iqr import IqrFences
 from operators.detectors.likelihood import (
     AnomalyLikelihood,
     LikelihoodState,
@@ -109,6 +109,7 @@ from operators.detectors.tail import TailProbability, TailState, tail_state_from
 from operators.detectors.trend import RiseDetector, RiseState
 from operators.detectors.window import WindowStats
 from operators.detectors.window import step as window_step
+from operators.detectors.zscore import ZScore
 from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
 from operators.state import StateCodec
@@ -226,6 +227,7 @@ class Series:
         "bucket_ms",
         "episodes",
         "gaps",
+        "iqr",
         "last_ts",
         "mk",
         "mk_times",
@@ -239,6 +241,7 @@ class Series:
         "stats",
         "tails",
         "window_ms",
+        "zscore",
     )
 
     def __init__(self, config: SensorConfig) -> None:
@@ -260,6 +263,13 @@ class Series:
             m: TailProbability(config.score_history, config.min_score_history)
             for m in ("zscore", "iqr")
         }
+        # the z-score and Tukey-fence verdicts (`operators.detectors.zscore`, `.iqr`):
+        # their state is the tails above (restored in place), calibrated or not
+        calibrate = config.calibrate
+        self.zscore = ZScore(
+            config.z_threshold, config.min_std, self.tails["zscore"] if calibrate else None
+        )
+        self.iqr = IqrFences(config.iqr_k, config.min_iqr, self.tails["iqr"] if calibrate else None)
         # the Mann-Kendall rise test's readings and their times
         self.mk = RiseDetector(config.rise_max_points)
         self.mk_times: deque[int] = deque(maxlen=config.rise_max_points)  # bucket starts
@@ -438,11 +448,6 @@ def _from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str, Any]:
         "unjudgeable": sorted(old.get("unjudgeable", ())),
         "metrics": dict(old.get("metrics", {})),  # absent before the per-sensor budget
     }
-
-
-def _larger(p: float | None, q: float) -> float:
-    """The larger p-value (p is None before the series' own history is long enough)."""
-    return q if p is None or q > p else p
 
 
 # The default alert rules of the sensor monitor's detectors (seed 004), collected by
@@ -626,10 +631,25 @@ class SensorOperator(Operator):
             out = s.stats.step(last, staged_x, add, start)
         n, mean, std, q1, q3 = out
         if n >= cfg.min_points:
+            # the verdicts are the detectors'; the episodes, rows and observations are
+            # this operator's. A normal reading outside an episode (the hot path) only
+            # counts towards the episode's cooldown, without a further call
             if self._zscore:
-                self._judge_zscore(sid, metric, s, t, x, start, n, mean, std)
+                v = s.zscore.judge_one(x, n, mean, std, s.alpha)
+                if v is not None:
+                    episode = s.episodes["zscore"]
+                    if v[2] or episode.active:
+                        self._zscore_found(sid, metric, s, t, x, start, n, mean, std, v)
+                    else:
+                        episode.since_end += 1
             if self._iqr:
-                self._judge_iqr(sid, metric, s, t, x, start, n, q1, q3)
+                w = s.iqr.judge_one(x, n, q1, q3, s.alpha)
+                if w is not None:
+                    episode = s.episodes["iqr"]
+                    if w[3] or episode.active:
+                        self._iqr_found(sid, metric, s, t, x, start, n, q1, q3, w)
+                    else:
+                        episode.since_end += 1
         if self._rise:
             if cfg.rise_test == "runs":
                 self._judge_rise_runs(sid, metric, s, t, x)
@@ -681,7 +701,7 @@ class SensorOperator(Operator):
                     g * cfg.min_points,
                 )
 
-    def _judge_zscore(
+    def _zscore_found(
         self,
         sid: str,
         metric: str,
@@ -692,33 +712,17 @@ class SensorOperator(Operator):
         n: int,
         mean: float,
         std: float,
+        verdict: tuple[float, float | None, bool, bool],
     ) -> None:
-        if std <= self.config.min_std:
-            return
-        z = abs(x - mean) / std
-        anomalous = z > self.config.z_threshold
-        p = None
-        if self.config.calibrate:
-            tail = s.tails["zscore"]
-            # p only where it can change the verdict (beyond the threshold): the
-            # larger of the series' own tail and the small-sample prediction
-            # interval's (so a young or slow series' noisy mean/std cannot make a
-            # normal reading improbable: the warm-up)
-            if anomalous:
-                p = _larger(tail.score_one(z), zscore_p(z, n))
-            if not anomalous or (p is not None and p >= s.alpha):
-                tail.learn_one(z)  # anomalies stay out of the series' history
-        vetoed = anomalous and p is not None and p >= s.alpha
+        """The episode and finding of a z-score verdict (`ZScore.judge_one`) that is
+        anomalous or falls in an open episode (a vetoed reading outside one is the
+        hot path's: normal)."""
+        z, p, anomalous, vetoed = verdict
         if vetoed:
             # usual for this series (its scores have such a tail): not an anomaly, and
             # an end-of-episode observation with value 0 so that rules resolve
-            anomalous, z = False, 0.0
-        episode = s.episodes["zscore"]
-        if anomalous or episode.active:
-            change = episode.update(anomalous)
-        else:  # the hot path: a normal reading outside an episode
-            episode.since_end += 1
-            change = None
+            z = 0.0
+        change = s.episodes["zscore"].update(anomalous)
         if anomalous or change:
             details = {"reading": x, "mean": mean, "std": std}
             if vetoed:
@@ -728,7 +732,7 @@ class SensorOperator(Operator):
                 sid, metric, "zscore", s, t, x, z, threshold, start, n, anomalous, details, p
             )
 
-    def _judge_iqr(
+    def _iqr_found(
         self,
         sid: str,
         metric: str,
@@ -739,40 +743,15 @@ class SensorOperator(Operator):
         n: int,
         q1: float,
         q3: float,
+        verdict: tuple[float, float, float | None, bool],
     ) -> None:
-        iqr = q3 - q1
-        if iqr <= self.config.min_iqr:
-            return
-        k = self.config.iqr_k
-        upper, lower = q3 + k * iqr, q1 - k * iqr
-        if x > upper:
-            score, fence = (x - upper) / iqr, upper
-        elif x < lower:
-            score, fence = (lower - x) / iqr, lower
-        else:
-            score, fence = 0.0, upper if x >= (q1 + q3) / 2 else lower
-        anomalous = score > 0.0
-        p = None
-        if self.config.calibrate:
-            # calibrated on a continuous score: the distance from the midhinge in IQRs
-            tail = s.tails["iqr"]
-            spread = abs(x - 0.5 * (q1 + q3)) / iqr
-            # the larger of the series' own tail and the small-sample one (see zscore):
-            # plain Tukey fences on a 30-reading window are crossed far more often than
-            # their large-sample rate (issue 14's IQR warm-up)
-            if anomalous:
-                p = _larger(tail.score_one(spread), iqr_p(spread, n))
-            if not anomalous or (p is not None and p >= s.alpha):
-                tail.learn_one(spread)
-            if anomalous and p is not None and p >= s.alpha:
-                anomalous, score = False, 0.0  # usual for this series (see zscore)
+        """The episode and finding of a Tukey-fence verdict (`IqrFences.judge_one`)
+        that is anomalous or falls in an open episode."""
+        score, fence, p, anomalous = verdict
         episode = s.episodes["iqr"]
-        if anomalous or episode.active:
-            change = episode.update(anomalous)
-        else:  # the hot path (see zscore)
-            episode.since_end += 1
-            change = None
+        change = episode.update(anomalous)
         if anomalous or change:
+            iqr = q3 - q1
             details = {"reading": x, "q1": q1, "q3": q3, "iqr": iqr, "fence": fence}
             self._finding(
                 sid, metric, "iqr", s, t, x, score, fence, start, n, anomalous, details, p
