@@ -89,7 +89,6 @@ it is upgraded (unpickled once, so restore only checkpoints this system wrote).
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +98,7 @@ import msgspec
 from river import cluster, preprocessing
 
 from operators.base import Observation, Operator
+from operators.detectors.kmeans import Z_MAX, KMeansDistance, KMeansState, ScalerState
 from operators.rolling import EventTimeBuffer, RecentQuantile, RecentState
 from operators.rules import rule_spec as _rule
 from operators.state import StateCodec
@@ -106,20 +106,6 @@ from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
 from schemas.rows import SensorAnomalyRow
 
 log = logging.getLogger(__name__)
-
-# scaled coordinates are clamped to +-Z_MAX: d^2 <= features * (2 Z_MAX)^2 stays finite
-Z_MAX = 1e6
-
-
-def _clamped(z: dict[str, float]) -> dict[str, float]:
-    """`z` with every coordinate within [-Z_MAX, Z_MAX] (NaN, impossible for finite
-    input, to -Z_MAX); the same dict when nothing needs it (the usual case)."""
-    for v in z.values():
-        if not -Z_MAX <= v <= Z_MAX:
-            return {
-                f: (v if -Z_MAX <= v <= Z_MAX else Z_MAX if v > 0 else -Z_MAX) for f, v in z.items()
-            }
-    return z
 
 
 @dataclass(frozen=True)
@@ -151,33 +137,26 @@ STATE_FORMAT = 2  # `ClusterState`; 1: river objects pickled (upgraded, `_from_f
 
 
 class EntityModel:
-    """Scaler, k-means and recent distances of one entity."""
+    """The k-means distance detector (`operators.detectors.kmeans`) of one entity, and
+    the monitor's bookkeeping around it: recent distances, learning budget, alert runs."""
 
     __slots__ = (
         "active",
+        "detector",
         "features",
         "held",
         "learn_batch",
         "learnt",
         "long_run",
         "metric",
-        "model",
         "recent",
-        "scaler",
         "seen",
     )
 
     def __init__(self, features: tuple[str, ...], config: ClusterConfig) -> None:
         self.features = features
         self.metric = "|".join(features)
-        self.scaler = preprocessing.StandardScaler()
-        self.model = cluster.KMeans(
-            n_clusters=config.n_clusters, halflife=config.halflife, seed=config.seed
-        )
-        for c in range(config.n_clusters):  # draw every coordinate now, in a fixed order
-            center = self.model.centers[c]
-            for f in features:
-                center[f]  # a defaultdict: the access draws the coordinate
+        self.detector = KMeansDistance(features, config.n_clusters, config.halflife, config.seed)
         self.recent = RecentQuantile(config.history)
         self.seen = 0
         self.learn_batch = 0  # start of the current learning budget interval
@@ -187,49 +166,33 @@ class EntityModel:
         self.held: list[tuple[int, float, float]] = []
         self.long_run = False  # the current run outgrew the held share: winsorised
 
+    @property
+    def scaler(self) -> preprocessing.StandardScaler:
+        """The detector's river scaler."""
+        return self.detector.scaler
+
+    @property
+    def model(self) -> cluster.KMeans:
+        """The detector's river k-means."""
+        return self.detector.model
+
     def nearest(self, z: dict[str, float]) -> tuple[float, int]:
-        """Euclidean distance to the nearest centre, and that centre."""
-        best, best_c = math.inf, -1
-        features = self.features
-        for c, center in self.model.centers.items():
-            d2 = 0.0
-            for f in features:
-                diff = center[f] - z[f]
-                d2 += diff * diff
-            if d2 < best:
-                best, best_c = d2, c
-        return math.sqrt(best), best_c
+        """Euclidean distance of a scaled point to the nearest centre, and that centre."""
+        return self.detector.nearest(z)
 
     def learn(self, x: dict[str, float]) -> None:
-        """Learn one reading: the scaler, then river's k-means step on the scaled point.
-
-        The step is `KMeans.learn_one`'s, c <- c + halflife * (z - c) for the
-        nearest centre c, applied to river's own centres; only the search for
-        that centre is `nearest` (a loop over the features) instead of river's
-        `predict_one`, which builds a key set and a generator per centre (several
-        times slower: BENCHMARKS.md, "Measurements behind design choices").
-        The test against river's `learn_one` (tests/test_cluster_operator.py)
-        pins it."""
-        self.scaler.learn_one(x)
-        z = _clamped(self.scaler.transform_one(x))
-        center = self.model.centers[self.nearest(z)[1]]
-        rate = self.model.halflife
-        for f in self.features:
-            center[f] += rate * (z[f] - center[f])
+        """Learn one reading (`KMeansDistance.learn_one`: the scaler, then river's
+        k-means step on the scaled point)."""
+        self.detector.learn_one(x)
 
     def state(self) -> EntityState:
         """The model as typed state: river's scaler and k-means by their named fields
         (no pickle), read off the live river objects."""
-        scaler, model = self.scaler, self.model
+        scaler, kmeans = self.detector.state()
         return EntityState(
             features=self.features,
-            scaler=ScalerState(
-                counts=dict(scaler.counts), means=dict(scaler.means), vars=dict(scaler.vars)
-            ),
-            kmeans=KMeansState(
-                halflife=model.halflife,
-                centers=[dict(model.centers[c]) for c in range(len(model.centers))],
-            ),
+            scaler=scaler,
+            kmeans=kmeans,
             recent=self.recent.snapshot(),
             seen=self.seen,
             learn_batch=self.learn_batch,
@@ -241,23 +204,12 @@ class EntityModel:
 
     @classmethod
     def from_state(cls, state: EntityState, config: ClusterConfig) -> EntityModel:
-        """The live model of its typed state: river's scaler and k-means given back
-        their statistics and centres."""
+        """The live model of its typed state: the detector's river scaler and k-means
+        given back their statistics and centres."""
         m = cls.__new__(cls)
         m.features = tuple(state.features)
         m.metric = "|".join(m.features)
-        m.scaler = preprocessing.StandardScaler()
-        m.scaler.counts.update(state.scaler.counts)
-        m.scaler.means.update(state.scaler.means)
-        m.scaler.vars.update(state.scaler.vars)
-        centers = state.kmeans.centers
-        m.model = cluster.KMeans(
-            n_clusters=len(centers), halflife=state.kmeans.halflife, seed=config.seed
-        )
-        # every coordinate of the model's features is set, so the centres' seeded
-        # Gaussian default (river draws a missing coordinate) is never reached again
-        for c, coordinates in enumerate(centers):
-            m.model.centers[c].update(coordinates)
+        m.detector = KMeansDistance.from_state(m.features, state.scaler, state.kmeans, config.seed)
         m.recent = RecentQuantile.from_snapshot(config.history, state.recent)
         m.seen = state.seen
         m.learn_batch, m.learnt = state.learn_batch, state.learnt
@@ -265,23 +217,6 @@ class EntityModel:
         m.held = list(state.held)
         m.long_run = state.long_run
         return m
-
-
-class ScalerState(msgspec.Struct):
-    """river's `preprocessing.StandardScaler`: per feature the readings counted, the
-    running mean and the running population variance (Welford)."""
-
-    counts: dict[str, int]
-    means: dict[str, float]
-    vars: dict[str, float]
-
-
-class KMeansState(msgspec.Struct):
-    """river's `cluster.KMeans`: its step size and the centres, by cluster index (a
-    coordinate per feature of the model)."""
-
-    halflife: float
-    centers: list[dict[str, float]]
 
 
 class EntityState(msgspec.Struct):
@@ -428,8 +363,8 @@ class ClusterOperator(Operator):
                     x,
                 )
             return
-        z = _clamped(m.scaler.transform_one(x))
-        distance, center = m.nearest(z)
+        detector = m.detector
+        distance, center = detector.nearest_one(x)
         if m.seen >= cfg.warmup:
             self._judge(m, ts, sid, distance, center)
         else:
@@ -440,7 +375,7 @@ class ClusterOperator(Operator):
             m.learn_batch, m.learnt = batch, 0
         if m.learnt < cfg.max_learn_per_batch:
             m.learnt += 1
-            m.learn(x)
+            detector.learn_one(x)
 
     def _judge(self, m: EntityModel, ts: int, sid: str, distance: float, center: int) -> None:
         threshold = m.recent.quantile(self.config.quantile)
@@ -524,4 +459,11 @@ class ClusterOperator(Operator):
         self.out_of_range = state.out_of_range
 
 
-__all__ = ["DEFAULT_RULES", "ClusterConfig", "ClusterOperator"]
+__all__ = [
+    "DEFAULT_RULES",
+    "Z_MAX",
+    "ClusterConfig",
+    "ClusterOperator",
+    "KMeansState",
+    "ScalerState",
+]
