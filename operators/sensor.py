@@ -8,15 +8,14 @@ it in the sliding window [t - window_ms, t) (so a spike does not mask
 itself), once that window holds at least `min_points`:
 
 - zscore (`operators.detectors.zscore.ZScore`): z = |x - mean| / std, with the
-  window's mean and sample standard
-  deviation (ddof = 1); anomalous when z > z_threshold. The standard score;
-  a threshold of 3 is the "three-sigma rule" (for a normal distribution
-  P(|Z| > 3) = 0.27 %). score = z, threshold = z_threshold.
+  window's mean and sample standard deviation (ddof = 1); anomalous when
+  z > z_threshold. The standard score; a threshold of 3 is the "three-sigma
+  rule" (for a normal distribution P(|Z| > 3) = 0.27 %). score = z,
+  threshold = z_threshold.
 - iqr (`operators.detectors.iqr.IqrFences`): Tukey's fences (Tukey 1977,
-  "Exploratory Data Analysis"): with the
-  window's quartiles Q1, Q3 (numpy's "linear" quantile, Hyndman & Fan
-  definition 7) and IQR = Q3 - Q1, anomalous when
-  x < Q1 - k * IQR or x > Q3 + k * IQR (k = iqr_k, 1.5 by Tukey's choice).
+  "Exploratory Data Analysis"): with the window's quartiles Q1, Q3 (numpy's
+  "linear" quantile, Hyndman & Fan definition 7) and IQR = Q3 - Q1, anomalous
+  when x < Q1 - k * IQR or x > Q3 + k * IQR (k = iqr_k, 1.5 by Tukey's choice).
   score = distance beyond the crossed fence in IQR units,
   (x - (Q3 + k IQR)) / IQR resp. ((Q1 - k IQR) - x) / IQR; threshold = the
   crossed fence itself (in the metric's units).
