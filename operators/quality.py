@@ -181,7 +181,7 @@ def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
         raise StateFormatError(
             f"quality: a checkpoint in snapshot format {found!r}, which this version cannot "
             "read (it writes format 2 and upgrades format 1); start this monitor afresh: "
-            "`streamwatch worker --discard-state quality`"
+            "`streamwatch run --discard-state quality`"
         )
     windows: dict[int, dict[Version, dict[str, Any]]] = {}
     for w in old["windows"]:

@@ -20,7 +20,7 @@ Upgrade policy (stated in docs/operations.md, "Upgrading"):
   (`upgrades[old] -> the plain state of format old + 1`, applied in turn), and refused
   otherwise with a `StateFormatError` that names the monitor, both formats and the
   way out (drain the topic with the old version, or start that monitor afresh with
-  `streamwatch worker --discard-state MONITOR`); a refused snapshot is never half-used;
+  `streamwatch run --discard-state MONITOR`); a refused snapshot is never half-used;
 * a snapshot of a newer format than the code knows (a rollback) is refused the same way.
 
 >>> import msgspec
@@ -112,7 +112,7 @@ class StateCodec(Generic[S]):
             f"read (it writes format {self.format}"
             + (f" and upgrades formats {sorted(self.upgrades)}" if self.upgrades else "")
             + "). Drain the input with the version that wrote it, or start this monitor "
-            "afresh: `streamwatch worker --discard-state <monitor>` (its open windows are "
+            "afresh: `streamwatch run --discard-state <monitor>` (its open windows are "
             "lost; see docs/operations.md, Upgrading)"
         )
 

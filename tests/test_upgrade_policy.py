@@ -3,7 +3,7 @@
 A checkpoint this version cannot restore (here: the CTR monitor's task snapshot in a
 state format 99, from "a later version") stops the worker at start, loudly: exit code
 non-zero, the `StateFormatError` text in its log, /health not ok meanwhile; it never
-runs on without that state. `streamwatch worker --discard-state ctr` is the way out the
+runs on without that state. `streamwatch run --discard-state ctr` is the way out the
 message names: the worker then runs, the CTR monitor afresh, and its next checkpoint
 is one this version reads.
 """
@@ -42,7 +42,7 @@ def health(d: Deployment) -> tuple[int, dict]:
 
 def worker(d: Deployment, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "-v", "worker", *args],
+        [sys.executable, "-m", "streams.cli", "-v", "run", *args],
         env=d.env(),
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -2,7 +2,7 @@
 
 streamwatch demo                 everything embedded, simulated incidents, live alerts
 streamwatch run                  the worker, against the configured Kafka and ClickHouse
-                                 (also `streamwatch worker`; --discard-state MONITOR)
+                                 (--discard-state MONITOR: start a monitor afresh)
 streamwatch simulate             synthetic traffic with switchable incidents
 streamwatch query "SELECT ..."   read-only query, printed as a table
 streamwatch alerts               the alert topic: print (or --follow), filter by rule/entity glob
@@ -167,10 +167,6 @@ def run(ctx: click.Context, discard_state: tuple[str, ...]) -> None:
         worker.run()
     finally:
         services.stop()
-
-
-# the name a refused checkpoint's message gives the worker (operators/state.py)
-main.add_command(run, name="worker")
 
 
 def _one_line(exc: BaseException) -> str:
