@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
+from operators.state import StateFormatError
 from schemas.rows import Row
 from streams.config import load_settings
 from streams.connectors.checkpoints import Checkpoint, decode, encode
@@ -125,6 +127,25 @@ def test_restored_positions_skip_what_the_checkpoint_already_holds() -> None:
     second.process(msgs[3:])  # 3, 4, 5 are replays: skipped, not counted twice
     ctr = second.tasks[("ctr", 0)].operator
     assert sum(w.imps for _, _, w in ctr.windows.items()) == 10
+
+
+def test_a_damaged_checkpoint_stops_the_assignment_with_a_state_format_error() -> None:
+    """Not only a format the codec refuses: a checkpoint whose restore fails in any way
+    (here a format-1 CTR state missing its windows) must raise StateFormatError naming
+    the partition, the monitor and --discard-state, the error the runtime stops on."""
+    clock = [0.0]
+    first, _ = pipeline(clock)
+    first.assign([0], {})
+    state = {k: decode(encode(c)) for k, c in first.checkpoints(only_dirty=False).items()}
+    broken = state["ctr/0"]
+    broken.state["state"]["operator"] = {"seq": 0}  # format 1, no "windows": KeyError
+    second, _ = pipeline(clock)
+    with pytest.raises(StateFormatError) as raised:
+        second.assign([0], state)
+    text = str(raised.value)
+    assert text.startswith("partition 0 of monitor ctr:"), text
+    assert "--discard-state ctr" in text, text
+    assert ("ctr", 0) not in second.tasks
 
 
 def test_decoded_once_rejected_once_and_every_monitor_fed() -> None:

@@ -215,7 +215,17 @@ class Pipeline:
                 if checkpoint is not None:
                     try:
                         task.restore(checkpoint.state)
-                    except StateFormatError as exc:
+                    except Exception as exc:
+                        # any failure restoring (an upgrade or a rebuild that meets a
+                        # damaged checkpoint, not only a format the codec refuses) stops
+                        # the worker the same way: loudly, naming partition, monitor and
+                        # the way out, never running on a half-restored task
+                        if not isinstance(exc, StateFormatError):
+                            exc = StateFormatError(
+                                f"monitor {name}: a damaged checkpoint "
+                                f"({type(exc).__name__}: {exc}); start this monitor afresh: "
+                                f"`streamwatch run --discard-state {name}`"
+                            )
                         # "partition 0 of monitor ctr: rule engine: a checkpoint in ..."
                         text = str(exc).replace("<monitor>", name)
                         if not text.startswith(f"monitor {name}:"):
