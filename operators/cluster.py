@@ -95,7 +95,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from river import cluster, preprocessing
 
 from operators.base import Observation, Operator
 from operators.detectors.kmeans import (
@@ -171,25 +170,6 @@ class EntityModel:
         # (ts, distance, tau) of the current run of anomalous readings, not yet in `recent`
         self.held: list[tuple[int, float, float]] = []
         self.long_run = False  # the current run outgrew the held share: winsorised
-
-    @property
-    def scaler(self) -> preprocessing.StandardScaler:
-        """The detector's river scaler."""
-        return self.detector.scaler
-
-    @property
-    def model(self) -> cluster.KMeans:
-        """The detector's river k-means."""
-        return self.detector.model
-
-    def nearest(self, z: dict[str, float]) -> tuple[float, int]:
-        """Euclidean distance of a scaled point to the nearest centre, and that centre."""
-        return self.detector.nearest(z)
-
-    def learn(self, x: dict[str, float]) -> None:
-        """Learn one reading (`KMeansDistance.learn_one`: the scaler, then river's
-        k-means step on the scaled point)."""
-        self.detector.learn_one(x)
 
     def state(self) -> EntityState:
         """The model as typed state: river's scaler and k-means by their named fields

@@ -183,7 +183,7 @@ def test_learning_budget_is_counted_in_event_time() -> None:
             op.feed(SRC, events[i : i + batch])
             op.advance(events[min(i + batch, 59)].ts)
         op.advance(T0 + 10**6)
-        assert op.models[("sensor", "s1")].scaler.counts["temp"] == 30
+        assert op.models[("sensor", "s1")].detector.scaler.counts["temp"] == 30
         assert op.models[("sensor", "s1")].seen == 60
 
 

@@ -61,7 +61,7 @@ def test_cluster_scores_an_extreme_reading_instead_of_raising() -> None:
     flagged = {(r["ts"] - T0) // 1000 for r in as_dicts(out.rows["sensor_anomalies"])}
     assert {300, 301} <= flagged
     assert finite_outputs(out)
-    model = op.models[("sensor", "s1")]
+    model = op.models[("sensor", "s1")].detector
     assert all(math.isfinite(v) for c in model.model.centers.values() for v in c.values())
     # and it still judges: a reading of the quiet regime after the spikes is found
     # a centre (no KeyError), every coordinate bounded by the clamp

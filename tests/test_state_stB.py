@@ -155,7 +155,9 @@ def _cluster_format_1(op: ClusterOperator) -> dict[str, Any]:
     for key, m in op.models.items():
         models[entity(key)] = {
             "features": list(m.features),
-            "river": pickle.dumps((m.scaler, m.model), protocol=pickle.HIGHEST_PROTOCOL),
+            "river": pickle.dumps(
+                (m.detector.scaler, m.detector.model), protocol=pickle.HIGHEST_PROTOCOL
+            ),
             "recent": {"times": list(m.recent.times), "values": list(m.recent.values)},
             "seen": m.seen,
             "learn": [m.learn_batch, m.learnt],
