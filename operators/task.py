@@ -171,8 +171,8 @@ class MonitorTask:
             changes=self.changes.snapshot() if self.changes is not None else None,
             relations=self.relations.snapshot() if self.relations is not None else None,
         )
-        # the parts are plain copies already: CODEC.dump's to_builtins would copy them
-        # again, and turn the bytes in them into base64 text
+        # the parts are plain copies already (each part's own codec made them):
+        # CODEC.dump's to_builtins would copy every one of them a second time
         return {FORMAT_KEY: CODEC.format, "state": msgspec.structs.asdict(state)}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
