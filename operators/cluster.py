@@ -95,15 +95,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import numpy as np
 
+from operators import cluster_kernel as ck
 from operators.base import Observation, Operator
-from operators.detectors.kmeans import (
-    Z_MAX,
-    KMeansDistance,
-    KMeansState,
-    ScalerState,
-    clamped,
-)
+from operators.detectors.kmeans import HALF, Z_MAX, KMeansDistance, KMeansState, ScalerState
 from operators.rolling import EventTimeBuffer, RecentQuantile, RecentState
 from operators.rules import rule_spec as _rule
 from operators.state import StateCodec
@@ -143,66 +139,146 @@ STATE_FORMAT = 2  # `ClusterState`; 1: river objects pickled (upgraded, `_from_f
 
 class EntityModel:
     """The k-means distance detector (`operators.detectors.kmeans`) of one entity, and
-    the monitor's bookkeeping around it: recent distances, learning budget, alert runs."""
+    the monitor's bookkeeping around it: recent distances, learning budget, alert runs,
+    as the arrays `operators.cluster_kernel.run_entity` updates in place."""
 
     __slots__ = (
-        "active",
+        "active_flags",
         "detector",
         "features",
-        "held",
-        "learn_batch",
-        "learnt",
-        "long_run",
+        "h_d",
+        "h_tau",
+        "h_ts",
+        "iv",
         "metric",
-        "recent",
-        "seen",
+        "r_sorted",
+        "r_times",
+        "r_values",
+        "sensors",
     )
 
     def __init__(self, features: tuple[str, ...], config: ClusterConfig) -> None:
         self.features = features
         self.metric = "|".join(features)
         self.detector = KMeansDistance(features, config.n_clusters, config.halflife, config.seed)
-        self.recent = RecentQuantile(config.history)
-        self.seen = 0
-        self.learn_batch = 0  # start of the current learning budget interval
-        self.learnt = 0  # learns in it
-        self.active: dict[str, bool] = {}  # sensor_id -> last judged reading was anomalous
-        # (ts, distance, tau) of the current run of anomalous readings, not yet in `recent`
-        self.held: list[tuple[int, float, float]] = []
-        self.long_run = False  # the current run outgrew the held share: winsorised
+        self._arrays(config, 0, 0)
+
+    def _arrays(self, config: ClusterConfig, n_recent: int, n_held: int) -> None:
+        # the recent distances' ring holds `history`, or more if a checkpoint held more
+        # (RecentQuantile then stays at that length); the held run at most short_run + 1
+        cap = max(config.history, n_recent, 1)
+        self.r_times = np.zeros(cap, dtype=np.int64)
+        self.r_values = np.zeros(cap)
+        self.r_sorted = np.zeros(cap)
+        held = max(short_run_of(config), n_held) + 1
+        self.h_ts = np.zeros(held, dtype=np.int64)
+        self.h_d = np.zeros(held)
+        self.h_tau = np.zeros(held)
+        self.iv = np.zeros(ck.N_IV, dtype=np.int64)
+        self.sensors: dict[str, int] = {}  # sensor_id -> its index in active_flags
+        self.active_flags = np.zeros(4, dtype=np.uint8)
+
+    def sensor_index(self, sid: str) -> int:
+        """The index of sensor `sid` in `active_flags` (added when new)."""
+        i = self.sensors.get(sid)
+        if i is None:
+            i = self.sensors[sid] = len(self.sensors)
+            if i >= len(self.active_flags):
+                self.active_flags = np.concatenate(
+                    [self.active_flags, np.zeros(len(self.active_flags), dtype=np.uint8)]
+                )
+        return i
+
+    # the bookkeeping by name (state, checks)
+    @property
+    def seen(self) -> int:
+        return int(self.iv[ck.SEEN])
+
+    @property
+    def learn_batch(self) -> int:
+        """Start of the current learning budget interval."""
+        return int(self.iv[ck.LEARN_BATCH])
+
+    @property
+    def learnt(self) -> int:
+        """Learns in the current learning budget interval."""
+        return int(self.iv[ck.LEARNT])
+
+    @property
+    def long_run(self) -> bool:
+        """The current run outgrew the held share: winsorised."""
+        return bool(self.iv[ck.LONG_RUN])
+
+    @property
+    def held(self) -> list[tuple[int, float, float]]:
+        """(ts, distance, tau) of the current run of anomalous readings, not yet in
+        the recent distances."""
+        n = int(self.iv[ck.HELD_N])
+        return list(
+            zip(self.h_ts[:n].tolist(), self.h_d[:n].tolist(), self.h_tau[:n].tolist(), strict=True)
+        )
+
+    @property
+    def active(self) -> dict[str, bool]:
+        """sensor_id -> its last judged reading was anomalous (only those that are)."""
+        flags = self.active_flags
+        return {sid: True for sid, i in self.sensors.items() if flags[i]}
+
+    def recent_state(self) -> RecentState:
+        """The recent distances and their times, oldest first."""
+        n, cap = int(self.iv[ck.COUNT]), len(self.r_times)
+        order = (int(self.iv[ck.HEAD]) + np.arange(n)) % cap
+        return RecentState(self.r_times[order].tolist(), self.r_values[order].tolist())
+
+    @property
+    def recent(self) -> RecentQuantile:
+        """The recent distances as a `RecentQuantile` (a copy, for checks)."""
+        return RecentQuantile.from_snapshot(len(self.r_times), self.recent_state())
 
     def state(self) -> EntityState:
-        """The model as typed state: river's scaler and k-means by their named fields
-        (no pickle), read off the live river objects."""
+        """The model as typed state: river's scaler and k-means by their named fields."""
         scaler, kmeans = self.detector.state()
         return EntityState(
             features=self.features,
             scaler=scaler,
             kmeans=kmeans,
-            recent=self.recent.snapshot(),
+            recent=self.recent_state(),
             seen=self.seen,
             learn_batch=self.learn_batch,
             learnt=self.learnt,
-            active=dict(self.active),
-            held=list(self.held),
+            active=self.active,
+            held=self.held,
             long_run=self.long_run,
         )
 
     @classmethod
     def from_state(cls, state: EntityState, config: ClusterConfig) -> EntityModel:
-        """The live model of its typed state: the detector's river scaler and k-means
-        given back their statistics and centres."""
+        """The live model of its typed state: the arrays filled from it."""
         m = cls.__new__(cls)
         m.features = tuple(state.features)
         m.metric = "|".join(m.features)
         m.detector = KMeansDistance.from_state(m.features, state.scaler, state.kmeans, config.seed)
-        m.recent = RecentQuantile.from_snapshot(config.history, state.recent)
-        m.seen = state.seen
-        m.learn_batch, m.learnt = state.learn_batch, state.learnt
-        m.active = dict(state.active)
-        m.held = list(state.held)
-        m.long_run = state.long_run
+        recent, held = state.recent, state.held
+        m._arrays(config, len(recent.values), len(held))
+        n = len(recent.values)
+        m.r_times[:n] = recent.times
+        m.r_values[:n] = recent.values
+        m.r_sorted[:n] = sorted(recent.values)
+        for i, (t, d, tau) in enumerate(held):
+            m.h_ts[i], m.h_d[i], m.h_tau[i] = t, d, tau
+        iv = m.iv
+        iv[ck.COUNT], iv[ck.HEAD], iv[ck.HELD_N] = n, 0, len(held)
+        iv[ck.SEEN], iv[ck.LEARN_BATCH], iv[ck.LEARNT] = state.seen, state.learn_batch, state.learnt
+        iv[ck.LONG_RUN] = state.long_run
+        for sid, flag in state.active.items():
+            m.active_flags[m.sensor_index(sid)] = flag
         return m
+
+
+def short_run_of(config: ClusterConfig) -> int:
+    """The longest run of anomalies admitted at its own distances: the quantile's
+    share of the history (5 of 1,000 at 99.5 %)."""
+    return max(1, int(config.history * (1.0 - config.quantile)))
 
 
 class EntityState(msgspec.Struct):
@@ -304,9 +380,12 @@ class ClusterOperator(Operator):
         # readings with a value beyond MAX_SENSOR_MAGNITUDE (the schema rejects them)
         self.out_of_range = 0
         self._warned: set[Entity] = set()  # entities whose out-of-range reading was logged
-        # the longest run of anomalies admitted at its own distances: the quantile's
-        # share of the history (5 of 1,000 at 99.5 %)
-        self._short_run = max(1, int(self.config.history * (1.0 - self.config.quantile)))
+        self._short_run = short_run_of(self.config)
+        cfg = self.config
+        self._cfg = np.zeros(5, dtype=np.int64)  # the kernel's integer settings
+        self._cfg[ck.WARMUP], self._cfg[ck.LEARN_BATCH_MS] = cfg.warmup, cfg.learn_batch_ms
+        self._cfg[ck.MAX_LEARN], self._cfg[ck.SHORT_RUN] = cfg.max_learn_per_batch, self._short_run
+        self._cfg[ck.HISTORY] = cfg.history
         self._codec = StateCodec(
             "cluster", ClusterState, format=STATE_FORMAT, upgrades={1: _from_format_1}
         )
@@ -318,113 +397,153 @@ class ClusterOperator(Operator):
             push((e.ts, e.sensor_id, items, e.site or ""))
 
     def advance(self, watermark: int) -> None:
+        released = self.pending.release(watermark)
+        if not released:
+            return
         by_site = self.config.group_by == "site"
-        for ts, sid, items, site in self.pending.release(watermark):
+        models = self.models
+        # the released readings by entity, in event order (entities are independent:
+        # each one's readings go through the compiled kernel in one call)
+        groups: dict[Entity, list[int]] = {}
+        for i, (_, sid, items, site) in enumerate(released):
             entity = ("site", site) if by_site and site else ("sensor", sid)
-            self._reading(ts, entity, sid, items, site)
+            g = groups.get(entity)
+            if g is None:
+                g = groups[entity] = []
+                if entity not in models:
+                    features = self.config.features or tuple(k for k, _ in items)
+                    models[entity] = EntityModel(tuple(sorted(features)), self.config)
+            g.append(i)
+        emitted: list[tuple[int, SensorAnomalyRow | None, Observation]] = []
+        for entity, g in groups.items():
+            self._entity(entity, models[entity], released, g, emitted)
+        if emitted:  # in event order, as one reading after the other would give them
+            emitted.sort(key=lambda e: e[0])
+            out = self._out
+            for _, row, obs in emitted:
+                if row is not None:
+                    out.add_row(row)
+                out.observations.append(obs)
 
-    def _reading(
-        self, ts: int, entity: Entity, sid: str, items: tuple[tuple[str, float], ...], site: str
+    def _entity(
+        self,
+        entity: Entity,
+        m: EntityModel,
+        released: list[Entry],
+        g: list[int],
+        emitted: list[tuple[int, SensorAnomalyRow | None, Observation]],
     ) -> None:
-        cfg = self.config
-        m = self.models.get(entity)
-        if m is None:
-            features = cfg.features or tuple(k for k, _ in items)
-            m = self.models[entity] = EntityModel(tuple(sorted(features)), cfg)
-        values = dict(items)
-        try:
-            x = {f: values[f] for f in m.features}
-        except KeyError:
-            self.skipped += 1
+        """Score, judge and learn entity's released readings `released[i]`, i in g."""
+        features = m.features
+        index: list[int] = []
+        times: list[int] = []
+        rows: list[tuple[float, ...]] = []
+        sensors: list[int] = []
+        sensor_index = m.sensor_index
+        for i in g:
+            ts, sid, items, _ = released[i]
+            keys, values = zip(*items, strict=True) if items else ((), ())
+            if keys != features:  # extra features, or some missing (skipped)
+                have = dict(items)
+                try:
+                    values = tuple(have[f] for f in features)
+                except KeyError:
+                    self.skipped += 1
+                    continue
+            index.append(i)
+            times.append(ts)
+            rows.append(values)
+            sensors.append(sensor_index(sid))
+        if not rows:
             return
-        if not all(-MAX_SENSOR_MAGNITUDE <= v <= MAX_SENSOR_MAGNITUDE for v in x.values()):
-            self.out_of_range += 1
-            if entity not in self._warned:
-                self._warned.add(entity)
-                log.warning(
-                    "cluster: reading of %s at %d has a value beyond %g, not scored: %s",
-                    sid,
-                    ts,
-                    MAX_SENSOR_MAGNITUDE,
-                    x,
-                )
-            return
-        detector = m.detector
-        # `detector.nearest_one(x)`, spelt out: one call fewer per reading
-        distance, center = detector.nearest(clamped(detector.scaler.transform_one(x)))
-        if m.seen >= cfg.warmup:
-            self._judge(m, ts, sid, distance, center)
-        else:
-            m.recent.add(ts, distance)
-        m.seen += 1
-        batch = ts - ts % cfg.learn_batch_ms
-        if batch != m.learn_batch:
-            m.learn_batch, m.learnt = batch, 0
-        if m.learnt < cfg.max_learn_per_batch:
-            m.learnt += 1
-            detector.learn_one(x)
-
-    def _judge(self, m: EntityModel, ts: int, sid: str, distance: float, center: int) -> None:
-        threshold = m.recent.quantile(self.config.quantile)
-        anomalous = distance > threshold > 0.0
-        window_start = m.recent.first_ts()
-        n = len(m.recent)  # the distances tau comes from
-        if anomalous and m.long_run:
-            m.recent.add(ts, threshold)  # winsorised: cannot raise the tau judging the run
-        elif anomalous:
-            m.held.append((ts, distance, threshold))
-            if len(m.held) > self._short_run:  # a long run: winsorised, no longer held
-                for t, _, tau in m.held:
-                    m.recent.add(t, tau)
-                m.held.clear()
-                m.long_run = True
-        else:
-            # a short run ended: its distances are the normal tail tau stands for
-            for t, d, _ in m.held:
-                m.recent.add(t, d)
-            m.held.clear()
-            m.long_run = False
-            m.recent.add(ts, distance)
-        was_active = m.active.get(sid, False)
-        if not (anomalous or was_active):
-            return
-        if anomalous:
-            m.active[sid] = True
-        else:
-            del m.active[sid]
-        ratio = distance / threshold if threshold > 0.0 else 0.0
-        if anomalous:
-            self._out.add_row(
-                SensorAnomalyRow(
+        xs = np.array(rows, dtype=np.float64).reshape(len(rows), len(features))
+        within = (np.abs(xs) <= MAX_SENSOR_MAGNITUDE).all(axis=1)  # NaN is not within
+        if not within.all():
+            for r in np.flatnonzero(~within).tolist():
+                self.out_of_range += 1
+                if entity not in self._warned:
+                    self._warned.add(entity)
+                    ts, sid = released[index[r]][0], released[index[r]][1]
+                    log.warning(
+                        "cluster: reading of %s at %d has a value beyond %g, not scored: %s",
+                        sid,
+                        ts,
+                        MAX_SENSOR_MAGNITUDE,
+                        dict(zip(features, rows[r], strict=True)),
+                    )
+            keep = np.flatnonzero(within).tolist()
+            index = [index[r] for r in keep]
+            times = [times[r] for r in keep]
+            sensors = [sensors[r] for r in keep]
+            xs = np.ascontiguousarray(xs[within])
+            if not index:
+                return
+        n = len(index)
+        out_i = np.empty((n, 5), dtype=np.int64)
+        out_f = np.empty((n, 3))
+        d = m.detector
+        n_out = ck.run_entity(
+            np.array(times, dtype=np.int64),
+            xs,
+            np.array(sensors, dtype=np.int64),
+            d.mean,
+            d.var,
+            d.count,
+            d.present,
+            d.centers,
+            d.z,
+            m.r_times,
+            m.r_values,
+            m.r_sorted,
+            m.h_ts,
+            m.h_d,
+            m.h_tau,
+            m.active_flags,
+            m.iv,
+            self._cfg,
+            self.config.quantile,
+            d.halflife,
+            HALF,
+            out_i,
+            out_f,
+        )
+        if n_out:
+            ints, floats = out_i[:n_out].tolist(), out_f[:n_out].tolist()
+            for (r, window_start, n_tau, center, anomalous), (distance, tau, ratio) in zip(
+                ints, floats, strict=True
+            ):
+                i = index[r]
+                ts, sid = released[i][0], released[i][1]
+                row = None
+                if anomalous:
+                    row = SensorAnomalyRow(
+                        ts=ts,
+                        sensor_id=sid,
+                        metric=m.metric,
+                        value=distance,
+                        method="cluster",
+                        score=ratio,
+                        threshold=tau,
+                        window_start=window_start,
+                        window_end=ts,
+                    )
+                obs = Observation(
+                    kind="cluster",
+                    entity=sid,
+                    metric="cluster_distance",
+                    value=ratio,
                     ts=ts,
-                    sensor_id=sid,
-                    metric=m.metric,
-                    value=distance,
-                    method="cluster",
-                    score=ratio,
-                    threshold=threshold,
+                    n=n_tau,
                     window_start=window_start,
                     window_end=ts,
-                ),
-            )
-        self._out.observations.append(
-            Observation(
-                kind="cluster",
-                entity=sid,
-                metric="cluster_distance",
-                value=ratio,
-                ts=ts,
-                n=n,
-                window_start=window_start,
-                window_end=ts,
-                details={
-                    "distance": distance,
-                    "distance_threshold": threshold,
-                    "cluster": center,
-                    "features": m.metric,
-                },
-            )
-        )
+                    details={
+                        "distance": distance,
+                        "distance_threshold": tau,
+                        "cluster": center,
+                        "features": m.metric,
+                    },
+                )
+                emitted.append((i, row, obs))
 
     def snapshot(self) -> dict[str, Any]:
         return self._codec.dump(

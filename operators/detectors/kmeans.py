@@ -1,27 +1,42 @@
 """Distance of a multivariate reading to the nearest centre of an online k-means.
 
-A reading x (a value per feature) is standardised by river's
-`preprocessing.StandardScaler` (per feature, z_f = (x_f - mean_f) / sd_f with
-Welford's running mean and population variance), each scaled coordinate
-clamped to +-`Z_MAX` standard deviations (so d^2 <= features * (2 Z_MAX)^2
-stays finite for any finite reading), and scored by the Euclidean distance to
-the nearest of the k centres of river's `cluster.KMeans`:
+A reading x (a value per feature) is standardised as river's
+`preprocessing.StandardScaler` does (per feature, z_f = (x_f - mean_f) / sd_f
+with Welford's running mean and population variance; a feature without
+variance yet scales to 0), each scaled coordinate clamped to +-`Z_MAX`
+standard deviations (so d^2 <= features * (2 Z_MAX)^2 stays finite for any
+finite reading), and scored by the Euclidean distance to the nearest of the k
+centres of river's `cluster.KMeans`:
 
     score(x) = min_c || z - c ||_2.
 
-Learning one reading (`learn_one`) is the scaler's update, then river's
-`KMeans.learn_one` step on the newly scaled point: the nearest centre c moves
-toward it, c <- c + halflife * (z - c) (MacQueen's online k-means with a
-constant step, as river implements it). Only the search for that centre is
-`nearest` (a loop over the features) instead of river's `predict_one`, which
-builds a key set and a generator per centre (several times slower:
-BENCHMARKS.md, "Measurements behind design choices");
-tests/test_detector_objects.py checks centres and distances against river's
-own `learn_one`/`predict_one` on the same stream.
+Learning one reading (`learn_one`) is the scaler's update (Welford 1962, in
+river's order: n_f += 1; m' = m + (x_f - m) / n_f;
+v' = v + ((x_f - m)(x_f - m') - v) / n_f), then river's `KMeans.learn_one`
+step on the newly scaled point: the nearest centre c moves toward it,
+c <- c + halflife * (z - c) (MacQueen's online k-means with a constant step, as
+river implements it).
 
-The state is river's scaler and centres, as the typed `ScalerState` and
-`KMeansState` (no pickle); there is no time, no rows and no alert state here
-(the thresholds on the distance are the monitor's).
+Compiled (issue 18, point 1): the state is numpy float64 arrays (the scaler's
+means, variances and counts, the k x features centres) updated in place by
+numba kernels (`transform`, `nearest`, `learn`, also called by the cluster
+monitor's per-entity kernel, `operators.cluster_kernel`), with river's
+float64 operations in river's order, so the results are river's bit for bit
+(tests/test_kmeans_kernel.py compares them with river's own `StandardScaler`
+and `KMeans` over hypothesis-generated streams). One subtlety: river's
+`v ** 0.5` is C's `pow(v, 0.5)`, which in rare cases differs in the last bit
+from `sqrt(v)`, and LLVM rewrites a constant `** 0.5` into `sqrt`; the
+exponent is therefore passed to the kernels as a runtime argument (`HALF`),
+which keeps the call to libm's `pow`.
+
+river's dictionaries create an entry when a missing key is read (the
+scaler's `transform_one` reads a feature's variance, and its mean only when
+the variance is non-zero); which features each of them holds is kept as a
+mask (`present`), so the typed state (`ScalerState`, `KMeansState`, no
+pickle) is exactly what river's objects would hold. `scaler` and `model` give
+river objects with this state (for checks and format-1 checkpoints). There is
+no time, no rows and no alert state here (the thresholds on the distance are
+the monitor's).
 
 >>> km = KMeansDistance(("a", "b"), n_clusters=2, halflife=0.5, seed=1)
 >>> for i in range(50):
@@ -38,10 +53,16 @@ from __future__ import annotations
 import math
 
 import msgspec
+import numpy as np
+from numba import njit
 from river import cluster, preprocessing
 
 # scaled coordinates are clamped to +-Z_MAX: d^2 <= features * (2 Z_MAX)^2 stays finite
 Z_MAX = 1e6
+#: the exponent of river's `v ** 0.5`, passed at run time (see the module docstring)
+HALF = 0.5
+#: rows of `present`: which features river's counts, means and vars dicts hold
+COUNTS, MEANS, VARS = 0, 1, 2
 
 
 def clamped(z: dict[str, float]) -> dict[str, float]:
@@ -53,6 +74,76 @@ def clamped(z: dict[str, float]) -> dict[str, float]:
                 f: (v if -Z_MAX <= v <= Z_MAX else Z_MAX if v > 0 else -Z_MAX) for f, v in z.items()
             }
     return z
+
+
+@njit(
+    "void(float64[::1], float64[::1], float64[::1], uint8[:, ::1], float64[::1], float64)",
+    cache=True,
+)
+def transform(
+    x: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    present: np.ndarray,
+    z: np.ndarray,
+    half: float,
+) -> None:
+    """z = river's `StandardScaler.transform_one(x)`, clamped to +-Z_MAX."""
+    for f in range(x.shape[0]):
+        v = var[f]
+        present[VARS, f] = 1  # river: `v = vars_[i]` (a defaultdict)
+        if v != 0.0:  # river: `if v` (NaN is true, as here)
+            present[MEANS, f] = 1
+            zf = (x[f] - mean[f]) / v**half
+        else:
+            zf = 0.0
+        if not -Z_MAX <= zf <= Z_MAX:  # `clamped`
+            zf = Z_MAX if zf > 0 else -Z_MAX
+        z[f] = zf
+
+
+@njit("UniTuple(float64, 2)(float64[::1], float64[:, ::1])", cache=True)
+def nearest_center(z: np.ndarray, centers: np.ndarray) -> tuple[float, float]:
+    """(distance, index as a float) of the centre nearest to z; the first on ties."""
+    best, best_c = math.inf, -1
+    for c in range(centers.shape[0]):
+        d2 = 0.0
+        for f in range(z.shape[0]):
+            diff = centers[c, f] - z[f]
+            d2 += diff * diff
+        if d2 < best:
+            best, best_c = d2, c
+    return math.sqrt(best), float(best_c)
+
+
+@njit(
+    "void(float64[::1], float64[::1], float64[::1], int64[::1], uint8[:, ::1],"
+    " float64[:, ::1], float64, float64[::1], float64)",
+    cache=True,
+)
+def learn(
+    x: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    count: np.ndarray,
+    present: np.ndarray,
+    centers: np.ndarray,
+    rate: float,
+    z: np.ndarray,
+    half: float,
+) -> None:
+    """river's `scaler.learn_one(x)`, then `KMeans.learn_one(scaler.transform_one(x))`
+    (z is scratch space)."""
+    for f in range(x.shape[0]):
+        count[f] += 1
+        present[COUNTS, f] = present[MEANS, f] = present[VARS, f] = 1
+        old = mean[f]
+        mean[f] = old + (x[f] - old) / count[f]
+        var[f] = var[f] + ((x[f] - old) * (x[f] - mean[f]) - var[f]) / count[f]
+    transform(x, mean, var, present, z, half)
+    c = int(nearest_center(z, centers)[1])
+    for f in range(z.shape[0]):
+        centers[c, f] = centers[c, f] + rate * (z[f] - centers[c, f])
 
 
 class ScalerState(msgspec.Struct):
@@ -74,68 +165,106 @@ class KMeansState(msgspec.Struct):
 
 class KMeansDistance:
     """Scaler and online k-means of one entity: `score_one` is the distance of the
-    scaled reading to the nearest centre, `learn_one` river's step."""
+    scaled reading to the nearest centre, `learn_one` river's step. The state is the
+    arrays `mean`, `var`, `count`, `present` (features) and `centers` (k x features)."""
 
-    __slots__ = ("features", "model", "scaler")
+    __slots__ = ("centers", "count", "features", "halflife", "mean", "present", "seed", "var", "z")
 
     def __init__(
         self, features: tuple[str, ...], n_clusters: int, halflife: float, seed: int | None
     ) -> None:
+        model = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, seed=seed)
+        # river draws each centre coordinate when first read: draw them all now, in
+        # a fixed order (centre by centre, features in the model's order)
+        centers = [[model.centers[c][f] for f in features] for c in range(n_clusters)]
+        self._init(features, halflife, seed, np.array(centers, dtype=np.float64))
+
+    def _init(
+        self, features: tuple[str, ...], halflife: float, seed: int | None, centers: np.ndarray
+    ) -> None:
+        n = len(features)
         self.features = features
-        self.scaler = preprocessing.StandardScaler()
-        self.model = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, seed=seed)
-        for c in range(n_clusters):  # draw every coordinate now, in a fixed order
-            center = self.model.centers[c]
-            for f in features:
-                center[f]  # a defaultdict: the access draws the coordinate
+        self.halflife = float(halflife)
+        self.seed = seed
+        self.centers = np.ascontiguousarray(centers, dtype=np.float64).reshape(-1, n)
+        self.mean = np.zeros(n)
+        self.var = np.zeros(n)
+        self.count = np.zeros(n, dtype=np.int64)
+        self.present = np.zeros((3, n), dtype=np.uint8)
+        self.z = np.zeros(n)  # scratch: the scaled reading
+
+    def _x(self, x: dict[str, float]) -> np.ndarray:
+        return np.array([x[f] for f in self.features], dtype=np.float64)
 
     def transform_one(self, x: dict[str, float]) -> dict[str, float]:
         """x scaled by the scaler's current statistics, clamped to +-Z_MAX."""
-        return clamped(self.scaler.transform_one(x))
+        z = np.empty(len(self.features))
+        transform(self._x(x), self.mean, self.var, self.present, z, HALF)
+        return dict(zip(self.features, z.tolist(), strict=True))
 
     def nearest(self, z: dict[str, float]) -> tuple[float, int]:
         """Euclidean distance of the scaled point z to the nearest centre, and that centre."""
-        best, best_c = math.inf, -1
-        features = self.features
-        for c, center in self.model.centers.items():
-            d2 = 0.0
-            for f in features:
-                diff = center[f] - z[f]
-                d2 += diff * diff
-            if d2 < best:
-                best, best_c = d2, c
-        return math.sqrt(best), best_c
+        distance, c = nearest_center(self._x(z), self.centers)
+        return distance, int(c)
 
     def nearest_one(self, x: dict[str, float]) -> tuple[float, int]:
         """(distance, centre) of reading x: its scaled point's nearest centre."""
-        return self.nearest(clamped(self.scaler.transform_one(x)))
+        transform(self._x(x), self.mean, self.var, self.present, self.z, HALF)
+        distance, c = nearest_center(self.z, self.centers)
+        return distance, int(c)
 
     def score_one(self, x: dict[str, float]) -> float:
         """The distance of reading x's scaled point to the nearest centre."""
-        return self.nearest(clamped(self.scaler.transform_one(x)))[0]
+        return self.nearest_one(x)[0]
 
     def learn_one(self, x: dict[str, float]) -> None:
         """Learn one reading: the scaler, then river's k-means step on the scaled point
         (c <- c + halflife * (z - c) for the nearest centre c)."""
-        self.scaler.learn_one(x)
-        z = clamped(self.scaler.transform_one(x))
-        center = self.model.centers[self.nearest(z)[1]]
-        rate = self.model.halflife
-        for f in self.features:
-            center[f] += rate * (z[f] - center[f])
+        learn(
+            self._x(x),
+            self.mean,
+            self.var,
+            self.count,
+            self.present,
+            self.centers,
+            self.halflife,
+            self.z,
+            HALF,
+        )
+
+    @property
+    def scaler(self) -> preprocessing.StandardScaler:
+        """A river `StandardScaler` holding this scaler's statistics (a copy)."""
+        s = self.scaler_state()
+        scaler = preprocessing.StandardScaler()
+        scaler.counts.update(s.counts)
+        scaler.means.update(s.means)
+        scaler.vars.update(s.vars)
+        return scaler
+
+    @property
+    def model(self) -> cluster.KMeans:
+        """A river `KMeans` holding these centres (a copy)."""
+        model = cluster.KMeans(n_clusters=len(self.centers), halflife=self.halflife, seed=self.seed)
+        for c, row in enumerate(self.centers.tolist()):
+            model.centers[c].update(zip(self.features, row, strict=True))
+        return model
+
+    def scaler_state(self) -> ScalerState:
+        """The scaler as river's three dicts, with the features each of them holds."""
+        feats = self.features
+        counts, means, vars_ = self.count.tolist(), self.mean.tolist(), self.var.tolist()
+        has = self.present.tolist()
+        return ScalerState(
+            counts={f: counts[i] for i, f in enumerate(feats) if has[COUNTS][i]},
+            means={f: means[i] for i, f in enumerate(feats) if has[MEANS][i]},
+            vars={f: vars_[i] for i, f in enumerate(feats) if has[VARS][i]},
+        )
 
     def state(self) -> tuple[ScalerState, KMeansState]:
-        """The scaler and k-means as typed state, read off the live river objects."""
-        scaler, model = self.scaler, self.model
-        return (
-            ScalerState(
-                counts=dict(scaler.counts), means=dict(scaler.means), vars=dict(scaler.vars)
-            ),
-            KMeansState(
-                halflife=model.halflife,
-                centers=[dict(model.centers[c]) for c in range(len(model.centers))],
-            ),
-        )
+        """The scaler and k-means as typed state (river's named fields)."""
+        centers = [dict(zip(self.features, row, strict=True)) for row in self.centers.tolist()]
+        return self.scaler_state(), KMeansState(halflife=self.halflife, centers=centers)
 
     @classmethod
     def from_state(
@@ -145,18 +274,20 @@ class KMeansDistance:
         kmeans: KMeansState,
         seed: int | None,
     ) -> KMeansDistance:
-        """The live detector of its typed state: river's scaler and k-means given back
-        their statistics and centres."""
+        """The live detector of its typed state: the scaler's statistics and the centres
+        into the arrays."""
         d = cls.__new__(cls)
-        d.features = features
-        d.scaler = preprocessing.StandardScaler()
-        d.scaler.counts.update(scaler.counts)
-        d.scaler.means.update(scaler.means)
-        d.scaler.vars.update(scaler.vars)
-        centers = kmeans.centers
-        d.model = cluster.KMeans(n_clusters=len(centers), halflife=kmeans.halflife, seed=seed)
-        # every coordinate of the model's features is set, so the centres' seeded
-        # Gaussian default (river draws a missing coordinate) is never reached again
-        for c, coordinates in enumerate(centers):
-            d.model.centers[c].update(coordinates)
+        model = cluster.KMeans(n_clusters=len(kmeans.centers), halflife=kmeans.halflife, seed=seed)
+        for c, coordinates in enumerate(kmeans.centers):
+            model.centers[c].update(coordinates)
+        # a coordinate missing from the state is drawn as river would draw it
+        centers = [[model.centers[c][f] for f in features] for c in range(len(kmeans.centers))]
+        d._init(features, kmeans.halflife, seed, np.array(centers, dtype=np.float64))
+        for i, f in enumerate(features):
+            if f in scaler.counts:
+                d.count[i], d.present[COUNTS, i] = scaler.counts[f], 1
+            if f in scaler.means:
+                d.mean[i], d.present[MEANS, i] = scaler.means[f], 1
+            if f in scaler.vars:
+                d.var[i], d.present[VARS, i] = scaler.vars[f], 1
         return d
