@@ -151,6 +151,8 @@ class EntityModel:
         "h_ts",
         "iv",
         "metric",
+        "mf",
+        "mi",
         "r_sorted",
         "r_times",
         "r_values",
@@ -167,14 +169,18 @@ class EntityModel:
         # the recent distances' ring holds `history`, or more if a checkpoint held more
         # (RecentQuantile then stays at that length); the held run at most short_run + 1
         cap = max(config.history, n_recent, 1)
-        self.r_times = np.zeros(cap, dtype=np.int64)
-        self.r_values = np.zeros(cap)
-        self.r_sorted = np.zeros(cap)
-        held = max(short_run_of(config), n_held) + 1
-        self.h_ts = np.zeros(held, dtype=np.int64)
-        self.h_d = np.zeros(held)
-        self.h_tau = np.zeros(held)
-        self.iv = np.zeros(ck.N_IV, dtype=np.int64)
+        hcap = max(short_run_of(config), n_held) + 1
+        self.mi = np.zeros(ck.N_IV + cap + hcap, dtype=np.int64)
+        self.mf = np.zeros(2 * cap + 2 * hcap)
+        self.mi[ck.CAP], self.mi[ck.HCAP] = cap, hcap
+        # named views of mi and mf (the kernel updates them in place)
+        self.iv = self.mi[: ck.N_IV]
+        self.r_times = self.mi[ck.N_IV : ck.N_IV + cap]
+        self.h_ts = self.mi[ck.N_IV + cap :]
+        self.r_values = self.mf[:cap]
+        self.r_sorted = self.mf[cap : 2 * cap]
+        self.h_d = self.mf[2 * cap : 2 * cap + hcap]
+        self.h_tau = self.mf[2 * cap + hcap :]
         self.sensors: dict[str, int] = {}  # sensor_id -> its index in active_flags
         self.active_flags = np.zeros(4, dtype=np.uint8)
 
@@ -386,6 +392,7 @@ class ClusterOperator(Operator):
         self._cfg[ck.WARMUP], self._cfg[ck.LEARN_BATCH_MS] = cfg.warmup, cfg.learn_batch_ms
         self._cfg[ck.MAX_LEARN], self._cfg[ck.SHORT_RUN] = cfg.max_learn_per_batch, self._short_run
         self._cfg[ck.HISTORY] = cfg.history
+        self._scratch = np.empty((64, ck.N_OUT))  # the kernel's output rows, reused
         self._codec = StateCodec(
             "cluster", ClusterState, format=STATE_FORMAT, upgrades={1: _from_format_1}
         )
@@ -393,7 +400,8 @@ class ClusterOperator(Operator):
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
         push = self.pending.push
         for e in events:
-            items = tuple(sorted((k, float(v)) for k, v in e.values.items()))
+            values = e.values  # (feature, float value) sorted: the keys are unique
+            items = tuple(sorted(zip(values, map(float, values.values()))))
             push((e.ts, e.sensor_id, items, e.site or ""))
 
     def advance(self, watermark: int) -> None:
@@ -435,10 +443,9 @@ class ClusterOperator(Operator):
     ) -> None:
         """Score, judge and learn entity's released readings `released[i]`, i in g."""
         features = m.features
-        index: list[int] = []
-        times: list[int] = []
-        rows: list[tuple[float, ...]] = []
-        sensors: list[int] = []
+        index: list[int] = []  # of the readings scored, in `released`
+        ts_sensor: list[int] = []  # their (ts, sensor index), flat
+        flat: list[float] = []  # their values, flat
         sensor_index = m.sensor_index
         for i in g:
             ts, sid, items, _ = released[i]
@@ -451,13 +458,14 @@ class ClusterOperator(Operator):
                     self.skipped += 1
                     continue
             index.append(i)
-            times.append(ts)
-            rows.append(values)
-            sensors.append(sensor_index(sid))
-        if not rows:
+            ts_sensor += (ts, sensor_index(sid))
+            flat += values
+        if not index:
             return
-        xs = np.array(rows, dtype=np.float64).reshape(len(rows), len(features))
+        n, nf = len(index), len(features)
+        xs = np.array(flat, dtype=np.float64).reshape(n, nf)
         within = (np.abs(xs) <= MAX_SENSOR_MAGNITUDE).all(axis=1)  # NaN is not within
+        ts_arr = np.array(ts_sensor, dtype=np.int64).reshape(n, 2)
         if not within.all():
             for r in np.flatnonzero(~within).tolist():
                 self.out_of_range += 1
@@ -469,50 +477,34 @@ class ClusterOperator(Operator):
                         sid,
                         ts,
                         MAX_SENSOR_MAGNITUDE,
-                        dict(zip(features, rows[r], strict=True)),
+                        dict(zip(features, xs[r].tolist(), strict=True)),
                     )
-            keep = np.flatnonzero(within).tolist()
-            index = [index[r] for r in keep]
-            times = [times[r] for r in keep]
-            sensors = [sensors[r] for r in keep]
-            xs = np.ascontiguousarray(xs[within])
+            index = [i for i, ok in zip(index, within.tolist(), strict=True) if ok]
             if not index:
                 return
-        n = len(index)
-        out_i = np.empty((n, 5), dtype=np.int64)
-        out_f = np.empty((n, 3))
+            xs, ts_arr = np.ascontiguousarray(xs[within]), np.ascontiguousarray(ts_arr[within])
+            n = len(index)
+        out = self._scratch
+        if len(out) < n:
+            out = self._scratch = np.empty((max(n, 2 * len(out)), ck.N_OUT))
         d = m.detector
         n_out = ck.run_entity(
-            np.array(times, dtype=np.int64),
+            ts_arr,
             xs,
-            np.array(sensors, dtype=np.int64),
-            d.mean,
-            d.var,
-            d.count,
-            d.present,
-            d.centers,
-            d.z,
-            m.r_times,
-            m.r_values,
-            m.r_sorted,
-            m.h_ts,
-            m.h_d,
-            m.h_tau,
+            d.det,
+            m.mi,
+            m.mf,
             m.active_flags,
-            m.iv,
             self._cfg,
             self.config.quantile,
             d.halflife,
             HALF,
-            out_i,
-            out_f,
+            out,
         )
         if n_out:
-            ints, floats = out_i[:n_out].tolist(), out_f[:n_out].tolist()
-            for (r, window_start, n_tau, center, anomalous), (distance, tau, ratio) in zip(
-                ints, floats, strict=True
-            ):
-                i = index[r]
+            for r, start, n_tau, c, anomalous, distance, tau, ratio in out[:n_out].tolist():
+                i = index[int(r)]
+                window_start, center = int(start), int(c)
                 ts, sid = released[i][0], released[i][1]
                 row = None
                 if anomalous:
@@ -533,7 +525,7 @@ class ClusterOperator(Operator):
                     metric="cluster_distance",
                     value=ratio,
                     ts=ts,
-                    n=n_tau,
+                    n=int(n_tau),
                     window_start=window_start,
                     window_end=ts,
                     details={

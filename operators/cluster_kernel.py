@@ -32,171 +32,148 @@ from numba import njit
 
 from operators.detectors.kmeans import learn, nearest_center, transform
 
-# iv: the entity's integers
-SEEN, LEARN_BATCH, LEARNT, LONG_RUN, HELD_N, HEAD, COUNT = range(7)
-N_IV = 7
+# mi, the entity's int64 array: these integers, then the recent distances' times
+# (ring of CAP), then the held run's times (HCAP)
+SEEN, LEARN_BATCH, LEARNT, LONG_RUN, HELD_N, HEAD, COUNT, CAP, HCAP = range(9)
+N_IV = 9
+# mf, its float64 array: the recent distances (ring of CAP), their sorted copy (CAP),
+# the held run's distances (HCAP) and the taus they were judged against (HCAP)
 # cfg: the monitor's integer settings
 WARMUP, LEARN_BATCH_MS, MAX_LEARN, SHORT_RUN, HISTORY = range(5)
-# out_i columns: reading index, window start, n (distances tau is of), centre, anomalous
-O_INDEX, O_START, O_N, O_CENTER, O_ANOMALOUS = range(5)
-# out_f columns: distance, threshold, ratio
-O_DISTANCE, O_THRESHOLD, O_RATIO = range(3)
+# out columns (float64; times and counts are exact below 2^53): reading index, window
+# start, n (distances tau is of), centre, anomalous, distance, threshold, ratio
+O_INDEX, O_START, O_N, O_CENTER, O_ANOMALOUS, O_DISTANCE, O_THRESHOLD, O_RATIO = range(8)
+N_OUT = 8
 
 
-@njit(
-    "void(int64, float64, int64[::1], float64[::1], float64[::1], int64[::1], int64)",
-    cache=True,
-)
-def recent_add(
-    ts: int,
-    x: float,
-    times: np.ndarray,
-    values: np.ndarray,
-    sorted_: np.ndarray,
-    iv: np.ndarray,
-    size: int,
-) -> None:
+@njit("void(int64, float64, int64[::1], float64[::1], int64)", cache=True)
+def recent_add(ts: int, x: float, mi: np.ndarray, mf: np.ndarray, size: int) -> None:
     """`RecentQuantile.add`: append (ts, x); beyond `size` values, drop the oldest.
     The sorted copy gets x inserted and the oldest removed in one shift."""
-    cap = times.shape[0]
-    head, n = iv[HEAD], iv[COUNT]
-    # bisect_right(sorted, x): insort's position
-    lo, hi = 0, n
+    cap = mi[CAP]
+    times, values, srt = N_IV, 0, cap  # offsets: times in mi; values, sorted in mf
+    head, n = mi[HEAD], mi[COUNT]
+    lo, hi = 0, n  # bisect_right(sorted, x): insort's position
     while lo < hi:
         mid = (lo + hi) // 2
-        if x < sorted_[mid]:
+        if x < mf[srt + mid]:
             hi = mid
         else:
             lo = mid + 1
     j = lo
     if n < size:  # grows (n < size <= cap)
         slot = (head + n) % cap
-        times[slot], values[slot] = ts, x
+        mi[times + slot], mf[values + slot] = ts, x
         for k in range(n, j, -1):
-            sorted_[k] = sorted_[k - 1]
-        sorted_[j] = x
-        iv[COUNT] = n + 1
+            mf[srt + k] = mf[srt + k - 1]
+        mf[srt + j] = x
+        mi[COUNT] = n + 1
         return
-    old = values[head]  # the oldest leaves, x takes its slot
-    times[head], values[head] = ts, x
-    iv[HEAD] = (head + 1) % cap  # full: n == cap (cap is history, or more if restored so)
+    # full (n == cap: cap is history, or more if a checkpoint held more): the oldest
+    # leaves, x takes its slot
+    old = mf[values + head]
+    mi[times + head], mf[values + head] = ts, x
+    mi[HEAD] = (head + 1) % cap
     lo, hi = 0, n  # bisect_left(sorted, old): the position removed
     while lo < hi:
         mid = (lo + hi) // 2
-        if sorted_[mid] < old:
+        if mf[srt + mid] < old:
             lo = mid + 1
         else:
             hi = mid
     i = lo
     if j <= i:
         for k in range(i, j, -1):
-            sorted_[k] = sorted_[k - 1]
-        sorted_[j] = x
+            mf[srt + k] = mf[srt + k - 1]
+        mf[srt + j] = x
     else:
         for k in range(i, j - 1):
-            sorted_[k] = sorted_[k + 1]
-        sorted_[j - 1] = x
+            mf[srt + k] = mf[srt + k + 1]
+        mf[srt + j - 1] = x
 
 
-@njit("float64(float64[::1], int64, float64)", cache=True)
-def quantile_sorted(sorted_: np.ndarray, n: int, q: float) -> float:
-    """`operators.rolling.quantile_sorted` of the first n sorted values."""
+@njit("float64(float64[::1], int64, int64, float64)", cache=True)
+def quantile_sorted(values: np.ndarray, start: int, n: int, q: float) -> float:
+    """`operators.rolling.quantile_sorted` of the n sorted values from `start`."""
     if n == 0:
         raise ValueError("quantile of no values")
     h = q * (n - 1)
     f = math.floor(h)
-    lo = sorted_[f]
+    lo = values[start + f]
     if f + 1 >= n:
         return lo
-    return lo + (h - f) * (sorted_[f + 1] - lo)
+    return lo + (h - f) * (values[start + f + 1] - lo)
 
 
 @njit(
-    "int64(int64[::1], float64[:, ::1], int64[::1],"  # readings: ts, x, sensor index
-    " float64[::1], float64[::1], int64[::1], uint8[:, ::1], float64[:, ::1], float64[::1],"
-    " int64[::1], float64[::1], float64[::1],"  # recent: times, values, sorted
-    " int64[::1], float64[::1], float64[::1],"  # held: ts, distance, tau
-    " uint8[::1], int64[::1], int64[::1], float64, float64, float64,"
-    " int64[:, ::1], float64[:, ::1])",
+    "int64(int64[:, ::1], float64[:, ::1], float64[::1], int64[::1], float64[::1],"
+    " uint8[::1], int64[::1], float64, float64, float64, float64[:, ::1])",
     cache=True,
 )
 def run_entity(
-    ts: np.ndarray,
+    ts_sensor: np.ndarray,
     xs: np.ndarray,
-    sensor: np.ndarray,
-    mean: np.ndarray,
-    var: np.ndarray,
-    count: np.ndarray,
-    present: np.ndarray,
-    centers: np.ndarray,
-    z: np.ndarray,
-    r_times: np.ndarray,
-    r_values: np.ndarray,
-    r_sorted: np.ndarray,
-    h_ts: np.ndarray,
-    h_d: np.ndarray,
-    h_tau: np.ndarray,
+    det: np.ndarray,
+    mi: np.ndarray,
+    mf: np.ndarray,
     active: np.ndarray,
-    iv: np.ndarray,
     cfg: np.ndarray,
     q: float,
     rate: float,
     half: float,
-    out_i: np.ndarray,
-    out_f: np.ndarray,
+    out: np.ndarray,
 ) -> int:
-    """Score, judge and learn the readings (ts[r], xs[r]) of one entity in order;
-    the readings that produce output are written to out_i/out_f, their count
-    returned."""
+    """Score, judge and learn the readings (ts_sensor[r, 0], xs[r]) of one entity in
+    order (ts_sensor[r, 1]: the sensor's index in `active`); the readings that produce
+    output are written to `out`, their count returned."""
     warmup, batch_ms, max_learn = cfg[WARMUP], cfg[LEARN_BATCH_MS], cfg[MAX_LEARN]
     short_run, size = cfg[SHORT_RUN], cfg[HISTORY]
+    cap, hcap = mi[CAP], mi[HCAP]
+    h_ts, h_d, h_tau = N_IV + cap, 2 * cap, 2 * cap + hcap  # offsets in mi, mf, mf
     n_out = 0
-    for r in range(ts.shape[0]):
-        t = ts[r]
+    for r in range(ts_sensor.shape[0]):
+        t = ts_sensor[r, 0]
         x = xs[r]
-        transform(x, mean, var, present, z, half)
-        distance, center = nearest_center(z, centers)
-        if iv[SEEN] >= warmup:
-            threshold = quantile_sorted(r_sorted, iv[COUNT], q)
+        transform(x, det, half)
+        distance, center = nearest_center(det)
+        if mi[SEEN] >= warmup:
+            threshold = quantile_sorted(mf, cap, mi[COUNT], q)
             anomalous = distance > threshold > 0.0
-            window_start = r_times[iv[HEAD]]
-            n = iv[COUNT]
-            if anomalous and iv[LONG_RUN]:
-                recent_add(t, threshold, r_times, r_values, r_sorted, iv, size)
+            window_start = mi[N_IV + mi[HEAD]]
+            n = mi[COUNT]
+            if anomalous and mi[LONG_RUN]:
+                recent_add(t, threshold, mi, mf, size)  # winsorised
             elif anomalous:
-                k = iv[HELD_N]
-                h_ts[k], h_d[k], h_tau[k] = t, distance, threshold
-                iv[HELD_N] = k + 1
+                k = mi[HELD_N]
+                mi[h_ts + k], mf[h_d + k], mf[h_tau + k] = t, distance, threshold
+                mi[HELD_N] = k + 1
                 if k + 1 > short_run:  # a long run: winsorised, no longer held
                     for j in range(k + 1):
-                        recent_add(h_ts[j], h_tau[j], r_times, r_values, r_sorted, iv, size)
-                    iv[HELD_N] = 0
-                    iv[LONG_RUN] = 1
+                        recent_add(mi[h_ts + j], mf[h_tau + j], mi, mf, size)
+                    mi[HELD_N] = 0
+                    mi[LONG_RUN] = 1
             else:  # a short run ended: its distances are the normal tail
-                for j in range(iv[HELD_N]):
-                    recent_add(h_ts[j], h_d[j], r_times, r_values, r_sorted, iv, size)
-                iv[HELD_N] = 0
-                iv[LONG_RUN] = 0
-                recent_add(t, distance, r_times, r_values, r_sorted, iv, size)
-            s = sensor[r]
+                for j in range(mi[HELD_N]):
+                    recent_add(mi[h_ts + j], mf[h_d + j], mi, mf, size)
+                mi[HELD_N] = 0
+                mi[LONG_RUN] = 0
+                recent_add(t, distance, mi, mf, size)
+            s = ts_sensor[r, 1]
             if anomalous or active[s]:
                 active[s] = 1 if anomalous else 0
-                out_i[n_out, O_INDEX] = r
-                out_i[n_out, O_START] = window_start
-                out_i[n_out, O_N] = n
-                out_i[n_out, O_CENTER] = int(center)
-                out_i[n_out, O_ANOMALOUS] = 1 if anomalous else 0
-                out_f[n_out, O_DISTANCE] = distance
-                out_f[n_out, O_THRESHOLD] = threshold
-                out_f[n_out, O_RATIO] = distance / threshold if threshold > 0.0 else 0.0
+                o = out[n_out]
+                o[O_INDEX], o[O_START], o[O_N], o[O_CENTER] = r, window_start, n, center
+                o[O_ANOMALOUS] = 1.0 if anomalous else 0.0
+                o[O_DISTANCE], o[O_THRESHOLD] = distance, threshold
+                o[O_RATIO] = distance / threshold if threshold > 0.0 else 0.0
                 n_out += 1
         else:
-            recent_add(t, distance, r_times, r_values, r_sorted, iv, size)
-        iv[SEEN] += 1
+            recent_add(t, distance, mi, mf, size)
+        mi[SEEN] += 1
         b = t - t % batch_ms
-        if b != iv[LEARN_BATCH]:
-            iv[LEARN_BATCH], iv[LEARNT] = b, 0
-        if iv[LEARNT] < max_learn:
-            iv[LEARNT] += 1
-            learn(x, mean, var, count, present, centers, rate, z, half)
+        if b != mi[LEARN_BATCH]:
+            mi[LEARN_BATCH], mi[LEARNT] = b, 0
+        if mi[LEARNT] < max_learn:
+            mi[LEARNT] += 1
+            learn(x, det, rate, half)
     return n_out
