@@ -90,8 +90,9 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -137,6 +138,40 @@ Entity = tuple[str, str]
 STATE_FORMAT = 2  # `ClusterState`; 1: river objects pickled (upgraded, `_from_format_1`)
 
 
+class Values:
+    """A reading's values while it waits for the watermark: the event's dict as it
+    came (no copy: events are not changed after they are fed); its `Entry` form, the
+    sorted (feature, float value) pairs, is made only when needed: for a snapshot, or
+    to order two readings of the same sensor and time in the buffer's sort."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = values
+
+    def items(self) -> tuple[tuple[str, float], ...]:
+        values = self.values  # sorted by feature (the keys are unique)
+        return tuple(sorted(zip(values, map(float, values.values()), strict=True)))
+
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        return iter(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Values) and self.items() == other.items()
+
+    def __lt__(self, other: Values) -> bool:
+        return self.items() < other.items()
+
+    def __gt__(self, other: Values) -> bool:
+        return self.items() > other.items()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+#: a reading waiting in the buffer: an `Entry` with its values as `Values`
+Pending = tuple[int, str, Values, str]
+
+
 class EntityModel:
     """The k-means distance detector (`operators.detectors.kmeans`) of one entity, and
     the monitor's bookkeeping around it: recent distances, learning budget, alert runs,
@@ -146,6 +181,7 @@ class EntityModel:
         "active_flags",
         "detector",
         "features",
+        "get",
         "h_d",
         "h_tau",
         "h_ts",
@@ -162,6 +198,7 @@ class EntityModel:
     def __init__(self, features: tuple[str, ...], config: ClusterConfig) -> None:
         self.features = features
         self.metric = "|".join(features)
+        self.get = values_getter(features)
         self.detector = KMeansDistance(features, config.n_clusters, config.halflife, config.seed)
         self._arrays(config, 0, 0)
 
@@ -263,6 +300,7 @@ class EntityModel:
         m = cls.__new__(cls)
         m.features = tuple(state.features)
         m.metric = "|".join(m.features)
+        m.get = values_getter(m.features)
         m.detector = KMeansDistance.from_state(m.features, state.scaler, state.kmeans, config.seed)
         recent, held = state.recent, state.held
         m._arrays(config, len(recent.values), len(held))
@@ -279,6 +317,13 @@ class EntityModel:
         for sid, flag in state.active.items():
             m.active_flags[m.sensor_index(sid)] = flag
         return m
+
+
+def values_getter(features: tuple[str, ...]) -> Callable[[dict[str, float]], tuple[float, ...]]:
+    """values -> the tuple of values[f] for f in features (KeyError if one is missing)."""
+    if len(features) >= 2:
+        return itemgetter(*features)
+    return lambda values: tuple(values[f] for f in features)
 
 
 def short_run_of(config: ClusterConfig) -> int:
@@ -380,7 +425,7 @@ class ClusterOperator(Operator):
     def __init__(self, config: ClusterConfig | None = None) -> None:
         super().__init__()
         self.config = config or ClusterConfig()
-        self.pending: EventTimeBuffer[Entry] = EventTimeBuffer()
+        self.pending: EventTimeBuffer[Pending] = EventTimeBuffer()
         self.models: dict[Entity, EntityModel] = {}
         self.skipped = 0  # readings without every feature of their model
         # readings with a value beyond MAX_SENSOR_MAGNITUDE (the schema rejects them)
@@ -400,9 +445,7 @@ class ClusterOperator(Operator):
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
         push = self.pending.push
         for e in events:
-            values = e.values  # (feature, float value) sorted: the keys are unique
-            items = tuple(sorted(zip(values, map(float, values.values()))))
-            push((e.ts, e.sensor_id, items, e.site or ""))
+            push((e.ts, e.sensor_id, Values(e.values), e.site or ""))
 
     def advance(self, watermark: int) -> None:
         released = self.pending.release(watermark)
@@ -413,13 +456,13 @@ class ClusterOperator(Operator):
         # the released readings by entity, in event order (entities are independent:
         # each one's readings go through the compiled kernel in one call)
         groups: dict[Entity, list[int]] = {}
-        for i, (_, sid, items, site) in enumerate(released):
+        for i, (_, sid, values, site) in enumerate(released):
             entity = ("site", site) if by_site and site else ("sensor", sid)
             g = groups.get(entity)
             if g is None:
                 g = groups[entity] = []
                 if entity not in models:
-                    features = self.config.features or tuple(k for k, _ in items)
+                    features = self.config.features or tuple(values.values)
                     models[entity] = EntityModel(tuple(sorted(features)), self.config)
             g.append(i)
         emitted: list[tuple[int, SensorAnomalyRow | None, Observation]] = []
@@ -443,27 +486,25 @@ class ClusterOperator(Operator):
     ) -> None:
         """Score, judge and learn entity's released readings `released[i]`, i in g."""
         features = m.features
+        get = m.get
         index: list[int] = []  # of the readings scored, in `released`
         ts_sensor: list[int] = []  # their (ts, sensor index), flat
         flat: list[float] = []  # their values, flat
         sensor_index = m.sensor_index
         for i in g:
-            ts, sid, items, _ = released[i]
-            keys, values = zip(*items, strict=True) if items else ((), ())
-            if keys != features:  # extra features, or some missing (skipped)
-                have = dict(items)
-                try:
-                    values = tuple(have[f] for f in features)
-                except KeyError:
-                    self.skipped += 1
-                    continue
+            ts, sid, values, _ = released[i]
+            try:
+                x = get(values.values)  # the model's features (extra ones ignored)
+            except KeyError:  # one missing: skipped
+                self.skipped += 1
+                continue
             index.append(i)
             ts_sensor += (ts, sensor_index(sid))
-            flat += values
+            flat += x
         if not index:
             return
         n, nf = len(index), len(features)
-        xs = np.array(flat, dtype=np.float64).reshape(n, nf)
+        xs = np.array(flat, dtype=np.float64).reshape(n, nf)  # float(v), as river had it
         within = (np.abs(xs) <= MAX_SENSOR_MAGNITUDE).all(axis=1)  # NaN is not within
         ts_arr = np.array(ts_sensor, dtype=np.int64).reshape(n, 2)
         if not within.all():
@@ -540,7 +581,7 @@ class ClusterOperator(Operator):
     def snapshot(self) -> dict[str, Any]:
         return self._codec.dump(
             ClusterState(
-                pending=self.pending.state(),
+                pending=[(t, sid, v.items(), site) for t, sid, v, site in self.pending.entries],
                 models={entity: m.state() for entity, m in self.models.items()},
                 skipped=self.skipped,
                 out_of_range=self.out_of_range,
@@ -549,7 +590,9 @@ class ClusterOperator(Operator):
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         state = self._codec.load(snapshot)
-        self.pending.load(state.pending)
+        self.pending.load(
+            (t, sid, Values(dict(items)), site) for t, sid, items, site in state.pending
+        )
         self.models = {
             entity: EntityModel.from_state(m, self.config) for entity, m in state.models.items()
         }
