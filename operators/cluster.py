@@ -480,7 +480,7 @@ class ClusterOperator(Operator):
         self,
         entity: Entity,
         m: EntityModel,
-        released: list[Entry],
+        released: list[Pending],
         g: list[int],
         emitted: list[tuple[int, SensorAnomalyRow | None, Observation]],
     ) -> None:
@@ -490,7 +490,7 @@ class ClusterOperator(Operator):
         index: list[int] = []  # of the readings scored, in `released`
         ts_sensor: list[int] = []  # their (ts, sensor index), flat
         flat: list[float] = []  # their values, flat
-        sensor_index = m.sensor_index
+        sensors, sensor_index = m.sensors, m.sensor_index
         for i in g:
             ts, sid, values, _ = released[i]
             try:
@@ -499,32 +499,14 @@ class ClusterOperator(Operator):
                 self.skipped += 1
                 continue
             index.append(i)
-            ts_sensor += (ts, sensor_index(sid))
+            s = sensors.get(sid)
+            ts_sensor += (ts, sensor_index(sid) if s is None else s)
             flat += x
         if not index:
             return
-        n, nf = len(index), len(features)
-        xs = np.array(flat, dtype=np.float64).reshape(n, nf)  # float(v), as river had it
-        within = (np.abs(xs) <= MAX_SENSOR_MAGNITUDE).all(axis=1)  # NaN is not within
+        n = len(index)
+        xs = np.array(flat, dtype=np.float64).reshape(n, len(features))  # float(v)
         ts_arr = np.array(ts_sensor, dtype=np.int64).reshape(n, 2)
-        if not within.all():
-            for r in np.flatnonzero(~within).tolist():
-                self.out_of_range += 1
-                if entity not in self._warned:
-                    self._warned.add(entity)
-                    ts, sid = released[index[r]][0], released[index[r]][1]
-                    log.warning(
-                        "cluster: reading of %s at %d has a value beyond %g, not scored: %s",
-                        sid,
-                        ts,
-                        MAX_SENSOR_MAGNITUDE,
-                        dict(zip(features, xs[r].tolist(), strict=True)),
-                    )
-            index = [i for i, ok in zip(index, within.tolist(), strict=True) if ok]
-            if not index:
-                return
-            xs, ts_arr = np.ascontiguousarray(xs[within]), np.ascontiguousarray(ts_arr[within])
-            n = len(index)
         out = self._scratch
         if len(out) < n:
             out = self._scratch = np.empty((max(n, 2 * len(out)), ck.N_OUT))
@@ -540,11 +522,17 @@ class ClusterOperator(Operator):
             self.config.quantile,
             d.halflife,
             HALF,
+            MAX_SENSOR_MAGNITUDE,
             out,
         )
         if n_out:
-            for r, start, n_tau, c, anomalous, distance, tau, ratio in out[:n_out].tolist():
+            for row_out in out[:n_out].tolist():
+                r, start, n_tau, c, anomalous, distance, tau, ratio = row_out
                 i = index[int(r)]
+                if anomalous == ck.OUT_OF_RANGE:
+                    x = xs[int(r)]
+                    self._out_of_range(entity, released[i][0], released[i][1], features, x)
+                    continue
                 window_start, center = int(start), int(c)
                 ts, sid = released[i][0], released[i][1]
                 row = None
@@ -577,6 +565,22 @@ class ClusterOperator(Operator):
                     },
                 )
                 emitted.append((i, row, obs))
+
+    def _out_of_range(
+        self, entity: Entity, ts: int, sid: str, features: tuple[str, ...], x: np.ndarray
+    ) -> None:
+        """A reading with a value beyond MAX_SENSOR_MAGNITUDE: counted, logged once per
+        entity."""
+        self.out_of_range += 1
+        if entity not in self._warned:
+            self._warned.add(entity)
+            log.warning(
+                "cluster: reading of %s at %d has a value beyond %g, not scored: %s",
+                sid,
+                ts,
+                MAX_SENSOR_MAGNITUDE,
+                dict(zip(features, x.tolist(), strict=True)),
+            )
 
     def snapshot(self) -> dict[str, Any]:
         return self._codec.dump(

@@ -44,6 +44,7 @@ WARMUP, LEARN_BATCH_MS, MAX_LEARN, SHORT_RUN, HISTORY = range(5)
 # start, n (distances tau is of), centre, anomalous, distance, threshold, ratio
 O_INDEX, O_START, O_N, O_CENTER, O_ANOMALOUS, O_DISTANCE, O_THRESHOLD, O_RATIO = range(8)
 N_OUT = 8
+OUT_OF_RANGE = -1.0  # out[O_ANOMALOUS] of a reading beyond the bound
 
 
 @njit("void(int64, float64, int64[::1], float64[::1], int64)", cache=True)
@@ -107,7 +108,7 @@ def quantile_sorted(values: np.ndarray, start: int, n: int, q: float) -> float:
 
 @njit(
     "int64(int64[:, ::1], float64[:, ::1], float64[::1], int64[::1], float64[::1],"
-    " uint8[::1], int64[::1], float64, float64, float64, float64[:, ::1])",
+    " uint8[::1], int64[::1], float64, float64, float64, float64, float64[:, ::1])",
     cache=True,
 )
 def run_entity(
@@ -121,11 +122,14 @@ def run_entity(
     q: float,
     rate: float,
     half: float,
+    bound: float,
     out: np.ndarray,
 ) -> int:
     """Score, judge and learn the readings (ts_sensor[r, 0], xs[r]) of one entity in
     order (ts_sensor[r, 1]: the sensor's index in `active`); the readings that produce
-    output are written to `out`, their count returned."""
+    output are written to `out`, their count returned. A reading with a value beyond
+    +-`bound` (or NaN) is neither scored nor learnt: an output row with
+    out[O_ANOMALOUS] = -1 (`OUT_OF_RANGE`) says so."""
     warmup, batch_ms, max_learn = cfg[WARMUP], cfg[LEARN_BATCH_MS], cfg[MAX_LEARN]
     short_run, size = cfg[SHORT_RUN], cfg[HISTORY]
     cap, hcap = mi[CAP], mi[HCAP]
@@ -134,6 +138,14 @@ def run_entity(
     for r in range(ts_sensor.shape[0]):
         t = ts_sensor[r, 0]
         x = xs[r]
+        within = True
+        for f in range(x.shape[0]):
+            if not -bound <= x[f] <= bound:
+                within = False
+        if not within:
+            out[n_out, O_INDEX], out[n_out, O_ANOMALOUS] = r, OUT_OF_RANGE
+            n_out += 1
+            continue
         transform(x, det, half)
         distance, center = nearest_center(det)
         if mi[SEEN] >= warmup:
