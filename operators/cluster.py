@@ -219,7 +219,7 @@ class EntityModel:
         self.h_d = self.mf[2 * cap : 2 * cap + hcap]
         self.h_tau = self.mf[2 * cap + hcap :]
         self.sensors: dict[str, int] = {}  # sensor_id -> its index in active_flags
-        self.active_flags = np.zeros(4, dtype=np.uint8)
+        self.active_flags = np.zeros(4, dtype=np.int64)  # activation stamps
 
     def sensor_index(self, sid: str) -> int:
         """The index of sensor `sid` in `active_flags` (added when new)."""
@@ -228,7 +228,7 @@ class EntityModel:
             i = self.sensors[sid] = len(self.sensors)
             if i >= len(self.active_flags):
                 self.active_flags = np.concatenate(
-                    [self.active_flags, np.zeros(len(self.active_flags), dtype=np.uint8)]
+                    [self.active_flags, np.zeros(len(self.active_flags), dtype=np.int64)]
                 )
         return i
 
@@ -264,8 +264,9 @@ class EntityModel:
     @property
     def active(self) -> dict[str, bool]:
         """sensor_id -> its last judged reading was anomalous (only those that are)."""
-        flags = self.active_flags
-        return {sid: True for sid, i in self.sensors.items() if flags[i]}
+        stamps = self.active_flags.tolist()  # in the order they became active
+        flagged = sorted((stamps[i], sid) for sid, i in self.sensors.items() if stamps[i])
+        return {sid: True for _, sid in flagged}
 
     def recent_state(self) -> RecentState:
         """The recent distances and their times, oldest first."""
@@ -315,7 +316,9 @@ class EntityModel:
         iv[ck.SEEN], iv[ck.LEARN_BATCH], iv[ck.LEARNT] = state.seen, state.learn_batch, state.learnt
         iv[ck.LONG_RUN] = state.long_run
         for sid, flag in state.active.items():
-            m.active_flags[m.sensor_index(sid)] = flag
+            if flag:
+                iv[ck.STAMPS] += 1
+                m.active_flags[m.sensor_index(sid)] = iv[ck.STAMPS]
         return m
 
 

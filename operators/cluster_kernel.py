@@ -34,8 +34,9 @@ from operators.detectors.kmeans import learn, nearest_center, transform
 
 # mi, the entity's int64 array: these integers, then the recent distances' times
 # (ring of CAP), then the held run's times (HCAP)
-SEEN, LEARN_BATCH, LEARNT, LONG_RUN, HELD_N, HEAD, COUNT, CAP, HCAP = range(9)
-N_IV = 9
+# (STAMPS: the last activation stamp given, see `run_entity`)
+SEEN, LEARN_BATCH, LEARNT, LONG_RUN, HELD_N, HEAD, COUNT, CAP, HCAP, STAMPS = range(10)
+N_IV = 10
 # mf, its float64 array: the recent distances (ring of CAP), their sorted copy (CAP),
 # the held run's distances (HCAP) and the taus they were judged against (HCAP)
 # cfg: the monitor's integer settings
@@ -108,7 +109,7 @@ def quantile_sorted(values: np.ndarray, start: int, n: int, q: float) -> float:
 
 @njit(
     "int64(int64[:, ::1], float64[:, ::1], float64[::1], int64[::1], float64[::1],"
-    " uint8[::1], int64[::1], float64, float64, float64, float64, float64[:, ::1])",
+    " int64[::1], int64[::1], float64, float64, float64, float64, float64[:, ::1])",
     cache=True,
 )
 def run_entity(
@@ -126,7 +127,9 @@ def run_entity(
     out: np.ndarray,
 ) -> int:
     """Score, judge and learn the readings (ts_sensor[r, 0], xs[r]) of one entity in
-    order (ts_sensor[r, 1]: the sensor's index in `active`); the readings that produce
+    order (ts_sensor[r, 1]: the sensor's index in `active`, which is 0 for a sensor
+    whose last judged reading was normal, else a stamp increasing with the time it
+    became anomalous: the order of the monitor's `active` dict); the readings that produce
     output are written to `out`, their count returned. A reading with a value beyond
     +-`bound` (or NaN) is neither scored nor learnt: an output row with
     out[O_ANOMALOUS] = -1 (`OUT_OF_RANGE`) says so."""
@@ -172,7 +175,11 @@ def run_entity(
                 recent_add(t, distance, mi, mf, size)
             s = ts_sensor[r, 1]
             if anomalous or active[s]:
-                active[s] = 1 if anomalous else 0
+                if not anomalous:
+                    active[s] = 0
+                elif not active[s]:  # newly active: stamped, for the state's order
+                    mi[STAMPS] += 1
+                    active[s] = mi[STAMPS]
                 o = out[n_out]
                 o[O_INDEX], o[O_START], o[O_N], o[O_CENTER] = r, window_start, n, center
                 o[O_ANOMALOUS] = 1.0 if anomalous else 0.0
