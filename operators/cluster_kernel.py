@@ -21,6 +21,16 @@ copy; the held run is three arrays; the integers are one array `iv`
 
 The kernel is compiled when this module is imported (explicit signature,
 `cache=True`), as `operators.detectors.window`'s are.
+
+The recent distances (history 3) and their quantile:
+
+>>> mi = np.zeros(N_IV + 3 + 2, dtype=np.int64)
+>>> mi[CAP], mi[HCAP] = 3, 2
+>>> mf = np.zeros(2 * 3 + 2 * 2)
+>>> for t, d in enumerate([4.0, 1.0, 3.0, 2.0]):  # the 4th evicts the 1st
+...     recent_add(t, d, mi, mf, 3)
+>>> mf[3:6].tolist(), quantile_sorted(mf, 3, 3, 0.75)  # sorted 1, 2, 3; numpy's "linear"
+([1.0, 2.0, 3.0], 2.5)
 """
 
 from __future__ import annotations

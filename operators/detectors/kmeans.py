@@ -17,9 +17,10 @@ step on the newly scaled point: the nearest centre c moves toward it,
 c <- c + halflife * (z - c) (MacQueen's online k-means with a constant step, as
 river implements it).
 
-Compiled (issue 18, point 1): the state is numpy float64 arrays (the scaler's
-means, variances and counts, the k x features centres) updated in place by
-numba kernels (`transform`, `nearest`, `learn`, also called by the cluster
+Compiled (issue 18, point 1): the state is one numpy float64 array `det`
+(the scaler's means, variances and counts, the k x features centres; named
+views `mean`, `var`, `count`, `present`, `z`, `centers`) updated in place by
+numba kernels (`transform`, `nearest_center`, `learn`, also called by the cluster
 monitor's per-entity kernel, `operators.cluster_kernel`), with river's
 float64 operations in river's order, so the results are river's bit for bit
 (tests/test_kmeans_kernel.py compares them with river's own `StandardScaler`
