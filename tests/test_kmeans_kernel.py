@@ -205,14 +205,14 @@ def test_the_compiled_monitor_is_the_reading_by_reading_reference(
         v = {"a": a * 40 if far else a, "b": b + (30.0 if far else 0.0)}
         events.append(SensorReading(sensor_id=sid, ts=t, values=v, site="plant"))
     ref = Reference(cfg, ("a", "b"))
-    for e in sorted(events, key=lambda e: (e.ts, e.sensor_id, sorted(e.values.items()))):
-        ref.reading(e.ts, e.sensor_id, e.values)
-
     op = ClusterOperator(cfg)
     got, i, c = [], 0, 0
     while i < len(events):  # batches of varying size, each released at once
         chunk = events[i : i + cuts[c % len(cuts)]]
         i, c = i + len(chunk), c + 1
+        # the reference: what the watermark releases, in (ts, sensor, values) order
+        for e in sorted(chunk, key=lambda e: (e.ts, e.sensor_id, sorted(e.values.items()))):
+            ref.reading(e.ts, e.sensor_id, e.values)
         op.feed(SRC, chunk)
         op.advance(chunk[-1].ts + 1)
         out = op.collect()

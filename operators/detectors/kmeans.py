@@ -135,7 +135,10 @@ def learn(x: np.ndarray, det: np.ndarray, rate: float, half: float) -> None:
         det[mean + f] = new
         det[var + f] = det[var + f] + ((x[f] - old) * (x[f] - new) - det[var + f]) / n
     transform(x, det, half)
-    row = c0 + int(nearest_center(det)[1]) * nf
+    c = int(nearest_center(det)[1])
+    if c < 0:  # no centre (k = 0; with the clamp, distances are finite): river's KeyError
+        raise KeyError("no nearest centre")
+    row = c0 + c * nf
     for f in range(nf):
         det[row + f] = det[row + f] + rate * (det[z + f] - det[row + f])
 
