@@ -4,7 +4,7 @@ Each reading's `values` is a point in feature space (the sorted feature names
 of `ClusterConfig.features`, or of the model's first reading; a reading
 missing one of them is skipped, extra ones are ignored). Per model entity
 (the sensor by default, its site with `group_by="site"`), in event-time
-order once the watermark has passed (`operators.rolling.EventTimeBuffer`):
+order once the watermark has passed (`PendingReadings`):
 
 1. scale: z_f = (x_f - mean_f) / std_f with river's
    `preprocessing.StandardScaler` (running mean and population variance,
@@ -84,7 +84,7 @@ Compiled (issue 18, point 1): steps 1-4 run in numba, one call per entity per
 over the entity's state as numpy arrays updated in place (the detector's one
 float64 array, the monitor's one int64 and one float64 array: recent distances as
 a ring with a sorted copy, the held run, the counters); Python groups the
-released readings by entity, gathers their values (`Values`: the event's dict,
+released readings by entity, gathers their values (`PendingReadings`: the event's dict,
 sorted only for a snapshot) and builds the rows and observations of the
 readings the kernel reports, in event order. The arithmetic is the pure-Python
 monitor's, operation for operation, so every result is the same whatever the
@@ -105,7 +105,8 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Callable, Iterator, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -116,7 +117,7 @@ import numpy as np
 from operators import cluster_kernel as ck
 from operators.base import Observation, Operator
 from operators.detectors.kmeans import HALF, Z_MAX, KMeansDistance, KMeansState, ScalerState
-from operators.rolling import EventTimeBuffer, RecentQuantile, RecentState
+from operators.rolling import RecentQuantile, RecentState
 from operators.rules import rule_spec as _rule
 from operators.state import StateCodec
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
@@ -153,38 +154,61 @@ Entity = tuple[str, str]
 STATE_FORMAT = 2  # `ClusterState`; 1: river objects pickled (upgraded, `_from_format_1`)
 
 
-class Values:
-    """A reading's values while it waits for the watermark: the event's dict as it
-    came (no copy: events are not changed after they are fed); its `Entry` form, the
-    sorted (feature, float value) pairs, is made only when needed: for a snapshot, or
-    to order two readings of the same sensor and time in the buffer's sort."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values: dict[str, float]) -> None:
-        self.values = values
-
-    def items(self) -> tuple[tuple[str, float], ...]:
-        values = self.values  # sorted by feature (the keys are unique)
-        return tuple(sorted(zip(values, map(float, values.values()), strict=True)))
-
-    def __iter__(self) -> Iterator[tuple[str, float]]:
-        return iter(self.items())
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Values) and self.items() == other.items()
-
-    def __lt__(self, other: Values) -> bool:
-        return self.items() < other.items()
-
-    def __gt__(self, other: Values) -> bool:
-        return self.items() > other.items()
-
-    __hash__ = None  # type: ignore[assignment]
+#: a reading waiting for the watermark: an `Entry` whose values are still the event's
+#: dict (str -> float: CPython stops tracking such a tuple in its garbage collector,
+#: where an object per reading would be traversed by every collection)
+Pending = tuple[int, str, dict[str, float], str]
 
 
-#: a reading waiting in the buffer: an `Entry` with its values as `Values`
-Pending = tuple[int, str, Values, str]
+def items_of(values: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """A reading's values as in `Entry`: (feature, float value), sorted by feature."""
+    return tuple(sorted(zip(values, map(float, values.values()), strict=True)))
+
+
+def _in_order(held: list[Pending]) -> None:
+    """Sort `held` as its `Entry` tuples would sort (time, sensor, values, site)."""
+    try:
+        held.sort()  # dicts are compared only when time and sensor tie
+    except TypeError:  # a tie with different values: ordered by their sorted items
+        held.sort(key=lambda e: (e[0], e[1], items_of(e[2]), e[3]))
+
+
+class PendingReadings:
+    """`operators.rolling.EventTimeBuffer` for readings that keep the event's values
+    dict (no sorted copy per reading): released in (time, sensor, values, site)
+    order, as the `Entry` tuples of the state would be."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: list[Pending] = []
+
+    def release(self, watermark: int) -> list[Pending]:
+        """Remove and return, in order, every reading with ts < watermark."""
+        held = self.held
+        if not held:
+            return []
+        _in_order(held)
+        i = bisect_left(held, (watermark,))  # (W,) sorts before every (W, ...)
+        out = held[:i]
+        del held[:i]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    @property
+    def entries(self) -> list[Entry]:
+        """The held readings as `Entry` tuples (a copy)."""
+        return [(ts, sid, items_of(values), site) for ts, sid, values, site in self.held]
+
+    def state(self) -> list[Entry]:
+        return self.entries
+
+    def load(self, entries: Iterable[Entry]) -> None:
+        """Hold `entries` (as `state()` gave them), replacing what was held."""
+        self.held = [(ts, sid, dict(items), site) for ts, sid, items, site in entries]
+        _in_order(self.held)
 
 
 class EntityModel:
@@ -443,7 +467,7 @@ class ClusterOperator(Operator):
     def __init__(self, config: ClusterConfig | None = None) -> None:
         super().__init__()
         self.config = config or ClusterConfig()
-        self.pending: EventTimeBuffer[Pending] = EventTimeBuffer()
+        self.pending = PendingReadings()
         self.models: dict[Entity, EntityModel] = {}
         self.skipped = 0  # readings without every feature of their model
         # readings with a value beyond MAX_SENSOR_MAGNITUDE (the schema rejects them)
@@ -461,9 +485,7 @@ class ClusterOperator(Operator):
         )
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
-        push = self.pending.push
-        for e in events:
-            push((e.ts, e.sensor_id, Values(e.values), e.site or ""))
+        self.pending.held += [(e.ts, e.sensor_id, e.values, e.site or "") for e in events]
 
     def advance(self, watermark: int) -> None:
         released = self.pending.release(watermark)
@@ -480,7 +502,7 @@ class ClusterOperator(Operator):
             if g is None:
                 g = groups[entity] = []
                 if entity not in models:
-                    features = self.config.features or tuple(values.values)
+                    features = self.config.features or tuple(values)
                     models[entity] = EntityModel(tuple(sorted(features)), self.config)
             g.append(i)
         emitted: list[tuple[int, SensorAnomalyRow | None, Observation]] = []
@@ -512,7 +534,7 @@ class ClusterOperator(Operator):
         for i in g:
             ts, sid, values, _ = released[i]
             try:
-                x = get(values.values)  # the model's features (extra ones ignored)
+                x = get(values)  # the model's features (extra ones ignored)
             except KeyError:  # one missing: skipped
                 self.skipped += 1
                 continue
@@ -603,7 +625,7 @@ class ClusterOperator(Operator):
     def snapshot(self) -> dict[str, Any]:
         return self._codec.dump(
             ClusterState(
-                pending=[(t, sid, v.items(), site) for t, sid, v, site in self.pending.entries],
+                pending=self.pending.state(),
                 models={entity: m.state() for entity, m in self.models.items()},
                 skipped=self.skipped,
                 out_of_range=self.out_of_range,
@@ -612,9 +634,7 @@ class ClusterOperator(Operator):
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         state = self._codec.load(snapshot)
-        self.pending.load(
-            (t, sid, Values(dict(items)), site) for t, sid, items, site in state.pending
-        )
+        self.pending.load(state.pending)
         self.models = {
             entity: EntityModel.from_state(m, self.config) for entity, m in state.models.items()
         }

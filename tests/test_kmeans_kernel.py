@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import cluster, preprocessing
 
-from operators.cluster import ClusterConfig, ClusterOperator
+from operators.cluster import ClusterConfig, ClusterOperator, PendingReadings, items_of
 from operators.detectors.kmeans import HALF, KMeansDistance, ScalerState, clamped, transform
 from operators.rolling import RecentQuantile
 from schemas.events import SensorReading
@@ -242,3 +242,31 @@ def test_the_compiled_monitor_is_the_reading_by_reading_reference(
     assert m.detector.centers.tolist() == [
         [ref.model.centers[c][f] for f in ("a", "b")] for c in range(k)
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.sampled_from(["a", "b"]),
+            st.dictionaries(
+                st.sampled_from(["x", "y"]), st.sampled_from([0.0, 1.0, 2, -0.5]), min_size=1
+            ),
+            st.sampled_from(["", "site"]),
+        ),
+        max_size=30,
+    ),
+    st.integers(0, 7),
+)
+def test_pending_readings_are_released_in_entry_order(readings, watermark) -> None:
+    """The buffer keeps the events' dicts but releases them as the state's `Entry`
+    tuples sort (time, sensor, sorted float items, site), ties with different values
+    included; and its state is those tuples."""
+    pending = PendingReadings()
+    pending.held += readings
+    entries = sorted((t, s, items_of(v), site) for t, s, v, site in readings)
+    assert sorted(pending.state()) == entries  # held as they came
+    got = [(t, s, items_of(v), site) for t, s, v, site in pending.release(watermark)]
+    assert got == [e for e in entries if e[0] < watermark]
+    assert pending.state() == [e for e in entries if e[0] >= watermark]
