@@ -113,6 +113,26 @@ from operators.detectors.window import step as window_step
 from operators.detectors.zscore import ZScore
 from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
+from operators.sensor_run import (
+    CFG_SIZE,
+    DONE,
+    PRE,
+    ST_BUCKET_COUNT,
+    ST_BUCKET_START,
+    ST_BUCKET_SUM,
+    ST_LAST,
+    ST_MEAN,
+    ST_N,
+    ST_Q1,
+    ST_Q3,
+    ST_SINCE_I,
+    ST_SINCE_Z,
+    ST_SIZE,
+    ST_STAGED,
+    ST_START,
+    ST_STD,
+)
+from operators.sensor_run import run as run_series
 from operators.state import StateCodec
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
@@ -221,8 +241,6 @@ class Series:
     """The state of one (sensor, metric)."""
 
     __slots__ = (
-        "agg",
-        "agg_start",
         "alpha",
         "bucket",
         "bucket_ms",
@@ -284,10 +302,6 @@ class Series:
             # anomalous z-scores stay out of its history (masking)
             alpha=config.rise_history_alpha or 1e-3,
         )
-        # the open aggregate window this series last wrote to (a cache of
-        # `aggregates.at`: readings come in time order, so it is usually the same)
-        self.agg_start: int | None = None
-        self.agg: list[float] = []
         # gaps between the first readings, until the cadence is judged (then None)
         self.gaps: list[int] | None = []
 
@@ -451,6 +465,10 @@ def _from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str, Any]:
     }
 
 
+def _tag_order(item: tuple[int, int, Any, Any]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
 # The default alert rules of the sensor monitor's detectors (seed 004), collected by
 # operators.registry into streams.config.DEFAULT_RULES.
 DEFAULT_RULES: list[dict[str, Any]] = [
@@ -527,6 +545,28 @@ class SensorOperator(Operator):
         self._series_of: Counter[str] = Counter()
         # snapshot and restore (`operators.state`): format 2 is `SensorState`; format 1
         # (positional, before typed state) is upgraded with this configuration's defaults
+        # the compiled per-series run (`operators.sensor_run`): its
+        # configuration, its scratch state, and the bookkeeping of `_run`
+        cfg = self.config
+        self._fast = not (self._rise and cfg.rise_test == "runs")
+        self._cfg = np.zeros(CFG_SIZE)
+        self._cfg[:] = (
+            cfg.min_points,
+            cfg.z_threshold,
+            cfg.min_std,
+            cfg.iqr_k,
+            cfg.min_iqr,
+            self._zscore,
+            self._iqr,
+            cfg.calibrate,
+            self._rise,
+            cfg.score_history,
+        )
+        self._st = np.zeros(ST_SIZE)
+        self._released: list[Entry] | None = None  # the release `_run` is judging
+        self._g = 0  # the place in it of the reading being judged
+        # `_run`'s rows and observations: (place, order, row, observation)
+        self._tagged: list[tuple[int, int, Any, Any]] | None = None
         self._codec = StateCodec(
             "sensor",
             SensorState,
@@ -547,11 +587,9 @@ class SensorOperator(Operator):
     # -- event time ----------------------------------------------------------
 
     def advance(self, watermark: int) -> None:
-        metrics = self.metrics
-        for ts, sid, metric, value, m in self.pending.release(watermark):
-            if m:  # the latest judged reading's metric count splits the sensor's budget
-                metrics[sid] = m
-            self._reading(ts, sid, metric, value)
+        released = self.pending.release(watermark)
+        if released:
+            self._run(released)
         self._expire_until(watermark)
         size = self.config.aggregate_window_ms
         for start, key, values in self.aggregates.pop_ending_until(watermark):
@@ -570,6 +608,154 @@ class SensorOperator(Operator):
                     p95=float(np.percentile(arr, 95)),
                 ),
             )
+
+    def _run(self, released: list[Entry]) -> None:
+        """The released readings (in event-time order), series by series: each series'
+        stretch of readings nothing happens to runs in one compiled call
+        (`operators.sensor_run`), the others through `_reading` resp.
+        `_judged` in Python. Their rows and observations are put back in the readings'
+        event-time order, so the output is the reading-by-reading loop's."""
+        columns = tuple(zip(*released, strict=True))
+        sids, metrics, counts = columns[1], columns[2], columns[4]
+        ts_all = np.array(columns[0], dtype=np.int64)
+        x_all = np.array(columns[3], dtype=np.float64)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, key in enumerate(zip(sids, metrics, strict=True)):
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [i]
+            else:
+                group.append(i)
+        self._released = released
+        self._tagged = tagged = []
+        try:
+            for key, idx in groups.items():
+                self._run_series(key, idx, ts_all, x_all)
+        finally:
+            self._released = None
+            self._tagged = None
+        # the latest reading's metric count per sensor (0: unknown, from an old checkpoint)
+        self.metrics.update({sid: m for sid, m in zip(sids, counts, strict=True) if m})
+        if tagged:
+            tagged.sort(key=_tag_order)
+            out = self._out
+            for _, _, row, obs in tagged:
+                if row is not None:
+                    out.add_row(row)
+                else:
+                    out.observations.append(obs)
+
+    def _run_series(
+        self, key: tuple[str, str], idx: list[int], ts_all: np.ndarray, x_all: np.ndarray
+    ) -> None:
+        """One series' released readings (idx: their places in the release)."""
+        sid, metric = key
+        b = len(idx)
+        if b == 1:
+            g = idx[0]
+            gts, gx = ts_all[g : g + 1], x_all[g : g + 1]
+        else:
+            perm = np.array(idx)
+            gts, gx = ts_all[perm], x_all[perm]
+        times = gts.tolist()
+        values = gx.tolist()
+        self._aggregate(key, gts, times, values)
+        series = self.series
+        fast = self._fast
+        st, cfg = self._st, self._cfg
+        i = 0
+        while i < b:
+            s = series.get(key)
+            if not fast or s is None or s.gaps is not None:
+                self._g = idx[i]
+                self._reading(times[i], sid, metric, values[i])
+                i += 1
+                continue
+            last_ts, staged, bucket = s.last_ts, s.staged, s.bucket
+            ez, ei = s.episodes["zscore"], s.episodes["iqr"]
+            st[:ST_N] = (
+                last_ts or 0,
+                last_ts is not None,
+                staged[-1] if staged else 0.0,
+                len(staged),
+                s.window_ms,
+                s.bucket_ms,
+                bucket[0],
+                bucket[1],
+                bucket[2],
+                ez.active,
+                ez.since_end,
+                ei.active,
+                ei.since_end,
+            )
+            tails = s.tails
+            status, j = run_series(
+                s.stats.buf, tails["zscore"].buf, tails["iqr"].buf, gts, gx, i, b, st, cfg
+            )
+            if j > i:  # readings done: their scalars back
+                s.last_ts = int(st[ST_LAST])
+                s.staged = [float(st[ST_STAGED])]
+                s.bucket = [
+                    int(st[ST_BUCKET_START]),
+                    float(st[ST_BUCKET_SUM]),
+                    int(st[ST_BUCKET_COUNT]),
+                ]
+                ez.since_end = int(st[ST_SINCE_Z])
+                ei.since_end = int(st[ST_SINCE_I])
+            if status == DONE:
+                return
+            self._g = idx[j]
+            if status == PRE:
+                self._reading(times[j], sid, metric, values[j])
+            else:  # POST: its window stepped (the staged reading added)
+                s.staged = []
+                self._judged(
+                    sid,
+                    metric,
+                    s,
+                    times[j],
+                    values[j],
+                    int(st[ST_START]),
+                    int(st[ST_N]),
+                    float(st[ST_MEAN]),
+                    float(st[ST_STD]),
+                    float(st[ST_Q1]),
+                    float(st[ST_Q3]),
+                )
+            i = j + 1
+
+    def _aggregate(
+        self, key: tuple[str, str], gts: np.ndarray, times: list[int], values: list[float]
+    ) -> None:
+        """A series' released readings into their `sensor_windows` aggregates, one
+        extend per aggregate window (the readings are in time order)."""
+        size = self.config.aggregate_window_ms
+        at = self.aggregates.at
+        if len(times) <= 8:
+            for t, x in zip(times, values, strict=True):
+                at(key, t).append(x)
+            return
+        starts = gts - gts % size
+        cuts = np.flatnonzero(starts[1:] != starts[:-1]).tolist()
+        a = 0
+        for c in [*cuts, len(times) - 1]:
+            at(key, times[a]).extend(values[a : c + 1])
+            a = c + 1
+
+    def _metric_count(self, sid: str) -> int:
+        """Metrics of sensor sid as of the reading being judged: its latest judged
+        reading's (the per-sensor budget's split, decided in event-time order)."""
+        released = self._released
+        if released is None:
+            return self.metrics.get(sid, 1)
+        g = self._g
+        m = released[g][4]
+        if m:
+            return m
+        for e in reversed(released[:g]):  # an entry of an old checkpoint: the one before
+            if e[1] == sid and e[4]:
+                return e[4]
+        return self.metrics.get(sid, 1)
 
     def _expire_until(self, watermark: int) -> None:
         """Forget series silent for more than their window before the watermark."""
@@ -631,6 +817,26 @@ class SensorOperator(Operator):
         if out[0] < 0:  # its buffer is full: grown (rare: the window only grows so far)
             out = s.stats.step(last, staged_x, add, start)
         n, mean, std, q1, q3 = out
+        self._judged(sid, metric, s, t, x, start, n, mean, std, q1, q3)
+
+    def _judged(
+        self,
+        sid: str,
+        metric: str,
+        s: Series,
+        t: int,
+        x: float,
+        start: int,
+        n: int,
+        mean: float,
+        std: float,
+        q1: float,
+        q3: float,
+    ) -> None:
+        """The rest of a reading once its window is stepped (n, mean, std, q1, q3 of
+        the readings before it in [start, t)): its verdicts, the rise test, and the
+        reading staged (its aggregate is `_run`'s)."""
+        cfg = self.config
         if n >= cfg.min_points:
             # the verdicts are the detectors'; the episodes, rows and observations are
             # this operator's. A normal reading outside an episode (the hot path) only
@@ -658,10 +864,6 @@ class SensorOperator(Operator):
                 self._judge_rise(sid, metric, s, t, x)
         s.staged.append(x)
         s.last_ts = t
-        agg_start = t - t % cfg.aggregate_window_ms
-        if agg_start != s.agg_start:
-            s.agg_start, s.agg = agg_start, self.aggregates.at(key, t)
-        s.agg.append(x)
 
     def _cadence(self, sid: str, metric: str, s: Series, gap: int) -> None:
         """After CADENCE_READINGS readings, the series' interval g (median gap) sets
@@ -679,7 +881,7 @@ class SensorOperator(Operator):
             s.window_ms = max(cfg.window_ms, cfg.window_readings * g)
         budget = cfg.false_alarms_per_day
         if cfg.budget_per == "sensor":
-            budget /= max(1, self.metrics.get(sid, 1))
+            budget /= max(1, self._metric_count(sid))
         alpha = cfg.alpha or min(0.01, budget * g / DAY_MS)
         s.alpha = alpha
         span = max(cfg.rise_span_ms, cfg.rise_min_readings * g)
@@ -785,7 +987,7 @@ class SensorOperator(Operator):
             return cfg.rise_history_alpha
         budget = cfg.false_alarms_per_day
         if cfg.budget_per == "sensor":
-            budget /= max(1, self.metrics.get(sid, 1))
+            budget /= max(1, self._metric_count(sid))
         return min(1e-3, budget * max(s.bucket_ms, 1) / DAY_MS)
 
     def _test_rise(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
@@ -875,6 +1077,16 @@ class SensorOperator(Operator):
         if episode.active or not anomalous:
             self._observe(sid, metric, method, score, t, n, start, t, details, p_value)
 
+    def _emit(self, row: SensorAnomalyRow | None, obs: Observation | None) -> None:
+        tagged = self._tagged
+        if tagged is None:
+            if row is not None:
+                self._out.add_row(row)
+            else:
+                self._out.observations.append(obs)
+        else:  # within `_run`: put in event-time order at its end
+            tagged.append((self._g, len(tagged), row, obs))
+
     def _row(
         self,
         sid: str,
@@ -887,7 +1099,7 @@ class SensorOperator(Operator):
         start: int,
         end: int,
     ) -> None:
-        self._out.add_row(
+        self._emit(
             SensorAnomalyRow(
                 ts=t,
                 sensor_id=sid,
@@ -899,6 +1111,7 @@ class SensorOperator(Operator):
                 window_start=start,
                 window_end=end,
             ),
+            None,
         )
 
     def _observe(
@@ -914,7 +1127,8 @@ class SensorOperator(Operator):
         details: dict[str, Any],
         p_value: float | None = None,
     ) -> None:
-        self._out.observations.append(
+        self._emit(
+            None,
             Observation(
                 kind="sensor",
                 entity=f"{sid}/{metric}",
@@ -926,7 +1140,7 @@ class SensorOperator(Operator):
                 window_end=end,
                 details=details,
                 p_value=p_value,
-            )
+            ),
         )
 
     def late_window(self, source: str, event: Any) -> int:

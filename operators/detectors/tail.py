@@ -51,10 +51,9 @@ import msgspec
 import numpy as np
 from numba import njit
 
-
 # the history's ring buffer: [head, count, since_fit, cap] + values[cap], grown by
 # doubling up to `history` (a new series costs 64 slots, not `history`); its layout is
-# what the sensor monitor's compiled per-series run (`operators.detectors.sensor_run`)
+# what the sensor monitor's compiled per-series run (`operators.sensor_run`)
 # learns into, reading by reading, without a Python call
 RING_HEAD, RING_COUNT, RING_SINCE, RING_CAP = range(4)
 RING_H = 4
