@@ -591,6 +591,10 @@ class SensorOperator(Operator):
         if released:
             self._run(released)
         self._expire_until(watermark)
+        self._close_windows(watermark)
+
+    def _close_windows(self, watermark: int) -> None:
+        """The `sensor_windows` rows of the aggregate windows the watermark ended."""
         size = self.config.aggregate_window_ms
         for start, key, values in self.aggregates.pop_ending_until(watermark):
             sid, metric = key
@@ -615,7 +619,7 @@ class SensorOperator(Operator):
         (`operators.sensor_run`), the others through `_reading` resp.
         `_judged` in Python. Their rows and observations are put back in the readings'
         event-time order, so the output is the reading-by-reading loop's."""
-        columns = tuple(zip(*released, strict=True))
+        columns = list(zip(*released, strict=False))  # strict=True: O(n^2) here
         sids, metrics, counts = columns[1], columns[2], columns[4]
         ts_all = np.array(columns[0], dtype=np.int64)
         x_all = np.array(columns[3], dtype=np.float64)
