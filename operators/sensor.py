@@ -117,6 +117,7 @@ from operators.sensor_run import (
     CFG_SIZE,
     DONE,
     PRE,
+    RISE,
     ST_BUCKET_COUNT,
     ST_BUCKET_START,
     ST_BUCKET_SUM,
@@ -131,6 +132,7 @@ from operators.sensor_run import (
     ST_STAGED,
     ST_START,
     ST_STD,
+    aggregate,
 )
 from operators.sensor_run import run as run_series
 from operators.state import StateCodec
@@ -599,6 +601,11 @@ class SensorOperator(Operator):
         for start, key, values in self.aggregates.pop_ending_until(watermark):
             sid, metric = key
             arr = np.asarray(values, dtype=float)
+            # numpy's min, max, mean and percentile(95), compiled (`aggregate`)
+            finite, lo, hi, mean, p95 = aggregate(arr)
+            if not finite:
+                lo, hi, mean = float(arr.min()), float(arr.max()), float(arr.mean())
+                p95 = float(np.percentile(arr, 95))
             self._out.add_row(
                 SensorWindowRow(
                     window_start=start,
@@ -606,10 +613,10 @@ class SensorOperator(Operator):
                     sensor_id=sid,
                     metric=metric,
                     n=int(arr.size),
-                    min=float(arr.min()),
-                    max=float(arr.max()),
-                    mean=float(arr.mean()),
-                    p95=float(np.percentile(arr, 95)),
+                    min=lo,
+                    max=hi,
+                    mean=mean,
+                    p95=p95,
                 ),
             )
 
@@ -696,7 +703,7 @@ class SensorOperator(Operator):
             status, j = run_series(
                 s.stats.buf, tails["zscore"].buf, tails["iqr"].buf, gts, gx, i, b, st, cfg
             )
-            if j > i:  # readings done: their scalars back
+            if j > i or status == RISE:  # readings done: their scalars back
                 s.last_ts = int(st[ST_LAST])
                 s.staged = [float(st[ST_STAGED])]
                 s.bucket = [
@@ -709,7 +716,9 @@ class SensorOperator(Operator):
             if status == DONE:
                 return
             self._g = idx[j]
-            if status == PRE:
+            if status == RISE:  # all but its rise test, which closes a bucket
+                self._judge_rise(sid, metric, s, times[j], values[j])
+            elif status == PRE:
                 self._reading(times[j], sid, metric, values[j])
             else:  # POST: its window stepped (the staged reading added)
                 s.staged = []

@@ -19,8 +19,11 @@ It stops at the first reading that needs the operator's Python:
   longer than the window (the series is forgotten), a window buffer or tail
   ring that must grow; the operator handles the whole reading.
 - `POST`, after its window step (the statistics are in `st`): a z beyond the
-  threshold or a reading beyond a fence (calibration, rows, episodes), an
-  open episode, a closing rise bucket; the operator judges it from there.
+  threshold or a reading beyond a fence (calibration, rows, episodes), or an
+  open episode; the operator judges it from there.
+- `RISE`, done but for the rise test: the reading closes a bucket of the
+  Mann-Kendall test (`operators.detectors.trend`, once per bucket), which is
+  the operator's (`_judge_rise`).
 
 `st` holds the series' scalars the run reads and writes (`ST_*` below) and
 `cfg` the configuration (`CFG_*`). Tested against the operator's Python path
@@ -29,13 +32,15 @@ reading for reading (tests/test_sensor_run.py).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
 from operators.detectors.tail import RING_CAP, RING_COUNT, ring_learn
 from operators.detectors.window import _step
 
-DONE, PRE, POST = 0, 1, 2
+DONE, PRE, POST, RISE = 0, 1, 2, 3
 # st: the series' state the run reads and writes, then the statistics of a POST reading
 (
     ST_LAST,  # last_ts
@@ -92,7 +97,8 @@ def run(
     cfg: np.ndarray,
 ) -> tuple[int, int]:
     """(status, i): readings i0..i-1 done; DONE (i = i1), or reading i needs Python
-    (PRE: untouched; POST: its window stepped, the statistics in st)."""
+    (PRE: untouched; POST: its window stepped, the statistics in st; RISE: all done
+    but its rise test)."""
     min_points = int(cfg[CFG_MIN_POINTS])
     thr, min_std, k, min_iqr = cfg[CFG_Z], cfg[CFG_MIN_STD], cfg[CFG_K], cfg[CFG_MIN_IQR]
     use_z, use_i = cfg[CFG_USE_Z] != 0.0, cfg[CFG_USE_I] != 0.0
@@ -150,11 +156,6 @@ def run(
                     if score > 0.0 or st[ST_ACTIVE_I] != 0.0:
                         post = True
                     spread = abs(x - 0.5 * (q1 + q3)) / iqr
-        b = 0
-        if rise and bucket_ms:
-            b = t - t % bucket_ms
-            if not (b == int(st[ST_BUCKET_START]) or st[ST_BUCKET_COUNT] == 0.0):
-                post = True  # a bucket closes: the rise test is the operator's
         if post:
             st[ST_N] = n
             st[ST_MEAN] = mean
@@ -171,13 +172,76 @@ def run(
             if calibrate:
                 ring_learn(tail_i, spread, history)
             st[ST_SINCE_I] += 1.0
-        if rise and bucket_ms:
-            if st[ST_BUCKET_COUNT] == 0.0:
-                st[ST_BUCKET_START] = b
-            st[ST_BUCKET_SUM] += x
-            st[ST_BUCKET_COUNT] += 1.0
         st[ST_STAGED] = x
         st[ST_NSTAGED] = 1.0
         st[ST_LAST] = t
         st[ST_HAS_LAST] = 1.0
+        if rise and bucket_ms:
+            b = t - t % bucket_ms
+            if not (b == int(st[ST_BUCKET_START]) or st[ST_BUCKET_COUNT] == 0.0):
+                return RISE, i  # a bucket closes: the rise test is the operator's
+            if st[ST_BUCKET_COUNT] == 0.0:
+                st[ST_BUCKET_START] = b
+            st[ST_BUCKET_SUM] += x
+            st[ST_BUCKET_COUNT] += 1.0
     return DONE, i1
+
+
+@njit("float64(float64[::1], int64, int64)", cache=True)
+def pairwise_sum(a: np.ndarray, lo: int, n: int) -> float:
+    """sum(a[lo:lo + n]) as numpy's float64 `add.reduce` adds (pairwise summation:
+    blocks of at most 128 values in 8 accumulators, halves above; numpy's
+    `pairwise_sum` in loops_utils.h), so the mean is numpy's to the last bit."""
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r = a[lo : lo + 8].copy()
+        m = n - n % 8
+        i = 8
+        while i < m:
+            for j in range(8):
+                r[j] += a[lo + i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        while i < n:
+            res += a[lo + i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return pairwise_sum(a, lo, n2) + pairwise_sum(a, lo + n2, n - n2)
+
+
+@njit("Tuple((boolean, float64, float64, float64, float64))(float64[::1])", cache=True)
+def aggregate(values: np.ndarray) -> tuple[bool, float, float, float, float]:
+    """(finite, min, max, mean, p95) of a `sensor_windows` window's readings (n >= 1),
+    each as numpy computes it: `arr.min()`, `arr.max()`, `arr.mean()` (pairwise sum
+    / n) and `np.percentile(arr, 95)` ("linear": h = (n - 1) * 0.95 between the order
+    statistics f = floor(h) and f + 1, numpy's `_lerp` from the nearer end). finite is
+    False, the rest unset, when a value is not finite or is -0.0 (numpy's signed
+    zeros and NaN propagation are numpy's: the caller asks numpy then)."""
+    n = len(values)
+    lo = values[0]
+    hi = values[0]
+    for i in range(n):
+        x = values[i]
+        if not np.isfinite(x) or (x == 0.0 and math.copysign(1.0, x) < 0.0):
+            return False, 0.0, 0.0, 0.0, 0.0
+        if x < lo:
+            lo = x
+        if x > hi:
+            hi = x
+    mean = pairwise_sum(values, 0, n) / n
+    h = (n - 1) * 0.95
+    if h >= n - 1:  # one value
+        return True, lo, hi, mean, values[0]
+    ordered = np.sort(values)
+    f = int(np.floor(h))
+    gamma = h - f
+    a, b = ordered[f], ordered[f + 1]
+    diff = b - a
+    p95 = b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
+    return True, lo, hi, mean, p95

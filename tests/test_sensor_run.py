@@ -12,14 +12,17 @@ and rings), delivered in shuffled batches.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
 import msgspec
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.sensor import SensorConfig, SensorOperator
+from operators.sensor_run import aggregate, pairwise_sum
 from schemas.events import SensorReading
 
 T0 = 1_795_000_000_000
@@ -123,3 +126,47 @@ def test_a_large_window_grows_its_buffer_in_the_run() -> None:
     want = _run(Reference(config), batches, 5_000)
     assert got == want
     assert any(rows for rows, *_ in got)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False, width=64),
+            st.floats(-1e3, 1e3).map(lambda x: round(x, 1)),
+            st.sampled_from([0.0, -0.0, 1.0, 1e300, -1e300]),
+        ),
+        min_size=1,
+        max_size=400,
+    )
+)
+def test_the_window_aggregate_is_numpys(values: list[float]) -> None:
+    """`sensor_windows`' n/min/max/mean/p95, compiled, against numpy's to the bit."""
+    arr = np.asarray(values, dtype=float)
+    with np.errstate(all="ignore"):
+        want = (arr.min(), arr.max(), arr.mean(), np.percentile(arr, 95))
+    finite, *got = aggregate(arr)
+    if not finite:  # left to numpy (as `SensorOperator._close_windows` does)
+        assert any(x == 0.0 and math.copysign(1.0, x) < 0 for x in values)
+        return
+    assert all(
+        _same(float(g), float(w)) or (math.isnan(g) and math.isnan(w))
+        for g, w in zip(got, want, strict=True)
+    ), (got, want)
+
+
+def test_the_window_aggregate_leaves_non_finite_values_and_signed_zeros_to_numpy() -> None:
+    assert not aggregate(np.array([1.0, math.inf]))[0]
+    assert not aggregate(np.array([math.nan, 1.0]))[0]
+    assert not aggregate(np.array([0.0, -0.0]))[0]
+
+
+def test_the_pairwise_sum_is_numpys_on_long_windows() -> None:
+    rng = np.random.default_rng(3)
+    for n in [*range(1, 300), 1000, 4097, 10_001]:
+        a = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 9, n)
+        assert pairwise_sum(a, 0, n) == np.add.reduce(a)
