@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -670,7 +671,7 @@ class SensorOperator(Operator):
             gts, gx = ts_all[perm], x_all[perm]
         times = gts.tolist()
         values = gx.tolist()
-        self._aggregate(key, gts, times, values)
+        self._aggregate(key, times, values)
         series = self.series
         fast = self._fast
         st, cfg = self._st, self._cfg
@@ -737,23 +738,20 @@ class SensorOperator(Operator):
                 )
             i = j + 1
 
-    def _aggregate(
-        self, key: tuple[str, str], gts: np.ndarray, times: list[int], values: list[float]
-    ) -> None:
+    def _aggregate(self, key: tuple[str, str], times: list[int], values: list[float]) -> None:
         """A series' released readings into their `sensor_windows` aggregates, one
         extend per aggregate window (the readings are in time order)."""
         size = self.config.aggregate_window_ms
         at = self.aggregates.at
-        if len(times) <= 8:
-            for t, x in zip(times, values, strict=True):
-                at(key, t).append(x)
-            return
-        starts = gts - gts % size
-        cuts = np.flatnonzero(starts[1:] != starts[:-1]).tolist()
+        n = len(times)
         a = 0
-        for c in [*cuts, len(times) - 1]:
-            at(key, times[a]).extend(values[a : c + 1])
-            a = c + 1
+        while a < n:
+            t = times[a]
+            end = t - t % size + size  # the end of t's aggregate window
+            # usually every reading of the release falls in one window
+            c = n if times[-1] < end else bisect_left(times, end, a)
+            at(key, t).extend(values[a:c])
+            a = c
 
     def _metric_count(self, sid: str) -> int:
         """Metrics of sensor sid as of the reading being judged: its latest judged
