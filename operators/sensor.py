@@ -629,8 +629,7 @@ class SensorOperator(Operator):
         event-time order, so the output is the reading-by-reading loop's."""
         columns = list(zip(*released, strict=False))  # strict=True: O(n^2) here
         sids, metrics, counts = columns[1], columns[2], columns[4]
-        ts_all = np.array(columns[0], dtype=np.int64)
-        x_all = np.array(columns[3], dtype=np.float64)
+        ts_col, x_col = columns[0], columns[3]
         groups: dict[tuple[str, str], list[int]] = {}
         for i, key in enumerate(zip(sids, metrics, strict=True)):
             group = groups.get(key)
@@ -642,7 +641,7 @@ class SensorOperator(Operator):
         self._tagged = tagged = []
         try:
             for key, idx in groups.items():
-                self._run_series(key, idx, ts_all, x_all)
+                self._run_series(key, idx, ts_col, x_col)
         finally:
             self._released = None
             self._tagged = None
@@ -658,20 +657,19 @@ class SensorOperator(Operator):
                     out.observations.append(obs)
 
     def _run_series(
-        self, key: tuple[str, str], idx: list[int], ts_all: np.ndarray, x_all: np.ndarray
+        self,
+        key: tuple[str, str],
+        idx: list[int],
+        ts_col: Sequence[int],
+        x_col: Sequence[float],
     ) -> None:
         """One series' released readings (idx: their places in the release)."""
         sid, metric = key
         b = len(idx)
-        if b == 1:
-            g = idx[0]
-            gts, gx = ts_all[g : g + 1], x_all[g : g + 1]
-        else:
-            perm = np.array(idx)
-            gts, gx = ts_all[perm], x_all[perm]
-        times = gts.tolist()
-        values = gx.tolist()
+        times = [ts_col[g] for g in idx]
+        values = [x_col[g] for g in idx]
         self._aggregate(key, times, values)
+        gts = gx = None  # the readings as arrays, once the compiled run needs them
         series = self.series
         fast = self._fast
         st, cfg = self._st, self._cfg
@@ -701,6 +699,9 @@ class SensorOperator(Operator):
                 ei.since_end,
             )
             tails = s.tails
+            if gts is None:
+                gts = np.array(times, dtype=np.int64)
+                gx = np.array(values, dtype=np.float64)
             status, j = run_series(
                 s.stats.buf, tails["zscore"].buf, tails["iqr"].buf, gts, gx, i, b, st, cfg
             )
