@@ -57,8 +57,15 @@ constant one, gives no z-score (fences): those methods do not judge then.
 
 Mean and std come from shifted running sums, quantiles from a sorted array:
 O(log n) search per reading, no re-sort; `operators.rolling.SlidingStats`'s
-arithmetic, compiled with numba (`operators.detectors.window`, issue 18): the
-window's whole per-reading step is one call into compiled code.
+arithmetic, compiled with numba (`operators.detectors.window`, issue 18). A
+release is judged series by series: each series' stretch of readings that
+produce nothing (no anomaly candidate, no open episode, no closing rise
+bucket, no tie or gap) runs in one compiled call (`operators.sensor_run`:
+window step, z-score and fences, tail learning, cooldown count, rise bucket),
+and only the others go through Python; their rows and observations are put
+back in event-time order, so the output is the reading-by-reading loop's
+(tests/test_sensor_run.py). The `sensor_windows` aggregates are numpy's
+statistics computed in compiled code (`operators.sensor_run.aggregate`).
 
 Rows:
 - `sensor_anomalies`: one per anomalous (reading, metric, method).
