@@ -573,6 +573,7 @@ class SensorOperator(Operator):
             cfg.score_history,
         )
         self._st = np.zeros(ST_SIZE)
+        self._closes = np.zeros(1 + 4 * 64)  # rise buckets a run closed (`sensor_run.run`)
         self._released: list[Entry] | None = None  # the release `_run` is judging
         self._g = 0  # the place in it of the reading being judged
         # `_run`'s rows and observations: (place, order, row, observation)
@@ -709,8 +710,10 @@ class SensorOperator(Operator):
             if gts is None:
                 gts = np.array(times, dtype=np.int64)
                 gx = np.array(values, dtype=np.float64)
+            closes = self._closes
+            closes[0] = 0.0
             status, j = run_series(
-                s.stats.buf, tails["zscore"].buf, tails["iqr"].buf, gts, gx, i, b, st, cfg
+                s.stats.buf, tails["zscore"].buf, tails["iqr"].buf, gts, gx, i, b, st, cfg, closes
             )
             if j > i or status == RISE:  # readings done: their scalars back
                 s.last_ts = int(st[ST_LAST])
@@ -722,6 +725,11 @@ class SensorOperator(Operator):
                 ]
                 ez.since_end = int(st[ST_SINCE_Z])
                 ei.since_end = int(st[ST_SINCE_I])
+            for c in range(1, 1 + 4 * int(closes[0]), 4):  # buckets the run closed
+                r = int(closes[c])
+                self._g = idx[r]
+                start, total, count = int(closes[c + 1]), float(closes[c + 2]), int(closes[c + 3])
+                self._close_bucket(sid, metric, s, times[r], values[r], start, total, count)
             if status == DONE:
                 return
             self._g = idx[j]
@@ -994,9 +1002,23 @@ class SensorOperator(Operator):
             bucket[1] += x
             bucket[2] += 1
             return
-        s.mk.learn_one(bucket[1] / bucket[2])
-        s.mk_times.append(int(bucket[0]))
         s.bucket = [b, x, 1]
+        self._close_bucket(sid, metric, s, t, x, bucket[0], bucket[1], bucket[2])
+
+    def _close_bucket(
+        self,
+        sid: str,
+        metric: str,
+        s: Series,
+        t: int,
+        x: float,
+        start: int,
+        total: float,
+        count: int,
+    ) -> None:
+        """The rise test as reading x at t closes the bucket (start, total, count)."""
+        s.mk.learn_one(total / count)
+        s.mk_times.append(int(start))
         self._test_rise(sid, metric, s, t, x)
 
     def _rise_history_alpha(self, sid: str, s: Series) -> float:

@@ -23,7 +23,11 @@ It stops at the first reading that needs the operator's Python:
   open episode; the operator judges it from there.
 - `RISE`, done but for the rise test: the reading closes a bucket of the
   Mann-Kendall test (`operators.detectors.trend`, once per bucket), which is
-  the operator's (`_judge_rise`).
+  the operator's (`_judge_rise`), and `closes` is full. Until then the closed
+  buckets are recorded in `closes` ([count] + (reading, start, sum, count) per
+  bucket) and the run goes on: the operator runs their rise tests after the
+  call, before the reading it stopped at (the test reads and writes only the
+  rise's own state, and its rows are put in event-time order anyway).
 
 `st` holds the series' scalars the run reads and writes (`ST_*` below) and
 `cfg` the configuration (`CFG_*`). Tested against the operator's Python path
@@ -80,7 +84,7 @@ CFG_SIZE = 10
 
 _SIGNATURE = (
     "UniTuple(int64, 2)(float64[::1], float64[::1], float64[::1], int64[::1], "
-    "float64[::1], int64, int64, float64[::1], float64[::1])"
+    "float64[::1], int64, int64, float64[::1], float64[::1], float64[::1])"
 )
 
 
@@ -95,6 +99,7 @@ def run(
     i1: int,
     st: np.ndarray,
     cfg: np.ndarray,
+    closes: np.ndarray,
 ) -> tuple[int, int]:
     """(status, i): readings i0..i-1 done; DONE (i = i1), or reading i needs Python
     (PRE: untouched; POST: its window stepped, the statistics in st; RISE: all done
@@ -179,7 +184,21 @@ def run(
         if rise and bucket_ms:
             b = t - t % bucket_ms
             if not (b == int(st[ST_BUCKET_START]) or st[ST_BUCKET_COUNT] == 0.0):
-                return RISE, i  # a bucket closes: the rise test is the operator's
+                # a bucket closes: recorded (reading, start, sum, count) for the
+                # operator's rise test, which runs after this call (it changes
+                # nothing this run reads); RISE when the record is full
+                c = 1 + 4 * int(closes[0])  # (not k: that is iqr_k)
+                if c + 4 > len(closes):
+                    return RISE, i
+                closes[c] = i
+                closes[c + 1] = st[ST_BUCKET_START]
+                closes[c + 2] = st[ST_BUCKET_SUM]
+                closes[c + 3] = st[ST_BUCKET_COUNT]
+                closes[0] += 1.0
+                st[ST_BUCKET_START] = b
+                st[ST_BUCKET_SUM] = x
+                st[ST_BUCKET_COUNT] = 1.0
+                continue
             if st[ST_BUCKET_COUNT] == 0.0:
                 st[ST_BUCKET_START] = b
             st[ST_BUCKET_SUM] += x

@@ -85,9 +85,16 @@ def _readings(seed: int, n: int, sensors: int, gap_ms: int) -> list[SensorReadin
     rise_test=st.sampled_from(["mann_kendall", "runs"]),
     batch=st.integers(1, 60),
     min_points=st.integers(2, 12),
+    closes=st.sampled_from([1, 2, 64]),
 )
 def test_the_compiled_run_is_the_reading_by_reading_loop(
-    seed: int, sensors: int, calibrate: bool, rise_test: str, batch: int, min_points: int
+    seed: int,
+    sensors: int,
+    calibrate: bool,
+    rise_test: str,
+    batch: int,
+    min_points: int,
+    closes: int,
 ) -> None:
     gap = 100
     config = SensorConfig(
@@ -112,7 +119,9 @@ def test_the_compiled_run_is_the_reading_by_reading_loop(
         rng.shuffle(chunk)  # arrival order within the lateness
         batches.append(chunk)
     lateness = 4 * gap
-    got = _run(SensorOperator(config), batches, lateness)
+    op = SensorOperator(config)
+    op._closes = np.zeros(1 + 4 * closes)  # room for so many closed rise buckets per run
+    got = _run(op, batches, lateness)
     want = _run(Reference(config), batches, lateness)
     assert got == want
 
