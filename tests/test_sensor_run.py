@@ -179,3 +179,22 @@ def test_the_pairwise_sum_is_numpys_on_long_windows() -> None:
     for n in [*range(1, 300), 1000, 4097, 10_001]:
         a = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 9, n)
         assert pairwise_sum(a, 0, n) == np.add.reduce(a)
+
+
+def test_the_tail_ring_keeps_the_last_history_scores_in_order() -> None:
+    """`TailProbability`'s ring (grown by doubling) against a deque of maxlen history."""
+    from collections import deque
+
+    from operators.detectors.tail import TailProbability
+
+    rng = random.Random(5)
+    for history in (0, 1, 63, 64, 65, 150, 1000):
+        tail = TailProbability(history=history, min_history=10)
+        reference: deque[float] = deque(maxlen=history)
+        for i in range(2_500):
+            x = rng.random()
+            tail.learn_one(x)
+            reference.append(x)
+            if i % 97 == 0:
+                assert tail.values == list(reference) and len(tail) == len(reference)
+        assert tail.values == list(reference) and tail.since_fit == 2_500 + tail.refit

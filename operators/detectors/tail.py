@@ -65,7 +65,9 @@ def ring_learn(buf: np.ndarray, s: float, history: int) -> bool:
     """Append s (the oldest leaves once `history` are kept); False, unchanged, when
     the ring must grow first (full below `history`: `TailProbability.grown`)."""
     head, count, cap = int(buf[RING_HEAD]), int(buf[RING_COUNT]), int(buf[RING_CAP])
-    if count < cap:
+    if cap == 0:  # history 0: nothing is kept (as a deque of maxlen 0)
+        pass
+    elif count < cap:
         buf[RING_H + (head + count) % cap] = s
         buf[RING_COUNT] = count + 1
     elif cap < history:
