@@ -57,8 +57,15 @@ constant one, gives no z-score (fences): those methods do not judge then.
 
 Mean and std come from shifted running sums, quantiles from a sorted array:
 O(log n) search per reading, no re-sort; `operators.rolling.SlidingStats`'s
-arithmetic, compiled with numba (`operators.detectors.window`, issue 18): the
-window's whole per-reading step is one call into compiled code.
+arithmetic, compiled with numba (`operators.detectors.window`, issue 18). A
+release is judged series by series: each series' stretch of readings that
+produce nothing (no anomaly candidate, no open episode, no closing rise
+bucket, no tie or gap) runs in one compiled call (`operators.sensor_run`:
+window step, z-score and fences, tail learning, cooldown count, rise bucket),
+and only the others go through Python; their rows and observations are put
+back in event-time order, so the output is the reading-by-reading loop's
+(tests/test_sensor_run.py). The `sensor_windows` aggregates are numpy's
+statistics computed in compiled code (`operators.sensor_run.aggregate`).
 
 Rows:
 - `sensor_anomalies`: one per anomalous (reading, metric, method).
@@ -89,6 +96,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,6 +121,28 @@ from operators.detectors.window import step as window_step
 from operators.detectors.zscore import ZScore
 from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
+from operators.sensor_run import (
+    CFG_SIZE,
+    DONE,
+    PRE,
+    RISE,
+    ST_BUCKET_COUNT,
+    ST_BUCKET_START,
+    ST_BUCKET_SUM,
+    ST_LAST,
+    ST_MEAN,
+    ST_N,
+    ST_Q1,
+    ST_Q3,
+    ST_SINCE_I,
+    ST_SINCE_Z,
+    ST_SIZE,
+    ST_STAGED,
+    ST_START,
+    ST_STD,
+    aggregate,
+)
+from operators.sensor_run import run as run_series
 from operators.state import StateCodec
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
@@ -221,8 +251,6 @@ class Series:
     """The state of one (sensor, metric)."""
 
     __slots__ = (
-        "agg",
-        "agg_start",
         "alpha",
         "bucket",
         "bucket_ms",
@@ -284,10 +312,6 @@ class Series:
             # anomalous z-scores stay out of its history (masking)
             alpha=config.rise_history_alpha or 1e-3,
         )
-        # the open aggregate window this series last wrote to (a cache of
-        # `aggregates.at`: readings come in time order, so it is usually the same)
-        self.agg_start: int | None = None
-        self.agg: list[float] = []
         # gaps between the first readings, until the cadence is judged (then None)
         self.gaps: list[int] | None = []
 
@@ -451,6 +475,10 @@ def _from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str, Any]:
     }
 
 
+def _tag_order(item: tuple[int, int, Any, Any]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
 # The default alert rules of the sensor monitor's detectors (seed 004), collected by
 # operators.registry into streams.config.DEFAULT_RULES.
 DEFAULT_RULES: list[dict[str, Any]] = [
@@ -527,6 +555,29 @@ class SensorOperator(Operator):
         self._series_of: Counter[str] = Counter()
         # snapshot and restore (`operators.state`): format 2 is `SensorState`; format 1
         # (positional, before typed state) is upgraded with this configuration's defaults
+        # the compiled per-series run (`operators.sensor_run`): its
+        # configuration, its scratch state, and the bookkeeping of `_run`
+        cfg = self.config
+        self._fast = not (self._rise and cfg.rise_test == "runs")
+        self._cfg = np.zeros(CFG_SIZE)
+        self._cfg[:] = (
+            cfg.min_points,
+            cfg.z_threshold,
+            cfg.min_std,
+            cfg.iqr_k,
+            cfg.min_iqr,
+            self._zscore,
+            self._iqr,
+            cfg.calibrate,
+            self._rise,
+            cfg.score_history,
+        )
+        self._st = np.zeros(ST_SIZE)
+        self._closes = np.zeros(1 + 4 * 64)  # rise buckets a run closed (`sensor_run.run`)
+        self._released: list[Entry] | None = None  # the release `_run` is judging
+        self._g = 0  # the place in it of the reading being judged
+        # `_run`'s rows and observations: (place, order, row, observation)
+        self._tagged: list[tuple[int, int, Any, Any]] | None = None
         self._codec = StateCodec(
             "sensor",
             SensorState,
@@ -547,16 +598,23 @@ class SensorOperator(Operator):
     # -- event time ----------------------------------------------------------
 
     def advance(self, watermark: int) -> None:
-        metrics = self.metrics
-        for ts, sid, metric, value, m in self.pending.release(watermark):
-            if m:  # the latest judged reading's metric count splits the sensor's budget
-                metrics[sid] = m
-            self._reading(ts, sid, metric, value)
+        released = self.pending.release(watermark)
+        if released:
+            self._run(released)
         self._expire_until(watermark)
+        self._close_windows(watermark)
+
+    def _close_windows(self, watermark: int) -> None:
+        """The `sensor_windows` rows of the aggregate windows the watermark ended."""
         size = self.config.aggregate_window_ms
         for start, key, values in self.aggregates.pop_ending_until(watermark):
             sid, metric = key
             arr = np.asarray(values, dtype=float)
+            # numpy's min, max, mean and percentile(95), compiled (`aggregate`)
+            finite, lo, hi, mean, p95 = aggregate(arr)
+            if not finite:
+                lo, hi, mean = float(arr.min()), float(arr.max()), float(arr.mean())
+                p95 = float(np.percentile(arr, 95))
             self._out.add_row(
                 SensorWindowRow(
                     window_start=start,
@@ -564,12 +622,167 @@ class SensorOperator(Operator):
                     sensor_id=sid,
                     metric=metric,
                     n=int(arr.size),
-                    min=float(arr.min()),
-                    max=float(arr.max()),
-                    mean=float(arr.mean()),
-                    p95=float(np.percentile(arr, 95)),
+                    min=lo,
+                    max=hi,
+                    mean=mean,
+                    p95=p95,
                 ),
             )
+
+    def _run(self, released: list[Entry]) -> None:
+        """The released readings (in event-time order), series by series: each series'
+        stretch of readings nothing happens to runs in one compiled call
+        (`operators.sensor_run`), the others through `_reading` resp.
+        `_judged` in Python. Their rows and observations are put back in the readings'
+        event-time order, so the output is the reading-by-reading loop's."""
+        columns = list(zip(*released, strict=False))  # strict=True: O(n^2) here
+        sids, metrics, counts = columns[1], columns[2], columns[4]
+        ts_col, x_col = columns[0], columns[3]
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, key in enumerate(zip(sids, metrics, strict=True)):
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [i]
+            else:
+                group.append(i)
+        self._released = released
+        self._tagged = tagged = []
+        try:
+            for key, idx in groups.items():
+                self._run_series(key, idx, ts_col, x_col)
+        finally:
+            self._released = None
+            self._tagged = None
+        # the latest reading's metric count per sensor (0: unknown, from an old checkpoint)
+        self.metrics.update({sid: m for sid, m in zip(sids, counts, strict=True) if m})
+        if tagged:
+            tagged.sort(key=_tag_order)
+            out = self._out
+            for _, _, row, obs in tagged:
+                if row is not None:
+                    out.add_row(row)
+                else:
+                    out.observations.append(obs)
+
+    def _run_series(
+        self,
+        key: tuple[str, str],
+        idx: list[int],
+        ts_col: Sequence[int],
+        x_col: Sequence[float],
+    ) -> None:
+        """One series' released readings (idx: their places in the release)."""
+        sid, metric = key
+        b = len(idx)
+        times = [ts_col[g] for g in idx]
+        values = [x_col[g] for g in idx]
+        self._aggregate(key, times, values)
+        gts = gx = None  # the readings as arrays, once the compiled run needs them
+        series = self.series
+        fast = self._fast
+        st, cfg = self._st, self._cfg
+        i = 0
+        while i < b:
+            s = series.get(key)
+            if not fast or s is None or s.gaps is not None:
+                self._g = idx[i]
+                self._reading(times[i], sid, metric, values[i])
+                i += 1
+                continue
+            last_ts, staged, bucket = s.last_ts, s.staged, s.bucket
+            ez, ei = s.episodes["zscore"], s.episodes["iqr"]
+            st[:ST_N] = (
+                last_ts or 0,
+                last_ts is not None,
+                staged[-1] if staged else 0.0,
+                len(staged),
+                s.window_ms,
+                s.bucket_ms,
+                bucket[0],
+                bucket[1],
+                bucket[2],
+                ez.active,
+                ez.since_end,
+                ei.active,
+                ei.since_end,
+            )
+            tails = s.tails
+            if gts is None:
+                gts = np.array(times, dtype=np.int64)
+                gx = np.array(values, dtype=np.float64)
+            closes = self._closes
+            closes[0] = 0.0
+            status, j = run_series(
+                s.stats.buf, tails["zscore"].buf, tails["iqr"].buf, gts, gx, i, b, st, cfg, closes
+            )
+            if j > i or status == RISE:  # readings done: their scalars back
+                s.last_ts = int(st[ST_LAST])
+                s.staged = [float(st[ST_STAGED])]
+                s.bucket = [
+                    int(st[ST_BUCKET_START]),
+                    float(st[ST_BUCKET_SUM]),
+                    int(st[ST_BUCKET_COUNT]),
+                ]
+                ez.since_end = int(st[ST_SINCE_Z])
+                ei.since_end = int(st[ST_SINCE_I])
+            for c in range(1, 1 + 4 * int(closes[0]), 4):  # buckets the run closed
+                r = int(closes[c])
+                self._g = idx[r]
+                start, total, count = int(closes[c + 1]), float(closes[c + 2]), int(closes[c + 3])
+                self._close_bucket(sid, metric, s, times[r], values[r], start, total, count)
+            if status == DONE:
+                return
+            self._g = idx[j]
+            if status == RISE:  # all but its rise test, which closes a bucket
+                self._judge_rise(sid, metric, s, times[j], values[j])
+            elif status == PRE:
+                self._reading(times[j], sid, metric, values[j])
+            else:  # POST: its window stepped (the staged reading added)
+                s.staged = []
+                self._judged(
+                    sid,
+                    metric,
+                    s,
+                    times[j],
+                    values[j],
+                    int(st[ST_START]),
+                    int(st[ST_N]),
+                    float(st[ST_MEAN]),
+                    float(st[ST_STD]),
+                    float(st[ST_Q1]),
+                    float(st[ST_Q3]),
+                )
+            i = j + 1
+
+    def _aggregate(self, key: tuple[str, str], times: list[int], values: list[float]) -> None:
+        """A series' released readings into their `sensor_windows` aggregates, one
+        extend per aggregate window (the readings are in time order)."""
+        size = self.config.aggregate_window_ms
+        at = self.aggregates.at
+        n = len(times)
+        a = 0
+        while a < n:
+            t = times[a]
+            end = t - t % size + size  # the end of t's aggregate window
+            # usually every reading of the release falls in one window
+            c = n if times[-1] < end else bisect_left(times, end, a)
+            at(key, t).extend(values[a:c])
+            a = c
+
+    def _metric_count(self, sid: str) -> int:
+        """Metrics of sensor sid as of the reading being judged: its latest judged
+        reading's (the per-sensor budget's split, decided in event-time order)."""
+        released = self._released
+        if released is None:
+            return self.metrics.get(sid, 1)
+        g = self._g
+        m = released[g][4]
+        if m:
+            return m
+        for e in reversed(released[:g]):  # an entry of an old checkpoint: the one before
+            if e[1] == sid and e[4]:
+                return e[4]
+        return self.metrics.get(sid, 1)
 
     def _expire_until(self, watermark: int) -> None:
         """Forget series silent for more than their window before the watermark."""
@@ -631,6 +844,26 @@ class SensorOperator(Operator):
         if out[0] < 0:  # its buffer is full: grown (rare: the window only grows so far)
             out = s.stats.step(last, staged_x, add, start)
         n, mean, std, q1, q3 = out
+        self._judged(sid, metric, s, t, x, start, n, mean, std, q1, q3)
+
+    def _judged(
+        self,
+        sid: str,
+        metric: str,
+        s: Series,
+        t: int,
+        x: float,
+        start: int,
+        n: int,
+        mean: float,
+        std: float,
+        q1: float,
+        q3: float,
+    ) -> None:
+        """The rest of a reading once its window is stepped (n, mean, std, q1, q3 of
+        the readings before it in [start, t)): its verdicts, the rise test, and the
+        reading staged (its aggregate is `_run`'s)."""
+        cfg = self.config
         if n >= cfg.min_points:
             # the verdicts are the detectors'; the episodes, rows and observations are
             # this operator's. A normal reading outside an episode (the hot path) only
@@ -658,10 +891,6 @@ class SensorOperator(Operator):
                 self._judge_rise(sid, metric, s, t, x)
         s.staged.append(x)
         s.last_ts = t
-        agg_start = t - t % cfg.aggregate_window_ms
-        if agg_start != s.agg_start:
-            s.agg_start, s.agg = agg_start, self.aggregates.at(key, t)
-        s.agg.append(x)
 
     def _cadence(self, sid: str, metric: str, s: Series, gap: int) -> None:
         """After CADENCE_READINGS readings, the series' interval g (median gap) sets
@@ -679,7 +908,7 @@ class SensorOperator(Operator):
             s.window_ms = max(cfg.window_ms, cfg.window_readings * g)
         budget = cfg.false_alarms_per_day
         if cfg.budget_per == "sensor":
-            budget /= max(1, self.metrics.get(sid, 1))
+            budget /= max(1, self._metric_count(sid))
         alpha = cfg.alpha or min(0.01, budget * g / DAY_MS)
         s.alpha = alpha
         span = max(cfg.rise_span_ms, cfg.rise_min_readings * g)
@@ -773,9 +1002,23 @@ class SensorOperator(Operator):
             bucket[1] += x
             bucket[2] += 1
             return
-        s.mk.learn_one(bucket[1] / bucket[2])
-        s.mk_times.append(int(bucket[0]))
         s.bucket = [b, x, 1]
+        self._close_bucket(sid, metric, s, t, x, bucket[0], bucket[1], bucket[2])
+
+    def _close_bucket(
+        self,
+        sid: str,
+        metric: str,
+        s: Series,
+        t: int,
+        x: float,
+        start: int,
+        total: float,
+        count: int,
+    ) -> None:
+        """The rise test as reading x at t closes the bucket (start, total, count)."""
+        s.mk.learn_one(total / count)
+        s.mk_times.append(int(start))
         self._test_rise(sid, metric, s, t, x)
 
     def _rise_history_alpha(self, sid: str, s: Series) -> float:
@@ -785,7 +1028,7 @@ class SensorOperator(Operator):
             return cfg.rise_history_alpha
         budget = cfg.false_alarms_per_day
         if cfg.budget_per == "sensor":
-            budget /= max(1, self.metrics.get(sid, 1))
+            budget /= max(1, self._metric_count(sid))
         return min(1e-3, budget * max(s.bucket_ms, 1) / DAY_MS)
 
     def _test_rise(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
@@ -875,6 +1118,16 @@ class SensorOperator(Operator):
         if episode.active or not anomalous:
             self._observe(sid, metric, method, score, t, n, start, t, details, p_value)
 
+    def _emit(self, row: SensorAnomalyRow | None, obs: Observation | None) -> None:
+        tagged = self._tagged
+        if tagged is None:
+            if row is not None:
+                self._out.add_row(row)
+            else:
+                self._out.observations.append(obs)
+        else:  # within `_run`: put in event-time order at its end
+            tagged.append((self._g, len(tagged), row, obs))
+
     def _row(
         self,
         sid: str,
@@ -887,7 +1140,7 @@ class SensorOperator(Operator):
         start: int,
         end: int,
     ) -> None:
-        self._out.add_row(
+        self._emit(
             SensorAnomalyRow(
                 ts=t,
                 sensor_id=sid,
@@ -899,6 +1152,7 @@ class SensorOperator(Operator):
                 window_start=start,
                 window_end=end,
             ),
+            None,
         )
 
     def _observe(
@@ -914,7 +1168,8 @@ class SensorOperator(Operator):
         details: dict[str, Any],
         p_value: float | None = None,
     ) -> None:
-        self._out.observations.append(
+        self._emit(
+            None,
             Observation(
                 kind="sensor",
                 entity=f"{sid}/{metric}",
@@ -926,7 +1181,7 @@ class SensorOperator(Operator):
                 window_end=end,
                 details=details,
                 p_value=p_value,
-            )
+            ),
         )
 
     def late_window(self, source: str, event: Any) -> int:

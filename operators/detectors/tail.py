@@ -44,25 +44,58 @@ True
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 import numpy as np
+from numba import njit
+
+# the history's ring buffer: [head, count, since_fit, cap] + values[cap], grown by
+# doubling up to `history` (a new series costs 64 slots, not `history`); its layout is
+# what the sensor monitor's compiled per-series run (`operators.sensor_run`)
+# learns into, reading by reading, without a Python call
+RING_HEAD, RING_COUNT, RING_SINCE, RING_CAP = range(4)
+RING_H = 4
+RING_INITIAL = 64
+
+
+@njit("boolean(float64[::1], float64, int64)", cache=True)
+def ring_learn(buf: np.ndarray, s: float, history: int) -> bool:
+    """Append s (the oldest leaves once `history` are kept); False, unchanged, when
+    the ring must grow first (full below `history`: `TailProbability.grown`)."""
+    head, count, cap = int(buf[RING_HEAD]), int(buf[RING_COUNT]), int(buf[RING_CAP])
+    if cap == 0:  # history 0: nothing is kept (as a deque of maxlen 0)
+        pass
+    elif count < cap:
+        buf[RING_H + (head + count) % cap] = s
+        buf[RING_COUNT] = count + 1
+    elif cap < history:
+        return False
+    else:
+        buf[RING_H + head] = s
+        buf[RING_HEAD] = (head + 1) % cap
+    buf[RING_SINCE] += 1.0
+    return True
+
+
+def _ring(cap: int) -> np.ndarray:
+    buf = np.zeros(RING_H + cap)
+    buf[RING_CAP] = cap
+    return buf
 
 
 class TailProbability:
     __slots__ = (
         "beta",
+        "buf",
         "fitted",
+        "history",
         "min_history",
         "refit",
-        "since_fit",
         "tail",
         "tail_share",
         "u",
-        "values",
     )
 
     def __init__(
@@ -73,39 +106,79 @@ class TailProbability:
         self.min_history = min_history
         self.tail = tail
         self.refit = refit
-        self.values: deque[float] = deque(maxlen=history)
+        self.history = history
+        self.buf = _ring(min(history, RING_INITIAL))  # the history, oldest first
+        self.buf[RING_SINCE] = refit  # scores learnt since the last fit
         self.fitted = np.empty(0)  # the history at the last fit
         self.u = 0.0
         self.beta = 0.0
         self.tail_share = 0.0
-        self.since_fit = refit  # scores learnt since the last fit
 
     def __len__(self) -> int:
-        return len(self.values)
+        return int(self.buf[RING_COUNT])
+
+    @property
+    def since_fit(self) -> int:
+        """Scores learnt since the last fit."""
+        return int(self.buf[RING_SINCE])
+
+    @since_fit.setter
+    def since_fit(self, value: int) -> None:
+        self.buf[RING_SINCE] = value
+
+    @property
+    def values(self) -> list[float]:
+        """The history, oldest first (a copy)."""
+        return self.ordered().tolist()
+
+    def ordered(self) -> np.ndarray:
+        """The history, oldest first, as a new array."""
+        buf = self.buf
+        head, count, cap = int(buf[RING_HEAD]), int(buf[RING_COUNT]), int(buf[RING_CAP])
+        if head == 0:
+            return buf[RING_H : RING_H + count].copy()
+        ring = buf[RING_H : RING_H + cap]
+        return np.concatenate((ring[head:], ring[:head]))
+
+    def grown(self) -> bool:
+        """Double the ring (up to `history`) if it is full below it; False if it is not."""
+        buf = self.buf
+        cap = int(buf[RING_CAP])
+        if int(buf[RING_COUNT]) < cap or cap >= self.history:
+            return False
+        values = self.ordered()
+        new = _ring(min(self.history, 2 * cap))
+        new[RING_H : RING_H + len(values)] = values
+        new[RING_COUNT] = len(values)
+        new[RING_SINCE] = buf[RING_SINCE]
+        self.buf = new
+        return True
 
     def learn_one(self, s: float) -> None:
         """Add a normal score (the oldest leaves beyond `history`)."""
-        self.values.append(s)
-        self.since_fit += 1
+        if not ring_learn(self.buf, s, self.history):
+            self.grown()
+            ring_learn(self.buf, s, self.history)
 
     def _fit(self) -> None:
         # a partition, not a sort: O(n) (numpy's introselect); the body is counted
         # against this array when asked
-        n = len(self.values)
-        v = self.fitted = np.fromiter(self.values, dtype=float, count=n)
+        v = self.fitted = self.ordered()
+        n = len(v)
         k = max(1, int(self.tail * n))  # the k largest scores are the tail
         part = np.partition(v, n - k - 1)
         u = float(part[n - k - 1])
         self.u = u
         self.tail_share = k / n
         self.beta = float(part[n - k :].mean()) - u
-        self.since_fit = 0
+        self.buf[RING_SINCE] = 0.0
 
     def score_one(self, s: float) -> float | None:
         """The tail probability of s against the history (None below min_history)."""
-        if len(self.values) < self.min_history:
+        buf = self.buf
+        if buf[RING_COUNT] < self.min_history:
             return None
-        if self.since_fit >= self.refit:
+        if buf[RING_SINCE] >= self.refit:
             self._fit()
         if s > self.u:
             if self.beta <= 0.0:
@@ -116,23 +189,29 @@ class TailProbability:
 
     def snapshot(self) -> TailState:
         fit = None
-        if self.since_fit < self.refit:  # the fit is still in use: keep it as it is
+        since_fit = self.since_fit
+        if since_fit < self.refit:  # the fit is still in use: keep it as it is
             fit = TailFit(self.u, self.beta, self.tail_share, self.fitted.tolist())
-        return TailState(values=list(self.values), since_fit=self.since_fit, fit=fit)
+        return TailState(values=self.values, since_fit=since_fit, fit=fit)
 
     def restore(self, state: TailState | Mapping[str, Any]) -> None:
         """The history of a checkpoint (typed, or as plain data after msgpack)."""
         state = msgspec.convert(state, TailState) if isinstance(state, Mapping) else state
-        self.values.clear()
-        self.values.extend(state.values)
-        self.since_fit = state.since_fit
+        values = state.values[-self.history :] if self.history else []
+        cap = min(self.history, RING_INITIAL)
+        while cap < len(values):
+            cap = min(self.history, 2 * cap)
+        buf = self.buf = _ring(cap)
+        buf[RING_H : RING_H + len(values)] = values
+        buf[RING_COUNT] = len(values)
+        buf[RING_SINCE] = state.since_fit
         fit = state.fit
         if fit is not None:
             self.u, self.beta, self.tail_share = fit.u, fit.beta, fit.tail_share
             self.fitted = np.asarray(fit.fitted, dtype=float)
         else:  # no fit in use: the next `score_one` fits afresh
             self.fitted = np.empty(0)
-            self.since_fit = max(self.since_fit, self.refit)
+            buf[RING_SINCE] = max(state.since_fit, self.refit)
 
 
 class TailFit(msgspec.Struct):

@@ -1,0 +1,266 @@
+"""The sensor monitor's per-series run, compiled: the readings nothing happens to.
+
+`run` takes one series' released readings (times and values, in event-time
+order) and steps through them as `operators.sensor.SensorOperator._reading`
+does, with the same float64 arithmetic operation for operation: the staged
+reading added and the window evicted (`operators.detectors.window`'s step), and
+once the window holds `min_points` readings the z-score
+(`operators.detectors.zscore.ZScore.judge_one`: z = |x - mean| / std) and
+Tukey's fences (`operators.detectors.iqr.IqrFences.judge_one`) of each reading;
+a reading that is normal for both (and for which no episode is open) only has
+its score learnt into the series' tail history (`operators.detectors.tail`'s
+ring, `ring_learn`) and counted towards the episodes' cooldown, and the open
+bucket of the rise test accumulates it. That is the hot path, and it runs
+here without a Python call per reading (issue 18, point 1).
+
+It stops at the first reading that needs the operator's Python:
+
+- `PRE`, before touching it: a tie with the previous reading's time, a gap
+  longer than the window (the series is forgotten), a window buffer or tail
+  ring that must grow; the operator handles the whole reading.
+- `POST`, after its window step (the statistics are in `st`): a z beyond the
+  threshold or a reading beyond a fence (calibration, rows, episodes), or an
+  open episode; the operator judges it from there.
+- `RISE`, done but for the rise test: the reading closes a bucket of the
+  Mann-Kendall test (`operators.detectors.trend`, once per bucket), which is
+  the operator's (`_judge_rise`), and `closes` is full. Until then the closed
+  buckets are recorded in `closes` ([count] + (reading, start, sum, count) per
+  bucket) and the run goes on: the operator runs their rise tests after the
+  call, before the reading it stopped at (the test reads and writes only the
+  rise's own state, and its rows are put in event-time order anyway).
+
+`st` holds the series' scalars the run reads and writes (`ST_*` below) and
+`cfg` the configuration (`CFG_*`). Tested against the operator's Python path
+reading for reading (tests/test_sensor_run.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from operators.detectors.tail import RING_CAP, RING_COUNT, ring_learn
+from operators.detectors.window import _step
+
+DONE, PRE, POST, RISE = 0, 1, 2, 3
+# st: the series' state the run reads and writes, then the statistics of a POST reading
+(
+    ST_LAST,  # last_ts
+    ST_HAS_LAST,  # 1 when last_ts is set
+    ST_STAGED,  # the staged reading's value (one: ties stop the run)
+    ST_NSTAGED,  # staged readings
+    ST_WINDOW,  # window_ms
+    ST_BUCKET_MS,
+    ST_BUCKET_START,
+    ST_BUCKET_SUM,
+    ST_BUCKET_COUNT,
+    ST_ACTIVE_Z,  # the z-score episode is open
+    ST_SINCE_Z,  # its since_end
+    ST_ACTIVE_I,
+    ST_SINCE_I,
+    ST_N,  # POST: the window's n, mean, std, q1, q3 and start
+    ST_MEAN,
+    ST_STD,
+    ST_Q1,
+    ST_Q3,
+    ST_START,
+) = range(19)
+ST_SIZE = 19
+(
+    CFG_MIN_POINTS,
+    CFG_Z,  # z_threshold
+    CFG_MIN_STD,
+    CFG_K,  # iqr_k
+    CFG_MIN_IQR,
+    CFG_USE_Z,
+    CFG_USE_I,
+    CFG_CALIBRATE,
+    CFG_RISE,  # the Mann-Kendall rise test's buckets
+    CFG_HISTORY,  # the tails' history
+) = range(10)
+CFG_SIZE = 10
+
+_SIGNATURE = (
+    "UniTuple(int64, 2)(float64[::1], float64[::1], float64[::1], int64[::1], "
+    "float64[::1], int64, int64, float64[::1], float64[::1], float64[::1])"
+)
+
+
+@njit(_SIGNATURE, cache=True)
+def run(
+    buf: np.ndarray,
+    tail_z: np.ndarray,
+    tail_i: np.ndarray,
+    ts: np.ndarray,
+    xs: np.ndarray,
+    i0: int,
+    i1: int,
+    st: np.ndarray,
+    cfg: np.ndarray,
+    closes: np.ndarray,
+) -> tuple[int, int]:
+    """(status, i): readings i0..i-1 done; DONE (i = i1), or reading i needs Python
+    (PRE: untouched; POST: its window stepped, the statistics in st; RISE: all done
+    but its rise test)."""
+    min_points = int(cfg[CFG_MIN_POINTS])
+    thr, min_std, k, min_iqr = cfg[CFG_Z], cfg[CFG_MIN_STD], cfg[CFG_K], cfg[CFG_MIN_IQR]
+    use_z, use_i = cfg[CFG_USE_Z] != 0.0, cfg[CFG_USE_I] != 0.0
+    calibrate, rise = cfg[CFG_CALIBRATE] != 0.0, cfg[CFG_RISE] != 0.0
+    history = int(cfg[CFG_HISTORY])
+    window_ms = int(st[ST_WINDOW])
+    bucket_ms = int(st[ST_BUCKET_MS])
+    for i in range(i0, i1):
+        t = ts[i]
+        x = xs[i]
+        add = 0
+        last = 0
+        staged = 0.0
+        if st[ST_HAS_LAST] != 0.0:
+            last = int(st[ST_LAST])
+            if t - last > window_ms or t <= last or st[ST_NSTAGED] != 1.0:
+                return PRE, i
+            add = 1
+            staged = st[ST_STAGED]
+        elif st[ST_NSTAGED] != 0.0:
+            return PRE, i
+        start = t - window_ms
+        # a tail ring full below its history grows in Python first
+        if calibrate and (
+            (tail_z[RING_COUNT] >= tail_z[RING_CAP] and tail_z[RING_CAP] < history)
+            or (tail_i[RING_COUNT] >= tail_i[RING_CAP] and tail_i[RING_CAP] < history)
+        ):
+            return PRE, i
+        n, mean, std, q1, q3 = _step(buf, last, staged, add, start)
+        if n < 0:  # the window's buffer must grow (nothing changed)
+            return PRE, i
+        # the staged reading is in the window now; decide before changing anything else
+        st[ST_NSTAGED] = 0.0
+        judge_z = False
+        judge_i = False
+        z = 0.0
+        spread = 0.0
+        post = False
+        if n >= min_points:
+            if use_z and std > min_std:
+                z = abs(x - mean) / std
+                judge_z = True
+                if z > thr or st[ST_ACTIVE_Z] != 0.0:
+                    post = True
+            if use_i:
+                iqr = q3 - q1
+                if iqr > min_iqr:
+                    judge_i = True
+                    upper, lower = q3 + k * iqr, q1 - k * iqr
+                    score = 0.0
+                    if x > upper:
+                        score = (x - upper) / iqr
+                    elif x < lower:
+                        score = (lower - x) / iqr
+                    if score > 0.0 or st[ST_ACTIVE_I] != 0.0:
+                        post = True
+                    spread = abs(x - 0.5 * (q1 + q3)) / iqr
+        if post:
+            st[ST_N] = n
+            st[ST_MEAN] = mean
+            st[ST_STD] = std
+            st[ST_Q1] = q1
+            st[ST_Q3] = q3
+            st[ST_START] = start
+            return POST, i
+        if judge_z:
+            if calibrate:
+                ring_learn(tail_z, z, history)
+            st[ST_SINCE_Z] += 1.0
+        if judge_i:
+            if calibrate:
+                ring_learn(tail_i, spread, history)
+            st[ST_SINCE_I] += 1.0
+        st[ST_STAGED] = x
+        st[ST_NSTAGED] = 1.0
+        st[ST_LAST] = t
+        st[ST_HAS_LAST] = 1.0
+        if rise and bucket_ms:
+            b = t - t % bucket_ms
+            if not (b == int(st[ST_BUCKET_START]) or st[ST_BUCKET_COUNT] == 0.0):
+                # a bucket closes: recorded (reading, start, sum, count) for the
+                # operator's rise test, which runs after this call (it changes
+                # nothing this run reads); RISE when the record is full
+                c = 1 + 4 * int(closes[0])  # (not k: that is iqr_k)
+                if c + 4 > len(closes):
+                    return RISE, i
+                closes[c] = i
+                closes[c + 1] = st[ST_BUCKET_START]
+                closes[c + 2] = st[ST_BUCKET_SUM]
+                closes[c + 3] = st[ST_BUCKET_COUNT]
+                closes[0] += 1.0
+                st[ST_BUCKET_START] = b
+                st[ST_BUCKET_SUM] = x
+                st[ST_BUCKET_COUNT] = 1.0
+                continue
+            if st[ST_BUCKET_COUNT] == 0.0:
+                st[ST_BUCKET_START] = b
+            st[ST_BUCKET_SUM] += x
+            st[ST_BUCKET_COUNT] += 1.0
+    return DONE, i1
+
+
+@njit("float64(float64[::1], int64, int64)", cache=True)
+def pairwise_sum(a: np.ndarray, lo: int, n: int) -> float:
+    """sum(a[lo:lo + n]) as numpy's float64 `add.reduce` adds (pairwise summation:
+    blocks of at most 128 values in 8 accumulators, halves above; numpy's
+    `pairwise_sum` in loops_utils.h), so the mean is numpy's to the last bit."""
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r = a[lo : lo + 8].copy()
+        m = n - n % 8
+        i = 8
+        while i < m:
+            for j in range(8):
+                r[j] += a[lo + i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        while i < n:
+            res += a[lo + i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return pairwise_sum(a, lo, n2) + pairwise_sum(a, lo + n2, n - n2)
+
+
+@njit("Tuple((boolean, float64, float64, float64, float64))(float64[::1])", cache=True)
+def aggregate(values: np.ndarray) -> tuple[bool, float, float, float, float]:
+    """(finite, min, max, mean, p95) of a `sensor_windows` window's readings (n >= 1),
+    each as numpy computes it: `arr.min()`, `arr.max()`, `arr.mean()` (pairwise sum
+    / n) and `np.percentile(arr, 95)` ("linear": h = (n - 1) * 0.95 between the order
+    statistics f = floor(h) and f + 1, numpy's `_lerp` from the nearer end). finite is
+    False, the rest unset, when a value is not finite or is -0.0 (numpy's signed
+    zeros and NaN propagation are numpy's: the caller asks numpy then)."""
+    n = len(values)
+    lo = values[0]
+    hi = values[0]
+    for i in range(n):
+        x = values[i]
+        if not np.isfinite(x) or (x == 0.0 and math.copysign(1.0, x) < 0.0):
+            return False, 0.0, 0.0, 0.0, 0.0
+        if x < lo:
+            lo = x
+        if x > hi:
+            hi = x
+    mean = pairwise_sum(values, 0, n) / n
+    h = (n - 1) * 0.95
+    if h >= n - 1:  # one value
+        return True, lo, hi, mean, values[0]
+    ordered = np.sort(values)
+    f = int(np.floor(h))
+    gamma = h - f
+    a, b = ordered[f], ordered[f + 1]
+    diff = b - a
+    p95 = b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
+    return True, lo, hi, mean, p95
