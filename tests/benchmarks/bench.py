@@ -342,7 +342,8 @@ def ratio_lines(bench: Bench) -> list[str]:
         ("streamwatch CTR / Quix Streams", sw, med("Quix Streams CTR"), 3.0),
         ("streamwatch CTR / faust", sw, med("faust CTR (idiomatic)"), 10.0),
         ("streamwatch sensor / ceiling", med(MAIN[5].label), med(MAIN[4].label), 0.3),
-        ("streamwatch drift / ceiling", med(MAIN[7].label), med(MAIN[6].label), 0.3),
+        # issue 18 raised the drift + service target from issue 5's 30 % to 40 %
+        ("streamwatch drift / ceiling", med(MAIN[7].label), med(MAIN[6].label), 0.4),
     ]
     lines = ["| ratio (medians, same run) | measured | target | met |", "|---|---:|---:|---|"]
     for name, a, b, target in checks:
@@ -555,6 +556,14 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--skip", default="", help="comma list of: quix, faust, memory, scaling")
     parser.add_argument(
+        "--faust-events",
+        type=int,
+        default=200_000,
+        help="messages of the CTR data the faust contender reads (a CTR dataset of its own, "
+        "same generator and campaigns): at ~1.5 k events/s a million took 33 of the full "
+        "run's 52 minutes; 0: the same messages as the others",
+    )
+    parser.add_argument(
         "--set",
         choices=sorted(SETS),
         default="main",
@@ -641,6 +650,19 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
             if not (c.module == "quix_ctr" and "quix" in skip)
             and not (c.module == "faust_ctr" and "faust" in skip)
         ]
+        # faust reads a CTR dataset of its own when it is smaller: its rate is the figure
+        # compared (events/s), and a million events at its ~1.5 k/s would be most of the run
+        faust_data = None
+        faust_events = min(args.faust_events or args.events, args.events)
+        if (
+            "ctr" in data
+            and faust_events < args.events
+            and any(c.module == "faust_ctr" for c in contenders)
+        ):
+            faust_data = datasets.load(
+                broker.bootstrap, "ctr", faust_events, args.partitions, keys["ctr"], "faust-ctr"
+            )
+            print(f"loaded ctr for faust: {faust_data.events:,} messages", flush=True)
         for c in contenders:
             why = c.available()
             if why:
@@ -651,7 +673,9 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
             check_isolated(contenders)
         for i in range(args.runs):
             for c in run_order(contenders, i):
-                run = bench.measure(c, data[c.kind])
+                run = bench.measure(
+                    c, faust_data if faust_data and c.module == "faust_ctr" else data[c.kind]
+                )
                 detail = f"{run.events_per_s:,.0f} events/s" if run.ok else "FAILED"
                 print(f"run {i + 1}/{args.runs} {c.label}: {detail}", flush=True)
 
@@ -665,8 +689,14 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
             say(
                 f"Data: {args.events:,} messages per dataset, {args.partitions} partitions; CTR "
                 f"{args.campaigns} campaigns ({data['ctr'].event_seconds:,} s of event time), "
-                f"sensor {args.sensors} sensors, inference {args.models} models. "
-                f"{args.runs} runs, interleaved; median (min-max)."
+                f"sensor {args.sensors} sensors, inference {args.models} models"
+                + (
+                    f"; faust reads a CTR dataset of its own of {faust_data.events:,} messages "
+                    "(same generator and campaigns, `--faust-events`)"
+                    if faust_data
+                    else ""
+                )
+                + f". {args.runs} runs, interleaved; median (min-max)."
             )
         elif args.set == "sensor":
             say(
