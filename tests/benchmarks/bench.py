@@ -118,7 +118,9 @@ QUALITY_SET = [
 # issue 18: the sensor pipeline and its ceiling alone, for before/after comparisons of the
 # sensor operators (a small, quick run; no memory or scaling runs)
 SENSOR_SET = [MAIN[4], MAIN[5]]
-SETS = {"main": MAIN, "quality": QUALITY_SET, "sensor": SENSOR_SET}
+# issue 18: the drift + service pipeline and its ceiling alone, likewise
+DRIFT_SET = [MAIN[6], MAIN[7]]
+SETS = {"main": MAIN, "quality": QUALITY_SET, "sensor": SENSOR_SET, "drift": DRIFT_SET}
 
 
 @dataclass
@@ -559,8 +561,8 @@ def main() -> None:
         choices=sorted(SETS),
         default="main",
         help="contenders: main (all, default), quality (drift + service with and without "
-        "the quality monitor, and their ceilings) or sensor (the sensor pipeline and its "
-        "ceiling); memory and scaling runs only with main",
+        "the quality monitor, and their ceilings), sensor (the sensor pipeline and its "
+        "ceiling) or drift (the drift + service pipeline and its ceiling); memory and scaling runs only with main",
     )
     parser.add_argument("--workdir", default="/tmp/streamwatch-bench")
     parser.add_argument("--write", metavar="BENCHMARKS.md", help="put the tables into this file")
@@ -611,8 +613,8 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
         kinds = datasets.KINDS
         if args.set == "quality":
             kinds = ("quality", "drift")  # drift: the quality data's inference logs alone
-        elif args.set == "sensor":
-            kinds = ("sensor",)
+        elif args.set in ("sensor", "drift"):
+            kinds = (args.set,)
         data: dict[str, datasets.Dataset] = {}
         for kind in kinds:
             t0 = time.monotonic()
@@ -674,6 +676,12 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
                 f"{args.sensors} sensors ({data['sensor'].event_seconds:,} s of event time). "
                 f"{args.runs} runs, interleaved; median (min-max)."
             )
+        elif args.set == "drift":
+            say(
+                f"Data: {args.events:,} messages, {args.partitions} partitions, "
+                f"{args.models} models ({data['drift'].event_seconds:,} s of event time). "
+                f"{args.runs} runs, interleaved; median (min-max)."
+            )
         else:
             d, q = data["drift"], data["quality"]
             say(
@@ -701,7 +709,7 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
         for line in main_table(bench, contenders):
             say(line)
         say()
-        if args.set in ("main", "sensor"):
+        if args.set in ("main", "sensor", "drift"):
             for line in ratio_lines(bench):
                 say(line)
         else:
