@@ -32,6 +32,12 @@ drift + service (quality off); no memory or scaling runs. Its tables go between 
     .venv/bin/python -m tests.benchmarks.bench --set quality --events 300000 --runs 3 \
         --write BENCHMARKS.md
 
+`--set sensor` and `--set drift` (issue 18) run one pipeline and its ceiling
+alone, for quick before/after comparisons (no memory or scaling runs):
+
+    .venv/bin/python -m tests.benchmarks.bench --set drift --before 4b45a7b \
+        --events 300000 --runs 3
+
 `--before REV` (issue 12, point 7: a refactor must not lower the throughput,
 measured before and after in one run) adds, next to every streamwatch
 contender of the set, the same contender of an earlier revision: a temporary
@@ -562,7 +568,8 @@ def main() -> None:
         default="main",
         help="contenders: main (all, default), quality (drift + service with and without "
         "the quality monitor, and their ceilings), sensor (the sensor pipeline and its "
-        "ceiling) or drift (the drift + service pipeline and its ceiling); memory and scaling runs only with main",
+        "ceiling) or drift (the drift + service pipeline and its ceiling); memory and "
+        "scaling runs only with main",
     )
     parser.add_argument("--workdir", default="/tmp/streamwatch-bench")
     parser.add_argument("--write", metavar="BENCHMARKS.md", help="put the tables into this file")
