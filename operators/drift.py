@@ -696,9 +696,13 @@ def _numbers(acc: Acc) -> np.ndarray:
     """The numbers of an accumulator as a float64 array (a copy: callers sort it)."""
     if isinstance(acc, array):
         return np.frombuffer(acc, dtype=np.float64).copy()
-    if any(isinstance(v, str) for v in acc):
-        acc = [v for v in acc if not isinstance(v, str)]
-    return np.array(acc, dtype=np.float64)
+    # a list (a window opened before its model's reference existed): array('d')
+    # converts it in C and refuses any string (numpy would parse "1.5" as a number),
+    # so the scan for strings runs only when there is one
+    try:
+        return np.frombuffer(array("d", acc), dtype=np.float64)
+    except TypeError:
+        return np.array([v for v in acc if not isinstance(v, str)], dtype=np.float64)
 
 
 __all__ = [

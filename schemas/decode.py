@@ -16,8 +16,9 @@ list of known exceptions would let the next unknown one kill consumption.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -29,6 +30,17 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MAX_ERROR_CHARS = 1000
 
 E = TypeVar("E", bound=Event)
+
+
+class Message(Protocol):
+    """What `Decoder.decode_batch` reads of a message (confluent_kafka.Message,
+    streams.runtime.pipeline.RawMessage)."""
+
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +134,47 @@ class Decoder(Generic[E]):
                 _short(f"message key {shown!r} differs from {self.key_field} {expected!r}"),
             )
         return event
+
+    def decode_batch(
+        self, messages: Iterable[M], rejected: Callable[[M, Rejection], Any]
+    ) -> tuple[list[E], list[M]]:
+        """Decode a poll's messages of this topic: (events, their messages), in order;
+        each rejected message goes to `rejected(message, rejection)` as it is met.
+
+        The same verdict as `decode` message by message, in one loop: a message that
+        decodes and whose key matches is taken without the two calls and the checks
+        `decode` makes per message (issue 18: overhead outside the operators); any
+        other (no value, too large, no key, undecodable, key mismatch) goes through
+        `decode`, which gives its precise rejection."""
+        decode = self._decoder.decode
+        check = self.check_key
+        field = self.key_field
+        max_bytes = self.max_bytes
+        events: list[E] = []
+        kept: list[M] = []
+        take, keep = events.append, kept.append
+        for m in messages:
+            value = m.value()
+            key = m.key()
+            if value is not None and len(value) <= max_bytes and (key or not check):
+                try:
+                    event = decode(value)
+                except Exception:  # decode() below names the reason
+                    pass
+                else:
+                    if not check:
+                        take(event)
+                        keep(m)
+                        continue
+                    expected = getattr(event, field)
+                    if expected is not None and key == expected.encode():
+                        take(event)
+                        keep(m)
+                        continue
+            result = self.decode(value, key)
+            if result.__class__ is Rejection:
+                rejected(m, result)  # type: ignore[arg-type]
+            else:
+                take(result)  # type: ignore[arg-type]
+                keep(m)
+        return events, kept

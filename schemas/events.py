@@ -156,6 +156,17 @@ MAX_SENSOR_MAGNITUDE = 1e100
 def _check_finite(mapping: dict[str, float] | dict[str, FeatureValue], name: str) -> None:
     # msgspec already rejects NaN literals and overflowing numbers such as 1e999;
     # this guards values built in Python (tests, simulators) the same way.
+    # It runs on every decoded event: first a cheap pass (x - x is 0 for a finite
+    # number, NaN, which is true, for an infinite or NaN one; issue 18), then, on any
+    # doubt (a hit, an exception, a type without subtraction), the exact check below.
+    try:
+        for value in mapping.values():
+            if value.__class__ is not str and value - value:  # type: ignore[operator]
+                break
+        else:
+            return
+    except Exception:
+        pass
     for key, value in mapping.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name}.{key} is not a finite number")

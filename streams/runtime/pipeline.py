@@ -334,17 +334,7 @@ class Pipeline:
             if not batch:
                 return
         # the hot loop: one typed decode per message, nothing else
-        decode = self.decoders[topic].decode
-        rejected = self.outputs.rejected
-        events: list[Any] = []
-        kept: list[RawMessage] = []
-        for m in batch:
-            result = decode(m.value(), m.key())
-            if result.__class__ is Rejection:
-                rejected(m, result)
-            else:
-                events.append(result)
-                kept.append(m)
+        events, kept = self.decoders[topic].decode_batch(batch, self.outputs.rejected)
         self.events_in[topic] = self.events_in.get(topic, 0) + len(events)
         metrics.PROCESSED.labels(topic).inc(len(events))
         internal = topic in self.internal

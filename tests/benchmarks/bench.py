@@ -32,6 +32,12 @@ drift + service (quality off); no memory or scaling runs. Its tables go between 
     .venv/bin/python -m tests.benchmarks.bench --set quality --events 300000 --runs 3 \
         --write BENCHMARKS.md
 
+`--set sensor` and `--set drift` (issue 18) run one pipeline and its ceiling
+alone, for quick before/after comparisons (no memory or scaling runs):
+
+    .venv/bin/python -m tests.benchmarks.bench --set drift --before 4b45a7b \
+        --events 300000 --runs 3
+
 `--before REV` (issue 12, point 7: a refactor must not lower the throughput,
 measured before and after in one run) adds, next to every streamwatch
 contender of the set, the same contender of an earlier revision: a temporary
@@ -118,7 +124,9 @@ QUALITY_SET = [
 # issue 18: the sensor pipeline and its ceiling alone, for before/after comparisons of the
 # sensor operators (a small, quick run; no memory or scaling runs)
 SENSOR_SET = [MAIN[4], MAIN[5]]
-SETS = {"main": MAIN, "quality": QUALITY_SET, "sensor": SENSOR_SET}
+# issue 18: the drift + service pipeline and its ceiling alone, likewise
+DRIFT_SET = [MAIN[6], MAIN[7]]
+SETS = {"main": MAIN, "quality": QUALITY_SET, "sensor": SENSOR_SET, "drift": DRIFT_SET}
 
 
 @dataclass
@@ -568,8 +576,9 @@ def main() -> None:
         choices=sorted(SETS),
         default="main",
         help="contenders: main (all, default), quality (drift + service with and without "
-        "the quality monitor, and their ceilings) or sensor (the sensor pipeline and its "
-        "ceiling); memory and scaling runs only with main",
+        "the quality monitor, and their ceilings), sensor (the sensor pipeline and its "
+        "ceiling) or drift (the drift + service pipeline and its ceiling); memory and "
+        "scaling runs only with main",
     )
     parser.add_argument("--workdir", default="/tmp/streamwatch-bench")
     parser.add_argument("--write", metavar="BENCHMARKS.md", help="put the tables into this file")
@@ -620,8 +629,8 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
         kinds = datasets.KINDS
         if args.set == "quality":
             kinds = ("quality", "drift")  # drift: the quality data's inference logs alone
-        elif args.set == "sensor":
-            kinds = ("sensor",)
+        elif args.set in ("sensor", "drift"):
+            kinds = (args.set,)
         data: dict[str, datasets.Dataset] = {}
         for kind in kinds:
             t0 = time.monotonic()
@@ -704,6 +713,12 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
                 f"{args.sensors} sensors ({data['sensor'].event_seconds:,} s of event time). "
                 f"{args.runs} runs, interleaved; median (min-max)."
             )
+        elif args.set == "drift":
+            say(
+                f"Data: {args.events:,} messages, {args.partitions} partitions, "
+                f"{args.models} models ({data['drift'].event_seconds:,} s of event time). "
+                f"{args.runs} runs, interleaved; median (min-max)."
+            )
         else:
             d, q = data["drift"], data["quality"]
             say(
@@ -731,7 +746,7 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
         for line in main_table(bench, contenders):
             say(line)
         say()
-        if args.set in ("main", "sensor"):
+        if args.set in ("main", "sensor", "drift"):
             for line in ratio_lines(bench):
                 say(line)
         else:
