@@ -150,6 +150,7 @@ class CtrConfig:
 
 #: a window's key: (campaign, variant), or (experiment, arm) for the funnel monitor
 WindowKey = tuple[str, str]
+_CTR_TABLE = CtrWindowRow.__table__.name
 
 
 class Converted(msgspec.Struct, gc=False):
@@ -198,6 +199,8 @@ class CtrWindow(msgspec.Struct, gc=False, omit_defaults=True):
 
     def revenue(self) -> float:
         """Sum of the converted impressions' values, exactly rounded (order-free)."""
+        if not self.converted:
+            return 0.0  # what fsum of nothing is, without building its generator
         return math.fsum(c.value for c in self.converted.values())
 
 
@@ -558,16 +561,20 @@ class CtrOperator(Operator):
 
         final_until = watermark - cfg.attribution_ms
         provisional_from = max(self.provisional_until, final_until)
-        for start, key, window in self.windows.ending_between(provisional_from, watermark):
-            self._emit_row(start, key, window, final=False)
+        emit = self._emit_row
+        for start, keys, bucket in self.windows.buckets_ending_between(provisional_from, watermark):
+            for key in keys:
+                emit(start, key, bucket[key], False)
         self.provisional_until = max(self.provisional_until, watermark)
 
         closed = self.windows.pop_ending_until(final_until)
+        forget = self.impressions.pop
+        conversions, keep_all = cfg.conversions, self.keep_all_windows
         for start, key, window in closed:
-            self._emit_row(start, key, window, final=True)
+            emit(start, key, window, True)
             for imp_id in window.ids:
-                self.impressions.pop(imp_id, None)
-            if self.config.conversions and (window.counted or self.keep_all_windows):
+                forget(imp_id, None)
+            if conversions and (window.counted or keep_all):
                 # impressions forgotten; the counted clicks wait for their conversions
                 window.ids, window.times = [], []
                 # a version-3 row follows when a conversion at or after the final row's
@@ -605,33 +612,38 @@ class CtrOperator(Operator):
     def _emit_row(
         self, start: int, key: WindowKey, window: CtrWindow, final: bool, version: int | None = None
     ) -> None:
-        campaign, variant = key
+        # one row per window twice (provisional, final): with many keys nearly one per
+        # event, so the row is built from locals and appended to its table directly
+        imps, clicks = window.imps, window.clicks
         converted = len(window.converted)
-        self._out.add_row(
-            CtrWindowRow(
-                window_start=start,
-                window_end=start + self.config.window_ms,
-                campaign_id=campaign,
-                variant=variant,
-                impressions=window.imps,
-                clicks=window.clicks,
-                ctr=window.clicks / window.imps if window.imps else 0.0,
-                orphan_clicks=window.orphans,
-                duplicate_clicks=window.dup_clicks,
-                duplicate_impressions=window.dup_imps,
-                final=int(final),
-                version=version or (2 if final else 1),
-                conversions=converted,
-                cvr=converted / window.clicks if window.clicks else 0.0,
-                revenue=window.revenue(),
-                orphan_conversions=window.orphan_convs,
-                duplicate_conversions=window.dup_convs,
-            ),
+        row = CtrWindowRow(
+            window_start=start,
+            window_end=start + self.config.window_ms,
+            campaign_id=key[0],
+            variant=key[1],
+            impressions=imps,
+            clicks=clicks,
+            ctr=clicks / imps if imps else 0.0,
+            orphan_clicks=window.orphans,
+            duplicate_clicks=window.dup_clicks,
+            duplicate_impressions=window.dup_imps,
+            final=1 if final else 0,
+            version=version or (2 if final else 1),
+            conversions=converted,
+            cvr=converted / clicks if clicks else 0.0,
+            revenue=window.revenue() if converted else 0.0,
+            orphan_conversions=window.orphan_convs,
+            duplicate_conversions=window.dup_convs,
         )
+        rows = self._out.rows.get(_CTR_TABLE)
+        if rows is None:
+            self._out.rows[_CTR_TABLE] = [row]
+        else:
+            rows.append(row)
 
     def _judge(self, closed: list[tuple[int, WindowKey, CtrWindow]]) -> None:
         """Judge the windows one watermark step made final (`operators.ctr_evidence`)."""
-        counts = [(start, *key, w.imps, w.clicks) for start, key, w in closed if w.imps]
+        counts = [(start, key[0], key[1], w.imps, w.clicks) for start, key, w in closed if w.imps]
         if counts:
             self._out.observations.extend(self.judge.judge(counts))
 
