@@ -706,7 +706,8 @@ class CtrOperator(Operator):
         """Judge the windows one watermark step made final (`operators.ctr_evidence`)."""
         counts = [(start, key[0], key[1], w.imps, w.clicks) for start, key, w in closed if w.imps]
         if counts:
-            self._out.observations.extend(self.judge.judge(counts))
+            # popped by start then key: already in the judge's order
+            self._out.observations.extend(self.judge.judge(counts, ordered=True))
 
     def late_window(self, source: str, event: Any) -> int:
         """An impression's window; a late click's is its impression's while that is
