@@ -237,13 +237,17 @@ class CtrWindow(msgspec.Struct, gc=False, omit_defaults=True):
         return math.fsum(c.value for c in self.converted.values())
 
 
-# A new window's clicked impressions, counted clicks and conversions: most windows
-# never get any (with many campaigns nearly every window holds one impression), so a
-# new window shares these empty containers, and the operator gives it its own on the
-# first write (`if not window.clicked: window.clicked = [...]`); never written to.
+# A new window's impressions, clicked impressions, counted clicks and conversions:
+# most windows never get clicks or conversions (with many campaigns nearly every
+# window holds one impression) and a window holding only orphans gets no
+# impressions, so a new window shares these empty containers, and the operator gives
+# it its own on the first write (`if not window.clicked: window.clicked = [...]`);
+# never written to.
 # Three fewer containers per window the garbage collector tracks and traverses (with
 # 100 k campaigns a fifth of the pipeline's cost was collections, issue 18); a
 # snapshot is the same (empty, the default, is omitted either way).
+_NO_IDS: list[str] = []
+_NO_TIMES: list[int] = []
 _NO_CLICKED: list[str] = []
 _NO_COUNTED: list[CountedClick] = []
 _NO_CONVERTED: dict[str, Converted] = {}
@@ -251,7 +255,13 @@ _NO_CONVERTED: dict[str, Converted] = {}
 
 def new_window() -> CtrWindow:
     """A new, empty window sharing the empty containers above."""
-    return CtrWindow(clicked=_NO_CLICKED, counted=_NO_COUNTED, converted=_NO_CONVERTED)
+    return CtrWindow(
+        ids=_NO_IDS,
+        times=_NO_TIMES,
+        clicked=_NO_CLICKED,
+        counted=_NO_COUNTED,
+        converted=_NO_CONVERTED,
+    )
 
 
 class ImpressionRef(msgspec.Struct, gc=False):
@@ -496,8 +506,11 @@ class CtrOperator(Operator):
             return
         window = self.windows.at(self._window_key(imp), imp.ts)
         window.imps += 1
-        window.ids.append(imp.impression_id)
-        window.times.append(imp.ts)
+        if window.ids:
+            window.ids.append(imp.impression_id)
+            window.times.append(imp.ts)
+        else:  # a new window's are the shared empty lists (`new_window`)
+            window.ids, window.times = [imp.impression_id], [imp.ts]
         entry = ImpressionRef(window, imp.ts, False, imp.impression_id)
         self.impressions[imp.impression_id] = entry
         waiting = self.pending.pop(imp.impression_id, None)

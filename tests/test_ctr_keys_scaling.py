@@ -122,6 +122,8 @@ def test_shared_empty_containers_stay_empty() -> None:
     op.feed("clicks", clicks)
     op.feed("conversions", convs)
     assert ctr._NO_CLICKED == [] and ctr._NO_COUNTED == [] and ctr._NO_CONVERTED == {}
+    assert ctr._NO_IDS == [] and ctr._NO_TIMES == []
+    assert sorted(i for _, _, w in op.windows.items() for i in w.ids) == [f"i{n}" for n in range(6)]
     clicked = sorted(i for _, _, w in op.windows.items() for i in w.clicked)
     assert clicked == ["i0", "i2", "i4"]
     assert sorted(i for _, _, w in op.windows.items() for i in w.converted) == ["i0", "i4"]
