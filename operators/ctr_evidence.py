@@ -74,13 +74,22 @@ if TYPE_CHECKING:
 WindowCounts = tuple[int, str, str, int, int]
 
 
-def judged_units(windows: Sequence[WindowCounts]) -> list[tuple[int, str, str, int, int]]:
+def judged_units(
+    windows: Sequence[WindowCounts], ordered: bool = False
+) -> list[tuple[int, str, str, int, int]]:
     """(start, entity, level, impressions, clicks) to judge, by start, campaign, then
     the pooled campaign before its variants; windows without impressions are skipped.
+    `ordered`: the windows come sorted by (start, campaign, variant), as the operator
+    pops them, so a campaign's windows are consecutive: the same units without
+    grouping them in a dict and sorting the groups.
 
     >>> judged_units([(0, "c", "A", 10, 1), (0, "c", "B", 12, 0), (0, "d", "", 5, 1)])
     [(0, 'c', 'campaign', 22, 1), (0, 'c/A', 'variant', 10, 1), (0, 'c/B', 'variant', 12, 0), (0, 'd', 'campaign', 5, 1)]
+    >>> judged_units([(0, "c", "A", 10, 1), (0, "c", "B", 12, 0), (0, "d", "", 5, 1)], True)
+    [(0, 'c', 'campaign', 22, 1), (0, 'c/A', 'variant', 10, 1), (0, 'c/B', 'variant', 12, 0), (0, 'd', 'campaign', 5, 1)]
     """  # noqa: E501
+    if ordered:
+        return _ordered_units(windows)
     groups: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
     for start, campaign, variant, imps, clicks in windows:
         group = (start, campaign)
@@ -110,6 +119,35 @@ def judged_units(windows: Sequence[WindowCounts]) -> list[tuple[int, str, str, i
             for variant, v_imps, v_clicks in sorted(parts):
                 if variant and v_imps:
                     units.append((start, f"{campaign}/{variant}", "variant", v_imps, v_clicks))
+    return units
+
+
+def _ordered_units(windows: Sequence[WindowCounts]) -> list[tuple[int, str, str, int, int]]:
+    """`judged_units` of windows sorted by (start, campaign, variant)."""
+    units: list[tuple[int, str, str, int, int]] = []
+    append = units.append
+    n = len(windows)
+    i = 0
+    while i < n:
+        start, campaign, variant, imps, clicks = windows[i]
+        j = i + 1
+        while j < n and windows[j][1] == campaign and windows[j][0] == start:
+            j += 1
+        if j == i + 1:  # one window of the campaign in the step: the common case
+            if imps:
+                append((start, campaign, "campaign", imps, clicks))
+                if variant:
+                    append((start, f"{campaign}/{variant}", "variant", imps, clicks))
+        else:
+            parts = windows[i:j]  # by variant already
+            total = sum(p[3] for p in parts)
+            if total:
+                append((start, campaign, "campaign", total, sum(p[4] for p in parts)))
+            if any(p[2] for p in parts):
+                for p in parts:
+                    if p[2] and p[3]:
+                        append((start, f"{campaign}/{p[2]}", "variant", p[3], p[4]))
+        i = j
     return units
 
 
@@ -187,9 +225,11 @@ class CtrJudge:
             self.baseline.commit(entity)  # no evidence of a drop left: they were ordinary
         return s, s / h, 0.0, held
 
-    def judge(self, windows: Sequence[WindowCounts]) -> list[Observation]:
+    def judge(self, windows: Sequence[WindowCounts], ordered: bool = False) -> list[Observation]:
+        """Observations of one watermark step's final windows; `ordered`: they come
+        sorted by (start, campaign, variant) (`judged_units`)."""
         cfg = self.config
-        units = judged_units(windows)
+        units = judged_units(windows, ordered)
         if not units:
             return []
         h = self.threshold
