@@ -29,7 +29,6 @@ are reported.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from array import array
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from operators.base import Observation
@@ -142,10 +142,10 @@ def as_on_main(o: Observation) -> Observation:
     window's binomial test alone, the SRM's value and p-value the window's chi-square p
     (no accumulated evidence); everything else is unchanged."""
     if o.metric == "error_rate":
-        return dataclasses.replace(o, p_value=o.details["p_window"])
+        return msgspec.structs.replace(o, p_value=o.details["p_window"])
     if o.metric == "srm_chi2_p":
         p = o.details["chi2_p"]
-        return dataclasses.replace(o, value=p, p_value=p)
+        return msgspec.structs.replace(o, value=p, p_value=p)
     return o
 
 
