@@ -1,7 +1,7 @@
 """`operators.detectors.likelihood.median_mad` (the compiled median and MAD of
 `AnomalyLikelihood`'s fit) against numpy's `np.median`, bit for bit: exact=True
 results equal numpy's (sign included), and `_fit` equals numpy's for any history
-(the values numpy decides, zeros and non-finite ones, go to numpy)."""
+(the values numpy decides, -0.0 and non-finite ones, go to numpy)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def test_median_mad_is_numpys(xs: list[float]) -> None:
     before = h.copy()
     exact, center, mad = median_mad(h)
     assert np.array_equal(h, before, equal_nan=True)  # the history is not reordered
-    finite_nonzero = all(math.isfinite(x) and x != 0.0 for x in xs)
-    assert exact == finite_nonzero
+    numpys_choice = any(not math.isfinite(x) or (x == 0.0 and math.copysign(1, x) < 0) for x in xs)
+    assert exact != numpys_choice
     if exact:  # (h finite here)
         c = float(np.median(h))
         assert _same(center, c)
@@ -60,4 +60,19 @@ def test_even_and_odd_hand_cases() -> None:
     assert median_mad(np.array([3.0, 1.0, 2.0, 10.0])) == (True, 2.5, 1.0)
     assert median_mad(np.array([5.0, 1.0, 3.0])) == (True, 3.0, 2.0)
     assert median_mad(np.array([7.0])) == (True, 7.0, 0.0)
-    assert median_mad(np.array([1.0, 0.0]))[0] is False
+    assert median_mad(np.array([1.0, 0.0, 0.0, -2.0])) == (True, 0.0, 0.5)
+    assert median_mad(np.array([1.0, -0.0]))[0] is False
+    assert median_mad(np.array([1.0, math.nan]))[0] is False
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.5, -0.5, 2.0, 1e-300]), min_size=1, max_size=60))
+def test_zero_medians_are_numpys(xs: list[float]) -> None:
+    """Histories full of +0.0 (a Mann-Kendall z of a flat stretch): the compiled median
+    and MAD, zeros included, are numpy's, sign and all."""
+    h = np.array(xs, dtype=np.float64)
+    exact, center, mad = median_mad(h)
+    assert exact
+    c = float(np.median(h))
+    assert _same(center, c)
+    assert _same(mad, float(np.median(np.abs(h - c))))

@@ -82,9 +82,11 @@ def median_mad(h: np.ndarray) -> tuple[bool, float, float]:
     `np.median` gives them: the order statistic n // 2 (odd n) or the mean of the two
     middle ones, (a + b) / 2 (even n: numpy's `mean` of the two, one add and one
     divide), found by partitioning (O(n), `np.partition` like numpy). exact is False,
-    the rest unset, when a value is not finite or is a zero (numpy's NaN propagation
-    and which signed zero it selects are numpy's: the caller asks numpy then); the
-    deviations are never -0.0 (abs), so only h needs the check.
+    the rest unset, when a value is not finite or is -0.0 (numpy's NaN propagation,
+    and which signed zero it selects, are numpy's: the caller asks numpy then). Without
+    -0.0, equal values are the same float, so every way of selecting the order
+    statistics gives the same ones, and +0.0 sums as numpy sums it; the deviations are
+    never -0.0 (abs), so only h needs the check.
 
     >>> median_mad(np.array([3.0, 1.0, 2.0, 10.0]))
     (True, 2.5, 1.0)
@@ -92,7 +94,7 @@ def median_mad(h: np.ndarray) -> tuple[bool, float, float]:
     n = len(h)
     for i in range(n):
         x = h[i]
-        if x == 0.0 or not np.isfinite(x):
+        if not np.isfinite(x) or (x == 0.0 and math.copysign(1.0, x) < 0.0):
             return False, 0.0, 0.0
     center = _median(h.copy())
     d = np.abs(h - center)
@@ -182,7 +184,7 @@ class AnomalyLikelihood:
     def _fit(self) -> None:
         h = np.fromiter(self.history, dtype=float, count=len(self.history))
         # numpy's median and MAD, compiled (`median_mad`), or numpy's own for the
-        # values whose result is numpy's choice (zeros' signs, NaN)
+        # values whose result is numpy's choice (-0.0, NaN)
         exact, center, mad = median_mad(h)
         if not exact:
             center = float(np.median(h))
