@@ -132,6 +132,7 @@ from operators.sensor_run import (
     ST_LAST,
     ST_MEAN,
     ST_N,
+    ST_NGAPS,
     ST_Q1,
     ST_Q3,
     ST_SINCE_I,
@@ -571,9 +572,11 @@ class SensorOperator(Operator):
             cfg.calibrate,
             self._rise,
             cfg.score_history,
+            CADENCE_READINGS,
         )
         self._st = np.zeros(ST_SIZE)
         self._closes = np.zeros(1 + 4 * 64)  # rise buckets a run closed (`sensor_run.run`)
+        self._gaps = np.zeros(CADENCE_READINGS, dtype=np.int64)  # its warm-up gaps
         self._released: list[Entry] | None = None  # the release `_run` is judging
         self._g = 0  # the place in it of the reading being judged
         # `_run`'s rows and observations: (place, order, row, observation)
@@ -695,7 +698,7 @@ class SensorOperator(Operator):
         i = 0
         while i < b:
             s = series.get(key)
-            if not fast or s is None or s.gaps is not None:
+            if not fast or s is None:
                 self._g = idx[i]
                 self._reading(times[i], sid, metric, values[i])
                 i += 1
@@ -717,6 +720,8 @@ class SensorOperator(Operator):
                 ei.active,
                 ei.since_end,
             )
+            gaps = s.gaps
+            st[ST_NGAPS] = -1 if gaps is None else len(gaps)
             tails = s.tails
             closes = self._closes
             closes[0] = 0.0
@@ -731,8 +736,11 @@ class SensorOperator(Operator):
                 st,
                 cfg,
                 closes,
+                self._gaps,
             )
             j -= o
+            if gaps is not None and int(st[ST_NGAPS]) > len(gaps):  # warm-up gaps
+                gaps.extend(self._gaps[len(gaps) : int(st[ST_NGAPS])].tolist())
             if j > i or status == RISE:  # readings done: their scalars back
                 v = st.tolist()
                 s.last_ts = int(v[ST_LAST])
