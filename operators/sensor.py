@@ -61,9 +61,10 @@ arithmetic, compiled with numba (`operators.detectors.window`, issue 18). A
 release is judged series by series: each series' stretch of readings that
 produce nothing (no anomaly candidate, no open episode, no closing rise
 bucket, no tie or gap) runs in one compiled call (`operators.sensor_run`:
-window step, z-score and fences, tail learning, cooldown count, rise bucket),
-and only the others go through Python; their rows and observations are put
-back in event-time order, so the output is the reading-by-reading loop's
+window step, z-score and fences, tail learning, cooldown count, rise bucket,
+the cadence warm-up's gaps), and only the others go through Python; their
+rows and observations are put back in event-time order, so the output is the
+reading-by-reading loop's
 (tests/test_sensor_run.py). The `sensor_windows` aggregates are numpy's
 statistics computed in compiled code (`operators.sensor_run.aggregate`).
 
