@@ -61,9 +61,10 @@ arithmetic, compiled with numba (`operators.detectors.window`, issue 18). A
 release is judged series by series: each series' stretch of readings that
 produce nothing (no anomaly candidate, no open episode, no closing rise
 bucket, no tie or gap) runs in one compiled call (`operators.sensor_run`:
-window step, z-score and fences, tail learning, cooldown count, rise bucket),
-and only the others go through Python; their rows and observations are put
-back in event-time order, so the output is the reading-by-reading loop's
+window step, z-score and fences, tail learning, cooldown count, rise bucket,
+the cadence warm-up's gaps), and only the others go through Python; their
+rows and observations are put back in event-time order, so the output is the
+reading-by-reading loop's
 (tests/test_sensor_run.py). The `sensor_windows` aggregates are numpy's
 statistics computed in compiled code (`operators.sensor_run.aggregate`).
 
@@ -96,6 +97,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import struct
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -132,6 +134,7 @@ from operators.sensor_run import (
     ST_LAST,
     ST_MEAN,
     ST_N,
+    ST_NGAPS,
     ST_Q1,
     ST_Q3,
     ST_SINCE_I,
@@ -154,6 +157,8 @@ log = logging.getLogger(__name__)
 # readings after which a series' cadence is judged (the median gap between them)
 CADENCE_READINGS = 16
 DAY_MS = 86_400_000
+# the series' scalars into the compiled run's st[:ST_N] (float64, native layout)
+pack_state = struct.Struct(f"{ST_N}d").pack_into
 
 
 @dataclass(frozen=True)
@@ -571,9 +576,11 @@ class SensorOperator(Operator):
             cfg.calibrate,
             self._rise,
             cfg.score_history,
+            CADENCE_READINGS,
         )
         self._st = np.zeros(ST_SIZE)
         self._closes = np.zeros(1 + 4 * 64)  # rise buckets a run closed (`sensor_run.run`)
+        self._gaps = np.zeros(CADENCE_READINGS, dtype=np.int64)  # its warm-up gaps
         self._released: list[Entry] | None = None  # the release `_run` is judging
         self._g = 0  # the place in it of the reading being judged
         # `_run`'s rows and observations: (place, order, row, observation)
@@ -635,11 +642,10 @@ class SensorOperator(Operator):
         (`operators.sensor_run`), the others through `_reading` resp.
         `_judged` in Python. Their rows and observations are put back in the readings'
         event-time order, so the output is the reading-by-reading loop's."""
-        columns = list(zip(*released, strict=False))  # strict=True: O(n^2) here
-        sids, metrics, counts = columns[1], columns[2], columns[4]
-        ts_col, x_col = columns[0], columns[3]
+        # (no zip(*released): its thousands of iterators cost GC passes)
         groups: dict[tuple[str, str], list[int]] = {}
-        for i, key in enumerate(zip(sids, metrics, strict=True)):
+        for i, e in enumerate(released):
+            key = e[1], e[2]
             group = groups.get(key)
             if group is None:
                 groups[key] = [i]
@@ -647,14 +653,23 @@ class SensorOperator(Operator):
                 group.append(i)
         self._released = released
         self._tagged = tagged = []
+        # the release series by series (each series' readings in event-time order), as
+        # lists for the Python paths and as the arrays of the compiled runs: one
+        # conversion per release, each series a range [o, o + len(idx)) of them
+        order = [g for idx in groups.values() for g in idx]
+        times = [released[g][0] for g in order]
+        values = [released[g][3] for g in order]
+        arrays = np.array(times, dtype=np.int64), np.array(values, dtype=np.float64)
         try:
+            o = 0
             for key, idx in groups.items():
-                self._run_series(key, idx, ts_col, x_col)
+                self._run_series(key, idx, o, times, values, arrays)
+                o += len(idx)
         finally:
             self._released = None
             self._tagged = None
         # the latest reading's metric count per sensor (0: unknown, from an old checkpoint)
-        self.metrics.update({sid: m for sid, m in zip(sids, counts, strict=True) if m})
+        self.metrics.update({e[1]: e[4] for e in released if e[4]})
         if tagged:
             tagged.sort(key=_tag_order)
             out = self._out
@@ -668,30 +683,36 @@ class SensorOperator(Operator):
         self,
         key: tuple[str, str],
         idx: list[int],
-        ts_col: Sequence[int],
-        x_col: Sequence[float],
+        o: int,
+        all_times: list[int],
+        all_values: list[float],
+        arrays: tuple[np.ndarray, np.ndarray],
     ) -> None:
-        """One series' released readings (idx: their places in the release)."""
+        """One series' released readings (idx: their places in the release; o: where
+        they start in `_run`'s series-by-series lists and arrays)."""
         sid, metric = key
         b = len(idx)
-        times = [ts_col[g] for g in idx]
-        values = [x_col[g] for g in idx]
+        times = all_times[o : o + b]
+        values = all_values[o : o + b]
         self._aggregate(key, times, values)
-        gts = gx = None  # the readings as arrays, once the compiled run needs them
+        gts, gx = arrays
         series = self.series
         fast = self._fast
         st, cfg = self._st, self._cfg
         i = 0
         while i < b:
             s = series.get(key)
-            if not fast or s is None or s.gaps is not None:
+            if not fast or s is None:
                 self._g = idx[i]
                 self._reading(times[i], sid, metric, values[i])
                 i += 1
                 continue
             last_ts, staged, bucket = s.last_ts, s.staged, s.bucket
             ez, ei = s.episodes["zscore"], s.episodes["iqr"]
-            st[:ST_N] = (
+            # (struct's pack_into: numpy's slice assignment costs twice as much)
+            pack_state(
+                st,
+                0,
                 last_ts or 0,
                 last_ts is not None,
                 staged[-1] if staged else 0.0,
@@ -706,30 +727,41 @@ class SensorOperator(Operator):
                 ei.active,
                 ei.since_end,
             )
+            gaps = s.gaps
+            st[ST_NGAPS] = -1 if gaps is None else len(gaps)
             tails = s.tails
-            if gts is None:
-                gts = np.array(times, dtype=np.int64)
-                gx = np.array(values, dtype=np.float64)
             closes = self._closes
             closes[0] = 0.0
             status, j = run_series(
-                s.stats.buf, tails["zscore"].buf, tails["iqr"].buf, gts, gx, i, b, st, cfg, closes
+                s.stats.buf,
+                tails["zscore"].buf,
+                tails["iqr"].buf,
+                gts,
+                gx,
+                o + i,
+                o + b,
+                st,
+                cfg,
+                closes,
+                self._gaps,
             )
+            j -= o
+            if gaps is not None and int(st[ST_NGAPS]) > len(gaps):  # warm-up gaps
+                gaps.extend(self._gaps[len(gaps) : int(st[ST_NGAPS])].tolist())
             if j > i or status == RISE:  # readings done: their scalars back
-                s.last_ts = int(st[ST_LAST])
-                s.staged = [float(st[ST_STAGED])]
-                s.bucket = [
-                    int(st[ST_BUCKET_START]),
-                    float(st[ST_BUCKET_SUM]),
-                    int(st[ST_BUCKET_COUNT]),
-                ]
-                ez.since_end = int(st[ST_SINCE_Z])
-                ei.since_end = int(st[ST_SINCE_I])
-            for c in range(1, 1 + 4 * int(closes[0]), 4):  # buckets the run closed
-                r = int(closes[c])
-                self._g = idx[r]
-                start, total, count = int(closes[c + 1]), float(closes[c + 2]), int(closes[c + 3])
-                self._close_bucket(sid, metric, s, times[r], values[r], start, total, count)
+                v = st.tolist()
+                s.last_ts = int(v[ST_LAST])
+                s.staged = [v[ST_STAGED]]
+                s.bucket = [int(v[ST_BUCKET_START]), v[ST_BUCKET_SUM], int(v[ST_BUCKET_COUNT])]
+                ez.since_end = int(v[ST_SINCE_Z])
+                ei.since_end = int(v[ST_SINCE_I])
+            if closes[0]:  # rise buckets the run closed
+                c_list = closes[: 1 + 4 * int(closes[0])].tolist()
+                for c in range(1, len(c_list), 4):
+                    r = int(c_list[c]) - o
+                    self._g = idx[r]
+                    start, total, count = int(c_list[c + 1]), c_list[c + 2], int(c_list[c + 3])
+                    self._close_bucket(sid, metric, s, times[r], values[r], start, total, count)
             if status == DONE:
                 return
             self._g = idx[j]
@@ -739,18 +771,19 @@ class SensorOperator(Operator):
                 self._reading(times[j], sid, metric, values[j])
             else:  # POST: its window stepped (the staged reading added)
                 s.staged = []
+                v = st.tolist()
                 self._judged(
                     sid,
                     metric,
                     s,
                     times[j],
                     values[j],
-                    int(st[ST_START]),
-                    int(st[ST_N]),
-                    float(st[ST_MEAN]),
-                    float(st[ST_STD]),
-                    float(st[ST_Q1]),
-                    float(st[ST_Q3]),
+                    int(v[ST_START]),
+                    int(v[ST_N]),
+                    v[ST_MEAN],
+                    v[ST_STD],
+                    v[ST_Q1],
+                    v[ST_Q3],
                 )
             i = j + 1
 

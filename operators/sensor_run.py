@@ -13,6 +13,11 @@ ring, `ring_learn`) and counted towards the episodes' cooldown, and the open
 bucket of the rise test accumulates it. That is the hot path, and it runs
 here without a Python call per reading (issue 18, point 1).
 
+A series in its cadence warm-up (its first `CADENCE_READINGS` gaps) runs here too:
+each gap is recorded in `gaps` (at `st[ST_NGAPS]`, then counted there), as
+`SensorOperator._cadence` would append it, until the gap that completes the
+warm-up, which is the operator's (`PRE`).
+
 It stops at the first reading that needs the operator's Python:
 
 - `PRE`, before touching it: a tie with the previous reading's time, a gap
@@ -66,8 +71,9 @@ DONE, PRE, POST, RISE = 0, 1, 2, 3
     ST_Q1,
     ST_Q3,
     ST_START,
-) = range(19)
-ST_SIZE = 19
+    ST_NGAPS,  # the gaps of the cadence warm-up recorded so far (-1: the cadence is known)
+) = range(20)
+ST_SIZE = 20
 (
     CFG_MIN_POINTS,
     CFG_Z,  # z_threshold
@@ -79,12 +85,13 @@ ST_SIZE = 19
     CFG_CALIBRATE,
     CFG_RISE,  # the Mann-Kendall rise test's buckets
     CFG_HISTORY,  # the tails' history
-) = range(10)
-CFG_SIZE = 10
+    CFG_CADENCE,  # the gaps after which a series' cadence is judged (`CADENCE_READINGS`)
+) = range(11)
+CFG_SIZE = 11
 
 _SIGNATURE = (
     "UniTuple(int64, 2)(float64[::1], float64[::1], float64[::1], int64[::1], "
-    "float64[::1], int64, int64, float64[::1], float64[::1], float64[::1])"
+    "float64[::1], int64, int64, float64[::1], float64[::1], float64[::1], int64[::1])"
 )
 
 
@@ -100,6 +107,7 @@ def run(
     st: np.ndarray,
     cfg: np.ndarray,
     closes: np.ndarray,
+    gaps: np.ndarray,
 ) -> tuple[int, int]:
     """(status, i): readings i0..i-1 done; DONE (i = i1), or reading i needs Python
     (PRE: untouched; POST: its window stepped, the statistics in st; RISE: all done
@@ -109,6 +117,7 @@ def run(
     use_z, use_i = cfg[CFG_USE_Z] != 0.0, cfg[CFG_USE_I] != 0.0
     calibrate, rise = cfg[CFG_CALIBRATE] != 0.0, cfg[CFG_RISE] != 0.0
     history = int(cfg[CFG_HISTORY])
+    cadence = int(cfg[CFG_CADENCE])
     window_ms = int(st[ST_WINDOW])
     bucket_ms = int(st[ST_BUCKET_MS])
     for i in range(i0, i1):
@@ -125,6 +134,12 @@ def run(
             staged = st[ST_STAGED]
         elif st[ST_NSTAGED] != 0.0:
             return PRE, i
+        # in the cadence warm-up each gap is recorded in gaps; the one that completes
+        # it (the cadence judged: window, alpha, buckets) is the operator's
+        ngaps = int(st[ST_NGAPS])
+        warm = add == 1 and ngaps >= 0
+        if warm and ngaps + 1 >= cadence:
+            return PRE, i
         start = t - window_ms
         # a tail ring full below its history grows in Python first
         if calibrate and (
@@ -135,6 +150,9 @@ def run(
         n, mean, std, q1, q3 = _step(buf, last, staged, add, start)
         if n < 0:  # the window's buffer must grow (nothing changed)
             return PRE, i
+        if warm:  # the gap recorded for the cadence (before the step in Python)
+            gaps[ngaps] = t - last
+            st[ST_NGAPS] = ngaps + 1
         # the staged reading is in the window now; decide before changing anything else
         st[ST_NSTAGED] = 0.0
         judge_z = False

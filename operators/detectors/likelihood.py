@@ -46,6 +46,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from numba import njit
 
 MAD_TO_SIGMA = 1.4826022185056018  # 1 / Phi^-1(3/4)
 
@@ -57,6 +58,47 @@ def normal_sf(z: float) -> float:
     (0.5, 0.025)
     """
     return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+@njit("float64(float64[::1])", cache=True)
+def _median(a: np.ndarray) -> float:
+    """np.median of a (finite values; a is reordered)."""
+    n = len(a)
+    half = n // 2
+    part = np.partition(a, half)
+    hi = part[half]
+    if n % 2:
+        return hi
+    lo = part[0]
+    for i in range(1, half):  # the largest below the middle: order statistic half - 1
+        if part[i] > lo:
+            lo = part[i]
+    return (lo + hi) / 2.0
+
+
+@njit("Tuple((boolean, float64, float64))(float64[::1])", cache=True)
+def median_mad(h: np.ndarray) -> tuple[bool, float, float]:
+    """(exact, median(h), median(|h - median(h)|)) of n >= 1 values, as numpy's
+    `np.median` gives them: the order statistic n // 2 (odd n) or the mean of the two
+    middle ones, (a + b) / 2 (even n: numpy's `mean` of the two, one add and one
+    divide), found by partitioning (O(n), `np.partition` like numpy). exact is False,
+    the rest unset, when a value is not finite or is -0.0 (numpy's NaN propagation,
+    and which signed zero it selects, are numpy's: the caller asks numpy then). Without
+    -0.0, equal values are the same float, so every way of selecting the order
+    statistics gives the same ones, and +0.0 sums as numpy sums it; the deviations are
+    never -0.0 (abs), so only h needs the check.
+
+    >>> median_mad(np.array([3.0, 1.0, 2.0, 10.0]))
+    (True, 2.5, 1.0)
+    """
+    n = len(h)
+    for i in range(n):
+        x = h[i]
+        if not np.isfinite(x) or (x == 0.0 and math.copysign(1.0, x) < 0.0):
+            return False, 0.0, 0.0
+    center = _median(h.copy())
+    d = np.abs(h - center)
+    return True, center, _median(d)
 
 
 class AnomalyLikelihood:
@@ -141,8 +183,12 @@ class AnomalyLikelihood:
 
     def _fit(self) -> None:
         h = np.fromiter(self.history, dtype=float, count=len(self.history))
-        center = float(np.median(h))
-        mad = float(np.median(np.abs(h - center)))
+        # numpy's median and MAD, compiled (`median_mad`), or numpy's own for the
+        # values whose result is numpy's choice (-0.0, NaN)
+        exact, center, mad = median_mad(h)
+        if not exact:
+            center = float(np.median(h))
+            mad = float(np.median(np.abs(h - center)))
         self.center = center
         self.scale = max(MAD_TO_SIGMA * mad, self.min_scale)
         self.since_fit = 0
