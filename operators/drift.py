@@ -402,18 +402,21 @@ class DriftOperator(Operator):
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
         size = self.config.window_ms
         at = self.windows.at
-        last_model: str | None = None
-        last_start = 0
-        w = DriftWindow()
+        # the windows this feed has met, by model: the models' events interleave, so a
+        # lookup per event in a local dict beats `at` on every change (issue 18)
+        met: dict[str, tuple[int, DriftWindow]] = {}
         for e in events:
             ts = e.ts
             start = ts - ts % size
             model_id = e.model_id
-            if start != last_start or model_id != last_model:
+            hit = met.get(model_id)
+            if hit is not None and hit[0] == start:
+                w = hit[1]
+            else:
                 w = at(model_id, ts)
                 if not w.ready:
                     self._prepare(w, model_id)
-                last_model, last_start = model_id, start
+                met[model_id] = (start, w)
             w.n += 1
             versions = w.versions
             v = e.model_version

@@ -233,14 +233,15 @@ class ServiceOperator(Operator):
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
         size = self.config.window_ms
         at = self.windows.at
-        last: tuple[str, str, int] | None = None
-        w = ServiceWindow()
+        # the windows this feed has met: the models' events interleave, so looking the
+        # window up per event in a local dict beats `at` on every change (issue 18)
+        met: dict[tuple[str, str, int], ServiceWindow] = {}
         for e in events:
             ts = e.ts
             here = (e.model_id, e.model_version, ts - ts % size)
-            if here != last:
-                w = at((e.model_id, e.model_version), ts)
-                last = here
+            w = met.get(here)
+            if w is None:
+                w = met[here] = at((e.model_id, e.model_version), ts)
             w.requests += 1
             if e.status == "error":
                 w.errors += 1
