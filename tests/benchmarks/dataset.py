@@ -28,9 +28,11 @@ up to those offsets.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streams.cli.simulate import Incident, Scenario, Simulator
+if TYPE_CHECKING:  # imported where used: the Quix Streams contender imports `Dataset` from a
+    # venv of its own without numpy or click, which the simulator's imports need
+    from streams.cli.simulate import Scenario
 
 KINDS = ("ctr", "sensor", "drift")  # what the default run loads
 EXTRA_KINDS = ("quality",)  # loaded only when a contender set asks for it
@@ -79,6 +81,8 @@ def scenario(
     the duration of a `quality` scenario is the same inference logs without
     their labels (the labels draw from a random stream of their own and the
     concept drift changes only labels), the pair `bench.py --set quality` compares."""
+    from streams.cli.simulate import Incident, Scenario
+
     # labels and the regressor (v2) stay off: the datasets are what they were before
     quiet = {
         "impressions_per_s": 0.0,
@@ -149,6 +153,8 @@ def load(
     """Create the dataset's topics and produce exactly `events` messages into them."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.cli.simulate import Simulator
 
     sc = scenario(kind, events, keys, duration_s=duration_s)
     logical = {
