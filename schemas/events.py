@@ -123,22 +123,7 @@ class InferenceLog(Event, kw_only=True):
     variant: Label | None = None
 
     def __post_init__(self) -> None:
-        # Event's checks and _check_finite's cheap pass inlined, the same checks in the
-        # same order (issue 18: this runs on every inference log; the super() call and
-        # the helper's call were a third of its cost)
-        if self.v != SCHEMA_VERSION:
-            raise ValueError(f"unsupported event version v={self.v} (this build reads v=1)")
-        ts = self.ts
-        if ts.__class__ is not int or not TS_MIN_MS <= ts < TS_MAX_MS:
-            self.ts = parse_ts(ts)
-        try:
-            for value in self.features.values():
-                if value.__class__ is not str and value - value:  # type: ignore[operator]
-                    break
-            else:
-                return
-        except Exception:
-            pass
+        super().__post_init__()
         _check_finite(self.features, "features")
 
 
