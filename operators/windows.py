@@ -100,9 +100,8 @@ class TumblingWindows(Generic[S]):
         closed = []
         for start in self.starts[:hi]:
             bucket = self.by_start.pop(start)
-            order = self._order.pop(start, None)
-            if order is None or len(order) != len(bucket):
-                order = sorted(bucket)
+            order = self._sorted(start, bucket)
+            del self._order[start]
             closed.extend([(start, key, bucket[key]) for key in order])
         del self.starts[:hi]
         return closed
