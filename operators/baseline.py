@@ -111,6 +111,33 @@ class ClearedRate:
             return None
         return hits, trials
 
+    def base_or_learn(self, key: str, hits: int, trials: int) -> tuple[int, int] | None:
+        """`get(key)`, and when that is None, `learn(key, hits, trials)` too: what a
+        judge does with each window (one call, not two: with many keys nearly every
+        window is a new key's, issue 18). Returns the baseline before this window.
+
+        >>> a, b = ClearedRate(3, 2, 0, 5), ClearedRate(3, 2, 0, 5)
+        >>> a.base_or_learn("k", 1, 10), a.base_or_learn("k", 2, 10), a.base_or_learn("k", 0, 9)
+        (None, None, (3, 20))
+        >>> b.learn("k", 1, 10); b.learn("k", 2, 10); b.get("k"), a.snapshot() == b.snapshot()
+        ((3, 20), True)
+        """
+        total = self.totals.get(key)
+        if total is None:
+            # a key never seen (nothing held nor committed): `learn`'s first `_add`
+            if key not in self.pending:
+                self.windows[key] = [RateBlock(hits, trials)]
+                self.totals[key] = RateBlock(hits, trials)
+                return None
+        elif (
+            total.windows >= self.min_windows
+            and total.trials >= self.min_trials
+            and total.hits >= self.min_hits
+        ):
+            return total.hits, total.trials
+        self.learn(key, hits, trials)
+        return None
+
     def _add(self, key: str, hits: int, trials: int) -> None:
         blocks = self.windows.get(key)
         if blocks is None:

@@ -228,37 +228,47 @@ class CtrJudge:
     def judge(self, windows: Sequence[WindowCounts], ordered: bool = False) -> list[Observation]:
         """Observations of one watermark step's final windows; `ordered`: they come
         sorted by (start, campaign, variant) (`judged_units`)."""
-        cfg = self.config
-        units = judged_units(windows, ordered)
+        return self.judge_units(judged_units(windows, ordered))
+
+    def judge_units(self, units: Sequence[tuple[int, str, str, int, int]]) -> list[Observation]:
+        """Observations of one watermark step's units, as `judged_units` gives them
+        (by start, campaign, the pooled campaign before its variants, none without
+        impressions): what `judge` does after grouping, for a caller that builds the
+        units itself (the CTR operator, from its windows by start)."""
         if not units:
             return []
+        cfg = self.config
         h = self.threshold
-        # sequential per entity (each window against the baseline before it)
-        judged: list[Any] = []
-        get_base = self.baseline.get
-        learn = self.baseline.learn
+        # sequential per entity (each window against the baseline before it), in the
+        # units' order: an entity's windows of several starts in one step see each
+        # other's updates. Parallel lists, not a tuple per unit: with many keys nearly
+        # every unit is a new entity's (learning, no baseline), and these loops are
+        # per unit (issue 18)
+        bases: list[tuple[int, int] | None] = []
+        seqs: list[Any] = []
+        add_base, add_seq = bases.append, seqs.append
+        base_or_learn = self.baseline.base_or_learn
         sequential = self._sequential
         with_base_count = 0
-        for unit in units:
-            entity = unit[1]
-            base = get_base(entity)
+        for _, entity, _, n, k in units:
+            base = base_or_learn(entity, k, n)  # no baseline yet: learns the window
+            add_base(base)
             if base is None:
-                # no baseline yet: nothing to judge a drop against; learn
-                learn(entity, unit[4], unit[3])
-                judged.append((*unit, None, None))
-                continue
-            with_base_count += 1
-            judged.append((*unit, base, sequential(entity, unit[3], unit[4], base)))
+                add_seq(None)
+            else:
+                with_base_count += 1
+                add_seq(sequential(entity, n, k, base))
 
         # the p-values of every unit of this step in one vectorised call each
-        clicks = np.fromiter([u[4] for u in judged], dtype=np.int64, count=len(judged))
-        imps = np.fromiter([u[3] for u in judged], dtype=np.int64, count=len(judged))
+        count = len(units)
+        clicks = np.fromiter([u[4] for u in units], dtype=np.int64, count=count)
+        imps = np.fromiter([u[3] for u in units], dtype=np.int64, count=count)
         floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
         drop_p: Any = iter(())
         if with_base_count:
-            with_base = np.array([u[5] is not None for u in judged], dtype=bool)
-            base_k = np.array([u[5][0] for u in judged if u[5] is not None], dtype=np.int64)
-            base_n = np.array([u[5][1] for u in judged if u[5] is not None], dtype=np.int64)
+            with_base = np.array([b is not None for b in bases], dtype=bool)
+            base_k = np.array([b[0] for b in bases if b is not None], dtype=np.int64)
+            base_n = np.array([b[1] for b in bases if b is not None], dtype=np.int64)
             drop_p = iter(
                 fisher_less_small_counts(
                     clicks[with_base], imps[with_base] - clicks[with_base], base_k, base_n - base_k
@@ -267,7 +277,9 @@ class CtrJudge:
         out: list[Observation] = []
         emit = out.append
         window_ms = cfg.window_ms
-        for (start, entity, level, n, k, base, seq), p_floor in zip(judged, floor_p, strict=True):
+        for (start, entity, level, n, k), base, seq, p_floor in zip(
+            units, bases, seqs, floor_p, strict=True
+        ):
             end = start + window_ms
             ctr = k / n
             counts = {"impressions": n, "clicks": k, "level": level}

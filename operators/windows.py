@@ -66,6 +66,18 @@ class TumblingWindows(Generic[S]):
                 self._order.pop(start, None)
         return state
 
+    def insert(self, key: Key, start: int, state: S) -> None:
+        """Add the window of `key` starting at `start` (a multiple of the size), which
+        must not exist yet, with `state`: `at` for a caller that builds a new window's
+        state itself instead of the factory's and then changing it."""
+        bucket = self.by_start.get(start)
+        if bucket is None:
+            bucket = self.by_start[start] = {}
+            bisect.insort(self.starts, start)
+        bucket[key] = state
+        if self._order:
+            self._order.pop(start, None)
+
     def _sorted(self, start: int, bucket: dict[Key, S]) -> list[Key]:
         order = self._order.get(start)
         # a length that differs: keys were removed from the bucket in place (as the
@@ -96,13 +108,24 @@ class TumblingWindows(Generic[S]):
 
     def pop_ending_until(self, until: int) -> list[tuple[int, Key, S]]:
         """Remove and return the windows with end <= until, by start then key."""
+        closed = []
+        for start, order, bucket in self.pop_buckets_until(until):
+            closed.extend([(start, key, bucket[key]) for key in order])
+        return closed
+
+    def pop_buckets_until(self, until: int) -> list[tuple[int, list[Key], dict[Key, S]]]:
+        """Remove and return (start, its keys in order, its windows by key) of the
+        starts with end <= until, by start: `pop_ending_until` without a tuple per
+        window (with many keys nearly one per event, issue 18)."""
         hi = bisect.bisect_right(self.starts, until - self.size_ms)
+        if not hi:
+            return []
         closed = []
         for start in self.starts[:hi]:
             bucket = self.by_start.pop(start)
             order = self._sorted(start, bucket)
             del self._order[start]
-            closed.extend([(start, key, bucket[key]) for key in order])
+            closed.append((start, order, bucket))
         del self.starts[:hi]
         return closed
 
