@@ -224,6 +224,61 @@ def run(
     return DONE, i1
 
 
+_RUN_ALL_SIGNATURE = (
+    "void(float64[::1], int64[:, ::1], int64[:, ::1], int64[::1], float64[::1], int64[::1], "
+    "int64[::1], int64[::1], float64[:, ::1], float64[::1], float64[::1], int64[:, ::1], "
+    "int64[::1], int64[::1])"
+)
+
+
+@njit(_RUN_ALL_SIGNATURE, cache=True)
+def run_all(
+    arena: np.ndarray,
+    offsets: np.ndarray,
+    sizes: np.ndarray,
+    ts: np.ndarray,
+    xs: np.ndarray,
+    slots: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    states: np.ndarray,
+    cfg: np.ndarray,
+    closes: np.ndarray,
+    gaps: np.ndarray,
+    status: np.ndarray,
+    stops: np.ndarray,
+) -> None:
+    """`run` for many series in one call (issue 18, point 3: no Python per series).
+
+    Series k (slot `slots[k]`) runs its readings starts[k]..ends[k]-1 of ts, xs (the
+    release grouped by series, each series' readings in event-time order): its window
+    buffer and its two tail rings are the regions `arena[offsets[s, j]:offsets[s, j] +
+    sizes[s, j]]` (j = 0 window, 1 z-score tail, 2 IQR tail), its scalars the row
+    `states[s]` (`ST_*`), its cadence warm-up gaps the row `gaps[s]`. Each series stops
+    as `run` does, independently of the others: (status[k], stops[k]) is `run`'s
+    (status, i) for it. `closes` collects every series' closed rise buckets in the
+    order they closed (per series in event-time order), emptied first."""
+    closes[0] = 0.0
+    for k in range(len(slots)):
+        s = slots[k]
+        o0, o1, o2 = offsets[s, 0], offsets[s, 1], offsets[s, 2]
+        r, j = run(
+            arena[o0 : o0 + sizes[s, 0]],
+            arena[o1 : o1 + sizes[s, 1]],
+            arena[o2 : o2 + sizes[s, 2]],
+            ts,
+            xs,
+            starts[k],
+            ends[k],
+            states[s],
+            cfg,
+            closes,
+            gaps[s],
+        )
+        status[k] = r
+        stops[k] = j
+
+
 @njit("float64(float64[::1], int64, int64)", cache=True)
 def pairwise_sum(a: np.ndarray, lo: int, n: int) -> float:
     """sum(a[lo:lo + n]) as numpy's float64 `add.reduce` adds (pairwise summation:
