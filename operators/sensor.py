@@ -684,6 +684,10 @@ class SensorOperator(Operator):
         # the rise buckets a release's run closed (`sensor_run.run_all`): empty, sized
         # to the release (never full); a fixed one (tests) stops a series at a full one
         self._closes = np.zeros(0)
+        # the released readings not yet in `aggregates`: per release (slot, aggregate
+        # window start, value) arrays, and the earliest window start among them
+        self._unfiled: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._unfiled_start: int | None = None
         self._released: list[Entry] | None = None  # the release `_run` is judging
         self._g = 0  # the place in it of the reading being judged
         # `_run`'s rows and observations: (place, order, row, observation)
@@ -717,6 +721,8 @@ class SensorOperator(Operator):
     def _close_windows(self, watermark: int) -> None:
         """The `sensor_windows` rows of the aggregate windows the watermark ended."""
         size = self.config.aggregate_window_ms
+        if self._unfiled_start is not None and self._unfiled_start + size <= watermark:
+            self._flush_aggregates()
         for start, key, values in self.aggregates.pop_ending_until(watermark):
             sid, metric = key
             arr = np.asarray(values, dtype=float)
@@ -769,8 +775,13 @@ class SensorOperator(Operator):
         seg_slots = grouped[starts]
         self._released = released
         self._tagged = tagged = []
+        # their aggregates: filed into `aggregates` when needed (`_flush_aggregates`)
+        wins = ts - ts % self.config.aggregate_window_ms
+        self._unfiled.append((grouped, wins, xs))
+        first = int(wins.min())
+        if self._unfiled_start is None or first < self._unfiled_start:
+            self._unfiled_start = first
         try:
-            self._aggregate(grouped, ts, xs)
             order_list = order.tolist()
             if not self._fast:  # the legacy "runs" rise test: every reading in Python
                 for g in order_list:
@@ -892,24 +903,34 @@ class SensorOperator(Operator):
             ends = ends[stopped][left]
             m = len(seg_slots)
 
-    def _aggregate(self, grouped: np.ndarray, ts: np.ndarray, xs: np.ndarray) -> None:
-        """The release's readings (grouped by series slot, each series' in time order)
-        into their `sensor_windows` aggregates: one extend per series and aggregate
-        window."""
-        size = self.config.aggregate_window_ms
-        wins = ts - ts % size
-        if len(ts) > 1:
-            cut = np.flatnonzero((grouped[1:] != grouped[:-1]) | (wins[1:] != wins[:-1])) + 1
+    def _flush_aggregates(self) -> None:
+        """The releases' readings kept as arrays (`_unfiled`) into their
+        `sensor_windows` aggregates: grouped by aggregate window and series slot
+        (numpy's lexsort, stable: each series' readings stay in event-time order, its
+        earlier releases first), one extend per (series, window) however many
+        releases it spans. Done before windows close, before a snapshot, and before a
+        slot is freed (so every slot in them is still its key's)."""
+        unfiled = self._unfiled
+        if not unfiled:
+            return
+        self._unfiled = []
+        self._unfiled_start = None
+        if len(unfiled) == 1:
+            slot, win, x = unfiled[0]
         else:
-            cut = np.zeros(0, dtype=np.int64)
-        bounds = [0, *cut.tolist(), len(ts)]
+            slot, win, x = (np.concatenate(part) for part in zip(*unfiled, strict=True))
+        order = np.lexsort((slot, win))
+        slot, win = slot[order], win[order]
+        values = x[order].tolist()
+        cut = np.flatnonzero((slot[1:] != slot[:-1]) | (win[1:] != win[:-1])) + 1
+        bounds = [0, *cut.tolist(), len(values)]
+        firsts = bounds[:-1]
         key_of = self.slots.key_of
         at = self.aggregates.at
-        values = xs.tolist()
-        slot_at = grouped[bounds[:-1]].tolist()
-        win_at = wins[bounds[:-1]].tolist()
-        for i in range(len(bounds) - 1):
-            at(key_of[slot_at[i]], win_at[i]).extend(values[bounds[i] : bounds[i + 1]])
+        for a, b, s, w in zip(
+            firsts, bounds[1:], slot[firsts].tolist(), win[firsts].tolist(), strict=True
+        ):
+            at(key_of[s], w).extend(values[a:b])
 
     def _metric_count(self, sid: str) -> int:
         """Metrics of sensor sid as of the reading being judged: its latest judged
@@ -936,6 +957,7 @@ class SensorOperator(Operator):
                 continue
             until = s.last_ts + s.window_ms
             if until < watermark:
+                self._flush_aggregates()  # (its slot may be another key's next)
                 s.load()
                 self._expire(sid, metric, s)
                 del self.series[(sid, metric)]
@@ -1344,6 +1366,7 @@ class SensorOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        self._flush_aggregates()
         return self._codec.dump(
             SensorState(
                 pending=self.pending.state(),
@@ -1375,6 +1398,8 @@ class SensorOperator(Operator):
         self.unjudgeable = set(state.unjudgeable)
         self.metrics = state.metrics
         self.aggregates.load(state.aggregates)
+        self._unfiled = []
+        self._unfiled_start = None
 
 
 __all__ = ["DEFAULT_RULES", "METHODS", "SensorConfig", "SensorOperator"]
