@@ -292,7 +292,7 @@ class Series:
         self.row = np.zeros(ST_SIZE)
         self.gap_row = np.zeros(CADENCE_READINGS, dtype=np.int64)
         self.slot = -1
-        self.bound: tuple[np.ndarray, ...] | None = None  # buffers as bound in the arena
+        self.bound: tuple[np.ndarray, ...] | None = None  # its buffers as bound (region views)
         # readings before last_ts in the sliding window (compiled `SlidingStats`)
         self.stats = WindowStats()
         self.staged: list[float] = []  # readings at last_ts (not yet "before" anything)
@@ -840,7 +840,8 @@ class SensorOperator(Operator):
         stops = np.zeros(m, dtype=np.int64)
         while m:
             run_all(
-                slots.data,
+                slots.chunks,
+                slots.where,
                 slots.offsets,
                 slots.sizes,
                 ts,
@@ -1018,7 +1019,7 @@ class SensorOperator(Operator):
         n, mean, std, q1, q3 = out
         self._judged(sid, metric, s, t, x, start, n, mean, std, q1, q3)
         s.store()
-        slots.bind(s)  # a window buffer or tail ring that grew: into the arena
+        slots.bind(s)  # a window buffer or tail ring that grew: into a region
 
     def _judged(
         self,

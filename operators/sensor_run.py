@@ -42,9 +42,10 @@ reading for reading (tests/test_sensor_run.py).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from operators.detectors.tail import RING_CAP, RING_COUNT, ring_learn
 from operators.detectors.window import _step
@@ -224,16 +225,30 @@ def run(
     return DONE, i1
 
 
-_RUN_ALL_SIGNATURE = (
-    "void(float64[::1], int64[:, ::1], int64[:, ::1], int64[::1], float64[::1], int64[::1], "
-    "int64[::1], int64[::1], float64[:, ::1], float64[::1], float64[::1], int64[:, ::1], "
-    "int64[::1], int64[::1])"
+_CHUNKS = types.ListType(types.float64[::1])
+_RUN_ALL_SIGNATURE = types.void(
+    _CHUNKS,
+    types.int64[:, ::1],
+    types.int64[:, ::1],
+    types.int64[:, ::1],
+    types.int64[::1],
+    types.float64[::1],
+    types.int64[::1],
+    types.int64[::1],
+    types.int64[::1],
+    types.float64[:, ::1],
+    types.float64[::1],
+    types.float64[::1],
+    types.int64[:, ::1],
+    types.int64[::1],
+    types.int64[::1],
 )
 
 
 @njit(_RUN_ALL_SIGNATURE, cache=True)
 def run_all(
-    arena: np.ndarray,
+    chunks: Any,
+    where: np.ndarray,
     offsets: np.ndarray,
     sizes: np.ndarray,
     ts: np.ndarray,
@@ -252,8 +267,9 @@ def run_all(
 
     Series k (slot `slots[k]`) runs its readings starts[k]..ends[k]-1 of ts, xs (the
     release grouped by series, each series' readings in event-time order): its window
-    buffer and its two tail rings are the regions `arena[offsets[s, j]:offsets[s, j] +
-    sizes[s, j]]` (j = 0 window, 1 z-score tail, 2 IQR tail), its scalars the row
+    buffer and its two tail rings are the regions `[offsets[s, j]:offsets[s, j] +
+    sizes[s, j]]` of the array `chunks[where[s, j]]` (j = 0 window, 1 z-score tail,
+    2 IQR tail; `operators.sensor_slots.SeriesSlots`), its scalars the row
     `states[s]` (`ST_*`), its cadence warm-up gaps the row `gaps[s]`. Each series stops
     as `run` does, independently of the others: (status[k], stops[k]) is `run`'s
     (status, i) for it. `closes` collects every series' closed rise buckets in the
@@ -263,9 +279,9 @@ def run_all(
         s = slots[k]
         o0, o1, o2 = offsets[s, 0], offsets[s, 1], offsets[s, 2]
         r, j = run(
-            arena[o0 : o0 + sizes[s, 0]],
-            arena[o1 : o1 + sizes[s, 1]],
-            arena[o2 : o2 + sizes[s, 2]],
+            chunks[where[s, 0]][o0 : o0 + sizes[s, 0]],
+            chunks[where[s, 1]][o1 : o1 + sizes[s, 1]],
+            chunks[where[s, 2]][o2 : o2 + sizes[s, 2]],
             ts,
             xs,
             starts[k],

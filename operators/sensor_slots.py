@@ -6,18 +6,22 @@ where that call can reach it without Python per series.
 
 - `states[slot]`: the series' scalars (`operators.sensor_run.ST_*`);
 - `gaps[slot]`: its cadence warm-up gaps;
-- `data[offsets[slot, j]:offsets[slot, j] + sizes[slot, j]]`: its float64 buffers,
-  j = 0 the sliding window (`operators.detectors.window`), 1 and 2 the z-score and
-  IQR tail rings (`operators.detectors.tail`), in one arena.
+- `chunks[where[slot, j]][offsets[slot, j]:offsets[slot, j] + sizes[slot, j]]`: its
+  float64 buffers, j = 0 the sliding window (`operators.detectors.window`), 1 and 2
+  the z-score and IQR tail rings (`operators.detectors.tail`).
 
 A live `Series` (`operators.sensor`) holds views of its rows and regions, so its
 Python paths and the compiled run read and write the same memory. A key gets a
 slot (`slot_of`) when it first appears; an expired series frees its slot for
-reuse. The arrays grow by doubling; the arena hands out regions from its top
-and, when full, is compacted into a new array at least twice its live size
-(every holder's views are re-pointed then), so the copying is amortised O(1)
-per float allocated. A buffer the Python path replaced (a window or ring that
-had to grow, a restored one) is copied in by `bind` after that path.
+reuse. The row arrays grow by doubling (every holder's row views re-pointed). The
+buffers live in chunks (a numba typed list of float64 arrays) that never move, so
+a holder's views stay valid: a new chunk, twice the last, is added when one is
+full. A region freed (its series forgotten or replaced, or its buffer grown and
+copied to a new region) goes to a free list by size and is the next region of
+that size handed out (the sizes are few: the buffers double from 64 slots), so
+the chunks hold at most the peak of live buffers. A buffer the Python path
+replaced (a window or ring that had to grow, a restored one) is copied in by
+`bind` after that path.
 
 Nothing here is checkpointed: the snapshot is the series' typed state, and the
 slots are rebuilt on restore (derived layout, `operators.state`).
@@ -32,14 +36,25 @@ slots are rebuilt on restore (derived layout, `operators.state`).
 ...         return self.bufs
 ...     def set_buffers(self, a, b, c):
 ...         self.bufs = self.bound = (a, b, c)
->>> t = SeriesSlots(width=4, gap_width=2, capacity=1, arena=8)
+>>> t = SeriesSlots(width=4, gap_width=2, capacity=1, chunk=8)
 >>> a, b = H(), H()
 >>> t.attach(("s1", "t"), a); t.attach(("s2", "t"), b)
->>> a.slot, b.slot, float(t.data[t.offsets[b.slot, 2]]), float(b.bufs[2][0])
-(0, 1, 3.0, 3.0)
->>> b.bufs[2][0] = 7.0   # a view: the arena sees the holder's writes
->>> float(t.data[t.offsets[b.slot, 2]])
+>>> a.slot, b.slot, len(t.chunks)
+(0, 1, 2)
+>>> def region(h, j):
+...     off = t.offsets[h.slot, j]
+...     return t.chunks[t.where[h.slot, j]][off : off + t.sizes[h.slot, j]]
+>>> region(b, 2).tolist()
+[3.0, 3.0, 3.0, 3.0, 3.0]
+>>> b.bufs[2][0] = 7.0   # a view: the shared region sees the holder's writes
+>>> float(region(b, 2)[0])
 7.0
+>>> places = t.where[a.slot].tolist(), t.offsets[a.slot].tolist()
+>>> t.release(("s1", "t"))  # a's slot and regions free: a new key of the same sizes reuses them
+>>> c = H()
+>>> t.attach(("s3", "t"), c)
+>>> c.slot, (t.where[c.slot].tolist(), t.offsets[c.slot].tolist()) == places
+(0, True)
 """
 
 from __future__ import annotations
@@ -47,8 +62,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
+from numba import types
+from numba.typed import List
 
 BUFFERS = 3  # window, z-score tail ring, IQR tail ring
+CHUNK = 1 << 16  # floats in the first chunk (512 KiB)
 
 
 class Holder(Protocol):
@@ -57,7 +75,7 @@ class Holder(Protocol):
     row: np.ndarray
     gap_row: np.ndarray
     slot: int
-    bound: tuple[np.ndarray, ...] | None  # its buffers as last bound (arena views)
+    bound: tuple[np.ndarray, ...] | None  # its buffers as last bound (region views)
 
     def buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -67,9 +85,7 @@ class Holder(Protocol):
 class SeriesSlots:
     """Slots, their state rows and buffer regions (see the module's docstring)."""
 
-    def __init__(
-        self, width: int, gap_width: int, capacity: int = 64, arena: int = 1 << 16
-    ) -> None:
+    def __init__(self, width: int, gap_width: int, capacity: int = 64, chunk: int = CHUNK) -> None:
         self.width = width
         self.gap_width = gap_width
         self.slot_of: dict[Any, int] = {}
@@ -78,10 +94,15 @@ class SeriesSlots:
         self.free: list[int] = []
         self.states = np.zeros((capacity, width))
         self.gaps = np.zeros((capacity, gap_width), dtype=np.int64)
+        self.where = np.zeros((capacity, BUFFERS), dtype=np.int64)
         self.offsets = np.zeros((capacity, BUFFERS), dtype=np.int64)
         self.sizes = np.zeros((capacity, BUFFERS), dtype=np.int64)
-        self.data = np.zeros(arena)
-        self.top = 0  # the arena's first free float
+        # the chunks, as the compiled run takes them and as Python lists them
+        self.chunks: Any = List.empty_list(types.float64[::1])
+        self._chunks: list[np.ndarray] = []
+        self._chunk = chunk
+        self._top = 0  # the first free float of the last chunk
+        self._freed: dict[int, list[tuple[int, int]]] = {}  # size -> (chunk, offset)
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -104,9 +125,13 @@ class SeriesSlots:
         return slot
 
     def attach(self, key: Any, s: Holder) -> None:
-        """Make s the live series of key: its row and buffers move into the shared
-        arrays (copied), and s keeps views of them."""
+        """Make s the live series of key (the one it had, if any, gives its regions
+        back): its row and buffers are copied into the shared arrays, and s keeps
+        views of them."""
         slot = self.slot(key)
+        old = self.holders[slot]
+        if old is not None and old is not s:
+            self._give_back(old)
         self.states[slot] = s.row
         s.row = self.states[slot]
         self.gaps[slot] = s.gap_row
@@ -117,69 +142,72 @@ class SeriesSlots:
         self.bind(s)
 
     def release(self, key: Any) -> None:
-        """key's series is gone (expired): its slot is free (its arena regions are
-        dropped at the next compaction)."""
+        """key's series is gone (expired): its slot and its regions are free."""
         slot = self.slot_of.pop(key)
+        old = self.holders[slot]
+        if old is not None:
+            self._give_back(old)
         self.key_of[slot] = None
         self.holders[slot] = None
         self.free.append(slot)
 
     def bind(self, s: Holder) -> None:
-        """Copy into the arena the buffers of s that are not its views (grown or
-        replaced by the Python path), and give s views of them."""
+        """Copy the buffers of s that are not its region views (grown or replaced by
+        the Python path) into regions (the old ones freed), and give s views of them."""
         cur = s.buffers()
         bound = s.bound
         if bound is not None and cur[0] is bound[0] and cur[1] is bound[1] and cur[2] is bound[2]:
             return
-        need = sum(len(b) for j, b in enumerate(cur) if bound is None or b is not bound[j])
-        if self.top + need > len(self.data):
-            self._compact(need)
-            cur, bound = s.buffers(), s.bound  # its bound views re-pointed
-        data = self.data
+        slot = s.slot
         views = []
         for j, b in enumerate(cur):
-            if bound is not None and b is bound[j]:
-                views.append(b)
-                continue
+            if bound is not None:
+                if b is bound[j]:
+                    views.append(b)
+                    continue
+                self._free_region(slot, j)
             n = len(b)
-            off = self.top
-            data[off : off + n] = b
-            self.top = off + n
-            self.offsets[s.slot, j] = off
-            self.sizes[s.slot, j] = n
-            views.append(data[off : off + n])
+            c, off = self._alloc(n)
+            chunk = self._chunks[c]
+            chunk[off : off + n] = b
+            self.where[slot, j] = c
+            self.offsets[slot, j] = off
+            self.sizes[slot, j] = n
+            views.append(chunk[off : off + n])
         s.set_buffers(*views)
 
-    def _compact(self, need: int) -> None:
-        """A new arena of at least twice the live regions plus `need`, the live regions
-        copied to its start, every holder's views re-pointed."""
-        live = [h for h in self.holders if h is not None and h.bound is not None]
-        used = sum(int(self.sizes[h.slot].sum()) for h in live)
-        data = np.zeros(max(2 * (used + need), 1024))
-        top = 0
-        old = self.data
-        for h in live:
-            slot = h.slot
-            cur = h.buffers()
-            views = []
+    def _give_back(self, h: Holder) -> None:
+        if h.bound is not None:
             for j in range(BUFFERS):
-                off, n = int(self.offsets[slot, j]), int(self.sizes[slot, j])
-                data[top : top + n] = old[off : off + n]
-                self.offsets[slot, j] = top
-                views.append(data[top : top + n])
-                top += n
-            bound = h.bound
-            assert bound is not None
-            # buffers the Python path replaced stay as they are (bound later)
-            h.set_buffers(*(v if c is b else c for v, c, b in zip(views, cur, bound, strict=True)))
-            h.bound = tuple(views)
-        self.data = data
-        self.top = top
+                self._free_region(h.slot, j)
+            h.bound = None
+
+    def _free_region(self, slot: int, j: int) -> None:
+        n = int(self.sizes[slot, j])
+        self._freed.setdefault(n, []).append((int(self.where[slot, j]), int(self.offsets[slot, j])))
+
+    def _alloc(self, n: int) -> tuple[int, int]:
+        """(chunk, offset) of a region of n floats: a freed one of that size, or the
+        top of the last chunk (a new chunk, twice the last, when it is full)."""
+        freed = self._freed.get(n)
+        if freed:
+            return freed.pop()
+        chunks = self._chunks
+        if not chunks or self._top + n > len(chunks[-1]):
+            size = max(2 * len(chunks[-1]) if chunks else self._chunk, n)
+            chunk = np.zeros(size)
+            chunks.append(chunk)
+            self.chunks.append(chunk)
+            self._top = 0
+        off = self._top
+        self._top = off + n
+        return len(chunks) - 1, off
 
     def _grow_slots(self) -> None:
         cap = 2 * len(self.states)
         self.states = _grown(self.states, cap)
         self.gaps = _grown(self.gaps, cap)
+        self.where = _grown(self.where, cap)
         self.offsets = _grown(self.offsets, cap)
         self.sizes = _grown(self.sizes, cap)
         for h in self.holders:

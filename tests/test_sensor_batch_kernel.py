@@ -8,8 +8,8 @@ under test groups each release by series slot and runs all series in rounds of o
 compiled call, with its aggregates filed later. Hypothesis draws many interleaved
 series (sensors with one to three metrics), sensors that appear mid-run, ties, gaps
 longer than the window (forgotten series, freed and reused slots), spikes, readings
-delivered out of order within the lateness, tiny initial slot and arena capacities
-(so the shared arrays double and the arena compacts mid-release), and a snapshot
+delivered out of order within the lateness, tiny initial slot and chunk capacities
+(so the shared rows double and buffer chunks are added mid-release), and a snapshot
 restored into a fresh operator mid-run: the rows, observations and states must be
 the reference's, batch by batch.
 """
@@ -145,8 +145,8 @@ def test_the_batched_run_is_the_reading_by_reading_loop(
 
     def make() -> SensorOperator:
         op = SensorOperator(config)
-        if tiny:  # the shared arrays double and the arena compacts within releases
-            op.slots = SeriesSlots(ST_SIZE, CADENCE_READINGS, capacity=1, arena=16)
+        if tiny:  # the shared rows double and new chunks are added within releases
+            op.slots = SeriesSlots(ST_SIZE, CADENCE_READINGS, capacity=1, chunk=16)
         return op
 
     got = _run(make, batches, lateness, restore_at)
