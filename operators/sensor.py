@@ -58,15 +58,22 @@ constant one, gives no z-score (fences): those methods do not judge then.
 Mean and std come from shifted running sums, quantiles from a sorted array:
 O(log n) search per reading, no re-sort; `operators.rolling.SlidingStats`'s
 arithmetic, compiled with numba (`operators.detectors.window`, issue 18). A
-release is judged series by series: each series' stretch of readings that
-produce nothing (no anomaly candidate, no open episode, no closing rise
-bucket, no tie or gap) runs in one compiled call (`operators.sensor_run`:
-window step, z-score and fences, tail learning, cooldown count, rise bucket,
-the cadence warm-up's gaps), and only the others go through Python; their
-rows and observations are put back in event-time order, so the output is the
-reading-by-reading loop's
-(tests/test_sensor_run.py). The `sensor_windows` aggregates are numpy's
-statistics computed in compiled code (`operators.sensor_run.aggregate`).
+release is judged in one compiled call for all its series
+(`operators.sensor_run.run_all`; issue 18 point 3: no Python per series): the
+readings are grouped by series slot with numpy (stable, so each series keeps its
+event-time order), and every series' state is in shared arrays, one row per slot
+(`operators.sensor_slots.SeriesSlots`: the scalars, the warm-up gaps, and the
+window buffer and tail rings as regions of shared chunks). Each series runs its
+readings that produce nothing (no anomaly candidate, no open episode, no tie or
+gap; window step, z-score and fences, tail learning, cooldown count, rise
+bucket, the cadence warm-up's gaps) until the first that needs Python, which
+Python then judges (after the rise tests of the buckets the run closed) before
+the next round resumes the series; their rows and observations are put back in
+event-time order, so the output is the reading-by-reading loop's
+(tests/test_sensor_run.py, tests/test_sensor_batch_kernel.py). The
+`sensor_windows` aggregates are filed per (series, window) from the releases'
+arrays and are numpy's statistics computed in compiled code
+(`operators.sensor_run.aggregate`).
 
 Rows:
 - `sensor_anomalies`: one per anomalous (reading, metric, method).
@@ -89,8 +96,10 @@ more than window_ms (by the watermark, or by the gap to its next reading) is
 forgotten, which is the same as its window having emptied. It snapshots as
 `SensorState` (format 2 of `operators.state`): per (sensor_id, metric) a
 `SeriesState` of named, typed fields; the compiled window's float64 buffer stays
-the live layout and becomes named lists only in the snapshot. Format 1 (positional
-lists, "sensor\\x1fmetric" keys) is upgraded.
+the live layout and becomes named lists only in the snapshot; the shared rows and
+chunks (`SeriesSlots`) are derived, rebuilt on restore, so the snapshot's layout is
+unchanged by them (still format 2). Format 1 (positional lists,
+"sensor\\x1fmetric" keys) is upgraded.
 """
 
 from __future__ import annotations

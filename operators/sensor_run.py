@@ -35,8 +35,11 @@ It stops at the first reading that needs the operator's Python:
   rise's own state, and its rows are put in event-time order anyway).
 
 `st` holds the series' scalars the run reads and writes (`ST_*` below) and
-`cfg` the configuration (`CFG_*`). Tested against the operator's Python path
-reading for reading (tests/test_sensor_run.py).
+`cfg` the configuration (`CFG_*`). `run_all` runs `run` for every series of a
+release in one call, each series' state found by its slot in the shared arrays
+of `operators.sensor_slots.SeriesSlots` (issue 18, point 3). Tested against the
+operator's Python path reading for reading (tests/test_sensor_run.py,
+tests/test_sensor_batch_kernel.py).
 """
 
 from __future__ import annotations
