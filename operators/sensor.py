@@ -110,6 +110,7 @@ import struct
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -588,6 +589,11 @@ def _tag_order(item: tuple[int, int, Any, Any]) -> tuple[int, int]:
     return item[0], item[1]
 
 
+_key_of = itemgetter(1, 2)  # an entry's (sensor_id, metric)
+_ts_of = itemgetter(0)
+_value_of = itemgetter(3)
+
+
 def _loaded(s: Series) -> Series:
     """s with its Python objects as the compiled run left them (for its `state`)."""
     s.load()
@@ -766,18 +772,18 @@ class SensorOperator(Operator):
         n = len(released)
         slots = self.slots
         slot_of = slots.slot_of
-        keys = [(e[1], e[2]) for e in released]
-        get = slot_of.get
-        slot_list = [get(k, -1) for k in keys]
-        if -1 in slot_list:  # keys without a slot yet: given one (their series is made
+        # (map and itemgetter: the per-reading work in C)
+        keys = list(map(_key_of, released))
+        slot_list = list(map(slot_of.get, keys))
+        if None in slot_list:  # keys without a slot yet: given one (their series is made
             # by their first reading's `_reading`)
             take = slots.slot
-            slot_list = [s if s >= 0 else take(k) for s, k in zip(slot_list, keys, strict=True)]
+            slot_list = [take(k) if s is None else s for s, k in zip(slot_list, keys, strict=True)]
         by_slot = np.array(slot_list, dtype=np.int64)
         order = np.argsort(by_slot, kind="stable")
         grouped = by_slot[order]
-        ts = np.array([e[0] for e in released], dtype=np.int64)[order]
-        xs = np.array([e[3] for e in released], dtype=np.float64)[order]
+        ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
+        xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
         cut = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
         starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
         ends = np.concatenate((cut, np.full(1, n, dtype=np.int64)))
