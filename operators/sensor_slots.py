@@ -220,3 +220,9 @@ def _grown(a: np.ndarray, rows: int) -> np.ndarray:
     new = np.zeros((rows, *a.shape[1:]), dtype=a.dtype)
     new[: len(a)] = a
     return new
+
+
+# numba compiles a typed list's methods at their first use in a process (they are not
+# in its on-disk cache): done here, at import, so a worker pays it at start (~0.2 s)
+# and not on its first reading
+SeriesSlots(1, 1, capacity=1, chunk=1)._alloc(1)
