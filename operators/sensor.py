@@ -58,15 +58,22 @@ constant one, gives no z-score (fences): those methods do not judge then.
 Mean and std come from shifted running sums, quantiles from a sorted array:
 O(log n) search per reading, no re-sort; `operators.rolling.SlidingStats`'s
 arithmetic, compiled with numba (`operators.detectors.window`, issue 18). A
-release is judged series by series: each series' stretch of readings that
-produce nothing (no anomaly candidate, no open episode, no closing rise
-bucket, no tie or gap) runs in one compiled call (`operators.sensor_run`:
-window step, z-score and fences, tail learning, cooldown count, rise bucket,
-the cadence warm-up's gaps), and only the others go through Python; their
-rows and observations are put back in event-time order, so the output is the
-reading-by-reading loop's
-(tests/test_sensor_run.py). The `sensor_windows` aggregates are numpy's
-statistics computed in compiled code (`operators.sensor_run.aggregate`).
+release is judged in one compiled call for all its series
+(`operators.sensor_run.run_all`; issue 18 point 3: no Python per series): the
+readings are grouped by series slot with numpy (stable, so each series keeps its
+event-time order), and every series' state is in shared arrays, one row per slot
+(`operators.sensor_slots.SeriesSlots`: the scalars, the warm-up gaps, and the
+window buffer and tail rings as regions of shared chunks). Each series runs its
+readings that produce nothing (no anomaly candidate, no open episode, no tie or
+gap; window step, z-score and fences, tail learning, cooldown count, rise
+bucket, the cadence warm-up's gaps) until the first that needs Python, which
+Python then judges (after the rise tests of the buckets the run closed) before
+the next round resumes the series; their rows and observations are put back in
+event-time order, so the output is the reading-by-reading loop's
+(tests/test_sensor_run.py, tests/test_sensor_batch_kernel.py). The
+`sensor_windows` aggregates are filed per (series, window) from the releases'
+arrays and are numpy's statistics computed in compiled code
+(`operators.sensor_run.aggregate`).
 
 Rows:
 - `sensor_anomalies`: one per anomalous (reading, metric, method).
@@ -89,8 +96,10 @@ more than window_ms (by the watermark, or by the gap to its next reading) is
 forgotten, which is the same as its window having emptied. It snapshots as
 `SensorState` (format 2 of `operators.state`): per (sensor_id, metric) a
 `SeriesState` of named, typed fields; the compiled window's float64 buffer stays
-the live layout and becomes named lists only in the snapshot. Format 1 (positional
-lists, "sensor\\x1fmetric" keys) is upgraded.
+the live layout and becomes named lists only in the snapshot; the shared rows and
+chunks (`SeriesSlots`) are derived, rebuilt on restore, so the snapshot's layout is
+unchanged by them (still format 2). Format 1 (positional lists,
+"sensor\\x1fmetric" keys) is upgraded.
 """
 
 from __future__ import annotations
@@ -98,10 +107,10 @@ from __future__ import annotations
 import heapq
 import logging
 import struct
-from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -129,12 +138,15 @@ from operators.sensor_run import (
     PRE,
     RISE,
     ST_BUCKET_COUNT,
+    ST_BUCKET_MS,
     ST_BUCKET_START,
     ST_BUCKET_SUM,
+    ST_HAS_LAST,
     ST_LAST,
     ST_MEAN,
     ST_N,
     ST_NGAPS,
+    ST_NSTAGED,
     ST_Q1,
     ST_Q3,
     ST_SINCE_I,
@@ -143,9 +155,11 @@ from operators.sensor_run import (
     ST_STAGED,
     ST_START,
     ST_STD,
+    ST_WINDOW,
     aggregate,
+    run_all,
 )
-from operators.sensor_run import run as run_series
+from operators.sensor_slots import SeriesSlots
 from operators.state import StateCodec
 from operators.windows import TumblingWindows, window_start
 from schemas.events import SensorReading
@@ -157,8 +171,8 @@ log = logging.getLogger(__name__)
 # readings after which a series' cadence is judged (the median gap between them)
 CADENCE_READINGS = 16
 DAY_MS = 86_400_000
-# the series' scalars into the compiled run's st[:ST_N] (float64, native layout)
-pack_state = struct.Struct(f"{ST_N}d").pack_into
+# a series' scalars from staged to since_end into its shared row (float64, native layout)
+pack_mid = struct.Struct(f"{ST_N - ST_STAGED}d").pack_into
 
 
 @dataclass(frozen=True)
@@ -257,32 +271,42 @@ class Series:
 
     __slots__ = (
         "alpha",
+        "bound",
         "bucket",
-        "bucket_ms",
         "episodes",
+        "gap_row",
         "gaps",
         "iqr",
-        "last_ts",
         "mk",
         "mk_times",
         "prev",
         "rise_lk",
         "rising",
+        "row",
         "run_len",
         "run_start_ts",
         "run_start_value",
+        "slot",
         "staged",
         "stats",
         "tails",
-        "window_ms",
         "zscore",
     )
 
     def __init__(self, config: SensorConfig) -> None:
+        # the scalars the compiled run shares (`operators.sensor_run.ST_*`): its own row
+        # until `SeriesSlots.attach` gives it one of the operator's shared rows. last_ts,
+        # window_ms and bucket_ms live there (properties); staged, bucket, the episodes'
+        # since_end and the warm-up gaps are Python objects too, read from the row by
+        # `load` and written back by `store` around each Python path
+        self.row = np.zeros(ST_SIZE)
+        self.gap_row = np.zeros(CADENCE_READINGS, dtype=np.int64)
+        self.slot = -1
+        self.bound: tuple[np.ndarray, ...] | None = None  # its buffers as bound (region views)
         # readings before last_ts in the sliding window (compiled `SlidingStats`)
         self.stats = WindowStats()
         self.staged: list[float] = []  # readings at last_ts (not yet "before" anything)
-        self.last_ts: int | None = None
+        self.last_ts = None
         self.prev: float | None = None  # the last value, for the rise run
         self.run_len = 0
         self.run_start_ts = 0
@@ -319,6 +343,86 @@ class Series:
         )
         # gaps between the first readings, until the cadence is judged (then None)
         self.gaps: list[int] | None = []
+        self.store()
+
+    @property
+    def last_ts(self) -> int | None:
+        row = self.row
+        return int(row[ST_LAST]) if row[ST_HAS_LAST] else None
+
+    @last_ts.setter
+    def last_ts(self, t: int | None) -> None:
+        row = self.row
+        row[ST_LAST] = t or 0
+        row[ST_HAS_LAST] = t is not None
+
+    @property
+    def window_ms(self) -> int:  # stretched to the cadence once it is measured
+        return int(self.row[ST_WINDOW])
+
+    @window_ms.setter
+    def window_ms(self, ms: int) -> None:
+        self.row[ST_WINDOW] = ms
+
+    @property
+    def bucket_ms(self) -> int:  # the rise test's bucket, set with the cadence
+        return int(self.row[ST_BUCKET_MS])
+
+    @bucket_ms.setter
+    def bucket_ms(self, ms: int) -> None:
+        self.row[ST_BUCKET_MS] = ms
+
+    def load(self) -> None:
+        """The Python objects from the shared row, as the compiled run left them."""
+        v = self.row.tolist()
+        n = v[ST_NSTAGED]
+        if n <= 1.0:  # (more, ties at last_ts, stop the run: the list is as it was)
+            self.staged = [v[ST_STAGED]] if n else []
+        self.bucket = [int(v[ST_BUCKET_START]), v[ST_BUCKET_SUM], int(v[ST_BUCKET_COUNT])]
+        ez, ei = self.episodes["zscore"], self.episodes["iqr"]
+        ez.since_end = int(v[ST_SINCE_Z])
+        ei.since_end = int(v[ST_SINCE_I])
+        ngaps = int(v[ST_NGAPS])
+        self.gaps = self.gap_row[:ngaps].tolist() if ngaps >= 0 else None
+
+    def store(self) -> None:
+        """The Python objects into the shared row, for the compiled run."""
+        row = self.row
+        staged, bucket = self.staged, self.bucket
+        ez, ei = self.episodes["zscore"], self.episodes["iqr"]
+        # (struct's pack_into: numpy's item assignments cost more)
+        pack_mid(
+            row,
+            8 * ST_STAGED,
+            staged[-1] if staged else 0.0,
+            len(staged),
+            row[ST_WINDOW],
+            row[ST_BUCKET_MS],
+            bucket[0],
+            bucket[1],
+            bucket[2],
+            ez.active,
+            ez.since_end,
+            ei.active,
+            ei.since_end,
+        )
+        gaps = self.gaps
+        if gaps is None:
+            row[ST_NGAPS] = -1
+        else:
+            if gaps:
+                self.gap_row[: len(gaps)] = gaps
+            row[ST_NGAPS] = len(gaps)
+
+    def buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The float64 buffers the compiled run steps (`SeriesSlots`)."""
+        return self.stats.buf, self.tails["zscore"].buf, self.tails["iqr"].buf
+
+    def set_buffers(self, window: np.ndarray, tail_z: np.ndarray, tail_i: np.ndarray) -> None:
+        self.stats.buf = window
+        self.tails["zscore"].buf = tail_z
+        self.tails["iqr"].buf = tail_i
+        self.bound = (window, tail_z, tail_i)
 
     def state(self) -> SeriesState:
         """The series as typed state (its lists and episodes are the live ones, which
@@ -370,6 +474,7 @@ class Series:
         s.bucket = [state.bucket.start, state.bucket.total, state.bucket.count]
         s.rise_lk.restore(state.rise_lk)
         s.gaps = None if state.gaps is None else list(state.gaps)
+        s.store()
         return s
 
 
@@ -484,6 +589,17 @@ def _tag_order(item: tuple[int, int, Any, Any]) -> tuple[int, int]:
     return item[0], item[1]
 
 
+_key_of = itemgetter(1, 2)  # an entry's (sensor_id, metric)
+_ts_of = itemgetter(0)
+_value_of = itemgetter(3)
+
+
+def _loaded(s: Series) -> Series:
+    """s with its Python objects as the compiled run left them (for its `state`)."""
+    s.load()
+    return s
+
+
 # The default alert rules of the sensor monitor's detectors (seed 004), collected by
 # operators.registry into streams.config.DEFAULT_RULES.
 DEFAULT_RULES: list[dict[str, Any]] = [
@@ -578,9 +694,15 @@ class SensorOperator(Operator):
             cfg.score_history,
             CADENCE_READINGS,
         )
-        self._st = np.zeros(ST_SIZE)
-        self._closes = np.zeros(1 + 4 * 64)  # rise buckets a run closed (`sensor_run.run`)
-        self._gaps = np.zeros(CADENCE_READINGS, dtype=np.int64)  # its warm-up gaps
+        # every series' shared rows and buffers (derived: rebuilt on restore)
+        self.slots = SeriesSlots(ST_SIZE, CADENCE_READINGS)
+        # the rise buckets a release's run closed (`sensor_run.run_all`): empty, sized
+        # to the release (never full); a fixed one (tests) stops a series at a full one
+        self._closes = np.zeros(0)
+        # the released readings not yet in `aggregates`: per release (slot, aggregate
+        # window start, value) arrays, and the earliest window start among them
+        self._unfiled: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._unfiled_start: int | None = None
         self._released: list[Entry] | None = None  # the release `_run` is judging
         self._g = 0  # the place in it of the reading being judged
         # `_run`'s rows and observations: (place, order, row, observation)
@@ -614,6 +736,8 @@ class SensorOperator(Operator):
     def _close_windows(self, watermark: int) -> None:
         """The `sensor_windows` rows of the aggregate windows the watermark ended."""
         size = self.config.aggregate_window_ms
+        if self._unfiled_start is not None and self._unfiled_start + size <= watermark:
+            self._flush_aggregates()
         for start, key, values in self.aggregates.pop_ending_until(watermark):
             sid, metric = key
             arr = np.asarray(values, dtype=float)
@@ -637,34 +761,50 @@ class SensorOperator(Operator):
             )
 
     def _run(self, released: list[Entry]) -> None:
-        """The released readings (in event-time order), series by series: each series'
-        stretch of readings nothing happens to runs in one compiled call
-        (`operators.sensor_run`), the others through `_reading` resp.
-        `_judged` in Python. Their rows and observations are put back in the readings'
+        """The released readings (in event-time order), all series at once: the
+        readings grouped by series slot (numpy's stable argsort, so each series keeps
+        its event-time order), then rounds of one compiled call for every series
+        (`operators.sensor_run.run_all`), each series running until its next reading
+        that needs Python (`_reading`, `_judged`, `_judge_rise`; the rise tests of the
+        buckets it closed first), which Python then does before the next round resumes
+        the series after it. Their rows and observations are put back in the readings'
         event-time order, so the output is the reading-by-reading loop's."""
-        # (no zip(*released): its thousands of iterators cost GC passes)
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, e in enumerate(released):
-            key = e[1], e[2]
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [i]
-            else:
-                group.append(i)
+        n = len(released)
+        slots = self.slots
+        slot_of = slots.slot_of
+        # (map and itemgetter: the per-reading work in C)
+        keys = list(map(_key_of, released))
+        slot_list = list(map(slot_of.get, keys))
+        if None in slot_list:  # keys without a slot yet: given one (their series is made
+            # by their first reading's `_reading`)
+            take = slots.slot
+            slot_list = [take(k) if s is None else s for s, k in zip(slot_list, keys, strict=True)]
+        by_slot = np.array(slot_list, dtype=np.int64)
+        order = np.argsort(by_slot, kind="stable")
+        grouped = by_slot[order]
+        ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
+        xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
+        cut = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
+        starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
+        ends = np.concatenate((cut, np.full(1, n, dtype=np.int64)))
+        seg_slots = grouped[starts]
         self._released = released
         self._tagged = tagged = []
-        # the release series by series (each series' readings in event-time order), as
-        # lists for the Python paths and as the arrays of the compiled runs: one
-        # conversion per release, each series a range [o, o + len(idx)) of them
-        order = [g for idx in groups.values() for g in idx]
-        times = [released[g][0] for g in order]
-        values = [released[g][3] for g in order]
-        arrays = np.array(times, dtype=np.int64), np.array(values, dtype=np.float64)
+        # their aggregates: filed into `aggregates` when needed (`_flush_aggregates`)
+        wins = ts - ts % self.config.aggregate_window_ms
+        self._unfiled.append((grouped, wins, xs))
+        first = int(wins.min())
+        if self._unfiled_start is None or first < self._unfiled_start:
+            self._unfiled_start = first
         try:
-            o = 0
-            for key, idx in groups.items():
-                self._run_series(key, idx, o, times, values, arrays)
-                o += len(idx)
+            order_list = order.tolist()
+            if not self._fast:  # the legacy "runs" rise test: every reading in Python
+                for g in order_list:
+                    self._g = g
+                    e = released[g]
+                    self._reading(e[0], e[1], e[2], e[3])
+            else:
+                self._rounds(order_list, ts, xs, seg_slots, starts, ends)
         finally:
             self._released = None
             self._tagged = None
@@ -679,128 +819,134 @@ class SensorOperator(Operator):
                 else:
                     out.observations.append(obs)
 
-    def _run_series(
+    def _rounds(
         self,
-        key: tuple[str, str],
-        idx: list[int],
-        o: int,
-        all_times: list[int],
-        all_values: list[float],
-        arrays: tuple[np.ndarray, np.ndarray],
+        order: list[int],
+        ts: np.ndarray,
+        xs: np.ndarray,
+        seg_slots: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
     ) -> None:
-        """One series' released readings (idx: their places in the release; o: where
-        they start in `_run`'s series-by-series lists and arrays)."""
-        sid, metric = key
-        b = len(idx)
-        times = all_times[o : o + b]
-        values = all_values[o : o + b]
-        self._aggregate(key, times, values)
-        gts, gx = arrays
+        """`_run`'s rounds (order: the release's place of each grouped reading; series k
+        is slot seg_slots[k] with readings starts[k]..ends[k]-1)."""
+        released = self._released
+        assert released is not None
+        slots = self.slots
         series = self.series
-        fast = self._fast
-        st, cfg = self._st, self._cfg
-        i = 0
-        while i < b:
-            s = series.get(key)
-            if not fast or s is None:
-                self._g = idx[i]
-                self._reading(times[i], sid, metric, values[i])
-                i += 1
-                continue
-            last_ts, staged, bucket = s.last_ts, s.staged, s.bucket
-            ez, ei = s.episodes["zscore"], s.episodes["iqr"]
-            # (struct's pack_into: numpy's slice assignment costs twice as much)
-            pack_state(
-                st,
-                0,
-                last_ts or 0,
-                last_ts is not None,
-                staged[-1] if staged else 0.0,
-                len(staged),
-                s.window_ms,
-                s.bucket_ms,
-                bucket[0],
-                bucket[1],
-                bucket[2],
-                ez.active,
-                ez.since_end,
-                ei.active,
-                ei.since_end,
-            )
-            gaps = s.gaps
-            st[ST_NGAPS] = -1 if gaps is None else len(gaps)
-            tails = s.tails
-            closes = self._closes
-            closes[0] = 0.0
-            status, j = run_series(
-                s.stats.buf,
-                tails["zscore"].buf,
-                tails["iqr"].buf,
-                gts,
-                gx,
-                o + i,
-                o + b,
-                st,
+        # a series not made yet: its first reading through `_reading` (which makes it)
+        new = [k for k, slot in enumerate(seg_slots.tolist()) if slots.holders[slot] is None]
+        for k in new:
+            g = order[starts[k]]
+            self._g = g
+            e = released[g]
+            self._reading(e[0], e[1], e[2], e[3])
+        if new:
+            starts = starts.copy()
+            starts[new] += 1
+            left = starts < ends
+            seg_slots, starts, ends = seg_slots[left], starts[left], ends[left]
+        closes = self._closes
+        if not len(closes):
+            closes = np.zeros(1 + 4 * len(ts))
+        cfg = self._cfg
+        m = len(seg_slots)
+        status = np.zeros(m, dtype=np.int64)
+        stops = np.zeros(m, dtype=np.int64)
+        while m:
+            run_all(
+                slots.chunks,
+                slots.where,
+                slots.offsets,
+                slots.sizes,
+                ts,
+                xs,
+                seg_slots,
+                starts,
+                ends,
+                slots.states,
                 cfg,
                 closes,
-                self._gaps,
+                slots.gaps,
+                status[:m],
+                stops[:m],
             )
-            j -= o
-            if gaps is not None and int(st[ST_NGAPS]) > len(gaps):  # warm-up gaps
-                gaps.extend(self._gaps[len(gaps) : int(st[ST_NGAPS])].tolist())
-            if j > i or status == RISE:  # readings done: their scalars back
-                v = st.tolist()
-                s.last_ts = int(v[ST_LAST])
-                s.staged = [v[ST_STAGED]]
-                s.bucket = [int(v[ST_BUCKET_START]), v[ST_BUCKET_SUM], int(v[ST_BUCKET_COUNT])]
-                ez.since_end = int(v[ST_SINCE_Z])
-                ei.since_end = int(v[ST_SINCE_I])
-            if closes[0]:  # rise buckets the run closed
+            if closes[0]:  # the rise tests of the buckets closed, each series' in order
                 c_list = closes[: 1 + 4 * int(closes[0])].tolist()
                 for c in range(1, len(c_list), 4):
-                    r = int(c_list[c]) - o
-                    self._g = idx[r]
+                    g = order[int(c_list[c])]
+                    self._g = g
+                    t, sid, metric, x, _ = released[g]
                     start, total, count = int(c_list[c + 1]), c_list[c + 2], int(c_list[c + 3])
-                    self._close_bucket(sid, metric, s, times[r], values[r], start, total, count)
-            if status == DONE:
+                    s = series[(sid, metric)]
+                    self._close_bucket(sid, metric, s, t, x, start, total, count)
+            stopped = np.flatnonzero(status[:m] != DONE)
+            if not len(stopped):
                 return
-            self._g = idx[j]
-            if status == RISE:  # all but its rise test, which closes a bucket
-                self._judge_rise(sid, metric, s, times[j], values[j])
-            elif status == PRE:
-                self._reading(times[j], sid, metric, values[j])
-            else:  # POST: its window stepped (the staged reading added)
-                s.staged = []
-                v = st.tolist()
-                self._judged(
-                    sid,
-                    metric,
-                    s,
-                    times[j],
-                    values[j],
-                    int(v[ST_START]),
-                    int(v[ST_N]),
-                    v[ST_MEAN],
-                    v[ST_STD],
-                    v[ST_Q1],
-                    v[ST_Q3],
-                )
-            i = j + 1
+            at = stops[stopped]
+            for j, how in zip(at.tolist(), status[stopped].tolist(), strict=True):
+                g = order[j]
+                self._g = g
+                t, sid, metric, x, _ = released[g]
+                if how == PRE:
+                    self._reading(t, sid, metric, x)
+                    continue
+                s = series[(sid, metric)]
+                s.load()
+                if how == RISE:  # all but its rise test, which closes a bucket
+                    self._judge_rise(sid, metric, s, t, x)
+                else:  # POST: its window stepped (the staged reading added)
+                    v = s.row.tolist()
+                    self._judged(
+                        sid,
+                        metric,
+                        s,
+                        t,
+                        x,
+                        int(v[ST_START]),
+                        int(v[ST_N]),
+                        v[ST_MEAN],
+                        v[ST_STD],
+                        v[ST_Q1],
+                        v[ST_Q3],
+                    )
+                s.store()
+                slots.bind(s)
+            nxt = at + 1
+            left = nxt < ends[stopped]
+            seg_slots = seg_slots[stopped][left]
+            starts = nxt[left]
+            ends = ends[stopped][left]
+            m = len(seg_slots)
 
-    def _aggregate(self, key: tuple[str, str], times: list[int], values: list[float]) -> None:
-        """A series' released readings into their `sensor_windows` aggregates, one
-        extend per aggregate window (the readings are in time order)."""
-        size = self.config.aggregate_window_ms
+    def _flush_aggregates(self) -> None:
+        """The releases' readings kept as arrays (`_unfiled`) into their
+        `sensor_windows` aggregates: grouped by aggregate window and series slot
+        (numpy's lexsort, stable: each series' readings stay in event-time order, its
+        earlier releases first), one extend per (series, window) however many
+        releases it spans. Done before windows close, before a snapshot, and before a
+        slot is freed (so every slot in them is still its key's)."""
+        unfiled = self._unfiled
+        if not unfiled:
+            return
+        self._unfiled = []
+        self._unfiled_start = None
+        if len(unfiled) == 1:
+            slot, win, x = unfiled[0]
+        else:
+            slot, win, x = (np.concatenate(part) for part in zip(*unfiled, strict=True))
+        order = np.lexsort((slot, win))
+        slot, win = slot[order], win[order]
+        values = x[order].tolist()
+        cut = np.flatnonzero((slot[1:] != slot[:-1]) | (win[1:] != win[:-1])) + 1
+        bounds = [0, *cut.tolist(), len(values)]
+        firsts = bounds[:-1]
+        key_of = self.slots.key_of
         at = self.aggregates.at
-        n = len(times)
-        a = 0
-        while a < n:
-            t = times[a]
-            end = t - t % size + size  # the end of t's aggregate window
-            # usually every reading of the release falls in one window
-            c = n if times[-1] < end else bisect_left(times, end, a)
-            at(key, t).extend(values[a:c])
-            a = c
+        for a, b, s, w in zip(
+            firsts, bounds[1:], slot[firsts].tolist(), win[firsts].tolist(), strict=True
+        ):
+            at(key_of[s], w).extend(values[a:b])
 
     def _metric_count(self, sid: str) -> int:
         """Metrics of sensor sid as of the reading being judged: its latest judged
@@ -827,8 +973,11 @@ class SensorOperator(Operator):
                 continue
             until = s.last_ts + s.window_ms
             if until < watermark:
+                self._flush_aggregates()  # (its slot may be another key's next)
+                s.load()
                 self._expire(sid, metric, s)
                 del self.series[(sid, metric)]
+                self.slots.release((sid, metric))
                 self._series_of[sid] -= 1
                 if self._series_of[sid] <= 0:
                     # readings of it still pending are a new start: warm-up, unjudged
@@ -851,14 +1000,20 @@ class SensorOperator(Operator):
         cfg = self.config
         key = (sid, metric)
         s = self.series.get(key)
+        slots = self.slots
         if s is None:
             s = self.series[key] = Series(cfg)
+            slots.attach(key, s)
             self._series_of[sid] += 1
             heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))  # one per series
         elif s.last_ts is not None and t - s.last_ts > s.window_ms:
             # silent for longer than the window: the same as having been forgotten
+            s.load()
             self._expire(sid, metric, s)
             s = self.series[key] = Series(cfg)
+            slots.attach(key, s)
+        else:
+            s.load()  # from the shared row (the compiled run's)
         last, staged_x, add = 0, 0.0, 0
         if s.last_ts is not None and t > s.last_ts:
             if s.gaps is not None:
@@ -878,6 +1033,8 @@ class SensorOperator(Operator):
             out = s.stats.step(last, staged_x, add, start)
         n, mean, std, q1, q3 = out
         self._judged(sid, metric, s, t, x, start, n, mean, std, q1, q3)
+        s.store()
+        slots.bind(s)  # a window buffer or tail ring that grew: into a region
 
     def _judged(
         self,
@@ -1225,10 +1382,11 @@ class SensorOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        self._flush_aggregates()
         return self._codec.dump(
             SensorState(
                 pending=self.pending.state(),
-                series={key: s.state() for key, s in self.series.items()},
+                series={key: _loaded(s).state() for key, s in self.series.items()},
                 aggregates=self.aggregates.state(),
                 unjudgeable=sorted(self.unjudgeable),
                 metrics=self.metrics,
@@ -1239,6 +1397,12 @@ class SensorOperator(Operator):
         state = self._codec.load(snapshot)
         self.pending.load(state.pending)
         self.series = {key: Series.from_state(s, self.config) for key, s in state.series.items()}
+        # derived, rebuilt: the series' shared rows and buffers
+        self.slots = slots = SeriesSlots(
+            ST_SIZE, CADENCE_READINGS, capacity=max(64, len(self.series))
+        )
+        for key, s in self.series.items():
+            slots.attach(key, s)
         # derived, rebuilt: the expiry heap (one entry per series) and series per sensor
         self.expiry = [
             (s.last_ts + s.window_ms, sid, metric)
@@ -1250,6 +1414,8 @@ class SensorOperator(Operator):
         self.unjudgeable = set(state.unjudgeable)
         self.metrics = state.metrics
         self.aggregates.load(state.aggregates)
+        self._unfiled = []
+        self._unfiled_start = None
 
 
 __all__ = ["DEFAULT_RULES", "METHODS", "SensorConfig", "SensorOperator"]

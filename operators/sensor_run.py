@@ -35,16 +35,20 @@ It stops at the first reading that needs the operator's Python:
   rise's own state, and its rows are put in event-time order anyway).
 
 `st` holds the series' scalars the run reads and writes (`ST_*` below) and
-`cfg` the configuration (`CFG_*`). Tested against the operator's Python path
-reading for reading (tests/test_sensor_run.py).
+`cfg` the configuration (`CFG_*`). `run_all` runs `run` for every series of a
+release in one call, each series' state found by its slot in the shared arrays
+of `operators.sensor_slots.SeriesSlots` (issue 18, point 3). Tested against the
+operator's Python path reading for reading (tests/test_sensor_run.py,
+tests/test_sensor_batch_kernel.py).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from operators.detectors.tail import RING_CAP, RING_COUNT, ring_learn
 from operators.detectors.window import _step
@@ -222,6 +226,76 @@ def run(
             st[ST_BUCKET_SUM] += x
             st[ST_BUCKET_COUNT] += 1.0
     return DONE, i1
+
+
+_CHUNKS = types.ListType(types.float64[::1])
+_RUN_ALL_SIGNATURE = types.void(
+    _CHUNKS,
+    types.int64[:, ::1],
+    types.int64[:, ::1],
+    types.int64[:, ::1],
+    types.int64[::1],
+    types.float64[::1],
+    types.int64[::1],
+    types.int64[::1],
+    types.int64[::1],
+    types.float64[:, ::1],
+    types.float64[::1],
+    types.float64[::1],
+    types.int64[:, ::1],
+    types.int64[::1],
+    types.int64[::1],
+)
+
+
+@njit(_RUN_ALL_SIGNATURE, cache=True)
+def run_all(
+    chunks: Any,
+    where: np.ndarray,
+    offsets: np.ndarray,
+    sizes: np.ndarray,
+    ts: np.ndarray,
+    xs: np.ndarray,
+    slots: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    states: np.ndarray,
+    cfg: np.ndarray,
+    closes: np.ndarray,
+    gaps: np.ndarray,
+    status: np.ndarray,
+    stops: np.ndarray,
+) -> None:
+    """`run` for many series in one call (issue 18, point 3: no Python per series).
+
+    Series k (slot `slots[k]`) runs its readings starts[k]..ends[k]-1 of ts, xs (the
+    release grouped by series, each series' readings in event-time order): its window
+    buffer and its two tail rings are the regions `[offsets[s, j]:offsets[s, j] +
+    sizes[s, j]]` of the array `chunks[where[s, j]]` (j = 0 window, 1 z-score tail,
+    2 IQR tail; `operators.sensor_slots.SeriesSlots`), its scalars the row
+    `states[s]` (`ST_*`), its cadence warm-up gaps the row `gaps[s]`. Each series stops
+    as `run` does, independently of the others: (status[k], stops[k]) is `run`'s
+    (status, i) for it. `closes` collects every series' closed rise buckets in the
+    order they closed (per series in event-time order), emptied first."""
+    closes[0] = 0.0
+    for k in range(len(slots)):
+        s = slots[k]
+        o0, o1, o2 = offsets[s, 0], offsets[s, 1], offsets[s, 2]
+        r, j = run(
+            chunks[where[s, 0]][o0 : o0 + sizes[s, 0]],
+            chunks[where[s, 1]][o1 : o1 + sizes[s, 1]],
+            chunks[where[s, 2]][o2 : o2 + sizes[s, 2]],
+            ts,
+            xs,
+            starts[k],
+            ends[k],
+            states[s],
+            cfg,
+            closes,
+            gaps[s],
+        )
+        status[k] = r
+        stops[k] = j
 
 
 @njit("float64(float64[::1], int64, int64)", cache=True)
