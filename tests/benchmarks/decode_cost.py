@@ -18,30 +18,34 @@ import argparse
 import time
 from typing import Any
 
+from confluent_kafka import Message
+
 from schemas.decode import Decoder, Rejection
 from streams.cli.simulate import Simulator
-from streams.runtime.pipeline import RawMessage
 from tests.benchmarks.dataset import scenario
 
 DEFAULT_KEYS = {"ctr": 100, "sensor": 100, "drift": 4}
 
 
-def messages_of(kind: str, n: int, keys: int) -> dict[str, list[RawMessage]]:
-    """The simulator's first n messages of a dataset, per logical topic, in order."""
-    out: dict[str, list[RawMessage]] = {}
+def messages_of(kind: str, n: int, keys: int) -> dict[str, list[Message]]:
+    """The simulator's first n messages of a dataset, per logical topic, in order, as
+    confluent_kafka Messages (what the worker hands the decoder)."""
+    out: dict[str, list[Message]] = {}
     count = 0
     for topic, key, value in Simulator(scenario(kind, n, keys)).messages():
         if topic == "__tick__":
             continue
         group = out.setdefault(topic, [])
-        group.append(RawMessage(topic, 0, len(group), key.encode(), value))
+        group.append(
+            Message(topic=topic, partition=0, offset=len(group), key=key.encode(), value=value)
+        )
         count += 1
         if count >= n:
             break
     return out
 
 
-def one_pass(decoder: Decoder[Any], messages: list[RawMessage], batch: int) -> float:
+def one_pass(decoder: Decoder[Any], messages: list[Message], batch: int) -> float:
     rejected: list[Rejection] = []
 
     def reject(m: Any, r: Rejection) -> None:
