@@ -80,6 +80,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -715,20 +716,20 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
     if w.open:
         # every event with the same feature names: then the columns are the names of
         # the first (creating the missing ones in that order, as one by one would)
-        first = features[0]
-        if PREDICTION in first or total != len(first) * len(features):
+        same = _same_names(features, total)
+        if same is None or PREDICTION in same:
             _take_each(w, events)
             return
-        try:
-            columns = [(name, list(map(itemgetter(name), features))) for name in first]
-        except KeyError:
-            _take_each(w, events)
-            return
+        columns = list(same.items())
         for name, _ in columns:
             if name not in values:
                 values[name] = []
         if PREDICTION not in values:
             values[PREDICTION] = []
+    elif (same := _same_names(features, total)) is not None:
+        columns = [(name, same.get(name, [])) for name in values if name != PREDICTION]
+        if PREDICTION in same and PREDICTION in values:  # a feature named __prediction__
+            columns.append((PREDICTION, same[PREDICTION]))
     else:
         columns = []
         taken = 0  # feature values the columns hold
@@ -778,6 +779,27 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
     if None in conf:
         conf = [c for c in conf if c is not None]
     w.conf.fromlist(conf)
+
+
+def _same_names(features: list[dict[str, Any]], total: int) -> dict[str, list[Any]] | None:
+    """Each feature's column, by name in the order of the first event's mapping, when
+    every event's mapping has the same names in the same order (`total` values in
+    all): the usual case, one producer writing the same JSON. Two flat passes in C
+    (names, values) and a slice per feature, instead of a lookup per value. None
+    when the mappings differ."""
+    first = features[0]
+    k = len(first)
+    n = len(features)
+    if total != k * n:
+        return None
+    if k == 0:
+        return {}
+    names = list(chain.from_iterable(features))
+    for j, name in enumerate(first):
+        if names[j::k].count(name) != n:  # names are unique in a mapping: then each has
+            return None  # `name` at place j, and all have the same names in order
+    flat = list(chain.from_iterable(map(dict.values, features)))
+    return {name: flat[j::k] for j, name in enumerate(first)}
 
 
 def _take_each(w: DriftWindow, events: list[InferenceLog]) -> None:
