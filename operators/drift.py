@@ -56,9 +56,11 @@ Semantics (the public contract's defaults, all configurable in DriftConfig):
   carried group that spans `max_merge_windows` windows without reaching
   `min_count` is dropped unscored (`max_merge_windows=1`: plain skipping).
 
-Cost: per event, one window lookup and an append per feature (numbers of a
-numeric reference feature go to a compact array('d')); all statistics run
-with numpy once per window and feature. Every figure depends on the
+Cost: a poll's events are grouped by model and window, and each group is taken
+feature by feature: the group's values of a feature as one list, copied into a
+numeric reference feature's compact array('d') in C (issue 18; the same values
+in the same order as event by event, `_take`); all statistics run with numpy
+once per window and feature. Every figure depends on the
 multiset of a window's events only (sorted samples, exact sums), so any
 arrival order within the allowed lateness gives the same rows.
 
