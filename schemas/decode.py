@@ -100,8 +100,10 @@ class Decoder(Generic[E]):
         self.max_bytes = max_bytes
         self._decoder = msgspec.json.Decoder(self.event_type)
         # the fast path of `decode_batch`: the event's strict twin (schemas.events), all of
-        # whose checks run in msgspec's C decoder
-        self._strict = msgspec.json.Decoder(STRICT_TWINS[self.event_type])
+        # whose checks run in msgspec's C decoder; an event without one, its own decoder
+        twin = STRICT_TWINS.get(self.event_type)
+        self._strict = self._decoder if twin is None else msgspec.json.Decoder(twin)
+        self._relabel = twin is not None
 
     def decode(self, value: bytes | None, key: bytes | None) -> E | Rejection:
         """The event, or a Rejection; never raises for any `value` and `key`."""
@@ -151,7 +153,8 @@ class Decoder(Generic[E]):
         other (no value, too large, no key, undecodable, key mismatch) goes through
         `decode`, which gives its precise rejection.
 
-        The fast path decodes into the event's strict twin (`schemas.events.STRICT_TWINS`),
+        The fast path decodes into the event's strict twin, where it has one
+        (`schemas.events.STRICT_TWINS`),
         which msgspec validates in C, instead of the event, whose `__post_init__` checks
         in Python; what the twin accepts, the event's decoder accepts as an equal event,
         and the decoded twin is relabelled as that event (`__class__`: a subclass without
@@ -159,6 +162,7 @@ class Decoder(Generic[E]):
         Whatever the twin refuses, an ISO timestamp included, goes through `decode`."""
         decode = self._strict.decode
         event_type = self.event_type
+        relabel = self._relabel
         check = self.check_key
         get_key = attrgetter(self.key_field)
         max_bytes = self.max_bytes
@@ -174,7 +178,8 @@ class Decoder(Generic[E]):
                 except Exception:  # decode() below names the reason
                     pass
                 else:
-                    event.__class__ = event_type
+                    if relabel:
+                        event.__class__ = event_type
                     if not check:
                         take(event)
                         keep(m)

@@ -269,7 +269,7 @@ class DeadLetter(msgspec.Struct, kw_only=True):
 
 # -- the strict twins of the input events (issue 18: the decoder's fast path) --------
 #
-# Each input event's `__post_init__` runs in Python on every decoded message (~0.5 µs
+# An input event's `__post_init__` runs in Python on every decoded message (~0.5 µs
 # of ~1.3 for an inference log). Its twin here is a private subclass that adds no
 # field (the same memory layout, so a decoded twin can be relabelled as the event it
 # twins: `schemas.decode`) and narrows field types so that msgspec's C decoder itself
@@ -309,9 +309,10 @@ def _strict_twin(event: type[Event], *narrowed: tuple[str, Any]) -> type[Event]:
     return twin
 
 
+# Impression and Click have no twin: their `__post_init__` is Event's alone (two
+# comparisons), which costs less than the relabelling (~50 ns; measured with
+# tests/benchmarks/decode_cost.py --kind ctr), so they decode as they always did.
 STRICT_TWINS: dict[type[Event], type[Event]] = {
-    Impression: _strict_twin(Impression),
-    Click: _strict_twin(Click),
     Conversion: _strict_twin(Conversion),
     InferenceLog: _strict_twin(InferenceLog),
     SensorReading: _strict_twin(
