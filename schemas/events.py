@@ -304,8 +304,11 @@ def _strict_twin(event: type[Event], *narrowed: tuple[str, Any]) -> type[Event]:
         namespace={"__post_init__": _checked_in_c, "__module__": __name__},
     )
     # the same slots and fields as the event: the relabelling in schemas.decode needs it
-    assert twin.__slots__ == () and twin.__struct_fields__ == event.__struct_fields__
-    assert SCHEMA_VERSION == 1  # the Literal above
+    # (checked at import, also under `python -O`, which drops asserts)
+    if twin.__slots__ != () or twin.__struct_fields__ != event.__struct_fields__:
+        raise TypeError(f"{twin.__name__} must have exactly {event.__name__}'s fields and slots")
+    if SCHEMA_VERSION != 1:
+        raise TypeError("the strict twins' `v` is Literal[1]: update it with SCHEMA_VERSION")
     return twin
 
 
