@@ -12,6 +12,9 @@ learn. The arithmetic is the pure-Python monitor's, operation for operation
 rows, observations and state are the same whatever the batching; what needs
 Python objects (rows, observations, the alert state's sensor ids) is returned
 as arrays of the readings that produce output, and built by the operator.
+`run_all` does the same for a whole release, every entity in one call (issue 18,
+point 3), each reading with its own entity's arrays (numba typed lists indexed by
+the entity's slot); `step` is one reading, shared by both.
 
 Layout (`Recent`, `EntityModel` in `operators.cluster`): the recent
 distances are a ring of `cap` (>= `history`) times and values with a sorted
