@@ -490,6 +490,7 @@ class EntitySlots:
         "mis",
         "models",
         "rates",
+        "solo",
     )
 
     def __init__(self) -> None:
@@ -503,6 +504,7 @@ class EntitySlots:
         self.mfs: Any = List.empty_list(types.float64[::1])
         self.actives: Any = List.empty_list(types.int64[::1])
         self.rates = np.zeros(16)
+        self.solo: list[int] = []  # slot -> its one sensor's index (-1: a site)
 
     def __len__(self) -> int:
         return len(self.models)
@@ -521,6 +523,9 @@ class EntitySlots:
         if slot == len(self.rates):
             self.rates = np.concatenate([self.rates, np.zeros(slot)])
         self.rates[slot] = m.detector.halflife
+        # the sensor of a ("sensor", sensor_id) entity: indexed now (without a flag, so
+        # not in the state), the readings' loop then takes its index from `solo`
+        self.solo.append(self.sensor_index(slot, entity[1]) if entity[0] == "sensor" else -1)
         return slot
 
     def sensor_index(self, slot: int, sid: str) -> int:
@@ -607,7 +612,7 @@ class ClusterOperator(Operator):
         by_site = self.config.group_by == "site"
         slots = self._slots
         sensor_slot, site_slot = slots.by_sensor.get, slots.by_site.get
-        getters, smodels = slots.getters, slots.models
+        getters, smodels, solo = slots.getters, slots.models, slots.solo
         index: list[int] = []  # of the readings scored, in `released`
         rows: list[int] = []  # their (ts, entity slot, sensor index), flat
         flat: list[float] = []  # their values, flat (each its entity's features)
@@ -616,18 +621,19 @@ class ClusterOperator(Operator):
                 slot = site_slot(site)
                 if slot is None:
                     slot = self._new_entity(("site", site), values)
-            else:
+                s = smodels[slot].sensors.get(sid)
+                if s is None:
+                    s = slots.sensor_index(slot, sid)
+            else:  # the entity of one sensor: its index kept by `EntitySlots.add`
                 slot = sensor_slot(sid)
                 if slot is None:
                     slot = self._new_entity(("sensor", sid), values)
+                s = solo[slot]
             try:
                 x = getters[slot](values)  # the model's features (extra ones ignored)
             except KeyError:  # one missing: skipped
                 self.skipped += 1
                 continue
-            s = smodels[slot].sensors.get(sid)
-            if s is None:
-                s = slots.sensor_index(slot, sid)
             index.append(i)
             rows += (ts, slot, s)
             flat += x
