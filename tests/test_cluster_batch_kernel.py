@@ -330,3 +330,34 @@ def test_pending_readings_released_across_feeds_as_one_sort(steps) -> None:
     if held:  # what stays is released in order too
         got = [(t, s, items_of(v), site) for t, s, v, site in pending.release(10)]
         assert got == [e for e, _, _ in held]
+
+
+def test_a_sensor_entitys_alert_state_survives_a_restore() -> None:
+    """A sensor's own model (group_by="sensor"): the anomalous flag set by the batched
+    call is in the state, survives a snapshot, and the next normal reading resolves it,
+    as the reference does."""
+    cfg = ClusterConfig(n_clusters=2, warmup=20, history=20, quantile=0.8, seed=3)
+    rng = np.random.default_rng(5)
+    values = [{"a": float(a), "b": float(b)} for a, b in rng.normal(size=(40, 2))]
+    values += [{"a": 80.0, "b": -60.0}, {"a": 0.1, "b": -0.1}]
+    events = [
+        SensorReading(sensor_id=sid, ts=T0 + 1000 * i, values=v)
+        for i, v in enumerate(values)
+        for sid in ("s1", "s2")
+    ]
+    refs = {sid: Reference(cfg, ("a", "b")) for sid in ("s1", "s2")}
+    for e in events:
+        refs[e.sensor_id].reading(e.ts, e.sensor_id, e.values)
+    op = ClusterOperator(cfg)
+    op.feed(SRC, events[:-2])
+    op.advance(events[-3].ts + 1)
+    for sid in ("s1", "s2"):
+        assert op.models[("sensor", sid)].active == {sid: True}
+    op = _roundtrip(op, cfg)
+    op.collect()
+    op.feed(SRC, events[-2:])
+    op.advance(events[-1].ts + 1)
+    got = [(o.entity, o.value, o.details["distance"]) for o in op.collect().observations]
+    want = [(r.out[-1][1], r.out[-1][5], r.out[-1][3]) for r in refs.values()]
+    assert got == want and all(ratio <= 1.0 for _, ratio, _ in got)
+    assert all(not op.models[("sensor", sid)].active for sid in ("s1", "s2"))
