@@ -79,20 +79,26 @@ sensor_id, metric "cluster_distance", value = d / tau (> 1 is anomalous), one
 per anomaly and one for the first normal reading after an anomaly (so rules
 resolve).
 
-Compiled (issue 18, point 1): steps 1-4 run in numba, one call per entity per
-`advance` for all its released readings (`operators.cluster_kernel.run_entity`),
-over the entity's state as numpy arrays updated in place (the detector's one
+Compiled (issue 18, points 1 and 3): steps 1-4 run in numba, in one call per
+`advance` for every entity's released readings (`operators.cluster_kernel.run_all`),
+over each entity's state as numpy arrays updated in place (the detector's one
 float64 array, the monitor's one int64 and one float64 array: recent distances as
-a ring with a sorted copy, the held run, the counters); Python groups the
-released readings by entity, gathers their values (`PendingReadings`: the event's dict,
-sorted only for a snapshot) and builds the rows and observations of the
-readings the kernel reports, in event order. The arithmetic is the pure-Python
-monitor's, operation for operation, so every result is the same whatever the
-batching (tests/test_kmeans_kernel.py: against river and a reading-by-reading
-reference). Measured with `tests.benchmarks.operator_cost --kind sensor`
-(100 sensors): about 1.3 µs of CPU per reading in batches of 1,250 (9 µs in
-pure Python); ~3 µs when an entity has a single reading per `advance` (the
-compiled call's fixed cost, ~2 µs, is then paid per reading).
+a ring with a sorted copy, the held run, the counters), which the call reaches
+through numba typed lists indexed by the entity's slot (`EntitySlots`: derived
+state, rebuilt on restore, not checkpointed). Python finds each released reading's
+slot, sensor index and values (`PendingReadings`: the event's dict, sorted only for
+a snapshot) and builds the rows and observations of the readings the kernel
+reports, in event order. The arithmetic is the pure-Python monitor's, operation for
+operation, so every result is the same whatever the batching
+(tests/test_kmeans_kernel.py: against river and a reading-by-reading reference;
+tests/test_cluster_batch_kernel.py: many entities in one call against the
+per-entity kernel and the reference). Measured with `tests.benchmarks.operator_cost
+--kind sensor --only ClusterOperator`: about 1.0 µs of CPU per reading with 100
+sensors in batches of 1,250 (9 µs in pure Python), about 2.1 µs with 5,000 sensors
+and 60 readings each (7.3 µs with a compiled call per entity, when an entity has
+about one reading per `advance`), of which ~0.5 µs is each new entity's set-up
+(~25 µs, spread over its 60 readings): with the 5,000 models made, 1.4-1.7 µs.
+Releases sort only the readings fed since the last one (`PendingReadings`).
 
 State (`ClusterState`, format 2 of `operators.state`): per entity, a tuple
 ("sensor", sensor_id) or ("site", site), the scaler's and k-means' state as named
@@ -115,6 +121,8 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from numba import types
+from numba.typed import List
 
 from operators import cluster_kernel as ck
 from operators.base import Observation, Operator
@@ -178,22 +186,42 @@ def _in_order(held: list[Pending]) -> None:
 class PendingReadings:
     """`operators.rolling.EventTimeBuffer` for readings that keep the event's values
     dict (no sorted copy per reading): released in (time, sensor, values, site)
-    order, as the `Entry` tuples of the state would be."""
+    order, as the `Entry` tuples of the state would be.
 
-    __slots__ = ("held",)
+    `held` is in that order up to `n_sorted`, then the readings fed since (appended,
+    in arrival order). A release sorts only those (with the sorted readings of their
+    times or later, usually none): re-sorting everything held costs a comparison per
+    held reading and release, which grows with the number of sensors times the
+    lateness (issue 18, point 3). The order is the one sort of all would give (stable:
+    equal readings stay in arrival order)."""
+
+    __slots__ = ("held", "n_sorted")
 
     def __init__(self) -> None:
         self.held: list[Pending] = []
+        self.n_sorted = 0
 
     def release(self, watermark: int) -> list[Pending]:
         """Remove and return, in order, every reading with ts < watermark."""
         held = self.held
         if not held:
             return []
-        _in_order(held)
+        k = self.n_sorted
+        if k > len(held):  # `held` replaced from outside: nothing known sorted
+            k = 0
+        if k < len(held):
+            tail = held[k:]
+            _in_order(tail)
+            # the sorted readings not before the new ones' first time go in with them
+            p = bisect_left(held, (tail[0][0],), 0, k) if k else 0
+            if p < k:
+                tail = held[p:k] + tail  # arrived before the new ones: stable order kept
+                _in_order(tail)
+            held[p:] = tail
         i = bisect_left(held, (watermark,))  # (W,) sorts before every (W, ...)
         out = held[:i]
         del held[:i]
+        self.n_sorted = len(held)
         return out
 
     def __len__(self) -> int:
@@ -211,6 +239,7 @@ class PendingReadings:
         """Hold `entries` (as `state()` gave them), replacing what was held."""
         self.held = [(ts, sid, dict(items), site) for ts, sid, items, site in entries]
         _in_order(self.held)
+        self.n_sorted = len(self.held)
 
 
 class EntityModel:
@@ -441,6 +470,89 @@ def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class EntitySlots:
+    """The entity models' arrays where one compiled call reaches them all
+    (`operators.cluster_kernel.run_all`, issue 18 point 3): an entity gets the next
+    slot when its model is made, and `dets[slot]`, `mis[slot]`, `mfs[slot]`,
+    `actives[slot]` (numba typed lists) are its model's own arrays (the same memory:
+    the model's views and Python paths see the kernel's updates), `rates[slot]` its
+    k-means step. Entities are never forgotten, so slots are never freed. Nothing
+    here is checkpointed: the slots are rebuilt from the models on restore (derived
+    layout, `operators.state`)."""
+
+    __slots__ = (
+        "actives",
+        "by_sensor",
+        "by_site",
+        "dets",
+        "entities",
+        "getters",
+        "mfs",
+        "mis",
+        "models",
+        "rates",
+        "solo",
+    )
+
+    def __init__(self) -> None:
+        self.by_sensor: dict[str, int] = {}  # sensor_id -> slot of ("sensor", sensor_id)
+        self.by_site: dict[str, int] = {}  # site -> slot of ("site", site)
+        self.entities: list[Entity] = []
+        self.models: list[EntityModel] = []
+        self.getters: list[Callable[[dict[str, float]], tuple[float, ...]]] = []
+        self.dets: Any = List.empty_list(types.float64[::1])
+        self.mis: Any = List.empty_list(types.int64[::1])
+        self.mfs: Any = List.empty_list(types.float64[::1])
+        self.actives: Any = List.empty_list(types.int64[::1])
+        self.rates = np.zeros(16)
+        self.solo: list[int] = []  # slot -> its one sensor's index (-1: a site)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def add(self, entity: Entity, m: EntityModel) -> int:
+        """Give the model m of `entity` the next slot; return it."""
+        slot = len(self.models)
+        (self.by_site if entity[0] == "site" else self.by_sensor)[entity[1]] = slot
+        self.entities.append(entity)
+        self.models.append(m)
+        self.getters.append(m.get)
+        self.dets.append(m.detector.det)
+        self.mis.append(m.mi)
+        self.mfs.append(m.mf)
+        self.actives.append(m.active_flags)
+        if slot == len(self.rates):
+            self.rates = np.concatenate([self.rates, np.zeros(slot)])
+        self.rates[slot] = m.detector.halflife
+        # the sensor of a ("sensor", sensor_id) entity: indexed now (without a flag, so
+        # not in the state), the readings' loop then takes its index from `solo`
+        self.solo.append(self.sensor_index(slot, entity[1]) if entity[0] == "sensor" else -1)
+        return slot
+
+    def sensor_index(self, slot: int, sid: str) -> int:
+        """`EntityModel.sensor_index` of the model in `slot` (its flags array, which
+        may have grown, re-listed)."""
+        m = self.models[slot]
+        i = m.sensor_index(sid)
+        self.actives[slot] = m.active_flags
+        return i
+
+
+# numba compiles a typed list's methods at their first use in a process (they are not in
+# its on-disk cache): those `EntitySlots` uses (append; setitem on the int64 lists, for a
+# grown `active_flags`) are compiled here, at import, so a worker pays them at start
+# (~0.4 s), not on its first readings
+def _warm_lists() -> None:
+    floats = List.empty_list(types.float64[::1])
+    floats.append(np.zeros(1))
+    ints = List.empty_list(types.int64[::1])
+    ints.append(np.zeros(1, dtype=np.int64))
+    ints[0] = np.zeros(1, dtype=np.int64)
+
+
+_warm_lists()
+
+
 # The default alert rule of the cluster monitor's observations, collected by
 # operators.registry into streams.config.DEFAULT_RULES.
 DEFAULT_RULES: list[dict[str, Any]] = [
@@ -482,6 +594,7 @@ class ClusterOperator(Operator):
         self._cfg[ck.MAX_LEARN], self._cfg[ck.SHORT_RUN] = cfg.max_learn_per_batch, self._short_run
         self._cfg[ck.HISTORY] = cfg.history
         self._scratch = np.empty((64, ck.N_OUT))  # the kernel's output rows, reused
+        self._slots = EntitySlots()  # the models' arrays as the compiled run takes them
         self._codec = StateCodec(
             "cluster", ClusterState, format=STATE_FORMAT, upgrades={1: _from_format_1}
         )
@@ -490,96 +603,95 @@ class ClusterOperator(Operator):
         self.pending.held += [(e.ts, e.sensor_id, e.values, e.site or "") for e in events]
 
     def advance(self, watermark: int) -> None:
+        """Score, judge and learn the released readings: every entity's in one compiled
+        call (`operators.cluster_kernel.run_all`), in event order; Python finds each
+        reading's entity slot, sensor index and values, and builds the rows and
+        observations of the readings the kernel reports."""
         released = self.pending.release(watermark)
         if not released:
             return
         by_site = self.config.group_by == "site"
-        models = self.models
-        # the released readings by entity, in event order (entities are independent:
-        # each one's readings go through the compiled kernel in one call)
-        groups: dict[Entity, list[int]] = {}
-        for i, (_, sid, values, site) in enumerate(released):
-            entity = ("site", site) if by_site and site else ("sensor", sid)
-            g = groups.get(entity)
-            if g is None:
-                g = groups[entity] = []
-                if entity not in models:
-                    features = self.config.features or tuple(values)
-                    models[entity] = EntityModel(tuple(sorted(features)), self.config)
-            g.append(i)
-        emitted: list[tuple[int, SensorAnomalyRow | None, Observation]] = []
-        for entity, g in groups.items():
-            self._entity(entity, models[entity], released, g, emitted)
-        if emitted:  # in event order, as one reading after the other would give them
-            emitted.sort(key=lambda e: e[0])
-            out = self._out
-            for _, row, obs in emitted:
-                if row is not None:
-                    out.add_row(row)
-                out.observations.append(obs)
-
-    def _entity(
-        self,
-        entity: Entity,
-        m: EntityModel,
-        released: list[Pending],
-        g: list[int],
-        emitted: list[tuple[int, SensorAnomalyRow | None, Observation]],
-    ) -> None:
-        """Score, judge and learn entity's released readings `released[i]`, i in g."""
-        features = m.features
-        get = m.get
+        slots = self._slots
+        sensor_slot, site_slot = slots.by_sensor.get, slots.by_site.get
+        getters, smodels, solo = slots.getters, slots.models, slots.solo
         index: list[int] = []  # of the readings scored, in `released`
-        ts_sensor: list[int] = []  # their (ts, sensor index), flat
-        flat: list[float] = []  # their values, flat
-        sensors, sensor_index = m.sensors, m.sensor_index
-        for i in g:
-            ts, sid, values, _ = released[i]
+        rows: list[int] = []  # their (ts, entity slot, sensor index), flat
+        flat: list[float] = []  # their values, flat (each its entity's features)
+        for i, (ts, sid, values, site) in enumerate(released):
+            if by_site and site:
+                slot = site_slot(site)
+                if slot is None:
+                    slot = self._new_entity(("site", site), values)
+                s = smodels[slot].sensors.get(sid)
+                if s is None:
+                    s = slots.sensor_index(slot, sid)
+            else:  # the entity of one sensor: its index kept by `EntitySlots.add`
+                slot = sensor_slot(sid)
+                if slot is None:
+                    slot = self._new_entity(("sensor", sid), values)
+                s = solo[slot]
             try:
-                x = get(values)  # the model's features (extra ones ignored)
+                x = getters[slot](values)  # the model's features (extra ones ignored)
             except KeyError:  # one missing: skipped
                 self.skipped += 1
                 continue
             index.append(i)
-            s = sensors.get(sid)
-            ts_sensor += (ts, sensor_index(sid) if s is None else s)
+            rows += (ts, slot, s)
             flat += x
-        if not index:
-            return
         n = len(index)
-        xs = np.array(flat, dtype=np.float64).reshape(n, len(features))  # float(v)
-        ts_arr = np.array(ts_sensor, dtype=np.int64).reshape(n, 2)
+        if not n:
+            return
         out = self._scratch
         if len(out) < n:
             out = self._scratch = np.empty((max(n, 2 * len(out)), ck.N_OUT))
-        d = m.detector
-        n_out = ck.run_entity(
-            ts_arr,
-            xs,
-            d.det,
-            m.mi,
-            m.mf,
-            m.active_flags,
+        n_out = ck.run_all(
+            np.array(rows, dtype=np.int64).reshape(n, 3),
+            np.array(flat, dtype=np.float64),  # float(v)
+            slots.dets,
+            slots.mis,
+            slots.mfs,
+            slots.actives,
+            slots.rates,
             self._cfg,
             self.config.quantile,
-            d.halflife,
             HALF,
             MAX_SENSOR_MAGNITUDE,
             out,
         )
-        if n_out:
-            for row_out in out[:n_out].tolist():
-                r, start, n_tau, c, anomalous, distance, tau, ratio = row_out
-                i = index[int(r)]
-                if anomalous == ck.OUT_OF_RANGE:
-                    x = xs[int(r)]
-                    self._out_of_range(entity, released[i][0], released[i][1], features, x)
-                    continue
-                window_start, center = int(start), int(c)
-                ts, sid = released[i][0], released[i][1]
-                row = None
-                if anomalous:
-                    row = SensorAnomalyRow(
+        if n_out:  # in event order, as one reading after the other would give them
+            self._emit(out[:n_out].tolist(), released, index, rows)
+
+    def _new_entity(self, entity: Entity, values: dict[str, float]) -> int:
+        """A model for an entity seen for the first time (its features: the configured
+        ones, or those of this first reading), and its slot."""
+        features = self.config.features or tuple(values)
+        m = self.models[entity] = EntityModel(tuple(sorted(features)), self.config)
+        return self._slots.add(entity, m)
+
+    def _emit(
+        self,
+        outputs: list[list[float]],
+        released: list[Pending],
+        index: list[int],
+        rows: list[int],
+    ) -> None:
+        """The rows and observations of the kernel's output rows `outputs`."""
+        slots = self._slots
+        out = self._out
+        for row_out in outputs:
+            r, start, n_tau, c, anomalous, distance, tau, ratio = row_out
+            r = int(r)
+            ts, sid, values, _ = released[index[r]]
+            slot = rows[3 * r + 1]
+            m = slots.models[slot]
+            if anomalous == ck.OUT_OF_RANGE:
+                x = np.array(m.get(values), dtype=np.float64).reshape(len(m.features))
+                self._out_of_range(slots.entities[slot], ts, sid, m.features, x)
+                continue
+            window_start = int(start)
+            if anomalous:
+                out.add_row(
+                    SensorAnomalyRow(
                         ts=ts,
                         sensor_id=sid,
                         metric=m.metric,
@@ -590,7 +702,9 @@ class ClusterOperator(Operator):
                         window_start=window_start,
                         window_end=ts,
                     )
-                obs = Observation(
+                )
+            out.observations.append(
+                Observation(
                     kind="cluster",
                     entity=sid,
                     metric="cluster_distance",
@@ -602,11 +716,11 @@ class ClusterOperator(Operator):
                     details={
                         "distance": distance,
                         "distance_threshold": tau,
-                        "cluster": center,
+                        "cluster": int(c),
                         "features": m.metric,
                     },
                 )
-                emitted.append((i, row, obs))
+            )
 
     def _out_of_range(
         self, entity: Entity, ts: int, sid: str, features: tuple[str, ...], x: np.ndarray
@@ -640,6 +754,9 @@ class ClusterOperator(Operator):
         self.models = {
             entity: EntityModel.from_state(m, self.config) for entity, m in state.models.items()
         }
+        self._slots = EntitySlots()  # derived: rebuilt, not checkpointed
+        for entity, m in self.models.items():
+            self._slots.add(entity, m)
         self.skipped = state.skipped
         self.out_of_range = state.out_of_range
 

@@ -12,6 +12,9 @@ learn. The arithmetic is the pure-Python monitor's, operation for operation
 rows, observations and state are the same whatever the batching; what needs
 Python objects (rows, observations, the alert state's sensor ids) is returned
 as arrays of the readings that produce output, and built by the operator.
+`run_all` does the same for a whole release, every entity in one call (issue 18,
+point 3), each reading with its own entity's arrays (numba typed lists indexed by
+the entity's slot); `step` is one reading, shared by both.
 
 Layout (`Recent`, `EntityModel` in `operators.cluster`): the recent
 distances are a ring of `cap` (>= `history`) times and values with a sorted
@@ -36,9 +39,10 @@ The recent distances (history 3) and their quantile:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from operators.detectors.kmeans import learn, nearest_center, transform
 
@@ -118,6 +122,91 @@ def quantile_sorted(values: np.ndarray, start: int, n: int, q: float) -> float:
 
 
 @njit(
+    "int64(int64, int64, float64[::1], float64[::1], int64[::1], float64[::1], int64[::1],"
+    " int64[::1], float64, float64, float64, float64, float64[:, ::1], int64, int64)",
+    cache=True,
+)
+def step(
+    t: int,
+    s: int,
+    x: np.ndarray,
+    det: np.ndarray,
+    mi: np.ndarray,
+    mf: np.ndarray,
+    active: np.ndarray,
+    cfg: np.ndarray,
+    q: float,
+    rate: float,
+    half: float,
+    bound: float,
+    out: np.ndarray,
+    n_out: int,
+    r: int,
+) -> int:
+    """Score, judge and learn one reading (time t, values x) of sensor index s of the
+    entity whose state is det, mi, mf, active: `run_entity`'s loop body. An output row
+    (reading index r) goes to out[n_out] if the reading produces one; the new count of
+    output rows is returned."""
+    warmup, batch_ms, max_learn = cfg[WARMUP], cfg[LEARN_BATCH_MS], cfg[MAX_LEARN]
+    short_run, size = cfg[SHORT_RUN], cfg[HISTORY]
+    cap, hcap = mi[CAP], mi[HCAP]
+    h_ts, h_d, h_tau = N_IV + cap, 2 * cap, 2 * cap + hcap  # offsets in mi, mf, mf
+    within = True
+    for f in range(x.shape[0]):
+        if not -bound <= x[f] <= bound:
+            within = False
+    if not within:
+        out[n_out, O_INDEX], out[n_out, O_ANOMALOUS] = r, OUT_OF_RANGE
+        return n_out + 1
+    transform(x, det, half)
+    distance, center = nearest_center(det)
+    if mi[SEEN] >= warmup:
+        threshold = quantile_sorted(mf, cap, mi[COUNT], q)
+        anomalous = distance > threshold > 0.0
+        window_start = mi[N_IV + mi[HEAD]]
+        n = mi[COUNT]
+        if anomalous and mi[LONG_RUN]:
+            recent_add(t, threshold, mi, mf, size)  # winsorised
+        elif anomalous:
+            k = mi[HELD_N]
+            mi[h_ts + k], mf[h_d + k], mf[h_tau + k] = t, distance, threshold
+            mi[HELD_N] = k + 1
+            if k + 1 > short_run:  # a long run: winsorised, no longer held
+                for j in range(k + 1):
+                    recent_add(mi[h_ts + j], mf[h_tau + j], mi, mf, size)
+                mi[HELD_N] = 0
+                mi[LONG_RUN] = 1
+        else:  # a short run ended: its distances are the normal tail
+            for j in range(mi[HELD_N]):
+                recent_add(mi[h_ts + j], mf[h_d + j], mi, mf, size)
+            mi[HELD_N] = 0
+            mi[LONG_RUN] = 0
+            recent_add(t, distance, mi, mf, size)
+        if anomalous or active[s]:
+            if not anomalous:
+                active[s] = 0
+            elif not active[s]:  # newly active: stamped, for the state's order
+                mi[STAMPS] += 1
+                active[s] = mi[STAMPS]
+            o = out[n_out]
+            o[O_INDEX], o[O_START], o[O_N], o[O_CENTER] = r, window_start, n, center
+            o[O_ANOMALOUS] = 1.0 if anomalous else 0.0
+            o[O_DISTANCE], o[O_THRESHOLD] = distance, threshold
+            o[O_RATIO] = distance / threshold if threshold > 0.0 else 0.0
+            n_out += 1
+    else:
+        recent_add(t, distance, mi, mf, size)
+    mi[SEEN] += 1
+    b = t - t % batch_ms
+    if b != mi[LEARN_BATCH]:
+        mi[LEARN_BATCH], mi[LEARNT] = b, 0
+    if mi[LEARNT] < max_learn:
+        mi[LEARNT] += 1
+        learn(x, det, rate, half)
+    return n_out
+
+
+@njit(
     "int64(int64[:, ::1], float64[:, ::1], float64[::1], int64[::1], float64[::1],"
     " int64[::1], int64[::1], float64, float64, float64, float64, float64[:, ::1])",
     cache=True,
@@ -143,66 +232,92 @@ def run_entity(
     output are written to `out`, their count returned. A reading with a value beyond
     +-`bound` (or NaN) is neither scored nor learnt: an output row with
     out[O_ANOMALOUS] = -1 (`OUT_OF_RANGE`) says so."""
-    warmup, batch_ms, max_learn = cfg[WARMUP], cfg[LEARN_BATCH_MS], cfg[MAX_LEARN]
-    short_run, size = cfg[SHORT_RUN], cfg[HISTORY]
-    cap, hcap = mi[CAP], mi[HCAP]
-    h_ts, h_d, h_tau = N_IV + cap, 2 * cap, 2 * cap + hcap  # offsets in mi, mf, mf
     n_out = 0
     for r in range(ts_sensor.shape[0]):
-        t = ts_sensor[r, 0]
-        x = xs[r]
-        within = True
-        for f in range(x.shape[0]):
-            if not -bound <= x[f] <= bound:
-                within = False
-        if not within:
-            out[n_out, O_INDEX], out[n_out, O_ANOMALOUS] = r, OUT_OF_RANGE
-            n_out += 1
-            continue
-        transform(x, det, half)
-        distance, center = nearest_center(det)
-        if mi[SEEN] >= warmup:
-            threshold = quantile_sorted(mf, cap, mi[COUNT], q)
-            anomalous = distance > threshold > 0.0
-            window_start = mi[N_IV + mi[HEAD]]
-            n = mi[COUNT]
-            if anomalous and mi[LONG_RUN]:
-                recent_add(t, threshold, mi, mf, size)  # winsorised
-            elif anomalous:
-                k = mi[HELD_N]
-                mi[h_ts + k], mf[h_d + k], mf[h_tau + k] = t, distance, threshold
-                mi[HELD_N] = k + 1
-                if k + 1 > short_run:  # a long run: winsorised, no longer held
-                    for j in range(k + 1):
-                        recent_add(mi[h_ts + j], mf[h_tau + j], mi, mf, size)
-                    mi[HELD_N] = 0
-                    mi[LONG_RUN] = 1
-            else:  # a short run ended: its distances are the normal tail
-                for j in range(mi[HELD_N]):
-                    recent_add(mi[h_ts + j], mf[h_d + j], mi, mf, size)
-                mi[HELD_N] = 0
-                mi[LONG_RUN] = 0
-                recent_add(t, distance, mi, mf, size)
-            s = ts_sensor[r, 1]
-            if anomalous or active[s]:
-                if not anomalous:
-                    active[s] = 0
-                elif not active[s]:  # newly active: stamped, for the state's order
-                    mi[STAMPS] += 1
-                    active[s] = mi[STAMPS]
-                o = out[n_out]
-                o[O_INDEX], o[O_START], o[O_N], o[O_CENTER] = r, window_start, n, center
-                o[O_ANOMALOUS] = 1.0 if anomalous else 0.0
-                o[O_DISTANCE], o[O_THRESHOLD] = distance, threshold
-                o[O_RATIO] = distance / threshold if threshold > 0.0 else 0.0
-                n_out += 1
-        else:
-            recent_add(t, distance, mi, mf, size)
-        mi[SEEN] += 1
-        b = t - t % batch_ms
-        if b != mi[LEARN_BATCH]:
-            mi[LEARN_BATCH], mi[LEARNT] = b, 0
-        if mi[LEARNT] < max_learn:
-            mi[LEARNT] += 1
-            learn(x, det, rate, half)
+        n_out = step(
+            ts_sensor[r, 0],
+            ts_sensor[r, 1],
+            xs[r],
+            det,
+            mi,
+            mf,
+            active,
+            cfg,
+            q,
+            rate,
+            half,
+            bound,
+            out,
+            n_out,
+            r,
+        )
+    return n_out
+
+
+_FLOATS = types.ListType(types.float64[::1])
+_INTS = types.ListType(types.int64[::1])
+_RUN_ALL_SIGNATURE = types.int64(
+    types.int64[:, ::1],
+    types.float64[::1],
+    _FLOATS,
+    _INTS,
+    _FLOATS,
+    _INTS,
+    types.float64[::1],
+    types.int64[::1],
+    types.float64,
+    types.float64,
+    types.float64,
+    types.float64[:, ::1],
+)
+
+
+@njit(_RUN_ALL_SIGNATURE, cache=True)
+def run_all(
+    rows: np.ndarray,
+    xs: np.ndarray,
+    dets: Any,
+    mis: Any,
+    mfs: Any,
+    actives: Any,
+    rates: np.ndarray,
+    cfg: np.ndarray,
+    q: float,
+    half: float,
+    bound: float,
+    out: np.ndarray,
+) -> int:
+    """`run_entity` for a whole release, every entity in one call (issue 18, point 3:
+    no Python per entity). Reading r is (time rows[r, 0], entity slot rows[r, 1],
+    sensor index rows[r, 2] in that entity's `actives`), its values the next
+    nf = dets[slot][0] floats of the flat `xs` (entities may differ in features);
+    entity `slot`'s state is dets[slot], mis[slot], mfs[slot], actives[slot], its
+    k-means step rates[slot]. The readings are taken in the given (event) order, each
+    with its own entity's state (entities are independent, so this is each entity's
+    `run_entity` over its readings in order); the output rows, with O_INDEX = r, are
+    therefore in event order; their count is returned (out has a row per reading)."""
+    n_out = 0
+    off = 0
+    for r in range(rows.shape[0]):
+        slot = rows[r, 1]
+        det = dets[slot]
+        nf = int(det[0])
+        n_out = step(
+            rows[r, 0],
+            rows[r, 2],
+            xs[off : off + nf],
+            det,
+            mis[slot],
+            mfs[slot],
+            actives[slot],
+            cfg,
+            q,
+            rates[slot],
+            half,
+            bound,
+            out,
+            n_out,
+            r,
+        )
+        off += nf
     return n_out
