@@ -4,6 +4,10 @@
     .venv/bin/python -m tests.benchmarks.keys_scaling --kind sensor --keys 100 50000
     .venv/bin/python -m tests.benchmarks.keys_scaling --kind sensor --keys 100 5000 --per-key 60
     .venv/bin/python -m tests.benchmarks.keys_scaling --kind ctr --keys 100000 --profile
+    .venv/bin/python -m tests.benchmarks.keys_scaling --kind sensor+cluster --keys 100 --per-key 60
+
+`--kind sensor+cluster` runs the sensor pipeline of the end-to-end benchmark: the
+sensor and the cluster monitors' tasks, both fed every reading, their costs summed.
 
 The task is built as the worker builds it (`streams.runtime.monitors.build_monitors` over the
 default configuration, via `tests.conformance.task_factory`): the operator, its
@@ -39,15 +43,20 @@ from tests.conformance_inputs import Case
 NOW = 1_000  # processing time: constant, so no source counts as idle
 
 
-def make_task(kind: str) -> Callable[[], MonitorTask]:
-    return task_factory(kind, Case(events=[], lateness_s=10.0))
+KINDS = {"ctr": ("ctr",), "sensor": ("sensor",), "sensor+cluster": ("sensor", "cluster")}
+
+
+def make_tasks(kind: str) -> Callable[[], list[MonitorTask]]:
+    """A factory of the kind's monitor tasks (one each), fresh at each call."""
+    factories = [task_factory(name, Case(events=[], lateness_s=10.0)) for name in KINDS[kind]]
+    return lambda: [make() for make in factories]
 
 
 def one_pass(
-    make: Callable[[], MonitorTask], events: list[tuple[str, Any]], batch: int
+    make: Callable[[], list[MonitorTask]], events: list[tuple[str, Any]], batch: int
 ) -> tuple[float, int, int]:
-    """(CPU seconds, rows, alerts) of one pass over `events` with a fresh task."""
-    task = make()
+    """(CPU seconds, rows, alerts) of one pass over `events` with fresh tasks."""
+    tasks = make()
     rows = alerts = 0
     gc.collect()
     gc.freeze()  # as the worker does after start-up (streams/runtime/worker.py)
@@ -57,13 +66,14 @@ def one_pass(
         by_source: dict[str, list[Any]] = {}
         for topic, event in events[i : i + batch]:
             by_source.setdefault(topic, []).append(event)
-        for source, evs in by_source.items():
-            if source in task.operator.sources:
-                task.feed(source, evs, NOW)
-        task.tick(NOW)
-        out = task.collect()
-        rows += sum(len(r) for r in out.rows.values())
-        alerts += len(out.alerts)
+        for task in tasks:
+            for source, evs in by_source.items():
+                if source in task.operator.sources:
+                    task.feed(source, evs, NOW)
+            task.tick(NOW)
+            out = task.collect()
+            rows += sum(len(r) for r in out.rows.values())
+            alerts += len(out.alerts)
     elapsed = time.process_time() - started
     gc.unfreeze()
     return elapsed, rows, alerts
@@ -71,7 +81,7 @@ def one_pass(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=("ctr", "sensor"), default="ctr")
+    parser.add_argument("--kind", choices=tuple(KINDS), default="ctr")
     parser.add_argument("--keys", type=int, nargs="+", default=[100, 10_000, 100_000])
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--batch", type=int, default=1250, help="events per poll")
@@ -84,14 +94,14 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one pass")
     args = parser.parse_args()
-    make = make_task(args.kind)
+    make = make_tasks(args.kind)
     per_key = f" (at least {args.per_key} per key)" if args.per_key else ""
     print(f"{args.kind}: {args.events:,} events{per_key}, batches of {args.batch}, whole task")
     head = f"µs CPU / event (min of {args.repeats})"
     print(f"{'keys':>8} {head:>28} {'rows':>9} {'alerts':>7}")
     first = None
     for keys in args.keys:
-        events = events_of(args.kind, max(args.events, args.per_key * keys), keys)
+        events = events_of(KINDS[args.kind][0], max(args.events, args.per_key * keys), keys)
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
