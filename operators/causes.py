@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, islice
 from operator import attrgetter
 from typing import Any
 
@@ -119,26 +120,40 @@ def _from_format_1(plain: dict[str, Any]) -> dict[str, Any]:
 CODEC = StateCodec("relations", RelationsState, format=2, upgrades={1: _from_format_1})
 
 
-def _latest(events: Iterable[Any], key: str, value: str) -> dict[tuple[str, str], int]:
+def _latest(
+    events: Iterable[Any], key: str, value: str, times: list[int] | None = None
+) -> dict[tuple[str, str], int]:
     """The latest event time of each (key, value) pair with a value, the pairs in
-    order of first appearance.
-
-    Events in time order (a partition's usual batch): the last time of a pair is its
-    latest, so the columns are zipped into a dict in C (issue 18: per-event overhead);
-    otherwise one comparison per event.
+    order of first appearance. `times`: the events' times, where the caller has them.
 
     >>> from types import SimpleNamespace as E
     >>> _latest([E(s="a", v="x", ts=1), E(s="b", v="", ts=2), E(s="a", v="x", ts=3)], "s", "v")
     {('a', 'x'): 3}
     >>> _latest([E(s="a", v="x", ts=5), E(s="a", v="x", ts=3)], "s", "v")
     {('a', 'x'): 5}
+    >>> _latest([E(s="a", v=None, ts=5), E(s="b", v="", ts=3)], "s", "v")
+    {}
     """
     events = events if isinstance(events, list) else list(events)
-    times = list(map(attrgetter("ts"), events))
-    pairs = zip(map(attrgetter(key), events), map(attrgetter(value), events), strict=True)
+    values = list(map(attrgetter(value), events))
+    if times is None:
+        times = list(map(attrgetter("ts"), events))
+    return _latest_pairs(list(map(attrgetter(key), events)), values, times)
+
+
+def _latest_pairs(
+    keys: list[str], values: list[str | None], times: list[int]
+) -> dict[tuple[str, str], int]:
+    """`_latest` of columns. Events in time order (a partition's usual batch): the
+    last time of a pair is its latest, so the columns are zipped into a dict in C
+    (issue 18: per-event overhead); otherwise one comparison per event."""
+    pairs = zip(keys, values, strict=True)
     if times == sorted(times):
-        return {p: ts for p, ts in dict(zip(pairs, times, strict=True)).items() if p[1]}
-    latest: dict[tuple[str, str], int] = {}
+        latest = dict(zip(pairs, times, strict=True))
+        if all(values):
+            return latest
+        return {p: ts for p, ts in latest.items() if p[1]}
+    latest = {}
     for pair, ts in zip(pairs, times, strict=True):
         if pair[1] and latest.get(pair, -1) < ts:
             latest[pair] = ts
@@ -148,7 +163,11 @@ def _latest(events: Iterable[Any], key: str, value: str) -> dict[tuple[str, str]
 class RelationLearner:
     """Relations learned from one partition's events, bounded: at most `max_keys`
     entities per relation (least recently seen dropped first), `max_values`
-    values per entity, and none older than `ttl_ms` of event time."""
+    values per entity, and none older than `ttl_ms` of event time.
+
+    `observe` takes a batch; what it learns (and the order of the tables, which
+    decides what is dropped first) is exactly what observing its events one by one
+    would learn (tests/test_relations_fast.py checks it on random streams)."""
 
     def __init__(
         self,
@@ -167,28 +186,122 @@ class RelationLearner:
         }
         self.expired_at = NO_WATERMARK
 
-    def observe(self, source: str, events: Iterable[Any]) -> None:
+    def observe(self, source: str, events: Iterable[Any], times: list[int] | None = None) -> None:
+        """Learn from one batch of `source`'s events (`times`: their event times, if
+        the caller has them): the same as observing them one by one, in order."""
         relation = self.relations.get(source)
         if relation is None:
             return
-        # the batch's latest time per (key, value) first, the bounded table once per pair
-        latest = _latest(events, relation.key, relation.value)
+        events = events if isinstance(events, list) else list(events)
+        values = list(map(attrgetter(relation.value), events))
+        if not any(values):
+            return  # nothing to learn (impressions without a model): one pass in C
+        if times is None:
+            times = list(map(attrgetter("ts"), events))
+        keys = list(map(attrgetter(relation.key), events))
         table = self.seen[relation.hint]
+        if self._observe_batch(relation, table, keys, values, times):
+            return
+        # a batch the shortcut cannot take exactly: event by event
+        for key, value, ts in zip(keys, values, times, strict=True):
+            if value:
+                self._observe_one(relation, table, key, value, ts)
+
+    def _observe_one(
+        self,
+        relation: RelationSource,
+        table: OrderedDict[str, dict[str, int]],
+        key: str,
+        value: str,
+        ts: int,
+    ) -> None:
+        """One event (with a value): the reference the batch path equals."""
+        values = table.get(key)
+        if values is None:
+            values = table[key] = {}
+            if len(table) > self.max_keys:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(key)
+        if value in values or relation.many:
+            values[value] = max(values.get(value, ts), ts)
+        elif ts >= max(values.values(), default=ts):
+            values.clear()  # a single-valued relation: the latest value wins
+            values[value] = ts
+        if len(values) > self.max_values:
+            del values[min(values, key=values.__getitem__)]
+
+    def _observe_batch(
+        self,
+        relation: RelationSource,
+        table: OrderedDict[str, dict[str, int]],
+        keys: list[str],
+        values: list[Any],
+        times: list[int],
+    ) -> bool:
+        """A batch once per (key, value) pair, with its latest time, where that is
+        exactly what `_observe_one` per event gives; False (nothing changed) otherwise.
+
+        Exact when no entity gets more than `max_values` values (none is dropped:
+        a many-valued entity's values keep their first appearance order and take
+        their latest time; a single-valued entity has one value in the batch, whose
+        latest time wins or loses as its first would, the later ones following it),
+        and the entities dropped for new ones are the least recently seen ones that
+        the batch does not touch (event by event, the j-th new entity drops the j-th
+        of them). The table's order: those untouched first, as they were, then the
+        touched ones by their last event (an event without a value touches nothing).
+        """
+        latest = _latest_pairs(keys, values, times)
+        batch: dict[str, dict[str, int]] = {}
         for (key, value), ts in latest.items():
-            values = table.get(key)
-            if values is None:
-                values = table[key] = {}
-                if len(table) > self.max_keys:
-                    table.popitem(last=False)
+            vals = batch.get(key)
+            if vals is None:
+                batch[key] = {value: ts}
             else:
-                table.move_to_end(key)
-            if value in values or relation.many:
-                values[value] = max(values.get(value, ts), ts)
-            elif ts >= max(values.values(), default=ts):
-                values.clear()  # a single-valued relation: the latest value wins
-                values[value] = ts
-            if len(values) > self.max_values:
-                del values[min(values, key=values.__getitem__)]
+                vals[value] = ts
+        many, cap = relation.many, self.max_values
+        new = 0
+        for key, vals in batch.items():  # checks first: a fallback finds nothing changed
+            old = table.get(key)
+            if old is None:
+                new += 1
+                size = len(vals)
+            else:
+                size = len(old.keys() | vals.keys())
+            if size > cap or (not many and len(vals) > 1):
+                return False
+        drops = len(table) + new - self.max_keys
+        if drops > 0:
+            if drops > len(table) or len(table) > self.max_keys:
+                return False  # new entities would drop each other (or it is over its bound)
+            oldest = list(islice(table, drops))
+            if not batch.keys().isdisjoint(oldest):
+                return False
+            for key in oldest:
+                del table[key]
+        # the touched entities by their last event with a value
+        touched = keys if all(values) else list(compress(keys, values))
+        order = list(dict.fromkeys(reversed(touched)))
+        order.reverse()
+        for key in order:
+            vals = batch[key]
+            old = table.get(key)
+            if old is None:
+                table[key] = vals  # as event by event: first appearance order
+                continue
+            table.move_to_end(key)
+            if many:
+                for value, ts in vals.items():
+                    if old.get(value, ts) <= ts:
+                        old[value] = ts
+            else:
+                ((value, ts),) = vals.items()
+                if value in old:
+                    old[value] = max(old[value], ts)
+                elif ts >= max(old.values(), default=ts):
+                    old.clear()  # a single-valued relation: the latest value wins
+                    old[value] = ts
+        return True
 
     def hints(self, entity: str, ts: int) -> dict[str, Any]:
         """What is known about the entity of an alert at event time `ts`."""

@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 
 # (start, campaign, variant, impressions, clicks)
 WindowCounts = tuple[int, str, str, int, int]
+# the three observations of a unit with a baseline, filled in once judged
+_SLOTS: tuple[None, None, None] = (None, None, None)
 
 
 def judged_units(
@@ -239,61 +241,55 @@ class CtrJudge:
             return []
         cfg = self.config
         h = self.threshold
-        # sequential per entity (each window against the baseline before it), in the
-        # units' order: an entity's windows of several starts in one step see each
-        # other's updates. Parallel lists, not a tuple per unit: with many keys nearly
-        # every unit is a new entity's (learning, no baseline), and these loops are
-        # per unit (issue 18)
-        bases: list[tuple[int, int] | None] = []
-        seqs: list[Any] = []
-        add_base, add_seq = bases.append, seqs.append
+        window_ms = cfg.window_ms
+        # the floor p-values of every unit of this step in one vectorised call
+        _, _, _, imps_col, clicks_col = zip(*units, strict=True)
+        clicks = np.array(clicks_col, dtype=np.int64)
+        imps = np.array(imps_col, dtype=np.int64)
+        floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
+        # one pass per unit, sequential per entity (each window against the baseline
+        # before it), in the units' order: an entity's windows of several starts in one
+        # step see each other's updates. A unit without a baseline (learning: with many
+        # keys nearly every unit, issue 18) is emitted here and then; a unit with one
+        # takes three slots, filled once its drop p-value is known (vectorised below)
+        out: list[Any] = []
+        emit = out.append
         base_or_learn = self.baseline.base_or_learn
         sequential = self._sequential
-        with_base_count = 0
-        for _, entity, _, n, k in units:
+        judged: list[tuple[int, int, tuple[int, int], Any]] = []  # (slot, unit, base, seq)
+        for i, (start, entity, level, n, k) in enumerate(units):
             base = base_or_learn(entity, k, n)  # no baseline yet: learns the window
-            add_base(base)
-            if base is None:
-                add_seq(None)
-            else:
-                with_base_count += 1
-                add_seq(sequential(entity, n, k, base))
-
-        # the p-values of every unit of this step in one vectorised call each
-        count = len(units)
-        clicks = np.fromiter([u[4] for u in units], dtype=np.int64, count=count)
-        imps = np.fromiter([u[3] for u in units], dtype=np.int64, count=count)
-        floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
-        drop_p: Any = iter(())
-        if with_base_count:
-            with_base = np.array([b is not None for b in bases], dtype=bool)
-            base_k = np.array([b[0] for b in bases if b is not None], dtype=np.int64)
-            base_n = np.array([b[1] for b in bases if b is not None], dtype=np.int64)
-            drop_p = iter(
-                fisher_less_small_counts(
-                    clicks[with_base], imps[with_base] - clicks[with_base], base_k, base_n - base_k
-                ).tolist()
-            )
-        out: list[Observation] = []
-        emit = out.append
-        window_ms = cfg.window_ms
-        for (start, entity, level, n, k), base, seq, p_floor in zip(
-            units, bases, seqs, floor_p, strict=True
-        ):
-            end = start + window_ms
-            ctr = k / n
-            counts = {"impressions": n, "clicks": k, "level": level}
             if base is None:
                 # positional: kind, entity, metric, value, ts, n, window_start, window_end,
                 # details, p_value (the per-unit cost is what grows with the keys)
-                emit(Observation("ctr", entity, "ctr", ctr, end, n, start, end, counts, p_floor))
-                continue
+                end = start + window_ms
+                counts = {"impressions": n, "clicks": k, "level": level}
+                emit(
+                    Observation("ctr", entity, "ctr", k / n, end, n, start, end, counts, floor_p[i])
+                )
+            else:
+                judged.append((len(out), i, base, sequential(entity, n, k, base)))
+                out += _SLOTS
+        if not judged:
+            return out
+
+        # the drop p-values of the units with a baseline in one vectorised call
+        at = np.array([j[1] for j in judged], dtype=np.int64)
+        base_k = np.array([j[2][0] for j in judged], dtype=np.int64)
+        base_n = np.array([j[2][1] for j in judged], dtype=np.int64)
+        drop_p = fisher_less_small_counts(
+            clicks[at], imps[at] - clicks[at], base_k, base_n - base_k
+        ).tolist()
+        for (slot, i, base, seq), p_drop in zip(judged, drop_p, strict=True):
+            start, entity, level, n, k = units[i]
+            end = start + window_ms
+            ctr = k / n
+            counts = {"impressions": n, "clicks": k, "level": level}
             baseline = base[0] / base[1]
             # the expected value change detection judges the window's residual against
             # (operators/change.py): the baseline no incident enters
             own = {**counts, "baseline_ctr": baseline}
-            emit(Observation("ctr", entity, "ctr", ctr, end, n, start, end, own, p_floor))
-            p_drop = next(drop_p)
+            out[slot] = Observation("ctr", entity, "ctr", ctr, end, n, start, end, own, floor_p[i])
             s, value, r, held = seq
             if held is not None and p_drop <= self.alpha:
                 self.baseline.drop(entity, held)  # significant on its own: not ordinary
@@ -303,32 +299,28 @@ class CtrJudge:
                 "baseline_ctr": baseline,
                 "baseline_impressions": base[1],
             }
-            emit(
-                Observation(
-                    "ctr",
-                    entity,
-                    "ctr_drop",
-                    (baseline - ctr) / baseline,
-                    end,
-                    n,
-                    start,
-                    end,
-                    details,
-                    p_drop,
-                )
+            out[slot + 1] = Observation(
+                "ctr",
+                entity,
+                "ctr_drop",
+                (baseline - ctr) / baseline,
+                end,
+                n,
+                start,
+                end,
+                details,
+                p_drop,
             )
-            emit(
-                Observation(
-                    "ctr",
-                    entity,
-                    "ctr_evidence",
-                    value,
-                    end,
-                    n,
-                    start,
-                    end,
-                    {**details, "llr": s, "llr_threshold": h, "recovery_llr": r},
-                )
+            out[slot + 2] = Observation(
+                "ctr",
+                entity,
+                "ctr_evidence",
+                value,
+                end,
+                n,
+                start,
+                end,
+                {**details, "llr": s, "llr_threshold": h, "recovery_llr": r},
             )
         return out
 

@@ -102,7 +102,7 @@ class MonitorTask:
         if events:
             self.operator.feed(source, events)
             if self.relations is not None:
-                self.relations.observe(source, events)
+                self.relations.observe(source, events, times)
             self.watermark.observe(source, max(times) if progress is None else progress, now_ms)
         else:
             self.watermark.observe(source, wm, now_ms)
