@@ -137,23 +137,8 @@ class ClearedRate:
             return total.hits, total.trials
         elif key not in self.pending:
             # a key still learning, nothing held (the usual one: a judge holds windows
-            # only once a key has its baseline): `learn`'s `_add` inlined (issue 18)
-            blocks = self.windows[key]
-            last = blocks[-1] if blocks else None
-            if last is not None and last.windows < self.block:
-                last.hits += hits
-                last.trials += trials
-                last.windows += 1
-            else:
-                if len(blocks) >= self.span:  # the oldest block leaves the span
-                    old = blocks.pop(0)
-                    total.hits -= old.hits
-                    total.trials -= old.trials
-                    total.windows -= old.windows
-                blocks.append(RateBlock(hits, trials))
-            total.hits += hits
-            total.trials += trials
-            total.windows += 1
+            # only once a key has its baseline): `learn` comes down to `_add`
+            self._add(key, hits, trials)
             return None
         self.learn(key, hits, trials)
         return None
