@@ -964,8 +964,15 @@ class SensorOperator(Operator):
         return self.metrics.get(sid, 1)
 
     def _expire_until(self, watermark: int) -> None:
-        """Forget series silent for more than their window before the watermark."""
+        """Forget series silent for more than their window before the watermark.
+
+        The heap's entries are lazy (a series' first `until`, pushed again with its
+        current one when popped too early), so the order they come out in depends on
+        the heap's history, which a restore rebuilds from the series' current `until`s.
+        The series are forgotten in (until, sid, metric) order instead, so that their
+        observations come out the same after a restore as in an uninterrupted run."""
         heap = self.expiry
+        expired: list[tuple[int, str, str]] = []
         while heap and heap[0][0] < watermark:
             _, sid, metric = heapq.heappop(heap)
             s = self.series.get((sid, metric))
@@ -973,18 +980,22 @@ class SensorOperator(Operator):
                 continue
             until = s.last_ts + s.window_ms
             if until < watermark:
-                self._flush_aggregates()  # (its slot may be another key's next)
-                s.load()
-                self._expire(sid, metric, s)
-                del self.series[(sid, metric)]
-                self.slots.release((sid, metric))
-                self._series_of[sid] -= 1
-                if self._series_of[sid] <= 0:
-                    # readings of it still pending are a new start: warm-up, unjudged
-                    del self._series_of[sid]
-                    self.metrics.pop(sid, None)
+                expired.append((until, sid, metric))
             else:
                 heapq.heappush(heap, (until, sid, metric))
+        if not expired:
+            return
+        self._flush_aggregates()  # (a forgotten series' slot may be another key's next)
+        for _, sid, metric in sorted(expired):
+            s = self.series.pop((sid, metric))
+            s.load()
+            self._expire(sid, metric, s)
+            self.slots.release((sid, metric))
+            self._series_of[sid] -= 1
+            if self._series_of[sid] <= 0:
+                # readings of it still pending are a new start: warm-up, unjudged
+                del self._series_of[sid]
+                self.metrics.pop(sid, None)
 
     def _expire(self, sid: str, metric: str, s: Series) -> None:
         """The series' window emptied: end its episodes (observations only)."""
