@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/system-deps.sh
 scripts/setup.sh "embedded,test"
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=30 "$@"
