@@ -27,6 +27,7 @@ from operators.sensor import CADENCE_READINGS, SensorConfig, SensorOperator
 from operators.sensor_run import ST_SIZE
 from operators.sensor_slots import SeriesSlots
 from schemas.events import SensorReading
+from tests.test_sensor_run import small_config
 
 T0 = 1_795_000_000_000
 SRC = "sensor-readings"
@@ -127,19 +128,7 @@ def test_the_batched_run_is_the_reading_by_reading_loop(
     tiny: bool,
 ) -> None:
     gap = 50
-    config = SensorConfig(
-        window_ms=3_000,
-        min_points=min_points,
-        calibrate=calibrate,
-        rise_span_ms=2_000,
-        rise_min_readings=5,
-        rise_max_points=10,
-        rise_min_history=5,
-        score_history=150,  # grows its ring past the first 64 slots
-        min_score_history=10,
-        aggregate_window_ms=1_000,
-        episode_cooldown=3,
-    )
+    config = small_config(min_points=min_points, calibrate=calibrate)
     rng = random.Random(seed)
     readings = _readings(rng, 800, sensors, gap)
     lateness = 4 * gap

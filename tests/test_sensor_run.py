@@ -41,6 +41,24 @@ class Reference(SensorOperator):
         self._close_windows(watermark)
 
 
+def small_config(**given: Any) -> SensorConfig:
+    """A sensor configuration at a small scale (3-s window, short rise test, a score
+    history that grows its ring past the first 64 slots), so that random runs of a few
+    hundred readings reach every path; `given` overrides or adds fields."""
+    fields: dict[str, Any] = {
+        "window_ms": 3_000,
+        "rise_span_ms": 2_000,
+        "rise_min_readings": 5,
+        "rise_max_points": 10,
+        "rise_min_history": 5,
+        "score_history": 150,
+        "min_score_history": 10,
+        "aggregate_window_ms": 1_000,
+        "episode_cooldown": 3,
+    }
+    return SensorConfig(**{**fields, **given})
+
+
 def _run(op: SensorOperator, batches: list[list[SensorReading]], lateness: int) -> list[Any]:
     out: list[Any] = []
     for batch in batches:
@@ -97,20 +115,7 @@ def test_the_compiled_run_is_the_reading_by_reading_loop(
     closes: int,
 ) -> None:
     gap = 100
-    config = SensorConfig(
-        window_ms=3_000,
-        min_points=min_points,
-        calibrate=calibrate,
-        rise_test=rise_test,
-        rise_span_ms=2_000,
-        rise_min_readings=5,
-        rise_max_points=10,
-        rise_min_history=5,
-        score_history=150,  # grows its ring past the first 64 slots
-        min_score_history=10,
-        aggregate_window_ms=1_000,
-        episode_cooldown=3,
-    )
+    config = small_config(min_points=min_points, calibrate=calibrate, rise_test=rise_test)
     readings = _readings(seed, 400, sensors, gap)
     rng = random.Random(seed + 1)
     batches = []
