@@ -257,6 +257,10 @@ _NO_COUNTED: list[CountedClick] = []
 _NO_CONVERTED: dict[str, Converted] = {}
 
 
+#: what an impression's index entry points to until `_impressions` has found its window
+_NO_WINDOW = CtrWindow()
+
+
 def new_window() -> CtrWindow:
     """A new, empty window sharing the empty containers above."""
     return CtrWindow(
@@ -535,17 +539,21 @@ class CtrOperator(Operator):
         (window key, `TumblingWindows.at`, the factory, then filling the new window)
         were a fifth of the feed's cost (issue 18). The same state as `_impression`."""
         impressions, pending = self.impressions, self.pending
+        claim = impressions.setdefault
         windows = self.windows
         by_start = windows.by_start
         size = self.config.window_ms
         key_of = self._window_key if self._custom_key else None
         for imp in events:
             imp_id = imp.impression_id
-            known = impressions.get(imp_id)
-            if known is not None:
+            ts = imp.ts
+            # the index entry, claimed before its window is known: one probe of the
+            # (large) index per impression instead of a look-up and then an insert
+            entry = ImpressionRef(_NO_WINDOW, ts, False, imp_id)
+            known = claim(imp_id, entry)
+            if known is not entry:
                 known.window.dup_imps += 1
                 continue
-            ts = imp.ts
             key = (imp.campaign_id, imp.variant or "") if key_of is None else key_of(imp)
             start = ts - ts % size
             bucket = by_start.get(start)
@@ -567,7 +575,7 @@ class CtrOperator(Operator):
                     window.ids.append(imp_id)
                 else:  # a window holding orphans only: the shared empty list
                     window.ids = [imp_id]
-            entry = impressions[imp_id] = ImpressionRef(window, ts, False, imp_id)
+            entry.window = window
             if pending:
                 waiting = pending.pop(imp_id, None)
                 if waiting:
