@@ -1,0 +1,89 @@
+"""Before/after of `keys_scaling`'s whole-task pass, the two checkouts' passes run in lockstep.
+
+    .venv/bin/python -m tests.benchmarks.keys_ab --before /work/main --after . --keys 100000
+
+On a machine shared with other work, separate `keys_scaling` runs of the two sides
+minutes apart differ by 20-30 % with the load alone. Here each side is a process of its
+own (its checkout on PYTHONPATH), which decodes the events once and runs a warm-up pass;
+then the driver asks each for one timed pass (`keys_scaling.one_pass`: fresh tasks,
+the worker's garbage-collector settings, CPU time) in turn, swapping who goes first
+every round, so both sides see the same load within a few seconds. Prints every pass's
+µs CPU per event and the medians; the rows written must be equal on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+#: one side, run with `python -c` (the before side's checkout may not have this file):
+#: decode once, warm up, then one timed pass per line read from stdin
+SERVE = """
+import sys
+from tests.benchmarks import keys_scaling
+from tests.benchmarks.operator_cost import events_of
+
+keys, events, batch = map(int, sys.argv[1:4])
+decoded = events_of("ctr", events, keys)
+make = keys_scaling.make_tasks("ctr")
+keys_scaling.one_pass(make, decoded, batch)  # first calls: numba, scipy, caches
+print("ready", flush=True)
+for _ in sys.stdin:
+    cpu, rows, _alerts = keys_scaling.one_pass(make, decoded, batch)
+    print(f"{cpu / len(decoded) * 1e6:.4f} {rows}", flush=True)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="checkout of the before side")
+    parser.add_argument("--after", required=True, help="checkout of the after side")
+    parser.add_argument("--keys", type=int, default=100_000, help="campaigns")
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--batch", type=int, default=1250, help="events per poll")
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args()
+    sides: dict[str, subprocess.Popen[str]] = {}
+    for name, path in (("before", args.before), ("after", args.after)):
+        root = os.path.abspath(path)
+        sides[name] = subprocess.Popen(
+            [sys.executable, "-c", SERVE, str(args.keys), str(args.events), str(args.batch)],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": root},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    for name, proc in sides.items():
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", name
+    per_event: dict[str, list[float]] = {name: [] for name in sides}
+    rows: dict[str, set[int]] = {name: set() for name in sides}
+    try:
+        for r in range(args.rounds):
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for name in order:
+                proc = sides[name]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write("pass\n")
+                proc.stdin.flush()
+                us, n = proc.stdout.readline().split()
+                per_event[name].append(float(us))
+                rows[name].add(int(n))
+    finally:
+        for proc in sides.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait()
+    print(f"ctr, {args.keys:,} campaigns, {args.events:,} events, {args.rounds} rounds")
+    for name, values in per_event.items():
+        runs = " ".join(f"{v:.2f}" for v in values)
+        print(f"{name:>6}: {runs}  median {statistics.median(values):.2f}  rows {rows[name]}")
+    if rows["before"] != rows["after"]:
+        raise SystemExit("the two sides wrote different numbers of rows")
+
+
+if __name__ == "__main__":
+    main()
