@@ -108,6 +108,39 @@ class EventTimeBuffer(Generic[E]):
         self._n -= len(out)
         return out
 
+    def release_unordered(self, watermark: int) -> list[E]:
+        """Remove and return every entry with ts < watermark, unsorted: the buckets'
+        entries in bucket order, each bucket's in arrival order (the bucket the
+        watermark falls in split by a filter, its entries keeping their arrival order).
+        Sorted stably, the list is `release`'s (both keep arrival order among equal
+        entries); for a caller that orders the entries itself, cheaper than comparing
+        the tuples (issue 18, point 3: with thousands of series at one time every
+        comparison of a tie goes on to the strings)."""
+        if not self._n:
+            return []
+        buckets = self._buckets
+        top = watermark // BUCKET_MS  # the bucket the watermark falls in
+        out: list[E] = []
+        for key in sorted(k for k in buckets if k <= top):
+            bucket = buckets[key]
+            if key < top:
+                out.extend(bucket)
+                del buckets[key]
+            else:
+                keep = [e for e in bucket if e[0] >= watermark]
+                if len(keep) < len(bucket):
+                    out.extend(e for e in bucket if e[0] < watermark)
+                    if keep:
+                        buckets[key] = keep
+                    else:
+                        del buckets[key]
+                else:
+                    continue  # nothing of it released: untouched (still the last pushed)
+            if key == self._last_key:
+                self._last_key = None
+        self._n -= len(out)
+        return out
+
     def __len__(self) -> int:
         return self._n
 

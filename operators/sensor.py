@@ -594,6 +594,54 @@ _ts_of = itemgetter(0)
 _value_of = itemgetter(3)
 
 
+_sid_of = itemgetter(1)
+_metric_of = itemgetter(2)
+_count_of = itemgetter(4)
+
+
+def _in_order(entries: list[Entry]) -> tuple[list[Entry], np.ndarray, np.ndarray]:
+    """(entries sorted, their times, their values): the order of `sorted(entries)`
+    (time, sensor, metric, value, metric count; stable, so equal entries keep their
+    order), found by numpy's lexsort on columns, the sensors and metrics as their ranks
+    among the release's (sorted once each), instead of comparing tuples, whose ties
+    on time (thousands of sensors reading at the same second) each go on to compare
+    the strings (issue 18, point 3). A NaN value (not finite readings are refused at
+    decode, but an operator fed directly may see one) sorts as Python sorts it.
+
+    >>> e = [(2, "b", "t", 1.0, 1), (1, "b", "t", 5.0, 1), (2, "a", "t", 3.0, 1)]
+    >>> _in_order(e)[0] == sorted(e)
+    True
+    """
+    n = len(entries)
+    ts = np.fromiter(map(_ts_of, entries), dtype=np.int64, count=n)
+    xs = np.fromiter(map(_value_of, entries), dtype=np.float64, count=n)
+    if n < 2:
+        return entries, ts, xs
+    if np.isnan(xs).any():
+        entries = sorted(entries)
+        return (
+            entries,
+            np.fromiter(map(_ts_of, entries), dtype=np.int64, count=n),
+            np.fromiter(map(_value_of, entries), dtype=np.float64, count=n),
+        )
+    sids = list(map(_sid_of, entries))
+    metrics = list(map(_metric_of, entries))
+    ranked = sorted(set(sids))
+    sid_rank = dict(zip(ranked, range(len(ranked)), strict=True))
+    ranked = sorted(set(metrics))
+    metric_rank = dict(zip(ranked, range(len(ranked)), strict=True))
+    order = np.lexsort(
+        (
+            np.fromiter(map(_count_of, entries), dtype=np.int64, count=n),
+            xs,
+            np.fromiter(map(metric_rank.__getitem__, metrics), dtype=np.int64, count=n),
+            np.fromiter(map(sid_rank.__getitem__, sids), dtype=np.int64, count=n),
+            ts,
+        )
+    )
+    return list(map(entries.__getitem__, order.tolist())), ts[order], xs[order]
+
+
 def _loaded(s: Series) -> Series:
     """s with its Python objects as the compiled run left them (for its `state`)."""
     s.load()
@@ -727,9 +775,9 @@ class SensorOperator(Operator):
     # -- event time ----------------------------------------------------------
 
     def advance(self, watermark: int) -> None:
-        released = self.pending.release(watermark)
+        released = self.pending.release_unordered(watermark)
         if released:
-            self._run(released)
+            self._run(*_in_order(released))
         self._expire_until(watermark)
         self._close_windows(watermark)
 
@@ -760,7 +808,12 @@ class SensorOperator(Operator):
                 ),
             )
 
-    def _run(self, released: list[Entry]) -> None:
+    def _run(
+        self,
+        released: list[Entry],
+        times: np.ndarray | None = None,
+        values: np.ndarray | None = None,
+    ) -> None:
         """The released readings (in event-time order), all series at once: the
         readings grouped by series slot (numpy's stable argsort, so each series keeps
         its event-time order), then rounds of one compiled call for every series
@@ -782,8 +835,11 @@ class SensorOperator(Operator):
         by_slot = np.array(slot_list, dtype=np.int64)
         order = np.argsort(by_slot, kind="stable")
         grouped = by_slot[order]
-        ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
-        xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
+        if times is None or values is None:
+            times = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)
+            values = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)
+        ts = times[order]
+        xs = values[order]
         cut = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
         starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
         ends = np.concatenate((cut, np.full(1, n, dtype=np.int64)))
@@ -834,18 +890,15 @@ class SensorOperator(Operator):
         assert released is not None
         slots = self.slots
         series = self.series
-        # a series not made yet: its first reading through `_reading` (which makes it)
-        new = [k for k, slot in enumerate(seg_slots.tolist()) if slots.holders[slot] is None]
-        for k in new:
-            g = order[starts[k]]
-            self._g = g
-            e = released[g]
-            self._reading(e[0], e[1], e[2], e[3])
-        if new:
-            starts = starts.copy()
-            starts[new] += 1
-            left = starts < ends
-            seg_slots, starts, ends = seg_slots[left], starts[left], ends[left]
+        # a series not made yet is made (as `_reading` makes it); its first reading is
+        # the compiled run's (no last reading, nothing staged: the window step of an
+        # empty window, nothing judged, no rise bucket before the cadence, the reading
+        # staged), as `_reading` would do it
+        holders = slots.holders
+        for k, slot in enumerate(seg_slots.tolist()):
+            if holders[slot] is None:
+                t, sid, metric, _, _ = released[order[starts[k]]]
+                self._new_series(sid, metric, t)
         closes = self._closes
         if not len(closes):
             closes = np.zeros(1 + 4 * len(ts))
@@ -1013,10 +1066,7 @@ class SensorOperator(Operator):
         s = self.series.get(key)
         slots = self.slots
         if s is None:
-            s = self.series[key] = Series(cfg)
-            slots.attach(key, s)
-            self._series_of[sid] += 1
-            heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))  # one per series
+            s = self._new_series(sid, metric, t)
         elif s.last_ts is not None and t - s.last_ts > s.window_ms:
             # silent for longer than the window: the same as having been forgotten
             s.load()
@@ -1046,6 +1096,16 @@ class SensorOperator(Operator):
         self._judged(sid, metric, s, t, x, start, n, mean, std, q1, q3)
         s.store()
         slots.bind(s)  # a window buffer or tail ring that grew: into a region
+
+    def _new_series(self, sid: str, metric: str, t: int) -> Series:
+        """A new series of (sid, metric), its first reading at t: made, given its slot,
+        counted for its sensor, and in the expiry heap (one entry per series)."""
+        key = (sid, metric)
+        s = self.series[key] = Series(self.config)
+        self.slots.attach(key, s)
+        self._series_of[sid] += 1
+        heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))
+        return s
 
     def _judged(
         self,
