@@ -133,6 +133,7 @@ from operators.detectors.zscore import ZScore
 from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
 from operators.sensor_run import (
+    CAD_SIZE,
     CFG_SIZE,
     DONE,
     PRE,
@@ -599,8 +600,10 @@ _metric_of = itemgetter(2)
 _count_of = itemgetter(4)
 
 
-def _in_order(entries: list[Entry]) -> tuple[list[Entry], np.ndarray, np.ndarray]:
-    """(entries sorted, their times, their values): the order of `sorted(entries)`
+def _in_order(
+    entries: list[Entry],
+) -> tuple[list[Entry], np.ndarray, np.ndarray, np.ndarray]:
+    """(entries sorted, their times, values and metric counts): the order of `sorted(entries)`
     (time, sensor, metric, value, metric count; stable, so equal entries keep their
     order), found by numpy's lexsort on columns, the sensors and metrics as their ranks
     among the release's (sorted once each), instead of comparing tuples, whose ties
@@ -615,14 +618,16 @@ def _in_order(entries: list[Entry]) -> tuple[list[Entry], np.ndarray, np.ndarray
     n = len(entries)
     ts = np.fromiter(map(_ts_of, entries), dtype=np.int64, count=n)
     xs = np.fromiter(map(_value_of, entries), dtype=np.float64, count=n)
+    counts = np.fromiter(map(_count_of, entries), dtype=np.int64, count=n)
     if n < 2:
-        return entries, ts, xs
+        return entries, ts, xs, counts
     if np.isnan(xs).any():
         entries = sorted(entries)
         return (
             entries,
             np.fromiter(map(_ts_of, entries), dtype=np.int64, count=n),
             np.fromiter(map(_value_of, entries), dtype=np.float64, count=n),
+            np.fromiter(map(_count_of, entries), dtype=np.int64, count=n),
         )
     sids = list(map(_sid_of, entries))
     metrics = list(map(_metric_of, entries))
@@ -632,14 +637,14 @@ def _in_order(entries: list[Entry]) -> tuple[list[Entry], np.ndarray, np.ndarray
     metric_rank = dict(zip(ranked, range(len(ranked)), strict=True))
     order = np.lexsort(
         (
-            np.fromiter(map(_count_of, entries), dtype=np.int64, count=n),
+            counts,
             xs,
             np.fromiter(map(metric_rank.__getitem__, metrics), dtype=np.int64, count=n),
             np.fromiter(map(sid_rank.__getitem__, sids), dtype=np.int64, count=n),
             ts,
         )
     )
-    return list(map(entries.__getitem__, order.tolist())), ts[order], xs[order]
+    return list(map(entries.__getitem__, order.tolist())), ts[order], xs[order], counts[order]
 
 
 def _loaded(s: Series) -> Series:
@@ -741,6 +746,15 @@ class SensorOperator(Operator):
             self._rise,
             cfg.score_history,
             CADENCE_READINGS,
+            cfg.adapt_window,
+            cfg.window_ms,
+            cfg.window_readings,
+            cfg.false_alarms_per_day,
+            cfg.budget_per == "sensor",
+            cfg.alpha or 0.0,  # (0: none, as `or` reads it)
+            cfg.rise_span_ms,
+            cfg.rise_min_readings,
+            cfg.rise_max_points,
         )
         # every series' shared rows and buffers (derived: rebuilt on restore)
         self.slots = SeriesSlots(ST_SIZE, CADENCE_READINGS)
@@ -813,6 +827,7 @@ class SensorOperator(Operator):
         released: list[Entry],
         times: np.ndarray | None = None,
         values: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
     ) -> None:
         """The released readings (in event-time order), all series at once: the
         readings grouped by series slot (numpy's stable argsort, so each series keeps
@@ -835,9 +850,10 @@ class SensorOperator(Operator):
         by_slot = np.array(slot_list, dtype=np.int64)
         order = np.argsort(by_slot, kind="stable")
         grouped = by_slot[order]
-        if times is None or values is None:
+        if times is None or values is None or counts is None:
             times = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)
             values = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)
+            counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
         ts = times[order]
         xs = values[order]
         cut = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
@@ -860,7 +876,7 @@ class SensorOperator(Operator):
                     e = released[g]
                     self._reading(e[0], e[1], e[2], e[3])
             else:
-                self._rounds(order_list, ts, xs, seg_slots, starts, ends)
+                self._rounds(order_list, ts, xs, counts[order], seg_slots, starts, ends)
         finally:
             self._released = None
             self._tagged = None
@@ -880,6 +896,7 @@ class SensorOperator(Operator):
         order: list[int],
         ts: np.ndarray,
         xs: np.ndarray,
+        ms: np.ndarray,
         seg_slots: np.ndarray,
         starts: np.ndarray,
         ends: np.ndarray,
@@ -903,6 +920,8 @@ class SensorOperator(Operator):
         if not len(closes):
             closes = np.zeros(1 + 4 * len(ts))
         cfg = self._cfg
+        # the cadences judged by a call (a record per series: never full)
+        cads = np.zeros(1 + CAD_SIZE * len(seg_slots))
         m = len(seg_slots)
         status = np.zeros(m, dtype=np.int64)
         stops = np.zeros(m, dtype=np.int64)
@@ -921,9 +940,13 @@ class SensorOperator(Operator):
                 cfg,
                 closes,
                 slots.gaps,
+                ms,
+                cads,
                 status[:m],
                 stops[:m],
             )
+            if cads[0]:  # the Python parts of the cadences judged, before anything else
+                self._cadences(cads[1 : 1 + CAD_SIZE * int(cads[0])].tolist())
             if closes[0]:  # the rise tests of the buckets closed, each series' in order
                 c_list = closes[: 1 + 4 * int(closes[0])].tolist()
                 for c in range(1, len(c_list), 4):
@@ -1178,19 +1201,46 @@ class SensorOperator(Operator):
         s.mk = RiseDetector(size)
         s.mk_times = deque(maxlen=size)
         if (self._zscore or self._iqr) and s.window_ms // g < cfg.min_points:
-            key = f"{sid}/{metric}"
-            if key not in self.unjudgeable:
-                self.unjudgeable.add(key)
-                log.warning(
-                    "sensor %s: readings every %d ms, so the %d ms window never holds "
-                    "min_points=%d; zscore and iqr cannot judge it (raise window_ms to "
-                    "at least %d ms, lower min_points, or set adapt_window)",
-                    key,
-                    g,
-                    s.window_ms,
-                    cfg.min_points,
-                    g * cfg.min_points,
-                )
+            self._unjudgeable(f"{sid}/{metric}", g, s.window_ms)
+
+    def _unjudgeable(self, key: str, g: int, window_ms: int) -> None:
+        """Series `key`'s window (window_ms at its interval g) never holds min_points:
+        listed and logged once."""
+        if key in self.unjudgeable:
+            return
+        self.unjudgeable.add(key)
+        min_points = self.config.min_points
+        log.warning(
+            "sensor %s: readings every %d ms, so the %d ms window never holds "
+            "min_points=%d; zscore and iqr cannot judge it (raise window_ms to "
+            "at least %d ms, lower min_points, or set adapt_window)",
+            key,
+            g,
+            window_ms,
+            min_points,
+            g * min_points,
+        )
+
+    def _cadences(self, records: list[float]) -> None:
+        """The rest of the cadences the compiled run judged (`sensor_run.run`: the
+        window and the rise buckets are in the series' rows), as `_cadence` does it:
+        the level alpha, the rise test of its size, an unjudgeable window reported."""
+        cfg = self.config
+        slots = self.slots
+        judged = self._zscore or self._iqr
+        for c in range(0, len(records), CAD_SIZE):
+            slot, g, alpha, size = records[c : c + CAD_SIZE]
+            s = slots.holders[int(slot)]
+            assert s is not None
+            s.gaps = None
+            s.alpha = alpha
+            size = int(size)
+            s.mk = RiseDetector(size)
+            s.mk_times = deque(maxlen=size)
+            g = int(g)
+            if judged and s.window_ms // g < cfg.min_points:
+                sid, metric = slots.key_of[int(slot)]
+                self._unjudgeable(f"{sid}/{metric}", g, s.window_ms)
 
     def _zscore_found(
         self,
