@@ -779,12 +779,13 @@ class SensorOperator(Operator):
     # -- input ---------------------------------------------------------------
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
-        push = self.pending.push
-        for event in events:
-            ts, sid = event.ts, event.sensor_id
-            m = len(event.values)
-            for metric, value in event.values.items():
-                push((ts, sid, metric, float(value), m))
+        self.pending.extend(
+            [
+                (e.ts, e.sensor_id, metric, float(value), len(e.values))
+                for e in events
+                for metric, value in e.values.items()
+            ]
+        )
 
     # -- event time ----------------------------------------------------------
 
