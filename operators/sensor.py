@@ -274,14 +274,15 @@ class Series:
         "alpha",
         "bound",
         "bucket",
+        "config",
         "episodes",
         "gap_row",
         "gaps",
         "iqr",
+        "lk",
         "mk",
         "mk_times",
         "prev",
-        "rise_lk",
         "rising",
         "row",
         "run_len",
@@ -334,17 +335,30 @@ class Series:
         self.mk_times: deque[int] = deque(maxlen=config.rise_max_points)  # bucket starts
         self.bucket_ms = 0  # set with the cadence
         self.bucket: list[float] = [0, 0.0, 0]  # [start, sum, count] of the open bucket
-        self.rise_lk = AnomalyLikelihood(
-            short=1,
-            history=config.rise_history,
-            min_history=config.rise_min_history,
-            refit=10,
-            # anomalous z-scores stay out of its history (masking)
-            alpha=config.rise_history_alpha or 1e-3,
-        )
+        # the rise test's likelihood of its z-scores (`rise_lk`): made at its first use
+        # (a series tests a rise only after rise_min_readings buckets, and most series
+        # of a large fleet are made long before: issue 18, point 3)
+        self.config = config
+        self.lk: AnomalyLikelihood | None = None
         # gaps between the first readings, until the cadence is judged (then None)
         self.gaps: list[int] | None = []
         self.store()
+
+    @property
+    def rise_lk(self) -> AnomalyLikelihood:
+        """The rise test's likelihood of its z-scores, made at its first use."""
+        lk = self.lk
+        if lk is None:
+            config = self.config
+            lk = self.lk = AnomalyLikelihood(
+                short=1,
+                history=config.rise_history,
+                min_history=config.rise_min_history,
+                refit=10,
+                # anomalous z-scores stay out of its history (masking)
+                alpha=config.rise_history_alpha or 1e-3,
+            )
+        return lk
 
     @property
     def last_ts(self) -> int | None:
