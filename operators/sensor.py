@@ -609,6 +609,7 @@ _ts_of = itemgetter(0)
 _value_of = itemgetter(3)
 
 
+_sid_of = itemgetter(1)
 _count_of = itemgetter(4)
 
 
@@ -828,6 +829,7 @@ class SensorOperator(Operator):
         first = int(wins.min())
         if self._unfiled_start is None or first < self._unfiled_start:
             self._unfiled_start = first
+        counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
         try:
             order_list = order.tolist()
             if not self._fast:  # the legacy "runs" rise test: every reading in Python
@@ -836,13 +838,15 @@ class SensorOperator(Operator):
                     e = released[g]
                     self._reading(e[0], e[1], e[2], e[3])
             else:
-                counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
                 self._rounds(order_list, ts, xs, counts[order], seg_slots, starts, ends)
         finally:
             self._released = None
             self._tagged = None
         # the latest reading's metric count per sensor (0: unknown, from an old checkpoint)
-        self.metrics.update({e[1]: e[4] for e in released if e[4]})
+        if counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
+            self.metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
+        else:
+            self.metrics.update({e[1]: e[4] for e in released if e[4]})
         if tagged:
             tagged.sort(key=_tag_order)
             out = self._out
