@@ -66,7 +66,8 @@ event-time order), and every series' state is in shared arrays, one row per slot
 window buffer and tail rings as regions of shared chunks). Each series runs its
 readings that produce nothing (no anomaly candidate, no open episode, no tie or
 gap; window step, z-score and fences, tail learning, cooldown count, rise
-bucket, the cadence warm-up's gaps) until the first that needs Python, which
+bucket, the cadence warm-up's gaps and the judgement of the cadence, whose
+Python parts follow the call) until the first that needs Python, which
 Python then judges (after the rise tests of the buckets the run closed) before
 the next round resumes the series; their rows and observations are put back in
 event-time order, so the output is the reading-by-reading loop's
