@@ -44,11 +44,11 @@ is upgraded.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, islice
-from operator import attrgetter
+from itertools import compress, islice, repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
@@ -76,6 +76,9 @@ METRIC_LABELS = {
     "anomaly_rise": "steady rise",
     "cluster_distance": "regime distance",
 }
+
+
+_first = itemgetter(0)
 
 
 def _head(entity: str) -> str:
@@ -252,6 +255,10 @@ class RelationLearner:
         touched ones by their last event (an event without a value touches nothing).
         """
         latest = _latest_pairs(keys, values, times)
+        if not relation.many:
+            done = self._observe_single(table, keys, values, latest)
+            if done is not None:
+                return done
         batch: dict[str, dict[str, int]] = {}
         for (key, value), ts in latest.items():
             vals = batch.get(key)
@@ -301,6 +308,51 @@ class RelationLearner:
                 elif ts >= max(old.values(), default=ts):
                     old.clear()  # a single-valued relation: the latest value wins
                     old[value] = ts
+        return True
+
+    def _observe_single(
+        self,
+        table: OrderedDict[str, dict[str, int]],
+        keys: list[str],
+        values: list[Any],
+        latest: dict[tuple[str, str], int],
+    ) -> bool | None:
+        """`_observe_batch` for a single-valued relation (a sensor's site) in passes
+        over the batch's entities in C and one short loop, the same table and order
+        (issue 18, point 3: thousands of sensors a batch); None where it does not
+        apply (an entity with values near `max_values`: the general path decides)."""
+        batch = dict(zip(map(_first, latest), latest.items(), strict=True))
+        if len(batch) < len(latest):
+            return False  # an entity with two values in one batch: event by event
+        touched = keys if all(values) else list(compress(keys, values))
+        order = list(dict.fromkeys(reversed(touched)))
+        order.reverse()  # the touched entities by their last event with a value
+        olds = list(map(table.get, order))
+        if max(map(len, filter(None, olds)), default=0) >= self.max_values:
+            return None  # its size check is the general path's
+        drops = len(table) + olds.count(None) - self.max_keys
+        if drops > 0:
+            if drops > len(table) or len(table) > self.max_keys:
+                return False  # new entities would drop each other (or it is over its bound)
+            oldest = list(islice(table, drops))
+            if not batch.keys().isdisjoint(oldest):
+                return False
+            for key in oldest:
+                del table[key]
+        # the touched ones out, then back in by their last event: after the untouched
+        deque(map(table.pop, order, repeat(None)), maxlen=0)
+        news = []
+        for old, ((_, value), ts) in zip(olds, map(batch.__getitem__, order), strict=True):
+            if old is None:
+                old = {value: ts}
+            elif value in old:
+                if old[value] < ts:
+                    old[value] = ts
+            elif ts >= max(old.values(), default=ts):
+                old.clear()  # the latest value wins
+                old[value] = ts
+            news.append(old)
+        table.update(zip(order, news, strict=True))
         return True
 
     def hints(self, entity: str, ts: int) -> dict[str, Any]:

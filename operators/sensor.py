@@ -66,7 +66,8 @@ event-time order), and every series' state is in shared arrays, one row per slot
 window buffer and tail rings as regions of shared chunks). Each series runs its
 readings that produce nothing (no anomaly candidate, no open episode, no tie or
 gap; window step, z-score and fences, tail learning, cooldown count, rise
-bucket, the cadence warm-up's gaps) until the first that needs Python, which
+bucket, the cadence warm-up's gaps and the judgement of the cadence, whose
+Python parts follow the call) until the first that needs Python, which
 Python then judges (after the rise tests of the buckets the run closed) before
 the next round resumes the series; their rows and observations are put back in
 event-time order, so the output is the reading-by-reading loop's
@@ -133,6 +134,7 @@ from operators.detectors.zscore import ZScore
 from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
 from operators.sensor_run import (
+    CAD_SIZE,
     CFG_SIZE,
     DONE,
     PRE,
@@ -273,14 +275,15 @@ class Series:
         "alpha",
         "bound",
         "bucket",
+        "config",
         "episodes",
         "gap_row",
         "gaps",
         "iqr",
+        "lk",
         "mk",
         "mk_times",
         "prev",
-        "rise_lk",
         "rising",
         "row",
         "run_len",
@@ -333,17 +336,30 @@ class Series:
         self.mk_times: deque[int] = deque(maxlen=config.rise_max_points)  # bucket starts
         self.bucket_ms = 0  # set with the cadence
         self.bucket: list[float] = [0, 0.0, 0]  # [start, sum, count] of the open bucket
-        self.rise_lk = AnomalyLikelihood(
-            short=1,
-            history=config.rise_history,
-            min_history=config.rise_min_history,
-            refit=10,
-            # anomalous z-scores stay out of its history (masking)
-            alpha=config.rise_history_alpha or 1e-3,
-        )
+        # the rise test's likelihood of its z-scores (`rise_lk`): made at its first use
+        # (a series tests a rise only after rise_min_readings buckets, and most series
+        # of a large fleet are made long before: issue 18, point 3)
+        self.config = config
+        self.lk: AnomalyLikelihood | None = None
         # gaps between the first readings, until the cadence is judged (then None)
         self.gaps: list[int] | None = []
         self.store()
+
+    @property
+    def rise_lk(self) -> AnomalyLikelihood:
+        """The rise test's likelihood of its z-scores, made at its first use."""
+        lk = self.lk
+        if lk is None:
+            config = self.config
+            lk = self.lk = AnomalyLikelihood(
+                short=1,
+                history=config.rise_history,
+                min_history=config.rise_min_history,
+                refit=10,
+                # anomalous z-scores stay out of its history (masking)
+                alpha=config.rise_history_alpha or 1e-3,
+            )
+        return lk
 
     @property
     def last_ts(self) -> int | None:
@@ -594,6 +610,10 @@ _ts_of = itemgetter(0)
 _value_of = itemgetter(3)
 
 
+_sid_of = itemgetter(1)
+_count_of = itemgetter(4)
+
+
 def _loaded(s: Series) -> Series:
     """s with its Python objects as the compiled run left them (for its `state`)."""
     s.load()
@@ -693,6 +713,15 @@ class SensorOperator(Operator):
             self._rise,
             cfg.score_history,
             CADENCE_READINGS,
+            cfg.adapt_window,
+            cfg.window_ms,
+            cfg.window_readings,
+            cfg.false_alarms_per_day,
+            cfg.budget_per == "sensor",
+            cfg.alpha or 0.0,  # (0: none, as `or` reads it)
+            cfg.rise_span_ms,
+            cfg.rise_min_readings,
+            cfg.rise_max_points,
         )
         # every series' shared rows and buffers (derived: rebuilt on restore)
         self.slots = SeriesSlots(ST_SIZE, CADENCE_READINGS)
@@ -717,18 +746,23 @@ class SensorOperator(Operator):
     # -- input ---------------------------------------------------------------
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
-        push = self.pending.push
-        for event in events:
-            ts, sid = event.ts, event.sensor_id
-            m = len(event.values)
-            for metric, value in event.values.items():
-                push((ts, sid, metric, float(value), m))
+        self.pending.extend(
+            [
+                (e.ts, e.sensor_id, metric, float(value), len(e.values))
+                for e in events
+                for metric, value in e.values.items()
+            ]
+        )
 
     # -- event time ----------------------------------------------------------
 
     def advance(self, watermark: int) -> None:
-        released = self.pending.release(watermark)
+        released = self.pending.release_unordered(watermark)
         if released:
+            # (timsort: the buckets' entries come mostly in time order, so the tuples'
+            # comparisons are about one per entry; measured cheaper than a lexsort on
+            # columns with the strings ranked)
+            released.sort()
             self._run(released)
         self._expire_until(watermark)
         self._close_windows(watermark)
@@ -796,6 +830,7 @@ class SensorOperator(Operator):
         first = int(wins.min())
         if self._unfiled_start is None or first < self._unfiled_start:
             self._unfiled_start = first
+        counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
         try:
             order_list = order.tolist()
             if not self._fast:  # the legacy "runs" rise test: every reading in Python
@@ -804,12 +839,15 @@ class SensorOperator(Operator):
                     e = released[g]
                     self._reading(e[0], e[1], e[2], e[3])
             else:
-                self._rounds(order_list, ts, xs, seg_slots, starts, ends)
+                self._rounds(order_list, ts, xs, counts[order], seg_slots, starts, ends)
         finally:
             self._released = None
             self._tagged = None
         # the latest reading's metric count per sensor (0: unknown, from an old checkpoint)
-        self.metrics.update({e[1]: e[4] for e in released if e[4]})
+        if counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
+            self.metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
+        else:
+            self.metrics.update({e[1]: e[4] for e in released if e[4]})
         if tagged:
             tagged.sort(key=_tag_order)
             out = self._out
@@ -824,6 +862,7 @@ class SensorOperator(Operator):
         order: list[int],
         ts: np.ndarray,
         xs: np.ndarray,
+        ms: np.ndarray,
         seg_slots: np.ndarray,
         starts: np.ndarray,
         ends: np.ndarray,
@@ -834,22 +873,21 @@ class SensorOperator(Operator):
         assert released is not None
         slots = self.slots
         series = self.series
-        # a series not made yet: its first reading through `_reading` (which makes it)
-        new = [k for k, slot in enumerate(seg_slots.tolist()) if slots.holders[slot] is None]
-        for k in new:
-            g = order[starts[k]]
-            self._g = g
-            e = released[g]
-            self._reading(e[0], e[1], e[2], e[3])
-        if new:
-            starts = starts.copy()
-            starts[new] += 1
-            left = starts < ends
-            seg_slots, starts, ends = seg_slots[left], starts[left], ends[left]
+        # a series not made yet is made (as `_reading` makes it); its first reading is
+        # the compiled run's (no last reading, nothing staged: the window step of an
+        # empty window, nothing judged, no rise bucket before the cadence, the reading
+        # staged), as `_reading` would do it
+        holders = slots.holders
+        for k, slot in enumerate(seg_slots.tolist()):
+            if holders[slot] is None:
+                t, sid, metric, _, _ = released[order[starts[k]]]
+                self._new_series(sid, metric, t)
         closes = self._closes
         if not len(closes):
             closes = np.zeros(1 + 4 * len(ts))
         cfg = self._cfg
+        # the cadences judged by a call (a record per series: never full)
+        cads = np.zeros(1 + CAD_SIZE * len(seg_slots))
         m = len(seg_slots)
         status = np.zeros(m, dtype=np.int64)
         stops = np.zeros(m, dtype=np.int64)
@@ -868,9 +906,13 @@ class SensorOperator(Operator):
                 cfg,
                 closes,
                 slots.gaps,
+                ms,
+                cads,
                 status[:m],
                 stops[:m],
             )
+            if cads[0]:  # the Python parts of the cadences judged, before anything else
+                self._cadences(cads[1 : 1 + CAD_SIZE * int(cads[0])].tolist())
             if closes[0]:  # the rise tests of the buckets closed, each series' in order
                 c_list = closes[: 1 + 4 * int(closes[0])].tolist()
                 for c in range(1, len(c_list), 4):
@@ -1013,10 +1055,7 @@ class SensorOperator(Operator):
         s = self.series.get(key)
         slots = self.slots
         if s is None:
-            s = self.series[key] = Series(cfg)
-            slots.attach(key, s)
-            self._series_of[sid] += 1
-            heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))  # one per series
+            s = self._new_series(sid, metric, t)
         elif s.last_ts is not None and t - s.last_ts > s.window_ms:
             # silent for longer than the window: the same as having been forgotten
             s.load()
@@ -1046,6 +1085,16 @@ class SensorOperator(Operator):
         self._judged(sid, metric, s, t, x, start, n, mean, std, q1, q3)
         s.store()
         slots.bind(s)  # a window buffer or tail ring that grew: into a region
+
+    def _new_series(self, sid: str, metric: str, t: int) -> Series:
+        """A new series of (sid, metric), its first reading at t: made, given its slot,
+        counted for its sensor, and in the expiry heap (one entry per series)."""
+        key = (sid, metric)
+        s = self.series[key] = Series(self.config)
+        self.slots.attach(key, s)
+        self._series_of[sid] += 1
+        heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))
+        return s
 
     def _judged(
         self,
@@ -1118,19 +1167,46 @@ class SensorOperator(Operator):
         s.mk = RiseDetector(size)
         s.mk_times = deque(maxlen=size)
         if (self._zscore or self._iqr) and s.window_ms // g < cfg.min_points:
-            key = f"{sid}/{metric}"
-            if key not in self.unjudgeable:
-                self.unjudgeable.add(key)
-                log.warning(
-                    "sensor %s: readings every %d ms, so the %d ms window never holds "
-                    "min_points=%d; zscore and iqr cannot judge it (raise window_ms to "
-                    "at least %d ms, lower min_points, or set adapt_window)",
-                    key,
-                    g,
-                    s.window_ms,
-                    cfg.min_points,
-                    g * cfg.min_points,
-                )
+            self._unjudgeable(f"{sid}/{metric}", g, s.window_ms)
+
+    def _unjudgeable(self, key: str, g: int, window_ms: int) -> None:
+        """Series `key`'s window (window_ms at its interval g) never holds min_points:
+        listed and logged once."""
+        if key in self.unjudgeable:
+            return
+        self.unjudgeable.add(key)
+        min_points = self.config.min_points
+        log.warning(
+            "sensor %s: readings every %d ms, so the %d ms window never holds "
+            "min_points=%d; zscore and iqr cannot judge it (raise window_ms to "
+            "at least %d ms, lower min_points, or set adapt_window)",
+            key,
+            g,
+            window_ms,
+            min_points,
+            g * min_points,
+        )
+
+    def _cadences(self, records: list[float]) -> None:
+        """The rest of the cadences the compiled run judged (`sensor_run.run`: the
+        window and the rise buckets are in the series' rows), as `_cadence` does it:
+        the level alpha, the rise test of its size, an unjudgeable window reported."""
+        cfg = self.config
+        slots = self.slots
+        judged = self._zscore or self._iqr
+        for c in range(0, len(records), CAD_SIZE):
+            slot, g, alpha, size = records[c : c + CAD_SIZE]
+            s = slots.holders[int(slot)]
+            assert s is not None
+            s.gaps = None
+            s.alpha = alpha
+            size = int(size)
+            s.mk = RiseDetector(size)
+            s.mk_times = deque(maxlen=size)
+            g = int(g)
+            if judged and s.window_ms // g < cfg.min_points:
+                sid, metric = slots.key_of[int(slot)]
+                self._unjudgeable(f"{sid}/{metric}", g, s.window_ms)
 
     def _zscore_found(
         self,

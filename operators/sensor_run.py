@@ -15,8 +15,14 @@ here without a Python call per reading (issue 18, point 1).
 
 A series in its cadence warm-up (its first `CADENCE_READINGS` gaps) runs here too:
 each gap is recorded in `gaps` (at `st[ST_NGAPS]`, then counted there), as
-`SensorOperator._cadence` would append it, until the gap that completes the
-warm-up, which is the operator's (`PRE`).
+`SensorOperator._cadence` would append it, and the gap that completes the warm-up
+is judged here as `_cadence` judges it (the median gap g, the window and the rise
+buckets into `st`, the same integer and float64 arithmetic), recorded in `cads`
+([count] + (slot, g, alpha, rise test size) per series) for the operator to make
+the Python parts of it (the rise test of that size, alpha, an unjudgeable window's
+warning) after the call, before anything of the series is judged in Python (issue
+18, point 3: ~17 µs of Python per series before); `PRE` when `cads` is full or the
+reading's metric count is unknown (an old checkpoint's entry).
 
 It stops at the first reading that needs the operator's Python:
 
@@ -90,12 +96,25 @@ ST_SIZE = 20
     CFG_RISE,  # the Mann-Kendall rise test's buckets
     CFG_HISTORY,  # the tails' history
     CFG_CADENCE,  # the gaps after which a series' cadence is judged (`CADENCE_READINGS`)
-) = range(11)
-CFG_SIZE = 11
+    # the cadence's consequences (`SensorOperator._cadence`), from `SensorConfig`
+    CFG_ADAPT,  # adapt_window
+    CFG_WINDOW_MS,  # window_ms (the configured one)
+    CFG_WINDOW_READINGS,  # window_readings
+    CFG_BUDGET,  # false_alarms_per_day
+    CFG_PER_SENSOR,  # budget_per == "sensor"
+    CFG_ALPHA,  # alpha (0: none, the budget's)
+    CFG_RISE_SPAN,  # rise_span_ms
+    CFG_RISE_MIN_READINGS,
+    CFG_RISE_MAX_POINTS,
+) = range(20)
+CFG_SIZE = 20
+DAY_MS = 86_400_000
+CAD_SIZE = 4  # a cadence record: (slot, g, alpha, size of the rise test)
 
 _SIGNATURE = (
     "UniTuple(int64, 2)(float64[::1], float64[::1], float64[::1], int64[::1], "
-    "float64[::1], int64, int64, float64[::1], float64[::1], float64[::1], int64[::1])"
+    "float64[::1], int64, int64, float64[::1], float64[::1], float64[::1], int64[::1], "
+    "int64[::1], float64[::1], int64)"
 )
 
 
@@ -112,6 +131,9 @@ def run(
     cfg: np.ndarray,
     closes: np.ndarray,
     gaps: np.ndarray,
+    ms: np.ndarray,
+    cads: np.ndarray,
+    slot: int,
 ) -> tuple[int, int]:
     """(status, i): readings i0..i-1 done; DONE (i = i1), or reading i needs Python
     (PRE: untouched; POST: its window stepped, the statistics in st; RISE: all done
@@ -139,11 +161,38 @@ def run(
         elif st[ST_NSTAGED] != 0.0:
             return PRE, i
         # in the cadence warm-up each gap is recorded in gaps; the one that completes
-        # it (the cadence judged: window, alpha, buckets) is the operator's
+        # it judges the cadence (`SensorOperator._cadence`): window, buckets here,
+        # alpha and the rise test's size recorded for the operator
         ngaps = int(st[ST_NGAPS])
         warm = add == 1 and ngaps >= 0
         if warm and ngaps + 1 >= cadence:
-            return PRE, i
+            c = 1 + CAD_SIZE * int(cads[0])
+            per_sensor = cfg[CFG_PER_SENSOR] != 0.0
+            if c + CAD_SIZE > len(cads) or (per_sensor and ms[i] == 0):
+                return PRE, i
+            ordered = np.sort(np.append(gaps[:ngaps], t - last))
+            g = max(ordered[len(ordered) // 2], 1)
+            if cfg[CFG_ADAPT] != 0.0:
+                window_ms = max(int(cfg[CFG_WINDOW_MS]), int(cfg[CFG_WINDOW_READINGS]) * g)
+                st[ST_WINDOW] = window_ms
+            budget = cfg[CFG_BUDGET]
+            if per_sensor:
+                budget /= max(1, ms[i])
+            alpha = cfg[CFG_ALPHA]
+            if alpha == 0.0:
+                alpha = min(0.01, budget * g / DAY_MS)
+            span = max(int(cfg[CFG_RISE_SPAN]), int(cfg[CFG_RISE_MIN_READINGS]) * g)
+            max_points = int(cfg[CFG_RISE_MAX_POINTS])
+            bucket_ms = max(g, span // max_points)
+            st[ST_BUCKET_MS] = bucket_ms
+            size = min(max(span // bucket_ms, int(cfg[CFG_RISE_MIN_READINGS])), max_points)
+            cads[c] = slot
+            cads[c + 1] = g
+            cads[c + 2] = alpha
+            cads[c + 3] = size
+            cads[0] += 1.0
+            st[ST_NGAPS] = -1.0
+            warm = False
         start = t - window_ms
         # a tail ring full below its history grows in Python first
         if calibrate and (
@@ -244,6 +293,8 @@ _RUN_ALL_SIGNATURE = types.void(
     types.float64[::1],
     types.int64[:, ::1],
     types.int64[::1],
+    types.float64[::1],
+    types.int64[::1],
     types.int64[::1],
 )
 
@@ -263,6 +314,8 @@ def run_all(
     cfg: np.ndarray,
     closes: np.ndarray,
     gaps: np.ndarray,
+    ms: np.ndarray,
+    cads: np.ndarray,
     status: np.ndarray,
     stops: np.ndarray,
 ) -> None:
@@ -276,8 +329,10 @@ def run_all(
     `states[s]` (`ST_*`), its cadence warm-up gaps the row `gaps[s]`. Each series stops
     as `run` does, independently of the others: (status[k], stops[k]) is `run`'s
     (status, i) for it. `closes` collects every series' closed rise buckets in the
-    order they closed (per series in event-time order), emptied first."""
+    order they closed (per series in event-time order), emptied first, and `cads` the
+    cadences judged (`run`), emptied first."""
     closes[0] = 0.0
+    cads[0] = 0.0
     for k in range(len(slots)):
         s = slots[k]
         o0, o1, o2 = offsets[s, 0], offsets[s, 1], offsets[s, 2]
@@ -293,6 +348,9 @@ def run_all(
             cfg,
             closes,
             gaps[s],
+            ms,
+            cads,
+            s,
         )
         status[k] = r
         stops[k] = j
