@@ -155,9 +155,29 @@ class WindowState(msgspec.Struct):
 
 
 class DriftWindow:
-    """Raw values of one model's window, per feature, and its confidences."""
+    """Raw values of one model's window, per feature, and its confidences.
 
-    __slots__ = ("conf", "first", "mismatch", "n", "open", "ready", "values", "versions")
+    Two derived views, kept as the values come in (while they are in the CPU's
+    caches) and never checkpointed (issue 18): `numbers`, for a feature kept in a
+    list (an open window's), the same values in array('d') while every one is a
+    number (the name is dropped at the first that is not); `counts`, for a
+    reference's categorical feature, the Counter of its list. Scoring reads a view
+    instead of the list, whose float and str objects lie scattered in memory by the
+    time the window closes (reading them back cost more than taking them in). A
+    restored window has no views: scoring then reads its lists, as before."""
+
+    __slots__ = (
+        "conf",
+        "counts",
+        "first",
+        "mismatch",
+        "n",
+        "numbers",
+        "open",
+        "ready",
+        "values",
+        "versions",
+    )
 
     def __init__(self) -> None:
         self.n = 0
@@ -168,8 +188,22 @@ class DriftWindow:
         self.open = True  # take any feature (no reference yet), else only the reference's
         self.ready = False  # accumulators set up for the model's reference
         self.first: int | None = None  # start of the first window merged into this one
+        self.numbers: dict[str, array] = {}  # a list's values as numbers (see above)
+        self.counts: dict[str, Counter[Any]] = {}  # a categorical list's values, counted
 
     def merge(self, other: DriftWindow) -> None:
+        # the views first, from both windows' values as they were
+        numbers: dict[str, array] = {}
+        counts: dict[str, Counter[Any]] = {}
+        for name in {*self.values, *other.values}:
+            mine, theirs = _numeric_view(self, name), _numeric_view(other, name)
+            if mine is not None and theirs is not None:
+                numbers[name] = array("d", mine)
+                numbers[name].extend(theirs)
+            mine_c, theirs_c = _count_view(self, name), _count_view(other, name)
+            if mine_c is not None and theirs_c is not None:
+                counts[name] = Counter(mine_c)
+                counts[name].update(theirs_c)
         self.n += other.n
         for v, c in other.versions.items():
             self.versions[v] = self.versions.get(v, 0) + c
@@ -184,6 +218,8 @@ class DriftWindow:
         for name, c in other.mismatch.items():
             self.mismatch[name] = self.mismatch.get(name, 0) + c
         self.conf.extend(other.conf)
+        self.numbers = {n: a for n, a in numbers.items() if self.values[n].__class__ is list}
+        self.counts = {n: c for n, c in counts.items() if self.values[n].__class__ is list}
 
     def state(self) -> WindowState:
         values: dict[str, list[float | str]] = {}
@@ -218,6 +254,27 @@ class DriftWindow:
         w.conf = array("d", state.conf)
         w.open, w.ready, w.first = state.open, state.ready, state.first
         return w
+
+
+def _numeric_view(w: DriftWindow, name: str) -> array | None:
+    """A feature's values that count as numbers, as array('d'), when known without
+    reading the list back; None otherwise."""
+    acc = w.values.get(name)
+    if acc is None:
+        return array("d")
+    if acc.__class__ is array:
+        return acc  # type: ignore[return-value]
+    return w.numbers.get(name)
+
+
+def _count_view(w: DriftWindow, name: str) -> Counter[Any] | None:
+    """A feature's values counted, when known without reading the list back."""
+    acc = w.values.get(name)
+    if acc is None:
+        return Counter()
+    if acc.__class__ is array:
+        return None
+    return w.counts.get(name)
 
 
 class PooledCounts(msgspec.Struct):
@@ -401,7 +458,11 @@ class DriftOperator(Operator):
         numeric = ref.numeric
         for f in ref.features:
             if f.name not in w.values:
-                w.values[f.name] = array("d") if f.name in numeric else []
+                if f.name in numeric:
+                    w.values[f.name] = array("d")
+                else:
+                    w.values[f.name] = []
+                    w.counts[f.name] = Counter()
 
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
         size = self.config.window_ms
@@ -487,7 +548,10 @@ class DriftOperator(Operator):
             non_numeric = w.mismatch.get(f.name, 0)
             ks = ks_p = chi2 = chi2_p = None
             if f.kind == "numeric":
-                x = _numbers(acc)
+                view = w.numbers.get(f.name)
+                # a view is the list's values only if it holds as many (code that
+                # appends to the list alone, e.g. a test's reference feed, leaves it short)
+                x = _numbers(acc if view is None or len(view) != len(acc) else view)
                 non_numeric += len(acc) - x.size
                 if x.size == 0:
                     continue
@@ -497,7 +561,10 @@ class DriftOperator(Operator):
             else:
                 counts = np.zeros(f.other + 1, dtype=np.int64)
                 index, other = f.index, f.other
-                for value, c in Counter(acc).items():
+                counted = w.counts.get(f.name)
+                if counted is None or counted.total() != len(acc):
+                    counted = Counter(acc)
+                for value, c in counted.items():
                     key = value if isinstance(value, str) else category_key(value)
                     counts[index.get(key, other)] += c
                 chi2, chi2_p = chi_square(f.props, counts, cfg.psi_eps)
@@ -723,11 +790,14 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
             _take_each(w, events)
             return
         columns = list(same.items())
+        numbers = w.numbers
         for name, _ in columns:
             if name not in values:
                 values[name] = []
+                numbers[name] = array("d")
         if PREDICTION not in values:
             values[PREDICTION] = []
+            numbers[PREDICTION] = array("d")
     elif (same := _same_names(features, total)) is not None:
         columns = [(name, same.get(name, [])) for name in values if name != PREDICTION]
         if PREDICTION in same and PREDICTION in values:  # a feature named __prediction__
@@ -777,6 +847,15 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
                         w.mismatch[name] = w.mismatch.get(name, 0) + 1
         else:
             acc.extend(column)
+            view = w.numbers.get(name)
+            if view is not None:
+                try:
+                    view.fromlist(column)  # all or nothing
+                except Exception:  # not a number (kept in the list): no view any more
+                    del w.numbers[name]
+            counted = w.counts.get(name)
+            if counted is not None:
+                counted.update(column)
     conf = list(map(_CONFIDENCE, events))
     if None in conf:
         conf = [c for c in conf if c is not None]
@@ -807,30 +886,39 @@ def _same_names(features: list[dict[str, Any]], total: int) -> dict[str, list[An
 def _take_each(w: DriftWindow, events: list[InferenceLog]) -> None:
     """An open window takes its events one by one: every feature, each in the order
     first met (where the events' feature names differ)."""
-    values = w.values
     versions = w.versions
     for e in events:
         w.n += 1
         v = e.model_version
         versions[v] = versions.get(v, 0) + 1
         for name, x in e.features.items():
-            acc = values.get(name)
-            if acc is None:
-                acc = values[name] = []
-            try:
-                acc.append(x)
-            except TypeError:  # a string offered to a numeric feature
-                w.mismatch[name] = w.mismatch.get(name, 0) + 1
-        acc = values.get(PREDICTION)
-        if acc is None:
-            acc = values[PREDICTION] = []
-        try:
-            acc.append(e.prediction)
-        except TypeError:
-            w.mismatch[PREDICTION] = w.mismatch.get(PREDICTION, 0) + 1
+            _append(w, name, x)
+        _append(w, PREDICTION, e.prediction)
         c = e.confidence
         if c is not None:
             w.conf.append(c)
+
+
+def _append(w: DriftWindow, name: str, x: Any) -> None:
+    """An open window takes one value of a feature (and of its views)."""
+    acc = w.values.get(name)
+    if acc is None:
+        acc = w.values[name] = []
+        w.numbers[name] = array("d")
+    try:
+        acc.append(x)
+    except TypeError:  # a string offered to a numeric feature (a restored array)
+        w.mismatch[name] = w.mismatch.get(name, 0) + 1
+        return
+    view = w.numbers.get(name)
+    if view is not None:
+        try:
+            view.append(x)
+        except Exception:  # not a number (kept in the list): no view any more
+            del w.numbers[name]
+    counted = w.counts.get(name)
+    if counted is not None:
+        counted[x] += 1
 
 
 def _numbers(acc: Acc) -> np.ndarray:
