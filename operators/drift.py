@@ -161,7 +161,8 @@ class DriftWindow:
     caches) and never checkpointed (issue 18): `numbers`, for a feature kept in a
     list (an open window's), the same values in array('d') while every one is a
     number (the name is dropped at the first that is not); `counts`, for a
-    reference's categorical feature, the Counter of its list. Scoring reads a view
+    categorical feature (of the reference, or an open window's list once it holds a
+    value that is not a number), the Counter of its list. Scoring reads a view
     instead of the list, whose float and str objects lie scattered in memory by the
     time the window closes (reading them back cost more than taking them in). A
     restored window has no views: scoring then reads its lists, as before."""
@@ -254,6 +255,11 @@ class DriftWindow:
         w.conf = array("d", state.conf)
         w.open, w.ready, w.first = state.open, state.ready, state.first
         return w
+
+
+# A list whose Counter view holds more distinct values is no category (a numeric
+# feature with a stray string): the view is dropped, scoring counts the list if need be.
+MAX_COUNTED = 256
 
 
 def _numeric_view(w: DriftWindow, name: str) -> array | None:
@@ -851,11 +857,12 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
             if view is not None:
                 try:
                     view.fromlist(column)  # all or nothing
-                except Exception:  # not a number (kept in the list): no view any more
+                    continue
+                except Exception:  # not a number (kept in the list): counted instead
                     del w.numbers[name]
-            counted = w.counts.get(name)
-            if counted is not None:
-                counted.update(column)
+                    _count(w, name, acc, acc)  # type: ignore[arg-type]
+            elif name in w.counts:
+                _count(w, name, w.counts[name], column)
     conf = list(map(_CONFIDENCE, events))
     if None in conf:
         conf = [c for c in conf if c is not None]
@@ -914,11 +921,27 @@ def _append(w: DriftWindow, name: str, x: Any) -> None:
     if view is not None:
         try:
             view.append(x)
-        except Exception:  # not a number (kept in the list): no view any more
+            return
+        except Exception:  # not a number (kept in the list): counted instead
             del w.numbers[name]
-    counted = w.counts.get(name)
-    if counted is not None:
-        counted[x] += 1
+            _count(w, name, acc, acc)
+    elif name in w.counts:
+        _count(w, name, w.counts[name], (x,))
+
+
+def _count(w: DriftWindow, name: str, counted: Counter[Any] | list[Any], more: Any) -> None:
+    """The Counter view of a list (`counted`: the view, or the list to count) takes
+    `more`; dropped where it is no category (too many values, an unhashable one)."""
+    try:
+        if counted.__class__ is list:
+            counted = w.counts[name] = Counter(more)
+        else:
+            counted.update(more)  # type: ignore[union-attr]
+    except TypeError:  # an unhashable value: scoring decides what to do with it
+        w.counts.pop(name, None)
+        return
+    if len(counted) > MAX_COUNTED:
+        del w.counts[name]
 
 
 def _numbers(acc: Acc) -> np.ndarray:
