@@ -82,7 +82,6 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -871,23 +870,27 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
 
 def _same_names(features: list[dict[str, Any]], total: int) -> dict[str, list[Any]] | None:
     """Each feature's column, by name in the order of the first event's mapping, when
-    every event's mapping has the same names in the same order (`total` values in
-    all): the usual case, one producer writing the same JSON. Two flat passes in C
-    (names, values) and a slice per feature, instead of a lookup per value. None
-    when the mappings differ."""
+    every event's mapping has the same names (`total` values in all): the usual case,
+    one producer writing the same JSON. One lookup pass in C (`itemgetter` of the
+    first mapping's names: a mapping without one of them raises KeyError) and a
+    transposition (`zip`), instead of a lookup per value; with `total` equal to names
+    x events and every name in every mapping, each mapping has exactly those names
+    (issue 18, session 10: the names need not be in the same order, and are not
+    compared one by one). None when the mappings differ."""
     first = features[0]
     k = len(first)
-    n = len(features)
-    if total != k * n:
+    if total != k * len(features):
         return None
     if k == 0:
         return {}
-    names = list(chain.from_iterable(features))
-    for j, name in enumerate(first):
-        if names[j::k].count(name) != n:  # names are unique in a mapping: then each has
-            return None  # `name` at place j, and all have the same names in order
-    flat = list(chain.from_iterable(map(dict.values, features)))
-    return {name: flat[j::k] for j, name in enumerate(first)}
+    names = list(first)
+    try:
+        rows = list(map(itemgetter(*names), features))
+    except KeyError:
+        return None
+    if k == 1:
+        return {names[0]: rows}
+    return {name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)}
 
 
 def _take_each(w: DriftWindow, events: list[InferenceLog]) -> None:
