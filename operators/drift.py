@@ -261,6 +261,20 @@ class DriftWindow:
 MAX_COUNTED = 256
 
 
+def _views(w: DriftWindow) -> dict[str, array | Counter[Any]]:
+    """A window's lists' views that hold as many values as their list."""
+    views: dict[str, array | Counter[Any]] = {}
+    for name, acc in w.values.items():
+        view = w.numbers.get(name)
+        if view is not None and len(view) == len(acc):
+            views[name] = view
+            continue
+        counted = w.counts.get(name)
+        if counted is not None and counted.total() == len(acc):
+            views[name] = counted
+    return views
+
+
 def _numeric_view(w: DriftWindow, name: str) -> array | None:
     """A feature's values that count as numbers, as array('d'), when known without
     reading the list back; None otherwise."""
@@ -523,7 +537,7 @@ class DriftOperator(Operator):
         builder = self.warmup.get(model_id)
         if builder is None:
             builder = self.warmup[model_id] = self._builder(model_id)
-        builder.add_window(w.values, w.conf, w.n, w.versions)
+        builder.add_window(w.values, w.conf, w.n, w.versions, _views(w))
         if builder.full:
             del self.warmup[model_id]
             self._set_reference(model_id, builder.build())
