@@ -60,7 +60,11 @@ Cost: a poll's events are grouped by model and window, and each group is taken
 feature by feature: the group's values of a feature as one list, copied into a
 numeric reference feature's compact array('d') in C (issue 18; the same values
 in the same order as event by event, `_take`); all statistics run with numpy
-once per window and feature. Every figure depends on the
+once per window and feature. A feature kept in a list (an open window's, a
+categorical one) also gets a derived view as its values come in, array('d') of
+its numbers or a Counter of its values (`DriftWindow`; issue 18, session 10):
+scoring and the warm-up's profile read the view, not the list's objects, which
+lie scattered in memory by the window's close. Every figure depends on the
 multiset of a window's events only (sorted samples, exact sums), so any
 arrival order within the allowed lateness gives the same rows.
 

@@ -8,6 +8,8 @@ small windows that are carried and merged, warm-ups and configured references.""
 
 from __future__ import annotations
 
+import contextlib
+from array import array
 from collections import Counter
 from typing import Any
 
@@ -16,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.drift import MAX_COUNTED, DriftConfig, DriftOperator, DriftWindow, _count
-from operators.reference import PREDICTION
+from operators.reference import PREDICTION, profile_feature
 from schemas.events import InferenceLog
 from tests.test_decode_fast import REFERENCES
 
@@ -70,7 +72,7 @@ def _outputs(op: DriftOperator) -> Any:
     return rows, [repr(o) for o in out.observations]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
     n=st.integers(1, 70),
@@ -148,3 +150,27 @@ def test_views_follow_the_lists() -> None:
     restored = DriftOperator(DriftConfig(window_ms=60_000), REFERENCES)
     restored.restore(op.snapshot())
     assert all(not w.numbers and not w.counts for _, _, w in restored.windows.items())
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.floats(-5, 5, allow_nan=False),
+            st.just(float("nan")),
+            st.integers(-3, 3),
+            st.sampled_from(["A", "B", "C"]),
+        ),
+        max_size=40,
+    )
+)
+def test_profile_from_a_view_equals_the_profile_from_the_list(values: list[Any]) -> None:
+    """`profile_feature` given a warm-up's view of the values (array('d') of numbers,
+    or their Counter) gives exactly the profile of the values alone."""
+    expected = profile_feature(values, bins=4, sample_size=10, max_categories=2)
+    views: list[Any] = [Counter(values)]
+    with contextlib.suppress(TypeError):  # a str among them: no numbers view
+        views.append(array("d", values))
+    for view in views:
+        got = profile_feature(values, bins=4, sample_size=10, max_categories=2, view=view)
+        assert repr(got) == repr(expected)  # as text: NaN != NaN
