@@ -60,7 +60,11 @@ Cost: a poll's events are grouped by model and window, and each group is taken
 feature by feature: the group's values of a feature as one list, copied into a
 numeric reference feature's compact array('d') in C (issue 18; the same values
 in the same order as event by event, `_take`); all statistics run with numpy
-once per window and feature. Every figure depends on the
+once per window and feature. A feature kept in a list (an open window's, a
+categorical one) also gets a derived view as its values come in, array('d') of
+its numbers or a Counter of its values (`DriftWindow`; issue 18, session 10):
+scoring and the warm-up's profile read the view, not the list's objects, which
+lie scattered in memory by the window's close. Every figure depends on the
 multiset of a window's events only (sorted samples, exact sums), so any
 arrival order within the allowed lateness gives the same rows.
 
@@ -82,7 +86,6 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -155,9 +158,30 @@ class WindowState(msgspec.Struct):
 
 
 class DriftWindow:
-    """Raw values of one model's window, per feature, and its confidences."""
+    """Raw values of one model's window, per feature, and its confidences.
 
-    __slots__ = ("conf", "first", "mismatch", "n", "open", "ready", "values", "versions")
+    Two derived views, kept as the values come in (while they are in the CPU's
+    caches) and never checkpointed (issue 18): `numbers`, for a feature kept in a
+    list (an open window's), the same values in array('d') while every one is a
+    number (the name is dropped at the first that is not); `counts`, for a
+    categorical feature (of the reference, or an open window's list once it holds a
+    value that is not a number), the Counter of its list. Scoring reads a view
+    instead of the list, whose float and str objects lie scattered in memory by the
+    time the window closes (reading them back cost more than taking them in). A
+    restored window has no views: scoring then reads its lists, as before."""
+
+    __slots__ = (
+        "conf",
+        "counts",
+        "first",
+        "mismatch",
+        "n",
+        "numbers",
+        "open",
+        "ready",
+        "values",
+        "versions",
+    )
 
     def __init__(self) -> None:
         self.n = 0
@@ -168,8 +192,22 @@ class DriftWindow:
         self.open = True  # take any feature (no reference yet), else only the reference's
         self.ready = False  # accumulators set up for the model's reference
         self.first: int | None = None  # start of the first window merged into this one
+        self.numbers: dict[str, array] = {}  # a list's values as numbers (see above)
+        self.counts: dict[str, Counter[Any]] = {}  # a categorical list's values, counted
 
     def merge(self, other: DriftWindow) -> None:
+        # the views first, from both windows' values as they were
+        numbers: dict[str, array] = {}
+        counts: dict[str, Counter[Any]] = {}
+        for name in {*self.values, *other.values}:
+            mine, theirs = _numeric_view(self, name), _numeric_view(other, name)
+            if mine is not None and theirs is not None:
+                numbers[name] = array("d", mine)
+                numbers[name].extend(theirs)
+            mine_c, theirs_c = _count_view(self, name), _count_view(other, name)
+            if mine_c is not None and theirs_c is not None:
+                counts[name] = Counter(mine_c)
+                counts[name].update(theirs_c)
         self.n += other.n
         for v, c in other.versions.items():
             self.versions[v] = self.versions.get(v, 0) + c
@@ -184,6 +222,8 @@ class DriftWindow:
         for name, c in other.mismatch.items():
             self.mismatch[name] = self.mismatch.get(name, 0) + c
         self.conf.extend(other.conf)
+        self.numbers = {n: a for n, a in numbers.items() if self.values[n].__class__ is list}
+        self.counts = {n: c for n, c in counts.items() if self.values[n].__class__ is list}
 
     def state(self) -> WindowState:
         values: dict[str, list[float | str]] = {}
@@ -218,6 +258,46 @@ class DriftWindow:
         w.conf = array("d", state.conf)
         w.open, w.ready, w.first = state.open, state.ready, state.first
         return w
+
+
+# A list whose Counter view holds more distinct values is no category (a numeric
+# feature with a stray string): the view is dropped, scoring counts the list if need be.
+MAX_COUNTED = 256
+
+
+def _views(w: DriftWindow) -> dict[str, array | Counter[Any]]:
+    """A window's lists' views that hold as many values as their list."""
+    views: dict[str, array | Counter[Any]] = {}
+    for name, acc in w.values.items():
+        view = w.numbers.get(name)
+        if view is not None and len(view) == len(acc):
+            views[name] = view
+            continue
+        counted = w.counts.get(name)
+        if counted is not None and counted.total() == len(acc):
+            views[name] = counted
+    return views
+
+
+def _numeric_view(w: DriftWindow, name: str) -> array | None:
+    """A feature's values that count as numbers, as array('d'), when known without
+    reading the list back; None otherwise."""
+    acc = w.values.get(name)
+    if acc is None:
+        return array("d")
+    if acc.__class__ is array:
+        return acc  # type: ignore[return-value]
+    return w.numbers.get(name)
+
+
+def _count_view(w: DriftWindow, name: str) -> Counter[Any] | None:
+    """A feature's values counted, when known without reading the list back."""
+    acc = w.values.get(name)
+    if acc is None:
+        return Counter()
+    if acc.__class__ is array:
+        return None
+    return w.counts.get(name)
 
 
 class PooledCounts(msgspec.Struct):
@@ -401,7 +481,11 @@ class DriftOperator(Operator):
         numeric = ref.numeric
         for f in ref.features:
             if f.name not in w.values:
-                w.values[f.name] = array("d") if f.name in numeric else []
+                if f.name in numeric:
+                    w.values[f.name] = array("d")
+                else:
+                    w.values[f.name] = []
+                    w.counts[f.name] = Counter()
 
     def feed(self, source: str, events: Sequence[InferenceLog]) -> None:
         size = self.config.window_ms
@@ -457,7 +541,7 @@ class DriftOperator(Operator):
         builder = self.warmup.get(model_id)
         if builder is None:
             builder = self.warmup[model_id] = self._builder(model_id)
-        builder.add_window(w.values, w.conf, w.n, w.versions)
+        builder.add_window(w.values, w.conf, w.n, w.versions, _views(w))
         if builder.full:
             del self.warmup[model_id]
             self._set_reference(model_id, builder.build())
@@ -487,7 +571,10 @@ class DriftOperator(Operator):
             non_numeric = w.mismatch.get(f.name, 0)
             ks = ks_p = chi2 = chi2_p = None
             if f.kind == "numeric":
-                x = _numbers(acc)
+                view = w.numbers.get(f.name)
+                # a view is the list's values only if it holds as many (code that
+                # appends to the list alone, e.g. a test's reference feed, leaves it short)
+                x = _numbers(acc if view is None or len(view) != len(acc) else view)
                 non_numeric += len(acc) - x.size
                 if x.size == 0:
                     continue
@@ -497,7 +584,10 @@ class DriftOperator(Operator):
             else:
                 counts = np.zeros(f.other + 1, dtype=np.int64)
                 index, other = f.index, f.other
-                for value, c in Counter(acc).items():
+                counted = w.counts.get(f.name)
+                if counted is None or counted.total() != len(acc):
+                    counted = Counter(acc)
+                for value, c in counted.items():
                     key = value if isinstance(value, str) else category_key(value)
                     counts[index.get(key, other)] += c
                 chi2, chi2_p = chi_square(f.props, counts, cfg.psi_eps)
@@ -723,11 +813,14 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
             _take_each(w, events)
             return
         columns = list(same.items())
+        numbers = w.numbers
         for name, _ in columns:
             if name not in values:
                 values[name] = []
+                numbers[name] = array("d")
         if PREDICTION not in values:
             values[PREDICTION] = []
+            numbers[PREDICTION] = array("d")
     elif (same := _same_names(features, total)) is not None:
         columns = [(name, same.get(name, [])) for name in values if name != PREDICTION]
         if PREDICTION in same and PREDICTION in values:  # a feature named __prediction__
@@ -777,6 +870,16 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
                         w.mismatch[name] = w.mismatch.get(name, 0) + 1
         else:
             acc.extend(column)
+            view = w.numbers.get(name)
+            if view is not None:
+                try:
+                    view.fromlist(column)  # all or nothing
+                    continue
+                except Exception:  # not a number (kept in the list): counted instead
+                    del w.numbers[name]
+                    _count(w, name, acc, acc)  # type: ignore[arg-type]
+            elif name in w.counts:
+                _count(w, name, w.counts[name], column)
     conf = list(map(_CONFIDENCE, events))
     if None in conf:
         conf = [c for c in conf if c is not None]
@@ -785,52 +888,81 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
 
 def _same_names(features: list[dict[str, Any]], total: int) -> dict[str, list[Any]] | None:
     """Each feature's column, by name in the order of the first event's mapping, when
-    every event's mapping has the same names in the same order (`total` values in
-    all): the usual case, one producer writing the same JSON. Two flat passes in C
-    (names, values) and a slice per feature, instead of a lookup per value. None
-    when the mappings differ."""
+    every event's mapping has the same names (`total` values in all): the usual case,
+    one producer writing the same JSON. One lookup pass in C (`itemgetter` of the
+    first mapping's names: a mapping without one of them raises KeyError) and a
+    transposition (`zip`), instead of a lookup per value; with `total` equal to names
+    x events and every name in every mapping, each mapping has exactly those names
+    (issue 18, session 10: the names need not be in the same order, and are not
+    compared one by one). None when the mappings differ."""
     first = features[0]
     k = len(first)
-    n = len(features)
-    if total != k * n:
+    if total != k * len(features):
         return None
     if k == 0:
         return {}
-    names = list(chain.from_iterable(features))
-    for j, name in enumerate(first):
-        if names[j::k].count(name) != n:  # names are unique in a mapping: then each has
-            return None  # `name` at place j, and all have the same names in order
-    flat = list(chain.from_iterable(map(dict.values, features)))
-    return {name: flat[j::k] for j, name in enumerate(first)}
+    names = list(first)
+    try:
+        rows = list(map(itemgetter(*names), features))
+    except KeyError:
+        return None
+    if k == 1:
+        return {names[0]: rows}
+    return {name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)}
 
 
 def _take_each(w: DriftWindow, events: list[InferenceLog]) -> None:
     """An open window takes its events one by one: every feature, each in the order
     first met (where the events' feature names differ)."""
-    values = w.values
     versions = w.versions
     for e in events:
         w.n += 1
         v = e.model_version
         versions[v] = versions.get(v, 0) + 1
         for name, x in e.features.items():
-            acc = values.get(name)
-            if acc is None:
-                acc = values[name] = []
-            try:
-                acc.append(x)
-            except TypeError:  # a string offered to a numeric feature
-                w.mismatch[name] = w.mismatch.get(name, 0) + 1
-        acc = values.get(PREDICTION)
-        if acc is None:
-            acc = values[PREDICTION] = []
-        try:
-            acc.append(e.prediction)
-        except TypeError:
-            w.mismatch[PREDICTION] = w.mismatch.get(PREDICTION, 0) + 1
+            _append(w, name, x)
+        _append(w, PREDICTION, e.prediction)
         c = e.confidence
         if c is not None:
             w.conf.append(c)
+
+
+def _append(w: DriftWindow, name: str, x: Any) -> None:
+    """An open window takes one value of a feature (and of its views)."""
+    acc = w.values.get(name)
+    if acc is None:
+        acc = w.values[name] = []
+        w.numbers[name] = array("d")
+    try:
+        acc.append(x)
+    except TypeError:  # a string offered to a numeric feature (a restored array)
+        w.mismatch[name] = w.mismatch.get(name, 0) + 1
+        return
+    view = w.numbers.get(name)
+    if view is not None:
+        try:
+            view.append(x)
+            return
+        except Exception:  # not a number (kept in the list): counted instead
+            del w.numbers[name]
+            _count(w, name, acc, acc)
+    elif name in w.counts:
+        _count(w, name, w.counts[name], (x,))
+
+
+def _count(w: DriftWindow, name: str, counted: Counter[Any] | list[Any], more: Any) -> None:
+    """The Counter view of a list (`counted`: the view, or the list to count) takes
+    `more`; dropped where it is no category (too many values, an unhashable one)."""
+    try:
+        if counted.__class__ is list:
+            counted = w.counts[name] = Counter(more)
+        else:
+            counted.update(more)  # type: ignore[union-attr]
+    except TypeError:  # an unhashable value: scoring decides what to do with it
+        w.counts.pop(name, None)
+        return
+    if len(counted) > MAX_COUNTED:
+        del w.counts[name]
 
 
 def _numbers(acc: Acc) -> np.ndarray:

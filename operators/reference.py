@@ -119,15 +119,33 @@ def profile_feature(
     bins: int = 10,
     sample_size: int = 5000,
     max_categories: int = 50,
+    view: array | Counter[Any] | None = None,
 ) -> FeatureProfile | None:
-    """The profile of one feature's reference values (None when all are missing)."""
+    """The profile of one feature's reference values (None when all are missing).
+
+    `view`: the same values already converted, if known (a warm-up's, kept as its
+    windows came in: `WarmupProfileBuilder`): array('d') of them all when every one
+    is a number, or their Counter; used only when it holds as many values."""
     # Fast paths (issue 18: a warm-up profiles ~1000+ values per feature; the per-value
     # Python of the general path below was a third of a model's first scoring). Both
     # give exactly what the general path gives, and defer to it on any doubt.
-    x = _all_numbers(values)
+    x: np.ndarray | None = None
+    raw: Counter[Any] | None = None
+    if view.__class__ is array and len(view) == len(values):  # type: ignore[arg-type]
+        x = np.frombuffer(view, dtype=np.float64)  # what _all_numbers converts
+        if np.isnan(x).any():
+            x = None  # missing values: as _all_numbers
+    elif (
+        view.__class__ is Counter
+        and view.total() == len(values)  # type: ignore[union-attr]
+        and str in {v.__class__ for v in view}  # type: ignore[union-attr]
+    ):
+        raw = view  # type: ignore[assignment]  # a str among them: not all numbers
+    else:
+        x = _all_numbers(values)
     if x is not None:
         return _numeric_profile(np.sort(x), bins, sample_size) if x.size else None
-    counter = _category_counts(values)
+    counter = _category_counts(values, raw)
     if counter is None:
         present = [v for v in values if not _is_missing(v)]
         if not present:
@@ -167,15 +185,16 @@ def _all_numbers(values: Sequence[Any]) -> np.ndarray | None:
     return x
 
 
-def _category_counts(values: Sequence[Any]) -> Counter[str] | None:
+def _category_counts(values: Sequence[Any], raw: Counter[Any] | None = None) -> Counter[str] | None:
     """The category counts of `values` when at least one is a str, no value is missing
-    and all are str, int or float; counted per distinct value first (in C), then named
-    (`category_key` maps equal values to one name, so the sums are the general path's).
-    None when the general path must decide."""
-    try:
-        raw = Counter(values)
-    except TypeError:  # an unhashable value
-        return None
+    and all are str, int or float; counted per distinct value first (in C; `raw`: that
+    Counter, if known), then named (`category_key` maps equal values to one name, so
+    the sums are the general path's). None when the general path must decide."""
+    if raw is None:
+        try:
+            raw = Counter(values)
+        except TypeError:  # an unhashable value
+            return None
     kinds = {v.__class__ for v in raw}
     if str not in kinds or not kinds <= {str, int, float}:
         return None
@@ -228,11 +247,18 @@ class Columns(msgspec.Struct):
         bins: int,
         sample_size: int,
         max_categories: int,
+        views: Mapping[str, array | Counter[Any]] | None = None,
     ) -> ReferenceProfile:
+        """`views`: per feature, its values already converted, if known (profile_feature)."""
         features = {}
+        views = views or {}
         for name in sorted(self.values):
             fp = profile_feature(
-                self.values[name], bins=bins, sample_size=sample_size, max_categories=max_categories
+                self.values[name],
+                bins=bins,
+                sample_size=sample_size,
+                max_categories=max_categories,
+                view=views.get(name),
             )
             if fp is not None:
                 features[name] = fp
@@ -316,6 +342,10 @@ class WarmupProfileBuilder:
         self.sample_size = sample_size
         self.max_categories = max_categories
         self.state = WarmupState()
+        # per feature, its columns' values already converted (array('d') or Counter), from
+        # windows that came with them (`add_window`); derived, not checkpointed: a
+        # restored builder has none, and `build` converts the lists as before
+        self.views: dict[str, array | Counter[Any]] = {}
 
     @property
     def count(self) -> int:
@@ -346,11 +376,24 @@ class WarmupProfileBuilder:
         confidences: Iterable[float],
         events: int,
         versions: Mapping[str, int],
+        views: Mapping[str, array | Counter[Any]] | None = None,
     ) -> None:
-        """Add a closed window: values per feature, confidences, event count, versions."""
+        """Add a closed window: values per feature, confidences, event count, versions;
+        `views`: per feature, the window's values already converted, where known."""
         cols = self.state.columns
+        views = views or {}
         for name, values in columns.items():
-            cols.values.setdefault(name, []).extend(values)
+            column = cols.values.setdefault(name, [])
+            view, mine = views.get(name), self.views.get(name)
+            if not column and view is not None:
+                self.views[name] = array("d", view) if view.__class__ is array else Counter(view)
+            elif isinstance(mine, array) and isinstance(view, array):
+                mine.extend(view)
+            elif isinstance(mine, Counter) and isinstance(view, Counter):
+                mine.update(view)
+            else:
+                self.views.pop(name, None)
+            column.extend(values)
         cols.confidences.extend(confidences)
         cols.rows += events
         mine = self.state.versions
@@ -360,7 +403,13 @@ class WarmupProfileBuilder:
     def build(self) -> ReferenceProfile:
         version = "warmup:" + "+".join(sorted(self.state.versions))
         return self.state.columns.build(
-            self.model_id, version, "warmup", self.bins, self.sample_size, self.max_categories
+            self.model_id,
+            version,
+            "warmup",
+            self.bins,
+            self.sample_size,
+            self.max_categories,
+            self.views,
         )
 
 
