@@ -110,6 +110,9 @@ class Deployment:
                 "bootstrap": bootstrap,
                 "partitions": partitions,
                 "group_id": group_id,
+                # group joins on Tansu wait half of it (6 s and 10 s by default), and a
+                # killed worker's partitions move after it: short on this one host
+                "session_timeout_s": 3.0,
             },
             "clickhouse": {
                 "dsn": clickhouse_dsn or f"chdb://{self.data_dir / 'clickhouse'}",
