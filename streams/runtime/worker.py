@@ -278,7 +278,14 @@ class Worker:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        await worker.start()
+        # the input's group join runs while faust starts (its own group join, the web
+        # server); the partitions are taken at the source's first poll, after that
+        self.source.subscribe()
+        try:
+            await worker.start()
+        except BaseException:
+            await asyncio.to_thread(self.source.consumer.close)  # leave the group now
+            raise
         source = asyncio.create_task(self.source.run(), name="streamwatch-source")
         failure = None
         try:
