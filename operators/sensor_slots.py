@@ -86,7 +86,7 @@ class SeriesSlots:
     """Slots, their state rows and buffer regions (see the module's docstring)."""
 
     def __init__(self, width: int, gap_width: int, capacity: int = 64, chunk: int = CHUNK) -> None:
-        _warm_lists()
+        warm_lists()
         self.width = width
         self.gap_width = gap_width
         self.slot_of: dict[Any, int] = {}
@@ -224,13 +224,15 @@ def _grown(a: np.ndarray, rows: int) -> np.ndarray:
 
 
 # numba compiles a typed list's methods at their first use in a process (they are not
-# in its on-disk cache): done with the first `SeriesSlots`, built with the sensor
-# operator, so a worker pays it at start (~0.2 s) and not on its first reading, and a
-# process that only imports this module (the CLI reading the configuration) never
+# in its on-disk cache): done by `warm_lists`, which the worker calls at its start (while
+# its group join waits) and the first `SeriesSlots` calls, so a worker pays it at start
+# (~0.2 s) and not on its first reading, and a process that only imports this module
+# (the CLI reading the configuration) never does
 _warm = False
 
 
-def _warm_lists() -> None:
+def warm_lists() -> None:
+    """Compile the typed-list methods `SeriesSlots` uses (once per process)."""
     global _warm
     if not _warm:
         _warm = True  # first: the warm-up's own SeriesSlots comes back here

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from operators import cluster, sensor_slots
 from operators.state import StateFormatError
 from streams.config import ConfigError, Settings
 from streams.connectors import kafka
@@ -184,6 +185,7 @@ class Worker:
         self.watchdog: ExitWatchdog | None = None
         self.sinks = Sinks(self.writer, self.producer, settings.topics)
         monitors = build_monitors(settings)
+        self.monitor_names = {m.name for m in monitors}
         plan = next((m.plan for m in monitors if m.plan), None)
         if plan:  # re-keying: internal topics, and a producer that keeps their order
             repartition.ensure_internal_topics(settings, plan)
@@ -281,6 +283,12 @@ class Worker:
         # the input's group join runs while faust starts (its own group join, the web
         # server); the partitions are taken at the source's first poll, after that
         self.source.subscribe()
+        # numba compiles typed-list methods at their first use in a process: those of the
+        # sensor and cluster monitors now, while the join waits, not at the first assignment
+        if "sensor" in self.monitor_names:
+            sensor_slots.warm_lists()
+        if "cluster" in self.monitor_names:
+            cluster.warm_lists()
         try:
             await worker.start()
         except BaseException:
