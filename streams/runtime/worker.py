@@ -156,6 +156,22 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def warm_up(monitor_names: set[str]) -> None:
+    """What the operators leave to their first use (so that the CLI, which reads the
+    configuration and so imports them, never pays it), done at the worker's start rather
+    than on its first readings: scipy.stats and river imported, numba's typed-list
+    methods of the sensor and cluster monitors compiled (not in its on-disk cache)."""
+    import river.cluster
+    import river.drift
+    import river.preprocessing  # noqa: F401
+    import scipy.stats  # noqa: F401
+
+    if "sensor" in monitor_names:
+        sensor_slots.warm_lists()
+    if "cluster" in monitor_names:
+        cluster.warm_lists()
+
+
 class Worker:
     """One streamwatch worker process: consume, compute, write, alert."""
 
@@ -283,12 +299,7 @@ class Worker:
         # the input's group join runs while faust starts (its own group join, the web
         # server); the partitions are taken at the source's first poll, after that
         self.source.subscribe()
-        # numba compiles typed-list methods at their first use in a process: those of the
-        # sensor and cluster monitors now, while the join waits, not at the first assignment
-        if "sensor" in self.monitor_names:
-            sensor_slots.warm_lists()
-        if "cluster" in self.monitor_names:
-            cluster.warm_lists()
+        warm_up(self.monitor_names)  # while the join waits
         try:
             await worker.start()
         except BaseException:
