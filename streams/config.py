@@ -61,7 +61,7 @@ class KafkaSettings(Strict):
     # The consumer-group session timeout of the worker's input consumer and its faust
     # app, in seconds (None: 6 s and 10 s). Tansu holds every group join for half of
     # it, and Kafka drops a crashed member after it: a single-host test deployment
-    # can shorten both (tests/harness.py uses 3 s); Apache Kafka's brokers accept
+    # can shorten both (tests/harness.py uses 4 s); Apache Kafka's brokers accept
     # 6 s or more by default (group.min.session.timeout.ms).
     session_timeout_s: float | None = None
 

@@ -110,9 +110,10 @@ class Deployment:
                 "bootstrap": bootstrap,
                 "partitions": partitions,
                 "group_id": group_id,
-                # group joins on Tansu wait half of it (6 s and 10 s by default), and a
+                # group joins on Tansu wait half of it, rounded up to whole seconds (3 s
+                # and 5 s at the defaults, 2 s here; 2 s, with 3 s too, at 4 s), and a
                 # killed worker's partitions move after it: short on this one host
-                "session_timeout_s": 3.0,
+                "session_timeout_s": 4.0,
             },
             "clickhouse": {
                 "dsn": clickhouse_dsn or f"chdb://{self.data_dir / 'clickhouse'}",
