@@ -12,6 +12,7 @@ import ssl
 from typing import Any
 
 import faust
+from faust.tables import TableManager
 
 from streams.config import Settings
 from streams.delivery.agents import install as install_delivery
@@ -35,6 +36,17 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+class QuickTableManager(TableManager):
+    """faust's table manager without the second it sleeps at its start (for agents to
+    register their tables before the consumer subscribes): this app has no tables, so
+    it only delayed each worker's start by 1 s."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 def build_app(settings: Settings, runtime: Runtime) -> faust.App:
     datadir = settings.data_path() / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +68,7 @@ def build_app(settings: Settings, runtime: Runtime) -> faust.App:
         web_tables_enabled=False,
         stream_wait_empty=False,
         datadir=str(datadir),
+        TableManager=QuickTableManager,
     )
 
     @app.timer(interval=0.25)
