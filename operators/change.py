@@ -185,7 +185,6 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from river import drift
 
 from operators.base import Observation
 from operators.rules import rule_spec as _rule
@@ -343,8 +342,17 @@ class ChangeState(msgspec.Struct):
     swept_at: int = 0
 
 
+def _river_drift() -> Any:
+    """river's `drift` module, imported at the first detector (not with this module:
+    `river.drift` pulls in river's datasets and scikit-learn, about 0.8 s of CPU,
+    which the CLI and any process that reads the configuration would pay)."""
+    from river import drift
+
+    return drift
+
+
 def _detector_state(detector: Any) -> PageHinkleyState | AdwinState:
-    if isinstance(detector, drift.ADWIN):
+    if isinstance(detector, _river_drift().ADWIN):
         return AdwinState(detector._helper.__getstate__(), bool(detector._drift_detected))
     return PageHinkleyState(
         float(detector._x_mean.n),
@@ -637,7 +645,7 @@ class ChangeDetectors:
                 assert budget is not None
                 sides = 2.0 if mode == "both" else 1.0  # the budget is split over them
                 threshold = page_hinkley_threshold(p.delta, sides * 1000.0 * per_day / budget)
-            return drift.PageHinkley(
+            return _river_drift().PageHinkley(
                 min_instances=p.min_instances,
                 delta=p.delta,
                 threshold=threshold,
@@ -648,7 +656,7 @@ class ChangeDetectors:
         delta = a.delta
         if calibrated and budget is not None:
             delta = adwin_delta(budget, per_day, a.max_buckets, a.grace_period)
-        return drift.ADWIN(
+        return _river_drift().ADWIN(
             delta=delta,
             clock=a.clock,
             max_buckets=a.max_buckets,
@@ -779,7 +787,7 @@ class ChangeDetectors:
                 return None
             a = self.config.adwin
             if (
-                isinstance(state.detector, drift.ADWIN)
+                isinstance(state.detector, _river_drift().ADWIN)
                 and self.config.false_alarms_per_1000_entity_days is not None
                 and a.min_effect is not None
                 and not effect_exceeds(

@@ -540,17 +540,24 @@ class EntitySlots:
 
 # numba compiles a typed list's methods at their first use in a process (they are not in
 # its on-disk cache): those `EntitySlots` uses (append; setitem on the int64 lists, for a
-# grown `active_flags`) are compiled here, at import, so a worker pays them at start
-# (~0.4 s), not on its first readings
-def _warm_lists() -> None:
+# grown `active_flags`) are compiled by `warm_lists`, which the worker calls at its start
+# (while its group join waits) and the operator when it is built, so a worker pays them
+# at start (~0.4 s), not on its first readings, and a process that only imports this
+# module (the CLI reading the configuration, a worker without the monitor) never does
+_lists_warm = False
+
+
+def warm_lists() -> None:
+    """Compile the typed-list methods `EntitySlots` uses (once per process)."""
+    global _lists_warm
+    if _lists_warm:
+        return
     floats = List.empty_list(types.float64[::1])
     floats.append(np.zeros(1))
     ints = List.empty_list(types.int64[::1])
     ints.append(np.zeros(1, dtype=np.int64))
     ints[0] = np.zeros(1, dtype=np.int64)
-
-
-_warm_lists()
+    _lists_warm = True
 
 
 # The default alert rule of the cluster monitor's observations, collected by
@@ -594,6 +601,7 @@ class ClusterOperator(Operator):
         self._cfg[ck.MAX_LEARN], self._cfg[ck.SHORT_RUN] = cfg.max_learn_per_batch, self._short_run
         self._cfg[ck.HISTORY] = cfg.history
         self._scratch = np.empty((64, ck.N_OUT))  # the kernel's output rows, reused
+        warm_lists()
         self._slots = EntitySlots()  # the models' arrays as the compiled run takes them
         self._codec = StateCodec(
             "cluster", ClusterState, format=STATE_FORMAT, upgrades={1: _from_format_1}

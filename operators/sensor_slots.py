@@ -86,6 +86,7 @@ class SeriesSlots:
     """Slots, their state rows and buffer regions (see the module's docstring)."""
 
     def __init__(self, width: int, gap_width: int, capacity: int = 64, chunk: int = CHUNK) -> None:
+        warm_lists()
         self.width = width
         self.gap_width = gap_width
         self.slot_of: dict[Any, int] = {}
@@ -223,6 +224,16 @@ def _grown(a: np.ndarray, rows: int) -> np.ndarray:
 
 
 # numba compiles a typed list's methods at their first use in a process (they are not
-# in its on-disk cache): done here, at import, so a worker pays it at start (~0.2 s)
-# and not on its first reading
-SeriesSlots(1, 1, capacity=1, chunk=1)._alloc(1)
+# in its on-disk cache): done by `warm_lists`, which the worker calls at its start (while
+# its group join waits) and the first `SeriesSlots` calls, so a worker pays it at start
+# (~0.2 s) and not on its first reading, and a process that only imports this module
+# (the CLI reading the configuration) never does
+_warm = False
+
+
+def warm_lists() -> None:
+    """Compile the typed-list methods `SeriesSlots` uses (once per process)."""
+    global _warm
+    if not _warm:
+        _warm = True  # first: the warm-up's own SeriesSlots comes back here
+        SeriesSlots(1, 1, capacity=1, chunk=1)._alloc(1)

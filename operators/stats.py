@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats
+
+# scipy.stats is imported where it is used: at import it costs ~0.4 s of CPU in every
+# process that reads the configuration (the CLI), most of which never call it
 
 PSI_EPS = 1e-4
 
@@ -126,6 +128,8 @@ def ks_2samp_from_sorted(
     d = float(np.max(np.abs(cdf1 - cdf2)))
     m, n = max(n1, n2), min(n1, n2)
     en = m * n / (m + n)
+    from scipy import stats
+
     p = float(np.clip(stats.kstwo.sf(d, np.round(en)), 0.0, 1.0))
     return d, p
 
@@ -154,6 +158,8 @@ def chi_square(
         raise ValueError("chi_square needs a positive total count")
     if observed.size < 2:
         return 0.0, 1.0
+    from scipy import stats
+
     result = stats.chisquare(observed, f_exp=props * n)
     return float(result.statistic), float(result.pvalue)
 
@@ -177,6 +183,8 @@ def fisher_exact_less(
     p = np.ones(a.shape, dtype=np.float64)
     ok = (n1 > 0) & (n2 > 0) & (n > 0) & (b + d > 0)
     if ok.any():
+        from scipy import stats
+
         p[ok] = np.minimum(stats.hypergeom.cdf(a[ok], (n1 + n2)[ok], n1[ok], n[ok]), 1.0)
     return p
 
@@ -226,6 +234,8 @@ def psi_test(expected_counts: ArrayLike, actual_counts: ArrayLike) -> tuple[floa
     exp_ref = col * (m / total)
     exp_cur = col * (n / total)
     x2 = float(np.sum((ref - exp_ref) ** 2 / exp_ref) + np.sum((cur - exp_cur) ** 2 / exp_cur))
+    from scipy import stats
+
     return float(stats.chi2.sf(x2, k - 1)), k - 1
 
 
@@ -244,6 +254,8 @@ def psi_critical(n: int, m: float, bins: int, alpha: float) -> float:
     >>> round(psi_critical(1000, float("inf"), 10, 0.01), 4)
     0.0217
     """
+    from scipy import stats
+
     return float((1.0 / n + 1.0 / m) * stats.chi2.isf(alpha, bins - 1))
 
 
@@ -263,6 +275,8 @@ def binomial_sf_test(successes: int, trials: int, rate: float) -> float:
     """
     if successes <= 0 or trials <= 0:
         return 1.0
+    from scipy import stats
+
     return float(min(1.0, stats.binom.sf(successes - 1, trials, rate)))
 
 

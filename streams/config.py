@@ -58,6 +58,16 @@ class KafkaSettings(Strict):
     ssl_ca_location: str | None = None
     partitions: int = 4  # partitions of topics the worker creates when missing
     group_id: str = "streamwatch"
+    # The consumer-group session timeout of the worker's input consumer and its faust
+    # app, in seconds (None: 6 s and 10 s). Tansu holds every group join for half of
+    # it, and Kafka drops a crashed member after it: a single-host test deployment
+    # can shorten both (tests/harness.py uses 4 s); Apache Kafka's brokers accept
+    # 6 s or more by default (group.min.session.timeout.ms).
+    session_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.session_timeout_s is not None and self.session_timeout_s < 1:
+            raise ValueError("kafka.session_timeout_s must be at least 1 s")
 
 
 class ClickHouseSettings(Strict):

@@ -110,6 +110,10 @@ class Deployment:
                 "bootstrap": bootstrap,
                 "partitions": partitions,
                 "group_id": group_id,
+                # group joins on Tansu wait half of it, rounded up to whole seconds (3 s
+                # and 5 s at the defaults, 2 s here; 2 s, with 3 s too, at 4 s), and a
+                # killed worker's partitions move after it: short on this one host
+                "session_timeout_s": 4.0,
             },
             "clickhouse": {
                 "dsn": clickhouse_dsn or f"chdb://{self.data_dir / 'clickhouse'}",
@@ -347,8 +351,24 @@ def produce(
     return n
 
 
-def consume_all(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float = 60) -> list[Any]:
-    """Every message of a topic, read from the start until it stays quiet for idle_s."""
+# quiet after reading past the ends the broker reported (consume_all)
+CAUGHT_UP_QUIET_S = 0.5
+
+
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    idle_s: float = 3.0,
+    timeout: float = 60,
+    settled: bool = True,
+) -> list[Any]:
+    """Every message of a topic, read from the start until it stays quiet for idle_s,
+    or, with `settled` (what is still to come is not wanted: the topic's producers
+    stopped or flushed, or the caller polls), sooner: once every partition is read past
+    the end the broker reported at the start and then stays quiet for
+    CAUGHT_UP_QUIET_S. Tansu reports the base offset of its last record batch + 1 (too
+    low), and a fetch returns that batch whole: past it, everything the topic held at
+    the call has been read."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
@@ -359,15 +379,24 @@ def consume_all(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float 
         }
     )
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts
+    }
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    read = dict.fromkeys(parts, 0)  # per partition, the offset after the last message read
     out: list[Any] = []
     deadline = time.monotonic() + timeout
     last = time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - last < idle_s:
-        batch = consumer.consume(500, 0.5)
+    while time.monotonic() < deadline:
+        quiet = time.monotonic() - last
+        caught_up = settled and all(read[p] >= ends[p] for p in parts)
+        if quiet >= idle_s or (caught_up and quiet >= min(idle_s, CAUGHT_UP_QUIET_S)):
+            break
+        batch = consumer.consume(500, 0.1 if caught_up else 0.5)
         for m in batch:
             if not m.error():
                 out.append(m)
+                read[m.partition()] = max(read[m.partition()], m.offset() + 1)
                 last = time.monotonic()
     consumer.close()
     return out

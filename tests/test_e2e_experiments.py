@@ -243,8 +243,16 @@ def test_experiment_rekeyed_two_workers_and_a_kill(tmp_path, broker) -> None:
             )
 
         a.wait_until(done, 120, "both SRM windows to close")
-        time.sleep(3)  # the last flush of the other worker
-        duplicates = sum(w.metric("streamwatch_repartition_duplicates_total") for w in (a, b))
+
+        def dropped() -> float:
+            return sum(w.metric("streamwatch_repartition_duplicates_total") for w in (a, b))
+
+        # the readers drop the replayed forwards: give them up to 3 s more (the stop
+        # below writes every worker's last rows)
+        deadline = time.monotonic() + 3
+        while dropped() == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        duplicates = dropped()
     finally:
         code_b = b.stop() if b.process is not None else 0
         code_a = a.stop()

@@ -49,8 +49,25 @@ def readings(d: Deployment) -> tuple[int, list[Message]]:
     return t0, out
 
 
+# the lateness of the monitors of sensor readings and the idle timeout: a task is finished
+# once its input is silent for the larger (4 s, not the defaults' 10 s: the waits below)
+LATENESS_S = 4.0
+IDLE_TIMEOUT_S = 4.0
+
+
 def deployment(tmp_path: Any, bootstrap: str, name: str, **overrides: Any) -> Deployment:
-    return Deployment(tmp_path, bootstrap, name, partitions=1, **overrides)
+    lateness = {
+        f"monitors.{m}.lateness_s": LATENESS_S for m in ("sensor", "cluster", "autoencoder")
+    }
+    return Deployment(
+        tmp_path,
+        bootstrap,
+        name,
+        partitions=1,
+        idle_timeout_s=IDLE_TIMEOUT_S,
+        **lateness,
+        **overrides,
+    )
 
 
 def consumed(worker: WorkerProcess) -> int:
@@ -58,7 +75,7 @@ def consumed(worker: WorkerProcess) -> int:
 
 
 def test_idle_input_closes_the_last_windows(tmp_path, broker) -> None:
-    """While running: input silent for close_idle_after_s (here at least the 10 s
+    """While running: input silent for close_idle_after_s (here at least the 4 s
     lateness) finishes the task and its last window is written."""
     d = deployment(tmp_path, broker.bootstrap, "eoi-idle", close_idle_after_s=1.0)
     t0, sent = readings(d)
@@ -66,7 +83,7 @@ def test_idle_input_closes_the_last_windows(tmp_path, broker) -> None:
     try:
         produce(broker.bootstrap, sent)
         worker.wait_until(lambda: consumed(worker) >= len(sent), 60, "the readings")
-        # before the silence: the watermark (last - 10 s) holds the fifth window open
+        # before the silence: the watermark (last - 4 s) holds the fifth window open
         assert len(worker.query(WINDOWS)) <= 4
         worker.wait_until(lambda: len(worker.query(WINDOWS)) == 5, 60, "the last window")
         rows = worker.query(WINDOWS)
@@ -87,7 +104,7 @@ def test_orderly_stop_closes_the_last_windows_once(tmp_path, broker) -> None:
     try:
         produce(broker.bootstrap, sent)
         worker.wait_until(lambda: consumed(worker) >= len(sent), 60, "the readings")
-        time.sleep(11)  # quiet for idle_timeout_s (5 s) and the lateness (10 s)
+        time.sleep(max(IDLE_TIMEOUT_S, LATENESS_S) + 1)  # quiet for both
         assert len(worker.query(WINDOWS)) == 4, "closed before the stop: nothing to test"
     finally:
         assert worker.stop() == 0

@@ -52,11 +52,14 @@ True
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
 from numba import njit
-from river import cluster, preprocessing
+
+if TYPE_CHECKING:  # river is imported where it is used: it pulls in scikit-learn
+    from river import cluster, preprocessing
 
 # scaled coordinates are clamped to +-Z_MAX: d^2 <= features * (2 Z_MAX)^2 stays finite
 Z_MAX = 1e6
@@ -181,6 +184,8 @@ class KMeansDistance:
     def __init__(
         self, features: tuple[str, ...], n_clusters: int, halflife: float, seed: int | None
     ) -> None:
+        from river import cluster  # here, not at import: river pulls in scikit-learn
+
         model = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, seed=seed)
         # river draws each centre coordinate when first read: draw them all now, in
         # a fixed order (centre by centre, features in the model's order)
@@ -243,6 +248,8 @@ class KMeansDistance:
     @property
     def scaler(self) -> preprocessing.StandardScaler:
         """A river `StandardScaler` holding this scaler's statistics (a copy)."""
+        from river import preprocessing
+
         s = self.scaler_state()
         scaler = preprocessing.StandardScaler()
         scaler.counts.update(s.counts)
@@ -253,6 +260,8 @@ class KMeansDistance:
     @property
     def model(self) -> cluster.KMeans:
         """A river `KMeans` holding these centres (a copy)."""
+        from river import cluster
+
         model = cluster.KMeans(n_clusters=len(self.centers), halflife=self.halflife, seed=self.seed)
         for c, row in enumerate(self.centers.tolist()):
             model.centers[c].update(zip(self.features, row, strict=True))
@@ -285,6 +294,8 @@ class KMeansDistance:
     ) -> KMeansDistance:
         """The live detector of its typed state: the scaler's statistics and the centres
         into the arrays."""
+        from river import cluster
+
         d = cls.__new__(cls)
         model = cluster.KMeans(n_clusters=len(kmeans.centers), halflife=kmeans.halflife, seed=seed)
         for c, coordinates in enumerate(kmeans.centers):

@@ -8,7 +8,7 @@ from typing import Any
 from streams.config import Settings
 
 # Tansu holds a group join for half the session timeout; 6 s keeps joins quick
-# there and is a sane value on Apache Kafka too.
+# there and is a sane value on Apache Kafka too (`kafka.session_timeout_s` overrides it).
 SESSION_TIMEOUT_MS = 6000
 # The largest message the worker's producer sends (librdkafka's default, set
 # explicitly because the sinks derive their bounds from it: a dead letter is
@@ -35,6 +35,15 @@ def producer(settings: Settings, **extra: Any) -> Any:
     return Producer(conf)
 
 
+def group_timeouts(settings: Settings) -> dict[str, int]:
+    """The consumer group's session timeout (`kafka.session_timeout_s`, else
+    SESSION_TIMEOUT_MS) and a heartbeat interval of at most a sixth of it (1 s at
+    the default: a member misses several heartbeats before it is dropped)."""
+    t = settings.kafka.session_timeout_s
+    session_ms = SESSION_TIMEOUT_MS if t is None else round(t * 1000)
+    return {"session.timeout.ms": session_ms, "heartbeat.interval.ms": min(1000, session_ms // 6)}
+
+
 def consumer(settings: Settings, group_id: str, **extra: Any) -> Any:
     """A consumer without auto-commit. Large messages: librdkafka returns a record
     batch larger than `max.partition.fetch.bytes` (1 MiB) or `fetch.max.bytes` on its
@@ -50,8 +59,7 @@ def consumer(settings: Settings, group_id: str, **extra: Any) -> Any:
             "group.id": group_id,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-            "session.timeout.ms": SESSION_TIMEOUT_MS,
-            "heartbeat.interval.ms": 1000,
+            **group_timeouts(settings),
             **extra,
         }
     )

@@ -58,6 +58,7 @@ class KafkaSource:
         self.unread_checked = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
+        self.subscribed = False
         self.finished = asyncio.Event()
         runtime.on_checkpoint = self._checkpointed
         self.last_poll = time.monotonic()  # (monotonic) when consume() last returned
@@ -77,15 +78,25 @@ class KafkaSource:
     def _checkpointed(self, offsets: dict[tuple[str, int], int]) -> None:
         self.pending_commit.update(offsets)
 
-    async def run(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.last_poll = time.monotonic()  # the poll age counts from here
+    def subscribe(self) -> None:
+        """Join the consumer group (once): librdkafka joins in its own thread, and the
+        assignment waits for the first poll (`run`), where `_on_assign` restores the
+        partitions. The worker subscribes before the faust app starts, so the join
+        (half the session timeout on Tansu) overlaps the app's own start."""
+        if self.subscribed:
+            return
+        self.subscribed = True
         self.consumer.subscribe(
             self.topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.last_poll = time.monotonic()  # the poll age counts from here
+        self.subscribe()
         try:
             while not self.stopping and self.runtime.failure is None:
                 batch = await asyncio.to_thread(self._poll)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from operators import cluster, sensor_slots
 from operators.state import StateFormatError
 from streams.config import ConfigError, Settings
 from streams.connectors import kafka
@@ -155,6 +156,22 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def warm_up(monitor_names: set[str]) -> None:
+    """What the operators leave to their first use (so that the CLI, which reads the
+    configuration and so imports them, never pays it), done at the worker's start rather
+    than on its first readings: scipy.stats and river imported, numba's typed-list
+    methods of the sensor and cluster monitors compiled (not in its on-disk cache)."""
+    import river.cluster
+    import river.drift
+    import river.preprocessing  # noqa: F401
+    import scipy.stats  # noqa: F401
+
+    if "sensor" in monitor_names:
+        sensor_slots.warm_lists()
+    if "cluster" in monitor_names:
+        cluster.warm_lists()
+
+
 class Worker:
     """One streamwatch worker process: consume, compute, write, alert."""
 
@@ -184,6 +201,7 @@ class Worker:
         self.watchdog: ExitWatchdog | None = None
         self.sinks = Sinks(self.writer, self.producer, settings.topics)
         monitors = build_monitors(settings)
+        self.monitor_names = {m.name for m in monitors}
         plan = next((m.plan for m in monitors if m.plan), None)
         if plan:  # re-keying: internal topics, and a producer that keeps their order
             repartition.ensure_internal_topics(settings, plan)
@@ -278,7 +296,15 @@ class Worker:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        await worker.start()
+        # the input's group join runs while faust starts (its own group join, the web
+        # server); the partitions are taken at the source's first poll, after that
+        self.source.subscribe()
+        warm_up(self.monitor_names)  # while the join waits
+        try:
+            await worker.start()
+        except BaseException:
+            await asyncio.to_thread(self.source.consumer.close)  # leave the group now
+            raise
         source = asyncio.create_task(self.source.run(), name="streamwatch-source")
         failure = None
         try:
