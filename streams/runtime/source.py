@@ -13,6 +13,14 @@ hot path reads with librdkafka.
 - Offsets: auto-commit is off. The runtime reports the offsets a durable
   checkpoint covers; they are committed before the next poll.
 - Revocation: the runtime flushes and checkpoints before partitions go.
+- Catching up (a backlog, a replay): after a full batch the next poll takes what
+  librdkafka holds without waiting for a full one; when that runs out (nothing
+  came within `SETTLE_S` either) the input is caught up and the runtime flushes
+  at once (`Runtime.caught_up`), instead of a short poll waiting `batch_timeout_s`
+  for the last messages and the rows waiting for the next `flush_interval_s`: on
+  a backlog's end that was 0.2-0.6 s of wall time (issue 18). A caught-up live
+  stream polls as before (each poll waits up to `batch_timeout_s`) and flushes on
+  its interval: only a poll that found a full batch starts catching up.
 - Liveness: `last_poll` is when `consume()` last returned (exported as
   `streamwatch_last_poll_age_seconds`, computed at scrape time); `waiting`
   is how much input waits for this worker, from the broker's high watermarks
@@ -34,6 +42,10 @@ from streams.runtime.cycle import Runtime
 
 log = logging.getLogger("streamwatch.source")
 
+# While catching up, how long an empty poll still waits before the input counts as
+# caught up: a fetch in flight when librdkafka's queue ran dry lands within it
+SETTLE_S = 0.02
+
 
 class KafkaSource:
     def __init__(self, settings: Settings, runtime: Runtime, topics: list[str]) -> None:
@@ -54,6 +66,11 @@ class KafkaSource:
             },
         )
         self.pending_commit: dict[tuple[str, int], int] = {}
+        # the last poll found messages without waiting (a full batch, or what followed
+        # one): the next takes what librdkafka holds (see the module's docstring)
+        self.catching_up = False
+        # set by a poll that found the input caught up: the loop flushes at once
+        self.caught_up = False
         self.lag_reported = 0.0
         self.unread_checked = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -90,6 +107,9 @@ class KafkaSource:
             while not self.stopping and self.runtime.failure is None:
                 batch = await asyncio.to_thread(self._poll)
                 await self.runtime.handle(batch)
+                if self.caught_up:
+                    self.caught_up = False
+                    await self.runtime.caught_up()
         finally:
             await self.runtime.close()
             await asyncio.to_thread(self._close)
@@ -115,7 +135,7 @@ class KafkaSource:
         self._commit()
         if time.monotonic() - self.lag_reported > 5:
             self._report_lag()
-        messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+        messages = self._consume()
         self.last_poll = time.monotonic()
         if self.last_poll - self.unread_checked > 0.5:
             self._report_unread()
@@ -126,6 +146,22 @@ class KafkaSource:
                 if m.error() is not None:
                     log.warning("consumer error: %s", m.error())
         return batch
+
+    def _consume(self) -> list[Any]:
+        """One poll's messages. Catching up, what librdkafka holds now (no wait for a
+        full batch); when it holds nothing, a short wait, and if still nothing the
+        input is caught up (`caught_up`: the loop flushes). Otherwise up to
+        `batch_size` messages, waiting up to `batch_timeout_s` for them."""
+        size = self.settings.batch_size
+        if self.catching_up:
+            messages = self.consumer.consume(size, 0) or self.consumer.consume(size, SETTLE_S)
+            if not messages:
+                self.catching_up = False
+                self.caught_up = True
+            return messages
+        messages = self.consumer.consume(size, self.settings.batch_timeout_s)
+        self.catching_up = len(messages) >= size
+        return messages
 
     def _report_unread(self) -> None:
         """Tell the pipeline where we are on each partition against the high watermark
