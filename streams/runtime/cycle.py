@@ -198,10 +198,11 @@ class Runtime:
                 self.pipeline.pause_idle_clock(blocked_ms)
 
     async def caught_up(self) -> None:
-        """The source has read all the input there was after a backlog (its poll came
-        back empty after full ones): flush now, and checkpoint if due, rather than at
-        the next `flush_interval_s`, so the backlog's last results are out as soon as
-        they are made. At most once per catch-up, and never sooner than a fifth of
+        """The source has read all the input there was after a backlog (a poll short
+        of a batch after full ones, `KafkaSource._consume`), and that last batch is
+        handled: flush now, and checkpoint if due, rather than at the next
+        `flush_interval_s`, so the backlog's last results are out as soon as they
+        are made. Once per catch-up, and never sooner than a fifth of
         `flush_interval_s` after the last flush."""
         try:
             async with self.lock:

@@ -14,13 +14,14 @@ hot path reads with librdkafka.
   checkpoint covers; they are committed before the next poll.
 - Revocation: the runtime flushes and checkpoints before partitions go.
 - Catching up (a backlog, a replay): after a full batch the next poll takes what
-  librdkafka holds without waiting for a full one; when that runs out (nothing
-  came within `SETTLE_S` either) the input is caught up and the runtime flushes
-  at once (`Runtime.caught_up`), instead of a short poll waiting `batch_timeout_s`
-  for the last messages and the rows waiting for the next `flush_interval_s`: on
-  a backlog's end that was 0.2-0.6 s of wall time (issue 18). A caught-up live
-  stream polls as before (each poll waits up to `batch_timeout_s`) and flushes on
-  its interval: only a poll that found a full batch starts catching up.
+  librdkafka holds without waiting `batch_timeout_s` for a full one; when that is
+  short of a batch even after `SETTLE_S`, the input is caught up and the runtime
+  flushes right after that batch (`Runtime.caught_up`), instead of the last short
+  poll waiting `batch_timeout_s` and its rows waiting for the next
+  `flush_interval_s`: at a backlog's end that was 0.2-0.6 s of wall time (issue
+  18). A caught-up live stream polls as before (each poll waits up to
+  `batch_timeout_s`) and flushes on its interval: only a full poll starts
+  catching up, and the first short one ends it.
 - Liveness: `last_poll` is when `consume()` last returned (exported as
   `streamwatch_last_poll_age_seconds`, computed at scrape time); `waiting`
   is how much input waits for this worker, from the broker's high watermarks
@@ -42,8 +43,8 @@ from streams.runtime.cycle import Runtime
 
 log = logging.getLogger("streamwatch.source")
 
-# While catching up, how long an empty poll still waits before the input counts as
-# caught up: a fetch in flight when librdkafka's queue ran dry lands within it
+# While catching up, how long a poll short of a batch still waits before the input
+# counts as caught up: a fetch in flight when librdkafka's queue ran dry lands within it
 SETTLE_S = 0.02
 
 
@@ -148,16 +149,21 @@ class KafkaSource:
         return batch
 
     def _consume(self) -> list[Any]:
-        """One poll's messages. Catching up, what librdkafka holds now (no wait for a
-        full batch); when it holds nothing, a short wait, and if still nothing the
-        input is caught up (`caught_up`: the loop flushes). Otherwise up to
-        `batch_size` messages, waiting up to `batch_timeout_s` for them."""
+        """One poll's messages: up to `batch_size`, waiting up to `batch_timeout_s`
+        for them; or, catching up (the last poll was full), what librdkafka holds
+        now, and when that is short of a batch what comes within `SETTLE_S`: still
+        short, the input is caught up (`caught_up`: the loop flushes after this
+        batch, and the next poll waits as usual). A live stream thus keeps its
+        batches of `batch_timeout_s` and its flushes every `flush_interval_s`, with
+        one flush more each time it catches up after a full batch."""
         size = self.settings.batch_size
         if self.catching_up:
-            messages = self.consumer.consume(size, 0) or self.consumer.consume(size, SETTLE_S)
-            if not messages:
-                self.catching_up = False
-                self.caught_up = True
+            messages = self.consumer.consume(size, 0)
+            if len(messages) < size:  # librdkafka ran dry: a fetch in flight, or the end
+                messages += self.consumer.consume(size - len(messages), SETTLE_S)
+                if len(messages) < size:
+                    self.catching_up = False
+                    self.caught_up = True
             return messages
         messages = self.consumer.consume(size, self.settings.batch_timeout_s)
         self.catching_up = len(messages) >= size
