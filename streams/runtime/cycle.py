@@ -197,6 +197,21 @@ class Runtime:
             if blocked_ms > 0:
                 self.pipeline.pause_idle_clock(blocked_ms)
 
+    async def caught_up(self) -> None:
+        """The source has read all the input there was after a backlog (a poll short
+        of a batch after full ones, `KafkaSource._consume`), and that last batch is
+        handled: flush now, and checkpoint if due, rather than at the next
+        `flush_interval_s`, so the backlog's last results are out as soon as they
+        are made. Once per catch-up, and never sooner than a fifth of
+        `flush_interval_s` after the last flush."""
+        try:
+            async with self.lock:
+                if time.monotonic() - self.last_flush >= self.settings.flush_interval_s / 5:
+                    await self._maybe_flush_and_checkpoint(force_flush=True)
+        except Exception as exc:
+            self.fail("the consume loop", exc)
+            raise
+
     async def tick(self) -> None:
         """Periodic: let idle partitions advance, flush and checkpoint on time.
 

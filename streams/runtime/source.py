@@ -13,6 +13,15 @@ hot path reads with librdkafka.
 - Offsets: auto-commit is off. The runtime reports the offsets a durable
   checkpoint covers; they are committed before the next poll.
 - Revocation: the runtime flushes and checkpoints before partitions go.
+- Catching up (a backlog, a replay): after a full batch the next poll takes what
+  librdkafka holds without waiting `batch_timeout_s` for a full one; when that is
+  short of a batch even after `SETTLE_S`, the input is caught up and the runtime
+  flushes right after that batch (`Runtime.caught_up`), instead of the last short
+  poll waiting `batch_timeout_s` and its rows waiting for the next
+  `flush_interval_s`: at a backlog's end that was 0.2-0.6 s of wall time (issue
+  18). A caught-up live stream polls as before (each poll waits up to
+  `batch_timeout_s`) and flushes on its interval: only a full poll starts
+  catching up, and the first short one ends it.
 - Liveness: `last_poll` is when `consume()` last returned (exported as
   `streamwatch_last_poll_age_seconds`, computed at scrape time); `waiting`
   is how much input waits for this worker, from the broker's high watermarks
@@ -34,6 +43,10 @@ from streams.runtime.cycle import Runtime
 
 log = logging.getLogger("streamwatch.source")
 
+# While catching up, how long a poll short of a batch still waits before the input
+# counts as caught up: a fetch in flight when librdkafka's queue ran dry lands within it
+SETTLE_S = 0.02
+
 
 class KafkaSource:
     def __init__(self, settings: Settings, runtime: Runtime, topics: list[str]) -> None:
@@ -54,6 +67,11 @@ class KafkaSource:
             },
         )
         self.pending_commit: dict[tuple[str, int], int] = {}
+        # the last poll found messages without waiting (a full batch, or what followed
+        # one): the next takes what librdkafka holds (see the module's docstring)
+        self.catching_up = False
+        # set by a poll that found the input caught up: the loop flushes at once
+        self.caught_up = False
         self.lag_reported = 0.0
         self.unread_checked = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -101,6 +119,9 @@ class KafkaSource:
             while not self.stopping and self.runtime.failure is None:
                 batch = await asyncio.to_thread(self._poll)
                 await self.runtime.handle(batch)
+                if self.caught_up:
+                    self.caught_up = False
+                    await self.runtime.caught_up()
         finally:
             await self.runtime.close()
             await asyncio.to_thread(self._close)
@@ -126,7 +147,7 @@ class KafkaSource:
         self._commit()
         if time.monotonic() - self.lag_reported > 5:
             self._report_lag()
-        messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+        messages = self._consume()
         self.last_poll = time.monotonic()
         if self.last_poll - self.unread_checked > 0.5:
             self._report_unread()
@@ -137,6 +158,27 @@ class KafkaSource:
                 if m.error() is not None:
                     log.warning("consumer error: %s", m.error())
         return batch
+
+    def _consume(self) -> list[Any]:
+        """One poll's messages: up to `batch_size`, waiting up to `batch_timeout_s`
+        for them; or, catching up (the last poll was full), what librdkafka holds
+        now, and when that is short of a batch what comes within `SETTLE_S`: still
+        short, the input is caught up (`caught_up`: the loop flushes after this
+        batch, and the next poll waits as usual). A live stream thus keeps its
+        batches of `batch_timeout_s` and its flushes every `flush_interval_s`, with
+        one flush more each time it catches up after a full batch."""
+        size = self.settings.batch_size
+        if self.catching_up:
+            messages = self.consumer.consume(size, 0)
+            if len(messages) < size:  # librdkafka ran dry: a fetch in flight, or the end
+                messages += self.consumer.consume(size - len(messages), SETTLE_S)
+                if len(messages) < size:
+                    self.catching_up = False
+                    self.caught_up = True
+            return messages
+        messages = self.consumer.consume(size, self.settings.batch_timeout_s)
+        self.catching_up = len(messages) >= size
+        return messages
 
     def _report_unread(self) -> None:
         """Tell the pipeline where we are on each partition against the high watermark

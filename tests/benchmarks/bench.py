@@ -126,7 +126,15 @@ QUALITY_SET = [
 SENSOR_SET = [MAIN[4], MAIN[5]]
 # issue 18: the drift + service pipeline and its ceiling alone, likewise
 DRIFT_SET = [MAIN[6], MAIN[7]]
-SETS = {"main": MAIN, "quality": QUALITY_SET, "sensor": SENSOR_SET, "drift": DRIFT_SET}
+# issue 18: the CTR pipeline and its ceiling alone, likewise
+CTR_SET = [MAIN[0], MAIN[1]]
+SETS = {
+    "main": MAIN,
+    "quality": QUALITY_SET,
+    "sensor": SENSOR_SET,
+    "drift": DRIFT_SET,
+    "ctr": CTR_SET,
+}
 
 
 @dataclass
@@ -577,7 +585,8 @@ def main() -> None:
         default="main",
         help="contenders: main (all, default), quality (drift + service with and without "
         "the quality monitor, and their ceilings), sensor (the sensor pipeline and its "
-        "ceiling) or drift (the drift + service pipeline and its ceiling); memory and "
+        "ceiling), drift (the drift + service pipeline and its ceiling) or ctr (the CTR "
+        "pipeline and its ceiling); memory and "
         "scaling runs only with main",
     )
     parser.add_argument("--workdir", default="/tmp/streamwatch-bench")
@@ -629,7 +638,7 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
         kinds = datasets.KINDS
         if args.set == "quality":
             kinds = ("quality", "drift")  # drift: the quality data's inference logs alone
-        elif args.set in ("sensor", "drift"):
+        elif args.set in ("sensor", "drift", "ctr"):
             kinds = (args.set,)
         data: dict[str, datasets.Dataset] = {}
         for kind in kinds:
@@ -713,6 +722,12 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
                 f"{args.sensors} sensors ({data['sensor'].event_seconds:,} s of event time). "
                 f"{args.runs} runs, interleaved; median (min-max)."
             )
+        elif args.set == "ctr":
+            say(
+                f"Data: {args.events:,} messages, {args.partitions} partitions, "
+                f"{args.campaigns} campaigns ({data['ctr'].event_seconds:,} s of event time). "
+                f"{args.runs} runs, interleaved; median (min-max)."
+            )
         elif args.set == "drift":
             say(
                 f"Data: {args.events:,} messages, {args.partitions} partitions, "
@@ -746,7 +761,7 @@ def run_all(args: argparse.Namespace, workdir: Path, rev: revisions.Revision | N
         for line in main_table(bench, contenders):
             say(line)
         say()
-        if args.set in ("main", "sensor", "drift"):
+        if args.set in ("main", "sensor", "drift", "ctr"):
             for line in ratio_lines(bench):
                 say(line)
         else:
