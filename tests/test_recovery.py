@@ -208,13 +208,19 @@ def test_kill_9_at_several_moments(tmp_path, broker) -> None:
         time.sleep(0.2)
         kill("first half consumed, rows written, between checkpoints")
 
-        # 2: in the middle of the second half, trickling in
+        # 2: in the middle of the second half, trickling in, after this run's first
+        # checkpoint (so the last run can resume from one: under load, the three
+        # kills could all come before any checkpoint, and the last run reread all)
         start()
-        feeding = trickle(second, slices=10, pause=0.25)
+        feeding = trickle(second, slices=10, pause=0.4)
         worker.wait_until(
-            lambda: sent[0] >= len(second) // 2 and consumed(worker) > 0,
+            lambda: (
+                sent[0] >= len(second) // 2
+                and consumed(worker) > 0
+                and worker.metric("streamwatch_checkpoints_total") >= 1
+            ),
             60,
-            "half of the second half",
+            "half of the second half, and a checkpoint",
         )
         kill(f"{sent[0]} of {len(second)} of the second half sent")
         feeding.join()
