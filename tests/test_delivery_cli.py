@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -59,7 +58,12 @@ def test_alerts_print_filter_follow(broker: EmbeddedBroker, tmp_path: Path) -> N
         text=True,
     )
     try:
-        time.sleep(5)  # it has assigned itself the partitions at their end
+        # it prints "following" once it holds each partition's end offset (a start
+        # that fails closes stderr: readline returns "" and the loop ends)
+        line = "-"
+        while line and "following" not in line:
+            line = follow.stderr.readline()
+        assert line, "the follower exited without following"
         new = alert_event(3, "cmp-new")
         publish(d, [new])
         out, errors = follow.communicate(timeout=60)

@@ -605,7 +605,21 @@ def alerts(
     # Assigned, not subscribed: no group to join, and nothing to leave when it stops,
     # even with the broker gone.
     start = OFFSET_BEGINNING if (from_beginning or not follow) else OFFSET_END
-    consumer.assign([TopicPartition(topic, p, start) for p in sorted(found.partitions)])
+    since_ms = int(time.time() * 1000) if start == OFFSET_END else None
+    partitions = sorted(found.partitions)
+    if start == OFFSET_END:
+        # each partition's end asked for now, not resolved at the first fetch: what is
+        # published once "following" is printed is shown (scripts and tests wait for it)
+        consumer.assign(
+            [
+                TopicPartition(
+                    topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
+                )
+                for p in partitions
+            ]
+        )
+    else:
+        consumer.assign([TopicPartition(topic, p, start) for p in partitions])
     if follow:
         err.print(f"following {topic} at {settings.kafka.bootstrap} (Ctrl-C stops)")
     decoder = msgspec.json.Decoder(Alert)
@@ -616,9 +630,9 @@ def alerts(
     # Without --follow, the end of the topic is where it stays quiet: the broker's
     # reported high watermark is not trusted (Tansu's is wrong, see the notes).
     quiet_s, last = 1.5, time.monotonic()
-    # Following from now: OFFSET_END comes from that same high watermark, which on
-    # Tansu can fall before the last batch, so older messages are skipped by time too.
-    since_ms = int(time.time() * 1000) if start == OFFSET_END else None
+    # Following from now: the end offsets come from that same high watermark, which on
+    # Tansu can fall before the last batch, so older messages are skipped by time too
+    # (since_ms, taken before the ends were asked for).
     # Ctrl-C sets a flag that the loop reads after each consume (<= 0.5 s) rather than
     # raising KeyboardInterrupt inside librdkafka's call; the close is then bounded.
     interrupted = threading.Event()
