@@ -552,9 +552,15 @@ class CtrOperator(Operator):
         impressions, pending = self.impressions, self.pending
         claim = impressions.setdefault
         size = self.config.window_ms
-        # per window start the batch has seen: its windows without a variant, by campaign
-        plain_by_start: dict[int, dict[str, CtrWindow]] = {}
+        # per window start the batch has seen: its windows without a variant by
+        # campaign, and those with one by key
+        by_start: dict[int, tuple[dict[str, CtrWindow], dict[WindowKey, CtrWindow]]] = {}
         plain: dict[str, CtrWindow] = {}
+        varied: dict[WindowKey, CtrWindow] = {}
+        # the windows the batch found, each with its number of ids before: the batch's
+        # impressions are counted in `imps` at the end, from the ids added (nothing
+        # reads `imps` meanwhile), not one `+= 1` per impression
+        found: list[tuple[CtrWindow, int]] = []
         start = lo = hi = 0  # the window [lo, hi) of the previous impression
         for imp in events:
             imp_id = imp.impression_id
@@ -569,18 +575,23 @@ class CtrOperator(Operator):
             if not lo <= ts < hi:
                 start = ts - ts % size
                 lo, hi = start, start + size
-                plain = plain_by_start.setdefault(start, {})
+                cached = by_start.get(start)
+                if cached is None:
+                    cached = by_start[start] = ({}, {})
+                plain, varied = cached
             variant = imp.variant
+            # windows are only made (never dropped) while impressions come in, so the
+            # one found stays the key's for the rest of the batch
             if variant:
-                window = self._window_at(start, (imp.campaign_id, variant))
+                key = (imp.campaign_id, variant)
+                window = varied.get(key)
+                if window is None:
+                    window = varied[key] = self._window_at(start, key, found)
             else:
                 campaign = imp.campaign_id
                 window = plain.get(campaign)
                 if window is None:
-                    # windows are only made (never dropped) while impressions come in,
-                    # so the one found stays the campaign's for the rest of the batch
-                    window = plain[campaign] = self._window_at(start, (campaign, ""))
-            window.imps += 1
+                    window = plain[campaign] = self._window_at(start, (campaign, ""), found)
             window.ids.append(imp_id)
             entry.window = window
             if pending:
@@ -588,10 +599,14 @@ class CtrOperator(Operator):
                 if waiting:
                     for click in waiting.values():
                         self._attribute(entry, click.ts, click.campaign, click.click_id)
+        for window, before in found:
+            window.imps += len(window.ids) - before
 
-    def _window_at(self, start: int, key: WindowKey) -> CtrWindow:
+    def _window_at(
+        self, start: int, key: WindowKey, found: list[tuple[CtrWindow, int]]
+    ) -> CtrWindow:
         """The window of `key` at `start`, made if new, with its own id list (an
-        impression goes in it next)."""
+        impression goes in it next), added to `found` with its number of ids."""
         bucket = self.windows.by_start.get(start)
         window = None if bucket is None else bucket.get(key)
         if window is None:
@@ -606,6 +621,7 @@ class CtrOperator(Operator):
             self.windows.insert(key, start, window)
         elif window.ids is _NO_IDS:  # a window holding orphans only: the shared list
             window.ids = []
+        found.append((window, len(window.ids)))
         return window
 
     def _impressions_keyed(self, events: Sequence[Impression]) -> None:
