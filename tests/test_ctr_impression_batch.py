@@ -1,12 +1,13 @@
-"""The CTR operator's batch loop over impressions (`CtrOperator._impressions`, with its
-per-batch windows by campaign, issue 18 point 4) leaves exactly the state the
-per-event path (`_impression`, one event at a time) leaves: the same snapshot, byte
-for byte (windows in the same order, ids in arrival order, times from the index in
-its order), after every batch, with impressions with and without a variant (None and
-"" the same window), duplicates within a batch and across batches, clicks waiting for
-impressions (counted, duplicate, or orphans outside the attribution, whose windows are
-made between two impressions of a batch), windows holding only orphans before their
-first impression, batches straddling window starts and out-of-order times."""
+"""The CTR operator's loops over a batch of impressions (`_impressions_cached`, with its
+per-batch windows by campaign, issue 18 point 4; `_impressions_in_line`; and
+`_impressions`, which chooses between them) leave exactly the state the per-event
+path (`_impression`, one event at a time) leaves: the same snapshot, byte for byte
+(windows in the same order, ids in arrival order, times from the index in its order),
+after every batch, with impressions with and without a variant (None and "" the same
+window), duplicates within a batch and across batches, clicks waiting for impressions
+(counted, duplicate, or orphans outside the attribution, whose windows are made
+between two impressions of a batch), windows holding only orphans before their first
+impression, batches straddling window starts and out-of-order times."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators import ctr
 from operators.ctr import CtrConfig, CtrOperator
 from schemas.events import Click, Impression
 
@@ -30,6 +32,19 @@ class PerEvent(CtrOperator):
     def _impressions(self, events: Sequence[Impression]) -> None:
         for event in events:
             self._impression(event)
+
+
+class AlwaysCached(CtrOperator):
+    """Every batch through the per-batch windows (most batches of the strategy are
+    small, with nearly a window per impression, which `_impressions` sends in line)."""
+
+    def _impressions(self, events: Sequence[Impression]) -> None:
+        self._impressions_cached(events)
+
+
+class AlwaysInLine(CtrOperator):
+    def _impressions(self, events: Sequence[Impression]) -> None:
+        self._impressions_in_line(events)
 
 
 def impression(i: int, ts: int, campaign: int, variant: str | None) -> Impression:
@@ -91,12 +106,12 @@ def snapshot_bytes(op: CtrOperator) -> bytes:
 
 
 @settings(max_examples=150, deadline=None)
-@given(batches(), st.booleans())
-def test_batch_loop_equals_per_event_path(
-    stream: list[tuple[str, list[Any]]], conversions: bool
+@given(batches(), st.booleans(), st.sampled_from([AlwaysCached, AlwaysInLine, CtrOperator]))
+def test_batch_loops_equal_per_event_path(
+    stream: list[tuple[str, list[Any]]], conversions: bool, loop: type[CtrOperator]
 ) -> None:
     config = CtrConfig(attribution_ms=2 * MIN, conversions=conversions)
-    op, ref = CtrOperator(config), PerEvent(config)
+    op, ref = loop(config), PerEvent(config)
     for source, events in stream:
         op.feed(source, events)
         ref.feed(source, events)
@@ -120,3 +135,27 @@ def test_the_reference_is_the_per_event_path() -> None:
 
     Counting().feed("impressions", [impression(1, 0, 0, None), impression(2, 0, 0, "a")])
     assert calls == ["i1", "i2"]
+
+
+def test_impressions_chooses_the_loop_by_the_windows_per_batch() -> None:
+    """Few windows per batch: the cached loop; a batch with a window for most of its
+    impressions sends the next ones in line, and then the cache is tried again."""
+    chosen: list[str] = []
+
+    class Watched(CtrOperator):
+        def _impressions_cached(self, events: Sequence[Impression]) -> int:
+            chosen.append("cached")
+            return super()._impressions_cached(events)
+
+        def _impressions_in_line(self, events: Sequence[Impression]) -> None:
+            chosen.append("in line")
+            super()._impressions_in_line(events)
+
+    op = Watched()
+    few = [impression(i, i, i % 2, None) for i in range(100)]
+    op.feed("impressions", few)
+    assert chosen == ["cached"]
+    many = [impression(1000 + i, i, i, None) for i in range(100)]
+    for _ in range(ctr.IN_LINE_BATCHES + 2):
+        op.feed("impressions", many)
+    assert chosen == ["cached", "cached"] + ["in line"] * ctr.IN_LINE_BATCHES + ["cached"]
