@@ -49,6 +49,7 @@ import numpy as np
 from numba import njit
 
 MAD_TO_SIGMA = 1.4826022185056018  # 1 / Phi^-1(3/4)
+SQRT2 = math.sqrt(2.0)  # (the float math.sqrt(2.0) gives: the same divisor every time)
 
 
 def normal_sf(z: float) -> float:
@@ -57,7 +58,7 @@ def normal_sf(z: float) -> float:
     >>> round(normal_sf(0.0), 3), round(normal_sf(1.959964), 4)
     (0.5, 0.025)
     """
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    return 0.5 * math.erfc(z / SQRT2)
 
 
 @njit("float64(float64[::1])", cache=True)
@@ -147,31 +148,37 @@ class AnomalyLikelihood:
         self.scale = 0.0
         self.since_fit = refit  # fit at the first chance
 
-    def _average(self, score: float) -> float:
-        if len(self.window) == self.short:
-            self.total -= self.window[0]
-        self.window.append(score)
-        self.total += score
-        m = self.total / len(self.window)
-        # the log of the arithmetic mean: a geometric mean would let the many small
-        # errors of a chi-square-like score hide a shift of its mean
-        return math.log(max(m, 0.0) + self.eps) if self.log else m
-
     def score_one(self, score: float) -> float:
         """Add a raw score; the tail probability of the short-term average (1.0 while
         the history is shorter than `min_history`). Normal averages enter the history."""
-        m = self._average(score)
-        if len(self.history) < self.min_history:
-            self.history.append(m)
+        # (`normal_sf` inlined: the sensor's rise test calls this once per closed
+        # bucket of every series)
+        window = self.window
+        total = self.total
+        if len(window) == self.short:
+            total -= window[0]
+        window.append(score)
+        total += score
+        self.total = total
+        m = total / len(window)
+        if self.log:  # the log of the arithmetic mean: a geometric mean would let the
+            # many small errors of a chi-square-like score hide a shift of its mean
+            m = math.log(max(m, 0.0) + self.eps)
+        history = self.history
+        nh = len(history)
+        if nh < self.min_history:
+            history.append(m)
             self.since_fit = self.refit
             return 1.0
         # a young history is refitted more often (every quarter of its length)
-        if self.since_fit >= min(self.refit, len(self.history) // 4):
+        refit = self.refit
+        quarter = nh // 4
+        if self.since_fit >= (refit if refit <= quarter else quarter):  # min(refit, quarter)
             self._fit()
         self.since_fit += 1
-        p = normal_sf((m - self.center) / self.scale)
+        p = 0.5 * math.erfc(((m - self.center) / self.scale) / SQRT2)  # normal_sf
         if p >= self.alpha:
-            self.history.append(m)
+            history.append(m)
         return p
 
     def learn_one(self, score: float) -> None:
