@@ -890,6 +890,8 @@ class SensorOperator(Operator):
         # the cadences judged by a call (a record per series: never full)
         cads = np.zeros(1 + CAD_SIZE * len(seg_slots))
         m = len(seg_slots)
+        rise_min = self.config.rise_min_readings
+        test_rise = self._test_rise
         status = np.zeros(m, dtype=np.int64)
         stops = np.zeros(m, dtype=np.int64)
         while m:
@@ -915,14 +917,18 @@ class SensorOperator(Operator):
             if cads[0]:  # the Python parts of the cadences judged, before anything else
                 self._cadences(cads[1 : 1 + CAD_SIZE * int(cads[0])].tolist())
             if closes[0]:  # the rise tests of the buckets closed, each series' in order
+                # (`_close_bucket` inlined: once per closed bucket of every series)
                 c_list = closes[: 1 + 4 * int(closes[0])].tolist()
                 for c in range(1, len(c_list), 4):
                     g = order[int(c_list[c])]
                     self._g = g
                     t, sid, metric, x, _ = released[g]
-                    start, total, count = int(c_list[c + 1]), c_list[c + 2], int(c_list[c + 3])
                     s = series[(sid, metric)]
-                    self._close_bucket(sid, metric, s, t, x, start, total, count)
+                    mk = s.mk
+                    z = mk.learn_z(c_list[c + 2] / int(c_list[c + 3]))  # total / count
+                    s.mk_times.append(int(c_list[c + 1]))  # start
+                    if mk.n >= rise_min:
+                        test_rise(sid, metric, s, t, x, z)
             stopped = np.flatnonzero(status[:m] != DONE)
             if not len(stopped):
                 return
@@ -1294,7 +1300,8 @@ class SensorOperator(Operator):
         total: float,
         count: int,
     ) -> None:
-        """The rise test as reading x at t closes the bucket (start, total, count)."""
+        """The rise test as reading x at t closes the bucket (start, total, count)
+        (`_rounds` does the same inline for the buckets the compiled run closes)."""
         mk = s.mk
         z = mk.learn_z(total / count)  # (the z-score of S: used from rise_min_readings on)
         s.mk_times.append(int(start))

@@ -77,11 +77,11 @@ _VALUES = st.one_of(
 _OPS = st.lists(
     st.tuples(st.sampled_from(["score"] * 8 + ["learn", "extend", "restore"]), _VALUES),
     min_size=40,
-    max_size=300,
+    max_size=150,
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     ops=_OPS,
     short=st.integers(1, 3),
