@@ -107,6 +107,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import struct
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -121,10 +122,10 @@ from operators.base import Observation, Operator
 from operators.detectors.episode import Episode
 from operators.detectors.iqr import IqrFences
 from operators.detectors.likelihood import (
+    SQRT2,
     AnomalyLikelihood,
     LikelihoodState,
     likelihood_state_from_format_1,
-    normal_sf,
 )
 from operators.detectors.tail import TailProbability, TailState, tail_state_from_format_1
 from operators.detectors.trend import RiseDetector, RiseState
@@ -889,6 +890,8 @@ class SensorOperator(Operator):
         # the cadences judged by a call (a record per series: never full)
         cads = np.zeros(1 + CAD_SIZE * len(seg_slots))
         m = len(seg_slots)
+        rise_min = self.config.rise_min_readings
+        test_rise = self._test_rise
         status = np.zeros(m, dtype=np.int64)
         stops = np.zeros(m, dtype=np.int64)
         while m:
@@ -914,14 +917,18 @@ class SensorOperator(Operator):
             if cads[0]:  # the Python parts of the cadences judged, before anything else
                 self._cadences(cads[1 : 1 + CAD_SIZE * int(cads[0])].tolist())
             if closes[0]:  # the rise tests of the buckets closed, each series' in order
+                # (`_close_bucket` inlined: once per closed bucket of every series)
                 c_list = closes[: 1 + 4 * int(closes[0])].tolist()
                 for c in range(1, len(c_list), 4):
                     g = order[int(c_list[c])]
                     self._g = g
                     t, sid, metric, x, _ = released[g]
-                    start, total, count = int(c_list[c + 1]), c_list[c + 2], int(c_list[c + 3])
                     s = series[(sid, metric)]
-                    self._close_bucket(sid, metric, s, t, x, start, total, count)
+                    mk = s.mk
+                    z = mk.learn_z(c_list[c + 2] / int(c_list[c + 3]))  # total / count
+                    s.mk_times.append(int(c_list[c + 1]))  # start
+                    if mk.n >= rise_min:
+                        test_rise(sid, metric, s, t, x, z)
             stopped = np.flatnonzero(status[:m] != DONE)
             if not len(stopped):
                 return
@@ -1293,10 +1300,13 @@ class SensorOperator(Operator):
         total: float,
         count: int,
     ) -> None:
-        """The rise test as reading x at t closes the bucket (start, total, count)."""
-        s.mk.learn_one(total / count)
+        """The rise test as reading x at t closes the bucket (start, total, count)
+        (`_rounds` does the same inline for the buckets the compiled run closes)."""
+        mk = s.mk
+        z = mk.learn_z(total / count)  # (the z-score of S: used from rise_min_readings on)
         s.mk_times.append(int(start))
-        self._test_rise(sid, metric, s, t, x)
+        if mk.n >= self.config.rise_min_readings:
+            self._test_rise(sid, metric, s, t, x, z)
 
     def _rise_history_alpha(self, sid: str, s: Series) -> float:
         """The level the rise's z must be improbable at against the series' own z-scores."""
@@ -1308,14 +1318,14 @@ class SensorOperator(Operator):
             budget /= max(1, self._metric_count(sid))
         return min(1e-3, budget * max(s.bucket_ms, 1) / DAY_MS)
 
-    def _test_rise(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
+    def _test_rise(self, sid: str, metric: str, s: Series, t: int, x: float, z: float) -> None:
+        """The test of the Mann-Kendall z of the series' last rise_min_readings or more
+        bucket means (as one closes)."""
         cfg = self.config
         mk = s.mk
-        if len(mk) < cfg.rise_min_readings:
-            return
-        z = mk.z_score()
-        p = normal_sf(z) if z > 0.0 else 1.0
-        p_history = s.rise_lk.score_one(z)
+        p = 0.5 * math.erfc(z / SQRT2) if z > 0.0 else 1.0  # normal_sf(z)
+        lk = s.lk
+        p_history = (lk if lk is not None else s.rise_lk).score_one(z)
         if s.rising:
             if p >= 0.05 or p_history >= 0.05:  # no (unusual) trend left: the episode ends
                 s.rising = False

@@ -49,6 +49,7 @@ import numpy as np
 from numba import njit
 
 MAD_TO_SIGMA = 1.4826022185056018  # 1 / Phi^-1(3/4)
+SQRT2 = math.sqrt(2.0)  # (the float math.sqrt(2.0) gives: the same divisor every time)
 
 
 def normal_sf(z: float) -> float:
@@ -57,7 +58,7 @@ def normal_sf(z: float) -> float:
     >>> round(normal_sf(0.0), 3), round(normal_sf(1.959964), 4)
     (0.5, 0.025)
     """
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    return 0.5 * math.erfc(z / SQRT2)
 
 
 @njit("float64(float64[::1])", cache=True)
@@ -105,10 +106,13 @@ class AnomalyLikelihood:
     """Tail probability of a score's short-term average against its normal history."""
 
     __slots__ = (
+        "_history",
+        "_pos",
+        "_ring",
+        "_synced",
         "alpha",
         "center",
         "eps",
-        "history",
         "log",
         "min_history",
         "min_scale",
@@ -141,37 +145,64 @@ class AnomalyLikelihood:
         self.eps = eps
         self.window: deque[float] = deque(maxlen=short)
         self.total = 0.0
-        self.history: deque[float] = deque(maxlen=history)
+        self._history: deque[float] = deque(maxlen=history)
+        # the history's values again, as a float64 ring (their order aside) for `_fit`
+        # (no copy of the deque per fit): written at _pos, valid while _synced (the
+        # `history` property hands the deque out, which may be changed: unsynced)
+        self._ring = np.zeros(history)
+        self._pos = 0
+        self._synced = True
         self.recent: list[float] = []  # averages waiting to enter the history
         self.center = 0.0
         self.scale = 0.0
         self.since_fit = refit  # fit at the first chance
 
-    def _average(self, score: float) -> float:
-        if len(self.window) == self.short:
-            self.total -= self.window[0]
-        self.window.append(score)
-        self.total += score
-        m = self.total / len(self.window)
-        # the log of the arithmetic mean: a geometric mean would let the many small
-        # errors of a chi-square-like score hide a shift of its mean
-        return math.log(max(m, 0.0) + self.eps) if self.log else m
+    @property
+    def history(self) -> deque[float]:
+        """The normal short-term averages, oldest first (at most `history` of them)."""
+        self._synced = False  # (the caller may change it: `_fit` copies it again)
+        return self._history
+
+    def _keep(self, m: float) -> None:
+        """m into the history (and its ring)."""
+        self._history.append(m)
+        ring = self._ring
+        if len(ring):
+            pos = self._pos
+            ring[pos] = m  # (full: over the oldest, which the deque dropped)
+            pos += 1
+            self._pos = 0 if pos == len(ring) else pos
 
     def score_one(self, score: float) -> float:
         """Add a raw score; the tail probability of the short-term average (1.0 while
         the history is shorter than `min_history`). Normal averages enter the history."""
-        m = self._average(score)
-        if len(self.history) < self.min_history:
-            self.history.append(m)
+        # (`normal_sf` inlined: the sensor's rise test calls this once per closed
+        # bucket of every series)
+        window = self.window
+        total = self.total
+        if len(window) == self.short:
+            total -= window[0]
+        window.append(score)
+        total += score
+        self.total = total
+        m = total / len(window)
+        if self.log:  # the log of the arithmetic mean: a geometric mean would let the
+            # many small errors of a chi-square-like score hide a shift of its mean
+            m = math.log(max(m, 0.0) + self.eps)
+        nh = len(self._history)
+        if nh < self.min_history:
+            self._keep(m)
             self.since_fit = self.refit
             return 1.0
         # a young history is refitted more often (every quarter of its length)
-        if self.since_fit >= min(self.refit, len(self.history) // 4):
+        refit = self.refit
+        quarter = nh // 4
+        if self.since_fit >= (refit if refit <= quarter else quarter):  # min(refit, quarter)
             self._fit()
         self.since_fit += 1
-        p = normal_sf((m - self.center) / self.scale)
+        p = 0.5 * math.erfc(((m - self.center) / self.scale) / SQRT2)  # normal_sf
         if p >= self.alpha:
-            self.history.append(m)
+            self._keep(m)
         return p
 
     def learn_one(self, score: float) -> None:
@@ -179,14 +210,23 @@ class AnomalyLikelihood:
         probability (a new regime that persists becomes normal: the monitor calls
         this once it decides so, after `score_one` of the same reading)."""
         m = self.total / len(self.window) if self.window else score
-        self.history.append(math.log(max(m, 0.0) + self.eps) if self.log else m)
+        self._keep(math.log(max(m, 0.0) + self.eps) if self.log else m)
 
     def _fit(self) -> None:
-        h = np.fromiter(self.history, dtype=float, count=len(self.history))
-        # numpy's median and MAD, compiled (`median_mad`), or numpy's own for the
-        # values whose result is numpy's choice (-0.0, NaN)
-        exact, center, mad = median_mad(h)
+        history = self._history
+        n = len(history)
+        # numpy's median and MAD, compiled (`median_mad`) on the ring: for finite values
+        # without -0.0 they are functions of the values alone, not of their order
+        # (`median_mad`); otherwise numpy's own on the history in order (numpy's choice
+        # of signed zero and its NaN are as they were)
+        ring = self._ring
+        if not self._synced:  # (changed from outside: copied again)
+            ring[:n] = np.fromiter(history, dtype=float, count=n)
+            self._pos = 0 if n == len(ring) else n
+            self._synced = True
+        exact, center, mad = median_mad(ring[:n])
         if not exact:
+            h = np.fromiter(history, dtype=float, count=n)
             center = float(np.median(h))
             mad = float(np.median(np.abs(h - center)))
         self.center = center
@@ -197,7 +237,7 @@ class AnomalyLikelihood:
         return LikelihoodState(
             window=list(self.window),
             total=self.total,
-            history=list(self.history),
+            history=list(self._history),
             center=self.center,
             scale=self.scale,
             since_fit=self.since_fit,

@@ -156,6 +156,20 @@ class RiseDetector:
         self.s += ds
         self.ties += dties
 
+    def learn_z(self, x: float) -> float:
+        """`learn_one(x)`, then `z_score()` (one call: the sensor's rise test, once per
+        closed bucket)."""
+        ds, dties, self.head, n = _learn(self.ring, self.head, self.n, x)
+        self.n = n
+        s = self.s = self.s + ds
+        ties = self.ties = self.ties + dties
+        if n < 3 or s == 0:
+            return 0.0
+        var = (n * (n - 1) * (2 * n + 5) - ties) / 18.0
+        if var <= 0.0:
+            return 0.0
+        return (s - (1 if s > 0 else -1)) / math.sqrt(var)
+
     def z_score(self) -> float:
         """The continuity-corrected standard score of S: (S - sign(S)) / sqrt(Var S)
         (0 below three readings or without variance)."""

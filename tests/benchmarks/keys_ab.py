@@ -1,6 +1,8 @@
 """Before/after of `keys_scaling`'s whole-task pass, the two checkouts' passes run in lockstep.
 
     .venv/bin/python -m tests.benchmarks.keys_ab --before /work/main --after . --keys 100000
+    .venv/bin/python -m tests.benchmarks.keys_ab --before /work/main --after . \
+        --kind sensor+cluster --keys 100 --events 300000
 
 On a machine shared with other work, separate `keys_scaling` runs of the two sides
 minutes apart differ by 20-30 % with the load alone. Here each side is a process of its
@@ -27,8 +29,9 @@ from tests.benchmarks import keys_scaling
 from tests.benchmarks.operator_cost import events_of
 
 keys, events, batch = map(int, sys.argv[1:4])
-decoded = events_of("ctr", events, keys)
-make = keys_scaling.make_tasks("ctr")
+kind = sys.argv[4] if len(sys.argv) > 4 else "ctr"
+decoded = events_of(kind.split("+")[0], events, keys)  # (sensor+cluster: sensor readings)
+make = keys_scaling.make_tasks(kind)
 keys_scaling.one_pass(make, decoded, batch)  # first calls: numba, scipy, caches
 print("ready", flush=True)
 for _ in sys.stdin:
@@ -41,7 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="checkout of the before side")
     parser.add_argument("--after", required=True, help="checkout of the after side")
-    parser.add_argument("--keys", type=int, default=100_000, help="campaigns")
+    parser.add_argument("--kind", choices=("ctr", "sensor", "sensor+cluster"), default="ctr")
+    parser.add_argument("--keys", type=int, default=100_000, help="campaigns (or sensors)")
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=1250, help="events per poll")
     parser.add_argument("--rounds", type=int, default=8)
@@ -50,7 +54,15 @@ def main() -> None:
     for name, path in (("before", args.before), ("after", args.after)):
         root = os.path.abspath(path)
         sides[name] = subprocess.Popen(
-            [sys.executable, "-c", SERVE, str(args.keys), str(args.events), str(args.batch)],
+            [
+                sys.executable,
+                "-c",
+                SERVE,
+                str(args.keys),
+                str(args.events),
+                str(args.batch),
+                args.kind,
+            ],
             cwd=root,
             env={**os.environ, "PYTHONPATH": root},
             stdin=subprocess.PIPE,
@@ -77,7 +89,7 @@ def main() -> None:
             if proc.stdin is not None:
                 proc.stdin.close()
             proc.wait()
-    print(f"ctr, {args.keys:,} campaigns, {args.events:,} events, {args.rounds} rounds")
+    print(f"{args.kind}, {args.keys:,} keys, {args.events:,} events, {args.rounds} rounds")
     for name, values in per_event.items():
         runs = " ".join(f"{v:.2f}" for v in values)
         print(f"{name:>6}: {runs}  median {statistics.median(values):.2f}  rows {rows[name]}")
