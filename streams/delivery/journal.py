@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from streams.config import Settings
+from streams.runtime.threads import in_thread
 
 log = logging.getLogger("streamwatch.delivery")
 SEP = "/"
@@ -130,14 +131,14 @@ class Journal:
                 on_delivery=report,
             )
         async with self.lock:  # one flush at a time; each waits for every record so far
-            remaining = await asyncio.to_thread(self.producer.flush, 30)
+            remaining = await in_thread(self.producer.flush, 30)
         if remaining or errors:
             raise RuntimeError(f"delivery log write failed: {errors[:1] or 'timeout'}")
 
     async def replay(self, partition: int) -> PartitionState:
         nonce = uuid.uuid4().hex
         await self.append(partition, [(f"marker{SEP}{nonce}".encode(), {"t": "marker"})])
-        return await asyncio.to_thread(self._read, partition, nonce)
+        return await in_thread(self._read, partition, nonce)
 
     def _read(self, partition: int, nonce: str) -> PartitionState:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition

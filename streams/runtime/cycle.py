@@ -41,6 +41,7 @@ from streams.runtime.faults import Faults, InjectedFault
 from streams.runtime.health import unjudgeable_series
 from streams.runtime.pipeline import Pipeline, RawMessage, by_partition
 from streams.runtime.sinks import SinkError, Sinks
+from streams.runtime.threads import in_thread
 
 log = logging.getLogger("streamwatch.runtime")
 
@@ -114,8 +115,8 @@ class Runtime:
         new = sorted(set(partitions) - self.pipeline.owned_partitions())
         if new:
             topics = self.pipeline.topics
-            self.pipeline.topic_ids = await asyncio.to_thread(self.store.topic_ids, topics)
-            checkpoints = await asyncio.to_thread(self.store.load)
+            self.pipeline.topic_ids = await in_thread(self.store.topic_ids, topics)
+            checkpoints = await in_thread(self.store.load)
             try:
                 self.pipeline.assign(new, checkpoints)
             except StateFormatError as exc:
@@ -320,7 +321,7 @@ class Runtime:
 
     async def _flush(self) -> None:
         self.last_flush = time.monotonic()
-        await asyncio.to_thread(self.sinks.flush, self._timeout())
+        await in_thread(self.sinks.flush, self._timeout())
 
     async def _checkpoint(self, force: bool = False) -> None:
         """Write dirty tasks' state, then commit the offsets that state covers."""
@@ -334,7 +335,7 @@ class Runtime:
             self.on_checkpoint(self.pipeline.committable())  # only replayed input
             return
         try:
-            await asyncio.to_thread(self.store.write, items, self._timeout())
+            await in_thread(self.store.write, items, self._timeout())
         except Exception as exc:
             raise SinkError(f"checkpoint write failed: {exc}") from exc
         self.pipeline.mark_clean()

@@ -36,10 +36,13 @@ import threading
 import time
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from streams.config import Settings
 from streams.connectors import kafka
 from streams.runtime import metrics
 from streams.runtime.cycle import Runtime
+from streams.runtime.threads import guarded, in_thread
 
 log = logging.getLogger("streamwatch.source")
 
@@ -117,14 +120,14 @@ class KafkaSource:
         self.subscribe()
         try:
             while not self.stopping and self.runtime.failure is None:
-                batch = await asyncio.to_thread(self._poll)
+                batch = await in_thread(self._poll)
                 await self.runtime.handle(batch)
                 if self.caught_up:
                     self.caught_up = False
                     await self.runtime.caught_up()
         finally:
             await self.runtime.close()
-            await asyncio.to_thread(self._close)
+            await in_thread(self._close)
 
     def stop(self, budget: float | None = None) -> None:
         """Stop after the current batch; the last flush and checkpoint may take
@@ -338,4 +341,10 @@ class KafkaSource:
 
     def _close(self) -> None:
         self._commit()
-        self.consumer.close()
+        try:
+            guarded(self.consumer.close)
+        except KafkaException as exc:
+            # (closing during a rebalance: `streams.runtime.threads`) the state is
+            # checkpointed already; the group drops this member after its session
+            # timeout, and the next owner resumes from the checkpoints
+            log.warning("closing the consumer: %s", exc)

@@ -33,6 +33,7 @@ from streams.runtime.faults import Faults, FaultyProducer, FaultyWriter
 from streams.runtime.monitors import OPERATORS, build_monitors
 from streams.runtime.pipeline import Pipeline
 from streams.runtime.sinks import Sinks
+from streams.runtime.threads import in_thread
 
 log = logging.getLogger("streamwatch.worker")
 
@@ -303,7 +304,7 @@ class Worker:
         try:
             await worker.start()
         except BaseException:
-            await asyncio.to_thread(self.source.consumer.close)  # leave the group now
+            await in_thread(self.source.consumer.close)  # leave the group now
             raise
         source = asyncio.create_task(self.source.run(), name="streamwatch-source")
         failure = None
@@ -382,7 +383,7 @@ class Worker:
         if self.sql_rules is not None:
             self.sql_rules.stop()
         remaining = max(0.0, deadline - time.monotonic())
-        await asyncio.to_thread(self.producer.flush, min(10.0, remaining))
+        await in_thread(self.producer.flush, min(10.0, remaining))
         log.info("stopped")
 
     def query(self, sql: str, **kwargs: Any) -> Any:
