@@ -1,4 +1,4 @@
-"""`streams.runtime.threads`: a thread's await ends whatever the call raises.
+"""`streams.connectors.threads`: a thread's await ends whatever the call raises.
 
 confluent-kafka's `Consumer.close()` can raise a `KafkaError` object during a rebalance,
 which is not an exception class: `asyncio.to_thread` then never returns (the pool's
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from streams.runtime.threads import guarded, in_thread
+from streams.connectors.threads import guarded, in_thread
 
 _set_error = ctypes.pythonapi.PyErr_SetObject
 _set_error.argtypes = [ctypes.py_object, ctypes.py_object]

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from streams.config import Settings
-from streams.runtime.threads import in_thread
+from streams.connectors.threads import in_thread
 
 log = logging.getLogger("streamwatch.delivery")
 SEP = "/"

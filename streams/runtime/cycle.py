@@ -36,12 +36,12 @@ from collections.abc import Callable, Iterable, Sequence
 from operators.state import StateFormatError
 from streams.config import Settings
 from streams.connectors.checkpoints import CheckpointStore
+from streams.connectors.threads import in_thread
 from streams.runtime import metrics
 from streams.runtime.faults import Faults, InjectedFault
 from streams.runtime.health import unjudgeable_series
 from streams.runtime.pipeline import Pipeline, RawMessage, by_partition
 from streams.runtime.sinks import SinkError, Sinks
-from streams.runtime.threads import in_thread
 
 log = logging.getLogger("streamwatch.runtime")
 

@@ -40,9 +40,9 @@ from confluent_kafka import KafkaException
 
 from streams.config import Settings
 from streams.connectors import kafka
+from streams.connectors.threads import guarded, in_thread
 from streams.runtime import metrics
 from streams.runtime.cycle import Runtime
-from streams.runtime.threads import guarded, in_thread
 
 log = logging.getLogger("streamwatch.source")
 
@@ -344,7 +344,7 @@ class KafkaSource:
         try:
             guarded(self.consumer.close)
         except KafkaException as exc:
-            # (closing during a rebalance: `streams.runtime.threads`) the state is
+            # (closing during a rebalance: `streams.connectors.threads`) the state is
             # checkpointed already; the group drops this member after its session
             # timeout, and the next owner resumes from the checkpoints
             log.warning("closing the consumer: %s", exc)

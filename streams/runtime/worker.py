@@ -27,13 +27,13 @@ from streams.connectors import kafka
 from streams.connectors.checkpoints import CheckpointStore
 from streams.connectors.clickhouse import Writer, connect, ensure_schema
 from streams.connectors.embedded import EmbeddedBroker
+from streams.connectors.threads import in_thread
 from streams.runtime import repartition
 from streams.runtime.cycle import Runtime
 from streams.runtime.faults import Faults, FaultyProducer, FaultyWriter
 from streams.runtime.monitors import OPERATORS, build_monitors
 from streams.runtime.pipeline import Pipeline
 from streams.runtime.sinks import Sinks
-from streams.runtime.threads import in_thread
 
 log = logging.getLogger("streamwatch.worker")
 
