@@ -277,15 +277,8 @@ class RelationLearner:
                 size = len(old.keys() | vals.keys())
             if size > cap or (not many and len(vals) > 1):
                 return False
-        drops = len(table) + new - self.max_keys
-        if drops > 0:
-            if drops > len(table) or len(table) > self.max_keys:
-                return False  # new entities would drop each other (or it is over its bound)
-            oldest = list(islice(table, drops))
-            if not batch.keys().isdisjoint(oldest):
-                return False
-            for key in oldest:
-                del table[key]
+        if not self._make_room(table, batch, new):
+            return False
         # the touched entities by their last event with a value
         touched = keys if all(values) else list(compress(keys, values))
         order = list(dict.fromkeys(reversed(touched)))
@@ -310,6 +303,24 @@ class RelationLearner:
                     old[value] = ts
         return True
 
+    def _make_room(
+        self, table: OrderedDict[str, dict[str, int]], batch: dict[str, Any], new: int
+    ) -> bool:
+        """Drop the oldest entities so that `new` more fit under `max_keys`, as event
+        by event would; False (nothing dropped) where the batch's own entities would be
+        among them, or new ones drop each other: the caller goes event by event."""
+        drops = len(table) + new - self.max_keys
+        if drops <= 0:
+            return True
+        if drops > len(table) or len(table) > self.max_keys:
+            return False  # new entities would drop each other (or it is over its bound)
+        oldest = list(islice(table, drops))
+        if not batch.keys().isdisjoint(oldest):
+            return False
+        for key in oldest:
+            del table[key]
+        return True
+
     def _observe_single(
         self,
         table: OrderedDict[str, dict[str, int]],
@@ -330,15 +341,8 @@ class RelationLearner:
         olds = list(map(table.get, order))
         if max(map(len, filter(None, olds)), default=0) >= self.max_values:
             return None  # its size check is the general path's
-        drops = len(table) + olds.count(None) - self.max_keys
-        if drops > 0:
-            if drops > len(table) or len(table) > self.max_keys:
-                return False  # new entities would drop each other (or it is over its bound)
-            oldest = list(islice(table, drops))
-            if not batch.keys().isdisjoint(oldest):
-                return False
-            for key in oldest:
-                del table[key]
+        if not self._make_room(table, batch, olds.count(None)):
+            return False
         # the touched ones out, then back in by their last event: after the untouched
         deque(map(table.pop, order, repeat(None)), maxlen=0)
         news = []
