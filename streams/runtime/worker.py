@@ -300,8 +300,8 @@ class Worker:
         # the input's group join runs while faust starts (its own group join, the web
         # server); the partitions are taken at the source's first poll, after that
         self.source.subscribe()
-        warm_up(self.monitor_names)  # while the join waits
         try:
+            warm_up(self.monitor_names)  # while the join waits
             await worker.start()
         except BaseException:
             await in_thread(self.source.consumer.close)  # leave the group now
