@@ -263,9 +263,6 @@ _NO_CONVERTED: dict[str, Converted] = {}
 CACHED_MAX_SHARE = 4
 IN_LINE_BATCHES = 15
 
-#: what an impression's index entry points to until `_impressions` has found its window
-_NO_WINDOW = CtrWindow()
-
 
 def new_window() -> CtrWindow:
     """A new, empty window sharing the empty containers above."""
@@ -584,13 +581,6 @@ class CtrOperator(Operator):
         for imp in events:
             imp_id = imp.impression_id
             ts = imp.ts
-            # the index entry, claimed before its window is known: one probe of the
-            # (large) index per impression instead of a look-up and then an insert
-            entry = ImpressionRef(_NO_WINDOW, ts, False, imp_id)
-            known = claim(imp_id, entry)
-            if known is not entry:
-                known.window.dup_imps += 1
-                continue
             if not lo <= ts < hi:
                 start = ts - ts % size
                 lo, hi = start, start + size
@@ -598,21 +588,38 @@ class CtrOperator(Operator):
                 if cached is None:
                     cached = by_start[start] = ({}, {})
                 plain, varied = cached
+            # the window the batch found for the key, looked up before the index is
+            # probed (finding it changes nothing): the entry is then made whole, not
+            # made with a placeholder window and set after (issue 18)
             variant = imp.variant
-            # windows are only made (never dropped) while impressions come in, so the
-            # one found stays the key's for the rest of the batch
             if variant:
                 key = (imp.campaign_id, variant)
                 window = varied.get(key)
-                if window is None:
-                    window = varied[key] = self._window_at(start, key, found)
             else:
-                campaign = imp.campaign_id
-                window = plain.get(campaign)
-                if window is None:
+                key = None
+                window = plain.get(imp.campaign_id)
+            if window is None:
+                # the batch's first impression of the key: a duplicate must not make
+                # its window, so the index is probed before the window is found or made
+                known = impressions.get(imp_id)
+                if known is not None:
+                    known.window.dup_imps += 1
+                    continue
+                if key is None:
+                    campaign = imp.campaign_id
                     window = plain[campaign] = self._window_at(start, (campaign, ""), found)
+                else:
+                    window = varied[key] = self._window_at(start, key, found)
+                entry = impressions[imp_id] = ImpressionRef(window, ts, False, imp_id)
+            else:
+                # one probe of the (large) index: the entry is claimed, or the one
+                # already there returned (a duplicate impression)
+                entry = ImpressionRef(window, ts, False, imp_id)
+                known = claim(imp_id, entry)
+                if known is not entry:
+                    known.window.dup_imps += 1
+                    continue
             window.ids.append(imp_id)
-            entry.window = window
             if pending:
                 waiting = pending.pop(imp_id, None)
                 if waiting:
@@ -658,17 +665,13 @@ class CtrOperator(Operator):
         for imp in events:
             imp_id = imp.impression_id
             ts = imp.ts
-            # the index entry, claimed before its window is known: one probe of the
-            # (large) index per impression instead of a look-up and then an insert
-            entry = ImpressionRef(_NO_WINDOW, ts, False, imp_id)
-            known = claim(imp_id, entry)
-            if known is not entry:
-                known.window.dup_imps += 1
-                continue
             key = (imp.campaign_id, imp.variant or "") if key_of is None else key_of(imp)
             start = ts - ts % size
             bucket = by_start.get(start)
             window = None if bucket is None else bucket.get(key)
+            # the entry made whole with its window (a new one not yet among the
+            # windows), then claimed: one probe of the (large) index per impression;
+            # a duplicate's new window is dropped unseen
             if window is None:
                 # `new_window` with this impression in it (its own id list)
                 window = CtrWindow(
@@ -679,14 +682,23 @@ class CtrOperator(Operator):
                     counted=_NO_COUNTED,
                     converted=_NO_CONVERTED,
                 )
+                entry = ImpressionRef(window, ts, False, imp_id)
+                known = claim(imp_id, entry)
+                if known is not entry:
+                    known.window.dup_imps += 1
+                    continue
                 windows.insert(key, start, window)
             else:
+                entry = ImpressionRef(window, ts, False, imp_id)
+                known = claim(imp_id, entry)
+                if known is not entry:
+                    known.window.dup_imps += 1
+                    continue
                 window.imps += 1
                 if window.ids:
                     window.ids.append(imp_id)
                 else:  # a window holding orphans only: the shared empty list
                     window.ids = [imp_id]
-            entry.window = window
             if pending:
                 waiting = pending.pop(imp_id, None)
                 if waiting:
