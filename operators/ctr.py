@@ -153,39 +153,6 @@ WindowKey = tuple[str, str]
 _CTR_TABLE = CtrWindowRow.__table__.name
 
 
-def _row_template(final: int, version: int) -> CtrWindowRow:
-    """A row of `version` with every count zero: what `_emit_row` replaces the
-    window's columns in."""
-    return CtrWindowRow(
-        window_start=0,
-        window_end=0,
-        campaign_id="",
-        variant="",
-        impressions=0,
-        clicks=0,
-        ctr=0.0,
-        orphan_clicks=0,
-        duplicate_clicks=0,
-        duplicate_impressions=0,
-        final=final,
-        version=version,
-        conversions=0,
-        cvr=0.0,
-        revenue=0.0,
-        orphan_conversions=0,
-        duplicate_conversions=0,
-    )
-
-
-#: (final, version) -> its template: provisional; final; final with conversions complete
-_ROW_TEMPLATES = {
-    (False, 1): _row_template(0, 1),
-    (True, 2): _row_template(1, 2),
-    (True, 3): _row_template(1, 3),
-}
-_replace = msgspec.structs.replace
-
-
 class Converted(msgspec.Struct, gc=False):
     """The conversion that gives a converted impression its revenue: its first by
     (ts, conversion_id), so any arrival order chooses the same one."""
@@ -903,7 +870,7 @@ class CtrOperator(Operator):
             rows = self._out.rows[_CTR_TABLE] = []
         append = rows.append
         version = 2 if final else 1
-        template = _ROW_TEMPLATES[(final, version)]
+        final_flag = 1 if final else 0
         full_row = self._full_row
         window_ms = self.config.window_ms
         for start, keys, bucket in buckets:
@@ -915,54 +882,40 @@ class CtrOperator(Operator):
                 if window.converted or window.orphan_convs or window.dup_convs:
                     append(full_row(start, key, window, final, version))
                     continue
-                # no conversion figures: as in `_emit_row`, the version's template with
-                # the window's own columns
+                # no conversion figures: `_full_row`'s row (zero conversions, cvr and
+                # revenue) built by position, in `CtrWindowRow`'s field order: ~0.04 µs
+                # less per row than replacing a template's fields by keyword, with many
+                # keys ~1.35 rows per event (issue 18, point 3)
                 imps, clicks = window.imps, window.clicks
                 append(
-                    _replace(
-                        template,
-                        window_start=start,
-                        window_end=end,
-                        campaign_id=key[0],
-                        variant=key[1],
-                        impressions=imps,
-                        clicks=clicks,
-                        ctr=clicks / imps if imps else 0.0,
-                        orphan_clicks=window.orphans,
-                        duplicate_clicks=window.dup_clicks,
-                        duplicate_impressions=window.dup_imps,
+                    CtrWindowRow(
+                        start,
+                        end,
+                        key[0],
+                        key[1],
+                        imps,
+                        clicks,
+                        clicks / imps if imps else 0.0,
+                        window.orphans,
+                        window.dup_clicks,
+                        window.dup_imps,
+                        final_flag,
+                        version,
+                        0,
+                        0.0,
+                        0.0,
+                        0,
+                        0,
                     )
                 )
 
     def _emit_row(
         self, start: int, key: WindowKey, window: CtrWindow, final: bool, version: int | None = None
     ) -> None:
-        # one row per window twice (provisional, final): with many keys nearly one per
-        # event, so the row is built from locals and appended to its table directly
-        imps, clicks = window.imps, window.clicks
-        converted = len(window.converted)
-        version = version or (2 if final else 1)
-        template = _ROW_TEMPLATES.get((final, version))
-        if template is not None and not (converted or window.orphan_convs or window.dup_convs):
-            # no conversion figures (every window without the conversions join): the
-            # row is its version's template (zero conversions, cvr, revenue) with the
-            # window's own columns; msgspec's replace with these few keywords costs a
-            # third of building all 17 by keyword, and the row is the same
-            row = _replace(
-                template,
-                window_start=start,
-                window_end=start + self.config.window_ms,
-                campaign_id=key[0],
-                variant=key[1],
-                impressions=imps,
-                clicks=clicks,
-                ctr=clicks / imps if imps else 0.0,
-                orphan_clicks=window.orphans,
-                duplicate_clicks=window.dup_clicks,
-                duplicate_impressions=window.dup_imps,
-            )
-        else:
-            row = self._full_row(start, key, window, final, version)
+        """The row of one window (`_emit_rows` writes the provisional and final rows
+        of this class in one loop; this is the version-3 row's, and the hook a
+        subclass with rows of its own overrides)."""
+        row = self._full_row(start, key, window, final, version or (2 if final else 1))
         rows = self._out.rows.get(_CTR_TABLE)
         if rows is None:
             self._out.rows[_CTR_TABLE] = [row]
