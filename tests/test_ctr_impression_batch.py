@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -159,3 +160,23 @@ def test_impressions_chooses_the_loop_by_the_windows_per_batch() -> None:
     for _ in range(ctr.IN_LINE_BATCHES + 2):
         op.feed("impressions", many)
     assert chosen == ["cached", "cached"] + ["in line"] * ctr.IN_LINE_BATCHES + ["cached"]
+
+
+@pytest.mark.parametrize("loop", [AlwaysCached, AlwaysInLine])
+@pytest.mark.parametrize("variant", [None, "a"])
+def test_a_duplicate_opening_a_key_makes_no_window(
+    loop: type[CtrOperator], variant: str | None
+) -> None:
+    """The batch loops find (or make) an impression's window before they claim its
+    index entry: a duplicate impression that would be the first of its key's window
+    (another campaign, another window start) counts in its original's window and makes
+    no window of its own, as on the per-event path."""
+    op, ref = loop(), PerEvent()
+    for stream in (op, ref):
+        stream.feed("impressions", [impression(1, 0, 0, variant)])
+        # the same id again, later and for another campaign: a duplicate of i1
+        stream.feed("impressions", [impression(1, 2 * MIN, 1, variant), impression(2, 0, 0, None)])
+    assert snapshot_bytes(op) == snapshot_bytes(ref)
+    windows = {key: w for _, key, w in op.windows.items()}
+    assert sorted(windows) == sorted({("c0", variant or ""), ("c0", "")})  # none of c1
+    assert windows["c0", variant or ""].dup_imps == 1
