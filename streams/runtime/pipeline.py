@@ -93,15 +93,26 @@ Batch = dict[tuple[str, int], list[Any]]  # (topic, partition) -> its messages, 
 
 
 def by_partition(messages: Iterable[Any]) -> Batch:
-    """Group a poll's messages (RawMessage or confluent_kafka.Message) by topic partition."""
+    """Group a poll's messages (RawMessage or confluent_kafka.Message) by topic partition.
+
+    librdkafka hands a poll's messages over in runs of one partition (a fetched
+    message set each), so the group is looked up only where the partition or the
+    topic changes from the message before: per message two accessor calls and two
+    comparisons, no (topic, partition) tuple and no dict probe (issue 18: this
+    grouping cost more than any other step of the runtime outside the decoder)."""
     groups: Batch = {}
+    topic: str | None = None
+    partition: int | None = None
+    append: Callable[[Any], None] = [].append  # rebound at the first message (p != None)
     for m in messages:
-        tp = (m.topic(), m.partition())
-        group = groups.get(tp)
-        if group is None:
-            groups[tp] = [m]
-        else:
-            group.append(m)
+        t, p = m.topic(), m.partition()
+        if p != partition or t != topic:
+            topic, partition = t, p
+            group = groups.get((t, p))
+            if group is None:
+                group = groups[(t, p)] = []
+            append = group.append
+        append(m)
     return groups
 
 
