@@ -12,6 +12,7 @@ milliseconds, so every operator sees `ts: int`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -291,8 +292,13 @@ StrictTs = Annotated[int, msgspec.Meta(ge=TS_MIN_MS, lt=TS_MAX_MS)]
 SensorValue = Annotated[float, msgspec.Meta(ge=-MAX_SENSOR_MAGNITUDE, le=MAX_SENSOR_MAGNITUDE)]
 
 
-def _checked_in_c(self: Event) -> None:
-    """The twins' `__post_init__`: everything the event's would check, msgspec checked."""
+# The twins' `__post_init__`: everything the event's would check, msgspec checked, so it
+# has nothing to do. msgspec calls a Struct's `__post_init__` (inherited: the event's)
+# on every decoded instance; a Python no-op costs a frame per message (~50 ns on the
+# benchmark machine), so it is a C builtin of one argument that only reads whether
+# that argument is callable (no allocation, no side effect): ~25 ns less per message
+# (issue 18, session 11; tests/test_decode_fast.py checks the twins still decode).
+_checked_in_c: Callable[[Any], object] = callable
 
 
 def _strict_twin(event: type[Event], *narrowed: tuple[str, Any]) -> type[Event]:
