@@ -1,0 +1,245 @@
+"""The sensor's compiled rise step (`operators.sensor_rise`) against the detectors.
+
+`SensorOperator` tests a rise per closed bucket with one compiled call on the series'
+`RiseBuffer` (issue 18, point 1). The reference is the operator's code before it: the
+bucket mean into `RiseDetector.learn_z`, its start into a deque, the p of z, the
+likelihood of z (`AnomalyLikelihood`, as `Series` made it), then the verdict. Both
+are driven with the same closed buckets (ties, both zeros, NaN, ramps that raise and
+end rises), a checkpoint and restore now and then (some with an odd value, NaN or
+-0.0, in the likelihood's history, which numpy then fits), and a cadence that resizes
+the test; their rows and observations, and their snapshots, must be byte for byte the
+same, and so must the episode flag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.base import Observation
+from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
+from operators.detectors.trend import RiseDetector
+from operators.sensor import DAY_MS, SensorConfig, SensorOperator, Series, SeriesState
+from schemas.rows import SensorAnomalyRow
+
+
+class _Reference:
+    """The rise test of one series as the operator did it before the compiled step
+    (`SensorOperator._close_bucket` and `_test_rise` of 8af5fed)."""
+
+    def __init__(self, cfg: SensorConfig, bucket_ms: int) -> None:
+        self.cfg, self.bucket_ms = cfg, bucket_ms
+        self.mk = RiseDetector(cfg.rise_max_points)
+        self.times: deque[int] = deque(maxlen=cfg.rise_max_points)
+        self.lk = self._likelihood()
+        self.rising = False
+        self.out: list[Any] = []
+
+    def _likelihood(self) -> AnomalyLikelihood:
+        cfg = self.cfg
+        return AnomalyLikelihood(
+            short=1,
+            history=cfg.rise_history,
+            min_history=cfg.rise_min_history,
+            refit=10,
+            alpha=cfg.rise_history_alpha or 1e-3,
+        )
+
+    def close(self, t: int, x: float, start: int, mean: float) -> None:
+        cfg, mk = self.cfg, self.mk
+        z = mk.learn_z(mean)
+        self.times.append(start)
+        if mk.n < cfg.rise_min_readings:
+            return
+        p = normal_sf(z) if z > 0.0 else 1.0
+        p_history = self.lk.score_one(z)
+        if self.rising:
+            if p >= 0.05 or p_history >= 0.05:
+                self.rising = False
+                details = {"reading": x, "points": len(mk), "p": p, "p_history": p_history}
+                self._observe(0.0, t, len(mk), self.times[0], details, None)
+            return
+        level = cfg.rise_history_alpha
+        if level is None:
+            level = min(1e-3, cfg.false_alarms_per_day * max(self.bucket_ms, 1) / DAY_MS)
+        if p >= cfg.rise_alpha or p_history >= level:
+            return
+        total, noise = mk.fit()
+        needed = max(cfg.rise_min_total, cfg.rise_sigmas * noise)
+        if total <= needed:
+            return
+        self.rising = True
+        first = self.times[0]
+        details = {
+            "reading": x,
+            "points": len(mk),
+            "span_ms": t - first,
+            "p": p,
+            "p_history": p_history,
+            "noise": noise,
+        }
+        self.out.append(
+            SensorAnomalyRow(
+                ts=t,
+                sensor_id="s",
+                metric="m",
+                value=x,
+                method="rise",
+                score=float(total),
+                threshold=float(needed),
+                window_start=first,
+                window_end=t,
+            )
+        )
+        self._observe(total, t, len(mk), first, details, p)
+
+    def _observe(
+        self, score: float, t: int, n: int, start: int, details: dict[str, Any], p: float | None
+    ) -> None:
+        self.out.append(
+            Observation(
+                kind="sensor",
+                entity="s/m",
+                metric="anomaly_rise",
+                value=float(score),
+                ts=t,
+                n=n,
+                window_start=start,
+                window_end=t,
+                details=details,
+                p_value=p,
+            )
+        )
+
+    def state(self) -> tuple[Any, ...]:
+        return self.mk.snapshot(), list(self.times), self.lk.snapshot()
+
+    def restore(self, odd: float | None = None) -> None:
+        mk, times, lk = self.state()
+        if odd is not None:
+            lk.history.append(odd)
+        self.mk = RiseDetector(mk.size)
+        self.mk.restore(mk)
+        self.times = deque(times, maxlen=mk.size)
+        self.lk = self._likelihood()
+        self.lk.restore(lk)
+
+    def resize(self, size: int) -> None:
+        self.mk = RiseDetector(size)
+        self.times = deque(maxlen=size)
+
+
+_VALUES = st.one_of(
+    st.integers(-4, 4).map(float),
+    st.sampled_from([0.0, -0.0, float("nan")]),
+    st.floats(-1e3, 1e3, allow_nan=False),
+)
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["close"] * 8 + ["ramp", "restore", "odd", "resize"]), _VALUES),
+    min_size=20,
+    max_size=120,
+)
+
+
+def _bytes(*parts: Any) -> bytes:
+    return msgspec.msgpack.encode(parts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=_OPS,
+    max_points=st.integers(3, 12),
+    min_readings=st.integers(3, 12),
+    history=st.integers(1, 14),
+    min_history=st.integers(1, 8),
+    history_alpha=st.sampled_from([None, 0.05, 0.5]),
+    rise_alpha=st.sampled_from([1e-6, 0.01, 0.3]),
+)
+def test_compiled_rise_is_the_detectors(
+    ops: list[tuple[str, float]],
+    max_points: int,
+    min_readings: int,
+    history: int,
+    min_history: int,
+    history_alpha: float | None,
+    rise_alpha: float,
+) -> None:
+    cfg = SensorConfig(
+        rise_max_points=max(max_points, min_readings),
+        rise_min_readings=min_readings,
+        rise_history=history,
+        rise_min_history=min_history,
+        rise_history_alpha=history_alpha,
+        rise_alpha=rise_alpha,
+        rise_sigmas=0.5,
+    )
+    bucket_ms = 1000
+    op = SensorOperator(cfg)
+    s = Series(cfg)
+    s.bucket_ms = bucket_ms
+    ref = _Reference(cfg, bucket_ms)
+    t = 0
+
+    def close(x: float) -> None:
+        nonlocal t
+        t += bucket_ms
+        op._close_bucket("s", "m", s, t + 1, x, t, x, 1)
+        ref.close(t + 1, x, t, x / 1)
+
+    for what, x in ops:
+        if what == "close":
+            close(x)
+        elif what == "ramp":  # a rise through noise: raised, then ended by noise
+            for i in range(min_readings + 2):
+                close(x + 10.0 * i + (i % 3))
+        elif what in ("restore", "odd"):
+            # a checkpoint's round trip; "odd": with x in the likelihood's history (a
+            # NaN or -0.0 there makes numpy's median and MAD the fit's)
+            state = s.state()
+            odd = x if what == "odd" else None
+            if odd is not None:
+                state.rise_lk.history.append(odd)
+            saved = msgspec.msgpack.encode(state)
+            s = Series.from_state(msgspec.msgpack.decode(saved, type=SeriesState), cfg)
+            s.bucket_ms = bucket_ms
+            ref.restore(odd)
+        else:  # the cadence measured: a test of another size
+            size = min(cfg.rise_max_points, min_readings + t % 3)
+            s.rise = s.rise.resized(size)
+            ref.resize(size)
+        out = op.collect()
+        rows = [r for table in out.rows.values() for r in table]
+        want = [o for o in ref.out if not isinstance(o, Observation)]
+        assert _bytes(*rows) == _bytes(*want)
+        want = [o for o in ref.out if isinstance(o, Observation)]
+        assert _bytes(*out.observations) == _bytes(*want)
+        ref.out.clear()
+        state = s.state()
+        assert _bytes(state.mk, state.mk_times, state.rise_lk) == _bytes(*ref.state())
+        assert s.rising == ref.rising
+
+
+def test_the_reference_sees_rises() -> None:
+    """The property above reaches the rare verdicts: a ramp raises a rise, noise ends it."""
+    cfg = SensorConfig(
+        rise_max_points=8,
+        rise_min_readings=6,
+        rise_min_history=3,
+        rise_history_alpha=0.5,
+        rise_alpha=0.01,
+        rise_sigmas=0.5,
+    )
+    ref = _Reference(cfg, 1000)
+    for i in range(6):
+        ref.close(i, 0.0, i, math.sin(i))
+    for i in range(6, 20):
+        ref.close(i, 0.0, i, 10.0 * i)
+    for i in range(20, 40):
+        ref.close(i, 0.0, i, (-1.0) ** i)
+    kinds = [o.value > 0 for o in ref.out if isinstance(o, Observation)]
+    assert True in kinds and False in kinds
