@@ -129,6 +129,7 @@ from operators.detectors.zscore import ZScore
 from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
 from operators.sensor_rise import (
+    DEFER,
     END,
     MAKE,
     NUMPY_FIT,
@@ -138,6 +139,7 @@ from operators.sensor_rise import (
     R_RISING,
     RiseBuffer,
     rise_close,
+    rise_closes,
     rise_config,
     rise_judge,
 )
@@ -727,6 +729,9 @@ class SensorOperator(Operator):
             cfg.rise_alpha,
             cfg.rise_history,
         )
+        # `_rise_tests`' marks of the series whose buckets went to Python, by slot
+        self._rise_marks = np.zeros(0, dtype=np.int64)
+        self._rise_mark = 0
         # the rise buckets a release's run closed (`sensor_run.run_all`): empty, sized
         # to the release (never full); a fixed one (tests) stops a series at a full one
         self._closes = np.zeros(0)
@@ -841,7 +846,7 @@ class SensorOperator(Operator):
                     e = released[g]
                     self._reading(e[0], e[1], e[2], e[3])
             else:
-                self._rounds(order_list, ts, xs, counts[order], seg_slots, starts, ends)
+                self._rounds(order_list, grouped, ts, xs, counts[order], seg_slots, starts, ends)
         finally:
             self._released = None
             self._tagged = None
@@ -862,6 +867,7 @@ class SensorOperator(Operator):
     def _rounds(
         self,
         order: list[int],
+        grouped: np.ndarray,
         ts: np.ndarray,
         xs: np.ndarray,
         ms: np.ndarray,
@@ -869,8 +875,9 @@ class SensorOperator(Operator):
         starts: np.ndarray,
         ends: np.ndarray,
     ) -> None:
-        """`_run`'s rounds (order: the release's place of each grouped reading; series k
-        is slot seg_slots[k] with readings starts[k]..ends[k]-1)."""
+        """`_run`'s rounds (order: the release's place of each grouped reading, grouped:
+        its series slot; series k is slot seg_slots[k] with readings
+        starts[k]..ends[k]-1)."""
         released = self._released
         assert released is not None
         slots = self.slots
@@ -891,8 +898,6 @@ class SensorOperator(Operator):
         # the cadences judged by a call (a record per series: never full)
         cads = np.zeros(1 + CAD_SIZE * len(seg_slots))
         m = len(seg_slots)
-        rcfg = self._rise_cfg
-        rise_rest = self._rise_rest
         status = np.zeros(m, dtype=np.int64)
         stops = np.zeros(m, dtype=np.int64)
         while m:
@@ -918,17 +923,7 @@ class SensorOperator(Operator):
             if cads[0]:  # the Python parts of the cadences judged, before anything else
                 self._cadences(cads[1 : 1 + CAD_SIZE * int(cads[0])].tolist())
             if closes[0]:  # the rise tests of the buckets closed, each series' in order
-                # (`_close_bucket` inlined: once per closed bucket of every series)
-                c_list = closes[: 1 + 4 * int(closes[0])].tolist()
-                for c in range(1, len(c_list), 4):
-                    g = order[int(c_list[c])]
-                    self._g = g
-                    t, sid, metric, x, _ = released[g]
-                    s = series[(sid, metric)]
-                    mean = c_list[c + 2] / int(c_list[c + 3])  # total / count
-                    how = rise_close(s.rise.buf, mean, c_list[c + 1], rcfg)  # (start)
-                    if how:
-                        rise_rest(sid, metric, s, t, x, how)
+                self._rise_tests(closes, grouped, order)
             stopped = np.flatnonzero(status[:m] != DONE)
             if not len(stopped):
                 return
@@ -967,6 +962,36 @@ class SensorOperator(Operator):
             starts = nxt[left]
             ends = ends[stopped][left]
             m = len(seg_slots)
+
+    def _rise_tests(self, closes: np.ndarray, grouped: np.ndarray, order: list[int]) -> None:
+        """The rise tests of the buckets a round closed (`closes`, the reading of each
+        a place in `grouped`): one compiled call for all (`sensor_rise.rise_closes`),
+        then in Python, in order, what it left (`_rise_rest`) and the buckets of a
+        series after one that left something (`_close_bucket` inlined)."""
+        slots = self.slots
+        if len(self._rise_marks) < len(slots.states):  # (slots grew: fresh marks)
+            self._rise_marks = np.zeros(len(slots.states), dtype=np.int64)
+        self._rise_mark += 1
+        k = int(closes[0])
+        hows = np.zeros(k, dtype=np.int64)
+        rcfg = self._rise_cfg
+        rise_closes(slots.rises, closes, grouped, rcfg, hows, self._rise_marks, self._rise_mark)
+        left = np.flatnonzero(hows)
+        if not len(left):
+            return
+        released = self._released
+        assert released is not None
+        series = self.series
+        for c, how in zip(left.tolist(), hows[left].tolist(), strict=True):
+            j, start, total, count = closes[1 + 4 * c : 5 + 4 * c].tolist()
+            g = order[int(j)]
+            self._g = g
+            t, sid, metric, x, _ = released[g]
+            s = series[(sid, metric)]
+            if how == DEFER:
+                how = rise_close(s.rise.buf, total / int(count), start, rcfg)
+            if how:
+                self._rise_rest(sid, metric, s, t, x, how)
 
     def _flush_aggregates(self) -> None:
         """The releases' readings kept as arrays (`_unfiled`) into their
@@ -1069,6 +1094,7 @@ class SensorOperator(Operator):
             self._expire(sid, metric, s)
             s = self.series[key] = Series(cfg)
             slots.attach(key, s)
+            slots.set_rise(s.slot, s.rise.buf)
         else:
             s.load()  # from the shared row (the compiled run's)
         last, staged_x, add = 0, 0.0, 0
@@ -1099,6 +1125,7 @@ class SensorOperator(Operator):
         key = (sid, metric)
         s = self.series[key] = Series(self.config)
         self.slots.attach(key, s)
+        self.slots.set_rise(s.slot, s.rise.buf)
         self._series_of[sid] += 1
         heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))
         return s
@@ -1172,6 +1199,7 @@ class SensorOperator(Operator):
         s.bucket_ms = max(g, span // cfg.rise_max_points)
         size = min(max(span // s.bucket_ms, cfg.rise_min_readings), cfg.rise_max_points)
         s.rise = s.rise.resized(size)
+        self.slots.set_rise(s.slot, s.rise.buf)
         if (self._zscore or self._iqr) and s.window_ms // g < cfg.min_points:
             self._unjudgeable(f"{sid}/{metric}", g, s.window_ms)
 
@@ -1208,6 +1236,7 @@ class SensorOperator(Operator):
             s.alpha = alpha
             size = int(size)
             s.rise = s.rise.resized(size)
+            slots.set_rise(s.slot, s.rise.buf)
             g = int(g)
             if judged and s.window_ms // g < cfg.min_points:
                 sid, metric = slots.key_of[int(slot)]
@@ -1324,6 +1353,7 @@ class SensorOperator(Operator):
         rcfg = self._rise_cfg
         if how == MAKE:
             rise.make(cfg.rise_history)
+            self.slots.set_rise(s.slot, rise.buf)  # (a new buffer)
             how = rise_judge(rise.buf, rcfg, False, 0.0, 0.0)
         if how == NUMPY_FIT:
             how = rise_judge(rise.buf, rcfg, True, *rise.numpy_fit())
@@ -1505,6 +1535,7 @@ class SensorOperator(Operator):
         )
         for key, s in self.series.items():
             slots.attach(key, s)
+            slots.set_rise(s.slot, s.rise.buf)
         # derived, rebuilt: the expiry heap (one entry per series) and series per sensor
         self.expiry = [
             (s.last_ts + s.window_ms, sid, metric)

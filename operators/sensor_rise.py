@@ -31,9 +31,10 @@ detectors, step for step).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from operators.detectors.likelihood import (
     MAD_TO_SIGMA,
@@ -69,8 +70,8 @@ from operators.detectors.trend import RiseDetector, RiseState, _learn
 ) = range(21)
 # the configuration a call reads (`RiseBuffer.config`)
 C_MIN_READINGS, C_MIN_HISTORY, C_REFIT, C_ALPHA, C_RISE_ALPHA, C_HISTORY, C_SIZE = range(7)
-# what a call leaves to Python
-QUIET, MAKE, NUMPY_FIT, END, CANDIDATE = range(5)
+# what a call leaves to Python (`rise_closes`: DEFER, a bucket not stepped)
+QUIET, MAKE, NUMPY_FIT, END, CANDIDATE, DEFER = range(6)
 REFIT = 10  # the likelihood's refit interval (`Series.rise_lk`'s)
 MIN_SCALE = 1e-9  # `AnomalyLikelihood`'s default floor
 
@@ -310,3 +311,44 @@ class RiseBuffer:
         b[L_POS] = 0 if len(h) == history else len(h)
         b[L_CENTER], b[L_SCALE], b[L_SINCE] = a.center, a.scale, a.since_fit
         return r
+
+
+@njit(
+    types.void(
+        types.ListType(types.float64[::1]),
+        types.float64[::1],
+        types.int64[::1],
+        types.float64[::1],
+        types.int64[::1],
+        types.int64[::1],
+        types.int64,
+    ),
+    cache=True,
+)
+def rise_closes(
+    rises: Any,
+    closes: np.ndarray,
+    slot_of: np.ndarray,
+    cfg: np.ndarray,
+    hows: np.ndarray,
+    marks: np.ndarray,
+    mark: int,
+) -> None:
+    """`rise_close` of every bucket a release's run closed, in one call (issue 18,
+    point 1: no Python per bucket). closes is `operators.sensor_run.run_all`'s
+    ([count] + (reading, start, sum, count) per bucket, each series' in order), the
+    reading's series slot is slot_of[reading], its buffer rises[slot]. hows[c] is
+    the call's result for bucket c. A series whose bucket left something to Python
+    is marked (marks[slot] = mark) and its later buckets are not stepped (`DEFER`):
+    what Python does (an episode begun or ended, the likelihood made) comes first."""
+    for c in range(int(closes[0])):
+        base = 1 + 4 * c
+        slot = slot_of[int(closes[base])]
+        if marks[slot] == mark:
+            hows[c] = DEFER
+            continue
+        mean = closes[base + 2] / float(int(closes[base + 3]))  # total / count
+        how = rise_close(rises[slot], mean, closes[base + 1], cfg)
+        hows[c] = how
+        if how != QUIET:
+            marks[slot] = mark

@@ -8,7 +8,9 @@ where that call can reach it without Python per series.
 - `gaps[slot]`: its cadence warm-up gaps;
 - `chunks[where[slot, j]][offsets[slot, j]:offsets[slot, j] + sizes[slot, j]]`: its
   float64 buffers, j = 0 the sliding window (`operators.detectors.window`), 1 and 2
-  the z-score and IQR tail rings (`operators.detectors.tail`).
+  the z-score and IQR tail rings (`operators.detectors.tail`);
+- `rises[slot]`: its rise test's buffer (`operators.sensor_rise.RiseBuffer`, which the
+  series replaces when it grows or resizes: set again by `set_rise`).
 
 A live `Series` (`operators.sensor`) holds views of its rows and regions, so its
 Python paths and the compiled run read and write the same memory. A key gets a
@@ -98,6 +100,8 @@ class SeriesSlots:
         self.where = np.zeros((capacity, BUFFERS), dtype=np.int64)
         self.offsets = np.zeros((capacity, BUFFERS), dtype=np.int64)
         self.sizes = np.zeros((capacity, BUFFERS), dtype=np.int64)
+        # the rise tests' buffers by slot (a free slot's is left as it was: unread)
+        self.rises: Any = List.empty_list(types.float64[::1])
         # the chunks, as the compiled run takes them and as Python lists them
         self.chunks: Any = List.empty_list(types.float64[::1])
         self._chunks: list[np.ndarray] = []
@@ -141,6 +145,13 @@ class SeriesSlots:
         s.bound = None
         self.holders[slot] = s
         self.bind(s)
+
+    def set_rise(self, slot: int, buf: np.ndarray) -> None:
+        """`buf` is the rise test buffer of the series in `slot`."""
+        rises = self.rises
+        while len(rises) <= slot:
+            rises.append(buf)
+        rises[slot] = buf
 
     def release(self, key: Any) -> None:
         """key's series is gone (expired): its slot and its regions are free."""
@@ -232,8 +243,11 @@ _warm = False
 
 
 def warm_lists() -> None:
-    """Compile the typed-list methods `SeriesSlots` uses (once per process)."""
+    """Compile the typed-list methods `SeriesSlots` uses (once per process): append,
+    and set an item."""
     global _warm
     if not _warm:
         _warm = True  # first: the warm-up's own SeriesSlots comes back here
-        SeriesSlots(1, 1, capacity=1, chunk=1)._alloc(1)
+        slots = SeriesSlots(1, 1, capacity=1, chunk=1)
+        slots._alloc(1)
+        slots.set_rise(0, np.zeros(1))

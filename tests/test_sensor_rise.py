@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 import msgspec
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -180,7 +181,7 @@ def test_compiled_rise_is_the_detectors(
     )
     bucket_ms = 1000
     op = SensorOperator(cfg)
-    s = Series(cfg)
+    s = op._new_series("s", "m", 0)  # (in its slot, as the operator makes a series)
     s.bucket_ms = bucket_ms
     ref = _Reference(cfg, bucket_ms)
     t = 0
@@ -206,11 +207,15 @@ def test_compiled_rise_is_the_detectors(
                 state.rise_lk.history.append(odd)
             saved = msgspec.msgpack.encode(state)
             s = Series.from_state(msgspec.msgpack.decode(saved, type=SeriesState), cfg)
+            op.series[("s", "m")] = s
+            op.slots.attach(("s", "m"), s)
+            op.slots.set_rise(s.slot, s.rise.buf)
             s.bucket_ms = bucket_ms
             ref.restore(odd)
         else:  # the cadence measured: a test of another size
             size = min(cfg.rise_max_points, min_readings + t % 3)
             s.rise = s.rise.resized(size)
+            op.slots.set_rise(s.slot, s.rise.buf)
             ref.resize(size)
         out = op.collect()
         rows = [r for table in out.rows.values() for r in table]
@@ -243,3 +248,72 @@ def test_the_reference_sees_rises() -> None:
         ref.close(i, 0.0, i, (-1.0) ** i)
     kinds = [o.value > 0 for o in ref.out if isinstance(o, Observation)]
     assert True in kinds and False in kinds
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    buckets=st.lists(
+        st.tuples(st.integers(0, 2), _VALUES, st.booleans(), st.booleans()),
+        min_size=10,
+        max_size=160,
+    ),
+    min_readings=st.integers(3, 6),
+    history=st.integers(1, 10),
+    min_history=st.integers(1, 5),
+)
+def test_one_call_for_a_rounds_buckets_is_bucket_by_bucket(
+    buckets: list[tuple[int, float, bool, bool]],
+    min_readings: int,
+    history: int,
+    min_history: int,
+) -> None:
+    """`SensorOperator._rise_tests` (all the buckets a round closed in one compiled
+    call, `rise_closes`, then what it left to Python, a series' later buckets after
+    one that left something) against `_close_bucket` bucket by bucket: three series,
+    rounds of random length, each round's buckets series after series as the compiled
+    run records them, ramps that raise and end rises."""
+    cfg = SensorConfig(
+        rise_max_points=6,
+        rise_min_readings=min_readings,
+        rise_history=history,
+        rise_min_history=min_history,
+        rise_history_alpha=0.5,
+        rise_alpha=0.05,
+        rise_sigmas=0.5,
+    )
+    batched, single = SensorOperator(cfg), SensorOperator(cfg)
+    keys = [(f"s{i}", "m") for i in range(3)]
+    for op in (batched, single):
+        for sid, metric in keys:
+            op._new_series(sid, metric, 0).bucket_ms = 1000
+    level = [0.0, 0.0, 0.0]
+    rounds: list[list[tuple[int, float]]] = [[]]
+    for i, x, ramp, cut in buckets:
+        level[i] = level[i] + 5.0 if ramp else x  # (a ramp: one rise per run of them)
+        rounds[-1].append((i, level[i]))
+        if cut:
+            rounds.append([])
+    t = 0
+    for batch in rounds:
+        batch.sort(key=lambda b: b[0])  # (stable: each series' buckets in order)
+        released = []
+        for i, x in batch:
+            t += 1000
+            released.append((t, keys[i][0], "m", x, 1))
+        closes = [float(len(batch))]
+        for j, (_, _, _, x, _) in enumerate(released):
+            closes += [float(j), float(released[j][0] - 500), x, 1.0]
+        grouped = np.array([batched.slots.slot_of[e[1:3]] for e in released], dtype=np.int64)
+        batched._released = released
+        batched._rise_tests(np.array(closes), grouped, list(range(len(released))))
+        single._released = released
+        for j, (ts, sid, metric, x, _) in enumerate(released):
+            single._g = j
+            s = single.series[(sid, metric)]
+            single._close_bucket(sid, metric, s, ts, x, ts - 500, x, 1)
+        a, b = batched.collect(), single.collect()
+        assert _bytes(a.rows, a.observations) == _bytes(b.rows, b.observations)
+    for key in keys:
+        sa, sb = batched.series[key].state(), single.series[key].state()
+        assert _bytes(sa.mk, sa.mk_times, sa.rise_lk) == _bytes(sb.mk, sb.mk_times, sb.rise_lk)
+        assert batched.series[key].rising == single.series[key].rising
