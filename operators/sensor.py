@@ -1094,7 +1094,6 @@ class SensorOperator(Operator):
             self._expire(sid, metric, s)
             s = self.series[key] = Series(cfg)
             slots.attach(key, s)
-            slots.set_rise(s.slot, s.rise.buf)
         else:
             s.load()  # from the shared row (the compiled run's)
         last, staged_x, add = 0, 0.0, 0
@@ -1125,7 +1124,6 @@ class SensorOperator(Operator):
         key = (sid, metric)
         s = self.series[key] = Series(self.config)
         self.slots.attach(key, s)
-        self.slots.set_rise(s.slot, s.rise.buf)
         self._series_of[sid] += 1
         heapq.heappush(self.expiry, (t + s.window_ms, sid, metric))
         return s
@@ -1198,7 +1196,9 @@ class SensorOperator(Operator):
         span = max(cfg.rise_span_ms, cfg.rise_min_readings * g)
         s.bucket_ms = max(g, span // cfg.rise_max_points)
         size = min(max(span // s.bucket_ms, cfg.rise_min_readings), cfg.rise_max_points)
-        s.rise = s.rise.resized(size)
+        s.rise.begin(size)
+        # (where `rise_closes` finds it: a series closes rise buckets only once its
+        # cadence is measured, here or in `_cadences`, or after a restore)
         self.slots.set_rise(s.slot, s.rise.buf)
         if (self._zscore or self._iqr) and s.window_ms // g < cfg.min_points:
             self._unjudgeable(f"{sid}/{metric}", g, s.window_ms)
@@ -1235,8 +1235,8 @@ class SensorOperator(Operator):
             s.gaps = None
             s.alpha = alpha
             size = int(size)
-            s.rise = s.rise.resized(size)
-            slots.set_rise(s.slot, s.rise.buf)
+            s.rise.begin(size)
+            slots.set_rise(s.slot, s.rise.buf)  # (as in `_cadence`)
             g = int(g)
             if judged and s.window_ms // g < cfg.min_points:
                 sid, metric = slots.key_of[int(slot)]

@@ -231,13 +231,16 @@ class RiseBuffer:
         self.buf = np.concatenate((self.buf, np.zeros(history)))
         self.buf[L_MADE] = 1.0
 
-    def resized(self, size: int) -> RiseBuffer:
-        """A Mann-Kendall test of `size` begun anew (the cadence measured), the
-        likelihood and the episode flag kept."""
-        new = RiseBuffer(size)
-        new.buf = np.concatenate((new.buf, self.buf[HEADER + 2 * self.size :]))
-        new.buf[R_RISING:R_Z] = self.buf[R_RISING:R_Z]
-        return new
+    def begin(self, size: int) -> None:
+        """The Mann-Kendall test begun anew with `size` (the cadence measured), the
+        likelihood and the episode flag kept: in place when the size is the same (the
+        usual case: rise_max_points), else in a new buffer."""
+        old = self.buf
+        if size != self.size:
+            self.buf = np.concatenate((np.zeros(HEADER + 2 * size), old[HEADER + 2 * self.size :]))
+            self.buf[:HEADER] = old[:HEADER]
+            self.buf[R_SIZE] = size
+        self.buf[R_HEAD : R_TN + 1] = 0.0  # empty: head, n, S, ties and the starts
 
     def values(self) -> list[float]:
         """The bucket means, oldest first."""

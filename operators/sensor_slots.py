@@ -64,7 +64,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.typed import List
 
 BUFFERS = 3  # window, z-score tail ring, IQR tail ring
@@ -148,10 +148,7 @@ class SeriesSlots:
 
     def set_rise(self, slot: int, buf: np.ndarray) -> None:
         """`buf` is the rise test buffer of the series in `slot`."""
-        rises = self.rises
-        while len(rises) <= slot:
-            rises.append(buf)
-        rises[slot] = buf
+        _put(self.rises, slot, buf)
 
     def release(self, key: Any) -> None:
         """key's series is gone (expired): its slot and its regions are free."""
@@ -228,6 +225,16 @@ class SeriesSlots:
                 h.gap_row = self.gaps[h.slot]
 
 
+@njit(types.void(types.ListType(types.float64[::1]), types.int64, types.float64[::1]), cache=True)
+def _put(rises: Any, slot: int, buf: np.ndarray) -> None:
+    """rises[slot] = buf, the list extended to reach it (compiled and cached on disk: the
+    typed list's own Python methods are compiled at their first use in every process,
+    ~0.25 s for setting an item)."""
+    while len(rises) <= slot:
+        rises.append(buf)
+    rises[slot] = buf
+
+
 def _grown(a: np.ndarray, rows: int) -> np.ndarray:
     new = np.zeros((rows, *a.shape[1:]), dtype=a.dtype)
     new[: len(a)] = a
@@ -243,11 +250,8 @@ _warm = False
 
 
 def warm_lists() -> None:
-    """Compile the typed-list methods `SeriesSlots` uses (once per process): append,
-    and set an item."""
+    """Compile the typed-list methods `SeriesSlots` uses (once per process)."""
     global _warm
     if not _warm:
         _warm = True  # first: the warm-up's own SeriesSlots comes back here
-        slots = SeriesSlots(1, 1, capacity=1, chunk=1)
-        slots._alloc(1)
-        slots.set_rise(0, np.zeros(1))
+        SeriesSlots(1, 1, capacity=1, chunk=1)._alloc(1)

@@ -183,6 +183,7 @@ def test_compiled_rise_is_the_detectors(
     op = SensorOperator(cfg)
     s = op._new_series("s", "m", 0)  # (in its slot, as the operator makes a series)
     s.bucket_ms = bucket_ms
+    op.slots.set_rise(s.slot, s.rise.buf)  # (as its cadence does)
     ref = _Reference(cfg, bucket_ms)
     t = 0
 
@@ -214,7 +215,7 @@ def test_compiled_rise_is_the_detectors(
             ref.restore(odd)
         else:  # the cadence measured: a test of another size
             size = min(cfg.rise_max_points, min_readings + t % 3)
-            s.rise = s.rise.resized(size)
+            s.rise.begin(size)
             op.slots.set_rise(s.slot, s.rise.buf)
             ref.resize(size)
         out = op.collect()
@@ -285,7 +286,9 @@ def test_one_call_for_a_rounds_buckets_is_bucket_by_bucket(
     keys = [(f"s{i}", "m") for i in range(3)]
     for op in (batched, single):
         for sid, metric in keys:
-            op._new_series(sid, metric, 0).bucket_ms = 1000
+            s = op._new_series(sid, metric, 0)
+            s.bucket_ms = 1000
+            op.slots.set_rise(s.slot, s.rise.buf)  # (as its cadence does)
     level = [0.0, 0.0, 0.0]
     rounds: list[list[tuple[int, float]]] = [[]]
     for i, x, ramp, cut in buckets:
