@@ -63,11 +63,12 @@ from operators.detectors.trend import RiseDetector, RiseState, _learn
     L_CENTER,  # its fit: median, scale (1.4826 MAD, floored), readings since
     L_SCALE,
     L_SINCE,
+    L_ODD,  # history values not finite or -0.0 (out of the sorted copy)
     R_Z,  # the last call's z, p and p of the history
     R_P,
     R_PH,
     HEADER,
-) = range(21)
+) = range(22)
 # the configuration a call reads (`RiseBuffer.config`)
 C_MIN_READINGS, C_MIN_HISTORY, C_REFIT, C_ALPHA, C_RISE_ALPHA, C_HISTORY, C_SIZE = range(7)
 # what a call leaves to Python (`rise_closes`: DEFER, a bucket not stepped)
@@ -108,21 +109,79 @@ def _mk_step(buf: np.ndarray, x: float, start: float) -> float:
 def _history(buf: np.ndarray) -> np.ndarray:
     """The likelihood's history ring (its valid part is [:nh])."""
     base = HEADER + 2 * int(buf[R_SIZE])
-    return buf[base:]
+    return buf[base : base + (len(buf) - base) // 2]
+
+
+@njit("float64[::1](float64[::1])", cache=True)
+def _sorted(buf: np.ndarray) -> np.ndarray:
+    """The history's values that are finite and not -0.0, sorted (their count is nh
+    less the odd ones)."""
+    base = HEADER + 2 * int(buf[R_SIZE])
+    return buf[base + (len(buf) - base) // 2 :]
+
+
+@njit("boolean(float64)", cache=True)
+def _odd(x: float) -> bool:
+    """x is not finite or is -0.0: numpy decides the median of a history with it."""
+    return not np.isfinite(x) or (x == 0.0 and math.copysign(1.0, x) < 0.0)
 
 
 @njit("void(float64[::1], float64)", cache=True)
 def _keep(buf: np.ndarray, m: float) -> None:
-    """m into the history (`AnomalyLikelihood._keep`: full, over the oldest)."""
+    """m into the history (`AnomalyLikelihood._keep`: full, over the oldest), and into
+    its sorted copy (an insertion: the oldest's removal and m's, O(history) moves)."""
     ring = _history(buf)
     cap = len(ring)
     if cap:
+        srt = _sorted(buf)
+        ns = int(buf[L_NH] - buf[L_ODD])
         pos = int(buf[L_POS])
+        if buf[L_NH] == cap:  # full: the oldest leaves
+            old = ring[pos]
+            if _odd(old):
+                buf[L_ODD] -= 1
+            else:  # (equal values are the same float: any of them is it)
+                i = np.searchsorted(srt[:ns], old)
+                for j in range(i, ns - 1):
+                    srt[j] = srt[j + 1]
+                ns -= 1
+        else:
+            buf[L_NH] += 1
         ring[pos] = m
+        if _odd(m):
+            buf[L_ODD] += 1
+        else:
+            i = np.searchsorted(srt[:ns], m)
+            for j in range(ns, i, -1):
+                srt[j] = srt[j - 1]
+            srt[i] = m
         pos += 1
         buf[L_POS] = 0 if pos == cap else pos
-        if buf[L_NH] < cap:
-            buf[L_NH] += 1
+
+
+@njit("UniTuple(float64, 2)(float64[::1])", cache=True)
+def sorted_median_mad(srt: np.ndarray) -> tuple[float, float]:
+    """(median, MAD) of n >= 1 sorted values (finite, no -0.0) as `median_mad` gives
+    them (the same order statistics, the same (a + b) / 2 of an even n's middle two),
+    without partitioning: the deviations |x - median| in increasing order are the
+    merge of the values walked outwards from the median (each side's deviations grow
+    as its values move away, and float subtraction is monotone), so the MAD is the
+    n // 2-th step of that walk: O(n / 2) instead of two O(n) partitions of copies."""
+    n = len(srt)
+    half = n // 2
+    center = srt[half] if n % 2 else (srt[half - 1] + srt[half]) / 2.0
+    right = np.searchsorted(srt, center)  # the first >= center
+    left = right - 1
+    lo = hi = 0.0
+    for _ in range(half + 1):  # (steps 0..half: the last two are the middle ones)
+        if right < n and (left < 0 or abs(srt[right] - center) <= abs(srt[left] - center)):
+            d = abs(srt[right] - center)
+            right += 1
+        else:
+            d = abs(srt[left] - center)
+            left -= 1
+        lo, hi = hi, d
+    return center, (hi if n % 2 else (lo + hi) / 2.0)
 
 
 @njit("int64(float64[::1], float64[::1], boolean, float64, float64)", cache=True)
@@ -147,7 +206,11 @@ def rise_judge(buf: np.ndarray, cfg: np.ndarray, given: bool, center: float, mad
         refit = int(cfg[C_REFIT])
         quarter = nh // 4
         if buf[L_SINCE] >= (refit if refit <= quarter else quarter):
-            if not given:
+            if given:
+                pass
+            elif nh and not buf[L_ODD]:  # (the sorted copy is the whole history)
+                center, mad = sorted_median_mad(_sorted(buf)[:nh])
+            else:  # numpy's, for an odd value (or no history at all: as it was)
                 exact, center, mad = median_mad(_history(buf)[:nh])
                 if not exact:
                     return NUMPY_FIT
@@ -227,8 +290,9 @@ class RiseBuffer:
         return bool(self.buf[L_MADE])
 
     def make(self, history: int) -> None:
-        """Make the likelihood: its history ring of `history` after the rings."""
-        self.buf = np.concatenate((self.buf, np.zeros(history)))
+        """Make the likelihood: its history ring of `history` after the rings, then the
+        history's sorted copy."""
+        self.buf = np.concatenate((self.buf, np.zeros(2 * history)))
         self.buf[L_MADE] = 1.0
 
     def begin(self, size: int) -> None:
@@ -259,7 +323,7 @@ class RiseBuffer:
 
     def history(self) -> np.ndarray:
         """The likelihood's history, oldest first."""
-        ring = self.buf[HEADER + 2 * self.size :]
+        ring = _history(self.buf)
         nh, pos = int(self.buf[L_NH]), int(self.buf[L_POS])
         return ring[:nh].copy() if nh < len(ring) else np.concatenate((ring[pos:], ring[:pos]))
 
@@ -307,11 +371,14 @@ class RiseBuffer:
         if a.window:
             b[L_WLEN], b[L_W0] = 1.0, a.window[-1]
         b[L_TOTAL] = a.total
-        h = list(a.history)
-        base = HEADER + 2 * mk.size
-        b[base : base + len(h)] = h
+        h = np.array(a.history, dtype=float)
+        _history(b)[: len(h)] = h
         b[L_NH] = len(h)
         b[L_POS] = 0 if len(h) == history else len(h)
+        odd = ~np.isfinite(h) | ((h == 0.0) & np.signbit(h))
+        b[L_ODD] = int(odd.sum())
+        normal = np.sort(h[~odd])
+        _sorted(b)[: len(normal)] = normal
         b[L_CENTER], b[L_SCALE], b[L_SINCE] = a.center, a.scale, a.since_fit
         return r
 

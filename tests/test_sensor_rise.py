@@ -23,9 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.base import Observation
-from operators.detectors.likelihood import AnomalyLikelihood, normal_sf
+from operators.detectors.likelihood import AnomalyLikelihood, median_mad, normal_sf
 from operators.detectors.trend import RiseDetector
 from operators.sensor import DAY_MS, SensorConfig, SensorOperator, Series, SeriesState
+from operators.sensor_rise import L_ODD, RiseBuffer, _keep, _sorted, sorted_median_mad
 from schemas.rows import SensorAnomalyRow
 
 
@@ -320,3 +321,39 @@ def test_one_call_for_a_rounds_buckets_is_bucket_by_bucket(
         sa, sb = batched.series[key].state(), single.series[key].state()
         assert _bytes(sa.mk, sa.mk_times, sa.rise_lk) == _bytes(sb.mk, sb.mk_times, sb.rise_lk)
         assert batched.series[key].rising == single.series[key].rising
+
+
+_FINITE = st.one_of(st.integers(-5, 5).map(lambda i: i / 4.0), st.floats(-1e6, 1e6, width=64))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    xs=st.lists(_FINITE.filter(lambda x: not (x == 0.0 and math.copysign(1, x) < 0)), min_size=1)
+)
+def test_the_sorted_copys_median_and_mad_are_median_mads(xs: list[float]) -> None:
+    """The fit on the sorted history (`sorted_median_mad`, an outward walk from the
+    median) is the partitioning one (`median_mad`, numpy's numbers) bit for bit."""
+    h = np.array(xs)
+    exact, center, mad = median_mad(h)
+    assert exact
+    got = sorted_median_mad(np.sort(h))
+    assert _bytes(*got) == _bytes(center, mad)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ms=st.lists(_VALUES | st.sampled_from([math.inf, -math.inf]), max_size=60),
+    cap=st.integers(1, 9),
+)
+def test_the_sorted_copy_follows_the_history(ms: list[float], cap: int) -> None:
+    """The history's sorted copy (`_keep`: the oldest out, the new one in) is always its
+    values that are finite and not -0.0, sorted; the odd ones are counted apart."""
+    r = RiseBuffer(3)
+    r.make(cap)
+    for m in ms:
+        _keep(r.buf, m)
+        h = r.history()
+        odd = ~np.isfinite(h) | ((h == 0.0) & np.signbit(h))
+        ns = len(h) - int(odd.sum())
+        assert r.buf[L_ODD] == int(odd.sum())
+        assert _bytes(_sorted(r.buf)[:ns].tolist()) == _bytes(np.sort(h[~odd]).tolist())
