@@ -1,4 +1,4 @@
-"""The sensor's rise test per closed bucket, compiled: one call per bucket of a series.
+"""The sensor's rise test per closed bucket, compiled: one call per round of a release.
 
 `operators.sensor.SensorOperator` tests a rise as each rise bucket of a series
 closes: the bucket's mean into the Mann-Kendall test of the last buckets
@@ -6,26 +6,35 @@ closes: the bucket's mean into the Mann-Kendall test of the last buckets
 one-sided p of z, and the likelihood of z against the series' own recent z-scores
 (`operators.detectors.likelihood.AnomalyLikelihood` as `Series` makes it: short 1,
 refit every 10). In Python that was ~3.5 µs per closed bucket, about 15 % of the
-operator with 100 sensors (issue 18, point 1). Here the whole of it is one
-compiled call on one float64 buffer per series (`RiseBuffer`), with the same
-float64 and integer arithmetic operation for operation, and Python is called back
-only for what is rare: the likelihood made at its first use (`MAKE`), a fit whose
-median and MAD are numpy's to choose (a history with a value not finite or -0.0:
-`NUMPY_FIT`), and a verdict to act on (`END` of a rise episode, a `CANDIDATE` rise
-whose history level and Theil-Sen fit the operator judges).
+operator with 100 sensors (issue 18, point 1). Here the whole of it is compiled
+(`rise_close`) on one float64 buffer per series (`RiseBuffer`), with the same
+float64 and integer arithmetic operation for operation, and every bucket a round
+of the operator's run closed goes through one call (`rise_closes`, each series'
+buffer found by its slot in `operators.sensor_slots.SeriesSlots.rises`). Python is
+called back only for what is rare: the likelihood made at its first use (`MAKE`),
+a fit whose median and MAD are numpy's to choose (a history with a value not finite
+or -0.0: `NUMPY_FIT`), and a verdict to act on (`END` of a rise episode, a
+`CANDIDATE` rise whose history level and Theil-Sen fit the operator judges).
 
-The buffer (`R_*`, then the rings): the test's size, the ring head and count of
-the bucket means, S and the tie term, the ring head and count of the bucket
+The likelihood's fit (median and MAD of up to 720 z-scores, every 10 buckets) is
+taken from a sorted copy of its history kept by insertion (`_keep`), by a walk
+outwards from the median (`sorted_median_mad`): the order statistics that
+partitioning (`median_mad`, numpy's numbers) selects, without two partitions of
+copies per fit. Values not finite or -0.0 stay out of the copy (counted in
+`L_ODD`); while there is one, the fit is `median_mad`'s and then numpy's, as before.
+
+The buffer (`R_*`, `L_*`, then the rings): the test's size, the ring head and count
+of the bucket means, S and the tie term, the ring head and count of the bucket
 starts (a deque of its own before: restored apart), the episode flag; the
 likelihood's made flag, running total, window (short = 1: its one value and its
 length), history count and write position, fit (centre, scale, readings since),
-then the scratch z, p and p of the history of the last call. After the header:
-the bucket means (`size`), their starts (`size`), and once made the history ring
-(`history`, in order from position 0 until full, then oldest at the write
-position). Nothing here is checkpointed: `RiseBuffer.snapshot` gives the
-`RiseState`, bucket starts and `LikelihoodState` the detectors gave, byte for
-byte, and `restore` takes them (tests/test_sensor_rise.py holds it to the
-detectors, step for step).
+odd values, then the scratch z, p and p of the history of the last call. After
+the header: the bucket means (`size`), their starts (`size`), and once made the
+history ring (`history`, in order from position 0 until full, then oldest at the
+write position) and its sorted copy (`history`). Nothing here is checkpointed:
+`RiseBuffer.snapshot` gives the `RiseState`, bucket starts and `LikelihoodState`
+the detectors gave, byte for byte, and `restored` takes them (tests/test_sensor_rise.py
+holds it to the detectors, step for step).
 """
 
 from __future__ import annotations
