@@ -107,9 +107,8 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 import struct
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -121,19 +120,29 @@ import numpy as np
 from operators.base import Observation, Operator
 from operators.detectors.episode import Episode
 from operators.detectors.iqr import IqrFences
-from operators.detectors.likelihood import (
-    SQRT2,
-    AnomalyLikelihood,
-    LikelihoodState,
-    likelihood_state_from_format_1,
-)
+from operators.detectors.likelihood import LikelihoodState, likelihood_state_from_format_1
 from operators.detectors.tail import TailProbability, TailState, tail_state_from_format_1
-from operators.detectors.trend import RiseDetector, RiseState
+from operators.detectors.trend import RiseState, rise_fit
 from operators.detectors.window import WindowStats
 from operators.detectors.window import step as window_step
 from operators.detectors.zscore import ZScore
 from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
+from operators.sensor_rise import (
+    DEFER,
+    END,
+    MAKE,
+    NUMPY_FIT,
+    QUIET,
+    R_P,
+    R_PH,
+    R_RISING,
+    RiseBuffer,
+    rise_close,
+    rise_closes,
+    rise_config,
+    rise_judge,
+)
 from operators.sensor_run import (
     CAD_SIZE,
     CFG_SIZE,
@@ -281,11 +290,8 @@ class Series:
         "gap_row",
         "gaps",
         "iqr",
-        "lk",
-        "mk",
-        "mk_times",
         "prev",
-        "rising",
+        "rise",
         "row",
         "run_len",
         "run_start_ts",
@@ -311,6 +317,11 @@ class Series:
         self.stats = WindowStats()
         self.staged: list[float] = []  # readings at last_ts (not yet "before" anything)
         self.last_ts = None
+        # the Mann-Kendall rise test, its bucket starts, its likelihood of z-scores (made
+        # at its first use: a series tests a rise only after rise_min_readings buckets,
+        # and most series of a large fleet are made long before: issue 18, point 3) and
+        # the episode flag, in the buffer its compiled step works on
+        self.rise = RiseBuffer(config.rise_max_points)
         self.prev: float | None = None  # the last value, for the rise run
         self.run_len = 0
         self.run_start_ts = 0
@@ -332,35 +343,19 @@ class Series:
             config.z_threshold, config.min_std, self.tails["zscore"] if calibrate else None
         )
         self.iqr = IqrFences(config.iqr_k, config.min_iqr, self.tails["iqr"] if calibrate else None)
-        # the Mann-Kendall rise test's readings and their times
-        self.mk = RiseDetector(config.rise_max_points)
-        self.mk_times: deque[int] = deque(maxlen=config.rise_max_points)  # bucket starts
         self.bucket_ms = 0  # set with the cadence
         self.bucket: list[float] = [0, 0.0, 0]  # [start, sum, count] of the open bucket
-        # the rise test's likelihood of its z-scores (`rise_lk`): made at its first use
-        # (a series tests a rise only after rise_min_readings buckets, and most series
-        # of a large fleet are made long before: issue 18, point 3)
-        self.config = config
-        self.lk: AnomalyLikelihood | None = None
         # gaps between the first readings, until the cadence is judged (then None)
         self.gaps: list[int] | None = []
         self.store()
 
     @property
-    def rise_lk(self) -> AnomalyLikelihood:
-        """The rise test's likelihood of its z-scores, made at its first use."""
-        lk = self.lk
-        if lk is None:
-            config = self.config
-            lk = self.lk = AnomalyLikelihood(
-                short=1,
-                history=config.rise_history,
-                min_history=config.rise_min_history,
-                refit=10,
-                # anomalous z-scores stay out of its history (masking)
-                alpha=config.rise_history_alpha or 1e-3,
-            )
-        return lk
+    def rising(self) -> bool:  # the current run (or trend) was raised
+        return bool(self.rise.buf[R_RISING])
+
+    @rising.setter
+    def rising(self, on: bool) -> None:
+        self.rise.buf[R_RISING] = on
 
     @property
     def last_ts(self) -> int | None:
@@ -443,7 +438,9 @@ class Series:
 
     def state(self) -> SeriesState:
         """The series as typed state (its lists and episodes are the live ones, which
-        `StateCodec.dump` copies; the deques and the window's buffer become lists)."""
+        `StateCodec.dump` copies; the rise test's and the window's buffers become
+        lists)."""
+        mk, mk_times, rise_lk = self.rise.snapshot()
         return SeriesState(
             stats=self.stats.snapshot(),
             staged=self.staged,  # live lists and Structs: `dump` copies them
@@ -457,11 +454,11 @@ class Series:
             window_ms=self.window_ms,
             alpha=self.alpha,
             tails={m: t.snapshot() for m, t in self.tails.items()},
-            mk=self.mk.snapshot(),
-            mk_times=list(self.mk_times),
+            mk=mk,
+            mk_times=mk_times,
             bucket_ms=self.bucket_ms,
             bucket=RiseBucket(int(self.bucket[0]), float(self.bucket[1]), int(self.bucket[2])),
-            rise_lk=self.rise_lk.snapshot(),
+            rise_lk=rise_lk,
             gaps=self.gaps,
         )
 
@@ -475,7 +472,6 @@ class Series:
         s.last_ts = state.last_ts
         s.prev, s.run_len = state.prev, state.run_len
         s.run_start_ts, s.run_start_value = state.run_start_ts, state.run_start_value
-        s.rising = state.rising
         for m, episode in state.episodes.items():
             # the machine's settings are the configuration's (as in every earlier format)
             episode.quiet, episode.cooldown = config.episode_quiet, config.episode_cooldown
@@ -484,12 +480,10 @@ class Series:
         s.alpha = state.alpha
         for m, tail in state.tails.items():
             s.tails[m].restore(tail)
-        s.mk = RiseDetector(state.mk.size)
-        s.mk.restore(state.mk)
-        s.mk_times = deque(state.mk_times, maxlen=state.mk.size)
+        s.rise = RiseBuffer.restored(state.mk, state.mk_times, state.rise_lk, config.rise_history)
+        s.rising = state.rising
         s.bucket_ms = state.bucket_ms
         s.bucket = [state.bucket.start, state.bucket.total, state.bucket.count]
-        s.rise_lk.restore(state.rise_lk)
         s.gaps = None if state.gaps is None else list(state.gaps)
         s.store()
         return s
@@ -726,6 +720,18 @@ class SensorOperator(Operator):
         )
         # every series' shared rows and buffers (derived: rebuilt on restore)
         self.slots = SeriesSlots(ST_SIZE, CADENCE_READINGS)
+        # the compiled rise step's configuration (`operators.sensor_rise`): anomalous
+        # z-scores stay out of its likelihood's history (masking) at rise_history_alpha
+        self._rise_cfg = rise_config(
+            cfg.rise_min_readings,
+            cfg.rise_min_history,
+            cfg.rise_history_alpha or 1e-3,
+            cfg.rise_alpha,
+            cfg.rise_history,
+        )
+        # `_rise_tests`' marks of the series whose buckets went to Python, by slot
+        self._rise_marks = np.zeros(0, dtype=np.int64)
+        self._rise_mark = 0
         # the rise buckets a release's run closed (`sensor_run.run_all`): empty, sized
         # to the release (never full); a fixed one (tests) stops a series at a full one
         self._closes = np.zeros(0)
@@ -840,7 +846,7 @@ class SensorOperator(Operator):
                     e = released[g]
                     self._reading(e[0], e[1], e[2], e[3])
             else:
-                self._rounds(order_list, ts, xs, counts[order], seg_slots, starts, ends)
+                self._rounds(order_list, grouped, ts, xs, counts[order], seg_slots, starts, ends)
         finally:
             self._released = None
             self._tagged = None
@@ -861,6 +867,7 @@ class SensorOperator(Operator):
     def _rounds(
         self,
         order: list[int],
+        grouped: np.ndarray,
         ts: np.ndarray,
         xs: np.ndarray,
         ms: np.ndarray,
@@ -868,8 +875,9 @@ class SensorOperator(Operator):
         starts: np.ndarray,
         ends: np.ndarray,
     ) -> None:
-        """`_run`'s rounds (order: the release's place of each grouped reading; series k
-        is slot seg_slots[k] with readings starts[k]..ends[k]-1)."""
+        """`_run`'s rounds (order: the release's place of each grouped reading, grouped:
+        its series slot; series k is slot seg_slots[k] with readings
+        starts[k]..ends[k]-1)."""
         released = self._released
         assert released is not None
         slots = self.slots
@@ -890,8 +898,6 @@ class SensorOperator(Operator):
         # the cadences judged by a call (a record per series: never full)
         cads = np.zeros(1 + CAD_SIZE * len(seg_slots))
         m = len(seg_slots)
-        rise_min = self.config.rise_min_readings
-        test_rise = self._test_rise
         status = np.zeros(m, dtype=np.int64)
         stops = np.zeros(m, dtype=np.int64)
         while m:
@@ -917,18 +923,7 @@ class SensorOperator(Operator):
             if cads[0]:  # the Python parts of the cadences judged, before anything else
                 self._cadences(cads[1 : 1 + CAD_SIZE * int(cads[0])].tolist())
             if closes[0]:  # the rise tests of the buckets closed, each series' in order
-                # (`_close_bucket` inlined: once per closed bucket of every series)
-                c_list = closes[: 1 + 4 * int(closes[0])].tolist()
-                for c in range(1, len(c_list), 4):
-                    g = order[int(c_list[c])]
-                    self._g = g
-                    t, sid, metric, x, _ = released[g]
-                    s = series[(sid, metric)]
-                    mk = s.mk
-                    z = mk.learn_z(c_list[c + 2] / int(c_list[c + 3]))  # total / count
-                    s.mk_times.append(int(c_list[c + 1]))  # start
-                    if mk.n >= rise_min:
-                        test_rise(sid, metric, s, t, x, z)
+                self._rise_tests(closes, grouped, order)
             stopped = np.flatnonzero(status[:m] != DONE)
             if not len(stopped):
                 return
@@ -967,6 +962,36 @@ class SensorOperator(Operator):
             starts = nxt[left]
             ends = ends[stopped][left]
             m = len(seg_slots)
+
+    def _rise_tests(self, closes: np.ndarray, grouped: np.ndarray, order: list[int]) -> None:
+        """The rise tests of the buckets a round closed (`closes`, the reading of each
+        a place in `grouped`): one compiled call for all (`sensor_rise.rise_closes`),
+        then in Python, in order, what it left (`_rise_rest`) and the buckets of a
+        series after one that left something (`_close_bucket` inlined)."""
+        slots = self.slots
+        if len(self._rise_marks) < len(slots.states):  # (slots grew: fresh marks)
+            self._rise_marks = np.zeros(len(slots.states), dtype=np.int64)
+        self._rise_mark += 1
+        k = int(closes[0])
+        hows = np.zeros(k, dtype=np.int64)
+        rcfg = self._rise_cfg
+        rise_closes(slots.rises, closes, grouped, rcfg, hows, self._rise_marks, self._rise_mark)
+        left = np.flatnonzero(hows)
+        if not len(left):
+            return
+        released = self._released
+        assert released is not None
+        series = self.series
+        for c, how in zip(left.tolist(), hows[left].tolist(), strict=True):
+            j, start, total, count = closes[1 + 4 * c : 5 + 4 * c].tolist()
+            g = order[int(j)]
+            self._g = g
+            t, sid, metric, x, _ = released[g]
+            s = series[(sid, metric)]
+            if how == DEFER:
+                how = rise_close(s.rise.buf, total / int(count), start, rcfg)
+            if how:
+                self._rise_rest(sid, metric, s, t, x, how)
 
     def _flush_aggregates(self) -> None:
         """The releases' readings kept as arrays (`_unfiled`) into their
@@ -1171,8 +1196,10 @@ class SensorOperator(Operator):
         span = max(cfg.rise_span_ms, cfg.rise_min_readings * g)
         s.bucket_ms = max(g, span // cfg.rise_max_points)
         size = min(max(span // s.bucket_ms, cfg.rise_min_readings), cfg.rise_max_points)
-        s.mk = RiseDetector(size)
-        s.mk_times = deque(maxlen=size)
+        s.rise.begin(size)
+        # (where `rise_closes` finds it: a series closes rise buckets only once its
+        # cadence is measured, here or in `_cadences`, or after a restore)
+        self.slots.set_rise(s.slot, s.rise.buf)
         if (self._zscore or self._iqr) and s.window_ms // g < cfg.min_points:
             self._unjudgeable(f"{sid}/{metric}", g, s.window_ms)
 
@@ -1208,8 +1235,8 @@ class SensorOperator(Operator):
             s.gaps = None
             s.alpha = alpha
             size = int(size)
-            s.mk = RiseDetector(size)
-            s.mk_times = deque(maxlen=size)
+            s.rise.begin(size)
+            slots.set_rise(s.slot, s.rise.buf)  # (as in `_cadence`)
             g = int(g)
             if judged and s.window_ms // g < cfg.min_points:
                 sid, metric = slots.key_of[int(slot)]
@@ -1302,11 +1329,9 @@ class SensorOperator(Operator):
     ) -> None:
         """The rise test as reading x at t closes the bucket (start, total, count)
         (`_rounds` does the same inline for the buckets the compiled run closes)."""
-        mk = s.mk
-        z = mk.learn_z(total / count)  # (the z-score of S: used from rise_min_readings on)
-        s.mk_times.append(int(start))
-        if mk.n >= self.config.rise_min_readings:
-            self._test_rise(sid, metric, s, t, x, z)
+        how = rise_close(s.rise.buf, total / count, float(start), self._rise_cfg)
+        if how:
+            self._rise_rest(sid, metric, s, t, x, how)
 
     def _rise_history_alpha(self, sid: str, s: Series) -> float:
         """The level the rise's z must be improbable at against the series' own z-scores."""
@@ -1318,38 +1343,48 @@ class SensorOperator(Operator):
             budget /= max(1, self._metric_count(sid))
         return min(1e-3, budget * max(s.bucket_ms, 1) / DAY_MS)
 
-    def _test_rise(self, sid: str, metric: str, s: Series, t: int, x: float, z: float) -> None:
-        """The test of the Mann-Kendall z of the series' last rise_min_readings or more
-        bucket means (as one closes)."""
+    def _rise_rest(self, sid: str, metric: str, s: Series, t: int, x: float, how: int) -> None:
+        """What the compiled rise step (`operators.sensor_rise.rise_close`) left to
+        Python as reading x at t closed a bucket: the likelihood made at its first use,
+        a fit of numpy's, then the verdict (the test of the Mann-Kendall z of the
+        series' last rise_min_readings or more bucket means and of its likelihood)."""
         cfg = self.config
-        mk = s.mk
-        p = 0.5 * math.erfc(z / SQRT2) if z > 0.0 else 1.0  # normal_sf(z)
-        lk = s.lk
-        p_history = (lk if lk is not None else s.rise_lk).score_one(z)
-        if s.rising:
-            if p >= 0.05 or p_history >= 0.05:  # no (unusual) trend left: the episode ends
-                s.rising = False
-                details = {"reading": x, "points": len(mk), "p": p, "p_history": p_history}
-                self._observe(sid, metric, "rise", 0.0, t, len(mk), s.mk_times[0], t, details)
+        rise = s.rise
+        rcfg = self._rise_cfg
+        if how == MAKE:
+            rise.make(cfg.rise_history)
+            self.slots.set_rise(s.slot, rise.buf)  # (a new buffer)
+            how = rise_judge(rise.buf, rcfg, False, 0.0, 0.0)
+        if how == NUMPY_FIT:
+            how = rise_judge(rise.buf, rcfg, True, *rise.numpy_fit())
+        if how == QUIET:
             return
-        if p >= cfg.rise_alpha or p_history >= self._rise_history_alpha(sid, s):
+        buf = rise.buf
+        p, p_history = float(buf[R_P]), float(buf[R_PH])
+        n = rise.n
+        if how == END:  # no (unusual) trend left: the episode ends
+            s.rising = False
+            details = {"reading": x, "points": n, "p": p, "p_history": p_history}
+            self._observe(sid, metric, "rise", 0.0, t, n, rise.oldest_start(), t, details)
             return
-        total, noise = mk.fit()
+        if p_history >= self._rise_history_alpha(sid, s):  # (CANDIDATE: p < rise_alpha)
+            return
+        total, noise = rise_fit(rise.values())
         needed = max(cfg.rise_min_total, cfg.rise_sigmas * noise)
         if total <= needed:
             return
         s.rising = True
-        start = s.mk_times[0]
+        start = rise.oldest_start()
         details = {
             "reading": x,
-            "points": len(mk),
+            "points": n,
             "span_ms": t - start,
             "p": p,
             "p_history": p_history,
             "noise": noise,
         }
         self._row(sid, metric, "rise", t, x, total, needed, start, t)
-        self._observe(sid, metric, "rise", total, t, len(mk), start, t, details, p)
+        self._observe(sid, metric, "rise", total, t, n, start, t, details, p)
 
     def _judge_rise_runs(self, sid: str, metric: str, s: Series, t: int, x: float) -> None:
         """The legacy test (`rise_test="runs"`): a strictly rising run."""
@@ -1500,6 +1535,7 @@ class SensorOperator(Operator):
         )
         for key, s in self.series.items():
             slots.attach(key, s)
+            slots.set_rise(s.slot, s.rise.buf)
         # derived, rebuilt: the expiry heap (one entry per series) and series per sensor
         self.expiry = [
             (s.last_ts + s.window_ms, sid, metric)

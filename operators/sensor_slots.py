@@ -8,7 +8,9 @@ where that call can reach it without Python per series.
 - `gaps[slot]`: its cadence warm-up gaps;
 - `chunks[where[slot, j]][offsets[slot, j]:offsets[slot, j] + sizes[slot, j]]`: its
   float64 buffers, j = 0 the sliding window (`operators.detectors.window`), 1 and 2
-  the z-score and IQR tail rings (`operators.detectors.tail`).
+  the z-score and IQR tail rings (`operators.detectors.tail`);
+- `rises[slot]`: its rise test's buffer (`operators.sensor_rise.RiseBuffer`, which the
+  series replaces when it grows or resizes: set again by `set_rise`).
 
 A live `Series` (`operators.sensor`) holds views of its rows and regions, so its
 Python paths and the compiled run read and write the same memory. A key gets a
@@ -62,7 +64,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.typed import List
 
 BUFFERS = 3  # window, z-score tail ring, IQR tail ring
@@ -98,6 +100,8 @@ class SeriesSlots:
         self.where = np.zeros((capacity, BUFFERS), dtype=np.int64)
         self.offsets = np.zeros((capacity, BUFFERS), dtype=np.int64)
         self.sizes = np.zeros((capacity, BUFFERS), dtype=np.int64)
+        # the rise tests' buffers by slot (a free slot's is left as it was: unread)
+        self.rises: Any = List.empty_list(types.float64[::1])
         # the chunks, as the compiled run takes them and as Python lists them
         self.chunks: Any = List.empty_list(types.float64[::1])
         self._chunks: list[np.ndarray] = []
@@ -141,6 +145,10 @@ class SeriesSlots:
         s.bound = None
         self.holders[slot] = s
         self.bind(s)
+
+    def set_rise(self, slot: int, buf: np.ndarray) -> None:
+        """`buf` is the rise test buffer of the series in `slot`."""
+        _put(self.rises, slot, buf)
 
     def release(self, key: Any) -> None:
         """key's series is gone (expired): its slot and its regions are free."""
@@ -215,6 +223,16 @@ class SeriesSlots:
             if h is not None:
                 h.row = self.states[h.slot]
                 h.gap_row = self.gaps[h.slot]
+
+
+@njit(types.void(types.ListType(types.float64[::1]), types.int64, types.float64[::1]), cache=True)
+def _put(rises: Any, slot: int, buf: np.ndarray) -> None:
+    """rises[slot] = buf, the list extended to reach it (compiled and cached on disk: the
+    typed list's own Python methods are compiled at their first use in every process,
+    ~0.25 s for setting an item)."""
+    while len(rises) <= slot:
+        rises.append(buf)
+    rises[slot] = buf
 
 
 def _grown(a: np.ndarray, rows: int) -> np.ndarray:

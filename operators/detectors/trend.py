@@ -83,6 +83,19 @@ def theil_sen_slope(xs: list[float]) -> float:
     return _median([(xs[j] - xs[i]) / (j - i) for i in range(n) for j in range(i + 1, n)])
 
 
+def rise_fit(xs: list[float]) -> tuple[float, float]:
+    """(total rise, residual scale) of readings xs (oldest first): the Theil-Sen slope
+    times the span (n - 1), and 1.4826 * the median absolute residual around the
+    Theil-Sen line."""
+    n = len(xs)
+    if n < 2:
+        return 0.0, 0.0
+    b = theil_sen_slope(xs)
+    a = _median([x - b * i for i, x in enumerate(xs)])
+    scale = 1.4826022185056018 * _median([abs(x - a - b * i) for i, x in enumerate(xs)])
+    return b * (n - 1), scale
+
+
 def _tie(t: int) -> int:
     return t * (t - 1) * (2 * t + 5)
 
@@ -187,16 +200,8 @@ class RiseDetector:
         return normal_sf(z) if z > 0.0 else 1.0
 
     def fit(self) -> tuple[float, float]:
-        """(total rise, residual scale): the Theil-Sen slope times the span (n - 1),
-        and 1.4826 * the median absolute residual around the Theil-Sen line."""
-        xs = list(self.values)
-        n = len(xs)
-        if n < 2:
-            return 0.0, 0.0
-        b = theil_sen_slope(xs)
-        a = _median([x - b * i for i, x in enumerate(xs)])
-        scale = 1.4826022185056018 * _median([abs(x - a - b * i) for i, x in enumerate(xs)])
-        return b * (n - 1), scale
+        """`rise_fit` of the readings."""
+        return rise_fit(self.values)
 
     def reset(self) -> None:
         self.head = self.n = self.s = self.ties = 0
