@@ -116,6 +116,7 @@ import pickle
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
@@ -269,7 +270,7 @@ class EntityModel:
         self.features = features
         self.metric = "|".join(features)
         self.get = values_getter(features)
-        self.detector = KMeansDistance(features, config.n_clusters, config.halflife, config.seed)
+        self.detector = new_detector(features, config)
         self._arrays(config, 0, 0)
 
     def _arrays(self, config: ClusterConfig, n_recent: int, n_held: int) -> None:
@@ -390,6 +391,32 @@ class EntityModel:
                 iv[ck.STAMPS] += 1
                 m.active_flags[m.sensor_index(sid)] = iv[ck.STAMPS]
         return m
+
+
+@lru_cache(maxsize=64)
+def initial_centers(features: tuple[str, ...], k: int, seed: int) -> tuple[tuple[float, ...], ...]:
+    """The k centres river's `KMeans(n_clusters=k, seed=seed)` draws, centre by centre
+    and features in `features`' order (as `KMeansDistance` draws them): a seeded
+    `random.Random` gives every model of the same features the same draws, so they are
+    drawn once per (features, k, seed) and not per entity (issue 18, point 3: river's
+    KMeans and its 12 Gaussian draws were ~40 % of a new entity's set-up with 5,000
+    sensors and more)."""
+    from river import cluster  # here, not at import: river pulls in scikit-learn
+
+    model = cluster.KMeans(n_clusters=k, seed=seed)  # the step size draws nothing
+    return tuple(tuple(model.centers[c][f] for f in features) for c in range(k))
+
+
+def new_detector(features: tuple[str, ...], config: ClusterConfig) -> KMeansDistance:
+    """A new entity's `KMeansDistance`: with a seed, its centres from `initial_centers`
+    (the same arrays as `KMeansDistance(features, ...)`, tests/test_cluster_batch_kernel.py);
+    without one (every model its own random draws), river's as ever."""
+    k, seed = config.n_clusters, config.seed
+    if seed is None:
+        return KMeansDistance(features, k, config.halflife, seed)
+    d = KMeansDistance.__new__(KMeansDistance)
+    d._init(features, config.halflife, seed, k, list(map(list, initial_centers(features, k, seed))))
+    return d
 
 
 def values_getter(features: tuple[str, ...]) -> Callable[[dict[str, float]], tuple[float, ...]]:
