@@ -48,7 +48,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, islice, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -76,9 +76,6 @@ METRIC_LABELS = {
     "anomaly_rise": "steady rise",
     "cluster_distance": "regime distance",
 }
-
-
-_first = itemgetter(0)
 
 
 def _head(entity: str) -> str:
@@ -161,6 +158,19 @@ def _latest_pairs(
         if pair[1] and latest.get(pair, -1) < ts:
             latest[pair] = ts
     return latest
+
+
+def _single_value(values: dict[str, int], value: str, ts: int) -> dict[str, int]:
+    """A single-valued relation's `values` of an entity (mutated) after its `value` at
+    event time `ts`, as `RelationLearner._observe_one` learns it: a known value takes
+    the later time; another one replaces it if not older (the latest value wins)."""
+    if value in values:
+        if values[value] < ts:
+            values[value] = ts
+    elif ts >= max(values.values(), default=ts):
+        values.clear()
+        values[value] = ts
+    return values
 
 
 class RelationLearner:
@@ -254,11 +264,11 @@ class RelationLearner:
         of them). The table's order: those untouched first, as they were, then the
         touched ones by their last event (an event without a value touches nothing).
         """
-        latest = _latest_pairs(keys, values, times)
         if not relation.many:
-            done = self._observe_single(table, keys, values, latest)
+            done = self._observe_single(table, keys, values, times)
             if done is not None:
                 return done
+        latest = _latest_pairs(keys, values, times)
         batch: dict[str, dict[str, int]] = {}
         for (key, value), ts in latest.items():
             vals = batch.get(key)
@@ -317,8 +327,7 @@ class RelationLearner:
         oldest = list(islice(table, drops))
         if not batch.keys().isdisjoint(oldest):
             return False
-        for key in oldest:
-            del table[key]
+        deque(map(table.__delitem__, oldest), maxlen=0)  # a loop in C
         return True
 
     def _observe_single(
@@ -326,36 +335,46 @@ class RelationLearner:
         table: OrderedDict[str, dict[str, int]],
         keys: list[str],
         values: list[Any],
-        latest: dict[tuple[str, str], int],
+        times: list[int],
     ) -> bool | None:
         """`_observe_batch` for a single-valued relation (a sensor's site) in passes
-        over the batch's entities in C and one short loop, the same table and order
-        (issue 18, point 3: thousands of sensors a batch); None where it does not
-        apply (an entity with values near `max_values`: the general path decides)."""
-        batch = dict(zip(map(_first, latest), latest.items(), strict=True))
-        if len(batch) < len(latest):
+        over the batch in C and one comprehension over its entities, the same table and
+        order (issue 18, point 3: thousands of sensors a batch); None where it does not
+        apply (an entity with values near `max_values`: the general path decides).
+
+        Each entity's value and latest time come from dicts keyed by the entity alone
+        (no (entity, value) pair per event, as `_latest_pairs` builds): its value is
+        its last one, and the batch is exact only if every event of it has that value
+        (else False: event by event); in a time-ordered batch its last time is its
+        latest."""
+        if not all(values):  # the events without a value touch nothing
+            keep = values
+            keys, times, values = (list(compress(c, keep)) for c in (keys, times, values))
+        value_of = dict(zip(keys, values, strict=True))
+        if list(map(value_of.__getitem__, keys)) != values:
             return False  # an entity with two values in one batch: event by event
-        touched = keys if all(values) else list(compress(keys, values))
-        order = list(dict.fromkeys(reversed(touched)))
-        order.reverse()  # the touched entities by their last event with a value
+        if times == sorted(times):
+            latest = dict(zip(keys, times, strict=True))
+        else:
+            latest = {}
+            for key, ts in zip(keys, times, strict=True):
+                if latest.get(key, ts) <= ts:
+                    latest[key] = ts
+        order = list(dict.fromkeys(reversed(keys)))
+        order.reverse()  # the touched entities by their last event (with a value)
         olds = list(map(table.get, order))
         if max(map(len, filter(None, olds)), default=0) >= self.max_values:
             return None  # its size check is the general path's
-        if not self._make_room(table, batch, olds.count(None)):
+        if not self._make_room(table, latest, olds.count(None)):
             return False
         # the touched ones out, then back in by their last event: after the untouched
         deque(map(table.pop, order, repeat(None)), maxlen=0)
-        news = []
-        for old, ((_, value), ts) in zip(olds, map(batch.__getitem__, order), strict=True):
-            if old is None:
-                old = {value: ts}
-            elif value in old:
-                if old[value] < ts:
-                    old[value] = ts
-            elif ts >= max(old.values(), default=ts):
-                old.clear()  # the latest value wins
-                old[value] = ts
-            news.append(old)
+        news = [
+            {value: ts} if old is None else _single_value(old, value, ts)
+            for old, value, ts in zip(
+                olds, map(value_of.__getitem__, order), map(latest.__getitem__, order), strict=True
+            )
+        ]
         table.update(zip(order, news, strict=True))
         return True
 

@@ -116,6 +116,7 @@ import pickle
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
@@ -163,6 +164,11 @@ Entry = tuple[int, str, tuple[tuple[str, float], ...], str]
 Entity = tuple[str, str]
 STATE_FORMAT = 2  # `ClusterState`; 1: river objects pickled (upgraded, `_from_format_1`)
 
+
+#: the kernel's input (`ClusterOperator._columns`): the readings scored (their indices
+#: in the release), their entity slots, rows (ts, slot, sensor index) and flat values
+Columns = tuple[Sequence[int], list[int], np.ndarray, np.ndarray]
+_first, _sensor_of, _values_of = itemgetter(0), itemgetter(1), itemgetter(2)
 
 #: a reading waiting for the watermark: an `Entry` whose values are still the event's
 #: dict (str -> float: CPython stops tracking such a tuple in its garbage collector,
@@ -269,7 +275,7 @@ class EntityModel:
         self.features = features
         self.metric = "|".join(features)
         self.get = values_getter(features)
-        self.detector = KMeansDistance(features, config.n_clusters, config.halflife, config.seed)
+        self.detector = new_detector(features, config)
         self._arrays(config, 0, 0)
 
     def _arrays(self, config: ClusterConfig, n_recent: int, n_held: int) -> None:
@@ -390,6 +396,32 @@ class EntityModel:
                 iv[ck.STAMPS] += 1
                 m.active_flags[m.sensor_index(sid)] = iv[ck.STAMPS]
         return m
+
+
+@lru_cache(maxsize=64)
+def initial_centers(features: tuple[str, ...], k: int, seed: int) -> tuple[tuple[float, ...], ...]:
+    """The k centres river's `KMeans(n_clusters=k, seed=seed)` draws, centre by centre
+    and features in `features`' order (as `KMeansDistance` draws them): a seeded
+    `random.Random` gives every model of the same features the same draws, so they are
+    drawn once per (features, k, seed) and not per entity (issue 18, point 3: river's
+    KMeans and its 12 Gaussian draws were ~40 % of a new entity's set-up with 5,000
+    sensors and more)."""
+    from river import cluster  # here, not at import: river pulls in scikit-learn
+
+    model = cluster.KMeans(n_clusters=k, seed=seed)  # the step size draws nothing
+    return tuple(tuple(model.centers[c][f] for f in features) for c in range(k))
+
+
+def new_detector(features: tuple[str, ...], config: ClusterConfig) -> KMeansDistance:
+    """A new entity's `KMeansDistance`: with a seed, its centres from `initial_centers`
+    (the same arrays as `KMeansDistance(features, ...)`, tests/test_cluster_batch_kernel.py);
+    without one (every model its own random draws), river's as ever."""
+    k, seed = config.n_clusters, config.seed
+    if seed is None:
+        return KMeansDistance(features, k, config.halflife, seed)
+    d = KMeansDistance.__new__(KMeansDistance)
+    d._init(features, config.halflife, seed, k, list(map(list, initial_centers(features, k, seed))))
+    return d
 
 
 def values_getter(features: tuple[str, ...]) -> Callable[[dict[str, float]], tuple[float, ...]]:
@@ -613,11 +645,42 @@ class ClusterOperator(Operator):
     def advance(self, watermark: int) -> None:
         """Score, judge and learn the released readings: every entity's in one compiled
         call (`operators.cluster_kernel.run_all`), in event order; Python finds each
-        reading's entity slot, sensor index and values, and builds the rows and
-        observations of the readings the kernel reports."""
+        reading's entity slot, sensor index and values (`_known_columns`, else
+        `_columns`), and builds the rows and observations of the readings the kernel
+        reports."""
         released = self.pending.release(watermark)
         if not released:
             return
+        cols = None if self.config.group_by == "site" else self._known_columns(released)
+        index, slot_of, rows, flat = cols or self._columns(released)
+        n = len(index)
+        if not n:
+            return
+        out = self._scratch
+        if len(out) < n:
+            out = self._scratch = np.empty((max(n, 2 * len(out)), ck.N_OUT))
+        slots = self._slots
+        n_out = ck.run_all(
+            rows,
+            flat,
+            slots.dets,
+            slots.mis,
+            slots.mfs,
+            slots.actives,
+            slots.rates,
+            self._cfg,
+            self.config.quantile,
+            HALF,
+            MAX_SENSOR_MAGNITUDE,
+            out,
+        )
+        if n_out:  # in event order, as one reading after the other would give them
+            self._emit(out[:n_out].tolist(), released, index, slot_of)
+
+    def _columns(self, released: list[Pending]) -> Columns:
+        """The kernel's input of `released`, reading by reading: each reading's entity
+        (its model made when new), sensor index and values; a reading missing one of
+        its model's features is skipped (counted)."""
         by_site = self.config.group_by == "site"
         slots = self._slots
         sensor_slot, site_slot = slots.by_sensor.get, slots.by_site.get
@@ -646,28 +709,37 @@ class ClusterOperator(Operator):
             index.append(i)
             rows += (ts, slot, s)
             flat += x
-        n = len(index)
-        if not n:
-            return
-        out = self._scratch
-        if len(out) < n:
-            out = self._scratch = np.empty((max(n, 2 * len(out)), ck.N_OUT))
-        n_out = ck.run_all(
-            np.array(rows, dtype=np.int64).reshape(n, 3),
+        return (
+            index,
+            rows[1::3],
+            np.array(rows, dtype=np.int64).reshape(len(index), 3),
             np.array(flat, dtype=np.float64),  # float(v)
-            slots.dets,
-            slots.mis,
-            slots.mfs,
-            slots.actives,
-            slots.rates,
-            self._cfg,
-            self.config.quantile,
-            HALF,
-            MAX_SENSOR_MAGNITUDE,
-            out,
         )
-        if n_out:  # in event order, as one reading after the other would give them
-            self._emit(out[:n_out].tolist(), released, index, rows)
+
+    def _known_columns(self, released: list[Pending]) -> Columns | None:
+        """`_columns` in passes over the readings in C (issue 18: the per-reading loop
+        was most of the monitor's Python), where that is the same: a model per sensor,
+        every sensor's model already made, all of them with the same features, and no
+        reading missing one; None otherwise (`_columns` decides reading by reading)."""
+        slots = self._slots
+        slot_of = list(map(slots.by_sensor.get, map(_sensor_of, released)))
+        if None in slot_of:
+            return None  # a new sensor: its model is made in event order by `_columns`
+        models = slots.models
+        first = models[slot_of[0]]
+        if any(models[s].features != first.features for s in set(slot_of)):
+            return None
+        try:
+            xs = list(map(first.get, map(_values_of, released)))
+        except KeyError:  # a reading missing a feature: skipped by `_columns`
+            return None
+        n = len(released)
+        rows = np.empty((n, 3), dtype=np.int64)
+        rows[:, 0] = list(map(_first, released))
+        rows[:, 1] = slot_of
+        rows[:, 2] = list(map(slots.solo.__getitem__, slot_of))
+        flat = np.array(xs, dtype=np.float64).reshape(n * len(first.features))  # float(v)
+        return range(n), slot_of, rows, flat
 
     def _new_entity(self, entity: Entity, values: dict[str, float]) -> int:
         """A model for an entity seen for the first time (its features: the configured
@@ -680,17 +752,18 @@ class ClusterOperator(Operator):
         self,
         outputs: list[list[float]],
         released: list[Pending],
-        index: list[int],
-        rows: list[int],
+        index: Sequence[int],
+        slot_of: list[int],
     ) -> None:
-        """The rows and observations of the kernel's output rows `outputs`."""
+        """The rows and observations of the kernel's output rows `outputs` (reading r of
+        the kernel's input: released[index[r]], of the entity in slot slot_of[r])."""
         slots = self._slots
         out = self._out
         for row_out in outputs:
             r, start, n_tau, c, anomalous, distance, tau, ratio = row_out
             r = int(r)
             ts, sid, values, _ = released[index[r]]
-            slot = rows[3 * r + 1]
+            slot = slot_of[r]
             m = slots.models[slot]
             if anomalous == ck.OUT_OF_RANGE:
                 x = np.array(m.get(values), dtype=np.float64).reshape(len(m.features))

@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from operators.detectors.kmeans import learn, nearest_center, transform
 
@@ -60,6 +62,26 @@ WARMUP, LEARN_BATCH_MS, MAX_LEARN, SHORT_RUN, HISTORY = range(5)
 O_INDEX, O_START, O_N, O_CENTER, O_ANOMALOUS, O_DISTANCE, O_THRESHOLD, O_RATIO = range(8)
 N_OUT = 8
 OUT_OF_RANGE = -1.0  # out[O_ANOMALOUS] of a reading beyond the bound
+
+
+@intrinsic
+def move(typingctx: Any, a: Any, dst: Any, src: Any, count: Any) -> Any:
+    """a[dst : dst + count] = a[src : src + count] (a: a contiguous float64 array; the
+    ranges may overlap) as one C `memmove`: `recent_add` shifts a third of the sorted
+    distances on average (333 of 1,000), which element by element was most of the
+    kernel's time per reading (~370 ns; issue 18, point 1). The same values move to the
+    same places, so results are unchanged; no bounds check (the callers stay within
+    the sorted copy)."""
+    if not (isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C"):
+        return None
+    sig = types.void(a, types.int64, types.int64, types.int64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> None:
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        to, frm = builder.gep(data, [args[1]]), builder.gep(data, [args[2]])
+        cgutils.raw_memmove(builder, to, frm, args[3], 8)  # 8: bytes per float64
+
+    return sig, codegen
 
 
 @njit("void(int64, float64, int64[::1], float64[::1], int64)", cache=True)
@@ -80,8 +102,7 @@ def recent_add(ts: int, x: float, mi: np.ndarray, mf: np.ndarray, size: int) -> 
     if n < size:  # grows (n < size <= cap)
         slot = (head + n) % cap
         mi[times + slot], mf[values + slot] = ts, x
-        for k in range(n, j, -1):
-            mf[srt + k] = mf[srt + k - 1]
+        move(mf, srt + j + 1, srt + j, n - j)  # sorted[j:n] one up
         mf[srt + j] = x
         mi[COUNT] = n + 1
         return
@@ -99,12 +120,10 @@ def recent_add(ts: int, x: float, mi: np.ndarray, mf: np.ndarray, size: int) -> 
             hi = mid
     i = lo
     if j <= i:
-        for k in range(i, j, -1):
-            mf[srt + k] = mf[srt + k - 1]
+        move(mf, srt + j + 1, srt + j, i - j)  # sorted[j:i] one up, over the old value
         mf[srt + j] = x
     else:
-        for k in range(i, j - 1):
-            mf[srt + k] = mf[srt + k + 1]
+        move(mf, srt + i, srt + i + 1, j - 1 - i)  # sorted[i+1:j] one down, over it
         mf[srt + j - 1] = x
 
 
