@@ -419,9 +419,8 @@ def new_detector(features: tuple[str, ...], config: ClusterConfig) -> KMeansDist
     k, seed = config.n_clusters, config.seed
     if seed is None:
         return KMeansDistance(features, k, config.halflife, seed)
-    d = KMeansDistance.__new__(KMeansDistance)
-    d._init(features, config.halflife, seed, k, list(map(list, initial_centers(features, k, seed))))
-    return d
+    centers = list(map(list, initial_centers(features, k, seed)))
+    return KMeansDistance.with_centers(features, config.halflife, seed, centers)
 
 
 def values_getter(features: tuple[str, ...]) -> Callable[[dict[str, float]], tuple[float, ...]]:

@@ -192,6 +192,22 @@ class KMeansDistance:
         centers = [[model.centers[c][f] for f in features] for c in range(n_clusters)]
         self._init(features, halflife, seed, n_clusters, centers)
 
+    @classmethod
+    def with_centers(
+        cls,
+        features: tuple[str, ...],
+        halflife: float,
+        seed: int | None,
+        centers: list[list[float]],
+    ) -> KMeansDistance:
+        """A new detector whose k-means starts from `centers` (k lists of one value per
+        feature, in `features`' order) instead of drawing them through river: for a
+        caller that has them already, e.g. the same seeded draws for every entity
+        (`operators.cluster.initial_centers`)."""
+        d = cls.__new__(cls)
+        d._init(features, halflife, seed, len(centers), centers)
+        return d
+
     def _init(
         self,
         features: tuple[str, ...],
