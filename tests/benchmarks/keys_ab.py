@@ -16,10 +16,9 @@ every round, so both sides see the same load within a few seconds. Prints every 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
+
+from tests.benchmarks.lockstep import run_lockstep
 
 #: one side, run with `python -c` (the before side's checkout may not have this file):
 #: decode once, warm up, then one timed pass per line read from stdin
@@ -50,45 +49,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1250, help="events per poll")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    sides: dict[str, subprocess.Popen[str]] = {}
-    for name, path in (("before", args.before), ("after", args.after)):
-        root = os.path.abspath(path)
-        sides[name] = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                SERVE,
-                str(args.keys),
-                str(args.events),
-                str(args.batch),
-                args.kind,
-            ],
-            cwd=root,
-            env={**os.environ, "PYTHONPATH": root},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-    for name, proc in sides.items():
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", name
-    per_event: dict[str, list[float]] = {name: [] for name in sides}
-    rows: dict[str, set[int]] = {name: set() for name in sides}
-    try:
-        for r in range(args.rounds):
-            order = list(sides) if r % 2 == 0 else list(reversed(sides))
-            for name in order:
-                proc = sides[name]
-                assert proc.stdin is not None and proc.stdout is not None
-                proc.stdin.write("pass\n")
-                proc.stdin.flush()
-                us, n = proc.stdout.readline().split()
-                per_event[name].append(float(us))
-                rows[name].add(int(n))
-    finally:
-        for proc in sides.values():
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait()
+    argv = [str(args.keys), str(args.events), str(args.batch), args.kind]
+    answers = run_lockstep(SERVE, argv, args.before, args.after, args.rounds)
+    per_event = {name: [float(a[0]) for a in got] for name, got in answers.items()}
+    rows = {name: {int(a[1]) for a in got} for name, got in answers.items()}
     print(f"{args.kind}, {args.keys:,} keys, {args.events:,} events, {args.rounds} rounds")
     for name, values in per_event.items():
         runs = " ".join(f"{v:.2f}" for v in values)

@@ -19,10 +19,9 @@ load of a shared machine (issue 18).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
+
+from tests.benchmarks.lockstep import run_lockstep
 
 #: one side, run with `python -c` (the before side's checkout may not have this file)
 SERVE = """
@@ -106,37 +105,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     keys = args.keys or {"ctr": 100, "sensor": 100, "drift": 4}[args.kind]
-    sides: dict[str, subprocess.Popen[str]] = {}
-    for name, path in (("before", args.before), ("after", args.after)):
-        root = os.path.abspath(path)
-        argv = [args.kind, str(args.events), str(keys), str(args.batch)]
-        sides[name] = subprocess.Popen(
-            [sys.executable, "-c", SERVE, *argv],
-            cwd=root,
-            env={**os.environ, "PYTHONPATH": root},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-    for name, proc in sides.items():
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", name
-    per_message: dict[str, list[float]] = {name: [] for name in sides}
-    outputs: dict[str, set[tuple[int, int]]] = {name: set() for name in sides}
-    try:
-        for r in range(args.rounds):
-            for name in list(sides) if r % 2 == 0 else list(reversed(sides)):
-                proc = sides[name]
-                assert proc.stdin is not None and proc.stdout is not None
-                proc.stdin.write("pass\n")
-                proc.stdin.flush()
-                us, rows, alerts = proc.stdout.readline().split()
-                per_message[name].append(float(us))
-                outputs[name].add((int(rows), int(alerts)))
-    finally:
-        for proc in sides.values():
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait()
+    argv = [args.kind, str(args.events), str(keys), str(args.batch)]
+    answers = run_lockstep(SERVE, argv, args.before, args.after, args.rounds)
+    per_message = {name: [float(a[0]) for a in got] for name, got in answers.items()}
+    outputs = {name: {(int(a[1]), int(a[2])) for a in got} for name, got in answers.items()}
     print(f"{args.kind}, {keys:,} keys, {args.events:,} messages, {args.rounds} rounds")
     for name, values in per_message.items():
         runs = " ".join(f"{v:.3f}" for v in values)
