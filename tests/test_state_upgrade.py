@@ -23,13 +23,13 @@ from tests.test_conformance import uninterrupted
 FORMAT1 = Path(__file__).parent / "artifacts" / "state_format1"
 
 # Monitors whose checkpoint holds a network trained by floating-point code whose last bits
-# depend on the CPU: numpy's vectorised tanh/exp and its BLAS take CPU-specific code paths
-# (AVX-512 or not). The fixture's weights were trained on the machine that wrote it; on
-# another kind of CPU the uninterrupted run trains weights that differ in the last bits
-# (seen: 315 weights of the autoencoder's fixture, ~1e-16 relative, on an AVX-512 Xeon),
-# and so do the scores computed from them. Their floats are compared to 1e-9 relative;
-# everything else of theirs (keys, times, counts, which alerts) and every other monitor
-# exactly.
+# depend on the CPU (numpy's vectorised tanh/exp and its BLAS can take CPU-specific code
+# paths, AVX-512 or not; which operation differs first was not traced). The fixture's
+# weights were trained on the machine that wrote it; on another kind of CPU the
+# uninterrupted run trains weights that differ in the last bits (seen: 315 weights of the
+# autoencoder's fixture, ~1e-16 relative, on an AVX-512 Xeon), and so do the scores
+# computed from them. Their floats are compared to 1e-9 relative; everything else of
+# theirs (keys, times, counts, which alerts) and every other monitor exactly.
 TRAINED_FLOATS = {"autoencoder"}
 
 
