@@ -47,6 +47,7 @@ from numba import njit, types
 
 from operators.detectors.likelihood import (
     MAD_TO_SIGMA,
+    MIN_SCALE,
     SQRT2,
     AnomalyLikelihood,
     LikelihoodState,
@@ -82,8 +83,7 @@ from operators.detectors.trend import RiseDetector, RiseState, _learn
 C_MIN_READINGS, C_MIN_HISTORY, C_REFIT, C_ALPHA, C_RISE_ALPHA, C_HISTORY, C_SIZE = range(7)
 # what a call leaves to Python (`rise_closes`: DEFER, a bucket not stepped)
 QUIET, MAKE, NUMPY_FIT, END, CANDIDATE, DEFER = range(6)
-REFIT = 10  # the likelihood's refit interval (`Series.rise_lk`'s)
-MIN_SCALE = 1e-9  # `AnomalyLikelihood`'s default floor
+REFIT = 10  # the rise likelihood's refit interval (every 10 closed buckets)
 
 
 @njit("float64(float64[::1], float64, float64)", cache=True)

@@ -102,6 +102,10 @@ def median_mad(h: np.ndarray) -> tuple[bool, float, float]:
     return True, center, _median(d)
 
 
+#: the default floor of the fitted scale (a constant history has a MAD of 0)
+MIN_SCALE = 1e-9
+
+
 class AnomalyLikelihood:
     """Tail probability of a score's short-term average against its normal history."""
 
@@ -132,7 +136,7 @@ class AnomalyLikelihood:
         min_history: int = 50,
         refit: int = 100,  # HTM re-estimates every 100 records too
         alpha: float = 1e-3,
-        min_scale: float = 1e-9,
+        min_scale: float = MIN_SCALE,
         log: bool = False,
         eps: float = 1e-12,
     ) -> None:
