@@ -10,7 +10,7 @@ steps, clipped to the contender's clock (its first message to its last row writt
     handle           `Runtime.handle` (decode, operators, buffering; includes the two below)
     flush wait       `Runtime._flush` awaited (ClickHouse insert and producer flush, in a thread)
     checkpoint wait  `Runtime._checkpoint` awaited (state encoding, write to the broker)
-    poll, full       `asyncio.to_thread(KafkaSource._poll)` awaited, when consume() returned a
+    poll, full       `in_thread(KafkaSource._poll)` awaited, when consume() returned a
                      full batch (`batch_size` messages: the input was there)
     poll, partial    the same, when consume() returned fewer (it waited `batch_timeout_s` for
                      input: in these runs, the end of the input, a short last batch and empty
@@ -91,26 +91,25 @@ def instrument(out: Path) -> None:
     run = source.KafkaSource.run
 
     async def timed_run(self: Any) -> None:
-        # the await of the polling thread, as the loop sees it: wrap asyncio.to_thread for
-        # this module only, and only for the poll
-        import asyncio
+        # the await of the polling thread, as the loop sees it: wrap `in_thread` as this
+        # module sees it (`streams.connectors.threads.in_thread`, the runtime's only way
+        # into a thread), and only for the poll
+        in_thread = source.in_thread
 
-        to_thread = asyncio.to_thread
-
-        async def poll_timed(func: Any, *args: Any, **kwargs: Any) -> Any:
+        async def poll_timed(func: Any, *args: Any) -> Any:
             if getattr(func, "__func__", None) is not timed_poll:
-                return await to_thread(func, *args, **kwargs)
+                return await in_thread(func, *args)
             began = time.time()
-            result = await to_thread(func, *args, **kwargs)
+            result = await in_thread(func, *args)
             kind = "poll, full" if self._cycle_waits_full else "poll, partial"
             intervals.append((kind, began, time.time()))
             return result
 
-        source.asyncio = _Proxy(asyncio, to_thread=poll_timed)  # type: ignore[attr-defined]
+        source.in_thread = poll_timed  # type: ignore[attr-defined]
         try:
             await run(self)
         finally:
-            source.asyncio = asyncio  # type: ignore[attr-defined]
+            source.in_thread = in_thread  # type: ignore[attr-defined]
 
     source.KafkaSource.run = timed_run  # type: ignore[method-assign]
 
@@ -139,19 +138,6 @@ def instrument(out: Path) -> None:
     import atexit
 
     atexit.register(lambda: out.write_text(json.dumps(summarise(intervals, clocks))))
-
-
-class _Proxy:
-    """A module with some attributes replaced (only for the module that holds it)."""
-
-    def __init__(self, module: Any, **replaced: Any) -> None:
-        self._module = module
-        self._replaced = replaced
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._replaced:
-            return self._replaced[name]
-        return getattr(self._module, name)
 
 
 def summarise(intervals: list[Interval], clocks: list[Any]) -> dict[str, float]:
