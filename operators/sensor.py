@@ -766,10 +766,6 @@ class SensorOperator(Operator):
     def advance(self, watermark: int) -> None:
         released = self.pending.release_unordered(watermark)
         if released:
-            # (timsort: the buckets' entries come mostly in time order, so the tuples'
-            # comparisons are about one per entry; measured cheaper than a lexsort on
-            # columns with the strings ranked)
-            released.sort()
             self._run(released)
         self._expire_until(watermark)
         self._close_windows(watermark)
@@ -802,32 +798,28 @@ class SensorOperator(Operator):
             )
 
     def _run(self, released: list[Entry]) -> None:
-        """The released readings (in event-time order), all series at once: the
-        readings grouped by series slot (numpy's stable argsort, so each series keeps
-        its event-time order), then rounds of one compiled call for every series
-        (`operators.sensor_run.run_all`), each series running until its next reading
-        that needs Python (`_reading`, `_judged`, `_judge_rise`; the rise tests of the
-        buckets it closed first), which Python then does before the next round resumes
-        the series after it. Their rows and observations are put back in the readings'
-        event-time order, so the output is the reading-by-reading loop's."""
-        n = len(released)
-        slots = self.slots
-        slot_of = slots.slot_of
-        # (map and itemgetter: the per-reading work in C)
-        keys = list(map(_key_of, released))
-        slot_list = list(map(slot_of.get, keys))
-        if None in slot_list:  # keys without a slot yet: given one (their series is made
-            # by their first reading's `_reading`)
-            take = slots.slot
-            slot_list = [take(k) if s is None else s for s, k in zip(slot_list, keys, strict=True)]
-        by_slot = np.array(slot_list, dtype=np.int64)
-        order = np.argsort(by_slot, kind="stable")
-        grouped = by_slot[order]
-        ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
-        xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
+        """The released readings (in arrival order), all series at once: the readings
+        grouped by series slot (`_grouped`: each series in event-time order, the
+        release sorted first only where arrival order does not give that), then rounds
+        of one compiled call for every series (`operators.sensor_run.run_all`), each
+        series running until its next reading that needs Python (`_reading`, `_judged`,
+        `_judge_rise`; the rise tests of the buckets it closed first), which Python then
+        does before the next round resumes the series after it. Their rows and
+        observations are put back in the readings' event-time order, so the output is
+        the reading-by-reading loop's."""
+        group = self._grouped(released, in_order=False) if self._fast else None
+        in_order = group is None
+        if in_order:
+            # (timsort: the buckets' entries come mostly in time order, so the tuples'
+            # comparisons are about one per entry; measured cheaper than a lexsort on
+            # columns with the strings ranked)
+            released.sort()
+            group = self._grouped(released, in_order=True)
+            assert group is not None
+        order, grouped, ts, xs, counts = group
         cut = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
         starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
-        ends = np.concatenate((cut, np.full(1, n, dtype=np.int64)))
+        ends = np.concatenate((cut, np.full(1, len(released), dtype=np.int64)))
         seg_slots = grouped[starts]
         self._released = released
         self._tagged = tagged = []
@@ -837,7 +829,6 @@ class SensorOperator(Operator):
         first = int(wins.min())
         if self._unfiled_start is None or first < self._unfiled_start:
             self._unfiled_start = first
-        counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
         try:
             order_list = order.tolist()
             if not self._fast:  # the legacy "runs" rise test: every reading in Python
@@ -850,19 +841,69 @@ class SensorOperator(Operator):
         finally:
             self._released = None
             self._tagged = None
-        # the latest reading's metric count per sensor (0: unknown, from an old checkpoint)
-        if counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
-            self.metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
-        else:
-            self.metrics.update({e[1]: e[4] for e in released if e[4]})
+        self._note_metrics(released, counts, order[ends - 1], in_order)
         if tagged:
-            tagged.sort(key=_tag_order)
+            # in event-time order: the sorted release's place (the place in arrival
+            # order after the entry, which is where a stable sort keeps equal entries)
+            tagged.sort(key=_tag_order if in_order else lambda tag: (released[tag[0]], tag[0]))
             out = self._out
             for _, _, row, obs in tagged:
                 if row is not None:
                     out.add_row(row)
                 else:
                     out.observations.append(obs)
+
+    def _grouped(
+        self, released: list[Entry], in_order: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(order, slots, times, values, metric counts): the release grouped by series
+        slot by numpy's stable argsort (each series keeps its readings' order in
+        `released`), order[i] the place in `released` of grouped reading i, the counts
+        in `released`'s order. Sorted (`in_order`), keys without a slot yet are given
+        one in event-time order (their series is made by their first reading's
+        `_reading`). In arrival order, None unless this grouping is the sorted
+        release's, so that sorting the whole release (tuples whose time ties compare
+        strings) is not needed: every key has its slot and every sensor its metric
+        count already (they are given in event-time order), every series' times
+        strictly increase (no ties, which sort by value), and every entry has its metric
+        count (an old checkpoint's entry looks back in event-time order,
+        `_metric_count`)."""
+        n = len(released)
+        slots = self.slots
+        # (map and itemgetter: the per-reading work in C)
+        keys = list(map(_key_of, released))
+        slot_list = list(map(slots.slot_of.get, keys))
+        if None in slot_list:
+            if not in_order:
+                return None
+            take = slots.slot
+            slot_list = [take(k) if s is None else s for s, k in zip(slot_list, keys, strict=True)]
+        by_slot = np.array(slot_list, dtype=np.int64)
+        order = np.argsort(by_slot, kind="stable")
+        grouped = by_slot[order]
+        ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
+        counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
+        if not in_order and not (
+            counts.all()
+            and ((ts[1:] > ts[:-1]) | (grouped[1:] != grouped[:-1])).all()
+            and all(map(self.metrics.__contains__, map(_sid_of, released)))
+        ):
+            return None
+        xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
+        return order, grouped, ts, xs, counts
+
+    def _note_metrics(
+        self, released: list[Entry], counts: np.ndarray, lasts: np.ndarray, in_order: bool
+    ) -> None:
+        """Each sensor's metric count as of its latest released reading (0: unknown, from
+        an old checkpoint); lasts: the place in `released` of each series' latest."""
+        if not in_order:  # (every sensor already in `metrics`: `_grouped`)
+            latest = sorted([released[g] for g in lasts.tolist()])
+            self.metrics.update(zip(map(_sid_of, latest), map(_count_of, latest), strict=True))
+        elif counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
+            self.metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
+        else:
+            self.metrics.update({e[1]: e[4] for e in released if e[4]})
 
     def _rounds(
         self,
