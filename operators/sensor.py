@@ -606,6 +606,7 @@ _value_of = itemgetter(3)
 
 
 _sid_of = itemgetter(1)
+_sid_of_key = itemgetter(0)  # a key's sensor_id
 _count_of = itemgetter(4)
 
 
@@ -816,10 +817,7 @@ class SensorOperator(Operator):
             released.sort()
             group = self._grouped(released, in_order=True)
             assert group is not None
-        order, grouped, ts, xs, counts = group
-        cut = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
-        starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
-        ends = np.concatenate((cut, np.full(1, len(released), dtype=np.int64)))
+        order, grouped, ts, xs, counts, starts, ends = group
         seg_slots = grouped[starts]
         self._released = released
         self._tagged = tagged = []
@@ -853,13 +851,12 @@ class SensorOperator(Operator):
                 else:
                     out.observations.append(obs)
 
-    def _grouped(
-        self, released: list[Entry], in_order: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """(order, slots, times, values, metric counts): the release grouped by series
-        slot by numpy's stable argsort (each series keeps its readings' order in
-        `released`), order[i] the place in `released` of grouped reading i, the counts
-        in `released`'s order. Sorted (`in_order`), keys without a slot yet are given
+    def _grouped(self, released: list[Entry], in_order: bool) -> tuple[np.ndarray, ...] | None:
+        """(order, slots, times, values, metric counts, starts, ends): the release
+        grouped by series slot by numpy's stable argsort (each series keeps its readings'
+        order in `released`), order[i] the place in `released` of grouped reading i, the
+        counts in `released`'s order, series k the grouped readings starts[k] to
+        ends[k] - 1. Sorted (`in_order`), keys without a slot yet are given
         one in event-time order (their series is made by their first reading's
         `_reading`). In arrival order, None unless this grouping is the sorted
         release's, so that sorting the whole release (tuples whose time ties compare
@@ -883,25 +880,37 @@ class SensorOperator(Operator):
         grouped = by_slot[order]
         ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
         counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
-        if not in_order and not (
-            counts.all()
-            and ((ts[1:] > ts[:-1]) | (grouped[1:] != grouped[:-1])).all()
-            and all(map(self.metrics.__contains__, map(_sid_of, released)))
-        ):
+        new = grouped[1:] != grouped[:-1]  # a series' first reading (but the first)
+        if not in_order and not (counts.all() and ((ts[1:] > ts[:-1]) | new).all()):
             return None
+        cut = np.flatnonzero(new) + 1
+        starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
+        ends = np.concatenate((cut, np.full(1, n, dtype=np.int64)))
+        if not in_order:  # (one look-up per series, its sensor's)
+            key_of = slots.key_of
+            keys_of_series = map(key_of.__getitem__, grouped[starts].tolist())
+            if not all(map(self.metrics.__contains__, map(_sid_of_key, keys_of_series))):
+                return None
         xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
-        return order, grouped, ts, xs, counts
+        return order, grouped, ts, xs, counts, starts, ends
 
     def _note_metrics(
         self, released: list[Entry], counts: np.ndarray, lasts: np.ndarray, in_order: bool
     ) -> None:
         """Each sensor's metric count as of its latest released reading (0: unknown, from
         an old checkpoint); lasts: the place in `released` of each series' latest."""
+        metrics = self.metrics
         if not in_order:  # (every sensor already in `metrics`: `_grouped`)
-            latest = sorted([released[g] for g in lasts.tolist()])
-            self.metrics.update(zip(map(_sid_of, latest), map(_count_of, latest), strict=True))
+            latest = [released[g] for g in lasts.tolist()]
+            sids = list(map(_sid_of, latest))
+            now = list(map(_count_of, latest))
+            if now != list(map(metrics.__getitem__, sids)):  # (else nothing changes)
+                # a sensor's latest reading: the last of its series' latest in event
+                # time, where the sorted release's last entry of the sensor is
+                latest.sort()
+                metrics.update(zip(map(_sid_of, latest), map(_count_of, latest), strict=True))
         elif counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
-            self.metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
+            metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
         else:
             self.metrics.update({e[1]: e[4] for e in released if e[4]})
 
