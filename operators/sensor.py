@@ -901,10 +901,10 @@ class SensorOperator(Operator):
         an old checkpoint); lasts: the place in `released` of each series' latest."""
         metrics = self.metrics
         if not in_order:  # (every sensor already in `metrics`: `_grouped`)
-            latest = [released[g] for g in lasts.tolist()]
-            sids = list(map(_sid_of, latest))
-            now = list(map(_count_of, latest))
-            if now != list(map(metrics.__getitem__, sids)):  # (else nothing changes)
+            n = len(lasts)
+            latest = list(map(released.__getitem__, lasts.tolist()))
+            was = np.fromiter(map(metrics.__getitem__, map(_sid_of, latest)), np.int64, n)
+            if not np.array_equal(was, counts[lasts]):  # (else nothing changes)
                 # a sensor's latest reading: the last of its series' latest in event
                 # time, where the sorted release's last entry of the sensor is
                 latest.sort()
