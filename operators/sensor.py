@@ -111,6 +111,7 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -606,7 +607,6 @@ _value_of = itemgetter(3)
 
 
 _sid_of = itemgetter(1)
-_sid_of_key = itemgetter(0)  # a key's sensor_id
 _count_of = itemgetter(4)
 
 
@@ -817,7 +817,7 @@ class SensorOperator(Operator):
             released.sort()
             group = self._grouped(released, in_order=True)
             assert group is not None
-        order, grouped, ts, xs, counts, starts, ends = group
+        order, grouped, ts, xs, counts, starts, ends, changed = group
         seg_slots = grouped[starts]
         self._released = released
         self._tagged = tagged = []
@@ -839,7 +839,7 @@ class SensorOperator(Operator):
         finally:
             self._released = None
             self._tagged = None
-        self._note_metrics(released, counts, order[ends - 1], in_order)
+        self._note_metrics(released, counts, order[ends - 1], changed)
         if tagged:
             # in event-time order: the sorted release's place (the place in arrival
             # order after the entry, which is where a stable sort keeps equal entries)
@@ -851,20 +851,22 @@ class SensorOperator(Operator):
                 else:
                     out.observations.append(obs)
 
-    def _grouped(self, released: list[Entry], in_order: bool) -> tuple[np.ndarray, ...] | None:
-        """(order, slots, times, values, metric counts, starts, ends): the release
-        grouped by series slot by numpy's stable argsort (each series keeps its readings'
-        order in `released`), order[i] the place in `released` of grouped reading i, the
-        counts in `released`'s order, series k the grouped readings starts[k] to
-        ends[k] - 1. Sorted (`in_order`), keys without a slot yet are given
-        one in event-time order (their series is made by their first reading's
-        `_reading`). In arrival order, None unless this grouping is the sorted
-        release's, so that sorting the whole release (tuples whose time ties compare
-        strings) is not needed: every key has its slot and every sensor its metric
-        count already (they are given in event-time order), every series' times
-        strictly increase (no ties, which sort by value), and every entry has its metric
-        count (an old checkpoint's entry looks back in event-time order,
-        `_metric_count`)."""
+    def _grouped(self, released: list[Entry], in_order: bool) -> tuple[Any, ...] | None:
+        """(order, slots, times, values, metric counts, starts, ends, changed): the
+        release grouped by series slot by numpy's stable argsort (each series keeps its
+        readings' order in `released`), order[i] the place in `released` of grouped
+        reading i, the counts in `released`'s order, series k the grouped readings
+        starts[k] to ends[k] - 1; changed (None when sorted): whether a series' latest
+        reading has another metric count than its sensor's known one.
+
+        Sorted (`in_order`), keys without a slot yet are given one in event-time order
+        (their series is made by their first reading's `_reading`). In arrival order,
+        None unless this grouping is the sorted release's, so that sorting the whole
+        release (tuples whose time ties compare strings) is not needed: every key has
+        its slot and every sensor its metric count already (they are given in
+        event-time order), every series' times strictly increase (no ties, which sort
+        by value), and every entry has its metric count (an old checkpoint's entry looks
+        back in event-time order, `_metric_count`)."""
         n = len(released)
         slots = self.slots
         # (map and itemgetter: the per-reading work in C)
@@ -886,28 +888,29 @@ class SensorOperator(Operator):
         cut = np.flatnonzero(new) + 1
         starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
         ends = np.concatenate((cut, np.full(1, n, dtype=np.int64)))
-        if not in_order:  # (one look-up per series, its sensor's)
-            key_of = slots.key_of
-            keys_of_series = map(key_of.__getitem__, grouped[starts].tolist())
-            if not all(map(self.metrics.__contains__, map(_sid_of_key, keys_of_series))):
+        changed = None
+        if not in_order:  # each series' sensor's known metric count (0: none), in C
+            lasts = order[ends - 1]
+            sids = map(_sid_of, map(released.__getitem__, lasts.tolist()))
+            known = np.fromiter(map(self.metrics.get, sids, repeat(0)), np.int64, len(lasts))
+            if not known.all():
                 return None
+            changed = not np.array_equal(known, counts[lasts])
         xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
-        return order, grouped, ts, xs, counts, starts, ends
+        return order, grouped, ts, xs, counts, starts, ends, changed
 
     def _note_metrics(
-        self, released: list[Entry], counts: np.ndarray, lasts: np.ndarray, in_order: bool
+        self, released: list[Entry], counts: np.ndarray, lasts: np.ndarray, changed: bool | None
     ) -> None:
         """Each sensor's metric count as of its latest released reading (0: unknown, from
-        an old checkpoint); lasts: the place in `released` of each series' latest."""
+        an old checkpoint); lasts: the place in `released` of each series' latest;
+        changed: `_grouped`'s (None: `released` is sorted)."""
         metrics = self.metrics
-        if not in_order:  # (every sensor already in `metrics`: `_grouped`)
-            n = len(lasts)
-            latest = list(map(released.__getitem__, lasts.tolist()))
-            was = np.fromiter(map(metrics.__getitem__, map(_sid_of, latest)), np.int64, n)
-            if not np.array_equal(was, counts[lasts]):  # (else nothing changes)
+        if changed is not None:  # (every sensor already in `metrics`: `_grouped`)
+            if changed:  # (else nothing changes)
                 # a sensor's latest reading: the last of its series' latest in event
                 # time, where the sorted release's last entry of the sensor is
-                latest.sort()
+                latest = sorted(map(released.__getitem__, lasts.tolist()))
                 metrics.update(zip(map(_sid_of, latest), map(_count_of, latest), strict=True))
         elif counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
             metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))

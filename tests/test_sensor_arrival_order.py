@@ -121,3 +121,23 @@ def test_releases_in_time_order_skip_the_sort() -> None:
         op.feed(SRC, batch)
         op.advance(T0 + 1_000 * k)  # (releases the batch before)
     assert op.unsorted == 18
+
+
+def test_a_sensor_without_a_metric_count_sorts_the_release() -> None:
+    """A sensor whose series are known but its metric count is not (as after a checkpoint
+    from before the per-sensor budget): that release is sorted, so the counts go in at
+    each sensor's first reading in event-time order (s0's), the sorted path's dict
+    order, not at its latest (s1's)."""
+    ops = [Counting(small_config()), SortedFirst(small_config())]
+    for k in range(6):
+        batch = [
+            SensorReading(sensor_id=sid, ts=T0 + 1_000 * k + dt, values={"a": float(dt)})
+            for sid, dt in (("s0", 0), ("s1", 100), ("s1", 200), ("s0", 500))
+        ]
+        for op in ops:
+            if k == 4:
+                op.metrics.clear()
+            op.feed(SRC, batch)
+            op.advance(T0 + 1_000 * k)
+    assert ops[0].unsorted == 3  # (the releases of k = 2, 3 and 5)
+    assert list(ops[0].metrics) == list(ops[1].metrics) == ["s0", "s1"]
