@@ -874,15 +874,18 @@ class SensorOperator(Operator):
         back in event-time order, `_metric_count`)."""
         n = len(released)
         slots = self.slots
-        # (map and itemgetter: the per-reading work in C)
-        keys = list(map(_key_of, released))
-        slot_list = list(map(slots.slot_of.get, keys))
-        if None in slot_list:
+        # (map and itemgetter: the per-reading work in C; -1: no slot yet)
+        slot_of = slots.slot_of
+        by_slot = np.fromiter(map(slot_of.get, map(_key_of, released), repeat(-1)), np.int64, n)
+        if (by_slot < 0).any():
             if not in_order:
                 return None
             take = slots.slot
-            slot_list = [take(k) if s is None else s for s, k in zip(slot_list, keys, strict=True)]
-        by_slot = np.array(slot_list, dtype=np.int64)
+            keys = map(_key_of, released)
+            had = by_slot.tolist()
+            by_slot = np.array(
+                [take(k) if s < 0 else s for s, k in zip(had, keys, strict=True)], dtype=np.int64
+            )
         order = np.argsort(by_slot, kind="stable")
         grouped = by_slot[order]
         ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
@@ -945,10 +948,12 @@ class SensorOperator(Operator):
         # empty window, nothing judged, no rise bucket before the cadence, the reading
         # staged), as `_reading` would do it
         holders = slots.holders
-        for k, slot in enumerate(seg_slots.tolist()):
-            if holders[slot] is None:
-                t, sid, metric, _, _ = released[order[starts[k]]]
-                self._new_series(sid, metric, t)
+        seg_list = seg_slots.tolist()
+        if None in map(holders.__getitem__, seg_list):  # (the look-ups in C)
+            for k, slot in enumerate(seg_list):
+                if holders[slot] is None:
+                    t, sid, metric, _, _ = released[order[starts[k]]]
+                    self._new_series(sid, metric, t)
         closes = self._closes
         if not len(closes):
             closes = np.zeros(1 + 4 * len(ts))
