@@ -923,7 +923,7 @@ class SensorOperator(Operator):
         elif counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
             metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
         else:
-            self.metrics.update({e[1]: e[4] for e in released if e[4]})
+            metrics.update({e[1]: e[4] for e in released if e[4]})
 
     def _rounds(
         self,
