@@ -111,6 +111,7 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -753,11 +754,16 @@ class SensorOperator(Operator):
     # -- input ---------------------------------------------------------------
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
+        # (a reading's time, sensor and metric count read once, not once per metric:
+        # `for x in (y,)` in a comprehension is an assignment; ~10 % less than reading
+        # them per metric at three metrics a reading)
         self.pending.extend(
             [
-                (e.ts, e.sensor_id, metric, float(value), len(e.values))
+                (t, sid, metric, float(value), m)
                 for e in events
-                for metric, value in e.values.items()
+                for t, sid, values in ((e.ts, e.sensor_id, e.values),)
+                for m in (len(values),)
+                for metric, value in values.items()
             ]
         )
 
@@ -766,10 +772,6 @@ class SensorOperator(Operator):
     def advance(self, watermark: int) -> None:
         released = self.pending.release_unordered(watermark)
         if released:
-            # (timsort: the buckets' entries come mostly in time order, so the tuples'
-            # comparisons are about one per entry; measured cheaper than a lexsort on
-            # columns with the strings ranked)
-            released.sort()
             self._run(released)
         self._expire_until(watermark)
         self._close_windows(watermark)
@@ -802,32 +804,25 @@ class SensorOperator(Operator):
             )
 
     def _run(self, released: list[Entry]) -> None:
-        """The released readings (in event-time order), all series at once: the
-        readings grouped by series slot (numpy's stable argsort, so each series keeps
-        its event-time order), then rounds of one compiled call for every series
-        (`operators.sensor_run.run_all`), each series running until its next reading
-        that needs Python (`_reading`, `_judged`, `_judge_rise`; the rise tests of the
-        buckets it closed first), which Python then does before the next round resumes
-        the series after it. Their rows and observations are put back in the readings'
-        event-time order, so the output is the reading-by-reading loop's."""
-        n = len(released)
-        slots = self.slots
-        slot_of = slots.slot_of
-        # (map and itemgetter: the per-reading work in C)
-        keys = list(map(_key_of, released))
-        slot_list = list(map(slot_of.get, keys))
-        if None in slot_list:  # keys without a slot yet: given one (their series is made
-            # by their first reading's `_reading`)
-            take = slots.slot
-            slot_list = [take(k) if s is None else s for s, k in zip(slot_list, keys, strict=True)]
-        by_slot = np.array(slot_list, dtype=np.int64)
-        order = np.argsort(by_slot, kind="stable")
-        grouped = by_slot[order]
-        ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
-        xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
-        cut = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
-        starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
-        ends = np.concatenate((cut, np.full(1, n, dtype=np.int64)))
+        """The released readings (in arrival order), all series at once: the readings
+        grouped by series slot (`_grouped`: each series in event-time order, the
+        release sorted first only where arrival order does not give that), then rounds
+        of one compiled call for every series (`operators.sensor_run.run_all`), each
+        series running until its next reading that needs Python (`_reading`, `_judged`,
+        `_judge_rise`; the rise tests of the buckets it closed first), which Python then
+        does before the next round resumes the series after it. Their rows and
+        observations are put back in the readings' event-time order, so the output is
+        the reading-by-reading loop's."""
+        group = self._grouped(released, in_order=False) if self._fast else None
+        in_order = group is None
+        if in_order:
+            # (timsort: the buckets' entries come mostly in time order, so the tuples'
+            # comparisons are about one per entry; measured cheaper than a lexsort on
+            # columns with the strings ranked)
+            released.sort()
+            group = self._grouped(released, in_order=True)
+            assert group is not None
+        order, grouped, ts, xs, counts, starts, ends, changed = group
         seg_slots = grouped[starts]
         self._released = released
         self._tagged = tagged = []
@@ -837,7 +832,6 @@ class SensorOperator(Operator):
         first = int(wins.min())
         if self._unfiled_start is None or first < self._unfiled_start:
             self._unfiled_start = first
-        counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
         try:
             order_list = order.tolist()
             if not self._fast:  # the legacy "runs" rise test: every reading in Python
@@ -850,19 +844,86 @@ class SensorOperator(Operator):
         finally:
             self._released = None
             self._tagged = None
-        # the latest reading's metric count per sensor (0: unknown, from an old checkpoint)
-        if counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
-            self.metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
-        else:
-            self.metrics.update({e[1]: e[4] for e in released if e[4]})
+        self._note_metrics(released, counts, order[ends - 1], changed)
         if tagged:
-            tagged.sort(key=_tag_order)
+            # in event-time order: the sorted release's place (the place in arrival
+            # order after the entry, which is where a stable sort keeps equal entries)
+            tagged.sort(key=_tag_order if in_order else lambda tag: (released[tag[0]], tag[0]))
             out = self._out
             for _, _, row, obs in tagged:
                 if row is not None:
                     out.add_row(row)
                 else:
                     out.observations.append(obs)
+
+    def _grouped(self, released: list[Entry], in_order: bool) -> tuple[Any, ...] | None:
+        """(order, slots, times, values, metric counts, starts, ends, changed): the
+        release grouped by series slot by numpy's stable argsort (each series keeps its
+        readings' order in `released`), order[i] the place in `released` of grouped
+        reading i, the counts in `released`'s order, series k the grouped readings
+        starts[k] to ends[k] - 1; changed (None when sorted): whether a series' latest
+        reading has another metric count than its sensor's known one.
+
+        Sorted (`in_order`), keys without a slot yet are given one in event-time order
+        (their series is made by their first reading's `_reading`). In arrival order,
+        None unless this grouping is the sorted release's, so that sorting the whole
+        release (tuples whose time ties compare strings) is not needed: every key has
+        its slot and every sensor its metric count already (they are given in
+        event-time order), every series' times strictly increase (no ties, which sort
+        by value), and every entry has its metric count (an old checkpoint's entry looks
+        back in event-time order, `_metric_count`)."""
+        n = len(released)
+        slots = self.slots
+        # (map and itemgetter: the per-reading work in C; -1: no slot yet)
+        slot_of = slots.slot_of
+        by_slot = np.fromiter(map(slot_of.get, map(_key_of, released), repeat(-1)), np.int64, n)
+        if (by_slot < 0).any():
+            if not in_order:
+                return None
+            take = slots.slot
+            keys = map(_key_of, released)
+            had = by_slot.tolist()
+            by_slot = np.array(
+                [take(k) if s < 0 else s for s, k in zip(had, keys, strict=True)], dtype=np.int64
+            )
+        order = np.argsort(by_slot, kind="stable")
+        grouped = by_slot[order]
+        ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
+        counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
+        new = grouped[1:] != grouped[:-1]  # a series' first reading (but the first)
+        if not in_order and not (counts.all() and ((ts[1:] > ts[:-1]) | new).all()):
+            return None
+        cut = np.flatnonzero(new) + 1
+        starts = np.concatenate((np.zeros(1, dtype=np.int64), cut))
+        ends = np.concatenate((cut, np.full(1, n, dtype=np.int64)))
+        changed = None
+        if not in_order:  # each series' sensor's known metric count (0: none), in C
+            lasts = order[ends - 1]
+            sids = map(_sid_of, map(released.__getitem__, lasts.tolist()))
+            known = np.fromiter(map(self.metrics.get, sids, repeat(0)), np.int64, len(lasts))
+            if not known.all():
+                return None
+            changed = not np.array_equal(known, counts[lasts])
+        xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
+        return order, grouped, ts, xs, counts, starts, ends, changed
+
+    def _note_metrics(
+        self, released: list[Entry], counts: np.ndarray, lasts: np.ndarray, changed: bool | None
+    ) -> None:
+        """Each sensor's metric count as of its latest released reading (0: unknown, from
+        an old checkpoint); lasts: the place in `released` of each series' latest;
+        changed: `_grouped`'s (None: `released` is sorted)."""
+        metrics = self.metrics
+        if changed is not None:  # (every sensor already in `metrics`: `_grouped`)
+            if changed:  # (else nothing changes)
+                # a sensor's latest reading: the last of its series' latest in event
+                # time, where the sorted release's last entry of the sensor is
+                latest = sorted(map(released.__getitem__, lasts.tolist()))
+                metrics.update(zip(map(_sid_of, latest), map(_count_of, latest), strict=True))
+        elif counts.all():  # (pairs zipped in C; the last of a sensor wins, as below)
+            metrics.update(zip(map(_sid_of, released), counts.tolist(), strict=True))
+        else:
+            metrics.update({e[1]: e[4] for e in released if e[4]})
 
     def _rounds(
         self,
@@ -887,10 +948,12 @@ class SensorOperator(Operator):
         # empty window, nothing judged, no rise bucket before the cadence, the reading
         # staged), as `_reading` would do it
         holders = slots.holders
-        for k, slot in enumerate(seg_slots.tolist()):
-            if holders[slot] is None:
-                t, sid, metric, _, _ = released[order[starts[k]]]
-                self._new_series(sid, metric, t)
+        seg_list = seg_slots.tolist()
+        if None in map(holders.__getitem__, seg_list):  # (the look-ups in C)
+            for k, slot in enumerate(seg_list):
+                if holders[slot] is None:
+                    t, sid, metric, _, _ = released[order[starts[k]]]
+                    self._new_series(sid, metric, t)
         closes = self._closes
         if not len(closes):
             closes = np.zeros(1 + 4 * len(ts))
