@@ -51,6 +51,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -601,11 +602,13 @@ class CtrOperator(Operator):
                     known.window.dup_imps += 1
                     continue
             window.ids.append(imp_id)
-            if pending:
-                waiting = pending.pop(imp_id, None)
-                if waiting:
-                    for click in waiting.values():
-                        self._attribute(entry, click.ts, click.campaign, click.click_id)
+            # a membership test, not `pop(imp_id, None)`: some click nearly always waits
+            # (for an impression never seen, until the watermark passes it), so the
+            # check runs per impression and a method call per impression cost more
+            # than the test; it almost never hits (issue 18)
+            if imp_id in pending:
+                for click in pending.pop(imp_id).values():
+                    self._attribute(entry, click.ts, click.campaign, click.click_id)
         for window, before in found:
             window.imps += len(window.ids) - before
         return len(found)
@@ -680,11 +683,9 @@ class CtrOperator(Operator):
                     window.ids.append(imp_id)
                 else:  # a window holding orphans only: the shared empty list
                     window.ids = [imp_id]
-            if pending:
-                waiting = pending.pop(imp_id, None)
-                if waiting:
-                    for click in waiting.values():
-                        self._attribute(entry, click.ts, click.campaign, click.click_id)
+            if imp_id in pending:  # a test, not a pop per impression (`_impressions_cached`)
+                for click in pending.pop(imp_id).values():
+                    self._attribute(entry, click.ts, click.campaign, click.click_id)
 
     def _window_key(self, imp: Impression) -> WindowKey:
         return imp.campaign_id, imp.variant or ""
@@ -821,9 +822,10 @@ class CtrOperator(Operator):
                 if not conversions:
                     # in the bucket's order, which is the windows' order of making: with
                     # many keys nearer their order in memory than the keys' order is
+                    # each id forgotten in C (`map` of the index's `pop`), not by a loop
+                    # of calls: one per impression, ~10 ns less each (issue 18)
                     for window in bucket.values():
-                        for imp_id in window.ids:
-                            forget(imp_id, None)
+                        deque(map(forget, window.ids, repeat(None)), 0)
                     continue
                 for key in keys:
                     window = bucket[key]
