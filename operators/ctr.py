@@ -816,25 +816,20 @@ class CtrOperator(Operator):
             # each start's windows looked up once, for the rows and the judge
             closed = _in_order(popped)
             self._emit_rows(closed, True)
-            forget = self.impressions.pop
             conversions, keep_all = cfg.conversions, self.keep_all_windows
             for start, keys, bucket in popped:
                 if not conversions:
                     # in the bucket's order, which is the windows' order of making: with
                     # many keys nearer their order in memory than the keys' order is
-                    # each id forgotten in C (`map` of the index's `pop`), not by a loop
-                    # of calls: one per impression, ~10 ns less each (issue 18)
                     for window in bucket.values():
-                        deque(map(forget, window.ids, repeat(None)), 0)
+                        self._forget_impressions(window)
                     continue
                 for key in keys:
                     window = bucket[key]
-                    for imp_id in window.ids:
-                        forget(imp_id, None)
+                    self._forget_impressions(window)
                     if window.counted or keep_all:
                         # impressions forgotten; the counted clicks wait for their
                         # conversions
-                        window.ids = []
                         # a version-3 row follows when a conversion at or after the final
                         # row's watermark has joined: one that came before this row may as
                         # well have come after it (it is not late then), so the row it is
@@ -846,6 +841,16 @@ class CtrOperator(Operator):
                         self.converting.append(Converting(start, key, window))
             self._judge_buckets(closed)
         self._close_conversions(final_until - cfg.conversion_ms)
+
+    def _forget_impressions(self, window: CtrWindow) -> None:
+        """Drop a final window's impressions from the join's index (no click can join
+        them any more) and its id list with them (nothing reads it after the final
+        row). The index's `pop` runs in C (`map`), not in a loop of calls; and each id
+        string is freed here, right after its index entry released it and while it is
+        in cache, not later with the window (issue 18: forgetting was a tenth of the
+        CTR task's time with 100 campaigns)."""
+        deque(map(self.impressions.pop, window.ids, repeat(None)), 0)
+        window.ids = _NO_IDS
 
     #: keep every window until its conversions are final, not only those with clicks
     #: (a subclass that judges windows at that point: operators/funnel.py)
