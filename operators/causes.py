@@ -47,7 +47,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, islice, repeat
+from itertools import compress, islice
 from operator import attrgetter
 from typing import Any
 
@@ -367,15 +367,16 @@ class RelationLearner:
             return None  # its size check is the general path's
         if not self._make_room(table, latest, olds.count(None)):
             return False
-        # the touched ones out, then back in by their last event: after the untouched
-        deque(map(table.pop, order, repeat(None)), maxlen=0)
         news = [
             {value: ts} if old is None else _single_value(old, value, ts)
             for old, value, ts in zip(
                 olds, map(value_of.__getitem__, order), map(latest.__getitem__, order), strict=True
             )
         ]
+        # the new ones in, then the touched ones after the untouched by their last event:
+        # moved, not popped and put back (a pop leaves a deleted entry in the table)
         table.update(zip(order, news, strict=True))
+        deque(map(table.move_to_end, order), maxlen=0)
         return True
 
     def hints(self, entity: str, ts: int) -> dict[str, Any]:

@@ -163,6 +163,9 @@ Entry = tuple[int, str, tuple[tuple[str, float], ...], str]
 #: a model's entity: ("sensor", sensor_id), or ("site", site) with group_by="site"
 Entity = tuple[str, str]
 STATE_FORMAT = 2  # `ClusterState`; 1: river objects pickled (upgraded, `_from_format_1`)
+#: a new entity's ring of recent distances: this long, doubled as it fills, up to the
+#: history (`EntityModel.grow`)
+INITIAL_RECENT = 64
 
 
 #: the kernel's input (`ClusterOperator._columns`): the readings scored (their indices
@@ -280,13 +283,22 @@ class EntityModel:
 
     def _arrays(self, config: ClusterConfig, n_recent: int, n_held: int) -> None:
         # the recent distances' ring holds `history`, or more if a checkpoint held more
-        # (RecentQuantile then stays at that length); the held run at most short_run + 1
-        cap = max(config.history, n_recent, 1)
+        # (RecentQuantile then stays at that length); it starts at INITIAL_RECENT (or what
+        # a checkpoint held) and grows on demand (`grow`); the held run at most
+        # short_run + 1
+        full = max(config.history, n_recent, 1)
+        cap = min(full, max(INITIAL_RECENT, n_recent))
         hcap = max(short_run_of(config), n_held) + 1
+        self._layout(cap, hcap)
+        self.sensors: dict[str, int] = {}  # sensor_id -> its index in active_flags
+        self.active_flags = np.zeros(4, dtype=np.int64)  # activation stamps
+
+    def _layout(self, cap: int, hcap: int) -> None:
+        """New zeroed arrays `mi`, `mf` for a ring of `cap` and a held run of `hcap`,
+        and their named views (the kernel updates them in place)."""
         self.mi = np.zeros(ck.N_IV + cap + hcap, dtype=np.int64)
         self.mf = np.zeros(2 * cap + 2 * hcap)
         self.mi[ck.CAP], self.mi[ck.HCAP] = cap, hcap
-        # named views of mi and mf (the kernel updates them in place)
         self.iv = self.mi[: ck.N_IV]
         self.r_times = self.mi[ck.N_IV : ck.N_IV + cap]
         self.h_ts = self.mi[ck.N_IV + cap :]
@@ -294,8 +306,23 @@ class EntityModel:
         self.r_sorted = self.mf[cap : 2 * cap]
         self.h_d = self.mf[2 * cap : 2 * cap + hcap]
         self.h_tau = self.mf[2 * cap + hcap :]
-        self.sensors: dict[str, int] = {}  # sensor_id -> its index in active_flags
-        self.active_flags = np.zeros(4, dtype=np.int64)  # activation stamps
+
+    def grow(self, need: int, size: int) -> None:
+        """Re-lay the recent distances' ring at a capacity of at least `need`
+        (`grown_capacity`: doubled, at most `size`, the history). Issue 18, point 3: a
+        ring of the whole history from the start was ~24 KB of zeroed memory per entity
+        (~10 µs of a new entity's set-up, and most of its memory for a sensor that sends
+        few readings). Only a ring that is not full grows, and until it is full its
+        oldest value is at 0 (`cluster_kernel.recent_add` moves the head only when
+        full), so the values keep their places and every result is the same."""
+        old_iv, n = self.iv, int(self.iv[ck.COUNT])
+        old = (self.r_times[:n], self.r_values[:n], self.r_sorted[:n])
+        held = (self.h_ts, self.h_d, self.h_tau)
+        self._layout(grown_capacity(len(self.r_times), need, size), len(self.h_ts))
+        self.iv[:] = old_iv
+        self.iv[ck.CAP] = len(self.r_times)
+        self.r_times[:n], self.r_values[:n], self.r_sorted[:n] = old
+        self.h_ts[:], self.h_d[:], self.h_tau[:] = held
 
     def sensor_index(self, sid: str) -> int:
         """The index of sensor `sid` in `active_flags` (added when new)."""
@@ -419,8 +446,19 @@ def new_detector(features: tuple[str, ...], config: ClusterConfig) -> KMeansDist
     k, seed = config.n_clusters, config.seed
     if seed is None:
         return KMeansDistance(features, k, config.halflife, seed)
+    det = initial_array(features, k, seed).copy()
+    return KMeansDistance.of_array(features, config.halflife, seed, det)
+
+
+@lru_cache(maxsize=64)
+def initial_array(features: tuple[str, ...], k: int, seed: int) -> np.ndarray:
+    """The array of a new detector whose centres are `initial_centers` (read only: a
+    new entity's detector is a copy, one memcpy instead of filling the centres from
+    Python lists, issue 18 point 3)."""
     centers = list(map(list, initial_centers(features, k, seed)))
-    return KMeansDistance.with_centers(features, config.halflife, seed, centers)
+    det = KMeansDistance.with_centers(features, 0.0, seed, centers).det  # no step in det
+    det.flags.writeable = False
+    return det
 
 
 def values_getter(features: tuple[str, ...]) -> Callable[[dict[str, float]], tuple[float, ...]]:
@@ -428,6 +466,13 @@ def values_getter(features: tuple[str, ...]) -> Callable[[dict[str, float]], tup
     if len(features) >= 2:
         return itemgetter(*features)
     return lambda values: tuple(values[f] for f in features)
+
+
+def grown_capacity(cap: int, need: int, size: int) -> int:
+    """The capacity a ring of `cap` grows to for `need` places (`EntityModel.grow`):
+    doubled, so that a ring is laid out a few times in its life, at least `need`, at
+    most `size` (the history)."""
+    return min(max(need, 2 * cap), size)
 
 
 def short_run_of(config: ClusterConfig) -> int:
@@ -517,12 +562,14 @@ class EntitySlots:
         "by_site",
         "dets",
         "entities",
+        "feature_sets",
         "getters",
         "mfs",
         "mis",
         "models",
         "rates",
         "solo",
+        "tally",
     )
 
     def __init__(self) -> None:
@@ -530,12 +577,15 @@ class EntitySlots:
         self.by_site: dict[str, int] = {}  # site -> slot of ("site", site)
         self.entities: list[Entity] = []
         self.models: list[EntityModel] = []
+        # the models' distinct feature tuples (one: a release's models share theirs)
+        self.feature_sets: set[tuple[str, ...]] = set()
         self.getters: list[Callable[[dict[str, float]], tuple[float, ...]]] = []
         self.dets: Any = List.empty_list(types.float64[::1])
         self.mis: Any = List.empty_list(types.int64[::1])
         self.mfs: Any = List.empty_list(types.float64[::1])
         self.actives: Any = List.empty_list(types.int64[::1])
         self.rates = np.zeros(16)
+        self.tally = np.zeros(16, dtype=np.int64)  # `cluster_kernel.short_rings`' scratch
         self.solo: list[int] = []  # slot -> its one sensor's index (-1: a site)
 
     def __len__(self) -> int:
@@ -547,18 +597,29 @@ class EntitySlots:
         (self.by_site if entity[0] == "site" else self.by_sensor)[entity[1]] = slot
         self.entities.append(entity)
         self.models.append(m)
+        self.feature_sets.add(m.features)
         self.getters.append(m.get)
+        # the sensor of a ("sensor", sensor_id) entity: indexed now (without a flag, so
+        # not in the state), the readings' loop then takes its index from `solo`; before
+        # its flags are listed, which indexing may grow (no re-listing: a typed list's
+        # setitem costs a new entity ~2 µs)
+        self.solo.append(m.sensor_index(entity[1]) if entity[0] == "sensor" else -1)
         self.dets.append(m.detector.det)
         self.mis.append(m.mi)
         self.mfs.append(m.mf)
         self.actives.append(m.active_flags)
         if slot == len(self.rates):
             self.rates = np.concatenate([self.rates, np.zeros(slot)])
+            self.tally = np.zeros(2 * slot, dtype=np.int64)
         self.rates[slot] = m.detector.halflife
-        # the sensor of a ("sensor", sensor_id) entity: indexed now (without a flag, so
-        # not in the state), the readings' loop then takes its index from `solo`
-        self.solo.append(self.sensor_index(slot, entity[1]) if entity[0] == "sensor" else -1)
         return slot
+
+    def grow(self, slot: int, need: int, size: int) -> None:
+        """`EntityModel.grow` of the model in `slot` (its new arrays re-listed)."""
+        m = self.models[slot]
+        m.grow(need, size)
+        self.mis[slot] = m.mi
+        self.mfs[slot] = m.mf
 
     def sensor_index(self, slot: int, sid: str) -> int:
         """`EntityModel.sensor_index` of the model in `slot` (its flags array, which
@@ -570,11 +631,12 @@ class EntitySlots:
 
 
 # numba compiles a typed list's methods at their first use in a process (they are not in
-# its on-disk cache): those `EntitySlots` uses (append; setitem on the int64 lists, for a
-# grown `active_flags`) are compiled by `warm_lists`, which the worker calls at its start
-# (while its group join waits) and the operator when it is built, so a worker pays them
-# at start (~0.4 s), not on its first readings, and a process that only imports this
-# module (the CLI reading the configuration, a worker without the monitor) never does
+# its on-disk cache): those `EntitySlots` uses (append; setitem, for a grown
+# `active_flags` or recent distances' ring) are compiled by `warm_lists`, which the
+# worker calls at its start (while its group join waits) and the operator when it is
+# built, so a worker pays them at start (~0.4 s), not on its first readings, and a
+# process that only imports this module (the CLI reading the configuration, a worker
+# without the monitor) never does
 _lists_warm = False
 
 
@@ -585,6 +647,7 @@ def warm_lists() -> None:
         return
     floats = List.empty_list(types.float64[::1])
     floats.append(np.zeros(1))
+    floats[0] = np.zeros(1)
     ints = List.empty_list(types.int64[::1])
     ints.append(np.zeros(1, dtype=np.int64))
     ints[0] = np.zeros(1, dtype=np.int64)
@@ -655,6 +718,7 @@ class ClusterOperator(Operator):
         n = len(index)
         if not n:
             return
+        self._grow_rings(rows)
         out = self._scratch
         if len(out) < n:
             out = self._scratch = np.empty((max(n, 2 * len(out)), ck.N_OUT))
@@ -675,6 +739,16 @@ class ClusterOperator(Operator):
         )
         if n_out:  # in event order, as one reading after the other would give them
             self._emit(out[:n_out].tolist(), released, index, slot_of)
+
+    def _grow_rings(self, rows: np.ndarray) -> None:
+        """Grow the recent distances' ring of every entity whose ring this release may
+        fill (`cluster_kernel.short_rings`), before the kernel reaches it."""
+        slots = self._slots
+        short = np.empty((len(rows), 2), dtype=np.int64)
+        history = self.config.history
+        n_short = ck.short_rings(rows, slots.mis, slots.tally, history, short)
+        for slot, need in short[:n_short].tolist():
+            slots.grow(slot, need, history)
 
     def _columns(self, released: list[Pending]) -> Columns:
         """The kernel's input of `released`, reading by reading: each reading's entity
@@ -726,8 +800,10 @@ class ClusterOperator(Operator):
             return None  # a new sensor: its model is made in event order by `_columns`
         models = slots.models
         first = models[slot_of[0]]
-        if any(models[s].features != first.features for s in set(slot_of)):
-            return None
+        if len(slots.feature_sets) > 1 and any(
+            models[s].features != first.features for s in set(slot_of)
+        ):
+            return None  # (with one feature tuple among all models, none differs)
         try:
             xs = list(map(first.get, map(_values_of, released)))
         except KeyError:  # a reading missing a feature: skipped by `_columns`

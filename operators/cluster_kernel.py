@@ -340,3 +340,33 @@ def run_all(
         )
         off += nf
     return n_out
+
+
+@njit(
+    types.int64(types.int64[:, ::1], _INTS, types.int64[::1], types.int64, types.int64[:, ::1]),
+    cache=True,
+)
+def short_rings(rows: np.ndarray, mis: Any, tally: np.ndarray, size: int, short: np.ndarray) -> int:
+    """The entities of a release (`run_all`'s rows) whose recent distances' ring may
+    fill up during it: a new entity's ring starts short of `size` (the history) and
+    grows on demand (`operators.cluster.EntityModel.grow`), which must happen before
+    `run_all` reaches it. A reading adds at most one distance to the ring and the held
+    run together (a held run enters the ring in its place), so an entity with k
+    readings in the release needs count + held + k places, at most `size`. Writes
+    (slot, places needed) of each such entity to `short`, returns their count;
+    `tally` (zero, one entry per slot) is scratch, left zero."""
+    for r in range(rows.shape[0]):
+        tally[rows[r, 1]] += 1
+    n_short = 0
+    for r in range(rows.shape[0]):
+        slot = rows[r, 1]
+        k = tally[slot]
+        if k == 0:  # counted already
+            continue
+        tally[slot] = 0
+        mi = mis[slot]
+        need = min(mi[COUNT] + mi[HELD_N] + k, size)
+        if need > mi[CAP]:
+            short[n_short, 0], short[n_short, 1] = slot, need
+            n_short += 1
+    return n_short

@@ -168,18 +168,7 @@ class KMeansDistance:
     scaled reading to the nearest centre, `learn_one` river's step. The state is the
     arrays `mean`, `var`, `count`, `present` (features) and `centers` (k x features)."""
 
-    __slots__ = (
-        "centers",
-        "count",
-        "det",
-        "features",
-        "halflife",
-        "mean",
-        "present",
-        "seed",
-        "var",
-        "z",
-    )
+    __slots__ = ("det", "features", "halflife", "seed")
 
     def __init__(
         self, features: tuple[str, ...], n_clusters: int, halflife: float, seed: int | None
@@ -208,6 +197,17 @@ class KMeansDistance:
         d._init(features, halflife, seed, len(centers), centers)
         return d
 
+    @classmethod
+    def of_array(
+        cls, features: tuple[str, ...], halflife: float, seed: int | None, det: np.ndarray
+    ) -> KMeansDistance:
+        """A detector whose state is `det` (taken, not copied), laid out as a detector
+        of these features makes it: for a caller that copies a new detector's array
+        instead of making one (`operators.cluster.new_detector`)."""
+        d = cls.__new__(cls)
+        d.features, d.halflife, d.seed, d.det = features, float(halflife), seed, det
+        return d
+
     def _init(
         self,
         features: tuple[str, ...],
@@ -222,15 +222,40 @@ class KMeansDistance:
         self.seed = seed
         det = self.det = np.zeros(H + 7 * nf + k * nf)
         det[0], det[1] = nf, k
-        # named views of `det` (the kernels update them in place)
-        self.mean = det[H : H + nf]
-        self.var = det[H + nf : H + 2 * nf]
-        self.count = det[H + 2 * nf : H + 3 * nf]
-        self.present = det[H + 3 * nf : H + 6 * nf].reshape(3, nf)
-        self.z = det[H + 6 * nf : H + 7 * nf]
-        self.centers = det[H + 7 * nf :].reshape(k, nf)
         if k and nf:
             self.centers[:] = centers
+
+    # named views of `det` (the kernels update it in place), made when read: a new
+    # entity's detector is made per sensor, and its views are for checks and state
+    @property
+    def mean(self) -> np.ndarray:
+        nf = int(self.det[0])
+        return self.det[H : H + nf]
+
+    @property
+    def var(self) -> np.ndarray:
+        nf = int(self.det[0])
+        return self.det[H + nf : H + 2 * nf]
+
+    @property
+    def count(self) -> np.ndarray:
+        nf = int(self.det[0])
+        return self.det[H + 2 * nf : H + 3 * nf]
+
+    @property
+    def present(self) -> np.ndarray:
+        nf = int(self.det[0])
+        return self.det[H + 3 * nf : H + 6 * nf].reshape(3, nf)
+
+    @property
+    def z(self) -> np.ndarray:
+        nf = int(self.det[0])
+        return self.det[H + 6 * nf : H + 7 * nf]
+
+    @property
+    def centers(self) -> np.ndarray:
+        nf, k = int(self.det[0]), int(self.det[1])
+        return self.det[H + 7 * nf :].reshape(k, nf)
 
     def _x(self, x: dict[str, float]) -> np.ndarray:
         return np.array([x[f] for f in self.features], dtype=np.float64)
