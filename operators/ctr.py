@@ -814,7 +814,10 @@ class CtrOperator(Operator):
         if popped:
             # each start's windows looked up once, for the rows and the judge
             closed = _in_order(popped)
-            self._emit_rows(closed, True)
+            # the final rows read each window's counts, and the judge takes them from
+            # there: one pass over the (many, scattered) windows, not two (issue 18)
+            counts: tuple[list[int], list[int]] = ([], [])
+            self._emit_rows(closed, True, counts)
             forget = self.impressions.pop
             conversions, keep_all = cfg.conversions, self.keep_all_windows
             for start, keys, bucket in popped:
@@ -842,7 +845,7 @@ class CtrOperator(Operator):
                             window.conv_last >= start + cfg.window_ms + cfg.attribution_ms
                         )
                         self.converting.append(Converting(start, key, window))
-            self._judge_buckets(closed)
+            self._judge_buckets(closed, counts)
         self._close_conversions(final_until - cfg.conversion_ms)
 
     #: keep every window until its conversions are final, not only those with clicks
@@ -867,12 +870,20 @@ class CtrOperator(Operator):
             if window.conv_changed:
                 self._emit_row(start, key, window, final=True, version=3)
 
-    def _emit_rows(self, buckets: list[OrderedBucket], final: bool) -> None:
+    def _emit_rows(
+        self,
+        buckets: list[OrderedBucket],
+        final: bool,
+        counts: tuple[list[int], list[int]] | None = None,
+    ) -> None:
         """The provisional (version 1) or final (version 2) row of every window of
         `buckets` ((start, keys in order, windows in that order), by start), in that
         order: `_emit_row` of each, in one loop (with many keys nearly two rows per
         event, and the call per row was a third of building it, issue 18). A subclass
-        that writes its own rows (its own `_emit_row`) gets a call per window."""
+        that writes its own rows (its own `_emit_row`) gets a call per window.
+        `counts`: two lists that get each window's impressions and clicks, in the same
+        order (for `_judge_buckets`, which then reads no window again); left empty for
+        a subclass with its own rows."""
         if self._custom_rows:
             emit = self._emit_row
             for start, keys, windows in buckets:
@@ -889,9 +900,16 @@ class CtrOperator(Operator):
         final_flag = 1 if final else 0
         full_row = self._full_row
         window_ms = self.config.window_ms
+        imps_seen = clicks_seen = None
+        if counts is not None:
+            imps_seen, clicks_seen = counts[0].append, counts[1].append
         for start, keys, windows in buckets:
             end = start + window_ms
             for key, window in zip(keys, windows, strict=True):
+                imps, clicks = window.imps, window.clicks
+                if imps_seen is not None:
+                    imps_seen(imps)
+                    clicks_seen(clicks)  # type: ignore[misc]
                 if window.converted or window.orphan_convs or window.dup_convs:
                     append(full_row(start, key, window, final, version))
                     continue
@@ -899,7 +917,6 @@ class CtrOperator(Operator):
                 # revenue) built by position, in `CtrWindowRow`'s field order: ~0.04 µs
                 # less per row than replacing a template's fields by keyword, with many
                 # keys ~1.35 rows per event (issue 18, point 3)
-                imps, clicks = window.imps, window.clicks
                 append(
                     CtrWindowRow(
                         start,
@@ -960,11 +977,16 @@ class CtrOperator(Operator):
             duplicate_conversions=window.dup_convs,
         )
 
-    def _judge_buckets(self, closed: list[OrderedBucket]) -> None:
+    def _judge_buckets(
+        self, closed: list[OrderedBucket], counts: tuple[list[int], list[int]] | None = None
+    ) -> None:
         """`_judge` of the windows of `closed` ((start, keys in order, windows in that
         order), by start): the judge's units (`operators.ctr_evidence.judged_units`)
-        made here from the windows, without a tuple per window first. A subclass with
-        its own `_judge` gets that called with (start, key, window) per window."""
+        made here from the windows as columns (`CtrJudge.judge_columns`), without a
+        tuple per window or unit. `counts`: every window's impressions and clicks in
+        that order, as `_emit_rows` collected them (else read from the windows). A
+        subclass with its own `_judge` gets that called with (start, key, window) per
+        window."""
         if self._custom_judge:
             self._judge(
                 [
@@ -974,11 +996,21 @@ class CtrOperator(Operator):
                 ]
             )
             return
+        if counts is None or not counts[0]:
+            counts = ([], [])
+            for _, _, windows in closed:
+                counts[0].extend([w.imps for w in windows])
+                counts[1].extend([w.clicks for w in windows])
+        all_imps, all_clicks = counts
         # what `judged_units(..., ordered=True)` makes of the windows with impressions:
         # a campaign's windows are consecutive in its start's keys (sorted)
-        units: list[tuple[int, str, str, int, int]] = []
-        append = units.append
-        for start, keys, windows in closed:
+        starts: list[int] = []
+        entities: list[str] = []
+        levels: list[str] = []
+        imps_col: list[int] = []
+        clicks_col: list[int] = []
+        at = 0  # the first window of the bucket in the counts
+        for start, keys, _ in closed:
             n = len(keys)
             i = 0
             while i < n:
@@ -988,27 +1020,44 @@ class CtrOperator(Operator):
                 while j < n and keys[j][0] == campaign:
                     j += 1
                 if j == i + 1:  # one window of the campaign in the step: the common case
-                    window = windows[i]
-                    imps = window.imps
+                    imps = all_imps[at + i]
                     if imps:
-                        append((start, campaign, "campaign", imps, window.clicks))
+                        clicks = all_clicks[at + i]
+                        starts.append(start)
+                        entities.append(campaign)
+                        levels.append("campaign")
+                        imps_col.append(imps)
+                        clicks_col.append(clicks)
                         if key[1]:
-                            append((start, f"{campaign}/{key[1]}", "variant", imps, window.clicks))
+                            starts.append(start)
+                            entities.append(f"{campaign}/{key[1]}")
+                            levels.append("variant")
+                            imps_col.append(imps)
+                            clicks_col.append(clicks)
                 else:
                     # windows without impressions (orphans' holders) add nothing to the
                     # sums and are not judged (no click counts without an impression)
-                    parts = [(keys[m][1], windows[m]) for m in range(i, j)]
-                    total = sum(w.imps for _, w in parts)
+                    total = sum(all_imps[at + i : at + j])
                     if total:
-                        append(
-                            (start, campaign, "campaign", total, sum(w.clicks for _, w in parts))
-                        )
-                    for variant, w in parts:
-                        if variant and w.imps:
-                            append((start, f"{campaign}/{variant}", "variant", w.imps, w.clicks))
+                        starts.append(start)
+                        entities.append(campaign)
+                        levels.append("campaign")
+                        imps_col.append(total)
+                        clicks_col.append(sum(all_clicks[at + i : at + j]))
+                    for m in range(at + i, at + j):
+                        variant = keys[m - at][1]
+                        if variant and all_imps[m]:
+                            starts.append(start)
+                            entities.append(f"{campaign}/{variant}")
+                            levels.append("variant")
+                            imps_col.append(all_imps[m])
+                            clicks_col.append(all_clicks[m])
                 i = j
-        if units:
-            self._out.observations.extend(self.judge.judge_units(units))
+            at += n
+        if entities:
+            self._out.observations.extend(
+                self.judge.judge_columns(starts, entities, levels, imps_col, clicks_col)
+            )
 
     def _judge(self, closed: list[tuple[int, WindowKey, CtrWindow]]) -> None:
         """Judge the windows one watermark step made final (`operators.ctr_evidence`)."""

@@ -55,7 +55,7 @@ upper bounds; DETECTION.md measures the real rate).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -228,6 +228,21 @@ class CtrJudge:
             self.baseline.commit(entity)  # no evidence of a drop left: they were ordinary
         return s, s / h, 0.0, held
 
+    def _learning(
+        self,
+        emit: Callable[[Observation], None],
+        units: Iterable[tuple[int, str, str, int, int, float]],
+    ) -> None:
+        """The `ctr` observation of each unit without a baseline (start, entity, level,
+        impressions, clicks, floor p-value): its window learned, nothing else to judge."""
+        window_ms = self.config.window_ms
+        for start, entity, level, n, k, p_floor in units:
+            # positional: kind, entity, metric, value, ts, n, window_start, window_end,
+            # details, p_value (the per-unit cost is what grows with the keys)
+            end = start + window_ms
+            counts = {"impressions": n, "clicks": k, "level": level}
+            emit(Observation("ctr", entity, "ctr", k / n, end, n, start, end, counts, p_floor))
+
     def judge(self, windows: Sequence[WindowCounts], ordered: bool = False) -> list[Observation]:
         """Observations of one watermark step's final windows; `ordered`: they come
         sorted by (start, campaign, variant) (`judged_units`)."""
@@ -236,20 +251,36 @@ class CtrJudge:
     def judge_units(self, units: Sequence[tuple[int, str, str, int, int]]) -> list[Observation]:
         """Observations of one watermark step's units, as `judged_units` gives them
         (by start, campaign, the pooled campaign before its variants, none without
-        impressions): what `judge` does after grouping, for a caller that builds the
-        units itself (the CTR operator, from its windows by start)."""
+        impressions): `judge_columns` of their columns."""
         if not units:
+            return []
+        starts, entities, levels, imps, clicks = zip(*units, strict=True)
+        return self.judge_columns(starts, entities, levels, imps, clicks)
+
+    def judge_columns(
+        self,
+        starts: Sequence[int],
+        entities: Sequence[str],
+        levels: Sequence[str],
+        imps: Sequence[int],
+        clicks: Sequence[int],
+    ) -> list[Observation]:
+        """Observations of one watermark step's units given as columns (unit i is
+        (starts[i], entities[i], levels[i], imps[i], clicks[i]), in `judged_units`'
+        order): what `judge_units` does, for a caller that builds the columns itself
+        (the CTR operator, from its windows by start, without a tuple per unit: with
+        many keys about one unit per two events, issue 18 point 3)."""
+        if not entities:
             return []
         cfg = self.config
         h = self.threshold
         window_ms = cfg.window_ms
         # the floor p-values of every unit of this step in one vectorised call
-        _, _, _, imps_col, clicks_col = zip(*units, strict=True)
-        clicks = np.array(clicks_col, dtype=np.int64)
-        imps = np.array(imps_col, dtype=np.int64)
+        clicks_arr = np.array(clicks, dtype=np.int64)
+        imps_arr = np.array(imps, dtype=np.int64)
         from scipy.stats import binom
 
-        floor_p = binom.cdf(clicks, imps, cfg.floor_ctr).tolist()
+        floor_p = binom.cdf(clicks_arr, imps_arr, cfg.floor_ctr).tolist()
         # one pass per unit, sequential per entity (each window against the baseline
         # before it), in the units' order: an entity's windows of several starts in one
         # step see each other's updates. A unit without a baseline (learning: with many
@@ -257,22 +288,32 @@ class CtrJudge:
         # takes three slots, filled once its drop p-value is known (vectorised below)
         out: list[Any] = []
         emit = out.append
-        base_or_learn = self.baseline.base_or_learn
-        sequential = self._sequential
+        learn_until_based = self.baseline.learn_until_based
         judged: list[tuple[int, int, tuple[int, int], Any]] = []  # (slot, unit, base, seq)
-        for i, (start, entity, level, n, k) in enumerate(units):
-            base = base_or_learn(entity, k, n)  # no baseline yet: learns the window
-            if base is None:
-                # positional: kind, entity, metric, value, ts, n, window_start, window_end,
-                # details, p_value (the per-unit cost is what grows with the keys)
-                end = start + window_ms
-                counts = {"impressions": n, "clicks": k, "level": level}
-                emit(
-                    Observation("ctr", entity, "ctr", k / n, end, n, start, end, counts, floor_p[i])
+        size = len(entities)
+        i = 0
+        while i < size:
+            # the units without a baseline from i on learn their windows (`base_or_learn`)
+            based, base = learn_until_based(entities, clicks, imps, i)
+            if based > i:
+                self._learning(
+                    emit,
+                    zip(
+                        starts[i:based],
+                        entities[i:based],
+                        levels[i:based],
+                        imps[i:based],
+                        clicks[i:based],
+                        floor_p[i:based],
+                        strict=True,
+                    ),
                 )
-            else:
-                judged.append((len(out), i, base, sequential(entity, n, k, base)))
+            if base is not None:
+                entity = entities[based]
+                seq = self._sequential(entity, imps[based], clicks[based], base)
+                judged.append((len(out), based, base, seq))
                 out += _SLOTS
+            i = based + 1
         if not judged:
             return out
 
@@ -281,10 +322,10 @@ class CtrJudge:
         base_k = np.array([j[2][0] for j in judged], dtype=np.int64)
         base_n = np.array([j[2][1] for j in judged], dtype=np.int64)
         drop_p = fisher_less_small_counts(
-            clicks[at], imps[at] - clicks[at], base_k, base_n - base_k
+            clicks_arr[at], imps_arr[at] - clicks_arr[at], base_k, base_n - base_k
         ).tolist()
         for (slot, i, base, seq), p_drop in zip(judged, drop_p, strict=True):
-            start, entity, level, n, k = units[i]
+            start, entity, level, n, k = starts[i], entities[i], levels[i], imps[i], clicks[i]
             end = start + window_ms
             ctr = k / n
             counts = {"impressions": n, "clicks": k, "level": level}
