@@ -486,6 +486,9 @@ class CtrOperator(Operator):
         self._custom_judge = cls._judge is not CtrOperator._judge
         # batches left to take the in-line loop (`_impressions`); not state
         self._in_line_left = 0
+        # derived: per start with provisional rows, its keys and windows in order as
+        # listed for them (`_final_order`)
+        self._listed: dict[int, tuple[list[WindowKey], list[CtrWindow]]] = {}
 
     # -- input ---------------------------------------------------------------
 
@@ -805,7 +808,10 @@ class CtrOperator(Operator):
         provisional_from = max(self.provisional_until, final_until)
         provisional = self.windows.buckets_ending_between(provisional_from, watermark)
         if provisional:
-            self._emit_rows(_in_order(provisional), False)
+            listed = _in_order(provisional)
+            self._emit_rows(listed, False)
+            for start, keys, windows in listed:
+                self._listed[start] = (keys, windows)
         self.provisional_until = max(self.provisional_until, watermark)
 
         # by start, each with its keys in order: the windows made final, in the order
@@ -813,7 +819,7 @@ class CtrOperator(Operator):
         popped = self.windows.pop_buckets_until(final_until)
         if popped:
             # each start's windows looked up once, for the rows and the judge
-            closed = _in_order(popped)
+            closed = self._final_order(popped)
             # the final rows read each window's counts, and the judge takes them from
             # there: one pass over the (many, scattered) windows, not two (issue 18)
             counts: tuple[list[int], list[int]] = ([], [])
@@ -847,6 +853,25 @@ class CtrOperator(Operator):
                         self.converting.append(Converting(start, key, window))
             self._judge_buckets(closed, counts)
         self._close_conversions(final_until - cfg.conversion_ms)
+
+    def _final_order(
+        self, popped: list[tuple[int, list[WindowKey], dict[WindowKey, CtrWindow]]]
+    ) -> list[OrderedBucket]:
+        """`_in_order` of the buckets made final: a start whose keys are the list its
+        provisional rows were listed with takes the windows listed then, not looked up
+        again (~0.1 µs an event with 100 k keys, issue 18 point 3). The same windows:
+        `TumblingWindows` gives a start's keys as a new list once a key was added (a
+        window is only ever added to a start, never replaced), so the same list is the
+        same keys, each with the same window."""
+        listed = self._listed
+        closed = []
+        for start, keys, bucket in popped:
+            held = listed.pop(start, None)
+            if held is not None and held[0] is keys:
+                closed.append((start, keys, held[1]))
+            else:
+                closed.append((start, keys, list(map(bucket.__getitem__, keys))))
+        return closed
 
     #: keep every window until its conversions are final, not only those with clicks
     #: (a subclass that judges windows at that point: operators/funnel.py)
@@ -1135,6 +1160,7 @@ class CtrOperator(Operator):
         self.seq, self.provisional_until = state.seq, state.provisional_until
         self.judge = CtrJudge(self.config)
         self.judge.load(state.judge)
+        self._listed = {}
         self.impressions = {}
         self.clicks = {}
         for _, _, w in self.windows.items():
