@@ -56,7 +56,12 @@ from typing import Any
 import msgspec
 
 from operators.base import Operator
-from operators.ctr_evidence import CtrJudge, CtrJudgeState, judge_from_format_1
+from operators.ctr_evidence import (
+    CtrJudge,
+    CtrJudgeState,
+    judge_from_format_1,
+    ordered_unit_columns,
+)
 from operators.rules import rule_spec as _rule
 from operators.sequential import bonferroni_alpha, cusum_threshold, windows_per_1000_entity_days
 from operators.state import StateCodec
@@ -1007,11 +1012,11 @@ class CtrOperator(Operator):
     ) -> None:
         """`_judge` of the windows of `closed` ((start, keys in order, windows in that
         order), by start): the judge's units (`operators.ctr_evidence.judged_units`)
-        made here from the windows as columns (`CtrJudge.judge_columns`), without a
-        tuple per window or unit. `counts`: every window's impressions and clicks in
-        that order, as `_emit_rows` collected them (else read from the windows). A
-        subclass with its own `_judge` gets that called with (start, key, window) per
-        window."""
+        made from the keys and counts as columns (`ordered_unit_columns`, for
+        `CtrJudge.judge_columns`), without a tuple per window or unit. `counts`: every
+        window's impressions and clicks in that order, as `_emit_rows` collected them
+        (else read from the windows). A subclass with its own `_judge` gets that called
+        with (start, key, window) per window."""
         if self._custom_judge:
             self._judge(
                 [
@@ -1026,63 +1031,9 @@ class CtrOperator(Operator):
             for _, _, windows in closed:
                 counts[0].extend([w.imps for w in windows])
                 counts[1].extend([w.clicks for w in windows])
-        all_imps, all_clicks = counts
-        # what `judged_units(..., ordered=True)` makes of the windows with impressions:
-        # a campaign's windows are consecutive in its start's keys (sorted)
-        starts: list[int] = []
-        entities: list[str] = []
-        levels: list[str] = []
-        imps_col: list[int] = []
-        clicks_col: list[int] = []
-        at = 0  # the first window of the bucket in the counts
-        for start, keys, _ in closed:
-            n = len(keys)
-            i = 0
-            while i < n:
-                key = keys[i]
-                campaign = key[0]
-                j = i + 1
-                while j < n and keys[j][0] == campaign:
-                    j += 1
-                if j == i + 1:  # one window of the campaign in the step: the common case
-                    imps = all_imps[at + i]
-                    if imps:
-                        clicks = all_clicks[at + i]
-                        starts.append(start)
-                        entities.append(campaign)
-                        levels.append("campaign")
-                        imps_col.append(imps)
-                        clicks_col.append(clicks)
-                        if key[1]:
-                            starts.append(start)
-                            entities.append(f"{campaign}/{key[1]}")
-                            levels.append("variant")
-                            imps_col.append(imps)
-                            clicks_col.append(clicks)
-                else:
-                    # windows without impressions (orphans' holders) add nothing to the
-                    # sums and are not judged (no click counts without an impression)
-                    total = sum(all_imps[at + i : at + j])
-                    if total:
-                        starts.append(start)
-                        entities.append(campaign)
-                        levels.append("campaign")
-                        imps_col.append(total)
-                        clicks_col.append(sum(all_clicks[at + i : at + j]))
-                    for m in range(at + i, at + j):
-                        variant = keys[m - at][1]
-                        if variant and all_imps[m]:
-                            starts.append(start)
-                            entities.append(f"{campaign}/{variant}")
-                            levels.append("variant")
-                            imps_col.append(all_imps[m])
-                            clicks_col.append(all_clicks[m])
-                i = j
-            at += n
-        if entities:
-            self._out.observations.extend(
-                self.judge.judge_columns(starts, entities, levels, imps_col, clicks_col)
-            )
+        units = ordered_unit_columns([(start, keys) for start, keys, _ in closed], *counts)
+        if units[1]:
+            self._out.observations.extend(self.judge.judge_columns(*units))
 
     def _judge(self, closed: list[tuple[int, WindowKey, CtrWindow]]) -> None:
         """Judge the windows one watermark step made final (`operators.ctr_evidence`)."""

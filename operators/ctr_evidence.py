@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
 WindowCounts = tuple[int, str, str, int, int]
 # the three observations of a unit with a baseline, filled in once judged
 _SLOTS: tuple[None, None, None] = (None, None, None)
+_CAMPAIGN, _VARIANT = itemgetter(0), itemgetter(1)
 
 
 def judged_units(
@@ -152,6 +155,56 @@ def _ordered_units(windows: Sequence[WindowCounts]) -> list[tuple[int, str, str,
                         append((start, f"{campaign}/{p[2]}", "variant", p[3], p[4]))
         i = j
     return units
+
+
+#: units as columns: (starts, entities, levels, impressions, clicks)
+UnitColumns = tuple[list[int], list[str], list[str], list[int], list[int]]
+
+
+def ordered_unit_columns(
+    buckets: Iterable[tuple[int, Sequence[tuple[str, str]]]],
+    imps: Sequence[int],
+    clicks: Sequence[int],
+) -> UnitColumns:
+    """`judged_units(windows, ordered=True)` as columns (`CtrJudge.judge_columns`), of
+    windows given as (start, its (campaign, variant) keys sorted) by start, with every
+    window's impressions and clicks in that order in `imps` and `clicks`.
+
+    A start whose windows have no variant (with many campaigns nearly every one) has
+    one window per campaign, each its campaign's unit when it has impressions: its
+    columns are made in C (`compress`, `repeat`), not window by window (~0.3 µs a
+    unit, issue 18 point 3).
+
+    >>> ordered_unit_columns([(0, [("c", "A"), ("c", "B"), ("d", "")]), (60, [("d", "")])],
+    ...                      [10, 12, 5, 0], [1, 0, 1, 0])
+    ([0, 0, 0, 0], ['c', 'c/A', 'c/B', 'd'], ['campaign', 'variant', 'variant', 'campaign'], [22, 10, 12, 5], [1, 1, 0, 1])
+    """  # noqa: E501
+    columns: UnitColumns = ([], [], [], [], [])
+    starts, entities, levels, imps_col, clicks_col = columns
+    at = 0  # the bucket's first window in `imps` and `clicks`
+    for start, keys in buckets:
+        n = len(keys)
+        window_imps = imps[at : at + n]
+        window_clicks = clicks[at : at + n]
+        at += n
+        if not any(map(_VARIANT, keys)):
+            # keys are distinct, so without variants so are their campaigns
+            before = len(entities)
+            entities.extend(compress(map(_CAMPAIGN, keys), window_imps))
+            imps_col.extend(filter(None, window_imps))
+            clicks_col.extend(compress(window_clicks, window_imps))
+            added = len(entities) - before
+            starts.extend(repeat(start, added))
+            levels.extend(repeat("campaign", added))
+            continue
+        windows = [
+            (start, campaign, variant, k, c)
+            for (campaign, variant), k, c in zip(keys, window_imps, window_clicks, strict=True)
+        ]
+        for unit in _ordered_units(windows):
+            for column, value in zip(columns, unit, strict=True):
+                column.append(value)
+    return columns
 
 
 class CtrJudgeState(msgspec.Struct):
@@ -386,4 +439,12 @@ class CtrJudge:
         self.load(msgspec.convert(plain, CtrJudgeState))
 
 
-__all__ = ["CtrJudge", "CtrJudgeState", "WindowCounts", "judge_from_format_1", "judged_units"]
+__all__ = [
+    "CtrJudge",
+    "CtrJudgeState",
+    "UnitColumns",
+    "WindowCounts",
+    "judge_from_format_1",
+    "judged_units",
+    "ordered_unit_columns",
+]

@@ -2,7 +2,8 @@
 judge_columns`; issue 18 point 3) gives exactly what `base_or_learn` per window gives:
 the same baselines returned, the same state, the same observations, with an entity's
 windows several times in one step (several starts, or a campaign named like another's
-variant entity) and judgements that change the baseline between them."""
+variant entity) and judgements that change the baseline between them; and the units'
+columns (`ordered_unit_columns`) are `judged_units`'."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from operators.baseline import ClearedRate
 from operators.ctr import CtrConfig
-from operators.ctr_evidence import CtrJudge, judged_units
+from operators.ctr_evidence import CtrJudge, judged_units, ordered_unit_columns
 
 
 class PerWindow(ClearedRate):
@@ -135,3 +136,27 @@ def test_judge_columns_equals_the_per_window_judge(
             got = fast.judge_columns([], [], [], [], [])
         assert got == slow.judge_units(units)
         assert fast.snapshot() == slow.snapshot()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(step_windows, max_size=4), st.booleans())
+def test_unit_columns_equal_judged_units(
+    steps: list[list[tuple[int, str, str, int, int]]], plain: bool
+) -> None:
+    """Windows of several starts, with and without variants (`plain`: none, the
+    columns made in C), some without impressions."""
+    windows = sorted(
+        {
+            (start, campaign, "" if plain else variant): (imps, clicks)
+            for step in steps
+            for start, campaign, variant, imps, clicks in step
+        }.items()
+    )
+    buckets: dict[int, list[tuple[str, str]]] = {}
+    for (start, campaign, variant), _ in windows:
+        buckets.setdefault(start, []).append((campaign, variant))
+    imps = [counts[0] for _, counts in windows]
+    clicks = [counts[1] for _, counts in windows]
+    units = judged_units([(*key, *counts) for key, counts in windows], ordered=True)
+    want = tuple(list(c) for c in zip(*units, strict=True)) if units else ([],) * 5
+    assert ordered_unit_columns(list(buckets.items()), imps, clicks) == want
