@@ -930,16 +930,16 @@ class CtrOperator(Operator):
         final_flag = 1 if final else 0
         full_row = self._full_row
         window_ms = self.config.window_ms
-        imps_seen = clicks_seen = None
-        if counts is not None:
-            imps_seen, clicks_seen = counts[0].append, counts[1].append
+        collect = counts is not None
+        imps_out, clicks_out = counts if counts is not None else ([], [])
+        imps_seen, clicks_seen = imps_out.append, clicks_out.append
         for start, keys, windows in buckets:
             end = start + window_ms
             for key, window in zip(keys, windows, strict=True):
                 imps, clicks = window.imps, window.clicks
-                if imps_seen is not None:
+                if collect:
                     imps_seen(imps)
-                    clicks_seen(clicks)  # type: ignore[misc]
+                    clicks_seen(clicks)
                 if window.converted or window.orphan_convs or window.dup_convs:
                     append(full_row(start, key, window, final, version))
                     continue
