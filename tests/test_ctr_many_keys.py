@@ -34,6 +34,16 @@ class GetThenLearn(ClearedRate):
             self.learn(key, hits, trials)
         return base
 
+    def learn_until_based(
+        self, keys: Sequence[str], hits: Sequence[int], trials: Sequence[int], first: int = 0
+    ) -> tuple[int, tuple[int, int] | None]:
+        """`learn_until_based` as `base_or_learn` (get + learn) per window."""
+        for i in range(first, len(keys)):
+            base = self.base_or_learn(keys[i], hits[i], trials[i])
+            if base is not None:
+                return i, base
+        return len(keys), None
+
 
 class PerWindow(CtrOperator):
     """The reference: the operator with its per-event and per-window paths (each
