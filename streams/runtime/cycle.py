@@ -204,10 +204,21 @@ class Runtime:
         handled: flush now, and checkpoint if due, rather than at the next
         `flush_interval_s`, so the backlog's last results are out as soon as they
         are made. Once per catch-up, and never sooner than a fifth of
-        `flush_interval_s` after the last flush."""
+        `flush_interval_s` after the last flush (at most five flushes a second on a
+        stream that catches up again and again): when the last flush was sooner, this
+        waits out the rest of that fifth (at most 0.1 s by default). Before, it then
+        left the results to the next `flush_interval_s`, up to 0.5 s later: a backlog
+        of 300 k inference logs ended 0.45 s later in one run out of six (issue 18)."""
         try:
+            gap = self.settings.flush_interval_s / 5
+            wait = self.last_flush + gap - time.monotonic()
+            if wait > 0:
+                # (outside the lock: the timer may tick meanwhile; nothing is polled,
+                # as the input was drained)
+                await asyncio.sleep(wait)
             async with self.lock:
-                if time.monotonic() - self.last_flush >= self.settings.flush_interval_s / 5:
+                # (a flush by the timer meanwhile wrote every row there was)
+                if time.monotonic() - self.last_flush >= gap:
                     await self._maybe_flush_and_checkpoint(force_flush=True)
         except Exception as exc:
             self.fail("the consume loop", exc)
