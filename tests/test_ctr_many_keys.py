@@ -14,35 +14,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.base import Observation
-from operators.baseline import ClearedRate
 from operators.ctr import CtrConfig, CtrOperator, CtrWindow, WindowKey
 from schemas.events import Click, Conversion, Impression
 from tests.ctr_replay import within_lateness
 from tests.reference import ctr_reference
+from tests.test_ctr_learn_batch import PerWindow
 
 T = 1_790_000_000_000  # an event time the schemas accept
 MIN = 60_000
 LATENESS = 20_000
 
 
-class GetThenLearn(ClearedRate):
-    """`base_or_learn` as the judge did it before it: `get`, then `learn` if None."""
+class GetThenLearn(PerWindow):
+    """`base_or_learn` as the judge did it before it: `get`, then `learn` if None (and
+    `learn_until_based` through it, window by window: `PerWindow`)."""
 
     def base_or_learn(self, key: str, hits: int, trials: int) -> tuple[int, int] | None:
         base = self.get(key)
         if base is None:
             self.learn(key, hits, trials)
         return base
-
-    def learn_until_based(
-        self, keys: Sequence[str], hits: Sequence[int], trials: Sequence[int], first: int = 0
-    ) -> tuple[int, tuple[int, int] | None]:
-        """`learn_until_based` as `base_or_learn` (get + learn) per window."""
-        for i in range(first, len(keys)):
-            base = self.base_or_learn(keys[i], hits[i], trials[i])
-            if base is not None:
-                return i, base
-        return len(keys), None
 
 
 class PerWindow(CtrOperator):
