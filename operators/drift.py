@@ -95,7 +95,7 @@ import numpy as np
 # scipy.stats is imported where it is used: at import it costs ~0.4 s of CPU in every
 # process that reads the configuration (the CLI), most of which never call it
 from operators.base import BuildContext, Observation, Operator
-from operators.drift_kernel import binned_counts_sorted, fsum, ks_statistic
+from operators.drift_kernel import binned_counts_sorted, fsum, kernel_array, ks_statistic
 from operators.reference import (
     PREDICTION,
     ReferenceProfile,
@@ -782,7 +782,7 @@ class DriftOperator(Operator):
 def _ks(reference: np.ndarray, sample: np.ndarray) -> tuple[float, float]:
     """`operators.stats.ks_2samp_from_sorted` of two ascending arrays, its D by one
     merge of the two (`operators.drift_kernel.ks_statistic`) where it can."""
-    d = ks_statistic(reference, sample)
+    d = ks_statistic(kernel_array(reference), kernel_array(sample))
     if d != d:  # a NaN, an unsorted or empty sample: the reference says what it is
         return ks_2samp_from_sorted(reference, sample)
     return d, ks_2samp_pvalue(d, reference.size, sample.size)

@@ -121,13 +121,19 @@ def exact_sum(values: np.ndarray) -> float:
     return hi
 
 
+def kernel_array(values: np.ndarray) -> np.ndarray:
+    """`values` as the kernels take them: a C-contiguous, writable float64 array (no
+    copy unless it is not one already: numba's signatures refuse a read-only array)."""
+    return np.require(values, np.float64, ["C", "W"])
+
+
 def fsum(values: np.ndarray) -> float:
     """math.fsum of a float64 array: `exact_sum`, or math.fsum itself where the kernel
     gives up (an infinity, a NaN, an overflow: fsum's own verdict, error included)."""
-    total = exact_sum(np.ascontiguousarray(values, dtype=np.float64))
+    total = exact_sum(kernel_array(values))
     if total != total:
         return math.fsum(values.tolist())
     return total
 
 
-__all__ = ["binned_counts_sorted", "exact_sum", "fsum", "ks_statistic"]
+__all__ = ["binned_counts_sorted", "exact_sum", "fsum", "kernel_array", "ks_statistic"]
