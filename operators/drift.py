@@ -924,26 +924,20 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
 def _same_names(features: list[dict[str, Any]], total: int) -> dict[str, list[Any]] | None:
     """Each feature's column, by name in the order of the first event's mapping, when
     every event's mapping has the same names (`total` values in all): the usual case,
-    one producer writing the same JSON. One lookup pass in C (`itemgetter` of the
-    first mapping's names: a mapping without one of them raises KeyError) and a
-    transposition (`zip`), instead of a lookup per value; with `total` equal to names
-    x events and every name in every mapping, each mapping has exactly those names
-    (issue 18, session 10: the names need not be in the same order, and are not
-    compared one by one). None when the mappings differ."""
+    one producer writing the same JSON. One lookup pass in C per name (`itemgetter`: a
+    mapping without the name raises KeyError), instead of a lookup per value in
+    Python; with `total` equal to names x events and every name in every mapping, each
+    mapping has exactly those names (issue 18, session 10: the names need not be in
+    the same order, and are not compared one by one). A pass per name, not one pass
+    of all names and a transposition (`zip(*rows)`): no tuple per event, 7 % less
+    (session 14, 184 against 198 ns per event). None when the mappings differ."""
     first = features[0]
-    k = len(first)
-    if total != k * len(features):
+    if total != len(first) * len(features):
         return None
-    if k == 0:
-        return {}
-    names = list(first)
     try:
-        rows = list(map(itemgetter(*names), features))
+        return {name: list(map(itemgetter(name), features)) for name in first}
     except KeyError:
         return None
-    if k == 1:
-        return {names[0]: rows}
-    return {name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)}
 
 
 def _take_each(w: DriftWindow, events: list[InferenceLog]) -> None:
