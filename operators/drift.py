@@ -95,6 +95,7 @@ import numpy as np
 # scipy.stats is imported where it is used: at import it costs ~0.4 s of CPU in every
 # process that reads the configuration (the CLI), most of which never call it
 from operators.base import BuildContext, Observation, Operator
+from operators.drift_kernel import binned_counts_sorted, fsum, kernel_array, ks_statistic
 from operators.reference import (
     PREDICTION,
     ReferenceProfile,
@@ -110,6 +111,7 @@ from operators.stats import (
     chi_square,
     js_divergence,
     ks_2samp_from_sorted,
+    ks_2samp_pvalue,
     psi,
     psi_critical,
     psi_test,
@@ -371,7 +373,17 @@ CODEC = StateCodec("drift", DriftState, format=2, upgrades={1: _from_format_1})
 class _FeatureRef:
     """One reference feature, as numpy arrays ready for scoring."""
 
-    __slots__ = ("edges", "index", "kind", "name", "other", "props", "ref_counts", "sample")
+    __slots__ = (
+        "edges",
+        "edges_sorted",
+        "index",
+        "kind",
+        "name",
+        "other",
+        "props",
+        "ref_counts",
+        "sample",
+    )
 
     def __init__(self, name: str, profile: Any) -> None:
         self.name = name
@@ -379,9 +391,20 @@ class _FeatureRef:
         self.ref_counts = np.asarray(profile.counts, dtype=np.float64)
         self.props = self.ref_counts / self.ref_counts.sum()
         self.edges = np.asarray(profile.edges, dtype=np.float64)
+        # cut points ascending, without NaN: a sorted window is binned by `bin_sorted`
+        self.edges_sorted = bool(np.all(self.edges[1:] >= self.edges[:-1])) and not bool(
+            np.isnan(self.edges).any()
+        )
         self.sample = np.asarray(profile.sample, dtype=np.float64)  # sorted by construction
         self.index = {c: i for i, c in enumerate(profile.categories)}
         self.other = len(profile.categories)
+
+    def bin_sorted(self, x: np.ndarray) -> np.ndarray:
+        """The bin counts of an ascending array of a window's values (as
+        `operators.stats.binned_counts`; by the cut points' positions where it can)."""
+        if self.edges_sorted:
+            return binned_counts_sorted(x, self.edges)
+        return binned_counts(x, self.edges)
 
 
 class _CompiledRef:
@@ -580,8 +603,8 @@ class DriftOperator(Operator):
                 if x.size == 0:
                     continue
                 x.sort()
-                counts = binned_counts(x, f.edges)
-                ks, ks_p = ks_2samp_from_sorted(f.sample, systematic_sample(x, cfg.ks_sample))
+                counts = f.bin_sorted(x)
+                ks, ks_p = _ks(f.sample, systematic_sample(x, cfg.ks_sample))
             else:
                 counts = np.zeros(f.other + 1, dtype=np.int64)
                 index, other = f.index, f.other
@@ -674,7 +697,7 @@ class DriftOperator(Operator):
         if profile.confidence_mean is None or k == 0:
             return
         conf = np.sort(np.frombuffer(w.conf, dtype=np.float64))
-        mean = math.fsum(conf.tolist()) / k
+        mean = fsum(conf) / k
         shift = profile.confidence_mean - mean
         p_value = None
         if k > 1 and profile.confidence_count > 1 and profile.confidence_std is not None:
@@ -754,6 +777,15 @@ class DriftOperator(Operator):
             builder.state = warmup
         self.dropped_windows = typed.dropped_windows
         self.recent = typed.recent
+
+
+def _ks(reference: np.ndarray, sample: np.ndarray) -> tuple[float, float]:
+    """`operators.stats.ks_2samp_from_sorted` of two ascending arrays, its D by one
+    merge of the two (`operators.drift_kernel.ks_statistic`) where it can."""
+    d = ks_statistic(kernel_array(reference), kernel_array(sample))
+    if d != d:  # a NaN, an unsorted or empty sample: the reference says what it is
+        return ks_2samp_from_sorted(reference, sample)
+    return d, ks_2samp_pvalue(d, reference.size, sample.size)
 
 
 _TS = attrgetter("ts")
@@ -892,26 +924,20 @@ def _take(w: DriftWindow, events: list[InferenceLog]) -> None:
 def _same_names(features: list[dict[str, Any]], total: int) -> dict[str, list[Any]] | None:
     """Each feature's column, by name in the order of the first event's mapping, when
     every event's mapping has the same names (`total` values in all): the usual case,
-    one producer writing the same JSON. One lookup pass in C (`itemgetter` of the
-    first mapping's names: a mapping without one of them raises KeyError) and a
-    transposition (`zip`), instead of a lookup per value; with `total` equal to names
-    x events and every name in every mapping, each mapping has exactly those names
-    (issue 18, session 10: the names need not be in the same order, and are not
-    compared one by one). None when the mappings differ."""
+    one producer writing the same JSON. One lookup pass in C per name (`itemgetter`: a
+    mapping without the name raises KeyError), instead of a lookup per value in
+    Python; with `total` equal to names x events and every name in every mapping, each
+    mapping has exactly those names (issue 18, session 10: the names need not be in
+    the same order, and are not compared one by one). A pass per name, not one pass
+    of all names and a transposition (`zip(*rows)`): no tuple per event, 7 % less
+    (session 14, 184 against 198 ns per event). None when the mappings differ."""
     first = features[0]
-    k = len(first)
-    if total != k * len(features):
+    if total != len(first) * len(features):
         return None
-    if k == 0:
-        return {}
-    names = list(first)
     try:
-        rows = list(map(itemgetter(*names), features))
+        return {name: list(map(itemgetter(name), features)) for name in first}
     except KeyError:
         return None
-    if k == 1:
-        return {names[0]: rows}
-    return {name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)}
 
 
 def _take_each(w: DriftWindow, events: list[InferenceLog]) -> None:

@@ -55,7 +55,6 @@ second) and back at a restore.
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ import msgspec
 import numpy as np
 
 from operators.base import Observation, Operator
+from operators.drift_kernel import fsum
 from operators.rules import FALSE_ALARM_BUDGET
 from operators.rules import rule_spec as _rule
 from operators.sequential_rates import BinomialCusum
@@ -266,7 +266,7 @@ class ServiceOperator(Operator):
         low = 0
         if k:
             conf = np.sort(np.frombuffer(w.conf, dtype=np.float64))
-            conf_mean = math.fsum(conf.tolist()) / k
+            conf_mean = fsum(conf) / k
             low = int(np.count_nonzero(conf < cfg.low_confidence))
             low_ratio = low / k
         self._out.add_row(
