@@ -899,7 +899,12 @@ class SensorOperator(Operator):
         changed = None
         if not in_order:  # each series' sensor's known metric count (0: none), in C
             lasts = order[ends - 1]
-            sids = map(_sid_of, map(released.__getitem__, lasts.tolist()))
+            at = lasts.tolist()
+            sids = (
+                map(columns.sids.__getitem__, at)
+                if columns is not None
+                else map(_sid_of, map(released.__getitem__, at))
+            )
             known = np.fromiter(map(self.metrics.get, sids, repeat(0)), np.int64, len(lasts))
             if not known.all():
                 return None

@@ -46,6 +46,13 @@ import numpy as np
 # (ts, sensor_id, metric, value, metrics of its reading), as `operators.sensor.Entry`
 Entry = tuple[int, str, str, float, int]
 
+# a feed of fewer entries than SMALL joins the last chunk while that holds fewer than
+# CHUNK: many small feeds (a slow poll) make few chunks, so a release's scan of the
+# chunks and the copy of the one it splits stay bounded, as `EventTimeBuffer`'s buckets
+# bound them; a batch of SMALL or more is a chunk of its own, never copied
+SMALL = 512
+CHUNK = 4096
+
 _ts = attrgetter("ts")
 _sensor = attrgetter("sensor_id")
 _values = attrgetter("values")
@@ -127,25 +134,30 @@ def _joined(parts: list[Released]) -> Released:
     """The parts' entries, one after another."""
     if len(parts) == 1:
         return parts[0]
+    sids: list[str] = []
+    metrics: list[str] = []
+    for p in parts:  # (a list's += of a list is a copy in C)
+        sids += p.sids
+        metrics += p.metrics
     return Released(
         np.concatenate([p.ts for p in parts]),
-        list(chain.from_iterable(p.sids for p in parts)),
-        list(chain.from_iterable(p.metrics for p in parts)),
+        sids,
+        metrics,
         np.concatenate([p.xs for p in parts]),
         np.concatenate([p.counts for p in parts]),
-        False,  # (not needed: a release is not split)
     )
 
 
 class PendingReadings:
     """Sensor readings held as chunks of columns until the watermark passes them."""
 
-    __slots__ = ("_chunks", "_n")
+    __slots__ = ("_chunks", "_n", "chunk", "small")
 
-    def __init__(self) -> None:
+    def __init__(self, small: int = SMALL, chunk: int = CHUNK) -> None:
         # (earliest time, latest time, the chunk's entries), in arrival order
         self._chunks: list[tuple[int, int, Released]] = []
         self._n = 0
+        self.small, self.chunk = small, chunk  # (`SMALL`, `CHUNK`; tests set others)
 
     def __len__(self) -> int:
         return self._n
@@ -174,8 +186,14 @@ class PendingReadings:
         )
 
     def _push(self, chunk: Released) -> None:
-        self._chunks.append((int(chunk.ts.min()), int(chunk.ts.max()), chunk))
+        chunks = self._chunks
         self._n += len(chunk)
+        lo, hi = int(chunk.ts.min()), int(chunk.ts.max())
+        if len(chunk) < self.small and chunks and len(chunks[-1][2]) < self.chunk:
+            last_lo, last_hi, last = chunks[-1]
+            chunks[-1] = (min(lo, last_lo), max(hi, last_hi), _joined([last, chunk]))
+        else:
+            chunks.append((lo, hi, chunk))
 
     def release_unordered(self, watermark: int) -> Released | list[Entry]:
         """Remove and return every entry with ts < watermark, in arrival order (empty:

@@ -2,7 +2,8 @@
 against the entry tuples they replaced.
 
 `PendingReadings` keeps a feed's readings as one chunk of columns and releases them in
-arrival order, a chunk the watermark falls in split. Hypothesis drives it and a plain
+arrival order, a chunk the watermark falls in split, a small feed joined to the last
+chunk. Hypothesis drives it and a plain
 list of the same entries in arrival order through the same adds, releases and
 checkpoint reloads: every release must be the list's entries before the watermark in
 arrival order (sorted, for `release`), and what is held (its length, its checkpoint
@@ -81,9 +82,12 @@ def _exact(es: Any) -> list[tuple[Any, ...]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(steps)
-def test_pending_readings_release_the_arrival_lists_entries(plan: list) -> None:
-    pending = PendingReadings()
+@given(steps, st.integers(0, 40), st.integers(0, 80))
+def test_pending_readings_release_the_arrival_lists_entries(
+    plan: list, small: int, chunk: int
+) -> None:
+    # (small feeds join the last chunk below its size; 0: never)
+    pending = PendingReadings(small, chunk)
     arrived: list[Entry] = []  # the reference: the held entries in arrival order
     for what, arg in plan:
         if what == "add":
