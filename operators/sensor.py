@@ -127,8 +127,9 @@ from operators.detectors.trend import RiseState, rise_fit
 from operators.detectors.window import WindowStats
 from operators.detectors.window import step as window_step
 from operators.detectors.zscore import ZScore
-from operators.rolling import EventTimeBuffer, WindowState, window_state_from_format_1
+from operators.rolling import WindowState, window_state_from_format_1
 from operators.rules import rule_spec as _rule
+from operators.sensor_pending import PendingReadings, Released
 from operators.sensor_rise import (
     DEFER,
     END,
@@ -670,7 +671,7 @@ class SensorOperator(Operator):
     def __init__(self, config: SensorConfig | None = None) -> None:
         super().__init__()
         self.config = config or SensorConfig()
-        self.pending: EventTimeBuffer[Entry] = EventTimeBuffer()
+        self.pending = PendingReadings()
         self.series: dict[tuple[str, str], Series] = {}
         # (time after which a series may be forgotten, sensor, metric); lazily checked
         self.expiry: list[tuple[int, str, str]] = []
@@ -740,7 +741,7 @@ class SensorOperator(Operator):
         # window start, value) arrays, and the earliest window start among them
         self._unfiled: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._unfiled_start: int | None = None
-        self._released: list[Entry] | None = None  # the release `_run` is judging
+        self._released: Released | list[Entry] | None = None  # the release `_run` is judging
         self._g = 0  # the place in it of the reading being judged
         # `_run`'s rows and observations: (place, order, row, observation)
         self._tagged: list[tuple[int, int, Any, Any]] | None = None
@@ -754,18 +755,9 @@ class SensorOperator(Operator):
     # -- input ---------------------------------------------------------------
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:
-        # (a reading's time, sensor and metric count read once, not once per metric:
-        # `for x in (y,)` in a comprehension is an assignment; ~10 % less than reading
-        # them per metric at three metrics a reading)
-        self.pending.extend(
-            [
-                (t, sid, metric, float(value), m)
-                for e in events
-                for t, sid, values in ((e.ts, e.sensor_id, e.values),)
-                for m in (len(values),)
-                for metric, value in values.items()
-            ]
-        )
+        # held as a chunk of columns, which the release reads directly
+        # (`operators.sensor_pending`: no entry tuple per reading and metric)
+        self.pending.add(events)
 
     # -- event time ----------------------------------------------------------
 
@@ -803,8 +795,9 @@ class SensorOperator(Operator):
                 ),
             )
 
-    def _run(self, released: list[Entry]) -> None:
-        """The released readings (in arrival order), all series at once: the readings
+    def _run(self, released: Released | list[Entry]) -> None:
+        """The released readings (in arrival order; columns, or a list of entries), all
+        series at once: the readings
         grouped by series slot (`_grouped`: each series in event-time order, the
         release sorted first only where arrival order does not give that), then rounds
         of one compiled call for every series (`operators.sensor_run.run_all`), each
@@ -819,7 +812,7 @@ class SensorOperator(Operator):
             # (timsort: the buckets' entries come mostly in time order, so the tuples'
             # comparisons are about one per entry; measured cheaper than a lexsort on
             # columns with the strings ranked)
-            released.sort()
+            released = sorted(released)
             group = self._grouped(released, in_order=True)
             assert group is not None
         order, grouped, ts, xs, counts, starts, ends, changed = group
@@ -856,7 +849,7 @@ class SensorOperator(Operator):
                 else:
                     out.observations.append(obs)
 
-    def _grouped(self, released: list[Entry], in_order: bool) -> tuple[Any, ...] | None:
+    def _grouped(self, released: Released | list[Entry], in_order: bool) -> tuple[Any, ...] | None:
         """(order, slots, times, values, metric counts, starts, ends, changed): the
         release grouped by series slot by numpy's stable argsort (each series keeps its
         readings' order in `released`), order[i] the place in `released` of grouped
@@ -871,12 +864,16 @@ class SensorOperator(Operator):
         its slot and every sensor its metric count already (they are given in
         event-time order), every series' times strictly increase (no ties, which sort
         by value), and every entry has its metric count (an old checkpoint's entry looks
-        back in event-time order, `_metric_count`)."""
+        back in event-time order, `_metric_count`).
+
+        Columns (`Released`, the pending buffer's) are read as they are; a list of
+        entries (a sorted release) is taken apart into them."""
         n = len(released)
         slots = self.slots
+        columns = released if isinstance(released, Released) else None
         # (map and itemgetter: the per-reading work in C; -1: no slot yet)
-        slot_of = slots.slot_of
-        by_slot = np.fromiter(map(slot_of.get, map(_key_of, released), repeat(-1)), np.int64, n)
+        keys = columns.keys() if columns is not None else map(_key_of, released)
+        by_slot = np.fromiter(map(slots.slot_of.get, keys, repeat(-1)), np.int64, n)
         if (by_slot < 0).any():
             if not in_order:
                 return None
@@ -888,8 +885,11 @@ class SensorOperator(Operator):
             )
         order = np.argsort(by_slot, kind="stable")
         grouped = by_slot[order]
-        ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
-        counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
+        if columns is not None:
+            ts, counts = columns.ts[order], columns.counts
+        else:
+            ts = np.fromiter(map(_ts_of, released), dtype=np.int64, count=n)[order]
+            counts = np.fromiter(map(_count_of, released), dtype=np.int64, count=n)
         new = grouped[1:] != grouped[:-1]  # a series' first reading (but the first)
         if not in_order and not (counts.all() and ((ts[1:] > ts[:-1]) | new).all()):
             return None
@@ -899,16 +899,28 @@ class SensorOperator(Operator):
         changed = None
         if not in_order:  # each series' sensor's known metric count (0: none), in C
             lasts = order[ends - 1]
-            sids = map(_sid_of, map(released.__getitem__, lasts.tolist()))
+            at = lasts.tolist()
+            sids = (
+                map(columns.sids.__getitem__, at)
+                if columns is not None
+                else map(_sid_of, map(released.__getitem__, at))
+            )
             known = np.fromiter(map(self.metrics.get, sids, repeat(0)), np.int64, len(lasts))
             if not known.all():
                 return None
             changed = not np.array_equal(known, counts[lasts])
-        xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
+        if columns is not None:
+            xs = columns.xs[order]
+        else:
+            xs = np.fromiter(map(_value_of, released), dtype=np.float64, count=n)[order]
         return order, grouped, ts, xs, counts, starts, ends, changed
 
     def _note_metrics(
-        self, released: list[Entry], counts: np.ndarray, lasts: np.ndarray, changed: bool | None
+        self,
+        released: Released | list[Entry],
+        counts: np.ndarray,
+        lasts: np.ndarray,
+        changed: bool | None,
     ) -> None:
         """Each sensor's metric count as of its latest released reading (0: unknown, from
         an old checkpoint); lasts: the place in `released` of each series' latest;
