@@ -47,8 +47,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, islice
-from operator import attrgetter
+from itertools import compress, islice, repeat
+from operator import attrgetter, is_
 from typing import Any, NamedTuple
 
 import msgspec
@@ -187,24 +187,29 @@ class SingleSummary(NamedTuple):
 def summarise_single(keys: list[str], values: list[Any], times: list[int]) -> SingleSummary | None:
     """The `SingleSummary` of a batch's columns, in passes over the batch in C (no
     (entity, value) pair per event, as `_latest_pairs` builds); None if an entity has
-    two values in it. Each entity's value is its last one, and the summary holds only
-    if every event of it has that value; in a time-ordered batch its last time is its
-    latest. Events without a value touch nothing.
+    two values in it. Events without a value touch nothing. With one event per entity
+    (thousands of sensors a batch), the summary is the batch's columns (copied: it keeps
+    no list of the caller's). Otherwise each entity's value is its last one, and the
+    summary holds only if every event of it has that value; in a time-ordered batch its
+    last time is its latest.
 
     >>> summarise_single(["a", "b", "a"], ["x", "y", "x"], [1, 2, 3])
     SingleSummary(order=['b', 'a'], values=['y', 'x'], times=[2, 3], latest={'a': 3, 'b': 2})
     >>> summarise_single(["a", "a"], ["x", "z"], [1, 2]) is None
     True
+    >>> summarise_single(["b", "a"], ["y", None], [2, 1])
+    SingleSummary(order=['b'], values=['y'], times=[2], latest={'b': 2})
     """
     if not all(values):
         keep = values
         keys, times, values = (list(compress(c, keep)) for c in (keys, times, values))
+    latest = dict(zip(keys, times, strict=True))
+    if len(latest) == len(keys):  # an event per entity (many sensors): the batch itself
+        return SingleSummary(list(keys), list(values), list(times), latest)  # not aliased
     value_of = dict(zip(keys, values, strict=True))
     if list(map(value_of.__getitem__, keys)) != values:
         return None
-    if times == sorted(times):
-        latest = dict(zip(keys, times, strict=True))
-    else:
+    if times != sorted(times):  # else the last time of an entity is its latest
         latest = {}
         for key, ts in zip(keys, times, strict=True):
             if latest.get(key, ts) <= ts:
@@ -244,7 +249,9 @@ def single_summary(
     ):
         return last[4]
     summary = summarise_single(keys, values, times)
-    _last_single = None if events is None else (events, keys, values, times, summary)
+    # copies: what a later call is compared with is this call's batch, whatever the
+    # caller does with its lists afterwards (the summary holds lists of its own)
+    _last_single = None if events is None else (events, keys[:], values[:], times[:], summary)
     return summary
 
 
@@ -416,19 +423,22 @@ class RelationLearner:
         values near `max_values`: the general path decides)."""
         if summary is None:
             return False  # an entity with two values in one batch: event by event
-        olds = list(map(table.get, summary.order))
+        order, olds = summary.order, list(map(table.get, summary.order))
         if max(map(len, filter(None, olds)), default=0) >= self.max_values:
             return None  # its size check is the general path's
-        if not self._make_room(table, summary.latest, olds.count(None)):
+        n_new = olds.count(None)
+        if not self._make_room(table, summary.latest, n_new):
             return False
         news = [
             {value: ts} if old is None else _single_value(old, value, ts)
             for old, value, ts in zip(olds, summary.values, summary.times, strict=True)
         ]
-        # the new ones in, then the touched ones after the untouched by their last event:
-        # moved, not popped and put back (a pop leaves a deleted entry in the table)
-        table.update(zip(summary.order, news, strict=True))
-        deque(map(table.move_to_end, summary.order), maxlen=0)
+        if n_new:  # the new ones in (the others' dicts are changed in place)
+            new = list(map(is_, olds, repeat(None)))
+            table.update(zip(compress(order, new), compress(news, new), strict=True))
+        # then the touched ones after the untouched by their last event: moved, not
+        # popped and put back (a pop leaves a deleted entry in the table)
+        deque(map(table.move_to_end, order), maxlen=0)
         return True
 
     def hints(self, entity: str, ts: int) -> dict[str, Any]:

@@ -111,3 +111,27 @@ def test_only_the_same_list_shares_its_summary() -> None:
     first.observe([event(SITE, "k1", "s1", 1)], False)
     second.observe([event(SITE, "k1", "s1", 1.0)], False)
     assert type(second.learner.seen["site"]["k1"]["s1"]) is float
+
+
+def test_a_caller_changing_its_lists_afterwards_changes_nothing() -> None:
+    """The summary shared with the next learner holds lists of its own: the first
+    caller's columns, changed after its call, neither reach nor mislead the second."""
+    first, second = Learner(10, 2), Learner(10, 2)
+    events = [event(SITE, "k1", "s1", 1), event(SITE, "k2", "s1", 2)]
+    times = [e.ts for e in events]
+    first.learner.observe(SITE.source, events, times)
+    times[1] = 50  # the caller's list, reused
+    second.observe(events, True)
+    assert second.learner.seen["site"]["k2"] == {"s1": 2}
+
+
+def test_the_batch_compared_with_is_the_one_summed_up() -> None:
+    """A caller's list changed after its call, then the same columns handed on: the
+    next learner is compared with the batch as it was summed up, and sums its own."""
+    first, second = Learner(10, 2), Learner(10, 2)
+    events = [event(SITE, "k1", "s1", 1), event(SITE, "k2", "s1", 2)]
+    times = [e.ts for e in events]
+    first.learner.observe(SITE.source, events, times)
+    times[1] = 50
+    second.learner.observe(SITE.source, events, times)
+    assert second.learner.seen["site"]["k2"] == {"s1": 50}
