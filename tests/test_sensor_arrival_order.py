@@ -77,6 +77,25 @@ def _run(
     return out
 
 
+def drawn_batches(
+    seed: int, sensors: int, batch: int, jitter: bool, restore: bool
+) -> tuple[list[list[SensorReading]], int, int | None]:
+    """(batches, lateness, the batch before which a checkpoint is restored or None):
+    600 readings of `sensors` sensors with varying metrics, in batches of `batch`, in
+    time order (most releases skip the sort) or moved within the lateness (`jitter`)."""
+    gap = 50
+    rng = random.Random(seed)
+    readings = [_some_metrics(rng, r) for r in _readings(rng, 600, sensors, gap)]
+    lateness = 4 * gap
+    batches = (
+        _deliver(rng, readings, batch, lateness)
+        if jitter
+        else [readings[i : i + batch] for i in range(0, len(readings), batch)]
+    )
+    restore_at = rng.randrange(1, len(batches)) if restore and len(batches) > 1 else None
+    return batches, lateness, restore_at
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -88,18 +107,8 @@ def _run(
 def test_a_release_grouped_in_arrival_order_is_the_sorted_releases(
     seed: int, sensors: int, batch: int, jitter: bool, restore: bool
 ) -> None:
-    gap = 50
     config = small_config(min_points=3)
-    rng = random.Random(seed)
-    readings = [_some_metrics(rng, r) for r in _readings(rng, 600, sensors, gap)]
-    lateness = 4 * gap
-    # in time order (most releases skip the sort) or moved within the lateness
-    batches = (
-        _deliver(rng, readings, batch, lateness)
-        if jitter
-        else [readings[i : i + batch] for i in range(0, len(readings), batch)]
-    )
-    restore_at = rng.randrange(1, len(batches)) if restore and len(batches) > 1 else None
+    batches, lateness, restore_at = drawn_batches(seed, sensors, batch, jitter, restore)
     op = Counting(config)
     got = _run(op, batches, lateness, restore_at)
     want = _run(SortedFirst(config), batches, lateness, restore_at)

@@ -16,7 +16,6 @@ deliveries, metric counts that change, snapshots restored mid-run).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +26,8 @@ from operators.rolling import EventTimeBuffer
 from operators.sensor import Entry, SensorConfig, SensorOperator
 from operators.sensor_pending import PendingReadings
 from schemas.events import SensorReading
-from tests.test_sensor_arrival_order import _run, _some_metrics
-from tests.test_sensor_batch_kernel import T0, _deliver, _readings
+from tests.test_sensor_arrival_order import _run, drawn_batches
+from tests.test_sensor_batch_kernel import T0
 from tests.test_sensor_run import small_config
 
 
@@ -122,17 +121,8 @@ def test_pending_readings_release_the_arrival_lists_entries(
 def test_the_columns_judge_as_the_entry_tuples(
     seed: int, sensors: int, batch: int, jitter: bool, restore: bool
 ) -> None:
-    gap = 50
     config = small_config(min_points=3)
-    rng = random.Random(seed)
-    readings = [_some_metrics(rng, r) for r in _readings(rng, 600, sensors, gap)]
-    lateness = 4 * gap
-    batches = (
-        _deliver(rng, readings, batch, lateness)
-        if jitter
-        else [readings[i : i + batch] for i in range(0, len(readings), batch)]
-    )
-    restore_at = rng.randrange(1, len(batches)) if restore and len(batches) > 1 else None
+    batches, lateness, restore_at = drawn_batches(seed, sensors, batch, jitter, restore)
     got = _run(SensorOperator(config), batches, lateness, restore_at)
     want = _run(TupleFed(config), batches, lateness, restore_at)
     assert got == want
