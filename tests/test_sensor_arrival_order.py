@@ -77,6 +77,16 @@ def _run(
     return out
 
 
+#: the draws of `drawn_batches`' arguments, for a property's `@given(**BATCH_DRAWS)`
+BATCH_DRAWS = {
+    "seed": st.integers(0, 10_000),
+    "sensors": st.integers(1, 30),
+    "batch": st.integers(4, 120),
+    "jitter": st.booleans(),
+    "restore": st.booleans(),
+}
+
+
 def drawn_batches(
     seed: int, sensors: int, batch: int, jitter: bool, restore: bool
 ) -> tuple[list[list[SensorReading]], int, int | None]:
@@ -97,13 +107,7 @@ def drawn_batches(
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    sensors=st.integers(1, 30),
-    batch=st.integers(4, 120),
-    jitter=st.booleans(),
-    restore=st.booleans(),
-)
+@given(**BATCH_DRAWS)
 def test_a_release_grouped_in_arrival_order_is_the_sorted_releases(
     seed: int, sensors: int, batch: int, jitter: bool, restore: bool
 ) -> None:

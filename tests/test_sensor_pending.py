@@ -26,7 +26,7 @@ from operators.rolling import EventTimeBuffer
 from operators.sensor import Entry, SensorConfig, SensorOperator
 from operators.sensor_pending import PendingReadings
 from schemas.events import SensorReading
-from tests.test_sensor_arrival_order import _run, drawn_batches
+from tests.test_sensor_arrival_order import BATCH_DRAWS, _run, drawn_batches
 from tests.test_sensor_batch_kernel import T0
 from tests.test_sensor_run import small_config
 
@@ -111,13 +111,7 @@ def test_pending_readings_release_the_arrival_lists_entries(
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    sensors=st.integers(1, 30),
-    batch=st.integers(4, 120),
-    jitter=st.booleans(),
-    restore=st.booleans(),
-)
+@given(**BATCH_DRAWS)
 def test_the_columns_judge_as_the_entry_tuples(
     seed: int, sensors: int, batch: int, jitter: bool, restore: bool
 ) -> None:
