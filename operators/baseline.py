@@ -167,6 +167,7 @@ class ClearedRate:
         totals, windows, pending = self.totals, self.windows, self.pending
         get_total = totals.get
         min_windows, min_trials, min_hits = self.min_windows, self.min_trials, self.min_hits
+        block = self.block
         for i in range(first, len(keys)):
             key, k, n = keys[i], hits[i], trials[i]
             total = get_total(key)
@@ -182,7 +183,19 @@ class ClearedRate:
             ):
                 return i, (total.hits, total.trials)
             elif key not in pending:
-                self._add(key, k, n)
+                # `_add` in line when the key's last block has room (nine windows in
+                # ten with blocks of ten): no call, the total already at hand, one
+                # look-up fewer (issue 18, point 3)
+                blocks = windows.get(key)
+                if blocks and (last := blocks[-1]).windows < block:
+                    last.hits += k
+                    last.trials += n
+                    last.windows += 1
+                    total.hits += k
+                    total.trials += n
+                    total.windows += 1
+                else:
+                    self._add(key, k, n)
                 continue
             self.learn(key, k, n)
         return len(keys), None

@@ -55,9 +55,9 @@ upper bounds; DETECTION.md measures the real rate).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import compress, count, repeat
-from operator import itemgetter
+from operator import add, itemgetter, truediv
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -315,18 +315,42 @@ class CtrJudge:
 
     def _learning(
         self,
-        emit: Callable[[Observation], None],
-        units: Iterable[tuple[int, str, str, int, int, float]],
+        out: list[Any],
+        starts: Sequence[int],
+        entities: Sequence[str],
+        levels: Sequence[str],
+        imps: Sequence[int],
+        clicks: Sequence[int],
+        floor_p: Sequence[float],
     ) -> None:
-        """The `ctr` observation of each unit without a baseline (start, entity, level,
-        impressions, clicks, floor p-value): its window learned, nothing else to judge."""
-        window_ms = self.config.window_ms
-        for start, entity, level, n, k, p_floor in units:
-            # positional: kind, entity, metric, value, ts, n, window_start, window_end,
-            # details, p_value (the per-unit cost is what grows with the keys)
-            end = start + window_ms
-            counts = {"impressions": n, "clicks": k, "level": level}
-            emit(Observation("ctr", entity, "ctr", k / n, end, n, start, end, counts, p_floor))
+        """Append to `out` the `ctr` observation of each unit without a baseline (unit
+        i: starts[i], entities[i], levels[i], imps[i] > 0, clicks[i], its floor p-value
+        floor_p[i]): its window learned, nothing else to judge. The observations are
+        built by one `map` in C over the columns (with many keys nearly every unit
+        learns: ~0.1 µs a unit less than a Python loop, issue 18 point 3); the same
+        values: `truediv` is `k / n`, `add` is `start + window_ms`."""
+        ends = list(map(add, starts, repeat(self.config.window_ms)))
+        details = [
+            {"impressions": n, "clicks": k, "level": level}
+            for n, k, level in zip(imps, clicks, levels, strict=True)
+        ]
+        # positional: kind, entity, metric, value, ts, n, window_start, window_end,
+        # details, p_value
+        out.extend(
+            map(
+                Observation,
+                repeat("ctr"),
+                entities,
+                repeat("ctr"),
+                map(truediv, clicks, imps),
+                ends,
+                imps,
+                starts,
+                ends,
+                details,
+                floor_p,
+            )
+        )
 
     def judge(self, windows: Sequence[WindowCounts], ordered: bool = False) -> list[Observation]:
         """Observations of one watermark step's final windows; `ordered`: they come
@@ -372,7 +396,6 @@ class CtrJudge:
         # keys nearly every unit, issue 18) is emitted here and then; a unit with one
         # takes three slots, filled once its drop p-value is known (vectorised below)
         out: list[Any] = []
-        emit = out.append
         learn_until_based = self.baseline.learn_until_based
         judged: list[tuple[int, int, tuple[int, int], Any]] = []  # (slot, unit, base, seq)
         size = len(entities)
@@ -382,16 +405,13 @@ class CtrJudge:
             based, base = learn_until_based(entities, clicks, imps, i)
             if based > i:
                 self._learning(
-                    emit,
-                    zip(
-                        starts[i:based],
-                        entities[i:based],
-                        levels[i:based],
-                        imps[i:based],
-                        clicks[i:based],
-                        floor_p[i:based],
-                        strict=True,
-                    ),
+                    out,
+                    starts[i:based],
+                    entities[i:based],
+                    levels[i:based],
+                    imps[i:based],
+                    clicks[i:based],
+                    floor_p[i:based],
                 )
             if base is not None:
                 entity = entities[based]
