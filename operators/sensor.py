@@ -171,6 +171,7 @@ from operators.sensor_run import (
     ST_STD,
     ST_WINDOW,
     aggregate,
+    aggregate_runs,
     run_all,
 )
 from operators.sensor_slots import SeriesSlots
@@ -611,6 +612,19 @@ _sid_of = itemgetter(1)
 _count_of = itemgetter(4)
 
 
+def _numpy_stats(arr: np.ndarray) -> tuple[float, float, float, float]:
+    """(min, max, mean, p95) of a `sensor_windows` window's readings by numpy itself
+    (`numpy.percentile(arr, 95)`, linear)."""
+    return float(arr.min()), float(arr.max()), float(arr.mean()), float(np.percentile(arr, 95))
+
+
+def _window_stats(arr: np.ndarray) -> tuple[float, float, float, float]:
+    """numpy's (min, max, mean, p95) of a window's readings, compiled (`aggregate`);
+    numpy's own where a value is not finite or is -0.0."""
+    finite, lo, hi, mean, p95 = aggregate(arr)
+    return (lo, hi, mean, p95) if finite else _numpy_stats(arr)
+
+
 def _loaded(s: Series) -> Series:
     """s with its Python objects as the compiled run left them (for its `state`)."""
     s.load()
@@ -738,8 +752,11 @@ class SensorOperator(Operator):
         # to the release (never full); a fixed one (tests) stops a series at a full one
         self._closes = np.zeros(0)
         # the released readings not yet in `aggregates`: per release (slot, aggregate
-        # window start, value) arrays, and the earliest window start among them
+        # window start, value) arrays; the open windows' readings of earlier closes
+        # (`_close_windows`), each as it sorted them; the earliest window start among
+        # all of them (derived, like the slots: filed before a snapshot)
         self._unfiled: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._unfiled_start: int | None = None
         self._released: Released | list[Entry] | None = None  # the release `_run` is judging
         self._g = 0  # the place in it of the reading being judged
@@ -769,31 +786,113 @@ class SensorOperator(Operator):
         self._close_windows(watermark)
 
     def _close_windows(self, watermark: int) -> None:
-        """The `sensor_windows` rows of the aggregate windows the watermark ended."""
+        """The `sensor_windows` rows of the aggregate windows the watermark ended, by
+        start then (sensor, metric), aggregated from the releases' arrays: every window
+        in one compiled call (`_closed_runs`), no list per window filled and read back.
+        A window filed in `aggregates` while open (by a snapshot or an expiry) is its
+        list, then its readings since.
+
+        The open windows' readings stay arrays (`_kept`), in the order filing them
+        here would have filed them: when a snapshot or an expiry files them
+        (`_flush_aggregates`), `aggregates` gets the lists, in the same dict order, that
+        filing every release's readings at each close made (the snapshot's bytes)."""
         size = self.config.aggregate_window_ms
+        closed: dict[int, dict[tuple[str, str], tuple[int, float, float, float, float]]] = {}
+        filed = {start: bucket for start, _, bucket in self.aggregates.pop_buckets_until(watermark)}
         if self._unfiled_start is not None and self._unfiled_start + size <= watermark:
-            self._flush_aggregates()
-        for start, key, values in self.aggregates.pop_ending_until(watermark):
-            sid, metric = key
-            arr = np.asarray(values, dtype=float)
-            # numpy's min, max, mean and percentile(95), compiled (`aggregate`)
-            finite, lo, hi, mean, p95 = aggregate(arr)
-            if not finite:
-                lo, hi, mean = float(arr.min()), float(arr.max()), float(arr.mean())
-                p95 = float(np.percentile(arr, 95))
-            self._out.add_row(
-                SensorWindowRow(
-                    window_start=start,
-                    window_end=start + size,
-                    sensor_id=sid,
-                    metric=metric,
-                    n=int(arr.size),
-                    min=lo,
-                    max=hi,
-                    mean=mean,
-                    p95=p95,
-                ),
-            )
+            parts = self._split_unfiled(watermark - size)
+            if parts:
+                if len(parts) == 1:
+                    slot, win, x = parts[0]
+                else:  # (stable: a series' readings of earlier closes first, as filed)
+                    slot, win, x = (np.concatenate(part) for part in zip(*parts, strict=True))
+                    order = np.lexsort((slot, win))
+                    slot, win, x = slot[order], win[order], x[order]
+                self._closed_runs(slot, win, x, filed, closed)
+        for start, bucket in filed.items():  # windows with no unfiled readings
+            for key, values in bucket.items():
+                arr = np.asarray(values, dtype=float)
+                closed.setdefault(start, {})[key] = (arr.size, *_window_stats(arr))
+        add_row = self._out.add_row
+        for start in sorted(closed):
+            window = closed[start]
+            for key in sorted(window):
+                n, lo, hi, mean, p95 = window[key]
+                add_row(
+                    SensorWindowRow(
+                        window_start=start,
+                        window_end=start + size,
+                        sensor_id=key[0],
+                        metric=key[1],
+                        n=n,
+                        min=lo,
+                        max=hi,
+                        mean=mean,
+                        p95=p95,
+                    ),
+                )
+
+    def _split_unfiled(self, last: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The unfiled readings of the windows starting at or before `last` (those the
+        watermark closed), by earlier closes' parts then the releases since, each
+        ordered as `_unfiled_sorted` orders them; the rest kept (`_kept`): each part's
+        open windows apart, as filing at each close would have filed them one close
+        after the other."""
+        new = self._unfiled_sorted()
+        parts = self._kept if new is None else [*self._kept, new]
+        closing = []
+        self._kept = kept = []
+        for slot, win, x in parts:
+            c = int(np.searchsorted(win, last, side="right"))  # (by window start first)
+            if c:
+                closing.append((slot[:c], win[:c], x[:c]))
+            if c < len(x):
+                kept.append((slot[c:], win[c:], x[c:]))
+        self._unfiled_start = min(int(win[0]) for _, win, _ in kept) if kept else None
+        return closing
+
+    def _closed_runs(
+        self,
+        slot: np.ndarray,
+        win: np.ndarray,
+        x: np.ndarray,
+        filed: dict[int, dict[tuple[str, str], list[float]]],
+        closed: dict[int, dict[tuple[str, str], tuple[int, float, float, float, float]]],
+    ) -> None:
+        """closed[start][key] = (n, min, max, mean, p95) of each closed window's unfiled
+        readings (slot, win, x: by window start then slot, each series' readings in the
+        order filing keeps them), every window in one compiled call
+        (`sensor_run.aggregate_runs`); a window filed too (in `filed`, taken from it)
+        is its list then these readings, aggregated as one array."""
+        n = len(x)
+        if not n:
+            return
+        cut = np.flatnonzero((slot[1:] != slot[:-1]) | (win[1:] != win[:-1])) + 1
+        bounds = np.concatenate((np.zeros(1, dtype=np.int64), cut, np.full(1, n, dtype=np.int64)))
+        runs = len(bounds) - 1
+        finite = np.zeros(runs, dtype=np.bool_)
+        stats = np.zeros((runs, 4))
+        aggregate_runs(x, bounds, finite, stats)
+        firsts = bounds[:-1]
+        key_of = self.slots.key_of
+        for s, w, a, b, ok, row in zip(
+            slot[firsts].tolist(),
+            win[firsts].tolist(),
+            firsts.tolist(),
+            bounds[1:].tolist(),
+            finite.tolist(),
+            stats.tolist(),
+            strict=True,
+        ):
+            key = key_of[s]
+            bucket = filed.get(w)
+            if bucket is not None and key in bucket:  # its list first, then these
+                arr = np.concatenate((np.asarray(bucket.pop(key), dtype=float), x[a:b]))
+                closed.setdefault(w, {})[key] = (arr.size, *_window_stats(arr))
+            elif ok:
+                closed.setdefault(w, {})[key] = (b - a, *row)
+            else:  # a value not finite or -0.0: numpy's own
+                closed.setdefault(w, {})[key] = (b - a, *_numpy_stats(x[a:b]))
 
     def _run(self, released: Released | list[Entry]) -> None:
         """The released readings (in arrival order; columns, or a list of entries), all
@@ -1069,15 +1168,26 @@ class SensorOperator(Operator):
                 self._rise_rest(sid, metric, s, t, x, how)
 
     def _flush_aggregates(self) -> None:
-        """The releases' readings kept as arrays (`_unfiled`) into their
-        `sensor_windows` aggregates: grouped by aggregate window and series slot
-        (numpy's lexsort, stable: each series' readings stay in event-time order, its
-        earlier releases first), one extend per (series, window) however many
-        releases it spans. Done before windows close, before a snapshot, and before a
-        slot is freed (so every slot in them is still its key's)."""
+        """The readings kept as arrays (`_kept`, then `_unfiled`) into their
+        `sensor_windows` aggregates (`_file`), in the order of the closes that kept
+        them. Done before a snapshot and before a slot is freed (so every slot in them
+        is still its key's)."""
+        for part in self._kept:
+            self._file(*part)
+        self._kept = []
+        unfiled = self._unfiled_sorted()
+        if unfiled is not None:
+            self._file(*unfiled)
+        self._unfiled_start = None
+
+    def _unfiled_sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(slots, window starts, values) of the unfiled readings, which it empties,
+        ordered by window start then series slot (numpy's lexsort, stable: each
+        series' readings stay in event-time order, its earlier releases first); None
+        when there are none."""
         unfiled = self._unfiled
         if not unfiled:
-            return
+            return None
         self._unfiled = []
         self._unfiled_start = None
         if len(unfiled) == 1:
@@ -1085,8 +1195,14 @@ class SensorOperator(Operator):
         else:
             slot, win, x = (np.concatenate(part) for part in zip(*unfiled, strict=True))
         order = np.lexsort((slot, win))
-        slot, win = slot[order], win[order]
-        values = x[order].tolist()
+        return slot[order], win[order], x[order]
+
+    def _file(self, slot: np.ndarray, win: np.ndarray, x: np.ndarray) -> None:
+        """Readings ordered as `_unfiled_sorted` orders them into `aggregates`: one
+        extend per (series, window) however many releases it spans."""
+        values = x.tolist()
+        if not values:
+            return
         cut = np.flatnonzero((slot[1:] != slot[:-1]) | (win[1:] != win[:-1])) + 1
         bounds = [0, *cut.tolist(), len(values)]
         firsts = bounds[:-1]
@@ -1623,6 +1739,7 @@ class SensorOperator(Operator):
         self.metrics = state.metrics
         self.aggregates.load(state.aggregates)
         self._unfiled = []
+        self._kept = []
         self._unfiled_start = None
 
 

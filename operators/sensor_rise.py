@@ -54,6 +54,7 @@ from operators.detectors.likelihood import (
     median_mad,
 )
 from operators.detectors.trend import RiseDetector, RiseState, _learn
+from operators.detectors.window import _move_down, _move_up
 
 (
     R_SIZE,  # the Mann-Kendall test's size (bucket means kept)
@@ -138,7 +139,8 @@ def _odd(x: float) -> bool:
 @njit("void(float64[::1], float64)", cache=True)
 def _keep(buf: np.ndarray, m: float) -> None:
     """m into the history (`AnomalyLikelihood._keep`: full, over the oldest), and into
-    its sorted copy (an insertion: the oldest's removal and m's, O(history) moves)."""
+    its sorted copy (an insertion: the oldest's removal and m's, O(history) moves,
+    made by the window's unsigned loops: `operators.detectors.window._move_up`)."""
     ring = _history(buf)
     cap = len(ring)
     if cap:
@@ -150,9 +152,7 @@ def _keep(buf: np.ndarray, m: float) -> None:
             if _odd(old):
                 buf[L_ODD] -= 1
             else:  # (equal values are the same float: any of them is it)
-                i = np.searchsorted(srt[:ns], old)
-                for j in range(i, ns - 1):
-                    srt[j] = srt[j + 1]
+                _move_down(srt, np.searchsorted(srt[:ns], old), ns)
                 ns -= 1
         else:
             buf[L_NH] += 1
@@ -161,8 +161,7 @@ def _keep(buf: np.ndarray, m: float) -> None:
             buf[L_ODD] += 1
         else:
             i = np.searchsorted(srt[:ns], m)
-            for j in range(ns, i, -1):
-                srt[j] = srt[j - 1]
+            _move_up(srt, i, ns)
             srt[i] = m
         pos += 1
         buf[L_POS] = 0 if pos == cap else pos

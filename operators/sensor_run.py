@@ -46,6 +46,13 @@ release in one call, each series' state found by its slot in the shared arrays
 of `operators.sensor_slots.SeriesSlots` (issue 18, point 3). Tested against the
 operator's Python path reading for reading (tests/test_sensor_run.py,
 tests/test_sensor_batch_kernel.py).
+
+numba's cache (`cache=True`) is keyed by this file alone: `run` compiles the window
+step (`operators.detectors.window`) and the tail ring (`operators.detectors.tail`)
+into itself, and a cached `run` keeps their old code until this file changes too (or
+its cache files in `operators/__pycache__` are removed). So a change to those kernels
+comes with a change here, at the least to this record of the latest: the window's
+sorted copy shifted by loops with unsigned indices (`window._move_up`, issue 18).
 """
 
 from __future__ import annotations
@@ -414,3 +421,19 @@ def aggregate(values: np.ndarray) -> tuple[bool, float, float, float, float]:
     diff = b - a
     p95 = b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
     return True, lo, hi, mean, p95
+
+
+@njit("void(float64[::1], int64[::1], boolean[::1], float64[:, ::1])", cache=True)
+def aggregate_runs(
+    values: np.ndarray, bounds: np.ndarray, finite: np.ndarray, out: np.ndarray
+) -> None:
+    """`aggregate` of each run values[bounds[i]:bounds[i + 1]] (every window the
+    watermark closed, in one call instead of one per window: issue 18), its finite
+    flag into finite[i] and (min, max, mean, p95) into out[i]."""
+    for i in range(len(bounds) - 1):
+        ok, lo, hi, mean, p95 = aggregate(values[bounds[i] : bounds[i + 1]])
+        finite[i] = ok
+        out[i, 0] = lo
+        out[i, 1] = hi
+        out[i, 2] = mean
+        out[i, 3] = p95

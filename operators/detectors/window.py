@@ -70,6 +70,30 @@ def _recompute(buf: np.ndarray) -> None:
     buf[_OPS] = 0.0
 
 
+@njit("void(float64[::1], int64, int64)", cache=True)
+def _move_up(buf: np.ndarray, lo: int, hi: int) -> None:
+    """buf[lo + 1 : hi + 1] = buf[lo:hi], the last first (a memmove up by one place).
+
+    The index is unsigned so that numba adds no negative-index wrap-around check to
+    each access, which kept LLVM from vectorising the loop: ~25-60 ns to move 150
+    values instead of ~330 (issue 18: the sorted copy's shifts were most of a
+    reading's window step at 300 readings a window)."""
+    a = buf[lo:]
+    for i in range(hi - lo, 0, -1):
+        k = np.uint64(i)
+        a[k] = a[k - np.uint64(1)]
+
+
+@njit("void(float64[::1], int64, int64)", cache=True)
+def _move_down(buf: np.ndarray, lo: int, hi: int) -> None:
+    """buf[lo : hi - 1] = buf[lo + 1 : hi], the first first (a memmove down by one
+    place; unsigned, as `_move_up`)."""
+    a = buf[lo:]
+    for i in range(hi - lo - 1):
+        k = np.uint64(i)
+        a[k] = a[k + np.uint64(1)]
+
+
 @njit("boolean(float64[::1], int64, float64)", cache=True)
 def _add(buf: np.ndarray, ts: int, x: float) -> bool:
     """Add x at time ts (`SlidingStats.add`); False, unchanged, when the buffer is full."""
@@ -93,8 +117,7 @@ def _add(buf: np.ndarray, ts: int, x: float) -> bool:
             hi = mid
         else:
             lo = mid + 1
-    for i in range(n, lo, -1):
-        buf[s0 + i] = buf[s0 + i - 1]
+    _move_up(buf, s0 + lo, s0 + n)
     buf[s0 + lo] = x
     n += 1
     buf[_N] = n
@@ -128,8 +151,7 @@ def _evict_before(buf: np.ndarray, ts_min: int) -> None:
                 lo = mid + 1
             else:
                 hi = mid
-        for i in range(lo, n - 1):
-            buf[s0 + i] = buf[s0 + i + 1]
+        _move_down(buf, s0 + lo, s0 + n)
         n -= 1
         d = x - shift
         s1 -= d
