@@ -132,5 +132,6 @@ def test_a_run_in_pieces_gives_what_the_whole_run_gives(
 
 
 def test_the_worker_takes_a_run_in_pieces() -> None:
-    """The default piece size is below the worker's poll (5,000 messages)."""
-    assert 1 <= PIECE_MESSAGES < 5000
+    """The default piece is smaller than the worker's poll, so a poll's long runs of
+    one partition are taken in pieces."""
+    assert 1 <= PIECE_MESSAGES < load_settings(env={}).batch_size
