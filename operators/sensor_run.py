@@ -47,12 +47,10 @@ of `operators.sensor_slots.SeriesSlots` (issue 18, point 3). Tested against the
 operator's Python path reading for reading (tests/test_sensor_run.py,
 tests/test_sensor_batch_kernel.py).
 
-numba's cache (`cache=True`) is keyed by this file alone: `run` compiles the window
-step (`operators.detectors.window`) and the tail ring (`operators.detectors.tail`)
-into itself, and a cached `run` keeps their old code until this file changes too (or
-its cache files in `operators/__pycache__` are removed). So a change to those kernels
-comes with a change here, at the least to this record of the latest: the window's
-sorted copy shifted by loops with unsigned indices (`window._move_up`, issue 18).
+`run` compiles the window step (`operators.detectors.window`) and the tail ring
+(`operators.detectors.tail`) into itself. numba's own cache checks only this file, so
+the cache directory is named by a digest of every kernel module (`operators.numba_cache`):
+a change to those kernels is compiled afresh, not served from the cache.
 """
 
 from __future__ import annotations
