@@ -612,6 +612,7 @@ class EntitySlots:
         "models",
         "rates",
         "solo",
+        "solo_of",
         "tally",
     )
 
@@ -630,6 +631,10 @@ class EntitySlots:
         self.rates = np.zeros(16)
         self.tally = np.zeros(16, dtype=np.int64)  # `cluster_kernel.short_rings`' scratch
         self.solo: list[int] = []  # slot -> its one sensor's index (-1: a site)
+        # `solo` as an array (its first len(solo) items), which `_known_columns` indexes
+        # by a release's slots in one numpy call (issue 18: ~50 ns a reading less than a
+        # list look-up per reading, and a column numpy need not convert from a list)
+        self.solo_of = np.zeros(16, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.models)
@@ -653,8 +658,10 @@ class EntitySlots:
         self.actives.append(m.active_flags)
         if slot == len(self.rates):
             self.rates = np.concatenate([self.rates, np.zeros(slot)])
+            self.solo_of = np.concatenate([self.solo_of, np.zeros(slot, dtype=np.int64)])
             self.tally = np.zeros(2 * slot, dtype=np.int64)
         self.rates[slot] = m.detector.halflife
+        self.solo_of[slot] = self.solo[slot]
         return slot
 
     def grow(self, slot: int, need: int, size: int) -> None:
@@ -854,7 +861,7 @@ class ClusterOperator(Operator):
         rows = np.empty((n, 3), dtype=np.int64)
         rows[:, 0] = list(map(_first, released))
         rows[:, 1] = slot_of
-        rows[:, 2] = list(map(slots.solo.__getitem__, slot_of))
+        rows[:, 2] = slots.solo_of[rows[:, 1]]
         return range(n), slot_of, rows, flat.reshape(n * len(first.features))
 
     def _new_entity(self, entity: Entity, values: dict[str, float]) -> int:
