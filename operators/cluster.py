@@ -207,9 +207,9 @@ class PendingReadings:
     `held[:start]` are places of released readings (None), cut from the list only once
     they are at least as many as the readings held: deleting the released readings
     from the list's front at every release moves every reading held, ~500,000 pointers
-    a release with 50,000 sensors and 10 s of lateness (~0.5 µs per reading, issue 18
-    point 3); cut when as many were released, each reading is moved at most about once
-    over its stay."""
+    a release with 50,000 sensors and 10 s of lateness (measured: feed and release
+    ~500 -> ~400 ns per reading there, issue 18 point 3); cut when as many were
+    released, each reading is moved at most about once over its stay."""
 
     __slots__ = ("_list", "held", "n_sorted", "start")
 
