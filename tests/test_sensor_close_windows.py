@@ -19,7 +19,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import msgspec
 import numpy as np
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -28,7 +27,7 @@ from operators.sensor import SensorOperator
 from operators.sensor_run import aggregate
 from schemas.events import SensorReading
 from schemas.rows import SensorWindowRow
-from tests.test_sensor_arrival_order import BATCH_DRAWS, drawn_batches
+from tests.test_sensor_arrival_order import BATCH_DRAWS, drawn_batches, run_batches
 from tests.test_sensor_batch_kernel import T0
 from tests.test_sensor_run import small_config
 
@@ -84,36 +83,6 @@ def _signed_zeros(rng: random.Random, r: SensorReading) -> SensorReading:
     return SensorReading(sensor_id=r.sensor_id, ts=r.ts, values=values)
 
 
-def _run(
-    op: SensorOperator,
-    batches: list[list[SensorReading]],
-    lateness: int,
-    snapshots: set[int],
-    restore_at: int | None,
-) -> list[Any]:
-    """Each batch's rows and observations, and the snapshot's bytes where one is taken
-    (after the batches in `snapshots`; the one before `restore_at` restored into a fresh
-    operator)."""
-    out: list[Any] = []
-    watermark = 0
-    for i, batch in enumerate(batches):
-        if i == restore_at:
-            fresh = type(op)(op.config)
-            fresh.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(op.snapshot())))
-            op = fresh
-        op.feed(SRC, batch)
-        watermark = max(watermark, min(r.ts for r in batch) - lateness)
-        op.advance(watermark)
-        got = op.collect()
-        out.append((got.rows, got.observations))
-        if i in snapshots:
-            out.append(msgspec.msgpack.encode(op.snapshot()))
-    op.advance(2**62)
-    got = op.collect()
-    out.append((got.rows, got.observations, msgspec.msgpack.encode(op.snapshot())))
-    return out
-
-
 @settings(max_examples=60, deadline=None)
 @given(**BATCH_DRAWS, snapshot_every=st.sampled_from([0, 1, 3, 7]), zeros=st.integers(0, 10_000))
 def test_windows_closed_from_the_arrays_are_the_filed_lists(
@@ -131,8 +100,8 @@ def test_windows_closed_from_the_arrays_are_the_filed_lists(
     batches = [[_signed_zeros(rng, r) for r in b] for b in batches]
     snapshots = set(range(0, len(batches), snapshot_every)) if snapshot_every else set()
     op = Counting(config)
-    got = _run(op, batches, lateness, snapshots, restore_at)
-    want = _run(FiledAtClose(config), batches, lateness, snapshots, restore_at)
+    got = run_batches(op, batches, lateness, restore_at, snapshots)
+    want = run_batches(FiledAtClose(config), batches, lateness, restore_at, snapshots)
     assert got == want
     event(f"windows met partly as lists: {'some' if op.merged else 'none'}")
 

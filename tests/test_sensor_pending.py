@@ -26,7 +26,7 @@ from operators.rolling import EventTimeBuffer
 from operators.sensor import Entry, SensorConfig, SensorOperator
 from operators.sensor_pending import PendingReadings
 from schemas.events import SensorReading
-from tests.test_sensor_arrival_order import BATCH_DRAWS, _run, drawn_batches
+from tests.test_sensor_arrival_order import BATCH_DRAWS, drawn_batches, run_batches
 from tests.test_sensor_batch_kernel import T0
 from tests.test_sensor_run import small_config
 
@@ -117,6 +117,6 @@ def test_the_columns_judge_as_the_entry_tuples(
 ) -> None:
     config = small_config(min_points=3)
     batches, lateness, restore_at = drawn_batches(seed, sensors, batch, jitter, restore)
-    got = _run(SensorOperator(config), batches, lateness, restore_at)
-    want = _run(TupleFed(config), batches, lateness, restore_at)
+    got = run_batches(SensorOperator(config), batches, lateness, restore_at)
+    want = run_batches(TupleFed(config), batches, lateness, restore_at)
     assert got == want
