@@ -800,6 +800,32 @@ def test_dockerfile():
     assert not any("embedded" in args for args in pip_installs), "no embedded extra in the image"
 
 
+def _env(args: str) -> dict[str, str]:
+    """An ENV instruction's KEY=value pairs."""
+    return dict(pair.split("=", 1) for pair in args.split() if "=" in pair)
+
+
+def test_dockerfile_numba_cache_is_compiled_at_build_and_writable_by_the_worker():
+    """numba uses a cache directory only if it can write to it (`ensure_cache_path`), so
+    the kernels compiled at build are used at run only from a NUMBA_CACHE_DIR the
+    worker's user owns: the same directory in both stages, compiled into at build and
+    copied to the final stage owned by that user."""
+    instructions = dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8"))
+    stage = final_stage(instructions)
+    build = instructions[: len(instructions) - len(stage)]
+    cache = {_env(a).get("NUMBA_CACHE_DIR") for kw, a in build if kw == "ENV"} - {None}
+    assert len(cache) == 1, cache
+    (where,) = cache
+    assert any(kw == "ENV" and _env(a).get("NUMBA_CACHE_DIR") == where for kw, a in stage)
+    compiled = [a for kw, a in build if kw == "RUN" and "import operators." in a]
+    assert compiled and all(m in compiled[-1] for m in ("operators.sensor", "operators.cluster"))
+    user = dict(stage)["USER"].split(":")[0]
+    assert any(
+        kw == "COPY" and f"--chown={user}:" in a and a.split()[-2:] == [where, where]
+        for kw, a in stage
+    ), "the final stage must copy the compiled cache, owned by the worker's user"
+
+
 def test_dockerfile_parser_joins_continuations():
     parsed = dockerfile_instructions(
         'FROM a AS b\n# c\nRUN x \\\n    && y\nFROM python:3.11-slim\nENTRYPOINT ["streamwatch"]\n'
