@@ -11,8 +11,12 @@ takes ~20 s once).
 
 The directory is `<operators>/__pycache__/streamwatch-numba-<digest>` (next to where
 numba would put it), or `$NUMBA_CACHE_DIR/streamwatch-numba-<digest>` when the user chose
-a place. Where it cannot be written, numba falls back to its own locators. Directories of
-older digests are left in place (a few MB each) and can be removed at any time.
+a place. numba uses a cache directory only if it can write to it, and raises at import
+when it finds none ("no locator available": a read-only install under a read-only root
+filesystem, as in deploy/k8s), so where the chosen directory cannot be written the
+system's temporary directory is used (`tempfile.gettempdir()`), where the kernels compile
+at the first start. Directories of older digests are left in place (a few MB each) and
+can be removed at any time.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -64,11 +69,24 @@ def cache_dir(digest: str, user_dir: str = "", root: Path = PACKAGE) -> str:
     return str(root / "__pycache__" / f"{MARK}{digest}")
 
 
+def writable(path: str) -> bool:
+    """Whether `path` is, or can be made, a directory this process can write to (numba's
+    own test: `_CacheLocator.ensure_cache_path`)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
 def configure(root: Path = PACKAGE) -> str:
     """Point numba's cache at the directory of the kernels' sources under root (this
-    package); returns it."""
+    package), or in the temporary directory where that cannot be written; returns it."""
     digest = sources_digest(kernel_sources(root), root)
     where = cache_dir(digest, os.environ.get("NUMBA_CACHE_DIR", ""), root)
+    if not writable(where):
+        where = str(Path(tempfile.gettempdir()) / f"{MARK}{digest}")
     if "numba" in sys.modules:  # numba read its configuration already: set it there
         from numba.core import config
 

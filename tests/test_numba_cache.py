@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,48 @@ def test_the_operators_kernels_are_cached_in_the_named_directory():
     ).stdout.split()
     digest = numba_cache.sources_digest(numba_cache.kernel_sources())
     assert out == [str(numba_cache.PACKAGE / "__pycache__" / f"{numba_cache.MARK}{digest}"), "True"]
+
+
+def test_an_unwritable_place_falls_back_to_the_temporary_directory(tmp_path: Path, monkeypatch):
+    """A read-only install (here: `__pycache__` is a file, so nothing can be made in it)
+    caches in the temporary directory instead of numba failing at import."""
+    pkg = _package(tmp_path, INIT_CONFIGURED)
+    (pkg / "__pycache__").write_text("not a directory")
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    from numba.core import config
+
+    # (configure sets numba's directory in this process: put it back afterwards)
+    monkeypatch.setattr(config, "CACHE_DIR", config.CACHE_DIR)
+    where = numba_cache.configure(pkg)
+    digest = numba_cache.sources_digest(numba_cache.kernel_sources(pkg), pkg)
+    assert where == str(Path(tempfile.gettempdir()) / f"{numba_cache.MARK}{digest}")
+    assert numba_cache.writable(where) and not numba_cache.writable(str(pkg / "__pycache__" / "x"))
+
+
+def test_numba_alone_fails_at_import_where_nothing_is_writable(tmp_path: Path):
+    """The hazard the fallback removes: with no writable place (the package's
+    `__pycache__` and HOME are files), plain numba raises at import ("no locator
+    available"); configured, the kernels compile and run."""
+    for configured in (False, True):
+        root = tmp_path / str(configured)
+        root.mkdir()
+        pkg = _package(root, INIT_CONFIGURED if configured else "")
+        (pkg / "__pycache__").write_text("not a directory")
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")
+        }
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(root), str(REPO)]), HOME=str(pkg / "__init__.py")
+        )
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        run = subprocess.run(
+            [sys.executable, "-c", "from kern.caller import g; print(g())"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if configured:
+            assert run.returncode == 0 and run.stdout.strip() == "1", run.stderr[-2000:]
+        else:
+            assert run.returncode != 0 and "no locator available" in run.stderr, run.stderr[-2000:]
