@@ -32,12 +32,16 @@ MARK = "streamwatch-numba-"  # the name of our directories: the mark and the dig
 
 
 def kernel_sources(root: Path = PACKAGE) -> list[Path]:
-    """The package's modules that use numba, in a fixed order."""
-    return sorted(
-        path
-        for path in root.rglob("*.py")
-        if "__pycache__" not in path.parts and b"numba" in path.read_bytes()
-    )
+    """The package's modules that use numba, in a fixed order (`__pycache__`, where the
+    caches of older digests lie, is not walked)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            path = Path(folder) / name
+            if name.endswith(".py") and b"numba" in path.read_bytes():
+                found.append(path)
+    return sorted(found)
 
 
 def sources_digest(paths: list[Path], root: Path = PACKAGE) -> str:

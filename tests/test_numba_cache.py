@@ -35,18 +35,24 @@ def _package(tmp: Path, init: str) -> Path:
     return pkg
 
 
-def _run_g(tmp: Path) -> int:
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp), str(REPO)])
-    out = subprocess.run(
+def _run_kern(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`kern.caller.g()` in a fresh interpreter with `root` on its path (numba's cache
+    and HOME as in `env`, no inherited NUMBA_CACHE_DIR)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    base["PYTHONPATH"] = os.pathsep.join([str(root), str(REPO)])
+    return subprocess.run(
         [sys.executable, "-c", "from kern.caller import g; print(g())"],
-        env=env,
+        env=base | env,
         capture_output=True,
         text=True,
-        check=True,
         timeout=120,
     )
-    return int(out.stdout.strip())
+
+
+def _run_g(tmp: Path) -> int:
+    run = _run_kern(tmp)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return int(run.stdout.strip())
 
 
 @pytest.mark.parametrize("configured", [True, False])
@@ -109,28 +115,17 @@ def test_an_unwritable_place_falls_back_to_the_temporary_directory(tmp_path: Pat
 
 
 def test_numba_alone_fails_at_import_where_nothing_is_writable(tmp_path: Path):
-    """The hazard the fallback removes: with no writable place (the package's
-    `__pycache__` and HOME are files), plain numba raises at import ("no locator
-    available"); configured, the kernels compile and run."""
+    """The hazard the fallback removes: with no writable place (NUMBA_CACHE_DIR, the
+    package's `__pycache__` and HOME are files), plain numba raises at import ("no
+    locator available"); configured, the kernels are cached in the temporary directory
+    and run (this fails with the fallback removed: numba then finds no place either)."""
     for configured in (False, True):
         root = tmp_path / str(configured)
         root.mkdir()
         pkg = _package(root, INIT_CONFIGURED if configured else "")
         (pkg / "__pycache__").write_text("not a directory")
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")
-        }
-        env.update(
-            PYTHONPATH=os.pathsep.join([str(root), str(REPO)]), HOME=str(pkg / "__init__.py")
-        )
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        run = subprocess.run(
-            [sys.executable, "-c", "from kern.caller import g; print(g())"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        nowhere = str(pkg / "__init__.py")  # a file: no directory can be made under it
+        run = _run_kern(root, NUMBA_CACHE_DIR=nowhere, HOME=nowhere, PYTHONDONTWRITEBYTECODE="1")
         if configured:
             assert run.returncode == 0 and run.stdout.strip() == "1", run.stderr[-2000:]
         else:
