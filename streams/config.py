@@ -25,6 +25,7 @@ from typing import Any, Literal
 import msgspec
 
 from operators import registry
+from operators.causes import RELATION_MAX_KEYS
 from operators.change import CHANGE_THRESHOLDS as CHANGE_THRESHOLDS
 from operators.change import DEFAULT_WATCH, change_rules
 from operators.ctr import CtrConfig, CtrOperator
@@ -277,7 +278,7 @@ class CausesSettings(Strict):
 
     enabled: bool = True
     relation_ttl_s: float = 3600  # a campaign's model, a sensor's site: forgotten after
-    relation_max_keys: int = 10_000  # campaigns (sensors) remembered per partition
+    relation_max_keys: int = RELATION_MAX_KEYS  # campaigns (sensors) per partition
     lookback_s: float = 3600  # a cause's evidence may start this long before the alert's
     slack_s: float = 60  # ... or this long after its window ends (point evidence)
     # an alert episode is forgotten this long after it ended (or, never resolved,
