@@ -111,8 +111,8 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import is_, itemgetter
 from typing import Any
 
 import msgspec
@@ -1121,10 +1121,14 @@ class SensorOperator(Operator):
         holders = slots.holders
         seg_list = seg_slots.tolist()
         if None in map(holders.__getitem__, seg_list):  # (the look-ups in C)
-            for k, slot in enumerate(seg_list):
-                if holders[slot] is None:
-                    t, sid, metric, _, _ = released[order[starts[k]]]
-                    self._new_series(sid, metric, t)
+            # the new ones' first readings picked in C too, in series order (not a
+            # Python loop over every series of the release: ~3,700 at 50 k sensors)
+            news = compress(
+                starts.tolist(), map(is_, map(holders.__getitem__, seg_list), repeat(None))
+            )
+            for j in list(news):
+                t, sid, metric, _, _ = released[order[j]]
+                self._new_series(sid, metric, t)
         closes = self._closes
         if not len(closes):
             closes = np.zeros(1 + 4 * len(ts))
