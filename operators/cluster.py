@@ -80,12 +80,13 @@ per anomaly and one for the first normal reading after an anomaly (so rules
 resolve).
 
 Compiled (issue 18, points 1 and 3): steps 1-4 run in numba, in one call per
-`advance` for every entity's released readings (`operators.cluster_kernel.run_all`),
+`advance` for every entity's released readings (`operators.cluster_kernel.run_table`),
 over each entity's state as numpy arrays updated in place (the detector's one
 float64 array, the monitor's one int64 and one float64 array: recent distances as
 a ring with a sorted copy, the held run, the counters), which the call reaches
-through numba typed lists indexed by the entity's slot (`EntitySlots`: derived
-state, rebuilt on restore, not checkpointed). Python finds each released reading's
+through a table of their addresses indexed by the entity's slot (`EntitySlots`:
+derived state, rebuilt on restore, not checkpointed; numba typed lists before, whose
+appends were ~20 µs of each new entity's set-up). Python finds each released reading's
 slot, sensor index and values (`PendingReadings`: the event's dict, sorted only for
 a snapshot) and builds the rows and observations of the readings the kernel
 reports, in event order. The arithmetic is the pure-Python monitor's, operation for
@@ -122,8 +123,6 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from numba import types
-from numba.typed import List
 
 from operators import cluster_kernel as ck
 from operators.base import Observation, Operator
@@ -275,23 +274,7 @@ class EntityModel:
     the monitor's bookkeeping around it: recent distances, learning budget, alert runs,
     as the arrays `operators.cluster_kernel.run_entity` updates in place."""
 
-    __slots__ = (
-        "active_flags",
-        "detector",
-        "features",
-        "get",
-        "h_d",
-        "h_tau",
-        "h_ts",
-        "iv",
-        "metric",
-        "mf",
-        "mi",
-        "r_sorted",
-        "r_times",
-        "r_values",
-        "sensors",
-    )
+    __slots__ = ("active_flags", "detector", "features", "get", "metric", "mf", "mi", "sensors")
 
     def __init__(self, features: tuple[str, ...], config: ClusterConfig) -> None:
         self.features = features
@@ -313,18 +296,52 @@ class EntityModel:
         self.active_flags = np.zeros(4, dtype=np.int64)  # activation stamps
 
     def _layout(self, cap: int, hcap: int) -> None:
-        """New zeroed arrays `mi`, `mf` for a ring of `cap` and a held run of `hcap`,
-        and their named views (the kernel updates them in place)."""
+        """New zeroed arrays `mi`, `mf` for a ring of `cap` and a held run of `hcap`
+        (the kernel updates them in place; their parts by name: `iv`, `r_times`, ...)."""
         self.mi = np.zeros(ck.N_IV + cap + hcap, dtype=np.int64)
         self.mf = np.zeros(2 * cap + 2 * hcap)
         self.mi[ck.CAP], self.mi[ck.HCAP] = cap, hcap
-        self.iv = self.mi[: ck.N_IV]
-        self.r_times = self.mi[ck.N_IV : ck.N_IV + cap]
-        self.h_ts = self.mi[ck.N_IV + cap :]
-        self.r_values = self.mf[:cap]
-        self.r_sorted = self.mf[cap : 2 * cap]
-        self.h_d = self.mf[2 * cap : 2 * cap + hcap]
-        self.h_tau = self.mf[2 * cap + hcap :]
+
+    # the parts of `mi` and `mf` by name (views), made when read: they are for the
+    # state, restore and checks, and seven views made with every new entity were ~5 µs
+    # (and ~0.8 KB) of its set-up (issue 18, point 3)
+    @property
+    def iv(self) -> np.ndarray:
+        """The integers (`cluster_kernel.SEEN`, ...)."""
+        return self.mi[: ck.N_IV]
+
+    @property
+    def r_times(self) -> np.ndarray:
+        """The recent distances' times (ring)."""
+        return self.mi[ck.N_IV : ck.N_IV + int(self.mi[ck.CAP])]
+
+    @property
+    def h_ts(self) -> np.ndarray:
+        """The held run's times."""
+        return self.mi[ck.N_IV + int(self.mi[ck.CAP]) :]
+
+    @property
+    def r_values(self) -> np.ndarray:
+        """The recent distances (ring)."""
+        return self.mf[: int(self.mi[ck.CAP])]
+
+    @property
+    def r_sorted(self) -> np.ndarray:
+        """The recent distances, sorted."""
+        cap = int(self.mi[ck.CAP])
+        return self.mf[cap : 2 * cap]
+
+    @property
+    def h_d(self) -> np.ndarray:
+        """The held run's distances."""
+        cap, hcap = int(self.mi[ck.CAP]), int(self.mi[ck.HCAP])
+        return self.mf[2 * cap : 2 * cap + hcap]
+
+    @property
+    def h_tau(self) -> np.ndarray:
+        """The taus the held run's distances were judged against."""
+        cap, hcap = int(self.mi[ck.CAP]), int(self.mi[ck.HCAP])
+        return self.mf[2 * cap + hcap :]
 
     def grow(self, need: int, size: int) -> None:
         """Re-lay the recent distances' ring at a capacity of at least `need`
@@ -337,9 +354,10 @@ class EntityModel:
         old_iv, n = self.iv, int(self.iv[ck.COUNT])
         old = (self.r_times[:n], self.r_values[:n], self.r_sorted[:n])
         held = (self.h_ts, self.h_d, self.h_tau)
-        self._layout(grown_capacity(len(self.r_times), need, size), len(self.h_ts))
+        cap = grown_capacity(int(old_iv[ck.CAP]), need, size)
+        self._layout(cap, len(held[0]))
         self.iv[:] = old_iv
-        self.iv[ck.CAP] = len(self.r_times)
+        self.iv[ck.CAP] = cap  # (the copy above wrote the old capacity)
         self.r_times[:n], self.r_values[:n], self.r_sorted[:n] = old
         self.h_ts[:], self.h_d[:], self.h_tau[:] = held
 
@@ -591,28 +609,28 @@ def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
 
 class EntitySlots:
     """The entity models' arrays where one compiled call reaches them all
-    (`operators.cluster_kernel.run_all`, issue 18 point 3): an entity gets the next
-    slot when its model is made, and `dets[slot]`, `mis[slot]`, `mfs[slot]`,
-    `actives[slot]` (numba typed lists) are its model's own arrays (the same memory:
-    the model's views and Python paths see the kernel's updates), `rates[slot]` its
-    k-means step. Entities are never forgotten, so slots are never freed. Nothing
-    here is checkpointed: the slots are rebuilt from the models on restore (derived
-    layout, `operators.state`)."""
+    (`operators.cluster_kernel.run_table`, issue 18 point 3): an entity gets the next
+    slot when its model is made, and row `slot` of `table` names its model's own
+    arrays (address and length of the detector's, `mi`, `mf` and `active_flags`:
+    the same memory, so the model's views and Python paths see the kernel's
+    updates), `rates[slot]` its k-means step. The models are held here (`models`),
+    which keeps the arrays a row names alive; an array a model replaces (a grown
+    ring, grown flags) is re-written to its row by `grow` and `sensor_index`, the
+    only places that replace them. Entities are never forgotten, so slots are never
+    freed. Nothing here is checkpointed: the slots are rebuilt from the models on
+    restore (derived layout, `operators.state`)."""
 
     __slots__ = (
-        "actives",
         "by_sensor",
         "by_site",
-        "dets",
         "entities",
         "feature_sets",
         "getters",
-        "mfs",
-        "mis",
         "models",
         "rates",
         "solo",
         "solo_of",
+        "table",
         "tally",
     )
 
@@ -624,10 +642,8 @@ class EntitySlots:
         # the models' distinct feature tuples (one: a release's models share theirs)
         self.feature_sets: set[tuple[str, ...]] = set()
         self.getters: list[Callable[[dict[str, float]], tuple[float, ...]]] = []
-        self.dets: Any = List.empty_list(types.float64[::1])
-        self.mis: Any = List.empty_list(types.int64[::1])
-        self.mfs: Any = List.empty_list(types.float64[::1])
-        self.actives: Any = List.empty_list(types.int64[::1])
+        # a row per slot (its first len(models) rows): `cluster_kernel.set_entity`
+        self.table = np.zeros((16, ck.N_TABLE), dtype=np.int64)
         self.rates = np.zeros(16)
         self.tally = np.zeros(16, dtype=np.int64)  # `cluster_kernel.short_rings`' scratch
         self.solo: list[int] = []  # slot -> its one sensor's index (-1: a site)
@@ -649,59 +665,37 @@ class EntitySlots:
         self.getters.append(m.get)
         # the sensor of a ("sensor", sensor_id) entity: indexed now (without a flag, so
         # not in the state), the readings' loop then takes its index from `solo`; before
-        # its flags are listed, which indexing may grow (no re-listing: a typed list's
-        # setitem costs a new entity ~2 µs)
+        # its row is written, as indexing may grow its flags
         self.solo.append(m.sensor_index(entity[1]) if entity[0] == "sensor" else -1)
-        self.dets.append(m.detector.det)
-        self.mis.append(m.mi)
-        self.mfs.append(m.mf)
-        self.actives.append(m.active_flags)
         if slot == len(self.rates):
             self.rates = np.concatenate([self.rates, np.zeros(slot)])
             self.solo_of = np.concatenate([self.solo_of, np.zeros(slot, dtype=np.int64)])
+            self.table = np.concatenate([self.table, np.zeros_like(self.table)])
             self.tally = np.zeros(2 * slot, dtype=np.int64)
+        self._write(slot, m)
         self.rates[slot] = m.detector.halflife
         self.solo_of[slot] = self.solo[slot]
         return slot
 
+    def _write(self, slot: int, m: EntityModel) -> None:
+        """Name m's arrays in row `slot` of `table`."""
+        ck.set_entity(self.table, slot, m.detector.det, m.mi, m.mf, m.active_flags)
+
     def grow(self, slot: int, need: int, size: int) -> None:
-        """`EntityModel.grow` of the model in `slot` (its new arrays re-listed)."""
+        """`EntityModel.grow` of the model in `slot` (its new arrays written to its row)."""
         m = self.models[slot]
         m.grow(need, size)
-        self.mis[slot] = m.mi
-        self.mfs[slot] = m.mf
+        self._write(slot, m)
 
     def sensor_index(self, slot: int, sid: str) -> int:
         """`EntityModel.sensor_index` of the model in `slot` (its flags array, which
-        may have grown, re-listed)."""
+        may have grown, written to its row)."""
         m = self.models[slot]
+        n = len(m.active_flags)
         i = m.sensor_index(sid)
-        self.actives[slot] = m.active_flags
+        if len(m.active_flags) != n:
+            self._write(slot, m)
         return i
-
-
-# numba compiles a typed list's methods at their first use in a process (they are not in
-# its on-disk cache): those `EntitySlots` uses (append; setitem, for a grown
-# `active_flags` or recent distances' ring) are compiled by `warm_lists`, which the
-# worker calls at its start (while its group join waits) and the operator when it is
-# built, so a worker pays them at start (~0.4 s), not on its first readings, and a
-# process that only imports this module (the CLI reading the configuration, a worker
-# without the monitor) never does
-_lists_warm = False
-
-
-def warm_lists() -> None:
-    """Compile the typed-list methods `EntitySlots` uses (once per process)."""
-    global _lists_warm
-    if _lists_warm:
-        return
-    floats = List.empty_list(types.float64[::1])
-    floats.append(np.zeros(1))
-    floats[0] = np.zeros(1)
-    ints = List.empty_list(types.int64[::1])
-    ints.append(np.zeros(1, dtype=np.int64))
-    ints[0] = np.zeros(1, dtype=np.int64)
-    _lists_warm = True
 
 
 # The default alert rule of the cluster monitor's observations, collected by
@@ -745,7 +739,6 @@ class ClusterOperator(Operator):
         self._cfg[ck.MAX_LEARN], self._cfg[ck.SHORT_RUN] = cfg.max_learn_per_batch, self._short_run
         self._cfg[ck.HISTORY] = cfg.history
         self._scratch = np.empty((64, ck.N_OUT))  # the kernel's output rows, reused
-        warm_lists()
         self._slots = EntitySlots()  # the models' arrays as the compiled run takes them
         self._codec = StateCodec(
             "cluster", ClusterState, format=STATE_FORMAT, upgrades={1: _from_format_1}
@@ -756,7 +749,7 @@ class ClusterOperator(Operator):
 
     def advance(self, watermark: int) -> None:
         """Score, judge and learn the released readings: every entity's in one compiled
-        call (`operators.cluster_kernel.run_all`), in event order; Python finds each
+        call (`operators.cluster_kernel.run_table`), in event order; Python finds each
         reading's entity slot, sensor index and values (`_known_columns`, else
         `_columns`), and builds the rows and observations of the readings the kernel
         reports."""
@@ -773,13 +766,10 @@ class ClusterOperator(Operator):
         if len(out) < n:
             out = self._scratch = np.empty((max(n, 2 * len(out)), ck.N_OUT))
         slots = self._slots
-        n_out = ck.run_all(
+        n_out = ck.run_table(
             rows,
             flat,
-            slots.dets,
-            slots.mis,
-            slots.mfs,
-            slots.actives,
+            slots.table,
             slots.rates,
             self._cfg,
             self.config.quantile,
@@ -796,7 +786,7 @@ class ClusterOperator(Operator):
         slots = self._slots
         short = np.empty((len(rows), 2), dtype=np.int64)
         history = self.config.history
-        n_short = ck.short_rings(rows, slots.mis, slots.tally, history, short)
+        n_short = ck.short_rings(rows, slots.table, slots.tally, history, short)
         for slot, need in short[:n_short].tolist():
             slots.grow(slot, need, history)
 

@@ -42,7 +42,7 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import njit, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -62,6 +62,11 @@ WARMUP, LEARN_BATCH_MS, MAX_LEARN, SHORT_RUN, HISTORY = range(5)
 O_INDEX, O_START, O_N, O_CENTER, O_ANOMALOUS, O_DISTANCE, O_THRESHOLD, O_RATIO = range(8)
 N_OUT = 8
 OUT_OF_RANGE = -1.0  # out[O_ANOMALOUS] of a reading beyond the bound
+# the operator's entity table (`run_table`; `operators.cluster.EntitySlots.table`), a
+# row per entity slot: the address and length of each of its four arrays (its k-means
+# step is `rates[slot]`)
+T_DET, T_DET_N, T_MI, T_MI_N, T_MF, T_MF_N, T_ACTIVE, T_ACTIVE_N = range(8)
+N_TABLE = 8
 
 
 @intrinsic
@@ -342,17 +347,122 @@ def run_all(
     return n_out
 
 
+@intrinsic
+def _float_pointer(typingctx: Any, address: Any) -> Any:
+    """The int64 `address` as a float64 pointer (`numba.carray` makes it an array)."""
+    if not isinstance(address, types.Integer):
+        return None
+    sig = types.CPointer(types.float64)(address)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@intrinsic
+def _int_pointer(typingctx: Any, address: Any) -> Any:
+    """The int64 `address` as an int64 pointer (`numba.carray` makes it an array)."""
+    if not isinstance(address, types.Integer):
+        return None
+    sig = types.CPointer(types.int64)(address)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
 @njit(
-    types.int64(types.int64[:, ::1], _INTS, types.int64[::1], types.int64, types.int64[:, ::1]),
+    "void(int64[:, ::1], int64, float64[::1], int64[::1], float64[::1], int64[::1])",
     cache=True,
 )
-def short_rings(rows: np.ndarray, mis: Any, tally: np.ndarray, size: int, short: np.ndarray) -> int:
+def set_entity(
+    table: np.ndarray,
+    slot: int,
+    det: np.ndarray,
+    mi: np.ndarray,
+    mf: np.ndarray,
+    active: np.ndarray,
+) -> None:
+    """Write the addresses and lengths of an entity's arrays to its row of `table`
+    (`run_table`). The arrays must stay alive, unmoved, while the row names them: the
+    entity's model holds them, and every array it replaces (a grown ring or flags
+    array) is written here again before the next run."""
+    row = table[slot]
+    row[T_DET], row[T_DET_N] = det.ctypes.data, det.shape[0]
+    row[T_MI], row[T_MI_N] = mi.ctypes.data, mi.shape[0]
+    row[T_MF], row[T_MF_N] = mf.ctypes.data, mf.shape[0]
+    row[T_ACTIVE], row[T_ACTIVE_N] = active.ctypes.data, active.shape[0]
+
+
+@njit(
+    "int64(int64[:, ::1], float64[::1], int64[:, ::1], float64[::1], int64[::1], float64,"
+    " float64, float64, float64[:, ::1])",
+    cache=True,
+)
+def run_table(
+    rows: np.ndarray,
+    xs: np.ndarray,
+    table: np.ndarray,
+    rates: np.ndarray,
+    cfg: np.ndarray,
+    q: float,
+    half: float,
+    bound: float,
+    out: np.ndarray,
+) -> int:
+    """`run_all` with each entity's arrays named by its row of `table` (`set_entity`:
+    addresses and lengths) instead of four numba typed lists: what the operator runs.
+    Issue 18, point 3: appending a new entity's four arrays to the typed lists cost
+    ~20 µs an entity from Python (each append a compiled call that unboxes its list),
+    about a third of a new entity's set-up with 50,000 sensors; a table row is written
+    in one call (~1 µs). The arrays are the same memory, taken in the same order, so
+    every result is `run_all`'s (tests/test_cluster_batch_kernel.py)."""
+    n_out = 0
+    off = 0
+    for r in range(rows.shape[0]):
+        slot = rows[r, 1]
+        e = table[slot]
+        det = carray(_float_pointer(e[T_DET]), e[T_DET_N])
+        nf = int(det[0])
+        n_out = step(
+            rows[r, 0],
+            rows[r, 2],
+            xs[off : off + nf],
+            det,
+            carray(_int_pointer(e[T_MI]), e[T_MI_N]),
+            carray(_float_pointer(e[T_MF]), e[T_MF_N]),
+            carray(_int_pointer(e[T_ACTIVE]), e[T_ACTIVE_N]),
+            cfg,
+            q,
+            rates[slot],
+            half,
+            bound,
+            out,
+            n_out,
+            r,
+        )
+        off += nf
+    return n_out
+
+
+@njit(
+    types.int64(
+        types.int64[:, ::1], types.int64[:, ::1], types.int64[::1], types.int64, types.int64[:, ::1]
+    ),
+    cache=True,
+)
+def short_rings(
+    rows: np.ndarray, table: np.ndarray, tally: np.ndarray, size: int, short: np.ndarray
+) -> int:
     """The entities of a release (`run_all`'s rows) whose recent distances' ring may
     fill up during it: a new entity's ring starts short of `size` (the history) and
     grows on demand (`operators.cluster.EntityModel.grow`), which must happen before
     `run_all` reaches it. A reading adds at most one distance to the ring and the held
     run together (a held run enters the ring in its place), so an entity with k
-    readings in the release needs count + held + k places, at most `size`. Writes
+    readings in the release needs count + held + k places, at most `size`. (The
+    entities' arrays: `table`, as `run_table` takes it.) Writes
     (slot, places needed) of each such entity to `short`, returns their count;
     `tally` (zero, one entry per slot) is scratch, left zero."""
     for r in range(rows.shape[0]):
@@ -364,7 +474,7 @@ def short_rings(rows: np.ndarray, mis: Any, tally: np.ndarray, size: int, short:
         if k == 0:  # counted already
             continue
         tally[slot] = 0
-        mi = mis[slot]
+        mi = carray(_int_pointer(table[slot, T_MI]), table[slot, T_MI_N])
         need = min(mi[COUNT] + mi[HELD_N] + k, size)
         if need > mi[CAP]:
             short[n_short, 0], short[n_short, 1] = slot, need

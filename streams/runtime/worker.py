@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from operators import cluster, sensor_slots
+from operators import sensor_slots
 from operators.state import StateFormatError
 from streams.config import ConfigError, Settings
 from streams.connectors import kafka
@@ -161,7 +161,7 @@ def warm_up(monitor_names: set[str]) -> None:
     """What the operators leave to their first use (so that the CLI, which reads the
     configuration and so imports them, never pays it), done at the worker's start rather
     than on its first readings: scipy.stats and river imported, numba's typed-list
-    methods of the sensor and cluster monitors compiled (not in its on-disk cache)."""
+    methods of the sensor monitor compiled (not in its on-disk cache)."""
     import river.cluster
     import river.drift
     import river.preprocessing  # noqa: F401
@@ -169,8 +169,6 @@ def warm_up(monitor_names: set[str]) -> None:
 
     if "sensor" in monitor_names:
         sensor_slots.warm_lists()
-    if "cluster" in monitor_names:
-        cluster.warm_lists()
 
 
 class Worker:
