@@ -14,7 +14,11 @@ Python objects (rows, observations, the alert state's sensor ids) is returned
 as arrays of the readings that produce output, and built by the operator.
 `run_all` does the same for a whole release, every entity in one call (issue 18,
 point 3), each reading with its own entity's arrays (numba typed lists indexed by
-the entity's slot); `step` is one reading, shared by both.
+the entity's slot); `run_table` is `run_all` with the arrays named by a table of
+their addresses (what the operator runs: a typed list's append cost a new entity
+~20 µs); `run_all` stays as its tested reference (tests/test_cluster_batch_kernel.py
+checks `run_all` per entity, tests/test_cluster_table.py `run_table` against it
+bit for bit); `step` is one reading, shared by all three.
 
 Layout (`Recent`, `EntityModel` in `operators.cluster`): the recent
 distances are a ring of `cap` (>= `history`) times and values with a sorted
@@ -319,7 +323,9 @@ def run_all(
     k-means step rates[slot]. The readings are taken in the given (event) order, each
     with its own entity's state (entities are independent, so this is each entity's
     `run_entity` over its readings in order); the output rows, with O_INDEX = r, are
-    therefore in event order; their count is returned (out has a row per reading)."""
+    therefore in event order; their count is returned (out has a row per reading).
+
+    The operator runs `run_table`; this is its reference in the tests."""
     n_out = 0
     off = 0
     for r in range(rows.shape[0]):
