@@ -14,11 +14,9 @@ Python objects (rows, observations, the alert state's sensor ids) is returned
 as arrays of the readings that produce output, and built by the operator.
 `run_all` does the same for a whole release, every entity in one call (issue 18,
 point 3), each reading with its own entity's arrays (numba typed lists indexed by
-the entity's slot); `run_table` is `run_all` with the arrays named by a table of
-their addresses (what the operator runs: a typed list's append cost a new entity
-~20 µs); `run_all` stays as its tested reference (tests/test_cluster_batch_kernel.py
-checks `run_all` per entity, tests/test_cluster_table.py `run_table` against it
-bit for bit); `step` is one reading, shared by all three.
+the entity's slot) by naming them in a table of their addresses and running
+`run_table`, which the operator calls on the table it keeps (`EntitySlots`: a typed
+list's append cost a new entity ~20 µs); `step` is one reading, shared by both.
 
 Layout (`Recent`, `EntityModel` in `operators.cluster`): the recent
 distances are a ring of `cap` (>= `history`) times and values with a sorted
@@ -300,78 +298,13 @@ _RUN_ALL_SIGNATURE = types.int64(
 )
 
 
-@njit(_RUN_ALL_SIGNATURE, cache=True)
-def run_all(
-    rows: np.ndarray,
-    xs: np.ndarray,
-    dets: Any,
-    mis: Any,
-    mfs: Any,
-    actives: Any,
-    rates: np.ndarray,
-    cfg: np.ndarray,
-    q: float,
-    half: float,
-    bound: float,
-    out: np.ndarray,
-) -> int:
-    """`run_entity` for a whole release, every entity in one call (issue 18, point 3:
-    no Python per entity). Reading r is (time rows[r, 0], entity slot rows[r, 1],
-    sensor index rows[r, 2] in that entity's `actives`), its values the next
-    nf = dets[slot][0] floats of the flat `xs` (entities may differ in features);
-    entity `slot`'s state is dets[slot], mis[slot], mfs[slot], actives[slot], its
-    k-means step rates[slot]. The readings are taken in the given (event) order, each
-    with its own entity's state (entities are independent, so this is each entity's
-    `run_entity` over its readings in order); the output rows, with O_INDEX = r, are
-    therefore in event order; their count is returned (out has a row per reading).
-
-    The operator runs `run_table`; this is its reference in the tests."""
-    n_out = 0
-    off = 0
-    for r in range(rows.shape[0]):
-        slot = rows[r, 1]
-        det = dets[slot]
-        nf = int(det[0])
-        n_out = step(
-            rows[r, 0],
-            rows[r, 2],
-            xs[off : off + nf],
-            det,
-            mis[slot],
-            mfs[slot],
-            actives[slot],
-            cfg,
-            q,
-            rates[slot],
-            half,
-            bound,
-            out,
-            n_out,
-            r,
-        )
-        off += nf
-    return n_out
-
-
 @intrinsic
-def _float_pointer(typingctx: Any, address: Any) -> Any:
-    """The int64 `address` as a float64 pointer (`numba.carray` makes it an array)."""
-    if not isinstance(address, types.Integer):
+def _pointer(typingctx: Any, address: Any, dtype: Any) -> Any:
+    """The int64 `address` as a pointer to `dtype` (`np.float64`, `np.int64`: what
+    `numba.carray` makes an array of)."""
+    if not isinstance(address, types.Integer) or not isinstance(dtype, types.NumberClass):
         return None
-    sig = types.CPointer(types.float64)(address)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
-
-
-@intrinsic
-def _int_pointer(typingctx: Any, address: Any) -> Any:
-    """The int64 `address` as an int64 pointer (`numba.carray` makes it an array)."""
-    if not isinstance(address, types.Integer):
-        return None
-    sig = types.CPointer(types.int64)(address)
+    sig = types.CPointer(dtype.instance_type)(address, dtype)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
@@ -418,28 +351,30 @@ def run_table(
     bound: float,
     out: np.ndarray,
 ) -> int:
-    """`run_all` with each entity's arrays named by its row of `table` (`set_entity`:
-    addresses and lengths) instead of four numba typed lists: what the operator runs.
+    """A release's readings, every entity's, in one call as `run_all` describes, each
+    entity's arrays named by its row of `table` (`set_entity`: addresses and lengths)
+    instead of four numba typed lists: what the operator runs.
     Issue 18, point 3: appending a new entity's four arrays to the typed lists cost
     ~20 µs an entity from Python (each append a compiled call that unboxes its list),
     about a third of a new entity's set-up with 50,000 sensors; a table row is written
-    in one call (~1 µs). The arrays are the same memory, taken in the same order, so
-    every result is `run_all`'s (tests/test_cluster_batch_kernel.py)."""
+    in one call (~1 µs). tests/test_cluster_batch_kernel.py checks it (through
+    `run_all`) against `run_entity` per entity, tests/test_cluster_table.py the
+    operator's table, kept across grown arrays, against one built afresh."""
     n_out = 0
     off = 0
     for r in range(rows.shape[0]):
         slot = rows[r, 1]
         e = table[slot]
-        det = carray(_float_pointer(e[T_DET]), e[T_DET_N])
+        det = carray(_pointer(e[T_DET], np.float64), e[T_DET_N])
         nf = int(det[0])
         n_out = step(
             rows[r, 0],
             rows[r, 2],
             xs[off : off + nf],
             det,
-            carray(_int_pointer(e[T_MI]), e[T_MI_N]),
-            carray(_float_pointer(e[T_MF]), e[T_MF_N]),
-            carray(_int_pointer(e[T_ACTIVE]), e[T_ACTIVE_N]),
+            carray(_pointer(e[T_MI], np.int64), e[T_MI_N]),
+            carray(_pointer(e[T_MF], np.float64), e[T_MF_N]),
+            carray(_pointer(e[T_ACTIVE], np.int64), e[T_ACTIVE_N]),
             cfg,
             q,
             rates[slot],
@@ -451,6 +386,40 @@ def run_table(
         )
         off += nf
     return n_out
+
+
+@njit(_RUN_ALL_SIGNATURE, cache=True)
+def run_all(
+    rows: np.ndarray,
+    xs: np.ndarray,
+    dets: Any,
+    mis: Any,
+    mfs: Any,
+    actives: Any,
+    rates: np.ndarray,
+    cfg: np.ndarray,
+    q: float,
+    half: float,
+    bound: float,
+    out: np.ndarray,
+) -> int:
+    """`run_entity` for a whole release, every entity in one call (issue 18, point 3:
+    no Python per entity). Reading r is (time rows[r, 0], entity slot rows[r, 1],
+    sensor index rows[r, 2] in that entity's `actives`), its values the next
+    nf = dets[slot][0] floats of the flat `xs` (entities may differ in features);
+    entity `slot`'s state is dets[slot], mis[slot], mfs[slot], actives[slot], its
+    k-means step rates[slot]. The readings are taken in the given (event) order, each
+    with its own entity's state (entities are independent, so this is each entity's
+    `run_entity` over its readings in order); the output rows, with O_INDEX = r, are
+    therefore in event order; their count is returned (out has a row per reading).
+
+    The operator runs `run_table` on the table `EntitySlots` keeps; this builds
+    that table from the lists, so the tests that check `run_all` per entity check
+    `run_table`'s loop."""
+    table = np.zeros((len(dets), N_TABLE), dtype=np.int64)
+    for slot in range(len(dets)):
+        set_entity(table, slot, dets[slot], mis[slot], mfs[slot], actives[slot])
+    return run_table(rows, xs, table, rates, cfg, q, half, bound, out)
 
 
 @njit(
@@ -480,7 +449,7 @@ def short_rings(
         if k == 0:  # counted already
             continue
         tally[slot] = 0
-        mi = carray(_int_pointer(table[slot, T_MI]), table[slot, T_MI_N])
+        mi = carray(_pointer(table[slot, T_MI], np.int64), table[slot, T_MI_N])
         need = min(mi[COUNT] + mi[HELD_N] + k, size)
         if need > mi[CAP]:
             short[n_short, 0], short[n_short, 1] = slot, need

@@ -17,6 +17,8 @@ point 3) against independent references, bit for bit:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,6 +34,22 @@ from tests.test_kmeans_kernel import Reference
 
 T0 = 1_795_000_020_000
 SRC = "sensor-readings"
+
+
+def typed_lists(models: list[EntityModel]) -> tuple[Any, Any, Any, Any]:
+    """The models' arrays as `run_all` takes them: detectors, `mi`, `mf`, flags."""
+    dets, mis, mfs, acts = (
+        List.empty_list(types.float64[::1]),
+        List.empty_list(types.int64[::1]),
+        List.empty_list(types.float64[::1]),
+        List.empty_list(types.int64[::1]),
+    )
+    for m in models:
+        dets.append(m.detector.det)
+        mis.append(m.mi)
+        mfs.append(m.mf)
+        acts.append(m.active_flags)
+    return dets, mis, mfs, acts
 
 
 def _cfg_array(cfg: ClusterConfig) -> np.ndarray:
@@ -97,17 +115,7 @@ def test_run_all_is_run_entity_per_entity(
         readings.append((t, e, s, x))
     # the batched path: every entity in one call, readings in event order
     batched = models()
-    dets, mis, mfs, acts = (
-        List.empty_list(types.float64[::1]),
-        List.empty_list(types.int64[::1]),
-        List.empty_list(types.float64[::1]),
-        List.empty_list(types.int64[::1]),
-    )
-    for m in batched:
-        dets.append(m.detector.det)
-        mis.append(m.mi)
-        mfs.append(m.mf)
-        acts.append(m.active_flags)
+    dets, mis, mfs, acts = typed_lists(batched)
     n = len(readings)
     rows = np.array([(t, e, s) for t, e, s, _ in readings], dtype=np.int64).reshape(n, 3)
     xs = np.array([v for *_, x in readings for v in x], dtype=np.float64)

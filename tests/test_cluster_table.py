@@ -12,14 +12,12 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numba import types
-from numba.typed import List
 
 from operators import cluster_kernel as ck
 from operators.cluster import ClusterConfig, EntityModel, EntitySlots
 from operators.detectors.kmeans import HALF
 from schemas.events import MAX_SENSOR_MAGNITUDE
-from tests.test_cluster_batch_kernel import _cfg_array
+from tests.test_cluster_batch_kernel import _cfg_array, typed_lists
 
 T0 = 1_795_000_020_000
 
@@ -87,17 +85,7 @@ def test_run_table_is_run_all_over_typed_lists(
         got_out, want_out = np.zeros((max(n, 1), ck.N_OUT)), np.zeros((max(n, 1), ck.N_OUT))
         args = (cfg_arr, quantile, HALF, MAX_SENSOR_MAGNITUDE)
         got = ck.run_table(rows, xs, slots.table, slots.rates, *args, got_out)
-        dets, mis, mfs, acts = (
-            List.empty_list(types.float64[::1]),
-            List.empty_list(types.int64[::1]),
-            List.empty_list(types.float64[::1]),
-            List.empty_list(types.int64[::1]),
-        )
-        for m in listed:
-            dets.append(m.detector.det)
-            mis.append(m.mi)
-            mfs.append(m.mf)
-            acts.append(m.active_flags)
+        dets, mis, mfs, acts = typed_lists(listed)
         rate_arr = np.array(rates[:n_entities])
         want = ck.run_all(rows, xs, dets, mis, mfs, acts, rate_arr, *args, want_out)
         assert got == want
