@@ -12,11 +12,10 @@ learn. The arithmetic is the pure-Python monitor's, operation for operation
 rows, observations and state are the same whatever the batching; what needs
 Python objects (rows, observations, the alert state's sensor ids) is returned
 as arrays of the readings that produce output, and built by the operator.
-`run_all` does the same for a whole release, every entity in one call (issue 18,
-point 3), each reading with its own entity's arrays (numba typed lists indexed by
-the entity's slot) by naming them in a table of their addresses and running
-`run_table`, which the operator calls on the table it keeps (`EntitySlots`: a typed
-list's append cost a new entity ~20 µs); `step` is one reading, shared by both.
+`run_table` does the same for a whole release, every entity in one call (issue 18,
+point 3), each reading with its own entity's arrays, which a table of their addresses
+names by the entity's slot (`set_entity`; the operator keeps the table,
+`EntitySlots`); `step` is one reading, shared by both.
 
 Layout (`Recent`, `EntityModel` in `operators.cluster`): the recent
 distances are a ring of `cap` (>= `history`) times and values with a sorted
@@ -280,24 +279,6 @@ def run_entity(
     return n_out
 
 
-_FLOATS = types.ListType(types.float64[::1])
-_INTS = types.ListType(types.int64[::1])
-_RUN_ALL_SIGNATURE = types.int64(
-    types.int64[:, ::1],
-    types.float64[::1],
-    _FLOATS,
-    _INTS,
-    _FLOATS,
-    _INTS,
-    types.float64[::1],
-    types.int64[::1],
-    types.float64,
-    types.float64,
-    types.float64,
-    types.float64[:, ::1],
-)
-
-
 @intrinsic
 def _pointer(typingctx: Any, address: Any, dtype: Any) -> Any:
     """The int64 `address` as a pointer to `dtype` (`np.float64`, `np.int64`: what
@@ -351,15 +332,23 @@ def run_table(
     bound: float,
     out: np.ndarray,
 ) -> int:
-    """A release's readings, every entity's, in one call as `run_all` describes, each
-    entity's arrays named by its row of `table` (`set_entity`: addresses and lengths)
-    instead of four numba typed lists: what the operator runs.
-    Issue 18, point 3: appending a new entity's four arrays to the typed lists cost
-    ~20 µs an entity from Python (each append a compiled call that unboxes its list),
-    about a third of a new entity's set-up with 50,000 sensors; a table row is written
-    in one call (~1 µs). tests/test_cluster_batch_kernel.py checks it (through
-    `run_all`) against `run_entity` per entity, tests/test_cluster_table.py the
-    operator's table, kept across grown arrays, against one built afresh."""
+    """`run_entity` for a whole release, every entity in one call (issue 18, point 3:
+    no Python per entity). Reading r is (time rows[r, 0], entity slot rows[r, 1],
+    sensor index rows[r, 2] in that entity's activation flags), its values the next
+    nf = det[0] floats of the flat `xs` (entities may differ in features); entity
+    `slot`'s state is the four arrays its row of `table` names (`set_entity`: the
+    detector's, `mi`, `mf` and the flags, by address and length), its k-means step
+    rates[slot]. The readings are taken in the given (event) order, each with its own
+    entity's state (entities are independent, so this is each entity's `run_entity`
+    over its readings in order); the output rows, with O_INDEX = r, are therefore in
+    event order; their count is returned (out has a row per reading).
+
+    A table, not numba typed lists of the arrays: appending a new entity's four arrays
+    to typed lists cost ~20 µs an entity from Python (each append a compiled call that
+    unboxes its list), about a third of a new entity's set-up with 50,000 sensors; a
+    row is written in one call (~1 µs). tests/test_cluster_batch_kernel.py checks it
+    against `run_entity` per entity, tests/test_cluster_table.py the operator's table,
+    kept across grown arrays, against one built afresh."""
     n_out = 0
     off = 0
     for r in range(rows.shape[0]):
@@ -388,40 +377,6 @@ def run_table(
     return n_out
 
 
-@njit(_RUN_ALL_SIGNATURE, cache=True)
-def run_all(
-    rows: np.ndarray,
-    xs: np.ndarray,
-    dets: Any,
-    mis: Any,
-    mfs: Any,
-    actives: Any,
-    rates: np.ndarray,
-    cfg: np.ndarray,
-    q: float,
-    half: float,
-    bound: float,
-    out: np.ndarray,
-) -> int:
-    """`run_entity` for a whole release, every entity in one call (issue 18, point 3:
-    no Python per entity). Reading r is (time rows[r, 0], entity slot rows[r, 1],
-    sensor index rows[r, 2] in that entity's `actives`), its values the next
-    nf = dets[slot][0] floats of the flat `xs` (entities may differ in features);
-    entity `slot`'s state is dets[slot], mis[slot], mfs[slot], actives[slot], its
-    k-means step rates[slot]. The readings are taken in the given (event) order, each
-    with its own entity's state (entities are independent, so this is each entity's
-    `run_entity` over its readings in order); the output rows, with O_INDEX = r, are
-    therefore in event order; their count is returned (out has a row per reading).
-
-    The operator runs `run_table` on the table `EntitySlots` keeps; this builds
-    that table from the lists, so the tests that check `run_all` per entity check
-    `run_table`'s loop."""
-    table = np.zeros((len(dets), N_TABLE), dtype=np.int64)
-    for slot in range(len(dets)):
-        set_entity(table, slot, dets[slot], mis[slot], mfs[slot], actives[slot])
-    return run_table(rows, xs, table, rates, cfg, q, half, bound, out)
-
-
 @njit(
     types.int64(
         types.int64[:, ::1], types.int64[:, ::1], types.int64[::1], types.int64, types.int64[:, ::1]
@@ -431,13 +386,12 @@ def run_all(
 def short_rings(
     rows: np.ndarray, table: np.ndarray, tally: np.ndarray, size: int, short: np.ndarray
 ) -> int:
-    """The entities of a release (`run_all`'s rows) whose recent distances' ring may
+    """The entities of a release (`run_table`'s rows) whose recent distances' ring may
     fill up during it: a new entity's ring starts short of `size` (the history) and
     grows on demand (`operators.cluster.EntityModel.grow`), which must happen before
-    `run_all` reaches it. A reading adds at most one distance to the ring and the held
+    `run_table` reaches it. A reading adds at most one distance to the ring and the held
     run together (a held run enters the ring in its place), so an entity with k
-    readings in the release needs count + held + k places, at most `size`. (The
-    entities' arrays: `table`, as `run_table` takes it.) Writes
+    readings in the release needs count + held + k places, at most `size`. Writes
     (slot, places needed) of each such entity to `short`, returns their count;
     `tally` (zero, one entry per slot) is scratch, left zero."""
     for r in range(rows.shape[0]):

@@ -385,7 +385,8 @@ class Series:
             "iqr": Episode(pi.quiet, pi.cooldown),
         }
         s.alpha = proto.alpha
-        tz, ti = _tail_like(proto.tails["zscore"]), _tail_like(proto.tails["iqr"])
+        tz = proto.tails["zscore"].fresh_sharing_ring()
+        ti = proto.tails["iqr"].fresh_sharing_ring()
         s.tails = {"zscore": tz, "iqr": ti}
         z, i = proto.zscore, proto.iqr
         s.zscore = ZScore(z.threshold, z.min_std, tz if z.tail is not None else None)
@@ -532,22 +533,6 @@ class Series:
         s.gaps = None if state.gaps is None else list(state.gaps)
         s.store()
         return s
-
-
-def _tail_like(proto: TailProbability) -> TailProbability:
-    """A new tail as `TailProbability(history, min_history)` makes it, its ring the
-    prototype's own until attached (`Series.like`)."""
-    t = TailProbability.__new__(TailProbability)
-    t.min_history = proto.min_history
-    t.tail = proto.tail
-    t.refit = proto.refit
-    t.history = proto.history
-    t.buf = proto.buf
-    t.fitted = proto.fitted
-    t.u = proto.u
-    t.beta = proto.beta
-    t.tail_share = proto.tail_share
-    return t
 
 
 class RiseBucket(msgspec.Struct):

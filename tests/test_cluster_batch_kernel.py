@@ -1,8 +1,8 @@
 """The cluster monitor's one compiled call per release across entities
-(`operators.cluster_kernel.run_all`, `operators.cluster.EntitySlots`; issue 18
+(`operators.cluster_kernel.run_table`, `operators.cluster.EntitySlots`; issue 18
 point 3) against independent references, bit for bit:
 
-- the kernel: `run_all` over interleaved readings of several entities (different
+- the kernel: `run_table` over interleaved readings of several entities (different
   feature counts, step sizes, out-of-range readings) equals `run_entity` run per
   entity over that entity's readings (the per-entity path it replaces): the same
   output rows and the same state arrays;
@@ -17,13 +17,9 @@ point 3) against independent references, bit for bit:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numba import types
-from numba.typed import List
 
 from operators import cluster_kernel as ck
 from operators.cluster import ClusterConfig, ClusterOperator, EntityModel, PendingReadings, items_of
@@ -36,20 +32,21 @@ T0 = 1_795_000_020_000
 SRC = "sensor-readings"
 
 
-def typed_lists(models: list[EntityModel]) -> tuple[Any, Any, Any, Any]:
-    """The models' arrays as `run_all` takes them: detectors, `mi`, `mf`, flags."""
-    dets, mis, mfs, acts = (
-        List.empty_list(types.float64[::1]),
-        List.empty_list(types.int64[::1]),
-        List.empty_list(types.float64[::1]),
-        List.empty_list(types.int64[::1]),
-    )
-    for m in models:
-        dets.append(m.detector.det)
-        mis.append(m.mi)
-        mfs.append(m.mf)
-        acts.append(m.active_flags)
-    return dets, mis, mfs, acts
+def entity_table(models: list[EntityModel]) -> np.ndarray:
+    """The models' arrays named as `run_table` takes them, row i model i's (made
+    afresh from the models, as `EntitySlots` keeps it)."""
+    table = np.zeros((max(len(models), 1), ck.N_TABLE), dtype=np.int64)
+    for slot, m in enumerate(models):
+        ck.set_entity(table, slot, m.detector.det, m.mi, m.mf, m.active_flags)
+    return table
+
+
+def values_of(vals: list[float], nf: int, kind: str) -> list[float]:
+    """A drawn reading's first `nf` values: as drawn, far (x50), or out of range."""
+    x = [v * 50 if kind == "far" else v for v in vals[:nf]]
+    if kind == "out":
+        x[0] = 2 * MAX_SENSOR_MAGNITUDE
+    return x
 
 
 def _cfg_array(cfg: ClusterConfig) -> np.ndarray:
@@ -81,7 +78,7 @@ def _cfg_array(cfg: ClusterConfig) -> np.ndarray:
         max_size=150,
     ),
 )
-def test_run_all_is_run_entity_per_entity(
+def test_run_table_is_run_entity_per_entity(
     n_entities, nfs, rates, warmup, history, quantile, budget, stream
 ) -> None:
     cfg = ClusterConfig(
@@ -109,24 +106,18 @@ def test_run_all_is_run_entity_per_entity(
         if e >= n_entities:
             continue
         t += gap
-        x = [v * 50 if kind == "far" else v for v in vals[: nfs[e]]]
-        if kind == "out":
-            x[0] = 2 * MAX_SENSOR_MAGNITUDE
-        readings.append((t, e, s, x))
+        readings.append((t, e, s, values_of(vals, nfs[e], kind)))
     # the batched path: every entity in one call, readings in event order
     batched = models()
-    dets, mis, mfs, acts = typed_lists(batched)
+    table = entity_table(batched)
     n = len(readings)
     rows = np.array([(t, e, s) for t, e, s, _ in readings], dtype=np.int64).reshape(n, 3)
     xs = np.array([v for *_, x in readings for v in x], dtype=np.float64)
     out = np.zeros((max(n, 1), ck.N_OUT))
-    n_out = ck.run_all(
+    n_out = ck.run_table(
         rows,
         xs,
-        dets,
-        mis,
-        mfs,
-        acts,
+        table,
         np.array(rates[:n_entities]),
         cfg_arr,
         quantile,

@@ -1,11 +1,11 @@
 """The cluster operator's entity table (`operators.cluster.EntitySlots.table`,
 `operators.cluster_kernel.run_table`; issue 18 point 3: a table row per entity instead
-of four numba typed lists, whose appends were ~20 µs of a new entity's set-up) against
-`run_all` over typed lists of the same models, bit for bit: the same output rows and
-state arrays, across releases between which rings grow (`EntitySlots.grow`) and sites
-index new sensors (`EntitySlots.sensor_index`), the two places a model replaces an
-array its row names; and the named views of a model's arrays (`EntityModel.r_times`,
-... now made when read) after a ring grows."""
+of four numba typed lists, whose appends were ~20 µs of a new entity's set-up), kept
+across releases, against a table made afresh from models fed the same readings, bit for
+bit: the same output rows and state arrays, across releases between which rings grow
+(`EntitySlots.grow`) and sites index new sensors (`EntitySlots.sensor_index`), the two
+places a model replaces an array its row names; and the named views of a model's arrays
+(`EntityModel.r_times`, ... now made when read) after a ring grows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from operators import cluster_kernel as ck
 from operators.cluster import ClusterConfig, EntityModel, EntitySlots
 from operators.detectors.kmeans import HALF
 from schemas.events import MAX_SENSOR_MAGNITUDE
-from tests.test_cluster_batch_kernel import _cfg_array, typed_lists
+from tests.test_cluster_batch_kernel import _cfg_array, entity_table, values_of
 
 T0 = 1_795_000_020_000
 
@@ -51,7 +51,7 @@ def _models(n: int, nfs: list[int], rates: list[float], cfg: ClusterConfig) -> l
         max_size=4,
     ),
 )
-def test_run_table_is_run_all_over_typed_lists(
+def test_the_kept_table_is_a_table_made_afresh(
     n_entities, nfs, rates, warmup, history, quantile, releases
 ) -> None:
     cfg = ClusterConfig(n_clusters=3, warmup=warmup, history=history, quantile=quantile)
@@ -67,9 +67,7 @@ def test_run_table_is_run_all_over_typed_lists(
             if e >= n_entities:
                 continue
             t += gap
-            x = [v * 50 if kind == "far" else v for v in vals[: nfs[e]]]
-            if kind == "out":
-                x[0] = 2 * MAX_SENSOR_MAGNITUDE
+            x = values_of(vals, nfs[e], kind)
             i = slots.sensor_index(e, f"s{s}")
             assert listed[e].sensor_index(f"s{s}") == i
             readings.append((t, e, i, x))
@@ -85,9 +83,8 @@ def test_run_table_is_run_all_over_typed_lists(
         got_out, want_out = np.zeros((max(n, 1), ck.N_OUT)), np.zeros((max(n, 1), ck.N_OUT))
         args = (cfg_arr, quantile, HALF, MAX_SENSOR_MAGNITUDE)
         got = ck.run_table(rows, xs, slots.table, slots.rates, *args, got_out)
-        dets, mis, mfs, acts = typed_lists(listed)
         rate_arr = np.array(rates[:n_entities])
-        want = ck.run_all(rows, xs, dets, mis, mfs, acts, rate_arr, *args, want_out)
+        want = ck.run_table(rows, xs, entity_table(listed), rate_arr, *args, want_out)
         assert got == want
         assert got_out[:got].tobytes() == want_out[:want].tobytes()
         for a, b in zip(slots.models, listed, strict=True):
@@ -116,3 +113,43 @@ def test_named_views_follow_a_grown_ring() -> None:
     assert len(m.h_ts) == len(m.h_d) == len(m.h_tau) == m.iv[ck.HCAP]
     assert m.h_d.tolist() == [7.0] * int(m.iv[ck.HCAP])
     assert m.recent_state().times == list(range(n))
+
+
+def test_a_flag_set_after_the_flags_grew_is_in_the_kept_table() -> None:
+    """A deterministic case of the property above that surely replaces both kinds of
+    array between runs: a site learns from four sensors over two releases, the second
+    growing its recent distances' ring (past its first 64 places: `EntitySlots.grow`),
+    then a fifth sensor (its flags grow from 4 to 8: `EntitySlots.sensor_index`) reads
+    far off, so the kernel flags it active. The kept table's model ends as the fresh
+    table's (a row left naming a replaced array would lose the kernel's writes)."""
+    cfg = ClusterConfig(n_clusters=3, warmup=5, history=300, quantile=0.9)
+    args = (_cfg_array(cfg), cfg.quantile, HALF, MAX_SENSOR_MAGNITUDE)
+    slots, listed = EntitySlots(), _models(1, [1], [0.2], cfg)
+    slots.add(("site", "e0"), _models(1, [1], [0.2], cfg)[0])
+    rng = np.random.default_rng(7)
+    t = T0
+    normal = [[(f"s{k % 4}", float(rng.normal())) for k in range(60)] for _ in range(2)]
+    releases = [*normal, [("s4", 1e4)]]
+    for release in releases:
+        rows, xs = [], []
+        for sid, x in release:
+            t += 1_000
+            i = slots.sensor_index(0, sid)
+            assert listed[0].sensor_index(sid) == i
+            rows.append((t, 0, i))
+            xs.append(x)
+        r, x = np.array(rows, dtype=np.int64), np.array(xs)
+        short = np.empty((len(r), 2), dtype=np.int64)
+        for slot, need in short[: ck.short_rings(r, slots.table, slots.tally, 300, short)].tolist():
+            slots.grow(slot, need, 300)
+            listed[slot].grow(need, 300)
+        got_out, want_out = np.zeros((len(r), ck.N_OUT)), np.zeros((len(r), ck.N_OUT))
+        got = ck.run_table(r, x, slots.table, slots.rates, *args, got_out)
+        want = ck.run_table(r, x, entity_table(listed), np.array([0.2]), *args, want_out)
+        assert got_out[:got].tobytes() == want_out[:want].tobytes()
+    fresh, kept = listed[0], slots.models[0]
+    assert len(fresh.active_flags) == 8 and fresh.active_flags[4] != 0  # the flag: set
+    assert len(fresh.r_times) > 64  # the ring: grown
+    assert kept.active_flags.tobytes() == fresh.active_flags.tobytes()
+    assert kept.mi.tobytes() == fresh.mi.tobytes()
+    assert kept.mf.tobytes() == fresh.mf.tobytes()
