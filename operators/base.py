@@ -8,6 +8,7 @@ a topic or a database, so the same input always yields the same output.
     op.advance(watermark)     # close everything that ends at or before it
     op.collect()              # rows for ClickHouse (schemas.rows), observations for the rules
     op.snapshot() / op.restore(state)   # plain data for checkpoints
+    op.snapshot_encoded()               # the same snapshot, msgpack-encoded (the worker's)
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ class Operator(ABC):
     @abstractmethod
     def snapshot(self) -> dict[str, Any]:
         """Plain data (msgpack-able) from which `restore` rebuilds the state."""
+
+    def snapshot_encoded(self) -> msgspec.Raw:
+        """`snapshot()` already encoded (msgpack), for a checkpoint: the same bytes
+        `msgspec.msgpack.encode(self.snapshot())` gives. An operator whose snapshot is its
+        codec's dump of a typed state, and large, writes it with `StateCodec.encode`
+        instead, without the plain copy (the CTR, sensor and cluster operators;
+        tests/conformance.py holds every operator to the same bytes)."""
+        return msgspec.Raw(msgspec.msgpack.encode(self.snapshot()))
 
     @abstractmethod
     def restore(self, state: dict[str, Any]) -> None:

@@ -933,13 +933,18 @@ class ClusterOperator(Operator):
             )
 
     def snapshot(self) -> dict[str, Any]:
-        return self._codec.dump(
-            ClusterState(
-                pending=self.pending.state(),
-                models={entity: m.state() for entity, m in self.models.items()},
-                skipped=self.skipped,
-                out_of_range=self.out_of_range,
-            )
+        return self._codec.dump(self._state())
+
+    def snapshot_encoded(self) -> msgspec.Raw:
+        # written from the typed state without a plain copy first (`StateCodec.encode`)
+        return self._codec.encode(self._state())
+
+    def _state(self) -> ClusterState:
+        return ClusterState(
+            pending=self.pending.state(),
+            models={entity: m.state() for entity, m in self.models.items()},
+            skipped=self.skipped,
+            out_of_range=self.out_of_range,
         )
 
     def restore(self, snapshot: dict[str, Any]) -> None:

@@ -49,10 +49,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -448,6 +448,8 @@ def _in_order(
 
 
 CTR_STATE = StateCodec("ctr", CtrState, format=2, upgrades={1: ctr_state_from_format_1})
+
+T = TypeVar("T")  # what a snapshot is written as: plain data or msgpack bytes
 
 
 class CtrOperator(Operator):
@@ -1108,10 +1110,20 @@ class CtrOperator(Operator):
         )
 
     def snapshot(self) -> dict[str, Any]:
-        # the open windows' impression times from the join's index, for the dump only
-        # (a copy); the live windows go back to the shared empty list after it. The
-        # index is in arrival order, so each window's times come in its ids' order (and
-        # an index that lost impressions gives a snapshot that differs, not a failure)
+        return self._with_times(self.state_codec.dump)
+
+    def snapshot_encoded(self) -> msgspec.Raw:
+        # the typed state written as msgpack in one pass: the join's waiting impressions
+        # are most of a checkpoint, and their plain copy cost ~5x the encoding (issue 18)
+        return self._with_times(self.state_codec.encode)
+
+    def _with_times(self, write: Callable[[CtrState], T]) -> T:
+        """`write` of the state with the open windows' impression times filled in.
+
+        The times come from the join's index, for the dump only (`write` makes a copy);
+        the live windows go back to the shared empty list after it. The index is in
+        arrival order, so each window's times come in its ids' order (and an index that
+        lost impressions gives a snapshot that differs, not a failure)."""
         filled = []
         for ref in self.impressions.values():
             w = ref.window
@@ -1121,7 +1133,7 @@ class CtrOperator(Operator):
             else:
                 w.times.append(ref.ts)
         try:
-            return self.state_codec.dump(self._state())
+            return write(self._state())
         finally:
             for w in filled:
                 w.times = _NO_TIMES

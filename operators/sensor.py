@@ -1758,15 +1758,20 @@ class SensorOperator(Operator):
     # -- checkpoints ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        return self._codec.dump(self._state())
+
+    def snapshot_encoded(self) -> msgspec.Raw:
+        # written from the typed state without a plain copy first (`StateCodec.encode`)
+        return self._codec.encode(self._state())
+
+    def _state(self) -> SensorState:
         self._flush_aggregates()
-        return self._codec.dump(
-            SensorState(
-                pending=self.pending.state(),
-                series={key: _loaded(s).state() for key, s in self.series.items()},
-                aggregates=self.aggregates.state(),
-                unjudgeable=sorted(self.unjudgeable),
-                metrics=self.metrics,
-            )
+        return SensorState(
+            pending=self.pending.state(),
+            series={key: _loaded(s).state() for key, s in self.series.items()},
+            aggregates=self.aggregates.state(),
+            unjudgeable=sorted(self.unjudgeable),
+            metrics=self.metrics,
         )
 
     def restore(self, snapshot: dict[str, Any]) -> None:

@@ -51,6 +51,8 @@ S = TypeVar("S")
 #: the key a versioned snapshot carries its format under
 FORMAT_KEY = "format"
 
+_MSGPACK = msgspec.msgpack.Encoder()
+
 
 class StateFormatError(RuntimeError):
     """A snapshot this code cannot restore: an unknown format or one that does not fit
@@ -81,6 +83,23 @@ class StateCodec(Generic[S]):
             FORMAT_KEY: self.format,
             "state": msgspec.to_builtins(state, builtin_types=(bytes,)),
         }
+
+    def encode(self, state: S) -> msgspec.Raw:
+        """`dump(state)` already encoded (msgpack), for a checkpoint: the bytes
+        `msgspec.msgpack.encode(self.dump(state))` gives, written from the typed state in
+        one pass, without the plain copy `dump` builds first (msgpack writes a Struct as
+        the map `to_builtins` makes of it). A checkpoint embeds the `msgspec.Raw` as it
+        is (`streams.connectors.checkpoints.encode`); it is a copy, as `dump`'s is. For
+        the CTR task's 190 k waiting impressions 0.02 s against 0.12 s (issue 18).
+
+        >>> class Counts(msgspec.Struct):
+        ...     n: dict[tuple[str, int], int] = {}
+        >>> codec = StateCodec("demo", Counts, format=2)
+        >>> state = Counts(n={("a", 1): 3})
+        >>> bytes(codec.encode(state)) == msgspec.msgpack.encode(codec.dump(state))
+        True
+        """
+        return msgspec.Raw(_MSGPACK.encode({FORMAT_KEY: self.format, "state": state}))
 
     def load(self, snapshot: Mapping[str, Any]) -> S:
         """The typed state of a snapshot; StateFormatError if it cannot be restored."""

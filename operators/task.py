@@ -57,6 +57,18 @@ def _from_format_1(plain: dict[str, Any]) -> dict[str, Any]:
 
 _TS = attrgetter("ts")
 
+
+def _decoded_parts(snapshot: Any) -> Any:
+    """A snapshot of `snapshot_encoded` handed over in memory (not read back from the
+    broker) with its encoded parts as plain data again; any other as it is."""
+    parts = snapshot.get("state") if isinstance(snapshot, dict) else None
+    if not isinstance(parts, dict) or not any(type(p) is msgspec.Raw for p in parts.values()):
+        return snapshot
+    decode = msgspec.msgpack.decode
+    plain = {k: decode(p) if type(p) is msgspec.Raw else p for k, p in parts.items()}
+    return {**snapshot, "state": plain}
+
+
 CODEC = StateCodec("monitor task", TaskState, format=2, upgrades={1: _from_format_1})
 
 
@@ -178,10 +190,29 @@ class MonitorTask:
         # CODEC.dump's to_builtins would copy every one of them a second time
         return {FORMAT_KEY: CODEC.format, "state": msgspec.structs.asdict(state)}
 
+    def snapshot_encoded(self) -> dict[str, Any]:
+        """`snapshot()` as the worker checkpoints it: the same, with the operator's and
+        the relations' parts already msgpack-encoded (`msgspec.Raw`, written from their
+        typed states without a plain copy first), which `checkpoints.encode` embeds as
+        they are: the checkpoint's bytes are the same (tests/conformance.py, `drive`)."""
+        state = TaskState(
+            watermark=self.watermark.snapshot(),
+            operator=self.operator.snapshot_encoded(),  # type: ignore[arg-type]
+            rules=self.rules.snapshot(),
+            changes=self.changes.snapshot() if self.changes is not None else None,
+            relations=(
+                self.relations.snapshot_encoded()  # type: ignore[arg-type]
+                if self.relations is not None
+                else None
+            ),
+        )
+        return {FORMAT_KEY: CODEC.format, "state": msgspec.structs.asdict(state)}
+
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Restore every part, or raise StateFormatError naming the monitor and the
         part. Parts before the refused one may be restored already: a refused task
         must not be used (the worker stops on it)."""
+        snapshot = _decoded_parts(snapshot)
         try:
             state = CODEC.load(snapshot)
             self.watermark.restore(state.watermark)

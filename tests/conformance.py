@@ -131,8 +131,11 @@ def drive(
     _record(task, run)
     for i, (source, chunk) in enumerate(batches(events, batch)):
         if i == split_at:
-            # through the worker's checkpoint encoding (msgpack), as after a restart
-            blob = checkpoints.encode(checkpoints.Checkpoint({}, task.snapshot()))
+            # through the worker's checkpoint encoding (msgpack), as after a restart:
+            # its parts encoded from their typed states, the bytes of the plain snapshot's
+            blob = checkpoints.encode(checkpoints.Checkpoint({}, task.snapshot_encoded()))
+            plain = checkpoints.encode(checkpoints.Checkpoint({}, task.snapshot()))
+            assert blob == plain, "snapshot_encoded() is not the bytes of snapshot()"
             if restore_from is not None:
                 blob = restore_from
             task = make()

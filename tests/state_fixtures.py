@@ -41,7 +41,7 @@ def checkpoint_at_split(name: str) -> bytes:
         task.feed(source, chunk, 1_000)
         task.tick(1_000)
         task.collect()
-    return checkpoints.encode(checkpoints.Checkpoint({}, task.snapshot()))
+    return checkpoints.encode(checkpoints.Checkpoint({}, task.snapshot_encoded()))
 
 
 def main(out: Path) -> None:

@@ -797,8 +797,9 @@ class Pipeline:
         }
 
     def _state(self, key: tuple[str, int]) -> dict[str, Any]:
-        """A task's snapshot, with its de-duplication positions where it has any."""
-        state = self.tasks[key].snapshot()
+        """A task's snapshot, with its de-duplication positions where it has any (its
+        large parts already msgpack-encoded: `MonitorTask.snapshot_encoded`)."""
+        state = self.tasks[key].snapshot_encoded()
         if self.seen.get(key):
             state[SEEN] = dict(self.seen[key])
         if self.clocks.get(key):
