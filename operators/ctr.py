@@ -1113,8 +1113,8 @@ class CtrOperator(Operator):
         return self._with_times(self.state_codec.dump)
 
     def snapshot_encoded(self) -> msgspec.Raw:
-        # the typed state written as msgpack in one pass: the join's waiting impressions
-        # are most of a checkpoint, and their plain copy cost ~5x the encoding (issue 18)
+        # the typed state written as msgpack in one pass, without the plain copy that cost
+        # most of a checkpoint (1.67 s against 0.18 s with 100 k campaigns, issue 18)
         return self._with_times(self.state_codec.encode)
 
     def _with_times(self, write: Callable[[CtrState], T]) -> T:

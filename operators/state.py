@@ -89,8 +89,9 @@ class StateCodec(Generic[S]):
         `msgspec.msgpack.encode(self.dump(state))` gives, written from the typed state in
         one pass, without the plain copy `dump` builds first (msgpack writes a Struct as
         the map `to_builtins` makes of it). A checkpoint embeds the `msgspec.Raw` as it
-        is (`streams.connectors.checkpoints.encode`); it is a copy, as `dump`'s is. For
-        the CTR task's 190 k waiting impressions 0.02 s against 0.12 s (issue 18).
+        is (`streams.connectors.checkpoints.encode`); it is a copy, as `dump`'s is. A
+        checkpoint of the CTR task with 100 k campaigns (15.8 MB) cost 1.67 s through
+        `dump` and 0.18 s this way, with 100 campaigns 55 against 29 ms (issue 18).
 
         >>> class Counts(msgspec.Struct):
         ...     n: dict[tuple[str, int], int] = {}
