@@ -41,6 +41,31 @@ class Checkpoint:
 
 _MARKER = b"__streamwatch_marker__"
 
+#: the largest encoded checkpoint record: the checkpoint producer's message.max.bytes
+#: and the checkpoints topic's max.message.bytes (streams/connectors/kafka.py)
+MAX_CHECKPOINT_BYTES = 100 * 1024 * 1024
+
+
+class CheckpointTooLarge(RuntimeError):
+    """A task's checkpoint is larger than one record may be: the producer would refuse
+    it (MSG_SIZE_TOO_LARGE) at every try, so the worker stops, naming the task and what
+    to change (docs/operations.md, "Checkpoint size")."""
+
+
+def too_large(key: str, size: int, limit: int) -> str:
+    """The reason a checkpoint of `size` bytes cannot be written.
+
+    >>> too_large("sensor/3", 150 * 2**20, 100 * 2**20)[:75]
+    'the checkpoint of sensor/3 is 150.0 MiB, over the 100.0 MiB one checkpoint '
+    """
+    return (
+        f"the checkpoint of {key} is {size / 2**20:.1f} MiB, over the {limit / 2**20:.1f} "
+        "MiB one checkpoint record may hold: that monitor holds too much state in one "
+        "partition. Spread its entities over more partitions (kafka.partitions, with the "
+        "input topics' partitions), or keep less per entity (for sensors: window_ms, "
+        'score_history, rise_history); docs/operations.md, "Checkpoint size"'
+    )
+
 
 def encode(checkpoint: Checkpoint) -> bytes:
     return msgspec.msgpack.encode(
@@ -64,33 +89,43 @@ def key_of(monitor: str, partition: int) -> str:
 
 
 class CheckpointStore:
-    def __init__(self, client_config: dict[str, Any], topic: str, group_id: str) -> None:
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        topic: str,
+        group_id: str,
+        max_bytes: int = MAX_CHECKPOINT_BYTES,
+    ) -> None:
         from confluent_kafka import Producer
 
         self.client_config = client_config
         self.topic = topic
         self.group_id = group_id
+        self.max_bytes = max_bytes
         self.producer = Producer(
             {
                 **client_config,
                 "compression.type": "lz4",
-                "message.max.bytes": 100 * 1024 * 1024,
+                "message.max.bytes": max(1000, max_bytes),  # (librdkafka's least)
                 "linger.ms": 0,
             }
         )
 
     def write(self, items: dict[str, Checkpoint], timeout: float = 30.0) -> None:
-        """Write checkpoints and wait until the broker has every one."""
+        """Write checkpoints and wait until the broker has every one; CheckpointTooLarge,
+        before anything is sent, when one is larger than a record may be."""
         errors: list[str] = []
 
         def delivered(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
 
-        for key, checkpoint in items.items():
-            self.producer.produce(
-                self.topic, encode(checkpoint), key=self._key(key), on_delivery=delivered
-            )
+        blobs = {key: encode(checkpoint) for key, checkpoint in items.items()}
+        for key, blob in blobs.items():
+            if len(blob) > self.max_bytes:
+                raise CheckpointTooLarge(too_large(key, len(blob), self.max_bytes))
+        for key, blob in blobs.items():
+            self.producer.produce(self.topic, blob, key=self._key(key), on_delivery=delivered)
         remaining = self.producer.flush(timeout)
         if remaining or errors:
             raise RuntimeError(f"checkpoint write failed: {errors or f'{remaining} undelivered'}")

@@ -1,0 +1,40 @@
+"""A checkpoint larger than one record may be stops the worker with its reason, not the
+producer's MSG_SIZE_TOO_LARGE (streams/connectors/checkpoints.py, docs/operations.md
+"Checkpoint size"): it names the task, the sizes and what to change, and nothing of
+that write is sent."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.connectors.checkpoints import (
+    MAX_CHECKPOINT_BYTES,
+    Checkpoint,
+    CheckpointStore,
+    CheckpointTooLarge,
+    encode,
+)
+
+# no broker: the size is judged before anything is produced (a port nothing listens on)
+CLIENT = {"bootstrap.servers": "127.0.0.1:9"}
+
+
+def test_an_oversized_checkpoint_is_refused_with_its_reason_before_anything_is_sent() -> None:
+    store = CheckpointStore(CLIENT, "checkpoints", "g", max_bytes=4000)
+    small = Checkpoint({"t": 1}, {"state": b"x" * 100})
+    big = Checkpoint({"t": 1}, {"state": b"x" * 5000})
+    assert len(encode(small)) <= 4000 < len(encode(big))
+    with pytest.raises(CheckpointTooLarge) as refused:
+        store.write({"ctr/0": small, "sensor/3": big}, timeout=1)
+    reason = str(refused.value)
+    assert "sensor/3" in reason and "more partitions" in reason and "Checkpoint size" in reason
+    assert "ctr/0" not in reason
+    assert len(store.producer) == 0  # not even the small one was queued
+
+
+def test_the_limit_is_the_producers_and_the_topics() -> None:
+    from streams.connectors import kafka
+
+    store = CheckpointStore(CLIENT, "checkpoints", "g")
+    assert store.max_bytes == MAX_CHECKPOINT_BYTES == 100 * 1024 * 1024
+    assert kafka.MAX_CHECKPOINT_BYTES is MAX_CHECKPOINT_BYTES
