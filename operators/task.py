@@ -179,33 +179,29 @@ class MonitorTask:
         return TaskOutput(rows=out.rows, alerts=alerts)
 
     def snapshot(self) -> dict[str, Any]:
-        state = TaskState(
-            watermark=self.watermark.snapshot(),
-            operator=self.operator.snapshot(),
-            rules=self.rules.snapshot(),
-            changes=self.changes.snapshot() if self.changes is not None else None,
-            relations=self.relations.snapshot() if self.relations is not None else None,
-        )
-        # the parts are plain copies already (each part's own codec made them):
-        # CODEC.dump's to_builtins would copy every one of them a second time
-        return {FORMAT_KEY: CODEC.format, "state": msgspec.structs.asdict(state)}
+        return self._versioned(encoded=False)
 
     def snapshot_encoded(self) -> dict[str, Any]:
         """`snapshot()` as the worker checkpoints it: the same, with the operator's and
         the relations' parts already msgpack-encoded (`msgspec.Raw`, written from their
         typed states without a plain copy first), which `checkpoints.encode` embeds as
         they are: the checkpoint's bytes are the same (tests/conformance.py, `drive`)."""
+        return self._versioned(encoded=True)
+
+    def _versioned(self, encoded: bool) -> dict[str, Any]:
+        operator: Any = self.operator.snapshot_encoded if encoded else self.operator.snapshot
+        relations: Any = None
+        if self.relations is not None:
+            relations = self.relations.snapshot_encoded if encoded else self.relations.snapshot
         state = TaskState(
             watermark=self.watermark.snapshot(),
-            operator=self.operator.snapshot_encoded(),  # type: ignore[arg-type]
+            operator=operator(),
             rules=self.rules.snapshot(),
             changes=self.changes.snapshot() if self.changes is not None else None,
-            relations=(
-                self.relations.snapshot_encoded()  # type: ignore[arg-type]
-                if self.relations is not None
-                else None
-            ),
+            relations=relations() if relations is not None else None,
         )
+        # the parts are plain copies (or bytes) already, each made by its part's own
+        # codec: CODEC.dump's to_builtins would copy every one of them a second time
         return {FORMAT_KEY: CODEC.format, "state": msgspec.structs.asdict(state)}
 
     def restore(self, snapshot: dict[str, Any]) -> None:

@@ -5,8 +5,12 @@ that write is sent."""
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import pytest
 
+from streams.config import load_settings
 from streams.connectors.checkpoints import (
     MAX_CHECKPOINT_BYTES,
     Checkpoint,
@@ -14,6 +18,7 @@ from streams.connectors.checkpoints import (
     CheckpointTooLarge,
     encode,
 )
+from streams.connectors.kafka import ensure_topics
 
 # no broker: the size is judged before anything is produced (a port nothing listens on;
 # librdkafka's log of the refused connection silenced)
@@ -33,9 +38,20 @@ def test_an_oversized_checkpoint_is_refused_with_its_reason_before_anything_is_s
     assert len(store.producer) == 0  # not even the small one was queued
 
 
-def test_the_limit_is_the_producers_and_the_topics() -> None:
-    from streams.connectors import kafka
+def test_the_limit_is_the_producers_and_the_topics(broker: Any) -> None:
+    """The store's limit is the checkpoints topic's own, as `ensure_topics` creates it on
+    the real broker (read back with DescribeConfigs), and the producer's."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
     store = CheckpointStore(CLIENT, "checkpoints", "g")
     assert store.max_bytes == MAX_CHECKPOINT_BYTES == 100 * 1024 * 1024
-    assert kafka.MAX_CHECKPOINT_BYTES is MAX_CHECKPOINT_BYTES
+    prefix = f"cpsize-{uuid.uuid4().hex[:8]}"
+    names = {f: f"{prefix}.{f}" for f in load_settings(env={}).topics.__struct_fields__}
+    settings = load_settings(
+        env={}, overrides={"kafka.bootstrap": broker.bootstrap, "topics": names}
+    )
+    ensure_topics(settings, partitions=1)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = ConfigResource(ResourceType.TOPIC, settings.topics.checkpoints)
+    config = admin.describe_configs([topic])[topic].result(timeout=15)
+    assert config["max.message.bytes"].value == str(store.max_bytes)
