@@ -20,13 +20,27 @@ from streams.connectors.checkpoints import (
 )
 from streams.connectors.kafka import ensure_topics
 
-# no broker: the size is judged before anything is produced (a port nothing listens on;
-# librdkafka's log of the refused connection silenced)
+# a store that never connects (a port nothing listens on; librdkafka's log of the refused
+# connection silenced), for what is judged without a broker
 CLIENT = {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}
 
 
-def test_an_oversized_checkpoint_is_refused_with_its_reason_before_anything_is_sent() -> None:
-    store = CheckpointStore(CLIENT, "checkpoints", "g", max_bytes=4000)
+def _topics(broker: Any) -> Any:
+    """Settings with topics of their own on the suite's broker, created."""
+    prefix = f"cpsize-{uuid.uuid4().hex[:8]}"
+    names = {f: f"{prefix}.{f}" for f in load_settings(env={}).topics.__struct_fields__}
+    overrides = {"kafka.bootstrap": broker.bootstrap, "topics": names}
+    settings = load_settings(env={}, overrides=overrides)
+    ensure_topics(settings, partitions=1)
+    return settings
+
+
+def test_an_oversized_checkpoint_is_refused_with_its_reason_before_anything_is_sent(
+    broker: Any,
+) -> None:
+    settings = _topics(broker)
+    client = {"bootstrap.servers": broker.bootstrap}
+    store = CheckpointStore(client, settings.topics.checkpoints, "g", max_bytes=4000)
     small = Checkpoint({"t": 1}, {"state": b"x" * 100})
     big = Checkpoint({"t": 1}, {"state": b"x" * 5000})
     assert len(encode(small)) <= 4000 < len(encode(big))
@@ -35,7 +49,10 @@ def test_an_oversized_checkpoint_is_refused_with_its_reason_before_anything_is_s
     reason = str(refused.value)
     assert "sensor/3" in reason and "more partitions" in reason and "Checkpoint size" in reason
     assert "ctr/0" not in reason
-    assert len(store.producer) == 0  # not even the small one was queued
+    # not even the small one was sent: the topic holds no checkpoint of the group (read to
+    # its end as a restarting worker reads it)
+    assert store.producer.flush(10) == 0
+    assert store.load() == {}
 
 
 def test_the_limit_is_the_producers_and_the_topics(broker: Any) -> None:
@@ -45,12 +62,7 @@ def test_the_limit_is_the_producers_and_the_topics(broker: Any) -> None:
 
     store = CheckpointStore(CLIENT, "checkpoints", "g")
     assert store.max_bytes == MAX_CHECKPOINT_BYTES == 100 * 1024 * 1024
-    prefix = f"cpsize-{uuid.uuid4().hex[:8]}"
-    names = {f: f"{prefix}.{f}" for f in load_settings(env={}).topics.__struct_fields__}
-    settings = load_settings(
-        env={}, overrides={"kafka.bootstrap": broker.bootstrap, "topics": names}
-    )
-    ensure_topics(settings, partitions=1)
+    settings = _topics(broker)
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     topic = ConfigResource(ResourceType.TOPIC, settings.topics.checkpoints)
     config = admin.describe_configs([topic])[topic].result(timeout=15)
