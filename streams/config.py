@@ -526,6 +526,14 @@ class Settings(Strict):
     repartition_idle_s: float = 120
     flush_interval_s: float = 0.5  # rows and alerts leave at least this often
     checkpoint_interval_s: float = 5  # state snapshots + offset commits
+    # at most this share of the worker's time goes to checkpoints: after one that took
+    # c seconds the next waits c / checkpoint_max_share, if that is longer than the
+    # interval (a state of many sensors is checkpointed less often, and a crash replays
+    # more input: docs/operations.md, "Checkpoint size")
+    checkpoint_max_share: float = 0.1
+    # a checkpoint larger than this is written as parts of this size (8 MiB), then a
+    # head naming them; lower it where the checkpoints topic takes smaller records
+    checkpoint_part_bytes: int = 8 * 1024 * 1024
     max_buffered_rows: int = 200_000  # past this, consumption pauses until ClickHouse writes
     batch_size: int = 5000
     batch_timeout_s: float = 0.2
@@ -548,6 +556,10 @@ class Settings(Strict):
             raise ValueError("health_poll_age_s, health_stall_s and stop_timeout_s must be > 0")
         if self.close_idle_after_s < 0:
             raise ValueError("close_idle_after_s must be >= 0 (0: off)")
+        if not 1024 <= self.checkpoint_part_bytes <= 99 * 1024 * 1024:
+            raise ValueError("checkpoint_part_bytes must be between 1 KiB and 99 MiB")
+        if not 0 < self.checkpoint_max_share <= 1:
+            raise ValueError("checkpoint_max_share must be in (0, 1]")
         if self.max_buffered_rows < self.batch_size:
             raise ValueError("max_buffered_rows must be at least batch_size")
         self.rules = _ctr_rules_for_budget(self.rules, self.monitors["ctr"].options)

@@ -30,6 +30,7 @@ import orjson
 import pytest
 
 from operators.rules import alert_id
+from streams.connectors.checkpoints import CheckpointStore
 from tests.harness import (
     Deployment,
     Message,
@@ -155,9 +156,18 @@ def check_end_state(d: Deployment, traffic: CtrTraffic, sent: list[Message]) -> 
 
 
 def test_kill_9_at_several_moments(tmp_path, broker) -> None:
-    """SIGKILL three times at different points; the end state is an uninterrupted run's."""
+    """SIGKILL three times at different points; the end state is an uninterrupted run's.
+
+    Its checkpoints are written in parts of 1 KiB (`checkpoint_part_bytes`), so the
+    worker resumes from heads and their parts (the path of a large state,
+    streams/connectors/checkpoints.py); the other tests here write one record each."""
     d = Deployment(
-        tmp_path, broker.bootstrap, "rec-kill", checkpoint_interval_s=1.0, flush_interval_s=0.2
+        tmp_path,
+        broker.bootstrap,
+        "rec-kill",
+        checkpoint_interval_s=1.0,
+        flush_interval_s=0.2,
+        checkpoint_part_bytes=1024,
     )
     traffic = CtrTraffic(d)
     half = len(traffic.body) // 2
@@ -248,6 +258,18 @@ def test_kill_9_at_several_moments(tmp_path, broker) -> None:
     assert last_run < len(traffic.messages)
     on_topic = check_end_state(d, traffic, traffic.messages)
     print("alerts on the topic:", len(on_topic))
+    assert chunked_checkpoints(d) > 0
+
+
+def chunked_checkpoints(d: Deployment) -> int:
+    """How many checkpoints of `d`'s group on its topic were written as parts (heads)."""
+    store = CheckpointStore(
+        {"bootstrap.servers": d.config["kafka"]["bootstrap"]},
+        d.topics["checkpoints"],
+        d.config["kafka"]["group_id"],
+    )
+    store.load()
+    return len(store.parts_of)
 
 
 def test_kill_between_insert_and_commit(tmp_path, broker) -> None:

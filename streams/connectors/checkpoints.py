@@ -17,11 +17,20 @@ scans it to the end, found by a marker record this reader writes itself,
 because some brokers (Tansu) report wrong high watermarks. Where two records
 of a key disagree (a worker that lost its partition wrote late), the one
 further along its input wins: both are valid states of the same sequence.
+
+A checkpoint is not bounded by the largest record a broker takes: one over
+`PART_BYTES` encoded is written as parts, then a head naming them
+(`CheckpointStore`), so a partition holding many sensors' windows checkpoints
+as one holding a few (docs/operations.md, "Checkpoint size").
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,32 +48,39 @@ class Checkpoint:
         return sum(self.positions.values())
 
 
+log = logging.getLogger(__name__)
+
 _MARKER = b"__streamwatch_marker__"
 
-#: the largest encoded checkpoint record: the checkpoint producer's message.max.bytes
-#: and the checkpoints topic's max.message.bytes (streams/connectors/kafka.py)
-MAX_CHECKPOINT_BYTES = 100 * 1024 * 1024
+#: a checkpoint larger than this is written as parts of at most this size and a head
+#: record naming them: a task's state is bounded by memory, not by the largest record a
+#: broker takes (Kafka's socket.request.max.bytes is 100 MiB by default)
+PART_BYTES = 8 * 1024 * 1024
+#: the largest record of the checkpoints topic (its max.message.bytes, streams/connectors/
+#: kafka.py): a part, or a whole checkpoint written by a version before parts
+MAX_RECORD_BYTES = 100 * 1024 * 1024
+
+# a part's key: the head's key, "#", the write's id (32 hex digits), "/", its index
+_PART = re.compile(rb"#([0-9a-f]{32})/([0-9]+)$")
 
 
-class CheckpointTooLarge(RuntimeError):
-    """A task's checkpoint is larger than one record may be: the producer would refuse
-    it (MSG_SIZE_TOO_LARGE) at every try, so the worker stops, naming the task and what
-    to change (docs/operations.md, "Checkpoint size")."""
+def part_key(head: bytes, write_id: str, index: int) -> bytes:
+    """The record key of part `index` of a chunked write of the checkpoint keyed `head`.
 
-
-def too_large(key: str, size: int, limit: int) -> str:
-    """The reason a checkpoint of `size` bytes cannot be written.
-
-    >>> too_large("sensor/3", 150 * 2**20, 100 * 2**20)[:75]
-    'the checkpoint of sensor/3 is 150.0 MiB, over the 100.0 MiB one checkpoint '
+    >>> part_key(b"g:sensor/3", "0" * 32, 2)
+    b'g:sensor/3#00000000000000000000000000000000/2'
     """
-    return (
-        f"the checkpoint of {key} is {size / 2**20:.1f} MiB, over the {limit / 2**20:.1f} "
-        "MiB one checkpoint record may hold: that monitor holds too much state in one "
-        "partition. Spread its entities over more partitions (kafka.partitions, with the "
-        "input topics' partitions), or keep less per entity (for sensors: window_ms, "
-        'score_history, rise_history); docs/operations.md, "Checkpoint size"'
-    )
+    return head + f"#{write_id}/{index}".encode()
+
+
+class Head(msgspec.Struct):
+    """What a chunked checkpoint's head record names: its write, the number of parts,
+    the whole encoded checkpoint's length and CRC-32 (checked when it is put together)."""
+
+    id: str
+    count: int
+    size: int
+    crc32: int
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
@@ -84,49 +100,177 @@ def decode(value: bytes) -> Checkpoint:
     )
 
 
+def encode_head(checkpoint: Checkpoint, head: Head) -> bytes:
+    """A chunked checkpoint's head: its positions and topic ids (what `load` compares)
+    and the parts that hold the whole encoded checkpoint."""
+    return msgspec.msgpack.encode(
+        {"positions": checkpoint.positions, "topic_ids": checkpoint.topic_ids, "parts": head}
+    )
+
+
+def split(blob: bytes, part_bytes: int) -> list[bytes]:
+    """An encoded checkpoint in parts of at most `part_bytes`, in order.
+
+    >>> split(b"abcdefg", 3)
+    [b'abc', b'def', b'g']
+    """
+    return [blob[i : i + part_bytes] for i in range(0, len(blob), part_bytes)]
+
+
+def joined(head: Head, parts: dict[int, bytes]) -> bytes | None:
+    """The encoded checkpoint a head names, from the parts read under its write id; None
+    when one is missing or the whole is not the one written (length or CRC-32).
+
+    >>> blob = b"0123456789"
+    >>> head = Head("0" * 32, 4, len(blob), zlib.crc32(blob))
+    >>> joined(head, dict(enumerate(split(blob, 3)))) == blob
+    True
+    >>> joined(head, {0: b"012", 1: b"345", 3: b"9"}) is None
+    True
+    """
+    if sorted(parts) != list(range(head.count)):
+        return None
+    blob = b"".join(parts[i] for i in range(head.count))
+    if len(blob) != head.size or zlib.crc32(blob) != head.crc32:
+        return None
+    return blob
+
+
 def key_of(monitor: str, partition: int) -> str:
     return f"{monitor}/{partition}"
 
 
 class CheckpointStore:
+    """Checkpoints of one consumer group on the checkpoints topic.
+
+    A checkpoint up to `part_bytes` encoded is one record, keyed `GROUP:MONITOR/PARTITION`.
+    A larger one is written in two steps: its parts (keys `part_key`), all acknowledged
+    by the broker, then a head record under the checkpoint's key naming them (`Head`), so
+    a head is never read before its parts and a write cut short leaves the previous head
+    and its parts as they were. The parts of the write a new head replaces are then
+    deleted (tombstones, which a compacted topic drops). Every record of a key goes to
+    one partition of the checkpoints topic (`partition_of`), where order holds.
+    """
+
     def __init__(
         self,
         client_config: dict[str, Any],
         topic: str,
         group_id: str,
-        max_bytes: int = MAX_CHECKPOINT_BYTES,
+        part_bytes: int = PART_BYTES,
     ) -> None:
         from confluent_kafka import Producer
 
+        if not 0 < part_bytes <= MAX_RECORD_BYTES - 1024 * 1024:
+            raise ValueError(f"part_bytes {part_bytes} is not in (0, 99 MiB]")
         self.client_config = client_config
         self.topic = topic
         self.group_id = group_id
-        self.max_bytes = max_bytes
+        self.part_bytes = part_bytes
         self.producer = Producer(
             {
                 **client_config,
                 "compression.type": "lz4",
-                "message.max.bytes": max(1000, max_bytes),  # (librdkafka's least)
+                # a part and its record overhead; a head or a tombstone is small
+                "message.max.bytes": part_bytes + 1024 * 1024,
                 "linger.ms": 0,
             }
         )
+        # checkpoint key -> (write id, parts) of its last chunked write, whose parts the
+        # next write of that key deletes
+        self.parts_of: dict[str, tuple[str, int]] = {}
+        self._partitions: int | None = None
+
+    def partition_of(self, key: bytes) -> int:
+        """The checkpoints topic's partition of every record of one checkpoint key: the
+        one librdkafka's default (consistent_random) partitioner picks for the head's key,
+        CRC-32 modulo the partition count, so a key stays where earlier versions wrote it
+        (tests/test_checkpoint_parts.py checks it against the producer's own choice).
+
+        >>> CheckpointStore.crc_partition(b"g:ctr/0", 1)
+        0
+        """
+        if self._partitions is None:
+            metadata = self.producer.list_topics(self.topic, timeout=10)
+            self._partitions = len(metadata.topics[self.topic].partitions)
+        return self.crc_partition(key, self._partitions)
+
+    @staticmethod
+    def crc_partition(key: bytes, partitions: int) -> int:
+        return zlib.crc32(key) % max(1, partitions)
 
     def write(self, items: dict[str, Checkpoint], timeout: float = 30.0) -> None:
-        """Write checkpoints and wait until the broker has every one; CheckpointTooLarge,
-        before anything is sent, when one is larger than a record may be."""
+        """Write checkpoints and wait until the broker has every one (a large one's parts
+        first, then its head: `CheckpointStore`); RuntimeError when one cannot be."""
+        deadline = time.monotonic() + timeout
         errors: list[str] = []
 
         def delivered(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
 
-        blobs = {key: encode(checkpoint) for key, checkpoint in items.items()}
-        for key, blob in blobs.items():
-            if len(blob) > self.max_bytes:
-                raise CheckpointTooLarge(too_large(key, len(blob), self.max_bytes))
-        for key, blob in blobs.items():
-            self.producer.produce(self.topic, blob, key=self._key(key), on_delivery=delivered)
-        remaining = self.producer.flush(timeout)
+        records: list[tuple[bytes, bytes]] = []  # (key, value) sent after every part
+        chunked: dict[str, tuple[str, int]] = {}
+        for name, checkpoint in items.items():
+            key = self._key(name)
+            blob = encode(checkpoint)
+            if len(blob) <= self.part_bytes:
+                records.append((key, blob))
+                continue
+            write_id = uuid.uuid4().hex
+            size = self.part_bytes
+            head = Head(write_id, -(-len(blob) // size), len(blob), zlib.crc32(blob))
+            for index in range(head.count):  # a part at a time: the librdkafka copy only
+                part = blob[index * size : (index + 1) * size]
+                self._produce(part_key(key, write_id, index), part, key, delivered, deadline)
+            del blob, part
+            records.append((key, encode_head(checkpoint, head)))
+            chunked[name] = (write_id, head.count)
+        if chunked:
+            self._flush(errors, deadline)  # every part is the broker's before any head
+        for key, value in records:
+            self._produce(key, value, key, delivered, deadline)
+        self._flush(errors, deadline)
+        self._delete_replaced_parts(items, chunked, deadline)
+
+    def _delete_replaced_parts(
+        self, items: dict[str, Checkpoint], chunked: dict[str, tuple[str, int]], deadline: float
+    ) -> None:
+        """Tombstones for the parts of the writes just replaced: on a compacted topic the
+        broker then drops them. Best effort: a part left behind is never read again (no
+        head names it), only kept until the topic is cleaned."""
+        for name in items:
+            old = self.parts_of.pop(name, None)
+            if name in chunked:
+                self.parts_of[name] = chunked[name]
+            if old is None or old == chunked.get(name):
+                continue
+            key = self._key(name)
+            for index in range(old[1]):
+                self._produce(part_key(key, old[0], index), None, key, None, deadline)
+        self.producer.flush(max(0.0, deadline - time.monotonic()))
+
+    def _produce(
+        self, key: bytes, value: bytes | None, head: bytes, on_delivery: Any, deadline: float
+    ) -> None:
+        """One record into the producer's queue, waiting for room while the queue is full
+        (a large checkpoint's parts may be more than librdkafka buffers at once)."""
+        partition = self.partition_of(head)
+        while True:
+            try:
+                self.producer.produce(
+                    self.topic, value, key=key, partition=partition, on_delivery=on_delivery
+                )
+                return
+            except BufferError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "checkpoint write failed: the producer's queue stayed full"
+                    ) from None
+                self.producer.poll(0.1)
+
+    def _flush(self, errors: list[str], deadline: float) -> None:
+        remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
         if remaining or errors:
             raise RuntimeError(f"checkpoint write failed: {errors or f'{remaining} undelivered'}")
 
@@ -164,13 +308,10 @@ class CheckpointStore:
                 "max.partition.fetch.bytes": 200 * 1024 * 1024,
             }
         )
-        prefix = f"{self.group_id}:".encode()
-        found: dict[str, Checkpoint] = {}
+        reader = _Reader(f"{self.group_id}:".encode())
         waiting = set(partitions)
         try:
             consumer.assign([TopicPartition(self.topic, p, 0) for p in partitions])
-            import time
-
             deadline = time.monotonic() + timeout
             while waiting:
                 if time.monotonic() > deadline:
@@ -183,13 +324,80 @@ class CheckpointStore:
                         if msg.value() == marker_ids[msg.partition()]:
                             waiting.discard(msg.partition())
                         continue
-                    if not key.startswith(prefix):
-                        continue
-                    name = key[len(prefix) :].decode()
-                    checkpoint = decode(msg.value())
-                    old = found.get(name)
-                    if old is None or checkpoint.progress() >= old.progress():
-                        found[name] = checkpoint
+                    reader.read(key, msg.value())
         finally:
             consumer.close()
+        found = reader.found()
+        self.parts_of = {name: parts for name, parts in reader.parts_of().items()}
         return found
+
+
+@dataclass(slots=True)
+class _Best:
+    """The checkpoint of a key further along its input than any read before it: decoded
+    (one record) or its encoded whole, put together from parts (decoded only if it stays
+    the best, at the end)."""
+
+    progress: int
+    checkpoint: Checkpoint | None
+    blob: bytes | None = None
+    parts: tuple[str, int] | None = None
+
+
+class _Reader:
+    """The checkpoints topic read in order, one record at a time (`CheckpointStore.load`).
+
+    Every record of a key is in one partition, in the order written, so a head comes
+    after its parts: the parts read under a key are kept until its next head, which takes
+    those of its write and drops the rest (a write cut short, or one a new head
+    replaced). Of two heads or records of a key the one further along its input wins
+    (a worker that lost its partition may have written late); a head whose parts are not
+    all there (a worker that lost its partition mid-write) is passed over with a warning.
+    """
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+        self.best: dict[str, _Best] = {}
+        self.pending: dict[str, dict[str, dict[int, bytes]]] = {}  # key -> write id -> parts
+
+    def read(self, key: bytes, value: bytes | None) -> None:
+        if value is None or not key.startswith(self.prefix):
+            return  # a tombstone, or another group's
+        part = _PART.search(key)
+        if part is not None:
+            name = key[len(self.prefix) : part.start()].decode()
+            write_id = part.group(1).decode()
+            self.pending.setdefault(name, {}).setdefault(write_id, {})[int(part.group(2))] = value
+            return
+        name = key[len(self.prefix) :].decode()
+        data = msgspec.msgpack.decode(value)
+        written = self.pending.pop(name, {})
+        progress = sum(data["positions"].values())
+        old = self.best.get(name)
+        if old is not None and progress < old.progress:
+            return
+        if "parts" not in data:
+            checkpoint = Checkpoint(data["positions"], data["state"], data.get("topic_ids", {}))
+            self.best[name] = _Best(progress, checkpoint)
+            return
+        head = msgspec.convert(data["parts"], Head)
+        blob = joined(head, written.get(head.id, {}))
+        if blob is None:
+            log.warning(
+                "checkpoint %s: a head whose parts are not all on the topic (write %s, "
+                "%d parts), passed over",
+                name,
+                head.id,
+                head.count,
+            )
+            return
+        self.best[name] = _Best(progress, None, blob, (head.id, head.count))
+
+    def found(self) -> dict[str, Checkpoint]:
+        return {
+            name: best.checkpoint if best.checkpoint is not None else decode(best.blob or b"")
+            for name, best in self.best.items()
+        }
+
+    def parts_of(self) -> dict[str, tuple[str, int]]:
+        return {name: best.parts for name, best in self.best.items() if best.parts is not None}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streams.config import Settings
-from streams.connectors.checkpoints import MAX_CHECKPOINT_BYTES
+from streams.connectors.checkpoints import MAX_RECORD_BYTES
 
 # Tansu holds a group join for half the session timeout; 6 s keeps joins quick
 # there and is a sane value on Apache Kafka too (`kafka.session_timeout_s` overrides it).
@@ -88,7 +88,7 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
         t.checkpoints,
         1,
         1,
-        config={"cleanup.policy": "compact", "max.message.bytes": str(MAX_CHECKPOINT_BYTES)},
+        config={"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES)},
     )
     existing = admin.list_topics(timeout=15).topics
     create_topics(admin, [topic for name, topic in wanted.items() if name not in existing])

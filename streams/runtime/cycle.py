@@ -65,6 +65,9 @@ class Runtime:
         self.lock = asyncio.Lock()
         self.last_flush = 0.0
         self.last_checkpoint = time.monotonic()
+        # seconds from one checkpoint to the next: the interval, or longer where a
+        # checkpoint takes more than its share of the time (`next_interval`)
+        self.checkpoint_every = settings.checkpoint_interval_s
         self.backoff = 0.0
         self.next_try = 0.0
         self.healthy = True
@@ -321,7 +324,7 @@ class Runtime:
         self.backoff = 0.0
         if self.failure is None:  # a failure's reason stays for /health until the exit
             self.healthy, self.last_error = True, None
-        if now - self.last_checkpoint >= self.settings.checkpoint_interval_s:
+        if now - self.last_checkpoint >= self.checkpoint_every:
             await self._checkpoint()
 
     def _timeout(self, default: float = 30.0) -> float:
@@ -352,3 +355,31 @@ class Runtime:
         self.pipeline.mark_clean()
         metrics.CHECKPOINTS.inc()
         self.on_checkpoint(self.pipeline.committable())
+        took = time.monotonic() - self.last_checkpoint
+        every = next_interval(
+            took, self.settings.checkpoint_interval_s, self.settings.checkpoint_max_share
+        )
+        if every > self.settings.checkpoint_interval_s and every > 1.5 * self.checkpoint_every:
+            log.info(
+                "a checkpoint took %.1f s: the next in %.0f s (checkpoint_max_share %.2f)",
+                took,
+                every,
+                self.settings.checkpoint_max_share,
+            )
+        self.checkpoint_every = every
+        metrics.CHECKPOINT_SECONDS.set(took)
+        metrics.CHECKPOINT_EVERY.set(every)
+
+
+def next_interval(took_s: float, interval_s: float, max_share: float) -> float:
+    """Seconds from a checkpoint that took `took_s` to the next: `interval_s`, or
+    `took_s / max_share` where that is longer, so checkpoints take at most `max_share`
+    of the worker's time however large its state (a crash replays at most that much
+    more input; the input topics' retention must cover it).
+
+    >>> next_interval(0.05, 5.0, 0.1)
+    5.0
+    >>> next_interval(3.0, 5.0, 0.1)
+    30.0
+    """
+    return max(interval_s, took_s / max_share)

@@ -51,6 +51,14 @@ WATERMARK_DELAY = Gauge(
 )
 WATERMARK = Gauge("streamwatch_watermark_seconds", "Event-time watermark", ["monitor"])
 CHECKPOINTS = Counter("streamwatch_checkpoints_total", "Checkpoints written")
+CHECKPOINT_SECONDS = Gauge(
+    "streamwatch_checkpoint_seconds", "Wall time of the last checkpoint (snapshot and write)"
+)
+CHECKPOINT_EVERY = Gauge(
+    "streamwatch_checkpoint_interval_seconds",
+    "Seconds between checkpoints now: checkpoint_interval_s, or longer when checkpoints "
+    "take more than checkpoint_max_share of the time",
+)
 LAG = Gauge(
     "streamwatch_consumer_lag",
     "Messages behind the end of the partition, where the broker reports it",

@@ -217,7 +217,10 @@ class Worker:
             discard_state=discard_state,
         )
         self.store = CheckpointStore(
-            settings.kafka_client_config(), t.checkpoints, settings.kafka.group_id
+            settings.kafka_client_config(),
+            t.checkpoints,
+            settings.kafka.group_id,
+            part_bytes=settings.checkpoint_part_bytes,
         )
         self.runtime = Runtime(settings, self.pipeline, self.sinks, self.store, self.faults)
         from streams.runtime.app import build_app
