@@ -206,3 +206,42 @@ def test_finish_closes_only_the_tasks_whose_input_is_over() -> None:
     # finish() without a bound: every task, also the one still receiving input
     assert p.finish() >= 1
     assert windows("b") == [T0, T0 + MIN]
+
+
+def test_checkpoints_are_taken_with_the_collector_paused_and_it_comes_back() -> None:
+    """`Pipeline.checkpoints` pauses the garbage collector around the snapshots (their
+    containers are freed by reference counting) and restores it as it was, also when a
+    snapshot fails."""
+    import gc
+
+    clock = [0.0]
+    p, _ = pipeline(clock)
+    p.assign([0], {})
+    p.process([imp(i, T0 + i * 1000, "c", 0, i) for i in range(10)])
+    task = p.tasks[("ctr", 0)]
+    seen: list[bool] = []
+    take = task.snapshot_encoded
+
+    def snapshot() -> dict[str, Any]:
+        seen.append(gc.isenabled())
+        return take()
+
+    task.snapshot_encoded = snapshot  # type: ignore[method-assign]
+    assert gc.isenabled()
+    assert set(p.checkpoints(only_dirty=False)) >= {"ctr/0"}
+    assert seen == [False] and gc.isenabled()
+
+    def failing() -> dict[str, Any]:
+        raise RuntimeError("snapshot failed")
+
+    task.snapshot_encoded = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        p.checkpoints(only_dirty=False)
+    assert gc.isenabled()
+    gc.disable()
+    try:  # a collector the caller had off stays off
+        task.snapshot_encoded = take  # type: ignore[method-assign]
+        p.checkpoints(only_dirty=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
