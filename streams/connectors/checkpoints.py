@@ -31,6 +31,7 @@ import re
 import time
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,13 +109,15 @@ def encode_head(checkpoint: Checkpoint, head: Head) -> bytes:
     )
 
 
-def split(blob: bytes, part_bytes: int) -> list[bytes]:
-    """An encoded checkpoint in parts of at most `part_bytes`, in order.
+def split(blob: bytes, part_bytes: int) -> Iterator[bytes]:
+    """An encoded checkpoint in parts of at most `part_bytes`, in order, one at a time
+    (a large checkpoint's parts are not all copied at once).
 
-    >>> split(b"abcdefg", 3)
+    >>> list(split(b"abcdefg", 3))
     [b'abc', b'def', b'g']
     """
-    return [blob[i : i + part_bytes] for i in range(0, len(blob), part_bytes)]
+    for start in range(0, len(blob), part_bytes):
+        yield blob[start : start + part_bytes]
 
 
 def joined(head: Head, parts: dict[int, bytes]) -> bytes | None:
@@ -218,10 +221,9 @@ class CheckpointStore:
                 records.append((key, blob))
                 continue
             write_id = uuid.uuid4().hex
-            size = self.part_bytes
-            head = Head(write_id, -(-len(blob) // size), len(blob), zlib.crc32(blob))
-            for index in range(head.count):  # a part at a time: the librdkafka copy only
-                part = blob[index * size : (index + 1) * size]
+            count = -(-len(blob) // self.part_bytes)
+            head = Head(write_id, count, len(blob), zlib.crc32(blob))
+            for index, part in enumerate(split(blob, self.part_bytes)):
                 self._produce(part_key(key, write_id, index), part, key, delivered, deadline)
             del blob, part
             records.append((key, encode_head(checkpoint, head)))
