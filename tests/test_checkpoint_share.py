@@ -94,8 +94,9 @@ def test_the_share_is_checked() -> None:
 
 def test_the_event_loop_answers_during_a_long_snapshot_and_input_waits(broker: Any) -> None:
     """The snapshots run in a thread under the runtime's lock: a coroutine on the loop (as
-    /health is) runs every few milliseconds meanwhile, and input (which takes the lock)
-    waits for the checkpoint to end."""
+    /health is) runs every few milliseconds meanwhile and sees the checkpoint in progress
+    (`checkpointing_since`, which /health/live does not count as a stuck poll), and input
+    (which takes the lock) waits for the checkpoint to end."""
     snapshot_s = [1.0]
     rt, taken = _runtime(broker, snapshot_s)
     lags: list[float] = []
@@ -109,8 +110,11 @@ def test_the_event_loop_answers_during_a_long_snapshot_and_input_waits(broker: A
             lags.append(now - last - 0.01)
             last = now
 
+    during: list[float | None] = []
+
     async def input_batch() -> None:
         await asyncio.sleep(0.2)  # arrives while the snapshot runs
+        during.append(rt.checkpointing_since)  # what /health reads (health.py)
         async with rt.lock:  # as `Runtime.handle` takes it
             handled.append(time.monotonic())
 
@@ -123,6 +127,8 @@ def test_the_event_loop_answers_during_a_long_snapshot_and_input_waits(broker: A
             await rt._maybe_flush_and_checkpoint(force_flush=True)
         await asyncio.gather(watch, batch)
         assert len(taken) == 1 and handled[0] >= taken[0]
+        assert during[0] is not None and during[0] <= began + 0.1
+        assert rt.checkpointing_since is None
 
     asyncio.run(scenario())
     assert len(lags) > 50, lags  # it ran throughout, not once after the snapshot

@@ -28,6 +28,7 @@ def worker(**changes: Any) -> SimpleNamespace:
         "last_error": None,
         "paused_since": None,
         "paused_beat": 0.0,
+        "checkpointing_since": None,
         "watermark_moved": now,
         "last_poll": now,
         "waiting": 0,
@@ -52,6 +53,7 @@ def worker(**changes: Any) -> SimpleNamespace:
                 "last_error",
                 "paused_since",
                 "paused_beat",
+                "checkpointing_since",
                 "watermark_moved",
             )
         },
@@ -106,6 +108,24 @@ def test_backpressure_pause_is_not_a_stuck_poll_while_its_loop_turns() -> None:
     assert liveness(worker(**paused, paused_beat=ago(1)))[0] == 200
     # the retry loop itself stopped turning: stuck after all
     assert liveness(worker(**paused, paused_beat=ago(POLL_AGE_S + 5)))[0] == 503
+
+
+def test_a_long_checkpoint_is_not_a_stuck_poll_until_health_stall_s() -> None:
+    """Input waits while a checkpoint is taken (streams/runtime/cycle.py): a large
+    state's may outlast the poll age; one running past health_stall_s is stuck."""
+    long = {"last_poll": ago(POLL_AGE_S + 10), "checkpointing_since": ago(POLL_AGE_S + 8)}
+    code, body = liveness(worker(**long))
+    assert code == 200 and body["checkpointing_s"] >= POLL_AGE_S + 8
+    code, body = readiness(worker(**long))
+    assert code == 200 and body["problems"] == [] and body["checkpointing_s"] >= POLL_AGE_S
+    stuck = {"last_poll": ago(STALL_S + 10), "checkpointing_since": ago(STALL_S + 1)}
+    assert liveness(worker(**stuck))[0] == 503
+    code, body = readiness(worker(**stuck))
+    assert code == 503 and "no poll of the broker" in body["problems"][0]
+    assert body["checkpointing_s"] is None
+    # no checkpoint: the poll age alone decides, as before
+    assert liveness(worker(last_poll=ago(POLL_AGE_S + 10)))[0] == 503
+    assert readiness(worker())[1]["checkpointing_s"] is None
 
 
 def test_watermark_stall_counts_only_while_input_waits() -> None:

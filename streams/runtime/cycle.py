@@ -68,6 +68,10 @@ class Runtime:
         # seconds from one checkpoint to the next: the interval, or longer where a
         # checkpoint takes more than its share of the time (`next_interval`)
         self.checkpoint_every = settings.checkpoint_interval_s
+        # (monotonic) when the checkpoint being taken began, None between them: input
+        # waits meanwhile, which /health does not count as a stuck poll (streams/runtime/
+        # health.py)
+        self.checkpointing_since: float | None = None
         self.backoff = 0.0
         self.next_try = 0.0
         self.healthy = True
@@ -348,14 +352,18 @@ class Runtime:
         # meanwhile (each task's state stays the one its written results imply), but the
         # event loop is free, so /health, /metrics and the timers answer during a large
         # state's snapshot (12-24 s at 50,000 sensors: BENCHMARKS.md) instead of after it.
-        items = await in_thread(self.pipeline.checkpoints, not force)
-        if not items:
-            self.on_checkpoint(self.pipeline.committable())  # only replayed input
-            return
+        self.checkpointing_since = self.last_checkpoint
         try:
-            await in_thread(self.store.write, items, self._timeout())
-        except Exception as exc:
-            raise SinkError(f"checkpoint write failed: {exc}") from exc
+            items = await in_thread(self.pipeline.checkpoints, not force)
+            if not items:
+                self.on_checkpoint(self.pipeline.committable())  # only replayed input
+                return
+            try:
+                await in_thread(self.store.write, items, self._timeout())
+            except Exception as exc:
+                raise SinkError(f"checkpoint write failed: {exc}") from exc
+        finally:
+            self.checkpointing_since = None
         self.pipeline.mark_clean()
         metrics.CHECKPOINTS.inc()
         self.on_checkpoint(self.pipeline.committable())

@@ -11,7 +11,11 @@
 /health/live (liveness; 503 makes Kubernetes restart the pod):
     503 after a failure, or when the polling loop has not come back for
     `health_poll_age_s`, unless it is pausing on purpose for ClickHouse
-    (backpressure) and that retry loop still turns.
+    (backpressure) and that retry loop still turns, or it is taking a checkpoint
+    (input waits for it, in a thread: streams/runtime/cycle.py) that began less
+    than `health_stall_s` ago. A large state's checkpoint may take longer than the
+    poll age allows (tens of seconds at tens of thousands of sensors a worker:
+    docs/operations.md, "Checkpoint size"); one past `health_stall_s` is stuck.
 
 Details that are not a 503: `unjudgeable` lists, per monitor, the series whose
 configured window can never hold the readings a detector needs (issue 14: e.g.
@@ -67,6 +71,21 @@ def _paused_and_turning(worker: Any, now: float) -> bool:
     return runtime.paused_since is not None and now - runtime.paused_beat < bound
 
 
+def _checkpointing(worker: Any, now: float) -> float | None:
+    """Seconds the checkpoint being taken has run, when it began less than
+    `health_stall_s` ago; else None."""
+    since = worker.runtime.checkpointing_since
+    if since is None or now - since >= worker.settings.health_stall_s:
+        return None
+    return now - since
+
+
+def _waits_on_purpose(worker: Any, now: float) -> bool:
+    """Whether the poll waits on purpose: backpressure whose loop turns, or a checkpoint
+    in progress."""
+    return _paused_and_turning(worker, now) or _checkpointing(worker, now) is not None
+
+
 def readiness(worker: Any) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of /health."""
     now = time.monotonic()
@@ -74,7 +93,7 @@ def readiness(worker: Any) -> tuple[int, dict[str, Any]]:
     partitions = sorted(worker.pipeline.owned_partitions())
     age = last_poll_age(worker, now)
     problems: list[str] = []
-    if age > s.health_poll_age_s and not _paused_and_turning(worker, now):
+    if age > s.health_poll_age_s and not _waits_on_purpose(worker, now):
         problems.append(f"no poll of the broker for {age:.0f} s")
     waiting = source.waiting
     if waiting and partitions and now - runtime.watermark_moved > s.health_stall_s:
@@ -110,6 +129,7 @@ def readiness(worker: Any) -> tuple[int, dict[str, Any]]:
         "partitions": partitions,
         "watermarks": runtime.pipeline.watermarks(),
         "last_poll_age_s": round(age, 3),
+        "checkpointing_s": _rounded(_checkpointing(worker, now)),
         "input_waiting": waiting,
         "members_elsewhere": source.members_elsewhere,
         "unjudgeable": _unjudgeable_detail(runtime.pipeline),
@@ -124,6 +144,14 @@ def liveness(worker: Any) -> tuple[int, dict[str, Any]]:
     runtime = worker.runtime
     if runtime.failure is not None:
         return 503, {"status": "failed", "error": runtime.last_error, "last_poll_age_s": age}
-    if age > worker.settings.health_poll_age_s and not _paused_and_turning(worker, now):
+    if age > worker.settings.health_poll_age_s and not _waits_on_purpose(worker, now):
         return 503, {"status": "stalled", "last_poll_age_s": round(age, 3)}
-    return 200, {"status": "ok", "last_poll_age_s": round(age, 3)}
+    body: dict[str, Any] = {"status": "ok", "last_poll_age_s": round(age, 3)}
+    checkpointing = _checkpointing(worker, now)
+    if checkpointing is not None:
+        body["checkpointing_s"] = round(checkpointing, 3)
+    return 200, body
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
