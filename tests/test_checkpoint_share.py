@@ -133,3 +133,33 @@ def test_the_event_loop_answers_during_a_long_snapshot_and_input_waits(broker: A
     asyncio.run(scenario())
     assert len(lags) > 50, lags  # it ran throughout, not once after the snapshot
     assert max(lags) < 0.3, max(lags)
+
+
+def test_a_cancelled_checkpoint_keeps_the_lock_until_its_snapshot_ended(broker: Any) -> None:
+    """A timer cancelled mid-checkpoint (faust stopping its timers) does not release the
+    runtime's lock while the snapshot still reads the tasks in its thread: input taking
+    the lock comes after the snapshot's end (`in_thread_to_end`)."""
+    snapshot_s = [0.8]
+    rt, taken = _runtime(broker, snapshot_s)
+
+    async def scenario() -> tuple[float, bool]:
+        rt.last_checkpoint = time.monotonic() - 1.0
+
+        async def tick() -> None:
+            async with rt.lock:
+                await rt._maybe_flush_and_checkpoint(force_flush=True)
+
+        task = asyncio.create_task(tick())
+        await asyncio.sleep(0.2)  # inside the snapshot
+        task.cancel()
+        async with rt.lock:  # as `Runtime.handle` takes it
+            handled = time.monotonic()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return handled, True
+        return handled, False
+
+    handled, cancelled = asyncio.run(scenario())
+    assert cancelled and len(taken) == 1 and handled >= taken[0]
+    assert rt.checkpointing_since is None

@@ -31,6 +31,7 @@ import orjson
 import pytest
 
 from schemas.rows import Row
+from streams.connectors.partitioning import partition_for
 from streams.runtime import repartition
 from streams.runtime.monitors import build_monitors
 from streams.runtime.pipeline import Pipeline, RawMessage
@@ -101,7 +102,7 @@ def tail(d: Deployment) -> list[Message]:
     for p in range(PARTITIONS):
         for q in range(PARTITIONS):
             # a campaign that re-keys into internal partition q
-            zz = next(c for c in names if repartition.partition_for(c.encode(), PARTITIONS) == q)
+            zz = next(c for c in names if partition_for(c.encode(), PARTITIONS) == q)
             imp = {"impression_id": f"t{p}{q}", "ts": ts, "campaign_id": zz, "user_id": "u"}
             imp |= {"experiment": "exp-1", "variant": "control"}
             out.append((d.topics["impressions"], None, orjson.dumps(imp), p))
@@ -318,5 +319,5 @@ def test_experiment_rekeyed_two_workers_and_a_kill(tmp_path, broker) -> None:
     # the re-keyed impressions (progress records, without key or value, aside)
     forwarded = [m for m in consume_all(broker.bootstrap, internal, idle_s=1.0) if m.value()]
     # every forwarded record is keyed by its experiment, in the experiment's partition
-    owner = repartition.partition_for(b"exp-1", PARTITIONS)
+    owner = partition_for(b"exp-1", PARTITIONS)
     assert forwarded and {(m.key(), m.partition()) for m in forwarded} == {(b"exp-1", owner)}

@@ -15,6 +15,7 @@ import pytest
 from operators.watermark import NO_WATERMARK
 from streams.config import ConfigError, load_settings
 from streams.connectors.checkpoints import decode, encode
+from streams.connectors.partitioning import partition_for
 from streams.runtime import repartition
 from streams.runtime.monitors import build_monitors
 from streams.runtime.pipeline import SEEN, Pipeline, RawMessage, merged_progress
@@ -88,7 +89,7 @@ def test_one_experiment_across_partitions_is_tested_whole() -> None:
     assert rows[0]["counts"] == {"a": 4 * 90, "b": 4 * 60}
     assert rows[0]["total"] == 4 * N_PER_PARTITION
     assert rows[0]["srm"] == 1
-    owner = repartition.partition_for(b"exp-1", 4)
+    owner = partition_for(b"exp-1", 4)
     internal = repartition.experiment_topic("streamwatch", "impressions")
     # read to the end: the forwarded impressions and the forwarders' progress records
     assert p.positions[("srm", owner)] == {internal: p.loop_offsets[(internal, owner)]}
@@ -107,7 +108,7 @@ def test_replayed_forwards_are_not_counted_twice() -> None:
     newer = {k: decode(encode(c)) for k, c in first.checkpoints(only_dirty=False).items()}
     # restart: the readers' state is the newer one, the forwarder's the older one
     state = {**newer, **{k: c for k, c in forwarder_old.items() if k.startswith("repartition/")}}
-    owner = repartition.partition_for(b"exp-1", 4)
+    owner = partition_for(b"exp-1", 4)
     assert state[f"srm/{owner}"].state[SEEN] == {f"impressions:{p}": 100 for p in range(4)}
     second, out = make()
     second.assign(range(4), state)

@@ -61,3 +61,45 @@ def test_the_source_closes_its_consumer_through_such_a_raise(caplog: Any) -> Non
     with caplog.at_level(logging.WARNING, logger="streamwatch.source"):
         asyncio.run(in_thread(source._close))
     assert "closing the consumer" in caplog.text
+
+
+def test_a_cancelled_await_of_in_thread_to_end_waits_for_the_call_and_its_lock() -> None:
+    """`in_thread_to_end`: cancelled while its call runs, the caller's cancellation goes
+    on only after the call ended, so a lock held around it is not released early (with
+    `in_thread` the lock would be taken 0.5 s before the call ends: checked)."""
+    import threading
+    import time
+
+    from streams.connectors.threads import in_thread_to_end
+
+    ended: list[float] = []
+    started = threading.Event()
+
+    def slow() -> int:
+        started.set()
+        time.sleep(0.6)
+        ended.append(time.monotonic())
+        return 1
+
+    async def main() -> tuple[float, bool]:
+        lock = asyncio.Lock()
+
+        async def holder() -> None:
+            async with lock:
+                await in_thread_to_end(slow)
+
+        task = asyncio.create_task(holder())
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        async with lock:
+            taken = time.monotonic()
+        cancelled = False
+        try:
+            await task
+        except asyncio.CancelledError:
+            cancelled = True
+        return taken, cancelled
+
+    taken, cancelled = asyncio.run(main())
+    assert cancelled and ended and taken >= ended[0]
+    assert asyncio.run(in_thread_to_end(divmod, 9, 4)) == (2, 1)

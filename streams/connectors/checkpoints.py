@@ -37,6 +37,8 @@ from typing import Any
 
 import msgspec
 
+from streams.connectors.partitioning import partition_for
+
 
 @dataclass(slots=True)
 class Checkpoint:
@@ -185,22 +187,14 @@ class CheckpointStore:
         self._partitions: int | None = None
 
     def partition_of(self, key: bytes) -> int:
-        """The checkpoints topic's partition of every record of one checkpoint key: the
-        one librdkafka's default (consistent_random) partitioner picks for the head's key,
-        CRC-32 modulo the partition count, so a key stays where earlier versions wrote it
-        (tests/test_checkpoint_parts.py checks it against the producer's own choice).
-
-        >>> CheckpointStore.crc_partition(b"g:ctr/0", 1)
-        0
-        """
+        """The checkpoints topic's partition of every record of one checkpoint key:
+        `partition_for` the head's key, librdkafka's default partitioner's choice, so a
+        key stays where earlier versions wrote it (tests/test_checkpoint_parts.py checks
+        it against the producer's own choice)."""
         if self._partitions is None:
             metadata = self.producer.list_topics(self.topic, timeout=10)
             self._partitions = len(metadata.topics[self.topic].partitions)
-        return self.crc_partition(key, self._partitions)
-
-    @staticmethod
-    def crc_partition(key: bytes, partitions: int) -> int:
-        return zlib.crc32(key) % max(1, partitions)
+        return partition_for(key, max(1, self._partitions))
 
     def write(self, items: dict[str, Checkpoint], timeout: float = 30.0) -> None:
         """Write checkpoints and wait until the broker has every one (a large one's parts
@@ -329,20 +323,18 @@ class CheckpointStore:
                     reader.read(key, msg.value())
         finally:
             consumer.close()
-        found = reader.found()
-        self.parts_of = {name: parts for name, parts in reader.parts_of().items()}
-        return found
+        self.parts_of = reader.parts_of()
+        return reader.found()
 
 
 @dataclass(slots=True)
 class _Best:
     """The checkpoint of a key further along its input than any read before it: decoded
-    (one record) or its encoded whole, put together from parts (decoded only if it stays
-    the best, at the end)."""
+    (one record), or its encoded whole put together from parts `parts` (write id,
+    count), decoded only if it stays the best, at the end."""
 
     progress: int
-    checkpoint: Checkpoint | None
-    blob: bytes | None = None
+    checkpoint: Checkpoint | bytes
     parts: tuple[str, int] | None = None
 
 
@@ -393,11 +385,11 @@ class _Reader:
                 head.count,
             )
             return
-        self.best[name] = _Best(progress, None, blob, (head.id, head.count))
+        self.best[name] = _Best(progress, blob, (head.id, head.count))
 
     def found(self) -> dict[str, Checkpoint]:
         return {
-            name: best.checkpoint if best.checkpoint is not None else decode(best.blob or b"")
+            name: c if isinstance(c := best.checkpoint, Checkpoint) else decode(c)
             for name, best in self.best.items()
         }
 

@@ -15,6 +15,7 @@ like any client error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -37,3 +38,22 @@ def guarded(fn: Callable[..., T], *args: Any) -> T:
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     """`asyncio.to_thread(fn, *args)` whose await ends whatever fn raises (`guarded`)."""
     return await asyncio.to_thread(guarded, fn, *args)
+
+
+async def in_thread_to_end(fn: Callable[..., T], *args: Any) -> T:
+    """`in_thread(fn, *args)`, whose caller, when cancelled, still waits for fn to end
+    before the cancellation goes on.
+
+    For a caller that holds a lock over the state fn reads or writes: a checkpoint's
+    snapshots and write run in threads under the runtime's lock (streams/runtime/
+    cycle.py), and a cancelled await would otherwise release the lock while the thread
+    still reads the tasks, so input would be processed beside it (a CTR snapshot even
+    fills in the live windows' impression times for the dump's length)."""
+    call = asyncio.ensure_future(in_thread(fn, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        while not call.done():  # fn's own outcome is nobody's now; its end is
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([call])
+        raise

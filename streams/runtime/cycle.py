@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from operators.state import StateFormatError
 from streams.config import Settings
 from streams.connectors.checkpoints import CheckpointStore
-from streams.connectors.threads import in_thread
+from streams.connectors.threads import in_thread, in_thread_to_end
 from streams.runtime import metrics
 from streams.runtime.faults import Faults, InjectedFault
 from streams.runtime.health import unjudgeable_series
@@ -339,7 +339,7 @@ class Runtime:
 
     async def _flush(self) -> None:
         self.last_flush = time.monotonic()
-        await in_thread(self.sinks.flush, self._timeout())
+        await in_thread_to_end(self.sinks.flush, self._timeout())
 
     async def _checkpoint(self, force: bool = False) -> None:
         """Write dirty tasks' state, then commit the offsets that state covers."""
@@ -354,12 +354,13 @@ class Runtime:
         # state's snapshot (12-24 s at 50,000 sensors: BENCHMARKS.md) instead of after it.
         self.checkpointing_since = self.last_checkpoint
         try:
-            items = await in_thread(self.pipeline.checkpoints, not force)
+            # (to their end even if this is cancelled: the lock is held until then)
+            items = await in_thread_to_end(self.pipeline.checkpoints, not force)
             if not items:
                 self.on_checkpoint(self.pipeline.committable())  # only replayed input
                 return
             try:
-                await in_thread(self.store.write, items, self._timeout())
+                await in_thread_to_end(self.store.write, items, self._timeout())
             except Exception as exc:
                 raise SinkError(f"checkpoint write failed: {exc}") from exc
         finally:

@@ -121,6 +121,7 @@ def readiness(worker: Any) -> tuple[int, dict[str, Any]]:
         status = "stalled"
     else:
         status = "ok"
+    checkpointing = _checkpointing(worker, now)
     body = {
         "status": status,
         "sink_error": runtime.last_error,
@@ -129,7 +130,7 @@ def readiness(worker: Any) -> tuple[int, dict[str, Any]]:
         "partitions": partitions,
         "watermarks": runtime.pipeline.watermarks(),
         "last_poll_age_s": round(age, 3),
-        "checkpointing_s": _rounded(_checkpointing(worker, now)),
+        "checkpointing_s": None if checkpointing is None else round(checkpointing, 3),
         "input_waiting": waiting,
         "members_elsewhere": source.members_elsewhere,
         "unjudgeable": _unjudgeable_detail(runtime.pipeline),
@@ -151,7 +152,3 @@ def liveness(worker: Any) -> tuple[int, dict[str, Any]]:
     if checkpointing is not None:
         body["checkpointing_s"] = round(checkpointing, 3)
     return 200, body
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 3)

@@ -40,6 +40,7 @@ from schemas.decode import Decoder, Rejection
 from schemas.events import INPUT_EVENTS, Alert
 from schemas.rows import Row
 from streams.connectors.checkpoints import Checkpoint, key_of
+from streams.connectors.partitioning import partition_for
 from streams.runtime import metrics, repartition
 from streams.runtime.monitors import MonitorSpec
 
@@ -427,7 +428,7 @@ class Pipeline:
             self._progress_record(plan, topic, partition, events, messages)
         for event, m in zip(events, messages, strict=True):
             for target, key in targets(topic, event):
-                internal_partition = repartition.partition_for(key, plan.partitions[target])
+                internal_partition = partition_for(key, plan.partitions[target])
                 source = repartition.source_header(topic, partition, m.offset())
                 if self.loopback:
                     tp = (target, internal_partition)

@@ -22,7 +22,8 @@ How it stays exactly-once in effect under at-least-once delivery and kill -9:
    `repartition`, with its own checkpointed input positions like every task)
    produces each decoded event's original bytes to the internal topic, keyed
    and partitioned by `crc32(key) % partitions` (deterministic across processes
-   and clients), with a header naming its source `topic:partition:offset`.
+   and clients: `streams.connectors.partitioning.partition_for`), with a header
+   naming its source `topic:partition:offset`.
 2. Forwarded records leave through a dedicated producer with one request in
    flight and unbounded retries, so the records of one source partition reach an
    internal partition in source-offset order (`streams.runtime.sinks.Sinks.forward`).
@@ -53,7 +54,6 @@ partition p moves with its checkpointed state on a rebalance like any other.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -82,19 +82,6 @@ def experiment_topic(group_id: str, logical: str) -> str:
 def keyed_topic(group_id: str, logical: str) -> str:
     """The internal topic carrying every `logical` event re-keyed by its key field."""
     return f"{group_id}-{logical}-repartition"
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The internal partition of a key: CRC-32 modulo the partition count.
-
-    Deterministic across processes (unlike Python's salted `hash`) and the same
-    for every event type, so impressions and clicks of one campaign re-keyed by
-    `campaign_id` meet in one partition number.
-
-    >>> partition_for(b"exp-1", 4) == zlib.crc32(b"exp-1") % 4
-    True
-    """
-    return zlib.crc32(key) % partitions
 
 
 def source_header(topic: str, partition: int, offset: int) -> bytes:
