@@ -63,20 +63,29 @@ def one_pass(
     gc.set_threshold(50_000, 20, 100)
     started = time.process_time()
     for i in range(0, len(events), batch):
-        by_source: dict[str, list[Any]] = {}
-        for topic, event in events[i : i + batch]:
-            by_source.setdefault(topic, []).append(event)
-        for task in tasks:
-            for source, evs in by_source.items():
-                if source in task.operator.sources:
-                    task.feed(source, evs, NOW)
-            task.tick(NOW)
-            out = task.collect()
-            rows += sum(len(r) for r in out.rows.values())
-            alerts += len(out.alerts)
+        made = feed_batch(tasks, events[i : i + batch])
+        rows, alerts = rows + made[0], alerts + made[1]
     elapsed = time.process_time() - started
     gc.unfreeze()
     return elapsed, rows, alerts
+
+
+def feed_batch(tasks: list[MonitorTask], batch: list[tuple[str, Any]]) -> tuple[int, int]:
+    """One batch into every task as the worker hands it (feed per source, tick,
+    collect); (rows, alerts) it made."""
+    by_source: dict[str, list[Any]] = {}
+    for topic, event in batch:
+        by_source.setdefault(topic, []).append(event)
+    rows = alerts = 0
+    for task in tasks:
+        for source, evs in by_source.items():
+            if source in task.operator.sources:
+                task.feed(source, evs, NOW)
+        task.tick(NOW)
+        out = task.collect()
+        rows += sum(len(r) for r in out.rows.values())
+        alerts += len(out.alerts)
+    return rows, alerts
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from operators.task import MonitorTask
-from tests.benchmarks.keys_scaling import NOW, make_tasks
+from tests.benchmarks.keys_scaling import feed_batch, make_tasks
 from tests.benchmarks.operator_cost import events_of
 
 
@@ -37,15 +37,7 @@ def fed_tasks(kind: str, keys: int, events: int) -> list[MonitorTask]:
     tasks = make_tasks(kind)()
     stream = events_of(kind.split("+")[0], events, keys)
     for i in range(0, len(stream), 5000):
-        by_source: dict[str, list[Any]] = {}
-        for topic, event in stream[i : i + 5000]:
-            by_source.setdefault(topic, []).append(event)
-        for task in tasks:
-            for source, evs in by_source.items():
-                if source in task.operator.sources:
-                    task.feed(source, evs, NOW)
-            task.tick(NOW)
-            task.collect()
+        feed_batch(tasks, stream[i : i + 5000])
     return tasks
 
 
