@@ -95,12 +95,13 @@ threshold, op); the reading is `reading`.
 State is bounded by window_ms of readings per series: a series silent for
 more than window_ms (by the watermark, or by the gap to its next reading) is
 forgotten, which is the same as its window having emptied. It snapshots as
-`SensorState` (format 2 of `operators.state`): per (sensor_id, metric) a
+`SensorState` (format 3 of `operators.state`): per (sensor_id, metric) a
 `SeriesState` of named, typed fields; the compiled window's float64 buffer stays
-the live layout and becomes named lists only in the snapshot; the shared rows and
-chunks (`SeriesSlots`) are derived, rebuilt on restore, so the snapshot's layout is
-unchanged by them (still format 2). Format 1 (positional lists,
-"sensor\\x1fmetric" keys) is upgraded.
+the live layout and becomes its readings in time order only in the snapshot,
+packed as bytes like the score histories (format 3: a series is ~3,600 numbers,
+which as lists bound the checkpoint at many sensors, issue 18); the shared rows
+and chunks (`SeriesSlots`) are derived, rebuilt on restore. Formats 1 (positional
+lists, "sensor\\x1fmetric" keys) and 2 (the same numbers as lists) are upgraded.
 """
 
 from __future__ import annotations
@@ -122,12 +123,17 @@ from operators.base import Observation, Operator
 from operators.detectors.episode import Episode
 from operators.detectors.iqr import IqrFences
 from operators.detectors.likelihood import LikelihoodState, likelihood_state_from_format_1
-from operators.detectors.tail import TailProbability, TailState, tail_state_from_format_1
+from operators.detectors.tail import (
+    PackedTailState,
+    TailProbability,
+    packed_tail_state,
+    tail_state_from_format_1,
+)
 from operators.detectors.trend import RiseState, rise_fit
-from operators.detectors.window import WindowStats
+from operators.detectors.window import PackedWindowState, WindowStats, packed_window_state
 from operators.detectors.window import step as window_step
 from operators.detectors.zscore import ZScore
-from operators.rolling import WindowState, window_state_from_format_1
+from operators.rolling import window_state_from_format_1
 from operators.rules import rule_spec as _rule
 from operators.sensor_pending import PendingReadings, Released
 from operators.sensor_rise import (
@@ -181,7 +187,9 @@ from schemas.events import SensorReading
 from schemas.rows import SensorAnomalyRow, SensorWindowRow
 
 METHODS = ("zscore", "iqr", "rise")
-STATE_FORMAT = 2  # `SensorState`; 1: positional lists (upgraded, `_from_format_1`)
+# `SensorState`; upgraded: 1, positional lists (`_from_format_1`); 2, the window and the
+# score histories as lists of numbers (`_from_format_2`)
+STATE_FORMAT = 3
 log = logging.getLogger(__name__)
 # readings after which a series' cadence is judged (the median gap between them)
 CADENCE_READINGS = 16
@@ -488,7 +496,7 @@ class Series:
         lists)."""
         mk, mk_times, rise_lk = self.rise.snapshot()
         return SeriesState(
-            stats=self.stats.snapshot(),
+            stats=self.stats.snapshot_packed(),
             staged=self.staged,  # live lists and Structs: `dump` copies them
             last_ts=self.last_ts,
             prev=self.prev,
@@ -499,7 +507,7 @@ class Series:
             episodes=self.episodes,
             window_ms=self.window_ms,
             alpha=self.alpha,
-            tails={m: t.snapshot() for m, t in self.tails.items()},
+            tails={m: t.snapshot_packed() for m, t in self.tails.items()},
             mk=mk,
             mk_times=mk_times,
             bucket_ms=self.bucket_ms,
@@ -513,7 +521,7 @@ class Series:
         """The live series of its typed state: the detectors built from the
         configuration, then given their checkpointed state."""
         s = cls(config)
-        s.stats = WindowStats.from_snapshot(state.stats)
+        s.stats = WindowStats.from_packed(state.stats)
         s.staged = list(state.staged)
         s.last_ts = state.last_ts
         s.prev, s.run_len = state.prev, state.run_len
@@ -525,7 +533,7 @@ class Series:
         s.window_ms = state.window_ms
         s.alpha = state.alpha
         for m, tail in state.tails.items():
-            s.tails[m].restore(tail)
+            s.tails[m].restore_packed(tail)
         s.rise = RiseBuffer.restored(state.mk, state.mk_times, state.rise_lk, config.rise_history)
         s.rising = state.rising
         s.bucket_ms = state.bucket_ms
@@ -547,11 +555,12 @@ class RiseBucket(msgspec.Struct):
 class SeriesState(msgspec.Struct):
     """One (sensor, metric)'s state: `Series` as named, typed fields. The sliding
     window's float64 buffer (`WindowStats`, the layout the compiled kernels work on) is
-    kept live as it is and becomes named lists (`WindowState`) only here, per snapshot;
-    derived parts (the window's sorted copy, the Mann-Kendall tie term, the aggregate
-    cache) are rebuilt on restore."""
+    kept live as it is and becomes its readings in time order, packed
+    (`PackedWindowState`), only here, per snapshot; so do the score histories
+    (`PackedTailState`), most of a series' bytes; derived parts (the window's sorted
+    copy, the Mann-Kendall tie term, the aggregate cache) are rebuilt on restore."""
 
-    stats: WindowState  # readings before last_ts in the sliding window
+    stats: PackedWindowState  # readings before last_ts in the sliding window
     staged: list[float]  # readings at last_ts
     last_ts: int | None
     prev: float | None  # the legacy "runs" rise test: the last value and the run
@@ -562,7 +571,7 @@ class SeriesState(msgspec.Struct):
     episodes: dict[str, Episode]  # "zscore", "iqr"
     window_ms: int  # stretched to the cadence once it is measured
     alpha: float  # the calibration's level
-    tails: dict[str, TailState]  # "zscore", "iqr": the score histories
+    tails: dict[str, PackedTailState]  # "zscore", "iqr": the score histories
     mk: RiseState  # the Mann-Kendall rise test's bucket means
     mk_times: list[int]  # and their bucket starts
     bucket_ms: int
@@ -572,7 +581,7 @@ class SeriesState(msgspec.Struct):
 
 
 class SensorState(msgspec.Struct):
-    """The sensor operator's state (format 2; `operators.state`)."""
+    """The sensor operator's state (format 3; `operators.state`)."""
 
     pending: list[Entry]  # readings the watermark has not passed
     series: dict[tuple[str, str], SeriesState]  # (sensor_id, metric)
@@ -588,7 +597,9 @@ def _series_from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str
     `SeriesState` data, with format 1's own fallbacks: no "episodes" (the flags are the
     open episodes), no "mk" (a rise test not begun), no "gaps" (the cadence still to be
     measured), no "window_ms" (the configured one)."""
-    new = msgspec.to_builtins(Series(config).state())
+    # (a new series' defaults, in the current format: its packed parts stay bytes, and
+    # the format-2 upgrade keeps them as they are)
+    new = msgspec.to_builtins(Series(config).state(), builtin_types=(bytes,))
     new["stats"] = window_state_from_format_1(old["stats"])
     new["staged"] = [float(v) for v in old["staged"]]
     new["last_ts"] = old["last_ts"]
@@ -640,6 +651,17 @@ def _from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str, Any]:
         "unjudgeable": sorted(old.get("unjudgeable", ())),
         "metrics": dict(old.get("metrics", {})),  # absent before the per-sensor budget
     }
+
+
+def _from_format_2(old: dict[str, Any]) -> dict[str, Any]:
+    """State format 2 as plain `SensorState` data: each series' window readings and
+    score histories packed (`operators.state.pack_f64`), the same values bit for bit.
+    (A series upgraded from format 1 may already hold packed defaults: they stay.)"""
+    series = {}
+    for key, plain in old["series"].items():
+        tails = {m: packed_tail_state(t) for m, t in plain["tails"].items()}
+        series[key] = {**plain, "stats": packed_window_state(plain["stats"]), "tails": tails}
+    return {**old, "series": series}
 
 
 def _tag_order(item: tuple[int, int, Any, Any]) -> tuple[int, int]:
@@ -811,7 +833,7 @@ class SensorOperator(Operator):
             "sensor",
             SensorState,
             format=STATE_FORMAT,
-            upgrades={1: lambda old: _from_format_1(old, self.config)},
+            upgrades={1: lambda old: _from_format_1(old, self.config), 2: _from_format_2},
         )
 
     # -- input ---------------------------------------------------------------

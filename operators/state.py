@@ -23,6 +23,14 @@ Upgrade policy (stated in docs/operations.md, "Upgrading"):
   `streamwatch run --discard-state MONITOR`); a refused snapshot is never half-used;
 * a snapshot of a newer format than the code knows (a rollback) is refused the same way.
 
+Large numeric arrays may be held *packed*: a `bytes` field of little-endian float64
+(`pack_f64`) or int64 (`pack_i64`) values, read back with `unpack_f64` / `unpack_i64`.
+msgpack writes such a field as one bin (a copy of the array's memory), where a
+`list[float]` costs a Python float per value to build, encode, decode and free: the
+sensor monitor's series are ~3,600 floats each, and its checkpoint at many sensors
+was bound by them (issue 18). The values are the same bits either way (float64 and
+int64 round-trip exactly), so packing is a format change, not an arithmetic one.
+
 >>> import msgspec
 >>> class Counts(msgspec.Struct):
 ...     n: dict[tuple[str, int], int] = {}
@@ -41,10 +49,11 @@ demo: a checkpoint in state format 1, which this version cannot read
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
+import numpy as np
 
 S = TypeVar("S")
 
@@ -52,6 +61,43 @@ S = TypeVar("S")
 FORMAT_KEY = "format"
 
 _MSGPACK = msgspec.msgpack.Encoder()
+_F64 = np.dtype("<f8")
+_I64 = np.dtype("<i8")
+
+
+def pack_f64(values: np.ndarray | Sequence[float] | bytes) -> bytes:
+    """Values as packed little-endian float64 bytes (bytes are taken as already packed:
+    an upgrade may meet both forms).
+
+    >>> pack_f64([1.5, -0.0]) == np.array([1.5, -0.0]).astype("<f8").tobytes()
+    True
+    >>> unpack_f64(pack_f64([0.1, 2.0, float("inf")])).tolist()
+    [0.1, 2.0, inf]
+    """
+    if isinstance(values, bytes):
+        return values
+    return np.asarray(values, dtype=_F64).tobytes()
+
+
+def unpack_f64(packed: bytes) -> np.ndarray:
+    """The float64 array of `pack_f64`'s bytes (read-only: a view of them)."""
+    return np.frombuffer(packed, dtype=_F64)
+
+
+def pack_i64(values: np.ndarray | Sequence[int] | bytes) -> bytes:
+    """Integers (epoch milliseconds, say) as packed little-endian int64 bytes.
+
+    >>> unpack_i64(pack_i64([1_700_000_000_000, -1])).tolist()
+    [1700000000000, -1]
+    """
+    if isinstance(values, bytes):
+        return values
+    return np.asarray(values, dtype=_I64).tobytes()
+
+
+def unpack_i64(packed: bytes) -> np.ndarray:
+    """The int64 array of `pack_i64`'s bytes (read-only: a view of them)."""
+    return np.frombuffer(packed, dtype=_I64)
 
 
 class StateFormatError(RuntimeError):
@@ -113,7 +159,17 @@ class StateCodec(Generic[S]):
             upgrade = self.upgrades.get(version)
             if upgrade is None:
                 raise StateFormatError(self._refusal(found))
-            plain = upgrade(plain)
+            try:
+                plain = upgrade(plain)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                # a part the upgrade expects is missing or of another shape: a damaged
+                # checkpoint, named as such (never a bare KeyError out of an upgrade)
+                raise StateFormatError(
+                    f"{self.owner}: a checkpoint in state format {version} that does not "
+                    f"fit that format's layout ({type(exc).__name__}: {exc}); the "
+                    "checkpoint is damaged or was written by a build with the same format "
+                    "number but another layout"
+                ) from exc
             version += 1
         if version != self.format:
             raise StateFormatError(self._refusal(found))
@@ -137,4 +193,12 @@ class StateCodec(Generic[S]):
         )
 
 
-__all__ = ["FORMAT_KEY", "StateCodec", "StateFormatError"]
+__all__ = [
+    "FORMAT_KEY",
+    "StateCodec",
+    "StateFormatError",
+    "pack_f64",
+    "pack_i64",
+    "unpack_f64",
+    "unpack_i64",
+]

@@ -9,7 +9,8 @@ upgrade them (the run continues exactly as if uninterrupted) or refuse them with
 `StateFormatError` (the stated upgrade policy, `operators/state.py`).
 
 `tests/artifacts/state_format1/` was written at commit adfee79, the last version whose
-operators serialised their state by hand (state format 1).
+operators serialised their state by hand (state format 1); `tests/artifacts/state_f4ccd19/`
+at f4ccd19, the last before the sensor monitor's state format 3 (its arrays packed).
 """
 
 from __future__ import annotations

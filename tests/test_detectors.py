@@ -8,6 +8,8 @@ import math
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import event, given, note, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 import operators.detectors.autoencoder as ae_module
@@ -317,6 +319,62 @@ def test_tail_snapshot_round_trip() -> None:
     b.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(a.snapshot())))
     for s in (0.3, 2.0, 7.0):
         assert a.score_one(s) == b.score_one(s)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    history=st.integers(10, 80),
+    scores=st.lists(
+        st.one_of(st.floats(0.0, 10.0), st.sampled_from([0.0, -0.0, 1.0])),
+        min_size=10,
+        max_size=300,
+    ),
+    asks=st.lists(st.integers(0, 299), max_size=20),
+    last_ask=st.integers(0, 40),
+    refit=st.integers(1, 30),
+)
+def test_a_packed_tail_snapshot_restores_what_the_plain_one_does(
+    history: int, scores: list[float], asks: list[int], last_ask: int, refit: int
+) -> None:
+    """`snapshot_packed` / `restore_packed` (the sensor monitor's format 3: the history
+    as float64 bytes, the fitted copy sharing what it has in common with the history)
+    against `snapshot` / `restore` (lists): the same history, fit and fitted values, bit
+    for bit, at fits in use and not, rings full and growing, signed zeros included."""
+    a = TailProbability(history=history, min_history=10, refit=refit)
+    fitted = {*asks, len(scores) - 1 - last_ask}  # (the last: a fit often still in use)
+    for i, x in enumerate(scores):
+        a.learn_one(x)
+        if i in fitted:
+            a.score_one(x)  # a fit (when due), in use until `refit` more scores
+    packed = msgspec.msgpack.decode(
+        msgspec.msgpack.encode(a.snapshot_packed()), type=tail_module.PackedTailState
+    )
+    plain = msgspec.msgpack.decode(msgspec.msgpack.encode(a.snapshot()))
+    b = TailProbability(history=history, min_history=10, refit=refit)
+    b.restore_packed(packed)
+    c = TailProbability(history=history, min_history=10, refit=refit)
+    c.restore(plain)
+    assert b.ordered().tobytes() == c.ordered().tobytes() == a.ordered().tobytes()
+    assert b.fitted.tobytes() == c.fitted.tobytes()
+    assert (b.since_fit, b.u, b.beta, b.tail_share) == (c.since_fit, c.u, c.beta, c.tail_share)
+    if packed.fit is not None:
+        assert b.fitted.tobytes() == a.fitted.tobytes()
+        assert len(packed.fit.head) // 8 + packed.fit.shared == len(a.fitted)
+    note(f"fit in use: {packed.fit is not None}, shared: {packed.fit and packed.fit.shared}")
+    event(f"fit in use, sharing: {packed.fit is not None and packed.fit.shared > 0}")
+
+
+def test_a_packed_tail_fit_shares_the_history_it_has_in_common() -> None:
+    """A full history 5 scores after its fit: the fitted copy is written as the 5 scores
+    that have left the history, the rest taken from the history itself."""
+    a = TailProbability(history=100, min_history=10, refit=25)
+    for x in np.random.default_rng(3).exponential(size=150):
+        a.learn_one(float(x))
+    a.score_one(9.0)  # the fit
+    for x in (0.1, 0.2, 0.3, 0.4, 0.5):
+        a.learn_one(x)
+    fit = a.snapshot_packed().fit
+    assert fit is not None and (len(fit.head) // 8, fit.shared) == (5, 95)
 
 
 # -- small-sample prediction-interval p-values (issue 14's warm-up) -----------------

@@ -465,7 +465,7 @@ def test_a_checkpoint_of_four_field_pending_entries_restores() -> None:
     op = SensorOperator(SensorConfig(methods=("zscore",), min_points=3))
     op.feed(SRC, [reading(T0 + i * 1_000, temp=float(i % 2)) for i in range(40)])
     snapshot = op.snapshot()
-    assert snapshot["format"] == 2
+    assert snapshot["format"] == 3
     assert all(len(e) == 5 for e in snapshot["state"]["pending"])
     state = {
         "pending": [list(e[:4]) for e in snapshot["state"]["pending"]],

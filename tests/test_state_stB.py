@@ -1,6 +1,6 @@
 """Typed, versioned state of the sensor, cluster and autoencoder operators (issue 12, point 3).
 
-Per operator: the snapshot is `{"format": 2, "state": ...}` of plain data (no pickles, no
+Per operator: the snapshot is `{"format": N, "state": ...}` of plain data (no pickles, no
 "\\x1f"-joined keys: composite keys are tuples), a format this code does not know is
 refused with a `StateFormatError` naming the monitor, a checkpoint that does not fit the
 state type is refused the same way (never half-restored), and format 1 is upgraded,
@@ -13,6 +13,7 @@ from __future__ import annotations
 import pickle
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,6 +28,7 @@ from schemas.events import SensorReading
 
 T0 = 1_795_000_020_000
 SRC = "sensor-readings"
+ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 def reading(ts: int, sensor: str = "s1", site: str | None = None, **values: float):
@@ -86,13 +88,36 @@ def plain_types(value: Any) -> set[type]:
     return {type(value)}
 
 
+FORMATS = {"sensor": 3, "cluster": 2, "autoencoder": 2}
+# bytes a state may hold: numeric arrays packed by `operators.state` (float64 or int64,
+# 8 bytes a value), under these field names only
+PACKED = {"sensor": {"times", "values", "head"}, "cluster": set(), "autoencoder": set()}
+
+
+def packed_fields(value: Any, name: str = "") -> list[tuple[str, bytes]]:
+    """Every bytes value of plain data, with the name of the field that holds it."""
+    if isinstance(value, bytes):
+        return [(name, value)]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in packed_fields(v, str(k))]
+    if isinstance(value, list | tuple):
+        return [p for v in value for p in packed_fields(v, name)]
+    return []
+
+
 @pytest.mark.parametrize("name", sorted(OPERATORS))
 def test_the_snapshot_is_versioned_plain_data(name: str) -> None:
     snapshot = mid_stream(name).snapshot()
-    assert set(snapshot) == {"format", "state"} and snapshot["format"] == 2
+    assert set(snapshot) == {"format", "state"} and snapshot["format"] == FORMATS[name]
     assert set(snapshot["state"]) == FIELDS[name]
-    # plain data only: no pickled bytes, no numpy
-    assert plain_types(snapshot) <= {dict, list, tuple, str, int, float, bool, type(None)}
+    # plain data only: no pickled bytes, no numpy; bytes only as packed arrays
+    plain = {dict, list, tuple, str, int, float, bool, type(None)}
+    assert plain_types(snapshot) <= plain | ({bytes} if PACKED[name] else set())
+    packed = packed_fields(snapshot)
+    assert {field for field, _ in packed} <= PACKED[name]
+    assert all(len(b) % 8 == 0 for _, b in packed)
+    if PACKED[name]:
+        assert any(packed)  # (the judged series' windows are in it)
     assert through_msgpack(snapshot) == through_msgpack(through_msgpack(snapshot))
 
 
@@ -111,7 +136,7 @@ def test_a_snapshot_round_trip_continues_exactly(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(OPERATORS))
 def test_an_unknown_format_is_refused_naming_the_monitor(name: str) -> None:
     snapshot = through_msgpack(mid_stream(name).snapshot())
-    for bumped in (3, 0):
+    for bumped in (FORMATS[name] + 1, 0):
         with pytest.raises(StateFormatError, match=rf"^{name}: a checkpoint in state format"):
             OPERATORS[name]().restore({**snapshot, "format": bumped})
 
@@ -123,7 +148,12 @@ def test_a_checkpoint_that_does_not_fit_is_refused(name: str) -> None:
     state = {k: v for k, v in snapshot["state"].items() if k != field}
     op = OPERATORS[name]()
     with pytest.raises(StateFormatError, match=rf"^{name}: .*does not fit.*{field}"):
-        op.restore({"format": 2, "state": state})
+        op.restore({"format": FORMATS[name], "state": state})
+    if FORMATS[name] > 2:  # an older format's upgrade meets it: refused the same way
+        with pytest.raises(
+            StateFormatError, match=rf"^{name}: a checkpoint in state format \d that does not fit"
+        ):
+            OPERATORS[name]().restore({"format": 2, "state": state})
 
 
 def test_sensor_keys_are_tuples() -> None:
@@ -222,6 +252,25 @@ def test_a_sensor_format1_series_from_before_episodes_and_the_rise_test_is_upgra
     op.advance(T0 + 60_000)
     (row,) = op.collect().rows["sensor_windows"]
     assert (row.sensor_id, row.metric, row.n) == ("s1", "temp", 5)
+
+
+def test_a_sensor_format2_snapshot_with_fits_in_use_restores_as_the_same_state() -> None:
+    """`mid_stream("sensor").snapshot()` as f4ccd19 wrote it (format 2: the window and the
+    score histories as lists; tests/artifacts/sensor_mid_stream_format2.msgpack), with
+    tails whose fit is in use: upgraded to format 3 it is the current code's own snapshot
+    of the same stream, bit for bit, and the run goes on exactly."""
+    old = msgspec.msgpack.decode((ARTIFACTS / "sensor_mid_stream_format2.msgpack").read_bytes())
+    assert old["format"] == 2
+    fits = [t["fit"] for s in old["state"]["series"].values() for t in s["tails"].values()]
+    assert any(fits) and not all(fits), "the fixture has tails with and without a fit"
+    restored = OPERATORS["sensor"]()
+    restored.restore(old)
+    op = mid_stream("sensor")
+    assert msgspec.msgpack.encode(restored.snapshot()) == msgspec.msgpack.encode(op.snapshot())
+    more = [e for e in readings(200) if e.ts >= T0 + 120_000]
+    want = run(op, more, T0 + 400_000)
+    assert want[0] and want[1], "the continuation must find something to compare"
+    assert run(restored, more, T0 + 400_000) == want
 
 
 def test_a_cluster_snapshot_inside_an_anomalous_run_continues_exactly() -> None:

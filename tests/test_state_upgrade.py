@@ -1,8 +1,11 @@
-"""Checkpoints written by an older version (state format 1, tests/artifacts/state_format1/,
-made by `python -m tests.state_fixtures` at adfee79) restore into the current code: the
-run continues exactly as the uninterrupted run of the current code, rows, observations
-and alerts (the upgrade policy of `operators/state.py`: an older format is upgraded where
-the operator declares how, else refused with a clear `StateFormatError`, never half-used).
+"""Checkpoints written by older versions restore into the current code: the run continues
+exactly as the uninterrupted run of the current code, rows, observations and alerts. Each
+set is made by `python -m tests.state_fixtures DIR` at a commit:
+tests/artifacts/state_format1/ at adfee79 (state format 1 throughout), and
+tests/artifacts/state_f4ccd19/ at f4ccd19 (format 2; the last before the sensor monitor's
+format 3, packed arrays). This is the upgrade policy of `operators/state.py`: an older
+format is upgraded where the operator declares how, else refused with a clear
+`StateFormatError`, never half-used.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from tests.conformance_inputs import GENERATORS
 from tests.state_fixtures import split_batch
 from tests.test_conformance import uninterrupted
 
-FORMAT1 = Path(__file__).parent / "artifacts" / "state_format1"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+FIXTURE_SETS = ("state_format1", "state_f4ccd19")
 
 # Monitors whose checkpoint holds floats computed by code whose last bits depend on the
 # CPU, continued after the restore from the fixture's values (written on another machine):
@@ -49,24 +53,28 @@ def same(got: Any, want: Any, rel: float) -> bool:
     return bool(got == want)
 
 
-def test_every_monitor_has_a_format1_checkpoint() -> None:
-    assert {p.stem for p in FORMAT1.glob("*.msgpack")} == set(OPERATORS)
+@pytest.mark.parametrize("fixtures", FIXTURE_SETS)
+def test_every_monitor_has_an_older_checkpoint(fixtures: str) -> None:
+    assert {p.stem for p in (ARTIFACTS / fixtures).glob("*.msgpack")} == set(OPERATORS)
 
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
-def test_a_format1_checkpoint_is_upgraded_and_the_run_continues_exactly(name: str) -> None:
+@pytest.mark.parametrize("fixtures", FIXTURE_SETS)
+def test_an_older_checkpoint_is_upgraded_and_the_run_continues_exactly(
+    fixtures: str, name: str
+) -> None:
     case = GENERATORS[name]()
-    blob = (FORMAT1 / f"{name}.msgpack").read_bytes()
+    blob = (ARTIFACTS / fixtures / f"{name}.msgpack").read_bytes()
     try:
         got, _ = drive(
             task_factory(name, case), case.events, split_at=split_batch(name), restore_from=blob
         )
     except StateFormatError as exc:  # refusing is allowed only with a clear message
-        pytest.fail(f"{name}: format 1 is refused, but every monitor upgrades it: {exc}")
+        pytest.fail(f"{name}: {fixtures} is refused, but every monitor upgrades it: {exc}")
     want = uninterrupted(name).canon()
     rel = 1e-9 if name in CPU_DEPENDENT_FLOATS else 0.0
     for what, g, w in zip(("rows", "observations", "alerts"), got.canon(), want, strict=True):
-        assert same(g, w, rel), f"{name}: {what} differ after restoring a format-1 checkpoint"
+        assert same(g, w, rel), f"{name}: {what} differ after restoring {fixtures}"
 
 
 def test_same_compares_floats_to_the_tolerance_and_the_rest_exactly() -> None:

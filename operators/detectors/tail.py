@@ -51,6 +51,8 @@ import msgspec
 import numpy as np
 from numba import njit
 
+from operators.state import pack_f64, unpack_f64
+
 # the history's ring buffer: [head, count, since_fit, cap] + values[cap], grown by
 # doubling up to `history` (a new series costs 64 slots, not `history`); its layout is
 # what the sensor monitor's compiled per-series run (`operators.sensor_run`)
@@ -212,24 +214,59 @@ class TailProbability:
             fit = TailFit(self.u, self.beta, self.tail_share, self.fitted.tolist())
         return TailState(values=self.values, since_fit=since_fit, fit=fit)
 
+    def snapshot_packed(self) -> PackedTailState:
+        """`snapshot` with the history and the fitted copy as packed float64 bytes
+        (`operators.state.pack_f64`): one copy of each array, no Python float per value
+        (the sensor monitor's checkpoint, issue 18)."""
+        fit = None
+        since_fit = self.since_fit
+        values = self.ordered()
+        if since_fit < self.refit:
+            fitted = self.fitted
+            shared = _shared(fitted, values, len(values) - since_fit)
+            head = pack_f64(fitted[: len(fitted) - shared])
+            fit = PackedTailFit(self.u, self.beta, self.tail_share, head, shared)
+        return PackedTailState(values=pack_f64(values), since_fit=since_fit, fit=fit)
+
     def restore(self, state: TailState | Mapping[str, Any]) -> None:
         """The history of a checkpoint (typed, or as plain data after msgpack)."""
         state = msgspec.convert(state, TailState) if isinstance(state, Mapping) else state
-        values = state.values[-self.history :] if self.history else []
+        fit = state.fit
+        self._restore(
+            np.asarray(state.values, dtype=float),
+            state.since_fit,
+            None if fit is None else (fit.u, fit.beta, fit.tail_share, fit.fitted),
+        )
+
+    def restore_packed(self, state: PackedTailState) -> None:
+        """The history of a packed checkpoint (`snapshot_packed`)."""
+        fit, values = state.fit, unpack_f64(state.values)
+        if fit is not None:
+            fitted = np.concatenate((unpack_f64(fit.head), values[: fit.shared]))
+            fit_of = (fit.u, fit.beta, fit.tail_share, fitted)
+        self._restore(values, state.since_fit, None if fit is None else fit_of)
+
+    def _restore(
+        self,
+        values: np.ndarray,
+        since_fit: int,
+        fit: tuple[float, float, float, Any] | None,
+    ) -> None:
+        values = values[-self.history :] if self.history else values[:0]
         cap = min(self.history, RING_INITIAL)
         while cap < len(values):
             cap = min(self.history, 2 * cap)
         buf = self.buf = _ring(cap)
         buf[RING_H : RING_H + len(values)] = values
         buf[RING_COUNT] = len(values)
-        buf[RING_SINCE] = state.since_fit
-        fit = state.fit
+        buf[RING_SINCE] = since_fit
         if fit is not None:
-            self.u, self.beta, self.tail_share = fit.u, fit.beta, fit.tail_share
-            self.fitted = np.asarray(fit.fitted, dtype=float)
+            self.u, self.beta, self.tail_share, fitted = fit
+            # its own array (a packed one is a read-only view of the checkpoint's bytes)
+            self.fitted = np.array(fitted, dtype=float)
         else:  # no fit in use: the next `score_one` fits afresh
             self.fitted = np.empty(0)
-            buf[RING_SINCE] = max(state.since_fit, self.refit)
+            buf[RING_SINCE] = max(since_fit, self.refit)
 
 
 class TailFit(msgspec.Struct):
@@ -249,6 +286,56 @@ class TailState(msgspec.Struct):
     values: list[float]
     since_fit: int
     fit: TailFit | None = None
+
+
+class PackedTailFit(msgspec.Struct):
+    """`TailFit` with the fitted history packed (`operators.state.pack_f64`) and not
+    written twice: the history as fitted is `head` followed by the first `shared` values
+    of the state's history (which has moved on by `since_fit` scores since the fit: the
+    rest of the two is the same, and was half a sensor series' checkpoint, issue 18)."""
+
+    u: float
+    beta: float
+    tail_share: float
+    head: bytes  # the fitted values the history no longer holds (all of them: shared 0)
+    shared: int  # then this many values from the start of the history
+
+
+def _shared(fitted: np.ndarray, values: np.ndarray, k: int) -> int:
+    """k if the last k fitted values are the first k of `values`, bit for bit (as the
+    history moves on, scores leave its front and arrive at its back), else 0.
+
+    >>> a = np.array([1.0, 2.0, 3.0])
+    >>> _shared(a, np.array([2.0, 3.0, 4.0]), 2), _shared(a, np.array([2.0, -0.0]), 2)
+    (2, 0)
+    """
+    if not 0 < k <= min(len(fitted), len(values)):
+        return 0
+    same = np.array_equal(fitted[len(fitted) - k :].view(np.int64), values[:k].view(np.int64))
+    return k if same else 0
+
+
+class PackedTailState(msgspec.Struct):
+    """`TailState` with the arrays packed (`operators.state.pack_f64`): the same
+    values, bit for bit, as one bytes field each."""
+
+    values: bytes
+    since_fit: int
+    fit: PackedTailFit | None = None
+
+
+def packed_tail_state(plain: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain `TailState` data as plain `PackedTailState` data (a state upgrade)."""
+    fit = plain.get("fit")
+    if fit is not None:
+        fit = {
+            "u": fit["u"],
+            "beta": fit["beta"],
+            "tail_share": fit["tail_share"],
+            "head": pack_f64(fit["fitted"]),
+            "shared": 0,
+        }
+    return {"values": pack_f64(plain["values"]), "since_fit": plain["since_fit"], "fit": fit}
 
 
 def tail_state_from_format_1(old: Mapping[str, Any]) -> dict[str, Any]:

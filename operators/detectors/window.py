@@ -36,11 +36,14 @@ on its first reading.
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import msgspec
 import numpy as np
 from numba import njit
 
 from operators.rolling import WindowState
+from operators.state import pack_f64, pack_i64, unpack_f64, unpack_i64
 
 H = 8  # header slots
 RECOMPUTE_MIN = 64  # as operators.rolling
@@ -290,12 +293,44 @@ class WindowStats:
             ops=int(buf[_OPS]),
         )
 
+    def snapshot_packed(self) -> PackedWindowState:
+        """`snapshot` with the times and values as packed int64 and float64 bytes
+        (`operators.state`): one copy of each, no Python number per reading (the sensor
+        monitor's checkpoint, issue 18)."""
+        buf = self.buf
+        order = self._order()
+        return PackedWindowState(
+            times=pack_i64(buf[order].astype(np.int64)),
+            values=pack_f64(buf[order + int(buf[_CAP])]),
+            shift=float(buf[_SHIFT]),
+            s1=float(buf[_S1]),
+            s2=float(buf[_S2]),
+            ops=int(buf[_OPS]),
+        )
+
     @classmethod
     def from_snapshot(cls, state: WindowState) -> WindowStats:
         """The buffer again from a checkpoint (its sorted copy rebuilt, not stored)."""
+        return cls._of(
+            np.asarray(state.times, dtype=np.int64),
+            np.asarray(state.values, dtype=float),
+            (state.shift, state.s1, state.s2, state.ops),
+        )
+
+    @classmethod
+    def from_packed(cls, state: PackedWindowState) -> WindowStats:
+        """The buffer again from a packed checkpoint (`snapshot_packed`)."""
+        return cls._of(
+            unpack_i64(state.times),
+            unpack_f64(state.values),
+            (state.shift, state.s1, state.s2, state.ops),
+        )
+
+    @classmethod
+    def _of(
+        cls, times: np.ndarray, values: np.ndarray, sums: tuple[float, float, float, int]
+    ) -> WindowStats:
         w = cls()
-        times = np.asarray(state.times, dtype=np.int64)
-        values = np.asarray(state.values, dtype=float)
         n = len(values)
         cap = INITIAL_CAP
         while cap < n:
@@ -304,14 +339,27 @@ class WindowStats:
         buf[H : H + n] = times
         buf[H + cap : H + cap + n] = values
         buf[H + 2 * cap : H + 2 * cap + n] = np.sort(values, kind="stable")
-        buf[_N], buf[_SHIFT], buf[_S1], buf[_S2], buf[_OPS] = (
-            n,
-            state.shift,
-            state.s1,
-            state.s2,
-            state.ops,
-        )
+        buf[_N] = n
+        buf[_SHIFT], buf[_S1], buf[_S2], buf[_OPS] = sums
         return w
+
+
+class PackedWindowState(msgspec.Struct):
+    """`operators.rolling.WindowState` with the readings packed (`operators.state`):
+    times as int64 bytes, values as float64 bytes, in time order; the running sums as
+    they are."""
+
+    times: bytes
+    values: bytes
+    shift: float
+    s1: float
+    s2: float
+    ops: int
+
+
+def packed_window_state(plain: dict[str, Any]) -> dict[str, Any]:
+    """Plain `WindowState` data as plain `PackedWindowState` data (a state upgrade)."""
+    return {**plain, "times": pack_i64(plain["times"]), "values": pack_f64(plain["values"])}
 
 
 def compile_time() -> float:
