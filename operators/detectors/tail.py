@@ -241,10 +241,11 @@ class TailProbability:
     def restore_packed(self, state: PackedTailState) -> None:
         """The history of a packed checkpoint (`snapshot_packed`)."""
         fit, values = state.fit, unpack_f64(state.values)
+        fit_of = None
         if fit is not None:
             fitted = np.concatenate((unpack_f64(fit.head), values[: fit.shared]))
             fit_of = (fit.u, fit.beta, fit.tail_share, fitted)
-        self._restore(values, state.since_fit, None if fit is None else fit_of)
+        self._restore(values, state.since_fit, fit_of)
 
     def _restore(
         self,
@@ -252,6 +253,8 @@ class TailProbability:
         since_fit: int,
         fit: tuple[float, float, float, Any] | None,
     ) -> None:
+        """The ring of `values` (oldest first; the last `history` kept) and the fit
+        (u, beta, tail share, the history as fitted) or None."""
         values = values[-self.history :] if self.history else values[:0]
         cap = min(self.history, RING_INITIAL)
         while cap < len(values):

@@ -36,6 +36,7 @@ on its first reading.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -330,6 +331,8 @@ class WindowStats:
     def _of(
         cls, times: np.ndarray, values: np.ndarray, sums: tuple[float, float, float, int]
     ) -> WindowStats:
+        """The buffer of a window's times and values in time order and its running
+        sums (shift, s1, s2, ops), the sorted copy rebuilt."""
         w = cls()
         n = len(values)
         cap = INITIAL_CAP
@@ -357,7 +360,7 @@ class PackedWindowState(msgspec.Struct):
     ops: int
 
 
-def packed_window_state(plain: dict[str, Any]) -> dict[str, Any]:
+def packed_window_state(plain: Mapping[str, Any]) -> dict[str, Any]:
     """Plain `WindowState` data as plain `PackedWindowState` data (a state upgrade)."""
     return {**plain, "times": pack_i64(plain["times"]), "values": pack_f64(plain["values"])}
 
