@@ -492,8 +492,8 @@ class Series:
 
     def state(self) -> SeriesState:
         """The series as typed state (its lists and episodes are the live ones, which
-        `StateCodec.dump` copies; the rise test's and the window's buffers become
-        lists)."""
+        `StateCodec.dump` copies; the rise test's buffer becomes lists, the window's and
+        the score histories' become packed bytes)."""
         mk, mk_times, rise_lk = self.rise.snapshot()
         return SeriesState(
             stats=self.stats.snapshot_packed(),
