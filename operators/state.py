@@ -165,10 +165,7 @@ class StateCodec(Generic[S]):
                 # a part the upgrade expects is missing or of another shape: a damaged
                 # checkpoint, named as such (never a bare KeyError out of an upgrade)
                 raise StateFormatError(
-                    f"{self.owner}: a checkpoint in state format {version} that does not "
-                    f"fit that format's layout ({type(exc).__name__}: {exc}); the "
-                    "checkpoint is damaged or was written by a build with the same format "
-                    "number but another layout"
+                    self._damaged(version, f"that format's layout ({type(exc).__name__}: {exc})")
                 ) from exc
             version += 1
         if version != self.format:
@@ -177,10 +174,17 @@ class StateCodec(Generic[S]):
             return msgspec.convert(plain, type=self.state_type)
         except msgspec.ValidationError as exc:
             raise StateFormatError(
-                f"{self.owner}: a checkpoint in state format {self.format} that does not fit "
-                f"{self.state_type.__name__} ({exc}); the checkpoint is damaged or was written "
-                f"by a build with the same format number but another layout"
+                self._damaged(self.format, f"{self.state_type.__name__} ({exc})")
             ) from exc
+
+    def _damaged(self, version: int, fits: str) -> str:
+        return (
+            f"{self.owner}: a checkpoint in state format {version} that does not fit "
+            f"{fits}; the checkpoint is damaged or was written by a build with the same "
+            "format number but another layout. Start this monitor afresh: "
+            "`streamwatch run --discard-state <monitor>` (its open windows are lost; see "
+            "docs/operations.md, Upgrading)"
+        )
 
     def _refusal(self, found: Any) -> str:
         return (
