@@ -101,13 +101,15 @@ about one reading per `advance`), of which ~0.5 µs is each new entity's set-up
 (~25 µs, spread over its 60 readings): with the 5,000 models made, 1.4-1.7 µs.
 Releases sort only the readings fed since the last one (`PendingReadings`).
 
-State (`ClusterState`, format 2 of `operators.state`): per entity, a tuple
+State (`ClusterState`, format 3 of `operators.state`): per entity, a tuple
 ("sensor", sensor_id) or ("site", site), the scaler's and k-means' state as named
 fields (counts, means, variances; step size and centres, as river's objects name
-them), and the recent distances; the live arrays are written to it and read back
-(`EntityModel.state`, `from_state`). Format 1 held the river objects as pickle
-bytes: it is upgraded (unpickled once, so restore only checkpoints this system
-wrote).
+them), and the recent distances, packed as int64 / float64 bytes (format 3: up to
+2,000 numbers an entity, which as list items were most of its checkpoint's cost);
+the live arrays are written to it and read back (`EntityModel.state`,
+`from_state`). Format 2 (the recent distances as lists) is upgraded; so is format
+1, which held the river objects as pickle bytes (unpickled once, so restore only
+checkpoints this system wrote).
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ from operators.base import Observation, Operator
 from operators.detectors.kmeans import HALF, Z_MAX, KMeansDistance, KMeansState, ScalerState
 from operators.rolling import RecentQuantile, RecentState
 from operators.rules import rule_spec as _rule
-from operators.state import StateCodec
+from operators.state import StateCodec, pack_f64, pack_i64, unpack_f64, unpack_i64
 from schemas.events import MAX_SENSOR_MAGNITUDE, SensorReading
 from schemas.rows import SensorAnomalyRow
 
@@ -161,7 +163,9 @@ class ClusterConfig:
 Entry = tuple[int, str, tuple[tuple[str, float], ...], str]
 #: a model's entity: ("sensor", sensor_id), or ("site", site) with group_by="site"
 Entity = tuple[str, str]
-STATE_FORMAT = 2  # `ClusterState`; 1: river objects pickled (upgraded, `_from_format_1`)
+# `ClusterState`; upgraded: 1, river objects pickled (`_from_format_1`); 2, the recent
+# distances as lists of numbers (`_from_format_2`)
+STATE_FORMAT = 3
 #: a new entity's ring of recent distances: this long, doubled as it fills, up to the
 #: history (`EntityModel.grow`)
 INITIAL_RECENT = 64
@@ -419,6 +423,13 @@ class EntityModel:
         """The recent distances as a `RecentQuantile` (a copy, for checks)."""
         return RecentQuantile.from_snapshot(len(self.r_times), self.recent_state())
 
+    def recent_packed(self) -> PackedRecentState:
+        """`recent_state` packed (`operators.state`): the times as int64 bytes, the
+        distances as float64 bytes, one copy each (the checkpoint, issue 18)."""
+        n, cap = int(self.iv[ck.COUNT]), len(self.r_times)
+        order = (int(self.iv[ck.HEAD]) + np.arange(n)) % cap
+        return PackedRecentState(pack_i64(self.r_times[order]), pack_f64(self.r_values[order]))
+
     def state(self) -> EntityState:
         """The model as typed state: river's scaler and k-means by their named fields."""
         scaler, kmeans = self.detector.state()
@@ -426,7 +437,7 @@ class EntityModel:
             features=self.features,
             scaler=scaler,
             kmeans=kmeans,
-            recent=self.recent_state(),
+            recent=self.recent_packed(),
             seen=self.seen,
             learn_batch=self.learn_batch,
             learnt=self.learnt,
@@ -443,12 +454,13 @@ class EntityModel:
         m.metric = "|".join(m.features)
         m.get = values_getter(m.features)
         m.detector = KMeansDistance.from_state(m.features, state.scaler, state.kmeans, config.seed)
-        recent, held = state.recent, state.held
-        m._arrays(config, len(recent.values), len(held))
-        n = len(recent.values)
-        m.r_times[:n] = recent.times
-        m.r_values[:n] = recent.values
-        m.r_sorted[:n] = sorted(recent.values)
+        held = state.held
+        times, values = unpack_i64(state.recent.times), unpack_f64(state.recent.values)
+        n = len(values)
+        m._arrays(config, n, len(held))
+        m.r_times[:n] = times
+        m.r_values[:n] = values
+        m.r_sorted[:n] = sorted(values.tolist())  # (Python's order, as before packing)
         for i, (t, d, tau) in enumerate(held):
             m.h_ts[i], m.h_d[i], m.h_tau[i] = t, d, tau
         iv = m.iv
@@ -548,7 +560,7 @@ class EntityState(msgspec.Struct):
     features: tuple[str, ...]
     scaler: ScalerState
     kmeans: KMeansState
-    recent: RecentState  # the recent distances tau is the quantile of
+    recent: PackedRecentState  # the recent distances tau is the quantile of
     seen: int
     learn_batch: int  # start of the current learning budget interval
     learnt: int  # learns in it
@@ -557,8 +569,16 @@ class EntityState(msgspec.Struct):
     long_run: bool
 
 
+class PackedRecentState(msgspec.Struct):
+    """`operators.rolling.RecentState` packed (`operators.state`): the recent distances'
+    times (int64 bytes) and values (float64 bytes), oldest first."""
+
+    times: bytes
+    values: bytes
+
+
 class ClusterState(msgspec.Struct):
-    """The cluster operator's state (format 2; `operators.state`)."""
+    """The cluster operator's state (format 3; `operators.state`)."""
 
     pending: list[Entry]  # readings the watermark has not passed
     models: dict[Entity, EntityState]
@@ -605,6 +625,17 @@ def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
         "skipped": old["skipped"],
         "out_of_range": old.get("out_of_range", 0),  # absent before it was counted
     }
+
+
+def _from_format_2(old: dict[str, Any]) -> dict[str, Any]:
+    """State format 2 as plain `ClusterState` data: each model's recent distances
+    packed (`operators.state`), the same values bit for bit."""
+    models = {}
+    for entity, m in old["models"].items():
+        recent = m["recent"]
+        packed = {"times": pack_i64(recent["times"]), "values": pack_f64(recent["values"])}
+        models[entity] = {**m, "recent": packed}
+    return {**old, "models": models}
 
 
 class EntitySlots:
@@ -741,7 +772,10 @@ class ClusterOperator(Operator):
         self._scratch = np.empty((64, ck.N_OUT))  # the kernel's output rows, reused
         self._slots = EntitySlots()  # the models' arrays as the compiled run takes them
         self._codec = StateCodec(
-            "cluster", ClusterState, format=STATE_FORMAT, upgrades={1: _from_format_1}
+            "cluster",
+            ClusterState,
+            format=STATE_FORMAT,
+            upgrades={1: _from_format_1, 2: _from_format_2},
         )
 
     def feed(self, source: str, events: Sequence[SensorReading]) -> None:

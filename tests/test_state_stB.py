@@ -88,10 +88,14 @@ def plain_types(value: Any) -> set[type]:
     return {type(value)}
 
 
-FORMATS = {"sensor": 3, "cluster": 2, "autoencoder": 2}
+FORMATS = {"sensor": 3, "cluster": 3, "autoencoder": 2}
 # bytes a state may hold: numeric arrays packed by `operators.state` (float64 or int64,
 # 8 bytes a value), under these field names only
-PACKED = {"sensor": {"times", "values", "head"}, "cluster": set(), "autoencoder": set()}
+PACKED = {
+    "sensor": {"times", "values", "head"},
+    "cluster": {"times", "values"},
+    "autoencoder": set(),
+}
 
 
 def packed_fields(value: Any, name: str = "") -> list[tuple[str, bytes]]:
