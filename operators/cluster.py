@@ -414,9 +414,13 @@ class EntityModel:
 
     def recent_state(self) -> RecentState:
         """The recent distances and their times, oldest first."""
-        n, cap = int(self.iv[ck.COUNT]), len(self.r_times)
-        order = (int(self.iv[ck.HEAD]) + np.arange(n)) % cap
+        order = self._recent_order()
         return RecentState(self.r_times[order].tolist(), self.r_values[order].tolist())
+
+    def _recent_order(self) -> np.ndarray:
+        """The ring positions of the recent distances, oldest first."""
+        n, cap = int(self.iv[ck.COUNT]), len(self.r_times)
+        return (int(self.iv[ck.HEAD]) + np.arange(n)) % cap
 
     @property
     def recent(self) -> RecentQuantile:
@@ -426,8 +430,7 @@ class EntityModel:
     def recent_packed(self) -> PackedRecentState:
         """`recent_state` packed (`operators.state`): the times as int64 bytes, the
         distances as float64 bytes, one copy each (the checkpoint, issue 18)."""
-        n, cap = int(self.iv[ck.COUNT]), len(self.r_times)
-        order = (int(self.iv[ck.HEAD]) + np.arange(n)) % cap
+        order = self._recent_order()
         return PackedRecentState(pack_i64(self.r_times[order]), pack_f64(self.r_values[order]))
 
     def state(self) -> EntityState:
