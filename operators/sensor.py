@@ -597,9 +597,11 @@ def _series_from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str
     `SeriesState` data, with format 1's own fallbacks: no "episodes" (the flags are the
     open episodes), no "mk" (a rise test not begun), no "gaps" (the cadence still to be
     measured), no "window_ms" (the configured one)."""
-    # (a new series' defaults, in the current format: its packed parts stay bytes, and
-    # the format-2 upgrade keeps them as they are)
-    new = msgspec.to_builtins(Series(config).state(), builtin_types=(bytes,))
+    # a new series' defaults, as format 2 wrote them: the current state with the tails
+    # as their lists (the window is the old one's, below); `_from_format_2` packs them
+    fresh = Series(config)
+    new = msgspec.to_builtins(fresh.state(), builtin_types=(bytes,))
+    new["tails"] = {m: msgspec.to_builtins(t.snapshot()) for m, t in fresh.tails.items()}
     new["stats"] = window_state_from_format_1(old["stats"])
     new["staged"] = [float(v) for v in old["staged"]]
     new["last_ts"] = old["last_ts"]
@@ -655,8 +657,7 @@ def _from_format_1(old: dict[str, Any], config: SensorConfig) -> dict[str, Any]:
 
 def _from_format_2(old: dict[str, Any]) -> dict[str, Any]:
     """State format 2 as plain `SensorState` data: each series' window readings and
-    score histories packed (`operators.state.pack_f64`), the same values bit for bit.
-    (A series upgraded from format 1 may already hold packed defaults: they stay.)"""
+    score histories packed (`operators.state.pack_f64`), the same values bit for bit."""
     series = {}
     for key, plain in old["series"].items():
         tails = {m: packed_tail_state(t) for m, t in plain["tails"].items()}

@@ -65,17 +65,14 @@ _F64 = np.dtype("<f8")
 _I64 = np.dtype("<i8")
 
 
-def pack_f64(values: np.ndarray | Sequence[float] | bytes) -> bytes:
-    """Values as packed little-endian float64 bytes (bytes are taken as already packed:
-    an upgrade may meet both forms).
+def pack_f64(values: np.ndarray | Sequence[float]) -> bytes:
+    """Values as packed little-endian float64 bytes.
 
     >>> pack_f64([1.5, -0.0]) == np.array([1.5, -0.0]).astype("<f8").tobytes()
     True
     >>> unpack_f64(pack_f64([0.1, 2.0, float("inf")])).tolist()
     [0.1, 2.0, inf]
     """
-    if isinstance(values, bytes):
-        return values
     return np.asarray(values, dtype=_F64).tobytes()
 
 
@@ -84,14 +81,12 @@ def unpack_f64(packed: bytes) -> np.ndarray:
     return np.frombuffer(packed, dtype=_F64)
 
 
-def pack_i64(values: np.ndarray | Sequence[int] | bytes) -> bytes:
+def pack_i64(values: np.ndarray | Sequence[int]) -> bytes:
     """Integers (epoch milliseconds, say) as packed little-endian int64 bytes.
 
     >>> unpack_i64(pack_i64([1_700_000_000_000, -1])).tolist()
     [1700000000000, -1]
     """
-    if isinstance(values, bytes):
-        return values
     return np.asarray(values, dtype=_I64).tobytes()
 
 
