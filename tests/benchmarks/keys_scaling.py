@@ -19,8 +19,8 @@ batches as the worker does (feed per source, tick, collect after each batch), an
 the CPU time per event of the fastest of `--repeats` passes is printed per key
 count: issue 18 asks the per-event cost to stay within 1.5x as the keys grow.
 No broker, no ClickHouse, no decoding: the end-to-end figures are
-`tests.benchmarks.bench`'s. `--profile` runs one pass under cProfile instead and
-prints the top functions by cumulative and by own time. `--per-key N` feeds N events
+`tests.benchmarks.bench`'s. `--profile` runs one pass under cProfile instead (its
+timed part) and prints the top functions by cumulative and by own time. `--per-key N` feeds N events
 per key instead of `--events` in all (at least `--events`), so that every key gets past
 its warm-up (a sensor measures its cadence over 16 readings and judges from 30 on):
 with a fixed event count, 50 k sensors get 10 readings each and the run measures
@@ -64,10 +64,11 @@ def one_pass(
     events: list[tuple[str, Any]],
     batch: int,
     untimed: int = 0,
+    profile: cProfile.Profile | None = None,
 ) -> tuple[float, int, int]:
     """(CPU seconds, rows, alerts) of one pass over `events` with fresh tasks, the
-    clock started after the first `untimed` events (a multiple of `batch`: fed, not
-    timed, their rows and alerts not counted)."""
+    clock (and `profile`, if given) started after the first `untimed` events (a
+    multiple of `batch`: fed, not timed, their rows and alerts not counted)."""
     tasks = make()
     rows = alerts = 0
     gc.collect()
@@ -75,11 +76,15 @@ def one_pass(
     gc.set_threshold(50_000, 20, 100)
     for i in range(0, untimed, batch):
         feed_batch(tasks, events[i : i + batch])
+    if profile is not None:
+        profile.enable()
     started = time.process_time()
     for i in range(untimed, len(events), batch):
         made = feed_batch(tasks, events[i : i + batch])
         rows, alerts = rows + made[0], alerts + made[1]
     elapsed = time.process_time() - started
+    if profile is not None:
+        profile.disable()
     gc.unfreeze()
     return elapsed, rows, alerts
 
@@ -119,7 +124,7 @@ def main() -> None:
         "--warm",
         type=int,
         default=0,
-        help="events per key fed before the clock starts (not timed): the steady state",
+        help="events per key fed before the clock starts: series of the same age compared",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one pass")
     args = parser.parse_args()
@@ -134,20 +139,18 @@ def main() -> None:
     first = None
     for keys in args.keys:
         events = events_of(KINDS[args.kind][0], max(args.events, args.per_key * keys), keys)
-        if args.profile:
-            prof = cProfile.Profile()
-            prof.enable()
-            one_pass(make, events, args.batch)
-            prof.disable()
-            stats = pstats.Stats(prof)
-            stats.sort_stats("tottime").print_stats(25)
-            stats.sort_stats("cumulative").print_stats(30)
-            continue
         # the warm-up's events: whole batches, so the timed part is batched as before
         untimed = min(len(events), -(-args.warm * keys // args.batch) * args.batch)
         timed = len(events) - untimed
         if not timed:
             raise SystemExit(f"--warm {args.warm}: nothing left to time at {keys:,} keys")
+        if args.profile:
+            prof = cProfile.Profile()
+            one_pass(make, events, args.batch, untimed, prof)
+            stats = pstats.Stats(prof)
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(30)
+            continue
         runs = [one_pass(make, events, args.batch, untimed) for _ in range(args.repeats)]
         best, rows, alerts = min(runs)
         per = best / timed * 1e6
